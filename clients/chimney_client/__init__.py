@@ -1,0 +1,1 @@
+"""Clients for the chimneyd msgpack-RPC contract (v1)."""

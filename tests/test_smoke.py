@@ -1,0 +1,5 @@
+import chimneyd
+
+
+def test_version() -> None:
+    assert chimneyd.__version__
