@@ -34,6 +34,7 @@ class Call(Enum):
     UPLOAD_ALL = "NDIS_STATUS_UPLOAD_ALL"
     TERMINATE = "NdisTerminateOffload"
     TERMINATE_COMPLETE = "TerminateOffloadComplete"
+    TERMINATE_FAILED = "TerminateOffloadComplete(FAILURE)"
     QUERY = "NdisQueryOffloadState"
     UPDATE = "NdisUpdateOffload"
     IO = "NdisOffloadTcpXxx"
@@ -61,6 +62,8 @@ TRANSITIONS: dict[tuple[OffloadState, Call], OffloadState] = {
     (S.INVALIDATED, C.TERMINATE): S.TERMINATING,
     (S.UPLOAD_REQUESTED, C.TERMINATE): S.TERMINATING,
     (S.TERMINATING, C.TERMINATE_COMPLETE): S.TERMINATED,
+    # a terminate that reports corrupt hardware leaves the object for a further terminate (§3.7)
+    (S.TERMINATING, C.TERMINATE_FAILED): S.UPLOAD_REQUESTED,
     # Indications the target raised before it saw the terminate still reach the host.
     (S.TERMINATING, C.RETRIEVE): S.TERMINATING,
     (S.TERMINATING, C.UPLOAD_ALL): S.TERMINATING,

@@ -1,0 +1,581 @@
+"""The NDIS broker: bindings, handle → context resolution, and routing of every chimney call.
+
+Layers never hold references to one another; they call the NDIS functions here, and NDIS puts
+the matching handler call in the right layer's inbox (design §2). Routing follows spec §1.5:
+
+* I/O down (`NdisOffloadTcpXxx(handle, nbl)`): the handle names the binding it was offloaded
+  through (`NdisReserved`) and its `MiniportOffloadContext` slot holds the lower layer's context;
+  NDIS calls `MiniportTcpOffloadXxx(context, nbl)` on the lower layer and pushes the binding on
+  the NBL's source stack.
+* Completions (`NdisTcpOffloadXxxComplete(nbl)`) carry no handle: each NBL pops the binding it came
+  down through and goes to that binding's upper layer (spec §1.5 item 8 [EMU]).
+* Indications carry the upper layer's handle; its binding names the upper layer.
+* State operations go by binding; completions go back by the binding NDIS kept in the root block's
+  `SourceHandle`.
+
+The broker is sans-IO: it hands `(layer, handler, args)` to an injected `deliver` function; the
+asyncio runtime puts them in layer inboxes, unit tests run them from a plain queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .blocks import BlockKind, BlockRole, OffloadBlock, walk
+from .errors import ChimneyProtocolError
+from .handles import NdisOffloadHandle
+from .nbl import NetBufferList, iter_chain
+from .status import OFFLOADED_STATUSES, NdisStatus, TcpOffloadEventType
+from .trace import HopTrace, LayerStats
+
+PENDING = NdisStatus.NDIS_STATUS_PENDING
+SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
+
+Deliver = Callable[["Layer", Callable[..., Any], tuple[Any, ...]], None]
+
+
+class Layer:
+    """Base of every driver layer: a name, its stats, and the NDIS instance it talks through.
+
+    Subclasses implement the handlers of the edges they expose: `Miniport*` (miniport edge:
+    targets and IM upper edges) and `Protocol*` (protocol edge: host and IM lower edges).
+    """
+
+    kind = "layer"
+    has_miniport_edge = False
+    has_protocol_edge = False
+
+    def __init__(self, name: str, ndis: Ndis) -> None:
+        self.name = name
+        self.ndis = ndis
+        self.stats = LayerStats()
+        self.upper_bindings: list[Binding] = []  # bindings where this layer is the miniport
+        self.lower_bindings: list[Binding] = []  # bindings where this layer is the protocol
+        self.state = "running"
+        self.inbox: Any = None  # the runtime's inbox for this layer
+        ndis.register(self)
+
+    # Emulator reply for the synchronous return of NdisTcpOffloadReceiveHandler (spec §4.3).
+    def ReceiveIndicateReturned(
+        self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+    ) -> None:
+        raise ChimneyProtocolError(f"{self.name} made no receive indication")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def _handler(layer: Layer, name: str) -> Callable[..., Any]:
+    """The layer's handler for an NDIS upcall/downcall; a missing one is a topology bug."""
+    fn = getattr(layer, name, None)
+    if fn is None:
+        raise ChimneyProtocolError(f"{layer.name} ({layer.kind}) has no {name}")
+    return fn  # type: ignore[no-any-return]
+
+
+class Binding:
+    """An open binding: a protocol edge (`upper`) over a miniport edge (`lower`)."""
+
+    __slots__ = ("id", "lower", "upper")
+
+    _ids = itertools.count(1)
+
+    def __init__(self, upper: Layer, lower: Layer) -> None:
+        self.id = next(Binding._ids)
+        self.upper = upper
+        self.lower = lower
+
+    def __repr__(self) -> str:
+        return f"<Binding {self.id} {self.upper.name}->{self.lower.name}>"
+
+
+class BrokerObserver(Protocol):
+    """Hooks the invariant checker implements (observe/invariants.py)."""
+
+    def on_io_down(
+        self, lower: Layer, call: str, handle: NdisOffloadHandle, nbls: list[NetBufferList]
+    ) -> None: ...
+    def on_io_complete(self, layer: Layer, call: str, nbls: list[NetBufferList]) -> None: ...
+    def on_io_returned(self, layer: Layer, nbls: list[NetBufferList]) -> None: ...
+    def on_indication(self, layer: Layer, call: str, handle: NdisOffloadHandle) -> None: ...
+    def on_state_complete(self, layer: Layer, call: str, root: OffloadBlock) -> None: ...
+
+
+class SyncScheduler:
+    """Runs deliveries from a FIFO, for sans-IO tests: `run()` until nothing is left."""
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple[Layer, Callable[..., Any], tuple[Any, ...]]] = deque()
+
+    def __call__(self, layer: Layer, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.queue.append((layer, fn, args))
+
+    def run(self, limit: int = 1_000_000) -> int:
+        n = 0
+        while self.queue:
+            _, fn, args = self.queue.popleft()
+            fn(*args)
+            n += 1
+            if n >= limit:
+                raise RuntimeError("scheduler did not go idle")
+        return n
+
+
+# Names of the completion handler for each I/O call, and the trace names (spec §7).
+_IO = {
+    "Send": (
+        "MiniportTcpOffloadSend",
+        "ProtocolTcpOffloadSendComplete",
+        "NdisTcpOffloadSendComplete",
+    ),
+    "Receive": (
+        "MiniportTcpOffloadReceive",
+        "ProtocolTcpOffloadReceiveComplete",
+        "NdisTcpOffloadReceiveComplete",
+    ),
+    "Disconnect": (
+        "MiniportTcpOffloadDisconnect",
+        "ProtocolTcpOffloadDisconnectComplete",
+        "NdisTcpOffloadDisconnectComplete",
+    ),
+    "Forward": (
+        "MiniportTcpOffloadForward",
+        "ProtocolTcpOffloadForwardComplete",
+        "NdisTcpOffloadForwardComplete",
+    ),
+}
+
+_STATE_OPS = {
+    "Initiate": (
+        "NdisInitiateOffload",
+        "MiniportInitiateOffload",
+        "ProtocolInitiateOffloadComplete",
+        "NdisMInitiateOffloadComplete",
+    ),
+    "Terminate": (
+        "NdisTerminateOffload",
+        "MiniportTerminateOffload",
+        "ProtocolTerminateOffloadComplete",
+        "NdisMTerminateOffloadComplete",
+    ),
+    "Update": (
+        "NdisUpdateOffload",
+        "MiniportUpdateOffload",
+        "ProtocolUpdateOffloadComplete",
+        "NdisMUpdateOffloadComplete",
+    ),
+    "Invalidate": (
+        "NdisInvalidateOffload",
+        "MiniportInvalidateOffload",
+        "ProtocolInvalidateOffloadComplete",
+        "NdisMInvalidateOffloadComplete",
+    ),
+    "Query": (
+        "NdisQueryOffloadState",
+        "MiniportQueryOffload",
+        "ProtocolQueryOffloadComplete",
+        "NdisMQueryOffloadStateComplete",
+    ),
+}
+
+
+class Ndis:
+    """One NDIS instance: the layers, their bindings, and the routing of chimney calls."""
+
+    def __init__(
+        self,
+        clock: Callable[[], int],
+        deliver: Deliver | None = None,
+        trace_depth: int = 64,
+    ) -> None:
+        self.clock = clock
+        self.deliver: Deliver = deliver if deliver is not None else SyncScheduler()
+        self.trace_depth = trace_depth
+        self.layers: dict[str, Layer] = {}
+        self.bindings: list[Binding] = []
+        self.observer: BrokerObserver | None = None
+
+    # -- topology -----------------------------------------------------------------------------
+    def register(self, layer: Layer) -> None:
+        if layer.name in self.layers:
+            raise ValueError(f"a layer named {layer.name!r} exists")
+        self.layers[layer.name] = layer
+
+    def bind(self, upper: Layer, lower: Layer) -> Binding:
+        """`NdisOpenAdapterEx`: the upper layer's protocol edge opens the lower's miniport edge."""
+        if not (upper.has_protocol_edge and lower.has_miniport_edge):
+            raise ValueError(f"cannot bind {upper.name} over {lower.name}")
+        binding = Binding(upper, lower)
+        self.bindings.append(binding)
+        upper.lower_bindings.append(binding)
+        lower.upper_bindings.append(binding)
+        return binding
+
+    def new_trace(self, conn_id: int) -> HopTrace:
+        return HopTrace(conn_id, self.trace_depth, self.clock)
+
+    def post(self, layer: Layer, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.deliver(layer, fn, args)
+
+    # -- I/O down (spec §4, §1.5 item 6) --------------------------------------------------------
+    def _io_down(
+        self,
+        caller: Layer,
+        which: str,
+        handle: NdisOffloadHandle,
+        head: NetBufferList,
+        extra: tuple[Any, ...] = (),
+    ) -> NdisStatus:
+        miniport_call = _IO[which][0]
+        context = handle.context()
+        binding: Binding = handle.ndis_reserved
+        lower = binding.lower
+        nbls = list(iter_chain(head))
+        ndis_call = "NdisOffloadTcp" + which
+        for nbl in nbls:
+            nbl.source_bindings.append(binding)
+            trace = nbl.trace
+            if trace is not None:
+                trace.record(caller.name, ndis_call, handle.id, 0, nbl.id)
+                trace.record(lower.name, miniport_call, 0, context.id, nbl.id)
+        n = len(nbls)
+        caller.stats.count(ndis_call, n)
+        if not caller.has_miniport_edge:
+            caller.stats.outstanding_nbls += n  # the originator holds it until its completion
+        lower.stats.outstanding_nbls += n
+        if self.observer is not None:
+            self.observer.on_io_down(lower, miniport_call, handle, nbls)
+        self.post(lower, getattr(lower, miniport_call), (context, head, *extra))
+        return PENDING
+
+    def NdisOffloadTcpSend(
+        self, caller: Layer, handle: NdisOffloadHandle, nbl: NetBufferList
+    ) -> NdisStatus:
+        return self._io_down(caller, "Send", handle, nbl)
+
+    def NdisOffloadTcpReceive(
+        self, caller: Layer, handle: NdisOffloadHandle, nbl: NetBufferList
+    ) -> NdisStatus:
+        return self._io_down(caller, "Receive", handle, nbl)
+
+    def NdisOffloadTcpDisconnect(
+        self, caller: Layer, handle: NdisOffloadHandle, nbl: NetBufferList, flags: int
+    ) -> NdisStatus:
+        if nbl.next is not None:
+            raise ChimneyProtocolError("a disconnect takes exactly one NBL (spec §4.5)")
+        return self._io_down(caller, "Disconnect", handle, nbl, (flags,))
+
+    def NdisOffloadTcpForward(
+        self, caller: Layer, handle: NdisOffloadHandle, nbl: NetBufferList
+    ) -> NdisStatus:
+        return self._io_down(caller, "Forward", handle, nbl)
+
+    def NdisOffloadTcpReceiveReturn(
+        self, caller: Layer, binding: Binding, head: NetBufferList
+    ) -> NdisStatus:
+        """Return indicated NBLs down the binding (a binding handle, not an offload handle: spec §1.5 item 9)."""
+        if binding.upper is not caller:
+            raise ChimneyProtocolError(f"{caller.name} does not own binding {binding.id}")
+        lower = binding.lower
+        n = 0
+        for nbl in iter_chain(head):
+            n += 1
+            if nbl.trace is not None:
+                nbl.trace.record(caller.name, "NdisOffloadTcpReceiveReturn", 0, 0, nbl.id)
+                nbl.trace.record(lower.name, "MiniportTcpOffloadReceiveReturn", 0, 0, nbl.id)
+        caller.stats.count("NdisOffloadTcpReceiveReturn", n)
+        if not caller.has_miniport_edge:
+            caller.stats.outstanding_nbls -= n
+        self.post(lower, _handler(lower, "MiniportTcpOffloadReceiveReturn"), (head,))
+        return SUCCESS
+
+    # -- I/O completions up (spec §4.0, §1.5 item 8) ----------------------------------------------
+    def _io_complete(self, caller: Layer, which: str, head: NetBufferList) -> None:
+        _, protocol_call, ndis_call = _IO[which]
+        groups: list[tuple[Binding, list[NetBufferList]]] = []
+        for nbl in iter_chain(head):
+            if nbl.status == PENDING:
+                raise ChimneyProtocolError(
+                    f"{caller.name} completed NBL {nbl.id} with NDIS_STATUS_PENDING"
+                )
+            if not nbl.source_bindings or nbl.source_bindings[-1].lower is not caller:
+                raise ChimneyProtocolError(
+                    f"{caller.name} completed NBL {nbl.id} that it does not own (twice, or never given)"
+                )
+            binding = nbl.source_bindings.pop()
+            if groups and groups[-1][0] is binding:
+                groups[-1][1].append(nbl)
+            else:
+                groups.append((binding, [nbl]))
+            trace = nbl.trace
+            if trace is not None:
+                trace.record(caller.name, ndis_call, 0, 0, nbl.id, nbl.status)
+                trace.record(binding.upper.name, protocol_call, 0, 0, nbl.id, nbl.status)
+            caller.stats.count(f"{ndis_call}/{nbl.status.name}")
+        for binding, nbls in groups:
+            n = len(nbls)
+            caller.stats.outstanding_nbls -= n
+            upper = binding.upper
+            if not upper.has_miniport_edge:
+                upper.stats.outstanding_nbls -= n
+            if self.observer is not None:
+                self.observer.on_io_complete(caller, ndis_call, nbls)
+            # relink this binding's NBLs as one chain, in completion order
+            for a, b in itertools.pairwise(nbls):
+                a.next = b
+            nbls[-1].next = None
+            self.post(upper, getattr(upper, protocol_call), (binding, nbls[0]))
+
+    def NdisTcpOffloadSendComplete(self, caller: Layer, nbl: NetBufferList) -> None:
+        self._io_complete(caller, "Send", nbl)
+
+    def NdisTcpOffloadReceiveComplete(self, caller: Layer, nbl: NetBufferList) -> None:
+        self._io_complete(caller, "Receive", nbl)
+
+    def NdisTcpOffloadDisconnectComplete(self, caller: Layer, nbl: NetBufferList) -> None:
+        if nbl.next is not None:
+            raise ChimneyProtocolError(
+                "a disconnect completion carries only the disconnect NBL (spec §4.5)"
+            )
+        self._io_complete(caller, "Disconnect", nbl)
+
+    def NdisTcpOffloadForwardComplete(self, caller: Layer, nbl: NetBufferList) -> None:
+        self._io_complete(caller, "Forward", nbl)
+
+    # -- indications up (spec §5.1, §4.3, §1.5 item 7) --------------------------------------------
+    def _upper_of(
+        self, caller: Layer, handle: NdisOffloadHandle, what: str
+    ) -> tuple[Binding, Layer]:
+        if handle.dead:
+            raise ChimneyProtocolError(
+                f"{caller.name}: {what} on dead handle {handle.id} (spec §9 item 8)"
+            )
+        binding: Binding | None = handle.ndis_reserved
+        if binding is None or binding.lower is not caller:
+            raise ChimneyProtocolError(f"{caller.name}: handle {handle.id} is not offloaded to it")
+        return binding, binding.upper
+
+    def NdisTcpOffloadEventHandler(
+        self, caller: Layer, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
+    ) -> None:
+        _, upper = self._upper_of(caller, handle, "event")
+        trace = handle.trace
+        if trace is not None:
+            trace.record(
+                caller.name, "NdisTcpOffloadEventHandler", handle.id, event=event_type.name
+            )
+            trace.record(upper.name, "ProtocolTcpOffloadEvent", handle.id, event=event_type.name)
+        caller.stats.count(f"NdisTcpOffloadEventHandler/{event_type.name}")
+        if self.observer is not None:
+            self.observer.on_indication(caller, event_type.name, handle)
+        self.post(upper, _handler(upper, "ProtocolTcpOffloadEvent"), (handle, event_type, info))
+
+    def NdisTcpOffloadReceiveHandler(
+        self,
+        caller: Layer,
+        handle: NdisOffloadHandle,
+        nbl: NetBufferList,
+        status: NdisStatus = SUCCESS,
+    ) -> None:
+        """Indicate one stand-alone NBL; the synchronous return arrives later as
+        `caller.ReceiveIndicateReturned(nbl, status, bytes_consumed)` (spec §4.3 [EMU])."""
+        if nbl.next is not None:
+            raise ChimneyProtocolError(
+                "a receive indication is a single, unchained NBL (spec §2.4)"
+            )
+        binding, upper = self._upper_of(caller, handle, "receive indication")
+        nbl.source_bindings.append(binding)  # the route of the synchronous return
+        trace = nbl.trace
+        if trace is not None:
+            trace.record(caller.name, "NdisTcpOffloadReceiveHandler", handle.id, 0, nbl.id)
+            trace.record(upper.name, "ProtocolTcpOffloadReceiveIndicate", handle.id, 0, nbl.id)
+        caller.stats.count("NdisTcpOffloadReceiveHandler")
+        if self.observer is not None:
+            self.observer.on_indication(caller, "NdisTcpOffloadReceiveHandler", handle)
+        self.post(
+            upper, _handler(upper, "ProtocolTcpOffloadReceiveIndicate"), (handle, nbl, status)
+        )
+
+    def NdisReturnReceiveIndication(
+        self, caller: Layer, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+    ) -> None:
+        """The return value of `ProtocolTcpOffloadReceiveIndicate`, routed to the indicating layer."""
+        if not nbl.source_bindings or nbl.source_bindings[-1].upper is not caller:
+            raise ChimneyProtocolError(
+                f"{caller.name} returned an indication it was not given (NBL {nbl.id})"
+            )
+        if status == SUCCESS:
+            if bytes_consumed != nbl.data_length:
+                raise ChimneyProtocolError("SUCCESS must consume the whole indication (spec §4.3)")
+        elif status == NdisStatus.NDIS_STATUS_OFFLOAD_DATA_NOT_ACCEPTED:
+            if bytes_consumed != 0:
+                raise ChimneyProtocolError("NOT_ACCEPTED consumes nothing (spec §4.3)")
+        elif status == NdisStatus.NDIS_STATUS_OFFLOAD_DATA_PARTIALLY_ACCEPTED:
+            if not 0 < bytes_consumed < nbl.data_length:
+                raise ChimneyProtocolError("PARTIALLY_ACCEPTED consumes 0 < n < length (spec §4.3)")
+        else:
+            raise ChimneyProtocolError(f"illegal receive-indication return {status.name}")
+        binding = nbl.source_bindings.pop()
+        lower = binding.lower
+        if status == SUCCESS and not caller.has_miniport_edge:
+            caller.stats.outstanding_nbls += (
+                1  # the host keeps it until NdisOffloadTcpReceiveReturn
+            )
+        if nbl.trace is not None:
+            nbl.trace.record(
+                lower.name, "NdisTcpOffloadReceiveHandler:return", 0, 0, nbl.id, status
+            )
+        self.post(lower, lower.ReceiveIndicateReturned, (nbl, status, bytes_consumed))
+
+    def NdisMIndicateReceiveNetBufferLists(
+        self, caller: Layer, wire: Any, offset: int, data: bytes, flags: int
+    ) -> None:
+        """The ordinary (non-chimney) receive path (spec §4.7): a segment of `wire` at stream
+        `offset`, up every binding above the caller until a protocol consumes it."""
+        caller.stats.count("NdisMIndicateReceiveNetBufferLists")
+        for binding in caller.upper_bindings[:1]:
+            upper = binding.upper
+            handler = _handler(upper, "ProtocolReceiveNetBufferLists")
+            self.post(upper, handler, (binding, wire, offset, data, flags))
+
+    def NdisMIndicateStatusEx(self, caller: Layer, status: NdisStatus) -> None:
+        """Adapter status (PAUSE / UPLOAD_ALL / RESUME) to every protocol bound above (spec §5.5)."""
+        caller.stats.count(f"NdisMIndicateStatusEx/{status.name}")
+        for binding in caller.upper_bindings:
+            upper = binding.upper
+            self.post(upper, _handler(upper, "ProtocolStatusEx"), (binding, status))
+
+    # -- state operations (spec §3) -------------------------------------------------------------
+    def _state_down(self, caller: Layer, op: str, binding: Binding, root: OffloadBlock) -> None:
+        ndis_call, miniport_call, _, _ = _STATE_OPS[op]
+        if binding.upper is not caller:
+            raise ChimneyProtocolError(f"{caller.name} does not own binding {binding.id}")
+        if root.source_handle is not None:
+            raise ChimneyProtocolError(f"{caller.name}: block list already in flight ({ndis_call})")
+        root.source_handle = binding  # NDIS-private: the route of the completion
+        # POBL -> MOBL in place (spec §1.6): the slot of each referenced object's handle.
+        for block in walk(root):
+            handle = block.offload_handle
+            block.miniport_offload_context = handle
+            block.ndis_offload_handle = handle
+            if handle is None:
+                continue
+            if op == "Initiate" and block.role() is BlockRole.NEW_OFFLOAD:
+                if handle.ndis_reserved is not None:
+                    raise ChimneyProtocolError(f"handle {handle.id} is already offloaded")
+                handle.ndis_reserved = binding
+            elif handle.ndis_reserved is not binding:
+                raise ChimneyProtocolError(
+                    f"handle {handle.id} was not offloaded through binding {binding.id}"
+                )
+            if handle.trace is not None:
+                ctx = handle.miniport_offload_context
+                handle.trace.record(caller.name, ndis_call, handle.id)
+                handle.trace.record(
+                    binding.lower.name, miniport_call, 0, ctx.id if ctx is not None else 0
+                )
+            # outstanding send data travels down with the tree (spec §3.2.5)
+            if block.kind is BlockKind.TCP and op == "Initiate":
+                chain = list(iter_chain(block.net_buffer_list_chain))
+                for nbl in chain:
+                    nbl.source_bindings.append(binding)
+                    binding.lower.stats.outstanding_nbls += 1
+                if chain and self.observer is not None:
+                    self.observer.on_io_down(binding.lower, "MiniportTcpOffloadSend", handle, chain)
+        caller.stats.count(ndis_call)
+        lower = binding.lower
+        self.post(lower, getattr(lower, miniport_call), (root,))
+
+    def _state_complete(self, caller: Layer, op: str, root: OffloadBlock) -> None:
+        _, _, protocol_call, ndis_call = _STATE_OPS[op]
+        binding: Binding | None = root.source_handle
+        if binding is None or binding.lower is not caller:
+            raise ChimneyProtocolError(
+                f"{caller.name}: {ndis_call} of a block list it was not given"
+            )
+        root.source_handle = None
+        upper = binding.upper
+        for block in walk(root):
+            if block.status == PENDING:
+                raise ChimneyProtocolError(
+                    f"{caller.name}: {ndis_call} left a block without Status (spec §3.1)"
+                )
+            handle = block.offload_handle
+            if handle is None:
+                continue
+            if handle.trace is not None:
+                handle.trace.record(caller.name, ndis_call, 0, 0, 0, block.status)
+                handle.trace.record(upper.name, protocol_call, handle.id, 0, 0, block.status)
+            if op == "Initiate":
+                offloaded = block.status in OFFLOADED_STATUSES
+                if (
+                    handle.ndis_reserved is binding
+                    and not offloaded
+                    and handle.miniport_offload_context is None
+                ):
+                    handle.ndis_reserved = None  # never offloaded: NDIS forgets the binding
+                if block.kind is BlockKind.TCP and not offloaded:
+                    # a failed connection's send data goes back untouched (spec §3.2.4)
+                    back = list(iter_chain(block.net_buffer_list_chain))
+                    for nbl in back:
+                        if nbl.source_bindings and nbl.source_bindings[-1] is binding:
+                            nbl.source_bindings.pop()
+                            caller.stats.outstanding_nbls -= 1
+                    if back and self.observer is not None:
+                        self.observer.on_io_returned(caller, back)
+            elif op == "Terminate":
+                if block.status == SUCCESS:
+                    handle.dead = True  # dead at every layer once terminated (spec §3.9)
+                if block.kind is BlockKind.TCP:
+                    for nbl in iter_chain(block.net_buffer_list_chain):
+                        if not nbl.source_bindings or nbl.source_bindings[-1] is not binding:
+                            raise ChimneyProtocolError(
+                                f"terminate returned NBL {nbl.id} not sent through {binding}"
+                            )
+                        nbl.source_bindings.pop()
+                        caller.stats.outstanding_nbls -= 1
+                    if self.observer is not None and block.net_buffer_list_chain is not None:
+                        self.observer.on_io_returned(
+                            caller, list(iter_chain(block.net_buffer_list_chain))
+                        )
+        caller.stats.count(ndis_call)
+        if self.observer is not None:
+            self.observer.on_state_complete(caller, ndis_call, root)
+        self.post(upper, getattr(upper, protocol_call), (binding, root))
+
+    def NdisInitiateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
+        self._state_down(caller, "Initiate", binding, root)
+
+    def NdisTerminateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
+        self._state_down(caller, "Terminate", binding, root)
+
+    def NdisUpdateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
+        self._state_down(caller, "Update", binding, root)
+
+    def NdisInvalidateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
+        self._state_down(caller, "Invalidate", binding, root)
+
+    def NdisQueryOffloadState(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
+        self._state_down(caller, "Query", binding, root)
+
+    def NdisMInitiateOffloadComplete(self, caller: Layer, root: OffloadBlock) -> None:
+        self._state_complete(caller, "Initiate", root)
+
+    def NdisMTerminateOffloadComplete(self, caller: Layer, root: OffloadBlock) -> None:
+        self._state_complete(caller, "Terminate", root)
+
+    def NdisMUpdateOffloadComplete(self, caller: Layer, root: OffloadBlock) -> None:
+        self._state_complete(caller, "Update", root)
+
+    def NdisMInvalidateOffloadComplete(self, caller: Layer, root: OffloadBlock) -> None:
+        self._state_complete(caller, "Invalidate", root)
+
+    def NdisMQueryOffloadStateComplete(self, caller: Layer, root: OffloadBlock) -> None:
+        self._state_complete(caller, "Query", root)
+
+    # -- observability ------------------------------------------------------------------------
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: layer.stats.as_map() for name, layer in self.layers.items()}

@@ -1,0 +1,94 @@
+"""Per-connection hop traces and per-layer gauges and counters (design §7).
+
+A `HopTrace` is a bounded ring of hop records for one connection. Records are plain tuples so a
+hop costs one append; they become maps only when read (`trace.get`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .status import status_name
+
+# (seq, t_ns, layer, call, handle, context, nbl, status, event)
+HopRecord = tuple[int, int, str, str, int, int, int, int, str | None]
+NO_STATUS = -1
+
+
+class HopTrace:
+    """The bounded hop buffer of one connection."""
+
+    __slots__ = ("clock", "conn_id", "hops", "seq")
+
+    def __init__(self, conn_id: int, depth: int, clock: Callable[[], int]) -> None:
+        self.conn_id = conn_id
+        self.hops: deque[HopRecord] = deque(maxlen=depth)
+        self.seq = 0
+        self.clock = clock
+
+    def record(
+        self,
+        layer: str,
+        call: str,
+        handle: int = 0,
+        context: int = 0,
+        nbl: int = 0,
+        status: int = -1,
+        event: str | None = None,
+    ) -> None:
+        self.seq += 1
+        self.hops.append((self.seq, self.clock(), layer, call, handle, context, nbl, status, event))
+
+    def as_maps(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Oldest first; `limit` keeps the newest `limit` hops (rpc-contract `trace.get`)."""
+        hops = list(self.hops)
+        if limit is not None:
+            hops = hops[-limit:] if limit > 0 else []
+        out = []
+        for seq, t_ns, layer, call, handle, context, nbl, status, event in hops:
+            hop: dict[str, Any] = {"seq": seq, "t_ns": t_ns, "layer": layer, "call": call}
+            hop["handle"] = handle or None
+            hop["context"] = context or None
+            hop["nbl"] = nbl or None
+            hop["status"] = status_name(status) if status != NO_STATUS else None
+            if event is not None:
+                hop["event"] = event  # the event type of an event indication
+            out.append(hop)
+        return out
+
+
+class LayerStats:
+    """Gauges and counters of one layer, as `stack.stats` serves them."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "calls",
+        "handles",
+        "offloads_active",
+        "outstanding_nbls",
+    )
+
+    def __init__(self) -> None:
+        self.offloads_active = 0
+        self.handles = 0
+        self.outstanding_nbls = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        # "Call/STATUS" -> count; a call without a status counts under the bare name.
+        self.calls: dict[str, int] = {}
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.calls[key] = self.calls.get(key, 0) + n
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "offloads_active": self.offloads_active,
+            "handles": self.handles,
+            "outstanding_nbls": self.outstanding_nbls,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "calls": dict(sorted(self.calls.items())),
+        }

@@ -1,0 +1,119 @@
+"""One asyncio task and one inbox per driver layer (design §2).
+
+The broker puts `(handler, args)` into a layer's inbox; the layer's task wakes once and drains the
+whole inbox (a burst costs one scheduling round), then lets the layer flush what it batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from chimneyd.ndis.broker import Layer
+
+log = structlog.get_logger("chimneyd.runtime")
+
+
+class LayerTask:
+    """The inbox and task of one layer."""
+
+    __slots__ = (
+        "batches",
+        "errors",
+        "inbox",
+        "layer",
+        "loop",
+        "messages",
+        "on_error",
+        "task",
+        "waiter",
+    )
+
+    def __init__(self, layer: Layer, loop: asyncio.AbstractEventLoop) -> None:
+        self.layer = layer
+        self.loop = loop
+        self.inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.errors = 0
+        self.messages = 0
+        self.batches = 0
+        self.on_error: Callable[[Layer, BaseException], None] | None = None
+        layer.inbox = self
+
+    def push(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.inbox.append((fn, args))
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def start(self) -> None:
+        self.task = self.loop.create_task(self.run(), name=f"layer:{self.layer.name}")
+
+    async def run(self) -> None:
+        inbox = self.inbox
+        layer = self.layer
+        after_batch = getattr(layer, "after_batch", None)
+        while True:
+            if not inbox:
+                self.waiter = self.loop.create_future()
+                await self.waiter
+            n = 0
+            while inbox:
+                fn, args = inbox.popleft()
+                n += 1
+                try:
+                    fn(*args)
+                except Exception as exc:  # a layer bug must not stop the layer: log and count
+                    self.errors += 1
+                    log.exception(
+                        "layer_handler_failed",
+                        layer=layer.name,
+                        handler=getattr(fn, "__name__", "?"),
+                    )
+                    if self.on_error is not None:
+                        self.on_error(layer, exc)
+                if not inbox and after_batch is not None:
+                    try:
+                        after_batch()
+                    except Exception as exc:
+                        self.errors += 1
+                        log.exception("layer_batch_failed", layer=layer.name)
+                        if self.on_error is not None:
+                            self.on_error(layer, exc)
+            self.messages += n
+            self.batches += 1
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+
+
+def deliver(layer: Layer, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """The broker's `deliver` for the asyncio runtime."""
+    layer.inbox.push(fn, args)
+
+
+class LoopTimers:
+    """`drivers.base.Timers` on the event loop: callbacks run in the layer's task."""
+
+    __slots__ = ("loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: LayerTask | None = None) -> None:
+        self.loop = loop
+        self.task = task  # bound once the layer (and so its task) exists
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> asyncio.TimerHandle:
+        assert self.task is not None
+        return self.loop.call_later(delay, self.task.push, fn, args)
