@@ -1,0 +1,382 @@
+"""`AsyncClient`: the asyncio msgpack-RPC client (pipelining, per-call timeouts, notifications).
+
+A thin shell over `protocol.ClientCodec`: an asyncio Protocol moves bytes (no Streams on the
+data path, perf-notes), writes made in one loop iteration go out as one `writelines`, and a
+connection loss fails every pending call with `ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from .errors import CallTimeout, ConnectionLost, ProtocolError
+from .protocol import (
+    DEFAULT_ADDRESS,
+    DEFAULT_MAX_FRAME,
+    ClientCodec,
+    Notification,
+    connect_opts,
+    fault_spec,
+    parse_address,
+)
+
+log = logging.getLogger(__name__)
+
+#: Connect timeout when none is given (seconds).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Extra client-side time granted to calls that wait server-side (`timeout_ms`) before giving up.
+SERVER_WAIT_MARGIN = 5.0
+
+NotificationHandler = Callable[[list[Any]], Awaitable[None] | None]
+TcpEventHandler = Callable[[int, str, dict[str, Any]], Awaitable[None] | None]
+
+
+class _RpcProtocol(asyncio.Protocol):
+    """Moves bytes between the transport and the client; nothing else."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._client._transport_ready(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._client._data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # the server hung up: close our side too, connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._client._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._client._resume_writing()
+
+
+class AsyncClient:
+    """One msgpack-RPC connection to chimneyd. Create with `await AsyncClient.connect(...)`."""
+
+    def __init__(self, *, call_timeout: float | None = None, max_frame: int = DEFAULT_MAX_FRAME):
+        self.call_timeout = call_timeout
+        self._loop = asyncio.get_running_loop()
+        self._codec: ClientCodec[asyncio.Future[Any]] = ClientCodec(max_frame)
+        self._transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._write_paused: asyncio.Future[None] | None = None
+        self._handlers: dict[str, list[NotificationHandler]] = {}
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._lost: ConnectionLost | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self.address = ""
+
+    # ============================================================================================
+    # lifecycle
+    # ============================================================================================
+    @classmethod
+    async def connect(
+        cls,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        token: str | None = None,
+        call_timeout: float | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> Self:
+        """Connect to `"host:port"` or `"unix:/path"`; send `auth` first when `token` is given.
+
+        `call_timeout` is the default per-call timeout (None: wait as long as the server takes).
+        """
+        client = cls(call_timeout=call_timeout, max_frame=max_frame)
+        client.address = address
+        target = parse_address(address)
+        loop = client._loop
+        try:
+            async with asyncio.timeout(timeout):
+                if isinstance(target, str):
+                    await loop.create_unix_connection(lambda: _RpcProtocol(client), target)
+                else:
+                    await loop.create_connection(lambda: _RpcProtocol(client), *target)
+        except TimeoutError:
+            raise ConnectionLost(f"cannot connect to {address}: timed out") from None
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
+        if token is not None:
+            try:
+                await client.auth(token)
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    def _transport_ready(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Small requests must not wait for Nagle; batching is done by us, per iteration.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def close(self) -> None:
+        """Close the connection; pending calls fail with `ConnectionLost`. Idempotent."""
+        if self._transport is not None and not self._closed.done():
+            self._flush()
+            self._transport.close()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone (closed by us or lost); handler tasks are ended."""
+        await asyncio.shield(self._closed)
+        tasks = list(self._handler_tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    @property
+    def pending(self) -> int:
+        """Calls sent and not yet answered."""
+        return self._codec.pending
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # ============================================================================================
+    # calls and notifications
+    # ============================================================================================
+    async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """Send one request and wait for its result (raises the `RpcError` subclass on error).
+
+        `timeout` (seconds) overrides the client's `call_timeout`; on expiry `CallTimeout` is
+        raised and the late response is dropped when it arrives. Many calls may be in flight.
+        """
+        if self._lost is not None:
+            raise self._lost
+        if self._write_paused is not None:
+            # The transport's buffer is above its high-water mark: wait, keep memory bounded.
+            await asyncio.shield(self._write_paused)
+            if self._lost is not None:
+                raise self._lost
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        msgid, data = self._codec.request(method, params, fut)
+        self._queue(data)
+        limit = self.call_timeout if timeout is None else timeout
+        try:
+            if limit is None:
+                return await fut
+            async with asyncio.timeout(limit):
+                return await fut
+        except TimeoutError:
+            # Only our timer raises TimeoutError here: server errors are RpcError subclasses.
+            raise CallTimeout(f"{method}: no response within {limit:g} s") from None
+        finally:
+            # Timed out or cancelled: stop waiting; a late response is then dropped silently.
+            self._codec.forget(msgid)
+
+    def notify(self, method: str, *params: Any) -> None:
+        """Send a notification (no response ever comes)."""
+        if self._lost is not None:
+            raise self._lost
+        self._queue(self._codec.notification(method, params))
+
+    def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
+        """Call `handler(params)` for every notification `method`; returns an unsubscriber.
+
+        A coroutine handler runs as a task; a handler's exception is logged, never fatal.
+        """
+        self._handlers.setdefault(method, []).append(handler)
+
+        def remove() -> None:
+            handlers = self._handlers.get(method, [])
+            if handler in handlers:
+                handlers.remove(handler)
+
+        return remove
+
+    def on_tcp_event(self, handler: TcpEventHandler) -> Callable[[], None]:
+        """`handler(conn_id, event, info)` for every `tcp.event` notification."""
+
+        def unpack(params: list[Any]) -> Awaitable[None] | None:
+            conn_id, event, info = [*params, None, None, None][:3]
+            return handler(conn_id, event, info if isinstance(info, dict) else {})
+
+        return self.on_notification("tcp.event", unpack)
+
+    # ============================================================================================
+    # transport callbacks
+    # ============================================================================================
+    def _queue(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._flush_scheduled:
+            # Every call made in this loop iteration leaves in one write.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            out, self._out = self._out, []
+            self._transport.writelines(out)
+
+    def _pause_writing(self) -> None:
+        if self._write_paused is None:
+            self._write_paused = self._loop.create_future()
+
+    def _resume_writing(self) -> None:
+        waiter, self._write_paused = self._write_paused, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _data_received(self, data: bytes) -> None:
+        try:
+            events = self._codec.receive(data)
+        except ProtocolError as exc:
+            log.warning("chimney_client_protocol_error: %s", exc)
+            self._lost = ConnectionLost(f"protocol error from {self.address}: {exc}")
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        for event in events:
+            if isinstance(event, Notification):
+                self._dispatch(event)
+            elif not event.token.done():
+                if event.error is not None:
+                    event.token.set_exception(event.error)
+                else:
+                    event.token.set_result(event.result)
+
+    def _dispatch(self, note: Notification) -> None:
+        handlers = self._handlers.get(note.method)
+        if not handlers:
+            return  # unknown notifications are ignored (contract)
+        for handler in list(handlers):
+            try:
+                result = handler(note.params)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._handler_tasks.add(task)
+                    task.add_done_callback(self._handler_done)
+            except Exception:
+                log.exception("chimney_client_notification_handler_failed: %s", note.method)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handler_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("chimney_client_notification_handler_failed", exc_info=task.exception())
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is None:
+            why = f": {exc}" if exc is not None else ""
+            self._lost = ConnectionLost(f"connection to {self.address or 'server'} lost{why}")
+        for fut in self._codec.fail_all():
+            if not fut.done():
+                fut.set_exception(self._lost)
+        self._out.clear()
+        self._resume_writing()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # ============================================================================================
+    # contract v1 methods (rpc-contract.md), typed
+    # ============================================================================================
+    def _server_wait(self, timeout_ms: int | None) -> float | None:
+        """A client timeout that outlasts a server-side wait of `timeout_ms`."""
+        if timeout_ms is None or self.call_timeout is None:
+            return None
+        return max(self.call_timeout, timeout_ms / 1000 + SERVER_WAIT_MARGIN)
+
+    async def ping(self) -> str:
+        return str(await self.call("ping"))
+
+    async def auth(self, token: str) -> bool:
+        return bool(await self.call("auth", token))
+
+    async def stack_info(self) -> dict[str, Any]:
+        return dict(await self.call("stack.info"))
+
+    async def stack_stats(self) -> dict[str, Any]:
+        return dict(await self.call("stack.stats"))
+
+    async def tcp_connect(
+        self, host: str, port: int, offload: bool = True, target: str | None = None
+    ) -> int:
+        opts = connect_opts(offload, target)
+        params: list[Any] = [host, port, opts] if opts else [host, port]
+        return int(await self.call("tcp.connect", *params))
+
+    async def tcp_listen(self, host: str, port: int = 0, offload: bool = True) -> int:
+        opts = connect_opts(offload, None)
+        params: list[Any] = [host, port, opts] if opts else [host, port]
+        return int(await self.call("tcp.listen", *params))
+
+    async def tcp_listener_info(self, listener_id: int) -> dict[str, Any]:
+        return dict(await self.call("tcp.listener_info", listener_id))
+
+    async def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:
+        params: list[Any] = [listener_id] if timeout_ms is None else [listener_id, timeout_ms]
+        return int(await self.call("tcp.accept", *params, timeout=self._server_wait(timeout_ms)))
+
+    async def tcp_offload(self, conn_id: int) -> dict[str, Any]:
+        return dict(await self.call("tcp.offload", conn_id))
+
+    async def tcp_upload(self, conn_id: int) -> dict[str, Any]:
+        return dict(await self.call("tcp.upload", conn_id))
+
+    async def tcp_send(self, conn_id: int, data: bytes | bytearray | memoryview) -> int:
+        return int(await self.call("tcp.send", conn_id, data))
+
+    async def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int | None = None) -> bytes:
+        params: list[Any] = [conn_id, max_bytes]
+        if timeout_ms is not None:
+            params.append(timeout_ms)
+        return bytes(await self.call("tcp.recv", *params, timeout=self._server_wait(timeout_ms)))
+
+    async def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
+        params: list[Any] = [conn_id, True] if abortive else [conn_id]
+        return str(await self.call("tcp.disconnect", *params))
+
+    async def tcp_close(self, conn_id: int) -> bool:
+        return bool(await self.call("tcp.close", conn_id))
+
+    async def tcp_info(self, conn_id: int) -> dict[str, Any]:
+        return dict(await self.call("tcp.info", conn_id))
+
+    async def tcp_list(self) -> list[int]:
+        return list(await self.call("tcp.list"))
+
+    async def trace_get(self, conn_id: int, limit: int | None = None) -> list[dict[str, Any]]:
+        params: list[Any] = [conn_id] if limit is None else [conn_id, limit]
+        return list(await self.call("trace.get", *params))
+
+    async def events_subscribe(self, target: int | str = "*") -> bool:
+        """Subscribe to `tcp.event` for one connection or `"*"`; see `on_tcp_event`."""
+        return bool(await self.call("events.subscribe", target))
+
+    async def fault_inject(self, kind: str, **keys: Any) -> int:
+        """E.g. `await c.fault_inject("peer_reset", conn=3)`; returns the fault id."""
+        return int(await self.call("fault.inject", fault_spec(kind, keys)))
+
+    async def fault_clear(self, fault_id: int | str = "*") -> bool:
+        return bool(await self.call("fault.clear", fault_id))
+
+    async def fault_list(self) -> list[dict[str, Any]]:
+        return list(await self.call("fault.list"))

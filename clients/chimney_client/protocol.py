@@ -1,0 +1,202 @@
+"""Sans-IO msgpack-RPC client codec: request ids, the pending map and stream framing.
+
+No sockets here: `ClientCodec.request()` turns a call into bytes, `ClientCodec.receive()` turns
+bytes into events. The asyncio and blocking clients are thin shells that move bytes and wake
+waiters, so the protocol rules are written (and tested) once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgpack
+
+from .errors import ProtocolError, RpcError, error_from_wire
+
+REQUEST = 0
+RESPONSE = 1
+NOTIFICATION = 2
+
+#: Largest frame the client accepts from the server. The daemon's own limit (8 MiB) is on what
+#: it receives; a `tcp.recv` answer is bounded by the caller's `max_bytes`, so leave headroom.
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+#: msgpack-RPC msgids are uint32; ids wrap around and skip those still pending.
+MSGID_LIMIT = 1 << 32
+DEFAULT_PORT = 7411
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply(Generic[T]):
+    """A response to a call still pending: `token` is what the caller registered with it."""
+
+    msgid: int
+    token: T
+    error: RpcError | None
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: list[Any]
+
+
+Event = Reply[T] | Notification
+
+
+class ClientCodec(Generic[T]):
+    """Encodes requests, decodes the server's stream, matches responses to pending calls.
+
+    `T` is whatever the shell wants back with a reply (a future, a slot): the codec keeps it in
+    the pending map and never looks at it.
+    """
+
+    __slots__ = ("_next_id", "_packer", "_pending", "_unpacker", "dropped_responses")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        # raw=False: the server always sends str for text; bin stays bytes.
+        # strict_map_key=False: maps such as per-layer handle ids may be keyed by ints.
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=False,
+            max_buffer_size=max_frame,
+            unicode_errors="surrogateescape",
+        )
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._pending: dict[int, T] = {}
+        self._next_id = 0
+        #: responses nobody waited for any more (timed out or cancelled calls), dropped silently
+        self.dropped_responses = 0
+
+    # -- outgoing ---------------------------------------------------------------------------------
+    def request(
+        self, method: str, params: list[Any] | tuple[Any, ...], token: T
+    ) -> tuple[int, bytes]:
+        """Register a call and return its msgid and the bytes to write."""
+        msgid = self._allocate_id()
+        data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
+        self._pending[msgid] = token
+        return msgid, data
+
+    def notification(self, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
+        data: bytes = self._packer.pack([NOTIFICATION, method, list(params)])
+        return data
+
+    def _allocate_id(self) -> int:
+        for _ in range(len(self._pending) + 1):
+            msgid = self._next_id
+            self._next_id = (self._next_id + 1) % MSGID_LIMIT
+            if msgid not in self._pending:
+                return msgid
+        raise RuntimeError("no free msgid")  # pragma: no cover - needs 2**32 calls in flight
+
+    # -- pending map ------------------------------------------------------------------------------
+    def forget(self, msgid: int) -> T | None:
+        """Stop waiting for `msgid` (timeout, cancel): a late response is then dropped."""
+        return self._pending.pop(msgid, None)
+
+    def fail_all(self) -> list[T]:
+        """Take every pending token (the connection is gone; the shell fails them)."""
+        tokens = list(self._pending.values())
+        self._pending.clear()
+        return tokens
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def is_pending(self, msgid: int) -> bool:
+        return msgid in self._pending
+
+    # -- incoming ---------------------------------------------------------------------------------
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Event[T]]:
+        """Feed bytes from the server; return the complete events they finish, in wire order.
+
+        Raises `ProtocolError` on bytes that are not msgpack-RPC; the shell must then close.
+        """
+        try:
+            self._unpacker.feed(data)
+        except msgpack.BufferFull as exc:
+            raise ProtocolError("frame from server exceeds the client's max_frame") from exc
+        events: list[Event[T]] = []
+        try:
+            for obj in self._unpacker:
+                event = self._decode(obj)
+                if event is not None:
+                    events.append(event)
+        except (
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+            ValueError,
+            TypeError,
+        ) as exc:
+            raise ProtocolError(f"undecodable data from server: {exc}") from exc
+        return events
+
+    def _decode(self, obj: Any) -> Event[T] | None:
+        if not isinstance(obj, list) or not obj:
+            raise ProtocolError(f"message is not a msgpack-RPC array: {obj!r:.80}")
+        kind = obj[0]
+        if kind == RESPONSE and len(obj) == 4:
+            _, msgid, error, result = obj
+            if not isinstance(msgid, int):
+                raise ProtocolError(f"response msgid is not an int: {msgid!r:.40}")
+            if msgid not in self._pending:
+                self.dropped_responses += 1
+                return None
+            token = self._pending.pop(msgid)
+            err = None if error is None else error_from_wire(error)
+            return Reply(msgid, token, err, None if err is not None else result)
+        if kind == NOTIFICATION and len(obj) == 3:
+            _, method, params = obj
+            if isinstance(method, bytes):
+                method = method.decode("utf-8", "surrogateescape")
+            if not isinstance(method, str):
+                raise ProtocolError(f"notification method is not a string: {method!r:.40}")
+            return Notification(method, params if isinstance(params, list) else [params])
+        raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """`"host:port"`, `"[::1]:port"`, `"host"` (default port) or `"unix:/path"` (a str path)."""
+    address = address.strip()
+    if address.startswith("unix:"):
+        path = address[len("unix:") :]
+        if not path:
+            raise ValueError("unix: address needs a path")
+        return path
+    if address.startswith("["):
+        host, sep, rest = address[1:].partition("]")
+        if not sep:
+            raise ValueError(f"bad address {address!r}")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:
+        host, port = address, ""
+    try:
+        port_n = int(port) if port else DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in address {address!r}") from None
+    if not 0 <= port_n < 65536:
+        raise ValueError(f"port out of range in address {address!r}")
+    return (host or "127.0.0.1", port_n)
+
+
+def connect_opts(offload: bool, target: str | None) -> dict[str, Any]:
+    """`opts` of `tcp.connect`/`tcp.listen`: only what differs from the contract defaults."""
+    opts: dict[str, Any] = {}
+    if not offload:
+        opts["offload"] = False
+    if target is not None:
+        opts["target"] = target
+    return opts
+
+
+def fault_spec(kind: str, keys: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, **keys}
