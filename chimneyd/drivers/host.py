@@ -125,6 +125,7 @@ class Tcb:
         "read_paused",
         "recv_waiters",
         "refused",
+        "replaying",
         "requeue",
         "send_backlog",
         "sends",
@@ -169,6 +170,7 @@ class Tcb:
         self.disconnect_done: Done | None = None
         self.delegated: dict[str, Any] = {}  # the TCP delegated state as last known
         self.queries = 0
+        self.replaying = False
         # transitions
         self.deferred: deque[Callable[[], None]] = deque()
         self.offload_done: list[Done] = []
@@ -225,11 +227,19 @@ class HostStack(DriverLayer):
                 self.ndis.NdisOffloadTcpReceiveReturn(self, binding, link_chain(nbls))  # type: ignore[arg-type]
 
     def _run_deferred(self, tcb: Tcb) -> None:
-        while tcb.deferred and tcb.state in (HOST, OFFLOADED, CLOSED):
-            tcb.deferred.popleft()()
+        """Replay requests that waited for a transition, in order, until one starts another."""
+        if tcb.replaying:
+            return
+        tcb.replaying = True
+        try:
+            while tcb.deferred and tcb.state in (HOST, OFFLOADED, CLOSED):
+                tcb.deferred.popleft()()
+        finally:
+            tcb.replaying = False
 
     def _defer_if_moving(self, tcb: Tcb, fn: Callable[[], None]) -> bool:
-        if tcb.state in (OFFLOADING, UPLOADING) or tcb.deferred:
+        """Hold a request while the connection changes hands, or behind held ones (order)."""
+        if tcb.state in (OFFLOADING, UPLOADING) or (tcb.deferred and not tcb.replaying):
             tcb.deferred.append(fn)
             return True
         return False
@@ -773,7 +783,7 @@ class HostStack(DriverLayer):
             return
         nbl = NetBufferList.for_data(data)
         nbl.trace = tcb.trace
-        nbl.protocol_reserved = done
+        nbl.protocol_reserved = (done, len(data))
         if tcb.state == OFFLOADED:
             assert tcb.handle is not None
             self.ndis.NdisOffloadTcpSend(self, tcb.handle, nbl)
@@ -797,6 +807,7 @@ class HostStack(DriverLayer):
         while sends and sends[0][2] <= acked:
             nbl, start, end = sends.popleft()
             nbl.tcp_offload_bytes_transferred += end - start
+            nbl.advance(end - start)
             self._finish_send(nbl, SUCCESS)
         if sends and acked > sends[0][1]:
             # a partly acknowledged head: advance it so a later initiate starts at SndUna
@@ -806,18 +817,17 @@ class HostStack(DriverLayer):
             sends[0] = (nbl, acked, end)
 
     def _finish_send(self, nbl: NetBufferList, status: NdisStatus) -> None:
-        """The application's send is over: `TcpOffloadBytesTransferred` bytes were acknowledged."""
-        done: Done | None = nbl.protocol_reserved
+        """The application's send is over. Every layer advances the NB by the bytes the peer
+        acknowledged, so what was acknowledged is the original length minus what is left."""
+        done, length = nbl.protocol_reserved
         nbl.protocol_reserved = None
         self.stats.outstanding_nbls -= 1
-        total = nbl.tcp_offload_bytes_transferred
+        acked = length - nbl.data_length
+        self.stats.bytes_sent += acked
         if status is SUCCESS:
-            self.stats.bytes_sent += total
-        if done is not None:
-            if status is SUCCESS:
-                done(total, None)
-            else:
-                done(None, ndis_error(status, f" acknowledged {total} bytes"))
+            done(length, None)
+        else:
+            done(None, ndis_error(status, f" acknowledged {acked} bytes"))
 
     def _fail_host_sends(self, tcb: Tcb, status: NdisStatus) -> None:
         acked = 0 if tcb.wire.closed else tcb.wire.acked()

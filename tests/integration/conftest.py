@@ -1,0 +1,53 @@
+"""Fixtures for engine tests on real loopback sockets: an in-process engine and peers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chimneyd.engine import DEFAULT_TOPOLOGY, Engine, EngineSettings, LayerSpec, start_engine
+from tests.integration.support import EchoPeer, RecordingPeer, assert_clean, drained
+
+
+@pytest.fixture
+async def make_engine() -> AsyncIterator[Callable[..., Any]]:
+    """Build engines with the invariant checker on; at teardown every connection is closed and
+    every table, count and task must be back to zero."""
+    engines: list[Engine] = []
+
+    async def make(layers: tuple[LayerSpec, ...] = DEFAULT_TOPOLOGY, **settings: Any) -> Engine:
+        engine = await start_engine(EngineSettings(invariants=True, **settings), layers)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        for conn_id in engine.conn_ids():
+            await engine.close(conn_id)
+        stats = await drained(engine)
+        assert_clean(engine, stats)
+        report = await engine.shutdown(2.0)
+        assert report["left_over"] == {}
+        assert all(t.task is None for t in engine.tasks)
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoPeer, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+async def recording() -> AsyncIterator[tuple[int, list[RecordingPeer]]]:
+    loop = asyncio.get_running_loop()
+    peers: list[RecordingPeer] = []
+    server = await loop.create_server(lambda: RecordingPeer(peers), "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], peers
+    for p in peers:
+        p.transport.abort()
+    server.close()

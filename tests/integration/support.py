@@ -1,0 +1,86 @@
+"""Helpers for engine tests on real loopback sockets: peers, topologies, drain checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from chimneyd.engine import Engine, LayerSpec
+
+
+class EchoPeer(asyncio.Protocol):
+    """A loopback peer that returns every byte and answers FIN with FIN."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.transport.write_eof()
+        return True
+
+
+class RecordingPeer(asyncio.Protocol):
+    """A loopback peer that keeps what it receives and can send, FIN or RST on demand."""
+
+    instances: list[RecordingPeer]
+
+    def __init__(self, registry: list[RecordingPeer]) -> None:
+        registry.append(self)
+        self.received = bytearray()
+        self.eof = False
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def topology(n_im: int) -> tuple[LayerSpec, ...]:
+    """host → n_im pass-through IMs → nic0."""
+    names = ["tcpip", *[f"im{i}" for i in range(n_im)], "nic0"]
+    layers = [LayerSpec("tcpip", "host", (names[1],))]
+    for i in range(n_im):
+        layers.append(LayerSpec(f"im{i}", "passthrough", (names[i + 2],)))
+    layers.append(LayerSpec("nic0", "target"))
+    return tuple(layers)
+
+
+async def drained(engine: Engine, timeout: float = 5.0) -> dict[str, Any]:
+    """Wait until every layer's gauges are back to zero; return the stats."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        stats = engine.ndis.stats()
+        busy = any(
+            s["offloads_active"] or s["handles"] or s["outstanding_nbls"] for s in stats.values()
+        )
+        if not busy or loop.time() > end:
+            return stats
+        await asyncio.sleep(0.01)
+
+
+def assert_clean(engine: Engine, stats: dict[str, Any]) -> None:
+    for name, s in stats.items():
+        for gauge in ("offloads_active", "handles", "outstanding_nbls"):
+            assert s[gauge] == 0, f"{name}.{gauge} = {s[gauge]} after drain"
+    assert engine.layer_errors == 0, "a layer handler raised"
+    if engine.checker is not None:
+        assert engine.checker.violations == []
+        assert engine.checker.check_drained(stats) == []
+
+
+EngineFactory = Callable[..., "asyncio.Future[Engine]"]
