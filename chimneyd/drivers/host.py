@@ -616,11 +616,11 @@ class HostStack(DriverLayer):
                     self._start_object_terminate(obj.parent, root)
                 self.ndis.NdisTerminateOffload(self, obj.binding, root)
         for obj in list(self.objects.values()):
-            if obj.state == "offloaded" and obj.refs == 0 and obj.block_kind == "neighbor":
-                if not any(o.parent is obj and o.state != "idle" for o in self.objects.values()):
-                    root = new_neighbor_block(None)
-                    self._start_object_terminate(obj, root)
-                    self.ndis.NdisTerminateOffload(self, obj.binding, root)
+            unused = obj.state == "offloaded" and obj.refs == 0 and obj.block_kind == "neighbor"
+            if unused and not any(o.parent is obj and o.state != "idle" for o in self.objects.values()):
+                root = new_neighbor_block(None)
+                self._start_object_terminate(obj, root)
+                self.ndis.NdisTerminateOffload(self, obj.binding, root)
         for key in [k for k, o in self.objects.items() if o.state == "idle" and o.refs == 0]:
             del self.objects[key]
 

@@ -38,7 +38,7 @@ class InvariantViolation(AssertionError):
 
 def _conn(nbl: NetBufferList) -> int:
     trace = nbl.trace
-    return trace.conn_id if trace is not None else 0  # type: ignore[no-any-return]
+    return trace.conn_id if trace is not None else 0
 
 
 class InvariantChecker:
