@@ -181,9 +181,9 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     p.add_argument("id", type=_positive_int)
     p = cmd("send", "send bytes; waits for the peer's acknowledgement (tcp.send)")
     p.add_argument("id", type=_positive_int)
-    p.add_argument("data", nargs="?", help="text to send (UTF-8), or hex with --hex")
+    p.add_argument("data", nargs="?", help="text to send (UTF-8)")
+    p.add_argument("--hex", metavar="HEX", help="send these bytes instead, e.g. 68656c6c6f")
     p.add_argument("--file", metavar="F", help="send the bytes of file F ('-': stdin)")
-    p.add_argument("--hex", action="store_true", help="DATA is hex, e.g. 68656c6c6f")
     p = cmd("recv", "receive up to MAX bytes (tcp.recv); empty means the peer sent FIN")
     p.add_argument("id", type=_positive_int)
     p.add_argument("max", type=_positive_int, metavar="MAX")
@@ -315,7 +315,12 @@ class Output:
         self.console.print(text, markup=False)
 
     def table(self, table: Table) -> None:
-        self.console.print(table)
+        # Rendered, then right-stripped: rich pads cells, and trailing blanks spoil copy-paste.
+        with self.console.capture() as cap:
+            self.console.print(table)
+        text = "\n".join(line.rstrip() for line in cap.get().splitlines())
+        self.file.write(text + "\n")
+        self.file.flush()
 
     def raw(self, data: bytes) -> None:
         self.file.flush()
@@ -328,7 +333,9 @@ class Output:
 
 
 def _table(*columns: str, title: str | None = None) -> Table:
-    t = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
+    t = Table(
+        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False
+    )
     for c in columns:
         t.add_column(c, no_wrap=True)
     return t
@@ -512,19 +519,19 @@ def _upload(s: Session, a: argparse.Namespace) -> None:
 
 
 def _send(s: Session, a: argparse.Namespace) -> None:
-    if (a.data is None) == (a.file is None):
-        raise UsageError("send: give DATA or --file F (one of them)")
+    if sum(x is not None for x in (a.data, a.hex, a.file)) != 1:
+        raise UsageError("send: give exactly one of DATA, --hex HEX, --file F")
     if a.file is not None:
         if a.file == "-":
             data = sys.stdin.buffer.read()
         else:
             with open(a.file, "rb") as f:
                 data = f.read()
-    elif a.hex:
+    elif a.hex is not None:
         try:
-            data = bytes.fromhex(a.data)
+            data = bytes.fromhex(a.hex)
         except ValueError:
-            raise UsageError(f"send: not hex: {a.data!r}") from None
+            raise UsageError(f"send: not hex: {a.hex!r}") from None
     else:
         data = a.data.encode("utf-8")
     r = s.client.tcp_send(a.id, data)
