@@ -7,6 +7,7 @@ reads more while idle.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .protocol import (
     fault_spec,
     parse_address,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 SERVER_WAIT_MARGIN = 5.0
@@ -204,7 +207,13 @@ class Client:
             if isinstance(event, Notification):
                 self.notifications.append(event)
                 for handler in list(self._handlers.get(event.method, ())):
-                    handler(event.params)
+                    try:
+                        handler(event.params)
+                    except Exception:
+                        # A broken handler must not lose the replies decoded in this batch.
+                        log.exception(
+                            "chimney_client_notification_handler_failed: %s", event.method
+                        )
             else:
                 event.token.reply = event
         return True
