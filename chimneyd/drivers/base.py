@@ -67,6 +67,8 @@ class DriverLayer(Layer):
     # -- faults -------------------------------------------------------------------------------
     def take_failure(self, call: str) -> NdisStatus | None:
         """If a `fail_next` fault covers `call`, use up one count and return its status."""
+        if not self.fail_next:
+            return None
         for fault in self.fail_next:
             if fault.call == call and fault.count > 0:
                 fault.count -= 1
@@ -81,7 +83,7 @@ class DriverLayer(Layer):
         Held calls stay in arrival order (one FIFO per call name), so a delay never reorders
         the I/O of a connection, even when the fault is cleared while calls are held.
         """
-        if self._releasing:
+        if self._releasing or not (self.delays or self._held):
             return False
         queue = self._held.get(call)
         delay = self.delays.get(call)

@@ -202,6 +202,7 @@ class HostStack(DriverLayer):
         self.paused: set[int] = set()  # binding ids under NDIS_STATUS_OFFLOAD_PAUSE
         self.emit: Callable[[int, str, dict[str, Any]], None] = lambda conn_id, event, info: None
         self._returns: dict[Binding, list[NetBufferList]] = {}
+        self._send_batches: dict[Tcb, list[NetBufferList]] = {}
 
     # ============================================================================================
     # connections
@@ -216,7 +217,10 @@ class HostStack(DriverLayer):
         return tcb
 
     def after_batch(self) -> None:
-        """Once per inbox drain: issue the batched state operations and receive returns."""
+        """Once per inbox drain: issue the batched sends, state operations and receive returns."""
+        if self._send_batches:
+            for tcb in list(self._send_batches):
+                self._flush_sends(tcb)
         if self.pending_terminates:
             self._flush_terminates()
         if self.pending_initiates:
@@ -225,6 +229,15 @@ class HostStack(DriverLayer):
             returns, self._returns = self._returns, {}
             for binding, nbls in returns.items():
                 self.ndis.NdisOffloadTcpReceiveReturn(self, binding, link_chain(nbls))  # type: ignore[arg-type]
+
+    def _flush_sends(self, tcb: Tcb) -> None:
+        """Send the connection's queued NBLs as one chain: one NdisOffloadTcpSend, one hop per
+        layer, one write at the NIC (perf-notes: batch at every hand-off). Called before any
+        other call on the connection, so order across calls is kept."""
+        batch = self._send_batches.pop(tcb, None)
+        if batch:
+            assert tcb.handle is not None
+            self.ndis.NdisOffloadTcpSend(self, tcb.handle, link_chain(batch))  # type: ignore[arg-type]
 
     def _run_deferred(self, tcb: Tcb) -> None:
         """Replay requests that waited for a transition, in order, until one starts another."""
@@ -564,6 +577,7 @@ class HostStack(DriverLayer):
     def _terminate(self, tcb: Tcb) -> None:
         if tcb.state != OFFLOADED:
             return
+        self._flush_sends(tcb)
         if tcb.queries:
             # terminate only once no query is pending on the connection (spec §3.1)
             tcb.deferred.append(lambda: self._terminate(tcb))
@@ -617,7 +631,9 @@ class HostStack(DriverLayer):
                 self.ndis.NdisTerminateOffload(self, obj.binding, root)
         for obj in list(self.objects.values()):
             unused = obj.state == "offloaded" and obj.refs == 0 and obj.block_kind == "neighbor"
-            if unused and not any(o.parent is obj and o.state != "idle" for o in self.objects.values()):
+            if unused and not any(
+                o.parent is obj and o.state != "idle" for o in self.objects.values()
+            ):
                 root = new_neighbor_block(None)
                 self._start_object_terminate(obj, root)
                 self.ndis.NdisTerminateOffload(self, obj.binding, root)
@@ -741,6 +757,7 @@ class HostStack(DriverLayer):
             done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is not offloaded"))
             return
         tcb.lifecycle.fire(Call.QUERY)
+        self._flush_sends(tcb)
         root = new_neighbor_block(None)
         root.add_dependent(new_path_block(None)).add_dependent(
             new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated())
@@ -785,8 +802,11 @@ class HostStack(DriverLayer):
         nbl.trace = tcb.trace
         nbl.protocol_reserved = (done, len(data))
         if tcb.state == OFFLOADED:
-            assert tcb.handle is not None
-            self.ndis.NdisOffloadTcpSend(self, tcb.handle, nbl)
+            batch = self._send_batches.get(tcb)
+            if batch is None:
+                self._send_batches[tcb] = [nbl]
+            else:
+                batch.append(nbl)
         else:
             self.stats.outstanding_nbls += 1
             self._host_send(tcb, nbl)
@@ -1129,6 +1149,7 @@ class HostStack(DriverLayer):
         )
         if tcb.state == OFFLOADED:
             assert tcb.handle is not None
+            self._flush_sends(tcb)  # a disconnect follows every earlier send (spec §4.5)
             nbl = NetBufferList.for_data(b"")
             nbl.trace = tcb.trace
             nbl.protocol_reserved = (tcb, done, abortive)

@@ -233,7 +233,7 @@ class Ndis:
         context = handle.context()
         binding: Binding = handle.ndis_reserved
         lower = binding.lower
-        nbls = list(iter_chain(head))
+        nbls = [head] if head.next is None else list(iter_chain(head))
         ndis_call = "NdisOffloadTcp" + which
         for nbl in nbls:
             nbl.source_bindings.append(binding)
@@ -314,7 +314,7 @@ class Ndis:
             if trace is not None:
                 trace.record(caller.name, ndis_call, 0, 0, nbl.id, nbl.status)
                 trace.record(binding.upper.name, protocol_call, 0, 0, nbl.id, nbl.status)
-            caller.stats.count(f"{ndis_call}/{nbl.status.name}")
+            caller.stats.count_status(ndis_call, nbl.status)
         for binding, nbls in groups:
             n = len(nbls)
             caller.stats.outstanding_nbls -= n

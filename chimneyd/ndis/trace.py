@@ -63,6 +63,7 @@ class LayerStats:
     """Gauges and counters of one layer, as `stack.stats` serves them."""
 
     __slots__ = (
+        "by_status",
         "bytes_received",
         "bytes_sent",
         "calls",
@@ -79,9 +80,15 @@ class LayerStats:
         self.bytes_received = 0
         # "Call/STATUS" -> count; a call without a status counts under the bare name.
         self.calls: dict[str, int] = {}
+        self.by_status: dict[tuple[str, int], int] = {}
 
     def count(self, key: str, n: int = 1) -> None:
         self.calls[key] = self.calls.get(key, 0) + n
+
+    def count_status(self, call: str, status: int) -> None:
+        """Count a call by its status; the name is made only when stats are read."""
+        key = (call, status)
+        self.by_status[key] = self.by_status.get(key, 0) + 1
 
     def as_map(self) -> dict[str, Any]:
         return {
@@ -90,5 +97,10 @@ class LayerStats:
             "outstanding_nbls": self.outstanding_nbls,
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
-            "calls": dict(sorted(self.calls.items())),
+            "calls": dict(
+                sorted(
+                    [*self.calls.items()]
+                    + [(f"{call}/{status_name(st)}", n) for (call, st), n in self.by_status.items()]
+                )
+            ),
         }
