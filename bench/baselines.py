@@ -1,0 +1,378 @@
+"""Baselines every other figure is divided by, measured in the same run:
+
+* raw uvloop loopback throughput: a Protocol sender, 64 KiB writes, to a BufferedProtocol sink
+  (in its own process, as the emulated path's peer is; and in-process, for context);
+* a bare `asyncio.Queue` hop: a chain of tasks handing messages on (one in flight, a burst of 64,
+  and items that are batches of 64);
+* a minimal uvloop msgpack-RPC echo server (own process) and a pipelined client, 1 and 64 in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from bench.common import PAYLOAD, Figure, Section, child, mbps, percentile, ports_of
+from bench.peers import SINK_HEADER, Sink
+
+HOPS = 4  # hand-offs per message in every hop benchmark (a send through 1 IM makes 4 broker hops)
+BURST = 64
+
+
+# ================================================================================================
+# raw loopback
+# ================================================================================================
+class _Sender(asyncio.Protocol):
+    """Writes `total` bytes (8-byte sink header first) in 64 KiB writes, obeying flow control."""
+
+    def __init__(self, total: int, payload: bytes) -> None:
+        self.total = total
+        self.payload = payload
+        self.sent = 0
+        self.paused = False
+        self.reply = b""
+        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.transport.write(SINK_HEADER.pack(self.total))
+        self.sent = SINK_HEADER.size
+        self._pump()
+
+    def _pump(self) -> None:
+        write = self.transport.write
+        payload = self.payload
+        while not self.paused and self.sent < self.total:
+            chunk = (
+                payload
+                if self.total - self.sent >= len(payload)
+                else payload[: self.total - self.sent]
+            )
+            write(chunk)
+            self.sent += len(chunk)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.reply += data
+        if len(self.reply) >= 1 + SINK_HEADER.size and not self.done.done():
+            self.done.set_result(time.perf_counter() - self.t0)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(ConnectionError(f"sink went away: {exc}"))
+
+
+async def raw_send(port: int, total: int) -> float:
+    """Seconds to move `total` bytes to the sink on `port` until the sink confirms them."""
+    loop = asyncio.get_running_loop()
+    payload = bytes(PAYLOAD)
+    transport, proto = await loop.create_connection(
+        lambda: _Sender(total, payload), "127.0.0.1", port
+    )
+    try:
+        proto.start()
+        return await asyncio.wait_for(proto.done, 60.0)
+    finally:
+        transport.close()
+
+
+async def raw_loopback(total: int, sink_port: int, repeat: int = 3) -> dict[str, float]:
+    """Best of `repeat` runs, to the subprocess sink and to an in-process sink (MB/s)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    local = server.sockets[0].getsockname()[1]
+    try:
+        sub = min([await raw_send(sink_port, total) for _ in range(repeat)])
+        inproc = min([await raw_send(local, total) for _ in range(repeat)])
+    finally:
+        server.close()
+    return {"subprocess_mbps": mbps(total, sub), "inprocess_mbps": mbps(total, inproc)}
+
+
+# ================================================================================================
+# bare asyncio.Queue hop
+# ================================================================================================
+async def queue_hops(n_messages: int, mode: str) -> float:
+    """ns per hop per message through HOPS asyncio.Queue hand-offs (HOPS-1 relay tasks, the last
+    hop back to the driver). mode: "single" (one message in flight), "burst" (64 messages put
+    at once), "batch" (each item is a list of 64 messages)."""
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in range(HOPS)]
+
+    async def relay(src: asyncio.Queue[Any], dst: asyncio.Queue[Any]) -> None:
+        get, put = src.get, dst.put_nowait
+        while True:
+            put(await get())
+
+    tasks = [asyncio.create_task(relay(queues[i], queues[i + 1])) for i in range(HOPS - 1)]
+    first, last = queues[0], queues[-1]
+    try:
+        await asyncio.sleep(0)
+        t0 = time.perf_counter()
+        if mode == "single":
+            for i in range(n_messages):
+                first.put_nowait(i)
+                await last.get()
+        elif mode == "burst":
+            for _ in range(n_messages // BURST):
+                for i in range(BURST):
+                    first.put_nowait(i)
+                for _ in range(BURST):
+                    await last.get()
+        else:
+            batch = list(range(BURST))
+            for _ in range(n_messages // BURST):
+                first.put_nowait(batch)
+                await last.get()
+        elapsed = time.perf_counter() - t0
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    n = n_messages if mode == "single" else (n_messages // BURST) * BURST
+    return elapsed / (n * HOPS) * 1e9
+
+
+# ================================================================================================
+# msgpack-RPC load
+# ================================================================================================
+@dataclass
+class RpcResult:
+    requests: int
+    seconds: float
+    p50_us: float
+    p99_us: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    def as_map(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "seconds": self.seconds,
+            "req_per_s": self.rate,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "errors": self.errors,
+        }
+
+
+class RpcClient(asyncio.Protocol):
+    """A pipelined msgpack-RPC client on a Protocol: `call()` returns a future per request;
+    requests queued in one loop turn go out in one write."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=64 * 1024 * 1024)
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.out: list[bytes] = []
+        self.next_id = 1
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def call(self, method: str, *params: Any) -> asyncio.Future[Any]:
+        msgid = self.next_id
+        self.next_id = (msgid + 1) & 0x7FFFFFFF or 1
+        fut = self.loop.create_future()
+        self.pending[msgid] = fut
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out.append(self.packer.pack([0, msgid, method, list(params)]))
+        return fut
+
+    def _flush(self) -> None:
+        if self.out and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out = []
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        for msg in self.unpacker:
+            if not isinstance(msg, list) or len(msg) != 4 or msg[0] != 1:
+                continue  # notifications and junk: not what a load client waits on
+            fut = self.pending.pop(msg[1], None)
+            if fut is None or fut.done():
+                continue
+            if msg[2] is not None:
+                fut.set_exception(RuntimeError(f"rpc error {msg[2]!r}"))
+            else:
+                fut.set_result(msg[3])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"rpc connection lost: {exc}"))
+        self.pending.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def rpc_connect(port: int) -> tuple[asyncio.Transport, RpcClient]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(RpcClient, "127.0.0.1", port)
+    return transport, proto  # type: ignore[return-value]
+
+
+async def rpc_load(
+    client: RpcClient,
+    in_flight: int,
+    seconds: float,
+    make: Callable[[RpcClient], asyncio.Future[Any]] | None = None,
+    max_requests: int = 2_000_000,
+) -> RpcResult:
+    """Keep `in_flight` requests outstanding for `seconds` (or `max_requests`); latency of each."""
+    make = make or (lambda c: c.call("ping"))
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    done = loop.create_future()
+    issued = 0
+    end = time.perf_counter() + seconds
+    outstanding = 0
+
+    def issue() -> None:
+        nonlocal issued, outstanding
+        issued += 1
+        outstanding += 1
+        t = time.perf_counter()
+        make(client).add_done_callback(lambda f, t=t: finished(f, t))  # type: ignore[misc]
+
+    def finished(fut: asyncio.Future[Any], t: float) -> None:
+        nonlocal errors, outstanding
+        now = time.perf_counter()
+        outstanding -= 1
+        if fut.exception() is not None:
+            errors += 1
+        latencies.append(now - t)
+        if now < end and issued < max_requests and not client.closed.done():
+            issue()
+        elif outstanding == 0 and not done.done():
+            done.set_result(now)
+
+    t0 = time.perf_counter()
+    for _ in range(in_flight):
+        issue()
+    t1 = await asyncio.wait_for(done, seconds + 30.0)
+    return RpcResult(
+        len(latencies),
+        t1 - t0,
+        percentile(latencies, 50) * 1e6,
+        percentile(latencies, 99) * 1e6,
+        errors,
+    )
+
+
+async def rpc_echo_baseline(seconds: float) -> dict[int, RpcResult]:
+    """The minimal echo server in its own process; ping at 1 and 64 in flight."""
+    out: dict[int, RpcResult] = {}
+    with child("-m", "bench.peers", "rpc-echo") as server:
+        port = ports_of(server.expect("ready "))[0]
+        transport, client = await rpc_connect(port)
+        try:
+            await rpc_load(client, 8, min(0.2, seconds))  # warm up
+            for window in (1, 64):
+                out[window] = await rpc_load(client, window, seconds)
+        finally:
+            transport.close()
+    return out
+
+
+# ================================================================================================
+# the section
+# ================================================================================================
+async def run(quick: bool) -> tuple[Section, dict[str, Any]]:
+    """Run the baselines; the second value is what other sections divide by."""
+    sec = Section("baselines")
+    total = (64 if quick else 512) * 1024 * 1024 + SINK_HEADER.size
+    with child("-m", "bench.peers", "sink") as sink:
+        port = ports_of(sink.expect("ready "))[0]
+        raw = await raw_loopback(total, port, repeat=2 if quick else 3)
+    sec.raw["raw_loopback"] = raw
+    sec.figures.append(
+        Figure(
+            "baselines",
+            "raw uvloop loopback, sink in own process",
+            raw["subprocess_mbps"],
+            "MB/s",
+            raw["inprocess_mbps"],
+            "sink in-process",
+            raw["subprocess_mbps"] / raw["inprocess_mbps"],
+            note="64 KiB Protocol writes; the engine benches divide by the own-process figure",
+        )
+    )
+    n_single = 5_000 if quick else 40_000
+    n_burst = 64_000 if quick else 512_000
+    q = {
+        "single": min([await queue_hops(n_single, "single") for _ in range(3)]),
+        "burst": min([await queue_hops(n_burst, "burst") for _ in range(3)]),
+        "batch": min([await queue_hops(n_burst, "batch") for _ in range(3)]),
+    }
+    sec.raw["queue_hop_ns"] = q
+    sec.figures.append(
+        Figure(
+            "baselines",
+            "asyncio.Queue hop, 1 in flight",
+            q["single"],
+            "ns/hop",
+            note=f"{HOPS} hand-offs per message, best of 3",
+        )
+    )
+    sec.figures.append(
+        Figure(
+            "baselines",
+            f"asyncio.Queue hop, burst of {BURST}",
+            q["burst"],
+            "ns/hop/msg",
+            q["single"],
+            "1 in flight",
+            q["burst"] / q["single"],
+        )
+    )
+    sec.figures.append(
+        Figure(
+            "baselines",
+            f"asyncio.Queue hop, items of {BURST}",
+            q["batch"],
+            "ns/hop/msg",
+            q["single"],
+            "1 in flight",
+            q["batch"] / q["single"],
+        )
+    )
+    rpc = await rpc_echo_baseline(0.5 if quick else 2.0)
+    sec.raw["rpc_echo"] = {str(k): v.as_map() for k, v in rpc.items()}
+    for window, r in rpc.items():
+        sec.figures.append(
+            Figure(
+                "baselines",
+                f"msgpack-RPC echo ping, {window} in flight",
+                r.rate,
+                "req/s",
+                note=f"p50 {r.p50_us:.0f} µs, p99 {r.p99_us:.0f} µs",
+            )
+        )
+    base = {
+        "raw_mbps": raw["subprocess_mbps"],
+        "raw_inproc_mbps": raw["inprocess_mbps"],
+        "queue_hop_ns": q,
+        "rpc_echo": rpc,
+    }
+    return sec, base

@@ -1,0 +1,164 @@
+"""Loopback peers the benchmarks run in their own processes (the machine has 2 cores: a peer in
+its own process keeps its CPU off the measured loop's core).
+
+    python -m bench.peers sink|echo|hold|rpc-echo [--ports N]
+
+Each prints `ready <port>[,<port>...]` once it listens on 127.0.0.1 and exits when its stdin
+closes (so the parent's `finally` always ends it). `hold` answers `rss` on stdin with
+`rss <bytes> <connections held>`.
+
+sink protocol: the first 8 bytes of a connection are the big-endian byte count that follows
+(header included); once that many bytes arrived the sink answers `D` + the same 8 bytes. The
+sender so knows the bytes reached the peer process, not just a kernel buffer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import struct
+import sys
+from typing import Any
+
+import msgpack
+
+from bench.common import install_uvloop, raise_nofile, rss_bytes
+
+SINK_HEADER = struct.Struct(">Q")
+CONNS_PER_PORT = 5000  # perf-notes: past ~14k per listening port Linux's port search slows
+
+
+class Sink(asyncio.BufferedProtocol):
+    """Counts bytes into one reused buffer: the peer costs no allocation per read."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(256 * 1024)
+        self.view = memoryview(self.buf)
+        self.header = bytearray()
+        self.expected = -1
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.expected < 0:
+            need = SINK_HEADER.size - len(self.header)
+            self.header += self.view[: min(need, nbytes)]
+            if len(self.header) == SINK_HEADER.size:
+                (self.expected,) = SINK_HEADER.unpack(self.header)
+        self.received += nbytes
+        if 0 <= self.expected <= self.received:
+            self.transport.write(b"D" + SINK_HEADER.pack(self.received))
+            self.expected = -1
+            self.header = bytearray()
+            self.received = 0
+
+    def eof_received(self) -> bool:
+        return False
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+
+class Holder(asyncio.Protocol):
+    """Holds an idle accepted socket and nothing else (the bare server of the memory bench)."""
+
+    __slots__ = ("transport",)
+    held: list[Any] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Holder.held.append(transport)
+
+
+class RpcEcho(asyncio.Protocol):
+    """The minimal uvloop msgpack-RPC server: `ping` → "pong", anything else echoes params[0].
+    All responses to one read go out in one write (perf-notes: batch at every hand-off)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+        self.unpacker = msgpack.Unpacker(raw=False, max_buffer_size=16 * 1024 * 1024)
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        out = []
+        pack = self.packer.pack
+        for msg in self.unpacker:
+            if isinstance(msg, list) and len(msg) == 4 and msg[0] == 0:
+                _, msgid, method, params = msg
+                result = "pong" if method == "ping" else (params[0] if params else None)
+                out.append(pack([1, msgid, None, result]))
+        if out:
+            self.transport.write(b"".join(out))
+
+
+FACTORIES: dict[str, Any] = {"sink": Sink, "echo": Echo, "hold": Holder, "rpc-echo": RpcEcho}
+
+
+class _Control(asyncio.Protocol):
+    """stdin: `rss` → a report line; EOF → stop."""
+
+    def __init__(self, stop: asyncio.Future[None]) -> None:
+        self.stop = stop
+        self.pending = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.pending += data
+        while b"\n" in self.pending:
+            line, self.pending = self.pending.split(b"\n", 1)
+            if line.strip() == b"rss":
+                gc.collect()
+                print(f"rss {rss_bytes()} {len(Holder.held)}", flush=True)
+
+    def eof_received(self) -> bool:
+        if not self.stop.done():
+            self.stop.set_result(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.stop.done():
+            self.stop.set_result(None)
+
+
+async def serve(kind: str, nports: int) -> None:
+    loop = asyncio.get_running_loop()
+    factory = FACTORIES[kind]
+    servers = [
+        await loop.create_server(factory, "127.0.0.1", 0, backlog=4096) for _ in range(nports)
+    ]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    stop: asyncio.Future[None] = loop.create_future()
+    await loop.connect_read_pipe(lambda: _Control(stop), sys.stdin)
+    print("ready " + ",".join(map(str, ports)), flush=True)
+    try:
+        await stop
+    finally:
+        for s in servers:
+            s.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.peers")
+    p.add_argument("kind", choices=sorted(FACTORIES))
+    p.add_argument("--ports", type=int, default=1)
+    args = p.parse_args(argv)
+    raise_nofile()
+    install_uvloop()
+    asyncio.run(serve(args.kind, args.ports))
+
+
+if __name__ == "__main__":
+    main()
