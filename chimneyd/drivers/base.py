@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.handles import HandleTable
@@ -41,6 +42,23 @@ class Delay:
     ms: int
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def downcall(fn: F) -> F:
+    """Mark a handler NDIS calls from above (`Miniport*`): it honours `delay` faults, and while
+    anything is held, it queues behind it so the layer sees calls in the order they were made."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def handler(self: DriverLayer, *args: Any) -> None:
+        if (self.delays or self._held) and self.held(name, handler, self, *args):
+            return
+        fn(self, *args)
+
+    return cast(F, handler)
+
+
 class DriverLayer(Layer):
     """A layer with injected timers and fault hooks."""
 
@@ -51,7 +69,7 @@ class DriverLayer(Layer):
         self.table: HandleTable[Any] = HandleTable(f"{name} handle/context table", capacity)
         self.fail_next: list[FailNext] = []
         self.delays: dict[str, Delay] = {}
-        self._held: dict[str, deque[tuple[Callable[..., Any], tuple[Any, ...]]]] = {}
+        self._held: deque[tuple[int, Callable[..., Any], tuple[Any, ...]]] = deque()
         self._releasing = False
 
     # -- table bookkeeping kept in step with the `handles` gauge ---------------------------------
@@ -78,30 +96,34 @@ class DriverLayer(Layer):
         return None
 
     def held(self, call: str, fn: Callable[..., Any], *args: Any) -> bool:
-        """If a `delay` fault covers `call`, run `fn(*args)` later and return True.
+        """If a `delay` fault covers `call`, or any call is already held, run `fn(*args)` later
+        and return True.
 
-        Held calls stay in arrival order (one FIFO per call name), so a delay never reorders
-        the I/O of a connection, even when the fault is cleared while calls are held.
+        One FIFO for every downcall of the layer: a held send is never overtaken by the
+        terminate or disconnect the host issued after it, so a delay changes timing only,
+        never the order of calls, even when the fault is cleared while calls are held.
         """
         if self._releasing or not (self.delays or self._held):
             return False
-        queue = self._held.get(call)
         delay = self.delays.get(call)
-        if delay is None and not queue:
+        if delay is None and not self._held:
             return False
-        if queue is None:
-            queue = self._held[call] = deque()
-        queue.append((fn, args))
-        self.timers.call_later(delay.ms / 1000.0 if delay else 0.0, self._release, call)
+        now = self.ndis.clock()
+        due = now + (delay.ms * 1_000_000 if delay else 0)
+        if self._held:
+            due = max(due, self._held[-1][0])
+        self._held.append((due, fn, args))
+        if len(self._held) == 1:
+            self.timers.call_later((due - now) / 1e9, self._release)
         return True
 
-    def _release(self, call: str) -> None:
-        queue = self._held[call]
-        fn, args = queue.popleft()
-        if not queue:
-            del self._held[call]
+    def _release(self) -> None:
+        _, fn, args = self._held.popleft()
         self._releasing = True
         try:
             fn(*args)
         finally:
             self._releasing = False
+        if self._held:
+            wait = max(0, self._held[0][0] - self.ndis.clock()) / 1e9
+            self.timers.call_later(wait, self._release)

@@ -36,7 +36,7 @@ from chimneyd.ndis.status import (
     TcpUploadReason,
 )
 
-from .base import DriverLayer, TimerHandle, Timers
+from .base import DriverLayer, TimerHandle, Timers, downcall
 from .segment import TH_FIN, TH_PSH, TH_RST, parse_segment
 from .wire import WirePort, offset_of, seq
 
@@ -183,9 +183,8 @@ class OffloadTarget(DriverLayer):
     # ============================================================================================
     # state operations (spec §3)
     # ============================================================================================
+    @downcall
     def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
-        if self.held("MiniportInitiateOffload", self.MiniportInitiateOffload, root):
-            return
         self._initiate_list(root, None, is_root=True)
         new_tcp = [
             b.miniport_offload_context.miniport_offload_context
@@ -344,9 +343,8 @@ class OffloadTarget(DriverLayer):
         block.scratch = ctx
         return SUCCESS
 
+    @downcall
     def MiniportTerminateOffload(self, root: OffloadBlock) -> None:
-        if self.held("MiniportTerminateOffload", self.MiniportTerminateOffload, root):
-            return
         failure = self.take_failure("MiniportTerminateOffload")
         if failure is not None:
             self._corrupt(root, self.ndis.NdisMTerminateOffloadComplete)
@@ -504,6 +502,7 @@ class OffloadTarget(DriverLayer):
         d.SendBacklogSize = c.backlog or 65536
         d.ReceiveBacklogSize = c.buffered_bytes
 
+    @downcall
     def MiniportQueryOffload(self, root: OffloadBlock) -> None:
         if self.take_failure("MiniportQueryOffload") is not None:
             self._corrupt(root, self.ndis.NdisMQueryOffloadStateComplete)
@@ -525,6 +524,7 @@ class OffloadTarget(DriverLayer):
             block.status = SUCCESS
         self.ndis.NdisMQueryOffloadStateComplete(self, root)
 
+    @downcall
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
         failed = self.take_failure("MiniportUpdateOffload") is not None
         for block in walk(root):
@@ -543,6 +543,7 @@ class OffloadTarget(DriverLayer):
             block.status = SUCCESS
         self.ndis.NdisMUpdateOffloadComplete(self, root)
 
+    @downcall
     def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
         if self.take_failure("MiniportInvalidateOffload") is not None:
             self._corrupt(root, self.ndis.NdisMInvalidateOffloadComplete)
@@ -624,9 +625,8 @@ class OffloadTarget(DriverLayer):
             return UPLOADING
         return None
 
+    @downcall
     def MiniportTcpOffloadSend(self, c: TcpContext, head: NetBufferList) -> None:
-        if self.held("MiniportTcpOffloadSend", self.MiniportTcpOffloadSend, c, head):
-            return
         c.lifecycle.fire(Call.IO)
         refusal = self._refusal(c) or self.take_failure("MiniportTcpOffloadSend")
         if refusal is not None:
@@ -718,6 +718,7 @@ class OffloadTarget(DriverLayer):
     # ============================================================================================
     # disconnect (spec §4.5)
     # ============================================================================================
+    @downcall
     def MiniportTcpOffloadDisconnect(self, c: TcpContext, nbl: NetBufferList, flags: int) -> None:
         c.lifecycle.fire(Call.IO)
         refusal = self._refusal(c) or self.take_failure("MiniportTcpOffloadDisconnect")
@@ -798,6 +799,7 @@ class OffloadTarget(DriverLayer):
         if c.disconnect_nbl is not None:
             self._complete_disconnect(c, ABORTED)
 
+    @downcall
     def MiniportTcpOffloadForward(self, c: TcpContext, head: NetBufferList) -> None:
         c.lifecycle.fire(Call.IO)
         refusal = self._refusal(c)
@@ -847,9 +849,8 @@ class OffloadTarget(DriverLayer):
         c.rcv_nxt += len(data)
         c.buffered_psh = bool(flags & TH_PSH)
 
+    @downcall
     def MiniportTcpOffloadReceive(self, c: TcpContext, head: NetBufferList) -> None:
-        if self.held("MiniportTcpOffloadReceive", self.MiniportTcpOffloadReceive, c, head):
-            return
         c.lifecycle.fire(Call.IO)
         refusal = self._refusal(c) or self.take_failure("MiniportTcpOffloadReceive")
         if refusal is None and c.disconnect_indicated:
@@ -977,6 +978,7 @@ class OffloadTarget(DriverLayer):
                 c.buffered[0] = view[n:]
                 n = 0
 
+    @downcall
     def MiniportTcpOffloadReceiveReturn(self, head: NetBufferList) -> None:
         for nbl in iter_chain(head):
             if self.indicated.pop(nbl.id, None) is None:

@@ -19,7 +19,7 @@ from chimneyd.ndis.lifecycle import Call, OffloadLifecycle, OffloadState
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus, TcpOffloadEventType
 
-from .base import DriverLayer, Timers
+from .base import DriverLayer, Timers, downcall
 
 _STATE_CALL = {
     "Terminate": Call.TERMINATE,
@@ -119,22 +119,27 @@ class PassthroughIm(DriverLayer):
         self.call_entries.add(call)
         return call, lower_root, binding or self.lower_bindings[0]
 
+    @downcall
     def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
         _, low, binding = self._mirror("Initiate", root)
         self.ndis.NdisInitiateOffload(self, binding, low)
 
+    @downcall
     def MiniportTerminateOffload(self, root: OffloadBlock) -> None:
         _, low, binding = self._mirror("Terminate", root)
         self.ndis.NdisTerminateOffload(self, binding, low)
 
+    @downcall
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
         _, low, binding = self._mirror("Update", root)
         self.ndis.NdisUpdateOffload(self, binding, low)
 
+    @downcall
     def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
         _, low, binding = self._mirror("Invalidate", root)
         self.ndis.NdisInvalidateOffload(self, binding, low)
 
+    @downcall
     def MiniportQueryOffload(self, root: OffloadBlock) -> None:
         _, low, binding = self._mirror("Query", root)
         self.ndis.NdisQueryOffloadState(self, binding, low)
@@ -208,9 +213,8 @@ class PassthroughIm(DriverLayer):
             first = False
         self.ndis.NdisTcpOffloadSendComplete(self, head)
 
+    @downcall
     def MiniportTcpOffloadSend(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        if self.held("MiniportTcpOffloadSend", self.MiniportTcpOffloadSend, entry, head):
-            return
         self._entry_for_io(entry, "send")
         failure = self.take_failure("MiniportTcpOffloadSend")
         if failure is not None:
@@ -220,22 +224,24 @@ class PassthroughIm(DriverLayer):
             return
         self.ndis.NdisOffloadTcpSend(self, entry.handle, head)
 
+    @downcall
     def MiniportTcpOffloadReceive(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        if self.held("MiniportTcpOffloadReceive", self.MiniportTcpOffloadReceive, entry, head):
-            return
         self._entry_for_io(entry, "receive")
         self.ndis.NdisOffloadTcpReceive(self, entry.handle, head)
 
+    @downcall
     def MiniportTcpOffloadDisconnect(
         self, entry: ImOffloadEntry, nbl: NetBufferList, flags: int
     ) -> None:
         self._entry_for_io(entry, "disconnect")
         self.ndis.NdisOffloadTcpDisconnect(self, entry.handle, nbl, flags)
 
+    @downcall
     def MiniportTcpOffloadForward(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
         self._entry_for_io(entry, "forward")
         self.ndis.NdisOffloadTcpForward(self, entry.handle, head)
 
+    @downcall
     def MiniportTcpOffloadReceiveReturn(self, head: NetBufferList) -> None:
         self.ndis.NdisOffloadTcpReceiveReturn(self, self.lower_bindings[0], head)
 

@@ -1,0 +1,330 @@
+"""Status paths through the whole stack on real sockets: RST, FIN, failures, limits, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from typing import Any
+
+import pytest
+
+from chimneyd.api import EngineError, ErrorCode
+from chimneyd.engine import Engine
+from tests.integration.support import RecordingPeer, topology
+
+
+class Events:
+    def __init__(self, engine: Engine) -> None:
+        self.seen: list[tuple[int, str, dict[str, Any]]] = []
+        engine.subscribe(None, lambda c, e, i: self.seen.append((c, e, i)))
+
+    def names(self, conn: int) -> list[str]:
+        return [e for c, e, _ in self.seen if c == conn]
+
+    async def wait(self, conn: int, name: str, timeout: float = 5.0) -> dict[str, Any]:
+        end = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < end:
+            for c, e, i in self.seen:
+                if c == conn and e == name:
+                    return i
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"no {name} for {conn}: {self.names(conn)}")
+
+
+async def _peer(peers: list[RecordingPeer], n: int = 1) -> RecordingPeer:
+    for _ in range(500):
+        if len(peers) >= n:
+            return peers[n - 1]
+        await asyncio.sleep(0.005)
+    raise AssertionError("peer never connected")
+
+
+def _rst(peer: RecordingPeer) -> None:
+    sock = peer.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.transport.abort()
+
+
+async def _state(engine: Engine, conn: int, state: str) -> None:
+    for _ in range(500):
+        if engine.conn_info(conn)["state"] == state:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"connection {conn} is {engine.conn_info(conn)['state']}, not {state}")
+
+
+async def test_peer_rst_aborts_outstanding_io_then_uploads(
+    make_engine: Any, recording: Any
+) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers)
+    reader = asyncio.ensure_future(engine.recv(conn, 100, 5.0))
+    await asyncio.sleep(0.02)  # the read is posted down as a receive request
+    _rst(peer)  # a real RST from the peer's kernel
+    with pytest.raises(EngineError) as err:
+        await reader
+    assert err.value.code is ErrorCode.NDIS_STATUS
+    assert "NDIS_STATUS_REQUEST_ABORTED" in str(err.value)
+    await events.wait(conn, "TcpIndicateAbort")
+    await events.wait(conn, "uploaded")  # the host answers an abort with a terminate (spec §5.1)
+    with pytest.raises(EngineError) as err:
+        await engine.send(conn, b"late")
+    assert "NDIS_STATUS_REQUEST_ABORTED" in str(err.value)
+    # the receive request went down and came back aborted through every layer
+    trace = engine.trace(conn, None)
+    aborted = [h for h in trace if h["call"] == "ProtocolTcpOffloadReceiveComplete"]
+    assert aborted and aborted[-1]["status"] == "NDIS_STATUS_REQUEST_ABORTED"
+
+
+async def test_injected_peer_reset_fails_sends_in_flight(make_engine: Any, recording: Any) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", port)
+    await _peer(peers)
+    # hold the NIC's send so it is outstanding when the RST arrives
+    engine.fault_inject(
+        {"kind": "delay", "layer": "im0", "call": "MiniportTcpOffloadSend", "ms": 50}
+    )
+    sending = asyncio.ensure_future(engine.send(conn, b"x" * 1000))
+    await asyncio.sleep(0.01)
+    fid = engine.fault_inject({"kind": "peer_reset", "conn": conn})
+    assert fid > 0
+    await events.wait(conn, "TcpIndicateAbort")
+    with pytest.raises(EngineError) as err:
+        await sending
+    assert "NDIS_STATUS_REQUEST_ABORTED" in str(err.value) or "NDIS_STATUS_UPLOAD" in str(err.value)
+    engine.fault_clear(None)
+
+
+async def test_peer_fin_after_data_then_half_close_send(make_engine: Any, recording: Any) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers)
+    peer.transport.write(b"last words")
+    peer.transport.write_eof()
+    got = b""
+    while len(got) < 10:
+        got += await engine.recv(conn, 100, 5.0)
+    assert got == b"last words"
+    assert await engine.recv(conn, 100, 5.0) == b""  # end of stream, after the data
+    info = await events.wait(conn, "TcpIndicateDisconnect")
+    assert info == {}
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    # the send half stays usable after the peer's FIN (spec §5.1)
+    assert await engine.send(conn, b"reply") == 5
+    await asyncio.sleep(0.05)
+    assert bytes(peer.received) == b"reply"
+    assert await engine.disconnect(conn, False) == "NDIS_STATUS_SUCCESS"
+
+
+async def test_graceful_and_abortive_disconnect(make_engine: Any, recording: Any) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    a = await engine.connect("127.0.0.1", port)
+    pa = await _peer(peers, 1)
+    await engine.send(a, b"before fin")
+    assert await engine.disconnect(a, False) == "NDIS_STATUS_SUCCESS"
+    await asyncio.sleep(0.02)
+    assert pa.eof and bytes(pa.received) == b"before fin"
+    trace = engine.trace(a, None)
+    assert [h["call"] for h in trace if "Disconnect" in h["call"]][:2] == [
+        "NdisOffloadTcpDisconnect",
+        "MiniportTcpOffloadDisconnect",
+    ]
+    b = await engine.connect("127.0.0.1", port)
+    pb = await _peer(peers, 2)
+    assert await engine.disconnect(b, True) == "NDIS_STATUS_SUCCESS"
+    exc = await asyncio.wait_for(pb.lost, 5.0)
+    assert isinstance(exc, ConnectionResetError)  # the RST went out
+
+
+async def test_target_failure_uploads_everything_and_resume(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine()
+    events = Events(engine)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(5)]
+    assert all(engine.conn_info(c)["state"] == "offloaded" for c in conns)
+    fid = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+    for c in conns:
+        await events.wait(c, "uploaded")
+        await _state(engine, c, "host")
+    assert engine.info()["layers"][2]["state"] == "failed"
+    # connections go on in the host stack, nothing lost
+    for c in conns:
+        await engine.send(c, b"still here")
+        assert await engine.recv(c, 100, 5.0) == b"still here"
+    with pytest.raises(EngineError) as err:
+        await engine.offload(conns[0])
+    assert err.value.code is ErrorCode.NDIS_STATUS and "PAUSE" in str(err.value)
+    engine.fault_clear(fid)
+    await asyncio.sleep(0.02)
+    assert (await engine.offload(conns[0]))["state"] == "offloaded"
+
+
+async def test_im_cannot_relay_send_host_sends_after_upload(
+    make_engine: Any, recording: Any
+) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers)
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "im0",
+            "call": "MiniportTcpOffloadSend",
+            "status": "NDIS_STATUS_UPLOAD_IN_PROGRESS",
+        }
+    )
+    assert await engine.send(conn, b"relayed by the host") == 19
+    await _state(engine, conn, "host")
+    trace = engine.trace(conn, None)
+    assert any(h["status"] == "NDIS_STATUS_REQUEST_UPLOAD" for h in trace)
+    await asyncio.sleep(0.02)
+    assert bytes(peer.received) == b"relayed by the host"  # exactly once
+
+
+async def test_hardware_corruption_on_query(make_engine: Any, echo_port: int) -> None:
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    good = await engine.query(conn)
+    assert good["State"] == "TcpConnectionEstablished"
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "nic0",
+            "call": "MiniportQueryOffload",
+            "status": "NDIS_STATUS_FAILURE",
+        }
+    )
+    with pytest.raises(EngineError) as err:
+        await engine.query(conn)
+    assert "NDIS_STATUS_FAILURE" in str(err.value)
+    retrieve = await events.wait(conn, "TcpIndicateRetrieve")
+    assert retrieve["reason"] == "HardwareFailure" and retrieve["mandatory"]
+    await events.wait(conn, "TcpIndicateAbort")
+    await events.wait(conn, "uploaded")
+    assert engine.conn_info(conn)["delegated"]["State"] == "TcpConnectionClosed"
+
+
+async def test_terminate_reports_corruption_then_second_terminate(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "nic0",
+            "call": "MiniportTerminateOffload",
+            "status": "NDIS_STATUS_FAILURE",
+        }
+    )
+    up = asyncio.ensure_future(engine.upload(conn))
+    await events.wait(conn, "TcpIndicateAbort")
+    assert (await asyncio.wait_for(up, 5.0))["state"] == "host"
+    calls = [h["call"] for h in engine.trace(conn, None) if h["layer"] == "tcpip"]
+    assert calls.count("NdisTerminateOffload") == 2  # spec §3.7 step 4: a further terminate
+
+
+async def test_capacity_limit_keeps_connection_in_host_mode(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(
+        topology(1)[:-1] + (topology(1)[-1].__class__("nic0", "target", (), 2),)
+    )
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    states = [engine.conn_info(c)["state"] for c in conns]
+    assert states == ["offloaded", "offloaded", "host"]
+    with pytest.raises(EngineError) as err:
+        await engine.offload(conns[2])
+    assert "NDIS_STATUS_OFFLOAD_TCP_ENTRIES" in str(err.value)
+    await engine.send(conns[2], b"host mode works")
+    assert await engine.recv(conns[2], 100, 5.0) == b"host mode works"
+
+
+async def test_query_reports_delegated_state_from_real_bytes(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    start = await engine.query(conn)
+    await engine.send(conn, b"y" * 5000)
+    got = b""
+    while len(got) < 5000:
+        got += await engine.recv(conn, 10000, 5.0)
+    after = await engine.query(conn)
+    assert (after["SndNxt"] - start["SndNxt"]) % (1 << 32) == 5000
+    assert (after["SndUna"] - start["SndUna"]) % (1 << 32) == 5000
+    assert (after["RcvNxt"] - start["RcvNxt"]) % (1 << 32) == 5000
+    assert after["SRtt"] >= 0 and after["CWnd"] > 0
+
+
+async def test_many_connections_share_neighbor_and_path(make_engine: Any, echo_port: int) -> None:
+    engine = await make_engine()
+    conns = await asyncio.gather(*(engine.connect("127.0.0.1", echo_port) for _ in range(100)))
+    assert len(set(conns)) == 100
+    stats = engine.stats()["layers"]
+    # 100 TCP objects, one path and one neighbor at every layer
+    assert stats["tcpip"]["offloads_active"] == 102
+    assert stats["im0"]["handles"] == 102 and stats["nic0"]["handles"] == 102
+    payloads = {c: bytes([c % 256]) * 3000 for c in conns}
+    await asyncio.gather(*(engine.send(c, p) for c, p in payloads.items()))
+
+    async def read(c: int) -> bytes:
+        got = b""
+        while len(got) < 3000:
+            got += await engine.recv(c, 4000, 5.0)
+        return got
+
+    results = await asyncio.gather(*(read(c) for c in conns))
+    assert results == [payloads[c] for c in conns]
+    initiates = engine.stats()["layers"]["tcpip"]["calls"]["NdisInitiateOffload"]
+    assert initiates < 100  # connections offloaded together share initiate trees
+
+
+async def test_listener_accepts_and_offloads(make_engine: Any) -> None:
+    engine = await make_engine()
+    lid = await engine.listen("127.0.0.1", 0)
+    port = engine.listener_info(lid)["port"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = await engine.accept(lid, 5.0)
+    await _state(engine, conn, "offloaded")
+    writer.write(b"to the accepted side")
+    got = b""
+    while len(got) < 20:
+        got += await engine.recv(conn, 100, 5.0)
+    assert got == b"to the accepted side"
+    await engine.send(conn, b"back")
+    assert await reader.readexactly(4) == b"back"
+    with pytest.raises(EngineError) as err:
+        await engine.accept(lid, 0.05)
+    assert err.value.code is ErrorCode.TIMEOUT
+    writer.close()
+    await engine.close_listener(lid)
+
+
+async def test_recv_timeout_loses_nothing(make_engine: Any, recording: Any) -> None:
+    port, peers = recording
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers)
+    for _ in range(5):
+        with pytest.raises(EngineError) as err:
+            await engine.recv(conn, 100, 0.01)
+        assert err.value.code is ErrorCode.TIMEOUT
+    peer.transport.write(b"after the timeouts")
+    got = b""
+    while len(got) < 18:
+        got += await engine.recv(conn, 100, 5.0)
+    assert got == b"after the timeouts"
