@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.engine import Engine
+from chimneyd.engine import Engine, LayerSpec
 from tests.integration.support import RecordingPeer, topology
 
 
@@ -240,9 +240,7 @@ async def test_terminate_reports_corruption_then_second_terminate(
 async def test_capacity_limit_keeps_connection_in_host_mode(
     make_engine: Any, echo_port: int
 ) -> None:
-    engine = await make_engine(
-        topology(1)[:-1] + (topology(1)[-1].__class__("nic0", "target", (), 2),)
-    )
+    engine = await make_engine((*topology(1)[:-1], LayerSpec("nic0", "target", (), 2)))
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
     states = [engine.conn_info(c)["state"] for c in conns]
     assert states == ["offloaded", "offloaded", "host"]
