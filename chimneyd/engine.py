@@ -421,7 +421,7 @@ class Engine:
             "bytes_sent": wire.bytes_written,
             "bytes_received": wire.bytes_read,
             "handles": self._handles_of(tcb),
-            "delegated": dict(tcb.delegated) if tcb.delegated else {},
+            "delegated": tcb.delegated.as_map() if tcb.delegated else {},
             "listener": tcb.listener,
         }
 

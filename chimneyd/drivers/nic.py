@@ -8,7 +8,6 @@ algorithm of spec §4.4 for received bytes, and raises the events of spec §5.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -127,11 +126,11 @@ class TcpContext:
         self.initiated = False
         # receive side (spec §4.2-§4.4)
         self.rcv_nxt = 0
-        self.buffered: deque[memoryview] = deque()
+        self.buffered: list[memoryview] = []
         self.buffered_bytes = 0
         self.buffered_psh = False
         self.ooo: dict[int, tuple[memoryview, int]] = {}
-        self.posted: deque[NetBufferList] = deque()
+        self.posted: list[NetBufferList] = []
         self.busy = False
         self.refused = False
         self.push_timer: TimerHandle | None = None
@@ -139,7 +138,7 @@ class TcpContext:
         self.disconnect_indicated = False
         self.paused = False
         # send side (spec §4.1, §4.5)
-        self.unacked: deque[tuple[NetBufferList, int, int]] = deque()
+        self.unacked: list[tuple[NetBufferList, int, int]] = []
         self.disconnect_nbl: NetBufferList | None = None
         self.disconnect_end = 0
         self.fin_sent = False
@@ -663,7 +662,7 @@ class OffloadTarget(DriverLayer):
         done: list[NetBufferList] = []
         unacked = c.unacked
         while unacked and unacked[0][2] <= acked:
-            nbl, start, end = unacked.popleft()
+            nbl, start, end = unacked.pop(0)
             nbl.status = SUCCESS
             nbl.tcp_offload_bytes_transferred = end - start
             nbl.advance(nbl.data_length)
@@ -894,17 +893,17 @@ class OffloadTarget(DriverLayer):
                 filled += n
                 c.buffered_bytes -= n
                 if n == len(view):
-                    c.buffered.popleft()
+                    c.buffered.pop(0)
                 else:
                     c.buffered[0] = view[n:]
             req.miniport_reserved = filled
             if filled == cap:
-                posted.popleft()
+                posted.pop(0)
                 done.append(self._finish_receive(req, SUCCESS))
                 continue
             if filled and not req.tcp_receive_no_push:
                 if c.buffered_psh:
-                    posted.popleft()  # a pushed segment completes a push-mode request
+                    posted.pop(0)  # a pushed segment completes a push-mode request
                     done.append(self._finish_receive(req, SUCCESS))
                     continue
                 if c.push_timer is None:
@@ -973,7 +972,7 @@ class OffloadTarget(DriverLayer):
             view = c.buffered[0]
             if n >= len(view):
                 n -= len(view)
-                c.buffered.popleft()
+                c.buffered.pop(0)
             else:
                 c.buffered[0] = view[n:]
                 n = 0
@@ -1003,7 +1002,7 @@ class OffloadTarget(DriverLayer):
             # partly filled requests hold the last bytes; empty ones can never be filled [INF]
             done = []
             while c.posted:
-                req = c.posted.popleft()
+                req = c.posted.pop(0)
                 done.append(
                     self._finish_receive(
                         req, SUCCESS if req.miniport_reserved else S.NDIS_STATUS_INVALID_STATE
@@ -1039,7 +1038,7 @@ class OffloadTarget(DriverLayer):
             return  # a race can fire the timer with nothing to complete (spec §4.4)
         req = c.posted[0]
         if req.miniport_reserved and not req.tcp_receive_no_push:
-            c.posted.popleft()
+            c.posted.pop(0)
             self.ndis.NdisTcpOffloadReceiveComplete(self, self._finish_receive(req, SUCCESS))
 
     # ============================================================================================
