@@ -6,12 +6,15 @@ Every benchmark reports ratios of two things measured side by side in the same r
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import resource
 import select
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,13 +110,17 @@ class Child:
     so a wedged child can never hang the run.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None = None, merge_stderr: bool = False
+    ) -> None:
         self.argv = argv
+        # stderr to a file, not a pipe: a chatty child must never block on a full pipe
+        self.errfile = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else self.errfile,
             text=True,
             bufsize=1,
             env=env,
@@ -152,31 +159,56 @@ class Child:
         self.send(text)
         return self.expect(prefix, timeout)
 
+    def drain_in_background(self) -> collections.deque[str]:
+        """Keep reading stdout in a thread (the last 200 lines kept), so a child that logs to
+        it never blocks on a full pipe once we stop listening for lines."""
+        tail: collections.deque[str] = collections.deque(maxlen=200)
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            with contextlib.suppress(OSError, ValueError):
+                for text in self.proc.stdout:
+                    tail.append(text.rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+        return tail
+
     def stderr_tail(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read()[-2000:]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1.0)
+        self.errfile.seek(0)
+        return self.errfile.read()[-2000:]
 
     def close(self) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):
                 if self.proc.stdin is not None:
                     self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5.0)
-        for stream in (self.proc.stdout, self.proc.stderr):
+            # stdin EOF ends our peers; a daemon gets SIGTERM (its graceful stop), then SIGKILL
+            for stop, wait in ((None, 1.0), (self.proc.terminate, 3.0), (self.proc.kill, 5.0)):
+                if stop is not None:
+                    stop()
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for stream in (self.proc.stdout, self.errfile):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
 
 
 @contextlib.contextmanager
-def child(*args: str, env: dict[str, str] | None = None) -> Iterator[Child]:
+def child(
+    *args: str, env: dict[str, str] | None = None, merge_stderr: bool = False
+) -> Iterator[Child]:
     """A `python -m bench.<module> ...` subprocess, killed when the block ends."""
-    c = Child([sys.executable, *args], env=env)
+    if env is None:
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    c = Child([sys.executable, *args], env=env, merge_stderr=merge_stderr)
     try:
         yield c
     finally:
