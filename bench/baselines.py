@@ -228,7 +228,7 @@ class RpcClient(asyncio.Protocol):
 async def rpc_connect(port: int) -> tuple[asyncio.Transport, RpcClient]:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_connection(RpcClient, "127.0.0.1", port)
-    return transport, proto  # type: ignore[return-value]
+    return transport, proto
 
 
 async def rpc_load(
