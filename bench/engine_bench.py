@@ -272,12 +272,8 @@ async def trace_hops(sink_port: int) -> int:
         await engine.shutdown(2.0)
 
 
-async def bulk_only(quick: bool) -> dict[str, float]:
-    """The bulk path alone, for `--profile bulk`."""
-    total = (64 if quick else 512) * 1024 * 1024
-    with child("-m", "bench.peers", "sink") as sink:
-        port = ports_of(sink.expect("ready "))[0]
-        return await engine_bulk(1, total, port)
+def bulk_total(quick: bool) -> int:
+    return (48 if quick else 384) * 1024 * 1024
 
 
 # ================================================================================================
@@ -325,7 +321,7 @@ async def run(quick: bool, base: dict[str, Any], scale: bool) -> Section:
     )
 
     # -- bulk and the IM curve ------------------------------------------------------------------
-    total = (48 if quick else 384) * 1024 * 1024
+    total = bulk_total(quick)
     repeat = 1 if quick else 3
     raw_runs: list[float] = []
     curve: dict[int, list[dict[str, float]]] = {n: [] for n in IM_CURVE}
