@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from typing import Any
@@ -87,7 +88,8 @@ async def run_all(args: argparse.Namespace, console: Console) -> list[Section]:
         out.append(await engine_bench.run(args.quick, base, args.scale))
     if "rpc" in wanted:
         console.print("[dim]rpc: daemon ping and tcp.send …[/]")
-        out.append(await rpc_bench.run(args.quick, base))
+        daemon = shlex.split(args.daemon) if args.daemon else None
+        out.append(await rpc_bench.run(args.quick, base, daemon))
     return out
 
 
@@ -173,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="FILE", help="write every figure and raw number to FILE")
     p.add_argument("--profile", choices=["bulk"], help="profile one path instead of the run")
     p.add_argument("--top", type=int, default=15, help="functions shown by --profile")
+    p.add_argument(
+        "--daemon",
+        metavar="ARGS",
+        help="interpreter arguments that start the daemon instead of `-m chimneyd` "
+        "(`--listen 127.0.0.1:PORT` is appended)",
+    )
     p.add_argument("--sections", nargs="+", choices=SECTIONS, help="only these sections")
     args = p.parse_args(argv)
     console = Console(width=max(150, Console().width))

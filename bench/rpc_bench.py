@@ -33,17 +33,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_daemon(stack: ExitStack) -> tuple[Child, int]:
+def start_daemon(stack: ExitStack, command: list[str] | None = None) -> tuple[Child, int]:
     """Start `python -m chimneyd --listen 127.0.0.1:0` (port 0 if the ready line names the real
-    port, else a free port picked here); the daemon is ended when `stack` closes."""
-    if importlib.util.find_spec("chimneyd.__main__") is None:
-        raise RuntimeError(
-            "chimneyd has no __main__ module yet (`python -m chimneyd` not runnable)"
-        )
+    port, else a free port picked here); the daemon is ended when `stack` closes. `command`
+    replaces `-m chimneyd` (the interpreter's arguments for another build of the daemon)."""
+    if command is None:
+        if importlib.util.find_spec("chimneyd.__main__") is None:
+            raise RuntimeError(
+                "chimneyd has no __main__ module yet (`python -m chimneyd` not runnable)"
+            )
+        command = ["-m", "chimneyd"]
     last = ""
     for port in (0, _free_port()):
         daemon = stack.enter_context(
-            child("-m", "chimneyd", "--listen", f"127.0.0.1:{port}", merge_stderr=True)
+            child(*command, "--listen", f"127.0.0.1:{port}", merge_stderr=True)
         )
         seen: list[str] = []
         try:
@@ -156,12 +159,12 @@ async def plain_echo_rounds(port: int, seconds: float, max_ops: int) -> RpcResul
 # ================================================================================================
 # the section
 # ================================================================================================
-async def run(quick: bool, base: dict[str, Any]) -> Section:
+async def run(quick: bool, base: dict[str, Any], daemon: list[str] | None = None) -> Section:
     sec = Section("rpc")
     seconds = 0.5 if quick else 2.0
     with ExitStack() as stack:
         try:
-            _, port = start_daemon(stack)
+            _, port = start_daemon(stack, daemon)
         except (RuntimeError, TimeoutError, OSError) as exc:
             sec.skipped = str(exc)
             return sec
