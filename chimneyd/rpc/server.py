@@ -237,7 +237,9 @@ class Session(asyncio.Protocol):
         cfg = self.server.config
         if cfg.admin_token and hmac.compare_digest(token.encode(), cfg.admin_token.encode()):
             self.authed = self.admin = True
-        elif (cfg.token and hmac.compare_digest(token.encode(), cfg.token.encode())) or (not cfg.token and not cfg.admin_token):
+        elif (cfg.token and hmac.compare_digest(token.encode(), cfg.token.encode())) or (
+            not cfg.token and not cfg.admin_token
+        ):
             self.authed = True
         else:
             raise EngineError(ErrorCode.DENIED, "bad token")
