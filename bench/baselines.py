@@ -156,6 +156,7 @@ class RpcResult:
     p50_us: float
     p99_us: float
     errors: int
+    recv_calls: int = 0  # tcp.recv calls the rounds took (rpc_bench)
 
     @property
     def rate(self) -> float:
@@ -169,6 +170,7 @@ class RpcResult:
             "p50_us": self.p50_us,
             "p99_us": self.p99_us,
             "errors": self.errors,
+            "recv_calls": self.recv_calls,
         }
 
 

@@ -125,22 +125,28 @@ class Child:
             bufsize=1,
             env=env,
         )
+        self.pending = b""
 
     def line(self, timeout: float = 15.0) -> str:
+        """One stdout line within `timeout`. Reads the raw fd with its own buffer: `select` on a
+        buffered file would miss lines already read into the file's buffer."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         end = time.monotonic() + timeout
-        while True:
+        while b"\n" not in self.pending:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{' '.join(self.argv[-3:])}: no output in {timeout:.0f} s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            ready, _, _ = select.select([fd], [], [], left)
             if ready:
-                text = self.proc.stdout.readline()
-                if not text:
+                chunk = os.read(fd, 65536)
+                if not chunk:
                     raise RuntimeError(
                         f"child exited (rc={self.proc.poll()}): {self.stderr_tail()}"
                     )
-                return text.rstrip("\n")
+                self.pending += chunk
+        text, self.pending = self.pending.split(b"\n", 1)
+        return text.decode(errors="replace")
 
     def expect(self, prefix: str, timeout: float = 15.0) -> str:
         """Skip lines until one starts with `prefix`; return the rest of it."""
@@ -165,10 +171,9 @@ class Child:
         tail: collections.deque[str] = collections.deque(maxlen=200)
 
         def pump() -> None:
-            assert self.proc.stdout is not None
-            with contextlib.suppress(OSError, ValueError):
-                for text in self.proc.stdout:
-                    tail.append(text.rstrip("\n"))
+            with contextlib.suppress(OSError, ValueError, TimeoutError, RuntimeError):
+                while True:
+                    tail.append(self.line(3600.0))
 
         threading.Thread(target=pump, daemon=True).start()
         return tail

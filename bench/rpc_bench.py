@@ -79,6 +79,7 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
     payload = bytes(PAYLOAD)
     latencies: list[float] = []
     errors = 0
+    recv_calls = 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while len(latencies) < max_ops and time.perf_counter() < end:
@@ -94,15 +95,18 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
             if not data:
                 raise RuntimeError("echo peer closed the connection")
             got += len(data)
+            recv_calls += 1
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - t0
-    return RpcResult(
+    result = RpcResult(
         len(latencies),
         elapsed,
         percentile(latencies, 50) * 1e6,
         percentile(latencies, 99) * 1e6,
         errors,
     )
+    result.recv_calls = recv_calls
+    return result
 
 
 class _EchoRounds(asyncio.Protocol):
@@ -231,6 +235,7 @@ async def run(quick: bool, base: dict[str, Any], daemon: list[str] | None = None
             via_mbps / plain_mbps if plain_mbps else None,
             note=f"p50 {via.p50_us / 1e3:.2f} / p99 {via.p99_us / 1e3:.2f} ms per round vs "
             f"{plain.p50_us / 1e3:.2f} / {plain.p99_us / 1e3:.2f} ms; "
+            f"{via.recv_calls / max(1, via.requests):.1f} tcp.recv per round; "
             f"state {sec.raw['tcp_send_echo']['state']}",
         )
     )
