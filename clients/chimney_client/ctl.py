@@ -381,6 +381,7 @@ class Session:
     args: argparse.Namespace
     out: Output
     interactive: bool = False  # inside run/shell: subscribe returns at once
+    shown: int = 0  # events printed between commands, not yet claimed by `events`
     _client: Client | None = None
 
     @property
@@ -401,10 +402,14 @@ class Session:
             return
         while self._client.notifications:
             _print_event(self.out, self._client.notifications.pop(0))
+            self.shown += 1
 
     def wait_events(self, count: int | None, timeout_ms: int | None) -> None:
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        seen = 0
+        # events already printed after an earlier command count towards this wait: a
+        # notification that arrives with the `subscribe` reply must not be waited for again
+        seen = self.shown if count is None else min(self.shown, count)
+        self.shown -= seen
         while count is None or seen < count:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             note = self.client.wait_notification(left)
