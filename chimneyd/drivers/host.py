@@ -82,6 +82,9 @@ def ndis_error(status: NdisStatus, extra: str = "") -> AppError:
 class HostObject:
     """A neighbor or path object the host offloads and shares among connections (spec §2.3)."""
 
+    def __str__(self) -> str:
+        return f"host {self.block_kind} {self.key}"
+
     __slots__ = ("binding", "block_kind", "handle", "key", "lifecycle", "parent", "refs", "state")
 
     def __init__(
@@ -92,13 +95,16 @@ class HostObject:
         self.binding = binding
         self.parent = parent
         self.handle: NdisOffloadHandle | None = None
-        self.lifecycle = OffloadLifecycle(f"host {block_kind} {key}")
+        self.lifecycle = OffloadLifecycle(self)
         self.refs = 0  # offloaded dependents
         self.state = "idle"  # idle | offloading | offloaded | terminating
 
 
 class Tcb:
     """Transmission control block of one connection."""
+
+    def __str__(self) -> str:
+        return f"TCB {self.conn_id}"
 
     __slots__ = (
         "aborted",
@@ -142,7 +148,7 @@ class Tcb:
         self.wire = wire
         self.trace = trace
         self.state = HOST
-        self.lifecycle = OffloadLifecycle(f"TCB {conn_id}")
+        self.lifecycle = OffloadLifecycle(self)
         self.handle: NdisOffloadHandle | None = None
         self.binding: Binding | None = None
         self.path: HostObject | None = None
@@ -369,7 +375,7 @@ class HostStack(DriverLayer):
             return block
         obj.handle = NdisOffloadHandle(self.name, obj)
         self.table_add(obj.handle.id, obj.handle)
-        obj.lifecycle = OffloadLifecycle(obj.lifecycle.name)
+        obj.lifecycle = OffloadLifecycle(obj)
         obj.lifecycle.fire(Call.INITIATE)
         obj.state = "offloading"
         if obj.block_kind == "neighbor":
@@ -395,7 +401,7 @@ class HostStack(DriverLayer):
         handle = NdisOffloadHandle(self.name, tcb, tcb.trace)
         self.table_add(handle.id, handle)
         tcb.handle = handle
-        tcb.lifecycle = OffloadLifecycle(f"TCB {tcb.conn_id}")
+        tcb.lifecycle = OffloadLifecycle(tcb)
         tcb.lifecycle.fire(Call.INITIATE)
         acked = wire.acked()
         self._complete_host_sends(tcb, acked)

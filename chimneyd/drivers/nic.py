@@ -50,6 +50,9 @@ FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
 
 
 class NeighborContext:
+    def __str__(self) -> str:
+        return f"neighbor context {self.id}"
+
     __slots__ = ("dependents", "id", "invalid", "lifecycle", "state", "upper")
 
     def __init__(self, upper: NdisOffloadHandle, block: OffloadBlock) -> None:
@@ -58,10 +61,13 @@ class NeighborContext:
         self.state = (block.const, block.cached)
         self.dependents = 0
         self.invalid = False
-        self.lifecycle = OffloadLifecycle(f"neighbor context {self.id}")
+        self.lifecycle = OffloadLifecycle(self)
 
 
 class PathContext:
+    def __str__(self) -> str:
+        return f"path context {self.id}"
+
     __slots__ = ("dependents", "id", "invalid", "lifecycle", "neighbor", "state", "upper")
 
     def __init__(
@@ -73,11 +79,14 @@ class PathContext:
         self.neighbor = neighbor
         self.dependents = 0
         self.invalid = False
-        self.lifecycle = OffloadLifecycle(f"path context {self.id}")
+        self.lifecycle = OffloadLifecycle(self)
 
 
 class TcpContext:
     """The target's state for one offloaded connection (spec §3.2.3)."""
+
+    def __str__(self) -> str:
+        return f"TCP context {self.id}"
 
     __slots__ = (
         "aborted",
@@ -120,7 +129,7 @@ class TcpContext:
         self.trace = upper.trace
         self.path = path
         self.wire = wire
-        self.lifecycle = OffloadLifecycle(f"TCP context {self.id}")
+        self.lifecycle = OffloadLifecycle(self)
         self.const = TcpOffloadStateConst()
         self.cached = TcpOffloadStateCached()
         self.initiated = False

@@ -39,7 +39,10 @@ class ImOffloadEntry:
         self.upper = upper
         self.lower = lower
         self.handle = NdisOffloadHandle(layer, self, upper.trace)
-        self.lifecycle = OffloadLifecycle(f"{layer} IM offload entry {self.id}")
+        self.lifecycle = OffloadLifecycle(self)
+
+    def __str__(self) -> str:
+        return f"{self.handle.layer} IM offload entry {self.id}"
 
 
 class ImCallEntry:

@@ -237,10 +237,12 @@ class Ndis:
         ndis_call = "NdisOffloadTcp" + which
         for nbl in nbls:
             nbl.source_bindings.append(binding)
-            trace = nbl.trace
-            if trace is not None:
-                trace.record(caller.name, ndis_call, handle.id, 0, nbl.id)
-                trace.record(lower.name, miniport_call, 0, context.id, nbl.id)
+        trace = handle.trace
+        if trace is not None:
+            # one record per call; a chain's NBL ids are listed in it (one hop each when read)
+            ids: int | tuple[int, ...] = head.id if len(nbls) == 1 else tuple(n.id for n in nbls)
+            trace.record(caller.name, ndis_call, handle.id, 0, ids)
+            trace.record(lower.name, miniport_call, 0, context.id, ids)
         n = len(nbls)
         caller.stats.count(ndis_call, n)
         if not caller.has_miniport_edge:
@@ -310,12 +312,9 @@ class Ndis:
                 groups[-1][1].append(nbl)
             else:
                 groups.append((binding, [nbl]))
-            trace = nbl.trace
-            if trace is not None:
-                trace.record(caller.name, ndis_call, 0, 0, nbl.id, nbl.status)
-                trace.record(binding.upper.name, protocol_call, 0, 0, nbl.id, nbl.status)
             caller.stats.count_status(ndis_call, nbl.status)
         for binding, nbls in groups:
+            self._trace_completion(caller.name, ndis_call, binding.upper.name, protocol_call, nbls)
             n = len(nbls)
             caller.stats.outstanding_nbls -= n
             upper = binding.upper
@@ -328,6 +327,24 @@ class Ndis:
                 a.next = b
             nbls[-1].next = None
             self.post(upper, getattr(upper, protocol_call), (binding, nbls[0]))
+
+    @staticmethod
+    def _trace_completion(
+        layer: str, ndis_call: str, upper: str, protocol_call: str, nbls: list[NetBufferList]
+    ) -> None:
+        """One record per call and connection when the NBLs share a status, else one per NBL."""
+        first = nbls[0]
+        trace = first.trace
+        if len(nbls) == 1 or all(n.trace is trace and n.status == first.status for n in nbls):
+            if trace is not None:
+                ids = first.id if len(nbls) == 1 else tuple(n.id for n in nbls)
+                trace.record(layer, ndis_call, 0, 0, ids, first.status)
+                trace.record(upper, protocol_call, 0, 0, ids, first.status)
+            return
+        for nbl in nbls:
+            if nbl.trace is not None:
+                nbl.trace.record(layer, ndis_call, 0, 0, nbl.id, nbl.status)
+                nbl.trace.record(upper, protocol_call, 0, 0, nbl.id, nbl.status)
 
     def NdisTcpOffloadSendComplete(self, caller: Layer, nbl: NetBufferList) -> None:
         self._io_complete(caller, "Send", nbl)

@@ -87,13 +87,15 @@ class OffloadLifecycle:
         "fin_received",
         "fin_sent",
         "invalid",
-        "name",
+        "owner",
         "state",
         "upload_requested",
     )
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, owner: object) -> None:
+        # the owner (TCB, IM entry, NIC context) names the object in errors: no string is kept
+        # per object, which counts at ten thousand connections
+        self.owner = owner
         self.state = OffloadState.IDLE
         self.fin_sent = False
         self.fin_received = False
@@ -113,6 +115,10 @@ class OffloadLifecycle:
             self.upload_requested = True
         self.state = nxt
         return nxt
+
+    @property
+    def name(self) -> str:
+        return str(self.owner)
 
     def allows(self, call: Call) -> bool:
         return (self.state, call) in TRANSITIONS

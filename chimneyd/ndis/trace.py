@@ -11,8 +11,8 @@ from typing import Any
 
 from .status import status_name
 
-# (seq, t_ns, layer, call, handle, context, nbl, status, event)
-HopRecord = tuple[int, int, str, str, int, int, int, int, str | None]
+# (first seq, t_ns, layer, call, handle, context, nbl id or ids of a chain, status, event)
+HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str | None]
 NO_STATUS = -1
 
 
@@ -35,31 +35,34 @@ class HopTrace:
         call: str,
         handle: int = 0,
         context: int = 0,
-        nbl: int = 0,
+        nbl: int | tuple[int, ...] = 0,
         status: int = -1,
         event: str | None = None,
     ) -> None:
-        self.seq += 1
+        """One call. A call carrying an NBL chain is one record listing the ids; it reads back
+        as one hop per NBL, with consecutive `seq` numbers."""
+        seq = self.seq + 1
+        self.seq = seq if nbl.__class__ is int else seq + len(nbl) - 1  # type: ignore[arg-type]
         hops = self.hops
-        hops.append((self.seq, self.clock(), layer, call, handle, context, nbl, status, event))
+        hops.append((seq, self.clock(), layer, call, handle, context, nbl, status, event))
         if len(hops) > self.depth:
             del hops[0]
 
     def as_maps(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Oldest first; `limit` keeps the newest `limit` hops (rpc-contract `trace.get`)."""
-        hops = list(self.hops)
-        if limit is not None:
-            hops = hops[-limit:] if limit > 0 else []
         out = []
-        for seq, t_ns, layer, call, handle, context, nbl, status, event in hops:
-            hop: dict[str, Any] = {"seq": seq, "t_ns": t_ns, "layer": layer, "call": call}
-            hop["handle"] = handle or None
-            hop["context"] = context or None
-            hop["nbl"] = nbl or None
-            hop["status"] = status_name(status) if status != NO_STATUS else None
-            if event is not None:
-                hop["event"] = event  # the event type of an event indication
-            out.append(hop)
+        for seq, t_ns, layer, call, handle, context, nbls, status, event in self.hops:
+            for i, nbl in enumerate(nbls if isinstance(nbls, tuple) else (nbls,)):
+                hop: dict[str, Any] = {"seq": seq + i, "t_ns": t_ns, "layer": layer, "call": call}
+                hop["handle"] = handle or None
+                hop["context"] = context or None
+                hop["nbl"] = nbl or None
+                hop["status"] = status_name(status) if status != NO_STATUS else None
+                if event is not None:
+                    hop["event"] = event  # the event type of an event indication
+                out.append(hop)
+        if limit is not None:
+            out = out[-limit:] if limit > 0 else []
         return out
 
 
