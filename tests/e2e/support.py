@@ -1,0 +1,343 @@
+"""End-to-end support: the real daemon as a subprocess on a free loopback port.
+
+`spawn_daemon(config=..., token=...)` starts `python -m chimneyd --listen 127.0.0.1:0
+--invariants [--config FILE]`, waits for its ready line, and at teardown checks what a clean
+daemon owes: a final `stack.stats` without invariant violations, exit 0 on SIGTERM within a
+deadline, and a `daemon_stopped` log event with nothing left over. Every process started here is
+killed in `finally`, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from chimney_client import AsyncClient, Client
+
+READY_TIMEOUT = 30.0
+STOP_DEADLINE = 30.0
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), str(ROOT / "clients"), env.get("PYTHONPATH", "")) if p
+    )
+    return env
+
+
+class LineReader:
+    """Drains a child's pipe on a thread so it never blocks on a full pipe."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no line starting {prefix!r} within {timeout} s")
+            try:
+                line = self.queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise EOFError(f"the process exited before printing {prefix!r}")
+            if line.startswith(prefix):
+                return line
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+
+@dataclass
+class Daemon:
+    """A running `chimneyd` subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    stdout: LineReader
+    stderr: LineReader
+    token: str = ""
+    admin_token: str = ""
+    returncode: int | None = None
+    stopped: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc status")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        events = []
+        for line in self.stderr.lines:
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line)
+                if isinstance(obj, dict):
+                    events.append(obj)
+        return events
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.log_events() if e.get("event") == name]
+
+    def client(self, **kw: Any) -> Client:
+        """A blocking client, authenticated when the daemon has a token."""
+        token = self.admin_token or self.token or None
+        return Client.connect(self.address, token=token, call_timeout=15.0, **kw)
+
+    async def aclient(self, token: str | None = None, **kw: Any) -> AsyncClient:
+        if token is None:
+            token = self.token or None
+        kw.setdefault("call_timeout", 15.0)
+        return await AsyncClient.connect(self.address, token=token, **kw)
+
+    def stop(self, deadline: float = STOP_DEADLINE) -> int:
+        """SIGTERM and wait; kill (and fail) if it does not exit within `deadline`."""
+        if self.stopped:
+            assert self.returncode is not None
+            return self.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(deadline)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(
+                    f"chimneyd did not exit within {deadline} s of SIGTERM\n" + self.log_tail()
+                ) from None
+        self.stdout.join()
+        self.stderr.join()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+
+    def log_tail(self, n: int = 30) -> str:
+        return "\n".join(self.stderr.lines[-n:])
+
+    def check_final_stats(self) -> None:
+        """While still running: the invariant checker saw no violation."""
+        with self.client() as c:
+            stats = c.stack_stats()
+        violations = stats.get("engine", {}).get("invariant_violations")
+        assert violations in (0, None), f"invariant violations: {violations}"
+
+    def assert_clean_stop(self) -> None:
+        rc = self.stop()
+        assert rc == 0, f"chimneyd exited {rc}\n{self.log_tail()}"
+        stopped = self.events_named("daemon_stopped")
+        assert len(stopped) == 1, f"no daemon_stopped event\n{self.log_tail()}"
+        assert stopped[0].get("left_over") == {}, stopped[0]
+        assert not self.events_named("daemon_state_left_over"), self.log_tail()
+        internal = self.events_named("rpc_internal_error")
+        assert not internal, f"INTERNAL errors logged: {internal}"
+
+
+def start_daemon(
+    tmp_path: Path,
+    config: str | None = None,
+    *,
+    token: str = "",
+    admin_token: str = "",
+    args: tuple[str, ...] = (),
+) -> Daemon:
+    cmd = [
+        sys.executable,
+        "-m",
+        "chimneyd",
+        "--listen",
+        f"{HOST}:0",
+        "--invariants",
+        "--log-format",
+        "json",
+        *args,
+    ]
+    if config is not None:
+        path = tmp_path / f"chimneyd-{time.monotonic_ns()}.toml"
+        path.write_text(config)
+        cmd += ["--config", str(path)]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+        cwd=tmp_path,
+    )
+    out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+    try:
+        line = out.wait_for("chimneyd listening on ", READY_TIMEOUT)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        err.join()
+        raise AssertionError("chimneyd did not become ready:\n" + "\n".join(err.lines)) from None
+    addr = line.split()[3]
+    host, _, port = addr.rpartition(":")
+    assert host == HOST, line
+    return Daemon(proc, host, int(port), out, err, token=token, admin_token=admin_token)
+
+
+@contextlib.contextmanager
+def peer_process(mode: str = "echo", *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`chimney-peer MODE --listen 127.0.0.1:0` as a subprocess; yields (process, port)."""
+    proc = subprocess.Popen(
+        [str(BIN / "chimney-peer"), mode, "--listen", f"{HOST}:0", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    out, err = LineReader(proc.stdout), LineReader(proc.stderr)
+    try:
+        try:
+            line = out.wait_for(f"chimney-peer {mode} listening on ", READY_TIMEOUT)
+        except (TimeoutError, EOFError):
+            err.join()
+            raise AssertionError("chimney-peer did not start:\n" + "\n".join(err.lines)) from None
+        yield proc, int(line.rsplit(":", 1)[1])
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+# -- raw wire helpers (bad input, conformance) ------------------------------------------------
+
+
+class RawConn:
+    """A plain socket speaking msgpack by hand, for what no well-behaved client would send."""
+
+    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, msgid: Any, method: Any, params: Any) -> None:
+        self.send(msgpack.packb([0, msgid, method, params], use_bin_type=True))
+
+    def read_message(self) -> Any:
+        """The next message, or raise EOFError if the daemon closed the connection."""
+        for obj in self.unpacker:
+            return obj
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                raise EOFError("closed by the daemon")
+            self.unpacker.feed(data)
+            for obj in self.unpacker:
+                return obj
+
+    def call(self, msgid: int, method: Any, params: Any) -> Any:
+        self.request(msgid, method, params)
+        return self.read_message()
+
+    def closed_by_peer(self) -> bool:
+        """Drain until EOF; True if the daemon closed (any leftover messages are read)."""
+        try:
+            while True:
+                self.read_message()
+        except EOFError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> RawConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def assert_daemon_serves(d: Daemon) -> None:
+    """The daemon is alive and ANOTHER, fresh client gets `ping` → "pong"."""
+    assert d.alive(), "chimneyd died\n" + d.log_tail()
+    with RawConn((d.host, d.port)) as other:
+        if d.token:
+            assert other.call(1, "auth", [d.token])[2] is True
+        assert other.call(7, "ping", []) == [1, 7, None, "pong"]
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Poll an async predicate until true; fails (never times a result) after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def gauges(stats: dict[str, Any]) -> dict[str, dict[str, int]]:
+    return {
+        name: {k: layer[k] for k in ("offloads_active", "handles", "outstanding_nbls")}
+        for name, layer in stats["layers"].items()
+    }
+
+
+def all_zero(stats: dict[str, Any]) -> bool:
+    return all(v == 0 for layer in gauges(stats).values() for v in layer.values())
