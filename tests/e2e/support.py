@@ -106,11 +106,19 @@ class Daemon:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def rss_kb(self) -> int:
+    def _status_kb(self, key: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-        raise AssertionError("no VmRSS in /proc status")
+        raise AssertionError(f"no {key} in /proc status")
+
+    def rss_kb(self) -> int:
+        """Resident memory now (VmRSS)."""
+        return self._status_kb("VmRSS")
+
+    def rss_peak_kb(self) -> int:
+        """The most resident memory the daemon ever had (VmHWM)."""
+        return self._status_kb("VmHWM")
 
     def log_events(self) -> list[dict[str, Any]]:
         events = []
