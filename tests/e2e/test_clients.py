@@ -409,6 +409,12 @@ async def test_client_that_goes_away_frees_its_connections(
     watcher = await daemon.aclient()
     try:
         conns = [await gone.tcp_connect(HOST, echo_peer.port) for _ in range(3)]
+        listener = await gone.tcp_listen(HOST, 0)
+        listen_port = (await gone.tcp_listener_info(listener))["port"]
+        r, w = await asyncio.open_connection(HOST, listen_port)
+        accepted = await gone.tcp_accept(listener, 10_000)
+        assert sorted(await gone.tcp_list()) == sorted([*conns, accepted])
+        assert accepted not in await watcher.tcp_list()
         await gone.tcp_upload(conns[1])  # one in host mode
         for i, conn in enumerate(conns):
             assert await gone.tcp_send(conn, b"x" * (1000 + i)) == 1000 + i
@@ -417,7 +423,8 @@ async def test_client_that_goes_away_frees_its_connections(
         await asyncio.sleep(0)
         assert echo_peer.stats.active == 3
         stats = await watcher.stack_stats()
-        assert stats["connections"] == 3
+        assert stats["connections"] == 4
+        assert stats["engine"]["listeners"] == 1
         gone._transport.abort()  # type: ignore[union-attr]  # vanish without a goodbye
         with contextlib.suppress(Exception):
             await pending
@@ -428,6 +435,16 @@ async def test_client_that_goes_away_frees_its_connections(
 
         await wait_until(freed)
         assert await watcher.tcp_list() == []
+        assert (await watcher.stack_stats())["engine"]["listeners"] == 0
+        # the listener's port is closed with it; the accepted connection was closed too
+        with pytest.raises(OSError):
+            await asyncio.open_connection(HOST, listen_port)
+        try:
+            async with asyncio.timeout(15):
+                assert await r.read() == b""
+        except ConnectionResetError:
+            pass  # closed abortively: as good
+        w.close()
     finally:
         await gone.close()
         await watcher.close()
