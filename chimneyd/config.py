@@ -1,20 +1,32 @@
 """The daemon's configuration: a TOML file (stdlib `tomllib`) or the embedded default.
 
 Every setting has a documented default; a bad file is refused at start with the key and the
-reason (`ConfigError("layer[1].lower: no layer named 'nic9'")`).
+reason (`ConfigError('layer[1].lower: no layer named "nic9"')`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
+import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:7411"
+INT_MAX = (1 << 31) - 1  # integer settings are sizes and counts; this keeps them sane
 LAYER_KINDS = ("host", "passthrough", "mux", "target")
+MUX_POLICIES = ("least-loaded",)
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _q(name: str) -> str:
+    """A name quoted for a message: `"nic9"` (JSON quoting, so odd characters stay visible)."""
+    return json.dumps(name)
 
 
 class ConfigError(ValueError):
@@ -72,9 +84,14 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, redact: bool = True) -> dict[str, Any]:
+        """Plain data for `--check-config` (tokens shown as `"<set>"`, not printed)."""
         d = dataclasses.asdict(self)
         d["layer"] = d.pop("layers")
+        if redact:
+            for key in ("token", "admin_token"):
+                if d["rpc"][key]:
+                    d["rpc"][key] = "<set>"
         return d
 
 
@@ -86,27 +103,38 @@ def _section(cls: type[Any], data: Any, where: str) -> Any:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(fields))})")
-        default = fields[key].default
-        if default is dataclasses.MISSING:
-            default = None
-        kwargs[key] = _coerce(value, default, f"{where}.{key}")
+        kwargs[key] = _coerce(value, _default(fields[key]), f"{where}.{key}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return ""  # required fields (layer name, kind) are strings
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check `value` against the type of the key's default (bool before int: bool is an int)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false")
         return value
     if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{where}: must be a positive integer")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= INT_MAX:
+            raise ConfigError(f"{where}: must be a positive integer (at most {INT_MAX})")
         return value
     if isinstance(default, float):
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             raise ConfigError(f"{where}: must be a positive number")
         return float(value)
     if isinstance(default, tuple):
@@ -121,22 +149,22 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 def parse_listen(addr: str) -> tuple[str, int] | str:
-    """`host:port` → (host, port); `unix:/path` → the path."""
+    """`host:port` (IPv6 as `[::1]:port`) → (host, port); `unix:/path` → the path."""
     if addr.startswith("unix:"):
         path = addr[5:]
         if not path:
-            raise ConfigError(f"rpc.listen: {addr!r}: empty unix socket path")
+            raise ConfigError(f"rpc.listen: {_q(addr)}: empty unix socket path")
         return path
     host, sep, port = addr.rpartition(":")
     host = host.strip("[]")
     if not sep or not host:
-        raise ConfigError(f"rpc.listen: {addr!r}: expected host:port or unix:/path")
+        raise ConfigError(f"rpc.listen: {_q(addr)}: expected host:port or unix:/path")
     try:
         p = int(port)
     except ValueError:
-        raise ConfigError(f"rpc.listen: {addr!r}: port is not a number") from None
+        raise ConfigError(f"rpc.listen: {_q(addr)}: port is not a number") from None
     if not 0 <= p <= 65535:
-        raise ConfigError(f"rpc.listen: {addr!r}: port out of range")
+        raise ConfigError(f"rpc.listen: {_q(addr)}: port out of range 0..65535")
     return host, p
 
 
@@ -146,100 +174,144 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def check_listen(listen: tuple[str, ...], token: str) -> None:
+    """Every address parses; one off loopback needs a token (design: reliability/security)."""
+    if not listen:
+        raise ConfigError("rpc.listen: at least one address is needed")
+    for addr in listen:
+        parsed = parse_listen(addr)
+        if isinstance(parsed, tuple) and not is_loopback(parsed[0]) and not token:
+            raise ConfigError(
+                f"rpc.listen: {_q(addr)} is not loopback: set rpc.token to listen there"
+            )
 
 
 def validate(config: Config) -> Config:
     rpc, log = config.rpc, config.log
-    for addr in rpc.listen:
-        parsed = parse_listen(addr)
-        if isinstance(parsed, tuple) and not is_loopback(parsed[0]) and not rpc.token:
-            raise ConfigError(
-                f"rpc.listen: {addr!r} is not loopback: set rpc.token to listen there"
-            )
-    if not rpc.listen:
-        raise ConfigError("rpc.listen: at least one address is needed")
-    if log.format not in ("auto", "json", "console"):
-        raise ConfigError("log.format: must be auto, json or console")
-    if log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
-        raise ConfigError("log.level: must be debug, info, warning, error or critical")
-    layers = config.layers
+    check_listen(rpc.listen, rpc.token)
+    if log.format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: {_q(log.format)} is not one of {', '.join(LOG_FORMATS)}")
+    if log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level: {_q(log.level)} is not one of {', '.join(LOG_LEVELS)}")
+    _check_layers(config.layers)
+    return config
+
+
+def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
     names = [layer.name for layer in layers]
     for i, layer in enumerate(layers):
         where = f"layer[{i}]"
         if not layer.name:
             raise ConfigError(f"{where}.name: must not be empty")
-        if names.count(layer.name) > 1:
-            raise ConfigError(f"{where}.name: {layer.name!r} is used twice")
+        if names.index(layer.name) != i:
+            raise ConfigError(
+                f"{where}.name: {_q(layer.name)} is already layer[{names.index(layer.name)}]"
+            )
         if layer.kind not in LAYER_KINDS:
             raise ConfigError(
-                f"{where}.kind: {layer.kind!r} is not one of {', '.join(LAYER_KINDS)}"
+                f"{where}.kind: {_q(layer.kind)} is not one of {', '.join(LAYER_KINDS)}"
             )
         for lower in layer.lower:
             if lower not in names:
-                raise ConfigError(f"{where}.lower: no layer named {lower!r}")
+                raise ConfigError(f"{where}.lower: no layer named {_q(lower)}")
             if lower == layer.name:
-                raise ConfigError(f"{where}.lower: a layer cannot bind to itself")
+                raise ConfigError(f"{where}.lower: {_q(lower)} cannot bind to itself")
+        if len(set(layer.lower)) != len(layer.lower):
+            raise ConfigError(f"{where}.lower: a layer is named twice")
         if layer.kind == "target" and layer.lower:
             raise ConfigError(f"{where}.lower: a target has no layer below it")
         if layer.kind in ("host", "passthrough") and len(layer.lower) != 1:
             raise ConfigError(
                 f"{where}.lower: a {layer.kind} layer binds to exactly one lower layer"
+                f" (got {len(layer.lower)})"
             )
-        if layer.kind == "mux" and not layer.lower:
-            raise ConfigError(f"{where}.lower: a mux binds to at least one lower layer")
-        if layer.kind == "mux" and len(layer.lower) > 1:
-            raise ConfigError(f"{where}.lower: only one lower binding per mux is supported so far")
-    hosts = [layer for layer in layers if layer.kind == "host"]
+        if layer.kind == "mux":
+            if not layer.lower:
+                raise ConfigError(f"{where}.lower: a mux binds to at least one lower layer")
+            # the engine runs a mux as a pass-through so far: more lowers would be ignored
+            if len(layer.lower) > 1:
+                raise ConfigError(f"{where}.lower: only one lower binding per mux is supported")
+            if layer.policy not in MUX_POLICIES:
+                raise ConfigError(
+                    f"{where}.policy: {_q(layer.policy)} is not one of {', '.join(MUX_POLICIES)}"
+                )
+    hosts = [i for i, layer in enumerate(layers) if layer.kind == "host"]
     if len(hosts) != 1:
-        raise ConfigError(f"layer: exactly one layer of kind 'host' is needed (found {len(hosts)})")
+        where = f"layer[{hosts[1]}].kind" if hosts else "layer"
+        raise ConfigError(
+            f'{where}: exactly one layer of kind "host" is needed (found {len(hosts)})'
+        )
     by_name = {layer.name: layer for layer in layers}
-    # no cycles, and every target reachable from the host
-    seen: set[str] = set()
+    reached: set[str] = set()
 
-    def walk(name: str, stack: tuple[str, ...]) -> None:
-        if name in stack:
-            raise ConfigError(f"layer: bindings form a cycle through {name!r}")
-        seen.add(name)
+    def walk(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            i = names.index(path[-1])
+            raise ConfigError(
+                f"layer[{i}].lower: bindings form a cycle: {' -> '.join((*path, name))}"
+            )
+        reached.add(name)
         for lower in by_name[name].lower:
-            walk(lower, (*stack, name))
+            walk(lower, (*path, name))
 
-    walk(hosts[0].name, ())
+    walk(layers[hosts[0]].name, ())
     for i, layer in enumerate(layers):
-        if layer.name not in seen:
-            raise ConfigError(f"layer[{i}]: {layer.name!r} is not below the host")
-    return config
+        if layer.name not in reached:
+            raise ConfigError(f"layer[{i}]: {_q(layer.name)} is not below the host layer")
 
 
-def load_config(path: str | Path | None = None, listen: list[str] | None = None) -> Config:
-    """Read and validate `path` (None: the embedded default); `listen` overrides rpc.listen."""
-    config = Config()
+#: `load_config` overrides: dotted key → (section, field); values are checked like the file's.
+OVERRIDABLE = {
+    "rpc.listen",
+    "rpc.token",
+    "log.format",
+    "log.level",
+    "log.file",
+    "engine.invariants",
+}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read and validate `path` (None: the embedded default), then apply `overrides`
+    (dotted keys such as `{"rpc.listen": ["127.0.0.1:0"], "log.level": "debug"}`; None values are
+    skipped) and validate the result."""
+    raw: dict[str, Any] = {}
     if path is not None:
         try:
             raw = tomllib.loads(Path(path).read_text())
         except OSError as exc:
-            raise ConfigError(f"{path}: {exc.strerror}") from None
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        unknown = set(raw) - {"rpc", "log", "engine", "layer"}
-        if unknown:
-            raise ConfigError(
-                f"{sorted(unknown)[0]}: unknown section (known: rpc, log, engine, layer)"
-            )
-        rpc = _section(RpcConfig, raw.get("rpc", {}), "rpc")
-        log = _section(LogConfig, raw.get("log", {}), "log")
-        engine = _section(EngineConfig, raw.get("engine", {}), "engine")
-        layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS
-        if "layer" in raw:
-            if not isinstance(raw["layer"], list) or not raw["layer"]:
-                raise ConfigError("layer: must be a non-empty array of tables ([[layer]])")
-            layers = tuple(_layer(item, i) for i, item in enumerate(raw["layer"]))
-        config = Config(rpc, log, engine, layers)
-    if listen:
-        config = dataclasses.replace(
-            config, rpc=dataclasses.replace(config.rpc, listen=tuple(listen))
-        )
-    return validate(config)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in OVERRIDABLE:
+            raise ConfigError(f"{key}: cannot be overridden")
+        section, name = key.split(".")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            break  # the section's own error is reported below
+        table[name] = value
+    unknown = sorted(set(raw) - {"rpc", "log", "engine", "layer"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: rpc, log, engine, layer)")
+    rpc = _section(RpcConfig, raw.get("rpc", {}), "rpc")
+    log = _section(LogConfig, raw.get("log", {}), "log")
+    engine = _section(EngineConfig, raw.get("engine", {}), "engine")
+    layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS
+    if "layer" in raw:
+        if not isinstance(raw["layer"], list) or not raw["layer"]:
+            raise ConfigError("layer: must be a non-empty array of tables ([[layer]])")
+        layers = tuple(_layer(item, i) for i, item in enumerate(raw["layer"]))
+    return validate(Config(rpc, log, engine, layers))
 
 
 def _layer(item: Any, i: int) -> LayerConfig:

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 
 from chimneyd import __version__
-from chimneyd.config import Config, ConfigError, load_config
-from chimneyd.observe.logging import reopen_logs, setup_logging
+from chimneyd.config import LOG_LEVELS, Config, ConfigError, load_config
+from chimneyd.observe.logging import reopen, setup_logging
 
 log = structlog.get_logger("chimneyd.daemon")
 
@@ -39,9 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--check-config", action="store_true", help="validate, print the effective config, exit"
     )
     p.add_argument("--log-format", choices=("auto", "json", "console"), help="overrides log.format")
-    p.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error"), help="overrides log.level"
-    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="overrides log.level")
     p.add_argument(
         "--invariants", action="store_true", help="turn on the spec §9 invariant checker"
     )
@@ -66,20 +64,27 @@ async def serve(config: Config) -> int:
     from chimneyd.rpc.server import RpcServer
 
     loop = asyncio.get_running_loop()
+    fd_limit = raise_fd_limit()
     engine = await start_engine(config.engine, config.layers)
     server = RpcServer(engine, config.rpc)
     try:
         addresses = await server.start()
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         log.error("rpc_listen_failed", error=str(exc))
         await engine.shutdown(1.0)
         print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("daemon_already_stopping", signal=sig.name)
+        log.info("daemon_signal", signal=sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reopen_logs)
-    fd_limit = raise_fd_limit()
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, reopen)
     log.info(
         "daemon_ready",
         listen=addresses,
@@ -88,43 +93,55 @@ async def serve(config: Config) -> int:
     )
     print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
     await stop.wait()
-    deadline = config.rpc.shutdown_deadline_s
+    return await shutdown(server, engine, config.rpc.shutdown_deadline_s)
+
+
+async def shutdown(server: Any, engine: Any, deadline: float) -> int:
+    """Stop accepting, drain requests, shut the engine down, all within one `deadline`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
     log.info("daemon_stopping", deadline_s=deadline)
     await server.stop_accepting()
     cancelled = await server.drain(deadline)
-    report = await engine.shutdown(deadline)
-    log.info("daemon_stopped", cancelled_requests=cancelled, **report)
-    if report["left_over"]:
+    # the engine gets what is left of the deadline, but never less than a moment to say what
+    # it could not close
+    remaining = max(end - loop.time(), min(1.0, deadline))
+    try:
+        report = await engine.shutdown(remaining)
+    except Exception as exc:
+        log.error("engine_shutdown_failed", error=repr(exc), exc_info=exc)
+        report = {"left_over": {"engine": repr(exc)}}
+    log.info("daemon_stopped", cancelled_requests=cancelled, report=report)
+    if report.get("left_over"):
         log.error("daemon_state_left_over", left_over=report["left_over"])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    overrides: dict[str, Any] = {
+        "rpc.listen": args.listen,
+        "log.format": args.log_format,
+        "log.level": args.log_level,
+        "engine.invariants": True if args.invariants else None,
+    }
     try:
-        config = load_config(args.config, args.listen)
+        config = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"chimneyd: bad configuration: {exc}", file=sys.stderr)
         return 2
-    overrides: dict[str, Any] = {}
-    if args.log_format:
-        overrides["format"] = args.log_format
-    if args.log_level:
-        overrides["level"] = args.log_level
-    if overrides or args.invariants:
-        import dataclasses
-
-        config = dataclasses.replace(
-            config,
-            log=dataclasses.replace(config.log, **overrides),
-            engine=dataclasses.replace(
-                config.engine, invariants=config.engine.invariants or args.invariants
-            ),
-        )
     if args.check_config:
         print(json.dumps(config.as_dict(), indent=2))
         return 0
-    setup_logging(config.log.format, config.log.level, config.log.file)
+    try:
+        setup_logging(config.log.format, config.log.level, config.log.file)
+    except OSError as exc:
+        print(
+            f"chimneyd: bad configuration: log.file: cannot open {config.log.file!r}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 2
     import uvloop
 
     return uvloop.run(serve(config))

@@ -3,6 +3,9 @@
 A stream of msgpack objects, no length prefix (rpc-contract "Transport and framing"). Strings
 are decoded with `surrogateescape`, so a `str` payload that is not valid UTF-8 can be turned back
 into its exact bytes (`raw_bytes`), as the contract requires for old raw-mode clients.
+
+`Decoder.feed` never raises for bad input: it returns the messages parsed before the first bad
+frame, then a `ProtocolError`, and the decoder stays dead (the server closes that client).
 """
 
 from __future__ import annotations
@@ -13,29 +16,33 @@ from typing import Any
 import msgpack
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
+MSGID_LIMIT = 1 << 32  # msgid is a 32-bit unsigned integer (msgpack-rpc spec)
 
 
-class FrameError(Exception):
-    """A frame this client sent cannot be served; the connection is closed after a best-effort
-    error (to `msgid` when it is known)."""
-
-    def __init__(self, reason: str, msgid: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.msgid = msgid
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Request:
     msgid: int
     method: str
     params: list[Any]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Notification:
     method: str
     params: list[Any]
+
+
+@dataclass(slots=True, frozen=True)
+class ProtocolError:
+    """The client sent something that cannot be served: answer `msgid` if known, then close.
+    `limit` tells a frame over the size limit from a malformed one."""
+
+    reason: str
+    msgid: int | None = None
+    limit: bool = False
+
+
+Message = Request | Notification | ProtocolError
 
 
 def raw_bytes(value: str | bytes) -> bytes:
@@ -46,75 +53,120 @@ def raw_bytes(value: str | bytes) -> bytes:
 
 
 class Decoder:
-    """Feed bytes, get messages. An object larger than `max_message` raises `FrameError`."""
+    """Feed bytes, get messages. A frame larger than `max_message` bytes is a `ProtocolError`.
+
+    The size of the frame being parsed is counted here (bytes fed minus the end of the last
+    complete object), not left to the Unpacker's buffer: the Unpacker consumes the elements of a
+    long array as they arrive, so its buffer alone would never see an endless array as too big.
+    """
+
+    __slots__ = ("_dead", "_done", "_fed", "_unpacker", "max_message")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
         self._unpacker = msgpack.Unpacker(
             raw=False,
             unicode_errors="surrogateescape",
-            max_buffer_size=max_message,
+            # room for one whole frame plus one fed slice, so a frame just under the limit
+            # followed by the next one never trips BufferFull; declared lengths stay capped at
+            # the limit so a lying header fails at once instead of waiting for the bytes
+            max_buffer_size=2 * max_message,
+            max_str_len=max_message,
+            max_bin_len=max_message,
+            max_array_len=max_message,
+            max_map_len=max_message // 2,
+            max_ext_len=max_message,
             strict_map_key=False,
             use_list=True,
         )
+        self._fed = 0  # bytes fed so far
+        self._done = 0  # stream offset just after the last complete object
+        self._dead = False
 
-    def feed(self, data: bytes) -> list[Request | Notification]:
-        out: list[Request | Notification] = []
-        unpacker = self._unpacker
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        if self._dead:
+            return []
+        out: list[Message] = []
         view = memoryview(data)
-        # feed in slices no larger than the limit, so one over-limit frame is detected without
-        # holding more than `max_message` bytes of it
         step = self.max_message
+        unpacker = self._unpacker
         for start in range(0, len(view), step):
+            chunk = view[start : start + step]
             try:
-                unpacker.feed(view[start : start + step])
-            except msgpack.BufferFull:
-                raise FrameError(f"a message is larger than {self.max_message} bytes") from None
-            try:
-                for obj in unpacker:
-                    out.append(self._message(obj))
-            except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
-                if isinstance(exc, FrameError):
-                    raise
-                raise FrameError(f"not msgpack: {exc}") from None
+                unpacker.feed(chunk)
+            except msgpack.BufferFull:  # not reachable given the check below; kept as a guard
+                return self._fail(out, self._too_big())
+            self._fed += len(chunk)
+            while True:
+                try:
+                    obj = next(unpacker)
+                except StopIteration:
+                    break
+                except Exception as exc:  # any decode failure is the client's bad frame
+                    return self._fail(out, ProtocolError(f"not msgpack: {_describe(exc)}"))
+                self._done = unpacker.tell()
+                msg = parse_message(obj)
+                out.append(msg)
+                if isinstance(msg, ProtocolError):
+                    self._dead = True
+                    return out
+            if self._fed - self._done > self.max_message:
+                return self._fail(out, self._too_big())
         return out
 
-    @staticmethod
-    def _message(obj: Any) -> Request | Notification:
-        if not isinstance(obj, list) or not obj:
-            raise FrameError("a message must be a msgpack array")
-        kind = obj[0]
-        if kind == REQUEST and len(obj) == 4:
-            _, msgid, method, params = obj
-            if not isinstance(msgid, int) or isinstance(msgid, bool) or not 0 <= msgid < 1 << 32:
-                raise FrameError("msgid must be an unsigned 32-bit integer")
-            return Request(msgid, _method(method, msgid), _params(params, msgid))
-        if kind == NOTIFICATION and len(obj) == 3:
-            _, method, params = obj
-            return Notification(_method(method, None), _params(params, None))
-        raise FrameError(
-            "not a request [0, msgid, method, params] or notification [2, method, params]"
-        )
+    def _too_big(self) -> ProtocolError:
+        return ProtocolError(f"a message is larger than {self.max_message} bytes", limit=True)
+
+    def _fail(self, out: list[Message], error: ProtocolError) -> list[Message]:
+        self._dead = True
+        out.append(error)
+        return out
 
 
-def _method(value: Any, msgid: int | None) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "surrogateescape")
-    if not isinstance(value, str):
-        raise FrameError("method must be str or bin", msgid)
-    return value  # an over-long name is just an unknown method: NO_METHOD, not a close
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
-def _params(value: Any, msgid: int | None) -> list[Any]:
-    if not isinstance(value, list):
-        raise FrameError("params must be an array", msgid)
-    return value
+def parse_message(obj: Any) -> Message:
+    """One decoded msgpack object → a request, a notification or why it is neither."""
+    if not isinstance(obj, list) or not obj:
+        return ProtocolError("a message must be a non-empty msgpack array")
+    kind = obj[0]
+    # `type(...) is int`: false and 0.0 compare equal to 0 but are not the message type 0
+    if type(kind) is int and kind == REQUEST and len(obj) == 4:
+        _, msgid, method, params = obj
+        if type(msgid) is not int or not 0 <= msgid < MSGID_LIMIT:
+            return ProtocolError("msgid must be an unsigned 32-bit integer")
+        if isinstance(method, bytes):
+            method = method.decode("utf-8", "surrogateescape")
+        if not isinstance(method, str):
+            return ProtocolError("method must be str or bin", msgid)
+        if not isinstance(params, list):
+            return ProtocolError("params must be an array", msgid)
+        # an over-long method name is only an unknown method (NO_METHOD), not a reason to close
+        return Request(msgid, method, params)
+    if type(kind) is int and kind == NOTIFICATION and len(obj) == 3:
+        _, method, params = obj
+        if isinstance(method, bytes):
+            method = method.decode("utf-8", "surrogateescape")
+        if not isinstance(method, str):
+            return ProtocolError("method must be str or bin")
+        if not isinstance(params, list):
+            return ProtocolError("params must be an array")
+        return Notification(method, params)
+    return ProtocolError(
+        "not a request [0, msgid, method, params] or a notification [2, method, params]"
+    )
 
 
 class Encoder:
     """Responses and notifications; the server always sends method names as str."""
 
+    __slots__ = ("_packer",)
+
     def __init__(self) -> None:
+        # surrogateescape: a str the client sent as invalid UTF-8 goes back as the same bytes
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
 
     def response(self, msgid: int, error: list[Any] | None, result: Any) -> bytes:
@@ -122,3 +174,8 @@ class Encoder:
 
     def notification(self, method: str, params: list[Any]) -> bytes:
         return self._packer.pack([NOTIFICATION, method, params])  # type: ignore[no-any-return]
+
+
+def error(code: int, symbol: str, detail: str) -> list[Any]:
+    """The contract's error array: `[code, "SYMBOL: detail"]`."""
+    return [code, f"{symbol}: {detail}"]

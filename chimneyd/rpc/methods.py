@@ -6,7 +6,7 @@ an awaitable; failures are `EngineError`s carrying contract codes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.api import EngineError, ErrorCode
@@ -91,7 +91,7 @@ def auth(s: Session, p: list[Any]) -> bool:
     arity(p, 1, 1, "auth")
     token = p[0]
     if isinstance(token, bytes):
-        token = token.decode("utf-8", "replace")
+        token = token.decode("utf-8", "surrogateescape")
     if not isinstance(token, str):
         raise invalid("token must be a string")
     s.authenticate(token)
@@ -117,10 +117,8 @@ async def tcp_connect(s: Session, p: list[Any]) -> int:
     host = text(p[0], "host")
     prt = port(p[1], allow_zero=False)
     o = opts(p[2] if len(p) > 2 else None, {"offload": bool, "target": str}, "tcp.connect")
-    s.check_room()
-    conn = await s.engine.connect(host, prt, o.get("offload", True) is not False, o.get("target"))
-    s.adopt(conn)
-    return conn
+    offload = o.get("offload", True) is not False
+    return await s.new_conn(s.engine.connect(host, prt, offload, o.get("target")))
 
 
 async def tcp_listen(s: Session, p: list[Any]) -> int:
@@ -128,8 +126,9 @@ async def tcp_listen(s: Session, p: list[Any]) -> int:
     host = text(p[0], "host")
     prt = port(p[1], allow_zero=True)
     o = opts(p[2] if len(p) > 2 else None, {"offload": bool}, "tcp.listen")
+    s.check_listener_room()
     lid = await s.engine.listen(host, prt, o.get("offload", True) is not False)
-    s.listeners.add(lid)
+    s.add_listener(lid)
     return lid
 
 
@@ -143,10 +142,7 @@ async def tcp_accept(s: Session, p: list[Any]) -> int:
     arity(p, 1, 2, "tcp.accept")
     lid = s.listener(p[0])
     timeout = opt_timeout(p[1] if len(p) > 1 else None)
-    s.check_room()
-    conn = await s.engine.accept(lid, timeout)
-    s.adopt(conn)
-    return conn
+    return await s.new_conn(s.engine.accept(lid, timeout))
 
 
 async def tcp_offload(s: Session, p: list[Any]) -> dict[str, Any]:
@@ -178,7 +174,7 @@ async def tcp_recv(s: Session, p: list[Any]) -> bytes:
 async def tcp_disconnect(s: Session, p: list[Any]) -> str:
     arity(p, 1, 2, "tcp.disconnect")
     conn = s.conn(p[0])
-    abortive = p[1] if len(p) > 1 else False
+    abortive = p[1] if len(p) > 1 and p[1] is not None else False
     if not isinstance(abortive, bool):
         raise invalid("abortive must be a boolean")
     return await s.engine.disconnect(conn, abortive)
@@ -213,7 +209,7 @@ async def tcp_query(s: Session, p: list[Any]) -> dict[str, Any]:
 
 def trace_get(s: Session, p: list[Any]) -> list[dict[str, Any]]:
     arity(p, 1, 2, "trace.get")
-    conn = s.conn(p[0], closed_ok=True)
+    conn = s.conn(p[0], closed_ok=True)  # the trace of a closed connection stays readable
     limit = None
     if len(p) > 1 and p[1] is not None:
         limit = pos_int(p[1], "limit", 1 << 20)
@@ -237,31 +233,55 @@ def fault_inject(s: Session, p: list[Any]) -> int:
     spec = p[0]
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
         raise invalid("spec must be a map with a string 'kind'")
-    if "conn" in spec:
-        s.conn(spec["conn"])  # faults on a connection need its ownership
+    conn = s.conn(spec["conn"]) if "conn" in spec else None  # a fault on a connection: yours
     fid = s.engine.fault_inject(spec)
-    s.faults.add(fid)
+    s.add_fault(fid, conn)
     return fid
 
 
 def fault_clear(s: Session, p: list[Any]) -> bool:
+    """A client clears its own faults (and those nobody owns any more); `"*"` means all of
+    those, or every fault for an admin. Someone else's fault is NOT_FOUND."""
     arity(p, 1, 1, "fault.clear")
     target = p[0]
     if isinstance(target, bytes):
         target = target.decode("utf-8", "replace")
     if target == "*":
-        s.engine.fault_clear(None)
-        s.faults.clear()
+        if s.admin:
+            s.engine.fault_clear(None)
+            for known in list(s.server.fault_owner):
+                s.server.forget_fault(known)
+            return True
+        for fault in s.engine.fault_list():
+            listed = fault.get("id")
+            if isinstance(listed, int) and s.may_touch_fault(listed):
+                _clear_one(s, listed)
+        for mine in list(s.faults):  # inactive ones too (fault_list shows only active faults)
+            _clear_one(s, mine)
         return True
     fid = pos_int(target, "fault_id")
+    if not s.may_touch_fault(fid):
+        raise EngineError(ErrorCode.NOT_FOUND, f"no fault {fid}")
     s.engine.fault_clear(fid)
-    s.faults.discard(fid)
+    s.forget_fault(fid)
     return True
+
+
+def _clear_one(s: Session, fid: int) -> None:
+    try:
+        s.engine.fault_clear(fid)
+    except EngineError as err:
+        if err.code != ErrorCode.NOT_FOUND:
+            raise
+    s.forget_fault(fid)
 
 
 def fault_list(s: Session, p: list[Any]) -> list[dict[str, Any]]:
     arity(p, 0, 0, "fault.list")
-    return s.engine.fault_list()
+    faults = s.engine.fault_list()
+    if s.admin:
+        return faults
+    return [f for f in faults if isinstance(f.get("id"), int) and s.may_touch_fault(f["id"])]
 
 
 def stack_metrics(s: Session, p: list[Any]) -> str:
@@ -301,4 +321,4 @@ METHODS: dict[str, Method] = {
 #: Methods a client may call before `auth` when the daemon has a token.
 OPEN_METHODS = frozenset({"ping", "auth"})
 
-__all__ = ["METHODS", "OPEN_METHODS", "Awaitable"]
+__all__ = ["METHODS", "OPEN_METHODS", "Method", "pos_int"]
