@@ -1,0 +1,233 @@
+"""The sans-IO msgpack-RPC codec: framing, shapes, limits; no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from chimneyd.rpc.codec import (
+    Decoder,
+    Encoder,
+    Notification,
+    ProtocolError,
+    Request,
+    parse_message,
+    raw_bytes,
+)
+
+LIMIT = 4096
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def feed_all(chunks: list[bytes], limit: int = LIMIT) -> list[Any]:
+    d = Decoder(limit)
+    out: list[Any] = []
+    for chunk in chunks:
+        out += d.feed(chunk)
+    return out
+
+
+def test_request_with_str_and_bin_method_names() -> None:
+    out = feed_all([pack([0, 1, "ping", []]) + pack([0, 2, b"tcp.info", [7]])])
+    assert out == [Request(1, "ping", []), Request(2, "tcp.info", [7])]
+
+
+def test_notification() -> None:
+    assert feed_all([pack([2, b"hello", [1, "x"]])]) == [Notification("hello", [1, "x"])]
+
+
+STREAM = (
+    pack([0, 1, "ping", []])
+    + pack([2, "note", [None]])
+    + pack([0, 4294967295, "tcp.send", [3, b"\x00\xff" * 40, "text"]])
+)
+EXPECTED = [
+    Request(1, "ping", []),
+    Notification("note", [None]),
+    Request(4294967295, "tcp.send", [3, b"\x00\xff" * 40, "text"]),
+]
+
+
+@pytest.mark.parametrize("cut", range(len(STREAM) + 1))
+def test_pipelined_frames_split_at_every_boundary(cut: int) -> None:
+    assert feed_all([STREAM[:cut], STREAM[cut:]]) == EXPECTED
+
+
+def test_pipelined_frames_byte_by_byte() -> None:
+    assert feed_all([STREAM[i : i + 1] for i in range(len(STREAM))]) == EXPECTED
+
+
+def test_str_payload_keeps_its_raw_bytes() -> None:
+    """A raw-mode client's str that is not UTF-8 comes back as the very bytes it sent."""
+    payload = b"\xff\xfe\x80abc\xed\xa0\x80"  # invalid UTF-8, and an encoded surrogate
+    frame = b"\x94\x00\x09\xa8tcp.send\x92\x01" + bytes([0xA0 | len(payload)]) + payload
+    [req] = feed_all([frame])
+    assert isinstance(req, Request)
+    data = req.params[1]
+    assert isinstance(data, str)
+    assert raw_bytes(data) == payload
+    assert raw_bytes(b"\x00bin") == b"\x00bin"
+
+
+def test_not_msgpack() -> None:
+    [err] = feed_all([b"\xc1"])
+    assert isinstance(err, ProtocolError) and err.msgid is None
+    assert "not msgpack" in err.reason
+
+
+def test_messages_before_a_bad_frame_are_kept_and_the_decoder_stays_dead() -> None:
+    d = Decoder(LIMIT)
+    out = d.feed(pack([0, 1, "ping", []]) + b"\xc1" + pack([0, 2, "ping", []]))
+    assert out[0] == Request(1, "ping", [])
+    assert isinstance(out[1], ProtocolError) and len(out) == 2
+    assert d.feed(pack([0, 3, "ping", []])) == []
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"a": 1},
+        [],
+        None,
+        42,
+        "ping",
+        b"\x00",
+        [0, 1],
+        [0, 1, "ping"],
+        [0, 1, "ping", [], 5],
+        [1, 1, None, "pong"],  # a response is not something a client sends the server
+        [2, "x"],
+        [3, 1, "ping", []],
+        ["0", 1, "ping", []],
+        [False, 1, "ping", []],
+        [True, "x", []],
+        [0.0, 1, "ping", []],
+        [2.0, "x", []],
+    ],
+    ids=repr,
+)
+def test_wrong_shape(obj: Any) -> None:
+    [err] = feed_all([pack(obj)])
+    assert isinstance(err, ProtocolError), err
+    assert err.msgid is None
+
+
+@pytest.mark.parametrize("msgid", ["1", None, -1, 1 << 32, 1.5, True, b"\x01", [1]], ids=repr)
+def test_wrong_msgid_type(msgid: Any) -> None:
+    [err] = feed_all([pack([0, msgid, "ping", []])])
+    assert isinstance(err, ProtocolError) and err.msgid is None
+    assert "msgid" in err.reason
+
+
+@pytest.mark.parametrize("method", [None, 42, [b"ping"], {"m": 1}, 1.5], ids=repr)
+def test_method_not_str_or_bin_is_answered_then_closed(method: Any) -> None:
+    [err] = feed_all([pack([0, 77, method, []])])
+    assert err == ProtocolError("method must be str or bin", 77)
+
+
+@pytest.mark.parametrize("params", [None, {}, "x", 3, b"ab"], ids=repr)
+def test_params_not_array(params: Any) -> None:
+    [err] = feed_all([pack([0, 78, "ping", params])])
+    assert err == ProtocolError("params must be an array", 78)
+    [err] = feed_all([pack([2, "note", params])])
+    assert isinstance(err, ProtocolError) and err.msgid is None
+
+
+def test_long_method_name_is_a_request_not_a_protocol_error() -> None:
+    [req] = feed_all([pack([0, 5, "m" * 3000, []])])
+    assert req == Request(5, "m" * 3000, [])
+
+
+def test_frame_at_the_limit_then_another_frame() -> None:
+    """No false alarm: a frame of exactly the limit followed by more frames is fine, however the
+    bytes are cut."""
+    head = pack([0, 1, "tcp.send", [1, b""]])
+    size = LIMIT - len(head) - 1  # a bin16 header is 1 byte longer than an empty bin8
+    frame = pack([0, 1, "tcp.send", [1, b"x" * size]])
+    assert len(frame) == LIMIT
+    stream = frame + pack([0, 2, "ping", []]) + frame
+    for cut in (1, LIMIT - 1, LIMIT, LIMIT + 3, len(stream) - 5):
+        out = feed_all([stream[:cut], stream[cut:]])
+        assert [type(m) for m in out] == [Request, Request, Request], (cut, out[-1])
+
+
+def test_frame_over_the_limit_by_declared_length() -> None:
+    """A bin declaring more than the limit is refused once the frame passes the limit, without
+    waiting for (or holding) the rest of it."""
+    frame = pack([0, 1, "tcp.send", [1, b"x" * (10 * LIMIT)]])
+    d = Decoder(LIMIT)
+    fed = 0
+    out: list[Any] = []
+    while not out:
+        out = d.feed(frame[fed : fed + 100])
+        fed += 100
+    [err] = out
+    assert isinstance(err, ProtocolError) and err.limit
+    assert fed <= LIMIT + 100
+
+
+def test_array_header_over_the_limit() -> None:
+    """An array header declaring more items than the limit fails at the header."""
+    [err] = Decoder(LIMIT).feed(b"\x94\x00\x01\xa4ping\xdd\x00\x01\x00\x00")
+    assert isinstance(err, ProtocolError)
+
+
+def test_frame_over_the_limit_streamed_in_small_pieces() -> None:
+    """An array of many small items never fills the Unpacker's buffer; the frame size is
+    counted anyway and the frame refused once it passes the limit."""
+    d = Decoder(LIMIT)
+    assert d.feed(b"\x94\x00\x01\xa4ping\xdc\x0f\xa0") == []  # params: array of 4000 items
+    fed = 11
+    out: list[Any] = []
+    while not out:
+        out = d.feed(b"\xa1x" * 64)  # 64 one-char strings at a time
+        fed += 128
+        assert fed < 4 * LIMIT, "the endless frame was never refused"
+    [err] = out
+    assert isinstance(err, ProtocolError) and err.limit
+    assert fed <= 2 * LIMIT  # refused within one slice of passing the limit
+
+
+def test_big_feed_is_sliced_and_limit_applies() -> None:
+    big = pack([0, 1, "tcp.send", [1, b"y" * (3 * LIMIT)]])
+    out = Decoder(LIMIT).feed(big)
+    assert len(out) == 1 and isinstance(out[0], ProtocolError)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x91" * 5000,  # nesting deeper than the unpacker allows
+        b"\x81\x90\x01",  # a map with an array key (unhashable in Python)
+        b"\xd6\xff\x01",  # a timestamp ext with a truncated body
+        b"\xd4\xff\x01",  # timestamp ext of a size msgpack does not define
+    ],
+    ids=["deep", "unhashable-key", "short-ext", "bad-timestamp"],
+)
+def test_odd_msgpack_is_a_protocol_error_or_waits(data: bytes) -> None:
+    out = Decoder(1 << 20).feed(data)
+    assert all(isinstance(m, ProtocolError) for m in out)
+
+
+def test_parse_message_direct() -> None:
+    assert parse_message([0, 0, "ping", []]) == Request(0, "ping", [])
+    assert isinstance(parse_message((0, 1, "ping", [])), ProtocolError)  # tuples never decode
+
+
+def test_encoder_shapes() -> None:
+    e = Encoder()
+    assert msgpack.unpackb(e.response(3, None, "pong")) == [1, 3, None, "pong"]
+    assert msgpack.unpackb(e.response(4, [3, "NOT_FOUND: no connection 9"], None)) == [
+        1,
+        4,
+        [3, "NOT_FOUND: no connection 9"],
+        None,
+    ]
+    note = msgpack.unpackb(e.notification("tcp.event", [1, "closed", {}]), raw=True)
+    assert note == [2, b"tcp.event", [1, b"closed", {}]]  # str on the wire, not bin
+    assert msgpack.unpackb(e.response(5, None, b"\x00"), raw=True)[3] == b"\x00"
