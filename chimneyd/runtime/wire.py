@@ -23,6 +23,7 @@ _OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
 _INT = struct.Struct("i")
 _TCP_INFO = struct.Struct("8B24I")
 _LINGER_RST = struct.pack("ii", 1, 0)
+_TCP_CLOSE = 7  # tcpi_state of a connection the kernel has closed
 
 Post = Callable[[Any, Callable[..., Any], tuple[Any, ...]], None]
 
@@ -220,6 +221,21 @@ class WireSocket(asyncio.Protocol):
         self.notified_fin = self.fin_acked()
         self._emit("WireAcked", acked)
 
+    def kernel_alive(self) -> bool:
+        """False when the kernel has dropped the connection (an RST we have not read)."""
+        if self.closed or self._fd < 0:
+            return False
+        return self.tcp_info().state != _TCP_CLOSE
+
+    def lost_by_kernel(self) -> None:
+        """The peer reset the connection while we were not reading: report it as an RST."""
+        if self.closed or self.transport is None:
+            return
+        self._aborted_by_us = True  # connection_lost must not report it a second time
+        self.closed = True
+        self.transport.abort()
+        self._emit("WireReset", "reset while not reading (kernel state CLOSE)")
+
     def tcp_info(self) -> TcpInfo:
         if self.closed or self._fd < 0:
             return TcpInfo(state=7)
@@ -264,30 +280,39 @@ class AckWatcher:
     `interval` while anything still waits. A socket gets a `WireAcked` event when its
     acknowledged offset (or FIN state) differs from what it last reported, so an owner that
     asks to watch after its bytes were already acknowledged still hears of it.
+
+    A socket that waits longer than `stall` is asked whether the kernel still has a connection:
+    after the peer's FIN the transport no longer reads, so an RST that answers our later data
+    would otherwise go unnoticed and the data would wait for an ACK for ever.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0005) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float = 0.0005, stall: float = 0.05
+    ) -> None:
         self.loop = loop
         self.interval = interval
-        self.waiting: set[WireSocket] = set()
+        self.stall = stall
+        self.waiting: dict[WireSocket, float] = {}
         self._scheduled = False
         self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
 
     def add(self, wire: WireSocket) -> None:
-        self.waiting.add(wire)
+        if wire not in self.waiting:
+            self.waiting[wire] = self.loop.time()
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._poll)
 
     def discard(self, wire: WireSocket) -> None:
-        self.waiting.discard(wire)
+        self.waiting.pop(wire, None)
         self.held.pop(wire, None)
 
     def _poll(self) -> None:
         self._scheduled = False
         now = self.loop.time()
         moved = []
-        for wire in self.waiting:
+        dead = []
+        for wire, since in self.waiting.items():
             if wire.closed:
                 moved.append(wire)
                 continue
@@ -298,10 +323,17 @@ class AckWatcher:
                 del self.held[wire]
             if wire.acked() != wire.notified_acked or wire.fin_acked() != wire.notified_fin:
                 moved.append(wire)
+            elif now - since > self.stall:
+                self.waiting[wire] = now
+                if not wire.kernel_alive():
+                    dead.append(wire)
         for wire in moved:
-            self.waiting.discard(wire)
+            del self.waiting[wire]
             if not wire.closed:
                 wire.notify_acked()
+        for wire in dead:
+            self.waiting.pop(wire, None)
+            wire.lost_by_kernel()
         if self.waiting:
             self._scheduled = True
             self.loop.call_later(self.interval, self._poll)
