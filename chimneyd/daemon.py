@@ -111,7 +111,7 @@ async def shutdown(server: Any, engine: Any, deadline: float) -> int:
     except Exception as exc:
         log.error("engine_shutdown_failed", error=repr(exc), exc_info=exc)
         report = {"left_over": {"engine": repr(exc)}}
-    log.info("daemon_stopped", cancelled_requests=cancelled, report=report)
+    log.info("daemon_stopped", cancelled_requests=cancelled, **report)
     if report.get("left_over"):
         log.error("daemon_state_left_over", left_over=report["left_over"])
     return 0
