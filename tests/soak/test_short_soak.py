@@ -1,0 +1,62 @@
+"""A short soak in the default run: 300 offloaded connections for 15 s with uploads mixed in and a
+peer reset, through a daemon and echo peers the soak spawns itself (127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.timeout(90)
+def test_short_soak(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chimney_client.soak",
+            "--spawn",
+            "--connections",
+            "300",
+            "--duration",
+            "15",
+            "--upload-share",
+            "0.2",
+            "--faults",
+            "peer_reset:1",
+            "--quiet",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert out.exists(), proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    detail = json.dumps(
+        {k: report.get(k) for k in ("failures", "error_details", "left_over", "daemon")}, indent=1
+    )
+    assert proc.returncode == 0, detail
+    assert report["ok"], detail
+    assert report["integrity_errors"] == 0
+    assert report["connections"] == 300
+    assert report["connections_detail"]["with_traffic"] == 300
+    assert report["bytes_verified"] > 0
+    assert report["bytes_verified"] == report["bytes_sent"]
+    assert report["drained"] and report["left_over"] == {}
+    after = report["stats_after"]
+    assert after["connections"] == 0
+    for name, layer in after["layers"].items():
+        for gauge in ("offloads_active", "handles", "outstanding_nbls"):
+            assert layer[gauge] == 0, (name, gauge)
+    (reset,) = [f for f in report["faults"] if f["kind"] == "peer_reset"]
+    assert reset["injected"] == 1 and reset["abort_observed"] == 1 and reset["reopened"] == 1
+    assert report["counters"]["uploads_planned"] > 0
+    assert report["counters"]["reoffloads_planned"] == report["counters"]["uploads_planned"]
+    assert report["daemon"]["exit_status"] == 0 and not report["daemon"]["crashed"]
+    assert report["latency_ms"]["p50"] > 0 and report["ops_per_s"] > 0
