@@ -197,8 +197,14 @@ class Engine:
     def _post(self, fn: Callable[..., Any], *args: Any) -> None:
         self.host.inbox.push(fn, args)
 
-    def _request(self, method: str, conn_id: int, *args: Any) -> asyncio.Future[Any]:
-        """Run `host.<method>(tcb, *args, done)` in the host's task; the future gets the result."""
+    def _request(
+        self, method: str, conn_id: int, *args: Any, withdraw_after: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Run `host.<method>(tcb, *args, done)` in the host's task; the future gets the result.
+
+        With `withdraw_after`, the host is asked to withdraw the request (`app_cancel_recv`)
+        when that time is up. The host does it in its own task, so a byte is never both given to
+        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv)."""
         fut: asyncio.Future[Any] = self.loop.create_future()
 
         def done(result: Any, err: AppError | None) -> None:
@@ -210,6 +216,10 @@ class Engine:
                 fut.set_result(result)
 
         self._post(self.host.app_call, conn_id, method, args, done)
+        if withdraw_after is not None:
+            withdraw = (self.host.app_call, conn_id, "app_cancel_recv", (done,), _ignore)
+            timer = self.loop.call_later(withdraw_after, self._post, *withdraw)
+            fut.add_done_callback(lambda _: timer.cancel())
         return fut
 
     # ============================================================================================
@@ -286,7 +296,7 @@ class Engine:
                 return
             conn_id = self._register(wire, lid)
             if listener.offload:
-                self._post(self.host.app_call, conn_id, "app_offload", (None,), lambda r, e: None)
+                self._post(self.host.app_call, conn_id, "app_offload", (None,), _ignore)
             while listener.waiters:
                 waiter = listener.waiters.popleft()
                 if not waiter.done():
@@ -359,35 +369,7 @@ class Engine:
         return await self._request("app_send", conn_id, data)  # type: ignore[no-any-return]
 
     async def recv(self, conn_id: int, max_bytes: int, timeout: float | None) -> bytes:
-        fut: asyncio.Future[bytes] = self.loop.create_future()
-
-        def done(result: Any, err: AppError | None) -> None:
-            if fut.done():
-                return
-            if err is not None:
-                fut.set_exception(_error(err))
-            else:
-                fut.set_result(result)
-
-        self._post(self.host.app_call, conn_id, "app_recv", (max_bytes,), done)
-        timer = None
-        if timeout is not None:
-            # the host withdraws the read in its own task, so a byte is never both given to a
-            # timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv)
-            timer = self.loop.call_later(
-                timeout,
-                self._post,
-                self.host.app_call,
-                conn_id,
-                "app_cancel_recv",
-                (done,),
-                lambda r, e: None,
-            )
-        try:
-            return await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
+        return await self._request("app_recv", conn_id, max_bytes, withdraw_after=timeout)  # type: ignore[no-any-return]
 
     async def disconnect(self, conn_id: int, abortive: bool) -> str:
         return await self._request("app_disconnect", conn_id, abortive)  # type: ignore[no-any-return]
@@ -665,6 +647,10 @@ class Engine:
     def _busy(self) -> bool:
         st = self.ndis.stats()
         return any(v["outstanding_nbls"] or v["handles"] for v in st.values())
+
+
+def _ignore(result: Any, err: AppError | None) -> None:
+    """The `done` of a request whose outcome nobody waits for."""
 
 
 def _int(spec: dict[str, Any], key: str, default: int | None = None) -> int:
