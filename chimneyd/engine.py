@@ -8,6 +8,8 @@ into awaitable results, and applies faults. It never calls into a layer except t
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import ipaddress
 import itertools
 import socket
@@ -122,6 +124,7 @@ class Engine:
         self.subscribers: dict[int | None, list[EventCallback]] = {}
         self.closed_traces: OrderedDict[int, HopTrace] = OrderedDict()
         self.layer_errors = 0
+        self._trim_handle: asyncio.TimerHandle | None = None
         self.host = self._build(layers)
         self.host.emit = self._emit
         self.checker: Any = None
@@ -457,6 +460,8 @@ class Engine:
     def _emit(self, conn_id: int, event: str, info: dict[str, Any]) -> None:
         if event == "closed":
             self._forget(conn_id)
+            if not self.host.tcbs and self._trim_handle is None:
+                self._trim_handle = self.loop.call_later(1.0, self._trim_when_idle)
         for key in (conn_id, None):
             for cb in list(self.subscribers.get(key, ())):
                 try:
@@ -465,6 +470,18 @@ class Engine:
                     log.exception("subscriber_failed", conn=conn_id, event_name=event)
         if event == "closed":
             self.subscribers.pop(conn_id, None)
+
+    def _trim_when_idle(self) -> None:
+        """Once the last connection is gone, give freed memory back to the system: glibc keeps
+        freed heap pages otherwise, and RSS after a soak would stay at its peak."""
+        self._trim_handle = None
+        if self.host.tcbs:
+            return
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass  # not glibc: nothing to trim
 
     def _forget(self, conn_id: int) -> None:
         for key, wire in list(self.wires.items()):
@@ -636,6 +653,8 @@ class Engine:
         left = {k: v for k, v in left.items() if v}
         for task in self.tasks:
             await task.stop()
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
         errors = [str(r) for r in results if isinstance(r, Exception)]
         return {
             "closed": len(conn_ids),
