@@ -512,12 +512,12 @@ class Engine:
         elif kind == "fail_next":
             layer = self._layer(spec, DriverLayer)
             call = _str(spec, "call")
-            if not hasattr(layer, call):
+            if not hasattr(layer, call.split("[")[0]):
                 raise EngineError(
                     ErrorCode.INVALID_PARAMS, f"layer {layer.name} has no handler {call!r}"
                 )
             status = _status(spec.get("status", "NDIS_STATUS_FAILURE"))
-            fn = FailNext(fid, call, status, _int(spec, "count", 1))
+            fn = FailNext(fid, call, status, _int(spec, "count", 1), _int(spec, "skip", 0))
             layer.fail_next.append(fn)
 
             def undo_fail_next(layer: DriverLayer = layer, fn: FailNext = fn) -> None:

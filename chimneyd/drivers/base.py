@@ -25,12 +25,15 @@ class Timers(Protocol):
 
 @dataclass(slots=True)
 class FailNext:
-    """`fail_next` fault: the next `count` calls of `call` complete with `status` (contract)."""
+    """`fail_next` fault: after `skip` calls of `call` go through, the next `count` complete
+    with `status` (contract). `MiniportInitiateOffload[path]` / `[neighbor]` fail path or
+    neighbor blocks of an initiate; plain `MiniportInitiateOffload` fails TCP blocks."""
 
     fault_id: int
     call: str
     status: NdisStatus
     count: int
+    skip: int = 0
 
 
 @dataclass(slots=True)
@@ -89,6 +92,9 @@ class DriverLayer(Layer):
             return None
         for fault in self.fail_next:
             if fault.call == call and fault.count > 0:
+                if fault.skip:
+                    fault.skip -= 1
+                    return None
                 fault.count -= 1
                 if fault.count == 0:
                     self.fail_next.remove(fault)

@@ -259,12 +259,18 @@ class OffloadTarget(DriverLayer):
         if kind is BlockKind.NEIGHBOR:
             if self.table.full:
                 return S.NDIS_STATUS_OFFLOAD_NEIGHBOR_ENTRIES, None
+            failure = self.take_failure("MiniportInitiateOffload[neighbor]")
+            if failure is not None:
+                return failure, None
             ctx = NeighborContext(upper, block)
         elif kind is BlockKind.PATH:
             if not isinstance(parent, NeighborContext):
                 return S.NDIS_STATUS_FAILURE, None
             if self.table.full:
                 return S.NDIS_STATUS_OFFLOAD_PATH_ENTRIES, None
+            failure = self.take_failure("MiniportInitiateOffload[path]")
+            if failure is not None:
+                return failure, None
             ctx = PathContext(upper, block, parent)
             parent.dependents += 1
         else:
