@@ -348,6 +348,7 @@ COUNTER_FIELDS = (
     "send_failures",
     "send_resends",
     "aborts_seen",
+    "aborts_while_closing",
     "resets_observed",
     "reopened_after_reset",
     "unexpected_aborts",
@@ -703,11 +704,12 @@ class Worker:
     # -- events --------------------------------------------------------------------------------
     def on_event(self, conn_id: int, event: str, info: dict[str, Any]) -> None:
         conn = self.by_id.get(conn_id)
-        if conn is None:
+        if conn is None and event != "closed":
             # tcp.connect answers after its "offloaded" event: keep it for the registration
             self.early.setdefault(conn_id, []).append((event, info))
             return
-        self.apply_event(conn, event, info)
+        if conn is not None:
+            self.apply_event(conn, event, info)
 
     def apply_event(self, conn: Conn, event: str, info: dict[str, Any]) -> None:
         if event == "offloaded":
@@ -716,6 +718,9 @@ class Worker:
             if not conn.aborted:
                 conn.aborted = True
                 self.c["aborts_seen"] += 1
+                if conn.own_upload and not conn.reset_expected:
+                    # our close was under way (disconnect, FIN read, tcp.close): counted apart
+                    self.c["aborts_while_closing"] += 1
         elif event == "TcpIndicateRetrieve":
             conn.retrieve_reason = str(info.get("reason", "?"))
         elif event == "uploaded":
@@ -1999,7 +2004,7 @@ exit status: 0 when every byte came back intact, every gauge drained to 0 and th
         "--think-ms",
         type=float,
         metavar="MS",
-        help="pause between round trips on a connection (default N/2 ms within 50..5000)",
+        help="pause between round trips on a connection (default N ms within 50..10000)",
     )
     p.add_argument(
         "--upload-share",
@@ -2050,7 +2055,7 @@ def make_plan(args: argparse.Namespace, fd_limit: int) -> Plan:
     if args.ops_per_rpc * 2 + 8 > 256:
         raise ValueError("--ops-per-rpc above 124 would pass the daemon's 256 in-flight limit")
     rate = args.rate if args.rate else max(200.0, n / 8)
-    think = args.think_ms if args.think_ms is not None else min(5000.0, max(50.0, n / 2))
+    think = args.think_ms if args.think_ms is not None else min(10000.0, max(50.0, float(n)))
     workers = args.workers if args.workers is not None else (0 if n <= 1000 else 2)
     faults = schedule_faults(parse_faults(args.faults), args.duration)
     plan = Plan(n, n, rate, args.duration, think, workers, args.payload, faults, None, fd_limit)
