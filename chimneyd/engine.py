@@ -371,14 +371,32 @@ class Engine:
     async def send(self, conn_id: int, data: bytes) -> int:
         return await self._request("app_send", conn_id, data)  # type: ignore[no-any-return]
 
-    async def recv(self, conn_id: int, max_bytes: int, timeout: float | None) -> bytes:
-        return await self._request("app_recv", conn_id, max_bytes, withdraw_after=timeout)  # type: ignore[no-any-return]
+    async def recv(
+        self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
+    ) -> bytes:
+        fut = self._request("app_recv", conn_id, max_bytes, waitall, withdraw_after=timeout)
+        return await fut  # type: ignore[no-any-return]
 
     async def disconnect(self, conn_id: int, abortive: bool) -> str:
         return await self._request("app_disconnect", conn_id, abortive)  # type: ignore[no-any-return]
 
     async def close(self, conn_id: int) -> None:
         await self._request("app_close", conn_id)
+
+    async def update(self, conn_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """`NdisUpdateOffload` of the connection's cached TCP variables (spec §3.4)."""
+        for key, value in changes.items():
+            if not isinstance(key, str) or not isinstance(value, int) or isinstance(value, bool):
+                raise EngineError(
+                    ErrorCode.INVALID_PARAMS, "cached variables are names with integer values"
+                )
+        return await self._request("app_update", conn_id, dict(changes))  # type: ignore[no-any-return]
+
+    async def invalidate(self, conn_id: int, what: str = "neighbor") -> dict[str, Any]:
+        """`NdisInvalidateOffload` of the connection's TCP, path or neighbor object (spec §3.5)."""
+        if what not in ("tcp", "path", "neighbor"):
+            raise EngineError(ErrorCode.INVALID_PARAMS, "object must be tcp, path or neighbor")
+        return await self._request("app_invalidate", conn_id, what)  # type: ignore[no-any-return]
 
     async def query(self, conn_id: int) -> dict[str, Any]:
         """`NdisQueryOffloadState` of the connection's TCP object: its delegated state now."""
@@ -545,6 +563,14 @@ class Engine:
             self._stall(self._wire(tcb), ms / 1000.0)
             until = self.loop.time() + ms / 1000.0
             fault.active = lambda: self.loop.time() < until
+        elif kind == "invalidate":
+            # the host learns an object is stale (e.g. the neighbor is unreachable)
+            tcb = self._tcb(_int(spec, "conn"))
+            what = spec.get("object", "neighbor")
+            if what not in ("tcp", "path", "neighbor"):
+                raise EngineError(ErrorCode.INVALID_PARAMS, "object must be tcp, path or neighbor")
+            self._post(self.host.app_call, tcb.conn_id, "app_invalidate", (what,), _ignore)
+            fault.active = lambda: False
         elif kind == "retrieve":
             tcb = self._tcb(_int(spec, "conn"))
             reason = (

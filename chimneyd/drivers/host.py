@@ -111,6 +111,7 @@ class Tcb:
         "app_rx",
         "app_rx_bytes",
         "binding",
+        "cached",
         "conn_id",
         "deferred",
         "delegated",
@@ -138,6 +139,7 @@ class Tcb:
         "state",
         "target",
         "trace",
+        "updating",
         "upload_done",
         "upload_q",
         "wire",
@@ -163,7 +165,7 @@ class Tcb:
         self.peer_fin: int | None = None  # offset of the peer's FIN once known
         self.aborted = False
         self.hw_failed = False
-        self.recv_waiters: list[tuple[int, Done]] = []
+        self.recv_waiters: list[tuple[int, Done, bool]] = []  # (max bytes, done, waitall)
         self.posted: NetBufferList | None = None
         self.refused = False
         self.read_paused = False
@@ -178,6 +180,8 @@ class Tcb:
         self.delegated: TcpOffloadStateDelegated | None = None  # as last known, no pointers
         self.queries = 0
         self.replaying = False
+        self.updating = False
+        self.cached: TcpOffloadStateCached | None = None
         # transitions
         self.deferred: list[Callable[[], None]] = []
         self.offload_done: list[Done] = []
@@ -343,10 +347,8 @@ class HostStack(DriverLayer):
             path = self._object(
                 ("path", binding.id, local_ip.packed, remote_ip.packed), "path", binding, neighbor
             )
-            if neighbor.state in ("offloading", "terminating") or path.state in (
-                "offloading",
-                "terminating",
-            ):
+            settling = ("offloading", "terminating", "invalidated")
+            if neighbor.state in settling or path.state in settling:
                 waiting.append(tcb)  # no operation on an object still being offloaded (spec §3.1)
                 continue
             if binding.id not in trees:
@@ -432,10 +434,12 @@ class HostStack(DriverLayer):
             delegated.BufferedData = NetBufferList.for_data(data)
             delegated.BufferedData.trace = tcb.trace
         tcb.delegated = _snapshot(delegated)
+        if tcb.cached is None:
+            tcb.cached = TcpOffloadStateCached(InitialRcvWnd=self.rx_buffer_bytes)
         block = new_tcp_block(
             handle,
             TcpOffloadStateConst(RemotePort=wire.remote[1], LocalPort=wire.local[1]),
-            TcpOffloadStateCached(InitialRcvWnd=self.rx_buffer_bytes),
+            tcb.cached,
             delegated,
         )
         # sent-but-unacknowledged data, the first NBL advanced to SndUna (spec §3.2.5)
@@ -613,10 +617,10 @@ class HostStack(DriverLayer):
             # objects left without dependents go in the same tree (spec §3.1)
             for key, pblock in paths.items():
                 path = self.objects[key]
-                if path.refs == 0 and path.state == "offloaded":
+                if path.refs == 0 and path.state in ("offloaded", "invalidated"):
                     self._start_object_terminate(path, pblock)
             neighbor = self.objects[("neighbor", binding.id)]
-            if neighbor.refs == 0 and neighbor.state == "offloaded":
+            if neighbor.refs == 0 and neighbor.state in ("offloaded", "invalidated"):
                 self._start_object_terminate(neighbor, root)
             self.ndis.NdisTerminateOffload(self, binding, root)
 
@@ -791,6 +795,88 @@ class HostStack(DriverLayer):
             self._run_deferred(tcb)
 
     # ============================================================================================
+    # update (spec §3.4) and invalidate (spec §3.5)
+    # ============================================================================================
+    def app_update(self, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
+        """New cached TCP variables (keepalive, receive window, indication size, ...) for the
+        offloaded connection: `NdisUpdateOffload` with the TCP block and its cached state."""
+        if self._defer_if_moving(tcb, lambda: self.app_update(tcb, changes, done)):
+            return
+        if tcb.state != OFFLOADED or tcb.handle is None or tcb.cached is None:
+            done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is not offloaded"))
+            return
+        if tcb.updating:
+            # at most one update in flight per object (spec §3.1)
+            tcb.deferred.append(lambda: self.app_update(tcb, changes, done))
+            return
+        try:
+            cached = dataclasses.replace(tcb.cached, **changes)
+        except TypeError as exc:
+            done(None, AppError("INVALID_PARAMS", f"not a cached TCP variable: {exc}"))
+            return
+        tcb.lifecycle.fire(Call.UPDATE)
+        self._flush_sends(tcb)
+        root = new_neighbor_block(None)
+        root.add_dependent(new_path_block(None)).add_dependent(
+            new_tcp_block(tcb.handle, cached=cached)
+        )
+        root.protocol_reserved = done
+        tcb.queries += 1
+        tcb.updating = True
+        assert tcb.binding is not None
+        self.ndis.NdisUpdateOffload(self, tcb.binding, root)
+
+    def ProtocolUpdateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        done: Done = root.protocol_reserved
+        root.protocol_reserved = None
+        for block in walk(root):
+            if block.offload_handle is None:
+                continue
+            tcb: Tcb = block.offload_handle.owner
+            tcb.queries -= 1
+            tcb.updating = False
+            if block.status == SUCCESS:
+                tcb.cached = block.cached
+                done({"status": SUCCESS.name}, None)
+            else:
+                # the target carries on; the host terminates what failed (spec §3.4)
+                done(None, ndis_error(block.status, " update failed: the connection is uploaded"))
+                self._terminate(tcb)
+            self._run_deferred(tcb)
+
+    def app_invalidate(self, tcb: Tcb, what: str, done: Done) -> None:
+        """Invalidate the connection's TCP, path or neighbor object (spec §3.5): the target stops
+        sending on every connection that depends on it and asks for each to be uploaded."""
+        if tcb.state != OFFLOADED or tcb.handle is None or tcb.path is None:
+            done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is not offloaded"))
+            return
+        path = tcb.path
+        neighbor = path.parent
+        assert neighbor is not None and neighbor.handle is not None and path.handle is not None
+        root = new_neighbor_block(neighbor.handle if what == "neighbor" else None)
+        pblock = root.add_dependent(new_path_block(path.handle if what == "path" else None))
+        if what == "tcp":
+            pblock.add_dependent(new_tcp_block(tcb.handle))
+            tcb.lifecycle.fire(Call.INVALIDATE)
+        else:
+            obj = neighbor if what == "neighbor" else path
+            obj.lifecycle.fire(Call.INVALIDATE)
+            obj.state = "invalidated"  # no new connection links to it (spec §3.4 step 1)
+        self._flush_sends(tcb)
+        root.protocol_reserved = done
+        assert tcb.binding is not None
+        self.ndis.NdisInvalidateOffload(self, tcb.binding, root)
+
+    def ProtocolInvalidateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        done: Done = root.protocol_reserved
+        root.protocol_reserved = None
+        status = next(b.status for b in walk(root) if b.offload_handle is not None)
+        if status == SUCCESS:
+            done({"status": SUCCESS.name}, None)
+        else:
+            done(None, ndis_error(status, " invalidate failed: hardware state corrupt"))
+
+    # ============================================================================================
     # send (spec §4.1)
     # ============================================================================================
     def app_send(self, tcb: Tcb, data: bytes, done: Done) -> None:
@@ -896,9 +982,11 @@ class HostStack(DriverLayer):
     # ============================================================================================
     # receive (spec §4.2, §4.3)
     # ============================================================================================
-    def app_recv(self, tcb: Tcb, max_bytes: int, done: Done) -> None:
-        """Queue a read of up to `max_bytes`; served in order as bytes arrive."""
-        tcb.recv_waiters.append((max_bytes, done))
+    def app_recv(self, tcb: Tcb, max_bytes: int, waitall: bool, done: Done) -> None:
+        """Queue a read of up to `max_bytes`, served in order as bytes arrive. `waitall` waits for
+        all `max_bytes` (short only at end of stream): offloaded, it posts a non-push request,
+        which the target completes only when full (spec §4.2)."""
+        tcb.recv_waiters.append((max_bytes, done, waitall))
         self._serve(tcb)
         if tcb.recv_waiters and tcb.state == OFFLOADED and tcb.posted is None:
             self._post_receive(tcb)
@@ -916,20 +1004,22 @@ class HostStack(DriverLayer):
     def _serve(self, tcb: Tcb) -> None:
         """Hand buffered bytes to waiting reads, in order."""
         while tcb.recv_waiters:
-            if tcb.app_rx_bytes:
-                max_bytes, done = tcb.recv_waiters.pop(0)
+            max_bytes, done, waitall = tcb.recv_waiters[0]
+            ending = tcb.peer_fin is not None or tcb.aborted or tcb.state == CLOSED
+            if tcb.app_rx_bytes and (not waitall or tcb.app_rx_bytes >= max_bytes or ending):
+                tcb.recv_waiters.pop(0)
                 done(self._take(tcb, max_bytes), None)
                 continue
             if self._at_eof(tcb):
-                _, done = tcb.recv_waiters.pop(0)
+                tcb.recv_waiters.pop(0)
                 done(b"", None)
                 continue
             if tcb.aborted:
-                _, done = tcb.recv_waiters.pop(0)
+                tcb.recv_waiters.pop(0)
                 done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, " connection reset"))
                 continue
             if tcb.state == CLOSED:
-                _, done = tcb.recv_waiters.pop(0)
+                tcb.recv_waiters.pop(0)
                 done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
                 continue
             break
@@ -974,9 +1064,13 @@ class HostStack(DriverLayer):
     def _post_receive(self, tcb: Tcb, size: int | None = None) -> None:
         if tcb.posted is not None or tcb.handle is None:
             return
+        no_push = False
         if size is None:
-            size = tcb.recv_waiters[0][0] if tcb.recv_waiters else 0
-        nbl = NetBufferList.for_receive(size)
+            size = 0
+            if tcb.recv_waiters:
+                want, _, no_push = tcb.recv_waiters[0]
+                size = max(1, want - tcb.app_rx_bytes) if no_push else want
+        nbl = NetBufferList.for_receive(size, no_push)
         nbl.trace = tcb.trace
         nb = nbl.first_net_buffer
         assert nb is not None and nb.mdl_chain is not None

@@ -164,11 +164,14 @@ async def tcp_send(s: Session, p: list[Any]) -> int:
 
 
 async def tcp_recv(s: Session, p: list[Any]) -> bytes:
-    arity(p, 2, 3, "tcp.recv")
+    arity(p, 2, 4, "tcp.recv")
     conn = s.conn(p[0])
     max_bytes = pos_int(p[1], "max_bytes", MAX_RECV)
     timeout = opt_timeout(p[2] if len(p) > 2 else None)
-    return await s.engine.recv(conn, max_bytes, timeout)
+    # extension: opts {"waitall": true} reads exactly max_bytes (short only at end of stream);
+    # offloaded, that is a non-push receive request (spec §4.2)
+    o = opts(p[3] if len(p) > 3 else None, {"waitall": bool}, "tcp.recv")
+    return await s.engine.recv(conn, max_bytes, timeout, bool(o.get("waitall", False)))
 
 
 async def tcp_disconnect(s: Session, p: list[Any]) -> str:
@@ -205,6 +208,16 @@ async def tcp_query(s: Session, p: list[Any]) -> dict[str, Any]:
     """Extension: `NdisQueryOffloadState` of the connection; the delegated state now."""
     arity(p, 1, 1, "tcp.query")
     return await s.engine.query(s.conn(p[0]))
+
+
+async def tcp_update(s: Session, p: list[Any]) -> dict[str, Any]:
+    """Extension: `NdisUpdateOffload` with new cached TCP variables, e.g.
+    `{"RcvIndicationSize": 512, "KaTimeout": 7200000}` (spec §3.4)."""
+    arity(p, 2, 2, "tcp.update")
+    conn = s.conn(p[0])
+    if not isinstance(p[1], dict) or not p[1]:
+        raise invalid("tcp.update takes a non-empty map of cached variables")
+    return await s.engine.update(conn, p[1])
 
 
 def trace_get(s: Session, p: list[Any]) -> list[dict[str, Any]]:
@@ -311,6 +324,7 @@ METHODS: dict[str, Method] = {
     "tcp.info": tcp_info,
     "tcp.list": tcp_list,
     "tcp.query": tcp_query,
+    "tcp.update": tcp_update,
     "trace.get": trace_get,
     "events.subscribe": events_subscribe,
     "fault.inject": fault_inject,

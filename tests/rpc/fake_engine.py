@@ -152,7 +152,9 @@ class FakeEngine:
         conn.trace.append({"seq": len(conn.trace) + 1, "call": "NdisOffloadTcpSend"})
         return len(data)
 
-    async def recv(self, conn_id: int, max_bytes: int, timeout: float | None) -> bytes:
+    async def recv(
+        self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
+    ) -> bytes:
         self.calls.append(("recv", conn_id, max_bytes, timeout))
         conn = self._conn(conn_id)
         try:
