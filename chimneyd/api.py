@@ -55,7 +55,12 @@ class EngineAPI(Protocol):
         ...
 
     async def connect(
-        self, host: str, port: int, offload: bool = True, target: str | None = None
+        self,
+        host: str,
+        port: int,
+        offload: bool = True,
+        target: str | None = None,
+        on_conn: Callable[[int], None] | None = None,
     ) -> int: ...
 
     async def listen(self, host: str, port: int, offload: bool = True) -> int: ...

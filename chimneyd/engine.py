@@ -113,6 +113,7 @@ class Engine:
         )
         self.watcher = AckWatcher(self.loop)
         self.wires: dict[tuple[bytes, int, bytes, int], WireSocket] = {}
+        self.wire_keys: dict[int, tuple[bytes, int, bytes, int]] = {}
         self.tasks: list[LayerTask] = []
         self.layer_specs = layers
         self.layers: dict[str, Layer] = {}
@@ -194,6 +195,7 @@ class Engine:
             wire.remote[1],
         )
         self.wires[key] = wire
+        self.wire_keys[conn_id] = key  # closing looks the wire up by id, not by a scan
         self._post(self.host.attach, conn_id, wire, listener)
         return conn_id
 
@@ -261,8 +263,15 @@ class Engine:
     # EngineAPI: connections
     # ============================================================================================
     async def connect(
-        self, host: str, port: int, offload: bool = True, target: str | None = None
+        self,
+        host: str,
+        port: int,
+        offload: bool = True,
+        target: str | None = None,
+        on_conn: Callable[[int], None] | None = None,
     ) -> int:
+        """Open a loopback connection in the host stack, offloaded at once if asked. `on_conn`
+        learns the id before the offload starts, so the owner hears the `offloaded` event."""
         if not _is_loopback(host):
             raise EngineError(ErrorCode.INVALID_PARAMS, f"host {host!r} is not a loopback address")
         if target is not None and target not in self.layers:
@@ -279,6 +288,8 @@ class Engine:
                 ) from None
             raise EngineError(ErrorCode.CONNECT_FAILED, f"{host}:{port}: {exc}") from None
         conn_id = self._register(wire)
+        if on_conn is not None:
+            on_conn(conn_id)
         if offload:
             try:
                 await self._request("app_offload", conn_id, target)
@@ -502,15 +513,14 @@ class Engine:
             pass  # not glibc: nothing to trim
 
     def _forget(self, conn_id: int) -> None:
-        for key, wire in list(self.wires.items()):
-            if wire.home_ctx is not None and wire.home_ctx.conn_id == conn_id:
-                del self.wires[key]
-                self.watcher.discard(wire)
-                tcb: Tcb = wire.home_ctx
-                self.closed_traces[conn_id] = tcb.trace
-                while len(self.closed_traces) > CLOSED_TRACES_KEPT:
-                    self.closed_traces.popitem(last=False)
-                break
+        key = self.wire_keys.pop(conn_id, None)
+        wire = self.wires.pop(key, None) if key is not None else None
+        if wire is not None:
+            self.watcher.discard(wire)
+            tcb: Tcb = wire.home_ctx
+            self.closed_traces[conn_id] = tcb.trace
+            while len(self.closed_traces) > CLOSED_TRACES_KEPT:
+                self.closed_traces.popitem(last=False)
 
     # ============================================================================================
     # faults

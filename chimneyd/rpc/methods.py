@@ -118,7 +118,7 @@ async def tcp_connect(s: Session, p: list[Any]) -> int:
     prt = port(p[1], allow_zero=False)
     o = opts(p[2] if len(p) > 2 else None, {"offload": bool, "target": str}, "tcp.connect")
     offload = o.get("offload", True) is not False
-    return await s.new_conn(s.engine.connect(host, prt, offload, o.get("target")))
+    return await s.new_conn(s.engine.connect(host, prt, offload, o.get("target"), s.adopt))
 
 
 async def tcp_listen(s: Session, p: list[Any]) -> int:

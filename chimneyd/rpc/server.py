@@ -369,6 +369,12 @@ class Session(asyncio.Protocol):
         inner.add_done_callback(self._made)
         return await asyncio.shield(inner)
 
+    def adopt(self, conn: int) -> None:
+        """The engine made `conn` for this client: own it before its first event (offloaded)."""
+        if not self.closing:
+            self.conns.add(conn)
+            self.server.conn_owner[conn] = self
+
     def _made(self, task: asyncio.Future[int]) -> None:
         self.pending_conns -= 1
         if task.cancelled() or task.exception() is not None:

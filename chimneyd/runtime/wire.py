@@ -222,10 +222,20 @@ class WireSocket(asyncio.Protocol):
         self._emit("WireAcked", acked)
 
     def kernel_alive(self) -> bool:
-        """False when the kernel has dropped the connection (an RST we have not read)."""
+        """False when the kernel has dropped the connection for an RST we have not read: state
+        CLOSE with a pending socket error. CLOSE without an error is a graceful close (both FINs
+        exchanged and acknowledged), which is not a reset."""
         if self.closed or self._fd < 0:
             return False
-        return self.tcp_info().state != _TCP_CLOSE
+        if self.tcp_info().state != _TCP_CLOSE:
+            return True
+        sock = socket.socket(fileno=self._fd)
+        try:
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        except OSError:
+            return False
+        finally:
+            sock.detach()
 
     def lost_by_kernel(self) -> None:
         """The peer reset the connection while we were not reading: report it as an RST."""

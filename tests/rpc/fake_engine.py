@@ -73,14 +73,22 @@ class FakeEngine:
 
     # -- connections ---------------------------------------------------------------------------
     async def connect(
-        self, host: str, port: int, offload: bool = True, target: str | None = None
+        self,
+        host: str,
+        port: int,
+        offload: bool = True,
+        target: str | None = None,
+        on_conn: Any = None,
     ) -> int:
         self.calls.append(("connect", host, port, offload, target))
         if self.connect_gate is not None:
             await self.connect_gate.wait()
         if port == REFUSED_PORT:
             raise EngineError(ErrorCode.CONNECT_FAILED, f"{host}:{port} refused the connection")
-        return self._new_conn(host, port, offload)
+        conn = self._new_conn(host, port, offload)
+        if on_conn is not None:
+            on_conn(conn)
+        return conn
 
     def _new_conn(self, host: str, port: int, offload: bool) -> int:
         conn = next(self._ids)
