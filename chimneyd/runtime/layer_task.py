@@ -89,6 +89,9 @@ class LayerTask:
                             self.on_error(layer, exc)
             self.messages += n
             self.batches += 1
+            # the last message must not stay alive in this frame while the layer sleeps: it can
+            # be a whole block list, holding every connection it named (and their sockets)
+            fn = args = None  # type: ignore[assignment]
 
     async def stop(self) -> None:
         if self.task is not None:

@@ -131,6 +131,9 @@ class WireSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._watcher.discard(self)
+        # uvloop's transport is not seen by the cycle collector: holding it here would keep
+        # this socket, its TCB and the NIC context alive for ever after the close
+        self.transport = None
         if self._aborted_by_us:
             return
         if exc is not None or not self.eof_seen:
