@@ -490,7 +490,7 @@ class Engine:
         if event == "closed":
             self._forget(conn_id)
             if not self.host.tcbs and self._trim_handle is None:
-                self._trim_handle = self.loop.call_later(1.0, self._trim_when_idle)
+                self._trim_handle = self.loop.call_later(0.5, self._trim_when_idle)
         for key in (conn_id, None):
             for cb in list(self.subscribers.get(key, ())):
                 try:

@@ -1589,7 +1589,7 @@ class Soak:
             stats_after, drained_s = await self.wait_drained(self.args.drain_timeout)
             timing["drain_s"] = drained_s
             if self.daemon_pid is not None and not self.daemon_gone():
-                await asyncio.sleep(1.0)  # let freed memory settle before sampling
+                await asyncio.sleep(2.5)  # the daemon trims its heap once idle: let that happen
                 rss_after = process_rss_kb(self.daemon_pid)
         except (ChimneyError, RuntimeError, OSError) as exc:
             self.crash = self.crash or f"{type(exc).__name__}: {exc}"
