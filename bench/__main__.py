@@ -5,6 +5,7 @@ python -m bench --quick         # a ~20 s smoke of every section
 python -m bench --scale         # adds memory at 5k and 10k connections
 python -m bench --json FILE     # every figure and raw number as JSON
 python -m bench --profile bulk  # the bulk offloaded-send path under a profiler
+python -m bench --sections echo # only these sections (here: verified echo at 100 / 1,000 conns)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from bench.common import MALLOC_ENV, MIB, Section, child, ports_of, raise_nofile
 
-SECTIONS = ("baselines", "engine", "rpc")
+SECTIONS = ("baselines", "engine", "rpc", "echo")
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -75,21 +76,26 @@ def render(console: Console, sections: list[Section], meta: dict[str, Any]) -> N
 
 
 async def run_all(args: argparse.Namespace, console: Console) -> list[Section]:
-    from bench import baselines, engine_bench, rpc_bench
+    from bench import baselines, echo_bench, engine_bench, rpc_bench
 
     wanted = set(args.sections or SECTIONS)
     out: list[Section] = []
-    console.print("[dim]baselines …[/]")
-    sec, base = await baselines.run(args.quick)
-    if "baselines" in wanted:
-        out.append(sec)
+    daemon = shlex.split(args.daemon) if args.daemon else None
+    base: dict[str, Any] = {}
+    if wanted & {"baselines", "engine", "rpc"}:  # echo measures its own baseline
+        console.print("[dim]baselines …[/]")
+        sec, base = await baselines.run(args.quick)
+        if "baselines" in wanted:
+            out.append(sec)
     if "engine" in wanted:
         console.print("[dim]engine: hops, bulk, IM curve, memory …[/]")
         out.append(await engine_bench.run(args.quick, base, args.scale))
     if "rpc" in wanted:
         console.print("[dim]rpc: daemon ping and tcp.send …[/]")
-        daemon = shlex.split(args.daemon) if args.daemon else None
         out.append(await rpc_bench.run(args.quick, base, daemon))
+    if "echo" in wanted:
+        console.print("[dim]echo: verified 16 KiB echo rounds at 100 and 1,000 connections …[/]")
+        out.append(await echo_bench.run(args.quick, daemon))
     return out
 
 
