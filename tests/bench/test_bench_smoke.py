@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,8 @@ def test_quick_bench_writes_positive_figures(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
         cwd=ROOT,
+        # the echo section's own smoke test covers it at small counts; keep this one short
+        env={**os.environ, "BENCH_ECHO_COUNTS": "10,20"},
         capture_output=True,
         text=True,
         timeout=170,
@@ -32,7 +35,7 @@ def test_quick_bench_writes_positive_figures(tmp_path: Path) -> None:
 
     doc = json.loads(out.read_text())
     assert set(doc) >= {"meta", "figures", "sections"}
-    assert set(doc["sections"]) == {"baselines", "engine", "rpc"}
+    assert set(doc["sections"]) == {"baselines", "engine", "rpc", "echo"}
     for name, sec in doc["sections"].items():
         assert set(sec) >= {"skipped", "notes", "raw"}, name
     # the engine and its baselines never skip; the RPC section may, but must say why
