@@ -24,6 +24,9 @@ _INT = struct.Struct("i")
 _TCP_INFO = struct.Struct("8B24I")
 _LINGER_RST = struct.pack("ii", 1, 0)
 _TCP_CLOSE = 7  # tcpi_state of a connection the kernel has closed
+# tcpi_state values before our FIN has gone out: SYN_SENT, SYN_RECV, ESTABLISHED, CLOSE_WAIT.
+# `write_eof` only asks for the FIN: uvloop (libuv) calls shutdown(2) on a later loop turn.
+_FIN_NOT_SENT = frozenset((1, 2, 3, 8))
 
 Post = Callable[[Any, Callable[..., Any], tuple[Any, ...]], None]
 
@@ -200,12 +203,26 @@ class WireSocket(asyncio.Protocol):
         except OSError:
             return 0
 
+    def _fin_sent(self) -> bool:
+        """Has shutdown(2) really sent our FIN? Until then the kernel's send queue says nothing
+        about it, and an empty queue must not read as "FIN acknowledged"."""
+        sock = socket.socket(fileno=self._fd)  # a view of the fd, detached (never closed) below
+        try:
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            return True  # the socket is gone: nothing more will be sent or acknowledged
+        finally:
+            sock.detach()
+        return state not in _FIN_NOT_SENT
+
     def acked(self) -> int:
         if self.closed or self.transport is None:
             return self.bytes_written
-        unacked = self.transport.get_write_buffer_size() + self._outq()
-        if self.eof_written and unacked:
-            unacked -= 1 if self.transport.get_write_buffer_size() == 0 else 0  # the FIN's number
+        buffered = self.transport.get_write_buffer_size()
+        outq = self._outq()
+        unacked = buffered + outq
+        if outq and not buffered and self.eof_written and self._fin_sent():
+            unacked -= 1  # the FIN's sequence number, counted in the send queue
         return max(0, self.bytes_written - unacked)
 
     def fin_acked(self) -> bool:
@@ -213,7 +230,9 @@ class WireSocket(asyncio.Protocol):
             return False
         if self.closed or self.transport is None:
             return True
-        return self.transport.get_write_buffer_size() == 0 and self._outq() == 0
+        return (
+            self.transport.get_write_buffer_size() == 0 and self._outq() == 0 and self._fin_sent()
+        )
 
     def watch_acks(self) -> None:
         self._watcher.add(self)
