@@ -596,6 +596,19 @@ class WorkerConfig:
     seed: int
 
 
+def awaiting(coro: Any) -> list[str]:
+    """The chain of coroutines `coro` is suspended in, outermost first (`function:line`)."""
+    out = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            out.append(type(coro).__name__)
+            break
+        out.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return out
+
+
 class SlotBroken(Exception):
     """The connection cannot go on (aborted, stuck, refused); the slot closes and reopens it."""
 
@@ -780,11 +793,12 @@ class Worker:
             if self.tasks
             else (set(), set())
         )
+        if pending:
+            await self.report_stuck(pending)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-            self.error("close_timeout", f"{len(pending)} connection(s) still busy at stop")
             # close what is still open, so the daemon's tables can drain
             for conn in list(self.by_id.values()):
                 with contextlib.suppress(ChimneyError):
@@ -796,6 +810,33 @@ class Worker:
             await rpc.client.close()
         self.finish_fault_records()
         self.out.put(self.final())
+
+    async def report_stuck(self, pending: set[asyncio.Task[None]]) -> None:
+        """Say where each connection still busy at stop is waiting, and what the daemon says
+        about it, before cancelling: a hang must be diagnosable from the report alone."""
+        where: dict[str, int] = {}
+        for task in pending:
+            path = ">".join(awaiting(task.get_coro())[-4:])
+            where[path] = where.get(path, 0) + 1
+        busy = list(self.by_id.values())[:3]
+        states = []
+        for conn in busy:
+            try:
+                client = self.rpc_of(conn).client
+                info = await asyncio.wait_for(client.tcp_info(conn.cid), 5.0)
+                hops = await asyncio.wait_for(client.trace_get(conn.cid, 24), 5.0)
+                info["last_hops"] = [
+                    f"{h['layer']} {h['call']} {h.get('status') or ''}".strip() for h in hops
+                ]
+            except (TimeoutError, ChimneyError, KeyError) as exc:
+                info = {"error": str(exc)}
+            states.append({"conn": conn.cid, "sent": conn.sent, "verified": conn.verified, **info})
+        self.error(
+            "close_timeout",
+            f"{len(pending)} connection(s) still busy at stop",
+            waiting_in=where,
+            busy=states,
+        )
 
     def rpc_of(self, conn: Conn) -> Rpc:
         return self._rpc_by_cid[conn.cid]
