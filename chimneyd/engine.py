@@ -518,6 +518,7 @@ class Engine:
         if wire is not None:
             self.watcher.discard(wire)
             tcb: Tcb = wire.home_ctx
+            tcb.trace.freeze()
             self.closed_traces[conn_id] = tcb.trace
             while len(self.closed_traces) > CLOSED_TRACES_KEPT:
                 self.closed_traces.popitem(last=False)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from .status import status_name
 
 # (first seq, t_ns, layer, call, handle, context, nbl id or ids of a chain, status, event)
@@ -19,7 +21,7 @@ NO_STATUS = -1
 class HopTrace:
     """The bounded hop buffer of one connection."""
 
-    __slots__ = ("clock", "conn_id", "depth", "hops", "seq")
+    __slots__ = ("clock", "conn_id", "depth", "hops", "packed", "seq")
 
     def __init__(self, conn_id: int, depth: int, clock: Callable[[], int]) -> None:
         self.conn_id = conn_id
@@ -28,6 +30,7 @@ class HopTrace:
         self.depth = depth
         self.seq = 0
         self.clock = clock
+        self.packed: bytes | None = None  # the hops before `freeze`, once the connection closed
 
     def record(
         self,
@@ -48,11 +51,26 @@ class HopTrace:
         if len(hops) > self.depth:
             del hops[0]
 
+    def freeze(self) -> None:
+        """Pack the hops of a closed connection into one bytes object. `trace.get` still reads
+        them; but hundreds of closed traces kept as thousands of small tuples, scattered among
+        everything freed with their connections, would keep the allocator's arenas (and RSS)
+        at the soak's peak long after the connections are gone."""
+        if self.hops:
+            self.packed = msgpack.packb(self._records(), use_bin_type=True)
+            self.hops = []
+
+    def _records(self) -> list[Any]:
+        if self.packed is None:
+            return self.hops
+        old: list[Any] = msgpack.unpackb(self.packed, use_list=True)
+        return (old + self.hops)[-self.depth :]
+
     def as_maps(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Oldest first; `limit` keeps the newest `limit` hops (rpc-contract `trace.get`)."""
         out = []
-        for seq, t_ns, layer, call, handle, context, nbls, status, event in self.hops:
-            for i, nbl in enumerate(nbls if isinstance(nbls, tuple) else (nbls,)):
+        for seq, t_ns, layer, call, handle, context, nbls, status, event in self._records():
+            for i, nbl in enumerate(nbls if isinstance(nbls, (tuple, list)) else (nbls,)):
                 hop: dict[str, Any] = {"seq": seq + i, "t_ns": t_ns, "layer": layer, "call": call}
                 hop["handle"] = handle or None
                 hop["context"] = context or None
