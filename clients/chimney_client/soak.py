@@ -75,6 +75,10 @@ CALL_TIMEOUT_S = 120.0
 MAX_SEND_FAILURES = 5
 #: Re-offload attempts (after a NIC failure or retrieve) are spaced by at least this.
 REOFFLOAD_RETRY_S = 0.5
+# more than the daemon keeps traces of closed connections for (engine.CLOSED_TRACES_KEPT)
+WARM_UP_CONNECTIONS = 300
+# the daemon gives freed memory back 0.5 s after its last connection closed: sample after that
+IDLE_TRIM_WAIT_S = 2.5
 #: Latency samples kept per worker (reservoir), enough for a stable p99.
 LATENCY_SAMPLES = 50_000
 #: Integrity and error details kept per worker (all are counted).
@@ -1459,10 +1463,12 @@ class Soak:
                 self.peer_addrs.append((m.group(1), int(m.group(2))))
 
     async def warm_up(self) -> int | None:
-        """A few connections opened, echoed and closed before the soak, so the RSS measured after
-        them is the daemon's plateau (imports, pools) rather than its cold start."""
+        """A few hundred connections opened, echoed and closed before the soak, so the RSS
+        measured after them is the daemon's idle plateau (lazy imports, the event loop's free
+        lists, the ring of closed connections' traces, allocator pools) rather than its cold
+        start. The soak's own growth is then what `after` shows above it."""
         assert self.control is not None
-        n = min(self.plan.connections, 100)
+        n = min(self.plan.connections, WARM_UP_CONNECTIONS)
         c = self.control
         peer = self.peer_addrs[0]
 
@@ -1484,6 +1490,7 @@ class Soak:
 
         await asyncio.gather(*(bounded(s) for s in range(n)))
         await self.wait_drained(10.0)
+        await asyncio.sleep(IDLE_TRIM_WAIT_S)  # measured as `after` is: once the daemon trimmed
         samples: list[int] = []
         for _ in range(10):
             rss = process_rss_kb(self.daemon_pid) if self.daemon_pid else None
@@ -1630,7 +1637,7 @@ class Soak:
             stats_after, drained_s = await self.wait_drained(self.args.drain_timeout)
             timing["drain_s"] = drained_s
             if self.daemon_pid is not None and not self.daemon_gone():
-                await asyncio.sleep(2.5)  # the daemon trims its heap once idle: let that happen
+                await asyncio.sleep(IDLE_TRIM_WAIT_S)
                 rss_after = process_rss_kb(self.daemon_pid)
         except (ChimneyError, RuntimeError, OSError) as exc:
             self.crash = self.crash or f"{type(exc).__name__}: {exc}"
