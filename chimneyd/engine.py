@@ -102,6 +102,26 @@ def _error(err: AppError) -> EngineError:
     return EngineError(code, err.detail)
 
 
+def release_empty_containers(holders: list[object]) -> int:
+    """CPython never shrinks a dict or set as entries go: one that held 10,000 connections keeps
+    a table sized for them when empty. `clear()` on the empty container gives that table back,
+    in place, so every other reference to the container stays valid."""
+    released = 0
+    for obj in holders:
+        if obj is None:
+            continue
+        names: set[str] = set(getattr(obj, "__dict__", ()))
+        for cls in type(obj).__mro__:
+            slots = getattr(cls, "__slots__", ())
+            names.update((slots,) if isinstance(slots, str) else slots)
+        for name in names:
+            value = getattr(obj, name, None)
+            if isinstance(value, (dict, set, list)) and not value:
+                value.clear()
+                released += 1
+    return released
+
+
 class Engine:
     """Implements `chimneyd.api.EngineAPI` over the layer tasks."""
 
@@ -506,6 +526,10 @@ class Engine:
         self._trim_handle = None
         if self.host.tcbs:
             return
+        holders: list[object] = [self, self.ndis, self.watcher]
+        for layer in self.layers.values():
+            holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
+        release_empty_containers(holders)
         gc.collect()
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
