@@ -37,6 +37,8 @@ log = structlog.get_logger("chimneyd.engine")
 
 CONTRACT_VERSION = 1
 CLOSED_TRACES_KEPT = 256
+# seconds after the last connection closed at which the engine gives freed memory back
+TRIM_AFTER_S = (0.5, 3.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +512,7 @@ class Engine:
         if event == "closed":
             self._forget(conn_id)
             if not self.host.tcbs and self._trim_handle is None:
-                self._trim_handle = self.loop.call_later(0.5, self._trim_when_idle)
+                self._trim_handle = self.loop.call_later(TRIM_AFTER_S[0], self._trim_when_idle, 0)
         for key in (conn_id, None):
             for cb in list(self.subscribers.get(key, ())):
                 try:
@@ -520,12 +522,17 @@ class Engine:
         if event == "closed":
             self.subscribers.pop(conn_id, None)
 
-    def _trim_when_idle(self) -> None:
+    def _trim_when_idle(self, attempt: int) -> None:
         """Once the last connection is gone, give freed memory back to the system: glibc keeps
-        freed heap pages otherwise, and RSS after a soak would stay at its peak."""
+        freed heap pages otherwise, and RSS after a soak would stay at its peak. A second pass
+        a few seconds later returns what went after the first: the buffers of RPC clients that
+        left once their connections were closed, objects held by timers that fired since."""
         self._trim_handle = None
         if self.host.tcbs:
             return
+        if attempt + 1 < len(TRIM_AFTER_S):
+            delay = TRIM_AFTER_S[attempt + 1] - TRIM_AFTER_S[attempt]
+            self._trim_handle = self.loop.call_later(delay, self._trim_when_idle, attempt + 1)
         holders: list[object] = [self, self.ndis, self.watcher]
         for layer in self.layers.values():
             holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
