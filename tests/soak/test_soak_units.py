@@ -244,3 +244,21 @@ def test_reset_not_observed_fails_the_fault() -> None:
     recs = [{"kind": "peer_reset", "injected": True, "observed": False, "reopened": True}]
     (entry,) = summarize_faults([], recs, merge_counters([]))
     assert not entry["ok"]
+
+
+def test_faults_the_soak_itself_cut_short_are_superseded_not_failed() -> None:
+    recs = [
+        # reset seen, but the soak stopped before the slot reopened
+        {"kind": "peer_reset", "injected": True, "observed": True, "superseded": True},
+        # retrieve asked, but churn closed the connection before the upload it asked for
+        {"kind": "retrieve", "injected": True, "superseded": True},
+        # a retrieve neither uploaded nor cut short still fails
+        {"kind": "retrieve", "injected": True},
+    ]
+    out = {f["kind"]: f for f in summarize_faults([], recs, merge_counters([]))}
+    assert out["peer_reset"]["ok"] and out["peer_reset"]["superseded"] == 1
+    assert out["retrieve"]["superseded"] == 1 and not out["retrieve"]["ok"]
+    # a reset that was never observed fails even when superseded
+    recs[0]["observed"] = False
+    (entry, _) = summarize_faults([], recs[:2], merge_counters([]))
+    assert not entry["ok"]
