@@ -356,3 +356,21 @@ def test_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
     )
     assert run.returncode == 2
     assert "log.file" in run.stderr
+
+
+def test_deploy_files_are_a_valid_configuration(tmp_path: Path) -> None:
+    """deploy/chimneyd.toml passes --check-config with the flags the systemd unit starts with."""
+    unit = (ROOT / "deploy" / "chimneyd.service").read_text()
+    (exec_start,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    binary, *flags = exec_start.removeprefix("ExecStart=").split()
+    assert binary.endswith("/chimneyd")
+    assert flags[flags.index("--config") + 1] == "/etc/chimneyd/chimneyd.toml"
+    flags[flags.index("--config") + 1] = str(ROOT / "deploy" / "chimneyd.toml")
+    run = chimneyd(tmp_path, *flags, "--check-config")
+    assert run.returncode == 0, run.stderr
+    cfg = json.loads(run.stdout)
+    assert [la["name"] for la in cfg["layer"]] == ["tcpip", "im0", "im1", "nic0"]
+    assert cfg["log"]["file"] == "/var/log/chimneyd/chimneyd.log"
+    # the unit gives the daemon time to finish its own shutdown deadline before SIGKILL
+    (stop,) = [ln for ln in unit.splitlines() if ln.startswith("TimeoutStopSec=")]
+    assert float(stop.split("=")[1]) > cfg["rpc"]["shutdown_deadline_s"]
