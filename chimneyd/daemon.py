@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import gc
 import json
 import resource
 import signal
@@ -61,38 +59,10 @@ def raise_fd_limit() -> int:
     return soft
 
 
-# Young-generation collections every GC_GEN0 net allocations instead of CPython's 700. With
-# thousands of connections the older generations are large, and the default thresholds ran a
-# full collection of 65-90 ms several times per second of load: a quarter of the daemon's time
-# and most of its p99 (measured with gc.callbacks during the 1,000-connection echo bench).
-# Almost all of the daemon's garbage is freed by reference counting; cycles are rare.
-GC_GEN0 = 50_000
-
-
-def tune_gc() -> None:
-    gc.collect()
-    gc.freeze()  # what start-up made lives as long as the daemon: never scan it again
-    gc.set_threshold(GC_GEN0, 10, 10)
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-MMAP_THRESHOLD = 64 * 1024
-
-
-def tune_malloc() -> None:
-    """Blocks of 64 KiB and more (receive buffers, big sends) get their own mappings, returned
-    to the system when freed. glibc otherwise raises this threshold as such blocks are freed,
-    and later ones are carved from the heap among long-lived objects, where they stay resident
-    after a soak (measured: heap growth after 2,000 soaked connections 4.1 MB → 2.6 MB)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass  # not glibc
-
-
 async def serve(config: Config) -> int:
     from chimneyd.engine import start_engine
     from chimneyd.rpc.server import RpcServer
+    from chimneyd.runtime.memory import tune_gc, tune_malloc
 
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()

@@ -8,8 +8,6 @@ into awaitable results, and applies faults. It never calls into a layer except t
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import ipaddress
 import itertools
 import socket
@@ -32,6 +30,7 @@ from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 from chimneyd.ndis.trace import HopTrace
 from chimneyd.runtime.layer_task import LayerTask, LoopTimers, deliver
+from chimneyd.runtime.memory import give_back, release_empty_containers
 from chimneyd.runtime.wire import AckWatcher, WireSocket
 
 log = structlog.get_logger("chimneyd.engine")
@@ -103,26 +102,6 @@ def _error(err: AppError) -> EngineError:
     except KeyError:
         code = ErrorCode.INTERNAL
     return EngineError(code, err.detail)
-
-
-def release_empty_containers(holders: list[object]) -> int:
-    """CPython never shrinks a dict or set as entries go: one that held 10,000 connections keeps
-    a table sized for them when empty. `clear()` on the empty container gives that table back,
-    in place, so every other reference to the container stays valid."""
-    released = 0
-    for obj in holders:
-        if obj is None:
-            continue
-        names: set[str] = set(getattr(obj, "__dict__", ()))
-        for cls in type(obj).__mro__:
-            slots = getattr(cls, "__slots__", ())
-            names.update((slots,) if isinstance(slots, str) else slots)
-        for name in names:
-            value = getattr(obj, name, None)
-            if isinstance(value, (dict, set, list)) and not value:
-                value.clear()
-                released += 1
-    return released
 
 
 class Engine:
@@ -545,11 +524,7 @@ class Engine:
             holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
         self._archive_closed_traces()
         release_empty_containers(holders)
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc: nothing to trim
+        give_back()
 
     def _archived_traces(self) -> dict[int, bytes]:
         if self.trace_archive is None:

