@@ -203,17 +203,28 @@ class WireSocket(asyncio.Protocol):
         except OSError:
             return 0
 
+    def _getsockopt(self, level: int, name: int, size: int) -> bytes | None:
+        """getsockopt on our fd (None if it fails) through a socket object that only views
+        the fd: detached, never closed, so uvloop's transport keeps the socket."""
+        sock = socket.socket(fileno=self._fd)
+        try:
+            return sock.getsockopt(level, name, size)
+        except OSError:
+            return None
+        finally:
+            sock.detach()
+
+    def _tcp_state(self) -> int | None:
+        """`tcpi_state` alone: the first byte of TCP_INFO."""
+        raw = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        return raw[0] if raw else None
+
     def _fin_sent(self) -> bool:
         """Has shutdown(2) really sent our FIN? Until then the kernel's send queue says nothing
         about it, and an empty queue must not read as "FIN acknowledged"."""
-        sock = socket.socket(fileno=self._fd)  # a view of the fd, detached (never closed) below
-        try:
-            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        except OSError:
-            return True  # the socket is gone: nothing more will be sent or acknowledged
-        finally:
-            sock.detach()
-        return state not in _FIN_NOT_SENT
+        state = self._tcp_state()
+        # no state: the socket is gone, nothing more will be sent or acknowledged
+        return state is None or state not in _FIN_NOT_SENT
 
     def acked(self) -> int:
         if self.closed or self.transport is None:
@@ -249,15 +260,10 @@ class WireSocket(asyncio.Protocol):
         exchanged and acknowledged), which is not a reset."""
         if self.closed or self._fd < 0:
             return False
-        if self.tcp_info().state != _TCP_CLOSE:
+        if self._tcp_state() != _TCP_CLOSE:
             return True
-        sock = socket.socket(fileno=self._fd)
-        try:
-            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
-        except OSError:
-            return False
-        finally:
-            sock.detach()
+        err = self._getsockopt(socket.SOL_SOCKET, socket.SO_ERROR, _INT.size)
+        return err is not None and _INT.unpack(err)[0] == 0
 
     def lost_by_kernel(self) -> None:
         """The peer reset the connection while we were not reading: report it as an RST."""
@@ -271,13 +277,9 @@ class WireSocket(asyncio.Protocol):
     def tcp_info(self) -> TcpInfo:
         if self.closed or self._fd < 0:
             return TcpInfo(state=7)
-        sock = socket.socket(fileno=self._fd)  # a view of the fd, detached (never closed) below
-        try:
-            buf = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
-        except OSError:
+        buf = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
+        if buf is None:
             return TcpInfo()
-        finally:
-            sock.detach()
         f = _TCP_INFO.unpack(buf[: _TCP_INFO.size])
         u = f[8:]
         # u: rto ato snd_mss rcv_mss unacked sacked lost retrans fackets last_data_sent
