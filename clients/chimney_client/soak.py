@@ -403,9 +403,6 @@ def summarize_faults(
         if rec["kind"] == "peer_reset":
             e["abort_observed"] = e.get("abort_observed", 0) + int(bool(rec.get("observed")))
             e["reopened"] = e.get("reopened", 0) + int(bool(rec.get("reopened")))
-            e["superseded"] = e.get("superseded", 0) + int(
-                bool(rec.get("superseded")) and not rec.get("reopened")
-            )
         elif rec["kind"] == "stall":
             e["intact_after"] = e.get("intact_after", 0) + int(
                 rec.get("integrity_errors", 0) == 0 and not rec.get("lost")
@@ -415,10 +412,12 @@ def summarize_faults(
             )
         elif rec["kind"] == "retrieve":
             e["uploaded"] = e.get("uploaded", 0) + int(bool(rec.get("uploaded")))
-            e["superseded"] = e.get("superseded", 0) + int(
-                bool(rec.get("superseded")) and not rec.get("uploaded")
-            )
             e["reoffloaded"] = e.get("reoffloaded", 0) + int(bool(rec.get("reoffloaded")))
+        done = _FAULT_DONE.get(rec["kind"])
+        if done is not None:  # cut short by the soak, unless it played out first
+            e["superseded"] = e.get("superseded", 0) + int(
+                bool(rec.get("superseded")) and not rec.get(done)
+            )
         e.setdefault("connections", []).append(rec.get("conn"))
     if "fail_send" in by_kind:
         by_kind["fail_send"]["sends_failed"] = counters.get("send_failures", 0)
@@ -433,6 +432,10 @@ def summarize_faults(
     for e in by_kind.values():
         e["ok"] = _fault_ok(e)
     return [by_kind[k] for k in FAULT_KINDS if k in by_kind]
+
+
+# what a fault aimed at one connection must lead to, unless the soak closes that connection first
+_FAULT_DONE = {"peer_reset": "reopened", "retrieve": "uploaded"}
 
 
 def _fault_ok(e: dict[str, Any]) -> bool:
