@@ -77,6 +77,7 @@ class InvariantChecker:
     def on_io_returned(self, layer: Layer, nbls: list[NetBufferList]) -> None:
         """Send NBLs handed back by a terminate or a failed initiate instead of completed."""
         for nbl in nbls:
+            self.seq.pop(nbl.id, None)
             key = (layer.name, _conn(nbl), "send")
             q = self.fifo.get(key)
             if q and nbl.id in q:
@@ -178,4 +179,12 @@ class InvariantChecker:
                     problems.append(f"{name}.{gauge} = {st[gauge]} after drain")
         if self.fifo:
             problems.append(f"{len(self.fifo)} I/O queues still hold NBLs: {list(self.fifo)[:5]}")
+        if self.seq:  # an NBL posted down and never completed nor handed back
+            problems.append(
+                f"{len(self.seq)} NBLs still have a posting sequence: {list(self.seq)[:5]}"
+            )
+        if self.initiated:
+            problems.append(
+                f"{len(self.initiated)} handles still initiated: {list(self.initiated)[:5]}"
+            )
         return problems
