@@ -54,6 +54,10 @@ class EngineAPI(Protocol):
         """`stack.stats` minus the `rpc` part: layers, connections."""
         ...
 
+    def keep_lean(self, holder: object) -> None:
+        """Once idle, give back the tables of `holder`'s emptied containers too."""
+        ...
+
     async def connect(
         self,
         host: str,

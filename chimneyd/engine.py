@@ -129,6 +129,7 @@ class Engine:
         self.trace_archive: bytes | None = None  # closed traces, packed together when idle
         self.layer_errors = 0
         self._trim_handle: asyncio.TimerHandle | None = None
+        self.lean_holders: list[object] = [self.loop]  # see `keep_lean`
         self.host = self._build(layers)
         self.host.emit = self._emit
         self.checker: Any = None
@@ -519,12 +520,17 @@ class Engine:
         if attempt + 1 < len(TRIM_AFTER_S):
             delay = TRIM_AFTER_S[attempt + 1] - TRIM_AFTER_S[attempt]
             self._trim_handle = self.loop.call_later(delay, self._trim_when_idle, attempt + 1)
-        holders: list[object] = [self, self.ndis, self.watcher]
+        holders: list[object] = [self, self.ndis, self.watcher, self.checker, *self.lean_holders]
         for layer in self.layers.values():
             holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
         self._archive_closed_traces()
         release_empty_containers(holders)
         give_back()
+
+    def keep_lean(self, holder: object) -> None:
+        """Have the idle trim also release the emptied containers of `holder` (the RPC server's
+        map of connection owners, sized for the peak of a soak otherwise)."""
+        self.lean_holders.append(holder)
 
     def _archived_traces(self) -> dict[int, bytes]:
         if self.trace_archive is None:

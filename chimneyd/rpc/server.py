@@ -436,6 +436,7 @@ class RpcServer:
         self.fault_owner: dict[int, Session | None] = {}
         self.fault_conn: dict[int, int] = {}
         self.stopping = False
+        engine.keep_lean(self)
 
     async def start(self) -> list[str]:
         """Bind every address; returns them as bound (the real port where 0 was asked).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import weakref
 from typing import Any
 
 # Young-generation collections every GC_GEN0 net allocations instead of CPython's 700. With
@@ -59,18 +60,32 @@ def give_back() -> None:
 def release_empty_containers(holders: list[object]) -> int:
     """CPython never shrinks a dict or set as entries go: one that held 10,000 connections keeps
     a table sized for them when empty. `clear()` on the empty container gives that table back,
-    in place, so every other reference to the container stays valid."""
+    in place, so every other reference to the container stays valid.
+
+    A holder's containers are its attributes; for an extension type without them (uvloop's
+    loop), what it references: uvloop keeps its transports by fd in a weak dictionary no name
+    reaches, and after a 10k soak its empty table holds 290 KB."""
     released = 0
     for obj in holders:
         if obj is None:
             continue
-        names: set[str] = set(getattr(obj, "__dict__", ()))
-        for cls in type(obj).__mro__:
-            slots = getattr(cls, "__slots__", ())
-            names.update((slots,) if isinstance(slots, str) else slots)
-        for name in names:
-            value = getattr(obj, name, None)
+        for value in _contents(obj):
+            if isinstance(value, _WEAK):
+                value = value.data  # type: ignore[union-attr]  # the table behind the weak refs
             if isinstance(value, (dict, set, list)) and not value:
                 value.clear()
                 released += 1
     return released
+
+
+_WEAK = (weakref.WeakValueDictionary, weakref.WeakKeyDictionary, weakref.WeakSet)
+
+
+def _contents(obj: object) -> list[Any]:
+    names: set[str] = set(getattr(obj, "__dict__", ()))
+    for cls in type(obj).__mro__:
+        slots = getattr(cls, "__slots__", ())
+        names.update((slots,) if isinstance(slots, str) else slots)
+    if not names:
+        return gc.get_referents(obj)
+    return [getattr(obj, name, None) for name in names]

@@ -35,6 +35,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.conns: dict[int, FakeConn] = {}
         self.closed: list[int] = []
+        self.lean_holders: list[object] = []
         self.listeners: dict[int, tuple[str, int, asyncio.Queue[int]]] = {}
         self.closed_listeners: list[int] = []
         self.faults: dict[int, dict[str, Any]] = {}
@@ -62,6 +63,9 @@ class FakeEngine:
                 {"name": "nic0", "kind": "target", "lower": [], "state": "running"},
             ],
         }
+
+    def keep_lean(self, holder: object) -> None:
+        self.lean_holders.append(holder)
 
     def stats(self) -> dict[str, Any]:
         active = sum(1 for c in self.conns.values() if c.state == "offloaded")
