@@ -30,7 +30,7 @@ from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 from chimneyd.ndis.trace import HopTrace
 from chimneyd.runtime.layer_task import LayerTask, LoopTimers, deliver
-from chimneyd.runtime.memory import give_back, release_empty_containers
+from chimneyd.runtime.memory import give_back, refresh_free_lists, release_empty_containers
 from chimneyd.runtime.wire import AckWatcher, WireSocket
 
 log = structlog.get_logger("chimneyd.engine")
@@ -525,7 +525,7 @@ class Engine:
             holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
         self._archive_closed_traces()
         release_empty_containers(holders)
-        give_back()
+        refresh_free_lists(self.loop, then=give_back)
 
     def keep_lean(self, holder: object) -> None:
         """Have the idle trim also release the emptied containers of `holder` (the RPC server's
