@@ -58,6 +58,10 @@ class EngineAPI(Protocol):
         """Once idle, give back the tables of `holder`'s emptied containers too."""
         ...
 
+    def give_back_when_idle(self) -> None:
+        """Give freed memory back to the system soon, if no connection is open."""
+        ...
+
     async def connect(
         self,
         host: str,

@@ -498,8 +498,7 @@ class Engine:
     def _emit(self, conn_id: int, event: str, info: dict[str, Any]) -> None:
         if event == "closed":
             self._forget(conn_id)
-            if not self.host.tcbs and self._trim_handle is None:
-                self._trim_handle = self.loop.call_later(TRIM_AFTER_S[0], self._trim_when_idle, 0)
+            self.give_back_when_idle()
         for key in (conn_id, None):
             for cb in list(self.subscribers.get(key, ())):
                 try:
@@ -508,6 +507,12 @@ class Engine:
                     log.exception("subscriber_failed", conn=conn_id, event_name=event)
         if event == "closed":
             self.subscribers.pop(conn_id, None)
+
+    def give_back_when_idle(self) -> None:
+        """Start the idle trim if no connection is open and none is under way: after the last
+        close, and again as RPC clients leave (their sockets and buffers go then)."""
+        if not self.host.tcbs and self._trim_handle is None:
+            self._trim_handle = self.loop.call_later(TRIM_AFTER_S[0], self._trim_when_idle, 0)
 
     def _trim_when_idle(self, attempt: int) -> None:
         """Once the last connection is gone, give freed memory back to the system: glibc keeps

@@ -163,6 +163,8 @@ class Session(asyncio.Protocol):
         if conns or listeners or faults:
             # connections of a client that went away are closed and freed (issue 3, item 2)
             self.server.background(self._release_all(conns, listeners, faults))
+        else:
+            self.engine.give_back_when_idle()  # what this client's session held goes now
         log.info(
             "rpc_client_disconnected",
             client=self.peer,

@@ -36,6 +36,7 @@ class FakeEngine:
         self.conns: dict[int, FakeConn] = {}
         self.closed: list[int] = []
         self.lean_holders: list[object] = []
+        self.give_backs = 0
         self.listeners: dict[int, tuple[str, int, asyncio.Queue[int]]] = {}
         self.closed_listeners: list[int] = []
         self.faults: dict[int, dict[str, Any]] = {}
@@ -66,6 +67,9 @@ class FakeEngine:
 
     def keep_lean(self, holder: object) -> None:
         self.lean_holders.append(holder)
+
+    def give_back_when_idle(self) -> None:
+        self.give_backs += 1
 
     def stats(self) -> dict[str, Any]:
         active = sum(1 for c in self.conns.values() if c.state == "offloaded")

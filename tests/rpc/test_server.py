@@ -307,6 +307,15 @@ async def test_departed_client_faults_on_its_connections_are_cleared() -> None:
         await eventually(lambda: not s.engine.faults, "the fault cleared")
 
 
+async def test_a_client_leaving_asks_the_engine_for_its_idle_trim() -> None:
+    async with serving() as s:
+        assert s.engine.lean_holders == [s.server]  # its owner map is trimmed with the engine's
+        a = await s.client()
+        assert await a.ok("ping") == "pong"
+        await a.close()
+        await eventually(lambda: s.engine.give_backs == 1, "the engine asked to give back")
+
+
 async def test_auth_required_first_then_everything_works() -> None:
     async with serving(token=TOKEN, admin_token=ADMIN) as s:
         c = await s.client()
