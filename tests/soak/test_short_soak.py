@@ -60,3 +60,6 @@ def test_short_soak(tmp_path: Path) -> None:
     assert report["counters"]["reoffloads_planned"] == report["counters"]["uploads_planned"]
     assert report["daemon"]["exit_status"] == 0 and not report["daemon"]["crashed"]
     assert report["latency_ms"]["p50"] > 0 and report["ops_per_s"] > 0
+    # the idle daemon gives back what the soak made it take (issue: soak at scale, item 2);
+    # 300 connections take it ~20% above its plateau, and it comes back to ~3% above
+    assert report["rss_kb"]["within_10pct"], report["rss_kb"]
