@@ -983,7 +983,9 @@ class Worker:
         conn.offloaded = True
         self.c["reoffloads"] += 1
         for rec in conn.faults:
-            if rec["kind"] == "retrieve":
+            if rec["kind"] == "retrieve" and rec.get("uploaded"):
+                # the re-offload after the retrieve's own upload, not after one the NIC
+                # failure made (UPLOAD_ALL) while the retrieve was still pending
                 rec["reoffloaded"] = True
 
     async def echo(self, rpc: Rpc, conn: Conn) -> None:
