@@ -2,7 +2,6 @@
 
 python -m bench                 # the full run (< ~2 min)
 python -m bench --quick         # a ~20 s smoke of every section
-python -m bench --scale         # adds memory at 5k and 10k connections
 python -m bench --json FILE     # every figure and raw number as JSON
 python -m bench --profile bulk  # the bulk offloaded-send path under a profiler
 python -m bench --sections echo # only these sections (here: verified echo at 100 / 1,000 conns)
@@ -89,7 +88,7 @@ async def run_all(args: argparse.Namespace, console: Console) -> list[Section]:
             out.append(sec)
     if "engine" in wanted:
         console.print("[dim]engine: hops, bulk, IM curve, memory …[/]")
-        out.append(await engine_bench.run(args.quick, base, args.scale))
+        out.append(await engine_bench.run(args.quick, base))
     if "rpc" in wanted:
         console.print("[dim]rpc: daemon ping and tcp.send …[/]")
         out.append(await rpc_bench.run(args.quick, base, daemon))
@@ -177,7 +176,6 @@ def _short(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small, ~20 s smoke of every section")
-    p.add_argument("--scale", action="store_true", help="memory also at 5k and 10k connections")
     p.add_argument("--json", metavar="FILE", help="write every figure and raw number to FILE")
     p.add_argument("--profile", choices=["bulk"], help="profile one path instead of the run")
     p.add_argument("--top", type=int, default=15, help="functions shown by --profile")
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(150, Console().width))
     raise_nofile()
     meta: dict[str, Any] = {
-        "mode": "quick" if args.quick else "full" + (" + scale" if args.scale else ""),
+        "mode": "quick" if args.quick else "full",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "malloc_env": {k: os.environ.get(k) for k in MALLOC_ENV},

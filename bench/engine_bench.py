@@ -279,7 +279,7 @@ def bulk_total(quick: bool) -> int:
 # ================================================================================================
 # the section
 # ================================================================================================
-async def run(quick: bool, base: dict[str, Any], scale: bool) -> Section:
+async def run(quick: bool, base: dict[str, Any]) -> Section:
     sec = Section("engine")
     # -- per-hop ----------------------------------------------------------------------------------
     n_single = 5_000 if quick else 40_000
@@ -386,9 +386,7 @@ async def run(quick: bool, base: dict[str, Any], scale: bool) -> Section:
     # -- memory -----------------------------------------------------------------------------------
     from bench import memory
 
-    counts = [1000]
-    if scale:
-        counts += [5000, 10000]
+    counts = [1000] if quick else [1000, 5000, 10000]
     mem = await asyncio.to_thread(memory.compare, counts)
     sec.raw["memory"] = mem
     for n, m in mem.items():
