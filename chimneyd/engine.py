@@ -252,6 +252,8 @@ class Engine:
         return {
             "layers": self.ndis.stats(),
             "connections": len(self.host.tcbs),
+            # every asyncio task of the daemon (layer tasks, RPC), to compare with its idle value
+            "tasks": len(asyncio.all_tasks(self.loop)),
             "engine": {
                 "listeners": len(self.listeners),
                 "wires": len(self.wires),

@@ -34,6 +34,8 @@ def prometheus_text(stats: dict[str, Any]) -> str:
             lines.append(f"chimney_calls_total{{{labels}}} {n}")
     lines.append("# TYPE chimney_connections gauge")
     lines.append(f"chimney_connections {stats.get('connections', 0)}")
+    lines.append("# TYPE chimney_tasks gauge")
+    lines.append(f"chimney_tasks {stats.get('tasks', 0)}")
     rpc = stats.get("rpc", {})
     lines.append("# TYPE chimney_rpc_clients gauge")
     lines.append(f"chimney_rpc_clients {rpc.get('clients', 0)}")

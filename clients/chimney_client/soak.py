@@ -312,11 +312,15 @@ def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 99)) ->
     return out
 
 
-def gauges_left(stats: dict[str, Any] | None) -> dict[str, Any]:
-    """Non-zero gauges of a `stack.stats` map: per layer, plus `connections`. Empty: drained."""
+def gauges_left(stats: dict[str, Any] | None, idle: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Non-zero gauges of a `stack.stats` map: per layer, plus `connections`, and the daemon's
+    task count if above its `idle` value (`stack.stats` before the soak). Empty: drained."""
     if not stats:
         return {"stats": "unavailable"}
     left: dict[str, Any] = {}
+    tasks, idle_tasks = stats.get("tasks"), (idle or {}).get("tasks")
+    if tasks is not None and idle_tasks is not None and tasks > idle_tasks:
+        left["tasks"] = {"now": tasks, "idle": idle_tasks}
     for name, layer in (stats.get("layers") or {}).items():
         bad = {k: layer.get(k, 0) for k in LAYER_GAUGES if layer.get(k, 0)}
         if bad:
@@ -471,7 +475,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The `--json` report; `ok` and `failures` say whether the soak passed and why not."""
     active_s = max(timing.get("active_s", 0.0), 1e-9)
-    left = gauges_left(stats_after)
+    left = gauges_left(stats_after, stats_before)
     before, after = rss_kb.get("before"), rss_kb.get("after")
     report: dict[str, Any] = {
         "connections": connections.get("held", 0),
@@ -1525,7 +1529,9 @@ class Soak:
             await asyncio.sleep(0.2)
         return samples[-1]
 
-    async def wait_drained(self, timeout: float) -> tuple[dict[str, Any] | None, float]:
+    async def wait_drained(
+        self, timeout: float, idle: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any] | None, float]:
         assert self.control is not None
         t0 = time.monotonic()
         stats: dict[str, Any] | None = None
@@ -1534,7 +1540,7 @@ class Soak:
                 stats = await self.control.stack_stats()
             except ChimneyError:
                 stats = None
-            if stats is not None and not gauges_left(stats):
+            if stats is not None and not gauges_left(stats, idle):
                 break
             if time.monotonic() - t0 > timeout or self.daemon_gone():
                 break
@@ -1657,7 +1663,7 @@ class Soak:
             await self.collect(timeout=OP_TIMEOUT_S + 60 + plan.connections / 200)
             timing["close_s"] = time.monotonic() - t_stop
             timing["active_s"] = t_stop - t_start
-            stats_after, drained_s = await self.wait_drained(self.args.drain_timeout)
+            stats_after, drained_s = await self.wait_drained(self.args.drain_timeout, stats_before)
             timing["drain_s"] = drained_s
             if self.daemon_pid is not None and not self.daemon_gone():
                 await asyncio.sleep(IDLE_TRIM_WAIT_S)

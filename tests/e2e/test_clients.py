@@ -56,6 +56,8 @@ async def echo_round_trips(c: AsyncClient, port: int, seed: int, rounds: int, si
 
 
 async def test_many_clients_at_once(daemon: Daemon, echo_peer: PeerServer) -> None:
+    watcher = await daemon.aclient()
+    idle_tasks = (await watcher.stack_stats())["tasks"]
     clients = await asyncio.gather(*(daemon.aclient() for _ in range(20)))
     try:
 
@@ -76,6 +78,14 @@ async def test_many_clients_at_once(daemon: Daemon, echo_peer: PeerServer) -> No
         assert all_zero(stats), stats
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+    # once the clients are gone, so is every task they caused (issue: soak at scale, item 2)
+    for _ in range(100):
+        tasks = (await watcher.stack_stats())["tasks"]
+        if tasks <= idle_tasks:
+            break
+        await asyncio.sleep(0.05)
+    assert tasks == idle_tasks
+    await watcher.close()
 
 
 def test_responses_out_of_order(daemon: Daemon) -> None:

@@ -165,6 +165,15 @@ def test_gauges_left() -> None:
     assert gauges_left(None) == {"stats": "unavailable"}
 
 
+def test_tasks_above_their_idle_value_are_left_over() -> None:
+    idle, after = _stats(), _stats()
+    idle["tasks"], after["tasks"] = 9, 9
+    assert gauges_left(after, idle) == {}
+    after["tasks"] = 12  # three tasks outlived the soak
+    assert gauges_left(after, idle) == {"tasks": {"now": 12, "idle": 9}}
+    assert gauges_left(after) == {}  # no idle value to compare with: not judged
+
+
 def test_merge_counters_sums_workers() -> None:
     total = merge_counters([{"ops": 2, "bytes_sent": 10}, {"ops": 3, "integrity_errors": 1}])
     assert total["ops"] == 5 and total["bytes_sent"] == 10 and total["integrity_errors"] == 1
