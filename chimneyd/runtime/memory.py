@@ -1,10 +1,12 @@
 """How the daemon's process uses memory: GC thresholds, glibc's allocator, giving memory back.
 
 After a soak of thousands of connections, RSS should come back to its idle level (issue: soak
-at scale). Three things stand in the way, each handled here: CPython never shrinks a dict or set
-as entries go; glibc keeps freed heap pages until asked (`malloc_trim`); and, at the defaults,
-big blocks land in the heap among long-lived objects. The collector's thresholds are set here
-too: at 10,000 connections the defaults spend most of the daemon's time in full collections.
+at scale). What stands in the way, each handled here: CPython never shrinks a dict or set as
+entries go; glibc keeps freed heap pages until asked (`malloc_trim`); at the defaults, big
+blocks land in the heap among long-lived objects; and free lists and caches (the event loop's,
+glibc's tcache, CPython's method cache) keep objects freed late in the soak, each pinning a
+page of the heap the soak grew. The collector's thresholds are set here too: at 10,000
+connections the defaults spend most of the daemon's time in full collections.
 """
 
 from __future__ import annotations
