@@ -16,6 +16,7 @@ from .codec import raw_bytes
 if TYPE_CHECKING:
     from .server import Session
 
+# a plain `def` returns the answer; an `async def` is run as a task (Session.dispatch)
 Method = Callable[["Session", list[Any]], Any]
 MAX_RECV = 8 * 1024 * 1024
 MAX_TIMEOUT_MS = 3_600_000
