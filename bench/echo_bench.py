@@ -36,7 +36,7 @@ from typing import Any
 
 from bench.common import KIB, Figure, Section, child, mbps, percentile, ports_of, raise_nofile
 from bench.peers import CONNS_PER_PORT
-from bench.rpc_bench import start_daemon
+from bench.rpc_bench import daemon_port
 from chimney_client.aio import AsyncClient
 from chimney_client.errors import ChimneyError, RpcTimeout
 from chimney_client.soak import gauges_left
@@ -498,10 +498,8 @@ async def run(quick: bool, daemon: list[str] | None = None) -> Section:
     )
     sec.raw["rounds_per_client"] = ROUNDS_PER_CLIENT
     with ExitStack() as stack:
-        try:
-            _, port = start_daemon(stack, daemon)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            sec.skipped = str(exc)
+        port = daemon_port(stack, sec, daemon)
+        if port is None:
             return sec
         nports = max(1, -(-max(counts) // CONNS_PER_PORT))
         echo = stack.enter_context(child("-m", "bench.peers", "echo", "--ports", str(nports)))

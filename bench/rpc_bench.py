@@ -71,6 +71,15 @@ def start_daemon(stack: ExitStack, command: list[str] | None = None) -> tuple[Ch
     raise RuntimeError(f"the daemon did not start: {last}")
 
 
+def daemon_port(stack: ExitStack, sec: Section, command: list[str] | None) -> int | None:
+    """The port of a daemon started in `stack`, or None with `sec.skipped` saying why not."""
+    try:
+        return start_daemon(stack, command)[1]
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        sec.skipped = str(exc)
+        return None
+
+
 # ================================================================================================
 # tcp.send end to end
 # ================================================================================================
@@ -167,10 +176,8 @@ async def run(quick: bool, base: dict[str, Any], daemon: list[str] | None = None
     sec = Section("rpc")
     seconds = 0.5 if quick else 2.0
     with ExitStack() as stack:
-        try:
-            _, port = start_daemon(stack, daemon)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            sec.skipped = str(exc)
+        port = daemon_port(stack, sec, daemon)
+        if port is None:
             return sec
         transport, client = await rpc_connect(port)
         try:
