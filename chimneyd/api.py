@@ -6,7 +6,9 @@ The RPC layer depends only on this module: `EngineAPI` (what an engine offers), 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Protocol
 
@@ -41,6 +43,45 @@ class EngineError(Exception):
 
 #: Callback for events: (conn_id, event name, info map).
 EventCallback = Callable[[int, str, dict[str, Any]], None]
+#: Callback for another shard's events: (shard, conn_id, event name, info map).
+RemoteEventCallback = Callable[[int, int, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReply:
+    """One shard's answer to a request the daemon's shards all get: `ok` with its `result`,
+    `down` (being restarted: it holds nothing), or `failed` with the contract `error`
+    (TIMEOUT when it did not answer in time)."""
+
+    state: str
+    result: Any = None
+    error: EngineError | None = None
+
+
+class ClusterAPI(Protocol):
+    """The other shards of the daemon, as one shard's RPC methods see them (design: scale)."""
+
+    index: int  # this shard
+    count: int  # shards in all
+
+    def local(self, what: str, arg: Any = None) -> Any:
+        """This shard's own part of `what` (as `ask` gets the others')."""
+        ...
+
+    async def ask(self, what: str, arg: Any, targets: list[int]) -> dict[int, ShardReply]:
+        """Ask the shards `targets` (never this one) for their part of `what`; every one
+        answers, in time or as `failed`."""
+        ...
+
+    async def gather(self, what: str, arg: Any = None) -> dict[int, Any]:
+        """Every shard's part of `what`, this one's included; None for a shard that is down.
+        Raises the `EngineError` of the first shard that failed (TIMEOUT naming it)."""
+        ...
+
+    def watch(self, callback: RemoteEventCallback) -> Callable[[], None]:
+        """Hear every other shard's events (an admin's `events.subscribe "*"`); returns the
+        function that stops it."""
+        ...
 
 
 class EngineAPI(Protocol):
@@ -85,9 +126,19 @@ class EngineAPI(Protocol):
 
     async def send(self, conn_id: int, data: bytes) -> int: ...
 
+    def start_send(self, conn_id: int, data: bytes) -> asyncio.Future[Any]:
+        """`send` as a future: checked and queued now, answered by the future."""
+        ...
+
     async def recv(
         self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
     ) -> bytes: ...
+
+    def start_recv(
+        self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
+    ) -> asyncio.Future[Any]:
+        """`recv` as a future: checked and asked for now, answered by the future."""
+        ...
 
     async def disconnect(self, conn_id: int, abortive: bool) -> str: ...
 
@@ -111,11 +162,21 @@ class EngineAPI(Protocol):
         """Call `callback` for events of `conn_id` (None: all); returns an unsubscribe function."""
         ...
 
-    def fault_inject(self, spec: dict[str, Any]) -> int: ...
+    def fault_inject(self, spec: dict[str, Any], fault_id: int | None = None) -> int:
+        """Inject `spec`; under `fault_id` when given (one id for a fault in several shards)."""
+        ...
 
     def fault_clear(self, fault_id: int | None) -> None: ...
 
     def fault_list(self) -> list[dict[str, Any]]: ...
+
+    def fault_reserve(self) -> int:
+        """A fault id from this engine's range (for a fault other shards get too)."""
+        ...
+
+    def fault_entries(self) -> list[dict[str, Any]]:
+        """Every fault held, used up or not, each with `active`."""
+        ...
 
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         """Upload and close every connection within `deadline` seconds; report what was left."""

@@ -2,6 +2,9 @@
 
 Every setting has a documented default; a bad file is refused at start with the key and the
 reason (`ConfigError('layer[1].lower: no layer named "nic9"')`).
+
+Longer than most modules because every key is defined here, once, with its default, its bounds
+and its check.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +23,9 @@ from typing import Any
 DEFAULT_LISTEN = "127.0.0.1:7411"
 INT_MAX = (1 << 31) - 1  # integer settings are sizes and counts; this keeps them sane
 LAYER_KINDS = ("host", "passthrough", "mux", "target")
-MUX_POLICIES = ("least-loaded",)
+#: The MUX's placement policies (drivers/mux/placement.py says what each does).
+MUX_POLICIES = ("active-standby", "round-robin", "least-loaded", "least-bytes", "hash")
+DEFAULT_POLICY = "least-loaded"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -35,14 +41,29 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RpcConfig:
+    """The RPC port and the limits that keep one client from harming the others
+    (docs/security.md says why each exists)."""
+
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)  # "host:port" or "unix:/path"
     token: str = ""  # required first (`auth`) when set; needed to listen off loopback
     admin_token: str = ""  # a client that authenticates with it sees every connection
     max_message_bytes: int = 8 * 1024 * 1024
     max_in_flight: int = 256  # requests per client answered concurrently; more get LIMIT
-    max_connections_per_client: int = 10_000
+    max_connections_per_client: int = 10_000  # made, being made, or waiting on its listeners
+    max_listeners_per_client: int = 1024
     max_clients: int = 1024
     shutdown_deadline_s: float = 10.0
+    # clients that never finish
+    auth_timeout_s: float = 10.0  # with a token: closed if not authenticated by then
+    idle_timeout_s: float = 300.0  # closed if holding nothing and silent this long
+    frame_timeout_s: float = 30.0  # a frame begun must be complete within this
+    # bytes in all clients' unfinished frames; past it the client holding the largest is dropped
+    max_buffered_frame_bytes: int = 128 * 1024 * 1024
+    # guessing tokens
+    max_auth_failures: int = 3  # wrong tokens on one connection before it is closed
+    auth_failures_per_peer: int = 20  # wrong tokens one peer address may send per window
+    auth_failure_window_s: float = 60.0
+    unix_socket_mode: str = "0600"  # octal: who may connect to a unix socket listener
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +78,70 @@ class EngineConfig:
     trace_depth: int = 64  # hop records kept per connection
     rx_buffer_bytes: int = 256 * 1024  # received bytes held per connection before back-pressure
     push_ticks_ms: int = 500  # the target's push timer (spec §4.2)
+    # a neighbor nobody has heard from this long is queried before a send (spec §5.4)
+    nce_stale_ms: int = 15_000
     invariants: bool = False  # the spec §9 invariant checker
-    max_nbls: int = 1_000_000
+    # the host uploads a connection when the target asks for an optional reason (spec §5.2)
+    honor_optional_retrieve: bool = True
+    # TCP_USER_TIMEOUT on offloaded sockets (ms): the retransmit / zero-window probe limit of
+    # spec §8 (TcpMaximumRetransmissions); 0 leaves the kernel's own
+    user_timeout_ms: int = 0
+    # bytes of `tcp.send`s one connection may have unanswered (queued, in flight, unacknowledged);
+    # a send that would pass it is answered LIMIT before anything of it is queued
+    max_queued_send_bytes: int = 16 * 1024 * 1024
+    # connections a listener holds accepted but not taken by `tcp.accept`; past it new ones are
+    # reset (RST) and counted in stack.stats `engine.pending_overflows`
+    max_pending_accepts: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """The live web view (`--web ADDR`): topology, connections, sequence diagrams, events."""
+
+    listen: str = ""  # "host:port"; empty: off. Off loopback it needs rpc.token (see web_token)
+    push_interval_ms: int = 1000  # stats and the shown connections page, pushed while watched
+    page_size: int = 100  # connections per page (paged on the server: thousands stay light)
+    max_clients: int = 32  # browser connections (WebSockets) at once; more are refused
+    max_watched: int = 64  # connections whose hops are pushed live at once
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus `/metrics`: on the web port, and on `listen` alone (`--metrics ADDR`)."""
+
+    listen: str = ""  # "host:port"; empty: only on the web port (when that is on)
+    # latency histograms (send completion, hop per layer, RPC per method) while served over HTTP
+    histograms: bool = True
+    probe_interval_ms: int = 200  # the hop-latency probe through each layer's inbox
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """The daemon's processes (design: scale): `shards` engine processes behind one RPC
+    address, each RPC client and all it owns living in one of them."""
+
+    shards: int = 1  # engine processes; `"auto"` in a file or on the command line: one per CPU
+    # how long a request that needs every shard (stack.stats, fault.inject on a layer, ...)
+    # waits for each one before it answers TIMEOUT naming the slow shard
+    control_timeout_s: float = 5.0
+
+
+#: Shards one CPU may carry at most: each is a process with its own event loop; past a few per
+#: CPU they only add context switches and ~40 MB each. More than one per CPU still pays where
+#: the open-file limit, not the CPU, is what runs out (each shard holds ≈19.9k sockets).
+SHARDS_PER_CPU = 4
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, which a cgroup cpuset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - Linux has it
+        return os.cpu_count() or 1
+
+
+def max_shards() -> int:
+    return SHARDS_PER_CPU * cpu_count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +150,7 @@ class LayerConfig:
     kind: str
     lower: tuple[str, ...] = ()
     max_connections: int = 16384  # targets: offloaded TCP connections
-    policy: str = "least-loaded"  # mux only
+    policy: str = DEFAULT_POLICY  # mux: which NIC takes a new connection
 
 
 DEFAULT_LAYERS = (
@@ -83,6 +166,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS
+    web: WebConfig = field(default_factory=WebConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
     def as_dict(self, redact: bool = True) -> dict[str, Any]:
         """Plain data for `--check-config` (tokens shown as `"<set>"`, not printed)."""
@@ -125,8 +211,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be true or false")
         return value
     if isinstance(default, int):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= INT_MAX:
-            raise ConfigError(f"{where}: must be a positive integer (at most {INT_MAX})")
+        low = 0 if default == 0 else 1  # a key whose default is 0 may be set to 0
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= INT_MAX:
+            kind = "a non-negative" if low == 0 else "a positive"
+            raise ConfigError(f"{where}: must be {kind} integer (at most {INT_MAX})")
         return value
     if isinstance(default, float):
         if (
@@ -140,6 +228,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [value]
+        if isinstance(value, tuple):  # from `Config.as_dict`
+            value = list(value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: must be a string or a list of strings")
         return tuple(value)
@@ -189,9 +279,64 @@ def check_listen(listen: tuple[str, ...], token: str) -> None:
             )
 
 
+def http_address(key: str, addr: str) -> tuple[str, int]:
+    """An HTTP address (web view, metrics) as (host, port); the error names `key`."""
+    try:
+        parsed = parse_listen(addr)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {str(exc).split(': ', 1)[1]}") from None
+    if isinstance(parsed, str):
+        raise ConfigError(f"{key}: {_q(addr)}: expected host:port (no unix socket here)")
+    return parsed
+
+
+def check_http_listen(key: str, addr: str, token: str) -> None:
+    """Empty (off) or host:port; off loopback it needs a token, as the RPC port does."""
+    if not addr:
+        return
+    host, _ = http_address(key, addr)
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"{key}: {_q(addr)} is not loopback: set rpc.token to listen there")
+
+
+def web_token(rpc: RpcConfig) -> str:
+    """What the web view and `/metrics` ask for when set: the web view shows every connection,
+    so the admin token when there is one (it sees all over RPC too), else the token."""
+    return rpc.admin_token or rpc.token
+
+
+def unix_mode(text: str) -> int:
+    """`rpc.unix_socket_mode` as a number: `"0600"` → 0o600."""
+    if not 3 <= len(text) <= 4 or any(ch not in "01234567" for ch in text) or int(text, 8) > 0o777:
+        raise ConfigError(f'rpc.unix_socket_mode: {_q(text)} is not an octal mode such as "0600"')
+    return int(text, 8)
+
+
+def _check_rpc(rpc: RpcConfig) -> None:
+    check_listen(rpc.listen, rpc.token)
+    unix_mode(rpc.unix_socket_mode)
+    if rpc.max_buffered_frame_bytes < rpc.max_message_bytes:
+        raise ConfigError(
+            "rpc.max_buffered_frame_bytes: must be at least rpc.max_message_bytes"
+            f" ({rpc.max_message_bytes}), or one large request would always be dropped"
+        )
+
+
+def _check_daemon(daemon: DaemonConfig) -> None:
+    most = max_shards()
+    if daemon.shards > most:
+        raise ConfigError(
+            f"daemon.shards: {daemon.shards} is more than this machine can hold: at most {most}"
+            f" ({SHARDS_PER_CPU} per CPU, {cpu_count()} CPU(s))"
+        )
+
+
 def validate(config: Config) -> Config:
     rpc, log = config.rpc, config.log
-    check_listen(rpc.listen, rpc.token)
+    _check_daemon(config.daemon)
+    _check_rpc(rpc)
+    check_http_listen("web.listen", config.web.listen, web_token(rpc))
+    check_http_listen("metrics.listen", config.metrics.listen, web_token(rpc))
     if log.format not in LOG_FORMATS:
         raise ConfigError(f"log.format: {_q(log.format)} is not one of {', '.join(LOG_FORMATS)}")
     if log.level.lower() not in LOG_LEVELS:
@@ -226,18 +371,16 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
         if layer.kind in ("host", "passthrough") and len(layer.lower) != 1:
             raise ConfigError(
                 f"{where}.lower: a {layer.kind} layer binds to exactly one lower layer"
-                f" (got {len(layer.lower)})"
+                f" (got {len(layer.lower)}; a mux binds to several)"
             )
-        if layer.kind == "mux":
-            if not layer.lower:
-                raise ConfigError(f"{where}.lower: a mux binds to at least one lower layer")
-            # the engine runs a mux as a pass-through so far: more lowers would be ignored
-            if len(layer.lower) > 1:
-                raise ConfigError(f"{where}.lower: only one lower binding per mux is supported")
-            if layer.policy not in MUX_POLICIES:
-                raise ConfigError(
-                    f"{where}.policy: {_q(layer.policy)} is not one of {', '.join(MUX_POLICIES)}"
-                )
+        if layer.kind == "mux" and not layer.lower:
+            raise ConfigError(f"{where}.lower: a mux binds to at least one lower layer")
+        if layer.kind == "mux" and layer.policy not in MUX_POLICIES:
+            raise ConfigError(
+                f"{where}.policy: {_q(layer.policy)} is not one of {', '.join(MUX_POLICIES)}"
+            )
+        if layer.kind != "mux" and layer.policy != DEFAULT_POLICY:
+            raise ConfigError(f"{where}.policy: only a mux has a policy")
     hosts = [i for i, layer in enumerate(layers) if layer.kind == "host"]
     if len(hosts) != 1:
         where = f"layer[{hosts[1]}].kind" if hosts else "layer"
@@ -253,11 +396,22 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
             raise ConfigError(
                 f"layer[{i}].lower: bindings form a cycle: {' -> '.join((*path, name))}"
             )
+        if name in reached:
+            return  # explored already (a layer bound twice is refused below)
         reached.add(name)
         for lower in by_name[name].lower:
             walk(lower, (*path, name))
 
     walk(layers[hosts[0]].name, ())
+    bound_by: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for lower in layer.lower:
+            if lower in bound_by:
+                raise ConfigError(
+                    f"layer[{i}].lower: {_q(lower)} is bound by layer[{bound_by[lower]}] already:"
+                    " a layer has one layer above it (teaming is a mux over several)"
+                )
+            bound_by[lower] = i
     for i, layer in enumerate(layers):
         if layer.name not in reached:
             raise ConfigError(f"layer[{i}]: {_q(layer.name)} is not below the host layer")
@@ -271,6 +425,9 @@ OVERRIDABLE = {
     "log.level",
     "log.file",
     "engine.invariants",
+    "web.listen",
+    "metrics.listen",
+    "daemon.shards",
 }
 
 
@@ -300,18 +457,39 @@ def load_config(
         if not isinstance(table, dict):
             break  # the section's own error is reported below
         table[name] = value
-    unknown = sorted(set(raw) - {"rpc", "log", "engine", "layer"})
+    return from_raw(raw)
+
+
+SECTIONS = ("rpc", "log", "engine", "layer", "web", "metrics", "daemon")
+
+
+def from_raw(raw: Mapping[str, Any]) -> Config:
+    """A configuration from plain data shaped like the TOML file (or `Config.as_dict(False)`,
+    which is how a shard gets its parent's effective configuration), checked as a file is."""
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown section (known: rpc, log, engine, layer)")
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(SECTIONS)})")
     rpc = _section(RpcConfig, raw.get("rpc", {}), "rpc")
     log = _section(LogConfig, raw.get("log", {}), "log")
     engine = _section(EngineConfig, raw.get("engine", {}), "engine")
     layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS
     if "layer" in raw:
-        if not isinstance(raw["layer"], list) or not raw["layer"]:
+        if not isinstance(raw["layer"], list | tuple) or not raw["layer"]:
             raise ConfigError("layer: must be a non-empty array of tables ([[layer]])")
         layers = tuple(_layer(item, i) for i, item in enumerate(raw["layer"]))
-    return validate(Config(rpc, log, engine, layers))
+    web = _section(WebConfig, raw.get("web", {}), "web")
+    metrics = _section(MetricsConfig, raw.get("metrics", {}), "metrics")
+    daemon = _section(DaemonConfig, _auto_shards(raw.get("daemon", {})), "daemon")
+    return validate(Config(rpc, log, engine, layers, web, metrics, daemon))
+
+
+def _auto_shards(table: Any) -> Any:
+    """`shards = "auto"`: one shard per CPU this process may run on."""
+    if not isinstance(table, dict) or not isinstance(table.get("shards"), str):
+        return table
+    if table["shards"] != "auto":
+        raise ConfigError('daemon.shards: must be a positive integer or "auto"')
+    return {**table, "shards": cpu_count()}
 
 
 def _layer(item: Any, i: int) -> LayerConfig:

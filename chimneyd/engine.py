@@ -1,99 +1,62 @@
-"""The running stack: layers built from the topology, their tasks, sockets, and the `EngineAPI`.
+"""The running stack behind `EngineAPI`: the thin asyncio shell around the sans-IO layers.
 
-This is the thin asyncio shell around the sans-IO layers: it opens and accepts the real loopback
-sockets, puts application requests into the host stack's inbox and turns the host's callbacks
-into awaitable results, and applies faults. It never calls into a layer except through its inbox.
+It puts application requests into the host stack's inbox as typed calls and turns the host's
+`done` callbacks into awaitable results. Everything else is a part of its own: the sockets
+(`runtime.sockets`), the layers and their tasks (`runtime.topology`), faults (`faults`), the
+traces of closed connections (`observe.traces`), events (`observe.events`), and giving memory
+back when idle (`runtime.memory`). The engine changes a layer only through its inbox.
+
+Longer than most modules because it is the stack's one face towards the RPC server: a method
+per `EngineAPI` call, each a few lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import itertools
-import socket
+import dataclasses
+import functools
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec
 
-import msgpack
 import structlog
 
 from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
-from chimneyd.drivers.base import Delay, DriverLayer, FailNext
-from chimneyd.drivers.host import AppError, HostStack, Tcb
-from chimneyd.drivers.nic import OffloadTarget, TcpContext
-from chimneyd.drivers.passthrough import ImOffloadEntry, PassthroughIm
-from chimneyd.ndis.broker import Layer, Ndis
-from chimneyd.ndis.status import NdisStatus, TcpUploadReason
-from chimneyd.ndis.trace import HopTrace
-from chimneyd.runtime.layer_task import LayerTask, LoopTimers, deliver
-from chimneyd.runtime.memory import give_back, refresh_free_lists, release_empty_containers
-from chimneyd.runtime.wire import AckWatcher, WireSocket
+from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
+from chimneyd.drivers.base import DriverLayer
+from chimneyd.drivers.delegated import provenance
+from chimneyd.drivers.host import AppError, Tcb
+from chimneyd.drivers.mux import MuxIm
+from chimneyd.drivers.passthrough import ImOffloadEntry
+from chimneyd.drivers.target import OffloadTarget
+from chimneyd.faults import FaultRegistry
+from chimneyd.ndis.blocks import (
+    TCP_FLAG_KEEP_ALIVE_ENABLED,
+    TCP_FLAG_KEEP_ALIVE_RESTART,
+    TCP_FLAG_MAX_RT_RESTART,
+    TCP_FLAG_NAGLING_ENABLED,
+    TCP_FLAG_UPDATE_RCV_WND,
+    OffloadBlock,
+    TcpOffloadStateCached,
+    walk,
+)
+from chimneyd.ndis.broker import Binding, Layer, Ndis
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.trace import HopRecord
+from chimneyd.observe.events import EventHub
+from chimneyd.observe.traces import TraceArchive
+from chimneyd.runtime.layer_task import deliver
+from chimneyd.runtime.memory import IdleTrim
+from chimneyd.runtime.sockets import Listener, Sockets
+from chimneyd.runtime.topology import build
+from chimneyd.runtime.wire import WireSocket
 
 log = structlog.get_logger("chimneyd.engine")
 
 CONTRACT_VERSION = 1
-CLOSED_TRACES_KEPT = 256
-# seconds after the last connection closed at which the engine gives freed memory back
-TRIM_AFTER_S = (0.5, 3.0)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    """The `[engine]` settings the engine reads (config.EngineConfig has the same fields)."""
-
-    trace_depth: int = 64
-    rx_buffer_bytes: int = 256 * 1024
-    push_ticks_ms: int = 500
-    invariants: bool = False
-    max_nbls: int = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class LayerSpec:
-    """One `[[layer]]` (config.LayerConfig has the same fields)."""
-
-    name: str
-    kind: str
-    lower: tuple[str, ...] = ()
-    max_connections: int = 16384
-    policy: str = "least-loaded"
-
-
-DEFAULT_TOPOLOGY = (
-    LayerSpec("tcpip", "host", ("im0",)),
-    LayerSpec("im0", "passthrough", ("nic0",)),
-    LayerSpec("nic0", "target"),
-)
-
-
-@dataclass
-class Listener:
-    id: int
-    server: asyncio.AbstractServer
-    host: str
-    port: int
-    offload: bool
-    pending: deque[int] = field(default_factory=deque)
-    waiters: deque[asyncio.Future[int]] = field(default_factory=deque)
-
-
-@dataclass
-class Fault:
-    id: int
-    spec: dict[str, Any]
-    undo: Callable[[], None] | None = None
-    active: Callable[[], bool] = lambda: True
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+P = ParamSpec("P")
 
 
 def _error(err: AppError) -> EngineError:
@@ -104,112 +67,139 @@ def _error(err: AppError) -> EngineError:
     return EngineError(code, err.detail)
 
 
+def _ignore(result: Any, err: AppError | None) -> None:
+    """The `done` of a request whose outcome nobody waits for."""
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# -- the cached TCP variables a client may update (spec §2.2) -------------------------------------
+ULONG = 0xFFFFFFFF
+UCHAR = 0xFF
+#: the TCP cached `Flags` bits spec §2.2 defines (keep-alive, Nagle, the two restarts, rcv wnd)
+CACHED_FLAGS = (
+    TCP_FLAG_KEEP_ALIVE_ENABLED
+    | TCP_FLAG_NAGLING_ENABLED
+    | TCP_FLAG_KEEP_ALIVE_RESTART
+    | TCP_FLAG_MAX_RT_RESTART
+    | TCP_FLAG_UPDATE_RCV_WND
+)
+
+
+def cached_ranges(max_rcv_wnd: int) -> dict[str, tuple[int, int]]:
+    """Each field of `TcpOffloadStateCached` and its (lowest, highest) value: the C types of
+    spec §2.2 (ULONG, UCHAR, the 20-bit FlowLabel, the 3-bit UserPriority). InitialRcvWnd is a
+    window the target must hold, so 1 up to the receive buffer it has (`rx_buffer_bytes`)."""
+    ranges = {
+        "Flags": (0, CACHED_FLAGS),
+        "InitialRcvWnd": (1, max_rcv_wnd),
+        "RcvIndicationSize": (0, ULONG),
+        "KaProbeCount": (0, UCHAR),
+        "KaTimeout": (0, ULONG),
+        "KaInterval": (0, ULONG),
+        "MaxRT": (0, ULONG),
+        "FlowLabel": (0, (1 << 20) - 1),
+        "TtlOrHopLimit": (0, UCHAR),
+        "TosOrTrafficClass": (0, UCHAR),
+        "UserPriority": (0, 7),
+    }
+    assert set(ranges) == {f.name for f in dataclasses.fields(TcpOffloadStateCached)}
+    return ranges
+
+
+def check_cached(changes: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The update, each value in its range; else INVALID_PARAMS naming the first bad key."""
+    if not isinstance(changes, dict) or not changes:
+        raise EngineError(ErrorCode.INVALID_PARAMS, "an update is a non-empty map of variables")
+    checked: dict[str, int] = {}
+    for key, value in changes.items():
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        bounds = ranges.get(key) if isinstance(key, str) else None
+        if bounds is None:
+            raise EngineError(
+                ErrorCode.INVALID_PARAMS,
+                f"{str(key)[:40]!r} is not a cached TCP variable (spec §2.2: {', '.join(ranges)})",
+            )
+        low, high = bounds
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be an integer")
+        if key == "Flags":
+            if value < 0 or value & ~high:
+                raise EngineError(
+                    ErrorCode.INVALID_PARAMS,
+                    f"Flags {value:#x} has bits spec §2.2 does not define (allowed: {high:#x})",
+                )
+        elif not low <= value <= high:
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be {low}..{high}")
+        checked[key] = value
+    return checked
+
+
 class Engine:
     """Implements `chimneyd.api.EngineAPI` over the layer tasks."""
 
-    def __init__(self, settings: Any = None, layers: tuple[Any, ...] = DEFAULT_TOPOLOGY) -> None:
-        self.settings = settings if settings is not None else EngineSettings()
+    def __init__(
+        self,
+        settings: EngineConfig | None = None,
+        layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS,
+        id_base: int = 0,
+    ) -> None:
+        """`id_base`: connection, listener and fault ids count up from it (0 for a daemon of
+        one shard; a shard's own range otherwise, so ids stay unique daemon-wide)."""
+        self.settings = settings if settings is not None else EngineConfig()
         self.loop = asyncio.get_running_loop()
         self.ndis = Ndis(
-            clock=time.monotonic_ns, deliver=deliver, trace_depth=int(self.settings.trace_depth)
+            clock=time.monotonic_ns, deliver=deliver, trace_depth=self.settings.trace_depth
         )
-        self.watcher = AckWatcher(self.loop)
-        self.wires: dict[tuple[bytes, int, bytes, int], WireSocket] = {}
-        self.wire_keys: dict[int, tuple[bytes, int, bytes, int]] = {}
-        self.tasks: list[LayerTask] = []
         self.layer_specs = layers
-        self.layers: dict[str, Layer] = {}
-        self._ids = itertools.count(1)
-        self._listener_ids = itertools.count(1)
-        self._fault_ids = itertools.count(1)
-        self.listeners: dict[int, Listener] = {}
-        self.faults: dict[int, Fault] = {}
-        self.subscribers: dict[int | None, list[EventCallback]] = {}
-        self.closed_traces: OrderedDict[int, HopTrace] = OrderedDict()
-        self.trace_archive: bytes | None = None  # closed traces, packed together when idle
-        self.layer_errors = 0
-        self._trim_handle: asyncio.TimerHandle | None = None
-        self.lean_holders: list[object] = [self.loop]  # see `keep_lean`
-        self.host = self._build(layers)
+        self.sockets = Sockets(
+            self.loop, deliver, self._attach, self.settings.max_pending_accepts, id_base
+        )
+        self.host, self.layers, self.tasks = build(
+            self.ndis, self.loop, self.settings, layers, self.sockets.find_wire, self._layer_failed
+        )
+        self.events = EventHub()
+        self.events.layer_of = self._layer_of
         self.host.emit = self._emit
+        # observability hook (observe.metrics): hears each tcp.send's completion latency
+        self.send_observer: Callable[[float], None] | None = None
+        self.traces = TraceArchive()
+        self.faults = FaultRegistry(id_base)
+        self.trim = IdleTrim(self.loop, self._idle, self._lean_holders, self.traces.pack)
+        self.layer_errors = 0
+        self._conn_ids = id_base
+        self._pending: dict[int, set[asyncio.Future[Any]]] = {}
+        # bytes of sends asked for and not yet answered, per connection (`max_queued_send_bytes`)
+        self._queued_send: dict[int, int] = {}
+        self.cached_ranges = cached_ranges(self.settings.rx_buffer_bytes)
         self.checker: Any = None
         if self.settings.invariants:
             from chimneyd.observe.invariants import InvariantChecker
 
-            self.checker = InvariantChecker()
+            self.checker = InvariantChecker()  # it logs the first violations itself
             self.ndis.observer = self.checker
-
-    # ============================================================================================
-    # topology
-    # ============================================================================================
-    def _build(self, specs: tuple[Any, ...]) -> HostStack:
-        host: HostStack | None = None
-        s = self.settings
-        for spec in specs:
-            timers = LoopTimers(self.loop)
-            layer: DriverLayer
-            if spec.kind == "host":
-                layer = host = HostStack(
-                    spec.name, self.ndis, timers, rx_buffer_bytes=s.rx_buffer_bytes
-                )
-            elif spec.kind in ("passthrough", "mux"):
-                layer = PassthroughIm(spec.name, self.ndis, timers)
-            elif spec.kind == "target":
-                layer = OffloadTarget(
-                    spec.name,
-                    self.ndis,
-                    timers,
-                    self._find_wire,
-                    max_connections=spec.max_connections,
-                    rx_buffer_bytes=s.rx_buffer_bytes,
-                    push_ticks_ms=s.push_ticks_ms,
-                )
-            else:
-                raise ValueError(f"layer {spec.name}: unknown kind {spec.kind!r}")
-            task = LayerTask(layer, self.loop)
-            task.on_error = self._layer_failed
-            timers.task = task
-            self.tasks.append(task)
-            self.layers[spec.name] = layer
-        for spec in specs:
-            for lower in spec.lower:
-                self.ndis.bind(self.layers[spec.name], self.layers[lower])
-        if host is None:
-            raise ValueError("the topology has no host layer")
-        return host
-
-    def _layer_failed(self, layer: Layer, exc: BaseException) -> None:
-        self.layer_errors += 1
-        if self.checker is not None:
-            self.checker.violation(f"{layer.name}: {exc!r}")
 
     def start(self) -> None:
         for task in self.tasks:
             task.start()
 
-    def _find_wire(self, src: bytes, lport: int, dst: bytes, rport: int) -> WireSocket | None:
-        return self.wires.get((src, lport, dst, rport))
-
-    def _register(self, wire: WireSocket, listener: int | None = None) -> int:
-        conn_id = next(self._ids)
-        key = (
-            ipaddress.ip_address(wire.local[0]).packed,
-            wire.local[1],
-            ipaddress.ip_address(wire.remote[0]).packed,
-            wire.remote[1],
-        )
-        self.wires[key] = wire
-        self.wire_keys[conn_id] = key  # closing looks the wire up by id, not by a scan
-        self._post(self.host.attach, conn_id, wire, listener)
-        return conn_id
-
-    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
+    # ============================================================================================
+    # requests into the host stack
+    # ============================================================================================
+    def post_host(self, fn: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
+        """Run `fn(*args)` in the host stack's task (a typed call, through its inbox)."""
+        assert not kwargs, "inbox calls take positional arguments"
         self.host.inbox.push(fn, args)
 
     def _request(
-        self, method: str, conn_id: int, *args: Any, withdraw_after: float | None = None
+        self, fn: Callable[..., None], conn_id: int, *args: Any, withdraw_after: float | None = None
     ) -> asyncio.Future[Any]:
-        """Run `host.<method>(tcb, *args, done)` in the host's task; the future gets the result.
+        """Run the host request `fn(conn_id, *args, done)` in the host's task; the future gets
+        the result.
 
         With `withdraw_after`, the host is asked to withdraw the request (`app_cancel_recv`)
         when that time is up. The host does it in its own task, so a byte is never both given to
@@ -224,28 +214,73 @@ class Engine:
             else:
                 fut.set_result(result)
 
-        self._post(self.host.app_call, conn_id, method, args, done)
+        # known per connection until answered, so a layer that fails on the connection can
+        # answer it (`_layer_failed`)
+        pending = self._pending.get(conn_id)
+        if pending is None:
+            pending = self._pending[conn_id] = set()
+        pending.add(fut)
+        fut.add_done_callback(functools.partial(self._answered, conn_id))
+        self.host.inbox.push(fn, (conn_id, *args, done))
         if withdraw_after is not None:
-            withdraw = (self.host.app_call, conn_id, "app_cancel_recv", (done,), _ignore)
-            timer = self.loop.call_later(withdraw_after, self._post, *withdraw)
+            withdraw = (conn_id, done, _ignore)
+            timer = self.loop.call_later(
+                withdraw_after, self.host.inbox.push, self.host.app_cancel_recv, withdraw
+            )
             fut.add_done_callback(lambda _: timer.cancel())
         return fut
+
+    def _answered(self, conn_id: int, fut: asyncio.Future[Any]) -> None:
+        pending = self._pending.get(conn_id)
+        if pending is not None:
+            pending.discard(fut)
+            if not pending:
+                del self._pending[conn_id]
+
+    def _attach(self, wire: WireSocket, listener: Listener | None) -> int:
+        """A new connection's socket: give it an id and hand it to the host stack."""
+        self._conn_ids += 1
+        conn_id = self._conn_ids
+        self.sockets.add(conn_id, wire)
+        self.post_host(self.host.attach, conn_id, wire, listener.id if listener else None)
+        if self.events.noting:
+            where = {"local": _addr(wire.local), "remote": _addr(wire.remote)}
+            self.events.note(conn_id, "connected", {**where, "listener": listener and listener.id})
+        if listener is not None and listener.offload:
+            self.post_host(self.host.app_offload, conn_id, None, _ignore)
+        return conn_id
+
+    def _layer_failed(
+        self, layer: Layer, exc: BaseException, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        """A handler raised inside a layer: answer every request waiting on the connections it
+        was handling (never leave one unanswered) and count it."""
+        self.layer_errors += 1
+        conns = sorted(_conns_in(args))
+        name = getattr(fn, "__name__", "?")
+        log.error("layer_failed", layer=layer.name, handler=name, conns=conns, exc_info=exc)
+        if self.checker is not None:
+            self.checker.violation(f"{layer.name}: {exc!r}")
+        detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
+        for conn_id in conns:
+            for fut in list(self._pending.get(conn_id, ())):
+                if not fut.done():
+                    fut.set_exception(EngineError(ErrorCode.INTERNAL, detail))
 
     # ============================================================================================
     # EngineAPI: stack
     # ============================================================================================
     def info(self) -> dict[str, Any]:
-        layers = []
-        for spec in self.layer_specs:
-            layer = self.layers[spec.name]
-            layers.append(
-                {
-                    "name": spec.name,
-                    "kind": spec.kind,
-                    "lower": list(spec.lower),
-                    "state": layer.state,
-                }
-            )
+        layers = [
+            {
+                "name": spec.name,
+                "kind": spec.kind,
+                "lower": list(spec.lower),
+                "state": self.layers[spec.name].state,
+                **self.layers[spec.name].describe(),
+            }
+            for spec in self.layer_specs
+        ]
         return {"version": __version__, "contract": CONTRACT_VERSION, "layers": layers}
 
     def stats(self) -> dict[str, Any]:
@@ -255,13 +290,16 @@ class Engine:
             # every asyncio task of the daemon (layer tasks, RPC), to compare with its idle value
             "tasks": len(asyncio.all_tasks(self.loop)),
             "engine": {
-                "listeners": len(self.listeners),
-                "wires": len(self.wires),
-                "ack_waiting": len(self.watcher.waiting),
+                "listeners": len(self.sockets.listeners),
+                "pending_overflows": self.sockets.pending_overflows,
+                "queued_send_bytes": sum(self._queued_send.values()),
+                "wires": len(self.sockets.by_conn),
+                "ack_waiting": len(self.sockets.watcher.waiting),
                 "inbox": {t.layer.name: len(t.inbox) for t in self.tasks},
                 "messages": {t.layer.name: t.messages for t in self.tasks},
                 "layer_errors": self.layer_errors,
-                "invariant_violations": len(self.checker.violations) if self.checker else None,
+                # every violation found, not only the ones the checker keeps (its list is capped)
+                "invariant_violations": self.checker.count if self.checker else None,
             },
         }
 
@@ -278,160 +316,134 @@ class Engine:
     ) -> int:
         """Open a loopback connection in the host stack, offloaded at once if asked. `on_conn`
         learns the id before the offload starts, so the owner hears the `offloaded` event."""
-        if not _is_loopback(host):
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"host {host!r} is not a loopback address")
         if target is not None and target not in self.layers:
             raise EngineError(ErrorCode.NOT_FOUND, f"no layer {target!r}")
-        wire = WireSocket(deliver, self.watcher)
-        try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: wire, host, port), timeout=10.0
-            )
-        except (TimeoutError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno in (24, 23):  # EMFILE / ENFILE
-                raise EngineError(
-                    ErrorCode.LIMIT, f"open-file limit reached: {exc.strerror}"
-                ) from None
-            raise EngineError(ErrorCode.CONNECT_FAILED, f"{host}:{port}: {exc}") from None
-        conn_id = self._register(wire)
+        wire = await self.sockets.connect(host, port)
+        conn_id = self._attach(wire, None)
         if on_conn is not None:
             on_conn(conn_id)
+        if not offload:
+            await self._host_has_seen()  # known to every method once answered
         if offload:
             try:
-                await self._request("app_offload", conn_id, target)
+                await self._request(self.host.app_offload, conn_id, target)
             except EngineError as exc:
                 # the connection stays usable in host mode (rpc-contract tcp.offload)
                 log.info("offload_refused", conn=conn_id, error=str(exc))
         return conn_id
 
     async def listen(self, host: str, port: int, offload: bool = True) -> int:
-        if not _is_loopback(host):
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"host {host!r} is not a loopback address")
-        lid = next(self._listener_ids)
-
-        def made(wire: WireSocket) -> None:
-            listener = self.listeners.get(lid)
-            if listener is None:
-                wire.close()
-                return
-            conn_id = self._register(wire, lid)
-            if listener.offload:
-                self._post(self.host.app_call, conn_id, "app_offload", (None,), _ignore)
-            while listener.waiters:
-                waiter = listener.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(conn_id)
-                    return
-            listener.pending.append(conn_id)
-
-        try:
-            server = await self.loop.create_server(
-                lambda: WireSocket(deliver, self.watcher, made),
-                host,
-                port,
-                backlog=4096,
-                reuse_address=True,
-            )
-        except OSError as exc:
-            raise EngineError(
-                ErrorCode.INVALID_PARAMS, f"cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        bound = server.sockets[0].getsockname()
-        self.listeners[lid] = Listener(lid, server, bound[0], bound[1], offload)
-        return lid
+        return (await self.sockets.listen(host, port, offload)).id
 
     def listener_info(self, listener_id: int) -> dict[str, Any]:
-        listener = self._listener(listener_id)
+        listener = self.sockets.listener(listener_id)
         return {"host": listener.host, "port": listener.port, "pending": len(listener.pending)}
 
-    def _listener(self, listener_id: int) -> Listener:
-        listener = self.listeners.get(listener_id)
-        if listener is None:
-            raise EngineError(ErrorCode.NOT_FOUND, f"no listener {listener_id}")
-        return listener
-
     async def accept(self, listener_id: int, timeout: float | None) -> int:
-        listener = self._listener(listener_id)
-        if listener.pending:
-            return listener.pending.popleft()
-        fut: asyncio.Future[int] = self.loop.create_future()
-        listener.waiters.append(fut)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            if fut.done() and not fut.cancelled():
-                return fut.result()  # accepted just as the timeout fired: not lost
-            fut.cancel()
-            raise EngineError(
-                ErrorCode.TIMEOUT, f"no connection on listener {listener_id}"
-            ) from None
+        conn_id = await self.sockets.accept(listener_id, timeout)
+        await self._host_has_seen()  # the connection may have been made a moment ago
+        return conn_id
 
     async def close_listener(self, listener_id: int) -> None:
-        listener = self.listeners.pop(listener_id, None)
-        if listener is None:
-            raise EngineError(ErrorCode.NOT_FOUND, f"no listener {listener_id}")
-        listener.server.close()
-        for waiter in listener.waiters:
-            waiter.cancel()
-        for conn_id in listener.pending:
-            try:
-                await self.close(conn_id)
-            except EngineError:
-                pass
+        """Stop listening: accepts still waiting fail (NOT_FOUND, "listener closed") and the
+        connections nobody accepted are closed."""
+        pending = self.sockets.close_listener(listener_id)
+        await asyncio.gather(*(self.close(c) for c in pending), return_exceptions=True)
+
+    def _host_has_seen(self) -> asyncio.Future[None]:
+        """Done once the host stack has run everything put in its inbox before (a new
+        connection's `attach` included)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.host.inbox.push(_set_done, (fut,))
+        return fut
 
     async def offload(self, conn_id: int) -> dict[str, Any]:
-        return await self._request("app_offload", conn_id, None)  # type: ignore[no-any-return]
+        return await self._request(self.host.app_offload, conn_id, None)  # type: ignore[no-any-return]
 
     async def upload(self, conn_id: int) -> dict[str, Any]:
-        return await self._request("app_upload", conn_id)  # type: ignore[no-any-return]
+        return await self._request(self.host.app_upload, conn_id)  # type: ignore[no-any-return]
 
     async def send(self, conn_id: int, data: bytes) -> int:
-        return await self._request("app_send", conn_id, data)  # type: ignore[no-any-return]
+        return await self.start_send(conn_id, data)  # type: ignore[no-any-return]
+
+    def start_send(self, conn_id: int, data: bytes) -> asyncio.Future[Any]:
+        """Queue a send; its future gets the bytes sent once the peer acknowledged them (spec
+        §4.1). LIMIT, before anything is queued, if the connection's unanswered sends would
+        pass `max_queued_send_bytes` (what the host holds for it: sends batched, in the
+        chimney, or on the socket not yet acknowledged). A future rather than a coroutine: the
+        RPC server answers from its callback, with no task per request."""
+        queued = self._queued_send.get(conn_id, 0)
+        cap = self.settings.max_queued_send_bytes
+        n = len(data)
+        if queued + n > cap:
+            raise EngineError(
+                ErrorCode.LIMIT,
+                f"connection {conn_id} has {queued} bytes of sends unanswered; {n} more"
+                f" would pass engine.max_queued_send_bytes ({cap})",
+            )
+        self._queued_send[conn_id] = queued + n
+        fut = self._request(self.host.app_send, conn_id, data)
+        observe = self.send_observer
+        t0 = time.perf_counter() if observe is not None else 0.0
+
+        def sent(_: asyncio.Future[Any]) -> None:
+            left = self._queued_send[conn_id] - n
+            if left:
+                self._queued_send[conn_id] = left
+            else:
+                del self._queued_send[conn_id]
+            if observe is not None and not fut.cancelled() and fut.exception() is None:
+                observe(time.perf_counter() - t0)  # a send completes when acknowledged
+
+        fut.add_done_callback(sent)
+        return fut
 
     async def recv(
         self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
     ) -> bytes:
-        fut = self._request("app_recv", conn_id, max_bytes, waitall, withdraw_after=timeout)
-        return await fut  # type: ignore[no-any-return]
+        return await self.start_recv(conn_id, max_bytes, timeout, waitall)  # type: ignore[no-any-return]
+
+    def start_recv(
+        self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
+    ) -> asyncio.Future[Any]:
+        """Ask for up to `max_bytes` (exactly, with `waitall`, short only at the end of the
+        stream); the future gets them. See `start_send` for why a future."""
+        return self._request(
+            self.host.app_recv, conn_id, max_bytes, waitall, withdraw_after=timeout
+        )
 
     async def disconnect(self, conn_id: int, abortive: bool) -> str:
-        return await self._request("app_disconnect", conn_id, abortive)  # type: ignore[no-any-return]
+        return await self._request(self.host.app_disconnect, conn_id, abortive)  # type: ignore[no-any-return]
 
     async def close(self, conn_id: int) -> None:
-        await self._request("app_close", conn_id)
+        await self._request(self.host.app_close, conn_id)
 
     async def update(self, conn_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-        """`NdisUpdateOffload` of the connection's cached TCP variables (spec §3.4)."""
-        for key, value in changes.items():
-            if not isinstance(key, str) or not isinstance(value, int) or isinstance(value, bool):
-                raise EngineError(
-                    ErrorCode.INVALID_PARAMS, "cached variables are names with integer values"
-                )
-        return await self._request("app_update", conn_id, dict(changes))  # type: ignore[no-any-return]
+        """`NdisUpdateOffload` of the connection's cached TCP variables (spec §3.4); each
+        value is checked against its range (spec §2.2) before anything reaches a layer."""
+        checked = check_cached(changes, self.cached_ranges)
+        return await self._request(self.host.app_update, conn_id, checked)  # type: ignore[no-any-return]
 
     async def invalidate(self, conn_id: int, what: str = "neighbor") -> dict[str, Any]:
         """`NdisInvalidateOffload` of the connection's TCP, path or neighbor object (spec §3.5)."""
         if what not in ("tcp", "path", "neighbor"):
             raise EngineError(ErrorCode.INVALID_PARAMS, "object must be tcp, path or neighbor")
-        return await self._request("app_invalidate", conn_id, what)  # type: ignore[no-any-return]
+        return await self._request(self.host.app_invalidate, conn_id, what)  # type: ignore[no-any-return]
 
     async def query(self, conn_id: int) -> dict[str, Any]:
         """`NdisQueryOffloadState` of the connection's TCP object: its delegated state now."""
-        return await self._request("app_query", conn_id)  # type: ignore[no-any-return]
+        return await self._request(self.host.app_query, conn_id)  # type: ignore[no-any-return]
 
-    def _wire(self, tcb: Tcb) -> WireSocket:
-        wire = tcb.wire
-        assert isinstance(wire, WireSocket)
-        return wire
+    def conn(self, conn_id: int) -> int:
+        """`conn_id` if it names an open connection, else NOT_FOUND."""
+        if conn_id not in self.host.tcbs:
+            raise EngineError(ErrorCode.NOT_FOUND, f"no connection {conn_id}")
+        return conn_id
 
-    def _tcb(self, conn_id: int) -> Tcb:
+    def conn_info(self, conn_id: int) -> dict[str, Any]:
         tcb = self.host.tcbs.get(conn_id)
         if tcb is None:
             raise EngineError(ErrorCode.NOT_FOUND, f"no connection {conn_id}")
-        return tcb
-
-    def conn_info(self, conn_id: int) -> dict[str, Any]:
-        tcb = self._tcb(conn_id)
         wire = tcb.wire
         return {
             "state": tcb.state,
@@ -440,311 +452,196 @@ class Engine:
             "remote": f"{wire.remote[0]}:{wire.remote[1]}",
             "bytes_sent": wire.bytes_written,
             "bytes_received": wire.bytes_read,
-            "handles": self._handles_of(tcb),
+            "handles": _handles_of(self.host.name, tcb),
             "delegated": tcb.delegated.as_map() if tcb.delegated else {},
+            # what `delegated` is: taken at "offload", "query" or "upload", and when
+            **provenance(tcb.delegated, self.ndis.clock()),
             "listener": tcb.listener,
         }
-
-    def _handles_of(self, tcb: Tcb) -> dict[str, Any]:
-        """Per layer: the handle it owns for the connection and the context it holds (ids)."""
-        out: dict[str, Any] = {}
-        handle = tcb.handle
-        layer_name = self.host.name
-        out[layer_name] = {"handle": handle.id if handle else None}
-        while handle is not None and handle.miniport_offload_context is not None:
-            ctx = handle.miniport_offload_context
-            binding = handle.ndis_reserved
-            lower = binding.lower.name if binding is not None else "?"
-            entry: dict[str, Any] = {"context": ctx.id}
-            if isinstance(ctx, ImOffloadEntry):
-                entry["handle"] = ctx.handle.id
-                out[lower] = entry
-                handle = ctx.handle
-            else:
-                out[lower] = entry
-                handle = None
-        return out
 
     def conn_ids(self) -> list[int]:
         return sorted(self.host.tcbs)
 
     def trace(self, conn_id: int, limit: int | None) -> list[dict[str, Any]]:
         tcb = self.host.tcbs.get(conn_id)
-        trace = tcb.trace if tcb is not None else self.closed_traces.get(conn_id)
-        if trace is None and self.trace_archive is not None:
-            packed = self._archived_traces().get(conn_id)
-            if packed is not None:
-                trace = self.ndis.new_trace(conn_id)
-                trace.packed = packed
+        trace = (
+            tcb.trace if tcb is not None else self.traces.get(conn_id, self.ndis.new_trace(conn_id))
+        )
         if trace is None:
             raise EngineError(ErrorCode.NOT_FOUND, f"no connection {conn_id}")
         return trace.as_maps(limit)
+
+    def watch_hops(
+        self, conn_id: int, watcher: Callable[[HopRecord], None]
+    ) -> Callable[[], None] | None:
+        """Hand each hop record of the open connection `conn_id` to `watcher` as it is
+        recorded (the web view's live diagram); returns the function that stops it, or None if
+        the connection is not open. Only a watched connection pays for it (ndis.trace)."""
+        tcb = self.host.tcbs.get(conn_id)
+        if tcb is None:
+            return None
+        trace = tcb.trace
+        trace.watch(watcher)
+
+        def unwatch() -> None:
+            if trace.watcher is watcher:
+                trace.unwatch()
+
+        return unwatch
 
     # ============================================================================================
     # events
     # ============================================================================================
     def subscribe(self, conn_id: int | None, callback: EventCallback) -> Callable[[], None]:
         if conn_id is not None:
-            self._tcb(conn_id)
-        self.subscribers.setdefault(conn_id, []).append(callback)
-
-        def unsubscribe() -> None:
-            subs = self.subscribers.get(conn_id)
-            if subs and callback in subs:
-                subs.remove(callback)
-                if not subs:
-                    del self.subscribers[conn_id]
-
-        return unsubscribe
+            self.conn(conn_id)
+        return self.events.subscribe(conn_id, callback)
 
     def _emit(self, conn_id: int, event: str, info: dict[str, Any]) -> None:
         if event == "closed":
-            self._forget(conn_id)
-            self.give_back_when_idle()
-        for key in (conn_id, None):
-            for cb in list(self.subscribers.get(key, ())):
-                try:
-                    cb(conn_id, event, info)
-                except Exception:
-                    log.exception("subscriber_failed", conn=conn_id, event_name=event)
-        if event == "closed":
-            self.subscribers.pop(conn_id, None)
+            wire = self.sockets.forget(conn_id)
+            if wire is not None:
+                tcb: Tcb = wire.home_ctx
+                self.traces.closed(conn_id, tcb.trace)
+            self.trim.soon()
+        self.events.emit(conn_id, event, info)
+
+    def _layer_of(self, conn_id: int) -> str:
+        """The layer a connection's events come from: the NIC carrying it, else the host."""
+        tcb = self.host.tcbs.get(conn_id)
+        return self.host.path_names(tcb)[-1] if tcb is not None else self.host.name
+
+    # ============================================================================================
+    # memory
+    # ============================================================================================
+    def _idle(self) -> bool:
+        return not self.host.tcbs
+
+    def _lean_holders(self) -> list[object]:
+        holders: list[object] = [self, self.ndis, self.sockets, self.sockets.watcher, self.checker]
+        for layer in self.layers.values():
+            holders += [layer, layer.table, layer.stats]
+        return holders
 
     def give_back_when_idle(self) -> None:
-        """Start the idle trim if no connection is open and none is under way: after the last
-        close, and again as RPC clients leave (their sockets and buffers go then)."""
-        if not self.host.tcbs and self._trim_handle is None:
-            self._trim_handle = self.loop.call_later(TRIM_AFTER_S[0], self._trim_when_idle, 0)
-
-    def _trim_when_idle(self, attempt: int) -> None:
-        """Once the last connection is gone, give freed memory back to the system: glibc keeps
-        freed heap pages otherwise, and RSS after a soak would stay at its peak. A second pass
-        a few seconds later returns what went after the first: the buffers of RPC clients that
-        left once their connections were closed, objects held by timers that fired since."""
-        self._trim_handle = None
-        if self.host.tcbs:
-            return
-        if attempt + 1 < len(TRIM_AFTER_S):
-            delay = TRIM_AFTER_S[attempt + 1] - TRIM_AFTER_S[attempt]
-            self._trim_handle = self.loop.call_later(delay, self._trim_when_idle, attempt + 1)
-        holders: list[object] = [self, self.ndis, self.watcher, self.checker, *self.lean_holders]
-        for layer in self.layers.values():
-            holders += [layer, getattr(layer, "table", None), getattr(layer, "stats", None)]
-        self._archive_closed_traces()
-        release_empty_containers(holders)
-        refresh_free_lists(self.loop, then=give_back)
+        """Give freed memory back soon, if no connection is open (RPC clients leaving)."""
+        self.trim.soon()
 
     def keep_lean(self, holder: object) -> None:
-        """Have the idle trim also release the emptied containers of `holder` (the RPC server's
-        map of connection owners, sized for the peak of a soak otherwise)."""
-        self.lean_holders.append(holder)
-
-    def _archived_traces(self) -> dict[int, bytes]:
-        if self.trace_archive is None:
-            return {}
-        archived: dict[int, bytes] = msgpack.unpackb(self.trace_archive, strict_map_key=False)
-        return archived
-
-    def _archive_closed_traces(self) -> None:
-        """Pack the kept traces of closed connections into one object. Hundreds of them, made
-        all through a soak and kept after it, sit on as many heap pages that the idle trim then
-        cannot return (measured: a third of the RSS left after a 10k soak). One block of this
-        size gets its own mapping instead."""
-        if not self.closed_traces:
-            return
-        merged = self._archived_traces()
-        for conn_id, trace in self.closed_traces.items():
-            trace.freeze()
-            merged.pop(conn_id, None)
-            if trace.packed is not None:
-                merged[conn_id] = trace.packed
-        kept = list(merged.items())[-CLOSED_TRACES_KEPT:]
-        self.trace_archive = msgpack.packb(dict(kept)) if kept else None
-        self.closed_traces.clear()
-
-    def _forget(self, conn_id: int) -> None:
-        key = self.wire_keys.pop(conn_id, None)
-        wire = self.wires.pop(key, None) if key is not None else None
-        if wire is not None:
-            self.watcher.discard(wire)
-            tcb: Tcb = wire.home_ctx
-            tcb.trace.freeze()
-            self.closed_traces[conn_id] = tcb.trace
-            while len(self.closed_traces) > CLOSED_TRACES_KEPT:
-                self.closed_traces.popitem(last=False)
+        self.trim.keep_lean(holder)
 
     # ============================================================================================
     # faults
     # ============================================================================================
-    def fault_inject(self, spec: dict[str, Any]) -> int:
-        kind = spec.get("kind")
-        fid = next(self._fault_ids)
-        fault = Fault(fid, dict(spec))
-        if kind == "peer_reset":
-            tcb = self._tcb(_int(spec, "conn"))
-            self._wire(tcb).inject_reset()
-            fault.active = lambda: False
-        elif kind == "target_failure":
-            nic = self._layer(spec, OffloadTarget)
-            nic.inbox.push(nic.fail_target, ())
-            fault.undo = lambda: nic.inbox.push(nic.recover_target, ())
-        elif kind == "fail_next":
-            layer = self._layer(spec, DriverLayer)
-            call = _str(spec, "call")
-            if not hasattr(layer, call.split("[")[0]):
-                raise EngineError(
-                    ErrorCode.INVALID_PARAMS, f"layer {layer.name} has no handler {call!r}"
-                )
-            status = _status(spec.get("status", "NDIS_STATUS_FAILURE"))
-            fn = FailNext(fid, call, status, _int(spec, "count", 1), _int(spec, "skip", 0))
-            layer.fail_next.append(fn)
+    def fault_inject(self, spec: dict[str, Any], fault_id: int | None = None) -> int:
+        """Inject `spec`; under `fault_id` when given (a fault put into several shards)."""
+        fault = self.faults.inject(self, spec, fault_id)
+        log.info("fault_injected", fault=fault.id, spec=fault.spec)
+        if self.events.noting:
+            self.events.note(None, "fault_injected", {"fault": fault.id, **fault.spec})
+        return fault.id
 
-            def undo_fail_next(layer: DriverLayer = layer, fn: FailNext = fn) -> None:
-                if fn in layer.fail_next:
-                    layer.fail_next.remove(fn)
+    def fault_clear(self, fault_id: int | None) -> None:
+        ids = list(self.faults.faults) if fault_id is None else [fault_id]
+        self.faults.clear(fault_id)
+        if self.events.noting:
+            for fid in ids:
+                self.events.note(None, "fault_cleared", {"fault": fid})
 
-            fault.undo = undo_fail_next
-            fault.active = lambda: fn.count > 0
-        elif kind == "delay":
-            layer = self._layer(spec, DriverLayer)
-            call = _str(spec, "call")
-            if not hasattr(layer, call):
-                raise EngineError(
-                    ErrorCode.INVALID_PARAMS, f"layer {layer.name} has no handler {call!r}"
-                )
-            layer.delays[call] = Delay(fid, call, _int(spec, "ms"))
+    def fault_list(self) -> list[dict[str, Any]]:
+        return self.faults.active()
 
-            def undo_delay(layer: DriverLayer = layer, call: str = call) -> None:
-                layer.delays.pop(call, None)
+    def fault_reserve(self) -> int:
+        """A fault id from this engine's range, for a fault other shards get too."""
+        return self.faults.reserve()
 
-            fault.undo = undo_delay
-        elif kind == "stall_peer":
-            tcb = self._tcb(_int(spec, "conn"))
-            ms = _int(spec, "ms")
-            self._stall(self._wire(tcb), ms / 1000.0)
-            until = self.loop.time() + ms / 1000.0
-            fault.active = lambda: self.loop.time() < until
-        elif kind == "invalidate":
-            # the host learns an object is stale (e.g. the neighbor is unreachable)
-            tcb = self._tcb(_int(spec, "conn"))
-            what = spec.get("object", "neighbor")
-            if what not in ("tcp", "path", "neighbor"):
-                raise EngineError(ErrorCode.INVALID_PARAMS, "object must be tcp, path or neighbor")
-            self._post(self.host.app_call, tcb.conn_id, "app_invalidate", (what,), _ignore)
-            fault.active = lambda: False
-        elif kind == "retrieve":
-            tcb = self._tcb(_int(spec, "conn"))
-            reason = (
-                TcpUploadReason[_str(spec, "reason")]
-                if "reason" in spec
-                else TcpUploadReason.UploadRequested
-            )
-            ctx = self._target_ctx(tcb)
-            if ctx is None:
-                raise EngineError(
-                    ErrorCode.INVALID_STATE, f"connection {tcb.conn_id} is not offloaded"
-                )
-            nic, tcp_ctx = ctx
-            nic.inbox.push(nic.request_upload, (tcp_ctx, reason))
-            fault.active = lambda: False
-        else:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown fault kind {kind!r}")
-        self.faults[fid] = fault
-        log.info("fault_injected", fault=fid, spec=spec)
-        return fid
+    def fault_entries(self) -> list[dict[str, Any]]:
+        """Every fault held, used up or not, each with `active`."""
+        return self.faults.entries()
 
-    def _stall(self, wire: WireSocket, seconds: float) -> None:
-        """stall_peer [EMU]: the peer neither sends nor acknowledges for a while (we stop
-        reading its bytes and hear no ACK news), so back-pressure builds on both sides."""
-        wire.pause_reading()
-        self.watcher.held[wire] = self.loop.time() + seconds
-
-        def resume() -> None:
-            owner = wire._owner_ctx
-            if not getattr(owner, "paused", False) and not getattr(owner, "read_paused", False):
-                wire.resume_reading()
-            if not wire.closed:
-                wire.watch_acks()
-
-        self.loop.call_later(seconds, resume)
-
-    def _target_ctx(self, tcb: Tcb) -> tuple[OffloadTarget, TcpContext] | None:
-        handle = tcb.handle
-        while handle is not None and handle.miniport_offload_context is not None:
-            ctx = handle.miniport_offload_context
-            if isinstance(ctx, TcpContext):
-                return handle.ndis_reserved.lower, ctx
-            handle = ctx.handle if isinstance(ctx, ImOffloadEntry) else None
-        return None
-
-    def _layer(self, spec: dict[str, Any], cls: type[Any]) -> Any:
-        name = _str(spec, "layer")
+    def driver_layer(self, name: str) -> DriverLayer:
         layer = self.layers.get(name)
         if layer is None:
             raise EngineError(ErrorCode.NOT_FOUND, f"no layer {name!r}")
-        if not isinstance(layer, cls):
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {name!r} is a {layer.kind}")
         return layer
 
-    def fault_clear(self, fault_id: int | None) -> None:
-        if fault_id is None:
-            ids = list(self.faults)
-        elif fault_id not in self.faults:
-            raise EngineError(ErrorCode.NOT_FOUND, f"no fault {fault_id}")
-        else:
-            ids = [fault_id]
-        for fid in ids:
-            fault = self.faults.pop(fid)
-            if fault.undo is not None:
-                fault.undo()
+    def mux_layer(self, name: str) -> MuxIm:
+        layer = self.driver_layer(name)
+        if not isinstance(layer, MuxIm):
+            raise EngineError(
+                ErrorCode.INVALID_PARAMS, f"layer {name!r} is a {layer.kind}, not a mux"
+            )
+        return layer
 
-    def fault_list(self) -> list[dict[str, Any]]:
-        out = []
-        for fid, fault in list(self.faults.items()):
-            if not fault.active():
-                continue
-            out.append({"id": fid, **fault.spec})
-        return out
+    def mux_above(self, name: str) -> tuple[MuxIm, Binding]:
+        """The mux a NIC (or an IM over one) is bound under, and that binding."""
+        layer = self.driver_layer(name)
+        for binding in layer.upper_bindings:
+            if isinstance(binding.upper, MuxIm):
+                return binding.upper, binding
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {name!r} is not under a mux")
+
+    def target_layer(self, name: str) -> OffloadTarget:
+        layer = self.driver_layer(name)
+        if not isinstance(layer, OffloadTarget):
+            raise EngineError(
+                ErrorCode.INVALID_PARAMS, f"layer {name!r} is a {layer.kind}, not a target"
+            )
+        return layer
 
     # ============================================================================================
     # shutdown
     # ============================================================================================
     async def shutdown(self, deadline: float) -> dict[str, Any]:
-        """Close every listener and connection (uploading first) within `deadline` seconds."""
-        for lid in list(self.listeners):
+        """Close every listener and connection (uploading first) within `deadline` seconds,
+        then stop the layers; report what could not be closed. Never waits past the deadline
+        (plus the short drain of the last completions) and never raises for a timeout."""
+        loop = self.loop
+        end = loop.time() + deadline
+        # nothing a fault holds may hold the stop: a one-minute delay is released at once
+        self.faults.clear(None)
+        conn_ids: list[int] = []
+        for lid in list(self.sockets.listeners):
             try:
-                await self.close_listener(lid)
+                conn_ids += self.sockets.close_listener(lid)
             except EngineError:
                 pass
-        conn_ids = list(self.host.tcbs)
-        results = (
-            await asyncio.wait_for(
-                asyncio.gather(*(self.close(c) for c in conn_ids), return_exceptions=True), deadline
-            )
-            if conn_ids
-            else []
-        )
-        # let the last completions and receive returns drain through the layers
+        conn_ids += [c for c in self.host.tcbs if c not in conn_ids]
+        closes = [asyncio.ensure_future(self.close(c)) for c in conn_ids]
+        unfinished: list[int] = []
+        if closes:
+            _, pending = await asyncio.wait(closes, timeout=max(0.0, end - loop.time()))
+            for conn_id, fut in zip(conn_ids, closes, strict=True):
+                if fut in pending:
+                    fut.cancel()
+                    unfinished.append(conn_id)
+        errors = [
+            str(exc)
+            for f in closes
+            # a close cut off at the deadline is being cancelled, not done: it is unfinished
+            if f.done()
+            and not f.cancelled()
+            and (exc := f.exception()) is not None
+            # closed meanwhile by its client's leaving: closed is what was wanted
+            and not (isinstance(exc, EngineError) and exc.code is ErrorCode.NOT_FOUND)
+        ]
+        # let the last completions and receive returns drain through the layers (bounded)
         for _ in range(50):
             if all(not t.inbox for t in self.tasks) and not self._busy():
                 break
             await asyncio.sleep(0.01)
-        left = {
-            name: {
-                k: v
-                for k, v in st.items()
-                if k in ("offloads_active", "handles", "outstanding_nbls") and v
-            }
-            for name, st in self.ndis.stats().items()
-        }
-        left = {k: v for k, v in left.items() if v}
+        left: dict[str, Any] = {}
+        for name, st in self.ndis.stats().items():
+            gauges = {k: st[k] for k in ("offloads_active", "handles", "outstanding_nbls") if st[k]}
+            if gauges:
+                left[name] = gauges
+        if unfinished:
+            left["unfinished_closes"] = unfinished
         for task in self.tasks:
             await task.stop()
-        if self._trim_handle is not None:
-            self._trim_handle.cancel()
-        errors = [str(r) for r in results if isinstance(r, Exception)]
+        self.trim.cancel()
         return {
-            "closed": len(conn_ids),
+            "closed": len(conn_ids) - len(unfinished),
             "errors": errors,
             "left_over": left,
             "connections": len(self.host.tcbs),
@@ -755,38 +652,59 @@ class Engine:
         return any(v["outstanding_nbls"] or v["handles"] for v in st.values())
 
 
-def _ignore(result: Any, err: AppError | None) -> None:
-    """The `done` of a request whose outcome nobody waits for."""
+def _handles_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
+    """Per layer: the handle it owns for the connection and the context it holds (ids)."""
+    out: dict[str, Any] = {}
+    handle = tcb.handle
+    out[host_name] = {"handle": handle.id if handle else None}
+    while handle is not None and handle.miniport_offload_context is not None:
+        ctx = handle.miniport_offload_context
+        binding = handle.ndis_reserved
+        lower = binding.lower.name if binding is not None else "?"
+        entry: dict[str, Any] = {"context": ctx.id}
+        out[lower] = entry
+        if isinstance(ctx, ImOffloadEntry):
+            entry["handle"] = ctx.handle.id
+            handle = ctx.handle
+        else:
+            handle = None
+    return out
 
 
-def _int(spec: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = spec.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise EngineError(ErrorCode.INVALID_PARAMS, f"fault key {key!r} must be a non-negative int")
-    return value
+def _addr(address: Any) -> str:
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
 
 
-def _str(spec: dict[str, Any], key: str) -> str:
-    value = spec.get(key)
-    if not isinstance(value, str) or not value:
-        raise EngineError(ErrorCode.INVALID_PARAMS, f"fault key {key!r} must be a string")
-    return value
+def _conns_in(args: tuple[Any, ...]) -> set[int]:
+    """The connections a layer message concerns, found in its arguments (for error reports)."""
+    conns: set[int] = set()
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            continue
+        trace = None
+        if isinstance(arg, NetBufferList | NdisOffloadHandle):
+            trace = arg.trace
+        elif isinstance(arg, OffloadBlock):
+            for block in walk(arg):
+                for handle in (block.offload_handle, block.ndis_offload_handle):
+                    if handle is not None and handle.trace is not None:
+                        conns.add(handle.trace.conn_id)
+        else:
+            trace = getattr(arg, "trace", None)
+        if trace is not None:
+            conns.add(trace.conn_id)
+    return conns
 
 
-def _status(value: Any) -> NdisStatus:
-    try:
-        if isinstance(value, str):
-            return NdisStatus[value]
-        return NdisStatus(value)
-    except (KeyError, ValueError):
-        raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown NDIS status {value!r}") from None
-
-
-async def start_engine(config: Any = None, layers: tuple[Any, ...] | None = None) -> Engine:
+async def start_engine(
+    config: EngineConfig | None = None,
+    layers: tuple[LayerConfig, ...] | None = None,
+    id_base: int = 0,
+) -> Engine:
     """Build the stack from the configuration and start its layer tasks."""
-    engine = Engine(config, layers or DEFAULT_TOPOLOGY)
+    engine = Engine(config, layers or DEFAULT_LAYERS, id_base)
     engine.start()
     return engine
 
 
-__all__ = ["DEFAULT_TOPOLOGY", "Engine", "EngineSettings", "LayerSpec", "socket", "start_engine"]
+__all__ = ["Engine", "start_engine"]

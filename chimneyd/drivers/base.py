@@ -1,4 +1,9 @@
-"""What every driver layer shares: timers, injected faults, a handle/context table."""
+"""What every driver layer shares: timers, a handle/context table, and injected faults.
+
+Faults reach a layer as messages in its inbox (`arm_fault`, `disarm_fault`), like every other
+change to a layer; the layer consults them where the fault kind applies (`take_failure` for
+`fail_next`, the `downcall` wrapper for `delay`).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class Delay:
     ms: int
 
 
+LayerFault = FailNext | Delay
 F = TypeVar("F", bound=Callable[..., None])
 
 
@@ -59,11 +65,23 @@ def downcall(fn: F) -> F:
             return
         fn(self, *args)
 
+    handler._downcall = True  # type: ignore[attr-defined]
     return cast(F, handler)
 
 
 class DriverLayer(Layer):
-    """A layer with injected timers and fault hooks."""
+    """A layer with injected timers, a handle/context table and fault hooks."""
+
+    #: calls a `fail_next` fault can fail here (each consults `take_failure`)
+    failable_calls: frozenset[str] = frozenset()
+    #: calls a `delay` fault can hold here: the `downcall` handlers, found per class
+    delayable_calls: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.delayable_calls = frozenset(
+            name for name in dir(cls) if getattr(getattr(cls, name, None), "_downcall", False)
+        )
 
     def __init__(self, name: str, ndis: Ndis, timers: Timers, capacity: int) -> None:
         super().__init__(name, ndis)
@@ -72,7 +90,9 @@ class DriverLayer(Layer):
         self.table: HandleTable[Any] = HandleTable(f"{name} handle/context table", capacity)
         self.fail_next: list[FailNext] = []
         self.delays: dict[str, Delay] = {}
-        self._held: deque[tuple[int, Callable[..., Any], tuple[Any, ...]]] = deque()
+        # held downcalls: (due ns, fault id or 0 when held only to keep order, fn, args)
+        self._held: deque[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._release_timer: TimerHandle | None = None
         self._releasing = False
 
     # -- table bookkeeping kept in step with the `handles` gauge ---------------------------------
@@ -85,7 +105,36 @@ class DriverLayer(Layer):
         self.stats.handles = len(self.table)
         return obj
 
-    # -- faults -------------------------------------------------------------------------------
+    # -- faults (messages from the engine) --------------------------------------------------------
+    def arm_fault(self, fault: LayerFault) -> None:
+        if isinstance(fault, FailNext):
+            self.fail_next.append(fault)
+        else:
+            self.delays[fault.call] = fault
+
+    def disarm_fault(self, fault_id: int) -> None:
+        """Clear a fault and undo all it holds: calls a `delay` held are released now, in the
+        order they were made (spec: a delay changes timing only, never order)."""
+        self.fail_next = [f for f in self.fail_next if f.fault_id != fault_id]
+        for call, delay in list(self.delays.items()):
+            if delay.fault_id == fault_id:
+                del self.delays[call]
+        if any(held[1] == fault_id for held in self._held):
+            now = self.ndis.clock()
+            released: deque[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = deque()
+            due = now
+            for held_due, fid, fn, args in self._held:
+                # what this fault held is due now, and so is what was held only to keep the
+                # order (fault id 0) behind it; what another fault holds keeps its time, and
+                # nothing overtakes what was held before it
+                mine = fid in (fault_id, 0)
+                due = max(due, now if mine else held_due)
+                # from now on held only for the order: a later clear must not find it
+                # still counted as this fault's
+                released.append((due, 0 if mine else fid, fn, args))
+            self._held = released
+            self._schedule_release()
+
     def take_failure(self, call: str) -> NdisStatus | None:
         """If a `fail_next` fault covers `call`, use up one count and return its status."""
         if not self.fail_next:
@@ -118,18 +167,28 @@ class DriverLayer(Layer):
         due = now + (delay.ms * 1_000_000 if delay else 0)
         if self._held:
             due = max(due, self._held[-1][0])
-        self._held.append((due, fn, args))
+        self._held.append((due, delay.fault_id if delay else 0, fn, args))
         if len(self._held) == 1:
-            self.timers.call_later((due - now) / 1e9, self._release)
+            self._schedule_release()
         return True
 
-    def _release(self) -> None:
-        _, fn, args = self._held.popleft()
-        self._releasing = True
-        try:
-            fn(*args)
-        finally:
-            self._releasing = False
+    def _schedule_release(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
         if self._held:
             wait = max(0, self._held[0][0] - self.ndis.clock()) / 1e9
-            self.timers.call_later(wait, self._release)
+            self._release_timer = self.timers.call_later(wait, self._release)
+
+    def _release(self) -> None:
+        self._release_timer = None
+        now = self.ndis.clock()
+        self._releasing = True
+        try:
+            # everything due by now runs in this turn, in order
+            while self._held and self._held[0][0] <= now:
+                _, _, fn, args = self._held.popleft()
+                fn(*args)
+        finally:
+            self._releasing = False
+            self._schedule_release()

@@ -5,41 +5,87 @@ holding the overlying driver's handle (`upper`) and the IM's own `NDIS_OFFLOAD_H
 used towards the lower driver. For each in-flight state operation it keeps an *IM call entry*
 holding the mirrored tree it sent down (spec §1.6 [EMU]: a mirror rather than an overlay).
 Completions go up only after the lower completion arrives (spec §3.8 [INF]).
+
+Slightly over the usual length: one relay method per chimney call, kept together so the relay
+rules read as one table.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from chimneyd.ndis.blocks import BlockRole, OffloadBlock, walk
+from chimneyd.ndis.blocks import BlockRole, OffloadBlock, new_neighbor_block, walk
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
-from chimneyd.ndis.lifecycle import Call, OffloadLifecycle, OffloadState
+from chimneyd.ndis.lifecycle import Event, Lifecycle, Phase, Role
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
-from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus, TcpOffloadEventType
+from chimneyd.ndis.oid import NdisOidRequest
+from chimneyd.ndis.status import (
+    OFFLOADED_STATUSES,
+    IndicateOffloadEvent,
+    NdisStatus,
+    TcpDisconnectFlags,
+    TcpOffloadEventType,
+    TcpUploadReason,
+)
 
 from .base import DriverLayer, Timers, downcall
 
-_STATE_CALL = {
-    "Terminate": Call.TERMINATE,
-    "Update": Call.UPDATE,
-    "Invalidate": Call.INVALIDATE,
-    "Query": Call.QUERY,
+#: send statuses after which the host sends the data itself, after an upload (spec §4.1)
+UPLOAD_STATUSES = frozenset(
+    {
+        NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS,
+        NdisStatus.NDIS_STATUS_REQUEST_UPLOAD,
+        NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED,
+    }
+)
+_STATE_EVENT = {
+    "Terminate": Event.TERMINATE,
+    "Update": Event.UPDATE,
+    "Invalidate": Event.INVALIDATE,
+    "Query": Event.QUERY,
 }
 
 
-class ImOffloadEntry:
-    """The IM's per-object context: the upper handle and the IM's own handle (spec §1.2)."""
+#: in an entry's `held` list: ask for the upload here (after the failure before it went up)
+_ASK_UPLOAD: Any = object()
 
-    __slots__ = ("handle", "id", "lifecycle", "lower", "upper")
+
+def _hold(entry: ImOffloadEntry, item: Any) -> None:
+    if entry.held is None:
+        entry.held = []
+    entry.held.append(item)
+
+
+class _Disconnect:
+    """In an entry's `held` list: a disconnect refused while sends before it were below."""
+
+    __slots__ = ("nbl",)
+
+    def __init__(self, nbl: NetBufferList) -> None:
+        self.nbl = nbl
+
+
+class ImOffloadEntry(Lifecycle):
+    """The IM's per-object context: the upper handle and the IM's own handle (spec §1.2);
+    its own `Lifecycle`."""
+
+    __slots__ = ("below", "handle", "held", "id", "lifecycle", "lower", "refusing", "upper")
 
     def __init__(self, layer: str, upper: NdisOffloadHandle, lower: Binding) -> None:
         self.id = next_object_id()
         self.upper = upper
         self.lower = lower
         self.handle = NdisOffloadHandle(layer, self, upper.trace)
-        self.lifecycle = OffloadLifecycle(self)
+        Lifecycle.__init__(self, self, Role.OFFLOADED_OBJECT)
+        self.lifecycle: Lifecycle = self
+        self.below = 0  # its send NBLs passed down and not yet back
+        # sends this IM failed (and a disconnect it refused) while earlier sends were below:
+        # they complete after those (spec §4.1, §9 item 2: completions keep posting order)
+        self.held: list[Any] | None = None  # made when something is held
+        self.refusing = False  # this IM failed a send: it relays no more I/O ahead of the upload
 
     def __str__(self) -> str:
         return f"{self.handle.layer} IM offload entry {self.id}"
@@ -62,10 +108,14 @@ class PassthroughIm(DriverLayer):
     kind = "passthrough"
     has_miniport_edge = True
     has_protocol_edge = True
+    # an IM that cannot relay a send fails it upward with REQUEST_UPLOAD (spec §4.1)
+    failable_calls = frozenset({"MiniportTcpOffloadSend"})
 
     def __init__(self, name: str, ndis: Ndis, timers: Timers, capacity: int = 1 << 20) -> None:
         super().__init__(name, ndis, timers, capacity)
         self.call_entries: set[ImCallEntry] = set()
+        # send NBL id -> its entry while the NBL is below: a completion names no connection
+        self.sends_below: dict[int, ImOffloadEntry] = {}
 
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
@@ -87,7 +137,7 @@ class PassthroughIm(DriverLayer):
                 assert upper_handle is not None
                 binding = binding or self.lower_binding(upper_root)
                 entry = ImOffloadEntry(self.name, upper_handle, binding)
-                entry.lifecycle.fire(Call.INITIATE)
+                entry.lifecycle.fire(Event.INITIATE)
                 call.new_entries[id(up)] = entry
             elif role is not BlockRole.PLACEHOLDER:
                 assert up.miniport_offload_context is not None
@@ -96,8 +146,8 @@ class PassthroughIm(DriverLayer):
                     raise ChimneyProtocolError(
                         f"{self.name}: block references no live IM offload entry"
                     )
-                if op in _STATE_CALL:
-                    entry.lifecycle.fire(_STATE_CALL[op])
+                if op in _STATE_EVENT:
+                    entry.lifecycle.fire(_STATE_EVENT[op])
                 binding = binding or entry.lower
             low = OffloadBlock(
                 up.header_type, entry.handle if entry else None, up.const, up.cached, up.delegated
@@ -167,14 +217,14 @@ class PassthroughIm(DriverLayer):
             if entry is None:
                 continue
             if up.status in OFFLOADED_STATUSES:
-                entry.lifecycle.fire(Call.INITIATE_OFFLOADED)
+                entry.lifecycle.fire(Event.INITIATE_OFFLOADED)
                 self.table_add(entry.id, entry)
                 self.stats.offloads_active += 1
                 # write the IM entry into the slot the upper layer gave (spec §1.5 item 5)
                 assert up.miniport_offload_context is not None
                 up.miniport_offload_context.miniport_offload_context = entry
             else:
-                entry.lifecycle.fire(Call.INITIATE_FAILED)
+                entry.lifecycle.fire(Event.INITIATE_FAILED)
         self.ndis.NdisMInitiateOffloadComplete(self, call.upper_root)
 
     def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
@@ -184,10 +234,14 @@ class PassthroughIm(DriverLayer):
                 continue
             assert up.miniport_offload_context is not None
             entry: ImOffloadEntry = up.miniport_offload_context.miniport_offload_context
+            self._sends_back(up.net_buffer_list_chain)  # handed back, no longer below
+            if entry.held:
+                # failures this IM held complete before the terminate does (spec §3.6.3)
+                self._release_held(entry)
             if up.status != NdisStatus.NDIS_STATUS_SUCCESS:
-                entry.lifecycle.fire(Call.TERMINATE_FAILED)  # the object lives on (spec §3.7)
+                entry.lifecycle.fire(Event.TERMINATE_FAILED)  # the object lives on (spec §3.7)
                 continue
-            entry.lifecycle.fire(Call.TERMINATE_COMPLETE)
+            entry.lifecycle.fire(Event.TERMINATE_COMPLETE)
             self.table_remove(entry.id)
             self.stats.offloads_active -= 1
         self.ndis.NdisMTerminateOffloadComplete(self, call.upper_root)
@@ -202,10 +256,6 @@ class PassthroughIm(DriverLayer):
         self.ndis.NdisMQueryOffloadStateComplete(self, self._unmirror(lower_root).upper_root)
 
     # -- I/O down (spec §4.8) ----------------------------------------------------------------------
-    def _entry_for_io(self, entry: ImOffloadEntry, call: str) -> ImOffloadEntry:
-        entry.lifecycle.fire(Call.IO)
-        return entry
-
     def _fail_send(self, head: NetBufferList, status: NdisStatus) -> None:
         """IM cannot relay a send: REQUEST_UPLOAD on the first NBL, UPLOAD_REQUESTED on the rest,
         completed upward without going down (spec §4.1)."""
@@ -218,30 +268,117 @@ class PassthroughIm(DriverLayer):
 
     @downcall
     def MiniportTcpOffloadSend(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        self._entry_for_io(entry, "send")
+        entry.lifecycle.fire(Event.IO)
+        if entry.refusing:
+            # this IM failed a send: nothing may go down ahead of what the host sends after
+            # the upload (a target that asks for one refuses by itself, with its own status)
+            if entry.below or entry.held:
+                for nbl in iter_chain(head):
+                    nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED
+                    nbl.tcp_offload_bytes_transferred = 0
+                _hold(entry, head)  # after what is still below, in order
+            else:
+                self._fail_send(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
+            return
         failure = self.take_failure("MiniportTcpOffloadSend")
         if failure is not None:
-            if failure == NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS:
-                failure = NdisStatus.NDIS_STATUS_REQUEST_UPLOAD
-            self._fail_send(head, failure)
+            self._failed_send(entry, head, failure)
             return
+        self.relay_send(entry, head)
+
+    def _failed_send(self, entry: ImOffloadEntry, head: NetBufferList, status: NdisStatus) -> None:
+        """This IM fails a send (a `fail_next` fault). The stream has a hole there: nothing
+        more may go down ahead of what the host sends after an upload, so the connection wants
+        one — said by the status when it is an upload status (spec §4.1), else by a
+        `TcpIndicateRetrieve` once the failure has gone up. The failure completes after the
+        sends still below (completions keep posting order)."""
+        if status == NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS:
+            status = NdisStatus.NDIS_STATUS_REQUEST_UPLOAD
+        said = status in UPLOAD_STATUSES
+        entry.refusing = True
+        entry.lifecycle.fire(Event.RETRIEVE)
+        if said and not entry.below:
+            self._fail_send(head, status)
+            return
+        first = True
+        for nbl in iter_chain(head):
+            nbl.status = status if first or not said else NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED
+            nbl.tcp_offload_bytes_transferred = 0
+            first = False
+        if entry.below:
+            _hold(entry, head)
+            if not said:
+                _hold(entry, _ASK_UPLOAD)
+            return
+        self.ndis.NdisTcpOffloadSendComplete(self, head)
+        self._ask_upload(entry)
+
+    def _ask_upload(self, entry: ImOffloadEntry) -> None:
+        if entry.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+            self.ndis.NdisTcpOffloadEventHandler(
+                self,
+                entry.upper,
+                TcpOffloadEventType.TcpIndicateRetrieve,
+                int(TcpUploadReason.UploadRequested),
+            )
+
+    def _release_held(self, entry: ImOffloadEntry) -> None:
+        held, entry.held = entry.held or [], None
+        for head in held:
+            if head is _ASK_UPLOAD:
+                self._ask_upload(entry)
+            elif isinstance(head, _Disconnect):
+                self.ndis.NdisTcpOffloadDisconnectComplete(self, head.nbl)
+            else:
+                self.ndis.NdisTcpOffloadSendComplete(self, head)
+
+    def relay_send(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
+        """Pass a send down to the lower binding of `entry` (a MUX counts its bytes here)."""
+        below = self.sends_below
+        n = 0
+        for nbl in iter_chain(head):
+            below[nbl.id] = entry
+            n += 1
+        entry.below += n
         self.ndis.NdisOffloadTcpSend(self, entry.handle, head)
+
+    def _sends_back(self, head: NetBufferList | None) -> list[ImOffloadEntry]:
+        """Sends come back up (completed, or handed back by a terminate): the entries that
+        now have none below and failures held behind them."""
+        out: list[ImOffloadEntry] = []
+        pop = self.sends_below.pop
+        for nbl in iter_chain(head):
+            entry = pop(nbl.id, None)
+            if entry is not None:
+                entry.below -= 1
+                if not entry.below and entry.held:
+                    out.append(entry)
+        return out
 
     @downcall
     def MiniportTcpOffloadReceive(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        self._entry_for_io(entry, "receive")
+        entry.lifecycle.fire(Event.IO)
         self.ndis.NdisOffloadTcpReceive(self, entry.handle, head)
 
     @downcall
     def MiniportTcpOffloadDisconnect(
         self, entry: ImOffloadEntry, nbl: NetBufferList, flags: int
     ) -> None:
-        self._entry_for_io(entry, "disconnect")
+        entry.lifecycle.fire(Event.IO)
+        if entry.refusing and not (flags & TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE):
+            # no FIN ahead of the data the host sends after the upload: it finishes it then
+            nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS
+            nbl.tcp_offload_bytes_transferred = 0
+            if entry.below or entry.held:
+                _hold(entry, _Disconnect(nbl))  # after the sends before it (spec §9 item 2)
+            else:
+                self.ndis.NdisTcpOffloadDisconnectComplete(self, nbl)
+            return
         self.ndis.NdisOffloadTcpDisconnect(self, entry.handle, nbl, flags)
 
     @downcall
     def MiniportTcpOffloadForward(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        self._entry_for_io(entry, "forward")
+        entry.lifecycle.fire(Event.IO)
         self.ndis.NdisOffloadTcpForward(self, entry.handle, head)
 
     @downcall
@@ -250,9 +387,14 @@ class PassthroughIm(DriverLayer):
 
     # -- completions up (spec §4.8) ----------------------------------------------------------------
     def ProtocolTcpOffloadSendComplete(self, binding: Binding, head: NetBufferList) -> None:
+        self.stats.bytes_sent += _transferred(head)
+        released = self._sends_back(head)
         self.ndis.NdisTcpOffloadSendComplete(self, head)
+        for entry in released:
+            self._release_held(entry)
 
     def ProtocolTcpOffloadReceiveComplete(self, binding: Binding, head: NetBufferList) -> None:
+        self.stats.bytes_received += _transferred(head)
         self.ndis.NdisTcpOffloadReceiveComplete(self, head)
 
     def ProtocolTcpOffloadDisconnectComplete(self, binding: Binding, nbl: NetBufferList) -> None:
@@ -266,11 +408,11 @@ class PassthroughIm(DriverLayer):
         self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
     ) -> None:
         entry: ImOffloadEntry = handle.owner  # container-of (spec §1.5 item 7)
-        if entry.lifecycle.state is not OffloadState.TERMINATING:
-            if event_type is TcpOffloadEventType.TcpIndicateRetrieve:
-                entry.lifecycle.fire(Call.RETRIEVE)
-            else:
-                entry.lifecycle.fire(Call.INDICATE)
+        if event_type is TcpOffloadEventType.TcpIndicateRetrieve:
+            mandatory = TcpUploadReason(info).mandatory
+            entry.lifecycle.fire(Event.RETRIEVE if mandatory else Event.RETRIEVE_OPTIONAL)
+        else:
+            entry.lifecycle.fire(Event.INDICATE)
         self.ndis.NdisTcpOffloadEventHandler(self, entry.upper, event_type, info)
 
     def ProtocolTcpOffloadReceiveIndicate(
@@ -282,6 +424,7 @@ class PassthroughIm(DriverLayer):
     def ReceiveIndicateReturned(
         self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
     ) -> None:
+        self.stats.bytes_received += bytes_consumed
         # the lower indication's return value goes down unchanged (spec §4.8 [INF])
         self.ndis.NdisReturnReceiveIndication(self, nbl, status, bytes_consumed)
 
@@ -291,4 +434,38 @@ class PassthroughIm(DriverLayer):
         self.ndis.NdisMIndicateReceiveNetBufferLists(self, wire, offset, data, flags)
 
     def ProtocolStatusEx(self, binding: Binding, status: NdisStatus) -> None:
-        self.ndis.NdisMIndicateStatusEx(self, status)
+        traces = [e.upper.trace for e in self.table if e.upper.trace is not None]
+        self.ndis.NdisMIndicateStatusEx(self, status, traces)
+
+    # -- OID requests: the capability query and the parameters pass through (spec §1.3) ----------
+    def MiniportOidRequest(self, request: NdisOidRequest) -> None:
+        self.ndis.NdisOidRequest(self, self.lower_bindings[0], request)
+
+    def ProtocolOidRequestComplete(self, binding: Binding, request: NdisOidRequest) -> None:
+        self.ndis.NdisMOidRequestComplete(self, request)
+
+    # -- NdisMOffloadEventIndicate: up with the upper handle, the answer back down (§5.4, §5.6) -
+    def ProtocolIndicateOffloadEvent(
+        self, binding: Binding, block: OffloadBlock, code: IndicateOffloadEvent
+    ) -> None:
+        assert block.offload_handle is not None
+        entry: ImOffloadEntry = block.offload_handle.owner  # container-of
+        up = new_neighbor_block(None, block.const, copy.copy(block.cached), block.delegated)
+        up.status = block.status
+        up.ndis_offload_handle = entry.upper
+        up.miniport_reserved = block  # the lower block waits for the answer
+        self.ndis.NdisMOffloadEventIndicate(self, up, code, block.scratch)
+
+    def OffloadEventIndicateReturned(self, up: OffloadBlock) -> None:
+        low: OffloadBlock = up.miniport_reserved
+        up.miniport_reserved = None
+        low.cached = up.cached  # the HRD the host wrote
+        self.ndis.NdisReturnOffloadEventIndicate(self, low)
+
+
+def _transferred(head: NetBufferList) -> int:
+    """Bytes the NBLs of a completion carried (`TcpOffloadBytesTransferred`, spec §2.4)."""
+    total = 0
+    for nbl in iter_chain(head):
+        total += nbl.tcp_offload_bytes_transferred
+    return total

@@ -12,25 +12,64 @@ back in order by offset, as TCP sequence numbers would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Protocol
 
-SEQ_MOD = 1 << 32
+
+class SocketOption(Enum):
+    """The socket options a layer may set on a connection's socket, by their Linux names
+    (`runtime/wire.py` maps each to its level and number)."""
+
+    SO_KEEPALIVE = "SO_KEEPALIVE"
+    TCP_KEEPIDLE = "TCP_KEEPIDLE"  # seconds
+    TCP_KEEPINTVL = "TCP_KEEPINTVL"  # seconds
+    TCP_KEEPCNT = "TCP_KEEPCNT"
+    TCP_NODELAY = "TCP_NODELAY"
+    TCP_USER_TIMEOUT = "TCP_USER_TIMEOUT"  # ms; 0: the kernel's own retransmission limit
+    SO_RCVBUF = "SO_RCVBUF"  # bytes (the kernel doubles it for its bookkeeping)
+    IP_TTL = "IP_TTL"
+    IPV6_UNICAST_HOPS = "IPV6_UNICAST_HOPS"
+    IP_TOS = "IP_TOS"
+    IPV6_TCLASS = "IPV6_TCLASS"
 
 
 @dataclass(slots=True)
 class TcpInfo:
-    """The parts of the kernel's `TCP_INFO` the delegated state is made from."""
+    """The parts of the kernel's `TCP_INFO` (and of a few socket options) the delegated state
+    is made from, in the kernel's own units. None: this kernel does not report the field."""
 
     state: int = 1  # TCP_ESTABLISHED
-    rtt_us: int = 0
-    rttvar_us: int = 0
-    snd_cwnd: int = 10
-    snd_ssthresh: int = 0x7FFFFFFF
+    ca_state: int = 0  # congestion-avoidance state: 0 Open, 1 Disorder, 2 CWR, 3 Recovery, 4 Loss
+    retransmits: int = 0  # RTO retransmissions of the oldest unacknowledged segment
+    probes: int = 0  # zero-window or keepalive probes sent without an answer
+    backoff: int = 0  # exponential backoff of the retransmit / probe timer
+    options: int = 0  # TCPI_OPT_* bits negotiated (1 timestamps, 2 SACK, 4 window scaling)
+    snd_wscale: int = 0
+    rcv_wscale: int = 0
+    rto_us: int = 0  # retransmit timeout, backoff included (µs)
     snd_mss: int = 65483
-    rcv_space: int = 65535
-    retransmits: int = 0
-    total_retrans: int = 0
-    unacked: int = 0
+    unacked: int = 0  # segments in flight
+    sacked: int = 0  # segments SACKed (with SACK) or duplicate ACKs seen (without)
+    last_data_sent_ms: int = 0  # ms since we last sent data
+    last_data_recv_ms: int = 0  # ms since the peer last sent data
+    last_ack_recv_ms: int = 0  # ms since the peer's last ACK
+    rtt_us: int = 0  # smoothed RTT (µs); 0: no sample yet
+    rttvar_us: int = 0  # RTT mean deviation (µs)
+    snd_ssthresh: int = 0x7FFFFFFF  # segments; 0x7FFFFFFF: not yet set (TCP_INFINITE_SSTHRESH)
+    snd_cwnd: int = 10  # segments
+    rcv_space: int = 65535  # our receive-buffer estimate (bytes): not a window
+    total_retrans: int = 0  # segments retransmitted over the connection's life
+    notsent_bytes: int | None = None  # written but not yet sent (Linux 4.6+)
+    snd_wnd: int | None = None  # the peer's advertised window, scaled, bytes (Linux 5.4+)
+    rcv_wnd: int | None = None  # the window we advertise, scaled, bytes (Linux 6.2+)
+    # not in TCP_INFO: TCP_TIMESTAMP (the connection's timestamp clock now, ms unless
+    # TCPI_OPT_USEC_TS) and the keepalive settings (SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT)
+    ts_val: int | None = None
+    keepalive: bool = False
+    keepidle_s: int = 7200
+    keepintvl_s: int = 75
+    keepcnt: int = 9
+    snd_buf: int | None = None  # SO_SNDBUF: the kernel's send buffer (bytes, as it keeps it)
 
 
 class WireOwner(Protocol):
@@ -39,6 +78,11 @@ class WireOwner(Protocol):
     def WireData(self, ctx: Any, offset: int, data: bytes) -> None: ...
     def WireEof(self, ctx: Any, offset: int) -> None: ...
     def WireReset(self, ctx: Any, reason: str) -> None: ...
+    def WireTimeout(self, ctx: Any, reason: str) -> None:
+        """The kernel gave up on the connection (ETIMEDOUT): its retransmit or zero-window
+        probe limit (TCP_USER_TIMEOUT) or keepalive probes ran out. Not a reset: no RST came."""
+        ...
+
     def WireAcked(self, ctx: Any, acked: int) -> None: ...
 
 
@@ -82,17 +126,10 @@ class WirePort(Protocol):
         ...
 
     def tcp_info(self) -> TcpInfo: ...
+    def set_option(self, option: SocketOption, value: int) -> bool:
+        """setsockopt on the connection's socket; False if the kernel refused it (or the socket
+        is gone). Options belong to the socket: they stay when the owner changes."""
+        ...
+
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
-
-
-def seq(initial: int, offset: int) -> int:
-    """The 32-bit sequence number of the byte at stream `offset` (the SYN takes one)."""
-    return (initial + 1 + offset) % SEQ_MOD
-
-
-def offset_of(initial: int, sequence: int, near: int) -> int:
-    """The stream offset of `sequence`, taking the one closest to offset `near`."""
-    base = seq(initial, near)
-    delta = (sequence - base + (1 << 31)) % SEQ_MOD - (1 << 31)
-    return near + delta

@@ -109,8 +109,8 @@ class TcpOffloadStateDelegated:
     SendWL1: int = 0
     CWnd: int = 0
     SsThresh: int = 0
-    SRtt: int = 0  # 8x (spec §8)
-    RttVar: int = 0  # 4x
+    SRtt: int = 0  # 8x ticks, USHORT (spec §8)
+    RttVar: int = 0  # 4x ticks, USHORT
     TsRecent: int = 0
     TsRecentAge: int = 0
     TsTime: int = 0
@@ -140,14 +140,21 @@ class TcpOffloadStateDelegated:
             "SndMax": self.SndMax,
             "SndWnd": self.SndWnd,
             "MaxSndWnd": self.MaxSndWnd,
+            "SendWL1": self.SendWL1,
             "CWnd": self.CWnd,
             "SsThresh": self.SsThresh,
             "SRtt": self.SRtt,
             "RttVar": self.RttVar,
+            "TsRecent": self.TsRecent,
+            "TsRecentAge": self.TsRecentAge,
+            "TsTime": self.TsTime,
             "TotalRT": self.TotalRT,
+            "DupAckCount": self.DupAckCount,
+            "SndWndProbeCount": self.SndWndProbeCount,
+            "KeepAliveProbeCount": self.KeepAliveProbeCount,
+            "KeepAliveTimeoutDelta": self.KeepAliveTimeoutDelta,
             "RetransmitCount": self.RetransmitCount,
             "RetransmitTimeoutDelta": self.RetransmitTimeoutDelta,
-            "KeepAliveTimeoutDelta": self.KeepAliveTimeoutDelta,
             "SendBacklogSize": self.SendBacklogSize,
             "ReceiveBacklogSize": self.ReceiveBacklogSize,
         }
@@ -246,13 +253,7 @@ class OffloadBlock:
         """Append `block` to this block's dependent list (returns it for chaining)."""
         if self.kind is BlockKind.TCP:
             raise ValueError("a TCP block has no dependents (spec §2.1)")
-        if self.dependent_block_list is None:
-            self.dependent_block_list = block
-        else:
-            last = self.dependent_block_list
-            while last.next_block is not None:
-                last = last.next_block
-            last.next_block = block
+        self.dependent_block_list = chain_append(self.dependent_block_list, block)
         return block
 
     def dependents(self) -> Iterator[OffloadBlock]:
@@ -308,3 +309,15 @@ class TreeMirror:
     """Block-to-block map an IM keeps in its call entry for a mirrored tree (spec §1.6 [EMU])."""
 
     pairs: list[tuple[OffloadBlock, OffloadBlock]] = field(default_factory=list)
+
+
+def chain_append(head: OffloadBlock | None, block: OffloadBlock) -> OffloadBlock:
+    """The `next_block` list starting at `head` with `block` at its end (`block` alone when
+    the list was empty): how siblings and dependent lists grow (spec §2.1)."""
+    if head is None:
+        return block
+    last = head
+    while last.next_block is not None:
+        last = last.next_block
+    last.next_block = block
+    return head

@@ -15,26 +15,81 @@ the matching handler call in the right layer's inbox (design §2). Routing follo
 
 The broker is sans-IO: it hands `(layer, handler, args)` to an injected `deliver` function; the
 asyncio runtime puts them in layer inboxes, unit tests run them from a plain queue.
+
+Longer than most modules on purpose: it is NDIS, and every chimney export routes through it as
+through one ndis.sys; split, the down and up halves of one call's routing would part.
+
+Longer than most modules because every chimney call is routed here and only here: one short
+method per NDIS function of spec §1.5, the names layers call.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .blocks import BlockKind, BlockRole, OffloadBlock, walk
 from .errors import ChimneyProtocolError
 from .handles import NdisOffloadHandle
 from .nbl import NetBufferList, iter_chain
-from .status import OFFLOADED_STATUSES, NdisStatus, TcpOffloadEventType
+from .oid import NdisOidRequest as OidRequest
+from .status import OFFLOADED_STATUSES, IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
 from .trace import HopTrace, LayerStats
 
 PENDING = NdisStatus.NDIS_STATUS_PENDING
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
 
 Deliver = Callable[["Layer", Callable[..., Any], tuple[Any, ...]], None]
+
+#: The chimney handlers each edge registers with `NdisSetOptionalHandlers` (spec §1.3): a
+#: miniport edge (target, IM upper edge) the provider sets, a protocol edge (host, IM lower edge)
+#: the client sets. A binding whose edges lack one is refused (chimney would be blocked).
+PROVIDER_CHARACTERISTICS: dict[str, tuple[str, ...]] = {
+    "NDIS_PROVIDER_CHIMNEY_OFFLOAD_GENERIC_CHARACTERISTICS": (
+        "MiniportInitiateOffload",
+        "MiniportTerminateOffload",
+        "MiniportUpdateOffload",
+        "MiniportInvalidateOffload",
+        "MiniportQueryOffload",
+    ),
+    "NDIS_PROVIDER_CHIMNEY_OFFLOAD_TCP_CHARACTERISTICS": (
+        "MiniportTcpOffloadSend",
+        "MiniportTcpOffloadReceive",
+        "MiniportTcpOffloadDisconnect",
+        "MiniportTcpOffloadForward",
+        "MiniportTcpOffloadReceiveReturn",
+    ),
+}
+CLIENT_CHARACTERISTICS: dict[str, tuple[str, ...]] = {
+    "NDIS_CLIENT_CHIMNEY_OFFLOAD_GENERIC_CHARACTERISTICS": (
+        "ProtocolInitiateOffloadComplete",
+        "ProtocolTerminateOffloadComplete",
+        "ProtocolUpdateOffloadComplete",
+        "ProtocolInvalidateOffloadComplete",
+        "ProtocolQueryOffloadComplete",
+        "ProtocolIndicateOffloadEvent",
+    ),
+    "NDIS_CLIENT_CHIMNEY_OFFLOAD_TCP_CHARACTERISTICS": (
+        "ProtocolTcpOffloadSendComplete",
+        "ProtocolTcpOffloadReceiveComplete",
+        "ProtocolTcpOffloadDisconnectComplete",
+        "ProtocolTcpOffloadForwardComplete",
+        "ProtocolTcpOffloadEvent",
+        "ProtocolTcpOffloadReceiveIndicate",
+    ),
+}
+#: The NDIS entry points `NdisMGetOffloadHandlers` hands a miniport edge (spec §1.3).
+TCP_OFFLOAD_EVENT_HANDLERS = (
+    "NdisTcpOffloadEventHandler",
+    "NdisTcpOffloadReceiveHandler",
+    "NdisTcpOffloadSendComplete",
+    "NdisTcpOffloadReceiveComplete",
+    "NdisTcpOffloadDisconnectComplete",
+    "NdisTcpOffloadForwardComplete",
+)
+NdisTcpChimneyOffload = "NdisTcpChimneyOffload"
 
 
 class Layer:
@@ -56,7 +111,34 @@ class Layer:
         self.lower_bindings: list[Binding] = []  # bindings where this layer is the protocol
         self.state = "running"
         self.inbox: Any = None  # the runtime's inbox for this layer
+        # NDIS-private: the chimney handlers the layer registered, by name (spec §1.3)
+        self.chimney_handlers: dict[str, Callable[..., Any]] = {}
+        self.offload_event_handlers: Any = None  # what NdisMGetOffloadHandlers gave it
         ndis.register(self)
+        self.set_options()
+
+    def set_options(self) -> None:
+        """`MiniportSetOptions` / `ProtocolSetOptions`: register the chimney handlers of the
+        layer's edges, and (a miniport edge) get NDIS's offload event handlers (spec §1.3)."""
+        sets = {}
+        if self.has_miniport_edge:
+            sets.update(PROVIDER_CHARACTERISTICS)
+        if self.has_protocol_edge:
+            sets.update(CLIENT_CHARACTERISTICS)
+        for characteristics, names in sets.items():
+            handlers = {n: fn for n in names if callable(fn := getattr(self, n, None))}
+            self.ndis.NdisSetOptionalHandlers(self, characteristics, handlers)
+        if self.has_miniport_edge:
+            self.offload_event_handlers = self.ndis.NdisMGetOffloadHandlers(
+                self, NdisTcpChimneyOffload
+            )
+
+    def on_bound(self, binding: Binding) -> None:
+        """The layer's protocol edge opened `binding` (`NdisOpenAdapterEx` returned)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What `stack.info` shows of the layer beyond its name, kind and bindings."""
+        return {}
 
     # Emulator reply for the synchronous return of NdisTcpOffloadReceiveHandler (spec §4.3).
     def ReceiveIndicateReturned(
@@ -69,11 +151,12 @@ class Layer:
 
 
 def _handler(layer: Layer, name: str) -> Callable[..., Any]:
-    """The layer's handler for an NDIS upcall/downcall; a missing one is a topology bug."""
-    fn = getattr(layer, name, None)
+    """The layer's handler for an NDIS upcall/downcall: a registered chimney handler, or
+    (ordinary NDIS handlers) its method; a missing one is a topology bug."""
+    fn: Callable[..., Any] | None = layer.chimney_handlers.get(name) or getattr(layer, name, None)
     if fn is None:
         raise ChimneyProtocolError(f"{layer.name} ({layer.kind}) has no {name}")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 class Binding:
@@ -102,6 +185,14 @@ class BrokerObserver(Protocol):
     def on_io_returned(self, layer: Layer, nbls: list[NetBufferList]) -> None: ...
     def on_indication(self, layer: Layer, call: str, handle: NdisOffloadHandle) -> None: ...
     def on_state_complete(self, layer: Layer, call: str, root: OffloadBlock) -> None: ...
+    def on_state_down(self, binding: Binding, call: str, root: OffloadBlock) -> None: ...
+    def on_receive_indication(
+        self, layer: Layer, handle: NdisOffloadHandle, nbl: NetBufferList
+    ) -> None: ...
+    def on_indication_returned(
+        self, lower: Layer, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+    ) -> None: ...
+    def on_receive_return(self, binding: Binding, head: NetBufferList) -> None: ...
 
 
 class SyncScheduler:
@@ -204,15 +295,60 @@ class Ndis:
             raise ValueError(f"a layer named {layer.name!r} exists")
         self.layers[layer.name] = layer
 
+    def NdisSetOptionalHandlers(
+        self, layer: Layer, characteristics: str, handlers: dict[str, Callable[..., Any]]
+    ) -> NdisStatus:
+        """Record one set of chimney handlers of `layer` (spec §1.3)."""
+        if characteristics not in PROVIDER_CHARACTERISTICS | CLIENT_CHARACTERISTICS:
+            return NdisStatus.NDIS_STATUS_NOT_SUPPORTED
+        layer.chimney_handlers.update(handlers)
+        return SUCCESS
+
+    def NdisMGetOffloadHandlers(self, layer: Layer, chimney_type: str) -> Any:
+        """NDIS's entry points for a miniport edge of `chimney_type` (spec §1.3); None (the
+        `STATUS_NOT_SUPPORTED` of the reference) for any other type."""
+        if chimney_type != NdisTcpChimneyOffload or not layer.has_miniport_edge:
+            return None
+        return {name: getattr(self, name) for name in TCP_OFFLOAD_EVENT_HANDLERS}
+
     def bind(self, upper: Layer, lower: Layer) -> Binding:
-        """`NdisOpenAdapterEx`: the upper layer's protocol edge opens the lower's miniport edge."""
+        """`NdisOpenAdapterEx`: the upper layer's protocol edge opens the lower's miniport edge.
+        Both must have registered every chimney handler of their edge (spec §1.3: NDIS blocks
+        chimney through a driver that did not); the error names what is missing."""
         if not (upper.has_protocol_edge and lower.has_miniport_edge):
-            raise ValueError(f"cannot bind {upper.name} over {lower.name}")
+            raise ChimneyProtocolError(f"cannot bind {upper.name} over {lower.name}")
+        for layer, sets in ((lower, PROVIDER_CHARACTERISTICS), (upper, CLIENT_CHARACTERISTICS)):
+            for characteristics, names in sets.items():
+                missing = [n for n in names if n not in layer.chimney_handlers]
+                if missing:
+                    raise ChimneyProtocolError(
+                        f"cannot bind {upper.name} over {lower.name}: {layer.name} registered no "
+                        f"{', '.join(missing)} ({characteristics}, spec §1.3)"
+                    )
+        if lower.offload_event_handlers is None:
+            raise ChimneyProtocolError(
+                f"cannot bind {upper.name} over {lower.name}: {lower.name} has no offload event "
+                "handlers (NdisMGetOffloadHandlers, spec §1.3)"
+            )
         binding = Binding(upper, lower)
         self.bindings.append(binding)
         upper.lower_bindings.append(binding)
         lower.upper_bindings.append(binding)
+        upper.on_bound(binding)
         return binding
+
+    def path_of(self, handle: NdisOffloadHandle | None) -> list[Layer]:
+        """The layers below a handle, top down, as NDIS routes its calls: the binding it was
+        offloaded through, then the handle the layer below keeps for the same object (an IM
+        offload entry's), and so on down to the layer that runs it. A MUX's choice of NIC shows
+        here, and only here."""
+        path: list[Layer] = []
+        while handle is not None and handle.ndis_reserved is not None:
+            binding: Binding = handle.ndis_reserved
+            path.append(binding.lower)
+            ctx = handle.miniport_offload_context
+            handle = getattr(ctx, "handle", None) if ctx is not None else None
+        return path
 
     def new_trace(self, conn_id: int) -> HopTrace:
         return HopTrace(conn_id, self.trace_depth, self.clock)
@@ -250,7 +386,7 @@ class Ndis:
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
             self.observer.on_io_down(lower, miniport_call, handle, nbls)
-        self.post(lower, getattr(lower, miniport_call), (context, head, *extra))
+        self.post(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
         return PENDING
 
     def NdisOffloadTcpSend(
@@ -289,6 +425,8 @@ class Ndis:
                 nbl.trace.record(caller.name, "NdisOffloadTcpReceiveReturn", 0, 0, nbl.id)
                 nbl.trace.record(lower.name, "MiniportTcpOffloadReceiveReturn", 0, 0, nbl.id)
         caller.stats.count("NdisOffloadTcpReceiveReturn", n)
+        if self.observer is not None:
+            self.observer.on_receive_return(binding, head)
         if not caller.has_miniport_edge:
             caller.stats.outstanding_nbls -= n
         self.post(lower, _handler(lower, "MiniportTcpOffloadReceiveReturn"), (head,))
@@ -326,7 +464,7 @@ class Ndis:
             for a, b in itertools.pairwise(nbls):
                 a.next = b
             nbls[-1].next = None
-            self.post(upper, getattr(upper, protocol_call), (binding, nbls[0]))
+            self.post(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
 
     @staticmethod
     def _trace_completion(
@@ -412,6 +550,7 @@ class Ndis:
         caller.stats.count("NdisTcpOffloadReceiveHandler")
         if self.observer is not None:
             self.observer.on_indication(caller, "NdisTcpOffloadReceiveHandler", handle)
+            self.observer.on_receive_indication(caller, handle, nbl)
         self.post(
             upper, _handler(upper, "ProtocolTcpOffloadReceiveIndicate"), (handle, nbl, status)
         )
@@ -437,6 +576,8 @@ class Ndis:
             raise ChimneyProtocolError(f"illegal receive-indication return {status.name}")
         binding = nbl.source_bindings.pop()
         lower = binding.lower
+        if self.observer is not None:
+            self.observer.on_indication_returned(lower, nbl, status, bytes_consumed)
         if status == SUCCESS and not caller.has_miniport_edge:
             caller.stats.outstanding_nbls += (
                 1  # the host keeps it until NdisOffloadTcpReceiveReturn
@@ -453,17 +594,84 @@ class Ndis:
         """The ordinary (non-chimney) receive path (spec §4.7): a segment of `wire` at stream
         `offset`, up every binding above the caller until a protocol consumes it."""
         caller.stats.count("NdisMIndicateReceiveNetBufferLists")
-        for binding in caller.upper_bindings[:1]:
+        for binding in caller.upper_bindings:
             upper = binding.upper
             handler = _handler(upper, "ProtocolReceiveNetBufferLists")
             self.post(upper, handler, (binding, wire, offset, data, flags))
 
-    def NdisMIndicateStatusEx(self, caller: Layer, status: NdisStatus) -> None:
-        """Adapter status (PAUSE / UPLOAD_ALL / RESUME) to every protocol bound above (spec §5.5)."""
+    def NdisMIndicateStatusEx(
+        self, caller: Layer, status: NdisStatus, traces: Iterable[HopTrace] = ()
+    ) -> None:
+        """Adapter status (PAUSE / UPLOAD_ALL / RESUME) to every protocol bound above (spec
+        §5.5). It shows in the trace of each connection it affects (`traces`)."""
         caller.stats.count(f"NdisMIndicateStatusEx/{status.name}")
+        uppers = [binding.upper for binding in caller.upper_bindings]
+        for trace in traces:
+            trace.record(caller.name, "NdisMIndicateStatusEx", event=status.name)
+            for upper in uppers:
+                trace.record(upper.name, "ProtocolStatusEx", event=status.name)
         for binding in caller.upper_bindings:
             upper = binding.upper
             self.post(upper, _handler(upper, "ProtocolStatusEx"), (binding, status))
+
+    # -- NdisMOffloadEventIndicate (spec §5.4) ---------------------------------------------------
+    def NdisMOffloadEventIndicate(
+        self,
+        caller: Layer,
+        block: OffloadBlock,
+        code: IndicateOffloadEvent,
+        trace: HopTrace | None = None,
+    ) -> None:
+        """A neighbor event (a single `NeighborOffloadState` block) up the binding its object
+        was offloaded through; the upper layer's answer (the HRD it writes into the block's
+        cached state) comes back as `caller.OffloadEventIndicateReturned(block)` [EMU]."""
+        handle = block.ndis_offload_handle
+        if block.kind is not BlockKind.NEIGHBOR or handle is None or handle.dead:
+            raise ChimneyProtocolError(f"{caller.name}: an offload event names a live neighbor")
+        binding: Binding | None = handle.ndis_reserved
+        if binding is None or binding.lower is not caller:
+            raise ChimneyProtocolError(f"{caller.name}: handle {handle.id} is not offloaded to it")
+        block.offload_handle = handle  # MOBL -> POBL (spec §1.6)
+        block.source_handle = binding  # the route of the answer
+        block.scratch = trace  # [EMU] the connection that raised it, for the layers above
+        upper = binding.upper
+        if trace is not None:
+            trace.record(caller.name, "NdisMOffloadEventIndicate", handle.id, event=code.name)
+            trace.record(upper.name, "ProtocolIndicateOffloadEvent", handle.id, event=code.name)
+        caller.stats.count(f"NdisMOffloadEventIndicate/{code.name}")
+        if self.observer is not None:
+            self.observer.on_indication(caller, f"NdisMOffloadEventIndicate/{code.name}", handle)
+        handler = upper.chimney_handlers["ProtocolIndicateOffloadEvent"]
+        self.post(upper, handler, (binding, block, code))
+
+    def NdisReturnOffloadEventIndicate(self, caller: Layer, block: OffloadBlock) -> None:
+        """The synchronous return of `ProtocolIndicateOffloadEvent`, to the indicating layer."""
+        binding: Binding | None = block.source_handle
+        if binding is None or binding.upper is not caller:
+            raise ChimneyProtocolError(f"{caller.name} answered an offload event it was not given")
+        block.source_handle = None
+        block.scratch = None
+        lower = binding.lower
+        self.post(lower, _handler(lower, "OffloadEventIndicateReturned"), (block,))
+
+    # -- OID requests (spec §1.3, §8) ------------------------------------------------------------
+    def NdisOidRequest(self, caller: Layer, binding: Binding, request: OidRequest) -> None:
+        """A query or set down `binding`; completed later by `NdisMOidRequestComplete`."""
+        if binding.upper is not caller:
+            raise ChimneyProtocolError(f"{caller.name} does not own binding {binding.id}")
+        request.source_bindings.append(binding)
+        caller.stats.count(f"NdisOidRequest/{request.oid.value}")
+        lower = binding.lower
+        self.post(lower, _handler(lower, "MiniportOidRequest"), (request,))
+
+    def NdisMOidRequestComplete(self, caller: Layer, request: OidRequest) -> None:
+        if not request.source_bindings or request.source_bindings[-1].lower is not caller:
+            raise ChimneyProtocolError(f"{caller.name} completed an OID request it was not given")
+        if request.status == PENDING:
+            raise ChimneyProtocolError(f"{caller.name} completed an OID request with PENDING")
+        binding = request.source_bindings.pop()
+        upper = binding.upper
+        self.post(upper, _handler(upper, "ProtocolOidRequestComplete"), (binding, request))
 
     # -- state operations (spec §3) -------------------------------------------------------------
     def _state_down(self, caller: Layer, op: str, binding: Binding, root: OffloadBlock) -> None:
@@ -472,6 +680,8 @@ class Ndis:
             raise ChimneyProtocolError(f"{caller.name} does not own binding {binding.id}")
         if root.source_handle is not None:
             raise ChimneyProtocolError(f"{caller.name}: block list already in flight ({ndis_call})")
+        if self.observer is not None:
+            self.observer.on_state_down(binding, ndis_call, root)
         root.source_handle = binding  # NDIS-private: the route of the completion
         # POBL -> MOBL in place (spec §1.6): the slot of each referenced object's handle.
         for block in walk(root):
@@ -504,7 +714,7 @@ class Ndis:
                     self.observer.on_io_down(binding.lower, "MiniportTcpOffloadSend", handle, chain)
         caller.stats.count(ndis_call)
         lower = binding.lower
-        self.post(lower, getattr(lower, miniport_call), (root,))
+        self.post(lower, lower.chimney_handlers[miniport_call], (root,))
 
     def _state_complete(self, caller: Layer, op: str, root: OffloadBlock) -> None:
         _, _, protocol_call, ndis_call = _STATE_OPS[op]
@@ -561,7 +771,7 @@ class Ndis:
         caller.stats.count(ndis_call)
         if self.observer is not None:
             self.observer.on_state_complete(caller, ndis_call, root)
-        self.post(upper, getattr(upper, protocol_call), (binding, root))
+        self.post(upper, upper.chimney_handlers[protocol_call], (binding, root))
 
     def NdisInitiateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
         self._state_down(caller, "Initiate", binding, root)

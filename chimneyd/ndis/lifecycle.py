@@ -1,37 +1,73 @@
-"""The per-object offload lifecycle as one transition table (spec §3.9 [EMU]).
+"""Every offloaded object's state at every layer, as transition tables (spec §3.9 [EMU]).
 
-Every legal (state, call) pair is written once, in `TRANSITIONS`; anything else raises
-`IllegalTransition` naming the object, its state and the call (the h11 way). Host TCBs, IM
-offload entries and NIC contexts each carry an `OffloadLifecycle`, so each layer checks the calls
-it sees against the same rules.
+Everything that affects an object's state lives here (the h11 way): every legal
+(state, event) pair is written once, in a table; anything else raises `IllegalTransition`
+naming the object, its state and the event. An object's state has two orthogonal parts:
+
+* its **phase** in the offload lifecycle (spec §3.9), including the host-only phases
+  (`IDLE` = the host carries the connection, `CLOSED`) and `FAILED` (hardware state corrupt,
+  spec §3.7);
+* for a connection, its **TCP state** (RFC 793's, plus `RESET` for a connection killed by an
+  RST either way), which is what the delegated `State` reports (spec §2.2).
+
+Each layer keeps one `Lifecycle` per object — host TCBs and neighbor/path objects, IM offload
+entries, target contexts — of the `Role` that says which table applies, so every layer checks
+the calls it sees against the same rules. No layer keeps a flag beside it that says the same.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from enum import Enum
 
 from .errors import IllegalTransition
+from .status import TcpOffloadConnectionState as TcpConn
 
 
-class OffloadState(Enum):
-    IDLE = "IDLE"
+class Phase(Enum):
+    """Where an object is in its offload lifecycle (spec §3.9)."""
+
+    IDLE = "IDLE"  # not offloaded: at the host, the host stack carries the connection
     OFFLOADING = "OFFLOADING"
     OFFLOADED = "OFFLOADED"
     INVALIDATED = "INVALIDATED"
+    # [EMU] spec §3.9 has one UPLOAD_REQUESTED; an optional reason (spec §5.2) leaves the target
+    # carrying on normally, a mandatory one stops it, so they are two phases here.
+    UPLOAD_SUGGESTED = "UPLOAD_SUGGESTED"
     UPLOAD_REQUESTED = "UPLOAD_REQUESTED"
+    FAILED = "FAILED"  # hardware state corrupt (spec §3.7): only a terminate is left
     TERMINATING = "TERMINATING"
-    TERMINATED = "TERMINATED"
+    TERMINATED = "TERMINATED"  # below the host: the handle is dead (spec §9 item 8)
+    CLOSED = "CLOSED"  # host TCB only: the connection is closed
 
 
-class Call(Enum):
-    """What happens to an object: a state operation, its completion, an indication, or I/O."""
+class TcpState(Enum):
+    """The TCP connection state (RFC 793), as far as an offloaded connection can be in it."""
+
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN_WAIT_1"
+    FIN_WAIT_2 = "FIN_WAIT_2"
+    CLOSE_WAIT = "CLOSE_WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST_ACK"
+    TIME_WAIT = "TIME_WAIT"
+    CLOSED = "CLOSED"  # both FINs sent and acknowledged
+    RESET = "RESET"  # an RST was sent or received
+
+
+class Event(Enum):
+    """What happens to an object: a state operation or its completion, an indication, I/O, or a
+    TCP event. Each event belongs to one part of the state (`TCP_EVENTS` or the phase)."""
 
     INITIATE = "NdisInitiateOffload"
     INITIATE_OFFLOADED = "InitiateOffloadComplete(offloaded)"
     INITIATE_FAILED = "InitiateOffloadComplete(not offloaded)"
     INVALIDATE = "NdisInvalidateOffload"
-    RETRIEVE = "TcpIndicateRetrieve"
+    DEPENDENCY_INVALIDATED = "NdisInvalidateOffload(of an object it depends on)"
+    RETRIEVE = "TcpIndicateRetrieve(mandatory reason)"
+    RETRIEVE_OPTIONAL = "TcpIndicateRetrieve(optional reason)"
     UPLOAD_ALL = "NDIS_STATUS_UPLOAD_ALL"
+    HARDWARE_FAILURE = "hardware state corrupt"
     TERMINATE = "NdisTerminateOffload"
     TERMINATE_COMPLETE = "TerminateOffloadComplete"
     TERMINATE_FAILED = "TerminateOffloadComplete(FAILURE)"
@@ -39,93 +75,218 @@ class Call(Enum):
     UPDATE = "NdisUpdateOffload"
     IO = "NdisOffloadTcpXxx"
     INDICATE = "NdisTcpOffloadXxxHandler"
+    CLOSE = "close"
+    # the TCP part
+    FIN_SENT = "FIN sent"
+    FIN_ACKED = "FIN acknowledged"
+    FIN_RECEIVED = "FIN received in sequence"
+    RESET = "RST sent or received"
 
 
-S, C = OffloadState, Call
-_IO_STATES = (S.OFFLOADED, S.INVALIDATED, S.UPLOAD_REQUESTED)
+class Role(Enum):
+    """Which table an object follows."""
 
-#: (state, call) -> next state. Self-loops are calls that are legal but change nothing.
-TRANSITIONS: dict[tuple[OffloadState, Call], OffloadState] = {
-    (S.IDLE, C.INITIATE): S.OFFLOADING,
-    (S.OFFLOADING, C.INITIATE_OFFLOADED): S.OFFLOADED,
-    (S.OFFLOADING, C.INITIATE_FAILED): S.IDLE,
-    (S.OFFLOADED, C.INVALIDATE): S.INVALIDATED,
-    (S.INVALIDATED, C.INVALIDATE): S.INVALIDATED,
-    (S.UPLOAD_REQUESTED, C.INVALIDATE): S.UPLOAD_REQUESTED,
-    (S.OFFLOADED, C.RETRIEVE): S.UPLOAD_REQUESTED,
-    (S.INVALIDATED, C.RETRIEVE): S.UPLOAD_REQUESTED,
-    (S.UPLOAD_REQUESTED, C.RETRIEVE): S.UPLOAD_REQUESTED,
-    (S.OFFLOADED, C.UPLOAD_ALL): S.UPLOAD_REQUESTED,
-    (S.INVALIDATED, C.UPLOAD_ALL): S.UPLOAD_REQUESTED,
-    (S.UPLOAD_REQUESTED, C.UPLOAD_ALL): S.UPLOAD_REQUESTED,
-    (S.OFFLOADED, C.TERMINATE): S.TERMINATING,
-    (S.INVALIDATED, C.TERMINATE): S.TERMINATING,
-    (S.UPLOAD_REQUESTED, C.TERMINATE): S.TERMINATING,
-    (S.TERMINATING, C.TERMINATE_COMPLETE): S.TERMINATED,
-    # a terminate that reports corrupt hardware leaves the object for a further terminate (§3.7)
-    (S.TERMINATING, C.TERMINATE_FAILED): S.UPLOAD_REQUESTED,
-    # Indications the target raised before it saw the terminate still reach the host.
-    (S.TERMINATING, C.RETRIEVE): S.TERMINATING,
-    (S.TERMINATING, C.UPLOAD_ALL): S.TERMINATING,
-    (S.TERMINATING, C.INDICATE): S.TERMINATING,
-    # Queries may go to any offloaded object; updates never to an invalidated one (spec §3.1).
-    (S.OFFLOADED, C.QUERY): S.OFFLOADED,
-    (S.INVALIDATED, C.QUERY): S.INVALIDATED,
-    (S.UPLOAD_REQUESTED, C.QUERY): S.UPLOAD_REQUESTED,
-    (S.OFFLOADED, C.UPDATE): S.OFFLOADED,
-    (S.UPLOAD_REQUESTED, C.UPDATE): S.UPLOAD_REQUESTED,
-    **{(s, C.IO): s for s in _IO_STATES},
-    **{(s, C.INDICATE): s for s in _IO_STATES},
+    HOST_CONNECTION = "host connection"  # a TCB
+    HOST_OBJECT = "host neighbor/path"
+    OFFLOADED_OBJECT = "offloaded object"  # an IM offload entry or a target context
+
+
+P, E, T = Phase, Event, TcpState
+TCP_EVENTS = frozenset({E.FIN_SENT, E.FIN_ACKED, E.FIN_RECEIVED, E.RESET})
+
+#: Phases in which an offloaded object carries I/O and indications (spec §3.9).
+LIVE = (P.OFFLOADED, P.UPLOAD_SUGGESTED, P.INVALIDATED, P.UPLOAD_REQUESTED)
+#: Phases in which the target refuses new I/O with NDIS_STATUS_UPLOAD_IN_PROGRESS (spec §3.6.4,
+#: §3.5: invalidated objects are not used for sending [EMU: the stricter rule]).
+UPLOAD_PENDING = frozenset({P.INVALIDATED, P.UPLOAD_REQUESTED, P.TERMINATING})
+
+
+def _rows(states: tuple[Phase, ...], event: Event, to: Phase | None = None) -> dict[Key, Phase]:
+    """`(s, event) -> to` for each s; `to=None` is a self-loop (legal, changes nothing)."""
+    return {(s, event): (s if to is None else to) for s in states}
+
+
+Key = tuple[Phase, Event]
+
+#: Rows every role shares (spec §3.1, §3.9, §3.7).
+_COMMON: dict[Key, Phase] = {
+    (P.IDLE, E.INITIATE): P.OFFLOADING,
+    (P.OFFLOADING, E.INITIATE_OFFLOADED): P.OFFLOADED,
+    (P.OFFLOADING, E.INITIATE_FAILED): P.IDLE,
+    (P.OFFLOADED, E.INVALIDATE): P.INVALIDATED,
+    (P.UPLOAD_SUGGESTED, E.INVALIDATE): P.INVALIDATED,
+    (P.UPLOAD_REQUESTED, E.INVALIDATE): P.UPLOAD_REQUESTED,
+    # a stale neighbor or path takes every connection on it along (spec §3.5), whatever they
+    # were doing; one already on its way up stays so
+    **_rows((P.OFFLOADED, P.UPLOAD_SUGGESTED), E.DEPENDENCY_INVALIDATED, P.INVALIDATED),
+    **_rows((P.INVALIDATED, P.UPLOAD_REQUESTED, P.TERMINATING, P.FAILED), E.DEPENDENCY_INVALIDATED),
+    **_rows((P.OFFLOADED, P.UPLOAD_SUGGESTED), E.RETRIEVE_OPTIONAL, P.UPLOAD_SUGGESTED),
+    # a weaker request changes nothing once a stronger reason stands
+    **_rows((P.INVALIDATED, P.UPLOAD_REQUESTED), E.RETRIEVE_OPTIONAL),
+    **_rows(LIVE, E.RETRIEVE, P.UPLOAD_REQUESTED),
+    **_rows(LIVE, E.UPLOAD_ALL, P.UPLOAD_REQUESTED),
+    **_rows(LIVE, E.HARDWARE_FAILURE, P.FAILED),
+    **_rows((*LIVE, P.FAILED), E.TERMINATE, P.TERMINATING),
+    # a terminate that reports corrupt hardware leaves the object for a further one (spec §3.7)
+    (P.TERMINATING, E.TERMINATE_FAILED): P.FAILED,
+    # indications the target raised before it saw the terminate still arrive (spec §3.6.3)
+    **_rows(
+        (P.TERMINATING, P.FAILED),
+        E.RETRIEVE,
+    ),
+    **_rows((P.TERMINATING, P.FAILED), E.RETRIEVE_OPTIONAL),
+    **_rows((P.TERMINATING, P.FAILED), E.UPLOAD_ALL),
+    **_rows((P.TERMINATING, P.FAILED), E.HARDWARE_FAILURE),
+    **_rows((P.TERMINATING, P.FAILED), E.INDICATE),
+    # queries may overlap and go to any live object; updates never to an invalidated one (§3.1)
+    **_rows(LIVE, E.QUERY),
+    **_rows((P.OFFLOADED, P.UPLOAD_SUGGESTED, P.UPLOAD_REQUESTED), E.UPDATE),
+    **_rows(LIVE, E.INDICATE),
+    # I/O reaching a failed object is completed by it, aborted (spec §3.7 step 4)
+    **_rows((*LIVE, P.FAILED), E.IO),
 }
 
+#: Per role, the table of its phase.
+PHASES: dict[Role, dict[Key, Phase]] = {
+    Role.HOST_CONNECTION: {
+        **_COMMON,
+        (P.TERMINATING, E.TERMINATE_COMPLETE): P.IDLE,  # uploaded: the host carries it again
+        (P.IDLE, E.CLOSE): P.CLOSED,
+    },
+    Role.HOST_OBJECT: {**_COMMON, (P.TERMINATING, E.TERMINATE_COMPLETE): P.IDLE},
+    Role.OFFLOADED_OBJECT: {**_COMMON, (P.TERMINATING, E.TERMINATE_COMPLETE): P.TERMINATED},
+}
 
-class OffloadLifecycle:
-    """The lifecycle state of one offloaded object at one layer, plus the spec's orthogonal flags."""
+#: The TCP part (RFC 793 as a graph of the events a layer can observe; spec §2.2 `State`).
+TCP_STATES: dict[tuple[TcpState, Event], TcpState] = {
+    (T.ESTABLISHED, E.FIN_SENT): T.FIN_WAIT_1,
+    (T.ESTABLISHED, E.FIN_RECEIVED): T.CLOSE_WAIT,
+    (T.FIN_WAIT_1, E.FIN_ACKED): T.FIN_WAIT_2,
+    (T.FIN_WAIT_1, E.FIN_RECEIVED): T.CLOSING,
+    (T.FIN_WAIT_2, E.FIN_RECEIVED): T.TIME_WAIT,
+    (T.CLOSE_WAIT, E.FIN_SENT): T.LAST_ACK,
+    (T.CLOSING, E.FIN_ACKED): T.TIME_WAIT,
+    (T.LAST_ACK, E.FIN_ACKED): T.CLOSED,
+    # an RST may arrive, or be sent, in any state; seen twice (wire and forward) it is one reset
+    **{(s, E.RESET): T.RESET for s in TcpState},
+}
 
-    __slots__ = (
-        "aborted",
-        "fin_received",
-        "fin_sent",
-        "invalid",
-        "owner",
-        "state",
-        "upload_requested",
-    )
+#: The delegated `State` of each TCP state (spec §2.2).
+DELEGATED_STATE: dict[TcpState, TcpConn] = {
+    T.ESTABLISHED: TcpConn.TcpConnectionEstablished,
+    T.FIN_WAIT_1: TcpConn.TcpConnectionFinWait1,
+    T.FIN_WAIT_2: TcpConn.TcpConnectionFinWait2,
+    T.CLOSE_WAIT: TcpConn.TcpConnectionCloseWait,
+    T.CLOSING: TcpConn.TcpConnectionClosing,
+    T.LAST_ACK: TcpConn.TcpConnectionLastAck,
+    T.TIME_WAIT: TcpConn.TcpConnectionTimeWait,
+    T.CLOSED: TcpConn.TcpConnectionClosed,
+    T.RESET: TcpConn.TcpConnectionClosed,
+}
+_OF_DELEGATED: dict[TcpConn, TcpState] = {
+    v: k for k, v in DELEGATED_STATE.items() if k not in (T.CLOSED, T.RESET)
+}
 
-    def __init__(self, owner: object) -> None:
-        # the owner (TCB, IM entry, NIC context) names the object in errors: no string is kept
-        # per object, which counts at ten thousand connections
+#: TCP states in which our FIN has been sent / the peer's FIN has been received in sequence.
+FIN_SENT_STATES = frozenset(
+    {T.FIN_WAIT_1, T.FIN_WAIT_2, T.CLOSING, T.LAST_ACK, T.TIME_WAIT, T.CLOSED}
+)
+FIN_RECEIVED_STATES = frozenset({T.CLOSE_WAIT, T.CLOSING, T.LAST_ACK, T.TIME_WAIT, T.CLOSED})
+
+
+def tcp_state_of(delegated: TcpConn, now: TcpState | None = None) -> TcpState:
+    """The TCP state a delegated `State` names. `TcpConnectionClosed` is both a graceful end
+    (from LAST_ACK) and a killed connection: it is the graceful one only for a layer that
+    knows its connection was in LAST_ACK (`now`)."""
+    if delegated is TcpConn.TcpConnectionClosed:
+        return T.CLOSED if now in (T.LAST_ACK, T.CLOSED) else T.RESET
+    return _OF_DELEGATED[delegated]
+
+
+class Lifecycle:
+    """The state of one object at one layer: its phase and, for a connection, its TCP state.
+
+    A per-connection record (TCB, IM offload entry, target TCP context) is its own Lifecycle:
+    it derives from this class, is its own `owner`, and its `lifecycle` is itself. A separate
+    object per layer was three 80-byte chunks of every offloaded connection."""
+
+    __slots__ = ("owner", "phase", "table", "tcp")
+
+    def __init__(
+        self, owner: object, role: Role, tcp: TcpState | None = None, phase: Phase = P.IDLE
+    ) -> None:
+        # the owner (TCB, IM entry, target context) names the object in errors: no string is
+        # kept per object, which counts at ten thousand connections
         self.owner = owner
-        self.state = OffloadState.IDLE
-        self.fin_sent = False
-        self.fin_received = False
-        self.aborted = False
-        self.upload_requested = False
-        self.invalid = False
+        self.table = PHASES[role]
+        self.phase = phase
+        self.tcp = tcp  # None for objects that are not connections
 
-    def fire(self, call: Call) -> OffloadState:
-        """Apply `call`; raise `IllegalTransition` if the table has no such row."""
-        try:
-            nxt = TRANSITIONS[(self.state, call)]
-        except KeyError:
-            raise IllegalTransition(self.name, self.state.value, call.value) from None
-        if call is Call.INVALIDATE:
-            self.invalid = True
-        elif call is Call.RETRIEVE or call is Call.UPLOAD_ALL:
-            self.upload_requested = True
-        self.state = nxt
-        return nxt
+    def fire(self, event: Event) -> None:
+        """Apply `event`; raise `IllegalTransition` if the table has no such row."""
+        if event in TCP_EVENTS:
+            tcp = self.tcp
+            nxt = TCP_STATES.get((tcp, event)) if tcp is not None else None
+            if nxt is None:
+                raise IllegalTransition(str(self.owner), str(tcp and tcp.value), event.value)
+            self.tcp = nxt
+            return
+        phase = self.table.get((self.phase, event))
+        if phase is None:
+            raise IllegalTransition(str(self.owner), self.phase.value, event.value)
+        self.phase = phase
+
+    def reach(self, target: TcpState) -> None:
+        """Catch up with the TCP state a lower layer reports (an upload hands back a state the
+        layer above may not have seen every step of): fire the events that lead there. The
+        layer above may also be ahead (its FIN not yet sent below): then nothing changes.
+        Raise if neither state leads to the other."""
+        if self.tcp is target:
+            return
+        path = _tcp_path(self.tcp, target)
+        if path is None:
+            if _tcp_path(target, self.tcp) is not None:
+                return
+            (sent_here, got_here), (sent_below, got_below) = _fins(self.tcp), _fins(target)
+            if got_here == got_below and (sent_here or not sent_below):
+                # CLOSING here, LAST_ACK below: both FINs are out and ours is not acknowledged;
+                # only the order differs (our FIN was held below while the peer's arrived).
+                # CLOSING here, CLOSE_WAIT below: our FIN never left the layer below (its
+                # disconnect was still queued, or failed), the peer's arrived: we are ahead
+                return
+            raise IllegalTransition(
+                str(self.owner), str(self.tcp and self.tcp.value), f"reach {target.value}"
+            )
+        for event in path:
+            self.fire(event)
 
     @property
-    def name(self) -> str:
-        return str(self.owner)
-
-    def allows(self, call: Call) -> bool:
-        return (self.state, call) in TRANSITIONS
-
-    @property
-    def io_allowed(self) -> bool:
-        return self.state in _IO_STATES
+    def delegated_state(self) -> TcpConn:
+        assert self.tcp is not None
+        return DELEGATED_STATE[self.tcp]
 
     def __repr__(self) -> str:
-        return f"<OffloadLifecycle {self.name} {self.state.value}>"
+        tcp = f" {self.tcp.value}" if self.tcp is not None else ""
+        return f"<Lifecycle {self.owner} {self.phase.value}{tcp}>"
+
+
+def _fins(state: TcpState | None) -> tuple[bool, bool]:
+    """Which FINs a TCP state says were sent and received."""
+    return state in FIN_SENT_STATES, state in FIN_RECEIVED_STATES
+
+
+def _tcp_path(start: TcpState | None, goal: TcpState | None) -> list[Event] | None:
+    """Shortest sequence of TCP events from `start` to `goal`, found in the table itself."""
+    if start is None or goal is None:
+        return None
+    seen = {start}
+    queue: deque[tuple[TcpState, list[Event]]] = deque([(start, [])])
+    while queue:
+        state, path = queue.popleft()
+        for (frm, event), to in TCP_STATES.items():
+            if frm is state and to not in seen:
+                if to is goal:
+                    return [*path, event]
+                seen.add(to)
+                queue.append((to, [*path, event]))
+    return None

@@ -1,12 +1,23 @@
 """Per-connection hop traces and per-layer gauges and counters (design §7).
 
-A `HopTrace` is a bounded ring of hop records for one connection. Records are plain tuples so a
-hop costs one append; they become maps only when read (`trace.get`).
+A `HopTrace` is a bounded ring of hop records for one connection, kept as fixed-size binary
+records in one `bytearray`: at ten thousand connections the tuples and integers of the last
+few dozen hops each were a quarter of the daemon's memory. A hop costs one `struct.pack` and
+one append; records become tuples, then maps, only when read (`trace.get`). Layer, call and
+event names are stored as indexes into one table of the names seen; an NBL chain's ids are
+kept apart, by the record's sequence number. Records are narrow (36 bytes: the ids, the
+sequence number and the 32-bit NDIS_STATUS in four bytes each) until a value does not fit;
+the trace then widens every record it holds to eight bytes a field, so nothing is ever cut.
+
+Someone watching a connection live (the web view) calls `watch(fn)`: the trace becomes a
+`WatchedHopTrace`, whose `record` also hands each record to `fn`. An unwatched trace runs the
+plain `record`, so watching costs nothing on connections nobody looks at.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -17,20 +28,47 @@ from .status import status_name
 HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str | None]
 NO_STATUS = -1
 
+# one record: seq, t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), status
+# (0 without HAS_STATUS), handle, context, and the NBL id (CHAIN: the ids of a chain are in
+# `chains` under the record's seq). An idle offloaded connection holds 8 records: the narrow
+# form saves 160 bytes of each of ten thousand such connections.
+# narrow, 36 bytes: seq, handle and context below 2**32, the NBL id below 2**31, and the
+# NDIS_STATUS (a ULONG); wide, 56 bytes: a trace with any value past those
+_NARROW = struct.Struct("<IqQIIIi")
+_WIDE = struct.Struct("<qqqqqqq")
+CHAIN = -1
+HAS_STATUS = 1 << 48
+
+# the names records point to; index 0 is "no name" (a hop that is not an event)
+_NAMES: list[str | None] = [None]
+_INDEX: dict[str | None, int] = {None: 0}
+
+
+def _ix(name: str | None) -> int:
+    i = _INDEX.get(name)
+    if i is None:
+        if len(_NAMES) > 0xFFFF:
+            raise ValueError("more than 65535 distinct layer, call and event names")
+        i = _INDEX[name] = len(_NAMES)
+        _NAMES.append(name)
+    return i
+
 
 class HopTrace:
     """The bounded hop buffer of one connection."""
 
-    __slots__ = ("clock", "conn_id", "depth", "hops", "packed", "seq")
+    __slots__ = ("buf", "chains", "clock", "conn_id", "depth", "packed", "rec", "seq", "watcher")
 
     def __init__(self, conn_id: int, depth: int, clock: Callable[[], int]) -> None:
         self.conn_id = conn_id
-        # a list trimmed by hand: an empty deque costs ~700 bytes per connection
-        self.hops: list[HopRecord] = []
+        self.buf = bytearray()  # the records, oldest first; trimmed from the front
+        self.rec = _NARROW  # the records' form: narrow until a value needs the wide one
+        self.chains: dict[int, tuple[int, ...]] | None = None  # seq -> NBL ids of a chain
         self.depth = depth
         self.seq = 0
         self.clock = clock
-        self.packed: bytes | None = None  # the hops before `freeze`, once the connection closed
+        self.packed: bytes | None = None  # the hops before the last `freeze`
+        self.watcher: Callable[[HopRecord], None] | None = None  # set only while watched
 
     def record(
         self,
@@ -45,43 +83,154 @@ class HopTrace:
         """One call. A call carrying an NBL chain is one record listing the ids; it reads back
         as one hop per NBL, with consecutive `seq` numbers."""
         seq = self.seq + 1
-        self.seq = seq if nbl.__class__ is int else seq + len(nbl) - 1  # type: ignore[arg-type]
-        hops = self.hops
-        hops.append((seq, self.clock(), layer, call, handle, context, nbl, status, event))
-        if len(hops) > self.depth:
-            del hops[0]
+        if nbl.__class__ is int:
+            self.seq = seq
+        else:
+            self.seq = seq + len(nbl) - 1  # type: ignore[arg-type]
+            chains = self.chains
+            if chains is None:
+                chains = self.chains = {}
+            chains[seq] = nbl  # type: ignore[assignment]
+            nbl = CHAIN
+        index = _INDEX
+        names = (index.get(layer) or _ix(layer)) | (index.get(call) or _ix(call)) << 16
+        if event is not None:
+            names |= (index.get(event) or _ix(event)) << 32
+        if status != NO_STATUS:
+            names |= HAS_STATUS
+        else:
+            status = 0
+        t_ns = self.clock()
+        rec = self.rec
+        try:
+            packed = rec.pack(seq, t_ns, names, status, handle, context, nbl)
+        except struct.error:
+            rec = self._widen()
+            packed = rec.pack(seq, t_ns, names, status, handle, context, nbl)
+        buf = self.buf
+        buf += packed
+        size = rec.size
+        if len(buf) > self.depth * size:
+            if self.chains:
+                old_seq = rec.unpack_from(buf)[0]
+                self.chains.pop(old_seq, None)
+            del buf[:size]  # O(1): a bytearray keeps an offset to its first byte
+
+    def _widen(self) -> struct.Struct:
+        """A value does not fit a narrow record: hold every record in the wide form."""
+        self.buf = bytearray(b"".join(_WIDE.pack(*r) for r in _NARROW.iter_unpack(self.buf)))
+        self.rec = _WIDE
+        return _WIDE
+
+    def watch(self, watcher: Callable[[HopRecord], None]) -> None:
+        """Hand every record from now on to `watcher` too (one watcher; a new one replaces it)."""
+        self.watcher = watcher
+        self.__class__ = WatchedHopTrace
+
+    def unwatch(self) -> None:
+        self.__class__ = HopTrace
+        self.watcher = None
 
     def freeze(self) -> None:
-        """Pack the hops of a closed connection into one bytes object. `trace.get` still reads
-        them; but hundreds of closed traces kept as thousands of small tuples, scattered among
-        everything freed with their connections, would keep the allocator's arenas (and RSS)
-        at the soak's peak long after the connections are gone."""
-        if self.hops:
-            self.packed = msgpack.packb(self._records(), use_bin_type=True)
-            self.hops = []
+        """Pack the hops held so far into one bytes object (with those packed before, up to
+        `depth`): a closed connection's, or an offloaded one's once the offload is done. Hops
+        recorded later go to the ring as before; `trace.get` reads all of them the same. A
+        connection so keeps no buffer sized for its busiest moment while it sits idle."""
+        if self.buf:
+            self.packed = _pack(self._records())
+            self.buf = bytearray()
+            self.chains = None
 
-    def _records(self) -> list[Any]:
+    def held(self) -> int:
+        """Hops held unpacked."""
+        return len(self.buf) // self.rec.size
+
+    def _records(self) -> list[HopRecord]:
+        live = self._decode(0)
         if self.packed is None:
-            return self.hops
-        old: list[Any] = msgpack.unpackb(self.packed, use_list=True)
-        return (old + self.hops)[-self.depth :]
+            return live
+        return (_unpack(self.packed) + live)[-self.depth :]
+
+    def _decode(self, start: int) -> list[HopRecord]:
+        names, chains = _NAMES, self.chains
+        out: list[HopRecord] = []
+        for seq, t_ns, ix, status, handle, context, nbl in self.rec.iter_unpack(
+            memoryview(self.buf)[start:]
+        ):
+            ids = chains[seq] if nbl == CHAIN and chains is not None else nbl
+            out.append(
+                (
+                    seq,
+                    t_ns,
+                    names[ix & 0xFFFF],
+                    names[ix >> 16 & 0xFFFF],
+                    handle,
+                    context,
+                    ids,
+                    status if ix & HAS_STATUS else NO_STATUS,
+                    names[ix >> 32 & 0xFFFF],
+                )
+            )
+        return out
 
     def as_maps(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Oldest first; `limit` keeps the newest `limit` hops (rpc-contract `trace.get`)."""
-        out = []
-        for seq, t_ns, layer, call, handle, context, nbls, status, event in self._records():
-            for i, nbl in enumerate(nbls if isinstance(nbls, (tuple, list)) else (nbls,)):
-                hop: dict[str, Any] = {"seq": seq + i, "t_ns": t_ns, "layer": layer, "call": call}
-                hop["handle"] = handle or None
-                hop["context"] = context or None
-                hop["nbl"] = nbl or None
-                hop["status"] = status_name(status) if status != NO_STATUS else None
-                if event is not None:
-                    hop["event"] = event  # the event type of an event indication
-                out.append(hop)
-        if limit is not None:
-            out = out[-limit:] if limit > 0 else []
-        return out
+        return record_maps(self._records(), limit)
+
+
+def record_maps(records: Iterable[HopRecord], limit: int | None = None) -> list[dict[str, Any]]:
+    """Hop records as `trace.get` maps: one per NBL, oldest first; `limit` keeps the newest."""
+    out = []
+    for seq, t_ns, layer, call, handle, context, nbls, status, event in records:
+        for i, nbl in enumerate(nbls if isinstance(nbls, (tuple, list)) else (nbls,)):
+            hop: dict[str, Any] = {"seq": seq + i, "t_ns": t_ns, "layer": layer, "call": call}
+            hop["handle"] = handle or None
+            hop["context"] = context or None
+            hop["nbl"] = nbl or None
+            hop["status"] = status_name(status) if status != NO_STATUS else None
+            if event is not None:
+                hop["event"] = event  # the event type of an event indication
+            out.append(hop)
+    if limit is not None:
+        out = out[-limit:] if limit > 0 else []
+    return out
+
+
+def _pack(records: list[HopRecord]) -> bytes:
+    flat: list[Any] = []
+    for seq, t_ns, layer, call, handle, context, nbl, status, event in records:
+        flat += (seq, t_ns, _ix(layer), _ix(call), handle, context, nbl, status, _ix(event))
+    return msgpack.packb(flat)  # type: ignore[no-any-return]
+
+
+def _unpack(packed: bytes) -> list[HopRecord]:
+    flat: list[Any] = msgpack.unpackb(packed, use_list=False)
+    names = _NAMES
+    return [
+        (r[0], r[1], names[r[2]], names[r[3]], r[4], r[5], r[6], r[7], names[r[8]])
+        for r in (flat[i : i + 9] for i in range(0, len(flat), 9))
+    ]
+
+
+class WatchedHopTrace(HopTrace):
+    """A trace somebody watches live: `record` as `HopTrace`'s, then the watcher hears it."""
+
+    __slots__ = ()
+
+    def record(
+        self,
+        layer: str,
+        call: str,
+        handle: int = 0,
+        context: int = 0,
+        nbl: int | tuple[int, ...] = 0,
+        status: int = -1,
+        event: str | None = None,
+    ) -> None:
+        HopTrace.record(self, layer, call, handle, context, nbl, status, event)
+        watcher = self.watcher
+        if watcher is not None:
+            watcher(self._decode(len(self.buf) - self.rec.size)[0])
 
 
 class LayerStats:

@@ -17,6 +17,9 @@ from chimneyd.ndis.broker import Layer
 
 log = structlog.get_logger("chimneyd.runtime")
 
+#: What the engine hears when a handler raises: the layer, the error, the handler and its args.
+OnError = Callable[[Layer, BaseException, Callable[..., Any], tuple[Any, ...]], None]
+
 
 class LayerTask:
     """The inbox and task of one layer."""
@@ -42,7 +45,7 @@ class LayerTask:
         self.errors = 0
         self.messages = 0
         self.batches = 0
-        self.on_error: Callable[[Layer, BaseException], None] | None = None
+        self.on_error: OnError | None = None
         layer.inbox = self
 
     def push(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -78,7 +81,7 @@ class LayerTask:
                         handler=getattr(fn, "__name__", "?"),
                     )
                     if self.on_error is not None:
-                        self.on_error(layer, exc)
+                        self.on_error(layer, exc, fn, args)
                 if not inbox and after_batch is not None:
                     try:
                         after_batch()
@@ -86,7 +89,7 @@ class LayerTask:
                         self.errors += 1
                         log.exception("layer_batch_failed", layer=layer.name)
                         if self.on_error is not None:
-                            self.on_error(layer, exc)
+                            self.on_error(layer, exc, after_batch, ())
             self.messages += n
             self.batches += 1
             # the last message must not stay alive in this frame while the layer sleeps: it can

@@ -159,3 +159,57 @@ def refresh_free_lists(loop: asyncio.AbstractEventLoop, then: Callable[[], None]
 
 def _noop() -> None:
     pass
+
+
+#: seconds after the last connection closed at which the engine gives freed memory back
+TRIM_AFTER_S = (0.5, 3.0)
+
+
+class IdleTrim:
+    """Give freed memory back to the system once the engine is idle.
+
+    glibc keeps freed heap pages otherwise, and RSS after a soak would stay at its peak. The
+    trim runs `TRIM_AFTER_S[0]` after the last connection closes (or an RPC client leaves an
+    idle engine), and again a few seconds later for what went after the first pass: the
+    buffers of RPC clients that left once their connections were closed, objects held by
+    timers that fired since.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        idle: Callable[[], bool],
+        holders: Callable[[], list[object]],
+        before: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.idle = idle
+        self.holders = holders  # objects whose emptied containers are released
+        self.before = before  # what the engine packs first (closed traces)
+        self.extra: list[object] = [loop]
+        self._handle: asyncio.TimerHandle | None = None
+
+    def keep_lean(self, holder: object) -> None:
+        """Also release the emptied containers of `holder` (e.g. the RPC server's maps)."""
+        self.extra.append(holder)
+
+    def soon(self) -> None:
+        """Start the trim if the engine is idle and none is under way."""
+        if self.idle() and self._handle is None:
+            self._handle = self.loop.call_later(TRIM_AFTER_S[0], self._run, 0)
+
+    def _run(self, attempt: int) -> None:
+        self._handle = None
+        if not self.idle():
+            return
+        if attempt + 1 < len(TRIM_AFTER_S):
+            delay = TRIM_AFTER_S[attempt + 1] - TRIM_AFTER_S[attempt]
+            self._handle = self.loop.call_later(delay, self._run, attempt + 1)
+        self.before()
+        release_empty_containers([*self.holders(), *self.extra])
+        refresh_free_lists(self.loop, then=give_back)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -4,31 +4,70 @@ Implements `drivers.wire.WirePort`. Received bytes are posted, with their stream
 inbox of whichever layer owns the connection now (design: "exactly one owner at a time"). Sends
 complete on acknowledgement, which the kernel tells: bytes written minus what is still in the
 transport's buffer minus the socket's unacknowledged send queue (`SIOCOUTQ`).
+
+Longer than most modules because a socket's whole life is here: connect, reading with
+back-pressure, acknowledgement detection, reset and close.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import random
 import socket
 import struct
+import sys
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chimneyd.drivers.wire import TcpInfo
+from chimneyd.drivers.queues import NO_ITEMS, grown
+from chimneyd.drivers.wire import SocketOption, TcpInfo
 
 _OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
 _INT = struct.Struct("i")
+# struct tcp_info (include/uapi/linux/tcp.h): 8 bytes, 24 u32 up to tcpi_total_retrans (every
+# Linux since 2.6.x), then later additions at fixed offsets, read only when the kernel returns
+# that many bytes. Asked for up to tcpi_rcv_wnd (6.2); older kernels return less.
 _TCP_INFO = struct.Struct("8B24I")
+_TCPI_U32 = struct.Struct("I")
+_TCPI_NOTSENT = 144  # tcpi_notsent_bytes (Linux 4.6)
+_TCPI_SND_WND = 228  # tcpi_snd_wnd (5.4)
+_TCPI_RCV_WND = 232  # tcpi_rcv_wnd (6.2)
+_TCPI_ASK = _TCPI_RCV_WND + 4
+_TCP_TIMESTAMP = getattr(socket, "TCP_TIMESTAMP", 24)
 _LINGER_RST = struct.pack("ii", 1, 0)
 _TCP_CLOSE = 7  # tcpi_state of a connection the kernel has closed
 # tcpi_state values before our FIN has gone out: SYN_SENT, SYN_RECV, ESTABLISHED, CLOSE_WAIT.
 # `write_eof` only asks for the FIN: uvloop (libuv) calls shutdown(2) on a later loop turn.
 _FIN_NOT_SENT = frozenset((1, 2, 3, 8))
 
+#: (level, optname) of each option a layer may set (`WirePort.set_option`).
+_OPTIONS: dict[SocketOption, tuple[int, int]] = {
+    SocketOption.SO_KEEPALIVE: (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+    SocketOption.TCP_KEEPIDLE: (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+    SocketOption.TCP_KEEPINTVL: (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+    SocketOption.TCP_KEEPCNT: (socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    SocketOption.TCP_NODELAY: (socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    SocketOption.TCP_USER_TIMEOUT: (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", 18)),
+    SocketOption.SO_RCVBUF: (socket.SOL_SOCKET, socket.SO_RCVBUF),
+    SocketOption.IP_TTL: (socket.IPPROTO_IP, socket.IP_TTL),
+    SocketOption.IPV6_UNICAST_HOPS: (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
+    SocketOption.IP_TOS: (socket.IPPROTO_IP, socket.IP_TOS),
+    SocketOption.IPV6_TCLASS: (socket.IPPROTO_IPV6, getattr(socket, "IPV6_TCLASS", 67)),
+}
+
 Post = Callable[[Any, Callable[..., Any], tuple[Any, ...]], None]
+
+
+def _timed_out(exc: BaseException | None) -> bool:
+    """The kernel gave up on the connection (retransmit, zero-window probe or keepalive limit)."""
+    return isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT
+
+
+if TYPE_CHECKING:
+    from .acks import AckWatcher
 
 
 class WireSocket(asyncio.Protocol):
@@ -36,11 +75,15 @@ class WireSocket(asyncio.Protocol):
 
     __slots__ = (
         "_aborted_by_us",
+        "_acked_seen",
         "_early",
         "_fd",
+        "_flow_paused",
+        "_kernel_error",
         "_owner",
         "_owner_ctx",
         "_post",
+        "_stall_timer",
         "_watcher",
         "bytes_read",
         "bytes_written",
@@ -75,16 +118,22 @@ class WireSocket(asyncio.Protocol):
         self.bytes_written = 0
         self.bytes_read = 0
         self.notified_acked = 0
+        self._acked_seen = 0  # the last acknowledged offset the kernel told
         self.notified_fin = False
         self.eof_written = False
         self.eof_seen = False
         self.closed = False
         self._aborted_by_us = False
+        self._kernel_error = 0  # SO_ERROR read by `kernel_alive` (reading it clears it)
         self.home: Any = None
         self.home_ctx: Any = None
         self._owner: Any = None
         self._owner_ctx: Any = None
-        self._early: list[tuple[str, tuple[Any, ...]]] = []  # events before anyone owned us
+        self._early: list[tuple[str, tuple[Any, ...]]] = NO_ITEMS  # events before anyone owned us
+        # reading stops while the owner's buffers are full (flow control) or while a stall
+        # fault holds the peer; it resumes when neither does
+        self._flow_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     # -- ownership -----------------------------------------------------------------------------
     def set_home(self, layer: Any, ctx: Any) -> None:
@@ -96,14 +145,19 @@ class WireSocket(asyncio.Protocol):
             layer, ctx = self.home, self.home_ctx
         self._owner, self._owner_ctx = layer, ctx
         if layer is not None and self._early:
-            early, self._early = self._early, []
+            early, self._early = self._early, NO_ITEMS
             for name, args in early:
                 self._post(layer, getattr(layer, name), (ctx, *args))
+
+    @property
+    def owner(self) -> tuple[Any, Any]:
+        """The layer that owns the received bytes now, and its context for the connection."""
+        return self._owner, self._owner_ctx
 
     def _emit(self, name: str, *args: Any) -> None:
         owner = self._owner
         if owner is None:
-            self._early.append((name, args))
+            self._early = grown(self._early, (name, args))
         else:
             self._post(owner, getattr(owner, name), (self._owner_ctx, *args))
 
@@ -116,8 +170,11 @@ class WireSocket(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self.local = transport.get_extra_info("sockname")[:2]
-        self.remote = transport.get_extra_info("peername")[:2]
+        # host strings shared among connections: ten thousand copies of "127.0.0.1" add up
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.local = (sys.intern(host), port)
+        host, port = transport.get_extra_info("peername")[:2]
+        self.remote = (sys.intern(host), port)
         if self.on_made is not None:
             self.on_made(self)
 
@@ -134,12 +191,17 @@ class WireSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._watcher.discard(self)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         # uvloop's transport is not seen by the cycle collector: holding it here would keep
         # this socket, its TCB and the NIC context alive for ever after the close
         self.transport = None
         if self._aborted_by_us:
             return
-        if exc is not None or not self.eof_seen:
+        if _timed_out(exc):
+            self._emit("WireTimeout", repr(exc))
+        elif exc is not None or not self.eof_seen:
             self._emit("WireReset", repr(exc) if exc else "closed")
 
     # -- WirePort ----------------------------------------------------------------------------------
@@ -165,30 +227,28 @@ class WireSocket(asyncio.Protocol):
         """Close with RST: SO_LINGER {on, 0}, then close (design table)."""
         if self.transport is None or self.closed:
             return
-        self._aborted_by_us = True
-        try:
-            self.transport.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST
-            )
-        except OSError:
-            pass
-        self.closed = True
-        self.transport.abort()
+        self._reset_socket()
 
     def inject_reset(self) -> None:
         """Fault: as if the peer had sent an acceptable RST (our socket resets the peer too)."""
         if self.transport is None or self.closed:
             return
+        self._reset_socket()
+        self._emit("WireReset", "injected peer reset")
+
+    def _reset_socket(self) -> None:
+        """Close with RST: SO_LINGER {on, 0}, then abort; connection_lost then reports nothing."""
+        assert self.transport is not None
+        self.acked()  # what the peer acknowledged, read while the kernel can still tell
+        self._aborted_by_us = True
         try:
             self.transport.get_extra_info("socket").setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST
             )
         except OSError:
             pass
-        self._aborted_by_us = True
         self.closed = True
         self.transport.abort()
-        self._emit("WireReset", "injected peer reset")
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -227,14 +287,19 @@ class WireSocket(asyncio.Protocol):
         return state is None or state not in _FIN_NOT_SENT
 
     def acked(self) -> int:
+        """How far the peer has acknowledged our bytes. Once the socket is closed the kernel
+        cannot tell any more (an RST purges its queues): the last offset it told stands."""
         if self.closed or self.transport is None:
-            return self.bytes_written
+            return self._acked_seen
         buffered = self.transport.get_write_buffer_size()
         outq = self._outq()
         unacked = buffered + outq
         if outq and not buffered and self.eof_written and self._fin_sent():
             unacked -= 1  # the FIN's sequence number, counted in the send queue
-        return max(0, self.bytes_written - unacked)
+        acked = max(0, self.bytes_written - unacked)
+        if acked > self._acked_seen:
+            self._acked_seen = acked
+        return acked
 
     def fin_acked(self) -> bool:
         if not self.eof_written:
@@ -263,111 +328,134 @@ class WireSocket(asyncio.Protocol):
         if self._tcp_state() != _TCP_CLOSE:
             return True
         err = self._getsockopt(socket.SOL_SOCKET, socket.SO_ERROR, _INT.size)
-        return err is not None and _INT.unpack(err)[0] == 0
+        if err is None:
+            return False
+        self._kernel_error = _INT.unpack(err)[0]
+        return self._kernel_error == 0
 
     def lost_by_kernel(self) -> None:
-        """The peer reset the connection while we were not reading: report it as an RST."""
+        """The kernel dropped the connection while we were not reading: an RST from the peer, or
+        its own timeout (ETIMEDOUT), reported as such."""
         if self.closed or self.transport is None:
             return
         self._aborted_by_us = True  # connection_lost must not report it a second time
         self.closed = True
         self.transport.abort()
-        self._emit("WireReset", "reset while not reading (kernel state CLOSE)")
+        if self._kernel_error == errno.ETIMEDOUT:
+            self._emit("WireTimeout", "timed out while not reading (kernel state CLOSE)")
+        else:
+            self._emit("WireReset", "reset while not reading (kernel state CLOSE)")
 
     def tcp_info(self) -> TcpInfo:
         if self.closed or self._fd < 0:
             return TcpInfo(state=7)
-        buf = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO.size)
-        if buf is None:
+        sock = socket.socket(fileno=self._fd)  # views the fd: detached below, never closed
+        try:
+            return _read_tcp_info(sock)
+        except (OSError, struct.error):  # gone, or a kernel older than the 104-byte layout
             return TcpInfo()
-        f = _TCP_INFO.unpack(buf[: _TCP_INFO.size])
-        u = f[8:]
-        # u: rto ato snd_mss rcv_mss unacked sacked lost retrans fackets last_data_sent
-        #    last_ack_sent last_data_recv last_ack_recv pmtu rcv_ssthresh rtt rttvar
-        #    snd_ssthresh snd_cwnd advmss reordering rcv_rtt rcv_space total_retrans
-        return TcpInfo(
-            state=f[0],
-            retransmits=f[2],
-            snd_mss=u[2],
-            unacked=u[4],
-            rtt_us=u[15],
-            rttvar_us=u[16],
-            snd_ssthresh=u[17],
-            snd_cwnd=u[18],
-            rcv_space=u[22],
-            total_retrans=u[23],
-        )
+        finally:
+            sock.detach()
+
+    def set_option(self, option: SocketOption, value: int) -> bool:
+        if self.closed or self._fd < 0:
+            return False
+        level, name = _OPTIONS[option]
+        sock = socket.socket(fileno=self._fd)  # views the fd: detached below, never closed
+        try:
+            sock.setsockopt(level, name, value)
+        except (OSError, OverflowError):
+            return False
+        finally:
+            sock.detach()
+        return True
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        self._flow_paused = True
+        self._apply_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        self._flow_paused = False
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        if self._flow_paused or self._stall_timer is not None:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
 
+    def stall(self, seconds: float) -> None:
+        """`stall_peer` [EMU]: for `seconds` the peer seems to neither send nor acknowledge:
+        we stop reading its bytes and hear no ACK news, so back-pressure builds both ways."""
+        loop = self._watcher.loop
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+        self._stall_timer = loop.call_later(seconds, self.unstall)
+        self._watcher.held[self] = loop.time() + seconds
+        self._apply_reading()
 
-class AckWatcher:
-    """Polls the sockets that wait for acknowledgements, all in one callback.
+    def unstall(self) -> None:
+        """The stall is over (or cleared): read again and report acknowledgements."""
+        if self._stall_timer is None:
+            return
+        self._stall_timer.cancel()
+        self._stall_timer = None
+        self._watcher.held.pop(self, None)
+        self._apply_reading()
+        if not self.closed:
+            self.watch_acks()
 
-    First check on the next loop turn (loopback ACKs are usually back by then), then every
-    `interval` while anything still waits. A socket gets a `WireAcked` event when its
-    acknowledged offset (or FIN state) differs from what it last reported, so an owner that
-    asks to watch after its bytes were already acknowledged still hears of it.
 
-    A socket that waits longer than `stall` is asked whether the kernel still has a connection:
-    after the peer's FIN the transport no longer reads, so an RST that answers our later data
-    would otherwise go unnoticed and the data would wait for an ACK for ever.
-    """
+def _read_tcp_info(sock: socket.socket) -> TcpInfo:
+    """`TCP_INFO` as far as this kernel has it, plus the timestamp clock and keepalive settings."""
+    buf = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_ASK)
+    f = _TCP_INFO.unpack_from(buf)
+    u = f[8:]
+    # u: rto ato snd_mss rcv_mss unacked sacked lost retrans fackets last_data_sent
+    #    last_ack_sent last_data_recv last_ack_recv pmtu rcv_ssthresh rtt rttvar
+    #    snd_ssthresh snd_cwnd advmss reordering rcv_rtt rcv_space total_retrans
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, interval: float = 0.0005, stall: float = 0.05
-    ) -> None:
-        self.loop = loop
-        self.interval = interval
-        self.stall = stall
-        self.waiting: dict[WireSocket, float] = {}
-        self._scheduled = False
-        self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
+    def tail(offset: int) -> int | None:
+        if len(buf) < offset + _TCPI_U32.size:
+            return None
+        return int(_TCPI_U32.unpack_from(buf, offset)[0])
 
-    def add(self, wire: WireSocket) -> None:
-        if wire not in self.waiting:
-            self.waiting[wire] = self.loop.time()
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._poll)
-
-    def discard(self, wire: WireSocket) -> None:
-        self.waiting.pop(wire, None)
-        self.held.pop(wire, None)
-
-    def _poll(self) -> None:
-        self._scheduled = False
-        now = self.loop.time()
-        moved = []
-        dead = []
-        for wire, since in self.waiting.items():
-            if wire.closed:
-                moved.append(wire)
-                continue
-            until = self.held.get(wire)
-            if until is not None:
-                if now < until:
-                    continue
-                del self.held[wire]
-            if wire.acked() != wire.notified_acked or wire.fin_acked() != wire.notified_fin:
-                moved.append(wire)
-            elif now - since > self.stall:
-                self.waiting[wire] = now
-                if not wire.kernel_alive():
-                    dead.append(wire)
-        for wire in moved:
-            del self.waiting[wire]
-            if not wire.closed:
-                wire.notify_acked()
-        for wire in dead:
-            self.waiting.pop(wire, None)
-            wire.lost_by_kernel()
-        if self.waiting:
-            self._scheduled = True
-            self.loop.call_later(self.interval, self._poll)
+    info = TcpInfo(
+        state=f[0],
+        ca_state=f[1],
+        retransmits=f[2],
+        probes=f[3],
+        backoff=f[4],
+        options=f[5],
+        snd_wscale=f[6] & 0x0F,
+        rcv_wscale=f[6] >> 4,
+        rto_us=u[0],
+        snd_mss=u[2],
+        unacked=u[4],
+        sacked=u[5],
+        last_data_sent_ms=u[9],
+        last_data_recv_ms=u[11],
+        last_ack_recv_ms=u[12],
+        rtt_us=u[15],
+        rttvar_us=u[16],
+        snd_ssthresh=u[17],
+        snd_cwnd=u[18],
+        rcv_space=u[22],
+        total_retrans=u[23],
+        notsent_bytes=tail(_TCPI_NOTSENT),
+        snd_wnd=tail(_TCPI_SND_WND),
+        rcv_wnd=tail(_TCPI_RCV_WND),
+    )
+    try:
+        info.ts_val = sock.getsockopt(socket.IPPROTO_TCP, _TCP_TIMESTAMP) & 0xFFFFFFFF
+    except OSError:
+        pass
+    info.snd_buf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+        info.keepalive = True
+        info.keepidle_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        info.keepintvl_s = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        info.keepcnt = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+    return info

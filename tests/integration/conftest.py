@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from chimneyd.engine import DEFAULT_TOPOLOGY, Engine, EngineSettings, LayerSpec, start_engine
+from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
+from chimneyd.engine import Engine, start_engine
 from tests.integration.support import EchoPeer, RecordingPeer, assert_clean, drained
 
 
@@ -18,8 +19,8 @@ async def make_engine() -> AsyncIterator[Callable[..., Any]]:
     every table, count and task must be back to zero."""
     engines: list[Engine] = []
 
-    async def make(layers: tuple[LayerSpec, ...] = DEFAULT_TOPOLOGY, **settings: Any) -> Engine:
-        engine = await start_engine(EngineSettings(invariants=True, **settings), layers)
+    async def make(layers: tuple[LayerConfig, ...] = DEFAULT_LAYERS, **settings: Any) -> Engine:
+        engine = await start_engine(EngineConfig(invariants=True, **settings), layers)
         engines.append(engine)
         return engine
 

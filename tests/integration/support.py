@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from chimneyd.engine import Engine, LayerSpec
+from chimneyd.config import LayerConfig
+from chimneyd.engine import Engine
 
 
 class EchoPeer(asyncio.Protocol):
@@ -49,13 +50,13 @@ class RecordingPeer(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-def topology(n_im: int) -> tuple[LayerSpec, ...]:
+def topology(n_im: int) -> tuple[LayerConfig, ...]:
     """host → n_im pass-through IMs → nic0."""
     names = ["tcpip", *[f"im{i}" for i in range(n_im)], "nic0"]
-    layers = [LayerSpec("tcpip", "host", (names[1],))]
+    layers = [LayerConfig("tcpip", "host", (names[1],))]
     for i in range(n_im):
-        layers.append(LayerSpec(f"im{i}", "passthrough", (names[i + 2],)))
-    layers.append(LayerSpec("nic0", "target"))
+        layers.append(LayerConfig(f"im{i}", "passthrough", (names[i + 2],)))
+    layers.append(LayerConfig("nic0", "target"))
     return tuple(layers)
 
 
@@ -80,7 +81,8 @@ def assert_clean(engine: Engine, stats: dict[str, Any]) -> None:
     assert engine.layer_errors == 0, "a layer handler raised"
     if engine.checker is not None:
         assert engine.checker.violations == []
-        assert engine.checker.check_drained(stats) == []
+        left = engine.checker.check_drained(stats)
+        assert left == [], left
 
 
 EngineFactory = Callable[..., "asyncio.Future[Engine]"]

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from chimneyd import engine as engine_module
 from chimneyd.api import EngineError, ErrorCode
 
 
 async def test_closed_traces_survive_the_idle_archive(
     make_engine: Any, echo_port: int, monkeypatch: Any
 ) -> None:
-    monkeypatch.setattr(engine_module, "CLOSED_TRACES_KEPT", 3)
     engine = await make_engine()
+    engine.traces.keep = 3
     seen: dict[int, list[dict[str, Any]]] = {}
 
     async def one_round() -> int:
@@ -25,16 +24,16 @@ async def test_closed_traces_survive_the_idle_archive(
         return conn
 
     first = [await one_round() for _ in range(2)]
-    engine._trim_when_idle(1)  # what the engine does on its own once idle
-    assert engine.trace_archive is not None and not engine.closed_traces
+    engine.trim._run(1)  # what the engine does on its own once idle
+    assert engine.traces.archive is not None and not engine.traces.recent
     for conn in first:
         assert engine.trace(conn, None) == seen[conn]
         assert engine.trace(conn, 5) == seen[conn][-5:]
     later = [await one_round() for _ in range(2)]  # closed after the archive: kept as before
-    assert engine.closed_traces
+    assert engine.traces.recent
     for conn in first + later:
         assert engine.trace(conn, None) == seen[conn]
-    engine._trim_when_idle(1)  # merged: only the newest 3 stay
+    engine.trim._run(1)  # merged: only the newest 3 stay
     assert [engine.trace(c, None) for c in first[1:] + later] == [
         seen[c] for c in first[1:] + later
     ]

@@ -43,7 +43,7 @@ lower = ["team0"]
 
 [[layer]]
 name = "team0"
-kind = "mux"
+kind = "passthrough"
 lower = ["nic0"]
 
 [[layer]]
@@ -86,10 +86,26 @@ BAD = {
         "layer[1].lower",
         "exactly one",
     ),
-    "mux with none": (
-        HOST_IM.replace("im0", "mx") + '[[layer]]\nname = "mx"\nkind = "mux"\nlower = []\n' + NIC,
+    "mux without lower": (
+        HOST_IM.replace("im0", "mx") + '[[layer]]\nname = "mx"\nkind = "mux"\n' + NIC,
         "layer[1].lower",
         "at least one",
+    ),
+    "mux bad policy": (
+        HOST_IM.replace("im0", "mx")
+        + '[[layer]]\nname = "mx"\nkind = "mux"\nlower = ["nic0"]\npolicy = "random"\n'
+        + NIC,
+        "layer[1].policy",
+        "round-robin",
+    ),
+    "policy off a mux": (HOST_IM + IM_NIC + 'policy = "hash"\n' + NIC, "layer[1].policy", "mux"),
+    "nic under two layers": (
+        HOST_IM.replace('["im0"]', '["mx"]')
+        + '[[layer]]\nname = "mx"\nkind = "mux"\nlower = ["im0", "nic0"]\n'
+        + IM_NIC
+        + NIC,
+        "layer[2].lower",
+        "bound by layer[1]",
     ),
     "cycle": (
         HOST_IM
@@ -144,7 +160,7 @@ def test_check_config_good_file(tmp_path: Path) -> None:
     assert cfg["engine"]["trace_depth"] == 32 and cfg["engine"]["invariants"] is True
     assert [(la["name"], la["kind"], la["lower"]) for la in cfg["layer"]] == [
         ("tcpip", "host", ["team0"]),
-        ("team0", "mux", ["nic0"]),
+        ("team0", "passthrough", ["nic0"]),
         ("nic0", "target", []),
     ]
     assert cfg["layer"][2]["max_connections"] == 100
@@ -298,7 +314,6 @@ def call(sock: socket.socket, msgid: int, method: str, *params: Any) -> list[Any
 def test_daemon_serves_and_stops_cleanly(spawn: Any, tmp_path: Path) -> None:
     """The default topology on a free port and a unix socket: ready line, RPC, SIGHUP reopens the
     log file, SIGTERM with a listener open → exit 0 with nothing left over."""
-    pytest.importorskip("chimneyd.engine")
     sock_path = tmp_path / "rpc.sock"
     log_path = tmp_path / "chimneyd.log"
     config = tmp_path / "c.toml"

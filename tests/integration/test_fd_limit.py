@@ -23,7 +23,16 @@ def _limit_fds() -> None:
 
 async def test_fd_exhaustion_refuses_then_recovers() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chimneyd", "--listen", "127.0.0.1:0", "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "chimneyd",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warning",
+            "--invariants",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         preexec_fn=_limit_fds,
@@ -52,6 +61,8 @@ async def test_fd_exhaustion_refuses_then_recovers() -> None:
         assert (await client.tcp_info(again))["state"] == "offloaded"
         await client.tcp_send(again, b"recovered")
         assert await client.tcp_recv(again, 100, 5000) == b"recovered"
+        # running out of descriptors broke no rule of spec §9
+        assert (await client.stack_stats())["engine"]["invariant_violations"] == 0
         await client.close()
         await peer.close()
     finally:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.engine import Engine
+from chimneyd.ndis.blocks import TCP_FLAG_KEEP_ALIVE_ENABLED, TCP_FLAG_NAGLING_ENABLED
 from tests.integration.support import RecordingPeer
 
 
@@ -111,3 +113,85 @@ async def test_refused_indications_resume_after_a_post(make_engine: Any, recordi
     assert got == data
     posts = _calls(engine, conn, "NdisOffloadTcpReceive")
     assert posts, "indications were never re-enabled by a receive post"
+
+
+async def test_update_sets_the_real_sockets_options(make_engine: Any, recording: Any) -> None:
+    """Keepalive, Nagle, TTL, TOS and the receive window reach the kernel (spec §3.4)."""
+    port, peers = recording
+    engine = await make_engine(user_timeout_ms=2500)
+    conn = await engine.connect("127.0.0.1", port)
+    await _peer(peers)
+    sock = socket.socket(fileno=engine.sockets.wire_of(conn)._fd)
+    try:
+        tcp = socket.IPPROTO_TCP
+        assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == 2500  # engine.user_timeout_ms
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        assert sock.getsockopt(tcp, socket.TCP_NODELAY) == 1
+        cached = {
+            "Flags": TCP_FLAG_KEEP_ALIVE_ENABLED | TCP_FLAG_NAGLING_ENABLED,
+            "KaTimeout": 30_000,
+            "KaInterval": 2_000,
+            "KaProbeCount": 3,
+            "TtlOrHopLimit": 17,
+            "TosOrTrafficClass": 0x20,
+            "InitialRcvWnd": 65536,
+        }
+        assert await engine.update(conn, cached) == {"status": "NDIS_STATUS_SUCCESS"}
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(tcp, socket.TCP_KEEPIDLE) == 30
+        assert sock.getsockopt(tcp, socket.TCP_KEEPINTVL) == 2
+        assert sock.getsockopt(tcp, socket.TCP_KEEPCNT) == 3
+        assert sock.getsockopt(tcp, socket.TCP_NODELAY) == 0
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) == 17
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TOS) == 0x20
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * 65536  # Linux doubles
+        # the delegated keepalive timer reads the socket the update configured
+        q = await engine.query(conn)
+        assert 0 < q["KeepAliveTimeoutDelta"] <= 30_000
+        # at upload the host carries on with the kernel's own retransmission limit
+        await engine.upload(conn)
+        assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == 0
+    finally:
+        sock.detach()
+
+
+async def test_a_waitall_read_survives_an_indication_crossing_its_post(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Small indications (RcvIndicationSize 100) race the waitall request the host posts for
+    the bytes still missing; the host must leave the crossing indication's bytes to that
+    request, or the read waits forever for bytes it already holds (spec §4.4)."""
+    engine = await make_engine(trace_depth=4096)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert await engine.update(conn, {"RcvIndicationSize": 100}) == {
+        "status": "NDIS_STATUS_SUCCESS"
+    }
+    for size in (700, 4096, 150):
+        data = bytes(i % 253 for i in range(size))
+        assert await engine.send(conn, data) == size
+        assert await engine.recv(conn, size, 5.0, True) == data
+    refused = [
+        h
+        for h in _calls(engine, conn, "NdisTcpOffloadReceiveHandler:return")
+        if h["status"] == "NDIS_STATUS_OFFLOAD_DATA_NOT_ACCEPTED"
+    ]
+    assert refused, "no indication crossed a post: the race this test is about did not happen"
+
+
+@pytest.mark.parametrize("what", ["path", "neighbor"])
+async def test_no_update_under_an_invalidated_path_or_neighbor(
+    make_engine: Any, echo_port: int, what: str
+) -> None:
+    """An update asked for right after the connection's path or neighbor was invalidated (in
+    the same turn of the host) is refused: the connection depends on an invalidated object,
+    which takes no update (spec §3.1, §3.5, §9 item 7)."""
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    invalidated = asyncio.ensure_future(engine.invalidate(conn, what))
+    updated = asyncio.ensure_future(engine.update(conn, {"RcvIndicationSize": 100}))
+    assert await invalidated == {"status": "NDIS_STATUS_SUCCESS"}
+    with pytest.raises(EngineError) as err:
+        await updated
+    assert err.value.code is ErrorCode.INVALID_STATE
+    assert what in err.value.detail
+    assert engine.checker is not None and engine.checker.violations == []

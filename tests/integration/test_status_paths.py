@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.engine import Engine, LayerSpec
+from chimneyd.config import LayerConfig
+from chimneyd.engine import Engine
 from tests.integration.support import RecordingPeer, topology
 
 
@@ -44,6 +45,15 @@ def _rst(peer: RecordingPeer) -> None:
     sock = peer.transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.transport.abort()
+
+
+async def _received(peer: RecordingPeer, n: int) -> None:
+    """Wait (bounded) until the peer has at least `n` bytes."""
+    for _ in range(1000):
+        if len(peer.received) >= n:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"the peer has {len(peer.received)} bytes, not {n}")
 
 
 async def _state(engine: Engine, conn: int, state: str) -> None:
@@ -97,7 +107,10 @@ async def test_injected_peer_reset_fails_sends_in_flight(make_engine: Any, recor
     await events.wait(conn, "TcpIndicateAbort")
     with pytest.raises(EngineError) as err:
         await sending
-    assert "NDIS_STATUS_REQUEST_ABORTED" in str(err.value) or "NDIS_STATUS_UPLOAD" in str(err.value)
+    # the held send reached the NIC after the RST: aborted, nothing of it acknowledged
+    assert err.value.code is ErrorCode.NDIS_STATUS
+    assert "NDIS_STATUS_REQUEST_ABORTED" in str(err.value)
+    assert str(err.value).endswith("acknowledged 0 bytes")
     engine.fault_clear(None)
 
 
@@ -188,8 +201,12 @@ async def test_im_cannot_relay_send_host_sends_after_upload(
     await _state(engine, conn, "host")
     trace = engine.trace(conn, None)
     assert any(h["status"] == "NDIS_STATUS_REQUEST_UPLOAD" for h in trace)
-    await asyncio.sleep(0.02)
-    assert bytes(peer.received) == b"relayed by the host"  # exactly once
+    await _received(peer, 19)
+    assert bytes(peer.received) == b"relayed by the host"
+    # exactly once: a duplicate would be on the wire before the bytes of a later send
+    assert await engine.send(conn, b"|") == 1
+    await _received(peer, 20)
+    assert bytes(peer.received) == b"relayed by the host|"
 
 
 async def test_hardware_corruption_on_query(make_engine: Any, echo_port: int) -> None:
@@ -240,7 +257,7 @@ async def test_terminate_reports_corruption_then_second_terminate(
 async def test_capacity_limit_keeps_connection_in_host_mode(
     make_engine: Any, echo_port: int
 ) -> None:
-    engine = await make_engine((*topology(1)[:-1], LayerSpec("nic0", "target", (), 2)))
+    engine = await make_engine((*topology(1)[:-1], LayerConfig("nic0", "target", (), 2)))
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
     states = [engine.conn_info(c)["state"] for c in conns]
     assert states == ["offloaded", "offloaded", "host"]
@@ -265,7 +282,10 @@ async def test_query_reports_delegated_state_from_real_bytes(
     assert (after["SndNxt"] - start["SndNxt"]) % (1 << 32) == 5000
     assert (after["SndUna"] - start["SndUna"]) % (1 << 32) == 5000
     assert (after["RcvNxt"] - start["RcvNxt"]) % (1 << 32) == 5000
-    assert after["SRtt"] >= 0 and after["CWnd"] > 0
+    # the kernel's state in the spec's units: loopback's µs RTT is not truncated to 0 (spec §8)
+    assert after["SRtt"] > 0 and after["RttVar"] > 0
+    assert after["CWnd"] > 0 and after["SndWnd"] > 0 and 0 < after["SsThresh"] <= 0xFFFFFFFF
+    assert after["RetransmitTimeoutDelta"] == -1  # everything acknowledged: not running
 
 
 async def test_many_connections_share_neighbor_and_path(make_engine: Any, echo_port: int) -> None:
@@ -326,3 +346,57 @@ async def test_recv_timeout_loses_nothing(make_engine: Any, recording: Any) -> N
     while len(got) < 18:
         got += await engine.recv(conn, 100, 5.0)
     assert got == b"after the timeouts"
+
+
+async def test_host_event_uploads_and_withholds_until_cleared(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The `host_event` fault: the host's own reasons to upload (spec §6.2)."""
+    engine = await make_engine()
+    events = Events(engine)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    for conn in conns:
+        assert await engine.send(conn, b"before") == 6
+    fid = engine.fault_inject({"kind": "host_event", "layer": "nic0", "event": "power_down"})
+    for conn in conns:
+        assert (await events.wait(conn, "uploaded")) == {"reason": "power_down"}
+        await _state(engine, conn, "host")
+    assert engine.layers["nic0"].describe()["tcp"] == 0  # type: ignore[attr-defined]
+    assert engine.host.withheld["nic0"].power_complete
+    with pytest.raises(EngineError) as err:
+        await engine.offload(conns[0])
+    assert err.value.code is ErrorCode.INVALID_STATE and "power_down" in str(err.value)
+    assert await engine.send(conns[0], b"after") == 5  # in the host stack, nothing lost
+    got = b""
+    while len(got) < 11:
+        got += await engine.recv(conns[0], 100, 5.0)
+    assert got == b"beforeafter"
+    assert engine.fault_list() == [
+        {"id": fid, "kind": "host_event", "layer": "nic0", "event": "power_down"}
+    ]
+    engine.fault_clear(fid)
+    await asyncio.sleep(0.02)
+    assert (await engine.offload(conns[0]))["state"] == "offloaded"
+    with pytest.raises(EngineError) as err:
+        engine.fault_inject({"kind": "host_event", "layer": "im0", "event": "power_down"})
+    assert err.value.code is ErrorCode.INVALID_PARAMS  # a target, not an IM
+
+
+async def test_an_ignored_optional_retrieve_keeps_the_connection_offloaded(
+    make_engine: Any, echo_port: int
+) -> None:
+    """`engine.honor_optional_retrieve = false`: the target carries on (spec §5.2)."""
+    engine = await make_engine(honor_optional_retrieve=False)
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    engine.fault_inject({"kind": "retrieve", "conn": conn, "reason": "LowActivity"})
+    info = await events.wait(conn, "TcpIndicateRetrieve")
+    assert info == {"reason": "LowActivity", "mandatory": False, "honored": False}
+    assert await engine.send(conn, b"still offloaded") == 15
+    got = b""
+    while len(got) < 15:
+        got += await engine.recv(conn, 100, 5.0)
+    assert got == b"still offloaded"
+    assert engine.conn_info(conn)["state"] == "offloaded" and "uploaded" not in events.names(conn)
+    trace = engine.trace(conn, None)
+    assert any(h["call"] == "MiniportTcpOffloadSend" for h in trace[-30:])  # through the chimney

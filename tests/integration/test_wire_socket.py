@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from chimneyd.runtime.wire import AckWatcher, WireSocket
+from chimneyd.runtime.acks import AckWatcher
+from chimneyd.runtime.wire import WireSocket
 
 
 class Peer(asyncio.Protocol):

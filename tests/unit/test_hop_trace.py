@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chimneyd.ndis.status import status_name
 from chimneyd.ndis.trace import HopTrace
 
 hop = st.tuples(
@@ -46,10 +47,52 @@ def test_freeze_keeps_what_trace_get_reads(
     replay(frozen, before)
     replay(plain, before)
     frozen.freeze()
-    assert frozen.hops == [] or not before
+    assert frozen.held() == 0
     assert frozen.as_maps() == plain.as_maps()
     # hops recorded after the close (late completions) still show, within the depth
     replay(frozen, after)
     replay(plain, after)
     assert frozen.as_maps() == plain.as_maps()
     assert frozen.as_maps(3) == plain.as_maps(3)
+
+
+@given(st.lists(hop, min_size=1, max_size=40), st.integers(1, 30))
+def test_every_value_reads_back_as_recorded(hops: list[tuple], depth: int) -> None:  # type: ignore[type-arg]
+    """Ids past 32 bits, statuses, chains: `trace.get` shows what was recorded, whether the
+    records stayed narrow or were widened on the way (the newest `depth` calls are kept)."""
+    t0 = 1_700_000_000_000_000_000
+    clock = itertools.count(t0)
+    trace = HopTrace(7, depth, lambda: next(clock))
+    replay(trace, hops)
+    want: list[dict[str, object]] = []
+    seq = 0
+    for i, (layer, call, handle, context, nbl, status, event) in enumerate(hops):
+        for one in nbl if isinstance(nbl, list) else [nbl]:
+            seq += 1
+            if i < len(hops) - depth:
+                continue
+            hop: dict[str, object] = {"seq": seq, "t_ns": t0 + i, "layer": layer, "call": call}
+            hop["handle"] = handle or None
+            hop["context"] = context or None
+            hop["nbl"] = one or None
+            hop["status"] = status_name(status) if status != -1 else None
+            if event is not None:
+                hop["event"] = event
+            want.append(hop)
+    assert trace.as_maps() == want
+
+
+def test_a_wide_value_widens_the_records_already_held() -> None:
+    clock = itertools.count(1)
+    trace = HopTrace(7, 64, lambda: next(clock))
+    trace.record("tcpip", "NdisInitiateOffload", 52, 0, 0, 0xC0000001)
+    trace.record("nic0", "MiniportTcpOffloadSend", 0, 2**40, (3, 2**33))
+    trace.record("im0", "ProtocolTcpOffloadEvent", 2**31, event="TcpIndicateDisconnect")
+    got = [(h["seq"], h["handle"], h["context"], h["nbl"], h["status"]) for h in trace.as_maps()]
+    assert got == [
+        (1, 52, None, None, status_name(0xC0000001)),
+        (2, None, 2**40, 3, None),
+        (3, None, 2**40, 2**33, None),
+        (4, 2**31, None, None, None),
+    ]
+    assert trace.held() == 3

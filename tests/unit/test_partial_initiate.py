@@ -3,109 +3,46 @@ P2 → {T3}}; T2 fails for resources, P2 fails otherwise, T3 is never tried."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from chimneyd.drivers.base import FailNext
-from chimneyd.drivers.nic import OffloadTarget
-from chimneyd.ndis.blocks import (
-    OffloadBlock,
-    PathOffloadStateConst,
-    TcpOffloadStateConst,
-    TcpOffloadStateDelegated,
-    new_neighbor_block,
-    new_path_block,
-    new_tcp_block,
-    walk,
-)
-from chimneyd.ndis.broker import Binding, Layer, Ndis, SyncScheduler
-from chimneyd.ndis.handles import NdisOffloadHandle
-from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.blocks import OffloadBlock, walk
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing import OffloadTree, ProtocolStub, Stack
+from chimneyd.testing.factories import fail_next, loopback_target_stack
 
 
-class Protocol(Layer):
-    """A bare protocol edge that records what comes back."""
-
-    has_protocol_edge = True
-
-    def __init__(self, name: str, ndis: Ndis) -> None:
-        super().__init__(name, ndis)
-        self.completed: list[OffloadBlock] = []
-
-    def ProtocolInitiateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
-        self.completed.append(root)
+def _stack() -> tuple[Stack, ProtocolStub]:
+    st = loopback_target_stack(max_connections=16)
+    return st, st.top
 
 
-class Wire:
-    """Just enough of a socket for the target to take a connection."""
-
-    isn = irs = 0
-    bytes_read = bytes_written = 0
-    closed = False
-
-    def __init__(self) -> None:
-        self.owner: Any = None
-
-    def set_owner(self, layer: Any, ctx: Any) -> None:
-        self.owner = ctx
-
-    def write(self, views: list[memoryview]) -> None:
-        raise AssertionError("nothing to send")
-
-    def watch_acks(self) -> None:
-        pass
+def _tcp(st: Stack, send: list[bytes] | None = None) -> OffloadBlock:
+    return st.top.tcp_block(st.wires.open(), send=send or [])
 
 
-class Timers:
-    def call_later(self, delay: float, fn: Any, *args: Any) -> Any:
-        raise AssertionError("no timer expected")
-
-
-def _stack() -> tuple[SyncScheduler, Protocol, OffloadTarget, Binding]:
-    scheduler = SyncScheduler()
-    ndis = Ndis(clock=lambda: 0, deliver=scheduler)
-    proto = Protocol("tcpip", ndis)
-    nic = OffloadTarget("nic0", ndis, Timers(), lambda *key: Wire(), max_connections=16)
-    return scheduler, proto, nic, ndis.bind(proto, nic)
-
-
-def _tcp(proto: Protocol, port: int) -> OffloadBlock:
-    handle = NdisOffloadHandle(proto.name, owner=f"T{port}")
-    return new_tcp_block(
-        handle,
-        TcpOffloadStateConst(LocalPort=port, RemotePort=80),
-        None,
-        TcpOffloadStateDelegated(),
-    )
-
-
-def _path(proto: Protocol, dst: bytes) -> OffloadBlock:
-    handle = NdisOffloadHandle(proto.name, owner=dst)
-    return new_path_block(handle, PathOffloadStateConst(b"\x7f\x00\x00\x01", dst))
+def _initiate(st: Stack, root: OffloadBlock) -> None:
+    st.top.initiate(root)
+    st.run()
+    assert [c.root for c in st.top.state_completions[-1:]] == [root]  # one completion, same root
 
 
 def test_spec_worked_example_of_a_partial_initiate() -> None:
-    scheduler, proto, nic, binding = _stack()
-    n1 = new_neighbor_block(NdisOffloadHandle(proto.name, owner="N1"))
-    p1 = n1.add_dependent(_path(proto, b"\x7f\x00\x00\x02"))
-    t1 = p1.add_dependent(_tcp(proto, 1001))
-    t2 = p1.add_dependent(_tcp(proto, 1002))
-    p2 = n1.add_dependent(_path(proto, b"\x7f\x00\x00\x03"))
-    t3 = p2.add_dependent(_tcp(proto, 1003))
+    st, top = _stack()
+    (nic,) = st.under_test
+    n1 = top.neighbor_block()
+    p1 = n1.add_dependent(top.path_block())
+    t1 = p1.add_dependent(_tcp(st))
     # T2 carries outstanding send data: on failure the target must leave it untouched
-    send = NetBufferList.for_data(b"not yet acknowledged")
-    t2.net_buffer_list_chain = send
-    assert [b for b in walk(n1)] == [n1, p1, t1, t2, p2, t3]  # depth first, then next
+    t2 = p1.add_dependent(_tcp(st, [b"not yet acknowledged"]))
+    p2 = n1.add_dependent(top.path_block(dst=b"\x7f\x00\x00\x03"))
+    t3 = p2.add_dependent(_tcp(st))
+    assert list(walk(n1)) == [n1, p1, t1, t2, p2, t3]  # depth first, then next
+    (send,) = [t2.net_buffer_list_chain]
+    assert send is not None
 
     # the second TCP block fails for resources; the second path block fails otherwise
-    nic.fail_next.append(FailNext(1, "MiniportInitiateOffload", S.NDIS_STATUS_RESOURCES, 1, skip=1))
-    nic.fail_next.append(
-        FailNext(2, "MiniportInitiateOffload[path]", S.NDIS_STATUS_FAILURE, 1, skip=1)
-    )
-    proto.ndis.NdisInitiateOffload(proto, binding, n1)
-    scheduler.run()
+    fail_next(nic, "MiniportInitiateOffload", S.NDIS_STATUS_RESOURCES, skip=1)
+    fail_next(nic, "MiniportInitiateOffload[path]", S.NDIS_STATUS_FAILURE, skip=1)
+    _initiate(st, n1)
 
-    assert proto.completed == [n1]  # one completion, the same root
     assert n1.status == S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS
     assert p1.status == S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS
     assert t1.status == S.NDIS_STATUS_SUCCESS
@@ -123,43 +60,75 @@ def test_spec_worked_example_of_a_partial_initiate() -> None:
     ):
         assert block.offload_handle is not None
         assert (block.offload_handle.miniport_offload_context is not None) is offloaded
+    assert top.slot_errors == []
     # the failed connection's send NBL was neither completed nor given a status
     assert send.status == S.NDIS_STATUS_PENDING and send.source_bindings == []
-    assert nic.stats.handles == 3 and nic.tcp_count == 1
-    assert nic.stats.outstanding_nbls == 0
+    assert top.returned_sends == [send] and top.completions == []
+    assert (nic.stats.handles, nic.stats.offloads_active, nic.stats.outstanding_nbls) == (3, 3, 0)
 
 
 def test_root_failure_stops_the_walk() -> None:
-    scheduler, proto, nic, binding = _stack()
-    n1 = new_neighbor_block(NdisOffloadHandle(proto.name, owner="N1"))
-    p1 = n1.add_dependent(_path(proto, b"\x7f\x00\x00\x02"))
-    t1 = p1.add_dependent(_tcp(proto, 1001))
-    n2 = new_neighbor_block(NdisOffloadHandle(proto.name, owner="N2"))
+    st, top = _stack()
+    (nic,) = st.under_test
+    n1 = top.neighbor_block()
+    p1 = n1.add_dependent(top.path_block())
+    t1 = p1.add_dependent(_tcp(st))
+    n2 = top.neighbor_block()
     n1.next_block = n2
-    nic.fail_next.append(FailNext(1, "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE, 1))
-    proto.ndis.NdisInitiateOffload(proto, binding, n1)
-    scheduler.run()
+    fail_next(nic, "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE)
+    _initiate(st, n1)
     assert [b.status for b in (n1, p1, t1, n2)] == [S.NDIS_STATUS_FAILURE] * 4
-    assert nic.stats.handles == 0
+    assert nic.stats.handles == 0 and st.drain_problems() == []
 
 
 def test_capacity_gives_tcp_entries_and_linkers_reuse_objects() -> None:
-    scheduler, proto, nic, binding = _stack()
-    nic.max_connections = 1
-    n1 = new_neighbor_block(NdisOffloadHandle(proto.name, owner="N1"))
-    p1 = n1.add_dependent(_path(proto, b"\x7f\x00\x00\x02"))
-    t1 = p1.add_dependent(_tcp(proto, 1001))
-    t2 = p1.add_dependent(_tcp(proto, 1002))
-    proto.ndis.NdisInitiateOffload(proto, binding, n1)
-    scheduler.run()
+    st = loopback_target_stack(max_connections=1)
+    top = st.top
+    (nic,) = st.under_test
+    n1 = top.neighbor_block()
+    p1 = n1.add_dependent(top.path_block())
+    t1 = p1.add_dependent(_tcp(st))
+    t2 = p1.add_dependent(_tcp(st))
+    _initiate(st, n1)
     assert (t1.status, t2.status) == (S.NDIS_STATUS_SUCCESS, S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES)
     # a second tree links to the offloaded neighbor and path (linkers, no state)
-    nic.max_connections = 2
     assert n1.offload_handle is not None and p1.offload_handle is not None
-    link_n = new_neighbor_block(n1.offload_handle)
-    link_p = link_n.add_dependent(new_path_block(p1.offload_handle))
-    t3 = link_p.add_dependent(_tcp(proto, 1003))
-    proto.ndis.NdisInitiateOffload(proto, binding, link_n)
-    scheduler.run()
-    assert [b.status for b in (link_n, link_p, t3)] == [S.NDIS_STATUS_SUCCESS] * 3
-    assert nic.stats.handles == 4  # one neighbor, one path, two TCP contexts
+    link_n = top.neighbor_block(n1.offload_handle)
+    link_p = link_n.add_dependent(top.path_block(p1.offload_handle))
+    t3 = link_p.add_dependent(_tcp(st))
+    _initiate(st, link_n)
+    # still full: the path linker, whose only dependent failed, fails with it (spec §2.3)
+    assert (link_p.status, t3.status) == (S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES)
+    # upload T1 alone (neighbor and path as placeholders): the room is for a new connection
+    assert t1.offload_handle is not None
+    tree = OffloadTree(n1, n1.offload_handle, [p1.offload_handle], [t1.offload_handle])
+    top.terminate(top.reference_tree(tree, state="delegated"))
+    st.run()
+    link_n = top.neighbor_block(n1.offload_handle)
+    link_p = link_n.add_dependent(top.path_block(p1.offload_handle))
+    t4 = link_p.add_dependent(_tcp(st))
+    _initiate(st, link_n)
+    assert [b.status for b in (link_n, link_p, t4)] == [S.NDIS_STATUS_SUCCESS] * 3
+    assert nic.stats.handles == 3  # the same neighbor and path, one TCP context
+    assert top.slot_errors == []
+
+
+def test_a_new_object_whose_every_dependent_failed_is_offloaded_all_the_same() -> None:
+    """spec §2.3: only a linker fails with all its dependents; a new path block is offloaded
+    (its slot written) whatever its dependents did, so its status is partial success. Read as
+    a linker once its slot was written, it used to report FAILURE, the host then terminated
+    the neighbor without the path, and the target raised "terminated with dependents"."""
+    st, top = _stack()
+    (nic,) = st.under_test
+    n1 = top.neighbor_block()
+    p1 = n1.add_dependent(top.path_block())
+    t1 = p1.add_dependent(_tcp(st))
+    fail_next(nic, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
+    _initiate(st, n1)
+    assert [b.status for b in (n1, p1, t1)] == [
+        S.NDIS_STATUS_SUCCESS,
+        S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS,
+        S.NDIS_STATUS_FAILURE,
+    ]
+    assert p1.offload_handle is not None and p1.offload_handle.miniport_offload_context
+    assert top.slot_errors == []

@@ -1,0 +1,163 @@
+"""What the host knows of each binding below it: the target's capabilities and the parameters
+it set (OIDs, spec §1.3, §8), the adapter status indications (spec §5.5), and its answers to
+neighbor reachability queries (spec §5.4).
+
+The host decides whether to offload from the capabilities, instead of learning limits only by
+refusal: no chimney where the target advertises none (or an encapsulation chimney does not
+recognise), no IPv6 connection where it has no IPv6, and never more connections than its
+advertised capacity. It reads them at bind and again after every RESUME.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from chimneyd.ndis.blocks import OffloadBlock
+from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.lifecycle import LIVE, Event, Phase
+from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffload, Oid
+from chimneyd.ndis.status import IndicateOffloadEvent, NdisStatus
+
+from ..queues import grown
+from . import offload, terminate
+from .tcb import AppError, Tcb, ndis_error
+
+if TYPE_CHECKING:
+    from .stack import HostStack
+
+log = structlog.get_logger("chimneyd.host")
+S = NdisStatus
+#: The capabilities of a binding not yet answered.
+ASKED = "asked"
+
+
+def bound(h: HostStack, binding: Binding) -> None:
+    """The host opened `binding`: set the parameters, read the capabilities (spec §1.3)."""
+    params = NdisOidRequest(Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS, set=True, data=h.params)
+    h.ndis.NdisOidRequest(h, binding, params)
+    ask_capabilities(h, binding)
+
+
+def ask_capabilities(h: HostStack, binding: Binding) -> None:
+    h.capabilities[binding.id] = ASKED
+    request = NdisOidRequest(Oid.OID_TCP_CONNECTION_OFFLOAD_CURRENT_CONFIG)
+    h.ndis.NdisOidRequest(h, binding, request)
+
+
+def oid_complete(h: HostStack, binding: Binding, request: NdisOidRequest) -> None:
+    """`ProtocolOidRequestComplete`."""
+    if request.oid is Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS:
+        if request.status != S.NDIS_STATUS_SUCCESS:
+            log.warning("offload_parameters_refused", layer=binding.lower.name)
+        return
+    ok = request.status == S.NDIS_STATUS_SUCCESS
+    h.capabilities[binding.id] = request.data if ok else None  # None: no chimney below
+    if h.pending_initiates:
+        offload.flush_initiates(h)
+
+
+def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | str | None:
+    """Why the host will not offload `tcb` through `binding` (an error), or `ASKED` while
+    the capabilities are not known yet, or None."""
+    caps: NdisTcpConnectionOffload | str | None = h.capabilities.get(binding.id)
+    if caps is ASKED:
+        return ASKED
+    if not isinstance(caps, NdisTcpConnectionOffload) or not caps.recognised():
+        detail = f" {binding.lower.name} offers no TCP chimney (spec §1.3)"
+        return ndis_error(S.NDIS_STATUS_NOT_SUPPORTED, detail)
+    ipv6 = ipaddress.ip_address(tcb.wire.local[0]).version == 6
+    if (ipv6 and not caps.SupportIPv6) or (not ipv6 and not caps.SupportIPv4):
+        return ndis_error(
+            S.NDIS_STATUS_NOT_SUPPORTED,
+            f" {binding.lower.name} does not offload IPv{6 if ipv6 else 4} (spec §8)",
+        )
+    if h.offloads_on.get(binding.id, 0) >= caps.TcpConnectionOffloadCapacity:
+        return ndis_error(
+            S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES,
+            f" {binding.lower.name} advertises room for {caps.TcpConnectionOffloadCapacity}"
+            " connections (spec §8)",
+        )
+    return None
+
+
+def status(h: HostStack, binding: Binding, code: NdisStatus) -> None:
+    """`ProtocolStatusEx`: adapter status indications (spec §5.5)."""
+    if code == S.NDIS_STATUS_OFFLOAD_PAUSE:
+        h.paused.add(binding.id)
+    elif code == S.NDIS_STATUS_UPLOAD_ALL:
+        h.paused.add(binding.id)
+        for tcb in list(h.tcbs.values()):
+            if tcb.binding is binding and tcb.lifecycle.phase in LIVE:
+                tcb.lifecycle.fire(Event.UPLOAD_ALL)
+                h.emit(
+                    tcb.conn_id,
+                    "TcpIndicateRetrieve",
+                    {"reason": code.name, "mandatory": True, "honored": True},
+                )
+                offer_again_at_resume(h, tcb, binding)
+                terminate.start(h, tcb)
+    elif code == S.NDIS_STATUS_OFFLOAD_RESUME:
+        h.paused.discard(binding.id)
+        ask_capabilities(h, binding)  # they may differ now (spec §5.5)
+        for tcb in h.resume_offloads.pop(binding.id, []):
+            _offload_again(h, tcb, binding)
+
+
+def offer_again_at_resume(h: HostStack, tcb: Tcb, binding: Binding) -> None:
+    """A connection the target asked back while the binding is paused (a failover: spec §5.5
+    PAUSE, the uploads, RESUME) is offloaded again at RESUME [EMU: the host's policy]."""
+    if binding.id in h.paused:
+        h.resume_offloads.setdefault(binding.id, []).append(tcb)
+
+
+def _offload_again(h: HostStack, tcb: Tcb, binding: Binding) -> None:
+    if tcb.lifecycle.phase is Phase.TERMINATING:
+        # its upload is on the way
+        tcb.deferred = grown(tcb.deferred, lambda: _offload_again(h, tcb, binding))
+    elif tcb.lifecycle.phase is Phase.IDLE and tcb.conn_id in h.tcbs:
+
+        def done(result: Any, error: AppError | None) -> None:
+            # the outcome is the `offloaded` event; refused (no room, no NIC for its IP version
+            # yet), it is offered again at the next RESUME, when what the target offers changed
+            if error is not None and error.symbol == "NDIS_STATUS" and tcb.conn_id in h.tcbs:
+                h.resume_offloads.setdefault(binding.id, []).append(tcb)
+
+        offload.request(h, tcb, tcb.target, done)
+
+
+def offload_event(h: HostStack, block: OffloadBlock, code: IndicateOffloadEvent) -> None:
+    """`ProtocolIndicateOffloadEvent` (spec §5.4): a neighbor reachability query is answered
+    at once with the host's HRD in the block's cached state. A loopback neighbor is always
+    reachable, confirmed just now: HRD 1 tick [EMU] (0 would mean "stale")."""
+    if code is IndicateOffloadEvent.NeighborReachabilityQuery and block.cached is not None:
+        block.cached.HostReachabilityDelta = 1
+    h.stats.count(f"ProtocolIndicateOffloadEvent/{code.name}")
+    h.ndis.NdisReturnOffloadEventIndicate(h, block)
+
+
+def describe(h: HostStack) -> dict[str, Any]:
+    """The capabilities each binding advertised, as the host last read them."""
+    out: dict[str, Any] = {}
+    for binding in h.lower_bindings:
+        caps = h.capabilities.get(binding.id)
+        out[binding.lower.name] = (
+            caps.as_map() if isinstance(caps, NdisTcpConnectionOffload) else caps
+        )
+    paused = sorted(b.lower.name for b in h.lower_bindings if b.id in h.paused)
+    # the neighbor and path objects the host holds, and the connections waiting for an
+    # initiate: what a new offload waits for when it waits (spec §2.3, §3.1)
+    objects = [
+        {
+            "kind": o.block_kind,
+            "binding": o.binding.lower.name,
+            "phase": o.lifecycle.phase.value,
+            "refs": o.refs,
+            "pending_ops": o.pending_ops,
+        }
+        for o in h.objects.values()
+    ]
+    waiting = [t.conn_id for t in h.pending_initiates]
+    return {"capabilities": out, "paused": paused, "objects": objects, "waiting": waiting}

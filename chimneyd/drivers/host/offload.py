@@ -1,0 +1,363 @@
+"""Offloading a connection from the host (spec §3.2) and forwarding to it (spec §4.6).
+
+The host builds one tree per binding, neighbor → path → TCP (spec §2.3), from every connection
+whose neighbor and path are settled, and hands the target the connection's state, its
+unacknowledged send data and its unread receive data (spec §3.2.3, §3.2.5). Segments it
+receives while the initiate is in flight go down with `NdisOffloadTcpForward` afterwards.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.blocks import (
+    NeighborOffloadStateCached,
+    NeighborOffloadStateConst,
+    NeighborOffloadStateDelegated,
+    OffloadBlock,
+    PathOffloadStateCached,
+    PathOffloadStateConst,
+    PathOffloadStateDelegated,
+    TcpOffloadStateConst,
+    TcpOffloadStateDelegated,
+    new_neighbor_block,
+    new_path_block,
+    new_tcp_block,
+    walk,
+)
+from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.lifecycle import Event, Phase, TcpState
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
+
+from ..delegated import fill_from_kernel, snapshot, tick_clock
+from ..queues import NO_ITEMS, grown
+from ..segment import (
+    MAX_SEGMENT_PAYLOAD,
+    TH_ACK,
+    TH_FIN,
+    TH_PSH,
+    TH_RST,
+    build_segment,
+    parse_segment,
+)
+from ..tcp import offset_of, seq
+from . import adapter, host_reasons, receive, send, terminate
+from .tcb import AppError, Done, HostObject, Tcb, ndis_error
+
+if TYPE_CHECKING:
+    from .stack import HostStack
+
+S = NdisStatus
+#: Phases of a neighbor or path that a new connection cannot be linked under yet.
+_SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, Phase.FAILED})
+
+
+def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
+    """`tcp.offload` / offload at connect: queue the connection for the next initiate."""
+    if tcb.state == "offloaded":
+        done(h.describe_offload(tcb), None)
+        return
+    if tcb.lifecycle.phase is Phase.CLOSED or tcb.reset or tcb.wire.closed:
+        done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
+        return
+    if tcb.disconnect_done is not None:
+        # the host's own FIN waits for its ACK: offload once the disconnect is over
+        tcb.deferred = grown(tcb.deferred, lambda: request(h, tcb, target, done))
+        return
+    binding = h.binding_for(target)
+    if binding is None:
+        done(None, AppError("NOT_FOUND", f"no offload target {target!r} below {h.name}"))
+        return
+    if binding.id in h.paused:
+        done(None, ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, " offload paused by the target"))
+        return
+    withheld = host_reasons.refusal(h, binding)  # a power change, media disconnect … (§6.2)
+    if withheld is not None:
+        done(None, withheld)
+        return
+    if tcb.lifecycle.tcp in _NOT_OFFLOADABLE:
+        done(None, AppError("INVALID_STATE", "both directions closed: not offloadable (spec §2.2)"))
+        return
+    tcb.binding = binding
+    tcb.target = target
+    tcb.lifecycle.fire(Event.INITIATE)
+    tcb.offload_done = grown(tcb.offload_done, done)
+    h.pending_initiates.append(tcb)
+
+
+#: TCP states the host never offloads (spec §2.2): both halves closed, or reset.
+_NOT_OFFLOADABLE = frozenset(
+    {TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSED, TcpState.RESET}
+)
+
+
+def _object(
+    h: HostStack, key: Any, kind: str, binding: Binding, parent: HostObject | None
+) -> HostObject:
+    obj = h.objects.get(key)
+    if obj is None:
+        obj = h.objects[key] = HostObject(key, kind, binding, parent)
+    return obj
+
+
+def flush_initiates(h: HostStack) -> None:
+    """Offload every pending connection whose neighbor and path are settled, one tree per
+    binding (spec §2.3: many TCP objects share a path, many paths a neighbor)."""
+    waiting: list[Tcb] = []
+    trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
+    for tcb in h.pending_initiates:
+        binding = tcb.binding
+        assert binding is not None
+        wire = tcb.wire
+        if wire.closed or tcb.reset:
+            _not_offloaded(h, tcb, ndis_error(S.NDIS_STATUS_FAILURE, " connection closed"))
+            continue
+        local_ip = ipaddress.ip_address(wire.local[0])
+        remote_ip = ipaddress.ip_address(wire.remote[0])
+        neighbor = _object(h, ("neighbor", binding.id), "neighbor", binding, None)
+        path = _object(
+            h, ("path", binding.id, local_ip.packed, remote_ip.packed), "path", binding, neighbor
+        )
+        # no operation on an object still being offloaded (spec §3.1) — unless its block is in
+        # the tree this flush builds, which the connection joins
+        tree = trees.get(binding.id)
+        if (neighbor.lifecycle.phase in _SETTLING and tree is None) or (
+            path.lifecycle.phase in _SETTLING and (tree is None or path.key not in tree[2])
+        ):
+            waiting.append(tcb)
+            continue
+        refused = adapter.refusal(h, tcb, binding)
+        if refused == adapter.ASKED:
+            waiting.append(tcb)  # the target's capabilities are not known yet
+            continue
+        if isinstance(refused, AppError):
+            _not_offloaded(h, tcb, refused)
+            continue
+        if binding.id not in trees:
+            trees[binding.id] = (binding, _object_block(h, neighbor), {})
+        _, root, paths = trees[binding.id]
+        pblock = paths.get(path.key)
+        if pblock is None:
+            pblock = paths[path.key] = root.add_dependent(
+                _object_block(h, path, local_ip.version == 6)
+            )
+        tcb.path = path
+        h.ref(path)  # an initiate in flight keeps its path and neighbor alive
+        pblock.add_dependent(_tcp_block(h, tcb))
+    h.pending_initiates = waiting
+    for binding, root, _ in trees.values():
+        h.ndis.NdisInitiateOffload(h, binding, root)
+
+
+def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBlock:
+    """A new-offload block for an idle object, or a linker for an offloaded one (spec §2.3)."""
+    new_block = new_neighbor_block if obj.block_kind == "neighbor" else new_path_block
+    if obj.lifecycle.phase is Phase.OFFLOADED:
+        assert obj.handle is not None
+        return new_block(obj.handle)
+    obj.handle = NdisOffloadHandle(h.name, obj)
+    h.table_add(obj.handle.id, obj.handle)
+    obj.lifecycle.fire(Event.INITIATE)
+    if obj.block_kind == "neighbor":
+        return new_neighbor_block(
+            obj.handle,
+            NeighborOffloadStateConst(DlSourceAddress=b"", VlanId=0),
+            NeighborOffloadStateCached(DlDestinationAddress=b"\x00" * 6),
+            NeighborOffloadStateDelegated(),
+        )
+    _, _, src, dst = obj.key
+    return new_path_block(
+        obj.handle,
+        PathOffloadStateConst(SourceAddress=src, DestinationAddress=dst),
+        PathOffloadStateCached(),
+        PathOffloadStateDelegated(),
+        ipv6=ipv6,
+    )
+
+
+def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
+    """The new-offload block of a connection: const, cached and delegated state, buffered
+    receive data and outstanding send data (spec §3.2.3, §3.2.5)."""
+    wire = tcb.wire
+    handle = NdisOffloadHandle(h.name, tcb, tcb.trace)
+    h.table_add(handle.id, handle)
+    tcb.handle = handle
+    binding = tcb.binding
+    assert binding is not None
+    h.offloads_on[binding.id] = h.offloads_on.get(binding.id, 0) + 1
+    acked = wire.acked()
+    send.complete_host_sends(h, tcb, acked)
+    # one int for equal sequence numbers: the snapshot keeps them for the connection's life,
+    # and an idle connection's SndUna, SndNxt and SndMax are the same
+    snd_max = seq(wire.isn, wire.bytes_written)
+    snd_una = snd_max if acked == wire.bytes_written else seq(wire.isn, acked)
+    delegated = TcpOffloadStateDelegated(
+        State=tcb.lifecycle.delegated_state,
+        RcvNxt=seq(wire.irs, tcb.rx.rcv_nxt),
+        SndUna=snd_una,
+        SndNxt=snd_max,
+        SndMax=snd_max,
+        RcvWnd=h.rx_buffer_bytes,
+    )
+    now = h.ndis.clock()
+    fill_from_kernel(delegated, wire.tcp_info() if not wire.closed else None, tick_clock(now))
+    # received, acknowledged data the application has not read yet (spec §3.2.3)
+    if tcb.app_rx_bytes:
+        data = b"".join(bytes(v) for v, _ in tcb.app_rx)
+        receive.drop_app_rx(h, tcb)
+        # those bytes are the target's to deliver now: the host's position is before them, so
+        # that the FIN offset it learns from TcpIndicateDisconnect is right (spec §5.1)
+        tcb.rx.rcv_nxt -= len(data)
+        delegated.BufferedData = NetBufferList.for_data(data)
+        delegated.BufferedData.trace = tcb.trace
+    tcb.delegated = snapshot(delegated, "offload", now)
+    if tcb.cached is None:
+        tcb.cached = h.default_cached()
+    block = new_tcp_block(
+        handle,
+        TcpOffloadStateConst(RemotePort=wire.remote[1], LocalPort=wire.local[1]),
+        tcb.cached,
+        delegated,
+    )
+    # sent-but-unacknowledged data, the first NBL advanced to SndUna (spec §3.2.5)
+    chain = [nbl for nbl, _, _ in tcb.sends]
+    tcb.sends = NO_ITEMS
+    send.mark_posted(tcb, chain)  # outstanding at the target from now on (spec §5.3)
+    block.net_buffer_list_chain = link_chain(chain)
+    delegated.SendDataHead = chain[0] if chain else None
+    delegated.SendDataTail = chain[-1] if chain else None
+    return block
+
+
+def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
+    """`ProtocolInitiateOffloadComplete`: per block, offloaded or not (spec §3.2.4)."""
+    for block in walk(root):
+        handle = block.offload_handle
+        if handle is None:
+            continue
+        owner = handle.owner
+        offloaded = block.status in OFFLOADED_STATUSES
+        if isinstance(owner, HostObject):
+            if owner.lifecycle.phase is not Phase.OFFLOADING:
+                continue  # a linker: already offloaded
+            if offloaded:
+                owner.lifecycle.fire(Event.INITIATE_OFFLOADED)
+                h.stats.offloads_active += 1
+            else:
+                owner.lifecycle.fire(Event.INITIATE_FAILED)
+                h.table_remove(handle.id)
+                owner.handle = None
+        elif offloaded:
+            _offloaded(h, owner)
+        else:
+            _not_offloaded(h, owner, ndis_error(block.status), block)
+    terminate.release_unused_objects(h)
+    host_reasons.settled(h)
+
+
+def _offloaded(h: HostStack, tcb: Tcb) -> None:
+    tcb.lifecycle.fire(Event.INITIATE_OFFLOADED)
+    h.stats.offloads_active += 1
+    # an offloaded connection may now sit idle for long: the hops of its offload are packed as
+    # a closed connection's are (`HopTrace.freeze`; trace.get reads them the same), 192 bytes
+    # instead of a 304-byte ring buffer at ten thousand idle connections
+    tcb.trace.freeze()
+    # segments the host received while the initiate was in flight go down now (spec §4.6)
+    if tcb.forward_q:
+        forward(h, tcb, tcb.forward_q)
+        tcb.forward_q = NO_ITEMS
+    for done in tcb.offload_done:
+        done(h.describe_offload(tcb), None)
+    tcb.offload_done = NO_ITEMS
+    h.emit(tcb.conn_id, "offloaded", {"path": h.path_names(tcb)})
+    h.run_deferred(tcb)
+    if tcb.recv_waiters:
+        receive.post_receive(h, tcb)
+
+
+def _not_offloaded(
+    h: HostStack, tcb: Tcb, error: AppError, block: OffloadBlock | None = None
+) -> None:
+    """Not offloaded: the host keeps the connection, its data and its send NBLs (spec §3.2.4)."""
+    tcb.lifecycle.fire(Event.INITIATE_FAILED)
+    if tcb.handle is not None:
+        h.table_remove(tcb.handle.id)
+        tcb.handle = None
+        assert tcb.binding is not None
+        h.offloads_on[tcb.binding.id] -= 1
+    if tcb.path is not None:
+        h.unref(tcb.path)
+        tcb.path = None
+    if block is not None:
+        d: TcpOffloadStateDelegated = block.delegated
+        if d.BufferedData is not None:
+            data = b"".join(bytes(v) for v in d.BufferedData.views())
+            tcb.app_rx = [(memoryview(data), None), *tcb.app_rx]
+            tcb.app_rx_bytes += len(data)
+            tcb.rx.rcv_nxt += len(data)
+        pos = offset_of(tcb.wire.isn, d.SndUna, tcb.wire.bytes_written)
+        send.mark_returned(tcb, list(iter_chain(block.net_buffer_list_chain)))
+        for nbl in iter_chain(block.net_buffer_list_chain):
+            n = nbl.data_length
+            tcb.sends = grown(tcb.sends, (nbl, pos, pos + n))
+            pos += n
+        block.net_buffer_list_chain = None
+        if tcb.sends:
+            tcb.wire.watch_acks()
+    # what arrived meanwhile is ours to process
+    for off, data, flags in tcb.forward_q:
+        receive.host_segment(h, tcb, off, data, flags)
+    tcb.forward_q = NO_ITEMS
+    for done in tcb.offload_done:
+        done(None, error)
+    tcb.offload_done = NO_ITEMS
+    receive.serve(h, tcb)
+    h.run_deferred(tcb)
+
+
+def forward(h: HostStack, tcb: Tcb, segments: list[tuple[int, bytes, int]]) -> None:
+    """`NdisOffloadTcpForward`: one segment per NB, one NB per NBL, TCP header first (§4.6)."""
+    assert tcb.handle is not None
+    wire = tcb.wire
+    nbls: list[NetBufferList] = []
+    for off, data, flags in sorted(segments, key=lambda s: s[0]):
+        for i in range(0, max(len(data), 1), MAX_SEGMENT_PAYLOAD):
+            chunk = data[i : i + MAX_SEGMENT_PAYLOAD]
+            last = i + MAX_SEGMENT_PAYLOAD >= len(data)
+            # one socket read counts as pushed data (design: emulating the wire): PSH on the
+            # last segment made of it, as a sender sets it at the end of its write (spec §4.1)
+            seg_flags = TH_ACK | (TH_PSH | (flags & (TH_FIN | TH_RST)) if last else 0)
+            raw = build_segment(
+                wire.remote[1],
+                wire.local[1],
+                seq(wire.irs, off + i),
+                seq(wire.isn, wire.bytes_written),
+                seg_flags,
+                chunk,
+            )
+            nbl = NetBufferList.for_data(raw)
+            nbl.trace = tcb.trace
+            nbl.protocol_reserved = tcb
+            nbls.append(nbl)
+    head = link_chain(nbls)
+    if head is not None:
+        h.ndis.NdisOffloadTcpForward(h, tcb.handle, head)
+
+
+def forward_complete(h: HostStack, head: NetBufferList) -> None:
+    for nbl in iter_chain(head):
+        tcb: Tcb = nbl.protocol_reserved
+        nbl.protocol_reserved = None
+        if nbl.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS:
+            # not processed: the host processes the segment itself after the upload (§4.6)
+            tcb.upload_q = grown(tcb.upload_q, _unforward(tcb, nbl))
+        # REQUEST_ABORTED: an RST arrived; the host drops it (spec §4.6)
+
+
+def _unforward(tcb: Tcb, nbl: NetBufferList) -> tuple[int, bytes, int]:
+    raw = b"".join(nbl.views()) if nbl.data_length else b""
+    sequence, flags, payload = parse_segment(raw)
+    return offset_of(tcb.wire.irs, sequence, tcb.rx.rcv_nxt), bytes(payload), flags

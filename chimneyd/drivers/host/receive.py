@@ -1,0 +1,330 @@
+"""Receiving at the host: application reads, posted receives and indications from the target
+(spec §4.2, §4.3), and the socket's own bytes while the host carries the connection.
+
+Whichever road bytes take — the socket in host mode, a receive completion or an indication while
+offloaded, `BufferedData` or the ordinary path around an upload (spec §3.6.3, §4.7) — they end
+in the TCB's application queue in stream order, and reads are served from there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase
+from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.ndis.status import NdisStatus
+
+from ..queues import grown
+from ..segment import TH_FIN, TH_RST
+from . import offload, send
+from .tcb import TIMED_OUT, AppError, Done, Tcb, ndis_error
+
+if TYPE_CHECKING:
+    from .stack import HostStack
+
+log = structlog.get_logger("chimneyd.host")
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+#: Phases in which a segment the host receives goes down to the target at once (spec §4.6).
+_FORWARDED = frozenset({*LIVE, Phase.FAILED})
+
+
+# -- application reads ---------------------------------------------------------------------------
+def app_recv(h: HostStack, tcb: Tcb, max_bytes: int, waitall: bool, done: Done) -> None:
+    """Queue a read of up to `max_bytes`, served in order as bytes arrive. `waitall` waits for
+    all `max_bytes` (short only at end of stream): offloaded, it posts a non-push receive
+    request, which the target completes only when full (spec §4.2)."""
+    tcb.recv_waiters = grown(tcb.recv_waiters, (max_bytes, done, waitall))
+    serve(h, tcb)
+    if tcb.recv_waiters and tcb.state == "offloaded" and tcb.posted is None:
+        post_receive(h, tcb)
+
+
+def cancel_recv(h: HostStack, tcb: Tcb, waiting: Done, done: Done) -> None:
+    """Withdraw a read whose time ran out. Nothing is lost: bytes that arrive later stay in
+    the TCB for the next read."""
+    for entry in tcb.recv_waiters:
+        if entry[1] is waiting:
+            tcb.recv_waiters.remove(entry)
+            waiting(None, AppError("TIMEOUT", f"nothing arrived on connection {tcb.conn_id}"))
+            break
+    done(None, None)
+
+
+def serve(h: HostStack, tcb: Tcb) -> None:
+    """Hand buffered bytes to waiting reads, in order."""
+    closed = tcb.lifecycle.phase is Phase.CLOSED
+    while tcb.recv_waiters:
+        max_bytes, done, waitall = tcb.recv_waiters[0]
+        ending = tcb.rx.fin is not None or tcb.reset or closed
+        if tcb.app_rx_bytes and (not waitall or tcb.app_rx_bytes >= max_bytes or ending):
+            tcb.recv_waiters.pop(0)
+            done(_take(h, tcb, max_bytes), None)
+            continue
+        if at_eof(tcb):
+            tcb.recv_waiters.pop(0)
+            done(b"", None)
+            continue
+        if tcb.reset:
+            tcb.recv_waiters.pop(0)
+            done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, f" {tcb.death}"))
+            continue
+        if closed:
+            tcb.recv_waiters.pop(0)
+            done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
+            continue
+        break
+    _after_consume(h, tcb)
+
+
+def at_eof(tcb: Tcb) -> bool:
+    """Every byte before the peer's FIN has been read. EOF is a fact of the byte stream (the
+    FIN's offset was reached), which an RST arriving afterwards does not undo."""
+    return not tcb.app_rx_bytes and tcb.rx.fin_reached
+
+
+def _take(h: HostStack, tcb: Tcb, max_bytes: int) -> bytes:
+    parts: list[memoryview] = []
+    want = max_bytes
+    while want and tcb.app_rx:
+        view, nbl = tcb.app_rx[0]
+        if len(view) <= want:
+            tcb.app_rx.pop(0)
+            parts.append(view)
+            want -= len(view)
+            if nbl is not None:
+                return_indicated(h, tcb, nbl)
+        else:
+            parts.append(view[:want])
+            tcb.app_rx[0] = (view[want:], nbl)
+            want = 0
+    out = b"".join(parts)
+    tcb.app_rx_bytes -= len(out)
+    return out
+
+
+def _after_consume(h: HostStack, tcb: Tcb) -> None:
+    if tcb.app_rx_bytes >= h.rx_buffer_bytes:
+        return
+    if (
+        tcb.read_paused
+        and tcb.lifecycle.phase is Phase.IDLE
+        and tcb.app_rx_bytes < h.rx_buffer_bytes // 2
+    ):
+        tcb.read_paused = False
+        tcb.wire.resume_reading()
+    if tcb.refused and tcb.state == "offloaded" and tcb.posted is None:
+        # re-enable indications: a zero-byte post unless a read wants a real buffer (spec §4.3)
+        post_receive(h, tcb, 0 if not tcb.recv_waiters else None)
+
+
+def drop_app_rx(h: HostStack, tcb: Tcb) -> None:
+    """Forget the unread bytes (they went down as BufferedData, or the connection closed)."""
+    for _, nbl in tcb.app_rx:
+        if nbl is not None:
+            return_indicated(h, tcb, nbl)
+    tcb.app_rx.clear()
+    tcb.app_rx_bytes = 0
+
+
+# -- posted receive requests (spec §4.2) -----------------------------------------------------------
+def post_receive(h: HostStack, tcb: Tcb, size: int | None = None) -> None:
+    if tcb.posted is not None or tcb.handle is None:
+        return
+    no_push = False
+    if size is None:
+        size = 0
+        if tcb.recv_waiters:
+            want, _, no_push = tcb.recv_waiters[0]
+            size = max(1, want - tcb.app_rx_bytes) if no_push else want
+    nbl = NetBufferList.for_receive(size, no_push)
+    nbl.trace = tcb.trace
+    nb = nbl.first_net_buffer
+    assert nb is not None and nb.mdl_chain is not None
+    nbl.protocol_reserved = (tcb, nb.mdl_chain.buffer)  # the application buffer
+    tcb.posted = nbl
+    tcb.refused = False
+    h.ndis.NdisOffloadTcpReceive(h, tcb.handle, nbl)
+
+
+def receive_complete(h: HostStack, head: NetBufferList) -> None:
+    """`ProtocolTcpOffloadReceiveComplete`: the bytes placed go to the application."""
+    for nbl in iter_chain(head):
+        nbl.next = None
+        tcb, buffer = nbl.protocol_reserved
+        nbl.protocol_reserved = None
+        if tcb.posted is nbl:
+            tcb.posted = None
+        placed = nbl.tcp_offload_bytes_transferred
+        if placed:
+            h.stats.bytes_received += placed
+            tcb.app_rx = grown(tcb.app_rx, (buffer[:placed], None))
+            tcb.app_rx_bytes += placed
+            tcb.rx.rcv_nxt += placed  # the stream position the host has reached (spec §5.1)
+        serve(h, tcb)
+        if (
+            tcb.recv_waiters
+            and tcb.state == "offloaded"
+            and not tcb.reset
+            and nbl.status != S.NDIS_STATUS_REQUEST_ABORTED
+            and tcb.lifecycle.tcp not in FIN_RECEIVED_STATES
+        ):
+            post_receive(h, tcb)
+
+
+def receive_indicate(h: HostStack, handle: NdisOffloadHandle, nbl: NetBufferList) -> None:
+    """`ProtocolTcpOffloadReceiveIndicate`: take the data (keeping the NBL until the
+    application read it), part of it, or none (spec §4.3)."""
+    tcb: Tcb = handle.owner
+    n = nbl.data_length
+    room = h.rx_buffer_bytes - tcb.app_rx_bytes
+    if tcb.recv_waiters:
+        room = max(room, n)
+    if _posted_room(tcb):
+        # the indication crossed a request we posted: the data belongs in that buffer (spec
+        # §4.4, FILL before INDICATE); taken here too, a waitall request sized for the bytes
+        # still missing would wait for bytes that never come
+        room = 0
+    if room >= n:
+        # keep the NBL, no copy, until the application has read it (spec §4.3)
+        views = nbl.views()
+        for v in views[:-1]:
+            tcb.app_rx = grown(tcb.app_rx, (v, None))
+        tcb.app_rx = grown(tcb.app_rx, (views[-1], nbl))
+        tcb.app_rx_bytes += n
+        tcb.rx.rcv_nxt += n
+        h.stats.bytes_received += n
+        h.ndis.NdisReturnReceiveIndication(h, nbl, SUCCESS, n)
+    elif room > 0:
+        data = b"".join(nbl.views())[:room]  # the NBL goes back: copy what we take
+        tcb.app_rx = grown(tcb.app_rx, (memoryview(data), None))
+        tcb.app_rx_bytes += room
+        tcb.rx.rcv_nxt += room
+        h.stats.bytes_received += room
+        tcb.refused = True
+        h.ndis.NdisReturnReceiveIndication(
+            h, nbl, S.NDIS_STATUS_OFFLOAD_DATA_PARTIALLY_ACCEPTED, room
+        )
+    else:
+        tcb.refused = True
+        h.ndis.NdisReturnReceiveIndication(h, nbl, S.NDIS_STATUS_OFFLOAD_DATA_NOT_ACCEPTED, 0)
+    serve(h, tcb)
+
+
+def _posted_room(tcb: Tcb) -> bool:
+    nb = tcb.posted.first_net_buffer if tcb.posted is not None else None
+    return nb is not None and nb.data_length > 0
+
+
+def return_indicated(h: HostStack, tcb: Tcb, nbl: NetBufferList) -> None:
+    """Give an indicated NBL back, batched per binding (`NdisOffloadTcpReceiveReturn`)."""
+    binding = tcb.binding or h.lower_bindings[0]
+    h.returns.setdefault(binding, []).append(nbl)
+
+
+# -- the socket's bytes while the host owns them, and the ordinary path (spec §4.7) ---------------
+def wire_data(h: HostStack, tcb: Tcb, offset: int, data: bytes) -> None:
+    host_segment(h, tcb, offset, data, 0)
+
+
+def wire_eof(h: HostStack, tcb: Tcb, offset: int) -> None:
+    host_segment(h, tcb, offset, b"", TH_FIN)
+
+
+def wire_reset(h: HostStack, tcb: Tcb) -> None:
+    host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
+
+
+def wire_timeout(h: HostStack, tcb: Tcb) -> None:
+    """The kernel gave up on the connection the host carries (its retransmit, zero-window
+    probe or keepalive limit): as dead as after an RST, and the errors say why."""
+    if not tcb.reset:
+        tcb.end_reason = TIMED_OUT
+    host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
+
+
+def ordinary_path(
+    h: HostStack, binding: Binding, wire_home: object, offset: int, data: bytes, flags: int
+) -> None:
+    """`ProtocolReceiveNetBufferLists`: segments the target did not process (spec §4.7)."""
+    if isinstance(wire_home, Tcb) and wire_home.lifecycle.phase is not Phase.CLOSED:
+        host_segment(h, wire_home, offset, data, flags)
+
+
+def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -> None:
+    """One segment the host received, processed or held according to who carries the
+    connection now (spec §3.2.7, §3.6.4, §4.6)."""
+    phase = tcb.lifecycle.phase
+    if phase is Phase.OFFLOADING:
+        # forwarded after the initiate (§3.2.7)
+        tcb.forward_q = grown(tcb.forward_q, (offset, data, flags))
+        return
+    if phase is Phase.TERMINATING:
+        # processed after the upload (§3.6.4)
+        tcb.upload_q = grown(tcb.upload_q, (offset, data, flags))
+        return
+    if phase in _FORWARDED:
+        offload.forward(h, tcb, [(offset, data, flags)])
+        return
+    if phase is Phase.CLOSED:
+        return
+    if flags & TH_RST:
+        host_reset(h, tcb)
+        return
+    ready, fin_now = tcb.rx.segment(offset, data, flags, bool(flags & TH_FIN))
+    for piece, _ in ready:
+        tcb.app_rx = grown(tcb.app_rx, (memoryview(piece), None))
+        tcb.app_rx_bytes += len(piece)
+        h.stats.bytes_received += len(piece)
+    if fin_now:
+        fin_received(h, tcb, {"path": "host"})
+    serve(h, tcb)
+    if tcb.app_rx_bytes >= h.rx_buffer_bytes and not tcb.read_paused and not tcb.wire.closed:
+        tcb.read_paused = True
+        tcb.wire.pause_reading()
+
+
+def buffered_returned(h: HostStack, tcb: Tcb, offset: int, data: bytes) -> None:
+    """`BufferedData` handed back at an upload (spec §3.6.3): the bytes just before RcvNxt,
+    every earlier one delivered already. They follow what the application has not read yet;
+    they do not go through reassembly, since the peer's FIN after them may be known (and
+    indicated) already and must not be reached a second time."""
+    if offset < tcb.rx.rcv_nxt:
+        data = data[tcb.rx.rcv_nxt - offset :]  # delivered before, while offloaded
+    elif offset > tcb.rx.rcv_nxt:
+        # bytes no one holds: the stream's byte checks will say so; the log says where
+        log.error("buffered_data_gap", conn=tcb.conn_id, offset=offset, delivered=tcb.rx.rcv_nxt)
+    if data:
+        tcb.app_rx = grown(tcb.app_rx, (memoryview(data), None))
+        tcb.app_rx_bytes += len(data)
+        tcb.rx.rcv_nxt += len(data)
+        h.stats.bytes_received += len(data)
+    serve(h, tcb)
+
+
+def fin_received(h: HostStack, tcb: Tcb, info: dict[str, str]) -> None:
+    """The peer's FIN, every byte before it received (spec §5.1 for the offloaded case)."""
+    if tcb.reset:
+        return  # an RST already ended the stream
+    tcb.lifecycle.fire(Event.FIN_RECEIVED)
+    h.emit(tcb.conn_id, "TcpIndicateDisconnect", info)
+
+
+def host_reset(h: HostStack, tcb: Tcb) -> None:
+    """An RST on the connection the host carries."""
+    if tcb.reset:
+        return
+    tcb.lifecycle.fire(Event.RESET)
+    send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
+    if tcb.disconnect_done is not None:
+        done, tcb.disconnect_done = tcb.disconnect_done, None
+        done(S.NDIS_STATUS_REQUEST_ABORTED.name, None)
+    info = {"path": "host"}
+    if tcb.end_reason == TIMED_OUT:
+        info["reason"] = "TimeoutExpiration"
+    h.emit(tcb.conn_id, "TcpIndicateAbort", info)
+    serve(h, tcb)

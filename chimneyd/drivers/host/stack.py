@@ -1,0 +1,353 @@
+"""The host TCP/IP stack: TCBs for real TCP connections, their socket API, the offload policy.
+
+Spec §1.1 (the host's role). Not offloaded, the host carries a connection's bytes itself on its
+socket; offloaded, it drives the target through NDIS. This class holds the host's tables and
+routes: application requests (typed methods taking the connection id and a `done` callback,
+which the asyncio shell turns into futures) and NDIS handlers each go to the module of their
+spec chapter, with the `Tcb` as the unit of work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, cast
+
+import structlog
+
+from chimneyd.ndis.blocks import OffloadBlock, TcpOffloadStateCached
+from chimneyd.ndis.broker import Binding, Ndis
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.lifecycle import Phase
+from chimneyd.ndis.nbl import NetBufferList, link_chain
+from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
+from chimneyd.ndis.status import IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
+
+from ..base import DriverLayer, Timers
+from ..queues import NO_ITEMS, grown
+from ..wire import WirePort
+from . import (
+    adapter,
+    disconnect,
+    events,
+    host_reasons,
+    offload,
+    receive,
+    send,
+    state_ops,
+    terminate,
+)
+from .tcb import AppError, Done, HostObject, Tcb
+
+log = structlog.get_logger("chimneyd.host")
+
+P = ParamSpec("P")
+Emit = Callable[[int, str, dict[str, Any]], None]
+#: Phases during which a connection changes hands: requests wait until it is over.
+_MOVING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+
+
+def request(
+    defer: bool = True,
+) -> Callable[
+    [Callable[Concatenate[HostStack, Tcb, P], None]],
+    Callable[Concatenate[HostStack, int, P], None],
+]:
+    """An application request on a connection: look the TCB up (NOT_FOUND otherwise), hold the
+    request while the connection changes hands (`defer`), and answer it whatever happens —
+    an exception inside the host answers it with INTERNAL and is logged with the connection."""
+
+    def wrap(
+        fn: Callable[Concatenate[HostStack, Tcb, P], None],
+    ) -> Callable[Concatenate[HostStack, int, P], None]:
+        @functools.wraps(fn)
+        def run(self: HostStack, conn_id: int, *args: P.args, **kwargs: P.kwargs) -> None:
+            done: Done = args[-1]  # type: ignore[assignment]
+            tcb = self.tcbs.get(conn_id)
+            if tcb is None:
+                done(None, AppError("NOT_FOUND", f"no connection {conn_id}"))
+                return
+            if defer and self.defer_if_moving(tcb, lambda: run(self, conn_id, *args, **kwargs)):
+                return
+            try:
+                fn(self, tcb, *args, **kwargs)
+            except Exception as exc:
+                log.exception("host_request_failed", conn=conn_id, request=fn.__name__)
+                done(None, AppError("INTERNAL", f"{fn.__name__} on connection {conn_id}: {exc!r}"))
+
+        return cast("Callable[Concatenate[HostStack, int, P], None]", run)
+
+    return wrap
+
+
+class HostStack(DriverLayer):
+    """The host TCP/IP stack (protocol edge only)."""
+
+    kind = "host"
+    has_protocol_edge = True
+
+    def __init__(
+        self,
+        name: str,
+        ndis: Ndis,
+        timers: Timers,
+        rx_buffer_bytes: int = 256 * 1024,
+        capacity: int = 1 << 20,
+        honor_optional_retrieve: bool = True,
+        params: NdisTcpConnectionOffloadParameters | None = None,
+    ) -> None:
+        self.rx_buffer_bytes = rx_buffer_bytes
+        self.honor_optional_retrieve = honor_optional_retrieve
+        # the global parameters the host sets on every target (spec §8), and what it learned of
+        # each binding: its capabilities (adapter.ASKED while a query is out) and how many
+        # connections it carries offloaded
+        self.params = params or NdisTcpConnectionOffloadParameters()
+        self.capabilities: dict[int, Any] = {}
+        self.offloads_on: dict[int, int] = {}
+        self.resume_offloads: dict[int, list[Tcb]] = {}  # offered again at RESUME, by binding
+        super().__init__(name, ndis, timers, capacity)
+        self.tcbs: dict[int, Tcb] = {}
+        self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
+        self.pending_initiates: list[Tcb] = []
+        self.pending_terminates: list[Tcb] = []
+        self.paused: set[int] = set()  # binding ids under NDIS_STATUS_OFFLOAD_PAUSE
+        # targets the host keeps its connections off, and why (spec §6.2)
+        self.withheld: dict[str, host_reasons.Withheld] = {}
+        self.emit: Emit = lambda conn_id, event, info: None
+        # batched per inbox drain (perf-notes: batch at every hand-off)
+        self.returns: dict[Binding, list[NetBufferList]] = {}
+        self.send_batches: dict[Tcb, list[NetBufferList]] = {}
+        self._default_cached: TcpOffloadStateCached | None = None
+
+    def default_cached(self) -> TcpOffloadStateCached:
+        """The cached TCP variables of a connection offloaded without an update (spec §2.2),
+        one set shared by all of them. No layer changes a set in place: an update makes a new
+        one (`dataclasses.replace`, spec §3.4) and the target keeps that. Ten thousand copies
+        of the same eleven values were a 128-byte chunk of every offloaded connection."""
+        cached = self._default_cached
+        if cached is None or cached.InitialRcvWnd != self.rx_buffer_bytes:
+            cached = TcpOffloadStateCached(InitialRcvWnd=self.rx_buffer_bytes)
+            self._default_cached = cached
+        return cached
+
+    # ============================================================================================
+    # connections and the batch
+    # ============================================================================================
+    def attach(self, conn_id: int, wire: WirePort, listener: int | None = None) -> None:
+        """A new established connection (the runtime opened or accepted its socket)."""
+        tcb = Tcb(conn_id, wire, self.ndis.new_trace(conn_id))
+        tcb.listener = listener
+        self.tcbs[conn_id] = tcb
+        wire.set_home(self, tcb)  # the host owns the socket's bytes whenever no target does
+
+    def after_batch(self) -> None:
+        """Once per inbox drain: issue the batched sends, state operations and receive returns."""
+        if self.send_batches:
+            for tcb in list(self.send_batches):
+                send.flush_sends(self, tcb)
+        if self.pending_terminates:
+            terminate.flush_terminates(self)
+        if self.pending_initiates:
+            offload.flush_initiates(self)
+        if self.returns:
+            returns, self.returns = self.returns, {}
+            for binding, nbls in returns.items():
+                head = link_chain(nbls)
+                assert head is not None
+                self.ndis.NdisOffloadTcpReceiveReturn(self, binding, head)
+
+    def defer_if_moving(self, tcb: Tcb, fn: Callable[[], None]) -> bool:
+        """Hold a request while the connection changes hands, or behind held ones (order)."""
+        if tcb.lifecycle.phase in _MOVING or (tcb.deferred and not tcb.replaying):
+            tcb.deferred = grown(tcb.deferred, fn)
+            return True
+        return False
+
+    def run_deferred(self, tcb: Tcb) -> None:
+        """Replay requests that waited for a transition, in order, until one starts another.
+        Each is replayed once per call: one that must wait again (an offload while the host's
+        FIN waits for its ACK) defers itself anew, to the next transition, not to this loop."""
+        if tcb.replaying:
+            return
+        tcb.replaying = True
+        pending, tcb.deferred = tcb.deferred, NO_ITEMS
+        try:
+            while pending and tcb.lifecycle.phase not in _MOVING:
+                pending.pop(0)()
+        finally:
+            if pending:
+                tcb.deferred = pending + tcb.deferred  # the earlier ones first
+            tcb.replaying = False
+
+    # ============================================================================================
+    # application requests
+    # ============================================================================================
+    @request()
+    def app_offload(self, tcb: Tcb, target: str | None, done: Done) -> None:
+        offload.request(self, tcb, target, done)
+
+    @request(defer=False)
+    def app_upload(self, tcb: Tcb, done: Done) -> None:
+        if tcb.lifecycle.phase is Phase.OFFLOADING:
+            tcb.deferred = grown(tcb.deferred, lambda: terminate.app_upload(self, tcb, done))
+            return
+        terminate.app_upload(self, tcb, done)
+
+    @request()
+    def app_send(self, tcb: Tcb, data: bytes, done: Done) -> None:
+        send.app_send(self, tcb, data, done)
+
+    @request(defer=False)
+    def app_recv(self, tcb: Tcb, max_bytes: int, waitall: bool, done: Done) -> None:
+        receive.app_recv(self, tcb, max_bytes, waitall, done)
+
+    @request(defer=False)
+    def app_cancel_recv(self, tcb: Tcb, waiting: Done, done: Done) -> None:
+        receive.cancel_recv(self, tcb, waiting, done)
+
+    @request()
+    def app_disconnect(self, tcb: Tcb, abortive: bool, done: Done) -> None:
+        disconnect.app_disconnect(self, tcb, abortive, done)
+
+    @request(defer=False)
+    def app_close(self, tcb: Tcb, done: Done) -> None:
+        disconnect.app_close(self, tcb, done)
+
+    def host_event(self, target: str, event: str, on: bool) -> None:
+        """One of the host's own reasons to upload starts (`on`) or ends for `target`: a power
+        change away from D0, media disconnect, capability disabled, NetEventPause (spec §6.2)."""
+        host_reasons.event(self, target, event, on)
+
+    @request()
+    def app_query(self, tcb: Tcb, done: Done) -> None:
+        state_ops.app_query(self, tcb, done)
+
+    @request()
+    def app_update(self, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
+        state_ops.app_update(self, tcb, changes, done)
+
+    @request(defer=False)
+    def app_invalidate(self, tcb: Tcb, what: str, done: Done) -> None:
+        state_ops.app_invalidate(self, tcb, what, done)
+
+    # ============================================================================================
+    # NDIS handlers (protocol edge)
+    # ============================================================================================
+    def ProtocolInitiateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        offload.complete(self, binding, root)
+
+    def ProtocolTerminateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        terminate.complete(self, binding, root)
+
+    def ProtocolQueryOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        state_ops.query_complete(self, root)
+
+    def ProtocolUpdateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        state_ops.update_complete(self, root)
+
+    def ProtocolInvalidateOffloadComplete(self, binding: Binding, root: OffloadBlock) -> None:
+        state_ops.invalidate_complete(self, root)
+
+    def ProtocolTcpOffloadSendComplete(self, binding: Binding, head: NetBufferList) -> None:
+        send.complete(self, head)
+
+    def ProtocolTcpOffloadReceiveComplete(self, binding: Binding, head: NetBufferList) -> None:
+        receive.receive_complete(self, head)
+
+    def ProtocolTcpOffloadDisconnectComplete(self, binding: Binding, nbl: NetBufferList) -> None:
+        disconnect.complete(self, nbl)
+
+    def ProtocolTcpOffloadForwardComplete(self, binding: Binding, head: NetBufferList) -> None:
+        offload.forward_complete(self, head)
+
+    def ProtocolTcpOffloadReceiveIndicate(
+        self, handle: NdisOffloadHandle, nbl: NetBufferList, status: NdisStatus
+    ) -> None:
+        receive.receive_indicate(self, handle, nbl)
+
+    def ProtocolTcpOffloadEvent(
+        self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
+    ) -> None:
+        events.tcp_event(self, handle, event_type, info)
+
+    def ProtocolStatusEx(self, binding: Binding, status: NdisStatus) -> None:
+        adapter.status(self, binding, status)
+
+    def ProtocolOidRequestComplete(self, binding: Binding, request: NdisOidRequest) -> None:
+        adapter.oid_complete(self, binding, request)
+
+    def ProtocolIndicateOffloadEvent(
+        self, binding: Binding, block: OffloadBlock, code: IndicateOffloadEvent
+    ) -> None:
+        adapter.offload_event(self, block, code)
+
+    def on_bound(self, binding: Binding) -> None:
+        adapter.bound(self, binding)
+
+    def ProtocolReceiveNetBufferLists(
+        self, binding: Binding, wire: WirePort, offset: int, data: bytes, flags: int
+    ) -> None:
+        receive.ordinary_path(self, binding, wire.home_ctx, offset, data, flags)
+
+    # -- the socket's events while the host owns it -----------------------------------------------
+    def WireData(self, tcb: Tcb, offset: int, data: bytes) -> None:
+        receive.wire_data(self, tcb, offset, data)
+
+    def WireEof(self, tcb: Tcb, offset: int) -> None:
+        receive.wire_eof(self, tcb, offset)
+
+    def WireReset(self, tcb: Tcb, reason: str) -> None:
+        receive.wire_reset(self, tcb)
+
+    def WireTimeout(self, tcb: Tcb, reason: str) -> None:
+        receive.wire_timeout(self, tcb)
+
+    def WireAcked(self, tcb: Tcb, acked: int) -> None:
+        send.wire_acked(self, tcb, acked)
+
+    # ============================================================================================
+    # lookups and observability
+    # ============================================================================================
+    def binding_for(self, target: str | None) -> Binding | None:
+        """The binding a connection offloaded to `target` goes down (None: the first)."""
+        if not self.lower_bindings:
+            return None
+        if target is None:
+            return self.lower_bindings[0]
+        for binding in self.lower_bindings:
+            if target in _names_below(binding.lower):
+                return binding
+        return None
+
+    def tcb_of(self, nbl: NetBufferList) -> Tcb | None:
+        trace = nbl.trace
+        return self.tcbs.get(trace.conn_id) if trace is not None else None
+
+    def ref(self, path: HostObject) -> None:
+        path.refs += 1
+        if path.refs == 1 and path.parent is not None:
+            path.parent.refs += 1
+
+    def unref(self, path: HostObject) -> None:
+        path.refs -= 1
+        if path.refs == 0 and path.parent is not None:
+            path.parent.refs -= 1
+
+    def path_names(self, tcb: Tcb) -> list[str]:
+        """The layers the connection goes through, host first (its NIC last when offloaded)."""
+        if tcb.lifecycle.phase in (Phase.IDLE, Phase.CLOSED):
+            return [self.name]
+        return [self.name, *(layer.name for layer in self.ndis.path_of(tcb.handle))]
+
+    def describe_offload(self, tcb: Tcb) -> dict[str, Any]:
+        return {"state": tcb.state, "path": self.path_names(tcb)}
+
+    def describe(self) -> dict[str, Any]:
+        return adapter.describe(self)
+
+
+def _names_below(layer: Any) -> set[str]:
+    names = {layer.name}
+    for b in layer.lower_bindings:
+        names |= _names_below(b.lower)
+    return names

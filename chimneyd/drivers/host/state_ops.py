@@ -1,0 +1,204 @@
+"""Query, update and invalidate from the host (spec §3.3, §3.4, §3.5)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from chimneyd.ndis.blocks import (
+    BACKLOG_UNSUPPORTED,
+    TCP_FLAG_KEEP_ALIVE_RESTART,
+    TCP_FLAG_MAX_RT_RESTART,
+    TCP_FLAG_UPDATE_RCV_WND,
+    OffloadBlock,
+    TcpOffloadStateDelegated,
+    new_neighbor_block,
+    new_path_block,
+    new_tcp_block,
+    walk,
+)
+from chimneyd.ndis.lifecycle import LIVE, Event, Phase
+from chimneyd.ndis.status import NdisStatus
+
+from ..delegated import snapshot
+from ..queues import grown
+from . import send, terminate
+from .tcb import AppError, Done, HostObject, Tcb, ndis_error
+
+if TYPE_CHECKING:
+    from .stack import HostStack
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+#: Cached flags that ask the target for something once (spec §2.2), not a standing setting.
+_ONE_SHOT = TCP_FLAG_KEEP_ALIVE_RESTART | TCP_FLAG_MAX_RT_RESTART | TCP_FLAG_UPDATE_RCV_WND
+#: Phases in which the host may update a connection (never an invalidated one, spec §3.1).
+_UPDATABLE = frozenset({Phase.OFFLOADED, Phase.UPLOAD_SUGGESTED, Phase.UPLOAD_REQUESTED})
+
+
+def _not_offloaded(tcb: Tcb) -> AppError:
+    return AppError("INVALID_STATE", f"connection {tcb.conn_id} is {tcb.state}, not offloaded")
+
+
+def _tcp_tree(tcb: Tcb, **state: object) -> OffloadBlock:
+    """neighbor (placeholder) → path (placeholder) → the connection's TCP block."""
+    root = new_neighbor_block(None)
+    root.add_dependent(new_path_block(None)).add_dependent(new_tcp_block(tcb.handle, **state))  # type: ignore[arg-type]
+    return root
+
+
+def app_query(h: HostStack, tcb: Tcb, done: Done) -> None:
+    """`tcp.query`: `NdisQueryOffloadState` of the connection's TCP object (spec §3.3)."""
+    if tcb.lifecycle.phase not in LIVE or tcb.handle is None:
+        done(None, _not_offloaded(tcb))
+        return
+    tcb.lifecycle.fire(Event.QUERY)
+    send.flush_sends(h, tcb)
+    root = _tcp_tree(tcb, delegated=TcpOffloadStateDelegated())
+    root.protocol_reserved = done
+    tcb.pending_ops += 1
+    assert tcb.binding is not None
+    h.ndis.NdisQueryOffloadState(h, tcb.binding, root)
+
+
+def _completed(root: OffloadBlock) -> tuple[Done, Tcb, OffloadBlock]:
+    """The request, the connection and its TCP block of a completed one-connection tree."""
+    done: Done = root.protocol_reserved
+    root.protocol_reserved = None
+    block = next(b for b in walk(root) if b.offload_handle is not None)
+    assert block.offload_handle is not None
+    tcb: Tcb = block.offload_handle.owner
+    tcb.pending_ops -= 1
+    return done, tcb, block
+
+
+def query_complete(h: HostStack, root: OffloadBlock) -> None:
+    done, tcb, block = _completed(root)
+    if block.status == SUCCESS:
+        tcb.delegated = snapshot(block.delegated, "query", h.ndis.clock())
+        backlog = tcb.delegated.SendBacklogSize
+        if backlog and backlog != BACKLOG_UNSUPPORTED:
+            tcb.send_backlog = backlog  # the send pacing follows it (spec §5.3)
+            send.pump(h, tcb)
+        done(tcb.delegated.as_map(), None)
+    else:
+        # corrupt hardware (spec §3.3): the target follows with retrieve + abort
+        done(None, ndis_error(block.status, " query failed: hardware state corrupt"))
+    h.run_deferred(tcb)
+
+
+def app_update(h: HostStack, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
+    """`tcp.update`: new cached TCP variables for the offloaded connection, `NdisUpdateOffload`
+    with its TCP block (spec §3.4). The target applies them to the socket where Linux has a
+    knob (`drivers/target/cached.py`: keepalive, Nagle, MaxRT, TTL, TOS, the receive window;
+    not FlowLabel or UserPriority). A new `InitialRcvWnd` sets `TCP_FLAG_UPDATE_RCV_WND`; the
+    restart flags are the caller's to set in `Flags`, and are sent with this update only."""
+    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or tcb.cached is None:
+        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+        return
+    stale = _invalidated_under(tcb)
+    if stale is not None:
+        # a connection depending on an invalidated path or neighbor is as good as
+        # invalidated: it takes no update, only its terminate (spec §3.1, §3.5, §9 item 7)
+        done(None, _invalidated(tcb, f"its {stale}"))
+        return
+    if tcb.updating:
+        # at most one update in flight per object (spec §3.1)
+        tcb.deferred = grown(tcb.deferred, lambda: app_update(h, tcb, changes, done))
+        return
+    try:
+        cached = dataclasses.replace(tcb.cached, **changes)
+    except TypeError as exc:
+        done(None, AppError("INVALID_PARAMS", f"not a cached TCP variable: {exc}"))
+        return
+    if cached.InitialRcvWnd != tcb.cached.InitialRcvWnd:
+        cached.Flags |= TCP_FLAG_UPDATE_RCV_WND  # the window changed: the target must honour it
+    tcb.lifecycle.fire(Event.UPDATE)
+    send.flush_sends(h, tcb)
+    root = _tcp_tree(tcb, cached=cached)
+    root.protocol_reserved = done
+    tcb.pending_ops += 1
+    tcb.updating = True
+    assert tcb.binding is not None
+    h.ndis.NdisUpdateOffload(h, tcb.binding, root)
+
+
+def _invalidated(tcb: Tcb, what: str = "") -> AppError:
+    whose = f"connection {tcb.conn_id}: {what} is" if what else f"connection {tcb.conn_id} is"
+    return AppError("INVALID_STATE", f"{whose} invalidated: no update (spec §3.1)")
+
+
+def _invalidated_under(tcb: Tcb) -> str | None:
+    """ "path" or "neighbor" if the object `tcb` depends on is invalidated, else None."""
+    path = tcb.path
+    if path is None:
+        return None
+    if path.lifecycle.phase is Phase.INVALIDATED:
+        return "path"
+    neighbor = path.parent
+    if neighbor is not None and neighbor.lifecycle.phase is Phase.INVALIDATED:
+        return "neighbor"
+    return None
+
+
+def update_complete(h: HostStack, root: OffloadBlock) -> None:
+    done, tcb, block = _completed(root)
+    tcb.updating = False
+    if block.status == SUCCESS:
+        # the restart and window flags ask for something once, in this update (spec §2.2)
+        tcb.cached = dataclasses.replace(block.cached, Flags=block.cached.Flags & ~_ONE_SHOT)
+        done({"status": SUCCESS.name}, None)
+    else:
+        # the target carries on; the host terminates what failed (spec §3.4)
+        done(None, ndis_error(block.status, " update failed: the connection is uploaded"))
+        terminate.start(h, tcb)
+    h.run_deferred(tcb)
+
+
+def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
+    """Invalidate the connection's TCP, path or neighbor object (spec §3.5): the target stops
+    sending on every connection that depends on it and asks for each to be uploaded."""
+    path = tcb.path
+    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
+        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+        return
+    neighbor = path.parent
+    assert neighbor is not None
+    obj = {"neighbor": neighbor, "path": path}.get(what)
+    if obj is not None and obj.lifecycle.phase is not Phase.OFFLOADED:
+        done(None, AppError("INVALID_STATE", f"the {what} is {obj.lifecycle.phase.value}"))
+        return
+    root = new_neighbor_block(neighbor.handle if what == "neighbor" else None)
+    pblock = root.add_dependent(new_path_block(path.handle if what == "path" else None))
+    owner: Tcb | HostObject
+    if what == "tcp":
+        pblock.add_dependent(new_tcp_block(tcb.handle))
+        tcb.lifecycle.fire(Event.INVALIDATE)
+        owner = tcb
+    else:
+        assert obj is not None
+        obj.lifecycle.fire(Event.INVALIDATE)  # no new connection links to it (spec §3.4 step 1)
+        owner = obj
+    # no terminate of the object while its invalidate is in flight (spec §3.1, §9 item 7)
+    owner.pending_ops += 1
+    send.flush_sends(h, tcb)
+    root.protocol_reserved = (done, owner)
+    assert tcb.binding is not None
+    h.ndis.NdisInvalidateOffload(h, tcb.binding, root)
+
+
+def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
+    done: Done
+    owner: Tcb | HostObject
+    done, owner = root.protocol_reserved
+    root.protocol_reserved = None
+    owner.pending_ops -= 1
+    status = next(b.status for b in walk(root) if b.offload_handle is not None)
+    if status == SUCCESS:
+        done({"status": SUCCESS.name}, None)
+    else:
+        done(None, ndis_error(status, " invalidate failed: hardware state corrupt"))
+    if isinstance(owner, Tcb):
+        h.run_deferred(owner)  # a terminate that waited for it
+    else:
+        terminate.release_unused_objects(h)  # the object, if its connections left meanwhile

@@ -1,0 +1,211 @@
+"""The host's per-connection and per-object records: TCBs and neighbor/path objects.
+
+A `Tcb` is the unit of work of every host chapter. Its state is its `Lifecycle` (the phase of
+the offload and the TCP state, spec §3.9); what `tcp.info` reports as `state` is read from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.blocks import TcpOffloadStateCached
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.lifecycle import FIN_SENT_STATES, Lifecycle, Phase, Role, TcpState
+from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.status import NdisStatus
+from chimneyd.ndis.trace import HopTrace
+
+from ..queues import NO_ITEMS
+from ..tcp import Reassembly
+
+if TYPE_CHECKING:
+    from chimneyd.ndis.broker import Binding
+
+    from ..delegated import DelegatedSnapshot
+    from ..wire import WirePort
+
+Done = Callable[[Any, "AppError | None"], None]
+
+
+class AppError(Exception):
+    """A failed application request: contract error symbol + detail."""
+
+    def __init__(self, symbol: str, detail: str) -> None:
+        super().__init__(f"{symbol}: {detail}")
+        self.symbol = symbol
+        self.detail = detail
+
+
+#: `Tcb.end_reason` of a connection the kernel gave up on.
+TIMED_OUT = "connection timed out (TimeoutExpiration)"
+
+
+def ndis_error(status: NdisStatus, extra: str = "") -> AppError:
+    return AppError("NDIS_STATUS", status.describe() + extra)
+
+
+#: `tcp.info`'s `state` for each phase (rpc-contract).
+INFO_STATE = {
+    Phase.IDLE: "host",
+    Phase.OFFLOADING: "offloading",
+    Phase.OFFLOADED: "offloaded",
+    Phase.INVALIDATED: "offloaded",
+    Phase.UPLOAD_SUGGESTED: "offloaded",
+    Phase.UPLOAD_REQUESTED: "offloaded",
+    Phase.FAILED: "offloaded",
+    Phase.TERMINATING: "uploading",
+    Phase.CLOSED: "closed",
+}
+
+
+class HostObject:
+    """A neighbor or path object the host offloads and shares among connections (spec §2.3)."""
+
+    __slots__ = (
+        "binding",
+        "block_kind",
+        "handle",
+        "key",
+        "lifecycle",
+        "parent",
+        "pending_ops",
+        "refs",
+    )
+
+    def __init__(
+        self, key: Any, block_kind: str, binding: Binding, parent: HostObject | None
+    ) -> None:
+        self.key = key
+        self.block_kind = block_kind
+        self.binding = binding
+        self.parent = parent
+        self.handle: NdisOffloadHandle | None = None
+        self.lifecycle = Lifecycle(self, Role.HOST_OBJECT)
+        # connections (for a path) or paths (for a neighbor) that depend on it: the host
+        # terminates it only when none is left (spec §3.1)
+        self.refs = 0
+        self.pending_ops = 0  # an invalidate in flight: no terminate until it completes (§3.1)
+
+    def __str__(self) -> str:
+        return f"host {self.block_kind} {self.key}"
+
+
+class Tcb(Lifecycle):
+    """Transmission control block of one connection; its own `Lifecycle`."""
+
+    __slots__ = (
+        "app_rx",
+        "app_rx_bytes",
+        "binding",
+        "cached",
+        "conn_id",
+        "deferred",
+        "delegated",
+        "disconnect_done",
+        "end_reason",
+        "fin_queued",
+        "forward_q",
+        "handle",
+        "hole_status",
+        "lifecycle",
+        "listener",
+        "offload_done",
+        "path",
+        "pending_ops",
+        "posted",
+        "read_paused",
+        "recv_waiters",
+        "refused",
+        "replaying",
+        "requeue",
+        "rx",
+        "send_backlog",
+        "send_epoch",
+        "send_outstanding",
+        "send_q",
+        "sends",
+        "target",
+        "trace",
+        "updating",
+        "upload_done",
+        "upload_q",
+        "upload_reason",
+        "wire",
+    )
+
+    def __init__(self, conn_id: int, wire: WirePort, trace: HopTrace) -> None:
+        self.conn_id = conn_id
+        self.wire = wire
+        self.trace = trace
+        Lifecycle.__init__(self, self, Role.HOST_CONNECTION, TcpState.ESTABLISHED)
+        self.lifecycle: Lifecycle = self
+        self.handle: NdisOffloadHandle | None = None
+        self.binding: Binding | None = None
+        self.path: HostObject | None = None
+        self.target: str | None = None
+        self.listener: int | None = None
+        # receive. Queues are lists: they are short, and an empty deque costs ~700 bytes, which
+        # counts when a daemon holds ten thousand connections. An empty queue is the shared
+        # NO_ITEMS; the connection gets its own list when it queues something (`grown`).
+        # from the first byte: whatever the socket read before the host owned it waits in the
+        # wire and is replayed to the host by offset (design: exactly one owner at a time)
+        self.rx: Reassembly[bytes] = Reassembly(0)
+        # bytes for the application: views, with the indicated NBL that holds them (if any)
+        self.app_rx: list[tuple[memoryview, NetBufferList | None]] = NO_ITEMS
+        self.app_rx_bytes = 0
+        self.recv_waiters: list[tuple[int, Done, bool]] = NO_ITEMS  # (max bytes, done, waitall)
+        self.posted: NetBufferList | None = None  # the receive request posted to the target
+        self.refused = False  # we refused an indication: post before the next (spec §4.3)
+        self.read_paused = False
+        self.forward_q: list[tuple[int, bytes, int]] = NO_ITEMS  # received during the initiate
+        self.upload_q: list[tuple[int, bytes, int]] = NO_ITEMS  # received during the terminate
+        # send
+        self.sends: list[tuple[NetBufferList, int, int]] = NO_ITEMS  # written by the host, unacked
+        self.requeue: list[NetBufferList] = NO_ITEMS  # refused by the target: the host sends them
+        # bumped when a send fails for good: the application's sends made before (`AppSend`
+        # epoch below it) lie after that hole in the stream and are never sent (spec §4.1)
+        self.send_epoch = 0
+        self.hole_status = NdisStatus.NDIS_STATUS_FAILURE  # what the last hole failed with
+        # send pacing (spec §5.3): the target's preferred backlog (0: not known yet), the bytes
+        # posted to it and not completed, and the application's bytes waiting for room, in order
+        self.send_backlog = 0
+        self.send_outstanding = 0
+        self.send_q: list[tuple[memoryview, Any]] = NO_ITEMS
+        self.fin_queued: Done | None = None  # a graceful disconnect behind the send queue
+        self.disconnect_done: Done | None = None
+        # why a killed connection (TCP state RESET) died, for the application's errors: None is
+        # an RST; the kernel's timeout says so (spec §5.2 TimeoutExpiration)
+        self.end_reason: str | None = None
+        self.delegated: DelegatedSnapshot | None = None  # as last known, no pointers
+        self.cached: TcpOffloadStateCached | None = None
+        self.pending_ops = 0  # queries, updates, invalidates in flight: a terminate waits
+        self.updating = False  # at most one update in flight (spec §3.1)
+        # requests that wait for the connection to change hands, replayed in order
+        self.deferred: list[Callable[[], None]] = NO_ITEMS
+        self.replaying = False
+        self.offload_done: list[Done] = NO_ITEMS
+        self.upload_done: list[Done] = NO_ITEMS
+        self.upload_reason = "terminate"  # what the `uploaded` event says, then "terminate" again
+
+    @property
+    def state(self) -> str:
+        """`tcp.info`'s state."""
+        return INFO_STATE[self.lifecycle.phase]
+
+    @property
+    def reset(self) -> bool:
+        """An RST was sent or received."""
+        return self.lifecycle.tcp is TcpState.RESET
+
+    @property
+    def death(self) -> str:
+        """How the killed connection died, for error messages."""
+        return self.end_reason or "connection reset"
+
+    @property
+    def fin_sent(self) -> bool:
+        return self.lifecycle.tcp in FIN_SENT_STATES
+
+    def __str__(self) -> str:
+        return f"TCB {self.conn_id}"

@@ -1,0 +1,273 @@
+"""Uploading a connection (spec §3.6): terminate its offload and carry it on in the host.
+
+Only the host starts a terminate (spec §3.6.1): when asked (`tcp.upload`, `tcp.close`), when the
+target asks (`TcpIndicateRetrieve`, `NDIS_STATUS_UPLOAD_ALL`), or when a send comes back
+because the target is uploading. Neighbor and path objects go with their last connection
+(spec §3.1). The target hands back the delegated state, unacknowledged send data and undelivered
+receive data; the host takes each back so that no byte is lost (spec §3.6.3).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.blocks import (
+    OffloadBlock,
+    TcpOffloadStateDelegated,
+    new_neighbor_block,
+    new_path_block,
+    new_tcp_block,
+    walk,
+)
+from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase, tcp_state_of
+from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.ndis.status import NdisStatus
+
+from ..delegated import snapshot
+from ..queues import NO_ITEMS, grown
+from ..tcp import offset_of
+from . import disconnect, host_reasons, offload, receive, send
+from .tcb import Done, HostObject, Tcb
+
+if TYPE_CHECKING:
+    from .stack import HostStack
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+#: Phases of a connection the host may terminate (spec §3.9).
+_TERMINABLE = frozenset({*LIVE, Phase.FAILED})
+#: Phases of an unused neighbor or path that the host terminates.
+_OFFLOADED_OBJECT = frozenset({Phase.OFFLOADED, Phase.INVALIDATED, Phase.FAILED})
+
+
+def app_upload(h: HostStack, tcb: Tcb, done: Done) -> None:
+    """`tcp.upload`: answered once the connection is back in the host."""
+    phase = tcb.lifecycle.phase
+    if phase is Phase.TERMINATING:
+        tcb.upload_done = grown(tcb.upload_done, done)
+        return
+    if phase not in _TERMINABLE:
+        done({"state": tcb.state}, None)
+        return
+    tcb.upload_done = grown(tcb.upload_done, done)
+    start(h, tcb)
+
+
+def start(h: HostStack, tcb: Tcb) -> None:
+    """Queue the connection's terminate for this inbox drain (once only queries are done)."""
+    if tcb.lifecycle.phase not in _TERMINABLE:
+        return  # already on its way up, or not offloaded
+    send.flush_sends(h, tcb)
+    if tcb.pending_ops:
+        # terminate only once no query, update or invalidate is pending on the connection (spec §3.1)
+        tcb.deferred = grown(tcb.deferred, lambda: start(h, tcb))
+        return
+    tcb.lifecycle.fire(Event.TERMINATE)
+    h.pending_terminates.append(tcb)
+
+
+def flush_terminates(h: HostStack) -> None:
+    """Terminate pending connections, with their path and neighbor when every dependent left
+    goes in the same tree (spec §3.1). A connection keeps its path referenced until its own
+    terminate has completed: a path whose dependents are still being terminated in another
+    tree waits for them, and goes once unused (`release_unused_objects`)."""
+    trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
+    going: dict[Any, int] = {}  # path key -> its connections in these trees
+    for tcb in h.pending_terminates:
+        path = tcb.path
+        assert path is not None and path.parent is not None and tcb.handle is not None
+        binding = path.binding
+        going[path.key] = going.get(path.key, 0) + 1
+        if binding.id not in trees:
+            trees[binding.id] = (binding, new_neighbor_block(None), {})
+        _, root, paths = trees[binding.id]
+        pblock = paths.get(path.key)
+        if pblock is None:
+            pblock = paths[path.key] = root.add_dependent(new_path_block(None))
+        pblock.add_dependent(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
+    h.pending_terminates = []
+    for binding, root, paths in trees.values():
+        going_paths: set[HostObject] = set()
+        for key, pblock in paths.items():
+            path = h.objects[key]
+            if _terminable(path) and path.refs == going[key]:
+                _start_object(path, pblock)
+                going_paths.add(path)
+        neighbor = h.objects[("neighbor", binding.id)]
+        if _unused_but_for(h, neighbor, going_paths):
+            _start_object(neighbor, root)
+        h.ndis.NdisTerminateOffload(h, binding, root)
+
+
+def _unused_but_for(h: HostStack, neighbor: HostObject, going: set[HostObject]) -> bool:
+    """Whether `neighbor` is offloaded and no path depends on it but those in `going` (being
+    terminated in the same tree): one offloaded, being offloaded or being terminated in
+    another tree keeps it (spec §3.1, §3.6)."""
+    return _terminable(neighbor) and not any(
+        o.parent is neighbor and o.lifecycle.phase is not Phase.IDLE and o not in going
+        for o in h.objects.values()
+    )
+
+
+def _terminable(obj: HostObject) -> bool:
+    """Offloaded, with no invalidate in flight (spec §3.1, §9 item 7): one that is waits, and
+    goes by `release_unused_objects` when it completes."""
+    return obj.lifecycle.phase in _OFFLOADED_OBJECT and not obj.pending_ops
+
+
+def _start_object(obj: HostObject, block: OffloadBlock) -> None:
+    obj.lifecycle.fire(Event.TERMINATE)
+    block.offload_handle = obj.handle
+
+
+def release_unused_objects(h: HostStack) -> None:
+    """Terminate neighbor/path objects that are offloaded but have no dependent left (e.g.
+    every connection of their initiate failed, or a terminate of them failed, spec §3.7)."""
+    objects = list(h.objects.values())
+    unused: dict[int, tuple[HostObject, set[HostObject]]] = {}  # by neighbor
+    for obj in objects:
+        if obj.block_kind == "path" and obj.refs == 0 and _terminable(obj):
+            assert obj.parent is not None
+            unused.setdefault(id(obj.parent), (obj.parent, set()))[1].add(obj)
+    for neighbor, paths in unused.values():
+        root = new_neighbor_block(None)
+        for path in paths:
+            _start_object(path, root.add_dependent(new_path_block(None)))
+        if _unused_but_for(h, neighbor, paths):
+            _start_object(neighbor, root)
+        h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
+    for obj in objects:
+        if (
+            obj.block_kind == "neighbor"
+            and obj.refs == 0
+            and _terminable(obj)
+            and not any(o.parent is obj and o.lifecycle.phase is not Phase.IDLE for o in objects)
+        ):
+            root = new_neighbor_block(None)
+            _start_object(obj, root)
+            h.ndis.NdisTerminateOffload(h, obj.binding, root)
+    _forget_idle_objects(h)
+
+
+def _forget_idle_objects(h: HostStack) -> None:
+    for key in [k for k, o in h.objects.items() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]:
+        del h.objects[key]
+
+
+def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
+    """`ProtocolTerminateOffloadComplete`."""
+    for block in walk(root):
+        handle = block.offload_handle
+        if handle is None:
+            continue
+        owner = handle.owner
+        if block.status != SUCCESS:
+            # corrupt hardware (spec §3.7): the object lives on, still depending on its path;
+            # the target indicates an abort (a connection) and the host terminates it again
+            owner.lifecycle.fire(Event.TERMINATE_FAILED)
+            continue
+        h.table_remove(handle.id)
+        h.stats.offloads_active -= 1
+        owner.lifecycle.fire(Event.TERMINATE_COMPLETE)
+        if isinstance(owner, HostObject):
+            owner.handle = None
+        else:
+            # only now is it no dependent of its path: the path may go (spec §3.1)
+            assert owner.path is not None
+            h.unref(owner.path)
+            _uploaded(h, owner, block)
+    release_unused_objects(h)
+    host_reasons.settled(h)
+    if h.pending_initiates:
+        offload.flush_initiates(h)
+
+
+def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
+    """Take the connection back: delegated state, send data, buffered data (spec §3.6.3)."""
+    tcb.handle = None
+    tcb.path = None
+    assert tcb.binding is not None
+    h.offloads_on[tcb.binding.id] -= 1
+    wire = tcb.wire
+    d: TcpOffloadStateDelegated = block.delegated
+    tcb.delegated = snapshot(d, "upload", h.ndis.clock())
+    was_reset = tcb.reset
+    rcv_nxt = offset_of(wire.irs, d.RcvNxt, wire.bytes_read)
+    # buffered receive data: copy, and give the NBLs back (spec §3.6.3)
+    buffered = d.BufferedData
+    d.BufferedData = None
+    if buffered is not None:
+        data = b"".join(bytes(v) for v in buffered.views())
+        h.stats.outstanding_nbls += 1  # the host's until it gives it back
+        assert tcb.binding is not None
+        h.returns.setdefault(tcb.binding, []).append(buffered)
+        receive.buffered_returned(h, tcb, rcv_nxt - len(data), data)
+    tcb.rx.rcv_nxt = max(tcb.rx.rcv_nxt, rcv_nxt)
+    # the TCP state as the target left it: the host may not have seen every step (a FIN
+    # received but not yet indicated, a FIN of ours acknowledged during the terminate)
+    fin_before = tcb.lifecycle.tcp in FIN_RECEIVED_STATES
+    tcb.lifecycle.reach(tcp_state_of(d.State, tcb.lifecycle.tcp))
+    if tcb.lifecycle.tcp in FIN_RECEIVED_STATES and not fin_before:
+        tcb.rx.fin = tcb.rx.rcv_nxt
+        h.emit(tcb.conn_id, "TcpIndicateDisconnect", {"path": "upload"})
+    if not tcb.reset:
+        tcb.end_reason = None  # it came back alive: a timeout retrieve was only a request
+    elif not was_reset and tcb.end_reason is None:
+        h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "upload"})
+    # unfinished sends come back in order, starting at SndUna (spec §3.6.3)
+    pos = offset_of(wire.isn, d.SndUna, wire.bytes_written)
+    returned = list(iter_chain(block.net_buffer_list_chain))
+    block.net_buffer_list_chain = None
+    send.mark_returned(tcb, returned)
+    unsent: list[NetBufferList] = []
+    for nbl in returned:
+        nbl.next = None
+        n = nbl.data_length
+        if pos >= wire.bytes_written:
+            if send.behind_a_hole(tcb, nbl):
+                send.finish_send(h, nbl, tcb.hole_status)  # never after the hole (spec §4.1)
+            else:
+                unsent.append(nbl)  # handed back before it was sent (spec §3.6.3): ours to send
+        else:
+            tcb.sends = grown(tcb.sends, (nbl, pos, pos + n))
+        pos += n
+    # the unsent go first: whatever the target refused came after them
+    if unsent:
+        tcb.requeue = unsent + tcb.requeue
+    if min(pos, wire.bytes_written) < wire.bytes_written and not tcb.reset:
+        # a live connection's unacknowledged bytes all come back (a reset one's sends failed)
+        raise ChimneyProtocolError(f"TCB {tcb.conn_id}: upload lost track of sent bytes")
+    # segments the host got while the terminate was in flight, in order by offset
+    queued, tcb.upload_q = tcb.upload_q, NO_ITEMS
+    for off, data, flags in sorted(queued, key=lambda s: s[0]):
+        receive.host_segment(h, tcb, off, data, flags)
+    if tcb.reset:
+        send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
+        if not wire.closed:
+            wire.abort()  # its state was lost with the hardware (spec §3.7): RST the peer
+    else:
+        # acknowledgements that came while the connection was changing hands found no send of
+        # the host's to complete, and are not reported again: complete what they cover now
+        send.complete_host_sends(h, tcb, wire.acked())
+        # sends the target refused during the upload are sent by the host now (spec §4.1)
+        requeue, tcb.requeue = tcb.requeue, NO_ITEMS
+        for nbl in requeue:
+            send.host_send(h, tcb, nbl)
+        send.unqueue(h, tcb)  # then what waited for room in the send backlog (spec §5.3)
+    disconnect.after_upload(h, tcb)
+    if tcb.sends or tcb.disconnect_done is not None:
+        wire.watch_acks()
+    if tcb.read_paused and tcb.app_rx_bytes < h.rx_buffer_bytes:
+        tcb.read_paused = False
+        wire.resume_reading()
+    # the event goes out before the callers hear of it: one that closes next must not have its
+    # `closed` arrive before `uploaded`
+    h.emit(tcb.conn_id, "uploaded", {"reason": tcb.upload_reason})
+    tcb.upload_reason = "terminate"
+    for done in tcb.upload_done:
+        done({"state": tcb.state}, None)
+    tcb.upload_done = NO_ITEMS
+    receive.serve(h, tcb)
+    h.run_deferred(tcb)

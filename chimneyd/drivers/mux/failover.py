@@ -1,0 +1,205 @@
+"""The MUX as an adapter: the capabilities it advertises, derived from its NICs (spec §1.3,
+§8), the parameters it passes to all of them, and failover (spec §5.5).
+
+When a NIC fails (it indicates PAUSE and UPLOAD_ALL) or is taken out of service, the MUX does
+what teaming drivers do — PAUSE above, get the affected connections uploaded, RESUME — one
+step finer than LBFO: it asks for the upload of only the connections on that NIC, one
+`TcpIndicateRetrieve` each (spec §5.2), and the others keep moving data. At RESUME the layer
+above reads the capabilities again (the NIC's capacity is gone from them) and offloads the
+uploaded connections anew, which the policy places on the NICs left.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chimneyd.ndis.oid import (
+    NdisEncapsulation,
+    NdisOidRequest,
+    NdisTcpConnectionOffload,
+    Oid,
+)
+from chimneyd.ndis.status import NdisStatus
+
+from .objects import Lower, MuxConnection
+
+if TYPE_CHECKING:
+    from .mux import MuxIm
+
+S = NdisStatus
+
+
+# -- capabilities and parameters ------------------------------------------------------------------
+def bound(mux: MuxIm, lower: Lower) -> None:
+    """A NIC bound below: read its capabilities, hand it the parameters set from above."""
+    ask(mux, lower)
+    if mux.params is not None:
+        _set_params(mux, lower, None)
+
+
+def ask(mux: MuxIm, lower: Lower) -> None:
+    lower.caps = None
+    request = NdisOidRequest(Oid.OID_TCP_CONNECTION_OFFLOAD_CURRENT_CONFIG)
+    mux.own_queries[id(request)] = lower
+    mux.ndis.NdisOidRequest(mux, lower.binding, request)
+
+
+def capabilities(mux: MuxIm) -> NdisTcpConnectionOffload:
+    """What the MUX offers above: the sum of its NICs in service (spec §8), an IP version or
+    option if any of them has it, the tick lengths all of them support."""
+    caps = [lo.caps for lo in mux.lower_list() if lo.in_service and lo.caps is not None]
+    if not caps:  # chimney stays recognised, with room for nothing until a NIC is back
+        return NdisTcpConnectionOffload(TcpConnectionOffloadCapacity=0)
+    ticks = set(caps[0].TicksPerSecond).intersection(*(c.TicksPerSecond for c in caps[1:]))
+    encapsulation = 0
+    for c in caps:
+        encapsulation |= c.Encapsulation
+    return NdisTcpConnectionOffload(
+        Encapsulation=encapsulation or NdisEncapsulation.NDIS_ENCAPSULATION_IEEE_802_3,
+        SupportIPv4=any(c.SupportIPv4 for c in caps),
+        SupportIPv6=any(c.SupportIPv6 for c in caps),
+        SupportIPv6ExtensionHeaders=any(c.SupportIPv6ExtensionHeaders for c in caps),
+        SupportSack=all(c.SupportSack for c in caps),
+        CongestionAlgorithm=caps[0].CongestionAlgorithm,
+        TcpConnectionOffloadCapacity=sum(c.TcpConnectionOffloadCapacity for c in caps),
+        TicksPerSecond=tuple(sorted(ticks)) or (1000,),
+    )
+
+
+def oid_request(mux: MuxIm, request: NdisOidRequest) -> None:
+    """`MiniportOidRequest` from above: capabilities answered from the NICs' (once all have
+    answered), parameters passed to every NIC (spec §1.3)."""
+    if request.oid is Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS and request.set:
+        mux.params = request.data
+        lowers = mux.lower_list()
+        if not lowers:
+            request.status = S.NDIS_STATUS_SUCCESS
+            mux.ndis.NdisMOidRequestComplete(mux, request)
+            return
+        group = [request, len(lowers), S.NDIS_STATUS_SUCCESS]
+        for lower in lowers:
+            _set_params(mux, lower, group)
+    elif request.oid is not Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS and not request.set:
+        mux.cap_waiters.append(request)
+        _answer_waiters(mux)
+    else:
+        request.status = S.NDIS_STATUS_NOT_SUPPORTED
+        mux.ndis.NdisMOidRequestComplete(mux, request)
+
+
+def _set_params(mux: MuxIm, lower: Lower, group: list[object] | None) -> None:
+    sub = NdisOidRequest(Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS, set=True, data=mux.params)
+    mux.param_sets[id(sub)] = group if group is not None else [None, 1, S.NDIS_STATUS_SUCCESS]
+    mux.ndis.NdisOidRequest(mux, lower.binding, sub)
+
+
+def oid_complete(mux: MuxIm, lower: Lower, request: NdisOidRequest) -> None:
+    asked = mux.own_queries.pop(id(request), None)
+    if asked is not None:
+        ok = request.status == S.NDIS_STATUS_SUCCESS
+        lower.caps = (
+            request.data if ok else NdisTcpConnectionOffload(TcpConnectionOffloadCapacity=0)
+        )
+        _answer_waiters(mux)
+        if not mux.own_queries:
+            mux.retry_deferred()  # initiates that waited for the NICs' answers
+            _offer_changed(mux)
+        return
+    group = mux.param_sets.pop(id(request))
+    if request.status != S.NDIS_STATUS_SUCCESS:
+        group[2] = request.status
+    group[1] -= 1
+    upper = group[0]
+    if group[1] == 0 and isinstance(upper, NdisOidRequest):
+        upper.status = group[2]
+        mux.ndis.NdisMOidRequestComplete(mux, upper)
+
+
+def _answer_waiters(mux: MuxIm) -> None:
+    if mux.own_queries:
+        return  # a NIC has not answered yet
+    waiters, mux.cap_waiters = mux.cap_waiters, []
+    for request in waiters:
+        request.data = mux.offered = capabilities(mux)
+        request.status = S.NDIS_STATUS_SUCCESS
+        mux.ndis.NdisMOidRequestComplete(mux, request)
+
+
+# -- status from a NIC, and failover ------------------------------------------------------------
+def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
+    """`ProtocolStatusEx` from one NIC. Its PAUSE stops placements there; its UPLOAD_ALL moves
+    its connections; its RESUME puts it back in service (its capabilities read again)."""
+    if status == S.NDIS_STATUS_OFFLOAD_PAUSE:
+        lower.paused = True
+    elif status == S.NDIS_STATUS_UPLOAD_ALL:
+        lower.failed = True
+        _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
+    elif status == S.NDIS_STATUS_OFFLOAD_RESUME:
+        lower.paused = lower.failed = False
+        ask(mux, lower)
+
+
+def take_out(mux: MuxIm, lower: Lower) -> None:
+    lower.taken_out = True
+    _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
+
+
+def put_back(mux: MuxIm, lower: Lower) -> None:
+    lower.taken_out = False
+    _offer_changed(mux)
+
+
+def rebalance(mux: MuxIm) -> None:
+    """Move connections from the NICs that carry the most to those that carry the fewest,
+    until they differ by one at most; the moved ones are placed where planned."""
+    lowers = [lo for lo in mux.lower_list() if lo.in_service]
+    if len(lowers) < 2:
+        return
+    by_lower = {
+        lo.binding.id: [c for c in mux.connections() if c.lower is lo.binding] for lo in lowers
+    }
+    counts = {lo.binding.id: len(by_lower[lo.binding.id]) for lo in lowers}
+    moving: list[MuxConnection] = []
+    while True:
+        high = max(lowers, key=lambda lo: counts[lo.binding.id])
+        low = min(lowers, key=lambda lo: counts[lo.binding.id])
+        if counts[high.binding.id] - counts[low.binding.id] <= 1 or not by_lower[high.binding.id]:
+            break
+        entry = by_lower[high.binding.id].pop()
+        mux.placement.moves[entry.key] = low
+        counts[high.binding.id] -= 1
+        counts[low.binding.id] += 1
+        moving.append(entry)
+    _evacuate(mux, moving)
+
+
+def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:
+    """PAUSE above, and ask for the upload of `entries`; RESUME once they are all up (or at
+    once when there are none: what the MUX offers changed all the same)."""
+    if not entries:
+        _offer_changed(mux)
+        return
+    if not mux.paused_above:
+        mux.paused_above = True
+        traces = [e.upper.trace for e in entries if e.upper.trace is not None]
+        mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_PAUSE, traces)
+    mux.retrieve_all(entries)
+    evacuated(mux)
+
+
+def evacuated(mux: MuxIm) -> None:
+    """After each terminate: once nothing asked up is left, RESUME above (spec §5.5)."""
+    if mux.paused_above and not mux.evacuating:
+        mux.paused_above = False
+        _resume_above(mux)
+
+
+def _offer_changed(mux: MuxIm) -> None:
+    """RESUME above when what the MUX offers is not what the layer above last read: a NIC left
+    or came back (spec §5.5: the host reads the capabilities again at RESUME)."""
+    if not mux.paused_above and mux.offered is not None and capabilities(mux) != mux.offered:
+        _resume_above(mux)
+
+
+def _resume_above(mux: MuxIm) -> None:
+    mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_RESUME)

@@ -1,0 +1,754 @@
+"""A teaming (LBFO) MUX intermediate driver: one miniport edge on top, a protocol edge to each
+of several NICs below (spec §1.1, §3.8: the IM that relays every chimney call).
+
+State operations are split by NIC (`trees`); I/O goes down the one NIC that carries the
+connection, exactly as the pass-through IM relays it; indications and completions come up with
+the upper handles. Which NIC takes a new connection is the policy's (`placement`); what happens
+when a NIC fails or is taken out of service, and the capabilities the MUX advertises, are in
+`failover`.
+
+Longer than most modules because it is a whole IM: a relay method for every chimney call, as in
+the pass-through IM, plus the split of state trees by NIC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
+from chimneyd.ndis.broker import Binding, Ndis
+from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.lifecycle import LIVE, Event, Phase
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.oid import (
+    NdisOidRequest,
+    NdisTcpConnectionOffload,
+    NdisTcpConnectionOffloadParameters,
+)
+from chimneyd.ndis.status import (
+    OFFLOADED_STATUSES,
+    NdisStatus,
+    TcpOffloadEventType,
+    TcpUploadReason,
+)
+
+from ..base import Timers, downcall
+from ..passthrough import ImOffloadEntry, PassthroughIm
+from . import failover
+from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
+from .placement import Placement
+from .trees import MuxCall, mirror_block
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+_OP_EVENT = {"Query": Event.QUERY, "Update": Event.UPDATE, "Invalidate": Event.INVALIDATE}
+#: Phases of an instance that a new connection cannot be linked under yet (spec §3.1).
+_SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+#: Phases of an instance the MUX terminates once nothing on its NIC depends on it.
+_TERMINABLE = frozenset({*LIVE, Phase.FAILED})
+
+
+class MuxIm(PassthroughIm):
+    kind = "mux"
+
+    def __init__(
+        self,
+        name: str,
+        ndis: Ndis,
+        timers: Timers,
+        policy: str = "least-loaded",
+        capacity: int = 1 << 20,
+    ) -> None:
+        self.lowers: dict[int, Lower] = {}  # by binding id, in the order they were bound
+        self.placement = Placement(policy)
+        super().__init__(name, ndis, timers, capacity)
+        self.call_entries: set[MuxCall] = set()  # type: ignore[assignment]
+        # initiates and terminates waiting for an instance to settle on its NIC
+        self.deferred: list[tuple[str, OffloadBlock]] = []
+        self.indicating: dict[int, Lower] = {}  # NBL id -> NIC, while its indication is up
+        self.returns_to: dict[int, Lower] = {}  # NBL id -> NIC, held above until returned
+        self.params: NdisTcpConnectionOffloadParameters | None = None
+        self.cap_waiters: list[NdisOidRequest] = []
+        self.own_queries: dict[int, Lower] = {}  # id(capability query) -> the NIC asked
+        self.param_sets: dict[int, list[Any]] = {}  # id(lower set) -> [upper request, left, status]
+        self.evacuating: set[MuxConnection] = set()  # asked up, not yet uploaded
+        self.paused_above = False  # it indicated NDIS_STATUS_OFFLOAD_PAUSE to the layer above
+        self.offered: NdisTcpConnectionOffload | None = None  # the capabilities last read above
+
+    def lower_list(self) -> list[Lower]:
+        return list(self.lowers.values())
+
+    def lower_of(self, binding: Binding) -> Lower:
+        return self.lowers[binding.id]
+
+    def connections(self) -> list[MuxConnection]:
+        return [c for c in self.table if isinstance(c, MuxConnection)]
+
+    def on_bound(self, binding: Binding) -> None:
+        lower = self.lowers[binding.id] = Lower(binding)
+        failover.bound(self, lower)
+
+    # ============================================================================================
+    # initiate (spec §3.2): place each connection, offload what it depends on to its NIC
+    # ============================================================================================
+    @downcall
+    def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
+        if not self._initiate(root):
+            self.deferred.append(("Initiate", root))
+
+    def _initiate(self, root: OffloadBlock) -> bool:
+        """Split and send the tree; False (nothing changed) when an object it needs on the
+        chosen NIC is still being offloaded or terminated there (spec §3.1), or a NIC has not
+        yet said what it can carry (placing without it would refuse needlessly): retried later."""
+        if self.own_queries:
+            return False
+        objects = self._objects_of(root)
+        placed: list[tuple[OffloadBlock, Lower | None]] = []
+        for up in walk(root):
+            if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
+                continue
+            path = objects.get(id(_parent_of(root, up)))
+            if not isinstance(path, VirtualObject) and path != "new":
+                raise ChimneyProtocolError(f"{self.name}: a connection with no path above it")
+            lower = self.placement.choose(self.lower_list(), _key(root, up), _ipv6(root, up))
+            if (
+                lower is not None
+                and isinstance(path, VirtualObject)
+                and self._settling(path, lower)
+            ):
+                for _, chosen in placed:  # nothing changes: undo the counts taken so far
+                    if chosen is not None:
+                        chosen.connections -= 1
+                return False
+            if lower is not None:
+                lower.connections += 1  # counted now so the next choice in this tree sees it
+            placed.append((up, lower))
+        call = MuxCall("Initiate", root)
+        for up in walk(root):  # the objects new to the MUX (spec §2.3 new-offload blocks)
+            if objects.get(id(up)) == "new":
+                parent = objects.get(id(_parent_of(root, up)))
+                upper = up.ndis_offload_handle
+                assert upper is not None
+                above = parent if isinstance(parent, VirtualObject) else None
+                vobj = VirtualObject(upper, up, above)
+                vobj.lifecycle.fire(Event.INITIATE)
+                objects[id(up)] = vobj
+                call.new_vobjs[id(up)] = vobj
+        for up, lower in placed:
+            if lower is None:
+                call.refused[id(up)] = self._refusal(_ipv6(root, up))
+                continue
+            path = objects[id(_parent_of(root, up))]
+            assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
+            key = _key(root, up)
+            entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
+            entry.lifecycle.fire(Event.INITIATE)
+            _ref(self._instance_for(call, path, lower))
+            low = mirror_block(up, entry.handle)
+            call.tree(lower).connection_block(entry, low)
+            call.link(up, low, entry)
+        self._send(call, self.ndis.NdisInitiateOffload)
+        return True
+
+    def _objects_of(self, root: OffloadBlock) -> dict[int, Any]:
+        """id(upper block) -> its virtual object, "new" for a new offload, None a placeholder."""
+        out: dict[int, Any] = {}
+        for up in walk(root):
+            if up.kind is BlockKind.TCP:
+                continue
+            role = up.role()
+            if role is BlockRole.PLACEHOLDER:
+                out[id(up)] = None
+            elif role is BlockRole.NEW_OFFLOAD:
+                out[id(up)] = "new"
+            else:
+                out[id(up)] = self._context(up, VirtualObject)
+        return out
+
+    def _settling(self, vobj: VirtualObject, lower: Lower) -> bool:
+        v: VirtualObject | None = vobj
+        while v is not None:
+            inst = v.instances.get(lower.binding.id)
+            if inst is not None and inst.lifecycle.phase in _SETTLING:
+                return True
+            v = v.parent
+        return False
+
+    def _instance_for(self, call: MuxCall, vobj: VirtualObject, lower: Lower) -> Instance:
+        """`vobj`'s instance on `lower`, in `call`'s tree for that NIC: linked when offloaded
+        there already, else offloaded now with the state the MUX keeps (spec §2.3 roles)."""
+        tree = call.tree(lower)
+        if vobj.parent is not None:
+            self._instance_for(call, vobj.parent, lower)  # its parent's block comes first
+        inst = vobj.instances.get(lower.binding.id)
+        if inst is None:
+            inst = vobj.instances[lower.binding.id] = Instance(self.name, vobj, lower)
+            inst.lifecycle.fire(Event.INITIATE)
+            self.table_add(inst.id, inst)
+            new = OffloadBlock(
+                vobj.header_type, inst.handle, vobj.const, vobj.cached, vobj.delegated
+            )
+            tree.object_block(vobj, lambda: new)
+            call.link(None, new, inst)
+        elif vobj.id not in tree.nodes:
+            handle = inst.handle
+            tree.object_block(vobj, lambda: OffloadBlock(vobj.header_type, handle))  # a linker
+        return inst
+
+    def _refusal(self, ipv6: bool) -> NdisStatus:
+        """No NIC takes the connection: none offloads its IP version, or none has room."""
+        for lo in self.lower_list():
+            if lo.in_service and lo.caps and (lo.caps.SupportIPv6 if ipv6 else lo.caps.SupportIPv4):
+                return S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES
+        return S.NDIS_STATUS_FAILURE
+
+    def ProtocolInitiateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        call = self._lower_done(lower_root)
+        if call is None:
+            return
+        failed: list[Instance] = []
+        for up, low, obj in call.links:
+            offloaded = low.status in OFFLOADED_STATUSES
+            if isinstance(obj, Instance):
+                obj.lifecycle.fire(Event.INITIATE_OFFLOADED if offloaded else Event.INITIATE_FAILED)
+                if not offloaded:
+                    failed.append(obj)
+                if obj.vobj in call.new_vobjs.values():
+                    if offloaded:
+                        call.failed_new[id(obj.vobj)] = SUCCESS
+                    else:
+                        call.failed_new.setdefault(id(obj.vobj), low.status)
+            elif isinstance(obj, MuxConnection):
+                assert up is not None
+                up.status = low.status  # a connection's status is its NIC's (spec §3.2.4)
+                if offloaded:
+                    obj.lifecycle.fire(Event.INITIATE_OFFLOADED)
+                    self._offloaded(up, obj)
+                else:
+                    obj.lifecycle.fire(Event.INITIATE_FAILED)
+                    self._unplace(obj)
+        for inst in failed:  # after its failed dependents let go of it, and of its parent
+            self._drop_instance(inst)
+        self._finish_initiate(call)
+
+    def _finish_initiate(self, call: MuxCall) -> None:
+        root = call.upper_root
+        assert root is not None
+        for up in walk(root):
+            if id(up) in call.refused:
+                up.status = call.refused[id(up)]
+        blocks = {id(b): b for b in walk(root)}
+        failed: dict[int, NdisStatus] = {}
+        for key, vobj in call.new_vobjs.items():
+            status = call.failed_new.get(id(vobj), SUCCESS)
+            if status != SUCCESS:
+                # every NIC it went to failed it: so does the MUX, with a NIC's status, as a
+                # pass-through would; its connections there failed with it (spec §3.2.4)
+                vobj.lifecycle.fire(Event.INITIATE_FAILED)
+                failed[key] = status
+                continue
+            # offloaded to the MUX: on a NIC, or on none yet (its connections were refused
+            # before any NIC saw them), kept for connections to come
+            vobj.lifecycle.fire(Event.INITIATE_OFFLOADED)
+            self._offloaded(blocks[key], vobj)
+        _aggregate(root, call, failed)
+        root.im_reserved = call.saved_im_reserved
+        self.ndis.NdisMInitiateOffloadComplete(self, root)
+        self._release_unused()
+        self.retry_deferred()
+
+    def _offloaded(self, up: OffloadBlock, ctx: VirtualObject | MuxConnection) -> None:
+        self.table_add(ctx.id, ctx)
+        self.stats.offloads_active += 1
+        assert up.miniport_offload_context is not None
+        up.miniport_offload_context.miniport_offload_context = ctx  # the upper slot (§1.5)
+
+    def _unplace(self, entry: MuxConnection) -> None:
+        """A connection that is not (or no longer) on its NIC: its path there loses it."""
+        lower = self.lowers[entry.lower.id]
+        lower.connections -= 1
+        self._unref(entry.path, lower)
+
+    def _unref(self, vobj: VirtualObject, lower: Lower) -> None:
+        """One dependent less for `vobj`'s instance on `lower` (and, when it has none left, for
+        its parent's): the host's reference counting, per NIC."""
+        inst = vobj.instances.get(lower.binding.id)
+        if inst is None:
+            return
+        inst.refs -= 1
+        if inst.refs == 0 and vobj.parent is not None:
+            self._unref(vobj.parent, lower)
+
+    def _drop_instance(self, inst: Instance) -> None:
+        inst.vobj.instances.pop(inst.lower.binding.id, None)
+        if inst.id in self.table:
+            self.table_remove(inst.id)
+
+    # ============================================================================================
+    # terminate (spec §3.6), query, update, invalidate (spec §3.3-§3.5)
+    # ============================================================================================
+    @downcall
+    def MiniportTerminateOffload(self, root: OffloadBlock) -> None:
+        if not self._terminate(root):
+            self.deferred.append(("Terminate", root))
+
+    def _terminate(self, root: OffloadBlock) -> bool:
+        """Split and send the tree; False (nothing changed) while a neighbor or path it names
+        still has a copy being offloaded or terminated on a NIC: its completion would reach the
+        layer above with that copy still alive below (spec §3.1, §9 item 8); retried later."""
+        for up in walk(root):
+            if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
+                vobj = self._context(up, VirtualObject)
+                if any(i.lifecycle.phase in _SETTLING for i in vobj.instances.values()):
+                    return False
+        call = MuxCall("Terminate", root)
+        going: dict[int, int] = {}  # instance id -> its dependents terminated in this call
+        for up in walk(root):
+            if up.role() is BlockRole.PLACEHOLDER:
+                continue
+            if up.kind is BlockKind.TCP:
+                entry = self._context(up, MuxConnection)
+                entry.lifecycle.fire(Event.TERMINATE)
+                lower = self.lowers[entry.lower.id]
+                low = mirror_block(up, entry.handle)
+                call.tree(lower).connection_block(entry, low)
+                call.link(up, low, entry)
+                # its path there keeps it until the NIC has completed its terminate (spec §3.1)
+                inst = entry.path.instances.get(lower.binding.id)
+                if inst is not None:
+                    going[inst.id] = going.get(inst.id, 0) + 1
+            else:
+                self._context(up, VirtualObject).lifecycle.fire(Event.TERMINATE)
+        going_now = self._terminate_unused(call, going)
+        for up in walk(root):  # every instance of a terminated object goes now (spec §3.1)
+            if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
+                for inst in self._context(up, VirtualObject).instances.values():
+                    if inst not in going_now:
+                        raise ChimneyProtocolError(
+                            f"{self.name}: {inst.vobj} terminated with dependents (spec §3.1)"
+                        )
+        self._send(call, self.ndis.NdisTerminateOffload)
+        return True
+
+    def _terminate_unused(
+        self, call: MuxCall, going: dict[int, int] | None = None
+    ) -> set[Instance]:
+        """Add to `call` every offloaded instance nothing on its NIC depends on but what `call`
+        terminates there too (`going`: instance id -> its connections in `call`): a neighbor or
+        path is terminated only with or after its dependents (spec §3.1, §3.6). Returns the
+        instances in `call`."""
+        going = dict(going or {})
+        added: set[Instance] = set()
+        vobjs = self._vobjs()
+        for vobj in vobjs:  # paths before their neighbors
+            for inst in list(vobj.instances.values()):
+                if inst.lifecycle.phase not in _TERMINABLE:
+                    continue
+                if vobj.parent is None and not _only_going(vobjs, vobj, inst.lower, added):
+                    continue  # a path there is offloaded, or in flight in another call
+                if inst.refs - going.get(inst.id, 0) > 0:
+                    continue
+                inst.lifecycle.fire(Event.TERMINATE)
+                block = call.tree(inst.lower).object_block(vobj)
+                block.offload_handle = inst.handle
+                call.link(None, block, inst)
+                added.add(inst)
+                parent = vobj.parent.instances.get(inst.lower.binding.id) if vobj.parent else None
+                if parent is not None and inst.refs:
+                    going[parent.id] = going.get(parent.id, 0) + 1  # it counts this path
+        return added
+
+    def _vobjs(self) -> list[VirtualObject]:
+        # neighbors after the paths that depend on them: dependents are linked first
+        objs = {id(v): v for c in self.table for v in _object_chain(c)}
+        return sorted(objs.values(), key=lambda v: v.parent is None)
+
+    def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        call = self._lower_done(lower_root)
+        if call is None:
+            return
+        for up, low, obj in call.links:
+            ok = low.status == SUCCESS
+            if isinstance(obj, MuxConnection):
+                assert up is not None
+                up.status = low.status
+                up.net_buffer_list_chain = low.net_buffer_list_chain  # sends handed back
+                self._sends_back(low.net_buffer_list_chain)
+                nic = self.lowers[obj.lower.id]
+                for nbl in iter_chain(low.net_buffer_list_chain):
+                    nic.outstanding_bytes -= nbl.data_length  # never completed below
+                if obj.held:
+                    self._release_held(obj)  # failures held here complete first (§3.6.3)
+                if not ok:  # corrupt hardware: it lives on, for a further terminate (§3.7)
+                    obj.lifecycle.fire(Event.TERMINATE_FAILED)
+                    continue
+                obj.lifecycle.fire(Event.TERMINATE_COMPLETE)
+                lower = self.lowers[obj.lower.id]
+                lower.connections -= 1
+                self._unref(obj.path, lower)  # only now no dependent of its path (spec §3.1)
+                self.table_remove(obj.id)
+                self.stats.offloads_active -= 1
+                if up.delegated is not None and up.delegated.BufferedData is not None:
+                    self.returns_to[up.delegated.BufferedData.id] = lower
+                self.evacuating.discard(obj)
+            else:
+                obj.lifecycle.fire(Event.TERMINATE_COMPLETE if ok else Event.TERMINATE_FAILED)
+                if ok:
+                    self._drop_instance(obj)
+        root = call.upper_root
+        if root is not None:
+            for up in walk(root):
+                if up.role() is BlockRole.PLACEHOLDER:
+                    up.status = SUCCESS
+                elif up.kind is not BlockKind.TCP:
+                    vobj = self._context(up, VirtualObject)
+                    failed = [
+                        i for i in vobj.instances.values() if i.lifecycle.phase is Phase.FAILED
+                    ]
+                    up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
+                    if not failed:
+                        vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
+                        self.table_remove(vobj.id)
+                        self.stats.offloads_active -= 1
+            root.im_reserved = call.saved_im_reserved
+            self.ndis.NdisMTerminateOffloadComplete(self, root)
+        failover.evacuated(self)
+        self._release_unused()
+        self.retry_deferred()
+
+    @downcall
+    def MiniportQueryOffload(self, root: OffloadBlock) -> None:
+        self._relay_op("Query", root, self.ndis.NdisQueryOffloadState)
+
+    @downcall
+    def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
+        self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
+
+    @downcall
+    def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
+        self._relay_op("Invalidate", root, self.ndis.NdisInvalidateOffload)
+
+    def _relay_op(self, op: str, root: OffloadBlock, ndis_call: Any) -> None:
+        """Each connection's block to its NIC; a neighbor's or path's to every NIC that holds
+        an instance of it (a query: to one), with the same state structures."""
+        call = MuxCall(op, root)
+        event = _OP_EVENT[op]
+        for up in walk(root):
+            if up.role() is BlockRole.PLACEHOLDER:
+                continue
+            if up.kind is BlockKind.TCP:
+                entry = self._context(up, MuxConnection)
+                entry.lifecycle.fire(event)
+                low = mirror_block(up, entry.handle)
+                call.tree(self.lowers[entry.lower.id]).connection_block(entry, low)
+                call.link(up, low, entry)
+                continue
+            vobj = self._context(up, VirtualObject)
+            vobj.lifecycle.fire(event)
+            live = [i for i in vobj.instances.values() if i.lifecycle.phase not in _SETTLING]
+            for inst in live[:1] if op == "Query" else live:
+                inst.lifecycle.fire(event)
+                handle = inst.handle
+                block = call.tree(inst.lower).object_block(
+                    vobj,
+                    lambda up=up, handle=handle: mirror_block(up, handle),  # type: ignore[misc]
+                )
+                call.link(up, block, inst)
+        self._send(call, ndis_call)
+
+    def ProtocolQueryOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        self._relayed_op_done(lower_root, self.ndis.NdisMQueryOffloadStateComplete)
+
+    def ProtocolUpdateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        self._relayed_op_done(lower_root, self.ndis.NdisMUpdateOffloadComplete)
+
+    def ProtocolInvalidateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        self._relayed_op_done(lower_root, self.ndis.NdisMInvalidateOffloadComplete)
+
+    def _relayed_op_done(self, lower_root: OffloadBlock, complete: Any) -> None:
+        call = self._lower_done(lower_root)
+        if call is None:
+            return
+        root = call.upper_root
+        assert root is not None
+        failed: set[int] = set()
+        for up, low, obj in call.links:
+            assert up is not None
+            if low.status != SUCCESS:
+                failed.add(id(up))
+            if call.op == "Query" and isinstance(obj, MuxConnection):
+                up.const, up.cached, up.delegated = low.const, low.cached, low.delegated
+        for up in walk(root):
+            up.status = S.NDIS_STATUS_FAILURE if id(up) in failed else SUCCESS
+            if (
+                call.op == "Update"
+                and up.status == SUCCESS
+                and up.kind is not BlockKind.TCP
+                and up.role() is not BlockRole.PLACEHOLDER
+                and up.cached is not None
+            ):
+                self._context(up, VirtualObject).cached = up.cached  # for NICs to come
+        root.im_reserved = call.saved_im_reserved
+        complete(self, root)
+        self.retry_deferred()
+
+    # ============================================================================================
+    # calls and their completions
+    # ============================================================================================
+    def _send(self, call: MuxCall, ndis_call: Any) -> None:
+        """Send `call`'s lower trees, or complete it at once when it needs none."""
+        if call.upper_root is not None:
+            call.upper_root.im_reserved = call  # the call entry is found again (spec §1.6)
+        trees = [t for t in call.trees.values() if t.root is not None]
+        call.pending = len(trees)
+        self.call_entries.add(call)
+        if not trees:
+            self._complete_empty(call)
+            return
+        for tree in trees:
+            assert tree.root is not None
+            tree.root.im_reserved = call
+            ndis_call(self, tree.lower.binding, tree.root)
+
+    def _complete_empty(self, call: MuxCall) -> None:
+        """A tree naming only the MUX's own objects (or nothing below): done here."""
+        self.call_entries.discard(call)
+        root = call.upper_root
+        if call.op == "Initiate":
+            self._finish_initiate(call)
+            return
+        if root is None:
+            return
+        for up in walk(root):
+            up.status = SUCCESS
+            if up.role() is BlockRole.PLACEHOLDER:
+                continue
+            vobj = self._context(up, VirtualObject)
+            if call.op == "Terminate":
+                vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
+                self.table_remove(vobj.id)
+                self.stats.offloads_active -= 1
+            elif call.op == "Update" and up.cached is not None:
+                vobj.cached = up.cached  # for NICs to come
+        root.im_reserved = call.saved_im_reserved
+        complete = {
+            "Terminate": self.ndis.NdisMTerminateOffloadComplete,
+            "Query": self.ndis.NdisMQueryOffloadStateComplete,
+            "Update": self.ndis.NdisMUpdateOffloadComplete,
+            "Invalidate": self.ndis.NdisMInvalidateOffloadComplete,
+        }[call.op]
+        complete(self, root)
+
+    def _lower_done(self, lower_root: OffloadBlock) -> MuxCall | None:
+        """Count a lower completion; the call once every lower tree of it is back."""
+        call = lower_root.im_reserved
+        if not isinstance(call, MuxCall) or call not in self.call_entries:
+            raise ChimneyProtocolError(f"{self.name}: a completion for no MUX call entry")
+        lower_root.im_reserved = None
+        call.pending -= 1
+        if call.pending:
+            return None
+        self.call_entries.discard(call)
+        return call
+
+    def _release_unused(self) -> None:
+        """Terminate the instances left with no connection on their NIC (spec §3.1)."""
+        call = MuxCall("Terminate", None)
+        self._terminate_unused(call)
+        if call.trees:
+            self._send(call, self.ndis.NdisTerminateOffload)
+
+    def retry_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, []
+        for op, root in deferred:
+            done = self._initiate(root) if op == "Initiate" else self._terminate(root)
+            if not done:
+                self.deferred.append((op, root))
+
+    def _context(self, up: OffloadBlock, cls: type[Any]) -> Any:
+        cell = up.miniport_offload_context
+        ctx = cell.miniport_offload_context if cell is not None else None
+        if not isinstance(ctx, cls) or ctx.id not in self.table:
+            raise ChimneyProtocolError(f"{self.name}: block references no live {cls.__name__}")
+        return ctx
+
+    # ============================================================================================
+    # I/O: down the NIC that carries the connection (spec §4.8)
+    # ============================================================================================
+    def relay_send(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
+        lower = self.lowers[entry.lower.id]
+        for nbl in iter_chain(head):
+            lower.outstanding_bytes += nbl.data_length
+        super().relay_send(entry, head)
+
+    def ProtocolTcpOffloadSendComplete(self, binding: Binding, head: NetBufferList) -> None:
+        lower = self.lowers[binding.id]
+        for nbl in iter_chain(head):
+            lower.outstanding_bytes -= nbl.tcp_offload_bytes_transferred + nbl.data_length
+        super().ProtocolTcpOffloadSendComplete(binding, head)
+
+    def ProtocolTcpOffloadReceiveIndicate(
+        self, handle: Any, nbl: NetBufferList, status: NdisStatus
+    ) -> None:
+        self.indicating[nbl.id] = self.lowers[handle.owner.lower.id]
+        super().ProtocolTcpOffloadReceiveIndicate(handle, nbl, status)
+
+    def ReceiveIndicateReturned(
+        self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+    ) -> None:
+        lower = self.indicating.pop(nbl.id)
+        if status == SUCCESS:
+            self.returns_to[nbl.id] = lower  # held above; it goes back to this NIC
+        super().ReceiveIndicateReturned(nbl, status, bytes_consumed)
+
+    @downcall
+    def MiniportTcpOffloadReceiveReturn(self, head: NetBufferList) -> None:
+        """The chain may hold NBLs of several NICs: each goes back to its own (spec §1.5)."""
+        by_lower: dict[int, list[NetBufferList]] = {}
+        for nbl in iter_chain(head):
+            lower = self.returns_to.pop(nbl.id, None)
+            if lower is None:
+                raise ChimneyProtocolError(f"{self.name}: NBL {nbl.id} returned but never held")
+            by_lower.setdefault(lower.binding.id, []).append(nbl)
+        for binding_id, nbls in by_lower.items():
+            chain = link_chain(nbls)
+            assert chain is not None
+            self.ndis.NdisOffloadTcpReceiveReturn(self, self.lowers[binding_id].binding, chain)
+
+    # ============================================================================================
+    # the adapter: OIDs, status, failover (spec §1.3, §5.5)
+    # ============================================================================================
+    def MiniportOidRequest(self, request: NdisOidRequest) -> None:
+        failover.oid_request(self, request)
+
+    def ProtocolOidRequestComplete(self, binding: Binding, request: NdisOidRequest) -> None:
+        failover.oid_complete(self, self.lowers[binding.id], request)
+
+    def ProtocolStatusEx(self, binding: Binding, status: NdisStatus) -> None:
+        failover.lower_status(self, self.lowers[binding.id], status)
+
+    def lower_down(self, binding: Binding) -> None:
+        """`nic_down`: take a NIC out of service; its connections move to the others."""
+        failover.take_out(self, self.lowers[binding.id])
+
+    def lower_up(self, binding: Binding) -> None:
+        """`nic_up`: the NIC is in service again; new connections may go to it."""
+        failover.put_back(self, self.lowers[binding.id])
+
+    def rebalance(self) -> None:
+        """Move connections so the NICs in service carry as even a load as can be."""
+        failover.rebalance(self)
+
+    def retrieve_all(self, entries: list[MuxConnection]) -> None:
+        """Ask the layer above to upload `entries` (a mandatory reason, spec §5.2)."""
+        for entry in entries:
+            if entry.lifecycle.phase in (
+                Phase.OFFLOADED,
+                Phase.UPLOAD_SUGGESTED,
+                Phase.INVALIDATED,
+            ):
+                entry.lifecycle.fire(Event.RETRIEVE)
+                self.evacuating.add(entry)
+                self.ndis.NdisTcpOffloadEventHandler(
+                    self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
+                )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "policy": self.placement.policy,
+            "lowers": {lo.name: lo.describe() for lo in self.lower_list()},
+            "capabilities": failover.capabilities(self).as_map(),
+        }
+
+
+# -- helpers over the upper tree ---------------------------------------------------------------
+_RETRIEVE = TcpOffloadEventType.TcpIndicateRetrieve
+
+
+def _parent_of(root: OffloadBlock, target: OffloadBlock) -> OffloadBlock | None:
+    """The block whose dependent list holds `target` (None at the root level)."""
+    for block in walk(root):
+        for dep in block.dependents():
+            if dep is target:
+                return block
+    return None
+
+
+def _key(root: OffloadBlock, tcp: OffloadBlock) -> Key:
+    path = _parent_of(root, tcp)
+    src = dst = b""
+    if path is not None and path.const is not None:
+        src, dst = path.const.SourceAddress, path.const.DestinationAddress
+    elif path is not None and path.miniport_offload_context is not None:
+        vobj = path.miniport_offload_context.miniport_offload_context
+        if isinstance(vobj, VirtualObject) and vobj.const is not None:
+            src, dst = vobj.const.SourceAddress, vobj.const.DestinationAddress
+    const = tcp.const
+    return (src, const.LocalPort if const else 0, dst, const.RemotePort if const else 0)
+
+
+def _ipv6(root: OffloadBlock, tcp: OffloadBlock) -> bool:
+    return len(_key(root, tcp)[0]) == 16  # the path's source address, 4 or 16 bytes
+
+
+def _ref(inst: Instance) -> None:
+    """One more connection on `inst` (a path's instance); its neighbor's counts the path."""
+    inst.refs += 1
+    parent = inst.vobj.parent
+    if inst.refs == 1 and parent is not None:
+        neighbor = parent.instances.get(inst.lower.binding.id)
+        if neighbor is not None:
+            neighbor.refs += 1
+
+
+def _only_going(
+    vobjs: list[VirtualObject], neighbor: VirtualObject, lower: Lower, going: set[Instance]
+) -> bool:
+    """Whether every path instance under `neighbor`'s instance on `lower` is in `going`."""
+    for vobj in vobjs:
+        if vobj.parent is neighbor:
+            inst = vobj.instances.get(lower.binding.id)
+            if inst is not None and inst not in going:
+                return False
+    return True
+
+
+def _object_chain(ctx: Any) -> list[VirtualObject]:
+    if isinstance(ctx, VirtualObject):
+        return [ctx, *([ctx.parent] if ctx.parent is not None else [])]
+    return []
+
+
+def _aggregate(root: OffloadBlock, call: MuxCall, failed: dict[int, NdisStatus]) -> None:
+    """Each neighbor and path block's status from its dependents (spec §3.2.4, §2.3): success
+    when all were offloaded, partial when some were, and for a linker failure when none was. A
+    new object offloaded to the MUX is offloaded whatever its dependents did; one that failed
+    on every NIC it went to (`failed`) keeps that NIC's status, and its dependents fail."""
+
+    def fail(block: OffloadBlock, status: NdisStatus) -> None:
+        if block.status in OFFLOADED_STATUSES:  # a dependent the NIC never tried
+            block.status = status
+        for d in block.dependents():
+            fail(d, S.NDIS_STATUS_FAILURE)
+
+    def offloaded(block: OffloadBlock) -> bool:
+        if id(block) in failed:
+            block.status = failed[id(block)]
+            fail(block, block.status)
+            return False
+        if block.kind is BlockKind.TCP:
+            return block.status in OFFLOADED_STATUSES
+        results = [offloaded(d) for d in block.dependents()]
+        role = "new" if id(block) in call.new_vobjs else block.role()
+        if role is BlockRole.PLACEHOLDER or not results or all(results):
+            block.status = SUCCESS
+        elif any(results) or role == "new":
+            block.status = S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS
+        else:
+            block.status = S.NDIS_STATUS_FAILURE
+        return block.status in OFFLOADED_STATUSES
+
+    block: OffloadBlock | None = root
+    while block is not None:
+        offloaded(block)
+        block = block.next_block

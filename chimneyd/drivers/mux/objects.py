@@ -1,0 +1,138 @@
+"""What a teaming MUX keeps: its lower NICs, the objects the layer above offloaded to it, their
+instances on each NIC, and its connections.
+
+To the layer above the MUX is one miniport: a neighbor or path offloaded to it is one
+`VirtualObject`. Below, each NIC that carries connections depending on that object holds its
+own copy, an `Instance`, offloaded by the MUX with the state it keeps, and reference-counted
+per NIC (spec §2.3 rules hold on each NIC: an instance goes when its last dependent there does).
+A connection lives on exactly one NIC (`MuxConnection`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chimneyd.ndis.blocks import OffloadBlock
+from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
+from chimneyd.ndis.lifecycle import Lifecycle, Role
+from chimneyd.ndis.oid import NdisTcpConnectionOffload
+from chimneyd.ndis.status import OffloadStateType
+
+from ..passthrough import ImOffloadEntry
+
+#: A connection's 4-tuple: (source address, local port, destination address, remote port).
+Key = tuple[bytes, int, bytes, int]
+
+
+class Lower:
+    """One NIC below the MUX: its binding, whether it is in service, what it can carry."""
+
+    __slots__ = (
+        "binding",
+        "caps",
+        "connections",
+        "failed",
+        "outstanding_bytes",
+        "paused",
+        "taken_out",
+    )
+
+    def __init__(self, binding: Binding) -> None:
+        self.binding = binding
+        self.caps: NdisTcpConnectionOffload | None = None  # None until it answers
+        self.connections = 0  # MUX connections placed here (offloaded or being offloaded)
+        self.outstanding_bytes = 0  # sent down and not yet completed (least-bytes policy)
+        self.paused = False  # it indicated NDIS_STATUS_OFFLOAD_PAUSE
+        self.failed = False  # it asked for every upload (NDIS_STATUS_UPLOAD_ALL)
+        self.taken_out = False  # nic_down: out of service by decision
+
+    @property
+    def name(self) -> str:
+        return self.binding.lower.name
+
+    @property
+    def in_service(self) -> bool:
+        return not (self.paused or self.failed or self.taken_out) and self.caps is not None
+
+    def room(self) -> bool:
+        return self.caps is not None and self.connections < self.caps.TcpConnectionOffloadCapacity
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "in_service": self.in_service,
+            "failed": self.failed,
+            "taken_out": self.taken_out,
+            "connections": self.connections,
+            "outstanding_bytes": self.outstanding_bytes,
+            "capacity": self.caps.TcpConnectionOffloadCapacity if self.caps else None,
+        }
+
+
+class VirtualObject:
+    """A neighbor or path as the layer above sees it at the MUX (its context in the upper
+    slot), with the state to offload copies of it to NICs."""
+
+    __slots__ = (
+        "cached",
+        "const",
+        "delegated",
+        "header_type",
+        "id",
+        "instances",
+        "lifecycle",
+        "parent",
+        "upper",
+    )
+
+    def __init__(
+        self, upper: NdisOffloadHandle, block: OffloadBlock, parent: VirtualObject | None
+    ) -> None:
+        self.id = next_object_id()
+        self.upper = upper
+        self.header_type: OffloadStateType = block.header_type
+        self.const = block.const
+        self.cached = block.cached
+        self.delegated = block.delegated
+        self.parent = parent  # a path's neighbor
+        self.instances: dict[int, Instance] = {}  # lower binding id -> its copy there
+        self.lifecycle = Lifecycle(self, Role.OFFLOADED_OBJECT)
+
+    def __str__(self) -> str:
+        return f"MUX {self.header_type.name} {self.id}"
+
+
+class Instance:
+    """A virtual object's copy on one NIC, offloaded by the MUX's protocol edge."""
+
+    __slots__ = ("handle", "id", "lifecycle", "lower", "refs", "vobj")
+
+    def __init__(self, layer: str, vobj: VirtualObject, lower: Lower) -> None:
+        self.id = next_object_id()
+        self.vobj = vobj
+        self.lower = lower
+        self.handle = NdisOffloadHandle(layer, self)
+        # the MUX offloads it as the host offloads its objects
+        self.lifecycle = Lifecycle(self, Role.HOST_OBJECT)
+        self.refs = 0  # its dependents on this NIC: paths of a neighbor, connections of a path
+
+    @property
+    def upper(self) -> NdisOffloadHandle:
+        """Indications about it go up with the virtual object's upper handle (spec §5.6)."""
+        return self.vobj.upper
+
+    def __str__(self) -> str:
+        return f"{self.vobj} on {self.lower.name}"
+
+
+class MuxConnection(ImOffloadEntry):
+    """A connection the MUX placed on one NIC: an IM offload entry with its path and 4-tuple."""
+
+    __slots__ = ("key", "path")
+
+    def __init__(
+        self, layer: str, upper: NdisOffloadHandle, lower: Binding, path: VirtualObject, key: Key
+    ) -> None:
+        super().__init__(layer, upper, lower)
+        self.path = path
+        self.key = key

@@ -1,0 +1,61 @@
+"""Which NIC a new connection goes to: the MUX's policy (teaming / LBFO load distribution).
+
+Every policy skips a NIC out of service, one without room (its advertised capacity, spec §8)
+and one that does not offload the connection's IP version. `moves` (a rebalance) names the
+NIC a given connection must go to next.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from .objects import Key, Lower
+
+#: active-standby: the first NIC in service takes every connection, the others wait;
+#: round-robin: in turn; least-loaded: the fewest connections; least-bytes: the fewest bytes
+#: sent and not yet acknowledged; hash: the 4-tuple, as 802.3ad's layer 3+4 policy.
+POLICIES = ("active-standby", "round-robin", "least-loaded", "least-bytes", "hash")
+
+
+class Placement:
+    __slots__ = ("moves", "policy", "turn")
+
+    def __init__(self, policy: str) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown MUX policy {policy!r}")
+        self.policy = policy
+        self.turn = 0
+        self.moves: dict[Key, Lower] = {}  # a rebalance: where these connections go next
+
+    def choose(self, lowers: list[Lower], key: Key, ipv6: bool) -> Lower | None:
+        """The NIC for a new connection, or None when none can take it."""
+        usable = [lo for lo in lowers if _usable(lo, ipv6)]
+        if not usable:
+            return None
+        moved = self.moves.pop(key, None)
+        if moved is not None and moved in usable:
+            return moved
+        if self.policy == "active-standby":
+            return usable[0]
+        if self.policy == "round-robin":
+            # in turn over every NIC, passing those that cannot take it now
+            for i in range(len(lowers)):
+                lower = lowers[(self.turn + i) % len(lowers)]
+                if lower in usable:
+                    self.turn = (self.turn + i + 1) % len(lowers)
+                    return lower
+        if self.policy == "least-loaded":
+            return min(usable, key=lambda lo: lo.connections)
+        if self.policy == "least-bytes":
+            return min(usable, key=lambda lo: (lo.outstanding_bytes, lo.connections))
+        # hash: the same connection always lands on the same NIC while the set in service holds
+        src, lport, dst, rport = key
+        digest = zlib.crc32(src + dst + lport.to_bytes(2, "big") + rport.to_bytes(2, "big"))
+        return usable[digest % len(usable)]
+
+
+def _usable(lower: Lower, ipv6: bool) -> bool:
+    caps = lower.caps
+    if not lower.in_service or caps is None or not lower.room():
+        return False
+    return caps.SupportIPv6 if ipv6 else caps.SupportIPv4

@@ -1,0 +1,98 @@
+"""Splitting the layer above's offload trees into one tree per NIC (spec §1.6 [EMU]: the MUX
+builds mirror trees, one per lower binding, instead of overlaying one).
+
+A lower tree always has the spec's three levels, built from the MUX's own objects: a neighbor
+block (the neighbor's instance on that NIC, or a placeholder), its path blocks, the connections
+under them (spec §2.3). `MuxCall` is the MUX's call entry: which upper block each lower block
+stands for, and what is still to come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chimneyd.ndis.blocks import OffloadBlock, chain_append
+from chimneyd.ndis.status import NdisStatus
+
+from .objects import Instance, Lower, MuxConnection, VirtualObject
+
+MuxObject = Instance | MuxConnection
+
+
+class LowerTree:
+    """The tree going down to one NIC, built by object (not by the upper tree's shape)."""
+
+    __slots__ = ("lower", "nodes", "root")
+
+    def __init__(self, lower: Lower) -> None:
+        self.lower = lower
+        self.root: OffloadBlock | None = None
+        self.nodes: dict[int, OffloadBlock] = {}  # virtual object id -> its block here
+
+    def object_block(
+        self, vobj: VirtualObject, make: Callable[[], OffloadBlock] | None = None
+    ) -> OffloadBlock:
+        """The block of `vobj` in this tree (made by `make`, a placeholder by default), under
+        its parent's block."""
+        block = self.nodes.get(vobj.id)
+        if block is not None:
+            return block
+        block = make() if make is not None else OffloadBlock(vobj.header_type)
+        self.nodes[vobj.id] = block
+        if vobj.parent is None:
+            self.root = chain_append(self.root, block)
+        else:
+            self.object_block(vobj.parent).add_dependent(block)
+        return block
+
+    def connection_block(self, entry: MuxConnection, block: OffloadBlock) -> None:
+        self.object_block(entry.path).add_dependent(block)
+
+
+class MuxCall:
+    """One state operation in flight at the MUX: from the layer above (`upper_root`) or the
+    MUX's own clean-up of instances no connection uses any more (`upper_root` None)."""
+
+    __slots__ = (
+        "failed_new",
+        "links",
+        "new_vobjs",
+        "op",
+        "pending",
+        "refused",
+        "saved_im_reserved",
+        "trees",
+        "upper_root",
+    )
+
+    def __init__(self, op: str, upper_root: OffloadBlock | None) -> None:
+        self.op = op
+        self.upper_root = upper_root
+        self.saved_im_reserved: Any = upper_root.im_reserved if upper_root is not None else None
+        self.trees: dict[int, LowerTree] = {}  # lower binding id -> its tree
+        self.pending = 0  # lower trees not yet completed
+        # (upper block or None, lower block, the MUX object it names)
+        self.links: list[tuple[OffloadBlock | None, OffloadBlock, MuxObject]] = []
+        self.new_vobjs: dict[int, VirtualObject] = {}  # id(upper block) -> its new object
+        self.refused: dict[int, NdisStatus] = {}  # id(upper TCP block) -> why not placed
+        # id(new object) -> a NIC's status for its instance, while no NIC has offloaded it
+        self.failed_new: dict[int, NdisStatus] = {}
+
+    def tree(self, lower: Lower) -> LowerTree:
+        tree = self.trees.get(lower.binding.id)
+        if tree is None:
+            tree = self.trees[lower.binding.id] = LowerTree(lower)
+        return tree
+
+    def link(self, upper: OffloadBlock | None, lower: OffloadBlock, obj: MuxObject) -> None:
+        self.links.append((upper, lower, obj))
+
+
+def mirror_block(upper: OffloadBlock, handle: Any) -> OffloadBlock:
+    """A lower block standing for `upper`, with the MUX's own handle and the same trailing
+    state structures and send NBLs (spec §1.6: the same state goes down, filled in place)."""
+    low = OffloadBlock(upper.header_type, handle, upper.const, upper.cached, upper.delegated)
+    low.net_buffer_list_chain = upper.net_buffer_list_chain
+    low.port_number = upper.port_number
+    return low

@@ -1,0 +1,368 @@
+"""Receive at the target: segments, posted requests, indications, the delivery algorithm.
+
+Spec §4.2 (posted receive requests and the push timer), §4.3 (indications and receive-return),
+§4.4 (the delivery algorithm), §4.6 (forwarded segments), §5.1 (FIN and RST). Each read from the
+socket counts as a segment with PSH set (design: emulating the wire): the kernel does not say
+where segments ended, and a read is where the peer's data stopped coming. Forwarded segments
+carry the flags the host gives them; `BufferedData` handed down at offload carries none (its
+segments' PSH flags are not handed down), so a push-mode request it fills only partly waits for
+more data, a PSH, or the push timer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.lifecycle import LIVE, Event, Phase, TcpState
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
+
+from ..queues import grown
+from ..segment import TH_FIN, TH_PSH, TH_RST, parse_segment
+from ..tcp import offset_of
+from . import adapter, disconnect, events, send, terminate
+from .contexts import TcpContext
+
+if TYPE_CHECKING:
+    from .target import OffloadTarget
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
+MAX_INDICATION = 1 << 20
+_ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
+
+
+# -- segments from the wire and from the host -----------------------------------------------------
+def wire_data(t: OffloadTarget, c: TcpContext, offset: int, data: bytes) -> None:
+    if c.lifecycle.phase in _ORDINARY_PATH:
+        # a connection being terminated: the ordinary path, never the chimney (spec §3.6.4)
+        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, offset, data, 0)
+        return
+    t.stats.bytes_received += len(data)
+    adapter.forward_progress(t, c)
+    segment(t, c, offset, memoryview(data), TH_PSH)  # each socket read counts as pushed
+
+
+def wire_eof(t: OffloadTarget, c: TcpContext, offset: int) -> None:
+    if c.lifecycle.phase in _ORDINARY_PATH:
+        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, offset, b"", TH_FIN)
+        return
+    segment(t, c, offset, memoryview(b""), TH_FIN)
+
+
+def wire_reset(t: OffloadTarget, c: TcpContext) -> None:
+    if c.lifecycle.phase in _ORDINARY_PATH:
+        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, c.wire.bytes_read, b"", TH_RST)
+        return
+    peer_reset(t, c)
+
+
+def wire_timeout(t: OffloadTarget, c: TcpContext) -> None:
+    """The kernel gave up on the connection (its retransmit or zero-window probe limit, or
+    keepalive): ask for a mandatory upload with `TimeoutExpiration` and stop processing it
+    (spec §5.2, §8). The connection is gone (delegated State CLOSED); what it held — sends not
+    acknowledged, bytes not delivered — goes back to the host at terminate."""
+    if c.lifecycle.phase in _ORDINARY_PATH:
+        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, c.wire.bytes_read, b"", TH_RST)
+        return
+    if c.lifecycle.tcp is TcpState.RESET:
+        return
+    c.lifecycle.fire(Event.RESET)  # no RST was seen, but the connection is as dead
+    stop_push(t, c)
+    events.request_upload(t, c, TcpUploadReason.TimeoutExpiration)
+
+
+def peer_reset(t: OffloadTarget, c: TcpContext) -> None:
+    """An acceptable RST (spec §5.1): abort every outstanding I/O, keep resources."""
+    if c.lifecycle.tcp is TcpState.RESET:
+        return  # already reset (the RST came by two roads)
+    c.lifecycle.fire(Event.RESET)
+    stop_push(t, c)
+    events.indicate(t, c, TcpOffloadEventType.TcpIndicateAbort, 0)
+    send.fail_sends(t, c, ABORTED)
+    fail_receives(t, c, ABORTED)
+    if c.disconnect_nbl is not None:
+        disconnect.complete(t, c, ABORTED)
+    send.release_refusals(t, c)
+
+
+def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
+    """`MiniportTcpOffloadForward`: segments the host received, processed like the wire's
+    (spec §4.6); the MDL data starts at the TCP header."""
+    c.lifecycle.fire(Event.IO)
+    refusal = send.refusal(c)
+    if refusal is not None:
+        send.complete_now(head, refusal, t.ndis.NdisTcpOffloadForwardComplete, t)
+        return
+    for nbl in iter_chain(head):
+        raw = b"".join(nbl.views())
+        sequence, flags, payload = parse_segment(raw)
+        offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
+        nbl.status = SUCCESS
+        nbl.tcp_offload_bytes_transferred = nbl.data_length
+        nbl.advance(nbl.data_length)
+        if flags & TH_RST:
+            peer_reset(t, c)
+            continue
+        segment(t, c, offset, payload, flags)
+    t.ndis.NdisTcpOffloadForwardComplete(t, head)
+
+
+def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:
+    """An arriving segment: in order → the delivery algorithm; ahead → held until the gap
+    fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""
+    if c.lifecycle.tcp is TcpState.RESET:
+        return  # nothing further is processed or acknowledged (spec §4.5)
+    ready, fin_now = c.rx.segment(offset, data, flags, bool(flags & TH_FIN))
+    for piece, fl in ready:
+        c.buffered = grown(c.buffered, piece)
+        c.buffered_bytes += len(piece)
+        c.buffered_psh = bool(fl & TH_PSH)
+    if fin_now:
+        c.lifecycle.fire(Event.FIN_RECEIVED)
+    pump(t, c)
+
+
+# -- posted receive requests (spec §4.2) ------------------------------------------------------------
+def post(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
+    """`MiniportTcpOffloadReceive`: queue the requests FIFO and deliver into them."""
+    c.lifecycle.fire(Event.IO)
+    refusal = send.refusal(c) or t.take_failure("MiniportTcpOffloadReceive")
+    if refusal is None and c.fin_indicated and not c.buffered_bytes:
+        # posted after the FIN was indicated (spec §4.2); bytes still held (handed down as
+        # BufferedData with a FIN the host knew of, spec §3.2.3) are the request's to take
+        refusal = S.NDIS_STATUS_INVALID_STATE
+    if refusal is not None:
+        send.refuse(t, c, "receive", head, refusal)
+        return
+    for nbl in iter_chain(head):
+        # bytes we placed so far. [EMU] A host that pre-fills a request places its bytes in front
+        # of the NB's data and advances the NB past them; `TcpReceiveBytesTransferred` counts
+        # them, and we fill from the NB's data start.
+        nbl.miniport_reserved = 0
+        c.posted = grown(c.posted, nbl)
+        if len(c.posted) == 1 and not nbl.tcp_receive_no_push and nbl.tcp_receive_bytes_transferred:
+            start_push(t, c)  # the host already placed data: the timer starts at once (§4.2)
+    c.refused = False  # any post re-enables indications (spec §4.3)
+    pump(t, c)
+
+
+def pump(t: OffloadTarget, c: TcpContext) -> None:
+    """The delivery algorithm of spec §4.4, run whenever data, posts or a return arrive."""
+    # phases before the completion went up (spec §3.2.7), after the terminate began, or after
+    # an RST or a hardware failure deliver nothing through the chimney
+    if c.busy or c.lifecycle.phase not in LIVE or c.lifecycle.tcp is TcpState.RESET:
+        return
+    if c.posted:
+        _fill(t, c)
+    if c.buffered_bytes and not c.posted and not c.refused:
+        _indicate(t, c)
+    if not c.busy:
+        _check_fin(t, c)
+    _flow(t, c)
+
+
+def _fill(t: OffloadTarget, c: TcpContext) -> None:
+    """FILL ("A"): buffered data into posted requests, FIFO; complete the full ones, and a
+    partly filled push-mode one when the data that reached it was pushed; otherwise the push
+    timer completes it, restarted by every byte placed (spec §4.2)."""
+    done: list[NetBufferList] = []
+    posted = c.posted
+    while posted:
+        req = posted[0]
+        nb = req.first_net_buffer
+        assert nb is not None
+        cap = nb.data_length
+        before: int = req.miniport_reserved
+        filled = before
+        while filled < cap and c.buffered:
+            view = c.buffered[0]
+            n = nb.copy_in(filled, view)
+            filled += n
+            c.buffered_bytes -= n
+            if n == len(view):
+                c.buffered.pop(0)
+            else:
+                c.buffered[0] = view[n:]
+        req.miniport_reserved = filled
+        if filled == cap:
+            posted.pop(0)
+            done.append(_finish(req, SUCCESS))
+            continue
+        if _partly_filled_push(req):
+            placed = filled > before
+            if placed and c.buffered_psh:
+                posted.pop(0)  # a pushed segment completes a push-mode request
+                done.append(_finish(req, SUCCESS))
+                continue
+            if placed or c.push_timer is None:
+                start_push(t, c)  # data received while the timer runs restarts it
+        break
+    if done:
+        stop_push(t, c)
+        if posted and _partly_filled_push(posted[0]):
+            start_push(t, c)
+        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+
+
+def _partly_filled_push(req: NetBufferList) -> bool:
+    """A push-mode request holding data: placed by us, or by the host before it posted it
+    (`TcpReceiveBytesTransferred`, spec §4.2)."""
+    return not req.tcp_receive_no_push and bool(
+        req.miniport_reserved or req.tcp_receive_bytes_transferred
+    )
+
+
+def _chain(nbls: list[NetBufferList]) -> NetBufferList:
+    head = link_chain(nbls)
+    assert head is not None
+    return head
+
+
+def _finish(req: NetBufferList, status: NdisStatus) -> NetBufferList:
+    placed: int = req.miniport_reserved or 0
+    req.miniport_reserved = None
+    req.status = status
+    req.tcp_offload_bytes_transferred = placed
+    if placed:
+        req.advance(placed)
+    return req
+
+
+def fail_receives(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
+    """Complete every posted request with `status`, with the bytes each already holds — once
+    no indication is executing on the connection: `NdisTcpOffloadReceiveComplete` and
+    `NdisTcpOffloadReceiveHandler` are serialised per connection (spec §4.2, §9 item 4), so
+    while one is up the requests wait for its return (`indication_returned`)."""
+    if c.busy:
+        if c.receives_owed is None:
+            c.receives_owed = status  # the first reason wins: a reset, then a terminate
+        return
+    if c.posted:
+        done = [_finish(r, status) for r in c.posted]
+        c.posted.clear()
+        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+
+
+# -- indications (spec §4.3) ------------------------------------------------------------------------
+def _indicate(t: OffloadTarget, c: TcpContext) -> None:
+    """INDICATE ("B"): one stand-alone NBL over the buffered bytes, no copy (spec §4.3)."""
+    c.lifecycle.fire(Event.INDICATE)
+    limit = c.cached.RcvIndicationSize or MAX_INDICATION
+    views: list[memoryview] = []
+    total = 0
+    for view in c.buffered:
+        if total + len(view) > limit:
+            view = view[: limit - total]
+        views.append(view)
+        total += len(view)
+        if total >= limit:
+            break
+    nbl = NetBufferList.for_views(views)
+    nbl.trace = c.trace
+    nbl.miniport_reserved = c
+    c.busy = True
+    t.indicated[nbl.id] = nbl
+    t.stats.outstanding_nbls += 1
+    t.ndis.NdisTcpOffloadReceiveHandler(t, c.upper, nbl)
+
+
+def indication_returned(
+    t: OffloadTarget, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+) -> None:
+    """The synchronous return of `NdisTcpOffloadReceiveHandler` (spec §4.3)."""
+    c: TcpContext = nbl.miniport_reserved
+    c.busy = False
+    # what the host consumed is delivered, reset or not: it must not go back again in
+    # BufferedData at the terminate (spec §3.6.3, §9 item 4)
+    _consume(c, bytes_consumed)
+    if status != SUCCESS:
+        c.refused = True  # no re-indication until the host posts (spec §4.3)
+        del t.indicated[nbl.id]
+        t.stats.outstanding_nbls -= 1
+        nbl.miniport_reserved = None
+    owed, c.receives_owed = c.receives_owed, None
+    if owed is not None:
+        fail_receives(t, c, owed)  # held back while the indication was up (spec §4.2)
+    send.release_refusals(t, c)  # and receives refused meanwhile, after them
+    if t.deferred_terminates:
+        terminate.finish(t)
+    pump(t, c)
+
+
+def _consume(c: TcpContext, n: int) -> None:
+    c.buffered_bytes -= n
+    while n:
+        view = c.buffered[0]
+        if n >= len(view):
+            n -= len(view)
+            c.buffered.pop(0)
+        else:
+            c.buffered[0] = view[n:]
+            n = 0
+
+
+def receive_return(t: OffloadTarget, head: NetBufferList) -> None:
+    """`MiniportTcpOffloadReceiveReturn`: the host gives indicated NBLs back (spec §4.3)."""
+    for nbl in iter_chain(head):
+        if t.indicated.pop(nbl.id, None) is None:
+            raise ChimneyProtocolError(
+                f"{t.name}: NBL {nbl.id} returned twice or never indicated (spec §6.3)"
+            )
+        nbl.miniport_reserved = None
+        t.stats.outstanding_nbls -= 1
+
+
+def _check_fin(t: OffloadTarget, c: TcpContext) -> None:
+    """Peer FIN → `TcpIndicateDisconnect` once every earlier byte was consumed (spec §5.1)."""
+    if c.fin_indicated or not c.rx.fin_reached or c.buffered_bytes:
+        return
+    c.fin_indicated = True
+    if c.posted:
+        # partly filled requests hold the last bytes; empty ones can never be filled [INF]
+        done = []
+        while c.posted:
+            req = c.posted.pop(0)
+            status = SUCCESS if req.miniport_reserved else S.NDIS_STATUS_INVALID_STATE
+            done.append(_finish(req, status))
+        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+    stop_push(t, c)
+    events.indicate(t, c, TcpOffloadEventType.TcpIndicateDisconnect, 0)
+
+
+def _flow(t: OffloadTarget, c: TcpContext) -> None:
+    """Back-pressure: stop reading the socket when held data reaches its bound (design)."""
+    held = c.buffered_bytes
+    bound = c.rcv_bound  # the connection's receive window (spec §2.2 InitialRcvWnd)
+    if not c.paused and held >= bound:
+        c.paused = True
+        c.wire.pause_reading()
+    elif c.paused and held < bound // 2:
+        c.paused = False
+        c.wire.resume_reading()
+
+
+# -- push timer (spec §4.2) -------------------------------------------------------------------------
+def start_push(t: OffloadTarget, c: TcpContext) -> None:
+    stop_push(t, c)
+    c.push_timer = t.timers.call_later(t.push_ticks, t.push_expired, c)
+
+
+def stop_push(t: OffloadTarget, c: TcpContext) -> None:
+    if c.push_timer is not None:
+        c.push_timer.cancel()
+        c.push_timer = None
+
+
+def push_expired(t: OffloadTarget, c: TcpContext) -> None:
+    c.push_timer = None
+    if c.busy or c.lifecycle.phase in _ORDINARY_PATH or not c.posted:
+        return  # a race can fire the timer with nothing to complete (spec §4.4)
+    if c.lifecycle.tcp is TcpState.RESET:
+        return
+    req = c.posted[0]
+    if _partly_filled_push(req):
+        c.posted.pop(0)
+        t.ndis.NdisTcpOffloadReceiveComplete(t, _finish(req, SUCCESS))

@@ -1,0 +1,256 @@
+"""Send at the target (spec §4.1): write in order, complete only when acknowledged.
+
+The kernel tells which bytes the peer has acknowledged (`WirePort.acked`); an NBL completes
+with NDIS_STATUS_SUCCESS only when every byte of it was (spec §4.1). The send backlog the host
+paces itself by is indicated with `TcpIndicateSendBacklogChange`, damped (spec §5.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.lifecycle import LIVE, UPLOAD_PENDING, Event, Phase, TcpState
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
+
+from ..queues import NO_ITEMS, grown
+from . import adapter, disconnect, events
+from .contexts import TcpContext
+
+if TYPE_CHECKING:
+    from .target import OffloadTarget
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
+BACKLOG_DAMPING_NS = 1_000_000_000
+#: statuses after which the host sends the data itself, after an upload (spec §4.1)
+UPLOAD_STATUSES = frozenset(
+    {S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_UPLOAD, S.NDIS_STATUS_UPLOAD_REQUESTED}
+)
+
+
+def refusal(c: TcpContext) -> NdisStatus | None:
+    """The status new I/O gets instead of being processed, if any: REQUEST_ABORTED once the
+    connection is reset or its hardware state lost (spec §5.1, §3.7), UPLOAD_IN_PROGRESS once an
+    upload is under way or mandatory (spec §3.6.4), or the object invalidated (spec §3.5)."""
+    lc = c.lifecycle
+    if lc.tcp is TcpState.RESET or lc.phase is Phase.FAILED:
+        return ABORTED
+    if lc.phase in UPLOAD_PENDING:
+        return S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+    return None
+
+
+def send_refusal(c: TcpContext) -> NdisStatus | None:
+    """`refusal` for data going out (a send, a graceful disconnect's data and FIN): also once
+    a send failed, after which nothing goes on the wire (spec §4.1) — UPLOAD_IN_PROGRESS, the
+    upload being what comes next (spec §3.6.4)."""
+    status = refusal(c)
+    if status is None and c.send_failed:
+        return S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+    return status
+
+
+def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
+    """`MiniportTcpOffloadSend`: strict FIFO within and across calls (spec §4.1)."""
+    c.lifecycle.fire(Event.IO)
+    status = send_refusal(c)
+    if status is None:
+        status = t.take_failure("MiniportTcpOffloadSend")
+        if status is not None:
+            # a failed send is a hole in the stream: every later send fails too, without
+            # sending any of its data (spec §4.1)
+            c.send_failed = True
+    if status is not None:
+        refuse(t, c, "send", head, status)
+        ask_upload_after_failure(t, c)
+        return
+    adapter.before_send(t, c)
+    wire = c.wire
+    pos = wire.bytes_written
+    views: list[memoryview] = []
+    unacked = c.unacked
+    if unacked is NO_ITEMS:
+        unacked = c.unacked = []  # its own list once, not a check per NBL
+    for nbl in iter_chain(head):
+        nbl_views = nbl.views()
+        n = 0
+        for v in nbl_views:
+            n += len(v)
+        views.extend(nbl_views)
+        unacked.append((nbl, pos, pos + n))
+        pos += n
+    wire.write(views)  # one write for the whole chain
+    watch(c)
+
+
+def watch(c: TcpContext) -> None:
+    """Ask for acknowledgement news while anything waits for it."""
+    if (c.unacked or c.disconnect_nbl is not None) and not c.wire.closed:
+        c.wire.watch_acks()
+
+
+def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
+    if c.lifecycle.phase not in _ACKS_COUNT or c.lifecycle.tcp is TcpState.RESET:
+        return
+    complete_acked(t, c, acked)
+    if (
+        c.disconnect_nbl is not None
+        and not c.unacked
+        and (c.disconnect_refused is not None or c.wire.fin_acked())
+    ):
+        disconnect.complete(t, c, SUCCESS)
+    release_refusals(t, c)
+    watch(c)
+    _backlog(t, c)
+
+
+#: Phases in which acknowledgements complete sends (until the terminate takes them over).
+_ACKS_COUNT = frozenset({Phase.OFFLOADING, *LIVE})
+
+
+def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
+    """Complete, in order, every NBL whose last byte the peer has acknowledged."""
+    done: list[NetBufferList] = []
+    unacked = c.unacked
+    while unacked and unacked[0][2] <= acked:
+        nbl, start, end = unacked.pop(0)
+        nbl.status = SUCCESS
+        nbl.tcp_offload_bytes_transferred = end - start
+        nbl.advance(nbl.data_length)
+        done.append(nbl)
+    if done:
+        adapter.forward_progress(t, c)
+        t.stats.bytes_sent += sum(n.tcp_offload_bytes_transferred for n in done)
+        t.ndis.NdisTcpOffloadSendComplete(t, _chain(done))
+
+
+def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
+    """Complete every outstanding send with `status`; the first may be partly acked, and what
+    follows a failed NBL fails too (spec §4.1). An NBL the peer acknowledged whole succeeded,
+    whatever came after it: at most one NBL of a completion is partial (spec §9 item 3).
+    Refused sends held behind them complete right after, before any disconnect completes
+    (spec §9 item 2)."""
+    if not c.unacked:
+        release_refusals(t, c)
+        return
+    acked = c.wire.acked()
+    done: list[NetBufferList] = []
+    for nbl, start, end in c.unacked:
+        k = max(0, min(acked, end) - start)
+        nbl.status = SUCCESS if k == end - start else status
+        nbl.tcp_offload_bytes_transferred = k
+        if k:
+            nbl.advance(k)
+        done.append(nbl)
+    c.unacked.clear()
+    t.ndis.NdisTcpOffloadSendComplete(t, _chain(done))
+    release_refusals(t, c)
+
+
+def refuse(
+    t: OffloadTarget, c: TcpContext, kind: str, head: NetBufferList, status: NdisStatus
+) -> None:
+    """Complete refused I/O with `status`, nothing transferred — but in order: after the
+    earlier I/O of its kind that is still outstanding (spec §4.1, §4.2, §4.5: completions keep
+    posting order; spec §9 item 2). That I/O ends at the latest with the terminate, which hands
+    refused sends still held back with the unacknowledged ones (spec §3.6.3)."""
+    if _blocked(c, kind):
+        c.held_refusals = grown(c.held_refusals, (kind, head, status))
+    else:
+        complete_now(head, status, _completion(t, kind), t)
+
+
+def release_refusals(t: OffloadTarget, c: TcpContext) -> None:
+    """Complete the refused I/O that nothing earlier holds back any more."""
+    if not c.held_refusals:
+        return
+    held, c.held_refusals = c.held_refusals, NO_ITEMS
+    for kind, head, status in held:
+        if _blocked(c, kind):
+            c.held_refusals = grown(c.held_refusals, (kind, head, status))
+        else:
+            complete_now(head, status, _completion(t, kind), t)
+    ask_upload_after_failure(t, c)
+
+
+def ask_upload_after_failure(t: OffloadTarget, c: TcpContext) -> None:
+    """After a failed send has been completed, ask for the upload (spec §3.6.4: a target
+    that asks for an upload after a resource failure refuses I/O until the terminate): the
+    host carries the connection on from the last byte acknowledged. Not before the failure
+    has gone up: a terminate would hand the failed send back unsent instead (spec §3.6.3)."""
+    if not c.send_failed or any(kind == "send" for kind, _, _ in c.held_refusals):
+        return
+    if c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
+        events.request_upload(t, c, TcpUploadReason.UploadRequested)
+
+
+def take_held_sends(c: TcpContext) -> list[NetBufferList]:
+    """The refused sends still held (their chains, in order), taken out to be handed back."""
+    heads = [head for kind, head, _ in c.held_refusals if kind == "send"]
+    c.held_refusals = [h for h in c.held_refusals if h[0] != "send"] or NO_ITEMS
+    return heads
+
+
+def _blocked(c: TcpContext, kind: str) -> bool:
+    if any(k == kind for k, _, _ in c.held_refusals):
+        return True
+    if kind == "send":
+        return bool(c.unacked)
+    if kind == "receive":
+        # nor while an indication executes: a receive completion never overlaps it (spec §4.2)
+        return bool(c.posted) or c.busy
+    if kind == "disconnect":
+        # not held behind unacknowledged sends: those may go back with the terminate, which
+        # needs the disconnect completed first (spec §3.6.3)
+        return c.disconnect_nbl is not None
+    return False
+
+
+def _completion(t: OffloadTarget, kind: str) -> Callable[[Any, NetBufferList], None]:
+    ndis = t.ndis
+    if kind == "send":
+        return ndis.NdisTcpOffloadSendComplete
+    if kind == "receive":
+        return ndis.NdisTcpOffloadReceiveComplete
+    if kind == "disconnect":
+        return ndis.NdisTcpOffloadDisconnectComplete
+    return ndis.NdisTcpOffloadForwardComplete
+
+
+def complete_now(
+    head: NetBufferList,
+    status: NdisStatus,
+    complete: Callable[[Any, NetBufferList], None],
+    t: OffloadTarget,
+) -> None:
+    """Complete a refused request at once, nothing transferred."""
+    for nbl in iter_chain(head):
+        nbl.status = status
+        nbl.tcp_offload_bytes_transferred = 0
+    complete(t, head)
+
+
+def _chain(nbls: list[NetBufferList]) -> NetBufferList:
+    head = link_chain(nbls)
+    assert head is not None
+    return head
+
+
+def _backlog(t: OffloadTarget, c: TcpContext) -> None:
+    """Throttled `TcpIndicateSendBacklogChange` (spec §5.3): at most one a second, and only
+    when the preferred backlog moved by a factor of two. The preference [EMU]: enough to keep
+    the socket busy between two completions — twice the congestion window, or the kernel's send
+    buffer if larger (what the socket takes without waiting) — between 64 KiB and 16 MiB."""
+    now = t.ndis.clock()
+    if now - c.backlog_at < BACKLOG_DAMPING_NS or c.lifecycle.phase not in LIVE:
+        return
+    c.backlog_at = now
+    info = c.wire.tcp_info()
+    wanted = max(info.snd_cwnd * max(info.snd_mss, 1) * 2, info.snd_buf or 0)
+    backlog = max(65536, min(16 << 20, wanted))
+    if c.backlog == 0 or backlog >= 2 * c.backlog or backlog * 2 <= c.backlog:
+        c.backlog = backlog
+        events.indicate(t, c, TcpOffloadEventType.TcpIndicateSendBacklogChange, backlog)

@@ -1,0 +1,96 @@
+"""Query, update and invalidate at the target (spec §3.3, §3.4, §3.5)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from chimneyd.ndis.blocks import OffloadBlock, TcpOffloadStateDelegated, walk
+from chimneyd.ndis.lifecycle import Event
+from chimneyd.ndis.status import NdisStatus, TcpUploadReason
+
+from . import events, receive, terminate
+from .cached import apply as apply_cached
+from .contexts import NeighborContext, PathContext, TcpContext
+
+if TYPE_CHECKING:
+    from .target import OffloadTarget
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+
+
+def query(t: OffloadTarget, root: OffloadBlock) -> None:
+    """`MiniportQueryOffload`: fill the structures that follow each named object (spec §3.3)."""
+    if t.take_failure("MiniportQueryOffload") is not None:
+        terminate.corrupt(t, root, t.ndis.NdisMQueryOffloadStateComplete)
+        return
+    for block in walk(root):
+        ctx = t.context_of(block)
+        if ctx is not None:
+            ctx.lifecycle.fire(Event.QUERY)
+            if isinstance(ctx, TcpContext):
+                if block.delegated is None:
+                    block.delegated = TcpOffloadStateDelegated()
+                terminate.fill_delegated(t, ctx, block.delegated)
+                # the pointers of the unions mean nothing in a query answer (spec §2.2)
+                block.delegated.SendDataHead = block.delegated.SendDataTail = None
+                block.delegated.BufferedData = None
+                if block.const is not None:
+                    block.const = ctx.const
+                if block.cached is not None:
+                    block.cached = ctx.cached
+        block.status = SUCCESS
+    t.ndis.NdisMQueryOffloadStateComplete(t, root)
+
+
+def update(t: OffloadTarget, root: OffloadBlock) -> None:
+    """`MiniportUpdateOffload`: new cached variables; nothing else changes (spec §3.4)."""
+    failed = t.take_failure("MiniportUpdateOffload") is not None
+    for block in walk(root):
+        ctx = t.context_of(block)
+        if ctx is None:
+            block.status = SUCCESS
+            continue
+        ctx.lifecycle.fire(Event.UPDATE)
+        if failed:
+            block.status = S.NDIS_STATUS_FAILURE  # the target carries on normally (spec §3.4)
+            continue
+        if isinstance(ctx, TcpContext) and block.cached is not None:
+            # copied into the connection and applied to its socket (spec §3.4); a value the
+            # socket cannot take fails the block, and the target carries on as it was
+            if not apply_cached(t, ctx, block.cached, ctx.cached):
+                block.status = S.NDIS_STATUS_FAILURE
+                continue
+            receive.pump(t, ctx)  # a new receive bound may release or hold the peer
+        elif block.cached is not None:
+            ctx.cached = block.cached
+        block.status = SUCCESS
+    t.ndis.NdisMUpdateOffloadComplete(t, root)
+
+
+def invalidate(t: OffloadTarget, root: OffloadBlock) -> None:
+    """`MiniportInvalidateOffload`: stop sending on every connection that depends on a named
+    object and ask for each to be uploaded with `InvalidState` (spec §3.5)."""
+    if t.take_failure("MiniportInvalidateOffload") is not None:
+        terminate.corrupt(t, root, t.ndis.NdisMInvalidateOffloadComplete)
+        return
+    affected: list[TcpContext] = []
+    for block in walk(root):
+        ctx = t.context_of(block)
+        block.status = SUCCESS
+        if ctx is None:
+            continue
+        ctx.lifecycle.fire(Event.INVALIDATE)
+        if isinstance(ctx, TcpContext):
+            affected.append(ctx)
+        else:
+            for c in _dependents(t, ctx):
+                c.lifecycle.fire(Event.DEPENDENCY_INVALIDATED)
+                affected.append(c)
+    t.ndis.NdisMInvalidateOffloadComplete(t, root)
+    for c in affected:
+        events.request_upload(t, c, TcpUploadReason.InvalidState)
+
+
+def _dependents(t: OffloadTarget, obj: NeighborContext | PathContext) -> list[TcpContext]:
+    return [c for c in t.connections() if c.path is obj or c.path.neighbor is obj]

@@ -1,0 +1,187 @@
+"""The offload target: a chimney NIC whose offloaded connections run on real loopback sockets.
+
+The kernel's TCP plays the wire and the peer; this layer is everything the TOE does above it:
+it owns the socket while a connection is offloaded, completes sends when the peer has
+acknowledged them, runs the delivery algorithm for received bytes, and raises the events of
+spec §5. This class only routes: each NDIS handler hands its call to the module of the spec
+chapter it belongs to, with the `TcpContext` as the unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from chimneyd.ndis.blocks import OffloadBlock
+from chimneyd.ndis.broker import Ndis
+from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
+from chimneyd.ndis.status import NdisStatus, TcpUploadReason
+
+from ..base import DriverLayer, Timers, downcall
+from ..wire import WirePort
+from . import adapter, disconnect, events, receive, send, state_ops, terminate
+from .contexts import Context, TcpContext
+
+FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
+
+
+class OffloadTarget(DriverLayer):
+    """A chimney-capable NIC (miniport edge only)."""
+
+    kind = "target"
+    has_miniport_edge = True
+    failable_calls = frozenset(
+        {
+            "MiniportInitiateOffload",  # the TCP blocks of an initiate
+            "MiniportInitiateOffload[path]",
+            "MiniportInitiateOffload[neighbor]",
+            "MiniportTerminateOffload",
+            "MiniportQueryOffload",
+            "MiniportUpdateOffload",
+            "MiniportInvalidateOffload",
+            "MiniportTcpOffloadSend",
+            "MiniportTcpOffloadReceive",
+            "MiniportTcpOffloadDisconnect",
+        }
+    )
+
+    def __init__(
+        self,
+        name: str,
+        ndis: Ndis,
+        timers: Timers,
+        find_wire: FindWire,
+        max_connections: int = 16384,
+        rx_buffer_bytes: int = 256 * 1024,
+        push_ticks_ms: int = 500,
+        user_timeout_ms: int = 0,
+    ) -> None:
+        # neighbors and paths share the table with TCP contexts: room for them on top
+        super().__init__(name, ndis, timers, max_connections * 2 + 64)
+        self.find_wire = find_wire
+        self.max_connections = max_connections
+        self.rx_buffer_bytes = rx_buffer_bytes
+        self.push_ticks = push_ticks_ms / 1000.0
+        # TcpMaximumRetransmissions as a time (spec §8): TCP_USER_TIMEOUT on offloaded sockets
+        # whose MaxRT is 0; 0 leaves the kernel's own limit
+        self.user_timeout_ms = user_timeout_ms
+        self.tcp_count = 0
+        self.indicated: dict[int, NetBufferList] = {}  # indicated NBLs the host still holds
+        self.deferred_terminates: list[OffloadBlock] = []
+        self.paused_initiates: list[OffloadBlock] = []  # arrived while paused (spec §5.5)
+        # the global parameters the host set (spec §8); these defaults until it does
+        self.params = NdisTcpConnectionOffloadParameters(TcpPushTicks=push_ticks_ms)
+
+    @property
+    def failed(self) -> bool:
+        """The adapter failed (target_failure fault): it offloads nothing new (spec §5.5)."""
+        return self.state == "failed"
+
+    def context_of(self, block: OffloadBlock) -> Context | None:
+        """The live context a block names, None for a placeholder; raise for a stale one."""
+        cell = block.miniport_offload_context
+        if cell is None:
+            return None
+        ctx = cell.miniport_offload_context
+        if ctx is None or ctx.id not in self.table:
+            raise ChimneyProtocolError(f"{self.name}: block references no live context")
+        return ctx  # type: ignore[no-any-return]
+
+    def connections(self) -> Iterator[TcpContext]:
+        for ctx in self.table:
+            if isinstance(ctx, TcpContext):
+                yield ctx
+
+    # -- state operations (spec §3) -------------------------------------------------------------
+    @downcall
+    def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
+        adapter.initiate(self, root)
+
+    @downcall
+    def MiniportTerminateOffload(self, root: OffloadBlock) -> None:
+        terminate.terminate(self, root)
+
+    @downcall
+    def MiniportQueryOffload(self, root: OffloadBlock) -> None:
+        state_ops.query(self, root)
+
+    @downcall
+    def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
+        state_ops.update(self, root)
+
+    @downcall
+    def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
+        state_ops.invalidate(self, root)
+
+    # -- I/O (spec §4) ---------------------------------------------------------------------------
+    @downcall
+    def MiniportTcpOffloadSend(self, c: TcpContext, head: NetBufferList) -> None:
+        send.send(self, c, head)
+
+    @downcall
+    def MiniportTcpOffloadReceive(self, c: TcpContext, head: NetBufferList) -> None:
+        receive.post(self, c, head)
+
+    @downcall
+    def MiniportTcpOffloadDisconnect(self, c: TcpContext, nbl: NetBufferList, flags: int) -> None:
+        disconnect.disconnect(self, c, nbl, flags)
+
+    @downcall
+    def MiniportTcpOffloadForward(self, c: TcpContext, head: NetBufferList) -> None:
+        receive.forward(self, c, head)
+
+    @downcall
+    def MiniportTcpOffloadReceiveReturn(self, head: NetBufferList) -> None:
+        receive.receive_return(self, head)
+
+    def ReceiveIndicateReturned(
+        self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
+    ) -> None:
+        receive.indication_returned(self, nbl, status, bytes_consumed)
+
+    # -- the wire (design: emulating the wire) ---------------------------------------------------
+    def WireData(self, c: TcpContext, offset: int, data: bytes) -> None:
+        receive.wire_data(self, c, offset, data)
+
+    def WireEof(self, c: TcpContext, offset: int) -> None:
+        receive.wire_eof(self, c, offset)
+
+    def WireReset(self, c: TcpContext, reason: str) -> None:
+        receive.wire_reset(self, c)
+
+    def WireTimeout(self, c: TcpContext, reason: str) -> None:
+        receive.wire_timeout(self, c)
+
+    def WireAcked(self, c: TcpContext, acked: int) -> None:
+        send.wire_acked(self, c, acked)
+
+    def push_expired(self, c: TcpContext) -> None:
+        receive.push_expired(self, c)
+
+    # -- the adapter: OIDs, status, neighbor reachability (spec §1.3, §5.4, §5.5, §8) ---------
+    def MiniportOidRequest(self, request: NdisOidRequest) -> None:
+        adapter.oid_request(self, request)
+
+    def OffloadEventIndicateReturned(self, block: OffloadBlock) -> None:
+        adapter.reachability_answered(self, block)
+
+    def fail_adapter(self) -> None:
+        adapter.fail(self)
+
+    def recover_adapter(self) -> None:
+        adapter.recover(self)
+
+    def retrieve(self, c: TcpContext, reason: TcpUploadReason) -> None:
+        """Ask for `c`'s upload (the `retrieve` fault), if it is still offloaded here."""
+        if c.id in self.table:
+            events.request_upload(self, c, reason)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "max_connections": self.max_connections,
+            "tcp": self.tcp_count,
+            "capabilities": adapter.capabilities(self).as_map(),
+            "paused_initiates": len(self.paused_initiates),
+        }

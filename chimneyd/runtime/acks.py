@@ -1,0 +1,80 @@
+"""Acknowledgement news for the sockets that wait for it, polled in one callback.
+
+A send completes only when the peer has acknowledged its bytes (spec §4.1); the kernel knows
+(`SIOCOUTQ`), so one callback polls every socket that waits, and tells its owner when its
+acknowledged offset moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .wire import WireSocket
+
+
+class AckWatcher:
+    """Polls the sockets that wait for acknowledgements, all in one callback.
+
+    First check on the next loop turn (loopback ACKs are usually back by then), then every
+    `interval` while anything still waits. A socket gets a `WireAcked` event when its
+    acknowledged offset (or FIN state) differs from what it last reported, so an owner that
+    asks to watch after its bytes were already acknowledged still hears of it.
+
+    A socket that waits longer than `stall` is asked whether the kernel still has a connection:
+    after the peer's FIN the transport no longer reads, so an RST that answers our later data
+    would otherwise go unnoticed and the data would wait for an ACK for ever.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, interval: float = 0.0005, stall: float = 0.05
+    ) -> None:
+        self.loop = loop
+        self.interval = interval
+        self.stall = stall
+        self.waiting: dict[WireSocket, float] = {}
+        self._scheduled = False
+        self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
+
+    def add(self, wire: WireSocket) -> None:
+        if wire not in self.waiting:
+            self.waiting[wire] = self.loop.time()
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._poll)
+
+    def discard(self, wire: WireSocket) -> None:
+        self.waiting.pop(wire, None)
+        self.held.pop(wire, None)
+
+    def _poll(self) -> None:
+        self._scheduled = False
+        now = self.loop.time()
+        moved = []
+        dead = []
+        for wire, since in self.waiting.items():
+            if wire.closed:
+                moved.append(wire)
+                continue
+            until = self.held.get(wire)
+            if until is not None:
+                if now < until:
+                    continue
+                del self.held[wire]
+            if wire.acked() != wire.notified_acked or wire.fin_acked() != wire.notified_fin:
+                moved.append(wire)
+            elif now - since > self.stall:
+                self.waiting[wire] = now
+                if not wire.kernel_alive():
+                    dead.append(wire)
+        for wire in moved:
+            del self.waiting[wire]
+            if not wire.closed:
+                wire.notify_acked()
+        for wire in dead:
+            self.waiting.pop(wire, None)
+            wire.lost_by_kernel()
+        if self.waiting:
+            self._scheduled = True
+            self.loop.call_later(self.interval, self._poll)

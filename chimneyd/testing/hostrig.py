@@ -1,0 +1,138 @@
+"""The real host stack over real offload targets, with no socket and no event loop.
+
+`HostRig` puts the host stack on one broker above one or more offload targets (each behind a
+pass-through IM if asked), over `MemoryWire`s the test plays the peer of, with a `ManualClock`
+and the invariant checker on. It drives the host's application requests the way the engine
+does (a typed call with a `done` callback) and runs the host's `after_batch` whenever its inbox
+would be drained, so what the host batches goes down as it does in the daemon. For the host's
+rules — send pacing, uploads it decides itself, its reactions to events and failed
+operations — where sockets add nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chimneyd.ndis.broker import Layer, Ndis
+from chimneyd.observe.invariants import InvariantChecker
+
+from .clock import ManualClock, RecordingScheduler
+from .factories import make_host, make_passthrough_on, make_target
+from .memwire import MemoryWire, WireDirectory
+
+
+class Reply:
+    """The answer to one application request: `value` or `error` once `done`."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: Any = None
+
+    def __call__(self, value: Any, error: Any) -> None:
+        assert not self.done, "a request answered twice"
+        self.done, self.value, self.error = True, value, error
+
+    def __repr__(self) -> str:
+        state = f"error={self.error}" if self.error else f"value={self.value!r}"
+        return f"<Reply {state if self.done else 'pending'}>"
+
+
+class HostRig:
+    """host → [IM →] target(s), on MemoryWires."""
+
+    def __init__(
+        self,
+        targets: tuple[str, ...] = ("nic0",),
+        im: bool = False,
+        host_options: dict[str, Any] | None = None,
+        **target_options: Any,
+    ) -> None:
+        self.clock = ManualClock()
+        self.scheduler = RecordingScheduler()
+        self.ndis = Ndis(clock=self.clock, deliver=self.scheduler)
+        self.checker = InvariantChecker()
+        self.ndis.observer = self.checker
+        self.wires = WireDirectory(self.ndis.post)
+        self.host = make_host(self.ndis, self.clock.timers(self.ndis.post), **(host_options or {}))
+        self.targets: dict[str, Any] = {}
+        for name in targets:
+            target = make_target(
+                self.ndis,
+                self.clock.timers(self.ndis.post),
+                self.wires.find,
+                name,
+                **target_options,
+            )
+            self.targets[name] = target
+            upper: Layer = self.host
+            if im:
+                im_layer = make_passthrough_on(
+                    self.ndis, self.clock.timers(self.ndis.post), f"im-{name}"
+                )
+                self.ndis.bind(self.host, im_layer)
+                upper = im_layer
+            self.ndis.bind(upper, target)
+        self.events: list[tuple[int, str, dict[str, Any]]] = []
+        self.host.emit = lambda conn, event, info: self.events.append((conn, event, dict(info)))
+        self._conn_ids = 0
+
+    @property
+    def target(self) -> Any:
+        """The first (or only) target."""
+        return next(iter(self.targets.values()))
+
+    def run(self) -> None:
+        """Deliver everything, with the host's end-of-drain batch after each round, until idle."""
+        while True:
+            self.scheduler.run()
+            self.host.after_batch()
+            if not self.scheduler.queue:
+                return
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, firing due timers, then run until idle."""
+        self.clock.advance(seconds, settle=self.run)
+        self.run()
+
+    def open(self, **wire_options: Any) -> tuple[int, MemoryWire]:
+        """A new established connection carried by the host."""
+        wire = self.wires.open(**wire_options)
+        self._conn_ids += 1
+        self.host.attach(self._conn_ids, wire)
+        self.run()
+        return self._conn_ids, wire
+
+    def call(self, request: Callable[..., None], conn_id: int, *args: Any) -> Reply:
+        """An application request (`host.app_send`, …), run until idle; its `Reply`."""
+        reply = Reply()
+        request(conn_id, *args, reply)
+        self.run()
+        return reply
+
+    def offload(self, conn_id: int, target: str | None = None) -> Reply:
+        reply = self.call(self.host.app_offload, conn_id, target)
+        assert reply.done and reply.error is None, reply
+        return reply
+
+    def event_names(self, conn_id: int) -> list[str]:
+        return [e for c, e, _ in self.events if c == conn_id]
+
+    def contexts(self, target: str | None = None) -> list[Any]:
+        """The target's live TCP contexts."""
+        t = self.targets[target] if target else self.target
+        return list(t.connections())
+
+    def problems(self) -> list[str]:
+        """What the invariant checker saw, and what is still queued."""
+        out = list(self.checker.violations)
+        if self.scheduler.queue:
+            out.append(f"{len(self.scheduler.queue)} deliveries still queued")
+        return out
+
+    def layers(self) -> dict[str, Layer]:
+        return dict(self.ndis.layers)
+
+
+__all__ = ["HostRig", "Reply"]

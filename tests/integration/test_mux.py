@@ -1,0 +1,368 @@
+"""A teaming MUX over several NICs, on real loopback sockets: placement by each policy, room
+and IP version, failover of one NIC's connections only (spec §5.5, §5.2) with every byte
+arriving once and in order, a NIC taken out and put back, rebalancing, per-NIC object trees
+(spec §2.3), and the traces that show a connection move."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import LayerConfig
+from chimneyd.drivers.target import adapter as target_adapter
+from chimneyd.ndis.oid import NdisTcpConnectionOffload
+
+
+def teaming(policy: str, nics: int = 3, room: int = 16384, im_under: bool = False) -> Any:
+    """tcpip → team0 (mux) → nic0..nicN-1; with `im_under`, nic0 sits below an IM."""
+    names = [f"nic{i}" for i in range(nics)]
+    lowers = ["im0", *names[1:]] if im_under else names
+    layers = [
+        LayerConfig("tcpip", "host", ("team0",)),
+        LayerConfig("team0", "mux", tuple(lowers), policy=policy),
+    ]
+    if im_under:
+        layers.append(LayerConfig("im0", "passthrough", ("nic0",)))
+    layers += [LayerConfig(n, "target", (), room) for n in names]
+    return tuple(layers)
+
+
+def nic_of(engine: Any, conn: int) -> str:
+    info = engine.conn_info(conn)
+    assert info["state"] == "offloaded", info
+    name: str = info["path"][-1]
+    return name
+
+
+def lowers(engine: Any) -> dict[str, dict[str, Any]]:
+    team = next(la for la in engine.info()["layers"] if la["name"] == "team0")
+    result: dict[str, dict[str, Any]] = team["lowers"]
+    return result
+
+
+async def echo(engine: Any, conn: int, data: bytes) -> None:
+    assert await engine.send(conn, data) == len(data)
+    got = await engine.recv(conn, len(data), 5.0, True)
+    assert got == data
+
+
+async def until(check: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not check():
+        assert loop.time() < end, "timed out waiting"
+        await asyncio.sleep(0.01)
+
+
+def all_offloaded(engine: Any, conns: list[int]) -> Any:
+    return lambda: all(engine.conn_info(c)["state"] == "offloaded" for c in conns)
+
+
+def last_seq(engine: Any, conn: int) -> int:
+    return max((h["seq"] for h in engine.trace(conn, None)), default=-1)
+
+
+def hops(engine: Any, conn: int, after: int = -1) -> list[tuple[str, str, str | None]]:
+    """The connection's hops with a `seq` past `after`, as (layer, call, event)."""
+    trace = engine.trace(conn, None)
+    return [(h["layer"], h["call"], h.get("event")) for h in trace if h["seq"] > after]
+
+
+# -- placement ---------------------------------------------------------------------------------
+async def test_round_robin_places_in_turn_and_carries_bytes(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin"))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    assert [nic_of(engine, c) for c in conns] == ["nic0", "nic1", "nic2"] * 2
+    assert engine.conn_info(conns[0])["path"] == ["tcpip", "team0", "nic0"]
+    for c in conns:
+        await echo(engine, c, os.urandom(3000))
+    assert {n: lo["connections"] for n, lo in lowers(engine).items()} == {
+        "nic0": 2,
+        "nic1": 2,
+        "nic2": 2,
+    }
+    # each NIC carries the bytes of its own connections only
+    layer_stats = engine.ndis.stats()
+    assert all(layer_stats[n]["bytes_sent"] == 2 * 3000 for n in ("nic0", "nic1", "nic2"))
+
+
+async def test_active_standby_uses_the_first_nic_until_it_is_down(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("active-standby"))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+    assert {nic_of(engine, c) for c in conns} == {"nic0"}
+    fault = engine.fault_inject({"kind": "nic_down", "layer": "nic0"})
+    await until(lambda: {engine.conn_info(c)["path"][-1] for c in conns} == {"nic1"})
+    await until(all_offloaded(engine, conns))
+    for c in conns:
+        await echo(engine, c, b"after the move" * 100)
+    engine.fault_clear(fault)  # back in service: new connections go to nic0 again
+    await until(lambda: lowers(engine)["nic0"]["in_service"])
+    fresh = await engine.connect("127.0.0.1", echo_port)
+    assert nic_of(engine, fresh) == "nic0"
+
+
+async def test_least_loaded_fills_the_emptiest_nic(make_engine: Any, echo_port: int) -> None:
+    engine = await make_engine(teaming("least-loaded"))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 2, "nic1": 2, "nic2": 2}
+    for c in [c for c in conns if nic_of(engine, c) == "nic2"]:
+        await engine.close(c)
+    await until(lambda: lowers(engine)["nic2"]["connections"] == 0)
+    fresh = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    assert [nic_of(engine, c) for c in fresh] == ["nic2", "nic2"]
+
+
+async def test_least_bytes_avoids_the_nic_with_unacknowledged_data(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("least-bytes"))
+    a, b, c = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    assert [nic_of(engine, x) for x in (a, b, c)] == ["nic0", "nic1", "nic2"]
+    fault = engine.fault_inject({"kind": "stall_peer", "conn": a, "ms": 3000})
+    sending = asyncio.ensure_future(engine.send(a, b"s" * 65536))  # completes when acknowledged
+    await until(lambda: lowers(engine)["nic0"]["outstanding_bytes"] > 0)
+    await engine.close(b)
+    await until(lambda: lowers(engine)["nic1"]["connections"] == 0)
+    first = await engine.connect("127.0.0.1", echo_port)
+    second = await engine.connect("127.0.0.1", echo_port)
+    # each NIC now has one connection: least-loaded would take nic0 (the first); nic0 has
+    # bytes outstanding, so least-bytes takes nic1, then the tie of nic1 and nic2 goes to nic1
+    assert [nic_of(engine, x) for x in (first, second)] == ["nic1", "nic1"]
+    engine.fault_clear(fault)
+    assert await sending == 65536
+    assert await engine.recv(a, 65536, 10.0, True) == b"s" * 65536
+    await until(lambda: lowers(engine)["nic0"]["outstanding_bytes"] == 0)
+
+
+async def test_hash_keeps_a_connection_on_the_same_nic(make_engine: Any, echo_port: int) -> None:
+    engine = await make_engine(teaming("hash"))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(12)]
+    first = {c: nic_of(engine, c) for c in conns}
+    assert len(set(first.values())) > 1  # 12 distinct 4-tuples on one NIC: (1/3)^11
+    for c in conns[:4]:
+        await engine.upload(c)
+        await engine.offload(c)
+    assert {c: nic_of(engine, c) for c in conns} == first
+
+
+async def test_a_full_nic_is_skipped_and_a_full_team_refuses(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("active-standby", nics=2, room=1))
+    a = await engine.connect("127.0.0.1", echo_port)
+    b = await engine.connect("127.0.0.1", echo_port)
+    assert (nic_of(engine, a), nic_of(engine, b)) == ("nic0", "nic1")
+    host = next(la for la in engine.info()["layers"] if la["name"] == "tcpip")
+    assert host["capabilities"]["team0"]["TcpConnectionOffloadCapacity"] == 2  # the sum
+    third = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(third)["state"] == "host"
+    with pytest.raises(EngineError) as err:
+        await engine.offload(third)
+    assert "NDIS_STATUS_OFFLOAD_TCP_ENTRIES" in err.value.detail
+    await echo(engine, third, b"host mode still works")
+    await engine.close(a)
+    await until(lambda: lowers(engine)["nic0"]["connections"] == 0)
+    await engine.offload(third)
+    assert nic_of(engine, third) == "nic0"
+
+
+async def test_ipv6_goes_only_to_nics_that_offload_it(
+    make_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = target_adapter.capabilities
+
+    def nic0_v4_only(t: Any) -> NdisTcpConnectionOffload:
+        caps = real(t)
+        if t.name == "nic0":
+            caps.SupportIPv6 = False
+        return caps
+
+    monkeypatch.setattr(target_adapter, "capabilities", nic0_v4_only)
+    loop = asyncio.get_running_loop()
+    from tests.integration.support import EchoPeer
+
+    v6 = await loop.create_server(EchoPeer, "::1", 0)
+    v4 = await loop.create_server(EchoPeer, "127.0.0.1", 0)
+    try:
+        engine = await make_engine(teaming("round-robin", nics=2))
+        v6_port = v6.sockets[0].getsockname()[1]
+        v4_port = v4.sockets[0].getsockname()[1]
+        six = [await engine.connect("::1", v6_port) for _ in range(3)]
+        assert {nic_of(engine, c) for c in six} == {"nic1"}
+        four = [await engine.connect("127.0.0.1", v4_port) for _ in range(2)]
+        assert {nic_of(engine, c) for c in four} == {"nic0", "nic1"}
+        for c in six + four:
+            await echo(engine, c, b"v" * 500)
+        # with nic1 out, no NIC left offloads IPv6: the host keeps the connection itself
+        fault = engine.fault_inject({"kind": "nic_down", "layer": "nic1"})
+        await until(lambda: all(engine.conn_info(c)["state"] == "host" for c in six))
+        more = await engine.connect("::1", v6_port)
+        assert engine.conn_info(more)["state"] == "host"
+        await echo(engine, more, b"still here")
+        for c in six:
+            await echo(engine, c, b"after nic1 left" * 20)
+        engine.fault_clear(fault)
+        await until(all_offloaded(engine, six))  # offloaded again at RESUME
+    finally:
+        v6.close()
+        v4.close()
+
+
+# -- failover ------------------------------------------------------------------------------------
+async def test_a_failed_nic_moves_only_its_connections_without_losing_a_byte(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin"), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(9)]
+    on = {c: nic_of(engine, c) for c in conns}
+    moved = [c for c in conns if on[c] == "nic1"]
+    stayed = [c for c in conns if on[c] != "nic1"]
+    marks = {c: last_seq(engine, c) for c in conns}
+    sent = {c: bytearray() for c in conns}
+
+    async def stream(c: int, rounds: int) -> bytes:
+        got = bytearray()
+        for i in range(rounds):
+            chunk = os.urandom(1000 + i)
+            sent[c] += chunk
+            assert await engine.send(c, chunk) == len(chunk)
+            got += await engine.recv(c, len(chunk), 5.0, True)
+            await asyncio.sleep(0)
+        return bytes(got)
+
+    streams = [asyncio.ensure_future(stream(c, 40)) for c in conns]
+    await asyncio.sleep(0.01)
+    fault = engine.fault_inject({"kind": "target_failure", "layer": "nic1"})
+    results = await asyncio.gather(*streams)
+    for c, got in zip(conns, results, strict=True):
+        assert got == bytes(sent[c]), f"conn {c} on {on[c]}: bytes lost or reordered"
+    await until(all_offloaded(engine, conns))
+    assert all(nic_of(engine, c) in ("nic0", "nic2") for c in moved)
+    assert all(nic_of(engine, c) == on[c] for c in stayed)
+    for c in stayed:  # never asked up: they kept moving data offloaded
+        assert ("team0", "NdisTcpOffloadEventHandler", "TcpIndicateRetrieve") not in hops(
+            engine, c, marks[c]
+        )
+    for c in moved:
+        after = hops(engine, c, marks[c])
+        retrieve = after.index(("team0", "NdisTcpOffloadEventHandler", "TcpIndicateRetrieve"))
+        terminate = after.index(("nic1", "MiniportTerminateOffload", None))
+        initiate = after.index((nic_of(engine, c), "MiniportInitiateOffload", None))
+        assert retrieve < terminate < initiate
+    assert lowers(engine)["nic1"]["failed"] and lowers(engine)["nic1"]["connections"] == 0
+    assert engine.ndis.stats()["nic1"]["offloads_active"] == 0  # its path and neighbor went too
+    engine.fault_clear(fault)
+    await until(lambda: lowers(engine)["nic1"]["in_service"])
+    fresh = await engine.connect("127.0.0.1", echo_port)
+    await echo(engine, fresh, b"nic1 is back")
+
+
+async def test_failover_through_an_im_below_the_mux(make_engine: Any, echo_port: int) -> None:
+    """The NIC's PAUSE and UPLOAD_ALL reach the MUX through the IM above that NIC."""
+    engine = await make_engine(teaming("round-robin", nics=2, im_under=True))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+    assert [engine.conn_info(c)["path"][1:] for c in conns[:2]] == [
+        ["team0", "im0", "nic0"],
+        ["team0", "nic1"],
+    ]
+    fault = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+    await until(lambda: all(engine.conn_info(c)["path"][-1] == "nic1" for c in conns))
+    await until(all_offloaded(engine, conns))
+    for c in conns:
+        await echo(engine, c, os.urandom(2048))
+    engine.fault_clear(fault)
+    await until(lambda: lowers(engine)["im0"]["in_service"])
+
+
+async def test_nic_down_up_and_rebalance(make_engine: Any, echo_port: int) -> None:
+    engine = await make_engine(teaming("least-loaded"))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(9)]
+    fault = engine.fault_inject({"kind": "nic_down", "layer": "nic2"})
+    await until(lambda: lowers(engine)["nic2"]["connections"] == 0)
+    await until(all_offloaded(engine, conns))
+    assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 5, "nic1": 4} or Counter(
+        nic_of(engine, c) for c in conns
+    ) == {"nic0": 4, "nic1": 5}
+    assert not lowers(engine)["nic2"]["in_service"]
+    host = next(la for la in engine.info()["layers"] if la["name"] == "tcpip")
+    assert host["capabilities"]["team0"]["TcpConnectionOffloadCapacity"] == 2 * 16384
+    engine.fault_clear(fault)  # nic_up
+    await until(lambda: lowers(engine)["nic2"]["in_service"])
+    engine.fault_inject({"kind": "rebalance", "layer": "team0"})
+    await until(lambda: lowers(engine)["nic2"]["connections"] == 3)
+    await until(all_offloaded(engine, conns))
+    assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 3, "nic1": 3, "nic2": 3}
+    for c in conns:
+        await echo(engine, c, os.urandom(1500))
+
+
+async def test_each_nic_holds_its_own_copy_of_shared_objects(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Six connections to one peer share a neighbor and a path above the MUX; below it, each
+    NIC offloads its own path and neighbor, gone when its last connection goes (spec §2.3)."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    layer_stats = engine.ndis.stats()
+    assert layer_stats["tcpip"]["offloads_active"] == 6 + 2
+    assert layer_stats["nic0"]["offloads_active"] == 3 + 2
+    assert layer_stats["nic1"]["offloads_active"] == 3 + 2
+    for c in [c for c in conns if nic_of(engine, c) == "nic1"]:
+        await engine.upload(c)
+    await until(lambda: engine.ndis.stats()["nic1"]["offloads_active"] == 0)
+    assert engine.ndis.stats()["nic0"]["offloads_active"] == 3 + 2
+
+
+async def test_the_mux_refuses_what_it_cannot_do(make_engine: Any) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    with pytest.raises(EngineError) as err:
+        engine.fault_inject({"kind": "nic_down", "layer": "team0"})
+    assert err.value.code == ErrorCode.INVALID_PARAMS
+    with pytest.raises(EngineError) as err:
+        engine.fault_inject({"kind": "rebalance", "layer": "nic0"})
+    assert err.value.code == ErrorCode.INVALID_PARAMS
+
+
+# -- state operations on objects that live on several NICs -----------------------------------
+async def test_update_query_and_invalidate_reach_every_nic(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
+    seen: list[tuple[int, str, dict[str, Any]]] = []
+    engine.subscribe(None, lambda c, e, i: seen.append((c, e, i)))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+    assert [nic_of(engine, c) for c in conns] == ["nic0", "nic1"] * 2
+    # a connection's update goes to its own NIC only
+    assert await engine.update(conns[1], {"RcvIndicationSize": 100}) == {
+        "status": "NDIS_STATUS_SUCCESS"
+    }
+    trace = engine.trace(conns[1], None)
+    updates = [h["layer"] for h in trace if h["call"] == "MiniportUpdateOffload"]
+    assert updates == ["team0", "nic1"]
+    await echo(engine, conns[0], b"p" * 900)
+    state = await engine.query(conns[0])  # the delegated state from the NIC, through the MUX
+    assert state["SndUna"] - engine.conn_info(conns[0])["delegated"]["SndUna"] == 0
+    assert engine.conn_info(conns[0])["delegated_source"] == "query"
+    for c in conns:
+        await echo(engine, c, b"q" * 700)
+    # the shared neighbor lives on both NICs: invalidating it reaches both, and every
+    # connection on either is asked up (spec §3.5, InvalidState)
+    assert await engine.invalidate(conns[0], "neighbor") == {"status": "NDIS_STATUS_SUCCESS"}
+    await until(lambda: all(engine.conn_info(c)["state"] == "host" for c in conns))
+    reasons = [i["reason"] for c, e, i in seen if e == "TcpIndicateRetrieve"]
+    assert reasons.count("InvalidState") == 4
+    layer_calls = engine.ndis.stats()
+    assert layer_calls["nic0"]["offloads_active"] == layer_calls["nic1"]["offloads_active"] == 0
+    for c in conns:
+        await echo(engine, c, b"after invalidate")
+        assert (await engine.offload(c))["state"] == "offloaded"
+    assert sorted(nic_of(engine, c) for c in conns) == ["nic0", "nic0", "nic1", "nic1"]

@@ -1,0 +1,104 @@
+"""A send the target fails leaves a hole in the stream (spec §4.1): the target fails every send
+after it without sending any of its data and asks for the upload (spec §3.6.4); the host fails
+to the application every send made before it heard of the hole, sends itself what came back
+for an upload, and what the application sends again arrives once, in order — with the real
+host over the real target, no socket.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import fail_next
+from chimneyd.testing.hostrig import HostRig, Reply
+
+
+def _three_sends(rig: HostRig, conn: int, status: S) -> list[Reply]:
+    """A first send on the wire, unacknowledged; the fault fails the second; a third follows
+    before anything is acknowledged."""
+    replies = [rig.call(rig.host.app_send, conn, b"one.")]
+    fail_next(rig.target, "MiniportTcpOffloadSend", status)
+    replies.append(rig.call(rig.host.app_send, conn, b"two."))
+    replies.append(rig.call(rig.host.app_send, conn, b"three."))
+    return replies
+
+
+def _failed(reply: Reply, status: S) -> bool:
+    return reply.done and reply.error is not None and status.name in str(reply.error)
+
+
+@pytest.mark.parametrize("im", [False, True])
+def test_sends_after_a_failed_one_fail_too_and_the_application_sends_them_again(im: bool) -> None:
+    rig = HostRig(im=im)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    one, two, three = _three_sends(rig, conn, S.NDIS_STATUS_REQUEST_ABORTED)
+    assert bytes(wire.peer_received) == b"one."  # nothing after the failed send
+    wire.ack()
+    rig.run()
+    assert one.value == 4
+    # both fail with the failure's status, nothing of them acknowledged (spec §4.1)
+    assert _failed(two, S.NDIS_STATUS_REQUEST_ABORTED)
+    assert _failed(three, S.NDIS_STATUS_REQUEST_ABORTED)
+    assert str(three.error).endswith("acknowledged 0 bytes")
+    # the target asked for the upload; the host carries the connection on
+    assert "TcpIndicateRetrieve" in rig.event_names(conn)
+    assert rig.host.tcbs[conn].state == "host"
+    assert bytes(wire.peer_received) == b"one."
+    # the application sends again from what was acknowledged: once each, in order
+    again = [rig.call(rig.host.app_send, conn, data) for data in (b"two.", b"three.")]
+    wire.ack()
+    rig.run()
+    assert [r.value for r in again] == [4, 6]
+    assert bytes(wire.peer_received) == b"one.two.three."
+    assert rig.problems() == []
+
+
+@pytest.mark.parametrize("im", [False, True])
+def test_sends_refused_for_an_upload_are_sent_by_the_host_in_order(im: bool) -> None:
+    rig = HostRig(im=im)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    replies = _three_sends(rig, conn, S.NDIS_STATUS_UPLOAD_IN_PROGRESS)
+    assert bytes(wire.peer_received) == b"one."
+    wire.ack()
+    rig.run()
+    wire.ack()
+    rig.run()
+    assert [r.value for r in replies] == [4, 4, 6]
+    assert bytes(wire.peer_received) == b"one.two.three."
+    assert rig.host.tcbs[conn].state == "host"
+    assert rig.problems() == []
+
+
+def test_a_send_made_after_the_failure_was_heard_is_not_behind_the_hole() -> None:
+    """The application hears of the failure and sends again before the host has handled the
+    target's upload request: that send is refused for the upload and sent by the host after it,
+    where the failed bytes were to go."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    fail_next(rig.target, "MiniportTcpOffloadSend", S.NDIS_STATUS_REQUEST_ABORTED)
+    first = Reply()
+    rig.host.app_send(conn, b"lost?", first)
+    # deliver up to the failed completion
+    queue = rig.scheduler.queue
+    while not first.done:
+        if not queue:
+            rig.host.after_batch()  # the host's end of drain: its batched send goes down
+        assert rig.scheduler.run_one()
+    assert _failed(first, S.NDIS_STATUS_REQUEST_ABORTED)
+    # the target's upload request is still on its way to the host
+    assert any(getattr(d[1], "__name__", "") == "ProtocolTcpOffloadEvent" for d in queue)
+    again = Reply()
+    rig.host.app_send(conn, b"lost?", again)
+    rig.host.after_batch()  # down to the target before the host hears of the upload request
+    rig.run()
+    wire.ack()
+    rig.run()
+    # it did go down while the connection was offloaded, and came back for the upload
+    assert len(rig.scheduler.delivered(rig.target, "MiniportTcpOffloadSend")) == 2
+    assert again.value == 5
+    assert bytes(wire.peer_received) == b"lost?"
+    assert rig.problems() == []
