@@ -1,44 +1,528 @@
-"""`stack.stats` as Prometheus text exposition (design §7), without a client library."""
+"""Prometheus metrics on prometheus-client (design §7): one registry per daemon, served as
+`/metrics` over HTTP (the web port, or `--metrics ADDR` on its own) and by the `stack.metrics` RPC.
+
+What the registry holds:
+- the `stack.stats` gauges and counters per layer, read from the engine when scraped: the layers
+  count anyway, so they cost nothing between scrapes;
+- latency histograms, each observation O(1): a power-of-two bucket index from `math.frexp` and
+  one list slot incremented (no lock, no per-bucket object; everything runs on the daemon's one
+  loop). Send completion (a `tcp.send` until the peer acknowledged it), hop latency per layer (a
+  probe message through each layer's inbox every `probe_interval_s`, so the data path is never
+  touched), and RPC request latency per method (the RPC server calls `rpc_request`/`rpc_task`).
+  They exist only while metrics are served over HTTP (`Metrics.attach`);
+- the process collector: resident and virtual memory, open fds, CPU seconds, start time.
+
+`prometheus_text(stats)` is the entry point of the `stack.metrics` RPC: the daemon's registry
+when one is installed, else the given `stack.stats` map alone.
+
+Slightly over the usual length: the metric definitions are one list.
+"""
 
 from __future__ import annotations
 
-import re
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-_SAFE = re.compile(r"[^a-zA-Z0-9_]")
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SUCCESS = "NDIS_STATUS_SUCCESS"
+#: Bucket bounds are 1 µs * 2^k: 1 µs … 16.8 s in 25 buckets, then +Inf.
+BASE_S = 1e-6
+BUCKETS = 25
+MAX_LABELS = 256  # label values per histogram family; more are counted under "other"
+PROBE_INTERVAL_S = 0.2
+
+StatsSource = Callable[[], dict[str, Any]]
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+# ================================================================================================
+# what a person reads off a layer: shared with the web view
+# ================================================================================================
+def split_call(key: str) -> tuple[str, str, str]:
+    """A `stack.stats` call key → (call, status, event): `"NdisTcpOffloadSendComplete/
+    NDIS_STATUS_SUCCESS"` has a status, `"NdisTcpOffloadEventHandler/TcpIndicateAbort"` an event."""
+    call, _, what = key.partition("/")
+    if what.startswith("NDIS_STATUS_"):
+        return call, what, ""
+    return call, "", what
+
+
+def failures(calls: dict[str, int]) -> int:
+    """Calls that completed with a non-success NDIS status. Events and status indications are
+    not failures; an I/O completion (`...Complete/NDIS_STATUS_X`) with X not SUCCESS is."""
+    n = 0
+    for key, count in calls.items():
+        call, status, _ = split_call(key)
+        if status and status != SUCCESS and call.endswith("Complete"):
+            n += count
+    return n
+
+
+def layer_summary(stats: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per layer, the gauges the web view shows: offloads_active, handles, outstanding_nbls,
+    bytes (sent + received), calls (all counted), failures, inbox (messages waiting)."""
+    inbox = stats.get("engine", {}).get("inbox", {})
+    out: dict[str, dict[str, int]] = {}
+    for name, st in stats.get("layers", {}).items():
+        calls = st.get("calls", {})
+        out[name] = {
+            "offloads_active": st.get("offloads_active", 0),
+            "handles": st.get("handles", 0),
+            "outstanding_nbls": st.get("outstanding_nbls", 0),
+            "bytes": st.get("bytes_sent", 0) + st.get("bytes_received", 0),
+            "calls": sum(calls.values()),
+            "failures": failures(calls),
+            "inbox": inbox.get(name, 0),
+        }
+    return out
+
+
+# ================================================================================================
+# the stack.stats families
+# ================================================================================================
+class StatsCollector:
+    """`stack.stats` as metric families, read from `source()` at every scrape."""
+
+    def __init__(self, source: StatsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(stats_families(self.source()))
+
+
+def stats_families(stats: dict[str, Any]) -> list[Metric]:
+    layers: dict[str, dict[str, Any]] = stats.get("layers", {})
+    engine: dict[str, Any] = stats.get("engine", {}) or {}
+    out: list[Metric] = []
+
+    def per_layer(cls: type[Any], name: str, doc: str, values: Iterable[tuple[str, Any]]) -> None:
+        fam = cls(name, doc, labels=["layer"])
+        for layer, value in values:
+            fam.add_metric([layer], value or 0)
+        out.append(fam)
+
+    per_layer(
+        GaugeMetricFamily,
+        "chimney_offloads_active",
+        "TCP connections offloaded through the layer.",
+        ((n, st.get("offloads_active")) for n, st in layers.items()),
+    )
+    per_layer(
+        GaugeMetricFamily,
+        "chimney_handles",
+        "Live entries of the layer's offload handle and context tables.",
+        ((n, st.get("handles")) for n, st in layers.items()),
+    )
+    per_layer(
+        GaugeMetricFamily,
+        "chimney_outstanding_nbls",
+        "NET_BUFFER_LISTs the layer holds that are not yet completed or returned.",
+        ((n, st.get("outstanding_nbls")) for n, st in layers.items()),
+    )
+    per_layer(
+        CounterMetricFamily,
+        "chimney_bytes_sent",
+        "Payload bytes the layer sent.",
+        ((n, st.get("bytes_sent")) for n, st in layers.items()),
+    )
+    per_layer(
+        CounterMetricFamily,
+        "chimney_bytes_received",
+        "Payload bytes the layer received.",
+        ((n, st.get("bytes_received")) for n, st in layers.items()),
+    )
+    per_layer(
+        CounterMetricFamily,
+        "chimney_call_failures",
+        "Calls the layer completed with a non-success NDIS status.",
+        ((n, failures(st.get("calls", {}))) for n, st in layers.items()),
+    )
+    calls = CounterMetricFamily(
+        "chimney_calls",
+        "NDIS calls the layer made, by call and, where one applies, status or event type.",
+        labels=["layer", "call", "status", "event"],
+    )
+    for layer, st in layers.items():
+        for key, n in st.get("calls", {}).items():
+            calls.add_metric([layer, *split_call(key)], n)
+    out.append(calls)
+    if "inbox" in engine:
+        per_layer(
+            GaugeMetricFamily,
+            "chimney_inbox_depth",
+            "Messages waiting in the layer task's inbox.",
+            engine["inbox"].items(),
+        )
+    if "messages" in engine:
+        per_layer(
+            CounterMetricFamily,
+            "chimney_layer_messages",
+            "Messages the layer task has handled.",
+            engine["messages"].items(),
+        )
+
+    def gauge(name: str, doc: str, value: Any) -> None:
+        if value is not None:
+            out.append(GaugeMetricFamily(name, doc, value=value))
+
+    def counter(name: str, doc: str, value: Any) -> None:
+        if value is not None:
+            out.append(CounterMetricFamily(name, doc, value=value))
+
+    gauge("chimney_connections", "Open connections.", stats.get("connections", 0))
+    gauge("chimney_tasks", "asyncio tasks of the daemon.", stats.get("tasks"))
+    gauge("chimney_listeners", "Open listeners.", engine.get("listeners"))
+    gauge("chimney_wires", "Loopback sockets the engine tracks.", engine.get("wires"))
+    gauge(
+        "chimney_ack_waiting",
+        "Sockets watched for the ACK of sent bytes.",
+        engine.get("ack_waiting"),
+    )
+    counter(
+        "chimney_layer_errors", "Handlers that raised inside a layer.", engine.get("layer_errors")
+    )
+    counter(
+        "chimney_invariant_violations",
+        "Spec section 9 violations the invariant checker found (absent when it is off).",
+        engine.get("invariant_violations"),
+    )
+    rpc = stats.get("rpc") or {}
+    gauge("chimney_rpc_clients", "Connected RPC clients.", rpc.get("clients", 0))
+    gauge("chimney_rpc_in_flight", "RPC requests being answered.", rpc.get("in_flight", 0))
+    gauge(
+        "chimney_rpc_buffered_frame_bytes",
+        "Bytes held in all RPC clients' unfinished frames.",
+        rpc.get("buffered_frame_bytes"),
+    )
+    counter(
+        "chimney_log_write_errors",
+        "Log lines lost to a failed write.",
+        (stats.get("log") or {}).get("write_errors"),
+    )
+    return out
+
+
+# ================================================================================================
+# O(1) histograms
+# ================================================================================================
+class Log2Histogram:
+    """Counts per power-of-two bucket (`BASE_S` * 2^k) and the sum; `observe` is O(1)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (BUCKETS + 1)  # the last slot is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.sum += seconds
+        # seconds/BASE = m·2^e with 0.5 <= m < 1: the smallest k with x <= 2^k is e, or e-1
+        # when x is exactly 2^(e-1)
+        m, e = math.frexp(seconds / BASE_S)
+        k = e - 1 if m == 0.5 else e
+        self.counts[0 if k < 0 else BUCKETS if k > BUCKETS else k] += 1
+
+
+_BOUNDS = [floatToGoString(BASE_S * 2**k) for k in range(BUCKETS)] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+
+class HistogramSet:
+    """One histogram family: a `Log2Histogram` per label value (at most `MAX_LABELS`)."""
+
+    def __init__(self, name: str, doc: str, label: str | None = None) -> None:
+        self.name = name
+        self.doc = doc
+        self.label = label
+        self.by_value: dict[str, Log2Histogram] = {}
+
+    def get(self, value: str = "") -> Log2Histogram:
+        h = self.by_value.get(value)
+        if h is None:
+            if len(self.by_value) >= MAX_LABELS:
+                value = "other"
+                h = self.by_value.get(value)
+            if h is None:
+                h = self.by_value[value] = Log2Histogram()
+        return h
+
+    def observe(self, value: str, seconds: float) -> None:
+        self.get(value).observe(seconds)
+
+    def collect(self) -> Iterator[Metric]:
+        labels = [self.label] if self.label else []
+        fam = HistogramMetricFamily(self.name, self.doc, labels=labels)
+        for value, h in sorted(self.by_value.items()):
+            cumulative = 0
+            buckets = []
+            for bound, n in zip(_BOUNDS, h.counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            fam.add_metric([value] if self.label else [], buckets, sum_value=h.sum)
+        yield fam
+
+
+def _hop_latency_probe(hist: Log2Histogram, t0: float) -> None:
+    """Runs in a layer's task: how long a message waited in its inbox (a hop's latency)."""
+    hist.observe(time.perf_counter() - t0)
+
+
+class Metrics:
+    """The daemon's registry: stack.stats families and the process collector always; latency
+    histograms while `attach`ed to an engine (metrics served over HTTP)."""
+
+    def __init__(self, source: StatsSource, probe_interval_s: float = PROBE_INTERVAL_S) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(source))
+        self.process = ProcessCollector(registry=self.registry)
+        self.send = HistogramSet(
+            "chimney_send_completion_seconds",
+            "From a tcp.send entering the host stack to its completion: every byte acknowledged.",
+        )
+        self.hop = HistogramSet(
+            "chimney_hop_latency_seconds",
+            "From NDIS posting a call into a layer's inbox to the layer running it (a probe"
+            " message sampled every probe interval).",
+            "layer",
+        )
+        self.rpc = HistogramSet(
+            "chimney_rpc_request_seconds",
+            "RPC requests from dispatch to answer, by method.",
+            "method",
+        )
+        self.probe_interval_s = probe_interval_s
+        self.engine: Any = None
+        self._probe: asyncio.TimerHandle | None = None
+        self._targets: list[tuple[Any, Log2Histogram]] = []
+
+    @property
+    def histograms_on(self) -> bool:
+        return self.engine is not None
+
+    def attach(self, engine: Any) -> None:
+        """Collect the latency histograms from `engine` (its send hook, its layer inboxes)."""
+        if self.engine is not None:
+            return
+        self.engine = engine
+        for hist in (self.send, self.hop, self.rpc):
+            self.registry.register(hist)
+        engine.send_observer = self.send.get().observe
+        self._targets = [(task, self.hop.get(task.layer.name)) for task in engine.tasks]
+        self._probe = engine.loop.call_later(self.probe_interval_s, self._send_probes)
+
+    def detach(self) -> None:
+        """Stop collecting (before the engine shuts down: the probe must not outlive it)."""
+        if self.engine is None:
+            return
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        self.engine.send_observer = None
+        for hist in (self.send, self.hop, self.rpc):
+            self.registry.unregister(hist)
+        self._targets = []
+        self.engine = None
+
+    def _send_probes(self) -> None:
+        now = time.perf_counter()
+        for task, hist in self._targets:
+            task.push(_hop_latency_probe, (hist, now))
+        self._probe = self.engine.loop.call_later(self.probe_interval_s, self._send_probes)
+
+    def rpc_request(self, method: str, seconds: float) -> None:
+        if self.engine is not None:
+            self.rpc.get(method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def raw(self) -> dict[str, dict[str, list[float]]]:
+        """The latency histograms as plain data (family → label → bucket counts, then the
+        sum), for a daemon of several shards to add them up; empty while they are off."""
+        if self.engine is None:
+            return {}
+        return {
+            h.name: {v: [*hist.counts, hist.sum] for v, hist in h.by_value.items()}
+            for h in (self.send, self.hop, self.rpc)
+        }
+
+
+# ================================================================================================
+# the daemon's registry, for the RPC server and stack.metrics
+# ================================================================================================
+_installed: Metrics | None = None
+
+
+def install(metrics: Metrics | None) -> None:
+    """Make `metrics` the registry behind `prometheus_text` and `rpc_request` (None: none)."""
+    global _installed
+    _installed = metrics
+
+
+def installed() -> Metrics | None:
+    return _installed
+
+
+def rpc_request(method: str, seconds: float) -> None:
+    """One RPC request of `method` took `seconds` (dispatch to answer). A no-op unless the
+    latency histograms are on."""
+    m = _installed
+    if m is not None and m.engine is not None:
+        m.rpc.get(method).observe(seconds)
+
+
+def rpc_task(method: str, task: asyncio.Future[Any]) -> None:
+    """Time the request `task` of `method` from now until it is done (the RPC server's hook)."""
+    m = _installed
+    if m is None or m.engine is None:
+        return
+    hist = m.rpc.get(method)
+    t0 = time.perf_counter()
+    task.add_done_callback(lambda _: hist.observe(time.perf_counter() - t0))
+
+
+class _Collectors:
+    """Just enough of a registry for `generate_latest`: the given collectors in order."""
+
+    def __init__(self, collectors: list[Any]) -> None:
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for c in self.collectors:
+            yield from c.collect()
+
+
+# ================================================================================================
+# a daemon of several shards (design: scale)
+# ================================================================================================
+#: The histogram families (name → (help, label)), to rebuild them from `Metrics.raw` of shards.
+_HISTOGRAMS = {
+    "chimney_send_completion_seconds": (
+        "From a tcp.send entering the host stack to its completion: every byte acknowledged.",
+        None,
+    ),
+    "chimney_hop_latency_seconds": (
+        "From NDIS posting a call into a layer's inbox to the layer running it (a probe"
+        " message sampled every probe interval).",
+        "layer",
+    ),
+    "chimney_rpc_request_seconds": ("RPC requests from dispatch to answer, by method.", "method"),
+}
+
+
+def _merged_histograms(raws: list[dict[str, Any]]) -> list[Metric]:
+    out: list[Metric] = []
+    for name, (doc, label) in _HISTOGRAMS.items():
+        if not any(name in raw for raw in raws):
+            continue
+        merged = HistogramSet(name, doc, label)
+        for raw in raws:
+            for value, counts in raw.get(name, {}).items():
+                h = merged.get(value)
+                h.counts = [a + int(b) for a, b in zip(h.counts, counts[:-1], strict=True)]
+                h.sum += float(counts[-1])
+        out.extend(merged.collect())
+    return out
+
+
+def shard_families(parts: dict[int, Any]) -> list[Metric]:
+    """Per shard: whether it is up, its process (memory, descriptors), connections, RPC
+    clients and offloaded connections per layer."""
+    up = GaugeMetricFamily(
+        "chimney_shard_up", "1 if the shard runs, 0 while it is restarted.", labels=["shard"]
+    )
+    rss = GaugeMetricFamily(
+        "chimney_shard_resident_memory_bytes",
+        "Resident memory of the shard's process.",
+        labels=["shard"],
+    )
+    fds = GaugeMetricFamily(
+        "chimney_shard_open_fds", "Open file descriptors of the shard's process.", labels=["shard"]
+    )
+    conns = GaugeMetricFamily(
+        "chimney_shard_connections", "Open connections of the shard.", labels=["shard"]
+    )
+    clients = GaugeMetricFamily(
+        "chimney_shard_rpc_clients", "RPC clients connected to the shard.", labels=["shard"]
+    )
+    offloads = GaugeMetricFamily(
+        "chimney_shard_offloads_active",
+        "TCP connections offloaded through the layer, in the shard.",
+        labels=["shard", "layer"],
+    )
+    for k, part in sorted(parts.items()):
+        shard = str(k)
+        up.add_metric([shard], 0 if part is None else 1)
+        if part is None:
+            continue
+        stats = part.get("stats", part)
+        proc = stats.get("process") or {}
+        rss.add_metric([shard], float(proc.get("rss_kb", 0)) * 1024)
+        fds.add_metric([shard], proc.get("open_fds", 0))
+        conns.add_metric([shard], stats.get("connections", 0))
+        clients.add_metric([shard], (stats.get("rpc") or {}).get("clients", 0))
+        for layer, st in (stats.get("layers") or {}).items():
+            offloads.add_metric([shard, layer], st.get("offloads_active") or 0)
+    return [up, rss, fds, conns, clients, offloads]
+
+
+def sharded_text(parts: dict[int, Any]) -> str:
+    """`stack.metrics` (and `/metrics`) of a daemon of several shards: the `stack.stats`
+    families of every shard summed, the latency histograms of every shard added up, and the
+    `chimney_shard_*` families per shard. Each part is a shard's `{"stats", "histograms"}`,
+    None for a shard being restarted."""
+    from .aggregate import merge_stats
+
+    stats = {k: (p or {}).get("stats") if p is not None else None for k, p in parts.items()}
+    total = merge_stats(stats)
+    total.pop("shards", None)
+    families = stats_families(total)
+    families += _merged_histograms([p.get("histograms") or {} for p in parts.values() if p])
+    families += shard_families(stats)
+    return generate_latest(_Collectors([_Fixed(families)])).decode("utf-8")
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def prometheus_text(stats: dict[str, Any]) -> str:
-    """Per-layer gauges and call counters, RPC and connection gauges."""
-    lines: list[str] = []
-    gauges = ("offloads_active", "handles", "outstanding_nbls")
-    for gauge in gauges:
-        lines.append(f"# TYPE chimney_{gauge} gauge")
-        for layer, st in stats.get("layers", {}).items():
-            lines.append(f'chimney_{gauge}{{layer="{_label(layer)}"}} {st[gauge]}')
-    for counter in ("bytes_sent", "bytes_received"):
-        lines.append(f"# TYPE chimney_{counter}_total counter")
-        for layer, st in stats.get("layers", {}).items():
-            lines.append(f'chimney_{counter}_total{{layer="{_label(layer)}"}} {st.get(counter, 0)}')
-    lines.append("# TYPE chimney_calls_total counter")
-    for layer, st in stats.get("layers", {}).items():
-        for key, n in st.get("calls", {}).items():
-            call, _, status = key.partition("/")
-            labels = f'layer="{_label(layer)}",call="{_label(_SAFE.sub("_", call))}"'
-            if status:
-                labels += f',status="{_label(status)}"'
-            lines.append(f"chimney_calls_total{{{labels}}} {n}")
-    lines.append("# TYPE chimney_connections gauge")
-    lines.append(f"chimney_connections {stats.get('connections', 0)}")
-    lines.append("# TYPE chimney_tasks gauge")
-    lines.append(f"chimney_tasks {stats.get('tasks', 0)}")
-    rpc = stats.get("rpc", {})
-    lines.append("# TYPE chimney_rpc_clients gauge")
-    lines.append(f"chimney_rpc_clients {rpc.get('clients', 0)}")
-    lines.append("# TYPE chimney_rpc_in_flight gauge")
-    lines.append(f"chimney_rpc_in_flight {rpc.get('in_flight', 0)}")
-    return "\n".join(lines) + "\n"
+    """`stack.metrics`: the daemon's registry when installed (the same text `/metrics` serves),
+    else `stats` (a `stack.stats` map) alone."""
+    m = _installed
+    if m is not None:
+        return m.exposition().decode("utf-8")
+    return generate_latest(_Collectors([StatsCollector(lambda: stats)])).decode("utf-8")
+
+
+__all__ = [
+    "CONTENT_TYPE",
+    "HistogramSet",
+    "Log2Histogram",
+    "Metrics",
+    "StatsCollector",
+    "failures",
+    "install",
+    "installed",
+    "layer_summary",
+    "prometheus_text",
+    "rpc_request",
+    "rpc_task",
+    "shard_families",
+    "sharded_text",
+    "split_call",
+]

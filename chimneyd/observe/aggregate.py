@@ -1,0 +1,180 @@
+"""What "the daemon" answers when it runs as several shards (design: scale), pure functions:
+each shard's part in, one answer out.
+
+- `merge_stats`: `stack.stats` with every counter and gauge summed over the shards, in the keys a
+  daemon of one shard has, plus `shards`: each shard's own part (and `state`, `down` for a
+  shard being restarted, whose part is unknown).
+- `merge_info`: `stack.info` of the shard answering, its layers folded over the shards (the
+  gauges in a layer's description summed; any other value kept when every shard agrees, else
+  `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
+- `fault_table` / `may_touch`: the faults of every shard as one table, keyed by the fault id (a
+  layer fault put into several shards has one id), with who may see and clear each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MIXED = "mixed"
+#: Keys of a layer's `stack.info` description that count things in one shard (summed); every
+#: other key is a setting or a state (kept when the shards agree).
+INFO_GAUGES = frozenset({"tcp", "paused_initiates", "connections", "outstanding_bytes"})
+#: The per-process part a shard adds to its stats (shown per shard, never summed).
+PROCESS = "process"
+
+Parts = Mapping[int, Mapping[str, Any] | None]  # shard → its part, None when it is down
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
+
+
+def fold(values: list[Any], summed: Callable[[str], bool], key: str = "") -> Any:
+    """One value from the shards' values of the same key: maps key by key, numbers summed where
+    `summed(key)`, None left out (None only when every shard has None), anything else kept
+    when all agree and `"mixed"` when they do not."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if all(isinstance(v, dict) for v in present):
+        keys: dict[str, None] = {}
+        for v in present:
+            keys.update(dict.fromkeys(v))
+        return {k: fold([v.get(k) for v in present], summed, str(k)) for k in keys}
+    if all(_is_number(v) for v in present) and summed(key):
+        return sum(present)
+    first = present[0]
+    return first if all(v == first for v in present[1:]) else MIXED
+
+
+def _always(_: str) -> bool:
+    return True
+
+
+def _gauge(key: str) -> bool:
+    return key in INFO_GAUGES
+
+
+def _down(shard: int) -> dict[str, Any]:
+    return {"shard": shard, "state": "down"}
+
+
+def merge_stats(parts: Parts) -> dict[str, Any]:
+    """`stack.stats` of the whole daemon: sums in the usual keys, each shard under `shards`."""
+    running = [dict(p) for p in parts.values() if p is not None]
+    total: dict[str, Any] = fold([_without(p, PROCESS) for p in running], _always) or {}
+    total["shards"] = [
+        _down(k) if p is None else {"shard": k, "state": "running", **p}
+        for k, p in sorted(parts.items())
+    ]
+    return total
+
+
+def merge_info(parts: Parts, home: int) -> dict[str, Any]:
+    """`stack.info` of the whole daemon, as the shard `home` answers it."""
+    mine = parts[home]
+    assert mine is not None, "the answering shard is running"
+    running = [p for p in parts.values() if p is not None]
+    info = _without(dict(mine), PROCESS)
+    layers: list[dict[str, Any]] = []
+    for i, layer in enumerate(mine.get("layers", [])):
+        same = [p["layers"][i] for p in running if len(p.get("layers", [])) > i]
+        folded = fold(same, _gauge)
+        layers.append(folded if isinstance(folded, dict) else dict(layer))
+    info["layers"] = layers
+    info["shard"] = home
+    info["shards"] = [
+        _down(k)
+        if p is None
+        else {"shard": k, "state": "running", **(p.get(PROCESS) or {}), "layers": p["layers"]}
+        for k, p in sorted(parts.items())
+    ]
+    return info
+
+
+def _without(d: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+# -- faults ----------------------------------------------------------------------------------------
+#: Keys a shard adds to each fault of its part (`shard_faults`), not shown to clients.
+INTERNAL_FAULT_KEYS = ("active", "home", "orphan")
+
+
+@dataclass(slots=True)
+class FaultView:
+    """One fault as the daemon holds it: where (`shards`), made by a client of which shard
+    (`home`), and whether its maker has left (`orphan`: anyone may clear it)."""
+
+    id: int
+    spec: dict[str, Any]
+    home: int
+    shards: list[int] = field(default_factory=list)
+    active: bool = False
+    orphan: bool = True
+
+    def as_map(self) -> dict[str, Any]:
+        """What fault.list shows: the fault map, and the shards that hold it."""
+        return {"id": self.id, **self.spec, "shards": sorted(self.shards)}
+
+
+def shard_faults(
+    entries: Iterable[Mapping[str, Any]],
+    me: int,
+    homes: Mapping[int, int],
+    orphan: Callable[[int], bool],
+) -> list[dict[str, Any]]:
+    """A shard's part of the fault table: each fault it holds (`entries`, with `active`), the
+    shard whose client made it (`homes`: faults put here by another shard; the rest are its
+    own), and for its own whether the maker has left (`orphan(id)`)."""
+    out = []
+    for e in entries:
+        fid = int(e["id"])
+        home = homes.get(fid, me)
+        out.append({**e, "home": home, "orphan": orphan(fid) if home == me else None})
+    return out
+
+
+def fault_table(parts: Parts) -> dict[int, FaultView]:
+    """Every shard's faults as one table. A fault's maker is known only in its home shard: a
+    fault whose home shard is down, or no longer holds it (restarted), has lost its maker."""
+    table: dict[int, FaultView] = {}
+    for shard, part in sorted(parts.items()):
+        for e in (part or {}).get("faults", []):
+            fid = int(e["id"])
+            view = table.get(fid)
+            if view is None:
+                spec = {k: v for k, v in e.items() if k != "id" and k not in INTERNAL_FAULT_KEYS}
+                view = table[fid] = FaultView(fid, spec, int(e["home"]))
+            view.shards.append(shard)
+            view.active = view.active or bool(e.get("active"))
+            if shard == view.home:
+                view.orphan = bool(e.get("orphan"))
+    return table
+
+
+def may_touch(view: FaultView, me: int, admin: bool, mine: Callable[[int], bool]) -> bool:
+    """Whether a client of shard `me` may see and clear the fault: an admin always; a fault
+    made in this shard as `rpc.ownership` says (`mine(id)`: its maker, or anyone once the maker
+    left); a fault made in another shard only once its maker has left (a client lives in one
+    shard, so it cannot be that fault's maker)."""
+    if admin:
+        return True
+    if view.home == me:
+        return mine(view.id)
+    return view.orphan
+
+
+__all__ = [
+    "INFO_GAUGES",
+    "MIXED",
+    "FaultView",
+    "fault_table",
+    "fold",
+    "may_touch",
+    "merge_info",
+    "merge_stats",
+    "shard_faults",
+]

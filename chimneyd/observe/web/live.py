@@ -1,0 +1,373 @@
+"""The web view's WebSocket: what a browser watches, pushed as it changes.
+
+A page subscribes over its socket with JSON messages `{"op": "sub", "topic": T, ...}`:
+- `stats`: the per-layer gauges, pushed every `push_interval_ms`;
+- `conns` (`page`, `size`): one page of the connection list, cut on the server, same timer;
+- `events` (`conn`: an id, or absent for all): connection events and faults, batched per 100 ms;
+- `hops` (`conn`): the connection's hop trace, then each hop as it is recorded, batched per 50 ms.
+
+Nothing runs for nobody: the timer and the event observer exist while a browser is connected,
+and a connection's trace is watched (`ndis.trace`) only while a browser shows its diagram. Each
+browser has a bounded queue of frames: a browser that does not keep up loses the oldest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from chimneyd.api import EngineError
+from chimneyd.ndis.trace import HopRecord
+from chimneyd.ndis.trace import record_maps as trace_record_maps
+from chimneyd.observe.metrics import layer_summary
+
+log = structlog.get_logger("chimneyd.web")
+
+StatsSource = Callable[[], dict[str, Any]]
+EVENT_FLUSH_S = 0.1
+HOP_FLUSH_S = 0.05
+OUTBOX_FRAMES = 256  # per browser; past this the oldest frames are dropped
+RECENT_EVENTS = 200  # shown to a page that opens while others were watching
+MAX_EVENTS_PER_PUSH = 1000
+MAX_HOPS_PER_PUSH = 4000
+MAX_PAGE_SIZE = 1000
+MAX_MESSAGE = 16 * 1024
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str, separators=(",", ":"))
+
+
+def _concerns(event: dict[str, Any], conn: int) -> bool:
+    """An event of the connection, or a fault put on it (`peer_reset`, `stall_peer`)."""
+    return event["conn"] == conn or (event["conn"] is None and event["info"].get("conn") == conn)
+
+
+def conn_row(engine: Any, conn_id: int) -> dict[str, Any] | None:
+    """One row of the connection list: state, path, the NIC (last layer of the path), bytes."""
+    try:
+        info = engine.conn_info(conn_id)
+    except EngineError:
+        return None
+    path = list(info.get("path") or ())
+    return {
+        "id": conn_id,
+        "state": info.get("state"),
+        "path": path,
+        "nic": path[-1] if len(path) > 1 else None,
+        "bytes_sent": info.get("bytes_sent", 0),
+        "bytes_received": info.get("bytes_received", 0),
+        "local": info.get("local"),
+        "remote": info.get("remote"),
+    }
+
+
+def record_maps(records: Iterable[HopRecord]) -> list[dict[str, Any]]:
+    """Hop records as `trace.get` maps (the trace's own reader does it: one place for it)."""
+    return trace_record_maps(records)
+
+
+class Browser:
+    """One page's socket: its subscriptions and its queue of frames."""
+
+    __slots__ = ("conns", "events", "hops", "outbox", "stats", "wake", "writer", "ws")
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.outbox: deque[str] = deque(maxlen=OUTBOX_FRAMES)
+        self.wake = asyncio.Event()
+        self.writer: asyncio.Task[None] | None = None
+        self.stats = False
+        self.conns: tuple[int, int] | None = None  # (page, size)
+        self.events: int | str | None = None  # "*", a connection id, or None
+        self.hops: int | None = None
+
+    def push(self, text: str) -> None:
+        self.outbox.append(text)
+        self.wake.set()
+
+    async def write(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.outbox:
+                await self.ws.send_str(self.outbox.popleft())
+
+
+class HopWatch:
+    """One watched connection: its new hop records until the next push, and who sees them."""
+
+    __slots__ = ("browsers", "conn", "dropped", "flush_at", "hub", "pending", "unwatch")
+
+    def __init__(self, hub: LiveHub, conn: int) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.browsers: set[Browser] = set()
+        self.pending: list[HopRecord] = []
+        self.dropped = 0
+        self.flush_at: asyncio.TimerHandle | None = None
+        self.unwatch: Callable[[], None] | None = None
+
+    def record(self, rec: HopRecord) -> None:
+        """Called from `HopTrace.record` of the watched connection (in a layer's task)."""
+        pending = self.pending
+        pending.append(rec)
+        if len(pending) > MAX_HOPS_PER_PUSH:
+            self.dropped += len(pending) - MAX_HOPS_PER_PUSH // 2
+            del pending[: len(pending) - MAX_HOPS_PER_PUSH // 2]
+        if self.flush_at is None:
+            self.flush_at = self.hub.loop.call_later(HOP_FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        self.flush_at = None
+        if not self.pending:
+            return
+        records, self.pending = self.pending, []
+        frame = {
+            "type": "hops",
+            "conn": self.conn,
+            "hops": record_maps(records),
+            "info": conn_row(self.hub.engine, self.conn),
+        }
+        if self.dropped:
+            frame["dropped"] = self.dropped
+            self.dropped = 0
+        text = _dumps(frame)
+        for b in self.browsers:
+            b.push(text)
+
+    def stop(self) -> None:
+        if self.flush_at is not None:
+            self.flush_at.cancel()
+            self.flush_at = None
+        if self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
+
+
+class LiveHub:
+    """Every browser's socket, and the pushes they subscribed to."""
+
+    def __init__(self, engine: Any, stats: StatsSource, config: Any) -> None:
+        self.engine = engine
+        self.stats = stats
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.browsers: set[Browser] = set()
+        self.ticker: asyncio.Task[None] | None = None
+        self.watches: dict[int, HopWatch] = {}
+        self.stop_observing: Callable[[], None] | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
+        self.pending_events: list[dict[str, Any]] = []
+        self.events_at: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    # -- sockets -------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.closing or len(self.browsers) >= self.config.max_clients:
+            return web.Response(status=503, text="too many browsers on this daemon\n")
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE)
+        await ws.prepare(request)
+        b = Browser(ws)
+        self._join(b)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    break
+                self._on_message(b, msg.data)
+        finally:
+            self._leave(b)
+        return ws
+
+    def _join(self, b: Browser) -> None:
+        self.browsers.add(b)
+        self.loop = asyncio.get_running_loop()
+        b.writer = self.loop.create_task(self._write(b))
+        if self.ticker is None:
+            self.ticker = self.loop.create_task(self._tick(), name="web:push")
+        if self.stop_observing is None:
+            self.stop_observing = self.engine.events.observe(self._on_event)
+
+    async def _write(self, b: Browser) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await b.write()
+
+    def _leave(self, b: Browser) -> None:
+        self.browsers.discard(b)
+        if b.writer is not None:
+            b.writer.cancel()
+        self._unwatch(b)
+        if not self.browsers:
+            if self.ticker is not None:
+                self.ticker.cancel()
+                self.ticker = None
+            if self.stop_observing is not None:
+                self.stop_observing()
+                self.stop_observing = None
+            if self.events_at is not None:
+                self.events_at.cancel()
+                self.events_at = None
+            self.pending_events = []
+            self.recent.clear()
+
+    async def close(self) -> None:
+        """The daemon stops: close every socket, watch nothing."""
+        self.closing = True
+        for b in list(self.browsers):
+            with contextlib.suppress(Exception):
+                await b.ws.close(code=1001, message=b"daemon stopping")
+            self._leave(b)
+
+    # -- subscriptions -------------------------------------------------------------------------
+    def _on_message(self, b: Browser, data: str) -> None:
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(msg, dict) or msg.get("op") != "sub":
+            return
+        topic = msg.get("topic")
+        conn = msg.get("conn")
+        if conn is not None and (not isinstance(conn, int) or isinstance(conn, bool)):
+            return
+        if topic == "stats":
+            b.stats = True
+            b.push(_dumps(self.stats_frame()))
+        elif topic == "conns":
+            page, size = msg.get("page", 0), msg.get("size", self.config.page_size)
+            if not isinstance(page, int) or not isinstance(size, int):
+                return
+            b.conns = (max(page, 0), min(max(size, 1), MAX_PAGE_SIZE))
+            b.push(_dumps(self.conns_page(*b.conns)))
+        elif topic == "events":
+            b.events = "*" if conn is None else conn
+            backlog = [e for e in self.recent if conn is None or _concerns(e, conn)]
+            b.push(_dumps({"type": "events", "events": backlog, "backlog": True}))
+        elif topic == "hops" and conn is not None:
+            self._watch(b, conn)
+
+    def _watch(self, b: Browser, conn: int) -> None:
+        self._unwatch(b)
+        try:
+            hops = self.engine.trace(conn, None)
+        except EngineError as exc:
+            b.push(_dumps({"type": "hops", "conn": conn, "reset": True, "error": exc.message}))
+            return
+        watch = self.watches.get(conn)
+        if watch is None and len(self.watches) < self.config.max_watched:
+            watch = HopWatch(self, conn)
+            watch.unwatch = self.engine.watch_hops(conn, watch.record)
+            if watch.unwatch is None:
+                watch = None  # closed: its trace is all there will be
+            else:
+                self.watches[conn] = watch
+        if watch is not None:
+            watch.browsers.add(b)
+            b.hops = conn
+        frame = {
+            "type": "hops",
+            "conn": conn,
+            "reset": True,
+            "hops": hops,
+            "info": conn_row(self.engine, conn),
+            "live": watch is not None,
+        }
+        b.push(_dumps(frame))
+
+    def _unwatch(self, b: Browser) -> None:
+        conn, b.hops = b.hops, None
+        watch = self.watches.get(conn) if conn is not None else None
+        if watch is None:
+            return
+        watch.browsers.discard(b)
+        if not watch.browsers:
+            watch.stop()
+            del self.watches[watch.conn]
+
+    # -- pushes --------------------------------------------------------------------------------
+    def stats_frame(self) -> dict[str, Any]:
+        stats = self.stats()
+        return {
+            "type": "stats",
+            "t": time.time(),
+            "layers": layer_summary(stats),
+            "connections": stats.get("connections", 0),
+            "rpc": stats.get("rpc") or {},
+            "faults": len(self.engine.fault_list()),
+        }
+
+    def conns_page(self, page: int, size: int) -> dict[str, Any]:
+        ids = self.engine.conn_ids()
+        total = len(ids)
+        pages = max(1, math.ceil(total / size))
+        page = min(page, pages - 1)
+        rows = [conn_row(self.engine, i) for i in ids[page * size : (page + 1) * size]]
+        return {
+            "type": "conns",
+            "total": total,
+            "page": page,
+            "pages": pages,
+            "size": size,
+            "rows": [r for r in rows if r is not None],
+        }
+
+    async def _tick(self) -> None:
+        interval = self.config.push_interval_ms / 1000.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self._push_periodic()
+            except Exception:
+                log.exception("web_push_failed")
+
+    def _push_periodic(self) -> None:
+        watching = [b for b in self.browsers if b.stats]
+        if watching:
+            text = _dumps(self.stats_frame())
+            for b in watching:
+                b.push(text)
+        pages: dict[tuple[int, int], str] = {}
+        for b in self.browsers:
+            if b.conns is not None:
+                if b.conns not in pages:
+                    pages[b.conns] = _dumps(self.conns_page(*b.conns))
+                b.push(pages[b.conns])
+
+    def _on_event(self, conn: int | None, event: str, info: dict[str, Any]) -> None:
+        item = {"t": time.time(), "conn": conn, "event": event, "info": info}
+        self.recent.append(item)
+        pending = self.pending_events
+        pending.append(item)
+        if len(pending) > MAX_EVENTS_PER_PUSH:
+            del pending[: len(pending) - MAX_EVENTS_PER_PUSH]
+        if self.events_at is None:
+            self.events_at = self.loop.call_later(EVENT_FLUSH_S, self._flush_events)
+
+    def _flush_events(self) -> None:
+        self.events_at = None
+        events, self.pending_events = self.pending_events, []
+        if not events:
+            return
+        everything: str | None = None
+        for b in self.browsers:
+            if b.events == "*":
+                if everything is None:
+                    everything = _dumps({"type": "events", "events": events})
+                b.push(everything)
+            elif isinstance(b.events, int):
+                conn = b.events
+                mine = [e for e in events if _concerns(e, conn)]
+                if mine:
+                    b.push(_dumps({"type": "events", "events": mine}))
+
+
+__all__ = ["Browser", "HopWatch", "LiveHub", "conn_row", "record_maps"]

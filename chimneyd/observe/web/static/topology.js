@@ -1,0 +1,120 @@
+// The topology page: layers as boxes, NDIS bindings as edges, each box with live gauges.
+"use strict";
+
+(() => {
+  const GAUGES = [
+    ["offloads_active", "offloads active"],
+    ["handles", "handles"],
+    ["outstanding_nbls", "outstanding NBLs"],
+    ["bytes", "bytes"],
+    ["calls", "calls"],
+    ["failures", "failures"],
+    ["inbox", "inbox depth"],
+  ];
+  const W = 270, H = 66 + 18 * GAUGES.length, GAP_X = 60, GAP_Y = 80, PAD = 20;
+  const values = {};  // layer -> gauge -> <text>
+
+  // rows of layers by depth below the host; a layer bound under two goes at its deepest
+  function layout(layers) {
+    const byName = Object.fromEntries(layers.map((l) => [l.name, l]));
+    const depth = {};
+    const host = layers.find((l) => l.kind === "host") || layers[0];
+    const visit = (name, d) => {
+      if (!(name in byName) || (depth[name] !== undefined && depth[name] >= d)) return;
+      depth[name] = d;
+      for (const lower of byName[name].lower || []) visit(lower, d + 1);
+    };
+    if (host) visit(host.name, 0);
+    for (const l of layers) if (depth[l.name] === undefined) depth[l.name] = 0;
+    const rows = [];
+    for (const l of layers) (rows[depth[l.name]] = rows[depth[l.name]] || []).push(l);
+    return rows.filter(Boolean);
+  }
+
+  function draw(layers) {
+    const rows = layout(layers);
+    const widest = Math.max(...rows.map((r) => r.length));
+    const width = PAD * 2 + widest * W + (widest - 1) * GAP_X;
+    const height = PAD * 2 + rows.length * H + (rows.length - 1) * GAP_Y;
+    const root = Live.svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "topology" });
+    const pos = {};
+    rows.forEach((row, r) => {
+      const rowWidth = row.length * W + (row.length - 1) * GAP_X;
+      row.forEach((l, i) => {
+        pos[l.name] = { x: (width - rowWidth) / 2 + i * (W + GAP_X), y: PAD + r * (H + GAP_Y) };
+      });
+    });
+    const edges = Live.svg("g", { class: "edges" });
+    for (const l of layers) {
+      for (const lower of l.lower || []) {
+        if (!pos[lower]) continue;
+        const a = pos[l.name], b = pos[lower];
+        const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y;
+        const g = Live.svg("g", { class: "edge", "data-upper": l.name, "data-lower": lower });
+        g.append(Live.svg("line", { x1, y1, x2, y2 }));
+        const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+        g.append(Live.svg("rect", { x: mx - 58, y: my - 11, width: 116, height: 22, rx: 11 }));
+        g.append(Live.svg("text", { x: mx, y: my + 4, "text-anchor": "middle" }, "NDIS binding"));
+        edges.append(g);
+      }
+    }
+    root.append(edges);
+    for (const l of layers) {
+      const { x, y } = pos[l.name];
+      const g = Live.svg("g", { class: `node ${l.kind}`, "data-layer": l.name, "data-kind": l.kind, transform: `translate(${x},${y})` });
+      g.append(Live.svg("rect", { class: "box", width: W, height: H, rx: 8 }));
+      g.append(Live.svg("text", { class: "title", x: 12, y: 22 }, l.name));
+      const kind = l.kind === "target" ? "offload target (NIC)" : l.kind === "passthrough" ? "IM driver" : l.kind === "host" ? "host stack" : l.kind;
+      g.append(Live.svg("text", { class: "kind", x: 12, y: 40 }, kind));
+      g.append(Live.svg("text", { class: `layer-state ${l.state}`, x: W - 12, y: 22, "text-anchor": "end" }, l.state));
+      values[l.name] = {};
+      GAUGES.forEach(([key, label], i) => {
+        const ty = 62 + i * 18;
+        g.append(Live.svg("text", { x: 12, y: ty }, label));
+        const v = Live.svg("text", { class: "value", x: W - 12, y: ty, "text-anchor": "end", "data-gauge": key }, "–");
+        values[l.name][key] = v;
+        g.append(v);
+      });
+      root.append(g);
+    }
+    const box = document.getElementById("topology");
+    box.replaceChildren(root);
+  }
+
+  function update(msg) {
+    for (const [layer, gauges] of Object.entries(msg.layers || {})) {
+      const texts = values[layer];
+      if (!texts) continue;
+      for (const [key] of GAUGES) {
+        const t = texts[key];
+        if (!t) continue;
+        const raw = gauges[key] ?? 0;
+        const shown = key === "bytes" ? Live.bytes(raw) : Live.num(raw);
+        const changed = t.dataset.raw !== undefined && t.dataset.raw !== String(raw);
+        t.dataset.raw = String(raw);
+        t.textContent = shown;
+        t.classList.toggle("bad", key === "failures" && raw > 0);
+        if (changed) {
+          t.classList.add("changed");
+          setTimeout(() => t.classList.remove("changed"), 700);
+        }
+      }
+    }
+  }
+
+  const latest = () => document.getElementById("latest");
+  Live.on("events", (m) => {
+    const list = latest();
+    for (const e of m.events) list.prepend(Live.eventItem(e, true));
+    while (list.children.length > 40) list.lastChild.remove();
+  });
+  Live.on("stats", update);
+
+  document.addEventListener("DOMContentLoaded", async () => {
+    const info = await Live.get("/api/info");
+    draw(info.layers || []);
+    Live.sub("events", {});
+    // stats already asked for by live.js; ask again so the first frame finds the boxes drawn
+    Live.sub("stats");
+  });
+})();
