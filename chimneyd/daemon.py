@@ -3,6 +3,9 @@
 Shutdown (SIGTERM/SIGINT) follows the hypercorn shape: stop accepting, let in-flight requests
 finish within the deadline, cancel the rest, upload and close every connection, report what was
 left over, exit 0. SIGHUP reopens the log file.
+
+With `daemon.shards` above 1 this process is the supervisor (`chimneyd.shards.supervisor`) and
+each shard runs `serve` in its own process (`run_shard`), behind the one RPC address.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from chimneyd import __version__
 from chimneyd.config import LOG_LEVELS, Config, ConfigError, load_config
-from chimneyd.observe.logging import reopen, setup_logging
+from chimneyd.observe.logging import reopen, setup_logging, write_errors
+from chimneyd.observe.metrics import install as install_metrics
+
+if TYPE_CHECKING:
+    from chimneyd.shards.cluster import Cluster
+    from chimneyd.shards.shard import ShardSetup
 
 log = structlog.get_logger("chimneyd.daemon")
 
@@ -43,6 +52,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--invariants", action="store_true", help="turn on the spec §9 invariant checker"
     )
+    p.add_argument(
+        "--web",
+        metavar="ADDR",
+        help="serve the live web view (and /metrics) on host:port; overrides web.listen",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="serve Prometheus /metrics alone on host:port; overrides metrics.listen",
+    )
+    p.add_argument(
+        "--shards",
+        metavar="N",
+        help="engine processes behind the one RPC address (a number, or auto: one per CPU);"
+        " overrides daemon.shards",
+    )
     p.add_argument("--version", action="version", version=f"chimneyd {__version__}")
     return p.parse_args(argv)
 
@@ -59,7 +84,8 @@ def raise_fd_limit() -> int:
     return soft
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, shard: ShardSetup | None = None) -> int:
+    """Run the daemon — or, with `shard`, one shard of it — until SIGTERM."""
     from chimneyd.engine import start_engine
     from chimneyd.rpc.server import RpcServer
     from chimneyd.runtime.memory import tune_gc, tune_malloc
@@ -67,16 +93,43 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
     tune_malloc()
-    engine = await start_engine(config.engine, config.layers)
+    if config.web.listen or config.metrics.listen:
+        # imported before tune_gc freezes what start-up made: aiohttp's module objects then stay
+        # out of every later full collection, as the rest of the daemon's do
+        import chimneyd.observe.web  # noqa: F401
+    engine = await start_engine(config.engine, config.layers, shard.id_base if shard else 0)
     tune_gc()
-    server = RpcServer(engine, config.rpc)
+    cluster: Cluster | None = None
+    if shard is not None:
+        from chimneyd.shards.cluster import Cluster
+
+        cluster = Cluster(shard.index, shard.count, shard.timeout)
+    server = RpcServer(engine, config.rpc, cluster)
     try:
-        addresses = await server.start()
+        if shard is not None and cluster is not None:
+            cluster.parts = server.parts
+            await cluster.connect(shard.sock, shard.leftover, engine)
+        addresses = await server.start(shard.sockets(config.rpc.listen) if shard else None)
     except (OSError, ConfigError) as exc:
         log.error("rpc_listen_failed", error=str(exc))
         await engine.shutdown(1.0)
         print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
         return 2
+    metrics, http = _observability(engine, server, config, cluster, shard)
+    if http is not None:
+        try:
+            await http.start()
+        except OSError as exc:
+            log.error("http_listen_failed", error=str(exc))
+            metrics.detach()
+            await server.stop_accepting()
+            await engine.shutdown(1.0)
+            print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
+            return 2
+        if http.web_address and shard is None:
+            print(f"chimneyd web view on http://{http.web_address}/", flush=True)
+        if http.metrics_address and shard is None:
+            print(f"chimneyd metrics on http://{http.metrics_address}/metrics", flush=True)
     stop = asyncio.Event()
 
     def on_stop(sig: signal.Signals) -> None:
@@ -85,7 +138,8 @@ async def serve(config: Config) -> int:
         log.info("daemon_signal", signal=sig.name)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # a shard leaves SIGINT (a Ctrl-C reaches the whole process group) to its supervisor
+    for sig in (signal.SIGTERM,) if shard else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, reopen)
     log.info(
@@ -94,9 +148,71 @@ async def serve(config: Config) -> int:
         layers=[layer.name for layer in config.layers],
         fd_limit=fd_limit,
     )
-    print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
+    lost: asyncio.Task[None] | None = None
+    if cluster is None:
+        print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
+    else:
+        cluster.ready({"pid": os.getpid(), "listen": addresses, "fd_limit": fd_limit})
+        lost = loop.create_task(_stop_when_lost(cluster, stop))
     await stop.wait()
-    return await shutdown(server, engine, config.rpc.shutdown_deadline_s)
+    if lost is not None:
+        lost.cancel()
+    if http is not None:
+        await http.stop()  # browsers first: nothing is watched while the stack drains
+    metrics.detach()
+    code = await shutdown(server, engine, config.rpc.shutdown_deadline_s)
+    install_metrics(None)
+    if cluster is not None:
+        cluster.close()
+    return code
+
+
+async def _stop_when_lost(cluster: Cluster, stop: asyncio.Event) -> None:
+    """A shard whose supervisor is gone stops, as on SIGTERM (it must not outlive it)."""
+    await cluster.lost.wait()
+    if not stop.is_set():
+        log.error("shard_supervisor_gone")
+        stop.set()
+
+
+def _observability(
+    engine: Any,
+    server: Any,
+    config: Config,
+    cluster: Cluster | None = None,
+    shard: ShardSetup | None = None,
+) -> tuple[Any, Any]:
+    """The daemon's metrics registry (`stack.metrics` reads it), and the HTTP servers when
+    `web.listen` or `metrics.listen` is set; the latency histograms run only then. In a
+    daemon of several shards, shard 0 serves HTTP (`/metrics` answering for every shard), and
+    every shard keeps histograms while it does."""
+    from chimneyd.observe.metrics import Metrics, sharded_text
+
+    def stats() -> dict[str, Any]:
+        out: dict[str, Any] = engine.stats()
+        rpc_stats = getattr(server, "rpc_stats", None)
+        if rpc_stats is not None:
+            out["rpc"] = rpc_stats()
+        out["log"] = {"write_errors": write_errors()}  # as stack.stats has it
+        return out
+
+    metrics = Metrics(stats, probe_interval_s=config.metrics.probe_interval_ms / 1000.0)
+    install_metrics(metrics)
+    if shard is not None and shard.histograms:
+        metrics.attach(engine)
+    if not (config.web.listen or config.metrics.listen):
+        return metrics, None
+    from chimneyd.observe.web import HttpServers
+
+    if config.metrics.histograms:
+        metrics.attach(engine)
+    if cluster is None:
+        return metrics, HttpServers(engine, stats, metrics, config)
+
+    async def exposition() -> bytes:
+        return sharded_text(await cluster.gather("metrics")).encode("utf-8")
+
+    return metrics, HttpServers(engine, stats, metrics, config, exposition, reuse_port=True)
 
 
 async def shutdown(server: Any, engine: Any, deadline: float) -> int:
@@ -105,6 +221,9 @@ async def shutdown(server: Any, engine: Any, deadline: float) -> int:
     end = loop.time() + deadline
     log.info("daemon_stopping", deadline_s=deadline)
     await server.stop_accepting()
+    # what faults hold (a delay of up to a minute, a stalled peer) is released before the drain:
+    # requests it held then finish, instead of each waiting the whole deadline
+    engine.fault_clear(None)
     cancelled = await server.drain(deadline)
     # the engine gets what is left of the deadline, but never less than a moment to say what
     # it could not close
@@ -127,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "log.format": args.log_format,
         "log.level": args.log_level,
         "engine.invariants": True if args.invariants else None,
+        "web.listen": args.web,
+        "metrics.listen": args.metrics,
+        "daemon.shards": _shards_arg(args.shards),
     }
     try:
         config = load_config(args.config, overrides)
@@ -147,4 +269,60 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvloop
 
+    if config.daemon.shards > 1:
+        return uvloop.run(supervise(config))
     return uvloop.run(serve(config))
+
+
+def _shards_arg(value: str | None) -> Any:
+    """`--shards N` as the configuration takes it: a number, or "auto" (anything else is
+    refused by the configuration's own check, naming daemon.shards)."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        return value
+
+
+async def supervise(config: Config) -> int:
+    """The supervisor of a daemon of several shards: hold the addresses, run the shards."""
+    from chimneyd.config import is_loopback, parse_listen
+    from chimneyd.shards.listen import Reservation, reserve, reserve_http
+    from chimneyd.shards.supervisor import Supervisor
+
+    held = Reservation()
+    http: dict[str, str] = {}
+    try:
+        held = reserve(config.rpc.listen, config.rpc.unix_socket_mode)
+        if config.web.listen:
+            http["web"] = reserve_http(held, "web.listen", config.web.listen)
+        if config.metrics.listen:
+            http["metrics"] = reserve_http(held, "metrics.listen", config.metrics.listen)
+    except (OSError, ConfigError) as exc:
+        held.close()
+        log.error("rpc_listen_failed", error=str(exc))
+        print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    for addr in config.rpc.listen:
+        target = parse_listen(addr)
+        if isinstance(target, tuple) and not is_loopback(target[0]):
+            log.warning("rpc_token_over_plain_tcp", listen=addr)
+    try:
+        return await Supervisor(config, held, http).run()
+    finally:
+        held.close()
+
+
+def run_shard(config: Config, shard: ShardSetup) -> int:
+    """A shard's process (`chimneyd.shards.shard`): its log lines say which shard it is."""
+    try:
+        setup_logging(
+            config.log.format, config.log.level, config.log.file, fields={"shard": shard.index}
+        )
+    except OSError as exc:
+        print(f"chimneyd shard {shard.index}: cannot open the log: {exc}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    return uvloop.run(serve(config, shard))

@@ -17,6 +17,7 @@ import msgpack
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 MSGID_LIMIT = 1 << 32  # msgid is a 32-bit unsigned integer (msgpack-rpc spec)
+HEAD = 16  # bytes enough for a request's array header, type and msgid
 
 
 # not frozen: a frozen dataclass sets each field through object.__setattr__, and building the
@@ -62,7 +63,7 @@ class Decoder:
     long array as they arrive, so its buffer alone would never see an endless array as too big.
     """
 
-    __slots__ = ("_dead", "_done", "_fed", "_unpacker", "max_message")
+    __slots__ = ("_dead", "_done", "_fed", "_head", "_unpacker", "max_message")
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
@@ -83,6 +84,7 @@ class Decoder:
         )
         self._fed = 0  # bytes fed so far
         self._done = 0  # stream offset just after the last complete object
+        self._head = b""  # the first bytes of the frame under way: its msgid, if it is too big
         self._dead = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
@@ -112,17 +114,51 @@ class Decoder:
                 if isinstance(msg, ProtocolError):
                     self._dead = True
                     return out
-            if self._fed - self._done > self.max_message:
-                return self._fail(out, self._too_big())
+            if self._done < self._fed:
+                self._keep_head(chunk)
+                if self._fed - self._done > self.max_message:
+                    return self._fail(out, self._too_big())
         return out
 
+    def _keep_head(self, chunk: memoryview) -> None:
+        """Keep the first `HEAD` bytes of the frame under way (it may have begun earlier)."""
+        begun = self._done - (self._fed - len(chunk))  # its offset in this chunk
+        if begun >= 0:
+            self._head = bytes(chunk[begun : begun + HEAD])
+        elif len(self._head) < HEAD:
+            self._head += bytes(chunk[: HEAD - len(self._head)])
+
+    @property
+    def partial(self) -> int:
+        """Bytes of the frame being received, held until it completes (0 between frames, and
+        once the decoder is dead)."""
+        return 0 if self._dead else self._fed - self._done
+
     def _too_big(self) -> ProtocolError:
-        return ProtocolError(f"a message is larger than {self.max_message} bytes", limit=True)
+        # the msgid, when the frame began like a request, so the client learns why (LIMIT)
+        return ProtocolError(
+            f"a message is larger than {self.max_message} bytes", _peek_msgid(self._head), True
+        )
 
     def _fail(self, out: list[Message], error: ProtocolError) -> list[Message]:
         self._dead = True
         out.append(error)
         return out
+
+
+def _peek_msgid(head: bytes) -> int | None:
+    """The msgid of a frame that begins `[0, msgid, ...` (a request), else None."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(head)
+    try:
+        if unpacker.read_array_header() != 4:
+            return None
+        kind, msgid = unpacker.unpack(), unpacker.unpack()
+    except Exception:  # too short or not msgpack: no msgid to answer
+        return None
+    if type(kind) is not int or kind != REQUEST:
+        return None
+    return msgid if type(msgid) is int and 0 <= msgid < MSGID_LIMIT else None
 
 
 def _describe(exc: Exception) -> str:
@@ -176,8 +212,3 @@ class Encoder:
 
     def notification(self, method: str, params: list[Any]) -> bytes:
         return self._packer.pack([NOTIFICATION, method, params])  # type: ignore[no-any-return]
-
-
-def error(code: int, symbol: str, detail: str) -> list[Any]:
-    """The contract's error array: `[code, "SYMBOL: detail"]`."""
-    return [code, f"{symbol}: {detail}"]

@@ -1,310 +1,305 @@
-"""The contract v1 method table: parameter checks, ownership, and the engine call behind each.
+"""The contract v1 method table: for each method, its parameter checks, its ownership and limit
+checks, and the engine call behind it.
 
-Each method takes the calling client's session and the params array and returns a result or
-an awaitable; failures are `EngineError`s carrying contract codes.
+A method takes the `Caller` and the params array. A plain `def` returns the answer, or a future
+the answer comes in (`FUTURE_METHODS`); an `async def` is run as a task. Futures and tasks count
+against the client's in-flight limit. Failures are
+`EngineError`s carrying contract codes (see `errors`). Checks and limit reservations come before
+the first `await`, so pipelined requests are checked in the order they arrived, each seeing the
+ones before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import asyncio
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.observe.logging import write_errors
+from chimneyd.observe.metrics import prometheus_text
 
-from .codec import raw_bytes
+from . import params as P
+from .caller import Caller
 
-if TYPE_CHECKING:
-    from .server import Session
-
-# a plain `def` returns the answer; an `async def` is run as a task (Session.dispatch)
-Method = Callable[["Session", list[Any]], Any]
-MAX_RECV = 8 * 1024 * 1024
-MAX_TIMEOUT_MS = 3_600_000
+Method = Callable[[Caller, list[Any]], Any]
 
 
-def invalid(detail: str) -> EngineError:
-    return EngineError(ErrorCode.INVALID_PARAMS, detail)
+# -- stack -------------------------------------------------------------------------------------
 
 
-def arity(params: list[Any], low: int, high: int, method: str) -> None:
-    if not low <= len(params) <= high:
-        want = str(low) if low == high else f"{low} to {high}"
-        raise invalid(f"{method} takes {want} params, got {len(params)}")
-
-
-def pos_int(value: Any, name: str, upper: int = 1 << 62) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= upper:
-        raise invalid(f"{name} must be a positive integer")
-    return value
-
-
-def opt_timeout(value: Any, name: str = "timeout_ms") -> float | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not 0 <= value <= MAX_TIMEOUT_MS
-    ):
-        raise invalid(f"{name} must be a number of milliseconds between 0 and {MAX_TIMEOUT_MS}")
-    return float(value) / 1000.0
-
-
-def text(value: Any, name: str, limit: int = 255) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise invalid(f"{name} must be a non-empty string")
-    return value
-
-
-def port(value: Any, allow_zero: bool) -> int:
-    low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 65535:
-        raise invalid(f"port must be an integer {low}..65535")
-    return value
-
-
-def opts(value: Any, known: dict[str, type], method: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid(f"{method}: opts must be a map")
-    out = {}
-    for key, v in value.items():
-        if key not in known:
-            raise invalid(f"{method}: unknown option {key!r}")
-        if v is not None and not isinstance(v, known[key]):
-            raise invalid(f"{method}: option {key} must be {known[key].__name__}")
-        out[key] = v
-    return out
-
-
-# -- methods -----------------------------------------------------------------------------------
-
-
-def ping(s: Session, p: list[Any]) -> str:
-    arity(p, 0, 0, "ping")
+def ping(c: Caller, p: list[Any]) -> str:
+    P.arity(p, 0, 0, "ping")
     return "pong"
 
 
-def auth(s: Session, p: list[Any]) -> bool:
-    arity(p, 1, 1, "auth")
-    token = p[0]
-    if isinstance(token, bytes):
-        token = token.decode("utf-8", "surrogateescape")
-    if not isinstance(token, str):
-        raise invalid("token must be a string")
-    s.authenticate(token)
+def auth(c: Caller, p: list[Any]) -> bool:
+    P.arity(p, 1, 1, "auth")
+    c.authenticate(P.token(p[0]))
     return True
 
 
-def stack_info(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 0, 0, "stack.info")
-    info = s.engine.info()
-    info["rpc"] = s.server.describe()
+def stack_info(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 0, 0, "stack.info")
+    info = c.engine.info()
+    info["rpc"] = c.describe_rpc()
     return info
 
 
-def stack_stats(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 0, 0, "stack.stats")
-    stats = s.engine.stats()
-    stats["rpc"] = s.server.rpc_stats()
+def stack_stats(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 0, 0, "stack.stats")
+    stats = c.engine.stats()
+    stats["rpc"] = c.rpc_stats()
+    stats["log"] = {"write_errors": write_errors()}  # log lines lost to a failed write
     return stats
 
 
-async def tcp_connect(s: Session, p: list[Any]) -> int:
-    arity(p, 2, 3, "tcp.connect")
-    host = text(p[0], "host")
-    prt = port(p[1], allow_zero=False)
-    o = opts(p[2] if len(p) > 2 else None, {"offload": bool, "target": str}, "tcp.connect")
-    offload = o.get("offload", True) is not False
-    return await s.new_conn(s.engine.connect(host, prt, offload, o.get("target"), s.adopt))
+def stack_metrics(c: Caller, p: list[Any]) -> str:
+    """Extension: `stack.stats` gauges and counters as Prometheus text."""
+    P.arity(p, 0, 0, "stack.metrics")
+    return prometheus_text(stack_stats(c, []))
 
 
-async def tcp_listen(s: Session, p: list[Any]) -> int:
-    arity(p, 2, 3, "tcp.listen")
-    host = text(p[0], "host")
-    prt = port(p[1], allow_zero=True)
-    o = opts(p[2] if len(p) > 2 else None, {"offload": bool}, "tcp.listen")
-    s.check_listener_room()
-    lid = await s.engine.listen(host, prt, o.get("offload", True) is not False)
-    s.add_listener(lid)
-    return lid
+# -- connections and listeners -------------------------------------------------------------------
 
 
-def tcp_listener_info(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 1, 1, "tcp.listener_info")
-    lid = s.listener(p[0])
-    return s.engine.listener_info(lid)
+async def tcp_connect(c: Caller, p: list[Any]) -> int:
+    P.arity(p, 2, 3, "tcp.connect")
+    host = P.text(p[0], "host")
+    port = P.port(p[1], allow_zero=False)
+    o = P.opts(P.optional(p, 2), {"offload": bool, "target": str}, "tcp.connect")
+    h = c.holdings
+    # connections already accepted on this client's listeners are as good as its own
+    c.ownership.reserve_conn(h, c.config.max_connections_per_client, _waiting(c))
+    adopt = functools.partial(c.ownership.conn_made, h)
+
+    def on_conn(conn: int) -> None:
+        adopt(conn)  # owned before the offload starts, so its owner hears `offloaded`
+
+    made = c.engine.connect(host, port, o.get("offload", True), o.get("target"), on_conn)
+    return await _made_for(c, made, adopt, c.ownership.unreserve_conn, c.engine.close)
 
 
-async def tcp_accept(s: Session, p: list[Any]) -> int:
-    arity(p, 1, 2, "tcp.accept")
-    lid = s.listener(p[0])
-    timeout = opt_timeout(p[1] if len(p) > 1 else None)
-    return await s.new_conn(s.engine.accept(lid, timeout))
+async def tcp_listen(c: Caller, p: list[Any]) -> int:
+    P.arity(p, 2, 3, "tcp.listen")
+    host = P.text(p[0], "host")
+    port = P.port(p[1], allow_zero=True)
+    o = P.opts(P.optional(p, 2), {"offload": bool}, "tcp.listen")
+    h = c.holdings
+    c.ownership.reserve_listener(h, c.config.max_listeners_per_client)
+    made = c.engine.listen(host, port, o.get("offload", True))
+    adopt = functools.partial(c.ownership.listener_made, h)
+    return await _made_for(c, made, adopt, c.ownership.unreserve_listener, c.engine.close_listener)
 
 
-async def tcp_offload(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 1, 1, "tcp.offload")
-    return await s.engine.offload(s.conn(p[0]))
+def tcp_listener_info(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 1, 1, "tcp.listener_info")
+    lid = c.ownership.listener(c.holdings, P.pos_int(p[0], "listener_id"))
+    return c.engine.listener_info(lid)
 
 
-async def tcp_upload(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 1, 1, "tcp.upload")
-    return await s.engine.upload(s.conn(p[0]))
+async def tcp_accept(c: Caller, p: list[Any]) -> int:
+    P.arity(p, 1, 2, "tcp.accept")
+    h = c.holdings
+    lid = c.ownership.listener(h, P.pos_int(p[0], "listener_id"))
+    timeout = P.timeout_s(P.optional(p, 1))
+    # an accept turns a waiting connection into an owned one: it adds nothing to count
+    c.ownership.reserve_conn(h, c.config.max_connections_per_client)
+    adopt = functools.partial(c.ownership.conn_made, h)
+    made = c.engine.accept(lid, timeout)
+    return await _made_for(c, made, adopt, c.ownership.unreserve_conn, c.engine.close)
 
 
-async def tcp_send(s: Session, p: list[Any]) -> int:
-    arity(p, 2, 2, "tcp.send")
-    conn = s.conn(p[0])
-    if not isinstance(p[1], bytes | str):
-        raise invalid("data must be bin (or str from raw-mode clients)")
-    return await s.engine.send(conn, raw_bytes(p[1]))
+def _waiting(c: Caller) -> int:
+    """Connections accepted on this client's listeners that no `tcp.accept` took yet."""
+    waiting = 0
+    for lid in c.holdings.listeners:
+        with contextlib.suppress(EngineError):
+            pending = c.engine.listener_info(lid).get("pending", 0)
+            waiting += pending if type(pending) is int else 0
+    return waiting
 
 
-async def tcp_recv(s: Session, p: list[Any]) -> bytes:
-    arity(p, 2, 4, "tcp.recv")
-    conn = s.conn(p[0])
-    max_bytes = pos_int(p[1], "max_bytes", MAX_RECV)
-    timeout = opt_timeout(p[2] if len(p) > 2 else None)
+async def _made_for(
+    c: Caller,
+    made: Coroutine[Any, Any, int],
+    adopt: Callable[[int], bool],
+    unreserve: Callable[[Any], None],
+    undo: Callable[[int], Coroutine[Any, Any, None]],
+) -> int:
+    """Run an engine call that makes something for this client (a connection, a listener) to
+    its end even if the request is cancelled (client gone, daemon stopping): what it makes is
+    always adopted, or undone when nobody is left to own it. The reservation taken for it is
+    returned either way."""
+    h = c.holdings
+    inner = asyncio.ensure_future(made)
+
+    def done(task: asyncio.Future[int]) -> None:
+        unreserve(h)
+        if task.cancelled() or task.exception() is not None:
+            return
+        made_id = task.result()
+        if not adopt(made_id):
+            c.background(undo(made_id))
+
+    inner.add_done_callback(done)
+    return await asyncio.shield(inner)
+
+
+async def tcp_offload(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 1, 1, "tcp.offload")
+    return await c.engine.offload(_conn(c, p[0]))
+
+
+async def tcp_upload(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 1, 1, "tcp.upload")
+    return await c.engine.upload(_conn(c, p[0]))
+
+
+# The two methods on the data path return the engine's future itself: the server answers from
+# its done callback, with no task (and no coroutine) per request.
+def tcp_send(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
+    P.arity(p, 2, 2, "tcp.send")
+    conn = _conn(c, p[0])
+    return c.engine.start_send(conn, P.payload(p[1]))
+
+
+def tcp_recv(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
+    P.arity(p, 2, 4, "tcp.recv")
+    conn = _conn(c, p[0])
+    max_bytes = P.pos_int(p[1], "max_bytes", P.MAX_RECV)
+    timeout = P.timeout_s(P.optional(p, 2))
     # extension: opts {"waitall": true} reads exactly max_bytes (short only at end of stream);
     # offloaded, that is a non-push receive request (spec §4.2)
-    o = opts(p[3] if len(p) > 3 else None, {"waitall": bool}, "tcp.recv")
-    return await s.engine.recv(conn, max_bytes, timeout, bool(o.get("waitall", False)))
+    o = P.opts(P.optional(p, 3), {"waitall": bool}, "tcp.recv")
+    return c.engine.start_recv(conn, max_bytes, timeout, o.get("waitall", False))
 
 
-async def tcp_disconnect(s: Session, p: list[Any]) -> str:
-    arity(p, 1, 2, "tcp.disconnect")
-    conn = s.conn(p[0])
-    abortive = p[1] if len(p) > 1 and p[1] is not None else False
-    if not isinstance(abortive, bool):
-        raise invalid("abortive must be a boolean")
-    return await s.engine.disconnect(conn, abortive)
+async def tcp_disconnect(c: Caller, p: list[Any]) -> str:
+    P.arity(p, 1, 2, "tcp.disconnect")
+    conn = _conn(c, p[0])
+    return await c.engine.disconnect(conn, P.flag(P.optional(p, 1), "abortive"))
 
 
-async def tcp_close(s: Session, p: list[Any]) -> bool:
-    arity(p, 1, 1, "tcp.close")
-    conn = s.conn(p[0])
-    await s.engine.close(conn)
-    s.release(conn)
+async def tcp_close(c: Caller, p: list[Any]) -> bool:
+    P.arity(p, 1, 1, "tcp.close")
+    conn = _conn(c, p[0])
+    await c.engine.close(conn)
+    c.ownership.conn_closed(conn)
     return True
 
 
-def tcp_info(s: Session, p: list[Any]) -> dict[str, Any]:
-    arity(p, 1, 1, "tcp.info")
-    return s.engine.conn_info(s.conn(p[0]))
+def tcp_info(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 1, 1, "tcp.info")
+    return c.engine.conn_info(_conn(c, p[0]))
 
 
-def tcp_list(s: Session, p: list[Any]) -> list[int]:
-    arity(p, 0, 0, "tcp.list")
-    if s.admin:
-        return s.engine.conn_ids()
-    live = set(s.engine.conn_ids())
-    return sorted(c for c in s.conns if c in live)
+def tcp_list(c: Caller, p: list[Any]) -> list[int]:
+    P.arity(p, 0, 0, "tcp.list")
+    if c.holdings.admin:
+        return c.engine.conn_ids()
+    live = set(c.engine.conn_ids())
+    return sorted(conn for conn in c.holdings.conns if conn in live)
 
 
-async def tcp_query(s: Session, p: list[Any]) -> dict[str, Any]:
+async def tcp_query(c: Caller, p: list[Any]) -> dict[str, Any]:
     """Extension: `NdisQueryOffloadState` of the connection; the delegated state now."""
-    arity(p, 1, 1, "tcp.query")
-    return await s.engine.query(s.conn(p[0]))
+    P.arity(p, 1, 1, "tcp.query")
+    return await c.engine.query(_conn(c, p[0]))
 
 
-async def tcp_update(s: Session, p: list[Any]) -> dict[str, Any]:
+async def tcp_update(c: Caller, p: list[Any]) -> dict[str, Any]:
     """Extension: `NdisUpdateOffload` with new cached TCP variables, e.g.
     `{"RcvIndicationSize": 512, "KaTimeout": 7200000}` (spec §3.4)."""
-    arity(p, 2, 2, "tcp.update")
-    conn = s.conn(p[0])
+    P.arity(p, 2, 2, "tcp.update")
+    conn = _conn(c, p[0])
     if not isinstance(p[1], dict) or not p[1]:
-        raise invalid("tcp.update takes a non-empty map of cached variables")
-    return await s.engine.update(conn, p[1])
+        raise P.invalid("tcp.update takes a non-empty map of cached variables")
+    return await c.engine.update(conn, p[1])
 
 
-def trace_get(s: Session, p: list[Any]) -> list[dict[str, Any]]:
-    arity(p, 1, 2, "trace.get")
-    conn = s.conn(p[0], closed_ok=True)  # the trace of a closed connection stays readable
-    limit = None
-    if len(p) > 1 and p[1] is not None:
-        limit = pos_int(p[1], "limit", 1 << 20)
-    return s.engine.trace(conn, limit)
+def _conn(c: Caller, value: Any, closed_ok: bool = False) -> int:
+    return c.ownership.conn(c.holdings, P.pos_int(value, "conn_id"), closed_ok)
 
 
-def events_subscribe(s: Session, p: list[Any]) -> bool:
-    arity(p, 1, 1, "events.subscribe")
-    target = p[0]
-    if isinstance(target, bytes):
-        target = target.decode("utf-8", "replace")
-    if target == "*":
-        s.subscribe(None)
-    else:
-        s.subscribe(s.conn(target))
+# -- traces and events ---------------------------------------------------------------------------
+
+
+def trace_get(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
+    P.arity(p, 1, 2, "trace.get")
+    conn = _conn(c, p[0], closed_ok=True)  # the trace of a closed connection stays readable
+    limit = P.optional(p, 1)
+    return c.engine.trace(conn, None if limit is None else P.pos_int(limit, "limit", 1 << 20))
+
+
+def events_subscribe(c: Caller, p: list[Any]) -> bool:
+    P.arity(p, 1, 1, "events.subscribe")
+    c.subscribe(None if P.is_all(p[0]) else _conn(c, p[0]))
     return True
 
 
-def fault_inject(s: Session, p: list[Any]) -> int:
-    arity(p, 1, 1, "fault.inject")
+# -- faults ------------------------------------------------------------------------------------
+
+
+def fault_inject(c: Caller, p: list[Any]) -> int:
+    P.arity(p, 1, 1, "fault.inject")
     spec = p[0]
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
-        raise invalid("spec must be a map with a string 'kind'")
-    conn = s.conn(spec["conn"]) if "conn" in spec else None  # a fault on a connection: yours
-    fid = s.engine.fault_inject(spec)
-    s.add_fault(fid, conn)
+        raise P.invalid("spec must be a map with a string 'kind'")
+    conn = _conn(c, spec["conn"]) if "conn" in spec else None  # a fault on a connection: yours
+    fid = c.engine.fault_inject(spec)
+    c.ownership.add_fault(c.holdings, fid, conn)
     return fid
 
 
-def fault_clear(s: Session, p: list[Any]) -> bool:
+def fault_clear(c: Caller, p: list[Any]) -> bool:
     """A client clears its own faults (and those nobody owns any more); `"*"` means all of
     those, or every fault for an admin. Someone else's fault is NOT_FOUND."""
-    arity(p, 1, 1, "fault.clear")
-    target = p[0]
-    if isinstance(target, bytes):
-        target = target.decode("utf-8", "replace")
-    if target == "*":
-        if s.admin:
-            s.engine.fault_clear(None)
-            for known in list(s.server.fault_owner):
-                s.server.forget_fault(known)
+    P.arity(p, 1, 1, "fault.clear")
+    own, h = c.ownership, c.holdings
+    if P.is_all(p[0]):
+        if h.admin:
+            c.engine.fault_clear(None)
+            own.forget_all_faults()
             return True
-        for fault in s.engine.fault_list():
+        for fault in c.engine.fault_list():
             listed = fault.get("id")
-            if isinstance(listed, int) and s.may_touch_fault(listed):
-                _clear_one(s, listed)
-        for mine in list(s.faults):  # inactive ones too (fault_list shows only active faults)
-            _clear_one(s, mine)
+            if type(listed) is int and own.may_touch_fault(h, listed):
+                _clear_one(c, listed)
+        for mine in list(h.faults):  # inactive ones too (fault_list shows only active faults)
+            _clear_one(c, mine)
         return True
-    fid = pos_int(target, "fault_id")
-    if not s.may_touch_fault(fid):
+    fid = P.pos_int(p[0], "fault_id")
+    if not own.may_touch_fault(h, fid):
         raise EngineError(ErrorCode.NOT_FOUND, f"no fault {fid}")
-    s.engine.fault_clear(fid)
-    s.forget_fault(fid)
+    c.engine.fault_clear(fid)
+    own.forget_fault(fid)
     return True
 
 
-def _clear_one(s: Session, fid: int) -> None:
+def _clear_one(c: Caller, fid: int) -> None:
     try:
-        s.engine.fault_clear(fid)
+        c.engine.fault_clear(fid)
     except EngineError as err:
         if err.code != ErrorCode.NOT_FOUND:
             raise
-    s.forget_fault(fid)
+    c.ownership.forget_fault(fid)
 
 
-def fault_list(s: Session, p: list[Any]) -> list[dict[str, Any]]:
-    arity(p, 0, 0, "fault.list")
-    faults = s.engine.fault_list()
-    if s.admin:
+def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
+    P.arity(p, 0, 0, "fault.list")
+    faults = c.engine.fault_list()
+    if c.holdings.admin:
         return faults
-    return [f for f in faults if isinstance(f.get("id"), int) and s.may_touch_fault(f["id"])]
+    own, h = c.ownership, c.holdings
+    return [f for f in faults if type(f.get("id")) is int and own.may_touch_fault(h, f["id"])]
 
 
-def stack_metrics(s: Session, p: list[Any]) -> str:
-    """Extension: `stack.stats` gauges and counters as Prometheus text."""
-    arity(p, 0, 0, "stack.metrics")
-    from chimneyd.observe.metrics import prometheus_text
-
-    return prometheus_text(stack_stats(s, []))
-
+#: Methods that return a future: the in-flight limit is checked before they run, since they
+#: start their work before they return.
+FUTURE_METHODS = frozenset({"tcp.send", "tcp.recv"})
 
 METHODS: dict[str, Method] = {
     "ping": ping,
@@ -336,4 +331,32 @@ METHODS: dict[str, Method] = {
 #: Methods a client may call before `auth` when the daemon has a token.
 OPEN_METHODS = frozenset({"ping", "auth"})
 
-__all__ = ["METHODS", "OPEN_METHODS", "Method", "pos_int"]
+#: Methods whose first param is a connection id (named in the log line of an INTERNAL error).
+ON_CONN = frozenset(
+    {
+        "tcp.offload",
+        "tcp.upload",
+        "tcp.send",
+        "tcp.recv",
+        "tcp.disconnect",
+        "tcp.close",
+        "tcp.info",
+        "tcp.query",
+        "tcp.update",
+        "trace.get",
+        "events.subscribe",
+    }
+)
+
+
+def conn_param(method: str, params: list[Any]) -> int | None:
+    """The connection a request is about, for its log line (None if it names none)."""
+    if method in ON_CONN and params and type(params[0]) is int:
+        return params[0]
+    if method == "fault.inject" and params and isinstance(params[0], dict):
+        conn = params[0].get("conn")
+        return conn if type(conn) is int else None
+    return None
+
+
+__all__ = ["FUTURE_METHODS", "METHODS", "ON_CONN", "OPEN_METHODS", "Method", "conn_param"]

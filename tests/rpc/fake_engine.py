@@ -45,17 +45,23 @@ class FakeEngine:
         self._ids = itertools.count(1)
         self._listener_ids = itertools.count(1)
         self._fault_ids = itertools.count(1)
-        self.explode = False  # `info` raises a plain exception (a bug → INTERNAL)
+        # method name → what that call raises (a bug → INTERNAL, EMFILE → LIMIT, ...)
+        self.fail: dict[str, BaseException] = {}
         self.connect_gate: asyncio.Event | None = None  # when set, connects wait on it
+        self.listen_gate: asyncio.Event | None = None  # when set, listens wait on it
         self.shutdown_deadline: float | None = None
 
     def last_call(self) -> Any:
         return self.calls[-1]
 
     # -- stack ---------------------------------------------------------------------------------
+    def _maybe_fail(self, call: str) -> None:
+        exc = self.fail.get(call)
+        if exc is not None:
+            raise exc
+
     def info(self) -> dict[str, Any]:
-        if self.explode:
-            raise RuntimeError("the fake engine was told to explode")
+        self._maybe_fail("info")
         return {
             "version": "fake",
             "contract": 1,
@@ -91,6 +97,7 @@ class FakeEngine:
         self.calls.append(("connect", host, port, offload, target))
         if self.connect_gate is not None:
             await self.connect_gate.wait()
+        self._maybe_fail("connect")
         if port == REFUSED_PORT:
             raise EngineError(ErrorCode.CONNECT_FAILED, f"{host}:{port} refused the connection")
         conn = self._new_conn(host, port, offload)
@@ -105,6 +112,9 @@ class FakeEngine:
 
     async def listen(self, host: str, port: int, offload: bool = True) -> int:
         self.calls.append(("listen", host, port, offload))
+        if self.listen_gate is not None:
+            await self.listen_gate.wait()
+        self._maybe_fail("listen")
         lid = next(self._listener_ids)
         self.listeners[lid] = (host, port or 40000 + lid, asyncio.Queue())
         return lid
@@ -114,6 +124,12 @@ class FakeEngine:
         conn = self._new_conn(host, port, True)
         self.listeners[lid][2].put_nowait(conn)
         return conn
+
+    def deliver(self, conn_id: int, data: bytes) -> None:
+        """Test hook: the peer sent `data` on `conn_id` (a waiting `recv` completes)."""
+        conn = self.conns[conn_id]
+        conn.buffer += data
+        conn.readable.set()
 
     def listener_info(self, listener_id: int) -> dict[str, Any]:
         host, port, queue = self._listener(listener_id)
@@ -127,6 +143,7 @@ class FakeEngine:
 
     async def accept(self, listener_id: int, timeout: float | None) -> int:
         self.calls.append(("accept", listener_id, timeout))
+        self._maybe_fail("accept")
         queue = self._listener(listener_id)[2]
         try:
             async with asyncio.timeout(timeout):
@@ -147,6 +164,7 @@ class FakeEngine:
             raise EngineError(ErrorCode.NOT_FOUND, f"no connection {conn_id}") from None
 
     async def offload(self, conn_id: int) -> dict[str, Any]:
+        self.calls.append(("offload", conn_id))
         conn = self._conn(conn_id)
         if conn.state == "offloaded":
             raise EngineError(ErrorCode.INVALID_STATE, f"connection {conn_id} is offloaded")
@@ -155,6 +173,7 @@ class FakeEngine:
         return {"state": "offloaded", "path": ["tcpip", "nic0"]}
 
     async def upload(self, conn_id: int) -> dict[str, Any]:
+        self.calls.append(("upload", conn_id))
         conn = self._conn(conn_id)
         conn.state = "host"
         self._emit(conn_id, "uploaded", {"reason": "UploadRequested"})
@@ -162,11 +181,20 @@ class FakeEngine:
 
     async def send(self, conn_id: int, data: bytes) -> int:
         self.calls.append(("send", conn_id, bytes(data)))
+        self._maybe_fail("send")
         conn = self._conn(conn_id)
         conn.buffer += data
         conn.readable.set()
         conn.trace.append({"seq": len(conn.trace) + 1, "call": "NdisOffloadTcpSend"})
         return len(data)
+
+    def start_send(self, conn_id: int, data: bytes) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.send(conn_id, data))
+
+    def start_recv(
+        self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
+    ) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(self.recv(conn_id, max_bytes, timeout, waitall))
 
     async def recv(
         self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False
@@ -199,10 +227,17 @@ class FakeEngine:
         self.subscribers.pop(conn_id, None)
 
     async def query(self, conn_id: int) -> dict[str, Any]:
+        self.calls.append(("query", conn_id))
         self._conn(conn_id)
         return {"State": "TcpConnectionEstablished"}
 
+    async def update(self, conn_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("update", conn_id, dict(changes)))
+        self._conn(conn_id)
+        return {"updated": sorted(changes)}
+
     def conn_info(self, conn_id: int) -> dict[str, Any]:
+        self._maybe_fail("conn_info")
         conn = self._conn(conn_id)
         return {"state": conn.state, "remote": f"{conn.host}:{conn.port}"}
 
@@ -241,14 +276,20 @@ class FakeEngine:
         self._emit(conn_id, event, info or {})
 
     # -- faults --------------------------------------------------------------------------------
-    def fault_inject(self, spec: dict[str, Any]) -> int:
+    def fault_inject(self, spec: dict[str, Any], fault_id: int | None = None) -> int:
         if spec["kind"] not in ("peer_reset", "stall_peer", "target_failure", "delay", "fail_next"):
             raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown fault kind {spec['kind']!r}")
         if "conn" in spec:
             self._conn(spec["conn"])
-        fid = next(self._fault_ids)
+        fid = next(self._fault_ids) if fault_id is None else fault_id
         self.faults[fid] = dict(spec)
         return fid
+
+    def fault_reserve(self) -> int:
+        return next(self._fault_ids)
+
+    def fault_entries(self) -> list[dict[str, Any]]:
+        return [{"id": fid, **spec, "active": True} for fid, spec in self.faults.items()]
 
     def fault_clear(self, fault_id: int | None) -> None:
         if fault_id is None:

@@ -193,6 +193,49 @@ def test_frame_over_the_limit_streamed_in_small_pieces() -> None:
     assert fed <= 2 * LIMIT  # refused within one slice of passing the limit
 
 
+@pytest.mark.parametrize("piece", [1, 7, 100, LIMIT])
+def test_a_request_over_the_limit_keeps_its_msgid(piece: int) -> None:
+    """So the client can be told LIMIT for that request before the close, however the frame's
+    first bytes were cut."""
+    frame = pack([0, 4242, "tcp.send", [1, b"x" * (2 * LIMIT)]])
+    d = Decoder(LIMIT)
+    out: list[Any] = d.feed(pack([0, 1, "ping", []]) + frame[:3])  # a frame, then a head
+    for start in range(3, len(frame), piece):
+        out += d.feed(frame[start : start + piece])
+        if len(out) > 1:
+            break
+    assert out[0] == Request(1, "ping", [])
+    assert out[1] == ProtocolError(f"a message is larger than {LIMIT} bytes", 4242, True)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        [2, "tcp.event", [b"x" * (2 * LIMIT)]],  # a notification: no msgid
+        [0, "7", "ping", [b"x" * (2 * LIMIT)]],  # a msgid that is not one
+        [0, 1 << 40, "ping", [b"x" * (2 * LIMIT)]],
+        [b"x" * (2 * LIMIT)],
+    ],
+    ids=["notification", "str-msgid", "msgid-too-big", "no-msgid"],
+)
+def test_a_frame_over_the_limit_with_no_msgid(frame: list[Any]) -> None:
+    [err] = Decoder(LIMIT).feed(pack(frame))
+    assert err == ProtocolError(f"a message is larger than {LIMIT} bytes", None, True)
+
+
+def test_partial_counts_the_frame_under_way() -> None:
+    d = Decoder(LIMIT)
+    frame = pack([0, 1, "tcp.send", [1, b"x" * 1000]])
+    assert d.partial == 0
+    assert d.feed(frame[:600]) == []
+    assert d.partial == 600
+    assert d.feed(frame[600:] + frame[:10]) == [Request(1, "tcp.send", [1, b"x" * 1000])]
+    assert d.partial == 10
+    [err] = d.feed(pack([b"x" * (2 * LIMIT)]))  # too big: the decoder is dead, holds nothing
+    assert isinstance(err, ProtocolError)
+    assert d.partial == 0
+
+
 def test_big_feed_is_sliced_and_limit_applies() -> None:
     big = pack([0, 1, "tcp.send", [1, b"y" * (3 * LIMIT)]])
     out = Decoder(LIMIT).feed(big)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from chimneyd.rpc.methods import METHODS
 from tests.rpc.support import HOST, Served, start, stop
 
+CLOSED_FIRST = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
 SYMBOLS = {
     1: "NO_METHOD",
     2: "INVALID_PARAMS",
@@ -97,9 +99,12 @@ def throw(address: tuple[str, int], data: bytes) -> None:
     """Send `data` then end the stream; read and check all the server says until it closes."""
     with socket.create_connection(address, timeout=10) as sock:
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        with contextlib.suppress(OSError):
+        try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)  # the server takes the end of stream as goodbye
+        except OSError as exc:  # the server closed first; a timeout (a hang) is a failure
+            if isinstance(exc, TimeoutError) or exc.errno not in CLOSED_FIRST:
+                raise
         with contextlib.suppress(ConnectionResetError):
             while chunk := sock.recv(1 << 16):
                 unpacker.feed(chunk)

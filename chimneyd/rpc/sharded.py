@@ -1,0 +1,271 @@
+"""The methods that answer for the whole daemon when it runs as several shards (design: scale),
+and each shard's part of their answers.
+
+A client and all it owns live in one shard, so every other method is the shard's own
+(`methods`). These ask the other shards through the supervisor (`ClusterAPI`):
+- `stack.info`, `stack.stats`, `stack.metrics`: every shard's part, summed and broken down
+  per shard (`observe.aggregate`);
+- `fault.inject` on a layer: the fault goes into that layer in every shard (or the one named by
+  the extension key `shard`), under one id from this shard's range; a shard that cannot take it
+  undoes it everywhere;
+- `fault.list`, `fault.clear`: the faults of every shard as one table, with the ownership rules
+  of `rpc.ownership` (a fault's maker is known in its own shard).
+An admin's `events.subscribe "*"` hears every shard's events (`session.Session.subscribe`).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+from chimneyd.api import ClusterAPI, EngineAPI, EngineError, ErrorCode
+from chimneyd.observe.aggregate import (
+    FaultView,
+    fault_table,
+    may_touch,
+    merge_info,
+    merge_stats,
+    shard_faults,
+)
+from chimneyd.observe.logging import write_errors
+from chimneyd.observe.metrics import installed, sharded_text
+
+from . import methods
+from . import params as P
+from .caller import Caller
+from .ownership import Ownership
+
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# -- one shard's parts ------------------------------------------------------------------------------
+class ShardParts:
+    """What this shard answers when the daemon asks every shard (the supervisor's `part`)."""
+
+    def __init__(self, index: int, engine: EngineAPI, server: Any) -> None:
+        self.index = index
+        self.engine = engine
+        self.server = server  # the RpcServer: its client counts, its ownership
+        self.homes: dict[int, int] = {}  # faults put here by another shard → that shard
+        process_info()  # opens /proc/self/statm while descriptors are plenty
+
+    @property
+    def ownership(self) -> Ownership:
+        own: Ownership = self.server.ownership
+        return own
+
+    def __call__(self, what: str, arg: Any = None) -> Any:
+        part = getattr(self, f"part_{what}", None)
+        if part is None:
+            raise EngineError(ErrorCode.NO_METHOD, f"no shard part {what!r}")
+        return part(arg)
+
+    def part_info(self, _: Any) -> dict[str, Any]:
+        return {**self.engine.info(), "process": process_info()}
+
+    def part_stats(self, _: Any) -> dict[str, Any]:
+        stats = self.engine.stats()
+        stats["rpc"] = self.server.rpc_stats()
+        stats["log"] = {"write_errors": write_errors()}
+        stats["process"] = process_info()
+        return stats
+
+    def part_metrics(self, _: Any) -> dict[str, Any]:
+        m = installed()
+        return {"stats": self.part_stats(None), "histograms": m.raw() if m is not None else {}}
+
+    def part_faults(self, _: Any) -> dict[str, Any]:
+        own = self.ownership
+
+        def orphan(fid: int) -> bool:
+            return own.fault_owner.get(fid) is None
+
+        entries = self.engine.fault_entries()
+        return {"faults": shard_faults(entries, self.index, self.homes, orphan)}
+
+    def part_fault_mirror(self, arg: Any) -> int:
+        """Another shard's client made a layer fault: put it here under the same id."""
+        fid, spec, home = int(arg["id"]), dict(arg["spec"]), int(arg["home"])
+        self.engine.fault_inject(spec, fid)
+        self.homes[fid] = home
+        return fid
+
+    def part_fault_clear(self, arg: Any) -> bool:
+        """Clear the fault `arg` here (already checked by the shard that was asked). False if
+        it was not here any more."""
+        fid = int(arg)
+        self.homes.pop(fid, None)
+        self.ownership.forget_fault(fid)
+        try:
+            self.engine.fault_clear(fid)
+        except EngineError as err:
+            if err.code != ErrorCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    def part_fault_clear_all(self, _: Any) -> bool:
+        self.engine.fault_clear(None)
+        self.ownership.forget_all_faults()
+        self.homes.clear()
+        return True
+
+
+_statm: int | None = None
+
+
+def process_info() -> dict[str, Any]:
+    """The shard's process: pid, resident memory, open descriptors and their limit. Answers
+    even when the process is out of descriptors (then `open_fds` is None): /proc/self/statm
+    is kept open from the first call, and re-read in place."""
+    global _statm
+    rss_kb: int | None = None
+    fds: int | None = None
+    try:
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY)
+        rss_kb = int(os.pread(_statm, 256, 0).split()[1]) * PAGE_KB
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        pass
+    return {
+        "pid": os.getpid(),
+        "rss_kb": rss_kb,
+        "open_fds": fds,
+        "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    }
+
+
+# -- the methods --------------------------------------------------------------------------------
+def _cluster(c: Caller) -> ClusterAPI:
+    cluster = c.cluster
+    assert cluster is not None, "the sharded methods serve a shard"
+    return cluster
+
+
+async def stack_info(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 0, 0, "stack.info")
+    cl = _cluster(c)
+    info = merge_info(await cl.gather("info"), cl.index)
+    info["rpc"] = c.describe_rpc()
+    return info
+
+
+async def stack_stats(c: Caller, p: list[Any]) -> dict[str, Any]:
+    P.arity(p, 0, 0, "stack.stats")
+    return merge_stats(await _cluster(c).gather("stats"))
+
+
+async def stack_metrics(c: Caller, p: list[Any]) -> str:
+    """Extension: every shard's gauges and counters summed, and each shard's, as Prometheus
+    text."""
+    P.arity(p, 0, 0, "stack.metrics")
+    return sharded_text(await _cluster(c).gather("metrics"))
+
+
+async def fault_inject(c: Caller, p: list[Any]) -> int:
+    P.arity(p, 1, 1, "fault.inject")
+    cl = _cluster(c)
+    spec = p[0]
+    if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+        raise P.invalid("spec must be a map with a string 'kind'")
+    shard = spec.get("shard")
+    spec = {k: v for k, v in spec.items() if k != "shard"}
+    if shard is not None and (type(shard) is not int or not 0 <= shard < cl.count):
+        raise P.invalid(f"fault key 'shard' must be a shard number 0..{cl.count - 1}")
+    if "conn" in spec:
+        # a connection lives in its owner's shard, and so does a fault on it
+        if shard not in (None, cl.index):
+            raise P.invalid(f"a fault on a connection acts in its own shard ({cl.index})")
+        return methods.fault_inject(c, [spec])
+    targets = list(range(cl.count)) if shard is None else [shard]
+    fid = c.engine.fault_reserve()
+    if cl.index in targets:
+        c.engine.fault_inject(spec, fid)  # a bad spec fails here, before any shard has it
+    others = [t for t in targets if t != cl.index]
+    replies = await cl.ask("fault_mirror", {"id": fid, "spec": spec, "home": cl.index}, others)
+    failed = {k: r for k, r in replies.items() if r.state == "failed"}
+    if shard is not None and replies.get(shard) is not None and replies[shard].state == "down":
+        failed[shard] = replies[shard]
+    if failed:
+        # all or nothing: whoever took it gives it back — a shard that did not answer too, as it
+        # may take it late (the clear follows the fault on its channel); in the background, so
+        # that this answer does not wait for a slow shard twice
+        if cl.index in targets:
+            cl.local("fault_clear", fid)
+        back = [k for k, r in replies.items() if r.state != "down"]
+        c.background(cl.ask("fault_clear", fid, back))
+        first, reply = min(failed.items())
+        if reply.error is not None:
+            raise reply.error
+        raise EngineError(ErrorCode.INVALID_STATE, f"shard {first} is down (being restarted)")
+    c.ownership.add_fault(c.holdings, fid, None)
+    return fid
+
+
+def _may(c: Caller, me: int, view: FaultView) -> bool:
+    own, h = c.ownership, c.holdings
+    return may_touch(view, me, h.admin, lambda fid: own.may_touch_fault(h, fid))
+
+
+async def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
+    """Extension in each fault's map: `shards`, the shards that hold it."""
+    P.arity(p, 0, 0, "fault.list")
+    cl = _cluster(c)
+    table = fault_table(await cl.gather("faults"))
+    return [v.as_map() for _, v in sorted(table.items()) if v.active and _may(c, cl.index, v)]
+
+
+async def fault_clear(c: Caller, p: list[Any]) -> bool:
+    P.arity(p, 1, 1, "fault.clear")
+    cl = _cluster(c)
+    if P.is_all(p[0]) and c.holdings.admin:
+        cl.local("fault_clear_all")
+        others = [k for k in range(cl.count) if k != cl.index]
+        _raise_failed(await cl.ask("fault_clear_all", None, others))
+        return True
+    fid = None if P.is_all(p[0]) else P.pos_int(p[0], "fault_id")
+    table = fault_table(await cl.gather("faults"))
+    if fid is not None:
+        view = table.get(fid)
+        if view is None or not _may(c, cl.index, view):
+            raise EngineError(ErrorCode.NOT_FOUND, f"no fault {fid}")
+        await _clear_everywhere(c, cl, view)
+        return True
+    # "*": every fault this client may touch (its own used-up ones included)
+    for view in table.values():
+        if _may(c, cl.index, view) and (view.active or view.id in c.holdings.faults):
+            await _clear_everywhere(c, cl, view)
+    for mine in list(c.holdings.faults):
+        c.ownership.forget_fault(mine)
+    return True
+
+
+async def _clear_everywhere(c: Caller, cl: ClusterAPI, view: FaultView) -> None:
+    if cl.index in view.shards:
+        cl.local("fault_clear", view.id)
+    else:
+        c.ownership.forget_fault(view.id)
+    others = [k for k in view.shards if k != cl.index]
+    _raise_failed(await cl.ask("fault_clear", view.id, others))
+
+
+def _raise_failed(replies: dict[int, Any]) -> None:
+    for _, reply in sorted(replies.items()):
+        if reply.state == "failed" and reply.error is not None:
+            raise reply.error
+
+
+#: The method table of a shard: the contract's, with these answering for every shard.
+SHARDED_METHODS: dict[str, methods.Method] = {
+    **methods.METHODS,
+    "stack.info": stack_info,
+    "stack.stats": stack_stats,
+    "stack.metrics": stack_metrics,
+    "fault.inject": fault_inject,
+    "fault.list": fault_list,
+    "fault.clear": fault_clear,
+}
+
+__all__ = ["SHARDED_METHODS", "ShardParts", "process_info"]
