@@ -1,0 +1,179 @@
+"""A shard's side of the control channel: `api.ClusterAPI` for its RPC methods, and what the
+supervisor asks of it.
+
+Supervisor → shard: `part [what, arg]` (this shard's part of a daemon-wide answer, from the RPC
+server's `ShardParts`), `forward [on]` (send every event of this shard up: some shard has an
+admin watching `"*"`), `event [shard, conn, event, info]` (another shard's event, for this
+shard's watching admins).
+Shard → supervisor: `ask [what, arg, targets]` (the parts of other shards, each answered in time
+or marked failed), `watch [on]` (this shard has admins watching `"*"`, or none any more),
+`event [conn, event, info]` (while forwarding), `ready [info]` (listening).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from chimneyd.api import (
+    EngineAPI,
+    EngineError,
+    ErrorCode,
+    RemoteEventCallback,
+    ShardReply,
+)
+
+from .link import ControlLink, answer_error
+
+log = structlog.get_logger("chimneyd.shards")
+
+#: A shard waits this much longer than the supervisor waits for the other shards: the
+#: supervisor's answer (with any shard that timed out marked so) always comes first.
+ASK_MARGIN_S = 2.0
+
+
+class Cluster:
+    """The other shards of the daemon, seen from shard `index` of `count`."""
+
+    def __init__(self, index: int, count: int, timeout: float) -> None:
+        self.index = index
+        self.count = count
+        self.timeout = timeout
+        self.parts: Callable[[str, Any], Any] | None = None  # this shard's answers (ShardParts)
+        self.engine: EngineAPI | None = None
+        self.link: ControlLink | None = None
+        self.watchers: set[RemoteEventCallback] = set()
+        self.lost = asyncio.Event()  # the supervisor is gone: the shard stops
+        self._forwarding: Callable[[], None] | None = None
+
+    async def connect(self, sock: socket.socket, leftover: bytes, engine: EngineAPI) -> None:
+        """Serve the control channel on `sock` (`leftover`: bytes read after the hello)."""
+        self.engine = engine
+        loop = asyncio.get_running_loop()
+        _, link = await loop.create_unix_connection(
+            lambda: ControlLink(
+                f"shard{self.index}", self._on_request, self._on_notification, self._on_lost
+            ),
+            sock=sock,
+        )
+        self.link = link
+        if leftover:
+            link.data_received(leftover)
+
+    # -- api.ClusterAPI ---------------------------------------------------------------------------
+    def local(self, what: str, arg: Any = None) -> Any:
+        assert self.parts is not None, "the RPC server gives the cluster its parts"
+        return self.parts(what, arg)
+
+    async def ask(self, what: str, arg: Any, targets: list[int]) -> dict[int, ShardReply]:
+        if not targets:
+            return {}
+        link = self.link
+        if link is None:
+            err = EngineError(ErrorCode.INTERNAL, "no control channel")
+            return {t: ShardReply("failed", error=err) for t in targets}
+        answer = await link.request("ask", [what, arg, targets], self.timeout + ASK_MARGIN_S)
+        if answer.expired or answer.error is not None:
+            err = answer_error(answer, "the supervisor", self.timeout + ASK_MARGIN_S)
+            return {t: ShardReply("failed", error=err) for t in targets}
+        out: dict[int, ShardReply] = {}
+        for shard, state, payload in answer.result:
+            if state == "ok":
+                out[shard] = ShardReply("ok", payload)
+            elif state == "down":
+                out[shard] = ShardReply("down")
+            elif state == "timeout":
+                detail = f"shard {shard} did not answer within {self.timeout:g} s"
+                out[shard] = ShardReply("failed", error=EngineError(ErrorCode.TIMEOUT, detail))
+            else:
+                out[shard] = ShardReply("failed", error=_error(shard, payload))
+        return out
+
+    async def gather(self, what: str, arg: Any = None) -> dict[int, Any]:
+        others = [k for k in range(self.count) if k != self.index]
+        replies = await self.ask(what, arg, others)
+        parts: dict[int, Any] = {}
+        for k in range(self.count):
+            if k == self.index:
+                parts[k] = self.local(what, arg)
+                continue
+            reply = replies.get(k)
+            if reply is None or reply.state == "failed":
+                raise (reply.error if reply and reply.error else _error(k, None))
+            parts[k] = reply.result if reply.state == "ok" else None
+        return parts
+
+    def watch(self, callback: RemoteEventCallback) -> Callable[[], None]:
+        if not self.watchers and self.link is not None:
+            self.link.notify("watch", [True])
+        self.watchers.add(callback)
+
+        def stop() -> None:
+            self.watchers.discard(callback)
+            if not self.watchers and self.link is not None:
+                self.link.notify("watch", [False])
+
+        return stop
+
+    # -- towards the supervisor -------------------------------------------------------------------
+    def ready(self, info: dict[str, Any]) -> None:
+        if self.link is not None:
+            self.link.notify("ready", [info])
+
+    def close(self) -> None:
+        self._forward(False)
+        if self.link is not None:
+            self.link.close()
+
+    # -- from the supervisor ----------------------------------------------------------------------
+    def _on_request(self, method: str, params: list[Any]) -> Any:
+        if method == "part" and len(params) == 2 and isinstance(params[0], str):
+            return self.local(params[0], params[1])
+        raise EngineError(ErrorCode.NO_METHOD, f"no control method {method!r}")
+
+    def _on_notification(self, method: str, params: list[Any]) -> None:
+        if method == "event" and len(params) == 4:
+            shard, conn, event, info = params
+            for callback in list(self.watchers):
+                callback(shard, conn, event, info)
+        elif method == "forward" and params:
+            self._forward(bool(params[0]))
+        else:
+            log.warning("control_notification_unknown", method=method)
+
+    def _forward(self, on: bool) -> None:
+        """Send this shard's events up to the supervisor, while some shard has watchers."""
+        if on and self._forwarding is None and self.engine is not None:
+            link = self.link
+
+            def up(conn: int, event: str, info: dict[str, Any]) -> None:
+                if link is not None:
+                    link.notify("event", [conn, event, info])
+
+            self._forwarding = self.engine.subscribe(None, up)
+        elif not on and self._forwarding is not None:
+            self._forwarding()
+            self._forwarding = None
+
+    def _on_lost(self) -> None:
+        self.link = None
+        self.lost.set()
+
+
+def _error(shard: int, payload: Any) -> EngineError:
+    if isinstance(payload, list) and len(payload) == 2:
+        try:
+            code = ErrorCode(int(payload[0]))
+        except (ValueError, TypeError):
+            code = ErrorCode.INTERNAL
+        message = str(payload[1])
+        detail = message.split(": ", 1)[1] if message.startswith(f"{code.name}: ") else message
+        return EngineError(code, f"shard {shard}: {detail}")
+    return EngineError(ErrorCode.INTERNAL, f"shard {shard}: no answer")
+
+
+__all__ = ["ASK_MARGIN_S", "Cluster"]

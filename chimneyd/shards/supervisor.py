@@ -1,0 +1,359 @@
+"""The supervisor of a daemon of several shards: the parent process, pre-fork style.
+
+It holds the RPC addresses (`listen`), starts one engine process per shard (`python -m
+chimneyd.shards.shard`, a unix socketpair as its control channel), and then only routes: a
+shard's `ask` goes out to the other shards as `part` requests, each answered within
+`daemon.control_timeout_s` or marked `timeout` (a shard being restarted is `down` at once);
+events go to the shards that have an admin watching `"*"`. Nothing of the data path passes
+through it.
+
+Lifecycle: SIGTERM or SIGINT → every shard gets SIGTERM and drains within
+`rpc.shutdown_deadline_s` (a shard still there well after that is killed); SIGHUP → the log
+file is reopened here and in every shard; a shard that dies is logged (`shard_died`) and started
+again after a back-off (`Backoff`), with a new range of ids; the kernel has closed its clients'
+connections already. If the supervisor itself goes, the shards see their control channel close
+and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from chimneyd.config import Config
+from chimneyd.observe.logging import reopen
+
+from .link import ControlLink
+from .listen import Reservation
+
+log = structlog.get_logger("chimneyd.shards")
+
+#: A shard's ids (connections, listeners, faults) count up from `gen * ID_SPAN`, `gen` being the
+#: number of the shard's start in the daemon's life (0 for shard 0's first): ids are never
+#: reused across shards or restarts (rpc-contract: never reused within a daemon's life), and a
+#: daemon of one shard numbers exactly as before. 10^12 a life is more than any soak makes;
+#: the cap keeps every id below 2^53, exact in a JavaScript client.
+ID_SPAN = 10**12
+MAX_GEN = (1 << 53) // ID_SPAN - 1
+#: How long a shard may take from its start to listening.
+START_TIMEOUT_S = 60.0
+#: After SIGTERM a shard has `rpc.shutdown_deadline_s` plus this to exit before it is killed.
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Backoff:
+    """When to start a shard that died: at once the first time, then waits that double up to
+    `most` while it keeps dying young; one that lived `settled_s` starts over from `first`."""
+
+    first: float = 0.1
+    most: float = 10.0
+    settled_s: float = 30.0
+    delay: float = 0.0
+
+    def next(self, lived_s: float) -> float:
+        """The wait before the next start of a shard that died after `lived_s` seconds."""
+        if lived_s >= self.settled_s:
+            self.delay = 0.0
+        wait = self.delay
+        self.delay = self.first if wait == 0.0 else min(wait * 2, self.most)
+        return wait
+
+
+@dataclass
+class Shard:
+    index: int
+    gen: int = -1
+    proc: subprocess.Popen[bytes] | None = None
+    link: ControlLink | None = None
+    state: str = "down"  # starting, running, down
+    started: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    backoff: Backoff = field(default_factory=Backoff)
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, config: Config, held: Reservation, http: dict[str, str]) -> None:
+        self.config = config
+        self.held = held
+        self.http = http  # "web" / "metrics" → the address shard 0 serves them on
+        self.count = config.daemon.shards
+        self.timeout = config.daemon.control_timeout_s
+        self.shards = [Shard(i) for i in range(self.count)]
+        self.next_gen = 0
+        self.watchers: set[int] = set()  # shards with an admin watching "*"
+        self.stopping = False
+        self.stop = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.restarting: set[asyncio.Task[None]] = set()
+
+    # -- the run ---------------------------------------------------------------------------------
+    async def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._on_stop, sig)
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        for shard in self.shards:
+            await self.spawn(shard)
+        if not await self._all_ready():
+            if self.stop.is_set():  # SIGTERM or SIGINT while starting
+                return await self.stop_all()
+            await self.stop_all()
+            print("chimneyd: a shard did not start; see the log", file=sys.stderr)
+            return 2
+        addresses = self.held.addresses
+        log.info(
+            "daemon_ready",
+            listen=addresses,
+            shards=self.count,
+            pids=[s.proc.pid for s in self.shards if s.proc is not None],
+        )
+        print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
+        web, metrics = self.http.get("web"), self.http.get("metrics")
+        if web:
+            print(f"chimneyd web view on http://{web}/", flush=True)
+        if metrics:
+            print(f"chimneyd metrics on http://{metrics}/metrics", flush=True)
+        await self.stop.wait()
+        return await self.stop_all()
+
+    async def _all_ready(self) -> bool:
+        """Every shard listening (True), or one that exited or hung on the way (False)."""
+        deadline = self.loop.time() + START_TIMEOUT_S
+        for shard in self.shards:
+            ready = asyncio.ensure_future(shard.ready.wait())
+            exited = asyncio.ensure_future(shard.exited.wait())
+            stopped = asyncio.ensure_future(self.stop.wait())
+            left = max(0.0, deadline - self.loop.time())
+            await asyncio.wait(
+                {ready, exited, stopped}, timeout=left, return_when="FIRST_COMPLETED"
+            )
+            for fut in (ready, exited, stopped):
+                fut.cancel()
+            if not shard.ready.is_set():
+                return False
+        return True
+
+    def _on_stop(self, sig: signal.Signals) -> None:
+        log.info("daemon_signal", signal=sig.name)
+        if self.stopping:
+            log.warning("daemon_already_stopping", signal=sig.name)
+        self.stop.set()
+
+    def _on_hup(self) -> None:
+        reopen()
+        for shard in self.shards:
+            if shard.proc is not None and shard.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(shard.proc.pid, signal.SIGHUP)
+
+    async def stop_all(self) -> int:
+        """SIGTERM every shard, wait for them to drain, kill what is left; exit status."""
+        self.stopping = True
+        for task in self.restarting:
+            task.cancel()
+        deadline = self.config.rpc.shutdown_deadline_s + STOP_GRACE_S
+        log.info("daemon_stopping", deadline_s=self.config.rpc.shutdown_deadline_s)
+        live = [s for s in self.shards if s.proc is not None and s.proc.poll() is None]
+        for shard in live:
+            assert shard.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shard.proc.pid, signal.SIGTERM)
+        waits = [asyncio.ensure_future(s.exited.wait()) for s in live]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=deadline)
+            for fut in pending:
+                fut.cancel()
+        killed = []
+        for shard in live:
+            assert shard.proc is not None
+            if shard.proc.poll() is None:
+                killed.append(shard.index)
+                shard.proc.kill()
+                await asyncio.to_thread(shard.proc.wait, 5)
+        self.held.close()
+        statuses = {s.index: s.proc.returncode if s.proc else None for s in self.shards}
+        ok = not killed and all(code == 0 for code in statuses.values())
+        (log.info if ok else log.error)("supervisor_stopped", exit_statuses=statuses, killed=killed)
+        return 0 if ok else 1
+
+    # -- shards ----------------------------------------------------------------------------------
+    async def spawn(self, shard: Shard) -> None:
+        """Start shard `shard.index` with the next generation of ids."""
+        if self.next_gen > MAX_GEN:
+            log.error("shard_ids_exhausted", shard=shard.index)
+            self.stop.set()
+            return
+        gen, self.next_gen = self.next_gen, self.next_gen + 1
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix_fds = self.held.unix_fds()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "chimneyd.shards.shard", str(theirs.fileno())],
+                pass_fds=[theirs.fileno(), *unix_fds.values()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        shard.gen, shard.proc, shard.state = gen, proc, "starting"
+        shard.started = time.monotonic()
+        shard.ready.clear()
+        shard.exited.clear()
+        index = shard.index
+        _, link = await self.loop.create_unix_connection(
+            lambda: ControlLink(
+                f"supervisor:{index}",
+                lambda m, p: self._on_request(index, m, p),
+                lambda m, p: self._on_notification(index, m, p),
+                lambda: None,
+            ),
+            sock=mine,
+        )
+        shard.link = link
+        link.notify("hello", [self._hello(shard, unix_fds)])
+        pidfd = os.pidfd_open(proc.pid)
+        self.loop.add_reader(pidfd, self._on_exit, shard, proc, pidfd)
+        log.info("shard_started", shard=index, pid=proc.pid, gen=gen)
+
+    def _hello(self, shard: Shard, unix_fds: dict[str, int]) -> dict[str, Any]:
+        raw = self.config.as_dict(redact=False)
+        raw["rpc"]["listen"] = self.held.addresses
+        # the web view and /metrics are one shard's (shard 0), on the port held for it
+        raw["web"]["listen"] = self.http.get("web", "") if shard.index == 0 else ""
+        raw["metrics"]["listen"] = self.http.get("metrics", "") if shard.index == 0 else ""
+        return {
+            "config": raw,
+            "index": shard.index,
+            "count": self.count,
+            "id_base": shard.gen * ID_SPAN,
+            "unix_fds": unix_fds,
+            "histograms": bool(self.http) and self.config.metrics.histograms,
+        }
+
+    def _on_exit(self, shard: Shard, proc: subprocess.Popen[bytes], pidfd: int) -> None:
+        self.loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = proc.wait()
+        lived = time.monotonic() - shard.started
+        shard.state = "down"
+        self.watchers.discard(shard.index)
+        self._tell_forwarding()
+        if shard.link is not None:
+            shard.link.close()  # its pending requests are answered (expired) at once
+            shard.link = None
+        shard.exited.set()
+        if self.stopping or self.stop.is_set():
+            log.info("shard_exited", shard=shard.index, pid=proc.pid, exit_status=code)
+            return
+        died = _how(code)
+        delay = shard.backoff.next(lived)
+        log.error(
+            "shard_died",
+            shard=shard.index,
+            pid=proc.pid,
+            how=died,
+            lived_s=round(lived, 1),
+            restart_in_s=delay,
+        )
+        if not shard.ready.is_set() and shard.gen < self.count:
+            return  # it never listened at start-up: the daemon gives up (run() sees `exited`)
+        task = self.loop.create_task(self._restart(shard, delay))
+        self.restarting.add(task)
+        task.add_done_callback(self.restarting.discard)
+
+    async def _restart(self, shard: Shard, delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            shard.restarts += 1
+            try:
+                await self.spawn(shard)
+                return
+            except OSError as exc:  # out of descriptors or processes: try again, later
+                delay = shard.backoff.next(0.0)
+                log.error("shard_start_failed", shard=shard.index, error=str(exc), retry_in_s=delay)
+
+    # -- what shards ask --------------------------------------------------------------------------
+    def _on_notification(self, index: int, method: str, params: list[Any]) -> None:
+        shard = self.shards[index]
+        if method == "ready":
+            shard.state = "running"
+            shard.info = dict(params[0]) if params else {}
+            first = not shard.ready.is_set()
+            shard.ready.set()
+            if self.watchers and shard.link is not None:
+                shard.link.notify("forward", [True])
+            if shard.restarts and first:
+                log.warning(
+                    "shard_restarted", shard=index, pid=shard.info.get("pid"), gen=shard.gen
+                )
+        elif method == "watch" and params:
+            if params[0]:
+                self.watchers.add(index)
+            else:
+                self.watchers.discard(index)
+            self._tell_forwarding()
+        elif method == "event" and len(params) == 3:
+            for w in self.watchers:
+                target = self.shards[w]
+                if w != index and target.link is not None:
+                    target.link.notify("event", [index, *params])
+        else:
+            log.warning("control_notification_unknown", shard=index, method=method)
+
+    def _tell_forwarding(self) -> None:
+        """Events flow up from every shard while any shard has an admin watching `"*"`."""
+        on = bool(self.watchers)
+        for shard in self.shards:
+            if shard.link is not None and shard.state == "running":
+                shard.link.notify("forward", [on])
+
+    async def _on_request(self, index: int, method: str, params: list[Any]) -> Any:
+        if method != "ask" or len(params) != 3:
+            raise ValueError(f"no control method {method!r}")
+        what, arg, targets = params
+        wanted = [t for t in targets if isinstance(t, int) and 0 <= t < self.count]
+        answers = await asyncio.gather(*(self._part(t, what, arg) for t in wanted))
+        return [[t, state, payload] for t, (state, payload) in zip(wanted, answers, strict=True)]
+
+    async def _part(self, index: int, what: str, arg: Any) -> tuple[str, Any]:
+        shard = self.shards[index]
+        link = shard.link
+        if shard.state != "running" or link is None:
+            return "down", None
+        answer = await link.request("part", [what, arg], self.timeout)
+        if answer.expired:
+            # gone meanwhile (its channel closed), or slow
+            return ("down", None) if link.closed or shard.state != "running" else ("timeout", None)
+        if answer.error is not None:
+            return "error", answer.error
+        return "ok", answer.result
+
+
+def _how(code: int) -> str:
+    """How a process ended, from its return code (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"signal {-code}"
+
+
+__all__ = ["ID_SPAN", "MAX_GEN", "Backoff", "Supervisor"]
