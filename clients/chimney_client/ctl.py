@@ -1,30 +1,50 @@
-"""`chimneyctl`: one sub-command per RPC contract method, tables for people, `--json` for scripts.
+"""`chimneyctl`: one sub-command per RPC method, tables for people, `--json` for scripts.
 
 Connections belong to the RPC client that opened them: the daemon closes them when that client
 goes away. A one-shot `chimneyctl connect ...` therefore ends its connection as it exits, so
 `run` (commands as arguments) and `shell` (commands from stdin) execute many commands over one
-RPC connection.
+RPC connection, where `connect ... as NAME` and `$last` name the connections a script makes.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
+import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import IO, Any, NoReturn
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
-
 from .blocking import Client
-from .errors import ChimneyError
+from .ctl_faults import (
+    FAULT_ALIASES,
+    FAULT_KINDS,
+    LAYER_FAULTS,
+    FaultSpecError,
+    check_fault,
+    fault_kinds_help,
+)
+from .ctl_render import (
+    HOP_COLUMNS,
+    Output,
+    call_totals,
+    fmt,
+    hop_cells,
+    table,
+)
+from .errors import (
+    CallTimeout,
+    ChimneyError,
+    ConnectionLost,
+    NotFound,
+    ProtocolError,
+    RpcError,
+)
 from .protocol import DEFAULT_ADDRESS, Notification
 
 EXIT_OK = 0
@@ -35,38 +55,55 @@ EXIT_INTERRUPTED = 130
 DEFAULT_WAIT_MS = 5000
 #: Client-side limit for one call (seconds); calls that wait server-side get their wait on top.
 DEFAULT_CALL_TIMEOUT = 60.0
+#: What `$last` stands for in run/shell: the last connection made by connect or accept.
+LAST = "$last"
+
+
+def _version() -> str:
+    try:
+        return metadata.version("chimneyd")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a plain checkout
+        return "unknown"
+
 
 DESCRIPTION = """\
 Drive a chimneyd daemon over its msgpack-RPC port (contract v1).
 
 Connections belong to the RPC connection that opened them: the daemon closes them when that
 client goes away, so a one-shot `chimneyctl connect` is closed again as chimneyctl exits. To work
-with a connection, run several commands over one RPC connection:
+with a connection, run several commands over one RPC connection, and name the connections you
+make with `as NAME` (or say `$last`, the last one made; single-quote it in a shell):
 
-  chimneyctl run 'connect 127.0.0.1 9000' 'send 1 hello' 'recv 1 100' 'trace 1' 'close 1'
-  printf 'connect 127.0.0.1 9000\\nsend 1 hello\\n' | chimneyctl shell
+  chimneyctl run 'connect 127.0.0.1 9000 as c' 'send c hello' 'recv c 100' 'trace c' 'close c'
+  printf 'connect 127.0.0.1 9000\\nsend $last hello\\n' | chimneyctl shell
 
-`run` checks every command's syntax first, then runs them in order and stops at the first error.
-`shell` reads one command per line (blank lines and # comments are skipped), keeps going after
-an error and exits with the worst status of its lines. In both, events of a `subscribe` are printed as they
-arrive, after the command during which they came in; `subscribe ... --count N` and
-`events --count N` wait for N of them. `sleep SECONDS` pauses between commands.
+`run` checks every command's syntax (and that every name was made by an earlier command) first,
+then runs them in order and stops at the first error; the faults it injected are then cleared.
+`shell` reads one command per line (blank lines and # comments are skipped; `help` lists the
+commands), keeps going after an error and exits with the worst status of its lines. In both,
+events of a `subscribe` are printed as they arrive, after the command during which they came in;
+`subscribe ... --count N` and `events --count N` wait for N of them. `sleep SECONDS` pauses.
 """
 
 EPILOG = """\
 output:
-  Human output is tables and short lines. With --json each command prints its raw result as one
-  JSON document per line (JSON Lines in run/shell); binary data (recv) is {"base64": "..."};
-  events are {"event": NAME, "conn": ID, "info": {...}}. Errors go to stderr as
-  "error: SYMBOL: message" (e.g. "error: NOT_FOUND: no connection 17").
+  Human output is tables and short lines; errors go to stderr as "error: SYMBOL: message"
+  (e.g. "error: NOT_FOUND: no connection 17"). With --json (before or after the command) every
+  command prints one JSON object on stdout, JSON Lines in run/shell:
+    {"command": "close 17", "ok": false, "error": {"code": 3, "symbol": "NOT_FOUND",
+     "message": "NOT_FOUND: no connection 17"}}
+    {"command": "send c hi", "ok": true, "result": 2}
+  and every event one object {"event": NAME, "conn": ID, "info": {...}}. Binary data (recv) is
+  {"base64": "..."}. A "note" key carries what a person would read on stderr.
 
-exit status: 0 ok, 1 an RPC or connection error, 2 a usage error, 130 interrupted.
+exit status: 0 ok, 1 an RPC or connection error, 2 a usage error, 130 interrupted (Ctrl-C).
 environment: CHIMNEY_RPC (default for --rpc), CHIMNEY_TOKEN (default for --token).
+shell completion: eval "$(chimneyctl completion bash)"  (zsh: chimneyctl completion zsh)
 """
 
 
 class UsageError(Exception):
-    """A command line that does not parse; exit status 2."""
+    """A command line that does not parse, or names nothing; exit status 2."""
 
 
 class _HelpShown(Exception):
@@ -91,10 +128,12 @@ class _Parser(argparse.ArgumentParser):
 # ================================================================================================
 # argument types
 # ================================================================================================
-def _conn_or_star(value: str) -> int | str:
-    if value == "*":
-        return "*"
-    return _positive_int(value)
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+class Ref(str):
+    """A connection or listener named in a script: a name made by `... as NAME`, or `$last`.
+    Resolved to an id when its command runs."""
 
 
 def _positive_int(value: str) -> int:
@@ -107,6 +146,28 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _id_or_ref(value: str) -> int | Ref:
+    if value == LAST or _NAME_RE.fullmatch(value):
+        return Ref(value)
+    if value == "":
+        raise argparse.ArgumentTypeError(
+            "empty id (an unquoted $last in a shell becomes empty: write '$last')"
+        )
+    return _positive_int(value)
+
+
+def _id_ref_or_star(value: str) -> int | str:
+    return "*" if value == "*" else _id_or_ref(value)
+
+
+def _nbl(value: str) -> int | str:
+    return "first" if value == "first" else _positive_int(value)
+
+
+def _fault_id_or_star(value: str) -> int | str:
+    return "*" if value == "*" else _positive_int(value)
+
+
 def _port(value: str) -> int:
     try:
         n = int(value)
@@ -117,8 +178,19 @@ def _port(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    return n
+
+
 def parse_value(text: str) -> Any:
-    """`key=value` values of `fault inject`: int, float, true/false/null, JSON, else the str."""
+    """`key=value` values of `fault inject` and `update`: int, float, true/false/null, JSON,
+    else the str."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -150,86 +222,277 @@ def _key_value(text: str) -> tuple[str, Any]:
 # ================================================================================================
 # parsers
 # ================================================================================================
-def _add_commands(sub: Any, *, session: bool) -> None:
-    """Every contract command; the same table serves the command line and run/shell lines."""
+#: Commands that make something a script can name with `as NAME`, and what they make.
+NAMING = {"connect": "connection", "accept": "connection", "listen": "listener"}
+#: Commands whose `id` is a listener; every other `id` (not a fault's) is a connection.
+LISTENER_ID = frozenset({"listener-info", "accept"})
+#: Commands that only run alone (not as a run/shell line).
+ONE_SHOT_ONLY = ("run", "shell", "top", "completion")
 
-    def cmd(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help, **kw)
+_JSON_HELP = "machine output: one JSON object per command and per event (see chimneyctl -h)"
+
+
+def _add_commands(sub: Any, *, session: bool) -> None:
+    """Every command; the same table serves the command line and run/shell lines."""
+
+    def cmd(name: str, help: str, description: str | None = None, **kw: Any) -> _Parser:
+        p: _Parser = sub.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kw,
+        )
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
         return p
 
+    def conn_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "id",
+            type=_id_or_ref,
+            metavar="ID",
+            help="connection id, a name made with `as`, or $last",
+        )
+
+    def wait_arg(p: argparse.ArgumentParser, help: str) -> None:
+        p.add_argument(
+            "--timeout-ms",
+            type=int,
+            default=DEFAULT_WAIT_MS,
+            metavar="MS",
+            help=f"{help} (default {DEFAULT_WAIT_MS})",
+        )
+
     cmd("ping", "check the daemon answers (ping)")
-    p = cmd("info", "stack layers (stack.info), or one connection with ID (tcp.info)")
-    p.add_argument("id", nargs="?", type=_positive_int, help="connection id")
-    cmd("stats", "per-layer gauges and counters (stack.stats)")
-    p = cmd("connect", "open a connection to a loopback peer (tcp.connect)")
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
+    p = cmd(
+        "info",
+        "stack layers (stack.info), or one connection (tcp.info)",
+        "Without ID: the daemon's version, contract and layers (stack.info). With ID: the "
+        "connection's state, path, addresses, byte counts, the handle or context each layer holds "
+        "for it, and its delegated TCP state as of the offload or the last query (tcp.info); "
+        "--live asks the offload target for the delegated state now (tcp.query).",
+    )
+    p.add_argument(
+        "id",
+        nargs="?",
+        type=_id_or_ref,
+        metavar="ID",
+        help="connection id, a name made with `as`, or $last",
+    )
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="also query the offload target for the delegated state now (tcp.query; offloaded only)",
+    )
+    cmd(
+        "stats",
+        "per-layer gauges and counters (stack.stats)",
+        "The contract's gauges (offloads_active, handles, outstanding_nbls), bytes, and per layer "
+        "the calls counted and those that failed: completed with an error NDIS status. Event "
+        "indications (e.g. NdisTcpOffloadEventHandler/TcpIndicateDisconnect) are not failures.",
+    )
+    cmd("metrics", "the stack.stats gauges and counters as Prometheus text (stack.metrics)")
+    p = cmd(
+        "connect",
+        "open a connection to a loopback peer (tcp.connect)",
+        "Open a real TCP connection to HOST:PORT through the host stack and offload it at once "
+        "(unless --no-offload). In run/shell, `connect HOST PORT as NAME` names it for later "
+        "commands ($last also refers to it). A one-shot `chimneyctl connect` only shows that the "
+        "peer is reachable: the daemon closes the connection as chimneyctl exits (it belongs to "
+        "the RPC client that made it); use run or shell to work with it.",
+    )
+    p.add_argument("host", help="peer address (loopback)")
+    p.add_argument("port", type=_port, help="peer port")
     p.add_argument("--no-offload", dest="offload", action="store_false", help="stay in host mode")
     p.add_argument("--target", metavar="NIC", help="pin the offload target layer")
-    p = cmd("listen", "listen for connections (tcp.listen); port 0 picks one")
-    p.add_argument("host")
-    p.add_argument("port", type=_port)
+    p = cmd(
+        "listen",
+        "listen for connections (tcp.listen); port 0 picks one",
+        "Listen on HOST:PORT (port 0 picks one; listener-info shows it). In run/shell, "
+        "`listen HOST PORT as NAME` names the listener for accept and listener-info.",
+    )
+    p.add_argument("host", help="address to listen on (loopback)")
+    p.add_argument("port", type=_port, help="port; 0 picks a free one")
     p.add_argument("--no-offload", dest="offload", action="store_false", help="do not offload")
     p = cmd("listener-info", "a listener's address and pending count (tcp.listener_info)")
-    p.add_argument("id", type=_positive_int, help="listener id")
-    p = cmd("accept", "take the next accepted connection (tcp.accept)")
-    p.add_argument("id", type=_positive_int, help="listener id")
-    p.add_argument("--timeout-ms", type=int, default=DEFAULT_WAIT_MS, metavar="MS")
+    p.add_argument("id", type=_id_or_ref, metavar="ID", help="listener id or name")
+    p = cmd(
+        "accept",
+        "take the next accepted connection (tcp.accept)",
+        "Take the next connection accepted by listener ID; in run/shell, `accept ID as NAME` "
+        "names it ($last also refers to it).",
+    )
+    p.add_argument("id", type=_id_or_ref, metavar="ID", help="listener id or name")
+    wait_arg(p, "give up after MS ms")
     p = cmd("offload", "offload a connection to its target (tcp.offload)")
-    p.add_argument("id", type=_positive_int)
+    conn_arg(p)
     p = cmd("upload", "terminate the offload, back to the host stack (tcp.upload)")
-    p.add_argument("id", type=_positive_int)
-    p = cmd("send", "send bytes; waits for the peer's acknowledgement (tcp.send)")
-    p.add_argument("id", type=_positive_int)
-    p.add_argument("data", nargs="?", help="text to send (UTF-8)")
+    conn_arg(p)
+    p = cmd(
+        "send",
+        "send bytes; waits for the peer's acknowledgement (tcp.send)",
+        "Send DATA (the rest of the line, words joined by one space: quote it to keep other "
+        "spacing; `--` before data that starts with '-'), or --hex / --file bytes. Returns when "
+        "the peer's kernel acknowledged every byte.",
+    )
+    conn_arg(p)
+    p.add_argument("data", nargs="*", help="text to send (UTF-8)")
     p.add_argument("--hex", metavar="HEX", help="send these bytes instead, e.g. 68656c6c6f")
     p.add_argument("--file", metavar="F", help="send the bytes of file F ('-': stdin)")
     p = cmd("recv", "receive up to MAX bytes (tcp.recv); empty means the peer sent FIN")
-    p.add_argument("id", type=_positive_int)
-    p.add_argument("max", type=_positive_int, metavar="MAX")
-    p.add_argument("--timeout-ms", type=int, default=DEFAULT_WAIT_MS, metavar="MS")
+    conn_arg(p)
+    p.add_argument("max", type=_positive_int, metavar="MAX", help="most bytes to take")
+    wait_arg(p, "give up after MS ms, losing nothing")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--hex", action="store_true", help="print the bytes as hex")
     form.add_argument("--raw", action="store_true", help="write the bytes alone to stdout")
     p = cmd("disconnect", "send FIN, or RST with --abortive (tcp.disconnect)")
-    p.add_argument("id", type=_positive_int)
-    p.add_argument("--abortive", action="store_true")
+    conn_arg(p)
+    p.add_argument("--abortive", action="store_true", help="reset (RST) instead of FIN")
     p = cmd("close", "upload if needed, close and free the connection (tcp.close)")
-    p.add_argument("id", type=_positive_int)
-    cmd("list", "your connection ids (tcp.list)")
-    p = cmd("trace", "hop-by-hop NDIS calls of a connection (trace.get)")
-    p.add_argument("id", type=_positive_int)
+    conn_arg(p)
+    cmd(
+        "list",
+        "connection ids you can see (tcp.list)",
+        "Your connection ids; every connection with the admin token.",
+    )
+    p = cmd(
+        "query",
+        "the delegated TCP state now (tcp.query: NdisQueryOffloadState)",
+        "Ask the offload target for the connection's delegated TCP state now (RcvNxt, SndUna, "
+        "SndNxt, CWnd, SRtt x8, ...). The connection must be offloaded.",
+    )
+    conn_arg(p)
+    p = cmd(
+        "update",
+        "new cached TCP variables (tcp.update: NdisUpdateOffload)",
+        "Hand the offload target new cached TCP variables, e.g. "
+        "`update c RcvIndicationSize=512 KaTimeout=7200000`.",
+    )
+    conn_arg(p)
+    p.add_argument("keys", nargs="+", type=_key_value, metavar="key=value", help="variables")
+    p = cmd(
+        "trace",
+        "hop-by-hop NDIS calls of a connection (trace.get), as a table or a picture",
+        "The connection's hops, oldest first (also for a recently closed connection): who ran "
+        "which NDIS call with which handle or context, NBL and status. --svg FILE draws them as "
+        "a sequence diagram (one lane per layer, NDIS between them, one colour per NBL); "
+        "--mermaid prints Mermaid sequenceDiagram text (renders on GitHub).",
+    )
+    conn_arg(p)
     p.add_argument("--limit", type=_positive_int, metavar="N", help="only the last N hops")
+    p.add_argument(
+        "--nbl",
+        type=_nbl,
+        metavar="N|first",
+        help="only the hops carrying NBL N; `first`: the first NBL in the trace (a connection's "
+        "first send: the seed figure)",
+    )
+    p.add_argument("--svg", metavar="FILE", help="write an SVG sequence diagram to FILE")
+    p.add_argument(
+        "--mermaid",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="print a Mermaid sequenceDiagram (to FILE if given)",
+    )
+    p = cmd(
+        "watch",
+        "print a connection's hops as they happen, until it is closed",
+        "Poll trace.get and print each new hop; stop when the connection is closed and its last "
+        "hops are printed (Ctrl-C: exit 130). Another client's connection needs the admin token.",
+    )
+    conn_arg(p)
+    p.add_argument(
+        "--interval",
+        type=_seconds,
+        default=0.2,
+        metavar="S",
+        help="seconds between polls (default 0.2)",
+    )
+    p.add_argument("--new", action="store_true", help="skip the hops recorded before now")
     p = cmd(
         "subscribe",
-        "print tcp.event notifications of ID or '*' (events.subscribe); alone it waits until "
-        "Ctrl-C or --count N; in run/shell it returns at once unless --count is given",
+        "print tcp.event notifications of ID or '*' (events.subscribe)",
+        "Print tcp.event notifications of connection ID or of '*' (every connection you can see: "
+        "only your own without the admin token). Alone it waits until Ctrl-C (exit 130) or "
+        "--count N; in run/shell it returns at once unless --count is given.",
     )
-    p.add_argument("id", type=_conn_or_star, metavar="ID|*")
+    p.add_argument(
+        "id", type=_id_ref_or_star, metavar="ID|*", help="connection id, name, $last, or '*'"
+    )
     p.add_argument("--count", type=int, metavar="N", help="return after N events")
     p.add_argument("--timeout-ms", type=int, metavar="MS", help="give up waiting after MS")
-    p = cmd("fault", "inject, clear and list faults (fault.*)")
-    fsub = p.add_subparsers(dest="fault_cmd", metavar="inject|clear|list", required=True)
+    p = cmd("fault", "inject, clear and list faults (fault.*); `fault kinds` lists the kinds")
+    fsub = p.add_subparsers(dest="fault_cmd", metavar="inject|clear|list|kinds", required=True)
     q = fsub.add_parser(
         "inject",
         help="inject a fault: KIND key=value...",
-        description="e.g. fault inject peer_reset conn=1; fault inject delay layer=im0 "
-        "call=MiniportTcpOffloadSend ms=50",
+        description="Inject a fault (fault.inject); prints its id.",
+        epilog=fault_kinds_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    q.add_argument("kind")
-    q.add_argument("keys", nargs="*", type=_key_value, metavar="key=value")
-    q = fsub.add_parser("clear", help="clear fault ID or '*' (all)")
-    q.add_argument("id", type=_conn_or_star, metavar="ID|*")
-    fsub.add_parser("list", help="active faults")
+    kind = q.add_argument("kind", metavar="KIND", help="fault kind (listed below)")
+    kind.complete_words = [*FAULT_KINDS, *FAULT_ALIASES]  # type: ignore[attr-defined]
+    q.add_argument("keys", nargs="*", type=_key_value, metavar="key=value", help="the kind's keys")
+    q.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="send KIND and keys as given (a kind or key this chimneyctl does not know)",
+    )
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    q = fsub.add_parser("clear", help="clear fault ID or '*' (all you may clear)")
+    q.add_argument("id", type=_fault_id_or_star, metavar="ID|*", help="fault id, or '*'")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    q = fsub.add_parser("list", help="active faults")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    q = fsub.add_parser("kinds", help="every fault kind with its keys and an example")
+    q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     p = cmd("events", "wait for and print subscribed events (run/shell)")
     p.add_argument("--count", type=int, default=1, metavar="N", help="events to wait for")
     p.add_argument("--timeout-ms", type=int, metavar="MS", help="give up waiting after MS")
     p = cmd("sleep", "pause (run/shell), e.g. to let events arrive")
-    p.add_argument("seconds", type=float)
-    if not session:
-        p = cmd("run", "run several commands over one RPC connection (one argument each)")
-        p.add_argument("commands", nargs="+", metavar="'COMMAND ARGS'")
-        p = cmd("shell", "read commands line by line from stdin, one RPC connection")
+    p.add_argument("seconds", type=_seconds, help="how long")
+    if session:
+        return
+    p = cmd(
+        "top",
+        "a live view of the stack: per-layer gauges and rates, the busiest connections",
+        "Full-screen, refreshed every --interval: per layer offloads_active, handles, "
+        "outstanding_nbls, inbox depth, bytes and calls (with rates per second) and failures; "
+        "then the busiest connections by bytes (every connection needs the admin token; at most "
+        "--conns tcp.info calls per refresh). Ctrl-C ends it (exit 130). When stdout is not a "
+        "terminal, one frame is printed per refresh; with --json, one JSON frame per refresh.",
+    )
+    p.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="S", help="refresh period (default 1)"
+    )
+    p.add_argument(
+        "--conns", type=int, default=10, metavar="N", help="busiest connections shown (default 10)"
+    )
+    p.add_argument(
+        "--once", action="store_true", help="print one frame (rates over one interval) and exit"
+    )
+    p = cmd(
+        "run",
+        "run several commands over one RPC connection (one argument each)",
+        "Run COMMANDs in order over one RPC connection; stop at the first error and clear the "
+        "faults this run injected. Name what connect/accept/listen make with `as NAME`.",
+    )
+    p.add_argument("commands", nargs="+", metavar="'COMMAND ARGS'", help="one command each")
+    cmd(
+        "shell",
+        "read commands line by line from stdin, one RPC connection",
+        "One command per line from stdin (`help` lists them; exit or Ctrl-D ends); keeps going "
+        "after an error and exits with the worst status of its lines.",
+    )
+    p = cmd(
+        "completion",
+        "print a shell completion script for chimneyctl, chimney-peer and chimney-soak",
+        'bash: eval "$(chimneyctl completion bash)" (or save it under '
+        '/etc/bash_completion.d/); zsh: eval "$(chimneyctl completion zsh)".',
+    )
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,15 +509,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"daemon address, HOST:PORT or unix:PATH (default $CHIMNEY_RPC or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
-        "--token", default=os.environ.get("CHIMNEY_TOKEN"), help="auth token ($CHIMNEY_TOKEN)"
+        "--token",
+        default=os.environ.get("CHIMNEY_TOKEN"),
+        help="auth token, sent first (default $CHIMNEY_TOKEN); the admin token sees every "
+        "connection",
     )
-    parser.add_argument("--json", action="store_true", help="machine output (see below)")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP + " (also after COMMAND)")
     parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_CALL_TIMEOUT,
         metavar="S",
         help=f"client-side limit per call in seconds (default {DEFAULT_CALL_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"chimneyctl {_version()} (contract 1)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_commands(sub, session=False)
@@ -269,76 +538,420 @@ def build_line_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ================================================================================================
-# output
-# ================================================================================================
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
-    return repr(value)
+def command_summary(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(name, one-line help) of every sub-command of `parser`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return [(a.dest, a.help or "") for a in action._choices_actions]
+    return []
 
 
-def _fmt(value: Any) -> str:
-    """A compact, stable rendering of a value in a table cell."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, list | tuple):
-        return ", ".join(_fmt(v) for v in value)
-    if isinstance(value, dict):
-        return " ".join(f"{k}={_fmt(v)}" for k, v in value.items())
-    return str(value)
+# ================================================================================================
+# session
+# ================================================================================================
+class _Shown:
+    """A handler already printed its result (it prints more after it, e.g. events)."""
+
+
+SHOWN = _Shown()
 
 
 @dataclass
-class Output:
-    """Where results go: rich for people, JSON Lines for scripts."""
+class Session:
+    """One RPC connection and the output, shared by the commands of a run/shell."""
 
-    json_mode: bool
-    file: IO[str]
-    console: Console = field(init=False)
+    args: argparse.Namespace
+    out: Output
+    json_default: bool = False
+    interactive: bool = False  # inside run/shell: subscribe returns at once
+    shown: int = 0  # events printed between commands, not yet claimed by `events`
+    names: dict[str, tuple[str, int]] = field(default_factory=dict)  # `as NAME` bindings
+    last_conn: int | None = None
+    injected: list[int] = field(default_factory=list)  # fault ids this session injected
+    note: str | None = None  # what the current command wants a person to read
+    line: str = ""  # the current command as typed
+    _client: Client | None = None
 
-    def __post_init__(self) -> None:
-        tty = self.file.isatty()
-        self.console = Console(
-            file=self.file, highlight=False, width=None if tty else 160, soft_wrap=not tty
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client.connect(
+                self.args.rpc, token=self.args.token, call_timeout=self.args.timeout
+            )
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def result(self, value: Any) -> _Shown:
+        """Print the current command's JSON result now (before what the command prints next)."""
+        if self.out.json_mode:
+            self.out.json(_envelope(self.line, True, result=value, note=self.note))
+            self.note = None
+        return SHOWN
+
+    def made(self, kind: str, ident: int, name: str | None) -> None:
+        if kind == "connection":
+            self.last_conn = ident
+        if name is not None:
+            self.names[name] = (kind, ident)
+
+    def resolve(self, value: Any, want: str) -> Any:
+        if not isinstance(value, Ref):
+            return value
+        if value == LAST:
+            if want != "connection":
+                raise UsageError(f"{LAST} is the last connection made, not a {want}")
+            if self.last_conn is None:
+                raise UsageError(f"{LAST}: no connection was made yet (connect or accept)")
+            return self.last_conn
+        bound = self.names.get(value)
+        if bound is None:
+            raise UsageError(
+                f"{value!r} names nothing: give an id, {LAST}, or a name made earlier with "
+                f"`connect HOST PORT as {value}`"
+            )
+        if bound[0] != want:
+            raise UsageError(f"{value!r} names a {bound[0]}, not a {want}")
+        return bound[1]
+
+    def print_events(self) -> None:
+        """Print the events that came in while the last command ran."""
+        if self._client is None:
+            return
+        while self._client.notifications:
+            _print_event(self.out, self._client.notifications.pop(0))
+            self.shown += 1
+
+    def wait_events(self, count: int | None, timeout_ms: int | None) -> int:
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        # events already printed after an earlier command count towards this wait: a
+        # notification that arrives with the `subscribe` reply must not be waited for again
+        seen = self.shown if count is None else min(self.shown, count)
+        self.shown -= seen
+        while count is None or seen < count:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            note = self.client.wait_notification(left)
+            if note is None:
+                break
+            _print_event(self.out, note)
+            seen += 1
+        return seen
+
+    def clear_injected(self, why: str) -> None:
+        """Clear the faults this session injected (a run that stopped early)."""
+        if not self.injected or self._client is None or self._client.closed:
+            return
+        cleared = []
+        for fid in self.injected:
+            try:
+                self._client.fault_clear(fid)
+            except NotFound:
+                continue  # gone with its connection
+            except ChimneyError:
+                break
+            cleared.append(fid)
+        self.injected = []
+        if not cleared:
+            return
+        text = f"cleared fault{'s' if len(cleared) > 1 else ''} {', '.join(map(str, cleared))}"
+        note = f"{text}: injected by this run, which {why}"
+        if self.json_default:
+            line = "fault clear " + " ".join(map(str, cleared))
+            self.out.json(_envelope(line, True, result=cleared, note=note))
+        else:
+            _stderr(f"note: {note}")
+
+
+def _print_event(out: Output, note: Notification) -> None:
+    if note.method != "tcp.event":
+        if out.json_mode:
+            out.json({"notification": note.method, "params": note.params})
+        else:
+            out.line(f"notification {note.method} {fmt(note.params)}")
+        return
+    conn, event, info = [*note.params, None, None, None][:3]
+    if out.json_mode:
+        out.json({"event": event, "conn": conn, "info": info if info is not None else {}})
+    else:
+        extra = f" {fmt(info)}" if info else ""
+        out.line(f"event conn {conn}: {event}{extra}")
+
+
+def _envelope(
+    line: str,
+    ok: bool,
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"command": line, "ok": ok}
+    if ok:
+        doc["result"] = result
+    else:
+        doc["error"] = error
+    if note:
+        doc["note"] = note
+    return doc
+
+
+def _stderr(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# ================================================================================================
+# commands: each returns its result (JSON mode) and prints for people (`s.out.line/table`)
+# ================================================================================================
+Handler = Callable[[Session, argparse.Namespace], Any]
+
+_ONE_SHOT_NOTE = (
+    "{what} was closed when chimneyctl left: it belongs to the RPC client that made it. To work "
+    "with it, use `chimneyctl run '{cmd} as c' 'send c hi' ...` or `chimneyctl shell`"
+)
+
+
+def _ping(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.ping()
+    s.out.line(r)
+    return r
+
+
+def _info(s: Session, a: argparse.Namespace) -> Any:
+    if a.id is not None:
+        return _conn_info(s, a)
+    if a.live:
+        raise UsageError("info --live needs a connection ID")
+    r = s.client.stack_info()
+    head = f"chimneyd {r.get('version', '?')} · contract {r.get('contract', '?')}"
+    if r.get("rpc") is not None:
+        head += f" · rpc {fmt(r['rpc'])}"
+    s.out.line(head)
+    t = table("layer", "kind", "lower", "state")
+    for layer in r.get("layers", []):
+        t.add_row(*(fmt(layer.get(k)) for k in ("name", "kind", "lower", "state")))
+    s.out.table(t)
+    shards = r.get("shards")
+    if isinstance(shards, list) and shards:
+        # a daemon of several shards: which one this client is on, and each one's process
+        s.out.line(f"shards {len(shards)} · this client is on shard {fmt(r.get('shard'))}")
+        st = table("shard", "state", "pid", "rss MB", "open fds", "fd limit")
+        for p in shards:
+            rss = p.get("rss_kb")
+            st.add_row(
+                fmt(p.get("shard")),
+                fmt(p.get("state")),
+                fmt(p.get("pid")),
+                f"{rss / 1024:.1f}" if isinstance(rss, int) else "",
+                fmt(p.get("open_fds")),
+                fmt(p.get("fd_limit")),
+            )
+        s.out.table(st)
+    return r
+
+
+_INFO_ORDER = ("state", "path", "local", "remote", "bytes_sent", "bytes_received")
+STALE_DELEGATED = "delegated (as of offload/last query)"
+LIVE_DELEGATED = "delegated (live: tcp.query now)"
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == {} or value == []
+
+
+def _handle_rows(handles: Any) -> list[tuple[str, str]]:
+    """`handles` of tcp.info as one row per layer: `handles.im0  context 8, handle 9`."""
+    if not isinstance(handles, dict):
+        return [] if _empty(handles) else [("handles", fmt(handles))]
+    rows = []
+    for layer, ids in handles.items():
+        if isinstance(ids, dict):
+            text = ", ".join(f"{k} {v}" for k, v in ids.items() if not _empty(v))
+        else:
+            text = fmt(ids)
+        if text:
+            rows.append((f"handles.{layer}", text))
+    return rows
+
+
+def _conn_info(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_info(a.id)
+    live: dict[str, Any] | None = None
+    if a.live:
+        if r.get("state") == "offloaded":
+            live = dict(s.client.call("tcp.query", a.id))
+        else:
+            s.note = (
+                f"conn {a.id} is {r.get('state')}, not offloaded: no target holds delegated state "
+                "to query (the host stack carries the connection)"
+            )
+    t = table("conn", str(a.id))
+    order = [*_INFO_ORDER, "handles"]
+    for key in [*order, *(k for k in r if k not in order)]:
+        value = r.get(key)
+        if key == "delegated" or _empty(value):
+            continue
+        if key == "handles":
+            for row in _handle_rows(value):
+                t.add_row(*row)
+        elif key == "path" and isinstance(value, list):
+            t.add_row(key, " → ".join(map(str, value)))
+        else:
+            t.add_row(key, fmt(value))
+    s.out.table(t)
+    shown = (LIVE_DELEGATED, live) if live is not None else (STALE_DELEGATED, r.get("delegated"))
+    _delegated_table(s, *shown)
+    if live is not None:
+        return {**r, "delegated_live": live}
+    return r
+
+
+def _delegated_table(s: Session, title: str, delegated: Any) -> None:
+    if _empty(delegated):
+        return
+    s.out.line(f"{title}:")
+    t = table("", "")
+    t.show_header = False
+    if isinstance(delegated, dict):
+        for k, v in delegated.items():
+            t.add_row(f"  {k}", fmt(v))
+    else:
+        t.add_row("", fmt(delegated))
+    s.out.table(t)
+
+
+_GAUGES = ("offloads_active", "handles", "outstanding_nbls")
+
+
+def _stats(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.stack_stats()
+    layers: dict[str, Any] = r.get("layers", {}) or {}
+    # Gauges first (the contract's three), then whatever scalar counters the layers report,
+    # then the per-call counters summed: calls, and those that completed with an error status.
+    extra: list[str] = []
+    for m in layers.values():
+        for k, v in m.items():
+            if k not in _GAUGES and k not in extra and isinstance(v, int | float):
+                extra.append(k)
+    t = table("layer", *_GAUGES, *extra, "calls", "failed")
+    for name, m in layers.items():
+        calls, failed = call_totals(m)
+        t.add_row(
+            name,
+            *(fmt(m.get(g)) for g in _GAUGES),
+            *(fmt(m.get(k)) for k in extra),
+            str(calls),
+            str(failed),
         )
-
-    def json(self, value: Any) -> None:
-        self.file.write(json.dumps(value, default=_json_default, ensure_ascii=False) + "\n")
-        self.file.flush()
-
-    def line(self, text: str) -> None:
-        self.console.print(text, markup=False)
-
-    def table(self, table: Table) -> None:
-        # Rendered, then right-stripped: rich pads cells, and trailing blanks spoil copy-paste.
-        with self.console.capture() as cap:
-            self.console.print(table)
-        text = "\n".join(line.rstrip() for line in cap.get().splitlines())
-        self.file.write(text + "\n")
-        self.file.flush()
-
-    def raw(self, data: bytes) -> None:
-        self.file.flush()
-        buffer = getattr(self.file, "buffer", None)
-        if buffer is not None:
-            buffer.write(data)
-            buffer.flush()
-        else:  # a text-only stream (tests): keep bytes visible rather than lose them
-            self.file.write(data.decode("utf-8", "backslashreplace"))
+    s.out.table(t)
+    tail = [f"connections {fmt(r.get('connections'))}"]
+    if isinstance(r.get("rpc"), dict):
+        tail.append(f"rpc {fmt(r['rpc'])}")
+    s.out.line(" · ".join(tail))
+    shards = r.get("shards")
+    if isinstance(shards, list) and shards:
+        st = table("shard", "state", "connections", "rpc clients", *_GAUGES)
+        for p in shards:
+            parts = (p.get("layers") or {}).values()
+            st.add_row(
+                fmt(p.get("shard")),
+                fmt(p.get("state")),
+                fmt(p.get("connections")),
+                fmt((p.get("rpc") or {}).get("clients")),
+                *(fmt(sum(int(m.get(g) or 0) for m in parts)) for g in _GAUGES),
+            )
+        s.out.table(st)
+    return r
 
 
-def _table(*columns: str, title: str | None = None) -> Table:
-    t = Table(
-        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False
-    )
-    for c in columns:
-        t.add_column(c, no_wrap=True)
-    return t
+def _metrics(s: Session, a: argparse.Namespace) -> Any:
+    r = str(s.client.call("stack.metrics"))
+    if not s.out.json_mode:
+        s.out.file.write(r if r.endswith("\n") else r + "\n")
+        s.out.file.flush()
+    return r
+
+
+def _one_shot_note(s: Session, what: str, a: argparse.Namespace) -> None:
+    if not s.interactive:
+        s.note = _ONE_SHOT_NOTE.format(what=what, cmd=a.command + " ...")
+
+
+def _connect(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_connect(a.host, a.port, offload=a.offload, target=a.target)
+    s.made("connection", r, a.name)
+    s.out.line(f"conn {r}")
+    _one_shot_note(s, f"conn {r}", a)
+    return r
+
+
+def _listen(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_listen(a.host, a.port, offload=a.offload)
+    s.made("listener", r, a.name)
+    s.out.line(f"listener {r}")
+    _one_shot_note(s, f"listener {r}", a)
+    return r
+
+
+def _listener_info(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_listener_info(a.id)
+    s.out.line(f"listener {a.id}: {r.get('host')}:{r.get('port')} pending {r.get('pending')}")
+    return r
+
+
+def _accept(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_accept(a.id, a.timeout_ms)
+    s.made("connection", r, a.name)
+    s.out.line(f"conn {r}")
+    _one_shot_note(s, f"conn {r}", a)
+    return r
+
+
+def _offload(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_offload(a.id)
+    path = " → ".join(str(p) for p in r.get("path", []))
+    s.out.line(f"conn {a.id}: {r.get('state')}" + (f" via {path}" if path else ""))
+    return r
+
+
+def _upload(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_upload(a.id)
+    s.out.line(f"conn {a.id}: {r.get('state')}")
+    return r
+
+
+def _send(s: Session, a: argparse.Namespace) -> Any:
+    text = " ".join(a.data) if a.data else None
+    if sum(x is not None for x in (text, a.hex, a.file)) != 1:
+        raise UsageError("send: give exactly one of DATA, --hex HEX, --file F")
+    if a.file is not None:
+        if a.file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(a.file, "rb") as f:
+                data = f.read()
+    elif a.hex is not None:
+        try:
+            data = bytes.fromhex(a.hex)
+        except ValueError:
+            raise UsageError(f"send: not hex: {a.hex!r}") from None
+    else:
+        assert text is not None
+        data = text.encode("utf-8")
+    r = s.client.tcp_send(a.id, data)
+    s.out.line(f"sent {r} bytes (acknowledged)")
+    return r
+
+
+def _recv(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.tcp_recv(a.id, a.max, a.timeout_ms)
+    if a.raw:
+        s.out.raw(r)
+    elif not s.out.json_mode:
+        _print_data(s.out, r, a.hex)
+    return r
 
 
 def _print_data(out: Output, data: bytes, hex_mode: bool) -> None:
@@ -356,277 +969,123 @@ def _print_data(out: Output, data: bytes, hex_mode: bool) -> None:
     out.line(f"{len(data)} bytes (hex): {data.hex()}")
 
 
-def _print_event(out: Output, note: Notification) -> None:
-    if note.method != "tcp.event":
-        if out.json_mode:
-            out.json({"notification": note.method, "params": note.params})
-        else:
-            out.line(f"notification {note.method} {_fmt(note.params)}")
-        return
-    conn, event, info = [*note.params, None, None, None][:3]
-    if out.json_mode:
-        out.json({"event": event, "conn": conn, "info": info if info is not None else {}})
-    else:
-        extra = f" {_fmt(info)}" if info else ""
-        out.line(f"event conn {conn}: {event}{extra}")
-
-
-# ================================================================================================
-# commands
-# ================================================================================================
-@dataclass
-class Session:
-    """One RPC connection and the output, shared by the commands of a run/shell."""
-
-    args: argparse.Namespace
-    out: Output
-    interactive: bool = False  # inside run/shell: subscribe returns at once
-    shown: int = 0  # events printed between commands, not yet claimed by `events`
-    _client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None:
-            self._client = Client.connect(
-                self.args.rpc, token=self.args.token, call_timeout=self.args.timeout
-            )
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-    def print_events(self) -> None:
-        """Print the events that came in while the last command ran."""
-        if self._client is None:
-            return
-        while self._client.notifications:
-            _print_event(self.out, self._client.notifications.pop(0))
-            self.shown += 1
-
-    def wait_events(self, count: int | None, timeout_ms: int | None) -> None:
-        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
-        # events already printed after an earlier command count towards this wait: a
-        # notification that arrives with the `subscribe` reply must not be waited for again
-        seen = self.shown if count is None else min(self.shown, count)
-        self.shown -= seen
-        while count is None or seen < count:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            note = self.client.wait_notification(left)
-            if note is None:
-                return
-            _print_event(self.out, note)
-            seen += 1
-
-
-Handler = Callable[[Session, argparse.Namespace], None]
-
-
-def _ping(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.ping()
-    s.out.json(r) if s.out.json_mode else s.out.line(r)
-
-
-def _info(s: Session, a: argparse.Namespace) -> None:
-    if a.id is not None:
-        return _conn_info(s, a)
-    r = s.client.stack_info()
-    if s.out.json_mode:
-        return s.out.json(r)
-    head = f"chimneyd {r.get('version', '?')} · contract {r.get('contract', '?')}"
-    rpc = r.get("rpc")
-    if isinstance(rpc, dict) or rpc is not None:
-        head += f" · rpc {_fmt(rpc)}"
-    s.out.line(head)
-    t = _table("layer", "kind", "lower", "state")
-    for layer in r.get("layers", []):
-        t.add_row(
-            _fmt(layer.get("name")),
-            _fmt(layer.get("kind")),
-            _fmt(layer.get("lower")),
-            _fmt(layer.get("state")),
-        )
-    s.out.table(t)
-
-
-_GAUGES = ("offloads_active", "handles", "outstanding_nbls")
-_SUCCESS = ("NDIS_STATUS_SUCCESS", "NDIS_STATUS_PENDING")
-
-
-def _stats(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.stack_stats()
-    if s.out.json_mode:
-        return s.out.json(r)
-    layers: dict[str, Any] = r.get("layers", {}) or {}
-    # Gauges first (the contract's three), then whatever scalar counters the layers report,
-    # then the per-call counters summed: total calls and those with a non-success status.
-    extra: list[str] = []
-    for m in layers.values():
-        for k, v in m.items():
-            if k not in _GAUGES and k not in extra and isinstance(v, int | float):
-                extra.append(k)
-    t = _table("layer", *_GAUGES, *extra, "calls", "failed")
-    for name, m in layers.items():
-        calls = m.get("calls") if isinstance(m.get("calls"), dict) else {}
-        total = sum(v for v in calls.values() if isinstance(v, int))
-        failed = sum(
-            v
-            for k, v in calls.items()
-            if isinstance(v, int) and "/" in k and k.split("/", 1)[1] not in _SUCCESS
-        )
-        t.add_row(
-            name,
-            *(_fmt(m.get(g)) for g in _GAUGES),
-            *(_fmt(m.get(k)) for k in extra),
-            str(total),
-            str(failed),
-        )
-    s.out.table(t)
-    tail = [f"connections {_fmt(r.get('connections'))}"]
-    if isinstance(r.get("rpc"), dict):
-        tail.append(f"rpc {_fmt(r['rpc'])}")
-    s.out.line(" · ".join(tail))
-
-
-def _connect(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_connect(a.host, a.port, offload=a.offload, target=a.target)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"conn {r}")
-
-
-def _listen(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_listen(a.host, a.port, offload=a.offload)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"listener {r}")
-
-
-def _listener_info(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_listener_info(a.id)
-    if s.out.json_mode:
-        return s.out.json(r)
-    s.out.line(f"listener {a.id}: {r.get('host')}:{r.get('port')} pending {r.get('pending')}")
-
-
-def _accept(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_accept(a.id, a.timeout_ms)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"conn {r}")
-
-
-def _offload(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_offload(a.id)
-    if s.out.json_mode:
-        return s.out.json(r)
-    path = " → ".join(str(p) for p in r.get("path", []))
-    s.out.line(f"conn {a.id}: {r.get('state')}" + (f" via {path}" if path else ""))
-
-
-def _upload(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_upload(a.id)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"conn {a.id}: {r.get('state')}")
-
-
-def _send(s: Session, a: argparse.Namespace) -> None:
-    if sum(x is not None for x in (a.data, a.hex, a.file)) != 1:
-        raise UsageError("send: give exactly one of DATA, --hex HEX, --file F")
-    if a.file is not None:
-        if a.file == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(a.file, "rb") as f:
-                data = f.read()
-    elif a.hex is not None:
-        try:
-            data = bytes.fromhex(a.hex)
-        except ValueError:
-            raise UsageError(f"send: not hex: {a.hex!r}") from None
-    else:
-        data = a.data.encode("utf-8")
-    r = s.client.tcp_send(a.id, data)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"sent {r} bytes (acknowledged)")
-
-
-def _recv(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_recv(a.id, a.max, a.timeout_ms)
-    if a.raw:
-        return s.out.raw(r)
-    if s.out.json_mode:
-        return s.out.json(r)
-    _print_data(s.out, r, a.hex)
-
-
-def _disconnect(s: Session, a: argparse.Namespace) -> None:
+def _disconnect(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.tcp_disconnect(a.id, a.abortive)
-    s.out.json(r) if s.out.json_mode else s.out.line(r)
+    s.out.line(r)
+    return r
 
 
-def _close(s: Session, a: argparse.Namespace) -> None:
+def _close(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.tcp_close(a.id)
-    s.out.json(r) if s.out.json_mode else s.out.line(f"conn {a.id}: closed")
+    s.out.line(f"conn {a.id}: closed")
+    return r
 
 
-def _conn_info(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.tcp_info(a.id)
-    if s.out.json_mode:
-        return s.out.json(r)
-    t = _table("conn", str(a.id))
-    order = ["state", "path", "local", "remote", "bytes_sent", "bytes_received", "handles"]
-    for key in [*order, *(k for k in r if k not in order and k != "delegated")]:
-        if key in r:
-            value = r[key]
-            shown = (
-                " → ".join(map(str, value))
-                if key == "path" and isinstance(value, list)
-                else _fmt(value)
-            )
-            t.add_row(key, shown)
-    delegated = r.get("delegated")
-    if isinstance(delegated, dict):
-        for k, v in delegated.items():
-            t.add_row(f"delegated.{k}", _fmt(v))
-    elif delegated is not None:
-        t.add_row("delegated", _fmt(delegated))
-    s.out.table(t)
-
-
-def _list(s: Session, a: argparse.Namespace) -> None:
+def _list(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.tcp_list()
-    if s.out.json_mode:
-        return s.out.json(r)
     s.out.line(" ".join(map(str, r)) if r else "(no connections)")
+    return r
 
 
-def _trace(s: Session, a: argparse.Namespace) -> None:
-    r = s.client.trace_get(a.id, a.limit)
-    if s.out.json_mode:
-        return s.out.json(r)
-    with_event = any(h.get("event") is not None for h in r)
-    cols = ["seq", "t (µs)", "layer", "call", "handle", "context", "nbl", "status"]
-    t = _table(*cols, *(["event"] if with_event else []))
-    t0 = r[0].get("t_ns") if r else None
-    for h in r:
-        tn = h.get("t_ns")
-        rel = f"{(tn - t0) / 1000:.1f}" if isinstance(tn, int) and isinstance(t0, int) else ""
-        row = [_fmt(h.get("seq")), rel, *(_fmt(h.get(k)) for k in cols[2:])]
-        if with_event:
-            row.append(_fmt(h.get("event")))
-        t.add_row(*row)
+def _query(s: Session, a: argparse.Namespace) -> Any:
+    r = dict(s.client.call("tcp.query", a.id))
+    _delegated_table(s, LIVE_DELEGATED, r)
+    return r
+
+
+def _update(s: Session, a: argparse.Namespace) -> Any:
+    r = s.client.call("tcp.update", a.id, dict(a.keys))
+    s.out.line(f"conn {a.id}: updated {' '.join(k for k, _ in a.keys)}: {fmt(r)}")
+    return r
+
+
+def _trace(s: Session, a: argparse.Namespace) -> Any:
+    hops = s.client.trace_get(a.id, a.limit)
+    nbl = a.nbl
+    if nbl == "first":
+        nbl = next((h["nbl"] for h in hops if h.get("nbl") is not None), None)
+    if a.nbl is not None:
+        hops = [h for h in hops if h.get("nbl") == nbl]
+    if a.svg or a.mermaid:
+        from . import ctl_trace
+
+        order = [str(layer.get("name")) for layer in s.client.stack_info().get("layers", [])]
+        lanes = ctl_trace.lanes_for(hops, order)
+        title = f"conn {a.id}: {' → '.join(lanes)}" + (f" · NBL {nbl}" if nbl else "")
+        result: dict[str, Any] = {"hops": len(hops), "lanes": ctl_trace.columns(lanes)}
+        if a.svg:
+            with open(a.svg, "w", encoding="utf-8") as f:
+                f.write(ctl_trace.render_svg(hops, lanes, title))
+            s.out.line(f"wrote {a.svg}: {len(hops)} hops, lanes {' | '.join(result['lanes'])}")
+            result["svg"] = a.svg
+        if a.mermaid:
+            text = ctl_trace.render_mermaid(hops, lanes, title)
+            if a.mermaid != "-":
+                with open(a.mermaid, "w", encoding="utf-8") as f:
+                    f.write(text)
+                s.out.line(f"wrote {a.mermaid}: {len(hops)} hops")
+                result["mermaid_file"] = a.mermaid
+            elif not s.out.json_mode:
+                s.out.file.write(text)
+                s.out.file.flush()
+            result["mermaid"] = text
+        return result
+    with_event = any(h.get("event") is not None for h in hops)
+    t = table(*HOP_COLUMNS, *(["event"] if with_event else []))
+    t0 = hops[0].get("t_ns") if hops else None
+    for h in hops:
+        t.add_row(*hop_cells(h, t0, with_event))
     s.out.table(t)
+    return hops
 
 
-def _subscribe(s: Session, a: argparse.Namespace) -> None:
+def _watch(s: Session, a: argparse.Namespace) -> Any:
+    from .ctl_live import watch
+
+    return watch(s, a.id, a.interval, a.new)
+
+
+def _top(s: Session, a: argparse.Namespace) -> Any:
+    from .ctl_live import top
+
+    return top(s, a.interval, a.conns, a.once)
+
+
+def admin_hint(s: Session) -> str | None:
+    """Why `subscribe '*'` will show only this client's connections, if it will."""
+    hint = (
+        "without the admin token, subscribe '*' sees only the connections this client makes "
+        "(a one-shot subscribe makes none); give --token ADMIN_TOKEN or set CHIMNEY_TOKEN"
+    )
+    if s.args.token is None:
+        return hint
+    rpc = s.client.stack_info().get("rpc")
+    if isinstance(rpc, dict) and rpc.get("auth") is False:
+        return hint
+    # the admin token lists every connection: fewer listed than open means not admin
+    open_conns = s.client.stack_stats().get("connections")
+    if isinstance(open_conns, int) and open_conns > len(s.client.tcp_list()):
+        return hint
+    return None
+
+
+def _subscribe(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.events_subscribe(a.id)
-    if s.out.json_mode:
-        s.out.json(r)
-    else:
-        s.out.line(f"subscribed to {'all connections' if a.id == '*' else f'conn {a.id}'}")
+    if a.id == "*" and (hint := admin_hint(s)):
+        _stderr(f"hint: {hint}")
+    s.out.line(f"subscribed to {'all connections' if a.id == '*' else f'conn {a.id}'}")
     if s.interactive and a.count is None:
-        return  # run/shell: later events print as they arrive
+        return r  # run/shell: later events print as they arrive
+    s.result(r)
     s.wait_events(a.count, a.timeout_ms)
+    return SHOWN
 
 
-def _events(s: Session, a: argparse.Namespace) -> None:
-    s.wait_events(a.count, a.timeout_ms)
+def _events(s: Session, a: argparse.Namespace) -> Any:
+    return s.wait_events(a.count, a.timeout_ms)
 
 
-def _sleep(s: Session, a: argparse.Namespace) -> None:
+def _sleep(s: Session, a: argparse.Namespace) -> Any:
     if s._client is not None:
         # Read while sleeping, so events are not held up behind the pause.
         deadline = time.monotonic() + a.seconds
@@ -636,33 +1095,73 @@ def _sleep(s: Session, a: argparse.Namespace) -> None:
                 _print_event(s.out, note)
     else:
         time.sleep(a.seconds)
+    return None
 
 
-def _fault(s: Session, a: argparse.Namespace) -> None:
+def _fault(s: Session, a: argparse.Namespace) -> Any:
+    if a.fault_cmd == "kinds":
+        return _fault_kinds(s)
     c = s.client
     if a.fault_cmd == "inject":
-        fid = c.fault_inject(a.kind, **dict(a.keys))
-        s.out.json(fid) if s.out.json_mode else s.out.line(f"fault {fid}")
-    elif a.fault_cmd == "clear":
+        keys = dict(a.keys)
+        fid = c.fault_inject(a.kind, **keys)
+        s.injected.append(fid)
+        s.out.line(f"fault {fid}")
+        if not s.interactive and a.kind in LAYER_FAULTS:
+            s.note = (
+                f"fault {fid} stays on {keys.get('layer')} until `chimneyctl fault clear {fid}`"
+            )
+        return fid
+    if a.fault_cmd == "clear":
         r = c.fault_clear(a.id)
-        s.out.json(r) if s.out.json_mode else s.out.line("cleared")
-    else:
-        faults = c.fault_list()
-        if s.out.json_mode:
-            return s.out.json(faults)
-        if not faults:
-            return s.out.line("(no faults)")
-        t = _table("id", "kind", "keys")
-        for f in faults:
-            keys = {k: v for k, v in f.items() if k not in ("id", "kind")}
-            t.add_row(_fmt(f.get("id")), _fmt(f.get("kind")), _fmt(keys))
-        s.out.table(t)
+        s.injected = [] if a.id == "*" else [f for f in s.injected if f != a.id]
+        s.out.line("cleared")
+        return r
+    faults = c.fault_list()
+    if not faults:
+        s.out.line("(no faults)")
+        return faults
+    t = table("id", "kind", "keys")
+    for f in faults:
+        keys = {k: v for k, v in f.items() if k not in ("id", "kind")}
+        t.add_row(fmt(f.get("id")), fmt(f.get("kind")), fmt(keys))
+    s.out.table(t)
+    return faults
+
+
+def _fault_kinds(s: Session) -> Any:
+    t = table("kind", "keys", "example")
+    for k in FAULT_KINDS.values():
+        t.add_row(k.name, k.keys, k.example)
+    s.out.table(t)
+    s.out.line("aliases: " + ", ".join(f"{a} = {n}" for a, n in FAULT_ALIASES.items()))
+    return [
+        {
+            "kind": k.name,
+            "required": list(k.required),
+            "optional": list(k.optional),
+            "what": k.what,
+            "example": k.example,
+        }
+        for k in FAULT_KINDS.values()
+    ]
+
+
+def _completion(s: Session, a: argparse.Namespace) -> Any:
+    from .completion import script
+
+    text = script(a.shell)
+    if not s.out.json_mode:
+        s.out.file.write(text)
+        s.out.file.flush()
+    return text
 
 
 HANDLERS: dict[str, Handler] = {
     "ping": _ping,
     "info": _info,
     "stats": _stats,
+    "metrics": _metrics,
     "connect": _connect,
     "listen": _listen,
     "listener-info": _listener_info,
@@ -674,38 +1173,107 @@ HANDLERS: dict[str, Handler] = {
     "disconnect": _disconnect,
     "close": _close,
     "list": _list,
+    "query": _query,
+    "update": _update,
     "trace": _trace,
+    "watch": _watch,
     "subscribe": _subscribe,
     "events": _events,
     "sleep": _sleep,
     "fault": _fault,
+    "top": _top,
+    "completion": _completion,
 }
 
 
 # ================================================================================================
 # running
 # ================================================================================================
-def _fail(message: str) -> None:
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
+def _refs(a: argparse.Namespace) -> Iterator[tuple[str, Any, str]]:
+    """(attribute, value, what it must name) of every id a command takes."""
+    if a.command == "fault":
+        return
+    if hasattr(a, "id"):
+        yield "id", a.id, "listener" if a.command in LISTENER_ID else "connection"
 
 
-def _execute(session: Session, args: argparse.Namespace) -> int:
-    """Run one parsed command; print its error. Returns its exit status."""
+def _resolve_refs(s: Session, a: argparse.Namespace) -> None:
+    for attr, value, want in _refs(a):
+        setattr(a, attr, s.resolve(value, want))
+    if a.command == "fault" and a.fault_cmd == "inject":
+        a.keys = [
+            (k, s.resolve(Ref(v), "connection") if k == "conn" and isinstance(v, str) else v)
+            for k, v in a.keys
+        ]
+
+
+def _error_doc(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """Exit status and the JSON `error` of an exception a command raised."""
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, {"symbol": "USAGE", "message": str(exc)}
+    if isinstance(exc, RpcError):
+        symbol = exc.message.split(":", 1)[0] if ":" in exc.message else exc.symbol
+        return EXIT_ERROR, {"code": exc.wire_code, "symbol": symbol, "message": exc.message}
+    symbols: dict[type[BaseException], str] = {
+        ConnectionLost: "CONNECTION_LOST",
+        CallTimeout: "CALL_TIMEOUT",
+        ProtocolError: "PROTOCOL_ERROR",
+    }
+    symbol = symbols.get(type(exc), "ERROR" if isinstance(exc, ChimneyError) else "OS_ERROR")
+    return EXIT_ERROR, {"symbol": symbol, "message": str(exc)}
+
+
+def _report(s: Session, line: str, exc: BaseException, note: str | None = None) -> int:
+    status, error = _error_doc(exc)
+    if s.out.json_mode:
+        s.out.json(_envelope(line, False, error=error, note=note))
+    else:
+        _stderr(f"error: {exc}")
+        if note:
+            _stderr(f"hint: {note}")
+    return status
+
+
+def _not_found_hint(s: Session, a: argparse.Namespace) -> str | None:
+    if s.interactive or s.args.token is not None or a.command == "fault" or not hasattr(a, "id"):
+        return None
+    return (
+        "a one-shot chimneyctl sees only what it makes itself: connections belong to the RPC "
+        "client that opened them; use `run`/`shell`, or --token with the admin token"
+    )
+
+
+def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
+    """Run one parsed command; print its result or error. Returns its exit status."""
+    s.out.json_mode = s.json_default or bool(getattr(a, "json", False))
+    s.line, s.note = line, None
     try:
-        HANDLERS[args.command](session, args)
+        _resolve_refs(s, a)
+        result = HANDLERS[a.command](s, a)
+        if result is not SHOWN:
+            if s.out.json_mode:
+                s.out.json(_envelope(line, True, result=result, note=s.note))
+            elif s.note:
+                _stderr(f"note: {s.note}")
         return EXIT_OK
-    except UsageError as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
-    except ChimneyError as exc:
-        _fail(str(exc))
-        return EXIT_ERROR
-    except OSError as exc:  # --file that cannot be read
-        _fail(str(exc))
-        return EXIT_ERROR
+    except NotFound as exc:
+        return _report(s, line, exc, _not_found_hint(s, a))
+    except (UsageError, ChimneyError, OSError) as exc:
+        return _report(s, line, exc)
     finally:
-        session.print_events()
+        s.print_events()
+
+
+def _split_name(words: list[str]) -> tuple[list[str], str | None]:
+    """`connect HOST PORT as NAME` → the command's words and NAME."""
+    if len(words) >= 3 and words[-2] == "as":
+        if words[0] not in NAMING:
+            raise UsageError(f"{words[0]}: only {', '.join(NAMING)} take `as NAME`")
+        name = words[-1]
+        if not _NAME_RE.fullmatch(name):
+            raise UsageError(f"as {name!r}: a name starts with a letter or _ (e.g. c1)")
+        return words[:-2], name
+    return words, None
 
 
 def _parse_line(parser: argparse.ArgumentParser, line: str) -> argparse.Namespace:
@@ -713,37 +1281,100 @@ def _parse_line(parser: argparse.ArgumentParser, line: str) -> argparse.Namespac
         words = shlex.split(line, comments=True)
     except ValueError as exc:
         raise UsageError(f"{line!r}: {exc}") from None
-    if words and words[0] in ("run", "shell"):
-        raise UsageError(f"{words[0]!r} cannot be nested")
-    return parser.parse_args(words)
+    if words and words[0] in ONE_SHOT_ONLY:
+        raise UsageError(f"{words[0]!r} runs only on its own, not inside run/shell")
+    words, name = _split_name(words)
+    args = parser.parse_args(words)
+    args.name = name
+    _check(args)
+    return args
 
 
-def _run(session: Session, commands: Sequence[str]) -> int:
+def _check(a: argparse.Namespace) -> None:
+    """What argparse cannot check, before anything runs: a fault's kind and keys."""
+    if a.command == "fault" and a.fault_cmd == "inject" and not a.unchecked:
+        try:
+            a.kind = check_fault(a.kind, dict(a.keys))
+        except FaultSpecError as exc:
+            raise UsageError(str(exc)) from None
+
+
+def _check_names(script: Sequence[tuple[str, argparse.Namespace]]) -> None:
+    """Every name a run uses is made by an earlier command (checked before anything runs)."""
+    names: dict[str, str] = {}
+    made_conn = False
+    for line, a in script:
+        uses = [(v, want) for _, v, want in _refs(a)]
+        if a.command == "fault" and a.fault_cmd == "inject":
+            uses += [
+                (Ref(v), "connection") for k, v in a.keys if k == "conn" and isinstance(v, str)
+            ]
+        for value, want in uses:
+            if not isinstance(value, Ref):
+                continue
+            if value == LAST:
+                if not made_conn:
+                    raise UsageError(f"{line!r}: {LAST} before any connect or accept")
+            elif names.get(value) != want:
+                raise UsageError(
+                    f"{line!r}: {value!r} is not a {want} named by an earlier command "
+                    f"(e.g. `connect HOST PORT as {value}`)"
+                )
+        if a.command in NAMING:
+            made_conn = made_conn or NAMING[a.command] == "connection"
+            if a.name is not None:
+                names[a.name] = NAMING[a.command]
+
+
+def _run(s: Session, commands: Sequence[str]) -> int:
     parser = build_line_parser()
-    parsed = []
+    script = []
     for text in commands:  # check the whole script before touching the daemon
         try:
-            parsed.append(_parse_line(parser, text))
+            script.append((text, _parse_line(parser, text)))
         except UsageError as exc:
-            _fail(str(exc))
-            return EXIT_USAGE
+            return _report(s, text, exc)
         except _HelpShown as exc:
             return exc.status
-    for args in parsed:
-        status = _execute(session, args)
-        if status != EXIT_OK:
-            return status
+    try:
+        _check_names(script)
+    except UsageError as exc:
+        return _report(s, "run", exc)
+    try:
+        for line, args in script:
+            status = _execute(s, args, line)
+            if status != EXIT_OK:
+                s.clear_injected("stopped at an error")
+                return status
+    except KeyboardInterrupt:
+        s.clear_injected("was interrupted")
+        raise
     return EXIT_OK
 
 
-def _shell(session: Session, stdin: IO[str]) -> int:
+def _shell_help(s: Session, parser: argparse.ArgumentParser) -> None:
+    rows = command_summary(parser)
+    if s.out.json_mode:
+        s.out.json(_envelope("help", True, result=[{"command": n, "help": h} for n, h in rows]))
+        return
+    width = max(len(n) for n, _ in rows)
+    lines = ["commands (COMMAND -h for its arguments; exit, quit or Ctrl-D ends):"]
+    lines += [f"  {n.ljust(width)}  {h}" for n, h in rows]
+    lines.append(
+        f"names: `connect HOST PORT as c` then `send c hi`; {LAST} is the last connection made"
+    )
+    s.out.file.write("\n".join(lines) + "\n")
+    s.out.file.flush()
+
+
+def _shell(s: Session, stdin: IO[str]) -> int:
     parser = build_line_parser()
     tty = stdin.isatty()
     worst = EXIT_OK
     while True:
         if tty:
-            session.out.file.write("chimney> ")
-            session.out.file.flush()
+            s.out.file.write("chimney> ")
+            s.out.file.flush()
         line = stdin.readline()
         if not line:
             break
@@ -753,33 +1384,54 @@ def _shell(session: Session, stdin: IO[str]) -> int:
         if text in ("exit", "quit"):
             break
         if text in ("help", "?"):
-            parser.print_usage(session.out.file)
-            session.out.file.write("  (COMMAND -h for its arguments; exit or Ctrl-D ends)\n")
+            _shell_help(s, parser)
             continue
         try:
             args = _parse_line(parser, text)
         except UsageError as exc:
-            _fail(str(exc))
-            worst = max(worst, EXIT_USAGE)
+            worst = max(worst, _report(s, text, exc))
             continue
         except _HelpShown:
             continue
-        status = _execute(session, args)
-        worst = max(worst, status)
+        worst = max(worst, _execute(s, args, text))
     return worst  # the worst status of any line: 0, 1 (an error) or 2 (a usage error)
+
+
+#: Global options that take a value (skipped to find where the command starts).
+_VALUE_OPTIONS = ("--rpc", "--token", "--timeout")
+
+
+def _command_line(argv: Sequence[str]) -> str:
+    """The command as typed, without chimneyctl's global options (the JSON `command`)."""
+    words = list(argv)
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w in _VALUE_OPTIONS:
+            i += 2
+        elif w == "--json" or w.startswith(tuple(o + "=" for o in _VALUE_OPTIONS)):
+            i += 1
+        else:
+            break
+    return shlex.join(w for w in words[i:] if w != "--json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `chimneyctl`; returns the exit status (also when called in-process)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    json_mode = "--json" in argv
     try:
         args = parser.parse_args(argv)
+        _check(args)
     except UsageError as exc:
-        _fail(str(exc))
-        return EXIT_USAGE
+        out = Output(json_mode, sys.stdout)
+        return _report(Session(argparse.Namespace(), out), _command_line(argv), exc)
     except _HelpShown as exc:
         return exc.status
-    session = Session(args, Output(args.json, sys.stdout))
+    args.name = None
+    json_mode = bool(args.json)
+    session = Session(args, Output(json_mode, sys.stdout), json_default=json_mode)
     try:
         if args.command == "run":
             session.interactive = True
@@ -787,10 +1439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "shell":
             session.interactive = True
             return _shell(session, sys.stdin)
-        return _execute(session, args)
+        return _execute(session, args, _command_line(argv))
     except KeyboardInterrupt:
-        # Ctrl-C ends a one-shot `subscribe` normally; anything else was interrupted.
-        return EXIT_OK if args.command == "subscribe" else EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     finally:
         session.close()
 

@@ -135,8 +135,9 @@ class MiniRpc(asyncio.Protocol):
                     "remote": "127.0.0.1:9000",
                     "bytes_sent": 5,
                     "bytes_received": 5,
-                    "handles": {"tcpip": 101, "im0": 202},
+                    "handles": {"tcpip": {"handle": 101}, "im0": {"context": 201, "handle": 202}},
                     "delegated": {"RcvNxt": 1005, "SndUna": 2005},
+                    "listener": None,
                 }
             if method == "tcp.offload":
                 return {"state": "offloaded", "path": ["tcpip", "im0", "nic0"]}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 
 import pytest
 
 from chimney_client.soak import (
+    FAULT_KINDS,
     FaultSpec,
     PayloadDist,
-    build_report,
+    build_parser,
     gauges_left,
     merge_counters,
     parse_duration,
@@ -18,8 +21,9 @@ from chimney_client.soak import (
     parse_size,
     percentiles,
     schedule_faults,
-    summarize_faults,
 )
+from chimney_client.soak.plan import make_plan
+from chimney_client.soak.procs import listener_pid
 
 
 # -- sizes and durations --------------------------------------------------------------------------
@@ -87,18 +91,53 @@ def test_payload_rejects(text: str) -> None:
 
 
 # -- fault schedules ------------------------------------------------------------------------------
-def test_parse_faults_full_syntax() -> None:
-    specs = parse_faults("peer_reset:5,stall:2/ms=3000,fail_send:3,nic_failure@20s/for=4s")
+def test_parse_faults_full_syntax_with_contract_names() -> None:
+    specs = parse_faults(
+        "peer_reset:5,stall_peer:2/ms=3000,fail_next:3/count=2,target_failure@20s/for=4s"
+    )
     assert specs == [
         FaultSpec("peer_reset", 5),
-        FaultSpec("stall", 2, None, (("ms", "3000"),)),
-        FaultSpec("fail_send", 3),
-        FaultSpec("nic_failure", 1, 20.0, (("for", "4s"),)),
+        FaultSpec("stall_peer", 2, None, (("ms", "3000"),)),
+        FaultSpec("fail_next", 3, None, (("count", "2"),)),
+        FaultSpec("target_failure", 1, 20.0, (("for", "4s"),)),
     ]
     assert specs[1].param("ms") == "3000"
     assert specs[2].param("layer") == "nic0"  # a default
+    assert specs[2].param("call") == "MiniportTcpOffloadSend"
     assert specs[2].param("status") == "NDIS_STATUS_REQUEST_ABORTED"
     assert specs[3].scope == "layer" and specs[0].scope == "conn"
+
+
+def test_old_fault_names_are_aliases_of_the_contract_names() -> None:
+    old = parse_faults("stall:2/ms=3000,fail_send:3/n=2,nic_failure@20s/for=4s")
+    new = parse_faults("stall_peer:2/ms=3000,fail_next:3/count=2,target_failure@20s/for=4s")
+    assert old == new
+    help_text = build_parser().format_help()
+    for alias, canonical in (("stall", "stall_peer"), ("fail_send", "fail_next")):
+        assert f"{alias} = {canonical}" in help_text
+    assert "nic_failure = target_failure" in help_text
+
+
+def test_fail_next_presets_say_what_they_do_to_the_traffic() -> None:
+    send, upload, refuse, im_upload = parse_faults(
+        "fail_next,upload_send,refuse_offload,fail_next/layer=im0/status=NDIS_STATUS_REQUEST_UPLOAD"
+    )
+    assert send.effect == "send_failure"
+    assert upload.effect == "send_upload" and upload.param("layer") == "im0"
+    assert refuse.effect == "offload_refusal"
+    assert im_upload.effect == "send_upload"
+    assert parse_faults("peer_reset")[0].effect is None
+
+
+def test_every_option_has_help() -> None:
+    for action in build_parser()._actions:
+        assert action.help, action.option_strings
+
+
+def test_every_fault_kind_is_in_the_help() -> None:
+    text = build_parser().format_help()
+    for kind in FAULT_KINDS:
+        assert f"    {kind} " in text, kind
 
 
 def test_parse_faults_empty() -> None:
@@ -112,10 +151,12 @@ def test_parse_faults_empty() -> None:
         ("explode:1", "unknown kind"),
         ("stall:0", "at least 1"),
         ("stall/ms", "KEY=VALUE"),
-        ("stall/colour=red", "takes no key"),
+        ("stall_peer/colour=red", "takes no key"),
         ("stall/ms=-5", "positive integer"),
         ("nic_failure@soon", "duration"),
         ("peer_reset:x", "expected"),
+        ("fail_next/call=MiniportTcpOffloadDisconnect", "judges fail_next only"),
+        ("fail_next/status=BROKEN", "NDIS_STATUS_"),
     ],
 )
 def test_parse_faults_rejects_naming_the_item(text: str, why: str) -> None:
@@ -126,7 +167,7 @@ def test_parse_faults_rejects_naming_the_item(text: str, why: str) -> None:
 def test_schedule_spreads_counts_and_keeps_times() -> None:
     plan = schedule_faults(parse_faults("peer_reset:3,nic_failure@2s"), 20.0)
     assert [(round(p.t, 3), p.spec.kind) for p in plan] == [
-        (2.0, "nic_failure"),
+        (2.0, "target_failure"),
         (5.0, "peer_reset"),
         (10.0, "peer_reset"),
         (15.0, "peer_reset"),
@@ -180,94 +221,27 @@ def test_merge_counters_sums_workers() -> None:
     assert total["errors"] == 0
 
 
-def _report(**over: object) -> dict:
-    counters = merge_counters([{"ops": 100, "bytes_sent": 5000, "bytes_verified": 5000}])
-    kw: dict = {
-        "settings": {},
-        "counters": counters,
-        "latencies_ms": [1.0, 2.0, 3.0],
-        "integrity_details": [],
-        "error_details": {},
-        "faults": [],
-        "stats_before": _stats(),
-        "stats_after": _stats(),
-        "timing": {"active_s": 10.0},
-        "rss_kb": {"before": 1000, "after": 1050, "peak": 2000},
-        "daemon": {"crashed": False, "exit_status": 0},
-        "connections": {"held": 10, "requested": 10},
-    }
-    kw.update(over)
-    return build_report(**kw)
+# -- processes ------------------------------------------------------------------------------------
+def test_listener_pid_finds_who_listens_on_a_port() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert listener_pid(sock.getsockname()[1]) == os.getpid()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: nobody to find
+        assert listener_pid(sock.getsockname()[1]) is None
 
 
-def test_report_passes_when_clean() -> None:
-    r = _report()
-    assert r["ok"] and r["failures"] == []
-    assert r["connections"] == 10 and r["ops_per_s"] == 10.0
-    assert r["latency_ms"]["p50"] == 2.0 and r["latency_ms"]["p99"] == 3.0
-    assert r["drained"] and r["left_over"] == {}
-    assert r["rss_kb"]["within_10pct"] is True and r["rss_kb"]["after_over_before"] == 1.05
-    for key in ("bytes_sent", "bytes_verified", "integrity_errors", "errors", "stats_before"):
-        assert key in r
+# -- plans ----------------------------------------------------------------------------------------
+def test_a_plan_refuses_peer_reset_without_our_own_peers() -> None:
+    args = build_parser().parse_args(["--peer", "127.0.0.1:9000", "--faults", "peer_reset"])
+    with pytest.raises(ValueError, match="daemon_reset"):
+        make_plan(args, 20_000)
+    args = build_parser().parse_args(["--peer", "127.0.0.1:9000", "--faults", "daemon_reset"])
+    assert make_plan(args, 20_000).faults[0].spec.kind == "daemon_reset"
 
 
-def test_report_fails_on_integrity_leaks_and_crash() -> None:
-    counters = merge_counters([{"ops": 1, "integrity_errors": 2}])
-    r = _report(
-        counters=counters,
-        stats_after=_stats(outstanding_nbls=1),
-        daemon={"crashed": True, "crash": "exit status -11", "exit_status": -11},
-    )
-    assert not r["ok"]
-    text = " | ".join(r["failures"])
-    assert "2 integrity error(s)" in text
-    assert "outstanding_nbls" in text
-    assert "daemon crashed" in text and "exit status -11" in text
-
-
-def test_report_rss_growth_is_reported_not_fatal() -> None:
-    r = _report(rss_kb={"before": 1000, "after": 2000, "peak": 3000})
-    assert r["rss_kb"]["within_10pct"] is False
-    assert r["ok"]
-
-
-def test_fault_summary_says_what_each_fault_did() -> None:
-    conn_records = [
-        {"kind": "peer_reset", "injected": True, "observed": True, "reopened": True, "conn": 4},
-        {"kind": "stall", "injected": True, "integrity_errors": 0, "verified_after": 99, "conn": 5},
-        {"kind": "retrieve", "injected": False, "error": "no live connection to aim at"},
-    ]
-    layer_records = [{"kind": "nic_failure", "injected": True, "cleared": True}]
-    counters = merge_counters([{"nic_uploads": 40}])
-    out = {f["kind"]: f for f in summarize_faults(layer_records, conn_records, counters)}
-    assert out["peer_reset"]["ok"] and out["peer_reset"]["abort_observed"] == 1
-    assert out["stall"]["ok"] and out["stall"]["bytes_verified_after"] == 99
-    assert out["nic_failure"]["ok"] and out["nic_failure"]["connections_uploaded"] == 40
-    assert not out["retrieve"]["ok"]
-    assert list(out) == ["peer_reset", "stall", "retrieve", "nic_failure"]
-    r = _report(faults=list(out.values()))
-    assert not r["ok"] and any("retrieve" in f for f in r["failures"])
-
-
-def test_reset_not_observed_fails_the_fault() -> None:
-    recs = [{"kind": "peer_reset", "injected": True, "observed": False, "reopened": True}]
-    (entry,) = summarize_faults([], recs, merge_counters([]))
-    assert not entry["ok"]
-
-
-def test_faults_the_soak_itself_cut_short_are_superseded_not_failed() -> None:
-    recs = [
-        # reset seen, but the soak stopped before the slot reopened
-        {"kind": "peer_reset", "injected": True, "observed": True, "superseded": True},
-        # retrieve asked, but churn closed the connection before the upload it asked for
-        {"kind": "retrieve", "injected": True, "superseded": True},
-        # a retrieve neither uploaded nor cut short still fails
-        {"kind": "retrieve", "injected": True},
-    ]
-    out = {f["kind"]: f for f in summarize_faults([], recs, merge_counters([]))}
-    assert out["peer_reset"]["ok"] and out["peer_reset"]["superseded"] == 1
-    assert out["retrieve"]["superseded"] == 1 and not out["retrieve"]["ok"]
-    # a reset that was never observed fails even when superseded
-    recs[0]["observed"] = False
-    (entry, _) = summarize_faults([], recs[:2], merge_counters([]))
-    assert not entry["ok"]
+def test_a_plan_capped_by_the_open_file_limit_says_so() -> None:
+    plan = make_plan(build_parser().parse_args(["-n", "30000"]), 20_000)
+    assert plan.connections == 19_800 and plan.requested == 30_000
+    assert plan.fd_note is not None and "30000 connections asked, 19800 possible" in plan.fd_note

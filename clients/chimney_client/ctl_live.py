@@ -1,0 +1,302 @@
+"""The live views of chimneyctl: `watch ID` (a connection's hops as they happen) and `top`
+(per-layer gauges and rates, and the busiest connections, refreshed in place)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group, RenderableType
+from rich.text import Text
+
+from .blocking import Client
+from .ctl_render import HOP_COLUMNS, call_totals, hop_cells, table
+from .errors import NotFound
+
+if TYPE_CHECKING:
+    from .ctl import Session
+
+# ================================================================================================
+# watch
+# ================================================================================================
+_WIDTHS = (6, 11, 8, 38, 7, 8, 6, 28)
+
+
+def _row(cells: list[str]) -> str:
+    padded = [c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)]
+    return "  ".join([*padded, *cells[len(_WIDTHS) :]]).rstrip()
+
+
+def _closed(client: Client, conn: int) -> bool:
+    try:
+        return client.tcp_info(conn).get("state") == "closed"
+    except NotFound:
+        return True  # gone; its trace stays readable for a while (contract: trace.get)
+
+
+def watch(s: Session, conn: int, interval: float, new_only: bool) -> dict[str, Any]:
+    """Print the hops of `conn` with a seq above the last seen, every `interval`, until the
+    connection is closed and its last hops are printed."""
+    client = s.client
+    hops = client.trace_get(conn)
+    t0 = hops[0].get("t_ns") if hops else None
+    last = max((h.get("seq", 0) for h in hops), default=0) if new_only else 0
+    s.out.line(_row([*HOP_COLUMNS, "event"]))
+    printed = 0
+    while True:
+        closed = _closed(client, conn)  # before the read: the hops up to the close are in it
+        hops = client.trace_get(conn)
+        if t0 is None and hops:
+            t0 = hops[0].get("t_ns")
+        new = [h for h in hops if isinstance(h.get("seq"), int) and h["seq"] > last]
+        if new and last and new[0]["seq"] > last + 1:
+            s.out.line(f"… {new[0]['seq'] - last - 1} hops not shown (the trace buffer wrapped)")
+        for hop in new:
+            if s.out.json_mode:
+                s.out.json({"hop": hop, "conn": conn})
+            else:
+                s.out.line(_row(hop_cells(hop, t0, True)))
+            last = hop["seq"]
+            printed += 1
+        if closed:
+            s.out.line(f"conn {conn}: closed")
+            return {"conn": conn, "hops": printed, "closed": True}
+        time.sleep(interval)
+
+
+# ================================================================================================
+# top
+# ================================================================================================
+@dataclass
+class ConnSampler:
+    """The busiest connections by bytes, with at most `n` tcp.info calls per refresh: the known
+    top half is refreshed every time, the rest of the budget walks over the others (unknown
+    ones first), so a connection that gets busy is found within a few refreshes."""
+
+    n: int
+    known: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cursor: int = 0
+    visible: int = 0
+
+    def refresh(self, client: Client, now: float) -> list[dict[str, Any]]:
+        ids = client.tcp_list()
+        self.visible = len(ids)
+        live = set(ids)
+        for gone in [c for c in self.known if c not in live]:
+            del self.known[gone]
+        if self.n <= 0:
+            return []
+        ranked = sorted(self.known, key=lambda c: -self.known[c]["total"])
+        picks = ranked[: (self.n + 1) // 2]
+        others = [c for c in ids if c not in picks]
+        unknown = [c for c in others if c not in self.known]
+        rest = [c for c in others if c in self.known]
+        if rest:
+            self.cursor %= len(rest)
+            rest = rest[self.cursor :] + rest[: self.cursor]
+        room = self.n - len(picks)
+        extra = (unknown + rest)[:room]
+        self.cursor += max(0, len(extra) - len(unknown))
+        for conn in picks + extra:
+            self._info(client, conn, now)
+        top = sorted(self.known.values(), key=lambda r: -r["total"])
+        return top[: self.n]
+
+    def _info(self, client: Client, conn: int, now: float) -> None:
+        try:
+            info = client.tcp_info(conn)
+        except NotFound:
+            self.known.pop(conn, None)
+            return
+        sent, received = info.get("bytes_sent") or 0, info.get("bytes_received") or 0
+        total = sent + received
+        before = self.known.get(conn)
+        rate = None
+        if before is not None and now > before["t"]:
+            rate = (total - before["total"]) / (now - before["t"])
+        self.known[conn] = {
+            "conn": conn,
+            "state": info.get("state"),
+            "remote": info.get("remote"),
+            "path": info.get("path"),
+            "bytes_sent": sent,
+            "bytes_received": received,
+            "total": total,
+            "bytes_per_s": rate,
+            "t": now,
+        }
+
+
+def _rate(now: Mapping[str, Any], before: Mapping[str, Any] | None, key: str, dt: float) -> Any:
+    if before is None or dt <= 0:
+        return None
+    a, b = now.get(key), before.get(key)
+    if not isinstance(a, int | float) or not isinstance(b, int | float):
+        return None
+    return (a - b) / dt
+
+
+def layer_rows(
+    stats: Mapping[str, Any], before: Mapping[str, Any] | None, dt: float
+) -> list[dict[str, Any]]:
+    """Per layer: gauges, inbox depth (engine.inbox), bytes, calls, failures and rates."""
+    inbox = (stats.get("engine") or {}).get("inbox") or {}
+    old_layers = (before or {}).get("layers") or {}
+    rows = []
+    for name, m in (stats.get("layers") or {}).items():
+        calls, failed = call_totals(m)
+        row: dict[str, Any] = {
+            "layer": name,
+            **{k: m.get(k) for k in ("offloads_active", "handles", "outstanding_nbls")},
+            "inbox": inbox.get(name),
+            "bytes_sent": m.get("bytes_sent"),
+            "bytes_received": m.get("bytes_received"),
+            "calls": calls,
+            "failed": failed,
+        }
+        old = old_layers.get(name)
+        old_row = None if old is None else {**old, "calls": call_totals(old)[0]}
+        for key in ("bytes_sent", "bytes_received", "calls"):
+            row[f"{key}_per_s"] = _rate(row, old_row, key, dt)
+        rows.append(row)
+    return rows
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _bytes(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)  # pragma: no cover
+
+
+def render(frame: Mapping[str, Any]) -> RenderableType:
+    head = Text(
+        f"chimneyd {frame['rpc']} · connections {_num(frame.get('connections'))} · rpc clients "
+        f"{_num(frame.get('rpc_clients'))} in flight {_num(frame.get('in_flight'))} · tasks "
+        f"{_num(frame.get('tasks'))} · invariant violations "
+        f"{_num(frame.get('invariant_violations'))} · every {frame['interval']:g} s",
+        style="bold",
+    )
+    layers = table(
+        "layer",
+        "offloads_active",
+        "handles",
+        "outstanding_nbls",
+        "inbox",
+        "bytes_sent",
+        "sent/s",
+        "bytes_received",
+        "recv/s",
+        "calls",
+        "calls/s",
+        "failed",
+    )
+    for r in frame["layers"]:
+        layers.add_row(
+            r["layer"],
+            _num(r["offloads_active"]),
+            _num(r["handles"]),
+            _num(r["outstanding_nbls"]),
+            _num(r["inbox"]),
+            _bytes(r["bytes_sent"]),
+            _bytes(r["bytes_sent_per_s"]),
+            _bytes(r["bytes_received"]),
+            _bytes(r["bytes_received_per_s"]),
+            _num(r["calls"]),
+            _num(r["calls_per_s"]),
+            _num(r["failed"]),
+        )
+    conns = table("conn", "state", "remote", "path", "bytes_sent", "bytes_received", "bytes/s")
+    for c in frame["conns"]:
+        conns.add_row(
+            str(c["conn"]),
+            str(c["state"]),
+            str(c["remote"]),
+            " → ".join(map(str, c["path"] or [])),
+            _bytes(c["bytes_sent"]),
+            _bytes(c["bytes_received"]),
+            _bytes(c["bytes_per_s"]),
+        )
+    parts: list[RenderableType] = [head, Text(""), layers, Text("")]
+    title = f"busiest connections (by bytes; {frame['conns_visible']} visible)"
+    parts.append(Text(title, style="bold"))
+    parts.append(conns if frame["conns"] else Text("(none)"))
+    if frame.get("note"):
+        parts.append(Text(frame["note"], style="dim"))
+    return Group(*parts)
+
+
+ADMIN_NOTE = (
+    "only this client's connections are visible: give the admin token (--token or "
+    "CHIMNEY_TOKEN) to see every connection"
+)
+
+
+@dataclass
+class Top:
+    client: Client
+    address: str
+    interval: float
+    sampler: ConnSampler
+    admin: bool
+    before: dict[str, Any] | None = None
+    t_before: float = 0.0
+
+    def frame(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stats = self.client.stack_stats()
+        conns = self.sampler.refresh(self.client, now)
+        dt = now - self.t_before
+        rpc = stats.get("rpc") or {}
+        frame = {
+            "rpc": self.address,
+            "interval": self.interval,
+            "connections": stats.get("connections"),
+            "rpc_clients": rpc.get("clients"),
+            "in_flight": rpc.get("in_flight"),
+            "tasks": stats.get("tasks"),
+            "invariant_violations": (stats.get("engine") or {}).get("invariant_violations"),
+            "layers": layer_rows(stats, self.before, dt),
+            "conns": [{k: v for k, v in c.items() if k not in ("t", "total")} for c in conns],
+            "conns_visible": self.sampler.visible,
+            "note": None if self.admin else ADMIN_NOTE,
+        }
+        self.before, self.t_before = stats, now
+        return frame
+
+
+def top(s: Session, interval: float, n: int, once: bool) -> Any:
+    from .ctl import admin_hint
+
+    view = Top(s.client, s.args.rpc, interval, ConnSampler(n), admin=admin_hint(s) is None)
+    view.frame()  # the first sample: rates need two
+    if once or s.out.json_mode or not s.out.file.isatty():
+        while True:  # frames one after the other, for a pipe or a script
+            time.sleep(interval)
+            frame = view.frame()
+            if s.out.json_mode and not once:
+                s.out.json(frame)
+            else:
+                s.out.table(render(frame))
+            if once:
+                return frame
+    from rich.live import Live
+
+    console = Console()
+    with Live(console=console, screen=True, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(render(view.frame()), refresh=True)

@@ -1,0 +1,148 @@
+"""What chimneyctl prints: the output sink (people or JSON Lines), table cells, hop rows, and the
+rule that says which counted calls failed. Shared by the one-shot commands, `watch` and `top`."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    return repr(value)
+
+
+def fmt(value: Any) -> str:
+    """A compact, stable rendering of a value in a table cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+@dataclass
+class Output:
+    """Where results go. People get lines and tables; in JSON mode `line`, `table` and `raw` print
+    nothing and the caller emits one JSON object per command or event with `json`."""
+
+    json_mode: bool
+    file: IO[str]
+    console: Console = field(init=False)
+
+    def __post_init__(self) -> None:
+        tty = self.file.isatty()
+        self.console = Console(
+            file=self.file, highlight=False, width=None if tty else 160, soft_wrap=not tty
+        )
+
+    def json(self, value: Any) -> None:
+        self.file.write(json.dumps(value, default=json_default, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def line(self, text: str) -> None:
+        if not self.json_mode:
+            self.console.print(text, markup=False)
+
+    def table(self, table: RenderableType) -> None:
+        if self.json_mode:
+            return
+        # Rendered, then right-stripped: rich pads cells, and trailing blanks spoil copy-paste.
+        self.file.write(render_text(self.console, table) + "\n")
+        self.file.flush()
+
+    def raw(self, data: bytes) -> None:
+        if self.json_mode:
+            return
+        self.file.flush()
+        buffer = getattr(self.file, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+            buffer.flush()
+        else:  # a text-only stream (tests): keep bytes visible rather than lose them
+            self.file.write(data.decode("utf-8", "backslashreplace"))
+
+
+def render_text(console: Console, renderable: RenderableType) -> str:
+    with console.capture() as cap:
+        console.print(renderable)
+    return "\n".join(line.rstrip() for line in cap.get().splitlines())
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    t = Table(
+        box=box.SIMPLE_HEAD, title=title, title_justify="left", show_edge=False, pad_edge=False
+    )
+    for c in columns:
+        t.add_column(c, no_wrap=True)
+    return t
+
+
+# -- hops (trace.get maps) ------------------------------------------------------------------------
+HOP_COLUMNS = ("seq", "t (µs)", "layer", "call", "handle", "context", "nbl", "status")
+
+
+def hop_cells(hop: Mapping[str, Any], t0: int | None, with_event: bool) -> list[str]:
+    """One trace row: seq, time since `t0` in µs, then the contract's hop keys (and the event)."""
+    tn = hop.get("t_ns")
+    rel = f"{(tn - t0) / 1000:.1f}" if isinstance(tn, int) and isinstance(t0, int) else ""
+    row = [fmt(hop.get("seq")), rel, *(fmt(hop.get(k)) for k in HOP_COLUMNS[2:])]
+    if with_event:
+        row.append(fmt(hop.get("event")))
+    return row
+
+
+# -- counters ------------------------------------------------------------------------------------
+#: Status names of NT_SUCCESS severity (success or informational): not failures.
+_NOT_FAILURES = frozenset(
+    {
+        "NDIS_STATUS_SUCCESS",
+        "NDIS_STATUS_PENDING",
+        "NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS",
+        "NDIS_STATUS_OFFLOAD_STATE_INVALID",
+        "NDIS_STATUS_OFFLOAD_PAUSE",
+        "NDIS_STATUS_UPLOAD_ALL",
+        "NDIS_STATUS_OFFLOAD_RESUME",
+    }
+)
+#: Counters whose suffix is an indication's payload, not a completion status.
+_INDICATIONS = ("NdisMIndicateStatusEx",)
+
+
+def is_failure(key: str) -> bool:
+    """Does a `stack.stats` call counter count failures? Keys are `Call` or `Call/SUFFIX`; the
+    suffix is the completion status, or an indication's event or adapter status
+    (`NdisTcpOffloadEventHandler/TcpIndicateDisconnect`, `NdisMIndicateStatusEx/...`). Only a call
+    that completed with an error-severity NDIS status is a failure."""
+    call, sep, suffix = key.partition("/")
+    if not sep or call in _INDICATIONS:
+        return False
+    if suffix.startswith("0x"):  # a status with no name: its severity bits tell
+        try:
+            return int(suffix, 16) >> 30 == 0b11
+        except ValueError:
+            return False
+    return suffix.startswith("NDIS_STATUS_") and suffix not in _NOT_FAILURES
+
+
+def call_totals(layer: Mapping[str, Any]) -> tuple[int, int]:
+    """(calls, failed) of one layer's `calls` counters."""
+    calls = layer.get("calls")
+    if not isinstance(calls, dict):
+        return 0, 0
+    counts = [(k, v) for k, v in calls.items() if isinstance(v, int)]
+    return sum(v for _, v in counts), sum(v for k, v in counts if is_failure(str(k)))

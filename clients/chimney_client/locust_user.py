@@ -1,0 +1,574 @@
+"""Locust users for chimneyd: every RPC in Locust's statistics, every echoed byte verified.
+
+A `ChimneyUser` is one greenlet with one blocking `Client` (plain sockets and `time`, which
+gevent's monkey-patching makes cooperative) to one daemon, and one offloaded connection to an
+echo peer. Each task is an echo round: bytes of the connection's seeded stream go out with
+`tcp.send`, come back with `tcp.recv` and are checked in order, byte by byte. At configurable
+rates a user uploads its connection while echoed bytes are in flight and offloads it again, and
+injects a peer reset on its own connection.
+
+Importing this module imports locust, which monkey-patches the whole process for gevent: import
+it from a locustfile (deploy/locustfile.py), never next to asyncio code.
+
+What lands in Locust's statistics (request type / name):
+
+    rpc / <method>           every RPC (tcp.connect, tcp.send, tcp.recv, tcp.upload, tcp.offload,
+                             fault.inject, tcp.close, auth ...): round trip, payload bytes (sent
+                             and acknowledged, or received); an error answer is a failure
+    rpc / rpc.connect        failure only: the daemon's RPC port could not be reached
+    echo / <daemon address>  one echoed chunk, sent and read back verified: round trip, bytes
+                             verified (one row per daemon: the load each one carried)
+    verify / integrity       failure: an echoed byte differed from what was sent
+    event / peer_reset       the abort (NDIS_STATUS_REQUEST_ABORTED, TcpIndicateAbort) that the
+                             user's own injected peer reset explains: time from the injection
+                             to the abort surfacing; expected, not a failure
+    event / recv_timeout     a `tcp.recv` TIMEOUT while an echo was on its way (read again)
+    event / stuck            failure: the echo did not come back within the op timeout
+    event / unexpected_eof   failure: end of stream with no fault aimed at the connection
+    event / peer_reset_unobserved   failure: an injected reset never surfaced
+
+The RPC that surfaces an explained abort (or a read timeout) is counted under its event only,
+so a run with resets and nothing wrong has no failures at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from locust import User, task
+from locust.env import Environment
+
+from .blocking import Client
+from .errors import (
+    ChimneyError,
+    ConnectionLost,
+    InvalidState,
+    NdisStatusError,
+    RpcError,
+    RpcTimeout,
+)
+from .protocol import DEFAULT_ADDRESS, parse_address
+from .stream import PatternStream, Verifier
+
+log = logging.getLogger(__name__)
+
+RPC = "rpc"
+ECHO = "echo"
+VERIFY = "verify"
+EVENT = "event"
+
+INTEGRITY = "integrity"
+PEER_RESET = "peer_reset"
+RECV_TIMEOUT = "recv_timeout"
+STUCK = "stuck"
+UNEXPECTED_EOF = "unexpected_eof"
+PEER_RESET_UNOBSERVED = "peer_reset_unobserved"
+RPC_CONNECT = "rpc.connect"
+
+DEFAULT_ECHO = "127.0.0.1:9000"
+#: Seconds a user waits before trying an unreachable daemon again.
+RECONNECT_BACKOFF_S = 1.0
+#: Client-side limit on the `tcp.close` a stopping user sends (Locust waits for on_stop).
+STOP_CLOSE_TIMEOUT_S = 5.0
+_ABORTED = "NDIS_STATUS_REQUEST_ABORTED"
+
+
+class IntegrityError(ChimneyError):
+    """Echoed bytes differ from the bytes sent: lost, duplicated, reordered or corrupted."""
+
+
+class EchoFailure(ChimneyError):
+    """The echo went wrong in a way that is not a byte mismatch (stuck, early end of stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChimneySettings:
+    """What a user does; each field is a `--chimney-*` option of the locustfile."""
+
+    echo: str = DEFAULT_ECHO  # the echo peer, as the daemon reaches it (its own loopback)
+    token: str = ""  # `auth` token when the daemon has one
+    payload_bytes: int = 16 * 1024  # bytes echoed per round
+    chunk_bytes: int = 64 * 1024  # at most this much in flight: sent, then read back
+    upload_rate: float = 0.0  # uploads (and re-offloads) per user per second
+    reset_rate: float = 0.0  # injected peer resets per user per second
+    think_ms: int = 0  # pause between rounds
+    recv_timeout_ms: int = 5000  # server-side wait of one `tcp.recv`
+    op_timeout_s: float = 30.0  # an echo or a reset that takes longer is a failure
+    call_timeout_s: float = 60.0  # client-side limit on any RPC
+
+    @classmethod
+    def from_options(cls, options: Any) -> ChimneySettings:
+        """Settings from Locust's parsed options (`chimney_<field>`); defaults for the rest."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = getattr(options, f"chimney_{f.name}", None)
+            if value is not None:
+                values[f.name] = value
+        return cls(**values)
+
+
+def add_arguments(parser: Any) -> None:
+    """The `--chimney-*` options on Locust's parser (register from `init_command_line_parser`).
+
+    The master forwards them to its workers with every spawn.
+    """
+    d = ChimneySettings()
+    parser.add_argument(
+        "--chimney-echo",
+        env_var="CHIMNEY_ECHO",
+        default=d.echo,
+        help="echo peer HOST:PORT as each daemon reaches it (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-token",
+        env_var="CHIMNEY_TOKEN",
+        default=d.token,
+        is_secret=True,
+        help="auth token of the daemons (default: none)",
+    )
+    parser.add_argument(
+        "--chimney-payload-bytes",
+        type=int,
+        default=d.payload_bytes,
+        help="bytes echoed per round (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-chunk-bytes",
+        type=int,
+        default=d.chunk_bytes,
+        help="largest chunk in flight: sent, then read back (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-upload-rate",
+        type=float,
+        default=d.upload_rate,
+        help="uploads + re-offloads per user per second (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-reset-rate",
+        type=float,
+        default=d.reset_rate,
+        help="injected peer resets per user per second (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-think-ms",
+        type=int,
+        default=d.think_ms,
+        help="pause between rounds, ms (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-recv-timeout-ms",
+        type=int,
+        default=d.recv_timeout_ms,
+        include_in_web_ui=False,
+        help="server-side wait of one tcp.recv, ms (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-op-timeout-s",
+        type=float,
+        default=d.op_timeout_s,
+        include_in_web_ui=False,
+        help="an echo or reset slower than this is a failure, s (default %(default)s)",
+    )
+
+
+def daemon_addresses(host: str | None) -> list[str]:
+    """Locust's `--host`: one daemon `host:port` or a comma-separated list of them."""
+    addresses = [a.strip() for a in (host or "").split(",") if a.strip()]
+    return addresses or [DEFAULT_ADDRESS]
+
+
+def pick_daemon(addresses: list[str], index: int) -> str:
+    """Round-robin by user index."""
+    return addresses[index % len(addresses)]
+
+
+def is_abort(exc: RpcError) -> bool:
+    """How an aborted connection answers: REQUEST_ABORTED on I/O, INVALID_STATE (closed) else."""
+    if isinstance(exc, NdisStatusError):
+        return exc.status == _ABORTED
+    return isinstance(exc, InvalidState)
+
+
+def payload_length(method: str, result: Any) -> int:
+    """Payload bytes an answer stands for: received bytes, or bytes the peer acknowledged."""
+    if isinstance(result, bytes | bytearray):
+        return len(result)
+    if method == "tcp.send" and isinstance(result, int):
+        return result
+    return 0
+
+
+Explained = Callable[[str, RpcError], bool]
+T = TypeVar("T")
+
+
+class LocustClient(Client):
+    """The blocking client with every call reported to Locust's `request` event.
+
+    An error answer is a failure unless `explained(method, error)` says a fault or the contract
+    accounts for it; the caller then reports it as what it is.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._environment: Environment | None = None
+        self._explained: Explained = lambda method, exc: False
+        self._context: dict[str, Any] = {}
+        #: a call was cut short (the greenlet was killed in it): the stream may hold half a frame
+        self.mid_call = False
+
+    def report_to(
+        self, environment: Environment, explained: Explained, context: dict[str, Any]
+    ) -> None:
+        self._environment = environment
+        self._explained = explained
+        self._context = context
+
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        self.mid_call = True
+        t0 = time.perf_counter()
+        try:
+            result = super().call(method, *params, timeout=timeout)
+        except RpcError as exc:
+            self.mid_call = False
+            if not self._explained(method, exc):
+                self._report(method, t0, 0, exc)
+            raise
+        except ChimneyError as exc:  # the connection is lost or the call timed out
+            self.mid_call = False
+            self._report(method, t0, 0, exc)
+            raise
+        self.mid_call = False
+        self._report(method, t0, payload_length(method, result), None)
+        return result
+
+    def _report(self, method: str, t0: float, length: int, exc: Exception | None) -> None:
+        if self._environment is None:
+            return
+        self._environment.events.request.fire(  # type: ignore[no-untyped-call]
+            request_type=RPC,
+            name=method,
+            response_time=(time.perf_counter() - t0) * 1000.0,
+            response_length=length,
+            exception=exc,
+            context=self._context,
+        )
+
+
+@dataclass(slots=True)
+class EchoConn:
+    """One offloaded connection and its seeded streams: what was sent, what must come back."""
+
+    cid: int
+    seed: int
+    stream: PatternStream
+    verifier: Verifier
+    offloaded: bool = True
+    #: perf_counter when our injected peer reset was accepted; from then an abort is expected
+    reset_at: float | None = None
+
+
+class _ConnGone(Exception):
+    """The connection can carry no more verified echo: the user closes it and opens another."""
+
+
+#: Users spawned in this process: each one's spawn number.
+_spawned = itertools.count()
+
+
+class ChimneyUser(User):
+    """One RPC client and one offloaded echo connection through one daemon (see module doc).
+
+    Subclass it with `abstract = False` (deploy/locustfile.py does); `--host` names the daemons.
+    Settings come from the `--chimney-*` options unless `load_settings()` is overridden.
+    """
+
+    abstract = True
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        #: this process's worker index (0 when not distributed) and this user's spawn number in it
+        self.worker = max(0, int(getattr(environment.runner, "worker_index", 0) or 0))
+        self.number = next(_spawned)
+        # Each worker goes round-robin over the daemons starting at its own index, so workers
+        # with equal user counts spread them evenly and one user per worker still covers them.
+        self.daemon = pick_daemon(daemon_addresses(self.host), self.worker + self.number)
+        self.settings = self.load_settings()
+        self.rng = random.Random(os.urandom(16))
+        self.client: LocustClient | None = None
+        self.conn: EchoConn | None = None
+        now = time.monotonic()
+        self._next_upload = now + self._interval(self.settings.upload_rate)
+        self._next_reset = now + self._interval(self.settings.reset_rate)
+
+    def load_settings(self) -> ChimneySettings:
+        options = self.environment.parsed_options
+        return ChimneySettings() if options is None else ChimneySettings.from_options(options)
+
+    def wait_time(self) -> float:
+        return self.settings.think_ms / 1000.0
+
+    def context(self) -> dict[str, Any]:
+        return {"daemon": self.daemon, "worker": self.worker, "user": self.number}
+
+    def connect_client(self) -> LocustClient:
+        """A reporting client to `self.daemon` (tests substitute an in-memory one)."""
+        return LocustClient.connect(self.daemon, call_timeout=self.settings.call_timeout_s)
+
+    # ============================================================================================
+    # Locust hooks
+    # ============================================================================================
+    def on_start(self) -> None:
+        self._ensure_connection()
+
+    def on_stop(self) -> None:
+        client, conn = self.client, self.conn
+        self.client, self.conn = None, None
+        if client is None:
+            return
+        # Killed in the middle of a call, the RPC stream may hold half a frame: only closing it
+        # is safe, and the daemon then closes every connection the client owned.
+        if conn is not None and not client.mid_call and not client.closed:
+            try:
+                client.call("tcp.close", conn.cid, timeout=STOP_CLOSE_TIMEOUT_S)
+            except ChimneyError:
+                pass  # reported by the client
+        client.close()
+
+    @task
+    def echo_round(self) -> None:
+        """One round: maybe a reset, then `payload_bytes` echoed and verified, maybe uploaded."""
+        conn = self._ensure_connection()
+        if conn is None:
+            return
+        s = self.settings
+        now = time.monotonic()
+        if s.reset_rate > 0 and now >= self._next_reset and conn.reset_at is None:
+            self._next_reset = now + self._interval(s.reset_rate)
+            self._inject_reset(conn)
+        upload = s.upload_rate > 0 and now >= self._next_upload and conn.reset_at is None
+        if upload:
+            self._next_upload = now + self._interval(s.upload_rate)
+        try:
+            self._echo(conn, s.payload_bytes, upload)
+            if conn.reset_at is not None:
+                waited = time.perf_counter() - conn.reset_at
+                if waited > s.op_timeout_s:
+                    self._fire(
+                        EVENT,
+                        PEER_RESET_UNOBSERVED,
+                        waited * 1000.0,
+                        0,
+                        EchoFailure(f"conn {conn.cid}: no abort {waited:.1f} s after the reset"),
+                    )
+                    raise _ConnGone
+        except _ConnGone:
+            self._drop_connection()
+        except ChimneyError:
+            # reported by the client; the RPC session or the connection is in doubt: start over
+            self._drop_connection()
+
+    # ============================================================================================
+    # the echo
+    # ============================================================================================
+    def _echo(self, conn: EchoConn, size: int, upload: bool) -> None:
+        """Send `size` bytes in chunks; read each chunk back and verify it before the next."""
+        client = self._client()
+        left = size
+        while left > 0:
+            n = min(left, self.settings.chunk_bytes)
+            data = conn.stream.read(n)
+            t0 = time.perf_counter()
+            self._io(conn, client.tcp_send, conn.cid, data)
+            if upload:
+                upload = False  # the echo of this chunk crosses the upload
+                self._io(conn, client.tcp_upload, conn.cid)
+                conn.offloaded = False
+            self._read_back(conn, n)
+            self._fire(ECHO, self.daemon, (time.perf_counter() - t0) * 1000.0, n, None)
+            left -= n
+        if not conn.offloaded:
+            self._io(conn, client.tcp_offload, conn.cid)
+            conn.offloaded = True
+
+    def _read_back(self, conn: EchoConn, n: int) -> None:
+        client = self._client()
+        s = self.settings
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            t_call = time.perf_counter()
+            try:
+                chunk = self._io(
+                    conn, client.tcp_recv, conn.cid, min(n - got, s.chunk_bytes), s.recv_timeout_ms
+                )
+            except RpcTimeout:
+                self._fire(EVENT, RECV_TIMEOUT, (time.perf_counter() - t_call) * 1000.0, 0, None)
+                waited = time.perf_counter() - t0
+                if waited > s.op_timeout_s:
+                    self._fire(
+                        EVENT,
+                        STUCK,
+                        waited * 1000.0,
+                        got,
+                        EchoFailure(f"{got} of {n} bytes back after {waited:.1f} s"),
+                    )
+                    raise _ConnGone from None
+                continue
+            if not chunk:
+                if conn.reset_at is not None:
+                    self._observed_reset(conn)
+                self._fire(
+                    EVENT,
+                    UNEXPECTED_EOF,
+                    (time.perf_counter() - t0) * 1000.0,
+                    got,
+                    EchoFailure(f"end of stream after {got} of {n} echoed bytes"),
+                )
+                raise _ConnGone
+            self._verify(conn, chunk)
+            got += len(chunk)
+
+    def _verify(self, conn: EchoConn, chunk: bytes) -> None:
+        at = conn.verifier.offset
+        t0 = time.perf_counter()
+        bad = conn.verifier.check(chunk)
+        if bad is None:
+            return
+        detail = (
+            f"daemon {self.daemon} conn {conn.cid} seed {conn.seed}: wrong byte at stream "
+            f"offset {bad} (chunk of {len(chunk)} at {at}, "
+            f"{'offloaded' if conn.offloaded else 'host mode'})"
+        )
+        log.error("chimney_integrity_error: %s", detail)
+        self._fire(
+            VERIFY,
+            INTEGRITY,
+            (time.perf_counter() - t0) * 1000.0,
+            len(chunk),
+            IntegrityError(detail),
+        )
+        raise _ConnGone  # the stream is out of step now: go on with a fresh connection
+
+    def _io(self, conn: EchoConn, op: Callable[..., T], *args: Any) -> T:
+        """Run one RPC on `conn`; an abort our reset explains becomes the peer_reset event."""
+        try:
+            return op(*args)
+        except RpcTimeout:
+            raise  # a read that found nothing yet: the caller waits on
+        except RpcError as exc:
+            if conn.reset_at is not None and is_abort(exc):
+                self._observed_reset(conn)
+            raise _ConnGone from exc
+
+    # ============================================================================================
+    # faults
+    # ============================================================================================
+    def _inject_reset(self, conn: EchoConn) -> None:
+        try:
+            self._client().fault_inject(PEER_RESET, conn=conn.cid)
+        except RpcError:
+            return  # reported by the client
+        conn.reset_at = time.perf_counter()
+
+    def _observed_reset(self, conn: EchoConn) -> None:
+        assert conn.reset_at is not None
+        self._fire(EVENT, PEER_RESET, (time.perf_counter() - conn.reset_at) * 1000.0, 0, None)
+        raise _ConnGone
+
+    def _explained(self, method: str, exc: RpcError) -> bool:
+        """Errors the user reports itself: read timeouts, and aborts its own reset explains."""
+        if method == "tcp.recv" and isinstance(exc, RpcTimeout):
+            return True
+        conn = self.conn
+        return conn is not None and conn.reset_at is not None and is_abort(exc)
+
+    # ============================================================================================
+    # session and connection
+    # ============================================================================================
+    def _client(self) -> LocustClient:
+        assert self.client is not None
+        return self.client
+
+    def _ensure_connection(self) -> EchoConn | None:
+        """The RPC session and an offloaded echo connection, opened as needed.
+
+        None when that failed (reported); the user then backs off before the next round.
+        """
+        if self.client is not None and self.client.closed:
+            self.client, self.conn = None, None
+        try:
+            if self.client is None:
+                self.client = self._open_client()
+            if self.conn is None:
+                host, port = self._echo_address()
+                cid = self.client.tcp_connect(host, port)
+                seed = self.rng.getrandbits(48)
+                self.conn = EchoConn(cid, seed, PatternStream(seed), Verifier(seed))
+        except ChimneyError:
+            time.sleep(RECONNECT_BACKOFF_S)
+            return None
+        return self.conn
+
+    def _open_client(self) -> LocustClient:
+        t0 = time.perf_counter()
+        try:
+            client = self.connect_client()
+        except ConnectionLost as exc:
+            self._fire(RPC, RPC_CONNECT, (time.perf_counter() - t0) * 1000.0, 0, exc)
+            raise
+        client.report_to(self.environment, self._explained, self.context())
+        if self.settings.token:
+            try:
+                client.auth(self.settings.token)
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def _echo_address(self) -> tuple[str, int]:
+        target = parse_address(self.settings.echo)
+        if isinstance(target, str):
+            raise ValueError(f"--chimney-echo must be HOST:PORT, not {self.settings.echo!r}")
+        return target
+
+    def _drop_connection(self) -> None:
+        conn, client = self.conn, self.client
+        self.conn = None
+        if conn is None or client is None or client.closed:
+            return
+        try:
+            client.tcp_close(conn.cid)
+        except ChimneyError:
+            pass  # reported by the client; a lost session is reopened next round
+
+    # ============================================================================================
+    # helpers
+    # ============================================================================================
+    def _interval(self, rate: float) -> float:
+        return self.rng.expovariate(rate) if rate > 0 else float("inf")
+
+    def _fire(
+        self,
+        request_type: str,
+        name: str,
+        response_time: float,
+        length: int,
+        exc: Exception | None,
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=request_type,
+            name=name,
+            response_time=response_time,
+            response_length=length,
+            exception=exc,
+            context=self.context(),
+        )

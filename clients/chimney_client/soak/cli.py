@@ -1,0 +1,262 @@
+"""`chimney-soak`'s command line: options (every one with help), Ctrl-C handling, exit status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .coordinator import Soak
+from .faults import FAULT_HELP
+from .limits import (
+    CLOSE_MODES,
+    DEFAULT_CONNS_PER_RPC,
+    DEFAULT_OPS_PER_RPC,
+    RSS_GROWTH_ALLOWED,
+)
+from .parsing import parse_duration, parse_payload
+from .plan import Plan, make_plan
+from .procs import raise_nofile_limit
+from .render import ProgressLine, render_report
+
+EPILOG = (
+    FAULT_HELP
+    + f"""
+payload (--payload): LO:HI log-uniform (1k:64k), a list picked uniformly (1k,4k,64k), or one size.
+verdict: the run fails on any integrity error or byte not echoed back; a connection not offloaded
+(refused at connect, refused again, closed in host mode, uploaded unasked) that no fault explains;
+a fault that did not show its outcome on the connection it hit; state left after the drain; a
+daemon crash; any invariant violation the daemon reports (stack.stats invariant_violations != 0);
+daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer
+connections held than asked because of the open-file limit (--allow-fd-cap).
+invariants: the spawned daemon runs with --invariants (no count from it fails the run); a --rpc
+daemon started without it reports no count: the report then says "not checked", which is not a
+failure.
+Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
+daemon and peers it spawned are stopped after its own clients. A second Ctrl-C stops at once.
+exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, 130 interrupted.
+"""
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chimney-soak",
+        description=(
+            "Soak chimneyd: N concurrent offloaded connections to echo peers, every byte verified "
+            "in order, with workload mix and a fault schedule; a live line, a report, --json."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--rpc", metavar="ADDR", help="drive a running daemon at ADDR")
+    where.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start our own daemon and echo peers (the default without --rpc)",
+    )
+    p.add_argument("--token", help="auth token of the daemon (with --rpc)")
+    p.add_argument(
+        "--daemon-pid",
+        type=int,
+        metavar="PID",
+        help="pid of the --rpc daemon, for RSS and limits (default: found from the RPC port)",
+    )
+    p.add_argument("--daemon-config", metavar="FILE", help="--config for the spawned daemon")
+    p.add_argument(
+        "--shards",
+        metavar="N",
+        help="--shards for the spawned daemon: N engine processes behind its one RPC address (a "
+        "number or auto). The soak spreads its RPC clients over them, and its drain and RSS checks "
+        "cover every shard (with --rpc, a daemon's shards are found from stack.info)",
+    )
+    p.add_argument(
+        "--no-balance-shards",
+        dest="balance_shards",
+        action="store_false",
+        help="leave the spread of RPC clients over shards to the kernel's SO_REUSEPORT hash alone "
+        "(default: a worker dials a client again that lands on a shard holding its share)",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        metavar="HOST:PORT",
+        help="use these echo peers (repeatable; peer_reset then unavailable); default: spawn "
+        "the soak's own echo peers",
+    )
+    p.add_argument(
+        "--connections",
+        "-n",
+        type=int,
+        default=100,
+        metavar="N",
+        help="concurrent connections held through the hold (default 100)",
+    )
+    p.add_argument(
+        "--rate", type=float, metavar="R", help="connections opened per second (default N/8, >=200)"
+    )
+    p.add_argument(
+        "--duration", type=parse_duration, default=30.0, metavar="T", help="hold time (30s)"
+    )
+    p.add_argument(
+        "--payload",
+        type=parse_payload,
+        default=parse_payload("1k:32k"),
+        metavar="DIST",
+        help="bytes per echo round trip (default 1k:32k)",
+    )
+    p.add_argument(
+        "--think-ms",
+        type=float,
+        metavar="MS",
+        help="pause between round trips on a connection (default N ms within 50..10000)",
+    )
+    p.add_argument(
+        "--upload-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of connections uploaded and re-offloaded mid-stream (0..1)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of connections closed and reopened per minute (0..)",
+    )
+    p.add_argument(
+        "--close",
+        choices=CLOSE_MODES,
+        default="graceful",
+        help="how connections end: FIN and read to the peer's FIN, RST, or half of each by seed "
+        "(default graceful)",
+    )
+    p.add_argument("--faults", metavar="SCHEDULE", help="fault schedule (below)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="K",
+        help="client worker processes (0: in this process; default 0 up to 1000 connections, "
+        "else 2)",
+    )
+    p.add_argument(
+        "--conns-per-rpc",
+        type=int,
+        metavar="N",
+        help=f"connections multiplexed over one RPC client (default {DEFAULT_CONNS_PER_RPC}, "
+        "fewer against shards so each gets at least 32 clients)",
+    )
+    p.add_argument(
+        "--ops-per-rpc",
+        type=int,
+        default=DEFAULT_OPS_PER_RPC,
+        metavar="N",
+        help="round trips, opens and closes in flight per RPC client, at most 124 under the "
+        f"daemon's 256 in-flight limit (default {DEFAULT_OPS_PER_RPC})",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="after the last close, how long the daemon's gauges may take to reach 0 (default 60)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of the byte streams, payload sizes and fault targets (default 1)",
+    )
+    p.add_argument(
+        "--allow-rss-growth",
+        action="store_true",
+        help=f"do not fail when daemon RSS after the drain is above x{RSS_GROWTH_ALLOWED:g} its "
+        "idle plateau (still reported)",
+    )
+    p.add_argument(
+        "--allow-fd-cap",
+        action="store_true",
+        help="do not fail when the open-file limit held the run below --connections",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no live line, no table")
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="write the report as JSON ('-': stdout)",
+    )
+    return p
+
+
+async def _amain(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    soak = Soak(args, plan)
+    if not args.quiet and sys.stderr.isatty():
+        soak.progress = ProgressLine()
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(soak.run())
+    hits = 0
+
+    def on_signal() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            # stop promptly but in order: our clients close, then the processes we started
+            soak.interrupted.set()
+            if soak.phase == "setup":
+                task.cancel()
+            return
+        soak.kill_now()
+        if soak.progress is not None:
+            soak.progress.stop()
+        print("chimney-soak: stopped at once (second interrupt)", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if soak.progress is not None:
+            soak.progress.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _soft, hard = raise_nofile_limit()
+    try:
+        plan = make_plan(args, hard)
+    except ValueError as exc:
+        parser.error(str(exc))
+    runner: Callable[[Any], Any]
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    report = runner(_amain(args, plan))
+    if not args.quiet:
+        from rich.console import Console
+
+        render_report(report, Console())
+    if args.json:
+        text = json.dumps(report, indent=2, sort_keys=True, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if report.get("interrupted"):
+        return 130
+    return 0 if report["ok"] else 1

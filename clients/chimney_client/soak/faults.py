@@ -1,0 +1,307 @@
+"""The `--faults` vocabulary: fault kinds (named as the RPC contract and chimneyctl name them),
+their old names, keys and defaults, the schedule syntax, and when each injection happens."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .limits import DEFAULT_NIC_OUTAGE_S, DEFAULT_STALL_MS
+from .parsing import parse_duration
+
+
+@dataclass(frozen=True, slots=True)
+class FaultKind:
+    """One kind of fault the soak can schedule, and what it must lead to."""
+
+    name: str  # canonical: the contract's name where the contract has one
+    scope: str  # "conn": aimed at one live connection by its owner; "layer": at a layer
+    daemon_kind: str | None  # the fault.inject kind; None: the soak's echo peer does it
+    keys: dict[str, str]  # keys it takes, with their defaults
+    outcome: str  # what the soak checks (for --help)
+    aliases: tuple[str, ...] = ()
+    key_aliases: dict[str, str] = field(default_factory=dict)
+
+
+_FAIL_NEXT_KEYS = {"n": "count"}
+
+FAULT_KINDS: dict[str, FaultKind] = {
+    k.name: k
+    for k in (
+        FaultKind(
+            "peer_reset",
+            "conn",
+            None,
+            {},
+            "the echo peer resets a random live connection (SO_LINGER {1,0}: the RST comes in "
+            "from the wire); the daemon must raise TcpIndicateAbort on it, deliver every byte "
+            "the peer had echoed before the RST, and the reopened slot must carry verified data",
+        ),
+        FaultKind(
+            "daemon_reset",
+            "conn",
+            "peer_reset",
+            {},
+            "the daemon aborts its own socket of a random connection as if an RST had come in "
+            "(fault.inject peer_reset, emulated inside the daemon): TcpIndicateAbort on it, "
+            "then the reopened slot must carry verified data; every byte the daemon had read "
+            "from that socket before (tcp.info bytes_received) must have come back (what was "
+            "still in the socket goes with it)",
+        ),
+        FaultKind(
+            "stall_peer",
+            "conn",
+            "stall_peer",
+            {"ms": str(DEFAULT_STALL_MS)},
+            "the daemon neither reads nor hears ACKs on a random connection for /ms=2000, "
+            "injected by that connection's own loop between two round trips: the round trip it "
+            "then begins must not come back before the stall ends, and bytes must be verified "
+            "on it after that",
+            aliases=("stall",),
+        ),
+        FaultKind(
+            "retrieve",
+            "conn",
+            "retrieve",
+            {"reason": ""},
+            "the NIC raises TcpIndicateRetrieve on a random offloaded connection (/reason=NAME, "
+            "default UploadRequested); it must be uploaded (optional reasons may be declined), "
+            "offloaded again and carry verified data after",
+        ),
+        FaultKind(
+            "target_failure",
+            "layer",
+            "target_failure",
+            {"layer": "nic0", "for": f"{DEFAULT_NIC_OUTAGE_S:g}s", "shard": ""},
+            "/layer=nic0 fails for /for=3s, then fault.clear: no connection may stay offloaded "
+            "on it (UPLOAD_ALL), offloads are refused until it recovers, and every connection "
+            "it uploaded must be offloaded again and carry verified data after",
+            aliases=("nic_failure",),
+        ),
+        FaultKind(
+            "nic_down",
+            "layer",
+            "nic_down",
+            {"layer": "nic0", "for": f"{DEFAULT_NIC_OUTAGE_S:g}s", "shard": ""},
+            "the teaming MUX above /layer=nic0 takes it out of service for /for=3s, then "
+            "fault.clear: no connection may stay offloaded on it, every connection it carried "
+            "must be asked up, offloaded again (onto the other NICs) and carry verified data "
+            "after (needs a topology with a mux, e.g. --daemon-config deploy/teaming.toml)",
+        ),
+        FaultKind(
+            "fail_next",
+            "layer",
+            "fail_next",
+            {
+                "layer": "nic0",
+                "call": "MiniportTcpOffloadSend",
+                "status": "NDIS_STATUS_REQUEST_ABORTED",
+                "count": "1",
+                "shard": "",
+            },
+            "the next /count=1 /call=MiniportTcpOffloadSend in /layer=nic0 complete with "
+            "/status: each must reach a sender as that NDIS status, and the resent bytes must "
+            "be verified; the NIC fails the sends after it too and asks for that connection's "
+            "upload (a hole in the stream, spec §4.1), which must be offloaded again and carry "
+            "verified data after (an upload status instead makes the host upload and send "
+            "itself; call=MiniportInitiateOffload refuses offloads)",
+            aliases=("fail_send",),
+            key_aliases=_FAIL_NEXT_KEYS,
+        ),
+        FaultKind(
+            "upload_send",
+            "layer",
+            "fail_next",
+            {
+                "layer": "im0",
+                "call": "MiniportTcpOffloadSend",
+                "status": "NDIS_STATUS_UPLOAD_IN_PROGRESS",
+                "count": "1",
+                "shard": "",
+            },
+            "fail_next in the IM with an upload status (/layer=im0): the IM asks for an upload "
+            "(REQUEST_UPLOAD); the host must upload that connection and send the bytes itself; "
+            "it must be offloaded again and carry verified data after",
+            key_aliases=_FAIL_NEXT_KEYS,
+        ),
+        FaultKind(
+            "refuse_offload",
+            "layer",
+            "fail_next",
+            {
+                "layer": "nic0",
+                "call": "MiniportInitiateOffload",
+                "status": "NDIS_STATUS_FAILURE",
+                "count": "1",
+                "shard": "",
+            },
+            "the next /count=1 offload initiates in /layer=nic0 fail: that connection stays in "
+            "host mode, the soak offloads it again, and it must carry verified data after",
+            key_aliases=_FAIL_NEXT_KEYS,
+        ),
+    )
+}
+
+#: The faults that take a NIC out for a while, and what the soak says they do.
+OUTAGES = {"target_failure": "failed", "nic_down": "taken out of service by its MUX"}
+
+#: Old names still accepted in --faults, mapped to the canonical kind.
+ALIASES: dict[str, str] = {alias: k.name for k in FAULT_KINDS.values() for alias in k.aliases}
+
+#: The calls whose failure the soak can tell apart and judge.
+JUDGED_CALLS = ("MiniportTcpOffloadSend", "MiniportInitiateOffload")
+#: Send completions that mean "the host sends these itself after an upload" (spec §4.1).
+UPLOAD_STATUSES = (
+    "NDIS_STATUS_UPLOAD_IN_PROGRESS",
+    "NDIS_STATUS_REQUEST_UPLOAD",
+    "NDIS_STATUS_UPLOAD_REQUESTED",
+)
+
+
+def fail_next_effect(call: str, status: str) -> str:
+    """What a fail_next does to the soak's traffic: `send_failure` (a sender sees the status),
+    `send_upload` (the host uploads the connection and sends itself) or `offload_refusal`."""
+    if call == "MiniportInitiateOffload":
+        return "offload_refusal"
+    return "send_upload" if status in UPLOAD_STATUSES else "send_failure"
+
+
+def _help() -> str:
+    lines = [
+        "fault schedule (--faults): comma-separated items KIND[:COUNT][@TIME][/KEY=VALUE]...",
+        "  COUNT  injections of this kind (default 1); without @TIME they are spread evenly over "
+        "the hold",
+        "  @TIME  all COUNT injections at TIME after the hold starts (20s, 500ms, 1.5m)",
+        "  /shard=K  a layer fault in shard K only, on a daemon of several shards (default: the "
+        "layer in every shard)",
+        "  kinds (each must show its outcome on the connection it hit, or the soak fails):",
+    ]
+    for k in FAULT_KINDS.values():
+        words, line = k.outcome.split(), ""
+        head = f"    {k.name:<15}"
+        for w in words:
+            if len(head) + len(line) + len(w) + 1 > 99:
+                lines.append(head + line.rstrip())
+                head, line = " " * 19, ""
+            line += w + " "
+        lines.append(head + line.rstrip())
+    lines.append("  old names, still accepted:")
+    lines.append("    " + ", ".join(f"{a} = {c}" for a, c in ALIASES.items()) + "; key n = count")
+    lines.append(
+        "  example: --faults peer_reset:5,stall_peer:2/ms=3000,fail_next:3,target_failure@20s/for=4s"
+    )
+    return "\n".join(lines) + "\n"
+
+
+FAULT_HELP = _help()
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    kind: str  # canonical name
+    count: int = 1
+    at: float | None = None  # seconds after the hold starts; None: spread over the hold
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param(self, key: str) -> str:
+        return str(dict(self.params).get(key, FAULT_KINDS[self.kind].keys.get(key, "")))
+
+    @property
+    def scope(self) -> str:
+        return FAULT_KINDS[self.kind].scope
+
+    @property
+    def effect(self) -> str | None:
+        """For fail_next kinds, what it does to the traffic (`fail_next_effect`)."""
+        if FAULT_KINDS[self.kind].daemon_kind != "fail_next":
+            return None
+        return fail_next_effect(self.param("call"), self.param("status"))
+
+
+_FAULT_RE = re.compile(
+    r"^(?P<kind>[a-z_]+)(?::(?P<count>\d+))?(?:@(?P<at>[^/]+))?(?P<rest>(?:/.*)?)$"
+)
+
+
+def canonical_kind(name: str) -> str | None:
+    """The canonical name of a kind or of one of its old names (None: unknown)."""
+    return name if name in FAULT_KINDS else ALIASES.get(name)
+
+
+def parse_faults(text: str | None) -> list[FaultSpec]:
+    """Parse the `--faults` schedule (syntax in `FAULT_HELP`); raises ValueError naming the item."""
+    if text is None or not text.strip():
+        return []
+    out: list[FaultSpec] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        m = _FAULT_RE.match(item)
+        if m is None:
+            raise ValueError(f"fault {item!r}: expected KIND[:COUNT][@TIME][/KEY=VALUE]...")
+        kind = canonical_kind(m.group("kind"))
+        if kind is None:
+            known = [*FAULT_KINDS, *ALIASES]
+            raise ValueError(
+                f"fault {item!r}: unknown kind {m.group('kind')!r} (known: {', '.join(known)})"
+            )
+        fk = FAULT_KINDS[kind]
+        count = int(m.group("count")) if m.group("count") is not None else 1
+        if count < 1:
+            raise ValueError(f"fault {item!r}: count must be at least 1")
+        at = parse_duration(m.group("at")) if m.group("at") is not None else None
+        params: dict[str, str] = {}
+        for kv in filter(None, m.group("rest").split("/")):
+            key, eq, value = kv.partition("=")
+            if not eq or not value:
+                raise ValueError(f"fault {item!r}: expected /KEY=VALUE, got /{kv}")
+            key = fk.key_aliases.get(key, key)
+            if key not in fk.keys:
+                raise ValueError(
+                    f"fault {item!r}: {kind} takes no key {key!r} "
+                    f"(keys: {', '.join(fk.keys) or 'none'})"
+                )
+            _check_value(item, key, value)
+            params[key] = value
+        spec = FaultSpec(kind, count, at, tuple(params.items()))
+        if spec.effect is not None and spec.param("call") not in JUDGED_CALLS:
+            raise ValueError(
+                f"fault {item!r}: the soak judges fail_next only on {', '.join(JUDGED_CALLS)}"
+            )
+        out.append(spec)
+    return out
+
+
+def _check_value(item: str, key: str, value: str) -> None:
+    if key in ("ms", "count") and (not value.isdigit() or int(value) < 1):
+        raise ValueError(f"fault {item!r}: {key} must be a positive integer")
+    if key == "shard" and not value.isdigit():
+        raise ValueError(f"fault {item!r}: shard is a shard number (0, 1, ...)")
+    if key == "for":
+        parse_duration(value)
+    if key == "status" and not value.startswith("NDIS_STATUS_"):
+        raise ValueError(f"fault {item!r}: status is an NDIS_STATUS_ name")
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledFault:
+    tag: int  # unique in the run
+    t: float  # seconds after the hold starts
+    spec: FaultSpec
+
+
+def schedule_faults(specs: Sequence[FaultSpec], hold_s: float) -> list[ScheduledFault]:
+    """Injection times: `@TIME` as given, else COUNT injections evenly inside the hold."""
+    plan: list[tuple[float, FaultSpec]] = []
+    for spec in specs:
+        for i in range(spec.count):
+            t = spec.at if spec.at is not None else hold_s * (i + 1) / (spec.count + 1)
+            if t >= hold_s:
+                raise ValueError(
+                    f"fault {spec.kind}@{t:g}s is not inside the {hold_s:g} s hold (--duration)"
+                )
+            plan.append((t, spec))
+    plan.sort(key=lambda p: p[0])
+    return [ScheduledFault(i + 1, t, spec) for i, (t, spec) in enumerate(plan)]

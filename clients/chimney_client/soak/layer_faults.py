@@ -1,0 +1,145 @@
+"""Layer faults, injected by the coordinator: fail_next and its presets, and NIC outages
+(`target_failure`, a teaming MUX's `nic_down`) with the times that bound what they explain
+(from just before fault.inject to just after fault.clear), the offload gauge of the NIC before
+and at the end of the outage, and the connections each NIC carried then."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ..aio import AsyncClient
+from ..errors import ChimneyError
+from .channels import Channel
+from .faults import FAULT_KINDS, OUTAGES, ScheduledFault
+from .parsing import parse_duration
+
+
+class LayerFaults:
+    control: AsyncClient | None
+    ins: list[Channel]
+    layer_records: list[dict[str, Any]]
+    interrupted: asyncio.Event
+
+    def say(self, text: str) -> None: ...
+
+    async def wait_or_interrupt(self, seconds: float) -> None: ...
+
+    async def inject(self, sf: ScheduledFault) -> None:
+        spec = sf.spec
+        if spec.scope == "conn":
+            # the owner of a connection injects faults on it: pick a worker round-robin
+            self.ins[sf.tag % len(self.ins)].put(
+                {"type": "fault", "tag": sf.tag, "kind": spec.kind, "params": dict(spec.params)}
+            )
+            return
+        assert self.control is not None
+        params = {key: spec.param(key) for key in FAULT_KINDS[spec.kind].keys}
+        rec: dict[str, Any] = {
+            "tag": sf.tag,
+            "kind": spec.kind,
+            "effect": spec.effect,
+            "params": params,
+            "injected": False,
+            "t": sf.t,
+        }
+        self.layer_records.append(rec)
+        layer = params["layer"]
+        # a daemon of shards: the layer in one shard only (/shard=K), else in every shard
+        where = {"shard": int(params["shard"])} if params.get("shard") else {}
+        try:
+            if spec.kind in OUTAGES:
+                await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
+                return
+            rec["t0"] = time.monotonic()
+            rec["fault_id"] = await self.control.fault_inject(
+                "fail_next",
+                layer=layer,
+                call=params["call"],
+                status=params["status"],
+                count=int(params["count"]),
+                **where,
+            )
+            rec["t1"] = time.monotonic()
+            rec["injected"] = True
+            if spec.effect == "offload_refusal":
+                # a hold without churn or uploads offloads nothing: have one of our own
+                # connections upload and offload again, so the next initiates happen now
+                self.ins[sf.tag % len(self.ins)].put(
+                    {"type": "provoke_offload", "count": int(params["count"])}
+                )
+        except (ChimneyError, OSError, ValueError, KeyError) as exc:
+            rec["error"] = f"{type(exc).__name__}: {exc}"
+
+    async def layer_gauge(self, layer: str, shard: int | None = None) -> int | None:
+        """The layer's offloads_active: the daemon's, or shard `shard`'s."""
+        assert self.control is not None
+        try:
+            stats = await self.control.stack_stats()
+        except ChimneyError:
+            return None
+        if shard is not None:
+            stats = next((s for s in stats.get("shards") or [] if s.get("shard") == shard), {})
+        value = ((stats.get("layers") or {}).get(layer) or {}).get("offloads_active")
+        return int(value) if isinstance(value, int) else None
+
+    async def tcp_left(self, layer: str, shard: int | None = None) -> int | None:
+        """TCP connections still offloaded on `layer`: its `tcp` in stack.info when it is a NIC
+        (a neighbor or path it holds for an initiate it queued while paused is not one, spec
+        §5.5), else its offload gauge — the daemon's, or shard `shard`'s."""
+        counts = await self.nic_connections(shard)
+        if counts is not None and layer in counts:
+            return counts[layer]
+        return await self.layer_gauge(layer, shard)
+
+    async def nic_connections(self, shard: int | None = None) -> dict[str, int] | None:
+        """The TCP connections each NIC (layer of kind target) carries now (stack.info): in
+        the daemon, or in shard `shard`."""
+        assert self.control is not None
+        try:
+            info = await self.control.stack_info()
+        except ChimneyError:
+            return None
+        if shard is not None:
+            info = next((s for s in info.get("shards") or [] if s.get("shard") == shard), {})
+        return {
+            la["name"]: int(la.get("tcp", 0))
+            for la in info.get("layers", [])
+            if la.get("kind") == "target"
+        }
+
+    async def outage(
+        self,
+        rec: dict[str, Any],
+        kind: str,
+        layer: str,
+        outage: float,
+        where: dict[str, int] | None = None,
+    ) -> None:
+        """Take the NIC out for `outage` s and clear it; the times bound what it explains.
+        `where`: `{"shard": K}` for the NIC of one shard of a daemon of shards."""
+        assert self.control is not None
+        where = where or {}
+        shard = where.get("shard")
+        rec["offloaded_before"] = await self.layer_gauge(layer, shard)
+        rec["nics_before"] = await self.nic_connections(shard)
+        rec["t0"] = time.monotonic()
+        rec["fault_id"] = fid = await self.control.fault_inject(kind, layer=layer, **where)
+        rec["t1"] = time.monotonic()
+        rec["injected"] = True
+        in_shard = f" in shard {shard}" if shard is not None else ""
+        self.say(f"chimney-soak: {layer}{in_shard} {OUTAGES[kind]} (fault {fid}) for {outage:g} s")
+        await self.wait_or_interrupt(outage)
+        # what is offloaded on it at the end of the outage: nothing may be (UPLOAD_ALL, PAUSE)
+        rec["offloaded_at_end"] = await self.tcp_left(layer, shard)
+        rec["nics_at_end"] = await self.nic_connections(shard)
+        rec["t_clear0"] = time.monotonic()
+        try:
+            await self.control.fault_clear(fid)
+        except ChimneyError as exc:
+            rec["clear_error"] = str(exc)
+            return
+        rec["t_clear1"] = time.monotonic()
+        rec["cleared"] = True
+        self.say(f"chimney-soak: {layer} back (fault {fid} cleared)")

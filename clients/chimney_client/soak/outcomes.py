@@ -1,0 +1,367 @@
+"""Judging faults by what they did: each injection must show the outcome the spec requires on
+the connection it hit, with data verified after it; and every stretch a connection spent out of
+offload must be explained by a fault (named) or by the soak's own planned uploads.
+
+Inputs are plain records (the workers' and the coordinator's), times on one monotonic clock
+(CLOCK_MONOTONIC is shared by the processes of one machine)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .faults import FAULT_KINDS, OUTAGES
+from .limits import RESUME_GRACE_S, SEND_FAILURE_UPLOAD_S, STALL_CLOCK_SLACK_S
+
+Record = dict[str, Any]
+EXAMPLES = 5
+
+
+class Window:
+    """When a target failure had its layer down: from just before fault.inject until a little
+    after fault.clear returned (the host hears RESUME through the layers)."""
+
+    def __init__(self, rec: Record) -> None:
+        self.layer = str(rec.get("params", {}).get("layer", ""))
+        self.start = float(rec.get("t0", 0.0))
+        cleared = rec.get("t_clear1")
+        self.clear = float(rec["t_clear0"]) if rec.get("t_clear0") is not None else float("inf")
+        self.end = float(cleared) + RESUME_GRACE_S if cleared is not None else float("inf")
+
+    def covers(self, t0: float, t1: float | None = None) -> bool:
+        return self.start <= t0 and (t1 if t1 is not None else t0) <= self.end
+
+
+def _entry(kind: str) -> Record:
+    return {"kind": kind, "injected": 0, "failed_to_inject": 0, "problems": []}
+
+
+def _problem(e: Record, text: str) -> None:
+    if len(e["problems"]) < EXAMPLES:
+        e["problems"].append(text)
+    e["problem_count"] = e.get("problem_count", 0) + 1
+
+
+def judge(
+    layer_records: Sequence[Record],
+    conn_records: Sequence[Record],
+    obs: dict[str, list[Record]],
+) -> tuple[list[Record], Record]:
+    """Returns one entry per fault kind (`ok`, `problems`, what was seen) and the host-mode
+    account (refusals, unrequested uploads, host mode at close: explained or not)."""
+    by_kind: dict[str, Record] = {}
+    for rec in [*layer_records, *conn_records]:
+        e = by_kind.setdefault(rec["kind"], _entry(rec["kind"]))
+        if rec.get("injected"):
+            e["injected"] += 1
+        else:
+            e["failed_to_inject"] += 1
+            _problem(e, f"not injected: {rec.get('error', '?')}")
+    for rec in conn_records:
+        if rec.get("injected"):
+            _judge_conn_fault(by_kind[rec["kind"]], rec)
+    host = _host_mode_account()
+    outages = [r for r in layer_records if r["kind"] in OUTAGES and r.get("injected")]
+    windows = [Window(r) for r in outages]
+    # connections a reset fault aborted: one the RST reached between its upload and its
+    # re-offload is over, and is not offloaded again (it is reopened as a new connection)
+    reset = {
+        r.get("conn")
+        for r in conn_records
+        if r["kind"] in ("peer_reset", "daemon_reset") and r.get("injected") and r.get("abort_seen")
+    }
+    for rec, w in zip(outages, windows, strict=True):
+        _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset)
+    _judge_fail_next(by_kind, layer_records, obs, windows, host)
+    _account_leftovers(obs, windows, host)
+    for e in by_kind.values():
+        e["ok"] = not e["problems"]
+    order = list(FAULT_KINDS)
+    return sorted(by_kind.values(), key=lambda e: order.index(e["kind"])), host
+
+
+# -- connection faults ---------------------------------------------------------------------------
+_READ_BEFORE_OWN_RST = "the daemon had read before its own RST"
+
+
+def _judge_conn_fault(e: Record, rec: Record) -> None:
+    kind, conn = rec["kind"], rec.get("conn")
+    e.setdefault("connections", []).append(conn)
+    e["verified_after"] = e.get("verified_after", 0) + rec.get("verified_after", 0)
+    done = rec.get("done", False)
+    if kind in ("peer_reset", "daemon_reset") or rec.get("reason") == "HardwareFailure":
+        e["abort_seen"] = e.get("abort_seen", 0) + int(bool(rec.get("abort_seen")))
+        if not rec.get("abort_seen"):
+            _problem(e, f"conn {conn}: no TcpIndicateAbort")
+        if kind == "retrieve":
+            return
+        e["reopened"] = e.get("reopened", 0) + int(rec.get("new_conn") is not None)
+        if not done:
+            _problem(e, f"conn {conn}: the reopened slot carried no verified data")
+        lost = rec.get("lost_before_reset", 0)
+        if lost:
+            e["lost_before_reset"] = e.get("lost_before_reset", 0) + lost
+            before = "echoed before the RST" if kind == "peer_reset" else _READ_BEFORE_OWN_RST
+            _problem(e, f"conn {conn}: {lost} byte(s) {before} never came back")
+        if kind == "daemon_reset" and rec.get("abort_seen"):
+            read = rec.get("delivered")
+            if read is None:
+                _problem(e, f"conn {conn}: tcp.info did not say what the daemon had read")
+                return
+            # what was still in the socket when the daemon reset it goes with it: excused
+            e["read_before_rst"] = e.get("read_before_rst", 0) + read
+        if kind == "peer_reset":
+            delivered = rec.get("delivered")
+            if delivered is None:
+                _problem(e, f"conn {conn}: the peer did not say what it had delivered")
+                return
+            # what the RST cut off (acknowledged by the peer's kernel, never echoed) is excused
+            e["echoed_before_rst"] = e.get("echoed_before_rst", 0) + delivered
+            cut = max(0, rec.get("sent_at_close", delivered) - delivered)
+            e["cut_off_by_rst"] = e.get("cut_off_by_rst", 0) + cut
+        return
+    if kind == "stall_peer":
+        _judge_stall_hold(e, rec)
+        if rec.get("integrity_errors") or rec.get("lost"):
+            _problem(e, f"conn {conn}: damaged after the stall")
+        if not done:
+            _problem(e, f"conn {conn}: no byte verified after the stall ended")
+        return
+    # retrieve
+    e["event_seen"] = e.get("event_seen", 0) + int(bool(rec.get("event_seen")))
+    e["uploaded"] = e.get("uploaded", 0) + int(bool(rec.get("uploaded")))
+    e["reoffloaded"] = e.get("reoffloaded", 0) + int(rec.get("reoffloaded_t") is not None)
+    if not rec.get("event_seen"):
+        _problem(e, f"conn {conn}: no TcpIndicateRetrieve")
+    elif not rec.get("uploaded") and rec.get("mandatory", True):
+        _problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")
+    elif rec.get("uploaded") and rec.get("reoffloaded_t") is None:
+        _problem(e, f"conn {conn}: not offloaded again after the retrieve")
+    elif not done:
+        _problem(e, f"conn {conn}: no byte verified after the retrieve")
+
+
+def _judge_stall_hold(e: Record, rec: Record) -> None:
+    """The stall's own outcome: the round trip its connection began right after it was injected
+    came back no earlier than its end (the daemon read nothing from the socket meanwhile)."""
+    conn, end = rec.get("conn"), rec.get("stall_end")
+    t0, t1 = rec.get("trip_t0"), rec.get("trip_t1")
+    if end is None or t0 is None or t0 >= end:
+        _problem(e, f"conn {conn}: no round trip began during the stall: its hold was not seen")
+    elif t1 is None:
+        _problem(e, f"conn {conn}: the round trip begun during the stall never came back")
+    elif t1 < end - STALL_CLOCK_SLACK_S:
+        early = (end - t1) * 1000
+        _problem(
+            e,
+            f"conn {conn}: a round trip begun during the stall came back {early:.0f} ms before "
+            "its end: the stall held nothing",
+        )
+    else:
+        e["held"] = e.get("held", 0) + 1
+
+
+# -- a NIC out: target failure, nic_down --------------------------------------------------------
+def _judge_outage(
+    e: Record, rec: Record, w: Window, obs: dict[str, list[Record]], reset: set[Any]
+) -> None:
+    layer = w.layer
+    if not rec.get("cleared"):
+        _problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
+    left = rec.get("offloaded_at_end")
+    e["offloaded_before"] = e.get("offloaded_before", 0) + (rec.get("offloaded_before") or 0)
+    if left:
+        _problem(e, f"{layer}: {left} connection(s) still offloaded on it at the end of the outage")
+    for when in ("nics_before", "nics_at_end"):
+        if rec.get(when) is not None:
+            e.setdefault(when, []).append(rec[when])
+    # uploaded by the NIC's UPLOAD_ALL, or asked up one by one by a teaming MUX above it
+    # (UploadRequested, spec §5.2) while the connection was on that NIC
+    # judged by when the connection was asked up: with thousands to upload, the last uploads
+    # may complete after the NIC is back
+    uploads = [u for u in obs.get("upload_all", []) if w.covers(u.get("asked") or u["t"])]
+    uploads += [
+        u
+        for u in obs.get("unrequested", [])
+        if not u.get("explained_by")
+        and u.get("reason") == "UploadRequested"
+        and w.covers(u.get("asked") or u["t"])
+        and layer in (u.get("came_from") or [])
+    ]
+    for u in uploads:
+        u["explained_by"] = rec["kind"]
+    if uploads:
+        # offloads stay paused until the last of them is up (spec §5.5: PAUSE, the uploads,
+        # RESUME): refusals until then are this outage's
+        w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
+    e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(uploads)
+    if rec.get("offloaded_before") and not uploads:
+        _problem(e, f"{layer}: {rec['offloaded_before']} offloaded, none uploaded (UPLOAD_ALL)")
+    again = 0
+    for u in uploads:
+        t = u.get("reoffloaded_t")
+        if t is None and u["conn"] in reset:
+            e["reset_before_reoffload"] = e.get("reset_before_reoffload", 0) + 1
+        elif t is None:
+            _problem(e, f"conn {u['conn']}: not offloaded again after {layer} recovered")
+        elif t < w.clear and layer in (u.get("path") or [layer]):
+            _problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed")
+        elif not u.get("done"):
+            _problem(e, f"conn {u['conn']}: no byte verified after its re-offload")
+        else:
+            again += 1
+    e["reoffloaded"] = e.get("reoffloaded", 0) + again
+    e["verified_after"] = e.get("verified_after", 0) + sum(
+        u.get("verified_after", 0) for u in uploads
+    )
+
+
+# -- fail_next and its presets -------------------------------------------------------------------
+_EFFECT_OBS = {
+    "send_failure": "send_failures",
+    "send_upload": "unrequested",
+    "offload_refusal": "refusals",
+}
+
+
+def _judge_fail_next(
+    by_kind: dict[str, Record],
+    layer_records: Sequence[Record],
+    obs: dict[str, list[Record]],
+    windows: list[Window],
+    host: Record,
+) -> None:
+    """Calls failed by fail_next cannot be told apart by connection; they are counted: as many
+    outcomes of each effect as the faults of that effect used up, each with data after it."""
+    for effect, obs_name in _EFFECT_OBS.items():
+        faults = [r for r in layer_records if r.get("effect") == effect and r.get("injected")]
+        if not faults:
+            continue
+        entries = {by_kind[r["kind"]]["kind"]: by_kind[r["kind"]] for r in faults}
+        expected = 0
+        for r in faults:
+            e = by_kind[r["kind"]]
+            if r.get("consumed"):
+                expected += int(r["params"].get("count", 1))
+            else:
+                _problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
+        start = min(float(r["t0"]) for r in faults)
+        statuses = {r["params"].get("status") for r in faults}
+        # the earliest matching outcomes, up to what the faults caused; any more are left for
+        # the account of what no fault explains
+        seen: list[Record] = []
+        observed = 0
+        when = "t_first" if effect == "offload_refusal" else "t"
+        for o in sorted(obs.get(obs_name, []), key=lambda o: float(o[when])):
+            if observed >= expected:
+                break
+            if o.get("explained_by") or float(o[when]) < start:
+                continue
+            if effect == "send_failure":
+                if o.get("conn_aborted") and not o.get("resent"):
+                    continue  # the RST of a reset, not this fault
+                if o.get("status") not in statuses:
+                    continue
+            if effect == "send_upload" and not o.get("sending"):
+                continue
+            if (
+                effect == "offload_refusal"
+                and o.get("status") not in statuses
+                and any(w.covers(o["t_first"], o["t_last"]) for w in windows)
+            ):
+                continue  # a refusal while the target was failed (OFFLOAD_PAUSE): not this fault
+            o["explained_by"] = effect
+            seen.append(o)
+            observed += int(o.get("attempts", 1))
+        after = sum(o.get("verified_after", 0) for o in seen)
+        for e in entries.values():
+            e["expected"], e["observed"], e["verified_after"] = expected, observed, after
+        first = next(iter(entries.values()))
+        if observed != expected:
+            _problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
+        for o in seen:
+            if effect == "send_failure" and not o.get("resent"):
+                _problem(first, f"conn {o['conn']}: the failed bytes were never resent")
+            elif not o.get("done"):
+                _problem(first, f"conn {o['conn']}: no byte verified after it")
+        if effect == "send_failure":
+            uploads = _uploads_after_send_failures(seen, obs)
+            for e in entries.values():
+                e["uploaded"] = len(uploads)
+            for u in uploads:
+                if not u.get("done"):
+                    _problem(first, f"conn {u['conn']}: no byte verified after its upload")
+        if effect == "offload_refusal":
+            host["explained"]["refuse_offload"] = len(seen)
+
+
+def _uploads_after_send_failures(seen: list[Record], obs: dict[str, list[Record]]) -> list[Record]:
+    """A NIC that failed a send fails every later one and asks for the connection's upload
+    (`TcpIndicateRetrieve` UploadRequested, spec §4.1, §3.6.4): that upload, on the same
+    connection close in time, is the failure's, not an unexplained one."""
+    out: list[Record] = []
+    for o in seen:
+        for u in obs.get("unrequested", []):
+            if (
+                u["conn"] == o["conn"]
+                and not u.get("explained_by")
+                and u.get("reason") == "UploadRequested"
+                and abs(float(u["t"]) - float(o["t"])) <= SEND_FAILURE_UPLOAD_S
+            ):
+                u["explained_by"] = "send_failure"
+                out.append(u)
+                break
+    return out
+
+
+# -- whatever no fault explains ------------------------------------------------------------------
+def _host_mode_account() -> Record:
+    return {
+        "refusal_episodes": 0,
+        "refused_at_connect": 0,
+        "explained": {"target_failure": 0, "refuse_offload": 0},
+        "unexplained": 0,
+        "unexplained_examples": [],
+        "not_offloaded_again": 0,
+        "host_at_close": 0,
+        "state_disagreements": 0,
+    }
+
+
+def _unexplained(host: Record, what: str) -> None:
+    host["unexplained"] += 1
+    if len(host["unexplained_examples"]) < EXAMPLES:
+        host["unexplained_examples"].append(what)
+
+
+def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host: Record) -> None:
+    for ep in obs.get("refusals", []):
+        host["refusal_episodes"] += 1
+        host["refused_at_connect"] += int(ep.get("at") == "connect")
+        if ep.get("explained_by"):
+            continue
+        if any(w.covers(ep["t_first"], ep["t_last"]) for w in windows):
+            host["explained"]["target_failure"] += 1
+            if ep.get("offloaded_t") is None and not ep.get("continued"):
+                host["not_offloaded_again"] += 1
+                _unexplained(host, f"conn {ep['conn']}: never offloaded again after {ep['at']}")
+            continue
+        status = ep.get("status") or "no status"
+        _unexplained(host, f"conn {ep['conn']}: offload refused at {ep['at']} ({status})")
+    for u in obs.get("upload_all", []):
+        if not any(w.covers(u["t"]) for w in windows):
+            _unexplained(host, f"conn {u['conn']}: uploaded by UPLOAD_ALL with no target failure")
+    for u in obs.get("unrequested", []):
+        if not u.get("explained_by"):
+            why = u.get("reason") or "no retrieve"
+            _unexplained(host, f"conn {u['conn']}: uploaded unasked ({why})")
+    for f in obs.get("send_failures", []):
+        if not f.get("explained_by") and not (f.get("conn_aborted") and not f.get("resent")):
+            _unexplained(host, f"conn {f['conn']}: a send failed with {f.get('status')}")
+    for h in obs.get("host_at_close", []):
+        host["host_at_close"] += 1
+        if not any(w.covers(h["t"]) for w in windows):
+            _unexplained(host, f"conn {h['conn']}: closed in host mode ({h.get('cause')})")
+    for d in obs.get("disagreements", []):
+        host["state_disagreements"] += 1
+        _unexplained(host, f"conn {d['conn']}: soak says {d['soak']}, tcp.info {d['daemon']}")

@@ -1,0 +1,296 @@
+"""The report and its verdict: plain functions of plain data, tested without sockets."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .conn import TIMED_STATES
+from .limits import LAYER_GAUGES, OP_TIMEOUT_S, RSS_GROWTH_ALLOWED
+
+
+def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles `{"p50": .., "p99": ..}`; zeros when there are no samples."""
+    if not samples:
+        return {f"p{p:g}": 0.0 for p in points}
+    ordered = sorted(samples)
+    out = {}
+    for p in points:
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[f"p{p:g}"] = round(ordered[rank - 1], 3)
+    return out
+
+
+def gauges_left(stats: dict[str, Any] | None, idle: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Non-zero gauges of a `stack.stats` map: per layer, plus `connections`, and the daemon's
+    task count if above its `idle` value (`stack.stats` before the soak). Empty: drained."""
+    if not stats:
+        return {"stats": "unavailable"}
+    left: dict[str, Any] = {}
+    tasks, idle_tasks = stats.get("tasks"), (idle or {}).get("tasks")
+    if tasks is not None and idle_tasks is not None and tasks > idle_tasks:
+        left["tasks"] = {"now": tasks, "idle": idle_tasks}
+    for name, layer in (stats.get("layers") or {}).items():
+        bad = {k: layer.get(k, 0) for k in LAYER_GAUGES if layer.get(k, 0)}
+        if bad:
+            left[name] = bad
+    if stats.get("connections", 0):
+        left["connections"] = stats["connections"]
+    engine = stats.get("engine") or {}
+    for key in ("wires", "ack_waiting"):
+        if engine.get(key):
+            left[f"engine.{key}"] = engine[key]
+    inbox = {k: v for k, v in (engine.get("inbox") or {}).items() if v}
+    if inbox:
+        left["engine.inbox"] = inbox
+    return left
+
+
+#: Integer counters every worker keeps; summed across workers.
+COUNTER_FIELDS = (
+    "opened",
+    "open_now",
+    "offloaded_now",
+    "closed",
+    "ops",
+    "bytes_sent",
+    "bytes_verified",
+    "integrity_errors",
+    "errors",
+    "limit_refusals",
+    "connect_failures",
+    "offload_refused_at_connect",
+    "uploads_planned",
+    "reoffloads_planned",
+    "send_failures",
+    "send_resends",
+    "aborts_seen",
+    "aborts_while_closing",
+    "reopened_after_reset",
+    "lost_before_reset",
+    "unexpected_aborts",
+    "nic_uploads",
+    "retrieve_uploads",
+    "unrequested_uploads",
+    "reoffloads",
+    "reoffload_refused",
+    "churn_closes",
+    "recv_timeouts",
+    "stuck_ops",
+    "unverified_on_close",
+    "host_at_close",
+    "state_disagreements",
+)
+
+
+def merge_counters(parts: Sequence[dict[str, int]]) -> dict[str, int]:
+    total = dict.fromkeys(COUNTER_FIELDS, 0)
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + int(value)
+    return total
+
+
+def state_times(state_s: dict[str, float], by_cause: dict[str, float]) -> dict[str, Any]:
+    """Connection-seconds per state, each state's share, and host time by its cause."""
+    total = sum(state_s.get(s, 0.0) for s in TIMED_STATES)
+    return {
+        "seconds": {s: round(state_s.get(s, 0.0), 2) for s in TIMED_STATES},
+        "share": {s: round(state_s.get(s, 0.0) / total, 4) if total else 0.0 for s in TIMED_STATES},
+        "host_by_cause": {k: round(v, 2) for k, v in sorted(by_cause.items())},
+    }
+
+
+def build_report(
+    *,
+    settings: dict[str, Any],
+    counters: dict[str, int],
+    latencies_ms: Sequence[float],
+    integrity_details: Sequence[dict[str, Any]],
+    error_details: dict[str, dict[str, Any]],
+    faults: list[dict[str, Any]],
+    host_mode: dict[str, Any],
+    states: dict[str, Any],
+    stats_before: dict[str, Any] | None,
+    stats_after: dict[str, Any] | None,
+    timing: dict[str, float],
+    rss_kb: dict[str, int | None],
+    daemon: dict[str, Any],
+    shards: dict[str, Any] | None = None,
+    connections: dict[str, Any],
+    interrupted: bool = False,
+    stopped_early: str | None = None,
+    allow_rss_growth: bool = False,
+    allow_fd_cap: bool = False,
+) -> dict[str, Any]:
+    """The `--json` report; `ok` and `failures` say whether the soak passed and why not."""
+    active_s = max(timing.get("active_s", 0.0), 1e-9)
+    left = gauges_left(stats_after, stats_before)
+    engine_after = (stats_after or {}).get("engine") or {}
+    before, after = rss_kb.get("before"), rss_kb.get("after")
+    report: dict[str, Any] = {
+        "interrupted": interrupted,
+        "stopped_early": stopped_early,
+        "connections": connections.get("held", 0),
+        "connections_detail": connections,
+        "bytes_sent": counters.get("bytes_sent", 0),
+        "bytes_verified": counters.get("bytes_verified", 0),
+        "integrity_errors": counters.get("integrity_errors", 0),
+        "integrity_error_details": list(integrity_details),
+        "errors": counters.get("errors", 0),
+        "error_details": error_details,
+        "ops": counters.get("ops", 0),
+        "ops_per_s": round(counters.get("ops", 0) / active_s, 1),
+        "throughput_mb_s": round(counters.get("bytes_verified", 0) / active_s / 1e6, 2),
+        "latency_ms": {
+            **percentiles(latencies_ms),
+            "max": round(max(latencies_ms), 3) if latencies_ms else 0.0,
+            "samples": len(latencies_ms),
+        },
+        "faults": faults,
+        "host_mode": host_mode,
+        "states": states,
+        "counters": counters,
+        "stats_before": stats_before,
+        "stats_after": stats_after,
+        "drained": not left,
+        "left_over": left,
+        "rss_kb": {
+            **rss_kb,
+            "after_over_before": round(after / before, 3) if before and after else None,
+            "within_10pct": (after <= before * RSS_GROWTH_ALLOWED) if before and after else None,
+            "judged": not allow_rss_growth,
+        },
+        "shards": judge_shards(shards),
+        "daemon": daemon,
+        # the daemon's spec §9 checker: None when it runs without it (or gave no stats)
+        "invariant_violations": engine_after.get("invariant_violations"),
+        "timing_s": {k: round(v, 2) for k, v in timing.items()},
+        "settings": {
+            **settings,
+            "allow_rss_growth": allow_rss_growth,
+            "allow_fd_cap": allow_fd_cap,
+        },
+    }
+    report["failures"] = verdict(report)
+    report["ok"] = not report["failures"]
+    return report
+
+
+def judge_shards(shards: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each shard's RSS after the drain against its own plateau (a daemon of shards passes
+    only when every shard does)."""
+    if shards is None:
+        return None
+    for rss in shards.get("rss_kb", {}).values():
+        before, after = rss.get("before"), rss.get("after")
+        rss["after_over_before"] = round(after / before, 3) if before and after else None
+        rss["within_10pct"] = after <= before * RSS_GROWTH_ALLOWED if before and after else None
+    return shards
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """Why the soak failed (empty: it passed): what it claims (N offloaded connections, every byte
+    back, faults that did their job, a daemon that drained and gave its memory back) checked."""
+    why: list[str] = []
+    if report.get("interrupted"):
+        why.append("interrupted before the end: a partial run")
+    if report.get("stopped_early"):
+        why.append(f"stopped early: {report['stopped_early']}")
+    if report["integrity_errors"]:
+        why.append(f"{report['integrity_errors']} integrity error(s)")
+    # cut short before the daemon answered stack.stats: no drain to judge
+    unavailable = report["left_over"] == {"stats": "unavailable"}
+    if not report["drained"] and not (report.get("interrupted") and unavailable):
+        why.append(f"state left after drain: {json.dumps(report['left_over'], sort_keys=True)}")
+    daemon = report["daemon"]
+    if daemon.get("crashed"):
+        why.append(f"daemon crashed: {daemon.get('crash')}")
+    if daemon.get("exit_status") not in (None, 0):
+        why.append(f"daemon exit status {daemon['exit_status']}")
+    engine = (report.get("stats_after") or {}).get("engine") or {}
+    violations = report.get("invariant_violations")
+    if violations is None:
+        # a daemon we spawned runs with --invariants: no count means it was not checked. One
+        # given by --rpc may run without the checker: the report says so, it is no failure
+        if daemon.get("spawned") and report.get("stats_after") is not None:
+            why.append("the spawned daemon reports no invariant checker")
+    elif violations != 0:
+        why.append(f"{violations} invariant violation(s) in the daemon")
+    if engine.get("layer_errors"):
+        why.append(f"{engine['layer_errors']} layer error(s) in the daemon")
+    c = report["counters"]
+    if c.get("unverified_on_close"):
+        why.append(f"{c['unverified_on_close']} byte(s) sent but never echoed back")
+    if c.get("stuck_ops"):
+        why.append(f"{c['stuck_ops']} echo round trip(s) stuck past {OP_TIMEOUT_S:g} s")
+    if c.get("unexpected_aborts"):
+        why.append(f"{c['unexpected_aborts']} connection(s) aborted with no fault")
+    if c.get("aborts_while_closing"):
+        why.append(f"{c['aborts_while_closing']} connection(s) aborted during their close")
+    host = report.get("host_mode") or {}
+    if host.get("unexplained"):
+        why.append(
+            f"{host['unexplained']} time(s) a connection was not offloaded (or failed) with no "
+            f"fault to explain it: {'; '.join(host.get('unexplained_examples', []))}"
+        )
+    for fault in report["faults"]:
+        if not fault.get("ok"):
+            why.append(f"fault {fault['kind']} did not show its outcome: {fault_brief(fault)}")
+    why.extend(_limits_verdict(report))
+    if report["errors"] and not why:
+        why.append(f"{report['errors']} error(s)")
+    return why
+
+
+def _limits_verdict(report: dict[str, Any]) -> list[str]:
+    why: list[str] = []
+    conns = report["connections_detail"]
+    settings = report.get("settings", {})
+    if not settings.get("allow_fd_cap"):
+        if conns.get("capped_by_fd_limit"):
+            why.append(f"{conns['capped_by_fd_limit']} (--allow-fd-cap to accept)")
+        if conns.get("limit_refusals"):
+            why.append(
+                f"{conns['limit_refusals']} connect(s) refused by the daemon's LIMIT: the run "
+                "held fewer connections than asked (--allow-fd-cap to accept)"
+            )
+    held, traffic = conns.get("held", 0), conns.get("with_traffic")
+    cut_short = report.get("interrupted") or report.get("stopped_early")
+    if traffic is not None and traffic < held and not cut_short:
+        why.append(f"only {traffic} of {held} connections carried traffic")
+    rss = report["rss_kb"]
+    shards = (report.get("shards") or {}).get("rss_kb") or {}
+    if shards and rss.get("judged", True):
+        for shard, each in sorted(shards.items()):
+            if each.get("within_10pct") is False:
+                why.append(
+                    f"shard {shard} RSS after the drain is x{each['after_over_before']} of its "
+                    f"idle plateau (more than x{RSS_GROWTH_ALLOWED:g}; --allow-rss-growth to accept)"
+                )
+    elif rss.get("within_10pct") is False and rss.get("judged", True):
+        why.append(
+            f"daemon RSS after the drain is x{rss['after_over_before']} of its idle plateau "
+            f"(more than x{RSS_GROWTH_ALLOWED:g}; --allow-rss-growth to accept)"
+        )
+    return why
+
+
+def _brief(value: Any) -> str:
+    """Connections per NIC, one sample per outage: `nic0 100 nic1 100; nic0 150 nic1 0`."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "; ".join(" ".join(f"{k} {n}" for k, n in v.items()) for v in value)
+    return str(value)
+
+
+def fault_brief(fault: dict[str, Any]) -> str:
+    skip = {"kind", "ok", "connections", "problems", "problem_count"}
+    text = ", ".join(
+        f"{k.replace('_', ' ')} {_brief(v)}" for k, v in fault.items() if k not in skip
+    )
+    if fault.get("problems"):
+        more = fault.get("problem_count", 0) - len(fault["problems"])
+        text += "; " + "; ".join(map(str, fault["problems"])) + (f" (+{more} more)" if more else "")
+    return text

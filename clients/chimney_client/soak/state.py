@@ -1,0 +1,281 @@
+"""A worker's bookkeeping: its configuration, counters, the state each connection is in (from
+the daemon's events) and the time each spends offloaded, in host mode and uploading."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..aio import AsyncClient
+from .channels import Channel
+from .conn import TIMED_STATES, Conn, watch
+from .limits import LATENCY_SAMPLES
+from .parsing import PayloadDist
+from .report import COUNTER_FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    index: int
+    rpc: str
+    token: str | None
+    peers: tuple[tuple[str, int], ...]
+    peer_controls: tuple[tuple[str, int] | None, ...]  # the soak's own peers have one
+    slots: tuple[int, ...]  # global connection slot numbers this worker carries
+    rate: float  # this worker's opens per second
+    payload: PayloadDist
+    think_ms: float
+    upload_share: float
+    churn: float  # share of connections closed and reopened per minute
+    close: str
+    conns_per_rpc: int
+    ops_per_rpc: int
+    seed: int
+    shards: int = 1  # the daemon's shards: the worker spreads its RPC clients over them
+    balance_shards: bool = True  # dial again a client that lands on a shard holding its share
+
+
+class Rpc:
+    """One RPC client and the connections it carries."""
+
+    def __init__(self, client: AsyncClient, ops: int) -> None:
+        self.client = client
+        self.sem = asyncio.Semaphore(ops)
+
+
+#: What the worker observed that a fault must explain, by list name (see `WorkerState.obs`).
+OBS_LISTS = (
+    "upload_all",  # uploads by a target failure (TcpIndicateRetrieve NDIS_STATUS_UPLOAD_ALL)
+    "unrequested",  # uploads with no retrieve and not asked for by the soak
+    "send_failures",  # tcp.send answered with an NDIS status on a connection not aborted
+    "refusals",  # offload attempts refused (episodes: first and last attempt)
+    "host_at_close",  # connections closed while in host mode
+    "disagreements",  # the soak's idea of a connection's state differs from tcp.info
+)
+
+
+class WorkerState:
+    def __init__(self, cfg: WorkerConfig, out: Channel, inbox: Channel) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.inbox = inbox
+        self.rng = random.Random(cfg.seed * 7919 + cfg.index)
+        self.c = dict.fromkeys(COUNTER_FIELDS, 0)
+        self.state_s = dict.fromkeys(TIMED_STATES, 0.0)
+        self.host_s_by_cause: dict[str, float] = {}
+        self.latencies: list[float] = []
+        self.lat_seen = 0
+        self.integrity: list[dict[str, Any]] = []
+        self.errors: dict[str, dict[str, Any]] = {}
+        self.rpcs: list[Rpc] = []
+        self.by_id: dict[int, Conn] = {}
+        self.early: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        self.fault_records: list[dict[str, Any]] = []
+        self.obs: dict[str, list[dict[str, Any]]] = {name: [] for name in OBS_LISTS}
+        self.slot_ops: dict[int, int] = {}
+        self.rpc_shards: dict[int, int] = {}  # RPC clients per shard of the daemon
+        self.redials = 0  # clients dialled again to even them out over the shards
+        self.stopping = False
+        self.fast_stop = False  # Ctrl-C or a broken daemon: no settling, no graceful closes
+        self.stop_at = 0.0
+        self.fast_at = 0.0
+        self.serial = 0
+        self.tasks: list[asyncio.Task[None]] = []
+        self.fault_tasks: set[asyncio.Task[None]] = set()
+        self.rpc_by_cid: dict[int, Rpc] = {}
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def error(self, kind: str, detail: str, **where: Any) -> None:
+        self.c["errors"] += 1
+        e = self.errors.setdefault(kind, {"count": 0, "examples": []})
+        e["count"] += 1
+        if len(e["examples"]) < 5:
+            e["examples"].append({"detail": detail, **where})
+
+    def latency(self, ms: float) -> None:
+        self.lat_seen += 1
+        if len(self.latencies) < LATENCY_SAMPLES:
+            self.latencies.append(ms)
+        else:
+            j = self.rng.randrange(self.lat_seen)
+            if j < LATENCY_SAMPLES:
+                self.latencies[j] = ms
+
+    def new_seed(self, slot: int) -> int:
+        self.serial += 1
+        return (self.cfg.seed << 40) ^ (slot << 16) ^ self.serial
+
+    def rpc_of(self, conn: Conn) -> Rpc:
+        return self.rpc_by_cid[conn.cid]
+
+    # -- states and their time -----------------------------------------------------------------
+    def move(self, conn: Conn, state: str, cause: str | None = None) -> None:
+        """`conn` enters `state` now; the time it spent in the last one is accounted."""
+        now = time.monotonic()
+        if conn.state in TIMED_STATES:
+            dt = now - conn.since
+            self.state_s[conn.state] += dt
+            if conn.state == "host":
+                self.host_s_by_cause[conn.host_cause] = (
+                    self.host_s_by_cause.get(conn.host_cause, 0.0) + dt
+                )
+        conn.state, conn.since = state, now
+        if cause is not None:
+            conn.host_cause = cause
+
+    def offload_answered(self, conn: Conn, uploads_before: int, result: Any) -> bool:
+        """Our tcp.offload succeeded; False if the connection was uploaded again since (a
+        notification is handled as it arrives, an answer when its awaiting task runs: an
+        UPLOAD_ALL right after the offload can come first). The connection is in host mode
+        then, and the host offloads it again at RESUME."""
+        if conn.uploads != uploads_before:
+            return False
+        self.offloaded_again(conn, result.get("path") if isinstance(result, dict) else None)
+        return True
+
+    def offloaded_again(self, conn: Conn, path: list[str] | None) -> None:
+        """A tcp.offload of ours succeeded: every record waiting for a re-offload starts
+        waiting for data verified after it."""
+        now = time.monotonic()
+        self.move(conn, "offloaded")
+        if path:
+            conn.path = path
+        conn.needs_offload = False
+        for rec in conn.watch:
+            if rec.get("needs_reoffload") and rec.get("reoffloaded_t") is None:
+                rec["reoffloaded_t"] = now
+                rec["path"] = conn.path
+                rec["verify_from"] = conn.verified
+        if conn.refusal is not None:
+            conn.refusal["offloaded_t"] = now
+            conn.refusal["verify_from"] = conn.verified
+            conn.refusal = None
+        # offloaded again by the host itself (at RESUME) while the slot thinks: data verified
+        # after it is owed, so the next round trip comes now, not after the think time
+        self.wake(conn)
+
+    def refused(self, conn: Conn, at: str, status: str | None) -> None:
+        """An offload of `conn` was refused: one more attempt in its refusal episode."""
+        now = time.monotonic()
+        ep = conn.refusal
+        if ep is not None and None not in (status, ep["status"]) and status != ep["status"]:
+            # refused for another reason now (e.g. a refuse_offload right after a target
+            # failure): a new episode, so each reason is judged on its own
+            ep["continued"] = True
+            conn.watch = [r for r in conn.watch if r is not ep]
+            ep = conn.refusal = None
+        if ep is None:
+            ep = {"conn": conn.cid, "at": at, "status": status, "t_first": now, "attempts": 0}
+            conn.refusal = ep
+            self.obs["refusals"].append(ep)
+            watch(conn, ep, None)
+        ep["t_last"] = now
+        ep["attempts"] += 1
+        ep["status"] = status or ep["status"]
+        if conn.state in ("host", "offloaded", "uploading"):
+            # OFFLOAD_PAUSE: the target is failed or paused, which is why it stays in host mode
+            paused = status == "NDIS_STATUS_OFFLOAD_PAUSE"
+            self.move(conn, "host", "target_failure" if paused else "refused_offload")
+
+    def upload_record(self, conn: Conn, name: str, **extra: Any) -> dict[str, Any]:
+        rec = {"conn": conn.cid, "t": time.monotonic(), "needs_reoffload": True, **extra}
+        rec["reoffloaded_t"] = None
+        self.obs[name].append(rec)
+        watch(conn, rec, None)
+        return rec
+
+    # -- events --------------------------------------------------------------------------------
+    def on_event(self, conn_id: int, event: str, info: dict[str, Any]) -> None:
+        conn = self.by_id.get(conn_id)
+        if conn is None and event != "closed":
+            # tcp.connect answers after its "offloaded" event: keep it for the registration
+            self.early.setdefault(conn_id, []).append((event, info))
+            return
+        if conn is not None:
+            self.apply_event(conn, event, info)
+
+    @staticmethod
+    def wake(conn: Conn) -> None:
+        """End the connection's pause between round trips now: a fault, or an outcome that
+        needs data verified after it, waits for its next round trip."""
+        if conn.nap is not None and not conn.nap.done():
+            conn.nap.set_result(None)
+
+    def apply_event(self, conn: Conn, event: str, info: dict[str, Any]) -> None:
+        if event == "offloaded":
+            path = list(info.get("path") or conn.path)
+            if conn.needs_offload and conn.state in ("host", "uploading"):
+                # the host offloaded it again by itself (at RESUME after a failover, spec
+                # §5.5): the same as our own tcp.offload succeeding
+                self.offloaded_again(conn, path)
+                return
+            if conn.state in TIMED_STATES:
+                self.move(conn, "offloaded")
+            conn.path = path
+        elif event == "TcpIndicateAbort":
+            if not conn.aborted:
+                conn.aborted = True
+                self.wake(conn)  # its slot reopens now, not after its think time
+                self.c["aborts_seen"] += 1
+                for rec in conn.faults:
+                    rec.setdefault("abort_t", time.monotonic())
+                if conn.state in TIMED_STATES:
+                    self.move(conn, "aborted")
+                if conn.own_upload and not conn.expect_abort:
+                    # our close was under way (disconnect, FIN read, tcp.close): counted apart
+                    self.c["aborts_while_closing"] += 1
+        elif event == "TcpIndicateRetrieve":
+            conn.retrieve_reason = str(info.get("reason", "?"))
+            conn.retrieve_t = time.monotonic()
+            conn.retrieve_mandatory = bool(info.get("mandatory", True))
+            if conn.state == "offloaded":
+                self.move(conn, "uploading")
+            for rec in conn.faults:
+                if rec["kind"] == "retrieve" and conn.retrieve_reason != "NDIS_STATUS_UPLOAD_ALL":
+                    rec["event_seen"] = True
+                    rec["mandatory"] = conn.retrieve_mandatory
+                    if not conn.retrieve_mandatory and rec.get("verify_from") is None:
+                        # an optional reason may be declined: then data after the event will do
+                        rec["verify_from"] = conn.verified
+        elif event == "uploaded":
+            self.uploaded(conn)
+
+    def uploaded(self, conn: Conn) -> None:
+        conn.uploads += 1
+        if conn.aborted or conn.state in ("closing", "aborted"):
+            return  # the host's terminate after an abort, or tcp.close's own upload
+        reason, conn.retrieve_reason = conn.retrieve_reason, None
+        if reason == "NDIS_STATUS_UPLOAD_ALL":
+            self.c["nic_uploads"] += 1
+            self.move(conn, "host", "target_failure")
+            self.upload_record(conn, "upload_all", path=conn.path, asked=conn.retrieve_t)
+        elif reason is not None:
+            self.c["retrieve_uploads"] += 1
+            self.move(conn, "host", "retrieve")
+            for rec in conn.faults:
+                if rec["kind"] == "retrieve":
+                    rec["uploaded"] = True
+                    rec["needs_reoffload"] = True
+                    rec["reoffloaded_t"] = None
+                    rec["verify_from"] = None
+            if not any(r["kind"] == "retrieve" for r in conn.faults):
+                # a retrieve the soak did not ask for: judged like any unrequested upload
+                self.upload_record(
+                    conn,
+                    "unrequested",
+                    reason=reason,
+                    sending=conn.sending,
+                    came_from=conn.path,
+                    asked=conn.retrieve_t,
+                )
+        elif conn.own_upload:
+            self.move(conn, "host", "planned_upload")
+            return  # the planned offload follows at once
+        else:
+            self.c["unrequested_uploads"] += 1
+            self.move(conn, "host", "unrequested_upload")
+            self.upload_record(conn, "unrequested", reason=None, sending=conn.sending)
+        conn.needs_offload = True

@@ -1,0 +1,453 @@
+"""A worker's traffic on one connection: open, echo round trips verified in order, planned
+uploads and re-offloads, and the close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from ..errors import ChimneyError, LimitError, NdisStatusError, RpcError, RpcTimeout
+from .conn import Conn, SlotBroken, watch
+from .limits import (
+    DETAILS_KEPT,
+    MAX_SEND_FAILURES,
+    OP_TIMEOUT_S,
+    RECV_CHUNK,
+    RECV_TIMEOUT_MS,
+    REOFFLOAD_RETRY_S,
+)
+from .state import Rpc, WorkerState
+
+
+def local_port(info: dict[str, Any]) -> int:
+    """The port of `tcp.info`'s `local` ("127.0.0.1:58976", "[::1]:58976"), 0 if unknown."""
+    _, _, port = str(info.get("local", "")).rpartition(":")
+    return int(port) if port.isdigit() else 0
+
+
+class Traffic(WorkerState):
+    async def open(self, rpc: Rpc, slot: int, peer: int) -> Conn | None:
+        host, port = self.cfg.peers[peer]
+        for attempt in range(3):
+            try:
+                async with rpc.sem:
+                    cid = await rpc.client.tcp_connect(host, port)
+            except LimitError as exc:
+                self.c["limit_refusals"] += 1
+                self.error("limit", str(exc), slot=slot)
+                return None
+            except RpcError as exc:
+                if attempt == 2:
+                    self.c["connect_failures"] += 1
+                    self.error("connect", str(exc), slot=slot, peer=f"{host}:{port}")
+                    return None
+                await asyncio.sleep(0.5)
+                continue
+            conn = Conn(cid, self.new_seed(slot), slot, peer, time.monotonic())
+            self.by_id[cid] = conn
+            self.rpc_by_cid[cid] = rpc
+            # The "offloaded" event of the offload done inside tcp.connect comes before the
+            # daemon records us as the owner, so it is not delivered: ask for the state.
+            try:
+                async with rpc.sem:
+                    info = await rpc.client.tcp_info(cid)
+            except RpcError as exc:
+                info = {}
+                self.error("info", str(exc), conn=cid)
+            conn.local_port = local_port(info)
+            conn.path = list(info.get("path") or [])
+            if info.get("state") == "offloaded":
+                conn.state = "offloaded"  # since tcp.connect returned: it offloads inside
+            else:
+                self.c["offload_refused_at_connect"] += 1
+                conn.needs_offload = True
+                self.refused(conn, "connect", None)
+            for event, einfo in self.early.pop(cid, ()):
+                self.apply_event(conn, event, einfo)
+            if self.cfg.upload_share > 0 and self.rng.random() < self.cfg.upload_share:
+                conn.upload_at = time.monotonic() + self.rng.uniform(0.5, 3.0) * max(
+                    self.cfg.think_ms / 1000.0, 0.2
+                )
+            self.c["opened"] += 1
+            return conn
+        return None
+
+    async def reoffload(self, rpc: Rpc, conn: Conn) -> None:
+        uploads = conn.uploads
+        try:
+            async with rpc.sem:
+                result = await rpc.client.tcp_offload(conn.cid)
+        except NdisStatusError as exc:
+            # e.g. PAUSE while the NIC is down: stay in host mode and try again later
+            self.c["reoffload_refused"] += 1
+            self.refused(conn, "reoffload", exc.status)
+            conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
+            return
+        except RpcError as exc:
+            if conn.aborted:
+                raise SlotBroken("aborted") from None
+            self.error("reoffload", str(exc), conn=conn.cid)
+            conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
+            return
+        if self.offload_answered(conn, uploads, result):
+            self.c["reoffloads"] += 1
+
+    async def think(self, conn: Conn, seconds: float) -> None:
+        """The pause between two round trips; `wake` cuts it short."""
+        loop = asyncio.get_running_loop()
+        nap: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _wake, nap)
+        conn.nap = nap
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            conn.nap = None
+
+    def drop_stall_order(self, conn: Conn) -> None:
+        """`conn` closes: a stall it was to inject goes to another connection."""
+        if conn.stall_order is not None:
+            fut = conn.stall_order[2]
+            conn.stall_order = None
+            if not fut.done():
+                fut.set_exception(LookupError("closed before its stall"))
+
+    async def echo(self, rpc: Rpc, conn: Conn) -> None:
+        """One round trip: send a payload, read it all back, verify it in order. A planned upload
+        happens between the send and the reads (bytes in flight cross the upload), then the
+        connection is offloaded again."""
+        now = time.monotonic()
+        for rec in conn.watch:
+            # a stall is over: data verified from here on shows the connection came back
+            end = rec.get("stall_end")
+            if end is not None and rec.get("verify_from") is None and now >= end:
+                rec["verify_from"] = conn.verified
+        # the round trip right after a stall was injected: it cannot come back before the
+        # stall's end (the daemon reads nothing from the socket until then)
+        probes = [r for r in conn.faults if r.get("probe") == "next"]
+        for rec in probes:
+            rec["probe"], rec["trip_t0"] = "sent", now
+        size = self.cfg.payload.sample(self.rng)
+        data = conn.stream.read(size)
+        upload = conn.upload_at is not None and now >= conn.upload_at and conn.offloaded
+        async with rpc.sem:
+            conn.busy = True
+            try:
+                reader = asyncio.create_task(self.read_back(rpc, conn, size))
+                try:
+                    await self.send_all(rpc, conn, data)
+                    if upload:
+                        conn.upload_at = None
+                        await self.planned_upload(rpc, conn)
+                finally:
+                    # never cancel a read: the daemon would still hand it the next bytes
+                    await asyncio.wait([reader])
+                    if not reader.cancelled():
+                        reader.exception()  # taken even when the send's own error wins
+                reader.result()
+                for rec in probes:
+                    rec["probe"], rec["trip_t1"] = "back", time.monotonic()
+                if upload and not conn.needs_offload:
+                    await self.planned_offload(rpc, conn)
+                self.c["ops"] += 1
+            finally:
+                conn.busy = False
+
+    async def send_all(self, rpc: Rpc, conn: Conn, data: bytes) -> None:
+        off, failures = 0, 0
+        view = memoryview(data)
+        failed: dict[str, Any] | None = None
+        while off < len(data):
+            t0 = time.perf_counter()
+            conn.sending = True
+            try:
+                acked = await rpc.client.tcp_send(conn.cid, view[off:] if off else data)
+            except NdisStatusError as exc:
+                got = exc.acknowledged or 0
+                off += got
+                conn.sent += got
+                self.c["bytes_sent"] += got
+                if conn.aborted:
+                    raise SlotBroken("aborted") from None
+                failures += 1
+                self.c["send_failures"] += 1
+                failed = {
+                    "conn": conn.cid,
+                    "t": time.monotonic(),
+                    "status": exc.status,
+                    "offset": conn.sent,
+                    "resent": False,
+                    "_conn": conn,
+                }
+                self.obs["send_failures"].append(failed)
+                if failures >= MAX_SEND_FAILURES:
+                    self.error("send", f"{failures} failed sends in a row: {exc}", conn=conn.cid)
+                    conn.lost = True
+                    raise SlotBroken("send failures") from None
+                await asyncio.sleep(0.01 * failures)
+                if conn.aborted:
+                    raise SlotBroken("aborted") from None
+                self.c["send_resends"] += 1
+                continue
+            except RpcError as exc:
+                if conn.aborted:
+                    raise SlotBroken("aborted") from None
+                self.error("send", str(exc), conn=conn.cid, offset=conn.sent)
+                raise SlotBroken("send error") from None
+            finally:
+                conn.sending = False
+            self.latency((time.perf_counter() - t0) * 1000.0)
+            off += acked
+            conn.sent += acked
+            self.c["bytes_sent"] += acked
+            if failed is not None:
+                # the resend went through: the failed bytes must now come back intact
+                failed["resent"] = True
+                watch(conn, failed, failed["offset"])
+                failed = None
+
+    async def read_back(self, rpc: Rpc, conn: Conn, size: int) -> None:
+        got = 0
+        t0 = time.monotonic()
+        while got < size:
+            try:
+                chunk = await rpc.client.tcp_recv(
+                    conn.cid, min(size - got, RECV_CHUNK), RECV_TIMEOUT_MS
+                )
+            except RpcTimeout:
+                self.c["recv_timeouts"] += 1
+                if conn.aborted:
+                    raise SlotBroken("aborted") from None
+                if time.monotonic() - t0 > OP_TIMEOUT_S:
+                    self.c["stuck_ops"] += 1
+                    conn.lost = True
+                    self.error(
+                        "stuck",
+                        f"{got} of {size} bytes back after {OP_TIMEOUT_S:g} s",
+                        conn=conn.cid,
+                        offset=conn.verifier.offset,
+                    )
+                    raise SlotBroken("stuck") from None
+                continue
+            except NdisStatusError as exc:
+                if conn.aborted or exc.status == "NDIS_STATUS_REQUEST_ABORTED":
+                    conn.aborted = True
+                    raise SlotBroken("aborted") from None
+                self.error("recv", str(exc), conn=conn.cid, offset=conn.verifier.offset)
+                raise SlotBroken("recv error") from None
+            except RpcError as exc:
+                if conn.aborted:
+                    raise SlotBroken("aborted") from None
+                self.error("recv", str(exc), conn=conn.cid, offset=conn.verifier.offset)
+                raise SlotBroken("recv error") from None
+            if not chunk:
+                if conn.aborted:
+                    raise SlotBroken("aborted")
+                self.error("eof", "unexpected end of stream", conn=conn.cid, offset=got)
+                raise SlotBroken("eof")
+            self.verify(conn, chunk)
+            got += len(chunk)
+
+    def verify(self, conn: Conn, chunk: bytes) -> None:
+        at = conn.verifier.offset
+        bad = conn.verifier.check(chunk)
+        n = len(chunk)
+        conn.verified += n
+        self.c["bytes_verified"] += n
+        if bad is not None:
+            self.c["integrity_errors"] += 1
+            conn.integrity_errors += 1
+            if len(self.integrity) < DETAILS_KEPT:
+                self.integrity.append(
+                    {
+                        "conn": conn.cid,
+                        "seed": conn.seed,
+                        "offset": bad,
+                        "chunk_offset": at,
+                        "chunk_len": n,
+                        "worker": self.cfg.index,
+                        "state": conn.state,
+                    }
+                )
+
+    async def planned_upload(self, rpc: Rpc, conn: Conn) -> None:
+        conn.own_upload = True
+        if conn.state == "offloaded":  # (a target failure may have uploaded it meanwhile)
+            self.move(conn, "uploading")
+        try:
+            await rpc.client.tcp_upload(conn.cid)
+            self.c["uploads_planned"] += 1
+        except RpcError as exc:
+            if conn.aborted:
+                raise SlotBroken("aborted") from None
+            self.error("upload", str(exc), conn=conn.cid)
+        finally:
+            conn.own_upload = False
+            if conn.state == "uploading":
+                self.move(conn, "host", "planned_upload")
+
+    async def planned_offload(self, rpc: Rpc, conn: Conn) -> None:
+        uploads = conn.uploads
+        try:
+            result = await rpc.client.tcp_offload(conn.cid)
+        except NdisStatusError as exc:
+            conn.needs_offload = True  # e.g. the NIC is paused: try later
+            conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
+            self.refused(conn, "planned_offload", exc.status)
+            return
+        except RpcError as exc:
+            if conn.aborted:
+                raise SlotBroken("aborted") from None
+            conn.needs_offload = True
+            self.error("offload", str(exc), conn=conn.cid)
+            return
+        if self.offload_answered(conn, uploads, result):
+            self.c["reoffloads_planned"] += 1
+
+    async def drain_to_eof(self, rpc: Rpc, conn: Conn) -> None:
+        """After our FIN the echo peer returns its FIN: read to end of stream (bounded)."""
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            try:
+                chunk = await rpc.client.tcp_recv(conn.cid, RECV_CHUNK, 2000)
+            except RpcTimeout:
+                continue
+            except RpcError:
+                return
+            if not chunk:
+                return
+            self.verify(conn, chunk)
+        self.error("fin", "no FIN from the echo peer within 10 s", conn=conn.cid)
+
+    async def drain_after_abort(self, rpc: Rpc, conn: Conn) -> None:
+        """An aborted connection may still hold bytes that came in before the RST (handed back
+        to the host when it terminated the offload): read them until the daemon says reset."""
+        for _ in range(64):
+            try:
+                chunk = await rpc.client.tcp_recv(conn.cid, RECV_CHUNK, 200)
+            except ChimneyError:
+                return
+            if not chunk:
+                return
+            self.verify(conn, chunk)
+
+    async def read_before_own_reset(self, rpc: Rpc, conn: Conn) -> None:
+        """A daemon_reset: the daemon reset its own socket, so what it had read from it before
+        (tcp.info `bytes_received`, which stops there) must all come back; only what was still
+        in the socket goes with it. The echo peer's own RST says the same through its counts."""
+        for rec in conn.faults:
+            if rec["kind"] != "daemon_reset" or rec.get("delivered") is not None:
+                continue
+            try:
+                info = await rpc.client.tcp_info(conn.cid)
+            except ChimneyError as exc:
+                self.error("info", f"after its reset: {exc}", conn=conn.cid)
+                return
+            if isinstance(info.get("bytes_received"), int):
+                rec["delivered"] = info["bytes_received"]
+
+    async def state_agrees(self, rpc: Rpc, conn: Conn) -> None:
+        """Before a final close, compare our idea of the connection's state with tcp.info (asked
+        again briefly while they differ: an event may still be on its way)."""
+        daemon_state = None
+        for _ in range(5):
+            try:
+                info = await rpc.client.tcp_info(conn.cid)
+            except ChimneyError:
+                return
+            daemon_state = info.get("state")
+            if daemon_state == conn.state or conn.aborted:
+                return
+            await asyncio.sleep(0.05)
+        self.c["state_disagreements"] += 1
+        self.obs["disagreements"].append(
+            {"conn": conn.cid, "soak": conn.state, "daemon": daemon_state}
+        )
+
+    async def close_conn(self, rpc: Rpc, conn: Conn, final: bool) -> None:
+        self.drop_stall_order(conn)
+        aborted = conn.aborted  # an abort during our own close below is ours, not a fault's
+        if not aborted and not self.fast_stop:
+            if final and conn.state in ("offloaded", "host"):
+                await self.state_agrees(rpc, conn)
+            if conn.state == "host":
+                self.c["host_at_close"] += 1
+                self.obs["host_at_close"].append(
+                    {"conn": conn.cid, "t": time.monotonic(), "cause": conn.host_cause}
+                )
+        if conn.state != "aborted":
+            self.move(conn, "closing")
+        conn.own_upload = True  # tcp.close uploads first: that upload is ours
+        mode = self.cfg.close
+        abortive = mode == "abortive" or (mode == "mixed" and conn.seed % 2 == 1)
+        async with rpc.sem:
+            if aborted:
+                await self.drain_after_abort(rpc, conn)
+                await self.read_before_own_reset(rpc, conn)
+            elif not self.fast_stop:
+                try:
+                    status = await rpc.client.tcp_disconnect(conn.cid, abortive)
+                    if status != "NDIS_STATUS_SUCCESS" and not conn.aborted:
+                        self.error("disconnect", status, conn=conn.cid, abortive=abortive)
+                    if not abortive:
+                        await self.drain_to_eof(rpc, conn)
+                except RpcError as exc:
+                    if not conn.aborted:
+                        self.error("disconnect", str(exc), conn=conn.cid, abortive=abortive)
+            self.judge_loss(conn, aborted)
+            try:
+                await rpc.client.tcp_close(conn.cid)
+                self.c["closed"] += 1
+            except ChimneyError as exc:
+                self.error("close", str(exc), conn=conn.cid)
+        self.by_id.pop(conn.cid, None)
+        self.rpc_by_cid.pop(conn.cid, None)
+
+    def judge_loss(self, conn: Conn, aborted: bool) -> None:
+        """Bytes acknowledged but never echoed back. A reset excuses only what it cut off: the
+        bytes past what the echo peer had delivered back to the daemon when its RST went out, or
+        past what the daemon had read from its socket when it reset that itself."""
+        unverified = conn.sent - conn.verified
+        if aborted:
+            resets = [r for r in conn.faults if r["kind"] in ("peer_reset", "daemon_reset")]
+            if not conn.expect_abort or not resets:
+                self.c["unexpected_aborts"] += 1
+                self.error("abort", "aborted with no fault aimed at it", conn=conn.cid)
+                return
+            for rec in resets:
+                rec["sent_at_close"], rec["verified_at_close"] = conn.sent, conn.verified
+                delivered = rec.get("delivered")
+                if delivered is not None and conn.verified < delivered:
+                    rec["lost_before_reset"] = delivered - conn.verified
+                    self.c["lost_before_reset"] += delivered - conn.verified
+                    before = (
+                        "the peer echoed before its RST"
+                        if rec["kind"] == "peer_reset"
+                        else "the daemon had read before its own RST"
+                    )
+                    self.error(
+                        "lost_before_reset",
+                        f"{delivered - conn.verified} byte(s) {before} never came back",
+                        conn=conn.cid,
+                        offset=conn.verified,
+                    )
+            return
+        if self.fast_stop:
+            return  # interrupted: round trips were cut short on purpose
+        if unverified and not conn.lost:
+            self.c["unverified_on_close"] += unverified
+            self.error(
+                "unverified",
+                f"{unverified} byte(s) sent, never echoed",
+                conn=conn.cid,
+                offset=conn.verified,
+            )
+        with contextlib.suppress(KeyError):
+            del self.early[conn.cid]
+
+
+def _wake(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)

@@ -1,0 +1,89 @@
+"""chimneyd with one thing broken on purpose, for the soak's and the bench's own tests: a run
+against it must fail and say why. The break is made here, in this process, before the daemon starts; nothing in
+chimneyd/ is changed.
+
+    python tests/soak/mutant_daemon.py MUTATION --listen 127.0.0.1:0 --invariants
+
+Mutations (MUTATIONS below): a fault that is accepted, answers with its id and does nothing, or
+one byte of the stream handed to the client damaged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def _noop_fault(name: str) -> None:
+    """`fault.inject` of kind `name` answers as usual (and `fault.clear` clears it), but does
+    nothing: what the fault must lead to never happens. A fail_next looks used up at once."""
+    from chimneyd import faults
+
+    def apply(engine: Any, fault: Any) -> None:
+        if "conn" in fault.spec:
+            engine.conn(fault.spec["conn"])  # NOT_FOUND as before for a wrong connection
+        fault.active = lambda: False
+
+    faults.KINDS[name] = dataclasses.replace(faults.KINDS[name], apply=apply)
+
+
+def _damage_one_byte(nth: int) -> None:
+    """The `nth` non-empty `tcp.recv` answer has its first byte flipped."""
+    from chimneyd.engine import Engine
+
+    real = Engine.start_recv
+    answers = 0
+
+    def start_recv(self: Any, *args: Any, **kw: Any) -> asyncio.Future[Any]:
+        inner = real(self, *args, **kw)
+        outer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def relay(f: asyncio.Future[Any]) -> None:
+            nonlocal answers
+            if outer.done():
+                return
+            if f.cancelled():
+                outer.cancel()
+            elif (exc := f.exception()) is not None:
+                outer.set_exception(exc)
+            else:
+                data: bytes = f.result()
+                if data:
+                    answers += 1
+                    if answers == nth:
+                        data = bytes([data[0] ^ 0xFF]) + bytes(data[1:])
+                outer.set_result(data)
+
+        inner.add_done_callback(relay)
+        outer.add_done_callback(lambda o: inner.cancel() if o.cancelled() else None)
+        return outer
+
+    Engine.start_recv = start_recv  # type: ignore[method-assign]
+
+
+MUTATIONS: dict[str, Callable[[], None]] = {
+    "none": lambda: None,  # the control: the same way of starting, nothing broken
+    "stall_noop": lambda: _noop_fault("stall_peer"),
+    "retrieve_noop": lambda: _noop_fault("retrieve"),
+    "target_failure_noop": lambda: _noop_fault("target_failure"),
+    "fail_next_noop": lambda: _noop_fault("fail_next"),
+    "reset_noop": lambda: _noop_fault("peer_reset"),
+    # a soak's warm-up (a connection each, before the run) reads the first answers
+    "damage_20th_answer": lambda: _damage_one_byte(20),
+    "damage_500th_answer": lambda: _damage_one_byte(500),
+}
+
+
+def main() -> int:
+    name, argv = sys.argv[1], sys.argv[2:]
+    MUTATIONS[name]()
+    from chimneyd.daemon import main as daemon_main
+
+    return daemon_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The soak's echo peer on real loopback sockets: it echoes, and on a reset order the RST comes
+in from the wire after every echoed byte was delivered, with counts that say so."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chimney_client.soak.echo_peer import EchoPeer
+from chimney_client.soak.peer_control import PeerControl
+
+
+async def _read_exactly(reader: asyncio.StreamReader, n: int) -> bytes:
+    return await asyncio.wait_for(reader.readexactly(n), 10)
+
+
+@pytest.mark.timeout(30)
+async def test_reset_order_sends_an_rst_after_the_echo() -> None:
+    peer = EchoPeer()
+    await peer.start("127.0.0.1", 0)
+    control = PeerControl(*peer.control)
+    reader, writer = await asyncio.open_connection(*peer.address)
+    try:
+        data = bytes(range(256)) * 400  # 100 KiB
+        writer.write(data)
+        assert await _read_exactly(reader, len(data)) == data
+        port = writer.get_extra_info("sockname")[1]
+        counts = await control.reset(port)
+        # everything it read it had echoed, and we had acknowledged the echo: all delivered
+        assert counts == {"received": len(data), "delivered": len(data)}
+        with pytest.raises(ConnectionResetError):
+            while True:  # the RST, not a FIN: reading ends in ECONNRESET, not b""
+                if not await asyncio.wait_for(reader.read(65536), 10):
+                    raise AssertionError("FIN instead of RST")
+        with pytest.raises(LookupError, match="missing"):
+            await control.reset(port)  # gone now
+        assert peer.resets == 1
+    finally:
+        writer.close()
+        await control.close()
+        await peer.close()
+
+
+@pytest.mark.timeout(30)
+async def test_bytes_the_peer_never_read_are_past_the_cut() -> None:
+    """Bytes still unread in the peer's socket when it resets are not counted as received: the
+    soak excuses exactly those."""
+    peer = EchoPeer()
+    await peer.start("127.0.0.1", 0)
+    control = PeerControl(*peer.control)
+    reader, writer = await asyncio.open_connection(*peer.address)
+    try:
+        writer.write(b"x" * 1000)
+        await _read_exactly(reader, 1000)
+        port = writer.get_extra_info("sockname")[1]
+        (conn,) = peer.by_port.values()
+        conn.transport.pause_reading()  # a peer busy elsewhere: the next bytes wait in its socket
+        writer.write(b"y" * 5000)
+        await writer.drain()
+        counts = await control.reset(port)
+        assert counts == {"received": 1000, "delivered": 1000}
+    finally:
+        writer.close()
+        await control.close()
+        await peer.close()

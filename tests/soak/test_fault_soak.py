@@ -1,0 +1,122 @@
+"""Longer soaks through a spawned daemon (marked `soak`: run with `pytest -m soak tests/soak` or
+`make soak`): every fault kind at once with churn and mixed closes over two worker processes; a daemon whose
+NIC takes too few connections, which must fail the soak that claims N offloaded connections; and
+teamed NICs failing in turn under a MUX."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.soak
+
+SMALL_NIC = """
+[[layer]]
+name = "tcpip"
+kind = "host"
+lower = ["im0"]
+[[layer]]
+name = "im0"
+kind = "passthrough"
+lower = ["nic0"]
+[[layer]]
+name = "nic0"
+kind = "target"
+max_connections = 20
+"""
+
+
+def _soak(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "chimney_client.soak", "--spawn", "--quiet", "--json", str(out)]
+    proc = subprocess.run(
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.exists(), proc.stderr[-3000:]
+    return proc.returncode, json.loads(out.read_text())
+
+
+def _faults_of_a_pass(code: int, report: dict[str, Any]) -> dict[str, Any]:
+    """The report's fault entries by kind, once the soak is known to have passed."""
+    detail = json.dumps(
+        {k: report.get(k) for k in ("failures", "faults", "host_mode", "error_details")}, indent=1
+    )
+    assert code == 0 and report["ok"], detail
+    return {f["kind"]: f for f in report["faults"]}
+
+
+@pytest.mark.timeout(180)
+def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
+    faults = (
+        "peer_reset:2,daemon_reset:1,stall_peer:1/ms=1500,retrieve:2,fail_next:2,upload_send:1,"
+        "refuse_offload:1,target_failure@6s/for=2s"
+    )
+    code, report = _soak(
+        tmp_path,
+        *("-n", "600", "--duration", "20", "--workers", "2", "--upload-share", "0.1"),
+        *("--churn", "0.2", "--close", "mixed", "--faults", faults),
+    )
+    by_kind = _faults_of_a_pass(code, report)
+    assert set(by_kind) == {
+        "peer_reset", "daemon_reset", "stall_peer", "retrieve", "target_failure", "fail_next",
+        "upload_send", "refuse_offload",
+    }  # fmt: skip
+    for kind, f in by_kind.items():
+        assert f["ok"] and f["injected"] >= 1 and f["verified_after"] > 0, (kind, f)
+    # the stall held its round trip until its end; the daemon's own reset lost nothing it read
+    assert by_kind["stall_peer"]["held"] == by_kind["stall_peer"]["injected"]
+    assert "read_before_rst" in by_kind["daemon_reset"]  # tcp.info said what the daemon read
+    assert "lost_before_reset" not in by_kind["daemon_reset"]
+    tf = by_kind["target_failure"]
+    assert tf["connections_uploaded"] > 0 and tf["reoffloaded"] == tf["connections_uploaded"]
+    assert report["host_mode"]["explained"]["target_failure"] > 0
+    assert report["states"]["host_by_cause"].get("target_failure", 0) > 0
+    assert report["integrity_errors"] == 0 and report["drained"]
+
+
+@pytest.mark.timeout(120)
+def test_a_broken_offload_path_fails_the_soak(tmp_path: Path) -> None:
+    """nic0 takes 20 offloads; 60 connections are asked for: 40 run in the host stack. The
+    traffic is intact, but that is not the run the soak claims."""
+    config = tmp_path / "small-nic.toml"
+    config.write_text(SMALL_NIC)
+    code, report = _soak(
+        tmp_path, "-n", "60", "--duration", "3", "--daemon-config", str(config), timeout=100
+    )
+    assert code == 1 and not report["ok"]
+    assert report["integrity_errors"] == 0 and report["bytes_verified"] > 0
+    host = report["host_mode"]
+    assert host["refused_at_connect"] == 40 and host["unexplained"] >= 40
+    assert any("offload refused at connect" in f for f in report["failures"])
+    assert report["states"]["host_by_cause"]["refused_offload"] > 0
+
+
+@pytest.mark.timeout(150)
+def test_teamed_nics_fail_in_turn_and_only_their_connections_move(tmp_path: Path) -> None:
+    """deploy/teaming.toml (a MUX over three NICs): nic0 fails, then nic1 is taken out. Each
+    time exactly the connections on that NIC are asked up and offloaded again onto the others,
+    every byte verified; nothing stays on the NIC at the end of its outage."""
+    teaming = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
+    faults = "target_failure@3s/layer=nic0/for=2s,nic_down@8s/layer=nic1/for=2s"
+    code, report = _soak(
+        tmp_path,
+        *("--daemon-config", str(teaming), "-n", "300", "--duration", "13"),
+        *("--faults", faults),
+    )
+    by_kind = _faults_of_a_pass(code, report)
+    for kind, nic in (("target_failure", "nic0"), ("nic_down", "nic1")):
+        f = by_kind[kind]
+        (before,), (at_end,) = f["nics_before"], f["nics_at_end"]
+        assert before[nic] > 0 and at_end[nic] == 0, (kind, f)
+        assert sum(at_end.values()) == sum(before.values()) == 300, (kind, f)
+        assert f["connections_uploaded"] == before[nic] == f["reoffloaded"], (kind, f)
+        assert f["verified_after"] > 0
+    assert report["integrity_errors"] == 0 and report["drained"]

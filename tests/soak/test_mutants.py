@@ -1,0 +1,136 @@
+"""The soak against a daemon with one thing broken on purpose (tests/soak/mutant_daemon.py): a
+fault that is accepted and does nothing, or one damaged byte. Each run must fail, for the reason
+the mutation gives, where a run against the real daemon passes (test_fault_soak.py,
+test_short_soak.py). Marked `soak`: run with `pytest -m soak tests/soak`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.soak
+
+MUTANT = Path(__file__).with_name("mutant_daemon.py")
+READY = re.compile(r"chimneyd listening on (\S+)")
+
+
+class Mutant:
+    def __init__(self, proc: subprocess.Popen[bytes], address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+
+@pytest.fixture
+def mutant(tmp_path: Path) -> Iterator[Any]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(mutation: str) -> Mutant:
+        out = tmp_path / f"{mutation}.out"
+        with open(out, "wb") as sink, open(tmp_path / f"{mutation}.err", "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, str(MUTANT), mutation, "--listen", "127.0.0.1:0", "--invariants"],
+                stdout=sink,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                # the C allocator, as `python -m chimneyd` runs the daemon
+                env={**os.environ, "PYTHONMALLOC": "malloc"},
+            )
+        started.append(proc)
+        deadline = time.monotonic() + 30
+        while (m := READY.search(out.read_text())) is None:
+            assert proc.poll() is None, (tmp_path / f"{mutation}.err").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the mutant daemon never said it listens"
+            time.sleep(0.05)
+        return Mutant(proc, m.group(1))
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+BROKEN = [
+    # stall_peer accepted, nothing stalled: the data still arrives, but nothing waited
+    (
+        "stall_noop",
+        "stall_peer:1/ms=1500",
+        "a round trip begun during the stall came back",
+    ),
+    # the daemon's peer_reset does nothing: no abort on the connection it named
+    ("reset_noop", "daemon_reset:1", "no TcpIndicateAbort"),
+    # retrieve accepted, no TcpIndicateRetrieve raised
+    ("retrieve_noop", "retrieve:1", "no TcpIndicateRetrieve"),
+    # the NIC "fails" and nothing is uploaded; a send "failed" and none was
+    ("target_failure_noop", "target_failure@1s/for=2s", "none uploaded (UPLOAD_ALL)"),
+    ("fail_next_noop", "fail_next:1", "1 send failure(s) caused, 0 seen"),
+    # one byte of one tcp.recv answer flipped, in the warm-up or in the run: no fault at all
+    ("damage_20th_answer", "", "1 integrity error(s)"),
+    ("damage_500th_answer", "", "1 integrity error(s)"),
+]
+
+
+def _soak(daemon: Mutant, tmp_path: Path, faults: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "chimney_client.soak", "--rpc", daemon.address]
+    argv += ["--daemon-pid", str(daemon.proc.pid), "-n", "30", "--duration", "4"]
+    argv += ["--quiet", "--json", str(out)]
+    if faults:
+        argv += ["--faults", faults]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        # stuck: Ctrl-C makes the soak stop and write its partial report, which says what it
+        # was waiting for (a phase, connections not closed, gauges left)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+        report = out.read_text() if out.exists() else "no report"
+        raise AssertionError(
+            f"the soak did not finish in 90 s\n{report[-4000:]}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+        ) from None
+    assert out.exists(), stderr[-3000:]
+    return proc.returncode, json.loads(out.read_text())
+
+
+@pytest.mark.timeout(120)
+def test_the_same_soak_of_an_unbroken_daemon_passes(mutant: Any, tmp_path: Path) -> None:
+    """The control: every fault of BROKEN at once, the same size and way of starting, nothing
+    broken. The runs below fail because of their mutation, not because of the setup."""
+    faults = ",".join(f for _, f, _ in BROKEN if f)
+    code, report = _soak(mutant("none"), tmp_path, faults)
+    assert code == 0 and report["ok"], report["failures"]
+    kinds = {f["kind"]: f for f in report["faults"]}
+    assert set(kinds) == {"stall_peer", "daemon_reset", "retrieve", "target_failure", "fail_next"}
+    assert all(f["ok"] and f["injected"] == 1 for f in kinds.values()), kinds
+    assert report["integrity_errors"] == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("mutation", "faults", "why"), BROKEN)
+def test_a_broken_daemon_fails_the_soak_for_its_reason(
+    mutant: Any, tmp_path: Path, mutation: str, faults: str, why: str
+) -> None:
+    code, report = _soak(mutant(mutation), tmp_path, faults)
+    assert code == 1 and not report["ok"], report["failures"]
+    assert any(why in f for f in report["failures"]), report["failures"]
+    if mutation.startswith("damage_"):
+        (where,) = report["integrity_error_details"]
+        assert (where["state"] == "warm-up") == (mutation == "damage_20th_answer"), where
+    if faults:
+        # the fault was injected (the daemon answered with its id): its outcome is what failed
+        (fault,) = report["faults"]
+        assert fault["injected"] == 1 and not fault["ok"], fault

@@ -1,0 +1,622 @@
+"""The verdict can fail: a clean run of every fault kind passes, and each mutation of it (one
+thing broken: an offload refused with no fault, a fault without its outcome, bytes lost before a
+reset, memory kept, a run capped by the open-file limit, ...) turns the verdict red and says why.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chimney_client.soak import build_report, judge, merge_counters, state_times
+
+Rec = dict[str, Any]
+
+NIC0 = ["tcpip", "im0", "nic0"]
+
+
+def _layer_records() -> list[Rec]:
+    """A target failure from t=100 to t=103 and three fail_next presets, all used up."""
+    return [
+        {
+            "tag": 1,
+            "kind": "target_failure",
+            "effect": None,
+            "params": {"layer": "nic0", "for": "3s"},
+            "injected": True,
+            "t0": 100.0,
+            "t1": 100.1,
+            "t_clear0": 103.0,
+            "t_clear1": 103.1,
+            "cleared": True,
+            "offloaded_before": 2,
+            "offloaded_at_end": 0,
+            "fault_id": 1,
+        },
+        _fail_next(2, "fail_next", "send_failure", "NDIS_STATUS_REQUEST_ABORTED", 10.0),
+        _fail_next(3, "upload_send", "send_upload", "NDIS_STATUS_UPLOAD_IN_PROGRESS", 20.0),
+        _fail_next(4, "refuse_offload", "offload_refusal", "NDIS_STATUS_FAILURE", 30.0),
+    ]
+
+
+def _fail_next(tag: int, kind: str, effect: str, status: str, t0: float) -> Rec:
+    return {
+        "tag": tag,
+        "kind": kind,
+        "effect": effect,
+        "params": {"layer": "nic0", "call": "x", "status": status, "count": "1"},
+        "injected": True,
+        "t0": t0,
+        "t1": t0 + 0.01,
+        "fault_id": tag,
+        "consumed": True,
+    }
+
+
+def _conn_records() -> list[Rec]:
+    return [
+        {
+            "kind": "peer_reset",
+            "injected": True,
+            "conn": 11,
+            "abort_seen": True,
+            "new_conn": 12,
+            "delivered": 5000,
+            "sent_at_close": 6000,
+            "verified_after": 4096,
+            "done": True,
+        },
+        {
+            "kind": "daemon_reset",
+            "injected": True,
+            "conn": 13,
+            "abort_seen": True,
+            "delivered": 2048,  # tcp.info bytes_received after the abort
+            "new_conn": 14,
+            "verified_after": 100,
+            "done": True,
+        },
+        # injected at t=40 for 1.5 s; the round trip begun right after came back at its end
+        {
+            "kind": "stall_peer",
+            "injected": True,
+            "conn": 15,
+            "stall_end": 41.5,
+            "trip_t0": 40.01,
+            "trip_t1": 41.502,
+            "verified_after": 9,
+            "done": True,
+        },
+        {
+            "kind": "retrieve",
+            "injected": True,
+            "conn": 16,
+            "event_seen": True,
+            "mandatory": True,
+            "uploaded": True,
+            "reoffloaded_t": 51.0,
+            "verified_after": 10,
+            "done": True,
+        },
+    ]
+
+
+def _obs() -> dict[str, list[Rec]]:
+    upload = {"t": 100.2, "reoffloaded_t": 103.5, "path": NIC0, "verified_after": 7, "done": True}
+    return {
+        "upload_all": [{"conn": 1, **upload}, {"conn": 2, **upload}],
+        "unrequested": [
+            {"conn": 3, "t": 21.0, "sending": True, "reoffloaded_t": 21.2, "done": True},
+            # the NIC that failed conn 4's send asked for its upload (spec §4.1)
+            {"conn": 4, "t": 11.1, "reason": "UploadRequested", "sending": False, "done": True},
+        ],
+        "send_failures": [
+            {
+                "conn": 4,
+                "t": 11.0,
+                "status": "NDIS_STATUS_REQUEST_ABORTED",
+                "resent": True,
+                "done": True,
+                "verified_after": 99,
+            }
+        ],
+        "refusals": [
+            # refused while nic0 was down: the target failure explains it
+            {
+                "conn": 5,
+                "at": "reoffload",
+                "t_first": 101.0,
+                "t_last": 102.5,
+                "attempts": 3,
+                "offloaded_t": 103.6,
+                "done": True,
+            },
+            # the one refuse_offload fault
+            {
+                "conn": 6,
+                "at": "connect",
+                "t_first": 31.0,
+                "t_last": 31.0,
+                "attempts": 1,
+                "offloaded_t": 31.6,
+                "done": True,
+            },
+        ],
+        "host_at_close": [],
+        "disagreements": [],
+    }
+
+
+def _report(
+    layer: list[Rec], conn: list[Rec], obs: dict[str, list[Rec]], **over: Any
+) -> dict[str, Any]:
+    faults, host = judge(layer, conn, obs)
+    kw: dict[str, Any] = {
+        "settings": {},
+        "counters": merge_counters([{"ops": 100, "bytes_sent": 5000, "bytes_verified": 5000}]),
+        "latencies_ms": [1.0, 2.0, 3.0],
+        "integrity_details": [],
+        "error_details": {},
+        "faults": faults,
+        "host_mode": host,
+        "states": state_times({"offloaded": 90.0, "host": 9.0, "uploading": 1.0}, {}),
+        "stats_before": _stats(),
+        "stats_after": _stats(),
+        "timing": {"active_s": 10.0},
+        "rss_kb": {"before": 1000, "after": 1050, "peak": 2000},
+        "daemon": {"crashed": False, "exit_status": 0, "spawned": True},
+        "connections": {"held": 10, "requested": 10, "with_traffic": 10},
+    }
+    kw.update(over)
+    return build_report(**kw)
+
+
+def _stats(**gauges: int) -> Rec:
+    layer = {"offloads_active": 0, "handles": 0, "outstanding_nbls": 0}
+    return {
+        "layers": {"tcpip": dict(layer), "nic0": {**layer, **gauges}},
+        "connections": 0,
+        "engine": {"invariant_violations": 0},
+    }
+
+
+def _clean() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    return _layer_records(), _conn_records(), _obs()
+
+
+def test_a_clean_run_of_every_fault_passes() -> None:
+    r = _report(*_clean())
+    assert r["failures"] == [] and r["ok"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert set(kinds) == {
+        "peer_reset", "daemon_reset", "stall_peer", "retrieve", "target_failure",
+        "fail_next", "upload_send", "refuse_offload",
+    }  # fmt: skip
+    assert kinds["target_failure"]["reoffloaded"] == 2
+    assert kinds["fail_next"]["observed"] == kinds["fail_next"]["expected"] == 1
+    assert kinds["fail_next"]["uploaded"] == 1
+    assert kinds["peer_reset"]["echoed_before_rst"] == 5000
+    assert kinds["peer_reset"]["cut_off_by_rst"] == 1000
+    assert kinds["stall_peer"]["held"] == 1
+    assert kinds["daemon_reset"]["read_before_rst"] == 2048
+    assert r["host_mode"]["explained"] == {"target_failure": 1, "refuse_offload": 1}
+    assert r["host_mode"]["unexplained"] == 0
+
+
+Mutation = Callable[[list[Rec], list[Rec], dict[str, list[Rec]]], None]
+
+
+def _conn(conn: list[Rec], kind: str) -> Rec:
+    return next(r for r in conn if r["kind"] == kind)
+
+
+def _layer(layer: list[Rec], kind: str) -> Rec:
+    return next(r for r in layer if r["kind"] == kind)
+
+
+MUTATIONS: dict[str, tuple[Mutation, str]] = {
+    # -- connections not offloaded, with no fault to explain it --------------------------------
+    "refused at connect": (
+        lambda lay, con, obs: obs["refusals"].append(
+            {"conn": 7, "at": "connect", "t_first": 50.0, "t_last": 50.0, "attempts": 1}
+        ),
+        "conn 7: offload refused at connect",
+    ),
+    "re-offload refused": (
+        lambda lay, con, obs: obs["refusals"].append(
+            {
+                "conn": 8,
+                "at": "reoffload",
+                "t_first": 200.0,
+                "t_last": 201.0,
+                "attempts": 2,
+                "status": "NDIS_STATUS_FAILURE",
+            }
+        ),
+        "conn 8: offload refused at reoffload (NDIS_STATUS_FAILURE)",
+    ),
+    "closed in host mode": (
+        lambda lay, con, obs: obs["host_at_close"].append(
+            {"conn": 9, "t": 200.0, "cause": "connect"}
+        ),
+        "conn 9: closed in host mode",
+    ),
+    "refused during the outage and never offloaded again": (
+        lambda lay, con, obs: obs["refusals"][0].update(offloaded_t=None),
+        "never offloaded again",
+    ),
+    "uploaded unasked": (
+        lambda lay, con, obs: obs["unrequested"].append({"conn": 10, "t": 200.0, "sending": False}),
+        "conn 10: uploaded unasked",
+    ),
+    "UPLOAD_ALL with no target failure": (
+        lambda lay, con, obs: obs["upload_all"].append({"conn": 17, "t": 300.0}),
+        "uploaded by UPLOAD_ALL with no target failure",
+    ),
+    "state differs from tcp.info": (
+        lambda lay, con, obs: obs["disagreements"].append(
+            {"conn": 18, "soak": "offloaded", "daemon": "host"}
+        ),
+        "soak says offloaded, tcp.info host",
+    ),
+    # -- connection faults without their outcome ----------------------------------------------
+    "retrieve never raised": (
+        lambda lay, con, obs: _conn(con, "retrieve").update(event_seen=False),
+        "no TcpIndicateRetrieve",
+    ),
+    "retrieve not uploaded": (
+        lambda lay, con, obs: _conn(con, "retrieve").update(uploaded=False, done=False),
+        "a mandatory retrieve was not uploaded",
+    ),
+    "retrieve not offloaded again": (
+        lambda lay, con, obs: _conn(con, "retrieve").update(reoffloaded_t=None, done=False),
+        "not offloaded again after the retrieve",
+    ),
+    "retrieve without data after": (
+        lambda lay, con, obs: _conn(con, "retrieve").update(done=False, verified_after=0),
+        "no byte verified after the retrieve",
+    ),
+    "stall without data after": (
+        lambda lay, con, obs: _conn(con, "stall_peer").update(done=False, verified_after=0),
+        "no byte verified after the stall ended",
+    ),
+    "stall that held nothing": (
+        lambda lay, con, obs: _conn(con, "stall_peer").update(trip_t1=40.02),
+        "conn 15: a round trip begun during the stall came back 1480 ms before its end",
+    ),
+    "stall no round trip crossed": (
+        lambda lay, con, obs: _conn(con, "stall_peer").update(trip_t0=None, trip_t1=None),
+        "no round trip began during the stall",
+    ),
+    "stall whose round trip never came back": (
+        lambda lay, con, obs: _conn(con, "stall_peer").update(trip_t1=None),
+        "the round trip begun during the stall never came back",
+    ),
+    "peer reset without abort": (
+        lambda lay, con, obs: _conn(con, "peer_reset").update(abort_seen=False),
+        "no TcpIndicateAbort",
+    ),
+    "peer reset hides loss before it": (
+        lambda lay, con, obs: _conn(con, "peer_reset").update(lost_before_reset=300),
+        "300 byte(s) echoed before the RST never came back",
+    ),
+    "daemon reset hides loss before it": (
+        lambda lay, con, obs: _conn(con, "daemon_reset").update(lost_before_reset=7),
+        "conn 13: 7 byte(s) the daemon had read before its own RST never came back",
+    ),
+    "daemon reset with no count of what the daemon had read": (
+        lambda lay, con, obs: _conn(con, "daemon_reset").update(delivered=None),
+        "tcp.info did not say what the daemon had read",
+    ),
+    "reset slot never carried data again": (
+        lambda lay, con, obs: _conn(con, "daemon_reset").update(done=False),
+        "the reopened slot carried no verified data",
+    ),
+    # -- layer faults without their outcome ---------------------------------------------------
+    "target failure never cleared": (
+        lambda lay, con, obs: _layer(lay, "target_failure").update(
+            cleared=False, clear_error="NOT_FOUND"
+        ),
+        "fault.clear failed",
+    ),
+    "connections left on the failed NIC": (
+        lambda lay, con, obs: _layer(lay, "target_failure").update(offloaded_at_end=3),
+        "3 connection(s) still offloaded on it",
+    ),
+    "no connection uploaded by the failure": (
+        lambda lay, con, obs: obs["upload_all"].clear(),
+        "none uploaded (UPLOAD_ALL)",
+    ),
+    "not offloaded again after the failure": (
+        lambda lay, con, obs: obs["upload_all"][0].update(reoffloaded_t=None, done=False),
+        "conn 1: not offloaded again after nic0 recovered",
+    ),
+    "offloaded on the NIC while it was failed": (
+        lambda lay, con, obs: obs["upload_all"][1].update(reoffloaded_t=101.0),
+        "conn 2: offloaded on nic0 while it was failed",
+    ),
+    "failed send never seen": (
+        lambda lay, con, obs: obs["send_failures"].clear(),
+        "1 send failure(s) caused, 0 seen",
+    ),
+    "failed send never resent": (
+        lambda lay, con, obs: obs["send_failures"][0].update(resent=False, done=False),
+        "the failed bytes were never resent",
+    ),
+    "more failed sends than the fault caused": (
+        lambda lay, con, obs: obs["send_failures"].append(
+            {
+                "conn": 19,
+                "t": 12.0,
+                "status": "NDIS_STATUS_REQUEST_ABORTED",
+                "resent": True,
+                "done": True,
+            }
+        ),
+        "conn 19: a send failed with NDIS_STATUS_REQUEST_ABORTED",
+    ),
+    "no data after the upload a failed send caused": (
+        lambda lay, con, obs: obs["unrequested"][1].update(done=False),
+        "conn 4: no byte verified after its upload",
+    ),
+    "the NIC asked another connection up": (
+        lambda lay, con, obs: obs["unrequested"][1].update(conn=21),
+        "conn 21: uploaded unasked (UploadRequested)",
+    ),
+    "fail_next never used up": (
+        lambda lay, con, obs: _layer(lay, "fail_next").update(consumed=False),
+        "never used up",
+    ),
+    "IM upload with no upload": (
+        lambda lay, con, obs: obs["unrequested"].clear(),
+        "1 send upload(s) caused, 0 seen",
+    ),
+    "refused offload never seen": (
+        lambda lay, con, obs: obs["refusals"].pop(1),
+        "1 offload refusal(s) caused, 0 seen",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_each_mutation_turns_the_verdict_red(name: str) -> None:
+    mutate, why = MUTATIONS[name]
+    layer, conn, obs = copy.deepcopy(_clean())
+    mutate(layer, conn, obs)
+    r = _report(layer, conn, obs)
+    assert not r["ok"], name
+    assert any(why in f for f in r["failures"]), (why, r["failures"])
+
+
+def test_a_refusal_during_a_target_failure_is_explained_by_it() -> None:
+    layer, conn, obs = _clean()
+    obs["refusals"].append(
+        {"conn": 20, "at": "connect", "t_first": 101.0, "t_last": 101.0, "attempts": 1,
+         "offloaded_t": 104.0, "done": True}
+    )  # fmt: skip
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    assert r["host_mode"]["explained"]["target_failure"] == 2
+
+
+def test_a_refused_offload_right_after_a_target_failure_is_told_apart_by_status() -> None:
+    """Just after the NIC recovers, a refusal may be the failure's (OFFLOAD_PAUSE) or the
+    refuse_offload fault's (its own status): each is counted where its status says."""
+    layer, conn, obs = _clean()
+    obs["refusals"][1].update(t_first=103.5, t_last=103.5, status="NDIS_STATUS_FAILURE")
+    _layer(layer, "refuse_offload")["t0"] = 103.2
+    obs["refusals"][0].update(status="NDIS_STATUS_OFFLOAD_PAUSE")
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    assert r["host_mode"]["explained"] == {"target_failure": 1, "refuse_offload": 1}
+
+
+def test_rss_growth_fails_unless_allowed() -> None:
+    grown = {"before": 1000, "after": 1200, "peak": 3000}
+    r = _report(*_clean(), rss_kb=grown)
+    assert not r["ok"] and any("RSS" in f and "x1.2" in f for f in r["failures"])
+    r = _report(*_clean(), rss_kb=grown, allow_rss_growth=True)
+    assert r["ok"] and r["rss_kb"]["within_10pct"] is False and not r["rss_kb"]["judged"]
+    r = _report(*_clean(), rss_kb={"before": None, "after": None, "peak": None})
+    assert r["ok"] and r["rss_kb"]["within_10pct"] is None  # not measured: nothing to judge
+
+
+def test_a_run_capped_by_the_open_file_limit_fails_unless_allowed() -> None:
+    capped = {
+        "held": 19800,
+        "requested": 30000,
+        "with_traffic": 19800,
+        "capped_by_fd_limit": "open-file limit caps this run: 30000 connections asked, 19800",
+    }
+    r = _report(*_clean(), connections=capped)
+    assert not r["ok"] and any("open-file limit caps" in f for f in r["failures"])
+    assert _report(*_clean(), connections=capped, allow_fd_cap=True)["ok"]
+    refused = {"held": 9, "requested": 10, "with_traffic": 9, "limit_refusals": 1}
+    r = _report(*_clean(), connections=refused)
+    assert any("refused by the daemon's LIMIT" in f for f in r["failures"])
+
+
+def test_interrupted_runs_fail_and_say_so() -> None:
+    r = _report(*_clean(), interrupted=True)
+    assert r["interrupted"] and not r["ok"]
+    assert r["failures"][0].startswith("interrupted")
+
+
+def test_a_run_stopped_early_fails_and_says_why() -> None:
+    r = _report(*_clean(), stopped_early="the daemon reports 1 new layer errors")
+    assert not r["ok"] and "stopped early: the daemon reports 1 new layer errors" in r["failures"]
+
+
+def test_integrity_leaks_crash_and_idle_connections_fail() -> None:
+    counters = merge_counters(
+        [{"ops": 1, "integrity_errors": 2, "unverified_on_close": 7, "aborts_while_closing": 1}]
+    )
+    r = _report(
+        *_clean(),
+        counters=counters,
+        stats_after=_stats(outstanding_nbls=1),
+        daemon={"crashed": True, "crash": "exit status -11", "exit_status": -11},
+        connections={"held": 10, "requested": 10, "with_traffic": 9},
+    )
+    text = " | ".join(r["failures"])
+    for why in (
+        "2 integrity error(s)",
+        "outstanding_nbls",
+        "daemon crashed",
+        "7 byte(s) sent but never echoed back",
+        "only 9 of 10 connections carried traffic",
+        "1 connection(s) aborted during their close",
+    ):
+        assert why in text, why
+
+
+def test_state_times_are_shares_of_connection_seconds() -> None:
+    st = state_times({"offloaded": 75.0, "host": 20.0, "uploading": 5.0}, {"planned_upload": 20})
+    assert st["share"] == {"offloaded": 0.75, "host": 0.2, "uploading": 0.05}
+    assert st["host_by_cause"] == {"planned_upload": 20}
+
+
+TEAM_NIC1 = ["tcpip", "team0", "nic1"]
+
+
+def _mux_outage() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    """nic1 under a MUX is taken out from t=100 to t=103; the MUX asked its two connections up
+    at once (UploadRequested), and the host uploaded them after the NIC was back (a MUX with
+    thousands to move); a connect was refused until the last of them was up."""
+    layer = [
+        {
+            **_layer_records()[0],
+            "kind": "nic_down",
+            "params": {"layer": "nic1", "for": "3s"},
+            "nics_before": {"nic0": 2, "nic1": 2},
+            "nics_at_end": {"nic0": 4, "nic1": 0},
+        }
+    ]
+    late = {"reason": "UploadRequested", "came_from": TEAM_NIC1, "sending": False, "done": True}
+    obs = {
+        "upload_all": [],
+        "unrequested": [
+            {"conn": 1, "t": 104.5, "asked": 100.2, "reoffloaded_t": 105.0, **late},
+            {"conn": 2, "t": 106.0, "asked": 100.2, "reoffloaded_t": 106.2, **late},
+        ],
+        "send_failures": [],
+        "refusals": [
+            {
+                "conn": 7,
+                "at": "connect",
+                "t_first": 105.5,
+                "t_last": 105.5,
+                "attempts": 1,
+                "offloaded_t": 106.5,
+                "done": True,
+            }
+        ],
+        "host_at_close": [],
+        "disagreements": [],
+    }
+    for u in obs["unrequested"]:
+        u["verified_after"] = 10
+    return layer, [], obs
+
+
+def test_a_mux_outage_explains_its_retrieves_and_the_pause_until_the_last_upload() -> None:
+    r = _report(*_mux_outage())
+    assert r["ok"], r["failures"]
+    (f,) = r["faults"]
+    assert f["kind"] == "nic_down" and f["connections_uploaded"] == 2 == f["reoffloaded"]
+    assert f["nics_before"] == [{"nic0": 2, "nic1": 2}] and f["nics_at_end"][0]["nic1"] == 0
+    assert r["host_mode"]["explained"]["target_failure"] == 1  # the refusal at 105.5
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        # a connection on another NIC asked up: not this outage's doing
+        (
+            lambda obs: obs["unrequested"][0].update(came_from=["tcpip", "team0", "nic0"]),
+            "uploaded unasked",
+        ),
+        # asked up long before the NIC went out
+        (lambda obs: obs["unrequested"][1].update(asked=50.0), "uploaded unasked"),
+        # a refusal after the last upload plus the grace: unexplained
+        (
+            lambda obs: obs["refusals"][0].update(t_first=108.0, t_last=108.0),
+            "offload refused at connect",
+        ),
+    ],
+)
+def test_a_mux_outage_explains_nothing_else(change: Callable[[Any], None], why: str) -> None:
+    layer, conn, obs = _mux_outage()
+    change(obs)
+    r = _report(layer, conn, obs)
+    assert not r["ok"]
+    assert any(why in f for f in r["failures"]), r["failures"]
+
+
+def _with_violations(n: int | None) -> Rec:
+    stats = _stats()
+    stats["engine"]["invariant_violations"] = n
+    return stats
+
+
+def test_an_invariant_violation_in_the_daemon_fails_the_soak() -> None:
+    r = _report(*_clean(), stats_after=_with_violations(3))
+    assert not r["ok"]
+    assert "3 invariant violation(s) in the daemon" in r["failures"]
+
+
+def test_a_spawned_daemon_without_the_checker_fails_the_soak() -> None:
+    r = _report(*_clean(), stats_after=_with_violations(None))
+    assert r["failures"] == ["the spawned daemon reports no invariant checker"]
+
+
+def test_an_rpc_daemon_without_the_checker_is_reported_not_checked() -> None:
+    daemon = {"crashed": False, "exit_status": None, "spawned": False}
+    r = _report(*_clean(), stats_after=_with_violations(None), daemon=daemon)
+    assert r["ok"], r["failures"]
+    assert r["invariant_violations"] is None
+    r = _report(*_clean(), stats_after=_with_violations(1), daemon=daemon)
+    assert r["failures"] == ["1 invariant violation(s) in the daemon"]
+
+
+def test_the_table_says_whether_invariants_were_checked() -> None:
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
+    for violations, shown in ((None, "not checked"), (0, "0 violation(s) of spec §9")):
+        r = _report(*_clean(), stats_after=_with_violations(violations), daemon=daemon)
+        r["connections_detail"].update(opened_total=10)
+        console = Console(record=True, width=200)
+        render_report(r, console)
+        assert shown in console.export_text()
+
+
+def test_a_connection_reset_between_its_upload_and_its_reoffload_is_explained() -> None:
+    """A NIC failure uploads every connection; a reset fault then aborts one before the NIC is
+    back (the soak's resets and its outage can overlap): that connection is over and reopened,
+    so it is not offloaded again, and that is no failure of the outage."""
+    lay, con, obs = _clean()
+    _conn(con, "daemon_reset")["conn"] = 1  # the reset reached conn 1 while it was uploaded
+    obs["upload_all"][0].update(reoffloaded_t=None, done=False)
+    r = _report(lay, con, obs)
+    assert r["failures"] == [], r["failures"]
+    outage = next(f for f in r["faults"] if f["kind"] == "target_failure")
+    assert outage["reset_before_reoffload"] == 1 and outage["reoffloaded"] == 1
+
+
+@pytest.mark.parametrize("how", ["another connection", "no abort seen"])
+def test_a_connection_not_reoffloaded_is_still_a_failure_unless_its_reset_was_seen(
+    how: str,
+) -> None:
+    lay, con, obs = _clean()
+    reset = _conn(con, "daemon_reset")
+    if how == "no abort seen":
+        reset.update(conn=1, abort_seen=False)
+    obs["upload_all"][0].update(reoffloaded_t=None, done=False)
+    r = _report(lay, con, obs)
+    assert any("conn 1: not offloaded again" in f for f in r["failures"]), r["failures"]

@@ -1,0 +1,328 @@
+"""The worker's rules, on its own objects (no sockets): what a reset may excuse, how the daemon's
+events classify uploads, refusal episodes and their outcome, and time per state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from chimney_client.soak import judge, state
+from chimney_client.soak.channels import LocalChannel
+from chimney_client.soak.conn import Conn, outcome_done, watch
+from chimney_client.soak.parsing import PayloadDist
+from chimney_client.soak.state import Rpc, WorkerConfig
+from chimney_client.soak.worker import Worker
+
+
+class _Clock:
+    """Stands in for the `time` module of `state`: a scripted monotonic clock."""
+
+    def __init__(self, ticks: Iterator[float]) -> None:
+        self.monotonic = lambda: next(ticks)
+
+
+def _worker() -> Worker:
+    cfg = WorkerConfig(
+        index=0,
+        rpc="127.0.0.1:1",
+        token=None,
+        peers=(("127.0.0.1", 2),),
+        peer_controls=(("127.0.0.1", 3),),
+        slots=(0,),
+        rate=1.0,
+        payload=PayloadDist("fixed", (1024,)),
+        think_ms=0.0,
+        upload_share=0.0,
+        churn=0.0,
+        close="graceful",
+        conns_per_rpc=1,
+        ops_per_rpc=1,
+        seed=1,
+    )
+    return Worker(cfg, LocalChannel(), LocalChannel())
+
+
+def _conn(w: Worker, cid: int = 7, state: str = "offloaded") -> Conn:
+    conn = Conn(cid, seed=cid, slot=0, peer=0, now=0.0)
+    conn.state = state
+    w.by_id[cid] = conn
+    return conn
+
+
+def _reset(conn: Conn, delivered: int | None) -> dict:
+    rec = {"kind": "peer_reset", "injected": True, "conn": conn.cid, "delivered": delivered}
+    conn.faults.append(rec)
+    conn.expect_abort = True
+    conn.aborted = True
+    return rec
+
+
+# -- what a reset may excuse ----------------------------------------------------------------------
+def test_a_reset_excuses_only_bytes_it_cut_off() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.sent, conn.verified = 10_000, 6_000
+    rec = _reset(conn, delivered=6_000)  # the peer had echoed 6000 bytes back before its RST
+    w.judge_loss(conn, aborted=True)
+    assert w.c["lost_before_reset"] == 0 and "lost_before_reset" not in rec
+    assert w.c["unverified_on_close"] == 0  # the 4000 after the cut are excused
+
+
+def test_a_reset_does_not_hide_bytes_lost_before_it() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.sent, conn.verified = 10_000, 5_500
+    rec = _reset(conn, delivered=6_000)  # 500 echoed before the RST never reached the soak
+    w.judge_loss(conn, aborted=True)
+    assert w.c["lost_before_reset"] == 500 and rec["lost_before_reset"] == 500
+    w.finish_fault_records()
+    faults, _ = judge([], [rec], {})
+    assert not faults[0]["ok"]
+    assert any("500 byte(s) echoed before the RST" in p for p in faults[0]["problems"])
+
+
+def test_an_abort_no_fault_asked_for_is_unexpected() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.aborted = True
+    w.judge_loss(conn, aborted=True)
+    assert w.c["unexpected_aborts"] == 1
+
+
+def test_bytes_never_echoed_on_a_live_connection_are_counted() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.sent, conn.verified = 4096, 1024
+    w.judge_loss(conn, aborted=False)
+    assert w.c["unverified_on_close"] == 3072
+
+
+# -- events: who asked for an upload ---------------------------------------------------------------
+def test_an_upload_nobody_asked_for_is_recorded_as_unrequested() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.sending = True
+    w.apply_event(conn, "uploaded", {"reason": "terminate"})
+    assert conn.state == "host" and conn.needs_offload
+    (rec,) = w.obs["unrequested"]
+    assert rec["sending"] and rec["reoffloaded_t"] is None
+    assert conn.wants_more()  # it owes a re-offload and data after it
+
+
+def test_upload_all_is_recorded_for_the_target_failure() -> None:
+    w = _worker()
+    conn = _conn(w)
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "NDIS_STATUS_UPLOAD_ALL"})
+    assert conn.state == "uploading"
+    w.apply_event(conn, "uploaded", {"reason": "terminate"})
+    assert w.c["nic_uploads"] == 1 and len(w.obs["upload_all"]) == 1
+    assert conn.host_cause == "target_failure"
+
+
+def test_the_hosts_own_reoffload_after_a_failover_counts_as_offloaded_again() -> None:
+    """At RESUME the host offloads again what a paused NIC (or a MUX moving a NIC's
+    connections) asked up; its `offloaded` event must close the upload record as our own
+    tcp.offload would, with the new path."""
+    w = _worker()
+    conn = _conn(w)
+    conn.path = ["tcpip", "team0", "nic1"]
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "UploadRequested", "mandatory": True})
+    w.apply_event(conn, "uploaded", {})
+    (rec,) = w.obs["unrequested"]
+    assert rec["came_from"] == ["tcpip", "team0", "nic1"] and rec["asked"] > 0
+    assert conn.needs_offload and rec["reoffloaded_t"] is None
+    conn.verified = 50
+    w.apply_event(conn, "offloaded", {"path": ["tcpip", "team0", "nic0"]})
+    assert conn.state == "offloaded" and not conn.needs_offload
+    assert rec["reoffloaded_t"] is not None and rec["verify_from"] == 50
+    assert rec["path"] == conn.path == ["tcpip", "team0", "nic0"]
+
+
+def test_our_own_upload_and_the_terminate_after_an_abort_are_not_recorded() -> None:
+    w = _worker()
+    conn = _conn(w)
+    conn.own_upload = True
+    w.apply_event(conn, "uploaded", {})
+    assert conn.host_cause == "planned_upload" and not conn.needs_offload
+    other = _conn(w, 8)
+    w.apply_event(other, "TcpIndicateAbort", {})
+    w.apply_event(other, "uploaded", {})
+    assert other.state == "aborted"
+    assert w.obs["unrequested"] == [] and w.obs["upload_all"] == []
+
+
+def test_a_retrieve_is_followed_to_its_reoffload_and_data_after() -> None:
+    w = _worker()
+    conn = _conn(w)
+    rec = {"kind": "retrieve", "injected": True, "conn": conn.cid}
+    conn.faults.append(rec)
+    watch(conn, rec, None)
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "UploadRequested", "mandatory": True})
+    w.apply_event(conn, "uploaded", {})
+    assert rec["uploaded"] and not outcome_done(rec)
+    conn.verified = 100
+    w.offloaded_again(conn, ["tcpip", "im0", "nic0"])
+    assert rec["reoffloaded_t"] is not None and rec["verify_from"] == 100
+    assert not outcome_done(rec)  # nothing verified after the re-offload yet
+    conn.verified = 200
+    assert outcome_done(rec) and not conn.wants_more()
+
+
+# -- refusals and time per state -------------------------------------------------------------------
+def test_refusals_make_one_episode_until_the_offload_succeeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = iter([10.0, 10.0, 10.5, 10.5, 11.0, 12.0, 13.0])
+    monkeypatch.setattr(state, "time", _Clock(clock))
+    w = _worker()
+    conn = _conn(w, state="host")
+    conn.since = 9.0
+    w.refused(conn, "connect", None)  # t=10
+    w.refused(conn, "reoffload", "NDIS_STATUS_FAILURE")  # t=10.5 (each takes the time twice)
+    (ep,) = w.obs["refusals"]
+    assert ep["attempts"] == 2 and ep["t_first"] == 10.0 and ep["t_last"] == 10.5
+    assert ep["status"] == "NDIS_STATUS_FAILURE"
+    w.offloaded_again(conn, None)  # t=11 (its records), 12 (the state change)
+    assert conn.state == "offloaded" and conn.refusal is None
+    assert ep["offloaded_t"] == 11.0
+    # 9 → 10 in host mode while connecting, 10 → 12 because its offload was refused
+    assert w.state_s["host"] == 3.0
+    assert w.host_s_by_cause == {"connect": 1.0, "refused_offload": 2.0}
+
+
+def test_a_refusal_for_another_reason_starts_another_episode() -> None:
+    w = _worker()
+    conn = _conn(w, state="host")
+    w.refused(conn, "reoffload", "NDIS_STATUS_OFFLOAD_PAUSE")
+    w.refused(conn, "reoffload", "NDIS_STATUS_OFFLOAD_PAUSE")
+    w.refused(conn, "reoffload", "NDIS_STATUS_FAILURE")
+    paused, failed = w.obs["refusals"]
+    assert paused["attempts"] == 2 and paused["continued"]
+    assert failed["attempts"] == 1 and failed["status"] == "NDIS_STATUS_FAILURE"
+    assert [r for r in conn.watch if r is paused] == []  # its outcome is the next episode's
+    assert conn.host_cause == "refused_offload"  # PAUSE said target_failure, FAILURE says this
+    w.offloaded_again(conn, None)
+    assert failed["offloaded_t"] is not None
+
+
+def test_time_is_accounted_by_state_and_host_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([5.0, 6.0, 9.0, 10.0])
+    monkeypatch.setattr(state, "time", _Clock(clock))
+    w = _worker()
+    conn = _conn(w)
+    w.move(conn, "uploading")  # offloaded 0 → 5
+    w.move(conn, "host", "planned_upload")  # uploading 5 → 6
+    w.move(conn, "offloaded")  # host 6 → 9
+    w.move(conn, "closing")  # offloaded 9 → 10
+    assert w.state_s == {"offloaded": 6.0, "host": 3.0, "uploading": 1.0}
+    assert w.host_s_by_cause == {"planned_upload": 3.0}
+
+
+# -- a stall is injected by its connection's slot, between two round trips -------------------------
+def _stall(w: Worker, conn: Conn) -> dict:
+    rec = {"kind": "stall_peer", "injected": False, "conn": conn.cid, "t0": 0.0}
+    conn.faults.append(rec)
+    return rec
+
+
+async def test_a_stall_waits_for_its_slot_to_inject_it_and_marks_the_next_round_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = _worker()
+    conn = _conn(w)
+    rec = _stall(w, conn)
+    injected: list[int] = []
+
+    async def daemon_fault(c: Conn, r: dict, params: dict) -> None:
+        injected.append(c.cid)
+        r["stall_end"] = r["t0"] + 1.5
+
+    monkeypatch.setattr(w, "daemon_fault", daemon_fault)
+    napping = asyncio.create_task(w.think(conn, 60.0))
+    await asyncio.sleep(0)
+    ordering = asyncio.create_task(w.stall_through_slot(conn, rec, {"ms": "1500"}))
+    await asyncio.wait_for(napping, 5)  # the think pause was cut short
+    assert injected == [] and not ordering.done()  # nothing injected behind the slot's back
+    assert conn.stall_order is not None
+    await w.stall_now(conn)
+    await asyncio.wait_for(ordering, 5)
+    assert injected == [conn.cid] and conn.stall_order is None
+    assert rec["probe"] == "next" and rec["t0"] <= rec["t1"] < rec["stall_end"]
+
+
+async def test_a_stall_for_a_connection_that_closes_goes_elsewhere() -> None:
+    w = _worker()
+    conn = _conn(w)
+    rec = _stall(w, conn)
+    ordering = asyncio.create_task(w.stall_through_slot(conn, rec, {"ms": "1500"}))
+    await asyncio.sleep(0)
+    w.drop_stall_order(conn)
+    with pytest.raises(LookupError, match="closed before its stall"):
+        await asyncio.wait_for(ordering, 5)
+    assert conn.stall_order is None and "probe" not in rec
+
+
+class _InfoClient:
+    """Stands in for the RPC client: `tcp.info` of an aborted connection."""
+
+    def __init__(self, bytes_received: int) -> None:
+        self.bytes_received = bytes_received
+
+    async def tcp_info(self, cid: int) -> dict:
+        return {"state": "closed", "bytes_received": self.bytes_received}
+
+
+@pytest.mark.parametrize(("read", "lost"), [(6_000, 0), (6_500, 500)])
+async def test_a_daemon_reset_excuses_only_what_the_daemon_never_read(read: int, lost: int) -> None:
+    """The daemon reset its own socket: bytes it had read from it (tcp.info bytes_received)
+    must have come back; the rest of what was sent went with the socket."""
+    w = _worker()
+    conn = _conn(w)
+    rec = {"kind": "daemon_reset", "injected": True, "conn": conn.cid}
+    conn.faults.append(rec)
+    conn.expect_abort = conn.aborted = True
+    conn.sent, conn.verified = 10_000, 6_000
+    await w.read_before_own_reset(Rpc(_InfoClient(read), 1), conn)  # type: ignore[arg-type]
+    assert rec["delivered"] == read
+    w.judge_loss(conn, aborted=True)
+    assert w.c["lost_before_reset"] == lost and rec.get("lost_before_reset", 0) == lost
+    assert w.c["unverified_on_close"] == 0 and w.c["unexpected_aborts"] == 0
+
+
+class _OffloadingClient:
+    """`tcp_offload` answers once `answer` is set, after the test applied its events."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+
+    async def tcp_offload(self, cid: int) -> dict:
+        return await self.answer
+
+
+@pytest.mark.parametrize("how", ["reoffload", "planned_offload"])
+async def test_an_offload_answer_read_after_an_upload_all_is_stale(how: str) -> None:
+    """The daemon answers our tcp.offload, then the NIC fails and UPLOAD_ALL uploads the
+    connection. The notifications are handled as they arrive, the answer only when its task
+    runs: the connection is in host mode, and the answer must not count as the re-offload
+    the outage waits for (it would read as offloaded while the NIC was failed)."""
+    w = _worker()
+    conn = _conn(w, state="host")
+    conn.needs_offload = True
+    client = _OffloadingClient()
+    rpc = Rpc.__new__(Rpc)
+    rpc.client = client  # type: ignore[assignment]
+    rpc.sem = asyncio.Semaphore(1)
+    task = asyncio.ensure_future(getattr(w, how)(rpc, conn))
+    await asyncio.sleep(0)  # the request is out
+    w.apply_event(conn, "offloaded", {"path": ["tcpip", "im0", "nic0"]})
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "NDIS_STATUS_UPLOAD_ALL"})
+    w.apply_event(conn, "uploaded", {})
+    (rec,) = w.obs["upload_all"]
+    client.answer.set_result({"state": "offloaded", "path": ["tcpip", "im0", "nic0"]})
+    await task
+    assert conn.state == "host" and conn.needs_offload
+    assert rec["reoffloaded_t"] is None  # the host offloads it again at RESUME
+    w.apply_event(conn, "offloaded", {"path": ["tcpip", "im0", "nic0"]})
+    assert rec["reoffloaded_t"] is not None and conn.state == "offloaded"
