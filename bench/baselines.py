@@ -1,10 +1,11 @@
-"""Baselines every other figure is divided by, measured in the same run:
+"""The baselines the sections divide by, each run beside its emulated counterpart:
 
 * raw uvloop loopback throughput: a Protocol sender, 64 KiB writes, to a BufferedProtocol sink
-  (in its own process, as the emulated path's peer is; and in-process, for context);
+  in its own process (bulk_bench);
 * a bare `asyncio.Queue` hop: a chain of tasks handing messages on (one in flight, a burst of 64,
-  and items that are batches of 64);
-* a minimal uvloop msgpack-RPC echo server (own process) and a pipelined client, 1 and 64 in flight.
+  and items that are batches of 64) (hops_bench);
+* a pipelined msgpack-RPC load client, used against the minimal uvloop msgpack-RPC echo server
+  (bench.peers rpc-echo) and against the daemon alike (rpc_bench).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import msgpack
 
-from bench.common import PAYLOAD, Figure, Section, child, mbps, percentile, ports_of
-from bench.peers import SINK_HEADER, Sink
+from bench.common import PAYLOAD, percentile
+from bench.peers import SINK_HEADER
 
 HOPS = 4  # hand-offs per message in every hop benchmark (a send through 1 IM makes 4 broker hops)
 BURST = 64
@@ -90,19 +91,6 @@ async def raw_send(port: int, total: int) -> float:
         transport.close()
 
 
-async def raw_loopback(total: int, sink_port: int, repeat: int = 3) -> dict[str, float]:
-    """Best of `repeat` runs, to the subprocess sink and to an in-process sink (MB/s)."""
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Sink, "127.0.0.1", 0)
-    local = server.sockets[0].getsockname()[1]
-    try:
-        sub = min([await raw_send(sink_port, total) for _ in range(repeat)])
-        inproc = min([await raw_send(local, total) for _ in range(repeat)])
-    finally:
-        server.close()
-    return {"subprocess_mbps": mbps(total, sub), "inprocess_mbps": mbps(total, inproc)}
-
-
 # ================================================================================================
 # bare asyncio.Queue hop
 # ================================================================================================
@@ -157,12 +145,13 @@ class RpcResult:
     p99_us: float
     errors: int
     recv_calls: int = 0  # tcp.recv calls the rounds took (rpc_bench)
+    first_error: str = ""
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
-    def as_map(self) -> dict[str, float]:
+    def as_map(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "seconds": self.seconds,
@@ -171,6 +160,7 @@ class RpcResult:
             "p99_us": self.p99_us,
             "errors": self.errors,
             "recv_calls": self.recv_calls,
+            "first_error": self.first_error,
         }
 
 
@@ -245,6 +235,7 @@ async def rpc_load(
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = 0
+    first_error = ""
     done = loop.create_future()
     issued = 0
     end = time.perf_counter() + seconds
@@ -258,11 +249,13 @@ async def rpc_load(
         make(client).add_done_callback(lambda f, t=t: finished(f, t))  # type: ignore[misc]
 
     def finished(fut: asyncio.Future[Any], t: float) -> None:
-        nonlocal errors, outstanding
+        nonlocal errors, outstanding, first_error
         now = time.perf_counter()
         outstanding -= 1
-        if fut.exception() is not None:
+        exc = fut.exception()
+        if exc is not None:
             errors += 1
+            first_error = first_error or repr(exc)
         latencies.append(now - t)
         if now < end and issued < max_requests and not client.closed.done():
             issue()
@@ -279,102 +272,5 @@ async def rpc_load(
         percentile(latencies, 50) * 1e6,
         percentile(latencies, 99) * 1e6,
         errors,
+        first_error=first_error,
     )
-
-
-async def rpc_echo_baseline(seconds: float) -> dict[int, RpcResult]:
-    """The minimal echo server in its own process; ping at 1 and 64 in flight."""
-    out: dict[int, RpcResult] = {}
-    with child("-m", "bench.peers", "rpc-echo") as server:
-        port = ports_of(server.expect("ready "))[0]
-        transport, client = await rpc_connect(port)
-        try:
-            await rpc_load(client, 8, min(0.2, seconds))  # warm up
-            for window in (1, 64):
-                out[window] = await rpc_load(client, window, seconds)
-        finally:
-            transport.close()
-    return out
-
-
-# ================================================================================================
-# the section
-# ================================================================================================
-async def run(quick: bool) -> tuple[Section, dict[str, Any]]:
-    """Run the baselines; the second value is what other sections divide by."""
-    sec = Section("baselines")
-    total = (64 if quick else 512) * 1024 * 1024 + SINK_HEADER.size
-    with child("-m", "bench.peers", "sink") as sink:
-        port = ports_of(sink.expect("ready "))[0]
-        raw = await raw_loopback(total, port, repeat=2 if quick else 3)
-    sec.raw["raw_loopback"] = raw
-    sec.figures.append(
-        Figure(
-            "baselines",
-            "raw uvloop loopback, sink in own process",
-            raw["subprocess_mbps"],
-            "MB/s",
-            raw["inprocess_mbps"],
-            "sink in-process",
-            raw["subprocess_mbps"] / raw["inprocess_mbps"],
-            note="64 KiB Protocol writes; the engine benches divide by the own-process figure",
-        )
-    )
-    n_single = 5_000 if quick else 40_000
-    n_burst = 64_000 if quick else 512_000
-    q = {
-        "single": min([await queue_hops(n_single, "single") for _ in range(3)]),
-        "burst": min([await queue_hops(n_burst, "burst") for _ in range(3)]),
-        "batch": min([await queue_hops(n_burst, "batch") for _ in range(3)]),
-    }
-    sec.raw["queue_hop_ns"] = q
-    sec.figures.append(
-        Figure(
-            "baselines",
-            "asyncio.Queue hop, 1 in flight",
-            q["single"],
-            "ns/hop",
-            note=f"{HOPS} hand-offs per message, best of 3",
-        )
-    )
-    sec.figures.append(
-        Figure(
-            "baselines",
-            f"asyncio.Queue hop, burst of {BURST}",
-            q["burst"],
-            "ns/hop/msg",
-            q["single"],
-            "1 in flight",
-            q["burst"] / q["single"],
-        )
-    )
-    sec.figures.append(
-        Figure(
-            "baselines",
-            f"asyncio.Queue hop, items of {BURST}",
-            q["batch"],
-            "ns/hop/msg",
-            q["single"],
-            "1 in flight",
-            q["batch"] / q["single"],
-        )
-    )
-    rpc = await rpc_echo_baseline(0.5 if quick else 2.0)
-    sec.raw["rpc_echo"] = {str(k): v.as_map() for k, v in rpc.items()}
-    for window, r in rpc.items():
-        sec.figures.append(
-            Figure(
-                "baselines",
-                f"msgpack-RPC echo ping, {window} in flight",
-                r.rate,
-                "req/s",
-                note=f"p50 {r.p50_us:.0f} µs, p99 {r.p99_us:.0f} µs",
-            )
-        )
-    base = {
-        "raw_mbps": raw["subprocess_mbps"],
-        "raw_inproc_mbps": raw["inprocess_mbps"],
-        "queue_hop_ns": q,
-        "rpc_echo": rpc,
-    }
-    return sec, base

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: figures, percentiles, subprocess peers, RSS, fd limits.
+"""Shared pieces of the benchmarks: figures and sections, skips, percentiles, subprocess peers,
+RSS, fd limits.
 
 Every benchmark reports ratios of two things measured side by side in the same run (design.md,
 "Performance, measured honestly"); absolute figures are kept for context only.
@@ -8,9 +9,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import resource
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,6 +22,9 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.judge import Spread, Verdict, verdict
+from bench.targets import target_for
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -31,43 +37,136 @@ MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 @dataclass
 class Figure:
-    """One row of the final table: a measured thing, its baseline, and their ratio."""
+    """One row of the final table: a measured thing and its baseline, once per interleaved
+    repeat (`values[i]` and `baselines[i]` were measured side by side), and the ratios.
+
+    `lower_is_better` figures (ns per hop, bytes per connection) keep ratio = value / baseline:
+    their targets are "at most". `failed` says why the numbers mean nothing (errors in the run).
+    """
 
     section: str
+    key: str  # its row in bench/targets.py
     name: str
-    value: float
     unit: str
-    baseline: float | None = None
-    baseline_name: str = ""
-    ratio: float | None = None  # value / baseline, or the inverse where lower is better
-    target: str = ""  # e.g. ">= 0.5" or "< 3x"
-    met: bool | None = None
+    values: list[float]
+    baselines: list[float]
+    baseline_name: str
     note: str = ""
+    failed: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.baselines) or not self.values:
+            raise ValueError(
+                f"{self.key}: {len(self.values)} values, {len(self.baselines)} baselines"
+            )
+        self.target = target_for(self.key)  # an unknown key fails here, at the section's line
+
+    @property
+    def ratios(self) -> list[float]:
+        return [
+            v / b if b > 0 else math.inf for v, b in zip(self.values, self.baselines, strict=True)
+        ]
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def baseline(self) -> float:
+        return statistics.median(self.baselines)
+
+    @property
+    def spread(self) -> Spread:
+        return Spread.of(self.ratios)
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.failed is not None:
+            return Verdict.FAILED
+        return verdict(self.spread, self.target)
 
     def as_map(self) -> dict[str, Any]:
+        s = self.spread
         return {
             "section": self.section,
+            "key": self.key,
             "name": self.name,
-            "value": self.value,
             "unit": self.unit,
+            "value": self.value,
             "baseline": self.baseline,
             "baseline_name": self.baseline_name,
-            "ratio": self.ratio,
-            "target": self.target,
-            "met": self.met,
+            "ratio": s.median,
+            "ratio_min": s.low,
+            "ratio_max": s.high,
+            "repeats": s.n,
+            "values": self.values,
+            "baselines": self.baselines,
+            "ratios": self.ratios,
+            "target": self.target.label(),
+            "target_source": self.target.source,
+            "verdict": self.verdict.value,
             "note": self.note,
+            "failed": self.failed,
         }
+
+
+# Why a section may be skipped: only a capability this machine lacks. Anything else that stops a
+# section (an RPC error, a refused connection, a timeout, a crash) is a failure, never a skip.
+SKIP_REASONS = {
+    "nofile": "the open-file limit is below the sockets the section needs",
+    "no-proc": "the daemon's RSS cannot be read from /proc (not Linux)",
+}
+
+
+class SectionSkip(Exception):
+    """Raised by a section that cannot run on this machine; `code` is a key of SKIP_REASONS."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        if code not in SKIP_REASONS:
+            raise ValueError(f"{code!r} is not a reason to skip a section (bench/common.py)")
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+    def as_map(self) -> dict[str, str]:
+        return {"code": self.code, "reason": SKIP_REASONS[self.code], "detail": self.detail}
 
 
 @dataclass
 class Section:
-    """What one benchmark module returns: its figures, raw numbers for --json, skip reasons."""
+    """What one section made: its figures, raw numbers for --json, and how it ended."""
 
     name: str
     figures: list[Figure] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None
+    skipped: SectionSkip | None = None
+    failed: str | None = None  # the section broke off: why
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(
+        self,
+        key: str,
+        name: str,
+        unit: str,
+        values: Sequence[float],
+        baselines: Sequence[float],
+        baseline_name: str,
+        note: str = "",
+        failed: str | None = None,
+    ) -> Figure:
+        fig = Figure(
+            self.name, key, name, unit, list(values), list(baselines), baseline_name, note, failed
+        )
+        self.figures.append(fig)
+        return fig
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything that makes this run a failure: the section's own, and failed figures'."""
+        out = [f"{self.name}: {self.failed}"] if self.failed else []
+        out += [f"{self.name}: {f.name}: {f.failed}" for f in self.figures if f.failed]
+        return out
 
 
 def percentile(samples: Sequence[float], p: float) -> float:
@@ -79,11 +178,14 @@ def percentile(samples: Sequence[float], p: float) -> float:
     return ordered[k]
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc (what `ps` shows, not the peak)."""
-    with open("/proc/self/statm") as f:
-        resident = int(f.read().split()[1])
-    return resident * os.sysconf("SC_PAGE_SIZE")
+def rss_of(pid: int) -> int:
+    """Resident set size of process `pid` now, in bytes (VmRSS of /proc/PID/status: what `ps`
+    shows, not the peak). Read from outside, the same way for the daemon and for a bare server."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS line (a zombie?)")
 
 
 def raise_nofile() -> int:
@@ -204,16 +306,20 @@ class Child:
                     stream.close()
 
 
+def child_env() -> dict[str, str]:
+    """This environment, with the checkout on PYTHONPATH so `-m bench.<module>` resolves."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 @contextlib.contextmanager
 def child(
     *args: str, env: dict[str, str] | None = None, merge_stderr: bool = False
 ) -> Iterator[Child]:
     """A `python -m bench.<module> ...` subprocess, killed when the block ends."""
-    if env is None:
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    c = Child([sys.executable, *args], env=env, merge_stderr=merge_stderr)
+    c = Child([sys.executable, *args], env=env or child_env(), merge_stderr=merge_stderr)
     try:
         yield c
     finally:

@@ -1,6 +1,6 @@
 """Aggregate verified echo throughput with many active connections, daemon vs direct, same run.
 
-Emulated: the daemon (default topology tcpip → im0 → nic0, started as rpc_bench does) opens N
+Emulated: the daemon (default topology tcpip → im0 → nic0, started as users run it) opens N
 offloaded connections (`tcp.connect` with `{"offload": true}`) to an echo peer process
 (bench.peers echo); they are multiplexed over a few RPC clients (chimney_client.aio.AsyncClient,
 4..8 of them, each under the daemon's 256-requests-in-flight limit). For a fixed window every
@@ -8,10 +8,15 @@ connection repeats one round: `tcp.send` a 16 KiB chunk of its own seeded stream
 (chimney_client.stream.PatternStream) while `tcp.recv` reads the echo back until all of it came,
 every byte checked in order (Verifier). Direct: the same N, payload, streams and verification
 against the same echo peer, over loopback from this process with uvloop Protocols (no Streams).
+Both sides' connections are opened and warmed (one verified round each) first, then timed windows
+alternate between them (direct, daemon, daemon, direct, …) on the same connections.
 Figure: aggregate verified MB/s, emulated / direct, at N = 100 and N = 1,000, with ops/s and the
-p99 round trip of both. Any integrity error, RPC error, stuck round or connection that is not
-offloaded fails the figure (red ✗, the counts in its note and the section's notes); a tcp.recv
-timeout is asked again (it loses no data) until the round is 30 s old, then it is an error.
+p99 round trip of both. Any integrity error, RPC error, stuck round, connection that is not
+offloaded, or daemon gauge left after closing fails the figure and the run; a tcp.recv timeout
+is asked again (it loses no data) until the round is 30 s old, then it is an error.
+
+To see where the daemon's time goes under this load, `python -m bench --profile daemon` runs
+this section at 1,000 connections with the daemon under cProfile (see bench/__main__.py).
 
 Where the daemon's time goes at N = 1,000 (one-off: py-spy --nonblocking 250 Hz, 2,290 samples in
 the window; gc.callbacks timed in a wrapper running the daemon module; CPU from /proc):
@@ -28,23 +33,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import KIB, Figure, Section, child, mbps, percentile, ports_of, raise_nofile
+from bench.common import (
+    KIB,
+    Section,
+    SectionSkip,
+    child,
+    mbps,
+    percentile,
+    ports_of,
+    raise_nofile,
+)
+from bench.context import Ctx
+from bench.judge import interleaved
 from bench.peers import CONNS_PER_PORT
-from bench.rpc_bench import daemon_port
+from bench.targets import count_key
 from chimney_client.aio import AsyncClient
 from chimney_client.errors import ChimneyError, RpcTimeout
 from chimney_client.soak import gauges_left
 from chimney_client.stream import PatternStream, Verifier
 
 ECHO_PAYLOAD = 16 * KIB  # bytes sent per round, echoed back whole before the next round
-COUNTS = (100, 1000)  # connections per measurement; BENCH_ECHO_COUNTS="10,20" overrides
-COUNTS_ENV = "BENCH_ECHO_COUNTS"
 MIN_RPC_CLIENTS = 4
 MAX_RPC_CLIENTS = 8
 # Rounds active at once per RPC client: a round has at most 2 calls in flight (send + recv), so
@@ -55,16 +70,6 @@ ROUND_LIMIT_S = 30.0  # a round still incomplete after this is stuck: an error, 
 CALL_TIMEOUT_S = 60.0  # client-side bound on any one call
 CONNECT_WAVE = 200  # connections opened concurrently (both sides)
 EXAMPLES_KEPT = 5
-
-
-def counts_from_env() -> tuple[int, ...]:
-    text = os.environ.get(COUNTS_ENV, "").strip()
-    if not text:
-        return COUNTS
-    counts = tuple(int(p) for p in text.split(",") if p.strip())
-    if not counts or min(counts) < 1:
-        raise ValueError(f"{COUNTS_ENV}={text!r}: expected positive ints, e.g. 10,20")
-    return counts
 
 
 @dataclass
@@ -263,24 +268,46 @@ async def _drained(client: AsyncClient, timeout: float = 5.0) -> dict[str, Any]:
         await asyncio.sleep(0.05)
 
 
-async def emulated(rpc_port: int, echo_ports: list[int], n: int, seconds: float) -> EchoResult:
-    res = EchoResult(n)
-    k = max(MIN_RPC_CLIENTS, min(MAX_RPC_CLIENTS, math.ceil(n / ROUNDS_PER_CLIENT)))
-    slots: list[_RpcSlot] = []
-    try:
-        for _ in range(k):
-            client = await AsyncClient.connect(f"127.0.0.1:{rpc_port}", call_timeout=CALL_TIMEOUT_S)
-            slots.append(_RpcSlot(client))
-        conns = await _open_emulated(slots, echo_ports, n, res)
-        res.offloaded = await _offloaded_count(conns)
+class EmulatedSide:
+    """N offloaded connections through the daemon, kept open for every window."""
+
+    def __init__(self, rpc_port: int, echo_ports: list[int], n: int) -> None:
+        self.rpc_port = rpc_port
+        self.echo_ports = echo_ports
+        self.n = n
+        self.setup = EchoResult(n)  # errors while opening, warming up and closing
+        self.slots: list[_RpcSlot] = []
+        self.conns: list[tuple[_RpcSlot, int]] = []
+        self.live: list[tuple[_RpcSlot, int]] = []
+
+    async def clients(self, k: int) -> list[AsyncClient]:
+        """The `k` RPC clients the connections are spread over."""
+        address = f"127.0.0.1:{self.rpc_port}"
+        return [await AsyncClient.connect(address, call_timeout=CALL_TIMEOUT_S) for _ in range(k)]
+
+    async def open(self) -> None:
+        k = max(MIN_RPC_CLIENTS, min(MAX_RPC_CLIENTS, math.ceil(self.n / ROUNDS_PER_CLIENT)))
+        self.slots = [_RpcSlot(client) for client in await self.clients(k)]
+        self.conns = await _open_emulated(self.slots, self.echo_ports, self.n, self.setup)
+        self.setup.offloaded = await _offloaded_count(self.conns)
         # warm-up: one verified round per connection, not timed
-        warm = await asyncio.gather(*(_emulated_conn(s, cid, res, 0.0, False) for s, cid in conns))
-        live = [c for c, ok in zip(conns, warm, strict=True) if ok]
-        res.conns_active = len(live)
+        warm = await asyncio.gather(
+            *(_emulated_conn(s, cid, self.setup, 0.0, False) for s, cid in self.conns)
+        )
+        self.live = [c for c, ok in zip(self.conns, warm, strict=True) if ok]
+
+    async def window(self, seconds: float) -> EchoResult:
+        res = EchoResult(self.n)
+        res.conns_active = len(self.live)
         t0 = time.perf_counter()
         end = t0 + seconds
-        await asyncio.gather(*(_emulated_conn(s, cid, res, end, True) for s, cid in live))
+        oks = await asyncio.gather(*(_emulated_conn(s, c, res, end, True) for s, c in self.live))
         res.seconds = time.perf_counter() - t0
+        self.live = [c for c, ok in zip(self.live, oks, strict=True) if ok]
+        return res
+
+    async def close(self) -> None:
+        res = self.setup
 
         async def close(slot: _RpcSlot, cid: int) -> None:
             async with slot.sem:
@@ -289,14 +316,16 @@ async def emulated(rpc_port: int, echo_ports: list[int], n: int, seconds: float)
                 except ChimneyError as exc:
                     res.error(f"tcp.close {cid}: {exc}")
 
-        for start in range(0, len(conns), CONNECT_WAVE):
-            await asyncio.gather(*(close(s, c) for s, c in conns[start : start + CONNECT_WAVE]))
-        res.drained = await _drained(slots[0].client)
-    finally:
-        for slot in slots:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(slot.client.close(), 5.0)
-    return res
+        try:
+            conns = self.conns
+            for start in range(0, len(conns), CONNECT_WAVE):
+                await asyncio.gather(*(close(s, c) for s, c in conns[start : start + CONNECT_WAVE]))
+            if self.slots:
+                res.drained = await _drained(self.slots[0].client)
+        finally:
+            for slot in self.slots:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(slot.client.close(), 5.0)
 
 
 # ================================================================================================
@@ -310,7 +339,6 @@ class _DirectEcho(asyncio.Protocol):
         self.stream = PatternStream(seed)
         self.verifier = Verifier(seed)
         self.run = run
-        self.res = run.res
         self.got = 0
         self.t0 = 0.0
         self.end = 0.0
@@ -318,6 +346,10 @@ class _DirectEcho(asyncio.Protocol):
         self.active = False
         self.failed = False
         self.transport: Any = None
+
+    @property
+    def res(self) -> EchoResult:
+        return self.run.res  # the window now running
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -405,126 +437,180 @@ class _DirectRun:
             self.done.set_result(None)
 
 
-async def direct(echo_ports: list[int], n: int, seconds: float) -> EchoResult:
-    loop = asyncio.get_running_loop()
-    res = EchoResult(n)
-    run = _DirectRun(res)
-    transports: list[Any] = []
-    try:
+def _give_up(protos: list[_DirectEcho]) -> None:
+    """Connections still in a round past the limit are failed: no later window counts them."""
+    for p in protos:
+        if p.active:
+            p.active = False
+            p.failed = True
+
+
+class DirectSide:
+    """The same N connections, streams and checks, straight to the echo peer from this process."""
+
+    def __init__(self, echo_ports: list[int], n: int) -> None:
+        self.echo_ports = echo_ports
+        self.n = n
+        self.setup = EchoResult(n)
+        self.run = _DirectRun(self.setup)
+        self.transports: list[Any] = []
+        self.live: list[_DirectEcho] = []
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        run, ports = self.run, self.echo_ports
 
         async def one(i: int) -> _DirectEcho | None:
             try:
                 transport, proto = await loop.create_connection(
-                    lambda: _DirectEcho(_seed(i), run), "127.0.0.1", echo_ports[i % len(echo_ports)]
+                    lambda: _DirectEcho(_seed(i), run), "127.0.0.1", ports[i % len(ports)]
                 )
             except OSError as exc:
-                res.error(f"direct connect #{i}: {exc}")
+                self.setup.error(f"direct connect #{i}: {exc}")
                 return None
-            transports.append(transport)
+            self.transports.append(transport)
             return proto
 
-        for start in range(0, n, CONNECT_WAVE):
+        for start in range(0, self.n, CONNECT_WAVE):
             got = await asyncio.gather(
-                *(one(i) for i in range(start, min(n, start + CONNECT_WAVE)))
+                *(one(i) for i in range(start, min(self.n, start + CONNECT_WAVE)))
             )
             run.protos += [p for p in got if p is not None]
-        limit = ROUND_LIMIT_S + seconds
         # warm-up: one verified round per connection, not timed
-        await asyncio.wait_for(run.begin(0.0, False, run.protos), limit)
-        live = [p for p in run.protos if not p.failed]
-        res.conns_active = len(live)
+        try:
+            await asyncio.wait_for(run.begin(0.0, False, run.protos), ROUND_LIMIT_S)
+        except TimeoutError:
+            self.setup.error(f"direct warm-up: {run.running} connections stuck")
+            _give_up(run.protos)
+        self.live = [p for p in run.protos if not p.failed and not p.active]
+
+    async def window(self, seconds: float) -> EchoResult:
+        res = EchoResult(self.n)
+        res.conns_active = len(self.live)
+        self.run.res = res
+        limit = ROUND_LIMIT_S + seconds
         t0 = time.perf_counter()
         try:
-            await asyncio.wait_for(run.begin(t0 + seconds, True, live), limit)
+            await asyncio.wait_for(self.run.begin(t0 + seconds, True, self.live), limit)
         except TimeoutError:
-            res.error(f"direct: {run.running} connections stuck past {limit:.0f} s")
+            res.error(f"direct: {self.run.running} connections stuck past {limit:.0f} s")
+            _give_up(self.live)
         res.seconds = time.perf_counter() - t0
-    finally:
-        for t in transports:
+        self.live = [p for p in self.live if not p.failed and not p.active]
+        return res
+
+    async def close(self) -> None:
+        for t in self.transports:
             t.close()
-    return res
 
 
 # ================================================================================================
 # the section
 # ================================================================================================
-def _figure(n: int, emu: EchoResult, dir_: EchoResult) -> Figure:
-    ratio = emu.mbps / dir_.mbps if dir_.mbps > 0 else None
-    bad = [
-        f"{side}: {r.integrity_errors} integrity errors, {r.errors} errors, "
-        f"{r.conns_active}/{r.n} conns ran"
-        for side, r in (("emulated", emu), ("direct", dir_))
-        if r.failed
+def side_problems(side: str, n: int, setup: EchoResult, windows: list[EchoResult]) -> list[str]:
+    """Errors of one side's setup and windows, and windows that ran fewer than `n` connections."""
+    rs = [setup, *windows]
+    ints = sum(r.integrity_errors for r in rs)
+    errs = sum(r.errors for r in rs)
+    ran = min((r.conns_active for r in windows), default=0)
+    if not (ints or errs or ran < n):
+        return []
+    examples = [e for r in rs for e in r.examples][:EXAMPLES_KEPT]
+    return [
+        f"{side}: {ints} integrity errors, {errs} errors, {ran}/{n} conns ran; "
+        f"e.g. {' | '.join(examples) or '-'}"
     ]
-    offl = f"{emu.offloaded}/{n} offloaded; " if emu.offloaded != n else ""
-    if emu.recv_timeouts:
-        offl += f"{emu.recv_timeouts} tcp.recv timeouts (asked again); "
-    note = (
-        f"ops/s {emu.ops_per_s:,.0f} vs {dir_.ops_per_s:,.0f}; p99 round trip "
-        f"{emu.p99_ms:.1f} vs {dir_.p99_ms:.1f} ms (p50 {emu.p50_ms:.1f} vs {dir_.p50_ms:.1f}); "
-        f"{offl}0 integrity errors"
-    )
-    if bad:
-        note = "FAILED: " + "; ".join(bad) + "; " + note.rsplit(";", 1)[0]
-    return Figure(
-        "echo",
-        f"verified echo, {n:,} conns x 16 KiB rounds, via daemon",
-        emu.mbps,
-        "MB/s",
-        dir_.mbps,
-        f"{n:,} uvloop Protocol conns to the same echo peer",
-        ratio,
-        "info",
-        False if bad or emu.offloaded != n else None,
-        note,
+
+
+def emulated_problems(side: str, emu: EmulatedSide, windows: list[EchoResult]) -> list[str]:
+    """Everything that makes a daemon's windows meaningless: errors, connections that did not
+    run or were not offloaded, daemon gauges left after closing."""
+    n = emu.n
+    out = side_problems(side, n, emu.setup, windows)
+    if emu.setup.offloaded != n:
+        out.append(f"{side}: {emu.setup.offloaded}/{n} connections offloaded")
+    if emu.setup.drained:
+        out.append(f"{side}: daemon gauges not back to 0 after close: {emu.setup.drained}")
+    return out
+
+
+def _problems(
+    n: int, emu: EmulatedSide, direct: DirectSide, windows: dict[str, list[EchoResult]]
+) -> list[str]:
+    """Everything that makes the figure meaningless, on either side."""
+    return emulated_problems("emulated", emu, windows["emulated"]) + side_problems(
+        "direct", n, direct.setup, windows["direct"]
     )
 
 
-async def run(quick: bool, daemon: list[str] | None = None) -> Section:
-    sec = Section("echo")
-    seconds = 2.0 if quick else 5.0
-    try:
-        counts = counts_from_env()
-    except ValueError as exc:
-        sec.skipped = str(exc)
-        return sec
+async def run(ctx: Ctx, sec: Section) -> None:
+    sc = ctx.scale
+    counts = sc.echo_counts
+    seconds = sc.echo_window_s
     limit = raise_nofile()
-    need = max(counts) + 256
+    need = 2 * max(counts) + 256  # both sides' connections are open at once
     if need > limit:
-        sec.skipped = f"open-file limit {limit} is below the {need} sockets a side needs"
-        return sec
+        raise SectionSkip("nofile", f"open-file limit {limit}, the echo section needs {need}")
     sec.raw.update(
-        {"payload": ECHO_PAYLOAD, "window_s": seconds, "counts": {}, "rounds_per_client": 0}
+        {
+            "payload": ECHO_PAYLOAD,
+            "window_s": seconds,
+            "rounds_per_client": ROUNDS_PER_CLIENT,
+            "counts": {},
+        }
     )
-    sec.raw["rounds_per_client"] = ROUNDS_PER_CLIENT
+    ctx.progress.begin("echo", len(counts) * sc.echo_repeats, "starting the daemon and the peer")
     with ExitStack() as stack:
-        port = daemon_port(stack, sec, daemon)
-        if port is None:
-            return sec
-        nports = max(1, -(-max(counts) // CONNS_PER_PORT))
+        daemon = ctx.start_daemon(stack)
+        nports = max(1, -(-2 * max(counts) // CONNS_PER_PORT))
         echo = stack.enter_context(child("-m", "bench.peers", "echo", "--ports", str(nports)))
         echo_ports = ports_of(echo.expect("ready "))
         for n in counts:
+            ctx.progress.step(
+                f"N={n:,}: opening and warming up both sides (daemon pid {daemon.pid})"
+            )
+            emu = EmulatedSide(daemon.port, echo_ports, n)
+            direct = DirectSide(echo_ports, n)
             try:
-                dir_ = await direct(echo_ports, n, seconds)
-                emu = await emulated(port, echo_ports, n, seconds)
-            except (ChimneyError, ConnectionError, TimeoutError, OSError, RuntimeError) as exc:
-                sec.notes.append(f"N={n}: the run broke off: {exc!r}")
-                sec.raw["counts"][str(n)] = {"broke_off": repr(exc)}
-                continue
-            fig = _figure(n, emu, dir_)
-            sec.figures.append(fig)
+                await direct.open()
+                await emu.open()
+                ctx.progress.step(f"N={n:,}: {seconds:g} s windows, direct and daemon alternating")
+                windows = await interleaved(
+                    {"direct": _window(direct, seconds), "emulated": _window(emu, seconds)},
+                    sc.echo_repeats,
+                    lambda _i: ctx.progress.advance(),
+                )
+            finally:
+                await direct.close()
+                await emu.close()
+            problems = _problems(n, emu, direct, windows)
+            e, d = windows["emulated"], windows["direct"]
+            fig = sec.add(
+                count_key("echo", n),
+                f"verified echo, {n:,} conns x 16 KiB rounds, via daemon",
+                "MB/s",
+                [r.mbps for r in e],
+                [r.mbps for r in d],
+                f"{n:,} uvloop Protocol conns to the same echo peer",
+                f"ops/s {_med(e, 'ops_per_s'):,.0f} vs {_med(d, 'ops_per_s'):,.0f}; p99 round "
+                f"trip {_med(e, 'p99_ms'):.1f} vs {_med(d, 'p99_ms'):.1f} ms (p50 "
+                f"{_med(e, 'p50_ms'):.1f} vs {_med(d, 'p50_ms'):.1f}); "
+                f"{sum(r.bytes_verified for r in e + d) / 1e6:,.0f} MB verified"
+                + ("" if problems else ", 0 errors"),
+                failed="; ".join(problems) or None,
+            )
             sec.raw["counts"][str(n)] = {
-                "emulated": emu.as_map(),
-                "direct": dir_.as_map(),
-                "ratio": fig.ratio,
+                "emulated": [r.as_map() for r in e],
+                "direct": [r.as_map() for r in d],
+                "emulated_setup": emu.setup.as_map(),
+                "direct_setup": direct.setup.as_map(),
+                "ratios": fig.ratios,
             }
-            for side, r in (("emulated", emu), ("direct", dir_)):
-                if r.failed:
-                    sec.notes.append(
-                        f"N={n} {side} FAILED: {r.integrity_errors} integrity errors, "
-                        f"{r.errors} errors; e.g. {' | '.join(r.examples) or '-'}"
-                    )
-            if emu.drained:
-                sec.notes.append(f"N={n}: daemon gauges not back to 0 after close: {emu.drained}")
-    return sec
+
+
+def _window(side: EmulatedSide | DirectSide, seconds: float) -> Callable[[], Awaitable[EchoResult]]:
+    return lambda: side.window(seconds)
+
+
+def _med(results: list[EchoResult], key: str) -> float:
+    return statistics.median(float(getattr(r, key)) for r in results)

@@ -4,8 +4,8 @@ its own process keeps its CPU off the measured loop's core).
     python -m bench.peers sink|echo|hold|rpc-echo [--ports N]
 
 Each prints `ready <port>[,<port>...]` once it listens on 127.0.0.1 and exits when its stdin
-closes (so the parent's `finally` always ends it). `hold` answers `rss` on stdin with
-`rss <bytes> <connections held>`.
+closes (so the parent's `finally` always ends it). `hold` answers `count` on stdin with
+`held <connections held>` (its RSS is read from outside, from /proc, as the daemon's is).
 
 sink protocol: the first 8 bytes of a connection are the big-endian byte count that follows
 (header included); once that many bytes arrived the sink answers `D` + the same 8 bytes. The
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import struct
 import sys
 from typing import Any
 
 import msgpack
 
-from bench.common import install_uvloop, raise_nofile, rss_bytes
+from bench.common import install_uvloop, raise_nofile
 
 SINK_HEADER = struct.Struct(">Q")
 CONNS_PER_PORT = 5000  # perf-notes: past ~14k per listening port Linux's port search slows
@@ -109,7 +108,7 @@ FACTORIES: dict[str, Any] = {"sink": Sink, "echo": Echo, "hold": Holder, "rpc-ec
 
 
 class _Control(asyncio.Protocol):
-    """stdin: `rss` → a report line; EOF → stop."""
+    """stdin: `count` → `held N` (connections the hold server keeps); EOF → stop."""
 
     def __init__(self, stop: asyncio.Future[None]) -> None:
         self.stop = stop
@@ -119,9 +118,8 @@ class _Control(asyncio.Protocol):
         self.pending += data
         while b"\n" in self.pending:
             line, self.pending = self.pending.split(b"\n", 1)
-            if line.strip() == b"rss":
-                gc.collect()
-                print(f"rss {rss_bytes()} {len(Holder.held)}", flush=True)
+            if line.strip() == b"count":
+                print(f"held {len(Holder.held)}", flush=True)
 
     def eof_received(self) -> bool:
         if not self.stop.done():

@@ -1,83 +1,47 @@
-"""The daemon over msgpack-RPC (rpc-contract.md v1) against its baselines, in the same run:
+"""The daemon over msgpack-RPC (rpc-contract.md v1) against its baselines, side by side:
 
 * `ping` round trips per second, 1 and 64 in flight, against the minimal uvloop msgpack-RPC
-  echo server of bench/baselines.py;
-* end-to-end `tcp.send` of 64 KiB payloads through the daemon to an echo peer (send, then
-  `tcp.recv` the echo back), against a plain loopback socket doing the same work.
+  echo server (bench.peers rpc-echo, own process); both servers run at once and the repeats
+  alternate between them;
+* `tcp.send` of 64 KiB through the daemon to an echo peer, then `tcp.recv` of the echo, against
+  a plain loopback socket doing the same rounds to the same peer; both warmed alike, alternating.
 
 The client is plain `msgpack` on an asyncio Protocol (baselines.RpcClient): it depends on the
-contract only, not on the clients package. If `python -m chimneyd` cannot start, the section is
-skipped with the reason.
+contract only. Any error answer, lost connection, wrong result or damaged echo fails the
+section.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import re
-import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 
 from bench.baselines import RpcClient, RpcResult, rpc_connect, rpc_load
-from bench.common import PAYLOAD, Child, Figure, Section, child, mbps, percentile, ports_of
+from bench.common import PAYLOAD, Section, child, mbps, percentile, ports_of
+from bench.context import Ctx
+from bench.judge import interleaved
 
-READY = "chimneyd listening on"
-_ADDR = re.compile(r"127\.0\.0\.1:(\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+WINDOWS = (1, 64)
+WARMUP_S = 0.2
+WARMUP_ROUNDS = 50
+CALL_TIMEOUT_S = 10.0
 
 
-def start_daemon(stack: ExitStack, command: list[str] | None = None) -> tuple[Child, int]:
-    """Start `python -m chimneyd --listen 127.0.0.1:0` (port 0 if the ready line names the real
-    port, else a free port picked here); the daemon is ended when `stack` closes. `command`
-    replaces `-m chimneyd` (the interpreter's arguments for another build of the daemon)."""
-    if command is None:
-        if importlib.util.find_spec("chimneyd.__main__") is None:
-            raise RuntimeError(
-                "chimneyd has no __main__ module yet (`python -m chimneyd` not runnable)"
-            )
-        command = ["-m", "chimneyd"]
-    last = ""
-    for port in (0, _free_port()):
-        daemon = stack.enter_context(
-            child(*command, "--listen", f"127.0.0.1:{port}", merge_stderr=True)
+def check_rpc(side: str, r: RpcResult) -> RpcResult:
+    if r.errors:
+        raise RuntimeError(
+            f"{side}: {r.errors} of {r.requests} requests failed, first: {r.first_error}"
         )
-        seen: list[str] = []
-        try:
-            end = time.monotonic() + 20.0
-            while True:
-                text = daemon.line(max(0.01, end - time.monotonic()))
-                seen.append(text)
-                if READY in text:
-                    break
-        except (TimeoutError, RuntimeError) as exc:
-            daemon.close()
-            last = f"{exc}; output: {' | '.join(seen[-5:])[-600:]}"
-            continue
-        m = _ADDR.search(text.split(READY, 1)[1])
-        real = int(m.group(1)) if m else port
-        if real == 0:
-            daemon.close()
-            last = f"ready line names no port: {text!r}"
-            continue
-        daemon.drain_in_background()
-        return daemon, real
-    raise RuntimeError(f"the daemon did not start: {last}")
+    return r
 
 
-def daemon_port(stack: ExitStack, sec: Section, command: list[str] | None) -> int | None:
-    """The port of a daemon started in `stack`, or None with `sec.skipped` saying why not."""
-    try:
-        return start_daemon(stack, command)[1]
-    except (RuntimeError, TimeoutError, OSError) as exc:
-        sec.skipped = str(exc)
-        return None
+async def pong(client: RpcClient, side: str) -> None:
+    got = await asyncio.wait_for(client.call("ping"), CALL_TIMEOUT_S)
+    if got != "pong":
+        raise RuntimeError(f"{side}: ping answered {got!r}, not 'pong'")
 
 
 # ================================================================================================
@@ -87,22 +51,22 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
     """`tcp.send` 64 KiB, then `tcp.recv` until the 64 KiB came back; repeat."""
     payload = bytes(PAYLOAD)
     latencies: list[float] = []
-    errors = 0
     recv_calls = 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while len(latencies) < max_ops and time.perf_counter() < end:
         t = time.perf_counter()
-        sent = await asyncio.wait_for(client.call("tcp.send", conn, payload), 10.0)
+        sent = await asyncio.wait_for(client.call("tcp.send", conn, payload), CALL_TIMEOUT_S)
         if sent != len(payload):
-            errors += 1
+            raise RuntimeError(f"tcp.send acknowledged {sent!r} of {len(payload)} bytes")
         got = 0
         while got < len(payload):
             data = await asyncio.wait_for(
-                client.call("tcp.recv", conn, len(payload) - got, 5000), 10.0
+                client.call("tcp.recv", conn, len(payload) - got, 5000), CALL_TIMEOUT_S
             )
             if not data:
-                raise RuntimeError("echo peer closed the connection")
+                raise RuntimeError("the echo peer closed the connection")
+            _check_echo("daemon", data, got)
             got += len(data)
             recv_calls += 1
         latencies.append(time.perf_counter() - t)
@@ -112,28 +76,46 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
         elapsed,
         percentile(latencies, 50) * 1e6,
         percentile(latencies, 99) * 1e6,
-        errors,
+        0,
     )
     result.recv_calls = recv_calls
     return result
 
 
-class _EchoRounds(asyncio.Protocol):
-    """The plain-socket side: write 64 KiB, wait until 64 KiB came back, repeat."""
+def _check_echo(side: str, data: bytes, at: int) -> None:
+    """The payload is all zero bytes; an echo holding anything else was damaged on its way (the
+    same check on both sides, so it weighs on both alike)."""
+    if data.strip(b"\x00"):
+        raise RuntimeError(f"{side}: the echo came back damaged (a non-zero byte near {at})")
 
-    def __init__(self, seconds: float, max_ops: int) -> None:
+
+class PlainEcho(asyncio.Protocol):
+    """The plain-socket side, one connection kept for every window: write 64 KiB, wait until
+    64 KiB came back, repeat."""
+
+    def __init__(self) -> None:
         self.payload = bytes(PAYLOAD)
-        self.seconds = seconds
-        self.max_ops = max_ops
+        self.loop = asyncio.get_running_loop()
         self.got = 0
         self.latencies: list[float] = []
-        self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[float] | None = None
+        self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
+
+    async def rounds(self, seconds: float, max_ops: int) -> RpcResult:
+        if self.lost is not None:
+            raise ConnectionError(f"echo peer went away: {self.lost!r}")
+        self.latencies = []
+        self.max_ops = max_ops
+        self.done = self.loop.create_future()
         self.t0 = time.perf_counter()
-        self.end = self.t0 + self.seconds
+        self.end = self.t0 + seconds
         self._round()
+        elapsed = await asyncio.wait_for(self.done, seconds + 30.0)
+        lat = self.latencies
+        return RpcResult(len(lat), elapsed, percentile(lat, 50) * 1e6, percentile(lat, 99) * 1e6, 0)
 
     def _round(self) -> None:
         self.t = time.perf_counter()
@@ -141,8 +123,14 @@ class _EchoRounds(asyncio.Protocol):
         self.transport.write(self.payload)
 
     def data_received(self, data: bytes) -> None:
+        if self.done is not None and not self.done.done():
+            try:
+                _check_echo("plain socket", data, self.got)
+            except RuntimeError as exc:
+                self.done.set_exception(exc)
+                return
         self.got += len(data)
-        if self.got < len(self.payload):
+        if self.got < len(self.payload) or self.done is None:
             return
         now = time.perf_counter()
         self.latencies.append(now - self.t)
@@ -152,98 +140,116 @@ class _EchoRounds(asyncio.Protocol):
             self.done.set_result(now - self.t0)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
+        self.lost = exc or ConnectionError("closed")
+        if self.done is not None and not self.done.done():
             self.done.set_exception(ConnectionError(f"echo peer went away: {exc}"))
-
-
-async def plain_echo_rounds(port: int, seconds: float, max_ops: int) -> RpcResult:
-    loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_connection(
-        lambda: _EchoRounds(seconds, max_ops), "127.0.0.1", port
-    )
-    try:
-        elapsed = await asyncio.wait_for(proto.done, seconds + 30.0)
-    finally:
-        transport.close()
-    lat = proto.latencies
-    return RpcResult(len(lat), elapsed, percentile(lat, 50) * 1e6, percentile(lat, 99) * 1e6, 0)
 
 
 # ================================================================================================
 # the section
 # ================================================================================================
-async def run(quick: bool, base: dict[str, Any], daemon: list[str] | None = None) -> Section:
-    sec = Section("rpc")
-    seconds = 0.5 if quick else 2.0
+async def run(ctx: Ctx, sec: Section) -> None:
+    sc = ctx.scale
+    seconds = sc.rpc_window_s
+    max_ops = 200_000  # a bound on memory only: the window ends a measurement
+    ctx.progress.begin("rpc", (len(WINDOWS) + 1) * sc.repeats, "starting the daemon and peers")
+    transports: list[asyncio.BaseTransport] = []
     with ExitStack() as stack:
-        port = daemon_port(stack, sec, daemon)
-        if port is None:
-            return sec
-        transport, client = await rpc_connect(port)
+        daemon = ctx.start_daemon(stack)
+        ctx.progress.step(f"daemon pid {daemon.pid} on {daemon.address}")
+        echo_srv = stack.enter_context(child("-m", "bench.peers", "rpc-echo"))
+        echo_port = ports_of(echo_srv.expect("ready "))[0]
+        peer = stack.enter_context(child("-m", "bench.peers", "echo"))
+        peer_port = ports_of(peer.expect("ready "))[0]
         try:
-            if await asyncio.wait_for(client.call("ping"), 5.0) != "pong":
-                raise RuntimeError("ping did not answer pong")
-            await rpc_load(client, 8, min(0.2, seconds))  # warm up
-            pings = {w: await rpc_load(client, w, seconds) for w in (1, 64)}
-            echo = stack.enter_context(child("-m", "bench.peers", "echo"))
-            echo_port = ports_of(echo.expect("ready "))[0]
-            conn = await asyncio.wait_for(
-                client.call("tcp.connect", "127.0.0.1", echo_port, {"offload": True}), 10.0
-            )
-            info = await asyncio.wait_for(client.call("tcp.info", conn), 5.0)
-            max_ops = 2_000 if quick else 50_000
-            await rpc_echo_rounds(client, conn, 0.2, 50)  # warm up
-            via = await rpc_echo_rounds(client, conn, seconds, max_ops)
-            await asyncio.wait_for(client.call("tcp.close", conn), 10.0)
-            plain = await plain_echo_rounds(echo_port, seconds, max_ops)
-        except (RuntimeError, ConnectionError, TimeoutError, OSError) as exc:
-            sec.skipped = f"the daemon did not serve the benchmark: {exc!r}"
-            return sec
-        finally:
-            transport.close()
+            dt, dc = await rpc_connect(daemon.port)
+            transports.append(dt)
+            et, ec = await rpc_connect(echo_port)
+            transports.append(et)
+            await pong(dc, "daemon")
+            await pong(ec, "minimal echo")
+            ctx.progress.step("warming up both servers")
+            check_rpc("daemon", await rpc_load(dc, 8, WARMUP_S))
+            check_rpc("minimal echo", await rpc_load(ec, 8, WARMUP_S))
+            pings: dict[int, dict[str, list[RpcResult]]] = {}
 
-    echo_base: dict[int, RpcResult] = base["rpc_echo"]
-    sec.raw["ping"] = {str(w): r.as_map() for w, r in pings.items()}
-    for w, r in pings.items():
-        b = echo_base[w]
-        sec.figures.append(
-            Figure(
-                "rpc",
-                f"daemon ping, {w} in flight",
-                r.rate,
-                "req/s",
-                b.rate,
-                "minimal msgpack-RPC echo server",
-                r.rate / b.rate,
-                ">= 0.5",
-                r.rate / b.rate >= 0.5,
-                f"p50 {r.p50_us:.0f} / p99 {r.p99_us:.0f} µs vs "
-                f"{b.p50_us:.0f} / {b.p99_us:.0f} µs; errors {r.errors}",
+            def load(client: RpcClient, w: int) -> Callable[[], Awaitable[RpcResult]]:
+                return lambda: rpc_load(client, w, seconds)
+
+            for w in WINDOWS:
+                ctx.progress.step(f"ping, {w} in flight: minimal echo and daemon, alternating")
+                pings[w] = await interleaved(
+                    {"echo": load(ec, w), "daemon": load(dc, w)},
+                    sc.repeats,
+                    lambda _i: ctx.progress.advance(),
+                )
+                for side, results in pings[w].items():
+                    for r in results:
+                        check_rpc(side, r)
+
+            # -- tcp.send: the daemon's offloaded connection and a plain one, same echo peer
+            ctx.progress.step("tcp.send 64 KiB: connecting and warming up both sides")
+            conn = await asyncio.wait_for(
+                dc.call("tcp.connect", "127.0.0.1", peer_port, {"offload": True}), CALL_TIMEOUT_S
             )
-        )
-    via_mbps = mbps(via.requests * PAYLOAD, via.seconds)
-    plain_mbps = mbps(plain.requests * PAYLOAD, plain.seconds)
-    sec.raw["tcp_send_echo"] = {
-        "daemon": via.as_map(),
-        "plain": plain.as_map(),
-        "daemon_mbps": via_mbps,
-        "plain_mbps": plain_mbps,
-        "path": info.get("path") if isinstance(info, dict) else None,
-        "state": info.get("state") if isinstance(info, dict) else None,
+            info = await asyncio.wait_for(dc.call("tcp.info", conn), CALL_TIMEOUT_S)
+            state = info.get("state") if isinstance(info, dict) else None
+            loop = asyncio.get_running_loop()
+            pt, plain = await loop.create_connection(PlainEcho, "127.0.0.1", peer_port)
+            transports.append(pt)
+            await rpc_echo_rounds(dc, conn, WARMUP_S, WARMUP_ROUNDS)
+            await plain.rounds(WARMUP_S, WARMUP_ROUNDS)
+            ctx.progress.step("tcp.send 64 KiB + recv echo: plain socket and daemon, alternating")
+            echo = await interleaved(
+                {
+                    "plain": lambda: plain.rounds(seconds, max_ops),
+                    "daemon": lambda: rpc_echo_rounds(dc, conn, seconds, max_ops),
+                },
+                sc.repeats,
+                lambda _i: ctx.progress.advance(),
+            )
+            await asyncio.wait_for(dc.call("tcp.close", conn), CALL_TIMEOUT_S)
+        finally:
+            for t in transports:
+                t.close()
+
+    sec.raw["ping"] = {
+        str(w): {side: [r.as_map() for r in rs] for side, rs in by.items()}
+        for w, by in pings.items()
     }
-    sec.figures.append(
-        Figure(
-            "rpc",
-            "tcp.send 64 KiB + recv echo, via daemon",
-            via_mbps,
-            "MB/s",
-            plain_mbps,
-            "plain loopback socket, same echo peer",
-            via_mbps / plain_mbps if plain_mbps else None,
-            note=f"p50 {via.p50_us / 1e3:.2f} / p99 {via.p99_us / 1e3:.2f} ms per round vs "
-            f"{plain.p50_us / 1e3:.2f} / {plain.p99_us / 1e3:.2f} ms; "
-            f"{via.recv_calls / max(1, via.requests):.1f} tcp.recv per round; "
-            f"state {sec.raw['tcp_send_echo']['state']}",
+    for w, by in pings.items():
+        d, e = by["daemon"], by["echo"]
+        sec.add(
+            f"rpc.ping.{w}",
+            f"daemon ping, {w} in flight",
+            "req/s",
+            [r.rate for r in d],
+            [r.rate for r in e],
+            "minimal uvloop msgpack-RPC echo server",
+            f"p50 {_med(d, 'p50_us'):.0f} / p99 {_med(d, 'p99_us'):.0f} µs vs "
+            f"{_med(e, 'p50_us'):.0f} / {_med(e, 'p99_us'):.0f} µs (medians of repeats)",
         )
+    via, plain_r = echo["daemon"], echo["plain"]
+    sec.raw["tcp_send_echo"] = {
+        "daemon": [r.as_map() for r in via],
+        "plain": [r.as_map() for r in plain_r],
+        "state": state,
+        "path": info.get("path") if isinstance(info, dict) else None,
+    }
+    recv_per_round = sum(r.recv_calls for r in via) / max(1, sum(r.requests for r in via))
+    sec.add(
+        "rpc.tcp_send",
+        "tcp.send 64 KiB + recv echo, via daemon",
+        "MB/s",
+        [mbps(r.requests * PAYLOAD, r.seconds) for r in via],
+        [mbps(r.requests * PAYLOAD, r.seconds) for r in plain_r],
+        "plain loopback socket, same echo peer",
+        f"round p50 {_med(via, 'p50_us') / 1e3:.2f} / p99 {_med(via, 'p99_us') / 1e3:.2f} ms vs "
+        f"{_med(plain_r, 'p50_us') / 1e3:.2f} / {_med(plain_r, 'p99_us') / 1e3:.2f} ms; "
+        f"{recv_per_round:.1f} tcp.recv per round",
+        failed=None if state == "offloaded" else f"the connection was {state!r}, not offloaded",
     )
-    return sec
+
+
+def _med(results: list[RpcResult], key: str) -> float:
+    return percentile([float(getattr(r, key)) for r in results], 50)

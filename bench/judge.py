@@ -1,0 +1,79 @@
+"""Ratios of interleaved repeats, their median and spread, and the verdict on a figure.
+
+Each repeat measures the baseline and the emulated path next to each other, so one repeat gives
+one ratio; the figure is the median of those ratios, its spread their min-max. A difference is
+claimed only when the whole spread is on one side: a spread that crosses the target (or 1.0, for
+a figure with no target) is "within noise".
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+from bench.targets import Target
+
+T = TypeVar("T")
+
+# Fewer repeats than this give no spread worth the name: such a figure is shown, not judged.
+MIN_REPEATS_TO_JUDGE = 3
+
+
+class Verdict(Enum):
+    MET = "met"
+    MISSED = "missed"
+    NOISE = "within noise"  # the spread crosses the target: neither claimed
+    SAME = "no difference"  # no target; the spread crosses 1.0
+    REPORTED = "reported"  # no target; the spread is on one side of 1.0
+    FEW = "too few repeats"  # fewer than MIN_REPEATS_TO_JUDGE ratios
+    FAILED = "failed"  # the measurement itself went wrong: its numbers mean nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Spread:
+        if not samples:
+            raise ValueError("no samples")
+        return cls(statistics.median(samples), min(samples), max(samples), len(samples))
+
+    def crosses(self, bound: float) -> bool:
+        return self.low < bound < self.high or bound in (self.low, self.high)
+
+
+def verdict(ratios: Spread, target: Target) -> Verdict:
+    """The judgement of the median, unless the spread leaves it open."""
+    if ratios.n < MIN_REPEATS_TO_JUDGE:
+        return Verdict.FEW
+    if not target.judged:
+        return Verdict.SAME if ratios.crosses(1.0) else Verdict.REPORTED
+    assert target.bound is not None
+    if ratios.crosses(target.bound):
+        return Verdict.NOISE
+    return Verdict.MET if target.met_by(ratios.median) else Verdict.MISSED
+
+
+async def interleaved(
+    runs: dict[str, Callable[[], Awaitable[T]]],
+    repeats: int,
+    after_each: Callable[[int], None] | None = None,
+) -> dict[str, list[T]]:
+    """Run every variant once per repeat, in forward then reverse order (A B B A …), so a drift
+    of the machine during the run weighs on all of them alike. `after_each(i)` follows repeat i.
+    """
+    names = list(runs)
+    out: dict[str, list[T]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names if i % 2 == 0 else reversed(names):
+            out[name].append(await runs[name]())
+        if after_each is not None:
+            after_each(i)
+    return out

@@ -1,0 +1,102 @@
+"""The bench fails, loudly, when the daemon does not serve: a run against a daemon that answers
+every call with an error, or whose port nobody serves, exits 1 with every daemon section marked
+failed (never skipped). And `python -m bench` outside the project's environment says what to
+run instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bench.support import ROOT, output, run_bench
+
+pytestmark = pytest.mark.soak  # run by `make test` after the default selection
+
+BROKEN = Path(__file__).with_name("broken_daemon.py")
+DAEMON_SECTIONS = ("rpc", "echo", "observe", "memory")
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("mode", ["error", "closed"])
+def test_broken_daemon_fails_the_run(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "out.json"
+    proc = run_bench(
+        "--smoke",
+        "--sections",
+        *DAEMON_SECTIONS,
+        "--daemon",
+        f"{BROKEN} {mode}",
+        "--json",
+        str(out),
+        timeout=140.0,
+    )
+    assert proc.returncode == 1, output(proc)
+    doc = json.loads(out.read_text())
+    for name in DAEMON_SECTIONS:
+        sec = doc["sections"][name]
+        assert sec["skipped"] is None, (name, sec["skipped"])
+        assert sec["problems"], (name, sec)
+    assert "FAILED" in proc.stdout
+
+
+MUTANT = ROOT / "tests" / "soak" / "mutant_daemon.py"
+
+
+@pytest.mark.timeout(150)
+def test_a_daemon_that_damages_one_byte_fails_the_run(tmp_path: Path) -> None:
+    """Each section starts its own daemon; this one flips a byte of its 20th tcp.recv answer.
+    The rpc section's tcp.send echo and the echo and observe sections' rounds all read it: each
+    must fail, saying what was damaged, where a run of the real daemon passes
+    (test_bench_smoke.py)."""
+    out = tmp_path / "out.json"
+    proc = run_bench(
+        "--smoke",
+        "--sections",
+        "rpc",
+        "echo",
+        "observe",
+        "--daemon",
+        f"{MUTANT} damage_20th_answer",
+        "--json",
+        str(out),
+        timeout=140.0,
+    )
+    assert proc.returncode == 1, output(proc)
+    sections = json.loads(out.read_text())["sections"]
+    assert "the echo came back damaged" in " ".join(sections["rpc"]["problems"]), sections["rpc"]
+    assert "integrity error" in " ".join(sections["echo"]["problems"]), sections["echo"]
+    observe = " ".join(sections["observe"]["problems"])
+    for side in ("off", "on"):  # both daemons damage their 20th answer
+        assert re.search(rf"web \+ metrics {side}: [1-9]\d* integrity error", observe), observe
+
+
+def test_outside_the_environment_says_to_use_make_bench() -> None:
+    # -S: no site-packages, as the system Python without the project's .venv
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "bench", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, output(proc)
+    assert "make bench" in proc.stderr and ".venv/bin/python -m bench" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_names_make_bench_and_the_profile_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, output(proc)
+    assert "make bench" in proc.stdout
+    assert "--profile daemon" in proc.stdout and "py-spy" in proc.stdout

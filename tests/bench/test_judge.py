@@ -1,0 +1,76 @@
+"""The bench's judgement, on made-up numbers: a median is claimed met or missed only when the
+whole spread is on one side of the target, and every figure needs a row in the targets table."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from bench.common import Section, SectionSkip
+from bench.judge import Spread, Verdict, interleaved, verdict
+from bench.targets import TARGETS, Target, at_least, at_most, count_key, reported
+
+
+@pytest.mark.parametrize(
+    ("ratios", "target", "expected"),
+    [
+        ([0.7, 0.65, 0.8], at_least(0.6, "t"), Verdict.MET),
+        ([0.5, 0.55, 0.4], at_least(0.6, "t"), Verdict.MISSED),
+        ([0.5, 0.7, 0.65], at_least(0.6, "t"), Verdict.NOISE),  # median met, spread crosses
+        ([0.5, 0.55, 0.65], at_least(0.6, "t"), Verdict.NOISE),  # median missed, spread crosses
+        ([3.5, 5.0, 4.2], at_most(4.0, "t"), Verdict.NOISE),
+        ([4.5, 5.0, 4.2], at_most(4.0, "t"), Verdict.MISSED),
+        ([2.0, 3.0, 2.5], at_most(4.0, "t"), Verdict.MET),
+        ([0.9, 1.4, 1.2], reported(), Verdict.SAME),  # "1.2x faster" is within noise of 1.0
+        ([1.1, 1.4, 1.2], reported(), Verdict.REPORTED),
+        ([0.7, 0.8], at_least(0.6, "t"), Verdict.FEW),
+    ],
+)
+def test_verdict_judges_the_median_within_its_spread(
+    ratios: list[float], target: Target, expected: Verdict
+) -> None:
+    assert verdict(Spread.of(ratios), target) is expected
+
+
+def test_a_bound_on_the_edge_of_the_spread_is_noise() -> None:
+    assert verdict(Spread.of([0.6, 0.7, 0.8]), at_least(0.6, "t")) is Verdict.NOISE
+
+
+async def test_interleaved_alternates_the_order_of_variants() -> None:
+    calls: list[str] = []
+
+    def make(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            calls.append(name)
+            return name
+
+        return run
+
+    got = await interleaved({"a": make("a"), "b": make("b"), "c": make("c")}, 3)
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert got == {"a": ["a"] * 3, "b": ["b"] * 3, "c": ["c"] * 3}
+
+
+def test_a_figure_takes_ratios_per_repeat_and_needs_a_target_row() -> None:
+    sec = Section("bulk")
+    fig = sec.add("bulk.1im", "x", "MB/s", [60.0, 80.0, 50.0], [100.0, 100.0, 50.0], "raw")
+    assert fig.ratios == [0.6, 0.8, 1.0]
+    assert fig.spread == Spread(0.8, 0.6, 1.0, 3)
+    assert fig.verdict is Verdict.NOISE  # 0.6 is on the edge of the spread
+    with pytest.raises(KeyError, match="no row"):
+        sec.add("bulk.unheard_of", "x", "MB/s", [1.0], [1.0], "raw")
+    fig = sec.add("bulk.1im", "x", "MB/s", [1.0] * 3, [1.0] * 3, "raw", failed="3 errors")
+    assert fig.verdict is Verdict.FAILED and sec.problems == ["bulk: x: 3 errors"]
+
+
+def test_counts_without_a_row_are_reported_not_judged() -> None:
+    assert count_key("echo", 1000) == "echo.1000"
+    assert count_key("echo", 10) == "echo.other"
+    assert not TARGETS[count_key("memory", 200)].judged
+
+
+def test_only_a_listed_capability_may_skip() -> None:
+    assert SectionSkip("nofile", "limit 1024").code == "nofile"
+    with pytest.raises(ValueError):
+        SectionSkip("daemon-error", "every call failed")

@@ -1,0 +1,63 @@
+"""What the bench prints is what bench/targets.py and the verdict say: the table shows each
+figure's own target and claims "met" only for a median whose whole spread is past it; and the
+README's list of targets is the table's, so a target that moves cannot leave a stale one there."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console
+
+from bench.common import Section
+from bench.render import figures_table
+from bench.targets import TARGETS
+from tests.bench.support import ROOT
+
+META = {"mode": "test", "cpus": 2, "python": "3.11"}
+
+
+def _text(sections: list[Section]) -> str:
+    console = Console(record=True, width=400)
+    console.print(figures_table(sections, META))
+    return console.export_text()
+
+
+def _row(text: str, name: str) -> str:
+    (line,) = [line for line in text.splitlines() if name in line]
+    return line
+
+
+def test_the_table_prints_each_figures_target_and_its_verdict() -> None:
+    sec = Section("bulk")
+    # bulk.1im is "at least 0.6x": one median past it with the whole spread, one short of it
+    sec.add("bulk.1im", "fast enough", "MB/s", [70.0, 80.0, 75.0], [100.0] * 3, "raw")
+    sec.add("bulk.1im", "too slow", "MB/s", [40.0, 50.0, 45.0], [100.0] * 3, "raw")
+    sec.add("bulk.im_curve.1", "curve, no target", "MB/s", [90.0, 95.0, 99.0], [100.0] * 3, "x")
+    text = _text([sec])
+    met, missed, reported = (
+        _row(text, "fast enough"),
+        _row(text, "too slow"),
+        _row(text, "curve, no target"),
+    )
+    label = TARGETS["bulk.1im"].label()
+    assert label == "≥ 0.6x"
+    assert label in met and "✓ met" in met and "0.75x" in met
+    assert label in missed and "✗ missed" in missed and "✓" not in missed
+    assert "—" in reported and "✓" not in reported and "missed" not in reported
+
+
+def _readme_bench_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### Benchmarks")
+    return text[start : text.index("\n### ", start + 1)]
+
+
+def test_the_readme_names_only_the_targets_of_the_table() -> None:
+    """Every "≥ 0.6x" or "≤ 4x" in the README's Benchmarks section is the label of a judged row
+    of TARGETS, and every judged row's label is there."""
+    section = _readme_bench_section()
+    named = set(re.findall(r"[≥≤] \d+(?:\.\d+)?x", section))
+    labels = {t.label() for t in TARGETS.values() if t.judged}
+    assert named, "the README's Benchmarks section names no target"
+    assert named <= labels, f"README targets not in bench/targets.py: {sorted(named - labels)}"
+    assert labels <= named, f"bench/targets.py targets the README omits: {sorted(labels - named)}"
