@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 from typing import Any
 
 from chimney_client import AsyncClient
-from tests.e2e.support import BIN, HOST, Daemon, child_env, gauges, peer_process
+from tests.e2e.support import BIN, HOST, ROOT, Daemon, child_env, gauges, peer_process
 
 PATH = ["tcpip", "im0", "nic0"]
 
@@ -117,41 +119,66 @@ def chimneyctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def readme_tour() -> list[str]:
+    """The tour's `chimneyctl run` arguments, read from the README itself (so the two cannot
+    drift), with the peer's address as placeholders."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("$ .venv/bin/chimneyctl run ")
+    command = text[start : text.index("\n", text.index("'stats'", start))]
+    words = shlex.split(command.replace("\\\n", " ").removeprefix("$ "))
+    args = words[words.index("run") + 1 :]
+    return [a.replace("127.0.0.1 9000", "{host} {port}") for a in args]
+
+
+TOUR = readme_tour()
+
+
+def readme_tour_output() -> str:
+    """What the README shows the tour printing: its console block after the command."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n", text.index("'stats'", text.index("$ .venv/bin/chimneyctl run ")))
+    return text[start + 1 : text.index("\n```", start)]
+
+
+def shape(out: str) -> list[str]:
+    """The output with what changes from run to run taken out: numbers, rule lengths, spacing,
+    and the trace table's rows (how the echo's hops interleave with the send's varies)."""
+    lines = []
+    for line in out.splitlines():
+        if re.match(r"\d+\s+\d+\.\d+\s", line):
+            continue
+        line = re.sub(r"─+", "─", re.sub(r"\d+", "N", line))
+        lines.append(" ".join(line.split()))
+    return lines
+
+
 def test_readme_tour_with_chimneyctl(daemon: Daemon) -> None:
     with peer_process("echo") as (_, port):
-        run = chimneyctl(
-            daemon,
-            "run",
-            f"connect {HOST} {port}",
-            "info 1",
-            'send 1 "hello, chimney"',
-            "trace 1",
-            "recv 1 100",
-            "upload 1",
-            'send 1 "now in host mode"',
-            "recv 1 100",
-            "offload 1",
-            "disconnect 1",
-            "recv 1 100",
-            "close 1",
-            "stats",
-        )
-    assert run.returncode == 0, run.stderr
-    out = run.stdout
+        script = [line.format(host=HOST, port=port) for line in TOUR]
+        for conn in (1, 2):  # connection ids are global: the second run gets conn 2
+            run = chimneyctl(daemon, "run", *script)
+            assert run.returncode == 0, run.stderr
+            check_tour_output(run.stdout, conn)
+            # the README shows what a reader gets: the same lines, rows and keys
+            assert shape(run.stdout) == shape(readme_tour_output())
+
+
+def check_tour_output(out: str, conn: int) -> None:
     lines = [line.rstrip() for line in out.splitlines()]
-    assert lines[0] == "conn 1"
+    assert lines[0] == f"conn {conn}"
     assert any(line.split() == ["state", "offloaded"] for line in lines), out
     assert any(line.split() == ["path", "tcpip", "→", "im0", "→", "nic0"] for line in lines), out
+    assert "delegated (as of offload/last query):" in lines, out
     expected_in_order = [
         "sent 14 bytes (acknowledged)",
         "14 bytes: hello, chimney",
-        "conn 1: host",
+        f"conn {conn}: host",
         "sent 16 bytes (acknowledged)",
         "16 bytes: now in host mode",
-        "conn 1: offloaded via tcpip → im0 → nic0",
+        f"conn {conn}: offloaded via tcpip → im0 → nic0",
         "NDIS_STATUS_SUCCESS",
         "(end of stream)",
-        "conn 1: closed",
+        f"conn {conn}: closed",
     ]
     positions = [lines.index(text) for text in expected_in_order]
     assert positions == sorted(positions), out
@@ -159,23 +186,28 @@ def test_readme_tour_with_chimneyctl(daemon: Daemon) -> None:
     trace_calls = [line.split()[3] for line in lines if len(line.split()) > 3]
     for call in ("NdisOffloadTcpSend", "MiniportTcpOffloadSend", "NdisTcpOffloadSendComplete"):
         assert call in trace_calls, out
-    # the stats table: every gauge 0 after close
+    # the stats table: every gauge 0 after close, and no failed call (events are not failures)
+    header = next(line.split() for line in lines if line.startswith("layer "))
     rows = {
-        line.split()[0]: line.split()[1:4]
+        line.split()[0]: line.split()
         for line in lines
-        if line.split() and line.split()[0] in PATH
+        if line.split() and line.split()[0] in PATH and len(line.split()) == len(header)
     }
     assert set(rows) == set(PATH), out
-    assert all(row == ["0", "0", "0"] for row in rows.values()), out
+    assert all(row[1:4] == ["0", "0", "0"] for row in rows.values()), out
+    assert all(row[header.index("failed")] == "0" for row in rows.values()), out
+    # every layer counts the bytes that pass through it: per tour, the 14 offloaded bytes each
+    # way through im0 and nic0; the host also the 16 it carried itself while uploaded (the
+    # counters are the daemon's totals, and each tour is one more connection)
+    sent, received = header.index("bytes_sent"), header.index("bytes_received")
+    counted = [(int(rows[n][sent]), int(rows[n][received])) for n in PATH]
+    assert counted == [(30 * conn, 30 * conn), (14 * conn, 14 * conn), (14 * conn, 14 * conn)], out
     assert lines[-1].startswith("connections 0"), out
 
 
 def test_chimneyctl_json(daemon: Daemon) -> None:
     with peer_process("echo") as (_, port):
-        run = chimneyctl(
-            daemon,
-            "--json",
-            "run",
+        script = [
             f"connect {HOST} {port}",
             'send 1 "hi"',
             "recv 1 10",
@@ -183,10 +215,13 @@ def test_chimneyctl_json(daemon: Daemon) -> None:
             "recv 1 10",
             "close 1",
             "stats",
-        )
+        ]
+        run = chimneyctl(daemon, "--json", "run", *script)
     assert run.returncode == 0, run.stderr
     docs = [json.loads(line) for line in run.stdout.splitlines()]
-    conn, sent, data, status, eof, closed, stats = docs
+    assert [d["command"] for d in docs] == script  # one object per command, tagged
+    assert all(d["ok"] for d in docs)
+    conn, sent, data, status, eof, closed, stats = (d["result"] for d in docs)
     assert conn == 1
     assert sent == 2
     assert data == {"base64": "aGk="}

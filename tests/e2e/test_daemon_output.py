@@ -1,0 +1,60 @@
+"""What the daemon writes where: stdout carries only its few plain lines for people and scripts
+(where it listens), stderr only the log, so `--log-format json` gives a stream of JSON objects
+that a log shipper can read without filtering."""
+
+from __future__ import annotations
+
+import json
+
+from tests.e2e.conftest import SpawnDaemon
+from tests.e2e.support import HOST, peer_process
+
+
+def test_stdout_says_where_it_listens_and_stderr_is_only_json(spawn_daemon: SpawnDaemon) -> None:
+    d = spawn_daemon(args=("--web", f"{HOST}:0", "--metrics", f"{HOST}:0", "--log-level", "debug"))
+    with peer_process("echo") as (_, port), d.client() as c:
+        conn = c.tcp_connect(HOST, port)  # debug lines for the connection's events
+        assert c.tcp_send(conn, b"hi") == 2
+        c.tcp_close(conn)
+    d.assert_clean_stop()
+
+    out = d.stdout.lines
+    assert [line.split(" on ")[0] for line in out] == [
+        "chimneyd web view",
+        "chimneyd metrics",
+        "chimneyd listening",
+    ], out
+    assert out[-1] == f"chimneyd listening on {d.address}"
+
+    logged = [json.loads(line) for line in d.stderr.lines]  # every line one JSON object
+    assert all(isinstance(e, dict) and e["event"] and e["level"] for e in logged)
+    events = [e["event"] for e in logged]
+    for name in ("daemon_ready", "conn_offloaded", "conn_closed", "daemon_stopped"):
+        assert name in events, events
+
+
+def test_log_lines_made_for_a_request_name_its_client(spawn_daemon: SpawnDaemon) -> None:
+    """Lines logged while a request is served (a plain method, and the task of an `async`
+    one) carry the address of the client that asked; another client's, its own."""
+    d = spawn_daemon()
+    refuse = {
+        "kind": "fail_next",
+        "layer": "nic0",
+        "call": "MiniportInitiateOffload",
+        "status": "NDIS_STATUS_FAILURE",
+        "count": 1,
+    }
+    delay = {"kind": "delay", "layer": "nic0", "call": "MiniportQueryOffload", "ms": 1}
+    with peer_process("echo") as (_, port), d.client() as a, d.client() as b:
+        a.call("fault.inject", refuse)
+        conn = a.tcp_connect(HOST, port)  # connected, its offload refused: logged by its task
+        b.call("fault.clear", b.call("fault.inject", delay))
+        a.tcp_close(conn)
+    d.assert_clean_stop()
+    logged = [json.loads(line) for line in d.stderr.lines]
+    connected = [e["client"] for e in logged if e["event"] == "rpc_client_connected"]
+    injected = [e.get("client") for e in logged if e["event"] == "fault_injected"]
+    refused = [e.get("client") for e in logged if e["event"] == "offload_refused"]
+    assert len(connected) == 2 and connected[0] != connected[1], connected
+    assert injected == connected, logged
+    assert refused == [connected[0]], logged
