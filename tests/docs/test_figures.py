@@ -1,0 +1,72 @@
+"""The README's sequence diagrams are drawn by `make figure` from a real run, not by hand: the
+committed files have exactly the shape that drawing them again gives (times, handles and ids
+aside), and the README shows them."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.docs.mdcheck import ROOT
+from tests.docs.seed_figure import FILES, draw
+
+FIGURES = ROOT / "docs" / "figures"
+SVG = "{http://www.w3.org/2000/svg}"
+
+#: the seed's figure: one send's NBL down every layer, its completion back up
+SEED = [
+    ("tcpip", "NdisOffloadTcpSend", "down"),
+    ("im0", "MiniportTcpOffloadSend", "down"),
+    ("im0", "NdisOffloadTcpSend", "down"),
+    ("nic0", "MiniportTcpOffloadSend", "down"),
+    ("nic0", "NdisTcpOffloadSendComplete", "up"),
+    ("im0", "ProtocolTcpOffloadSendComplete", "up"),
+    ("im0", "NdisTcpOffloadSendComplete", "up"),
+    ("tcpip", "ProtocolTcpOffloadSendComplete", "up"),
+]
+
+
+def svg_shape(path: Path) -> tuple[list[str], list[tuple[str, str, str]], set[str]]:
+    """(lanes, hops as (layer, call, style), NBL ids) of a `chimneyctl trace --svg` file."""
+    root = ET.parse(path).getroot()
+    lanes = [g.get("data-name", "") for g in root.iter(f"{SVG}g") if g.get("class") == "lane"]
+    hops = [g for g in root.iter(f"{SVG}g") if g.get("class") == "hop"]
+    steps = [
+        (g.get("data-layer", ""), g.get("data-call", ""), g.get("data-style", "")) for g in hops
+    ]
+    return lanes, steps, {g.get("data-nbl", "") for g in hops if g.get("data-nbl")}
+
+
+def mermaid_shape(path: Path) -> list[str]:
+    return [re.sub(r"[\d.]+", "N", line) for line in path.read_text().splitlines()]
+
+
+def test_the_readme_shows_the_figures_make_figure_draws() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "![" in readme and "](docs/figures/send.svg)" in readme
+    assert "(docs/figures/conn.svg)" in readme and "make figure" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nfigure:") :].split("\n\n")[0]
+    assert "-m tests.docs.seed_figure docs/figures" in recipe
+    for name in FILES:
+        assert (FIGURES / name).is_file(), name
+
+
+def test_the_committed_figures_are_what_a_run_draws(tmp_path: Path) -> None:
+    draw(tmp_path)
+    lanes, steps, nbls = svg_shape(FIGURES / "send.svg")
+    assert lanes == ["tcpip", "NDIS", "im0", "NDIS", "nic0"]
+    assert steps == SEED and len(nbls) == 1  # one NBL, the same object all the way
+    assert svg_shape(tmp_path / "send.svg") == (lanes, steps, nbls)
+    assert mermaid_shape(FIGURES / "send.mmd") == mermaid_shape(tmp_path / "send.mmd")
+
+    lanes, steps, nbls = svg_shape(FIGURES / "conn.svg")
+    again = svg_shape(tmp_path / "conn.svg")
+    assert again[0] == lanes
+    assert steps[:8] == again[1][:8]  # the offload, down and back up
+    assert set(steps) == set(again[1])  # the same calls; the echo's may interleave otherwise
+    assert len(nbls) == 2  # the send and the echo's receive indication
+    calls = {call for _, call, _ in steps}
+    assert {"NdisInitiateOffload", "NdisTcpOffloadReceiveHandler"} <= calls
+    assert set(SEED) <= set(steps)
