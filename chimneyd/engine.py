@@ -30,6 +30,7 @@ from chimneyd.drivers.host import AppError, Tcb
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import ImOffloadEntry
 from chimneyd.drivers.target import OffloadTarget
+from chimneyd.drivers.wire import WirePort
 from chimneyd.faults import FaultRegistry
 from chimneyd.ndis.blocks import (
     TCP_FLAG_KEEP_ALIVE_ENABLED,
@@ -457,6 +458,7 @@ class Engine:
             # what `delegated` is: taken at "offload", "query" or "upload", and when
             **provenance(tcb.delegated, self.ndis.clock()),
             "listener": tcb.listener,
+            "socket": _socket_view(wire),
         }
 
     def conn_ids(self) -> list[int]:
@@ -650,6 +652,20 @@ class Engine:
     def _busy(self) -> bool:
         st = self.ndis.stats()
         return any(v["outstanding_nbls"] or v["handles"] for v in st.values())
+
+
+def _socket_view(wire: WirePort) -> dict[str, Any]:
+    """The kernel's side of a connection's socket: what a send waits for when it waits. Bytes
+    written but not acknowledged with the peer's window at 0 mean the peer's application is not
+    reading (TCP flow control), not that the stack lost track of them."""
+    acked = wire.acked()
+    info = wire.tcp_info()
+    return {
+        "written": wire.bytes_written,
+        "acked": acked,
+        "peer_window": info.snd_wnd,  # None on kernels before 5.4
+        "probes": info.probes,  # zero-window probes sent without an answer
+    }
 
 
 def _handles_of(host_name: str, tcb: Tcb) -> dict[str, Any]:

@@ -169,6 +169,42 @@ async def test_queued_send_bytes_are_capped_per_connection(
     assert engine.stats()["engine"]["queued_send_bytes"] == 0
 
 
+@pytest.mark.parametrize("offload", [True, False], ids=["offloaded", "host"])
+async def test_a_send_held_by_the_peers_window_shows_in_tcp_info_and_close_answers_it(
+    make_engine: Any, recording: Any, offload: bool
+) -> None:
+    """A send waits as long as the peer's application does not read (TCP flow control).
+    `tcp.info`'s `socket` view says so (bytes written, not acknowledged, the peer's window at
+    0), unlike a send the stack itself had lost track of; closing the connection answers it."""
+    port, peers = recording
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", port, offload=offload)
+    for _ in range(200):
+        if peers:
+            break
+        await asyncio.sleep(0.005)
+    assert await asyncio.wait_for(engine.send(conn, b"a" * 1000), SOON_S) == 1000
+    view = engine.conn_info(conn)["socket"]
+    assert view["written"] == view["acked"] == 1000
+    assert view["peer_window"] is None or view["peer_window"] > 0
+    peers[0].transport.pause_reading()  # never reads: the peer's window closes
+    held = asyncio.ensure_future(engine.send(conn, b"s" * (8 * MiB)))
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        view = engine.conn_info(conn)["socket"]
+        if view["peer_window"] in (0, None) and view["written"] > view["acked"]:
+            break
+        assert asyncio.get_running_loop().time() < deadline, view
+        await asyncio.sleep(0.05)
+    assert not held.done()
+    assert view["acked"] < 1000 + 8 * MiB
+    await asyncio.wait_for(engine.close(conn), SOON_S)
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(held, SOON_S)
+    assert err.value.code is ErrorCode.NDIS_STATUS
+    assert engine.stats()["engine"]["queued_send_bytes"] == 0
+
+
 async def test_queued_send_bytes_count_host_mode_sends(make_engine: Any, recording: Any) -> None:
     port, peers = recording
     engine = await make_engine(max_queued_send_bytes=2 * MiB)
