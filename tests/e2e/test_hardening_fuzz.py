@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from chimney_client import AsyncClient, PeerServer, start_peer
-from chimney_client.errors import ChimneyError, RpcError
+from chimney_client.errors import CallTimeout, ChimneyError, RpcError
 from chimneyd.drivers.passthrough import PassthroughIm
 from chimneyd.drivers.target import OffloadTarget
 from chimneyd.engine import cached_ranges
@@ -66,6 +66,7 @@ class Tally:
     errors: dict[str, int] = field(default_factory=dict)
     internal: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
+    flow_held: int = 0  # requests that waited on a peer not reading, let through by reading
 
     def where(self) -> str:
         return f"seed {self.seed} (CHIMNEYD_FUZZ_SEED={self.seed} replays its choices)"
@@ -182,12 +183,33 @@ class Fuzzer:
         # RESUME (spec §5.5), and so is every request on its connection; a failure nobody ends
         # would hold them past ANSWER_S by design, not by a fault of the daemon
         self.recoveries: list[asyncio.Task[Any]] = []
+        self.all: list[Fuzzer] = []  # every client of the run (a held send's peer is one's)
 
     async def call(self, method: str, *params: Any) -> Any:
-        """One request: answered within ANSWER_S; INTERNAL is recorded; an error is a value."""
+        """One request: answered within ANSWER_S; INTERNAL is recorded; an error is a value.
+
+        One wait is legal past ANSWER_S: TCP flow control. A send (or a graceful disconnect
+        behind sends) waits while the peer's application does not read, and here the peers'
+        applications are these clients, reading at random. Such a request is let through by
+        reading: if `tcp.info` shows its bytes written but not acknowledged with the peer's
+        window at 0, this connection and, when its peer is a daemon connection, that one are
+        read until the request is answered, within ANSWER_S more."""
         self.tally.calls += 1
+        pending = asyncio.ensure_future(self.c.call(method, *params, timeout=None))
         try:
-            return await self.c.call(method, *params, timeout=ANSWER_S)
+            done, _ = await asyncio.wait({pending}, timeout=ANSWER_S)
+            readers: list[tuple[Fuzzer, int]] = []
+            if not done:
+                readers = await self.held_by_flow(params)
+                if readers:
+                    await self.read_until(pending, readers, ANSWER_S)
+            if not pending.done():
+                pending.cancel()
+                read = f"; still held after reading conns {[c for _, c in readers]}"
+                raise CallTimeout(
+                    f"{method}: no response within {ANSWER_S:g} s{read if readers else ''}"
+                )
+            return pending.result()
         except RpcError as err:
             symbol = type(err).symbol
             self.tally.errors[symbol] = self.tally.errors.get(symbol, 0) + 1
@@ -198,6 +220,43 @@ class Fuzzer:
             self.tally.unanswered.append(f"{method}{params!r:.200}: {err!r}")
             self.tally.unanswered.append(await self.diagnose(params))
             raise
+
+    async def held_by_flow(self, params: tuple[Any, ...]) -> list[tuple[Fuzzer, int]]:
+        """The readers that hold a request by not reading (spec: TCP flow control), or [] if
+        the socket shows nothing waiting for the peer's window (then the wait is a hang)."""
+        conn = params[0] if params and type(params[0]) is int else None
+        if conn is None:
+            return []
+        info = await self.quiet_call("tcp.info", conn)
+        view = info.get("socket") if isinstance(info, dict) else None
+        if not view or view["written"] <= view["acked"] or view["peer_window"] not in (0, None):
+            return []
+        self.tally.flow_held += 1
+        readers = [(self, conn)]
+        for f in self.all:  # the peer, when it is another client's daemon connection
+            for other in list(f.conns):
+                got = await f.quiet_call("tcp.info", other)
+                if isinstance(got, dict) and got.get("local") == info["remote"]:
+                    readers.append((f, other))
+        return readers
+
+    async def read_until(
+        self, pending: asyncio.Future[Any], readers: list[tuple[Fuzzer, int]], limit: float
+    ) -> None:
+        """Read the readers' connections, as their applications would, until `pending` is
+        answered or `limit` seconds have passed."""
+        deadline = time.monotonic() + limit
+        while not pending.done() and time.monotonic() < deadline:
+            for f, conn in readers:
+                await f.quiet_call("tcp.recv", conn, 262144, 20)
+            await asyncio.sleep(0)
+
+    async def quiet_call(self, method: str, *params: Any) -> Any:
+        """A call the fuzz makes to look or to unblock, not to test: errors are values."""
+        try:
+            return await self.c.call(method, *params, timeout=5)
+        except (RpcError, ChimneyError) as err:
+            return err
 
     async def diagnose(self, params: tuple[Any, ...]) -> str:
         """What the daemon says of the connection a request hung on (for the report)."""
@@ -404,6 +463,8 @@ async def fuzz_run(d: Daemon, seed: int, ops: int) -> Tally:
             )
             for _ in range(CLIENTS)
         ]
+        for f in fuzzers:
+            f.all = fuzzers
 
         async def run(f: Fuzzer) -> None:
             for _ in range(ops):
@@ -429,7 +490,8 @@ async def fuzz_run(d: Daemon, seed: int, ops: int) -> Tally:
         rss_mb = d.rss_peak_kb() / 1024
         log_bytes = sum(len(line) + 1 for line in d.stderr.lines)
         print(
-            f"fuzz seed {seed}: {tally.calls} calls, errors {tally.errors}, peak RSS "
+            f"fuzz seed {seed}: {tally.calls} calls, errors {tally.errors}, "
+            f"{tally.flow_held} held by flow control, peak RSS "
             f"{rss_mb:.0f} MB, log {log_bytes} bytes"
         )
         assert rss_mb < MAX_RSS_MB, f"peak RSS {rss_mb:.0f} MB; {tally.where()}"
