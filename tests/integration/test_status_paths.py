@@ -56,6 +56,26 @@ async def _received(peer: RecordingPeer, n: int) -> None:
     raise AssertionError(f"the peer has {len(peer.received)} bytes, not {n}")
 
 
+async def _until(what: str, cond: Any) -> None:
+    """Wait (bounded) until `cond()` holds: a condition, never a fixed sleep."""
+    for _ in range(1000):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _posted(engine: Engine, conn: int) -> bool:
+    """The target holds a receive request of `conn` (its read went all the way down)."""
+    return any(h["call"] == "MiniportTcpOffloadReceive" for h in engine.trace(conn, None))
+
+
+def _resumed(engine: Engine) -> bool:
+    """The host knows no target paused (spec §5.5): an offload may go down again."""
+    host = next(la for la in engine.info()["layers"] if la["kind"] == "host")
+    return not host["paused"]
+
+
 async def _state(engine: Engine, conn: int, state: str) -> None:
     for _ in range(500):
         if engine.conn_info(conn)["state"] == state:
@@ -73,7 +93,7 @@ async def test_peer_rst_aborts_outstanding_io_then_uploads(
     conn = await engine.connect("127.0.0.1", port)
     peer = await _peer(peers)
     reader = asyncio.ensure_future(engine.recv(conn, 100, 5.0))
-    await asyncio.sleep(0.02)  # the read is posted down as a receive request
+    await _until("the read is posted down as a receive request", lambda: _posted(engine, conn))
     _rst(peer)  # a real RST from the peer's kernel
     with pytest.raises(EngineError) as err:
         await reader
@@ -98,10 +118,16 @@ async def test_injected_peer_reset_fails_sends_in_flight(make_engine: Any, recor
     await _peer(peers)
     # hold the NIC's send so it is outstanding when the RST arrives
     engine.fault_inject(
-        {"kind": "delay", "layer": "im0", "call": "MiniportTcpOffloadSend", "ms": 50}
+        {"kind": "delay", "layer": "im0", "call": "MiniportTcpOffloadSend", "ms": 300}
     )
     sending = asyncio.ensure_future(engine.send(conn, b"x" * 1000))
-    await asyncio.sleep(0.01)
+    await _until(
+        "im0 holds the send",
+        lambda: any(
+            h["layer"] == "im0" and h["call"] == "MiniportTcpOffloadSend"
+            for h in engine.trace(conn, None)
+        ),
+    )
     fid = engine.fault_inject({"kind": "peer_reset", "conn": conn})
     assert fid > 0
     await events.wait(conn, "TcpIndicateAbort")
@@ -132,7 +158,7 @@ async def test_peer_fin_after_data_then_half_close_send(make_engine: Any, record
     assert engine.conn_info(conn)["state"] == "offloaded"
     # the send half stays usable after the peer's FIN (spec §5.1)
     assert await engine.send(conn, b"reply") == 5
-    await asyncio.sleep(0.05)
+    await _received(peer, 5)
     assert bytes(peer.received) == b"reply"
     assert await engine.disconnect(conn, False) == "NDIS_STATUS_SUCCESS"
 
@@ -144,8 +170,8 @@ async def test_graceful_and_abortive_disconnect(make_engine: Any, recording: Any
     pa = await _peer(peers, 1)
     await engine.send(a, b"before fin")
     assert await engine.disconnect(a, False) == "NDIS_STATUS_SUCCESS"
-    await asyncio.sleep(0.02)
-    assert pa.eof and bytes(pa.received) == b"before fin"
+    await _until("the peer saw the FIN", lambda: pa.eof)
+    assert bytes(pa.received) == b"before fin"
     trace = engine.trace(a, None)
     assert [h["call"] for h in trace if "Disconnect" in h["call"]][:2] == [
         "NdisOffloadTcpDisconnect",
@@ -178,7 +204,7 @@ async def test_target_failure_uploads_everything_and_resume(
         await engine.offload(conns[0])
     assert err.value.code is ErrorCode.NDIS_STATUS and "PAUSE" in str(err.value)
     engine.fault_clear(fid)
-    await asyncio.sleep(0.02)
+    await _until("RESUME reached the host", lambda: _resumed(engine))
     assert (await engine.offload(conns[0]))["state"] == "offloaded"
 
 
@@ -375,7 +401,7 @@ async def test_host_event_uploads_and_withholds_until_cleared(
         {"id": fid, "kind": "host_event", "layer": "nic0", "event": "power_down"}
     ]
     engine.fault_clear(fid)
-    await asyncio.sleep(0.02)
+    await _until("RESUME reached the host", lambda: _resumed(engine))
     assert (await engine.offload(conns[0]))["state"] == "offloaded"
     with pytest.raises(EngineError) as err:
         engine.fault_inject({"kind": "host_event", "layer": "im0", "event": "power_down"})
