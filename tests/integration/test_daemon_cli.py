@@ -373,6 +373,18 @@ def test_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
     assert "log.file" in run.stderr
 
 
+def test_the_fleet_unit_runs_a_shard_per_cpu_on_a_valid_configuration(tmp_path: Path) -> None:
+    """deploy/fleet: the unit's flags (`--shards auto`) pass --check-config with its config."""
+    unit = (ROOT / "deploy" / "fleet" / "chimneyd.service").read_text()
+    (exec_start,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    _, *flags = exec_start.removeprefix("ExecStart=").split()
+    assert flags[flags.index("--shards") + 1] == "auto"
+    flags[flags.index("--config") + 1] = str(ROOT / "deploy" / "fleet" / "chimneyd.toml")
+    run = chimneyd(tmp_path, *flags, "--check-config")
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["daemon"]["shards"] == len(os.sched_getaffinity(0))
+
+
 def test_deploy_files_are_a_valid_configuration(tmp_path: Path) -> None:
     """deploy/chimneyd.toml passes --check-config with the flags the systemd unit starts with."""
     unit = (ROOT / "deploy" / "chimneyd.service").read_text()
