@@ -402,6 +402,24 @@ def test_a_refusal_during_a_target_failure_is_explained_by_it() -> None:
     assert r["host_mode"]["explained"]["target_failure"] == 2
 
 
+def test_a_refusal_answered_late_is_judged_by_when_its_request_went_out() -> None:
+    """Under load a refused connect can be answered seconds after the daemon decided: sent
+    while nic0 was down (until 103.1 + the grace), answered at 106.0, the failure explains it;
+    the same answer for a request sent at 105.0 is unexplained."""
+    refusal = {"conn": 21, "at": "connect", "t_first": 106.0, "t_last": 106.0, "attempts": 1,
+               "offloaded_t": 106.5, "done": True}  # fmt: skip
+    layer, conn, obs = _clean()
+    obs["refusals"].append({**refusal, "t_last_sent": 102.9})
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    assert r["host_mode"]["explained"]["target_failure"] == 2
+    layer, conn, obs = _clean()
+    obs["refusals"].append({**refusal, "t_last_sent": 105.0})
+    r = _report(layer, conn, obs)
+    assert not r["ok"]
+    assert any("conn 21: offload refused at connect" in f for f in r["failures"]), r["failures"]
+
+
 def test_a_refused_offload_right_after_a_target_failure_is_told_apart_by_status() -> None:
     """Just after the NIC recovers, a refusal may be the failure's (OFFLOAD_PAUSE) or the
     refuse_offload fault's (its own status): each is counted where its status says."""

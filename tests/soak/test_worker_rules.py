@@ -180,9 +180,11 @@ def test_refusals_make_one_episode_until_the_offload_succeeds(
     conn = _conn(w, state="host")
     conn.since = 9.0
     w.refused(conn, "connect", None)  # t=10
-    w.refused(conn, "reoffload", "NDIS_STATUS_FAILURE")  # t=10.5 (each takes the time twice)
+    assert w.obs["refusals"][0]["t_last_sent"] == 10.0  # no sending time: the answer's
+    w.refused(conn, "reoffload", "NDIS_STATUS_FAILURE", 10.2)  # t=10.5, sent at 10.2
     (ep,) = w.obs["refusals"]
     assert ep["attempts"] == 2 and ep["t_first"] == 10.0 and ep["t_last"] == 10.5
+    assert ep["t_last_sent"] == 10.2
     assert ep["status"] == "NDIS_STATUS_FAILURE"
     w.offloaded_again(conn, None)  # t=11 (its records), 12 (the state change)
     assert conn.state == "offloaded" and conn.refusal is None

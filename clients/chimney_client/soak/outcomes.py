@@ -31,6 +31,15 @@ class Window:
     def covers(self, t0: float, t1: float | None = None) -> bool:
         return self.start <= t0 and (t1 if t1 is not None else t0) <= self.end
 
+    def covers_refusals(self, ep: Record) -> bool:
+        """A refusal episode (spec §5.5: OFFLOAD_PAUSE while the target is failed): its first
+        refusal answered after the failure began, and its last refused request sent before
+        the window closed. The daemon decided between a request's sending and its answer, and
+        under load an answer comes seconds after; the answer's time alone would put a
+        refusal made during the outage after it."""
+        last_sent = ep["t_last_sent"] if "t_last_sent" in ep else ep["t_last"]
+        return self.start <= float(ep["t_first"]) and float(last_sent) <= self.end
+
 
 def _entry(kind: str) -> Record:
     return {"kind": kind, "injected": 0, "failed_to_inject": 0, "problems": []}
@@ -267,7 +276,7 @@ def _judge_fail_next(
             if (
                 effect == "offload_refusal"
                 and o.get("status") not in statuses
-                and any(w.covers(o["t_first"], o["t_last"]) for w in windows)
+                and any(w.covers_refusals(o) for w in windows)
             ):
                 continue  # a refusal while the target was failed (OFFLOAD_PAUSE): not this fault
             o["explained_by"] = effect
@@ -340,7 +349,7 @@ def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host
         host["refused_at_connect"] += int(ep.get("at") == "connect")
         if ep.get("explained_by"):
             continue
-        if any(w.covers(ep["t_first"], ep["t_last"]) for w in windows):
+        if any(w.covers_refusals(ep) for w in windows):
             host["explained"]["target_failure"] += 1
             if ep.get("offloaded_t") is None and not ep.get("continued"):
                 host["not_offloaded_again"] += 1

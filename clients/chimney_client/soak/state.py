@@ -157,8 +157,10 @@ class WorkerState:
         # after it is owed, so the next round trip comes now, not after the think time
         self.wake(conn)
 
-    def refused(self, conn: Conn, at: str, status: str | None) -> None:
-        """An offload of `conn` was refused: one more attempt in its refusal episode."""
+    def refused(self, conn: Conn, at: str, status: str | None, sent: float | None = None) -> None:
+        """An offload of `conn` was refused: one more attempt in its refusal episode. `sent`:
+        when the refused request went out (the daemon decided between then and now; under
+        load its answer can come seconds after)."""
         now = time.monotonic()
         ep = conn.refusal
         if ep is not None and None not in (status, ep["status"]) and status != ep["status"]:
@@ -173,6 +175,7 @@ class WorkerState:
             self.obs["refusals"].append(ep)
             watch(conn, ep, None)
         ep["t_last"] = now
+        ep["t_last_sent"] = sent if sent is not None else now
         ep["attempts"] += 1
         ep["status"] = status or ep["status"]
         if conn.state in ("host", "offloaded", "uploading"):

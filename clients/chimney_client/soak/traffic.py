@@ -33,6 +33,7 @@ class Traffic(WorkerState):
         for attempt in range(3):
             try:
                 async with rpc.sem:
+                    sent = time.monotonic()
                     cid = await rpc.client.tcp_connect(host, port)
             except LimitError as exc:
                 self.c["limit_refusals"] += 1
@@ -63,7 +64,7 @@ class Traffic(WorkerState):
             else:
                 self.c["offload_refused_at_connect"] += 1
                 conn.needs_offload = True
-                self.refused(conn, "connect", None)
+                self.refused(conn, "connect", None, sent)
             for event, einfo in self.early.pop(cid, ()):
                 self.apply_event(conn, event, einfo)
             if self.cfg.upload_share > 0 and self.rng.random() < self.cfg.upload_share:
@@ -76,13 +77,15 @@ class Traffic(WorkerState):
 
     async def reoffload(self, rpc: Rpc, conn: Conn) -> None:
         uploads = conn.uploads
+        sent = time.monotonic()
         try:
             async with rpc.sem:
+                sent = time.monotonic()
                 result = await rpc.client.tcp_offload(conn.cid)
         except NdisStatusError as exc:
             # e.g. PAUSE while the NIC is down: stay in host mode and try again later
             self.c["reoffload_refused"] += 1
-            self.refused(conn, "reoffload", exc.status)
+            self.refused(conn, "reoffload", exc.status, sent)
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
             return
         except RpcError as exc:
@@ -290,12 +293,13 @@ class Traffic(WorkerState):
 
     async def planned_offload(self, rpc: Rpc, conn: Conn) -> None:
         uploads = conn.uploads
+        sent = time.monotonic()
         try:
             result = await rpc.client.tcp_offload(conn.cid)
         except NdisStatusError as exc:
             conn.needs_offload = True  # e.g. the NIC is paused: try later
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
-            self.refused(conn, "planned_offload", exc.status)
+            self.refused(conn, "planned_offload", exc.status, sent)
             return
         except RpcError as exc:
             if conn.aborted:
