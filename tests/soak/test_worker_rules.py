@@ -328,3 +328,72 @@ async def test_an_offload_answer_read_after_an_upload_all_is_stale(how: str) -> 
     assert rec["reoffloaded_t"] is None  # the host offloads it again at RESUME
     w.apply_event(conn, "offloaded", {"path": ["tcpip", "im0", "nic0"]})
     assert rec["reoffloaded_t"] is not None and conn.state == "offloaded"
+
+
+# -- a new connection's state: tcp.info and the events around it -------------------------------------
+UPLOAD_ALL = [
+    ("TcpIndicateRetrieve", {"reason": "NDIS_STATUS_UPLOAD_ALL", "mandatory": True}),
+    ("uploaded", {}),
+]
+
+
+class _Daemon:
+    """tcp.connect and tcp.info of a daemon whose NIC fails around them: `before` are the
+    events handled before the connect's answer reaches the worker's task, `during` those
+    handled while tcp.info is answered, `state` what that answer says."""
+
+    def __init__(self, w: Worker, before: list, during: list, state: str) -> None:
+        self.w, self.before, self.during, self.state = w, before, during, state
+
+    async def tcp_connect(self, host: str, port: int) -> int:
+        for event, info in self.before:
+            self.w.on_event(41, event, info)
+        return 41
+
+    async def tcp_info(self, cid: int) -> dict:
+        for event, info in self.during:
+            self.w.on_event(cid, event, info)
+        return {"state": self.state, "path": ["tcpip", "im0", "nic0"], "local": "127.0.0.1:5"}
+
+
+def _open(before: list, during: list, state: str) -> tuple[Worker, Conn]:
+    w = _worker()
+    rpc = Rpc(_Daemon(w, before, during, state), 1)  # type: ignore[arg-type]
+    conn = asyncio.run(w.open(rpc, 0, 0))
+    assert conn is not None
+    return w, conn
+
+
+def test_an_offloaded_answer_older_than_an_upload_is_not_believed() -> None:
+    """tcp.info said offloaded, but the NIC's UPLOAD_ALL was handled while its answer waited:
+    the connection is in host mode, waits for its re-offload, and was never refused."""
+    w, conn = _open([], UPLOAD_ALL, "offloaded")
+    assert conn.state == "host" and conn.needs_offload
+    (rec,) = w.obs["upload_all"]
+    assert rec["reoffloaded_t"] is None
+    assert w.obs["refusals"] == []
+
+
+def test_an_upload_before_tcp_info_then_offloaded_is_a_reoffload() -> None:
+    """The UPLOAD_ALL came before the connect's answer reached the task, and tcp.info says
+    offloaded: the host offloaded it again (RESUME), so the upload has its re-offload."""
+    w, conn = _open(UPLOAD_ALL, [], "offloaded")
+    assert conn.state == "offloaded" and not conn.needs_offload
+    (rec,) = w.obs["upload_all"]
+    assert rec["reoffloaded_t"] is not None
+    assert w.obs["refusals"] == []
+
+
+def test_an_upload_before_tcp_info_in_host_mode_is_not_a_refusal() -> None:
+    w, conn = _open(UPLOAD_ALL, [], "host")
+    assert conn.state == "host" and conn.needs_offload
+    assert w.obs["refusals"] == [] and w.c["offload_refused_at_connect"] == 0
+
+
+def test_a_connect_in_host_mode_with_no_upload_is_a_refusal() -> None:
+    w, conn = _open([], [], "host")
+    assert conn.needs_offload and w.c["offload_refused_at_connect"] == 1
+    (ep,) = w.obs["refusals"]
+    assert ep["at"] == "connect" and ep["t_last_sent"] <= ep["t_last"]
+    w, conn = _open([], [], "offloaded")
+    assert conn.state == "offloaded" and w.obs["refusals"] == []

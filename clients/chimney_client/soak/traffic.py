@@ -49,8 +49,13 @@ class Traffic(WorkerState):
             conn = Conn(cid, self.new_seed(slot), slot, peer, time.monotonic())
             self.by_id[cid] = conn
             self.rpc_by_cid[cid] = rpc
+            # Events handled before we knew the id (a notification is handled as it arrives,
+            # the connect's answer when this task runs): they came before the tcp.info below.
+            for event, einfo in self.early.pop(cid, ()):
+                self.apply_event(conn, event, einfo)
             # The "offloaded" event of the offload done inside tcp.connect comes before the
             # daemon records us as the owner, so it is not delivered: ask for the state.
+            uploads = conn.uploads
             try:
                 async with rpc.sem:
                     info = await rpc.client.tcp_info(cid)
@@ -58,15 +63,8 @@ class Traffic(WorkerState):
                 info = {}
                 self.error("info", str(exc), conn=cid)
             conn.local_port = local_port(info)
-            conn.path = list(info.get("path") or [])
-            if info.get("state") == "offloaded":
-                conn.state = "offloaded"  # since tcp.connect returned: it offloads inside
-            else:
-                self.c["offload_refused_at_connect"] += 1
-                conn.needs_offload = True
-                self.refused(conn, "connect", None, sent)
-            for event, einfo in self.early.pop(cid, ()):
-                self.apply_event(conn, event, einfo)
+            conn.path = conn.path or list(info.get("path") or [])
+            self.connect_state(conn, info.get("state"), conn.uploads != uploads, sent)
             if self.cfg.upload_share > 0 and self.rng.random() < self.cfg.upload_share:
                 conn.upload_at = time.monotonic() + self.rng.uniform(0.5, 3.0) * max(
                     self.cfg.think_ms / 1000.0, 0.2
@@ -74,6 +72,25 @@ class Traffic(WorkerState):
             self.c["opened"] += 1
             return conn
         return None
+
+    def connect_state(
+        self, conn: Conn, state: str | None, uploaded_meanwhile: bool, sent: float
+    ) -> None:
+        """Where a new connection is, from its `tcp.info` and the events already applied.
+        An upload seen while tcp.info was answered makes the answer older than the event:
+        the events say where it is. An upload seen before (it was offloaded inside
+        tcp.connect, then uploaded) is not a refused offload."""
+        if uploaded_meanwhile:
+            return
+        if state == "offloaded":
+            if conn.needs_offload:  # uploaded before tcp.info, and the host offloaded it again
+                self.offloaded_again(conn, conn.path)
+            else:
+                conn.state = "offloaded"  # since tcp.connect returned: it offloads inside
+        elif not conn.uploads:
+            self.c["offload_refused_at_connect"] += 1
+            conn.needs_offload = True
+            self.refused(conn, "connect", None, sent)
 
     async def reoffload(self, rpc: Rpc, conn: Conn) -> None:
         uploads = conn.uploads
