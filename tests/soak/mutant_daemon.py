@@ -4,8 +4,8 @@ chimneyd/ is changed.
 
     python tests/soak/mutant_daemon.py MUTATION --listen 127.0.0.1:0 --invariants
 
-Mutations (MUTATIONS below): a fault that is accepted, answers with its id and does nothing, or
-one byte of the stream handed to the client damaged.
+Mutations (MUTATIONS below): a fault that is accepted, answers with its id and does nothing,
+offload that answers and does nothing, or one byte of the stream handed to the client damaged.
 """
 
 from __future__ import annotations
@@ -64,6 +64,18 @@ def _damage_one_byte(nth: int) -> None:
     Engine.start_recv = start_recv  # type: ignore[method-assign]
 
 
+def _offload_off() -> None:
+    """Offload turned off: `tcp.offload` and the offload inside `tcp.connect` answer as for a
+    connection already offloaded, and nothing is offloaded: every byte goes through the host
+    stack."""
+    from chimneyd.drivers.host import offload
+
+    def request(h: Any, tcb: Any, target: Any, done: Any) -> None:
+        done(h.describe_offload(tcb), None)
+
+    offload.request = request
+
+
 MUTATIONS: dict[str, Callable[[], None]] = {
     "none": lambda: None,  # the control: the same way of starting, nothing broken
     "stall_noop": lambda: _noop_fault("stall_peer"),
@@ -71,6 +83,7 @@ MUTATIONS: dict[str, Callable[[], None]] = {
     "target_failure_noop": lambda: _noop_fault("target_failure"),
     "fail_next_noop": lambda: _noop_fault("fail_next"),
     "reset_noop": lambda: _noop_fault("peer_reset"),
+    "offload_off": _offload_off,
     # a soak's warm-up (a connection each, before the run) reads the first answers
     "damage_20th_answer": lambda: _damage_one_byte(20),
     "damage_500th_answer": lambda: _damage_one_byte(500),

@@ -1,7 +1,7 @@
 """The soak against a daemon with one thing broken on purpose (tests/soak/mutant_daemon.py): a
-fault that is accepted and does nothing, or one damaged byte. Each run must fail, for the reason
-the mutation gives, where a run against the real daemon passes (test_fault_soak.py,
-test_short_soak.py). Marked `soak`: run with `pytest -m soak tests/soak`."""
+fault that is accepted and does nothing, offload that does nothing, or one damaged byte. Each
+run must fail, for the reason the mutation gives, where a run against the real daemon passes
+(test_fault_soak.py, test_short_soak.py). Marked `soak`: run with `pytest -m soak tests/soak`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,8 @@ BROKEN = [
     # the NIC "fails" and nothing is uploaded; a send "failed" and none was
     ("target_failure_noop", "target_failure@1s/for=2s", "none uploaded (UPLOAD_ALL)"),
     ("fail_next_noop", "fail_next:1", "1 send failure(s) caused, 0 seen"),
+    # offload answers and does nothing: every connection carried by the host stack
+    ("offload_off", "", "offload refused at connect"),
     # one byte of one tcp.recv answer flipped, in the warm-up or in the run: no fault at all
     ("damage_20th_answer", "", "1 integrity error(s)"),
     ("damage_500th_answer", "", "1 integrity error(s)"),
