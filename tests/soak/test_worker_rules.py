@@ -397,3 +397,10 @@ def test_a_connect_in_host_mode_with_no_upload_is_a_refusal() -> None:
     assert ep["at"] == "connect" and ep["t_last_sent"] <= ep["t_last"]
     w, conn = _open([], [], "offloaded")
     assert conn.state == "offloaded" and w.obs["refusals"] == []
+
+
+def test_a_reset_heard_around_tcp_info_keeps_the_connection_aborted() -> None:
+    for before, during in (([("TcpIndicateAbort", {})], []), ([], [("TcpIndicateAbort", {})])):
+        w, conn = _open(before, during, "offloaded")
+        assert conn.aborted and conn.state == "aborted", (before, during)
+        assert w.obs["refusals"] == []

@@ -78,10 +78,11 @@ class Traffic(WorkerState):
     ) -> None:
         """Where a new connection is, from its `tcp.info` and the events already applied.
         An upload seen while tcp.info was answered makes the answer older than the event:
-        the events say where it is. An upload seen before (it was offloaded inside
-        tcp.connect, then uploaded) is not a refused offload."""
-        if uploaded_meanwhile:
-            return
+        the events say where it is; so does a reset (TcpIndicateAbort) seen before or while.
+        An upload seen before (it was offloaded inside tcp.connect, then uploaded) is not a
+        refused offload."""
+        if uploaded_meanwhile or conn.aborted:
+            return  # the events decide: an upload newer than the answer, or a reset
         if state == "offloaded":
             if conn.needs_offload:  # uploaded before tcp.info, and the host offloaded it again
                 self.offloaded_again(conn, conn.path)
