@@ -4,6 +4,10 @@ in from the wire after every echoed byte was delivered, with counts that say so.
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -64,3 +68,43 @@ async def test_bytes_the_peer_never_read_are_past_the_cut() -> None:
         writer.close()
         await control.close()
         await peer.close()
+
+
+#: a stand-in for chimney-soak: starts a peer as the soak does, then waits to be killed
+PARENT = """
+import os, subprocess, sys, time
+peer = subprocess.Popen(
+    [sys.executable, "-m", "chimney_client.soak.echo_peer", "--listen", "127.0.0.1:0",
+     "--parent-pid", str(os.getpid())],
+    stdout=subprocess.PIPE, start_new_session=True,
+)
+print(peer.pid, peer.stdout.readline().decode().strip(), flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_stops_by_itself_when_the_soak_that_started_it_is_killed() -> None:
+    """`chimney-soak` killed outright (SIGKILL) cannot stop its echo peers; started with
+    --parent-pid they notice the parent is gone and stop."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    pid_s, ready = parent.stdout.readline().decode().split(" ", 1)
+    peer_pid = int(pid_s)
+    assert "listening on" in ready
+    time.sleep(1.0)
+    assert _alive(peer_pid)  # the parent lives: the peer serves on
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(peer_pid):
+        assert time.monotonic() < deadline, "the echo peer outlived its killed parent"
+        time.sleep(0.05)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import os
 import signal
 import socket
 import struct
@@ -31,6 +32,8 @@ BACKLOG = 8192
 #: Above HIGH buffered echo bytes the peer stops reading, so TCP pushes back on the daemon.
 WRITE_HIGH = 1024 * 1024
 WRITE_LOW = 256 * 1024
+#: How often a peer started with --parent-pid checks that its parent still lives.
+PARENT_CHECK_S = 0.5
 _LINGER_RST = struct.pack("ii", 1, 0)
 _INT = struct.Struct("i")
 
@@ -160,6 +163,15 @@ class EchoPeer:
             await server.wait_closed()
 
 
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop when the process that started us is gone, however it ended (SIGKILL included):
+    its children are then re-parented, so our parent pid changes."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(PARENT_CHECK_S)
+    print("chimney-soak echo peer: its parent is gone, stopping", file=sys.stderr, flush=True)
+    stop.set()
+
+
 def _parse_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
@@ -176,7 +188,11 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if args.parent_pid:
+        watch = asyncio.ensure_future(_watch_parent(args.parent_pid, stop))
     await stop.wait()
+    if args.parent_pid:
+        watch.cancel()
     await peer.close()
     print(f"chimney-soak echo peer stopped: resets={peer.resets}", file=sys.stderr, flush=True)
     return 0
@@ -190,6 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=("127.0.0.1", 0),
         metavar="HOST:PORT",
         help="echo address; port 0 picks a free one (the control port is always picked)",
+    )
+    p.add_argument(
+        "--parent-pid",
+        type=int,
+        default=0,
+        metavar="PID",
+        help="stop when process PID is no longer our parent (the soak that started us died)",
     )
     args = p.parse_args(argv)
     runner: Any

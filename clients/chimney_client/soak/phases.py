@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import re
 import sys
 import time
@@ -175,8 +176,10 @@ class Phases:
             return
         n = max(2, math.ceil(self.plan.connections / CONNS_PER_PEER))
         for i in range(n):
-            argv = [sys.executable, "-m", "chimney_client.soak.echo_peer"]
-            self.peers.append(Child(f"peer{i}", [*argv, "--listen", "127.0.0.1:0"], self.logdir))
+            argv = [sys.executable, "-m", "chimney_client.soak.echo_peer", "--listen"]
+            # a soak killed outright (SIGKILL) cannot stop its peers: they stop by themselves
+            argv += ["127.0.0.1:0", "--parent-pid", str(os.getpid())]
+            self.peers.append(Child(f"peer{i}", argv, self.logdir))
         for peer in self.peers:
             m = await peer.wait_line(_PEER_READY, SPAWN_READY_S)
             self.peer_addrs.append((m.group(1), int(m.group(2))))
