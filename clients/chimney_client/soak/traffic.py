@@ -95,7 +95,6 @@ class Traffic(WorkerState):
 
     async def reoffload(self, rpc: Rpc, conn: Conn) -> None:
         uploads = conn.uploads
-        sent = time.monotonic()
         try:
             async with rpc.sem:
                 sent = time.monotonic()
