@@ -36,7 +36,7 @@ from .handles import NdisOffloadHandle
 from .nbl import NetBufferList, iter_chain
 from .oid import NdisOidRequest as OidRequest
 from .status import OFFLOADED_STATUSES, IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
-from .trace import HopTrace, LayerStats
+from .trace import HopTrace, LayerStats, pair_code
 
 PENDING = NdisStatus.NDIS_STATUS_PENDING
 SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
@@ -162,7 +162,7 @@ def _handler(layer: Layer, name: str) -> Callable[..., Any]:
 class Binding:
     """An open binding: a protocol edge (`upper`) over a miniport edge (`lower`)."""
 
-    __slots__ = ("id", "lower", "upper")
+    __slots__ = ("codes", "id", "lower", "upper")
 
     _ids = itertools.count(1)
 
@@ -170,6 +170,16 @@ class Binding:
         self.id = next(Binding._ids)
         self.upper = upper
         self.lower = lower
+        self.codes: dict[str, int] = {}  # first call of a traced pair -> its pair code
+
+    def pair(self, call_a: str, call_b: str, down: bool) -> int:
+        """The trace pair code of `call_a` on one edge of this binding and `call_b` on the
+        other: down, the upper layer's call then the lower's handler; up, the reverse."""
+        code = self.codes.get(call_a)
+        if code is None:
+            a, b = (self.upper, self.lower) if down else (self.lower, self.upper)
+            code = self.codes[call_a] = pair_code(a.name, call_a, b.name, call_b)
+        return code
 
     def __repr__(self) -> str:
         return f"<Binding {self.id} {self.upper.name}->{self.lower.name}>"
@@ -377,8 +387,11 @@ class Ndis:
         if trace is not None:
             # one record per call; a chain's NBL ids are listed in it (one hop each when read)
             ids: int | tuple[int, ...] = head.id if len(nbls) == 1 else tuple(n.id for n in nbls)
-            trace.record(caller.name, ndis_call, handle.id, 0, ids)
-            trace.record(lower.name, miniport_call, 0, context.id, ids)
+            if caller is binding.upper:
+                code = binding.pair(ndis_call, miniport_call, True)
+            else:
+                code = pair_code(caller.name, ndis_call, lower.name, miniport_call)
+            trace.record_pair(code, handle.id, context.id, ids)
         n = len(nbls)
         caller.stats.count(ndis_call, n)
         if not caller.has_miniport_edge:
@@ -422,8 +435,13 @@ class Ndis:
         for nbl in iter_chain(head):
             n += 1
             if nbl.trace is not None:
-                nbl.trace.record(caller.name, "NdisOffloadTcpReceiveReturn", 0, 0, nbl.id)
-                nbl.trace.record(lower.name, "MiniportTcpOffloadReceiveReturn", 0, 0, nbl.id)
+                code = pair_code(
+                    caller.name,
+                    "NdisOffloadTcpReceiveReturn",
+                    lower.name,
+                    "MiniportTcpOffloadReceiveReturn",
+                )
+                nbl.trace.record_pair(code, 0, 0, nbl.id)
         caller.stats.count("NdisOffloadTcpReceiveReturn", n)
         if self.observer is not None:
             self.observer.on_receive_return(binding, head)
@@ -452,7 +470,7 @@ class Ndis:
                 groups.append((binding, [nbl]))
             caller.stats.count_status(ndis_call, nbl.status)
         for binding, nbls in groups:
-            self._trace_completion(caller.name, ndis_call, binding.upper.name, protocol_call, nbls)
+            self._trace_completion(binding.pair(ndis_call, protocol_call, False), nbls)
             n = len(nbls)
             caller.stats.outstanding_nbls -= n
             upper = binding.upper
@@ -467,22 +485,19 @@ class Ndis:
             self.post(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
 
     @staticmethod
-    def _trace_completion(
-        layer: str, ndis_call: str, upper: str, protocol_call: str, nbls: list[NetBufferList]
-    ) -> None:
-        """One record per call and connection when the NBLs share a status, else one per NBL."""
+    def _trace_completion(code: int, nbls: list[NetBufferList]) -> None:
+        """One record (a pair: the completing call and the handler above) per call and
+        connection when the NBLs share a status, else one per NBL."""
         first = nbls[0]
         trace = first.trace
         if len(nbls) == 1 or all(n.trace is trace and n.status == first.status for n in nbls):
             if trace is not None:
                 ids = first.id if len(nbls) == 1 else tuple(n.id for n in nbls)
-                trace.record(layer, ndis_call, 0, 0, ids, first.status)
-                trace.record(upper, protocol_call, 0, 0, ids, first.status)
+                trace.record_pair(code, 0, 0, ids, first.status)
             return
         for nbl in nbls:
             if nbl.trace is not None:
-                nbl.trace.record(layer, ndis_call, 0, 0, nbl.id, nbl.status)
-                nbl.trace.record(upper, protocol_call, 0, 0, nbl.id, nbl.status)
+                nbl.trace.record_pair(code, 0, 0, nbl.id, nbl.status)
 
     def NdisTcpOffloadSendComplete(self, caller: Layer, nbl: NetBufferList) -> None:
         self._io_complete(caller, "Send", nbl)
@@ -545,8 +560,14 @@ class Ndis:
         nbl.source_bindings.append(binding)  # the route of the synchronous return
         trace = nbl.trace
         if trace is not None:
-            trace.record(caller.name, "NdisTcpOffloadReceiveHandler", handle.id, 0, nbl.id)
-            trace.record(upper.name, "ProtocolTcpOffloadReceiveIndicate", handle.id, 0, nbl.id)
+            code = pair_code(
+                caller.name,
+                "NdisTcpOffloadReceiveHandler",
+                upper.name,
+                "ProtocolTcpOffloadReceiveIndicate",
+                handle_both=True,
+            )
+            trace.record_pair(code, handle.id, 0, nbl.id)
         caller.stats.count("NdisTcpOffloadReceiveHandler")
         if self.observer is not None:
             self.observer.on_indication(caller, "NdisTcpOffloadReceiveHandler", handle)

@@ -38,10 +38,35 @@ _NARROW = struct.Struct("<IqQIIIi")
 _WIDE = struct.Struct("<qqqqqqq")
 CHAIN = -1
 HAS_STATUS = 1 << 48
+# a record of two hops: NDIS's call by one layer and the handler it runs in the next, made by
+# one broker call at one instant (`HopTrace.record_pair`). The low 32 bits of the names field
+# index `_PAIRS` instead of naming one layer and call: a busy connection records half as many
+# records, and each read still shows both hops, numbered as if recorded one by one.
+PAIR = 1 << 49
 
 # the names records point to; index 0 is "no name" (a hop that is not an event)
 _NAMES: list[str | None] = [None]
 _INDEX: dict[str | None, int] = {None: 0}
+
+
+# pair code & ~PAIR -> (names of the first hop, names of the second, the second has the handle)
+_PAIRS: list[tuple[int, int, bool]] = []
+_PAIR_INDEX: dict[tuple[str, str, str, str, bool], int] = {}
+
+
+def pair_code(
+    layer_a: str, call_a: str, layer_b: str, call_b: str, handle_both: bool = False
+) -> int:
+    """The code `record_pair` takes for the hop `call_a` in `layer_a` followed by `call_b` in
+    `layer_b`. The first hop shows the record's handle; the second its context, or the same
+    handle with `handle_both`."""
+    key = (layer_a, call_a, layer_b, call_b, handle_both)
+    code = _PAIR_INDEX.get(key)
+    if code is None:
+        first, second = _ix(layer_a) | _ix(call_a) << 16, _ix(layer_b) | _ix(call_b) << 16
+        code = _PAIR_INDEX[key] = len(_PAIRS) | PAIR
+        _PAIRS.append((first, second, handle_both))
+    return code
 
 
 def _ix(name: str | None) -> int:
@@ -87,19 +112,45 @@ class HopTrace:
             self.seq = seq
         else:
             self.seq = seq + len(nbl) - 1  # type: ignore[arg-type]
-            chains = self.chains
-            if chains is None:
-                chains = self.chains = {}
-            chains[seq] = nbl  # type: ignore[assignment]
-            nbl = CHAIN
+            nbl = self._chain(seq, nbl)  # type: ignore[arg-type]
         index = _INDEX
         names = (index.get(layer) or _ix(layer)) | (index.get(call) or _ix(call)) << 16
         if event is not None:
             names |= (index.get(event) or _ix(event)) << 32
         if status != NO_STATUS:
-            names |= HAS_STATUS
+            self._put(seq, names | HAS_STATUS, status, handle, context, nbl)
         else:
-            status = 0
+            self._put(seq, names, 0, handle, context, nbl)
+
+    def record_pair(
+        self,
+        code: int,
+        handle: int = 0,
+        context: int = 0,
+        nbl: int | tuple[int, ...] = 0,
+        status: int = -1,
+    ) -> None:
+        """Two calls in one record (`pair_code`): the first with `handle`, the second with
+        `context`; both carry `nbl` and `status`. They read back as two hops."""
+        seq = self.seq + 1
+        if nbl.__class__ is int:
+            self.seq = seq + 1
+        else:
+            self.seq = seq + 2 * len(nbl) - 1  # type: ignore[arg-type]
+            nbl = self._chain(seq, nbl)  # type: ignore[arg-type]
+        if status != NO_STATUS:
+            self._put(seq, code | HAS_STATUS, status, handle, context, nbl)
+        else:
+            self._put(seq, code, 0, handle, context, nbl)
+
+    def _chain(self, seq: int, ids: tuple[int, ...]) -> int:
+        chains = self.chains
+        if chains is None:
+            chains = self.chains = {}
+        chains[seq] = ids
+        return CHAIN
+
+    def _put(self, seq: int, names: int, status: int, handle: int, context: int, nbl: int) -> None:
         t_ns = self.clock()
         rec = self.rec
         try:
@@ -142,13 +193,14 @@ class HopTrace:
             self.chains = None
 
     def held(self) -> int:
-        """Hops held unpacked."""
+        """Records held unpacked (a pair record holds two hops)."""
         return len(self.buf) // self.rec.size
 
     def _records(self) -> list[HopRecord]:
+        # the newest `depth` calls: a pair record holds two, so the ring may hold more
         live = self._decode(0)
         if self.packed is None:
-            return live
+            return live[-self.depth :]
         return (_unpack(self.packed) + live)[-self.depth :]
 
     def _decode(self, start: int) -> list[HopRecord]:
@@ -158,19 +210,21 @@ class HopTrace:
             memoryview(self.buf)[start:]
         ):
             ids = chains[seq] if nbl == CHAIN and chains is not None else nbl
-            out.append(
-                (
-                    seq,
-                    t_ns,
-                    names[ix & 0xFFFF],
-                    names[ix >> 16 & 0xFFFF],
-                    handle,
-                    context,
-                    ids,
-                    status if ix & HAS_STATUS else NO_STATUS,
-                    names[ix >> 32 & 0xFFFF],
+            st = status if ix & HAS_STATUS else NO_STATUS
+            if ix & PAIR:
+                first, second, handle_both = _PAIRS[ix & 0xFFFFFFFF]
+                out.append(
+                    (seq, t_ns, names[first & 0xFFFF], names[first >> 16], handle, 0, ids, st, None)
                 )
-            )
+                seq += len(ids) if isinstance(ids, tuple) else 1
+                layer, call = names[second & 0xFFFF], names[second >> 16]
+                if handle_both:
+                    out.append((seq, t_ns, layer, call, handle, 0, ids, st, None))
+                else:
+                    out.append((seq, t_ns, layer, call, 0, context, ids, st, None))
+                continue
+            layer, call = names[ix & 0xFFFF], names[ix >> 16 & 0xFFFF]
+            out.append((seq, t_ns, layer, call, handle, context, ids, st, names[ix >> 32 & 0xFFFF]))
         return out
 
     def as_maps(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -228,9 +282,24 @@ class WatchedHopTrace(HopTrace):
         event: str | None = None,
     ) -> None:
         HopTrace.record(self, layer, call, handle, context, nbl, status, event)
+        self._tell()
+
+    def record_pair(
+        self,
+        code: int,
+        handle: int = 0,
+        context: int = 0,
+        nbl: int | tuple[int, ...] = 0,
+        status: int = -1,
+    ) -> None:
+        HopTrace.record_pair(self, code, handle, context, nbl, status)
+        self._tell()
+
+    def _tell(self) -> None:
         watcher = self.watcher
         if watcher is not None:
-            watcher(self._decode(len(self.buf) - self.rec.size)[0])
+            for hop in self._decode(len(self.buf) - self.rec.size):
+                watcher(hop)
 
 
 class LayerStats:

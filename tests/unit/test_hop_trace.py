@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chimneyd.ndis.status import status_name
-from chimneyd.ndis.trace import HopTrace
+from chimneyd.ndis.trace import HopTrace, pair_code
 
 hop = st.tuples(
     st.sampled_from(["tcpip", "im0", "nic0"]),
@@ -96,3 +96,50 @@ def test_a_wide_value_widens_the_records_already_held() -> None:
         (4, 2**31, None, None, None),
     ]
     assert trace.held() == 3
+
+
+pair = st.tuples(
+    st.sampled_from([("tcpip", "NdisOffloadTcpSend", "im0", "MiniportTcpOffloadSend")]),
+    st.booleans(),  # handle on both hops
+    st.integers(0, 2**31),
+    st.integers(0, 2**40),
+    st.one_of(st.integers(0, 2**40), st.lists(st.integers(1, 2**40), min_size=1, max_size=4)),
+    st.sampled_from([-1, 0, 0xC0000001]),
+)
+
+
+@given(
+    st.lists(
+        st.one_of(hop.map(lambda h: ("one", h)), pair.map(lambda p: ("pair", p))), max_size=40
+    ),
+    st.integers(1, 30),
+    st.booleans(),
+)
+def test_a_pair_record_reads_back_as_its_two_hops(
+    steps: list[tuple],  # type: ignore[type-arg]
+    depth: int,
+    freeze: bool,
+) -> None:
+    """`record_pair` is two `record` calls in one record: the same hops, seq numbers and ids
+    (the newest `depth` of them), read live, packed, or handed to a watcher."""
+    paired = HopTrace(7, depth, lambda: 5)
+    plain = HopTrace(7, depth, lambda: 5)
+    watched: list[tuple] = []  # type: ignore[type-arg]
+    paired.watch(watched.append)
+    want_watched: list[tuple] = []  # type: ignore[type-arg]
+    plain.watch(want_watched.append)
+    for kind, step in steps:
+        if kind == "one":
+            replay(paired, [step])
+            replay(plain, [step])
+            continue
+        (la, ca, lb, cb), both, handle, context, nbl, status = step
+        ids = tuple(nbl) if isinstance(nbl, list) else nbl
+        paired.record_pair(pair_code(la, ca, lb, cb, both), handle, context, ids, status)
+        plain.record(la, ca, handle, 0, ids, status)
+        plain.record(lb, cb, handle if both else 0, 0 if both else context, ids, status)
+    if freeze:
+        paired.freeze()
+        plain.freeze()
+    assert paired.as_maps() == plain.as_maps()
+    assert watched == want_watched
