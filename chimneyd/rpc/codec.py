@@ -10,6 +10,7 @@ frame, then a `ProtocolError`, and the decoder stays dead (the server closes tha
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,36 +92,41 @@ class Decoder:
         if self._dead:
             return []
         out: list[Message] = []
-        view = memoryview(data)
         step = self.max_message
         unpacker = self._unpacker
-        for start in range(0, len(view), step):
-            chunk = view[start : start + step]
+        # a read holds at most one frame's worth almost always: fed whole, not sliced
+        if len(data) <= step:
+            chunks: Iterable[bytes | bytearray | memoryview] = (data,)
+        else:
+            view = memoryview(data)
+            chunks = (view[start : start + step] for start in range(0, len(view), step))
+        for chunk in chunks:
             try:
                 unpacker.feed(chunk)
             except msgpack.BufferFull:  # not reachable given the check below; kept as a guard
                 return self._fail(out, self._too_big())
             self._fed += len(chunk)
-            while True:
-                try:
-                    obj = next(unpacker)
-                except StopIteration:
-                    break
-                except Exception as exc:  # any decode failure is the client's bad frame
-                    return self._fail(out, ProtocolError(f"not msgpack: {_describe(exc)}"))
-                self._done = unpacker.tell()
-                msg = parse_message(obj)
-                out.append(msg)
-                if isinstance(msg, ProtocolError):
-                    self._dead = True
-                    return out
+            try:
+                # the Unpacker's own iteration: its end (no whole object left) costs no
+                # exception here, once per read rather than per message
+                for obj in unpacker:
+                    # after a whole object only: within a long array, tell() moves as the
+                    # Unpacker consumes its elements, and that frame is not done
+                    self._done = unpacker.tell()
+                    msg = parse_message(obj)
+                    out.append(msg)
+                    if msg.__class__ is ProtocolError:
+                        self._dead = True
+                        return out
+            except Exception as exc:  # any decode failure is the client's bad frame
+                return self._fail(out, ProtocolError(f"not msgpack: {_describe(exc)}"))
             if self._done < self._fed:
                 self._keep_head(chunk)
                 if self._fed - self._done > self.max_message:
                     return self._fail(out, self._too_big())
         return out
 
-    def _keep_head(self, chunk: memoryview) -> None:
+    def _keep_head(self, chunk: bytes | bytearray | memoryview) -> None:
         """Keep the first `HEAD` bytes of the frame under way (it may have begun earlier)."""
         begun = self._done - (self._fed - len(chunk))  # its offset in this chunk
         if begun >= 0:
@@ -168,6 +174,18 @@ def _describe(exc: Exception) -> str:
 
 def parse_message(obj: Any) -> Message:
     """One decoded msgpack object → a request, a notification or why it is neither."""
+    if obj.__class__ is list and len(obj) == 4:
+        kind, msgid, method, params = obj
+        # the well-formed request, checked at once; anything else takes the checks below
+        if (
+            kind.__class__ is int
+            and kind == REQUEST
+            and msgid.__class__ is int
+            and 0 <= msgid < MSGID_LIMIT
+            and method.__class__ is str
+            and params.__class__ is list
+        ):
+            return Request(msgid, method, params)
     if not isinstance(obj, list) or not obj:
         return ProtocolError("a message must be a non-empty msgpack array")
     kind = obj[0]

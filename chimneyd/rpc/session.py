@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import inspect
 import time
 from collections.abc import Awaitable, Callable
+from types import CoroutineType
 from typing import Any, Protocol, cast
 
 import structlog
@@ -95,6 +95,7 @@ class Session(asyncio.Protocol):
         self.context = contextvars.copy_context()  # the client's, named once connected
         self.out: list[bytes] = []
         self.flush_scheduled = False
+        self.serving = False  # in `_serve`: its answers are written when it ends
         self.closing = False
         self.hangup = False  # close once the answer being made is queued
         self.accepted = False
@@ -134,17 +135,25 @@ class Session(asyncio.Protocol):
         self.context.run(self._serve, data)
 
     def _serve(self, data: bytes) -> None:
-        for msg in self.decoder.feed(data):
-            if isinstance(msg, Request):
-                self.dispatch(msg)
-                if self.hangup:
-                    self.close()
+        # answers made while serving this read go out in one write at its end, as soon as
+        # it is served, not a loop turn later (`send`)
+        self.serving = True
+        try:
+            for msg in self.decoder.feed(data):
+                if isinstance(msg, Request):
+                    self.dispatch(msg)
+                    if self.hangup:
+                        self.close()
+                        return
+                elif isinstance(msg, Notification):
+                    log.info("rpc_notification_ignored", method=errors.short(msg.method))
+                else:
+                    self.bad_frame(msg)
                     return
-            elif isinstance(msg, Notification):
-                log.info("rpc_notification_ignored", method=errors.short(msg.method))
-            else:
-                self.bad_frame(msg)
-                return
+        finally:
+            self.serving = False
+        if self.out:
+            self.flush()
         partial = self.decoder.partial
         if partial != self.partial:
             self._hold(partial)
@@ -275,7 +284,7 @@ class Session(asyncio.Protocol):
         # checks, not `isawaitable`, whose Awaitable ABC check cost 7% of the daemon's time
         if isinstance(result, asyncio.Future):
             task: asyncio.Future[Any] = result
-        elif inspect.iscoroutine(result):
+        elif result.__class__ is CoroutineType:  # an `async def` method's coroutine
             if self.in_flight >= limit:
                 result.close()  # the coroutine never ran: nothing happened in the engine
                 self._over_limit(req, limit)
@@ -329,7 +338,7 @@ class Session(asyncio.Protocol):
         if self.closing:
             return
         self.out.append(frame)
-        if not self.flush_scheduled:
+        if not self.flush_scheduled and not self.serving:
             # one write per loop turn for every answer and notification made in it
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
