@@ -454,21 +454,25 @@ class Ndis:
     def _io_complete(self, caller: Layer, which: str, head: NetBufferList) -> None:
         _, protocol_call, ndis_call = _IO[which]
         groups: list[tuple[Binding, list[NetBufferList]]] = []
-        for nbl in iter_chain(head):
+        nbl: NetBufferList | None = head
+        while nbl is not None:  # by `Next`, read before the NBL is relinked below
+            nxt = nbl.next
             if nbl.status == PENDING:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} with NDIS_STATUS_PENDING"
                 )
-            if not nbl.source_bindings or nbl.source_bindings[-1].lower is not caller:
+            sources = nbl.source_bindings
+            if not sources or sources[-1].lower is not caller:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} that it does not own (twice, or never given)"
                 )
-            binding = nbl.source_bindings.pop()
+            binding = sources.pop()
             if groups and groups[-1][0] is binding:
                 groups[-1][1].append(nbl)
             else:
                 groups.append((binding, [nbl]))
             caller.stats.count_status(ndis_call, nbl.status)
+            nbl = nxt
         for binding, nbls in groups:
             self._trace_completion(binding.pair(ndis_call, protocol_call, False), nbls)
             n = len(nbls)
@@ -479,8 +483,9 @@ class Ndis:
             if self.observer is not None:
                 self.observer.on_io_complete(caller, ndis_call, nbls)
             # relink this binding's NBLs as one chain, in completion order
-            for a, b in itertools.pairwise(nbls):
-                a.next = b
+            if len(nbls) > 1:
+                for a, b in itertools.pairwise(nbls):
+                    a.next = b
             nbls[-1].next = None
             self.post(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
 
