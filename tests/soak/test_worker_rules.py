@@ -254,6 +254,52 @@ async def test_a_stall_waits_for_its_slot_to_inject_it_and_marks_the_next_round_
     assert rec["probe"] == "next" and rec["t0"] <= rec["t1"] < rec["stall_end"]
 
 
+async def test_the_round_trip_after_a_stall_does_not_wait_for_the_injections_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon stalls the socket when it reads the injection; an answer that comes after
+    the stall's end must not hold back the round trip that shows the stall."""
+    w = _worker()
+    conn = _conn(w)
+    rec = _stall(w, conn)
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    queued: list[int] = []
+
+    async def daemon_fault(c: Conn, r: dict, params: dict) -> None:
+        queued.append(c.cid)  # the request is queued by the first step, as the client does
+        r["stall_end"] = r["t0"] + 1.5
+        await answer
+
+    monkeypatch.setattr(w, "daemon_fault", daemon_fault)
+    ordering = asyncio.create_task(w.stall_through_slot(conn, rec, {"ms": "1500"}))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(w.stall_now(conn), 5)
+    # the injection is asked for, unanswered, and the next round trip may begin
+    assert queued == [conn.cid] and rec["probe"] == "next" and "t1" not in rec
+    assert not ordering.done()
+    answer.set_result(None)
+    await asyncio.wait_for(ordering, 5)
+    assert rec["t0"] <= rec["t1"]
+
+
+async def test_a_failed_stall_injection_fails_its_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = _worker()
+    conn = _conn(w)
+    rec = _stall(w, conn)
+
+    async def daemon_fault(c: Conn, r: dict, params: dict) -> None:
+        await asyncio.sleep(0)
+        raise LookupError("not offloaded")
+
+    monkeypatch.setattr(w, "daemon_fault", daemon_fault)
+    ordering = asyncio.create_task(w.stall_through_slot(conn, rec, {"ms": "1500"}))
+    await asyncio.sleep(0)
+    await w.stall_now(conn)
+    with pytest.raises(LookupError, match="not offloaded"):
+        await asyncio.wait_for(ordering, 5)
+    assert "t1" not in rec
+
+
 async def test_a_stall_for_a_connection_that_closes_goes_elsewhere() -> None:
     w = _worker()
     conn = _conn(w)
