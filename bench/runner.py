@@ -244,9 +244,19 @@ async def _profile_daemon(args: argparse.Namespace, console: Console, pstats: An
             f"(the profiler slows the daemon)",
             highlight=False,
         )
-        result = _top_tables(
-            pstats.Stats(out), args.top, "daemon under the echo load, 1,000 conns", console
+        stats = pstats.Stats(out)
+        result = _top_tables(stats, args.top, "daemon under the echo load, 1,000 conns", console)
+        # work per round: a count, not a time, so two checkouts compare without the machine's
+        # noise (which is wider than most single changes here)
+        calls = sum(v[1] for v in stats.stats.values())
+        per_round = calls / res.ops if res.ops else 0.0
+        console.print(
+            f"{calls:,} profiled calls (functions and the builtins they call) in "
+            f"{res.ops:,} verified rounds: {per_round:,.0f} per round",
+            highlight=False,
         )
+        result["calls"] = calls
+        result["calls_per_round"] = per_round
         if args.profile_out:
             console.print(f"profile kept in {out}: `python -m pstats {out}`", highlight=False)
         result["window"] = res.as_map()
