@@ -172,13 +172,15 @@ class Binding:
         self.lower = lower
         self.codes: dict[str, int] = {}  # first call of a traced pair -> its pair code
 
-    def pair(self, call_a: str, call_b: str, down: bool) -> int:
-        """The trace pair code of `call_a` on one edge of this binding and `call_b` on the
-        other: down, the upper layer's call then the lower's handler; up, the reverse."""
+    def pair(self, call_a: str, call_b: str, down: bool, handle_both: bool = False) -> int:
+        """The trace pair code (`pair_code`) of `call_a` on one edge of this binding and
+        `call_b` on the other: down, the upper layer's call then the lower's handler; up, the
+        reverse. Each `call_a` is made on a binding in one direction only."""
         code = self.codes.get(call_a)
         if code is None:
             a, b = (self.upper, self.lower) if down else (self.lower, self.upper)
-            code = self.codes[call_a] = pair_code(a.name, call_a, b.name, call_b)
+            code = pair_code(a.name, call_a, b.name, call_b, handle_both)
+            self.codes[call_a] = code
         return code
 
     def __repr__(self) -> str:
@@ -431,16 +433,11 @@ class Ndis:
         if binding.upper is not caller:
             raise ChimneyProtocolError(f"{caller.name} does not own binding {binding.id}")
         lower = binding.lower
+        code = binding.pair("NdisOffloadTcpReceiveReturn", "MiniportTcpOffloadReceiveReturn", True)
         n = 0
         for nbl in iter_chain(head):
             n += 1
             if nbl.trace is not None:
-                code = pair_code(
-                    caller.name,
-                    "NdisOffloadTcpReceiveReturn",
-                    lower.name,
-                    "MiniportTcpOffloadReceiveReturn",
-                )
                 nbl.trace.record_pair(code, 0, 0, nbl.id)
         caller.stats.count("NdisOffloadTcpReceiveReturn", n)
         if self.observer is not None:
@@ -565,12 +562,8 @@ class Ndis:
         nbl.source_bindings.append(binding)  # the route of the synchronous return
         trace = nbl.trace
         if trace is not None:
-            code = pair_code(
-                caller.name,
-                "NdisTcpOffloadReceiveHandler",
-                upper.name,
-                "ProtocolTcpOffloadReceiveIndicate",
-                handle_both=True,
+            code = binding.pair(
+                "NdisTcpOffloadReceiveHandler", "ProtocolTcpOffloadReceiveIndicate", False, True
             )
             trace.record_pair(code, handle.id, 0, nbl.id)
         caller.stats.count("NdisTcpOffloadReceiveHandler")

@@ -267,35 +267,13 @@ def _unpack(packed: bytes) -> list[HopRecord]:
 
 
 class WatchedHopTrace(HopTrace):
-    """A trace somebody watches live: `record` as `HopTrace`'s, then the watcher hears it."""
+    """A trace somebody watches live: each record is kept as `HopTrace` keeps it, then the
+    watcher hears its hops (two for a pair record)."""
 
     __slots__ = ()
 
-    def record(
-        self,
-        layer: str,
-        call: str,
-        handle: int = 0,
-        context: int = 0,
-        nbl: int | tuple[int, ...] = 0,
-        status: int = -1,
-        event: str | None = None,
-    ) -> None:
-        HopTrace.record(self, layer, call, handle, context, nbl, status, event)
-        self._tell()
-
-    def record_pair(
-        self,
-        code: int,
-        handle: int = 0,
-        context: int = 0,
-        nbl: int | tuple[int, ...] = 0,
-        status: int = -1,
-    ) -> None:
-        HopTrace.record_pair(self, code, handle, context, nbl, status)
-        self._tell()
-
-    def _tell(self) -> None:
+    def _put(self, seq: int, names: int, status: int, handle: int, context: int, nbl: int) -> None:
+        HopTrace._put(self, seq, names, status, handle, context, nbl)
         watcher = self.watcher
         if watcher is not None:
             for hop in self._decode(len(self.buf) - self.rec.size):
