@@ -174,18 +174,6 @@ def _describe(exc: Exception) -> str:
 
 def parse_message(obj: Any) -> Message:
     """One decoded msgpack object → a request, a notification or why it is neither."""
-    if obj.__class__ is list and len(obj) == 4:
-        kind, msgid, method, params = obj
-        # the well-formed request, checked at once; anything else takes the checks below
-        if (
-            kind.__class__ is int
-            and kind == REQUEST
-            and msgid.__class__ is int
-            and 0 <= msgid < MSGID_LIMIT
-            and method.__class__ is str
-            and params.__class__ is list
-        ):
-            return Request(msgid, method, params)
     if not isinstance(obj, list) or not obj:
         return ProtocolError("a message must be a non-empty msgpack array")
     kind = obj[0]
