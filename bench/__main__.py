@@ -17,8 +17,8 @@ Where the time goes:
   python -m bench --profile daemon    this checkout's daemon under cProfile for one 8 s echo
                                       window at 1,000 verified connections (opened and warmed
                                       before the profiler starts); prints its top functions
-                                      and the profiled calls per verified round (a count: two
-                                      checkouts compare without the machine's noise),
+                                      and the profiled calls per verified round (a count, much
+                                      steadier than the times between runs),
                                       --profile-out FILE keeps the .prof (`python -m pstats FILE`)
   python -m bench --profile bulk      the in-process bulk offloaded send under cProfile
   py-spy (pip install py-spy) samples the daemon without slowing it much: while
