@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, ParamSpec
@@ -66,6 +65,59 @@ def _error(err: AppError) -> EngineError:
     except KeyError:
         code = ErrorCode.INTERNAL
     return EngineError(code, err.detail)
+
+
+class _Request:
+    """One host request the engine waits on: its future, its withdraw timer, and what to undo
+    once the host has answered.
+
+    The host answers every request exactly once (`done`), even one whose future was cancelled
+    (its client left); that answer, not the cancellation, is when the request stops counting.
+    So a request costs no done-callback of the engine's own: the one the RPC server adds is the
+    only one (each is a scheduled call of the loop)."""
+
+    __slots__ = ("conn_id", "engine", "fut", "on_settled", "settled", "timer")
+
+    def __init__(
+        self,
+        engine: Engine,
+        conn_id: int,
+        on_settled: Callable[[asyncio.Future[Any]], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.conn_id = conn_id
+        self.fut: asyncio.Future[Any] = engine.loop.create_future()
+        self.on_settled = on_settled
+        self.settled = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self, result: Any, err: AppError | None) -> None:
+        """The host's answer (the `done` of its app request)."""
+        fut = self.fut
+        if not fut.done():
+            if err is not None:
+                fut.set_exception(_error(err))
+            else:
+                fut.set_result(result)
+        self._settle()
+
+    def fail(self, exc: EngineError) -> None:
+        """Answer for a layer that failed on the connection; the host may still answer later
+        (ignored then)."""
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.engine._answered(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.on_settled is not None:
+            self.on_settled(self.fut)
 
 
 def _ignore(result: Any, err: AppError | None) -> None:
@@ -173,7 +225,7 @@ class Engine:
         self.trim = IdleTrim(self.loop, self._idle, self._lean_holders, self.traces.pack)
         self.layer_errors = 0
         self._conn_ids = id_base
-        self._pending: dict[int, set[asyncio.Future[Any]]] = {}
+        self._pending: dict[int, set[_Request]] = {}
         # bytes of sends asked for and not yet answered, per connection (`max_queued_send_bytes`)
         self._queued_send: dict[int, int] = {}
         self.cached_ranges = cached_ranges(self.settings.rx_buffer_bytes)
@@ -197,46 +249,43 @@ class Engine:
         self.host.inbox.push(fn, args)
 
     def _request(
-        self, fn: Callable[..., None], conn_id: int, *args: Any, withdraw_after: float | None = None
+        self,
+        fn: Callable[..., None],
+        conn_id: int,
+        *args: Any,
+        withdraw_after: float | None = None,
+        on_settled: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Run the host request `fn(conn_id, *args, done)` in the host's task; the future gets
         the result.
 
         With `withdraw_after`, the host is asked to withdraw the request (`app_cancel_recv`)
         when that time is up. The host does it in its own task, so a byte is never both given to
-        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv)."""
-        fut: asyncio.Future[Any] = self.loop.create_future()
-
-        def done(result: Any, err: AppError | None) -> None:
-            if fut.done():
-                return
-            if err is not None:
-                fut.set_exception(_error(err))
-            else:
-                fut.set_result(result)
-
+        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv).
+        `on_settled(future)` runs once the host has answered (or a failed layer answered for
+        it), after the future has its result."""
+        req = _Request(self, conn_id, on_settled)
         # known per connection until answered, so a layer that fails on the connection can
         # answer it (`_layer_failed`)
         pending = self._pending.get(conn_id)
         if pending is None:
             pending = self._pending[conn_id] = set()
-        pending.add(fut)
-        fut.add_done_callback(functools.partial(self._answered, conn_id))
+        pending.add(req)
+        done = req.done  # one bound method: the host names the request to withdraw by it
         self.host.inbox.push(fn, (conn_id, *args, done))
         if withdraw_after is not None:
             withdraw = (conn_id, done, _ignore)
-            timer = self.loop.call_later(
+            req.timer = self.loop.call_later(
                 withdraw_after, self.host.inbox.push, self.host.app_cancel_recv, withdraw
             )
-            fut.add_done_callback(lambda _: timer.cancel())
-        return fut
+        return req.fut
 
-    def _answered(self, conn_id: int, fut: asyncio.Future[Any]) -> None:
-        pending = self._pending.get(conn_id)
+    def _answered(self, req: _Request) -> None:
+        pending = self._pending.get(req.conn_id)
         if pending is not None:
-            pending.discard(fut)
+            pending.discard(req)
             if not pending:
-                del self._pending[conn_id]
+                del self._pending[req.conn_id]
 
     def _attach(self, wire: WireSocket, listener: Listener | None) -> int:
         """A new connection's socket: give it an id and hand it to the host stack."""
@@ -264,9 +313,8 @@ class Engine:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
         for conn_id in conns:
-            for fut in list(self._pending.get(conn_id, ())):
-                if not fut.done():
-                    fut.set_exception(EngineError(ErrorCode.INTERNAL, detail))
+            for req in list(self._pending.get(conn_id, ())):
+                req.fail(EngineError(ErrorCode.INTERNAL, detail))
 
     # ============================================================================================
     # EngineAPI: stack
@@ -383,11 +431,12 @@ class Engine:
                 f" would pass engine.max_queued_send_bytes ({cap})",
             )
         self._queued_send[conn_id] = queued + n
-        fut = self._request(self.host.app_send, conn_id, data)
         observe = self.send_observer
         t0 = time.perf_counter() if observe is not None else 0.0
 
-        def sent(_: asyncio.Future[Any]) -> None:
+        def sent(fut: asyncio.Future[Any]) -> None:
+            # the bytes are the host's until it answers, even for a request the client gave
+            # up on (cancelled): they count against the limit until then
             left = self._queued_send[conn_id] - n
             if left:
                 self._queued_send[conn_id] = left
@@ -396,8 +445,7 @@ class Engine:
             if observe is not None and not fut.cancelled() and fut.exception() is None:
                 observe(time.perf_counter() - t0)  # a send completes when acknowledged
 
-        fut.add_done_callback(sent)
-        return fut
+        return self._request(self.host.app_send, conn_id, data, on_settled=sent)
 
     async def recv(
         self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False

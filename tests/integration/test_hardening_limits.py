@@ -169,6 +169,50 @@ async def test_queued_send_bytes_are_capped_per_connection(
     assert engine.stats()["engine"]["queued_send_bytes"] == 0
 
 
+async def test_a_send_given_up_on_counts_until_the_host_answers_it(
+    make_engine: Any, recording: Any
+) -> None:
+    """A send whose future is cancelled (its client left) still holds its bytes in the host:
+    they count against the cap until the host answers it, and then nothing is left pending."""
+    port, peers = recording
+    engine = await make_engine(max_queued_send_bytes=2 * MiB)
+    conn = await engine.connect("127.0.0.1", port)
+    for _ in range(200):
+        if peers:
+            break
+        await asyncio.sleep(0.005)
+    peers[0].transport.pause_reading()
+    held = engine.start_send(conn, b"g" * (2 * MiB))
+    await asyncio.sleep(0.05)
+    held.cancel()
+    await asyncio.sleep(0.05)
+    assert engine.stats()["engine"]["queued_send_bytes"] == 2 * MiB
+    with pytest.raises(EngineError) as err:
+        await engine.send(conn, b"!")
+    assert err.value.code is ErrorCode.LIMIT
+    peers[0].transport.resume_reading()
+    deadline = asyncio.get_running_loop().time() + 20
+    while engine.stats()["engine"]["queued_send_bytes"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    assert await asyncio.wait_for(engine.send(conn, b"room again"), SOON_S) == 10
+    assert not engine._pending
+
+
+async def test_a_recv_given_up_on_is_still_withdrawn_at_its_timeout(
+    offloaded: tuple[Engine, int],
+) -> None:
+    """A cancelled `tcp.recv` stays the host's until its timeout withdraws it: the bytes that
+    come later are not lost to it but go to the next read."""
+    engine, conn = offloaded
+    gone = engine.start_recv(conn, 100, 0.2)
+    await asyncio.sleep(0.02)
+    gone.cancel()
+    await asyncio.sleep(0.4)  # past its timeout: withdrawn by the host, nothing pending
+    assert not engine._pending
+    await _still_carries(engine, conn)
+
+
 @pytest.mark.parametrize("offload", [True, False], ids=["offloaded", "host"])
 async def test_a_send_held_by_the_peers_window_shows_in_tcp_info_and_close_answers_it(
     make_engine: Any, recording: Any, offload: bool
