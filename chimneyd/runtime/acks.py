@@ -51,27 +51,35 @@ class AckWatcher:
     def _poll(self) -> None:
         self._scheduled = False
         now = self.loop.time()
-        moved = []
+        closed = []
+        moved: list[tuple[WireSocket, int, bool]] = []
         dead = []
         for wire, since in self.waiting.items():
             if wire.closed:
-                moved.append(wire)
+                closed.append(wire)
                 continue
             until = self.held.get(wire)
             if until is not None:
                 if now < until:
                     continue
                 del self.held[wire]
-            if wire.acked() != wire.notified_acked or wire.fin_acked() != wire.notified_fin:
-                moved.append(wire)
+            # what the kernel says is read once and handed on: each reading is a syscall
+            acked = wire.acked()
+            if acked != wire.notified_acked:
+                moved.append((wire, acked, wire.fin_acked()))
+                continue
+            fin = wire.fin_acked()
+            if fin != wire.notified_fin:
+                moved.append((wire, acked, fin))
             elif now - since > self.stall:
                 self.waiting[wire] = now
                 if not wire.kernel_alive():
                     dead.append(wire)
-        for wire in moved:
+        for wire in closed:
             del self.waiting[wire]
-            if not wire.closed:
-                wire.notify_acked()
+        for wire, acked, fin in moved:
+            del self.waiting[wire]
+            wire.notify_acked(acked, fin)
         for wire in dead:
             self.waiting.pop(wire, None)
             wire.lost_by_kernel()

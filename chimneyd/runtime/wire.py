@@ -313,10 +313,11 @@ class WireSocket(asyncio.Protocol):
     def watch_acks(self) -> None:
         self._watcher.add(self)
 
-    def notify_acked(self) -> None:
-        acked = self.acked()
+    def notify_acked(self, acked: int, fin_acked: bool) -> None:
+        """Tell the owner how far the peer has acknowledged (`acked()` and `fin_acked()` as
+        just read by the caller)."""
         self.notified_acked = acked
-        self.notified_fin = self.fin_acked()
+        self.notified_fin = fin_acked
         self._emit("WireAcked", acked)
 
     def kernel_alive(self) -> bool:
