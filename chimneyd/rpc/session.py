@@ -274,7 +274,8 @@ class Session(asyncio.Protocol):
         if self.in_flight >= limit and req.method in FUTURE_METHODS:
             self._over_limit(req, limit)  # before it starts anything in the engine
             return
-        t0 = time.perf_counter()
+        timed = metrics.recording
+        t0 = time.perf_counter() if timed else 0.0
         try:
             result = fn(self, req.params)
         except Exception as exc:
@@ -291,11 +292,13 @@ class Session(asyncio.Protocol):
                 return
             task = asyncio.ensure_future(result)
         else:
-            metrics.rpc_request(req.method, time.perf_counter() - t0)  # answered at once
+            if timed:
+                metrics.rpc_request(req.method, time.perf_counter() - t0)  # answered at once
             self.respond(req.msgid, None, result)
             return
         self.in_flight += 1
-        metrics.rpc_task(req.method, task)  # the latency histogram, when metrics are served
+        if timed:
+            metrics.rpc_task(req.method, task)  # the latency histogram, when metrics are served
         self.tasks.add(task)
         task.add_done_callback(functools.partial(self._finished, req))
 
