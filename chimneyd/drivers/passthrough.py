@@ -332,27 +332,40 @@ class PassthroughIm(DriverLayer):
             else:
                 self.ndis.NdisTcpOffloadSendComplete(self, head)
 
+    # The two loops below walk chains by `next` themselves: they run on every send through
+    # the IM, where a generator per chain (`iter_chain`) was a measurable part of a hop.
     def relay_send(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
         """Pass a send down to the lower binding of `entry` (a MUX counts its bytes here)."""
         below = self.sends_below
         n = 0
-        for nbl in iter_chain(head):
+        nbl: NetBufferList | None = head
+        while nbl is not None:
             below[nbl.id] = entry
             n += 1
+            nbl = nbl.next
         entry.below += n
         self.ndis.NdisOffloadTcpSend(self, entry.handle, head)
 
-    def _sends_back(self, head: NetBufferList | None) -> list[ImOffloadEntry]:
+    def _sends_back(
+        self, head: NetBufferList | None, completed: bool = False
+    ) -> list[ImOffloadEntry]:
         """Sends come back up (completed, or handed back by a terminate): the entries that
-        now have none below and failures held behind them."""
+        now have none below and failures held behind them. Completed ones add the bytes they
+        carried to `stats.bytes_sent`."""
         out: list[ImOffloadEntry] = []
         pop = self.sends_below.pop
-        for nbl in iter_chain(head):
+        sent = 0
+        nbl = head
+        while nbl is not None:
+            sent += nbl.tcp_offload_bytes_transferred
             entry = pop(nbl.id, None)
             if entry is not None:
                 entry.below -= 1
                 if not entry.below and entry.held:
                     out.append(entry)
+            nbl = nbl.next
+        if completed:
+            self.stats.bytes_sent += sent
         return out
 
     @downcall
@@ -387,8 +400,7 @@ class PassthroughIm(DriverLayer):
 
     # -- completions up (spec §4.8) ----------------------------------------------------------------
     def ProtocolTcpOffloadSendComplete(self, binding: Binding, head: NetBufferList) -> None:
-        self.stats.bytes_sent += _transferred(head)
-        released = self._sends_back(head)
+        released = self._sends_back(head, completed=True)
         self.ndis.NdisTcpOffloadSendComplete(self, head)
         for entry in released:
             self._release_held(entry)
@@ -466,6 +478,8 @@ class PassthroughIm(DriverLayer):
 def _transferred(head: NetBufferList) -> int:
     """Bytes the NBLs of a completion carried (`TcpOffloadBytesTransferred`, spec §2.4)."""
     total = 0
-    for nbl in iter_chain(head):
+    nbl: NetBufferList | None = head
+    while nbl is not None:
         total += nbl.tcp_offload_bytes_transferred
+        nbl = nbl.next
     return total
