@@ -342,6 +342,8 @@ class Engine:
                 "listeners": len(self.sockets.listeners),
                 "pending_overflows": self.sockets.pending_overflows,
                 "queued_send_bytes": sum(self._queued_send.values()),
+                # requests the host has not answered yet (answered ones leave at once)
+                "pending_requests": sum(len(p) for p in self._pending.values()),
                 "wires": len(self.sockets.by_conn),
                 "ack_waiting": len(self.sockets.watcher.waiting),
                 "inbox": {t.layer.name: len(t.inbox) for t in self.tasks},

@@ -189,6 +189,16 @@ def stats_families(stats: dict[str, Any]) -> list[Metric]:
         "Sockets watched for the ACK of sent bytes.",
         engine.get("ack_waiting"),
     )
+    gauge(
+        "chimney_pending_requests",
+        "Requests the host stack has not answered yet.",
+        engine.get("pending_requests"),
+    )
+    gauge(
+        "chimney_queued_send_bytes",
+        "Bytes of sends asked for and not yet answered.",
+        engine.get("queued_send_bytes"),
+    )
     counter(
         "chimney_layer_errors", "Handlers that raised inside a layer.", engine.get("layer_errors")
     )

@@ -196,7 +196,7 @@ async def test_a_send_given_up_on_counts_until_the_host_answers_it(
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.02)
     assert await asyncio.wait_for(engine.send(conn, b"room again"), SOON_S) == 10
-    assert not engine._pending
+    assert engine.stats()["engine"]["pending_requests"] == 0
 
 
 async def test_a_recv_given_up_on_is_still_withdrawn_at_its_timeout(
@@ -209,7 +209,7 @@ async def test_a_recv_given_up_on_is_still_withdrawn_at_its_timeout(
     await asyncio.sleep(0.02)
     gone.cancel()
     await asyncio.sleep(0.4)  # past its timeout: withdrawn by the host, nothing pending
-    assert not engine._pending
+    assert engine.stats()["engine"]["pending_requests"] == 0
     await _still_carries(engine, conn)
 
 

@@ -204,6 +204,12 @@ def test_gauges_left() -> None:
     leaked["connections"] = 3
     assert gauges_left(leaked) == {"connections": 3}
     assert gauges_left(None) == {"stats": "unavailable"}
+    unanswered = _stats()
+    unanswered["engine"].update(pending_requests=2, queued_send_bytes=10)
+    assert gauges_left(unanswered) == {
+        "engine.pending_requests": 2,
+        "engine.queued_send_bytes": 10,
+    }
 
 
 def test_tasks_above_their_idle_value_are_left_over() -> None:

@@ -39,7 +39,7 @@ def gauges_left(stats: dict[str, Any] | None, idle: dict[str, Any] | None = None
     if stats.get("connections", 0):
         left["connections"] = stats["connections"]
     engine = stats.get("engine") or {}
-    for key in ("wires", "ack_waiting"):
+    for key in ("wires", "ack_waiting", "pending_requests", "queued_send_bytes"):
         if engine.get(key):
             left[f"engine.{key}"] = engine[key]
     inbox = {k: v for k, v in (engine.get("inbox") or {}).items() if v}
