@@ -135,6 +135,14 @@ async def test_one_bad_value_applies_nothing(offloaded: tuple[Engine, int]) -> N
 
 
 # -- queued send bytes per connection --------------------------------------------------------------
+async def _peer_accepted(peers: list[Any]) -> None:
+    """Wait (at most a second) for the recording peer to accept the connection just made."""
+    for _ in range(200):
+        if peers:
+            return
+        await asyncio.sleep(0.005)
+
+
 async def test_queued_send_bytes_are_capped_per_connection(
     make_engine: Any, recording: Any
 ) -> None:
@@ -143,10 +151,7 @@ async def test_queued_send_bytes_are_capped_per_connection(
     port, peers = recording
     engine = await make_engine(max_queued_send_bytes=4 * MiB)
     stuck = await engine.connect("127.0.0.1", port)
-    for _ in range(200):
-        if peers:
-            break
-        await asyncio.sleep(0.005)
+    await _peer_accepted(peers)
     peers[0].transport.pause_reading()  # never reads: nothing more is acknowledged
     sends = [asyncio.ensure_future(engine.send(stuck, b"s" * MiB)) for _ in range(4)]
     await asyncio.sleep(0.1)
@@ -177,10 +182,7 @@ async def test_a_send_given_up_on_counts_until_the_host_answers_it(
     port, peers = recording
     engine = await make_engine(max_queued_send_bytes=2 * MiB)
     conn = await engine.connect("127.0.0.1", port)
-    for _ in range(200):
-        if peers:
-            break
-        await asyncio.sleep(0.005)
+    await _peer_accepted(peers)
     peers[0].transport.pause_reading()
     held = engine.start_send(conn, b"g" * (2 * MiB))
     await asyncio.sleep(0.05)
@@ -223,10 +225,7 @@ async def test_a_send_held_by_the_peers_window_shows_in_tcp_info_and_close_answe
     port, peers = recording
     engine = await make_engine()
     conn = await engine.connect("127.0.0.1", port, offload=offload)
-    for _ in range(200):
-        if peers:
-            break
-        await asyncio.sleep(0.005)
+    await _peer_accepted(peers)
     assert await asyncio.wait_for(engine.send(conn, b"a" * 1000), SOON_S) == 1000
     view = engine.conn_info(conn)["socket"]
     assert view["written"] == view["acked"] == 1000
@@ -253,10 +252,7 @@ async def test_queued_send_bytes_count_host_mode_sends(make_engine: Any, recordi
     port, peers = recording
     engine = await make_engine(max_queued_send_bytes=2 * MiB)
     conn = await engine.connect("127.0.0.1", port, offload=False)
-    for _ in range(200):
-        if peers:
-            break
-        await asyncio.sleep(0.005)
+    await _peer_accepted(peers)
     peers[0].transport.pause_reading()
     sends = [asyncio.ensure_future(engine.send(conn, b"h" * MiB)) for _ in range(2)]
     await asyncio.sleep(0.05)
