@@ -47,6 +47,11 @@ class LayerTask:
         self.batches = 0
         self.on_error: OnError | None = None
         layer.inbox = self
+        # this task ends every drain with `after_batch`: a layer that can gather work until
+        # then (the NIC's completions) may start doing so
+        per_drain = getattr(layer, "complete_per_drain", None)
+        if per_drain is not None:
+            per_drain()
 
     def push(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.inbox.append((fn, args))

@@ -226,9 +226,11 @@ def fail_queued(h: HostStack, tcb: Tcb, status: NdisStatus, why: str = "") -> No
 
 
 def complete(h: HostStack, head: NetBufferList) -> None:
-    """`ProtocolTcpOffloadSendComplete`."""
-    upload_wanted: list[Tcb] = []
-    paced: list[Tcb] = []
+    """`ProtocolTcpOffloadSendComplete`. One call may carry NBLs of many connections (a
+    NIC completes once per drain): the connections to act on after it are kept in dicts, in
+    the order first met, so looking one up costs the same however many there are."""
+    upload_wanted: dict[Tcb, None] = {}
+    paced: dict[Tcb, None] = {}
     for nbl in iter_chain(head):
         nbl.next = None
         tcb = h.tcb_of(nbl)
@@ -236,13 +238,12 @@ def complete(h: HostStack, head: NetBufferList) -> None:
         if posted and tcb is not None:
             tcb.send_outstanding -= posted  # no longer at the target: room in the backlog
             nbl.protocol_reserved = (send, length, 0)
-            if tcb.send_q and tcb not in paced:
-                paced.append(tcb)
+            if tcb.send_q:
+                paced[tcb] = None
         h.stats.outstanding_nbls += 1  # the host's again
         status = nbl.status
         if status in _REQUEUE and tcb is not None:
-            if tcb not in upload_wanted:
-                upload_wanted.append(tcb)
+            upload_wanted[tcb] = None
             if behind_a_hole(tcb, nbl):
                 finish_send(h, nbl, tcb.hole_status)  # never sent after the hole (spec §4.1)
             else:

@@ -204,7 +204,7 @@ def _fill(t: OffloadTarget, c: TcpContext) -> None:
         stop_push(t, c)
         if posted and _partly_filled_push(posted[0]):
             start_push(t, c)
-        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+        t.complete_receives(c, done)
 
 
 def _partly_filled_push(req: NetBufferList) -> bool:

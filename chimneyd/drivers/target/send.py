@@ -124,7 +124,7 @@ def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     if done:
         adapter.forward_progress(t, c)
         t.stats.bytes_sent += sum(n.tcp_offload_bytes_transferred for n in done)
-        t.ndis.NdisTcpOffloadSendComplete(t, _chain(done))
+        t.complete_sends(c, done)
 
 
 def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:

@@ -10,7 +10,7 @@ chapter it belongs to, with the `TcpContext` as the unit of work.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from chimneyd.ndis.blocks import OffloadBlock
 from chimneyd.ndis.broker import Ndis
@@ -22,6 +22,7 @@ from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 from ..base import DriverLayer, Timers, downcall
 from ..wire import WirePort
 from . import adapter, disconnect, events, receive, send, state_ops, terminate
+from .batch import CompletionBatch, chain_of
 from .contexts import Context, TcpContext
 
 FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
@@ -73,6 +74,33 @@ class OffloadTarget(DriverLayer):
         self.paused_initiates: list[OffloadBlock] = []  # arrived while paused (spec §5.5)
         # the global parameters the host set (spec §8); these defaults until it does
         self.params = NdisTcpConnectionOffloadParameters(TcpPushTicks=push_ticks_ms)
+        self.batch: CompletionBatch | None = None  # completions of a drain, once drains end
+
+    # -- completions per drain (spec §4.0; see `batch`) -------------------------------------------
+    def complete_per_drain(self) -> None:
+        """From now on `after_batch` ends every drain (the runtime says so): send and receive
+        completions gather and go up once per drain."""
+        if self.batch is None:
+            self.batch = CompletionBatch(self.ndis, self)
+            self.ndis = cast(Ndis, self.batch)  # every other call flushes them first
+
+    def after_batch(self) -> None:
+        if self.batch is not None:
+            self.batch.flush()
+
+    def complete_sends(self, c: TcpContext, nbls: list[NetBufferList]) -> None:
+        """`NdisTcpOffloadSendComplete` of connection `c`'s `nbls`, now or at the drain's end."""
+        if self.batch is not None:
+            self.batch.send(c, nbls)
+        else:
+            self.ndis.NdisTcpOffloadSendComplete(self, chain_of(nbls))
+
+    def complete_receives(self, c: TcpContext, nbls: list[NetBufferList]) -> None:
+        """`NdisTcpOffloadReceiveComplete` of `c`'s `nbls`, now or at the drain's end."""
+        if self.batch is not None:
+            self.batch.receive(c, nbls)
+        else:
+            self.ndis.NdisTcpOffloadReceiveComplete(self, chain_of(nbls))
 
     @property
     def failed(self) -> bool:
