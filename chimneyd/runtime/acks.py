@@ -64,12 +64,8 @@ class AckWatcher:
                     continue
                 del self.held[wire]
             # what the kernel says is read once and handed on: each reading is a syscall
-            acked = wire.acked()
-            if acked != wire.notified_acked:
-                moved.append((wire, acked, wire.fin_acked()))
-                continue
-            fin = wire.fin_acked()
-            if fin != wire.notified_fin:
+            acked, fin = wire.acked(), wire.fin_acked()
+            if acked != wire.notified_acked or fin != wire.notified_fin:
                 moved.append((wire, acked, fin))
             elif now - since > self.stall:
                 self.waiting[wire] = now

@@ -48,17 +48,19 @@ class CompletionBatch:
 
     def send(self, ctx: object, nbls: list[NetBufferList]) -> None:
         """`NdisTcpOffloadSendComplete` of `nbls`, all of connection `ctx`, at the drain's end."""
-        if ctx in self._conns:
-            self.flush()
-        self._conns.add(ctx)
+        self._gather(ctx)
         self._sends.extend(nbls)
 
     def receive(self, ctx: object, nbls: list[NetBufferList]) -> None:
         """`NdisTcpOffloadReceiveComplete` of `nbls`, all of connection `ctx`, likewise."""
+        self._gather(ctx)
+        self._receives.extend(nbls)
+
+    def _gather(self, ctx: object) -> None:
+        # a connection already gathered: its earlier completion goes first, in its own call
         if ctx in self._conns:
             self.flush()
         self._conns.add(ctx)
-        self._receives.extend(nbls)
 
     def flush(self) -> None:
         """Make the gathered completions. Each connection has completions of one kind only
