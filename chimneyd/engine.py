@@ -646,8 +646,9 @@ class Engine:
     # ============================================================================================
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         """Close every listener and connection (uploading first) within `deadline` seconds,
-        then stop the layers; report what could not be closed. Never waits past the deadline
-        (plus the short drain of the last completions) and never raises for a timeout."""
+        then stop the layers; report what could not be closed and any request the host left
+        unanswered. Never waits past the deadline (plus the short drain of the last
+        completions) and never raises for a timeout."""
         loop = self.loop
         end = loop.time() + deadline
         # nothing a fault holds may hold the stop: a one-minute delay is released at once
@@ -689,6 +690,10 @@ class Engine:
                 left[name] = gauges
         if unfinished:
             left["unfinished_closes"] = unfinished
+        # every request the host was given must have been answered (`_Request`)
+        unanswered = sum(len(p) for p in self._pending.values())
+        if unanswered:
+            left["pending_requests"] = unanswered
         for task in self.tasks:
             await task.stop()
         self.trim.cancel()
