@@ -224,6 +224,13 @@ def link_chain(nbls: Iterable[NetBufferList]) -> NetBufferList | None:
     return head
 
 
+def chain_of(nbls: list[NetBufferList]) -> NetBufferList:
+    """`link_chain` of a list known not to be empty: its head."""
+    head = link_chain(nbls)
+    assert head is not None
+    return head
+
+
 def unlink_chain(head: NetBufferList | None) -> list[NetBufferList]:
     """Break a chain into a list, clearing every `Next`."""
     out = []

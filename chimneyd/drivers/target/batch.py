@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chimneyd.ndis.nbl import NetBufferList, link_chain
+from chimneyd.ndis.nbl import NetBufferList, chain_of
 
 if TYPE_CHECKING:
     from chimneyd.ndis.broker import Ndis
@@ -79,10 +79,3 @@ class CompletionBatch:
         # only names not found on this object land here: every broker call but the two above
         self.flush()
         return getattr(self._broker, name)
-
-
-def chain_of(nbls: list[NetBufferList]) -> NetBufferList:
-    """`nbls` linked by `Next`, in order (at least one)."""
-    head = link_chain(nbls)
-    assert head is not None
-    return head

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.lifecycle import LIVE, Event, Phase, TcpState
-from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
 
 from ..queues import grown
@@ -215,12 +215,6 @@ def _partly_filled_push(req: NetBufferList) -> bool:
     )
 
 
-def _chain(nbls: list[NetBufferList]) -> NetBufferList:
-    head = link_chain(nbls)
-    assert head is not None
-    return head
-
-
 def _finish(req: NetBufferList, status: NdisStatus) -> NetBufferList:
     placed: int = req.miniport_reserved or 0
     req.miniport_reserved = None
@@ -243,7 +237,7 @@ def fail_receives(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
     if c.posted:
         done = [_finish(r, status) for r in c.posted]
         c.posted.clear()
-        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+        t.ndis.NdisTcpOffloadReceiveComplete(t, chain_of(done))
 
 
 # -- indications (spec §4.3) ------------------------------------------------------------------------
@@ -327,7 +321,7 @@ def _check_fin(t: OffloadTarget, c: TcpContext) -> None:
             req = c.posted.pop(0)
             status = SUCCESS if req.miniport_reserved else S.NDIS_STATUS_INVALID_STATE
             done.append(_finish(req, status))
-        t.ndis.NdisTcpOffloadReceiveComplete(t, _chain(done))
+        t.ndis.NdisTcpOffloadReceiveComplete(t, chain_of(done))
     stop_push(t, c)
     events.indicate(t, c, TcpOffloadEventType.TcpIndicateDisconnect, 0)
 

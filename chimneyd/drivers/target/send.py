@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.lifecycle import LIVE, UPLOAD_PENDING, Event, Phase, TcpState
-from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
+from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
 
 from ..queues import NO_ITEMS, grown
@@ -146,7 +146,7 @@ def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
             nbl.advance(k)
         done.append(nbl)
     c.unacked.clear()
-    t.ndis.NdisTcpOffloadSendComplete(t, _chain(done))
+    t.ndis.NdisTcpOffloadSendComplete(t, chain_of(done))
     release_refusals(t, c)
 
 
@@ -231,12 +231,6 @@ def complete_now(
         nbl.status = status
         nbl.tcp_offload_bytes_transferred = 0
     complete(t, head)
-
-
-def _chain(nbls: list[NetBufferList]) -> NetBufferList:
-    head = link_chain(nbls)
-    assert head is not None
-    return head
 
 
 def _backlog(t: OffloadTarget, c: TcpContext) -> None:

@@ -15,14 +15,14 @@ from typing import Any, cast
 from chimneyd.ndis.blocks import OffloadBlock
 from chimneyd.ndis.broker import Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
-from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.nbl import NetBufferList, chain_of
 from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 
 from ..base import DriverLayer, Timers, downcall
 from ..wire import WirePort
 from . import adapter, disconnect, events, receive, send, state_ops, terminate
-from .batch import CompletionBatch, chain_of
+from .batch import CompletionBatch
 from .contexts import Context, TcpContext
 
 FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
