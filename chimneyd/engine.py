@@ -73,8 +73,9 @@ class _Request:
 
     The host answers every request exactly once (`done`), even one whose future was cancelled
     (its client left); that answer, not the cancellation, is when the request stops counting.
-    So a request costs no done-callback of the engine's own: the one the RPC server adds is the
-    only one (each is a scheduled call of the loop)."""
+    So a request costs no done-callback of the engine's own: only its caller's (the RPC
+    server's, and the latency histogram's while metrics are recorded) are left, each a
+    scheduled call of the loop."""
 
     __slots__ = ("conn_id", "engine", "fut", "on_settled", "settled", "timer")
 
