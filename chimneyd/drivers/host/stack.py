@@ -67,7 +67,9 @@ def request(
             if tcb is None:
                 done(None, AppError("NOT_FOUND", f"no connection {conn_id}"))
                 return
-            if defer and self.defer_if_moving(tcb, lambda: run(self, conn_id, *args, **kwargs)):
+            # the closure to replay it is made only when the request must wait
+            if defer and self.must_defer(tcb):
+                self.defer(tcb, lambda: run(self, conn_id, *args, **kwargs))
                 return
             try:
                 fn(self, tcb, *args, **kwargs)
@@ -156,12 +158,15 @@ class HostStack(DriverLayer):
                 assert head is not None
                 self.ndis.NdisOffloadTcpReceiveReturn(self, binding, head)
 
-    def defer_if_moving(self, tcb: Tcb, fn: Callable[[], None]) -> bool:
-        """Hold a request while the connection changes hands, or behind held ones (order)."""
-        if tcb.lifecycle.phase in _MOVING or (tcb.deferred and not tcb.replaying):
-            tcb.deferred = grown(tcb.deferred, fn)
-            return True
-        return False
+    @staticmethod
+    def must_defer(tcb: Tcb) -> bool:
+        """Must a request wait: while the connection changes hands, or behind held ones (order)."""
+        return tcb.lifecycle.phase in _MOVING or bool(tcb.deferred and not tcb.replaying)
+
+    @staticmethod
+    def defer(tcb: Tcb, fn: Callable[[], None]) -> None:
+        """Hold a request until the transition is over (`run_deferred`)."""
+        tcb.deferred = grown(tcb.deferred, fn)
 
     def run_deferred(self, tcb: Tcb) -> None:
         """Replay requests that waited for a transition, in order, until one starts another.
