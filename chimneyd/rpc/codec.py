@@ -174,6 +174,19 @@ def _describe(exc: Exception) -> str:
 
 def parse_message(obj: Any) -> Message:
     """One decoded msgpack object → a request, a notification or why it is neither."""
+    if obj.__class__ is list and len(obj) == 4:
+        # a well-formed request, checked in one go (nearly every message); anything else
+        # takes the checks below, which say what is wrong
+        kind, msgid, method, params = obj
+        if (
+            kind.__class__ is int
+            and kind == REQUEST
+            and msgid.__class__ is int
+            and 0 <= msgid < MSGID_LIMIT
+            and method.__class__ is str
+            and params.__class__ is list
+        ):
+            return Request(msgid, method, params)
     if not isinstance(obj, list) or not obj:
         return ProtocolError("a message must be a non-empty msgpack array")
     kind = obj[0]
@@ -207,11 +220,13 @@ def parse_message(obj: Any) -> Message:
 class Encoder:
     """Responses and notifications; the server always sends method names as str."""
 
-    __slots__ = ("_packer",)
+    __slots__ = ("_packer", "pack")
 
     def __init__(self) -> None:
         # surrogateescape: a str the client sent as invalid UTF-8 goes back as the same bytes
         self._packer = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+        #: one message array as bytes: `response` without its call, for the server's hot path
+        self.pack = self._packer.pack
 
     def response(self, msgid: int, error: list[Any] | None, result: Any) -> bytes:
         return self._packer.pack([RESPONSE, msgid, error, result])  # type: ignore[no-any-return]

@@ -35,7 +35,7 @@ from chimneyd.observe import metrics
 
 from . import errors
 from .auth import Authenticator, Role
-from .codec import Decoder, Encoder, Notification, ProtocolError, Request
+from .codec import RESPONSE, Decoder, Encoder, Notification, ProtocolError, Request
 from .deadlines import ClientClock
 from .frame_budget import FrameBudget
 from .methods import FUTURE_METHODS, OPEN_METHODS, Method, conn_param
@@ -330,12 +330,18 @@ class Session(asyncio.Protocol):
     def respond(self, msgid: int, error: list[Any] | None, result: Any) -> None:
         if self.closing or self.transport is None:
             return
+        # `Encoder.response` and `send` written out: every answer passes here (ping: 1 in 3 of
+        # the calls a request costs)
+        pack = self.encoder.pack
         try:
-            frame = self.encoder.response(msgid, error, result)
+            frame = pack([RESPONSE, msgid, error, result])
         except (TypeError, ValueError, OverflowError) as exc:
             error = errors.internal(exc, "?", client=self.peer, what="rpc_unencodable_result")
-            frame = self.encoder.response(msgid, error, None)
-        self.send(frame)
+            frame = pack([RESPONSE, msgid, error, None])
+        self.out.append(frame)
+        if not self.flush_scheduled and not self.serving:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def send(self, frame: bytes) -> None:
         if self.closing:

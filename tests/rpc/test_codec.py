@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import msgpack
@@ -274,3 +275,28 @@ def test_encoder_shapes() -> None:
     note = msgpack.unpackb(e.notification("tcp.event", [1, "closed", {}]), raw=True)
     assert note == [2, b"tcp.event", [1, b"closed", {}]]  # str on the wire, not bin
     assert msgpack.unpackb(e.response(5, None, b"\x00"), raw=True)[3] == b"\x00"
+
+
+def test_a_four_element_array_is_a_request_exactly_when_every_field_is_right() -> None:
+    """The request shape is checked in one go first; whatever that lets through or not, the
+    answer must be what the contract's rules say, field by field: every combination of a
+    right and a wrong value of each field."""
+    kinds = [0, 1, 2, False, True, 0.0]
+    msgids = [0, 7, 2**32 - 1, 2**32, -1, True, False, 1.0, None, "1"]
+    methods = ["ping", b"ping", "", 3, None, ["ping"]]
+    params_ = [[], [1, "x"], None, {}, "x", b"", 0]
+    for kind, msgid, method, params in itertools.product(kinds, msgids, methods, params_):
+        got = parse_message([kind, msgid, method, params])
+        right = (
+            type(kind) is int
+            and kind == 0
+            and type(msgid) is int
+            and 0 <= msgid < 2**32
+            and isinstance(method, (str, bytes))
+            and isinstance(params, list)
+        )
+        if right:
+            name = method.decode() if isinstance(method, bytes) else method
+            assert got == Request(msgid, name, params), (kind, msgid, method, params)
+        else:
+            assert not isinstance(got, Request), (kind, msgid, method, params)
