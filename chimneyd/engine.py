@@ -281,6 +281,10 @@ class Engine:
             )
         return req.fut
 
+    def _unanswered(self) -> int:
+        """Requests the host has not answered yet (an answered one leaves `_pending` at once)."""
+        return sum(len(p) for p in self._pending.values())
+
     def _answered(self, req: _Request) -> None:
         pending = self._pending.get(req.conn_id)
         if pending is not None:
@@ -343,8 +347,7 @@ class Engine:
                 "listeners": len(self.sockets.listeners),
                 "pending_overflows": self.sockets.pending_overflows,
                 "queued_send_bytes": sum(self._queued_send.values()),
-                # requests the host has not answered yet (answered ones leave at once)
-                "pending_requests": sum(len(p) for p in self._pending.values()),
+                "pending_requests": self._unanswered(),
                 "wires": len(self.sockets.by_conn),
                 "ack_waiting": len(self.sockets.watcher.waiting),
                 "inbox": {t.layer.name: len(t.inbox) for t in self.tasks},
@@ -692,7 +695,7 @@ class Engine:
         if unfinished:
             left["unfinished_closes"] = unfinished
         # every request the host was given must have been answered (`_Request`)
-        unanswered = sum(len(p) for p in self._pending.values())
+        unanswered = self._unanswered()
         if unanswered:
             left["pending_requests"] = unanswered
         for task in self.tasks:
