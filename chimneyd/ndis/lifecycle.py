@@ -203,12 +203,22 @@ FIN_SENT_STATES = frozenset(
 FIN_RECEIVED_STATES = frozenset({T.CLOSE_WAIT, T.CLOSING, T.LAST_ACK, T.TIME_WAIT, T.CLOSED})
 
 
-def tcp_state_of(delegated: TcpConn, now: TcpState | None = None) -> TcpState:
+def tcp_state_of(
+    delegated: TcpConn, now: TcpState | None = None, told_of_no_kill: bool = False
+) -> TcpState:
     """The TCP state a delegated `State` names. `TcpConnectionClosed` is both a graceful end
-    (from LAST_ACK) and a killed connection: it is the graceful one only for a layer that
-    knows its connection was in LAST_ACK (`now`)."""
+    (from LAST_ACK) and a killed connection. It is the graceful one for a layer that knows
+    its connection was in LAST_ACK (`now`), and for one that sent its FIN (`now`) and heard
+    of no kill (`told_of_no_kill`): a target tells of every kill before it hands the state
+    back (`TcpIndicateAbort`, or an upload request, spec §5.1, §5.2). Such a layer saw its
+    FIN go first, the layer below the peer's (which waited behind held bytes, spec §5.1):
+    both FINs are out and ours is acknowledged, which is TIME_WAIT in its own order."""
     if delegated is TcpConn.TcpConnectionClosed:
-        return T.CLOSED if now in (T.LAST_ACK, T.CLOSED) else T.RESET
+        if now in (T.LAST_ACK, T.CLOSED):
+            return T.CLOSED
+        if told_of_no_kill and now in FIN_SENT_STATES:
+            return T.TIME_WAIT
+        return T.RESET
     return _OF_DELEGATED[delegated]
 
 
@@ -257,6 +267,13 @@ class Lifecycle:
             if _tcp_path(target, self.tcp) is not None:
                 return
             (sent_here, got_here), (sent_below, got_below) = _fins(self.tcp), _fins(target)
+            if self.tcp is T.FIN_WAIT_1 and got_below:
+                # FIN_WAIT_1 here, LAST_ACK or CLOSE_WAIT below: the peer's FIN arrived below
+                # and its indication still waited behind bytes the target held (spec §5.1).
+                # The FIN is news to us: take it (CLOSING), then compare again
+                self.fire(E.FIN_RECEIVED)
+                self.reach(target)
+                return
             if got_here == got_below and (sent_here or not sent_below):
                 # CLOSING here, LAST_ACK below: both FINs are out and ours is not acknowledged;
                 # only the order differs (our FIN was held below while the peer's arrived).

@@ -10,6 +10,7 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.faults import KINDS, MAX_FAULT_MS
+from chimneyd.ndis.lifecycle import TcpState
 from tests.integration.support import RecordingPeer
 
 pytestmark = pytest.mark.timeout(60, method="thread")
@@ -223,3 +224,58 @@ async def test_a_refused_disconnect_never_overtakes_earlier_sends(
     assert engine.checker.violations == []
     engine.fault_clear(stall)
     await engine.close(conn)
+
+
+@pytest.mark.parametrize("acked", [False, True], ids=["fin_unacked", "fin_acked"])
+@pytest.mark.parametrize("end", ["upload", "close"])
+async def test_peer_fin_held_behind_unread_data_while_we_disconnect(
+    make_engine: Any, recording: Any, end: str, acked: bool
+) -> None:
+    """The peer's data fills the host's receive buffer and its FIN follows: the target holds
+    the FIN's indication behind the bytes it keeps (spec §5.1). Our disconnect sends our FIN
+    meanwhile: the host is FIN_WAIT_1 (or FIN_WAIT_2 once ours is acknowledged) and the target
+    LAST_ACK (or, acknowledged, CLOSED). An upload or close hands that back, and the host must
+    take the peer's FIN from it. LAST_ACK was taken for a contradiction (answered INTERNAL),
+    CLOSED for a reset: the application read "connection reset" where the stream had ended."""
+    port, peers = recording
+    engine = await make_engine(rx_buffer_bytes=4096)
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers, 1)
+    data = bytes(range(256)) * 22  # more than the host holds unread, less than both layers
+    peer.transport.write(data)
+    peer.transport.write_eof()
+    await asyncio.sleep(0.2)
+    tcb = engine.host.tcbs[conn]
+    if acked:
+        assert (
+            await asyncio.wait_for(engine.disconnect(conn, False), SOON_S) == "NDIS_STATUS_SUCCESS"
+        )
+        assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_2
+        bye = None
+    else:
+        # a stalled peer: the target hears of no ACK, so our FIN stays unacknowledged
+        engine.fault_inject({"kind": "stall_peer", "conn": conn, "ms": HOUR_MS})
+        bye = asyncio.ensure_future(engine.disconnect(conn, False))
+        await asyncio.sleep(0.2)
+        assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_1
+    if end == "close":
+        await asyncio.wait_for(engine.close(conn), SOON_S)
+        if bye is not None:
+            assert await asyncio.wait_for(bye, SOON_S) in (
+                "NDIS_STATUS_SUCCESS",
+                "NDIS_STATUS_REQUEST_ABORTED",
+            )
+    else:
+        await asyncio.wait_for(engine.upload(conn), SOON_S)
+        # CLOSING, or TIME_WAIT once our FIN is acknowledged (the host carries it again)
+        assert tcb.lifecycle.tcp in (TcpState.CLOSING, TcpState.TIME_WAIT)
+        assert not tcb.reset
+        got = b""
+        while chunk := await engine.recv(conn, 65536, SOON_S):
+            got += chunk
+        assert got == data  # every byte once, in order, then the end of the stream
+        engine.fault_clear(None)
+        if bye is not None:
+            assert await asyncio.wait_for(bye, SOON_S) == "NDIS_STATUS_SUCCESS"
+    assert engine.layer_errors == 0
+    assert engine.checker.violations == []

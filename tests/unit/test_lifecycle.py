@@ -141,10 +141,28 @@ def test_reach_catches_up_and_never_goes_back() -> None:
         done.reach(TcpState.CLOSE_WAIT)  # FIN_WAIT_2 and CLOSE_WAIT lead to neither
 
 
-def test_delegated_closed_is_graceful_only_after_last_ack() -> None:
+@pytest.mark.parametrize("below", [TcpState.LAST_ACK, TcpState.CLOSE_WAIT])
+def test_reach_takes_a_peer_fin_the_layer_below_had_not_indicated(below: TcpState) -> None:
+    """Our FIN sent, the peer's FIN received below but not yet indicated (it waits behind
+    held bytes): the host takes the FIN and is CLOSING, whether our FIN left below (LAST_ACK)
+    or not yet (CLOSE_WAIT)."""
+    host = at(Role.HOST_CONNECTION, E.FIN_SENT, tcp=TcpState.ESTABLISHED)
+    host.reach(below)
+    assert host.tcp is TcpState.CLOSING
+    done = at(Role.HOST_CONNECTION, E.FIN_SENT, E.FIN_ACKED, tcp=TcpState.ESTABLISHED)
+    with pytest.raises(IllegalTransition):
+        done.reach(TcpState.LAST_ACK)  # ours acknowledged here but not below: a contradiction
+
+
+def test_delegated_closed_is_graceful_after_last_ack_or_our_fin_without_a_kill() -> None:
     closed = TcpConn.TcpConnectionClosed
     assert tcp_state_of(closed, TcpState.LAST_ACK) is TcpState.CLOSED
     assert tcp_state_of(closed, TcpState.ESTABLISHED) is TcpState.RESET
+    # our FIN sent and no kill heard of: the peer's FIN went first below, ours is acknowledged
+    for sent in (TcpState.FIN_WAIT_1, TcpState.FIN_WAIT_2, TcpState.CLOSING):
+        assert tcp_state_of(closed, sent, told_of_no_kill=True) is TcpState.TIME_WAIT
+        assert tcp_state_of(closed, sent) is TcpState.RESET  # told of a kill (or not asked)
+    assert tcp_state_of(closed, TcpState.ESTABLISHED, told_of_no_kill=True) is TcpState.RESET
     for state, delegated in DELEGATED_STATE.items():
         if state not in (TcpState.CLOSED, TcpState.RESET):
             assert tcp_state_of(delegated) is state

@@ -208,7 +208,7 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     # the TCP state as the target left it: the host may not have seen every step (a FIN
     # received but not yet indicated, a FIN of ours acknowledged during the terminate)
     fin_before = tcb.lifecycle.tcp in FIN_RECEIVED_STATES
-    tcb.lifecycle.reach(tcp_state_of(d.State, tcb.lifecycle.tcp))
+    tcb.lifecycle.reach(tcp_state_of(d.State, tcb.lifecycle.tcp, tcb.end_reason is None))
     if tcb.lifecycle.tcp in FIN_RECEIVED_STATES and not fin_before:
         tcb.rx.fin = tcb.rx.rcv_nxt
         h.emit(tcb.conn_id, "TcpIndicateDisconnect", {"path": "upload"})
