@@ -210,7 +210,7 @@ def tcp_state_of(
     (from LAST_ACK) and a killed connection. It is the graceful one for a layer that knows
     its connection was in LAST_ACK (`now`), and for one that sent its FIN (`now`) and heard
     of no kill (`told_of_no_kill`): a target tells of every kill before it hands the state
-    back (`TcpIndicateAbort`, or an upload request, spec §5.1, §5.2). Such a layer saw its
+    back (`TcpIndicateAbort`, or an upload request; spec §5.1, §5.2, §6.3). Such a layer saw its
     FIN go first, the layer below the peer's (which waited behind held bytes, spec §5.1):
     both FINs are out and ours is acknowledged, which is TIME_WAIT in its own order."""
     if delegated is TcpConn.TcpConnectionClosed:
