@@ -156,6 +156,7 @@ def test_check_config_good_file(tmp_path: Path) -> None:
     assert "s3cret" not in run.stdout
     assert cfg["rpc"]["max_in_flight"] == 7
     assert cfg["rpc"]["max_connections_per_client"] == 10000  # defaults fill in
+    assert cfg["rpc"]["max_message_bytes"] == 8 * 1024 * 1024
     assert cfg["log"] == {"format": "json", "level": "debug", "file": ""}
     assert cfg["engine"]["trace_depth"] == 32 and cfg["engine"]["invariants"] is True
     assert [(la["name"], la["kind"], la["lower"]) for la in cfg["layer"]] == [
@@ -192,6 +193,11 @@ def test_check_config_default_and_overrides(tmp_path: Path) -> None:
     cfg = json.loads(run.stdout)
     assert cfg["rpc"]["listen"] == ["127.0.0.1:0", "unix:/tmp/x.sock"]
     assert cfg["log"]["format"] == "console" and cfg["log"]["level"] == "warning"
+    # over a file: the command line replaces the file's addresses, the rest of the file stays
+    run = chimneyd(tmp_path, "--check-config", "--listen", "127.0.0.1:0", config=GOOD)
+    assert run.returncode == 0, run.stderr
+    cfg = json.loads(run.stdout)
+    assert cfg["rpc"]["listen"] == ["127.0.0.1:0"] and cfg["rpc"]["max_in_flight"] == 7
 
 
 @pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
