@@ -67,7 +67,12 @@ def start_daemon(
     port, else a free port picked here), then `extra_args`; it is stopped (SIGTERM, then SIGKILL)
     when `stack` closes. Raises RuntimeError with the daemon's last output when it does not come
     up."""
-    argv = default_argv() if interpreter_args is None else [sys.executable, *interpreter_args]
+    if interpreter_args is None:
+        # a bench killed outright leaves no daemon behind (`--daemon` may run another build,
+        # which need not know the option)
+        argv = [*default_argv(), "--parent-pid", str(os.getpid())]
+    else:
+        argv = [sys.executable, *interpreter_args]
     last = ""
     for port in (0, _free_port()):
         proc = Child(

@@ -2,7 +2,8 @@
 
 Shutdown (SIGTERM/SIGINT) follows the hypercorn shape: stop accepting, let in-flight requests
 finish within the deadline, cancel the rest, upload and close every connection, report what was
-left over, exit 0. SIGHUP reopens the log file.
+left over, exit 0. SIGHUP reopens the log file. A daemon started by a tool (`--parent-pid`)
+stops the same way once that tool is gone, however it ended.
 
 With `daemon.shards` above 1 this process is the supervisor (`chimneyd.shards.supervisor`) and
 each shard runs `serve` in its own process (`run_shard`), behind the one RPC address.
@@ -17,6 +18,8 @@ import os
 import resource
 import signal
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from chimneyd.shards.shard import ShardSetup
 
 log = structlog.get_logger("chimneyd.daemon")
+#: How often a daemon started with --parent-pid checks that its parent still lives.
+PARENT_CHECK_S = 0.5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,8 +73,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="engine processes behind the one RPC address (a number, or auto: one per CPU);"
         " overrides daemon.shards",
     )
+    p.add_argument(
+        "--parent-pid",
+        metavar="PID",
+        type=int,
+        help="stop (as on SIGTERM) once process PID, which must be our parent, is gone: a"
+        " tool that spawns the daemon leaves none behind if it is killed",
+    )
     p.add_argument("--version", action="version", version=f"chimneyd {__version__}")
     return p.parse_args(argv)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """`--parent-pid`: send ourselves SIGTERM (the graceful stop, sharded or not) once that
+    process is no longer our parent. However it ended, SIGKILL included, its children are
+    re-parented, so our parent pid changes. A thread, so one watch serves the single daemon
+    and the supervisor alike, whatever their loops are doing."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        log.warning("daemon_parent_gone", parent_pid=parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="chimneyd-parent-watch", daemon=True).start()
 
 
 def raise_fd_limit() -> int:
@@ -267,6 +294,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.parent_pid is not None:
+        if args.parent_pid != os.getppid():
+            print(
+                f"chimneyd: --parent-pid {args.parent_pid} is not our parent ({os.getppid()})",
+                file=sys.stderr,
+            )
+            return 2
+        stop_with_parent(args.parent_pid)
     import uvloop
 
     if config.daemon.shards > 1:

@@ -209,6 +209,8 @@ def start_daemon(
         "--invariants",
         "--log-format",
         "json",
+        "--parent-pid",  # a test run killed outright leaves no daemon behind
+        str(os.getpid()),
         *args,
     ]
     if config is not None:

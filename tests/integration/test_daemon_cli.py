@@ -407,3 +407,81 @@ def test_deploy_files_are_a_valid_configuration(tmp_path: Path) -> None:
     # the unit gives the daemon time to finish its own shutdown deadline before SIGKILL
     (stop,) = [ln for ln in unit.splitlines() if ln.startswith("TimeoutStopSec=")]
     assert float(stop.split("=")[1]) > cfg["rpc"]["shutdown_deadline_s"]
+
+
+def test_parent_pid_must_be_our_parent(tmp_path: Path) -> None:
+    run = chimneyd(tmp_path, "--listen", "127.0.0.1:0", "--parent-pid", "1")
+    assert run.returncode == 2
+    assert "--parent-pid 1 is not our parent" in run.stderr
+    assert "listening" not in run.stdout
+
+
+#: A stand-in for a tool that spawns the daemon (the soak, the bench, a test run): it names
+#: itself with --parent-pid, says the daemon's pid, and waits to be killed.
+_SPAWNER = """
+import os, subprocess, sys, time
+args = ["--listen", "127.0.0.1:0", "--log-format", "json", "--parent-pid", str(os.getpid())]
+d = subprocess.Popen([sys.executable, "-m", "chimneyd", *args] + sys.argv[1:])
+print("daemon pid", d.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaps counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.parametrize("shards", ["1", "2"])
+def test_a_daemon_started_with_parent_pid_stops_when_its_parent_is_killed(
+    tmp_path: Path, shards: str
+) -> None:
+    """The tool that started it is killed outright (SIGKILL): the daemon, and with shards each
+    shard, stops by itself, gracefully (its stop report is written), instead of serving for
+    ever with nobody to stop it."""
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("wb") as err:
+        spawner = subprocess.Popen(
+            [sys.executable, "-c", _SPAWNER, "--shards", shards],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=child_env(),
+            cwd=tmp_path,
+            text=True,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        assert spawner.stdout is not None
+        for line in spawner.stdout:  # ends when the daemon too has closed its stdout
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        first = lines.get(timeout=WAIT)
+        assert first is not None and first.startswith("daemon pid "), log_path.read_text()
+        pid = int(first.split()[2])
+        ready = lines.get(timeout=WAIT)
+        assert ready is not None and ready.startswith("chimneyd listening on "), (
+            log_path.read_text()
+        )
+        assert not _gone(pid)
+        spawner.kill()
+        spawner.wait(WAIT)
+        deadline = time.monotonic() + WAIT
+        while not _gone(pid):
+            assert time.monotonic() < deadline, "the daemon outlived the tool that started it"
+            time.sleep(0.05)
+    finally:
+        if spawner.poll() is None:
+            spawner.kill()
+            spawner.wait(WAIT)
+    events = [json.loads(x)["event"] for x in log_path.read_text().splitlines() if x[:1] == "{"]
+    assert "daemon_parent_gone" in events
+    assert "daemon_stopped" in events or "supervisor_stopped" in events

@@ -161,7 +161,8 @@ class Phases:
         args = self.args
         if not args.rpc:
             argv = [sys.executable, "-m", "chimneyd", "--listen", "127.0.0.1:0", "--invariants"]
-            argv += ["--log-level", "warning"]
+            # a soak killed outright (SIGKILL) cannot stop its daemon: it stops by itself
+            argv += ["--log-level", "warning", "--parent-pid", str(os.getpid())]
             if args.daemon_config:
                 argv += ["--config", args.daemon_config]
             if getattr(args, "shards", None):
