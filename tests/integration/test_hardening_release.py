@@ -4,11 +4,13 @@ releases at once, in order, everything it holds (issue: faults whose effects out
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.faults import KINDS, MAX_FAULT_MS
 from chimneyd.ndis.lifecycle import TcpState
 from tests.integration.support import RecordingPeer
@@ -19,6 +21,15 @@ pytestmark = pytest.mark.timeout(60, method="thread")
 HOUR_MS = MAX_FAULT_MS
 #: a released call must be answered well within this
 SOON_S = 2.0
+
+
+async def _until(done: Callable[[], bool], why: str) -> None:
+    """Wait (bounded) until `done()` holds."""
+    for _ in range(int(SOON_S / 0.005)):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(why)
 
 
 async def _peer(peers: list[RecordingPeer], n: int) -> RecordingPeer:
@@ -244,19 +255,24 @@ async def test_peer_fin_held_behind_unread_data_while_we_disconnect(
     data = bytes(range(256)) * 22  # more than the host holds unread, less than both layers
     peer.transport.write(data)
     peer.transport.write_eof()
-    await asyncio.sleep(0.2)
     tcb = engine.host.tcbs[conn]
+    (ctx,) = [c for c in engine.target_layer("nic0").table if isinstance(c, TcpContext)]
+    await _until(
+        lambda: ctx.rx.fin is not None and ctx.buffered_bytes > 0,
+        "the target never held bytes with the peer's FIN behind them",
+    )
     if acked:
         assert (
             await asyncio.wait_for(engine.disconnect(conn, False), SOON_S) == "NDIS_STATUS_SUCCESS"
         )
         assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_2
+        assert ctx.lifecycle.tcp is TcpState.CLOSED
         bye = None
     else:
         # a stalled peer: the target hears of no ACK, so our FIN stays unacknowledged
         engine.fault_inject({"kind": "stall_peer", "conn": conn, "ms": HOUR_MS})
         bye = asyncio.ensure_future(engine.disconnect(conn, False))
-        await asyncio.sleep(0.2)
+        await _until(lambda: ctx.lifecycle.tcp is TcpState.LAST_ACK, "our FIN never left")
         assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_1
     if end == "close":
         await asyncio.wait_for(engine.close(conn), SOON_S)
