@@ -74,6 +74,19 @@ async def drained(engine: Engine, timeout: float = 5.0) -> dict[str, Any]:
         await asyncio.sleep(0.01)
 
 
+async def eventually(
+    predicate: Callable[[], Any], what: str = "the awaited condition", timeout: float = 5.0
+) -> None:
+    """Wait (bounded) until `predicate()` holds: a condition, never a fixed sleep; a hang fails
+    the test, nothing is timed."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.005)
+
+
 def assert_clean(engine: Engine, stats: dict[str, Any]) -> None:
     for name, s in stats.items():
         for gauge in ("offloads_active", "handles", "outstanding_nbls"):

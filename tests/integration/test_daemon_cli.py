@@ -244,11 +244,13 @@ def test_non_loopback_listen_needs_a_token(tmp_path: Path) -> None:
 class Child:
     """A daemon subprocess; stdout lines are read on a thread so a wait can be bounded."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(
+        self, args: list[str], cwd: Path, command: tuple[str, ...] = ("-m", "chimneyd")
+    ) -> None:
         self.stderr_path = cwd / "stderr.log"
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chimneyd", *args],
+            [sys.executable, *command, *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
@@ -440,48 +442,23 @@ def _gone(pid: int) -> bool:
 def test_a_daemon_started_with_parent_pid_stops_when_its_parent_is_killed(
     tmp_path: Path, shards: str
 ) -> None:
-    """The tool that started it is killed outright (SIGKILL): the daemon, and with shards each
-    shard, stops by itself, gracefully (its stop report is written), instead of serving for
-    ever with nobody to stop it."""
-    log_path = tmp_path / "stderr.log"
-    with log_path.open("wb") as err:
-        spawner = subprocess.Popen(
-            [sys.executable, "-c", _SPAWNER, "--shards", shards],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=child_env(),
-            cwd=tmp_path,
-            text=True,
-        )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def read() -> None:
-        assert spawner.stdout is not None
-        for line in spawner.stdout:  # ends when the daemon too has closed its stdout
-            lines.put(line.rstrip("\n"))
-        lines.put(None)
-
-    threading.Thread(target=read, daemon=True).start()
+    """The tool that started it is killed outright (SIGKILL): the daemon (with shards, their
+    supervisor) stops by itself, gracefully (its stop report is written), instead of serving
+    for ever with nobody to stop it."""
+    spawner = Child(["--shards", shards], tmp_path, command=("-c", _SPAWNER))
     try:
-        first = lines.get(timeout=WAIT)
-        assert first is not None and first.startswith("daemon pid "), log_path.read_text()
+        first = spawner.ready_line()  # the daemon shares the spawner's stdout and stderr
+        assert first.startswith("daemon pid "), first
         pid = int(first.split()[2])
-        ready = lines.get(timeout=WAIT)
-        assert ready is not None and ready.startswith("chimneyd listening on "), (
-            log_path.read_text()
-        )
+        assert spawner.ready_line().startswith("chimneyd listening on "), spawner.stderr()
         assert not _gone(pid)
         spawner.kill()
-        spawner.wait(WAIT)
         deadline = time.monotonic() + WAIT
         while not _gone(pid):
             assert time.monotonic() < deadline, "the daemon outlived the tool that started it"
             time.sleep(0.05)
     finally:
-        if spawner.poll() is None:
-            spawner.kill()
-            spawner.wait(WAIT)
-    events = [json.loads(x)["event"] for x in log_path.read_text().splitlines() if x[:1] == "{"]
+        spawner.kill()
+    events = [json.loads(x)["event"] for x in spawner.stderr().splitlines() if x[:1] == "{"]
     assert "daemon_parent_gone" in events
     assert "daemon_stopped" in events or "supervisor_stopped" in events

@@ -4,7 +4,6 @@ releases at once, in order, everything it holds (issue: faults whose effects out
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,7 +12,7 @@ from chimneyd.api import EngineError, ErrorCode
 from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.faults import KINDS, MAX_FAULT_MS
 from chimneyd.ndis.lifecycle import TcpState
-from tests.integration.support import RecordingPeer
+from tests.integration.support import RecordingPeer, eventually
 
 pytestmark = pytest.mark.timeout(60, method="thread")
 
@@ -21,15 +20,6 @@ pytestmark = pytest.mark.timeout(60, method="thread")
 HOUR_MS = MAX_FAULT_MS
 #: a released call must be answered well within this
 SOON_S = 2.0
-
-
-async def _until(done: Callable[[], bool], why: str) -> None:
-    """Wait (bounded) until `done()` holds."""
-    for _ in range(int(SOON_S / 0.005)):
-        if done():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(why)
 
 
 async def _peer(peers: list[RecordingPeer], n: int) -> RecordingPeer:
@@ -257,9 +247,9 @@ async def test_peer_fin_held_behind_unread_data_while_we_disconnect(
     peer.transport.write_eof()
     tcb = engine.host.tcbs[conn]
     (ctx,) = [c for c in engine.target_layer("nic0").table if isinstance(c, TcpContext)]
-    await _until(
+    await eventually(
         lambda: ctx.rx.fin is not None and ctx.buffered_bytes > 0,
-        "the target never held bytes with the peer's FIN behind them",
+        "the target holds bytes with the peer's FIN behind them",
     )
     if acked:
         assert (
@@ -272,7 +262,7 @@ async def test_peer_fin_held_behind_unread_data_while_we_disconnect(
         # a stalled peer: the target hears of no ACK, so our FIN stays unacknowledged
         engine.fault_inject({"kind": "stall_peer", "conn": conn, "ms": HOUR_MS})
         bye = asyncio.ensure_future(engine.disconnect(conn, False))
-        await _until(lambda: ctx.lifecycle.tcp is TcpState.LAST_ACK, "our FIN never left")
+        await eventually(lambda: ctx.lifecycle.tcp is TcpState.LAST_ACK, "our FIN left")
         assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_1
     if end == "close":
         await asyncio.wait_for(engine.close(conn), SOON_S)

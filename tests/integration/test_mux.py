@@ -16,6 +16,7 @@ from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
 from chimneyd.drivers.target import adapter as target_adapter
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
+from tests.integration.support import eventually
 
 
 def teaming(policy: str, nics: int = 3, room: int = 16384, im_under: bool = False) -> Any:
@@ -49,14 +50,6 @@ async def echo(engine: Any, conn: int, data: bytes) -> None:
     assert await engine.send(conn, data) == len(data)
     got = await engine.recv(conn, len(data), 5.0, True)
     assert got == data
-
-
-async def until(check: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not check():
-        assert loop.time() < end, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 def all_offloaded(engine: Any, conns: list[int]) -> Any:
@@ -100,12 +93,12 @@ async def test_active_standby_uses_the_first_nic_until_it_is_down(
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
     assert {nic_of(engine, c) for c in conns} == {"nic0"}
     fault = engine.fault_inject({"kind": "nic_down", "layer": "nic0"})
-    await until(lambda: {engine.conn_info(c)["path"][-1] for c in conns} == {"nic1"})
-    await until(all_offloaded(engine, conns))
+    await eventually(lambda: {engine.conn_info(c)["path"][-1] for c in conns} == {"nic1"})
+    await eventually(all_offloaded(engine, conns))
     for c in conns:
         await echo(engine, c, b"after the move" * 100)
     engine.fault_clear(fault)  # back in service: new connections go to nic0 again
-    await until(lambda: lowers(engine)["nic0"]["in_service"])
+    await eventually(lambda: lowers(engine)["nic0"]["in_service"])
     fresh = await engine.connect("127.0.0.1", echo_port)
     assert nic_of(engine, fresh) == "nic0"
 
@@ -116,7 +109,7 @@ async def test_least_loaded_fills_the_emptiest_nic(make_engine: Any, echo_port: 
     assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 2, "nic1": 2, "nic2": 2}
     for c in [c for c in conns if nic_of(engine, c) == "nic2"]:
         await engine.close(c)
-    await until(lambda: lowers(engine)["nic2"]["connections"] == 0)
+    await eventually(lambda: lowers(engine)["nic2"]["connections"] == 0)
     fresh = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
     assert [nic_of(engine, c) for c in fresh] == ["nic2", "nic2"]
 
@@ -129,9 +122,9 @@ async def test_least_bytes_avoids_the_nic_with_unacknowledged_data(
     assert [nic_of(engine, x) for x in (a, b, c)] == ["nic0", "nic1", "nic2"]
     fault = engine.fault_inject({"kind": "stall_peer", "conn": a, "ms": 3000})
     sending = asyncio.ensure_future(engine.send(a, b"s" * 65536))  # completes when acknowledged
-    await until(lambda: lowers(engine)["nic0"]["outstanding_bytes"] > 0)
+    await eventually(lambda: lowers(engine)["nic0"]["outstanding_bytes"] > 0)
     await engine.close(b)
-    await until(lambda: lowers(engine)["nic1"]["connections"] == 0)
+    await eventually(lambda: lowers(engine)["nic1"]["connections"] == 0)
     first = await engine.connect("127.0.0.1", echo_port)
     second = await engine.connect("127.0.0.1", echo_port)
     # each NIC now has one connection: least-loaded would take nic0 (the first); nic0 has
@@ -140,7 +133,7 @@ async def test_least_bytes_avoids_the_nic_with_unacknowledged_data(
     engine.fault_clear(fault)
     assert await sending == 65536
     assert await engine.recv(a, 65536, 10.0, True) == b"s" * 65536
-    await until(lambda: lowers(engine)["nic0"]["outstanding_bytes"] == 0)
+    await eventually(lambda: lowers(engine)["nic0"]["outstanding_bytes"] == 0)
 
 
 async def test_hash_keeps_a_connection_on_the_same_nic(make_engine: Any, echo_port: int) -> None:
@@ -170,7 +163,7 @@ async def test_a_full_nic_is_skipped_and_a_full_team_refuses(
     assert "NDIS_STATUS_OFFLOAD_TCP_ENTRIES" in err.value.detail
     await echo(engine, third, b"host mode still works")
     await engine.close(a)
-    await until(lambda: lowers(engine)["nic0"]["connections"] == 0)
+    await eventually(lambda: lowers(engine)["nic0"]["connections"] == 0)
     await engine.offload(third)
     assert nic_of(engine, third) == "nic0"
 
@@ -204,14 +197,14 @@ async def test_ipv6_goes_only_to_nics_that_offload_it(
             await echo(engine, c, b"v" * 500)
         # with nic1 out, no NIC left offloads IPv6: the host keeps the connection itself
         fault = engine.fault_inject({"kind": "nic_down", "layer": "nic1"})
-        await until(lambda: all(engine.conn_info(c)["state"] == "host" for c in six))
+        await eventually(lambda: all(engine.conn_info(c)["state"] == "host" for c in six))
         more = await engine.connect("::1", v6_port)
         assert engine.conn_info(more)["state"] == "host"
         await echo(engine, more, b"still here")
         for c in six:
             await echo(engine, c, b"after nic1 left" * 20)
         engine.fault_clear(fault)
-        await until(all_offloaded(engine, six))  # offloaded again at RESUME
+        await eventually(all_offloaded(engine, six))  # offloaded again at RESUME
     finally:
         v6.close()
         v4.close()
@@ -245,7 +238,7 @@ async def test_a_failed_nic_moves_only_its_connections_without_losing_a_byte(
     results = await asyncio.gather(*streams)
     for c, got in zip(conns, results, strict=True):
         assert got == bytes(sent[c]), f"conn {c} on {on[c]}: bytes lost or reordered"
-    await until(all_offloaded(engine, conns))
+    await eventually(all_offloaded(engine, conns))
     assert all(nic_of(engine, c) in ("nic0", "nic2") for c in moved)
     assert all(nic_of(engine, c) == on[c] for c in stayed)
     for c in stayed:  # never asked up: they kept moving data offloaded
@@ -261,7 +254,7 @@ async def test_a_failed_nic_moves_only_its_connections_without_losing_a_byte(
     assert lowers(engine)["nic1"]["failed"] and lowers(engine)["nic1"]["connections"] == 0
     assert engine.ndis.stats()["nic1"]["offloads_active"] == 0  # its path and neighbor went too
     engine.fault_clear(fault)
-    await until(lambda: lowers(engine)["nic1"]["in_service"])
+    await eventually(lambda: lowers(engine)["nic1"]["in_service"])
     fresh = await engine.connect("127.0.0.1", echo_port)
     await echo(engine, fresh, b"nic1 is back")
 
@@ -275,20 +268,20 @@ async def test_failover_through_an_im_below_the_mux(make_engine: Any, echo_port:
         ["team0", "nic1"],
     ]
     fault = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
-    await until(lambda: all(engine.conn_info(c)["path"][-1] == "nic1" for c in conns))
-    await until(all_offloaded(engine, conns))
+    await eventually(lambda: all(engine.conn_info(c)["path"][-1] == "nic1" for c in conns))
+    await eventually(all_offloaded(engine, conns))
     for c in conns:
         await echo(engine, c, os.urandom(2048))
     engine.fault_clear(fault)
-    await until(lambda: lowers(engine)["im0"]["in_service"])
+    await eventually(lambda: lowers(engine)["im0"]["in_service"])
 
 
 async def test_nic_down_up_and_rebalance(make_engine: Any, echo_port: int) -> None:
     engine = await make_engine(teaming("least-loaded"))
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(9)]
     fault = engine.fault_inject({"kind": "nic_down", "layer": "nic2"})
-    await until(lambda: lowers(engine)["nic2"]["connections"] == 0)
-    await until(all_offloaded(engine, conns))
+    await eventually(lambda: lowers(engine)["nic2"]["connections"] == 0)
+    await eventually(all_offloaded(engine, conns))
     assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 5, "nic1": 4} or Counter(
         nic_of(engine, c) for c in conns
     ) == {"nic0": 4, "nic1": 5}
@@ -296,10 +289,10 @@ async def test_nic_down_up_and_rebalance(make_engine: Any, echo_port: int) -> No
     host = next(la for la in engine.info()["layers"] if la["name"] == "tcpip")
     assert host["capabilities"]["team0"]["TcpConnectionOffloadCapacity"] == 2 * 16384
     engine.fault_clear(fault)  # nic_up
-    await until(lambda: lowers(engine)["nic2"]["in_service"])
+    await eventually(lambda: lowers(engine)["nic2"]["in_service"])
     engine.fault_inject({"kind": "rebalance", "layer": "team0"})
-    await until(lambda: lowers(engine)["nic2"]["connections"] == 3)
-    await until(all_offloaded(engine, conns))
+    await eventually(lambda: lowers(engine)["nic2"]["connections"] == 3)
+    await eventually(all_offloaded(engine, conns))
     assert Counter(nic_of(engine, c) for c in conns) == {"nic0": 3, "nic1": 3, "nic2": 3}
     for c in conns:
         await echo(engine, c, os.urandom(1500))
@@ -318,7 +311,7 @@ async def test_each_nic_holds_its_own_copy_of_shared_objects(
     assert layer_stats["nic1"]["offloads_active"] == 3 + 2
     for c in [c for c in conns if nic_of(engine, c) == "nic1"]:
         await engine.upload(c)
-    await until(lambda: engine.ndis.stats()["nic1"]["offloads_active"] == 0)
+    await eventually(lambda: engine.ndis.stats()["nic1"]["offloads_active"] == 0)
     assert engine.ndis.stats()["nic0"]["offloads_active"] == 3 + 2
 
 
@@ -357,7 +350,7 @@ async def test_update_query_and_invalidate_reach_every_nic(
     # the shared neighbor lives on both NICs: invalidating it reaches both, and every
     # connection on either is asked up (spec §3.5, InvalidState)
     assert await engine.invalidate(conns[0], "neighbor") == {"status": "NDIS_STATUS_SUCCESS"}
-    await until(lambda: all(engine.conn_info(c)["state"] == "host" for c in conns))
+    await eventually(lambda: all(engine.conn_info(c)["state"] == "host" for c in conns))
     reasons = [i["reason"] for c, e, i in seen if e == "TcpIndicateRetrieve"]
     assert reasons.count("InvalidState") == 4
     layer_calls = engine.ndis.stats()

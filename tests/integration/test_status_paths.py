@@ -12,7 +12,7 @@ import pytest
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
 from chimneyd.engine import Engine
-from tests.integration.support import RecordingPeer, topology
+from tests.integration.support import RecordingPeer, eventually, topology
 
 
 class Events:
@@ -56,15 +56,6 @@ async def _received(peer: RecordingPeer, n: int) -> None:
     raise AssertionError(f"the peer has {len(peer.received)} bytes, not {n}")
 
 
-async def _until(what: str, cond: Any) -> None:
-    """Wait (bounded) until `cond()` holds: a condition, never a fixed sleep."""
-    for _ in range(1000):
-        if cond():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
-
-
 def _posted(engine: Engine, conn: int) -> bool:
     """The target holds a receive request of `conn` (its read went all the way down)."""
     return any(h["call"] == "MiniportTcpOffloadReceive" for h in engine.trace(conn, None))
@@ -93,7 +84,7 @@ async def test_peer_rst_aborts_outstanding_io_then_uploads(
     conn = await engine.connect("127.0.0.1", port)
     peer = await _peer(peers)
     reader = asyncio.ensure_future(engine.recv(conn, 100, 5.0))
-    await _until("the read is posted down as a receive request", lambda: _posted(engine, conn))
+    await eventually(lambda: _posted(engine, conn), "the read is posted down as a receive request")
     _rst(peer)  # a real RST from the peer's kernel
     with pytest.raises(EngineError) as err:
         await reader
@@ -121,12 +112,12 @@ async def test_injected_peer_reset_fails_sends_in_flight(make_engine: Any, recor
         {"kind": "delay", "layer": "im0", "call": "MiniportTcpOffloadSend", "ms": 300}
     )
     sending = asyncio.ensure_future(engine.send(conn, b"x" * 1000))
-    await _until(
-        "im0 holds the send",
+    await eventually(
         lambda: any(
             h["layer"] == "im0" and h["call"] == "MiniportTcpOffloadSend"
             for h in engine.trace(conn, None)
         ),
+        "im0 holds the send",
     )
     fid = engine.fault_inject({"kind": "peer_reset", "conn": conn})
     assert fid > 0
@@ -170,7 +161,7 @@ async def test_graceful_and_abortive_disconnect(make_engine: Any, recording: Any
     pa = await _peer(peers, 1)
     await engine.send(a, b"before fin")
     assert await engine.disconnect(a, False) == "NDIS_STATUS_SUCCESS"
-    await _until("the peer saw the FIN", lambda: pa.eof)
+    await eventually(lambda: pa.eof, "the peer saw the FIN")
     assert bytes(pa.received) == b"before fin"
     trace = engine.trace(a, None)
     assert [h["call"] for h in trace if "Disconnect" in h["call"]][:2] == [
@@ -204,7 +195,7 @@ async def test_target_failure_uploads_everything_and_resume(
         await engine.offload(conns[0])
     assert err.value.code is ErrorCode.NDIS_STATUS and "PAUSE" in str(err.value)
     engine.fault_clear(fid)
-    await _until("RESUME reached the host", lambda: _resumed(engine))
+    await eventually(lambda: _resumed(engine), "RESUME reached the host")
     assert (await engine.offload(conns[0]))["state"] == "offloaded"
 
 
@@ -401,7 +392,7 @@ async def test_host_event_uploads_and_withholds_until_cleared(
         {"id": fid, "kind": "host_event", "layer": "nic0", "event": "power_down"}
     ]
     engine.fault_clear(fid)
-    await _until("RESUME reached the host", lambda: _resumed(engine))
+    await eventually(lambda: _resumed(engine), "RESUME reached the host")
     assert (await engine.offload(conns[0]))["state"] == "offloaded"
     with pytest.raises(EngineError) as err:
         engine.fault_inject({"kind": "host_event", "layer": "im0", "event": "power_down"})
