@@ -209,10 +209,11 @@ def tcp_state_of(
     """The TCP state a delegated `State` names. `TcpConnectionClosed` is both a graceful end
     (from LAST_ACK) and a killed connection. It is the graceful one for a layer that knows
     its connection was in LAST_ACK (`now`), and for one that sent its FIN (`now`) and heard
-    of no kill (`told_of_no_kill`): a target tells of every kill before it hands the state
-    back (`TcpIndicateAbort`, or an upload request; spec §5.1, §5.2, §6.3). Such a layer saw its
-    FIN go first, the layer below the peer's (which waited behind held bytes, spec §5.1):
-    both FINs are out and ours is acknowledged, which is TIME_WAIT in its own order."""
+    of no kill (`told_of_no_kill`): a target tells of every kill that leaves it CLOSED before
+    it hands the state back (`TcpIndicateAbort`, or an upload request; a kill during the
+    terminate leaves the state alone and comes up as an RST; spec §5.1, §5.2, §6.3). Such a
+    layer saw its FIN go first, the layer below the peer's (which waited behind held bytes,
+    spec §5.1): both FINs are out and ours is acknowledged, TIME_WAIT in its own order."""
     if delegated is TcpConn.TcpConnectionClosed:
         if now in (T.LAST_ACK, T.CLOSED):
             return T.CLOSED
