@@ -18,6 +18,10 @@ import msgpack
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 MSGID_LIMIT = 1 << 32  # msgid is a 32-bit unsigned integer (msgpack-rpc spec)
+#: A `bytes` result at least this long is answered as a head and the payload itself
+#: (`bytes_response_head`): packing it would copy it twice (into the packer, out as a frame).
+OUT_OF_LINE = 2048
+BIN_LIMIT = 1 << 32  # a msgpack bin holds fewer bytes than this (bin 32)
 HEAD = 16  # bytes enough for a request's array header, type and msgid
 
 
@@ -233,3 +237,24 @@ class Encoder:
 
     def notification(self, method: str, params: list[Any]) -> bytes:
         return self._packer.pack([NOTIFICATION, method, params])  # type: ignore[no-any-return]
+
+
+def bytes_response_head(msgid: int, length: int) -> bytes:
+    """The bytes of a successful response `[1, msgid, nil, <bin of length bytes>]` that come
+    before the payload: the payload follows as it is, and the two together are exactly what
+    packing the whole response gives (bin 8, 16 or 32, the smallest that fits)."""
+    # fixarray of 4, positive fixint 1 (RESPONSE); msgid in the smallest unsigned form
+    if msgid < 0x80:
+        head = bytes((0x94, RESPONSE, msgid))
+    elif msgid < 0x100:
+        head = bytes((0x94, RESPONSE, 0xCC, msgid))
+    elif msgid < 0x10000:
+        head = b"\x94\x01\xcd" + msgid.to_bytes(2, "big")
+    else:
+        head = b"\x94\x01\xce" + msgid.to_bytes(4, "big")
+    # nil error, then the bin header
+    if length < 0x100:
+        return head + bytes((0xC0, 0xC4, length))
+    if length < 0x10000:
+        return head + b"\xc0\xc5" + length.to_bytes(2, "big")
+    return head + b"\xc0\xc6" + length.to_bytes(4, "big")

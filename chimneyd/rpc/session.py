@@ -35,7 +35,17 @@ from chimneyd.observe import metrics
 
 from . import errors
 from .auth import Authenticator, Role
-from .codec import RESPONSE, Decoder, Encoder, Notification, ProtocolError, Request
+from .codec import (
+    BIN_LIMIT,
+    OUT_OF_LINE,
+    RESPONSE,
+    Decoder,
+    Encoder,
+    Notification,
+    ProtocolError,
+    Request,
+    bytes_response_head,
+)
 from .deadlines import ClientClock
 from .frame_budget import FrameBudget
 from .methods import FUTURE_METHODS, OPEN_METHODS, Method, conn_param
@@ -332,13 +342,17 @@ class Session(asyncio.Protocol):
             return
         # `Encoder.response` and `send` written out: every answer passes here (ping: 1 in 3 of
         # the calls a request costs)
-        pack = self.encoder.pack
-        try:
-            frame = pack([RESPONSE, msgid, error, result])
-        except (TypeError, ValueError, OverflowError) as exc:
-            error = errors.internal(exc, "?", client=self.peer, what="rpc_unencodable_result")
-            frame = pack([RESPONSE, msgid, error, None])
-        self.out.append(frame)
+        if result.__class__ is bytes and OUT_OF_LINE <= len(result) < BIN_LIMIT and error is None:
+            # data read (tcp.recv): its head, then the bytes themselves, written as they are
+            self.out += (bytes_response_head(msgid, len(result)), result)
+        else:
+            pack = self.encoder.pack
+            try:
+                frame = pack([RESPONSE, msgid, error, result])
+            except (TypeError, ValueError, OverflowError) as exc:
+                error = errors.internal(exc, "?", client=self.peer, what="rpc_unencodable_result")
+                frame = pack([RESPONSE, msgid, error, None])
+            self.out.append(frame)
         if not self.flush_scheduled and not self.serving:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)

@@ -7,6 +7,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from chimneyd.rpc.codec import (
     Decoder,
@@ -14,6 +16,7 @@ from chimneyd.rpc.codec import (
     Notification,
     ProtocolError,
     Request,
+    bytes_response_head,
     parse_message,
     raw_bytes,
 )
@@ -300,3 +303,17 @@ def test_a_four_element_array_is_a_request_exactly_when_every_field_is_right() -
             assert got == Request(msgid, name, params), (kind, msgid, method, params)
         else:
             assert not isinstance(got, Request), (kind, msgid, method, params)
+
+
+# every width of msgid and bin length, at both edges of each, and anything between
+_EDGES = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF]
+
+
+@given(
+    msgid=st.sampled_from(_EDGES) | st.integers(0, 0xFFFFFFFF),
+    length=st.sampled_from([0, 1, 0xFF, 0x100, 2048, 0xFFFF, 0x10000, 0x10001])
+    | st.integers(0, 0x10100),
+)
+def test_bytes_response_head_then_payload_is_the_packed_response(msgid: int, length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    assert bytes_response_head(msgid, length) + data == pack([1, msgid, None, data])

@@ -132,6 +132,28 @@ async def test_connect_send_recv_and_ms_to_seconds() -> None:
         assert code == NOT_FOUND
 
 
+async def test_big_reads_are_answered_byte_exact_in_order_with_other_answers() -> None:
+    """A long `bytes` result leaves as a head and the payload itself (no packing copy): on the
+    wire it is the same response, whole among the other answers."""
+    sizes = [2047, 2048, 2049, 70_000, 300_000]
+    async with serving() as s:
+        c = await s.client()
+        conn = await c.ok("tcp.connect", HOST, 9000)
+        sent = b"".join(bytes([i]) * n for i, n in enumerate(sizes, 1))
+        assert await c.ok("tcp.send", conn, sent) == len(sent)
+        ids: list[tuple[int, bytes | str]] = []
+        at = 0
+        for n in sizes:  # pipelined: a ping between every two reads
+            ids.append((c.request("tcp.recv", conn, n), sent[at : at + n]))
+            ids.append((c.request("ping"), "pong"))
+            at += n
+        got = {}
+        for _ in ids:  # a ping is answered at once, a read when its future is done
+            msg = await c.read()
+            got[msg[1]] = msg
+        assert got == {msgid: [1, msgid, None, want] for msgid, want in ids}
+
+
 async def test_connect_offloads_by_default() -> None:
     async with serving() as s:
         c = await s.client()
