@@ -4,10 +4,12 @@ The daemon runs on the C allocator (`PYTHONMALLOC=malloc`) unless told otherwise
 allocator carves objects out of 1 MiB arenas and gives an arena back only when every object in
 it is gone, so after a soak a few thousand survivors (loop free lists, kept traces, grown dicts)
 hold RSS near its peak. With malloc, the engine's idle `malloc_trim` returns the freed pages,
-and RSS comes back to its idle level. Measured here after 2,000 soaked connections: +32 MB
-retained with pymalloc, +5 MB with malloc, at the same ops/s. Set `PYTHONMALLOC` yourself
-(e.g. `PYTHONMALLOC=pymalloc`) to choose otherwise; the variable must be set before the
-interpreter starts, hence the one re-exec (same pid) below.
+and RSS comes back to its idle level. The price is speed: every small object is a glibc
+malloc. Measured here, `chimney-soak --spawn -n 2000 --duration 20 --think-ms 0`: pymalloc
+5,039 ops/s and RSS after the drain x1.25 of the idle plateau (the soak fails it, the bound is
+x1.1); malloc 4,678 ops/s and x1.05. Set `PYTHONMALLOC` yourself (e.g.
+`PYTHONMALLOC=pymalloc`) to choose otherwise; the variable must be set before the interpreter
+starts, hence the one re-exec (same pid) below.
 """
 
 from __future__ import annotations
