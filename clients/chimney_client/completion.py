@@ -77,10 +77,11 @@ def _function(prog: str, parser: argparse.ArgumentParser) -> str:
     values, files = " ".join(sorted(value_options)), " ".join(sorted(file_options))
     return f"""\
 {name}() {{
-    # ${{a[@]:i:1}} is element i (from 0) in bash and in zsh, whatever KSH_ARRAYS says
+    # ${{a[@]:$i:1}} is element i (from 0) in bash and in zsh, whatever KSH_ARRAYS says; the
+    # offset starts with `$`: zsh reads a letter after the colon as a modifier (`:C`)
     local cur prev path="." w i
-    cur="${{COMP_WORDS[@]:COMP_CWORD:1}}"
-    prev="${{COMP_WORDS[@]:COMP_CWORD-1:1}}"
+    cur="${{COMP_WORDS[@]:$COMP_CWORD:1}}"
+    prev="${{COMP_WORDS[@]:$((COMP_CWORD - 1)):1}}"
     local -A subs=(
 {chr(10).join(subs)}
     )
@@ -92,7 +93,7 @@ def _function(prog: str, parser: argparse.ArgumentParser) -> str:
     )
     local values=" {values} " files=" {files} "
     for ((i = 1; i < COMP_CWORD; i++)); do
-        w="${{COMP_WORDS[@]:i:1}}"
+        w="${{COMP_WORDS[@]:$i:1}}"
         if [[ " ${{subs[$path]}} " == *" $w "* ]]; then
             path="$path $w"
         fi

@@ -348,17 +348,23 @@ def complete(script: Path, *words: str) -> list[str]:
     return run.stdout.split()
 
 
-def test_bash_completion(tmp_path: Path) -> None:
+def completion_script(shell: str, path: Path) -> str:
+    """`chimneyctl completion SHELL`, written to `path`; returns the script."""
     run = subprocess.run(
-        [str(BIN / "chimneyctl"), "completion", "bash"],
+        [str(BIN / "chimneyctl"), "completion", shell],
         capture_output=True,
         text=True,
         timeout=60,
         env=child_env(),
     )
     assert run.returncode == 0, run.stderr
+    path.write_text(run.stdout)
+    return run.stdout
+
+
+def test_bash_completion(tmp_path: Path) -> None:
     script = tmp_path / "chimney.bash"
-    script.write_text(run.stdout)
+    text = completion_script("bash", script)
     top = complete(script, "chimneyctl", "")
     for name in ("connect", "send", "trace", "top", "watch", "fault", "query", "completion"):
         assert name in top
@@ -374,4 +380,53 @@ def test_bash_completion(tmp_path: Path) -> None:
     assert "--json" in complete(script, "chimneyctl", "--j")
     assert complete(script, "chimney-peer", "e") == ["echo"]
     assert "--connections" in complete(script, "chimney-soak", "--conn")
-    assert "complete -F _chimney_soak chimney-soak" in run.stdout
+    assert "complete -F _chimney_soak chimney-soak" in text
+
+
+ZSH = "/usr/bin/zsh"
+
+
+def complete_zsh(script: Path, *words: str) -> list[str]:
+    """What zsh completes for the command line `words` (the last word is being typed). Under
+    zsh's bashcompinit, `compgen -W` returns every word and zsh's matcher then keeps those that
+    begin with what was typed: the second step is done here, the first is the script's."""
+    quoted = " ".join(f"'{w}'" for w in words)
+    zsh = (
+        f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
+        f'_{words[0].replace("-", "_")}; print -l -r -- "${{COMPREPLY[@]}}"'
+    )
+    # -f: no user start-up files; stdin closed, so compinit never waits for an answer
+    run = subprocess.run(
+        [ZSH, "-f", "-c", zsh],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0 and not run.stderr, run.stderr
+    return [w for w in run.stdout.split() if w.startswith(words[-1])]
+
+
+def test_zsh_completion_offers_what_bash_does(tmp_path: Path) -> None:
+    assert Path(ZSH).exists(), f"{ZSH} is missing: install Debian's zsh package (.ci/run does)"
+    zsh_script, bash_script = tmp_path / "chimney.zsh", tmp_path / "chimney.bash"
+    assert "bashcompinit" in completion_script("zsh", zsh_script)
+    completion_script("bash", bash_script)
+    lines = [
+        ("chimneyctl", ""),
+        ("chimneyctl", "fa"),
+        ("chimneyctl", "fault", "in"),
+        ("chimneyctl", "fault", "inject", ""),
+        ("chimneyctl", "trace", "1", "--"),
+        ("chimneyctl", "--rpc", ""),  # a value: nothing
+        ("chimneyctl", "--j"),
+        ("chimney-peer", "e"),
+        ("chimney-soak", "--conn"),
+    ]
+    for words in lines:
+        assert sorted(complete_zsh(zsh_script, *words)) == sorted(complete(bash_script, *words))
+    # and the lists are the right ones, not two equal wrong ones
+    assert complete_zsh(zsh_script, "chimneyctl", "fa") == ["fault"]
+    assert "peer_reset" in complete_zsh(zsh_script, "chimneyctl", "fault", "inject", "")
+    assert complete_zsh(zsh_script, "chimneyctl", "--rpc", "") == []
+    assert "--svg" in complete_zsh(zsh_script, "chimneyctl", "trace", "1", "--")
