@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -430,3 +432,70 @@ def test_zsh_completion_offers_what_bash_does(tmp_path: Path) -> None:
     assert "peer_reset" in complete_zsh(zsh_script, "chimneyctl", "fault", "inject", "")
     assert complete_zsh(zsh_script, "chimneyctl", "--rpc", "") == []
     assert "--svg" in complete_zsh(zsh_script, "chimneyctl", "trace", "1", "--")
+
+
+class InteractiveZsh:
+    """zsh -f on a pseudo-terminal with the completion script sourced: lines are typed, TAB
+    included, and what zsh's line editor shows is read back, so completion runs as it does for
+    a user (zsh's own matcher, file names, listings)."""
+
+    def __init__(self, script: Path, cwd: Path) -> None:
+        master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [ZSH, "-f", "-i"],
+            cwd=cwd,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**child_env(), "TERM": "dumb"},
+            start_new_session=True,
+        )
+        os.close(slave)
+        self.fd = master
+        self.shown = b""
+        # the quotes keep the echo of the typed line from matching what `print` writes
+        self.type(f"PS1='> '; source {script}; print RE''ADY\n")
+        self.wait_for("READY\r\n")
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> None:
+        want = text.encode()
+        end = time.monotonic() + timeout
+        while want not in self.shown:
+            left = end - time.monotonic()
+            assert left > 0, f"zsh never showed {text!r}; it showed {self.shown[-300:]!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                try:
+                    self.shown += os.read(self.fd, 65536)
+                except OSError:  # the shell is gone
+                    raise AssertionError(f"zsh ended; it showed {self.shown[-300:]!r}") from None
+
+    def tab(self, line: str, shows: str) -> None:
+        """Type `line` and TAB; zsh must then show `shows`. The line is erased after."""
+        self.shown = b""
+        self.type(line + "\t")
+        self.wait_for(shows)
+        self.type("\x15")  # ^U: kill the line
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        os.close(self.fd)
+
+
+def test_zsh_completes_as_a_user_sees_it(tmp_path: Path) -> None:
+    assert Path(ZSH).exists(), f"{ZSH} is missing: install Debian's zsh package (.ci/run does)"
+    script = tmp_path / "chimney.zsh"
+    completion_script("zsh", script)
+    (tmp_path / "figure.svg").write_text("")
+    zsh = InteractiveZsh(script, cwd=tmp_path)  # short lines: zle scrolls a long one
+    try:
+        zsh.tab("chimneyctl fa", "chimneyctl fault ")  # one match: completed, then a space
+        zsh.tab("chimneyctl fault inject peer_r", "chimneyctl fault inject peer_reset ")
+        zsh.tab("chimneyctl trace 1 --svg fig", "chimneyctl trace 1 --svg figure.svg ")
+        zsh.tab("chimney-soak --conn", "--conns-per-rpc")  # two matches: both listed
+        zsh.tab("chimney-peer e", "chimney-peer echo ")
+    finally:
+        zsh.close()
