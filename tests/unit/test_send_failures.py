@@ -102,3 +102,39 @@ def test_a_send_made_after_the_failure_was_heard_is_not_behind_the_hole() -> Non
     assert again.value == 5
     assert bytes(wire.peer_received) == b"lost?"
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("im", [False, True])
+def test_an_ack_arriving_during_the_hand_back_does_not_strand_a_send(im: bool) -> None:
+    """The peer's acknowledgement moves while the target hands a connection back: the
+    target's reads of SndUna must agree with how far it advanced the sends it returns, or the
+    host would place them past the bytes written, where no acknowledgement ever reaches them,
+    and the application's send would never be answered (spec §3.6.3)."""
+    rig = HostRig(im=im)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    one = rig.call(rig.host.app_send, conn, b"one.")
+    two = rig.call(rig.host.app_send, conn, b"two.")
+    rig.run()
+    assert bytes(wire.peer_received) == b"one.two." and wire.acked() == 0
+    real_acked = wire.acked
+    reads = []
+
+    def acked() -> int:
+        # the kernel's view moves on after every read: one more byte acknowledged each time
+        value = real_acked()
+        reads.append(value)
+        wire._acked = min(value + 1, wire.bytes_written)
+        return value
+
+    wire.acked = acked  # type: ignore[method-assign]
+    up = rig.call(rig.host.app_upload, conn)
+    rig.run()
+    wire.acked = real_acked  # type: ignore[method-assign]
+    assert up.done and rig.host.tcbs[conn].state == "host"
+    assert len(set(reads)) > 1  # it moved between reads: the race was there to lose
+    wire.ack()
+    rig.run()
+    assert (one.value, two.value) == (4, 4)
+    assert bytes(wire.peer_received) == b"one.two."
+    assert rig.problems() == []

@@ -231,6 +231,12 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
             else:
                 unsent.append(nbl)  # handed back before it was sent (spec §3.6.3): ours to send
         else:
+            if pos + n > wire.bytes_written and not tcb.reset:
+                # written bytes end inside it: SndUna and the data handed back disagree, and
+                # its end could never be acknowledged (its send never answered)
+                raise ChimneyProtocolError(
+                    f"TCB {tcb.conn_id}: send data handed back does not line up with SndUna"
+                )
             tcb.sends = grown(tcb.sends, (nbl, pos, pos + n))
         pos += n
     # the unsent go first: whatever the target refused came after them

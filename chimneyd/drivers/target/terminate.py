@@ -138,7 +138,10 @@ def _hand_back(t: OffloadTarget, c: TcpContext, block: OffloadBlock) -> None:
         # it completes (UPLOAD_IN_PROGRESS, or the status it was refused with) before the
         # terminate, the sends before it not yet acknowledged go back (spec §3.6.3)
         disconnect.complete(t, c, S.NDIS_STATUS_UPLOAD_IN_PROGRESS)
-    fill_delegated(t, c, d)
+    # SndUna from the same read that completed and advances the sends: the peer's ACKs keep
+    # arriving, and a later read would put SndUna past the data handed back, where the host
+    # would wait for acknowledgement of bytes never written (spec §3.6.3)
+    fill_delegated(t, c, d, acked)
     # unfinished sends go back in their original order, the first advanced to SndUna
     returned: list[NetBufferList] = []
     for nbl, start, end in c.unacked:
@@ -173,11 +176,16 @@ def _hand_back(t: OffloadTarget, c: TcpContext, block: OffloadBlock) -> None:
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, fin, b"", TH_FIN)
 
 
-def fill_delegated(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
-    """The delegated variables as the target holds them now (spec §2.2, §8)."""
+def fill_delegated(
+    t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated, acked: int | None = None
+) -> None:
+    """The delegated variables as the target holds them now (spec §2.2, §8); SndUna at
+    `acked` when given (the offset the terminate's hand-back goes by), else as the socket
+    tells now."""
     wire = c.wire
     info = wire.tcp_info() if not wire.closed else None
-    acked = wire.acked()
+    if acked is None:
+        acked = wire.acked()
     d.State = c.lifecycle.delegated_state
     d.RcvNxt = seq(wire.irs, c.rx.rcv_nxt)
     d.SndUna = seq(wire.isn, acked)
