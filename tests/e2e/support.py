@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,3 +352,20 @@ def gauges(stats: dict[str, Any]) -> dict[str, dict[str, int]]:
 
 def all_zero(stats: dict[str, Any]) -> bool:
     return all(v == 0 for layer in gauges(stats).values() for v in layer.values())
+
+
+async def settled(
+    stats_of: Callable[[], Awaitable[dict[str, Any]]], timeout: float = 10.0
+) -> dict[str, Any]:
+    """`stack.stats` once no connection is left and every layer's gauges are back at zero.
+    A close is answered when its connection is uploaded; the path and neighbor it leaves unused
+    go up after that (spec §3.1), so the gauges get there a little later. Fails with the last
+    stats after `timeout` (nothing is timed)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        stats = await stats_of()
+        if stats["connections"] == 0 and all_zero(stats):
+            return stats
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the daemon did not settle: {stats}")
+        await asyncio.sleep(0.02)
