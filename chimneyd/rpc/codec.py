@@ -249,9 +249,9 @@ def bytes_response_head(msgid: int, length: int) -> bytes:
     elif msgid < 0x100:
         head = bytes((0x94, RESPONSE, 0xCC, msgid))
     elif msgid < 0x10000:
-        head = b"\x94\x01\xcd" + msgid.to_bytes(2, "big")
+        head = bytes((0x94, RESPONSE, 0xCD)) + msgid.to_bytes(2, "big")
     else:
-        head = b"\x94\x01\xce" + msgid.to_bytes(4, "big")
+        head = bytes((0x94, RESPONSE, 0xCE)) + msgid.to_bytes(4, "big")
     # nil error, then the bin header
     if length < 0x100:
         return head + bytes((0xC0, 0xC4, length))

@@ -361,11 +361,14 @@ async def settled(
     A close is answered when its connection is uploaded; the path and neighbor it leaves unused
     go up after that (spec §3.1), so the gauges get there a little later. Fails with the last
     stats after `timeout` (nothing is timed)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        stats = await stats_of()
-        if stats["connections"] == 0 and all_zero(stats):
-            return stats
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"the daemon did not settle: {stats}")
-        await asyncio.sleep(0.02)
+    seen: list[dict[str, Any]] = []
+
+    async def done() -> bool:
+        seen.append(stats := await stats_of())
+        return bool(stats["connections"] == 0 and all_zero(stats))
+
+    try:
+        await wait_until(done, timeout)
+    except AssertionError:
+        raise AssertionError(f"the daemon did not settle: {seen[-1]}") from None
+    return seen[-1]

@@ -376,11 +376,7 @@ async def test_limit_connections_per_client(spawn_daemon: Any, echo_peer: PeerSe
     # the daemon frees what the departed client held
     checker = await d.aclient()
     try:
-
-        async def freed() -> bool:
-            return all_zero(stats := await checker.stack_stats()) and stats["connections"] == 0
-
-        await wait_until(freed)
+        await settled(checker.stack_stats)
     finally:
         await checker.close()
 

@@ -338,16 +338,26 @@ def test_top_once(admin_daemon: Daemon, echo_port: int) -> None:
 # -- shell completion ----------------------------------------------------------------------------
 
 
-def complete(script: Path, *words: str) -> list[str]:
-    """What bash completes for the command line `words` (the last word is being typed)."""
+ZSH = "/usr/bin/zsh"
+
+
+def complete(script: Path, *words: str, shell: str = "bash") -> list[str]:
+    """What `shell` completes for the command line `words` (the last word is being typed).
+    Under zsh's bashcompinit, `compgen -W` returns every word and zsh's matcher then keeps
+    those that begin with what was typed: for zsh that second step is done here."""
     quoted = " ".join(f"'{w}'" for w in words)
-    bash = (
+    call = (
         f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
         f'_{words[0].replace("-", "_")}; printf "%s\\n" "${{COMPREPLY[@]}}"'
     )
-    run = subprocess.run(["bash", "-c", bash], capture_output=True, text=True, timeout=30)
+    # zsh -f: no user start-up files; stdin closed, so compinit never waits for an answer
+    argv = ["bash", "-c", call] if shell == "bash" else [ZSH, "-f", "-c", call]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stderr
-    return run.stdout.split()
+    if shell == "bash":
+        return run.stdout.split()
+    assert not run.stderr, run.stderr
+    return [w for w in run.stdout.split() if w.startswith(words[-1])]
 
 
 def completion_script(shell: str, path: Path) -> str:
@@ -385,30 +395,6 @@ def test_bash_completion(tmp_path: Path) -> None:
     assert "complete -F _chimney_soak chimney-soak" in text
 
 
-ZSH = "/usr/bin/zsh"
-
-
-def complete_zsh(script: Path, *words: str) -> list[str]:
-    """What zsh completes for the command line `words` (the last word is being typed). Under
-    zsh's bashcompinit, `compgen -W` returns every word and zsh's matcher then keeps those that
-    begin with what was typed: the second step is done here, the first is the script's."""
-    quoted = " ".join(f"'{w}'" for w in words)
-    zsh = (
-        f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; "
-        f'_{words[0].replace("-", "_")}; print -l -r -- "${{COMPREPLY[@]}}"'
-    )
-    # -f: no user start-up files; stdin closed, so compinit never waits for an answer
-    run = subprocess.run(
-        [ZSH, "-f", "-c", zsh],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    assert run.returncode == 0 and not run.stderr, run.stderr
-    return [w for w in run.stdout.split() if w.startswith(words[-1])]
-
-
 def test_zsh_completion_offers_what_bash_does(tmp_path: Path) -> None:
     assert Path(ZSH).exists(), f"{ZSH} is missing: install Debian's zsh package (.ci/run does)"
     zsh_script, bash_script = tmp_path / "chimney.zsh", tmp_path / "chimney.bash"
@@ -426,12 +412,14 @@ def test_zsh_completion_offers_what_bash_does(tmp_path: Path) -> None:
         ("chimney-soak", "--conn"),
     ]
     for words in lines:
-        assert sorted(complete_zsh(zsh_script, *words)) == sorted(complete(bash_script, *words))
+        assert sorted(complete(zsh_script, *words, shell="zsh")) == sorted(
+            complete(bash_script, *words)
+        )
     # and the lists are the right ones, not two equal wrong ones
-    assert complete_zsh(zsh_script, "chimneyctl", "fa") == ["fault"]
-    assert "peer_reset" in complete_zsh(zsh_script, "chimneyctl", "fault", "inject", "")
-    assert complete_zsh(zsh_script, "chimneyctl", "--rpc", "") == []
-    assert "--svg" in complete_zsh(zsh_script, "chimneyctl", "trace", "1", "--")
+    assert complete(zsh_script, "chimneyctl", "fa", shell="zsh") == ["fault"]
+    assert "peer_reset" in complete(zsh_script, "chimneyctl", "fault", "inject", "", shell="zsh")
+    assert complete(zsh_script, "chimneyctl", "--rpc", "", shell="zsh") == []
+    assert "--svg" in complete(zsh_script, "chimneyctl", "trace", "1", "--", shell="zsh")
 
 
 class InteractiveZsh:
