@@ -12,6 +12,8 @@ from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.engine import Engine, start_engine
 from tests.integration.support import EchoPeer, RecordingPeer, assert_clean, drained
 
+CLOSE_BOUND_S = 10.0
+
 
 @pytest.fixture
 async def make_engine() -> AsyncIterator[Callable[..., Any]]:
@@ -27,7 +29,15 @@ async def make_engine() -> AsyncIterator[Callable[..., Any]]:
     yield make
     for engine in engines:
         for conn_id in engine.conn_ids():
-            await engine.close(conn_id)
+            # bounded: a stack left inconsistent must fail the test, not hang the suite
+            # (pytest-timeout's signal cannot stop a loop that is waiting)
+            try:
+                await asyncio.wait_for(engine.close(conn_id), CLOSE_BOUND_S)
+            except TimeoutError:
+                raise AssertionError(
+                    f"closing connection {conn_id} took over {CLOSE_BOUND_S} s: "
+                    f"{engine.conn_info(conn_id)}"
+                ) from None
         stats = await drained(engine)
         assert_clean(engine, stats)
         report = await engine.shutdown(2.0)
