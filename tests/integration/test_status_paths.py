@@ -250,6 +250,43 @@ async def test_hardware_corruption_on_query(make_engine: Any, echo_port: int) ->
     assert engine.conn_info(conn)["delegated"]["State"] == "TcpConnectionClosed"
 
 
+@pytest.mark.parametrize("second", ["query", "update", "invalidate"])
+async def test_a_state_operation_overlapping_a_corruption_is_answered(
+    make_engine: Any, echo_port: int, second: str
+) -> None:
+    """The host issues a second query, update or invalidate before it has heard that the first
+    query found the hardware state corrupt (spec §3.1: they may overlap). The target meets a
+    failed connection then: it completes that block with NDIS_STATUS_FAILURE (the state is
+    still corrupt, spec §3.7), and the connection is uploaded as after any corruption. The
+    engine fixture fails the test on any layer error or invariant violation."""
+    engine = await make_engine()
+    events = Events(engine)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "nic0",
+            "call": "MiniportQueryOffload",
+            "status": "NDIS_STATUS_FAILURE",
+        }
+    )
+    first = asyncio.ensure_future(engine.query(conn))
+    if second == "query":
+        other = asyncio.ensure_future(engine.query(conn))
+    elif second == "update":
+        other = asyncio.ensure_future(engine.update(conn, {"KaTimeout": 3000}))
+    else:
+        other = asyncio.ensure_future(engine.invalidate(conn, "tcp"))
+    for op in (first, other):
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(op, 5.0)
+        assert "NDIS_STATUS_FAILURE" in str(err.value)
+    await events.wait(conn, "TcpIndicateAbort")
+    await events.wait(conn, "uploaded")
+    assert engine.conn_info(conn)["state"] == "host"
+    assert engine.layer_errors == 0
+
+
 async def test_terminate_reports_corruption_then_second_terminate(
     make_engine: Any, echo_port: int
 ) -> None:

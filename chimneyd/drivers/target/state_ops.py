@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chimneyd.ndis.blocks import OffloadBlock, TcpOffloadStateDelegated, walk
-from chimneyd.ndis.lifecycle import Event
+from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 
 from . import events, receive, terminate
@@ -17,6 +17,16 @@ if TYPE_CHECKING:
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
+FAILURE = S.NDIS_STATUS_FAILURE
+
+
+def _corrupt(ctx: NeighborContext | PathContext | TcpContext) -> bool:
+    """The object's hardware state was found corrupt (spec §3.7) after the host issued this
+    operation: queries, updates and invalidates may overlap (spec §3.1), and the host learns of
+    the corruption only from the completion and the indications that follow it. The object's
+    block fails again and nothing else happens to it: the retrieve and abort are on their way,
+    and the terminate that answers them is all that is left [EMU]."""
+    return ctx.lifecycle.phase is Phase.FAILED
 
 
 def query(t: OffloadTarget, root: OffloadBlock) -> None:
@@ -26,6 +36,9 @@ def query(t: OffloadTarget, root: OffloadBlock) -> None:
         return
     for block in walk(root):
         ctx = t.context_of(block)
+        if ctx is not None and _corrupt(ctx):
+            block.status = FAILURE
+            continue
         if ctx is not None:
             ctx.lifecycle.fire(Event.QUERY)
             if isinstance(ctx, TcpContext):
@@ -51,15 +64,18 @@ def update(t: OffloadTarget, root: OffloadBlock) -> None:
         if ctx is None:
             block.status = SUCCESS
             continue
+        if _corrupt(ctx):
+            block.status = FAILURE
+            continue
         ctx.lifecycle.fire(Event.UPDATE)
         if failed:
-            block.status = S.NDIS_STATUS_FAILURE  # the target carries on normally (spec §3.4)
+            block.status = FAILURE  # the target carries on normally (spec §3.4)
             continue
         if isinstance(ctx, TcpContext) and block.cached is not None:
             # copied into the connection and applied to its socket (spec §3.4); a value the
             # socket cannot take fails the block, and the target carries on as it was
             if not apply_cached(t, ctx, block.cached, ctx.cached):
-                block.status = S.NDIS_STATUS_FAILURE
+                block.status = FAILURE
                 continue
             receive.pump(t, ctx)  # a new receive bound may release or hold the peer
         elif block.cached is not None:
@@ -79,6 +95,9 @@ def invalidate(t: OffloadTarget, root: OffloadBlock) -> None:
         ctx = t.context_of(block)
         block.status = SUCCESS
         if ctx is None:
+            continue
+        if _corrupt(ctx):
+            block.status = FAILURE
             continue
         ctx.lifecycle.fire(Event.INVALIDATE)
         if isinstance(ctx, TcpContext):
