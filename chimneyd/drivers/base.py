@@ -54,6 +54,17 @@ LayerFault = FailNext | Delay
 F = TypeVar("F", bound=Callable[..., None])
 
 
+class HeldCallFailed(Exception):
+    """A call a `delay` fault held raised when it ran at last. It names that call, so the
+    runtime reports and answers it as it would have had the call raised when it arrived (the
+    connections it concerns are in its arguments, not in the timer's that released it)."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__(f"held {getattr(fn, '__name__', '?')} failed")
+        self.fn = fn
+        self.call_args = args
+
+
 def downcall(fn: F) -> F:
     """Mark a handler NDIS calls from above (`Miniport*`): it honours `delay` faults, and while
     anything is held, it queues behind it so the layer sees calls in the order they were made."""
@@ -188,7 +199,11 @@ class DriverLayer(Layer):
             # everything due by now runs in this turn, in order
             while self._held and self._held[0][0] <= now:
                 _, _, fn, args = self._held.popleft()
-                fn(*args)
+                try:
+                    fn(*args)
+                except Exception as exc:
+                    # the calls still due run in the next turn (`finally`), in order
+                    raise HeldCallFailed(fn, args) from exc
         finally:
             self._releasing = False
             self._schedule_release()

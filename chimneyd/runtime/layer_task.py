@@ -13,6 +13,7 @@ from typing import Any
 
 import structlog
 
+from chimneyd.drivers.base import HeldCallFailed
 from chimneyd.ndis.broker import Layer
 
 log = structlog.get_logger("chimneyd.runtime")
@@ -79,6 +80,9 @@ class LayerTask:
                 try:
                     fn(*args)
                 except Exception as exc:  # a layer bug must not stop the layer: log and count
+                    if isinstance(exc, HeldCallFailed) and isinstance(exc.__cause__, Exception):
+                        # report the call that raised, not the timer that released it
+                        fn, args, exc = exc.fn, exc.call_args, exc.__cause__
                     self.errors += 1
                     log.exception(
                         "layer_handler_failed",

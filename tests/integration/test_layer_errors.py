@@ -68,6 +68,44 @@ async def test_illegal_transition_in_the_target_answers_the_request(
         assert report["closed"] >= 1
 
 
+async def test_an_error_in_a_call_a_delay_held_answers_its_request(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bug in a send that a `delay` fault held: it raises when the fault's timer
+    releases it, and that must still answer the send that caused it (the error names the
+    send's handler, whose arguments name the connection, not the timer). The calls held
+    behind it still run, in order."""
+    engine = await start_engine(EngineConfig(invariants=True))
+    try:
+        victim = await engine.connect("127.0.0.1", echo_port)
+        other = await engine.connect("127.0.0.1", echo_port)
+        real_send = target_send.send
+
+        def broken_send(t: Any, c: Any, head: Any) -> None:
+            if c.trace is not None and c.trace.conn_id == victim:
+                c.lifecycle.fire(Event.INITIATE)  # not legal in OFFLOADED: IllegalTransition
+            real_send(t, c, head)
+
+        monkeypatch.setattr(target_send, "send", broken_send)
+        engine.fault_inject(
+            {"kind": "delay", "layer": "nic0", "call": "MiniportTcpOffloadSend", "ms": 50}
+        )
+        lost = asyncio.ensure_future(engine.send(victim, b"lost in a bug"))
+        after = asyncio.ensure_future(engine.send(other, b"held behind it"))
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(lost, 5.0)
+        assert err.value.code == ErrorCode.INTERNAL
+        assert "nic0 failed in MiniportTcpOffloadSend" in err.value.detail
+        assert await asyncio.wait_for(after, 5.0) == 14
+        assert await engine.recv(other, 14, 5.0, True) == b"held behind it"
+        assert engine.layer_errors == 1
+        engine.fault_clear(None)
+        await engine.close(other)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+        assert report["closed"] >= 1
+
+
 async def test_stats_count_every_violation_not_only_the_kept_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
