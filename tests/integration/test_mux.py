@@ -325,6 +325,75 @@ async def test_the_mux_refuses_what_it_cannot_do(make_engine: Any) -> None:
     assert err.value.code == ErrorCode.INVALID_PARAMS
 
 
+# -- an initiate split over several NICs -------------------------------------------------------
+class Greeter(asyncio.Protocol):
+    """Says hello a little after it accepts, then closes its side (FIN)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(GREETING_AFTER_S, transport.write, b"hello")  # type: ignore[attr-defined]
+        loop.call_later(GREETING_AFTER_S, transport.write_eof)  # type: ignore[attr-defined]
+
+
+GREETING_AFTER_S = 0.1
+
+
+async def test_what_a_nic_indicates_before_the_whole_initiate_completes_waits(
+    make_engine: Any,
+) -> None:
+    """Two connections offloaded in one tree go to two NICs (round-robin). nic1 is slow to
+    complete its part (a delay fault), and nic0's connection hears the peer's data and FIN
+    meanwhile. The MUX completes the initiate above only once both NICs have; what nic0
+    indicates before then must wait for that completion (spec §9 item 5), then arrive whole
+    and in order. The engine fixture fails the test on any invariant violation."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Greeter, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        engine = await make_engine(teaming("round-robin", nics=2))
+        fault = engine.fault_inject(
+            {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 400}
+        )
+        # connected in the same turn: the host offloads both in one tree (spec §2.3)
+        conns = list(await asyncio.gather(*(engine.connect("127.0.0.1", port) for _ in range(2))))
+        await eventually(all_offloaded(engine, conns))
+        assert sorted(nic_of(engine, c) for c in conns) == ["nic0", "nic1"]
+        early = next(c for c in conns if nic_of(engine, c) == "nic0")
+        got = [h["call"] for h in engine.trace(early, None) if h["layer"] == "team0"]
+        assert "MiniportInitiateOffload" in got and "NdisTcpOffloadReceiveHandler" in got
+        assert got.index("NdisMInitiateOffloadComplete") < got.index("NdisTcpOffloadReceiveHandler")
+        for c in conns:
+            assert await engine.recv(c, 100, 5.0, True) == b"hello"  # then the end of stream
+        assert engine.checker is not None and engine.checker.violations == []
+        engine.fault_clear(fault)
+    finally:
+        server.close()
+
+
+async def test_a_copy_left_unused_during_an_invalidate_waits_for_it(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The last connection on nic0 is uploaded while the shared neighbor is being invalidated,
+    and nic0 holds the invalidate (a delay fault). nic0's copies of the path and neighbor are
+    left unused; the MUX must not terminate them before their invalidate completes (spec §3.1,
+    §9 item 7), only after. The engine fixture fails the test on any invariant violation."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    assert [nic_of(engine, c) for c in conns] == ["nic0", "nic1"]
+    fault = engine.fault_inject(
+        {"kind": "delay", "layer": "nic0", "call": "MiniportInvalidateOffload", "ms": 300}
+    )
+    upload = asyncio.ensure_future(engine.upload(conns[0]))
+    invalidate = asyncio.ensure_future(engine.invalidate(conns[1], "neighbor"))
+    assert (await asyncio.wait_for(upload, 5.0))["state"] == "host"
+    assert await asyncio.wait_for(invalidate, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    await eventually(lambda: engine.ndis.stats()["nic0"]["offloads_active"] == 0)
+    assert engine.checker is not None and engine.checker.violations == []
+    engine.fault_clear(fault)
+    for c in conns:
+        await echo(engine, c, b"still carried")
+
+
 # -- state operations on objects that live on several NICs -----------------------------------
 async def test_update_query_and_invalidate_reach_every_nic(
     make_engine: Any, echo_port: int

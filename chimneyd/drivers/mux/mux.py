@@ -13,11 +13,13 @@ the pass-through IM, plus the split of state trees by NIC.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import LIVE, Event, Phase
 from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
 from chimneyd.ndis.oid import (
@@ -254,6 +256,11 @@ class MuxIm(PassthroughIm):
         _aggregate(root, call, failed)
         root.im_reserved = call.saved_im_reserved
         self.ndis.NdisMInitiateOffloadComplete(self, root)
+        for _, _, obj in call.links:
+            if isinstance(obj, MuxConnection) and obj.early is not None:
+                early, obj.early = obj.early, None
+                for fn, args in early:  # now, after the completion, in the order they came
+                    fn(*args)
         self._release_unused()
         self.retry_deferred()
 
@@ -342,8 +349,8 @@ class MuxIm(PassthroughIm):
         vobjs = self._vobjs()
         for vobj in vobjs:  # paths before their neighbors
             for inst in list(vobj.instances.values()):
-                if inst.lifecycle.phase not in _TERMINABLE:
-                    continue
+                if inst.lifecycle.phase not in _TERMINABLE or inst.pending_ops:
+                    continue  # a query, update or invalidate is below it: after that one
                 if vobj.parent is None and not _only_going(vobjs, vobj, inst.lower, added):
                     continue  # a path there is offloaded, or in flight in another call
                 if inst.refs - going.get(inst.id, 0) > 0:
@@ -448,6 +455,7 @@ class MuxIm(PassthroughIm):
             live = [i for i in vobj.instances.values() if i.lifecycle.phase not in _SETTLING]
             for inst in live[:1] if op == "Query" else live:
                 inst.lifecycle.fire(event)
+                inst.pending_ops += 1
                 handle = inst.handle
                 block = call.tree(inst.lower).object_block(
                     vobj,
@@ -474,6 +482,8 @@ class MuxIm(PassthroughIm):
         failed: set[int] = set()
         for up, low, obj in call.links:
             assert up is not None
+            if isinstance(obj, Instance):
+                obj.pending_ops -= 1
             if low.status != SUCCESS:
                 failed.add(id(up))
             if call.op == "Query" and isinstance(obj, MuxConnection):
@@ -490,6 +500,7 @@ class MuxIm(PassthroughIm):
                 self._context(up, VirtualObject).cached = up.cached  # for NICs to come
         root.im_reserved = call.saved_im_reserved
         complete(self, root)
+        self._release_unused()  # an instance left unused while the operation was below it
         self.retry_deferred()
 
     # ============================================================================================
@@ -591,7 +602,28 @@ class MuxIm(PassthroughIm):
         self, handle: Any, nbl: NetBufferList, status: NdisStatus
     ) -> None:
         self.indicating[nbl.id] = self.lowers[handle.owner.lower.id]
-        super().ProtocolTcpOffloadReceiveIndicate(handle, nbl, status)
+        if not self._early(
+            handle.owner, super().ProtocolTcpOffloadReceiveIndicate, handle, nbl, status
+        ):
+            super().ProtocolTcpOffloadReceiveIndicate(handle, nbl, status)
+
+    def ProtocolTcpOffloadEvent(
+        self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
+    ) -> None:
+        if not self._early(handle.owner, super().ProtocolTcpOffloadEvent, handle, event_type, info):
+            super().ProtocolTcpOffloadEvent(handle, event_type, info)
+
+    @staticmethod
+    def _early(entry: MuxConnection, fn: Callable[..., None], *args: Any) -> bool:
+        """Hold what a NIC indicates on a connection the MUX has not yet completed upward.
+        An initiate split over several NICs completes above once every NIC has completed its
+        part, and a NIC that has may already indicate on its connections. Nothing about an
+        object may go up before its initiate completion (spec §9 item 5): such indications
+        wait in the entry, in order, and `_finish_initiate` delivers them after it [EMU]."""
+        if entry.lifecycle.phase is not Phase.OFFLOADING:
+            return False
+        entry.early = [*(entry.early or ()), (fn, args)]
+        return True
 
     def ReceiveIndicateReturned(
         self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int

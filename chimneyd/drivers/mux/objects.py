@@ -10,6 +10,7 @@ A connection lives on exactly one NIC (`MuxConnection`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chimneyd.ndis.blocks import OffloadBlock
@@ -105,7 +106,7 @@ class VirtualObject:
 class Instance:
     """A virtual object's copy on one NIC, offloaded by the MUX's protocol edge."""
 
-    __slots__ = ("handle", "id", "lifecycle", "lower", "refs", "vobj")
+    __slots__ = ("handle", "id", "lifecycle", "lower", "pending_ops", "refs", "vobj")
 
     def __init__(self, layer: str, vobj: VirtualObject, lower: Lower) -> None:
         self.id = next_object_id()
@@ -115,6 +116,9 @@ class Instance:
         # the MUX offloads it as the host offloads its objects
         self.lifecycle = Lifecycle(self, Role.HOST_OBJECT)
         self.refs = 0  # its dependents on this NIC: paths of a neighbor, connections of a path
+        # queries, updates and invalidates relayed to it and not yet completed: no terminate
+        # before they are (spec §3.1, §9 item 7)
+        self.pending_ops = 0
 
     @property
     def upper(self) -> NdisOffloadHandle:
@@ -128,7 +132,7 @@ class Instance:
 class MuxConnection(ImOffloadEntry):
     """A connection the MUX placed on one NIC: an IM offload entry with its path and 4-tuple."""
 
-    __slots__ = ("key", "path")
+    __slots__ = ("early", "key", "path")
 
     def __init__(
         self, layer: str, upper: NdisOffloadHandle, lower: Binding, path: VirtualObject, key: Key
@@ -136,3 +140,6 @@ class MuxConnection(ImOffloadEntry):
         super().__init__(layer, upper, lower)
         self.path = path
         self.key = key
+        # what its NIC indicated before the MUX completed the initiate upward: (handler,
+        # arguments), delivered once it has (spec §9 item 5); None while there is none
+        self.early: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
