@@ -325,6 +325,32 @@ async def test_the_mux_refuses_what_it_cannot_do(make_engine: Any) -> None:
     assert err.value.code == ErrorCode.INVALID_PARAMS
 
 
+@pytest.mark.parametrize("part", ["[neighbor]", "[path]", ""])
+async def test_an_initiate_failed_below_fails_every_block_above(
+    make_engine: Any, echo_port: int, part: str
+) -> None:
+    """nic0, the active NIC, fails the neighbor, the path or the connection of a first
+    initiate. Every block the MUX completes above must carry a status: the blocks under a
+    failed object fail with it (spec §3.2.4), even those the NIC never reached. The connection
+    stays in the host, and offloads on a later try. The engine fixture fails the test on any
+    layer error or invariant violation."""
+    engine = await make_engine(teaming("active-standby", nics=2))
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "nic0",
+            "call": f"MiniportInitiateOffload{part}",
+            "status": "NDIS_STATUS_FAILURE",
+        }
+    )
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(conn)["state"] == "host"
+    assert engine.layer_errors == 0
+    assert (await engine.offload(conn))["state"] == "offloaded"
+    assert nic_of(engine, conn) == "nic0"
+    await echo(engine, conn, b"offloaded after all")
+
+
 # -- an initiate split over several NICs -------------------------------------------------------
 class Greeter(asyncio.Protocol):
     """Says hello a little after it accepts, then closes its side (FIN)."""

@@ -43,6 +43,7 @@ from .trees import MuxCall, mirror_block
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
+PENDING = S.NDIS_STATUS_PENDING  # a block not yet given a status
 _OP_EVENT = {"Query": Event.QUERY, "Update": Event.UPDATE, "Invalidate": Event.INVALIDATE}
 #: Phases of an instance that a new connection cannot be linked under yet (spec §3.1).
 _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
@@ -758,8 +759,10 @@ def _aggregate(root: OffloadBlock, call: MuxCall, failed: dict[int, NdisStatus])
     on every NIC it went to (`failed`) keeps that NIC's status, and its dependents fail."""
 
     def fail(block: OffloadBlock, status: NdisStatus) -> None:
-        if block.status in OFFLOADED_STATUSES:  # a dependent the NIC never tried
-            block.status = status
+        # a dependent the NIC never tried, or a neighbor's or path's not yet aggregated (the
+        # walk stops at a failed object): it fails with its own NIC's status, or this one
+        if block.status == PENDING or block.status in OFFLOADED_STATUSES:
+            block.status = failed.get(id(block), status)
         for d in block.dependents():
             fail(d, S.NDIS_STATUS_FAILURE)
 
