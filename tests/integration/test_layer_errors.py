@@ -16,6 +16,18 @@ from chimneyd.ndis.lifecycle import Event
 from chimneyd.observe import invariants
 
 
+def break_sends(monkeypatch: pytest.MonkeyPatch, victim: int) -> None:
+    """The NIC's send raises IllegalTransition for `victim`'s sends (a bug planted there)."""
+    real_send = target_send.send
+
+    def broken_send(t: Any, c: Any, head: Any) -> None:
+        if c.trace is not None and c.trace.conn_id == victim:
+            c.lifecycle.fire(Event.INITIATE)  # not legal in OFFLOADED: IllegalTransition
+        real_send(t, c, head)
+
+    monkeypatch.setattr(target_send, "send", broken_send)
+
+
 async def test_update_of_an_invalidated_connection_is_answered(
     make_engine: Any, echo_port: int
 ) -> None:
@@ -43,14 +55,7 @@ async def test_illegal_transition_in_the_target_answers_the_request(
     try:
         victim = await engine.connect("127.0.0.1", echo_port)
         other = await engine.connect("127.0.0.1", echo_port)
-        real_send = target_send.send
-
-        def broken_send(t: Any, c: Any, head: Any) -> None:
-            if c.trace is not None and c.trace.conn_id == victim:
-                c.lifecycle.fire(Event.INITIATE)  # not legal in OFFLOADED: IllegalTransition
-            real_send(t, c, head)
-
-        monkeypatch.setattr(target_send, "send", broken_send)
+        break_sends(monkeypatch, victim)
         with pytest.raises(EngineError) as err:
             await asyncio.wait_for(engine.send(victim, b"lost in a bug"), 5.0)
         assert err.value.code == ErrorCode.INTERNAL
@@ -79,14 +84,7 @@ async def test_an_error_in_a_call_a_delay_held_answers_its_request(
     try:
         victim = await engine.connect("127.0.0.1", echo_port)
         other = await engine.connect("127.0.0.1", echo_port)
-        real_send = target_send.send
-
-        def broken_send(t: Any, c: Any, head: Any) -> None:
-            if c.trace is not None and c.trace.conn_id == victim:
-                c.lifecycle.fire(Event.INITIATE)  # not legal in OFFLOADED: IllegalTransition
-            real_send(t, c, head)
-
-        monkeypatch.setattr(target_send, "send", broken_send)
+        break_sends(monkeypatch, victim)
         engine.fault_inject(
             {"kind": "delay", "layer": "nic0", "call": "MiniportTcpOffloadSend", "ms": 50}
         )
