@@ -267,6 +267,7 @@ class Fuzzer:
         # RESUME (spec §5.5), and so is every request on its connection; a failure nobody ends
         # would hold them past ANSWER_S by design, not by a fault of the daemon
         self.recoveries: list[asyncio.Task[Any]] = []
+        self.flow_seen: Any = None  # the last `tcp.info` the flow check read (for reports)
         self.all: list[Fuzzer] = []  # every client of the run (a held send's peer is one's)
 
     async def call(self, method: str, *params: Any) -> Any:
@@ -289,10 +290,11 @@ class Fuzzer:
                     await self.read_until(pending, readers, ANSWER_S)
             if not pending.done():
                 pending.cancel()
-                read = f"; still held after reading conns {[c for _, c in readers]}"
-                raise CallTimeout(
-                    f"{method}: no response within {ANSWER_S:g} s{read if readers else ''}"
-                )
+                if readers:
+                    seen = f"; still held after reading conns {[c for _, c in readers]}"
+                else:  # what the flow check saw, for the report: why it found no reader
+                    seen = f"; the flow check saw {self.flow_seen!r:.300}"
+                raise CallTimeout(f"{method}: no response within {ANSWER_S:g} s{seen}")
             return pending.result()
         except RpcError as err:
             symbol = type(err).symbol
@@ -312,6 +314,7 @@ class Fuzzer:
         if conn is None:
             return []
         info = await self.quiet_call("tcp.info", conn)
+        self.flow_seen = info
         view = info.get("socket") if isinstance(info, dict) else None
         if not view or view["written"] <= view["acked"] or view["peer_window"] not in (0, None):
             return []
