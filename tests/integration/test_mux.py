@@ -351,6 +351,31 @@ async def test_an_initiate_failed_below_fails_every_block_above(
     await echo(engine, conn, b"offloaded after all")
 
 
+@pytest.mark.parametrize("count", [1, 2])
+async def test_a_terminate_that_finds_corruption_is_repeated_through_the_mux(
+    make_engine: Any, echo_port: int, count: int
+) -> None:
+    """The last connection's close terminates it with its path and neighbor, and the NIC
+    reports their state corrupt (once, or twice). The host terminates them again (spec §3.7),
+    and the MUX must take that further terminate of its neighbor and path as a NIC would. The
+    engine fixture checks that every table drains, with no layer error or violation."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conn = await engine.connect("127.0.0.1", echo_port)
+    engine.fault_inject(
+        {
+            "kind": "fail_next",
+            "layer": "nic0",
+            "call": "MiniportTerminateOffload",
+            "status": "NDIS_STATUS_FAILURE",
+            "count": count,
+        }
+    )
+    await asyncio.wait_for(engine.close(conn), 5.0)
+    assert engine.layer_errors == 0
+    calls = engine.ndis.stats()["nic0"]["calls"]
+    assert calls["NdisMTerminateOffloadComplete"] == count + 1  # each failure, then success
+
+
 # -- an initiate split over several NICs -------------------------------------------------------
 class Greeter(asyncio.Protocol):
     """Says hello a little after it accepts, then closes its side (FIN)."""

@@ -418,6 +418,10 @@ class MuxIm(PassthroughIm):
                         vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
                         self.table_remove(vobj.id)
                         self.stats.offloads_active -= 1
+                    else:
+                        # a copy's hardware state is corrupt: the object lives on for the
+                        # host's further terminate (spec §3.7), as a NIC's own object would
+                        vobj.lifecycle.fire(Event.TERMINATE_FAILED)
             root.im_reserved = call.saved_im_reserved
             self.ndis.NdisMTerminateOffloadComplete(self, root)
         failover.evacuated(self)
