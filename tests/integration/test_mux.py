@@ -445,6 +445,35 @@ async def test_a_copy_left_unused_during_an_invalidate_waits_for_it(
         await echo(engine, c, b"still carried")
 
 
+async def test_an_invalidate_reaches_a_copy_still_being_offloaded(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The shared neighbor is invalidated while nic1 is still offloading its copy of it, for
+    the connection just placed there (a delay fault holds nic1's initiate). That copy must be
+    invalidated too once it is offloaded, so nic1 asks its connection up (spec §3.5);
+    otherwise it stays offloaded under an invalidated neighbor, and every new connection
+    waits behind that neighbor for ever."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    first = await engine.connect("127.0.0.1", echo_port)
+    assert nic_of(engine, first) == "nic0"
+    fault = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 300}
+    )
+    second = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    # the second connection is placed on nic1, whose part of the initiate is held
+    await eventually(lambda: lowers(engine)["nic1"]["connections"] == 1)
+    invalidated = await asyncio.wait_for(engine.invalidate(first, "neighbor"), 5.0)
+    assert invalidated == {"status": "NDIS_STATUS_SUCCESS"}
+    late = await asyncio.wait_for(second, 5.0)
+    await eventually(lambda: engine.conn_info(late)["state"] == "host")
+    await eventually(lambda: engine.conn_info(first)["state"] == "host")
+    engine.fault_clear(fault)
+    third = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+    assert engine.conn_info(third)["state"] == "offloaded"
+    for c in (first, late, third):
+        await echo(engine, c, b"carried after the invalidate")
+
+
 # -- state operations on objects that live on several NICs -----------------------------------
 async def test_update_query_and_invalidate_reach_every_nic(
     make_engine: Any, echo_port: int

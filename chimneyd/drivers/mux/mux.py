@@ -438,7 +438,22 @@ class MuxIm(PassthroughIm):
 
     @downcall
     def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
+        if not self._invalidate(root):
+            self.deferred.append(("Invalidate", root))
+
+    def _invalidate(self, root: OffloadBlock) -> bool:
+        """Relay the invalidate; False (nothing changed) while a neighbor or path it names is
+        still being offloaded on some NIC, for a connection placed there. That copy takes no
+        state operation yet (spec §3.1), and missed, its NIC would never ask its connections
+        up (spec §3.5): they would stay offloaded under an invalidated object, and every new
+        connection under it would wait for ever. Retried once the copy is offloaded."""
+        for up in walk(root):
+            if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
+                vobj = self._context(up, VirtualObject)
+                if any(i.lifecycle.phase is Phase.OFFLOADING for i in vobj.instances.values()):
+                    return False
         self._relay_op("Invalidate", root, self.ndis.NdisInvalidateOffload)
+        return True
 
     def _relay_op(self, op: str, root: OffloadBlock, ndis_call: Any) -> None:
         """Each connection's block to its NIC; a neighbor's or path's to every NIC that holds
@@ -577,7 +592,10 @@ class MuxIm(PassthroughIm):
     def retry_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
         for op, root in deferred:
-            done = self._initiate(root) if op == "Initiate" else self._terminate(root)
+            retry = {"Initiate": self._initiate, "Terminate": self._terminate}.get(
+                op, self._invalidate
+            )
+            done = retry(root)
             if not done:
                 self.deferred.append((op, root))
 
