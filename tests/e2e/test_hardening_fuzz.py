@@ -280,7 +280,10 @@ class Fuzzer:
         window at 0, this connection and, when its peer is a daemon connection, that one are
         read until the request is answered, within ANSWER_S more."""
         self.tally.calls += 1
-        pending = asyncio.ensure_future(self.c.call(method, *params, timeout=None))
+        # the bounds here decide (ANSWER_S, then ANSWER_S more while reading): the client's
+        # own timer only backs them up. At ANSWER_S it would race the flow check, and a
+        # request held by TCP flow control would be reported unanswered before it ran
+        pending = asyncio.ensure_future(self.c.call(method, *params, timeout=3 * ANSWER_S))
         try:
             done, _ = await asyncio.wait({pending}, timeout=ANSWER_S)
             readers: list[tuple[Fuzzer, int]] = []
