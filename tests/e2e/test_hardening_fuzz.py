@@ -121,9 +121,9 @@ ALL_TOPOLOGIES = [SINGLE, _team("active-standby"), _team("least-loaded")]
 
 def _topologies() -> list[Topology]:
     """The stacks this run fuzzes: CHIMNEYD_FUZZ_TOPOLOGIES names them (comma-separated, or
-    `all`); `make test` runs the default stack only. The teams are opt-in: on them 2 of the last
-    16 rounds ended with a send held by a zero window that the fuzz could not trace to a
-    reader (README, Tests; the Makefile's `fuzz-team`)."""
+    `all`); `make test` runs the default stack only. The teams are opt-in: in the last run on
+    them, 1 of 8 rounds ended with a send that flow control still held after its possible
+    peers were read (README, Tests; the Makefile's `fuzz-team`)."""
     wanted = os.environ.get("CHIMNEYD_FUZZ_TOPOLOGIES", "default").split(",")
     if "all" in wanted:
         return ALL_TOPOLOGIES
