@@ -36,6 +36,7 @@ from chimneyd.ndis.status import (
 
 from ..base import Timers, downcall
 from ..passthrough import ImOffloadEntry, PassthroughIm
+from ..queues import NO_ITEMS, grown
 from . import failover
 from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
 from .placement import Placement
@@ -258,8 +259,8 @@ class MuxIm(PassthroughIm):
         root.im_reserved = call.saved_im_reserved
         self.ndis.NdisMInitiateOffloadComplete(self, root)
         for _, _, obj in call.links:
-            if isinstance(obj, MuxConnection) and obj.early is not None:
-                early, obj.early = obj.early, None
+            if isinstance(obj, MuxConnection) and obj.early:
+                early, obj.early = obj.early, NO_ITEMS
                 for fn, args in early:  # now, after the completion, in the order they came
                     fn(*args)
         self._release_unused()
@@ -591,11 +592,9 @@ class MuxIm(PassthroughIm):
 
     def retry_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
+        retry = {"Initiate": self._initiate, "Terminate": self._terminate}
         for op, root in deferred:
-            retry = {"Initiate": self._initiate, "Terminate": self._terminate}.get(
-                op, self._invalidate
-            )
-            done = retry(root)
+            done = retry.get(op, self._invalidate)(root)
             if not done:
                 self.deferred.append((op, root))
 
@@ -645,7 +644,7 @@ class MuxIm(PassthroughIm):
         wait in the entry, in order, and `_finish_initiate` delivers them after it [EMU]."""
         if entry.lifecycle.phase is not Phase.OFFLOADING:
             return False
-        entry.early = [*(entry.early or ()), (fn, args)]
+        entry.early = grown(entry.early, (fn, args))
         return True
 
     def ReceiveIndicateReturned(

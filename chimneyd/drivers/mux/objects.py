@@ -21,6 +21,7 @@ from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from chimneyd.ndis.status import OffloadStateType
 
 from ..passthrough import ImOffloadEntry
+from ..queues import NO_ITEMS
 
 #: A connection's 4-tuple: (source address, local port, destination address, remote port).
 Key = tuple[bytes, int, bytes, int]
@@ -141,5 +142,5 @@ class MuxConnection(ImOffloadEntry):
         self.path = path
         self.key = key
         # what its NIC indicated before the MUX completed the initiate upward: (handler,
-        # arguments), delivered once it has (spec §9 item 5); None while there is none
-        self.early: list[tuple[Callable[..., None], tuple[Any, ...]]] | None = None
+        # arguments), delivered once it has (spec §9 item 5); the shared empty one until then
+        self.early: list[tuple[Callable[..., None], tuple[Any, ...]]] = NO_ITEMS
