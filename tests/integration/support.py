@@ -99,3 +99,10 @@ def assert_clean(engine: Engine, stats: dict[str, Any]) -> None:
 
 
 EngineFactory = Callable[..., "asyncio.Future[Engine]"]
+
+
+def fail_next(engine: Engine, layer: str, call: str, **extra: Any) -> int:
+    """A `fail_next` fault with NDIS_STATUS_FAILURE (a corrupt hardware state, spec §3.7) on
+    `call` of `layer`; `extra` adds keys (`count`, `skip`). Returns the fault's id."""
+    spec = {"kind": "fail_next", "layer": layer, "call": call, "status": "NDIS_STATUS_FAILURE"}
+    return engine.fault_inject({**spec, **extra})

@@ -16,7 +16,7 @@ from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
 from chimneyd.drivers.target import adapter as target_adapter
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
-from tests.integration.support import eventually
+from tests.integration.support import eventually, fail_next
 
 
 def teaming(policy: str, nics: int = 3, room: int = 16384, im_under: bool = False) -> Any:
@@ -335,14 +335,7 @@ async def test_an_initiate_failed_below_fails_every_block_above(
     stays in the host, and offloads on a later try. The engine fixture fails the test on any
     layer error or invariant violation."""
     engine = await make_engine(teaming("active-standby", nics=2))
-    engine.fault_inject(
-        {
-            "kind": "fail_next",
-            "layer": "nic0",
-            "call": f"MiniportInitiateOffload{part}",
-            "status": "NDIS_STATUS_FAILURE",
-        }
-    )
+    fail_next(engine, "nic0", f"MiniportInitiateOffload{part}")
     conn = await engine.connect("127.0.0.1", echo_port)
     assert engine.conn_info(conn)["state"] == "host"
     assert engine.layer_errors == 0
@@ -361,15 +354,7 @@ async def test_a_terminate_that_finds_corruption_is_repeated_through_the_mux(
     engine fixture checks that every table drains, with no layer error or violation."""
     engine = await make_engine(teaming("round-robin", nics=2))
     conn = await engine.connect("127.0.0.1", echo_port)
-    engine.fault_inject(
-        {
-            "kind": "fail_next",
-            "layer": "nic0",
-            "call": "MiniportTerminateOffload",
-            "status": "NDIS_STATUS_FAILURE",
-            "count": count,
-        }
-    )
+    fail_next(engine, "nic0", "MiniportTerminateOffload", count=count)
     await asyncio.wait_for(engine.close(conn), 5.0)
     assert engine.layer_errors == 0
     calls = engine.ndis.stats()["nic0"]["calls"]

@@ -12,7 +12,7 @@ import pytest
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
 from chimneyd.engine import Engine
-from tests.integration.support import RecordingPeer, eventually, topology
+from tests.integration.support import RecordingPeer, eventually, fail_next, topology
 
 
 class Events:
@@ -262,14 +262,7 @@ async def test_a_state_operation_overlapping_a_corruption_is_answered(
     engine = await make_engine()
     events = Events(engine)
     conn = await engine.connect("127.0.0.1", echo_port)
-    engine.fault_inject(
-        {
-            "kind": "fail_next",
-            "layer": "nic0",
-            "call": "MiniportQueryOffload",
-            "status": "NDIS_STATUS_FAILURE",
-        }
-    )
+    fail_next(engine, "nic0", "MiniportQueryOffload")
     first = asyncio.ensure_future(engine.query(conn))
     if second == "query":
         other = asyncio.ensure_future(engine.query(conn))
