@@ -233,3 +233,41 @@ async def test_close_with_unread_data_returns_everything_it_held(
     await asyncio.sleep(0.2)
     assert engine.host.tcbs[conn].app_rx_bytes > 0
     await engine.close(conn)
+
+
+@pytest.mark.parametrize("outcome", ["offloaded", "refused"])
+async def test_an_offload_while_the_host_stopped_reading(make_engine: Any, outcome: str) -> None:
+    """The host's buffer filled, so it stopped reading the socket (back-pressure); the
+    application read part of it, not enough for the host to read again, and the connection is
+    offloaded then. Whoever owns the socket after the initiate must read it again once the
+    application has read the rest: the target (which held less than its own bound, so it
+    never stopped reading, and never started it), or the host if the target refused. The
+    reading stayed stopped for ever: the peer's sends hung at a zero window."""
+    buffer = 64 * 1024
+    engine = await make_engine(rx_buffer_bytes=buffer)
+    lid = await engine.listen("127.0.0.1", 0, False)
+    peer = await dial(engine.listener_info(lid)["port"])
+    conn = await engine.accept(lid, 5.0)
+    data = random.Random(5).randbytes(3 * 1024 * 1024)
+    peer.transport.write(data)  # far more than the host's buffer and the sockets' together
+    await asyncio.sleep(0.2)
+    held = engine.conn_info(conn)["bytes_received"]
+    assert held >= buffer, "the host did not fill its buffer"
+    got = b""
+    while len(got) < held - buffer * 3 // 4:  # 3/4 of the buffer left
+        got += await engine.recv(conn, held - buffer * 3 // 4 - len(got), 10.0)
+    if outcome == "refused":
+        engine.fault_inject(
+            {
+                "kind": "fail_next",
+                "layer": "nic0",
+                "call": "MiniportInitiateOffload",
+                "status": "NDIS_STATUS_FAILURE",
+                "count": 1,
+            }
+        )
+    result = await asyncio.gather(engine.offload(conn), return_exceptions=True)
+    state = "offloaded" if outcome == "offloaded" else "host"
+    assert engine.conn_info(conn)["state"] == state, result
+    assert got + await read_all(engine, conn, len(data) - len(got)) == data
+    peer.transport.close()

@@ -213,6 +213,9 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
         tcb.rx.rcv_nxt -= len(data)
         delegated.BufferedData = NetBufferList.for_data(data)
         delegated.BufferedData.trace = tcb.trace
+    # whether the socket is read is the target's choice from now: it takes the socket as it is
+    # and decides by what it holds; the host decides again if the socket comes back
+    tcb.read_paused = False
     tcb.delegated = snapshot(delegated, "offload", now)
     if tcb.cached is None:
         tcb.cached = h.default_cached()
@@ -311,6 +314,7 @@ def _not_offloaded(
     for off, data, flags in tcb.forward_q:
         receive.host_segment(h, tcb, off, data, flags)
     tcb.forward_q = NO_ITEMS
+    receive.own_reading(h, tcb)
     for done in tcb.offload_done:
         done(None, error)
     tcb.offload_done = NO_ITEMS

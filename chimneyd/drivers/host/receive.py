@@ -288,6 +288,20 @@ def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -
         tcb.wire.pause_reading()
 
 
+def own_reading(h: HostStack, tcb: Tcb) -> None:
+    """The socket's reading is the host's again (after an initiate that failed, or an upload):
+    stopped while the application's buffer is full, on otherwise. Whoever held the socket
+    before may have left it stopped, and nobody else would start it again (design:
+    back-pressure)."""
+    if tcb.wire.closed:
+        return
+    tcb.read_paused = tcb.app_rx_bytes >= h.rx_buffer_bytes
+    if tcb.read_paused:
+        tcb.wire.pause_reading()
+    else:
+        tcb.wire.resume_reading()
+
+
 def buffered_returned(h: HostStack, tcb: Tcb, offset: int, data: bytes) -> None:
     """`BufferedData` handed back at an upload (spec §3.6.3): the bytes just before RcvNxt,
     every earlier one delivered already. They follow what the application has not read yet;

@@ -265,9 +265,7 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     disconnect.after_upload(h, tcb)
     if tcb.sends or tcb.disconnect_done is not None:
         wire.watch_acks()
-    if tcb.read_paused and tcb.app_rx_bytes < h.rx_buffer_bytes:
-        tcb.read_paused = False
-        wire.resume_reading()
+    receive.own_reading(h, tcb)
     # the event goes out before the callers hear of it: one that closes next must not have its
     # `closed` arrive before `uploaded`
     h.emit(tcb.conn_id, "uploaded", {"reason": tcb.upload_reason})

@@ -211,6 +211,11 @@ def _initiate_tcp(
         c.unacked = grown(c.unacked, (nbl, pos, pos + n))
         pos += n
     wire.set_owner(t, c)
+    # reading the socket is ours to decide now. The host may have stopped it (its buffer was
+    # full) and would never start it again: take it stopped, and `_flow` starts it at the
+    # completion if what we hold allows (design: back-pressure)
+    c.paused = True
+    wire.pause_reading()
     if to_write:
         wire.write(to_write)
     # bytes the host read from the socket before we took it are the host's: they come back down
