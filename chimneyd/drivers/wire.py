@@ -133,3 +133,11 @@ class WirePort(Protocol):
 
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+
+
+def may_read_again(held: int, bound: int) -> bool:
+    """Back-pressure's other edge (design): the owner stopped reading the socket once it held
+    `bound` bytes, and reads again when it holds less than half of that, or nothing: at a
+    bound of 1 (the smallest receive window, spec §2.2) half is 0, and "fewer than 0" would
+    never come."""
+    return held < (bound + 1) // 2

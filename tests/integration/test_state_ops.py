@@ -195,3 +195,36 @@ async def test_no_update_under_an_invalidated_path_or_neighbor(
     assert err.value.code is ErrorCode.INVALID_STATE
     assert what in err.value.detail
     assert engine.checker is not None and engine.checker.violations == []
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 1000])
+async def test_the_smallest_receive_windows_still_move_data(
+    make_engine: Any, echo_port: int, window: int
+) -> None:
+    """An update to a tiny InitialRcvWnd (1 is legal, spec §2.2) bounds what the target holds
+    to that. It stops reading the socket at the bound and starts again below half of it: at a
+    bound of 1 "below half" was below 0, so the first byte stopped the connection for ever."""
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    assert await engine.update(conn, {"InitialRcvWnd": window}) == {"status": "NDIS_STATUS_SUCCESS"}
+    data = bytes(i % 251 for i in range(100_000))
+    assert await engine.send(conn, data) == len(data)  # the echo waits in the sockets
+    assert await _read(engine, conn, len(data)) == data
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["host", "offloaded"])
+async def test_the_smallest_receive_buffer_still_moves_data(
+    make_engine: Any, echo_port: int, offload: bool
+) -> None:
+    """`engine.rx_buffer_bytes` = 1, the smallest the configuration takes: the host (and the
+    target, bounded by it) stops reading at every byte held and must read again once it is
+    taken."""
+    engine = await make_engine(rx_buffer_bytes=1)
+    conn = await engine.connect("127.0.0.1", echo_port, offload)
+    assert engine.conn_info(conn)["state"] == ("offloaded" if offload else "host")
+    for i in range(10):  # each echo arrives while nobody reads: held, and reading stops
+        data = bytes((i + j) % 251 for j in range(10_000))
+        assert await engine.send(conn, data) == len(data)
+        await asyncio.sleep(0.05)
+        assert await _read(engine, conn, len(data)) == data

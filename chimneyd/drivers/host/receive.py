@@ -20,6 +20,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..queues import grown
 from ..segment import TH_FIN, TH_RST
+from ..wire import may_read_again
 from . import offload, send
 from .tcb import TIMED_OUT, AppError, Done, Tcb, ndis_error
 
@@ -113,7 +114,7 @@ def _after_consume(h: HostStack, tcb: Tcb) -> None:
     if (
         tcb.read_paused
         and tcb.lifecycle.phase is Phase.IDLE
-        and tcb.app_rx_bytes < h.rx_buffer_bytes // 2
+        and may_read_again(tcb.app_rx_bytes, h.rx_buffer_bytes)
     ):
         tcb.read_paused = False
         tcb.wire.resume_reading()

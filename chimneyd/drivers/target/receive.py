@@ -21,6 +21,7 @@ from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReaso
 from ..queues import grown
 from ..segment import TH_FIN, TH_PSH, TH_RST, parse_segment
 from ..tcp import offset_of
+from ..wire import may_read_again
 from . import adapter, disconnect, events, send, terminate
 from .contexts import TcpContext
 
@@ -333,7 +334,7 @@ def _flow(t: OffloadTarget, c: TcpContext) -> None:
     if not c.paused and held >= bound:
         c.paused = True
         c.wire.pause_reading()
-    elif c.paused and held < bound // 2:
+    elif c.paused and may_read_again(held, bound):
         c.paused = False
         c.wire.resume_reading()
 
