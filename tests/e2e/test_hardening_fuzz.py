@@ -584,9 +584,12 @@ async def _settled(d: Daemon, tally: Tally) -> dict[str, Any]:
         await checker.close()
 
 
+_STATUS_CALLS = frozenset({"NdisMIndicateStatusEx", "ProtocolStatusEx"})
+
+
 async def carried(d: Daemon, most: int = 6) -> str:
     """For a report: the connections below the host (offloaded, or on their way), as an admin
-    sees them whoever made them, each with its last hops."""
+    sees them whoever made them, each with its last hops but status indications."""
     try:
         inspector = await d.aclient(token=INSPECTOR_TOKEN)
     except ChimneyError as err:
@@ -598,8 +601,12 @@ async def carried(d: Daemon, most: int = 6) -> str:
             if info.get("state") in ("host", "closed"):
                 continue
             hops = await inspector.call("trace.get", conn, timeout=5)
+            # status indications reach every connection of a binding and would crowd out
+            # the connection's own calls (a retrieve asked, a terminate begun)
+            own = [h for h in hops if h.get("call") not in _STATUS_CALLS]
             last = [
-                " ".join(str(h.get(k)) for k in ("layer", "call", "status")) for h in hops[-10:]
+                " ".join(str(h.get(k)) for k in ("layer", "call", "status", "event"))
+                for h in own[-16:]
             ]
             out.append(f"{conn} {info.get('state')} {info.get('handles')!r} {last!r}")
             if len(out) >= most:
