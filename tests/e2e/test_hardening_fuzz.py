@@ -349,11 +349,7 @@ class Fuzzer:
         application would), taking the connections queued before it too."""
         for f in self.all:
             for other in list(f.conns):
-                got = await f.quiet_call("tcp.info", other)
-                if isinstance(got, dict) and (got.get("local"), got.get("remote")) == (
-                    remote,
-                    local,
-                ):
+                if _faces(await f.quiet_call("tcp.info", other), local, remote):
                     return f, other
         port = int(remote.rsplit(":", 1)[1])
         for f in self.all:
@@ -365,11 +361,7 @@ class Fuzzer:
                     if type(got) is not int:
                         break
                     f.conns.append(got)
-                    seen = await f.quiet_call("tcp.info", got)
-                    if isinstance(seen, dict) and (seen.get("local"), seen.get("remote")) == (
-                        remote,
-                        local,
-                    ):
+                    if _faces(await f.quiet_call("tcp.info", got), local, remote):
                         return f, got
         return None
 
@@ -582,6 +574,12 @@ async def _settled(d: Daemon, tally: Tally) -> dict[str, Any]:
             await asyncio.sleep(0.1)
     finally:
         await checker.close()
+
+
+def _faces(info: Any, local: str, remote: str) -> bool:
+    """Whether `info` (a `tcp.info` answer, or an error) is of the connection at the other end
+    of local-remote."""
+    return isinstance(info, dict) and (info.get("local"), info.get("remote")) == (remote, local)
 
 
 _STATUS_CALLS = frozenset({"NdisMIndicateStatusEx", "ProtocolStatusEx"})

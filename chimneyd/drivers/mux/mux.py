@@ -592,9 +592,13 @@ class MuxIm(PassthroughIm):
 
     def retry_deferred(self) -> None:
         deferred, self.deferred = self.deferred, []
-        retry = {"Initiate": self._initiate, "Terminate": self._terminate}
+        retry = {
+            "Initiate": self._initiate,
+            "Terminate": self._terminate,
+            "Invalidate": self._invalidate,
+        }
         for op, root in deferred:
-            done = retry.get(op, self._invalidate)(root)
+            done = retry[op](root)
             if not done:
                 self.deferred.append((op, root))
 
