@@ -40,9 +40,13 @@ def nic_of(engine: Any, conn: int) -> str:
     return name
 
 
+def team(engine: Any) -> dict[str, Any]:
+    result: dict[str, Any] = next(la for la in engine.info()["layers"] if la["name"] == "team0")
+    return result
+
+
 def lowers(engine: Any) -> dict[str, dict[str, Any]]:
-    team = next(la for la in engine.info()["layers"] if la["name"] == "team0")
-    result: dict[str, dict[str, Any]] = team["lowers"]
+    result: dict[str, dict[str, Any]] = team(engine)["lowers"]
     return result
 
 
@@ -457,6 +461,48 @@ async def test_an_invalidate_reaches_a_copy_still_being_offloaded(
     assert engine.conn_info(third)["state"] == "offloaded"
     for c in (first, late, third):
         await echo(engine, c, b"carried after the invalidate")
+
+
+@pytest.mark.parametrize("stale", ["neighbor", "path"])
+async def test_a_connection_placed_on_a_fresh_copy_of_an_invalidated_object_is_asked_up(
+    make_engine: Any, echo_port: int, stale: str
+) -> None:
+    """A connection waits at the MUX while nic0's copies of its path and neighbor are being
+    terminated (a delay fault holds nic0's terminate), and the neighbor (or path) is
+    invalidated meanwhile: the invalidate reaches nic1's copy, the only live one. Then nic0's
+    copies are gone and the connection goes there, on fresh copies the invalidate never saw.
+    The MUX must invalidate them too, so nic0 asks the connection up (spec §3.5); otherwise it
+    stays offloaded under an invalidated object and every new connection waits behind it."""
+    engine = await make_engine(teaming("least-loaded", nics=2))
+    first, second = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    assert [nic_of(engine, c) for c in (first, second)] == ["nic0", "nic1"]
+    faults = [
+        engine.fault_inject(
+            {"kind": "delay", "layer": nic, "call": "MiniportTerminateOffload", "ms": ms}
+        )
+        for nic, ms in (("nic0", 400), ("nic1", 1200))  # nic1's copies go after nic0's
+    ]
+    # nic0's last connection goes up, and its copies with it, held by the delay
+    upload = asyncio.ensure_future(engine.upload(first))
+    await eventually(lambda: ("team0", "NdisTerminateOffload", None) in hops(engine, first))
+    late = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    # its initiate waits at the MUX for nic0's copies, built before the invalidate below
+    await eventually(lambda: team(engine)["deferred"] == ["Initiate"])
+    invalidated = await asyncio.wait_for(engine.invalidate(second, stale), 5.0)
+    assert invalidated == {"status": "NDIS_STATUS_SUCCESS"}
+    assert (await asyncio.wait_for(upload, 5.0))["state"] == "host"
+    conn = await asyncio.wait_for(late, 5.0)
+    await eventually(lambda: engine.conn_info(conn)["state"] == "host")
+    assert ("nic0", "MiniportInitiateOffload", None) in hops(engine, conn)
+    assert ("nic0", "NdisTcpOffloadEventHandler", "TcpIndicateRetrieve") in hops(engine, conn)
+    await eventually(lambda: engine.conn_info(second)["state"] == "host")
+    for fault in faults:
+        engine.fault_clear(fault)
+    fourth = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+    assert engine.conn_info(fourth)["state"] == "offloaded"
+    for c in (first, second, conn, fourth):
+        await echo(engine, c, b"carried after the invalidate")
+    assert engine.checker is not None and engine.checker.violations == []
 
 
 # -- state operations on objects that live on several NICs -----------------------------------

@@ -189,6 +189,8 @@ class MuxIm(PassthroughIm):
             inst = vobj.instances[lower.binding.id] = Instance(self.name, vobj, lower)
             inst.lifecycle.fire(Event.INITIATE)
             self.table_add(inst.id, inst)
+            if vobj.lifecycle.phase is Phase.INVALIDATED:
+                call.stale.append(inst)
             new = OffloadBlock(
                 vobj.header_type, inst.handle, vobj.const, vobj.cached, vobj.delegated
             )
@@ -233,7 +235,31 @@ class MuxIm(PassthroughIm):
                     self._unplace(obj)
         for inst in failed:  # after its failed dependents let go of it, and of its parent
             self._drop_instance(inst)
+        self._invalidate_copies(call.stale)
         self._finish_initiate(call)
+
+    def _invalidate_copies(self, copies: list[Instance]) -> None:
+        """Invalidate the NIC's new copies of objects the layer above has invalidated.
+
+        A connection can reach the MUX under such an object: its initiate was built before the
+        invalidate and waited here, or was held below, while the invalidate went by. Placed on
+        a NIC that had no live copy (none, or one being terminated), it gets a fresh copy there
+        that the invalidate never reached. That NIC would never ask the connection up (spec
+        §3.5), and every new connection above would wait behind the object for ever. So the
+        MUX invalidates the copy itself, as the layer above did every other; the NIC then asks
+        for the upload of what depends on it (`InvalidState`), as it would have. Nothing goes
+        up when it completes: the layer above's invalidate already has."""
+        live = [i for i in copies if i.lifecycle.phase is Phase.OFFLOADED and i.refs]
+        if not live:
+            return
+        call = MuxCall("Invalidate", None)
+        for inst in live:
+            inst.lifecycle.fire(Event.INVALIDATE)
+            inst.pending_ops += 1  # no terminate before it completes (spec §3.1, §9 item 7)
+            block = call.tree(inst.lower).object_block(inst.vobj)
+            block.offload_handle = inst.handle
+            call.link(None, block, inst)
+        self._send(call, self.ndis.NdisInvalidateOffload)
 
     def _finish_initiate(self, call: MuxCall) -> None:
         root = call.upper_root
@@ -499,16 +525,20 @@ class MuxIm(PassthroughIm):
         if call is None:
             return
         root = call.upper_root
-        assert root is not None
         failed: set[int] = set()
         for up, low, obj in call.links:
-            assert up is not None
             if isinstance(obj, Instance):
                 obj.pending_ops -= 1
+            if up is None:  # the MUX's own invalidate of a copy: nothing goes up
+                continue
             if low.status != SUCCESS:
                 failed.add(id(up))
             if call.op == "Query" and isinstance(obj, MuxConnection):
                 up.const, up.cached, up.delegated = low.const, low.cached, low.delegated
+        if root is None:
+            self._release_unused()
+            self.retry_deferred()
+            return
         for up in walk(root):
             up.status = S.NDIS_STATUS_FAILURE if id(up) in failed else SUCCESS
             if (
@@ -714,6 +744,8 @@ class MuxIm(PassthroughIm):
     def describe(self) -> dict[str, Any]:
         return {
             "policy": self.placement.policy,
+            # state operations waiting for a copy to settle on its NIC (spec §3.1)
+            "deferred": [op for op, _ in self.deferred],
             "lowers": {lo.name: lo.describe() for lo in self.lower_list()},
             "capabilities": failover.capabilities(self).as_map(),
         }

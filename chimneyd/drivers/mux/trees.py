@@ -62,6 +62,7 @@ class MuxCall:
         "pending",
         "refused",
         "saved_im_reserved",
+        "stale",
         "trees",
         "upper_root",
     )
@@ -78,6 +79,9 @@ class MuxCall:
         self.refused: dict[int, NdisStatus] = {}  # id(upper TCP block) -> why not placed
         # id(new object) -> a NIC's status for its instance, while no NIC has offloaded it
         self.failed_new: dict[int, NdisStatus] = {}
+        # copies this initiate makes of objects invalidated above: invalidated in turn once
+        # their NIC has offloaded them (`MuxIm._invalidate_copies`)
+        self.stale: list[Instance] = []
 
     def tree(self, lower: Lower) -> LowerTree:
         tree = self.trees.get(lower.binding.id)
