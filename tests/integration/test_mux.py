@@ -365,6 +365,43 @@ async def test_a_terminate_that_finds_corruption_is_repeated_through_the_mux(
     assert calls["NdisMTerminateOffloadComplete"] == count + 1  # each failure, then success
 
 
+async def test_a_terminate_that_fails_on_one_nic_of_a_split_call_is_repeated(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Two connections, one on each NIC, are uploaded in one terminate: the MUX splits it, nic0
+    reports its connection's state corrupt at once, and nic1 is slow (a delay fault). nic0 then
+    asks for the upload and indicates the abort (spec §3.7 steps 2 and 3); the MUX must pass
+    them up only after the whole terminate has completed above, as the spec orders them. If
+    they overtake it, the host hears the abort of a connection it is still terminating, and
+    after the failure nothing terminates it again: it stays offloaded for ever."""
+    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    assert [nic_of(engine, c) for c in conns] == ["nic0", "nic1"]
+    fail_next(engine, "nic0", "MiniportTerminateOffload")
+    slow = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportTerminateOffload", "ms": 300}
+    )
+    # asked in the same turn: the host terminates both in one tree (spec §2.3)
+    uploads = [asyncio.ensure_future(engine.upload(c)) for c in conns]
+    done = await asyncio.wait_for(asyncio.gather(*uploads), 5.0)
+    assert [d["state"] for d in done] == ["host", "host"]
+    got = [(call, event) for la, call, event in hops(engine, conns[0]) if la == "tcpip"]
+    first = got.index(("NdisTerminateOffload", None))
+    assert got[first:] == [
+        ("NdisTerminateOffload", None),
+        ("ProtocolTerminateOffloadComplete", None),  # NDIS_STATUS_FAILURE
+        ("ProtocolTcpOffloadEvent", "TcpIndicateRetrieve"),
+        ("ProtocolTcpOffloadEvent", "TcpIndicateAbort"),
+        ("NdisTerminateOffload", None),  # the further terminate (spec §3.7 step 4)
+        ("ProtocolTerminateOffloadComplete", None),
+    ]
+    await eventually(lambda: engine.ndis.stats()["nic0"]["offloads_active"] == 0)
+    engine.fault_clear(slow)
+    await echo(engine, conns[1], b"still carried")
+    assert engine.layer_errors == 0
+    assert engine.checker is not None and engine.checker.violations == []
+
+
 # -- an initiate split over several NICs -------------------------------------------------------
 class Greeter(asyncio.Protocol):
     """Says hello a little after it accepts, then closes its side (FIN)."""

@@ -285,10 +285,8 @@ class MuxIm(PassthroughIm):
         root.im_reserved = call.saved_im_reserved
         self.ndis.NdisMInitiateOffloadComplete(self, root)
         for _, _, obj in call.links:
-            if isinstance(obj, MuxConnection) and obj.early:
-                early, obj.early = obj.early, NO_ITEMS
-                for fn, args in early:  # now, after the completion, in the order they came
-                    fn(*args)
+            if isinstance(obj, MuxConnection):
+                self._deliver_early(obj)
         self._release_unused()
         self.retry_deferred()
 
@@ -399,6 +397,13 @@ class MuxIm(PassthroughIm):
         return sorted(objs.values(), key=lambda v: v.parent is None)
 
     def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        for low in walk(lower_root):
+            if low.kind is BlockKind.TCP and low.status != SUCCESS:
+                # corrupt: the NIC asks for the upload and indicates the abort next (spec
+                # §3.7), which must not reach the layer above before this terminate's
+                # completion does, however long the other NICs' parts take
+                assert low.offload_handle is not None
+                low.offload_handle.owner.completing = True
         call = self._lower_done(lower_root)
         if call is None:
             return
@@ -451,6 +456,10 @@ class MuxIm(PassthroughIm):
                         vobj.lifecycle.fire(Event.TERMINATE_FAILED)
             root.im_reserved = call.saved_im_reserved
             self.ndis.NdisMTerminateOffloadComplete(self, root)
+        for _, _, obj in call.links:
+            if isinstance(obj, MuxConnection) and obj.completing:
+                obj.completing = False
+                self._deliver_early(obj)
         failover.evacuated(self)
         self._release_unused()
         self.retry_deferred()
@@ -672,14 +681,22 @@ class MuxIm(PassthroughIm):
     @staticmethod
     def _early(entry: MuxConnection, fn: Callable[..., None], *args: Any) -> bool:
         """Hold what a NIC indicates on a connection the MUX has not yet completed upward.
-        An initiate split over several NICs completes above once every NIC has completed its
-        part, and a NIC that has may already indicate on its connections. Nothing about an
-        object may go up before its initiate completion (spec §9 item 5): such indications
-        wait in the entry, in order, and `_finish_initiate` delivers them after it [EMU]."""
-        if entry.lifecycle.phase is not Phase.OFFLOADING:
+        A call split over several NICs completes above once every NIC has completed its part,
+        and a NIC that has may already indicate on its connections. Nothing about an object
+        may go up before its initiate completion (spec §9 item 5), and a failed terminate's
+        retrieve and abort come after its completion (spec §3.7): such indications wait in
+        the entry, in order, and go up right after the completion (`_deliver_early`) [EMU]."""
+        if entry.lifecycle.phase is not Phase.OFFLOADING and not entry.completing:
             return False
         entry.early = grown(entry.early, (fn, args))
         return True
+
+    @staticmethod
+    def _deliver_early(entry: MuxConnection) -> None:
+        if entry.early:
+            early, entry.early = entry.early, NO_ITEMS
+            for fn, args in early:  # now, after the completion, in the order they came
+                fn(*args)
 
     def ReceiveIndicateReturned(
         self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int

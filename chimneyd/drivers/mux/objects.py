@@ -133,7 +133,7 @@ class Instance:
 class MuxConnection(ImOffloadEntry):
     """A connection the MUX placed on one NIC: an IM offload entry with its path and 4-tuple."""
 
-    __slots__ = ("early", "key", "path")
+    __slots__ = ("completing", "early", "key", "path")
 
     def __init__(
         self, layer: str, upper: NdisOffloadHandle, lower: Binding, path: VirtualObject, key: Key
@@ -144,3 +144,6 @@ class MuxConnection(ImOffloadEntry):
         # what its NIC indicated before the MUX completed the initiate upward: (handler,
         # arguments), delivered once it has (spec §9 item 5); the shared empty one until then
         self.early: list[tuple[Callable[..., None], tuple[Any, ...]]] = NO_ITEMS
+        # its NIC failed its part of a terminate the MUX has not yet completed above: what the
+        # NIC indicates next waits in `early` too (spec §3.7: the completion comes first)
+        self.completing = False
