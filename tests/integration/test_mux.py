@@ -263,6 +263,41 @@ async def test_a_failed_nic_moves_only_its_connections_without_losing_a_byte(
     await echo(engine, fresh, b"nic1 is back")
 
 
+@pytest.mark.parametrize("leaves", ["target_failure", "nic_down"])
+async def test_a_nic_that_leaves_while_the_mux_completes_an_initiate_loses_its_connection(
+    make_engine: Any, echo_port: int, leaves: str
+) -> None:
+    """Two connections are offloaded in one tree, split over both NICs; nic1 is slow with its
+    part (a delay fault). nic0 has completed its part when it fails (PAUSE, UPLOAD_ALL), or is
+    taken out of service: its connection is not yet offloaded above, so the MUX's evacuation
+    cannot ask it up then. It must once the initiate completes, or the connection stays on a
+    NIC out of service (a failed one refuses its I/O as an upload under way, spec §5.5,
+    §3.6.4) for ever."""
+    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port, offload=False) for _ in range(2)]
+    slow = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 400}
+    )
+    # asked in the same turn: the host offloads both in one tree (spec §2.3)
+    offloads = [asyncio.ensure_future(engine.offload(c)) for c in conns]
+    done = ("nic0", "NdisMInitiateOffloadComplete", None)
+    await eventually(lambda: any(done in hops(engine, c) for c in conns))
+    early = next(c for c in conns if done in hops(engine, c))
+    failed = engine.fault_inject({"kind": leaves, "layer": "nic0"})
+    await asyncio.wait_for(asyncio.gather(*offloads), 5.0)
+    # asked up once offloaded above, uploaded from nic0 and offloaded again on nic1
+    await eventually(lambda: engine.ndis.stats()["nic0"]["offloads_active"] == 0)
+    await eventually(all_offloaded(engine, conns))
+    assert [nic_of(engine, c) for c in conns] == ["nic1", "nic1"]
+    assert ("team0", "NdisTcpOffloadEventHandler", "TcpIndicateRetrieve") in hops(engine, early)
+    engine.fault_clear(slow)
+    for c in conns:
+        await echo(engine, c, os.urandom(2048))
+    engine.fault_clear(failed)
+    await eventually(lambda: lowers(engine)["nic0"]["in_service"])
+    assert engine.checker is not None and engine.checker.violations == []
+
+
 async def test_failover_through_an_im_below_the_mux(make_engine: Any, echo_port: int) -> None:
     """The NIC's PAUSE and UPLOAD_ALL reach the MUX through the IM above that NIC."""
     engine = await make_engine(teaming("round-robin", nics=2, im_under=True))

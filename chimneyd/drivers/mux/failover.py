@@ -139,6 +139,20 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         ask(mux, lower)
 
 
+def offloaded_late(mux: MuxIm, entries: list[MuxConnection]) -> None:
+    """Connections an initiate has just offloaded above whose NIC failed, or was taken out,
+    while the initiate was completing. The evacuation then could not ask them up: the MUX
+    finds its connections in its table, and these were not offloaded above yet (an initiate
+    split over NICs completes above only once every NIC has). They go now."""
+    late = [
+        e
+        for e in entries
+        if e.id in mux.table and (mux.lower_of(e.lower).failed or mux.lower_of(e.lower).taken_out)
+    ]
+    if late:
+        _evacuate(mux, late)
+
+
 def take_out(mux: MuxIm, lower: Lower) -> None:
     lower.taken_out = True
     _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])

@@ -284,9 +284,12 @@ class MuxIm(PassthroughIm):
         _aggregate(root, call, failed)
         root.im_reserved = call.saved_im_reserved
         self.ndis.NdisMInitiateOffloadComplete(self, root)
+        placed: list[MuxConnection] = []
         for _, _, obj in call.links:
             if isinstance(obj, MuxConnection):
                 self._deliver_early(obj)
+                placed.append(obj)
+        failover.offloaded_late(self, placed)
         self._release_unused()
         self.retry_deferred()
 
