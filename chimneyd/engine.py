@@ -724,6 +724,8 @@ def _socket_view(wire: WirePort) -> dict[str, Any]:
         "acked": acked,
         "peer_window": info.snd_wnd,  # None on kernels before 5.4
         "probes": info.probes,  # zero-window probes sent without an answer
+        # False once the daemon has closed the socket: nothing more will be acknowledged
+        "open": not wire.closed,
     }
 
 

@@ -336,6 +336,8 @@ class Fuzzer:
         view = info.get("socket") if isinstance(info, dict) else None
         if not view or view["written"] <= view["acked"] or view["peer_window"] not in (0, None):
             return []
+        if not view["open"]:
+            return []  # a closed socket is acknowledged nothing more: no reading helps
         self.tally.flow_held += 1
         readers = [(self, conn)]
         peer = await self.find_peer(info["local"], info["remote"])
