@@ -577,6 +577,51 @@ async def test_a_connection_placed_on_a_fresh_copy_of_an_invalidated_object_is_a
     assert engine.checker is not None and engine.checker.violations == []
 
 
+async def test_a_terminate_from_above_waits_for_the_muxs_own_invalidate(
+    make_engine: Any, echo_port: int
+) -> None:
+    """As above, a connection lands on fresh copies of an invalidated neighbor on nic0, and
+    the MUX invalidates them itself; nic0 holds that invalidate (a delay fault). Meanwhile the
+    connection is closed, its neighbor's other connections are already up, and the layer
+    above terminates the connection with its path and neighbor. Nothing above knows of the
+    MUX's own invalidate, so the MUX must hold the terminate until it completes (spec §3.1,
+    §9 item 7) rather than fail it as a terminate of objects with dependents."""
+    engine = await make_engine(teaming("least-loaded", nics=2))
+    first, second = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    faults = [
+        engine.fault_inject(
+            {"kind": "delay", "layer": nic, "call": "MiniportTerminateOffload", "ms": ms}
+        )
+        for nic, ms in (("nic0", 300), ("nic1", 600))
+    ]
+    upload = asyncio.ensure_future(engine.upload(first))
+    await eventually(lambda: ("team0", "NdisTerminateOffload", None) in hops(engine, first))
+    late = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    await eventually(lambda: team(engine)["deferred"] == ["Initiate"])
+    faults.append(
+        engine.fault_inject(
+            {"kind": "delay", "layer": "nic0", "call": "MiniportInvalidateOffload", "ms": 2000}
+        )
+    )
+    invalidated = await asyncio.wait_for(engine.invalidate(second, "neighbor"), 5.0)
+    assert invalidated == {"status": "NDIS_STATUS_SUCCESS"}
+    await asyncio.wait_for(upload, 5.0)
+    conn = await asyncio.wait_for(late, 5.0)
+    assert nic_of(engine, conn) == "nic0"
+    await eventually(lambda: engine.conn_info(second)["state"] == "host")
+    # the last connection under the neighbor: the host terminates it, its path and neighbor
+    await asyncio.wait_for(engine.close(conn), 5.0)
+    assert engine.layer_errors == 0
+    await eventually(lambda: engine.ndis.stats()["nic0"]["offloads_active"] == 0)
+    for fault in faults:
+        engine.fault_clear(fault)
+    again = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+    assert engine.conn_info(again)["state"] == "offloaded"
+    for c in (first, second, again):
+        await echo(engine, c, b"carried after the invalidate")
+    assert engine.checker is not None and engine.checker.violations == []
+
+
 # -- state operations on objects that live on several NICs -----------------------------------
 async def test_update_query_and_invalidate_reach_every_nic(
     make_engine: Any, echo_port: int

@@ -331,11 +331,16 @@ class MuxIm(PassthroughIm):
     def _terminate(self, root: OffloadBlock) -> bool:
         """Split and send the tree; False (nothing changed) while a neighbor or path it names
         still has a copy being offloaded or terminated on a NIC: its completion would reach the
-        layer above with that copy still alive below (spec §3.1, §9 item 8); retried later."""
+        layer above with that copy still alive below (spec §3.1, §9 item 8); or a copy with a
+        state operation below it, which the layer above cannot know of when it is the MUX's
+        own (`_invalidate_copies`): no terminate before it completes (spec §3.1, §9 item 7).
+        Retried later."""
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
-                if any(i.lifecycle.phase in _SETTLING for i in vobj.instances.values()):
+                if any(
+                    i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()
+                ):
                     return False
         call = MuxCall("Terminate", root)
         going: dict[int, int] = {}  # instance id -> its dependents terminated in this call
