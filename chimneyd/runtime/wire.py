@@ -22,8 +22,12 @@ import termios
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from chimneyd.drivers.queues import NO_ITEMS, grown
 from chimneyd.drivers.wire import SocketOption, TcpInfo
+
+log = structlog.get_logger("chimneyd.runtime")
 
 _OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
 _INT = struct.Struct("i")
@@ -200,9 +204,29 @@ class WireSocket(asyncio.Protocol):
         if self._aborted_by_us:
             return
         if _timed_out(exc):
+            self._lost("timeout", repr(exc))
             self._emit("WireTimeout", repr(exc))
         elif exc is not None or not self.eof_seen:
+            self._lost("reset", repr(exc) if exc else "closed")
             self._emit("WireReset", repr(exc) if exc else "closed")
+        else:
+            # closed with no error after the peer's FIN: nobody is told. Said here, so that a
+            # wait on this socket that never ends can be traced to it
+            self._lost("closed", "no error, after the peer's FIN")
+
+    def _lost(self, how: str, why: str) -> None:
+        """A log line when the socket goes without us closing it, naming who is told."""
+        owner = getattr(self._owner, "name", None)
+        log.info(
+            "wire_lost",
+            how=how,
+            why=why,
+            local=f"{self.local[0]}:{self.local[1]}",
+            remote=f"{self.remote[0]}:{self.remote[1]}",
+            owner=owner,
+            written=self.bytes_written,
+            acked=self._acked_seen,
+        )
 
     # -- WirePort ----------------------------------------------------------------------------------
     def write(self, views: list[memoryview]) -> None:
@@ -343,8 +367,10 @@ class WireSocket(asyncio.Protocol):
         self.closed = True
         self.transport.abort()
         if self._kernel_error == errno.ETIMEDOUT:
+            self._lost("timeout", "while not reading (kernel state CLOSE)")
             self._emit("WireTimeout", "timed out while not reading (kernel state CLOSE)")
         else:
+            self._lost("reset", "while not reading (kernel state CLOSE)")
             self._emit("WireReset", "reset while not reading (kernel state CLOSE)")
 
     def tcp_info(self) -> TcpInfo:

@@ -416,6 +416,14 @@ class Fuzzer:
             out.append(f"host: {host!r:.2500}")
         except (ChimneyError, KeyError, StopIteration, TypeError) as err:
             out.append(f"host: {err!r}")
+        if isinstance(info := await self.quiet_call("tcp.info", conn), dict):
+            # how its socket went, if it went without the daemon closing it (`wire_lost`)
+            lost = [
+                {k: e.get(k) for k in ("how", "why", "owner", "written", "acked")}
+                for e in self.d.events_named("wire_lost")
+                if e.get("local") == info.get("local") and e.get("remote") == info.get("remote")
+            ]
+            out.append(f"wire_lost: {lost!r:.800}")
         out.append(await carried(self.d))
         return "\n".join(out)
 

@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
@@ -152,6 +153,32 @@ async def test_peer_fin_after_data_then_half_close_send(make_engine: Any, record
     await _received(peer, 5)
     assert bytes(peer.received) == b"reply"
     assert await engine.disconnect(conn, False) == "NDIS_STATUS_SUCCESS"
+
+
+async def test_a_socket_reset_after_the_peers_fin_is_logged_with_who_is_told(
+    make_engine: Any, recording: Any
+) -> None:
+    """After the peer's FIN nothing reads the socket, so the daemon learns of a later RST only
+    by the failed write, or by the kernel's state while a send waits. Either way the socket
+    goes without the daemon closing it: a `wire_lost` line says so and names the layer told
+    (here the NIC carrying the connection), so that a wait that never ends can be traced."""
+    port, peers = recording
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", port)
+    peer = await _peer(peers)
+    peer.transport.write_eof()
+    assert await engine.recv(conn, 100, 5.0) == b""  # end of stream
+    with capture_logs() as logs:
+        sock = peer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.transport.abort()  # RST
+        with pytest.raises(EngineError):
+            for _ in range(50):  # until the reset is known: the send fails
+                await engine.send(conn, b"x" * 1000)
+        await eventually(lambda: any(e["event"] == "wire_lost" for e in logs))
+    lost = [e for e in logs if e["event"] == "wire_lost"]
+    assert [(e["how"], e["owner"]) for e in lost] == [("reset", "nic0")]
+    assert lost[0]["local"] == engine.conn_info(conn)["local"]
 
 
 async def test_graceful_and_abortive_disconnect(make_engine: Any, recording: Any) -> None:
