@@ -144,11 +144,8 @@ def offloaded_late(mux: MuxIm, entries: list[MuxConnection]) -> None:
     while the initiate was completing. The evacuation then could not ask them up: the MUX
     finds its connections in its table, and these were not offloaded above yet (an initiate
     split over NICs completes above only once every NIC has). They go now."""
-    late = [
-        e
-        for e in entries
-        if e.id in mux.table and (mux.lower_of(e.lower).failed or mux.lower_of(e.lower).taken_out)
-    ]
+    gone = {lo.binding.id for lo in mux.lower_list() if lo.failed or lo.taken_out}
+    late = [e for e in entries if e.lower.id in gone and e.id in mux.table]
     if late:
         _evacuate(mux, late)
 

@@ -51,8 +51,9 @@ class LowerTree:
 
 
 class MuxCall:
-    """One state operation in flight at the MUX: from the layer above (`upper_root`) or the
-    MUX's own clean-up of instances no connection uses any more (`upper_root` None)."""
+    """One state operation in flight at the MUX: from the layer above (`upper_root`), or the
+    MUX's own (`upper_root` None): the clean-up of instances no connection uses any more, or
+    the invalidate of fresh copies of objects invalidated above."""
 
     __slots__ = (
         "failed_new",
