@@ -715,8 +715,8 @@ class Engine:
 
 def _socket_view(wire: WirePort) -> dict[str, Any]:
     """The kernel's side of a connection's socket: what a send waits for when it waits. Bytes
-    written but not acknowledged with the peer's window at 0 mean the peer's application is not
-    reading (TCP flow control), not that the stack lost track of them."""
+    written but not acknowledged with the peer's window too small for them mean the peer's
+    application is not reading (TCP flow control), not that the stack lost track of them."""
     acked = wire.acked()
     info = wire.tcp_info()
     return {

@@ -284,9 +284,11 @@ class Fuzzer:
         behind sends) waits while the peer's application does not read, and here the peers'
         applications are these clients, reading at random. Such a request is let through by
         reading: if `tcp.info` shows its bytes written but not acknowledged with the peer's
-        window at 0, this connection and, when its peer is a daemon connection, that one are
-        read until the request is answered, within ANSWER_S more. (A peer still waiting in a
-        listener's accept queue is accepted first: nobody can read it before.)"""
+        window too small for them (0, or a few KiB: Linux sends nothing into a window smaller
+        than a segment it has queued, and probes), this connection and, when its peer is a
+        daemon connection, that one are read until the request is answered, within ANSWER_S
+        more. (A peer still waiting in a listener's accept queue is accepted first: nobody can
+        read it before.)"""
         self.tally.calls += 1
         # the bounds here decide (ANSWER_S, then ANSWER_S more while reading): the client's
         # own timer only backs them up. At ANSWER_S it would race the flow check, and a
@@ -334,8 +336,11 @@ class Fuzzer:
         info = await self.quiet_call("tcp.info", conn)
         self.flow_seen = info
         view = info.get("socket") if isinstance(info, dict) else None
-        if not view or view["written"] <= view["acked"] or view["peer_window"] not in (0, None):
+        if not view or view["written"] <= view["acked"]:
             return []
+        window = view["peer_window"]
+        if window is not None and window >= view["written"] - view["acked"]:
+            return []  # room for every byte waiting: the kernel would have sent them
         if not view["open"]:
             return []  # a closed socket is acknowledged nothing more: no reading helps
         self.tally.flow_held += 1
