@@ -508,6 +508,7 @@ class Engine:
             "bytes_sent": wire.bytes_written,
             "bytes_received": wire.bytes_read,
             "handles": _handles_of(self.host.name, tcb),
+            "phases": _phases_of(self.host.name, tcb),
             "delegated": tcb.delegated.as_map() if tcb.delegated else {},
             # what `delegated` is: taken at "offload", "query" or "upload", and when
             **provenance(tcb.delegated, self.ndis.clock()),
@@ -745,6 +746,22 @@ def _handles_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
             handle = ctx.handle
         else:
             handle = None
+    return out
+
+
+def _phases_of(host_name: str, tcb: Tcb) -> dict[str, str]:
+    """Per layer: where the connection's object there is in its lifecycle (spec §3.9). The
+    layers can disagree for a while (a retrieve on its way up, a terminate on its way down),
+    and a wait that never ends shows which layer holds it."""
+    out = {host_name: tcb.lifecycle.phase.value}
+    handle = tcb.handle
+    while handle is not None and handle.miniport_offload_context is not None:
+        ctx = handle.miniport_offload_context
+        binding = handle.ndis_reserved
+        lower = binding.lower.name if binding is not None else "?"
+        lifecycle = getattr(ctx, "lifecycle", None)
+        out[lower] = lifecycle.phase.value if lifecycle is not None else "?"
+        handle = ctx.handle if isinstance(ctx, ImOffloadEntry) else None
     return out
 
 

@@ -419,6 +419,8 @@ class Fuzzer:
             info = await self.c.call("stack.info", timeout=5)
             host = next(la for la in info["layers"] if la.get("kind") == "host")
             out.append(f"host: {host!r:.2500}")
+            for mux in (la for la in info["layers"] if la.get("kind") == "mux"):
+                out.append(f"{mux.get('name')}: {mux!r:.1500}")
         except (ChimneyError, KeyError, StopIteration, TypeError) as err:
             out.append(f"host: {err!r}")
         if isinstance(info := await self.quiet_call("tcp.info", conn), dict):
@@ -621,7 +623,8 @@ async def carried(d: Daemon, most: int = 6) -> str:
                 " ".join(str(h.get(k)) for k in ("layer", "call", "status", "event"))
                 for h in own[-16:]
             ]
-            out.append(f"{conn} {info.get('state')} {info.get('handles')!r} {last!r}")
+            phases = info.get("phases")
+            out.append(f"{conn} {info.get('state')} {info.get('handles')!r} {phases!r} {last!r}")
             if len(out) >= most:
                 break
     except ChimneyError as err:

@@ -474,3 +474,35 @@ async def test_an_ignored_optional_retrieve_keeps_the_connection_offloaded(
     assert engine.conn_info(conn)["state"] == "offloaded" and "uploaded" not in events.names(conn)
     trace = engine.trace(conn, None)
     assert any(h["call"] == "MiniportTcpOffloadSend" for h in trace[-30:])  # through the chimney
+
+
+async def test_tcp_info_phases_show_where_an_upload_is_held(
+    make_engine: Any, recording: Any
+) -> None:
+    """`tcp.info`'s `phases`: each layer's phase of the connection. While a delay holds the
+    terminate at the NIC, the host and the IM are terminating and the NIC still carries the
+    connection; after the upload only the host is left."""
+    port, peers = recording
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", port)
+    await _peer(peers)
+    assert engine.conn_info(conn)["phases"] == {
+        "tcpip": "OFFLOADED",
+        "im0": "OFFLOADED",
+        "nic0": "OFFLOADED",
+    }
+    fid = engine.fault_inject(
+        {"kind": "delay", "layer": "nic0", "call": "MiniportTerminateOffload", "ms": 5000}
+    )
+    uploading = asyncio.ensure_future(engine.upload(conn))
+    await eventually(
+        lambda: engine.conn_info(conn)["phases"].get("im0") == "TERMINATING", "im0 terminating"
+    )
+    assert engine.conn_info(conn)["phases"] == {
+        "tcpip": "TERMINATING",
+        "im0": "TERMINATING",
+        "nic0": "OFFLOADED",
+    }
+    engine.fault_clear(fid)  # releases the held terminate
+    await asyncio.wait_for(uploading, 5)
+    assert engine.conn_info(conn)["phases"] == {"tcpip": "IDLE"}
