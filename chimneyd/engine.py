@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec
 
 import structlog
@@ -730,22 +730,25 @@ def _socket_view(wire: WirePort) -> dict[str, Any]:
     }
 
 
-def _handles_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
-    """Per layer: the handle it owns for the connection and the context it holds (ids)."""
-    out: dict[str, Any] = {}
+def _below(tcb: Tcb) -> Iterator[tuple[str, Any]]:
+    """The layers under the host that hold the connection, top down: each one's name and the
+    context it holds for it."""
     handle = tcb.handle
-    out[host_name] = {"handle": handle.id if handle else None}
     while handle is not None and handle.miniport_offload_context is not None:
         ctx = handle.miniport_offload_context
         binding = handle.ndis_reserved
-        lower = binding.lower.name if binding is not None else "?"
+        yield (binding.lower.name if binding is not None else "?"), ctx
+        handle = ctx.handle if isinstance(ctx, ImOffloadEntry) else None
+
+
+def _handles_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
+    """Per layer: the handle it owns for the connection and the context it holds (ids)."""
+    out: dict[str, Any] = {host_name: {"handle": tcb.handle.id if tcb.handle else None}}
+    for lower, ctx in _below(tcb):
         entry: dict[str, Any] = {"context": ctx.id}
-        out[lower] = entry
         if isinstance(ctx, ImOffloadEntry):
             entry["handle"] = ctx.handle.id
-            handle = ctx.handle
-        else:
-            handle = None
+        out[lower] = entry
     return out
 
 
@@ -754,14 +757,9 @@ def _phases_of(host_name: str, tcb: Tcb) -> dict[str, str]:
     layers can disagree for a while (a retrieve on its way up, a terminate on its way down),
     and a wait that never ends shows which layer holds it."""
     out = {host_name: tcb.lifecycle.phase.value}
-    handle = tcb.handle
-    while handle is not None and handle.miniport_offload_context is not None:
-        ctx = handle.miniport_offload_context
-        binding = handle.ndis_reserved
-        lower = binding.lower.name if binding is not None else "?"
+    for lower, ctx in _below(tcb):
         lifecycle = getattr(ctx, "lifecycle", None)
         out[lower] = lifecycle.phase.value if lifecycle is not None else "?"
-        handle = ctx.handle if isinstance(ctx, ImOffloadEntry) else None
     return out
 
 
