@@ -238,6 +238,7 @@ def wire_eof(h: HostStack, tcb: Tcb, offset: int) -> None:
 
 def wire_reset(h: HostStack, tcb: Tcb) -> None:
     host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
+    _after_rst(h, tcb)
 
 
 def wire_timeout(h: HostStack, tcb: Tcb) -> None:
@@ -246,6 +247,7 @@ def wire_timeout(h: HostStack, tcb: Tcb) -> None:
     if not tcb.reset:
         tcb.end_reason = TIMED_OUT
     host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
+    _after_rst(h, tcb)
 
 
 def ordinary_path(
@@ -254,6 +256,17 @@ def ordinary_path(
     """`ProtocolReceiveNetBufferLists`: segments the target did not process (spec §4.7)."""
     if isinstance(wire_home, Tcb) and wire_home.lifecycle.phase is not Phase.CLOSED:
         host_segment(h, wire_home, offset, data, flags)
+        if flags & TH_RST:
+            _after_rst(h, wire_home)
+
+
+def _after_rst(h: HostStack, tcb: Tcb) -> None:
+    """Requests held for the end of a graceful disconnect (an offload waits for the host's
+    FIN to be acknowledged, and the requests after it behind it) are answered once an RST
+    has killed the connection: no ACK will come. Done here, where the socket's news enters
+    the host, not inside an upload's hand-back, which replays them when it is over."""
+    if tcb.reset:
+        h.run_deferred(tcb)
 
 
 def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -> None:
