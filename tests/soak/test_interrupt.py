@@ -49,7 +49,7 @@ def _daemon_pid(tmp_path: Path) -> int | None:
 
 @pytest.mark.timeout(90)
 def test_ctrl_c_stops_in_order_and_reports(tmp_path: Path) -> None:
-    proc = _start(tmp_path, "--workers", "1")
+    proc = _start(tmp_path, "--workers", "1", "--logs", str(tmp_path / "logs"))
     lines = _wait_for_hold(proc)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)  # a bound, not a timing: a hang fails here
@@ -67,6 +67,8 @@ def test_ctrl_c_stops_in_order_and_reports(tmp_path: Path) -> None:
     assert report["integrity_errors"] == 0 and report["bytes_verified"] > 0
     pid = _daemon_pid(tmp_path)
     assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert report["daemon"]["logs"] == str(tmp_path / "logs")  # where --logs said
+    assert {p.name for p in (tmp_path / "logs").iterdir()} >= {"chimneyd.err", "peer0.err"}
 
 
 @pytest.mark.timeout(90)
@@ -101,3 +103,7 @@ def test_a_daemon_that_dies_ends_the_soak_with_a_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["daemon"]["crashed"] and any("daemon crashed" in f for f in report["failures"])
     assert report["bytes_verified"] > 0 and report["ops"] > 0  # the workers' counts survived
+    # a failed run keeps the spawned processes' output, and names where
+    logs = Path(report["daemon"]["logs"])
+    assert (logs / "chimneyd.err").exists() and (logs / "peer0.err").exists(), report["daemon"]
+    assert report["daemon"]["log"] == str(logs / "chimneyd.err")

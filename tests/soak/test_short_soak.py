@@ -5,6 +5,7 @@ peer reset (an RST from the echo peer), through a daemon and echo peers the soak
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.soak  # run by `make test` after the default selection
 @pytest.mark.timeout(90)
 def test_short_soak(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
+    scratch = tmp_path / "tmp"  # the soak's TMPDIR: a passing run must leave nothing in it
+    scratch.mkdir()
     proc = subprocess.run(
         [
             sys.executable,
@@ -38,6 +41,7 @@ def test_short_soak(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=80,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert out.exists(), proc.stderr[-2000:]
     report = json.loads(out.read_text())
@@ -52,6 +56,8 @@ def test_short_soak(tmp_path: Path) -> None:
     assert report["bytes_verified"] > 0
     assert report["bytes_verified"] == report["bytes_sent"]
     assert report["drained"] and report["left_over"] == {}
+    assert report["daemon"]["logs"] is None  # passed: its temporary log directory is gone
+    assert not list(scratch.glob("chimney-soak-*"))
     after = report["stats_after"]
     assert after["connections"] == 0
     for name, layer in after["layers"].items():

@@ -40,6 +40,7 @@ daemon started without it reports no count: the report then says "not checked", 
 failure.
 Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
 daemon and peers it spawned are stopped after its own clients. A second Ctrl-C stops at once.
+logs: the spawned daemon's and peers' stdout and stderr (--logs DIR keeps them in DIR).
 exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, 130 interrupted.
 """
 )
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pid of the --rpc daemon, for RSS and limits (default: found from the RPC port)",
     )
     p.add_argument("--daemon-config", metavar="FILE", help="--config for the spawned daemon")
+    p.add_argument(
+        "--logs",
+        metavar="DIR",
+        help="keep the spawned daemon's and peers' output in DIR (default: a temporary "
+        "directory, removed after a run that passes, kept and named in the report otherwise)",
+    )
     p.add_argument(
         "--shards",
         metavar="N",

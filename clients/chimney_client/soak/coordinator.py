@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing as mp
+import shutil
 import signal
 import sys
 import tempfile
@@ -75,7 +76,13 @@ class Soak(Phases, LayerFaults):
         self.layer_records: list[dict[str, Any]] = []
         self.crash: str | None = None
         self.rss_peak: int | None = None
-        self.logdir = Path(tempfile.mkdtemp(prefix="chimney-soak-"))
+        # the spawned processes' output; a temporary directory goes once a run has passed
+        self.logs_kept = bool(getattr(args, "logs", None))
+        if self.logs_kept:
+            self.logdir = Path(args.logs)
+            self.logdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.logdir = Path(tempfile.mkdtemp(prefix="chimney-soak-"))
         self.progress: Any = None
         self.phase = "setup"
         self.interrupted = asyncio.Event()
@@ -285,9 +292,21 @@ class Soak(Phases, LayerFaults):
                 exit_status = await self.daemon.stop()
                 if crashed_before and not self.crash:
                     self.crash = f"daemon exited with status {exit_status} before the end"
-        return self.make_report(
+        report = self.make_report(
             stats_before, stats_after, rss_before, rss_after, exit_status, timing
         )
+        self.settle_logs(report)
+        return report
+
+    def settle_logs(self, report: dict[str, Any]) -> None:
+        """A passing run leaves no temporary directory behind; any other keeps its logs, and
+        the report names where."""
+        d = report["daemon"]
+        if self.logs_kept or not report["ok"] or report.get("interrupted"):
+            d["logs"] = str(self.logdir)
+            return
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        d["logs"] = d["log"] = None
 
     async def wait_or_interrupt(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -152,6 +152,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         + (f", exit {d['exit_status']}" if d["spawned"] else "")
         + (f", CRASHED: {d['crash']}" if d["crashed"] else ""),
     )
+    if d.get("logs"):
+        t.add_row("logs", f"{d['logs']} (the spawned daemon's and peers' output)")
     t.add_row("verdict", "PASS" if report["ok"] else "FAIL: " + "; ".join(report["failures"]))
     console.print(t)
     if report["integrity_error_details"]:
