@@ -298,6 +298,38 @@ async def test_a_nic_that_leaves_while_the_mux_completes_an_initiate_loses_its_c
     assert engine.checker is not None and engine.checker.violations == []
 
 
+async def test_a_nic_that_fails_and_recovers_while_the_mux_completes_an_initiate_still_asks(
+    make_engine: Any, echo_port: int
+) -> None:
+    """As above, but nic0 is back (RESUME) before the initiate completes above. Its UPLOAD_ALL
+    still holds the connection it had offloaded: nic0 refuses its I/O as an upload under way
+    and will never ask for it itself (spec §5.5). The MUX must ask it up all the same; that
+    nic0 is in service again by then does not undo its request (the team fuzz's connections
+    under an invalidated neighbor with no `TcpIndicateRetrieve`)."""
+    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port, offload=False) for _ in range(2)]
+    slow = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 400}
+    )
+    offloads = [asyncio.ensure_future(engine.offload(c)) for c in conns]
+    done = ("nic0", "NdisMInitiateOffloadComplete", None)
+    await eventually(lambda: any(done in hops(engine, c) for c in conns))
+    early = next(c for c in conns if done in hops(engine, c))
+    failed = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+    await eventually(lambda: lowers(engine)["nic0"]["failed"])
+    engine.fault_clear(failed)  # RESUME from nic0, its connection still asked for
+    await eventually(lambda: not lowers(engine)["nic0"]["failed"])
+    assert not all(o.done() for o in offloads)  # the initiate is still held at nic1
+    await asyncio.wait_for(asyncio.gather(*offloads), 5.0)
+    assert ("team0", "NdisTcpOffloadEventHandler", "TcpIndicateRetrieve") in hops(engine, early)
+    await eventually(all_offloaded(engine, conns))
+    engine.fault_clear(slow)
+    for c in conns:
+        await echo(engine, c, os.urandom(2048))
+    await eventually(lambda: not team(engine)["evacuating"])
+    assert engine.checker is not None and engine.checker.violations == []
+
+
 async def test_failover_through_an_im_below_the_mux(make_engine: Any, echo_port: int) -> None:
     """The NIC's PAUSE and UPLOAD_ALL reach the MUX through the IM above that NIC."""
     engine = await make_engine(teaming("round-robin", nics=2, im_under=True))

@@ -133,6 +133,7 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         lower.paused = True
     elif status == S.NDIS_STATUS_UPLOAD_ALL:
         lower.failed = True
+        mux.owed.update(_initiating_on(mux, lower))
         _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
     elif status == S.NDIS_STATUS_OFFLOAD_RESUME:
         lower.paused = lower.failed = False
@@ -143,11 +144,28 @@ def offloaded_late(mux: MuxIm, entries: list[MuxConnection]) -> None:
     """Connections an initiate has just offloaded above whose NIC failed, or was taken out,
     while the initiate was completing. The evacuation then could not ask them up: the MUX
     finds its connections in its table, and these were not offloaded above yet (an initiate
-    split over NICs completes above only once every NIC has). They go now."""
+    split over NICs completes above only once every NIC has). They go now.
+
+    A NIC that failed and is back in service (RESUME) by now still holds what its UPLOAD_ALL
+    asked for: it refuses their I/O as an upload under way and never asks for them again
+    (spec §5.5). So what was in flight on it then goes too (`mux.owed`), whether or not it is
+    in service now."""
     gone = {lo.binding.id for lo in mux.lower_list() if lo.failed or lo.taken_out}
-    late = [e for e in entries if e.lower.id in gone and e.id in mux.table]
+    late = [e for e in entries if (e.lower.id in gone or e in mux.owed) and e.id in mux.table]
+    mux.owed.difference_update(entries)
     if late:
         _evacuate(mux, late)
+
+
+def _initiating_on(mux: MuxIm, lower: Lower) -> list[MuxConnection]:
+    """The connections of initiates in flight that the MUX placed on `lower`."""
+    return [
+        obj
+        for call in mux.call_entries
+        if call.op == "Initiate"
+        for _, _, obj in call.links
+        if isinstance(obj, MuxConnection) and obj.lower is lower.binding
+    ]
 
 
 def take_out(mux: MuxIm, lower: Lower) -> None:

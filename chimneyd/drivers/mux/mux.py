@@ -76,6 +76,9 @@ class MuxIm(PassthroughIm):
         self.own_queries: dict[int, Lower] = {}  # id(capability query) -> the NIC asked
         self.param_sets: dict[int, list[Any]] = {}  # id(lower set) -> [upper request, left, status]
         self.evacuating: set[MuxConnection] = set()  # asked up, not yet uploaded
+        # connections of initiates still in flight when their NIC asked for every upload:
+        # asked up once the initiate has completed above (`failover.offloaded_late`)
+        self.owed: set[MuxConnection] = set()
         self.paused_above = False  # it indicated NDIS_STATUS_OFFLOAD_PAUSE to the layer above
         self.offered: NdisTcpConnectionOffload | None = None  # the capabilities last read above
 
@@ -771,6 +774,7 @@ class MuxIm(PassthroughIm):
             "policy": self.placement.policy,
             # state operations waiting for a copy to settle on its NIC (spec §3.1)
             "deferred": [op for op, _ in self.deferred],
+            "evacuating": len(self.evacuating),  # connections asked up, not yet uploaded
             "lowers": {lo.name: lo.describe() for lo in self.lower_list()},
             "capabilities": failover.capabilities(self).as_map(),
         }
