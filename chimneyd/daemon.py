@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import resource
+import select
 import signal
 import sys
 import threading
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from chimneyd.shards.shard import ShardSetup
 
 log = structlog.get_logger("chimneyd.daemon")
-#: How often a daemon started with --parent-pid checks that its parent still lives.
+#: How often a daemon started with --parent-pid checks that its parent still lives, where the
+#: kernel cannot tell it (no pidfd).
 PARENT_CHECK_S = 0.5
 
 
@@ -88,9 +90,22 @@ def stop_with_parent(parent_pid: int) -> None:
     """`--parent-pid`: send ourselves SIGTERM (the graceful stop, sharded or not) once that
     process is no longer our parent. However it ended, SIGKILL included, its children are
     re-parented, so our parent pid changes. A thread, so one watch serves the single daemon
-    and the supervisor alike, whatever their loops are doing."""
+    and the supervisor alike, whatever their loops are doing. It sleeps on a pidfd of the
+    parent, which the kernel makes readable when the parent exits; without pidfds (Linux
+    before 5.3) it looks every PARENT_CHECK_S."""
 
     def watch() -> None:
+        try:
+            pidfd = os.pidfd_open(parent_pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            # checked once the fd is open: a parent gone before it would never wake us
+            if os.getppid() == parent_pid:
+                poller = select.poll()
+                poller.register(pidfd, select.POLLIN)
+                poller.poll()
+            os.close(pidfd)
         while os.getppid() == parent_pid:
             time.sleep(PARENT_CHECK_S)
         log.warning("daemon_parent_gone", parent_pid=parent_pid)

@@ -165,7 +165,23 @@ class EchoPeer:
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
     """Stop when the process that started us is gone, however it ended (SIGKILL included):
-    its children are then re-parented, so our parent pid changes."""
+    its children are then re-parented, so our parent pid changes. Woken by a pidfd of the
+    parent, readable when it exits; without pidfds (Linux before 5.3), it looks every
+    PARENT_CHECK_S."""
+    try:
+        pidfd = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+        loop.add_reader(pidfd, gone.set)
+        try:
+            if os.getppid() == parent_pid:  # a parent gone before the fd opened wakes nobody
+                await gone.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
     while os.getppid() == parent_pid:
         await asyncio.sleep(PARENT_CHECK_S)
     print("chimney-soak echo peer: its parent is gone, stopping", file=sys.stderr, flush=True)
