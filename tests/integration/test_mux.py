@@ -263,6 +263,25 @@ async def test_a_failed_nic_moves_only_its_connections_without_losing_a_byte(
     await echo(engine, fresh, b"nic1 is back")
 
 
+async def split_initiate_held_at_nic1(
+    make_engine: Any, echo_port: int, ms: int
+) -> tuple[Any, list[int], int, list[asyncio.Future[Any]], int]:
+    """Two connections offloaded in one tree, split over nic0 and nic1, nic1 slow with its part
+    (a delay of `ms`): returned once nic0 has completed its part, with the engine, the
+    connections, the delay fault, the offloads in flight and the connection on nic0."""
+    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port, offload=False) for _ in range(2)]
+    slow = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": ms}
+    )
+    # asked in the same turn: the host offloads both in one tree (spec §2.3)
+    offloads = [asyncio.ensure_future(engine.offload(c)) for c in conns]
+    done = ("nic0", "NdisMInitiateOffloadComplete", None)
+    await eventually(lambda: any(done in hops(engine, c) for c in conns))
+    early = next(c for c in conns if done in hops(engine, c))
+    return engine, conns, slow, offloads, early
+
+
 @pytest.mark.parametrize("leaves", ["target_failure", "nic_down"])
 async def test_a_nic_that_leaves_while_the_mux_completes_an_initiate_loses_its_connection(
     make_engine: Any, echo_port: int, leaves: str
@@ -273,16 +292,9 @@ async def test_a_nic_that_leaves_while_the_mux_completes_an_initiate_loses_its_c
     cannot ask it up then. It must once the initiate completes, or the connection stays on a
     NIC out of service (a failed one refuses its I/O as an upload under way, spec §5.5,
     §3.6.4) for ever."""
-    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
-    conns = [await engine.connect("127.0.0.1", echo_port, offload=False) for _ in range(2)]
-    slow = engine.fault_inject(
-        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 400}
+    engine, conns, slow, offloads, early = await split_initiate_held_at_nic1(
+        make_engine, echo_port, 400
     )
-    # asked in the same turn: the host offloads both in one tree (spec §2.3)
-    offloads = [asyncio.ensure_future(engine.offload(c)) for c in conns]
-    done = ("nic0", "NdisMInitiateOffloadComplete", None)
-    await eventually(lambda: any(done in hops(engine, c) for c in conns))
-    early = next(c for c in conns if done in hops(engine, c))
     failed = engine.fault_inject({"kind": leaves, "layer": "nic0"})
     await asyncio.wait_for(asyncio.gather(*offloads), 5.0)
     # asked up once offloaded above, uploaded from nic0 and offloaded again on nic1
@@ -305,16 +317,11 @@ async def test_a_nic_that_fails_and_recovers_while_the_mux_completes_an_initiate
     still holds the connection it had offloaded: nic0 refuses its I/O as an upload under way
     and will never ask for it itself (spec §5.5). The MUX must ask it up all the same; that
     nic0 is in service again by then does not undo its request (the team fuzz's connections
-    under an invalidated neighbor with no `TcpIndicateRetrieve`)."""
-    engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
-    conns = [await engine.connect("127.0.0.1", echo_port, offload=False) for _ in range(2)]
-    slow = engine.fault_inject(
-        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 400}
+    under an invalidated neighbor with no `TcpIndicateRetrieve`). nic1 holds its part long
+    enough for nic0 to fail and come back first, on a slow machine too."""
+    engine, conns, slow, offloads, early = await split_initiate_held_at_nic1(
+        make_engine, echo_port, 2000
     )
-    offloads = [asyncio.ensure_future(engine.offload(c)) for c in conns]
-    done = ("nic0", "NdisMInitiateOffloadComplete", None)
-    await eventually(lambda: any(done in hops(engine, c) for c in conns))
-    early = next(c for c in conns if done in hops(engine, c))
     failed = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
     await eventually(lambda: lowers(engine)["nic0"]["failed"])
     engine.fault_clear(failed)  # RESUME from nic0, its connection still asked for
