@@ -20,7 +20,9 @@ from typing import Any
 MIXED = "mixed"
 #: Keys of a layer's `stack.info` description that count things in one shard (summed); every
 #: other key is a setting or a state (kept when the shards agree).
-INFO_GAUGES = frozenset({"tcp", "paused_initiates", "connections", "outstanding_bytes"})
+INFO_GAUGES = frozenset(
+    {"tcp", "paused_initiates", "connections", "outstanding_bytes", "evacuating"}
+)
 #: The per-process part a shard adds to its stats (shown per shard, never summed).
 PROCESS = "process"
 
