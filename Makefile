@@ -31,11 +31,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-# everything CI needs: the default selection, then the short soak and bench smoke runs (marker
-# `soak`, left out of a plain `pytest`)
+# pytest processes for `make test` (pytest-xdist): most tests wait on daemons and sockets, so
+# two keep a 2-core machine busy; JOBS=0 runs them one by one in pytest's own process
+JOBS ?= 2
+
+# everything CI needs: the default selection and the short soak and bench smoke runs (marker
+# `soak`, left out of a plain `pytest`), in one run shared out over JOBS processes
 pytest: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
-	$(BIN)/pytest -m soak $(PYTEST_ARGS)
+	$(BIN)/pytest -m "soak or not soak" -n $(JOBS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
@@ -64,7 +67,7 @@ fuzz: $(STAMP)
 	CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-10} $(BIN)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
 
 # the same on a team of three NICs under a MUX (active-standby, then least-loaded) as well as
-# the default stack; not in `make test` yet (README: Tests)
+# the default stack (`make test` runs one longer round on each team)
 fuzz-team: $(STAMP)
 	CHIMNEYD_FUZZ_TOPOLOGIES=all CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-4} $(BIN)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
 
