@@ -767,9 +767,9 @@ ROUNDS = int(os.environ.get("CHIMNEYD_FUZZ_ROUNDS", "2"))
 
 
 def _longer_rounds() -> list[Any]:
-    """(stack, round) of the longer fuzz: ROUNDS on each stack CHIMNEYD_FUZZ_TOPOLOGIES names;
-    without it (`make test`), ROUNDS on the default stack and one on each team, each team on a
-    seed of its own."""
+    """(stack, round) of the longer fuzz: ROUNDS on each stack CHIMNEYD_FUZZ_TOPOLOGIES names
+    (the default stack if none); with neither variable set (`make test`), ROUNDS on the default
+    stack and one on each team, each team on a seed of its own."""
     if os.environ.get("CHIMNEYD_FUZZ_TOPOLOGIES") or "CHIMNEYD_FUZZ_ROUNDS" in os.environ:
         chosen = [(t, r) for t in TOPOLOGIES for r in range(ROUNDS)]
     else:
