@@ -11,8 +11,9 @@ import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
+from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.handles import HandleTable
 from chimneyd.ndis.status import NdisStatus
@@ -80,13 +81,14 @@ def downcall(fn: F) -> F:
     return cast(F, handler)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class DriverLayer(Layer):
     """A layer with injected timers, a handle/context table and fault hooks."""
 
     #: calls a `fail_next` fault can fail here (each consults `take_failure`)
-    failable_calls: frozenset[str] = frozenset()
+    failable_calls: ClassVar[frozenset[str]] = frozenset()
     #: calls a `delay` fault can hold here: the `downcall` handlers, found per class
-    delayable_calls: frozenset[str] = frozenset()
+    delayable_calls: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -13,8 +13,9 @@ rules read as one table.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
+from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.blocks import BlockRole, OffloadBlock, new_neighbor_block, walk
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
@@ -68,6 +69,18 @@ class _Disconnect:
         self.nbl = nbl
 
 
+class _Indicated(Protocol):
+    """What an indication from below is about: an IM's entry or, under a MUX, its copy of a
+    neighbor or path on one NIC (`mux.objects.Instance`). Both go up with their upper handle."""
+
+    @property
+    def lifecycle(self) -> Lifecycle: ...
+
+    @property
+    def upper(self) -> NdisOffloadHandle: ...
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
 class ImOffloadEntry(Lifecycle):
     """The IM's per-object context: the upper handle and the IM's own handle (spec §1.2);
     its own `Lifecycle`."""
@@ -104,6 +117,7 @@ class ImCallEntry:
         self.new_entries: dict[int, ImOffloadEntry] = {}  # id(upper block) -> entry
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class PassthroughIm(DriverLayer):
     kind = "passthrough"
     has_miniport_edge = True
@@ -419,7 +433,7 @@ class PassthroughIm(DriverLayer):
     def ProtocolTcpOffloadEvent(
         self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
     ) -> None:
-        entry: ImOffloadEntry = handle.owner  # container-of (spec §1.5 item 7)
+        entry: _Indicated = handle.owner  # container-of (spec §1.5 item 7)
         if event_type is TcpOffloadEventType.TcpIndicateRetrieve:
             mandatory = TcpUploadReason(info).mandatory
             entry.lifecycle.fire(Event.RETRIEVE if mandatory else Event.RETRIEVE_OPTIONAL)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from chimneyd.compiled import mypyc_attr
 
 from .blocks import BlockKind, BlockRole, OffloadBlock, walk
 from .errors import ChimneyProtocolError
@@ -92,6 +94,16 @@ TCP_OFFLOAD_EVENT_HANDLERS = (
 NdisTcpChimneyOffload = "NdisTcpChimneyOffload"
 
 
+class NdisStandIn:
+    """What a layer may talk to in place of the broker: an object that takes some calls itself
+    and forwards the rest to the broker (the NIC's completion batch, drivers/target/batch.py).
+    A layer's `ndis` is typed as either, so its calls stay checked against `Ndis`."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Layer:
     """Base of every driver layer: a name, its stats, and the NDIS instance it talks through.
 
@@ -99,13 +111,14 @@ class Layer:
     targets and IM upper edges) and `Protocol*` (protocol edge: host and IM lower edges).
     """
 
-    kind = "layer"
-    has_miniport_edge = False
-    has_protocol_edge = False
+    kind: ClassVar[str] = "layer"
+    has_miniport_edge: ClassVar[bool] = False
+    has_protocol_edge: ClassVar[bool] = False
 
     def __init__(self, name: str, ndis: Ndis) -> None:
         self.name = name
-        self.ndis = ndis
+        # the broker, or (a batching NIC) a stand-in that forwards to it: drivers/target/batch.py
+        self.ndis: Ndis | NdisStandIn = ndis
         self.stats = LayerStats()
         self.upper_bindings: list[Binding] = []  # bindings where this layer is the miniport
         self.lower_bindings: list[Binding] = []  # bindings where this layer is the protocol
@@ -159,15 +172,16 @@ def _handler(layer: Layer, name: str) -> Callable[..., Any]:
     return fn
 
 
+_BINDING_IDS = itertools.count(1)
+
+
 class Binding:
     """An open binding: a protocol edge (`upper`) over a miniport edge (`lower`)."""
 
     __slots__ = ("codes", "id", "lower", "upper")
 
-    _ids = itertools.count(1)
-
     def __init__(self, upper: Layer, lower: Layer) -> None:
-        self.id = next(Binding._ids)
+        self.id = next(_BINDING_IDS)
         self.upper = upper
         self.lower = lower
         self.codes: dict[str, int] = {}  # first call of a traced pair -> its pair code
@@ -207,6 +221,7 @@ class BrokerObserver(Protocol):
     def on_receive_return(self, binding: Binding, head: NetBufferList) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SyncScheduler:
     """Runs deliveries from a FIFO, for sans-IO tests: `run()` until nothing is left."""
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections import deque
 from enum import Enum
 
+from chimneyd.compiled import mypyc_attr
+
 from .errors import IllegalTransition
 from .status import TcpOffloadConnectionState as TcpConn
 
@@ -223,6 +225,7 @@ def tcp_state_of(
     return _OF_DELEGATED[delegated]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Lifecycle:
     """The state of one object at one layer: its phase and, for a connection, its TCP state.
 

@@ -9,9 +9,9 @@ kept apart, by the record's sequence number. Records are narrow (36 bytes: the i
 sequence number and the 32-bit NDIS_STATUS in four bytes each) until a value does not fit;
 the trace then widens every record it holds to eight bytes a field, so nothing is ever cut.
 
-Someone watching a connection live (the web view) calls `watch(fn)`: the trace becomes a
-`WatchedHopTrace`, whose `record` also hands each record to `fn`. An unwatched trace runs the
-plain `record`, so watching costs nothing on connections nobody looks at.
+Someone watching a connection live (the web view) calls `watch(fn)`: from then on each record
+is also handed to `fn`. An unwatched trace pays one test of `watcher` per record. (It once
+swapped its class instead, which a compiled build cannot do, for no measurable gain.)
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
+
+from chimneyd.compiled import mypyc_attr
 
 from .status import status_name
 
@@ -79,6 +81,7 @@ def _ix(name: str | None) -> int:
     return i
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HopTrace:
     """The bounded hop buffer of one connection."""
 
@@ -166,6 +169,10 @@ class HopTrace:
                 old_seq = rec.unpack_from(buf)[0]
                 self.chains.pop(old_seq, None)
             del buf[:size]  # O(1): a bytearray keeps an offset to its first byte
+        watcher = self.watcher
+        if watcher is not None:
+            for hop in self._decode(len(self.buf) - self.rec.size):
+                watcher(hop)
 
     def _widen(self) -> struct.Struct:
         """A value does not fit a narrow record: hold every record in the wide form."""
@@ -176,10 +183,8 @@ class HopTrace:
     def watch(self, watcher: Callable[[HopRecord], None]) -> None:
         """Hand every record from now on to `watcher` too (one watcher; a new one replaces it)."""
         self.watcher = watcher
-        self.__class__ = WatchedHopTrace
 
     def unwatch(self) -> None:
-        self.__class__ = HopTrace
         self.watcher = None
 
     def freeze(self) -> None:
@@ -258,26 +263,12 @@ def _pack(records: list[HopRecord]) -> bytes:
 
 
 def _unpack(packed: bytes) -> list[HopRecord]:
-    flat: list[Any] = msgpack.unpackb(packed, use_list=False)
+    flat: tuple[Any, ...] = msgpack.unpackb(packed, use_list=False)
     names = _NAMES
     return [
         (r[0], r[1], names[r[2]], names[r[3]], r[4], r[5], r[6], r[7], names[r[8]])
         for r in (flat[i : i + 9] for i in range(0, len(flat), 9))
     ]
-
-
-class WatchedHopTrace(HopTrace):
-    """A trace somebody watches live: each record is kept as `HopTrace` keeps it, then the
-    watcher hears its hops (two for a pair record)."""
-
-    __slots__ = ()
-
-    def _put(self, seq: int, names: int, status: int, handle: int, context: int, nbl: int) -> None:
-        HopTrace._put(self, seq, names, status, handle, context, nbl)
-        watcher = self.watcher
-        if watcher is not None:
-            for hop in self._decode(len(self.buf) - self.rec.size):
-                watcher(hop)
 
 
 class LayerStats:

@@ -52,6 +52,9 @@ from .methods import FUTURE_METHODS, OPEN_METHODS, Method, conn_param
 from .ownership import Departure, Ownership
 
 log = structlog.get_logger("chimneyd.rpc")
+# what methods answer at once: a result of another class may be a coroutine of the compiled
+# build (mypyc makes each coroutine its own class, not CoroutineType)
+_ANSWERS = frozenset({dict, list, tuple, int, str, bytes, bool, float, type(None)})
 
 WRITE_HIGH = 4 * 1024 * 1024  # pause reading a client whose unread answers pass this
 WRITE_LOW = 1 * 1024 * 1024  # and resume once they drain below this
@@ -295,7 +298,9 @@ class Session(asyncio.Protocol):
         # checks, not `isawaitable`, whose Awaitable ABC check cost 7% of the daemon's time
         if isinstance(result, asyncio.Future):
             task: asyncio.Future[Any] = result
-        elif result.__class__ is CoroutineType:  # an `async def` method's coroutine
+        elif result.__class__ is CoroutineType or (  # an `async def` method's coroutine
+            result.__class__ not in _ANSWERS and asyncio.iscoroutine(result)  # compiled: its own
+        ):
             if self.in_flight >= limit:
                 result.close()  # the coroutine never ran: nothing happened in the engine
                 self._over_limit(req, limit)

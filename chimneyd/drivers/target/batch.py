@@ -25,20 +25,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chimneyd.ndis.broker import Ndis, NdisStandIn
 from chimneyd.ndis.nbl import NetBufferList, chain_of
 
 if TYPE_CHECKING:
-    from chimneyd.ndis.broker import Ndis
-
     from .target import OffloadTarget
 
 
-class CompletionBatch:
+class CompletionBatch(NdisStandIn):
     """The broker as the NIC sees it while it batches: `send` and `receive` gather, any other
     call (an attribute of the broker, looked up here) flushes first. The clock is the broker's
     own: reading it is not a call that must wait for anything."""
 
-    def __init__(self, broker: Ndis, nic: OffloadTarget) -> None:
+    def __init__(self, broker: Ndis | NdisStandIn, nic: OffloadTarget) -> None:
         self._broker = broker
         self._nic = nic
         self.clock = broker.clock

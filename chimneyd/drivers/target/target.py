@@ -10,8 +10,9 @@ chapter it belongs to, with the `TcpContext` as the unit of work.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
+from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.blocks import OffloadBlock
 from chimneyd.ndis.broker import Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
@@ -28,6 +29,7 @@ from .contexts import Context, TcpContext
 FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class OffloadTarget(DriverLayer):
     """A chimney-capable NIC (miniport edge only)."""
 
@@ -82,7 +84,7 @@ class OffloadTarget(DriverLayer):
         completions gather and go up once per drain."""
         if self.batch is None:
             self.batch = CompletionBatch(self.ndis, self)
-            self.ndis = cast(Ndis, self.batch)  # every other call flushes them first
+            self.ndis = self.batch  # every other call flushes them first
 
     def after_batch(self) -> None:
         if self.batch is not None:
