@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stamp-installed
 SRC    := chimneyd clients tests bench
 
-.PHONY: all venv run test lint typecheck unit pytest bench soak fuzz fuzz-team screenshots figure clean
+.PHONY: all venv run test lint typecheck unit pytest bench soak fuzz fuzz-team screenshots figure \
+	compiled test-compiled clean
 
 all: test
 
@@ -17,8 +18,44 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-run: $(STAMP)
-	$(BIN)/chimneyd $(ARGS)
+# The optional compiled build (chimneyd/compiled.py): a copy of the checkout in build/compiled/
+# in which mypyc has compiled the modules listed in deploy/compiled-modules.txt. COMPILED=1 on
+# run, unit, pytest, bench, soak, fuzz or fuzz-team runs it from that copy (its chimneyd first
+# on the path, for this process and every daemon it starts), e.g. `make bench COMPILED=1`.
+# The modules are compiled again when a source of chimneyd changed; the rest of the copy
+# (tests, clients, bench, docs) is refreshed on every such run. Needs a C compiler and
+# Python's headers.
+COMPILED_DIR     := build/compiled
+COMPILED_STAMP   := $(COMPILED_DIR)/.stamp-compiled
+COMPILED_MODULES := $(shell grep -v '^\#' deploy/compiled-modules.txt)
+COPY_EXCLUDES    := --exclude=./.venv --exclude=./.git --exclude=./build --exclude=__pycache__ \
+	--exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis \
+	--exclude=*.egg-info --exclude=./bench/results --exclude=./tests/web/screenshots
+$(COMPILED_STAMP): $(STAMP) deploy/compiled-modules.txt deploy/mypyc.ini $(shell find chimneyd -name '*.py')
+	rm -rf $(COMPILED_DIR) && mkdir -p $(COMPILED_DIR)
+	tar -c $(COPY_EXCLUDES) . | tar -x -C $(COMPILED_DIR)
+	cd $(COMPILED_DIR) && $(CURDIR)/$(BIN)/mypyc --config-file deploy/mypyc.ini $(COMPILED_MODULES) \
+		> mypyc.log 2>&1 || { tail -30 mypyc.log; exit 1; }
+	rm -rf $(COMPILED_DIR)/build  # mypyc's generated C and object files
+	touch $@
+
+compiled: $(COMPILED_STAMP)
+	tar -c $(COPY_EXCLUDES) --exclude=./chimneyd . | tar -x -C $(COMPILED_DIR)
+
+ifeq ($(COMPILED),1)
+export PYTHONPATH := $(CURDIR)/$(COMPILED_DIR)
+export CHIMNEYD_EXPECT_BUILD := compiled
+IN      := cd $(COMPILED_DIR) &&
+BIN_AT  := $(CURDIR)/$(BIN)
+DEPS    := compiled
+else
+IN      :=
+BIN_AT  := $(BIN)
+DEPS    := $(STAMP)
+endif
+
+run: $(DEPS)
+	$(IN) $(BIN_AT)/chimneyd $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SRC)
@@ -28,8 +65,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # the fast socket-free tests: the NDIS model, every layer kind on its own, the conformance suite
-unit: $(STAMP)
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+unit: $(DEPS)
+	$(IN) $(BIN_AT)/pytest tests/unit $(PYTEST_ARGS)
 
 # pytest processes for `make test` (pytest-xdist): most tests wait on daemons and sockets, so
 # two keep a 2-core machine busy; JOBS=0 runs them one by one in pytest's own process
@@ -37,13 +74,13 @@ JOBS ?= 2
 
 # everything CI needs: the default selection and the short soak and bench smoke runs (marker
 # `soak`, left out of a plain `pytest`), in one run shared out over JOBS processes
-pytest: $(STAMP)
-	$(BIN)/pytest -m "soak or not soak" -n $(JOBS) $(PYTEST_ARGS)
+pytest: $(DEPS)
+	$(IN) $(BIN_AT)/pytest -m "soak or not soak" -n $(JOBS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
-	$(BIN)/python -m bench $(ARGS)
+bench: $(DEPS)
+	$(IN) $(BIN_AT)/python -m bench $(ARGS)
 
 # the web view in headless Chromium (Debian's chromium package): the browser tests, the one
 # during a soak included, whose screenshots and measurements land in tests/web/screenshots/
@@ -56,20 +93,20 @@ figure: $(STAMP)
 	$(BIN)/python -m tests.docs.seed_figure docs/figures
 
 # the tests marked `soak` (deselected from `make test`), then the 10,000-connection soak
-soak: $(STAMP)
-	$(BIN)/pytest -m soak tests/soak $(PYTEST_ARGS)
-	$(BIN)/chimney-soak --spawn --connections 10000 --duration 60 $(ARGS)
+soak: $(DEPS)
+	$(IN) $(BIN_AT)/pytest -m soak tests/soak $(PYTEST_ARGS)
+	$(IN) $(BIN_AT)/chimney-soak --spawn --connections 10000 --duration 60 $(ARGS)
 
 # the longer fuzz of faults, update values and call sequences against a real daemon, more
 # rounds than `make test` runs, each with a fresh seed (`make test` runs fixed ones); the seed
 # is printed, and CHIMNEYD_FUZZ_SEED replays one
-fuzz: $(STAMP)
-	CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-10} $(BIN)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
+fuzz: $(DEPS)
+	$(IN) CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-10} $(BIN_AT)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
 
 # the same on a team of three NICs under a MUX (active-standby, then least-loaded) as well as
 # the default stack (`make test` runs one longer round on each team)
-fuzz-team: $(STAMP)
-	CHIMNEYD_FUZZ_TOPOLOGIES=all CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-4} $(BIN)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
+fuzz-team: $(DEPS)
+	$(IN) CHIMNEYD_FUZZ_TOPOLOGIES=all CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-4} $(BIN_AT)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

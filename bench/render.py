@@ -42,7 +42,10 @@ def _ratio(f: Figure) -> tuple[str, str]:
 
 def figures_table(sections: list[Section], meta: dict[str, Any]) -> Table:
     table = Table(
-        title=f"chimneyd bench: {meta['mode']}, {meta['cpus']} CPUs, Python {meta['python']}",
+        title=(
+            f"chimneyd bench: {meta['mode']}, {meta['cpus']} CPUs, Python {meta['python']}, "
+            f"{meta.get('build', 'python')} build"
+        ),
         caption="ratio = value / baseline of each interleaved repeat; the figure is their median, "
         "the spread their min-max; value and baseline are medians too",
     )

@@ -26,6 +26,7 @@ from bench.judge import Verdict
 from bench.progress import Reporter
 from bench.render import fmt, render, targets_table
 from bench.sections import SECTIONS, run_section
+from chimneyd.compiled import build_name
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSED = 0, 1, 3
 
@@ -93,6 +94,8 @@ def _meta(scale: Scale) -> dict[str, Any]:
         "scale": dataclasses.asdict(scale),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        # the daemons run from the same tree as this process: `make bench COMPILED=1` on both
+        "build": build_name(),
         "loadavg_at_start": os.getloadavg(),
         "malloc_env": {k: os.environ.get(k) for k in (*MALLOC_ENV, "PYTHONMALLOC")},
         "started": time.time(),

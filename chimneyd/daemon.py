@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from chimneyd import __version__
+from chimneyd.compiled import build_name
 from chimneyd.config import LOG_LEVELS, Config, ConfigError, load_config
 from chimneyd.observe.logging import reopen, setup_logging, write_errors
 from chimneyd.observe.metrics import install as install_metrics
@@ -189,6 +190,7 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
         listen=addresses,
         layers=[layer.name for layer in config.layers],
         fd_limit=fd_limit,
+        build=build_name(),
     )
     lost: asyncio.Task[None] | None = None
     if cluster is None:

@@ -22,6 +22,7 @@ import structlog
 
 from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
+from chimneyd.compiled import build_name
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer
 from chimneyd.drivers.delegated import provenance
@@ -335,7 +336,12 @@ class Engine:
             }
             for spec in self.layer_specs
         ]
-        return {"version": __version__, "contract": CONTRACT_VERSION, "layers": layers}
+        return {
+            "version": __version__,
+            "contract": CONTRACT_VERSION,
+            "build": build_name(),  # which build answers: "compiled" (`make compiled`) or "python"
+            "layers": layers,
+        }
 
     def stats(self) -> dict[str, Any]:
         return {
