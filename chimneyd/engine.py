@@ -321,6 +321,14 @@ class Engine:
         for conn_id in conns:
             for req in list(self._pending.get(conn_id, ())):
                 req.fail(EngineError(ErrorCode.INTERNAL, detail))
+        if isinstance(layer, DriverLayer):
+            # the call it could not serve fails, so the layers above unwind (answered already;
+            # their late answer is ignored)
+            try:
+                if layer.fail_unserved(name, args):
+                    log.warning("layer_call_failed_on_its_behalf", layer=layer.name, handler=name)
+            except Exception:
+                log.exception("layer_call_not_failed", layer=layer.name, handler=name)
 
     # ============================================================================================
     # EngineAPI: stack

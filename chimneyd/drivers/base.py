@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from chimneyd.compiled import mypyc_attr
+from chimneyd.ndis.blocks import BlockRole, OffloadBlock, walk
 from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.handles import HandleTable
 from chimneyd.ndis.status import NdisStatus
@@ -73,12 +74,25 @@ def downcall(fn: F) -> F:
 
     @functools.wraps(fn)
     def handler(self: DriverLayer, *args: Any) -> None:
-        if (self.delays or self._held) and self.held(name, handler, self, *args):
+        # a held call is released to `fn` itself: the handler's check is done by then (and a
+        # closure naming itself is one a compiled build cannot make)
+        if (self.delays or self._held) and self.held(name, fn, self, *args):
             return
         fn(self, *args)
 
     handler._downcall = True  # type: ignore[attr-defined]
     return cast(F, handler)
+
+
+#: The state calls NDIS fails for a layer that raised while serving them, and the completion
+#: it uses. A terminate is not among them: a failed terminate means lost hardware state, which
+#: the host learns from the abort the target indicates with it (spec §3.7), and a layer that
+#: raised indicates nothing.
+UNSERVED_STATE_CALLS: dict[str, str] = {
+    "MiniportInitiateOffload": "NdisMInitiateOffloadComplete",
+    "MiniportUpdateOffload": "NdisMUpdateOffloadComplete",
+    "MiniportQueryOffload": "NdisMQueryOffloadStateComplete",
+}
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -162,6 +176,35 @@ class DriverLayer(Layer):
                     self.fail_next.remove(fault)
                 return fault.status
         return None
+
+    # -- a handler that raised (engine `_layer_failed`) ------------------------------------------
+    def keeps(self, root: OffloadBlock) -> bool:
+        """Whether this layer holds `root` to finish later: passed on below, or waiting here.
+        A layer that can do either says so (an IM's call entry, a target's paused initiates)."""
+        return False
+
+    def fail_unserved(self, call: str, args: tuple[Any, ...]) -> bool:
+        """This layer raised in `call(*args)`: if the block list it was given is still its
+        own — neither completed, passed on nor kept — complete it with NDIS_STATUS_FAILURE,
+        as a layer refusing the call would (spec §3.2.4: new and linking blocks fail,
+        placeholders name nothing to fail). Everything above then unwinds as it does for a
+        refused call, so the connection stays usable in host mode; without it the host
+        waited for ever and every later request on the connection, its close too, with it.
+        True if it did."""
+        completion = UNSERVED_STATE_CALLS.get(call)
+        # a held call's arguments start with the layer itself
+        root = next((a for a in args if isinstance(a, OffloadBlock)), None)
+        if completion is None or root is None:
+            return False
+        binding = root.source_handle
+        if binding is None or binding.lower is not self or self.keeps(root):
+            return False
+        failure = NdisStatus.NDIS_STATUS_FAILURE
+        success = NdisStatus.NDIS_STATUS_SUCCESS
+        for block in walk(root):
+            block.status = success if block.role() is BlockRole.PLACEHOLDER else failure
+        getattr(self.ndis, completion)(self, root)
+        return True
 
     def held(self, call: str, fn: Callable[..., Any], *args: Any) -> bool:
         """If a `delay` fault covers `call`, or any call is already held, run `fn(*args)` later

@@ -131,6 +131,11 @@ class PassthroughIm(DriverLayer):
         # send NBL id -> its entry while the NBL is below: a completion names no connection
         self.sends_below: dict[int, ImOffloadEntry] = {}
 
+    def keeps(self, root: OffloadBlock) -> bool:
+        """A block list with a call entry was passed on: what is below completes it."""
+        call = root.im_reserved
+        return call is not None and any(c is call for c in self.call_entries)
+
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
         return self.lower_bindings[0]

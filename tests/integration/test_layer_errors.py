@@ -9,8 +9,12 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.config import EngineConfig
+from chimneyd.config import EngineConfig, LayerConfig
+from chimneyd.drivers.mux import MuxIm
+from chimneyd.drivers.passthrough import PassthroughIm
+from chimneyd.drivers.target import adapter as target_adapter
 from chimneyd.drivers.target import send as target_send
+from chimneyd.drivers.target import state_ops as target_state_ops
 from chimneyd.engine import start_engine
 from chimneyd.ndis.lifecycle import Event
 from chimneyd.observe import invariants
@@ -119,3 +123,116 @@ async def test_stats_count_every_violation_not_only_the_kept_ones(
         assert engine.stats()["engine"]["invariant_violations"] == 5
     finally:
         await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+
+
+# -- a state call the layer could not serve fails, and everything above unwinds ----------------
+DEFAULT = None  # the embedded stack: tcpip → im0 → nic0
+TEAM = (
+    LayerConfig("tcpip", "host", ("team0",)),
+    LayerConfig("team0", "mux", ("nic0", "nic1")),
+    LayerConfig("nic0", "target", ()),
+    LayerConfig("nic1", "target", ()),
+)
+
+#: (stack, where the bug is planted, the layer it is in, the request that meets it)
+PLANTED = [
+    (DEFAULT, (target_adapter, "initiate"), "nic0", "offload"),
+    (DEFAULT, (target_state_ops, "update"), "nic0", "update"),
+    (DEFAULT, (target_state_ops, "query"), "nic0", "query"),
+    (DEFAULT, (PassthroughIm, "_mirror"), "im0", "offload"),
+    (DEFAULT, (PassthroughIm, "_mirror"), "im0", "update"),
+    (DEFAULT, (PassthroughIm, "_mirror"), "im0", "query"),
+    (TEAM, (MuxIm, "_initiate"), "team0", "offload"),
+    (TEAM, (MuxIm, "_relay_op"), "team0", "update"),
+    (TEAM, (MuxIm, "_relay_op"), "team0", "query"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "bug", "layer", "call"),
+    PLANTED,
+    ids=[f"{layer}-{where[1]}-{call}" for _, where, layer, call in PLANTED],
+)
+async def test_a_state_call_a_layer_raised_in_fails_for_it(
+    echo_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    layers: Any,
+    bug: tuple[Any, str],
+    layer: str,
+    call: str,
+) -> None:
+    """A layer raises while serving an initiate, update or query: NDIS completes the block
+    list for it with NDIS_STATUS_FAILURE, so the layers above unwind as for a refused call.
+    The connection then still carries bytes both ways, its close is answered, and every
+    table is empty after the shutdown. Without it the host waited for ever for the
+    initiate's completion, and the close behind it was never answered."""
+    config = EngineConfig(invariants=True)
+    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    armed = call == "offload"
+
+    real = getattr(*bug)
+
+    def planted(*args: Any) -> Any:
+        nonlocal armed
+        if armed:  # met once: what the layers do next runs as before
+            armed = False
+            raise AttributeError("a bug planted in the layer")
+        return real(*args)
+
+    monkeypatch.setattr(*bug, planted)
+    try:
+        if call != "offload":
+            conn = await engine.connect("127.0.0.1", echo_port)
+            assert engine.conn_info(conn)["state"] == "offloaded"
+            armed = True  # offloaded first; the next call meets the bug
+            asked = engine.update(conn, {"RcvIndicationSize": 512}) if call == "update" else None
+            with pytest.raises(EngineError) as err:
+                await asyncio.wait_for(asked or engine.query(conn), 5.0)
+            assert err.value.code == ErrorCode.INTERNAL
+            assert f"{layer} failed in " in err.value.detail
+        else:
+            conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+            assert engine.conn_info(conn)["state"] == "host"  # the initiate failed
+        assert engine.layer_errors == 1
+        assert [v.split(":")[0] for v in engine.checker.violations] == [layer]
+        data = b"still carried after the bug" * 100
+        assert await asyncio.wait_for(engine.send(conn, data), 5.0) == len(data)
+        assert await engine.recv(conn, len(data), 5.0, True) == data
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report
+    assert engine.layer_errors == 1
+
+
+async def test_an_initiate_a_delay_held_fails_for_the_layer_too(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bug in an initiate a `delay` fault held: it raises when the timer releases it
+    (the held call's arguments start with the layer), and the initiate still fails for it."""
+    engine = await start_engine(EngineConfig(invariants=True))
+    real = target_adapter.initiate
+    met: list[int] = []
+
+    def planted(*args: Any) -> None:
+        if not met:
+            met.append(1)
+            raise AttributeError("a bug planted in the layer")
+        real(*args)
+
+    monkeypatch.setattr(target_adapter, "initiate", planted)
+    try:
+        engine.fault_inject(
+            {"kind": "delay", "layer": "nic0", "call": "MiniportInitiateOffload", "ms": 30}
+        )
+        conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+        assert engine.conn_info(conn)["state"] == "host"
+        assert engine.layer_errors == 1
+        engine.fault_clear(None)
+        assert (await asyncio.wait_for(engine.offload(conn), 5.0))["state"] == "offloaded"
+        assert await asyncio.wait_for(engine.send(conn, b"offloaded after all"), 5.0) == 19
+        assert await engine.recv(conn, 19, 5.0, True) == b"offloaded after all"
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report

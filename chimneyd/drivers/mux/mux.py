@@ -82,6 +82,10 @@ class MuxIm(PassthroughIm):
         self.paused_above = False  # it indicated NDIS_STATUS_OFFLOAD_PAUSE to the layer above
         self.offered: NdisTcpConnectionOffload | None = None  # the capabilities last read above
 
+    def keeps(self, root: OffloadBlock) -> bool:
+        """Passed on (a call entry), or deferred until the NICs can take it."""
+        return super().keeps(root) or any(r is root for _, r in self.deferred)
+
     def lower_list(self) -> list[Lower]:
         return list(self.lowers.values())
 

@@ -119,6 +119,12 @@ class OffloadTarget(DriverLayer):
             raise ChimneyProtocolError(f"{self.name}: block references no live context")
         return ctx  # type: ignore[no-any-return]
 
+    def keeps(self, root: OffloadBlock) -> bool:
+        """Initiates wait while the adapter is paused; terminates wait for indications."""
+        return any(r is root for r in self.paused_initiates) or any(
+            r is root for r in self.deferred_terminates
+        )
+
     def connections(self) -> Iterator[TcpContext]:
         for ctx in self.table:
             if isinstance(ctx, TcpContext):
