@@ -480,7 +480,7 @@ class PassthroughIm(DriverLayer):
         self, binding: Binding, block: OffloadBlock, code: IndicateOffloadEvent
     ) -> None:
         assert block.offload_handle is not None
-        entry: ImOffloadEntry = block.offload_handle.owner  # container-of
+        entry: _Indicated = block.offload_handle.owner  # container-of (a MUX: its instance)
         up = new_neighbor_block(None, block.const, copy.copy(block.cached), block.delegated)
         up.status = block.status
         up.ndis_offload_handle = entry.upper

@@ -60,6 +60,9 @@ def request(
     def wrap(
         fn: Callable[Concatenate[HostStack, Tcb, P], None],
     ) -> Callable[Concatenate[HostStack, int, P], None]:
+        name = fn.__name__  # the request, replayed by name: a closure naming itself is one
+        # a compiled build cannot make
+
         @functools.wraps(fn)
         def run(self: HostStack, conn_id: int, *args: P.args, **kwargs: P.kwargs) -> None:
             done: Done = args[-1]  # type: ignore[assignment]
@@ -69,7 +72,7 @@ def request(
                 return
             # the closure to replay it is made only when the request must wait
             if defer and self.must_defer(tcb):
-                self.defer(tcb, lambda: run(self, conn_id, *args, **kwargs))
+                self.defer(tcb, lambda: getattr(self, name)(conn_id, *args, **kwargs))
                 return
             try:
                 fn(self, tcb, *args, **kwargs)
