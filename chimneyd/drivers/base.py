@@ -17,6 +17,7 @@ from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.blocks import BlockRole, OffloadBlock, walk
 from chimneyd.ndis.broker import Layer, Ndis
 from chimneyd.ndis.handles import HandleTable
+from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
 
@@ -190,7 +191,15 @@ class DriverLayer(Layer):
         placeholders name nothing to fail). Everything above then unwinds as it does for a
         refused call, so the connection stays usable in host mode; without it the host
         waited for ever and every later request on the connection, its close too, with it.
-        True if it did."""
+        A send is failed the way the layer kind fails one (`fail_unserved_send`), so that
+        its NBLs complete exactly once. True if it did."""
+        if call == "MiniportTcpOffloadSend":
+            # (context, head), after the layer itself for a held call
+            ctx, head = args[-2], args[-1]
+            nbls = list(iter_chain(head))
+            if not all(n.source_bindings and n.source_bindings[-1].lower is self for n in nbls):
+                return False  # some went on, or came back: the rest is the layer's to finish
+            return self.fail_unserved_send(ctx, head)
         completion = UNSERVED_STATE_CALLS.get(call)
         # a held call's arguments start with the layer itself
         root = next((a for a in args if isinstance(a, OffloadBlock)), None)
@@ -205,6 +214,12 @@ class DriverLayer(Layer):
             block.status = success if block.role() is BlockRole.PLACEHOLDER else failure
         getattr(self.ndis, completion)(self, root)
         return True
+
+    def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
+        """Fail a send this layer raised on, every NBL of it still here: as the layer fails a
+        send it cannot make (a hole in the stream, spec §4.1), after the sends before it, and
+        only if the layer keeps none of it. A layer kind that can fail sends says how."""
+        return False
 
     def held(self, call: str, fn: Callable[..., Any], *args: Any) -> bool:
         """If a `delay` fault covers `call`, or any call is already held, run `fn(*args)` later

@@ -136,6 +136,17 @@ class PassthroughIm(DriverLayer):
         call = root.im_reserved
         return call is not None and any(c is call for c in self.call_entries)
 
+    def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
+        """As this IM fails a send it cannot relay (`_failed_send`), unless any of it went
+        below or is held here already."""
+        entry: ImOffloadEntry = ctx
+        if any(nbl.id in self.sends_below for nbl in iter_chain(head)) or (
+            entry.held and any(h is head for h in entry.held)
+        ):
+            return False
+        self._failed_send(entry, head, NdisStatus.NDIS_STATUS_FAILURE)
+        return True
+
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
         return self.lower_bindings[0]

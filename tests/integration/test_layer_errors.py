@@ -75,6 +75,8 @@ async def test_illegal_transition_in_the_target_answers_the_request(
     finally:
         report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
         assert report["closed"] >= 1
+    # the victim's send was failed for the NIC: no NBL of it stays outstanding
+    assert report["left_over"] == {}, report
 
 
 async def test_an_error_in_a_call_a_delay_held_answers_its_request(
@@ -106,6 +108,8 @@ async def test_an_error_in_a_call_a_delay_held_answers_its_request(
     finally:
         report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
         assert report["closed"] >= 1
+    # the victim's send was failed for the NIC: no NBL of it stays outstanding
+    assert report["left_over"] == {}, report
 
 
 async def test_stats_count_every_violation_not_only_the_kept_ones(
@@ -236,3 +240,58 @@ async def test_an_initiate_a_delay_held_fails_for_the_layer_too(
     finally:
         report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
     assert report["left_over"] == {}, report
+
+
+#: (stack, where the bug is planted, the layer it is in)
+PLANTED_SENDS = [
+    (DEFAULT, (target_send, "send"), "nic0"),
+    (DEFAULT, (PassthroughIm, "relay_send"), "im0"),
+    (TEAM, (MuxIm, "relay_send"), "team0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "bug", "layer"), PLANTED_SENDS, ids=[layer for _, _, layer in PLANTED_SENDS]
+)
+async def test_a_send_a_layer_raised_in_fails_for_it(
+    echo_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    layers: Any,
+    bug: tuple[Any, str],
+    layer: str,
+) -> None:
+    """A layer raises on a send before it did anything with it: the send is answered
+    INTERNAL and its NBLs are failed as the layer fails a send (a hole; the connection is
+    uploaded), so every NBL completes once and none stays outstanding. The bytes sent before
+    and after arrive in order; the failed send's bytes never reach the peer (it was failed).
+    Without it the NBL stayed outstanding at every layer for ever."""
+    config = EngineConfig(invariants=True)
+    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    real = getattr(*bug)
+    armed = False
+
+    def planted(*args: Any) -> Any:
+        nonlocal armed
+        if armed:
+            armed = False
+            raise AttributeError("a bug planted in the layer")
+        return real(*args)
+
+    monkeypatch.setattr(*bug, planted)
+    try:
+        conn = await engine.connect("127.0.0.1", echo_port)
+        assert engine.conn_info(conn)["state"] == "offloaded"
+        assert await asyncio.wait_for(engine.send(conn, b"before "), 5.0) == 7
+        armed = True
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(engine.send(conn, b"lost in a bug"), 5.0)
+        assert err.value.code == ErrorCode.INTERNAL
+        assert f"{layer} failed in MiniportTcpOffloadSend" in err.value.detail
+        assert engine.layer_errors == 1
+        assert await asyncio.wait_for(engine.send(conn, b"after"), 5.0) == 5
+        assert await engine.recv(conn, 12, 5.0, True) == b"before after"
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report
+    assert engine.layer_errors == 1

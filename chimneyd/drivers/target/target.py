@@ -16,7 +16,7 @@ from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.blocks import OffloadBlock
 from chimneyd.ndis.broker import Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
-from chimneyd.ndis.nbl import NetBufferList, chain_of
+from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 
@@ -124,6 +124,21 @@ class OffloadTarget(DriverLayer):
         return any(r is root for r in self.paused_initiates) or any(
             r is root for r in self.deferred_terminates
         )
+
+    def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
+        """As a `fail_next` send failure: a hole, every later send refused, an upload asked
+        for (spec §4.1, §3.6.4) — unless the send got as far as the socket (then its
+        acknowledgements complete it) or among the refusals held back."""
+        c: TcpContext = ctx
+        nbls = list(iter_chain(head))
+        if any(u[0] is n for u in c.unacked for n in nbls) or any(
+            r[1] is head for r in c.held_refusals
+        ):
+            return False
+        c.send_failed = True
+        send.refuse(self, c, "send", head, NdisStatus.NDIS_STATUS_FAILURE)
+        send.ask_upload_after_failure(self, c)
+        return True
 
     def connections(self) -> Iterator[TcpContext]:
         for ctx in self.table:
