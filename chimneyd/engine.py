@@ -78,7 +78,7 @@ class _Request:
     server's, and the latency histogram's while metrics are recorded) are left, each a
     scheduled call of the loop."""
 
-    __slots__ = ("conn_id", "engine", "fut", "on_settled", "settled", "timer")
+    __slots__ = ("conn_id", "engine", "fut", "on_settled", "settled", "timer", "withdraw")
 
     def __init__(
         self,
@@ -92,6 +92,9 @@ class _Request:
         self.on_settled = on_settled
         self.settled = False
         self.timer: asyncio.TimerHandle | None = None
+        # a read's arguments to `app_cancel_recv`: it is withdrawn from the host when it is
+        # answered for it (timed out, or a layer failed)
+        self.withdraw: tuple[int, Callable[..., None], Callable[..., None]] | None = None
 
     def done(self, result: Any, err: AppError | None) -> None:
         """The host's answer (the `done` of its app request)."""
@@ -256,14 +259,16 @@ class Engine:
         conn_id: int,
         *args: Any,
         withdraw_after: float | None = None,
+        read: bool = False,
         on_settled: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Run the host request `fn(conn_id, *args, done)` in the host's task; the future gets
         the result.
 
-        With `withdraw_after`, the host is asked to withdraw the request (`app_cancel_recv`)
+        A `read` with `withdraw_after`: the host is asked to withdraw it (`app_cancel_recv`)
         when that time is up. The host does it in its own task, so a byte is never both given to
-        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv).
+        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv). A read
+        a failed layer answered is withdrawn the same way (`_layer_failed`).
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
         it), after the future has its result."""
         req = _Request(self, conn_id, on_settled)
@@ -275,11 +280,12 @@ class Engine:
         pending.add(req)
         done = req.done  # one bound method: the host names the request to withdraw by it
         self.host.inbox.push(fn, (conn_id, *args, done))
-        if withdraw_after is not None:
-            withdraw = (conn_id, done, _ignore)
-            req.timer = self.loop.call_later(
-                withdraw_after, self.host.inbox.push, self.host.app_cancel_recv, withdraw
-            )
+        if read:
+            withdraw = req.withdraw = (conn_id, done, _ignore)
+            if withdraw_after is not None:
+                req.timer = self.loop.call_later(
+                    withdraw_after, self.host.inbox.push, self.host.app_cancel_recv, withdraw
+                )
         return req.fut
 
     def _unanswered(self) -> int:
@@ -321,6 +327,10 @@ class Engine:
         for conn_id in conns:
             for req in list(self._pending.get(conn_id, ())):
                 req.fail(EngineError(ErrorCode.INTERNAL, detail))
+                if req.withdraw is not None:
+                    # withdrawn, as a timed-out read is: else the host would still hand it
+                    # the next bytes, which nobody then reads (rpc-contract tcp.recv)
+                    self.host.inbox.push(self.host.app_cancel_recv, req.withdraw)
         if isinstance(layer, DriverLayer):
             # the call it could not serve fails, so the layers above unwind (answered already;
             # their late answer is ignored)
@@ -478,7 +488,7 @@ class Engine:
         """Ask for up to `max_bytes` (exactly, with `waitall`, short only at the end of the
         stream); the future gets them. See `start_send` for why a future."""
         return self._request(
-            self.host.app_recv, conn_id, max_bytes, waitall, withdraw_after=timeout
+            self.host.app_recv, conn_id, max_bytes, waitall, withdraw_after=timeout, read=True
         )
 
     async def disconnect(self, conn_id: int, abortive: bool) -> str:

@@ -191,15 +191,17 @@ class DriverLayer(Layer):
         placeholders name nothing to fail). Everything above then unwinds as it does for a
         refused call, so the connection stays usable in host mode; without it the host
         waited for ever and every later request on the connection, its close too, with it.
-        A send is failed the way the layer kind fails one (`fail_unserved_send`), so that
-        its NBLs complete exactly once. True if it did."""
-        if call == "MiniportTcpOffloadSend":
+        A send or receive is failed the way the layer kind fails one (`fail_unserved_send`,
+        `fail_unserved_receive`), so that its NBLs complete exactly once. True if it did."""
+        if call in ("MiniportTcpOffloadSend", "MiniportTcpOffloadReceive"):
             # (context, head), after the layer itself for a held call
             ctx, head = args[-2], args[-1]
             nbls = list(iter_chain(head))
             if not all(n.source_bindings and n.source_bindings[-1].lower is self for n in nbls):
                 return False  # some went on, or came back: the rest is the layer's to finish
-            return self.fail_unserved_send(ctx, head)
+            if call == "MiniportTcpOffloadSend":
+                return self.fail_unserved_send(ctx, head)
+            return self.fail_unserved_receive(ctx, head)
         completion = UNSERVED_STATE_CALLS.get(call)
         # a held call's arguments start with the layer itself
         root = next((a for a in args if isinstance(a, OffloadBlock)), None)
@@ -219,6 +221,12 @@ class DriverLayer(Layer):
         """Fail a send this layer raised on, every NBL of it still here: as the layer fails a
         send it cannot make (a hole in the stream, spec §4.1), after the sends before it, and
         only if the layer keeps none of it. A layer kind that can fail sends says how."""
+        return False
+
+    def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:
+        """Fail receive requests this layer raised on, none of them kept or passed on: with
+        NDIS_STATUS_REQUEST_ABORTED, after which the host posts no new request on its own
+        (one failing again would go round for ever). A layer kind that can says how."""
         return False
 
     def held(self, call: str, fn: Callable[..., Any], *args: Any) -> bool:

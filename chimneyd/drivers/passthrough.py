@@ -147,6 +147,14 @@ class PassthroughIm(DriverLayer):
         self._failed_send(entry, head, NdisStatus.NDIS_STATUS_FAILURE)
         return True
 
+    def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:
+        """An IM keeps no receive request: one still here was never passed on."""
+        for nbl in iter_chain(head):
+            nbl.status = NdisStatus.NDIS_STATUS_REQUEST_ABORTED
+            nbl.tcp_offload_bytes_transferred = 0
+        self.ndis.NdisTcpOffloadReceiveComplete(self, head)
+        return True
+
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
         return self.lower_bindings[0]

@@ -4,6 +4,7 @@ that caused it, and the other connections go on (spec §3.9: the lifecycle table
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from chimneyd.config import EngineConfig, LayerConfig
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import PassthroughIm
 from chimneyd.drivers.target import adapter as target_adapter
+from chimneyd.drivers.target import receive as target_receive
 from chimneyd.drivers.target import send as target_send
 from chimneyd.drivers.target import state_ops as target_state_ops
 from chimneyd.engine import start_engine
@@ -295,3 +297,86 @@ async def test_a_send_a_layer_raised_in_fails_for_it(
         report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
     assert report["left_over"] == {}, report
     assert engine.layer_errors == 1
+
+
+def _once(real: Any) -> tuple[Any, list[bool]]:
+    """`real`, raising the first time after `armed[0]` is set (named as `real`)."""
+    armed = [False]
+
+    @functools.wraps(real)
+    def planted(*args: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            raise AttributeError("a bug planted in the layer")
+        return real(*args)
+
+    return planted, armed
+
+
+#: (stack, the class or module the bug is planted in, its function, the layer)
+PLANTED_RECEIVES = [
+    (DEFAULT, target_receive, "post", "nic0"),
+    (DEFAULT, PassthroughIm, "MiniportTcpOffloadReceive", "im0"),
+    (TEAM, MuxIm, "MiniportTcpOffloadReceive", "team0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "where", "name", "layer"),
+    PLANTED_RECEIVES,
+    ids=[layer for *_, layer in PLANTED_RECEIVES],
+)
+async def test_a_receive_a_layer_raised_in_fails_for_it(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
+) -> None:
+    """A layer raises on a receive request the host posted: the waiting recv is answered
+    INTERNAL, the request completes with NDIS_STATUS_REQUEST_ABORTED (nothing placed), and the
+    bytes the peer sends next still reach the application. Without it the request's NBL
+    stayed outstanding for ever."""
+    planted, armed = _once(getattr(where, name))
+    monkeypatch.setattr(where, name, planted)  # before the stack binds its handlers
+    config = EngineConfig(invariants=True)
+    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    try:
+        conn = await engine.connect("127.0.0.1", echo_port)
+        assert engine.conn_info(conn)["state"] == "offloaded"
+        armed[0] = True
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(engine.recv(conn, 5, 5.0, True), 5.0)
+        assert err.value.code == ErrorCode.INTERNAL
+        assert f"{layer} failed in MiniportTcpOffloadReceive" in err.value.detail
+        assert engine.layer_errors == 1
+        assert await asyncio.wait_for(engine.send(conn, b"hello"), 5.0) == 5
+        assert await engine.recv(conn, 5, 5.0, True) == b"hello"
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report
+    assert engine.layer_errors == 1
+
+
+async def test_a_read_answered_for_a_failed_layer_takes_no_bytes_later(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read waits while a layer fails on another request of the same connection: the read
+    is answered INTERNAL with it, and withdrawn from the host as a timed-out read is, so the
+    bytes that arrive next go to the next read. Without it the host handed them to the read
+    already answered, and nobody ever read them."""
+    planted, armed = _once(target_send.send)
+    monkeypatch.setattr(target_send, "send", planted)
+    engine = await start_engine(EngineConfig(invariants=True))
+    try:
+        conn = await engine.connect("127.0.0.1", echo_port)
+        waiting = asyncio.ensure_future(engine.recv(conn, 5, 5.0, True))
+        await asyncio.sleep(0.05)
+        armed[0] = True
+        for request in (engine.send(conn, b"lost in a bug"), waiting):
+            with pytest.raises(EngineError) as err:
+                await asyncio.wait_for(request, 5.0)
+            assert err.value.code == ErrorCode.INTERNAL
+        assert await asyncio.wait_for(engine.send(conn, b"hello"), 5.0) == 5
+        assert await engine.recv(conn, 5, 5.0, True) == b"hello"
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report

@@ -140,6 +140,18 @@ class OffloadTarget(DriverLayer):
         send.ask_upload_after_failure(self, c)
         return True
 
+    def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:
+        """Refused as any receive is, after the requests posted before it; not if any of it
+        was queued (the delivery algorithm completes those)."""
+        c: TcpContext = ctx
+        nbls = list(iter_chain(head))
+        if any(p is n for p in c.posted for n in nbls) or any(
+            r[1] is head for r in c.held_refusals
+        ):
+            return False
+        send.refuse(self, c, "receive", head, NdisStatus.NDIS_STATUS_REQUEST_ABORTED)
+        return True
+
     def connections(self) -> Iterator[TcpContext]:
         for ctx in self.table:
             if isinstance(ctx, TcpContext):
