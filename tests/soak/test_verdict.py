@@ -391,6 +391,21 @@ def test_each_mutation_turns_the_verdict_red(name: str) -> None:
     assert any(why in f for f in r["failures"]), (why, r["failures"])
 
 
+def test_a_retrieve_a_target_failure_overtook_is_explained_by_it() -> None:
+    """The target failure asked the connection up (UPLOAD_ALL) before the retrieve reached
+    the NIC, which asks nothing twice (spec §5.2): no event of the retrieve's own, and no
+    failure for it; data verified after it is still owed."""
+    layer, conn, obs = _clean()
+    _conn(conn, "retrieve").update(event_seen=False, overtaken=True, uploaded=False)
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    [retrieve] = [f for f in r["faults"] if f["kind"] == "retrieve"]
+    assert retrieve["overtaken_by_target_failure"] == 1
+    _conn(conn, "retrieve").update(done=False, verified_after=0)
+    r = _report(layer, conn, obs)
+    assert any("no byte verified after the retrieve" in f for f in r["failures"])
+
+
 def test_a_refusal_during_a_target_failure_is_explained_by_it() -> None:
     layer, conn, obs = _clean()
     obs["refusals"].append(

@@ -140,7 +140,12 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
     e["event_seen"] = e.get("event_seen", 0) + int(bool(rec.get("event_seen")))
     e["uploaded"] = e.get("uploaded", 0) + int(bool(rec.get("uploaded")))
     e["reoffloaded"] = e.get("reoffloaded", 0) + int(rec.get("reoffloaded_t") is not None)
-    if not rec.get("event_seen"):
+    if not rec.get("event_seen") and rec.get("overtaken"):
+        # the target failure's own outcome (uploaded, offloaded again) covers the rest
+        e["overtaken_by_target_failure"] = e.get("overtaken_by_target_failure", 0) + 1
+        if not done:
+            _problem(e, f"conn {conn}: no byte verified after the retrieve")
+    elif not rec.get("event_seen"):
         _problem(e, f"conn {conn}: no TcpIndicateRetrieve")
     elif not rec.get("uploaded") and rec.get("mandatory", True):
         _problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")

@@ -237,7 +237,16 @@ class WorkerState:
             if conn.state == "offloaded":
                 self.move(conn, "uploading")
             for rec in conn.faults:
-                if rec["kind"] == "retrieve" and conn.retrieve_reason != "NDIS_STATUS_UPLOAD_ALL":
+                if rec["kind"] == "retrieve" and conn.retrieve_reason == "NDIS_STATUS_UPLOAD_ALL":
+                    if not rec.get("event_seen"):
+                        # a target failure asked it up first; the NIC asks nothing twice
+                        # (spec §5.2), so the retrieve raises no event of its own. Data
+                        # verified after the re-offload is still owed.
+                        rec["overtaken"] = True
+                        rec["needs_reoffload"] = True
+                        rec["reoffloaded_t"] = None
+                        rec["verify_from"] = None
+                elif rec["kind"] == "retrieve":
                     rec["event_seen"] = True
                     rec["mandatory"] = conn.retrieve_mandatory
                     if not conn.retrieve_mandatory and rec.get("verify_from") is None:
