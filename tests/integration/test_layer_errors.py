@@ -131,6 +131,33 @@ async def test_stats_count_every_violation_not_only_the_kept_ones(
         await asyncio.wait_for(engine.shutdown(2.0), 10.0)
 
 
+def _once(real: Any) -> tuple[Any, list[bool]]:
+    """`real`, raising the first time after `armed[0]` is set (named as `real`)."""
+    armed = [False]
+
+    @functools.wraps(real)
+    def planted(*args: Any) -> Any:
+        if armed[0]:
+            armed[0] = False
+            raise AttributeError("a bug planted in the layer")
+        return real(*args)
+
+    return planted, armed
+
+
+async def _goes_on_and_drains(engine: Any, conn: int, data: bytes, errors: int = 1) -> None:
+    """After the bug: `conn` echoes `data`, its close is answered, and the shutdown leaves no
+    table, NBL or request over; no other handler raised."""
+    try:
+        assert await asyncio.wait_for(engine.send(conn, data), 5.0) == len(data)
+        assert await engine.recv(conn, len(data), 5.0, True) == data
+        await asyncio.wait_for(engine.close(conn), 5.0)
+    finally:
+        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report
+    assert engine.layer_errors == errors
+
+
 # -- a state call the layer could not serve fails, and everything above unwinds ----------------
 DEFAULT = None  # the embedded stack: tcpip → im0 → nic0
 TEAM = (
@@ -172,43 +199,26 @@ async def test_a_state_call_a_layer_raised_in_fails_for_it(
     The connection then still carries bytes both ways, its close is answered, and every
     table is empty after the shutdown. Without it the host waited for ever for the
     initiate's completion, and the close behind it was never answered."""
+    planted, armed = _once(getattr(*bug))
+    monkeypatch.setattr(*bug, planted)
     config = EngineConfig(invariants=True)
     engine = await (start_engine(config) if layers is None else start_engine(config, layers))
-    armed = call == "offload"
-
-    real = getattr(*bug)
-
-    def planted(*args: Any) -> Any:
-        nonlocal armed
-        if armed:  # met once: what the layers do next runs as before
-            armed = False
-            raise AttributeError("a bug planted in the layer")
-        return real(*args)
-
-    monkeypatch.setattr(*bug, planted)
-    try:
-        if call != "offload":
-            conn = await engine.connect("127.0.0.1", echo_port)
-            assert engine.conn_info(conn)["state"] == "offloaded"
-            armed = True  # offloaded first; the next call meets the bug
-            asked = engine.update(conn, {"RcvIndicationSize": 512}) if call == "update" else None
-            with pytest.raises(EngineError) as err:
-                await asyncio.wait_for(asked or engine.query(conn), 5.0)
-            assert err.value.code == ErrorCode.INTERNAL
-            assert f"{layer} failed in " in err.value.detail
-        else:
-            conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
-            assert engine.conn_info(conn)["state"] == "host"  # the initiate failed
-        assert engine.layer_errors == 1
-        assert [v.split(":")[0] for v in engine.checker.violations] == [layer]
-        data = b"still carried after the bug" * 100
-        assert await asyncio.wait_for(engine.send(conn, data), 5.0) == len(data)
-        assert await engine.recv(conn, len(data), 5.0, True) == data
-        await asyncio.wait_for(engine.close(conn), 5.0)
-    finally:
-        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
-    assert report["left_over"] == {}, report
+    if call == "offload":
+        armed[0] = True
+        conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+        assert engine.conn_info(conn)["state"] == "host"  # the initiate failed
+    else:
+        conn = await engine.connect("127.0.0.1", echo_port)
+        assert engine.conn_info(conn)["state"] == "offloaded"
+        armed[0] = True  # offloaded first; the next call meets the bug
+        asked = engine.update(conn, {"RcvIndicationSize": 512}) if call == "update" else None
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(asked or engine.query(conn), 5.0)
+        assert err.value.code == ErrorCode.INTERNAL
+        assert f"{layer} failed in " in err.value.detail
     assert engine.layer_errors == 1
+    assert [v.split(":")[0] for v in engine.checker.violations] == [layer]
+    await _goes_on_and_drains(engine, conn, b"still carried after the bug" * 100)
 
 
 async def test_an_initiate_a_delay_held_fails_for_the_layer_too(
@@ -216,32 +226,19 @@ async def test_an_initiate_a_delay_held_fails_for_the_layer_too(
 ) -> None:
     """The same bug in an initiate a `delay` fault held: it raises when the timer releases it
     (the held call's arguments start with the layer), and the initiate still fails for it."""
-    engine = await start_engine(EngineConfig(invariants=True))
-    real = target_adapter.initiate
-    met: list[int] = []
-
-    def planted(*args: Any) -> None:
-        if not met:
-            met.append(1)
-            raise AttributeError("a bug planted in the layer")
-        real(*args)
-
+    planted, armed = _once(target_adapter.initiate)
     monkeypatch.setattr(target_adapter, "initiate", planted)
-    try:
-        engine.fault_inject(
-            {"kind": "delay", "layer": "nic0", "call": "MiniportInitiateOffload", "ms": 30}
-        )
-        conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
-        assert engine.conn_info(conn)["state"] == "host"
-        assert engine.layer_errors == 1
-        engine.fault_clear(None)
-        assert (await asyncio.wait_for(engine.offload(conn), 5.0))["state"] == "offloaded"
-        assert await asyncio.wait_for(engine.send(conn, b"offloaded after all"), 5.0) == 19
-        assert await engine.recv(conn, 19, 5.0, True) == b"offloaded after all"
-        await asyncio.wait_for(engine.close(conn), 5.0)
-    finally:
-        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
-    assert report["left_over"] == {}, report
+    armed[0] = True
+    engine = await start_engine(EngineConfig(invariants=True))
+    engine.fault_inject(
+        {"kind": "delay", "layer": "nic0", "call": "MiniportInitiateOffload", "ms": 30}
+    )
+    conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
+    assert engine.conn_info(conn)["state"] == "host"
+    assert engine.layer_errors == 1
+    engine.fault_clear(None)
+    assert (await asyncio.wait_for(engine.offload(conn), 5.0))["state"] == "offloaded"
+    await _goes_on_and_drains(engine, conn, b"offloaded after all")
 
 
 #: (stack, where the bug is planted, the layer it is in)
@@ -267,50 +264,22 @@ async def test_a_send_a_layer_raised_in_fails_for_it(
     uploaded), so every NBL completes once and none stays outstanding. The bytes sent before
     and after arrive in order; the failed send's bytes never reach the peer (it was failed).
     Without it the NBL stayed outstanding at every layer for ever."""
+    planted, armed = _once(getattr(*bug))
+    monkeypatch.setattr(*bug, planted)
     config = EngineConfig(invariants=True)
     engine = await (start_engine(config) if layers is None else start_engine(config, layers))
-    real = getattr(*bug)
-    armed = False
-
-    def planted(*args: Any) -> Any:
-        nonlocal armed
-        if armed:
-            armed = False
-            raise AttributeError("a bug planted in the layer")
-        return real(*args)
-
-    monkeypatch.setattr(*bug, planted)
-    try:
-        conn = await engine.connect("127.0.0.1", echo_port)
-        assert engine.conn_info(conn)["state"] == "offloaded"
-        assert await asyncio.wait_for(engine.send(conn, b"before "), 5.0) == 7
-        armed = True
-        with pytest.raises(EngineError) as err:
-            await asyncio.wait_for(engine.send(conn, b"lost in a bug"), 5.0)
-        assert err.value.code == ErrorCode.INTERNAL
-        assert f"{layer} failed in MiniportTcpOffloadSend" in err.value.detail
-        assert engine.layer_errors == 1
-        assert await asyncio.wait_for(engine.send(conn, b"after"), 5.0) == 5
-        assert await engine.recv(conn, 12, 5.0, True) == b"before after"
-        await asyncio.wait_for(engine.close(conn), 5.0)
-    finally:
-        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
-    assert report["left_over"] == {}, report
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    assert await asyncio.wait_for(engine.send(conn, b"before "), 5.0) == 7
+    armed[0] = True
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(engine.send(conn, b"lost in a bug"), 5.0)
+    assert err.value.code == ErrorCode.INTERNAL
+    assert f"{layer} failed in MiniportTcpOffloadSend" in err.value.detail
     assert engine.layer_errors == 1
-
-
-def _once(real: Any) -> tuple[Any, list[bool]]:
-    """`real`, raising the first time after `armed[0]` is set (named as `real`)."""
-    armed = [False]
-
-    @functools.wraps(real)
-    def planted(*args: Any) -> Any:
-        if armed[0]:
-            armed[0] = False
-            raise AttributeError("a bug planted in the layer")
-        return real(*args)
-
-    return planted, armed
+    assert await asyncio.wait_for(engine.send(conn, b"after"), 5.0) == 5
+    assert await engine.recv(conn, 12, 5.0, True) == b"before after"
+    await _goes_on_and_drains(engine, conn, b"and on")
 
 
 #: (stack, the class or module the bug is planted in, its function, the layer)
@@ -337,22 +306,15 @@ async def test_a_receive_a_layer_raised_in_fails_for_it(
     monkeypatch.setattr(where, name, planted)  # before the stack binds its handlers
     config = EngineConfig(invariants=True)
     engine = await (start_engine(config) if layers is None else start_engine(config, layers))
-    try:
-        conn = await engine.connect("127.0.0.1", echo_port)
-        assert engine.conn_info(conn)["state"] == "offloaded"
-        armed[0] = True
-        with pytest.raises(EngineError) as err:
-            await asyncio.wait_for(engine.recv(conn, 5, 5.0, True), 5.0)
-        assert err.value.code == ErrorCode.INTERNAL
-        assert f"{layer} failed in MiniportTcpOffloadReceive" in err.value.detail
-        assert engine.layer_errors == 1
-        assert await asyncio.wait_for(engine.send(conn, b"hello"), 5.0) == 5
-        assert await engine.recv(conn, 5, 5.0, True) == b"hello"
-        await asyncio.wait_for(engine.close(conn), 5.0)
-    finally:
-        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
-    assert report["left_over"] == {}, report
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    armed[0] = True
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(engine.recv(conn, 5, 5.0, True), 5.0)
+    assert err.value.code == ErrorCode.INTERNAL
+    assert f"{layer} failed in MiniportTcpOffloadReceive" in err.value.detail
     assert engine.layer_errors == 1
+    await _goes_on_and_drains(engine, conn, b"hello")
 
 
 async def test_a_read_answered_for_a_failed_layer_takes_no_bytes_later(
@@ -365,18 +327,12 @@ async def test_a_read_answered_for_a_failed_layer_takes_no_bytes_later(
     planted, armed = _once(target_send.send)
     monkeypatch.setattr(target_send, "send", planted)
     engine = await start_engine(EngineConfig(invariants=True))
-    try:
-        conn = await engine.connect("127.0.0.1", echo_port)
-        waiting = asyncio.ensure_future(engine.recv(conn, 5, 5.0, True))
-        await asyncio.sleep(0.05)
-        armed[0] = True
-        for request in (engine.send(conn, b"lost in a bug"), waiting):
-            with pytest.raises(EngineError) as err:
-                await asyncio.wait_for(request, 5.0)
-            assert err.value.code == ErrorCode.INTERNAL
-        assert await asyncio.wait_for(engine.send(conn, b"hello"), 5.0) == 5
-        assert await engine.recv(conn, 5, 5.0, True) == b"hello"
-        await asyncio.wait_for(engine.close(conn), 5.0)
-    finally:
-        report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
-    assert report["left_over"] == {}, report
+    conn = await engine.connect("127.0.0.1", echo_port)
+    waiting = asyncio.ensure_future(engine.recv(conn, 5, 5.0, True))
+    await asyncio.sleep(0.05)
+    armed[0] = True
+    for request in (engine.send(conn, b"lost in a bug"), waiting):
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(request, 5.0)
+        assert err.value.code == ErrorCode.INTERNAL
+    await _goes_on_and_drains(engine, conn, b"hello")
