@@ -191,8 +191,17 @@ class DriverLayer(Layer):
         placeholders name nothing to fail). Everything above then unwinds as it does for a
         refused call, so the connection stays usable in host mode; without it the host
         waited for ever and every later request on the connection, its close too, with it.
-        A send or receive is failed the way the layer kind fails one (`fail_unserved_send`,
-        `fail_unserved_receive`), so that its NBLs complete exactly once. True if it did."""
+        A send, receive or disconnect is failed the way the layer kind fails one
+        (`fail_unserved_send`, `_receive`, `_disconnect`), so that its NBLs complete exactly
+        once. True if it did."""
+        if call == "MiniportTcpOffloadDisconnect":
+            # (context, nbl, flags), after the layer itself for a held call
+            ctx, nbl = args[-3], args[-2]
+            assert isinstance(nbl, NetBufferList)
+            if not (nbl.source_bindings and nbl.source_bindings[-1].lower is self):
+                return False
+            ok: bool = self.fail_unserved_disconnect(ctx, nbl)
+            return ok
         if call in ("MiniportTcpOffloadSend", "MiniportTcpOffloadReceive"):
             # (context, head), after the layer itself for a held call
             ctx, head = args[-2], args[-1]
@@ -227,6 +236,12 @@ class DriverLayer(Layer):
         """Fail receive requests this layer raised on, none of them kept or passed on: with
         NDIS_STATUS_REQUEST_ABORTED, after which the host posts no new request on its own
         (one failing again would go round for ever). A layer kind that can says how."""
+        return False
+
+    def fail_unserved_disconnect(self, ctx: Any, nbl: NetBufferList) -> bool:
+        """Fail a disconnect this layer raised on, not kept: as the layer refuses one
+        (NDIS_STATUS_FAILURE, no FIN sent), after the sends before it. A layer kind that can
+        says how."""
         return False
 
     def held(self, call: str, fn: Callable[..., Any], *args: Any) -> bool:

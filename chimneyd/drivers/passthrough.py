@@ -155,6 +155,19 @@ class PassthroughIm(DriverLayer):
         self.ndis.NdisTcpOffloadReceiveComplete(self, head)
         return True
 
+    def fail_unserved_disconnect(self, ctx: Any, nbl: NetBufferList) -> bool:
+        """Refused as this IM refuses one (no FIN), after the sends still below it."""
+        entry: ImOffloadEntry = ctx
+        if entry.held and any(isinstance(h, _Disconnect) and h.nbl is nbl for h in entry.held):
+            return False
+        nbl.status = NdisStatus.NDIS_STATUS_FAILURE
+        nbl.tcp_offload_bytes_transferred = 0
+        if entry.below or entry.held:
+            _hold(entry, _Disconnect(nbl))  # after the sends before it (spec §9 item 2)
+        else:
+            self.ndis.NdisTcpOffloadDisconnectComplete(self, nbl)
+        return True
+
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
         return self.lower_bindings[0]

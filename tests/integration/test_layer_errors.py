@@ -14,6 +14,7 @@ from chimneyd.config import EngineConfig, LayerConfig
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import PassthroughIm
 from chimneyd.drivers.target import adapter as target_adapter
+from chimneyd.drivers.target import disconnect as target_disconnect
 from chimneyd.drivers.target import receive as target_receive
 from chimneyd.drivers.target import send as target_send
 from chimneyd.drivers.target import state_ops as target_state_ops
@@ -145,17 +146,18 @@ def _once(real: Any) -> tuple[Any, list[bool]]:
     return planted, armed
 
 
-async def _goes_on_and_drains(engine: Any, conn: int, data: bytes, errors: int = 1) -> None:
-    """After the bug: `conn` echoes `data`, its close is answered, and the shutdown leaves no
-    table, NBL or request over; no other handler raised."""
+async def _goes_on_and_drains(engine: Any, conn: int, data: bytes | None) -> None:
+    """After the bug: `conn` echoes `data` (if any), its close is answered, and the shutdown
+    leaves no table, NBL or request over; no other handler raised."""
     try:
-        assert await asyncio.wait_for(engine.send(conn, data), 5.0) == len(data)
-        assert await engine.recv(conn, len(data), 5.0, True) == data
+        if data is not None:
+            assert await asyncio.wait_for(engine.send(conn, data), 5.0) == len(data)
+            assert await engine.recv(conn, len(data), 5.0, True) == data
         await asyncio.wait_for(engine.close(conn), 5.0)
     finally:
         report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
     assert report["left_over"] == {}, report
-    assert engine.layer_errors == errors
+    assert engine.layer_errors == 1
 
 
 # -- a state call the layer could not serve fails, and everything above unwinds ----------------
@@ -336,3 +338,37 @@ async def test_a_read_answered_for_a_failed_layer_takes_no_bytes_later(
             await asyncio.wait_for(request, 5.0)
         assert err.value.code == ErrorCode.INTERNAL
     await _goes_on_and_drains(engine, conn, b"hello")
+
+
+#: (stack, the class or module the bug is planted in, its function, the layer)
+PLANTED_DISCONNECTS = [
+    (DEFAULT, target_disconnect, "disconnect", "nic0"),
+    (DEFAULT, PassthroughIm, "MiniportTcpOffloadDisconnect", "im0"),
+    (TEAM, MuxIm, "MiniportTcpOffloadDisconnect", "team0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "where", "name", "layer"),
+    PLANTED_DISCONNECTS,
+    ids=[layer for *_, layer in PLANTED_DISCONNECTS],
+)
+async def test_a_disconnect_a_layer_raised_in_fails_for_it(
+    echo_port: int, monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
+) -> None:
+    """A layer raises on a graceful disconnect: it is answered INTERNAL and refused for the
+    layer as a `fail_next` disconnect is (no FIN sent), so its NBL completes, and the
+    connection's close is answered (sending is over for it: the application asked to end).
+    Without it the NBL stayed outstanding."""
+    planted, armed = _once(getattr(where, name))
+    monkeypatch.setattr(where, name, planted)  # before the stack binds its handlers
+    config = EngineConfig(invariants=True)
+    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    armed[0] = True
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(engine.disconnect(conn, False), 5.0)
+    assert err.value.code == ErrorCode.INTERNAL
+    assert f"{layer} failed in MiniportTcpOffloadDisconnect" in err.value.detail
+    await _goes_on_and_drains(engine, conn, None)

@@ -26,14 +26,7 @@ def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) 
     # after a failed send no FIN goes out either: it would close the stream over a hole
     refused = send.send_refusal(c) or t.take_failure("MiniportTcpOffloadDisconnect")
     if refused is not None:
-        if c.unacked and c.disconnect_nbl is None:
-            # it completes after the sends before it (spec §9 item 2): once they are done, or with
-            # the terminate, before the sends it hands back (spec §3.6.3)
-            c.disconnect_nbl = nbl
-            c.disconnect_refused = refused
-            nbl.miniport_reserved = c.disconnect_end = c.wire.bytes_written
-            return
-        send.refuse(t, c, "disconnect", nbl, refused)
+        refuse(t, c, nbl, refused)
         return
     if flags & TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE:
         c.lifecycle.fire(Event.RESET)
@@ -54,6 +47,18 @@ def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) 
     c.disconnect_end = c.wire.bytes_written
     nbl.miniport_reserved = start
     send.watch(c)
+
+
+def refuse(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, status: NdisStatus) -> None:
+    """A disconnect refused with `status`, no FIN sent."""
+    if c.unacked and c.disconnect_nbl is None:
+        # it completes after the sends before it (spec §9 item 2): once they are done, or with
+        # the terminate, before the sends it hands back (spec §3.6.3)
+        c.disconnect_nbl = nbl
+        c.disconnect_refused = status
+        nbl.miniport_reserved = c.disconnect_end = c.wire.bytes_written
+        return
+    send.refuse(t, c, "disconnect", nbl, status)
 
 
 def complete(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:

@@ -152,6 +152,14 @@ class OffloadTarget(DriverLayer):
         send.refuse(self, c, "receive", head, NdisStatus.NDIS_STATUS_REQUEST_ABORTED)
         return True
 
+    def fail_unserved_disconnect(self, ctx: Any, nbl: NetBufferList) -> bool:
+        """Refused as a `fail_next` disconnect is; not if it is held already."""
+        c: TcpContext = ctx
+        if c.disconnect_nbl is nbl or any(r[1] is nbl for r in c.held_refusals):
+            return False
+        disconnect.refuse(self, c, nbl, NdisStatus.NDIS_STATUS_FAILURE)
+        return True
+
     def connections(self) -> Iterator[TcpContext]:
         for ctx in self.table:
             if isinstance(ctx, TcpContext):
