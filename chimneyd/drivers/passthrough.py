@@ -160,13 +160,19 @@ class PassthroughIm(DriverLayer):
         entry: ImOffloadEntry = ctx
         if entry.held and any(isinstance(h, _Disconnect) and h.nbl is nbl for h in entry.held):
             return False
-        nbl.status = NdisStatus.NDIS_STATUS_FAILURE
+        self._refuse_disconnect(entry, nbl, NdisStatus.NDIS_STATUS_FAILURE)
+        return True
+
+    def _refuse_disconnect(
+        self, entry: ImOffloadEntry, nbl: NetBufferList, status: NdisStatus
+    ) -> None:
+        """Complete a disconnect with `status`, no FIN sent, after the sends still below."""
+        nbl.status = status
         nbl.tcp_offload_bytes_transferred = 0
         if entry.below or entry.held:
             _hold(entry, _Disconnect(nbl))  # after the sends before it (spec §9 item 2)
         else:
             self.ndis.NdisTcpOffloadDisconnectComplete(self, nbl)
-        return True
 
     def lower_binding(self, upper_root: OffloadBlock) -> Binding:
         """The binding a new tree goes down (one for a pass-through IM)."""
@@ -431,12 +437,7 @@ class PassthroughIm(DriverLayer):
         entry.lifecycle.fire(Event.IO)
         if entry.refusing and not (flags & TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE):
             # no FIN ahead of the data the host sends after the upload: it finishes it then
-            nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS
-            nbl.tcp_offload_bytes_transferred = 0
-            if entry.below or entry.held:
-                _hold(entry, _Disconnect(nbl))  # after the sends before it (spec §9 item 2)
-            else:
-                self.ndis.NdisTcpOffloadDisconnectComplete(self, nbl)
+            self._refuse_disconnect(entry, nbl, NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS)
             return
         self.ndis.NdisOffloadTcpDisconnect(self, entry.handle, nbl, flags)
 

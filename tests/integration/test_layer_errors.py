@@ -146,6 +146,18 @@ def _once(real: Any) -> tuple[Any, list[bool]]:
     return planted, armed
 
 
+async def _stack_with(
+    monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str
+) -> tuple[Any, list[bool]]:
+    """A stack (`layers`, None: the default) with a one-shot bug planted in `where.name`
+    before the stack binds its handlers; the bug is armed by setting `armed[0]`."""
+    planted, armed = _once(getattr(where, name))
+    monkeypatch.setattr(where, name, planted)
+    config = EngineConfig(invariants=True)
+    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    return engine, armed
+
+
 async def _goes_on_and_drains(engine: Any, conn: int, data: bytes | None) -> None:
     """After the bug: `conn` echoes `data` (if any), its close is answered, and the shutdown
     leaves no table, NBL or request over; no other handler raised."""
@@ -304,10 +316,7 @@ async def test_a_receive_a_layer_raised_in_fails_for_it(
     INTERNAL, the request completes with NDIS_STATUS_REQUEST_ABORTED (nothing placed), and the
     bytes the peer sends next still reach the application. Without it the request's NBL
     stayed outstanding for ever."""
-    planted, armed = _once(getattr(where, name))
-    monkeypatch.setattr(where, name, planted)  # before the stack binds its handlers
-    config = EngineConfig(invariants=True)
-    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    engine, armed = await _stack_with(monkeypatch, layers, where, name)
     conn = await engine.connect("127.0.0.1", echo_port)
     assert engine.conn_info(conn)["state"] == "offloaded"
     armed[0] = True
@@ -360,10 +369,7 @@ async def test_a_disconnect_a_layer_raised_in_fails_for_it(
     layer as a `fail_next` disconnect is (no FIN sent), so its NBL completes, and the
     connection's close is answered (sending is over for it: the application asked to end).
     Without it the NBL stayed outstanding."""
-    planted, armed = _once(getattr(where, name))
-    monkeypatch.setattr(where, name, planted)  # before the stack binds its handlers
-    config = EngineConfig(invariants=True)
-    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    engine, armed = await _stack_with(monkeypatch, layers, where, name)
     conn = await engine.connect("127.0.0.1", echo_port)
     assert engine.conn_info(conn)["state"] == "offloaded"
     armed[0] = True
