@@ -265,8 +265,8 @@ class Engine:
         """Run the host request `fn(conn_id, *args, done)` in the host's task; the future gets
         the result.
 
-        A `read` with `withdraw_after`: the host is asked to withdraw it (`app_cancel_recv`)
-        when that time is up. The host does it in its own task, so a byte is never both given to
+        A `read` (which `withdraw_after` implies) is withdrawn from the host
+        (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a byte is never both given to
         a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv). A read
         a failed layer answered is withdrawn the same way (`_layer_failed`).
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
@@ -280,7 +280,7 @@ class Engine:
         pending.add(req)
         done = req.done  # one bound method: the host names the request to withdraw by it
         self.host.inbox.push(fn, (conn_id, *args, done))
-        if read:
+        if read or withdraw_after is not None:
             withdraw = req.withdraw = (conn_id, done, _ignore)
             if withdraw_after is not None:
                 req.timer = self.loop.call_later(

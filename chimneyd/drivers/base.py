@@ -95,6 +95,14 @@ UNSERVED_STATE_CALLS: dict[str, str] = {
     "MiniportQueryOffload": "NdisMQueryOffloadStateComplete",
 }
 
+#: The I/O calls NDIS fails for a layer that raised while serving them, each as the layer kind
+#: fails one (the method named here; the base class fails none).
+UNSERVED_IO_CALLS: dict[str, str] = {
+    "MiniportTcpOffloadSend": "fail_unserved_send",
+    "MiniportTcpOffloadReceive": "fail_unserved_receive",
+    "MiniportTcpOffloadDisconnect": "fail_unserved_disconnect",
+}
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class DriverLayer(Layer):
@@ -194,23 +202,15 @@ class DriverLayer(Layer):
         A send, receive or disconnect is failed the way the layer kind fails one
         (`fail_unserved_send`, `_receive`, `_disconnect`), so that its NBLs complete exactly
         once. True if it did."""
-        if call == "MiniportTcpOffloadDisconnect":
-            # (context, nbl, flags), after the layer itself for a held call
-            ctx, nbl = args[-3], args[-2]
-            assert isinstance(nbl, NetBufferList)
-            if not (nbl.source_bindings and nbl.source_bindings[-1].lower is self):
-                return False
-            ok: bool = self.fail_unserved_disconnect(ctx, nbl)
-            return ok
-        if call in ("MiniportTcpOffloadSend", "MiniportTcpOffloadReceive"):
-            # (context, head), after the layer itself for a held call
-            ctx, head = args[-2], args[-1]
+        io = UNSERVED_IO_CALLS.get(call)
+        if io is not None:
+            # (context, head[, flags]), after the layer itself for a held call
+            at = next(i for i, a in enumerate(args) if isinstance(a, NetBufferList))
+            ctx, head = args[at - 1], args[at]
             nbls = list(iter_chain(head))
             if not all(n.source_bindings and n.source_bindings[-1].lower is self for n in nbls):
                 return False  # some went on, or came back: the rest is the layer's to finish
-            if call == "MiniportTcpOffloadSend":
-                return self.fail_unserved_send(ctx, head)
-            return self.fail_unserved_receive(ctx, head)
+            return bool(getattr(self, io)(ctx, head))
         completion = UNSERVED_STATE_CALLS.get(call)
         # a held call's arguments start with the layer itself
         root = next((a for a in args if isinstance(a, OffloadBlock)), None)

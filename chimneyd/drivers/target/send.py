@@ -57,15 +57,12 @@ def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     """`MiniportTcpOffloadSend`: strict FIFO within and across calls (spec §4.1)."""
     c.lifecycle.fire(Event.IO)
     status = send_refusal(c)
-    if status is None:
-        status = t.take_failure("MiniportTcpOffloadSend")
-        if status is not None:
-            # a failed send is a hole in the stream: every later send fails too, without
-            # sending any of its data (spec §4.1)
-            c.send_failed = True
     if status is not None:
-        refuse(t, c, "send", head, status)
-        ask_upload_after_failure(t, c)
+        refuse_send(t, c, head, status)
+        return
+    status = t.take_failure("MiniportTcpOffloadSend")
+    if status is not None:
+        refuse_send(t, c, head, status, hole=True)
         return
     adapter.before_send(t, c)
     wire = c.wire
@@ -161,6 +158,18 @@ def refuse(
         c.held_refusals = grown(c.held_refusals, (kind, head, status))
     else:
         complete_now(head, status, _completion(t, kind), t)
+
+
+def refuse_send(
+    t: OffloadTarget, c: TcpContext, head: NetBufferList, status: NdisStatus, hole: bool = False
+) -> None:
+    """Complete a send refused with `status`, after the sends before it, and ask for the
+    upload. With `hole` the send failed: a hole in the stream, so every later send fails too,
+    without sending any of its data (spec §4.1)."""
+    if hole:
+        c.send_failed = True
+    refuse(t, c, "send", head, status)
+    ask_upload_after_failure(t, c)
 
 
 def release_refusals(t: OffloadTarget, c: TcpContext) -> None:

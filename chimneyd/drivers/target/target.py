@@ -120,10 +120,8 @@ class OffloadTarget(DriverLayer):
         return ctx  # type: ignore[no-any-return]
 
     def keeps(self, root: OffloadBlock) -> bool:
-        """Initiates wait while the adapter is paused; terminates wait for indications."""
-        return any(r is root for r in self.paused_initiates) or any(
-            r is root for r in self.deferred_terminates
-        )
+        """Initiates wait here while the adapter is paused (updates and queries never do)."""
+        return any(r is root for r in self.paused_initiates)
 
     def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
         """As a `fail_next` send failure: a hole, every later send refused, an upload asked
@@ -135,9 +133,7 @@ class OffloadTarget(DriverLayer):
             r[1] is head for r in c.held_refusals
         ):
             return False
-        c.send_failed = True
-        send.refuse(self, c, "send", head, NdisStatus.NDIS_STATUS_FAILURE)
-        send.ask_upload_after_failure(self, c)
+        send.refuse_send(self, c, head, NdisStatus.NDIS_STATUS_FAILURE, hole=True)
         return True
 
     def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:

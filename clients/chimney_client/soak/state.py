@@ -243,9 +243,7 @@ class WorkerState:
                         # (spec §5.2), so the retrieve raises no event of its own. Data
                         # verified after the re-offload is still owed.
                         rec["overtaken"] = True
-                        rec["needs_reoffload"] = True
-                        rec["reoffloaded_t"] = None
-                        rec["verify_from"] = None
+                        _owes_reoffload(rec)
                 elif rec["kind"] == "retrieve":
                     rec["event_seen"] = True
                     rec["mandatory"] = conn.retrieve_mandatory
@@ -270,9 +268,7 @@ class WorkerState:
             for rec in conn.faults:
                 if rec["kind"] == "retrieve":
                     rec["uploaded"] = True
-                    rec["needs_reoffload"] = True
-                    rec["reoffloaded_t"] = None
-                    rec["verify_from"] = None
+                    _owes_reoffload(rec)
             if not any(r["kind"] == "retrieve" for r in conn.faults):
                 # a retrieve the soak did not ask for: judged like any unrequested upload
                 self.upload_record(
@@ -291,3 +287,10 @@ class WorkerState:
             self.move(conn, "host", "unrequested_upload")
             self.upload_record(conn, "unrequested", reason=None, sending=conn.sending)
         conn.needs_offload = True
+
+
+def _owes_reoffload(rec: dict[str, Any]) -> None:
+    """`rec` now waits for its connection's re-offload, then for data verified after it."""
+    rec["needs_reoffload"] = True
+    rec["reoffloaded_t"] = None
+    rec["verify_from"] = None
