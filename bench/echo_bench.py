@@ -11,9 +11,21 @@ against the same echo peer, over loopback from this process with uvloop Protocol
 Both sides' connections are opened and warmed (one verified round each) first, then timed windows
 alternate between them (direct, daemon, daemon, direct, …) on the same connections.
 Figure: aggregate verified MB/s, emulated / direct, at N = 100 and N = 1,000, with ops/s and the
-p99 round trip of both. Any integrity error, RPC error, stuck round, connection that is not
+p99 round trip of both.
+Floor: the same client, calls and checks against bench.floor_proxy, a do-nothing msgpack-RPC
+proxy with the daemon's RPC and send-completion semantics and no emulation, in the same
+alternation (direct, daemon, floor, floor, daemon, direct, …). A second figure per N, reported
+(no target): emulated / floor, the share of the floor's rate the emulation keeps; its note
+gives floor / direct, the most any RPC-driven daemon could score on the first figure here. Any integrity error, RPC error, stuck round, connection that is not
 offloaded, or daemon gauge left after closing fails the figure and the run; a tcp.recv timeout
 is asked again (it loses no data) until the round is 30 s old, then it is an error.
+
+What the floor showed (first runs, 2 cores, source build): floor / direct 0.23-0.28x; the
+daemon 0.46x of the floor (spread 0.39-0.55). The proxy alone took 0.75 core, its client 0.71
+and the echo peer 0.23 at ~15,000 rounds/s (~50 us of proxy CPU per round): the RPC-driven
+workload itself costs more than three quarters of the way to the 0.2x target, so the target
+asks the emulation (host, broker, IM, NIC, NBLs, trace) to cost at most ~1/4 of what a
+do-nothing proxy costs per round.
 
 To see where the daemon's time goes under this load, `python -m bench --profile daemon` runs
 this section at 1,000 connections with the daemon under cProfile (see bench/__main__.py).
@@ -245,7 +257,7 @@ async def _open_emulated(
     return out
 
 
-async def _offloaded_count(conns: list[tuple[_RpcSlot, int]]) -> int:
+async def _count_in_state(conns: list[tuple[_RpcSlot, int]], want: str) -> int:
     async def state(slot: _RpcSlot, cid: int) -> str:
         async with slot.sem:
             info = await slot.client.tcp_info(cid)
@@ -255,7 +267,7 @@ async def _offloaded_count(conns: list[tuple[_RpcSlot, int]]) -> int:
     for start in range(0, len(conns), CONNECT_WAVE):
         wave = conns[start : start + CONNECT_WAVE]
         states += await asyncio.gather(*(state(s, c) for s, c in wave))
-    return sum(1 for s in states if s == "offloaded")
+    return sum(1 for s in states if s == want)
 
 
 async def _drained(client: AsyncClient, timeout: float = 5.0) -> dict[str, Any]:
@@ -270,6 +282,8 @@ async def _drained(client: AsyncClient, timeout: float = 5.0) -> dict[str, Any]:
 
 class EmulatedSide:
     """N offloaded connections through the daemon, kept open for every window."""
+
+    state = "offloaded"  # what `tcp.info` must say of every connection
 
     def __init__(self, rpc_port: int, echo_ports: list[int], n: int) -> None:
         self.rpc_port = rpc_port
@@ -289,7 +303,7 @@ class EmulatedSide:
         k = max(MIN_RPC_CLIENTS, min(MAX_RPC_CLIENTS, math.ceil(self.n / ROUNDS_PER_CLIENT)))
         self.slots = [_RpcSlot(client) for client in await self.clients(k)]
         self.conns = await _open_emulated(self.slots, self.echo_ports, self.n, self.setup)
-        self.setup.offloaded = await _offloaded_count(self.conns)
+        self.setup.offloaded = await _count_in_state(self.conns, self.state)
         # warm-up: one verified round per connection, not timed
         warm = await asyncio.gather(
             *(_emulated_conn(s, cid, self.setup, 0.0, False) for s, cid in self.conns)
@@ -326,6 +340,13 @@ class EmulatedSide:
             for slot in self.slots:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(slot.client.close(), 5.0)
+
+
+class FloorSide(EmulatedSide):
+    """The same RPC calls, client and checks against bench.floor_proxy: a proxy with the
+    daemon's RPC and send-completion semantics and none of its emulation."""
+
+    state = "proxied"
 
 
 # ================================================================================================
@@ -528,18 +549,24 @@ def emulated_problems(side: str, emu: EmulatedSide, windows: list[EchoResult]) -
     n = emu.n
     out = side_problems(side, n, emu.setup, windows)
     if emu.setup.offloaded != n:
-        out.append(f"{side}: {emu.setup.offloaded}/{n} connections offloaded")
+        out.append(f"{side}: {emu.setup.offloaded}/{n} connections {emu.state}")
     if emu.setup.drained:
         out.append(f"{side}: daemon gauges not back to 0 after close: {emu.setup.drained}")
     return out
 
 
 def _problems(
-    n: int, emu: EmulatedSide, direct: DirectSide, windows: dict[str, list[EchoResult]]
+    n: int,
+    emu: EmulatedSide,
+    floor: FloorSide,
+    direct: DirectSide,
+    windows: dict[str, list[EchoResult]],
 ) -> list[str]:
-    """Everything that makes the figure meaningless, on either side."""
-    return emulated_problems("emulated", emu, windows["emulated"]) + side_problems(
-        "direct", n, direct.setup, windows["direct"]
+    """Everything that makes the figures meaningless, on any side."""
+    return (
+        emulated_problems("emulated", emu, windows["emulated"])
+        + emulated_problems("floor", floor, windows["floor"])
+        + side_problems("direct", n, direct.setup, windows["direct"])
     )
 
 
@@ -565,26 +592,37 @@ async def run(ctx: Ctx, sec: Section) -> None:
         nports = max(1, -(-2 * max(counts) // CONNS_PER_PORT))
         echo = stack.enter_context(child("-m", "bench.peers", "echo", "--ports", str(nports)))
         echo_ports = ports_of(echo.expect("ready "))
+        proxy = stack.enter_context(child("-m", "bench.peers", "rpc-proxy"))
+        proxy_port = ports_of(proxy.expect("ready "))[0]
         for n in counts:
             ctx.progress.step(
                 f"N={n:,}: opening and warming up both sides (daemon pid {daemon.pid})"
             )
             emu = EmulatedSide(daemon.port, echo_ports, n)
+            floor = FloorSide(proxy_port, echo_ports, n)
             direct = DirectSide(echo_ports, n)
             try:
                 await direct.open()
                 await emu.open()
-                ctx.progress.step(f"N={n:,}: {seconds:g} s windows, direct and daemon alternating")
+                await floor.open()
+                ctx.progress.step(
+                    f"N={n:,}: {seconds:g} s windows, direct, daemon and floor proxy alternating"
+                )
                 windows = await interleaved(
-                    {"direct": _window(direct, seconds), "emulated": _window(emu, seconds)},
+                    {
+                        "direct": _window(direct, seconds),
+                        "emulated": _window(emu, seconds),
+                        "floor": _window(floor, seconds),
+                    },
                     sc.echo_repeats,
                     lambda _i: ctx.progress.advance(),
                 )
             finally:
                 await direct.close()
                 await emu.close()
-            problems = _problems(n, emu, direct, windows)
-            e, d = windows["emulated"], windows["direct"]
+                await floor.close()
+            problems = _problems(n, emu, floor, direct, windows)
+            e, d, f = windows["emulated"], windows["direct"], windows["floor"]
             fig = sec.add(
                 count_key("echo", n),
                 f"verified echo, {n:,} conns x 16 KiB rounds, via daemon",
@@ -599,17 +637,40 @@ async def run(ctx: Ctx, sec: Section) -> None:
                 + ("" if problems else ", 0 errors"),
                 failed="; ".join(problems) or None,
             )
+            # the same daemon windows against the floor: what share of the do-nothing proxy's
+            # rate the emulation keeps (the floor's own ratio to direct is in the note)
+            floor_fig = sec.add(
+                count_key("echo.floor", n),
+                f"verified echo, {n:,} conns, via daemon vs floor proxy",
+                "MB/s",
+                [r.mbps for r in e],
+                [r.mbps for r in f],
+                "the same RPC calls to bench.floor_proxy: no NDIS",
+                f"floor vs direct {_ratio(f, d):.2f}x; floor ops/s {_med(f, 'ops_per_s'):,.0f}, "
+                f"p99 {_med(f, 'p99_ms'):.1f} ms",
+                failed="; ".join(problems) or None,
+            )
             sec.raw["counts"][str(n)] = {
                 "emulated": [r.as_map() for r in e],
                 "direct": [r.as_map() for r in d],
+                "floor": [r.as_map() for r in f],
                 "emulated_setup": emu.setup.as_map(),
                 "direct_setup": direct.setup.as_map(),
+                "floor_setup": floor.setup.as_map(),
                 "ratios": fig.ratios,
+                "floor_ratios": floor_fig.ratios,
             }
 
 
 def _window(side: EmulatedSide | DirectSide, seconds: float) -> Callable[[], Awaitable[EchoResult]]:
     return lambda: side.window(seconds)
+
+
+def _ratio(values: list[EchoResult], baselines: list[EchoResult]) -> float:
+    """Median of the per-repeat MB/s ratios."""
+    return statistics.median(
+        v.mbps / b.mbps if b.mbps else 0.0 for v, b in zip(values, baselines, strict=True)
+    )
 
 
 def _med(results: list[EchoResult], key: str) -> float:

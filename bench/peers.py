@@ -1,7 +1,7 @@
 """Loopback peers the benchmarks run in their own processes (the machine has 2 cores: a peer in
 its own process keeps its CPU off the measured loop's core).
 
-    python -m bench.peers sink|echo|hold|rpc-echo [--ports N]
+    python -m bench.peers sink|echo|hold|rpc-echo|rpc-proxy [--ports N]
 
 Each prints `ready <port>[,<port>...]` once it listens on 127.0.0.1 and exits when its stdin
 closes (so the parent's `finally` always ends it). `hold` answers `count` on stdin with
@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from bench.common import install_uvloop, raise_nofile
+from bench.floor_proxy import Proxy
 
 SINK_HEADER = struct.Struct(">Q")
 CONNS_PER_PORT = 5000  # perf-notes: past ~14k per listening port Linux's port search slows
@@ -104,7 +105,13 @@ class RpcEcho(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
-FACTORIES: dict[str, Any] = {"sink": Sink, "echo": Echo, "hold": Holder, "rpc-echo": RpcEcho}
+FACTORIES: dict[str, Any] = {
+    "sink": Sink,
+    "echo": Echo,
+    "hold": Holder,
+    "rpc-echo": RpcEcho,
+    "rpc-proxy": Proxy,  # the echo section's floor (bench.floor_proxy)
+}
 
 
 class _Control(asyncio.Protocol):

@@ -81,6 +81,12 @@ TARGETS: dict[str, Target] = {
     "echo.100": at_least(0.2, CURRENT),
     "echo.1000": at_least(0.2, CURRENT),
     "echo.other": reported("reported, no target: a count of connections the targets do not name"),
+    # the same daemon windows / a do-nothing RPC proxy (bench.floor_proxy): the emulation's share
+    "echo.floor.100": reported("reported, no target: where the echo's cost goes"),
+    "echo.floor.1000": reported("reported, no target: where the echo's cost goes"),
+    "echo.floor.other": reported(
+        "reported, no target: a count of connections the targets do not name"
+    ),
     # -- observe: the daemon with the web view and /metrics listening, no browser attached / the
     # same daemon with both off (ping req/s, verified echo MB/s): watching must cost no more than
     # the noise of a shared machine

@@ -60,7 +60,7 @@ def test_smoke_run_of_every_section(tmp_path: Path) -> None:
         counts = sections["echo"]["raw"]["counts"]
         assert counts, "the echo section measured no count"
         for n, run in counts.items():
-            for side in ("emulated", "direct"):
+            for side in ("emulated", "direct", "floor"):
                 windows = run[side]
                 assert len(windows) >= 2, (n, side)
                 for w in windows:
@@ -69,6 +69,8 @@ def test_smoke_run_of_every_section(tmp_path: Path) -> None:
                     assert w["ops"] > 0 and w["bytes_verified"] == w["ops"] * 16 * 1024
             assert run["emulated_setup"]["offloaded"] == int(n)
             assert run["emulated_setup"]["drained"] == {}
+            assert run["floor_setup"]["offloaded"] == int(n)  # `tcp.info`: "proxied"
+            assert run["floor_setup"]["drained"] == {}
     if "shards" in ran:
         raw = sections["shards"]["raw"]
         for k in ("1", "2"):
