@@ -188,6 +188,18 @@ def rss_of(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS line (a zombie?)")
 
 
+def cpu_of(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far, from /proc/PID/stat; None
+    where there is no /proc or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # after the ")" closing comm: state is field 0, utime 11, stime 12 (proc(5), 1-based 14, 15)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile() -> int:
     """Raise the soft open-file limit to the hard limit; return the limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
