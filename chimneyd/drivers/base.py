@@ -101,6 +101,7 @@ UNSERVED_IO_CALLS: dict[str, str] = {
     "MiniportTcpOffloadSend": "fail_unserved_send",
     "MiniportTcpOffloadReceive": "fail_unserved_receive",
     "MiniportTcpOffloadDisconnect": "fail_unserved_disconnect",
+    "MiniportTcpOffloadForward": "fail_unserved_forward",
 }
 
 
@@ -199,9 +200,9 @@ class DriverLayer(Layer):
         placeholders name nothing to fail). Everything above then unwinds as it does for a
         refused call, so the connection stays usable in host mode; without it the host
         waited for ever and every later request on the connection, its close too, with it.
-        A send, receive or disconnect is failed the way the layer kind fails one
-        (`fail_unserved_send`, `_receive`, `_disconnect`), so that its NBLs complete exactly
-        once. True if it did."""
+        A send, receive, disconnect or forward is failed the way the layer kind fails one
+        (`fail_unserved_send`, `_receive`, `_disconnect`, `_forward`), so that its NBLs
+        complete exactly once. True if it did."""
         io = UNSERVED_IO_CALLS.get(call)
         if io is not None:
             # (context, head[, flags]), after the layer itself for a held call
@@ -241,6 +242,14 @@ class DriverLayer(Layer):
     def fail_unserved_disconnect(self, ctx: Any, nbl: NetBufferList) -> bool:
         """Fail a disconnect this layer raised on, not kept: as the layer refuses one
         (NDIS_STATUS_FAILURE, no FIN sent), after the sends before it. A layer kind that can
+        says how."""
+        return False
+
+    def fail_unserved_forward(self, ctx: Any, head: NetBufferList) -> bool:
+        """Fail forwarded segments this layer raised on, none of them passed on: with
+        NDIS_STATUS_UPLOAD_IN_PROGRESS, so the host keeps them and processes them itself
+        after an upload (spec §4.6), and ask for that upload: the target never got those
+        bytes, so the connection cannot go on offloaded past them. A layer kind that can
         says how."""
         return False
 

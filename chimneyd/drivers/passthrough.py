@@ -20,7 +20,7 @@ from chimneyd.ndis.blocks import BlockRole, OffloadBlock, new_neighbor_block, wa
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
-from chimneyd.ndis.lifecycle import Event, Lifecycle, Phase, Role
+from chimneyd.ndis.lifecycle import LIVE, Event, Lifecycle, Phase, Role
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.oid import NdisOidRequest
 from chimneyd.ndis.status import (
@@ -161,6 +161,21 @@ class PassthroughIm(DriverLayer):
         if entry.held and any(isinstance(h, _Disconnect) and h.nbl is nbl for h in entry.held):
             return False
         self._refuse_disconnect(entry, nbl, NdisStatus.NDIS_STATUS_FAILURE)
+        return True
+
+    def fail_unserved_forward(self, ctx: Any, head: NetBufferList) -> bool:
+        """An IM keeps no forwarded segment: one still here never went below. Back to the
+        host with NDIS_STATUS_UPLOAD_IN_PROGRESS, and this IM asks for the upload (as after a
+        send it failed), unless one is asked already."""
+        entry: ImOffloadEntry = ctx
+        for nbl in iter_chain(head):
+            nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS
+            nbl.tcp_offload_bytes_transferred = 0
+        self.ndis.NdisTcpOffloadForwardComplete(self, head)
+        phase = entry.lifecycle.phase
+        if phase in LIVE and phase is not Phase.UPLOAD_REQUESTED:
+            entry.lifecycle.fire(Event.RETRIEVE)
+            self._ask_upload(entry)
         return True
 
     def _refuse_disconnect(

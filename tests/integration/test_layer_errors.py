@@ -4,7 +4,9 @@ that caused it, and the other connections go on (spec §3.9: the lifecycle table
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import random
 from typing import Any
 
 import pytest
@@ -21,6 +23,7 @@ from chimneyd.drivers.target import state_ops as target_state_ops
 from chimneyd.engine import start_engine
 from chimneyd.ndis.lifecycle import Event
 from chimneyd.observe import invariants
+from tests.integration.test_waiting_bytes import dial, read_all
 
 
 def break_sends(monkeypatch: pytest.MonkeyPatch, victim: int) -> None:
@@ -377,4 +380,51 @@ async def test_a_disconnect_a_layer_raised_in_fails_for_it(
         await asyncio.wait_for(engine.disconnect(conn, False), 5.0)
     assert err.value.code == ErrorCode.INTERNAL
     assert f"{layer} failed in MiniportTcpOffloadDisconnect" in err.value.detail
+    await _goes_on_and_drains(engine, conn, None)
+
+
+#: (stack, the class or module the bug is planted in, its function, the layer, the layer whose
+#: initiate is held while the peer sends)
+PLANTED_FORWARDS = [
+    (DEFAULT, target_receive, "forward", "nic0", "im0"),
+    (DEFAULT, PassthroughIm, "MiniportTcpOffloadForward", "im0", "im0"),
+    (TEAM, MuxIm, "MiniportTcpOffloadForward", "team0", "team0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("layers", "where", "name", "layer", "held"),
+    PLANTED_FORWARDS,
+    ids=[layer for *_, layer, _ in PLANTED_FORWARDS],
+)
+async def test_a_forward_a_layer_raised_in_loses_no_byte(
+    monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str, held: str
+) -> None:
+    """A layer raises on the segments the host forwards after an initiate (what the peer sent
+    while the initiate was held): they complete with NDIS_STATUS_UPLOAD_IN_PROGRESS, so the
+    host keeps them, and the layer asks for the upload that lets the host process them. Every
+    byte the peer sent arrives once, in order; the tables drain. Without it the forwarded
+    NBLs stayed outstanding and their bytes were never delivered."""
+    engine, armed = await _stack_with(monkeypatch, layers, where, name)
+    lid = await engine.listen("127.0.0.1", 0, False)
+    peer = await dial(engine.listener_info(lid)["port"])
+    conn = await engine.accept(lid, 5.0)
+    engine.fault_inject(
+        {"kind": "delay", "layer": held, "call": "MiniportInitiateOffload", "ms": 200}
+    )
+    armed[0] = True
+    offloading = asyncio.ensure_future(engine.offload(conn))
+    data = random.Random(7).randbytes(100_000)
+    for i in range(0, len(data), 10_000):
+        peer.transport.write(data[i : i + 10_000])
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(EngineError):  # answered INTERNAL if it still waited
+        await asyncio.wait_for(offloading, 5.0)
+    engine.fault_clear(None)
+    assert engine.layer_errors == 1
+    assert not armed[0], "the bug was never met: no forward went down"
+    assert await read_all(engine, conn, len(data)) == data
+    assert engine.conn_info(conn)["state"] == "host"  # the kept segments needed the upload
+    peer.transport.write(b"and after")
+    assert await read_all(engine, conn, 9) == b"and after"
     await _goes_on_and_drains(engine, conn, None)

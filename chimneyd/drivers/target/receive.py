@@ -111,6 +111,22 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
 
 
+def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
+    """The target raised on a forward (docs/spec.md §6.3 [EMU]). Segments it had not taken
+    (still PENDING) complete with NDIS_STATUS_UPLOAD_IN_PROGRESS: the host keeps them and
+    processes them after the upload (§4.6). Their bytes are a gap in our stream that nothing
+    else will fill (the wire's later bytes wait behind it), so the upload is asked for; the
+    terminate hands what waits behind the gap up the ordinary path, where the host puts it
+    in order with the kept segments."""
+    for nbl in iter_chain(head):
+        if nbl.status == S.NDIS_STATUS_PENDING:
+            nbl.status = S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+            nbl.tcp_offload_bytes_transferred = 0
+    t.ndis.NdisTcpOffloadForwardComplete(t, head)
+    if c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
+        events.request_upload(t, c, TcpUploadReason.UploadRequested)
+
+
 def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:
     """An arriving segment: in order → the delivery algorithm; ahead → held until the gap
     fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""

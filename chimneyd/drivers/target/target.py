@@ -156,6 +156,11 @@ class OffloadTarget(DriverLayer):
         disconnect.refuse(self, c, nbl, NdisStatus.NDIS_STATUS_FAILURE)
         return True
 
+    def fail_unserved_forward(self, ctx: Any, head: NetBufferList) -> bool:
+        """The segments not taken yet go back to the host, the upload is asked for."""
+        receive.fail_forward(self, ctx, head)
+        return True
+
     def connections(self) -> Iterator[TcpContext]:
         for ctx in self.table:
             if isinstance(ctx, TcpContext):
