@@ -213,19 +213,28 @@ class DriverLayer(Layer):
                 return False  # some went on, or came back: the rest is the layer's to finish
             return bool(getattr(self, io)(ctx, head))
         completion = UNSERVED_STATE_CALLS.get(call)
+        terminating = call == "MiniportTerminateOffload"
         # a held call's arguments start with the layer itself
         root = next((a for a in args if isinstance(a, OffloadBlock)), None)
-        if completion is None or root is None:
+        if (completion is None and not terminating) or root is None:
             return False
         binding = root.source_handle
         if binding is None or binding.lower is not self or self.keeps(root):
             return False
+        if completion is None:  # a terminate: the layer kind says whether it can fail one
+            return bool(self.fail_unserved_terminate(root))
         failure = NdisStatus.NDIS_STATUS_FAILURE
         success = NdisStatus.NDIS_STATUS_SUCCESS
         for block in walk(root):
             block.status = success if block.role() is BlockRole.PLACEHOLDER else failure
         getattr(self.ndis, completion)(self, root)
         return True
+
+    def fail_unserved_terminate(self, root: OffloadBlock) -> bool:
+        """Fail a terminate this layer raised on, neither completed, passed on nor kept. A
+        failed terminate means lost hardware state, which the host learns from the abort
+        indicated with it (spec §3.7): only a layer kind that can indicate it says how."""
+        return False
 
     def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
         """Fail a send this layer raised on, every NBL of it still here: as the layer fails a

@@ -16,7 +16,7 @@ import copy
 from typing import Any, Protocol
 
 from chimneyd.compiled import mypyc_attr
-from chimneyd.ndis.blocks import BlockRole, OffloadBlock, new_neighbor_block, walk
+from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, new_neighbor_block, walk
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
@@ -176,6 +176,38 @@ class PassthroughIm(DriverLayer):
         if phase in LIVE and phase is not Phase.UPLOAD_REQUESTED:
             entry.lifecycle.fire(Event.RETRIEVE)
             self._ask_upload(entry)
+        return True
+
+    def fail_unserved_terminate(self, root: OffloadBlock) -> bool:
+        """Nothing of it went below, and what the layers below hold is not this IM's to
+        know: the terminate fails as one that finds its state corrupt (spec §3.7 steps 1-3).
+        FAILURE in every block, then `TcpIndicateRetrieve` (HardwareFailure) and
+        `TcpIndicateAbort` for each connection; the host's next terminate goes below as any
+        other, the target hands the connection up, and the host, told of the abort, ends it
+        (the application hears of a reset, never of bytes it did not get)."""
+        lost: list[NdisOffloadHandle] = []
+        for up in walk(root):
+            if up.role() is BlockRole.PLACEHOLDER:
+                up.status = NdisStatus.NDIS_STATUS_SUCCESS
+                continue
+            up.status = NdisStatus.NDIS_STATUS_FAILURE
+            assert up.miniport_offload_context is not None
+            ctx: _Indicated = up.miniport_offload_context.miniport_offload_context
+            if ctx.lifecycle.phase is not Phase.TERMINATING:
+                ctx.lifecycle.fire(Event.TERMINATE)
+            ctx.lifecycle.fire(Event.TERMINATE_FAILED)  # the object lives on (spec §3.7)
+            if up.kind is BlockKind.TCP:
+                lost.append(ctx.upper)
+        self.ndis.NdisMTerminateOffloadComplete(self, root)
+        for upper in lost:
+            retrieve, abort = (
+                TcpOffloadEventType.TcpIndicateRetrieve,
+                TcpOffloadEventType.TcpIndicateAbort,
+            )
+            self.ndis.NdisTcpOffloadEventHandler(
+                self, upper, retrieve, int(TcpUploadReason.HardwareFailure)
+            )
+            self.ndis.NdisTcpOffloadEventHandler(self, upper, abort, 0)
         return True
 
     def _refuse_disconnect(

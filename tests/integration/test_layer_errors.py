@@ -20,6 +20,7 @@ from chimneyd.drivers.target import disconnect as target_disconnect
 from chimneyd.drivers.target import receive as target_receive
 from chimneyd.drivers.target import send as target_send
 from chimneyd.drivers.target import state_ops as target_state_ops
+from chimneyd.drivers.target import terminate as target_terminate
 from chimneyd.engine import start_engine
 from chimneyd.ndis.lifecycle import Event
 from chimneyd.observe import invariants
@@ -427,4 +428,51 @@ async def test_a_forward_a_layer_raised_in_loses_no_byte(
     assert engine.conn_info(conn)["state"] == "host"  # the kept segments needed the upload
     peer.transport.write(b"and after")
     assert await read_all(engine, conn, 9) == b"and after"
+    await _goes_on_and_drains(engine, conn, None)
+
+
+#: (stack, the class or module the bug is planted in, its function, the layer)
+PLANTED_TERMINATES = [
+    (DEFAULT, target_terminate, "terminate", "nic0"),
+    (DEFAULT, PassthroughIm, "MiniportTerminateOffload", "im0"),
+    (TEAM, MuxIm, "MiniportTerminateOffload", "team0"),
+]
+
+
+@pytest.mark.parametrize("request_kind", ["upload", "close"])
+@pytest.mark.parametrize(
+    ("layers", "where", "name", "layer"),
+    PLANTED_TERMINATES,
+    ids=[layer for *_, layer in PLANTED_TERMINATES],
+)
+async def test_a_terminate_a_layer_raised_in_fails_as_lost_hardware_state(
+    echo_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+    layers: Any,
+    where: Any,
+    name: str,
+    layer: str,
+    request_kind: str,
+) -> None:
+    """A layer raises on a terminate: it is failed for it as a terminate that finds the
+    hardware state corrupt (spec §3.7: the retrieve and the abort go up, the host's next
+    terminate finishes the connection; for the target, as a `fail_next` terminate is). The request is answered INTERNAL, the application
+    hears of the reset, the close is answered and every table drains. Without it the host
+    waited for the terminate's completion for ever: the close never came back, and the
+    connection's handles and contexts stayed in every layer."""
+    engine, armed = await _stack_with(monkeypatch, layers, where, name)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert await asyncio.wait_for(engine.send(conn, b"before"), 5.0) == 6
+    assert await engine.recv(conn, 6, 5.0, True) == b"before"
+    armed[0] = True
+    asked = engine.upload(conn) if request_kind == "upload" else engine.close(conn)
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(asked, 5.0)
+    assert err.value.code == ErrorCode.INTERNAL
+    assert f"{layer} failed in MiniportTerminateOffload" in err.value.detail
+    assert engine.layer_errors == 1
+    if request_kind == "upload":
+        with pytest.raises(EngineError) as err:  # the connection was aborted with the state
+            await asyncio.wait_for(engine.send(conn, b"after"), 5.0)
+        assert err.value.code != ErrorCode.INTERNAL, err.value
     await _goes_on_and_drains(engine, conn, None)

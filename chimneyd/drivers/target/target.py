@@ -120,8 +120,17 @@ class OffloadTarget(DriverLayer):
         return ctx  # type: ignore[no-any-return]
 
     def keeps(self, root: OffloadBlock) -> bool:
-        """Initiates wait here while the adapter is paused (updates and queries never do)."""
-        return any(r is root for r in self.paused_initiates)
+        """Initiates wait here while the adapter is paused (updates and queries never do),
+        terminates until no indication of theirs is in flight."""
+        return any(r is root for r in self.paused_initiates) or any(
+            r is root for r in self.deferred_terminates
+        )
+
+    def fail_unserved_terminate(self, root: OffloadBlock) -> bool:
+        """As a `fail_next` terminate: the hardware state is lost (spec §3.7), the host
+        hears the retrieve and the abort, and its next terminate finishes the connection."""
+        terminate.fail(self, root)
+        return True
 
     def fail_unserved_send(self, ctx: Any, head: NetBufferList) -> bool:
         """As a `fail_next` send failure: a hole, every later send refused, an upload asked

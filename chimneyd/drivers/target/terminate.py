@@ -40,11 +40,7 @@ ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 def terminate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportTerminateOffload`: record the tree; finish once no indication is in flight."""
     if t.take_failure("MiniportTerminateOffload") is not None:
-        for block in walk(root):
-            ctx = t.context_of(block)
-            if ctx is not None:
-                ctx.lifecycle.fire(Event.TERMINATE)
-        corrupt(t, root, t.ndis.NdisMTerminateOffloadComplete, Event.TERMINATE_FAILED)
+        fail(t, root)
         return
     for block in walk(root):
         ctx = t.context_of(block)
@@ -57,6 +53,17 @@ def terminate(t: OffloadTarget, root: OffloadBlock) -> None:
             ctx.lifecycle.fire(Event.TERMINATE)
     t.deferred_terminates.append(root)
     finish(t)
+
+
+def fail(t: OffloadTarget, root: OffloadBlock) -> None:
+    """The terminate finds the hardware state corrupt (a `fail_next` fault, or a bug the
+    target raised on before it kept the terminate): spec §3.7 steps 1-3; the host's next
+    terminate then aborts what is outstanding (step 4)."""
+    for block in walk(root):
+        ctx = t.context_of(block)
+        if ctx is not None and ctx.lifecycle.phase is not Phase.TERMINATING:
+            ctx.lifecycle.fire(Event.TERMINATE)
+    corrupt(t, root, t.ndis.NdisMTerminateOffloadComplete, Event.TERMINATE_FAILED)
 
 
 def _start(t: OffloadTarget, c: TcpContext, hardware_failed: bool) -> None:
@@ -231,4 +238,4 @@ def corrupt(
         events.indicate(t, c, TcpOffloadEventType.TcpIndicateAbort, 0)
 
 
-__all__ = ["NeighborContext", "corrupt", "fill_delegated", "finish", "terminate"]
+__all__ = ["NeighborContext", "corrupt", "fail", "fill_delegated", "finish", "terminate"]
