@@ -215,14 +215,16 @@ class DriverLayer(Layer):
         completion = UNSERVED_STATE_CALLS.get(call)
         terminating = call == "MiniportTerminateOffload"
         # a held call's arguments start with the layer itself
-        root = next((a for a in args if isinstance(a, OffloadBlock)), None)
+        root: OffloadBlock | None = next((a for a in args if isinstance(a, OffloadBlock)), None)
         if (completion is None and not terminating) or root is None:
             return False
+        # taken before `binding.lower is not self` below narrows `self` to a plain Layer
+        fail_terminate = self.fail_unserved_terminate
         binding = root.source_handle
         if binding is None or binding.lower is not self or self.keeps(root):
             return False
         if completion is None:  # a terminate: the layer kind says whether it can fail one
-            return bool(self.fail_unserved_terminate(root))
+            return fail_terminate(root)
         failure = NdisStatus.NDIS_STATUS_FAILURE
         success = NdisStatus.NDIS_STATUS_SUCCESS
         for block in walk(root):
