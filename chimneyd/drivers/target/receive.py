@@ -118,12 +118,14 @@ def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     else will fill (the wire's later bytes wait behind it), so the upload is asked for; the
     terminate hands what waits behind the gap up the ordinary path, where the host puts it
     in order with the kept segments."""
+    gap = False
     for nbl in iter_chain(head):
         if nbl.status == S.NDIS_STATUS_PENDING:
             nbl.status = S.NDIS_STATUS_UPLOAD_IN_PROGRESS
             nbl.tcp_offload_bytes_transferred = 0
+            gap = True
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
-    if c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
+    if gap and c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
         events.request_upload(t, c, TcpUploadReason.UploadRequested)
 
 
