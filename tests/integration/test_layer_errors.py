@@ -476,3 +476,58 @@ async def test_a_terminate_a_layer_raised_in_fails_as_lost_hardware_state(
             await asyncio.wait_for(engine.send(conn, b"after"), 5.0)
         assert err.value.code != ErrorCode.INTERNAL, err.value
     await _goes_on_and_drains(engine, conn, None)
+
+
+async def test_a_forward_the_target_raised_in_midway_keeps_what_it_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The target raises on the third segment of a forwarded chain: the two before it are in
+    its stream and complete with SUCCESS; the third and the rest go back to the host with
+    NDIS_STATUS_UPLOAD_IN_PROGRESS. Every byte still arrives once, in order: a segment marked
+    taken before the target had it would be lost, one handed back after it had it would
+    arrive twice."""
+    real_forward, real_segment = target_receive.forward, target_receive.segment
+    seen = [0, False]  # segments the forward handed on; whether the bug went off
+
+    def forward(t: Any, c: Any, head: Any) -> None:
+        seen[0] = 0
+        try:
+            real_forward(t, c, head)
+        finally:
+            seen[0] = -1
+
+    def segment(t: Any, c: Any, *args: Any) -> None:
+        if seen[0] >= 0:
+            seen[0] += 1
+            if seen[0] == 3 and not seen[1]:
+                seen[1] = True
+                raise AttributeError("a bug planted in the target, midway through a forward")
+        real_segment(t, c, *args)
+
+    seen[0] = -1
+    monkeypatch.setattr(target_receive, "forward", forward)
+    monkeypatch.setattr(target_receive, "segment", segment)
+    engine = await start_engine(EngineConfig(invariants=True))
+    lid = await engine.listen("127.0.0.1", 0, False)
+    peer = await dial(engine.listener_info(lid)["port"])
+    conn = await engine.accept(lid, 5.0)
+    engine.fault_inject(
+        {"kind": "delay", "layer": "im0", "call": "MiniportInitiateOffload", "ms": 200}
+    )
+    offloading = asyncio.ensure_future(engine.offload(conn))
+    data = random.Random(8).randbytes(100_000)
+    for i in range(0, len(data), 10_000):
+        peer.transport.write(data[i : i + 10_000])
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(EngineError):
+        await asyncio.wait_for(offloading, 5.0)
+    engine.fault_clear(None)
+    assert seen[1], "the bug was never met: no forward of three segments or more"
+    assert engine.layer_errors == 1
+    assert await read_all(engine, conn, len(data)) == data
+    peer.transport.write(b"and after")
+    assert await read_all(engine, conn, 9) == b"and after"
+    calls = engine.ndis.stats()["nic0"]["calls"]
+    assert calls.get("NdisTcpOffloadForwardComplete/NDIS_STATUS_SUCCESS", 0) >= 2, calls
+    assert calls.get("NdisTcpOffloadForwardComplete/NDIS_STATUS_UPLOAD_IN_PROGRESS", 0) >= 1, calls
+    await _goes_on_and_drains(engine, conn, None)

@@ -101,13 +101,14 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         raw = b"".join(nbl.views())
         sequence, flags, payload = parse_segment(raw)
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
+        if flags & TH_RST:
+            peer_reset(t, c)
+        else:
+            segment(t, c, offset, payload, flags)
+        # marked taken once it is: a segment a failure cut short goes back (`fail_forward`)
         nbl.status = SUCCESS
         nbl.tcp_offload_bytes_transferred = nbl.data_length
         nbl.advance(nbl.data_length)
-        if flags & TH_RST:
-            peer_reset(t, c)
-            continue
-        segment(t, c, offset, payload, flags)
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
 
 
