@@ -384,6 +384,36 @@ async def test_a_disconnect_a_layer_raised_in_fails_for_it(
     await _goes_on_and_drains(engine, conn, None)
 
 
+async def _forwarded_during_a_held_initiate(
+    engine: Any, held: str, seed: int
+) -> tuple[int, Any, bytes]:
+    """A connection accepted in host mode whose initiate a `delay` fault holds in `held` while
+    its peer sends 100 kB: the host forwards what it read meanwhile once the initiate
+    completes (spec §3.2.7, §4.6). The connection, its peer and the bytes sent."""
+    lid = await engine.listen("127.0.0.1", 0, False)
+    peer = await dial(engine.listener_info(lid)["port"])
+    conn = await engine.accept(lid, 5.0)
+    engine.fault_inject(
+        {"kind": "delay", "layer": held, "call": "MiniportInitiateOffload", "ms": 200}
+    )
+    offloading = asyncio.ensure_future(engine.offload(conn))
+    data = random.Random(seed).randbytes(100_000)
+    for i in range(0, len(data), 10_000):
+        peer.transport.write(data[i : i + 10_000])
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(EngineError):  # answered INTERNAL if it still waited
+        await asyncio.wait_for(offloading, 5.0)
+    engine.fault_clear(None)
+    return conn, peer, data
+
+
+async def _every_byte_once(engine: Any, conn: int, peer: Any, data: bytes) -> None:
+    """`data` reads back whole and in order, and so do bytes the peer sends after it."""
+    assert await read_all(engine, conn, len(data)) == data
+    peer.transport.write(b"and after")
+    assert await read_all(engine, conn, 9) == b"and after"
+
+
 #: (stack, the class or module the bug is planted in, its function, the layer, the layer whose
 #: initiate is held while the peer sends)
 PLANTED_FORWARDS = [
@@ -407,27 +437,12 @@ async def test_a_forward_a_layer_raised_in_loses_no_byte(
     byte the peer sent arrives once, in order; the tables drain. Without it the forwarded
     NBLs stayed outstanding and their bytes were never delivered."""
     engine, armed = await _stack_with(monkeypatch, layers, where, name)
-    lid = await engine.listen("127.0.0.1", 0, False)
-    peer = await dial(engine.listener_info(lid)["port"])
-    conn = await engine.accept(lid, 5.0)
-    engine.fault_inject(
-        {"kind": "delay", "layer": held, "call": "MiniportInitiateOffload", "ms": 200}
-    )
-    armed[0] = True
-    offloading = asyncio.ensure_future(engine.offload(conn))
-    data = random.Random(7).randbytes(100_000)
-    for i in range(0, len(data), 10_000):
-        peer.transport.write(data[i : i + 10_000])
-        await asyncio.sleep(0.01)
-    with contextlib.suppress(EngineError):  # answered INTERNAL if it still waited
-        await asyncio.wait_for(offloading, 5.0)
-    engine.fault_clear(None)
+    armed[0] = True  # nothing is forwarded before the initiate
+    conn, peer, data = await _forwarded_during_a_held_initiate(engine, held, 7)
     assert engine.layer_errors == 1
     assert not armed[0], "the bug was never met: no forward went down"
-    assert await read_all(engine, conn, len(data)) == data
+    await _every_byte_once(engine, conn, peer, data)
     assert engine.conn_info(conn)["state"] == "host"  # the kept segments needed the upload
-    peer.transport.write(b"and after")
-    assert await read_all(engine, conn, 9) == b"and after"
     await _goes_on_and_drains(engine, conn, None)
 
 
@@ -508,25 +523,10 @@ async def test_a_forward_the_target_raised_in_midway_keeps_what_it_took(
     monkeypatch.setattr(target_receive, "forward", forward)
     monkeypatch.setattr(target_receive, "segment", segment)
     engine = await start_engine(EngineConfig(invariants=True))
-    lid = await engine.listen("127.0.0.1", 0, False)
-    peer = await dial(engine.listener_info(lid)["port"])
-    conn = await engine.accept(lid, 5.0)
-    engine.fault_inject(
-        {"kind": "delay", "layer": "im0", "call": "MiniportInitiateOffload", "ms": 200}
-    )
-    offloading = asyncio.ensure_future(engine.offload(conn))
-    data = random.Random(8).randbytes(100_000)
-    for i in range(0, len(data), 10_000):
-        peer.transport.write(data[i : i + 10_000])
-        await asyncio.sleep(0.01)
-    with contextlib.suppress(EngineError):
-        await asyncio.wait_for(offloading, 5.0)
-    engine.fault_clear(None)
+    conn, peer, data = await _forwarded_during_a_held_initiate(engine, "im0", 8)
     assert seen[1], "the bug was never met: no forward of three segments or more"
     assert engine.layer_errors == 1
-    assert await read_all(engine, conn, len(data)) == data
-    peer.transport.write(b"and after")
-    assert await read_all(engine, conn, 9) == b"and after"
+    await _every_byte_once(engine, conn, peer, data)
     calls = engine.ndis.stats()["nic0"]["calls"]
     assert calls.get("NdisTcpOffloadForwardComplete/NDIS_STATUS_SUCCESS", 0) >= 2, calls
     assert calls.get("NdisTcpOffloadForwardComplete/NDIS_STATUS_UPLOAD_IN_PROGRESS", 0) >= 1, calls
