@@ -17,7 +17,8 @@ proxy with the daemon's RPC and send-completion semantics and no emulation, in t
 alternation (direct, daemon, floor, floor, daemon, direct, …). A second figure per N, reported
 (no target): emulated / floor, the share of the floor's rate the emulation keeps; its note
 gives floor / direct, the most any RPC-driven daemon could score on the first figure here, and
-both servers' CPU per verified round (from /proc/PID/stat over each window).
+the CPU per verified round of both servers (from /proc/PID/stat over each window) and of this
+process, the client, on each side (time.process_time()).
 Any integrity error, RPC error, stuck round, connection that is not offloaded (not "proxied",
 for the floor), or gauge left after closing fails the figures and the run; a tcp.recv timeout
 is asked again (it loses no data) until the round is 30 s old, then it is an error.
@@ -25,10 +26,13 @@ is asked again (it loses no data) until the round is 30 s old, then it is an err
 What the floor showed, three full `make bench` runs, source build, 2 cores: floor / direct
 0.20-0.28x at 100 connections and 0.18-0.22x at 1,000; daemon / floor 0.46-0.49x and
 0.49-0.56x. Server CPU per verified round (from /proc, medians of the windows; runs 2 and 3,
-the first ran before it was measured): the daemon 174-233 us, the floor proxy 59-69 us. The floor does not use a core (at 1,000 connections
-~7,700 rounds/s x ~60 us = ~0.46 core): the client, the peer and the kernel take the rest of the
-machine. So the 0.2x target sits at the floor itself: even a daemon whose emulation cost
-nothing could only just meet it here, and the daemon spends ~3x the floor's CPU per round.
+the first ran before it was measured): the daemon 174-233 us, the floor proxy 59-69 us. The
+floor does not use a core (at 1,000 connections ~7,700 rounds/s x ~60 us = ~0.46 core): the
+client takes most of the rest. A later echo run read this process's CPU too: per verified
+round the RPC client costs 64-117 us (floor and daemon sides alike), the direct side 21-25 us;
+at 1,000 connections the floor's client used ~0.87 core, its proxy ~0.48. So the 0.2x target
+sits at the floor itself: even a daemon whose emulation cost nothing could only just meet it
+on 2 cores, and the daemon spends ~3x the floor's CPU per round.
 
 To see where the daemon's time goes under this load, `python -m bench --profile daemon` runs
 this section at 1,000 connections with the daemon under cProfile (see bench/__main__.py).
@@ -106,6 +110,7 @@ class EchoResult:
     examples: list[str] = field(default_factory=list)
     drained: dict[str, Any] | None = None  # emulated: gauges left after closing (empty: none)
     server_cpu_s: float | None = None  # CPU the daemon (or floor proxy) used in the window
+    client_cpu_s: float = 0.0  # CPU this process (the client side) used in the window
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -138,6 +143,12 @@ class EchoResult:
         return self.server_cpu_s / self.ops * 1e6
 
     @property
+    def client_us_per_round(self) -> float | None:
+        """This process's CPU per verified round, in µs (RPC client and verification, or the
+        direct side's Protocols and verification)."""
+        return self.client_cpu_s / self.ops * 1e6 if self.ops else None
+
+    @property
     def p50_ms(self) -> float:
         return percentile(self.latencies, 50) * 1e3
 
@@ -166,6 +177,8 @@ class EchoResult:
             "drained": self.drained,
             "server_cpu_s": self.server_cpu_s,
             "server_us_per_round": self.server_us_per_round,
+            "client_cpu_s": self.client_cpu_s,
+            "client_us_per_round": self.client_us_per_round,
         }
 
 
@@ -332,10 +345,12 @@ class EmulatedSide:
         res = EchoResult(self.n)
         res.conns_active = len(self.live)
         cpu0 = cpu_of(self.pid) if self.pid is not None else None
+        own0 = time.process_time()
         t0 = time.perf_counter()
         end = t0 + seconds
         oks = await asyncio.gather(*(_emulated_conn(s, c, res, end, True) for s, c in self.live))
         res.seconds = time.perf_counter() - t0
+        res.client_cpu_s = time.process_time() - own0
         cpu1 = cpu_of(self.pid) if self.pid is not None else None
         if cpu0 is not None and cpu1 is not None:
             res.server_cpu_s = cpu1 - cpu0
@@ -532,6 +547,7 @@ class DirectSide:
         res.conns_active = len(self.live)
         self.run.res = res
         limit = ROUND_LIMIT_S + seconds
+        own0 = time.process_time()
         t0 = time.perf_counter()
         try:
             await asyncio.wait_for(self.run.begin(t0 + seconds, True, self.live), limit)
@@ -539,6 +555,7 @@ class DirectSide:
             res.error(f"direct: {self.run.running} connections stuck past {limit:.0f} s")
             _give_up(self.live)
         res.seconds = time.perf_counter() - t0
+        res.client_cpu_s = time.process_time() - own0
         self.live = [p for p in self.live if not p.failed and not p.active]
         return res
 
@@ -669,8 +686,10 @@ async def run(ctx: Ctx, sec: Section) -> None:
                 [r.mbps for r in f],
                 "the same RPC calls to bench.floor_proxy: no NDIS",
                 f"floor vs direct {_ratio(f, d):.2f}x; floor ops/s {_med(f, 'ops_per_s'):,.0f}, "
-                f"p99 {_med(f, 'p99_ms'):.1f} ms; server CPU per round "
-                f"{_cpu_per_round(e)} vs {_cpu_per_round(f)}",
+                f"p99 {_med(f, 'p99_ms'):.1f} ms; CPU per round, server "
+                f"{_cpu_per_round(e, 'server')} vs {_cpu_per_round(f, 'server')}, client "
+                f"{_cpu_per_round(e, 'client')} vs {_cpu_per_round(f, 'client')} (direct "
+                f"{_cpu_per_round(d, 'client')})",
                 failed="; ".join(problems) or None,
             )
             sec.raw["counts"][str(n)] = {
@@ -696,9 +715,9 @@ def _ratio(values: list[EchoResult], baselines: list[EchoResult]) -> float:
     )
 
 
-def _cpu_per_round(results: list[EchoResult]) -> str:
-    """Median server CPU per verified round, "?" where it was not measured."""
-    us = [r.server_us_per_round for r in results]
+def _cpu_per_round(results: list[EchoResult], side: str) -> str:
+    """Median `side` ("server" or "client") CPU per verified round, "?" where not measured."""
+    us = [getattr(r, f"{side}_us_per_round") for r in results]
     known = [u for u in us if u is not None]
     return f"{statistics.median(known):.0f} µs" if known else "?"
 

@@ -69,6 +69,7 @@ def test_smoke_run_of_every_section(tmp_path: Path) -> None:
                     assert w["ops"] > 0 and w["bytes_verified"] == w["ops"] * 16 * 1024
                     if side != "direct":  # the server's CPU, read from /proc
                         assert w["server_cpu_s"] > 0 and w["server_us_per_round"] > 0, w
+                    assert w["client_cpu_s"] > 0 and w["client_us_per_round"] > 0, w
             assert run["emulated_setup"]["offloaded"] == int(n)
             assert run["emulated_setup"]["drained"] == {}
             assert run["floor_setup"]["offloaded"] == int(n)  # `tcp.info`: "proxied"
