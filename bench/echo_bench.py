@@ -31,8 +31,9 @@ floor does not use a core (at 1,000 connections ~7,700 rounds/s x ~60 us = ~0.46
 client takes most of the rest. A later echo run read this process's CPU too: per verified
 round the RPC client costs 64-117 us (floor and daemon sides alike), the direct side 21-25 us;
 at 1,000 connections the floor's client used ~0.87 core, its proxy ~0.48. So the 0.2x target
-sits at the floor itself: even a daemon whose emulation cost nothing could only just meet it
-on 2 cores, and the daemon spends ~3x the floor's CPU per round.
+sits close to the floor itself (0.18-0.35x over the runs of that day): a daemon whose
+emulation cost nothing would score about 0.2-0.35x on 2 cores; this one reaches ~0.5x of the
+floor and spends ~3x its CPU per round.
 
 To see where the daemon's time goes under this load, `python -m bench --profile daemon` runs
 this section at 1,000 connections with the daemon under cProfile (see bench/__main__.py).
