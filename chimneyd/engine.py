@@ -266,9 +266,10 @@ class Engine:
         the result.
 
         A `read` (which `withdraw_after` implies) is withdrawn from the host
-        (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a byte is never both given to
-        a timed-out read and kept: no data is lost by a timeout (rpc-contract tcp.recv). A read
-        a failed layer answered is withdrawn the same way (`_layer_failed`).
+        (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a
+        byte is never both given to a timed-out read and kept: no data is lost by a timeout
+        (rpc-contract tcp.recv). A read a failed layer answered is withdrawn the same way
+        (`_layer_failed`).
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
         it), after the future has its result."""
         req = _Request(self, conn_id, on_settled)

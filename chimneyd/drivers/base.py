@@ -213,10 +213,11 @@ class DriverLayer(Layer):
                 return False  # some went on, or came back: the rest is the layer's to finish
             return bool(getattr(self, io)(ctx, head))
         completion = UNSERVED_STATE_CALLS.get(call)
-        terminating = call == "MiniportTerminateOffload"
+        if completion is None and call != "MiniportTerminateOffload":
+            return False
         # a held call's arguments start with the layer itself
         root: OffloadBlock | None = next((a for a in args if isinstance(a, OffloadBlock)), None)
-        if (completion is None and not terminating) or root is None:
+        if root is None:
             return False
         # taken before `binding.lower is not self` below narrows `self` to a plain Layer
         fail_terminate = self.fail_unserved_terminate

@@ -149,9 +149,7 @@ class PassthroughIm(DriverLayer):
 
     def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:
         """An IM keeps no receive request: one still here was never passed on."""
-        for nbl in iter_chain(head):
-            nbl.status = NdisStatus.NDIS_STATUS_REQUEST_ABORTED
-            nbl.tcp_offload_bytes_transferred = 0
+        _nothing_transferred(head, NdisStatus.NDIS_STATUS_REQUEST_ABORTED)
         self.ndis.NdisTcpOffloadReceiveComplete(self, head)
         return True
 
@@ -168,9 +166,7 @@ class PassthroughIm(DriverLayer):
         host with NDIS_STATUS_UPLOAD_IN_PROGRESS, and this IM asks for the upload (as after a
         send it failed), unless one is asked already."""
         entry: ImOffloadEntry = ctx
-        for nbl in iter_chain(head):
-            nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS
-            nbl.tcp_offload_bytes_transferred = 0
+        _nothing_transferred(head, NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS)
         self.ndis.NdisTcpOffloadForwardComplete(self, head)
         phase = entry.lifecycle.phase
         if phase in LIVE and phase is not Phase.UPLOAD_REQUESTED:
@@ -199,15 +195,14 @@ class PassthroughIm(DriverLayer):
             if up.kind is BlockKind.TCP:
                 lost.append(ctx.upper)
         self.ndis.NdisMTerminateOffloadComplete(self, root)
+        indicate = self.ndis.NdisTcpOffloadEventHandler
+        retrieve, abort = (
+            TcpOffloadEventType.TcpIndicateRetrieve,
+            TcpOffloadEventType.TcpIndicateAbort,
+        )
         for upper in lost:
-            retrieve, abort = (
-                TcpOffloadEventType.TcpIndicateRetrieve,
-                TcpOffloadEventType.TcpIndicateAbort,
-            )
-            self.ndis.NdisTcpOffloadEventHandler(
-                self, upper, retrieve, int(TcpUploadReason.HardwareFailure)
-            )
-            self.ndis.NdisTcpOffloadEventHandler(self, upper, abort, 0)
+            indicate(self, upper, retrieve, int(TcpUploadReason.HardwareFailure))
+            indicate(self, upper, abort, 0)
         return True
 
     def _refuse_disconnect(
@@ -377,9 +372,7 @@ class PassthroughIm(DriverLayer):
             # this IM failed a send: nothing may go down ahead of what the host sends after
             # the upload (a target that asks for one refuses by itself, with its own status)
             if entry.below or entry.held:
-                for nbl in iter_chain(head):
-                    nbl.status = NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED
-                    nbl.tcp_offload_bytes_transferred = 0
+                _nothing_transferred(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
                 _hold(entry, head)  # after what is still below, in order
             else:
                 self._fail_send(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
@@ -572,6 +565,15 @@ class PassthroughIm(DriverLayer):
         up.miniport_reserved = None
         low.cached = up.cached  # the HRD the host wrote
         self.ndis.NdisReturnOffloadEventIndicate(self, low)
+
+
+def _nothing_transferred(head: NetBufferList, status: NdisStatus) -> None:
+    """Every NBL of the chain completes with `status`, no byte moved."""
+    nbl: NetBufferList | None = head
+    while nbl is not None:
+        nbl.status = status
+        nbl.tcp_offload_bytes_transferred = 0
+        nbl = nbl.next
 
 
 def _transferred(head: NetBufferList) -> int:

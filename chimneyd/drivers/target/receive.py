@@ -126,8 +126,8 @@ def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
             nbl.tcp_offload_bytes_transferred = 0
             gap = True
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
-    if gap and c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
-        events.request_upload(t, c, TcpUploadReason.UploadRequested)
+    if gap:
+        send.ask_upload(t, c)
 
 
 def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:

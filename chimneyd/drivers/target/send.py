@@ -192,6 +192,11 @@ def ask_upload_after_failure(t: OffloadTarget, c: TcpContext) -> None:
     has gone up: a terminate would hand the failed send back unsent instead (spec §3.6.3)."""
     if not c.send_failed or any(kind == "send" for kind, _, _ in c.held_refusals):
         return
+    ask_upload(t, c)
+
+
+def ask_upload(t: OffloadTarget, c: TcpContext) -> None:
+    """Ask for the upload (`UploadRequested`) of a connection still offloaded and not reset."""
     if c.lifecycle.phase in LIVE and c.lifecycle.tcp is not TcpState.RESET:
         events.request_upload(t, c, TcpUploadReason.UploadRequested)
 
