@@ -185,6 +185,15 @@ TEAM = (
     LayerConfig("nic1", "target", ()),
 )
 
+
+def _per_layer(rows: list[tuple[Any, Any, str, str]]) -> pytest.MarkDecorator:
+    """Run a test once per row: (stack, the class or module a bug is planted in, its function,
+    the layer it is in), named by the layer."""
+    return pytest.mark.parametrize(
+        ("layers", "where", "name", "layer"), rows, ids=[row[-1] for row in rows]
+    )
+
+
 #: (stack, where the bug is planted, the layer it is in, the request that meets it)
 PLANTED = [
     (DEFAULT, (target_adapter, "initiate"), "nic0", "offload"),
@@ -259,33 +268,22 @@ async def test_an_initiate_a_delay_held_fails_for_the_layer_too(
     await _goes_on_and_drains(engine, conn, b"offloaded after all")
 
 
-#: (stack, where the bug is planted, the layer it is in)
-PLANTED_SENDS = [
-    (DEFAULT, (target_send, "send"), "nic0"),
-    (DEFAULT, (PassthroughIm, "relay_send"), "im0"),
-    (TEAM, (MuxIm, "relay_send"), "team0"),
-]
-
-
-@pytest.mark.parametrize(
-    ("layers", "bug", "layer"), PLANTED_SENDS, ids=[layer for _, _, layer in PLANTED_SENDS]
+@_per_layer(
+    [
+        (DEFAULT, target_send, "send", "nic0"),
+        (DEFAULT, PassthroughIm, "relay_send", "im0"),
+        (TEAM, MuxIm, "relay_send", "team0"),
+    ]
 )
 async def test_a_send_a_layer_raised_in_fails_for_it(
-    echo_port: int,
-    monkeypatch: pytest.MonkeyPatch,
-    layers: Any,
-    bug: tuple[Any, str],
-    layer: str,
+    echo_port: int, monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
 ) -> None:
     """A layer raises on a send before it did anything with it: the send is answered
     INTERNAL and its NBLs are failed as the layer fails a send (a hole; the connection is
     uploaded), so every NBL completes once and none stays outstanding. The bytes sent before
     and after arrive in order; the failed send's bytes never reach the peer (it was failed).
     Without it the NBL stayed outstanding at every layer for ever."""
-    planted, armed = _once(getattr(*bug))
-    monkeypatch.setattr(*bug, planted)
-    config = EngineConfig(invariants=True)
-    engine = await (start_engine(config) if layers is None else start_engine(config, layers))
+    engine, armed = await _stack_with(monkeypatch, layers, where, name)
     conn = await engine.connect("127.0.0.1", echo_port)
     assert engine.conn_info(conn)["state"] == "offloaded"
     assert await asyncio.wait_for(engine.send(conn, b"before "), 5.0) == 7
@@ -300,18 +298,12 @@ async def test_a_send_a_layer_raised_in_fails_for_it(
     await _goes_on_and_drains(engine, conn, b"and on")
 
 
-#: (stack, the class or module the bug is planted in, its function, the layer)
-PLANTED_RECEIVES = [
-    (DEFAULT, target_receive, "post", "nic0"),
-    (DEFAULT, PassthroughIm, "MiniportTcpOffloadReceive", "im0"),
-    (TEAM, MuxIm, "MiniportTcpOffloadReceive", "team0"),
-]
-
-
-@pytest.mark.parametrize(
-    ("layers", "where", "name", "layer"),
-    PLANTED_RECEIVES,
-    ids=[layer for *_, layer in PLANTED_RECEIVES],
+@_per_layer(
+    [
+        (DEFAULT, target_receive, "post", "nic0"),
+        (DEFAULT, PassthroughIm, "MiniportTcpOffloadReceive", "im0"),
+        (TEAM, MuxIm, "MiniportTcpOffloadReceive", "team0"),
+    ]
 )
 async def test_a_receive_a_layer_raised_in_fails_for_it(
     echo_port: int, monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
@@ -353,18 +345,12 @@ async def test_a_read_answered_for_a_failed_layer_takes_no_bytes_later(
     await _goes_on_and_drains(engine, conn, b"hello")
 
 
-#: (stack, the class or module the bug is planted in, its function, the layer)
-PLANTED_DISCONNECTS = [
-    (DEFAULT, target_disconnect, "disconnect", "nic0"),
-    (DEFAULT, PassthroughIm, "MiniportTcpOffloadDisconnect", "im0"),
-    (TEAM, MuxIm, "MiniportTcpOffloadDisconnect", "team0"),
-]
-
-
-@pytest.mark.parametrize(
-    ("layers", "where", "name", "layer"),
-    PLANTED_DISCONNECTS,
-    ids=[layer for *_, layer in PLANTED_DISCONNECTS],
+@_per_layer(
+    [
+        (DEFAULT, target_disconnect, "disconnect", "nic0"),
+        (DEFAULT, PassthroughIm, "MiniportTcpOffloadDisconnect", "im0"),
+        (TEAM, MuxIm, "MiniportTcpOffloadDisconnect", "team0"),
+    ]
 )
 async def test_a_disconnect_a_layer_raised_in_fails_for_it(
     echo_port: int, monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
@@ -414,22 +400,15 @@ async def _every_byte_once(engine: Any, conn: int, peer: Any, data: bytes) -> No
     assert await read_all(engine, conn, 9) == b"and after"
 
 
-#: (stack, the class or module the bug is planted in, its function, the layer, the layer whose
-#: initiate is held while the peer sends)
-PLANTED_FORWARDS = [
-    (DEFAULT, target_receive, "forward", "nic0", "im0"),
-    (DEFAULT, PassthroughIm, "MiniportTcpOffloadForward", "im0", "im0"),
-    (TEAM, MuxIm, "MiniportTcpOffloadForward", "team0", "team0"),
-]
-
-
-@pytest.mark.parametrize(
-    ("layers", "where", "name", "layer", "held"),
-    PLANTED_FORWARDS,
-    ids=[layer for *_, layer, _ in PLANTED_FORWARDS],
+@_per_layer(
+    [
+        (DEFAULT, target_receive, "forward", "nic0"),
+        (DEFAULT, PassthroughIm, "MiniportTcpOffloadForward", "im0"),
+        (TEAM, MuxIm, "MiniportTcpOffloadForward", "team0"),
+    ]
 )
 async def test_a_forward_a_layer_raised_in_loses_no_byte(
-    monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str, held: str
+    monkeypatch: pytest.MonkeyPatch, layers: Any, where: Any, name: str, layer: str
 ) -> None:
     """A layer raises on the segments the host forwards after an initiate (what the peer sent
     while the initiate was held): they complete with NDIS_STATUS_UPLOAD_IN_PROGRESS, so the
@@ -438,7 +417,8 @@ async def test_a_forward_a_layer_raised_in_loses_no_byte(
     NBLs stayed outstanding and their bytes were never delivered."""
     engine, armed = await _stack_with(monkeypatch, layers, where, name)
     armed[0] = True  # nothing is forwarded before the initiate
-    conn, peer, data = await _forwarded_during_a_held_initiate(engine, held, 7)
+    below_host = "im0" if layers is DEFAULT else "team0"  # its initiate is held
+    conn, peer, data = await _forwarded_during_a_held_initiate(engine, below_host, 7)
     assert engine.layer_errors == 1
     assert not armed[0], "the bug was never met: no forward went down"
     await _every_byte_once(engine, conn, peer, data)
@@ -446,19 +426,13 @@ async def test_a_forward_a_layer_raised_in_loses_no_byte(
     await _goes_on_and_drains(engine, conn, None)
 
 
-#: (stack, the class or module the bug is planted in, its function, the layer)
-PLANTED_TERMINATES = [
-    (DEFAULT, target_terminate, "terminate", "nic0"),
-    (DEFAULT, PassthroughIm, "MiniportTerminateOffload", "im0"),
-    (TEAM, MuxIm, "MiniportTerminateOffload", "team0"),
-]
-
-
 @pytest.mark.parametrize("request_kind", ["upload", "close"])
-@pytest.mark.parametrize(
-    ("layers", "where", "name", "layer"),
-    PLANTED_TERMINATES,
-    ids=[layer for *_, layer in PLANTED_TERMINATES],
+@_per_layer(
+    [
+        (DEFAULT, target_terminate, "terminate", "nic0"),
+        (DEFAULT, PassthroughIm, "MiniportTerminateOffload", "im0"),
+        (TEAM, MuxIm, "MiniportTerminateOffload", "team0"),
+    ]
 )
 async def test_a_terminate_a_layer_raised_in_fails_as_lost_hardware_state(
     echo_port: int,
@@ -469,12 +443,12 @@ async def test_a_terminate_a_layer_raised_in_fails_as_lost_hardware_state(
     layer: str,
     request_kind: str,
 ) -> None:
-    """A layer raises on a terminate: it is failed for it as a terminate that finds the
-    hardware state corrupt (spec §3.7: the retrieve and the abort go up, the host's next
-    terminate finishes the connection; for the target, as a `fail_next` terminate is). The request is answered INTERNAL, the application
-    hears of the reset, the close is answered and every table drains. Without it the host
-    waited for the terminate's completion for ever: the close never came back, and the
-    connection's handles and contexts stayed in every layer."""
+    """A layer raises on a terminate: it is failed for it as a terminate that finds the hardware
+    state corrupt (spec §3.7: the retrieve and the abort go up, the host's next terminate
+    finishes the connection; for the target, as a `fail_next` terminate is). The request is
+    answered INTERNAL, the application hears of the reset, the close is answered and every
+    table drains. Without it the host waited for the terminate's completion for ever: the close
+    never came back, and the connection's handles and contexts stayed in every layer."""
     engine, armed = await _stack_with(monkeypatch, layers, where, name)
     conn = await engine.connect("127.0.0.1", echo_port)
     assert await asyncio.wait_for(engine.send(conn, b"before"), 5.0) == 6
