@@ -150,6 +150,8 @@ class LayerConfig:
     kind: str
     lower: tuple[str, ...] = ()
     max_connections: int = 16384  # targets: offloaded TCP connections
+    ipv4: bool = True  # targets: offloads IPv4 connections (NDIS_TCP_CONNECTION_OFFLOAD)
+    ipv6: bool = True  # targets: offloads IPv6 connections
     policy: str = DEFAULT_POLICY  # mux: which NIC takes a new connection
 
 
@@ -381,6 +383,13 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
             )
         if layer.kind != "mux" and layer.policy != DEFAULT_POLICY:
             raise ConfigError(f"{where}.policy: only a mux has a policy")
+        for version in ("ipv4", "ipv6"):
+            if layer.kind != "target" and not getattr(layer, version):
+                raise ConfigError(
+                    f"{where}.{version}: only a target says which IP versions it offloads"
+                )
+        if not (layer.ipv4 or layer.ipv6):
+            raise ConfigError(f"{where}: a target offloads IPv4, IPv6 or both (ipv4, ipv6)")
     hosts = [i for i, layer in enumerate(layers) if layer.kind == "host"]
     if len(hosts) != 1:
         where = f"layer[{hosts[1]}].kind" if hosts else "layer"

@@ -59,6 +59,8 @@ def build(
                 timers,
                 find_wire,
                 max_connections=spec.max_connections,
+                ipv4=spec.ipv4,
+                ipv6=spec.ipv6,
                 rx_buffer_bytes=settings.rx_buffer_bytes,
                 push_ticks_ms=settings.push_ticks_ms,
                 user_timeout_ms=settings.user_timeout_ms,

@@ -43,7 +43,7 @@ def code_defaults() -> dict[str, Any]:
 
 def documented() -> dict[str, str]:
     """`section.key` → the default cell as written."""
-    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \| ([^|]+?) \|", CONFIG_MD.read_text(), re.M)
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z0-9_]+)` \| ([^|]+?) \|", CONFIG_MD.read_text(), re.M)
     keys = [k for k, _ in rows]
     assert len(keys) == len(set(keys)), f"a key is listed twice: {keys}"
     return dict(rows)

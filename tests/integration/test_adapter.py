@@ -5,14 +5,13 @@ the traces of the connections they affect, and neighbor reachability queries (sp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.config import LayerConfig
-from chimneyd.drivers.target import adapter as target_adapter
-from chimneyd.ndis.oid import NdisTcpConnectionOffload
+from chimneyd.config import DEFAULT_LAYERS, LayerConfig
 from tests.integration.support import topology
 
 
@@ -62,21 +61,13 @@ async def test_the_host_never_offloads_past_the_advertised_capacity(
     assert (await engine.offload(third))["state"] == "offloaded"
 
 
-async def test_no_ipv6_offload_to_a_target_without_ipv6(
-    make_engine: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = target_adapter.capabilities
-
-    def v4_only(t: Any) -> NdisTcpConnectionOffload:
-        caps = real(t)
-        caps.SupportIPv6 = False
-        return caps
-
-    monkeypatch.setattr(target_adapter, "capabilities", v4_only)
+async def test_no_ipv6_offload_to_a_target_without_ipv6(make_engine: Any) -> None:
+    v4_only = (*DEFAULT_LAYERS[:-1], dataclasses.replace(DEFAULT_LAYERS[-1], ipv6=False))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(asyncio.Protocol, "::1", 0)
     try:
-        engine = await make_engine()
+        engine = await make_engine(v4_only)
+        assert not engine.info()["layers"][-1]["capabilities"]["SupportIPv6"]
         conn = await engine.connect("::1", server.sockets[0].getsockname()[1])
         assert engine.conn_info(conn)["state"] == "host"
         with pytest.raises(EngineError) as err:

@@ -114,6 +114,16 @@ BAD = {
         "lower",
         "cycle",
     ),
+    "ip version off a target": (
+        HOST_IM + IM_NIC + "ipv6 = false\n" + NIC,
+        "layer[1].ipv6",
+        "target",
+    ),
+    "a target offloading neither ip version": (
+        HOST_IM + IM_NIC + NIC + "ipv4 = false\nipv6 = false\n",
+        "layer[2]",
+        "IPv4, IPv6 or both",
+    ),
     "layer missing name": ('[[layer]]\nkind = "host"\n', "layer[0].name", "missing"),
     "not toml": ("[rpc\nlisten = ", "not valid TOML", ""),
 }

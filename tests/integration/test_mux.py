@@ -6,6 +6,7 @@ arriving once and in order, a NIC taken out and put back, rebalancing, per-NIC o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections import Counter
 from typing import Any
@@ -14,8 +15,6 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
-from chimneyd.drivers.target import adapter as target_adapter
-from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from tests.integration.support import eventually, fail_next
 
 
@@ -172,25 +171,19 @@ async def test_a_full_nic_is_skipped_and_a_full_team_refuses(
     assert nic_of(engine, third) == "nic0"
 
 
-async def test_ipv6_goes_only_to_nics_that_offload_it(
-    make_engine: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = target_adapter.capabilities
-
-    def nic0_v4_only(t: Any) -> NdisTcpConnectionOffload:
-        caps = real(t)
-        if t.name == "nic0":
-            caps.SupportIPv6 = False
-        return caps
-
-    monkeypatch.setattr(target_adapter, "capabilities", nic0_v4_only)
+async def test_ipv6_goes_only_to_nics_that_offload_it(make_engine: Any) -> None:
+    # nic0 offloads IPv4 only (`ipv6 = false`): its capabilities say so, and the mux skips it
+    team = tuple(
+        dataclasses.replace(layer, ipv6=False) if layer.name == "nic0" else layer
+        for layer in teaming("round-robin", nics=2)
+    )
     loop = asyncio.get_running_loop()
     from tests.integration.support import EchoPeer
 
     v6 = await loop.create_server(EchoPeer, "::1", 0)
     v4 = await loop.create_server(EchoPeer, "127.0.0.1", 0)
     try:
-        engine = await make_engine(teaming("round-robin", nics=2))
+        engine = await make_engine(team)
         v6_port = v6.sockets[0].getsockname()[1]
         v4_port = v4.sockets[0].getsockname()[1]
         six = [await engine.connect("::1", v6_port) for _ in range(3)]

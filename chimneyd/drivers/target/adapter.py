@@ -37,8 +37,11 @@ ULONG = 0xFFFFFFFF
 # -- OID requests ---------------------------------------------------------------------------------
 def capabilities(t: OffloadTarget) -> NdisTcpConnectionOffload:
     """`NDIS_TCP_CONNECTION_OFFLOAD` of this NIC: a loopback TCP under Linux does both IP
-    versions and SACK; its capacity is the configured connection count."""
-    return NdisTcpConnectionOffload(TcpConnectionOffloadCapacity=t.max_connections)
+    versions and SACK; it says it offloads the versions it is configured for (a NIC without
+    IPv6 offload is common), and its capacity is the configured connection count."""
+    return NdisTcpConnectionOffload(
+        SupportIPv4=t.ipv4, SupportIPv6=t.ipv6, TcpConnectionOffloadCapacity=t.max_connections
+    )
 
 
 def oid_request(t: OffloadTarget, request: NdisOidRequest) -> None:

@@ -57,6 +57,8 @@ class OffloadTarget(DriverLayer):
         timers: Timers,
         find_wire: FindWire,
         max_connections: int = 16384,
+        ipv4: bool = True,
+        ipv6: bool = True,
         rx_buffer_bytes: int = 256 * 1024,
         push_ticks_ms: int = 500,
         user_timeout_ms: int = 0,
@@ -65,6 +67,8 @@ class OffloadTarget(DriverLayer):
         super().__init__(name, ndis, timers, max_connections * 2 + 64)
         self.find_wire = find_wire
         self.max_connections = max_connections
+        self.ipv4 = ipv4  # the IP versions it offloads (its capabilities say so to the host)
+        self.ipv6 = ipv6
         self.rx_buffer_bytes = rx_buffer_bytes
         self.push_ticks = push_ticks_ms / 1000.0
         # TcpMaximumRetransmissions as a time (spec §8): TCP_USER_TIMEOUT on offloaded sockets
