@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.drivers.base import Delay, DriverLayer, FailNext
+from chimneyd.drivers.base import RAISABLE_CALLS, Delay, DriverLayer, FailNext, RaiseNext
 from chimneyd.ndis.status import (
     INITIATE_BLOCK_STATUSES,
     OFFLOADED_STATUSES,
@@ -171,7 +171,19 @@ def _delay(engine: Engine, fault: Fault) -> None:
     _arm(layer, Delay(fault.id, spec["call"], spec["ms"]), fault)
 
 
-def _arm(layer: DriverLayer, armed: FailNext | Delay, fault: Fault) -> None:
+def _raise_next(engine: Engine, fault: Fault) -> None:
+    spec = fault.spec
+    layer = engine.driver_layer(spec["layer"])
+    calls = layer.delayable_calls & RAISABLE_CALLS
+    if spec["call"] not in calls:
+        known = ", ".join(sorted(calls)) or "none"
+        raise _invalid(f"layer {layer.name} cannot raise in {spec['call']!r} (it can in: {known})")
+    fn = RaiseNext(fault.id, spec["call"], spec["count"], spec["skip"])
+    _arm(layer, fn, fault)
+    fault.active = lambda: fn.count > 0
+
+
+def _arm(layer: DriverLayer, armed: FailNext | Delay | RaiseNext, fault: Fault) -> None:
     layer.inbox.push(layer.arm_fault, (armed,))
     fault.undo = lambda: layer.inbox.push(layer.disarm_fault, (fault.id,))
 
@@ -269,6 +281,20 @@ KINDS: dict[str, FaultKind] = {
             "releases what it holds",
             {"layer": LAYER, "call": Key(str, help="a Miniport* handler name"), "ms": MS},
             _delay,
+        ),
+        FaultKind(
+            "raise_next",
+            "the next `count` calls of `call` at `layer` (after `skip` that run) raise inside "
+            "the layer's handler, as a bug in the driver would: the requests waiting on the "
+            "connections they name are answered INTERNAL, and NDIS fails the call for the layer "
+            "so the stack unwinds (docs/spec.md §6.3) [EMU]",
+            {
+                "layer": LAYER,
+                "call": Key(str, help="a Miniport* handler name the layer can raise in"),
+                "count": Key(int, required=False, default=1, low=1, high=MAX_FAULT_COUNT),
+                "skip": Key(int, required=False, default=0, low=0, high=MAX_FAULT_COUNT),
+            },
+            _raise_next,
         ),
         FaultKind(
             "stall_peer",

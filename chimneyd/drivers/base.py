@@ -2,7 +2,7 @@
 
 Faults reach a layer as messages in its inbox (`arm_fault`, `disarm_fault`), like every other
 change to a layer; the layer consults them where the fault kind applies (`take_failure` for
-`fail_next`, the `downcall` wrapper for `delay`).
+`fail_next`, the `downcall` wrapper for `delay` and `raise_next`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,23 @@ class Delay:
     ms: int
 
 
-LayerFault = FailNext | Delay
+@dataclass(slots=True)
+class RaiseNext:
+    """`raise_next` fault: after `skip` calls of `call` run, the next `count` raise
+    `PlantedBug` at the entry of the layer's handler, as a bug in the driver would [EMU]."""
+
+    fault_id: int
+    call: str
+    count: int
+    skip: int = 0
+
+
+class PlantedBug(Exception):
+    """What a `raise_next` fault raises in a layer's handler: the runtime handles it as any
+    exception a layer raises (docs/spec.md §6.3)."""
+
+
+LayerFault = FailNext | Delay | RaiseNext
 F = TypeVar("F", bound=Callable[..., None])
 
 
@@ -69,16 +85,20 @@ class HeldCallFailed(Exception):
 
 
 def downcall(fn: F) -> F:
-    """Mark a handler NDIS calls from above (`Miniport*`): it honours `delay` faults, and while
-    anything is held, it queues behind it so the layer sees calls in the order they were made."""
+    """Mark a handler NDIS calls from above (`Miniport*`): it honours `delay` and `raise_next`
+    faults, and while anything is held, it queues behind it so the layer sees calls in the order
+    they were made."""
     name = fn.__name__
 
     @functools.wraps(fn)
     def handler(self: DriverLayer, *args: Any) -> None:
         # a held call is released to `fn` itself: the handler's check is done by then (and a
         # closure naming itself is one a compiled build cannot make)
-        if (self.delays or self._held) and self.held(name, fn, self, *args):
-            return
+        if self.delays or self._held or self.raises:
+            if self.held(name, fn, self, *args):
+                return
+            if self.raises:
+                self.trip(name)
         fn(self, *args)
 
     handler._downcall = True  # type: ignore[attr-defined]
@@ -104,6 +124,10 @@ UNSERVED_IO_CALLS: dict[str, str] = {
     "MiniportTcpOffloadForward": "fail_unserved_forward",
 }
 
+#: The calls a `raise_next` fault can make a layer raise in: those a layer that raised is
+#: recovered from (docs/spec.md §6.3), the terminate among them.
+RAISABLE_CALLS = frozenset({*UNSERVED_STATE_CALLS, *UNSERVED_IO_CALLS, "MiniportTerminateOffload"})
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class DriverLayer(Layer):
@@ -127,8 +151,9 @@ class DriverLayer(Layer):
         self.table: HandleTable[Any] = HandleTable(f"{name} handle/context table", capacity)
         self.fail_next: list[FailNext] = []
         self.delays: dict[str, Delay] = {}
-        # held downcalls: (due ns, fault id or 0 when held only to keep order, fn, args)
-        self._held: deque[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = deque()
+        self.raises: list[RaiseNext] = []
+        # held downcalls: (due ns, fault id or 0 when held only to keep order, call, fn, args)
+        self._held: deque[tuple[int, int, str, Callable[..., Any], tuple[Any, ...]]] = deque()
         self._release_timer: TimerHandle | None = None
         self._releasing = False
 
@@ -146,6 +171,8 @@ class DriverLayer(Layer):
     def arm_fault(self, fault: LayerFault) -> None:
         if isinstance(fault, FailNext):
             self.fail_next.append(fault)
+        elif isinstance(fault, RaiseNext):
+            self.raises.append(fault)
         else:
             self.delays[fault.call] = fault
 
@@ -153,14 +180,15 @@ class DriverLayer(Layer):
         """Clear a fault and undo all it holds: calls a `delay` held are released now, in the
         order they were made (spec: a delay changes timing only, never order)."""
         self.fail_next = [f for f in self.fail_next if f.fault_id != fault_id]
+        self.raises = [f for f in self.raises if f.fault_id != fault_id]
         for call, delay in list(self.delays.items()):
             if delay.fault_id == fault_id:
                 del self.delays[call]
         if any(held[1] == fault_id for held in self._held):
             now = self.ndis.clock()
-            released: deque[tuple[int, int, Callable[..., Any], tuple[Any, ...]]] = deque()
+            released: deque[tuple[int, int, str, Callable[..., Any], tuple[Any, ...]]] = deque()
             due = now
-            for held_due, fid, fn, args in self._held:
+            for held_due, fid, call, fn, args in self._held:
                 # what this fault held is due now, and so is what was held only to keep the
                 # order (fault id 0) behind it; what another fault holds keeps its time, and
                 # nothing overtakes what was held before it
@@ -168,7 +196,7 @@ class DriverLayer(Layer):
                 due = max(due, now if mine else held_due)
                 # from now on held only for the order: a later clear must not find it
                 # still counted as this fault's
-                released.append((due, 0 if mine else fid, fn, args))
+                released.append((due, 0 if mine else fid, call, fn, args))
             self._held = released
             self._schedule_release()
 
@@ -186,6 +214,19 @@ class DriverLayer(Layer):
                     self.fail_next.remove(fault)
                 return fault.status
         return None
+
+    def trip(self, call: str) -> None:
+        """If a `raise_next` fault covers `call`, use up one count and raise its bug: at the
+        entry of the handler, or of a held call when it runs at last."""
+        for fault in self.raises:
+            if fault.call == call and fault.count > 0:
+                if fault.skip:
+                    fault.skip -= 1
+                    return
+                fault.count -= 1
+                if fault.count == 0:
+                    self.raises.remove(fault)
+                raise PlantedBug(f"raise_next fault {fault.fault_id}: a bug in {call}")
 
     # -- a handler that raised (engine `_layer_failed`) ------------------------------------------
     def keeps(self, root: OffloadBlock) -> bool:
@@ -282,7 +323,7 @@ class DriverLayer(Layer):
         due = now + (delay.ms * 1_000_000 if delay else 0)
         if self._held:
             due = max(due, self._held[-1][0])
-        self._held.append((due, delay.fault_id if delay else 0, fn, args))
+        self._held.append((due, delay.fault_id if delay else 0, call, fn, args))
         if len(self._held) == 1:
             self._schedule_release()
         return True
@@ -302,8 +343,10 @@ class DriverLayer(Layer):
         try:
             # everything due by now runs in this turn, in order
             while self._held and self._held[0][0] <= now:
-                _, _, fn, args = self._held.popleft()
+                _, _, call, fn, args = self._held.popleft()
                 try:
+                    if self.raises:
+                        self.trip(call)
                     fn(*args)
                 except Exception as exc:
                     # the calls still due run in the next turn (`finally`), in order
