@@ -7,7 +7,8 @@ wrapper that notes every call made during a test: the target, the kind of the la
 (the first `Layer` among its arguments: `self` of a layer method, the caller of a broker
 function) and the enum members among its arguments (`TcpOffloadEventType.TcpIndicateAbort`).
 At the end the notes and each test's outcome go to the JSON file `SURFACE_PROBE_OUT`:
-`{"calls": {nodeid: [[path::qualname, kind, [enum, ...]], ...]}, "outcomes": {nodeid: str}}`.
+`{"calls": {nodeid: [[path::qualname, kind, [enum, ...]], ...]}, "outcomes": {nodeid: str},
+"build": "python"}` (`"compiled"` if the code it wrapped was not what ran).
 
 Wrapping happens before any test builds a layer, so the handlers layers register with NDIS
 (`NdisSetOptionalHandlers`) are the wrappers; methods a subclass inherits are recorded with the
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from chimneyd.compiled import build_name
 from chimneyd.ndis.broker import Layer
 
 Note = tuple[str, str, tuple[str, ...]]
@@ -100,4 +102,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         node: sorted([k, kind, list(m)] for k, kind, m in notes) for node, notes in _calls.items()
     }
     with open(out, "w", encoding="utf-8") as f:
-        json.dump({"calls": calls, "outcomes": _outcomes}, f)
+        # which build ran: the wrappers see no call made by compiled code (source_only.py)
+        json.dump({"calls": calls, "outcomes": _outcomes, "build": build_name()}, f)

@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from chimneyd.compiled import is_compiled
 from chimneyd.ndis.status import IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
 from tests.docs.mdcheck import DOCS, ROOT, load
 from tests.docs.surface_probe import resolve
@@ -371,13 +372,16 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         SURFACE_PROBE_OUT=str(out),
         PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
     )
-    argv = [sys.executable, "-m", "pytest", "-p", "tests.docs.surface_probe", "-p"]
+    # the compiled build's callers never see a wrapper: the probe runs on the sources
+    first = ["-p", "tests.docs.source_only"] if is_compiled() else []
+    argv = [sys.executable, "-m", "pytest", *first, "-p", "tests.docs.surface_probe", "-p"]
     argv += ["no:cacheprovider", "-q", "--no-header", *sorted({i for v in ids.values() for i in v})]
     run = subprocess.run(
         argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT
     )
     assert out.exists(), f"the probe run wrote nothing:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     data = json.loads(out.read_text())
+    assert data["build"] == "python", "the probe ran compiled code: it would have seen no call"
     notes: dict[str, set[Note]] = {}
     outcomes: dict[str, str] = {}
     for ref, node_ids in ids.items():

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from chimneyd.drivers import delegated as dl
-from chimneyd.drivers.target import offload as target_offload
 from chimneyd.drivers.wire import TcpInfo
 from chimneyd.engine import Engine
+from chimneyd.ndis.blocks import BlockKind, walk
 
 ULONG = 0xFFFFFFFF
 NOT_RUNNING = -1
@@ -46,17 +46,18 @@ def _assert_runnable(d: dict[str, Any]) -> None:
 
 
 async def test_offload_hands_the_target_the_kernels_state(
-    make_engine: Any, echo_port: int, monkeypatch: pytest.MonkeyPatch
+    make_engine: Any, echo_port: int
 ) -> None:
     got: list[dict[str, Any]] = []
-    initiate = target_offload._initiate_tcp
-
-    def record(t: Any, block: Any, path: Any) -> Any:
-        got.append(block.delegated.as_map())
-        return initiate(t, block, path)
-
-    monkeypatch.setattr(target_offload, "_initiate_tcp", record)
     engine = await make_engine()
+    handlers = engine.driver_layer("nic0").chimney_handlers  # what NDIS dispatches by
+    initiate = handlers["MiniportInitiateOffload"]
+
+    def record(root: Any) -> None:
+        got.extend(b.delegated.as_map() for b in walk(root) if b.kind is BlockKind.TCP)
+        initiate(root)
+
+    handlers["MiniportInitiateOffload"] = record
     conn = await engine.connect("127.0.0.1", echo_port, offload=False)
     await _echo(engine, conn, 5000)  # an RTT sample, a grown window
     await engine.offload(conn)

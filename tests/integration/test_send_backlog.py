@@ -6,29 +6,27 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
-from chimneyd.drivers.target import send as target_send
 from tests.integration.support import RecordingPeer
 
 
 async def test_a_large_send_is_paced_by_the_indicated_backlog(
-    make_engine: Any, recording: Any, monkeypatch: pytest.MonkeyPatch
+    make_engine: Any, recording: Any
 ) -> None:
     port, peers = recording
     # room for several backlogs of up to 16 MiB in one tcp.send: the kernel's send buffer,
     # and with it the backlog the target prefers, grows to several MiB on a busy loopback
     engine = await make_engine(max_queued_send_bytes=128 << 20)
     seen: list[tuple[int, int]] = []  # (bytes outstanding at the target, backlog the host knew)
-    original = target_send.send
+    handlers = engine.driver_layer("nic0").chimney_handlers  # what NDIS dispatches by
+    original = handlers["MiniportTcpOffloadSend"]
 
-    def watched(t: Any, c: Any, head: Any) -> None:
-        original(t, c, head)
+    def watched(c: Any, head: Any) -> None:
+        original(c, head)
         tcb = engine.host.tcbs.get(next(iter(engine.host.tcbs)))
         held = sum(end - start for _, start, end in c.unacked)
         seen.append((held, tcb.send_backlog if tcb else 0))
 
-    monkeypatch.setattr(target_send, "send", watched)
+    handlers["MiniportTcpOffloadSend"] = watched
     conn = await engine.connect("127.0.0.1", port)
     events: list[dict[str, Any]] = []
     engine.subscribe(

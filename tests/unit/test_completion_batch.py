@@ -1,19 +1,23 @@
 """The NIC's completions of one drain, made as one call each (chimneyd/drivers/target/batch.py).
 
-A fake broker records the calls the batch makes; nothing else of the stack is involved.
+A recording stand-in for the broker takes the calls the batch makes; nothing else of the stack
+is involved (the NIC is a real one, never called).
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from chimneyd.drivers.target.batch import CompletionBatch
-from chimneyd.drivers.target.target import OffloadTarget
-from chimneyd.ndis.broker import Ndis
+from chimneyd.ndis.broker import Ndis, NdisStandIn
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.testing.clock import ManualClock
+from chimneyd.testing.factories import make_target
 
 
-class FakeBroker:
+class FakeBroker(NdisStandIn):
+    """Records the calls; a stand-in, as the batch itself is, so a compiled batch takes it."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
         self.ticks = 0
@@ -34,8 +38,10 @@ class FakeBroker:
 
 def _batch() -> tuple[CompletionBatch, FakeBroker]:
     broker = FakeBroker()
-    nic = cast(OffloadTarget, object())
-    return CompletionBatch(cast(Ndis, broker), nic), broker
+    clock = ManualClock()
+    ndis = Ndis(clock=clock)
+    nic = make_target(ndis, clock.timers(), lambda *key: None, "nic0")
+    return CompletionBatch(broker, nic), broker
 
 
 def _nbls(n: int) -> list[NetBufferList]:

@@ -4,21 +4,23 @@ the old connection (its socket closed) is still open in the engine."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 from chimneyd.runtime.sockets import Sockets
+from chimneyd.runtime.wire import WireSocket
 
 
-def _wire(port: int) -> Any:
-    return SimpleNamespace(local=("127.0.0.1", port), remote=("127.0.0.1", 7000), closed=False)
+def _wire(sockets: Sockets, port: int) -> WireSocket:
+    """A connection's socket object as the registry keeps it (never connected here)."""
+    wire = WireSocket(lambda *call: None, sockets.watcher)
+    wire.local, wire.remote = ("127.0.0.1", port), ("127.0.0.1", 7000)
+    return wire
 
 
 def test_each_connection_keeps_its_wire_when_a_new_one_takes_its_tuple() -> None:
     loop = asyncio.new_event_loop()
     try:
         sockets = Sockets(loop, lambda *a: None, lambda *a: 0, 16)
-        old, new = _wire(40000), _wire(40000)
+        old, new = _wire(sockets, 40000), _wire(sockets, 40000)
         sockets.add(1, old)
         sockets.add(2, new)  # the same 4-tuple, the old socket long closed
         key = (bytes([127, 0, 0, 1]), 40000, bytes([127, 0, 0, 1]), 7000)
