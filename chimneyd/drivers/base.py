@@ -78,10 +78,13 @@ class HeldCallFailed(Exception):
     runtime reports and answers it as it would have had the call raised when it arrived (the
     connections it concerns are in its arguments, not in the timer's that released it)."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], error: Exception) -> None:
         super().__init__(f"held {getattr(fn, '__name__', '?')} failed")
         self.fn = fn
         self.call_args = args
+        # what the call raised, kept here: a compiled build drops `raise ... from` causes
+        # raised in an `except` with a `finally` around it
+        self.error = error
 
 
 def downcall(fn: F) -> F:
@@ -350,7 +353,7 @@ class DriverLayer(Layer):
                     fn(*args)
                 except Exception as exc:
                     # the calls still due run in the next turn (`finally`), in order
-                    raise HeldCallFailed(fn, args) from exc
+                    raise HeldCallFailed(fn, args, exc) from exc
         finally:
             self._releasing = False
             self._schedule_release()

@@ -80,9 +80,9 @@ class LayerTask:
                 try:
                     fn(*args)
                 except Exception as exc:  # a layer bug must not stop the layer: log and count
-                    if isinstance(exc, HeldCallFailed) and isinstance(exc.__cause__, Exception):
+                    if isinstance(exc, HeldCallFailed):
                         # report the call that raised, not the timer that released it
-                        fn, args, exc = exc.fn, exc.call_args, exc.__cause__
+                        fn, args, exc = exc.fn, exc.call_args, exc.error
                     self.errors += 1
                     log.exception(
                         "layer_handler_failed",
