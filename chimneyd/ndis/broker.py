@@ -94,7 +94,6 @@ TCP_OFFLOAD_EVENT_HANDLERS = (
 NdisTcpChimneyOffload = "NdisTcpChimneyOffload"
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # a test's recording stand-in, on any build
 class NdisStandIn:
     """What a layer may talk to in place of the broker: an object that takes some calls itself
     and forwards the rest to the broker (the NIC's completion batch, drivers/target/batch.py).

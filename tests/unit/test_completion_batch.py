@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from chimneyd.drivers.target.batch import CompletionBatch
-from chimneyd.ndis.broker import Ndis, NdisStandIn
+from chimneyd.ndis.broker import Ndis
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.testing.clock import ManualClock
 from chimneyd.testing.factories import make_target
 
 
-class FakeBroker(NdisStandIn):
-    """Records the calls; a stand-in, as the batch itself is, so a compiled batch takes it."""
+class FakeBroker:
+    """Records the calls the batch makes (a `batch.Broker`)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []

@@ -23,13 +23,25 @@ the NIC completes at once, as NDIS also allows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from chimneyd.ndis.broker import Ndis, NdisStandIn
+from chimneyd.ndis.broker import Layer, NdisStandIn
 from chimneyd.ndis.nbl import NetBufferList, chain_of
 
 if TYPE_CHECKING:
     from .target import OffloadTarget
+
+
+class Broker(Protocol):
+    """What the batch stands in for: the broker (`Ndis`), or whatever the NIC talked to before
+    (a protocol, so a test's recording broker is one too, on either build)."""
+
+    clock: Callable[[], int]
+
+    def NdisTcpOffloadSendComplete(self, caller: Layer, nbl: NetBufferList) -> None: ...
+
+    def NdisTcpOffloadReceiveComplete(self, caller: Layer, nbl: NetBufferList) -> None: ...
 
 
 class CompletionBatch(NdisStandIn):
@@ -37,7 +49,7 @@ class CompletionBatch(NdisStandIn):
     call (an attribute of the broker, looked up here) flushes first. The clock is the broker's
     own: reading it is not a call that must wait for anything."""
 
-    def __init__(self, broker: Ndis | NdisStandIn, nic: OffloadTarget) -> None:
+    def __init__(self, broker: Broker, nic: OffloadTarget) -> None:
         self._broker = broker
         self._nic = nic
         self.clock = broker.clock
