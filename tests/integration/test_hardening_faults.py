@@ -25,6 +25,7 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import EngineConfig, LayerConfig
+from chimneyd.drivers.base import RAISABLE_CALLS
 from chimneyd.drivers.passthrough import PassthroughIm
 from chimneyd.drivers.target import OffloadTarget
 from chimneyd.engine import Engine, start_engine
@@ -47,7 +48,9 @@ TRACE_DEPTH = 4096
 MAX_ROUNDS = 8
 #: failures a faulted workload may see: the call's NDIS status, or a state that no longer
 #: allows the call (a connection whose hardware state was lost, one already disconnected)
-ALLOWED = {ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE}
+ALLOWED = frozenset({ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE})
+#: and where a layer is made to raise (`raise_next`): the requests it was serving, INTERNAL
+BUGGED = ALLOWED | {ErrorCode.INTERNAL}
 
 #: a hang must fail the run, not stall it: uvloop never lets SIGALRM's handler run while it
 #: waits, so pytest-timeout's default method cannot interrupt a wedged loop
@@ -96,66 +99,90 @@ class Outcome:
         return "; ".join(f"{step}: {err}" for step, err in self.errors)
 
 
-async def _step(out: Outcome, name: str, coro: Any, strict: bool) -> Any:
-    """One request of the workload: answered in time, and failing only as a call may fail."""
+async def _step(
+    out: Outcome, name: str, coro: Any, strict: bool, allowed: frozenset[ErrorCode] = ALLOWED
+) -> Any:
+    """One request of the workload: answered in time, and failing only as a call may fail
+    (`allowed`: INTERNAL too where a layer is made to raise)."""
     try:
         return await asyncio.wait_for(coro, STEP_S)
     except TimeoutError:
         raise AssertionError(f"{name} was never answered (after: {out.text()})") from None
     except EngineError as err:
         out.errors.append((name, err))
-        if strict or err.code not in ALLOWED:
+        if strict or err.code not in allowed:
             raise AssertionError(f"{name} answered {err} (after: {out.text()})") from None
         return err
 
 
 async def _echoed(
-    engine: Engine, out: Outcome, conn: int, data: bytes, strict: bool, step: str
+    engine: Engine,
+    out: Outcome,
+    conn: int,
+    data: bytes,
+    strict: bool,
+    step: str,
+    allowed: frozenset[ErrorCode] = ALLOWED,
 ) -> None:
     """Send `data`; read back what the peer acknowledged and echoed: exactly those bytes."""
-    sent = await _step(out, f"send {step}", engine.send(conn, data), strict)
+    sent = await _step(out, f"send {step}", engine.send(conn, data), strict, allowed)
     if isinstance(sent, EngineError):
         match = _ACKED.search(str(sent))
         if match is None or "REQUEST_ABORTED" in str(sent):
-            return  # reset: what the peer echoed is lost with the connection
+            return  # reset, or a send a bug answered: what the peer echoed is not known
         acked = int(match.group(1))
     else:
         assert sent == len(data)
         acked = sent
     if not acked:
         return
-    got = await _step(out, f"recv {step}", engine.recv(conn, acked, STEP_S - 1, True), strict)
+    got = await _step(
+        out, f"recv {step}", engine.recv(conn, acked, STEP_S - 1, True), strict, allowed
+    )
+    if isinstance(got, EngineError) and got.code is ErrorCode.INTERNAL:
+        # a read a layer's bug answered took nothing: the bytes are the next read's (§6.3)
+        got = await _step(
+            out, f"recv {step} again", engine.recv(conn, acked, STEP_S - 1, True), True
+        )
     if isinstance(got, EngineError):
         return
     assert got == data[:acked], f"{step}: echoed {got[:40]!r}…, sent {data[:40]!r}…"
 
 
-async def workload(engine: Engine, port: int, tag: int, strict: bool = False) -> Outcome:
+async def workload(
+    engine: Engine,
+    port: int,
+    tag: int,
+    strict: bool = False,
+    allowed: frozenset[ErrorCode] = ALLOWED,
+) -> Outcome:
     """The realistic life of one offloaded connection, every request bounded."""
     out = Outcome()
-    conn = await _step(out, "connect", engine.connect("127.0.0.1", port), strict)
+    conn = await _step(out, "connect", engine.connect("127.0.0.1", port), strict, allowed)
     if strict:
         assert engine.conn_info(conn)["state"] == "offloaded"
     payload = bytes((tag + i) % 251 for i in range(3000))
     try:
-        await _echoed(engine, out, conn, payload, strict, "1")
-        await _step(out, "query", engine.query(conn), strict)
+        await _echoed(engine, out, conn, payload, strict, "1", allowed)
+        await _step(out, "query", engine.query(conn), strict, allowed)
         changes = {"KaTimeout": 7_200_000, "RcvIndicationSize": 1024}
-        await _step(out, "update", engine.update(conn, changes), strict)
-        await _echoed(engine, out, conn, payload[::-1], strict, "2")
-        await _step(out, "upload", engine.upload(conn), strict)
-        await _echoed(engine, out, conn, b"in the host", strict, "3")
-        await _step(out, "offload", engine.offload(conn), strict)
-        await _echoed(engine, out, conn, payload[:777], strict, "4")
+        await _step(out, "update", engine.update(conn, changes), strict, allowed)
+        await _echoed(engine, out, conn, payload[::-1], strict, "2", allowed)
+        await _step(out, "upload", engine.upload(conn), strict, allowed)
+        await _echoed(engine, out, conn, b"in the host", strict, "3", allowed)
+        await _step(out, "offload", engine.offload(conn), strict, allowed)
+        await _echoed(engine, out, conn, payload[:777], strict, "4", allowed)
         # an invalidated object's connections are uploaded (spec §3.5); then offloaded again,
         # so that the disconnect goes through the chimney
         what = ("tcp", "path", "neighbor")[tag % 3]
-        await _step(out, "invalidate", engine.invalidate(conn, what), strict)
+        await _step(out, "invalidate", engine.invalidate(conn, what), strict, allowed)
         await _left_chimney(engine, conn)
-        await _step(out, "offload again", engine.offload(conn), strict)
-        await _echoed(engine, out, conn, payload[:99], strict, "5")
+        await _step(out, "offload again", engine.offload(conn), strict, allowed)
+        await _echoed(engine, out, conn, payload[:99], strict, "5", allowed)
         # graceful and abortive in turn
-        status = await _step(out, "disconnect", engine.disconnect(conn, tag % 2 == 1), strict)
+        status = await _step(
+            out, "disconnect", engine.disconnect(conn, tag % 2 == 1), strict, allowed
+        )
         assert isinstance(status, EngineError) or status.startswith("NDIS_STATUS_"), status
         if strict:
             assert status == "NDIS_STATUS_SUCCESS", status
@@ -288,6 +315,46 @@ async def test_delay(make_engine: Any, echo_port: int, layer: str, call: str) ->
     engine.fault_clear(None)
     await workload(engine, echo_port, 99, strict=True)
     await _settle(engine)
+
+
+# -- raise_next: a bug in a layer -----------------------------------------------------------------
+#: the workload forwards nothing (no initiate is held while the peer sends): the forward's
+#: bug is test_layer_errors.py's
+RAISED = RAISABLE_CALLS - {"MiniportTcpOffloadForward"}
+RAISABLE = [("nic0", c) for c in sorted(OffloadTarget.delayable_calls & RAISED)] + [
+    ("im0", c) for c in sorted(PassthroughIm.delayable_calls & RAISED)
+]
+
+
+@pytest.mark.parametrize(("count", "skip"), [(1, 0), (2, 1)], ids=lambda v: str(v))
+@pytest.mark.parametrize(("layer", "call"), RAISABLE, ids=lambda v: str(v))
+async def test_raise_next(
+    make_engine: Any, echo_port: int, layer: str, call: str, count: int, skip: int
+) -> None:
+    """A layer raises in a call, once or twice, in the middle of the workload: the requests
+    it was serving may be answered INTERNAL, every other one as the call may fail, none hangs;
+    the echoed bytes are the acknowledged ones; afterwards the stack carries on as if nothing
+    had happened and drains, the planted bugs its only violations (docs/spec.md §6.3)."""
+    engine = await make_engine()
+    spec = {"kind": "raise_next", "layer": layer, "call": call, "count": count, "skip": skip}
+    fid = engine.fault_inject(spec)
+    seen = Outcome()
+    for rnd in range(MAX_ROUNDS):
+        seen.errors += (await workload(engine, echo_port, rnd, allowed=BUGGED)).errors
+        if not any(f["id"] == fid for f in engine.fault_list()):
+            break
+    else:
+        raise AssertionError(f"{spec} never used up in {MAX_ROUNDS} rounds: {seen.text()}")
+    assert engine.layer_errors == count
+    await workload(engine, echo_port, 99, strict=True)
+    assert engine.conn_ids() == []
+    stats = await drained(engine)
+    assert engine.layer_errors == count, "a handler raised beyond the planted bugs"
+    bugs = engine.checker.violations
+    assert len(bugs) == count and all("PlantedBug" in v for v in bugs), bugs
+    engine.checker.violations.clear()
+    engine.layer_errors = 0
+    assert_clean(engine, stats)
 
 
 # -- faults on a connection, injected mid-workload ------------------------------------------------
@@ -435,7 +502,7 @@ async def test_mux_fault_mid_workload(make_engine: Any, echo_port: int, kind: st
 def test_the_matrix_covers_every_kind() -> None:
     """A new fault kind must get a case here."""
     covered = (
-        {"fail_next", "delay", "target_failure", "host_event"}
+        {"fail_next", "delay", "raise_next", "target_failure", "host_event"}
         | {"nic_down", "nic_up"}
         | {"rebalance"}
         | {(c if isinstance(c, dict) else c.values[0])["kind"] for c in CONN_FAULTS}
