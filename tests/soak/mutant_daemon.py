@@ -65,15 +65,23 @@ def _damage_one_byte(nth: int) -> None:
 
 
 def _offload_off() -> None:
-    """Offload turned off: `tcp.offload` and the offload inside `tcp.connect` answer as for a
-    connection already offloaded, and nothing is offloaded: every byte goes through the host
-    stack."""
-    from chimneyd.drivers.host import offload
+    """Offload turned off: `tcp.connect` connects without offloading whatever it is asked, and
+    `tcp.offload` answers with the connection's state and offloads nothing: every byte goes
+    through the host stack. Made in the RPC method table, which the server dispatches by on
+    either build (a compiled caller never sees a replaced module function)."""
+    from chimneyd.rpc import methods
 
-    def request(h: Any, tcb: Any, target: Any, done: Any) -> None:
-        done(h.describe_offload(tcb), None)
+    connect = methods.METHODS["tcp.connect"]
 
-    offload.request = request
+    async def tcp_connect(c: Any, p: list[Any]) -> Any:
+        opts = p[2] if len(p) == 3 and isinstance(p[2], dict) else {}
+        return await connect(c, [*p[:2], {**opts, "offload": False}])
+
+    async def tcp_offload(c: Any, p: list[Any]) -> Any:
+        return c.engine.conn_info(methods._conn(c, p[0]))
+
+    methods.METHODS["tcp.connect"] = tcp_connect
+    methods.METHODS["tcp.offload"] = tcp_offload
 
 
 MUTATIONS: dict[str, Callable[[], None]] = {
