@@ -79,6 +79,10 @@ pytest: $(DEPS)
 
 test: lint typecheck pytest
 
+# the whole suite (as `make pytest` selects it) on the compiled build, built first if needed
+test-compiled:
+	$(MAKE) pytest COMPILED=1
+
 bench: $(DEPS)
 	$(IN) $(BIN_AT)/python -m bench $(ARGS)
 

@@ -1,7 +1,7 @@
 """What the optional compiled build needs of the source, and whether the running code is it.
 
 The source stays plain Python: every module runs as it is, and `make test` tests it so.
-`make compiled` (experimental) copies the checkout to `build/compiled/` and compiles there, with
+`make compiled` (optional) copies the checkout to `build/compiled/` and compiles there, with
 mypyc, the modules on the data path (`deploy/compiled-modules.txt`); `COMPILED=1` on a make
 target runs from that copy. mypyc turns a class into a C type, which Python code may subclass
 only when the class says so: `mypyc_attr(allow_interpreted_subclasses=True)` on the base
