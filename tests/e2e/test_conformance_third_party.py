@@ -123,3 +123,28 @@ async def test_results_have_contract_types(rpc: aio_msgpack_rpc.Client) -> None:
     assert info["host"] == HOST and 0 < info["port"] < 65536 and info["pending"] == 0
     assert await rpc.call("fault.list") == []
     assert await rpc.call("events.subscribe", "*") is True
+
+
+async def test_a_planted_bug_is_answered_and_the_daemon_goes_on(
+    rpc: aio_msgpack_rpc.Client, daemon: Daemon, echo_peer: PeerServer
+) -> None:
+    """`raise_next` over RPC (an extension): the send the bug meets is answered INTERNAL, the
+    connection carries the bytes around it in order, and the daemon drains."""
+    conn = await rpc.call("tcp.connect", HOST, echo_peer.port)
+    spec = {"kind": "raise_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"}
+    daemon.planted_bugs = 1  # the one violation the checker will see
+    fid = await rpc.call("fault.inject", spec)
+    assert [f["id"] for f in await rpc.call("fault.list")] == [fid]
+    with pytest.raises(RPCResponseError) as exc:
+        await rpc.call("tcp.send", conn, b"lost in a bug")
+    code, message = error_of(exc)
+    assert code == 10 and message.startswith("INTERNAL: nic0 failed in MiniportTcpOffloadSend")
+    assert await rpc.call("fault.list") == []  # used up
+    assert await rpc.call("tcp.send", conn, b"still carried") == 13
+    assert await rpc.call("tcp.recv", conn, 13, 10_000) == b"still carried"
+    assert await rpc.call("tcp.close", conn) is True
+    stats = await settled(lambda: rpc.call("stack.stats"))
+    assert stats["engine"]["layer_errors"] == 1
+    with pytest.raises(RPCResponseError) as exc:
+        await rpc.call("fault.inject", {**spec, "call": "MiniportInvalidateOffload"})
+    assert error_of(exc)[0] == 2  # INVALID_PARAMS: no recovery defined there
