@@ -45,9 +45,7 @@ def _assert_runnable(d: dict[str, Any]) -> None:
     assert d["TsTime"] > 0
 
 
-async def test_offload_hands_the_target_the_kernels_state(
-    make_engine: Any, echo_port: int
-) -> None:
+async def test_offload_hands_the_target_the_kernels_state(make_engine: Any, echo_port: int) -> None:
     got: list[dict[str, Any]] = []
     engine = await make_engine()
     handlers = engine.driver_layer("nic0").chimney_handlers  # what NDIS dispatches by
