@@ -62,6 +62,15 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "fault inject delay layer=im0 call=MiniportTcpOffloadSend ms=50",
         ),
         FaultKind(
+            "raise_next",
+            ("layer", "call"),
+            ("count", "skip"),
+            "the next COUNT (default 1) calls of handler CALL at LAYER, after SKIP let through, "
+            "raise inside the layer as a driver bug would: the requests they serve are answered "
+            "INTERNAL and the call is failed for the layer (docs/spec.md §6.3)",
+            "fault inject raise_next layer=nic0 call=MiniportTcpOffloadSend",
+        ),
+        FaultKind(
             "stall_peer",
             ("conn", "ms"),
             (),
@@ -124,7 +133,16 @@ FAULT_KINDS: dict[str, FaultKind] = {
 FAULT_ALIASES = {"nic_failure": "target_failure", "stall": "stall_peer"}
 #: Kinds whose fault stays after its maker leaves (they are on a layer, not a connection).
 LAYER_FAULTS = frozenset(
-    {"target_failure", "fail_next", "delay", "host_event", "nic_down", "nic_up", "rebalance"}
+    {
+        "target_failure",
+        "fail_next",
+        "raise_next",
+        "delay",
+        "host_event",
+        "nic_down",
+        "nic_up",
+        "rebalance",
+    }
 )
 
 

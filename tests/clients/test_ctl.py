@@ -308,6 +308,16 @@ def test_fault_inject_help_lists_every_kind(capsys: pytest.CaptureFixture[str]) 
     assert "nic_failure = target_failure" in out and "stall = stall_peer" in out
 
 
+def test_chimneyctl_knows_every_kind_the_daemon_takes() -> None:
+    from chimneyd import faults
+
+    assert set(ctl.FAULT_KINDS) == set(faults.KINDS)
+    for name, kind in ctl.FAULT_KINDS.items():
+        keys = {k for k in faults.KINDS[name].keys if k != "shard"}
+        assert set(kind.required) | set(kind.optional) == keys, name
+        assert set(kind.required) == {k for k in keys if faults.KINDS[name].keys[k].required}
+
+
 def test_fault_kinds_checked_and_aliases_sent_by_contract_name(
     capsys: pytest.CaptureFixture[str], server: MiniServer
 ) -> None:
