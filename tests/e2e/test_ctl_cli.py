@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -39,13 +40,30 @@ def ctl(
 
 
 def ctl_process(daemon: Daemon, *args: str) -> subprocess.Popen[bytes]:
+    # faulthandler: one that is stuck prints every thread's stack on SIGABRT (exits_on_ctrl_c)
     return subprocess.Popen(
         [str(BIN / "chimneyctl"), "--rpc", daemon.address, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=child_env(),
+        env={**child_env(), "PYTHONFAULTHANDLER": "1"},
     )
+
+
+def exits_on_ctrl_c(proc: subprocess.Popen[bytes], err: LineReader) -> None:
+    """Ctrl-C (SIGINT): chimneyctl exits 130 within 10 s. If it does not, the failure shows
+    where it was: SIGABRT makes it print its stacks on stderr, which `err` drains."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        status = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        err.join(2)
+        where = "\n".join(err.lines[-60:])
+        raise AssertionError(f"chimneyctl did not exit within 10 s of SIGINT:\n{where}") from None
+    assert status == 130, "\n".join(err.lines[-20:])
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -162,8 +180,7 @@ def test_subscribe_hints_without_admin_and_exits_130_on_ctrl_c(daemon: Daemon) -
         out, err = LineReader(proc.stdout), LineReader(proc.stderr)
         out.wait_for("subscribed to all connections", 30)
         assert err.wait_for("hint:", 10).startswith("hint: without the admin token")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 130
+        exits_on_ctrl_c(proc, err)
     finally:
         stop(proc)
 
@@ -293,9 +310,9 @@ def test_watch_ctrl_c_exits_130(admin_daemon: Daemon, echo_port: int) -> None:
         conn = owner.tcp_connect(HOST, echo_port)
         proc = ctl_process(admin_daemon, "--token", ADMIN, "watch", str(conn))
         try:
+            err = LineReader(proc.stderr)
             LineReader(proc.stdout).wait_for("1 ", 30)
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(10) == 130
+            exits_on_ctrl_c(proc, err)
         finally:
             stop(proc)
         owner.tcp_close(conn)
