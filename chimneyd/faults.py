@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.drivers.base import RAISABLE_CALLS, Delay, DriverLayer, FailNext, RaiseNext
+from chimneyd.drivers.base import Delay, DriverLayer, FailNext, RaiseNext
 from chimneyd.ndis.status import (
     INITIATE_BLOCK_STATUSES,
     OFFLOADED_STATUSES,
@@ -174,9 +174,8 @@ def _delay(engine: Engine, fault: Fault) -> None:
 def _raise_next(engine: Engine, fault: Fault) -> None:
     spec = fault.spec
     layer = engine.driver_layer(spec["layer"])
-    calls = layer.delayable_calls & RAISABLE_CALLS
-    if spec["call"] not in calls:
-        known = ", ".join(sorted(calls)) or "none"
+    if spec["call"] not in layer.raisable_calls:
+        known = ", ".join(sorted(layer.raisable_calls)) or "none"
         raise _invalid(f"layer {layer.name} cannot raise in {spec['call']!r} (it can in: {known})")
     fn = RaiseNext(fault.id, spec["call"], spec["count"], spec["skip"])
     _arm(layer, fn, fault)

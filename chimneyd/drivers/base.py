@@ -70,6 +70,24 @@ class PlantedBug(Exception):
 
 
 LayerFault = FailNext | Delay | RaiseNext
+Counted = TypeVar("Counted", bound=FailNext | RaiseNext)  # bound: mypyc takes no value list
+
+
+def _use_one(faults: list[Counted], call: str) -> Counted | None:
+    """The counted fault (`fail_next`, `raise_next`) that takes this call of `call`, its count
+    used up by one (and gone from `faults` at 0); None while it still lets `skip` calls by."""
+    for fault in faults:
+        if fault.call == call and fault.count > 0:
+            if fault.skip:
+                fault.skip -= 1
+                return None
+            fault.count -= 1
+            if fault.count == 0:
+                faults.remove(fault)
+            return fault
+    return None
+
+
 F = TypeVar("F", bound=Callable[..., None])
 
 
@@ -82,8 +100,8 @@ class HeldCallFailed(Exception):
         super().__init__(f"held {getattr(fn, '__name__', '?')} failed")
         self.fn = fn
         self.call_args = args
-        # what the call raised, kept here: a compiled build drops `raise ... from` causes
-        # raised in an `except` with a `finally` around it
+        # what the call raised, kept here: the compiled `_release` was seen to leave
+        # `__cause__` None (its `__context__` set) after `raise ... from`
         self.error = error
 
 
@@ -140,12 +158,15 @@ class DriverLayer(Layer):
     failable_calls: ClassVar[frozenset[str]] = frozenset()
     #: calls a `delay` fault can hold here: the `downcall` handlers, found per class
     delayable_calls: ClassVar[frozenset[str]] = frozenset()
+    #: calls a `raise_next` fault can make raise here: the downcalls it is recovered from
+    raisable_calls: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.delayable_calls = frozenset(
             name for name in dir(cls) if getattr(getattr(cls, name, None), "_downcall", False)
         )
+        cls.raisable_calls = cls.delayable_calls & RAISABLE_CALLS
 
     def __init__(self, name: str, ndis: Ndis, timers: Timers, capacity: int) -> None:
         super().__init__(name, ndis)
@@ -207,29 +228,15 @@ class DriverLayer(Layer):
         """If a `fail_next` fault covers `call`, use up one count and return its status."""
         if not self.fail_next:
             return None
-        for fault in self.fail_next:
-            if fault.call == call and fault.count > 0:
-                if fault.skip:
-                    fault.skip -= 1
-                    return None
-                fault.count -= 1
-                if fault.count == 0:
-                    self.fail_next.remove(fault)
-                return fault.status
-        return None
+        fault = _use_one(self.fail_next, call)
+        return None if fault is None else fault.status
 
     def trip(self, call: str) -> None:
         """If a `raise_next` fault covers `call`, use up one count and raise its bug: at the
         entry of the handler, or of a held call when it runs at last."""
-        for fault in self.raises:
-            if fault.call == call and fault.count > 0:
-                if fault.skip:
-                    fault.skip -= 1
-                    return
-                fault.count -= 1
-                if fault.count == 0:
-                    self.raises.remove(fault)
-                raise PlantedBug(f"raise_next fault {fault.fault_id}: a bug in {call}")
+        fault = _use_one(self.raises, call)
+        if fault is not None:
+            raise PlantedBug(f"raise_next fault {fault.fault_id}: a bug in {call}")
 
     # -- a handler that raised (engine `_layer_failed`) ------------------------------------------
     def keeps(self, root: OffloadBlock) -> bool:

@@ -25,7 +25,6 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import EngineConfig, LayerConfig
-from chimneyd.drivers.base import RAISABLE_CALLS
 from chimneyd.drivers.passthrough import PassthroughIm
 from chimneyd.drivers.target import OffloadTarget
 from chimneyd.engine import Engine, start_engine
@@ -320,9 +319,10 @@ async def test_delay(make_engine: Any, echo_port: int, layer: str, call: str) ->
 # -- raise_next: a bug in a layer -----------------------------------------------------------------
 #: the workload forwards nothing (no initiate is held while the peer sends): the forward's
 #: bug is test_layer_errors.py's
-RAISED = RAISABLE_CALLS - {"MiniportTcpOffloadForward"}
-RAISABLE = [("nic0", c) for c in sorted(OffloadTarget.delayable_calls & RAISED)] + [
-    ("im0", c) for c in sorted(PassthroughIm.delayable_calls & RAISED)
+RAISABLE = [
+    (layer, call)
+    for layer, kind in (("nic0", OffloadTarget), ("im0", PassthroughIm))
+    for call in sorted(kind.raisable_calls - {"MiniportTcpOffloadForward"})
 ]
 
 
