@@ -139,13 +139,23 @@ def _target_failure(engine: Engine, fault: Fault) -> None:
     fault.undo = lambda: nic.inbox.push(nic.recover_adapter, ())
 
 
+def _layer_for(engine: Engine, spec: dict[str, Any], calls: str, verb: str) -> DriverLayer:
+    """The layer a fault on one of its calls goes into; refused when the layer's `calls`
+    (`failable_calls`, …) do not name the spec's call, with the ones they do."""
+    layer = engine.driver_layer(spec["layer"])
+    allowed: frozenset[str] = getattr(layer, calls)
+    if spec["call"] not in allowed:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise _invalid(
+            f"layer {layer.name} cannot {verb} {spec['call']!r} (it can {verb}: {known})"
+        )
+    return layer
+
+
 def _fail_next(engine: Engine, fault: Fault) -> None:
     spec = fault.spec
-    layer = engine.driver_layer(spec["layer"])
+    layer = _layer_for(engine, spec, "failable_calls", "fail")
     call = spec["call"]
-    if call not in layer.failable_calls:
-        calls = ", ".join(sorted(layer.failable_calls)) or "none"
-        raise _invalid(f"layer {layer.name} cannot fail {call!r} (it can fail: {calls})")
     status = NdisStatus[spec["status"]]
     if call.startswith("MiniportInitiateOffload") and (
         status not in INITIATE_BLOCK_STATUSES or status in OFFLOADED_STATUSES
@@ -164,19 +174,13 @@ def _fail_next(engine: Engine, fault: Fault) -> None:
 
 def _delay(engine: Engine, fault: Fault) -> None:
     spec = fault.spec
-    layer = engine.driver_layer(spec["layer"])
-    if spec["call"] not in layer.delayable_calls:
-        calls = ", ".join(sorted(layer.delayable_calls)) or "none"
-        raise _invalid(f"layer {layer.name} cannot delay {spec['call']!r} (it can delay: {calls})")
+    layer = _layer_for(engine, spec, "delayable_calls", "delay")
     _arm(layer, Delay(fault.id, spec["call"], spec["ms"]), fault)
 
 
 def _raise_next(engine: Engine, fault: Fault) -> None:
     spec = fault.spec
-    layer = engine.driver_layer(spec["layer"])
-    if spec["call"] not in layer.raisable_calls:
-        known = ", ".join(sorted(layer.raisable_calls)) or "none"
-        raise _invalid(f"layer {layer.name} cannot raise in {spec['call']!r} (it can in: {known})")
+    layer = _layer_for(engine, spec, "raisable_calls", "raise in")
     fn = RaiseNext(fault.id, spec["call"], spec["count"], spec["skip"])
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
