@@ -36,6 +36,21 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+@contextlib.contextmanager
+def sigint_default() -> Iterator[None]:
+    """Children started inside get SIGINT's default action, as from a terminal.
+
+    A non-interactive shell starts a background job (`make test &`, `nohup ... &`) with SIGINT
+    ignored, and an ignored signal stays ignored across fork and exec: Python then never
+    installs the handler that raises KeyboardInterrupt, and a child that should stop on Ctrl-C
+    ignores it. A handler (not SIG_IGN) is reset to the default by exec. Main thread only."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import BIN, HOST, Daemon, LineReader, child_env, peer_process
+from tests.e2e.support import (
+    BIN,
+    HOST,
+    Daemon,
+    LineReader,
+    child_env,
+    peer_process,
+    sigint_default,
+)
 
 ADMIN = "adm1n"
 ADMIN_CONFIG = f'[rpc]\nadmin_token = "{ADMIN}"\n'
@@ -40,14 +48,16 @@ def ctl(
 
 
 def ctl_process(daemon: Daemon, *args: str) -> subprocess.Popen[bytes]:
-    # faulthandler: one that is stuck prints every thread's stack on SIGABRT (exits_on_ctrl_c)
-    return subprocess.Popen(
-        [str(BIN / "chimneyctl"), "--rpc", daemon.address, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**child_env(), "PYTHONFAULTHANDLER": "1"},
-    )
+    # faulthandler: one that is stuck prints every thread's stack on SIGABRT (exits_on_ctrl_c);
+    # sigint_default: a test run in the background must not hand its ignored SIGINT down
+    with sigint_default():
+        return subprocess.Popen(
+            [str(BIN / "chimneyctl"), "--rpc", daemon.address, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**child_env(), "PYTHONFAULTHANDLER": "1"},
+        )
 
 
 def exits_on_ctrl_c(proc: subprocess.Popen[bytes], err: LineReader) -> None:
