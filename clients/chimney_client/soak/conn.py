@@ -21,11 +21,13 @@ class Conn:
 
     __slots__ = (
         "aborted",
+        "bugs",
         "busy",
         "churn",
         "cid",
         "expect_abort",
         "faults",
+        "holed",
         "host_cause",
         "integrity_errors",
         "local_port",
@@ -90,6 +92,10 @@ class Conn:
         self.lost = False
         self.integrity_errors = 0
         self.faults: list[dict[str, Any]] = []  # connection faults aimed at it
+        # INTERNAL answers on it (a layer raised, spec §6.3), and whether one came from a send
+        # handler: its stream may then have a hole, so the slot is closed and reopened
+        self.bugs: list[dict[str, Any]] = []
+        self.holed = False
         # a stall its slot is to inject between two round trips: (record, params, answer)
         self.stall_order: tuple[dict[str, Any], dict[str, str], asyncio.Future[None]] | None = None
         self.nap: asyncio.Future[None] | None = None  # the think pause under way, to cut short

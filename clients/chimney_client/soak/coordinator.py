@@ -22,7 +22,7 @@ from typing import Any
 from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel, LocalChannel, ProcessChannel
-from .faults import ScheduledFault
+from .faults import OUTAGES, ScheduledFault
 from .layer_faults import LayerFaults
 from .limits import (
     CALL_TIMEOUT_S,
@@ -88,6 +88,7 @@ class Soak(Phases, LayerFaults):
         self.interrupted = asyncio.Event()
         self.broken: str | None = None  # why the run was stopped early (the daemon broke)
         self.health_base: dict[str, int] = {}
+        self.bugs_planted = 0
         self.shard_pids: dict[int, int] = {}
         self.rss_shards: dict[int, dict[str, int | None]] = {}
         self.spread: dict[int, int] = {}
@@ -393,11 +394,11 @@ class Soak(Phases, LayerFaults):
             phase = "closing" if self.interrupted.is_set() else "settling and closing"
             self.show(self.status_line(phase, last))
         if self.control is not None:
-            # fail_next faults still listed were never used up: no call failed
+            # fail_next and raise_next faults still listed were never used up
             with contextlib.suppress(ChimneyError):
                 active = {f.get("id") for f in await self.control.fault_list()}
                 for rec in self.layer_records:
-                    if rec.get("effect") and rec.get("injected"):
+                    if rec["kind"] not in OUTAGES and rec.get("injected"):
                         rec["consumed"] = rec.get("fault_id") not in active
             with contextlib.suppress(ChimneyError):
                 await self.control.fault_clear("*")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .limits import DEFAULT_NIC_OUTAGE_S, DEFAULT_STALL_MS
+from .limits import DEFAULT_NIC_OUTAGE_S, DEFAULT_STALL_MS, STAGGER_S
 from .parsing import parse_duration
 
 
@@ -140,6 +140,27 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "host mode, the soak offloads it again, and it must carry verified data after",
             key_aliases=_FAIL_NEXT_KEYS,
         ),
+        FaultKind(
+            "raise_next",
+            "layer",
+            "raise_next",
+            {
+                "layer": "nic0",
+                "call": "MiniportTcpOffloadSend",
+                "count": "1",
+                "skip": "0",
+                "shard": "",
+            },
+            "a bug planted in /layer=nic0: its next /count=1 /call=MiniportTcpOffloadSend "
+            "handlers (after /skip=0) raise (spec §6.3, call: MiniportTcpOffloadSend or "
+            "MiniportTcpOffloadReceive); every INTERNAL answer must name a layer and handler a "
+            "raise_next planted a bug in, after it, on no more connections than calls it made "
+            "raise; the bytes that come back are verified (a read a bug answered leaves its "
+            "bytes to the next; after a send answered INTERNAL the slot is closed and reopened) "
+            "and the connection, or its reopened slot, must carry verified data after; the "
+            "daemon must count exactly one layer error and one invariant violation per bug",
+            key_aliases=_FAIL_NEXT_KEYS,
+        ),
     )
 }
 
@@ -151,6 +172,9 @@ ALIASES: dict[str, str] = {alias: k.name for k in FAULT_KINDS.values() for alias
 
 #: The calls whose failure the soak can tell apart and judge.
 JUDGED_CALLS = ("MiniportTcpOffloadSend", "MiniportInitiateOffload")
+#: The calls a raise_next may plant a bug in: each has a request waiting on its connection
+#: (tcp.send, tcp.recv), so each bug shows as an INTERNAL answer the soak can see.
+BUG_CALLS = ("MiniportTcpOffloadSend", "MiniportTcpOffloadReceive")
 #: Send completions that mean "the host sends these itself after an upload" (spec §4.1).
 UPLOAD_STATUSES = (
     "NDIS_STATUS_UPLOAD_IN_PROGRESS",
@@ -270,6 +294,10 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
             raise ValueError(
                 f"fault {item!r}: the soak judges fail_next only on {', '.join(JUDGED_CALLS)}"
             )
+        if fk.daemon_kind == "raise_next" and spec.param("call") not in BUG_CALLS:
+            raise ValueError(
+                f"fault {item!r}: the soak judges raise_next only on {', '.join(BUG_CALLS)}"
+            )
         out.append(spec)
     return out
 
@@ -277,6 +305,8 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
 def _check_value(item: str, key: str, value: str) -> None:
     if key in ("ms", "count") and (not value.isdigit() or int(value) < 1):
         raise ValueError(f"fault {item!r}: {key} must be a positive integer")
+    if key == "skip" and not value.isdigit():
+        raise ValueError(f"fault {item!r}: skip is a number of calls (0, 1, ...)")
     if key == "shard" and not value.isdigit():
         raise ValueError(f"fault {item!r}: shard is a shard number (0, 1, ...)")
     if key == "for":
@@ -293,15 +323,24 @@ class ScheduledFault:
 
 
 def schedule_faults(specs: Sequence[FaultSpec], hold_s: float) -> list[ScheduledFault]:
-    """Injection times: `@TIME` as given, else COUNT injections evenly inside the hold."""
+    """Injection times: `@TIME` as given, else COUNT injections evenly inside the hold, each
+    moved on by STAGGER_S while it falls that close to one already placed: two faults injected
+    at once would hit the next call of the same connection, and its outcome would be the
+    sum of both, which is no fault's."""
     plan: list[tuple[float, FaultSpec]] = []
     for spec in specs:
-        for i in range(spec.count):
-            t = spec.at if spec.at is not None else hold_s * (i + 1) / (spec.count + 1)
-            if t >= hold_s:
-                raise ValueError(
-                    f"fault {spec.kind}@{t:g}s is not inside the {hold_s:g} s hold (--duration)"
-                )
+        if spec.at is not None:
+            plan += [(spec.at, spec)] * spec.count
+    for spec in specs:
+        for i in range(spec.count if spec.at is None else 0):
+            t = hold_s * (i + 1) / (spec.count + 1)
+            while any(abs(t - u) < STAGGER_S for u, _ in plan) and t + STAGGER_S < hold_s:
+                t += STAGGER_S
             plan.append((t, spec))
+    for t, spec in plan:
+        if t >= hold_s:
+            raise ValueError(
+                f"fault {spec.kind}@{t:g}s is not inside the {hold_s:g} s hold (--duration)"
+            )
     plan.sort(key=lambda p: p[0])
     return [ScheduledFault(i + 1, t, spec) for i, (t, spec) in enumerate(plan)]

@@ -1,4 +1,4 @@
-"""Layer faults, injected by the coordinator: fail_next and its presets, and NIC outages
+"""Layer faults, injected by the coordinator: fail_next and its presets, raise_next, NIC outages
 (`target_failure`, a teaming MUX's `nic_down`) with the times that bound what they explain
 (from just before fault.inject to just after fault.clear), the offload gauge of the NIC before
 and at the end of the outage, and the connections each NIC carried then."""
@@ -21,6 +21,7 @@ class LayerFaults:
     ins: list[Channel]
     layer_records: list[dict[str, Any]]
     interrupted: asyncio.Event
+    bugs_planted: int  # calls raise_next faults were injected to make raise (spec §6.3)
 
     def say(self, text: str) -> None: ...
 
@@ -52,15 +53,19 @@ class LayerFaults:
             if spec.kind in OUTAGES:
                 await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
                 return
+            daemon_kind = FAULT_KINDS[spec.kind].daemon_kind
+            assert daemon_kind in ("fail_next", "raise_next")
+            # fail_next's status, raise_next's skip: the keys it takes, as the daemon names them
+            keys: dict[str, Any] = {"layer": layer, "call": params["call"]}
+            keys["count"] = int(params["count"])
+            if daemon_kind == "fail_next":
+                keys["status"] = params["status"]
+            else:
+                keys["skip"] = int(params["skip"])
+                # the layer errors and invariant violations the bugs will count are expected
+                self.bugs_planted += keys["count"]
             rec["t0"] = time.monotonic()
-            rec["fault_id"] = await self.control.fault_inject(
-                "fail_next",
-                layer=layer,
-                call=params["call"],
-                status=params["status"],
-                count=int(params["count"]),
-                **where,
-            )
+            rec["fault_id"] = await self.control.fault_inject(daemon_kind, **keys, **where)
             rec["t1"] = time.monotonic()
             rec["injected"] = True
             if spec.effect == "offload_refusal":

@@ -16,6 +16,16 @@ CONNS_PER_PEER = 4000
 FD_RESERVE = 200
 #: Server-side wait of one `tcp.recv`; a timeout loses no data, so we simply ask again.
 RECV_TIMEOUT_MS = 5000
+#: After a send a bug answered (its stream may have a hole), the read-back ends once nothing
+#: more came for this long: what did come is verified, the rest of that send is excused.
+BUG_QUIET_MS = 1000
+#: INTERNAL answers on one connection before its slot gives up on it (a bug that keeps raising).
+MAX_BUG_ANSWERS = 4
+#: INTERNAL answers on one connection this close in time are one bug's (it answers every request
+#: waiting on the connection at once; a client reads the answers within a few ms).
+BUG_EPISODE_S = 0.5
+#: Faults spread over the hold are injected at least this far apart.
+STAGGER_S = 0.5
 #: Largest read asked for at once.
 RECV_CHUNK = 256 * 1024
 #: An echo round trip that takes longer than this is reported as stuck (connection, offset).

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .faults import FAULT_KINDS, OUTAGES
-from .limits import RESUME_GRACE_S, SEND_FAILURE_UPLOAD_S, STALL_CLOCK_SLACK_S
+from .limits import BUG_EPISODE_S, RESUME_GRACE_S, SEND_FAILURE_UPLOAD_S, STALL_CLOCK_SLACK_S
 
 Record = dict[str, Any]
 EXAMPLES = 5
@@ -45,7 +45,8 @@ def _entry(kind: str) -> Record:
     return {"kind": kind, "injected": 0, "failed_to_inject": 0, "problems": []}
 
 
-def _problem(e: Record, text: str) -> None:
+def problem(e: Record, text: str) -> None:
+    """Add a problem to a fault entry (the first few kept as examples, all counted)."""
     if len(e["problems"]) < EXAMPLES:
         e["problems"].append(text)
     e["problem_count"] = e.get("problem_count", 0) + 1
@@ -65,7 +66,7 @@ def judge(
             e["injected"] += 1
         else:
             e["failed_to_inject"] += 1
-            _problem(e, f"not injected: {rec.get('error', '?')}")
+            problem(e, f"not injected: {rec.get('error', '?')}")
     for rec in conn_records:
         if rec.get("injected"):
             _judge_conn_fault(by_kind[rec["kind"]], rec)
@@ -79,9 +80,12 @@ def judge(
         for r in conn_records
         if r["kind"] in ("peer_reset", "daemon_reset") and r.get("injected") and r.get("abort_seen")
     }
+    # so is one whose slot a layer's bug closed (a send answered INTERNAL): it is reopened
+    reset |= {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
     for rec, w in zip(outages, windows, strict=True):
         _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset)
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
+    _judge_raise_next(by_kind, layer_records, obs)
     _account_leftovers(obs, windows, host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
@@ -101,28 +105,28 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
     if kind in ("peer_reset", "daemon_reset") or rec.get("reason") == "HardwareFailure":
         e["abort_seen"] = e.get("abort_seen", 0) + int(bool(rec.get("abort_seen")))
         if not rec.get("abort_seen"):
-            _problem(e, f"conn {conn}: no TcpIndicateAbort")
+            problem(e, f"conn {conn}: no TcpIndicateAbort")
         if kind == "retrieve":
             return
         e["reopened"] = e.get("reopened", 0) + int(rec.get("new_conn") is not None)
         if not done:
-            _problem(e, f"conn {conn}: the reopened slot carried no verified data")
+            problem(e, f"conn {conn}: the reopened slot carried no verified data")
         lost = rec.get("lost_before_reset", 0)
         if lost:
             e["lost_before_reset"] = e.get("lost_before_reset", 0) + lost
             before = "echoed before the RST" if kind == "peer_reset" else _READ_BEFORE_OWN_RST
-            _problem(e, f"conn {conn}: {lost} byte(s) {before} never came back")
+            problem(e, f"conn {conn}: {lost} byte(s) {before} never came back")
         if kind == "daemon_reset" and rec.get("abort_seen"):
             read = rec.get("delivered")
             if read is None:
-                _problem(e, f"conn {conn}: tcp.info did not say what the daemon had read")
+                problem(e, f"conn {conn}: tcp.info did not say what the daemon had read")
                 return
             # what was still in the socket when the daemon reset it goes with it: excused
             e["read_before_rst"] = e.get("read_before_rst", 0) + read
         if kind == "peer_reset":
             delivered = rec.get("delivered")
             if delivered is None:
-                _problem(e, f"conn {conn}: the peer did not say what it had delivered")
+                problem(e, f"conn {conn}: the peer did not say what it had delivered")
                 return
             # what the RST cut off (acknowledged by the peer's kernel, never echoed) is excused
             e["echoed_before_rst"] = e.get("echoed_before_rst", 0) + delivered
@@ -132,9 +136,9 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
     if kind == "stall_peer":
         _judge_stall_hold(e, rec)
         if rec.get("integrity_errors") or rec.get("lost"):
-            _problem(e, f"conn {conn}: damaged after the stall")
+            problem(e, f"conn {conn}: damaged after the stall")
         if not done:
-            _problem(e, f"conn {conn}: no byte verified after the stall ended")
+            problem(e, f"conn {conn}: no byte verified after the stall ended")
         return
     # retrieve
     e["event_seen"] = e.get("event_seen", 0) + int(bool(rec.get("event_seen")))
@@ -144,15 +148,15 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
         # the target failure's own outcome (uploaded, offloaded again) covers the rest
         e["overtaken_by_target_failure"] = e.get("overtaken_by_target_failure", 0) + 1
         if not done:
-            _problem(e, f"conn {conn}: no byte verified after the retrieve")
+            problem(e, f"conn {conn}: no byte verified after the retrieve")
     elif not rec.get("event_seen"):
-        _problem(e, f"conn {conn}: no TcpIndicateRetrieve")
+        problem(e, f"conn {conn}: no TcpIndicateRetrieve")
     elif not rec.get("uploaded") and rec.get("mandatory", True):
-        _problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")
+        problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")
     elif rec.get("uploaded") and rec.get("reoffloaded_t") is None:
-        _problem(e, f"conn {conn}: not offloaded again after the retrieve")
+        problem(e, f"conn {conn}: not offloaded again after the retrieve")
     elif not done:
-        _problem(e, f"conn {conn}: no byte verified after the retrieve")
+        problem(e, f"conn {conn}: no byte verified after the retrieve")
 
 
 def _judge_stall_hold(e: Record, rec: Record) -> None:
@@ -161,12 +165,12 @@ def _judge_stall_hold(e: Record, rec: Record) -> None:
     conn, end = rec.get("conn"), rec.get("stall_end")
     t0, t1 = rec.get("trip_t0"), rec.get("trip_t1")
     if end is None or t0 is None or t0 >= end:
-        _problem(e, f"conn {conn}: no round trip began during the stall: its hold was not seen")
+        problem(e, f"conn {conn}: no round trip began during the stall: its hold was not seen")
     elif t1 is None:
-        _problem(e, f"conn {conn}: the round trip begun during the stall never came back")
+        problem(e, f"conn {conn}: the round trip begun during the stall never came back")
     elif t1 < end - STALL_CLOCK_SLACK_S:
         early = (end - t1) * 1000
-        _problem(
+        problem(
             e,
             f"conn {conn}: a round trip begun during the stall came back {early:.0f} ms before "
             "its end: the stall held nothing",
@@ -181,11 +185,11 @@ def _judge_outage(
 ) -> None:
     layer = w.layer
     if not rec.get("cleared"):
-        _problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
+        problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
     left = rec.get("offloaded_at_end")
     e["offloaded_before"] = e.get("offloaded_before", 0) + (rec.get("offloaded_before") or 0)
     if left:
-        _problem(e, f"{layer}: {left} connection(s) still offloaded on it at the end of the outage")
+        problem(e, f"{layer}: {left} connection(s) still offloaded on it at the end of the outage")
     for when in ("nics_before", "nics_at_end"):
         if rec.get(when) is not None:
             e.setdefault(when, []).append(rec[when])
@@ -210,18 +214,18 @@ def _judge_outage(
         w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
     e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(uploads)
     if rec.get("offloaded_before") and not uploads:
-        _problem(e, f"{layer}: {rec['offloaded_before']} offloaded, none uploaded (UPLOAD_ALL)")
+        problem(e, f"{layer}: {rec['offloaded_before']} offloaded, none uploaded (UPLOAD_ALL)")
     again = 0
     for u in uploads:
         t = u.get("reoffloaded_t")
         if t is None and u["conn"] in reset:
             e["reset_before_reoffload"] = e.get("reset_before_reoffload", 0) + 1
         elif t is None:
-            _problem(e, f"conn {u['conn']}: not offloaded again after {layer} recovered")
+            problem(e, f"conn {u['conn']}: not offloaded again after {layer} recovered")
         elif t < w.clear and layer in (u.get("path") or [layer]):
-            _problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed")
+            problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed")
         elif not u.get("done"):
-            _problem(e, f"conn {u['conn']}: no byte verified after its re-offload")
+            problem(e, f"conn {u['conn']}: no byte verified after its re-offload")
         else:
             again += 1
     e["reoffloaded"] = e.get("reoffloaded", 0) + again
@@ -258,7 +262,7 @@ def _judge_fail_next(
             if r.get("consumed"):
                 expected += int(r["params"].get("count", 1))
             else:
-                _problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
+                problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
         start = min(float(r["t0"]) for r in faults)
         statuses = {r["params"].get("status") for r in faults}
         # the earliest matching outcomes, up to what the faults caused; any more are left for
@@ -292,19 +296,19 @@ def _judge_fail_next(
             e["expected"], e["observed"], e["verified_after"] = expected, observed, after
         first = next(iter(entries.values()))
         if observed != expected:
-            _problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
+            problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
         for o in seen:
             if effect == "send_failure" and not o.get("resent"):
-                _problem(first, f"conn {o['conn']}: the failed bytes were never resent")
+                problem(first, f"conn {o['conn']}: the failed bytes were never resent")
             elif not o.get("done"):
-                _problem(first, f"conn {o['conn']}: no byte verified after it")
+                problem(first, f"conn {o['conn']}: no byte verified after it")
         if effect == "send_failure":
             uploads = _uploads_after_send_failures(seen, obs)
             for e in entries.values():
                 e["uploaded"] = len(uploads)
             for u in uploads:
                 if not u.get("done"):
-                    _problem(first, f"conn {u['conn']}: no byte verified after its upload")
+                    problem(first, f"conn {u['conn']}: no byte verified after its upload")
         if effect == "offload_refusal":
             host["explained"]["refuse_offload"] = len(seen)
 
@@ -325,6 +329,92 @@ def _uploads_after_send_failures(seen: list[Record], obs: dict[str, list[Record]
                 u["explained_by"] = "send_failure"
                 out.append(u)
                 break
+    return out
+
+
+# -- raise_next: bugs planted in a layer --------------------------------------------------------
+def _judge_raise_next(
+    by_kind: dict[str, Record], layer_records: Sequence[Record], obs: dict[str, list[Record]]
+) -> None:
+    """A planted bug shows as INTERNAL answers naming its layer and handler (spec §6.3), on
+    the one connection it hit; answers are grouped into hits (one connection, close in time).
+    The faults of one layer and call hit no more connections than the calls they made raise
+    (the daemon's count of layer errors, checked in the verdict, says they all raised). A bug
+    may answer nothing: a receive request stays posted after a read was served from indicated
+    bytes (spec §4.2), and two bugs on one connection share its waiting requests, which the
+    first answers; a send a bug left unanswered is still caught, as a stuck round trip, and
+    one answered otherwise as an unexplained failure or lost bytes. Each hit is followed by
+    verified data (on the connection, or on its reopened slot). What no fault explains is left
+    for the account of the unexplained."""
+    faults = [r for r in layer_records if r["kind"] == "raise_next" and r.get("injected")]
+    if not faults:
+        return
+    e = by_kind["raise_next"]
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for r in faults:
+        if not r.get("consumed"):
+            problem(e, f"fault {r.get('fault_id')} never used up: no call raised")
+        groups.setdefault((r["params"]["layer"], r["params"]["call"]), []).append(r)
+    planted = hits_seen = answers_seen = after = 0
+    hit_holed: dict[Any, float] = {}
+    for (layer, call), rs in groups.items():
+        used = [r for r in rs if r.get("consumed")]
+        uses = sum(int(r["params"].get("count", 1)) for r in used)
+        planted += uses
+        start = min(float(r["t0"]) for r in rs)
+        mine = [
+            a
+            for a in obs.get("bug_answers", [])
+            if not a.get("explained_by")
+            and (a.get("layer"), a.get("call"), a.get("error")) == (layer, call, "PlantedBug")
+            and float(a["t"]) >= start
+        ]
+        for a in mine:
+            a["explained_by"] = "raise_next"
+        hits = _hits(mine)
+        hits_seen += len(hits)
+        answers_seen += len(mine)
+        if len(hits) > uses:
+            problem(
+                e,
+                f"{layer} {call}: {uses} call(s) made to raise by {len(used)} fault(s), "
+                f"{len(hits)} connection hit(s) answered INTERNAL",
+            )
+        for hit in hits:
+            first = hit[0]
+            after += max(a.get("verified_after", 0) for a in hit)
+            holed = any(a.get("new_conn") is not None or a.get("holed") for a in hit)
+            if holed:
+                hit_holed.setdefault(first["conn"], float(first["t"]))
+            if not any(a.get("done") for a in hit):
+                where = "its reopened slot" if holed else "it"
+                problem(e, f"conn {first['conn']}: no byte verified on {where} after its INTERNAL")
+    e["planted"], e["connections_hit"], e["internal_answers"] = planted, hits_seen, answers_seen
+    e["verified_after"] = after
+    # a layer fails the send it raised on as its kind fails a send, and asks for the upload
+    # (spec §6.3, §4.1): that upload, on the same connection close in time, is the bug's
+    for u in obs.get("unrequested", []):
+        t = hit_holed.get(u["conn"])
+        if (
+            t is not None
+            and not u.get("explained_by")
+            and abs(float(u["t"]) - t) <= SEND_FAILURE_UPLOAD_S
+        ):
+            u["explained_by"] = "raise_next"
+
+
+def _hits(answers: list[Record]) -> list[list[Record]]:
+    """INTERNAL answers grouped by connection, a new group after a quiet gap: one bug answers
+    every request waiting on its connection at once."""
+    out: list[list[Record]] = []
+    last: dict[Any, list[Record]] = {}
+    for a in sorted(answers, key=lambda a: float(a["t"])):
+        group = last.get(a["conn"])
+        if group is not None and float(a["t"]) - float(group[-1]["t"]) <= BUG_EPISODE_S:
+            group.append(a)
+            continue
+        last[a["conn"]] = [a]
+        out.append(last[a["conn"]])
     return out
 
 
@@ -376,6 +466,11 @@ def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host
         host["host_at_close"] += 1
         if not any(w.covers(h["t"]) for w in windows):
             _unexplained(host, f"conn {h['conn']}: closed in host mode ({h.get('cause')})")
+    for a in obs.get("bug_answers", []):
+        if not a.get("explained_by"):
+            _unexplained(
+                host, f"conn {a['conn']}: {a.get('request')} answered INTERNAL ({a.get('message')})"
+            )
     for d in obs.get("disagreements", []):
         host["state_disagreements"] += 1
         _unexplained(host, f"conn {d['conn']}: soak says {d['soak']}, tcp.info {d['daemon']}")

@@ -63,6 +63,7 @@ class Phases:
     interrupted: asyncio.Event
     broken: str | None
     health_base: dict[str, int]
+    bugs_planted: int
     shard_pids: dict[int, int]  # a daemon of several shards: each shard's process
     rss_shards: dict[int, dict[str, int | None]]  # per shard: before, after, peak
     spread: dict[int, int]  # connections per shard at the end of the ramp
@@ -146,8 +147,12 @@ class Phases:
         for key in ("layer_errors", "invariant_violations"):
             now = engine.get(key) or 0
             base = self.health_base.setdefault(key, now)
-            if now > base:
-                return f"the daemon reports {now - base} new {key.replace('_', ' ')}"
+            # each bug a raise_next planted counts once in each (spec §6.3); the verdict checks
+            # they match exactly
+            if now > base + self.bugs_planted:
+                new = now - base - self.bugs_planted
+                planted = f" beyond the {self.bugs_planted} planted" if self.bugs_planted else ""
+                return f"the daemon reports {new} new {key.replace('_', ' ')}{planted}"
         for part in stats.get("shards") or []:
             shard, pid = part.get("shard"), (part.get("process") or {}).get("pid")
             was = self.shard_pids.get(shard)

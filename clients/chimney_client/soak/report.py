@@ -9,6 +9,7 @@ from typing import Any
 
 from .conn import TIMED_STATES
 from .limits import LAYER_GAUGES, OP_TIMEOUT_S, RSS_GROWTH_ALLOWED
+from .outcomes import problem
 
 
 def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 99)) -> dict[str, float]:
@@ -66,6 +67,8 @@ COUNTER_FIELDS = (
     "reoffloads_planned",
     "send_failures",
     "send_resends",
+    "internal_answers",
+    "reopened_after_bug",
     "aborts_seen",
     "aborts_while_closing",
     "reopened_after_reset",
@@ -129,6 +132,8 @@ def build_report(
     active_s = max(timing.get("active_s", 0.0), 1e-9)
     left = gauges_left(stats_after, stats_before)
     engine_after = (stats_after or {}).get("engine") or {}
+    if stats_after is not None:
+        bugs_counted(faults, engine_after)
     before, after = rss_kb.get("before"), rss_kb.get("after")
     report: dict[str, Any] = {
         "interrupted": interrupted,
@@ -179,6 +184,23 @@ def build_report(
     return report
 
 
+def bugs_counted(faults: list[dict[str, Any]], engine: dict[str, Any]) -> None:
+    """Each bug a raise_next fault planted is one layer error in the daemon and, with the
+    checker on, one invariant violation (spec §6.3): fewer means a bug went uncounted (more is
+    the verdict's, as any layer error no fault planted)."""
+    for f in faults:
+        if f["kind"] != "raise_next":
+            continue
+        planted = f.get("planted", 0)
+        errors, violations = engine.get("layer_errors") or 0, engine.get("invariant_violations")
+        f["layer_errors_counted"] = errors
+        if errors < planted:
+            problem(f, f"{planted} bug(s) planted, the daemon counted {errors} layer error(s)")
+        if violations is not None and violations < planted:
+            problem(f, f"{planted} bug(s) planted, the checker counted {violations} violation(s)")
+        f["ok"] = not f["problems"]
+
+
 def judge_shards(shards: dict[str, Any] | None) -> dict[str, Any] | None:
     """Each shard's RSS after the drain against its own plateau (a daemon of shards passes
     only when every shard does)."""
@@ -212,15 +234,18 @@ def verdict(report: dict[str, Any]) -> list[str]:
         why.append(f"daemon exit status {daemon['exit_status']}")
     engine = (report.get("stats_after") or {}).get("engine") or {}
     violations = report.get("invariant_violations")
-    if violations is None:
-        # a daemon we spawned runs with --invariants: no count means it was not checked. One
-        # given by --rpc may run without the checker: the report says so, it is no failure
-        if daemon.get("spawned") and report.get("stats_after") is not None:
-            why.append("the spawned daemon reports no invariant checker")
-    elif violations != 0:
-        why.append(f"{violations} invariant violation(s) in the daemon")
-    if engine.get("layer_errors"):
-        why.append(f"{engine['layer_errors']} layer error(s) in the daemon")
+    # a daemon we spawned runs with --invariants: no count means it was not checked. One given
+    # by --rpc may run without the checker: the report says so, it is no failure
+    if violations is None and daemon.get("spawned") and report.get("stats_after") is not None:
+        why.append("the spawned daemon reports no invariant checker")
+    # each bug a raise_next fault planted counts once in each (spec §6.3): exactly that many
+    planted = sum(f.get("planted", 0) for f in report["faults"] if f["kind"] == "raise_next")
+    beyond = f" beyond the {planted} bug(s) raise_next planted" if planted else ""
+    if violations is not None and violations > planted:
+        why.append(f"{violations - planted} invariant violation(s) in the daemon{beyond}")
+    layer_errors = engine.get("layer_errors") or 0
+    if layer_errors > planted:
+        why.append(f"{layer_errors - planted} layer error(s) in the daemon{beyond}")
     c = report["counters"]
     if c.get("unverified_on_close"):
         why.append(f"{c['unverified_on_close']} byte(s) sent but never echoed back")

@@ -54,6 +54,7 @@ OBS_LISTS = (
     "refusals",  # offload attempts refused (episodes: first and last attempt)
     "host_at_close",  # connections closed while in host mode
     "disagreements",  # the soak's idea of a connection's state differs from tcp.info
+    "bug_answers",  # requests answered INTERNAL: a layer raised (spec §6.3)
 )
 
 
