@@ -5,7 +5,8 @@ chimneyd/ is changed.
     python tests/soak/mutant_daemon.py MUTATION --listen 127.0.0.1:0 --invariants
 
 Mutations (MUTATIONS below): a fault that is accepted, answers with its id and does nothing,
-offload that answers and does nothing, or one byte of the stream handed to the client damaged.
+offload that answers and does nothing, one byte of the stream handed to the client damaged, or
+one request answered INTERNAL by a bug no fault planted.
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ def _offload_off() -> None:
     methods.METHODS["tcp.offload"] = tcp_offload
 
 
+def _internal_send(nth: int) -> None:
+    """The `nth` `tcp.send` raises inside its RPC method before it sends anything: a bug no
+    fault planted, answered INTERNAL (with a trace id) like any bug in the daemon."""
+    from chimneyd.rpc import methods
+
+    send = methods.METHODS["tcp.send"]
+    calls = 0
+
+    async def tcp_send(c: Any, p: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            raise RuntimeError("mutant: a bug in tcp.send")
+        return await send(c, p)
+
+    methods.METHODS["tcp.send"] = tcp_send
+
+
 MUTATIONS: dict[str, Callable[[], None]] = {
     "none": lambda: None,  # the control: the same way of starting, nothing broken
     "stall_noop": lambda: _noop_fault("stall_peer"),
@@ -91,6 +110,8 @@ MUTATIONS: dict[str, Callable[[], None]] = {
     "target_failure_noop": lambda: _noop_fault("target_failure"),
     "fail_next_noop": lambda: _noop_fault("fail_next"),
     "reset_noop": lambda: _noop_fault("peer_reset"),
+    "raise_next_noop": lambda: _noop_fault("raise_next"),
+    "internal_500th_send": lambda: _internal_send(500),
     "offload_off": _offload_off,
     # a soak's warm-up (a connection each, before the run) reads the first answers
     "damage_20th_answer": lambda: _damage_one_byte(20),

@@ -57,7 +57,8 @@ def _faults_of_a_pass(code: int, report: dict[str, Any]) -> dict[str, Any]:
 def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
     faults = (
         "peer_reset:2,daemon_reset:1,stall_peer:1/ms=1500,retrieve:2,fail_next:2,upload_send:1,"
-        "refuse_offload:1,target_failure@6s/for=2s"
+        "refuse_offload:1,target_failure@6s/for=2s,raise_next:1,"
+        "raise_next:1/layer=im0/call=MiniportTcpOffloadReceive"
     )
     code, report = _soak(
         tmp_path,
@@ -67,7 +68,7 @@ def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
     by_kind = _faults_of_a_pass(code, report)
     assert set(by_kind) == {
         "peer_reset", "daemon_reset", "stall_peer", "retrieve", "target_failure", "fail_next",
-        "upload_send", "refuse_offload",
+        "upload_send", "refuse_offload", "raise_next",
     }  # fmt: skip
     for kind, f in by_kind.items():
         assert f["ok"] and f["injected"] >= 1 and f["verified_after"] > 0, (kind, f)
@@ -78,6 +79,11 @@ def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
     tf = by_kind["target_failure"]
     assert tf["connections_uploaded"] > 0 and tf["reoffloaded"] == tf["connections_uploaded"]
     assert report["host_mode"]["explained"]["target_failure"] > 0
+    # the bugs planted were the daemon's only layer errors and invariant violations (spec §6.3)
+    bugs = by_kind["raise_next"]
+    assert bugs["planted"] == 2 and bugs["connections_hit"] >= 1, bugs
+    engine = report["stats_after"]["engine"]
+    assert engine["layer_errors"] == engine["invariant_violations"] == 2, engine
     assert report["states"]["host_by_cause"].get("target_failure", 0) > 0
     assert report["integrity_errors"] == 0 and report["drained"]
 

@@ -1,7 +1,8 @@
 """The soak against a daemon with one thing broken on purpose (tests/soak/mutant_daemon.py): a
-fault that is accepted and does nothing, offload that does nothing, or one damaged byte. Each
-run must fail, for the reason the mutation gives, where a run against the real daemon passes
-(test_fault_soak.py, test_short_soak.py). Marked `soak`: run with `pytest -m soak tests/soak`."""
+fault that is accepted and does nothing, offload that does nothing, one damaged byte, or a bug
+no fault planted. Each run must fail, for the reason the mutation gives, where a run against the
+real daemon passes (test_fault_soak.py, test_short_soak.py). Marked `soak`: run with
+`pytest -m soak tests/soak`."""
 
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ BROKEN = [
     # the NIC "fails" and nothing is uploaded; a send "failed" and none was
     ("target_failure_noop", "target_failure@1s/for=2s", "none uploaded (UPLOAD_ALL)"),
     ("fail_next_noop", "fail_next:1", "1 send failure(s) caused, 0 seen"),
+    # raise_next accepted, nothing raised: no layer error for the bug it planted
+    ("raise_next_noop", "raise_next:1", "1 bug(s) planted, the daemon counted 0 layer error(s)"),
+    # a bug in the daemon no fault planted: a send answered INTERNAL, explained by nothing
+    ("internal_500th_send", "", "send answered INTERNAL (INTERNAL: a bug, logged as trace id"),
     # offload answers and does nothing: every connection carried by the host stack
     ("offload_off", "", "offload refused at connect"),
     # one byte of one tcp.recv answer flipped, in the warm-up or in the run: no fault at all
@@ -116,7 +121,9 @@ def test_the_same_soak_of_an_unbroken_daemon_passes(mutant: Any, tmp_path: Path)
     code, report = _soak(mutant("none"), tmp_path, faults)
     assert code == 0 and report["ok"], report["failures"]
     kinds = {f["kind"]: f for f in report["faults"]}
-    assert set(kinds) == {"stall_peer", "daemon_reset", "retrieve", "target_failure", "fail_next"}
+    assert set(kinds) == {
+        "stall_peer", "daemon_reset", "retrieve", "target_failure", "fail_next", "raise_next"
+    }  # fmt: skip
     assert all(f["ok"] and f["injected"] == 1 for f in kinds.values()), kinds
     assert report["integrity_errors"] == 0
 

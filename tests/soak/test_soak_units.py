@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import socket
@@ -22,6 +23,7 @@ from chimney_client.soak import (
     percentiles,
     schedule_faults,
 )
+from chimney_client.soak.limits import STAGGER_S
 from chimney_client.soak.plan import make_plan
 from chimney_client.soak.procs import listener_pid
 
@@ -157,6 +159,9 @@ def test_parse_faults_empty() -> None:
         ("peer_reset:x", "expected"),
         ("fail_next/call=MiniportTcpOffloadDisconnect", "judges fail_next only"),
         ("fail_next/status=BROKEN", "NDIS_STATUS_"),
+        ("raise_next/call=MiniportInitiateOffload", "judges raise_next only"),
+        ("raise_next/skip=some", "number of calls"),
+        ("raise_next/status=NDIS_STATUS_FAILURE", "takes no key"),
     ],
 )
 def test_parse_faults_rejects_naming_the_item(text: str, why: str) -> None:
@@ -173,6 +178,16 @@ def test_schedule_spreads_counts_and_keeps_times() -> None:
         (15.0, "peer_reset"),
     ]
     assert [p.tag for p in plan] == [1, 2, 3, 4]
+
+
+def test_schedule_keeps_spread_faults_apart() -> None:
+    """Faults spread over the hold that would fall together are moved apart (two injected at
+    once would hit one connection's next call); a time given with @ is kept."""
+    plan = schedule_faults(parse_faults("raise_next,fail_next,retrieve@10s,peer_reset:3"), 20.0)
+    times = sorted(p.t for p in plan)
+    assert 10.0 in times and 5.0 in times and 15.0 in times
+    assert all(b - a >= STAGGER_S for a, b in itertools.pairwise(times)), times
+    assert len(plan) == 6
 
 
 def test_schedule_refuses_a_fault_after_the_hold() -> None:

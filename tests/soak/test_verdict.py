@@ -653,3 +653,151 @@ def test_a_connection_not_reoffloaded_is_still_a_failure_unless_its_reset_was_se
     obs["upload_all"][0].update(reoffloaded_t=None, done=False)
     r = _report(lay, con, obs)
     assert any("conn 1: not offloaded again" in f for f in r["failures"]), r["failures"]
+
+
+# -- raise_next: bugs planted in a layer ----------------------------------------------------------
+_SEND_BUG = {
+    "layer": "nic0",
+    "call": "MiniportTcpOffloadSend",
+    "error": "PlantedBug",
+    "message": "INTERNAL: nic0 failed in MiniportTcpOffloadSend (PlantedBug); see the daemon's log",
+    "holed": True,
+    "new_conn": 31,
+    "verified_after": 500,
+    "done": True,
+}
+
+
+def _raise_next(tag: int, layer: str, call: str, t0: float) -> Rec:
+    return {
+        "tag": tag,
+        "kind": "raise_next",
+        "effect": None,
+        "params": {"layer": layer, "call": call, "count": "1", "skip": "0"},
+        "injected": True,
+        "t0": t0,
+        "t1": t0 + 0.01,
+        "fault_id": tag,
+        "consumed": True,
+    }
+
+
+def _bugs() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    """The clean run plus two bugs planted and used up: one in nic0's send handler (conn 30:
+    its send and its read answered at once, the upload nic0 asked for, the slot reopened as
+    conn 31 with data), one in im0's receive handler (conn 32: read again, data after)."""
+    layer, conn, obs = _clean()
+    layer += [
+        _raise_next(5, "nic0", "MiniportTcpOffloadSend", 60.0),
+        _raise_next(6, "im0", "MiniportTcpOffloadReceive", 70.0),
+    ]
+    obs["bug_answers"] = [
+        {"conn": 30, "t": 60.2, "request": "send", **_SEND_BUG},
+        {"conn": 30, "t": 60.201, "request": "recv", **_SEND_BUG},
+        {
+            "conn": 32,
+            "t": 70.5,
+            "request": "recv",
+            "layer": "im0",
+            "call": "MiniportTcpOffloadReceive",
+            "error": "PlantedBug",
+            "message": "INTERNAL: im0 failed in MiniportTcpOffloadReceive (PlantedBug)",
+            "holed": False,
+            "verified_after": 64,
+            "done": True,
+        },
+    ]
+    obs["unrequested"].append({"conn": 30, "t": 60.3, "reason": "UploadRequested", "done": False})
+    return layer, conn, obs
+
+
+def _counted(violations: int | None, layer_errors: int) -> Rec:
+    stats = _with_violations(violations)
+    stats["engine"]["layer_errors"] = layer_errors
+    return stats
+
+
+def test_planted_bugs_pass_when_each_shows_and_the_daemon_counted_exactly_them() -> None:
+    r = _report(*_bugs(), stats_after=_counted(2, 2))
+    assert r["ok"], r["failures"]
+    bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
+    assert (bug["planted"], bug["connections_hit"], bug["internal_answers"]) == (2, 2, 3)
+    assert bug["verified_after"] == 564
+
+
+def _answer(obs: dict[str, list[Rec]], i: int = 0) -> Rec:
+    return obs["bug_answers"][i]
+
+
+BUG_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any], Any], tuple[int | None, int], str]] = {
+    "INTERNAL with no bug planted": (
+        lambda lay, con, obs: [lay.remove(r) for r in list(lay) if r["kind"] == "raise_next"],
+        (0, 0),
+        "conn 30: send answered INTERNAL",
+    ),
+    "a real bug, not a planted one": (
+        lambda lay, con, obs: _answer(obs, 2).update(error="KeyError"),
+        (2, 2),
+        "conn 32: recv answered INTERNAL",
+    ),
+    "INTERNAL before the bug was planted": (
+        lambda lay, con, obs: _answer(obs, 2).update(t=69.0),
+        (2, 2),
+        "conn 32: recv answered INTERNAL",
+    ),
+    "INTERNAL naming another layer": (
+        lambda lay, con, obs: _answer(obs, 2).update(layer="im1"),
+        (2, 2),
+        "conn 32: recv answered INTERNAL",
+    ),
+    "more connections hit than bugs": (
+        lambda lay, con, obs: obs["bug_answers"].append({**_answer(obs), "conn": 40, "t": 61.0}),
+        (2, 2),
+        "nic0 MiniportTcpOffloadSend: 1 call(s) made to raise by 1 fault(s), 2 connection hit(s)",
+    ),
+    "no data on the slot after a send's bug": (
+        lambda lay, con, obs: [a.update(done=False) for a in obs["bug_answers"][:2]],
+        (2, 2),
+        "conn 30: no byte verified on its reopened slot after its INTERNAL",
+    ),
+    "no data on the connection after a receive's bug": (
+        lambda lay, con, obs: _answer(obs, 2).update(done=False),
+        (2, 2),
+        "conn 32: no byte verified on it after its INTERNAL",
+    ),
+    "a bug never used up": (
+        lambda lay, con, obs: lay[-1].update(consumed=False),
+        (1, 1),
+        "fault 6 never used up: no call raised",
+    ),
+    "the checker missed a planted bug": (
+        lambda lay, con, obs: None,
+        (1, 2),
+        "2 bug(s) planted, the checker counted 1 violation(s)",
+    ),
+    "a layer error beyond the planted bugs": (
+        lambda lay, con, obs: None,
+        (2, 3),
+        "1 layer error(s) in the daemon beyond the 2 bug(s) raise_next planted",
+    ),
+    "a bug counted as no layer error": (
+        lambda lay, con, obs: None,
+        (2, 1),
+        "2 bug(s) planted, the daemon counted 1 layer error(s)",
+    ),
+    "an upload asked on a connection no bug hit": (
+        lambda lay, con, obs: obs["unrequested"][-1].update(conn=33),
+        (2, 2),
+        "conn 33: uploaded unasked (UploadRequested)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUG_MUTATIONS))
+def test_each_bug_mutation_turns_the_verdict_red(name: str) -> None:
+    mutate, (violations, layer_errors), why = BUG_MUTATIONS[name]
+    layer, conn, obs = copy.deepcopy(_bugs())
+    mutate(layer, conn, obs)
+    r = _report(layer, conn, obs, stats_after=_counted(violations, layer_errors))
+    assert not r["ok"], name
+    assert any(why in f for f in r["failures"]), (why, r["failures"])
