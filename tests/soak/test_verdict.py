@@ -801,3 +801,20 @@ def test_each_bug_mutation_turns_the_verdict_red(name: str) -> None:
     r = _report(layer, conn, obs, stats_after=_counted(violations, layer_errors))
     assert not r["ok"], name
     assert any(why in f for f in r["failures"]), (why, r["failures"])
+
+
+def test_a_connection_a_bug_closed_owes_no_data_after_its_reoffload() -> None:
+    """A target failure uploaded the connection a send's bug had hit, the host offloaded it
+    again, and its slot closed on the bug before any data: the reopened slot's data is the
+    bug's outcome. Any other connection still owes data after its re-offload."""
+    late = {"t": 100.2, "reoffloaded_t": 103.5, "path": NIC0, "verified_after": 0, "done": False}
+    for who, passes in ((30, True), (33, False)):
+        layer, conn, obs = _bugs()
+        obs["upload_all"].append({"conn": who, **late})
+        r = _report(layer, conn, obs, stats_after=_counted(2, 2))
+        assert r["ok"] is passes, r["failures"]
+        outage = next(f for f in r["faults"] if f["kind"] == "target_failure")
+        if passes:
+            assert outage["closed_by_a_bug"] == 1
+        else:
+            assert "conn 33: no byte verified after its re-offload" in outage["problems"]

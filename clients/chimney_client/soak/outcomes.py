@@ -80,10 +80,11 @@ def judge(
         for r in conn_records
         if r["kind"] in ("peer_reset", "daemon_reset") and r.get("injected") and r.get("abort_seen")
     }
-    # so is one whose slot a layer's bug closed (a send answered INTERNAL): it is reopened
-    reset |= {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
+    # one whose slot a layer's bug closed (a send answered INTERNAL) is over too: the data on
+    # its reopened slot is the bug's outcome, judged with it
+    bugged = {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
     for rec, w in zip(outages, windows, strict=True):
-        _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset)
+        _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
     _judge_raise_next(by_kind, layer_records, obs)
     _account_leftovers(obs, windows, host)
@@ -181,7 +182,12 @@ def _judge_stall_hold(e: Record, rec: Record) -> None:
 
 # -- a NIC out: target failure, nic_down --------------------------------------------------------
 def _judge_outage(
-    e: Record, rec: Record, w: Window, obs: dict[str, list[Record]], reset: set[Any]
+    e: Record,
+    rec: Record,
+    w: Window,
+    obs: dict[str, list[Record]],
+    reset: set[Any],
+    bugged: set[Any],
 ) -> None:
     layer = w.layer
     if not rec.get("cleared"):
@@ -218,7 +224,9 @@ def _judge_outage(
     again = 0
     for u in uploads:
         t = u.get("reoffloaded_t")
-        if t is None and u["conn"] in reset:
+        if u["conn"] in bugged and not u.get("done"):
+            e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
+        elif t is None and u["conn"] in reset:
             e["reset_before_reoffload"] = e.get("reset_before_reoffload", 0) + 1
         elif t is None:
             problem(e, f"conn {u['conn']}: not offloaded again after {layer} recovered")
