@@ -25,6 +25,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -247,6 +248,15 @@ def use_console(fmt: str, stream: Any) -> bool:
         return False
 
 
+#: A traceback as a dict, without the frames' locals (structlog's `dict_tracebacks` shows
+#: them): a layer's frames hold its inbox and NBL chains, whose pretty-printed reprs were cut to
+#: 80 characters anyway, and rendering them cost the daemon about 0.2 MB of RSS it never gave
+#: back per logged error (60 planted bugs: x1.30 after the drain against x1.05 without).
+_DICT_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
 def setup_logging(
     fmt: str = "auto", level: str = "info", file: str = "", fields: dict[str, Any] | None = None
 ) -> None:
@@ -276,7 +286,7 @@ def setup_logging(
         tail: list[Any] = [structlog.processors.format_exc_info, bound_fields, renderer]
     else:
         renderer = structlog.processors.JSONRenderer()
-        tail = [structlog.processors.dict_tracebacks, bound_fields, renderer]
+        tail = [_DICT_TRACEBACKS, bound_fields, renderer]
     min_level = LEVELS.get(level.lower(), logging.INFO)
     safe = SafeStream(out)
     structlog.configure(

@@ -123,6 +123,27 @@ def test_hostile_fields_make_short_lines(tmp_path: Path, fmt: str) -> None:
         assert [line["event"] for line in lines][:2] == ["fault_injected", "rpc_internal_error"]
 
 
+@pytest.mark.usefixtures("restore_logging")
+def test_a_json_traceback_names_its_frames_not_their_locals(tmp_path: Path) -> None:
+    """A logged error keeps where it happened (file, line, function) and leaves out the frames'
+    locals: a layer's frames hold its inbox and NBL chains, whose rendering cost the daemon
+    RSS it never gave back, once per error."""
+    path = tmp_path / "log"
+    setup_logging("json", "info", str(path))
+    inbox = [("a message", i) for i in range(10_000)]
+    try:
+        raise RuntimeError(f"a bug with {len(inbox)} messages waiting")
+    except RuntimeError as exc:
+        structlog.get_logger("test").error("layer_failed", exc_info=exc)
+    (line,) = [json.loads(text) for text in path.read_text().splitlines()]
+    (exc_dict,) = line["exception"]
+    assert exc_dict["exc_type"] == "RuntimeError"
+    (frame,) = exc_dict["frames"]
+    assert frame["name"] == "test_a_json_traceback_names_its_frames_not_their_locals"
+    assert frame["lineno"] > 0 and frame["filename"].endswith("test_log_safety.py")
+    assert "locals" not in frame or not frame["locals"], frame
+
+
 # -- writes that fail ----------------------------------------------------------------------------
 
 
