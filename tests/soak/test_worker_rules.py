@@ -8,9 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from chimney_client.errors import InternalError, RpcTimeout
 from chimney_client.soak import judge, state
 from chimney_client.soak.channels import LocalChannel
-from chimney_client.soak.conn import Conn, outcome_done, watch
+from chimney_client.soak.conn import Conn, SlotBroken, outcome_done, watch
 from chimney_client.soak.parsing import PayloadDist
 from chimney_client.soak.state import Rpc, WorkerConfig
 from chimney_client.soak.worker import Worker
@@ -450,3 +451,81 @@ def test_a_reset_heard_around_tcp_info_keeps_the_connection_aborted() -> None:
         w, conn = _open(before, during, "offloaded")
         assert conn.aborted and conn.state == "aborted", (before, during)
         assert w.obs["refusals"] == []
+
+
+# -- INTERNAL answers: a layer raised (raise_next, spec §6.3) -------------------------------------
+def _internal(layer: str, handler: str) -> InternalError:
+    return InternalError(10, f"INTERNAL: {layer} failed in {handler} (PlantedBug); see the log")
+
+
+class _Echoing:
+    """Stands in for the RPC client: `tcp.recv` answers from a script (bytes, or an error to
+    raise), `tcp.send` raises what it is given."""
+
+    def __init__(self, script: list[bytes | Exception], send_error: Exception | None = None):
+        self.script = script
+        self.send_error = send_error
+
+    async def tcp_recv(self, cid: int, n: int, timeout_ms: int) -> bytes:
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    async def tcp_send(self, cid: int, data: bytes) -> int:
+        assert self.send_error is not None
+        raise self.send_error
+
+
+async def test_a_read_a_receive_bug_answered_is_asked_again_and_verified() -> None:
+    """Its bytes are the next read's: the slot goes on, and the hit owes data after it."""
+    w = _worker()
+    conn = _conn(w)
+    data = conn.stream.read(3000)
+    bug = _internal("im0", "MiniportTcpOffloadReceive")
+    client = _Echoing([data[:1000], bug, data[1000:]])
+    await w.read_back(Rpc(client, 1), conn, 3000)  # type: ignore[arg-type]
+    (rec,) = conn.bugs
+    assert (rec["request"], rec["layer"], rec["call"], rec["error"]) == (
+        "recv", "im0", "MiniportTcpOffloadReceive", "PlantedBug"
+    )  # fmt: skip
+    assert not rec["holed"] and not conn.holed and not conn.lost
+    assert conn.verified == 3000 and w.c["integrity_errors"] == 0
+    assert w.c["internal_answers"] == 1 and w.obs["bug_answers"] == [rec]
+    # the hit owed bytes verified after it: those of the read asked again
+    assert rec["verify_from"] == 1000 and outcome_done(rec)
+
+
+async def test_a_send_answered_internal_ends_the_slot_once_what_came_back_is_verified() -> None:
+    """How much of it went out is unknown: what does come back is verified, the rest excused,
+    and the slot closes (to reopen) once nothing more came for a while."""
+    w = _worker()
+    conn = _conn(w)
+    conn.sent = conn.verified = 500  # an earlier round trip, all back
+    data = conn.stream.read(4000)
+    bug = _internal("nic0", "MiniportTcpOffloadSend")
+    rpc = Rpc(_Echoing([bug, data[:1500], RpcTimeout(7, "TIMEOUT: nothing")], bug), 1)
+    with pytest.raises(SlotBroken):
+        await w.send_all(rpc, conn, data)  # type: ignore[arg-type]
+    assert conn.holed and conn.lost and conn.sent == 500
+    with pytest.raises(SlotBroken):
+        await w.read_back(rpc, conn, 4000)  # type: ignore[arg-type]
+    assert conn.verified == 2000 and w.c["integrity_errors"] == 0
+    assert [r["request"] for r in conn.bugs] == ["send", "recv"]
+    assert all(r["holed"] for r in conn.bugs)
+    w.judge_loss(conn, aborted=False)
+    assert w.c["unverified_on_close"] == 0  # the rest of that send is the bug's
+
+
+async def test_bytes_that_come_back_wrong_after_a_bug_are_still_integrity_errors() -> None:
+    w = _worker()
+    conn = _conn(w)
+    data = bytearray(conn.stream.read(2000))
+    data[100] ^= 0xFF
+    bug = _internal("nic0", "MiniportTcpOffloadSend")
+    rpc = Rpc(_Echoing([bytes(data[:1500]), RpcTimeout(7, "TIMEOUT: nothing")], bug), 1)
+    with pytest.raises(SlotBroken):
+        await w.send_all(rpc, conn, bytes(data))  # type: ignore[arg-type]
+    with pytest.raises(SlotBroken):
+        await w.read_back(rpc, conn, 2000)  # type: ignore[arg-type]
+    assert w.c["integrity_errors"] == 1
