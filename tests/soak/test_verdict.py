@@ -818,3 +818,15 @@ def test_a_connection_a_bug_closed_owes_no_data_after_its_reoffload() -> None:
             assert outage["closed_by_a_bug"] == 1
         else:
             assert "conn 33: no byte verified after its re-offload" in outage["problems"]
+
+
+def test_a_bug_planted_in_every_shard_counts_once_per_shard() -> None:
+    """On a daemon of two shards, a raise_next with no /shard= goes into both: each count is
+    a bug in each shard, and the daemon's sums must count them all."""
+    for counted, passes in ((3, True), (2, False)):
+        layer, conn, obs = _bugs()
+        layer[-2]["shards"] = 2  # the send's bug in nic0, in both shards
+        r = _report(layer, conn, obs, stats_after=_counted(counted, counted))
+        assert r["ok"] is passes, r["failures"]
+        bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
+        assert bug["planted"] == 3

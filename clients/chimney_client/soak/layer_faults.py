@@ -22,6 +22,7 @@ class LayerFaults:
     layer_records: list[dict[str, Any]]
     interrupted: asyncio.Event
     bugs_planted: int  # calls raise_next faults were injected to make raise (spec §6.3)
+    shard_pids: dict[int, int]  # a daemon of several shards: each shard's process
 
     def say(self, text: str) -> None: ...
 
@@ -62,8 +63,10 @@ class LayerFaults:
                 keys["status"] = params["status"]
             else:
                 keys["skip"] = int(params["skip"])
+                # in every shard unless one is named: a bug per count in each
+                rec["shards"] = 1 if where else max(1, len(self.shard_pids))
                 # the layer errors and invariant violations the bugs will count are expected
-                self.bugs_planted += keys["count"]
+                self.bugs_planted += keys["count"] * rec["shards"]
             rec["t0"] = time.monotonic()
             rec["fault_id"] = await self.control.fault_inject(daemon_kind, **keys, **where)
             rec["t1"] = time.monotonic()

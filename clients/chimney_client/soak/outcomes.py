@@ -367,7 +367,7 @@ def _judge_raise_next(
     hit_holed: dict[Any, float] = {}
     for (layer, call), rs in groups.items():
         used = [r for r in rs if r.get("consumed")]
-        uses = sum(int(r["params"].get("count", 1)) for r in used)
+        uses = sum(int(r["params"].get("count", 1)) * int(r.get("shards", 1)) for r in used)
         planted += uses
         start = min(float(r["t0"]) for r in rs)
         mine = [
