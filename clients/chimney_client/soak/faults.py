@@ -324,9 +324,9 @@ class ScheduledFault:
 
 def schedule_faults(specs: Sequence[FaultSpec], hold_s: float) -> list[ScheduledFault]:
     """Injection times: `@TIME` as given, else COUNT injections evenly inside the hold, each
-    moved on by STAGGER_S while it falls that close to one already placed: two faults injected
-    at once would hit the next call of the same connection, and its outcome would be the
-    sum of both, which is no fault's."""
+    moved on by STAGGER_S while it falls that close to one already placed and the hold has
+    room after it: two faults injected at once would hit the next call of the same connection,
+    and its outcome would be the sum of both, which is no fault's."""
     plan: list[tuple[float, FaultSpec]] = []
     for spec in specs:
         if spec.at is not None:

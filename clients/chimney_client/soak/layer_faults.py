@@ -57,8 +57,11 @@ class LayerFaults:
             daemon_kind = FAULT_KINDS[spec.kind].daemon_kind
             assert daemon_kind in ("fail_next", "raise_next")
             # fail_next's status, raise_next's skip: the keys it takes, as the daemon names them
-            keys: dict[str, Any] = {"layer": layer, "call": params["call"]}
-            keys["count"] = int(params["count"])
+            keys: dict[str, Any] = {
+                "layer": layer,
+                "call": params["call"],
+                "count": int(params["count"]),
+            }
             if daemon_kind == "fail_next":
                 keys["status"] = params["status"]
             else:

@@ -24,7 +24,8 @@ MAX_BUG_ANSWERS = 4
 #: INTERNAL answers on one connection this close in time are one bug's (it answers every request
 #: waiting on the connection at once; a client reads the answers within a few ms).
 BUG_EPISODE_S = 0.5
-#: Faults spread over the hold are injected at least this far apart.
+#: Faults spread over the hold are injected at least this far apart, where the hold leaves room
+#: (a time given with @ is kept as given).
 STAGGER_S = 0.5
 #: Largest read asked for at once.
 RECV_CHUNK = 256 * 1024
