@@ -24,7 +24,7 @@ from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
 from chimneyd.compiled import build_name
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
-from chimneyd.drivers.base import DriverLayer
+from chimneyd.drivers.base import DriverLayer, PlantedBug
 from chimneyd.drivers.delegated import provenance
 from chimneyd.drivers.host import AppError, Tcb
 from chimneyd.drivers.mux import MuxIm
@@ -322,6 +322,8 @@ class Engine:
         conns = sorted(_conns_in(args))
         name = getattr(fn, "__name__", "?")
         log.error("layer_failed", layer=layer.name, handler=name, conns=conns, exc_info=exc)
+        if isinstance(exc, PlantedBug):
+            self.faults.note_raised(exc.fault_id, layer.name, name, conns)
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"

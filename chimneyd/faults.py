@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 MAX_FAULT_MS = 60_000
 #: Upper bound of `fail_next`'s `count` and `skip`.
 MAX_FAULT_COUNT = 1_000_000
+#: What a raise_next fault keeps of what it hit (fault.list `used`): its first raises, and of
+#: each the first connections (with their total).
+RAISED_KEPT = 256
+RAISED_CONNS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,10 @@ class Fault:
     spec: dict[str, Any]
     undo: Callable[[], None] | None = None
     active: Callable[[], bool] = lambda: True
+    # a raise_next's: each time it made a handler raise, the layer, the handler and the
+    # connections the handler was serving (what the engine failed for it, spec §6.3)
+    raised: list[dict[str, Any]] | None = None
+    raised_dropped: int = 0
 
 
 Apply = Callable[["Engine", Fault], None]
@@ -184,6 +192,7 @@ def _raise_next(engine: Engine, fault: Fault) -> None:
     fn = RaiseNext(fault.id, spec["call"], spec["count"], spec["skip"])
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
+    fault.raised = []
 
 
 def _arm(layer: DriverLayer, armed: FailNext | Delay | RaiseNext, fault: Fault) -> None:
@@ -417,8 +426,30 @@ class FaultRegistry:
         return fault
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every fault held, used up or not, with `active` (a shard's part of fault.list)."""
-        return [{"id": fid, **f.spec, "active": f.active()} for fid, f in list(self.faults.items())]
+        """Every fault held, used up or not, with `active` and, for a raise_next, `raised`
+        (a shard's part of fault.list)."""
+        return [
+            {"id": fid, **f.spec, "active": f.active(), **_raised(f)}
+            for fid, f in list(self.faults.items())
+        ]
+
+    def note_raised(self, fault_id: int, layer: str, handler: str, conns: list[int]) -> None:
+        """A raise_next fault made `handler` raise in `layer` while it served `conns`: kept
+        for fault.list (`used`), so a client can tell what each planted bug hit."""
+        fault = self.faults.get(fault_id)
+        if fault is None or fault.raised is None:
+            return  # cleared meanwhile
+        if len(fault.raised) >= RAISED_KEPT:
+            fault.raised_dropped += 1
+            return
+        fault.raised.append(
+            {
+                "layer": layer,
+                "handler": handler,
+                "conns": conns[:RAISED_CONNS_KEPT],
+                "conns_total": len(conns),
+            }
+        )
 
     def clear(self, fault_id: int | None) -> None:
         if fault_id is None:
@@ -434,6 +465,15 @@ class FaultRegistry:
 
     def active(self) -> list[dict[str, Any]]:
         return [{"id": fid, **f.spec} for fid, f in list(self.faults.items()) if f.active()]
+
+
+def _raised(fault: Fault) -> dict[str, Any]:
+    if fault.raised is None:
+        return {}
+    out: dict[str, Any] = {"raised": list(fault.raised)}
+    if fault.raised_dropped:
+        out["raised_dropped"] = fault.raised_dropped
+    return out
 
 
 __all__ = ["ALIASES", "KINDS", "MAX_FAULT_MS", "Fault", "FaultKind", "FaultRegistry", "kind_of"]

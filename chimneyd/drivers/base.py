@@ -66,7 +66,11 @@ class RaiseNext:
 
 class PlantedBug(Exception):
     """What a `raise_next` fault raises in a layer's handler: the runtime handles it as any
-    exception a layer raises (docs/spec.md §6.3)."""
+    exception a layer raises (docs/spec.md §6.3), and tells the fault what it hit."""
+
+    def __init__(self, fault_id: int, call: str) -> None:
+        super().__init__(f"raise_next fault {fault_id}: a bug in {call}")
+        self.fault_id = fault_id
 
 
 LayerFault = FailNext | Delay | RaiseNext
@@ -236,7 +240,7 @@ class DriverLayer(Layer):
         entry of the handler, or of a held call when it runs at last."""
         fault = _use_one(self.raises, call)
         if fault is not None:
-            raise PlantedBug(f"raise_next fault {fault.fault_id}: a bug in {call}")
+            raise PlantedBug(fault.fault_id, call)
 
     # -- a handler that raised (engine `_layer_failed`) ------------------------------------------
     def keeps(self, root: OffloadBlock) -> bool:

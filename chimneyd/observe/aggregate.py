@@ -102,7 +102,7 @@ def _without(d: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 # -- faults ----------------------------------------------------------------------------------------
 #: Keys a shard adds to each fault of its part (`shard_faults`), not shown to clients.
-INTERNAL_FAULT_KEYS = ("active", "home", "orphan")
+INTERNAL_FAULT_KEYS = ("active", "home", "orphan", "raised", "raised_dropped")
 
 
 @dataclass(slots=True)
@@ -116,10 +116,20 @@ class FaultView:
     shards: list[int] = field(default_factory=list)
     active: bool = False
     orphan: bool = True
+    raised: list[dict[str, Any]] | None = None  # a raise_next's, from every shard
+    raised_dropped: int = 0
 
-    def as_map(self) -> dict[str, Any]:
-        """What fault.list shows: the fault map, and the shards that hold it."""
-        return {"id": self.id, **self.spec, "shards": sorted(self.shards)}
+    def as_map(self, used: bool = False) -> dict[str, Any]:
+        """What fault.list shows: the fault map, and the shards that hold it; with `used`
+        (fault.list opts) whether it is active, and what a raise_next hit."""
+        out = {"id": self.id, **self.spec, "shards": sorted(self.shards)}
+        if used:
+            out["active"] = self.active
+            if self.raised is not None:
+                out["raised"] = self.raised
+            if self.raised_dropped:
+                out["raised_dropped"] = self.raised_dropped
+        return out
 
 
 def shard_faults(
@@ -152,6 +162,9 @@ def fault_table(parts: Parts) -> dict[int, FaultView]:
                 view = table[fid] = FaultView(fid, spec, int(e["home"]))
             view.shards.append(shard)
             view.active = view.active or bool(e.get("active"))
+            if "raised" in e:  # each shard's raises, saying which shard they were in
+                view.raised = (view.raised or []) + [{**r, "shard": shard} for r in e["raised"]]
+                view.raised_dropped += int(e.get("raised_dropped", 0))
             if shard == view.home:
                 view.orphan = bool(e.get("orphan"))
     return table

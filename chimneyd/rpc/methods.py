@@ -290,8 +290,11 @@ def _clear_one(c: Caller, fid: int) -> None:
 
 
 def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
-    P.arity(p, 0, 0, "fault.list")
-    faults = c.engine.fault_list()
+    """Extension: opts `{"used": true}` lists the faults that ran their course too, each with
+    `active`, and a raise_next with `raised` (what each bug it planted hit)."""
+    P.arity(p, 0, 1, "fault.list")
+    used = P.opts(P.optional(p, 0), {"used": bool}, "fault.list").get("used", False)
+    faults = c.engine.fault_entries() if used else c.engine.fault_list()
     if c.holdings.admin:
         return faults
     own, h = c.ownership, c.holdings

@@ -210,11 +210,17 @@ def _may(c: Caller, me: int, view: FaultView) -> bool:
 
 
 async def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
-    """Extension in each fault's map: `shards`, the shards that hold it."""
-    P.arity(p, 0, 0, "fault.list")
+    """Extension in each fault's map: `shards`, the shards that hold it; with opts
+    `{"used": true}`, the faults that ran their course too (`active`, `raised`)."""
+    P.arity(p, 0, 1, "fault.list")
+    used = P.opts(P.optional(p, 0), {"used": bool}, "fault.list").get("used", False)
     cl = _cluster(c)
     table = fault_table(await cl.gather("faults"))
-    return [v.as_map() for _, v in sorted(table.items()) if v.active and _may(c, cl.index, v)]
+    return [
+        v.as_map(used)
+        for _, v in sorted(table.items())
+        if (v.active or used) and _may(c, cl.index, v)
+    ]
 
 
 async def fault_clear(c: Caller, p: list[Any]) -> bool:

@@ -383,5 +383,9 @@ class AsyncClient:
     async def fault_clear(self, fault_id: int | str = "*") -> bool:
         return bool(await self.call("fault.clear", fault_id))
 
-    async def fault_list(self) -> list[dict[str, Any]]:
+    async def fault_list(self, used: bool = False) -> list[dict[str, Any]]:
+        """The active faults; `used`: those that ran their course too, each with `active`,
+        and a raise_next with `raised` (what each bug it planted hit)."""
+        if used:
+            return list(await self.call("fault.list", {"used": True}))
         return list(await self.call("fault.list"))

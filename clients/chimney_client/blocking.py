@@ -305,5 +305,9 @@ class Client:
     def fault_clear(self, fault_id: int | str = "*") -> bool:
         return bool(self.call("fault.clear", fault_id))
 
-    def fault_list(self) -> list[dict[str, Any]]:
+    def fault_list(self, used: bool = False) -> list[dict[str, Any]]:
+        """The active faults; `used`: those that ran their course too, each with `active`,
+        and a raise_next with `raised` (what each bug it planted hit)."""
+        if used:
+            return list(self.call("fault.list", {"used": True}))
         return list(self.call("fault.list"))

@@ -445,6 +445,11 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     q.add_argument("id", type=_fault_id_or_star, metavar="ID|*", help="fault id, or '*'")
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     q = fsub.add_parser("list", help="active faults")
+    q.add_argument(
+        "--used",
+        action="store_true",
+        help="those that ran their course too, and what each raise_next bug hit",
+    )
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     q = fsub.add_parser("kinds", help="every fault kind with its keys and an example")
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
@@ -1117,16 +1122,31 @@ def _fault(s: Session, a: argparse.Namespace) -> Any:
         s.injected = [] if a.id == "*" else [f for f in s.injected if f != a.id]
         s.out.line("cleared")
         return r
-    faults = c.fault_list()
+    used = bool(getattr(a, "used", False))
+    faults = c.fault_list(used=used)
     if not faults:
         s.out.line("(no faults)")
         return faults
-    t = table("id", "kind", "keys")
+    t = table("id", "kind", "keys", *(("active", "raised") if used else ()))
     for f in faults:
-        keys = {k: v for k, v in f.items() if k not in ("id", "kind")}
-        t.add_row(fmt(f.get("id")), fmt(f.get("kind")), fmt(keys))
+        keys = {k: v for k, v in f.items() if k not in ("id", "kind", "active", "raised")}
+        more = (fmt(f.get("active")), _raised(f)) if used else ()
+        t.add_row(fmt(f.get("id")), fmt(f.get("kind")), fmt(keys), *more)
     s.out.table(t)
     return faults
+
+
+def _raised(fault: dict[str, Any]) -> str:
+    """What a raise_next's bugs hit: `layer handler conns` per raise."""
+    if "raised" not in fault:
+        return ""
+    lines = []
+    for r in fault["raised"]:
+        conns = list(r.get("conns") or [])
+        total = int(r.get("conns_total", len(conns)))
+        shown = ", ".join(map(str, conns[:8])) + (f" (+{total - 8})" if total > 8 else "")
+        lines.append(f"{r.get('layer')} {r.get('handler')}: {shown or 'no connection'}")
+    return "\n".join(lines) or "(not yet)"
 
 
 def _fault_kinds(s: Session) -> Any:

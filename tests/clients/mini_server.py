@@ -184,6 +184,10 @@ class MiniRpc(asyncio.Protocol):
             st.faults[fid] = {"id": fid, **params[0]}
             return fid
         if method == "fault.list":
+            if params and params[0] == {"used": True}:  # as a raise_next that went off lists
+                hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns_total": 9}
+                raised = [{**hit, "conns": list(range(1, 10))}]
+                return [{**f, "active": False, "raised": raised} for f in st.faults.values()]
             return list(st.faults.values())
         if method == "fault.clear":
             st.faults.clear()

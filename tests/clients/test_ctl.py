@@ -297,6 +297,16 @@ def test_json_errors_line_up(
 
 
 # -- faults --------------------------------------------------------------------------------------
+def test_fault_list_used_asks_for_the_spent_faults_and_shows_what_a_bug_hit(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    status, _, _ = run(capsys, server, "fault", "inject", "raise_next", "layer=nic0", "call=x")
+    assert status == 0
+    status, out, _ = run(capsys, server, "fault", "list")
+    assert status == 0 and "raised" not in out and "nic0" in out
+    status, out, _ = run(capsys, server, "fault", "list", "--used")
+    assert status == 0
+    assert "active" in out and "nic0 MiniportTcpOffloadSend: 1, 2, 3, 4, 5, 6, 7, 8 (+1)" in out
 
 
 def test_fault_inject_help_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:

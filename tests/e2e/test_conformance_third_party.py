@@ -140,6 +140,10 @@ async def test_a_planted_bug_is_answered_and_the_daemon_goes_on(
     code, message = error_of(exc)
     assert code == 10 and message.startswith("INTERNAL: nic0 failed in MiniportTcpOffloadSend")
     assert await rpc.call("fault.list") == []  # used up
+    # and what it hit, on asking for the faults that ran their course too
+    hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns": [conn], "conns_total": 1}
+    used = await rpc.call("fault.list", {"used": True})
+    assert used == [{"id": fid, **spec, "count": 1, "skip": 0, "active": False, "raised": [hit]}]
     assert await rpc.call("tcp.send", conn, b"still carried") == 13
     assert await rpc.call("tcp.recv", conn, 13, 10_000) == b"still carried"
     assert await rpc.call("tcp.close", conn) is True

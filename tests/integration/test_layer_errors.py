@@ -430,10 +430,18 @@ async def test_raise_next_counts_skips_and_is_refused_where_nothing_recovers(
     plant(engine, "im0", "MiniportTcpOffloadSend", skip=1, count=1)
     assert await asyncio.wait_for(engine.send(conn, b"skipped"), 5.0) == 7
     assert not met(engine)
+    (entry,) = engine.fault_entries()
+    assert entry["active"] and entry["raised"] == []
     with pytest.raises(EngineError) as err:
         await asyncio.wait_for(engine.send(conn, b"lost in a bug"), 5.0)
     assert "im0 failed in MiniportTcpOffloadSend (PlantedBug)" in err.value.detail
     assert met(engine) and engine.layer_errors == 1
+    # what the bug hit stays known once it is used up (fault.list `used`)
+    (entry,) = engine.fault_entries()
+    assert not entry["active"]
+    assert entry["raised"] == [
+        {"layer": "im0", "handler": "MiniportTcpOffloadSend", "conns": [conn], "conns_total": 1}
+    ]
     assert await asyncio.wait_for(engine.send(conn, b" and on"), 5.0) == 7
     assert await engine.recv(conn, 14, 5.0, True) == b"skipped and on"
     await _goes_on_and_drains(engine, conn, None)

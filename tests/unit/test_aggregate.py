@@ -123,6 +123,27 @@ def test_one_fault_in_several_shards_is_one_row_and_its_maker_is_known_at_home()
     assert gone[7].orphan is True and gone[7].shards == [1]
 
 
+def test_what_a_raise_next_hit_in_each_shard_is_one_list_saying_where() -> None:
+    """fault.list `used`: a raise_next put into two shards lists every raise of both, each
+    with its shard; the plain listing shows none of it."""
+    hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns_total": 1}
+    spec = {"id": 9, "kind": "raise_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"}
+    parts = {
+        0: faults_part(
+            0, [{**spec, "active": False, "raised": [{**hit, "conns": [4]}]}], {}, set()
+        ),
+        1: faults_part(1, [{**spec, "active": True, "raised": []}], {9: 0}, set()),
+    }
+    view = fault_table(parts)[9]
+    assert view.as_map() == {**spec, "shards": [0, 1]}
+    assert view.as_map(used=True) == {
+        **spec,
+        "shards": [0, 1],
+        "active": True,  # still armed in shard 1
+        "raised": [{**hit, "conns": [4], "shard": 0}],
+    }
+
+
 def test_who_may_touch_a_fault() -> None:
     view = FaultView(
         7, {"kind": "target_failure"}, home=0, shards=[0, 1], active=True, orphan=False
