@@ -445,3 +445,51 @@ async def test_raise_next_counts_skips_and_is_refused_where_nothing_recovers(
     assert await asyncio.wait_for(engine.send(conn, b" and on"), 5.0) == 7
     assert await engine.recv(conn, 14, 5.0, True) == b"skipped and on"
     await _goes_on_and_drains(engine, conn, None)
+
+
+async def test_connections_a_failed_resume_left_waiting_are_let_go_when_they_close(
+    echo_port: int,
+) -> None:
+    """A target failure, then a bug in the initiate that offloads the NIC's connections again
+    at RESUME: one call carries them all, and they all stay in host mode, carrying bytes; the
+    host keeps them for the next RESUME. Closed before one comes, they are let go: the host
+    kept each (and its socket) until a RESUME that might never come, and a soak's daemon grew
+    by x1.39 after its drain (1,000 connections)."""
+    engine = await _stack(DEFAULT)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    failure = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+
+    async def settled(state: str) -> None:
+        while {engine.conn_info(c)["state"] for c in conns} != {state}:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(settled("host"), 5.0)
+    plant(engine, "nic0", "MiniportInitiateOffload")
+    engine.fault_clear(failure)  # RESUME: one initiate of the three, which raises
+
+    def waiting() -> list[int]:
+        return sorted(c for w in engine.host.resume_offloads.values() for c in w)
+
+    def failed_and_back() -> bool:
+        # the initiate raised, and its failure came back up to the host: kept for the next
+        # RESUME again (they waited for this one since the NIC's UPLOAD_ALL)
+        states = {engine.conn_info(c)["state"] for c in conns}
+        done = met(engine) and engine.layer_errors == 1 and states == {"host"}
+        return done and waiting() == conns
+
+    await asyncio.wait_for(_until(failed_and_back), 5.0)
+    (raised,) = next(f for f in engine.fault_entries() if f["kind"] == "raise_next")["raised"]
+    assert raised["conns"] == conns and raised["handler"] == "MiniportInitiateOffload"
+    assert {engine.conn_info(c)["state"] for c in conns} == {"host"}
+    for c in conns:
+        assert await asyncio.wait_for(engine.send(c, b"on"), 5.0) == 2
+        assert await engine.recv(c, 2, 5.0, True) == b"on"
+        await asyncio.wait_for(engine.close(c), 5.0)
+    assert waiting() == []
+    report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
+    assert report["left_over"] == {}, report
+
+
+async def _until(ready: Any) -> None:
+    while not ready():
+        await asyncio.sleep(0.01)

@@ -102,7 +102,7 @@ def status(h: HostStack, binding: Binding, code: NdisStatus) -> None:
     elif code == S.NDIS_STATUS_OFFLOAD_RESUME:
         h.paused.discard(binding.id)
         ask_capabilities(h, binding)  # they may differ now (spec §5.5)
-        for tcb in h.resume_offloads.pop(binding.id, []):
+        for tcb in h.resume_offloads.pop(binding.id, {}).values():
             _offload_again(h, tcb, binding)
 
 
@@ -110,7 +110,14 @@ def offer_again_at_resume(h: HostStack, tcb: Tcb, binding: Binding) -> None:
     """A connection the target asked back while the binding is paused (a failover: spec §5.5
     PAUSE, the uploads, RESUME) is offloaded again at RESUME [EMU: the host's policy]."""
     if binding.id in h.paused:
-        h.resume_offloads.setdefault(binding.id, []).append(tcb)
+        h.resume_offloads.setdefault(binding.id, {})[tcb.conn_id] = tcb
+
+
+def forget(h: HostStack, tcb: Tcb) -> None:
+    """`tcb` closes: it waits for no RESUME any more (else a refused re-offload kept it, and
+    its socket, until a RESUME that may never come)."""
+    for waiting in h.resume_offloads.values():
+        waiting.pop(tcb.conn_id, None)
 
 
 def _offload_again(h: HostStack, tcb: Tcb, binding: Binding) -> None:
@@ -123,7 +130,7 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding) -> None:
             # the outcome is the `offloaded` event; refused (no room, no NIC for its IP version
             # yet), it is offered again at the next RESUME, when what the target offers changed
             if error is not None and error.symbol == "NDIS_STATUS" and tcb.conn_id in h.tcbs:
-                h.resume_offloads.setdefault(binding.id, []).append(tcb)
+                h.resume_offloads.setdefault(binding.id, {})[tcb.conn_id] = tcb
 
         offload.request(h, tcb, tcb.target, done)
 

@@ -14,7 +14,7 @@ from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 
 from ..queues import grown
-from . import receive, send, terminate
+from . import adapter, receive, send, terminate
 from .tcb import AppError, Done, Tcb
 
 if TYPE_CHECKING:
@@ -167,6 +167,7 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     receive.serve(h, tcb)
     tcb.rx.ooo = None
     del h.tcbs[tcb.conn_id]
+    adapter.forget(h, tcb)
     h.emit(tcb.conn_id, "closed", {})
     done(True, None)
     while tcb.deferred:

@@ -109,7 +109,9 @@ class HostStack(DriverLayer):
         self.params = params or NdisTcpConnectionOffloadParameters()
         self.capabilities: dict[int, Any] = {}
         self.offloads_on: dict[int, int] = {}
-        self.resume_offloads: dict[int, list[Tcb]] = {}  # offered again at RESUME, by binding
+        # offered again at RESUME, by binding and connection (a connection that closes first
+        # leaves: nothing says another RESUME will come to drop it)
+        self.resume_offloads: dict[int, dict[int, Tcb]] = {}
         super().__init__(name, ndis, timers, capacity)
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
