@@ -88,6 +88,29 @@ def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
     assert report["integrity_errors"] == 0 and report["drained"]
 
 
+@pytest.mark.timeout(150)
+def test_bugs_in_the_state_calls_show_their_outcomes(tmp_path: Path) -> None:
+    """raise_next in initiates (nic0, im0), terminates (nic0, im0) and a disconnect, with
+    planned uploads, churn and mixed closes to run them: each bug is explained by what it did
+    (an offload refused or answered INTERNAL and done again, a reset of the connection being
+    uploaded or closed, a disconnect answered INTERNAL), and the daemon counted exactly them."""
+    faults = (
+        "raise_next:2/call=MiniportInitiateOffload,raise_next:1/layer=im0/call=MiniportInitiateOffload,"
+        "raise_next:2/call=MiniportTerminateOffload,raise_next:1/layer=im0/call=MiniportTerminateOffload,"
+        "raise_next:1/call=MiniportTcpOffloadDisconnect"
+    )
+    code, report = _soak(
+        tmp_path,
+        *("-n", "200", "--duration", "12", "--workers", "2", "--upload-share", "0.2"),
+        *("--churn", "0.3", "--close", "mixed", "--faults", faults),
+    )
+    bugs = _faults_of_a_pass(code, report)["raise_next"]
+    assert bugs["planted"] == 7 and bugs["connections_hit"] >= 1, bugs
+    engine = report["stats_after"]["engine"]
+    assert engine["layer_errors"] == engine["invariant_violations"] == 7, engine
+    assert report["integrity_errors"] == 0 and report["drained"]
+
+
 @pytest.mark.timeout(120)
 def test_a_broken_offload_path_fails_the_soak(tmp_path: Path) -> None:
     """nic0 takes 20 offloads; 60 connections are asked for: 40 run in the host stack. The

@@ -159,7 +159,7 @@ def test_parse_faults_empty() -> None:
         ("peer_reset:x", "expected"),
         ("fail_next/call=MiniportTcpOffloadDisconnect", "judges fail_next only"),
         ("fail_next/status=BROKEN", "NDIS_STATUS_"),
-        ("raise_next/call=MiniportInitiateOffload", "judges raise_next only"),
+        ("raise_next/call=MiniportQueryOffload", "judges raise_next only"),
         ("raise_next/skip=some", "number of calls"),
         ("raise_next/status=NDIS_STATUS_FAILURE", "takes no key"),
     ],

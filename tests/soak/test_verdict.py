@@ -202,7 +202,11 @@ def test_a_clean_run_of_every_fault_passes() -> None:
     assert kinds["peer_reset"]["cut_off_by_rst"] == 1000
     assert kinds["stall_peer"]["held"] == 1
     assert kinds["daemon_reset"]["read_before_rst"] == 2048
-    assert r["host_mode"]["explained"] == {"target_failure": 1, "refuse_offload": 1}
+    assert r["host_mode"]["explained"] == {
+        "target_failure": 1,
+        "refuse_offload": 1,
+        "raise_next": 0,
+    }
     assert r["host_mode"]["unexplained"] == 0
 
 
@@ -444,7 +448,11 @@ def test_a_refused_offload_right_after_a_target_failure_is_told_apart_by_status(
     obs["refusals"][0].update(status="NDIS_STATUS_OFFLOAD_PAUSE")
     r = _report(layer, conn, obs)
     assert r["ok"], r["failures"]
-    assert r["host_mode"]["explained"] == {"target_failure": 1, "refuse_offload": 1}
+    assert r["host_mode"]["explained"] == {
+        "target_failure": 1,
+        "refuse_offload": 1,
+        "raise_next": 0,
+    }
 
 
 def test_rss_growth_fails_unless_allowed() -> None:
@@ -830,3 +838,217 @@ def test_a_bug_planted_in_every_shard_counts_once_per_shard() -> None:
         assert r["ok"] is passes, r["failures"]
         bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
         assert bug["planted"] == 3
+
+
+# -- raise_next in the state calls: initiate, terminate, disconnect -------------------------------
+def _bug_answer(conn: int, t: float, request: str, layer: str, call: str, **more: Any) -> Rec:
+    message = f"INTERNAL: {layer} failed in {call} (PlantedBug); see the daemon's log"
+    return {"conn": conn, "t": t, "request": request, "layer": layer, "call": call,
+            "error": "PlantedBug", "message": message, **more}  # fmt: skip
+
+
+def _state_bugs() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]], Rec]:
+    """The run with the send's and receive's bugs, plus five in state calls, each with its
+    outcome: nic0's initiate inside tcp.connect (conn 50 refused at connect, offloaded again
+    with data); im0's initiate on a re-offload (conn 51 answered INTERNAL, offloaded again
+    with data); nic0's terminate twice: a planned upload (conn 52 answered INTERNAL and reset,
+    its slot reopened with data) and an abortive close (conn 54 reset, nothing asked waiting);
+    nic0's graceful disconnect at a close (conn 55 answered INTERNAL). Returns the counters
+    the worker kept for the two resets too."""
+    layer, conn, obs = _bugs()
+    layer += [
+        _raise_next(7, "nic0", "MiniportInitiateOffload", 80.0),
+        _raise_next(8, "im0", "MiniportInitiateOffload", 81.0),
+        _raise_next(9, "nic0", "MiniportTerminateOffload", 84.0),
+        _raise_next(10, "nic0", "MiniportTerminateOffload", 86.0),
+        _raise_next(11, "nic0", "MiniportTcpOffloadDisconnect", 88.0),
+    ]
+    obs["refusals"].append(
+        {"conn": 50, "at": "connect", "status": None, "t_first": 80.3, "t_last": 80.3,
+         "attempts": 1, "offloaded_t": 80.9, "verified_after": 10, "done": True}
+    )  # fmt: skip
+    after = {"verified_after": 20, "done": True}
+    obs["bug_answers"] += [
+        _bug_answer(51, 81.4, "reoffload", "im0", "MiniportInitiateOffload",
+                    needs_reoffload=True, reoffloaded_t=81.9, **after),
+        _bug_answer(52, 84.5, "upload", "nic0", "MiniportTerminateOffload",
+                    holed=True, new_conn=53, **after),
+        _bug_answer(55, 88.3, "disconnect", "nic0", "MiniportTcpOffloadDisconnect",
+                    holed=True, verified_after=0, done=False),
+    ]  # fmt: skip
+    obs["aborts"] = [
+        {"conn": 52, "t": 84.49, "closing": True, "unexpected": True, "new_conn": 53, **after},
+        {"conn": 54, "t": 86.7, "closing": True, "verified_after": 0, "done": False},
+    ]
+    return layer, conn, obs, {"aborts_while_closing": 2, "unexpected_aborts": 1}
+
+
+def _state_report(
+    layer: list[Rec], conn: list[Rec], obs: dict[str, list[Rec]], counters: Rec
+) -> dict[str, Any]:
+    planted = 2 + sum(1 for r in layer if r["kind"] == "raise_next" and r["tag"] > 6)
+    return _report(
+        layer,
+        conn,
+        obs,
+        counters=merge_counters(
+            [{"ops": 100, "bytes_sent": 5000, "bytes_verified": 5000}, counters]
+        ),
+        stats_after=_counted(planted, planted),
+    )
+
+
+def test_bugs_in_state_calls_pass_when_each_shows_its_outcome() -> None:
+    r = _state_report(*_state_bugs())
+    assert r["ok"], r["failures"]
+    bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
+    assert (bug["planted"], bug["connections_hit"], bug["internal_answers"]) == (7, 7, 6)
+    assert bug["refused_at_connect"] == 1 and r["host_mode"]["explained"]["raise_next"] == 1
+    assert bug["resets_while_closing"] == 2 and bug["resets_on_live"] == 1
+    assert bug["hits_while_closing"] == 2  # the abortive close's reset, the disconnect's answer
+
+
+STATE_BUG_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any, Any], Any], str]] = {
+    "a reset during a close that no bug explains": (
+        lambda lay, con, obs, c: (
+            obs["aborts"].append({"conn": 60, "t": 90.0, "closing": True}),
+            c.update(aborts_while_closing=3),
+        ),
+        "1 connection(s) aborted during their close",
+    ),
+    "a reset before the terminate's bug was planted": (
+        lambda lay, con, obs, c: obs["aborts"][1].update(t=83.0),
+        "1 connection(s) aborted during their close",
+    ),
+    "a reset of a live connection with no call left to raise": (
+        lambda lay, con, obs, c: (
+            obs["aborts"].append({"conn": 61, "t": 87.0, "unexpected": True, "done": True}),
+            c.update(unexpected_aborts=2),
+        ),
+        "1 connection(s) aborted with no fault",
+    ),
+    "no data on the slot an upload's reset reopened": (
+        lambda lay, con, obs, c: [
+            a.update(done=False) for a in [*obs["bug_answers"], *obs["aborts"]] if a["conn"] == 52
+        ],
+        "conn 52: no byte verified on its reopened slot after its INTERNAL",
+    ),
+    "an initiate's bug never followed by an offload and data": (
+        lambda lay, con, obs, c: obs["bug_answers"][-3].update(done=False),
+        "conn 51: no byte verified on it after its INTERNAL",
+    ),
+    "a refusal at connect never followed by an offload and data": (
+        lambda lay, con, obs, c: obs["refusals"][-1].update(done=False),
+        "conn 50: no byte verified on it after its offload refused at connect",
+    ),
+    "a refusal at connect beyond the initiates made to raise": (
+        lambda lay, con, obs, c: obs["refusals"].append({**obs["refusals"][-1], "conn": 56}),
+        "conn 56: offload refused at connect (no status)",
+    ),
+    "a refusal at connect before the initiate's bug": (
+        lambda lay, con, obs, c: obs["refusals"][-1].update(t_first=79.0),
+        "conn 50: offload refused at connect (no status)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(STATE_BUG_MUTATIONS))
+def test_each_state_bug_mutation_turns_the_verdict_red(name: str) -> None:
+    mutate, why = STATE_BUG_MUTATIONS[name]
+    layer, conn, obs, counters = copy.deepcopy(_state_bugs())
+    mutate(layer, conn, obs, counters)
+    r = _state_report(layer, conn, obs, counters)
+    assert not r["ok"], name
+    assert any(why in f for f in r["failures"]), (why, r["failures"])
+
+
+# -- what the daemon says each bug served (fault.list `used`) -------------------------------------
+_SERVED = {5: [30], 6: [32], 7: [50], 8: [51], 9: [52], 10: [54, 57, 58], 11: [55]}
+
+
+def _served_state_bugs() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]], Rec]:
+    """`_state_bugs`, with what the daemon listed each bug serving: the second terminate's
+    call carried three connections being closed at once (57 and 58 reset too), more than the
+    one call the fault made raise; the rest one connection each."""
+    layer, conn, obs, counters = _state_bugs()
+    for r in layer:
+        if r["kind"] == "raise_next":
+            conns = _SERVED[r["tag"]]
+            raised = {"layer": r["params"]["layer"], "handler": r["params"]["call"]}
+            r["raised"] = [{**raised, "conns": conns, "conns_total": len(conns)}]
+    obs["aborts"] += [{"conn": c, "t": 86.7, "closing": True, "done": False} for c in (57, 58)]
+    return layer, conn, obs, {**counters, "aborts_while_closing": 4}
+
+
+def test_a_bug_hits_every_connection_its_call_served_and_no_other() -> None:
+    r = _state_report(*_served_state_bugs())
+    assert r["ok"], r["failures"]
+    bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
+    assert bug["connections_served"] == 9 and bug["connections_hit"] == 9
+    assert bug["resets_while_closing"] == 4
+
+
+SERVED_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any, Any], Any], str]] = {
+    "INTERNAL on a connection the bug did not serve": (
+        lambda lay, con, obs, c: obs["bug_answers"][-2].update(conn=70, new_conn=71),
+        "conn 70: upload answered INTERNAL naming nic0 MiniportTerminateOffload, though",
+    ),
+    "a reset of a connection no terminate served": (
+        lambda lay, con, obs, c: obs["aborts"][-1].update(conn=72),
+        "1 connection(s) aborted during their close",
+    ),
+    "a refusal at connect of a connection no initiate served": (
+        lambda lay, con, obs, c: obs["refusals"][-1].update(conn=73),
+        "conn 73: offload refused at connect (no status)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SERVED_MUTATIONS))
+def test_each_served_mutation_turns_the_verdict_red(name: str) -> None:
+    mutate, why = SERVED_MUTATIONS[name]
+    layer, conn, obs, counters = copy.deepcopy(_served_state_bugs())
+    mutate(layer, conn, obs, counters)
+    r = _state_report(layer, conn, obs, counters)
+    assert not r["ok"], name
+    assert any(why in f for f in r["failures"]), (why, r["failures"])
+
+
+def test_where_the_daemon_did_not_say_it_all_the_count_bounds_the_hits() -> None:
+    """A list the daemon cut short (or a daemon from before it): the calls made to raise bound
+    the connections hit, as without the list: the three resets of one terminate are too many."""
+    layer, conn, obs, counters = _served_state_bugs()
+    next(r for r in layer if r["tag"] == 10)["raised"][0]["conns_total"] = 20_000
+    r = _state_report(layer, conn, obs, counters)
+    assert not r["ok"] and "2 connection(s) aborted during their close" in r["failures"]
+
+
+def test_an_upload_all_a_terminates_bug_failed_resets_the_nics_connections() -> None:
+    """A terminate's bug met the UPLOAD_ALL of a target failure: the connections on the NIC
+    were reset instead of uploaded (spec §6.3, §3.7), each reopened with data. Both faults
+    show their outcome; without the bug the same run fails on both counts."""
+    for planted in (True, False):
+        layer, conn, obs = _clean()
+        obs["upload_all"] = []
+        obs["aborts"] = [
+            {"conn": c, "t": 100.2, "unexpected": True, "new_conn": c + 10, "done": True}
+            for c in (1, 2)
+        ]
+        if planted:
+            layer.append(_raise_next(5, "nic0", "MiniportTerminateOffload", 99.5))
+            raised = {"layer": "nic0", "handler": "MiniportTerminateOffload"}
+            layer[-1]["raised"] = [{**raised, "conns": [1, 2], "conns_total": 2}]
+        r = _report(
+            layer,
+            conn,
+            obs,
+            counters=merge_counters([{"ops": 100, "unexpected_aborts": 2}]),
+            stats_after=_counted(int(planted), int(planted)),
+        )
+        outage = next(f for f in r["faults"] if f["kind"] == "target_failure")
+        if planted:
+            assert r["ok"], r["failures"]
+            assert outage["reset_by_a_bug"] == 2
+        else:
+            assert not r["ok"] and "2 connection(s) aborted with no fault" in r["failures"]
+            assert "nic0: 2 offloaded, none uploaded (UPLOAD_ALL)" in outage["problems"]

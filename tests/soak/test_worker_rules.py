@@ -85,11 +85,28 @@ def test_a_reset_does_not_hide_bytes_lost_before_it() -> None:
 
 
 def test_an_abort_no_fault_asked_for_is_unexpected() -> None:
+    """Counted, and recorded for the judge (only a terminate's bug may explain it), which
+    fails the run on it otherwise (test_verdict)."""
     w = _worker()
     conn = _conn(w)
-    conn.aborted = True
+    w.apply_event(conn, "TcpIndicateAbort", {})
     w.judge_loss(conn, aborted=True)
-    assert w.c["unexpected_aborts"] == 1
+    assert w.c["unexpected_aborts"] == 1 and w.c["aborts_while_closing"] == 0
+    (rec,) = w.obs["aborts"]
+    assert rec is conn.abort and rec["conn"] == 7 and rec["unexpected"] and not rec["closing"]
+
+
+def test_an_abort_during_our_own_close_is_recorded_as_such_and_one_aimed_at_not_at_all() -> None:
+    w = _worker()
+    closing = _conn(w, 7)
+    closing.own_upload = True  # tcp.close (or a planned upload) under way
+    w.apply_event(closing, "TcpIndicateAbort", {})
+    aimed = _conn(w, 8)
+    _reset(aimed, delivered=0)
+    aimed.aborted = False
+    w.apply_event(aimed, "TcpIndicateAbort", {})
+    assert w.c["aborts_while_closing"] == 1
+    assert [(r["conn"], r["closing"]) for r in w.obs["aborts"]] == [(7, True)]
 
 
 def test_bytes_never_echoed_on_a_live_connection_are_counted() -> None:
@@ -529,3 +546,71 @@ async def test_bytes_that_come_back_wrong_after_a_bug_are_still_integrity_errors
     with pytest.raises(SlotBroken):
         await w.read_back(rpc, conn, 2000)  # type: ignore[arg-type]
     assert w.c["integrity_errors"] == 1
+
+
+class _Offloading:
+    """Stands in for the RPC client: `tcp.offload` raises what it is given, then succeeds."""
+
+    def __init__(self, error: Exception) -> None:
+        self.errors = [error]
+
+    async def tcp_offload(self, cid: int) -> dict:
+        if self.errors:
+            raise self.errors.pop()
+        return {"state": "offloaded", "path": ["tcpip", "im0", "nic0"]}
+
+
+async def test_an_offload_an_initiates_bug_answered_keeps_the_stream_and_owes_an_offload() -> None:
+    """The initiate failed as a refused one (spec §6.3): nothing was lost, so the slot goes
+    on in host mode; the hit owes an offload again and bytes verified after it."""
+    w = _worker()
+    conn = _conn(w, state="host")
+    conn.needs_offload = True
+    rpc = Rpc(_Offloading(_internal("im0", "MiniportInitiateOffload")), 1)
+    await w.reoffload(rpc, conn)  # type: ignore[arg-type]
+    (rec,) = conn.bugs
+    assert (rec["request"], rec["call"]) == ("reoffload", "MiniportInitiateOffload")
+    assert not conn.holed and not conn.lost and conn.needs_offload and conn.state == "host"
+    assert rec["verify_from"] is None and not outcome_done(rec)
+    conn.next_offload_try = 0.0
+    await w.reoffload(rpc, conn)  # type: ignore[arg-type]
+    assert conn.state == "offloaded" and not conn.needs_offload
+    assert rec["reoffloaded_t"] is not None and not outcome_done(rec)
+    w.verify(conn, conn.stream.read(100))
+    assert outcome_done(rec)
+
+
+class _Closing:
+    """Stands in for the RPC client at a close: `tcp.close` answers from a script."""
+
+    def __init__(self, script: list[Exception | None]) -> None:
+        self.script = script
+        self.closes = 0
+
+    async def tcp_disconnect(self, cid: int, abortive: bool) -> str:
+        return "NDIS_STATUS_SUCCESS"
+
+    async def tcp_recv(self, cid: int, n: int, timeout_ms: int) -> bytes:
+        return b""
+
+    async def tcp_info(self, cid: int) -> dict:
+        return {"state": "offloaded"}
+
+    async def tcp_close(self, cid: int) -> None:
+        self.closes += 1
+        step = self.script.pop(0)
+        if step is not None:
+            raise step
+
+
+async def test_a_close_a_terminates_bug_answered_is_a_hit_and_asked_again() -> None:
+    """The terminate the close began raised: the close is answered INTERNAL, the hit recorded
+    for the judge, and the close asked again (the host's next terminate finishes it)."""
+    w = _worker()
+    conn = _conn(w)
+    client = _Closing([_internal("nic0", "MiniportTerminateOffload"), None])
+    await w.close_conn(Rpc(client, 1), conn, final=True)  # type: ignore[arg-type]
+    (rec,) = conn.bugs
+    assert (rec["request"], rec["call"]) == ("close", "MiniportTerminateOffload")
+    assert client.closes == 2 and w.c["closed"] == 1 and not w.errors
+    assert 7 not in w.by_id

@@ -31,8 +31,9 @@ EPILOG = (
 payload (--payload): LO:HI log-uniform (1k:64k), a list picked uniformly (1k,4k,64k), or one size.
 verdict: the run fails on any integrity error or byte not echoed back; a connection not offloaded
 (refused at connect, refused again, closed in host mode, uploaded unasked) that no fault explains;
-a fault that did not show its outcome on the connection it hit; a request answered INTERNAL that
-no raise_next explains; state left after the drain; a daemon crash; any invariant violation or
+a fault that did not show its outcome on the connection it hit; a request answered INTERNAL, or
+a reset, that no raise_next explains; state left after the drain; a daemon crash; any invariant
+violation or
 layer error the daemon reports beyond one of each per bug raise_next planted (stack.stats);
 daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer
 connections held than asked because of the open-file limit (--allow-fd-cap).

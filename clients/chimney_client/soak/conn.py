@@ -20,6 +20,7 @@ class Conn:
     """One open connection of a slot."""
 
     __slots__ = (
+        "abort",
         "aborted",
         "bugs",
         "busy",
@@ -75,6 +76,7 @@ class Conn:
         self.since = now
         self.host_cause = "connect"
         self.aborted = False
+        self.abort: dict[str, Any] | None = None  # the reset no fault aimed at (obs "aborts")
         self.expect_abort = False  # a fault aimed at it must abort it
         self.own_upload = False  # an upload the soak asked for (planned, or tcp.close's)
         self.needs_offload = False

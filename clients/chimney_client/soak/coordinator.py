@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aio import AsyncClient
-from ..errors import ChimneyError
+from ..errors import ChimneyError, InvalidParams
 from .channels import Channel, LocalChannel, ProcessChannel
 from .faults import OUTAGES, ScheduledFault
 from .layer_faults import LayerFaults
@@ -394,12 +394,21 @@ class Soak(Phases, LayerFaults):
             phase = "closing" if self.interrupted.is_set() else "settling and closing"
             self.show(self.status_line(phase, last))
         if self.control is not None:
-            # fail_next and raise_next faults still listed were never used up
+            # fail_next and raise_next faults still active were never used up; what each bug
+            # a raise_next planted hit is the daemon's to say (fault.list `used`)
             with contextlib.suppress(ChimneyError):
-                active = {f.get("id") for f in await self.control.fault_list()}
+                try:
+                    listed = await self.control.fault_list(used=True)
+                except InvalidParams:  # a daemon from before `used`: what is listed is active
+                    listed = [{**f, "active": True} for f in await self.control.fault_list()]
+                held = {f.get("id"): f for f in listed}
                 for rec in self.layer_records:
                     if rec["kind"] not in OUTAGES and rec.get("injected"):
-                        rec["consumed"] = rec.get("fault_id") not in active
+                        entry = held.get(rec.get("fault_id"))
+                        rec["consumed"] = entry is None or not entry.get("active")
+                        if entry is not None and "raised" in entry:
+                            rec["raised"] = entry["raised"]
+                            rec["raised_dropped"] = entry.get("raised_dropped", 0)
             with contextlib.suppress(ChimneyError):
                 await self.control.fault_clear("*")
 

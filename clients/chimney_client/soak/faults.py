@@ -152,13 +152,16 @@ FAULT_KINDS: dict[str, FaultKind] = {
                 "shard": "",
             },
             "a bug planted in /layer=nic0: its next /count=1 /call=MiniportTcpOffloadSend "
-            "handlers (after /skip=0) raise (spec §6.3, call: MiniportTcpOffloadSend or "
-            "MiniportTcpOffloadReceive); every INTERNAL answer must name a layer and handler a "
-            "raise_next planted a bug in, after it, on no more connections than calls it made "
-            "raise; the bytes that come back are verified (a read a bug answered leaves its "
-            "bytes to the next; after a send answered INTERNAL the slot is closed and reopened) "
-            "and the connection, or its reopened slot, must carry verified data after; the "
-            "daemon must count exactly one layer error and one invariant violation per bug",
+            "handlers (after /skip=0) raise (spec §6.3; call: MiniportTcpOffloadSend, "
+            "MiniportTcpOffloadReceive, MiniportInitiateOffload, MiniportTerminateOffload or "
+            "MiniportTcpOffloadDisconnect). What each bug hit shows on the connections the "
+            "daemon says it served (fault.list used), after it: an INTERNAL answer naming its "
+            "layer and handler; an offload refused at connect (initiate); a reset (terminate). "
+            "The bytes that come back are verified (a read a bug answered leaves its bytes to "
+            "the next; after a send answered INTERNAL or a reset the slot closes and reopens); "
+            "the connection, or its reopened slot, must carry verified data after (an initiate's: "
+            "offloaded again first), unless the soak was closing it; the daemon must count "
+            "exactly one layer error and one invariant violation per bug",
             key_aliases=_FAIL_NEXT_KEYS,
         ),
     )
@@ -172,9 +175,19 @@ ALIASES: dict[str, str] = {alias: k.name for k in FAULT_KINDS.values() for alias
 
 #: The calls whose failure the soak can tell apart and judge.
 JUDGED_CALLS = ("MiniportTcpOffloadSend", "MiniportInitiateOffload")
-#: The calls a raise_next may plant a bug in: each has a request waiting on its connection
-#: (tcp.send, tcp.recv), so each bug shows as an INTERNAL answer the soak can see.
-BUG_CALLS = ("MiniportTcpOffloadSend", "MiniportTcpOffloadReceive")
+#: The calls a raise_next may plant a bug in: the soak's traffic makes each, and each bug
+#: shows on the connections it served: an INTERNAL answer to the request waiting (tcp.send,
+#: tcp.recv, tcp.offload, tcp.upload, tcp.disconnect, tcp.close), or where none waits an
+#: offload refused at connect (an initiate's) or a reset (a terminate's, spec §3.7).
+INITIATE_CALL = "MiniportInitiateOffload"
+TERMINATE_CALL = "MiniportTerminateOffload"
+BUG_CALLS = (
+    "MiniportTcpOffloadSend",
+    "MiniportTcpOffloadReceive",
+    INITIATE_CALL,
+    TERMINATE_CALL,
+    "MiniportTcpOffloadDisconnect",
+)
 #: Send completions that mean "the host sends these itself after an upload" (spec §4.1).
 UPLOAD_STATUSES = (
     "NDIS_STATUS_UPLOAD_IN_PROGRESS",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .faults import FAULT_KINDS, OUTAGES
+from .faults import FAULT_KINDS, INITIATE_CALL, OUTAGES, TERMINATE_CALL
 from .limits import BUG_EPISODE_S, RESUME_GRACE_S, SEND_FAILURE_UPLOAD_S, STALL_CLOCK_SLACK_S
 
 Record = dict[str, Any]
@@ -83,10 +83,14 @@ def judge(
     # one whose slot a layer's bug closed (a send answered INTERNAL) is over too: the data on
     # its reopened slot is the bug's outcome, judged with it
     bugged = {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
-    for rec, w in zip(outages, windows, strict=True):
+    uploaded = [
         _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
+        for rec, w in zip(outages, windows, strict=True)
+    ]
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
-    _judge_raise_next(by_kind, layer_records, obs)
+    _judge_raise_next(by_kind, layer_records, obs, host)
+    for rec, w, n in zip(outages, windows, uploaded, strict=True):
+        _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, n, obs)
     _account_leftovers(obs, windows, host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
@@ -188,7 +192,8 @@ def _judge_outage(
     obs: dict[str, list[Record]],
     reset: set[Any],
     bugged: set[Any],
-) -> None:
+) -> int:
+    """Returns how many connections the outage asked up."""
     layer = w.layer
     if not rec.get("cleared"):
         problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
@@ -219,8 +224,6 @@ def _judge_outage(
         # RESUME): refusals until then are this outage's
         w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
     e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(uploads)
-    if rec.get("offloaded_before") and not uploads:
-        problem(e, f"{layer}: {rec['offloaded_before']} offloaded, none uploaded (UPLOAD_ALL)")
     again = 0
     for u in uploads:
         t = u.get("reoffloaded_t")
@@ -240,6 +243,25 @@ def _judge_outage(
     e["verified_after"] = e.get("verified_after", 0) + sum(
         u.get("verified_after", 0) for u in uploads
     )
+    return len(uploads)
+
+
+def _outage_moved_its_connections(
+    e: Record, rec: Record, w: Window, uploaded: int, obs: dict[str, list[Record]]
+) -> None:
+    """The NIC's connections left it: uploaded (UPLOAD_ALL), or reset because a terminate's
+    bug failed the upload as lost hardware state (spec §6.3, §3.7; judged with the bug)."""
+    if not rec.get("offloaded_before") or uploaded:
+        return
+    resets = [
+        a
+        for a in obs.get("aborts", [])
+        if a.get("explained_by") == "raise_next" and w.covers(a["t"])
+    ]
+    if resets:
+        e["reset_by_a_bug"] = e.get("reset_by_a_bug", 0) + len(resets)
+        return
+    problem(e, f"{w.layer}: {rec['offloaded_before']} offloaded, none uploaded (UPLOAD_ALL)")
 
 
 # -- fail_next and its presets -------------------------------------------------------------------
@@ -342,18 +364,24 @@ def _uploads_after_send_failures(seen: list[Record], obs: dict[str, list[Record]
 
 # -- raise_next: bugs planted in a layer --------------------------------------------------------
 def _judge_raise_next(
-    by_kind: dict[str, Record], layer_records: Sequence[Record], obs: dict[str, list[Record]]
+    by_kind: dict[str, Record],
+    layer_records: Sequence[Record],
+    obs: dict[str, list[Record]],
+    host: Record,
 ) -> None:
     """A planted bug shows as INTERNAL answers naming its layer and handler (spec §6.3), on
     the one connection it hit; answers are grouped into hits (one connection, close in time).
     The faults of one layer and call hit no more connections than the calls they made raise
-    (the daemon's count of layer errors, checked in the verdict, says they all raised). A bug
-    may answer nothing: a receive request stays posted after a read was served from indicated
-    bytes (spec §4.2), and two bugs on one connection share its waiting requests, which the
-    first answers; a send a bug left unanswered is still caught, as a stuck round trip, and
-    one answered otherwise as an unexplained failure or lost bytes. Each hit is followed by
-    verified data (on the connection, or on its reopened slot). What no fault explains is left
-    for the account of the unexplained."""
+    (the daemon's count of layer errors, checked in the verdict, says they all raised). Where
+    no request waits, a bug shows otherwise: an initiate's inside tcp.connect as the offload
+    refused at connect, a terminate's as the connection's reset (`_terminate_resets`). A bug
+    may also show nothing: a receive request stays posted after a read was served from
+    indicated bytes (spec §4.2), two bugs on one connection share its waiting requests, which
+    the first answers, and a connection the soak was done with hears of nothing; a send a bug
+    left unanswered is still caught, as a stuck round trip, and one answered otherwise as an
+    unexplained failure or lost bytes. Each hit is followed by verified data (on the
+    connection, or on its reopened slot), unless the soak was closing that connection. What
+    no fault explains is left for the account of the unexplained."""
     faults = [r for r in layer_records if r["kind"] == "raise_next" and r.get("injected")]
     if not faults:
         return
@@ -363,13 +391,15 @@ def _judge_raise_next(
         if not r.get("consumed"):
             problem(e, f"fault {r.get('fault_id')} never used up: no call raised")
         groups.setdefault((r["params"]["layer"], r["params"]["call"]), []).append(r)
-    planted = hits_seen = answers_seen = after = 0
-    hit_holed: dict[Any, float] = {}
+    planted = answers_seen = 0
+    every_hit: list[list[Record]] = []
+    terminates: list[Terminates] = []
     for (layer, call), rs in groups.items():
         used = [r for r in rs if r.get("consumed")]
         uses = sum(int(r["params"].get("count", 1)) * int(r.get("shards", 1)) for r in used)
         planted += uses
         start = min(float(r["t0"]) for r in rs)
+        served = _served(rs)
         mine = [
             a
             for a in obs.get("bug_answers", [])
@@ -379,25 +409,60 @@ def _judge_raise_next(
         ]
         for a in mine:
             a["explained_by"] = "raise_next"
+            if served is not None and a["conn"] not in served:
+                problem(
+                    e,
+                    f"conn {a['conn']}: {a.get('request')} answered INTERNAL naming {layer} "
+                    f"{call}, though the daemon says none of its bugs raised serving it",
+                )
         hits = _hits(mine)
-        hits_seen += len(hits)
         answers_seen += len(mine)
-        if len(hits) > uses:
+        if served is not None:
+            e["connections_served"] = e.get("connections_served", 0) + len(served)
+        elif len(hits) > uses:
             problem(
                 e,
                 f"{layer} {call}: {uses} call(s) made to raise by {len(used)} fault(s), "
                 f"{len(hits)} connection hit(s) answered INTERNAL",
             )
-        for hit in hits:
-            first = hit[0]
-            after += max(a.get("verified_after", 0) for a in hit)
-            holed = any(a.get("new_conn") is not None or a.get("holed") for a in hit)
-            if holed:
-                hit_holed.setdefault(first["conn"], float(first["t"]))
-            if not any(a.get("done") for a in hit):
-                where = "its reopened slot" if holed else "it"
-                problem(e, f"conn {first['conn']}: no byte verified on {where} after its INTERNAL")
-    e["planted"], e["connections_hit"], e["internal_answers"] = planted, hits_seen, answers_seen
+        if call == INITIATE_CALL:
+            # an initiate inside tcp.connect has no request of its own waiting: its bug shows
+            # as the offload refused at connect (no status); those of the connections it was
+            # serving, or (not known) as many as the calls the answers leave
+            refused = _refused_at_connect(
+                obs, start, uses - len(hits) if served is None else served
+            )
+            e["refused_at_connect"] = e.get("refused_at_connect", 0) + len(refused)
+            host["explained"]["raise_next"] += len(refused)
+            hits += [[ep] for ep in refused]
+        if call == TERMINATE_CALL:
+            terminates.append((start, uses, hits, served))
+        every_hit += hits
+    if terminates:
+        every_hit += _terminate_resets(e, obs, terminates)
+    after = 0
+    hit_holed: dict[Any, float] = {}
+    for hit in every_hit:
+        first = hit[0]
+        after += max(a.get("verified_after", 0) for a in hit)
+        if _while_closing(hit):
+            # the application had asked to end it: its close answered and the tables drained
+            # are the outcome (the verdict checks both); no data is owed after it
+            e["hits_while_closing"] = e.get("hits_while_closing", 0) + 1
+            continue
+        holed = any(a.get("new_conn") is not None or a.get("holed") for a in hit)
+        if holed:
+            hit_holed.setdefault(first["conn"], float(first["t"]))
+        if not any(a.get("done") for a in hit):
+            where = "its reopened slot" if holed else "it"
+            what = {"t_first": "its offload refused at connect", "closing": "its reset"}
+            why = next((w for k, w in what.items() if k in first), "its INTERNAL")
+            problem(e, f"conn {first['conn']}: no byte verified on {where} after {why}")
+    e["planted"], e["connections_hit"], e["internal_answers"] = (
+        planted,
+        len(every_hit),
+        answers_seen,
+    )
     e["verified_after"] = after
     # a layer fails the send it raised on as its kind fails a send, and asks for the upload
     # (spec §6.3, §4.1): that upload, on the same connection close in time, is the bug's
@@ -409,6 +474,97 @@ def _judge_raise_next(
             and abs(float(u["t"]) - t) <= SEND_FAILURE_UPLOAD_S
         ):
             u["explained_by"] = "raise_next"
+
+
+#: A group of terminate bugs: when the first was planted, the calls they made raise, their
+#: hits by INTERNAL answer, and the connections they served (None: the daemon did not say).
+Terminates = tuple[float, int, list[list[Record]], set[Any] | None]
+
+
+def _served(rs: list[Record]) -> set[Any] | None:
+    """The connections the daemon says these faults' bugs were serving when they raised
+    (fault.list `used`, `raised`): what the engine failed for them, spec §6.3. None when it
+    did not say it all (a daemon from before it, or a list it cut short)."""
+    out: set[Any] = set()
+    for r in rs:
+        if "raised" not in r or r.get("raised_dropped"):
+            return None
+        for h in r["raised"]:
+            conns = list(h.get("conns") or [])
+            if int(h.get("conns_total", len(conns))) > len(conns):
+                return None
+            out.update(conns)
+    return out
+
+
+def _terminate_resets(
+    e: Record, obs: dict[str, list[Record]], terminates: list[Terminates]
+) -> list[list[Record]]:
+    """A terminate a layer raised on fails as one that found the hardware state corrupt: the
+    connection is reset (spec §6.3, §3.7); a terminate carries the block lists of as many
+    connections as the host hands it at once. Its reset joins the hit whose INTERNAL answer
+    named that connection; one with no request waiting (an abortive close's terminate, the
+    host's own upload) names no layer, so it is a hit of its own if the daemon says a
+    terminate's bug was serving that connection (or, where it does not say, as many as the
+    calls they made raise leave). Resets no bug explains stay counted as unexpected (the
+    verdict)."""
+    start = min(t[0] for t in terminates)
+    served: set[Any] | None = set()
+    for *_, each in terminates:
+        served = None if served is None or each is None else served | each
+    room = sum(uses - len(hits) for _, uses, hits, _ in terminates)
+    answered = {hit[0]["conn"]: hit for _, _, hits, _ in terminates for hit in hits}
+    alone: list[list[Record]] = []
+    for a in sorted(obs.get("aborts", []), key=lambda a: float(a["t"])):
+        if a.get("explained_by") or float(a["t"]) < start:
+            continue
+        hit = answered.get(a["conn"])
+        if hit is not None:
+            hit.append(a)
+        elif (a["conn"] in served) if served is not None else len(alone) < room:
+            alone.append([a])
+        else:
+            continue
+        a["explained_by"] = "raise_next"
+        # as the worker counted it (the verdict takes these off): during its close or upload,
+        # and (or) found when it came to close the connection
+        for key, flag in (("resets_while_closing", "closing"), ("resets_on_live", "unexpected")):
+            e[key] = e.get(key, 0) + int(bool(a.get(flag)))
+    return alone
+
+
+def _while_closing(hit: list[Record]) -> bool:
+    """Did the bug go off while the soak was ending the connection (a close or disconnect
+    answered INTERNAL, or a reset during the close; a planned upload's is not)?"""
+    requests = {a.get("request") for a in hit if "request" in a}
+    if "upload" in requests:
+        return False
+    return bool(requests & {"close", "disconnect"}) or any(a.get("closing") for a in hit)
+
+
+def _refused_at_connect(
+    obs: dict[str, list[Record]], start: float, served: set[Any] | int
+) -> list[Record]:
+    """The offloads refused at connect since `start` that no fault explained yet (tcp.connect
+    says no status for them), now explained by an initiate's bug: those of the connections
+    its bugs `served`, or (a number) the first that many."""
+    eps = sorted(
+        (
+            ep
+            for ep in obs.get("refusals", [])
+            if not ep.get("explained_by")
+            and ep.get("at") == "connect"
+            and ep.get("status") is None
+            and float(ep["t_first"]) >= start
+            and (ep["conn"] in served if isinstance(served, set) else True)
+        ),
+        key=lambda ep: float(ep["t_first"]),
+    )
+    if not isinstance(served, set):
+        eps = eps[: max(0, served)]
+    for ep in eps:
+        ep["explained_by"] = "raise_next"
+    return eps
 
 
 def _hits(answers: list[Record]) -> list[list[Record]]:
@@ -431,7 +587,7 @@ def _host_mode_account() -> Record:
     return {
         "refusal_episodes": 0,
         "refused_at_connect": 0,
-        "explained": {"target_failure": 0, "refuse_offload": 0},
+        "explained": {"target_failure": 0, "refuse_offload": 0, "raise_next": 0},
         "unexplained": 0,
         "unexplained_examples": [],
         "not_offloaded_again": 0,

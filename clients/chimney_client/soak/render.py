@@ -36,7 +36,8 @@ def _host_mode(report: dict[str, Any]) -> str:
     text = (
         f"{h.get('refusal_episodes', 0)} refused offload(s) ({h.get('refused_at_connect', 0)} at "
         f"connect; explained by target_failure {ex.get('target_failure', 0)}, refuse_offload "
-        f"{ex.get('refuse_offload', 0)}), {h.get('host_at_close', 0)} closed in host mode, "
+        f"{ex.get('refuse_offload', 0)}, raise_next {ex.get('raise_next', 0)}), "
+        f"{h.get('host_at_close', 0)} closed in host mode, "
         f"{h.get('state_disagreements', 0)} state disagreement(s) with tcp.info"
     )
     if h.get("unexplained"):

@@ -251,10 +251,15 @@ def verdict(report: dict[str, Any]) -> list[str]:
         why.append(f"{c['unverified_on_close']} byte(s) sent but never echoed back")
     if c.get("stuck_ops"):
         why.append(f"{c['stuck_ops']} echo round trip(s) stuck past {OP_TIMEOUT_S:g} s")
-    if c.get("unexpected_aborts"):
-        why.append(f"{c['unexpected_aborts']} connection(s) aborted with no fault")
-    if c.get("aborts_while_closing"):
-        why.append(f"{c['aborts_while_closing']} connection(s) aborted during their close")
+    # resets a terminate's bug explains (spec §6.3) are that fault's outcome
+    live = c.get("unexpected_aborts", 0) - sum(f.get("resets_on_live", 0) for f in report["faults"])
+    closing = c.get("aborts_while_closing", 0) - sum(
+        f.get("resets_while_closing", 0) for f in report["faults"]
+    )
+    if live > 0:
+        why.append(f"{live} connection(s) aborted with no fault")
+    if closing > 0:
+        why.append(f"{closing} connection(s) aborted during their close")
     host = report.get("host_mode") or {}
     if host.get("unexplained"):
         why.append(

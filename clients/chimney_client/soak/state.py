@@ -55,6 +55,7 @@ OBS_LISTS = (
     "host_at_close",  # connections closed while in host mode
     "disagreements",  # the soak's idea of a connection's state differs from tcp.info
     "bug_answers",  # requests answered INTERNAL: a layer raised (spec §6.3)
+    "aborts",  # resets no connection fault aimed at (a terminate a layer raised on, spec §6.3)
 )
 
 
@@ -228,8 +229,14 @@ class WorkerState:
                     rec.setdefault("abort_t", time.monotonic())
                 if conn.state in TIMED_STATES:
                     self.move(conn, "aborted")
+                if not conn.expect_abort:
+                    # nothing we did asked for it: only a layer's bug may explain it (a
+                    # terminate it raised on fails as lost hardware state, spec §6.3, §3.7)
+                    rec = {"conn": conn.cid, "t": time.monotonic(), "closing": conn.own_upload}
+                    self.obs["aborts"].append(rec)
+                    conn.abort = rec
                 if conn.own_upload and not conn.expect_abort:
-                    # our close was under way (disconnect, FIN read, tcp.close): counted apart
+                    # our upload or close was under way (disconnect, FIN read, tcp.close)
                     self.c["aborts_while_closing"] += 1
         elif event == "TcpIndicateRetrieve":
             conn.retrieve_reason = str(info.get("reason", "?"))

@@ -34,6 +34,7 @@ from .state import Rpc, WorkerState
 #: MiniportTcpOffloadSend (PlantedBug); see the daemon's log" (the daemon's `_layer_failed`).
 _FAILED_IN = re.compile(r"(\S+) failed in (\w+) \((\w+)\)")
 RECEIVE_HANDLER = "MiniportTcpOffloadReceive"
+INITIATE_HANDLER = "MiniportInitiateOffload"
 
 
 def local_port(info: dict[str, Any]) -> int:
@@ -46,12 +47,15 @@ class Traffic(WorkerState):
     def bug_answer(self, conn: Conn, request: str, exc: InternalError) -> None:
         """`request` on `conn` was answered INTERNAL: a layer raised while it handled the
         connection (spec §6.3). Recorded for the judge, which explains it by a raise_next or
-        fails the run. A read a bug in a receive handler answered took nothing: its bytes go to
-        the next read, and the connection must go on carrying verified data. A send answered
-        INTERNAL, or anything a bug elsewhere answered, leaves the stream's fate unknown (a
-        send's bug leaves a hole; a send a receive's bug answered goes on, but another bug may
-        still fail it with nobody waiting to hear): what comes back is still verified, then
-        the slot closes and reopens, and the reopened slot must carry verified data."""
+        fails the run. An offload an initiate's bug answered failed as a refused one: the
+        stream is whole, and the connection owes an offload again and data after it. A read a
+        bug in a receive handler answered took nothing: its bytes go to the next read, and the
+        connection must go on carrying verified data. A send answered INTERNAL, or anything a
+        bug elsewhere answered, leaves the stream's fate unknown (a send's bug leaves a hole; a
+        send a receive's bug answered goes on, but another bug may still fail it with nobody
+        waiting to hear; a terminate's resets the connection): what comes back is still
+        verified, then the slot closes and reopens, and the reopened slot must carry verified
+        data."""
         m = _FAILED_IN.search(str(exc))
         layer, handler, error = m.groups() if m else ("?", "?", "?")
         rec: dict[str, Any] = {
@@ -66,7 +70,14 @@ class Traffic(WorkerState):
         self.c["internal_answers"] += 1
         self.obs["bug_answers"].append(rec)
         conn.bugs.append(rec)
-        if handler == RECEIVE_HANDLER and request != "send" and not conn.holed:
+        if handler == INITIATE_HANDLER and request in ("offload", "reoffload"):
+            # the initiate failed as a refused one (spec §6.3): the connection carries on in
+            # host mode with its stream whole, and owes an offload again and data after it
+            conn.needs_offload = True
+            conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
+            rec["needs_reoffload"] = True
+            watch(conn, rec, None)
+        elif handler == RECEIVE_HANDLER and request != "send" and not conn.holed:
             watch(conn, rec, conn.verified)
         else:
             conn.holed = True
@@ -497,6 +508,13 @@ class Traffic(WorkerState):
             try:
                 await rpc.client.tcp_close(conn.cid)
                 self.c["closed"] += 1
+            except InternalError as exc:
+                # a layer raised on the terminate the close began (spec §6.3): the host's
+                # next terminate, after the abort, finishes the connection; ask again
+                self.bug_answer(conn, "close", exc)
+                with contextlib.suppress(ChimneyError):
+                    await rpc.client.tcp_close(conn.cid)
+                self.c["closed"] += 1
             except ChimneyError as exc:
                 self.error("close", str(exc), conn=conn.cid)
         self.by_id.pop(conn.cid, None)
@@ -510,8 +528,10 @@ class Traffic(WorkerState):
         if aborted:
             resets = [r for r in conn.faults if r["kind"] in ("peer_reset", "daemon_reset")]
             if not conn.expect_abort or not resets:
+                # judged with the faults: only a layer's bug may explain it (obs "aborts")
                 self.c["unexpected_aborts"] += 1
-                self.error("abort", "aborted with no fault aimed at it", conn=conn.cid)
+                if conn.abort is not None:
+                    conn.abort["unexpected"] = True
                 return
             for rec in resets:
                 rec["sent_at_close"], rec["verified_at_close"] = conn.sent, conn.verified

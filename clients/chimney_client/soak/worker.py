@@ -230,17 +230,18 @@ class Worker(ConnFaults):
     async def replace(self, rpc: Rpc, slot: int, peer: int, conn: Conn) -> Conn | None:
         await self.close_conn(rpc, conn, final=False)
         resets = any(r["kind"] in ("peer_reset", "daemon_reset") for r in conn.faults)
+        bugged = conn.holed or conn.abort is not None
         # after the hold a slot reopens only to show a reset's or a bug's outcome: data on a
         # new connection
-        if self.stopping and not ((resets or conn.holed) and self.keep_going_after_reset()):
+        if self.stopping and not ((resets or bugged) and self.keep_going_after_reset()):
             self.after_reset(conn, None)
             return None
         new = await self.open(rpc, slot, peer)
         self.after_reset(conn, new)
-        if conn.holed and new is not None:
+        if bugged and new is not None:
             # the bug's outcome: the reopened slot carries verified data
             self.c["reopened_after_bug"] += 1
-            for rec in conn.bugs:
+            for rec in [*conn.bugs, *([conn.abort] if conn.abort is not None else [])]:
                 rec["new_conn"] = new.cid
                 watch(new, rec, 0)
         return new
