@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import socket
+from collections import deque
 
 import pytest
 
@@ -23,6 +24,7 @@ from chimney_client.soak import (
     percentiles,
     schedule_faults,
 )
+from chimney_client.soak.faults import take_due
 from chimney_client.soak.limits import STAGGER_S
 from chimney_client.soak.plan import make_plan
 from chimney_client.soak.procs import listener_pid
@@ -266,3 +268,38 @@ def test_a_plan_capped_by_the_open_file_limit_says_so() -> None:
     plan = make_plan(build_parser().parse_args(["-n", "30000"]), 20_000)
     assert plan.connections == 19_800 and plan.requested == 30_000
     assert plan.fd_note is not None and "30000 connections asked, 19800 possible" in plan.fd_note
+
+
+def test_a_late_injector_still_spaces_spread_faults_but_keeps_times_given() -> None:
+    """The coordinator's loop waited 3 s on a busy daemon: the spread faults due meanwhile go
+    in one per STAGGER_S, as they were scheduled, not at once; one given with @ goes in on
+    time."""
+    pending = deque(schedule_faults(parse_faults("raise_next:3,fail_next@12.2s"), 20.0))
+    assert [round(p.t, 1) for p in pending] == [5.0, 10.0, 12.2, 15.0]
+    assert take_due(pending, 4.9, 99.0, False) is None  # not yet
+    assert take_due(pending, 13.0, 99.0, False).t == 5.0  # type: ignore[union-attr]
+    assert take_due(pending, 13.0, 0.0, False) is None  # spread: after STAGGER_S
+    late = take_due(pending, 13.0 + STAGGER_S, STAGGER_S, False)
+    assert late is not None and late.t == 10.0
+    given = take_due(pending, 13.0 + STAGGER_S, 0.0, False)  # given with @: on time
+    assert given is not None and given.spec.kind == "fail_next"
+    assert take_due(pending, 14.0, 99.0, False) is None and len(pending) == 1
+
+
+def test_spread_layer_faults_wait_while_a_nic_outage_settles() -> None:
+    """Armed while a NIC is out or its connections are offloaded again, layer faults would all
+    go off on the first few connections back: spread ones wait; connection faults, outages
+    and times given with @ do not."""
+    faults = "fail_next,peer_reset,raise_next@6s,target_failure@7s"
+    pending = deque(schedule_faults(parse_faults(faults), 20.0))
+    assert [(round(p.t, 1), p.spec.kind) for p in pending] == [
+        (6.0, "raise_next"), (7.0, "target_failure"), (10.0, "fail_next"), (10.5, "peer_reset"),
+    ]  # fmt: skip
+    for kind in ("raise_next", "target_failure"):
+        got = take_due(pending, 8.0, 99.0, True)
+        assert got is not None and got.spec.kind == kind
+    assert take_due(pending, 12.0, 99.0, True) is None  # the fail_next waits, and what follows
+    got = take_due(pending, 12.0, 99.0, False)
+    assert got is not None and got.spec.kind == "fail_next"
+    got = take_due(pending, 12.5, STAGGER_S, True)
+    assert got is not None and got.spec.kind == "peer_reset"

@@ -22,7 +22,7 @@ from typing import Any
 from ..aio import AsyncClient
 from ..errors import ChimneyError, InvalidParams
 from .channels import Channel, LocalChannel, ProcessChannel
-from .faults import OUTAGES, ScheduledFault
+from .faults import OUTAGES, ScheduledFault, take_due
 from .layer_faults import LayerFaults
 from .limits import (
     CALL_TIMEOUT_S,
@@ -89,6 +89,7 @@ class Soak(Phases, LayerFaults):
         self.broken: str | None = None  # why the run was stopped early (the daemon broke)
         self.health_base: dict[str, int] = {}
         self.bugs_planted = 0
+        self.nics_settling = 0  # NIC outages under way, until their RESUME's re-offloads end
         self.shard_pids: dict[int, int] = {}
         self.rss_shards: dict[int, dict[str, int | None]] = {}
         self.spread: dict[int, int] = {}
@@ -325,6 +326,7 @@ class Soak(Phases, LayerFaults):
         pending: deque[ScheduledFault] = deque(plan.faults)
         layer_tasks: list[asyncio.Task[None]] = []
         next_line = next_health = 0.0
+        last_inject = float("-inf")
         try:
             while not self.interrupted.is_set():
                 await self.wait_or_interrupt(0.1)
@@ -358,10 +360,14 @@ class Soak(Phases, LayerFaults):
                         )
                     )
                 if hold_start is not None:
-                    while pending and now - hold_start >= pending[0].t:
-                        layer_tasks.append(asyncio.create_task(self.inject(pending.popleft())))
-                    if now - hold_start >= plan.duration:
-                        timing["hold_s"] = now - hold_start
+                    elapsed, settling = now - hold_start, self.nics_settling > 0
+                    while due := take_due(pending, elapsed, now - last_inject, settling):
+                        last_inject = now
+                        layer_tasks.append(asyncio.create_task(self.inject(due)))
+                    if elapsed >= plan.duration:
+                        timing["hold_s"] = elapsed
+                        # what waited for a NIC to settle goes in now, apart as scheduled
+                        layer_tasks.append(asyncio.create_task(self.inject_late(pending)))
                         break
                 if now >= next_line:
                     next_line = now + PROGRESS_EVERY_S

@@ -4,6 +4,7 @@ their old names, keys and defaults, the schedule syntax, and when each injection
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -326,6 +327,28 @@ def _check_value(item: str, key: str, value: str) -> None:
         parse_duration(value)
     if key == "status" and not value.startswith("NDIS_STATUS_"):
         raise ValueError(f"fault {item!r}: status is an NDIS_STATUS_ name")
+
+
+def take_due(
+    pending: deque[ScheduledFault], elapsed: float, since_last: float, nic_settling: bool
+) -> ScheduledFault | None:
+    """The next fault to inject, `elapsed` s into the hold and `since_last` s after the last
+    injection, or None. Its time has come; a spread one (no @) comes at least STAGGER_S after
+    the one before, even when the injector is late (it waited on a daemon busy re-offloading
+    a NIC's connections), since faults injected at once go off on the same next calls; and a
+    spread layer fault waits while a NIC outage and its RESUME's re-offloads are under way
+    (`nic_settling`): armed while nothing is offloaded, or while the first connections are
+    offloaded again, every one would go off on those few connections. One given with @ goes
+    in on time."""
+    if not pending or elapsed < pending[0].t:
+        return None
+    spec = pending[0].spec
+    if spec.at is None:
+        if since_last < STAGGER_S:
+            return None
+        if nic_settling and spec.scope == "layer" and spec.kind not in OUTAGES:
+            return None
+    return pending.popleft()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from typing import Any
 
 from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel
 from .faults import FAULT_KINDS, OUTAGES, ScheduledFault
+from .limits import SETTLE_MAX_S, SETTLE_POLL_S, SETTLE_QUIET_S, STAGGER_S
 from .parsing import parse_duration
 
 
@@ -22,11 +24,20 @@ class LayerFaults:
     layer_records: list[dict[str, Any]]
     interrupted: asyncio.Event
     bugs_planted: int  # calls raise_next faults were injected to make raise (spec §6.3)
+    nics_settling: int  # outages under way, until their RESUME's re-offloads end (take_due)
     shard_pids: dict[int, int]  # a daemon of several shards: each shard's process
 
     def say(self, text: str) -> None: ...
 
     async def wait_or_interrupt(self, seconds: float) -> None: ...
+
+    async def inject_late(self, pending: deque[ScheduledFault]) -> None:
+        """Inject what is still pending at the end of the hold (it waited for a NIC outage to
+        settle), STAGGER_S apart."""
+        while pending:
+            await self.inject(pending.popleft())
+            if pending:
+                await asyncio.sleep(STAGGER_S)
 
     async def inject(self, sf: ScheduledFault) -> None:
         spec = sf.spec
@@ -52,7 +63,13 @@ class LayerFaults:
         where = {"shard": int(params["shard"])} if params.get("shard") else {}
         try:
             if spec.kind in OUTAGES:
-                await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
+                self.nics_settling += 1
+                try:
+                    await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
+                    if rec.get("cleared"):
+                        await self.settle(rec, layer, where.get("shard"))
+                finally:
+                    self.nics_settling -= 1
                 return
             daemon_kind = FAULT_KINDS[spec.kind].daemon_kind
             assert daemon_kind in ("fail_next", "raise_next")
@@ -82,6 +99,20 @@ class LayerFaults:
                 )
         except (ChimneyError, OSError, ValueError, KeyError) as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
+
+    async def settle(self, rec: dict[str, Any], layer: str, shard: int | None) -> None:
+        """Wait while the RESUME's re-offloads fill the NIC again: until its offload gauge has
+        not risen for SETTLE_QUIET_S (at most SETTLE_MAX_S; 10,000 connections take seconds)."""
+        start = last_rise = time.monotonic()
+        high = -1
+        while time.monotonic() - last_rise < SETTLE_QUIET_S:
+            if time.monotonic() - start > SETTLE_MAX_S or self.interrupted.is_set():
+                break
+            value = await self.layer_gauge(layer, shard)
+            if value is not None and value > high:
+                high, last_rise = value, time.monotonic()
+            await asyncio.sleep(SETTLE_POLL_S)
+        rec["settled_s"] = round(time.monotonic() - start, 3)
 
     async def layer_gauge(self, layer: str, shard: int | None = None) -> int | None:
         """The layer's offloads_active: the daemon's, or shard `shard`'s."""

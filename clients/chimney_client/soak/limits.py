@@ -69,6 +69,12 @@ FAULT_AIM_WAIT_S = 20.0
 #: Offload refusals this soon after a target failure is cleared are still that failure's (the
 #: host hears OFFLOAD_RESUME through the layers a moment after fault.clear returns).
 RESUME_GRACE_S = 1.0
+#: After a NIC outage is cleared, spread layer faults wait until the RESUME's re-offloads have
+#: filled the NIC again: its offload gauge (polled every SETTLE_POLL_S) has not risen for
+#: SETTLE_QUIET_S, or SETTLE_MAX_S passed.
+SETTLE_POLL_S = 0.25
+SETTLE_QUIET_S = 1.0
+SETTLE_MAX_S = 20.0
 #: How far apart a failed send and the upload its NIC then asks for may be seen (the send's
 #: answer and the `uploaded` event come by different roads).
 SEND_FAILURE_UPLOAD_S = 5.0
