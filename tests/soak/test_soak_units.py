@@ -298,8 +298,9 @@ def test_spread_layer_faults_wait_while_a_nic_outage_settles() -> None:
     for kind in ("raise_next", "target_failure"):
         got = take_due(pending, 8.0, 99.0, True)
         assert got is not None and got.spec.kind == kind
-    assert take_due(pending, 12.0, 99.0, True) is None  # the fail_next waits, and what follows
-    got = take_due(pending, 12.0, 99.0, False)
-    assert got is not None and got.spec.kind == "fail_next"
-    got = take_due(pending, 12.5, STAGGER_S, True)
+    assert take_due(pending, 10.2, 99.0, True) is None  # the fail_next waits
+    got = take_due(pending, 12.0, 99.0, True)  # the reset behind it does not
     assert got is not None and got.spec.kind == "peer_reset"
+    assert take_due(pending, 12.5, STAGGER_S, True) is None
+    got = take_due(pending, 12.5, STAGGER_S, False)
+    assert got is not None and got.spec.kind == "fail_next" and not pending

@@ -32,6 +32,7 @@ from .limits import (
     HEALTH_EVERY_S,
     IDLE_TRIM_WAIT_S,
     INTERRUPT_GRACE_S,
+    LAST_CALL_S,
     PROGRESS_EVERY_S,
 )
 from .phases import Phases
@@ -360,7 +361,9 @@ class Soak(Phases, LayerFaults):
                         )
                     )
                 if hold_start is not None:
-                    elapsed, settling = now - hold_start, self.nics_settling > 0
+                    elapsed = now - hold_start
+                    # in the hold's last second what waits for a NIC goes in anyway, to go off
+                    settling = self.nics_settling > 0 and elapsed < plan.duration - LAST_CALL_S
                     while due := take_due(pending, elapsed, now - last_inject, settling):
                         last_inject = now
                         layer_tasks.append(asyncio.create_task(self.inject(due)))

@@ -338,17 +338,22 @@ def take_due(
     a NIC's connections), since faults injected at once go off on the same next calls; and a
     spread layer fault waits while a NIC outage and its RESUME's re-offloads are under way
     (`nic_settling`): armed while nothing is offloaded, or while the first connections are
-    offloaded again, every one would go off on those few connections. One given with @ goes
-    in on time."""
-    if not pending or elapsed < pending[0].t:
-        return None
-    spec = pending[0].spec
-    if spec.at is None:
+    offloaded again, every one would go off on those few connections (the coordinator stops
+    saying so for the hold's last second, so that they still go off within it). One given
+    with @ goes in on time."""
+    for sf in pending:  # in time order
+        if elapsed < sf.t:
+            return None
+        if sf.spec.at is not None:
+            break
         if since_last < STAGGER_S:
             return None
-        if nic_settling and spec.scope == "layer" and spec.kind not in OUTAGES:
-            return None
-    return pending.popleft()
+        if not (nic_settling and sf.spec.scope == "layer" and sf.spec.kind not in OUTAGES):
+            break  # (a connection fault goes in past a layer fault that waits)
+    else:
+        return None
+    pending.remove(sf)  # (tags are unique)
+    return sf
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,9 @@ RESUME_GRACE_S = 1.0
 SETTLE_POLL_S = 0.25
 SETTLE_QUIET_S = 1.0
 SETTLE_MAX_S = 20.0
+#: In the hold's last LAST_CALL_S, layer faults no longer wait for a NIC to settle: injected
+#: after the hold, they would find no traffic to go off in.
+LAST_CALL_S = 1.0
 #: How far apart a failed send and the upload its NIC then asks for may be seen (the send's
 #: answer and the `uploaded` event come by different roads).
 SEND_FAILURE_UPLOAD_S = 5.0
