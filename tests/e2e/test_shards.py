@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from chimney_client import AsyncClient, PeerServer
-from chimney_client.errors import ChimneyError, LimitError, NotFound
+from chimney_client.errors import ChimneyError, InternalError, LimitError, NotFound
 from tests.e2e.support import Daemon, start_daemon, wait_until
 
 ADMIN = "shard-admin-token"
@@ -277,6 +277,37 @@ async def test_a_layer_fault_reaches_the_layer_in_every_shard(
 
             for k in (0, 1):
                 await c[k].tcp_close(conns[k])
+
+
+async def test_what_a_bug_hit_is_listed_with_the_shard_it_was_in(
+    tmp_path: Path, echo_peer: PeerServer
+) -> None:
+    """A raise_next goes into nic0 of both shards; the bug goes off in shard 0 only.
+    fault.list `used` shows the fault still active (shard 1 holds its bug yet) and what the
+    bug hit: the layer, the handler, the connection, and shard 0."""
+    with sharded(tmp_path) as d:
+        async with closing(await on_shards(d)) as c:
+            conn = await c[0].tcp_connect("127.0.0.1", echo_peer.port)
+            fid = await c[0].fault_inject("raise_next", layer="nic0", call="MiniportTcpOffloadSend")
+            d.planted_bugs = 1
+            with pytest.raises(InternalError):
+                await c[0].tcp_send(conn, b"meets the bug")
+            (listed,) = await c[0].fault_list()  # still armed in shard 1
+            assert listed["id"] == fid and "raised" not in listed
+            (used,) = await c[0].fault_list(used=True)
+            assert used["active"] is True and used["shards"] == [0, 1]
+            assert used["raised"] == [
+                {
+                    "layer": "nic0",
+                    "handler": "MiniportTcpOffloadSend",
+                    "conns": [conn],
+                    "conns_total": 1,
+                    "shard": 0,
+                }
+            ]
+            await echo(c[0], conn, b"still carried")
+            await c[0].fault_clear(fid)
+            await c[0].tcp_close(conn)
 
 
 async def test_a_killed_shard_is_restarted_and_only_its_clients_lose_their_connection(
