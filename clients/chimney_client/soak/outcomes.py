@@ -593,6 +593,7 @@ def _host_mode_account() -> Record:
         "not_offloaded_again": 0,
         "host_at_close": 0,
         "state_disagreements": 0,
+        "resets_unexplained": [],
     }
 
 
@@ -635,6 +636,10 @@ def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host
             _unexplained(
                 host, f"conn {a['conn']}: {a.get('request')} answered INTERNAL ({a.get('message')})"
             )
+    # resets no bug explains fail the run on the worker's counts (the verdict); named here
+    host["resets_unexplained"] = [
+        a["conn"] for a in obs.get("aborts", []) if not a.get("explained_by")
+    ][:EXAMPLES]
     for d in obs.get("disagreements", []):
         host["state_disagreements"] += 1
         _unexplained(host, f"conn {d['conn']}: soak says {d['soak']}, tcp.info {d['daemon']}")

@@ -256,11 +256,13 @@ def verdict(report: dict[str, Any]) -> list[str]:
     closing = c.get("aborts_while_closing", 0) - sum(
         f.get("resets_while_closing", 0) for f in report["faults"]
     )
-    if live > 0:
-        why.append(f"{live} connection(s) aborted with no fault")
-    if closing > 0:
-        why.append(f"{closing} connection(s) aborted during their close")
     host = report.get("host_mode") or {}
+    named = host.get("resets_unexplained") or []
+    which = f" (among them conn {', '.join(map(str, named))})" if named else ""
+    if live > 0:
+        why.append(f"{live} connection(s) aborted with no fault{which}")
+    if closing > 0:
+        why.append(f"{closing} connection(s) aborted during their close{which}")
     if host.get("unexplained"):
         why.append(
             f"{host['unexplained']} time(s) a connection was not offloaded (or failed) with no "
