@@ -112,6 +112,21 @@ def test_bugs_in_the_state_calls_show_their_outcomes(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_state_call_bugs_go_off_in_a_hold_with_no_churn_or_uploads(tmp_path: Path) -> None:
+    """The plain workload offloads each connection once and uploads none until the drain:
+    the soak has connections of its own upload and offload again after each such injection,
+    so that every bug goes off in the hold and shows its outcome there."""
+    faults = (
+        "raise_next/call=MiniportInitiateOffload,raise_next:2/call=MiniportTerminateOffload,"
+        "raise_next/layer=im0/call=MiniportInitiateOffload/skip=1"
+    )
+    code, report = _soak(tmp_path, "-n", "100", "--duration", "6", "--faults", faults)
+    bugs = _faults_of_a_pass(code, report)["raise_next"]
+    assert bugs["planted"] == 4 and bugs["connections_hit"] >= 1, bugs
+    assert bugs["verified_after"] > 0
+
+
+@pytest.mark.timeout(120)
 def test_a_broken_offload_path_fails_the_soak(tmp_path: Path) -> None:
     """nic0 takes 20 offloads; 60 connections are asked for: 40 run in the host stack. The
     traffic is intact, but that is not the run the soak claims."""

@@ -13,7 +13,7 @@ from typing import Any
 from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel
-from .faults import FAULT_KINDS, OUTAGES, ScheduledFault
+from .faults import FAULT_KINDS, INITIATE_CALL, OUTAGES, TERMINATE_CALL, ScheduledFault
 from .limits import SETTLE_MAX_S, SETTLE_POLL_S, SETTLE_QUIET_S, STAGGER_S
 from .parsing import parse_duration
 
@@ -91,12 +91,16 @@ class LayerFaults:
             rec["fault_id"] = await self.control.fault_inject(daemon_kind, **keys, **where)
             rec["t1"] = time.monotonic()
             rec["injected"] = True
-            if spec.effect == "offload_refusal":
-                # a hold without churn or uploads offloads nothing: have one of our own
-                # connections upload and offload again, so the next initiates happen now
-                self.ins[sf.tag % len(self.ins)].put(
-                    {"type": "provoke_offload", "count": int(params["count"])}
-                )
+            provoke = int(params["count"])
+            if daemon_kind == "raise_next" and params["call"] in (INITIATE_CALL, TERMINATE_CALL):
+                provoke = (provoke + int(params["skip"])) * rec["shards"]
+            elif spec.effect != "offload_refusal":
+                provoke = 0
+            if provoke:
+                # a hold without churn or uploads offloads nothing and uploads nothing: have
+                # connections of our own upload and offload again, so that the next terminates
+                # and initiates happen now
+                self.ins[sf.tag % len(self.ins)].put({"type": "provoke_offload", "count": provoke})
         except (ChimneyError, OSError, ValueError, KeyError) as exc:
             rec["error"] = f"{type(exc).__name__}: {exc}"
 
