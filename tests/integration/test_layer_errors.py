@@ -20,6 +20,7 @@ from chimneyd.config import EngineConfig, LayerConfig
 from chimneyd.drivers.tcp import Reassembly
 from chimneyd.engine import Engine, start_engine
 from chimneyd.observe import invariants
+from tests.integration.support import eventually
 from tests.integration.test_waiting_bytes import dial, read_all
 
 
@@ -459,11 +460,10 @@ async def test_connections_a_failed_resume_left_waiting_are_let_go_when_they_clo
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
     failure = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
 
-    async def settled(state: str) -> None:
-        while {engine.conn_info(c)["state"] for c in conns} != {state}:
-            await asyncio.sleep(0.01)
+    def states() -> set[str]:
+        return {engine.conn_info(c)["state"] for c in conns}
 
-    await asyncio.wait_for(settled("host"), 5.0)
+    await eventually(lambda: states() == {"host"}, "the NIC's connections uploaded")
     plant(engine, "nic0", "MiniportInitiateOffload")
     engine.fault_clear(failure)  # RESUME: one initiate of the three, which raises
 
@@ -473,14 +473,13 @@ async def test_connections_a_failed_resume_left_waiting_are_let_go_when_they_clo
     def failed_and_back() -> bool:
         # the initiate raised, and its failure came back up to the host: kept for the next
         # RESUME again (they waited for this one since the NIC's UPLOAD_ALL)
-        states = {engine.conn_info(c)["state"] for c in conns}
-        done = met(engine) and engine.layer_errors == 1 and states == {"host"}
+        done = met(engine) and engine.layer_errors == 1 and states() == {"host"}
         return done and waiting() == conns
 
-    await asyncio.wait_for(_until(failed_and_back), 5.0)
+    await eventually(failed_and_back, "the RESUME's initiate failed and back")
     (raised,) = next(f for f in engine.fault_entries() if f["kind"] == "raise_next")["raised"]
     assert raised["conns"] == conns and raised["handler"] == "MiniportInitiateOffload"
-    assert {engine.conn_info(c)["state"] for c in conns} == {"host"}
+    assert states() == {"host"}
     for c in conns:
         assert await asyncio.wait_for(engine.send(c, b"on"), 5.0) == 2
         assert await engine.recv(c, 2, 5.0, True) == b"on"
@@ -488,8 +487,3 @@ async def test_connections_a_failed_resume_left_waiting_are_let_go_when_they_clo
     assert waiting() == []
     report = await asyncio.wait_for(engine.shutdown(2.0), 10.0)
     assert report["left_over"] == {}, report
-
-
-async def _until(ready: Any) -> None:
-    while not ready():
-        await asyncio.sleep(0.01)

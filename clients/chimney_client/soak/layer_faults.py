@@ -91,11 +91,7 @@ class LayerFaults:
             rec["fault_id"] = await self.control.fault_inject(daemon_kind, **keys, **where)
             rec["t1"] = time.monotonic()
             rec["injected"] = True
-            provoke = int(params["count"])
-            if daemon_kind == "raise_next" and params["call"] in (INITIATE_CALL, TERMINATE_CALL):
-                provoke = (provoke + int(params["skip"])) * rec["shards"]
-            elif spec.effect != "offload_refusal":
-                provoke = 0
+            provoke = _calls_to_provoke(daemon_kind, spec.effect, params, rec.get("shards", 1))
             if provoke:
                 # a hold without churn or uploads offloads nothing and uploads nothing: have
                 # connections of our own upload and offload again, so that the next terminates
@@ -189,3 +185,16 @@ class LayerFaults:
         rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
         self.say(f"chimney-soak: {layer} back (fault {fid} cleared)")
+
+
+def _calls_to_provoke(
+    daemon_kind: str, effect: str | None, params: dict[str, str], shards: int
+) -> int:
+    """How many of our connections to upload and offload again after a fault is injected: as
+    many as the initiates a refuse_offload fails, or as the initiates or terminates (`skip`
+    included, in each shard) a raise_next in those calls waits for; else none."""
+    if effect == "offload_refusal":
+        return int(params["count"])
+    if daemon_kind == "raise_next" and params["call"] in (INITIATE_CALL, TERMINATE_CALL):
+        return (int(params["count"]) + int(params["skip"])) * shards
+    return 0

@@ -429,9 +429,7 @@ def _judge_raise_next(
             # an initiate inside tcp.connect has no request of its own waiting: its bug shows
             # as the offload refused at connect (no status); those of the connections it was
             # serving, or (not known) as many as the calls the answers leave
-            refused = _refused_at_connect(
-                obs, start, uses - len(hits) if served is None else served
-            )
+            refused = _refused_at_connect(obs, start, served, uses - len(hits))
             e["refused_at_connect"] = e.get("refused_at_connect", 0) + len(refused)
             host["explained"]["raise_next"] += len(refused)
             hits += [[ep] for ep in refused]
@@ -543,11 +541,11 @@ def _while_closing(hit: list[Record]) -> bool:
 
 
 def _refused_at_connect(
-    obs: dict[str, list[Record]], start: float, served: set[Any] | int
+    obs: dict[str, list[Record]], start: float, served: set[Any] | None, most: int
 ) -> list[Record]:
     """The offloads refused at connect since `start` that no fault explained yet (tcp.connect
     says no status for them), now explained by an initiate's bug: those of the connections
-    its bugs `served`, or (a number) the first that many."""
+    its bugs `served`, or where the daemon did not say, the first `most`."""
     eps = sorted(
         (
             ep
@@ -556,12 +554,12 @@ def _refused_at_connect(
             and ep.get("at") == "connect"
             and ep.get("status") is None
             and float(ep["t_first"]) >= start
-            and (ep["conn"] in served if isinstance(served, set) else True)
+            and (served is None or ep["conn"] in served)
         ),
         key=lambda ep: float(ep["t_first"]),
     )
-    if not isinstance(served, set):
-        eps = eps[: max(0, served)]
+    if served is None:
+        eps = eps[: max(0, most)]
     for ep in eps:
         ep["explained_by"] = "raise_next"
     return eps

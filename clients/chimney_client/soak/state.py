@@ -251,7 +251,7 @@ class WorkerState:
                         # (spec §5.2), so the retrieve raises no event of its own. Data
                         # verified after the re-offload is still owed.
                         rec["overtaken"] = True
-                        _owes_reoffload(rec)
+                        owes_reoffload(rec)
                 elif rec["kind"] == "retrieve":
                     rec["event_seen"] = True
                     rec["mandatory"] = conn.retrieve_mandatory
@@ -276,7 +276,7 @@ class WorkerState:
             for rec in conn.faults:
                 if rec["kind"] == "retrieve":
                     rec["uploaded"] = True
-                    _owes_reoffload(rec)
+                    owes_reoffload(rec)
             if not any(r["kind"] == "retrieve" for r in conn.faults):
                 # a retrieve the soak did not ask for: judged like any unrequested upload
                 self.upload_record(
@@ -297,7 +297,7 @@ class WorkerState:
         conn.needs_offload = True
 
 
-def _owes_reoffload(rec: dict[str, Any]) -> None:
+def owes_reoffload(rec: dict[str, Any]) -> None:
     """`rec` now waits for its connection's re-offload, then for data verified after it."""
     rec["needs_reoffload"] = True
     rec["reoffloaded_t"] = None

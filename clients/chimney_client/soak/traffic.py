@@ -28,7 +28,7 @@ from .limits import (
     RECV_TIMEOUT_MS,
     REOFFLOAD_RETRY_S,
 )
-from .state import Rpc, WorkerState
+from .state import Rpc, WorkerState, owes_reoffload
 
 #: What an INTERNAL answer says of the layer that raised: "nic0 failed in
 #: MiniportTcpOffloadSend (PlantedBug); see the daemon's log" (the daemon's `_layer_failed`).
@@ -75,8 +75,8 @@ class Traffic(WorkerState):
             # host mode with its stream whole, and owes an offload again and data after it
             conn.needs_offload = True
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
-            rec["needs_reoffload"] = True
             watch(conn, rec, None)
+            owes_reoffload(rec)
         elif handler == RECEIVE_HANDLER and request != "send" and not conn.holed:
             watch(conn, rec, conn.verified)
         else:
