@@ -304,3 +304,21 @@ def test_spread_layer_faults_wait_while_a_nic_outage_settles() -> None:
     assert take_due(pending, 12.5, STAGGER_S, True) is None
     got = take_due(pending, 12.5, STAGGER_S, False)
     assert got is not None and got.spec.kind == "fail_next" and not pending
+
+
+def test_faults_the_hold_left_no_room_to_spread_go_in_as_scheduled() -> None:
+    """Two spread faults the schedule had to put at one time (a short hold) go in together,
+    as scheduled: spacing them later would push the second past the hold, where only the
+    connections still owing an outcome run and it lands on one of them."""
+    plan = schedule_faults(parse_faults("fail_next,raise_next,peer_reset:3"), 2.0)
+    pending = deque(p for p in plan if p.t == 1.5)  # raise_next and two resets
+    assert [p.spec.kind for p in pending] == ["raise_next", "peer_reset", "peer_reset"]
+    first = take_due(pending, 1.9, 99.0, False, 1.0)
+    assert first is not None
+    for _ in range(2):
+        again = take_due(pending, 1.9, 0.0, False, first.t)
+        assert again is not None and again.spec.kind == "peer_reset"
+    assert not pending
+    # one scheduled later than the last is spaced as the schedule spaced it, up to STAGGER_S
+    pending = deque(p for p in plan if p.spec.kind == "raise_next")
+    assert take_due(pending, 1.9, 0.4, False, 1.0) is None  # 0.5 s apart in the schedule

@@ -327,7 +327,7 @@ class Soak(Phases, LayerFaults):
         pending: deque[ScheduledFault] = deque(plan.faults)
         layer_tasks: list[asyncio.Task[None]] = []
         next_line = next_health = 0.0
-        last_inject = float("-inf")
+        last_inject = last_t = float("-inf")  # when the last fault went in, and its time
         try:
             while not self.interrupted.is_set():
                 await self.wait_or_interrupt(0.1)
@@ -364,8 +364,9 @@ class Soak(Phases, LayerFaults):
                     elapsed = now - hold_start
                     # in the hold's last second what waits for a NIC goes in anyway, to go off
                     settling = self.nics_settling > 0 and elapsed < plan.duration - LAST_CALL_S
-                    while due := take_due(pending, elapsed, now - last_inject, settling):
-                        last_inject = now
+                    since = now - last_inject
+                    while due := take_due(pending, elapsed, since, settling, last_t):
+                        last_inject, last_t, since = now, due.t, 0.0
                         layer_tasks.append(asyncio.create_task(self.inject(due)))
                     if elapsed >= plan.duration:
                         timing["hold_s"] = elapsed

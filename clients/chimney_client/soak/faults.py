@@ -330,12 +330,18 @@ def _check_value(item: str, key: str, value: str) -> None:
 
 
 def take_due(
-    pending: deque[ScheduledFault], elapsed: float, since_last: float, nic_settling: bool
+    pending: deque[ScheduledFault],
+    elapsed: float,
+    since_last: float,
+    nic_settling: bool,
+    last_t: float = float("-inf"),
 ) -> ScheduledFault | None:
     """The next fault to inject, `elapsed` s into the hold and `since_last` s after the last
-    injection, or None. Its time has come; a spread one (no @) comes at least STAGGER_S after
-    the one before, even when the injector is late (it waited on a daemon busy re-offloading
-    a NIC's connections), since faults injected at once go off on the same next calls; and a
+    injection (scheduled at `last_t`), or None. Its time has come; a spread one (no @) comes
+    as far after the one before as the schedule put it, up to STAGGER_S, even when the
+    injector is late (it waited on a daemon busy re-offloading a NIC's connections), since
+    faults injected at once go off on the same next calls (where the hold left the schedule
+    no room, it goes in as scheduled: later would be after the hold); and a
     spread layer fault waits while a NIC outage and its RESUME's re-offloads are under way
     (`nic_settling`): armed while nothing is offloaded, or while the first connections are
     offloaded again, every one would go off on those few connections (the coordinator stops
@@ -346,7 +352,7 @@ def take_due(
             return None
         if sf.spec.at is not None:
             break
-        if since_last < STAGGER_S:
+        if since_last < min(STAGGER_S, sf.t - last_t):
             return None
         if not (nic_settling and sf.spec.scope == "layer" and sf.spec.kind not in OUTAGES):
             break  # (a connection fault goes in past a layer fault that waits)
