@@ -117,6 +117,21 @@ class Decoder:
                     # after a whole object only: within a long array, tell() moves as the
                     # Unpacker consumes its elements, and that frame is not done
                     self._done = unpacker.tell()
+                    # a well-formed request (nearly every message) is taken here in one test;
+                    # anything else goes to `parse_message`, which says what is wrong. The call
+                    # saved was 1 in 11 of the calls a ping costs (cProfile)
+                    if obj.__class__ is list and len(obj) == 4:
+                        kind, msgid, method, params = obj
+                        if (
+                            kind.__class__ is int
+                            and kind == REQUEST
+                            and msgid.__class__ is int
+                            and 0 <= msgid < MSGID_LIMIT
+                            and method.__class__ is str
+                            and params.__class__ is list
+                        ):
+                            out.append(Request(msgid, method, params))
+                            continue
                     msg = parse_message(obj)
                     out.append(msg)
                     if msg.__class__ is ProtocolError:
@@ -178,19 +193,6 @@ def _describe(exc: Exception) -> str:
 
 def parse_message(obj: Any) -> Message:
     """One decoded msgpack object → a request, a notification or why it is neither."""
-    if obj.__class__ is list and len(obj) == 4:
-        # a well-formed request, checked in one go (nearly every message); anything else
-        # takes the checks below, which say what is wrong
-        kind, msgid, method, params = obj
-        if (
-            kind.__class__ is int
-            and kind == REQUEST
-            and msgid.__class__ is int
-            and 0 <= msgid < MSGID_LIMIT
-            and method.__class__ is str
-            and params.__class__ is list
-        ):
-            return Request(msgid, method, params)
     if not isinstance(obj, list) or not obj:
         return ProtocolError("a message must be a non-empty msgpack array")
     kind = obj[0]
