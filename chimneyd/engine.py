@@ -24,7 +24,7 @@ from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
 from chimneyd.compiled import build_name
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
-from chimneyd.drivers.base import DriverLayer, PlantedBug
+from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
 from chimneyd.drivers.host import AppError, Tcb
 from chimneyd.drivers.mux import MuxIm
@@ -38,13 +38,9 @@ from chimneyd.ndis.blocks import (
     TCP_FLAG_MAX_RT_RESTART,
     TCP_FLAG_NAGLING_ENABLED,
     TCP_FLAG_UPDATE_RCV_WND,
-    OffloadBlock,
     TcpOffloadStateCached,
-    walk,
 )
 from chimneyd.ndis.broker import Binding, Layer, Ndis
-from chimneyd.ndis.handles import NdisOffloadHandle
-from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.trace import HopRecord
 from chimneyd.observe.events import EventHub
 from chimneyd.observe.traces import TraceArchive
@@ -319,7 +315,7 @@ class Engine:
         """A handler raised inside a layer: answer every request waiting on the connections it
         was handling (never leave one unanswered) and count it."""
         self.layer_errors += 1
-        conns = sorted(_conns_in(args))
+        conns = sorted(conns_in(args))
         name = getattr(fn, "__name__", "?")
         log.error("layer_failed", layer=layer.name, handler=name, conns=conns, exc_info=exc)
         if isinstance(exc, PlantedBug):
@@ -792,27 +788,6 @@ def _phases_of(host_name: str, tcb: Tcb) -> dict[str, str]:
 
 def _addr(address: Any) -> str:
     return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-
-
-def _conns_in(args: tuple[Any, ...]) -> set[int]:
-    """The connections a layer message concerns, found in its arguments (for error reports)."""
-    conns: set[int] = set()
-    for arg in args:
-        if isinstance(arg, int) and not isinstance(arg, bool):
-            continue
-        trace = None
-        if isinstance(arg, NetBufferList | NdisOffloadHandle):
-            trace = arg.trace
-        elif isinstance(arg, OffloadBlock):
-            for block in walk(arg):
-                for handle in (block.offload_handle, block.ndis_offload_handle):
-                    if handle is not None and handle.trace is not None:
-                        conns.add(handle.trace.conn_id)
-        else:
-            trace = getattr(arg, "trace", None)
-        if trace is not None:
-            conns.add(trace.conn_id)
-    return conns
 
 
 async def start_engine(

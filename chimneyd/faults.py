@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 MAX_FAULT_MS = 60_000
 #: Upper bound of `fail_next`'s `count` and `skip`.
 MAX_FAULT_COUNT = 1_000_000
-#: What a raise_next fault keeps of what it hit (fault.list `used`): its first raises, and of
-#: each the first connections (with their total).
-RAISED_KEPT = 256
-RAISED_CONNS_KEPT = 10_000
+#: What a raise_next or fail_next fault keeps of what it hit (fault.list `used`): its first
+#: raises or failed calls, and of each the first connections (with their total).
+HITS_KEPT = 256
+HIT_CONNS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +75,13 @@ class Fault:
     spec: dict[str, Any]
     undo: Callable[[], None] | None = None
     active: Callable[[], bool] = lambda: True
-    # a raise_next's: each time it made a handler raise, the layer, the handler and the
-    # connections the handler was serving (what the engine failed for it, spec §6.3)
-    raised: list[dict[str, Any]] | None = None
-    raised_dropped: int = 0
+    # what it hit, listed by fault.list `used` under `hits_key`: a raise_next's "raised" (each
+    # time it made a handler raise, the layer, the handler and the connections the handler
+    # was serving: what the engine failed for it, spec §6.3); a fail_next's "failed" (each
+    # call it failed, the layer, the call and the connections the call concerned)
+    hits: list[dict[str, Any]] | None = None
+    hits_key: str = "raised"
+    hits_dropped: int = 0
 
 
 Apply = Callable[["Engine", Fault], None]
@@ -176,6 +179,9 @@ def _fail_next(engine: Engine, fault: Fault) -> None:
     if call in _STATE_CALLS and status is not NdisStatus.NDIS_STATUS_FAILURE:
         raise _invalid(f"{call} fails only with NDIS_STATUS_FAILURE (spec §3.1)")
     fn = FailNext(fault.id, call, status, spec["count"], spec["skip"])
+    hits = fault.hits = []
+    fault.hits_key = "failed"
+    fn.failed = lambda layer, call, conns: _note_hit(fault, hits, layer, "call", call, conns)
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
 
@@ -192,7 +198,7 @@ def _raise_next(engine: Engine, fault: Fault) -> None:
     fn = RaiseNext(fault.id, spec["call"], spec["count"], spec["skip"])
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
-    fault.raised = []
+    fault.hits = []
 
 
 def _arm(layer: DriverLayer, armed: FailNext | Delay | RaiseNext, fault: Fault) -> None:
@@ -426,10 +432,10 @@ class FaultRegistry:
         return fault
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every fault held, used up or not, with `active` and, for a raise_next, `raised`
-        (a shard's part of fault.list)."""
+        """Every fault held, used up or not, with `active` and what a raise_next `raised` or
+        a fail_next `failed` (a shard's part of fault.list)."""
         return [
-            {"id": fid, **f.spec, "active": f.active(), **_raised(f)}
+            {"id": fid, **f.spec, "active": f.active(), **_hits(f)}
             for fid, f in list(self.faults.items())
         ]
 
@@ -437,19 +443,8 @@ class FaultRegistry:
         """A raise_next fault made `handler` raise in `layer` while it served `conns`: kept
         for fault.list (`used`), so a client can tell what each planted bug hit."""
         fault = self.faults.get(fault_id)
-        if fault is None or fault.raised is None:
-            return  # cleared meanwhile
-        if len(fault.raised) >= RAISED_KEPT:
-            fault.raised_dropped += 1
-            return
-        fault.raised.append(
-            {
-                "layer": layer,
-                "handler": handler,
-                "conns": conns[:RAISED_CONNS_KEPT],
-                "conns_total": len(conns),
-            }
-        )
+        if fault is not None and fault.hits is not None:  # else cleared meanwhile
+            _note_hit(fault, fault.hits, layer, "handler", handler, conns)
 
     def clear(self, fault_id: int | None) -> None:
         if fault_id is None:
@@ -467,12 +462,26 @@ class FaultRegistry:
         return [{"id": fid, **f.spec} for fid, f in list(self.faults.items()) if f.active()]
 
 
-def _raised(fault: Fault) -> dict[str, Any]:
-    if fault.raised is None:
+def _note_hit(
+    fault: Fault, hits: list[dict[str, Any]], layer: str, what: str, name: str, conns: list[int]
+) -> None:
+    """One hit of a raise_next (`what` "handler") or fail_next (`what` "call"), kept up to
+    `HITS_KEPT`, each with at most `HIT_CONNS_KEPT` of its connections."""
+    if len(hits) >= HITS_KEPT:
+        fault.hits_dropped += 1
+        return
+    hits.append(
+        {"layer": layer, what: name, "conns": conns[:HIT_CONNS_KEPT], "conns_total": len(conns)}
+    )
+
+
+def _hits(fault: Fault) -> dict[str, Any]:
+    if fault.hits is None:
         return {}
-    out: dict[str, Any] = {"raised": list(fault.raised)}
-    if fault.raised_dropped:
-        out["raised_dropped"] = fault.raised_dropped
+    key = fault.hits_key
+    out: dict[str, Any] = {key: list(fault.hits)}
+    if fault.hits_dropped:
+        out[f"{key}_dropped"] = fault.hits_dropped
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 from chimneyd.compiled import mypyc_attr
 from chimneyd.ndis.blocks import BlockRole, OffloadBlock, walk
 from chimneyd.ndis.broker import Layer, Ndis
-from chimneyd.ndis.handles import HandleTable
+from chimneyd.ndis.handles import HandleTable, NdisOffloadHandle
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
@@ -31,17 +31,24 @@ class Timers(Protocol):
     def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
+#: Told of each call a `fail_next` fault failed: the layer's name, the call, and the
+#: connections it concerned.
+FailedHook = Callable[[str, str, list[int]], None]
+
+
 @dataclass(slots=True)
 class FailNext:
     """`fail_next` fault: after `skip` calls of `call` go through, the next `count` complete
     with `status` (contract). `MiniportInitiateOffload[path]` / `[neighbor]` fail path or
-    neighbor blocks of an initiate; plain `MiniportInitiateOffload` fails TCP blocks."""
+    neighbor blocks of an initiate; plain `MiniportInitiateOffload` fails TCP blocks.
+    `failed`, when set, hears of each call it failed (fault.list `used`)."""
 
     fault_id: int
     call: str
     status: NdisStatus
     count: int
     skip: int = 0
+    failed: FailedHook | None = None
 
 
 @dataclass(slots=True)
@@ -228,12 +235,18 @@ class DriverLayer(Layer):
             self._held = released
             self._schedule_release()
 
-    def take_failure(self, call: str) -> NdisStatus | None:
-        """If a `fail_next` fault covers `call`, use up one count and return its status."""
+    def take_failure(self, call: str, *about: Any) -> NdisStatus | None:
+        """If a `fail_next` fault covers `call`, use up one count and return its status;
+        `about` is what the failure concerns (an NBL chain, a block list, handles), for the
+        fault to say which connections it failed."""
         if not self.fail_next:
             return None
         fault = _use_one(self.fail_next, call)
-        return None if fault is None else fault.status
+        if fault is None:
+            return None
+        if fault.failed is not None:
+            fault.failed(self.name, call, sorted(conns_in(about)))
+        return fault.status
 
     def trip(self, call: str) -> None:
         """If a `raise_next` fault covers `call`, use up one count and raise its bug: at the
@@ -368,3 +381,25 @@ class DriverLayer(Layer):
         finally:
             self._releasing = False
             self._schedule_release()
+
+
+def conns_in(args: tuple[Any, ...]) -> set[int]:
+    """The connections a layer message concerns, found in its arguments (the hop traces of its
+    NBLs, handles and blocks): for error reports and what a fault hit."""
+    conns: set[int] = set()
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            continue
+        trace = None
+        if isinstance(arg, NetBufferList | NdisOffloadHandle):
+            trace = arg.trace
+        elif isinstance(arg, OffloadBlock):
+            for block in walk(arg):
+                for handle in (block.offload_handle, block.ndis_offload_handle):
+                    if handle is not None and handle.trace is not None:
+                        conns.add(handle.trace.conn_id)
+        else:
+            trace = getattr(arg, "trace", None)
+        if trace is not None:
+            conns.add(trace.conn_id)
+    return conns

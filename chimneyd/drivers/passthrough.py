@@ -377,7 +377,7 @@ class PassthroughIm(DriverLayer):
             else:
                 self._fail_send(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
             return
-        failure = self.take_failure("MiniportTcpOffloadSend")
+        failure = self.take_failure("MiniportTcpOffloadSend", head)
         if failure is not None:
             self._failed_send(entry, head, failure)
             return

@@ -102,7 +102,15 @@ def _without(d: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 # -- faults ----------------------------------------------------------------------------------------
 #: Keys a shard adds to each fault of its part (`shard_faults`), not shown to clients.
-INTERNAL_FAULT_KEYS = ("active", "home", "orphan", "raised", "raised_dropped")
+#: What a fault hit, per shard (`FaultRegistry.entries`): a raise_next's and a fail_next's.
+HIT_KEYS = ("raised", "failed")
+INTERNAL_FAULT_KEYS = (
+    "active",
+    "home",
+    "orphan",
+    *HIT_KEYS,
+    *(f"{k}_dropped" for k in HIT_KEYS),
+)
 
 
 @dataclass(slots=True)
@@ -116,19 +124,19 @@ class FaultView:
     shards: list[int] = field(default_factory=list)
     active: bool = False
     orphan: bool = True
-    raised: list[dict[str, Any]] | None = None  # a raise_next's, from every shard
-    raised_dropped: int = 0
+    # what a raise_next ("raised") or fail_next ("failed") hit, from every shard, and how
+    # many hits a shard kept no room for
+    hits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    hits_dropped: dict[str, int] = field(default_factory=dict)
 
     def as_map(self, used: bool = False) -> dict[str, Any]:
         """What fault.list shows: the fault map, and the shards that hold it; with `used`
-        (fault.list opts) whether it is active, and what a raise_next hit."""
+        (fault.list opts) whether it is active, and what a raise_next or fail_next hit."""
         out = {"id": self.id, **self.spec, "shards": sorted(self.shards)}
         if used:
             out["active"] = self.active
-            if self.raised is not None:
-                out["raised"] = self.raised
-            if self.raised_dropped:
-                out["raised_dropped"] = self.raised_dropped
+            out.update(self.hits)
+            out.update((f"{k}_dropped", n) for k, n in self.hits_dropped.items() if n)
         return out
 
 
@@ -162,9 +170,12 @@ def fault_table(parts: Parts) -> dict[int, FaultView]:
                 view = table[fid] = FaultView(fid, spec, int(e["home"]))
             view.shards.append(shard)
             view.active = view.active or bool(e.get("active"))
-            if "raised" in e:  # each shard's raises, saying which shard they were in
-                view.raised = (view.raised or []) + [{**r, "shard": shard} for r in e["raised"]]
-                view.raised_dropped += int(e.get("raised_dropped", 0))
+            for key in HIT_KEYS:  # each shard's hits, saying which shard they were in
+                if key in e:
+                    hits = view.hits.setdefault(key, [])
+                    hits += ({**r, "shard": shard} for r in e[key])
+                    dropped = int(e.get(f"{key}_dropped", 0))
+                    view.hits_dropped[key] = view.hits_dropped.get(key, 0) + dropped
             if shard == view.home:
                 view.orphan = bool(e.get("orphan"))
     return table

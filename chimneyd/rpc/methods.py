@@ -291,7 +291,8 @@ def _clear_one(c: Caller, fid: int) -> None:
 
 def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
     """Extension: opts `{"used": true}` lists the faults that ran their course too, each with
-    `active`, and a raise_next with `raised` (what each bug it planted hit)."""
+    `active`, a raise_next with `raised` (what each bug it planted hit) and a fail_next with
+    `failed` (the connections of each call it failed)."""
     P.arity(p, 0, 1, "fault.list")
     used = P.opts(P.optional(p, 0), {"used": bool}, "fault.list").get("used", False)
     faults = c.engine.fault_entries() if used else c.engine.fault_list()

@@ -211,7 +211,7 @@ def _may(c: Caller, me: int, view: FaultView) -> bool:
 
 async def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
     """Extension in each fault's map: `shards`, the shards that hold it; with opts
-    `{"used": true}`, the faults that ran their course too (`active`, `raised`)."""
+    `{"used": true}`, the faults that ran their course too (`active`, `raised`, `failed`)."""
     P.arity(p, 0, 1, "fault.list")
     used = P.opts(P.optional(p, 0), {"used": bool}, "fault.list").get("used", False)
     cl = _cluster(c)

@@ -385,7 +385,8 @@ class AsyncClient:
 
     async def fault_list(self, used: bool = False) -> list[dict[str, Any]]:
         """The active faults; `used`: those that ran their course too, each with `active`,
-        and a raise_next with `raised` (what each bug it planted hit)."""
+        a raise_next with `raised` (what each bug it planted hit), a fail_next with `failed`
+        (the connections of each call it failed)."""
         if used:
             return list(await self.call("fault.list", {"used": True}))
         return list(await self.call("fault.list"))

@@ -1127,25 +1127,36 @@ def _fault(s: Session, a: argparse.Namespace) -> Any:
     if not faults:
         s.out.line("(no faults)")
         return faults
-    t = table("id", "kind", "keys", *(("active", "raised") if used else ()))
+    t = table("id", "kind", "keys", *(("active", "hit") if used else ()))
+    shown_apart = ("id", "kind", "active", *_HITS, *(f"{k}_dropped" for k in _HITS))
     for f in faults:
-        keys = {k: v for k, v in f.items() if k not in ("id", "kind", "active", "raised")}
-        more = (fmt(f.get("active")), _raised(f)) if used else ()
+        keys = {k: v for k, v in f.items() if k not in shown_apart}
+        more = (fmt(f.get("active")), _hits(f)) if used else ()
         t.add_row(fmt(f.get("id")), fmt(f.get("kind")), fmt(keys), *more)
     s.out.table(t)
     return faults
 
 
-def _raised(fault: dict[str, Any]) -> str:
-    """What a raise_next's bugs hit: `layer handler conns` per raise."""
-    if "raised" not in fault:
+#: what a fault says it hit (fault.list `used`), and what names each hit: a raise_next's bugs
+#: the handler that raised, a fail_next's failures the call it failed
+_HITS = {"raised": "handler", "failed": "call"}
+
+
+def _hits(fault: dict[str, Any]) -> str:
+    """What a raise_next's bugs or a fail_next's failures hit: `layer handler/call: conns`
+    per hit."""
+    key = next((k for k in _HITS if k in fault), None)
+    if key is None:
         return ""
     lines = []
-    for r in fault["raised"]:
+    for r in fault[key]:
         conns = list(r.get("conns") or [])
         total = int(r.get("conns_total", len(conns)))
         shown = ", ".join(map(str, conns[:8])) + (f" (+{total - 8})" if total > 8 else "")
-        lines.append(f"{r.get('layer')} {r.get('handler')}: {shown or 'no connection'}")
+        lines.append(f"{r.get('layer')} {r.get(_HITS[key])}: {shown or 'no connection'}")
+    dropped = int(fault.get(f"{key}_dropped", 0))
+    if dropped:
+        lines.append(f"(+{dropped} more not kept)")
     return "\n".join(lines) or "(not yet)"
 
 

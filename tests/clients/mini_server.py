@@ -184,10 +184,8 @@ class MiniRpc(asyncio.Protocol):
             st.faults[fid] = {"id": fid, **params[0]}
             return fid
         if method == "fault.list":
-            if params and params[0] == {"used": True}:  # as a raise_next that went off lists
-                hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns_total": 9}
-                raised = [{**hit, "conns": list(range(1, 10))}]
-                return [{**f, "active": False, "raised": raised} for f in st.faults.values()]
+            if params and params[0] == {"used": True}:  # as a raise_next or fail_next lists
+                return [_used_up(f) for f in st.faults.values()]
             return list(st.faults.values())
         if method == "fault.clear":
             st.faults.clear()
@@ -266,3 +264,14 @@ def mini_server_in_thread() -> Iterator[MiniServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def _used_up(fault: dict[str, Any]) -> dict[str, Any]:
+    """A fault as fault.list `used` shows it once it went off: a raise_next's bug raised in a
+    send serving 9 connections; a fail_next failed a send of connection 4, and 2 more
+    failures were not kept."""
+    if fault.get("kind") == "fail_next":
+        hit = {"layer": "nic0", "call": "MiniportTcpOffloadSend", "conns": [4], "conns_total": 1}
+        return {**fault, "active": False, "failed": [hit], "failed_dropped": 2}
+    hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns_total": 9}
+    return {**fault, "active": False, "raised": [{**hit, "conns": list(range(1, 10))}]}

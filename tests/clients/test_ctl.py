@@ -307,6 +307,12 @@ def test_fault_list_used_asks_for_the_spent_faults_and_shows_what_a_bug_hit(
     status, out, _ = run(capsys, server, "fault", "list", "--used")
     assert status == 0
     assert "active" in out and "nic0 MiniportTcpOffloadSend: 1, 2, 3, 4, 5, 6, 7, 8 (+1)" in out
+    # a fail_next says which connection each call it failed was for
+    status, _, _ = run(capsys, server, "fault", "inject", "fail_next", "layer=nic0", "call=x")
+    assert status == 0
+    status, out, _ = run(capsys, server, "fault", "list", "--used")
+    assert status == 0 and "nic0 MiniportTcpOffloadSend: 4" in out and "+2 more" in out
+    assert "failed_dropped" not in out
 
 
 def test_fault_inject_help_lists_every_kind(capsys: pytest.CaptureFixture[str]) -> None:

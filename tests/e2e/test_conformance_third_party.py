@@ -152,3 +152,21 @@ async def test_a_planted_bug_is_answered_and_the_daemon_goes_on(
     with pytest.raises(RPCResponseError) as exc:
         await rpc.call("fault.inject", {**spec, "call": "MiniportInvalidateOffload"})
     assert error_of(exc)[0] == 2  # INVALID_PARAMS: no recovery defined there
+
+
+async def test_a_failed_send_is_listed_with_its_connection(
+    rpc: aio_msgpack_rpc.Client, echo_peer: PeerServer
+) -> None:
+    """`fail_next` over RPC: the send it fails is answered with its NDIS status, and
+    `fault.list {"used": true}` (an extension) says which connection that send was for."""
+    conns = [await rpc.call("tcp.connect", HOST, echo_peer.port) for _ in range(2)]
+    spec = {"kind": "fail_next", "layer": "im0", "call": "MiniportTcpOffloadSend"}
+    fid = await rpc.call("fault.inject", spec)
+    with pytest.raises(RPCResponseError) as exc:
+        await rpc.call("tcp.send", conns[1], b"failed in the IM")
+    assert "NDIS_STATUS_FAILURE" in error_of(exc)[1]
+    hit = {"layer": "im0", "call": "MiniportTcpOffloadSend", "conns": [conns[1]], "conns_total": 1}
+    (used,) = await rpc.call("fault.list", {"used": True})
+    assert used["id"] == fid and not used["active"] and used["failed"] == [hit]
+    for conn in conns:
+        assert await rpc.call("tcp.close", conn) is True

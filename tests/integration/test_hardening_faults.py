@@ -245,6 +245,20 @@ def _saw_status(engine: Engine, seen: Outcome, spec: dict[str, Any]) -> None:
     assert any(hop["status"] == status for hop in hops), f"{status} never seen: {seen.text()}"
 
 
+def _says_what_it_failed(engine: Engine, fid: int, spec: dict[str, Any]) -> None:
+    """fault.list `used`: one entry per call the fault failed, naming its layer and call and
+    the connections the call concerned (connections this engine made)."""
+    (entry,) = [f for f in engine.fault_entries() if f["id"] == fid]
+    failed = entry["failed"]
+    assert len(failed) == spec.get("count", 1), failed
+    made = set(range(1, engine._conn_ids + 1))
+    for hit in failed:
+        assert (hit["layer"], hit["call"]) == (spec["layer"], spec["call"]), hit
+        assert set(hit["conns"]) <= made and hit["conns_total"] == len(hit["conns"]), hit
+        # the workload's invalidates name a neighbor and a path, no connection (spec §3.5)
+        assert hit["conns"] or spec["call"] == "MiniportInvalidateOffload", hit
+
+
 async def _run_case(engine: Engine, port: int, spec: dict[str, Any]) -> Outcome:
     seen = Outcome()
     fid = engine.fault_inject(spec)
@@ -258,6 +272,7 @@ async def _run_case(engine: Engine, port: int, spec: dict[str, Any]) -> Outcome:
             raise AssertionError(f"{spec} never used up in {MAX_ROUNDS} rounds")
     if spec["kind"] == "fail_next":
         _saw_status(engine, seen, spec)
+        _says_what_it_failed(engine, fid, spec)
     engine.fault_clear(None)
     # the fault is over: the stack carries on as if nothing had happened
     await workload(engine, port, 99, strict=True)
@@ -528,6 +543,41 @@ async def test_a_refused_first_initiate_wedges_nobody(make_engine: Any, echo_por
     assert [engine.conn_info(c)["state"] for c in conns] == ["offloaded"] * 8
     for conn in conns:
         await _echoed(engine, Outcome(), conn, b"answered", True, str(conn))
+        await asyncio.wait_for(engine.close(conn), STEP_S)
+    await _settle(engine)
+
+
+async def test_fail_next_names_the_connection_of_each_call_it_failed(
+    make_engine: Any, echo_port: int
+) -> None:
+    """fault.list `used`: a fail_next lists each call it failed with the connection it was
+    for, among several live ones: a send in the NIC and in the IM, and an offload initiate
+    refused at connect."""
+    engine = await make_engine()
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    for layer, conn in (("nic0", conns[1]), ("im0", conns[2])):
+        spec = {"kind": "fail_next", "layer": layer, "call": "MiniportTcpOffloadSend"}
+        fid = engine.fault_inject(spec)
+        with pytest.raises(EngineError) as err:
+            await asyncio.wait_for(engine.send(conn, b"failed"), STEP_S)
+        assert err.value.code == ErrorCode.NDIS_STATUS
+        (entry,) = [f for f in engine.fault_entries() if f["id"] == fid]
+        assert not entry["active"]
+        call = "MiniportTcpOffloadSend"
+        assert entry["failed"] == [
+            {"layer": layer, "call": call, "conns": [conn], "conns_total": 1}
+        ]
+    call = "MiniportInitiateOffload"
+    fid = engine.fault_inject({"kind": "fail_next", "layer": "nic0", "call": call})
+    (entry,) = [f for f in engine.fault_entries() if f["id"] == fid]
+    assert entry["active"] and entry["failed"] == []
+    refused = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), STEP_S)
+    assert engine.conn_info(refused)["state"] == "host"
+    (entry,) = [f for f in engine.fault_entries() if f["id"] == fid]
+    assert entry["failed"] == [
+        {"layer": "nic0", "call": call, "conns": [refused], "conns_total": 1}
+    ]
+    for conn in [*conns, refused]:
         await asyncio.wait_for(engine.close(conn), STEP_S)
     await _settle(engine)
 

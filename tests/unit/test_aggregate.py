@@ -144,6 +144,39 @@ def test_what_a_raise_next_hit_in_each_shard_is_one_list_saying_where() -> None:
     }
 
 
+def test_what_a_fail_next_failed_in_each_shard_is_listed_with_its_shard_and_drops() -> None:
+    """The same for a fail_next's `failed`, with what each shard could not keep summed."""
+    hit = {"layer": "nic0", "call": "MiniportInitiateOffload", "conns_total": 1}
+    spec = {"id": 3, "kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload"}
+    parts = {
+        0: faults_part(
+            0, [{**spec, "active": False, "failed": [{**hit, "conns": [2]}]}], {}, set()
+        ),
+        1: faults_part(
+            1,
+            [
+                {
+                    **spec,
+                    "active": False,
+                    "failed": [{**hit, "conns": [5]}],
+                    "failed_dropped": 4,
+                }
+            ],
+            {3: 0},
+            set(),
+        ),
+    }
+    view = fault_table(parts)[3]
+    assert view.as_map() == {**spec, "shards": [0, 1]}
+    assert view.as_map(used=True) == {
+        **spec,
+        "shards": [0, 1],
+        "active": False,
+        "failed": [{**hit, "conns": [2], "shard": 0}, {**hit, "conns": [5], "shard": 1}],
+        "failed_dropped": 4,
+    }
+
+
 def test_who_may_touch_a_fault() -> None:
     view = FaultView(
         7, {"kind": "target_failure"}, home=0, shards=[0, 1], active=True, orphan=False

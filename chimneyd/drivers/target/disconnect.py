@@ -24,7 +24,7 @@ def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) 
     """`MiniportTcpOffloadDisconnect`: exactly one NBL with one NB (spec §4.5)."""
     c.lifecycle.fire(Event.IO)
     # after a failed send no FIN goes out either: it would close the stream over a hole
-    refused = send.send_refusal(c) or t.take_failure("MiniportTcpOffloadDisconnect")
+    refused = send.send_refusal(c) or t.take_failure("MiniportTcpOffloadDisconnect", nbl)
     if refused is not None:
         refuse(t, c, nbl, refused)
         return

@@ -126,7 +126,9 @@ def _initiate_block(
     if kind is BlockKind.NEIGHBOR:
         if t.table.full:
             return S.NDIS_STATUS_OFFLOAD_NEIGHBOR_ENTRIES, None
-        failure = t.take_failure("MiniportInitiateOffload[neighbor]")
+        failure = t.take_failure(
+            "MiniportInitiateOffload[neighbor]", upper, block.dependent_block_list
+        )
         if failure is not None:
             return failure, None
         ctx = NeighborContext(upper, block.const, block.cached)
@@ -138,7 +140,7 @@ def _initiate_block(
             return S.NDIS_STATUS_FAILURE, None
         if t.table.full:
             return S.NDIS_STATUS_OFFLOAD_PATH_ENTRIES, None
-        failure = t.take_failure("MiniportInitiateOffload[path]")
+        failure = t.take_failure("MiniportInitiateOffload[path]", upper, block.dependent_block_list)
         if failure is not None:
             return failure, None
         ctx = PathContext(upper, block.const, block.cached, parent)
@@ -163,7 +165,7 @@ def _initiate_tcp(
 ) -> tuple[NdisStatus, TcpContext | None]:
     if t.tcp_count >= t.max_connections:
         return S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES, None
-    failure = t.take_failure("MiniportInitiateOffload")
+    failure = t.take_failure("MiniportInitiateOffload", block.ndis_offload_handle)
     if failure is not None:
         return failure, None
     const = block.const

@@ -149,7 +149,7 @@ def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flag
 def post(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     """`MiniportTcpOffloadReceive`: queue the requests FIFO and deliver into them."""
     c.lifecycle.fire(Event.IO)
-    refusal = send.refusal(c) or t.take_failure("MiniportTcpOffloadReceive")
+    refusal = send.refusal(c) or t.take_failure("MiniportTcpOffloadReceive", head)
     if refusal is None and c.fin_indicated and not c.buffered_bytes:
         # posted after the FIN was indicated (spec §4.2); bytes still held (handed down as
         # BufferedData with a FIN the host knew of, spec §3.2.3) are the request's to take

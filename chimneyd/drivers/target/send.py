@@ -60,7 +60,7 @@ def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     if status is not None:
         refuse_send(t, c, head, status)
         return
-    status = t.take_failure("MiniportTcpOffloadSend")
+    status = t.take_failure("MiniportTcpOffloadSend", head)
     if status is not None:
         refuse_send(t, c, head, status, hole=True)
         return

@@ -31,7 +31,7 @@ def _corrupt(ctx: NeighborContext | PathContext | TcpContext) -> bool:
 
 def query(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportQueryOffload`: fill the structures that follow each named object (spec §3.3)."""
-    if t.take_failure("MiniportQueryOffload") is not None:
+    if t.take_failure("MiniportQueryOffload", root) is not None:
         terminate.corrupt(t, root, t.ndis.NdisMQueryOffloadStateComplete)
         return
     for block in walk(root):
@@ -58,7 +58,7 @@ def query(t: OffloadTarget, root: OffloadBlock) -> None:
 
 def update(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportUpdateOffload`: new cached variables; nothing else changes (spec §3.4)."""
-    failed = t.take_failure("MiniportUpdateOffload") is not None
+    failed = t.take_failure("MiniportUpdateOffload", root) is not None
     for block in walk(root):
         ctx = t.context_of(block)
         if ctx is None:
@@ -87,7 +87,7 @@ def update(t: OffloadTarget, root: OffloadBlock) -> None:
 def invalidate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportInvalidateOffload`: stop sending on every connection that depends on a named
     object and ask for each to be uploaded with `InvalidState` (spec §3.5)."""
-    if t.take_failure("MiniportInvalidateOffload") is not None:
+    if t.take_failure("MiniportInvalidateOffload", root) is not None:
         terminate.corrupt(t, root, t.ndis.NdisMInvalidateOffloadComplete)
         return
     affected: list[TcpContext] = []

@@ -39,7 +39,7 @@ ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 
 def terminate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportTerminateOffload`: record the tree; finish once no indication is in flight."""
-    if t.take_failure("MiniportTerminateOffload") is not None:
+    if t.take_failure("MiniportTerminateOffload", root) is not None:
         fail(t, root)
         return
     for block in walk(root):
