@@ -395,6 +395,55 @@ def test_each_mutation_turns_the_verdict_red(name: str) -> None:
     assert any(why in f for f in r["failures"]), (why, r["failures"])
 
 
+def _failed_said(layer: list[Rec], **conns: int) -> None:
+    """The daemon's fault.list `used` for the fail_next presets: each failed one call, of the
+    connection given by kind (fail_next, upload_send, refuse_offload)."""
+    for r in layer:
+        if r["kind"] in conns:
+            hit = {"layer": "nic0", "call": "x", "conns": [conns[r["kind"]]], "conns_total": 1}
+            r["failed"], r["failed_dropped"] = [hit], 0
+
+
+SAID = {"fail_next": 4, "upload_send": 3, "refuse_offload": 6}  # the clean run's connections
+
+
+def test_fail_next_outcomes_are_on_the_connections_the_daemon_says_it_failed() -> None:
+    layer, conn, obs = copy.deepcopy(_clean())
+    _failed_said(layer, **SAID)
+    r = _report(layer, conn, obs)
+    assert r["failures"] == [] and r["ok"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    for kind in SAID:
+        assert kinds[kind]["observed"] == kinds[kind]["expected"] == 1, kind
+        assert kinds[kind]["connections_failed"] == 1, kind
+    assert "connections_failed" not in _report(*_clean())["faults"][0]
+
+
+@pytest.mark.parametrize("kind", list(SAID))
+def test_a_fail_next_outcome_on_another_connection_than_the_daemon_says_is_red(
+    kind: str,
+) -> None:
+    """The outcome the soak saw is on a connection the fault did not fail a call of: not
+    its outcome (matched by time and status alone it would pass, `_clean`)."""
+    layer, conn, obs = copy.deepcopy(_clean())
+    _failed_said(layer, **{**SAID, kind: 9})
+    r = _report(layer, conn, obs)
+    assert not r["ok"]
+    effect = {"fail_next": "send failure", "upload_send": "send upload"}
+    caused = f"1 {effect.get(kind, 'offload refusal')}(s) caused, 0 seen"
+    assert any(caused in f for f in r["failures"]), r["failures"]
+    said = "conn 9: the daemon says a call of it failed, no outcome"
+    assert any(said in f for f in r["failures"]), r["failures"]
+
+
+def test_where_the_daemon_cut_its_list_short_fail_next_is_matched_by_time() -> None:
+    layer, conn, obs = copy.deepcopy(_clean())
+    _failed_said(layer, **{**SAID, "fail_next": 9})
+    next(r for r in layer if r["kind"] == "fail_next")["failed_dropped"] = 3
+    r = _report(layer, conn, obs)
+    assert r["failures"] == [] and r["ok"]
+
+
 def test_a_retrieve_a_target_failure_overtook_is_explained_by_it() -> None:
     """The target failure asked the connection up (UPLOAD_ALL) before the retrieve reached
     the NIC, which asks nothing twice (spec §5.2): no event of the retrieve's own, and no

@@ -405,7 +405,8 @@ class Soak(Phases, LayerFaults):
             self.show(self.status_line(phase, last))
         if self.control is not None:
             # fail_next and raise_next faults still active were never used up; what each bug
-            # a raise_next planted hit is the daemon's to say (fault.list `used`)
+            # a raise_next planted and each call a fail_next failed hit is the daemon's to say
+            # (fault.list `used`)
             with contextlib.suppress(ChimneyError):
                 try:
                     listed = await self.control.fault_list(used=True)
@@ -416,9 +417,10 @@ class Soak(Phases, LayerFaults):
                     if rec["kind"] not in OUTAGES and rec.get("injected"):
                         entry = held.get(rec.get("fault_id"))
                         rec["consumed"] = entry is None or not entry.get("active")
-                        if entry is not None and "raised" in entry:
-                            rec["raised"] = entry["raised"]
-                            rec["raised_dropped"] = entry.get("raised_dropped", 0)
+                        for key in ("raised", "failed"):
+                            if entry is not None and key in entry:
+                                rec[key] = entry[key]
+                                rec[f"{key}_dropped"] = entry.get(f"{key}_dropped", 0)
             with contextlib.suppress(ChimneyError):
                 await self.control.fault_clear("*")
 

@@ -106,7 +106,8 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "be verified; the NIC fails the sends after it too and asks for that connection's "
             "upload (a hole in the stream, spec §4.1), which must be offloaded again and carry "
             "verified data after (an upload status instead makes the host upload and send "
-            "itself; call=MiniportInitiateOffload refuses offloads)",
+            "itself; call=MiniportInitiateOffload refuses offloads); each outcome must be on a "
+            "connection the daemon says the fault failed a call of (fault.list used)",
             aliases=("fail_send",),
             key_aliases=_FAIL_NEXT_KEYS,
         ),

@@ -279,8 +279,10 @@ def _judge_fail_next(
     windows: list[Window],
     host: Record,
 ) -> None:
-    """Calls failed by fail_next cannot be told apart by connection; they are counted: as many
-    outcomes of each effect as the faults of that effect used up, each with data after it."""
+    """As many outcomes of each effect as the faults of that effect used up, each with data
+    after it, and each on a connection the daemon says one of them failed a call of
+    (fault.list `used`, `failed`); a daemon that does not say leaves them matched by time and
+    status alone."""
     for effect, obs_name in _EFFECT_OBS.items():
         faults = [r for r in layer_records if r.get("effect") == effect and r.get("injected")]
         if not faults:
@@ -295,6 +297,7 @@ def _judge_fail_next(
                 problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
         start = min(float(r["t0"]) for r in faults)
         statuses = {r["params"].get("status") for r in faults}
+        served = _served(faults, "failed")
         # the earliest matching outcomes, up to what the faults caused; any more are left for
         # the account of what no fault explains
         seen: list[Record] = []
@@ -305,6 +308,8 @@ def _judge_fail_next(
                 break
             if o.get("explained_by") or float(o[when]) < start:
                 continue
+            if served is not None and o.get("conn") not in served:
+                continue  # the same outcome on a connection these faults failed nothing of
             if effect == "send_failure":
                 if o.get("conn_aborted") and not o.get("resent"):
                     continue  # the RST of a reset, not this fault
@@ -324,9 +329,15 @@ def _judge_fail_next(
         after = sum(o.get("verified_after", 0) for o in seen)
         for e in entries.values():
             e["expected"], e["observed"], e["verified_after"] = expected, observed, after
+            if served is not None:  # the daemon said which: the outcomes were matched by them
+                e["connections_failed"] = len(served)
         first = next(iter(entries.values()))
         if observed != expected:
             problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
+            unseen = sorted(served - {o.get("conn") for o in seen}) if served else []
+            if unseen:
+                shown = ", ".join(map(str, unseen[:EXAMPLES]))
+                problem(first, f"conn {shown}: the daemon says a call of it failed, no outcome")
         for o in seen:
             if effect == "send_failure" and not o.get("resent"):
                 problem(first, f"conn {o['conn']}: the failed bytes were never resent")
@@ -479,15 +490,16 @@ def _judge_raise_next(
 Terminates = tuple[float, int, list[list[Record]], set[Any] | None]
 
 
-def _served(rs: list[Record]) -> set[Any] | None:
-    """The connections the daemon says these faults' bugs were serving when they raised
-    (fault.list `used`, `raised`): what the engine failed for them, spec §6.3. None when it
-    did not say it all (a daemon from before it, or a list it cut short)."""
+def _served(rs: Sequence[Record], key: str = "raised") -> set[Any] | None:
+    """The connections the daemon says these faults hit (fault.list `used`): under `raised`,
+    those a raise_next's bugs were serving when they raised (what the engine failed for them,
+    spec §6.3); under `failed`, those of the calls a fail_next failed. None when it did not say
+    it all (a daemon from before it, or a list it cut short)."""
     out: set[Any] = set()
     for r in rs:
-        if "raised" not in r or r.get("raised_dropped"):
+        if key not in r or r.get(f"{key}_dropped"):
             return None
-        for h in r["raised"]:
+        for h in r[key]:
             conns = list(h.get("conns") or [])
             if int(h.get("conns_total", len(conns))) > len(conns):
                 return None
