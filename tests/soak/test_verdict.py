@@ -1027,6 +1027,19 @@ def test_a_bug_hits_every_connection_its_call_served_and_no_other() -> None:
     assert bug["resets_while_closing"] == 4
 
 
+def test_a_connection_bugs_of_two_calls_served_counts_once() -> None:
+    """Connection 30, served by the send's bug and, as the daemon lists it, by the
+    disconnect's too: nine connections served, not ten (the report summed per layer and
+    call)."""
+    layer, conn, obs, counters = _served_state_bugs()
+    disconnect = next(r for r in layer if r["tag"] == 11)
+    disconnect["raised"][0].update(conns=[55, 30], conns_total=2)
+    r = _state_report(layer, conn, obs, counters)
+    assert r["ok"], r["failures"]
+    bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
+    assert bug["connections_served"] == 9
+
+
 SERVED_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any, Any], Any], str]] = {
     "INTERNAL on a connection the bug did not serve": (
         lambda lay, con, obs, c: obs["bug_answers"][-2].update(conn=70, new_conn=71),

@@ -405,6 +405,7 @@ def _judge_raise_next(
     planted = answers_seen = 0
     every_hit: list[list[Record]] = []
     terminates: list[Terminates] = []
+    served_by_any: set[Any] | None = None  # over the groups: one connection counts once
     for (layer, call), rs in groups.items():
         used = [r for r in rs if r.get("consumed")]
         uses = sum(int(r["params"].get("count", 1)) * int(r.get("shards", 1)) for r in used)
@@ -429,7 +430,7 @@ def _judge_raise_next(
         hits = _hits(mine)
         answers_seen += len(mine)
         if served is not None:
-            e["connections_served"] = e.get("connections_served", 0) + len(served)
+            served_by_any = served if served_by_any is None else served_by_any | served
         elif len(hits) > uses:
             problem(
                 e,
@@ -447,6 +448,8 @@ def _judge_raise_next(
         if call == TERMINATE_CALL:
             terminates.append((start, uses, hits, served))
         every_hit += hits
+    if served_by_any is not None:
+        e["connections_served"] = len(served_by_any)
     if terminates:
         every_hit += _terminate_resets(e, obs, terminates)
     after = 0
