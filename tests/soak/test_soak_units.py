@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
 import socket
 from collections import deque
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from chimney_client.soak import (
     PayloadDist,
     build_parser,
     gauges_left,
+    layer_faults,
     merge_counters,
     parse_duration,
     parse_faults,
@@ -322,3 +325,40 @@ def test_faults_the_hold_left_no_room_to_spread_go_in_as_scheduled() -> None:
     # one scheduled later than the last is spaced as the schedule spaced it, up to STAGGER_S
     pending = deque(p for p in plan if p.spec.kind == "raise_next")
     assert take_due(pending, 1.9, 0.4, False, 1.0) is None  # 0.5 s apart in the schedule
+
+
+class _Resuming:
+    """A daemon after a teaming MUX's outage of nic0, as stack.info and stack.stats show it:
+    nic0 carries nothing (its gauge stays 0) while the MUX re-offloads its connections onto
+    nic1, 10 more at each poll, then no more."""
+
+    def __init__(self) -> None:
+        self.nic1 = [0, 10, 20, 30]
+        self.polls = 0
+
+    async def stack_info(self) -> dict[str, Any]:
+        self.polls += 1
+        tcp = self.nic1[min(self.polls, len(self.nic1)) - 1]
+        nics = [{"name": "nic0", "tcp": 0}, {"name": "nic1", "tcp": tcp}]
+        return {"layers": [{"kind": "target", **nic} for nic in nics]}
+
+    async def stack_stats(self) -> dict[str, Any]:
+        return {"layers": {"nic0": {"offloads_active": 0}, "nic1": {"offloads_active": 0}}}
+
+
+async def test_a_late_fault_waits_for_the_re_offloads_onto_every_nic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a MUX's outage its connections come back on the other NICs: the wait before
+    spread layer faults go in again follows the connections offloaded on every NIC, not the
+    gauge of the one taken out (which stays low, and ended the wait at once)."""
+    monkeypatch.setattr(layer_faults, "SETTLE_POLL_S", 0.001)
+    monkeypatch.setattr(layer_faults, "SETTLE_QUIET_S", 0.05)
+    daemon = _Resuming()
+    faults = layer_faults.LayerFaults()
+    faults.control = daemon  # type: ignore[assignment]
+    faults.interrupted = asyncio.Event()
+    rec: dict[str, Any] = {}
+    await faults.settle(rec, "nic0", None)
+    assert daemon.polls > len(daemon.nic1), "the wait ended before nic1 stopped rising"
+    assert rec["settled_s"] >= 0.05

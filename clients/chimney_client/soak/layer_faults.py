@@ -101,18 +101,28 @@ class LayerFaults:
             rec["error"] = f"{type(exc).__name__}: {exc}"
 
     async def settle(self, rec: dict[str, Any], layer: str, shard: int | None) -> None:
-        """Wait while the RESUME's re-offloads fill the NIC again: until its offload gauge has
-        not risen for SETTLE_QUIET_S (at most SETTLE_MAX_S; 10,000 connections take seconds)."""
+        """Wait while the re-offloads after the outage fill the NICs again: until the
+        connections offloaded have not risen for SETTLE_QUIET_S (at most SETTLE_MAX_S; 10,000
+        connections take seconds)."""
         start = last_rise = time.monotonic()
         high = -1
         while time.monotonic() - last_rise < SETTLE_QUIET_S:
             if time.monotonic() - start > SETTLE_MAX_S or self.interrupted.is_set():
                 break
-            value = await self.layer_gauge(layer, shard)
+            value = await self.offloaded(layer, shard)
             if value is not None and value > high:
                 high, last_rise = value, time.monotonic()
             await asyncio.sleep(SETTLE_POLL_S)
         rec["settled_s"] = round(time.monotonic() - start, 3)
+
+    async def offloaded(self, layer: str, shard: int | None = None) -> int | None:
+        """The TCP connections offloaded on every NIC (stack.info): a teaming MUX puts those
+        of the NIC it took out on the others, whose re-offloads the failed NIC's gauge does not
+        see; where stack.info does not count them, `layer`'s offload gauge."""
+        counts = await self.nic_connections(shard)
+        if counts:
+            return sum(counts.values())
+        return await self.layer_gauge(layer, shard)
 
     async def layer_gauge(self, layer: str, shard: int | None = None) -> int | None:
         """The layer's offloads_active: the daemon's, or shard `shard`'s."""
