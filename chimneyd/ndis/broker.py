@@ -381,6 +381,8 @@ class Ndis:
         return HopTrace(conn_id, self.trace_depth, self.clock)
 
     def post(self, layer: Layer, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """Run `fn(*args)` in `layer`'s task (for wires and timers; the broker's own routing
+        calls `deliver` itself, one call less per hand-off)."""
         self.deliver(layer, fn, args)
 
     # -- I/O down (spec §4, §1.5 item 6) --------------------------------------------------------
@@ -416,7 +418,7 @@ class Ndis:
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
             self.observer.on_io_down(lower, miniport_call, handle, nbls)
-        self.post(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
+        self.deliver(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
         return PENDING
 
     def NdisOffloadTcpSend(
@@ -459,7 +461,7 @@ class Ndis:
             self.observer.on_receive_return(binding, head)
         if not caller.has_miniport_edge:
             caller.stats.outstanding_nbls -= n
-        self.post(lower, _handler(lower, "MiniportTcpOffloadReceiveReturn"), (head,))
+        self.deliver(lower, _handler(lower, "MiniportTcpOffloadReceiveReturn"), (head,))
         return SUCCESS
 
     # -- I/O completions up (spec §4.0, §1.5 item 8) ----------------------------------------------
@@ -499,7 +501,7 @@ class Ndis:
                 for a, b in itertools.pairwise(nbls):
                     a.next = b
             nbls[-1].next = None
-            self.post(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
+            self.deliver(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
 
     @staticmethod
     def _trace_completion(code: int, nbls: list[NetBufferList]) -> None:
@@ -558,7 +560,7 @@ class Ndis:
         caller.stats.count(f"NdisTcpOffloadEventHandler/{event_type.name}")
         if self.observer is not None:
             self.observer.on_indication(caller, event_type.name, handle)
-        self.post(upper, _handler(upper, "ProtocolTcpOffloadEvent"), (handle, event_type, info))
+        self.deliver(upper, _handler(upper, "ProtocolTcpOffloadEvent"), (handle, event_type, info))
 
     def NdisTcpOffloadReceiveHandler(
         self,
@@ -585,7 +587,7 @@ class Ndis:
         if self.observer is not None:
             self.observer.on_indication(caller, "NdisTcpOffloadReceiveHandler", handle)
             self.observer.on_receive_indication(caller, handle, nbl)
-        self.post(
+        self.deliver(
             upper, _handler(upper, "ProtocolTcpOffloadReceiveIndicate"), (handle, nbl, status)
         )
 
@@ -620,7 +622,7 @@ class Ndis:
             nbl.trace.record(
                 lower.name, "NdisTcpOffloadReceiveHandler:return", 0, 0, nbl.id, status
             )
-        self.post(lower, lower.ReceiveIndicateReturned, (nbl, status, bytes_consumed))
+        self.deliver(lower, lower.ReceiveIndicateReturned, (nbl, status, bytes_consumed))
 
     def NdisMIndicateReceiveNetBufferLists(
         self, caller: Layer, wire: Any, offset: int, data: bytes, flags: int
@@ -631,7 +633,7 @@ class Ndis:
         for binding in caller.upper_bindings:
             upper = binding.upper
             handler = _handler(upper, "ProtocolReceiveNetBufferLists")
-            self.post(upper, handler, (binding, wire, offset, data, flags))
+            self.deliver(upper, handler, (binding, wire, offset, data, flags))
 
     def NdisMIndicateStatusEx(
         self, caller: Layer, status: NdisStatus, traces: Iterable[HopTrace] = ()
@@ -646,7 +648,7 @@ class Ndis:
                 trace.record(upper.name, "ProtocolStatusEx", event=status.name)
         for binding in caller.upper_bindings:
             upper = binding.upper
-            self.post(upper, _handler(upper, "ProtocolStatusEx"), (binding, status))
+            self.deliver(upper, _handler(upper, "ProtocolStatusEx"), (binding, status))
 
     # -- NdisMOffloadEventIndicate (spec §5.4) ---------------------------------------------------
     def NdisMOffloadEventIndicate(
@@ -676,7 +678,7 @@ class Ndis:
         if self.observer is not None:
             self.observer.on_indication(caller, f"NdisMOffloadEventIndicate/{code.name}", handle)
         handler = upper.chimney_handlers["ProtocolIndicateOffloadEvent"]
-        self.post(upper, handler, (binding, block, code))
+        self.deliver(upper, handler, (binding, block, code))
 
     def NdisReturnOffloadEventIndicate(self, caller: Layer, block: OffloadBlock) -> None:
         """The synchronous return of `ProtocolIndicateOffloadEvent`, to the indicating layer."""
@@ -686,7 +688,7 @@ class Ndis:
         block.source_handle = None
         block.scratch = None
         lower = binding.lower
-        self.post(lower, _handler(lower, "OffloadEventIndicateReturned"), (block,))
+        self.deliver(lower, _handler(lower, "OffloadEventIndicateReturned"), (block,))
 
     # -- OID requests (spec §1.3, §8) ------------------------------------------------------------
     def NdisOidRequest(self, caller: Layer, binding: Binding, request: OidRequest) -> None:
@@ -696,7 +698,7 @@ class Ndis:
         request.source_bindings.append(binding)
         caller.stats.count(f"NdisOidRequest/{request.oid.value}")
         lower = binding.lower
-        self.post(lower, _handler(lower, "MiniportOidRequest"), (request,))
+        self.deliver(lower, _handler(lower, "MiniportOidRequest"), (request,))
 
     def NdisMOidRequestComplete(self, caller: Layer, request: OidRequest) -> None:
         if not request.source_bindings or request.source_bindings[-1].lower is not caller:
@@ -705,7 +707,7 @@ class Ndis:
             raise ChimneyProtocolError(f"{caller.name} completed an OID request with PENDING")
         binding = request.source_bindings.pop()
         upper = binding.upper
-        self.post(upper, _handler(upper, "ProtocolOidRequestComplete"), (binding, request))
+        self.deliver(upper, _handler(upper, "ProtocolOidRequestComplete"), (binding, request))
 
     # -- state operations (spec §3) -------------------------------------------------------------
     def _state_down(self, caller: Layer, op: str, binding: Binding, root: OffloadBlock) -> None:
@@ -748,7 +750,7 @@ class Ndis:
                     self.observer.on_io_down(binding.lower, "MiniportTcpOffloadSend", handle, chain)
         caller.stats.count(ndis_call)
         lower = binding.lower
-        self.post(lower, lower.chimney_handlers[miniport_call], (root,))
+        self.deliver(lower, lower.chimney_handlers[miniport_call], (root,))
 
     def _state_complete(self, caller: Layer, op: str, root: OffloadBlock) -> None:
         _, _, protocol_call, ndis_call = _STATE_OPS[op]
@@ -805,7 +807,7 @@ class Ndis:
         caller.stats.count(ndis_call)
         if self.observer is not None:
             self.observer.on_state_complete(caller, ndis_call, root)
-        self.post(upper, upper.chimney_handlers[protocol_call], (binding, root))
+        self.deliver(upper, upper.chimney_handlers[protocol_call], (binding, root))
 
     def NdisInitiateOffload(self, caller: Layer, binding: Binding, root: OffloadBlock) -> None:
         self._state_down(caller, "Initiate", binding, root)

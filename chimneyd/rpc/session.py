@@ -296,25 +296,23 @@ class Session(asyncio.Protocol):
             return
         # a method returns the answer, a future of it, or a coroutine (`async def`); type
         # checks, not `isawaitable`, whose Awaitable ABC check cost 7% of the daemon's time.
-        # An answer first: most requests get one at once
+        # An answer first: most requests get one at once, and a future is not tested twice
         cls = result.__class__
-        if cls in _ANSWERS or not (
-            cls is CoroutineType
-            or isinstance(result, asyncio.Future)
-            or asyncio.iscoroutine(result)  # compiled: each coroutine has its own class
-        ):
+        task: asyncio.Future[Any] | None = None  # stays None for an answer made at once
+        if cls not in _ANSWERS:
+            if isinstance(result, asyncio.Future):
+                task = result
+            elif cls is CoroutineType or asyncio.iscoroutine(result):  # compiled: own class
+                if self.in_flight >= limit:
+                    result.close()  # the coroutine never ran: nothing happened in the engine
+                    self._over_limit(req, limit)
+                    return
+                task = asyncio.ensure_future(result)
+        if task is None:
             if timed:
                 metrics.rpc_request(req.method, time.perf_counter() - t0)  # answered at once
             self.respond(req.msgid, None, result)
             return
-        if isinstance(result, asyncio.Future):
-            task: asyncio.Future[Any] = result
-        else:
-            if self.in_flight >= limit:
-                result.close()  # the coroutine never ran: nothing happened in the engine
-                self._over_limit(req, limit)
-                return
-            task = asyncio.ensure_future(result)
         self.in_flight += 1
         if timed:
             metrics.rpc_task(req.method, task)  # the latency histogram, when metrics are served
