@@ -444,6 +444,25 @@ def test_where_the_daemon_cut_its_list_short_fail_next_is_matched_by_time() -> N
     assert r["failures"] == [] and r["ok"]
 
 
+def test_a_fail_next_in_every_shard_fails_its_count_in_each() -> None:
+    """A daemon of two shards: a fail_next with no /shard= goes into both, and fails its
+    count of sends in each. Two send failures (each with its upload) are its outcomes; one
+    alone is a miss."""
+    layer, conn, obs = copy.deepcopy(_clean())
+    next(r for r in layer if r["kind"] == "fail_next")["shards"] = 2
+    failure, upload = obs["send_failures"][0], obs["unrequested"][1]
+    obs["send_failures"].append({**failure, "conn": 8, "t": 12.0})
+    obs["unrequested"].append({**upload, "conn": 8, "t": 12.1})
+    missed = copy.deepcopy((layer, conn, obs))  # the judge marks what it explained
+    r = _report(layer, conn, obs)
+    assert r["failures"] == [] and r["ok"], r["failures"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert kinds["fail_next"]["observed"] == kinds["fail_next"]["expected"] == 2
+    missed[2]["send_failures"].pop()
+    r = _report(*missed)
+    assert any("2 send failure(s) caused, 1 seen" in f for f in r["failures"]), r["failures"]
+
+
 def test_a_retrieve_a_target_failure_overtook_is_explained_by_it() -> None:
     """The target failure asked the connection up (UPLOAD_ALL) before the retrieve reached
     the NIC, which asks nothing twice (spec §5.2): no event of the retrieve's own, and no

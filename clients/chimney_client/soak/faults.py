@@ -213,7 +213,7 @@ def _help() -> str:
         "the hold",
         "  @TIME  all COUNT injections at TIME after the hold starts (20s, 500ms, 1.5m)",
         "  /shard=K  a layer fault in shard K only, on a daemon of several shards (default: the "
-        "layer in every shard)",
+        "layer in every shard, where a fail_next or raise_next uses its /count in each)",
         "  kinds (each must show its outcome on the connection it hit, or the soak fails):",
     ]
     for k in FAULT_KINDS.values():

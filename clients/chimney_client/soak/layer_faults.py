@@ -79,12 +79,12 @@ class LayerFaults:
                 "call": params["call"],
                 "count": int(params["count"]),
             }
+            # in every shard unless one is named: its count in each
+            rec["shards"] = 1 if where else max(1, len(self.shard_pids))
             if daemon_kind == "fail_next":
                 keys["status"] = params["status"]
             else:
                 keys["skip"] = int(params["skip"])
-                # in every shard unless one is named: a bug per count in each
-                rec["shards"] = 1 if where else max(1, len(self.shard_pids))
                 # the layer errors and invariant violations the bugs will count are expected
                 self.bugs_planted += keys["count"] * rec["shards"]
             rec["t0"] = time.monotonic()
@@ -202,9 +202,9 @@ def _calls_to_provoke(
 ) -> int:
     """How many of our connections to upload and offload again after a fault is injected: as
     many as the initiates a refuse_offload fails, or as the initiates or terminates (`skip`
-    included, in each shard) a raise_next in those calls waits for; else none."""
+    included) a raise_next in those calls waits for, in each shard it went into; else none."""
     if effect == "offload_refusal":
-        return int(params["count"])
+        return int(params["count"]) * shards
     if daemon_kind == "raise_next" and params["call"] in (INITIATE_CALL, TERMINATE_CALL):
         return (int(params["count"]) + int(params["skip"])) * shards
     return 0

@@ -292,7 +292,8 @@ def _judge_fail_next(
         for r in faults:
             e = by_kind[r["kind"]]
             if r.get("consumed"):
-                expected += int(r["params"].get("count", 1))
+                # its count in each shard it went into
+                expected += int(r["params"].get("count", 1)) * int(r.get("shards", 1))
             else:
                 problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
         start = min(float(r["t0"]) for r in faults)
