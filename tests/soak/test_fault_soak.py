@@ -86,6 +86,28 @@ def test_every_fault_kind_shows_its_outcome(tmp_path: Path) -> None:
     assert engine["layer_errors"] == engine["invariant_violations"] == 2, engine
     assert report["states"]["host_by_cause"].get("target_failure", 0) > 0
     assert report["integrity_errors"] == 0 and report["drained"]
+    # the daemon said which connections each fail_next failed a call of, and the outcomes
+    # were matched to them
+    for kind in ("fail_next", "upload_send", "refuse_offload"):
+        assert by_kind[kind]["connections_failed"] >= 1, by_kind[kind]
+
+
+@pytest.mark.timeout(150)
+def test_fail_next_in_every_shard_shows_its_count_in_each(tmp_path: Path) -> None:
+    """Two shards: each fail_next preset (no /shard=) goes into both and fails its count of
+    calls in each; every one of those must show its outcome, on a connection the daemon
+    says it failed."""
+    code, report = _soak(
+        tmp_path,
+        *("--shards", "2", "-n", "200", "--duration", "8", "--workers", "2"),
+        *("--faults", "fail_next:2,upload_send:1,refuse_offload:1"),
+    )
+    by_kind = _faults_of_a_pass(code, report)
+    for kind, count in (("fail_next", 2), ("upload_send", 1), ("refuse_offload", 1)):
+        f = by_kind[kind]
+        assert f["expected"] == f["observed"] == 2 * count, (kind, f)
+        assert f["connections_failed"] >= 1 and f["verified_after"] > 0, (kind, f)
+    assert report["integrity_errors"] == 0 and report["drained"]
 
 
 @pytest.mark.timeout(150)
