@@ -179,9 +179,9 @@ def _fail_next(engine: Engine, fault: Fault) -> None:
     if call in _STATE_CALLS and status is not NdisStatus.NDIS_STATUS_FAILURE:
         raise _invalid(f"{call} fails only with NDIS_STATUS_FAILURE (spec §3.1)")
     fn = FailNext(fault.id, call, status, spec["count"], spec["skip"])
-    hits = fault.hits = []
+    fault.hits = []
     fault.hits_key = "failed"
-    fn.failed = lambda layer, call, conns: _note_hit(fault, hits, layer, "call", call, conns)
+    fn.failed = lambda layer, call, conns: _note_hit(fault, layer, "call", call, conns)
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
 
@@ -443,8 +443,8 @@ class FaultRegistry:
         """A raise_next fault made `handler` raise in `layer` while it served `conns`: kept
         for fault.list (`used`), so a client can tell what each planted bug hit."""
         fault = self.faults.get(fault_id)
-        if fault is not None and fault.hits is not None:  # else cleared meanwhile
-            _note_hit(fault, fault.hits, layer, "handler", handler, conns)
+        if fault is not None:  # else cleared meanwhile
+            _note_hit(fault, layer, "handler", handler, conns)
 
     def clear(self, fault_id: int | None) -> None:
         if fault_id is None:
@@ -462,11 +462,12 @@ class FaultRegistry:
         return [{"id": fid, **f.spec} for fid, f in list(self.faults.items()) if f.active()]
 
 
-def _note_hit(
-    fault: Fault, hits: list[dict[str, Any]], layer: str, what: str, name: str, conns: list[int]
-) -> None:
+def _note_hit(fault: Fault, layer: str, what: str, name: str, conns: list[int]) -> None:
     """One hit of a raise_next (`what` "handler") or fail_next (`what` "call"), kept up to
     `HITS_KEPT`, each with at most `HIT_CONNS_KEPT` of its connections."""
+    hits = fault.hits
+    if hits is None:
+        return
     if len(hits) >= HITS_KEPT:
         fault.hits_dropped += 1
         return
