@@ -1059,6 +1059,28 @@ def test_a_connection_bugs_of_two_calls_served_counts_once() -> None:
     assert bug["connections_served"] == 9
 
 
+@pytest.mark.parametrize("said", [True, False])
+def test_a_refuse_offload_and_an_initiates_bug_each_keep_their_refusal(said: bool) -> None:
+    """A refuse_offload injected just after nic0's initiate bug (tag 7, which refused conn
+    50 at connect at 80.3) refuses conn 6 at 80.5. Where the daemon says which connection the
+    fail_next failed, each refusal is its own fault's; matched by time alone, the
+    refuse_offload took conn 50's, the earlier, and conn 6's was left unexplained."""
+    layer, conn, obs, counters = _served_state_bugs()
+    refuse = next(r for r in layer if r["kind"] == "refuse_offload")
+    refuse.update(t0=80.1, t1=80.11)
+    next(ep for ep in obs["refusals"] if ep["conn"] == 6).update(
+        t_first=80.5, t_last=80.5, offloaded_t=81.0
+    )
+    if said:
+        _failed_said(layer, refuse_offload=6)
+    r = _state_report(layer, conn, obs, counters)
+    assert r["ok"] is said, r["failures"]
+    if said:
+        kinds = {f["kind"]: f for f in r["faults"]}
+        assert kinds["refuse_offload"]["observed"] == 1
+        assert kinds["raise_next"]["refused_at_connect"] == 1
+
+
 SERVED_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any, Any], Any], str]] = {
     "INTERNAL on a connection the bug did not serve": (
         lambda lay, con, obs, c: obs["bug_answers"][-2].update(conn=70, new_conn=71),
