@@ -8,7 +8,7 @@ What the registry holds:
   one list slot incremented (no lock, no per-bucket object; everything runs on the daemon's one
   loop). Send completion (a `tcp.send` until the peer acknowledged it), hop latency per layer (a
   probe message through each layer's inbox every `probe_interval_s`, so the data path is never
-  touched), and RPC request latency per method (the RPC server calls `rpc_request`/`rpc_task`).
+  touched), and RPC request latency per method (the RPC server calls `rpc_requests`/`rpc_task`).
   They exist only while metrics are served over HTTP (`Metrics.attach`);
 - the process collector: resident and virtual memory, open fds, CPU seconds, start time.
 
@@ -21,7 +21,9 @@ Slightly over the usual length: the metric definitions are one list.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -236,12 +238,19 @@ class Log2Histogram:
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.sum += seconds
-        # seconds/BASE = m·2^e with 0.5 <= m < 1: the smallest k with x <= 2^k is e, or e-1
-        # when x is exactly 2^(e-1)
-        m, e = math.frexp(seconds / BASE_S)
-        k = e - 1 if m == 0.5 else e
-        self.counts[0 if k < 0 else BUCKETS if k > BUCKETS else k] += 1
+        self.observe_all((seconds,))
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        counts = self.counts
+        total = self.sum
+        for seconds in values:
+            total += seconds
+            # seconds/BASE = m·2^e with 0.5 <= m < 1: the smallest k with x <= 2^k is e, or
+            # e-1 when x is exactly 2^(e-1)
+            m, e = math.frexp(seconds / BASE_S)
+            k = e - 1 if m == 0.5 else e
+            counts[0 if k < 0 else BUCKETS if k > BUCKETS else k] += 1
+        self.sum = total
 
 
 _BOUNDS = [floatToGoString(BASE_S * 2**k) for k in range(BUCKETS)] + ["+Inf"]  # type: ignore[no-untyped-call]
@@ -385,7 +394,7 @@ def _note_recording() -> None:
 
 
 def install(metrics: Metrics | None) -> None:
-    """Make `metrics` the registry behind `prometheus_text` and `rpc_request` (None: none)."""
+    """Make `metrics` the registry behind `prometheus_text` and `rpc_requests` (None: none)."""
     global _installed
     _installed = metrics
     _note_recording()
@@ -395,12 +404,21 @@ def installed() -> Metrics | None:
     return _installed
 
 
-def rpc_request(method: str, seconds: float) -> None:
-    """One RPC request of `method` took `seconds` (dispatch to answer). A no-op unless the
-    latency histograms are on."""
+_METHOD, _SECONDS = operator.itemgetter(0), operator.itemgetter(1)  # of a `rpc_requests` item
+
+
+def rpc_requests(timed: list[tuple[str, float]]) -> None:
+    """RPC requests answered at once, each `(method, seconds)` from dispatch to answer. The
+    RPC server hands over one read's requests in one call: three calls per request (one
+    like this, the histogram's lookup, its count) cost a tenth of the ping rate. A no-op
+    unless the latency histograms are on."""
     m = _installed
-    if m is not None and m.engine is not None:
-        m.rpc.get(method).observe(seconds)
+    if m is None or m.engine is None:
+        return
+    # one read's requests are mostly of one method: a histogram per run of them, counted
+    # with no call per request
+    for method, run in itertools.groupby(timed, _METHOD):
+        m.rpc.get(method).observe_all(map(_SECONDS, run))
 
 
 def rpc_task(method: str, task: asyncio.Future[Any]) -> None:
@@ -542,7 +560,7 @@ __all__ = [
     "installed",
     "layer_summary",
     "prometheus_text",
-    "rpc_request",
+    "rpc_requests",
     "rpc_task",
     "shard_families",
     "sharded_text",

@@ -114,6 +114,9 @@ class Session(asyncio.Protocol):
         self.accepted = False
         self.paused = False  # by us: its answers are not being read
         self.requests = 0
+        # requests answered at once while serving a read, and how long each took, for the
+        # latency histograms when they are on (`metrics.rpc_requests`, once per read)
+        self.timings: list[tuple[str, float]] = []
         self.partial = 0  # bytes of an unfinished frame held
         self._now = server.now
         now = self._now()
@@ -165,6 +168,9 @@ class Session(asyncio.Protocol):
                     return
         finally:
             self.serving = False
+            if self.timings:
+                metrics.rpc_requests(self.timings)
+                self.timings = []
         if self.out:
             self.flush()
         partial = self.decoder.partial
@@ -309,8 +315,8 @@ class Session(asyncio.Protocol):
                     return
                 task = asyncio.ensure_future(result)
         if task is None:
-            if timed:
-                metrics.rpc_request(req.method, time.perf_counter() - t0)  # answered at once
+            if timed:  # answered at once: counted at the end of the read
+                self.timings.append((req.method, time.perf_counter() - t0))
             self.respond(req.msgid, None, result)
             return
         self.in_flight += 1

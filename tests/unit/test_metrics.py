@@ -158,12 +158,13 @@ async def test_attached_registry_has_histograms_and_the_process_collector() -> N
     engine = _Engine()
     reg = m.Metrics(engine.stats, probe_interval_s=0.01)
     m.install(reg)
-    m.rpc_request("ping", 0.001)  # not attached yet: not counted
+    m.rpc_requests([("ping", 0.001)])  # not attached yet: not counted
     assert not reg.rpc.by_value
     reg.attach(engine)
     assert engine.send_observer is not None
     engine.send_observer(0.002)
-    m.rpc_request("tcp.send", 0.003)
+    # one read's requests answered at once, in runs of one method
+    m.rpc_requests([("tcp.send", 0.003), ("ping", 0.002), ("tcp.send", 0.004)])
     fut: asyncio.Future[None] = engine.loop.create_future()
     m.rpc_task("tcp.recv", fut)
     fut.set_result(None)
@@ -176,7 +177,9 @@ async def test_attached_registry_has_histograms_and_the_process_collector() -> N
     text = m.prometheus_text({})  # stack.metrics: the installed registry
     s = _samples(text)
     assert s[("chimney_send_completion_seconds_count", ())] == 1
-    assert s[("chimney_rpc_request_seconds_count", (("method", "tcp.send"),))] == 1
+    assert s[("chimney_rpc_request_seconds_count", (("method", "tcp.send"),))] == 2
+    assert s[("chimney_rpc_request_seconds_sum", (("method", "tcp.send"),))] == 0.007
+    assert s[("chimney_rpc_request_seconds_count", (("method", "ping"),))] == 1
     assert s[("chimney_rpc_request_seconds_count", (("method", "tcp.recv"),))] == 1
     assert s[("chimney_hop_latency_seconds_count", (("layer", "nic0"),))] >= 1
     assert ("process_resident_memory_bytes", ()) in s
