@@ -362,3 +362,41 @@ async def test_a_late_fault_waits_for_the_re_offloads_onto_every_nic(
     await faults.settle(rec, "nic0", None)
     assert daemon.polls > len(daemon.nic1), "the wait ended before nic1 stopped rising"
     assert rec["settled_s"] >= 0.05
+
+
+class _LateResume(_Resuming):
+    """A target failure of nic0, cleared: for 100 polls nic0 carries 2 connections (new ones
+    offloaded since), then the RESUME's re-offload brings back its 100 all at once (at 10,000
+    connections that came 4.3 s after the clear)."""
+
+    def __init__(self, back_after: int = 100) -> None:
+        super().__init__()
+        self.back_after = back_after
+
+    async def stack_info(self) -> dict[str, Any]:
+        self.polls += 1
+        tcp = 2 if self.polls <= self.back_after else 100
+        return {"layers": [{"kind": "target", "name": "nic0", "tcp": tcp}]}
+
+
+async def test_a_late_fault_waits_for_a_late_resume_to_bring_the_connections_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Quiet alone is not settled: while the NIC carries far fewer connections than before the
+    outage, the RESUME's re-offload is still to come. The wait ends once they are back (and
+    quiet), or at SETTLE_MAX_S if they never come."""
+    monkeypatch.setattr(layer_faults, "SETTLE_POLL_S", 0.001)
+    monkeypatch.setattr(layer_faults, "SETTLE_QUIET_S", 0.02)
+    faults = layer_faults.LayerFaults()
+    faults.interrupted = asyncio.Event()
+    daemon = _LateResume()
+    faults.control = daemon  # type: ignore[assignment]
+    rec: dict[str, Any] = {"nics_before": {"nic0": 100}, "offloaded_before": 103}
+    await faults.settle(rec, "nic0", None)
+    assert daemon.polls > daemon.back_after, "the wait ended before the connections came back"
+    monkeypatch.setattr(layer_faults, "SETTLE_MAX_S", 0.1)
+    never = _LateResume(back_after=10**9)
+    faults.control = never  # type: ignore[assignment]
+    rec = {"nics_before": {"nic0": 100}}
+    await faults.settle(rec, "nic0", None)
+    assert 0.1 <= rec["settled_s"] < 5

@@ -14,7 +14,7 @@ from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel
 from .faults import FAULT_KINDS, INITIATE_CALL, OUTAGES, TERMINATE_CALL, ScheduledFault
-from .limits import SETTLE_MAX_S, SETTLE_POLL_S, SETTLE_QUIET_S, STAGGER_S
+from .limits import SETTLE_BACK_SHARE, SETTLE_MAX_S, SETTLE_POLL_S, SETTLE_QUIET_S, STAGGER_S
 from .parsing import parse_duration
 
 
@@ -102,16 +102,18 @@ class LayerFaults:
 
     async def settle(self, rec: dict[str, Any], layer: str, shard: int | None) -> None:
         """Wait while the re-offloads after the outage fill the NICs again: until the
-        connections offloaded have not risen for SETTLE_QUIET_S (at most SETTLE_MAX_S; 10,000
-        connections take seconds)."""
+        connections offloaded are back to SETTLE_BACK_SHARE of those before it and have not
+        risen for SETTLE_QUIET_S (at most SETTLE_MAX_S; 10,000 connections take seconds)."""
+        before = sum((rec.get("nics_before") or {}).values()) or rec.get("offloaded_before") or 0
         start = last_rise = time.monotonic()
         high = -1
-        while time.monotonic() - last_rise < SETTLE_QUIET_S:
-            if time.monotonic() - start > SETTLE_MAX_S or self.interrupted.is_set():
-                break
+        while time.monotonic() - start <= SETTLE_MAX_S and not self.interrupted.is_set():
             value = await self.offloaded(layer, shard)
+            now = time.monotonic()
             if value is not None and value > high:
-                high, last_rise = value, time.monotonic()
+                high, last_rise = value, now
+            if high >= before * SETTLE_BACK_SHARE and now - last_rise >= SETTLE_QUIET_S:
+                break
             await asyncio.sleep(SETTLE_POLL_S)
         rec["settled_s"] = round(time.monotonic() - start, 3)
 

@@ -69,12 +69,15 @@ FAULT_AIM_WAIT_S = 20.0
 #: Offload refusals this soon after a target failure is cleared are still that failure's (the
 #: host hears OFFLOAD_RESUME through the layers a moment after fault.clear returns).
 RESUME_GRACE_S = 1.0
-#: After a NIC outage is cleared, spread layer faults wait until the RESUME's re-offloads have
-#: filled the NIC again: its offload gauge (polled every SETTLE_POLL_S) has not risen for
-#: SETTLE_QUIET_S, or SETTLE_MAX_S passed.
+#: After a NIC outage is cleared, spread layer faults wait until the re-offloads have filled
+#: the NICs again: the connections they carry (polled every SETTLE_POLL_S) are back to at least
+#: SETTLE_BACK_SHARE of what they carried before the outage and have not risen for
+#: SETTLE_QUIET_S, or SETTLE_MAX_S passed. At 10,000 connections the RESUME's re-offload began
+#: 4.3 s after the clear, all in 60 ms; a wait for quiet alone ended before it.
 SETTLE_POLL_S = 0.25
 SETTLE_QUIET_S = 1.0
 SETTLE_MAX_S = 20.0
+SETTLE_BACK_SHARE = 0.5
 #: In the hold's last LAST_CALL_S, layer faults no longer wait for a NIC to settle: injected
 #: after the hold, they would find no traffic to go off in.
 LAST_CALL_S = 1.0
