@@ -7,6 +7,7 @@ import itertools
 import os
 import random
 import socket
+import time
 from collections import deque
 from typing import Any
 
@@ -394,9 +395,10 @@ async def test_a_late_fault_waits_for_a_late_resume_to_bring_the_connections_bac
     rec: dict[str, Any] = {"nics_before": {"nic0": 100}, "offloaded_before": 103}
     await faults.settle(rec, "nic0", None)
     assert daemon.polls > daemon.back_after, "the wait ended before the connections came back"
+    assert rec["t_back"] <= time.monotonic() - 0.02  # when they were back: the outage's end
     monkeypatch.setattr(layer_faults, "SETTLE_MAX_S", 0.1)
     never = _LateResume(back_after=10**9)
     faults.control = never  # type: ignore[assignment]
     rec = {"nics_before": {"nic0": 100}}
     await faults.settle(rec, "nic0", None)
-    assert 0.1 <= rec["settled_s"] < 5
+    assert 0.1 <= rec["settled_s"] < 5 and "t_back" not in rec

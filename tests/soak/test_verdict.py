@@ -436,6 +436,33 @@ def test_a_fail_next_outcome_on_another_connection_than_the_daemon_says_is_red(
     assert any(said in f for f in r["failures"]), r["failures"]
 
 
+@pytest.mark.parametrize("t_back", [103.4, None])
+def test_a_refusal_merged_into_a_faults_episode_needs_its_own_cause(t_back: float | None) -> None:
+    """A connection opened just after the target failure was cleared is refused at connect
+    (the host, under load, has not heard RESUME yet), then its re-offload is refused by the
+    refuse_offload: one episode of two refusals, where the daemon says the fault failed one.
+    The other is the outage's when its window covers the connect: up to when the NICs
+    carried their connections again (`t_back`, 103.4 + 1 s), not only 1 s after the clear
+    (103.1 + 1 s); else no fault's, and the run fails."""
+    layer, conn, obs = copy.deepcopy(_clean())
+    _failed_said(layer, **SAID)
+    if t_back is not None:
+        next(r for r in layer if r["kind"] == "target_failure")["t_back"] = t_back
+    next(r for r in layer if r["kind"] == "refuse_offload").update(t0=104.0, t1=104.01)
+    next(ep for ep in obs["refusals"] if ep["conn"] == 6).update(
+        t_first_sent=104.3, t_first=104.5, t_last=105.0, t_last_sent=104.8, attempts=2
+    )
+    r = _report(layer, conn, obs)
+    refuse = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
+    assert refuse["observed"] == refuse["expected"] == 1
+    if t_back is not None:
+        assert r["ok"], r["failures"]
+        assert refuse["refusals_of_an_outage"] == 1
+    else:
+        beyond = "conn 6: 1 refusal(s) more than the daemon says a fault failed"
+        assert any(beyond in f for f in r["failures"]), r["failures"]
+
+
 def test_where_the_daemon_cut_its_list_short_fail_next_is_matched_by_time() -> None:
     layer, conn, obs = copy.deepcopy(_clean())
     _failed_said(layer, **{**SAID, "fail_next": 9})
@@ -799,6 +826,29 @@ def test_planted_bugs_pass_when_each_shows_and_the_daemon_counted_exactly_them()
     bug = next(f for f in r["faults"] if f["kind"] == "raise_next")
     assert (bug["planted"], bug["connections_hit"], bug["internal_answers"]) == (2, 2, 3)
     assert bug["verified_after"] == 564
+
+
+def _masked() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    """The run with two bugs, where the fail_next's send failure fell on conn 30 (the daemon
+    says so) just before the send's bug on it: the bug's INTERNAL answered that send (spec
+    §6.3), and no send failure reached the client."""
+    layer, conn, obs = _bugs()
+    _failed_said(layer, fail_next=30, upload_send=3, refuse_offload=6)
+    obs["send_failures"].clear()
+    obs["unrequested"] = [u for u in obs["unrequested"] if u["conn"] != 4]
+    return layer, conn, obs
+
+
+def test_a_send_failure_a_bug_answered_for_is_the_fail_next_outcome() -> None:
+    r = _report(*_masked(), stats_after=_counted(2, 2))
+    assert r["ok"], r["failures"]
+    f = next(f for f in r["faults"] if f["kind"] == "fail_next")
+    assert f["observed"] == f["expected"] == 1 and f["masked_by_a_bug"] == 1
+    # a bug's INTERNAL on a read only does not mask the failed send
+    layer, conn, obs = _masked()
+    obs["bug_answers"] = [a for a in obs["bug_answers"] if a["request"] != "send"]
+    r = _report(layer, conn, obs, stats_after=_counted(2, 2))
+    assert any("1 send failure(s) caused, 0 seen" in x for x in r["failures"]), r["failures"]
 
 
 def _answer(obs: dict[str, list[Rec]], i: int = 0) -> Rec:

@@ -202,7 +202,7 @@ def test_refusals_make_one_episode_until_the_offload_succeeds(
     w.refused(conn, "reoffload", "NDIS_STATUS_FAILURE", 10.2)  # t=10.5, sent at 10.2
     (ep,) = w.obs["refusals"]
     assert ep["attempts"] == 2 and ep["t_first"] == 10.0 and ep["t_last"] == 10.5
-    assert ep["t_last_sent"] == 10.2
+    assert ep["t_last_sent"] == 10.2 and ep["t_first_sent"] == 10.0  # the first kept
     assert ep["status"] == "NDIS_STATUS_FAILURE"
     w.offloaded_again(conn, None)  # t=11 (its records), 12 (the state change)
     assert conn.state == "offloaded" and conn.refusal is None

@@ -112,7 +112,11 @@ class LayerFaults:
             now = time.monotonic()
             if value is not None and value > high:
                 high, last_rise = value, now
-            if high >= before * SETTLE_BACK_SHARE and now - last_rise >= SETTLE_QUIET_S:
+            back = high >= before * SETTLE_BACK_SHARE
+            if back and "t_back" not in rec:
+                # the host has heard RESUME by now (Window: refusals until then are the outage's)
+                rec["t_back"] = now
+            if back and now - last_rise >= SETTLE_QUIET_S:
                 break
             await asyncio.sleep(SETTLE_POLL_S)
         rec["settled_s"] = round(time.monotonic() - start, 3)

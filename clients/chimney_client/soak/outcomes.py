@@ -19,7 +19,9 @@ EXAMPLES = 5
 
 class Window:
     """When a target failure had its layer down: from just before fault.inject until a little
-    after fault.clear returned (the host hears RESUME through the layers)."""
+    after fault.clear returned (the host hears RESUME through the layers), or, where that was
+    later, a little after the NICs carried their connections again (`t_back`: under load the
+    host hears RESUME seconds after the clear, and refuses offloads until then)."""
 
     def __init__(self, rec: Record) -> None:
         self.layer = str(rec.get("params", {}).get("layer", ""))
@@ -27,6 +29,8 @@ class Window:
         cleared = rec.get("t_clear1")
         self.clear = float(rec["t_clear0"]) if rec.get("t_clear0") is not None else float("inf")
         self.end = float(cleared) + RESUME_GRACE_S if cleared is not None else float("inf")
+        if cleared is not None and rec.get("t_back") is not None:
+            self.end = max(self.end, float(rec["t_back"]) + RESUME_GRACE_S)
 
     def covers(self, t0: float, t1: float | None = None) -> bool:
         return self.start <= t0 and (t1 if t1 is not None else t0) <= self.end
@@ -298,7 +302,10 @@ def _judge_fail_next(
                 problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
         start = min(float(r["t0"]) for r in faults)
         statuses = {r["params"].get("status") for r in faults}
-        served = _served(faults, "failed")
+        # the calls the daemon says they failed, by connection (None: it did not say)
+        left = _hit_counts(faults, "failed")
+        served = None if left is None else set(left)
+        first = next(iter(entries.values()))
         # the earliest matching outcomes, up to what the faults caused; any more are left for
         # the account of what no fault explains
         seen: list[Record] = []
@@ -309,7 +316,7 @@ def _judge_fail_next(
                 break
             if o.get("explained_by") or float(o[when]) < start:
                 continue
-            if served is not None and o.get("conn") not in served:
+            if left is not None and not left.get(o.get("conn")):
                 continue  # the same outcome on a connection these faults failed nothing of
             if effect == "send_failure":
                 if o.get("conn_aborted") and not o.get("resent"):
@@ -326,16 +333,28 @@ def _judge_fail_next(
                 continue  # a refusal while the target was failed (OFFLOAD_PAUSE): not this fault
             o["explained_by"] = effect
             seen.append(o)
-            observed += int(o.get("attempts", 1))
+            attempts = int(o.get("attempts", 1))
+            if left is not None:
+                # no more of its attempts than the daemon says these faults failed of it
+                took = min(attempts, left[o["conn"]])
+                left[o["conn"]] -= took
+                if attempts > took:
+                    _refusals_beyond(first, o, attempts - took, windows)
+                attempts = took
+            observed += attempts
+        if effect == "send_failure" and left is not None:
+            masked = _masked_by_a_bug(obs, left, start)
+            observed += len(masked)
+            if masked:
+                first["masked_by_a_bug"] = len(masked)
         after = sum(o.get("verified_after", 0) for o in seen)
         for e in entries.values():
             e["expected"], e["observed"], e["verified_after"] = expected, observed, after
             if served is not None:  # the daemon said which: the outcomes were matched by them
                 e["connections_failed"] = len(served)
-        first = next(iter(entries.values()))
         if observed != expected:
             problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
-            unseen = sorted(served - {o.get("conn") for o in seen}) if served else []
+            unseen = sorted(c for c, n in (left or {}).items() if n)
             if unseen:
                 shown = ", ".join(map(str, unseen[:EXAMPLES]))
                 problem(first, f"conn {shown}: the daemon says a call of it failed, no outcome")
@@ -353,6 +372,39 @@ def _judge_fail_next(
                     problem(first, f"conn {u['conn']}: no byte verified after its upload")
         if effect == "offload_refusal":
             host["explained"]["refuse_offload"] = len(seen)
+
+
+def _refusals_beyond(e: Record, ep: Record, extra: int, windows: list[Window]) -> None:
+    """A refusal episode on a connection a fault failed, with `extra` more refusals than the
+    daemon says the faults failed of it: a refusal at connect merges with the refused
+    re-offload after it. They are a NIC outage's if its window covers the episode's first
+    request (the host refuses until it hears RESUME, later than the clear under load), else
+    no fault's."""
+    sent = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])
+    if any(w.start <= sent <= w.end for w in windows):
+        e["refusals_of_an_outage"] = e.get("refusals_of_an_outage", 0) + extra
+        return
+    problem(e, f"conn {ep['conn']}: {extra} refusal(s) more than the daemon says a fault failed")
+
+
+def _masked_by_a_bug(obs: dict[str, list[Record]], left: dict[Any, int], start: float) -> list[Any]:
+    """Connections the daemon says a fail_next failed a send of, where no send failure was
+    seen but a bug's INTERNAL answered a send: a layer that raises answers every request
+    waiting on the connections it served (spec §6.3), the failed send among them, before its
+    completion reaches the client. Counted once per connection; the bug's hit is judged with
+    it (data after it)."""
+    out = []
+    for conn, n in left.items():
+        if n and any(
+            a.get("conn") == conn
+            and a.get("request") == "send"
+            and a.get("error") == "PlantedBug"
+            and float(a["t"]) >= start
+            for a in obs.get("bug_answers", [])
+        ):
+            left[conn] -= 1
+            out.append(conn)
+    return out
 
 
 def _uploads_after_send_failures(seen: list[Record], obs: dict[str, list[Record]]) -> list[Record]:
@@ -495,11 +547,18 @@ Terminates = tuple[float, int, list[list[Record]], set[Any] | None]
 
 
 def _served(rs: Sequence[Record], key: str = "raised") -> set[Any] | None:
-    """The connections the daemon says these faults hit (fault.list `used`): under `raised`,
-    those a raise_next's bugs were serving when they raised (what the engine failed for them,
-    spec §6.3); under `failed`, those of the calls a fail_next failed. None when it did not say
-    it all (a daemon from before it, or a list it cut short)."""
-    out: set[Any] = set()
+    """The connections the daemon says these faults hit (`_hit_counts`)."""
+    counts = _hit_counts(rs, key)
+    return None if counts is None else set(counts)
+
+
+def _hit_counts(rs: Sequence[Record], key: str) -> dict[Any, int] | None:
+    """The connections the daemon says these faults hit (fault.list `used`), each with the
+    calls that hit it: under `raised`, those a raise_next's bugs were serving when they raised
+    (what the engine failed for them, spec §6.3); under `failed`, those of the calls a
+    fail_next failed. None when it did not say it all (a daemon from before it, or a list it
+    cut short)."""
+    out: dict[Any, int] = {}
     for r in rs:
         if key not in r or r.get(f"{key}_dropped"):
             return None
@@ -507,7 +566,8 @@ def _served(rs: Sequence[Record], key: str = "raised") -> set[Any] | None:
             conns = list(h.get("conns") or [])
             if int(h.get("conns_total", len(conns))) > len(conns):
                 return None
-            out.update(conns)
+            for c in conns:
+                out[c] = out.get(c, 0) + 1
     return out
 
 

@@ -173,6 +173,7 @@ class WorkerState:
             ep = conn.refusal = None
         if ep is None:
             ep = {"conn": conn.cid, "at": at, "status": status, "t_first": now, "attempts": 0}
+            ep["t_first_sent"] = sent if sent is not None else now
             conn.refusal = ep
             self.obs["refusals"].append(ep)
             watch(conn, ep, None)
