@@ -360,10 +360,6 @@ class Metrics:
             task.push(_hop_latency_probe, (hist, now))
         self._probe = self.engine.loop.call_later(self.probe_interval_s, self._send_probes)
 
-    def rpc_request(self, method: str, seconds: float) -> None:
-        if self.engine is not None:
-            self.rpc.get(method).observe(seconds)
-
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
