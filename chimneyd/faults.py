@@ -36,6 +36,8 @@ MAX_FAULT_COUNT = 1_000_000
 #: raises or failed calls, and of each the first connections (with their total).
 HITS_KEPT = 256
 HIT_CONNS_KEPT = 10_000
+#: Where fault.list `used` lists what a fault of each kind hit, and what names each hit.
+LISTED_HITS = {"raise_next": ("raised", "handler"), "fail_next": ("failed", "call")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,11 @@ class Fault:
     spec: dict[str, Any]
     undo: Callable[[], None] | None = None
     active: Callable[[], bool] = lambda: True
-    # what it hit, listed by fault.list `used` under `hits_key`: a raise_next's "raised" (each
+    # what it hit, listed by fault.list `used` (`LISTED_HITS`): a raise_next's "raised" (each
     # time it made a handler raise, the layer, the handler and the connections the handler
     # was serving: what the engine failed for it, spec §6.3); a fail_next's "failed" (each
     # call it failed, the layer, the call and the connections the call concerned)
     hits: list[dict[str, Any]] | None = None
-    hits_key: str = "raised"
     hits_dropped: int = 0
 
 
@@ -180,8 +181,7 @@ def _fail_next(engine: Engine, fault: Fault) -> None:
         raise _invalid(f"{call} fails only with NDIS_STATUS_FAILURE (spec §3.1)")
     fn = FailNext(fault.id, call, status, spec["count"], spec["skip"])
     fault.hits = []
-    fault.hits_key = "failed"
-    fn.failed = lambda layer, call, conns: _note_hit(fault, layer, "call", call, conns)
+    fn.failed = lambda layer, call, conns: _note_hit(fault, layer, call, conns)
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
 
@@ -444,7 +444,7 @@ class FaultRegistry:
         for fault.list (`used`), so a client can tell what each planted bug hit."""
         fault = self.faults.get(fault_id)
         if fault is not None:  # else cleared meanwhile
-            _note_hit(fault, layer, "handler", handler, conns)
+            _note_hit(fault, layer, handler, conns)
 
     def clear(self, fault_id: int | None) -> None:
         if fault_id is None:
@@ -462,15 +462,16 @@ class FaultRegistry:
         return [{"id": fid, **f.spec} for fid, f in list(self.faults.items()) if f.active()]
 
 
-def _note_hit(fault: Fault, layer: str, what: str, name: str, conns: list[int]) -> None:
-    """One hit of a raise_next (`what` "handler") or fail_next (`what` "call"), kept up to
-    `HITS_KEPT`, each with at most `HIT_CONNS_KEPT` of its connections."""
+def _note_hit(fault: Fault, layer: str, name: str, conns: list[int]) -> None:
+    """One hit of a raise_next (`name`: the handler that raised) or fail_next (the call it
+    failed), kept up to `HITS_KEPT`, each with at most `HIT_CONNS_KEPT` of its connections."""
     hits = fault.hits
     if hits is None:
         return
     if len(hits) >= HITS_KEPT:
         fault.hits_dropped += 1
         return
+    what = LISTED_HITS[fault.spec["kind"]][1]
     hits.append(
         {"layer": layer, what: name, "conns": conns[:HIT_CONNS_KEPT], "conns_total": len(conns)}
     )
@@ -479,7 +480,7 @@ def _note_hit(fault: Fault, layer: str, what: str, name: str, conns: list[int]) 
 def _hits(fault: Fault) -> dict[str, Any]:
     if fault.hits is None:
         return {}
-    key = fault.hits_key
+    key = LISTED_HITS[fault.spec["kind"]][0]
     out: dict[str, Any] = {key: list(fault.hits)}
     if fault.hits_dropped:
         out[f"{key}_dropped"] = fault.hits_dropped
