@@ -1201,3 +1201,38 @@ def test_an_upload_all_a_terminates_bug_failed_resets_the_nics_connections() -> 
             why = "2 connection(s) aborted with no fault (among them conn 1, 2)"
             assert not r["ok"] and why in r["failures"], r["failures"]
             assert "nic0: 2 offloaded, none uploaded (UPLOAD_ALL)" in outage["problems"]
+
+
+@pytest.mark.parametrize("kind", ["retrieve", "stall_peer"])
+@pytest.mark.parametrize(("who", "passes"), [(30, True), (33, False)])
+def test_a_connection_fault_whose_slot_a_bug_closed_owes_its_data_on_the_reopened_slot(
+    kind: str, who: int, passes: bool
+) -> None:
+    """The planted send bug landed on the connection a retrieve had just uploaded (or a stall
+    had just held): its send and read answered INTERNAL, the slot closed before the
+    re-offload (before any data after the stall), and the data is owed by the bug's reopened
+    slot, which carried it. On a connection no bug closed, the missing outcome still fails."""
+    layer, conn, obs = _bugs()
+    rec = _conn(conn, kind)
+    rec.update(conn=who, done=False, verified_after=0, lost=True)
+    if kind == "retrieve":
+        rec.update(reoffloaded_t=None)
+    r = _report(layer, conn, obs, stats_after=_counted(2, 2))
+    assert r["ok"] is passes, r["failures"]
+    [fault] = [f for f in r["faults"] if f["kind"] == kind]
+    if passes:
+        assert fault["closed_by_a_bug"] == 1
+    elif kind == "retrieve":
+        assert f"conn {who}: not offloaded again after the retrieve" in fault["problems"]
+    else:
+        assert f"conn {who}: no byte verified after the stall ended" in fault["problems"]
+        assert f"conn {who}: damaged after the stall" in fault["problems"]
+
+
+def test_a_bug_never_excuses_a_damaged_byte_after_a_stall() -> None:
+    layer, conn, obs = _bugs()
+    _conn(conn, "stall_peer").update(conn=30, done=False, integrity_errors=1)
+    r = _report(layer, conn, obs, stats_after=_counted(2, 2))
+    assert not r["ok"]
+    [stall] = [f for f in r["faults"] if f["kind"] == "stall_peer"]
+    assert "conn 30: damaged after the stall" in stall["problems"]

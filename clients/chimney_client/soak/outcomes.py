@@ -71,9 +71,12 @@ def judge(
         else:
             e["failed_to_inject"] += 1
             problem(e, f"not injected: {rec.get('error', '?')}")
+    # one whose slot a layer's bug closed (a send answered INTERNAL) is over: the data on its
+    # reopened slot is the bug's outcome, judged with it
+    bugged = {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
     for rec in conn_records:
         if rec.get("injected"):
-            _judge_conn_fault(by_kind[rec["kind"]], rec)
+            _judge_conn_fault(by_kind[rec["kind"]], rec, bugged)
     host = _host_mode_account()
     outages = [r for r in layer_records if r["kind"] in OUTAGES and r.get("injected")]
     windows = [Window(r) for r in outages]
@@ -84,9 +87,6 @@ def judge(
         for r in conn_records
         if r["kind"] in ("peer_reset", "daemon_reset") and r.get("injected") and r.get("abort_seen")
     }
-    # one whose slot a layer's bug closed (a send answered INTERNAL) is over too: the data on
-    # its reopened slot is the bug's outcome, judged with it
-    bugged = {a.get("conn") for a in obs.get("bug_answers", []) if a.get("holed")}
     uploaded = [
         _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
         for rec, w in zip(outages, windows, strict=True)
@@ -106,8 +106,12 @@ def judge(
 _READ_BEFORE_OWN_RST = "the daemon had read before its own RST"
 
 
-def _judge_conn_fault(e: Record, rec: Record) -> None:
+def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
     kind, conn = rec["kind"], rec.get("conn")
+    # a layer's bug closed the slot before the data after the fault came (the planted bug
+    # lands on whatever call comes next, this connection's too): that data is owed on the
+    # reopened slot, as the bug's outcome; what the fault showed before still counts
+    closed = conn in bugged and not rec.get("done", False)
     e.setdefault("connections", []).append(conn)
     e["verified_after"] = e.get("verified_after", 0) + rec.get("verified_after", 0)
     done = rec.get("done", False)
@@ -144,9 +148,12 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
         return
     if kind == "stall_peer":
         _judge_stall_hold(e, rec)
-        if rec.get("integrity_errors") or rec.get("lost"):
+        # what the bug's send left unechoed is the bug's (`lost`), never a damaged byte
+        if rec.get("integrity_errors") or (rec.get("lost") and not closed):
             problem(e, f"conn {conn}: damaged after the stall")
-        if not done:
+        if closed:
+            e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
+        elif not done:
             problem(e, f"conn {conn}: no byte verified after the stall ended")
         return
     # retrieve
@@ -156,12 +163,16 @@ def _judge_conn_fault(e: Record, rec: Record) -> None:
     if not rec.get("event_seen") and rec.get("overtaken"):
         # the target failure's own outcome (uploaded, offloaded again) covers the rest
         e["overtaken_by_target_failure"] = e.get("overtaken_by_target_failure", 0) + 1
-        if not done:
+        if closed:
+            e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
+        elif not done:
             problem(e, f"conn {conn}: no byte verified after the retrieve")
     elif not rec.get("event_seen"):
         problem(e, f"conn {conn}: no TcpIndicateRetrieve")
     elif not rec.get("uploaded") and rec.get("mandatory", True):
         problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")
+    elif closed:
+        e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
     elif rec.get("uploaded") and rec.get("reoffloaded_t") is None:
         problem(e, f"conn {conn}: not offloaded again after the retrieve")
     elif not done:
