@@ -235,17 +235,22 @@ class DriverLayer(Layer):
             self._held = released
             self._schedule_release()
 
-    def take_failure(self, call: str, *about: Any) -> NdisStatus | None:
+    def take_failure(
+        self, call: str, *about: Any, lost: Callable[[], list[Any]] | None = None
+    ) -> NdisStatus | None:
         """If a `fail_next` fault covers `call`, use up one count and return its status;
         `about` is what the failure concerns (an NBL chain, a block list, handles), for the
-        fault to say which connections it failed."""
+        fault to say which connections it failed; `lost`, asked only when the call fails,
+        what else the failure takes down (the connections on a path or neighbor whose state
+        it corrupts, spec §3.7)."""
         if not self.fail_next:
             return None
         fault = _use_one(self.fail_next, call)
         if fault is None:
             return None
         if fault.failed is not None:
-            fault.failed(self.name, call, sorted(conns_in(about)))
+            concerned = about if lost is None else (*about, *lost())
+            fault.failed(self.name, call, sorted(conns_in(concerned)))
         return fault.status
 
     def trip(self, call: str) -> None:

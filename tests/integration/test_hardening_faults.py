@@ -255,8 +255,8 @@ def _says_what_it_failed(engine: Engine, fid: int, spec: dict[str, Any]) -> None
     for hit in failed:
         assert (hit["layer"], hit["call"]) == (spec["layer"], spec["call"]), hit
         assert set(hit["conns"]) <= made and hit["conns_total"] == len(hit["conns"]), hit
-        # the workload's invalidates name a neighbor and a path, no connection (spec §3.5)
-        assert hit["conns"] or spec["call"] == "MiniportInvalidateOffload", hit
+        # an invalidate naming a neighbor or a path concerns the connection on it (spec §3.7)
+        assert hit["conns"], hit
 
 
 async def _run_case(engine: Engine, port: int, spec: dict[str, Any]) -> Outcome:
@@ -578,6 +578,31 @@ async def test_fail_next_names_the_connection_of_each_call_it_failed(
         {"layer": "nic0", "call": call, "conns": [refused], "conns_total": 1}
     ]
     for conn in [*conns, refused]:
+        await asyncio.wait_for(engine.close(conn), STEP_S)
+    await _settle(engine)
+
+
+@pytest.mark.parametrize("what", ["tcp", "path", "neighbor"])
+async def test_a_failed_invalidate_names_every_connection_it_took_down(
+    make_engine: Any, echo_port: int, what: str
+) -> None:
+    """An invalidate a fail_next fails finds the state of what it names corrupt (spec §3.7):
+    a path's or neighbor's connections are lost with it, all three here, and the fault's
+    `failed` entry names each of them; a TCP object's failure takes down that one only."""
+    engine = await make_engine()
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]
+    call = "MiniportInvalidateOffload"
+    fid = engine.fault_inject({"kind": "fail_next", "layer": "nic0", "call": call})
+    try:
+        await asyncio.wait_for(engine.invalidate(conns[1], what), STEP_S)
+    except EngineError as exc:
+        assert exc.code == ErrorCode.NDIS_STATUS, exc
+    (entry,) = [f for f in engine.fault_entries() if f["id"] == fid]
+    lost = [conns[1]] if what == "tcp" else conns
+    assert entry["failed"] == [
+        {"layer": "nic0", "call": call, "conns": lost, "conns_total": len(lost)}
+    ]
+    for conn in conns:
         await asyncio.wait_for(engine.close(conn), STEP_S)
     await _settle(engine)
 

@@ -31,7 +31,7 @@ def _corrupt(ctx: NeighborContext | PathContext | TcpContext) -> bool:
 
 def query(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportQueryOffload`: fill the structures that follow each named object (spec §3.3)."""
-    if t.take_failure("MiniportQueryOffload", root) is not None:
+    if terminate.fails_corrupt(t, "MiniportQueryOffload", root):
         terminate.corrupt(t, root, t.ndis.NdisMQueryOffloadStateComplete)
         return
     for block in walk(root):
@@ -87,7 +87,7 @@ def update(t: OffloadTarget, root: OffloadBlock) -> None:
 def invalidate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportInvalidateOffload`: stop sending on every connection that depends on a named
     object and ask for each to be uploaded with `InvalidState` (spec §3.5)."""
-    if t.take_failure("MiniportInvalidateOffload", root) is not None:
+    if terminate.fails_corrupt(t, "MiniportInvalidateOffload", root):
         terminate.corrupt(t, root, t.ndis.NdisMInvalidateOffloadComplete)
         return
     affected: list[TcpContext] = []

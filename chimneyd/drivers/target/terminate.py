@@ -39,7 +39,7 @@ ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 
 def terminate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportTerminateOffload`: record the tree; finish once no indication is in flight."""
-    if t.take_failure("MiniportTerminateOffload", root) is not None:
+    if fails_corrupt(t, "MiniportTerminateOffload", root):
         fail(t, root)
         return
     for block in walk(root):
@@ -204,6 +204,28 @@ def fill_delegated(
     d.ReceiveBacklogSize = c.buffered_bytes
 
 
+def fails_corrupt(t: OffloadTarget, call: str, root: OffloadBlock) -> bool:
+    """Whether a `fail_next` fault fails `call` on `root`, which then finds the hardware state
+    of what it names corrupt (`corrupt`, spec §3.7): the fault names the connections lost
+    with the paths and neighbors too, not only those `root` names."""
+    return t.take_failure(call, root, lost=lambda: lost_with(t, root)) is not None
+
+
+def lost_with(t: OffloadTarget, root: OffloadBlock) -> list[TcpContext]:
+    """The connections on the paths and neighbors `root` names: lost with them when their
+    state is corrupt."""
+    objects = [
+        ctx
+        for block in walk(root)
+        if (ctx := t.context_of(block)) is not None and not isinstance(ctx, TcpContext)
+    ]
+    return _on(t, objects) if objects else []
+
+
+def _on(t: OffloadTarget, objects: list[Context]) -> list[TcpContext]:
+    return [c for c in t.connections() if c.path in objects or c.path.neighbor in objects]
+
+
 def corrupt(
     t: OffloadTarget,
     root: OffloadBlock,
@@ -225,8 +247,8 @@ def corrupt(
     # the connections on a corrupt path or neighbor lose their state with it: each is
     # retrieved and aborted like a named one, or the host would keep them (and the object, and
     # every new connection waiting to link under it) offloaded for ever
-    for c in list(t.connections()):
-        if c not in tcps and (c.path in objects or c.path.neighbor in objects):
+    for c in _on(t, objects):
+        if c not in tcps:
             c.lifecycle.fire(Event.HARDWARE_FAILURE)
             tcps.append(c)
     complete(t, root)  # step 1: the operation fails in the affected blocks
@@ -238,4 +260,13 @@ def corrupt(
         events.indicate(t, c, TcpOffloadEventType.TcpIndicateAbort, 0)
 
 
-__all__ = ["NeighborContext", "corrupt", "fail", "fill_delegated", "finish", "terminate"]
+__all__ = [
+    "NeighborContext",
+    "corrupt",
+    "fail",
+    "fails_corrupt",
+    "fill_delegated",
+    "finish",
+    "lost_with",
+    "terminate",
+]
