@@ -8,7 +8,7 @@ invalidate that finds the hardware state corrupt follows spec §3.7 (`corrupt`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.blocks import (
@@ -222,7 +222,7 @@ def lost_with(t: OffloadTarget, root: OffloadBlock) -> list[TcpContext]:
     return _on(t, objects) if objects else []
 
 
-def _on(t: OffloadTarget, objects: list[Context]) -> list[TcpContext]:
+def _on(t: OffloadTarget, objects: Sequence[Context]) -> list[TcpContext]:
     return [c for c in t.connections() if c.path in objects or c.path.neighbor in objects]
 
 
