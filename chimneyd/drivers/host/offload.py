@@ -108,6 +108,7 @@ def flush_initiates(h: HostStack) -> None:
     binding (spec §2.3: many TCP objects share a path, many paths a neighbor)."""
     waiting: list[Tcb] = []
     trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
+    under: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections' blocks
     for tcb in h.pending_initiates:
         binding = tcb.binding
         assert binding is not None
@@ -144,11 +145,14 @@ def flush_initiates(h: HostStack) -> None:
             pblock = paths[path.key] = root.add_dependent(
                 _object_block(h, path, local_ip.version == 6)
             )
+            under[path.key] = []
         tcb.path = path
         h.ref(path)  # an initiate in flight keeps its path and neighbor alive
-        pblock.add_dependent(_tcp_block(h, tcb))
+        under[path.key].append(_tcp_block(h, tcb))
     h.pending_initiates = waiting
-    for binding, root, _ in trees.values():
+    for binding, root, paths in trees.values():
+        for key, pblock in paths.items():
+            pblock.add_dependents(under[key])
         h.ndis.NdisInitiateOffload(h, binding, root)
 
 

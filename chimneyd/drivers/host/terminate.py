@@ -74,25 +74,25 @@ def flush_terminates(h: HostStack) -> None:
     terminate has completed: a path whose dependents are still being terminated in another
     tree waits for them, and goes once unused (`release_unused_objects`)."""
     trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
-    going: dict[Any, int] = {}  # path key -> its connections in these trees
+    going: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections in these trees
     for tcb in h.pending_terminates:
         path = tcb.path
         assert path is not None and path.parent is not None and tcb.handle is not None
         binding = path.binding
-        going[path.key] = going.get(path.key, 0) + 1
         if binding.id not in trees:
             trees[binding.id] = (binding, new_neighbor_block(None), {})
         _, root, paths = trees[binding.id]
-        pblock = paths.get(path.key)
-        if pblock is None:
-            pblock = paths[path.key] = root.add_dependent(new_path_block(None))
-        pblock.add_dependent(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
+        if path.key not in paths:
+            paths[path.key] = root.add_dependent(new_path_block(None))
+            going[path.key] = []
+        going[path.key].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
     h.pending_terminates = []
     for binding, root, paths in trees.values():
         going_paths: set[HostObject] = set()
         for key, pblock in paths.items():
+            pblock.add_dependents(going[key])
             path = h.objects[key]
-            if _terminable(path) and path.refs == going[key]:
+            if _terminable(path) and path.refs == len(going[key]):
                 _start_object(path, pblock)
                 going_paths.add(path)
         neighbor = h.objects[("neighbor", binding.id)]
