@@ -114,14 +114,16 @@ class MuxIm(PassthroughIm):
         if self.own_queries:
             return False
         objects = self._objects_of(root)
+        parents = _parents(root)
         placed: list[tuple[OffloadBlock, Lower | None]] = []
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
-            path = objects.get(id(_parent_of(root, up)))
+            path = objects.get(id(parents.get(id(up))))
             if not isinstance(path, VirtualObject) and path != "new":
                 raise ChimneyProtocolError(f"{self.name}: a connection with no path above it")
-            lower = self.placement.choose(self.lower_list(), _key(root, up), _ipv6(root, up))
+            key = _key(parents, up)
+            lower = self.placement.choose(self.lower_list(), key, _ipv6(key))
             if (
                 lower is not None
                 and isinstance(path, VirtualObject)
@@ -137,7 +139,7 @@ class MuxIm(PassthroughIm):
         call = MuxCall("Initiate", root)
         for up in walk(root):  # the objects new to the MUX (spec §2.3 new-offload blocks)
             if objects.get(id(up)) == "new":
-                parent = objects.get(id(_parent_of(root, up)))
+                parent = objects.get(id(parents.get(id(up))))
                 upper = up.ndis_offload_handle
                 assert upper is not None
                 above = parent if isinstance(parent, VirtualObject) else None
@@ -147,11 +149,11 @@ class MuxIm(PassthroughIm):
                 call.new_vobjs[id(up)] = vobj
         for up, lower in placed:
             if lower is None:
-                call.refused[id(up)] = self._refusal(_ipv6(root, up))
+                call.refused[id(up)] = self._refusal(_ipv6(_key(parents, up)))
                 continue
-            path = objects[id(_parent_of(root, up))]
+            path = objects[id(parents.get(id(up)))]
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
-            key = _key(root, up)
+            key = _key(parents, up)
             entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
             entry.lifecycle.fire(Event.INITIATE)
             _ref(self._instance_for(call, path, lower))
@@ -788,17 +790,19 @@ class MuxIm(PassthroughIm):
 _RETRIEVE = TcpOffloadEventType.TcpIndicateRetrieve
 
 
-def _parent_of(root: OffloadBlock, target: OffloadBlock) -> OffloadBlock | None:
-    """The block whose dependent list holds `target` (None at the root level)."""
+def _parents(root: OffloadBlock) -> dict[int, OffloadBlock]:
+    """id(block) -> the block whose dependent list holds it (none for the root level), in one
+    walk of the tree: a whole NIC's initiate carries thousands of connections, and looking
+    each one's path up by walking the tree again took n² steps."""
+    parents: dict[int, OffloadBlock] = {}
     for block in walk(root):
         for dep in block.dependents():
-            if dep is target:
-                return block
-    return None
+            parents[id(dep)] = block
+    return parents
 
 
-def _key(root: OffloadBlock, tcp: OffloadBlock) -> Key:
-    path = _parent_of(root, tcp)
+def _key(parents: dict[int, OffloadBlock], tcp: OffloadBlock) -> Key:
+    path = parents.get(id(tcp))
     src = dst = b""
     if path is not None and path.const is not None:
         src, dst = path.const.SourceAddress, path.const.DestinationAddress
@@ -810,8 +814,8 @@ def _key(root: OffloadBlock, tcp: OffloadBlock) -> Key:
     return (src, const.LocalPort if const else 0, dst, const.RemotePort if const else 0)
 
 
-def _ipv6(root: OffloadBlock, tcp: OffloadBlock) -> bool:
-    return len(_key(root, tcp)[0]) == 16  # the path's source address, 4 or 16 bytes
+def _ipv6(key: Key) -> bool:
+    return len(key[0]) == 16  # the path's source address, 4 or 16 bytes
 
 
 def _ref(inst: Instance) -> None:
