@@ -665,6 +665,29 @@ def test_a_mux_outage_explains_its_retrieves_and_the_pause_until_the_last_upload
     assert f["kind"] == "nic_down" and f["connections_uploaded"] == 2 == f["reoffloaded"]
     assert f["nics_before"] == [{"nic0": 2, "nic1": 2}] and f["nics_at_end"][0]["nic1"] == 0
     assert r["host_mode"]["explained"]["target_failure"] == 1  # the refusal at 105.5
+    # offloaded again at 105.0 and 106.2: after the fault went in (100.1), the clear (103.1)
+    assert (f["reoffloaded_after_fault_s"], f["reoffloaded_after_clear_s"]) == (
+        "4.90-6.10",
+        "1.90-3.10",
+    )
+
+
+def test_an_outage_says_how_soon_its_connections_came_back() -> None:
+    """Re-offloaded at 103.5 (after the clear at 103.0, returned 103.1) and one at 101.2,
+    onto another NIC while nic0 was out: times after the fault for both, after the clear for one;
+    a second outage of the same kind adds its own span."""
+    layer, conn, obs = _clean()
+    obs["upload_all"][1].update(reoffloaded_t=101.2, path=["tcpip", "team0", "nic1"])
+    again = {**layer[0], "tag": 9, "fault_id": 9, "t0": 200.0, "t1": 200.1}
+    again.update(t_clear0=203.0, t_clear1=203.1)
+    layer.append(again)
+    late = {"t": 200.2, "reoffloaded_t": 204.0, "path": NIC0, "verified_after": 7, "done": True}
+    obs["upload_all"].append({"conn": 20, **late})
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    [f] = [f for f in r["faults"] if f["kind"] == "target_failure"]
+    assert f["reoffloaded_after_fault_s"] == "1.10-3.40; 3.90-3.90"
+    assert f["reoffloaded_after_clear_s"] == "0.40-0.40; 0.90-0.90"
 
 
 @pytest.mark.parametrize(

@@ -258,7 +258,25 @@ def _judge_outage(
     e["verified_after"] = e.get("verified_after", 0) + sum(
         u.get("verified_after", 0) for u in uploads
     )
+    _reoffload_times(e, rec, [u["reoffloaded_t"] for u in uploads if u.get("reoffloaded_t")])
     return len(uploads)
+
+
+def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
+    """How soon the outage's connections were offloaded again, first and last, in seconds:
+    after the fault went in (a MUX moves them while the NIC is out), and, for those offloaded
+    after it, after `fault.clear` returned (the host re-offloads at RESUME). One `first-last`
+    per outage, `;`-separated."""
+    spans = (("reoffloaded_after_fault_s", rec.get("t1"), times),)
+    cleared = rec.get("t_clear1")
+    if cleared is not None and rec.get("t_clear0") is not None:
+        after = [t for t in times if t >= float(rec["t_clear0"])]
+        spans += (("reoffloaded_after_clear_s", cleared, after),)
+    for key, since, ts in spans:
+        if since is None or not ts:
+            continue
+        span = f"{min(ts) - float(since):.2f}-{max(ts) - float(since):.2f}"
+        e[key] = f"{e[key]}; {span}" if key in e else span
 
 
 def _outage_moved_its_connections(
