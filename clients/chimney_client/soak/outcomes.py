@@ -267,11 +267,13 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
     after the fault went in (a MUX moves them while the NIC is out), and, for those offloaded
     after it, after `fault.clear` returned (the host re-offloads at RESUME). One `first-last`
     per outage, `;`-separated."""
-    spans = (("reoffloaded_after_fault_s", rec.get("t1"), times),)
+    spans: list[tuple[str, Any, list[float]]] = [
+        ("reoffloaded_after_fault_s", rec.get("t1"), times)
+    ]
     cleared = rec.get("t_clear1")
     if cleared is not None and rec.get("t_clear0") is not None:
         after = [t for t in times if t >= float(rec["t_clear0"])]
-        spans += (("reoffloaded_after_clear_s", cleared, after),)
+        spans.append(("reoffloaded_after_clear_s", cleared, after))
     for key, since, ts in spans:
         if since is None or not ts:
             continue
