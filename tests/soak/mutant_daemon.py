@@ -111,6 +111,7 @@ MUTATIONS: dict[str, Callable[[], None]] = {
     "fail_next_noop": lambda: _noop_fault("fail_next"),
     "reset_noop": lambda: _noop_fault("peer_reset"),
     "raise_next_noop": lambda: _noop_fault("raise_next"),
+    "rebalance_noop": lambda: _noop_fault("rebalance"),
     "internal_500th_send": lambda: _internal_send(500),
     "offload_off": _offload_off,
     # a soak's warm-up (a connection each, before the run) reads the first answers

@@ -186,3 +186,25 @@ def test_teamed_nics_fail_in_turn_and_only_their_connections_move(tmp_path: Path
         assert f["connections_uploaded"] == before[nic] == f["reoffloaded"], (kind, f)
         assert f["verified_after"] > 0
     assert report["integrity_errors"] == 0 and report["drained"]
+
+
+@pytest.mark.timeout(150)
+def test_a_rebalance_after_a_nic_came_back_evens_the_teamed_nics(tmp_path: Path) -> None:
+    """deploy/teaming.toml: nic2 is taken out (its connections move to nic0 and nic1) and put
+    back empty; the rebalance then moves a third of them onto it, each offloaded again with
+    every byte verified, and leaves the three even."""
+    teaming = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
+    code, report = _soak(
+        tmp_path,
+        *("--daemon-config", str(teaming), "-n", "300", "--duration", "13"),
+        *("--faults", "nic_down@2s/layer=nic2/for=2s,rebalance@7s/layer=team0"),
+    )
+    by_kind = _faults_of_a_pass(code, report)
+    f = by_kind["rebalance"]
+    (before,), (after,) = f["mux_before"], f["mux_after"]
+    assert before["nic2"] == 0 and min(before["nic0"], before["nic1"]) > 1, f
+    assert max(after.values()) - min(after.values()) <= 1, f
+    assert sum(after.values()) == sum(before.values()) == 300, f
+    assert f["connections_uploaded"] == after["nic2"] == f["reoffloaded"], f
+    assert f["verified_after"] > 0
+    assert report["integrity_errors"] == 0 and report["drained"]

@@ -35,11 +35,12 @@ class Mutant:
 def mutant(tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(mutation: str) -> Mutant:
+    def start(mutation: str, *daemon_args: str) -> Mutant:
         out = tmp_path / f"{mutation}.out"
+        argv = [sys.executable, str(MUTANT), mutation, "--listen", "127.0.0.1:0", "--invariants"]
         with open(out, "wb") as sink, open(tmp_path / f"{mutation}.err", "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, str(MUTANT), mutation, "--listen", "127.0.0.1:0", "--invariants"],
+                [*argv, *daemon_args],
                 stdout=sink,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
@@ -146,3 +147,28 @@ def test_a_broken_daemon_fails_the_soak_for_its_reason(
         # the fault was injected (the daemon answered with its id): its outcome is what failed
         (fault,) = report["faults"]
         assert fault["injected"] == 1 and not fault["ok"], fault
+
+
+TEAMING = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
+#: nic2 taken out and put back empty, then the MUX asked to even its three NICs
+REBALANCE = "nic_down@1s/layer=nic2/for=1s,rebalance@3s/layer=team0"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mutation", ["none", "rebalance_noop"])
+def test_a_rebalance_that_does_nothing_fails_the_soak(
+    mutant: Any, tmp_path: Path, mutation: str
+) -> None:
+    """On deploy/teaming.toml: the unbroken daemon's rebalance passes; one accepted that moves
+    nothing fails, as its NICs stay uneven."""
+    code, report = _soak(mutant(mutation, "--config", str(TEAMING)), tmp_path, REBALANCE)
+    kinds = {f["kind"]: f for f in report["faults"]}
+    if mutation == "none":
+        assert code == 0 and report["ok"], (report["failures"], kinds)
+        assert kinds["rebalance"]["connections_uploaded"] > 0, kinds["rebalance"]
+        return
+    assert code == 1 and not report["ok"], report["failures"]
+    assert any("moved nothing while its NICs were" in f for f in report["failures"]), report[
+        "failures"
+    ]
+    assert kinds["nic_down"]["ok"], kinds["nic_down"]

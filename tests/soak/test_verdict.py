@@ -1259,3 +1259,89 @@ def test_a_bug_never_excuses_a_damaged_byte_after_a_stall() -> None:
     assert not r["ok"]
     [stall] = [f for f in r["faults"] if f["kind"] == "stall_peer"]
     assert "conn 30: damaged after the stall" in stall["problems"]
+
+
+TEAM_NIC0 = ["tcpip", "team0", "nic0"]
+
+
+def _rebalance() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    """team0 rebalanced at t=100: nic2 had come back empty; the MUX asked two connections of
+    nic0 and nic1 up (UploadRequested), the host offloaded them again (onto nic2), data after."""
+    layer = [
+        {
+            "tag": 1,
+            "kind": "rebalance",
+            "effect": None,
+            "params": {"layer": "team0"},
+            "injected": True,
+            "cleared": True,
+            "t0": 100.0,
+            "t1": 100.1,
+            "t_clear0": 100.1,
+            "t_clear1": 100.1,
+            "t_back": 101.2,
+            "fault_id": 1,
+            "nics_before": {"nic0": 3, "nic1": 3, "nic2": 0},
+            "nics_at_end": {"nic0": 2, "nic1": 2, "nic2": 2},
+            "mux_before": {"nic0": 3, "nic1": 3, "nic2": 0},
+            "mux_after": {"nic0": 2, "nic1": 2, "nic2": 2},
+        }
+    ]
+    moved = {"reason": "UploadRequested", "came_from": TEAM_NIC0, "sending": False}
+    obs = {
+        "upload_all": [],
+        "unrequested": [
+            {"conn": c, "t": 100.5, "asked": 100.2, "reoffloaded_t": 101.0, **moved} for c in (1, 2)
+        ],
+        "send_failures": [],
+        "refusals": [],
+        "host_at_close": [],
+        "disagreements": [],
+    }
+    for u in obs["unrequested"]:
+        u.update(verified_after=10, done=True)
+    return layer, [], obs
+
+
+def test_a_rebalance_that_moved_connections_onto_the_idle_nic_passes() -> None:
+    r = _report(*_rebalance())
+    assert r["ok"], r["failures"]
+    (f,) = r["faults"]
+    assert f["kind"] == "rebalance" and f["connections_uploaded"] == 2 == f["reoffloaded"]
+    assert f["mux_after"] == [{"nic0": 2, "nic1": 2, "nic2": 2}]
+    assert f["reoffloaded_after_fault_s"] == "0.90-0.90"
+    assert "reoffloaded_after_clear_s" not in f
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        # nothing asked up although nic2 was empty
+        (lambda lay, obs: obs["unrequested"].clear(), "moved nothing while its NICs were 3 apart"),
+        # the NICs no more even after it than before
+        (
+            lambda lay, obs: lay[0].update(mux_after={"nic0": 4, "nic1": 2, "nic2": 0}),
+            "its NICs still 4 apart after it (at most 1)",
+        ),
+        # NICs already even, connections moved all the same
+        (
+            lambda lay, obs: lay[0].update(mux_before={"nic0": 2, "nic1": 2, "nic2": 2}),
+            "moved 2 connection(s) of NICs already even",
+        ),
+        # a moved connection never offloaded again
+        (
+            lambda lay, obs: obs["unrequested"][0].update(reoffloaded_t=None, done=False),
+            "conn 1: not offloaded again after its move",
+        ),
+        # the daemon did not say what the MUX carries
+        (lambda lay, obs: lay[0].pop("mux_after"), "stack.info gave no connections per NIC"),
+    ],
+)
+def test_a_rebalance_that_did_not_even_its_nics_fails(
+    change: Callable[[Any, Any], None], why: str
+) -> None:
+    layer, conn, obs = _rebalance()
+    change(layer, obs)
+    r = _report(layer, conn, obs)
+    assert not r["ok"]
+    assert any(why in f for f in r["failures"]), r["failures"]

@@ -91,6 +91,19 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "after (needs a topology with a mux, e.g. --daemon-config deploy/teaming.toml)",
         ),
         FaultKind(
+            "rebalance",
+            "layer",
+            "rebalance",
+            {"layer": "team0", "shard": ""},
+            "the teaming MUX /layer=team0 moves connections from its busiest NICs in service to "
+            "its idlest until they differ by one at most: every connection it asks up must be "
+            "offloaded again (onto another NIC) and carry verified data after, and its NICs "
+            "must then be even (within one, or 5% of the connections where some opened and "
+            "closed meanwhile); NICs that were even already move nothing (needs a topology "
+            "with a mux; e.g. after a NIC came back empty: "
+            "nic_down@5s/for=3s/layer=nic2,rebalance@15s)",
+        ),
+        FaultKind(
             "fail_next",
             "layer",
             "fail_next",
@@ -170,7 +183,14 @@ FAULT_KINDS: dict[str, FaultKind] = {
 }
 
 #: The faults that take a NIC out for a while, and what the soak says they do.
-OUTAGES = {"target_failure": "failed", "nic_down": "taken out of service by its MUX"}
+OUTAGES = {
+    "target_failure": "failed",
+    "nic_down": "taken out of service by its MUX",
+    "rebalance": "rebalanced",
+}
+#: An outage with no duration: the MUX moves connections once (judged like an outage that
+#: is over as soon as it went in).
+MOVES = ("rebalance",)
 
 #: Old names still accepted in --faults, mapped to the canonical kind.
 ALIASES: dict[str, str] = {alias: k.name for k in FAULT_KINDS.values() for alias in k.aliases}

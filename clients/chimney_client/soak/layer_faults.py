@@ -13,8 +13,15 @@ from typing import Any
 from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel
-from .faults import FAULT_KINDS, INITIATE_CALL, OUTAGES, TERMINATE_CALL, ScheduledFault
-from .limits import SETTLE_BACK_SHARE, SETTLE_MAX_S, SETTLE_POLL_S, SETTLE_QUIET_S, STAGGER_S
+from .faults import FAULT_KINDS, INITIATE_CALL, MOVES, OUTAGES, TERMINATE_CALL, ScheduledFault
+from .limits import (
+    MOVED_BACK_SHARE,
+    SETTLE_BACK_SHARE,
+    SETTLE_MAX_S,
+    SETTLE_POLL_S,
+    SETTLE_QUIET_S,
+    STAGGER_S,
+)
 from .parsing import parse_duration
 
 
@@ -62,6 +69,13 @@ class LayerFaults:
         # a daemon of shards: the layer in one shard only (/shard=K), else in every shard
         where = {"shard": int(params["shard"])} if params.get("shard") else {}
         try:
+            if spec.kind in MOVES:
+                self.nics_settling += 1
+                try:
+                    await self.rebalance(rec, layer, where)
+                finally:
+                    self.nics_settling -= 1
+                return
             if spec.kind in OUTAGES:
                 self.nics_settling += 1
                 try:
@@ -201,6 +215,58 @@ class LayerFaults:
         rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
         self.say(f"chimney-soak: {layer} back (fault {fid} cleared)")
+
+    async def rebalance(self, rec: dict[str, Any], layer: str, where: dict[str, int]) -> None:
+        """Have the MUX `layer` even out its NICs, and wait (at most SETTLE_MAX_S) until the
+        connections it asked up are offloaded again: its `evacuating` back to 0, then its NICs
+        in service carrying MOVED_BACK_SHARE of what they did before. Judged as an outage over
+        as soon as it went in (`t_clear0` = `t_clear1` = `t1`); the MUX's own count per NIC in
+        service, before and after, says whether it evened them."""
+        assert self.control is not None
+        shard = where.get("shard")
+        rec["nics_before"] = await self.nic_connections(shard)
+        rec["mux_before"] = (await self.mux_view(layer, shard))[0]
+        rec["t0"] = time.monotonic()
+        rec["fault_id"] = fid = await self.control.fault_inject("rebalance", layer=layer, **where)
+        rec["t1"] = rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
+        rec["injected"] = rec["cleared"] = True
+        in_shard = f" in shard {shard}" if shard is not None else ""
+        self.say(f"chimney-soak: {layer}{in_shard} rebalanced (fault {fid})")
+        start = time.monotonic()
+        before = sum((rec["mux_before"] or {}).values())
+        begun = False  # fault.inject returns once the MUX has the order, not once it acted
+        while time.monotonic() - start <= SETTLE_MAX_S and not self.interrupted.is_set():
+            lowers, evacuating = await self.mux_view(layer, shard)
+            begun = begun or evacuating > 0 or time.monotonic() - start >= SETTLE_QUIET_S
+            if lowers is None or (
+                begun and not evacuating and sum(lowers.values()) >= before * MOVED_BACK_SHARE
+            ):
+                rec["t_back"] = time.monotonic()
+                break
+            await asyncio.sleep(SETTLE_POLL_S)
+        rec["settled_s"] = round(time.monotonic() - start, 3)
+        rec["nics_at_end"] = await self.nic_connections(shard)
+        rec["mux_after"] = (await self.mux_view(layer, shard))[0]
+
+    async def mux_view(self, layer: str, shard: int | None) -> tuple[dict[str, int] | None, int]:
+        """The MUX `layer`'s connections per NIC in service, and how many it has asked up and
+        not yet seen uploaded (stack.info); (None, 0) where it does not say."""
+        assert self.control is not None
+        try:
+            info = await self.control.stack_info()
+        except ChimneyError:
+            return None, 0
+        if shard is not None:
+            info = next((s for s in info.get("shards") or [] if s.get("shard") == shard), {})
+        mux = next((la for la in info.get("layers", []) if la.get("name") == layer), None)
+        if mux is None or not isinstance(mux.get("lowers"), dict):
+            return None, 0
+        lowers = {
+            name: int(lo.get("connections", 0))
+            for name, lo in mux["lowers"].items()
+            if lo.get("in_service")
+        }
+        return lowers, int(mux.get("evacuating") or 0)
 
 
 def _calls_to_provoke(

@@ -78,6 +78,12 @@ SETTLE_POLL_S = 0.25
 SETTLE_QUIET_S = 1.0
 SETTLE_MAX_S = 20.0
 SETTLE_BACK_SHARE = 0.5
+#: After a rebalance, the MUX's NICs in service carry at least this share of the connections
+#: they did before (some may close meanwhile) once what it moved is offloaded again.
+MOVED_BACK_SHARE = 0.95
+#: A rebalance leaves the MUX's NICs in service within one connection of each other, or
+#: within this share of their connections where some opened and closed meanwhile.
+REBALANCE_SLACK_SHARE = 0.05
 #: In the hold's last LAST_CALL_S, layer faults no longer wait for a NIC to settle: injected
 #: after the hold, they would find no traffic to go off in.
 LAST_CALL_S = 1.0

@@ -10,8 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .faults import FAULT_KINDS, INITIATE_CALL, OUTAGES, TERMINATE_CALL
-from .limits import BUG_EPISODE_S, RESUME_GRACE_S, SEND_FAILURE_UPLOAD_S, STALL_CLOCK_SLACK_S
+from .faults import FAULT_KINDS, INITIATE_CALL, MOVES, OUTAGES, TERMINATE_CALL
+from .limits import (
+    BUG_EPISODE_S,
+    REBALANCE_SLACK_SHARE,
+    RESUME_GRACE_S,
+    SEND_FAILURE_UPLOAD_S,
+    STALL_CLOCK_SLACK_S,
+)
 
 Record = dict[str, Any]
 EXAMPLES = 5
@@ -94,7 +100,10 @@ def judge(
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
     _judge_raise_next(by_kind, layer_records, obs, host)
     for rec, w, n in zip(outages, windows, uploaded, strict=True):
-        _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, n, obs)
+        if rec["kind"] in MOVES:
+            _rebalance_evened(by_kind[rec["kind"]], rec, n)
+        else:
+            _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, n, obs)
     _account_leftovers(obs, windows, host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
@@ -213,7 +222,8 @@ def _judge_outage(
     if not rec.get("cleared"):
         problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
     left = rec.get("offloaded_at_end")
-    e["offloaded_before"] = e.get("offloaded_before", 0) + (rec.get("offloaded_before") or 0)
+    if rec["kind"] not in MOVES:  # a rebalance takes no NIC out: the MUX's counts say it
+        e["offloaded_before"] = e.get("offloaded_before", 0) + (rec.get("offloaded_before") or 0)
     if left:
         problem(e, f"{layer}: {left} connection(s) still offloaded on it at the end of the outage")
     for when in ("nics_before", "nics_at_end"):
@@ -247,7 +257,8 @@ def _judge_outage(
         elif t is None and u["conn"] in reset:
             e["reset_before_reoffload"] = e.get("reset_before_reoffload", 0) + 1
         elif t is None:
-            problem(e, f"conn {u['conn']}: not offloaded again after {layer} recovered")
+            over = "its move" if rec["kind"] in MOVES else f"{layer} recovered"
+            problem(e, f"conn {u['conn']}: not offloaded again after {over}")
         elif t < w.clear and layer in (u.get("path") or [layer]):
             problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed")
         elif not u.get("done"):
@@ -271,7 +282,7 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
         ("reoffloaded_after_fault_s", rec.get("t1"), times)
     ]
     cleared = rec.get("t_clear1")
-    if cleared is not None and rec.get("t_clear0") is not None:
+    if cleared is not None and rec.get("t_clear0") is not None and rec["kind"] not in MOVES:
         after = [t for t in times if t >= float(rec["t_clear0"])]
         spans.append(("reoffloaded_after_clear_s", cleared, after))
     for key, since, ts in spans:
@@ -279,6 +290,28 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
             continue
         span = f"{min(ts) - float(since):.2f}-{max(ts) - float(since):.2f}"
         e[key] = f"{e[key]}; {span}" if key in e else span
+
+
+def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
+    """A rebalance moved connections where its MUX's NICs in service were uneven, none where
+    they were even, and left them even: within one, or REBALANCE_SLACK_SHARE of their
+    connections (some opened and closed while it ran)."""
+    layer = rec.get("params", {}).get("layer", "?")
+    before, after = rec.get("mux_before"), rec.get("mux_after")
+    if not before or not after:
+        problem(e, f"{layer}: stack.info gave no connections per NIC for the MUX")
+        return
+    e.setdefault("mux_before", []).append(before)
+    e.setdefault("mux_after", []).append(after)
+    spread_before = max(before.values()) - min(before.values())
+    spread_after = max(after.values()) - min(after.values())
+    slack = max(1, int(REBALANCE_SLACK_SHARE * sum(after.values())))
+    if spread_before > 1 and not moved:
+        problem(e, f"{layer}: moved nothing while its NICs were {spread_before} apart")
+    elif spread_before <= 1 and moved:
+        problem(e, f"{layer}: moved {moved} connection(s) of NICs already even")
+    if spread_after > slack:
+        problem(e, f"{layer}: its NICs still {spread_after} apart after it (at most {slack})")
 
 
 def _outage_moved_its_connections(
