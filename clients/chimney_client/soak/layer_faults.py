@@ -69,16 +69,12 @@ class LayerFaults:
         # a daemon of shards: the layer in one shard only (/shard=K), else in every shard
         where = {"shard": int(params["shard"])} if params.get("shard") else {}
         try:
-            if spec.kind in MOVES:
-                self.nics_settling += 1
-                try:
-                    await self.rebalance(rec, layer, where)
-                finally:
-                    self.nics_settling -= 1
-                return
             if spec.kind in OUTAGES:
                 self.nics_settling += 1
                 try:
+                    if spec.kind in MOVES:
+                        await self.rebalance(rec, layer, where)
+                        return
                     await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
                     if rec.get("cleared"):
                         await self.settle(rec, layer, where.get("shard"))
@@ -146,13 +142,9 @@ class LayerFaults:
 
     async def layer_gauge(self, layer: str, shard: int | None = None) -> int | None:
         """The layer's offloads_active: the daemon's, or shard `shard`'s."""
-        assert self.control is not None
-        try:
-            stats = await self.control.stack_stats()
-        except ChimneyError:
+        stats = await self._of_shard("stack_stats", shard)
+        if stats is None:
             return None
-        if shard is not None:
-            stats = next((s for s in stats.get("shards") or [] if s.get("shard") == shard), {})
         value = ((stats.get("layers") or {}).get(layer) or {}).get("offloads_active")
         return int(value) if isinstance(value, int) else None
 
@@ -168,13 +160,9 @@ class LayerFaults:
     async def nic_connections(self, shard: int | None = None) -> dict[str, int] | None:
         """The TCP connections each NIC (layer of kind target) carries now (stack.info): in
         the daemon, or in shard `shard`."""
-        assert self.control is not None
-        try:
-            info = await self.control.stack_info()
-        except ChimneyError:
+        info = await self._of_shard("stack_info", shard)
+        if info is None:
             return None
-        if shard is not None:
-            info = next((s for s in info.get("shards") or [] if s.get("shard") == shard), {})
         return {
             la["name"]: int(la.get("tcp", 0))
             for la in info.get("layers", [])
@@ -248,16 +236,25 @@ class LayerFaults:
         rec["nics_at_end"] = await self.nic_connections(shard)
         rec["mux_after"] = (await self.mux_view(layer, shard))[0]
 
+    async def _of_shard(self, method: str, shard: int | None) -> dict[str, Any] | None:
+        """The daemon's answer to `method` (`stack_info`, `stack_stats`), or its shard
+        `shard`'s part of it; None if it did not answer."""
+        assert self.control is not None
+        try:
+            answer: dict[str, Any] = await getattr(self.control, method)()
+        except ChimneyError:
+            return None
+        if shard is not None:
+            shards = answer.get("shards") or []
+            answer = next((s for s in shards if s.get("shard") == shard), {})
+        return answer
+
     async def mux_view(self, layer: str, shard: int | None) -> tuple[dict[str, int] | None, int]:
         """The MUX `layer`'s connections per NIC in service, and how many it has asked up and
         not yet seen uploaded (stack.info); (None, 0) where it does not say."""
-        assert self.control is not None
-        try:
-            info = await self.control.stack_info()
-        except ChimneyError:
+        info = await self._of_shard("stack_info", shard)
+        if info is None:
             return None, 0
-        if shard is not None:
-            info = next((s for s in info.get("shards") or [] if s.get("shard") == shard), {})
         mux = next((la for la in info.get("layers", []) if la.get("name") == layer), None)
         if mux is None or not isinstance(mux.get("lowers"), dict):
             return None, 0

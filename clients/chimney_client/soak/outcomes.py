@@ -610,9 +610,9 @@ def _judge_raise_next(
 Terminates = tuple[float, int, list[list[Record]], set[Any] | None]
 
 
-def _served(rs: Sequence[Record], key: str = "raised") -> set[Any] | None:
-    """The connections the daemon says these faults hit (`_hit_counts`)."""
-    counts = _hit_counts(rs, key)
+def _served(rs: Sequence[Record]) -> set[Any] | None:
+    """The connections the daemon says these raise_next faults' bugs hit (`_hit_counts`)."""
+    counts = _hit_counts(rs, "raised")
     return None if counts is None else set(counts)
 
 
