@@ -115,7 +115,7 @@ class MuxIm(PassthroughIm):
             return False
         objects = self._objects_of(root)
         parents = _parents(root)
-        placed: list[tuple[OffloadBlock, Lower | None]] = []
+        placed: list[tuple[OffloadBlock, Lower | None, Key]] = []
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
@@ -129,13 +129,13 @@ class MuxIm(PassthroughIm):
                 and isinstance(path, VirtualObject)
                 and self._settling(path, lower)
             ):
-                for _, chosen in placed:  # nothing changes: undo the counts taken so far
+                for _, chosen, _ in placed:  # nothing changes: undo the counts taken so far
                     if chosen is not None:
                         chosen.connections -= 1
                 return False
             if lower is not None:
                 lower.connections += 1  # counted now so the next choice in this tree sees it
-            placed.append((up, lower))
+            placed.append((up, lower, key))
         call = MuxCall("Initiate", root)
         for up in walk(root):  # the objects new to the MUX (spec §2.3 new-offload blocks)
             if objects.get(id(up)) == "new":
@@ -147,13 +147,12 @@ class MuxIm(PassthroughIm):
                 vobj.lifecycle.fire(Event.INITIATE)
                 objects[id(up)] = vobj
                 call.new_vobjs[id(up)] = vobj
-        for up, lower in placed:
+        for up, lower, key in placed:
             if lower is None:
-                call.refused[id(up)] = self._refusal(_ipv6(_key(parents, up)))
+                call.refused[id(up)] = self._refusal(_ipv6(key))
                 continue
             path = objects[id(parents.get(id(up)))]
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
-            key = _key(parents, up)
             entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
             entry.lifecycle.fire(Event.INITIATE)
             _ref(self._instance_for(call, path, lower))
