@@ -525,6 +525,7 @@ class Engine:
         wire = tcb.wire
         return {
             "state": tcb.state,
+            "offload_queued": tcb.initiate_queued,
             "path": self.host.path_names(tcb),
             "local": f"{wire.local[0]}:{wire.local[1]}",
             "remote": f"{wire.remote[0]}:{wire.remote[1]}",

@@ -121,6 +121,7 @@ def test_the_host_forwards_one_read_with_psh_on_its_last_segment_only() -> None:
     rig.scheduler.observers.append(seen)
     done: list[object] = []
     rig.host.app_offload(conn, None, lambda v, e: done.append(v))  # queued for this drain
+    rig.host.after_batch()  # the drain ends: the initiate goes down
     big = bytes(range(256)) * 400  # one read, more than one segment's payload
     wire.peer_send(big)  # arrives while the initiate is in flight: forwarded after it
     rig.run()

@@ -76,6 +76,7 @@ def test_the_host_holds_requests_until_the_offload_is_over() -> None:
     conn, wire = rig.open()
     offloaded: list[object] = []
     rig.host.app_offload(conn, None, lambda v, e: offloaded.append(v))
+    rig.host.after_batch()  # the drain ends: the initiate goes down (spec §3.9: OFFLOADING)
     sent: list[object] = []
     rig.host.app_send(conn, b"during the initiate", lambda v, e: sent.append(v))
     assert rig.host.tcbs[conn].lifecycle.phase is Phase.OFFLOADING
@@ -238,6 +239,7 @@ def test_the_host_finishes_what_came_back_upload_in_progress() -> None:
     rig.scheduler.observers.append(retrieve_first)
     offloaded: list[object] = []
     rig.host.app_offload(conn, None, lambda v, e: offloaded.append(v))
+    rig.host.after_batch()  # the initiate goes down
     wire.peer_send(b"during the initiate")  # the host forwards it once offloaded
     rig.run()
     forwards = [c for c in rig.scheduler.delivered(handler="ProtocolTcpOffloadForwardComplete")]

@@ -55,7 +55,7 @@ def oid_complete(h: HostStack, binding: Binding, request: NdisOidRequest) -> Non
         return
     ok = request.status == S.NDIS_STATUS_SUCCESS
     h.capabilities[binding.id] = request.data if ok else None  # None: no chimney below
-    if h.pending_initiates:
+    if offload.initiates_due(h):
         offload.flush_initiates(h)
 
 
@@ -167,4 +167,5 @@ def describe(h: HostStack) -> dict[str, Any]:
         for o in h.objects.values()
     ]
     waiting = [t.conn_id for t in h.pending_initiates]
+    waiting += [t.conn_id for tcbs in h.initiates_blocked.values() for t in tcbs]
     return {"capabilities": out, "paused": paused, "objects": objects, "waiting": waiting}

@@ -146,7 +146,7 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     if phase is Phase.CLOSED:
         done(True, None)
         return
-    if phase is Phase.OFFLOADING:
+    if phase is Phase.OFFLOADING or tcb.initiate_queued:
         tcb.deferred = grown(tcb.deferred, lambda: app_close(h, tcb, done))
         return
     if phase is not Phase.IDLE:

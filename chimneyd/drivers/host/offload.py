@@ -56,14 +56,16 @@ _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, P
 
 
 def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
-    """`tcp.offload` / offload at connect: queue the connection for the next initiate."""
+    """`tcp.offload` / offload at connect: queue the connection for an initiate. It stays the
+    host's, IDLE and carrying its traffic, until `flush_initiates` puts it in a tree (spec
+    §3.9); a second request while it waits is answered by the same initiate."""
     if tcb.state == "offloaded":
         done(h.describe_offload(tcb), None)
         return
-    if tcb.lifecycle.phase is Phase.CLOSED or tcb.reset or tcb.wire.closed:
-        done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
+    if tcb.initiate_queued:
+        tcb.offload_done = grown(tcb.offload_done, done)
         return
-    if tcb.disconnect_done is not None:
+    if tcb.disconnect_done is not None and not (tcb.wire.closed or tcb.reset):
         # the host's own FIN waits for its ACK: offload once the disconnect is over
         tcb.deferred = grown(tcb.deferred, lambda: request(h, tcb, target, done))
         return
@@ -71,19 +73,13 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
     if binding is None:
         done(None, AppError("NOT_FOUND", f"no offload target {target!r} below {h.name}"))
         return
-    if binding.id in h.paused:
-        done(None, ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, " offload paused by the target"))
-        return
-    withheld = host_reasons.refusal(h, binding)  # a power change, media disconnect … (§6.2)
-    if withheld is not None:
-        done(None, withheld)
-        return
-    if tcb.lifecycle.tcp in _NOT_OFFLOADABLE:
-        done(None, AppError("INVALID_STATE", "both directions closed: not offloadable (spec §2.2)"))
+    refused = _refusal(h, tcb, binding)
+    if refused is not None:
+        done(None, refused)
         return
     tcb.binding = binding
     tcb.target = target
-    tcb.lifecycle.fire(Event.INITIATE)
+    tcb.initiate_queued = True
     tcb.offload_done = grown(tcb.offload_done, done)
     h.pending_initiates.append(tcb)
 
@@ -92,6 +88,32 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
 _NOT_OFFLOADABLE = frozenset(
     {TcpState.CLOSING, TcpState.LAST_ACK, TcpState.TIME_WAIT, TcpState.CLOSED, TcpState.RESET}
 )
+
+
+def _refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
+    """Why the host will not offload `tcb` down `binding` now: asked when the request comes
+    and again when the connection's turn in an initiate comes, as it may have changed."""
+    if tcb.lifecycle.phase is Phase.CLOSED or tcb.reset or tcb.wire.closed:
+        return AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed")
+    if tcb.lifecycle.phase is not Phase.IDLE:
+        return AppError("INVALID_STATE", f"connection {tcb.conn_id} is {tcb.state}")
+    if binding.id in h.paused:
+        return ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, " offload paused by the target")
+    withheld = host_reasons.refusal(h, binding)  # a power change, media disconnect … (§6.2)
+    if withheld is not None:
+        return withheld
+    if tcb.lifecycle.tcp in _NOT_OFFLOADABLE:
+        return AppError("INVALID_STATE", "both directions closed: not offloadable (spec §2.2)")
+    return None
+
+
+def _unqueue(h: HostStack, tcb: Tcb, error: AppError) -> None:
+    """A queued connection will not be offloaded: no initiate was issued, nothing to undo."""
+    tcb.initiate_queued = False
+    for done in tcb.offload_done:
+        done(None, error)
+    tcb.offload_done = NO_ITEMS
+    h.run_deferred(tcb)
 
 
 def _object(
@@ -103,19 +125,43 @@ def _object(
     return obj
 
 
+#: Connections in one initiate tree [EMU]. Every layer walks a tree whole, in one go: ten
+#: thousand connections offloaded again after a NIC's RESUME held the daemon's loop ~0.7 s in
+#: one tree, and every connection's traffic with it. Trees of at most this many go one per
+#: inbox drain, with traffic in between; a later one links its connections under a path the
+#: first offloaded (spec §2.3 linker blocks), or waits for it (spec §3.1).
+TREE_CONNECTIONS = 500
+
+
+def initiates_due(h: HostStack) -> bool:
+    """Whether `flush_initiates` has anything to look at."""
+    return bool(h.pending_initiates or h.initiates_blocked)
+
+
 def flush_initiates(h: HostStack) -> None:
-    """Offload every pending connection whose neighbor and path are settled, one tree per
-    binding (spec §2.3: many TCP objects share a path, many paths a neighbor)."""
-    waiting: list[Tcb] = []
+    """Offload queued connections whose neighbor and path are settled, one tree per binding
+    (spec §2.3: many TCP objects share a path, many paths a neighbor), at most
+    `TREE_CONNECTIONS` of them in this drain's trees; the rest wait for the next drain. One
+    whose path, neighbor or target's capabilities are not settled waits beside them, looked
+    at again once that one is (not once per drain: thousands wait for one path at RESUME)."""
+    pending = _unblocked(h)
+    if not pending:
+        return
+    h.pending_initiates = []
     trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
     under: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections' blocks
-    for tcb in h.pending_initiates:
+    room = TREE_CONNECTIONS
+    for i, tcb in enumerate(pending):
+        if not room:
+            h.pending_initiates = pending[i:] + h.pending_initiates
+            break
         binding = tcb.binding
         assert binding is not None
-        wire = tcb.wire
-        if wire.closed or tcb.reset:
-            _not_offloaded(h, tcb, ndis_error(S.NDIS_STATUS_FAILURE, " connection closed"))
+        refused = _refusal(h, tcb, binding)
+        if refused is not None:
+            _unqueue(h, tcb, refused)
             continue
+        wire = tcb.wire
         local_ip = ipaddress.ip_address(wire.local[0])
         remote_ip = ipaddress.ip_address(wire.remote[0])
         neighbor = _object(h, ("neighbor", binding.id), "neighbor", binding, None)
@@ -125,18 +171,21 @@ def flush_initiates(h: HostStack) -> None:
         # no operation on an object still being offloaded (spec §3.1) — unless its block is in
         # the tree this flush builds, which the connection joins
         tree = trees.get(binding.id)
-        if (neighbor.lifecycle.phase in _SETTLING and tree is None) or (
-            path.lifecycle.phase in _SETTLING and (tree is None or path.key not in tree[2])
-        ):
-            waiting.append(tcb)
+        if neighbor.lifecycle.phase in _SETTLING and tree is None:
+            _block(h, neighbor, tcb)
             continue
-        refused = adapter.refusal(h, tcb, binding)
-        if refused == adapter.ASKED:
-            waiting.append(tcb)  # the target's capabilities are not known yet
+        if path.lifecycle.phase in _SETTLING and (tree is None or path.key not in tree[2]):
+            _block(h, path, tcb)
             continue
-        if isinstance(refused, AppError):
-            _not_offloaded(h, tcb, refused)
+        refused_here = adapter.refusal(h, tcb, binding)
+        if refused_here == adapter.ASKED:
+            _block(h, ("capabilities", binding.id), tcb)  # not known yet
             continue
+        if isinstance(refused_here, AppError):
+            _unqueue(h, tcb, refused_here)
+            continue
+        tcb.initiate_queued = False
+        tcb.lifecycle.fire(Event.INITIATE)  # spec §3.9: OFFLOADING from its initiate on
         if binding.id not in trees:
             trees[binding.id] = (binding, _object_block(h, neighbor), {})
         _, root, paths = trees[binding.id]
@@ -149,11 +198,33 @@ def flush_initiates(h: HostStack) -> None:
         tcb.path = path
         h.ref(path)  # an initiate in flight keeps its path and neighbor alive
         under[path.key].append(_tcp_block(h, tcb))
-    h.pending_initiates = waiting
+        room -= 1
     for binding, root, paths in trees.values():
         for key, pblock in paths.items():
             pblock.add_dependents(under[key])
         h.ndis.NdisInitiateOffload(h, binding, root)
+
+
+def _block(h: HostStack, on: Any, tcb: Tcb) -> None:
+    h.initiates_blocked.setdefault(on, []).append(tcb)
+
+
+def _unblocked(h: HostStack) -> list[Tcb]:
+    """The queued connections to look at in this drain: those whose wait is over first
+    (they were queued earlier), then the newly queued."""
+    blocked = h.initiates_blocked
+    if not blocked:
+        return h.pending_initiates
+    ready: list[Tcb] = []
+    for on in [on for on in blocked if _settled(h, on)]:
+        ready += blocked.pop(on)
+    return ready + h.pending_initiates if ready else h.pending_initiates
+
+
+def _settled(h: HostStack, on: Any) -> bool:
+    if isinstance(on, HostObject):
+        return on.lifecycle.phase not in _SETTLING or h.objects.get(on.key) is not on
+    return h.capabilities.get(on[1]) is not adapter.ASKED
 
 
 def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBlock:

@@ -48,14 +48,16 @@ _MOVING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
 
 
 def request(
-    defer: bool = True,
+    defer: bool = True, behind_initiate: bool = True
 ) -> Callable[
     [Callable[Concatenate[HostStack, Tcb, P], None]],
     Callable[Concatenate[HostStack, int, P], None],
 ]:
     """An application request on a connection: look the TCB up (NOT_FOUND otherwise), hold the
-    request while the connection changes hands (`defer`), and answer it whatever happens —
-    an exception inside the host answers it with INTERNAL and is logged with the connection."""
+    request while the connection changes hands (`defer`), or while an offload asked before it
+    waits for its initiate (`behind_initiate`: sends go on in the host meanwhile), and answer
+    it whatever happens — an exception inside the host answers it with INTERNAL and is logged
+    with the connection."""
 
     def wrap(
         fn: Callable[Concatenate[HostStack, Tcb, P], None],
@@ -71,7 +73,7 @@ def request(
                 done(None, AppError("NOT_FOUND", f"no connection {conn_id}"))
                 return
             # the closure to replay it is made only when the request must wait
-            if defer and self.must_defer(tcb):
+            if defer and (self.must_defer(tcb) or (behind_initiate and tcb.initiate_queued)):
                 self.defer(tcb, lambda: getattr(self, name)(conn_id, *args, **kwargs))
                 return
             try:
@@ -116,6 +118,8 @@ class HostStack(DriverLayer):
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
         self.pending_initiates: list[Tcb] = []
+        # queued connections waiting for a path, neighbor or capabilities to settle, by it
+        self.initiates_blocked: dict[Any, list[Tcb]] = {}
         self.pending_terminates: list[Tcb] = []
         self.paused: set[int] = set()  # binding ids under NDIS_STATUS_OFFLOAD_PAUSE
         # targets the host keeps its connections off, and why (spec §6.2)
@@ -154,7 +158,7 @@ class HostStack(DriverLayer):
                 send.flush_sends(self, tcb)
         if self.pending_terminates:
             terminate.flush_terminates(self)
-        if self.pending_initiates:
+        if self.pending_initiates or self.initiates_blocked:
             offload.flush_initiates(self)
         if self.returns:
             returns, self.returns = self.returns, {}
@@ -182,7 +186,7 @@ class HostStack(DriverLayer):
         tcb.replaying = True
         pending, tcb.deferred = tcb.deferred, NO_ITEMS
         try:
-            while pending and tcb.lifecycle.phase not in _MOVING:
+            while pending and tcb.lifecycle.phase not in _MOVING and not tcb.initiate_queued:
                 pending.pop(0)()
         finally:
             if pending:
@@ -192,18 +196,18 @@ class HostStack(DriverLayer):
     # ============================================================================================
     # application requests
     # ============================================================================================
-    @request()
+    @request(behind_initiate=False)  # a second one is answered by the same initiate
     def app_offload(self, tcb: Tcb, target: str | None, done: Done) -> None:
         offload.request(self, tcb, target, done)
 
     @request(defer=False)
     def app_upload(self, tcb: Tcb, done: Done) -> None:
-        if tcb.lifecycle.phase is Phase.OFFLOADING:
+        if tcb.lifecycle.phase is Phase.OFFLOADING or tcb.initiate_queued:
             tcb.deferred = grown(tcb.deferred, lambda: terminate.app_upload(self, tcb, done))
             return
         terminate.app_upload(self, tcb, done)
 
-    @request()
+    @request(behind_initiate=False)
     def app_send(self, tcb: Tcb, data: bytes, done: Done) -> None:
         send.app_send(self, tcb, data, done)
 

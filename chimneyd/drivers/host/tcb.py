@@ -108,6 +108,7 @@ class Tcb(Lifecycle):
         "forward_q",
         "handle",
         "hole_status",
+        "initiate_queued",
         "lifecycle",
         "listener",
         "offload_done",
@@ -184,6 +185,9 @@ class Tcb(Lifecycle):
         # requests that wait for the connection to change hands, replayed in order
         self.deferred: list[Callable[[], None]] = NO_ITEMS
         self.replaying = False
+        # an offload asked and not issued yet: the connection stays the host's, its traffic
+        # flowing, until the host puts it in an initiate (spec §3.9: IDLE until then)
+        self.initiate_queued = False
         self.offload_done: list[Done] = NO_ITEMS
         self.upload_done: list[Done] = NO_ITEMS
         self.upload_reason = "terminate"  # what the `uploaded` event says, then "terminate" again

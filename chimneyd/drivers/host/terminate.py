@@ -180,7 +180,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _uploaded(h, owner, block)
     release_unused_objects(h)
     host_reasons.settled(h)
-    if h.pending_initiates:
+    if offload.initiates_due(h):
         offload.flush_initiates(h)
 
 
