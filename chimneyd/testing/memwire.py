@@ -115,6 +115,10 @@ class MemoryWire:
         if layer is None:
             layer, ctx = self.home, self.home_ctx
         self._owner, self._owner_ctx = layer, ctx
+        # the news of acknowledgements starts afresh with each owner: news posted to the last
+        # one and not read before the hand-over is lost with it, and the new owner, watching,
+        # must hear where they stand (or what it took unacknowledged waits for ever)
+        self.notified_acked = -1
         if layer is not None and self._early:
             early, self._early = self._early, []
             for name, args in early:

@@ -5,14 +5,13 @@ offloaded in an earlier tree waits beside the queue, looked at again once that p
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from chimneyd.drivers.host import offload
 from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.testing.hostrig import HostRig, Reply
+from chimneyd.testing.memwire import MemoryWire
 
 
 def _tcp_blocks(root: OffloadBlock) -> list[OffloadBlock]:
@@ -68,6 +67,20 @@ def test_initiates_carry_at_most_tree_connections_each(monkeypatch: pytest.Monke
     assert rig.problems() == []
 
 
+class _CountedWire(MemoryWire):
+    """A MemoryWire that counts how often its `closed` is read: the host reads it each time
+    it looks at a queued connection (a count both builds keep: the wire is not compiled)."""
+
+    @property  # type: ignore[override]
+    def closed(self) -> bool:
+        self.__dict__["looks"] = self.__dict__.get("looks", 0) + 1
+        return bool(self.__dict__["_closed"])
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self.__dict__["_closed"] = value
+
+
 def test_connections_waiting_for_a_path_are_not_looked_at_per_drain(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -75,22 +88,21 @@ def test_connections_waiting_for_a_path_are_not_looked_at_per_drain(
     other connections' traffic) do not look at them again, one by one."""
     monkeypatch.setattr(offload, "TREE_CONNECTIONS", 2)
     rig = HostRig()
-    conns = [rig.open()[0] for _ in range(6)]
-    looked: list[int] = []
-    real = offload._refusal
-
-    def counted(h: Any, tcb: Any, binding: Any) -> Any:
-        looked.append(tcb.conn_id)
-        return real(h, tcb, binding)
-
-    monkeypatch.setattr(offload, "_refusal", counted)
+    opened = [rig.open() for _ in range(6)]
+    conns = [c for c, _ in opened]
+    wires = [w for _, w in opened]
+    for wire in wires:
+        closed = wire.__dict__.pop("closed")
+        wire.__class__ = _CountedWire
+        wire.closed = closed
     for conn in conns:
         rig.host.app_offload(conn, None, Reply())
-    looked.clear()
-    rig.host.after_batch()  # the first tree takes two; the rest find the path offloading
+    rig.host.after_batch()  # the first tree takes two
+    rig.host.after_batch()  # the rest find the path offloading: they wait for it
+    looked = [w.__dict__.get("looks", 0) for w in wires]
     for _ in range(5):
         rig.host.after_batch()  # more drains while the first tree is in flight
-    assert looked == conns, looked  # each looked at once
+    assert [w.__dict__.get("looks", 0) for w in wires] == looked  # none looked at again
     rig.run()
     assert [len(_tcp_blocks(t)) for t in _initiates(rig)] == [2, 2, 2]
     assert {rig.host.tcbs[c].state for c in conns} == {"offloaded"}
@@ -126,4 +138,23 @@ def test_a_connection_reset_while_queued_is_not_offloaded() -> None:
     assert offloaded.error.symbol == "INVALID_STATE"
     assert _initiates(rig) == []
     assert not rig.host.tcbs[conn].initiate_queued
+    assert rig.problems() == []
+
+
+def test_acknowledgements_the_host_heard_of_too_late_complete_at_the_target() -> None:
+    """The host's unacknowledged send goes down with the initiate; the peer acknowledges it
+    before the target has taken the socket, and that news, sent to the host, reaches it only
+    once the connection is OFFLOADING (dropped there). The target, which now holds the send,
+    must hear of the acknowledgement itself, or the send is never answered (spec §3.2.5, §4.1)."""
+    rig = HostRig()
+    conn, wire = rig.open(auto_ack=False)
+    sent, offloaded = Reply(), Reply()
+    rig.host.app_send(conn, b"acknowledged late" * 50, sent)
+    rig.run()  # the host writes it and watches for its acknowledgement
+    rig.host.app_offload(conn, None, offloaded)
+    rig.host.after_batch()  # the initiate goes down with the send
+    wire.ack()  # the news goes to the host, which owns the socket until the target takes it
+    rig.run()
+    assert offloaded.done and offloaded.error is None
+    assert sent.done and sent.error is None and sent.value == len(b"acknowledged late" * 50)
     assert rig.problems() == []
