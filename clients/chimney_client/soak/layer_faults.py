@@ -213,7 +213,7 @@ class LayerFaults:
         assert self.control is not None
         shard = where.get("shard")
         rec["nics_before"] = await self.nic_connections(shard)
-        rec["mux_before"] = (await self.mux_view(layer, shard))[0]
+        rec["mux_before"], _, rec["mux_shards_before"] = await self.mux_view(layer, shard)
         rec["t0"] = time.monotonic()
         rec["fault_id"] = fid = await self.control.fault_inject("rebalance", layer=layer, **where)
         rec["t1"] = rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
@@ -224,7 +224,7 @@ class LayerFaults:
         before = sum((rec["mux_before"] or {}).values())
         begun = False  # fault.inject returns once the MUX has the order, not once it acted
         while time.monotonic() - start <= SETTLE_MAX_S and not self.interrupted.is_set():
-            lowers, evacuating = await self.mux_view(layer, shard)
+            lowers, evacuating, _ = await self.mux_view(layer, shard)
             begun = begun or evacuating > 0 or time.monotonic() - start >= SETTLE_QUIET_S
             if lowers is None or (
                 begun and not evacuating and sum(lowers.values()) >= before * MOVED_BACK_SHARE
@@ -234,7 +234,7 @@ class LayerFaults:
             await asyncio.sleep(SETTLE_POLL_S)
         rec["settled_s"] = round(time.monotonic() - start, 3)
         rec["nics_at_end"] = await self.nic_connections(shard)
-        rec["mux_after"] = (await self.mux_view(layer, shard))[0]
+        rec["mux_after"], _, rec["mux_shards_after"] = await self.mux_view(layer, shard)
 
     async def _of_shard(self, method: str, shard: int | None) -> dict[str, Any] | None:
         """The daemon's answer to `method` (`stack_info`, `stack_stats`), or its shard
@@ -249,21 +249,32 @@ class LayerFaults:
             answer = next((s for s in shards if s.get("shard") == shard), {})
         return answer
 
-    async def mux_view(self, layer: str, shard: int | None) -> tuple[dict[str, int] | None, int]:
-        """The MUX `layer`'s connections per NIC in service, and how many it has asked up and
-        not yet seen uploaded (stack.info); (None, 0) where it does not say."""
+    async def mux_view(
+        self, layer: str, shard: int | None
+    ) -> tuple[dict[str, int] | None, int, list[dict[str, int]] | None]:
+        """The MUX `layer`'s connections per NIC in service, how many it has asked up and not
+        yet seen uploaded (stack.info), and on a daemon of shards (none named) the same per
+        NIC of each shard's MUX; (None, 0, None) where it does not say."""
         info = await self._of_shard("stack_info", shard)
         if info is None:
-            return None, 0
-        mux = next((la for la in info.get("layers", []) if la.get("name") == layer), None)
-        if mux is None or not isinstance(mux.get("lowers"), dict):
-            return None, 0
-        lowers = {
-            name: int(lo.get("connections", 0))
-            for name, lo in mux["lowers"].items()
-            if lo.get("in_service")
-        }
-        return lowers, int(mux.get("evacuating") or 0)
+            return None, 0, None
+        lowers, evacuating = _mux_lowers(info, layer)
+        per_shard = None
+        if shard is None and info.get("shards"):
+            per_shard = [_mux_lowers(part, layer)[0] or {} for part in info["shards"]]
+        return lowers, evacuating, per_shard
+
+
+def _mux_lowers(info: dict[str, Any], layer: str) -> tuple[dict[str, int] | None, int]:
+    mux = next((la for la in info.get("layers", []) if la.get("name") == layer), None)
+    if mux is None or not isinstance(mux.get("lowers"), dict):
+        return None, 0
+    lowers = {
+        name: int(lo.get("connections", 0))
+        for name, lo in mux["lowers"].items()
+        if lo.get("in_service")
+    }
+    return lowers, int(mux.get("evacuating") or 0)
 
 
 def _calls_to_provoke(
