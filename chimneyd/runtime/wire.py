@@ -147,11 +147,12 @@ class WireSocket(asyncio.Protocol):
     def set_owner(self, layer: Any, ctx: Any) -> None:
         if layer is None:
             layer, ctx = self.home, self.home_ctx
+        if self._owner is not None and layer is not self._owner:
+            # the news of acknowledgements starts afresh with each owner: news posted to the
+            # last one and not read before the hand-over is lost with it, and the new owner,
+            # watching, must hear where they stand (or what it took unacknowledged waits)
+            self.notified_acked = -1
         self._owner, self._owner_ctx = layer, ctx
-        # the news of acknowledgements starts afresh with each owner: news posted to the last
-        # one and not read before the hand-over is lost with it, and the new owner, watching,
-        # must hear where they stand (or what it took unacknowledged waits for ever)
-        self.notified_acked = -1
         if layer is not None and self._early:
             early, self._early = self._early, NO_ITEMS
             for name, args in early:
