@@ -125,10 +125,10 @@ def _object(
     return obj
 
 
-#: Connections in one initiate tree [EMU]. Every layer walks a tree whole, in one go: ten
-#: thousand connections offloaded again after a NIC's RESUME held the daemon's loop ~0.7 s in
-#: one tree, and every connection's traffic with it. Trees of at most this many go one per
-#: inbox drain, with traffic in between; a later one links its connections under a path the
+#: Connections the initiates of one inbox drain carry [EMU]. Every layer walks a tree whole,
+#: in one go: ten thousand connections offloaded again after a NIC's RESUME held the daemon's
+#: loop ~0.7 s in one tree, and every connection's traffic with it. At most this many go per
+#: drain, with traffic between drains; a later tree links its connections under a path the
 #: first offloaded (spec §2.3 linker blocks), or waits for it (spec §3.1).
 TREE_CONNECTIONS = 500
 

@@ -158,7 +158,7 @@ class HostStack(DriverLayer):
                 send.flush_sends(self, tcb)
         if self.pending_terminates:
             terminate.flush_terminates(self)
-        if self.pending_initiates or self.initiates_blocked:
+        if offload.initiates_due(self):
             offload.flush_initiates(self)
         if self.returns:
             returns, self.returns = self.returns, {}

@@ -309,13 +309,14 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
     e.setdefault("mux_before", []).append(before)
     e.setdefault("mux_after", []).append(after)
     shards_before, shards_after = rec.get("mux_shards_before"), rec.get("mux_shards_after")
-    views: list[tuple[str, dict[str, int], dict[str, int]]] = [("", before, after)]
+    views: list[tuple[str, dict[str, int], dict[str, int]]] = []
     if shards_before and shards_after and len(shards_before) == len(shards_after):
         views = [
             (f" in shard {k}", b, a)
             for k, (b, a) in enumerate(zip(shards_before, shards_after, strict=True))
             if b and a
         ]
+    views = views or [("", before, after)]  # one daemon, or no shard said: the sum
     spreads = [(where, _spread(b), _spread(a), a) for where, b, a in views]
     uneven = [(where, sb) for where, sb, _, _ in spreads if sb > 1]
     if uneven and not moved:
