@@ -338,6 +338,42 @@ def child(
         c.close()
 
 
+def cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), in order; [] where the platform
+    cannot say (no `sched_getaffinity`)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+
+
+@contextlib.contextmanager
+def placed(where: dict[int, int]) -> Iterator[bool]:
+    """Run the block with each process on one CPU (`pid -> cpu`; pid 0 is this thread), then
+    give every affinity back. Yields whether the placement took (False where the platform has
+    no `sched_setaffinity`: the block then runs where the scheduler puts it)."""
+    before: dict[int, set[int]] = {}
+    try:
+        for pid, cpu in where.items():
+            before[pid] = os.sched_getaffinity(pid)
+            os.sched_setaffinity(pid, {cpu})
+    except (AttributeError, OSError):
+        _give_back(before)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        _give_back(before)
+
+
+def _give_back(masks: dict[int, set[int]]) -> None:
+    """Last placed first: two keys may name one thread (0 and its pid), the first read right."""
+    for pid, mask in reversed(masks.items()):
+        with contextlib.suppress(OSError):  # a child may be gone by now
+            os.sched_setaffinity(pid, mask)
+
+
 def ports_of(text: str) -> list[int]:
     return [int(p) for p in text.split(",") if p]
 

@@ -68,7 +68,9 @@ TARGETS: dict[str, Target] = {
     "hops.io_traced.burst": at_most(3.0, HISTORY),
     "hops.io_traced.batch": reported(),
     # -- bulk: MB/s, emulated / raw uvloop loopback ------------------------------------------------
+    # sink and sender on one core (the baseline repeats there, bench/bulk_bench.py `placements`)
     "bulk.1im": at_least(0.6, CURRENT),
+    "bulk.1im.two_cores": reported(),
     # the IM curve: MB/s with n IM layers / with 0
     "bulk.im_curve.1": reported(),
     "bulk.im_curve.2": reported(),

@@ -55,6 +55,8 @@ def test_smoke_run_of_every_section(tmp_path: Path) -> None:
         assert f["verdict"] == "too few repeats", f  # --smoke runs 2 repeats: nothing judged
     keys = {f["key"] for f in figures}
     assert {"hops.io_traced.single", "bulk.1im", "bulk.im_curve.4", "rpc.ping.64"} <= keys
+    # the bulk runs were placed as their figures say (Linux has sched_setaffinity)
+    assert sections["bulk"]["raw"]["bulk"]["placed"] is True
 
     if "echo" in ran:
         counts = sections["echo"]["raw"]["counts"]
