@@ -139,22 +139,3 @@ def test_a_connection_reset_while_queued_is_not_offloaded() -> None:
     assert _initiates(rig) == []
     assert not rig.host.tcbs[conn].initiate_queued
     assert rig.problems() == []
-
-
-def test_acknowledgements_the_host_heard_of_too_late_complete_at_the_target() -> None:
-    """The host's unacknowledged send goes down with the initiate; the peer acknowledges it
-    before the target has taken the socket, and that news, sent to the host, reaches it only
-    once the connection is OFFLOADING (dropped there). The target, which now holds the send,
-    must hear of the acknowledgement itself, or the send is never answered (spec §3.2.5, §4.1)."""
-    rig = HostRig()
-    conn, wire = rig.open(auto_ack=False)
-    sent, offloaded = Reply(), Reply()
-    rig.host.app_send(conn, b"acknowledged late" * 50, sent)
-    rig.run()  # the host writes it and watches for its acknowledgement
-    rig.host.app_offload(conn, None, offloaded)
-    rig.host.after_batch()  # the initiate goes down with the send
-    wire.ack()  # the news goes to the host, which owns the socket until the target takes it
-    rig.run()
-    assert offloaded.done and offloaded.error is None
-    assert sent.done and sent.error is None and sent.value == len(b"acknowledged late" * 50)
-    assert rig.problems() == []
