@@ -1336,6 +1336,12 @@ def test_a_rebalance_on_shards_is_judged_shard_by_shard() -> None:
     )
     r = _report(layer, conn, obs)
     assert r["ok"], r["failures"]
+    (f,) = r["faults"]
+    # the report shows each shard's counts beside the sums it judged nothing by
+    assert f["mux_per_shard"] == (
+        "in shard 0: nic0 2 nic1 1 nic2 0 -> nic0 1 nic1 1 nic2 0 | "
+        "in shard 1: nic0 1 nic1 2 nic2 0 -> nic0 1 nic1 1 nic2 0"
+    )
 
 
 def _uneven_shard(lay: Any, obs: Any) -> None:

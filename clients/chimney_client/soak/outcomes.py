@@ -316,6 +316,11 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
             for k, (b, a) in enumerate(zip(shards_before, shards_after, strict=True))
             if b and a
         ]
+    if views:  # shown beside the sums: what each shard's MUX had, and has
+        shown = " | ".join(
+            f"{where.strip()}: {_counts(b)} -> {_counts(a)}" for where, b, a in views
+        )
+        e["mux_per_shard"] = f"{e['mux_per_shard']}; {shown}" if "mux_per_shard" in e else shown
     views = views or [("", before, after)]  # one daemon, or no shard said: the sum
     spreads = [(where, _spread(b), _spread(a), a) for where, b, a in views]
     uneven = [(where, sb) for where, sb, _, _ in spreads if sb > 1]
@@ -330,6 +335,10 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
             problem(
                 e, f"{layer}{where}: its NICs still {spread_after} apart after it (at most {slack})"
             )
+
+
+def _counts(lowers: dict[str, int]) -> str:
+    return " ".join(f"{nic} {n}" for nic, n in lowers.items())
 
 
 def _spread(lowers: dict[str, int]) -> int:
