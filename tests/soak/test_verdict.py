@@ -6,6 +6,8 @@ reset, memory kept, a run capped by the open-file limit, ...) turns the verdict 
 from __future__ import annotations
 
 import copy
+import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -1385,3 +1387,37 @@ def test_a_rebalance_that_did_not_even_its_nics_fails(
     r = _report(layer, conn, obs)
     assert not r["ok"]
     assert any(why in f for f in r["failures"]), r["failures"]
+
+
+def test_the_slowest_send_is_every_sends_maximum_not_the_samples() -> None:
+    """The percentiles come from a bounded sample; the maximum, and where and when it was, from
+    every send: a slow send the sample dropped still shows."""
+    from chimney_client.soak import state
+
+    ws = state.WorkerState.__new__(state.WorkerState)
+    ws.latencies, ws.lat_seen, ws.slowest = [], 0, (0.0, 0.0, 0)
+    ws.rng = random.Random(1)
+    for i in range(state.LATENCY_SAMPLES):
+        ws.latency(1.0, conn=i)
+    before = time.monotonic()
+    ws.latency(900.0, conn=77)
+    for i in range(3 * state.LATENCY_SAMPLES):
+        ws.latency(2.0, conn=i)
+    assert len(ws.latencies) == state.LATENCY_SAMPLES
+    ms, asked, conn = ws.slowest
+    assert (ms, conn) == (900.0, 77)
+    assert before - 0.9 - 0.05 <= asked <= before - 0.9 + 0.05  # when it was asked, not answered
+
+    slowest = {"ms": 900.0, "conn": 77, "asked_into_hold_s": 30.25}
+    r = _report(*_clean(), latencies_ms=[1.0, 2.0, 3.0], slowest_send=slowest)
+    assert r["latency_ms"]["max"] == 900.0 and r["latency_ms"]["slowest"] == slowest
+
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    r["connections_detail"].update(opened_total=10)
+    r["daemon"].update(address="x", pid=1)
+    console = Console(record=True, width=300)
+    render_report(r, console)
+    assert "max 900.0 ms (conn 77, asked 30.25 s into the hold)" in console.export_text()

@@ -95,6 +95,7 @@ class Soak(Phases, LayerFaults):
         self.rss_shards: dict[int, dict[str, int | None]] = {}
         self.spread: dict[int, int] = {}
         self.warm_up_damage: list[dict[str, Any]] = []
+        self.hold_started: float | None = None  # monotonic: what `--faults KIND@Ts` counts from
 
     # -- helpers -------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -346,7 +347,7 @@ class Soak(Phases, LayerFaults):
                         self.say(f"chimney-soak: stopping early: {self.broken}")
                         break
                 if hold_start is None and (len(self.live.ramped) == k or now > ramp_limit):
-                    hold_start = now
+                    hold_start = self.hold_started = now
                     timing["ramp_s"] = now - t_start
                     phase = "hold"
                     layer_tasks.append(asyncio.create_task(self.note_spread()))

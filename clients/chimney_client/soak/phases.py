@@ -68,6 +68,7 @@ class Phases:
     rss_shards: dict[int, dict[str, int | None]]  # per shard: before, after, peak
     spread: dict[int, int]  # connections per shard at the end of the ramp
     warm_up_damage: list[dict[str, Any]]  # warm-up echoes that came back wrong
+    hold_started: float | None  # monotonic: what `--faults KIND@Ts` counts from
 
     # -- the daemon's health -----------------------------------------------------------------
     def daemon_gone(self) -> str | None:
@@ -331,6 +332,17 @@ class Phases:
             "rss_kb": {str(k): dict(v) for k, v in sorted(self.rss_shards.items())},
         }
 
+    def slowest_send(self, finals: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The slowest `tcp.send` of every worker's (not of the sample): its time, connection,
+        and when it was asked, in seconds into the hold (`--faults KIND@Ts` counts from there;
+        negative: during the ramp)."""
+        worst = max((f["slowest"] for f in finals if f.get("slowest")), default=None)
+        if not worst or worst[0] <= 0:
+            return None
+        ms, asked, conn = worst
+        into = None if self.hold_started is None else round(asked - self.hold_started, 2)
+        return {"ms": round(ms, 3), "conn": conn, "asked_into_hold_s": into}
+
     def make_report(
         self,
         stats_before: dict[str, Any] | None,
@@ -402,6 +414,7 @@ class Phases:
             settings=settings,
             counters=counters,
             latencies_ms=[x for f in finals for x in f["latencies"]],
+            slowest_send=self.slowest_send(finals),
             integrity_details=[
                 *self.warm_up_damage,
                 *(x for f in finals for x in f["integrity"]),

@@ -81,7 +81,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     t.add_row("ops", f"{report['ops']:,} echo round trips, {report['ops_per_s']:,} ops/s")
     t.add_row(
         "tcp.send latency",
-        f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms ({lat['samples']} samples)",
+        f"p50 {lat['p50']} ms, p99 {lat['p99']} ms ({lat['samples']:,} samples), max "
+        f"{lat['max']} ms{_slowest(lat.get('slowest'))}",
     )
     t.add_row(
         "bytes",
@@ -185,3 +186,18 @@ class ProgressLine:
 
     def stop(self) -> None:
         self._live.stop()
+
+
+def _slowest(slowest: dict[str, Any] | None) -> str:
+    """Where the slowest send was: its connection and when it was asked."""
+    if not slowest:
+        return ""
+    into = slowest.get("asked_into_hold_s")
+    when = (
+        ""
+        if into is None
+        else f", asked {into:.2f} s into the hold"
+        if into >= 0
+        else (f", asked {-into:.2f} s before the hold (ramp)")
+    )
+    return f" (conn {slowest['conn']}{when})"

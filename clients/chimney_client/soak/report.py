@@ -111,6 +111,7 @@ def build_report(
     settings: dict[str, Any],
     counters: dict[str, int],
     latencies_ms: Sequence[float],
+    slowest_send: dict[str, Any] | None = None,
     integrity_details: Sequence[dict[str, Any]],
     error_details: dict[str, dict[str, Any]],
     faults: list[dict[str, Any]],
@@ -151,8 +152,16 @@ def build_report(
         "throughput_mb_s": round(counters.get("bytes_verified", 0) / active_s / 1e6, 2),
         "latency_ms": {
             **percentiles(latencies_ms),
-            "max": round(max(latencies_ms), 3) if latencies_ms else 0.0,
+            # every send's maximum where the workers gave it; else the sample's
+            "max": (
+                slowest_send["ms"]
+                if slowest_send
+                else round(max(latencies_ms), 3)
+                if latencies_ms
+                else 0.0
+            ),
             "samples": len(latencies_ms),
+            "slowest": slowest_send,
         },
         "faults": faults,
         "host_mode": host_mode,

@@ -70,6 +70,8 @@ class WorkerState:
         self.host_s_by_cause: dict[str, float] = {}
         self.latencies: list[float] = []
         self.lat_seen = 0
+        # the slowest tcp.send of all, not of the sample: ms, when it was asked (monotonic), conn
+        self.slowest: tuple[float, float, int] = (0.0, 0.0, 0)
         self.integrity: list[dict[str, Any]] = []
         self.errors: dict[str, dict[str, Any]] = {}
         self.rpcs: list[Rpc] = []
@@ -97,7 +99,9 @@ class WorkerState:
         if len(e["examples"]) < 5:
             e["examples"].append({"detail": detail, **where})
 
-    def latency(self, ms: float) -> None:
+    def latency(self, ms: float, conn: int = 0) -> None:
+        if ms > self.slowest[0]:
+            self.slowest = (ms, time.monotonic() - ms / 1000.0, conn)
         self.lat_seen += 1
         if len(self.latencies) < LATENCY_SAMPLES:
             self.latencies.append(ms)

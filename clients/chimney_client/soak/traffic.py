@@ -283,7 +283,7 @@ class Traffic(WorkerState):
                 raise SlotBroken("send error") from None
             finally:
                 conn.sending = False
-            self.latency((time.perf_counter() - t0) * 1000.0)
+            self.latency((time.perf_counter() - t0) * 1000.0, conn.cid)
             off += acked
             conn.sent += acked
             self.c["bytes_sent"] += acked

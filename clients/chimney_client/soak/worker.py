@@ -260,6 +260,7 @@ class Worker(ConnFaults):
             "state_s": self.state_s,
             "host_s_by_cause": self.host_s_by_cause,
             "latencies": self.latencies,
+            "slowest": list(self.slowest),
             "integrity": self.integrity,
             "errors": self.errors,
             "faults": self.fault_records,
