@@ -193,11 +193,10 @@ def _slowest(slowest: dict[str, Any] | None) -> str:
     if not slowest:
         return ""
     into = slowest.get("asked_into_hold_s")
-    when = (
-        ""
-        if into is None
-        else f", asked {into:.2f} s into the hold"
-        if into >= 0
-        else (f", asked {-into:.2f} s before the hold (ramp)")
-    )
+    if into is None:
+        when = ""
+    elif into >= 0:
+        when = f", asked {into:.2f} s into the hold"
+    else:
+        when = f", asked {-into:.2f} s before the hold (in the ramp)"
     return f" (conn {slowest['conn']}{when})"

@@ -106,6 +106,13 @@ def state_times(state_s: dict[str, float], by_cause: dict[str, float]) -> dict[s
     }
 
 
+def _max_latency(sample: Sequence[float], slowest: dict[str, Any] | None) -> float:
+    """Every send's maximum, where the workers kept it; else the sample's."""
+    if slowest:
+        return float(slowest["ms"])
+    return round(max(sample), 3) if sample else 0.0
+
+
 def build_report(
     *,
     settings: dict[str, Any],
@@ -152,14 +159,7 @@ def build_report(
         "throughput_mb_s": round(counters.get("bytes_verified", 0) / active_s / 1e6, 2),
         "latency_ms": {
             **percentiles(latencies_ms),
-            # every send's maximum where the workers gave it; else the sample's
-            "max": (
-                slowest_send["ms"]
-                if slowest_send
-                else round(max(latencies_ms), 3)
-                if latencies_ms
-                else 0.0
-            ),
+            "max": _max_latency(latencies_ms, slowest_send),
             "samples": len(latencies_ms),
             "slowest": slowest_send,
         },
