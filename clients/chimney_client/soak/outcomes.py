@@ -318,7 +318,7 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
         ]
     if views:  # shown beside the sums: what each shard's MUX had, and has
         shown = " | ".join(
-            f"{where.strip()}: {_counts(b)} -> {_counts(a)}" for where, b, a in views
+            f"{where.strip()}: {nic_counts(b)} -> {nic_counts(a)}" for where, b, a in views
         )
         e["mux_per_shard"] = f"{e['mux_per_shard']}; {shown}" if "mux_per_shard" in e else shown
     views = views or [("", before, after)]  # one daemon, or no shard said: the sum
@@ -337,7 +337,8 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
             )
 
 
-def _counts(lowers: dict[str, int]) -> str:
+def nic_counts(lowers: dict[str, int]) -> str:
+    """Connections per NIC as the report shows them: `nic0 100 nic1 100`."""
     return " ".join(f"{nic} {n}" for nic, n in lowers.items())
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .conn import TIMED_STATES
 from .limits import LAYER_GAUGES, OP_TIMEOUT_S, RSS_GROWTH_ALLOWED
-from .outcomes import problem
+from .outcomes import nic_counts, problem
 
 
 def percentiles(samples: Sequence[float], points: Sequence[float] = (50, 99)) -> dict[str, float]:
@@ -322,7 +322,7 @@ def _limits_verdict(report: dict[str, Any]) -> list[str]:
 def _brief(value: Any) -> str:
     """Connections per NIC, one sample per outage: `nic0 100 nic1 100; nic0 150 nic1 0`."""
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return "; ".join(" ".join(f"{k} {n}" for k, n in v.items()) for v in value)
+        return "; ".join(nic_counts(v) for v in value)
     return str(value)
 
 
