@@ -350,8 +350,9 @@ def cpus() -> list[int]:
 @contextlib.contextmanager
 def placed(where: dict[int, int]) -> Iterator[bool]:
     """Run the block with each process on one CPU (`pid -> cpu`; pid 0 is this thread), then
-    give every affinity back. Yields whether the placement took (False where the platform has
-    no `sched_setaffinity`: the block then runs where the scheduler puts it)."""
+    give every affinity back. Yields whether the placement took: False where the platform has
+    no `sched_setaffinity` or the kernel refuses a mask (a CPU not ours, a process gone); what
+    was placed is given back first, and the block runs where the scheduler puts it."""
     before: dict[int, set[int]] = {}
     try:
         for pid, cpu in where.items():
