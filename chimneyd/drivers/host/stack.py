@@ -65,19 +65,26 @@ def request(
         name = fn.__name__  # the request, replayed by name: a closure naming itself is one
         # a compiled build cannot make
 
+        # positional arguments only, as the inbox calls it (`Engine.post_host`): no keyword
+        # dict made and unpacked on every request
         @functools.wraps(fn)
-        def run(self: HostStack, conn_id: int, *args: P.args, **kwargs: P.kwargs) -> None:
-            done: Done = args[-1]  # type: ignore[assignment]
+        def run(self: HostStack, conn_id: int, *args: Any) -> None:
+            done: Done = args[-1]
             tcb = self.tcbs.get(conn_id)
             if tcb is None:
                 done(None, AppError("NOT_FOUND", f"no connection {conn_id}"))
                 return
-            # the closure to replay it is made only when the request must wait
-            if defer and (self.must_defer(tcb) or (behind_initiate and tcb.initiate_queued)):
-                self.defer(tcb, lambda: getattr(self, name)(conn_id, *args, **kwargs))
+            # it waits while the connection changes hands, or behind held ones (order); the
+            # closure to replay it is made only then
+            if defer and (
+                tcb.lifecycle.phase in _MOVING
+                or (tcb.deferred and not tcb.replaying)
+                or (behind_initiate and tcb.initiate_queued)
+            ):
+                self.defer(tcb, lambda: getattr(self, name)(conn_id, *args))
                 return
             try:
-                fn(self, tcb, *args, **kwargs)
+                fn(self, tcb, *args)  # type: ignore[call-arg]
             except Exception as exc:
                 log.exception("host_request_failed", conn=conn_id, request=fn.__name__)
                 done(None, AppError("INTERNAL", f"{fn.__name__} on connection {conn_id}: {exc!r}"))
@@ -166,11 +173,6 @@ class HostStack(DriverLayer):
                 head = link_chain(nbls)
                 assert head is not None
                 self.ndis.NdisOffloadTcpReceiveReturn(self, binding, head)
-
-    @staticmethod
-    def must_defer(tcb: Tcb) -> bool:
-        """Must a request wait: while the connection changes hands, or behind held ones (order)."""
-        return tcb.lifecycle.phase in _MOVING or bool(tcb.deferred and not tcb.replaying)
 
     @staticmethod
     def defer(tcb: Tcb, fn: Callable[[], None]) -> None:
