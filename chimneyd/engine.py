@@ -113,7 +113,12 @@ class _Request:
         if self.settled:
             return
         self.settled = True
-        self.engine._answered(self)
+        # answered: no longer one a failing layer must answer (`Engine._layer_failed`)
+        pending = self.engine._pending.get(self.conn_id)
+        if pending is not None:
+            pending.discard(self)
+            if not pending:
+                del self.engine._pending[self.conn_id]
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -288,13 +293,6 @@ class Engine:
     def _unanswered(self) -> int:
         """Requests the host has not answered yet (an answered one leaves `_pending` at once)."""
         return sum(len(p) for p in self._pending.values())
-
-    def _answered(self, req: _Request) -> None:
-        pending = self._pending.get(req.conn_id)
-        if pending is not None:
-            pending.discard(req)
-            if not pending:
-                del self._pending[req.conn_id]
 
     def _attach(self, wire: WireSocket, listener: Listener | None) -> int:
         """A new connection's socket: give it an id and hand it to the host stack."""
