@@ -398,14 +398,17 @@ class Ndis:
         context = handle.context()
         binding: Binding = handle.ndis_reserved
         lower = binding.lower
-        nbls = [head] if head.next is None else list(iter_chain(head))
-        ndis_call = "NdisOffloadTcp" + which
-        for nbl in nbls:
+        nbls: list[NetBufferList] = []
+        nbl: NetBufferList | None = head
+        while nbl is not None:  # by `Next`: nothing relinks the chain on its way down
             nbl.source_bindings.append(binding)
+            nbls.append(nbl)
+            nbl = nbl.next
+        ndis_call = "NdisOffloadTcp" + which
         trace = handle.trace
         if trace is not None:
             # one record per call; a chain's NBL ids are listed in it (one hop each when read)
-            ids: int | tuple[int, ...] = head.id if len(nbls) == 1 else tuple(n.id for n in nbls)
+            ids: int | tuple[int, ...] = head.id if len(nbls) == 1 else tuple([n.id for n in nbls])
             if caller is binding.upper:
                 code = binding.pair(ndis_call, miniport_call, True)
             else:
@@ -468,10 +471,12 @@ class Ndis:
     def _io_complete(self, caller: Layer, which: str, head: NetBufferList) -> None:
         _, protocol_call, ndis_call = _IO[which]
         groups: list[tuple[Binding, list[NetBufferList]]] = []
+        statuses: dict[NdisStatus, int] = {}  # counted once per call and status
         nbl: NetBufferList | None = head
         while nbl is not None:  # by `Next`, read before the NBL is relinked below
             nxt = nbl.next
-            if nbl.status == PENDING:
+            status = nbl.status
+            if status == PENDING:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} with NDIS_STATUS_PENDING"
                 )
@@ -485,8 +490,10 @@ class Ndis:
                 groups[-1][1].append(nbl)
             else:
                 groups.append((binding, [nbl]))
-            caller.stats.count_status(ndis_call, nbl.status)
+            statuses[status] = statuses.get(status, 0) + 1
             nbl = nxt
+        for status, n in statuses.items():
+            caller.stats.count_status(ndis_call, status, n)
         for binding, nbls in groups:
             self._trace_completion(binding.pair(ndis_call, protocol_call, False), nbls)
             n = len(nbls)
@@ -509,9 +516,9 @@ class Ndis:
         connection when the NBLs share a status, else one per NBL."""
         first = nbls[0]
         trace = first.trace
-        if len(nbls) == 1 or all(n.trace is trace and n.status == first.status for n in nbls):
+        if len(nbls) == 1 or all([n.trace is trace and n.status == first.status for n in nbls]):
             if trace is not None:
-                ids = first.id if len(nbls) == 1 else tuple(n.id for n in nbls)
+                ids = first.id if len(nbls) == 1 else tuple([n.id for n in nbls])
                 trace.record_pair(code, 0, 0, ids, first.status)
             return
         for nbl in nbls:

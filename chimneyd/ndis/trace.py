@@ -297,10 +297,10 @@ class LayerStats:
     def count(self, key: str, n: int = 1) -> None:
         self.calls[key] = self.calls.get(key, 0) + n
 
-    def count_status(self, call: str, status: int) -> None:
-        """Count a call by its status; the name is made only when stats are read."""
+    def count_status(self, call: str, status: int, n: int = 1) -> None:
+        """Count `n` calls (NBLs) by their status; the name is made only when stats are read."""
         key = (call, status)
-        self.by_status[key] = self.by_status.get(key, 0) + 1
+        self.by_status[key] = self.by_status.get(key, 0) + n
 
     def as_map(self) -> dict[str, Any]:
         return {

@@ -112,15 +112,18 @@ def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     """Complete, in order, every NBL whose last byte the peer has acknowledged."""
     done: list[NetBufferList] = []
     unacked = c.unacked
+    sent = 0
     while unacked and unacked[0][2] <= acked:
         nbl, start, end = unacked.pop(0)
         nbl.status = SUCCESS
+        # what was written of it, all of what it held (only a completion advances it here)
         nbl.tcp_offload_bytes_transferred = end - start
-        nbl.advance(nbl.data_length)
+        nbl.advance(end - start)
+        sent += end - start
         done.append(nbl)
     if done:
         adapter.forward_progress(t, c)
-        t.stats.bytes_sent += sum(n.tcp_offload_bytes_transferred for n in done)
+        t.stats.bytes_sent += sent
         t.complete_sends(c, done)
 
 
