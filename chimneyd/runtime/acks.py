@@ -17,10 +17,14 @@ if TYPE_CHECKING:
 class AckWatcher:
     """Polls the sockets that wait for acknowledgements, all in one callback.
 
-    First check on the next loop turn (loopback ACKs are usually back by then), then every
-    `interval` while anything still waits. A socket gets a `WireAcked` event when its
-    acknowledged offset (or FIN state) differs from what it last reported, so an owner that
-    asks to watch after its bytes were already acknowledged still hears of it.
+    First check on the next loop turn (loopback ACKs are usually back by then). While news keeps
+    coming (a peer reading a stream), again on the next turn; once a check finds nothing new,
+    after `interval`. uvloop's timers count whole milliseconds and round a shorter delay to
+    none: a delay under 1 ms polls on every loop turn, a busy loop that burns a core while a
+    peer does not read (and takes the core a sink on the same CPU needs). A socket gets a
+    `WireAcked` event when its acknowledged offset (or FIN state) differs from what it last
+    reported, so an owner that asks to watch after its bytes were already acknowledged still
+    hears of it.
 
     A socket that waits longer than `stall` is asked whether the kernel still has a connection:
     after the peer's FIN the transport no longer reads, so an RST that answers our later data
@@ -28,7 +32,7 @@ class AckWatcher:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, interval: float = 0.0005, stall: float = 0.05
+        self, loop: asyncio.AbstractEventLoop, interval: float = 0.001, stall: float = 0.05
     ) -> None:
         self.loop = loop
         self.interval = interval
@@ -81,4 +85,7 @@ class AckWatcher:
             wire.lost_by_kernel()
         if self.waiting:
             self._scheduled = True
-            self.loop.call_later(self.interval, self._poll)
+            if moved:
+                self.loop.call_soon(self._poll)  # more is likely on its way
+            else:
+                self.loop.call_later(self.interval, self._poll)

@@ -1,0 +1,172 @@
+"""How often the acknowledgement watcher asks the kernel (runtime/acks.py).
+
+A send completes only when the peer has acknowledged it (spec §4.1), so while one waits the
+watcher polls `SIOCOUTQ`. It must not poll on every loop turn while nothing moves: under uvloop
+a `call_later` under 1 ms is a `call_soon`, and the daemon then burned a whole core for as long
+as a peer did not read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chimneyd.runtime.acks import AckWatcher
+from chimneyd.runtime.wire import WireSocket
+
+TURNS = 20_000  # loop turns counted while a send waits
+
+
+class Owner:
+    """Stands for the NIC that carries the connection: re-arms the watcher while it waits."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.wire: WireSocket | None = None
+
+    def WireAcked(self, ctx: Any, acked: int) -> None:
+        assert self.wire is not None
+        self.acked.append(acked)
+        if acked < self.wire.bytes_written:
+            self.wire.watch_acks()
+
+    def WireData(self, ctx: Any, offset: int, data: bytes) -> None:
+        pass
+
+    def WireEof(self, ctx: Any, offset: int) -> None:
+        pass
+
+    def WireReset(self, ctx: Any, reason: str) -> None:
+        pass
+
+
+class CountingLoop:
+    """The running loop as the watcher sees it, counting the polls it schedules (the watcher
+    holds it as its loop; no method of a compiled class is replaced)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.polls = 0
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle:
+        self.polls += 1
+        return self.loop.call_soon(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
+        self.polls += 1
+        return self.loop.call_later(delay, fn)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_does_not_read_is_not_polled_every_loop_turn() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    counter = CountingLoop(loop)
+    watcher = AckWatcher(counter)  # type: ignore[arg-type]
+    owner = Owner()
+
+    def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
+        loop.call_soon(method, *args)
+
+    _, wire = await loop.create_connection(
+        lambda: WireSocket(post, watcher), "127.0.0.1", listener.getsockname()[1]
+    )
+    peer, _ = listener.accept()  # never reads: the send queue stays full
+    try:
+        wire.set_home(owner, "ctx")
+        owner.wire = wire
+        wire.write([memoryview(bytes(16 << 20))])
+        wire.watch_acks()
+        for _ in range(200):  # until the window is full and nothing moves
+            await asyncio.sleep(0.001)
+        before = counter.polls
+        for _ in range(TURNS):
+            await asyncio.sleep(0)  # one loop turn each
+        during = counter.polls - before
+        assert wire in watcher.waiting, "the send should still wait: the peer reads nothing"
+        # polled on every turn, `during` would be about TURNS; on a 1 ms timer it is the
+        # milliseconds those turns took
+        assert during < TURNS // 4, f"{during} polls in {TURNS} loop turns"
+        peer.setblocking(False)
+        got = 0
+        while got < wire.bytes_written:  # now the peer reads: every byte is acknowledged
+            try:
+                got += len(peer.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        for _ in range(1000):
+            if owner.acked and owner.acked[-1] == wire.bytes_written:
+                break
+            await asyncio.sleep(0.001)
+        assert owner.acked[-1] == wire.bytes_written
+    finally:
+        wire.close()
+        peer.close()
+        listener.close()
+
+
+class RecordingLoop:
+    """The two ways the watcher schedules its next poll, recorded, not run."""
+
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+        self.later: list[float] = []
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.soon.append(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.later.append(delay)
+
+
+class StubWire:
+    """A socket as the watcher reads it: how far the kernel says the peer acknowledged."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.kernel_acked = 0
+        self.notified_acked = 0
+        self.notified_fin = False
+        self.told: list[int] = []
+
+    def acked(self) -> int:
+        return self.kernel_acked
+
+    def fin_acked(self) -> bool:
+        return False
+
+    def notify_acked(self, acked: int, fin: bool) -> None:
+        self.notified_acked = acked
+        self.told.append(acked)
+
+    def kernel_alive(self) -> bool:
+        return True
+
+
+def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> None:
+    loop = RecordingLoop()
+    watcher = AckWatcher(loop)  # type: ignore[arg-type]
+    flowing, stuck = StubWire(), StubWire()
+    watcher.add(flowing)  # type: ignore[arg-type]
+    watcher.add(stuck)  # type: ignore[arg-type]
+    assert len(loop.soon) == 1  # the first check: the next loop turn
+    flowing.kernel_acked = 100
+    loop.soon.pop()()
+    assert flowing.told == [100] and stuck.told == []
+    assert len(loop.soon) == 1 and loop.later == []  # news came: next turn again
+    loop.soon.pop()()
+    assert loop.soon == [] and loop.later == [watcher.interval]  # nothing new: a timer
+    # uvloop rounds a delay to whole milliseconds: under 1 ms it would be the next turn
+    assert round(watcher.interval * 1000) >= 1
