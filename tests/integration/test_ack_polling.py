@@ -131,42 +131,27 @@ class RecordingLoop:
         self.later.append(delay)
 
 
-class StubWire:
-    """A socket as the watcher reads it: how far the kernel says the peer acknowledged."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.kernel_acked = 0
-        self.notified_acked = 0
-        self.notified_fin = False
-        self.told: list[int] = []
-
-    def acked(self) -> int:
-        return self.kernel_acked
-
-    def fin_acked(self) -> bool:
-        return False
-
-    def notify_acked(self, acked: int, fin: bool) -> None:
-        self.notified_acked = acked
-        self.told.append(acked)
-
-    def kernel_alive(self) -> bool:
-        return True
-
-
 def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> None:
     loop = RecordingLoop()
     watcher = AckWatcher(loop)  # type: ignore[arg-type]
-    flowing, stuck = StubWire(), StubWire()
-    watcher.add(flowing)  # type: ignore[arg-type]
-    watcher.add(stuck)  # type: ignore[arg-type]
+    told: list[tuple[Any, int]] = []
+
+    def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
+        told.append(args)  # (ctx, acked): the WireAcked the owner would get
+
+    # sockets without a transport: `acked()` gives what the kernel told last
+    flowing, stuck = WireSocket(post, watcher), WireSocket(post, watcher)
+    flowing.set_home(Owner(), "flowing")
+    stuck.set_home(Owner(), "stuck")
+    watcher.add(flowing)
+    watcher.add(stuck)
     assert len(loop.soon) == 1  # the first check: the next loop turn
-    flowing.kernel_acked = 100
+    flowing._acked_seen = 100  # the peer acknowledged 100 bytes
     loop.soon.pop()()
-    assert flowing.told == [100] and stuck.told == []
+    assert told == [("flowing", 100)]
     assert len(loop.soon) == 1 and loop.later == []  # news came: next turn again
     loop.soon.pop()()
     assert loop.soon == [] and loop.later == [watcher.interval]  # nothing new: a timer
+    assert told == [("flowing", 100)]
     # uvloop rounds a delay to whole milliseconds: under 1 ms it would be the next turn
     assert round(watcher.interval * 1000) >= 1
