@@ -8,6 +8,7 @@ acknowledged offset moves.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -17,11 +18,12 @@ if TYPE_CHECKING:
 class AckWatcher:
     """Polls the sockets that wait for acknowledgements, all in one callback.
 
-    First check on the next loop turn (loopback ACKs are usually back by then). While news keeps
-    coming (a peer reading a stream), again on the next turn; once a check finds nothing new,
-    after `interval`. uvloop's timers count whole milliseconds and round a shorter delay to
-    none: a delay under 1 ms polls on every loop turn, a busy loop that burns a core while a
-    peer does not read (and takes the core a sink on the same CPU needs). A socket gets a
+    First check on the next loop turn (loopback ACKs are usually back by then). Again on the
+    next turn while news keeps coming (a peer reading a stream), or for `spin` seconds after a
+    socket starts waiting (a peer that answers one send at a time); after that, once a check
+    finds nothing new, after `interval`. uvloop's timers count whole milliseconds and round a
+    shorter delay to none, so a poll every turn with no end to it is a busy loop: it burned a
+    core while a peer did not read (and took the core a sink on the same CPU needs). A socket gets a
     `WireAcked` event when its acknowledged offset (or FIN state) differs from what it last
     reported, so an owner that asks to watch after its bytes were already acknowledged still
     hears of it.
@@ -32,11 +34,18 @@ class AckWatcher:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, interval: float = 0.001, stall: float = 0.05
+        self,
+        loop: asyncio.AbstractEventLoop,
+        interval: float = 0.001,
+        stall: float = 0.05,
+        spin: float = 0.0005,
     ) -> None:
         self.loop = loop
         self.interval = interval
         self.stall = stall
+        self.spin = spin
+        # polls on every turn until then (time.monotonic: uvloop's clock counts milliseconds)
+        self.spin_until = 0.0
         self.waiting: dict[WireSocket, float] = {}
         self._scheduled = False
         self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
@@ -44,6 +53,7 @@ class AckWatcher:
     def add(self, wire: WireSocket) -> None:
         if wire not in self.waiting:
             self.waiting[wire] = self.loop.time()
+            self.spin_until = time.monotonic() + self.spin
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._poll)
@@ -85,7 +95,7 @@ class AckWatcher:
             wire.lost_by_kernel()
         if self.waiting:
             self._scheduled = True
-            if moved:
+            if moved or time.monotonic() < self.spin_until:
                 self.loop.call_soon(self._poll)  # more is likely on its way
             else:
                 self.loop.call_later(self.interval, self._poll)

@@ -3,7 +3,8 @@
 A send completes only when the peer has acknowledged it (spec §4.1), so while one waits the
 watcher polls `SIOCOUTQ`. It must not poll on every loop turn while nothing moves: under uvloop
 a `call_later` under 1 ms is a `call_soon`, and the daemon then burned a whole core for as long
-as a peer did not read.
+as a peer did not read. It must not leave a fresh wait to a 1 ms timer either: one send at a
+time would then wait about a millisecond for news the kernel has in microseconds.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class RecordingLoop:
 
 def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> None:
     loop = RecordingLoop()
-    watcher = AckWatcher(loop)  # type: ignore[arg-type]
+    watcher = AckWatcher(loop, spin=0.0)  # type: ignore[arg-type]  # no turns after a new wait
     told: list[tuple[Any, int]] = []
 
     def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
@@ -155,3 +156,19 @@ def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> 
     assert told == [("flowing", 100)]
     # uvloop rounds a delay to whole milliseconds: under 1 ms it would be the next turn
     assert round(watcher.interval * 1000) >= 1
+
+
+def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
+    """A peer answering one send at a time acknowledges within a fraction of a millisecond: the
+    turns right after a socket starts waiting are polled, not left to the timer."""
+    loop = RecordingLoop()
+    watcher = AckWatcher(loop, spin=60.0)  # type: ignore[arg-type]  # longer than this test
+    wire = WireSocket(lambda layer, method, args: None, watcher)
+    wire.set_home(Owner(), "ctx")
+    watcher.add(wire)
+    for _ in range(3):
+        loop.soon.pop()()  # nothing new, but the wait is new: the next turn again
+        assert len(loop.soon) == 1 and loop.later == []
+    watcher.spin_until = 0.0  # the while is over
+    loop.soon.pop()()
+    assert loop.soon == [] and loop.later == [watcher.interval]
