@@ -1,4 +1,5 @@
-"""The NIC's real socket: acknowledgement reports from the kernel (runtime/wire.py).
+"""The NIC's real socket: acknowledgement reports from the kernel (runtime/wire.py, and the
+watcher that polls for them, runtime/acks.py).
 
 A graceful disconnect completes when the peer has acknowledged our FIN. `write_eof` only asks for
 the FIN (libuv sends it on a later loop turn), so "nothing left in the send queue" right after it
@@ -9,6 +10,8 @@ acknowledgement, and the disconnect would wait for ever.
 from __future__ import annotations
 
 import asyncio
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -108,3 +111,142 @@ async def test_many_disconnects_all_see_their_fin_acknowledged() -> None:
             wire.close()
             server.close()
             await server.wait_closed()
+
+
+# ================================================================================================
+# how often the watcher asks the kernel (runtime/acks.py)
+# ================================================================================================
+# It must not poll on every loop turn while nothing moves: under uvloop a `call_later` under
+# 1 ms is a `call_soon`, and the daemon then burned a whole core for as long as a peer did not
+# read. It must not leave a fresh wait to a 1 ms timer either: one send at a time would then
+# wait about a millisecond for news the kernel has in microseconds.
+TURNS = 20_000  # loop turns counted while a send waits
+
+
+class CountingLoop:
+    """The running loop as the watcher sees it, counting the polls it schedules (the watcher
+    holds it as its loop; no method of a compiled class is replaced)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.polls = 0
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def call_soon(self, fn: Callable[[], None]) -> asyncio.Handle:
+        self.polls += 1
+        return self.loop.call_soon(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
+        self.polls += 1
+        return self.loop.call_later(delay, fn)
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_does_not_read_is_not_polled_every_loop_turn() -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    counter = CountingLoop(loop)
+    watcher = AckWatcher(counter)  # type: ignore[arg-type]
+    owner = Owner()
+
+    def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
+        loop.call_soon(method, *args)
+
+    _, wire = await loop.create_connection(
+        lambda: WireSocket(post, watcher), "127.0.0.1", listener.getsockname()[1]
+    )
+    peer, _ = listener.accept()  # never reads: the send queue stays full
+    try:
+        wire.set_home(owner, "ctx")
+        owner.wire = wire
+        wire.write([memoryview(bytes(16 << 20))])
+        wire.watch_acks()
+        for _ in range(200):  # until the window is full and nothing moves
+            await asyncio.sleep(0.001)
+        before = counter.polls
+        for _ in range(TURNS):
+            await asyncio.sleep(0)  # one loop turn each
+        during = counter.polls - before
+        assert wire in watcher.waiting, "the send should still wait: the peer reads nothing"
+        # polled on every turn, `during` would be about TURNS; on a 1 ms timer it is the
+        # milliseconds those turns took
+        assert during < TURNS // 4, f"{during} polls in {TURNS} loop turns"
+        peer.setblocking(False)
+        got = 0
+        while got < wire.bytes_written:  # now the peer reads: every byte is acknowledged
+            try:
+                got += len(peer.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        for _ in range(1000):
+            if owner.acked_events and owner.acked_events[-1] == wire.bytes_written:
+                break
+            await asyncio.sleep(0.001)
+        assert owner.acked_events[-1] == wire.bytes_written
+    finally:
+        wire.close()
+        peer.close()
+        listener.close()
+
+
+class RecordingLoop:
+    """The two ways the watcher schedules its next poll, recorded, not run."""
+
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+        self.later: list[float] = []
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self.soon.append(fn)
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.later.append(delay)
+
+
+def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> None:
+    loop = RecordingLoop()
+    watcher = AckWatcher(loop, spin=0.0)  # type: ignore[arg-type]  # no turns after a new wait
+    told: list[tuple[Any, int]] = []
+
+    def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
+        told.append(args)  # (ctx, acked): the WireAcked the owner would get
+
+    # sockets without a transport: `acked()` gives what the kernel told last
+    flowing, stuck = WireSocket(post, watcher), WireSocket(post, watcher)
+    flowing.set_home(Owner(), "flowing")
+    stuck.set_home(Owner(), "stuck")
+    watcher.add(flowing)
+    watcher.add(stuck)
+    assert len(loop.soon) == 1  # the first check: the next loop turn
+    flowing._acked_seen = 100  # the peer acknowledged 100 bytes
+    loop.soon.pop()()
+    assert told == [("flowing", 100)]
+    assert len(loop.soon) == 1 and loop.later == []  # news came: next turn again
+    loop.soon.pop()()
+    assert loop.soon == [] and loop.later == [watcher.interval]  # nothing new: a timer
+    assert told == [("flowing", 100)]
+    # uvloop rounds a delay to whole milliseconds: under 1 ms it would be the next turn
+    assert round(watcher.interval * 1000) >= 1
+
+
+def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
+    """A peer answering one send at a time acknowledges within a fraction of a millisecond: the
+    turns right after a socket starts waiting are polled, not left to the timer."""
+    loop = RecordingLoop()
+    watcher = AckWatcher(loop, spin=60.0)  # type: ignore[arg-type]  # longer than this test
+    wire = WireSocket(lambda layer, method, args: None, watcher)
+    wire.set_home(Owner(), "ctx")
+    watcher.add(wire)
+    for _ in range(3):
+        loop.soon.pop()()  # nothing new, but the wait is new: the next turn again
+        assert len(loop.soon) == 1 and loop.later == []
+    watcher.spin_until = 0.0  # the while is over
+    loop.soon.pop()()
+    assert loop.soon == [] and loop.later == [watcher.interval]
