@@ -23,10 +23,11 @@ class AckWatcher:
     socket starts waiting (a peer that answers one send at a time); after that, once a check
     finds nothing new, after `interval`. uvloop's timers count whole milliseconds and round a
     shorter delay to none, so a poll every turn with no end to it is a busy loop: it burned a
-    core while a peer did not read (and took the core a sink on the same CPU needs). A socket gets a
-    `WireAcked` event when its acknowledged offset (or FIN state) differs from what it last
-    reported, so an owner that asks to watch after its bytes were already acknowledged still
-    hears of it.
+    core while a peer did not read (and took the core a sink on the same CPU needs).
+
+    A socket gets a `WireAcked` event when its acknowledged offset (or FIN state) differs from
+    what it last reported, so an owner that asks to watch after its bytes were already
+    acknowledged still hears of it.
 
     A socket that waits longer than `stall` is asked whether the kernel still has a connection:
     after the peer's FIN the transport no longer reads, so an RST that answers our later data

@@ -65,8 +65,8 @@ def request(
         name = fn.__name__  # the request, replayed by name: a closure naming itself is one
         # a compiled build cannot make
 
-        # positional arguments only, as the inbox calls it (`Engine.post_host`): no keyword
-        # dict made and unpacked on every request
+        # positional arguments only, as the inbox calls it (`Engine._request`, `post_host`): no
+        # keyword dict made and unpacked on every request
         @functools.wraps(fn)
         def run(self: HostStack, conn_id: int, *args: Any) -> None:
             done: Done = args[-1]

@@ -115,11 +115,11 @@ def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     sent = 0
     while unacked and unacked[0][2] <= acked:
         nbl, start, end = unacked.pop(0)
+        n = end - start  # what was written of it: all it held (only a completion advances it)
         nbl.status = SUCCESS
-        # what was written of it, all of what it held (only a completion advances it here)
-        nbl.tcp_offload_bytes_transferred = end - start
-        nbl.advance(end - start)
-        sent += end - start
+        nbl.tcp_offload_bytes_transferred = n
+        nbl.advance(n)
+        sent += n
         done.append(nbl)
     if done:
         adapter.forward_progress(t, c)

@@ -292,7 +292,7 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
         if since is None or not ts:
             continue
         span = f"{min(ts) - float(since):.2f}-{max(ts) - float(since):.2f}"
-        e[key] = f"{e[key]}; {span}" if key in e else span
+        _append(e, key, span)
 
 
 def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
@@ -320,7 +320,7 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
         shown = " | ".join(
             f"{where.strip()}: {nic_counts(b)} -> {nic_counts(a)}" for where, b, a in views
         )
-        e["mux_per_shard"] = f"{e['mux_per_shard']}; {shown}" if "mux_per_shard" in e else shown
+        _append(e, "mux_per_shard", shown)
     views = views or [("", before, after)]  # one daemon, or no shard said: the sum
     spreads = [(where, _spread(b), _spread(a), a) for where, b, a in views]
     uneven = [(where, sb) for where, sb, _, _ in spreads if sb > 1]
@@ -335,6 +335,11 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
             problem(
                 e, f"{layer}{where}: its NICs still {spread_after} apart after it (at most {slack})"
             )
+
+
+def _append(e: Record, key: str, text: str) -> None:
+    """One more fault's `text` in a `;`-separated field of the outcome."""
+    e[key] = f"{e[key]}; {text}" if key in e else text
 
 
 def nic_counts(lowers: dict[str, int]) -> str:
