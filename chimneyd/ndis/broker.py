@@ -398,29 +398,31 @@ class Ndis:
         context = handle.context()
         binding: Binding = handle.ndis_reserved
         lower = binding.lower
-        nbls: list[NetBufferList] = []
+        # one walk by `Next` (nothing relinks the chain on its way down): the binding onto
+        # each NBL's stack, and the NBL ids the trace lists (no list of the NBLs themselves)
+        chain: list[int] = []
         nbl: NetBufferList | None = head
-        while nbl is not None:  # by `Next`: nothing relinks the chain on its way down
+        while nbl is not None:
             nbl.source_bindings.append(binding)
-            nbls.append(nbl)
+            chain.append(nbl.id)
             nbl = nbl.next
         ndis_call = "NdisOffloadTcp" + which
+        n = len(chain)
         trace = handle.trace
         if trace is not None:
             # one record per call; a chain's NBL ids are listed in it (one hop each when read)
-            ids: int | tuple[int, ...] = head.id if len(nbls) == 1 else tuple([n.id for n in nbls])
+            ids: int | tuple[int, ...] = head.id if n == 1 else tuple(chain)
             if caller is binding.upper:
                 code = binding.pair(ndis_call, miniport_call, True)
             else:
                 code = pair_code(caller.name, ndis_call, lower.name, miniport_call)
             trace.record_pair(code, handle.id, context.id, ids)
-        n = len(nbls)
         caller.stats.count(ndis_call, n)
         if not caller.has_miniport_edge:
             caller.stats.outstanding_nbls += n  # the originator holds it until its completion
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
-            self.observer.on_io_down(lower, miniport_call, handle, nbls)
+            self.observer.on_io_down(lower, miniport_call, handle, list(iter_chain(head)))
         self.deliver(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
         return PENDING
 
@@ -471,7 +473,13 @@ class Ndis:
     def _io_complete(self, caller: Layer, which: str, head: NetBufferList) -> None:
         _, protocol_call, ndis_call = _IO[which]
         groups: list[tuple[Binding, list[NetBufferList]]] = []
-        statuses: dict[NdisStatus, int] = {}  # counted once per call and status
+        nbls: list[NetBufferList] = []
+        binding: Binding | None = None
+        # statuses are counted per run of one status (a chain's NBLs nearly always share
+        # theirs), once the whole chain has passed the checks
+        statuses: list[tuple[NdisStatus, int]] = []
+        run_status: NdisStatus = head.status
+        run = 0
         nbl: NetBufferList | None = head
         while nbl is not None:  # by `Next`, read before the NBL is relinked below
             nxt = nbl.next
@@ -480,20 +488,29 @@ class Ndis:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} with NDIS_STATUS_PENDING"
                 )
+            if status is not run_status:
+                statuses.append((run_status, run))
+                run_status, run = status, 0
+            run += 1
             sources = nbl.source_bindings
             if not sources or sources[-1].lower is not caller:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} that it does not own (twice, or never given)"
                 )
-            binding = sources.pop()
-            if groups and groups[-1][0] is binding:
-                groups[-1][1].append(nbl)
+            if sources[-1] is binding:
+                sources.pop()
+                nbls.append(nbl)
             else:
-                groups.append((binding, [nbl]))
-            statuses[status] = statuses.get(status, 0) + 1
+                binding = sources.pop()
+                nbls = [nbl]
+                groups.append((binding, nbls))
             nbl = nxt
-        for status, n in statuses.items():
+        statuses.append((run_status, run))
+        for status, n in statuses:
             caller.stats.count_status(ndis_call, status, n)
+        # one binding's NBLs in the order they came: the chain as it is (its last `Next` is
+        # None already). Several bindings' are relinked below, each into a chain of its own
+        relink = len(groups) > 1
         for binding, nbls in groups:
             self._trace_completion(binding.pair(ndis_call, protocol_call, False), nbls)
             n = len(nbls)
@@ -503,11 +520,11 @@ class Ndis:
                 upper.stats.outstanding_nbls -= n
             if self.observer is not None:
                 self.observer.on_io_complete(caller, ndis_call, nbls)
-            # relink this binding's NBLs as one chain, in completion order
-            if len(nbls) > 1:
-                for a, b in itertools.pairwise(nbls):
-                    a.next = b
-            nbls[-1].next = None
+            if relink:  # this binding's NBLs as one chain, in completion order
+                if len(nbls) > 1:
+                    for a, b in itertools.pairwise(nbls):
+                        a.next = b
+                nbls[-1].next = None
             self.deliver(upper, upper.chimney_handlers[protocol_call], (binding, nbls[0]))
 
     @staticmethod

@@ -150,6 +150,38 @@ def test_completions_go_up_by_binding_one_chain_per_binding() -> None:
     assert handlers.count("ProtocolTcpOffloadSendComplete") == 2  # split per binding
 
 
+def test_one_completion_of_mixed_statuses_and_interleaved_bindings() -> None:
+    """Statuses are counted per NBL whatever their order; each run of one binding's NBLs goes
+    up as its own chain, in completion order, its last `Next` cleared."""
+    st, (p0, p1), bottom = _stack(2)
+    t0, t1 = p0.connection_tree([None]), p1.connection_tree([None])
+    p0.initiate(t0.root)
+    p1.initiate(t1.root)
+    st.run()
+    a0, a1, a2 = p0.send(t0.tcp[0], b"a0", b"a1", b"a2")
+    (b0,) = p1.send(t1.tcp[0], b"b0")
+    st.run()
+    order = [a0, a1, b0, a2]
+    ok, failed = S.NDIS_STATUS_SUCCESS, S.NDIS_STATUS_FAILURE
+    statuses = [ok, ok, failed, ok]
+    for nbl, status in zip(order, statuses, strict=True):
+        nbl.status = status
+    head = link_chain(order)
+    assert head is not None
+    st.ndis.NdisTcpOffloadSendComplete(bottom, head)
+    st.run()
+    calls = bottom.stats.as_map()["calls"]
+    assert calls["NdisTcpOffloadSendComplete/NDIS_STATUS_SUCCESS"] == 3
+    assert calls["NdisTcpOffloadSendComplete/NDIS_STATUS_FAILURE"] == 1
+    assert [c.nbl for c in p0.completions] == [a0, a1, a2]
+    assert [c.status for c in p0.completions] == [statuses[0], statuses[1], statuses[3]]
+    assert [c.nbl for c in p1.completions] == [b0]
+    # a0 → a1 went up as one chain, b0 and a2 each alone
+    assert a0.next is a1 and a1.next is None and b0.next is None and a2.next is None
+    handlers = [d.handler for d in st.scheduler.log if d.layer in (p0, p1)]
+    assert handlers.count("ProtocolTcpOffloadSendComplete") == 3
+
+
 def test_a_completion_twice_or_with_pending_is_refused() -> None:
     st, (top,), bottom = _stack()
     tree = top.connection_tree([None])
