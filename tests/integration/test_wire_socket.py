@@ -238,15 +238,27 @@ def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> 
 
 def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
     """A peer answering one send at a time acknowledges within a fraction of a millisecond: the
-    turns right after a socket starts waiting are polled, not left to the timer."""
+    turns right after a socket starts waiting are polled, not left to the timer. Each of those
+    polls that finds nothing gives the CPU up first, so a peer on the same core can run."""
     loop = RecordingLoop()
-    watcher = AckWatcher(loop, spin=60.0)  # type: ignore[arg-type]  # longer than this test
+    yields: list[int] = []
+    watcher = AckWatcher(
+        loop,  # type: ignore[arg-type]
+        spin=60.0,  # longer than this test
+        yield_cpu=lambda: yields.append(len(loop.soon)),
+    )
     wire = WireSocket(lambda layer, method, args: None, watcher)
     wire.set_home(Owner(), "ctx")
     watcher.add(wire)
-    for _ in range(3):
+    for turn in range(3):
         loop.soon.pop()()  # nothing new, but the wait is new: the next turn again
         assert len(loop.soon) == 1 and loop.later == []
+        assert yields == [0] * (turn + 1)  # yielded before the next poll was asked for
+    wire._acked_seen = 10  # news: the owner is told, and the socket no longer waits
+    loop.soon.pop()()
+    assert loop.soon == [] and loop.later == [] and len(yields) == 3
+    watcher.add(wire)  # waits again (a new send)
     watcher.spin_until = 0.0  # the while is over
     loop.soon.pop()()
     assert loop.soon == [] and loop.later == [watcher.interval]
+    assert len(yields) == 3  # on the timer: nothing to give up
