@@ -27,7 +27,7 @@ from typing import Any
 import msgpack
 
 SIOCOUTQ = termios.TIOCOUTQ  # Linux: bytes in the send queue not yet acknowledged by the peer
-ACK_POLL_S = 0.0005  # the daemon's AckWatcher interval
+ACK_POLL_S = 0.0005  # asked for; uvloop rounds it to the next loop turn (a poll per turn)
 READ_PAUSE = 1 << 20  # stop reading a peer while this much waits for tcp.recv
 
 # contract error codes (rpc-contract.md)
