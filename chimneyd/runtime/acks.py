@@ -29,7 +29,9 @@ class AckWatcher:
 
     A poll in that while which finds nothing new gives the CPU up (`yield_cpu`, sched_yield)
     before the next turn: a peer on the same core cannot read, and so acknowledge, while we
-    spin. On an otherwise idle core it returns at once.
+    spin. On an otherwise idle core it returns at once. A yield that kept us off the CPU
+    longer than `yield_limit` gave it to something that does not sleep (a CPU-bound process
+    on our core, for a whole time slice: 4 ms here): no yields then for `yield_backoff`.
 
     A socket gets a `WireAcked` event when its acknowledged offset (or FIN state) differs from
     what it last reported, so an owner that asks to watch after its bytes were already
@@ -47,14 +49,21 @@ class AckWatcher:
         stall: float = 0.05,
         spin: float = 0.0005,
         yield_cpu: Callable[[], None] = os.sched_yield,
+        monotonic: Callable[[], float] = time.monotonic,
+        yield_limit: float = 0.001,
+        yield_backoff: float = 1.0,
     ) -> None:
         self.loop = loop
         self.interval = interval
         self.stall = stall
         self.spin = spin
         self.yield_cpu = yield_cpu
-        # polls on every turn until then (time.monotonic: uvloop's clock counts milliseconds)
+        self.monotonic = monotonic  # uvloop's own clock counts whole milliseconds
+        self.yield_limit = yield_limit
+        self.yield_backoff = yield_backoff
+        # polls on every turn until then
         self.spin_until = 0.0
+        self.no_yield_until = 0.0
         self.waiting: dict[WireSocket, float] = {}
         self._scheduled = False
         self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
@@ -62,7 +71,7 @@ class AckWatcher:
     def add(self, wire: WireSocket) -> None:
         if wire not in self.waiting:
             self.waiting[wire] = self.loop.time()
-            self.spin_until = time.monotonic() + self.spin
+            self.spin_until = self.monotonic() + self.spin
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._poll)
@@ -106,10 +115,19 @@ class AckWatcher:
             self._scheduled = True
             if moved:
                 self.loop.call_soon(self._poll)  # more is likely on its way
-            elif time.monotonic() < self.spin_until:
-                # nothing yet: a peer on this core (a sink, a client) runs first. One core
-                # shared with the bench's sink: bulk sends 1.56 -> 2.38 GB/s (medians of 24)
-                self.yield_cpu()
+            elif (t := self.monotonic()) < self.spin_until:
+                if t >= self.no_yield_until:
+                    self._yield(t)
                 self.loop.call_soon(self._poll)
             else:
                 self.loop.call_later(self.interval, self._poll)
+
+    def _yield(self, t: float) -> None:
+        """Nothing yet: a peer on this core (a sink, a client) runs first. One core shared
+        with the bench's sink: bulk sends 1.65 -> 1.99 GB/s (medians of 28 and 49 runs). With a
+        CPU-bound process on the core, every yield lost a time slice (one send at a time fell
+        from 0.11 to 4.0 ms): a long one stops the yields for a while."""
+        self.yield_cpu()
+        took = self.monotonic() - t
+        if took > self.yield_limit:
+            self.no_yield_until = t + took + self.yield_backoff

@@ -262,3 +262,40 @@ def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
     loop.soon.pop()()
     assert loop.soon == [] and loop.later == [watcher.interval]
     assert len(yields) == 3  # on the timer: nothing to give up
+
+
+def test_a_yield_that_loses_a_time_slice_stops_the_yields_for_a_while() -> None:
+    """A CPU-bound process on our core takes the whole slice a yield offers it: after one such
+    yield the spin polls without yielding until `yield_backoff` has passed."""
+    loop = RecordingLoop()
+    now = [100.0]
+    yields: list[float] = []
+    lost = [0.004]  # what the next yield keeps us off the CPU
+
+    def yield_cpu() -> None:
+        yields.append(now[0])
+        now[0] += lost[0]
+
+    watcher = AckWatcher(
+        loop,  # type: ignore[arg-type]
+        spin=60.0,
+        yield_cpu=yield_cpu,
+        monotonic=lambda: now[0],
+        yield_limit=0.001,
+        yield_backoff=1.0,
+    )
+    wire = WireSocket(lambda layer, method, args: None, watcher)
+    wire.set_home(Owner(), "ctx")
+    watcher.add(wire)
+    loop.soon.pop()()  # nothing new: yields, and loses 4 ms
+    assert yields == [100.0]
+    lost[0] = 0.0001  # a peer that reads and sleeps again: a short yield
+    for _ in range(5):
+        now[0] += 0.01
+        loop.soon.pop()()  # still spinning, but no yield within the backoff
+        assert len(loop.soon) == 1 and len(yields) == 1
+    now[0] = 101.005  # the backoff is over
+    loop.soon.pop()()
+    assert len(yields) == 2
+    loop.soon.pop()()  # that one was short: the next empty poll yields again
+    assert len(yields) == 3
