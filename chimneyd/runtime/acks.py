@@ -30,8 +30,9 @@ class AckWatcher:
     A poll in that while which finds nothing new gives the CPU up (`yield_cpu`, sched_yield)
     before the next turn: a peer on the same core cannot read, and so acknowledge, while we
     spin. On an otherwise idle core it returns at once. A yield that kept us off the CPU
-    longer than `yield_limit` gave it to something that does not sleep (a CPU-bound process
-    on our core, for a whole time slice: 4 ms here): no yields then for `yield_backoff`.
+    longer than `yield_limit` most likely gave it to something that does not sleep (a
+    CPU-bound process on our core takes a whole time slice: 4 ms here): no yields then for
+    `yield_backoff`, twice as long after each such yield in a row, up to `yield_backoff_max`.
 
     A socket gets a `WireAcked` event when its acknowledged offset (or FIN state) differs from
     what it last reported, so an owner that asks to watch after its bytes were already
@@ -51,7 +52,8 @@ class AckWatcher:
         yield_cpu: Callable[[], None] = os.sched_yield,
         monotonic: Callable[[], float] = time.monotonic,
         yield_limit: float = 0.001,
-        yield_backoff: float = 1.0,
+        yield_backoff: float = 0.01,
+        yield_backoff_max: float = 1.0,
     ) -> None:
         self.loop = loop
         self.interval = interval
@@ -61,6 +63,8 @@ class AckWatcher:
         self.monotonic = monotonic  # uvloop's own clock counts whole milliseconds
         self.yield_limit = yield_limit
         self.yield_backoff = yield_backoff
+        self.yield_backoff_max = yield_backoff_max
+        self.backoff = 0.0  # after the last yield: none if it was short
         # polls on every turn until then
         self.spin_until = 0.0
         self.no_yield_until = 0.0
@@ -124,10 +128,15 @@ class AckWatcher:
 
     def _yield(self, t: float) -> None:
         """Nothing yet: a peer on this core (a sink, a client) runs first. One core shared
-        with the bench's sink: bulk sends 1.65 -> 1.99 GB/s (medians of 28 and 49 runs). With a
-        CPU-bound process on the core, every yield lost a time slice (one send at a time fell
-        from 0.11 to 4.0 ms): a long one stops the yields for a while."""
+        with the bench's sink: bulk sends 1.70 -> 1.97 GB/s (medians of 77 and 98 runs). With
+        a CPU-bound process on the core, every yield lost a time slice (one send at a time
+        fell from 0.11 to 4.0 ms): long ones stop the yields for a while, and a short one ends
+        that. The bench's sink, reading a whole write, once in ~1,000 yields takes over 1 ms:
+        a backoff of 1 s there cost most of the gain, hence one that starts short."""
         self.yield_cpu()
         took = self.monotonic() - t
         if took > self.yield_limit:
-            self.no_yield_until = t + took + self.yield_backoff
+            self.backoff = min(max(2 * self.backoff, self.yield_backoff), self.yield_backoff_max)
+            self.no_yield_until = t + took + self.backoff
+        else:
+            self.backoff = 0.0

@@ -265,8 +265,9 @@ def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
 
 
 def test_a_yield_that_loses_a_time_slice_stops_the_yields_for_a_while() -> None:
-    """A CPU-bound process on our core takes the whole slice a yield offers it: after one such
-    yield the spin polls without yielding until `yield_backoff` has passed."""
+    """A CPU-bound process on our core takes the whole slice a yield offers it: after such a
+    yield the spin polls without yielding for a backoff, twice as long after each one in a
+    row; a short yield ends it."""
     loop = RecordingLoop()
     now = [100.0]
     yields: list[float] = []
@@ -282,20 +283,34 @@ def test_a_yield_that_loses_a_time_slice_stops_the_yields_for_a_while() -> None:
         yield_cpu=yield_cpu,
         monotonic=lambda: now[0],
         yield_limit=0.001,
-        yield_backoff=1.0,
+        yield_backoff=0.01,
+        yield_backoff_max=0.03,
     )
     wire = WireSocket(lambda layer, method, args: None, watcher)
     wire.set_home(Owner(), "ctx")
     watcher.add(wire)
-    loop.soon.pop()()  # nothing new: yields, and loses 4 ms
-    assert yields == [100.0]
-    lost[0] = 0.0001  # a peer that reads and sleeps again: a short yield
-    for _ in range(5):
-        now[0] += 0.01
-        loop.soon.pop()()  # still spinning, but no yield within the backoff
-        assert len(loop.soon) == 1 and len(yields) == 1
-    now[0] = 101.005  # the backoff is over
+
+    def turns_without_a_yield(seconds: float) -> None:
+        """Empty polls over `seconds` (in steps of 1 ms): none of them yields."""
+        before = len(yields)
+        end = now[0] + seconds
+        while now[0] + 0.001 < end:
+            now[0] += 0.001
+            loop.soon.pop()()
+            assert len(loop.soon) == 1 and len(yields) == before
+
+    for backoff in (0.01, 0.02, 0.03, 0.03):  # doubled each time, up to the most
+        loop.soon.pop()()  # yields, and loses 4 ms
+        turns_without_a_yield(backoff)
+        now[0] += 0.002  # the backoff is over
+    assert len(yields) == 4
+    lost[0] = 0.0001  # a peer that reads and sleeps again: short yields
     loop.soon.pop()()
-    assert len(yields) == 2
     loop.soon.pop()()  # that one was short: the next empty poll yields again
-    assert len(yields) == 3
+    assert len(yields) == 6
+    lost[0] = 0.004
+    loop.soon.pop()()  # a long one again: the backoff starts from its shortest
+    turns_without_a_yield(0.01)
+    now[0] += 0.002
+    loop.soon.pop()()
+    assert len(yields) == 8
