@@ -162,7 +162,7 @@ def placements() -> tuple[Placement, Placement]:
     (384 MiB runs): raw loopback with the sink on the other core moved 1.3-7.4 GB/s from one
     run to the next; sharing a core, 2.0-2.9 GB/s from day to day and within about 10% over
     one bench run. The engine moved about the same on either (its sends are paced by their
-    acknowledgements; on one core some runs go much faster, 3.0-3.5 GB/s against 1.7-2.0,
+    acknowledgements; on one core some runs go much faster, 3.0-3.5 GB/s against 1.4-2.0,
     when the sink reads each whole write right after it): the baseline, not the engine, was
     the noise. A machine with one CPU runs both on it."""
     mine = cpus()
