@@ -493,15 +493,16 @@ class Ndis:
                 run_status, run = status, 0
             run += 1
             sources = nbl.source_bindings
-            if not sources or sources[-1].lower is not caller:
+            top = sources[-1] if sources else None  # the binding it came down last
+            if top is None or top.lower is not caller:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} that it does not own (twice, or never given)"
                 )
-            if sources[-1] is binding:
-                sources.pop()
+            sources.pop()
+            if top is binding:
                 nbls.append(nbl)
             else:
-                binding = sources.pop()
+                binding = top
                 nbls = [nbl]
                 groups.append((binding, nbls))
             nbl = nxt
