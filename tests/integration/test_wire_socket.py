@@ -210,6 +210,14 @@ class RecordingLoop:
         self.later.append(delay)
 
 
+def _waiting(watcher: AckWatcher) -> WireSocket:
+    """A socket without a transport that starts waiting for acknowledgements."""
+    wire = WireSocket(lambda layer, method, args: None, watcher)
+    wire.set_home(Owner(), "ctx")
+    watcher.add(wire)
+    return wire
+
+
 def test_news_is_asked_for_again_next_turn_and_silence_after_a_millisecond() -> None:
     loop = RecordingLoop()
     watcher = AckWatcher(loop, spin=0.0)  # type: ignore[arg-type]  # no turns after a new wait
@@ -247,9 +255,7 @@ def test_a_new_wait_is_polled_every_turn_for_a_while() -> None:
         spin=60.0,  # longer than this test
         yield_cpu=lambda: yields.append(len(loop.soon)),
     )
-    wire = WireSocket(lambda layer, method, args: None, watcher)
-    wire.set_home(Owner(), "ctx")
-    watcher.add(wire)
+    wire = _waiting(watcher)
     for turn in range(3):
         loop.soon.pop()()  # nothing new, but the wait is new: the next turn again
         assert len(loop.soon) == 1 and loop.later == []
@@ -286,9 +292,7 @@ def test_a_yield_that_loses_a_time_slice_stops_the_yields_for_a_while() -> None:
         yield_backoff=0.01,
         yield_backoff_max=0.03,
     )
-    wire = WireSocket(lambda layer, method, args: None, watcher)
-    wire.set_home(Owner(), "ctx")
-    watcher.add(wire)
+    _waiting(watcher)  # the watcher holds it while it waits
 
     def turns_without_a_yield(seconds: float) -> None:
         """Empty polls over `seconds` (in steps of 1 ms): none of them yields."""
