@@ -168,11 +168,13 @@ class Session(asyncio.Protocol):
                     return
         finally:
             self.serving = False
+            if self.out:
+                self.flush()
+            # the latency histograms after the answers are written: their bookkeeping runs
+            # while the client reads them, not before it gets them
             if self.timings:
                 metrics.rpc_requests(self.timings)
                 self.timings = []
-        if self.out:
-            self.flush()
         partial = self.decoder.partial
         if partial != self.partial:
             self._hold(partial)

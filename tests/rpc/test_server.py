@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from chimneyd.api import EngineAPI, ErrorCode
+from chimneyd.observe import metrics
 from chimneyd.observe.logging import write_errors
 from tests.rpc.fake_engine import REFUSED_PORT, FakeEngine
 from tests.rpc.support import HOST, RawClient, eventually, serving
@@ -207,6 +208,45 @@ async def test_stack_metrics_is_prometheus_text() -> None:
         text = await c.ok("stack.metrics")
         assert isinstance(text, str)
         assert 'chimney_offloads_active{layer="nic0"} 1.0' in text.splitlines(), text
+
+
+class _TimedEngine:
+    """What `Metrics.attach` needs of an engine: its loop, layer tasks and send hook."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.tasks: list[object] = []
+        self.send_observer: object = None
+
+
+async def test_request_latencies_are_counted_after_the_answers_are_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # answers first: the histograms' bookkeeping of a read runs while the client reads them
+    registry = metrics.Metrics(dict, probe_interval_s=60.0)
+    metrics.install(registry)
+    registry.attach(_TimedEngine())
+    seen: list[tuple[int, list[int]]] = []
+    record = metrics.rpc_requests
+
+    def rpc_requests(timed: list[tuple[str, float]]) -> None:
+        seen.append((len(timed), [len(session.out) for session in s.sessions()]))
+        record(timed)
+
+    monkeypatch.setattr(metrics, "rpc_requests", rpc_requests)
+    try:
+        async with serving() as s:
+            c = await s.client()
+            c.send_raw(b"".join(msgpack.packb([0, i, "ping", []]) for i in range(1, 51)))
+            got = [await c.read() for _ in range(50)]
+            assert [m[1] for m in got] == list(range(1, 51))
+            await eventually(lambda: sum(n for n, _ in seen) == 50, "50 pings counted")
+            assert all(queued == [0] for _, queued in seen), seen  # nothing left to write
+            assert registry.rpc.get("ping").counts[-1] == 0  # none slower than 16.8 s
+            assert sum(registry.rpc.get("ping").counts) == 50
+    finally:
+        registry.detach()
+        metrics.install(None)
 
 
 # -- out of order --------------------------------------------------------------------------------
