@@ -8,8 +8,8 @@ What the registry holds:
   one list slot incremented (no lock, no per-bucket object; everything runs on the daemon's one
   loop). Send completion (a `tcp.send` until the peer acknowledged it), hop latency per layer (a
   probe message through each layer's inbox every `probe_interval_s`, so the data path is never
-  touched), and RPC request latency per method (the RPC server calls `rpc_requests`/`rpc_task`).
-  They exist only while metrics are served over HTTP (`Metrics.attach`);
+  touched), and RPC request latency per method (the RPC server calls `rpc_requests` and
+  `rpc_answered`). They exist only while metrics are served over HTTP (`Metrics.attach`);
 - the process collector: resident and virtual memory, open fds, CPU seconds, start time.
 
 `prometheus_text(stats)` is the entry point of the `stack.metrics` RPC: the daemon's registry
@@ -417,14 +417,15 @@ def rpc_requests(timed: list[tuple[str, float]]) -> None:
         m.rpc.get(method).observe_all(map(_SECONDS, run))
 
 
-def rpc_task(method: str, task: asyncio.Future[Any]) -> None:
-    """Time the request `task` of `method` from now until it is done (the RPC server's hook)."""
+def rpc_answered(method: str, seconds: float) -> None:
+    """An RPC request of `method` that waited (a future or a task) was answered `seconds`
+    after its dispatch. The RPC server calls it from the callback that answers the request:
+    a done callback of its own per request (a closure, a copied context, one more loop
+    callback) cost ~0.85 µs per request, this ~0.5 µs. A no-op unless the histograms are on."""
     m = _installed
     if m is None or m.engine is None:
         return
-    hist = m.rpc.get(method)
-    t0 = time.perf_counter()
-    task.add_done_callback(lambda _: hist.observe(time.perf_counter() - t0))
+    m.rpc.get(method).observe(seconds)
 
 
 class _Collectors:
@@ -556,8 +557,8 @@ __all__ = [
     "installed",
     "layer_summary",
     "prometheus_text",
+    "rpc_answered",
     "rpc_requests",
-    "rpc_task",
     "shard_families",
     "sharded_text",
     "split_call",

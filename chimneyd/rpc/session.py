@@ -322,14 +322,19 @@ class Session(asyncio.Protocol):
             self.respond(req.msgid, None, result)
             return
         self.in_flight += 1
-        if timed:
-            metrics.rpc_task(req.method, task)  # the latency histogram, when metrics are served
         self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._finished, req))
+        if timed:  # timed by the callback that answers it: no callback of its own per request
+            task.add_done_callback(functools.partial(self._finished_timed, req, t0))
+        else:
+            task.add_done_callback(functools.partial(self._finished, req))
 
     def _over_limit(self, req: Request, limit: int) -> None:
         detail = f"more than {limit} requests in flight"
         self.respond(req.msgid, errors.envelope(ErrorCode.LIMIT, detail), None)
+
+    def _finished_timed(self, req: Request, t0: float, task: asyncio.Future[Any]) -> None:
+        self._finished(req, task)
+        metrics.rpc_answered(req.method, time.perf_counter() - t0)
 
     def _finished(self, req: Request, task: asyncio.Future[Any]) -> None:
         self.tasks.discard(task)

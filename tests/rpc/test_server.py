@@ -249,6 +249,28 @@ async def test_request_latencies_are_counted_after_the_answers_are_written(
         metrics.install(None)
 
 
+async def test_a_request_that_waits_is_timed_until_it_is_answered() -> None:
+    registry = metrics.Metrics(dict, probe_interval_s=60.0)
+    metrics.install(registry)
+    registry.attach(_TimedEngine())
+    try:
+        async with serving() as s:
+            c = await s.client()
+            conn = await c.ok("tcp.connect", HOST, 9000)
+            waiting = c.request("tcp.recv", conn, 10)  # nothing sent yet: it waits
+            await c.ok("ping")
+            assert "tcp.recv" not in registry.rpc.by_value  # not answered: not counted
+            await asyncio.sleep(0.05)
+            assert await c.ok("tcp.send", conn, b"data") == 4
+            assert await c.response(waiting) == [1, waiting, None, b"data"]
+            recv = registry.rpc.get("tcp.recv")
+            assert sum(recv.counts) == 1
+            assert recv.sum > 0.03  # from its dispatch (50 ms of waiting), not its answer
+    finally:
+        registry.detach()
+        metrics.install(None)
+
+
 # -- out of order --------------------------------------------------------------------------------
 
 
