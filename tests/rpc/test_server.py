@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -219,13 +220,23 @@ class _TimedEngine:
         self.send_observer: object = None
 
 
+@pytest.fixture
+async def registry() -> AsyncIterator[metrics.Metrics]:
+    """The daemon's metrics registry installed, its latency histograms on (as with --web)."""
+    reg = metrics.Metrics(dict, probe_interval_s=60.0)
+    metrics.install(reg)
+    reg.attach(_TimedEngine())
+    try:
+        yield reg
+    finally:
+        reg.detach()
+        metrics.install(None)
+
+
 async def test_request_latencies_are_counted_after_the_answers_are_written(
-    monkeypatch: pytest.MonkeyPatch,
+    registry: metrics.Metrics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # answers first: the histograms' bookkeeping of a read runs while the client reads them
-    registry = metrics.Metrics(dict, probe_interval_s=60.0)
-    metrics.install(registry)
-    registry.attach(_TimedEngine())
     seen: list[tuple[int, list[int]]] = []
     record = metrics.rpc_requests
 
@@ -234,41 +245,32 @@ async def test_request_latencies_are_counted_after_the_answers_are_written(
         record(timed)
 
     monkeypatch.setattr(metrics, "rpc_requests", rpc_requests)
-    try:
-        async with serving() as s:
-            c = await s.client()
-            c.send_raw(b"".join(msgpack.packb([0, i, "ping", []]) for i in range(1, 51)))
-            got = [await c.read() for _ in range(50)]
-            assert [m[1] for m in got] == list(range(1, 51))
-            await eventually(lambda: sum(n for n, _ in seen) == 50, "50 pings counted")
-            assert all(queued == [0] for _, queued in seen), seen  # nothing left to write
-            assert registry.rpc.get("ping").counts[-1] == 0  # none slower than 16.8 s
-            assert sum(registry.rpc.get("ping").counts) == 50
-    finally:
-        registry.detach()
-        metrics.install(None)
+    async with serving() as s:
+        c = await s.client()
+        c.send_raw(b"".join(msgpack.packb([0, i, "ping", []]) for i in range(1, 51)))
+        got = [await c.read() for _ in range(50)]
+        assert [m[1] for m in got] == list(range(1, 51))
+        await eventually(lambda: sum(n for n, _ in seen) == 50, "50 pings counted")
+        assert all(queued == [0] for _, queued in seen), seen  # nothing left to write
+        assert registry.rpc.get("ping").counts[-1] == 0  # none slower than 16.8 s
+        assert sum(registry.rpc.get("ping").counts) == 50
 
 
-async def test_a_request_that_waits_is_timed_until_it_is_answered() -> None:
-    registry = metrics.Metrics(dict, probe_interval_s=60.0)
-    metrics.install(registry)
-    registry.attach(_TimedEngine())
-    try:
-        async with serving() as s:
-            c = await s.client()
-            conn = await c.ok("tcp.connect", HOST, 9000)
-            waiting = c.request("tcp.recv", conn, 10)  # nothing sent yet: it waits
-            await c.ok("ping")
-            assert "tcp.recv" not in registry.rpc.by_value  # not answered: not counted
-            await asyncio.sleep(0.05)
-            assert await c.ok("tcp.send", conn, b"data") == 4
-            assert await c.response(waiting) == [1, waiting, None, b"data"]
-            recv = registry.rpc.get("tcp.recv")
-            assert sum(recv.counts) == 1
-            assert recv.sum > 0.03  # from its dispatch (50 ms of waiting), not its answer
-    finally:
-        registry.detach()
-        metrics.install(None)
+async def test_a_request_that_waits_is_timed_until_it_is_answered(
+    registry: metrics.Metrics,
+) -> None:
+    async with serving() as s:
+        c = await s.client()
+        conn = await c.ok("tcp.connect", HOST, 9000)
+        waiting = c.request("tcp.recv", conn, 10)  # nothing sent yet: it waits
+        await c.ok("ping")
+        assert "tcp.recv" not in registry.rpc.by_value  # not answered: not counted
+        await asyncio.sleep(0.05)
+        assert await c.ok("tcp.send", conn, b"data") == 4
+        assert await c.response(waiting) == [1, waiting, None, b"data"]
+        recv = registry.rpc.get("tcp.recv")
+        assert sum(recv.counts) == 1
+        assert recv.sum > 0.03  # from its dispatch (50 ms of waiting), not its answer
 
 
 # -- out of order --------------------------------------------------------------------------------
