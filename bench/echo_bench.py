@@ -688,9 +688,9 @@ async def run(ctx: Ctx, sec: Section) -> None:
                 "the same RPC calls to bench.floor_proxy: no NDIS",
                 f"floor vs direct {_ratio(f, d):.2f}x; floor ops/s {_med(f, 'ops_per_s'):,.0f}, "
                 f"p99 {_med(f, 'p99_ms'):.1f} ms; CPU per round, server "
-                f"{_cpu_per_round(e, 'server')} vs {_cpu_per_round(f, 'server')}, client "
-                f"{_cpu_per_round(e, 'client')} vs {_cpu_per_round(f, 'client')} (direct "
-                f"{_cpu_per_round(d, 'client')})",
+                f"{cpu_per_round(e, 'server')} vs {cpu_per_round(f, 'server')}, client "
+                f"{cpu_per_round(e, 'client')} vs {cpu_per_round(f, 'client')} (direct "
+                f"{cpu_per_round(d, 'client')})",
                 failed="; ".join(problems) or None,
             )
             sec.raw["counts"][str(n)] = {
@@ -716,7 +716,7 @@ def _ratio(values: list[EchoResult], baselines: list[EchoResult]) -> float:
     )
 
 
-def _cpu_per_round(results: list[EchoResult], side: str) -> str:
+def cpu_per_round(results: list[EchoResult], side: str) -> str:
     """Median `side` ("server" or "client") CPU per verified round, "?" where not measured."""
     us = [getattr(r, f"{side}_us_per_round") for r in results]
     known = [u for u in us if u is not None]

@@ -11,6 +11,10 @@ off, …) and every figure is on / off:
 * verified 16 KiB echo over N offloaded connections per daemon to one echo peer process, with
   the echo section's emulated side (every byte checked, gauges back to 0 after closing).
 
+Each figure's note also gives each daemon's CPU per ping and per verified round (from
+/proc/PID/stat around every window): what watching costs where the rates do not show it, since
+at these loads neither daemon uses a whole core.
+
 Between the ping and the echo windows `/metrics` of the "on" daemon is scraped once, as a real
 Prometheus would: it must answer, and its histograms must have counted the pings just made and
 the echo connections' warm-up sends (histograms that did not run would make the figures claim
@@ -28,10 +32,10 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench.baselines import RpcClient, RpcResult, rpc_connect, rpc_load
-from bench.common import Section, SectionSkip, child, ports_of, raise_nofile
+from bench.common import Section, SectionSkip, child, cpu_of, ports_of, raise_nofile
 from bench.context import Ctx
 from bench.daemon import Daemon
-from bench.echo_bench import EchoResult, EmulatedSide, emulated_problems
+from bench.echo_bench import EchoResult, EmulatedSide, cpu_per_round, emulated_problems
 from bench.judge import interleaved
 from bench.peers import CONNS_PER_PORT
 from bench.rpc_bench import WARMUP_S, check_rpc, pong
@@ -123,7 +127,11 @@ async def run(ctx: Ctx, sec: Section) -> None:
         nports = max(1, -(-2 * n // CONNS_PER_PORT))
         echo = stack.enter_context(child("-m", "bench.peers", "echo", "--ports", str(nports)))
         echo_ports = ports_of(echo.expect("ready "))
-        emus = {side: EmulatedSide(daemons[side].port, echo_ports, n) for side in SIDES}
+        emus = {
+            side: EmulatedSide(daemons[side].port, echo_ports, n, daemons[side].pid)
+            for side in SIDES
+        }
+        ping_cpu: dict[str, list[float | None]] = {side: [] for side in SIDES}
         try:
             clients: dict[str, RpcClient] = {}
             for side in SIDES:
@@ -135,12 +143,23 @@ async def run(ctx: Ctx, sec: Section) -> None:
             for side in SIDES:
                 check_rpc(SIDE_NAMES[side], await rpc_load(clients[side], 8, WARMUP_S))
 
-            def load(client: RpcClient) -> Callable[[], Awaitable[RpcResult]]:
-                return lambda: rpc_load(client, PING_WINDOW, sc.rpc_window_s)
+            def load(side: str) -> Callable[[], Awaitable[RpcResult]]:
+                async def window() -> RpcResult:
+                    pid = daemons[side].pid
+                    cpu0 = cpu_of(pid)
+                    result = await rpc_load(clients[side], PING_WINDOW, sc.rpc_window_s)
+                    cpu1 = cpu_of(pid)
+                    if cpu0 is None or cpu1 is None or not result.requests:
+                        ping_cpu[side].append(None)
+                    else:
+                        ping_cpu[side].append((cpu1 - cpu0) / result.requests * 1e6)
+                    return result
+
+                return window
 
             ctx.progress.step(f"ping, {PING_WINDOW} in flight: off and on, alternating")
             pings = await interleaved(
-                {side: load(clients[side]) for side in SIDES},
+                {side: load(side) for side in SIDES},
                 repeats,
                 lambda _i: ctx.progress.advance(),
             )
@@ -174,6 +193,7 @@ async def run(ctx: Ctx, sec: Section) -> None:
             "scrape_bytes": len(text),
             "scrape_problems": problems,
             "ping": {side: [r.as_map() for r in rs] for side, rs in pings.items()},
+            "ping_cpu_us": ping_cpu,  # each daemon's CPU per ping, per window (None: no /proc)
             "echo": {side: [r.as_map() for r in rs] for side, rs in windows.items()},
             "echo_setup": {side: emus[side].setup.as_map() for side in SIDES},
         }
@@ -186,7 +206,8 @@ async def run(ctx: Ctx, sec: Section) -> None:
         [r.rate for r in off],
         "the same daemon, web + metrics off",
         f"p50 {_med(on, 'p50_us'):.0f} / p99 {_med(on, 'p99_us'):.0f} µs vs "
-        f"{_med(off, 'p50_us'):.0f} / {_med(off, 'p99_us'):.0f} µs (medians of repeats)",
+        f"{_med(off, 'p50_us'):.0f} / {_med(off, 'p99_us'):.0f} µs (medians of repeats); "
+        f"daemon CPU per ping {_cpu_per_ping(ping_cpu['on'])} vs {_cpu_per_ping(ping_cpu['off'])}",
         failed=scrape_failed,
     )
     echo_problems = [
@@ -201,7 +222,8 @@ async def run(ctx: Ctx, sec: Section) -> None:
         [r.mbps for r in e_off],
         "the same daemon, web + metrics off",
         f"ops/s {_med(e_on, 'ops_per_s'):,.0f} vs {_med(e_off, 'ops_per_s'):,.0f}; p99 round "
-        f"trip {_med(e_on, 'p99_ms'):.1f} vs {_med(e_off, 'p99_ms'):.1f} ms; "
+        f"trip {_med(e_on, 'p99_ms'):.1f} vs {_med(e_off, 'p99_ms'):.1f} ms; daemon CPU per round "
+        f"{cpu_per_round(e_on, 'server')} vs {cpu_per_round(e_off, 'server')}; "
         f"{sum(r.bytes_verified for r in e_on + e_off) / 1e6:,.0f} MB verified"
         + ("" if echo_problems else ", 0 errors"),
         failed="; ".join(echo_problems + problems) or None,
@@ -220,3 +242,9 @@ def _window(side: EmulatedSide, seconds: float) -> Callable[[], Awaitable[EchoRe
 
 def _med(results: list[Any], key: str) -> float:
     return statistics.median(float(getattr(r, key)) for r in results)
+
+
+def _cpu_per_ping(us: list[float | None]) -> str:
+    """The median of a daemon's CPU per ping over its windows, "?" where not measured."""
+    known = [u for u in us if u is not None]
+    return f"{statistics.median(known):.2f} µs" if known else "?"

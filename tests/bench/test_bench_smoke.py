@@ -94,6 +94,11 @@ def test_smoke_run_of_every_section(tmp_path: Path) -> None:
             for w in observe["echo"][side]:
                 assert w["integrity_errors"] == 0 and w["errors"] == 0, (side, w)
                 assert w["ops"] > 0 and w["bytes_verified"] == w["ops"] * 16 * 1024
+                assert w["server_cpu_s"] > 0 and w["server_us_per_round"] > 0, (side, w)
+            # each daemon's CPU per ping, one per window (a short window may read 0 ticks)
+            cpu = observe["ping_cpu_us"][side]
+            assert len(cpu) == len(observe["ping"][side]), (side, cpu)
+            assert all(u is not None and u >= 0 for u in cpu) and sum(cpu) > 0, (side, cpu)
             assert observe["echo_setup"][side]["drained"] == {}, side
     if "memory" in ran:
         ramps = sections["memory"]["raw"]["ramps"]
