@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +176,12 @@ def percentile(samples: Sequence[float], p: float) -> float:
     ordered = sorted(samples)
     k = max(0, min(len(ordered) - 1, round(p / 100.0 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def median_us(values: Iterable[float | None], places: int = 0) -> str:
+    """The median of the measured values as "N µs"; "?" where none was (no /proc)."""
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.{places}f} µs" if known else "?"
 
 
 def rss_of(pid: int) -> int:

@@ -67,6 +67,7 @@ from bench.common import (
     child,
     cpu_of,
     mbps,
+    median_us,
     percentile,
     ports_of,
     raise_nofile,
@@ -718,9 +719,7 @@ def _ratio(values: list[EchoResult], baselines: list[EchoResult]) -> float:
 
 def cpu_per_round(results: list[EchoResult], side: str) -> str:
     """Median `side` ("server" or "client") CPU per verified round, "?" where not measured."""
-    us = [getattr(r, f"{side}_us_per_round") for r in results]
-    known = [u for u in us if u is not None]
-    return f"{statistics.median(known):.0f} µs" if known else "?"
+    return median_us(getattr(r, f"{side}_us_per_round") for r in results)
 
 
 def _med(results: list[EchoResult], key: str) -> float:

@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench.baselines import RpcClient, RpcResult, rpc_connect, rpc_load
-from bench.common import Section, SectionSkip, child, cpu_of, ports_of, raise_nofile
+from bench.common import Section, SectionSkip, child, cpu_of, median_us, ports_of, raise_nofile
 from bench.context import Ctx
 from bench.daemon import Daemon
 from bench.echo_bench import EchoResult, EmulatedSide, cpu_per_round, emulated_problems
@@ -207,7 +207,7 @@ async def run(ctx: Ctx, sec: Section) -> None:
         "the same daemon, web + metrics off",
         f"p50 {_med(on, 'p50_us'):.0f} / p99 {_med(on, 'p99_us'):.0f} µs vs "
         f"{_med(off, 'p50_us'):.0f} / {_med(off, 'p99_us'):.0f} µs (medians of repeats); "
-        f"daemon CPU per ping {_cpu_per_ping(ping_cpu['on'])} vs {_cpu_per_ping(ping_cpu['off'])}",
+        f"daemon CPU per ping {median_us(ping_cpu['on'], 2)} vs {median_us(ping_cpu['off'], 2)}",
         failed=scrape_failed,
     )
     echo_problems = [
@@ -242,9 +242,3 @@ def _window(side: EmulatedSide, seconds: float) -> Callable[[], Awaitable[EchoRe
 
 def _med(results: list[Any], key: str) -> float:
     return statistics.median(float(getattr(r, key)) for r in results)
-
-
-def _cpu_per_ping(us: list[float | None]) -> str:
-    """The median of a daemon's CPU per ping over its windows, "?" where not measured."""
-    known = [u for u in us if u is not None]
-    return f"{statistics.median(known):.2f} µs" if known else "?"
