@@ -43,7 +43,6 @@ from .codec import (
     Encoder,
     Notification,
     ProtocolError,
-    Request,
     bytes_response_head,
 )
 from .deadlines import ClientClock
@@ -155,16 +154,16 @@ class Session(asyncio.Protocol):
         # it is served, not a loop turn later (`send`)
         self.serving = True
         try:
-            for msg in self.decoder.feed(data):
-                if isinstance(msg, Request):
-                    self.dispatch(msg)
+            for msg in self.decoder.feed_raw(data):
+                if msg.__class__ is list:  # a request [0, msgid, method, params], types checked
+                    self.dispatch(msg[1], msg[2], msg[3])
                     if self.hangup:
                         self.close()
                         return
                 elif isinstance(msg, Notification):
                     log.info("rpc_notification_ignored", method=errors.short(msg.method))
                 else:
-                    self.bad_frame(msg)
+                    self.bad_frame(msg)  # type: ignore[arg-type]
                     return
         finally:
             self.serving = False
@@ -278,29 +277,30 @@ class Session(asyncio.Protocol):
             self.transport.abort()
 
     # -- requests ------------------------------------------------------------------------------
-    def dispatch(self, req: Request) -> None:
+    def dispatch(self, msgid: int, method: str, params: list[Any]) -> None:
+        """One request, as decoded (no object per request: `Decoder.feed_raw`)."""
         self.requests += 1
         # DENIED before NO_METHOD: an unauthenticated client learns nothing about the method table
-        if not self.authed and req.method not in OPEN_METHODS:
+        if not self.authed and method not in OPEN_METHODS:
             self.respond(
-                req.msgid, errors.envelope(ErrorCode.DENIED, "authenticate first (auth)"), None
+                msgid, errors.envelope(ErrorCode.DENIED, "authenticate first (auth)"), None
             )
             return
-        fn = self.methods.get(req.method)
+        fn = self.methods.get(method)
         if fn is None:
-            detail = f"unknown method {errors.short(req.method)!r}"
-            self.respond(req.msgid, errors.envelope(ErrorCode.NO_METHOD, detail), None)
+            detail = f"unknown method {errors.short(method)!r}"
+            self.respond(msgid, errors.envelope(ErrorCode.NO_METHOD, detail), None)
             return
         limit = self.config.max_in_flight
-        if self.in_flight >= limit and req.method in FUTURE_METHODS:
-            self._over_limit(req, limit)  # before it starts anything in the engine
+        if self.in_flight >= limit and method in FUTURE_METHODS:
+            self._over_limit(msgid, limit)  # before it starts anything in the engine
             return
         timed = metrics.recording
         t0 = time.perf_counter() if timed else 0.0
         try:
-            result = fn(self, req.params)
+            result = fn(self, params)
         except Exception as exc:
-            self.respond(req.msgid, self._error(req, exc), None)
+            self.respond(msgid, self._error(method, params, exc), None)
             return
         # a method returns the answer, a future of it, or a coroutine (`async def`); type
         # checks, not `isawaitable`, whose Awaitable ABC check cost 7% of the daemon's time.
@@ -313,49 +313,57 @@ class Session(asyncio.Protocol):
             elif cls is CoroutineType or asyncio.iscoroutine(result):  # compiled: own class
                 if self.in_flight >= limit:
                     result.close()  # the coroutine never ran: nothing happened in the engine
-                    self._over_limit(req, limit)
+                    self._over_limit(msgid, limit)
                     return
                 task = asyncio.ensure_future(result)
         if task is None:
             if timed:  # answered at once: counted at the end of the read
-                self.timings.append((req.method, time.perf_counter() - t0))
-            self.respond(req.msgid, None, result)
+                self.timings.append((method, time.perf_counter() - t0))
+            self.respond(msgid, None, result)
             return
         self.in_flight += 1
         self.tasks.add(task)
         if timed:  # timed by the callback that answers it: no callback of its own per request
-            task.add_done_callback(functools.partial(self._finished_timed, req, t0))
+            task.add_done_callback(
+                functools.partial(self._finished_timed, msgid, method, params, t0)
+            )
         else:
-            task.add_done_callback(functools.partial(self._finished, req))
+            task.add_done_callback(functools.partial(self._finished, msgid, method, params))
 
-    def _over_limit(self, req: Request, limit: int) -> None:
+    def _over_limit(self, msgid: int, limit: int) -> None:
         detail = f"more than {limit} requests in flight"
-        self.respond(req.msgid, errors.envelope(ErrorCode.LIMIT, detail), None)
+        self.respond(msgid, errors.envelope(ErrorCode.LIMIT, detail), None)
 
-    def _finished_timed(self, req: Request, t0: float, task: asyncio.Future[Any]) -> None:
-        self._finished(req, task)
-        metrics.rpc_answered(req.method, time.perf_counter() - t0)
+    def _finished_timed(
+        self, msgid: int, method: str, params: list[Any], t0: float, task: asyncio.Future[Any]
+    ) -> None:
+        self._finished(msgid, method, params, task)
+        metrics.rpc_answered(method, time.perf_counter() - t0)
 
-    def _finished(self, req: Request, task: asyncio.Future[Any]) -> None:
+    def _finished(
+        self, msgid: int, method: str, params: list[Any], task: asyncio.Future[Any]
+    ) -> None:
         self.tasks.discard(task)
         self.in_flight -= 1
         if task.cancelled():
             if self.server.stopping:
                 detail = "cancelled: the daemon is stopping"
-                self.respond(req.msgid, errors.envelope(ErrorCode.TIMEOUT, detail), None)
+                self.respond(msgid, errors.envelope(ErrorCode.TIMEOUT, detail), None)
             elif not self.closing:
                 # nobody here cancelled it: a cancellation escaped the engine
-                error = self._error(req, asyncio.CancelledError("cancelled inside the engine"))
-                self.respond(req.msgid, error, None)
+                error = self._error(
+                    method, params, asyncio.CancelledError("cancelled inside the engine")
+                )
+                self.respond(msgid, error, None)
             return
         err = task.exception()
         if err is None:
-            self.respond(req.msgid, None, task.result())
+            self.respond(msgid, None, task.result())
         else:
-            self.respond(req.msgid, self._error(req, err), None)
+            self.respond(msgid, self._error(method, params, err), None)
 
-    def _error(self, req: Request, exc: BaseException) -> errors.Envelope:
-        return errors.for_exception(exc, req.method, conn_param(req.method, req.params), self.peer)
+    def _error(self, method: str, params: list[Any], exc: BaseException) -> errors.Envelope:
+        return errors.for_exception(exc, method, conn_param(method, params), self.peer)
 
     def respond(self, msgid: int, error: list[Any] | None, result: Any) -> None:
         if self.closing or self.transport is None:

@@ -41,6 +41,17 @@ def test_request_with_str_and_bin_method_names() -> None:
     assert out == [Request(1, "ping", []), Request(2, "tcp.info", [7])]
 
 
+def test_feed_raw_leaves_each_request_as_its_array() -> None:
+    """The server's path: a request is the decoded array itself, its method a str even when
+    sent as bin; anything else is the same object `feed` gives."""
+    d = Decoder(LIMIT)
+    frames = pack([0, 1, "ping", []]) + pack([0, 2, b"tcp.info", [7]]) + pack([2, "n", []])
+    out = d.feed_raw(frames + b"\xc1")
+    assert out[:3] == [[0, 1, "ping", []], [0, 2, "tcp.info", [7]], Notification("n", [])]
+    assert [type(m) for m in out] == [list, list, Notification, ProtocolError]
+    assert d.feed_raw(pack([0, 3, "ping", []])) == []  # dead, as with `feed`
+
+
 def test_notification() -> None:
     assert feed_all([pack([2, b"hello", [1, "x"]])]) == [Notification("hello", [1, "x"])]
 
