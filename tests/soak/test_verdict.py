@@ -374,7 +374,15 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     ),
     "fail_next never used up": (
         lambda lay, con, obs: _layer(lay, "fail_next").update(consumed=False),
-        "never used up",
+        "fault 2 never used up: set for 1 x in nic0 (nic0 did not get that many such calls",
+    ),
+    "fail_next used in part": (
+        lambda lay, con, obs: _layer(lay, "refuse_offload").update(
+            consumed=False,
+            failed=[{"layer": "nic0", "call": "x"}],
+            params={"layer": "nic0", "call": "MiniportInitiateOffload", "count": "2"},
+        ),
+        "fault 4 never used up: 1 of the 2 MiniportInitiateOffload it was set for in nic0 failed",
     ),
     "IM upload with no upload": (
         lambda lay, con, obs: obs["unrequested"].clear(),
@@ -919,7 +927,7 @@ BUG_MUTATIONS: dict[str, tuple[Callable[[Any, Any, Any], Any], tuple[int | None,
     "a bug never used up": (
         lambda lay, con, obs: lay[-1].update(consumed=False),
         (1, 1),
-        "fault 6 never used up: no call raised",
+        "fault 6 never used up: set for 1 MiniportTcpOffloadReceive in im0 (im0 did not get",
     ),
     "the checker missed a planted bug": (
         lambda lay, con, obs: None,

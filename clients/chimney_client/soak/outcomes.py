@@ -370,6 +370,25 @@ def _outage_moved_its_connections(
 
 
 # -- fail_next and its presets -------------------------------------------------------------------
+def _unused(r: Record, hits_key: str) -> str:
+    """A fail_next (`hits_key` "failed") or raise_next ("raised") still armed when the run
+    ended: how much of it was used, of what, where. Its layer did not get that many such
+    calls while it was armed: e.g. a NIC a MUX above sent no more offloads to."""
+    p = r.get("params") or {}
+    call, layer = p.get("call", "calls"), p.get("layer", "its layer")
+    count = int(p.get("count", 1)) * int(r.get("shards", 1))
+    hits = r.get(hits_key)  # None: a daemon from before fault.list `used` does not say
+    if hits is None:
+        what = f"set for {count} {call} in {layer}"
+    else:
+        n = len(hits) + int(r.get(f"{hits_key}_dropped", 0))
+        what = f"{n} of the {count} {call} it was set for in {layer} {hits_key}"
+    return (
+        f"fault {r.get('fault_id')} never used up: {what}"
+        f" ({layer} did not get that many such calls while the fault was armed)"
+    )
+
+
 _EFFECT_OBS = {
     "send_failure": "send_failures",
     "send_upload": "unrequested",
@@ -400,7 +419,7 @@ def _judge_fail_next(
                 # its count in each shard it went into
                 expected += int(r["params"].get("count", 1)) * int(r.get("shards", 1))
             else:
-                problem(e, f"fault {r.get('fault_id')} never used up: no call failed")
+                problem(e, _unused(r, "failed"))
         start = min(float(r["t0"]) for r in faults)
         statuses = {r["params"].get("status") for r in faults}
         # the calls the daemon says they failed, by connection (None: it did not say)
@@ -554,7 +573,7 @@ def _judge_raise_next(
     groups: dict[tuple[str, str], list[Record]] = {}
     for r in faults:
         if not r.get("consumed"):
-            problem(e, f"fault {r.get('fault_id')} never used up: no call raised")
+            problem(e, _unused(r, "raised"))
         groups.setdefault((r["params"]["layer"], r["params"]["call"]), []).append(r)
     planted = answers_seen = 0
     every_hit: list[list[Record]] = []
