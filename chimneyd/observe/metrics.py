@@ -243,13 +243,20 @@ class Log2Histogram:
     def observe_all(self, values: Iterable[float]) -> None:
         counts = self.counts
         total = self.sum
+        # values up to BASE_S (most requests answered at once) all go to the first bucket:
+        # one test each instead of a `frexp`, ~25 ns a value against ~105
+        first = 0
         for seconds in values:
             total += seconds
+            if seconds <= BASE_S:
+                first += 1
+                continue
             # seconds/BASE = m·2^e with 0.5 <= m < 1: the smallest k with x <= 2^k is e, or
             # e-1 when x is exactly 2^(e-1)
             m, e = math.frexp(seconds / BASE_S)
             k = e - 1 if m == 0.5 else e
-            counts[0 if k < 0 else BUCKETS if k > BUCKETS else k] += 1
+            counts[BUCKETS if k > BUCKETS else k] += 1
+        counts[0] += first
         self.sum = total
 
 

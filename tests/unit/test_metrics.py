@@ -111,6 +111,32 @@ def test_a_value_lands_in_the_smallest_bucket_that_holds_it(seconds: float) -> N
     assert h.sum == seconds
 
 
+@given(
+    st.lists(
+        st.one_of(
+            # off the bounds by more than a rounding step (see the test above)
+            st.floats(min_value=0, max_value=1e-4, allow_nan=False).filter(
+                lambda v: not any(math.isclose(v, b, rel_tol=1e-9) for b in BOUNDS)
+            ),
+            st.sampled_from(BOUNDS[:4]),  # on a bound: the first bucket's, and the next ones'
+        ),
+        max_size=64,
+    )
+)
+def test_a_read_of_values_lands_each_in_the_smallest_bucket_that_holds_it(
+    values: list[float],
+) -> None:
+    """`observe_all`, as the RPC server hands over one read's requests: values up to the first
+    bound are counted apart from the others, and must land where the others' rule puts them."""
+    h = m.Log2Histogram()
+    h.observe_all(values)
+    expected = [0] * (m.BUCKETS + 1)
+    for v in values:
+        expected[next((i for i, b in enumerate(BOUNDS) if v <= b), m.BUCKETS)] += 1
+    assert h.counts == expected
+    assert math.isclose(h.sum, math.fsum(values), abs_tol=1e-12)
+
+
 def test_histogram_family_is_cumulative_and_parses() -> None:
     hs = m.HistogramSet("chimney_test_seconds", "test.", "layer")
     for v in (0.5e-6, 3e-6, 3e-6, 1.0, 99.0):
