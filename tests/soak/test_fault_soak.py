@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.soak.support import soak_env
+
 pytestmark = pytest.mark.soak
 
 SMALL_NIC = """
@@ -39,6 +41,7 @@ def _soak(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[int, dict[s
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=soak_env(tmp_path),
     )
     assert out.exists(), proc.stderr[-3000:]
     return proc.returncode, json.loads(out.read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from chimney_client.soak.procs import listener_pid
+from tests.soak.support import soak_env
 
 
 def _start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
@@ -27,6 +28,7 @@ def _start(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, which the test then "Ctrl-C"s
+        env=soak_env(tmp_path),
     )
 
 
@@ -105,5 +107,6 @@ def test_a_daemon_that_dies_ends_the_soak_with_a_report(tmp_path: Path) -> None:
     assert report["bytes_verified"] > 0 and report["ops"] > 0  # the workers' counts survived
     # a failed run keeps the spawned processes' output, and names where
     logs = Path(report["daemon"]["logs"])
+    assert logs.parent == tmp_path / "tmp", logs  # its temporary directory, under TMPDIR
     assert (logs / "chimneyd.err").exists() and (logs / "peer0.err").exists(), report["daemon"]
     assert report["daemon"]["log"] == str(logs / "chimneyd.err")

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.soak.support import soak_env
+
 pytestmark = pytest.mark.soak
 
 MUTANT = Path(__file__).with_name("mutant_daemon.py")
@@ -98,7 +100,9 @@ def _soak(daemon: Mutant, tmp_path: Path, faults: str) -> tuple[int, dict[str, A
     argv += ["--quiet", "--json", str(out)]
     if faults:
         argv += ["--faults", faults]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=soak_env(tmp_path)
+    )
     try:
         stdout, stderr = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
