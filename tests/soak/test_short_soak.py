@@ -5,12 +5,13 @@ peer reset (an RST from the echo peer), through a daemon and echo peers the soak
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.soak.support import soak_env
 
 pytestmark = pytest.mark.soak  # run by `make test` after the default selection
 
@@ -18,8 +19,8 @@ pytestmark = pytest.mark.soak  # run by `make test` after the default selection
 @pytest.mark.timeout(90)
 def test_short_soak(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    scratch = tmp_path / "tmp"  # the soak's TMPDIR: a passing run must leave nothing in it
-    scratch.mkdir()
+    env = soak_env(tmp_path)
+    scratch = Path(env["TMPDIR"])  # a passing run must leave nothing in it
     proc = subprocess.run(
         [
             sys.executable,
@@ -41,7 +42,7 @@ def test_short_soak(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=80,
-        env={**os.environ, "TMPDIR": str(scratch)},
+        env=env,
     )
     assert out.exists(), proc.stderr[-2000:]
     report = json.loads(out.read_text())
