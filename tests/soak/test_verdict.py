@@ -380,9 +380,10 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
         lambda lay, con, obs: _layer(lay, "refuse_offload").update(
             consumed=False,
             failed=[{"layer": "nic0", "call": "x"}],
-            params={"layer": "nic0", "call": "MiniportInitiateOffload", "count": "2"},
+            params={"layer": "nic0", "call": "MiniportInitiateOffload", "count": "2", "skip": 3},
         ),
-        "fault 4 never used up: 1 of the 2 MiniportInitiateOffload it was set for in nic0 failed",
+        "fault 4 never used up: 1 of the 2 MiniportInitiateOffload it was set for in nic0 failed"
+        " (nic0 did not get that many such calls past the 3 it lets through",
     ),
     "IM upload with no upload": (
         lambda lay, con, obs: obs["unrequested"].clear(),

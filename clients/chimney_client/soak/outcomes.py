@@ -383,9 +383,11 @@ def _unused(r: Record, hits_key: str) -> str:
     else:
         n = len(hits) + int(r.get(f"{hits_key}_dropped", 0))
         what = f"{n} of the {count} {call} it was set for in {layer} {hits_key}"
+    skip = int(p.get("skip", 0))  # calls it lets through first: those do not use it up
+    past = f" past the {skip} it lets through" if skip else ""
     return (
         f"fault {r.get('fault_id')} never used up: {what}"
-        f" ({layer} did not get that many such calls while the fault was armed)"
+        f" ({layer} did not get that many such calls{past} while the fault was armed)"
     )
 
 
