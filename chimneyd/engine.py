@@ -122,6 +122,9 @@ class _Request:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        # the withdraw arguments hold `self.done`, a cycle through this request: left to the
+        # collector, one per read was most of what a young collection found, and freed late
+        self.withdraw = None
         if self.on_settled is not None:
             self.on_settled(self.fut)
 
@@ -323,11 +326,12 @@ class Engine:
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
         for conn_id in conns:
             for req in list(self._pending.get(conn_id, ())):
+                withdraw = req.withdraw  # settling the request lets go of it
                 req.fail(EngineError(ErrorCode.INTERNAL, detail))
-                if req.withdraw is not None:
+                if withdraw is not None:
                     # withdrawn, as a timed-out read is: else the host would still hand it
                     # the next bytes, which nobody then reads (rpc-contract tcp.recv)
-                    self.host.inbox.push(self.host.app_cancel_recv, req.withdraw)
+                    self.host.inbox.push(self.host.app_cancel_recv, withdraw)
         if isinstance(layer, DriverLayer):
             # the call it could not serve fails, so the layers above unwind (answered already;
             # their late answer is ignored)
