@@ -14,7 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import DEFAULT_LAYERS, LayerConfig
+from tests.integration.support import topology
 
 ROUNDS = 50
 
@@ -46,17 +50,37 @@ def _engines(found: Counter[str]) -> dict[str, int]:
     return {k: v for k, v in found.items() if k.startswith(("chimneyd.", "_asyncio.Future"))}
 
 
-async def test_send_and_read_rounds_leave_no_cycle(make_engine: Any, echo_port: int) -> None:
-    engine = await make_engine()
-    conn = await engine.connect("127.0.0.1", echo_port)
-    assert engine.conn_info(conn)["state"] == "offloaded"
-    payload = bytes(range(256)) * 16
-    await engine.send(conn, payload)
-    assert await engine.recv(conn, len(payload), 5.0, True) == payload
+TOPOLOGIES = {
+    "default": DEFAULT_LAYERS,
+    "no IM": topology(0),
+    "4 IMs": topology(4),
+    "MUX over 2 NICs, an IM under one": (
+        LayerConfig("tcpip", "host", ("team0",)),
+        LayerConfig("team0", "mux", ("im0", "nic1"), policy="round-robin"),
+        LayerConfig("im0", "passthrough", ("nic0",)),
+        LayerConfig("nic0", "target"),
+        LayerConfig("nic1", "target"),
+    ),
+}
+
+
+@pytest.mark.parametrize("layers", TOPOLOGIES.values(), ids=TOPOLOGIES.keys())
+@pytest.mark.parametrize("size", [100, 64 * 1024 + 3])
+async def test_send_and_read_rounds_leave_no_cycle(
+    make_engine: Any, echo_port: int, layers: tuple[LayerConfig, ...], size: int
+) -> None:
+    engine = await make_engine(layers)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    payload = (bytes(range(256)) * (size // 256 + 1))[:size]
+    for conn in conns:
+        assert engine.conn_info(conn)["state"] == "offloaded"
+        await engine.send(conn, payload)
+        assert await engine.recv(conn, size, 5.0, True) == payload
     with cyclic_garbage() as found:
-        for _ in range(ROUNDS):
-            assert await engine.send(conn, payload) == len(payload)
-            assert await engine.recv(conn, len(payload), 5.0, True) == payload
+        for _ in range(ROUNDS // len(conns)):
+            for conn in conns:
+                assert await engine.send(conn, payload) == size
+                assert await engine.recv(conn, size, 5.0, True) == payload
     assert _engines(found) == {}, found.most_common(12)
 
 
