@@ -186,6 +186,12 @@ class MemoryWire:
             return TcpInfo(state=TCP_CLOSE)
         return replace(self.info, unacked=self.bytes_written - self._acked)
 
+    def send_room(self) -> tuple[int, int]:
+        if self.closed:
+            return 0, 0
+        info = self.info
+        return info.snd_cwnd * max(info.snd_mss, 1), info.snd_buf or 0
+
     def set_option(self, option: SocketOption, value: int) -> bool:
         if self.closed or option in self.refuse_options:
             return False

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from chimneyd.drivers.wire import SocketOption
 from chimneyd.runtime.acks import AckWatcher
 from chimneyd.runtime.wire import WireSocket
 
@@ -58,16 +59,18 @@ class Owner:
         pass
 
 
-async def connected_wire(owner: Owner) -> tuple[WireSocket, asyncio.AbstractServer]:
+async def connected_wire(
+    owner: Owner, host: str = "127.0.0.1"
+) -> tuple[WireSocket, asyncio.AbstractServer]:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Peer, "127.0.0.1", 0)
+    server = await loop.create_server(Peer, host, 0)
     port = server.sockets[0].getsockname()[1]
     watcher = AckWatcher(loop)
 
     def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
         loop.call_soon(method, *args)  # the layer's inbox, one hop later
 
-    _, wire = await loop.create_connection(lambda: WireSocket(post, watcher), "127.0.0.1", port)
+    _, wire = await loop.create_connection(lambda: WireSocket(post, watcher), host, port)
     wire.set_home(owner, "ctx")
     owner.wire = wire
     return wire, server
@@ -94,6 +97,35 @@ async def test_fin_is_not_acknowledged_before_it_is_sent(payload: bytes) -> None
         wire.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_send_room_reads_what_tcp_info_reads(host: str) -> None:
+    """The NIC sizes its send backlog from `send_room` (spec §5.3): the congestion window and
+    send buffer `tcp_info` reads too, on either family; nothing once the socket is gone. The
+    socket options go through the same view of the fd."""
+    owner = Owner()
+    wire, server = await connected_wire(owner, host)
+    try:
+        sent = 300_000
+        wire.write([memoryview(b"x" * sent)])
+        for _ in range(500):  # idle once all is acknowledged: the window stops moving
+            if wire.acked() == sent:
+                break
+            await asyncio.sleep(0.01)
+        assert wire.acked() == sent
+        info = wire.tcp_info()
+        cwnd_bytes, snd_buf = wire.send_room()
+        assert info.snd_buf is not None and snd_buf == info.snd_buf > 0
+        assert cwnd_bytes == info.snd_cwnd * info.snd_mss > 0
+        option = SocketOption.IPV6_UNICAST_HOPS if ":" in host else SocketOption.IP_TTL
+        assert wire.set_option(option, 7)
+    finally:
+        wire.close()
+        server.close()
+        await server.wait_closed()
+    assert wire.send_room() == (0, 0)
 
 
 @pytest.mark.asyncio

@@ -259,8 +259,8 @@ def _backlog(t: OffloadTarget, c: TcpContext) -> None:
     if now - c.backlog_at < BACKLOG_DAMPING_NS or c.lifecycle.phase not in LIVE:
         return
     c.backlog_at = now
-    info = c.wire.tcp_info()
-    wanted = max(info.snd_cwnd * max(info.snd_mss, 1) * 2, info.snd_buf or 0)
+    cwnd_bytes, snd_buf = c.wire.send_room()
+    wanted = max(cwnd_bytes * 2, snd_buf)
     backlog = max(65536, min(16 << 20, wanted))
     if c.backlog == 0 or backlog >= 2 * c.backlog or backlog * 2 <= c.backlog:
         c.backlog = backlog
