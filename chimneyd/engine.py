@@ -114,11 +114,7 @@ class _Request:
             return
         self.settled = True
         # answered: no longer one a failing layer must answer (`Engine._layer_failed`)
-        pending = self.engine._pending.get(self.conn_id)
-        if pending is not None:
-            pending.discard(self)
-            if not pending:
-                del self.engine._pending[self.conn_id]
+        self.engine._pending.pop(self, None)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -234,7 +230,10 @@ class Engine:
         self.trim = IdleTrim(self.loop, self._idle, self._lean_holders, self.traces.pack)
         self.layer_errors = 0
         self._conn_ids = id_base
-        self._pending: dict[int, set[_Request]] = {}
+        # every request the host has not answered, oldest first (a dict as an ordered set): a
+        # failing layer answers those of its connections (`_layer_failed`). One table, not a
+        # set per connection, which every request of an idle connection made and dropped.
+        self._pending: dict[_Request, None] = {}
         # bytes of sends asked for and not yet answered, per connection (`max_queued_send_bytes`)
         self._queued_send: dict[int, int] = {}
         self.cached_ranges = cached_ranges(self.settings.rx_buffer_bytes)
@@ -277,12 +276,9 @@ class Engine:
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
         it), after the future has its result."""
         req = _Request(self, conn_id, on_settled)
-        # known per connection until answered, so a layer that fails on the connection can
-        # answer it (`_layer_failed`)
-        pending = self._pending.get(conn_id)
-        if pending is None:
-            pending = self._pending[conn_id] = set()
-        pending.add(req)
+        # known until answered, so a layer that fails on the connection can answer it
+        # (`_layer_failed`)
+        self._pending[req] = None
         done = req.done  # one bound method: the host names the request to withdraw by it
         self.host.inbox.push(fn, (conn_id, *args, done))
         if read or withdraw_after is not None:
@@ -295,7 +291,7 @@ class Engine:
 
     def _unanswered(self) -> int:
         """Requests the host has not answered yet (an answered one leaves `_pending` at once)."""
-        return sum(len(p) for p in self._pending.values())
+        return len(self._pending)
 
     def _attach(self, wire: WireSocket, listener: Listener | None) -> int:
         """A new connection's socket: give it an id and hand it to the host stack."""
@@ -324,14 +320,14 @@ class Engine:
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
-        for conn_id in conns:
-            for req in list(self._pending.get(conn_id, ())):
-                withdraw = req.withdraw  # settling the request lets go of it
-                req.fail(EngineError(ErrorCode.INTERNAL, detail))
-                if withdraw is not None:
-                    # withdrawn, as a timed-out read is: else the host would still hand it
-                    # the next bytes, which nobody then reads (rpc-contract tcp.recv)
-                    self.host.inbox.push(self.host.app_cancel_recv, withdraw)
+        failed = set(conns)
+        for req in [r for r in self._pending if r.conn_id in failed]:  # oldest first
+            withdraw = req.withdraw  # settling the request lets go of it
+            req.fail(EngineError(ErrorCode.INTERNAL, detail))
+            if withdraw is not None:
+                # withdrawn, as a timed-out read is: else the host would still hand it the next
+                # bytes, which nobody then reads (rpc-contract tcp.recv)
+                self.host.inbox.push(self.host.app_cancel_recv, withdraw)
         if isinstance(layer, DriverLayer):
             # the call it could not serve fails, so the layers above unwind (answered already;
             # their late answer is ignored)
