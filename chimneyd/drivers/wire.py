@@ -128,8 +128,8 @@ class WirePort(Protocol):
     def tcp_info(self) -> TcpInfo: ...
     def send_room(self) -> tuple[int, int]:
         """What a send backlog is sized from (spec §5.3), cheaper than `tcp_info`: the
-        congestion window in bytes (snd_cwnd times snd_mss) and the kernel's send buffer (SO_SNDBUF);
-        (0, 0) once the socket is gone."""
+        congestion window in bytes (snd_cwnd times snd_mss) and the kernel's send buffer
+        (SO_SNDBUF); (0, 0) once the socket is gone."""
         ...
 
     def set_option(self, option: SocketOption, value: int) -> bool:

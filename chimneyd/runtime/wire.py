@@ -398,9 +398,9 @@ class WireSocket(asyncio.Protocol):
             sock.detach()
 
     def send_room(self) -> tuple[int, int]:
-        # two getsockopt calls where `tcp_info` makes four or more: a NIC asks once a second for each
-        # busy connection, and at ten thousand connections `tcp_info` there was ~5% of the
-        # daemon's time
+        # two getsockopt calls where `tcp_info` makes four or more: a NIC asks once a second
+        # for each busy connection, and at ten thousand connections `tcp_info` there was ~5%
+        # of the daemon's time
         if self.closed or self._fd < 0:
             return 0, 0
         sock = self._view()
