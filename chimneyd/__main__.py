@@ -5,9 +5,10 @@ allocator carves objects out of 1 MiB arenas and gives an arena back only when e
 it is gone, so after a soak a few thousand survivors (loop free lists, kept traces, grown dicts)
 hold RSS near its peak. With malloc, the engine's idle `malloc_trim` returns the freed pages,
 and RSS comes back to its idle level. The price is speed: every small object is a glibc
-malloc. Measured here, `chimney-soak --spawn -n 2000 --duration 20 --think-ms 0`: pymalloc
-5,039 ops/s and RSS after the drain x1.25 of the idle plateau (the soak fails it, the bound is
-x1.1); malloc 4,678 ops/s and x1.05. Set `PYTHONMALLOC` yourself (e.g.
+malloc. Measured here, `chimney-soak --spawn -n 2000 --duration 20 --think-ms 0` with the
+variable set for the whole command (the soak's client on the same allocator), two runs each:
+pymalloc 8,264-8,855 ops/s and RSS after the drain x1.28 of the idle plateau (the soak fails
+it, the bound is x1.1); malloc 7,437-7,601 ops/s and x1.05. Set `PYTHONMALLOC` yourself (e.g.
 `PYTHONMALLOC=pymalloc`) to choose otherwise; the variable must be set before the interpreter
 starts, hence the one re-exec (same pid) below.
 """
