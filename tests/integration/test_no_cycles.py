@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.config import DEFAULT_LAYERS, LayerConfig
+from chimneyd.config import DEFAULT_LAYERS, LayerConfig, RpcConfig
+from chimneyd.rpc.server import RpcServer
 from tests.integration.support import topology
+from tests.rpc.support import HOST, RawClient
 
 ROUNDS = 50
 
@@ -98,4 +100,36 @@ async def test_a_read_that_times_out_leaves_no_cycle(make_engine: Any, echo_port
                 assert exc.code is ErrorCode.TIMEOUT, exc
             else:
                 raise AssertionError("a read with nothing to read was answered with data")
+    assert _engines(found) == {}, found.most_common(12)
+
+
+async def test_rpc_requests_leave_no_cycle(make_engine: Any, echo_port: int) -> None:
+    """The same through the RPC server a client drives: pings, `tcp.send`, `tcp.recv` (with
+    and without a timeout that fires), `tcp.info`, and the session's batching of answers."""
+    engine = await make_engine()
+    server = RpcServer(engine, RpcConfig(listen=(f"{HOST}:0",)))
+    await server.start()
+    host, port = server.addresses[0].rsplit(":", 1)
+    client = await RawClient.connect((host, int(port)))
+    try:
+        conn = await client.ok("tcp.connect", "127.0.0.1", echo_port)
+        payload = bytes(range(256)) * 64
+        await client.ok("tcp.send", conn, payload)
+        assert await client.ok("tcp.recv", conn, len(payload), 5.0, {"waitall": True}) == payload
+        with cyclic_garbage() as found:
+            for _ in range(ROUNDS):
+                ids = [client.request("ping") for _ in range(8)]
+                for msgid in ids:
+                    assert (await client.response(msgid))[3] == "pong"
+                assert await client.ok("tcp.send", conn, payload) == len(payload)
+                got = await client.ok("tcp.recv", conn, len(payload), 5.0, {"waitall": True})
+                assert got == payload
+                assert (await client.ok("tcp.info", conn))["state"] == "offloaded"
+            error, _ = await client.call("tcp.recv", conn, 10, 0.01)
+            assert error is not None and error[0] == ErrorCode.TIMEOUT.value, error
+        await client.ok("tcp.close", conn)
+    finally:
+        await client.close()
+        await server.stop_accepting()
+        await server.drain(5.0)
     assert _engines(found) == {}, found.most_common(12)
