@@ -19,6 +19,7 @@ import pytest
 from chimneyd.drivers.wire import SocketOption
 from chimneyd.runtime.acks import AckWatcher
 from chimneyd.runtime.wire import WireSocket
+from tests.integration.support import eventually
 
 
 class Peer(asyncio.Protocol):
@@ -110,11 +111,8 @@ async def test_send_room_reads_what_tcp_info_reads(host: str) -> None:
     try:
         sent = 300_000
         wire.write([memoryview(b"x" * sent)])
-        for _ in range(500):  # idle once all is acknowledged: the window stops moving
-            if wire.acked() == sent:
-                break
-            await asyncio.sleep(0.01)
-        assert wire.acked() == sent
+        # idle once all is acknowledged: the window stops moving
+        await eventually(lambda: wire.acked() == sent, "every byte acknowledged")
         info = wire.tcp_info()
         cwnd_bytes, snd_buf = wire.send_room()
         assert info.snd_buf is not None and snd_buf == info.snd_buf > 0
