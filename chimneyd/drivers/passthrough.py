@@ -85,20 +85,24 @@ class ImOffloadEntry(Lifecycle):
     """The IM's per-object context: the upper handle and the IM's own handle (spec §1.2);
     its own `Lifecycle`."""
 
-    __slots__ = ("below", "handle", "held", "id", "lifecycle", "lower", "refusing", "upper")
+    __slots__ = ("below", "handle", "held", "id", "lower", "refusing", "upper")
 
     def __init__(self, layer: str, upper: NdisOffloadHandle, lower: Binding) -> None:
         self.id = next_object_id()
         self.upper = upper
         self.lower = lower
         self.handle = NdisOffloadHandle(layer, self, upper.trace)
-        Lifecycle.__init__(self, self, Role.OFFLOADED_OBJECT)
-        self.lifecycle: Lifecycle = self
+        Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
         self.below = 0  # its send NBLs passed down and not yet back
         # sends this IM failed (and a disconnect it refused) while earlier sends were below:
         # they complete after those (spec §4.1, §9 item 2: completions keep posting order)
         self.held: list[Any] | None = None  # made when something is held
         self.refusing = False  # this IM failed a send: it relays no more I/O ahead of the upload
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"{self.handle.layer} IM offload entry {self.id}"
@@ -302,6 +306,7 @@ class PassthroughIm(DriverLayer):
         if not isinstance(call, ImCallEntry) or call not in self.call_entries:
             raise ChimneyProtocolError(f"{self.name}: completion for an unknown IM call entry")
         self.call_entries.discard(call)
+        lower_root.im_reserved = None  # the entry points at this block: no cycle left behind
         for up, low in call.pairs:
             up.status = low.status
             if call.op == "Terminate":
@@ -343,6 +348,7 @@ class PassthroughIm(DriverLayer):
             entry.lifecycle.fire(Event.TERMINATE_COMPLETE)
             self.table_remove(entry.id)
             self.stats.offloads_active -= 1
+            entry.handle.release()
         self.ndis.NdisMTerminateOffloadComplete(self, call.upper_root)
 
     def ProtocolUpdateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:

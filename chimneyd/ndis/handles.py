@@ -56,6 +56,16 @@ class NdisOffloadHandle:
             )
         return ctx
 
+    def release(self) -> None:
+        """The owning layer is done with this terminated handle: let go of the context below
+        and of the owner. Both point back at the handle (the owner holds it, the context
+        indicates up on it), so a handle that kept them would keep a closed connection's
+        records at every layer for the cycle collector instead of letting them go at once.
+        Only the owning layer calls it, after its terminate completion (spec §3.9: the handle
+        is dead; NDIS delivers nothing on it any more)."""
+        self.miniport_offload_context = None
+        self.owner = None
+
     def __repr__(self) -> str:
         return f"<NdisOffloadHandle {self.id} of {self.layer}>"
 

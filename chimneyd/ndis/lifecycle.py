@@ -229,17 +229,20 @@ def tcp_state_of(
 class Lifecycle:
     """The state of one object at one layer: its phase and, for a connection, its TCP state.
 
-    A per-connection record (TCB, IM offload entry, target TCP context) is its own Lifecycle:
-    it derives from this class, is its own `owner`, and its `lifecycle` is itself. A separate
-    object per layer was three 80-byte chunks of every offloaded connection."""
+    Each layer's record of an object (TCB, host neighbor or path, IM offload entry, MUX object
+    or copy, target context) is its own Lifecycle: it derives from this class, and its
+    `lifecycle` is itself. A separate object per layer was three 80-byte chunks of every
+    offloaded connection. Such a record has no `owner` (None): an attribute pointing back at
+    the record would make it a reference cycle, and a closed connection's records would then
+    wait for the cycle collector instead of going at once."""
 
     __slots__ = ("owner", "phase", "table", "tcp")
 
     def __init__(
         self, owner: object, role: Role, tcp: TcpState | None = None, phase: Phase = P.IDLE
     ) -> None:
-        # the owner (TCB, IM entry, target context) names the object in errors: no string is
-        # kept per object, which counts at ten thousand connections
+        # the owner (a neighbor or path object) names the object in errors: no string is kept
+        # per object, which counts at ten thousand connections. None: the record itself
         self.owner = owner
         self.table = PHASES[role]
         self.phase = phase
@@ -251,12 +254,12 @@ class Lifecycle:
             tcp = self.tcp
             nxt = TCP_STATES.get((tcp, event)) if tcp is not None else None
             if nxt is None:
-                raise IllegalTransition(str(self.owner), str(tcp and tcp.value), event.value)
+                raise IllegalTransition(self._who(), str(tcp and tcp.value), event.value)
             self.tcp = nxt
             return
         phase = self.table.get((self.phase, event))
         if phase is None:
-            raise IllegalTransition(str(self.owner), self.phase.value, event.value)
+            raise IllegalTransition(self._who(), self.phase.value, event.value)
         self.phase = phase
 
     def reach(self, target: TcpState) -> None:
@@ -285,7 +288,7 @@ class Lifecycle:
                 # disconnect was still queued, or failed), the peer's arrived: we are ahead
                 return
             raise IllegalTransition(
-                str(self.owner), str(self.tcp and self.tcp.value), f"reach {target.value}"
+                self._who(), str(self.tcp and self.tcp.value), f"reach {target.value}"
             )
         for event in path:
             self.fire(event)
@@ -297,7 +300,10 @@ class Lifecycle:
 
     def __repr__(self) -> str:
         tcp = f" {self.tcp.value}" if self.tcp is not None else ""
-        return f"<Lifecycle {self.owner} {self.phase.value}{tcp}>"
+        return f"<Lifecycle {self._who()} {self.phase.value}{tcp}>"
+
+    def _who(self) -> str:
+        return str(self if self.owner is None else self.owner)
 
 
 def _fins(state: TcpState | None) -> tuple[bool, bool]:

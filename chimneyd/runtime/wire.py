@@ -160,6 +160,10 @@ class WireSocket(asyncio.Protocol):
             for name, args in early:
                 self._post(layer, getattr(layer, name), (ctx, *args))
 
+    def disown(self) -> None:
+        self.home = self.home_ctx = self._owner = self._owner_ctx = None
+        self._early = NO_ITEMS
+
     @property
     def owner(self) -> tuple[Any, Any]:
         """The layer that owns the received bytes now, and its context for the connection."""

@@ -125,6 +125,10 @@ class MemoryWire:
             for name, args in early:
                 self._post(layer, getattr(layer, name), (ctx, *args))
 
+    def disown(self) -> None:
+        self.home = self.home_ctx = self._owner = self._owner_ctx = None
+        self._early = []
+
     def _emit(self, name: str, *args: Any) -> None:
         owner = self._owner
         if owner is None:

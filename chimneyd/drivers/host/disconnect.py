@@ -169,6 +169,7 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     del h.tcbs[tcb.conn_id]
     adapter.forget(h, tcb)
     h.emit(tcb.conn_id, "closed", {})
+    tcb.wire.disown()  # the socket is closed: nothing it tells goes to this TCB any more
     done(True, None)
     while tcb.deferred:
         tcb.deferred.pop(0)()

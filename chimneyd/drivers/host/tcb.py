@@ -59,7 +59,7 @@ INFO_STATE = {
 }
 
 
-class HostObject:
+class HostObject(Lifecycle):
     """A neighbor or path object the host offloads and shares among connections (spec §2.3)."""
 
     __slots__ = (
@@ -67,7 +67,6 @@ class HostObject:
         "block_kind",
         "handle",
         "key",
-        "lifecycle",
         "parent",
         "pending_ops",
         "refs",
@@ -81,11 +80,16 @@ class HostObject:
         self.binding = binding
         self.parent = parent
         self.handle: NdisOffloadHandle | None = None
-        self.lifecycle = Lifecycle(self, Role.HOST_OBJECT)
+        Lifecycle.__init__(self, None, Role.HOST_OBJECT)
         # connections (for a path) or paths (for a neighbor) that depend on it: the host
         # terminates it only when none is left (spec §3.1)
         self.refs = 0
         self.pending_ops = 0  # an invalidate in flight: no terminate until it completes (§3.1)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"host {self.block_kind} {self.key}"
@@ -109,7 +113,6 @@ class Tcb(Lifecycle):
         "handle",
         "hole_status",
         "initiate_queued",
-        "lifecycle",
         "listener",
         "offload_done",
         "path",
@@ -139,8 +142,7 @@ class Tcb(Lifecycle):
         self.conn_id = conn_id
         self.wire = wire
         self.trace = trace
-        Lifecycle.__init__(self, self, Role.HOST_CONNECTION, TcpState.ESTABLISHED)
-        self.lifecycle: Lifecycle = self
+        Lifecycle.__init__(self, None, Role.HOST_CONNECTION, TcpState.ESTABLISHED)
         self.handle: NdisOffloadHandle | None = None
         self.binding: Binding | None = None
         self.path: HostObject | None = None
@@ -210,6 +212,11 @@ class Tcb(Lifecycle):
     @property
     def fin_sent(self) -> bool:
         return self.lifecycle.tcp in FIN_SENT_STATES
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"TCB {self.conn_id}"

@@ -171,6 +171,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         h.table_remove(handle.id)
         h.stats.offloads_active -= 1
         owner.lifecycle.fire(Event.TERMINATE_COMPLETE)
+        handle.release()
         if isinstance(owner, HostObject):
             owner.handle = None
         else:

@@ -444,6 +444,7 @@ class MuxIm(PassthroughIm):
                 self._unref(obj.path, lower)  # only now no dependent of its path (spec §3.1)
                 self.table_remove(obj.id)
                 self.stats.offloads_active -= 1
+                obj.handle.release()
                 if up.delegated is not None and up.delegated.BufferedData is not None:
                     self.returns_to[up.delegated.BufferedData.id] = lower
                 self.evacuating.discard(obj)
@@ -451,6 +452,7 @@ class MuxIm(PassthroughIm):
                 obj.lifecycle.fire(Event.TERMINATE_COMPLETE if ok else Event.TERMINATE_FAILED)
                 if ok:
                     self._drop_instance(obj)
+                    obj.handle.release()
         root = call.upper_root
         if root is not None:
             for up in walk(root):
@@ -850,33 +852,39 @@ def _aggregate(root: OffloadBlock, call: MuxCall, failed: dict[int, NdisStatus])
     when all were offloaded, partial when some were, and for a linker failure when none was. A
     new object offloaded to the MUX is offloaded whatever its dependents did; one that failed
     on every NIC it went to (`failed`) keeps that NIC's status, and its dependents fail."""
-
-    def fail(block: OffloadBlock, status: NdisStatus) -> None:
-        # a dependent the NIC never tried, or a neighbor's or path's not yet aggregated (the
-        # walk stops at a failed object): it fails with its own NIC's status, or this one
-        if block.status == PENDING or block.status in OFFLOADED_STATUSES:
-            block.status = failed.get(id(block), status)
-        for d in block.dependents():
-            fail(d, S.NDIS_STATUS_FAILURE)
-
-    def offloaded(block: OffloadBlock) -> bool:
-        if id(block) in failed:
-            block.status = failed[id(block)]
-            fail(block, block.status)
-            return False
-        if block.kind is BlockKind.TCP:
-            return block.status in OFFLOADED_STATUSES
-        results = [offloaded(d) for d in block.dependents()]
-        role = "new" if id(block) in call.new_vobjs else block.role()
-        if role is BlockRole.PLACEHOLDER or not results or all(results):
-            block.status = SUCCESS
-        elif any(results) or role == "new":
-            block.status = S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS
-        else:
-            block.status = S.NDIS_STATUS_FAILURE
-        return block.status in OFFLOADED_STATUSES
-
     block: OffloadBlock | None = root
     while block is not None:
-        offloaded(block)
+        _aggregated(block, call, failed)
         block = block.next_block
+
+
+# `_aggregate`'s two walks are functions of the module, not closures: a closure that calls
+# itself is a reference cycle, which kept every initiate's call and blocks for the collector
+
+
+def _fail_tree(block: OffloadBlock, status: NdisStatus, failed: dict[int, NdisStatus]) -> None:
+    # a dependent the NIC never tried, or a neighbor's or path's not yet aggregated (the
+    # walk stops at a failed object): it fails with its own NIC's status, or this one
+    if block.status == PENDING or block.status in OFFLOADED_STATUSES:
+        block.status = failed.get(id(block), status)
+    for d in block.dependents():
+        _fail_tree(d, S.NDIS_STATUS_FAILURE, failed)
+
+
+def _aggregated(block: OffloadBlock, call: MuxCall, failed: dict[int, NdisStatus]) -> bool:
+    """Set `block`'s status from its dependents'; whether it counts as offloaded."""
+    if id(block) in failed:
+        block.status = failed[id(block)]
+        _fail_tree(block, block.status, failed)
+        return False
+    if block.kind is BlockKind.TCP:
+        return block.status in OFFLOADED_STATUSES
+    results = [_aggregated(d, call, failed) for d in block.dependents()]
+    role = "new" if id(block) in call.new_vobjs else block.role()
+    if role is BlockRole.PLACEHOLDER or not results or all(results):
+        block.status = SUCCESS
+    elif any(results) or role == "new":
+        block.status = S.NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS
+    else:
+        block.status = S.NDIS_STATUS_FAILURE
+    return block.status in OFFLOADED_STATUSES

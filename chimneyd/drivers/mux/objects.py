@@ -71,7 +71,7 @@ class Lower:
         }
 
 
-class VirtualObject:
+class VirtualObject(Lifecycle):
     """A neighbor or path as the layer above sees it at the MUX (its context in the upper
     slot), with the state to offload copies of it to NICs."""
 
@@ -82,7 +82,6 @@ class VirtualObject:
         "header_type",
         "id",
         "instances",
-        "lifecycle",
         "parent",
         "upper",
     )
@@ -98,16 +97,21 @@ class VirtualObject:
         self.delegated = block.delegated
         self.parent = parent  # a path's neighbor
         self.instances: dict[int, Instance] = {}  # lower binding id -> its copy there
-        self.lifecycle = Lifecycle(self, Role.OFFLOADED_OBJECT)
+        Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"MUX {self.header_type.name} {self.id}"
 
 
-class Instance:
+class Instance(Lifecycle):
     """A virtual object's copy on one NIC, offloaded by the MUX's protocol edge."""
 
-    __slots__ = ("handle", "id", "lifecycle", "lower", "pending_ops", "refs", "vobj")
+    __slots__ = ("handle", "id", "lower", "pending_ops", "refs", "vobj")
 
     def __init__(self, layer: str, vobj: VirtualObject, lower: Lower) -> None:
         self.id = next_object_id()
@@ -115,7 +119,7 @@ class Instance:
         self.lower = lower
         self.handle = NdisOffloadHandle(layer, self)
         # the MUX offloads it as the host offloads its objects
-        self.lifecycle = Lifecycle(self, Role.HOST_OBJECT)
+        Lifecycle.__init__(self, None, Role.HOST_OBJECT)
         self.refs = 0  # its dependents on this NIC: paths of a neighbor, connections of a path
         # queries, updates and invalidates relayed to it and not yet completed: no terminate
         # before they are (spec §3.1, §9 item 7)
@@ -125,6 +129,11 @@ class Instance:
     def upper(self) -> NdisOffloadHandle:
         """Indications about it go up with the virtual object's upper handle (spec §5.6)."""
         return self.vobj.upper
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"{self.vobj} on {self.lower.name}"

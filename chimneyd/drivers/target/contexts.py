@@ -30,14 +30,13 @@ if TYPE_CHECKING:
     from ..wire import WirePort
 
 
-class NeighborContext:
+class NeighborContext(Lifecycle):
     __slots__ = (
         "cached",
         "const",
         "dependents",
         "hrt",
         "id",
-        "lifecycle",
         "nrt",
         "query_pending",
         "upper",
@@ -54,18 +53,23 @@ class NeighborContext:
         self.const = const
         self.cached = cached
         self.dependents = 0  # offloaded paths that hang below it (spec §2.3)
-        self.lifecycle = Lifecycle(self, Role.OFFLOADED_OBJECT)
+        Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
         # reachability (spec §5.4), in ticks of the NIC's clock: the last forward progress
         # (NRT), the host's last confirmation (HRT), and whether a query is out
         self.nrt = self.hrt = 0
         self.query_pending = False
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
+
     def __str__(self) -> str:
         return f"neighbor context {self.id}"
 
 
-class PathContext:
-    __slots__ = ("cached", "const", "dependents", "id", "lifecycle", "neighbor", "upper")
+class PathContext(Lifecycle):
+    __slots__ = ("cached", "const", "dependents", "id", "neighbor", "upper")
 
     def __init__(
         self,
@@ -80,7 +84,12 @@ class PathContext:
         self.cached = cached
         self.neighbor = neighbor
         self.dependents = 0  # offloaded TCP connections on this path
-        self.lifecycle = Lifecycle(self, Role.OFFLOADED_OBJECT)
+        Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"path context {self.id}"
@@ -110,7 +119,6 @@ class TcpContext(Lifecycle):
         "id",
         "ka_probes_base",
         "ka_restart_ns",
-        "lifecycle",
         "path",
         "paused",
         "posted",
@@ -145,8 +153,7 @@ class TcpContext(Lifecycle):
         self.wire = wire
         self.const = const
         self.cached = cached
-        Lifecycle.__init__(self, self, Role.OFFLOADED_OBJECT, tcp)
-        self.lifecycle: Lifecycle = self
+        Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT, tcp)
         # receive side (spec §4.2-§4.4): in-sequence bytes not yet delivered, posted requests,
         # and the state of the delivery algorithm (`busy`, `refused`). Every queue starts as the
         # shared empty one and becomes the context's own list with its first item (`grown`).
@@ -187,6 +194,11 @@ class TcpContext(Lifecycle):
         self.rt_reset: tuple[int, int] | None = None  # (SndUna offset, TotalRT ticks) then
         self.ka_probes_base = 0
         self.ka_restart_ns = 0
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
+        return self
 
     def __str__(self) -> str:
         return f"TCP context {self.id}"
