@@ -25,8 +25,12 @@ from typing import Any
 # and most of its p99 (measured with gc.callbacks during the 1,000-connection echo bench).
 # The daemon's garbage is freed by reference counting: its requests, round trips and closed
 # connections make no cycles (tests/integration/test_no_cycles.py), so these collections find
-# next to nothing; what they cost is the scan of the young objects alive at the time.
-GC_GEN0 = 50_000
+# next to nothing, and what they cost is the scan of the young objects alive at the time.
+# Bursts of allocation (a soak's thousands of round trips in flight, a failover's re-offloads)
+# still set them off: at 50,000, `chimney-soak -n 10000 --think-ms 0` ran ~90 of 16-30 ms each
+# in 45 s, 2.7 s in all for nothing found; at 200,000 it runs one or two (55-180 ms), 0.1-0.25 s
+# in all, and its ops/s rose from 4,845-5,030 to 5,504-5,727 (two runs each).
+GC_GEN0 = 200_000
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD = 64 * 1024
