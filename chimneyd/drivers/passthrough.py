@@ -99,11 +99,6 @@ class ImOffloadEntry(Lifecycle):
         self.held: list[Any] | None = None  # made when something is held
         self.refusing = False  # this IM failed a send: it relays no more I/O ahead of the upload
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
-
     def __str__(self) -> str:
         return f"{self.handle.layer} IM offload entry {self.id}"
 

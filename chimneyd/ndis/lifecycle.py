@@ -248,6 +248,12 @@ class Lifecycle:
         self.phase = phase
         self.tcp = tcp  # None for objects that are not connections
 
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Itself: a layer's record is its own Lifecycle. A property, not an attribute: an
+        attribute pointing at the record would be a reference cycle."""
+        return self
+
     def fire(self, event: Event) -> None:
         """Apply `event`; raise `IllegalTransition` if the table has no such row."""
         if event in TCP_EVENTS:

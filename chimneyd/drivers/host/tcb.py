@@ -86,11 +86,6 @@ class HostObject(Lifecycle):
         self.refs = 0
         self.pending_ops = 0  # an invalidate in flight: no terminate until it completes (§3.1)
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
-
     def __str__(self) -> str:
         return f"host {self.block_kind} {self.key}"
 
@@ -212,11 +207,6 @@ class Tcb(Lifecycle):
     @property
     def fin_sent(self) -> bool:
         return self.lifecycle.tcp in FIN_SENT_STATES
-
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
 
     def __str__(self) -> str:
         return f"TCB {self.conn_id}"

@@ -99,11 +99,6 @@ class VirtualObject(Lifecycle):
         self.instances: dict[int, Instance] = {}  # lower binding id -> its copy there
         Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
-
     def __str__(self) -> str:
         return f"MUX {self.header_type.name} {self.id}"
 
@@ -129,11 +124,6 @@ class Instance(Lifecycle):
     def upper(self) -> NdisOffloadHandle:
         """Indications about it go up with the virtual object's upper handle (spec §5.6)."""
         return self.vobj.upper
-
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
 
     def __str__(self) -> str:
         return f"{self.vobj} on {self.lower.name}"

@@ -59,11 +59,6 @@ class NeighborContext(Lifecycle):
         self.nrt = self.hrt = 0
         self.query_pending = False
 
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
-
     def __str__(self) -> str:
         return f"neighbor context {self.id}"
 
@@ -85,11 +80,6 @@ class PathContext(Lifecycle):
         self.neighbor = neighbor
         self.dependents = 0  # offloaded TCP connections on this path
         Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
-
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
 
     def __str__(self) -> str:
         return f"path context {self.id}"
@@ -194,11 +184,6 @@ class TcpContext(Lifecycle):
         self.rt_reset: tuple[int, int] | None = None  # (SndUna offset, TotalRT ticks) then
         self.ka_probes_base = 0
         self.ka_restart_ns = 0
-
-    @property
-    def lifecycle(self) -> Lifecycle:
-        """Itself (a property, not an attribute: an attribute would be a reference cycle)."""
-        return self
 
     def __str__(self) -> str:
         return f"TCP context {self.id}"
