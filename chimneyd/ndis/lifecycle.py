@@ -241,8 +241,9 @@ class Lifecycle:
     def __init__(
         self, owner: object, role: Role, tcp: TcpState | None = None, phase: Phase = P.IDLE
     ) -> None:
-        # the owner (a neighbor or path object) names the object in errors: no string is kept
-        # per object, which counts at ten thousand connections. None: the record itself
+        # what names the object in errors: no string is kept per object, which counts at ten
+        # thousand connections. The daemon's records pass None (the record names itself); a
+        # bare Lifecycle is given its owner
         self.owner = owner
         self.table = PHASES[role]
         self.phase = phase

@@ -23,7 +23,7 @@ import pytest
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import DEFAULT_LAYERS, LayerConfig, RpcConfig
 from chimneyd.rpc.server import RpcServer
-from tests.integration.support import topology
+from tests.integration.support import eventually, topology
 from tests.rpc.support import HOST, RawClient
 
 ROUNDS = 50
@@ -157,10 +157,7 @@ async def _reset_then_close(engine: Any, conn: int) -> None:
 
 async def _peer_reset_then_close(engine: Any, conn: int) -> None:
     engine.sockets.wire_of(conn).inject_reset()
-    for _ in range(100):
-        if engine.conn_info(conn)["state"] != "offloaded":
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: engine.conn_info(conn)["state"] != "offloaded", "the abort taken")
     await engine.close(conn)
 
 
