@@ -316,7 +316,7 @@ class Engine:
         name = getattr(fn, "__name__", "?")
         log.error("layer_failed", layer=layer.name, handler=name, conns=conns, exc_info=exc)
         if isinstance(exc, PlantedBug):
-            self.faults.note_raised(exc.fault_id, layer.name, name, conns)
+            self.faults.note_hit(exc.fault_id, layer.name, name, conns)
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"

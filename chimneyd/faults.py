@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.api import EngineError, ErrorCode
@@ -181,7 +182,9 @@ def _fail_next(engine: Engine, fault: Fault) -> None:
         raise _invalid(f"{call} fails only with NDIS_STATUS_FAILURE (spec §3.1)")
     fn = FailNext(fault.id, call, status, spec["count"], spec["skip"])
     fault.hits = []
-    fn.failed = lambda layer, call, conns: _note_hit(fault, layer, call, conns)
+    # by id, through the registry: a hook that held the fault would make a cycle (fault ->
+    # active -> fn -> hook -> fault) that outlives the fault's clearing
+    fn.failed = partial(engine.faults.note_hit, fault.id)
     _arm(layer, fn, fault)
     fault.active = lambda: fn.count > 0
 
@@ -203,7 +206,8 @@ def _raise_next(engine: Engine, fault: Fault) -> None:
 
 def _arm(layer: DriverLayer, armed: FailNext | Delay | RaiseNext, fault: Fault) -> None:
     layer.inbox.push(layer.arm_fault, (armed,))
-    fault.undo = lambda: layer.inbox.push(layer.disarm_fault, (fault.id,))
+    fid = fault.id  # not the fault: its own undo holding it would be a cycle
+    fault.undo = lambda: layer.inbox.push(layer.disarm_fault, (fid,))
 
 
 def _stall_peer(engine: Engine, fault: Fault) -> None:
@@ -439,12 +443,13 @@ class FaultRegistry:
             for fid, f in list(self.faults.items())
         ]
 
-    def note_raised(self, fault_id: int, layer: str, handler: str, conns: list[int]) -> None:
-        """A raise_next fault made `handler` raise in `layer` while it served `conns`: kept
-        for fault.list (`used`), so a client can tell what each planted bug hit."""
+    def note_hit(self, fault_id: int, layer: str, name: str, conns: list[int]) -> None:
+        """A raise_next fault made handler `name` raise in `layer` while it served `conns`,
+        or a fail_next fault failed call `name` there: kept for fault.list (`used`), so a
+        client can tell what each planted bug or failure hit."""
         fault = self.faults.get(fault_id)
         if fault is not None:  # else cleared meanwhile
-            _note_hit(fault, layer, handler, conns)
+            _note_hit(fault, layer, name, conns)
 
     def clear(self, fault_id: int | None) -> None:
         if fault_id is None:
