@@ -324,6 +324,7 @@ class PassthroughIm(DriverLayer):
                 up.miniport_offload_context.miniport_offload_context = entry
             else:
                 entry.lifecycle.fire(Event.INITIATE_FAILED)
+                entry.handle.release()  # never offloaded: nothing comes on it (spec §3.2.4)
         self.ndis.NdisMInitiateOffloadComplete(self, call.upper_root)
 
     def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:

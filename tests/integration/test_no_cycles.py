@@ -219,3 +219,102 @@ async def test_the_last_connections_end_leaves_no_cycle(
         await asyncio.sleep(0.1)
     assert _engines(found) == {}, found.most_common(12)
     assert engine.conn_ids() == []
+
+
+#: Faults that fail, hold or break a call in a layer, each named by what it does there. They
+#: are armed in the layer by the fault's id, and their hits noted by it: a fault that held
+#: itself (its undo, or its hook for the hits) made a cycle per fault. A failed initiate's
+#: handles at the IM and MUX pointed back at their records: a cycle per refused offload.
+FAULTS: dict[str, tuple[dict[str, Any], bool]] = {
+    # spec, and whether its hits are listed (fault.list `used`)
+    "a send failed": (
+        {"kind": "fail_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
+        True,
+    ),
+    "a send failed for an upload, in the IM": (
+        {
+            "kind": "fail_next",
+            "layer": "im0",
+            "call": "MiniportTcpOffloadSend",
+            "status": "NDIS_STATUS_UPLOAD_IN_PROGRESS",
+        },
+        True,
+    ),
+    "a bug in a send": (
+        {"kind": "raise_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
+        True,
+    ),
+    "sends held": (
+        {"kind": "delay", "layer": "nic0", "call": "MiniportTcpOffloadSend", "ms": 20},
+        False,
+    ),
+    "an offload refused": (
+        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload"},
+        True,
+    ),
+    "a path's offload refused": (
+        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload[path]"},
+        True,
+    ),
+    "a neighbor's offload refused": (
+        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload[neighbor]"},
+        True,
+    ),
+    "a bug in an initiate": (
+        {"kind": "raise_next", "layer": "nic0", "call": "MiniportInitiateOffload"},
+        True,
+    ),
+}
+FAULT_TOPOLOGIES = {k: TOPOLOGIES[k] for k in ("default", "MUX over 2 NICs, an IM under one")}
+
+
+async def _echo_once(engine: Any, conn: int) -> None:
+    """One round trip, whatever the fault makes of it (a send failed, a connection reset)."""
+    try:
+        if await engine.send(conn, b"z" * 100) == 100:
+            await engine.recv(conn, 100, 2.0, True)
+    except EngineError:
+        pass
+
+
+@pytest.mark.parametrize("layers", FAULT_TOPOLOGIES.values(), ids=FAULT_TOPOLOGIES.keys())
+@pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
+async def test_a_fault_leaves_no_cycle(
+    make_engine: Any,
+    echo_port: int,
+    layers: tuple[LayerConfig, ...],
+    fault: tuple[dict[str, Any], bool],
+) -> None:
+    """A fault is injected, hits, and is cleared, on connections opened (and their path and
+    neighbor offloaded) after it went in; then they all close."""
+    spec, listed = fault
+    engine = await make_engine(layers)
+    warm = await engine.connect("127.0.0.1", echo_port)  # what a first connection sets up
+    await _echo_once(engine, warm)
+    await engine.close(warm)
+    with cyclic_garbage() as found:
+        fid = engine.fault_inject(dict(spec))
+        conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+        for conn in conns:
+            await _echo_once(engine, conn)
+
+        def hit() -> bool:
+            (entry,) = [e for e in engine.fault_entries() if e["id"] == fid]
+            return bool(entry.get("failed") or entry.get("raised"))
+
+        if listed:
+            await eventually(hit, f"{spec['kind']} hit")
+        engine.fault_clear(fid)
+        for conn in conns:
+            await _echo_once(engine, conn)
+            await engine.close(conn)
+        await asyncio.sleep(0.1)
+    assert _engines(found) == {}, found.most_common(12)
+    assert engine.conn_ids() == []
+    if spec["kind"] == "raise_next":  # the planted bug, and only it (the fixture checks)
+        assert engine.layer_errors == 1
+        assert engine.checker is not None
+        (bug,) = engine.checker.violations
+        assert "PlantedBug" in bug, bug
+        engine.checker.violations.clear()
+        engine.layer_errors = 0

@@ -241,8 +241,10 @@ class MuxIm(PassthroughIm):
                 else:
                     obj.lifecycle.fire(Event.INITIATE_FAILED)
                     self._unplace(obj)
+                    obj.handle.release()  # never offloaded: nothing comes on it (§3.2.4)
         for inst in failed:  # after its failed dependents let go of it, and of its parent
             self._drop_instance(inst)
+            inst.handle.release()
         self._invalidate_copies(call.stale)
         self._finish_initiate(call)
 
