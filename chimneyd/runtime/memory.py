@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import sys
 import weakref
@@ -36,8 +37,10 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD = 64 * 1024
 
 
+@functools.cache
 def _libc() -> Any:
-    """glibc, or None elsewhere (nothing to tune or trim there)."""
+    """glibc, or None elsewhere (nothing to tune or trim there). Loaded once: each `CDLL` makes
+    its own function-pointer class, a cycle of ~19 objects left for the collector per trim."""
     try:
         return ctypes.CDLL("libc.so.6")
     except OSError:
