@@ -1430,3 +1430,26 @@ def test_the_slowest_send_is_every_sends_maximum_not_the_samples() -> None:
     console = Console(record=True, width=300)
     render_report(r, console)
     assert "max 900.0 ms (conn 77, asked 30.25 s into the hold)" in console.export_text()
+
+
+def _continued(obs: dict[str, list[Rec]], next_done: bool) -> None:
+    """The refuse_offload fault's connection is refused by it (FAILURE), then again while the
+    target is failed (OFFLOAD_PAUSE): two episodes, the first `continued` by the second, which
+    the soak follows to its re-offload."""
+    first = {"conn": 6, "at": "reoffload", "status": "NDIS_STATUS_FAILURE", "t_first": 99.6}
+    first.update(t_last=99.6, attempts=1, continued=True, verified_after=0, done=False)
+    paused = {"conn": 6, "at": "reoffload", "status": "NDIS_STATUS_OFFLOAD_PAUSE"}
+    paused.update(t_first=100.5, t_last=102.5, attempts=2, offloaded_t=103.7)
+    paused.update(verified_after=10 if next_done else 0, done=next_done)
+    obs["refusals"][1:] = [first, paused]
+
+
+def test_a_refusal_continued_for_another_reason_is_judged_by_the_next_episode() -> None:
+    layer, conn, obs = _clean()
+    _layer(layer, "refuse_offload").update(t0=99.5, t1=99.51)
+    _continued(obs, next_done=True)
+    r = _report(layer, conn, obs)
+    assert r["failures"] == [] and r["ok"], r["failures"]
+    _continued(obs, next_done=False)
+    r = _report(layer, conn, obs)
+    assert any("conn 6: no byte verified after it" in f for f in r["failures"]), r["failures"]

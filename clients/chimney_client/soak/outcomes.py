@@ -483,7 +483,11 @@ def _judge_fail_next(
         for o in seen:
             if effect == "send_failure" and not o.get("resent"):
                 problem(first, f"conn {o['conn']}: the failed bytes were never resent")
-            elif not o.get("done"):
+            elif not (
+                _episode_done(o, obs.get(obs_name, []))
+                if effect == "offload_refusal"
+                else o.get("done")
+            ):
                 problem(first, f"conn {o['conn']}: no byte verified after it")
         if effect == "send_failure":
             uploads = _uploads_after_send_failures(seen, obs)
@@ -494,6 +498,22 @@ def _judge_fail_next(
                     problem(first, f"conn {u['conn']}: no byte verified after its upload")
         if effect == "offload_refusal":
             host["explained"]["refuse_offload"] = len(seen)
+
+
+def _episode_done(ep: Record, refusals: list[Record]) -> bool:
+    """Data verified after a refusal episode. One `continued` (its connection refused again
+    for another reason: a new episode) has its outcome in the next episode of that connection,
+    which the soak follows to its re-offload instead (`state.refused`)."""
+    while ep.get("continued"):
+        later = [
+            e
+            for e in refusals
+            if e["conn"] == ep["conn"] and e is not ep and e["t_first"] >= ep["t_last"]
+        ]
+        if not later:
+            return False
+        ep = min(later, key=lambda e: float(e["t_first"]))
+    return bool(ep.get("done"))
 
 
 def _refusals_beyond(e: Record, ep: Record, extra: int, windows: list[Window]) -> None:
