@@ -1453,3 +1453,28 @@ def test_a_refusal_continued_for_another_reason_is_judged_by_the_next_episode() 
     _continued(obs, next_done=False)
     r = _report(layer, conn, obs)
     assert any("conn 6: no byte verified after it" in f for f in r["failures"]), r["failures"]
+
+
+def test_a_refusal_at_connect_by_a_fault_then_by_an_outage_is_the_faults() -> None:
+    """The refuse_offload refuses a connection at connect (the soak hears no status), just
+    before the NIC fails; its re-offloads are refused while the NIC is failed (OFFLOAD_PAUSE):
+    one episode, whose status is the outage's. The daemon says the fault failed that
+    connection's offload, so the episode is the fault's outcome, its later refusals the
+    outage's. Without the daemon's word the outage explains the episode, and the fault's
+    refusal is not seen."""
+    layer, conn, obs = copy.deepcopy(_clean())
+    _failed_said(layer, **SAID)
+    next(r for r in layer if r["kind"] == "refuse_offload").update(t0=99.8, t1=99.81)
+    next(ep for ep in obs["refusals"] if ep["conn"] == 6).update(
+        at="connect", status="NDIS_STATUS_OFFLOAD_PAUSE", attempts=3, offloaded_t=103.7,
+        t_first_sent=99.9, t_first=100.2, t_last=102.6, t_last_sent=102.5,
+    )  # fmt: skip
+    r = _report(*copy.deepcopy((layer, conn, obs)))
+    refuse = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
+    assert r["ok"], r["failures"]
+    assert refuse["observed"] == refuse["expected"] == 1
+    assert refuse["refusals_of_an_outage"] == 2
+    for f in layer:
+        f.pop("failed", None)  # a daemon that does not say
+    r = _report(layer, conn, obs)
+    assert any("1 offload refusal(s) caused, 0 seen" in f for f in r["failures"]), r["failures"]

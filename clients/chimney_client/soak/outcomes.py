@@ -433,7 +433,13 @@ def _judge_fail_next(
         seen: list[Record] = []
         observed = 0
         when = "t_first" if effect == "offload_refusal" else "t"
-        for o in sorted(obs.get(obs_name, []), key=lambda o: float(o[when])):
+        ordered = sorted(obs.get(obs_name, []), key=lambda o: float(o[when]))
+        # refusals get a second pass where the daemon says which connections these faults
+        # refused: an episode the target failure seems to explain on such a connection is
+        # theirs after all when no other of its episodes was (a refusal at connect has no
+        # status, and the next one, while the NIC is failed, says OFFLOAD_PAUSE)
+        second = ordered if effect == "offload_refusal" and left is not None else []
+        for lenient, o in [(False, o) for o in ordered] + [(True, o) for o in second]:
             if observed >= expected:
                 break
             if o.get("explained_by") or float(o[when]) < start:
@@ -449,6 +455,7 @@ def _judge_fail_next(
                 continue
             if (
                 effect == "offload_refusal"
+                and not lenient
                 and o.get("status") not in statuses
                 and any(w.covers_refusals(o) for w in windows)
             ):
@@ -519,11 +526,13 @@ def _episode_done(ep: Record, refusals: list[Record]) -> bool:
 def _refusals_beyond(e: Record, ep: Record, extra: int, windows: list[Window]) -> None:
     """A refusal episode on a connection a fault failed, with `extra` more refusals than the
     daemon says the faults failed of it: a refusal at connect merges with the refused
-    re-offload after it. They are a NIC outage's if its window covers the episode's first
-    request (the host refuses until it hears RESUME, later than the clear under load), else
-    no fault's."""
-    sent = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])
-    if any(w.start <= sent <= w.end for w in windows):
+    re-offloads after it. They are a NIC outage's if its window covers the episode's first
+    request (refused by the outage, the host refusing until it hears RESUME, later than the
+    clear under load, and the re-offload by the fault) or its last (refused by the fault at
+    connect, then by the outage), else no fault's."""
+    first = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])
+    last = float(ep["t_last_sent"] if "t_last_sent" in ep else ep["t_last"])
+    if any(w.start <= first <= w.end or w.start <= last <= w.end for w in windows):
         e["refusals_of_an_outage"] = e.get("refusals_of_an_outage", 0) + extra
         return
     problem(e, f"conn {ep['conn']}: {extra} refusal(s) more than the daemon says a fault failed")
