@@ -292,8 +292,8 @@ def test_a_late_injector_still_spaces_spread_faults_but_keeps_times_given() -> N
 
 def test_spread_layer_faults_wait_while_a_nic_outage_settles() -> None:
     """Armed while a NIC is out or its connections are offloaded again, layer faults would all
-    go off on the first few connections back: spread ones wait; connection faults, outages
-    and times given with @ do not."""
+    go off on the first few connections back: spread ones wait; connection faults and times
+    given with @ do not."""
     faults = "fail_next,peer_reset,raise_next@6s,target_failure@7s"
     pending = deque(schedule_faults(parse_faults(faults), 20.0))
     assert [(round(p.t, 1), p.spec.kind) for p in pending] == [
@@ -402,3 +402,51 @@ async def test_a_late_fault_waits_for_a_late_resume_to_bring_the_connections_bac
     rec = {"nics_before": {"nic0": 100}}
     await faults.settle(rec, "nic0", None)
     assert 0.1 <= rec["settled_s"] < 5 and "t_back" not in rec
+
+
+def test_a_spread_outage_waits_for_the_one_before_to_settle() -> None:
+    """Spread evenly, a NIC taken down, a rebalance and another NIC's failure all fall in the
+    middle of the hold, a stagger apart: each moves connections the one before was still
+    moving, and the soak could tell no outcome apart. The later ones wait while the one
+    before settles; one given with @ does not."""
+    faults = "nic_down/layer=nic1,rebalance,target_failure/layer=nic2,target_failure@11s"
+    pending = deque(schedule_faults(parse_faults(faults), 20.0))
+    assert [p.spec.kind for p in pending][:2] == ["nic_down", "rebalance"]
+    got = take_due(pending, 10.0, 99.0, False)
+    assert got is not None and got.spec.kind == "nic_down"
+    assert take_due(pending, 10.8, 0.8, True) is None  # the rebalance waits
+    got = take_due(pending, 11.0, 1.0, True)
+    assert got is not None and got.t == 11.0  # given with @
+    got = take_due(pending, 14.0, 99.0, False)  # settled
+    assert got is not None and got.spec.kind == "rebalance"
+    assert take_due(pending, 14.5, 99.0, True) is None  # the failure of nic2 waits for it
+
+
+async def test_an_outage_keeps_spread_ones_waiting_until_its_window_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The judge gives an outage what is asked up until RESUME_GRACE_S after its NICs were
+    back (outcomes.Window). A spread target failure that went in as a rebalance before it
+    settled had its uploads judged as the rebalance's, and failed with none of its own: the
+    outage is still settling, for the faults waiting behind it, until past that."""
+    monkeypatch.setattr(layer_faults, "RESUME_GRACE_S", 0.05, raising=False)
+    monkeypatch.setattr(layer_faults, "STAGGER_S", 0.01)
+    faults = layer_faults.LayerFaults()
+    faults.control = object()  # type: ignore[assignment]
+    faults.interrupted = asyncio.Event()
+    faults.layer_records = []
+    faults.nics_settling = 0
+    moved = asyncio.Event()
+
+    async def rebalance(rec: dict[str, Any], layer: str, where: dict[str, int]) -> None:
+        rec["injected"] = True
+        moved.set()  # its connections offloaded again
+
+    monkeypatch.setattr(faults, "rebalance", rebalance)
+    (sf,) = schedule_faults(parse_faults("rebalance"), 10.0)
+    task = asyncio.create_task(faults.inject(sf))
+    await moved.wait()
+    await asyncio.sleep(0.01)
+    assert faults.nics_settling == 1, "the next outage would be judged with this one"
+    await task
+    assert faults.nics_settling == 0

@@ -365,9 +365,10 @@ def take_due(
     no room, it goes in as scheduled: later would be after the hold); and a
     spread layer fault waits while a NIC outage and its RESUME's re-offloads are under way
     (`nic_settling`): armed while nothing is offloaded, or while the first connections are
-    offloaded again, every one would go off on those few connections (the coordinator stops
-    saying so for the hold's last second, so that they still go off within it). One given
-    with @ goes in on time."""
+    offloaded again, every one would go off on those few connections; a spread outage too,
+    since two at once move the same connections and neither's outcome can be told apart (the
+    coordinator stops saying so for the hold's last second, so that they still go off within
+    it). One given with @ goes in on time."""
     for sf in pending:  # in time order
         if elapsed < sf.t:
             return None
@@ -375,7 +376,7 @@ def take_due(
             break
         if since_last < min(STAGGER_S, sf.t - last_t):
             return None
-        if not (nic_settling and sf.spec.scope == "layer" and sf.spec.kind not in OUTAGES):
+        if not (nic_settling and sf.spec.scope == "layer"):
             break  # (a connection fault goes in past a layer fault that waits)
     else:
         return None

@@ -16,6 +16,7 @@ from .channels import Channel
 from .faults import FAULT_KINDS, INITIATE_CALL, MOVES, OUTAGES, TERMINATE_CALL, ScheduledFault
 from .limits import (
     MOVED_BACK_SHARE,
+    RESUME_GRACE_S,
     SETTLE_BACK_SHARE,
     SETTLE_MAX_S,
     SETTLE_POLL_S,
@@ -74,10 +75,16 @@ class LayerFaults:
                 try:
                     if spec.kind in MOVES:
                         await self.rebalance(rec, layer, where)
-                        return
-                    await self.outage(rec, spec.kind, layer, parse_duration(params["for"]), where)
-                    if rec.get("cleared"):
-                        await self.settle(rec, layer, where.get("shard"))
+                    else:
+                        for_s = parse_duration(params["for"])
+                        await self.outage(rec, spec.kind, layer, for_s, where)
+                        if rec.get("cleared"):
+                            await self.settle(rec, layer, where.get("shard"))
+                    # what is asked up until RESUME_GRACE_S after its NICs were back is this
+                    # outage's (outcomes.Window): a spread one after it waits past that, or
+                    # this one would be judged with the other's uploads, that one with none
+                    if not self.interrupted.is_set():
+                        await asyncio.sleep(RESUME_GRACE_S + STAGGER_S)
                 finally:
                     self.nics_settling -= 1
                 return
