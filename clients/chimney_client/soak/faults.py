@@ -230,7 +230,7 @@ def _help() -> str:
     lines = [
         "fault schedule (--faults): comma-separated items KIND[:COUNT][@TIME][/KEY=VALUE]...",
         "  COUNT  injections of this kind (default 1); without @TIME they are spread evenly over "
-        "the hold",
+        "the hold, and a layer fault (an outage too) waits while a NIC outage before it settles",
         "  @TIME  all COUNT injections at TIME after the hold starts (20s, 500ms, 1.5m)",
         "  /shard=K  a layer fault in shard K only, on a daemon of several shards (default: the "
         "layer in every shard, where a fail_next or raise_next uses its /count in each)",
