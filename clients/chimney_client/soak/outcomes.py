@@ -511,15 +511,19 @@ def _episode_done(ep: Record, refusals: list[Record]) -> bool:
     """Data verified after a refusal episode. One `continued` (its connection refused again
     for another reason: a new episode) has its outcome in the next episode of that connection,
     which the soak follows to its re-offload instead (`state.refused`)."""
+    followed = [ep]
     while ep.get("continued"):
         later = [
             e
             for e in refusals
-            if e["conn"] == ep["conn"] and e is not ep and e["t_first"] >= ep["t_last"]
+            if e["conn"] == ep["conn"]
+            and not any(e is f for f in followed)
+            and e["t_first"] >= ep["t_last"]
         ]
         if not later:
             return False
         ep = min(later, key=lambda e: float(e["t_first"]))
+        followed.append(ep)
     return bool(ep.get("done"))
 
 
