@@ -225,46 +225,39 @@ async def test_the_last_connections_end_leaves_no_cycle(
 #: are armed in the layer by the fault's id, and their hits noted by it: a fault that held
 #: itself (its undo, or its hook for the hits) made a cycle per fault. A failed initiate's
 #: handles at the IM and MUX pointed back at their records: a cycle per refused offload.
-FAULTS: dict[str, tuple[dict[str, Any], bool]] = {
-    # spec, and whether its hits are listed (fault.list `used`)
-    "a send failed": (
-        {"kind": "fail_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
-        True,
-    ),
-    "a send failed for an upload, in the IM": (
-        {
-            "kind": "fail_next",
-            "layer": "im0",
-            "call": "MiniportTcpOffloadSend",
-            "status": "NDIS_STATUS_UPLOAD_IN_PROGRESS",
-        },
-        True,
-    ),
-    "a bug in a send": (
-        {"kind": "raise_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
-        True,
-    ),
-    "sends held": (
-        {"kind": "delay", "layer": "nic0", "call": "MiniportTcpOffloadSend", "ms": 20},
-        False,
-    ),
-    "an offload refused": (
-        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload"},
-        True,
-    ),
-    "a path's offload refused": (
-        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload[path]"},
-        True,
-    ),
-    "a neighbor's offload refused": (
-        {"kind": "fail_next", "layer": "nic0", "call": "MiniportInitiateOffload[neighbor]"},
-        True,
-    ),
-    "a bug in an initiate": (
-        {"kind": "raise_next", "layer": "nic0", "call": "MiniportInitiateOffload"},
-        True,
-    ),
+FAULTS: dict[str, dict[str, Any]] = {
+    "a send failed": {"kind": "fail_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
+    "a send failed for an upload, in the IM": {
+        "kind": "fail_next",
+        "layer": "im0",
+        "call": "MiniportTcpOffloadSend",
+        "status": "NDIS_STATUS_UPLOAD_IN_PROGRESS",
+    },
+    "a bug in a send": {"kind": "raise_next", "layer": "nic0", "call": "MiniportTcpOffloadSend"},
+    "sends held": {"kind": "delay", "layer": "nic0", "call": "MiniportTcpOffloadSend", "ms": 20},
+    "an offload refused": {
+        "kind": "fail_next",
+        "layer": "nic0",
+        "call": "MiniportInitiateOffload",
+    },
+    "a path's offload refused": {
+        "kind": "fail_next",
+        "layer": "nic0",
+        "call": "MiniportInitiateOffload[path]",
+    },
+    "a neighbor's offload refused": {
+        "kind": "fail_next",
+        "layer": "nic0",
+        "call": "MiniportInitiateOffload[neighbor]",
+    },
+    "a bug in an initiate": {
+        "kind": "raise_next",
+        "layer": "nic0",
+        "call": "MiniportInitiateOffload",
+    },
 }
+#: The kinds whose hits fault.list lists (`used`): the test waits for one.
+LISTED = ("fail_next", "raise_next")
 FAULT_TOPOLOGIES = {k: TOPOLOGIES[k] for k in ("default", "MUX over 2 NICs, an IM under one")}
 
 
@@ -283,11 +276,11 @@ async def test_a_fault_leaves_no_cycle(
     make_engine: Any,
     echo_port: int,
     layers: tuple[LayerConfig, ...],
-    fault: tuple[dict[str, Any], bool],
+    fault: dict[str, Any],
 ) -> None:
     """A fault is injected, hits, and is cleared, on connections opened (and their path and
     neighbor offloaded) after it went in; then they all close."""
-    spec, listed = fault
+    spec = fault
     engine = await make_engine(layers)
     warm = await engine.connect("127.0.0.1", echo_port)  # what a first connection sets up
     await _echo_once(engine, warm)
@@ -302,7 +295,7 @@ async def test_a_fault_leaves_no_cycle(
             (entry,) = [e for e in engine.fault_entries() if e["id"] == fid]
             return bool(entry.get("failed") or entry.get("raised"))
 
-        if listed:
+        if spec["kind"] in LISTED:
             await eventually(hit, f"{spec['kind']} hit")
         engine.fault_clear(fid)
         for conn in conns:
