@@ -1453,6 +1453,13 @@ def test_a_refusal_continued_for_another_reason_is_judged_by_the_next_episode() 
     _continued(obs, next_done=False)
     r = _report(layer, conn, obs)
     assert any("conn 6: no byte verified after it" in f for f in r["failures"]), r["failures"]
+    # what the soak saw goes with it in the --json report: both episodes, in order
+    refuse = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
+    (said,) = refuse["problem_records"]
+    assert said["problem"] == "conn 6: no byte verified after it"
+    statuses = [ep["status"] for ep in said["records"]]
+    assert statuses == ["NDIS_STATUS_FAILURE", "NDIS_STATUS_OFFLOAD_PAUSE"]
+    assert "problem_records" not in next(f for f in r["failures"] if "conn 6" in f)
 
 
 def test_a_refusal_at_connect_by_a_fault_then_by_an_outage_is_the_faults() -> None:

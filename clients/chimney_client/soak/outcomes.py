@@ -55,10 +55,16 @@ def _entry(kind: str) -> Record:
     return {"kind": kind, "injected": 0, "failed_to_inject": 0, "problems": []}
 
 
-def problem(e: Record, text: str) -> None:
-    """Add a problem to a fault entry (the first few kept as examples, all counted)."""
+def problem(e: Record, text: str, *records: Record) -> None:
+    """Add a problem to a fault entry (the first few kept as examples, all counted). The
+    `records` the soak kept of what it saw (the fault's, the outcome's) go with an example,
+    under `problem_records` in the --json report: a failed run must say more than a
+    connection number, as its daemon may be gone by the time anyone looks."""
     if len(e["problems"]) < EXAMPLES:
         e["problems"].append(text)
+        if records:
+            seen = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+            e.setdefault("problem_records", []).append({"problem": text, "records": seen})
     e["problem_count"] = e.get("problem_count", 0) + 1
 
 
@@ -127,28 +133,28 @@ def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
     if kind in ("peer_reset", "daemon_reset") or rec.get("reason") == "HardwareFailure":
         e["abort_seen"] = e.get("abort_seen", 0) + int(bool(rec.get("abort_seen")))
         if not rec.get("abort_seen"):
-            problem(e, f"conn {conn}: no TcpIndicateAbort")
+            problem(e, f"conn {conn}: no TcpIndicateAbort", rec)
         if kind == "retrieve":
             return
         e["reopened"] = e.get("reopened", 0) + int(rec.get("new_conn") is not None)
         if not done:
-            problem(e, f"conn {conn}: the reopened slot carried no verified data")
+            problem(e, f"conn {conn}: the reopened slot carried no verified data", rec)
         lost = rec.get("lost_before_reset", 0)
         if lost:
             e["lost_before_reset"] = e.get("lost_before_reset", 0) + lost
             before = "echoed before the RST" if kind == "peer_reset" else _READ_BEFORE_OWN_RST
-            problem(e, f"conn {conn}: {lost} byte(s) {before} never came back")
+            problem(e, f"conn {conn}: {lost} byte(s) {before} never came back", rec)
         if kind == "daemon_reset" and rec.get("abort_seen"):
             read = rec.get("delivered")
             if read is None:
-                problem(e, f"conn {conn}: tcp.info did not say what the daemon had read")
+                problem(e, f"conn {conn}: tcp.info did not say what the daemon had read", rec)
                 return
             # what was still in the socket when the daemon reset it goes with it: excused
             e["read_before_rst"] = e.get("read_before_rst", 0) + read
         if kind == "peer_reset":
             delivered = rec.get("delivered")
             if delivered is None:
-                problem(e, f"conn {conn}: the peer did not say what it had delivered")
+                problem(e, f"conn {conn}: the peer did not say what it had delivered", rec)
                 return
             # what the RST cut off (acknowledged by the peer's kernel, never echoed) is excused
             e["echoed_before_rst"] = e.get("echoed_before_rst", 0) + delivered
@@ -159,11 +165,11 @@ def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
         _judge_stall_hold(e, rec)
         # what the bug's send left unechoed is the bug's (`lost`), never a damaged byte
         if rec.get("integrity_errors") or (rec.get("lost") and not closed):
-            problem(e, f"conn {conn}: damaged after the stall")
+            problem(e, f"conn {conn}: damaged after the stall", rec)
         if closed:
             e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
         elif not done:
-            problem(e, f"conn {conn}: no byte verified after the stall ended")
+            problem(e, f"conn {conn}: no byte verified after the stall ended", rec)
         return
     # retrieve
     e["event_seen"] = e.get("event_seen", 0) + int(bool(rec.get("event_seen")))
@@ -175,17 +181,17 @@ def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
         if closed:
             e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
         elif not done:
-            problem(e, f"conn {conn}: no byte verified after the retrieve")
+            problem(e, f"conn {conn}: no byte verified after the retrieve", rec)
     elif not rec.get("event_seen"):
-        problem(e, f"conn {conn}: no TcpIndicateRetrieve")
+        problem(e, f"conn {conn}: no TcpIndicateRetrieve", rec)
     elif not rec.get("uploaded") and rec.get("mandatory", True):
-        problem(e, f"conn {conn}: a mandatory retrieve was not uploaded")
+        problem(e, f"conn {conn}: a mandatory retrieve was not uploaded", rec)
     elif closed:
         e["closed_by_a_bug"] = e.get("closed_by_a_bug", 0) + 1
     elif rec.get("uploaded") and rec.get("reoffloaded_t") is None:
-        problem(e, f"conn {conn}: not offloaded again after the retrieve")
+        problem(e, f"conn {conn}: not offloaded again after the retrieve", rec)
     elif not done:
-        problem(e, f"conn {conn}: no byte verified after the retrieve")
+        problem(e, f"conn {conn}: no byte verified after the retrieve", rec)
 
 
 def _judge_stall_hold(e: Record, rec: Record) -> None:
@@ -194,15 +200,16 @@ def _judge_stall_hold(e: Record, rec: Record) -> None:
     conn, end = rec.get("conn"), rec.get("stall_end")
     t0, t1 = rec.get("trip_t0"), rec.get("trip_t1")
     if end is None or t0 is None or t0 >= end:
-        problem(e, f"conn {conn}: no round trip began during the stall: its hold was not seen")
+        problem(e, f"conn {conn}: no round trip began during the stall: its hold was not seen", rec)
     elif t1 is None:
-        problem(e, f"conn {conn}: the round trip begun during the stall never came back")
+        problem(e, f"conn {conn}: the round trip begun during the stall never came back", rec)
     elif t1 < end - STALL_CLOCK_SLACK_S:
         early = (end - t1) * 1000
         problem(
             e,
             f"conn {conn}: a round trip begun during the stall came back {early:.0f} ms before "
             "its end: the stall held nothing",
+            rec,
         )
     else:
         e["held"] = e.get("held", 0) + 1
@@ -258,13 +265,13 @@ def _judge_outage(
             e["reset_before_reoffload"] = e.get("reset_before_reoffload", 0) + 1
         elif t is None:
             over = "its move" if rec["kind"] in MOVES else f"{layer} recovered"
-            problem(e, f"conn {u['conn']}: not offloaded again after {over}")
+            problem(e, f"conn {u['conn']}: not offloaded again after {over}", u)
         elif rec["kind"] not in MOVES and t < w.clear and layer in (u.get("path") or [layer]):
             # (a rebalance fails nothing: the MUX may offload a moved connection again before
             # fault.inject's answer reaches us, on a daemon of shards often)
-            problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed")
+            problem(e, f"conn {u['conn']}: offloaded on {layer} while it was failed", u)
         elif not u.get("done"):
-            problem(e, f"conn {u['conn']}: no byte verified after its re-offload")
+            problem(e, f"conn {u['conn']}: no byte verified after its re-offload", u)
         else:
             again += 1
     e["reoffloaded"] = e.get("reoffloaded", 0) + again
@@ -489,42 +496,41 @@ def _judge_fail_next(
                 problem(first, f"conn {shown}: the daemon says a call of it failed, no outcome")
         for o in seen:
             if effect == "send_failure" and not o.get("resent"):
-                problem(first, f"conn {o['conn']}: the failed bytes were never resent")
-            elif not (
-                _episode_done(o, obs.get(obs_name, []))
-                if effect == "offload_refusal"
-                else o.get("done")
-            ):
-                problem(first, f"conn {o['conn']}: no byte verified after it")
+                problem(first, f"conn {o['conn']}: the failed bytes were never resent", o)
+                continue
+            # a refusal continued for another reason has its outcome in the episode after
+            chain = _episodes(o, obs[obs_name]) if effect == "offload_refusal" else [o]
+            if not (chain[-1].get("done") and not chain[-1].get("continued")):
+                problem(first, f"conn {o['conn']}: no byte verified after it", *chain)
         if effect == "send_failure":
             uploads = _uploads_after_send_failures(seen, obs)
             for e in entries.values():
                 e["uploaded"] = len(uploads)
             for u in uploads:
                 if not u.get("done"):
-                    problem(first, f"conn {u['conn']}: no byte verified after its upload")
+                    problem(first, f"conn {u['conn']}: no byte verified after its upload", u)
         if effect == "offload_refusal":
             host["explained"]["refuse_offload"] = len(seen)
 
 
-def _episode_done(ep: Record, refusals: list[Record]) -> bool:
-    """Data verified after a refusal episode. One `continued` (its connection refused again
-    for another reason: a new episode) has its outcome in the next episode of that connection,
-    which the soak follows to its re-offload instead (`state.refused`)."""
-    followed = [ep]
+def _episodes(ep: Record, refusals: list[Record]) -> list[Record]:
+    """A refusal episode and, while one is `continued` (its connection refused again for
+    another reason: a new episode), the next episode of that connection: the soak follows the
+    last to its re-offload, and its outcome is the first's (`state.refused`)."""
+    chain = [ep]
     while ep.get("continued"):
         later = [
             e
             for e in refusals
             if e["conn"] == ep["conn"]
-            and not any(e is f for f in followed)
+            and not any(e is f for f in chain)
             and e["t_first"] >= ep["t_last"]
         ]
         if not later:
-            return False
+            break
         ep = min(later, key=lambda e: float(e["t_first"]))
-        followed.append(ep)
-    return bool(ep.get("done"))
+        chain.append(ep)
+    return chain
 
 
 def _refusals_beyond(e: Record, ep: Record, extra: int, windows: list[Window]) -> None:
@@ -539,7 +545,9 @@ def _refusals_beyond(e: Record, ep: Record, extra: int, windows: list[Window]) -
     if any(w.start <= first <= w.end or w.start <= last <= w.end for w in windows):
         e["refusals_of_an_outage"] = e.get("refusals_of_an_outage", 0) + extra
         return
-    problem(e, f"conn {ep['conn']}: {extra} refusal(s) more than the daemon says a fault failed")
+    problem(
+        e, f"conn {ep['conn']}: {extra} refusal(s) more than the daemon says a fault failed", ep
+    )
 
 
 def _masked_by_a_bug(obs: dict[str, list[Record]], left: dict[Any, int], start: float) -> list[Any]:
@@ -677,7 +685,7 @@ def _judge_raise_next(
             where = "its reopened slot" if holed else "it"
             what = {"t_first": "its offload refused at connect", "closing": "its reset"}
             why = next((w for k, w in what.items() if k in first), "its INTERNAL")
-            problem(e, f"conn {first['conn']}: no byte verified on {where} after {why}")
+            problem(e, f"conn {first['conn']}: no byte verified on {where} after {why}", *hit)
     e["planted"], e["connections_hit"], e["internal_answers"] = (
         planted,
         len(every_hit),

@@ -327,7 +327,7 @@ def _brief(value: Any) -> str:
 
 
 def fault_brief(fault: dict[str, Any]) -> str:
-    skip = {"kind", "ok", "connections", "problems", "problem_count"}
+    skip = {"kind", "ok", "connections", "problems", "problem_count", "problem_records"}
     text = ", ".join(
         f"{k.replace('_', ' ')} {_brief(v)}" for k, v in fault.items() if k not in skip
     )
