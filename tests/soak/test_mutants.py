@@ -151,6 +151,11 @@ def test_a_broken_daemon_fails_the_soak_for_its_reason(
         # the fault was injected (the daemon answered with its id): its outcome is what failed
         (fault,) = report["faults"]
         assert fault["injected"] == 1 and not fault["ok"], fault
+        if fault["kind"] in ("stall_peer", "daemon_reset", "retrieve"):
+            # what the soak kept of the fault goes with its problem in the report
+            said = fault["problem_records"][0]
+            assert said["problem"] in fault["problems"], fault
+            assert [r["kind"] for r in said["records"]] == [fault["kind"]], said
 
 
 TEAMING = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
