@@ -1450,6 +1450,8 @@ def test_a_refusal_continued_for_another_reason_is_judged_by_the_next_episode() 
     _continued(obs, next_done=True)
     r = _report(layer, conn, obs)
     assert r["failures"] == [] and r["ok"], r["failures"]
+    refuse = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
+    assert refuse["verified_after"] == 10  # the episode after's
     _continued(obs, next_done=False)
     r = _report(layer, conn, obs)
     assert any("conn 6: no byte verified after it" in f for f in r["failures"]), r["failures"]

@@ -483,7 +483,9 @@ def _judge_fail_next(
             observed += len(masked)
             if masked:
                 first["masked_by_a_bug"] = len(masked)
-        after = sum(o.get("verified_after", 0) for o in seen)
+        # (a refusal continued for another reason: what was verified after the episode after)
+        chains = [_episodes(o, obs[obs_name]) if effect == "offload_refusal" else [o] for o in seen]
+        after = sum(c[-1].get("verified_after", 0) for c in chains)
         for e in entries.values():
             e["expected"], e["observed"], e["verified_after"] = expected, observed, after
             if served is not None:  # the daemon said which: the outcomes were matched by them
@@ -494,12 +496,10 @@ def _judge_fail_next(
             if unseen:
                 shown = ", ".join(map(str, unseen[:EXAMPLES]))
                 problem(first, f"conn {shown}: the daemon says a call of it failed, no outcome")
-        for o in seen:
+        for o, chain in zip(seen, chains, strict=True):
             if effect == "send_failure" and not o.get("resent"):
                 problem(first, f"conn {o['conn']}: the failed bytes were never resent", o)
                 continue
-            # a refusal continued for another reason has its outcome in the episode after
-            chain = _episodes(o, obs[obs_name]) if effect == "offload_refusal" else [o]
             if not (chain[-1].get("done") and not chain[-1].get("continued")):
                 problem(first, f"conn {o['conn']}: no byte verified after it", *chain)
         if effect == "send_failure":
