@@ -57,12 +57,13 @@ class NdisOffloadHandle:
         return ctx
 
     def release(self) -> None:
-        """The owning layer is done with this terminated handle: let go of the context below
-        and of the owner. Both point back at the handle (the owner holds it, the context
-        indicates up on it), so a handle that kept them would keep a closed connection's
-        records at every layer for the cycle collector instead of letting them go at once.
-        Only the owning layer calls it, after its terminate completion (spec §3.9: the handle
-        is dead; NDIS delivers nothing on it any more)."""
+        """The owning layer is done with this handle: let go of the context below and of the
+        owner. Both point back at the handle (the owner holds it, the context indicates up on
+        it), so a handle that kept them would keep a closed connection's records at every
+        layer for the cycle collector instead of letting them go at once. Only the owning
+        layer calls it: after its terminate completed (spec §3.9: the handle is dead; NDIS
+        delivers nothing on it any more), or after its initiate failed (spec §3.2.4: never
+        offloaded, nothing comes on it)."""
         self.miniport_offload_context = None
         self.owner = None
 
