@@ -101,6 +101,18 @@ def assert_clean(engine: Engine, stats: dict[str, Any]) -> None:
 EngineFactory = Callable[..., "asyncio.Future[Engine]"]
 
 
+def accept_planted_bugs(engine: Engine, count: int) -> None:
+    """The `count` bugs a test planted (raise_next) are the engine's only layer errors and
+    invariant violations; once checked they are cleared, so that `assert_clean` (the
+    make_engine fixture's teardown) checks for any other."""
+    assert engine.layer_errors == count, "a handler raised beyond the planted bugs"
+    assert engine.checker is not None
+    bugs = engine.checker.violations
+    assert len(bugs) == count and all("PlantedBug" in v for v in bugs), bugs
+    bugs.clear()
+    engine.layer_errors = 0
+
+
 def fail_next(engine: Engine, layer: str, call: str, **extra: Any) -> int:
     """A `fail_next` fault with NDIS_STATUS_FAILURE (a corrupt hardware state, spec §3.7) on
     `call` of `layer`; `extra` adds keys (`count`, `skip`). Returns the fault's id."""
