@@ -40,11 +40,16 @@ def _ratio(f: Figure) -> tuple[str, str]:
     return f"{s.median:.2f}x", f"{s.low:.2f}-{s.high:.2f}"
 
 
+def _allocator(meta: dict[str, Any]) -> str:
+    """The daemons' allocator: the PYTHONMALLOC this run gave them, or chimneyd's default."""
+    return (meta.get("malloc_env") or {}).get("PYTHONMALLOC") or "malloc"
+
+
 def figures_table(sections: list[Section], meta: dict[str, Any]) -> Table:
     table = Table(
         title=(
             f"chimneyd bench: {meta['mode']}, {meta['cpus']} CPUs, Python {meta['python']}, "
-            f"{meta.get('build', 'python')} build"
+            f"{meta.get('build', 'python')} build, daemon on {_allocator(meta)}"
         ),
         caption="ratio = value / baseline of each interleaved repeat; the figure is their median, "
         "the spread their min-max; value and baseline are medians too",

@@ -131,7 +131,7 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     """Run the daemon — or, with `shard`, one shard of it — until SIGTERM."""
     from chimneyd.engine import start_engine
     from chimneyd.rpc.server import RpcServer
-    from chimneyd.runtime.memory import tune_gc, tune_malloc
+    from chimneyd.runtime.memory import allocator_name, tune_gc, tune_malloc
 
     loop = asyncio.get_running_loop()
     fd_limit = raise_fd_limit()
@@ -191,6 +191,7 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
         layers=[layer.name for layer in config.layers],
         fd_limit=fd_limit,
         build=build_name(),
+        allocator=allocator_name(),
     )
     lost: asyncio.Task[None] | None = None
     if cluster is None:

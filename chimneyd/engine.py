@@ -45,7 +45,7 @@ from chimneyd.ndis.trace import HopRecord
 from chimneyd.observe.events import EventHub
 from chimneyd.observe.traces import TraceArchive
 from chimneyd.runtime.layer_task import deliver
-from chimneyd.runtime.memory import IdleTrim
+from chimneyd.runtime.memory import IdleTrim, allocator_name
 from chimneyd.runtime.sockets import Listener, Sockets
 from chimneyd.runtime.topology import build
 from chimneyd.runtime.wire import WireSocket
@@ -355,6 +355,7 @@ class Engine:
             "version": __version__,
             "contract": CONTRACT_VERSION,
             "build": build_name(),  # which build answers: "compiled" (`make compiled`) or "python"
+            "allocator": allocator_name(),  # "malloc" or "pymalloc": PYTHONMALLOC
             "layers": layers,
         }
 

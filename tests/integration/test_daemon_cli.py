@@ -383,6 +383,23 @@ def test_daemon_serves_and_stops_cleanly(spawn: Any, tmp_path: Path) -> None:
     assert not sock_path.exists()  # the unix socket is removed at exit
 
 
+@pytest.mark.parametrize(("given", "runs_on"), [(None, "malloc"), ("pymalloc", "pymalloc")])
+def test_the_daemon_says_which_allocator_it_runs_on(
+    spawn: Any, monkeypatch: pytest.MonkeyPatch, given: str | None, runs_on: str
+) -> None:
+    """Unless PYTHONMALLOC is set, chimneyd re-executes itself on malloc; `stack.info` says
+    which allocator answers (it moves the CPU per round, README "Memory")."""
+    if given is None:
+        monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    else:
+        monkeypatch.setenv("PYTHONMALLOC", given)
+    child = spawn("--listen", "127.0.0.1:0")
+    host, port = child.ready_line().rsplit(" ", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+        assert call(sock, 1, "stack.info")[3]["allocator"] == runs_on
+    assert child.stop(signal.SIGTERM) == 0, child.stderr()
+
+
 def test_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
     run = chimneyd(
         tmp_path, "--listen", "127.0.0.1:0", config=f'[log]\nfile = "{tmp_path}/no/such/dir/x"\n'
