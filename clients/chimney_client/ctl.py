@@ -731,6 +731,12 @@ def _info(s: Session, a: argparse.Namespace) -> Any:
         raise UsageError("info --live needs a connection ID")
     r = s.client.stack_info()
     head = f"chimneyd {r.get('version', '?')} · contract {r.get('contract', '?')}"
+    # extensions: which build and allocator answer (each moves the CPU per round); a daemon
+    # that does not say is shown without them
+    if r.get("build") is not None:
+        head += f" · {fmt(r['build'])} build"
+    if r.get("allocator") is not None:
+        head += f" · allocator {fmt(r['allocator'])}"
     if r.get("rpc") is not None:
         head += f" · rpc {fmt(r['rpc'])}"
     s.out.line(head)

@@ -114,6 +114,19 @@ def test_json_after_the_command_and_errors_on_stdout(daemon: Daemon) -> None:
     assert docs[1]["error"]["symbol"] == "NOT_FOUND" and docs[1]["error"]["code"] == 3
 
 
+def test_info_names_the_build_and_allocator_that_answer(daemon: Daemon) -> None:
+    """Both move the daemon's CPU per round: `chimneyctl info` says them in its first line, as
+    stack.info gives them."""
+    run = ctl(daemon, "--json", "info")
+    assert run.returncode == 0, run.stderr
+    info = json.loads(run.stdout)["result"]
+    assert info["build"] in ("python", "compiled") and info["allocator"]
+    run = ctl(daemon, "info")
+    assert run.returncode == 0, run.stderr
+    head = run.stdout.splitlines()[0]
+    assert f"· {info['build']} build · allocator {info['allocator']}" in head, head
+
+
 def test_query_update_metrics_and_live_info(daemon: Daemon, echo_port: int) -> None:
     run = ctl(
         daemon,
