@@ -21,6 +21,11 @@ Where the time goes:
                                       steadier than the times between runs),
                                       --profile-out FILE keeps the .prof (`python -m pstats FILE`)
   python -m bench --profile bulk      the in-process bulk offloaded send under cProfile
+  python -m bench --profile instructions
+                                      the daemon under valgrind's callgrind: instructions
+                                      per verified echo round at 100 connections, three 10 s
+                                      windows (steady to a fraction of a percent, where CPU
+                                      time moves 10-20% between runs); needs valgrind
   py-spy (pip install py-spy) samples the daemon without slowing it much: while
   `python -m bench --sections echo` runs, `py-spy record -r 250 --nonblocking -o daemon.svg
   --pid PID` with the pid its progress line names.
@@ -67,8 +72,31 @@ def parser() -> argparse.ArgumentParser:
         help="interpreter arguments that start the daemon instead of the `chimneyd` script, "
         "e.g. '-m chimneyd' or another build (`--listen 127.0.0.1:PORT` is appended)",
     )
-    p.add_argument("--profile", choices=["daemon", "bulk"], help="profile instead of the run")
-    p.add_argument("--profile-out", metavar="FILE", help="keep the daemon's cProfile output")
+    p.add_argument(
+        "--profile", choices=["daemon", "bulk", "instructions"], help="profile instead of the run"
+    )
+    p.add_argument(
+        "--profile-out",
+        metavar="PATH",
+        help="keep the daemon's cProfile output (a file), or its callgrind dumps (a directory)",
+    )
+    p.add_argument(
+        "--profile-conns", type=int, metavar="N", help="--profile instructions: connections (100)"
+    )
+    p.add_argument(
+        "--profile-windows",
+        type=int,
+        default=3,
+        metavar="N",
+        help="--profile instructions: counted windows (3)",
+    )
+    p.add_argument(
+        "--profile-window-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="--profile instructions: seconds per window (10)",
+    )
     p.add_argument("--top", type=int, default=25, help="functions shown by --profile")
     return p
 

@@ -62,9 +62,12 @@ def start_daemon(
     interpreter_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
+    timeout_s: float = START_TIMEOUT_S,
 ) -> Daemon:
     """Start the daemon with `--listen 127.0.0.1:0` (port 0 if its ready line names the real
-    port, else a free port picked here), then `extra_args`; it is stopped (SIGTERM, then SIGKILL)
+    port, else a free port picked here), then `extra_args`, all after `wrapper` (a tool that
+    runs it, e.g. valgrind), given `timeout_s` to come up; it is stopped (SIGTERM, then SIGKILL)
     when `stack` closes. Raises RuntimeError with the daemon's last output when it does not come
     up."""
     if interpreter_args is None:
@@ -73,6 +76,7 @@ def start_daemon(
         argv = [*default_argv(), "--parent-pid", str(os.getpid())]
     else:
         argv = [sys.executable, *interpreter_args]
+    argv = [*wrapper, *argv]  # e.g. valgrind (bench/instructions.py)
     last = ""
     for port in (0, _free_port()):
         proc = Child(
@@ -83,7 +87,7 @@ def start_daemon(
         stack.callback(proc.close)
         seen: list[str] = []
         try:
-            end = time.monotonic() + START_TIMEOUT_S
+            end = time.monotonic() + timeout_s
             while True:
                 text = proc.line(max(0.01, end - time.monotonic()))
                 seen.append(text)

@@ -45,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.profile == "daemon":
         return profile_daemon(args, console)
+    if args.profile == "instructions":
+        from bench.instructions import profile_instructions
+
+        status, prof = profile_instructions(args, console)
+        _write_json(args.json, {"meta": _meta(scale), "profile": prof})
+        return status
 
     meta = _meta(scale)
     wanted = set(args.sections or [s.name for s in SECTIONS])

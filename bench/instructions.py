@@ -1,0 +1,170 @@
+"""Instructions per verified echo round: the daemon under callgrind (`--profile instructions`).
+
+The CPU time a verified round costs moves 10-20% between runs on this machine, more than most
+single changes to the data path; cProfile's calls per round (`--profile daemon`) are steady but
+see neither the allocator nor a copy. The instructions the daemon executes per verified round,
+counted by valgrind's callgrind with collection on only during each window, repeat within a
+fraction of a percent: at 100 connections, three 10 s windows read 618,248-619,883 per round,
+and a change that reused the posted receive buffer read 597,022-599,173 (3.4% fewer), one that
+made the hop trace a true ring 617,834-618,068 (nothing to speak of).
+
+The daemon runs this checkout's `python -m chimneyd` under `valgrind --tool=callgrind
+--instr-atstart=no` (some 50 times slower), on the C allocator as `chimneyd` runs it; the
+verified echo of bench/echo_bench.py drives it (`EmulatedSide`), one warm-up window, then
+windows in each of which `callgrind_control` zeroes the counts, switches collection on,
+dumps and switches it off. Needs valgrind (Debian: `apt install valgrind`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from typing import Any
+
+from rich.console import Console
+
+from bench.common import child, child_env, ports_of
+from bench.daemon import start_daemon
+from bench.echo_bench import EmulatedSide
+
+CONNS = 100
+WINDOWS = 3
+WINDOW_S = 10.0
+START_S = 120.0  # the daemon's start under valgrind: ~10-25 s here
+EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 2
+TOOLS = ("valgrind", "callgrind_control")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+def totals(path: str) -> int | None:
+    """The instruction count (the first event, Ir) of one callgrind dump: its `totals:` line,
+    or `summary:` in a dump that has no totals."""
+    found = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith(("totals:", "summary:")):
+                found = int(line.split()[1])
+    return found
+
+
+def _control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], capture_output=True, timeout=60, check=False)
+
+
+async def count(
+    conns: int, windows: int, window_s: float, out_dir: str, console: Console
+) -> dict[str, Any]:
+    """Run the echo against the daemon under callgrind; the instructions and verified rounds of
+    each window, and the problems met (errors, wrong bytes, a window with no count)."""
+    with ExitStack() as keep:
+        env = {**child_env(), "PYTHONMALLOC": "malloc"}  # as `chimneyd` runs (it re-executes)
+        daemon = start_daemon(
+            keep,
+            ["-m", "chimneyd"],
+            env,
+            ["--parent-pid", str(os.getpid())],
+            wrapper=(
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+            ),
+            timeout_s=START_S,
+        )
+        pid = str(daemon.pid)
+        echo = keep.enter_context(child("-m", "bench.peers", "echo"))
+        side = EmulatedSide(daemon.port, ports_of(echo.expect("ready ")), conns)
+        console.print(
+            f"daemon pid {pid} under callgrind: {conns} echo connections", highlight=False
+        )
+        rows: list[dict[str, Any]] = []
+        problems: list[str] = []
+        try:
+            await side.open()
+            await side.window(window_s / 2)  # warm-up, not counted
+            for i in range(windows):
+                before = set(glob.glob(f"{out_dir}/callgrind.out.*"))
+                _control("-z", pid)
+                _control("-i", "on", pid)
+                res = await side.window(window_s)
+                _control("-d", pid)
+                _control("-i", "off", pid)
+                dumps = sorted(set(glob.glob(f"{out_dir}/callgrind.out.*")) - before)
+                ir = sum(t for t in (totals(d) for d in dumps) if t is not None) if dumps else 0
+                if res.errors or res.integrity_errors:
+                    problems.append(
+                        f"window {i}: {res.errors} errors, {res.integrity_errors} "
+                        f"integrity errors: {res.examples[:3]}"
+                    )
+                if not ir or not res.ops:
+                    problems.append(
+                        f"window {i}: {res.ops} rounds, no instruction count ({len(dumps)} dumps)"
+                    )
+                rows.append(
+                    {
+                        "rounds": res.ops,
+                        "instructions": ir,
+                        "per_round": ir / res.ops if res.ops else 0.0,
+                    }
+                )
+                console.print(
+                    f"window {i + 1}/{windows}: {res.ops:,} verified rounds, {ir:,} instructions, "
+                    f"{rows[-1]['per_round']:,.0f} per round",
+                    highlight=False,
+                )
+        finally:
+            await side.close()
+        if side.setup.errors or side.setup.integrity_errors:
+            problems.append(
+                f"opening: {side.setup.errors} errors, "
+                f"{side.setup.integrity_errors} integrity errors"
+            )
+    return {"conns": conns, "window_s": window_s, "windows": rows, "problems": problems}
+
+
+def profile_instructions(args: argparse.Namespace, console: Console) -> tuple[int, dict[str, Any]]:
+    """`python -m bench --profile instructions`: the exit status and what it measured."""
+    import uvloop
+
+    missing = missing_tools()
+    if missing:
+        console.print(
+            f"--profile instructions needs {' and '.join(missing)} (Debian: apt install valgrind)",
+            highlight=False,
+        )
+        return EXIT_NOT_RUN, {"missing": missing}
+    conns = args.profile_conns or CONNS
+    with ExitStack() as keep:
+        out_dir = args.profile_out or keep.enter_context(
+            tempfile.TemporaryDirectory(prefix="chimneyd-callgrind-")
+        )
+        os.makedirs(out_dir, exist_ok=True)
+        result = uvloop.run(
+            count(conns, args.profile_windows, args.profile_window_s, out_dir, console)
+        )
+    per = [w["per_round"] for w in result["windows"] if w["per_round"]]
+    if per:
+        mid = statistics.median(per)
+        spread = (max(per) - min(per)) / mid * 100 if mid else 0.0
+        result["median_per_round"] = mid
+        console.print(
+            f"instructions per verified round at {conns:,} connections: {mid:,.0f} (median of "
+            f"{len(per)}; spread {min(per):,.0f}-{max(per):,.0f}, {spread:.2f}%)",
+            highlight=False,
+        )
+    if args.profile_out:
+        console.print(
+            f"callgrind dumps kept in {args.profile_out} (callgrind_annotate FILE)", highlight=False
+        )
+    for p in result["problems"]:
+        console.print(f"[bold red]FAILED[/] {p}", highlight=False)
+    return (EXIT_FAILED if result["problems"] or not per else EXIT_OK), result

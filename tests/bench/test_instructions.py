@@ -1,0 +1,55 @@
+"""`python -m bench --profile instructions`: the daemon under callgrind, instructions per verified
+echo round. A real run (a short one) where valgrind is installed; where it is not, the run must
+say what it needs and exit 2, not fail somewhere inside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from bench.instructions import totals
+from tests.bench.support import output, run_bench
+
+
+def test_totals_reads_a_callgrind_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text("version: 1\nevents: Ir\nfn=main\n1 5\nsummary: 40\ntotals: 42\n")
+    assert totals(str(dump)) == 42
+    dump.write_text("version: 1\nevents: Ir\nsummary: 40\n")
+    assert totals(str(dump)) == 40
+    dump.write_text("version: 1\nevents: Ir\n")
+    assert totals(str(dump)) is None
+
+
+def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
+    doc = tmp_path / "instr.json"
+    proc = run_bench(
+        "--profile",
+        "instructions",
+        "--profile-conns",
+        "4",
+        "--profile-windows",
+        "2",
+        "--profile-window-s",
+        "2",
+        "--json",
+        str(doc),
+        timeout=300,
+    )
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        assert proc.returncode == 2, output(proc)
+        assert "apt install valgrind" in proc.stdout, output(proc)
+        return
+    assert proc.returncode == 0, output(proc)
+    prof = json.loads(doc.read_text())["profile"]
+    assert prof["problems"] == []
+    windows = prof["windows"]
+    assert len(windows) == 2
+    for w in windows:
+        # a verified round of the emulated echo runs hundreds of thousands of instructions;
+        # a count of a few, or none, would be callgrind counting nothing of it
+        assert w["rounds"] > 0 and w["instructions"] > 100_000 * w["rounds"], w
+    per = [w["per_round"] for w in windows]
+    assert max(per) / min(per) < 1.05, per  # the point of the instrument: it repeats
+    assert "instructions per verified round" in proc.stdout
