@@ -158,7 +158,10 @@ class ProtocolStub(Layer):
             if acked != wire.bytes_written:
                 raise ValueError("tcp_block takes a wire whose written bytes are all acknowledged")
         else:
-            const = TcpOffloadStateConst(LocalPort=local_port or 40000 + handle.id, RemotePort=80)
+            # a port of its own per handle, in range however many handles the process made
+            # before (a 16-bit field: the MUX's hash policy packs it in two bytes)
+            port = local_port or 1024 + handle.id % (65535 - 1024)
+            const = TcpOffloadStateConst(LocalPort=port, RemotePort=80)
             delegated = TcpOffloadStateDelegated()
         block = new_tcp_block(handle, const, TcpOffloadStateCached(), delegated)
         chain = [NetBufferList.for_data(p) for p in send]

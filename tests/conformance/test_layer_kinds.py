@@ -70,3 +70,19 @@ def test_a_check_refuses_a_stack_of_the_other_role() -> None:
     (middle_check, *_) = layer_kind_checks("middle")
     with pytest.raises(ValueError, match="middle check"):
         run_check(middle_check, loopback_target_stack)
+
+
+def test_the_checks_pass_however_many_handles_came_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stub connection's local port once followed the process's handle count, and past
+    25,535 handles (a long test run) the MUX's hash policy could not pack it."""
+    import itertools
+
+    from chimneyd.ndis import handles
+
+    monkeypatch.setattr(handles, "_ids", itertools.count(70_000))
+    (check,) = [
+        c
+        for c in layer_kind_checks("middle")
+        if c.name == "state_operations_complete_only_after_the_lower_completion"
+    ]
+    assert run_check(check, KINDS["mux-hash"]) is None
