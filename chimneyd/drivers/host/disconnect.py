@@ -167,6 +167,8 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     receive.serve(h, tcb)
     tcb.rx.ooo = None
     del h.tcbs[tcb.conn_id]
+    if not h.tcbs:
+        receive.forget_spares(h)
     adapter.forget(h, tcb)
     h.emit(tcb.conn_id, "closed", {})
     tcb.wire.disown()  # the socket is closed: nothing it tells goes to this TCB any more

@@ -135,6 +135,10 @@ class HostStack(DriverLayer):
         # batched per inbox drain (perf-notes: batch at every hand-off)
         self.returns: dict[Binding, list[NetBufferList]] = {}
         self.send_batches: dict[Tcb, list[NetBufferList]] = {}
+        # receive buffers whose bytes the application has read, kept to post again, by size
+        # (`receive.spare`): a verified echo round then allocates and zeroes no new one
+        self.rx_spares: dict[int, list[bytearray]] = {}
+        self.rx_spare_bytes = 0
         self._default_cached: TcpOffloadStateCached | None = None
 
     def default_cached(self) -> TcpOffloadStateCached:
