@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -81,16 +80,21 @@ async def test_a_buffer_with_unread_bytes_is_not_posted_again(
     await engine.close(conn)
 
 
-def test_what_is_kept_stays_within_its_budget() -> None:
-    host = SimpleNamespace(rx_spares={}, rx_spare_bytes=0)
-    tcb = SimpleNamespace(app_rx=[])
+async def test_what_is_kept_stays_within_its_budget(make_engine: Any, echo_port: int) -> None:
+    """At most SPARE_BYTES of buffers, none above SPARE_MAX_BYTES, only posted ones (bytearrays).
+    Driven on a real host and TCB: the compiled build checks the types."""
+    engine = await make_engine()
+    conn = await _offloaded(engine, echo_port)
+    host, tcb = engine.host, engine.host.tcbs[conn]
+    assert not tcb.app_rx
     n = receive.SPARE_BYTES // SIZE
     for _ in range(n + 3):
-        receive.spare(host, tcb, memoryview(bytearray(SIZE)))  # type: ignore[arg-type]
+        receive.spare(host, tcb, memoryview(bytearray(SIZE)))
     assert host.rx_spare_bytes == n * SIZE == receive.SPARE_BYTES
     assert len(host.rx_spares[SIZE]) == n
+    receive.forget_spares(host)
     # a buffer above the size kept, or not a posted one (bytes), is never kept
-    host = SimpleNamespace(rx_spares={}, rx_spare_bytes=0)
-    receive.spare(host, tcb, memoryview(bytearray(receive.SPARE_MAX_BYTES + 1)))  # type: ignore[arg-type]
-    receive.spare(host, tcb, memoryview(bytes(SIZE)))  # type: ignore[arg-type]
+    receive.spare(host, tcb, memoryview(bytearray(receive.SPARE_MAX_BYTES + 1)))
+    receive.spare(host, tcb, memoryview(bytes(SIZE)))
     assert host.rx_spares == {} and host.rx_spare_bytes == 0
+    await engine.close(conn)
