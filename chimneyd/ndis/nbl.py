@@ -163,9 +163,12 @@ class NetBufferList:
         return cls(NetBuffer(head, total))
 
     @classmethod
-    def for_receive(cls, capacity: int, no_push: bool = False) -> NetBufferList:
-        """A posted receive request over a fresh application buffer of `capacity` bytes."""
-        nbl = cls.for_data(bytearray(capacity))
+    def for_receive(
+        cls, capacity: int, no_push: bool = False, buffer: bytearray | None = None
+    ) -> NetBufferList:
+        """A posted receive request over an application buffer of `capacity` bytes: `buffer`,
+        one the host keeps to post again, or a fresh one."""
+        nbl = cls.for_data(bytearray(capacity) if buffer is None else buffer)
         nbl.tcp_receive_no_push = no_push
         return nbl
 

@@ -168,9 +168,7 @@ def _receive_request(h: HostStack, size: int, no_push: bool) -> NetBufferList:
     if not kept:
         return NetBufferList.for_receive(size, no_push)
     h.rx_spare_bytes -= size
-    nbl = NetBufferList.for_data(kept.pop())
-    nbl.tcp_receive_no_push = no_push
-    return nbl
+    return NetBufferList.for_receive(size, no_push, kept.pop())
 
 
 def spare(h: HostStack, tcb: Tcb, buffer: memoryview) -> None:
@@ -178,18 +176,16 @@ def spare(h: HostStack, tcb: Tcb, buffer: memoryview) -> None:
     read every byte placed in it: the application got copies (`_take`), so then nothing but
     the completed NBL views it (spec §4.2: the buffer is the host's again at completion)."""
     owner = buffer.obj
-    if (
-        owner.__class__ is not bytearray
-        or len(owner) > SPARE_MAX_BYTES
-        or h.rx_spare_bytes + len(owner) > SPARE_BYTES
-        or len(tcb.app_rx) > _SPARE_SCAN
-    ):
+    if owner.__class__ is not bytearray or len(tcb.app_rx) > _SPARE_SCAN:
+        return
+    size = len(owner)
+    if size > SPARE_MAX_BYTES or h.rx_spare_bytes + size > SPARE_BYTES:
         return
     for view, _ in tcb.app_rx:
         if view.obj is owner:
             return  # bytes the application has not read yet
-    h.rx_spares.setdefault(len(owner), []).append(owner)
-    h.rx_spare_bytes += len(owner)
+    h.rx_spares.setdefault(size, []).append(owner)
+    h.rx_spare_bytes += size
 
 
 def forget_spares(h: HostStack) -> None:
