@@ -4,9 +4,9 @@ The CPU time a verified round costs moves 10-20% between runs on this machine, m
 single changes to the data path; cProfile's calls per round (`--profile daemon`) are steady but
 see neither the allocator nor a copy. The instructions the daemon executes per verified round,
 counted by valgrind's callgrind with collection on only during each window, repeat within a
-fraction of a percent: at 100 connections, three 10 s windows read 618,248-619,883 per round,
-and a change that reused the posted receive buffer read 597,022-599,173 (3.4% fewer), one that
-made the hop trace a true ring 617,834-618,068 (nothing to speak of).
+fraction of a percent: at 100 connections, three 10 s windows read 618,329-620,449 per round;
+with the host posting its receive buffers again (up to 4 MiB kept), 604,230-605,475 (2.2%
+fewer); a true ring for the hop trace, not landed, 617,834-618,068 (nothing to speak of).
 
 The daemon runs this checkout's `python -m chimneyd` under `valgrind --tool=callgrind
 --instr-atstart=no` (some 50 times slower), on the C allocator as `chimneyd` runs it; the
@@ -33,9 +33,7 @@ from bench.common import child, child_env, ports_of
 from bench.daemon import start_daemon
 from bench.echo_bench import EmulatedSide
 
-CONNS = 100
-WINDOWS = 3
-WINDOW_S = 10.0
+CONNS = 100  # the parser's defaults are the rest: 3 windows of 10 s
 START_S = 120.0  # the daemon's start under valgrind: ~10-25 s here
 EXIT_OK, EXIT_FAILED, EXIT_NOT_RUN = 0, 1, 2
 TOOLS = ("valgrind", "callgrind_control")
@@ -135,6 +133,13 @@ def profile_instructions(args: argparse.Namespace, console: Console) -> tuple[in
     """`python -m bench --profile instructions`: the exit status and what it measured."""
     import uvloop
 
+    conns = CONNS if args.profile_conns is None else args.profile_conns
+    if conns < 1 or args.profile_windows < 1 or not args.profile_window_s > 0:
+        console.print(
+            "--profile-conns, --profile-windows and --profile-window-s must be positive",
+            highlight=False,
+        )
+        return EXIT_NOT_RUN, {"error": "counts must be positive"}
     missing = missing_tools()
     if missing:
         console.print(
@@ -142,7 +147,6 @@ def profile_instructions(args: argparse.Namespace, console: Console) -> tuple[in
             highlight=False,
         )
         return EXIT_NOT_RUN, {"missing": missing}
-    conns = args.profile_conns or CONNS
     with ExitStack() as keep:
         out_dir = args.profile_out or keep.enter_context(
             tempfile.TemporaryDirectory(prefix="chimneyd-callgrind-")

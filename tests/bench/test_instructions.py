@@ -53,3 +53,12 @@ def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
     per = [w["per_round"] for w in windows]
     assert max(per) / min(per) < 1.05, per  # the point of the instrument: it repeats
     assert "instructions per verified round" in proc.stdout
+
+
+def test_counts_that_are_not_positive_are_refused() -> None:
+    """Refused before anything starts, valgrind or not: a run of no window would measure
+    nothing."""
+    for args in (("--profile-windows", "0"), ("--profile-conns", "0"), ("--profile-window-s", "0")):
+        proc = run_bench("--profile", "instructions", *args, timeout=60)
+        assert proc.returncode == 2, output(proc)
+        assert "must be positive" in proc.stdout, output(proc)
