@@ -355,7 +355,7 @@ class Engine:
             "version": __version__,
             "contract": CONTRACT_VERSION,
             "build": build_name(),  # which build answers: "compiled" (`make compiled`) or "python"
-            "allocator": allocator_name(),  # "malloc" or "pymalloc": PYTHONMALLOC
+            "allocator": allocator_name(),  # PYTHONMALLOC as the daemon started: "malloc" unless set
             "layers": layers,
         }
 
