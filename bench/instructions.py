@@ -4,9 +4,21 @@ The CPU time a verified round costs moves 10-20% between runs on this machine, m
 single changes to the data path; cProfile's calls per round (`--profile daemon`) are steady but
 see neither the allocator nor a copy. The instructions the daemon executes per verified round,
 counted by valgrind's callgrind with collection on only during each window, repeat within a
-fraction of a percent: at 100 connections, three 10 s windows read 618,329-620,449 per round;
-with the host posting its receive buffers again (up to 4 MiB kept), 604,230-605,475 (2.2%
-fewer); a true ring for the hop trace, not landed, 617,834-618,068 (nothing to speak of).
+fraction of a percent in one run (at 100 connections, three 10 s windows: 601,659-603,457 per
+round). Between runs they move more, ~0.6% here, with the rounds a window verifies: what the
+daemon does by the clock (timers, the acknowledgement poll) is shared by fewer rounds when the
+machine is busier. A change is judged on runs of both, one after the other, whose windows
+verified similar numbers of rounds.
+
+One part of the count misleads: glibc's copy and fill routines run `rep movsb` / `rep stosb`
+above a few KiB, and callgrind counts such an instruction once per byte it moves, where the
+CPU runs it at tens of bytes a cycle. A round's six 16 KiB copies (two socket reads into
+`bytes`, msgpack's buffer and its payload, the posted receive buffer, the answer's join) read
+~100,000 instructions, a sixth of the round, for a few µs of its ~100. So each window also
+gives the count outside `memcpy`/`memset` (`copy_fill`), and a change is judged by that. The
+host posting its receive buffers again (up to 4 MiB kept) read 618,207 → 604,788 per round,
+one 16 KiB zero-fill fewer; outside the copy and fill routines 498,926 → 501,962, nothing
+within the runs' difference. A true ring for the hop trace, not landed, saved nothing either.
 
 The daemon runs this checkout's `python -m chimneyd` under `valgrind --tool=callgrind
 --instr-atstart=no` (some 50 times slower), on the C allocator as `chimneyd` runs it; the
@@ -20,6 +32,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -52,6 +65,58 @@ def totals(path: str) -> int | None:
             if line.startswith(("totals:", "summary:")):
                 found = int(line.split()[1])
     return found
+
+
+#: glibc's copy and fill routines. Above a few KiB they run `rep movsb` / `rep stosb`, which
+#: callgrind counts once per byte moved where the CPU runs it as one instruction at tens of bytes
+#: a cycle: a 16 KiB copy weighs 16,384 instructions, ~3% of a round, for well under a µs.
+_COPY_FILL = re.compile(r"\bmem(?:cpy|move|pcpy|set)|_mem(?:cpy|move|pcpy|set)")
+_COST_LINE = re.compile(r"[0-9+*-]")
+
+
+def copy_fill(path: str) -> int:
+    """The instructions of one callgrind dump spent in glibc's copy and fill routines
+    (`memcpy`, `memmove`, `mempcpy`, `memset`): their self cost, summed.
+
+    Reads the dump's format (valgrind's "Callgrind Format Specification"): `fn=` opens a
+    function, `fn=(id) name` names an id and `fn=(id)` reuses it, and `cfn=` shares the same
+    ids; a cost line is the position columns (`positions:`, one by default) and then the
+    events, Ir first; the cost line after `calls=` is a call's inclusive cost, not the
+    caller's own, so it is not counted."""
+    names: dict[str, str] = {}
+    npos = 1
+    total = 0
+    counting = False
+    after_call = False
+    with open(path, errors="replace") as f:
+        for line in f:
+            if after_call:
+                after_call = False
+                continue
+            if _COST_LINE.match(line):
+                if counting:
+                    cols = line.split()
+                    if len(cols) > npos:
+                        total += int(cols[npos])
+                continue
+            if line.startswith(("fn=", "cfn=")):
+                ref = line.split("=", 1)[1].strip()
+                if ref.startswith("("):
+                    key, _, name = ref.partition(")")
+                    name = name.strip()
+                    if name:
+                        names[key] = name
+                    else:
+                        name = names.get(key, "")
+                else:
+                    name = ref
+                if line.startswith("fn="):
+                    counting = bool(_COPY_FILL.search(name))
+            elif line.startswith("calls="):
+                after_call = True
+            elif line.startswith("positions:"):
+                npos = len(line.split()) - 1
+    return total
 
 
 def _control(*args: str) -> None:
@@ -98,6 +163,7 @@ async def count(
                 _control("-i", "off", pid)
                 dumps = sorted(set(glob.glob(f"{out_dir}/callgrind.out.*")) - before)
                 ir = sum(t for t in (totals(d) for d in dumps) if t is not None) if dumps else 0
+                cf = sum(copy_fill(d) for d in dumps)
                 if res.errors or res.integrity_errors:
                     problems.append(
                         f"window {i}: {res.errors} errors, {res.integrity_errors} "
@@ -112,11 +178,14 @@ async def count(
                         "rounds": res.ops,
                         "instructions": ir,
                         "per_round": ir / res.ops if res.ops else 0.0,
+                        "copy_fill": cf,
+                        "outside_copy_fill_per_round": (ir - cf) / res.ops if res.ops else 0.0,
                     }
                 )
                 console.print(
                     f"window {i + 1}/{windows}: {res.ops:,} verified rounds, {ir:,} instructions, "
-                    f"{rows[-1]['per_round']:,.0f} per round",
+                    f"{rows[-1]['per_round']:,.0f} per round, "
+                    f"{rows[-1]['outside_copy_fill_per_round']:,.0f} outside memcpy/memset",
                     highlight=False,
                 )
         finally:
@@ -127,6 +196,15 @@ async def count(
                 f"{side.setup.integrity_errors} integrity errors"
             )
     return {"conns": conns, "window_s": window_s, "windows": rows, "problems": problems}
+
+
+def _spread(values: list[float]) -> str:
+    mid = statistics.median(values)
+    spread = (max(values) - min(values)) / mid * 100 if mid else 0.0
+    return (
+        f"{mid:,.0f} (median of {len(values)}; spread {min(values):,.0f}-{max(values):,.0f}, "
+        f"{spread:.2f}%)"
+    )
 
 
 def profile_instructions(args: argparse.Namespace, console: Console) -> tuple[int, dict[str, Any]]:
@@ -158,11 +236,16 @@ def profile_instructions(args: argparse.Namespace, console: Console) -> tuple[in
     per = [w["per_round"] for w in result["windows"] if w["per_round"]]
     if per:
         mid = statistics.median(per)
-        spread = (max(per) - min(per)) / mid * 100 if mid else 0.0
         result["median_per_round"] = mid
         console.print(
-            f"instructions per verified round at {conns:,} connections: {mid:,.0f} (median of "
-            f"{len(per)}; spread {min(per):,.0f}-{max(per):,.0f}, {spread:.2f}%)",
+            f"instructions per verified round at {conns:,} connections: {_spread(per)}",
+            highlight=False,
+        )
+        outside = [w["outside_copy_fill_per_round"] for w in result["windows"] if w["per_round"]]
+        result["median_outside_copy_fill_per_round"] = statistics.median(outside)
+        console.print(
+            f"  outside memcpy/memset (judge by this; callgrind counts their large copies and "
+            f"fills once per byte): {_spread(outside)}",
             highlight=False,
         )
     if args.profile_out:

@@ -8,7 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from bench.instructions import totals
+import pytest
+
+from bench.instructions import copy_fill, totals
 from tests.bench.support import output, run_bench
 
 
@@ -20,6 +22,26 @@ def test_totals_reads_a_callgrind_dump(tmp_path: Path) -> None:
     assert totals(str(dump)) == 40
     dump.write_text("version: 1\nevents: Ir\n")
     assert totals(str(dump)) is None
+
+
+def test_copy_fill_sums_the_copy_and_fill_routines_own_cost(tmp_path: Path) -> None:
+    """Their self cost only: a call's inclusive cost (the line after `calls=`) is the caller's
+    line, not its own; names given once by id, in `fn=` or `cfn=`, are found again by id."""
+    dump = tmp_path / "callgrind.out.2"
+    dump.write_text(
+        "version: 1\npositions: line\nevents: Ir\n"
+        "fl=(1) string.S\nfn=(1) __memcpy_avx_unaligned_erms\n10 100\n+2 20\n"
+        "cfn=(5) _dl_runtime_resolve\ncalls=1 0\n12 777\n"
+        "fl=(2) ceval.c\nfn=(2) _PyEval_EvalFrameDefault\n5 7\n"
+        "cfn=(3) __memset_avx2_unaligned_erms\ncalls=1 0\n6 5000\n"
+        "cfn=(1)\ncalls=2 0\n7 9000\n"
+        "fn=(3)\n1 30\n"
+        "fn=(4) memory_ass_sub\n1 11\n"
+        "fn=(1)\n* 4\n"
+        "totals: 949\n"
+    )
+    assert copy_fill(str(dump)) == 100 + 20 + 30 + 4
+    assert totals(str(dump)) == 949
 
 
 def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
@@ -50,9 +72,14 @@ def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
         # a verified round of the emulated echo runs hundreds of thousands of instructions;
         # a count of a few, or none, would be callgrind counting nothing of it
         assert w["rounds"] > 0 and w["instructions"] > 100_000 * w["rounds"], w
+        # the copies of a verified 16 KiB round are there, and are not the whole of it
+        assert 0 < w["copy_fill"] < w["instructions"] / 2, w
+        outside = (w["instructions"] - w["copy_fill"]) / w["rounds"]
+        assert w["outside_copy_fill_per_round"] == pytest.approx(outside), w
     per = [w["per_round"] for w in windows]
     assert max(per) / min(per) < 1.05, per  # the point of the instrument: it repeats
     assert "instructions per verified round" in proc.stdout
+    assert "outside memcpy/memset" in proc.stdout
 
 
 def test_counts_that_are_not_positive_are_refused() -> None:
