@@ -8,7 +8,7 @@ the target.
   make bench                          full run, about 5 min on an idle 2-core machine
   make bench ARGS=--quick             every section, smaller and fewer repeats, about 1 min
   python -m bench --sections echo     only these sections (hops bulk mux rpc echo observe
-                                      memory)
+                                      memory shards)
   python -m bench --json FILE         every repeat's numbers, spreads and verdicts as JSON
   python -m bench --targets           print the targets and exit
   python -m bench --strict            exit 3 when a target is missed beyond noise
@@ -25,7 +25,9 @@ Where the time goes:
                                       the daemon under valgrind's callgrind: instructions
                                       per verified echo round at 100 connections, three 10 s
                                       windows (steady to a fraction of a percent, where CPU
-                                      time moves 10-20% between runs); needs valgrind
+                                      time moves 10-20% between runs), and the count outside
+                                      memcpy/memset, which callgrind weighs once per byte
+                                      (judge a change by that one); needs valgrind
   py-spy (pip install py-spy) samples the daemon without slowing it much: while
   `python -m bench --sections echo` runs, `py-spy record -r 250 --nonblocking -o daemon.svg
   --pid PID` with the pid its progress line names.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import SECTION_NAMES
 from tests.bench.support import ROOT, output, run_bench
 
 pytestmark = pytest.mark.soak  # run by `make test` after the default selection
@@ -100,3 +101,6 @@ def test_help_names_make_bench_and_the_profile_command() -> None:
     assert proc.returncode == 0, output(proc)
     assert "make bench" in proc.stdout
     assert "--profile daemon" in proc.stdout and "py-spy" in proc.stdout
+    # the sections the epilog lists are the ones --sections takes
+    listed = proc.stdout.split("only these sections (", 1)[1].split(")", 1)[0].split()
+    assert tuple(listed) == SECTION_NAMES, listed
