@@ -766,6 +766,26 @@ def test_the_table_says_whether_invariants_were_checked() -> None:
         assert shown in console.export_text()
 
 
+def test_the_table_names_the_violations_raise_next_planted() -> None:
+    """A passing run with planted bugs shows their violations as planted; a count beyond them
+    shows how many were not."""
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    for violations, shown in (
+        (2, "2 violation(s) of spec §9 (checker on): the bugs raise_next planted"),
+        (3, "3 violation(s) of spec §9 (checker on), 2 of them planted by raise_next"),
+        (1, "1 violation(s) of spec §9 (checker on), fewer than the 2 bugs raise_next planted"),
+    ):
+        daemon = {"crashed": False, "exit_status": 0, "spawned": True, "address": "x", "pid": 1}
+        r = _report(*_bugs(), stats_after=_counted(violations, 2), daemon=daemon)
+        r["connections_detail"].update(opened_total=10)
+        console = Console(record=True, width=200)
+        render_report(r, console)
+        assert shown in console.export_text()
+
+
 def test_a_connection_reset_between_its_upload_and_its_reoffload_is_explained() -> None:
     """A NIC failure uploads every connection; a reset fault then aborts one before the NIC is
     back (the soak's resets and its outage can overlap): that connection is over and reopened,
