@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.instructions import copy_fill, totals
+from bench.instructions import PARTS, breakdown, copy_fill, totals
 from tests.bench.support import output, run_bench
 
 
@@ -24,24 +24,39 @@ def test_totals_reads_a_callgrind_dump(tmp_path: Path) -> None:
     assert totals(str(dump)) is None
 
 
-def test_copy_fill_sums_the_copy_and_fill_routines_own_cost(tmp_path: Path) -> None:
-    """Their self cost only: a call's inclusive cost (the line after `calls=`) is the caller's
-    line, not its own; names given once by id, in `fn=` or `cfn=`, are found again by id."""
+def test_self_costs_by_part(tmp_path: Path) -> None:
+    """Each function's own cost only: a call's inclusive cost (the line after `calls=`) is the
+    caller's line, not its own; names given once by id, in `fn=`/`cfn=` or `ob=`/`cob=`, are
+    found again by id; the parts add up to the dump's total."""
     dump = tmp_path / "callgrind.out.2"
     dump.write_text(
         "version: 1\npositions: line\nevents: Ir\n"
+        "ob=(1) /usr/lib/x86_64-linux-gnu/libc.so.6\n"
         "fl=(1) string.S\nfn=(1) __memcpy_avx_unaligned_erms\n10 100\n+2 20\n"
-        "cfn=(5) _dl_runtime_resolve\ncalls=1 0\n12 777\n"
+        "cob=(3) /x/uvloop/loop.cpython-311-x86_64-linux-gnu.so\n"
+        "cfn=(5) __pyx_f_6uvloop_4loop_cb\ncalls=1 0\n12 777\n"
+        "fl=(4) malloc.c\nfn=(6) _int_malloc\n3 40\n"
+        "ob=(2) /usr/lib/libpython3.11.so.1.0\n"
         "fl=(2) ceval.c\nfn=(2) _PyEval_EvalFrameDefault\n5 7\n"
-        "cfn=(3) __memset_avx2_unaligned_erms\ncalls=1 0\n6 5000\n"
+        "cob=(1)\ncfn=(3) __memset_avx2_unaligned_erms\ncalls=1 0\n6 5000\n"
         "cfn=(1)\ncalls=2 0\n7 9000\n"
-        "fn=(3)\n1 30\n"
-        "fn=(4) memory_ass_sub\n1 11\n"
-        "fn=(1)\n* 4\n"
-        "totals: 949\n"
+        "ob=(1)\nfn=(3)\n1 30\n"
+        "ob=(2)\nfn=(4) memory_ass_sub\n1 11\n"
+        "ob=(3)\nfn=(5)\n4 777\n"
+        "ob=(1)\nfn=(1)\n* 4\n"
+        "totals: 989\n"
     )
     assert copy_fill(str(dump)) == 100 + 20 + 30 + 4
-    assert totals(str(dump)) == 949
+    parts = breakdown(str(dump))
+    assert parts == {
+        "interpreter": 7 + 11,
+        "copy/fill": 154,
+        "allocator": 40,
+        "uvloop": 777,
+        "msgpack": 0,
+        "other": 0,
+    }
+    assert sum(parts.values()) == totals(str(dump)) == 989
 
 
 def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
@@ -75,11 +90,15 @@ def test_a_short_run_counts_every_window(tmp_path: Path) -> None:
         # the copies of a verified 16 KiB round are there, and are not the whole of it
         assert 0 < w["copy_fill"] < w["instructions"] / 2, w
         outside = (w["instructions"] - w["copy_fill"]) / w["rounds"]
+        # every instruction counted falls in one part, most of them the interpreter's
+        assert sum(w["parts"].values()) == w["instructions"], w
+        assert max(PARTS, key=lambda p: w["parts"][p]) == "interpreter", w
         assert w["outside_copy_fill_per_round"] == pytest.approx(outside), w
     per = [w["per_round"] for w in windows]
     assert max(per) / min(per) < 1.05, per  # the point of the instrument: it repeats
     assert "instructions per verified round" in proc.stdout
     assert "outside memcpy/memset" in proc.stdout
+    assert "by part, per round: interpreter" in proc.stdout
 
 
 def test_counts_that_are_not_positive_are_refused() -> None:
