@@ -9,7 +9,7 @@ import functools
 
 import pytest
 
-from chimneyd.drivers.segment import TH_FIN, TH_PSH
+from chimneyd.drivers.segment import TH_FIN, TH_PSH, TH_RST
 from chimneyd.testing import MemoryWire, Stack
 from chimneyd.testing.clock import Delivery
 from chimneyd.testing.factories import (
@@ -110,4 +110,36 @@ def test_a_segment_arriving_during_the_terminate_goes_up_the_ordinary_path() -> 
     assert relayed == ["passthrough", "host"]
     read = rig.call(rig.host.app_recv, conn, 1000, False)
     assert read.value == b"before the upload, during the terminate"
+    assert rig.problems() == []
+
+
+@pytest.mark.parametrize("kind", ["peer_reset", "kernel_timeout"])
+def test_a_reset_arriving_during_the_terminate_goes_up_the_ordinary_path(kind: str) -> None:
+    """host → IM → target: the peer's RST (or the kernel giving up on the connection) reaches
+    the target after its terminate began: the target passes it up the ordinary path as an RST
+    at the end of the stream, never as a chimney abort; the host delivers the bytes before it,
+    then reports the connection reset (spec §3.6.4, §4.7)."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    wire.peer_send(b"before the upload, ")
+    rig.run()
+
+    def reset_now(d: Delivery) -> None:
+        if d.handler == "MiniportTerminateOffload" and d.layer is rig.target:
+            getattr(wire, kind)()
+
+    rig.scheduler.observers.append(reset_now)
+    upload = rig.call(rig.host.app_upload, conn)
+    assert upload.done and upload.error is None and rig.host.tcbs[conn].state == "host"
+    relayed = [
+        (d.layer.kind, d.args[2:])
+        for d in rig.scheduler.delivered(handler="ProtocolReceiveNetBufferLists")
+    ]
+    assert relayed == [("passthrough", (19, b"", TH_RST)), ("host", (19, b"", TH_RST))]
+    assert not rig.scheduler.delivered(handler="ProtocolTcpOffloadEvent")
+    read = rig.call(rig.host.app_recv, conn, 1000, False)
+    assert read.value == b"before the upload, "
+    read = rig.call(rig.host.app_recv, conn, 1000, False)
+    assert read.error is not None and "connection reset" in str(read.error)
     assert rig.problems() == []
