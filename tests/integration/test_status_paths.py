@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
-from chimneyd.engine import Engine
+from chimneyd.engine import Engine, _below
 from tests.integration.support import RecordingPeer, eventually, fail_next, topology
 
 
@@ -305,6 +305,28 @@ async def test_a_state_operation_overlapping_a_corruption_is_answered(
     await events.wait(conn, "uploaded")
     assert engine.conn_info(conn)["state"] == "host"
     assert engine.layer_errors == 0
+
+
+async def test_updates_asked_together_reach_the_nic_one_at_a_time(
+    make_engine: Any, echo_port: int
+) -> None:
+    """At most one update in flight per object (spec §3.1): a second update the application
+    asks for while the first is down waits for the first's completion, then goes down with
+    the cached state the first left; the NIC ends with both changes."""
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    before = len(engine.trace(conn, None))
+    first = asyncio.ensure_future(engine.update(conn, {"KaTimeout": 3000}))
+    second = asyncio.ensure_future(engine.update(conn, {"KaInterval": 700}))
+    assert await first == await second == {"status": "NDIS_STATUS_SUCCESS"}
+    at_host = [
+        h["call"]
+        for h in engine.trace(conn, None)[before:]
+        if h["layer"] == "tcpip" and "UpdateOffload" in h["call"]
+    ]
+    assert at_host == ["NdisUpdateOffload", "ProtocolUpdateOffloadComplete"] * 2
+    nic = dict(_below(engine.host.tcbs[conn]))["nic0"]
+    assert (nic.cached.KaTimeout, nic.cached.KaInterval) == (3000, 700)
 
 
 async def test_terminate_reports_corruption_then_second_terminate(
