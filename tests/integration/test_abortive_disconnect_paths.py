@@ -12,41 +12,48 @@ drains."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import uvloop
 
 from chimneyd.config import EngineConfig
-from chimneyd.engine import start_engine
+from chimneyd.engine import Engine, start_engine
 from tests.integration.support import RecordingPeer, assert_clean, drained, topology
 
 ABORTED = "NDIS_STATUS_REQUEST_ABORTED"
 
 
-async def _setup(n_im: int) -> tuple[Any, int, RecordingPeer, list[RecordingPeer], Any]:
+@asynccontextmanager
+async def _connection(n_im: int) -> AsyncIterator[tuple[Engine, int, RecordingPeer]]:
+    """An offloaded connection to a recording peer on host → n_im IMs → nic0, the checker on;
+    on the way out it is closed, and the checker and every table must be clean."""
     loop = asyncio.get_running_loop()
     peers: list[RecordingPeer] = []
     server = await loop.create_server(lambda: RecordingPeer(peers), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     engine = await start_engine(EngineConfig(invariants=True), topology(n_im))
-    conn = await engine.connect("127.0.0.1", port)
-    while not peers:
-        await asyncio.sleep(0.001)
-    return engine, conn, peers[0], peers, server
-
-
-async def _finish(engine: Any, conn: int, peers: list[RecordingPeer], server: Any) -> None:
-    await engine.close(conn)
-    stats = await drained(engine)
-    assert engine.checker is not None
-    assert engine.checker.violations == []
-    assert_clean(engine, stats)
+    try:
+        conn = await engine.connect("127.0.0.1", port)
+        while not peers:
+            await asyncio.sleep(0.001)
+        yield engine, conn, peers[0]
+        await engine.close(conn)
+        stats = await drained(engine)
+        assert engine.checker is not None
+        assert engine.checker.violations == []
+        assert_clean(engine, stats)
+    finally:
+        await engine.shutdown(2.0)
+        server.close()
+        for p in peers:
+            p.transport.abort()
 
 
 async def _refused_abortive(n_im: int) -> None:
-    engine, conn, peer, peers, server = await _setup(n_im)
-    try:
+    async with _connection(n_im) as (engine, conn, peer):
         assert engine.conn_info(conn)["state"] == "offloaded"
         assert await engine.send(conn, b"before the reset") == 16
         engine.fault_inject(
@@ -66,17 +73,10 @@ async def _refused_abortive(n_im: int) -> None:
         assert isinstance(lost, ConnectionResetError), lost
         assert bytes(peer.received) == b"before the reset"
         assert not peer.eof  # an RST, not a FIN
-        await _finish(engine, conn, peers, server)
-    finally:
-        await engine.shutdown(2.0)
-        server.close()
-        for p in peers:
-            p.transport.abort()
 
 
 async def _abortive_over_queued_fin(n_im: int) -> None:
-    engine, conn, peer, peers, server = await _setup(n_im)
-    try:
+    async with _connection(n_im) as (engine, conn, peer):
         # the host paces its sends by the NIC's send backlog once it knows it (spec §5.3)
         await engine.query(conn)
         peer.transport.pause_reading()  # the peer's window closes: the backlog fills
@@ -111,12 +111,6 @@ async def _abortive_over_queued_fin(n_im: int) -> None:
         # what reached the peer is a prefix of the stream: nothing out of order, nothing twice
         assert bytes(peer.received) == data[: len(peer.received)]
         assert not peer.eof
-        await _finish(engine, conn, peers, server)
-    finally:
-        await engine.shutdown(2.0)
-        server.close()
-        for p in peers:
-            p.transport.abort()
 
 
 @pytest.mark.parametrize("n_im", [0, 1])
