@@ -14,9 +14,11 @@ from chimneyd.ndis.blocks import (
     TCP_FLAG_UPDATE_RCV_WND,
     OffloadBlock,
     TcpOffloadStateCached,
+    TcpOffloadStateConst,
     TcpOffloadStateDelegated,
     walk,
 )
+from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing import MemoryWire, Stack
 from chimneyd.testing.factories import loopback_target_stack
@@ -194,3 +196,28 @@ def test_the_host_marks_a_new_window_and_sends_restart_flags_once() -> None:
     assert rig.host.tcbs[conn].cached.Flags == KEEPALIVE  # type: ignore[union-attr]
     rig.call(rig.host.app_close, conn)
     assert rig.problems() == []
+
+
+def test_a_query_answers_every_state_class_it_asks_for() -> None:
+    """A query may ask for any class of state (spec §3.3): asked for the constant and cached
+    variables as well as the delegated, the target fills each with what it holds now (the
+    cached ones as the last update left them); the pointers of the delegated union mean
+    nothing in an answer and are cleared."""
+    c = Conn()
+    assert c.update(TtlOrHopLimit=9, KaTimeout=4_000) == S.NDIS_STATUS_SUCCESS
+    c.top.query(
+        c._tree(
+            const=TcpOffloadStateConst(),
+            cached=TcpOffloadStateCached(),
+            delegated=TcpOffloadStateDelegated(SendDataHead=NetBufferList.for_data(b"x")),
+        )
+    )
+    c.st.run()
+    completion = c.top.state_completions[-1]
+    assert completion.op == "Query" and completion.statuses[-1] == S.NDIS_STATUS_SUCCESS
+    (block,) = [b for b in walk(completion.root) if b.offload_handle is c.handle]
+    assert block.const is not None and block.cached is not None and block.delegated is not None
+    assert (block.const.LocalPort, block.const.RemotePort) == (c.wire.local[1], c.wire.remote[1])
+    assert (block.cached.TtlOrHopLimit, block.cached.KaTimeout) == (9, 4_000)
+    assert block.delegated.SendDataHead is None
+    assert block.delegated.RcvNxt == c.query().RcvNxt  # as a delegated-only query reads it
