@@ -149,6 +149,15 @@ class Daemon:
     def events_named(self, name: str) -> list[dict[str, Any]]:
         return [e for e in self.log_events() if e.get("event") == name]
 
+    def wait_events(self, name: str, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """`events_named`, once it has `count` of them (or what there is after `timeout`): a
+        line the daemon wrote before answering reaches `stderr.lines` on the reader's thread,
+        which may not have run by the time the answer is read."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.events_named(name)) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return found
+
     def client(self, **kw: Any) -> Client:
         """A blocking client, authenticated when the daemon has a token."""
         token = self.admin_token or self.token or None
