@@ -129,6 +129,10 @@ class PassthroughIm(DriverLayer):
         self.call_entries: set[ImCallEntry] = set()
         # send NBL id -> its entry while the NBL is below: a completion names no connection
         self.sends_below: dict[int, ImOffloadEntry] = {}
+        # receive NBL id -> its entry while this IM's indication of it is up, not returned;
+        # and the receive requests this IM failed meanwhile, owed once it returns (spec §4.2)
+        self.indications: dict[int, ImOffloadEntry] = {}
+        self.owed_receives: dict[ImOffloadEntry, list[NetBufferList]] = {}
 
     def keeps(self, root: OffloadBlock) -> bool:
         """A block list with a call entry was passed on: what is below completes it."""
@@ -147,8 +151,15 @@ class PassthroughIm(DriverLayer):
         return True
 
     def fail_unserved_receive(self, ctx: Any, head: NetBufferList) -> bool:
-        """An IM keeps no receive request: one still here was never passed on."""
+        """An IM keeps no receive request: one still here was never passed on. It completes
+        at once, or, while this IM's indication of received bytes on the connection is up,
+        once that has returned: receive completions and indications are serialised per
+        connection (spec §4.2, §9 item 4)."""
+        entry: ImOffloadEntry = ctx
         _nothing_transferred(head, NdisStatus.NDIS_STATUS_REQUEST_ABORTED)
+        if any(e is entry for e in self.indications.values()):
+            self.owed_receives.setdefault(entry, []).append(head)
+            return True
         self.ndis.NdisTcpOffloadReceiveComplete(self, head)
         return True
 
@@ -525,14 +536,19 @@ class PassthroughIm(DriverLayer):
         self, handle: NdisOffloadHandle, nbl: NetBufferList, status: NdisStatus
     ) -> None:
         entry: ImOffloadEntry = handle.owner
+        self.indications[nbl.id] = entry
         self.ndis.NdisTcpOffloadReceiveHandler(self, entry.upper, nbl, status)
 
     def ReceiveIndicateReturned(
         self, nbl: NetBufferList, status: NdisStatus, bytes_consumed: int
     ) -> None:
         self.stats.bytes_received += bytes_consumed
+        entry = self.indications.pop(nbl.id, None)
         # the lower indication's return value goes down unchanged (spec §4.8 [INF])
         self.ndis.NdisReturnReceiveIndication(self, nbl, status, bytes_consumed)
+        if self.owed_receives and entry is not None:
+            for head in self.owed_receives.pop(entry, ()):
+                self.ndis.NdisTcpOffloadReceiveComplete(self, head)
 
     def ProtocolReceiveNetBufferLists(
         self, binding: Binding, wire: Any, offset: int, data: bytes, flags: int

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.clock import Delivery
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig
 
@@ -47,4 +49,38 @@ def test_a_send_failed_by_the_im_completes_after_the_send_below_it(status: S) ->
         assert answers[1][1] is None and "NDIS_STATUS_FAILURE" in str(answers[1][2])
         assert bytes(wire.peer_received) == b"first, "
         assert "TcpIndicateRetrieve" in rig.event_names(conn)
+    assert rig.problems() == []
+
+
+def test_a_receive_the_im_raises_on_waits_for_its_indication_to_return() -> None:
+    """The IM raises (a bug) on a receive request the host posted while the IM's indication of
+    received bytes is up, not yet returned: the request it fails on the layer's behalf (as the
+    engine has it, `fail_unserved`) completes only after that indication has returned, since
+    receive completions and indications are serialised per connection (spec §4.2, §9 item 4).
+    Found by the fault soak in CI (`im0 completed receive NBL … while its indication of NBL …
+    is in progress`)."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    im = rig.layers()["im-nic0"]
+    im.arm_fault(RaiseNext(1, "MiniportTcpOffloadReceive", 1))
+    answers: list[tuple[Any, Any]] = []
+
+    def post_while_indicated(d: Delivery) -> None:
+        # the NIC's indication reaches the IM just as the application asks to read: the host's
+        # receive request reaches the IM next, while the IM's indication is up to the host
+        if d.layer is im and d.handler == "ProtocolTcpOffloadReceiveIndicate":
+            rig.scheduler.observers.remove(post_while_indicated)
+            rig.host.app_recv(conn, 1000, False, lambda v, e: answers.append((v, e)))
+            rig.host.after_batch()  # the end of the host's drain: its request goes down
+
+    rig.scheduler.observers.append(post_while_indicated)
+    wire.peer_send(b"indicated")  # no request posted: the NIC indicates the bytes
+    with pytest.raises(PlantedBug):
+        rig.run()
+    failed = rig.scheduler.log[-1]
+    assert (failed.layer, failed.handler) == (im, "MiniportTcpOffloadReceive")
+    assert im.fail_unserved(failed.handler, failed.args)  # as the engine does after a raise
+    rig.run()
+    assert answers == [(b"indicated", None)]  # the indicated bytes reached the application
     assert rig.problems() == []
