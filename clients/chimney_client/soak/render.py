@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .report import fault_brief
+from .report import fault_brief, planted_bugs
 
 
 def _mb(n: int) -> str:
@@ -127,9 +127,7 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     violations = report.get("invariant_violations")
     # the bugs raise_next planted each count one (spec §6.3): say so, or the reader of a
     # passing run wonders why violations did not fail it
-    planted = sum(
-        f.get("planted", 0) for f in report.get("faults", ()) if f["kind"] == "raise_next"
-    )
+    planted = planted_bugs(report)
     if violations is None:
         checked = "not checked: the daemon runs without --invariants"
     elif planted and violations == planted:

@@ -222,6 +222,12 @@ def judge_shards(shards: dict[str, Any] | None) -> dict[str, Any] | None:
     return shards
 
 
+def planted_bugs(report: dict[str, Any]) -> int:
+    """The bugs the run's `raise_next` faults planted: each counts one layer error and, with
+    the checker on, one invariant violation in the daemon (spec §6.3)."""
+    return sum(f.get("planted", 0) for f in report.get("faults", ()) if f["kind"] == "raise_next")
+
+
 def verdict(report: dict[str, Any]) -> list[str]:
     """Why the soak failed (empty: it passed): what it claims (N offloaded connections, every byte
     back, faults that did their job, a daemon that drained and gave its memory back) checked."""
@@ -248,7 +254,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
     if violations is None and daemon.get("spawned") and report.get("stats_after") is not None:
         why.append("the spawned daemon reports no invariant checker")
     # each bug a raise_next fault planted counts once in each (spec §6.3): exactly that many
-    planted = sum(f.get("planted", 0) for f in report["faults"] if f["kind"] == "raise_next")
+    planted = planted_bugs(report)
     beyond = f" beyond the {planted} bug(s) raise_next planted" if planted else ""
     if violations is not None and violations > planted:
         why.append(f"{violations - planted} invariant violation(s) in the daemon{beyond}")
