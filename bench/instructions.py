@@ -16,8 +16,8 @@ CPU runs it at tens of bytes a cycle. A round's six 16 KiB copies (two socket re
 `bytes`, msgpack's buffer and its payload, the posted receive buffer, the answer's join) read
 ~100,000 instructions, a sixth of the round, where they take ~6% of the daemon's CPU time
 (`perf record`, 100 connections: `memmove` 5.9% of its samples, ~9 µs of a ~150 µs round).
-So each window also gives the count outside `memcpy`/`memset` (`copy_fill`): a change is
-judged by that, and one that removes a copy by the copy it removes. The run ends with the
+So each window also gives the count outside `memcpy`/`memset` (`copy_fill` in `--json`): a
+change is judged by that, and one that removes a copy by the copy it removes. The run ends with the
 round's instructions by part (`breakdown`: the interpreter, copy and fill, glibc's allocator,
 uvloop, msgpack, the rest; at 100 connections 68%, 17%, 12%, 1%, 0.5%, 2%). The
 host posting its receive buffers again (up to 4 MiB kept) read 618,207 → 604,788 per round,
@@ -154,12 +154,6 @@ def breakdown(path: str) -> dict[str, int]:
     for (obj, fn), n in self_costs(path).items():
         out[part_of(obj, fn)] += n
     return out
-
-
-def copy_fill(path: str) -> int:
-    """The instructions of one callgrind dump spent in glibc's copy and fill routines
-    (`memcpy`, `memmove`, `mempcpy`, `memset`): their own cost, summed."""
-    return breakdown(path)["copy/fill"]
 
 
 def _control(*args: str) -> None:
