@@ -1,0 +1,182 @@
+"""Property: on a team (a MUX over several NICs, one of them perhaps below an IM), random
+interleavings of application calls, peer bytes and what happens to the team (a NIC fails and
+recovers, is taken out and put back, the MUX rebalances, a NIC asks for an upload, the host
+invalidates an object, calls are held) keep every byte of every connection exactly once and in
+order both ways, satisfy the spec §9 invariant checker, and leave every table at zero.
+
+The single-NIC interleavings are `test_interleavings.py`; this one is about failover and
+moves (spec §5.2, §5.5): a connection may change NIC several times while its data flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import EngineConfig
+from chimneyd.engine import start_engine
+from tests.integration.support import RecordingPeer, assert_clean, drained, eventually
+from tests.integration.test_mux import teaming
+
+CONNS = 3
+NICS = 3
+CONN = st.integers(0, CONNS - 1)
+NIC = st.integers(0, NICS - 1)
+ACTIONS = st.one_of(
+    st.tuples(st.just("send"), CONN, st.integers(1, 150_000)),
+    st.tuples(st.just("peer_send"), CONN, st.integers(1, 150_000)),
+    st.tuples(st.just("recv"), CONN, st.integers(1, 100_000)),
+    st.tuples(st.just("upload"), CONN, st.none()),
+    st.tuples(st.just("offload"), CONN, st.none()),
+    st.tuples(st.just("query"), CONN, st.none()),
+    st.tuples(st.just("retrieve"), CONN, st.none()),
+    st.tuples(st.just("invalidate"), CONN, st.sampled_from(["tcp", "path", "neighbor"])),
+    st.tuples(st.just("fail"), NIC, st.none()),  # target_failure; again: it recovers
+    st.tuples(st.just("down"), NIC, st.none()),  # nic_down; again: nic_up
+    st.tuples(st.just("rebalance"), st.none(), st.none()),
+    st.tuples(
+        st.just("delay"),
+        NIC,
+        st.sampled_from(
+            [
+                "MiniportTcpOffloadSend",
+                "MiniportTcpOffloadReceive",
+                "MiniportInitiateOffload",
+                "MiniportTerminateOffload",
+            ]
+        ),
+    ),
+    st.tuples(st.just("settle"), st.none(), st.none()),
+)
+#: what an offload may answer while the team is failing or moving connections: the
+#: connection stays usable in the host stack (rpc-contract `tcp.offload`)
+OFFLOAD_REFUSALS = (ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE)
+
+
+def _has(peer: RecordingPeer, n: int) -> Callable[[], bool]:
+    return lambda: len(peer.received) >= n
+
+
+def _clear(engine: Any, fid: int) -> None:
+    """Release a delay, unless the scenario has already ended (and cleared every fault)."""
+    if any(f["id"] == fid for f in engine.fault_list()):
+        engine.fault_clear(fid)
+
+
+async def _scenario(
+    actions: list[tuple[str, Any, Any]], policy: str, im_under: bool, seed: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    peers: list[RecordingPeer] = []
+    server = await loop.create_server(lambda: RecordingPeer(peers), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = await start_engine(
+        EngineConfig(invariants=True, rx_buffer_bytes=64 * 1024),
+        teaming(policy, nics=NICS, im_under=im_under),
+    )
+    faults: dict[tuple[str, int], int] = {}  # (kind, nic) -> fault id, while in force
+    try:
+        conns = [await engine.connect("127.0.0.1", port) for _ in range(CONNS)]
+        await eventually(lambda: len(peers) == CONNS)
+        # the server accepts in the order the connects were made: match them by address
+        by_addr = {p.transport.get_extra_info("peername")[1]: p for p in peers}
+        peer = [by_addr[int(engine.conn_info(c)["local"].rsplit(":", 1)[1])] for c in conns]
+        ours = [bytearray() for _ in conns]  # what we sent, in order
+        theirs = [bytearray() for _ in conns]  # what each peer sent
+        got = [bytearray() for _ in conns]  # what we read
+        sends: list[asyncio.Future[Any]] = []
+        for action, a, b in actions:
+            if action == "send":
+                data = rng.randbytes(b)
+                ours[a] += data
+                sends.append(asyncio.ensure_future(engine.send(conns[a], data)))
+            elif action == "peer_send":
+                data = rng.randbytes(b)
+                theirs[a] += data
+                peer[a].transport.write(data)
+            elif action == "recv":
+                try:
+                    got[a] += await engine.recv(conns[a], b, 0.02)
+                except EngineError as err:
+                    assert err.code is ErrorCode.TIMEOUT, err
+            elif action == "upload":
+                assert (await engine.upload(conns[a]))["state"] == "host"
+            elif action == "offload":
+                try:
+                    assert (await engine.offload(conns[a]))["state"] == "offloaded"
+                except EngineError as err:
+                    assert err.code in OFFLOAD_REFUSALS, err
+            elif action == "query":
+                try:
+                    await engine.query(conns[a])
+                except EngineError as err:
+                    assert err.code is ErrorCode.INVALID_STATE, err  # not offloaded right now
+            elif action == "retrieve":
+                try:
+                    engine.fault_inject({"kind": "retrieve", "conn": conns[a]})
+                except EngineError as err:
+                    assert err.code is ErrorCode.INVALID_STATE, err
+            elif action == "invalidate":
+                engine.fault_inject({"kind": "invalidate", "conn": conns[a], "object": b})
+            elif action in ("fail", "down"):
+                kind = "target_failure" if action == "fail" else "nic_down"
+                key = (kind, a)
+                if key in faults:
+                    engine.fault_clear(faults.pop(key))
+                else:
+                    # the mux's lower is the IM over nic0, when there is one
+                    layer = "im0" if kind == "nic_down" and im_under and a == 0 else f"nic{a}"
+                    faults[key] = engine.fault_inject({"kind": kind, "layer": layer})
+            elif action == "rebalance":
+                engine.fault_inject({"kind": "rebalance", "layer": "team0"})
+            elif action == "settle":
+                await asyncio.sleep(0.005)
+            elif action == "delay":
+                fid = engine.fault_inject({"kind": "delay", "layer": f"nic{a}", "call": b, "ms": 2})
+                loop.call_later(0.01, _clear, engine, fid)
+        for fid in faults.values():  # the team whole again
+            engine.fault_clear(fid)
+        faults.clear()
+        sent = await asyncio.gather(*sends)
+        assert sum(sent) == sum(len(o) for o in ours)
+        for i, c in enumerate(conns):
+            while len(got[i]) < len(theirs[i]):
+                chunk = await engine.recv(c, 1 << 20, 5.0)
+                assert chunk, f"conn {c}: end of stream before every byte the peer sent"
+                got[i] += chunk
+            assert bytes(got[i]) == bytes(theirs[i]), f"conn {c}: bytes lost or reordered"
+            await eventually(_has(peer[i], len(ours[i])), "our bytes reach the peer")
+            assert bytes(peer[i].received) == bytes(ours[i]), f"conn {c}: peer got other bytes"
+            assert await engine.disconnect(c, False) == "NDIS_STATUS_SUCCESS"
+            await engine.close(c)
+        stats = await drained(engine)
+        assert_clean(engine, stats)
+    finally:
+        for fid in faults.values():
+            engine.fault_clear(fid)
+        report = await engine.shutdown(2.0)
+        server.close()
+        for p in peers:
+            p.transport.abort()
+    assert report["left_over"] == {}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    actions=st.lists(ACTIONS, min_size=8, max_size=40),
+    policy=st.sampled_from(["round-robin", "active-standby", "least-loaded"]),
+    im_under=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_team_interleavings_keep_bytes_and_invariants(
+    actions: list[tuple[str, Any, Any]], policy: str, im_under: bool, seed: int
+) -> None:
+    uvloop.run(asyncio.wait_for(_scenario(actions, policy, im_under, seed), 20))
