@@ -2,8 +2,9 @@
 interleavings of application calls, peer bytes and what happens to the team (a NIC fails and
 recovers, is taken out and put back, the MUX rebalances, a NIC asks for an upload, the host
 invalidates an object or takes a NIC's connections up for a power or media event, calls are
-held) keep every byte of every connection exactly once and in order both ways, satisfy the
-spec §9 invariant checker, and leave every table at zero.
+held) keep every byte of every connection exactly once and in order both ways (a peer's FIN
+after them), satisfy the spec §9 invariant checker, and leave every table at zero. Two of the
+connections are made by the host, one is accepted by it.
 
 The single-NIC interleavings are `test_interleavings.py`; this one is about failover and
 moves (spec §5.2, §5.5): a connection may change NIC several times while its data flows.
@@ -33,6 +34,7 @@ NIC = st.integers(0, NICS - 1)
 ACTIONS = st.one_of(
     st.tuples(st.just("send"), CONN, st.integers(1, 150_000)),
     st.tuples(st.just("peer_send"), CONN, st.integers(1, 150_000)),
+    st.tuples(st.just("peer_fin"), CONN, st.none()),
     st.tuples(st.just("recv"), CONN, st.integers(1, 100_000)),
     st.tuples(st.just("upload"), CONN, st.none()),
     st.tuples(st.just("offload"), CONN, st.none()),
@@ -105,11 +107,18 @@ async def _scenario(
     )
     faults: dict[tuple[str, int], int] = {}  # (kind, nic) -> fault id, while in force
     try:
-        conns = [await engine.connect("127.0.0.1", port) for _ in range(CONNS)]
-        await eventually(lambda: len(peers) == CONNS)
-        # the server accepts in the order the connects were made: match them by address
-        by_addr = {p.transport.get_extra_info("peername")[1]: p for p in peers}
-        peer = [by_addr[int(engine.conn_info(c)["local"].rsplit(":", 1)[1])] for c in conns]
+        # all but the last connection made by the host, the last one accepted by it
+        conns = [await engine.connect("127.0.0.1", port) for _ in range(CONNS - 1)]
+        await eventually(lambda: len(peers) == CONNS - 1)
+        by_port = {p.transport.get_extra_info("peername")[1]: p for p in peers}
+        peer = [by_port[int(engine.conn_info(c)["local"].rsplit(":", 1)[1])] for c in conns]
+        listener = await engine.listen("127.0.0.1", 0)
+        listening = engine.listener_info(listener)["port"]
+        await loop.create_connection(lambda: RecordingPeer(peers), "127.0.0.1", listening)
+        conns.append(await engine.accept(listener, 5.0))
+        peer.append(peers[-1])
+        await engine.close_listener(listener)
+        fin = [False] * CONNS  # the peer has sent its FIN
         ours = [bytearray() for _ in conns]  # what we sent, in order
         theirs = [bytearray() for _ in conns]  # what each peer sent
         got = [bytearray() for _ in conns]  # what we read
@@ -120,10 +129,13 @@ async def _scenario(
                 data = rng.randbytes(b)
                 ours[a] += data
                 sends.append(asyncio.ensure_future(engine.send(conns[a], data)))
-            elif action == "peer_send":
+            elif action == "peer_send" and not fin[a]:
                 data = rng.randbytes(b)
                 theirs[a] += data
                 peer[a].transport.write(data)
+            elif action == "peer_fin" and not fin[a]:
+                fin[a] = True  # the peer's sends end mid-way
+                peer[a].transport.write_eof()
             elif action == "recv":
                 try:
                     got[a] += await engine.recv(conns[a], b, 0.02)
@@ -182,6 +194,8 @@ async def _scenario(
                 assert chunk, f"conn {c}: end of stream before every byte the peer sent"
                 got[i] += chunk
             assert bytes(got[i]) == bytes(theirs[i]), f"conn {c}: bytes lost or reordered"
+            if fin[i]:
+                assert await engine.recv(c, 10, 5.0) == b"", f"conn {c}: no end of stream"
             await eventually(_has(peer[i], len(ours[i])), "our bytes reach the peer")
             assert bytes(peer[i].received) == bytes(ours[i]), f"conn {c}: peer got other bytes"
             assert await engine.disconnect(c, False) == "NDIS_STATUS_SUCCESS"
