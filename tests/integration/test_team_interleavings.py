@@ -83,6 +83,28 @@ REFUSALS = {
 }
 
 
+def _quiet(engine: Engine) -> bool:
+    """Nothing waits in a layer's inbox, no connection is on its way up or down, and the MUX
+    has asked none up."""
+    if any(t.inbox for t in engine.tasks):
+        return False
+    states = {engine.conn_info(c)["state"] for c in engine.conn_ids()}
+    team = next(la for la in engine.info()["layers"] if la["name"] == "team0")
+    return states <= {"host", "offloaded"} and not team["evacuating"]
+
+
+async def _settled(engine: Engine) -> None:
+    """Quiet, and still so a few loop turns and timer ticks later (a held call released by
+    its timer, a retrieve on its way up)."""
+    quiet = 0
+    for _ in range(1000):
+        quiet = quiet + 1 if _quiet(engine) else 0
+        if quiet == 5:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the team never settled")
+
+
 def _has(peer: RecordingPeer, n: int) -> Callable[[], bool]:
     return lambda: len(peer.received) >= n
 
@@ -188,6 +210,17 @@ async def _scenario(
                 assert action == "query" or result["state"] == ANSWERS[action], (action, result)
         sent = await asyncio.gather(*sends)
         assert sum(sent) == sum(len(o) for o in ours)
+        # once the team is quiet, a connection offloaded is on a NIC that carries it: one left
+        # on a NIC that asked for it up (its UPLOAD_ALL) would have its send refused as an
+        # upload under way, and go up
+        await _settled(engine)
+        for i, c in enumerate(conns):
+            if engine.conn_info(c)["state"] == "offloaded":
+                data = rng.randbytes(100)
+                ours[i] += data
+                assert await engine.send(c, data) == len(data)
+                info = engine.conn_info(c)
+                assert info["state"] == "offloaded", f"conn {c} left {info['path'][-1]}: {info}"
         for i, c in enumerate(conns):
             while len(got[i]) < len(theirs[i]):
                 chunk = await engine.recv(c, 1 << 20, 5.0)
