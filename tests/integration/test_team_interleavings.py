@@ -39,6 +39,8 @@ ACTIONS = st.one_of(
     st.tuples(st.just("upload"), CONN, st.none()),
     st.tuples(st.just("offload"), CONN, st.none()),
     st.tuples(st.just("query"), CONN, st.none()),
+    # every connection at once: the host offloads them in one tree, split over the NICs
+    st.tuples(st.just("offload_all"), st.none(), st.none()),
     st.tuples(st.just("retrieve"), CONN, st.none()),
     st.tuples(st.just("invalidate"), CONN, st.sampled_from(["tcp", "path", "neighbor"])),
     st.tuples(st.just("fail"), NIC, st.none()),  # target_failure; again: it recovers
@@ -55,13 +57,17 @@ ACTIONS = st.one_of(
     st.tuples(
         st.just("delay"),
         NIC,
-        st.sampled_from(
-            [
-                "MiniportTcpOffloadSend",
-                "MiniportTcpOffloadReceive",
-                "MiniportInitiateOffload",
-                "MiniportTerminateOffload",
-            ]
+        st.tuples(
+            st.sampled_from(
+                [
+                    "MiniportTcpOffloadSend",
+                    "MiniportTcpOffloadReceive",
+                    "MiniportInitiateOffload",
+                    "MiniportTerminateOffload",
+                ]
+            ),
+            # long enough, at times, for another NIC to complete its part of a tree and fail
+            st.sampled_from([2, 20]),
         ),
     ),
     st.tuples(st.just("settle"), st.none(), st.none()),
@@ -168,6 +174,9 @@ async def _scenario(
                 # until its RESUME (spec §5.5), and the host holds the connection's upload and
                 # query behind its initiate
                 calls.append((action, asyncio.ensure_future(STATE_CALLS[action](engine, conns[a]))))
+            elif action == "offload_all":
+                for c in conns:
+                    calls.append(("offload", asyncio.ensure_future(engine.offload(c))))
             elif action == "retrieve":
                 try:
                     engine.fault_inject({"kind": "retrieve", "conn": conns[a]})
@@ -196,8 +205,9 @@ async def _scenario(
             elif action == "settle":
                 await asyncio.sleep(0.005)
             elif action == "delay":
-                fid = engine.fault_inject({"kind": "delay", "layer": f"nic{a}", "call": b, "ms": 2})
-                loop.call_later(0.01, _clear, engine, fid)
+                call, ms = b
+                spec = {"kind": "delay", "layer": f"nic{a}", "call": call, "ms": ms}
+                loop.call_later((ms + 8) / 1000, _clear, engine, engine.fault_inject(spec))
         for fid in faults.values():  # the team whole again
             engine.fault_clear(fid)
         faults.clear()
