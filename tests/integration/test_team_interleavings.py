@@ -6,8 +6,10 @@ held) keep every byte of every connection exactly once and in order both ways (a
 after them), satisfy the spec §9 invariant checker, and leave every table at zero. Two of the
 connections are made by the host, one is accepted by it.
 
-The single-NIC interleavings are `test_interleavings.py`; this one is about failover and
-moves (spec §5.2, §5.5): a connection may change NIC several times while its data flows.
+The same runs on a chain of one or two IMs over one NIC (without the MUX's own actions): the
+single-NIC interleavings of `test_interleavings.py` have no failure, retrieve, invalidate or
+host event. This one is about failover and moves (spec §5.2, §5.5): a connection may leave its
+NIC several times while its data flows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from hypothesis import strategies as st
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import EngineConfig
 from chimneyd.engine import Engine, start_engine
-from tests.integration.support import RecordingPeer, assert_clean, drained, eventually
+from tests.integration.support import (
+    RecordingPeer,
+    assert_clean,
+    drained,
+    eventually,
+    topology,
+)
 from tests.integration.test_mux import teaming
 
 CONNS = 3
@@ -72,6 +80,8 @@ ACTIONS = st.one_of(
     ),
     st.tuples(st.just("settle"), st.none(), st.none()),
 )
+#: the actions whose first argument is a NIC
+NIC_ACTIONS = frozenset({"fail", "down", "host_event", "delay"})
 STATE_CALLS: dict[str, Callable[[Engine, int], Awaitable[dict[str, Any]]]] = {
     "upload": Engine.upload,
     "offload": Engine.offload,
@@ -95,8 +105,8 @@ def _quiet(engine: Engine) -> bool:
     if any(t.inbox for t in engine.tasks):
         return False
     states = {engine.conn_info(c)["state"] for c in engine.conn_ids()}
-    team = next(la for la in engine.info()["layers"] if la["name"] == "team0")
-    return states <= {"host", "offloaded"} and not team["evacuating"]
+    muxes = [la for la in engine.info()["layers"] if la["kind"] == "mux"]
+    return states <= {"host", "offloaded"} and not any(m["evacuating"] for m in muxes)
 
 
 async def _settled(engine: Engine) -> None:
@@ -122,7 +132,7 @@ def _clear(engine: Any, fid: int) -> None:
 
 
 async def _scenario(
-    actions: list[tuple[str, Any, Any]], policy: str, im_under: bool, seed: int
+    actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
 ) -> None:
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -131,7 +141,7 @@ async def _scenario(
     port = server.sockets[0].getsockname()[1]
     engine = await start_engine(
         EngineConfig(invariants=True, rx_buffer_bytes=64 * 1024),
-        teaming(policy, nics=NICS, im_under=im_under),
+        topology(1 + im_under) if stack == "chain" else teaming(stack, NICS, im_under=im_under),
     )
     faults: dict[tuple[str, int], int] = {}  # (kind, nic) -> fault id, while in force
     try:
@@ -153,6 +163,11 @@ async def _scenario(
         sends: list[asyncio.Future[Any]] = []
         calls: list[tuple[str, asyncio.Future[Any]]] = []
         for action, a, b in actions:
+            if stack == "chain":
+                if action in ("down", "rebalance"):
+                    continue  # a MUX's
+                if action in NIC_ACTIONS:
+                    a = 0  # the one NIC
             if action == "send":
                 data = rng.randbytes(b)
                 ours[a] += data
@@ -258,11 +273,12 @@ async def _scenario(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     actions=st.lists(ACTIONS, min_size=8, max_size=40),
-    policy=st.sampled_from(["round-robin", "active-standby", "least-loaded"]),
+    # three policies of a MUX over NICS NICs, or host → one or two IMs → one NIC
+    stack=st.sampled_from(["round-robin", "active-standby", "least-loaded", "chain"]),
     im_under=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_random_team_interleavings_keep_bytes_and_invariants(
-    actions: list[tuple[str, Any, Any]], policy: str, im_under: bool, seed: int
+    actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
 ) -> None:
-    uvloop.run(asyncio.wait_for(_scenario(actions, policy, im_under, seed), 20))
+    uvloop.run(asyncio.wait_for(_scenario(actions, stack, im_under, seed), 20))
