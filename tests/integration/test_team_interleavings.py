@@ -9,7 +9,8 @@ connections are made by the host, one is accepted by it.
 The same runs on a chain of one or two IMs over one NIC (without the MUX's own actions): the
 single-NIC interleavings of `test_interleavings.py` have no failure, retrieve, invalidate or
 host event. This one is about failover and moves (spec §5.2, §5.5): a connection may leave its
-NIC several times while its data flows.
+NIC several times while its data flows. A second property plants bugs (`raise_next`) in the
+layers among the same actions.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from chimneyd.config import EngineConfig
 from chimneyd.engine import Engine, start_engine
 from tests.integration.support import (
     RecordingPeer,
+    accept_planted_bugs,
     assert_clean,
     drained,
     eventually,
@@ -80,8 +82,21 @@ ACTIONS = st.one_of(
     ),
     st.tuples(st.just("settle"), st.none(), st.none()),
 )
+#: the same, and a bug planted (`raise_next`) in a NIC, or in the MUX or IM above it: which
+#: of the layer's raisable calls, and how many of them go through first
+BUG_ACTIONS = st.one_of(
+    ACTIONS,
+    st.tuples(
+        st.just("raise"),
+        NIC,
+        st.tuples(st.sampled_from(["nic", "middle"]), st.integers(0, 100), st.integers(0, 1)),
+    ),
+)
 #: the actions whose first argument is a NIC
-NIC_ACTIONS = frozenset({"fail", "down", "host_event", "delay"})
+NIC_ACTIONS = frozenset({"fail", "down", "host_event", "delay", "raise"})
+#: what a request on a connection a planted bug hit may be answered: INTERNAL for the
+#: requests it was serving, and what follows from the stack unwinding (docs/spec.md §6.3)
+BUG_CODES = (ErrorCode.INTERNAL, ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE)
 STATE_CALLS: dict[str, Callable[[Engine, int], Awaitable[dict[str, Any]]]] = {
     "upload": Engine.upload,
     "offload": Engine.offload,
@@ -132,7 +147,7 @@ def _clear(engine: Any, fid: int) -> None:
 
 
 async def _scenario(
-    actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
+    actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int, bugs: bool
 ) -> None:
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -160,8 +175,14 @@ async def _scenario(
         ours = [bytearray() for _ in conns]  # what we sent, in order
         theirs = [bytearray() for _ in conns]  # what each peer sent
         got = [bytearray() for _ in conns]  # what we read
-        sends: list[asyncio.Future[Any]] = []
-        calls: list[tuple[str, asyncio.Future[Any]]] = []
+        sends: list[tuple[int, asyncio.Future[Any]]] = []
+        hurt: set[int] = set()  # connections a planted bug hit: their bytes are not judged
+
+        def hit(i: int, err: EngineError) -> None:
+            assert bugs and err.code in BUG_CODES, err
+            hurt.add(i)
+
+        calls: list[tuple[str, int, asyncio.Future[Any]]] = []
         for action, a, b in actions:
             if stack == "chain":
                 if action in ("down", "rebalance"):
@@ -171,7 +192,11 @@ async def _scenario(
             if action == "send":
                 data = rng.randbytes(b)
                 ours[a] += data
-                sends.append(asyncio.ensure_future(engine.send(conns[a], data)))
+                sends.append((a, asyncio.ensure_future(engine.send(conns[a], data))))
+            elif action in ("peer_send", "peer_fin") and peer[a].transport.is_closing():
+                # the daemon reset the connection: only a planted bug may have it do so
+                assert bugs, f"conn {conns[a]} was reset"
+                hurt.add(a)
             elif action == "peer_send" and not fin[a]:
                 data = rng.randbytes(b)
                 theirs[a] += data
@@ -183,15 +208,17 @@ async def _scenario(
                 try:
                     got[a] += await engine.recv(conns[a], b, 0.02)
                 except EngineError as err:
-                    assert err.code is ErrorCode.TIMEOUT, err
+                    if err.code is not ErrorCode.TIMEOUT:
+                        hit(a, err)
             elif action in ("upload", "offload", "query"):
                 # not awaited here: a NIC that has failed holds an initiate that reaches it
                 # until its RESUME (spec §5.5), and the host holds the connection's upload and
                 # query behind its initiate
-                calls.append((action, asyncio.ensure_future(STATE_CALLS[action](engine, conns[a]))))
+                asked = asyncio.ensure_future(STATE_CALLS[action](engine, conns[a]))
+                calls.append((action, a, asked))
             elif action == "offload_all":
-                for c in conns:
-                    calls.append(("offload", asyncio.ensure_future(engine.offload(c))))
+                for i, c in enumerate(conns):
+                    calls.append(("offload", i, asyncio.ensure_future(engine.offload(c))))
             elif action == "retrieve":
                 try:
                     engine.fault_inject({"kind": "retrieve", "conn": conns[a]})
@@ -217,6 +244,12 @@ async def _scenario(
                     faults[key] = engine.fault_inject(spec)
             elif action == "rebalance":
                 engine.fault_inject({"kind": "rebalance", "layer": "team0"})
+            elif action == "raise":
+                where, pick, skip = b
+                layer = f"nic{a}" if where == "nic" else "im0" if stack == "chain" else "team0"
+                raisable = sorted(engine.driver_layer(layer).raisable_calls)
+                spec = {"kind": "raise_next", "layer": layer, "skip": skip}
+                engine.fault_inject({**spec, "call": raisable[pick % len(raisable)]})
             elif action == "settle":
                 await asyncio.sleep(0.005)
             elif action == "delay":
@@ -226,27 +259,46 @@ async def _scenario(
         for fid in faults.values():  # the team whole again
             engine.fault_clear(fid)
         faults.clear()
-        for action, call in calls:
+        for action, i, answer in calls:
             try:
-                result = await asyncio.wait_for(call, 10.0)
+                result = await asyncio.wait_for(answer, 10.0)
             except EngineError as err:
-                assert err.code in REFUSALS[action], (action, err)
+                if err.code not in REFUSALS[action]:
+                    hit(i, err)
             else:
                 assert action == "query" or result["state"] == ANSWERS[action], (action, result)
-        sent = await asyncio.gather(*sends)
-        assert sum(sent) == sum(len(o) for o in ours)
+        for i, send in sends:
+            try:
+                await asyncio.wait_for(send, 10.0)
+            except EngineError as err:
+                hit(i, err)
+        # the connections each planted bug went off on (fault.list `used`); the bugs not
+        # used go, and one that went off as it was cleared counts every connection hit
+        planted = 0
+        for fault in engine.fault_entries():
+            if fault["kind"] == "raise_next":
+                for raised in fault["raised"]:
+                    planted += 1
+                    hurt.update(conns.index(c) for c in raised["conns"] if c in conns)
+                engine.fault_clear(fault["id"])
+        await _settled(engine)
+        if engine.layer_errors != planted:
+            hurt.update(range(CONNS))
         # once the team is quiet, a connection offloaded is on a NIC that carries it: one left
         # on a NIC that asked for it up (its UPLOAD_ALL) would have its send refused as an
         # upload under way, and go up
         await _settled(engine)
         for i, c in enumerate(conns):
-            if engine.conn_info(c)["state"] == "offloaded":
+            if i not in hurt and engine.conn_info(c)["state"] == "offloaded":
                 data = rng.randbytes(100)
                 ours[i] += data
                 assert await engine.send(c, data) == len(data)
                 info = engine.conn_info(c)
                 assert info["state"] == "offloaded", f"conn {c} left {info['path'][-1]}: {info}"
         for i, c in enumerate(conns):
+            if i in hurt:
+                await asyncio.wait_for(engine.close(c), 10.0)
+                continue
             while len(got[i]) < len(theirs[i]):
                 chunk = await engine.recv(c, 1 << 20, 5.0)
                 assert chunk, f"conn {c}: end of stream before every byte the peer sent"
@@ -259,6 +311,9 @@ async def _scenario(
             assert await engine.disconnect(c, False) == "NDIS_STATUS_SUCCESS"
             await engine.close(c)
         stats = await drained(engine)
+        # a planted bug's violation (`PlantedBug`) is the only kind allowed; there is one per
+        # handler that raised, and one handler raised per bug that went off
+        accept_planted_bugs(engine, engine.layer_errors)
         assert_clean(engine, stats)
     finally:
         for fid in faults.values():
@@ -281,4 +336,21 @@ async def _scenario(
 def test_random_team_interleavings_keep_bytes_and_invariants(
     actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
 ) -> None:
-    uvloop.run(asyncio.wait_for(_scenario(actions, stack, im_under, seed), 20))
+    uvloop.run(asyncio.wait_for(_scenario(actions, stack, im_under, seed, bugs=False), 20))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    actions=st.lists(BUG_ACTIONS, min_size=8, max_size=40),
+    stack=st.sampled_from(["round-robin", "active-standby", "least-loaded", "chain"]),
+    im_under=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_random_team_interleavings_with_planted_bugs(
+    actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
+) -> None:
+    """The same with bugs planted in the layers among the actions: every request is answered
+    (a request a bug was serving INTERNAL, and what the unwinding causes), the connections
+    no bug hit keep every byte, the bugs are the only violations and errors, and every table
+    drains."""
+    uvloop.run(asyncio.wait_for(_scenario(actions, stack, im_under, seed, bugs=True), 20))
