@@ -325,14 +325,13 @@ async def _scenario(
     assert report["left_over"] == {}
 
 
+#: three policies of a MUX over NICS NICs, or host → one or two IMs → one NIC
+STACKS = st.sampled_from(["round-robin", "active-standby", "least-loaded", "chain"])
+SEEDS = st.integers(0, 2**32 - 1)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    actions=st.lists(ACTIONS, min_size=8, max_size=40),
-    # three policies of a MUX over NICS NICs, or host → one or two IMs → one NIC
-    stack=st.sampled_from(["round-robin", "active-standby", "least-loaded", "chain"]),
-    im_under=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(st.lists(ACTIONS, min_size=8, max_size=40), STACKS, st.booleans(), SEEDS)
 def test_random_team_interleavings_keep_bytes_and_invariants(
     actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
 ) -> None:
@@ -340,12 +339,7 @@ def test_random_team_interleavings_keep_bytes_and_invariants(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    actions=st.lists(BUG_ACTIONS, min_size=8, max_size=40),
-    stack=st.sampled_from(["round-robin", "active-standby", "least-loaded", "chain"]),
-    im_under=st.booleans(),
-    seed=st.integers(0, 2**32 - 1),
-)
+@given(st.lists(BUG_ACTIONS, min_size=8, max_size=40), STACKS, st.booleans(), SEEDS)
 def test_random_team_interleavings_with_planted_bugs(
     actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
 ) -> None:
