@@ -281,13 +281,12 @@ async def _scenario(
                     planted += 1
                     hurt.update(conns.index(c) for c in raised["conns"] if c in conns)
                 engine.fault_clear(fault["id"])
-        await _settled(engine)
-        if engine.layer_errors != planted:
-            hurt.update(range(CONNS))
         # once the team is quiet, a connection offloaded is on a NIC that carries it: one left
         # on a NIC that asked for it up (its UPLOAD_ALL) would have its send refused as an
         # upload under way, and go up
         await _settled(engine)
+        if engine.layer_errors != planted:
+            hurt.update(range(CONNS))
         for i, c in enumerate(conns):
             if i not in hurt and engine.conn_info(c)["state"] == "offloaded":
                 data = rng.randbytes(100)
