@@ -39,9 +39,13 @@ def nic_of(engine: Any, conn: int) -> str:
     return name
 
 
-def team(engine: Any) -> dict[str, Any]:
-    result: dict[str, Any] = next(la for la in engine.info()["layers"] if la["name"] == "team0")
+def layer(engine: Any, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = next(la for la in engine.info()["layers"] if la["name"] == name)
     return result
+
+
+def team(engine: Any) -> dict[str, Any]:
+    return layer(engine, "team0")
 
 
 def lowers(engine: Any) -> dict[str, dict[str, Any]]:
@@ -328,6 +332,37 @@ async def test_a_nic_that_fails_and_recovers_while_the_mux_completes_an_initiate
         await echo(engine, c, os.urandom(2048))
     await eventually(lambda: not team(engine)["evacuating"])
     assert engine.checker is not None and engine.checker.violations == []
+
+
+async def test_an_initiate_that_reaches_a_failed_nic_waits_for_its_resume_then_moves(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The MUX places an offload on nic0 just before nic0 fails: nic0 queues the initiate
+    (spec §5.5: a paused target queues the initiates still on their way) and the connection
+    stays offloading, its bytes in the host, until nic0's RESUME. Then nic0 offloads it (and
+    the MUX asks it up, since it was on its way to nic0 at the UPLOAD_ALL: the host offloads it
+    again); no byte is lost on the way (docs/architecture.md, failover)."""
+    engine = await make_engine(teaming("active-standby", nics=2), trace_depth=4096)
+    conn = await engine.connect("127.0.0.1", echo_port, offload=False)
+    hold = engine.fault_inject(
+        {"kind": "delay", "layer": "nic0", "call": "MiniportInitiateOffload", "ms": 60_000}
+    )
+    offload = asyncio.ensure_future(engine.offload(conn))
+    await eventually(lambda: ("team0", "NdisInitiateOffload", None) in hops(engine, conn))
+    failed = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+    await eventually(lambda: lowers(engine)["nic0"]["failed"])
+    engine.fault_clear(hold)  # the initiate goes on, into the failed nic0
+    await eventually(lambda: layer(engine, "nic0")["paused_initiates"] == 1, "nic0 queues it")
+    sending = asyncio.ensure_future(engine.send(conn, b"held in the host"))
+    await asyncio.sleep(0.05)
+    assert not offload.done() and engine.conn_info(conn)["state"] == "offloading"
+    engine.fault_clear(failed)  # RESUME: nic0 offloads what it queued
+    assert (await asyncio.wait_for(offload, 5.0))["state"] == "offloaded"
+    assert await asyncio.wait_for(sending, 5.0) == 16
+    assert await engine.recv(conn, 16, 5.0, True) == b"held in the host"
+    await eventually(lambda: not team(engine)["evacuating"], "the MUX has its connections")
+    await eventually(all_offloaded(engine, [conn]), "offloaded")
+    await echo(engine, conn, os.urandom(4096))
 
 
 async def test_failover_through_an_im_below_the_mux(make_engine: Any, echo_port: int) -> None:
