@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stamp-installed
 SRC    := chimneyd clients tests bench
 
 .PHONY: all venv run test lint typecheck unit pytest bench soak fuzz fuzz-team screenshots figure \
-	compiled test-compiled clean
+	compiled test-compiled properties clean
 
 all: test
 
@@ -111,6 +111,11 @@ fuzz: $(DEPS)
 # the default stack (`make test` runs one longer round on each team)
 fuzz-team: $(DEPS)
 	$(IN) CHIMNEYD_FUZZ_TOPOLOGIES=all CHIMNEYD_FUZZ_RANDOM=1 CHIMNEYD_FUZZ_ROUNDS=$${CHIMNEYD_FUZZ_ROUNDS:-4} $(BIN_AT)/pytest -m soak tests/e2e/test_hardening_fuzz.py $(PYTEST_ARGS)
+
+# the property tests (random interleavings on one NIC, on teams and chains, with planted
+# bugs) with more examples than `make test` draws: CHIMNEYD_PROPERTY_EXAMPLES each (600)
+properties: $(DEPS)
+	$(IN) CHIMNEYD_PROPERTY_EXAMPLES=$${CHIMNEYD_PROPERTY_EXAMPLES:-600} $(BIN_AT)/pytest --timeout=3600 tests/integration/test_interleavings.py tests/integration/test_team_interleavings.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

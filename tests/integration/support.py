@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
 from chimneyd.config import LayerConfig
 from chimneyd.engine import Engine
+
+
+def examples(default: int) -> int:
+    """How many examples a property test draws: `default` in `make test`, more under
+    `make properties` (`CHIMNEYD_PROPERTY_EXAMPLES`)."""
+    return int(os.environ.get("CHIMNEYD_PROPERTY_EXAMPLES", default))
 
 
 class EchoPeer(asyncio.Protocol):

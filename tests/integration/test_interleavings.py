@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig
 from chimneyd.engine import start_engine
-from tests.integration.support import RecordingPeer, assert_clean, drained, topology
+from tests.integration.support import RecordingPeer, assert_clean, drained, examples, topology
 
 ACTIONS = st.one_of(
     st.tuples(st.just("send"), st.integers(1, 200_000)),
@@ -127,7 +127,7 @@ async def _scenario(actions: list[tuple[str, Any]], ending: str, n_im: int, seed
     assert report["left_over"] == {}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     actions=st.lists(ACTIONS, min_size=1, max_size=25),
     ending=ENDINGS,

@@ -33,6 +33,7 @@ from tests.integration.support import (
     assert_clean,
     drained,
     eventually,
+    examples,
     topology,
 )
 from tests.integration.test_mux import teaming
@@ -329,7 +330,7 @@ STACKS = st.sampled_from(["round-robin", "active-standby", "least-loaded", "chai
 SEEDS = st.integers(0, 2**32 - 1)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ACTIONS, min_size=8, max_size=40), STACKS, st.booleans(), SEEDS)
 def test_random_team_interleavings_keep_bytes_and_invariants(
     actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
@@ -337,7 +338,7 @@ def test_random_team_interleavings_keep_bytes_and_invariants(
     uvloop.run(asyncio.wait_for(_scenario(actions, stack, im_under, seed, bugs=False), 20))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(BUG_ACTIONS, min_size=8, max_size=40), STACKS, st.booleans(), SEEDS)
 def test_random_team_interleavings_with_planted_bugs(
     actions: list[tuple[str, Any, Any]], stack: str, im_under: bool, seed: int
