@@ -178,10 +178,11 @@ async def _scenario(
         got = [bytearray() for _ in conns]  # what we read
         sends: list[tuple[int, asyncio.Future[Any]]] = []
         hurt: set[int] = set()  # connections a planted bug hit: their bytes are not judged
+        errored: set[int] = set()  # connections with a request answered with an error
 
         def hit(i: int, err: EngineError) -> None:
             assert bugs and err.code in BUG_CODES, err
-            hurt.add(i)
+            errored.add(i)
 
         calls: list[tuple[str, int, asyncio.Future[Any]]] = []
         for action, a, b in actions:
@@ -197,7 +198,7 @@ async def _scenario(
             elif action in ("peer_send", "peer_fin") and peer[a].transport.is_closing():
                 # the daemon reset the connection: only a planted bug may have it do so
                 assert bugs, f"conn {conns[a]} was reset"
-                hurt.add(a)
+                errored.add(a)
             elif action == "peer_send" and not fin[a]:
                 data = rng.randbytes(b)
                 theirs[a] += data
@@ -288,6 +289,8 @@ async def _scenario(
         await _settled(engine)
         if engine.layer_errors != planted:
             hurt.update(range(CONNS))
+        # an error only where a bug went off: a connection none hit is answered as without bugs
+        assert errored <= hurt, (sorted(errored), sorted(hurt), engine.fault_entries())
         for i, c in enumerate(conns):
             if i not in hurt and engine.conn_info(c)["state"] == "offloaded":
                 data = rng.randbytes(100)
