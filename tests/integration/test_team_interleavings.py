@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import EngineConfig
+from chimneyd.drivers.mux import MuxIm, VirtualObject
 from chimneyd.engine import Engine, start_engine
 from tests.integration.support import (
     RecordingPeer,
@@ -135,6 +136,14 @@ async def _settled(engine: Engine) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError("the team never settled")
+
+
+def _vobjs_agree(engine: Engine) -> None:
+    """Each MUX's index of its virtual objects holds exactly those in its table."""
+    for layer in engine.layers.values():
+        if isinstance(layer, MuxIm):
+            in_table = {o.id for o in layer.table if isinstance(o, VirtualObject)}
+            assert set(layer.vobj_table) == in_table, (sorted(layer.vobj_table), in_table)
 
 
 def _has(peer: RecordingPeer, n: int) -> Callable[[], bool]:
@@ -287,6 +296,7 @@ async def _scenario(
         # on a NIC that asked for it up (its UPLOAD_ALL) would have its send refused as an
         # upload under way, and go up
         await _settled(engine)
+        _vobjs_agree(engine)
         if engine.layer_errors != planted:
             hurt.update(range(CONNS))
         # an error only where a bug went off: a connection none hit is answered as without bugs
@@ -318,6 +328,7 @@ async def _scenario(
         # handler that raised, and one handler raised per bug that went off
         accept_planted_bugs(engine, engine.layer_errors)
         assert_clean(engine, stats)
+        _vobjs_agree(engine)
     finally:
         for fid in faults.values():
             engine.fault_clear(fid)

@@ -76,6 +76,9 @@ class MuxIm(PassthroughIm):
         self.own_queries: dict[int, Lower] = {}  # id(capability query) -> the NIC asked
         self.param_sets: dict[int, list[Any]] = {}  # id(lower set) -> [upper request, left, status]
         self.evacuating: set[MuxConnection] = set()  # asked up, not yet uploaded
+        # the virtual objects (paths, neighbors) in the table, by id: what a terminate walks
+        # to find the copies left unused, without walking every connection in the table
+        self.vobj_table: dict[int, VirtualObject] = {}
         # connections of initiates still in flight when their NIC asked for every upload:
         # asked up once the initiate has completed above (`failover.offloaded_late`)
         self.owed: set[MuxConnection] = set()
@@ -305,6 +308,8 @@ class MuxIm(PassthroughIm):
 
     def _offloaded(self, up: OffloadBlock, ctx: VirtualObject | MuxConnection) -> None:
         self.table_add(ctx.id, ctx)
+        if isinstance(ctx, VirtualObject):
+            self.vobj_table[ctx.id] = ctx
         self.stats.offloads_active += 1
         assert up.miniport_offload_context is not None
         up.miniport_offload_context.miniport_offload_context = ctx  # the upper slot (§1.5)
@@ -411,8 +416,14 @@ class MuxIm(PassthroughIm):
 
     def _vobjs(self) -> list[VirtualObject]:
         # neighbors after the paths that depend on them: dependents are linked first
-        objs = {id(v): v for c in self.table for v in _object_chain(c)}
+        objs = {id(v): v for o in self.vobj_table.values() for v in _object_chain(o)}
         return sorted(objs.values(), key=lambda v: v.parent is None)
+
+    def _vobj_terminated(self, vobj: VirtualObject) -> None:
+        vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
+        self.table_remove(vobj.id)
+        del self.vobj_table[vobj.id]
+        self.stats.offloads_active -= 1
 
     def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
         for low in walk(lower_root):
@@ -467,9 +478,7 @@ class MuxIm(PassthroughIm):
                     ]
                     up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
                     if not failed:
-                        vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
-                        self.table_remove(vobj.id)
-                        self.stats.offloads_active -= 1
+                        self._vobj_terminated(vobj)
                     else:
                         # a copy's hardware state is corrupt: the object lives on for the
                         # host's further terminate (spec §3.7), as a NIC's own object would
@@ -616,9 +625,7 @@ class MuxIm(PassthroughIm):
                 continue
             vobj = self._context(up, VirtualObject)
             if call.op == "Terminate":
-                vobj.lifecycle.fire(Event.TERMINATE_COMPLETE)
-                self.table_remove(vobj.id)
-                self.stats.offloads_active -= 1
+                self._vobj_terminated(vobj)
             elif call.op == "Update" and up.cached is not None:
                 vobj.cached = up.cached  # for NICs to come
         root.im_reserved = call.saved_im_reserved
