@@ -15,7 +15,7 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
-from tests.integration.support import eventually, fail_next
+from tests.integration.support import accept_planted_bugs, eventually, fail_next
 
 
 def teaming(policy: str, nics: int = 3, room: int = 16384, im_under: bool = False) -> Any:
@@ -690,6 +690,37 @@ async def test_a_terminate_from_above_waits_for_the_muxs_own_invalidate(
 
 
 # -- state operations on objects that live on several NICs -----------------------------------
+async def test_an_invalidate_passes_by_a_copy_whose_terminate_failed(
+    make_engine: Any, echo_port: int
+) -> None:
+    """A NIC's copy of a path whose terminate found its hardware state corrupt (spec §3.7)
+    takes only a terminate, which the MUX gives it once nothing on that NIC depends on it. An
+    invalidate of the path from above in the meantime reaches the other copies, not that one:
+    relaying it there was a §9 violation, met by the team property with bugs planted (this is
+    its shrunk example). nic1 gets a connection by a rebalance and is taken out at once; its
+    terminate of that connection and of its path and neighbor copies meets a bug."""
+    engine = await make_engine(teaming("active-standby", nics=3), trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]  # all on nic0
+    engine.fault_inject({"kind": "raise_next", "layer": "nic1", "call": "MiniportTerminateOffload"})
+    engine.fault_inject({"kind": "rebalance", "layer": "team0"})
+    await asyncio.sleep(0.005)
+    down = engine.fault_inject({"kind": "nic_down", "layer": "nic1"})
+    await asyncio.sleep(0.005)
+    engine.fault_inject({"kind": "invalidate", "conn": conns[1], "object": "path"})
+    await eventually(lambda: engine.layer_errors == 1, "the bug in nic1's terminate goes off")
+    engine.fault_clear(down)
+    await eventually(lambda: not team(engine)["evacuating"], "the MUX has its connections")
+    await asyncio.sleep(0.05)
+    assert engine.checker is not None
+    accept_planted_bugs(engine, 1)  # the bug, and no violation beside it
+    for c in conns:  # each one still offloaded, or back in the host, carries bytes
+        if engine.conn_info(c)["state"] in ("offloaded", "host"):
+            try:
+                await echo(engine, c, os.urandom(2048))
+            except EngineError:  # the connection the corrupt terminate aborted (spec §3.7)
+                assert engine.conn_info(c)["state"] == "host"
+
+
 async def test_update_query_and_invalidate_reach_every_nic(
     make_engine: Any, echo_port: int
 ) -> None:

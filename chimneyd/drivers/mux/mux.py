@@ -48,6 +48,8 @@ PENDING = S.NDIS_STATUS_PENDING  # a block not yet given a status
 _OP_EVENT = {"Query": Event.QUERY, "Update": Event.UPDATE, "Invalidate": Event.INVALIDATE}
 #: Phases of an instance that a new connection cannot be linked under yet (spec §3.1).
 _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+#: Phases of an instance a query, update or invalidate from above does not reach.
+_NO_STATE_OPS = frozenset({*_SETTLING, Phase.FAILED})
 #: Phases of an instance the MUX terminates once nothing on its NIC depends on it.
 _TERMINABLE = frozenset({*LIVE, Phase.FAILED})
 
@@ -537,7 +539,10 @@ class MuxIm(PassthroughIm):
                 continue
             vobj = self._context(up, VirtualObject)
             vobj.lifecycle.fire(event)
-            live = [i for i in vobj.instances.values() if i.lifecycle.phase not in _SETTLING]
+            # not a copy being offloaded or terminated, nor one whose terminate found its
+            # hardware state corrupt: only a terminate is left for that one (spec §3.7), and
+            # the MUX gives it one once nothing on its NIC depends on it
+            live = [i for i in vobj.instances.values() if i.lifecycle.phase not in _NO_STATE_OPS]
             for inst in live[:1] if op == "Query" else live:
                 inst.lifecycle.fire(event)
                 inst.pending_ops += 1
