@@ -27,6 +27,17 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
         d.kill()
 
 
+def documented_events(section: int) -> str:
+    """The `events:` line the README of the examples shows for its `section`-th example: the
+    events a connection gets are part of the contract, so the doc shows them exactly."""
+    lines = (EXAMPLES / "README.md").read_text().splitlines()
+    return [line for line in lines if line.startswith("events: ")][section]
+
+
+def events_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("events: "))
+
+
 def run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout, check=False
@@ -42,6 +53,7 @@ def test_python_example(daemon: Daemon, tmp_path: Path) -> None:
     assert "offloaded via tcpip → im0 → nic0" in out
     assert out.count("NdisOffloadTcpSend") == 2  # host and IM hops of one NBL
     assert "gauges after close: {'tcpip': 0, 'im0': 0, 'nic0': 0}" in out
+    assert events_line(out) == documented_events(0)
 
 
 def test_node_example(daemon: Daemon, tmp_path: Path) -> None:
@@ -60,3 +72,4 @@ def test_node_example(daemon: Daemon, tmp_path: Path) -> None:
     assert "echoed back: hello from node" in done.stdout
     assert "error answer: code 3, NOT_FOUND" in done.stdout
     assert "ProtocolTcpOffloadSendComplete" in done.stdout
+    assert events_line(done.stdout) == documented_events(1)
