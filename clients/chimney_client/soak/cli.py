@@ -48,6 +48,19 @@ exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, 130 interrup
 )
 
 
+def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` as an argparse `type=`: its ValueError becomes the message argparse prints (a
+    plain ValueError would print "invalid <function name> value" instead)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimney-soak",
@@ -112,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, metavar="R", help="connections opened per second (default N/8, >=200)"
     )
     p.add_argument(
-        "--duration", type=parse_duration, default=30.0, metavar="T", help="hold time (30s)"
+        "--duration",
+        type=_option(parse_duration),
+        default=30.0,
+        metavar="T",
+        help="hold time (30s)",
     )
     p.add_argument(
         "--payload",
-        type=parse_payload,
+        type=_option(parse_payload),
         default=parse_payload("1k:32k"),
         metavar="DIST",
         help="bytes per echo round trip (default 1k:32k)",

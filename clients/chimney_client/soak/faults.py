@@ -310,7 +310,7 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
         count = int(m.group("count")) if m.group("count") is not None else 1
         if count < 1:
             raise ValueError(f"fault {item!r}: count must be at least 1")
-        at = parse_duration(m.group("at")) if m.group("at") is not None else None
+        at = _duration(item, m.group("at")) if m.group("at") is not None else None
         params: dict[str, str] = {}
         for kv in filter(None, m.group("rest").split("/")):
             key, eq, value = kv.partition("=")
@@ -337,6 +337,14 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
     return out
 
 
+def _duration(item: str, text: str) -> float:
+    """A duration in the item `item` (@TIME, /for=); the error names the item."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"fault {item!r}: {exc}") from None
+
+
 def _check_value(item: str, key: str, value: str) -> None:
     if key in ("ms", "count") and (not value.isdigit() or int(value) < 1):
         raise ValueError(f"fault {item!r}: {key} must be a positive integer")
@@ -345,7 +353,7 @@ def _check_value(item: str, key: str, value: str) -> None:
     if key == "shard" and not value.isdigit():
         raise ValueError(f"fault {item!r}: shard is a shard number (0, 1, ...)")
     if key == "for":
-        parse_duration(value)
+        _duration(item, value)
     if key == "status" and not value.startswith("NDIS_STATUS_"):
         raise ValueError(f"fault {item!r}: status is an NDIS_STATUS_ name")
 

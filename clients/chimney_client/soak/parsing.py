@@ -29,7 +29,10 @@ def parse_duration(text: str) -> float:
     """Seconds from `"20s"`, `"500ms"`, `"1.5m"` or a bare number of seconds."""
     m = _DURATION_RE.match(text)
     if m is None:
-        raise ValueError(f"not a duration: {text!r} (examples: 20s, 500ms, 2m)")
+        raise ValueError(
+            f"expected a duration like 30s, 500ms, 1.5m or 2min (a bare number: seconds), "
+            f"got {text!r}"
+        )
     value = float(m.group(1))
     unit = m.group(2) or "s"
     return value / 1000.0 if unit == "ms" else value * 60.0 if unit in ("m", "min") else value
