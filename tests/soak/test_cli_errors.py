@@ -41,3 +41,21 @@ def test_a_bad_duration_in_the_fault_schedule_names_its_item(
 ) -> None:
     err = usage_error(capsys, "--faults", schedule)
     assert f"fault {schedule!r}: expected a duration like 30s" in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("--rpc", "127.0.0.1:abc"), "--rpc '127.0.0.1:abc': "),
+        (("--rpc", "127.0.0.1:99999"), "--rpc '127.0.0.1:99999': "),
+        # with --rpc: a soak that got past the check would not spawn a daemon
+        (("--rpc", "127.0.0.1:1", "--peer", "127.0.0.1:abc"), "--peer '127.0.0.1:abc': "),
+        (("--rpc", "127.0.0.1:1", "--peer", "unix:/tmp/x.sock"), "a peer is HOST:PORT"),
+    ],
+)
+def test_an_address_that_does_not_parse_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    err = usage_error(capsys, *argv, "-n", "1", "--duration", "1")
+    assert says in err, err
+    assert "Traceback" not in err, err

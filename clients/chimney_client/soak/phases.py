@@ -16,7 +16,6 @@ from typing import Any
 
 from ..aio import AsyncClient
 from ..errors import ChimneyError
-from ..protocol import parse_address
 from ..stream import PatternStream, Verifier
 from .limits import (
     CONNS_PER_PEER,
@@ -28,7 +27,7 @@ from .limits import (
     WARM_UP_CONNECTIONS,
 )
 from .outcomes import judge
-from .plan import Plan, cap_to, set_shards
+from .plan import Plan, cap_to, peer_address, set_shards
 from .procs import Child, listener_pid, process_alive, process_nofile_limit, process_rss_kb
 from .report import build_report, gauges_left, state_times
 from .shards import connections_per_shard, shard_count, shard_pids
@@ -36,13 +35,6 @@ from .state import OBS_LISTS
 
 _DAEMON_READY = re.compile(r"chimneyd listening on (\S+)")
 _PEER_READY = re.compile(r"listening on (\S+):(\d+) control (\S+):(\d+)")
-
-
-def host_port(text: str) -> tuple[str, int]:
-    target = parse_address(text)
-    if isinstance(target, str):
-        raise argparse.ArgumentTypeError(f"a peer is HOST:PORT, got {text!r}")
-    return target[0], int(target[1])
 
 
 class Phases:
@@ -178,7 +170,7 @@ class Phases:
             self.rpc_addr = m.group(1)
             self.daemon_pid = self.daemon.proc.pid
         if args.peer:
-            self.peer_addrs = [host_port(p) for p in args.peer]
+            self.peer_addrs = [peer_address(p) for p in args.peer]
             self.peer_controls = [None] * len(self.peer_addrs)
             return
         n = max(2, math.ceil(self.plan.connections / CONNS_PER_PEER))

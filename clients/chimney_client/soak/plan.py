@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from ..protocol import parse_address
 from .faults import ScheduledFault, parse_faults, schedule_faults
 from .limits import DAEMON_MAX_IN_FLIGHT, DEFAULT_CONNS_PER_RPC, FD_RESERVE
 from .parsing import PayloadDist
@@ -43,7 +44,32 @@ def parse_shards(value: str | None) -> int:
     return n
 
 
+def rpc_address(text: str) -> tuple[str, int] | str:
+    """`--rpc`: what the client library dials; the error names the option and the value."""
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise ValueError(f"--rpc {text!r}: {exc}") from None
+
+
+def peer_address(text: str) -> tuple[str, int]:
+    """`--peer`: HOST:PORT of an echo peer (a TCP address: the daemon dials it)."""
+    try:
+        target = parse_address(text)
+    except ValueError as exc:
+        raise ValueError(f"--peer {text!r}: {exc}") from None
+    if isinstance(target, str):
+        raise ValueError(f"--peer {text!r}: a peer is HOST:PORT, not a unix socket")
+    return target[0], int(target[1])
+
+
 def make_plan(args: argparse.Namespace, fd_limit: int) -> Plan:
+    # the addresses are dialled only after set-up: a typo must not wait for it, nor end in a
+    # traceback
+    if args.rpc:
+        rpc_address(args.rpc)
+    for peer in args.peer or ():
+        peer_address(peer)
     n = args.connections
     if n < 1:
         raise ValueError("--connections must be at least 1")
