@@ -306,7 +306,9 @@ class Soak(Phases, LayerFaults):
         """A passing run leaves no temporary directory behind; any other keeps its logs, and
         the report names where."""
         d = report["daemon"]
-        if self.logs_kept or not report["ok"] or report.get("interrupted"):
+        # a --rpc run with --peer started nothing: its temporary directory holds nothing
+        spawned = self.daemon is not None or bool(self.peers)
+        if self.logs_kept or (spawned and (not report["ok"] or report.get("interrupted"))):
             d["logs"] = str(self.logdir)
             return
         shutil.rmtree(self.logdir, ignore_errors=True)

@@ -382,6 +382,7 @@ class Phases:
             "address": self.rpc_addr,
             "pid": self.daemon_pid,
             "spawned": self.daemon is not None,
+            "peers_spawned": bool(self.peers),
             "exit_status": exit_status,
             "crashed": self.crash is not None,
             "crash": self.crash,

@@ -165,7 +165,7 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         + (f", CRASHED: {d['crash']}" if d["crashed"] else ""),
     )
     if d.get("logs"):
-        t.add_row("logs", f"{d['logs']} (the spawned daemon's and peers' output)")
+        t.add_row("logs", f"{d['logs']} ({_logs_of(d)})")
     t.add_row("verdict", "PASS" if report["ok"] else "FAIL: " + "; ".join(report["failures"]))
     console.print(t)
     if report["integrity_error_details"]:
@@ -196,6 +196,17 @@ class ProgressLine:
 
     def stop(self) -> None:
         self._live.stop()
+
+
+def _logs_of(daemon: dict[str, Any]) -> str:
+    """Whose output the log directory holds: only what the soak started (a --rpc daemon's
+    log is wherever that daemon writes it)."""
+    spawned = ["the spawned daemon's"] if daemon.get("spawned") else []
+    if daemon.get("peers_spawned", True):  # reports from before the key: peers were ours
+        spawned.append("the echo peers'")
+    if not spawned:
+        return "empty: the soak started no process"
+    return " and ".join(spawned) + " output"
 
 
 def _slowest(slowest: dict[str, Any] | None) -> str:
