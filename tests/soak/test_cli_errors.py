@@ -4,9 +4,18 @@ is a usage error (exit 2) that says what is wrong, never a traceback or a full r
 
 from __future__ import annotations
 
+import argparse
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
 from chimney_client.soak import main
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -59,3 +68,94 @@ def test_an_address_that_does_not_parse_is_a_usage_error(
     err = usage_error(capsys, *argv, "-n", "1", "--duration", "1")
     assert says in err, err
     assert "Traceback" not in err, err
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run `chimney-soak argv`; it must refuse to start (exit 2, no report). Returns stderr."""
+    assert main(list(argv)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "held of" not in captured.err and "verdict" not in captured.err, captured.err
+    return captured.err
+
+
+@pytest.fixture
+def nobody_listens() -> Iterator[str]:
+    """A loopback address where a connect is refused: a port bound (so no one else takes
+    it) and not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def daemon() -> Iterator[str]:
+    """A daemon of the default topology (no mux) on a free loopback port; its address."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chimneyd", "--listen", "127.0.0.1:0", "--log-level", "error"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("chimneyd listening on "), line
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(30)
+def test_no_daemon_at_rpc_stops_at_once(
+    capsys: pytest.CaptureFixture[str], nobody_listens: str
+) -> None:
+    err = refused(capsys, "--rpc", nobody_listens, "-n", "5", "--duration", "2")
+    assert err.startswith(f"chimney-soak: cannot connect to {nobody_listens}: "), err
+    assert "refused" in err and "is chimneyd running? (`make run`)" in err, err
+    assert "spawned" not in err and "CRASHED" not in err, err
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("schedule", "says"),
+    [
+        ("nic_down:1", "--faults nic_down (layer nic0) needs a topology with a mux"),
+        ("rebalance", "--faults rebalance (layer team0) needs a topology with a mux"),
+        ("fail_next/layer=nic7", "--faults fail_next (layer nic7): the daemon has no layer nic7"),
+        ("target_failure/layer=im0", "im0 is a passthrough, not a target"),
+    ],
+)
+def test_a_fault_the_spawned_topology_cannot_take_stops_at_once(
+    capsys: pytest.CaptureFixture[str], schedule: str, says: str
+) -> None:
+    """Checked against the configuration the soak would spawn its daemon with: nothing is
+    spawned, nothing is held."""
+    err = refused(capsys, "--faults", schedule, "-n", "5", "--duration", "2", "--workers", "0")
+    assert says in err, err
+    if "mux" in says:
+        assert "--daemon-config deploy/teaming.toml" in err, err
+
+
+def test_a_mux_fault_passes_the_check_with_a_teaming_config() -> None:
+    from chimney_client.soak.faults import parse_faults
+    from chimney_client.soak.preflight import NotReady, check_topology, spawn_layers
+
+    args = argparse.Namespace(daemon_config=str(ROOT / "deploy" / "teaming.toml"), shards=None)
+    layers = spawn_layers(args)
+    assert layers is not None
+    good = "nic_down/layer=nic1,rebalance,target_failure/layer=nic2,fail_next/layer=filter0"
+    check_topology(parse_faults(good), layers, spawned=True)
+    with pytest.raises(NotReady, match="filter0 is not right under a mux"):
+        check_topology(parse_faults("nic_down/layer=filter0"), layers, spawned=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_mux_fault_against_a_running_daemon_without_one_stops_at_once(
+    capsys: pytest.CaptureFixture[str], daemon: str
+) -> None:
+    """Against a running daemon the topology is its stack.info."""
+    err = refused(capsys, "--rpc", daemon, "--faults", "nic_down", "-n", "5", "--duration", "2")
+    assert "--faults nic_down (layer nic0) needs a topology with a mux" in err, err
+    assert "chimneyd --config deploy/teaming.toml" in err, err

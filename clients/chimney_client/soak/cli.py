@@ -22,6 +22,7 @@ from .limits import (
 )
 from .parsing import parse_duration, parse_payload
 from .plan import Plan, make_plan
+from .preflight import NotReady, check_topology, daemon_info, info_layers, spawn_layers
 from .procs import raise_nofile_limit
 from .render import ProgressLine, render_report
 
@@ -42,8 +43,11 @@ daemon started without it reports no count: the report then says "not checked", 
 failure.
 Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
 daemon and peers it spawned are stopped after its own clients. A second Ctrl-C stops at once.
-logs: the spawned daemon's and peers' stdout and stderr (--logs DIR keeps them in DIR).
-exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, 130 interrupted.
+logs: stdout and stderr of the daemon and echo peers the soak spawned (--logs DIR keeps them).
+before anything starts: a --rpc daemon must answer, and each layer fault must find its layer in
+the daemon's topology (nic_down, rebalance need a mux: e.g. --daemon-config deploy/teaming.toml).
+exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, no daemon answering at
+--rpc, or a fault the topology cannot take; 130 interrupted.
 """
 )
 
@@ -257,6 +261,17 @@ async def _amain(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             soak.progress.stop()
 
 
+def _preflight(args: argparse.Namespace, plan: Plan, runner: Callable[[Any], Any]) -> None:
+    """Before anything starts: a --rpc daemon answers, and the fault schedule fits the
+    topology of the daemon (the one given, or the one we would spawn). Raises NotReady."""
+    if args.rpc:
+        layers = info_layers(runner(daemon_info(args.rpc, args.token)))
+    else:
+        layers = spawn_layers(args)
+    if layers is not None:
+        check_topology((sf.spec for sf in plan.faults), layers, spawned=not args.rpc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -272,6 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
+    try:
+        _preflight(args, plan, runner)
+    except NotReady as exc:
+        print(f"chimney-soak: {exc}", file=sys.stderr)
+        return 2
     report = runner(_amain(args, plan))
     if not args.quiet:
         from rich.console import Console

@@ -33,6 +33,9 @@ RECV_CHUNK = 256 * 1024
 OP_TIMEOUT_S = 60.0
 #: Client-side bound on any one call.
 CALL_TIMEOUT_S = 120.0
+#: Before anything starts, a daemon given with --rpc must accept us and answer stack.info
+#: within this (a daemon that is there answers at once; this is for one that is stuck).
+PREFLIGHT_TIMEOUT_S = 10.0
 #: Consecutive failed sends on one connection before it is declared broken.
 MAX_SEND_FAILURES = 5
 #: Re-offload attempts (after a NIC failure, a retrieve or a refusal) are spaced by at least this.
