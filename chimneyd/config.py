@@ -426,6 +426,42 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
             raise ConfigError(f"layer[{i}]: {_q(layer.name)} is not below the host layer")
 
 
+def check_paths(config: Config) -> None:
+    """What the daemon makes on disk at start, each unix socket of `rpc.listen` and
+    `log.file`, must have a directory that exists and that it may write in (a log file that
+    exists already must be writable). Only looks, creates nothing: `--check-config` runs it
+    as start-up does, so a file that passes the check does not fail at start for a missing
+    directory. Raises ConfigError naming the key, the address or file, and the directory."""
+    for addr in config.rpc.listen:
+        target = parse_listen(addr)
+        if isinstance(target, str):
+            _check_directory(f"rpc.listen: {_q(addr)}", target)
+    path = config.log.file
+    if not path:
+        return
+    where = f"log.file: {_q(path)}"
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: is a directory")
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{where}: the file is not writable by this user")
+        return
+    _check_directory(where, path)
+
+
+def _check_directory(where: str, path: str) -> None:
+    """The directory `path` would be made in exists and this user may create files in it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        raise ConfigError(
+            f"{where}: the directory {directory} does not exist (create it, or choose another path)"
+        )
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{where}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: the directory {directory} is not writable by this user")
+
+
 #: `load_config` overrides: dotted key → (section, field); values are checked like the file's.
 OVERRIDABLE = {
     "rpc.listen",

@@ -21,13 +21,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from chimneyd import __version__
 from chimneyd.compiled import build_name
-from chimneyd.config import LOG_LEVELS, Config, ConfigError, load_config
+from chimneyd.config import LOG_LEVELS, Config, ConfigError, check_paths, load_config
 from chimneyd.observe.logging import reopen, setup_logging, write_errors
 from chimneyd.observe.metrics import install as install_metrics
 
@@ -154,20 +155,21 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
             await cluster.connect(shard.sock, shard.leftover, engine)
         addresses = await server.start(shard.sockets(config.rpc.listen) if shard else None)
     except (OSError, ConfigError) as exc:
-        log.error("rpc_listen_failed", error=str(exc))
+        log.error("rpc_listen_failed", listen=list(config.rpc.listen), error=str(exc))
         await engine.shutdown(1.0)
-        print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
+        print(cannot_listen(config.rpc.listen, exc), file=sys.stderr)
         return 2
     metrics, http = _observability(engine, server, config, cluster, shard)
     if http is not None:
         try:
             await http.start()
         except OSError as exc:
-            log.error("http_listen_failed", error=str(exc))
+            http_listen = [a for a in (config.web.listen, config.metrics.listen) if a]
+            log.error("http_listen_failed", listen=http_listen, error=str(exc))
             metrics.detach()
             await server.stop_accepting()
             await engine.shutdown(1.0)
-            print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
+            print(cannot_listen(http_listen, exc), file=sys.stderr)
             return 2
         if http.web_address and shard is None:
             print(f"chimneyd web view on http://{http.web_address}/", flush=True)
@@ -210,6 +212,12 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     if cluster is not None:
         cluster.close()
     return code
+
+
+def cannot_listen(addresses: Sequence[str], exc: Exception) -> str:
+    """The line for addresses that could not all be bound: an OSError from bind need not say
+    which address it was, so the addresses being bound are named."""
+    return f"chimneyd: cannot listen on {', '.join(addresses)}: {exc}"
 
 
 async def _stop_when_lost(cluster: Cluster, stop: asyncio.Event) -> None:
@@ -297,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         config = load_config(args.config, overrides)
+        # a missing directory fails here, naming the key, in --check-config and at start alike
+        # (bind and open would say only "No such file or directory")
+        check_paths(config)
     except ConfigError as exc:
         print(f"chimneyd: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -354,8 +365,9 @@ async def supervise(config: Config) -> int:
             http["metrics"] = reserve_http(held, "metrics.listen", config.metrics.listen)
     except (OSError, ConfigError) as exc:
         held.close()
-        log.error("rpc_listen_failed", error=str(exc))
-        print(f"chimneyd: cannot listen: {exc}", file=sys.stderr)
+        listen = [*config.rpc.listen, *(a for a in (config.web.listen, config.metrics.listen) if a)]
+        log.error("rpc_listen_failed", listen=listen, error=str(exc))
+        print(cannot_listen(listen, exc), file=sys.stderr)
         return 2
     for addr in config.rpc.listen:
         target = parse_listen(addr)

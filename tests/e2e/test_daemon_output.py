@@ -5,9 +5,13 @@ that a log shipper can read without filtering."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import HOST, peer_process
+from tests.e2e.support import HOST, child_env, peer_process
 
 
 def test_stdout_says_where_it_listens_and_stderr_is_only_json(spawn_daemon: SpawnDaemon) -> None:
@@ -58,3 +62,24 @@ def test_log_lines_made_for_a_request_name_its_client(spawn_daemon: SpawnDaemon)
     assert len(connected) == 2 and connected[0] != connected[1], connected
     assert injected == connected, logged
     assert refused == [connected[0]], logged
+
+
+def test_an_address_that_cannot_be_bound_is_named(tmp_path: Path) -> None:
+    """stderr's last line names the address the daemon could not listen on."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        addr = f"{HOST}:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            [sys.executable, "-m", "chimneyd", "--listen", addr],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == ""
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"chimneyd: cannot listen on {addr}: "), last

@@ -56,3 +56,51 @@ def test_unix_socket_mode_ownership_and_exit(spawn_daemon: Any, tmp_path: Path) 
 
     d.assert_clean_stop()
     assert not path.exists()
+
+
+def _chimneyd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chimneyd", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
+
+
+def test_a_socket_in_a_missing_directory_is_named_at_start_and_by_check_config(
+    tmp_path: Path,
+) -> None:
+    """Start-up and --check-config alike name the address and say its directory is missing
+    (bind alone says only "No such file or directory")."""
+    addr = f"unix:{tmp_path}/no/such/dir/chimneyd.sock"
+    for extra in ((), ("--check-config",)):
+        run = _chimneyd("--listen", f"{HOST}:0", "--listen", addr, *extra)
+        assert run.returncode == 2, (extra, run.stdout, run.stderr)
+        assert run.stdout == "" and "listening" not in run.stdout
+        (line,) = run.stderr.strip().splitlines()  # one line, no traceback
+        assert line == (
+            f'chimneyd: bad configuration: rpc.listen: "{addr}": the directory'
+            f" {tmp_path}/no/such/dir does not exist (create it, or choose another path)"
+        ), line
+    assert not (tmp_path / "no").exists()
+
+
+def test_check_config_finds_what_start_up_would_refuse_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    """log.file in a missing directory fails --check-config as it fails start-up; a good one
+    passes without the file being made (the check only looks)."""
+    missing = tmp_path / "logs" / "chimneyd.log"
+    config = tmp_path / "chimneyd.toml"
+    config.write_text(f'[log]\nfile = "{missing}"\n')
+    for extra in (("--check-config",), ("--listen", f"{HOST}:0")):
+        run = _chimneyd("--config", str(config), *extra)
+        assert run.returncode == 2, (extra, run.stderr)
+        assert "log.file" in run.stderr and f"{tmp_path}/logs" in run.stderr, run.stderr
+    (tmp_path / "logs").mkdir()
+    sock = tmp_path / "chimneyd.sock"
+    run = _chimneyd("--config", str(config), "--listen", f"unix:{sock}", "--check-config")
+    assert run.returncode == 0, run.stderr
+    assert not missing.exists() and not sock.exists()
