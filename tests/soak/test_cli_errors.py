@@ -159,3 +159,14 @@ def test_a_mux_fault_against_a_running_daemon_without_one_stops_at_once(
     err = refused(capsys, "--rpc", daemon, "--faults", "nic_down", "-n", "5", "--duration", "2")
     assert "--faults nic_down (layer nic0) needs a topology with a mux" in err, err
     assert "chimneyd --config deploy/teaming.toml" in err, err
+
+
+@pytest.mark.timeout(30)
+def test_a_daemon_config_chimneyd_would_refuse_stops_at_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "chimneyd.toml"
+    config.write_text(f'[log]\nfile = "{tmp_path}/gone/chimneyd.log"\n')
+    err = refused(capsys, "--daemon-config", str(config), "-n", "5", "--duration", "2")
+    assert err.startswith(f"chimney-soak: --daemon-config {config}: log.file: "), err
+    assert f"the directory {tmp_path}/gone does not exist" in err, err

@@ -52,9 +52,9 @@ async def daemon_info(address: str, token: str | None) -> dict[str, Any]:
 def spawn_layers(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     """The layers the daemon the soak spawns will have: its --daemon-config read as chimneyd
     reads it (None where chimneyd is not importable: the daemon then says for itself). Raises
-    NotReady for a configuration chimneyd would refuse."""
+    NotReady for a configuration chimneyd would refuse at start."""
     try:
-        from chimneyd.config import ConfigError, load_config
+        from chimneyd.config import ConfigError, check_paths, load_config
     except ImportError:  # pragma: no cover - the soak spawns `python -m chimneyd`
         return None
     # as the soak starts it: on a loopback port of its own (a file's address is not used)
@@ -64,6 +64,7 @@ def spawn_layers(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         overrides["daemon.shards"] = int(shards) if shards.isdigit() else shards
     try:
         config = load_config(args.daemon_config, overrides)
+        check_paths(config)  # a log.file it could not open
     except ConfigError as exc:
         where = f"--daemon-config {args.daemon_config}" if args.daemon_config else "chimneyd"
         raise NotReady(f"{where}: {exc}") from None
