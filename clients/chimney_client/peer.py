@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -279,6 +280,36 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """A loopback address (127.0.0.0/8, ::1) or `localhost`; any other name may resolve
+    anywhere, and 0.0.0.0 or :: is every interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_listen(host: str, allow_remote: bool) -> str | None:
+    """What to say of listening on `host`: None on loopback; a warning when off loopback and
+    allowed. Off loopback without `allow_remote` raises ValueError: chimneyd dials its peers
+    on loopback only (`tcp.connect` refuses any other host), so such an address would serve
+    no daemon and only open the peer to the network."""
+    if is_loopback(host):
+        return None
+    if not allow_remote:
+        raise ValueError(
+            f"--listen {host}: not a loopback address; chimneyd connects to loopback peers "
+            "only, so this would only open the peer to the network (--allow-remote to listen "
+            "there anyway)"
+        )
+    return (
+        f"chimney-peer: listening on {host}, off loopback (--allow-remote): anyone who can "
+        "reach it can use this peer"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimney-peer",
@@ -297,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 0),
         metavar="HOST:PORT",
         help="address to listen on; port 0 picks a free one (default 127.0.0.1:0)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --listen address off loopback (chimneyd itself connects to loopback "
+        "peers only)",
     )
     p.add_argument("--port-file", metavar="F", help="write the real port to F once listening")
     p.add_argument("--max-conns", type=int, metavar="N", help="reset connections beyond N open")
@@ -348,7 +385,14 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        warning = remote_listen(args.listen[0], args.allow_remote)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     try:
         import uvloop
 

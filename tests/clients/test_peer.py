@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from chimney_client import PatternStream, start_peer
+from chimney_client.peer import main as peer_main
+from chimney_client.peer import remote_listen
 
 
 async def _read_all(reader: asyncio.StreamReader) -> bytes:
@@ -117,3 +121,23 @@ def test_subprocess_ready_line_port_file_and_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9001", "[::]:9001", "192.0.2.1:9001", "peer:9001"])
+def test_the_command_refuses_an_address_off_loopback(
+    listen: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """chimneyd dials loopback peers only: an address off loopback would serve no daemon and
+    open the peer to the network, so it takes --allow-remote (nothing is bound here)."""
+    with pytest.raises(SystemExit) as stopped:
+        peer_main(["echo", "--listen", listen])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a loopback address" in err and "--allow-remote" in err, err
+
+
+def test_loopback_addresses_pass_and_allow_remote_warns() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert remote_listen(host, allow_remote=False) is None
+    warning = remote_listen("0.0.0.0", allow_remote=True)
+    assert warning is not None and "off loopback" in warning
