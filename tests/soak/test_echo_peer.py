@@ -108,3 +108,16 @@ def test_a_peer_stops_by_itself_when_the_soak_that_started_it_is_killed() -> Non
     while _alive(peer_pid):
         assert time.monotonic() < deadline, "the echo peer outlived its killed parent"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "192.0.2.1:0"])
+def test_the_echo_peer_listens_on_loopback_only(
+    listen: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its control port, on the same host, takes reset orders: never off loopback."""
+    from chimney_client.soak.echo_peer import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--listen", listen])
+    assert stopped.value.code == 2
+    assert "is not a loopback address" in capsys.readouterr().err

@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+from ..peer import is_loopback
 from .limits import RESET_QUIESCE_S
 
 #: Accept queue: past ≈ 4096 unaccepted connects Linux drops SYNs (1 s retry each; perf-notes).
@@ -192,7 +193,11 @@ def _parse_listen(value: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
+    if not is_loopback(host.strip("[]")):
+        # its control port, on the same host, takes reset orders: never off loopback (and
+        # chimneyd connects to loopback peers only)
+        raise argparse.ArgumentTypeError(f"{host} is not a loopback address")
+    return host.strip("[]"), int(port)
 
 
 async def _serve(args: argparse.Namespace) -> int:
