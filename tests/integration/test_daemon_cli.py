@@ -408,13 +408,43 @@ def test_log_file_that_cannot_be_opened(tmp_path: Path) -> None:
     assert "log.file" in run.stderr
 
 
+#: The directories the systemd units make before the daemon starts (RuntimeDirectory=,
+#: LogsDirectory=): --check-config insists that a unix socket's and the log file's exist.
+UNIT_DIRECTORIES = ("/run/chimneyd", "/var/log/chimneyd")
+
+
+def deployed(config: Path, tmp_path: Path) -> Path:
+    """A deploy configuration as on its machine: the units' directories made, under tmp_path."""
+    text = config.read_text()
+    for directory in UNIT_DIRECTORIES:
+        here = tmp_path / directory.strip("/")
+        here.mkdir(parents=True, exist_ok=True)
+        text = text.replace(directory + "/", f"{here}/")
+    copy = tmp_path / config.name
+    copy.write_text(text)
+    return copy
+
+
+def test_deploy_configurations_need_the_units_directories(tmp_path: Path) -> None:
+    """Without the directories the units make, --check-config names the missing one (as
+    start-up would fail on it), rather than passing a file the daemon cannot start with."""
+    run = chimneyd(tmp_path, "--config", str(ROOT / "deploy" / "chimneyd.toml"), "--check-config")
+    if all(os.path.isdir(d) and os.access(d, os.W_OK) for d in UNIT_DIRECTORIES):
+        assert run.returncode == 0, run.stderr  # a machine that has them: nothing to miss
+        return
+    assert run.returncode == 2
+    assert "does not exist" in run.stderr or "not writable" in run.stderr, run.stderr
+
+
 def test_the_fleet_unit_runs_a_shard_per_cpu_on_a_valid_configuration(tmp_path: Path) -> None:
     """deploy/fleet: the unit's flags (`--shards auto`) pass --check-config with its config."""
     unit = (ROOT / "deploy" / "fleet" / "chimneyd.service").read_text()
     (exec_start,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
     _, *flags = exec_start.removeprefix("ExecStart=").split()
     assert flags[flags.index("--shards") + 1] == "auto"
-    flags[flags.index("--config") + 1] = str(ROOT / "deploy" / "fleet" / "chimneyd.toml")
+    assert "LogsDirectory=chimneyd" in unit
+    config = deployed(ROOT / "deploy" / "fleet" / "chimneyd.toml", tmp_path)
+    flags[flags.index("--config") + 1] = str(config)
     run = chimneyd(tmp_path, *flags, "--check-config")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["daemon"]["shards"] == len(os.sched_getaffinity(0))
@@ -427,12 +457,14 @@ def test_deploy_files_are_a_valid_configuration(tmp_path: Path) -> None:
     binary, *flags = exec_start.removeprefix("ExecStart=").split()
     assert binary.endswith("/chimneyd")
     assert flags[flags.index("--config") + 1] == "/etc/chimneyd/chimneyd.toml"
-    flags[flags.index("--config") + 1] = str(ROOT / "deploy" / "chimneyd.toml")
+    assert "RuntimeDirectory=chimneyd" in unit and "LogsDirectory=chimneyd" in unit
+    flags[flags.index("--config") + 1] = str(deployed(ROOT / "deploy" / "chimneyd.toml", tmp_path))
     run = chimneyd(tmp_path, *flags, "--check-config")
     assert run.returncode == 0, run.stderr
     cfg = json.loads(run.stdout)
     assert [la["name"] for la in cfg["layer"]] == ["tcpip", "im0", "im1", "nic0"]
-    assert cfg["log"]["file"] == "/var/log/chimneyd/chimneyd.log"
+    assert cfg["log"]["file"] == f"{tmp_path}/var/log/chimneyd/chimneyd.log"
+    assert f"unix:{tmp_path}/run/chimneyd/chimneyd.sock" in cfg["rpc"]["listen"]
     # the unit gives the daemon time to finish its own shutdown deadline before SIGKILL
     (stop,) = [ln for ln in unit.splitlines() if ln.startswith("TimeoutStopSec=")]
     assert float(stop.split("=")[1]) > cfg["rpc"]["shutdown_deadline_s"]
