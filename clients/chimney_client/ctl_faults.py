@@ -140,10 +140,11 @@ LAYER_FAULTS = frozenset(
         "delay",
         "host_event",
         "nic_down",
-        "nic_up",
-        "rebalance",
     }
 )
+#: Kinds that name a layer but act once, as they are injected: nothing stays to clear (the
+#: daemon does not list them), so no one is told to clear them.
+AT_ONCE_FAULTS = frozenset({"nic_up", "rebalance"})
 
 
 def fault_kinds_help(width: int = 96) -> str:
@@ -160,8 +161,9 @@ def fault_kinds_help(width: int = 96) -> str:
     aliases = ", ".join(f"{alias} = {name}" for alias, name in FAULT_ALIASES.items())
     lines += para(
         f"aliases: {aliases}. conn= takes an id, a name made with `as NAME`, or $last. A fault "
-        "on a layer stays until `fault clear ID` (also after its maker left); one on a "
-        "connection goes with the connection. --unchecked sends a kind or key this chimneyctl "
+        "on a layer stays until `fault clear ID` (also after its maker left), but "
+        f"{' and '.join(sorted(AT_ONCE_FAULTS))} act at once and leave nothing to clear; one on "
+        "a connection goes with the connection. --unchecked sends a kind or key this chimneyctl "
         "does not know.",
         "  ",
     )
