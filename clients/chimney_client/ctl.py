@@ -78,9 +78,11 @@ make with `as NAME` (or say `$last`, the last one made; single-quote it in a she
   printf 'connect 127.0.0.1 9000\\nsend $last hello\\n' | chimneyctl shell
 
 `run` checks every command's syntax (and that every name was made by an earlier command) first,
-then runs them in order and stops at the first error; the faults it injected are then cleared.
+then runs them in order and stops at the first error (or Ctrl-C), clearing the faults it injected.
 `shell` reads one command per line (blank lines and # comments are skipped; `help` lists the
-commands), keeps going after an error and exits with the worst status of its lines. In both,
+commands), keeps going after an error and exits with the worst status of its lines. A run that
+completes, and a shell, leave their faults on a layer in place: each is named on stderr at the
+end, to clear with `chimneyctl fault clear ID`. In both,
 events of a `subscribe` are printed as they arrive, after the command during which they came in;
 `subscribe ... --count N` and `events --count N` wait for N of them. `sleep SECONDS` pauses.
 """
@@ -481,15 +483,18 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     p = cmd(
         "run",
         "run several commands over one RPC connection (one argument each)",
-        "Run COMMANDs in order over one RPC connection; stop at the first error and clear the "
-        "faults this run injected. Name what connect/accept/listen make with `as NAME`.",
+        "Run COMMANDs in order over one RPC connection. At the first error (or Ctrl-C) stop, and "
+        "clear the faults this run injected; a run that completes leaves them in place and names "
+        "on stderr each fault still on a layer. Name what connect/accept/listen make with "
+        "`as NAME`.",
     )
     p.add_argument("commands", nargs="+", metavar="'COMMAND ARGS'", help="one command each")
     cmd(
         "shell",
         "read commands line by line from stdin, one RPC connection",
         "One command per line from stdin (`help` lists them; exit or Ctrl-D ends); keeps going "
-        "after an error and exits with the worst status of its lines.",
+        "after an error and exits with the worst status of its lines. Faults it injected on a "
+        "layer stay (each is named on stderr at the end).",
     )
     p = cmd(
         "completion",
@@ -573,6 +578,7 @@ class Session:
     names: dict[str, tuple[str, int]] = field(default_factory=dict)  # `as NAME` bindings
     last_conn: int | None = None
     injected: list[int] = field(default_factory=list)  # fault ids this session injected
+    lasting: dict[int, str] = field(default_factory=dict)  # of those, the ones on a layer: layer
     note: str | None = None  # what the current command wants a person to read
     line: str = ""  # the current command as typed
     _client: Client | None = None
@@ -658,6 +664,8 @@ class Session:
                 break
             cleared.append(fid)
         self.injected = []
+        for fid in cleared:
+            self.lasting.pop(fid, None)
         if not cleared:
             return
         text = f"cleared fault{'s' if len(cleared) > 1 else ''} {', '.join(map(str, cleared))}"
@@ -667,6 +675,23 @@ class Session:
             self.out.json(_envelope(line, True, result=cleared, note=note))
         else:
             _stderr(f"note: {note}")
+
+    def note_lasting(self) -> None:
+        """Name the faults this run/shell left on a layer: they outlive it, and a completed run
+        does not clear them (they may be what the user wanted to set up)."""
+        if not self.lasting or self._client is None or self._client.closed:
+            return
+        try:  # one a fail_next/raise_next used up is gone already: name only what is listed
+            listed = {f.get("id") for f in self._client.fault_list()}
+        except ChimneyError:
+            listed = set(self.lasting)
+        for fid, layer in self.lasting.items():
+            if fid in listed:
+                _stderr(f"note: {_stays(fid, layer)}")
+
+
+def _stays(fid: int, layer: Any) -> str:
+    return f"fault {fid} stays on {layer} until `chimneyctl fault clear {fid}`"
 
 
 def _print_event(out: Output, note: Notification) -> None:
@@ -1118,14 +1143,16 @@ def _fault(s: Session, a: argparse.Namespace) -> Any:
         fid = c.fault_inject(a.kind, **keys)
         s.injected.append(fid)
         s.out.line(f"fault {fid}")
-        if not s.interactive and a.kind in LAYER_FAULTS:
-            s.note = (
-                f"fault {fid} stays on {keys.get('layer')} until `chimneyctl fault clear {fid}`"
-            )
+        if a.kind in LAYER_FAULTS:
+            if s.interactive:
+                s.lasting[fid] = str(keys.get("layer"))  # named as the run/shell ends
+            else:
+                s.note = _stays(fid, keys.get("layer"))
         return fid
     if a.fault_cmd == "clear":
         r = c.fault_clear(a.id)
         s.injected = [] if a.id == "*" else [f for f in s.injected if f != a.id]
+        s.lasting = {} if a.id == "*" else {f: v for f, v in s.lasting.items() if f != a.id}
         s.out.line("cleared")
         return r
     used = bool(getattr(a, "used", False))
@@ -1470,12 +1497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_mode = bool(args.json)
     session = Session(args, Output(json_mode, sys.stdout), json_default=json_mode)
     try:
-        if args.command == "run":
+        if args.command in ("run", "shell"):
             session.interactive = True
-            return _run(session, args.commands)
-        if args.command == "shell":
-            session.interactive = True
-            return _shell(session, sys.stdin)
+            if args.command == "run":
+                status = _run(session, args.commands)
+            else:
+                status = _shell(session, sys.stdin)
+            session.note_lasting()
+            return status
         return _execute(session, args, _command_line(argv))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

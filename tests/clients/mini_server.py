@@ -188,7 +188,10 @@ class MiniRpc(asyncio.Protocol):
                 return [_used_up(f) for f in st.faults.values()]
             return list(st.faults.values())
         if method == "fault.clear":
-            st.faults.clear()
+            if params[0] == "*":
+                st.faults.clear()
+            elif st.faults.pop(params[0], None) is None:
+                raise _Err(3, f"NOT_FOUND: no fault {params[0]}")
             return True
         if method == "test.delay":
             await asyncio.sleep(params[0])

@@ -3,6 +3,7 @@ on why something is empty or cannot connect, and usage errors that name the bad 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +40,49 @@ def test_a_fault_on_a_layer_is_said_to_stay(
 ) -> None:
     status, _, err = run(capsys, server, "fault", "inject", "nic_down", "layer=nic1")
     assert status == 0 and err == "note: fault 1 stays on nic1 until `chimneyctl fault clear 1`\n"
+
+
+#: a run of faults: 1 stays on nic1, 2 is cleared by the run, 3 acts at once, 4 goes with c
+FAULT_SCRIPT = [
+    "connect 127.0.0.1 9000 as c",
+    "fault inject nic_down layer=nic1",
+    "fault inject delay layer=im0 call=MiniportTcpOffloadSend ms=5",
+    "fault inject rebalance layer=team0",
+    "fault inject peer_reset conn=c",
+    "fault clear 2",
+]
+STAYS_1 = "note: fault 1 stays on nic1 until `chimneyctl fault clear 1`\n"
+
+
+@pytest.mark.parametrize("json_mode", [(), ("--json",)])
+def test_a_completed_run_names_the_faults_it_leaves_on_a_layer(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, json_mode: tuple[str, ...]
+) -> None:
+    status, out, err = run(capsys, server, *json_mode, "run", *FAULT_SCRIPT)
+    assert (status, err) == (0, STAYS_1)
+    # with --json stdout stays JSON Lines: the note goes to stderr, as for a person
+    assert all(line.startswith("{") for line in out.splitlines()) == bool(json_mode)
+
+
+def test_a_shell_names_the_faults_it_leaves_on_a_layer(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(FAULT_SCRIPT) + "\n"))
+    status, _, err = run(capsys, server, "shell")
+    assert (status, err) == (0, STAYS_1)
+
+
+def test_a_run_that_stops_names_no_fault_it_cleared(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    status, _, err = run(capsys, server, "run", *FAULT_SCRIPT, "close 17")
+    assert status == 1
+    assert "cleared faults 1, 3, 4: injected by this run, which stopped at an error" in err
+    assert "stays" not in err
+
+
+def test_run_help_says_when_a_run_clears_its_faults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main(["run", "-h"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "At the first error (or Ctrl-C) stop, and clear the faults this run injected" in text
+    assert "a run that completes leaves them in place" in text
