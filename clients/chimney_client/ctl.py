@@ -108,6 +108,10 @@ class UsageError(Exception):
     """A command line that does not parse, or names nothing; exit status 2."""
 
 
+class EmptyTrace(ChimneyError):
+    """`trace --svg/--mermaid` found no hop to draw: exit 1 rather than an empty figure."""
+
+
 class _HelpShown(Exception):
     """argparse printed help (or similar) and wanted to exit with `status`."""
 
@@ -1035,13 +1039,41 @@ def _update(s: Session, a: argparse.Namespace) -> Any:
     return r
 
 
+def _no_hops(s: Session, conn: int, nbl: Any, traced: int) -> str:
+    """Why a trace has nothing to show: most often a connection the host stack carries, which
+    makes no NDIS calls (never offloaded, or uploaded when its NIC failed)."""
+    if traced:
+        what = f"none of its {traced} hops carries {'an NBL' if nbl is None else f'NBL {nbl}'}"
+    else:
+        what = "no hops"
+    try:
+        state = s.client.tcp_info(conn).get("state")
+    except NotFound:
+        state = None  # closed and gone: its trace is all there is
+    if state is None or state == "offloaded":
+        return f"conn {conn}: {what}"
+    mode = "in host mode" if state == "host" else str(state)
+    return (
+        f"conn {conn}: {what}; it is {mode}, not offloaded, so the host stack carries it without "
+        "NDIS calls (if a fault failed or took out its NIC, `chimneyctl fault list` shows it)"
+    )
+
+
 def _trace(s: Session, a: argparse.Namespace) -> Any:
     hops = s.client.trace_get(a.id, a.limit)
+    traced = len(hops)
     nbl = a.nbl
     if nbl == "first":
         nbl = next((h["nbl"] for h in hops if h.get("nbl") is not None), None)
-    if a.nbl is not None:
-        hops = [h for h in hops if h.get("nbl") == nbl]
+    if a.nbl is not None:  # `first` of a trace without an NBL keeps nothing, not every hop
+        hops = [h for h in hops if nbl is not None and h.get("nbl") == nbl]
+    if not hops:
+        why = _no_hops(s, a.id, nbl, traced if a.nbl is not None else 0)
+        if a.svg or a.mermaid:  # an empty figure looks like a drawing that went wrong
+            raise EmptyTrace(f"trace: nothing to draw, no file written: {why}")
+        s.out.line("(no hops)")
+        s.note = why
+        return hops
     if a.svg or a.mermaid:
         from . import ctl_trace
 
@@ -1282,6 +1314,7 @@ def _error_doc(exc: BaseException) -> tuple[int, dict[str, Any]]:
         ConnectionLost: "CONNECTION_LOST",
         CallTimeout: "CALL_TIMEOUT",
         ProtocolError: "PROTOCOL_ERROR",
+        EmptyTrace: "EMPTY_TRACE",
     }
     symbol = symbols.get(type(exc), "ERROR" if isinstance(exc, ChimneyError) else "OS_ERROR")
     return EXIT_ERROR, {"symbol": symbol, "message": str(exc)}

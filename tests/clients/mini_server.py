@@ -22,6 +22,7 @@ class _State:
         self.next_id = 1
         self.conns: dict[int, bytearray] = {}
         self.faults: dict[int, dict[str, Any]] = {}
+        self.host_mode: set[int] = set()  # conns a test puts in host mode: no hops, state host
 
 
 class MiniRpc(asyncio.Protocol):
@@ -128,9 +129,10 @@ class MiniRpc(asyncio.Protocol):
                 del buf[: params[1]]
                 return out
             if method == "tcp.info":
+                host = params[0] in st.host_mode
                 return {
-                    "state": "offloaded",
-                    "path": ["tcpip", "im0", "nic0"],
+                    "state": "host" if host else "offloaded",
+                    "path": ["tcpip"] if host else ["tcpip", "im0", "nic0"],
                     "local": "127.0.0.1:50000",
                     "remote": "127.0.0.1:9000",
                     "bytes_sent": 5,
@@ -144,6 +146,8 @@ class MiniRpc(asyncio.Protocol):
             del st.conns[params[0]]
             return True
         if method == "trace.get":
+            if params[0] in st.host_mode:
+                return []
             hops = [
                 {
                     "seq": 1,

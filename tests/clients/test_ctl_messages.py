@@ -4,11 +4,14 @@ on why something is empty or cannot connect, and usage errors that name the bad 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from chimney_client import ctl
+from chimney_client import Client, ctl
 from tests.clients.mini_server import MiniServer, mini_server_in_thread
 
 
@@ -86,3 +89,55 @@ def test_run_help_says_when_a_run_clears_its_faults(capsys: pytest.CaptureFixtur
     text = " ".join(capsys.readouterr().out.split())
     assert "At the first error (or Ctrl-C) stop, and clear the faults this run injected" in text
     assert "a run that completes leaves them in place" in text
+
+
+# -- trace: an empty one says why ----------------------------------------------------------------
+
+HOST_MODE = "conn 1: no hops; it is in host mode, not offloaded"
+
+
+@pytest.mark.parametrize("figure", ["--svg", "--mermaid"])
+def test_trace_draws_no_empty_figure(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, tmp_path: Path, figure: str
+) -> None:
+    path = tmp_path / "send.figure"
+    server.state.host_mode.update((1, 2))  # the connections it will make
+    connect = "connect 127.0.0.1 9000 --no-offload as c"
+    status, out, err = run(capsys, server, "run", connect, f"trace c {figure} {path}")
+    assert (status, out) == (1, "conn 1\n")
+    assert err.startswith(f"error: trace: nothing to draw, no file written: {HOST_MODE}")
+    assert "`chimneyctl fault list`" in err
+    assert not path.exists()
+    status, out, _ = run(capsys, server, "--json", "run", connect, "trace c --mermaid")
+    doc = json.loads(out.splitlines()[-1])
+    assert (status, doc["ok"], doc["error"]["symbol"]) == (1, False, "EMPTY_TRACE")
+
+
+def test_trace_table_says_why_it_is_empty(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    server.state.host_mode.add(1)  # the connection it will make
+    connect = "connect 127.0.0.1 9000 --no-offload as c"
+    status, out, err = run(capsys, server, "run", connect, "trace c")
+    assert (status, out) == (0, "conn 1\n(no hops)\n")
+    assert err.startswith(f"note: {HOST_MODE}")
+    # an offloaded connection whose hops carry another NBL: the filter left nothing
+    status, _, err = run(capsys, server, "run", "connect 127.0.0.1 9000 as d", "trace d --nbl 99")
+    assert (status, err) == (0, "note: conn 2: none of its 3 hops carries NBL 99\n")
+
+
+def test_trace_nbl_first_without_an_nbl_keeps_no_hop(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hops of an offload and upload carry no NBL: `--nbl first` (the first send) finds none,
+    rather than taking every hop whose NBL is missing."""
+    real = Client.trace_get
+
+    def without_nbl(self: Client, conn: int, limit: int | None = None) -> list[dict[str, Any]]:
+        return [{**h, "nbl": None} for h in real(self, conn, limit)]
+
+    monkeypatch.setattr(Client, "trace_get", without_nbl)
+    script = ("connect 127.0.0.1 9000 as c", "trace c --nbl first")
+    status, out, err = run(capsys, server, "run", *script)
+    assert (status, out) == (0, "conn 1\n(no hops)\n")
+    assert err == "note: conn 1: none of its 3 hops carries an NBL\n"
