@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -766,13 +767,16 @@ def _info(s: Session, a: argparse.Namespace) -> Any:
         head += f" · {fmt(r['build'])} build"
     if r.get("allocator") is not None:
         head += f" · allocator {fmt(r['allocator'])}"
-    if r.get("rpc") is not None:
-        head += f" · rpc {fmt(r['rpc'])}"
     s.out.line(head)
+    for line in _rpc_lines(r.get("rpc")):
+        s.out.line(line)
     t = table("layer", "kind", "lower", "state")
     for layer in r.get("layers", []):
         t.add_row(*(fmt(layer.get(k)) for k in ("name", "kind", "lower", "state")))
     s.out.table(t)
+    for layer in r.get("layers", []):
+        if isinstance(layer.get("lowers"), dict):
+            _mux_table(s, layer)
     shards = r.get("shards")
     if isinstance(shards, list) and shards:
         # a daemon of several shards: which one this client is on, and each one's process
@@ -790,6 +794,56 @@ def _info(s: Session, a: argparse.Namespace) -> Any:
             )
         s.out.table(st)
     return r
+
+
+#: width of the wrapped `rpc limits` lines of `info` (the table below is about as wide)
+_INFO_WIDTH = 96
+
+
+def _rpc_lines(rpc: Any) -> list[str]:
+    """stack.info's `rpc` for people: its addresses and auth on one line, then each map (the
+    limits) as key=value words wrapped under its name, not one line of some 300 characters."""
+    if rpc is None:
+        return []
+    if not isinstance(rpc, dict):
+        return [f"rpc {fmt(rpc)}"]
+    scalars = {k: v for k, v in rpc.items() if not isinstance(v, dict)}
+    lines = [f"rpc {fmt(scalars)}"] if scalars else []
+    for key, value in rpc.items():
+        if isinstance(value, dict):
+            lead = f"rpc {key} "
+            lines += textwrap.wrap(
+                fmt(value),
+                _INFO_WIDTH,
+                initial_indent=lead,
+                subsequent_indent=" " * len(lead),
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+    return lines
+
+
+def _mux_table(s: Session, layer: dict[str, Any]) -> None:
+    """A MUX's lower layers (its NICs) as stack.info gives them: in service or not (failed,
+    taken out), the connections each carries, its outstanding bytes and capacity."""
+    lowers: dict[str, Any] = layer["lowers"]
+    title = [f"{layer.get('name')} (mux)"]
+    if layer.get("policy") is not None:
+        title.append(f"policy {fmt(layer['policy'])}")
+    if layer.get("evacuating") is not None:
+        title.append(f"evacuating {fmt(layer['evacuating'])}")
+    if isinstance(layer.get("deferred"), list):
+        title.append(f"deferred {len(layer['deferred'])}")
+    s.out.line(" · ".join(title))
+    columns: list[str] = []  # every key any lower has, in the order the daemon gives them
+    for m in lowers.values():
+        if isinstance(m, dict):
+            columns += [k for k in m if k not in columns]
+    t = table("lower", *columns)
+    for name, m in lowers.items():
+        m = m if isinstance(m, dict) else {}
+        t.add_row(name, *(fmt(m.get(k)) for k in columns))
+    s.out.table(t)
 
 
 _INFO_ORDER = ("state", "path", "local", "remote", "bytes_sent", "bytes_received")

@@ -141,3 +141,70 @@ def test_trace_nbl_first_without_an_nbl_keeps_no_hop(
     status, out, err = run(capsys, server, "run", *script)
     assert (status, out) == (0, "conn 1\n(no hops)\n")
     assert err == "note: conn 1: none of its 3 hops carries an NBL\n"
+
+
+# -- info: a MUX's NICs, and the limits wrapped --------------------------------------------------
+
+LIMITS = {
+    "max_message_bytes": 8388608,
+    "max_in_flight": 256,
+    "max_connections_per_client": 10000,
+    "max_listeners_per_client": 1024,
+    "max_clients": 1024,
+    "max_buffered_frame_bytes": 134217728,
+    "auth_timeout_s": 10.0,
+    "idle_timeout_s": 300.0,
+    "frame_timeout_s": 30.0,
+    "max_auth_failures": 3,
+}
+
+
+def _nic(in_service: bool, failed: bool, taken_out: bool, conns: int) -> dict[str, Any]:
+    return {
+        "in_service": in_service,
+        "failed": failed,
+        "taken_out": taken_out,
+        "connections": conns,
+        "outstanding_bytes": 0,
+        "capacity": 8192,
+    }
+
+
+TEAMING_INFO = {
+    "version": "0.1.0",
+    "contract": 1,
+    "layers": [
+        {"name": "tcpip", "kind": "host", "lower": ["team0"], "state": "running"},
+        {
+            "name": "team0",
+            "kind": "mux",
+            "lower": ["nic0", "nic1"],
+            "state": "running",
+            "policy": "least-loaded",
+            "deferred": [],
+            "evacuating": 0,
+            "lowers": {"nic0": _nic(True, False, False, 3), "nic1": _nic(False, True, False, 0)},
+        },
+        {"name": "nic0", "kind": "target", "lower": [], "state": "running"},
+        {"name": "nic1", "kind": "target", "lower": [], "state": "running"},
+    ],
+    "rpc": {"listen": ["127.0.0.1:7411"], "auth": False, "limits": LIMITS},
+}
+
+
+def test_info_shows_each_mux_nic_and_wraps_the_limits(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Client, "stack_info", lambda self: TEAMING_INFO)
+    status, out, _ = run(capsys, server, "info")
+    assert status == 0
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100
+    assert lines[1] == "rpc listen=127.0.0.1:7411 auth=false"
+    assert lines[2].startswith("rpc limits max_message_bytes=8388608 ")
+    limits = " ".join(line.removeprefix("rpc limits") for line in lines[2:5]).split()
+    assert limits == [f"{k}={v}" for k, v in LIMITS.items()]
+    at = lines.index("team0 (mux) · policy least-loaded · evacuating 0 · deferred 0")
+    assert lines[at + 1].split() == ["lower", *_nic(True, False, False, 0)]
+    assert lines[at + 3].split() == ["nic0", "true", "false", "false", "3", "0", "8192"]
+    assert lines[at + 4].split() == ["nic1", "false", "true", "false", "0", "0", "8192"]

@@ -21,6 +21,7 @@ from tests.e2e.conftest import SpawnDaemon
 from tests.e2e.support import (
     BIN,
     HOST,
+    ROOT,
     Daemon,
     LineReader,
     child_env,
@@ -160,6 +161,29 @@ def test_query_update_metrics_and_live_info(daemon: Daemon, echo_port: int) -> N
     assert run.returncode == 0, run.stderr
     assert "delegated (live: tcp.query now):" in run.stdout
     assert "delegated (as of offload/last query):" not in run.stdout
+
+
+def test_info_shows_the_nics_of_a_mux(spawn_daemon: SpawnDaemon, echo_port: int) -> None:
+    """A teaming daemon: `info` has a row per NIC under team0 with the connections each carries,
+    and a NIC taken out shows it."""
+    daemon = spawn_daemon((ROOT / "deploy" / "teaming.toml").read_text())
+    connect = f"connect {HOST} {echo_port}"
+    run = ctl(daemon, "run", connect, connect, "info", "fault inject nic_down layer=nic2", "info")
+    assert run.returncode == 0, run.stderr
+    assert "note: fault 1 stays on nic2" in run.stderr
+    lines = run.stdout.splitlines()
+    tables = []
+    for at, line in enumerate(lines):
+        if line.startswith("team0 (mux) · policy"):
+            header = lines[at + 1].split()
+            rows = [dict(zip(header, r.split(), strict=True)) for r in lines[at + 3 : at + 6]]
+            tables.append({r["lower"]: r for r in rows})
+    before, after = tables
+    assert list(before) == ["nic0", "nic1", "nic2"]
+    assert sum(int(r["connections"]) for r in before.values()) == 2
+    assert before["nic2"]["in_service"] == "true"
+    assert (after["nic2"]["in_service"], after["nic2"]["taken_out"]) == ("false", "true")
+    ctl(daemon, "fault", "clear", "1")
 
 
 # -- faults --------------------------------------------------------------------------------------
