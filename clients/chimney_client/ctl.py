@@ -46,7 +46,7 @@ from .errors import (
     ProtocolError,
     RpcError,
 )
-from .protocol import DEFAULT_ADDRESS, Notification
+from .protocol import DEFAULT_ADDRESS, Notification, parse_address
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -183,6 +183,17 @@ def _port(value: str) -> int:
     if not 0 <= n < 65536:
         raise argparse.ArgumentTypeError(f"port out of range: {value}")
     return n
+
+
+def _rpc_address(value: str) -> str:
+    """--rpc (or $CHIMNEY_RPC, which argparse passes through here too): an address that parses,
+    so a typo is a usage error naming it, not a traceback or a connect to the wrong place."""
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        where = " (from CHIMNEY_RPC)" if value == os.environ.get("CHIMNEY_RPC") else ""
+        raise argparse.ArgumentTypeError(f"{exc}{where}") from None
+    return value
 
 
 def _seconds(value: str) -> float:
@@ -520,8 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rpc",
         default=os.environ.get("CHIMNEY_RPC", DEFAULT_ADDRESS),
+        type=_rpc_address,
         metavar="ADDR",
-        help=f"daemon address, HOST:PORT or unix:PATH (default $CHIMNEY_RPC or {DEFAULT_ADDRESS})",
+        help="daemon address, HOST:PORT, [IPV6]:PORT or unix:PATH (default $CHIMNEY_RPC or "
+        f"{DEFAULT_ADDRESS})",
     )
     parser.add_argument(
         "--token",

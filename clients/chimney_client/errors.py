@@ -26,6 +26,12 @@ class ProtocolError(ChimneyError):
     """The server sent something that is not msgpack-RPC (the connection is then closed)."""
 
 
+class AddressError(ValueError):
+    """An address that does not parse (`parse_address`); the message names it and the forms
+    accepted. A ValueError, not a ChimneyError: it is a caller's mistake, found before any
+    connection is tried, and command lines report it as a usage error."""
+
+
 class RpcError(ChimneyError):
     """An error answer `[code, message]` from the server.
 

@@ -7,12 +7,13 @@ waiters, so the protocol rules are written (and tested) once.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from .errors import ProtocolError, RpcError, error_from_wire
+from .errors import AddressError, ProtocolError, RpcError, error_from_wire
 
 REQUEST = 0
 RESPONSE = 1
@@ -162,29 +163,60 @@ class ClientCodec(Generic[T]):
         raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
 
 
+#: What `parse_address` takes, for the message of an address it cannot parse.
+ADDRESS_FORMS = f"HOST:PORT, [IPV6]:PORT, HOST (port {DEFAULT_PORT}) or unix:PATH"
+
+
+def _bad_address(address: str, why: str) -> AddressError:
+    return AddressError(f"bad address {address!r}: {why}; expected {ADDRESS_FORMS}")
+
+
+def _unbracketed_port(address: str) -> tuple[str, str] | None:
+    """(IPv6 host, port) of an IPv6 literal written with a port but no brackets, "::1:7416";
+    None for a bare IPv6 address, "::1" or "fe80::1", whose last group is no port."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return None
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return None
+    return host, port
+
+
 def parse_address(address: str) -> tuple[str, int] | str:
-    """`"host:port"`, `"[::1]:port"`, `"host"` (default port) or `"unix:/path"` (a str path)."""
-    address = address.strip()
-    if address.startswith("unix:"):
-        path = address[len("unix:") :]
+    """`"host:port"`, `"[::1]:port"`, `"host"` (default port) or `"unix:/path"` (a str path).
+    Raises `AddressError` (a ValueError) naming the bad value and the forms accepted."""
+    text = address.strip()
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
         if not path:
-            raise ValueError("unix: address needs a path")
+            raise _bad_address(text, "unix: needs a path, e.g. unix:/run/chimneyd.sock")
         return path
-    if address.startswith("["):
-        host, sep, rest = address[1:].partition("]")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
         if not sep:
-            raise ValueError(f"bad address {address!r}")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
+            raise _bad_address(text, "no ']' closes the IPv6 address")
+        if rest and not rest.startswith(":"):
+            raise _bad_address(text, f"after ']' comes :PORT, not {rest!r}")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    elif (split := _unbracketed_port(text)) is not None:
+        # "::1:7416" is also a valid IPv6 address (with no port): refuse to guess which
+        raise _bad_address(
+            text,
+            f"IPv6 needs brackets: [{split[0]}]:{split[1]} "
+            f"(or [{text}]:{DEFAULT_PORT} for the address {text} itself)",
+        )
     else:
-        host, port = address, ""
+        host, port = text, ""
     try:
         port_n = int(port) if port else DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"bad port in address {address!r}") from None
+        raise _bad_address(text, f"port {port!r} is not a number") from None
     if not 0 <= port_n < 65536:
-        raise ValueError(f"port out of range in address {address!r}")
+        raise _bad_address(text, f"port {port_n} is out of range (0-65535)")
     return (host or "127.0.0.1", port_n)
 
 

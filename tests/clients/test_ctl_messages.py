@@ -208,3 +208,34 @@ def test_info_shows_each_mux_nic_and_wraps_the_limits(
     assert lines[at + 1].split() == ["lower", *_nic(True, False, False, 0)]
     assert lines[at + 3].split() == ["nic0", "true", "false", "false", "3", "0", "8192"]
     assert lines[at + 4].split() == ["nic1", "false", "true", "false", "0", "0", "8192"]
+
+
+# -- usage errors that name the bad value --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("127.0.0.1:abc", "port 'abc' is not a number"),
+        ("127.0.0.1:99999", "port 99999 is out of range"),
+        ("unix:", "unix: needs a path"),
+        ("::1:7416", "IPv6 needs brackets: [::1]:7416"),
+    ],
+)
+def test_a_bad_rpc_address_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], address: str, why: str
+) -> None:
+    assert ctl.main(["--rpc", address, "ping"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"error: chimneyctl: argument --rpc: bad address {address!r}: {why}")
+    assert "expected HOST:PORT, [IPV6]:PORT" in err and "unix:PATH" in err
+    assert "Traceback" not in err
+
+
+def test_a_bad_chimney_rpc_is_named_as_such(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHIMNEY_RPC", "localhost:port")
+    assert ctl.main(["ping"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("unix:PATH (from CHIMNEY_RPC)")

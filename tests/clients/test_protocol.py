@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from chimney_client.errors import (
+    AddressError,
     LimitError,
     NdisStatusError,
     NotFound,
@@ -130,5 +131,28 @@ def test_parse_address() -> None:
     assert parse_address("localhost") == ("localhost", 7411)
     assert parse_address("[::1]:9") == ("::1", 9)
     assert parse_address("unix:/tmp/x.sock") == "/tmp/x.sock"
+    # an IPv6 address alone (no group of it can be a port) takes the default port
+    assert parse_address("::1") == ("::1", 7411)
+    assert parse_address("fe80::1") == ("fe80::1", 7411)
     with pytest.raises(ValueError):
         parse_address("host:notaport")
+
+
+@pytest.mark.parametrize(
+    "address, why",
+    [
+        ("127.0.0.1:abc", "port 'abc' is not a number"),
+        ("127.0.0.1:99999", "port 99999 is out of range (0-65535)"),
+        ("unix:", "unix: needs a path"),
+        ("[::1", "no ']' closes the IPv6 address"),
+        ("[::1]7416", "after ']' comes :PORT, not '7416'"),
+        ("::1:7416", "IPv6 needs brackets: [::1]:7416 (or [::1:7416]:7411 for the address"),
+    ],
+)
+def test_a_bad_address_names_itself_and_the_forms_accepted(address: str, why: str) -> None:
+    with pytest.raises(AddressError) as caught:
+        parse_address(address)
+    assert isinstance(caught.value, ValueError)  # what callers of parse_address catch
+    message = str(caught.value)
+    assert message.startswith(f"bad address {address!r}: {why}")
+    assert message.endswith("; expected HOST:PORT, [IPV6]:PORT, HOST (port 7411) or unix:PATH")
