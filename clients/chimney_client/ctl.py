@@ -1407,6 +1407,18 @@ def _not_found_hint(s: Session, a: argparse.Namespace) -> str | None:
     )
 
 
+def _connect_hint(s: Session) -> str | None:
+    """Why chimneyctl could not reach the daemon, if it never did: it is not running there."""
+    if s._client is not None:
+        return None  # connected once: the daemon went away, or the call was cut off
+    env = os.environ.get("CHIMNEY_RPC")
+    source = " (it came from CHIMNEY_RPC)" if env is not None and env == s.args.rpc else ""
+    return (
+        f"is chimneyd running at that address{source}? Start it with `make run` (or "
+        "`chimneyd`), or give its address with --rpc ADDR or CHIMNEY_RPC"
+    )
+
+
 def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
     """Run one parsed command; print its result or error. Returns its exit status."""
     s.out.json_mode = s.json_default or bool(getattr(a, "json", False))
@@ -1422,6 +1434,8 @@ def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
         return EXIT_OK
     except NotFound as exc:
         return _report(s, line, exc, _not_found_hint(s, a))
+    except ConnectionLost as exc:
+        return _report(s, line, exc, _connect_hint(s))
     except (UsageError, ChimneyError, OSError) as exc:
         return _report(s, line, exc)
     finally:

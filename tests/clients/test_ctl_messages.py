@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from chimney_client import Client, ctl
+from chimney_client.errors import ConnectionLost
 from tests.clients.mini_server import MiniServer, mini_server_in_thread
 
 
@@ -239,3 +240,39 @@ def test_a_bad_chimney_rpc_is_named_as_such(
     monkeypatch.setenv("CHIMNEY_RPC", "localhost:port")
     assert ctl.main(["ping"]) == 2
     assert capsys.readouterr().err.rstrip().endswith("unix:PATH (from CHIMNEY_RPC)")
+
+
+# -- no daemon there -----------------------------------------------------------------------------
+
+NO_DAEMON = (
+    "hint: is chimneyd running at that address{}? Start it with `make run` (or `chimneyd`), or "
+    "give its address with --rpc ADDR or CHIMNEY_RPC\n"
+)
+
+
+def test_cannot_connect_asks_whether_chimneyd_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with mini_server_in_thread() as srv:
+        address = srv.address  # closed again: nothing listens there now
+    assert ctl.main(["--rpc", address, "ping"]) == 1
+    err = capsys.readouterr().err.splitlines(keepends=True)
+    assert err[0].startswith(f"error: cannot connect to {address}")
+    assert err[1:] == [NO_DAEMON.format("")]
+    monkeypatch.setenv("CHIMNEY_RPC", address)
+    assert ctl.main(["--json", "ping"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["note"] + "\n" == NO_DAEMON.format(" (it came from CHIMNEY_RPC)")[len("hint: ") :]
+
+
+def test_a_lost_daemon_is_not_said_to_be_missing(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once connected, a lost connection is the daemon going away, not one never started."""
+
+    def lost(self: Client) -> str:
+        raise ConnectionLost("connection closed by the server")
+
+    monkeypatch.setattr(Client, "ping", lost)
+    status, _, err = run(capsys, server, "ping")
+    assert (status, err) == (1, "error: connection closed by the server\n")
