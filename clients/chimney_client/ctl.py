@@ -143,14 +143,22 @@ class Ref(str):
     Resolved to an id when its command runs."""
 
 
-def _positive_int(value: str) -> int:
+def _positive_int(value: str, what: str = "an id (positive int)") -> int:
     try:
         n = int(value, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an id (positive int), got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
     if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive int, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
     return n
+
+
+def _byte_count(value: str) -> int:
+    return _positive_int(value, "a number of bytes (positive int)")
+
+
+def _hop_count(value: str) -> int:
+    return _positive_int(value, "a number of hops (positive int)")
 
 
 def _id_or_ref(value: str) -> int | Ref:
@@ -359,7 +367,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     p.add_argument("--file", metavar="F", help="send the bytes of file F ('-': stdin)")
     p = cmd("recv", "receive up to MAX bytes (tcp.recv); empty means the peer sent FIN")
     conn_arg(p)
-    p.add_argument("max", type=_positive_int, metavar="MAX", help="most bytes to take")
+    p.add_argument("max", type=_byte_count, metavar="MAX", help="most bytes to take")
     wait_arg(p, "give up after MS ms, losing nothing")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--hex", action="store_true", help="print the bytes as hex")
@@ -398,7 +406,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "--mermaid prints Mermaid sequenceDiagram text (renders on GitHub).",
     )
     conn_arg(p)
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="only the last N hops")
+    p.add_argument("--limit", type=_hop_count, metavar="N", help="only the last N hops")
     p.add_argument(
         "--nbl",
         type=_nbl,

@@ -276,3 +276,22 @@ def test_a_lost_daemon_is_not_said_to_be_missing(
     monkeypatch.setattr(Client, "ping", lost)
     status, _, err = run(capsys, server, "ping")
     assert (status, err) == (1, "error: connection closed by the server\n")
+
+
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (
+            ["recv", "c", "abc"],
+            "argument MAX: expected a number of bytes (positive int), got 'abc'",
+        ),
+        (["recv", "c", "0"], "argument MAX: expected a number of bytes (positive int), got '0'"),
+        (["trace", "c", "--limit", "x"], "argument --limit: expected a number of hops"),
+        (["close", "0"], "argument ID: expected an id (positive int), got '0'"),
+    ],
+)
+def test_a_bad_number_says_what_it_counts(
+    capsys: pytest.CaptureFixture[str], words: list[str], message: str
+) -> None:
+    assert ctl.main(words) == 2
+    assert message in capsys.readouterr().err
