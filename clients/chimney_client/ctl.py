@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -211,6 +212,17 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    return n
+
+
+def _call_timeout(value: str) -> float:
+    """--timeout: a limit a call can meet; 0 or less would fail every call before it is sent."""
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+    if not 0 < n < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 (finite), got {value!r}")
     return n
 
 
@@ -553,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help=_JSON_HELP + " (also after COMMAND)")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_call_timeout,
         default=DEFAULT_CALL_TIMEOUT,
         metavar="S",
         help=f"client-side limit per call in seconds (default {DEFAULT_CALL_TIMEOUT:g})",

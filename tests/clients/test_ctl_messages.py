@@ -295,3 +295,11 @@ def test_a_bad_number_says_what_it_counts(
 ) -> None:
     assert ctl.main(words) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "soon"])
+def test_a_call_timeout_must_be_positive(capsys: pytest.CaptureFixture[str], seconds: str) -> None:
+    assert ctl.main(["--timeout", seconds, "ping"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: chimneyctl: argument --timeout: expected seconds")
+    assert repr(seconds) in err
