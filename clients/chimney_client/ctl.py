@@ -53,6 +53,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: stdout closed under us (`chimneyctl ... | head`): what a shell reports for a writer that
+#: SIGPIPE ended (128 + 13), as for `cat FILE | head`, so `set -o pipefail` sees it the same way
+EXIT_BROKEN_PIPE = 141
 #: Default server-side wait of `recv` and `accept`, so a CLI never hangs on a silent peer.
 DEFAULT_WAIT_MS = 5000
 #: Client-side limit for one call (seconds); calls that wait server-side get their wait on top.
@@ -100,7 +103,8 @@ output:
   and every event one object {"event": NAME, "conn": ID, "info": {...}}. Binary data (recv) is
   {"base64": "..."}. A "note" key carries what a person would read on stderr.
 
-exit status: 0 ok, 1 an RPC or connection error, 2 a usage error, 130 interrupted (Ctrl-C).
+exit status: 0 ok, 1 an RPC or connection error, 2 a usage error, 130 interrupted (Ctrl-C),
+  141 stdout closed early (e.g. `| head`; nothing more is printed).
 environment: CHIMNEY_RPC (default for --rpc), CHIMNEY_TOKEN (default for --token).
 shell completion: eval "$(chimneyctl completion bash)"  (zsh: chimneyctl completion zsh)
 """
@@ -1456,6 +1460,8 @@ def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
         return _report(s, line, exc, _not_found_hint(s, a))
     except ConnectionLost as exc:
         return _report(s, line, exc, _connect_hint(s))
+    except BrokenPipeError:
+        raise  # our stdout is gone (the RPC socket's errors are ConnectionLost): nothing to tell
     except (UsageError, ChimneyError, OSError) as exc:
         return _report(s, line, exc)
     finally:
@@ -1547,6 +1553,10 @@ def _run(s: Session, commands: Sequence[str]) -> int:
     except KeyboardInterrupt:
         s.clear_injected("was interrupted")
         raise
+    except BrokenPipeError:
+        _silence_stdout()  # what clear_injected says goes nowhere, but the faults are cleared
+        s.clear_injected("lost its stdout")
+        raise
     return EXIT_OK
 
 
@@ -1614,8 +1624,30 @@ def _command_line(argv: Sequence[str]) -> str:
     return shlex.join(w for w in words[i:] if w != "--json")
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what is still buffered
+    does not fail again on the closed pipe (the recipe of the Python docs, signal module)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (captured in-process): nothing is flushed to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `chimneyctl`; returns the exit status (also when called in-process)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader of stdout left (`| head`): no traceback, no "error:" for a pipe that is
+        # done with us, and nothing more is printed
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     json_mode = "--json" in argv

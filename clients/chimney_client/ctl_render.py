@@ -4,7 +4,9 @@ rule that says which counted calls failed. Shared by the one-shot commands, `wat
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -35,6 +37,14 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """Rich would exit 1 here; chimneyctl decides what a closed stdout means (ctl.main:
+        exit 141, after a run clears its faults), so it gets the error as any write raises it."""
+        self.quiet = True  # what is still printed goes nowhere
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 @dataclass
 class Output:
     """Where results go. People get lines and tables; in JSON mode `line`, `table` and `raw` print
@@ -46,7 +56,7 @@ class Output:
 
     def __post_init__(self) -> None:
         tty = self.file.isatty()
-        self.console = Console(
+        self.console = _Console(
             file=self.file, highlight=False, width=None if tty else 160, soft_wrap=not tty
         )
 

@@ -3,8 +3,10 @@ on why something is empty or cannot connect, and usage errors that name the bad 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -303,3 +305,37 @@ def test_a_call_timeout_must_be_positive(capsys: pytest.CaptureFixture[str], sec
     err = capsys.readouterr().err
     assert err.startswith("error: chimneyctl: argument --timeout: expected seconds")
     assert repr(seconds) in err
+
+
+# -- stdout closed early -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def closed_stdout(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """stdout a pipe whose reader left, as `chimneyctl ... | head` has once head exits. Set in
+    the test itself: capture puts its own stdout back as each test phase starts."""
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w", encoding="utf-8") as pipe, monkeypatch.context() as patch:
+        patch.setattr("sys.stdout", pipe)
+        yield
+
+
+def test_a_closed_stdout_ends_quietly_with_141(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with closed_stdout(monkeypatch):
+        assert ctl.main(["completion", "bash"]) == 141
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_run_that_loses_its_stdout_clears_its_faults(
+    capsys: pytest.CaptureFixture[str], server: MiniServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with closed_stdout(monkeypatch):
+        status = ctl.main(["--rpc", server.address, "run", "fault inject nic_down layer=nic1"])
+    assert status == 141
+    assert server.state.faults == {}
+    assert capsys.readouterr().err == (
+        "note: cleared fault 1: injected by this run, which lost its stdout\n"
+    )
