@@ -182,12 +182,24 @@ def _bytes(value: Any) -> str:
     return str(value)  # pragma: no cover
 
 
+#: what `top` says for the invariant checker when the daemon runs without it
+INVARIANTS_OFF = "off (start chimneyd with --invariants)"
+
+
+def _invariants(frame: Mapping[str, Any]) -> str:
+    """The violations the checker counted, or that it is off: a bare "-" read as a fault of
+    the view, not as a checker nobody turned on."""
+    if frame.get("invariant_checker") is False:
+        return INVARIANTS_OFF
+    return _num(frame.get("invariant_violations"))
+
+
 def render(frame: Mapping[str, Any]) -> RenderableType:
     head = Text(
         f"chimneyd {frame['rpc']} · connections {_num(frame.get('connections'))} · rpc clients "
         f"{_num(frame.get('rpc_clients'))} in flight {_num(frame.get('in_flight'))} · tasks "
-        f"{_num(frame.get('tasks'))} · invariant violations "
-        f"{_num(frame.get('invariant_violations'))} · every {frame['interval']:g} s",
+        f"{_num(frame.get('tasks'))} · invariant violations {_invariants(frame)} · every "
+        f"{frame['interval']:g} s",
         style="bold",
     )
     layers = table(
@@ -261,6 +273,7 @@ class Top:
         conns = self.sampler.refresh(self.client, now)
         dt = now - self.t_before
         rpc = stats.get("rpc") or {}
+        engine = stats.get("engine") or {}
         frame = {
             "rpc": self.address,
             "interval": self.interval,
@@ -268,7 +281,14 @@ class Top:
             "rpc_clients": rpc.get("clients"),
             "in_flight": rpc.get("in_flight"),
             "tasks": stats.get("tasks"),
-            "invariant_violations": (stats.get("engine") or {}).get("invariant_violations"),
+            "invariant_violations": engine.get("invariant_violations"),
+            # the daemon says null while its checker is off; a daemon without the key says
+            # nothing about it (None: unknown)
+            "invariant_checker": (
+                engine["invariant_violations"] is not None
+                if "invariant_violations" in engine
+                else None
+            ),
             "layers": layer_rows(stats, self.before, dt),
             "conns": [{k: v for k, v in c.items() if k not in ("t", "total")} for c in conns],
             "conns_visible": self.sampler.visible,

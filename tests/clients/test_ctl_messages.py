@@ -339,3 +339,39 @@ def test_a_run_that_loses_its_stdout_clears_its_faults(
     assert capsys.readouterr().err == (
         "note: cleared fault 1: injected by this run, which lost its stdout\n"
     )
+
+
+# -- top: the invariant checker, on or off -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "engine, shown, checker",
+    [
+        ({"invariant_violations": None}, "off (start chimneyd with --invariants)", False),
+        ({"invariant_violations": 0}, "0", True),
+        ({}, "-", None),  # a daemon that does not say
+    ],
+)
+def test_top_says_whether_the_invariant_checker_is_on(
+    capsys: pytest.CaptureFixture[str],
+    server: MiniServer,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: dict[str, Any],
+    shown: str,
+    checker: bool | None,
+) -> None:
+    real = Client.stack_stats
+
+    def with_engine(self: Client) -> dict[str, Any]:
+        return {**real(self), "engine": engine}
+
+    monkeypatch.setattr(Client, "stack_stats", with_engine)
+    status, out, _ = run(capsys, server, "top", "--once", "--interval", "0.01")
+    assert status == 0
+    assert f" · invariant violations {shown} · every 0.01 s" in out.splitlines()[0]
+    status, out, _ = run(capsys, server, "--json", "top", "--once", "--interval", "0.01")
+    frame = json.loads(out)["result"]
+    assert (frame["invariant_violations"], frame["invariant_checker"]) == (
+        engine.get("invariant_violations"),
+        checker,
+    )
