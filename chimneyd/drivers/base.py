@@ -145,6 +145,7 @@ UNSERVED_STATE_CALLS: dict[str, str] = {
     "MiniportInitiateOffload": "NdisMInitiateOffloadComplete",
     "MiniportUpdateOffload": "NdisMUpdateOffloadComplete",
     "MiniportQueryOffload": "NdisMQueryOffloadStateComplete",
+    "MiniportInvalidateOffload": "NdisMInvalidateOffloadComplete",
 }
 
 #: The I/O calls NDIS fails for a layer that raised while serving them, each as the layer kind

@@ -150,7 +150,7 @@ async def test_a_planted_bug_is_answered_and_the_daemon_goes_on(
     stats = await settled(lambda: rpc.call("stack.stats"))
     assert stats["engine"]["layer_errors"] == 1
     with pytest.raises(RPCResponseError) as exc:
-        await rpc.call("fault.inject", {**spec, "call": "MiniportInvalidateOffload"})
+        await rpc.call("fault.inject", {**spec, "call": "MiniportTcpOffloadReceiveReturn"})
     assert error_of(exc)[0] == 2  # INVALID_PARAMS: no recovery defined there
 
 

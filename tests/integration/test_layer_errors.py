@@ -165,7 +165,7 @@ PER_LAYER = pytest.mark.parametrize(
 )
 
 
-@pytest.mark.parametrize("call", ["offload", "update", "query"])
+@pytest.mark.parametrize("call", ["offload", "update", "query", "invalidate"])
 @PER_LAYER
 async def test_a_state_call_a_layer_raised_in_fails_for_it(
     echo_port: int, layers: Any, layer: str, call: str
@@ -176,7 +176,7 @@ async def test_a_state_call_a_layer_raised_in_fails_for_it(
     table is empty after the shutdown. Without it the host waited for ever for the
     initiate's completion, and the close behind it was never answered."""
     engine = await _stack(layers)
-    handler = {"offload": "Initiate", "update": "Update", "query": "Query"}[call]
+    handler = {"offload": "Initiate", "update": "Update", "query": "Query"}.get(call, "Invalidate")
     if call == "offload":
         plant(engine, layer, f"Miniport{handler}Offload")
         conn = await asyncio.wait_for(engine.connect("127.0.0.1", echo_port), 5.0)
@@ -185,9 +185,13 @@ async def test_a_state_call_a_layer_raised_in_fails_for_it(
         conn = await engine.connect("127.0.0.1", echo_port)
         assert engine.conn_info(conn)["state"] == "offloaded"
         plant(engine, layer, f"Miniport{handler}Offload")  # offloaded first; the next call meets it
-        asked = engine.update(conn, {"RcvIndicationSize": 512}) if call == "update" else None
+        asked = {
+            "update": lambda: engine.update(conn, {"RcvIndicationSize": 512}),
+            "query": lambda: engine.query(conn),
+            "invalidate": lambda: engine.invalidate(conn, "tcp"),
+        }[call]
         with pytest.raises(EngineError) as err:
-            await asyncio.wait_for(asked or engine.query(conn), 5.0)
+            await asyncio.wait_for(asked(), 5.0)
         assert err.value.code == ErrorCode.INTERNAL
         assert f"{layer} failed in " in err.value.detail
     assert engine.layer_errors == 1 and met(engine)
@@ -421,7 +425,7 @@ async def test_raise_next_counts_skips_and_is_refused_where_nothing_recovers(
     is used up, and a call whose bug chimneyd does not recover from is refused, naming the
     calls the layer can raise in."""
     engine = await _stack(DEFAULT)
-    for layer, call in (("nic0", "MiniportInvalidateOffload"), ("im0", "Nonsense")):
+    for layer, call in (("nic0", "MiniportTcpOffloadReceiveReturn"), ("im0", "Nonsense")):
         with pytest.raises(EngineError) as err:
             plant(engine, layer, call)
         assert err.value.code == ErrorCode.INVALID_PARAMS

@@ -187,6 +187,18 @@ def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     h.ndis.NdisInvalidateOffload(h, tcb.binding, root)
 
 
+def _depending_on(h: HostStack, obj: Tcb | HostObject) -> list[Tcb]:
+    """The connections an invalidate of `obj` concerned: it, or those on the path or
+    neighbor (a walk of every connection, on a failed invalidate only)."""
+    if isinstance(obj, Tcb):
+        return [obj]
+    return [
+        tcb
+        for tcb in h.tcbs.values()
+        if tcb.path is not None and (tcb.path is obj or tcb.path.parent is obj)
+    ]
+
+
 def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
     done: Done
     owner: Tcb | HostObject
@@ -198,6 +210,12 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
         done({"status": SUCCESS.name}, None)
     else:
         done(None, ndis_error(status, " invalidate failed: hardware state corrupt"))
+        # the invalidate was for getting these connections up, and a layer that failed it may
+        # never ask for that (one that raised has no hardware to report): the host asks
+        # itself, as after a failed update (spec §3.4); a target's own §3.7 retrieve then
+        # finds the terminate under way
+        for tcb in _depending_on(h, owner):
+            terminate.start(h, tcb)
     if isinstance(owner, Tcb):
         h.run_deferred(owner)  # a terminate that waited for it
     else:
