@@ -161,6 +161,13 @@ _COMMON: dict[Key, Phase] = {
 PHASES: dict[Role, dict[Key, Phase]] = {
     Role.HOST_CONNECTION: {
         **_COMMON,
+        # the spec's `invalid` is a flag beside the upload request (§3.9): the host's record
+        # keeps INVALIDATED when its target asks for it, so an invalidated connection takes
+        # no update (§3.1, §9 item 7) and no second invalidate, which the layers below, still
+        # INVALIDATED where no retrieve passed them (an UPLOAD_ALL does not), would refuse
+        (P.INVALIDATED, E.RETRIEVE): P.INVALIDATED,
+        (P.INVALIDATED, E.UPLOAD_ALL): P.INVALIDATED,
+        (P.UPLOAD_REQUESTED, E.INVALIDATE): P.INVALIDATED,
         (P.TERMINATING, E.TERMINATE_COMPLETE): P.IDLE,  # uploaded: the host carries it again
         (P.IDLE, E.CLOSE): P.CLOSED,
     },

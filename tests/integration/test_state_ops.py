@@ -11,7 +11,7 @@ import pytest
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.engine import Engine
 from chimneyd.ndis.blocks import TCP_FLAG_KEEP_ALIVE_ENABLED, TCP_FLAG_NAGLING_ENABLED
-from tests.integration.support import RecordingPeer
+from tests.integration.support import RecordingPeer, eventually
 
 
 async def _peer(peers: list[RecordingPeer]) -> RecordingPeer:
@@ -195,6 +195,39 @@ async def test_no_update_under_an_invalidated_path_or_neighbor(
     assert err.value.code is ErrorCode.INVALID_STATE
     assert what in err.value.detail
     assert engine.checker is not None and engine.checker.violations == []
+
+
+async def test_an_invalidated_connection_stays_so_when_its_nic_asks_for_everything(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The host invalidates a connection, and its NIC fails (UPLOAD_ALL) before that
+    invalidate has completed, so the host's terminate waits for it (spec §3.1). The connection
+    is still invalidated: the spec's `invalid` is a flag beside the upload request (§3.9). A
+    second invalidate asked meanwhile (invalidates do not wait behind other state operations,
+    as updates and queries do) is refused by the host. It used to go down to the IM, whose
+    entry was invalidated: an IllegalTransition there, a §9 violation, the request answered
+    INTERNAL, and the connection never uploaded."""
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    delay = {"kind": "delay", "layer": "nic0", "call": "MiniportInvalidateOffload", "ms": 300}
+    engine.fault_inject(delay)  # the NIC holds the invalidate: it is pending at the host
+    first = asyncio.ensure_future(engine.invalidate(conn, "tcp"))
+    tcb = engine.host.tcbs[conn]
+    await eventually(lambda: tcb.pending_ops, "the host sent its invalidate down")
+    failure = engine.fault_inject({"kind": "target_failure", "layer": "nic0"})
+    await eventually(lambda: engine.host.paused, "the host heard the NIC's UPLOAD_ALL")
+    assert not first.done()  # the window: invalidated, asked up, not yet terminated
+    with pytest.raises(EngineError) as err:
+        await asyncio.wait_for(engine.invalidate(conn, "tcp"), 5.0)
+    assert err.value.code is ErrorCode.INVALID_STATE, err.value
+    assert "invalidated" in err.value.detail
+    assert await asyncio.wait_for(first, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    engine.fault_clear(failure)
+    assert engine.layer_errors == 0
+    assert engine.checker is not None and engine.checker.violations == []
+    # uploaded for the failure, offloaded again at RESUME: it still carries bytes
+    assert await asyncio.wait_for(engine.send(conn, b"still here"), 5.0) == 10
+    assert await _read(engine, conn, 10) == b"still here"
 
 
 @pytest.mark.parametrize("window", [1, 2, 3, 1000])

@@ -64,6 +64,24 @@ def test_no_update_of_an_invalidated_object_but_queries_go_on() -> None:
     assert obj.phase is Phase.INVALIDATED
 
 
+@pytest.mark.parametrize("asked", [E.RETRIEVE, E.UPLOAD_ALL])
+def test_the_host_keeps_a_connection_invalidated_when_it_is_asked_up(asked: Event) -> None:
+    """`invalid` is a flag beside the upload request (spec §3.9): the host's record stays
+    INVALIDATED, so it takes no update and no second invalidate. Below, an object the request
+    reached moves on to UPLOAD_REQUESTED as the spec's table says; one it did not reach (an
+    IM: UPLOAD_ALL is the NIC's to the host) stays INVALIDATED and refuses both."""
+    host = at(Role.HOST_CONNECTION, *OFFLOADED, E.INVALIDATE, asked)
+    assert host.phase is Phase.INVALIDATED
+    for refused in (E.UPDATE, E.INVALIDATE):
+        with pytest.raises(IllegalTransition):
+            host.fire(refused)
+    host.fire(E.TERMINATE)  # what it is for
+    lower = at(Role.OFFLOADED_OBJECT, *OFFLOADED, E.INVALIDATE, asked)
+    assert lower.phase is Phase.UPLOAD_REQUESTED
+    upload_requested_first = at(Role.HOST_CONNECTION, *OFFLOADED, asked, E.INVALIDATE)
+    assert upload_requested_first.phase is Phase.INVALIDATED
+
+
 def test_optional_and_mandatory_retrieves() -> None:
     obj = at(Role.OFFLOADED_OBJECT, *OFFLOADED, E.RETRIEVE_OPTIONAL)
     assert obj.phase is Phase.UPLOAD_SUGGESTED
