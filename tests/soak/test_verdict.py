@@ -1507,3 +1507,26 @@ def test_a_refusal_at_connect_by_a_fault_then_by_an_outage_is_the_faults() -> No
         f.pop("failed", None)  # a daemon that does not say
     r = _report(layer, conn, obs)
     assert any("1 offload refusal(s) caused, 0 seen" in f for f in r["failures"]), r["failures"]
+
+
+def test_a_faults_figures_read_with_their_units() -> None:
+    """The report's row of a fault names its figures and gives their units: connections per
+    NIC per outage, bytes in MB, spans in seconds (the JSON keeps its keys)."""
+    from chimney_client.soak.report import fault_brief
+
+    row = fault_brief(
+        {
+            "kind": "target_failure",
+            "ok": True,
+            "nics_before": [{"nic0": 50}],
+            "nics_at_end": [{"nic0": 0}],
+            "verified_after": 29_281_143,
+            "reoffloaded_after_fault_s": "2.01-2.01",
+            "reoffloaded_after_clear_s": "0.01-0.01",
+        }
+    )
+    assert row == (
+        "connections per NIC before nic0 50, per NIC at the outage's end nic0 0, "
+        "verified after 29.3 MB, offloaded again after the injection 2.01-2.01 s, "
+        "after the clear 0.01-0.01 s"
+    )

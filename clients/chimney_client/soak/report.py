@@ -325,17 +325,39 @@ def _limits_verdict(report: dict[str, Any]) -> list[str]:
     return why
 
 
-def _brief(value: Any) -> str:
-    """Connections per NIC, one sample per outage: `nic0 100 nic1 100; nic0 150 nic1 0`."""
+#: How the report names a fault's figures whose key alone says too little (the JSON keeps
+#: the keys); any other key is shown with its underscores as spaces.
+_FAULT_LABELS = {
+    "nics_before": "connections per NIC before",
+    "nics_at_end": "per NIC at the outage's end",
+    "verified_after": "verified after",
+    "reoffloaded_after_fault_s": "offloaded again after the injection",
+    "reoffloaded_after_clear_s": "after the clear",
+    "mux_before": "MUX connections per NIC before",
+    "mux_after": "after",
+}
+
+
+def _brief(key: str, value: Any) -> str:
+    """One figure: connections per NIC one sample per outage (`nic0 100 nic1 100; nic0 150
+    nic1 0`), bytes in MB, a span of seconds with its unit."""
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return "; ".join(nic_counts(v) for v in value)
+    if isinstance(value, dict) and all(isinstance(v, int) for v in value.values()):
+        return nic_counts(value)
+    if key == "verified_after" and isinstance(value, int):
+        return f"{value / 1e6:,.1f} MB"
+    if key.endswith("_s"):
+        return f"{value} s"
     return str(value)
 
 
 def fault_brief(fault: dict[str, Any]) -> str:
     skip = {"kind", "ok", "connections", "problems", "problem_count", "problem_records"}
     text = ", ".join(
-        f"{k.replace('_', ' ')} {_brief(v)}" for k, v in fault.items() if k not in skip
+        f"{_FAULT_LABELS.get(k, k.replace('_', ' '))} {_brief(k, v)}"
+        for k, v in fault.items()
+        if k not in skip
     )
     if fault.get("problems"):
         more = fault.get("problem_count", 0) - len(fault["problems"])
