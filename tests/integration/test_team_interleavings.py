@@ -51,6 +51,14 @@ ACTIONS = st.one_of(
     st.tuples(st.just("upload"), CONN, st.none()),
     st.tuples(st.just("offload"), CONN, st.none()),
     st.tuples(st.just("query"), CONN, st.none()),
+    # one cached variable at a time (spec §2.2), each within its range
+    st.tuples(
+        st.just("update"),
+        CONN,
+        st.sampled_from(
+            [("RcvIndicationSize", 512), ("RcvIndicationSize", 0), ("KaProbeCount", 3)]
+        ),
+    ),
     # every connection at once: the host offloads them in one tree, split over the NICs
     st.tuples(st.just("offload_all"), st.none(), st.none()),
     st.tuples(st.just("retrieve"), CONN, st.none()),
@@ -76,6 +84,10 @@ ACTIONS = st.one_of(
                     "MiniportTcpOffloadReceive",
                     "MiniportInitiateOffload",
                     "MiniportTerminateOffload",
+                    # a state call still below when the NIC fails or the host asks again
+                    "MiniportInvalidateOffload",
+                    "MiniportUpdateOffload",
+                    "MiniportQueryOffload",
                 ]
             ),
             # long enough, at times, for another NIC to complete its part of a tree and fail
@@ -99,20 +111,32 @@ NIC_ACTIONS = frozenset({"fail", "down", "host_event", "delay", "raise"})
 #: what a request on a connection a planted bug hit may be answered: INTERNAL for the
 #: requests it was serving, and what follows from the stack unwinding (docs/spec.md §6.3)
 BUG_CODES = (ErrorCode.INTERNAL, ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE)
-STATE_CALLS: dict[str, Callable[[Engine, int], Awaitable[dict[str, Any]]]] = {
-    "upload": Engine.upload,
-    "offload": Engine.offload,
-    "query": Engine.query,
+STATE_CALLS: dict[str, Callable[[Engine, int, Any], Awaitable[dict[str, Any]]]] = {
+    "upload": lambda engine, conn, _: engine.upload(conn),
+    "offload": lambda engine, conn, _: engine.offload(conn),
+    "query": lambda engine, conn, _: engine.query(conn),
+    "update": lambda engine, conn, change: engine.update(conn, dict([change])),
+    "invalidate": lambda engine, conn, what: engine.invalidate(conn, what),
 }
-#: the state each call leaves the connection in when it succeeds
-ANSWERS = {"upload": "host", "offload": "offloaded"}
+#: what each call answers when it succeeds: the state it leaves the connection in, or the
+#: status (a query answers the delegated state, checked by the bytes that follow)
+SUCCESS = {"status": "NDIS_STATUS_SUCCESS"}
+ANSWERS: dict[str, Any] = {
+    "upload": {"state": "host"},
+    "offload": {"state": "offloaded"},
+    "update": SUCCESS,
+    "invalidate": SUCCESS,
+}
 #: what each may answer instead: an offload refused while the team is failing or moving
 #: connections leaves the connection usable in the host stack (rpc-contract `tcp.offload`); a
-#: query of a connection not offloaded right now is INVALID_STATE
+#: query, update or invalidate of a connection not offloaded right now, or invalidated
+#: already (spec §3.1), is INVALID_STATE
 REFUSALS = {
     "upload": (),
     "offload": (ErrorCode.NDIS_STATUS, ErrorCode.INVALID_STATE),
     "query": (ErrorCode.INVALID_STATE,),
+    "update": (ErrorCode.INVALID_STATE,),
+    "invalidate": (ErrorCode.INVALID_STATE,),
 }
 
 
@@ -221,11 +245,11 @@ async def _scenario(
                 except EngineError as err:
                     if err.code is not ErrorCode.TIMEOUT:
                         hit(a, err)
-            elif action in ("upload", "offload", "query"):
+            elif action in STATE_CALLS:
                 # not awaited here: a NIC that has failed holds an initiate that reaches it
-                # until its RESUME (spec §5.5), and the host holds the connection's upload and
-                # query behind its initiate
-                asked = asyncio.ensure_future(STATE_CALLS[action](engine, conns[a]))
+                # until its RESUME (spec §5.5), and the host holds the connection's upload,
+                # query and update behind its initiate
+                asked = asyncio.ensure_future(STATE_CALLS[action](engine, conns[a], b))
                 calls.append((action, a, asked))
             elif action == "offload_all":
                 for i, c in enumerate(conns):
@@ -235,8 +259,6 @@ async def _scenario(
                     engine.fault_inject({"kind": "retrieve", "conn": conns[a]})
                 except EngineError as err:
                     assert err.code is ErrorCode.INVALID_STATE, err
-            elif action == "invalidate":
-                engine.fault_inject({"kind": "invalidate", "conn": conns[a], "object": b})
             elif action in ("fail", "down"):
                 kind = "target_failure" if action == "fail" else "nic_down"
                 key = (kind, a)
@@ -277,7 +299,8 @@ async def _scenario(
                 if err.code not in REFUSALS[action]:
                     hit(i, err)
             else:
-                assert action == "query" or result["state"] == ANSWERS[action], (action, result)
+                want = ANSWERS.get(action)
+                assert want is None or {k: result.get(k) for k in want} == want, (action, result)
         for i, send in sends:
             try:
                 await asyncio.wait_for(send, 10.0)
