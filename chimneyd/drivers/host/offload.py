@@ -279,6 +279,8 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
     )
     now = h.ndis.clock()
     fill_from_kernel(delegated, wire.tcp_info() if not wire.closed else None, tick_clock(now))
+    # before the host's position moves back over the bytes handed down below
+    _hand_down_out_of_order(tcb)
     # received, acknowledged data the application has not read yet (spec §3.2.3)
     if tcb.app_rx_bytes:
         data = b"".join(bytes(v) for v, _ in tcb.app_rx)
@@ -334,6 +336,25 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _not_offloaded(h, owner, ndis_error(block.status), block)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
+
+
+def _hand_down_out_of_order(tcb: Tcb) -> None:
+    """Segments the host holds ahead of a gap go down after the initiate, forwarded (spec
+    §4.6), where the target puts them in order: as at a terminate, the real kernel has
+    acknowledged them and will never send them again, so they may not be dropped [EMU]. The
+    gap's bytes are on their way: an upload's ordinary-path bytes from the old target and
+    the socket's later ones, read by the host, take different roads. A FIN known ahead goes
+    with them, and the target reports it (the host forgets it: an initiate that fails puts
+    the forwarded segments back through the host, FIN included)."""
+    carried = False  # the FIN, on the last segment held
+    for segment in tcb.rx.drain_ooo():
+        tcb.forward_q = grown(tcb.forward_q, segment)
+        carried = carried or bool(segment[2] & TH_FIN)
+    fin = tcb.rx.fin
+    if fin is not None and not tcb.rx.fin_reached:  # one reached is in the TCP state handed down
+        if not carried:
+            tcb.forward_q = grown(tcb.forward_q, (fin, b"", TH_FIN))
+        tcb.rx.fin = None
 
 
 def _offloaded(h: HostStack, tcb: Tcb) -> None:
