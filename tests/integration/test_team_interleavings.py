@@ -314,6 +314,10 @@ async def _scenario(
                 for raised in fault["raised"]:
                     planted += 1
                     hurt.update(conns.index(c) for c in raised["conns"] if c in conns)
+                    if not raised["conns"]:
+                        # a call on a path or neighbor (an invalidate of one) names no
+                        # connection: it concerned every one on the object
+                        hurt.update(range(CONNS))
                 engine.fault_clear(fault["id"])
         # once the team is quiet, a connection offloaded is on a NIC that carries it: one left
         # on a NIC that asked for it up (its UPLOAD_ALL) would have its send refused as an
