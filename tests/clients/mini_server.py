@@ -282,3 +282,12 @@ def _used_up(fault: dict[str, Any]) -> dict[str, Any]:
         return {**fault, "active": False, "failed": [hit], "failed_dropped": 2}
     hit = {"layer": "nic0", "handler": "MiniportTcpOffloadSend", "conns_total": 9}
     return {**fault, "active": False, "raised": [{**hit, "conns": list(range(1, 10))}]}
+
+
+def run_ctl(capsys: Any, server: MiniServer, *args: str) -> tuple[int, str, str]:
+    """`chimneyctl --rpc SERVER ARGS…` in process: its exit status, stdout and stderr."""
+    from chimney_client import ctl
+
+    status = ctl.main(["--rpc", server.address, *args])
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from chimney_client import Client
 from chimney_client.errors import CallTimeout, ConnectionLost, NotFound
 from tests.clients.mini_server import MiniServer, mini_server_in_thread
-
-
-@pytest.fixture
-def server() -> Iterator[MiniServer]:
-    with mini_server_in_thread() as srv:
-        yield srv
 
 
 def test_calls_and_errors(server: MiniServer) -> None:

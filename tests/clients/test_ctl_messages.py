@@ -16,19 +16,7 @@ import pytest
 from chimney_client import Client, ctl
 from chimney_client.errors import ConnectionLost
 from tests.clients.mini_server import MiniServer, mini_server_in_thread
-
-
-@pytest.fixture
-def server() -> Iterator[MiniServer]:
-    with mini_server_in_thread() as srv:
-        yield srv
-
-
-def run(capsys: pytest.CaptureFixture[str], server: MiniServer, *args: str) -> tuple[int, str, str]:
-    status = ctl.main(["--rpc", server.address, *args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
+from tests.clients.mini_server import run_ctl as run
 
 # -- faults: which stay, and saying so -----------------------------------------------------------
 
