@@ -1526,7 +1526,7 @@ def test_a_faults_figures_read_with_their_units() -> None:
         }
     )
     assert row == (
-        "connections per NIC before nic0 50, per NIC at the outage's end nic0 0, "
+        "connections per NIC before nic0 50, per NIC at its end nic0 0, "
         "verified after 29.3 MB, offloaded again after the injection 2.01-2.01 s, "
         "after the clear 0.01-0.01 s"
     )

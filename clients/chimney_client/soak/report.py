@@ -329,7 +329,7 @@ def _limits_verdict(report: dict[str, Any]) -> list[str]:
 #: the keys); any other key is shown with its underscores as spaces.
 _FAULT_LABELS = {
     "nics_before": "connections per NIC before",
-    "nics_at_end": "per NIC at the outage's end",
+    "nics_at_end": "per NIC at its end",  # an outage's, or the wait for a rebalance
     "verified_after": "verified after",
     "reoffloaded_after_fault_s": "offloaded again after the injection",
     "reoffloaded_after_clear_s": "after the clear",
