@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import is_loopback
 
 from .acks import AckWatcher
 from .wire import Post, WireSocket
@@ -29,13 +30,6 @@ BACKLOG = 4096
 MAX_PENDING_ACCEPTS = 1024
 CONNECT_TIMEOUT_S = 10.0
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 @functools.lru_cache(maxsize=256)

@@ -282,7 +282,8 @@ def _parse_listen(value: str) -> tuple[str, int]:
 
 def is_loopback(host: str) -> bool:
     """A loopback address (127.0.0.0/8, ::1) or `localhost`; any other name may resolve
-    anywhere, and 0.0.0.0 or :: is every interface."""
+    anywhere, and 0.0.0.0 or :: is every interface. The daemon's rule
+    (`chimneyd.config.is_loopback`), kept here: the client library does not import the daemon."""
     if host == "localhost":
         return True
     try:
