@@ -81,3 +81,55 @@ def test_fin_known_to_the_host_survives_offload_and_upload(
 @pytest.mark.parametrize("read_first", [0, 40_000, 100_000])
 def test_fin_the_target_received_survives_uploads(read_first: int) -> None:
     uvloop.run(asyncio.wait_for(_scenario(1, read_first, 2, True), 20))
+
+
+async def _waitall_after_the_fin(n_im: int) -> None:
+    loop = asyncio.get_running_loop()
+    peers: list[RecordingPeer] = []
+    server = await loop.create_server(lambda: RecordingPeer(peers), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = await start_engine(
+        EngineConfig(invariants=True), topology(n_im) if n_im != 1 else DEFAULT_LAYERS
+    )
+    try:
+        conn = await engine.connect("127.0.0.1", port)
+        while not peers:
+            await asyncio.sleep(0.001)
+        events: list[str] = []
+        engine.subscribe(conn, lambda _c, ev, _info: events.append(ev))
+        assert (await engine.upload(conn))["state"] == "host"
+        data = random.Random(n_im).randbytes(30_000)
+        peers[0].transport.write(data)
+        peers[0].transport.write_eof()
+        for _ in range(500):  # the host has read every byte and the FIN: CLOSE_WAIT
+            if "TcpIndicateDisconnect" in events:
+                break
+            await asyncio.sleep(0.01)
+        assert "TcpIndicateDisconnect" in events
+        # the bytes go down with the connection; a read for more than they are, made while
+        # the initiate is below, ends at the FIN the target was told of, with all of them
+        # (spec §3.2.3, §4.2, §5.1)
+        held = engine.fault_inject(
+            {"kind": "delay", "layer": "nic0", "call": "MiniportInitiateOffload", "ms": 100}
+        )
+        offload = asyncio.ensure_future(engine.offload(conn))
+        while engine.conn_info(conn)["state"] != "offloading":
+            await asyncio.sleep(0.001)
+        got = await engine.recv(conn, 1 << 20, 5.0, waitall=True)
+        assert (await offload)["state"] == "offloaded"
+        engine.fault_clear(held)
+        assert got == data
+        assert await engine.recv(conn, 10, 5.0) == b""
+        await engine.close(conn)
+        stats = await drained(engine)
+        assert_clean(engine, stats)
+    finally:
+        await engine.shutdown(2.0)
+        server.close()
+        for p in peers:
+            p.transport.abort()
+
+
+@pytest.mark.parametrize("n_im", [0, 1, 2])
+def test_a_waitall_read_after_an_offload_in_close_wait_ends_at_the_fin(n_im: int) -> None:
+    uvloop.run(asyncio.wait_for(_waitall_after_the_fin(n_im), 20))

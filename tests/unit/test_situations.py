@@ -17,7 +17,7 @@ from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing import MemoryWire, OffloadTree, Stack
 from chimneyd.testing.clock import Delivery
 from chimneyd.testing.factories import fail_next, loopback_target_stack
-from chimneyd.testing.hostrig import HostRig
+from chimneyd.testing.hostrig import HostRig, Reply
 
 E = TcpOffloadEventType
 UPLOAD = S.NDIS_STATUS_UPLOAD_IN_PROGRESS
@@ -360,3 +360,28 @@ def test_requests_held_behind_the_hosts_fin_are_answered_when_the_connection_die
     assert aborted.done and aborted.value == ABORTED.name
     assert not rig.host.tcbs[conn].deferred
     assert rig.problems() == []
+
+
+def test_a_waitall_read_of_a_connection_offloaded_after_the_peers_fin_ends_at_it() -> None:
+    """The host has the peer's bytes and FIN (CLOSE_WAIT) when the connection is offloaded:
+    the unread bytes go down as BufferedData and the target knows the FIN without indicating
+    it again (spec §3.2.3). A waitall read made while the initiate is below becomes a
+    non-push request larger than those bytes: it ends at the FIN with them, as it would had
+    the FIN come while offloaded (§4.2, §5.1), and does not wait for bytes that never come."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    wire.peer_send(b"0123456789")
+    wire.peer_fin()
+    rig.run()
+    assert rig.event_names(conn) == ["TcpIndicateDisconnect"]
+    offloaded, read = Reply(), Reply()
+    rig.host.app_offload(conn, None, offloaded)
+    rig.host.after_batch()  # the initiate goes down
+    rig.host.app_recv(conn, 100, True, read)  # the read comes while it is below
+    rig.run()
+    assert offloaded.done and rig.host.tcbs[conn].state == "offloaded"
+    assert read.done and read.value == b"0123456789"
+    eof = rig.call(rig.host.app_recv, conn, 100, False)
+    assert eof.done and eof.value == b""
+    assert rig.problems() == []
+

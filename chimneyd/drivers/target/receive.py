@@ -330,20 +330,33 @@ def receive_return(t: OffloadTarget, head: NetBufferList) -> None:
 
 
 def _check_fin(t: OffloadTarget, c: TcpContext) -> None:
-    """Peer FIN → `TcpIndicateDisconnect` once every earlier byte was consumed (spec §5.1)."""
-    if c.fin_indicated or not c.rx.fin_reached or c.buffered_bytes:
+    """Peer FIN → `TcpIndicateDisconnect` once every earlier byte was consumed (spec §5.1).
+    A FIN the host had indicated before the offload is not indicated again, but its bytes
+    came down as BufferedData (spec §3.2.3): the requests that take the last of them end
+    at it all the same, else a waitall request would wait for bytes that never come."""
+    if not c.rx.fin_reached or c.buffered_bytes:
+        return
+    if c.fin_indicated:
+        if c.posted:
+            _end_at_fin(t, c)
         return
     c.fin_indicated = True
     if c.posted:
-        # partly filled requests hold the last bytes; empty ones can never be filled [INF]
-        done = []
-        while c.posted:
-            req = c.posted.pop(0)
-            status = SUCCESS if req.miniport_reserved else S.NDIS_STATUS_INVALID_STATE
-            done.append(_finish(req, status))
-        t.ndis.NdisTcpOffloadReceiveComplete(t, chain_of(done))
+        _end_at_fin(t, c)
     stop_push(t, c)
     events.indicate(t, c, TcpOffloadEventType.TcpIndicateDisconnect, 0)
+
+
+def _end_at_fin(t: OffloadTarget, c: TcpContext) -> None:
+    """Complete every posted request at the FIN: partly filled ones hold the last bytes;
+    empty ones can never be filled [INF]."""
+    done = []
+    while c.posted:
+        req = c.posted.pop(0)
+        status = SUCCESS if req.miniport_reserved else S.NDIS_STATUS_INVALID_STATE
+        done.append(_finish(req, status))
+    stop_push(t, c)
+    t.ndis.NdisTcpOffloadReceiveComplete(t, chain_of(done))
 
 
 def _flow(t: OffloadTarget, c: TcpContext) -> None:
