@@ -385,3 +385,23 @@ def test_a_waitall_read_of_a_connection_offloaded_after_the_peers_fin_ends_at_it
     assert eof.done and eof.value == b""
     assert rig.problems() == []
 
+
+def test_an_indicated_nbl_goes_back_to_the_nic_that_indicated_it_after_a_move() -> None:
+    """A host over two NICs keeps an NBL nic0 indicated until the application reads it (spec
+    §4.3). The connection goes up and then down to nic1 before that: the unread bytes go down
+    as BufferedData and the NBL goes back to nic0, the miniport that indicated it, not down
+    the binding the connection uses now (nic1 never indicated it: §6.3, §9 item 9)."""
+    rig = HostRig(targets=("nic0", "nic1"))
+    conn, wire = rig.open()
+    rig.offload(conn, "nic0")
+    wire.peer_send(b"indicated by nic0")
+    rig.run()
+    nic0 = rig.targets["nic0"]
+    assert len(nic0.indicated) == 1  # the host holds it, unread
+    up = rig.call(rig.host.app_upload, conn)
+    assert up.done and up.error is None and rig.host.tcbs[conn].state == "host"
+    rig.offload(conn, "nic1")
+    assert nic0.indicated == {}
+    read = rig.call(rig.host.app_recv, conn, 100, False)
+    assert read.value == b"indicated by nic0"
+    assert rig.problems() == []

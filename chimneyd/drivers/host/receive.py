@@ -239,6 +239,7 @@ def receive_indicate(h: HostStack, handle: NdisOffloadHandle, nbl: NetBufferList
         for v in views[:-1]:
             tcb.app_rx = grown(tcb.app_rx, (v, None))
         tcb.app_rx = grown(tcb.app_rx, (views[-1], nbl))
+        tcb.indicated_via = tcb.binding
         tcb.app_rx_bytes += n
         tcb.rx.rcv_nxt += n
         h.stats.bytes_received += n
@@ -265,8 +266,9 @@ def _posted_room(tcb: Tcb) -> bool:
 
 
 def return_indicated(h: HostStack, tcb: Tcb, nbl: NetBufferList) -> None:
-    """Give an indicated NBL back, batched per binding (`NdisOffloadTcpReceiveReturn`)."""
-    binding = tcb.binding or h.lower_bindings[0]
+    """Give an indicated NBL back, batched per binding (`NdisOffloadTcpReceiveReturn`), down
+    the binding it came up through (spec §4.3)."""
+    binding = tcb.indicated_via or tcb.binding or h.lower_bindings[0]
     h.returns.setdefault(binding, []).append(nbl)
 
 

@@ -107,6 +107,7 @@ class Tcb(Lifecycle):
         "forward_q",
         "handle",
         "hole_status",
+        "indicated_via",
         "initiate_queued",
         "listener",
         "offload_done",
@@ -152,6 +153,9 @@ class Tcb(Lifecycle):
         # bytes for the application: views, with the indicated NBL that holds them (if any)
         self.app_rx: list[tuple[memoryview, NetBufferList | None]] = NO_ITEMS
         self.app_rx_bytes = 0
+        # the binding those NBLs came up through, to give them back there (spec §4.3): once
+        # the connection moves, `binding` names its next NIC while they are still unread
+        self.indicated_via: Binding | None = None
         self.recv_waiters: list[tuple[int, Done, bool]] = NO_ITEMS  # (max bytes, done, waitall)
         self.posted: NetBufferList | None = None  # the receive request posted to the target
         self.refused = False  # we refused an indication: post before the next (spec §4.3)
