@@ -405,3 +405,39 @@ def test_an_indicated_nbl_goes_back_to_the_nic_that_indicated_it_after_a_move() 
     read = rig.call(rig.host.app_recv, conn, 100, False)
     assert read.value == b"indicated by nic0"
     assert rig.problems() == []
+
+
+def test_a_read_refused_while_the_upload_waits_is_not_posted_round_and_round() -> None:
+    """The NIC asked for the upload while a query of the connection is below, so the host's
+    terminate waits for the query (spec §3.1). A read made meanwhile is posted and refused
+    with NDIS_STATUS_UPLOAD_IN_PROGRESS (§3.6.4); the host does not post it again at once
+    (it would come back at once, for as long as the query stays below) but serves it after
+    the upload, from the socket it owns again."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    sch = rig.scheduler
+    query = Reply()
+    rig.host.app_query(conn, query)
+    rig.host.after_batch()
+    while getattr(sch.queue[0][1], "__name__", "") != "MiniportQueryOffload":
+        sch.run_one()
+    held = sch.queue.popleft()  # the query stays below
+    rig.run()
+    rig.target.retrieve(rig.contexts()[0], TcpUploadReason.UploadRequested)
+    rig.run()
+    posts = len(sch.delivered(handler="MiniportTcpOffloadReceive"))
+    read = Reply()
+    rig.host.app_recv(conn, 100, False, read)
+    sch.run(limit=1_000)  # raises if the deliveries never end
+    rig.host.after_batch()
+    assert not sch.queue
+    assert len(sch.delivered(handler="MiniportTcpOffloadReceive")) - posts == 1
+    assert not read.done and rig.host.tcbs[conn].state == "offloaded"
+    sch.queue.append(held)
+    rig.run()
+    assert query.done and rig.host.tcbs[conn].state == "host"
+    wire.peer_send(b"after the upload")
+    rig.run()
+    assert read.done and read.value == b"after the upload"
+    assert rig.problems() == []

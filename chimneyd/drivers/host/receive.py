@@ -194,6 +194,13 @@ def forget_spares(h: HostStack) -> None:
     h.rx_spare_bytes = 0
 
 
+#: a receive completed so is not posted again: the connection was reset, or is on its way
+#: up (spec §3.6.4: the target refuses every receive until the terminate completes, and a
+#: request posted again at once would come back at once, round and round while the terminate
+#: waits, e.g. behind a query still below); after the upload the host serves the read
+_NOT_AGAIN = frozenset({S.NDIS_STATUS_REQUEST_ABORTED, S.NDIS_STATUS_UPLOAD_IN_PROGRESS})
+
+
 def receive_complete(h: HostStack, head: NetBufferList) -> None:
     """`ProtocolTcpOffloadReceiveComplete`: the bytes placed go to the application."""
     for nbl in iter_chain(head):
@@ -214,7 +221,7 @@ def receive_complete(h: HostStack, head: NetBufferList) -> None:
             tcb.recv_waiters
             and tcb.state == "offloaded"
             and not tcb.reset
-            and nbl.status != S.NDIS_STATUS_REQUEST_ABORTED
+            and nbl.status not in _NOT_AGAIN
             and tcb.lifecycle.tcp not in FIN_RECEIVED_STATES
         ):
             post_receive(h, tcb)
