@@ -138,3 +138,37 @@ def test_an_ack_arriving_during_the_hand_back_does_not_strand_a_send(im: bool) -
     assert (one.value, two.value) == (4, 4)
     assert bytes(wire.peer_received) == b"one.two."
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("end", ["abortive_disconnect", "peer_reset"])
+def test_an_empty_send_behind_unacknowledged_bytes_fails_with_them(end: str) -> None:
+    """An empty send completes when every byte before it is acknowledged; when the connection
+    ends first, the sends not acknowledged fail, and the empty one behind them with them
+    (spec §4.1: what follows a failed NBL fails too; §9 item 3)."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    first = rig.call(rig.host.app_send, conn, b"not acked")
+    empty = rig.call(rig.host.app_send, conn, b"")
+    assert not first.done and not empty.done
+    if end == "abortive_disconnect":
+        rig.call(rig.host.app_disconnect, conn, True)
+    else:
+        wire.peer_reset()
+        rig.run()
+    assert first.done and first.error is not None
+    assert empty.done and empty.error is not None, empty
+    assert rig.problems() == []
+
+
+def test_an_empty_send_completes_once_the_bytes_before_it_are_acknowledged() -> None:
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    first = rig.call(rig.host.app_send, conn, b"acked")
+    empty = rig.call(rig.host.app_send, conn, b"")
+    assert not empty.done
+    wire.ack()
+    rig.run()
+    assert first.value == 5 and empty.done and empty.error is None
+    assert rig.problems() == []

@@ -140,7 +140,9 @@ def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
     done: list[NetBufferList] = []
     for nbl, start, end in c.unacked:
         k = max(0, min(acked, end) - start)
-        nbl.status = SUCCESS if k == end - start else status
+        # whole means every byte up to its end acknowledged: an empty NBL behind bytes not
+        # acknowledged fails with them (spec §9 item 3)
+        nbl.status = SUCCESS if acked >= end else status
         nbl.tcp_offload_bytes_transferred = k
         if k:
             nbl.advance(k)
