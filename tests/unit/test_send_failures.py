@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.ndis.status import TcpOffloadEventType
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig, Reply
 
@@ -171,4 +172,65 @@ def test_an_empty_send_completes_once_the_bytes_before_it_are_acknowledged() -> 
     wire.ack()
     rig.run()
     assert first.value == 5 and empty.done and empty.error is None
+    assert rig.problems() == []
+
+
+@pytest.mark.parametrize("im", [False, True])
+def test_a_disconnect_asked_before_the_failure_was_heard_sends_no_fin_over_the_hole(
+    im: bool,
+) -> None:
+    """A send fails for good (a hole, spec §4.1) while an earlier one is unacknowledged, and
+    the application asks for a graceful disconnect before it hears of the failure. The
+    target refuses the FIN (UPLOAD_IN_PROGRESS): it would close the stream over the hole.
+    The host does not finish that disconnect on the socket after the upload: it fails as the
+    sends asked before it did, and the peer gets no FIN after the bytes before the hole
+    (§4.5: SUCCESS means every byte and the FIN delivered)."""
+    rig = HostRig(im=im)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    one = rig.call(rig.host.app_send, conn, b"one.")
+    fail_next(
+        rig.layers()["im-nic0"] if im else rig.target,
+        "MiniportTcpOffloadSend",
+        S.NDIS_STATUS_FAILURE,
+    )
+    two = rig.call(rig.host.app_send, conn, b"two.")
+    disc = rig.call(rig.host.app_disconnect, conn, False)
+    assert not two.done and not disc.done  # both behind "one."
+    wire.ack()
+    rig.run()
+    wire.ack()
+    rig.run()
+    assert one.value == 4 and _failed(two, S.NDIS_STATUS_FAILURE)
+    assert disc.value == S.NDIS_STATUS_FAILURE.name
+    assert rig.host.tcbs[conn].state == "host"
+    assert bytes(wire.peer_received) == b"one." and not wire.eof_written
+    assert rig.problems() == []
+
+
+def test_a_disconnect_waiting_for_the_send_queue_fails_with_the_hole() -> None:
+    """The same with the disconnect still in the host, behind bytes that wait for room in
+    the send backlog (spec §5.3): they fail at the hole, and so does the disconnect."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    (ctx,) = rig.contexts()
+    rig.ndis.NdisTcpOffloadEventHandler(
+        rig.target, ctx.upper, TcpOffloadEventType.TcpIndicateSendBacklogChange, 4
+    )
+    rig.run()
+    one = rig.call(rig.host.app_send, conn, b"one.")
+    fail_next(rig.target, "MiniportTcpOffloadSend", S.NDIS_STATUS_FAILURE)
+    two = rig.call(rig.host.app_send, conn, b"two.")
+    three = rig.call(rig.host.app_send, conn, b"three.")
+    disc = rig.call(rig.host.app_disconnect, conn, False)
+    assert not disc.done and rig.host.tcbs[conn].fin_queued is not None
+    wire.ack()  # room: "two." goes down and fails
+    rig.run()
+    wire.ack()
+    rig.run()
+    assert one.value == 4 and _failed(two, S.NDIS_STATUS_FAILURE)
+    assert _failed(three, S.NDIS_STATUS_FAILURE)
+    assert disc.value == S.NDIS_STATUS_FAILURE.name
+    assert bytes(wire.peer_received) == b"one." and not wire.eof_written
     assert rig.problems() == []

@@ -69,7 +69,8 @@ def _offloaded_disconnect(h: HostStack, tcb: Tcb, done: Done, flags: int) -> Non
     nbl = NetBufferList.for_data(b"")
     nbl.trace = tcb.trace
     abortive = bool(flags & TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE)
-    nbl.protocol_reserved = (tcb, done, abortive)
+    # with the send epoch it was asked in: a hole found after it lies before its FIN
+    nbl.protocol_reserved = (tcb, done, abortive, tcb.send_epoch)
     h.ndis.NdisOffloadTcpDisconnect(h, tcb.handle, nbl, flags)
 
 
@@ -99,13 +100,17 @@ def fin_acked(h: HostStack, tcb: Tcb) -> None:
 
 def complete(h: HostStack, nbl: NetBufferList) -> None:
     """`ProtocolTcpOffloadDisconnectComplete`."""
-    tcb, done, abortive = nbl.protocol_reserved
+    tcb, done, abortive, epoch = nbl.protocol_reserved
     nbl.protocol_reserved = None
     status = nbl.status
     if status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS:
         # the host finishes the disconnect itself after the upload (spec §4.5) [INF]
         if abortive:
             tcb.deferred = grown(tcb.deferred, lambda: app_disconnect(h, tcb, True, done))
+        elif epoch < tcb.send_epoch:
+            # asked before a send failed for good: its FIN would close the stream over the
+            # hole (spec §4.1), so it fails as the sends asked before it did; no FIN
+            done(tcb.hole_status.name, None)
         else:
             tcb.disconnect_done = done
         # and uploads, as after a send refused so (spec §4.1): a target that says so without

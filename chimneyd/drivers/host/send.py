@@ -267,10 +267,15 @@ def hole(h: HostStack, tcb: Tcb, status: NdisStatus) -> None:
     application asked to send before it heard of it lies behind that hole: the bytes still
     queued are failed now, the pieces still at the target when they come back (even with an
     upload status) or with the terminate, and the application sends again from what was
-    acknowledged."""
+    acknowledged. A graceful disconnect asked before fails too (`disconnect.complete`)."""
     tcb.send_epoch += 1
     tcb.hole_status = status
     fail_queued(h, tcb, status)
+    if tcb.fin_queued is not None:
+        # a graceful disconnect behind those bytes: its FIN would close the stream over the
+        # hole; it fails with them (and one already below comes back to the same end)
+        queued, tcb.fin_queued = tcb.fin_queued, None
+        queued(status.name, None)
 
 
 def behind_a_hole(tcb: Tcb, nbl: NetBufferList) -> bool:
