@@ -5,7 +5,7 @@ by completions, and carried over an upload — with the real host over the real 
 
 from __future__ import annotations
 
-from chimneyd.ndis.status import TcpOffloadEventType
+from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.clock import Delivery
 from chimneyd.testing.hostrig import HostRig, Reply
 
@@ -132,3 +132,40 @@ def test_a_query_answer_sets_the_backlog_too() -> None:
     assert rig.host.tcbs[conn].send_backlog == 2048
     rig.call(rig.host.app_send, conn, b"q" * 5000)
     assert wire.bytes_written == 2048
+
+
+def test_paced_sends_wait_for_an_upload_the_target_asked_for() -> None:
+    """The target asked for the upload (a mandatory retrieve) while a query of the connection
+    is below, so the terminate waits for the query (spec §3.1), and the target refuses every
+    send until then (§3.6.4). Room freed in the send backlog meanwhile posts nothing: the
+    queued bytes go on the socket after the upload, once, in order (§5.3)."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    (ctx,) = rig.contexts()
+    rig.ndis.NdisTcpOffloadEventHandler(rig.target, ctx.upper, E.TcpIndicateSendBacklogChange, 1000)
+    rig.run()
+    sch = rig.scheduler
+    query = Reply()
+    rig.host.app_query(conn, query)
+    rig.host.after_batch()
+    while getattr(sch.queue[0][1], "__name__", "") != "MiniportQueryOffload":
+        sch.run_one()
+    held = sch.queue.popleft()  # the query stays below
+    rig.run()
+    first = rig.call(rig.host.app_send, conn, b"a" * 1000)  # fills the backlog
+    rest = rig.call(rig.host.app_send, conn, b"b" * 8000)  # waits in the host's queue
+    rig.target.retrieve(rig.contexts()[0], TcpUploadReason.UploadRequested)
+    rig.run()
+    posted = len(sch.delivered(handler="MiniportTcpOffloadSend"))
+    wire.ack()  # room in the backlog while the upload waits for the query
+    rig.run()
+    assert len(sch.delivered(handler="MiniportTcpOffloadSend")) == posted
+    sch.queue.append(held)
+    rig.run()
+    assert query.done and rig.host.tcbs[conn].state == "host"
+    wire.ack()
+    rig.run()
+    assert (first.value, rest.value) == (1000, 8000)
+    assert bytes(wire.peer_received) == b"a" * 1000 + b"b" * 8000
+    assert rig.problems() == []

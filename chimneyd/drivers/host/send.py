@@ -92,8 +92,11 @@ def pump(h: HostStack, tcb: Tcb) -> None:
     """Post queued bytes to the target while the send backlog allows (spec §5.3 [EMU]): the
     bytes posted and not yet completed stay within `SendBacklogSize` once the target has said
     it (`TcpIndicateSendBacklogChange` or a query), unlimited before. Bytes leave the queue in
-    order; a `tcp.send` larger than the room left goes down in pieces."""
-    if INFO_STATE[tcb.lifecycle.phase] != "offloaded" or tcb.handle is None:  # `tcb.state`
+    order; a `tcp.send` larger than the room left goes down in pieces. Nothing goes down
+    once the target asked for the upload: it refuses every send until the terminate (spec
+    §3.6.4), which may wait behind a query; the queue goes on the socket after it."""
+    phase = tcb.lifecycle.phase
+    if INFO_STATE[phase] != "offloaded" or phase is Phase.UPLOAD_REQUESTED or tcb.handle is None:
         return
     q = tcb.send_q
     backlog = tcb.send_backlog
@@ -258,7 +261,8 @@ def complete(h: HostStack, head: NetBufferList) -> None:
     for tcb in upload_wanted:
         terminate.start(h, tcb)
     for tcb in paced:
-        pump(h, tcb)
+        if tcb not in upload_wanted:  # else its room would go to sends refused in turn
+            pump(h, tcb)
 
 
 def hole(h: HostStack, tcb: Tcb, status: NdisStatus) -> None:
