@@ -276,6 +276,13 @@ class PassthroughIm(DriverLayer):
             if up.dependent_block_list is not None:
                 low.dependent_block_list = mirror[id(up.dependent_block_list)]
         assert lower_root is not None
+        for up, _ in call.pairs:
+            new_entry = call.new_entries.get(id(up))
+            if new_entry is not None and up.net_buffer_list_chain is not None:
+                # send data handed down with the initiate is below from now on, as a relayed
+                # send is: the NIC completes it like one (spec §3.2.5), and what this IM fails
+                # later completes after it (spec §4.1, §9 item 2)
+                self.sends_went_below(new_entry, up.net_buffer_list_chain)
         upper_root.im_reserved = call  # the call entry is found again through ImReserved
         lower_root.im_reserved = call
         self.call_entries.add(call)
@@ -336,6 +343,8 @@ class PassthroughIm(DriverLayer):
             else:
                 entry.lifecycle.fire(Event.INITIATE_FAILED)
                 entry.handle.release()  # never offloaded: nothing comes on it (spec §3.2.4)
+                # its send data stays with the host (spec §3.2.4, §3.2.5): no longer below
+                self._sends_back(up.net_buffer_list_chain)
         self.ndis.NdisMInitiateOffloadComplete(self, call.upper_root)
 
     def ProtocolTerminateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
@@ -445,7 +454,13 @@ class PassthroughIm(DriverLayer):
     # The two loops below walk chains by `next` themselves: they run on every send through
     # the IM, where a generator per chain (`iter_chain`) was a measurable part of a hop.
     def relay_send(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        """Pass a send down to the lower binding of `entry` (a MUX counts its bytes here)."""
+        """Pass a send down to the lower binding of `entry`."""
+        self.sends_went_below(entry, head)
+        self.ndis.NdisOffloadTcpSend(self, entry.handle, head)
+
+    def sends_went_below(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
+        """The send NBLs of `head` are below `entry` until they come back (`_sends_back`):
+        relayed, or handed down with the initiate (spec §3.2.5). A MUX counts their bytes."""
         below = self.sends_below
         n = 0
         nbl: NetBufferList | None = head
@@ -454,7 +469,6 @@ class PassthroughIm(DriverLayer):
             n += 1
             nbl = nbl.next
         entry.below += n
-        self.ndis.NdisOffloadTcpSend(self, entry.handle, head)
 
     def _sends_back(
         self, head: NetBufferList | None, completed: bool = False

@@ -84,3 +84,58 @@ def test_a_receive_the_im_raises_on_waits_for_its_indication_to_return() -> None
     rig.run()
     assert answers == [(b"indicated", None)]  # the indicated bytes reached the application
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("status", [S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_REQUEST_UPLOAD])
+def test_a_send_failed_by_the_im_completes_after_send_data_handed_down_at_initiate(
+    status: S,
+) -> None:
+    """Send data the host hands down with the initiate (the TCP block's NetBufferListChain,
+    spec §3.2.5) is below the IM just as a relayed send is, and the NIC completes it "exactly
+    like ordinary send requests". A send the IM then fails, and one the IM refuses after it,
+    complete after that data: completions keep posting order (spec §4.1, §9 item 2). Nothing
+    is left in the IM's tables once the connection is back with the host."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    im = rig.layers()["im-nic0"]
+    answers: list[str] = []
+
+    def send(name: str, data: bytes) -> None:
+        rig.host.app_send(conn, data, lambda value, error: answers.append(name))
+        rig.run()
+
+    send("first", b"sent by the host, ")
+    assert bytes(wire.peer_received) == b"sent by the host, " and wire.acked() == 0
+    rig.offload(conn)  # the unacknowledged send goes down in the initiate's chain
+    fail_next(im, "MiniportTcpOffloadSend", status)
+    send("second", b"second, ")
+    send("third", b"third")
+    assert answers == []  # both wait behind the data handed down at initiate
+    wire.ack()
+    rig.run()
+    wire.ack()
+    rig.run()
+    assert answers == ["first", "second", "third"]
+    assert rig.host.tcbs[conn].state == "host"
+    assert rig.problems() == []
+    assert im.sends_below == {} and len(im.table) == 0 and im.stats.offloads_active == 0
+
+
+def test_send_data_of_an_initiate_the_nic_refuses_is_not_left_below_the_im() -> None:
+    """An initiate the NIC does not offload leaves its send data with the host (spec §3.2.4,
+    §3.2.5): the IM no longer counts it as below, and the connection's later sends are the
+    host's own."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    im = rig.layers()["im-nic0"]
+    sent: list[tuple[Any, Any]] = []
+    rig.host.app_send(conn, b"unacknowledged", lambda value, error: sent.append((value, error)))
+    rig.run()
+    fail_next(rig.target, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
+    rig.call(rig.host.app_offload, conn, None)
+    assert rig.host.tcbs[conn].state == "host"
+    assert im.sends_below == {} and len(im.table) == 0
+    wire.ack()
+    rig.run()
+    assert sent == [(14, None)]
+    assert rig.problems() == []

@@ -160,6 +160,10 @@ class MuxIm(PassthroughIm):
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
             entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
             entry.lifecycle.fire(Event.INITIATE)
+            if up.net_buffer_list_chain is not None:
+                # its send data goes down to the NIC with it, below from now on as a relayed
+                # send is (spec §3.2.5): what the MUX fails later completes after it (§4.1)
+                self.sends_went_below(entry, up.net_buffer_list_chain)
             _ref(self._instance_for(call, path, lower))
             low = mirror_block(up, entry.handle)
             call.tree(lower).connection_block(entry, low)
@@ -247,6 +251,8 @@ class MuxIm(PassthroughIm):
                     obj.lifecycle.fire(Event.INITIATE_FAILED)
                     self._unplace(obj)
                     obj.handle.release()  # never offloaded: nothing comes on it (§3.2.4)
+                    # its send data stays with the host (spec §3.2.5): no longer below
+                    self._sends_back(up.net_buffer_list_chain)
         for inst in failed:  # after its failed dependents let go of it, and of its parent
             self._drop_instance(inst)
             inst.handle.release()

@@ -1,0 +1,78 @@
+"""Sends through a teaming MUX: what it keeps of the sends below it — which are below which
+connection, so that what it fails itself completes in posting order (spec §4.1, §9 item 2),
+and the bytes outstanding on each NIC that the least-bytes policy places by. The real host
+over a MUX over two real targets, on in-memory wires the test plays the peer of."""
+
+from __future__ import annotations
+
+import pytest
+
+from chimneyd.drivers.mux import MuxIm
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import fail_next, make_target
+from chimneyd.testing.hostrig import HostRig
+
+
+def _team(policy: str = "least-bytes") -> tuple[HostRig, MuxIm]:
+    """host → MUX → nic0, nic1 (HostRig builds no MUX of its own)."""
+    rig = HostRig(targets=())
+    timers = rig.clock.timers(rig.ndis.post)
+    mux = MuxIm("team0", rig.ndis, timers, policy)
+    timers.bind(mux)
+    rig.ndis.bind(rig.host, mux)
+    for name in ("nic0", "nic1"):
+        target = make_target(rig.ndis, rig.clock.timers(rig.ndis.post), rig.wires.find, name)
+        rig.targets[name] = target
+        rig.ndis.bind(mux, target)
+    rig.run()
+    return rig, mux
+
+
+@pytest.mark.parametrize("status", [S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_REQUEST_UPLOAD])
+def test_a_send_failed_by_the_mux_completes_after_send_data_handed_down_at_initiate(
+    status: S,
+) -> None:
+    """Send data the host hands down with the initiate (NetBufferListChain, spec §3.2.5) goes
+    to the connection's NIC and is below the MUX just as a relayed send is. A send the MUX
+    then fails, and one it refuses after it, complete after that data (spec §4.1, §9 item 2),
+    and nothing of the connection is left in the MUX once it is back with the host."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    answers: list[str] = []
+
+    def send(name: str, data: bytes) -> None:
+        rig.host.app_send(conn, data, lambda value, error: answers.append(name))
+        rig.run()
+
+    send("first", b"sent by the host, ")
+    assert wire.acked() == 0
+    rig.offload(conn)  # the unacknowledged send goes down in the initiate's chain
+    fail_next(mux, "MiniportTcpOffloadSend", status)
+    send("second", b"second, ")
+    send("third", b"third")
+    assert answers == []  # both wait behind the data handed down at initiate
+    wire.ack()
+    rig.run()
+    wire.ack()
+    rig.run()
+    assert answers == ["first", "second", "third"]
+    assert rig.host.tcbs[conn].state == "host"
+    assert rig.problems() == []
+    assert mux.sends_below == {} and mux.connections() == []
+
+
+def test_send_data_of_an_initiate_the_nic_refuses_is_not_left_below_the_mux() -> None:
+    """An initiate the NIC does not offload leaves its send data with the host (spec §3.2.4,
+    §3.2.5): the MUX no longer counts it as below that NIC."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    sent = rig.call(rig.host.app_send, conn, b"unacknowledged")
+    for target in rig.targets.values():
+        fail_next(target, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
+    rig.call(rig.host.app_offload, conn, None)
+    assert rig.host.tcbs[conn].state == "host"
+    assert mux.sends_below == {} and mux.connections() == []
+    wire.ack()
+    rig.run()
+    assert sent.value == 14
+    assert rig.problems() == []
