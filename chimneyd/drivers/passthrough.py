@@ -355,10 +355,14 @@ class PassthroughIm(DriverLayer):
             assert up.miniport_offload_context is not None
             entry: ImOffloadEntry = up.miniport_offload_context.miniport_offload_context
             self._sends_back(up.net_buffer_list_chain)  # handed back, no longer below
-            if entry.held:
-                # failures this IM held complete before the terminate does (spec §3.6.3)
+            ok = up.status == NdisStatus.NDIS_STATUS_SUCCESS
+            if entry.held and (ok or not entry.below):
+                # failures this IM held complete before the terminate does (spec §3.6.3).
+                # A corrupt terminate (spec §3.7) hands nothing back: they stay behind the
+                # sends still below, which the host's next terminate completes (step 4), and
+                # go up after those (`ProtocolTcpOffloadSendComplete`; spec §4.1, §9 item 2)
                 self._release_held(entry)
-            if up.status != NdisStatus.NDIS_STATUS_SUCCESS:
+            if not ok:
                 entry.lifecycle.fire(Event.TERMINATE_FAILED)  # the object lives on (spec §3.7)
                 continue
             entry.lifecycle.fire(Event.TERMINATE_COMPLETE)

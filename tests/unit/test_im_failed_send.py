@@ -139,3 +139,32 @@ def test_send_data_of_an_initiate_the_nic_refuses_is_not_left_below_the_im() -> 
     rig.run()
     assert sent == [(14, None)]
     assert rig.problems() == []
+
+
+def test_a_held_send_failure_stays_behind_a_send_a_failed_terminate_left_below() -> None:
+    """The IM fails a send while an earlier one is below it, unacknowledged: the failure is
+    held until that one comes back (spec §4.1, §9 item 2). The host's terminate then finds
+    the hardware state corrupt (spec §3.7): FAILURE, nothing handed back, the earlier send
+    still below. The held failure stays behind it when the failed terminate goes up, and
+    follows it when the host's next terminate completes it (REQUEST_ABORTED, §3.7 step 4);
+    nothing is left held or counted in the IM after that."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    im = rig.layers()["im-nic0"]
+    answers: list[str] = []
+    rig.host.app_send(conn, b"first", lambda value, error: answers.append("first"))
+    rig.run()
+    assert bytes(wire.peer_received) == b"first" and wire.acked() == 0
+    fail_next(im, "MiniportTcpOffloadSend", S.NDIS_STATUS_FAILURE)
+    rig.host.app_send(conn, b"second", lambda value, error: answers.append("second"))
+    rig.run()
+    assert answers == []  # held behind "first"
+    fail_next(rig.target, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    up = rig.call(rig.host.app_upload, conn)
+    rig.run()
+    assert up.done
+    assert rig.problems() == []
+    assert answers == ["first", "second"]
+    assert im.sends_below == {} and len(im.table) == 0 and im.stats.offloads_active == 0
+    assert rig.target.stats.offloads_active == 0

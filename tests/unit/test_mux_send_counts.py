@@ -76,3 +76,33 @@ def test_send_data_of_an_initiate_the_nic_refuses_is_not_left_below_the_mux() ->
     rig.run()
     assert sent.value == 14
     assert rig.problems() == []
+
+
+def test_a_held_send_failure_stays_behind_a_send_a_failed_terminate_left_below() -> None:
+    """The MUX fails a send while an earlier one is below it, unacknowledged: the failure is
+    held until that one comes back (spec §4.1, §9 item 2). The NIC finds the hardware state
+    corrupt at the host's terminate (spec §3.7): FAILURE, nothing handed back, the earlier
+    send still below. The held failure stays behind it when the failed terminate goes up, and
+    follows it when the host's next terminate completes it (REQUEST_ABORTED, §3.7 step 4);
+    nothing of the connection is left in the MUX after that."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    (entry,) = mux.connections()
+    nic = rig.targets[mux.lower_of(entry.lower).name]
+    answers: list[str] = []
+    rig.host.app_send(conn, b"first", lambda value, error: answers.append("first"))
+    rig.run()
+    assert bytes(wire.peer_received) == b"first" and wire.acked() == 0
+    fail_next(mux, "MiniportTcpOffloadSend", S.NDIS_STATUS_FAILURE)
+    rig.host.app_send(conn, b"second", lambda value, error: answers.append("second"))
+    rig.run()
+    assert answers == []  # held behind "first"
+    fail_next(nic, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    up = rig.call(rig.host.app_upload, conn)
+    rig.run()
+    assert up.done
+    assert rig.problems() == []
+    assert answers == ["first", "second"]
+    assert mux.sends_below == {} and mux.connections() == []
+    assert [t.stats.offloads_active for t in rig.targets.values()] == [0, 0]

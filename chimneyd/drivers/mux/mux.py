@@ -454,8 +454,11 @@ class MuxIm(PassthroughIm):
                 nic = self.lowers[obj.lower.id]
                 for nbl in iter_chain(low.net_buffer_list_chain):
                     nic.outstanding_bytes -= nbl.data_length  # never completed below
-                if obj.held:
-                    self._release_held(obj)  # failures held here complete first (§3.6.3)
+                if obj.held and (ok or not obj.below):
+                    # failures held here complete before the terminate does (spec §3.6.3);
+                    # after a corrupt terminate they stay behind the sends still below, until
+                    # the host's next terminate completes those (spec §3.7 step 4, §9 item 2)
+                    self._release_held(obj)
                 if not ok:  # corrupt hardware: it lives on, for a further terminate (§3.7)
                     obj.lifecycle.fire(Event.TERMINATE_FAILED)
                     continue
