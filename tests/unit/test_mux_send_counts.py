@@ -72,6 +72,7 @@ def test_send_data_of_an_initiate_the_nic_refuses_is_not_left_below_the_mux() ->
     rig.call(rig.host.app_offload, conn, None)
     assert rig.host.tcbs[conn].state == "host"
     assert mux.sends_below == {} and mux.connections() == []
+    assert _counts(mux) == {"nic0": 0, "nic1": 0}
     wire.ack()
     rig.run()
     assert sent.value == 14
@@ -106,3 +107,67 @@ def test_a_held_send_failure_stays_behind_a_send_a_failed_terminate_left_below()
     assert answers == ["first", "second"]
     assert mux.sends_below == {} and mux.connections() == []
     assert [t.stats.offloads_active for t in rig.targets.values()] == [0, 0]
+
+
+def _counts(mux: MuxIm) -> dict[str, int]:
+    return {lower.name: lower.outstanding_bytes for lower in mux.lower_list()}
+
+
+def test_the_mux_counts_send_data_handed_down_at_initiate_until_it_completes() -> None:
+    """`outstanding_bytes` (bytes sent down a NIC and not yet completed, which the least-bytes
+    policy places by) counts send data handed down with the initiate (spec §3.2.5) from then
+    on, and is back at zero once the NIC has completed it."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    sent = rig.call(rig.host.app_send, conn, b"x" * 1000)  # the host's, unacknowledged
+    rig.offload(conn)  # the 1000 bytes go down in the initiate's chain
+    (nic,) = {mux.lower_of(entry.lower).name for entry in mux.connections()}
+    assert _counts(mux)[nic] == 1000
+    wire.ack()
+    rig.run()
+    assert sent.value == 1000
+    assert _counts(mux) == {"nic0": 0, "nic1": 0}
+    assert rig.problems() == []
+
+
+def test_the_mux_count_after_a_terminate_hands_back_a_partly_acknowledged_send() -> None:
+    """A send the terminate hands back is no longer outstanding on its NIC (spec §3.6.3), all
+    of it: the NIC advanced it past the bytes the peer acknowledged, and the count drops by
+    what it added when the send went down, not by what is left of it."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    sent = rig.call(rig.host.app_send, conn, b"y" * 1000)
+    (nic,) = {mux.lower_of(entry.lower).name for entry in mux.connections()}
+    assert _counts(mux)[nic] == 1000
+    wire.ack(400)  # partly acknowledged: the terminate hands it back advanced by 400
+    rig.run()
+    up = rig.call(rig.host.app_upload, conn)
+    assert up.done and rig.host.tcbs[conn].state == "host"
+    assert _counts(mux) == {"nic0": 0, "nic1": 0}
+    wire.ack()
+    rig.run()
+    assert sent.value == 1000
+    assert rig.problems() == []
+
+
+def test_the_mux_count_after_sends_a_corrupt_terminate_left_below() -> None:
+    """Sends left below by a terminate that finds the hardware state corrupt (spec §3.7) stay
+    counted on their NIC until the host's next terminate completes them (REQUEST_ABORTED,
+    step 4), partly acknowledged or not; then the count is back at zero."""
+    rig, mux = _team()
+    conn, wire = rig.open()
+    sent = rig.call(rig.host.app_send, conn, b"z" * 600)  # goes down in the initiate's chain
+    rig.offload(conn)
+    more = rig.call(rig.host.app_send, conn, b"w" * 400)
+    (entry,) = mux.connections()
+    nic = mux.lower_of(entry.lower).name
+    wire.ack(300)
+    rig.run()
+    assert _counts(mux)[nic] == 1000
+    fail_next(rig.targets[nic], "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    rig.call(rig.host.app_upload, conn)
+    assert sent.done and more.done
+    assert _counts(mux) == {"nic0": 0, "nic1": 0}
+    assert mux.sends_below == {} and mux.connections() == []
+    assert rig.problems() == []

@@ -86,6 +86,9 @@ class MuxIm(PassthroughIm):
         self.owed: set[MuxConnection] = set()
         self.paused_above = False  # it indicated NDIS_STATUS_OFFLOAD_PAUSE to the layer above
         self.offered: NdisTcpConnectionOffload | None = None  # the capabilities last read above
+        # send NBL id -> the bytes it added to its NIC's `outstanding_bytes` when it went down:
+        # what it takes off again when it comes back, completed or handed back advanced
+        self.bytes_below: dict[int, int] = {}
 
     def keeps(self, root: OffloadBlock) -> bool:
         """Passed on (a call entry), or deferred until the NICs can take it."""
@@ -451,9 +454,6 @@ class MuxIm(PassthroughIm):
                 up.status = low.status
                 up.net_buffer_list_chain = low.net_buffer_list_chain  # sends handed back
                 self._sends_back(low.net_buffer_list_chain)
-                nic = self.lowers[obj.lower.id]
-                for nbl in iter_chain(low.net_buffer_list_chain):
-                    nic.outstanding_bytes -= nbl.data_length  # never completed below
                 if obj.held and (ok or not obj.below):
                     # failures held here complete before the terminate does (spec §3.6.3);
                     # after a corrupt terminate they stay behind the sends still below, until
@@ -692,17 +692,30 @@ class MuxIm(PassthroughIm):
     # ============================================================================================
     # I/O: down the NIC that carries the connection (spec §4.8)
     # ============================================================================================
-    def relay_send(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
+    def sends_went_below(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
+        """Count the bytes of sends going down a NIC, relayed or handed down with the
+        initiate (spec §3.2.5): the least-bytes policy places by them."""
         lower = self.lowers[entry.lower.id]
+        counted = self.bytes_below
         for nbl in iter_chain(head):
-            lower.outstanding_bytes += nbl.data_length
-        super().relay_send(entry, head)
+            n = nbl.data_length
+            counted[nbl.id] = n
+            lower.outstanding_bytes += n
+        super().sends_went_below(entry, head)
 
-    def ProtocolTcpOffloadSendComplete(self, binding: Binding, head: NetBufferList) -> None:
-        lower = self.lowers[binding.id]
+    def _sends_back(
+        self, head: NetBufferList | None, completed: bool = False
+    ) -> list[ImOffloadEntry]:
+        """Sends come back, completed or handed back by a terminate (spec §3.6.3): each takes
+        off the bytes it added going down. What is left of it says less: a send handed back
+        is advanced past the bytes the peer acknowledged, with no `TcpOffloadBytesTransferred`
+        for them."""
+        below, counted = self.sends_below, self.bytes_below
         for nbl in iter_chain(head):
-            lower.outstanding_bytes -= nbl.tcp_offload_bytes_transferred + nbl.data_length
-        super().ProtocolTcpOffloadSendComplete(binding, head)
+            entry = below.get(nbl.id)
+            if entry is not None:
+                self.lowers[entry.lower.id].outstanding_bytes -= counted.pop(nbl.id, 0)
+        return super()._sends_back(head, completed)
 
     def ProtocolTcpOffloadReceiveIndicate(
         self, handle: Any, nbl: NetBufferList, status: NdisStatus
