@@ -441,3 +441,25 @@ def test_a_read_refused_while_the_upload_waits_is_not_posted_round_and_round() -
     rig.run()
     assert read.done and read.value == b"after the upload"
     assert rig.problems() == []
+
+
+def test_a_send_acknowledged_while_a_refused_initiate_was_below_is_answered() -> None:
+    """The host hands its unacknowledged sends down with the initiate (spec §3.2.5) and
+    keeps them when the connection is not offloaded (§3.2.4). The peer acknowledged them
+    while the initiate was below, news the host could not act on then and that is not told
+    again: the host completes what the socket says is acknowledged once it has them back."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    sent = rig.call(rig.host.app_send, conn, b"handed down with the initiate")
+    assert not sent.done
+    fail_next(rig.target, "MiniportInitiateOffload", S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES)
+    offloaded = Reply()
+    rig.host.app_offload(conn, None, offloaded)
+    rig.host.after_batch()  # the initiate goes down: OFFLOADING
+    wire.ack()
+    rig.run()
+    assert offloaded.done and offloaded.error is not None
+    assert rig.host.tcbs[conn].state == "host"
+    assert sent.done and sent.value == len(b"handed down with the initiate")
+    assert rig.problems() == []
+

@@ -404,6 +404,10 @@ def _not_offloaded(
             tcb.sends = grown(tcb.sends, (nbl, pos, pos + n))
             pos += n
         block.net_buffer_list_chain = None
+        if tcb.sends and not tcb.reset:
+            # acknowledgements that came while the initiate was below found no send of the
+            # host's to complete, and are not reported again (as after an upload)
+            send.complete_host_sends(h, tcb, tcb.wire.acked())
         if tcb.sends:
             tcb.wire.watch_acks()
     # what arrived meanwhile is ours to process
