@@ -463,3 +463,14 @@ def test_a_send_acknowledged_while_a_refused_initiate_was_below_is_answered() ->
     assert sent.done and sent.value == len(b"handed down with the initiate")
     assert rig.problems() == []
 
+def test_records_made_for_an_offload_the_capabilities_refuse_go_with_it() -> None:
+    """A NIC with room for no connection (spec §8) refuses the offload; the neighbor and
+    path records the host made for it, never offloaded and used by no one, go at once."""
+    rig = HostRig(max_connections=0)
+    conn, _ = rig.open()
+    refused = rig.call(rig.host.app_offload, conn, None)
+    assert refused.done and refused.error is not None
+    assert rig.host.objects == {}
+    assert rig.call(rig.host.app_close, conn).done and rig.host.tcbs == {}
+    assert rig.problems() == []
+

@@ -151,6 +151,7 @@ def flush_initiates(h: HostStack) -> None:
     trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
     under: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections' blocks
     room = TREE_CONNECTIONS
+    refusals = False
     for i, tcb in enumerate(pending):
         if not room:
             h.pending_initiates = pending[i:] + h.pending_initiates
@@ -183,6 +184,7 @@ def flush_initiates(h: HostStack) -> None:
             continue
         if isinstance(refused_here, AppError):
             _unqueue(h, tcb, refused_here)
+            refusals = True  # the records made for it above may have no one else
             continue
         tcb.initiate_queued = False
         tcb.lifecycle.fire(Event.INITIATE)  # spec §3.9: OFFLOADING from its initiate on
@@ -203,6 +205,8 @@ def flush_initiates(h: HostStack) -> None:
         for key, pblock in paths.items():
             pblock.add_dependents(under[key])
         h.ndis.NdisInitiateOffload(h, binding, root)
+    if refusals:
+        terminate.forget_idle_objects(h)
 
 
 def _block(h: HostStack, on: Any, tcb: Tcb) -> None:

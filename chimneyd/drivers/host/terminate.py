@@ -148,10 +148,11 @@ def release_unused_objects(h: HostStack) -> None:
             root = new_neighbor_block(None)
             _start_object(obj, root)
             h.ndis.NdisTerminateOffload(h, obj.binding, root)
-    _forget_idle_objects(h)
+    forget_idle_objects(h)
 
 
-def _forget_idle_objects(h: HostStack) -> None:
+def forget_idle_objects(h: HostStack) -> None:
+    """Drop neighbor and path records never offloaded that no connection uses."""
     for key in [k for k, o in h.objects.items() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]:
         del h.objects[key]
 
