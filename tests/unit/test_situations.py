@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.drivers.segment import TH_ACK, TH_PSH, build_segment
 from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.blocks import new_neighbor_block, new_path_block
@@ -463,6 +464,7 @@ def test_a_send_acknowledged_while_a_refused_initiate_was_below_is_answered() ->
     assert sent.done and sent.value == len(b"handed down with the initiate")
     assert rig.problems() == []
 
+
 def test_records_made_for_an_offload_the_capabilities_refuse_go_with_it() -> None:
     """A NIC with room for no connection (spec §8) refuses the offload; the neighbor and
     path records the host made for it, never offloaded and used by no one, go at once."""
@@ -474,3 +476,55 @@ def test_records_made_for_an_offload_the_capabilities_refuse_go_with_it() -> Non
     assert rig.call(rig.host.app_close, conn).done and rig.host.tcbs == {}
     assert rig.problems() == []
 
+
+def _engine_recovery(rig: HostRig) -> None:
+    """Run deliveries as the engine does: a handler that raises a planted bug has the call
+    it could not serve failed on its behalf (`DriverLayer.fail_unserved`)."""
+    sch = rig.scheduler
+    run_one = sch.run_one
+
+    def guarded() -> bool:
+        if not sch.queue:
+            return False
+        layer, fn, args = sch.queue[0]
+        try:
+            return run_one()
+        except PlantedBug:
+            assert layer.fail_unserved(fn.__name__, args)
+            return True
+
+    sch.run_one = guarded  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("how", ["raised", "corrupt"])
+def test_a_failed_invalidate_brings_up_a_connection_whose_initiate_was_below(how: str) -> None:
+    """An invalidate of a neighbor fails (a layer raised in it, or the NIC found its state
+    corrupt, spec §3.7) while the initiate of a second connection under that neighbor is
+    below. The host asks up what depends on the object (§3.5), that connection too, once its
+    initiate is over; the neighbor then goes, and a later offload is served."""
+    rig = HostRig(im=how == "raised")
+    _engine_recovery(rig)
+    a, _ = rig.open()
+    b, _ = rig.open()
+    c, _ = rig.open()
+    rig.offload(a)
+    offloaded_b = Reply()
+    rig.host.app_offload(b, None, offloaded_b)
+    rig.host.after_batch()  # b's initiate, linking it under a's neighbor, goes down ...
+    if how == "raised":
+        rig.layers()["im-nic0"].raises.append(RaiseNext(1, "MiniportInvalidateOffload", 1))
+    else:
+        rig.target.fail_adapter()  # ... to a NIC that queues it until RESUME (spec §5.5)
+        fail_next(rig.target, "MiniportInvalidateOffload", S.NDIS_STATUS_FAILURE)
+    invalidated = Reply()
+    rig.host.app_invalidate(a, "neighbor", invalidated)
+    rig.run()
+    if how == "corrupt":
+        rig.target.recover_adapter()
+        rig.run()
+    assert invalidated.done and invalidated.error is not None
+    assert offloaded_b.done
+    assert rig.host.tcbs[a].state == "host" and rig.host.tcbs[b].state == "host"
+    late = rig.call(rig.host.app_offload, c, None)
+    assert late.done and late.error is None and rig.host.tcbs[c].state == "offloaded"
+    assert rig.problems() == []

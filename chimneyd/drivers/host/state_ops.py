@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chimneyd.ndis.blocks import (
@@ -199,6 +200,10 @@ def _depending_on(h: HostStack, obj: Tcb | HostObject) -> list[Tcb]:
     ]
 
 
+def _terminate_later(h: HostStack, tcb: Tcb) -> Callable[[], None]:
+    return lambda: terminate.start(h, tcb)
+
+
 def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
     done: Done
     owner: Tcb | HostObject
@@ -215,7 +220,12 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
         # itself, as after a failed update (spec §3.4); a target's own §3.7 retrieve then
         # finds the terminate under way
         for tcb in _depending_on(h, owner):
-            terminate.start(h, tcb)
+            if tcb.lifecycle.phase is Phase.OFFLOADING:
+                # its initiate, linking it under the object, is still below: it goes up once
+                # that is over (spec §3.5: all that depends on an invalidated object goes up)
+                tcb.deferred = grown(tcb.deferred, _terminate_later(h, tcb))
+            else:
+                terminate.start(h, tcb)
     if isinstance(owner, Tcb):
         h.run_deferred(owner)  # a terminate that waited for it
     else:
