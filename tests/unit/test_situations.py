@@ -528,3 +528,23 @@ def test_a_failed_invalidate_brings_up_a_connection_whose_initiate_was_below(how
     late = rig.call(rig.host.app_offload, c, None)
     assert late.done and late.error is None and rig.host.tcbs[c].state == "offloaded"
     assert rig.problems() == []
+
+
+def test_the_host_brings_up_a_connection_it_could_not_query() -> None:
+    """A query that fails leaves the host terminating the object it could not query (spec
+    §3.3). A NIC that found its state corrupt asks for that itself (§3.7); an IM that raised
+    in the query has no hardware to report and never would: the host brings the connection
+    up, and it carries on there."""
+    rig = HostRig(im=True)
+    _engine_recovery(rig)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    rig.layers()["im-nic0"].raises.append(RaiseNext(1, "MiniportQueryOffload", 1))
+    query = rig.call(rig.host.app_query, conn)
+    assert query.done and query.error is not None
+    assert rig.host.tcbs[conn].state == "host"
+    sent = rig.call(rig.host.app_send, conn, b"carried on")
+    wire.ack()
+    rig.run()
+    assert sent.value == len(b"carried on") and bytes(wire.peer_received) == b"carried on"
+    assert rig.problems() == []

@@ -83,8 +83,11 @@ def query_complete(h: HostStack, root: OffloadBlock) -> None:
             send.pump(h, tcb)
         done(tcb.delegated.as_map(), None)
     else:
-        # corrupt hardware (spec §3.3): the target follows with retrieve + abort
         done(None, ndis_error(block.status, " query failed: hardware state corrupt"))
+        # the host terminates what it could not query (spec §3.3): a target that found its
+        # state corrupt follows with its own retrieve (§3.7), which finds this under way; a
+        # layer that raised has no hardware to report and would never ask
+        terminate.start(h, tcb)
     h.run_deferred(tcb)
 
 
