@@ -46,8 +46,12 @@ S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 PENDING = S.NDIS_STATUS_PENDING  # a block not yet given a status
 _OP_EVENT = {"Query": Event.QUERY, "Update": Event.UPDATE, "Invalidate": Event.INVALIDATE}
-#: Phases of an instance that a new connection cannot be linked under yet (spec §3.1).
+#: Phases of an instance still being offloaded or terminated on its NIC (spec §3.1).
 _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+#: Phases of an instance a new connection cannot be linked under: one settling, or one whose
+#: terminate found its hardware state corrupt, for which only a terminate is left (spec §3.7).
+#: The connection waits until the MUX has terminated it, then goes under a fresh copy.
+_UNLINKABLE = frozenset({*_SETTLING, Phase.FAILED})
 #: Phases of an instance a query, update or invalidate from above does not reach.
 _NO_STATE_OPS = frozenset({*_SETTLING, Phase.FAILED})
 #: Phases of an instance the MUX terminates once nothing on its NIC depends on it.
@@ -117,8 +121,9 @@ class MuxIm(PassthroughIm):
 
     def _initiate(self, root: OffloadBlock) -> bool:
         """Split and send the tree; False (nothing changed) when an object it needs on the
-        chosen NIC is still being offloaded or terminated there (spec §3.1), or a NIC has not
-        yet said what it can carry (placing without it would refuse needlessly): retried later."""
+        chosen NIC is still being offloaded or terminated there (spec §3.1), or has a copy
+        there whose terminate found it corrupt (spec §3.7, `_settling`), or a NIC has not yet
+        said what it can carry (placing without it would refuse needlessly): retried later."""
         if self.own_queries:
             return False
         objects = self._objects_of(root)
@@ -190,10 +195,22 @@ class MuxIm(PassthroughIm):
         return out
 
     def _settling(self, vobj: VirtualObject, lower: Lower) -> bool:
+        """Whether `vobj` or its neighbor has a copy on `lower` that a new connection cannot
+        be linked under yet (`_UNLINKABLE`).
+
+        A FAILED copy makes the connection wait rather than get a second copy of the object
+        on the same NIC, or another NIC: the MUX keeps one copy per object and NIC (it finds
+        it by the NIC), the policy's choice stands (the hash policy keeps a connection on one
+        NIC), and the host waits the same way for its own FAILED objects. The wait ends:
+        the MUX puts a copy in a terminate only with every dependent it has on that NIC, so
+        what still depends on a FAILED copy failed in the same terminate: connections the NIC
+        asks up (`HardwareFailure`, mandatory: spec §3.7 step 2, §5.2), which the layer above
+        terminates again (step 4). With them goes the copy (`_terminate_unused`; at once if
+        nothing depends on it), and the retry after that completion offloads a fresh one."""
         v: VirtualObject | None = vobj
         while v is not None:
             inst = v.instances.get(lower.binding.id)
-            if inst is not None and inst.lifecycle.phase in _SETTLING:
+            if inst is not None and inst.lifecycle.phase in _UNLINKABLE:
                 return True
             v = v.parent
         return False
