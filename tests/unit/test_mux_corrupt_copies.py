@@ -1,8 +1,12 @@
 """A teaming MUX's own copies of a path and neighbor on a NIC whose terminate found their
 hardware state corrupt (spec §3.7): only a terminate is left for them, so no new connection
-goes under them, and they are still terminated once their last dependent there has left."""
+goes under them, and they are still terminated once their last dependent there has left.
+An initiate the MUX holds (for such copies, or for a NIC's capabilities) may be overtaken by
+an invalidate of its path: its connection is asked up all the same (spec §3.5)."""
 
 from __future__ import annotations
+
+import pytest
 
 from chimneyd.ndis.blocks import OffloadBlock, walk
 from chimneyd.ndis.handles import NdisOffloadHandle
@@ -126,6 +130,62 @@ def test_on_a_single_nic_the_new_connection_goes_under_fresh_copies_invalidated_
     assert _asked_up(st, second) == [_INVALID_STATE]
 
     st.top.terminate(st.top.reference_tree(tree, [second], state="delegated"))
+    st.run()
+    st.top.terminate(st.top.reference_tree(tree, [], with_path=True, with_neighbor=True))
+    st.run()
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "nic"),
+    [("active-standby", "nic0"), ("round-robin", "nic1")],
+)
+def test_an_invalidate_overtaking_an_initiate_waiting_for_a_nics_capabilities(
+    policy: str, nic: str
+) -> None:
+    """nic1 fails and recovers (spec §5.5): at its RESUME the MUX asks it for its
+    capabilities again, and holds every initiate until it has answered. The layer above
+    initiates a connection under an offloaded path, then invalidates that path; the
+    invalidate goes by the waiting initiate. Wherever the connection is then placed, under
+    the invalidated copy on nic0 (which the NIC sees) or a fresh copy on nic1 (which the MUX
+    invalidates, `_invalidate_copies`), its NIC asks it up (spec §3.5)."""
+    st = teamed_target_stack(nics=2, policy=policy)
+    mux, _nic0, nic1 = st.under_test
+    tree = st.top.connection_tree([st.wires.open()])  # on nic0; nic1 carries nothing
+    st.top.initiate(tree.root)
+    st.run()
+    (first,) = tree.tcp
+    nic1.fail_adapter()
+    st.run()
+    nic1.recover_adapter()
+    queue = st.scheduler.queue
+    while True:  # hold nic1's answer to the MUX's capability query
+        assert queue, "the MUX never asked nic1 for its capabilities"
+        layer, fn, _ = queue[0]
+        if layer is nic1 and getattr(fn, "__name__", "") == "MiniportOidRequest":
+            held = queue.popleft()
+            break
+        st.scheduler.run_one()
+    st.run()
+    assert mux.own_queries
+
+    root, second = _new_connection(st, tree)
+    st.top.initiate(root)
+    st.run()
+    assert second.miniport_offload_context is None and mux.deferred  # it waits
+    st.top.invalidate(st.top.reference_tree(tree, [], with_path=True))
+    st.run()
+    assert _asked_up(st, first) == [_INVALID_STATE]
+    queue.appendleft(held)  # nic1 answers
+    st.run()
+    placed = second.miniport_offload_context
+    assert placed is not None, "the new connection was never offloaded"
+    assert placed.lower.lower.name == nic
+    assert _asked_up(st, second) == [_INVALID_STATE]
+
+    st.top.terminate(st.top.reference_tree(tree, [first, second], state="delegated"))
     st.run()
     st.top.terminate(st.top.reference_tree(tree, [], with_path=True, with_neighbor=True))
     st.run()
