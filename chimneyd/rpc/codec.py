@@ -123,7 +123,14 @@ class Decoder:
                 unpacker.feed(chunk)
             except msgpack.BufferFull:  # not reachable given the check below; kept as a guard
                 return self._fail(out, self._too_big())
+            under_way = self._done < self._fed
             self._fed += len(chunk)
+            # a frame under way before this chunk may end in it past the limit, never held
+            # unfinished at more than it; a frame begun in this chunk cannot (a chunk is at
+            # most the limit). So only that one frame is measured, once per chunk, not once
+            # per message
+            if under_way and self._first(out):
+                return out
             try:
                 # the Unpacker's own iteration: its end (no whole object left) costs no
                 # exception here, once per read rather than per message
@@ -161,6 +168,32 @@ class Decoder:
                 if self._fed - self._done > self.max_message:
                     return self._fail(out, self._too_big())
         return out
+
+    def _first(self, out: list[RawMessage]) -> bool:
+        """Take the frame under way if the bytes fed complete it: into `out` if it is within
+        the limit, else a LIMIT error. True if that was a bad frame (the decoder is dead)."""
+        unpacker = self._unpacker
+        try:
+            obj = next(unpacker)
+        except StopIteration:
+            return False  # still unfinished: measured as such at the end of the chunk
+        except Exception as exc:  # any decode failure is the client's bad frame
+            self._fail(out, ProtocolError(f"not msgpack: {_describe(exc)}"))
+            return True
+        end = unpacker.tell()
+        if end - self._done > self.max_message:
+            self._fail(out, self._too_big())
+            return True
+        self._done = end
+        msg = parse_message(obj)
+        if isinstance(msg, Request):  # the array the main loop would have kept, rebuilt
+            out.append([REQUEST, msg.msgid, msg.method, msg.params])
+            return False
+        if isinstance(msg, ProtocolError):
+            self._fail(out, msg)
+            return True
+        out.append(msg)
+        return False
 
     def _keep_head(self, chunk: bytes | bytearray | memoryview) -> None:
         """Keep the first `HEAD` bytes of the frame under way (it may have begun earlier)."""

@@ -328,3 +328,57 @@ _EDGES = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF]
 def test_bytes_response_head_then_payload_is_the_packed_response(msgid: int, length: int) -> None:
     data = bytes(range(256)) * (length // 256) + bytes(length % 256)
     assert bytes_response_head(msgid, length) + data == pack([1, msgid, None, data])
+
+
+def _frame_of(size: int, msgid: int = 77) -> bytes:
+    """A ping of exactly `size` bytes whose params are two bins, each under the limit (so no
+    declared length alone gives it away)."""
+    half = size // 2
+    rest = size - half
+    for _ in range(3):  # the bins' headers grow with their lengths: settles within a few steps
+        frame = pack([0, msgid, "ping", [b"a" * half, b"b" * rest]])
+        rest += size - len(frame)
+    assert len(frame) == size, (len(frame), size)
+    return frame
+
+
+@pytest.mark.parametrize("over", [1, 17, LIMIT // 2])
+@pytest.mark.parametrize(
+    "cut",
+    ["whole", "before-the-last-byte", "in-the-middle", "first-slice-then-rest"],
+)
+def test_a_frame_just_over_the_limit_completed_in_one_read_is_refused(over: int, cut: str) -> None:
+    """Whatever the reads that bring it, a frame larger than the limit is a LIMIT error (with its
+    msgid), never a request: also when its last read completes it, so it was never held
+    unfinished at more than the limit (rpc-contract: a frame larger than the configured limit
+    closes the client's connection)."""
+    frame = _frame_of(LIMIT + over)
+    splits = {
+        "whole": [frame],
+        "before-the-last-byte": [frame[:-1], frame[-1:]],
+        "in-the-middle": [frame[: LIMIT // 2], frame[LIMIT // 2 :]],
+        "first-slice-then-rest": [frame[:LIMIT], frame[LIMIT:]],
+    }[cut]
+    d = Decoder(LIMIT)
+    out: list[Any] = d.feed(pack([0, 1, "ping", []]))  # a good request first: it stays served
+    for chunk in splits:
+        out += d.feed(chunk)
+    assert out == [
+        Request(1, "ping", []),
+        ProtocolError(f"a message is larger than {LIMIT} bytes", 77, True),
+    ]
+    assert d.partial == 0 and d.feed(pack([0, 2, "ping", []])) == []  # dead: nothing more
+
+
+def test_a_frame_of_exactly_the_limit_in_pieces_after_a_partial_one() -> None:
+    """The measure of a frame completed in a read counts only its own bytes: one of exactly the
+    limit that began in an earlier read, after other frames, is served."""
+    frame = _frame_of(LIMIT)
+    small = pack([0, 1, "ping", []])
+    for cut in (1, len(small) + 1, LIMIT // 2, LIMIT):
+        stream = small + frame + small + frame
+        d = Decoder(LIMIT)
+        out = (
+            d.feed(stream[:cut]) + d.feed(stream[cut : cut + LIMIT]) + d.feed(stream[cut + LIMIT :])
+        )
+        assert [type(m) for m in out] == [Request] * 4, (cut, out)

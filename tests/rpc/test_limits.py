@@ -194,6 +194,27 @@ async def test_message_size_limit_answers_limit_then_closes_only_that_client() -
         await s.another_client_pings()
 
 
+@pytest.mark.parametrize("over", [1, 1000, 30_000])  # each bin stays under the limit
+async def test_a_frame_just_over_the_limit_is_refused_however_it_arrives(over: int) -> None:
+    """A frame larger than `max_message_bytes` gets LIMIT and closes the client, also when no
+    single read leaves it unfinished past the limit (a ping of two bins, each well under it);
+    the daemon and other clients go on."""
+    limit = 64 * 1024
+    async with serving(max_message_bytes=limit) as s:
+        c = await s.client()
+        size = limit + over
+        rest = size - limit // 2
+        for _ in range(3):  # the bins' headers grow with their lengths: settles in a few steps
+            frame = msgpack.packb([0, 9, "ping", [b"a" * (limit // 2), b"b" * rest]])
+            rest += size - len(frame)
+        assert len(frame) == size
+        c.send_raw(frame)
+        assert await c.read_until_closed() == [
+            [1, 9, [LIMIT, f"LIMIT: a message is larger than {limit} bytes"], None]
+        ]
+        await s.another_client_pings()
+
+
 async def test_max_clients_refuses_when_everyone_is_busy() -> None:
     async with serving(max_clients=2) as s:
         a, b = await s.client(), await s.client()
