@@ -22,7 +22,7 @@ import structlog
 
 from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
-from chimneyd.compiled import build_name
+from chimneyd.compiled import build_name, mypyc_attr
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
@@ -64,6 +64,29 @@ def _error(err: AppError) -> EngineError:
     return EngineError(code, err.detail)
 
 
+@mypyc_attr(native_class=False)  # a subclass of asyncio's Future: a plain Python class
+class _ReadFuture(asyncio.Future[Any]):
+    """A read's future: cancelling it (its client left, its task was cancelled) withdraws the
+    read from the host, as a timed-out one is. Else the read would stay queued in the host and
+    take the connection's next bytes for nobody (the future is cancelled: `_Request.done` drops
+    them), and the request would never leave `Engine._pending`. Done in `cancel` itself, not in
+    a done-callback: reads that complete (nearly all) cost nothing more."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: _Request) -> None:
+        super().__init__(loop=loop)
+        self.request: _Request | None = request  # None once the host has answered
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False  # already answered: nothing is queued in the host
+        request = self.request
+        if request is not None:
+            request.abandon()
+        return True
+
+
 class _Request:
     """One host request the engine waits on: its future, its withdraw timer, and what to undo
     once the host has answered.
@@ -81,10 +104,13 @@ class _Request:
         engine: Engine,
         conn_id: int,
         on_settled: Callable[[asyncio.Future[Any]], None] | None,
+        read: bool = False,
     ) -> None:
         self.engine = engine
         self.conn_id = conn_id
-        self.fut: asyncio.Future[Any] = engine.loop.create_future()
+        self.fut: asyncio.Future[Any] = (
+            _ReadFuture(engine.loop, self) if read else engine.loop.create_future()
+        )
         self.on_settled = on_settled
         self.settled = False
         self.timer: asyncio.TimerHandle | None = None
@@ -109,6 +135,20 @@ class _Request:
             self.fut.set_exception(exc)
         self._settle()
 
+    def abandon(self) -> None:
+        """Its future was cancelled before the host answered: withdraw the read from the host
+        (`app_cancel_recv`, in the host's own task, as at a timeout), whose answer then settles
+        it. Bytes the host handed it before it saw the withdrawal are dropped with the future,
+        as those of a read answered just before its client left would be."""
+        withdraw = self.withdraw
+        if self.settled or withdraw is None:
+            return
+        if self.timer is not None:  # withdrawn now: its timeout has nothing left to do
+            self.timer.cancel()
+            self.timer = None
+        host = self.engine.host
+        host.inbox.push(host.app_cancel_recv, withdraw)
+
     def _settle(self) -> None:
         if self.settled:
             return
@@ -118,9 +158,14 @@ class _Request:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        # the withdraw arguments hold `self.done`, a cycle through this request: left to the
-        # collector, one per read was most of what a young collection found, and freed late
-        self.withdraw = None
+        # the withdraw arguments hold `self.done`, and a read's future holds this request:
+        # cycles left to the collector, one per read was most of what a young collection
+        # found, and freed late
+        if self.withdraw is not None:
+            self.withdraw = None
+            fut = self.fut
+            if isinstance(fut, _ReadFuture):
+                fut.request = None
         if self.on_settled is not None:
             self.on_settled(self.fut)
 
@@ -272,10 +317,10 @@ class Engine:
         (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a
         byte is never both given to a timed-out read and kept: no data is lost by a timeout
         (rpc-contract tcp.recv). A read a failed layer answered is withdrawn the same way
-        (`_layer_failed`).
+        (`_layer_failed`), and so is one whose future is cancelled (`_ReadFuture`).
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
         it), after the future has its result."""
-        req = _Request(self, conn_id, on_settled)
+        req = _Request(self, conn_id, on_settled, read or withdraw_after is not None)
         # known until answered, so a layer that fails on the connection can answer it
         # (`_layer_failed`)
         self._pending[req] = None
