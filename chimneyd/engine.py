@@ -413,6 +413,7 @@ class Engine:
             "engine": {
                 "listeners": len(self.sockets.listeners),
                 "pending_overflows": self.sockets.pending_overflows,
+                "accept_waiters": self.sockets.accept_waiters(),
                 "queued_send_bytes": sum(self._queued_send.values()),
                 "pending_requests": self._unanswered(),
                 "wires": len(self.sockets.by_conn),
@@ -462,8 +463,16 @@ class Engine:
         return {"host": listener.host, "port": listener.port, "pending": len(listener.pending)}
 
     async def accept(self, listener_id: int, timeout: float | None) -> int:
+        """The listener's next connection. Cancelled (its client left), it takes none: one
+        handed to it meanwhile goes to the next accept, or is closed with its listener."""
         conn_id = await self.sockets.accept(listener_id, timeout)
-        await self._host_has_seen()  # the connection may have been made a moment ago
+        try:
+            await self._host_has_seen()  # the connection may have been made a moment ago
+        except asyncio.CancelledError:
+            if not self.sockets.give_back(listener_id, conn_id):
+                # its listener closed meanwhile and no longer lists it: closed here instead
+                self.post_host(self.host.app_close, conn_id, _ignore)
+            raise
         return conn_id
 
     async def close_listener(self, listener_id: int) -> None:

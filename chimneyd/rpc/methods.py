@@ -110,7 +110,12 @@ async def tcp_accept(c: Caller, p: list[Any]) -> int:
     c.ownership.reserve_conn(h, c.config.max_connections_per_client)
     adopt = functools.partial(c.ownership.conn_made, h)
     made = c.engine.accept(lid, timeout)
-    return await _made_for(c, made, adopt, c.ownership.unreserve_conn, c.engine.close)
+    # not run to its end once cancelled: an accept that went on waiting for a client that
+    # left would take the listener's next connection from the next accept, only to close it.
+    # Cancelled, the engine's accept takes none (one handed to it goes to the next accept)
+    return await _made_for(
+        c, made, adopt, c.ownership.unreserve_conn, c.engine.close, to_the_end=False
+    )
 
 
 def _waiting(c: Caller) -> int:
@@ -129,11 +134,13 @@ async def _made_for(
     adopt: Callable[[int], bool],
     unreserve: Callable[[Any], None],
     undo: Callable[[int], Coroutine[Any, Any, None]],
+    to_the_end: bool = True,
 ) -> int:
     """Run an engine call that makes something for this client (a connection, a listener) to
     its end even if the request is cancelled (client gone, daemon stopping): what it makes is
     always adopted, or undone when nobody is left to own it. The reservation taken for it is
-    returned either way."""
+    returned either way. `to_the_end=False`: a cancelled request cancels the call too, for a
+    call that, cancelled, makes nothing (`tcp.accept`)."""
     h = c.holdings
     inner = asyncio.ensure_future(made)
 
@@ -146,7 +153,7 @@ async def _made_for(
             c.background(undo(made_id))
 
     inner.add_done_callback(done)
-    return await asyncio.shield(inner)
+    return await (asyncio.shield(inner) if to_the_end else inner)
 
 
 async def tcp_offload(c: Caller, p: list[Any]) -> dict[str, Any]:

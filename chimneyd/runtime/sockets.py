@@ -8,6 +8,7 @@ addresses and ports in the offloaded state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -145,12 +146,8 @@ class Sockets:
                 wire.abort()
                 return
             conn_id = self.attach(wire, listener)
-            while listener.waiters:
-                waiter = listener.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(conn_id)
-                    return
-            listener.pending.append(conn_id)
+            if not _hand_to_waiter(listener, conn_id):
+                listener.pending.append(conn_id)
 
         try:
             server = await self.loop.create_server(
@@ -179,6 +176,8 @@ class Sockets:
         return listener
 
     async def accept(self, listener_id: int, timeout: float | None) -> int:
+        """The listener's next connection. Cancelled (its client left), it stops waiting at
+        once, and a connection handed to it meanwhile goes to the next accept (`give_back`)."""
         listener = self.listener(listener_id)
         if listener.pending:
             return listener.pending.popleft()
@@ -194,10 +193,30 @@ class Sockets:
                 ErrorCode.TIMEOUT, f"no connection on listener {listener_id}"
             ) from None
         except asyncio.CancelledError:
-            if _accepted(fut) and listener_id in self.listeners:
-                listener.pending.appendleft(fut.result())  # the next accept takes it
+            if _accepted(fut):
+                self.give_back(listener_id, fut.result())
             fut.cancel()
             raise
+        finally:
+            # a waiter that stopped waiting leaves the queue now, not when the next connection
+            # comes: accepts that time out on a quiet listener must not pile up
+            with contextlib.suppress(ValueError):
+                listener.waiters.remove(fut)
+
+    def give_back(self, listener_id: int, conn_id: int) -> bool:
+        """A connection taken for an accept that was then cancelled: to the next accept
+        waiting, else first in the listener's queue. False if the listener is closed (the
+        caller closes the connection)."""
+        listener = self.listeners.get(listener_id)
+        if listener is None:
+            return False
+        if not _hand_to_waiter(listener, conn_id):
+            listener.pending.appendleft(conn_id)
+        return True
+
+    def accept_waiters(self) -> int:
+        """Accepts waiting on every listener (0 once nobody waits: `stack.stats`)."""
+        return sum(len(listener.waiters) for listener in self.listeners.values())
 
     def close_listener(self, listener_id: int) -> list[int]:
         """Stop listening; accepts still waiting fail (NOT_FOUND, "listener closed"). Returns
@@ -213,6 +232,16 @@ class Sockets:
                 )
         listener.waiters.clear()
         return list(listener.pending)
+
+
+def _hand_to_waiter(listener: Listener, conn_id: int) -> bool:
+    """Give `conn_id` to the oldest accept still waiting on `listener`; False if none is."""
+    while listener.waiters:
+        waiter = listener.waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(conn_id)
+            return True
+    return False
 
 
 def _accepted(fut: asyncio.Future[int]) -> bool:

@@ -138,3 +138,41 @@ def test_a_read_whose_client_left_takes_no_bytes_and_leaves_nothing(
     finally:
         owner.ok("tcp.close", conn)
         owner.close()
+
+
+def test_an_accept_whose_client_left_takes_no_connection(spawn_daemon: SpawnDaemon) -> None:
+    """A `tcp.accept` still waiting when its client leaves stops waiting: the listener's next
+    connection goes to the next accept (its owner's), not to the one that left (which would
+    close it for want of an owner)."""
+    d = spawn_daemon(ADMIN_CONFIG, admin_token=ADMIN)
+    owner = Client(d)
+    lid = owner.ok("tcp.listen", HOST, 0)
+    port = owner.ok("tcp.listener_info", lid)["port"]
+    admin = Client(d, ADMIN)  # an admin may accept on another client's listener
+    admin.send("tcp.accept", lid)  # no timeout
+    assert admin.ok("ping") == "pong"
+    admin.close()
+    waiting = settled_engine(d, "accept_waiters")["accept_waiters"]
+    s = socket.create_connection((HOST, port))  # a peer connects to the owner's listener
+    try:
+        err, conn = owner.call("tcp.accept", lid, 3000)
+        assert err is None, f"the owner's tcp.accept: {err!r} (taken by the abandoned accept)"
+        assert waiting == 0, f"accepts still waiting after their client left: {waiting}"
+        s.sendall(b"ping")
+        assert owner.ok("tcp.recv", conn, 10, 3000) == b"ping"  # the connection is live
+        owner.ok("tcp.close", conn)
+    finally:
+        s.close()
+        owner.close()
+
+
+def test_accepts_that_timed_out_leave_no_waiter(spawn_daemon: SpawnDaemon) -> None:
+    """A timed-out `tcp.accept` leaves nothing behind in its listener (tables back to 0)."""
+    d = spawn_daemon(ADMIN_CONFIG, admin_token=ADMIN)
+    owner = Client(d)
+    lid = owner.ok("tcp.listen", HOST, 0)
+    for _ in range(3):
+        err, _ = owner.call("tcp.accept", lid, 10)
+        assert err is not None and err[0] == 7  # TIMEOUT
+    assert settled_engine(d, "accept_waiters")["accept_waiters"] == 0
+    owner.close()
