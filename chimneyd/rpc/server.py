@@ -242,26 +242,37 @@ class RpcServer:
 
     async def drain(self, deadline: float) -> int:
         """Stop reading requests, let those in flight finish within `deadline` seconds, cancel
-        the rest (answered TIMEOUT), close every client. Returns how many were cancelled."""
+        the rest (answered TIMEOUT), close every client. Returns how many were cancelled.
+        Every request read is answered: the requests running are taken again until none is
+        left or the deadline comes (one may have started after the drain began), and the last
+        ones are cancelled just before the clients are closed."""
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline  # one deadline for all of it, never one per step
         sessions = list(self.sessions)
         for session in sessions:
             if session.transport is not None and not session.closing:
                 session.transport.pause_reading()
-        tasks = [t for s in sessions for t in s.tasks]
-        cancelled = 0
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=deadline)
-            for task in pending:
-                task.cancel()
-            cancelled = len(pending)
-            if pending:
-                # let the cancellations run, so their clients get a TIMEOUT answer first
-                await asyncio.wait(pending, timeout=min(1.0, deadline))
+
+        def running() -> list[asyncio.Future[Any]]:
+            return [t for s in sessions for t in s.tasks if not t.done()]
+
+        while (tasks := running()) and (left := end - loop.time()) > 0:
+            await asyncio.wait(tasks, timeout=left)
+        pending = running()
+        for task in pending:
+            task.cancel()
+        cancelled = len(pending)
+        if pending:
+            # let the cancellations run, so their clients get a TIMEOUT answer first
+            await asyncio.wait(pending, timeout=min(1.0, deadline))
         for session in sessions:
             session.close()
         await asyncio.sleep(0)  # let the transports write what close() flushed
+        # a closed transport still writes what it holds, up to many answers of a client that
+        # read slowly: the daemon exiting meanwhile would lose them. Wait for it (a client
+        # leaves `sessions` when its transport is done), within the deadline
+        while any(s in self.sessions for s in sessions) and loop.time() < end:
+            await asyncio.sleep(0.01)
         if self.cleanups:
             await asyncio.wait(list(self.cleanups), timeout=max(0.0, end - loop.time()))
         if self._sweep is not None:

@@ -215,6 +215,10 @@ class Session(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
             self.paused = False
+            if self.server.stopping:
+                # the drain stopped reading every client: a request read now would come after
+                # the drain took stock of what runs, and go unanswered when it closes us
+                return
             if self.partial:
                 self.clock.partial_since = self._now()
             self.transport.resume_reading()
@@ -411,8 +415,15 @@ class Session(asyncio.Protocol):
             return
         self.flush()
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if self.server.stopping and transport.can_write_eof():
+                # the drain stopped reading: requests the client sent since lie unread, and
+                # closing over them resets the connection, which makes many clients drop the
+                # answers they have not read yet. The end of our stream (FIN) goes first, after
+                # the answers, so the client reads them all and then sees the end
+                transport.write_eof()
+            transport.close()
 
     # -- what methods see (caller.Caller) --------------------------------------------------------
     def authenticate(self, token: str) -> None:

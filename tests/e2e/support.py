@@ -400,3 +400,74 @@ async def settled(
     except AssertionError:
         raise AssertionError(f"the daemon did not settle: {seen[-1]}") from None
     return seen[-1]
+
+
+class HandPeer:
+    """A loopback TCP server whose accepted sockets the test drives by hand."""
+
+    def __init__(self) -> None:
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((HOST, 0))
+        self.srv.listen(16)
+        self.port: int = self.srv.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            self.socks.append(s)
+
+    def wait(self, n: int = 1) -> socket.socket:
+        deadline = time.monotonic() + 10
+        while len(self.socks) < n:
+            assert time.monotonic() < deadline, "peer never accepted"
+            time.sleep(0.01)
+        return self.socks[n - 1]
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.srv.close()
+
+
+class MsgidClient:
+    """A `RawConn` with msgids, answers read by msgid."""
+
+    def __init__(self, d: Daemon, token: str | None = None) -> None:
+        self.raw = RawConn((d.host, d.port), timeout=15.0)
+        self.msgid = 0
+        self.early: dict[int, list[Any]] = {}
+        if token:
+            assert self.call("auth", token) == [None, True]
+
+    def send(self, method: str, *params: Any) -> int:
+        self.msgid += 1
+        self.raw.request(self.msgid, method, list(params))
+        return self.msgid
+
+    def answer(self, msgid: int) -> list[Any]:
+        if msgid in self.early:
+            return self.early.pop(msgid)
+        while True:
+            m = self.raw.read_message()
+            if m[0] != 1:
+                continue  # a notification
+            if m[1] == msgid:
+                return [m[2], m[3]]
+            self.early[m[1]] = [m[2], m[3]]
+
+    def call(self, method: str, *params: Any) -> list[Any]:
+        return self.answer(self.send(method, *params))
+
+    def ok(self, method: str, *params: Any) -> Any:
+        err, res = self.call(method, *params)
+        assert err is None, (method, params, err)
+        return res
+
+    def close(self) -> None:
+        self.raw.close()

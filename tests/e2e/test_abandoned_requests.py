@@ -4,7 +4,6 @@ them is left in the daemon, and they take nothing that belongs to another client
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,88 +11,18 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import HOST, Daemon, RawConn
+from tests.e2e.support import HOST, Daemon, HandPeer
+from tests.e2e.support import MsgidClient as Client
 
 ADMIN = "adm1n"
 ADMIN_CONFIG = f'[rpc]\nadmin_token = "{ADMIN}"\n'
 
 
-class Peer:
-    """A loopback TCP server whose accepted sockets the test drives by hand."""
-
-    def __init__(self) -> None:
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind((HOST, 0))
-        self.srv.listen(16)
-        self.port: int = self.srv.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                s, _ = self.srv.accept()
-            except OSError:
-                return
-            self.socks.append(s)
-
-    def wait(self, n: int = 1) -> socket.socket:
-        deadline = time.monotonic() + 10
-        while len(self.socks) < n:
-            assert time.monotonic() < deadline, "peer never accepted"
-            time.sleep(0.01)
-        return self.socks[n - 1]
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-        self.srv.close()
-
-
 @pytest.fixture
-def peer() -> Iterator[Peer]:
-    p = Peer()
+def peer() -> Iterator[HandPeer]:
+    p = HandPeer()
     yield p
     p.close()
-
-
-class Client:
-    """A `RawConn` with msgids, answers read by msgid."""
-
-    def __init__(self, d: Daemon, token: str | None = None) -> None:
-        self.raw = RawConn((d.host, d.port), timeout=15.0)
-        self.msgid = 0
-        self.early: dict[int, list[Any]] = {}
-        if token:
-            assert self.call("auth", token) == [None, True]
-
-    def send(self, method: str, *params: Any) -> int:
-        self.msgid += 1
-        self.raw.request(self.msgid, method, list(params))
-        return self.msgid
-
-    def answer(self, msgid: int) -> list[Any]:
-        if msgid in self.early:
-            return self.early.pop(msgid)
-        while True:
-            m = self.raw.read_message()
-            if m[0] != 1:
-                continue  # a notification
-            if m[1] == msgid:
-                return [m[2], m[3]]
-            self.early[m[1]] = [m[2], m[3]]
-
-    def call(self, method: str, *params: Any) -> list[Any]:
-        return self.answer(self.send(method, *params))
-
-    def ok(self, method: str, *params: Any) -> Any:
-        err, res = self.call(method, *params)
-        assert err is None, (method, params, err)
-        return res
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def engine_stats(d: Daemon) -> dict[str, Any]:
@@ -116,7 +45,7 @@ def settled_engine(d: Daemon, key: str, timeout: float = 5.0) -> dict[str, Any]:
 @pytest.mark.parametrize("timeout_ms", [None, 60_000], ids=["no-timeout", "long-timeout"])
 @pytest.mark.parametrize("offload", [True, False], ids=["offloaded", "host"])
 def test_a_read_whose_client_left_takes_no_bytes_and_leaves_nothing(
-    spawn_daemon: SpawnDaemon, peer: Peer, offload: bool, timeout_ms: int | None
+    spawn_daemon: SpawnDaemon, peer: HandPeer, offload: bool, timeout_ms: int | None
 ) -> None:
     """A `tcp.recv` still waiting when its client leaves is withdrawn from the host: the
     connection's next bytes go to the next read (the owner's), none is lost, and the engine's

@@ -448,3 +448,48 @@ async def test_drain_answers_in_flight_requests_and_closes_clients() -> None:
         assert await quick.read_until_closed() == []
         with pytest.raises(OSError):
             await RawClient.connect(s.address)
+
+
+async def test_a_client_paused_when_the_drain_begins_is_not_read_again() -> None:
+    """Once the daemon is stopping nothing more is read from a client, even one whose reading
+    was paused for back-pressure and whose answers then drain (`resume_writing`): every request
+    the server read is answered (served, or TIMEOUT by the drain), none is left unanswered."""
+    async with serving() as s:
+        c = await s.client()
+        conn = await c.ok("tcp.connect", HOST, 9000)
+        waiting = c.request("tcp.recv", conn, 10)  # in flight when the drain begins
+        assert await c.ok("ping") == "pong"
+        [session] = s.sessions()
+        session.pause_writing()  # as if its unread answers had passed WRITE_HIGH
+        late = [c.request("tcp.recv", conn, 10), c.request("ping")]
+        await asyncio.sleep(0.05)  # sent, not read: reading is paused
+        await s.server.stop_accepting()
+        drain = asyncio.ensure_future(s.server.drain(0.3))
+        await asyncio.sleep(0.05)
+        session.resume_writing()  # its answers drained below WRITE_LOW during the drain
+        await asyncio.sleep(0.05)
+        assert session.requests == 3, "requests were read after the drain began"
+        assert await drain == 1
+        msgs = await c.read_until_closed()
+        assert [m[1] for m in msgs] == [waiting], (msgs, late)
+        assert msgs[0][2][0] == TIMEOUT
+
+
+async def test_requests_read_during_the_drain_are_answered() -> None:
+    """Whatever was read before the clients are closed is answered: a request still running
+    when the drain's deadline comes, though it started after the drain began, gets TIMEOUT."""
+    async with serving() as s:
+        c = await s.client()
+        conn = await c.ok("tcp.connect", HOST, 9000)
+        first = c.request("tcp.recv", conn, 10)
+        assert await c.ok("ping") == "pong"
+        [session] = s.sessions()
+        await s.server.stop_accepting()
+        drain = asyncio.ensure_future(s.server.drain(0.3))
+        await asyncio.sleep(0.05)
+        # a request dispatched after the drain began (read before reading stopped, say)
+        session.dispatch(4242, "tcp.recv", [conn, 10])
+        assert await drain == 2
+        msgs = await c.read_until_closed()
+        assert sorted(m[1] for m in msgs) == sorted([first, 4242])
+        assert all(m[2][0] == TIMEOUT for m in msgs)
