@@ -177,6 +177,10 @@ class Ownership:
     def add_subscription(self, h: Holdings, conn: int | None, unsubscribe: Unsubscribe) -> None:
         h.subscriptions[conn] = unsubscribe
 
+    def subscription_ended(self, h: Holdings, conn: int) -> None:
+        """The connection `conn` closed: its subscription is over (the engine dropped it)."""
+        h.subscriptions.pop(conn, None)
+
     # -- leaving ---------------------------------------------------------------------------------
     def leave(self, h: Holdings) -> Departure:
         """The client is gone: give up all it holds. Faults on its connections are to be

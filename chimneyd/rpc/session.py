@@ -457,6 +457,11 @@ class Session(asyncio.Protocol):
         def on_event(conn_id: int, event: str, info: dict[str, Any]) -> None:
             if not self.closing and sees(h, conn_id):
                 deliver(conn_id, event, info)
+            if conn is not None and event == "closed":
+                # the engine ends a connection's subscriptions with it; this client's entry
+                # goes too, whoever closed it, or the client never holds nothing again (and
+                # its idle timeout never applies)
+                self.ownership.subscription_ended(h, conn)
 
         cluster = self.cluster
         if cluster is None or conn is not None or not h.admin:

@@ -207,3 +207,26 @@ async def test_admin_hears_events_of_every_connection() -> None:
         conn = await a.ok("tcp.connect", HOST, 9000)
         s.engine.raise_event(conn, "TcpIndicateAbort", {"path": "host"})
         assert await admin.read() == [2, "tcp.event", [conn, "TcpIndicateAbort", {"path": "host"}]]
+
+
+@pytest.mark.parametrize("how", ["owner-closes", "owner-leaves"])
+async def test_a_subscription_to_a_connection_ends_when_anyone_closes_it(how: str) -> None:
+    """An admin's `events.subscribe` to another client's connection leaves the admin's
+    holdings once the connection is closed, whoever closes it: the admin then holds nothing
+    again, so its idle timeout applies."""
+    async with serving(token=TOKEN, admin_token=ADMIN) as s:
+        a = await s.client(TOKEN)
+        conn = await a.ok("tcp.connect", HOST, 9000)
+        admin = await s.client(ADMIN)
+        assert await admin.ok("events.subscribe", conn) is True
+        [held] = [x for x in s.sessions() if x.holdings.admin]
+        assert not held.holdings.holds_nothing()
+        if how == "owner-closes":
+            assert await a.ok("tcp.close", conn) is True
+        else:
+            await a.close()
+        await eventually(lambda: conn in s.engine.closed, "the connection closed")
+        assert await admin.ok("ping") == "pong"  # the close's event has reached the admin
+        assert [n[2][:2] for n in admin.notifications] == [[conn, "closed"]]
+        assert held.holdings.subscriptions == {}
+        assert held.holdings.holds_nothing()
