@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.faults import kind_of
 from chimneyd.observe.logging import write_errors
 from chimneyd.observe.metrics import prometheus_text
 
@@ -256,7 +257,15 @@ def fault_inject(c: Caller, p: list[Any]) -> int:
     spec = p[0]
     if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
         raise P.invalid("spec must be a map with a string 'kind'")
-    conn = _conn(c, spec["conn"]) if "conn" in spec else None  # a fault on a connection: yours
+    conn = None
+    if "conn" in spec:
+        # a `conn` key on a kind that takes none is a wrong key (INVALID_PARAMS), not a
+        # question of whose connection it names; the rest of the spec the engine checks
+        kind = kind_of(spec)
+        if "conn" not in kind.keys:
+            known = ", ".join(kind.keys) or "none"
+            raise P.invalid(f"fault kind {kind.name!r} has no key 'conn' (keys: {known})")
+        conn = _conn(c, spec["conn"])  # a fault on a connection: yours
     fid = c.engine.fault_inject(spec)
     c.ownership.add_fault(c.holdings, fid, conn)
     return fid

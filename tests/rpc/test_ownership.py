@@ -11,7 +11,7 @@ from tests.rpc.support import HOST, eventually, serving
 
 TOKEN = "user-secret"
 ADMIN = "admin-secret"
-NOT_FOUND, LIMIT = 3, 6
+INVALID_PARAMS, NOT_FOUND, LIMIT = 2, 3, 6
 
 
 # -- the rules, no sockets ---------------------------------------------------------------------
@@ -230,3 +230,28 @@ async def test_a_subscription_to_a_connection_ends_when_anyone_closes_it(how: st
         assert [n[2][:2] for n in admin.notifications] == [[conn, "closed"]]
         assert held.holdings.subscriptions == {}
         assert held.holdings.holds_nothing()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"kind": "target_failure", "layer": "nic0", "conn": 999},
+        {"kind": "delay", "layer": "nic0", "ms": 5, "conn": 1},
+    ],
+    ids=["unknown-conn", "own-conn"],
+)
+async def test_a_conn_key_on_a_fault_kind_without_one_is_invalid_params(
+    spec: dict[str, object],
+) -> None:
+    """A `conn` key on a fault kind that takes none is a wrong key (INVALID_PARAMS), whether or
+    not it names a connection of the caller's, not a missing connection (NOT_FOUND)."""
+    async with serving() as s:
+        c = await s.client()
+        assert await c.ok("tcp.connect", HOST, 9000) == 1
+        code, message = await c.fails("fault.inject", spec)
+        assert code == INVALID_PARAMS, message
+        assert "has no key 'conn'" in message
+        # a kind that takes one: someone else's (or no) connection is still NOT_FOUND
+        missing = {"kind": "peer_reset", "conn": 999}
+        assert (await c.fails("fault.inject", missing))[0] == NOT_FOUND
+        assert s.engine.faults == {}
