@@ -199,6 +199,10 @@ class WireSocket(asyncio.Protocol):
         self._emit("WireData", offset, data)
 
     def eof_received(self) -> bool:
+        if self.eof_seen:
+            # libuv forgets the EOF it read once reading starts again: the end of stream is
+            # told once (`_apply_reading` no longer resumes after it; this stays the guard)
+            return True
         self.eof_seen = True
         self._emit("WireEof", self.bytes_read)
         return True  # keep the send half open (half-close)
@@ -439,7 +443,9 @@ class WireSocket(asyncio.Protocol):
         self._apply_reading()
 
     def _apply_reading(self) -> None:
-        if self.transport is None or self.closed:
+        if self.transport is None or self.closed or self.eof_seen:
+            # after the peer's FIN there is nothing more to read, and resuming would make
+            # libuv read the end of stream again (a second WireEof)
             return
         if self._flow_paused or self._stall_timer is not None:
             self.transport.pause_reading()
