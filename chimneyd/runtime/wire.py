@@ -3,7 +3,9 @@
 Implements `drivers.wire.WirePort`. Received bytes are posted, with their stream offset, to the
 inbox of whichever layer owns the connection now (design: "exactly one owner at a time"). Sends
 complete on acknowledgement, which the kernel tells: bytes written minus what is still in the
-transport's buffer minus the socket's unacknowledged send queue (`SIOCOUTQ`).
+transport's buffer minus the socket's unacknowledged send queue (`SIOCOUTQ`); where that sum
+no longer holds (uvloop dropped its buffer on a failed send) and as the socket goes, the
+kernel's own count (`tcpi_bytes_acked`).
 
 Longer than most modules because a socket's whole life is here: connect, reading with
 back-pressure, acknowledgement detection, reset and close.
@@ -38,6 +40,14 @@ _TCP_INFO = struct.Struct("8B24I")
 # the prefix up to tcpi_snd_cwnd, all `send_room` reads: tcpi_snd_mss is field 10, tcpi_snd_cwnd 26
 _TCPI_TO_CWND = struct.Struct("8B19I")
 _TCPI_U32 = struct.Struct("I")
+_TCPI_U64 = struct.Struct("Q")
+# tcpi_bytes_acked (Linux 4.1): every sequence number the peer acknowledged, what `acked()`
+# falls back on when uvloop's byte counts no longer add up (a failed send(2) drops its buffer)
+# and reads last before the socket goes. It counts our SYN on a connecting socket but not on an
+# accepted one (Linux 6.18), so the count at connection_made is taken off; and it counts our
+# FIN once acknowledged.
+_TCPI_BYTES_ACKED = 120
+_TCPI_ACKED_ASK = _TCPI_BYTES_ACKED + _TCPI_U64.size
 _TCPI_NOTSENT = 144  # tcpi_notsent_bytes (Linux 4.6)
 _TCPI_SND_WND = 228  # tcpi_snd_wnd (5.4)
 _TCPI_RCV_WND = 232  # tcpi_rcv_wnd (6.2)
@@ -81,6 +91,7 @@ class WireSocket(asyncio.Protocol):
 
     __slots__ = (
         "_aborted_by_us",
+        "_acked_base",
         "_acked_seen",
         "_early",
         "_fd",
@@ -125,6 +136,9 @@ class WireSocket(asyncio.Protocol):
         self.bytes_read = 0
         self.notified_acked = 0
         self._acked_seen = 0  # the last acknowledged offset the kernel told
+        # tcpi_bytes_acked before our first data byte (our SYN, if counted); None: this kernel
+        # does not count (older than 4.1), or the socket was never connected
+        self._acked_base: int | None = None
         self.notified_fin = False
         self.eof_written = False
         self.eof_seen = False
@@ -190,6 +204,8 @@ class WireSocket(asyncio.Protocol):
         self.local = (sys.intern(host), port)
         host, port = transport.get_extra_info("peername")[:2]
         self.remote = (sys.intern(host), port)
+        # one getsockopt per connection: what the kernel counts before any byte of ours
+        self._acked_base = self._kernel_acked_count()
         if self.on_made is not None:
             self.on_made(self)
 
@@ -208,6 +224,10 @@ class WireSocket(asyncio.Protocol):
         return True  # keep the send half open (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            # closed by the kernel (an RST read, a failed send): uvloop closes the fd only
+            # after this returns, so what the peer acknowledged can still be read, exactly
+            self._settle()
         self.closed = True
         self._watcher.discard(self)
         if self._stall_timer is not None:
@@ -278,7 +298,7 @@ class WireSocket(asyncio.Protocol):
     def _reset_socket(self) -> None:
         """Close with RST: SO_LINGER {on, 0}, then abort; connection_lost then reports nothing."""
         assert self.transport is not None
-        self.acked()  # what the peer acknowledged, read while the kernel can still tell
+        self._settle()  # what the peer acknowledged, read while the kernel can still tell
         self._aborted_by_us = True
         try:
             self.transport.get_extra_info("socket").setsockopt(
@@ -291,6 +311,7 @@ class WireSocket(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._settle()  # what the peer acknowledged, for the sends the close fails
             self._aborted_by_us = True
             self.closed = True
             self.transport.close()
@@ -331,12 +352,39 @@ class WireSocket(asyncio.Protocol):
         # no state: the socket is gone, nothing more will be sent or acknowledged
         return state is None or state not in _FIN_NOT_SENT
 
+    def _kernel_acked_count(self) -> int | None:
+        """tcpi_bytes_acked as the kernel has it now (None if it cannot tell)."""
+        raw = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_ACKED_ASK)
+        if raw is None or len(raw) < _TCPI_ACKED_ASK:
+            return None
+        return int(_TCPI_U64.unpack_from(raw, _TCPI_BYTES_ACKED)[0])
+
+    def _settle(self) -> int:
+        """The acknowledged offset from the kernel's own count, not from uvloop's buffer: right
+        when that buffer was dropped, and the last reading before the socket goes (after it
+        the last offset read stands). One getsockopt."""
+        count = self._kernel_acked_count()
+        if count is not None and self._acked_base is not None:
+            # the FIN's sequence number, counted once acknowledged, is not a data byte
+            acked = min(count - self._acked_base, self.bytes_written)
+            if acked > self._acked_seen:
+                self._acked_seen = acked
+        return self._acked_seen
+
     def acked(self) -> int:
         """How far the peer has acknowledged our bytes. Once the socket is closed the kernel
-        cannot tell any more (an RST purges its queues): the last offset it told stands."""
-        if self.closed or self.transport is None:
+        cannot tell any more: the last offset read (`_settle`, as it went) stands."""
+        transport = self.transport
+        if self.closed or transport is None:
             return self._acked_seen
-        buffered = self.transport.get_write_buffer_size()
+        if transport.is_closing():
+            # not closed by us, yet closing: uvloop met a fatal error (send(2) failed with
+            # EPIPE or ECONNRESET, or a read did), dropped what it held and only queued
+            # connection_lost. Bytes counted written never reached the kernel: written minus
+            # buffered minus queued would call them acknowledged (spec §4.1). The kernel's
+            # own count, one getsockopt, only on this rare path.
+            return self._settle()
+        buffered = transport.get_write_buffer_size()
         outq = self._outq()
         unacked = buffered + outq
         if outq and not buffered and self.eof_written and self._fin_sent():
@@ -384,6 +432,7 @@ class WireSocket(asyncio.Protocol):
         its own timeout (ETIMEDOUT), reported as such."""
         if self.closed or self.transport is None:
             return
+        self._settle()  # in state CLOSE the kernel still counts what the peer acknowledged
         self._aborted_by_us = True  # connection_lost must not report it a second time
         self.closed = True
         self.transport.abort()

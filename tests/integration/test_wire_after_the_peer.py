@@ -106,3 +106,98 @@ async def test_the_peers_fin_is_told_once_across_a_pause_and_a_resume() -> None:
     finally:
         wire.close()
         peer.close()
+
+
+# ================================================================================================
+# bytes the kernel refused are not acknowledged (spec §4.1)
+# ================================================================================================
+# send(2) fails (EPIPE) on a socket the peer reset: uvloop drops the bytes it held and only
+# queues connection_lost. Until that runs, "written minus buffered minus the kernel's queue"
+# counted the dropped bytes as acknowledged.
+
+
+@pytest.mark.asyncio
+async def test_bytes_the_kernel_refused_are_not_acknowledged() -> None:
+    wire, peer, _ = await pair()
+    try:
+        wire.write([memoryview(b"a" * 300)])
+        await eventually(lambda: wire.acked() == 300, "the first bytes acknowledged")
+        await fin_then_reset(wire, peer)
+        wire.write([memoryview(b"x" * 1000)])  # EPIPE: not one byte reaches the kernel
+        assert wire.transport is not None and wire.transport.is_closing()
+        assert wire.acked() == 300
+        await eventually(lambda: wire.closed, "connection_lost")
+        assert wire.acked() == 300  # and so it stays
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_the_watcher_does_not_report_refused_bytes_before_the_reset() -> None:
+    """In a daemon's order: the watcher's poll is already queued when a layer's step writes;
+    the owner must hear the reset and never an acknowledgement of those bytes."""
+    loop = asyncio.get_running_loop()
+    wire, peer, owner = await pair()
+    try:
+        await fin_then_reset(wire, peer)
+        loop.call_soon(wire.write, [memoryview(b"x" * 1000)])  # a layer's step
+        wire.watch_acks()  # the watcher's poll, queued after it
+        await eventually(lambda: "WireReset" in owner.names(), "the reset")
+        assert [a for n, a in owner.events if n == "WireAcked" and a != (0,)] == []
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_abort_keeps_what_the_peer_really_acknowledged() -> None:
+    """`abort` reads the acknowledged offset one last time; what it read stands after."""
+    wire, peer, _ = await pair()
+    try:
+        await fin_then_reset(wire, peer)
+        wire.write([memoryview(b"x" * 1000)])
+        wire.abort()
+        assert wire.acked() == 0
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("side", ["connecting", "accepted"])
+async def test_acknowledged_bytes_are_counted_from_the_first_data_byte(side: str) -> None:
+    """The kernel's count of acknowledged bytes includes our SYN on a connecting socket and not
+    on an accepted one (Linux 6.x), and our FIN once acknowledged: neither is a data byte."""
+    loop = asyncio.get_running_loop()
+    watcher = AckWatcher(loop)
+    owner = Owner()
+    made: asyncio.Future[WireSocket] = loop.create_future()
+
+    def post(layer: Any, method: Any, args: tuple[Any, ...]) -> None:
+        loop.call_soon(method, *args)
+
+    peer: socket.socket
+    if side == "connecting":
+        wire, peer, owner = await pair(watcher)
+    else:
+        server = await loop.create_server(
+            lambda: WireSocket(post, watcher, made.set_result), "127.0.0.1", 0
+        )
+        peer = socket.create_connection(server.sockets[0].getsockname()[:2])
+        wire = await made
+        wire.set_home(owner, "ctx")
+        server.close()
+    try:
+        peer.setblocking(False)
+        wire.write([memoryview(b"d" * 700)])
+        await eventually(lambda: wire.acked() == 700, "700 bytes acknowledged")
+        wire.write_eof()
+        await eventually(lambda: wire.fin_acked(), "our FIN acknowledged")
+        assert wire.acked() == 700
+        reset(peer)
+        await eventually(lambda: wire.closed, "the reset read")
+        assert wire.acked() == 700 and wire.fin_acked()
+    finally:
+        wire.close()
+        peer.close()

@@ -1,0 +1,69 @@
+"""What the wire tells the layers after the peer has reset or stopped reading, seen through the
+whole stack (host → IM → NIC) on loopback sockets: sends complete only when acknowledged
+(spec §4.1), a graceful disconnect succeeds only when its FIN was acknowledged (§4.5), a peer's
+RST is indicated (§5.1), and every table is back to zero at the end (the `make_engine`
+fixture checks it)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from chimneyd.engine import Engine
+from tests.integration.support import eventually
+
+TCP_CLOSE = 7
+
+
+def listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def reset(peer: socket.socket) -> None:
+    """The peer closes with RST (SO_LINGER {1, 0})."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+
+
+async def fin_then_reset(engine: Engine, conn: int, peer: socket.socket) -> None:
+    """The peer half-closes, we read its FIN (uvloop then reads no more), then it resets."""
+    wire = engine.sockets.wire_of(conn)
+    peer.shutdown(socket.SHUT_WR)
+    await eventually(lambda: wire.eof_seen, "the peer's FIN read")
+    await asyncio.sleep(0.05)  # its news has gone up the stack
+    reset(peer)
+    await eventually(lambda: wire._tcp_state() == TCP_CLOSE, "our socket CLOSE (the RST)")
+
+
+@pytest.mark.asyncio
+async def test_a_send_the_kernel_refused_does_not_complete_at_an_offload(
+    make_engine: Callable[..., Any],
+) -> None:
+    """Host mode: after the peer's FIN and RST, a send and an offload reach the host in one
+    inbox drain. send(2) fails (EPIPE) and uvloop drops the bytes; the initiate hands the send
+    down by what the wire says was acknowledged, which must be nothing."""
+    engine: Engine = await make_engine()
+    lsock = listener()
+    peer = None
+    try:
+        conn = await engine.connect("127.0.0.1", lsock.getsockname()[1], offload=False)
+        peer, _ = lsock.accept()
+        await fin_then_reset(engine, conn, peer)
+        sent = engine.start_send(conn, b"x" * 1000)
+        offloaded = engine._request(engine.host.app_offload, conn, None)  # the same turn
+        results = await asyncio.wait_for(
+            asyncio.gather(sent, offloaded, return_exceptions=True), 5.0
+        )
+        assert isinstance(results[0], Exception), f"send answered {results[0]!r}"
+    finally:
+        if peer is not None:
+            peer.close()
+        lsock.close()
