@@ -100,7 +100,7 @@ class AckWatcher:
                     continue
                 del self.held[wire]
             # what the kernel says is read once and handed on: each reading is a syscall
-            acked, fin = wire.acked(), wire.fin_acked()
+            acked, fin = wire.ack_state()
             if acked != wire.notified_acked or fin != wire.notified_fin:
                 moved.append((wire, acked, fin))
             elif now - since > self.stall:

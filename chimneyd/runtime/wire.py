@@ -55,9 +55,6 @@ _TCPI_ASK = _TCPI_RCV_WND + 4
 _TCP_TIMESTAMP = getattr(socket, "TCP_TIMESTAMP", 24)
 _LINGER_RST = struct.pack("ii", 1, 0)
 _TCP_CLOSE = 7  # tcpi_state of a connection the kernel has closed
-# tcpi_state values before our FIN has gone out: SYN_SENT, SYN_RECV, ESTABLISHED, CLOSE_WAIT.
-# `write_eof` only asks for the FIN: uvloop (libuv) calls shutdown(2) on a later loop turn.
-_FIN_NOT_SENT = frozenset((1, 2, 3, 8))
 
 #: (level, optname) of each option a layer may set (`WirePort.set_option`).
 _OPTIONS: dict[SocketOption, tuple[int, int]] = {
@@ -95,6 +92,7 @@ class WireSocket(asyncio.Protocol):
         "_acked_seen",
         "_early",
         "_fd",
+        "_fin_seen",
         "_flow_paused",
         "_kernel_error",
         "_owner",
@@ -139,6 +137,7 @@ class WireSocket(asyncio.Protocol):
         # tcpi_bytes_acked before our first data byte (our SYN, if counted); None: this kernel
         # does not count (older than 4.1), or the socket was never connected
         self._acked_base: int | None = None
+        self._fin_seen = False  # the kernel has told that the peer acknowledged our FIN
         self.notified_fin = False
         self.eof_written = False
         self.eof_seen = False
@@ -345,13 +344,6 @@ class WireSocket(asyncio.Protocol):
         raw = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
         return raw[0] if raw else None
 
-    def _fin_sent(self) -> bool:
-        """Has shutdown(2) really sent our FIN? Until then the kernel's send queue says nothing
-        about it, and an empty queue must not read as "FIN acknowledged"."""
-        state = self._tcp_state()
-        # no state: the socket is gone, nothing more will be sent or acknowledged
-        return state is None or state not in _FIN_NOT_SENT
-
     def _kernel_acked_count(self) -> int | None:
         """tcpi_bytes_acked as the kernel has it now (None if it cannot tell)."""
         raw = self._getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_ACKED_ASK)
@@ -365,11 +357,29 @@ class WireSocket(asyncio.Protocol):
         the last offset read stands). One getsockopt."""
         count = self._kernel_acked_count()
         if count is not None and self._acked_base is not None:
-            # the FIN's sequence number, counted once acknowledged, is not a data byte
-            acked = min(count - self._acked_base, self.bytes_written)
+            count -= self._acked_base
+            # the FIN's sequence number, counted once acknowledged, is not a data byte; one
+            # counted past every byte written is our FIN, sent and acknowledged (spec §4.5)
+            if count > self.bytes_written and self.eof_written:
+                self._fin_seen = True
+            acked = min(count, self.bytes_written)
             if acked > self._acked_seen:
                 self._acked_seen = acked
         return self._acked_seen
+
+    def ack_state(self) -> tuple[int, bool]:
+        """`acked()` and `fin_acked()` from one reading of the kernel (the watcher's poll)."""
+        transport = self.transport
+        if self.closed or transport is None:
+            return self._acked_seen, self._fin_seen
+        if self.eof_written or transport.is_closing():
+            # After our FIN was asked for, the send queue cannot tell whether it went out: a
+            # shutdown(2) that failed (the peer had reset: ENOTCONN) leaves state CLOSE and an
+            # empty queue, as does a FIN acknowledged after the peer's. Nor does uvloop's
+            # buffer add up once it met a fatal error (`acked`). The kernel's count tells
+            # both, in one getsockopt where the send queue and the state took up to three.
+            return self._settle(), self._fin_seen
+        return self.acked(), False
 
     def acked(self) -> int:
         """How far the peer has acknowledged our bytes. Once the socket is closed the kernel
@@ -377,31 +387,25 @@ class WireSocket(asyncio.Protocol):
         transport = self.transport
         if self.closed or transport is None:
             return self._acked_seen
-        if transport.is_closing():
+        if self.eof_written or transport.is_closing():
             # not closed by us, yet closing: uvloop met a fatal error (send(2) failed with
             # EPIPE or ECONNRESET, or a read did), dropped what it held and only queued
             # connection_lost. Bytes counted written never reached the kernel: written minus
             # buffered minus queued would call them acknowledged (spec §4.1). The kernel's
-            # own count, one getsockopt, only on this rare path.
+            # own count, one getsockopt, only on this rare path. After our FIN, too: the
+            # send queue counts the FIN's sequence number once it is sent (`ack_state`).
             return self._settle()
-        buffered = transport.get_write_buffer_size()
-        outq = self._outq()
-        unacked = buffered + outq
-        if outq and not buffered and self.eof_written and self._fin_sent():
-            unacked -= 1  # the FIN's sequence number, counted in the send queue
-        acked = max(0, self.bytes_written - unacked)
+        acked = max(0, self.bytes_written - transport.get_write_buffer_size() - self._outq())
         if acked > self._acked_seen:
             self._acked_seen = acked
         return acked
 
     def fin_acked(self) -> bool:
+        """Our FIN was sent and the peer acknowledged it, as the kernel counted: never on a
+        socket closed before that (a reset, our own close), whatever closed it."""
         if not self.eof_written:
             return False
-        if self.closed or self.transport is None:
-            return True
-        return (
-            self.transport.get_write_buffer_size() == 0 and self._outq() == 0 and self._fin_sent()
-        )
+        return self.ack_state()[1]
 
     def watch_acks(self) -> None:
         self._watcher.add(self)

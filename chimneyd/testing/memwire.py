@@ -171,9 +171,9 @@ class MemoryWire:
         return self._acked
 
     def fin_acked(self) -> bool:
-        if not self.eof_written:
-            return False
-        return self.closed or self._fin_acked
+        # as WireSocket: only a FIN the peer acknowledged, whatever closed the socket after
+        # (a reset or a close before that is no acknowledgement: spec §4.5)
+        return self.eof_written and self._fin_acked
 
     def watch_acks(self) -> None:
         """One `WireAcked` when the acknowledged offset (or FIN state) differs from what was last

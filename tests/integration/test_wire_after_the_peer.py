@@ -201,3 +201,50 @@ async def test_acknowledged_bytes_are_counted_from_the_first_data_byte(side: str
     finally:
         wire.close()
         peer.close()
+
+
+# ================================================================================================
+# a FIN is acknowledged only if it was sent (spec §4.5)
+# ================================================================================================
+
+
+@pytest.mark.asyncio
+async def test_no_fin_is_acknowledged_on_a_socket_the_peer_reset() -> None:
+    """After the peer's FIN and RST our FIN cannot go out (shutdown(2): ENOTCONN): the
+    kernel's CLOSE with an empty queue is no acknowledgement of it, nor is the socket closing
+    afterwards."""
+    wire, peer, owner = await pair()
+    try:
+        wire.write([memoryview(b"a" * 300)])
+        await eventually(lambda: wire.acked() == 300, "the bytes acknowledged")
+        await fin_then_reset(wire, peer)
+        wire.write_eof()
+        assert not wire.fin_acked() and wire.acked() == 300
+        await asyncio.sleep(0.01)  # libuv's shutdown(2) has been tried
+        assert not wire.fin_acked() and wire.acked() == 300
+        wire.watch_acks()
+        await eventually(lambda: wire.closed, "the reset found")
+        assert not wire.fin_acked() and wire.acked() == 300
+        assert "WireReset" in owner.names()
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_fin_sent_after_the_peers_is_acknowledged_when_the_socket_closes() -> None:
+    """The peer's FIN first, ours after it: once the peer acknowledges ours the kernel's
+    socket is CLOSE with no error, the one CLOSE that does mean "FIN acknowledged"."""
+    wire, peer, _ = await pair()
+    try:
+        peer.shutdown(socket.SHUT_WR)
+        await eventually(lambda: wire.eof_seen, "the peer's FIN read")
+        wire.write([memoryview(b"b" * 500)])
+        wire.write_eof()
+        await eventually(lambda: wire._tcp_state() == TCP_CLOSE, "LAST_ACK answered")
+        assert wire.fin_acked() and wire.acked() == 500
+        wire.close()
+        assert wire.fin_acked() and wire.acked() == 500  # as it stood when closed
+    finally:
+        wire.close()
+        peer.close()

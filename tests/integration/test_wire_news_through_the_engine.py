@@ -67,3 +67,28 @@ async def test_a_send_the_kernel_refused_does_not_complete_at_an_offload(
         if peer is not None:
             peer.close()
         lsock.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("offloaded", [True, False], ids=["offloaded", "host"])
+async def test_a_graceful_disconnect_after_the_peers_reset_is_no_success(
+    make_engine: Callable[..., Any], offloaded: bool
+) -> None:
+    """The peer half-closes, then resets. A graceful disconnect afterwards can send no FIN,
+    so none can be acknowledged: it must not complete with SUCCESS (spec §4.5)."""
+    engine: Engine = await make_engine()
+    lsock = listener()
+    peer = None
+    try:
+        conn = await engine.connect("127.0.0.1", lsock.getsockname()[1], offload=offloaded)
+        peer, _ = lsock.accept()
+        await fin_then_reset(engine, conn, peer)
+        try:
+            status = await asyncio.wait_for(engine.disconnect(conn, False), 5.0)
+        except Exception as exc:  # an error is an acceptable answer
+            status = repr(exc)
+        assert "SUCCESS" not in status
+    finally:
+        if peer is not None:
+            peer.close()
+        lsock.close()

@@ -158,6 +158,25 @@ def test_peer_reset_reports_once_and_closes() -> None:
     assert wire.acked() == 0 < wire.bytes_written
 
 
+def test_no_fin_is_acknowledged_by_a_reset_or_a_close() -> None:
+    """As the real socket: a FIN is acknowledged only if the peer acknowledged it; a socket
+    closed by the peer's RST, or by us, before that says no, and one acknowledged before
+    says yes for ever (spec §4.5: a graceful disconnect succeeds only then)."""
+    _, wire, _, _ = _setup()
+    wire.write_eof()
+    wire.peer_reset()
+    assert not wire.fin_acked()
+    _, wire, _, _ = _setup()
+    wire.write_eof()
+    wire.close()
+    assert not wire.fin_acked()
+    _, wire, _, _ = _setup()
+    wire.write_eof()
+    wire.ack()
+    wire.peer_reset()
+    assert wire.fin_acked()
+
+
 def test_abort_sends_rst_and_reports_nothing_to_us() -> None:
     scheduler, wire, host, _ = _setup()
     wire.abort()
