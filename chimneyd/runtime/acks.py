@@ -1,14 +1,22 @@
-"""Acknowledgement news for the sockets that wait for it, polled in one callback.
+"""Acknowledgement news for the sockets that wait for it, polled in one callback; and the news
+of a death for the sockets nobody reads, polled in another.
 
 A send completes only when the peer has acknowledged its bytes (spec §4.1); the kernel knows
 (`SIOCOUTQ`), so one callback polls every socket that waits, and tells its owner when its
 acknowledged offset moves.
+
+A peer's RST is told (spec §5.1) when uvloop's read meets it; a socket nobody reads (reading
+paused for back-pressure, or after the peer's FIN) would never tell it. Back-pressure pauses the
+reading of data, not the news of the connection's death (design): those sockets sit in one
+`select.poll` set, asked every `death_interval` in one poll(2) for the events the kernel always
+reports (POLLERR, POLLHUP), and only a socket with one is looked at further.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,6 +62,7 @@ class AckWatcher:
         yield_limit: float = 0.001,
         yield_backoff: float = 0.01,
         yield_backoff_max: float = 1.0,
+        death_interval: float = 0.1,
     ) -> None:
         self.loop = loop
         self.interval = interval
@@ -71,6 +80,15 @@ class AckWatcher:
         self.waiting: dict[WireSocket, float] = {}
         self._scheduled = False
         self.held: dict[WireSocket, float] = {}  # stall_peer fault: no ack news until then
+        # the sockets nobody reads, by fd, and the same fds in a poll set asked for nothing:
+        # poll(2) still reports POLLERR (an RST, a timeout) and POLLHUP (state CLOSE, or both
+        # halves shut). Cost per such socket: a dict entry here and in the set, and one
+        # tcp_poll in the kernel each `death_interval` (~0.1 µs); no timer of its own, no
+        # syscall while nothing happens to it.
+        self.death_interval = death_interval
+        self.unread: dict[int, WireSocket] = {}
+        self._unread_poll = select.poll()
+        self._death_timer: asyncio.TimerHandle | None = None
 
     def add(self, wire: WireSocket) -> None:
         if wire not in self.waiting:
@@ -83,6 +101,56 @@ class AckWatcher:
     def discard(self, wire: WireSocket) -> None:
         self.waiting.pop(wire, None)
         self.held.pop(wire, None)
+        self.reading(wire)
+
+    def not_reading(self, wire: WireSocket) -> None:
+        """`wire` reads no more (paused, or after the peer's FIN): watch it for its death."""
+        fd = wire.fd
+        if fd < 0 or self.unread.get(fd) is wire:
+            return
+        # a socket gone before without a word would have left its fd here: the new one
+        # takes its place (register modifies an fd already in the set)
+        self.unread[fd] = wire
+        self._unread_poll.register(fd, 0)
+        if self._death_timer is None:
+            self._death_timer = self.loop.call_later(self.death_interval, self._scan_unread)
+
+    def reading(self, wire: WireSocket) -> None:
+        """`wire` reads again, or is gone: uvloop's read tells its death now, or nobody asks."""
+        fd = wire.fd
+        if self.unread.get(fd) is wire:
+            self._forget_unread(fd)
+
+    def _forget_unread(self, fd: int) -> None:
+        del self.unread[fd]
+        self._unread_poll.unregister(fd)
+
+    def _scan_unread(self) -> None:
+        """One poll(2) over every socket nobody reads; a socket with POLLERR or POLLHUP is
+        asked whether the kernel still has its connection (`kernel_alive`)."""
+        self._death_timer = None
+        dead = []
+        for fd, events in self._unread_poll.poll(0):
+            wire = self.unread.get(fd)
+            if wire is None or wire.closed:
+                if wire is not None:
+                    self._forget_unread(fd)
+                continue
+            if not wire.kernel_alive():
+                self._forget_unread(fd)
+                dead.append(wire)
+            elif events & (select.POLLHUP | select.POLLNVAL):
+                # both halves shut gracefully (or CLOSE with no error): HUP stays set for
+                # good, so asking again each time would cost syscalls for nothing. What can
+                # still come (an RST answering our FIN) the acknowledgement watch finds.
+                # NVAL: the fd is no longer open, nothing to watch.
+                self._forget_unread(fd)
+        for wire in dead:
+            self.waiting.pop(wire, None)
+            self.held.pop(wire, None)
+            wire.lost_by_kernel()
+        if self.unread:
+            self._death_timer = self.loop.call_later(self.death_interval, self._scan_unread)
 
     def _poll(self) -> None:
         self._scheduled = False

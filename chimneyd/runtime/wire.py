@@ -178,6 +178,11 @@ class WireSocket(asyncio.Protocol):
         self._early = NO_ITEMS
 
     @property
+    def fd(self) -> int:
+        """The socket's file descriptor (-1 before it is connected)."""
+        return self._fd
+
+    @property
     def owner(self) -> tuple[Any, Any]:
         """The layer that owns the received bytes now, and its context for the connection."""
         return self._owner, self._owner_ctx
@@ -220,6 +225,8 @@ class WireSocket(asyncio.Protocol):
             return True
         self.eof_seen = True
         self._emit("WireEof", self.bytes_read)
+        # uvloop reads no more: an RST now would go unheard but for the watcher (spec §5.1)
+        self._watcher.not_reading(self)
         return True  # keep the send half open (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -502,8 +509,11 @@ class WireSocket(asyncio.Protocol):
             return
         if self._flow_paused or self._stall_timer is not None:
             self.transport.pause_reading()
+            # back-pressure holds the peer's data, not the news of its RST (design)
+            self._watcher.not_reading(self)
         else:
             self.transport.resume_reading()
+            self._watcher.reading(self)
 
     def stall(self, seconds: float) -> None:
         """`stall_peer` [EMU]: for `seconds` the peer seems to neither send nor acknowledge:

@@ -270,7 +270,10 @@ class MemoryWire:
             self._unread.append(("WireEof", ()))
 
     def peer_reset(self, reason: str = "ECONNRESET") -> None:
-        """The peer resets the connection: data not yet read is lost, as with a real RST."""
+        """The peer resets the connection: told at once, paused or not, and data not yet read
+        is lost. So does `WireSocket`: the watcher polls the sockets nobody reads for their
+        death (within `AckWatcher.death_interval`, not at once), and the bytes the kernel
+        still held go with the socket it then closes."""
         if self.closed:
             raise ValueError("the socket is already closed")
         self._unread.clear()

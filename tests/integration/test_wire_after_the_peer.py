@@ -248,3 +248,94 @@ async def test_a_fin_sent_after_the_peers_is_acknowledged_when_the_socket_closes
     finally:
         wire.close()
         peer.close()
+
+
+# ================================================================================================
+# a reset is told while nothing reads the socket (spec §5.1; design: back-pressure)
+# ================================================================================================
+# Back-pressure stops the reading of the peer's data, not the news of the connection's death.
+# Paused (or after the peer's FIN) the transport reads nothing, so the peer's RST reaches it
+# only by the watcher's poll of the sockets nobody reads.
+
+
+@pytest.mark.asyncio
+async def test_a_reset_is_told_while_reading_is_paused() -> None:
+    """The owner's buffers are full: reading is paused, the peer sends, then resets. The reset
+    is told (bounded wait), the bytes the kernel held unread are lost with the connection, as
+    `MemoryWire.peer_reset` drops them, and a resume afterwards reads nothing more."""
+    wire, peer, owner = await pair()
+    try:
+        wire.pause_reading()
+        await asyncio.sleep(0.01)
+        peer.sendall(b"held by the kernel")
+        await asyncio.sleep(0.01)
+        reset(peer)
+        await eventually(lambda: "WireReset" in owner.names(), "the reset told", 3.0)
+        assert wire.closed and owner.names() == ["WireReset"]
+        wire.resume_reading()
+        await asyncio.sleep(0.05)
+        assert owner.names() == ["WireReset"]
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_reset_after_the_peers_fin_is_told_with_nothing_waiting() -> None:
+    """After the peer's FIN uvloop reads no more; a reset then is told even when no send or
+    disconnect waits for an acknowledgement."""
+    wire, peer, owner = await pair()
+    try:
+        await fin_then_reset(wire, peer)
+        await eventually(lambda: "WireReset" in owner.names(), "the reset told", 3.0)
+        assert owner.names() == ["WireEof", "WireReset"]
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_graceful_close_while_paused_is_no_reset() -> None:
+    """Paused, the peer sends and half-closes; we half-close too and the kernel's socket is
+    shut both ways (poll says HUP): no reset, and on resume every byte and the FIN come."""
+    wire, peer, owner = await pair()
+    try:
+        wire.pause_reading()
+        await asyncio.sleep(0.01)
+        peer.sendall(b"still to read")
+        peer.shutdown(socket.SHUT_WR)
+        wire.write_eof()
+        await eventually(lambda: wire.fin_acked(), "our FIN acknowledged")
+        watcher = wire._watcher
+        await eventually(lambda: not watcher.unread, "the HUP looked at")
+        assert owner.events == [] and not wire.closed
+        wire.resume_reading()
+        await eventually(lambda: "WireEof" in owner.names(), "the bytes and the FIN")
+        assert owner.events == [("WireData", (0, 13)), ("WireEof", (13,))]
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_only_the_sockets_nobody_reads_are_polled_for_their_death() -> None:
+    """What it costs: a socket being read is in no list (uvloop's read meets the RST); one
+    paused is in the watcher's poll set until it reads again or goes."""
+    loop = asyncio.get_running_loop()
+    watcher = AckWatcher(loop)
+    a, peer_a, _ = await pair(watcher)
+    b, peer_b, _ = await pair(watcher)
+    try:
+        assert watcher.unread == {}
+        a.pause_reading()
+        assert list(watcher.unread.values()) == [a]
+        a.resume_reading()
+        b.pause_reading()
+        assert list(watcher.unread.values()) == [b]
+        b.close()
+        assert watcher.unread == {}
+    finally:
+        a.close()
+        b.close()
+        peer_a.close()
+        peer_b.close()

@@ -92,3 +92,47 @@ async def test_a_graceful_disconnect_after_the_peers_reset_is_no_success(
         if peer is not None:
             peer.close()
         lsock.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("offloaded", [True, False], ids=["offloaded", "host"])
+async def test_a_reset_is_indicated_while_the_receive_side_is_full(
+    make_engine: Callable[..., Any], offloaded: bool
+) -> None:
+    """The application reads nothing; the peer fills every buffer (ours stop reading the
+    socket), then resets: the reset is indicated (spec §5.1: TcpIndicateAbort offloaded, the
+    connection reset in the host stack) within a bounded time."""
+    engine: Engine = await make_engine()
+    lsock = listener()
+    peer = None
+    try:
+        conn = await engine.connect("127.0.0.1", lsock.getsockname()[1], offload=offloaded)
+        peer, _ = lsock.accept()
+        peer.setblocking(False)
+        events: list[str] = []
+        engine.subscribe(conn, lambda _c, ev, info: events.append(ev))
+        chunk, idle = b"y" * 65536, 0
+        for _ in range(2000):  # bounded: at most 128 MiB offered
+            try:
+                peer.send(chunk)
+                idle = 0
+            except BlockingIOError:
+                idle += 1
+                if idle > 20:
+                    break  # every buffer is full: we stopped reading
+                await asyncio.sleep(0.01)
+        assert idle > 20, "the engine never stopped reading"
+        reset(peer)
+        peer = None
+        await eventually(
+            lambda: (
+                "TcpIndicateAbort" in events
+                or engine.conn_info(conn).get("state") in ("reset", "closed")
+            ),
+            "the reset indicated",
+            3.0,
+        )
+    finally:
+        if peer is not None:
+            peer.close()
+        lsock.close()

@@ -146,6 +146,19 @@ def test_pause_holds_peer_bytes_until_resume() -> None:
         wire.peer_send(b"after fin")
 
 
+def test_a_reset_while_paused_is_told_and_the_unread_bytes_go_with_it() -> None:
+    """As the real socket (tests/integration/test_wire_after_the_peer.py): back-pressure holds
+    the peer's bytes, not the news of its RST; what the kernel held unread is lost."""
+    scheduler, wire, host, _ = _setup()
+    wire.peer_send(b"read")
+    wire.pause_reading()
+    wire.peer_send(b"held")
+    wire.peer_reset()
+    wire.resume_reading()
+    scheduler.run()
+    assert host.events == [("WireData", "tcb", (0, b"read")), ("WireReset", "tcb", ("ECONNRESET",))]
+
+
 def test_peer_reset_reports_once_and_closes() -> None:
     scheduler, wire, host, _ = _setup()
     wire.write([memoryview(b"unacked")])
