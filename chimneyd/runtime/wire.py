@@ -316,11 +316,23 @@ class WireSocket(asyncio.Protocol):
         self.transport.abort()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self._settle()  # what the peer acknowledged, for the sends the close fails
-            self._aborted_by_us = True
-            self.closed = True
-            self.transport.close()
+        """Close, gracefully if every byte written reached the kernel, else with RST.
+
+        uvloop's graceful close waits, with no limit, for its buffer to drain: a peer that
+        reads nothing kept the socket (fd) open for ever, and the bytes went out after the
+        close was answered and their sends failed (the host answers sends still unacknowledged
+        at tcp.close REQUEST_ABORTED). Those bytes are dropped instead, and the stream is cut:
+        the peer must see an RST, not a FIN after a stream that lost its tail. With nothing
+        buffered the fd goes at once and the kernel delivers its queue, then the FIN."""
+        transport = self.transport
+        if transport is not None and not self.closed:
+            if transport.get_write_buffer_size():
+                self._reset_socket()
+            else:
+                self._settle()  # what the peer acknowledged, for the sends the close fails
+                self._aborted_by_us = True
+                self.closed = True
+                transport.close()
         self._watcher.discard(self)
 
     def _outq(self) -> int:

@@ -11,6 +11,7 @@ acknowledged (§4.5), a peer's RST is told (§5.1), each event once.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from typing import Any
@@ -339,3 +340,52 @@ async def test_only_the_sockets_nobody_reads_are_polled_for_their_death() -> Non
         b.close()
         peer_a.close()
         peer_b.close()
+
+
+# ================================================================================================
+# a close releases the socket (rpc-contract tcp.close)
+# ================================================================================================
+
+
+@pytest.mark.asyncio
+async def test_a_close_with_bytes_still_buffered_releases_the_socket_and_resets_the_peer() -> None:
+    """The peer reads nothing: uvloop still holds bytes when the socket is closed. A graceful
+    close would wait for them with no limit (the fd kept for ever) and send them after the
+    close was answered; the stream is cut instead, and the peer must learn so by an RST, not
+    read a FIN after a stream that lost its tail."""
+    loop = asyncio.get_running_loop()
+    wire, peer, _ = await pair()
+    try:
+        wire.write([memoryview(bytes(16 << 20))])
+        await asyncio.sleep(0.05)
+        assert wire.transport is not None and wire.transport.get_write_buffer_size() > 0
+        fd = wire.fd
+        wire.close()
+        await eventually(lambda: wire.transport is None, "connection_lost", 2.0)
+        with pytest.raises(OSError):
+            os.fstat(fd)  # released (and not reused meanwhile: nothing else opens one)
+        peer.settimeout(5.0)
+        with pytest.raises(ConnectionResetError):
+            while await loop.run_in_executor(None, peer.recv, 1 << 20):
+                pass
+    finally:
+        wire.close()
+        peer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_close_with_nothing_buffered_ends_the_stream_with_a_fin() -> None:
+    """Every byte reached the kernel: the close stays graceful and the peer reads them all."""
+    wire, peer, _ = await pair()
+    try:
+        wire.write([memoryview(b"z" * 1000)])
+        await eventually(lambda: wire.acked() == 1000, "the bytes acknowledged")
+        wire.close()
+        await eventually(lambda: wire.transport is None, "connection_lost", 2.0)
+        peer.settimeout(5.0)
+        got = b""
+        while chunk := peer.recv(4096):
+            got += chunk
+        assert got == b"z" * 1000  # then the FIN
+    finally:
+        peer.close()

@@ -7,6 +7,7 @@ fixture checks it)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -132,6 +133,39 @@ async def test_a_reset_is_indicated_while_the_receive_side_is_full(
             "the reset indicated",
             3.0,
         )
+    finally:
+        if peer is not None:
+            peer.close()
+        lsock.close()
+
+
+@pytest.mark.asyncio
+async def test_closing_a_connection_whose_peer_does_not_read_releases_its_socket(
+    make_engine: Callable[..., Any],
+) -> None:
+    """tcp.close while a send waits on a peer that reads nothing: the send is answered (not
+    acknowledged: an error), the engine forgets the connection, and its socket (fd) goes
+    within a bounded time instead of waiting for the write buffer to drain."""
+    engine: Engine = await make_engine()
+    lsock = listener()
+    peer = None
+    try:
+        conn = await engine.connect("127.0.0.1", lsock.getsockname()[1], offload=False)
+        peer, _ = lsock.accept()  # never reads
+        wire = engine.sockets.wire_of(conn)
+        sent = engine.start_send(conn, b"z" * (16 << 20))
+        await eventually(
+            lambda: wire.transport is not None and wire.transport.get_write_buffer_size() > 0,
+            "bytes held by uvloop",
+        )
+        fd = wire.fd
+        await asyncio.wait_for(engine.close(conn), 5.0)
+        (result,) = await asyncio.gather(sent, return_exceptions=True)
+        assert isinstance(result, Exception)
+        assert conn not in engine.conn_ids()
+        await eventually(lambda: wire.transport is None, "the socket released", 2.0)
+        with pytest.raises(OSError):
+            os.fstat(fd)
     finally:
         if peer is not None:
             peer.close()
