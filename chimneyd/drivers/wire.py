@@ -121,12 +121,23 @@ class WirePort(Protocol):
         """Close with RST (SO_LINGER {1, 0})."""
         ...
 
-    def close(self) -> None: ...
-    def acked(self) -> int:
-        """Offset up to which the peer has acknowledged our bytes."""
+    def close(self) -> None:
+        """Close and release the socket at once: gracefully (the kernel sends what it holds,
+        then our FIN) when every byte written reached the kernel, else with RST, since bytes
+        that never will must not be followed by a FIN (the peer would take a cut stream for a
+        whole one)."""
         ...
 
-    def fin_acked(self) -> bool: ...
+    def acked(self) -> int:
+        """Offset up to which the peer has acknowledged our bytes (spec §4.1): never a byte
+        the kernel did not take; once closed, the offset as it was when the socket went."""
+        ...
+
+    def fin_acked(self) -> bool:
+        """Our FIN was sent and the peer acknowledged it (spec §4.5). Never true on a socket
+        closed (reset, or by us) before that."""
+        ...
+
     def watch_acks(self) -> None:
         """Ask for one `WireAcked` event when the acknowledged offset moves."""
         ...
@@ -143,7 +154,12 @@ class WirePort(Protocol):
         is gone). Options belong to the socket: they stay when the owner changes."""
         ...
 
-    def pause_reading(self) -> None: ...
+    def pause_reading(self) -> None:
+        """Stop reading the peer's bytes (back-pressure). The news of the connection's death
+        still comes: a peer's RST is told as `WireReset` while paused (within a bounded time on
+        a real socket), and the bytes not yet read are lost with the connection."""
+        ...
+
     def resume_reading(self) -> None: ...
 
 
