@@ -158,6 +158,7 @@ class RpcServer:
             for s in self.sessions
             if not s.closing
             and s.in_flight == 0
+            and s.wide_in_flight == 0  # not counted in in_flight, but waiting all the same
             and s.holdings.holds_nothing()
             and now - s.clock.last_heard >= EVICT_GRACE_S
         ]
@@ -282,7 +283,7 @@ class RpcServer:
 
 
 def _holds_nothing(s: Session) -> bool:
-    return s.in_flight == 0 and s.holdings.holds_nothing()
+    return s.in_flight == 0 and s.wide_in_flight == 0 and s.holdings.holds_nothing()
 
 
 __all__ = ["BACKLOG", "RpcServer", "Session"]

@@ -6,6 +6,10 @@
 - Requests: a plain `def` method is answered at once, with no task; an `async def` one runs as a
   task counted against `max_in_flight` (one more gets LIMIT at once, chosen over pausing reads
   so a client always learns why, and cheap methods keep answering while slow ones wait).
+  The daemon-wide methods of a daemon of several shards (`sharded.DAEMON_WIDE_METHODS`) answer
+  at once in one process; sharded they wait for the other shards, but are not counted: they
+  have a small bound of their own (`DAEMON_WIDE_IN_FLIGHT`), so a client whose slots are all
+  held (a `delay` fault) can still clear the fault, and `stack.stats` does not count itself.
   Whatever a method raises becomes one error answer (`errors.for_exception`); the client, the
   other requests and the daemon go on.
 - Back-pressure: when the client leaves its answers unread and the transport's buffer passes
@@ -49,6 +53,7 @@ from .deadlines import ClientClock
 from .frame_budget import FrameBudget
 from .methods import FUTURE_METHODS, OPEN_METHODS, Method, conn_param
 from .ownership import Departure, Ownership
+from .sharded import DAEMON_WIDE_IN_FLIGHT, DAEMON_WIDE_METHODS
 
 log = structlog.get_logger("chimneyd.rpc")
 # what methods answer at once: a result of another class may be a coroutine of the compiled
@@ -103,6 +108,7 @@ class Session(asyncio.Protocol):
         self.authed = not server.auth.required
         self.auth_failures = 0
         self.in_flight = 0
+        self.wide_in_flight = 0  # daemon-wide requests of a shard waiting for the others
         self.tasks: set[asyncio.Future[Any]] = set()
         self.context = contextvars.copy_context()  # the client's, named once connected
         self.out: list[bytes] = []
@@ -315,7 +321,12 @@ class Session(asyncio.Protocol):
             if isinstance(result, asyncio.Future):
                 task = result
             elif cls is CoroutineType or asyncio.iscoroutine(result):  # compiled: own class
-                if self.in_flight >= limit:
+                if method in DAEMON_WIDE_METHODS:
+                    if self.wide_in_flight >= DAEMON_WIDE_IN_FLIGHT:
+                        result.close()  # never ran: nothing was asked of any shard
+                        self._over_limit(msgid, DAEMON_WIDE_IN_FLIGHT, " daemon-wide")
+                        return
+                elif self.in_flight >= limit:
                     result.close()  # the coroutine never ran: nothing happened in the engine
                     self._over_limit(msgid, limit)
                     return
@@ -325,7 +336,10 @@ class Session(asyncio.Protocol):
                 self.timings.append((method, time.perf_counter() - t0))
             self.respond(msgid, None, result)
             return
-        self.in_flight += 1
+        if method in DAEMON_WIDE_METHODS:
+            self.wide_in_flight += 1
+        else:
+            self.in_flight += 1
         self.tasks.add(task)
         if timed:  # timed by the callback that answers it: no callback of its own per request
             task.add_done_callback(
@@ -334,8 +348,8 @@ class Session(asyncio.Protocol):
         else:
             task.add_done_callback(functools.partial(self._finished, msgid, method, params))
 
-    def _over_limit(self, msgid: int, limit: int) -> None:
-        detail = f"more than {limit} requests in flight"
+    def _over_limit(self, msgid: int, limit: int, kind: str = "") -> None:
+        detail = f"more than {limit}{kind} requests in flight"
         self.respond(msgid, errors.envelope(ErrorCode.LIMIT, detail), None)
 
     def _finished_timed(
@@ -348,7 +362,10 @@ class Session(asyncio.Protocol):
         self, msgid: int, method: str, params: list[Any], task: asyncio.Future[Any]
     ) -> None:
         self.tasks.discard(task)
-        self.in_flight -= 1
+        if method in DAEMON_WIDE_METHODS:
+            self.wide_in_flight -= 1
+        else:
+            self.in_flight -= 1
         if task.cancelled():
             if self.server.stopping:
                 detail = "cancelled: the daemon is stopping"

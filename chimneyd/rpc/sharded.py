@@ -38,6 +38,28 @@ from .ownership import Ownership
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
+#: The methods that answer for the whole daemon here. In one process they answer at once, so
+#: they are not counted against `rpc.max_in_flight` (docs/rpc.md); here they wait for the other
+#: shards, and the session counts them apart (`session.Session.dispatch`): a client whose slots
+#: are all held (by a `delay` fault, say) can still read the stats and clear the fault, and
+#: `stack.stats` does not count its own request in `rpc.in_flight`.
+DAEMON_WIDE_METHODS = frozenset(
+    {
+        "stack.info",
+        "stack.stats",
+        "stack.metrics",
+        "fault.inject",
+        "fault.list",
+        "fault.clear",
+        "events.subscribe",
+    }
+)
+#: How many daemon-wide requests one client may have waiting at once; one more is `LIMIT`. Each
+#: asks every shard and waits at most `daemon.control_timeout_s`: a small bound keeps one
+#: client from queueing unbounded work on every shard, while never refusing a client that asks
+#: one at a time.
+DAEMON_WIDE_IN_FLIGHT = 8
+
 
 # -- one shard's parts ------------------------------------------------------------------------------
 class ShardParts:
@@ -274,4 +296,10 @@ SHARDED_METHODS: dict[str, methods.Method] = {
     "fault.clear": fault_clear,
 }
 
-__all__ = ["SHARDED_METHODS", "ShardParts", "process_info"]
+__all__ = [
+    "DAEMON_WIDE_IN_FLIGHT",
+    "DAEMON_WIDE_METHODS",
+    "SHARDED_METHODS",
+    "ShardParts",
+    "process_info",
+]
