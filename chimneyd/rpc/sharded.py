@@ -10,14 +10,18 @@ A client and all it owns live in one shard, so every other method is the shard's
   undoes it everywhere;
 - `fault.list`, `fault.clear`: the faults of every shard as one table, with the ownership rules
   of `rpc.ownership` (a fault's maker is known in its own shard).
-An admin's `events.subscribe "*"` hears every shard's events (`session.Session.subscribe`).
+An admin's `events.subscribe "*"` hears every shard's events (`session.Session.subscribe`), and
+answers once every running shard forwards them (`events_subscribe`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Coroutine
 from typing import Any
+
+import structlog
 
 from chimneyd.api import ClusterAPI, EngineAPI, EngineError, ErrorCode
 from chimneyd.observe.aggregate import (
@@ -35,6 +39,8 @@ from . import methods
 from . import params as P
 from .caller import Caller
 from .ownership import Ownership
+
+log = structlog.get_logger("chimneyd.rpc")
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -105,6 +111,12 @@ class ShardParts:
 
         entries = self.engine.fault_entries()
         return {"faults": shard_faults(entries, self.index, self.homes, orphan)}
+
+    def part_forwarding(self, _: Any) -> bool:
+        """Answered after every control message the supervisor sent this shard before the
+        request, a `forward` among them (one channel, read in order, notifications handled
+        as they are read): the answer itself says this shard forwards its events, if asked to."""
+        return True
 
     def part_fault_mirror(self, arg: Any) -> int:
         """Another shard's client made a layer fault: put it here under the same id."""
@@ -226,6 +238,32 @@ async def fault_inject(c: Caller, p: list[Any]) -> int:
     return fid
 
 
+def events_subscribe(c: Caller, p: list[Any]) -> bool | Coroutine[Any, Any, bool]:
+    """An admin's `"*"` hears every shard: its shard tells the supervisor (`Cluster.watch`),
+    which tells the other shards to forward their events. The answer waits until every
+    running shard has had that word, so that any event after `true`, in any shard, is heard
+    (rpc-contract: `true`, then notifications): the `forwarding` part is asked after the
+    `watch` on the same channel, and the supervisor sends each shard its `forward` before that
+    part. A shard that does not answer within `daemon.control_timeout_s` gets its `forward`
+    late: the answer is still `true` (the subscription is in place), and a warning logged.
+
+    The subscription itself is made here, at once, as in one process (a request pipelined
+    after it is served after it); only the answer waits."""
+    result = methods.events_subscribe(c, p)
+    if not (P.is_all(p[0]) and c.holdings.admin):
+        return result  # this client's own connections: all in this shard
+    return _forwarded(_cluster(c), result)
+
+
+async def _forwarded(cl: ClusterAPI, result: bool) -> bool:
+    others = [k for k in range(cl.count) if k != cl.index]
+    replies = await cl.ask("forwarding", None, others)
+    for shard, reply in sorted(replies.items()):
+        if reply.state == "failed":
+            log.warning("rpc_subscribe_shard_late", shard=shard, error=str(reply.error))
+    return result
+
+
 def _may(c: Caller, me: int, view: FaultView) -> bool:
     own, h = c.ownership, c.holdings
     return may_touch(view, me, h.admin, lambda fid: own.may_touch_fault(h, fid))
@@ -294,6 +332,7 @@ SHARDED_METHODS: dict[str, methods.Method] = {
     "fault.inject": fault_inject,
     "fault.list": fault_list,
     "fault.clear": fault_clear,
+    "events.subscribe": events_subscribe,
 }
 
 __all__ = [
