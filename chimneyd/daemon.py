@@ -145,6 +145,7 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     tune_gc()
     cluster: Cluster | None = None
     if shard is not None:
+        from chimneyd.rpc.sharded import restore_faults
         from chimneyd.shards.cluster import Cluster
 
         cluster = Cluster(shard.index, shard.count, shard.timeout)
@@ -153,6 +154,9 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
         if shard is not None and cluster is not None:
             cluster.parts = server.parts
             await cluster.connect(shard.sock, shard.leftover, engine)
+            # a shard started again takes the layer faults the others hold, before any client
+            # of it can see its layers without them
+            await restore_faults(cluster)
         addresses = await server.start(shard.sockets(config.rpc.listen) if shard else None)
     except (OSError, ConfigError) as exc:
         log.error("rpc_listen_failed", listen=list(config.rpc.listen), error=str(exc))
@@ -196,14 +200,19 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
         allocator=allocator_name(),
     )
     lost: asyncio.Task[None] | None = None
+    restoring: asyncio.Task[int] | None = None
     if cluster is None:
         print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
     else:
         cluster.ready({"pid": os.getpid(), "listen": addresses, "fd_limit": fd_limit})
         lost = loop.create_task(_stop_when_lost(cluster, stop))
+        # once more now that it is running: a fault made while it was starting was not put
+        # into it (the supervisor answered `down` for it)
+        restoring = loop.create_task(restore_faults(cluster))
     await stop.wait()
-    if lost is not None:
-        lost.cancel()
+    for task in (lost, restoring):
+        if task is not None:
+            task.cancel()
     if http is not None:
         await http.stop()  # browsers first: nothing is watched while the stack drains
     metrics.detach()

@@ -108,6 +108,7 @@ INTERNAL_FAULT_KEYS = (
     "active",
     "home",
     "orphan",
+    "everywhere",
     *HIT_KEYS,
     *(f"{k}_dropped" for k in HIT_KEYS),
 )
@@ -124,6 +125,7 @@ class FaultView:
     shards: list[int] = field(default_factory=list)
     active: bool = False
     orphan: bool = True
+    everywhere: bool = False  # meant for every shard (no `shard` key): restored on restarts
     # what a raise_next ("raised") or fail_next ("failed") hit, from every shard, and how
     # many hits a shard kept no room for
     hits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -170,6 +172,7 @@ def fault_table(parts: Parts) -> dict[int, FaultView]:
                 view = table[fid] = FaultView(fid, spec, int(e["home"]))
             view.shards.append(shard)
             view.active = view.active or bool(e.get("active"))
+            view.everywhere = view.everywhere or bool(e.get("everywhere"))
             for key in HIT_KEYS:  # each shard's hits, saying which shard they were in
                 if key in e:
                     hits = view.hits.setdefault(key, [])

@@ -76,6 +76,9 @@ class ShardParts:
         self.engine = engine
         self.server = server  # the RpcServer: its client counts, its ownership
         self.homes: dict[int, int] = {}  # faults put here by another shard → that shard
+        # layer faults meant for every shard (no `shard` key): a shard that (re)starts takes
+        # them from the others (`restore_faults`), so they last until cleared
+        self.everywhere: set[int] = set()
         process_info()  # opens /proc/self/statm while descriptors are plenty
 
     @property
@@ -110,7 +113,10 @@ class ShardParts:
             return own.fault_owner.get(fid) is None
 
         entries = self.engine.fault_entries()
-        return {"faults": shard_faults(entries, self.index, self.homes, orphan)}
+        faults = shard_faults(entries, self.index, self.homes, orphan)
+        for f in faults:
+            f["everywhere"] = f["id"] in self.everywhere
+        return {"faults": faults}
 
     def part_forwarding(self, _: Any) -> bool:
         """Answered after every control message the supervisor sent this shard before the
@@ -119,10 +125,14 @@ class ShardParts:
         return True
 
     def part_fault_mirror(self, arg: Any) -> int:
-        """Another shard's client made a layer fault: put it here under the same id."""
+        """A client (of this shard or another) made a layer fault: put it here under the same
+        id. Nothing if it is here already (a restarted shard may be told twice)."""
         fid, spec, home = int(arg["id"]), dict(arg["spec"]), int(arg["home"])
-        self.engine.fault_inject(spec, fid)
+        if not any(int(e["id"]) == fid for e in self.engine.fault_entries()):
+            self.engine.fault_inject(spec, fid)
         self.homes[fid] = home
+        if arg.get("everywhere"):
+            self.everywhere.add(fid)
         return fid
 
     def part_fault_clear(self, arg: Any) -> bool:
@@ -130,6 +140,7 @@ class ShardParts:
         it was not here any more."""
         fid = int(arg)
         self.homes.pop(fid, None)
+        self.everywhere.discard(fid)
         self.ownership.forget_fault(fid)
         try:
             self.engine.fault_clear(fid)
@@ -143,6 +154,7 @@ class ShardParts:
         self.engine.fault_clear(None)
         self.ownership.forget_all_faults()
         self.homes.clear()
+        self.everywhere.clear()
         return True
 
 
@@ -215,10 +227,12 @@ async def fault_inject(c: Caller, p: list[Any]) -> int:
         return methods.fault_inject(c, [spec])
     targets = list(range(cl.count)) if shard is None else [shard]
     fid = c.engine.fault_reserve()
+    # everywhere: also in a shard that is down now or restarted later (`restore_faults`)
+    mirror = {"id": fid, "spec": spec, "home": cl.index, "everywhere": shard is None}
     if cl.index in targets:
-        c.engine.fault_inject(spec, fid)  # a bad spec fails here, before any shard has it
+        cl.local("fault_mirror", mirror)  # a bad spec fails here, before any shard has it
     others = [t for t in targets if t != cl.index]
-    replies = await cl.ask("fault_mirror", {"id": fid, "spec": spec, "home": cl.index}, others)
+    replies = await cl.ask("fault_mirror", mirror, others)
     failed = {k: r for k, r in replies.items() if r.state == "failed"}
     if shard is not None and replies.get(shard) is not None and replies[shard].state == "down":
         failed[shard] = replies[shard]
@@ -262,6 +276,31 @@ async def _forwarded(cl: ClusterAPI, result: bool) -> bool:
         if reply.state == "failed":
             log.warning("rpc_subscribe_shard_late", shard=shard, error=str(reply.error))
     return result
+
+
+async def restore_faults(cl: ClusterAPI) -> int:
+    """A shard that starts (again) takes the daemon's active layer faults meant for every shard
+    from the shards that hold them (README: a fault on a layer reaches that layer in every
+    shard and lasts until cleared), under their ids and with their makers' shards. Called
+    before the shard listens (no client of it sees a layer without its faults) and again once
+    it is running (a fault made while it was starting was not mirrored to it: the supervisor
+    answers `down` for a shard not running yet); a fault it has already is left as it is.
+    A fault put into one shard only (`shard` key) goes with that shard's process. Returns how
+    many faults were put here."""
+    others = [k for k in range(cl.count) if k != cl.index]
+    replies = await cl.ask("faults", None, others)
+    parts = {k: r.result for k, r in replies.items() if r.state == "ok"}
+    restored = 0
+    for view in fault_table(parts).values():
+        if view.everywhere and view.active:
+            mirror = {"id": view.id, "spec": view.spec, "home": view.home, "everywhere": True}
+            try:
+                cl.local("fault_mirror", mirror)
+            except EngineError as err:  # a layer this shard's topology lacks: a bug
+                log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
+                continue
+            restored += 1
+    return restored
 
 
 def _may(c: Caller, me: int, view: FaultView) -> bool:
@@ -341,4 +380,5 @@ __all__ = [
     "SHARDED_METHODS",
     "ShardParts",
     "process_info",
+    "restore_faults",
 ]
