@@ -123,6 +123,9 @@ class FaultView:
     spec: dict[str, Any]
     home: int
     shards: list[int] = field(default_factory=list)
+    # where it still acts: a fail_next's or raise_next's `count` is each shard's (its layers'
+    # calls are counted in its own process, synchronously), so it runs out shard by shard
+    active_shards: list[int] = field(default_factory=list)
     active: bool = False
     orphan: bool = True
     everywhere: bool = False  # meant for every shard (no `shard` key): restored on restarts
@@ -132,9 +135,15 @@ class FaultView:
     hits_dropped: dict[str, int] = field(default_factory=dict)
 
     def as_map(self, used: bool = False) -> dict[str, Any]:
-        """What fault.list shows: the fault map, and the shards that hold it; with `used`
+        """What fault.list shows: the fault map, the shards that hold it and those where it still
+        acts (a count runs out in each shard on its own); with `used`
         (fault.list opts) whether it is active, and what a raise_next or fail_next hit."""
-        out = {"id": self.id, **self.spec, "shards": sorted(self.shards)}
+        out = {
+            "id": self.id,
+            **self.spec,
+            "shards": sorted(self.shards),
+            "active_shards": sorted(self.active_shards),
+        }
         if used:
             out["active"] = self.active
             out.update(self.hits)
@@ -172,6 +181,8 @@ def fault_table(parts: Parts) -> dict[int, FaultView]:
                 view = table[fid] = FaultView(fid, spec, int(e["home"]))
             view.shards.append(shard)
             view.active = view.active or bool(e.get("active"))
+            if e.get("active"):
+                view.active_shards.append(shard)
             view.everywhere = view.everywhere or bool(e.get("everywhere"))
             for key in HIT_KEYS:  # each shard's hits, saying which shard they were in
                 if key in e:

@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from chimney_client import AsyncClient
+from chimney_client import AsyncClient, PeerServer
 from tests.e2e.support import wait_until
-from tests.e2e.test_shards import on_shards, sharded
+from tests.e2e.test_shards import closing, on_shards, sharded
 
 
 async def _pid(c: AsyncClient, shard: int) -> int:
@@ -82,3 +82,38 @@ async def test_a_layer_fault_made_while_a_shard_is_down_reaches_it_once_running(
             assert [(f["id"], f["shards"]) for f in listed] == [(fid, [0, 1])], listed
         finally:
             await c[0].close()
+
+
+async def test_a_fail_next_count_is_each_shards_and_fault_list_shows_where_it_still_acts(
+    tmp_path: Path, echo_peer: PeerServer
+) -> None:
+    """docs/faults.md: with shards, a fail_next's (and raise_next's) `count` is how many calls
+    fail in each shard (each shard counts its own layers' calls, synchronously). fault.list
+    shows where it still acts (`active_shards`): used up in shard 0 after one refused
+    initiate there, still armed in shard 1, whose next initiate it refuses too; then it is no
+    longer listed."""
+    with sharded(tmp_path) as d:
+        async with closing(await on_shards(d)) as c:
+            fid = await c[0].fault_inject(
+                "fail_next", layer="nic0", call="MiniportInitiateOffload", count=1
+            )
+            listed: dict[int, list[dict[str, Any]]] = {}
+            states: dict[int, str] = {}
+            conns: dict[int, int] = {}
+            for k in (0, 1):
+                conns[k] = await c[k].tcp_connect("127.0.0.1", echo_peer.port)
+
+                async def settled(k: int = k) -> bool:
+                    states[k] = (await c[k].tcp_info(conns[k]))["state"]
+                    return states[k] in ("host", "offloaded")
+
+                await wait_until(settled, 10)
+                listed[k] = await c[0].fault_list()
+            await c[0].fault_clear(fid)
+            for k in (0, 1):
+                await c[k].tcp_close(conns[k])
+            assert states == {0: "host", 1: "host"}
+            assert [(f["id"], f["shards"], f["active_shards"]) for f in listed[0]] == [
+                (fid, [0, 1], [1])
+            ], listed
+            assert listed[1] == [], listed

@@ -247,7 +247,13 @@ async def test_a_layer_fault_reaches_the_layer_in_every_shard(
             assert set((await nic_states()).values()) == {"failed"}
             listed = await c[0].fault_list()
             assert listed == [
-                {"id": fid, "kind": "target_failure", "layer": "nic0", "shards": [0, 1]}
+                {
+                    "id": fid,
+                    "kind": "target_failure",
+                    "layer": "nic0",
+                    "shards": [0, 1],
+                    "active_shards": [0, 1],
+                }
             ]
 
             # the NIC failure uploads every connection, in both shards (spec §6.1)

@@ -116,6 +116,7 @@ def test_one_fault_in_several_shards_is_one_row_and_its_maker_is_known_at_home()
         "kind": "target_failure",
         "layer": "nic0",
         "shards": [0, 1],
+        "active_shards": [0, 1],
     }
     assert table[8].active is False
     # its home down (or restarted without it): the maker is gone
@@ -135,10 +136,11 @@ def test_what_a_raise_next_hit_in_each_shard_is_one_list_saying_where() -> None:
         1: faults_part(1, [{**spec, "active": True, "raised": []}], {9: 0}, set()),
     }
     view = fault_table(parts)[9]
-    assert view.as_map() == {**spec, "shards": [0, 1]}
+    assert view.as_map() == {**spec, "shards": [0, 1], "active_shards": [1]}
     assert view.as_map(used=True) == {
         **spec,
         "shards": [0, 1],
+        "active_shards": [1],  # its count is each shard's: run out in shard 0 only
         "active": True,  # still armed in shard 1
         "raised": [{**hit, "conns": [4], "shard": 0}],
     }
@@ -167,10 +169,11 @@ def test_what_a_fail_next_failed_in_each_shard_is_listed_with_its_shard_and_drop
         ),
     }
     view = fault_table(parts)[3]
-    assert view.as_map() == {**spec, "shards": [0, 1]}
+    assert view.as_map() == {**spec, "shards": [0, 1], "active_shards": []}
     assert view.as_map(used=True) == {
         **spec,
         "shards": [0, 1],
+        "active_shards": [],
         "active": False,
         "failed": [{**hit, "conns": [2], "shard": 0}, {**hit, "conns": [5], "shard": 1}],
         "failed_dropped": 4,
