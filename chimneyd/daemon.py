@@ -271,10 +271,22 @@ def _observability(
     if cluster is None:
         return metrics, HttpServers(engine, stats, metrics, config)
 
+    from chimneyd.observe.web.server import DaemonView
+    from chimneyd.rpc.sharded import web_conns_page, web_stats
+
     async def exposition() -> bytes:
         return sharded_text(await cluster.gather("metrics")).encode("utf-8")
 
-    return metrics, HttpServers(engine, stats, metrics, config, exposition, reuse_port=True)
+    async def daemon_stats() -> dict[str, Any]:
+        return await web_stats(cluster)
+
+    async def conns_page(page: int, size: int) -> dict[str, Any]:
+        return await web_conns_page(cluster, page, size)
+
+    daemon = DaemonView(daemon_stats, conns_page)
+    return metrics, HttpServers(
+        engine, stats, metrics, config, exposition, reuse_port=True, daemon=daemon
+    )
 
 
 async def shutdown(server: Any, engine: Any, deadline: float) -> int:

@@ -16,6 +16,7 @@ answers once every running shard forwards them (`events_subscribe`).
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from collections.abc import Coroutine
@@ -117,6 +118,21 @@ class ShardParts:
         for f in faults:
             f["everywhere"] = f["id"] in self.everywhere
         return {"faults": faults}
+
+    def part_conns(self, arg: Any) -> dict[str, Any]:
+        """This shard's part of the web view's connection list: how many connections it holds,
+        its first id (the shards are listed in id order) and the rows of `limit` of them from
+        `offset`."""
+        from chimneyd.observe.web.live import conn_row  # aiohttp: only when the view is on
+
+        ids = self.engine.conn_ids()
+        offset, limit = int(arg["offset"]), int(arg["limit"])
+        rows = (conn_row(self.engine, i) for i in ids[offset : offset + limit])
+        return {
+            "total": len(ids),
+            "first": ids[0] if ids else None,
+            "rows": [r for r in rows if r is not None],
+        }
 
     def part_forwarding(self, _: Any) -> bool:
         """Answered after every control message the supervisor sent this shard before the
@@ -278,6 +294,49 @@ async def _forwarded(cl: ClusterAPI, result: bool) -> bool:
     return result
 
 
+# -- the web view of the whole daemon (served by shard 0) ----------------------------------------
+async def web_stats(cl: ClusterAPI) -> dict[str, Any]:
+    """`/api/stats`'s source: every shard's stats summed, as `stack.stats` answers."""
+    return merge_stats(await cl.gather("stats"))
+
+
+async def web_conns_page(cl: ClusterAPI, page: int, size: int) -> dict[str, Any]:
+    """`/api/conns`: page `page` of every shard's connections in id order (each shard's ids
+    are a range of their own), as `LiveHub.conns_page` gives one shard's. Two rounds: how many
+    each shard holds, then the rows of the shards the page covers (a connection opened or
+    closed in between may shift the page by as much)."""
+    counts = await cl.gather("conns", {"offset": 0, "limit": 0})
+    order = sorted((p["first"], k, p["total"]) for k, p in counts.items() if p and p["total"])
+    total = sum(n for _, _, n in order)
+    pages = max(1, math.ceil(total / size))
+    page = min(page, pages - 1)
+    start, end = page * size, (page + 1) * size
+    rows: list[dict[str, Any]] = []
+    pos = 0
+    for _, k, n in order:
+        lo, hi = max(start, pos), min(end, pos + n)
+        pos += n
+        if lo >= hi:
+            continue
+        arg = {"offset": lo - (pos - n), "limit": hi - lo}
+        if k == cl.index:
+            rows += cl.local("conns", arg)["rows"]
+            continue
+        reply = (await cl.ask("conns", arg, [k]))[k]
+        if reply.state == "failed":
+            raise reply.error or EngineError(ErrorCode.INTERNAL, f"shard {k}: no answer")
+        if reply.state == "ok":  # else down since: its connections are gone
+            rows += reply.result["rows"]
+    return {
+        "type": "conns",
+        "total": total,
+        "page": page,
+        "pages": pages,
+        "size": size,
+        "rows": rows,
+    }
+
+
 async def restore_faults(cl: ClusterAPI) -> int:
     """A shard that starts (again) takes the daemon's active layer faults meant for every shard
     from the shards that hold them (README: a fault on a layer reaches that layer in every
@@ -381,4 +440,6 @@ __all__ = [
     "ShardParts",
     "process_info",
     "restore_faults",
+    "web_conns_page",
+    "web_stats",
 ]

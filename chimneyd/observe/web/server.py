@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -155,6 +156,15 @@ def _int(request: web.Request, key: str, default: int, low: int, high: int) -> i
     return min(max(value, low), high)
 
 
+@dataclass(frozen=True, slots=True)
+class DaemonView:
+    """What the web view of a daemon of several shards asks every shard for (served by shard
+    0, docs/metrics.md): the stats summed and the connection list of them all."""
+
+    stats: Callable[[], Awaitable[dict[str, Any]]]
+    conns_page: Callable[[int, int], Awaitable[dict[str, Any]]]
+
+
 class WebApp:
     """Routes of the web view (and `/metrics`) over one engine."""
 
@@ -166,12 +176,15 @@ class WebApp:
         config: Any,
         info: Any,
         exposition: Callable[[], Awaitable[bytes]] | None = None,
+        daemon: DaemonView | None = None,
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.metrics = metrics
         # `/metrics` of a daemon of several shards: every shard's, asked for at each scrape
         self.exposition = exposition
+        # `/api/stats` and `/api/conns` of a daemon of several shards: every shard's, likewise
+        self.daemon = daemon
         self.config = config
         self.info_extra = info  # () -> dict: what the daemon adds to `info` (addresses)
         self.hub = LiveHub(engine, stats, config)
@@ -217,12 +230,23 @@ class WebApp:
         )
 
     async def api_stats(self, request: web.Request) -> web.StreamResponse:
-        stats = self.stats()
+        if self.daemon is not None:
+            try:
+                stats = await self.daemon.stats()
+            except EngineError as exc:  # a shard did not answer in time
+                return _json({"error": exc.message}, 503)
+        else:
+            stats = self.stats()
         return _json({"layers": layer_summary(stats), "connections": stats.get("connections")})
 
     async def api_conns(self, request: web.Request) -> web.StreamResponse:
         size = _int(request, "size", self.config.page_size, 1, 1000)
         page = _int(request, "page", 0, 0, 1 << 30)
+        if self.daemon is not None:
+            try:
+                return _json(await self.daemon.conns_page(page, size))
+            except EngineError as exc:
+                return _json({"error": exc.message}, 503)
         return _json(self.hub.conns_page(page, size))
 
     async def api_conn(self, request: web.Request) -> web.StreamResponse:
@@ -298,6 +322,7 @@ class HttpServers:
         config: Any,
         exposition: Callable[[], Awaitable[bytes]] | None = None,
         reuse_port: bool = False,
+        daemon: DaemonView | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -305,7 +330,9 @@ class HttpServers:
         self.sites: list[HttpSite] = []
         self.web_address = ""
         self.metrics_address = ""
-        self.webapp = WebApp(engine, stats, metrics, config.web, self._addresses, exposition)
+        self.webapp = WebApp(
+            engine, stats, metrics, config.web, self._addresses, exposition, daemon
+        )
         self.metrics = metrics
 
     def _addresses(self) -> dict[str, Any]:
@@ -347,4 +374,4 @@ class HttpServers:
             await site.stop()
 
 
-__all__ = ["HttpServers", "WebApp"]
+__all__ = ["DaemonView", "HttpServers", "WebApp"]
