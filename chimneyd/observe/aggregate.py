@@ -5,8 +5,8 @@ each shard's part in, one answer out.
   daemon of one shard has, plus `shards`: each shard's own part (and `state`, `down` for a
   shard being restarted, whose part is unknown).
 - `merge_info`: `stack.info` of the shard answering, its layers folded over the shards (the
-  gauges in a layer's description summed; any other value kept when every shard agrees, else
-  `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
+  gauges in a layer's description summed; a list that differs is every shard's items; any
+  other value kept when every shard agrees, else `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
 - `fault_table` / `may_touch`: the faults of every shard as one table, keyed by the fault id (a
   layer fault put into several shards has one id), with who may see and clear each.
 """
@@ -35,7 +35,9 @@ def _is_number(value: Any) -> bool:
 
 def fold(values: list[Any], summed: Callable[[str], bool], key: str = "") -> Any:
     """One value from the shards' values of the same key: maps key by key, numbers summed where
-    `summed(key)`, None left out (None only when every shard has None), anything else kept
+    `summed(key)`, None left out (None only when every shard has None), lists kept when all
+    agree and else every shard's items one after the other (a layer's lists are what each
+    shard holds: host objects, connections waiting; a list stays a list), anything else kept
     when all agree and `"mixed"` when they do not."""
     present = [v for v in values if v is not None]
     if not present:
@@ -48,7 +50,11 @@ def fold(values: list[Any], summed: Callable[[str], bool], key: str = "") -> Any
     if all(_is_number(v) for v in present) and summed(key):
         return sum(present)
     first = present[0]
-    return first if all(v == first for v in present[1:]) else MIXED
+    if all(v == first for v in present[1:]):
+        return first
+    if all(isinstance(v, list) for v in present):
+        return [item for v in present for item in v]
+    return MIXED
 
 
 def _always(_: str) -> bool:
