@@ -772,6 +772,11 @@ class Engine:
                 left[name] = gauges
         if unfinished:
             left["unfinished_closes"] = unfinished
+        # a connection closed is gone from the host's table and the socket registry; one
+        # still there (not a close cut off at the deadline) is a leak
+        kept = [c for c in set(self.host.tcbs) | set(self.sockets.by_conn) if c not in unfinished]
+        if kept:
+            left["connections_kept"] = sorted(kept)[:20]
         # every request the host was given must have been answered (`_Request`)
         unanswered = self._unanswered()
         if unanswered:
