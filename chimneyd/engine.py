@@ -22,7 +22,7 @@ import structlog
 
 from chimneyd import __version__
 from chimneyd.api import EngineError, ErrorCode, EventCallback
-from chimneyd.compiled import build_name, mypyc_attr
+from chimneyd.compiled import build_name
 from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
@@ -46,6 +46,7 @@ from chimneyd.observe.events import EventHub
 from chimneyd.observe.traces import TraceArchive
 from chimneyd.runtime.layer_task import deliver
 from chimneyd.runtime.memory import IdleTrim, allocator_name
+from chimneyd.runtime.read_future import ReadFuture
 from chimneyd.runtime.sockets import Listener, Sockets
 from chimneyd.runtime.topology import build
 from chimneyd.runtime.wire import WireSocket
@@ -62,29 +63,6 @@ def _error(err: AppError) -> EngineError:
     except KeyError:
         code = ErrorCode.INTERNAL
     return EngineError(code, err.detail)
-
-
-@mypyc_attr(native_class=False)  # a subclass of asyncio's Future: a plain Python class
-class _ReadFuture(asyncio.Future[Any]):
-    """A read's future: cancelling it (its client left, its task was cancelled) withdraws the
-    read from the host, as a timed-out one is. Else the read would stay queued in the host and
-    take the connection's next bytes for nobody (the future is cancelled: `_Request.done` drops
-    them), and the request would never leave `Engine._pending`. Done in `cancel` itself, not in
-    a done-callback: reads that complete (nearly all) cost nothing more."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, request: _Request) -> None:
-        super().__init__(loop=loop)
-        self.request: _Request | None = request  # None once the host has answered
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if not super().cancel(msg):
-            return False  # already answered: nothing is queued in the host
-        request = self.request
-        if request is not None:
-            request.abandon()
-        return True
 
 
 class _Request:
@@ -109,7 +87,7 @@ class _Request:
         self.engine = engine
         self.conn_id = conn_id
         self.fut: asyncio.Future[Any] = (
-            _ReadFuture(engine.loop, self) if read else engine.loop.create_future()
+            ReadFuture(engine.loop, self) if read else engine.loop.create_future()
         )
         self.on_settled = on_settled
         self.settled = False
@@ -164,7 +142,7 @@ class _Request:
         if self.withdraw is not None:
             self.withdraw = None
             fut = self.fut
-            if isinstance(fut, _ReadFuture):
+            if isinstance(fut, ReadFuture):
                 fut.request = None
         if self.on_settled is not None:
             self.on_settled(self.fut)
@@ -317,7 +295,7 @@ class Engine:
         (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a
         byte is never both given to a timed-out read and kept: no data is lost by a timeout
         (rpc-contract tcp.recv). A read a failed layer answered is withdrawn the same way
-        (`_layer_failed`), and so is one whose future is cancelled (`_ReadFuture`).
+        (`_layer_failed`), and so is one whose future is cancelled (`ReadFuture`).
         `on_settled(future)` runs once the host has answered (or a failed layer answered for
         it), after the future has its result."""
         req = _Request(self, conn_id, on_settled, read or withdraw_after is not None)
