@@ -3,6 +3,7 @@ whole spread is on one side of the target, and every figure needs a row in the t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -25,6 +26,14 @@ from bench.targets import TARGETS, Target, at_least, at_most, count_key, reporte
         ([0.9, 1.4, 1.2], reported(), Verdict.SAME),  # "1.2x faster" is within noise of 1.0
         ([1.1, 1.4, 1.2], reported(), Verdict.REPORTED),
         ([0.7, 0.8], at_least(0.6, "t"), Verdict.FEW),
+        # a wide spread wholly on one side of the bound is still a claim, either way: only a
+        # spread that reaches the bound leaves it open, however wide
+        ([1.0, 1.5, 2.4], at_least(0.6, "t"), Verdict.MET),
+        ([0.05, 0.3, 0.55], at_least(0.6, "t"), Verdict.MISSED),
+        ([0.5, 2.0, 3.9], at_most(4.0, "t"), Verdict.MET),
+        ([4.1, 6.0, 9.0], at_most(4.0, "t"), Verdict.MISSED),
+        ([1.1, 3.0, 9.0], reported(), Verdict.REPORTED),
+        ([0.1, 0.5, 0.9], reported(), Verdict.REPORTED),
     ],
 )
 def test_verdict_judges_the_median_within_its_spread(
@@ -68,6 +77,16 @@ def test_counts_without_a_row_are_reported_not_judged() -> None:
     assert count_key("echo", 1000) == "echo.1000"
     assert count_key("echo", 10) == "echo.other"
     assert not TARGETS[count_key("memory", 200)].judged
+
+
+def test_a_baseline_of_zero_or_less_has_no_finite_ratio() -> None:
+    """Dividing by a baseline that measured nothing (or a negative RSS difference) gives no
+    number: the ratio is infinite, never 0 or negative, which a target could read as met."""
+    sec = Section("memory")
+    fig = sec.add(
+        "memory.10000", "x", "B", [900.0, 800.0, 0.0, 700.0], [0.0, -5.0, 0.0, 200.0], "b"
+    )
+    assert fig.ratios == [math.inf, math.inf, math.inf, 3.5]
 
 
 def test_only_a_listed_capability_may_skip() -> None:
