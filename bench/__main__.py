@@ -3,7 +3,8 @@
 Every figure is a ratio of the emulated path to a baseline measured next to it in the same run,
 repeated with the two alternating; the table shows the median ratio, its spread (min-max), the
 target from bench/targets.py and a verdict: met, missed, or within noise when the spread crosses
-the target.
+the target; "invalid measurement" when a repeat's ratio is not a finite positive number (a zero
+baseline, a value of 0 or less), which is never met.
 
   make bench                          full run, about 5 min on an idle 2-core machine
   make bench ARGS=--quick             every section, smaller and fewer repeats, about 1 min
@@ -11,7 +12,8 @@ the target.
                                       memory shards)
   python -m bench --json FILE         every repeat's numbers, spreads and verdicts as JSON
   python -m bench --targets           print the targets and exit
-  python -m bench --strict            exit 3 when a target is missed beyond noise
+  python -m bench --strict            exit 3 when a target is missed beyond noise or a
+                                      figure's measurement is invalid
 
 Where the time goes:
   python -m bench --profile daemon    this checkout's daemon under cProfile for one 8 s echo
@@ -34,7 +36,7 @@ Where the time goes:
 
 Exit status: 0 every section ran; 1 a section or a figure failed (errors, wrong bytes, a daemon
 that did not serve — never slowness); 2 not run (bad arguments, or outside the project's
-environment); 3 with --strict, a target missed beyond noise.
+environment); 3 with --strict, a target missed beyond noise or an invalid measurement.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write every figure and raw number to FILE")
     p.add_argument("--targets", action="store_true", help="print the targets table and exit")
     p.add_argument(
-        "--strict", action="store_true", help="exit 3 when a target is missed beyond noise"
+        "--strict",
+        action="store_true",
+        help="exit 3 when a target is missed beyond noise or a measurement is invalid",
     )
     p.add_argument(
         "--daemon",

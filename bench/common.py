@@ -63,6 +63,8 @@ class Figure:
 
     @property
     def ratios(self) -> list[float]:
+        # a baseline of 0 or less has no ratio: inf, which the verdict calls invalid (0.0 here
+        # would read as a good at-most figure)
         return [
             v / b if b > 0 else math.inf for v, b in zip(self.values, self.baselines, strict=True)
         ]

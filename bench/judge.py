@@ -3,11 +3,14 @@
 Each repeat measures the baseline and the emulated path next to each other, so one repeat gives
 one ratio; the figure is the median of those ratios, its spread their min-max. A difference is
 claimed only when the whole spread is on one side: a spread that crosses the target (or 1.0, for
-a figure with no target) is "within noise".
+a figure with no target) is "within noise". A ratio that is not a finite positive number (a zero
+baseline, a zero or negative value such as an RSS difference that shrank) is no measurement: the
+figure is "invalid", never met.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +33,14 @@ class Verdict(Enum):
     REPORTED = "reported"  # no target; the spread is on one side of 1.0
     FEW = "too few repeats"  # fewer than MIN_REPEATS_TO_JUDGE ratios
     FAILED = "failed"  # the measurement itself went wrong: its numbers mean nothing
+    # some repeat's ratio is not a finite positive number: dividing by a baseline of 0, or a
+    # value of 0 or less, gives inf, 0 or a negative ratio that a target would otherwise pass
+    INVALID = "invalid measurement"
+
+
+# What `--strict` fails on: a target missed, or a figure whose numbers could not be judged at all
+# (counting only MISSED would let a broken measurement through as a pass).
+NOT_MET = frozenset({Verdict.MISSED, Verdict.INVALID})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +49,14 @@ class Spread:
     low: float
     high: float
     n: int
+    valid: bool = True  # every sample is a finite positive number
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Spread:
         if not samples:
             raise ValueError("no samples")
-        return cls(statistics.median(samples), min(samples), max(samples), len(samples))
+        valid = all(math.isfinite(x) and x > 0 for x in samples)
+        return cls(statistics.median(samples), min(samples), max(samples), len(samples), valid)
 
     def crosses(self, bound: float) -> bool:
         return self.low < bound < self.high or bound in (self.low, self.high)
@@ -51,6 +64,10 @@ class Spread:
 
 def verdict(ratios: Spread, target: Target) -> Verdict:
     """The judgement of the median, unless the spread leaves it open."""
+    # before anything else: an invalid number says nothing however many repeats there are, and
+    # would pass an at-most target (0, negative) or an at-least one (inf)
+    if not ratios.valid:
+        return Verdict.INVALID
     if ratios.n < MIN_REPEATS_TO_JUDGE:
         return Verdict.FEW
     if not target.judged:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import Figure, Section
-from bench.judge import MIN_REPEATS_TO_JUDGE, Verdict
+from bench.judge import MIN_REPEATS_TO_JUDGE, NOT_MET, Verdict
 from bench.targets import TARGETS
 
 VERDICT_STYLE = {
@@ -20,6 +20,7 @@ VERDICT_STYLE = {
     Verdict.REPORTED: "",
     Verdict.FEW: f"[dim]< {MIN_REPEATS_TO_JUDGE} repeats[/]",
     Verdict.FAILED: "[bold red]FAILED[/]",
+    Verdict.INVALID: "[bold red]✗ invalid measurement[/]",
 }
 
 
@@ -91,7 +92,10 @@ def figures_table(sections: list[Section], meta: dict[str, Any]) -> Table:
 def summary(sections: list[Section]) -> str:
     counts = Counter(f.verdict for s in sections for f in s.figures)
     parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
-    return "figures: " + (", ".join(parts) or "none")
+    # the figures --strict fails on, in one number: an invalid measurement is one of them
+    not_met = sum(counts[v] for v in NOT_MET)
+    tail = f"; {not_met} not met" if not_met else ""
+    return "figures: " + (", ".join(parts) or "none") + tail
 
 
 def targets_table() -> Table:

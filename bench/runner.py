@@ -22,7 +22,7 @@ from rich.table import Table
 from bench.common import MALLOC_ENV, MIB, Section, child, child_env, ports_of, raise_nofile
 from bench.context import SCALES, Ctx, Scale
 from bench.daemon import start_daemon
-from bench.judge import Verdict
+from bench.judge import NOT_MET
 from bench.progress import Reporter
 from bench.render import fmt, render, targets_table
 from bench.sections import SECTIONS, run_section
@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
     meta["wall_s"] = time.perf_counter() - t0
     render(console, sections, meta)
     problems = [p for s in sections for p in s.problems]
-    missed = [f for s in sections for f in s.figures if f.verdict is Verdict.MISSED]
     for p in problems:
         console.print(f"[bold red]FAILED[/] {p}", highlight=False)
     console.print(f"[dim]wall time {meta['wall_s']:.1f} s[/]")
@@ -83,9 +82,15 @@ def run(args: argparse.Namespace) -> int:
             },
         },
     )
-    if problems:
+    return exit_status(sections, args.strict)
+
+
+def exit_status(sections: list[Section], strict: bool) -> int:
+    """1 when anything broke (never for slowness); with `strict`, 3 when a figure is not met:
+    missed beyond noise, or measured as numbers that cannot be judged (judge.NOT_MET)."""
+    if any(s.problems for s in sections):
         return EXIT_FAILED
-    if args.strict and missed:
+    if strict and any(f.verdict in NOT_MET for s in sections for f in s.figures):
         return EXIT_MISSED
     return EXIT_OK
 

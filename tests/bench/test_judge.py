@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from bench.common import Section, SectionSkip
-from bench.judge import Spread, Verdict, interleaved, verdict
+from bench.judge import NOT_MET, Spread, Verdict, interleaved, verdict
+from bench.runner import EXIT_FAILED, EXIT_MISSED, EXIT_OK, exit_status
 from bench.targets import TARGETS, Target, at_least, at_most, count_key, reported
 
 
@@ -79,6 +80,26 @@ def test_counts_without_a_row_are_reported_not_judged() -> None:
     assert not TARGETS[count_key("memory", 200)].judged
 
 
+@pytest.mark.parametrize(
+    ("ratios", "target"),
+    [
+        ([math.inf, math.inf, math.inf], at_least(0.6, "t")),  # 0 measured on both sides
+        ([-0.15, -0.1, -0.2], at_most(4.0, "t")),  # an RSS difference that shrank
+        ([0.0, 1.0, 2.0], at_most(4.0, "t")),  # one repeat's value was 0
+        ([0.7, 0.8, math.inf, 0.75, 0.7], at_least(0.6, "t")),  # one bad repeat of five
+        ([math.nan, 0.7, 0.8], at_least(0.6, "t")),
+        ([math.inf, 2.0, 3.0], at_most(4.0, "t")),
+        ([-1.0, 1.2, 1.3], reported()),
+        ([math.inf, 1.0], at_least(0.6, "t")),  # too few repeats, and invalid besides
+    ],
+)
+def test_a_ratio_that_is_not_a_finite_positive_number_is_invalid(
+    ratios: list[float], target: Target
+) -> None:
+    assert verdict(Spread.of(ratios), target) is Verdict.INVALID
+    assert Verdict.INVALID in NOT_MET
+
+
 def test_a_baseline_of_zero_or_less_has_no_finite_ratio() -> None:
     """Dividing by a baseline that measured nothing (or a negative RSS difference) gives no
     number: the ratio is infinite, never 0 or negative, which a target could read as met."""
@@ -87,6 +108,32 @@ def test_a_baseline_of_zero_or_less_has_no_finite_ratio() -> None:
         "memory.10000", "x", "B", [900.0, 800.0, 0.0, 700.0], [0.0, -5.0, 0.0, 200.0], "b"
     )
     assert fig.ratios == [math.inf, math.inf, math.inf, 3.5]
+    assert fig.verdict is Verdict.INVALID
+
+
+def test_degenerate_figures_are_invalid_and_fail_a_strict_run() -> None:
+    """0 measured on both sides, and an RSS difference of 0 or less: never "met", and --strict
+    exits 3 on them as on a missed target (a plain run still exits 0: nothing broke)."""
+    for values, baselines in (([0.0] * 3, [0.0] * 3), ([-300.0, -250.0, -280.0], [2000.0] * 3)):
+        sec = Section("memory")
+        fig = sec.add("memory.10000", "per conn", "B", values, baselines, "bare")
+        assert fig.verdict is Verdict.INVALID, fig.ratios
+        assert fig.as_map()["verdict"] == "invalid measurement"
+        assert exit_status([sec], strict=True) == EXIT_MISSED
+        assert exit_status([sec], strict=False) == EXIT_OK
+    good = Section("memory")
+    good.add("memory.10000", "per conn", "B", [3000.0] * 3, [1000.0] * 3, "bare")
+    assert exit_status([good], strict=True) == EXIT_OK
+
+
+def test_strict_exits_3_on_a_miss_and_1_on_a_failure() -> None:
+    sec = Section("bulk")
+    sec.add("bulk.1im", "x", "MB/s", [40.0, 45.0, 50.0], [100.0] * 3, "raw")
+    assert sec.figures[0].verdict is Verdict.MISSED
+    assert exit_status([sec], strict=True) == EXIT_MISSED
+    assert exit_status([sec], strict=False) == EXIT_OK
+    sec.failed = "the daemon did not answer"
+    assert exit_status([sec], strict=True) == EXIT_FAILED
 
 
 def test_only_a_listed_capability_may_skip() -> None:

@@ -9,7 +9,7 @@ import re
 from rich.console import Console
 
 from bench.common import Section
-from bench.render import figures_table
+from bench.render import figures_table, summary
 from bench.targets import TARGETS
 from tests.bench.support import ROOT
 
@@ -44,6 +44,21 @@ def test_the_table_prints_each_figures_target_and_its_verdict() -> None:
     assert label in met and "✓ met" in met and "0.75x" in met
     assert label in missed and "✗ missed" in missed and "✓" not in missed
     assert "—" in reported and "✓" not in reported and "missed" not in reported
+
+
+def test_an_invalid_measurement_is_shown_so_and_counted_as_not_met() -> None:
+    sec = Section("memory")
+    # the daemon's RSS shrank while the bare server's grew: a negative ratio, once "✓ met"
+    sec.add("memory.10000", "rss shrank", "B", [-300.0, -250.0, -280.0], [2000.0] * 3, "bare")
+    sec.add("memory.10000", "nothing measured", "B", [0.0] * 3, [0.0] * 3, "bare")
+    sec.add("memory.10000", "small enough", "B", [3000.0] * 3, [1000.0] * 3, "bare")
+    text = _text([sec])
+    for name in ("rss shrank", "nothing measured"):
+        row = _row(text, name)
+        assert "✗ invalid measurement" in row and "✓" not in row, row
+    assert "infx" in _row(text, "nothing measured")  # not a number that reads as small
+    assert "✓ met" in _row(text, "small enough")
+    assert summary([sec]) == "figures: 1 met, 2 invalid measurement; 2 not met"
 
 
 def _readme_bench_section() -> str:
