@@ -1,7 +1,8 @@
 """`make bench` (= `.venv/bin/python -m bench`): chimneyd against its baselines, side by side.
 
 Every figure is a ratio of the emulated path to a baseline measured next to it in the same run,
-repeated with the two alternating; the table shows the median ratio, its spread (min-max), the
+repeated with the two alternating; the table shows the median ratio, its spread (the range of
+the middle runs, a quarter of them left off each end, so one stray run cannot decide it), the
 target from bench/targets.py and a verdict: met, missed, or within noise when the spread crosses
 the target; "invalid measurement" when a repeat's ratio is not a finite positive number (a zero
 baseline, a value of 0 or less), which is never met.

@@ -98,8 +98,11 @@ class Figure:
             "baseline": self.baseline,
             "baseline_name": self.baseline_name,
             "ratio": s.median,
-            "ratio_min": s.low,
-            "ratio_max": s.high,
+            "ratio_min": s.lowest,
+            "ratio_max": s.highest,
+            # the range the verdict judged: the middle runs (judge.left_off_each_end)
+            "spread_low": s.low,
+            "spread_high": s.high,
             "repeats": s.n,
             "values": self.values,
             "baselines": self.baselines,

@@ -47,6 +47,55 @@ def test_a_bound_on_the_edge_of_the_spread_is_noise() -> None:
     assert verdict(Spread.of([0.6, 0.7, 0.8]), at_least(0.6, "t")) is Verdict.NOISE
 
 
+OUTLIER_HIGH = [0.35, 0.34, 0.36, 0.345, 0.355, 0.35, 1.10]
+
+
+@pytest.mark.parametrize(
+    ("ratios", "target", "expected"),
+    [
+        # one wide run of seven: the other six miss 0.6 clearly, and so does the figure
+        (OUTLIER_HIGH, at_least(0.6, "t"), Verdict.MISSED),
+        ([0.7, 0.72, 0.68, 0.71, 0.69, 0.7, 0.1], at_least(0.6, "t"), Verdict.MET),
+        ([3.0, 3.1, 2.9, 3.05, 2.95, 3.0, 9.0], at_most(4.0, "t"), Verdict.MET),
+        ([5.0, 5.1, 4.9, 5.05, 4.95, 5.0, 1.0], at_most(4.0, "t"), Verdict.MISSED),
+        ([1.3, 1.31, 1.29, 1.3, 0.5], reported(), Verdict.REPORTED),  # of five, too
+        # two of seven past the bound are more than a quarter: the spread reaches it
+        ([0.35, 0.34, 0.36, 0.345, 0.355, 1.1, 1.2], at_least(0.6, "t"), Verdict.NOISE),
+        # three runs cannot tell a stray run from the spread: all of them count
+        ([0.35, 0.36, 1.10], at_least(0.6, "t"), Verdict.NOISE),
+        # a figure that truly sits at its bound is within noise, however tight or stray its runs
+        ([0.58, 0.59, 0.6, 0.6, 0.61, 0.62, 0.6], at_least(0.6, "t"), Verdict.NOISE),
+        ([0.6, 0.6, 0.6, 0.6, 0.6], at_least(0.6, "t"), Verdict.NOISE),
+        ([0.2, 0.59, 0.6, 0.61, 1.5], at_least(0.6, "t"), Verdict.NOISE),
+        ([3.9, 4.0, 4.1, 4.0, 3.95, 4.05, 12.0], at_most(4.0, "t"), Verdict.NOISE),
+        ([0.97, 1.0, 1.02, 0.99, 1.01, 1.0, 3.0], reported(), Verdict.SAME),
+    ],
+)
+def test_one_stray_run_does_not_decide_the_verdict(
+    ratios: list[float], target: Target, expected: Verdict
+) -> None:
+    assert verdict(Spread.of(ratios), target) is expected
+
+
+def test_the_spread_leaves_a_quarter_of_the_runs_off_each_end() -> None:
+    assert Spread.of(OUTLIER_HIGH) == Spread(0.35, 0.345, 0.36, 7, 0.34, 1.10)
+    assert Spread.of([5.0, 1.0, 4.0, 2.0, 3.0]) == Spread(3.0, 2.0, 4.0, 5, 1.0, 5.0)
+    # eight runs: two off each end
+    assert Spread.of([8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]) == Spread(4.5, 3.0, 6.0, 8, 1.0, 8.0)
+    assert Spread.of([2.0, 1.0, 3.0]) == Spread(2.0, 1.0, 3.0, 3, 1.0, 3.0)
+    assert Spread.of([2.0]) == Spread(2.0, 2.0, 2.0, 1, 2.0, 2.0)
+
+
+def test_the_json_keeps_all_runs_range_and_the_judged_one() -> None:
+    sec = Section("bulk")
+    fig = sec.add("bulk.1im", "x", "MB/s", [100.0 * r for r in OUTLIER_HIGH], [100.0] * 7, "raw")
+    m = fig.as_map()
+    assert (m["ratio_min"], m["spread_low"], m["spread_high"], m["ratio_max"]) == pytest.approx(
+        (0.34, 0.345, 0.36, 1.10)
+    )
+    assert m["verdict"] == "missed"
+
+
 async def test_interleaved_alternates_the_order_of_variants() -> None:
     calls: list[str] = []
 
@@ -66,7 +115,7 @@ def test_a_figure_takes_ratios_per_repeat_and_needs_a_target_row() -> None:
     sec = Section("bulk")
     fig = sec.add("bulk.1im", "x", "MB/s", [60.0, 80.0, 50.0], [100.0, 100.0, 50.0], "raw")
     assert fig.ratios == [0.6, 0.8, 1.0]
-    assert fig.spread == Spread(0.8, 0.6, 1.0, 3)
+    assert fig.spread == Spread(0.8, 0.6, 1.0, 3, 0.6, 1.0)  # 3 runs: every one counts
     assert fig.verdict is Verdict.NOISE  # 0.6 is on the edge of the spread
     with pytest.raises(KeyError, match="no row"):
         sec.add("bulk.unheard_of", "x", "MB/s", [1.0], [1.0], "raw")

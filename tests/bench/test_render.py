@@ -46,6 +46,22 @@ def test_the_table_prints_each_figures_target_and_its_verdict() -> None:
     assert "—" in reported and "✓" not in reported and "missed" not in reported
 
 
+def test_one_stray_run_shows_beside_a_miss_it_cannot_hide() -> None:
+    sec = Section("bulk")
+    sec.add(
+        "bulk.1im",
+        "one wide run",
+        "MB/s",
+        [35.0, 34.0, 36.0, 34.5, 35.5, 35.0, 110.0],
+        [100.0] * 7,
+        "raw",
+    )
+    row = _row(_text([sec]), "one wide run")
+    assert "0.35x" in row and "≥ 0.6x" in row
+    assert "✗ missed" in row and "noise" not in row, row
+    assert "(all 0.34-1.10)" in row, row  # the stray run stays in sight
+
+
 def test_an_invalid_measurement_is_shown_so_and_counted_as_not_met() -> None:
     sec = Section("memory")
     # the daemon's RSS shrank while the bare server's grew: a negative ratio, once "✓ met"
