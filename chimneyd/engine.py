@@ -401,6 +401,9 @@ class Engine:
                 "layer_errors": self.layer_errors,
                 # every violation found, not only the ones the checker keeps (its list is capped)
                 "invariant_violations": self.checker.count if self.checker else None,
+                # how much it checked: a checker on but never called (detached from NDIS)
+                # counts no violation either, and only this tells the two apart
+                "invariant_checked_nbls": self.checker.checked if self.checker else None,
             },
         }
 

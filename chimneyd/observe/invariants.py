@@ -349,7 +349,9 @@ class InvariantChecker:
         self.check_streams = check_streams
         self.violations: list[str] = []  # the first KEPT_VIOLATIONS, in full
         self.count = 0
-        self.checked = 0  # NBL completions checked
+        # NBL completions checked, in `stack.stats` (engine.invariant_checked_nbls): a soak
+        # tells by it that the checker heard the run's traffic
+        self.checked = 0
         self._n = 0  # posting sequence
         self.nbls: dict[int, list[Any]] = {}  # NBL id -> record (KIND, SEQ, LENGTH, holders)
         self.objs: dict[int, _Obj] = {}  # handle id -> object
