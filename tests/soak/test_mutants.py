@@ -87,6 +87,8 @@ BROKEN = [
     ("internal_500th_send", "", "send answered INTERNAL (INTERNAL: a bug, logged as trace id"),
     # offload answers and does nothing: every connection carried by the host stack
     ("offload_off", "", "offload refused at connect"),
+    # the invariant checker on and never called: no violation, and none checked
+    ("checker_detached", "", "the daemon's invariant checker checked no NBL completion"),
     # one byte of one tcp.recv answer flipped, in the warm-up or in the run: no fault at all
     ("damage_20th_answer", "", "1 integrity error(s)"),
     ("damage_500th_answer", "", "1 integrity error(s)"),

@@ -165,7 +165,7 @@ def _report(
         "faults": faults,
         "host_mode": host,
         "states": state_times({"offloaded": 90.0, "host": 9.0, "uploading": 1.0}, {}),
-        "stats_before": _stats(),
+        "stats_before": _stats(CHECKED_BEFORE),
         "stats_after": _stats(),
         "timing": {"active_s": 10.0},
         "rss_kb": {"before": 1000, "after": 1050, "peak": 2000},
@@ -176,12 +176,17 @@ def _report(
     return build_report(**kw)
 
 
-def _stats(**gauges: int) -> Rec:
+#: NBL completions the daemon's checker had checked before and after a run (a run's traffic
+#: goes through it: it checked some)
+CHECKED_BEFORE, CHECKED_AFTER = 100, 500
+
+
+def _stats(checked: int | None = CHECKED_AFTER, **gauges: int) -> Rec:
     layer = {"offloads_active": 0, "handles": 0, "outstanding_nbls": 0}
     return {
         "layers": {"tcpip": dict(layer), "nic0": {**layer, **gauges}},
         "connections": 0,
-        "engine": {"invariant_violations": 0},
+        "engine": {"invariant_violations": 0, "invariant_checked_nbls": checked},
     }
 
 
@@ -727,7 +732,7 @@ def test_a_mux_outage_explains_nothing_else(change: Callable[[Any], None], why: 
 
 
 def _with_violations(n: int | None) -> Rec:
-    stats = _stats()
+    stats = _stats(None if n is None else CHECKED_AFTER)  # a daemon without the checker: neither
     stats["engine"]["invariant_violations"] = n
     return stats
 
@@ -741,6 +746,42 @@ def test_an_invariant_violation_in_the_daemon_fails_the_soak() -> None:
 def test_a_spawned_daemon_without_the_checker_fails_the_soak() -> None:
     r = _report(*_clean(), stats_after=_with_violations(None))
     assert r["failures"] == ["the spawned daemon reports no invariant checker"]
+
+
+def test_a_checker_that_checked_nothing_over_the_run_fails_the_soak() -> None:
+    """A checker on but detached from NDIS finds no violation either: what it checked between
+    the stats before and after the run tells it from one that heard the traffic."""
+    r = _report(*_clean())
+    assert r["ok"], r["failures"]
+    assert r["invariant_checked_nbls"] == CHECKED_AFTER - CHECKED_BEFORE
+    heard_nothing = [
+        "the daemon's invariant checker checked no NBL completion over 5000 byte(s) echoed: it "
+        "heard none of the run, so its 0 violations say nothing"
+    ]
+    for before in (CHECKED_AFTER, None):  # no count before the run: all of it is the run's
+        after = CHECKED_AFTER if before is not None else 0
+        r = _report(*_clean(), stats_before=_stats(before), stats_after=_stats(after))
+        assert r["invariant_checked_nbls"] == 0
+        assert r["failures"] == heard_nothing
+    # the same of a --rpc daemon that says how much it checked
+    daemon = {"crashed": False, "exit_status": None, "spawned": False}
+    r = _report(*_clean(), stats_before=_stats(7), stats_after=_stats(7), daemon=daemon)
+    assert r["failures"] == heard_nothing
+    # a run that echoed nothing gave the checker nothing to hear
+    counters = merge_counters([{"ops": 0, "bytes_sent": 0, "bytes_verified": 0}])
+    r = _report(*_clean(), stats_before=_stats(7), stats_after=_stats(7), counters=counters)
+    assert not any("checked no NBL" in f for f in r["failures"]), r["failures"]
+
+
+def test_a_spawned_daemon_must_say_how_much_its_checker_checked() -> None:
+    r = _report(*_clean(), stats_after=_stats(None))
+    assert r["failures"] == [
+        "the spawned daemon does not say how much its invariant checker checked"
+    ]
+    # a --rpc daemon of a version that does not count is judged by its violations alone
+    daemon = {"crashed": False, "exit_status": None, "spawned": False}
+    r = _report(*_clean(), stats_after=_stats(None), daemon=daemon)
+    assert r["ok"], r["failures"]
 
 
 def test_an_rpc_daemon_without_the_checker_is_reported_not_checked() -> None:
@@ -758,7 +799,10 @@ def test_the_table_says_whether_invariants_were_checked() -> None:
     from chimney_client.soak.render import render_report
 
     daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
-    for violations, shown in ((None, "not checked"), (0, "0 violation(s) of spec §9")):
+    for violations, shown in (
+        (None, "not checked"),
+        (0, "0 violation(s) of spec §9 (checker on); 400 NBL completion(s) checked during the run"),
+    ):
         r = _report(*_clean(), stats_after=_with_violations(violations), daemon=daemon)
         r["connections_detail"].update(opened_total=10)
         console = Console(record=True, width=200)

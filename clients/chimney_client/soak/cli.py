@@ -40,7 +40,8 @@ daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--all
 connections held than asked because of the open-file limit (--allow-fd-cap).
 invariants: the spawned daemon runs with --invariants (no count from it fails the run); a --rpc
 daemon started without it reports no count: the report then says "not checked", which is not a
-failure.
+failure. A checker that checked no NBL completion over a run whose bytes came back heard none of
+it (engine.invariant_checked_nbls): that fails the run.
 Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
 daemon and peers it spawned are stopped after its own clients. A second Ctrl-C stops at once.
 logs: stdout and stderr of the daemon and echo peers the soak spawned (--logs DIR keeps them).

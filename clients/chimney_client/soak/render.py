@@ -140,6 +140,10 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         )
     else:
         checked = f"{violations} violation(s) of spec §9 (checker on)"
+    heard = report.get("invariant_checked_nbls")
+    if violations is not None and heard is not None:
+        # a detached checker finds nothing too: what it checked says it heard the run
+        checked += f"; {heard} NBL completion(s) checked during the run"
     t.add_row("invariants", checked)
     shards = report.get("shards")
     if shards:

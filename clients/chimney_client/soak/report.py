@@ -181,6 +181,8 @@ def build_report(
         "daemon": daemon,
         # the daemon's spec §9 checker: None when it runs without it (or gave no stats)
         "invariant_violations": engine_after.get("invariant_violations"),
+        # how much of the run it heard: NBL completions checked from stats_before to after
+        "invariant_checked_nbls": checked_during(stats_before, stats_after),
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "settings": {
             **settings,
@@ -191,6 +193,17 @@ def build_report(
     report["failures"] = verdict(report)
     report["ok"] = not report["failures"]
     return report
+
+
+def checked_during(before: dict[str, Any] | None, after: dict[str, Any] | None) -> int | None:
+    """NBL completions the daemon's invariant checker checked between the two `stack.stats`
+    (all of them when the first has no count); None when the last has none (checker off, or a
+    daemon that does not count)."""
+    end = ((after or {}).get("engine") or {}).get("invariant_checked_nbls")
+    if not isinstance(end, int):
+        return None
+    start = ((before or {}).get("engine") or {}).get("invariant_checked_nbls")
+    return end - start if isinstance(start, int) else end
 
 
 def bugs_counted(faults: list[dict[str, Any]], engine: dict[str, Any]) -> None:
@@ -253,6 +266,7 @@ def verdict(report: dict[str, Any]) -> list[str]:
     # by --rpc may run without the checker: the report says so, it is no failure
     if violations is None and daemon.get("spawned") and report.get("stats_after") is not None:
         why.append("the spawned daemon reports no invariant checker")
+    why.extend(_checker_heard(report))
     # each bug a raise_next fault planted counts once in each (spec §6.3): exactly that many
     planted = planted_bugs(report)
     beyond = f" beyond the {planted} bug(s) raise_next planted" if planted else ""
@@ -290,6 +304,24 @@ def verdict(report: dict[str, Any]) -> list[str]:
     if report["errors"] and not why:
         why.append(f"{report['errors']} error(s)")
     return why
+
+
+def _checker_heard(report: dict[str, Any]) -> list[str]:
+    """A checker that is on reports 0 violations whether it heard the run or was never called
+    (detached from NDIS): over a run whose bytes came back, it must have checked something. A
+    spawned daemon must say how much; a --rpc daemon is judged when it says."""
+    if report.get("invariant_violations") is None or report.get("stats_after") is None:
+        return []
+    checked = report.get("invariant_checked_nbls")
+    traffic = report.get("bytes_verified", 0)
+    if checked is None and report["daemon"].get("spawned"):
+        return ["the spawned daemon does not say how much its invariant checker checked"]
+    if checked == 0 and traffic:
+        return [
+            f"the daemon's invariant checker checked no NBL completion over {traffic} byte(s) "
+            "echoed: it heard none of the run, so its 0 violations say nothing"
+        ]
+    return []
 
 
 def _limits_verdict(report: dict[str, Any]) -> list[str]:
