@@ -117,6 +117,37 @@ def _checker_detached() -> None:
     Engine.__init__ = init  # type: ignore[method-assign]
 
 
+def _host_drops_unread_at_abort() -> None:
+    """The host forgets the bytes its application has not read when a connection is reset:
+    what the daemon had read before the RST never comes back."""
+    from chimneyd.drivers.host import events, receive
+    from chimneyd.ndis.status import TcpOffloadEventType
+
+    real = events.tcp_event
+
+    def tcp_event(h: Any, handle: Any, event: Any, info: int) -> None:
+        real(h, handle, event, info)
+        if event is TcpOffloadEventType.TcpIndicateAbort:
+            receive.drop_app_rx(h, handle.owner)
+
+    events.tcp_event = tcp_event
+
+
+def _nic_drops_held_at_reset() -> None:
+    """The NIC drops the bytes it holds (not yet taken by the host) when the RST comes, where
+    it must hand them back at the terminate."""
+    from chimneyd.drivers.target import receive
+
+    real = receive.peer_reset
+
+    def peer_reset(t: Any, c: Any) -> None:
+        c.buffered = []
+        c.buffered_bytes = 0
+        real(t, c)
+
+    receive.peer_reset = peer_reset
+
+
 MUTATIONS: dict[str, Callable[[], None]] = {
     "none": lambda: None,  # the control: the same way of starting, nothing broken
     "stall_noop": lambda: _noop_fault("stall_peer"),
@@ -129,6 +160,8 @@ MUTATIONS: dict[str, Callable[[], None]] = {
     "internal_500th_send": lambda: _internal_send(500),
     "offload_off": _offload_off,
     "checker_detached": _checker_detached,
+    "host_drops_unread_at_abort": _host_drops_unread_at_abort,
+    "nic_drops_held_at_reset": _nic_drops_held_at_reset,
     # a soak's warm-up (a connection each, before the run) reads the first answers
     "damage_20th_answer": lambda: _damage_one_byte(20),
     "damage_500th_answer": lambda: _damage_one_byte(500),

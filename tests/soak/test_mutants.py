@@ -76,6 +76,10 @@ BROKEN = [
     ),
     # the daemon's peer_reset does nothing: no abort on the connection it named
     ("reset_noop", "daemon_reset:1", "no TcpIndicateAbort"),
+    # bytes the daemon held at a reset dropped, at the host or at the NIC: a reset's slot has
+    # bytes held at both when it orders the reset, so they are missed
+    ("host_drops_unread_at_abort", "daemon_reset:1", "the daemon had read before its own RST"),
+    ("nic_drops_held_at_reset", "daemon_reset:1", "the daemon had read before its own RST"),
     # retrieve accepted, no TcpIndicateRetrieve raised
     ("retrieve_noop", "retrieve:1", "no TcpIndicateRetrieve"),
     # the NIC "fails" and nothing is uploaded; a send "failed" and none was
@@ -124,7 +128,7 @@ def _soak(daemon: Mutant, tmp_path: Path, faults: str) -> tuple[int, dict[str, A
 def test_the_same_soak_of_an_unbroken_daemon_passes(mutant: Any, tmp_path: Path) -> None:
     """The control: every fault of BROKEN at once, the same size and way of starting, nothing
     broken. The runs below fail because of their mutation, not because of the setup."""
-    faults = ",".join(f for _, f, _ in BROKEN if f)
+    faults = ",".join(dict.fromkeys(f for _, f, _ in BROKEN if f))  # each once
     code, report = _soak(mutant("none"), tmp_path, faults)
     # the whole account of each fault that failed: pytest keeps the report's directory for
     # three runs only, and a failure here is rare enough to need reading where it happened

@@ -67,6 +67,7 @@ def _conn_records() -> list[Rec]:
             "abort_seen": True,
             "new_conn": 12,
             "delivered": 5000,
+            "held_at_reset": 900,  # read by the daemon, not by us, when the reset was ordered
             "sent_at_close": 6000,
             "verified_after": 4096,
             "done": True,
@@ -77,6 +78,7 @@ def _conn_records() -> list[Rec]:
             "conn": 13,
             "abort_seen": True,
             "delivered": 2048,  # tcp.info bytes_received after the abort
+            "held_at_reset": 1024,
             "new_conn": 14,
             "verified_after": 100,
             "done": True,
@@ -209,6 +211,10 @@ def test_a_clean_run_of_every_fault_passes() -> None:
     assert kinds["peer_reset"]["cut_off_by_rst"] == 1000
     assert kinds["stall_peer"]["held"] == 1
     assert kinds["daemon_reset"]["read_before_rst"] == 2048
+    # each reset landed with bytes held at the daemon: the loss check above had a case
+    assert kinds["peer_reset"]["resets_with_bytes_held"] == 1
+    assert kinds["peer_reset"]["bytes_held_at_reset"] == 900
+    assert kinds["daemon_reset"]["resets_with_bytes_held"] == 1
     assert r["host_mode"]["explained"] == {
         "target_failure": 1,
         "refuse_offload": 1,
@@ -321,6 +327,14 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "daemon reset with no count of what the daemon had read": (
         lambda lay, con, obs: _conn(con, "daemon_reset").update(delivered=None),
         "tcp.info did not say what the daemon had read",
+    ),
+    "peer reset with nothing held at the daemon": (
+        lambda lay, con, obs: _conn(con, "peer_reset").update(held_at_reset=0),
+        "conn 11: no byte held at the daemon when the reset was ordered",
+    ),
+    "daemon reset that does not say what was held": (
+        lambda lay, con, obs: _conn(con, "daemon_reset").pop("held_at_reset"),
+        "conn 13: no byte held at the daemon when the reset was ordered",
     ),
     "reset slot never carried data again": (
         lambda lay, con, obs: _conn(con, "daemon_reset").update(done=False),

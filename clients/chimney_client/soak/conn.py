@@ -40,6 +40,7 @@ class Conn:
         "path",
         "peer",
         "refusal",
+        "reset_order",
         "retrieve_mandatory",
         "retrieve_reason",
         "retrieve_t",
@@ -100,6 +101,9 @@ class Conn:
         self.holed = False
         # a stall its slot is to inject between two round trips: (record, params, answer)
         self.stall_order: tuple[dict[str, Any], dict[str, str], asyncio.Future[None]] | None = None
+        # a reset (peer_reset, daemon_reset) its slot is to order with bytes held at the
+        # daemon: (record, params, answer)
+        self.reset_order: tuple[dict[str, Any], dict[str, str], asyncio.Future[None]] | None = None
         self.nap: asyncio.Future[None] | None = None  # the think pause under way, to cut short
         self.watch: list[dict[str, Any]] = []  # records waiting for data verified after them
 

@@ -11,8 +11,9 @@ from typing import Any
 from ..errors import ChimneyError, InvalidState, NotFound
 from .conn import Conn, finish, watch
 from .faults import FAULT_KINDS
-from .limits import DEFAULT_STALL_MS, FAULT_AIM_WAIT_S
+from .limits import DEFAULT_STALL_MS, FAULT_AIM_WAIT_S, RESET_HOLD_WAIT_S
 from .peer_control import PeerControl
+from .state import Rpc
 from .traffic import Traffic
 
 
@@ -69,8 +70,8 @@ class ConnFaults(Traffic):
                 # watched before the injection: its events may overtake the fault's answer
                 watch(conn, rec, None)
             try:
-                if kind == "peer_reset":
-                    await self.peer_reset(conn, rec)
+                if kind in ("peer_reset", "daemon_reset"):
+                    await self.reset_through_slot(conn, rec, msg["params"])
                 elif kind == "stall_peer":
                     await self.stall_through_slot(conn, rec, msg["params"])
                 else:
@@ -111,6 +112,116 @@ class ConnFaults(Traffic):
         rec["port"] = conn.local_port
         counts = await control.reset(conn.local_port)
         rec["received"], rec["delivered"] = counts.get("received"), counts.get("delivered")
+
+    async def reset_through_slot(
+        self, conn: Conn, rec: dict[str, Any], params: dict[str, str]
+    ) -> None:
+        """Have the connection's own slot order the reset with bytes held at the daemon
+        (`reset_now`). Between round trips, and nearly always during one (a read is posted),
+        nothing is held there when the RST lands, and the check that what the daemon had when
+        it came all comes back would have no case."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        conn.reset_order = (rec, params, fut)
+        self.wake(conn)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), FAULT_AIM_WAIT_S)
+        except TimeoutError:
+            if conn.reset_order is not None and conn.reset_order[2] is fut:
+                conn.reset_order = None  # never taken: its slot is stuck in a round trip
+                raise LookupError(f"its slot took no reset within {FAULT_AIM_WAIT_S:g} s") from None
+            await fut  # taken by the slot: the reset is under way
+
+    async def reset_now(self, rpc: Rpc, conn: Conn) -> None:
+        """The slot's side of `reset_through_slot`: a round trip whose read waits for the reset.
+        Send a payload; once the daemon has read its echo from the socket (tcp.info
+        `bytes_received`, bounded), those bytes are held at the daemon, unread by us: order the
+        reset then, wait for its abort, and only then read back. Every byte the daemon held
+        must still come back (`judge_loss`); `held_at_reset` says how many it held.
+
+        An offloaded connection's payload is made larger than the host's receive buffer: the
+        host takes what it holds from the NIC's indication and refuses the rest, which the NIC
+        then holds. Both layers hold bytes at the RST, not the host alone. Never more than the
+        two hold together: what the kernel held at the RST is lost and would count as lost by
+        the daemon."""
+        assert conn.reset_order is not None
+        rec, params, fut = conn.reset_order
+        conn.reset_order = None
+        size = self.cfg.payload.sample(self.rng)
+        async with rpc.sem:
+            conn.busy = True
+            try:
+                try:
+                    size = max(size, await self.past_host_buffer(rpc, conn))
+                    await self.send_all(rpc, conn, conn.stream.read(size))
+                    read = await self.echo_read(rpc, conn)
+                except BaseException:
+                    if not fut.done():  # the fault goes to another connection
+                        fut.set_exception(LookupError("its connection broke before the reset"))
+                    raise
+                if read < conn.sent:
+                    # not all of the echo read (its reading paused, e.g. uploaded meanwhile):
+                    # the kernel holds some, which a reset loses; another connection takes it
+                    if not fut.done():
+                        fut.set_exception(LookupError("the daemon did not read its whole echo"))
+                    await self.read_back(rpc, conn, size)
+                    self.c["ops"] += 1
+                    return
+                rec["held_at_reset"] = max(0, read - conn.verified)
+                rec["payload_at_reset"] = size
+                try:
+                    if rec["kind"] == "peer_reset":
+                        await self.peer_reset(conn, rec)
+                    else:
+                        await self.daemon_fault(conn, rec, params)
+                except BaseException as exc:
+                    rec.pop("held_at_reset", None)
+                    if not fut.done():
+                        fut.set_exception(exc)
+                    # not reset: the echo is read back as any other
+                else:
+                    if not fut.done():
+                        fut.set_result(None)
+                    await self.abort_heard(conn)
+                await self.read_back(rpc, conn, size)
+                self.c["ops"] += 1
+            finally:
+                conn.busy = False
+
+    async def past_host_buffer(self, rpc: Rpc, conn: Conn) -> int:
+        """A payload a quarter past the host's receive buffer (tcp.info `delegated` RcvWnd, as
+        handed down at the offload) on an offloaded connection: the NIC holds what the host
+        refuses, up to as much again, so the daemon still reads all of it. 0 if unknown."""
+        try:
+            info = await rpc.client.tcp_info(conn.cid)
+        except ChimneyError:
+            return 0
+        window = (info.get("delegated") or {}).get("RcvWnd")
+        if info.get("state") != "offloaded" or not isinstance(window, int) or window <= 0:
+            return 0
+        return window + window // 4
+
+    async def echo_read(self, rpc: Rpc, conn: Conn) -> int:
+        """How many bytes the daemon has read from the connection's socket (tcp.info
+        `bytes_received`), once it has read all we sent or RESET_HOLD_WAIT_S passed."""
+        deadline = time.monotonic() + RESET_HOLD_WAIT_S
+        read = 0
+        while True:
+            try:
+                info = await rpc.client.tcp_info(conn.cid)
+            except ChimneyError:
+                return read
+            got = info.get("bytes_received")
+            read = got if isinstance(got, int) else read
+            if read >= conn.sent or conn.aborted or time.monotonic() > deadline:
+                return read
+            await asyncio.sleep(0.01)
+
+    async def abort_heard(self, conn: Conn) -> None:
+        """Wait (bounded) for the reset's TcpIndicateAbort, so that the bytes held are read
+        after the daemon handled the RST, never before."""
+        deadline = time.monotonic() + RESET_HOLD_WAIT_S
+        while not conn.aborted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def stall_through_slot(
         self, conn: Conn, rec: dict[str, Any], params: dict[str, str]

@@ -96,6 +96,10 @@ SEND_FAILURE_UPLOAD_S = 5.0
 #: The echo peer waits at most this long for its echo to be acknowledged before it resets a
 #: connection, so the reset cuts the stream at a point both sides can account for.
 RESET_QUIESCE_S = 1.0
+#: A reset's slot waits this long at most for the daemon to read its last echo before it orders
+#: the reset (so the bytes are held at the daemon, unread), and as long for the abort to be heard
+#: before it reads them.
+RESET_HOLD_WAIT_S = 5.0
 #: On Ctrl-C, round trips in flight get this long to finish before their connections are closed.
 INTERRUPT_GRACE_S = 3.0
 #: After the stop, a worker's slots get this long (settling, a stuck round trip, closes) before

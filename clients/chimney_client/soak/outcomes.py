@@ -136,6 +136,18 @@ def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
             problem(e, f"conn {conn}: no TcpIndicateAbort", rec)
         if kind == "retrieve":
             return
+        # its slot ordered it with its last echo read by the daemon and not by us: the check
+        # below of what the daemon held at the RST has a case only when it held some
+        held = int(rec.get("held_at_reset") or 0)
+        e["resets_with_bytes_held"] = e.get("resets_with_bytes_held", 0) + int(held > 0)
+        e["bytes_held_at_reset"] = e.get("bytes_held_at_reset", 0) + held
+        if not held:
+            problem(
+                e,
+                f"conn {conn}: no byte held at the daemon when the reset was ordered: nothing "
+                "to check came back",
+                rec,
+            )
         e["reopened"] = e.get("reopened", 0) + int(rec.get("new_conn") is not None)
         if not done:
             problem(e, f"conn {conn}: the reopened slot carried no verified data", rec)

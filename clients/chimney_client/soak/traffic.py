@@ -189,12 +189,17 @@ class Traffic(WorkerState):
             conn.nap = None
 
     def drop_stall_order(self, conn: Conn) -> None:
-        """`conn` closes: a stall it was to inject goes to another connection."""
+        """`conn` closes: a stall or a reset it was to inject goes to another connection."""
         if conn.stall_order is not None:
             fut = conn.stall_order[2]
             conn.stall_order = None
             if not fut.done():
                 fut.set_exception(LookupError("closed before its stall"))
+        if conn.reset_order is not None:
+            fut = conn.reset_order[2]
+            conn.reset_order = None
+            if not fut.done():
+                fut.set_exception(LookupError("closed before its reset"))
 
     async def echo(self, rpc: Rpc, conn: Conn) -> None:
         """One round trip: send a payload, read it all back, verify it in order. A planned upload

@@ -212,12 +212,15 @@ class Worker(ConnFaults):
                         break
                     if conn.needs_offload and time.monotonic() >= conn.next_offload_try:
                         await self.reoffload(rpc, conn)
+                    if conn.reset_order is not None:
+                        await self.reset_now(rpc, conn)  # its round trip ends with the reset
+                        continue
                     if conn.stall_order is not None:
                         await self.stall_now(conn)
                     await self.echo(rpc, conn)
                     self.slot_ops[slot] += 1
                     think = cfg.think_ms / 1000.0 * self.rng.uniform(0.5, 1.5)
-                    if think > 0 and conn.stall_order is None:
+                    if think > 0 and conn.stall_order is None and conn.reset_order is None:
                         await self.think(conn, think)
                 except SlotBroken:
                     conn = await self.replace(rpc, slot, peer, conn)
