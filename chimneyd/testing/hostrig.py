@@ -116,6 +116,26 @@ class HostRig:
         assert reply.done and reply.error is None, reply
         return reply
 
+    def query_held_below(self, conn_id: int) -> tuple[Reply, Any]:
+        """Query the connection and keep the query below: deliver until `MiniportQueryOffload`
+        is next and take it out of the queue. Returns the query's reply and the held delivery,
+        to put back with `release`; meanwhile the host's terminate of the connection waits
+        (spec §3.1)."""
+        query = Reply()
+        self.host.app_query(conn_id, query)
+        self.host.after_batch()
+        queue = self.scheduler.queue
+        while getattr(queue[0][1], "__name__", "") != "MiniportQueryOffload":
+            self.scheduler.run_one()
+        held = queue.popleft()
+        self.run()
+        return query, held
+
+    def release(self, held: Any) -> None:
+        """Deliver a held delivery (`query_held_below`) at last, and run until idle."""
+        self.scheduler.queue.append(held)
+        self.run()
+
     def event_names(self, conn_id: int) -> list[str]:
         return [e for c, e, _ in self.events if c == conn_id]
 

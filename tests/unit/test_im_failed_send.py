@@ -86,18 +86,12 @@ def test_a_receive_the_im_raises_on_waits_for_its_indication_to_return() -> None
     assert rig.problems() == []
 
 
-@pytest.mark.parametrize("status", [S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_REQUEST_UPLOAD])
-def test_a_send_failed_by_the_im_completes_after_send_data_handed_down_at_initiate(
-    status: S,
-) -> None:
-    """Send data the host hands down with the initiate (the TCP block's NetBufferListChain,
-    spec §3.2.5) is below the IM just as a relayed send is, and the NIC completes it "exactly
-    like ordinary send requests". A send the IM then fails, and one the IM refuses after it,
-    complete after that data: completions keep posting order (spec §4.1, §9 item 2). Nothing
-    is left in the IM's tables once the connection is back with the host."""
-    rig = HostRig(im=True)
+def failure_after_initiate_data(rig: HostRig, layer: Any, status: S) -> None:
+    """The host sends while it carries the connection, offloads it (the unacknowledged send
+    goes down in the initiate's chain), then `layer` fails the next send: that one and a
+    later one must complete after the initiate's data, in posting order, and the connection
+    comes back to the host."""
     conn, wire = rig.open()
-    im = rig.layers()["im-nic0"]
     answers: list[str] = []
 
     def send(name: str, data: bytes) -> None:
@@ -106,8 +100,8 @@ def test_a_send_failed_by_the_im_completes_after_send_data_handed_down_at_initia
 
     send("first", b"sent by the host, ")
     assert bytes(wire.peer_received) == b"sent by the host, " and wire.acked() == 0
-    rig.offload(conn)  # the unacknowledged send goes down in the initiate's chain
-    fail_next(im, "MiniportTcpOffloadSend", status)
+    rig.offload(conn)
+    fail_next(layer, "MiniportTcpOffloadSend", status)
     send("second", b"second, ")
     send("third", b"third")
     assert answers == []  # both wait behind the data handed down at initiate
@@ -118,6 +112,20 @@ def test_a_send_failed_by_the_im_completes_after_send_data_handed_down_at_initia
     assert answers == ["first", "second", "third"]
     assert rig.host.tcbs[conn].state == "host"
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("status", [S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_REQUEST_UPLOAD])
+def test_a_send_failed_by_the_im_completes_after_send_data_handed_down_at_initiate(
+    status: S,
+) -> None:
+    """Send data the host hands down with the initiate (the TCP block's NetBufferListChain,
+    spec §3.2.5) is below the IM just as a relayed send is, and the NIC completes it "exactly
+    like ordinary send requests". A send the IM then fails, and one the IM refuses after it,
+    complete after that data: completions keep posting order (spec §4.1, §9 item 2). Nothing
+    is left in the IM's tables once the connection is back with the host."""
+    rig = HostRig(im=True)
+    im = rig.layers()["im-nic0"]
+    failure_after_initiate_data(rig, im, status)
     assert im.sends_below == {} and len(im.table) == 0 and im.stats.offloads_active == 0
 
 

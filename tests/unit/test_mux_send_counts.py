@@ -11,6 +11,7 @@ from chimneyd.drivers.mux import MuxIm
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next, make_target
 from chimneyd.testing.hostrig import HostRig
+from tests.unit.test_im_failed_send import failure_after_initiate_data
 
 
 def _team(policy: str = "least-bytes") -> tuple[HostRig, MuxIm]:
@@ -37,27 +38,7 @@ def test_a_send_failed_by_the_mux_completes_after_send_data_handed_down_at_initi
     then fails, and one it refuses after it, complete after that data (spec §4.1, §9 item 2),
     and nothing of the connection is left in the MUX once it is back with the host."""
     rig, mux = _team()
-    conn, wire = rig.open()
-    answers: list[str] = []
-
-    def send(name: str, data: bytes) -> None:
-        rig.host.app_send(conn, data, lambda value, error: answers.append(name))
-        rig.run()
-
-    send("first", b"sent by the host, ")
-    assert wire.acked() == 0
-    rig.offload(conn)  # the unacknowledged send goes down in the initiate's chain
-    fail_next(mux, "MiniportTcpOffloadSend", status)
-    send("second", b"second, ")
-    send("third", b"third")
-    assert answers == []  # both wait behind the data handed down at initiate
-    wire.ack()
-    rig.run()
-    wire.ack()
-    rig.run()
-    assert answers == ["first", "second", "third"]
-    assert rig.host.tcbs[conn].state == "host"
-    assert rig.problems() == []
+    failure_after_initiate_data(rig, mux, status)
     assert mux.sends_below == {} and mux.connections() == []
 
 

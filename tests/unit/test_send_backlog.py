@@ -146,13 +146,7 @@ def test_paced_sends_wait_for_an_upload_the_target_asked_for() -> None:
     rig.ndis.NdisTcpOffloadEventHandler(rig.target, ctx.upper, E.TcpIndicateSendBacklogChange, 1000)
     rig.run()
     sch = rig.scheduler
-    query = Reply()
-    rig.host.app_query(conn, query)
-    rig.host.after_batch()
-    while getattr(sch.queue[0][1], "__name__", "") != "MiniportQueryOffload":
-        sch.run_one()
-    held = sch.queue.popleft()  # the query stays below
-    rig.run()
+    query, held = rig.query_held_below(conn)
     first = rig.call(rig.host.app_send, conn, b"a" * 1000)  # fills the backlog
     rest = rig.call(rig.host.app_send, conn, b"b" * 8000)  # waits in the host's queue
     rig.target.retrieve(rig.contexts()[0], TcpUploadReason.UploadRequested)
@@ -161,8 +155,7 @@ def test_paced_sends_wait_for_an_upload_the_target_asked_for() -> None:
     wire.ack()  # room in the backlog while the upload waits for the query
     rig.run()
     assert len(sch.delivered(handler="MiniportTcpOffloadSend")) == posted
-    sch.queue.append(held)
-    rig.run()
+    rig.release(held)
     assert query.done and rig.host.tcbs[conn].state == "host"
     wire.ack()
     rig.run()

@@ -418,13 +418,7 @@ def test_a_read_refused_while_the_upload_waits_is_not_posted_round_and_round() -
     conn, wire = rig.open()
     rig.offload(conn)
     sch = rig.scheduler
-    query = Reply()
-    rig.host.app_query(conn, query)
-    rig.host.after_batch()
-    while getattr(sch.queue[0][1], "__name__", "") != "MiniportQueryOffload":
-        sch.run_one()
-    held = sch.queue.popleft()  # the query stays below
-    rig.run()
+    query, held = rig.query_held_below(conn)
     rig.target.retrieve(rig.contexts()[0], TcpUploadReason.UploadRequested)
     rig.run()
     posts = len(sch.delivered(handler="MiniportTcpOffloadReceive"))
@@ -435,8 +429,7 @@ def test_a_read_refused_while_the_upload_waits_is_not_posted_round_and_round() -
     assert not sch.queue
     assert len(sch.delivered(handler="MiniportTcpOffloadReceive")) - posts == 1
     assert not read.done and rig.host.tcbs[conn].state == "offloaded"
-    sch.queue.append(held)
-    rig.run()
+    rig.release(held)
     assert query.done and rig.host.tcbs[conn].state == "host"
     wire.peer_send(b"after the upload")
     rig.run()
