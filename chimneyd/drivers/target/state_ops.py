@@ -8,7 +8,7 @@ from chimneyd.ndis.blocks import OffloadBlock, TcpOffloadStateDelegated, walk
 from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 
-from . import events, receive, terminate
+from . import adapter, events, receive, terminate
 from .cached import apply as apply_cached
 from .contexts import NeighborContext, PathContext, TcpContext
 
@@ -57,8 +57,11 @@ def query(t: OffloadTarget, root: OffloadBlock) -> None:
 
 
 def update(t: OffloadTarget, root: OffloadBlock) -> None:
-    """`MiniportUpdateOffload`: new cached variables; nothing else changes (spec §3.4)."""
+    """`MiniportUpdateOffload` (spec §3.4): new cached variables; and a path named below a
+    neighbor block moves under that neighbor (a relink, the next-hop change's step 3)."""
     failed = t.take_failure("MiniportUpdateOffload", root) is not None
+    if not failed:
+        _relink(t, root)
     for block in walk(root):
         ctx = t.context_of(block)
         if ctx is None:
@@ -80,8 +83,32 @@ def update(t: OffloadTarget, root: OffloadBlock) -> None:
             receive.pump(t, ctx)  # a new receive bound may release or hold the peer
         elif block.cached is not None:
             ctx.cached = block.cached
+            if isinstance(ctx, NeighborContext):
+                # the host's reachable time moves with it (spec §5.4: HRT = NCT - HRD): a
+                # neighbor the host has just confirmed is not queried as stale
+                ctx.hrt = adapter.ticks(t) - block.cached.HostReachabilityDelta
         block.status = SUCCESS
     t.ndis.NdisMUpdateOffloadComplete(t, root)
+
+
+def _relink(t: OffloadTarget, root: OffloadBlock) -> None:
+    """Paths named below a neighbor block hang under that neighbor from now on: the target
+    keeps its own connection → path → neighbor pointers (spec §2.3), and the host moves a
+    path by an update whose root names the new neighbor (§3.4 (b)); the old one can then be
+    terminated once nothing hangs below it."""
+    block: OffloadBlock | None = root
+    while block is not None:
+        neighbor = t.context_of(block)
+        if isinstance(neighbor, NeighborContext) and not _corrupt(neighbor):
+            dep = block.dependent_block_list
+            while dep is not None:
+                path = t.context_of(dep)
+                if isinstance(path, PathContext) and path.neighbor is not neighbor:
+                    path.neighbor.dependents -= 1
+                    path.neighbor = neighbor
+                    neighbor.dependents += 1
+                dep = dep.next_block
+        block = block.next_block
 
 
 def invalidate(t: OffloadTarget, root: OffloadBlock) -> None:
