@@ -13,12 +13,15 @@ from chimneyd.testing.factories import (
     loopback_target_stack,
     make_loopback_target,
     make_passthrough,
+    teamed_target_stack,
 )
 
 
 def _stack(below: str) -> Stack:
     if below == "nic":
         return loopback_target_stack()
+    if below == "team":
+        return teamed_target_stack(nics=1)
     stack = Stack()  # protocol stub → pass-through IM → the target
     im = make_passthrough(stack, "im0")
     nic = make_loopback_target(stack, "nic0")
@@ -111,3 +114,32 @@ def test_a_neighbor_the_host_confirms_by_an_update_is_not_queried_as_stale(
     st.run()
     assert len(top.offload_events) == (0 if confirmed else 1)
 
+
+def test_a_mux_fails_a_relink_and_leaves_the_path_where_it_was() -> None:
+    """The MUX does not move a path to another neighbor (each NIC's copy of the path would
+    need that NIC's copy of the new neighbor): it fails the update, every block FAILURE,
+    rather than report a move it did not make, and the objects stay as they were; the old
+    neighbor goes once the connection has (spec §3.4: a failed update changes nothing)."""
+    st = teamed_target_stack(nics=1)
+    top = st.top
+    tree = top.connection_tree([st.wires.open()])
+    top.initiate(tree.root)
+    st.run()
+    (tcp,) = tree.tcp
+    n2 = top.neighbor_block()
+    top.initiate(n2)
+    st.run()
+    root = new_neighbor_block(n2.offload_handle)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    top.update(root)
+    st.run()
+    assert top.state_completions[-1].op == "Update"
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_FAILURE] * 2
+    top.terminate(
+        top.reference_tree(tree, [tcp], with_path=True, with_neighbor=True, state="delegated")
+    )
+    st.run()
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 3
+    top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert st.drain_problems() == []

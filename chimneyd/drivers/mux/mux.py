@@ -527,7 +527,33 @@ class MuxIm(PassthroughIm):
 
     @downcall
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
+        if self._relinks(root):
+            # moving a path to another neighbor (spec §3.4 (b)) would move each NIC's copy of
+            # it under that NIC's copy of the new neighbor, which it may not have: the MUX does
+            # not do it, and says so, rather than report a move it did not make (after which
+            # the old neighbor could not be terminated). A failed update leaves the objects as
+            # they were; the host takes their connections up (§3.4)
+            for block in walk(root):
+                block.status = NdisStatus.NDIS_STATUS_FAILURE
+            self.ndis.NdisMUpdateOffloadComplete(self, root)
+            return
         self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
+
+    def _relinks(self, root: OffloadBlock) -> bool:
+        """Whether the update names a path below a neighbor that is not the path's own."""
+        block: OffloadBlock | None = root
+        while block is not None:
+            if block.kind is BlockKind.NEIGHBOR and block.role() is not BlockRole.PLACEHOLDER:
+                neighbor = self._context(block, VirtualObject)
+                dep = block.dependent_block_list
+                while dep is not None:
+                    if dep.role() is not BlockRole.PLACEHOLDER:
+                        path = self._context(dep, VirtualObject)
+                        if path.parent is not neighbor:
+                            return True
+                    dep = dep.next_block
+            block = block.next_block
+        return False
 
     @downcall
     def MiniportInvalidateOffload(self, root: OffloadBlock) -> None:
