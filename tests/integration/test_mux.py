@@ -755,3 +755,40 @@ async def test_update_query_and_invalidate_reach_every_nic(
         await echo(engine, c, b"after invalidate")
         assert (await engine.offload(c))["state"] == "offloaded"
     assert sorted(nic_of(engine, c) for c in conns) == ["nic0", "nic0", "nic1", "nic1"]
+
+
+async def test_a_teams_pause_and_resume_show_whole_in_every_connections_trace(
+    make_engine: Any, echo_port: int
+) -> None:
+    """A NIC of a team behind a filter fails: the MUX pauses the layers above while it moves
+    that NIC's connections, then resumes them (spec §5.5). A PAUSE or RESUME is the whole
+    adapter's: in every connection's trace, moved or not, each shows from where it starts,
+    the MUX, through the filter up to the host."""
+    layers = (
+        LayerConfig("tcpip", "host", ("filter0",)),
+        LayerConfig("filter0", "passthrough", ("team0",)),
+        LayerConfig("team0", "mux", ("nic0", "nic1", "nic2"), policy="round-robin"),
+        LayerConfig("nic0", "target"),
+        LayerConfig("nic1", "target"),
+        LayerConfig("nic2", "target"),
+    )
+    engine = await make_engine(layers, trace_depth=4096)
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    marks = {c: last_seq(engine, c) for c in conns}
+    stayed = [c for c in conns if engine.conn_info(c)["path"][-1] != "nic1"]
+    engine.fault_inject({"kind": "target_failure", "layer": "nic1"})
+    await eventually(lambda: all(engine.conn_info(c)["path"][-1] != "nic1" for c in conns))
+    await eventually(all_offloaded(engine, conns))
+    relay = [
+        ("team0", "NdisMIndicateStatusEx"),
+        ("filter0", "ProtocolStatusEx"),
+        ("filter0", "NdisMIndicateStatusEx"),
+        ("tcpip", "ProtocolStatusEx"),
+    ]
+    for c in conns:
+        seen = hops(engine, c, marks[c])
+        for event in ("NDIS_STATUS_OFFLOAD_PAUSE", "NDIS_STATUS_OFFLOAD_RESUME"):
+            counts = [seen.count((layer, call, event)) for layer, call in relay]
+            assert len(set(counts)) == 1, (c, event, seen)  # whole relays only
+            # one that stayed offloaded throughout heard both; a moved one was up for RESUME
+            assert counts[0] >= 1 or c not in stayed, (c, event, seen)

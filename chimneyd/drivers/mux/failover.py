@@ -11,7 +11,7 @@ uploaded connections anew, which the policy places on the NICs left.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.oid import (
     NdisEncapsulation,
@@ -210,8 +210,7 @@ def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:
         return
     if not mux.paused_above:
         mux.paused_above = True
-        traces = [e.upper.trace for e in entries if e.upper.trace is not None]
-        mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_PAUSE, traces)
+        mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_PAUSE, _traces(mux))
     mux.retrieve_all(entries)
     evacuated(mux)
 
@@ -231,4 +230,11 @@ def _offer_changed(mux: MuxIm) -> None:
 
 
 def _resume_above(mux: MuxIm) -> None:
-    mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_RESUME)
+    mux.ndis.NdisMIndicateStatusEx(mux, S.NDIS_STATUS_OFFLOAD_RESUME, _traces(mux))
+
+
+def _traces(mux: MuxIm) -> list[Any]:
+    """The traces of every connection the MUX carries: a PAUSE or RESUME is the whole
+    adapter's, and each connection above hears it (the layers above relay it with theirs),
+    so each shows it from where it starts."""
+    return [e.upper.trace for e in mux.connections() if e.upper.trace is not None]
