@@ -3,7 +3,8 @@ each shard's part in, one answer out.
 
 - `merge_stats`: `stack.stats` with every counter and gauge summed over the shards, in the keys a
   daemon of one shard has, plus `shards`: each shard's own part (and `state`, `down` for a
-  shard being restarted, whose part is unknown).
+  shard being restarted, whose part is unknown). The summed counters go through a
+  `CounterCarry`, so they never go down while a shard is restarted, nor after it.
 - `merge_info`: `stack.info` of the shard answering, its layers folded over the shards (the
   gauges in a layer's description summed; a list that differs is every shard's items; any
   other value kept when every shard agrees, else `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
@@ -69,9 +70,114 @@ def _down(shard: int) -> dict[str, Any]:
     return {"shard": shard, "state": "down"}
 
 
-def merge_stats(parts: Parts) -> dict[str, Any]:
-    """`stack.stats` of the whole daemon: sums in the usual keys, each shard under `shards`."""
-    running = [dict(p) for p in parts.values() if p is not None]
+# -- counters that outlive a shard's restart ---------------------------------------------------
+#: Where `stack.stats` holds counters (docs/metrics.md, kind `counter`); `*` is any key (a
+#: layer, a call). Every other number is a gauge.
+COUNTER_PATHS: tuple[tuple[str, ...], ...] = (
+    ("layers", "*", "bytes_sent"),
+    ("layers", "*", "bytes_received"),
+    ("layers", "*", "calls", "*"),
+    ("engine", "pending_overflows"),
+    ("engine", "messages", "*"),
+    ("engine", "layer_errors"),
+    ("engine", "invariant_violations"),
+    ("engine", "invariant_checked_nbls"),
+    ("log", "write_errors"),
+)
+
+
+def counters(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The counters of a `stack.stats` map (`COUNTER_PATHS`), nested as there, nothing else."""
+    out: dict[str, Any] = {}
+    for path in COUNTER_PATHS:
+        _pick(stats, path, out)
+    return out
+
+
+def _pick(value: Any, path: tuple[str, ...], out: dict[str, Any]) -> None:
+    if not isinstance(value, Mapping):
+        return
+    head, rest = path[0], path[1:]
+    for key in value if head == "*" else [head] if head in value else []:
+        sub = value[key]
+        if not rest:
+            if _is_number(sub):
+                out[key] = sub
+        elif isinstance(sub, Mapping):
+            into = out.setdefault(key, {})
+            _pick(sub, rest, into)
+            if not into:
+                del out[key]
+
+
+def plus(a: Any, b: Any) -> Any:
+    """`a` with the numbers of `b` added key by key (a copy; `b` holds counters only)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return {k: plus(a.get(k), b.get(k)) for k in {**a, **b}}
+    if _is_number(a) and _is_number(b):
+        return a + b
+    return b if a is None else a
+
+
+@dataclass(slots=True)
+class _Life:
+    """What the daemon saw of one shard: the counters of its current process (`last`, as last
+    read), those its earlier processes had reached when they ended (`base`)."""
+
+    pid: int | None = None
+    down: bool = False  # seen down since `last` was read: the next process starts from 0
+    last: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+class CounterCarry:
+    """Keeps the daemon's summed counters monotonic across shard restarts (docs/metrics.md:
+    counters only go up from the daemon's start, and a shard's restart is not the daemon's).
+    A shard being restarted counts with the counters it last had; a restarted shard (seen down
+    in between, or answering from another pid) counts from those plus its new process's own.
+    Gauges are never carried: a down shard holds nothing.
+
+    Lives in the process that sums the shards' parts: reads it never saw (a shard that restarted
+    and ran past its old counts between two reads) still add up, as its pid changed."""
+
+    def __init__(self) -> None:
+        self.lives: dict[int, _Life] = {}
+
+    def clear(self) -> None:
+        self.lives.clear()
+
+    def apply(self, parts: Parts) -> dict[int, dict[str, Any] | None]:
+        """Each shard's part as it counts in the daemon's sum: a running one's with the base of
+        its earlier processes added to its counters, a down one's last counters (None when it
+        never had any)."""
+        out: dict[int, dict[str, Any] | None] = {}
+        for k, part in parts.items():
+            life = self.lives.setdefault(k, _Life())
+            if part is None:
+                life.down = True
+                carried = plus(life.base, life.last)
+                out[k] = carried or None
+                continue
+            pid = (part.get(PROCESS) or {}).get("pid")
+            if life.down or (pid is not None and life.pid is not None and pid != life.pid):
+                life.base = plus(life.base, life.last)
+            life.pid, life.down = pid, False
+            life.last = counters(part)
+            out[k] = plus(dict(part), life.base) if life.base else dict(part)
+        return out
+
+
+#: The carry of this process: it answers `stack.stats` and `/metrics` for the daemon as long
+#: as it lives (a shard that restarts starts it again empty; the supervisor's restart is the
+#: daemon's).
+DAEMON_COUNTERS = CounterCarry()
+
+
+def merge_stats(parts: Parts, carry: CounterCarry | None = DAEMON_COUNTERS) -> dict[str, Any]:
+    """`stack.stats` of the whole daemon: sums in the usual keys (counters through `carry`,
+    None: the running shards' figures alone), each shard's own under `shards`."""
+    summed = carry.apply(parts) if carry is not None else parts
+    running = [dict(p) for p in summed.values() if p is not None]
     total: dict[str, Any] = fold([_without(p, PROCESS) for p in running], _always) or {}
     total["shards"] = [
         _down(k) if p is None else {"shard": k, "state": "running", **p}
@@ -214,13 +320,18 @@ def may_touch(view: FaultView, me: int, admin: bool, mine: Callable[[int], bool]
 
 
 __all__ = [
+    "COUNTER_PATHS",
+    "DAEMON_COUNTERS",
     "INFO_GAUGES",
     "MIXED",
+    "CounterCarry",
     "FaultView",
+    "counters",
     "fault_table",
     "fold",
     "may_touch",
     "merge_info",
     "merge_stats",
+    "plus",
     "shard_faults",
 ]

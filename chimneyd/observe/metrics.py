@@ -37,6 +37,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from .aggregate import DAEMON_COUNTERS, CounterCarry, merge_stats
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SUCCESS = "NDIS_STATUS_SUCCESS"
 #: Bucket bounds are 1 µs * 2^k: 1 µs … 16.8 s in 25 buckets, then +Inf.
@@ -520,15 +522,14 @@ def shard_families(parts: dict[int, Any]) -> list[Metric]:
     return [up, rss, fds, conns, clients, offloads]
 
 
-def sharded_text(parts: dict[int, Any]) -> str:
+def sharded_text(parts: dict[int, Any], carry: CounterCarry | None = DAEMON_COUNTERS) -> str:
     """`stack.metrics` (and `/metrics`) of a daemon of several shards: the `stack.stats`
-    families of every shard summed, the latency histograms of every shard added up, and the
+    families of every shard summed (the counters through `carry`, as `merge_stats`: they never
+    go down while the daemon runs), the latency histograms of every shard added up, and the
     `chimney_shard_*` families per shard. Each part is a shard's `{"stats", "histograms"}`,
     None for a shard being restarted."""
-    from .aggregate import merge_stats
-
     stats = {k: (p or {}).get("stats") if p is not None else None for k, p in parts.items()}
-    total = merge_stats(stats)
+    total = merge_stats(stats, carry)
     total.pop("shards", None)
     families = stats_families(total)
     families += _merged_histograms([p.get("histograms") or {} for p in parts.values() if p])

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from chimneyd.observe.aggregate import (
+    COUNTER_PATHS,
+    DAEMON_COUNTERS,
     MIXED,
+    CounterCarry,
     FaultView,
     fault_table,
     fold,
@@ -15,6 +23,15 @@ from chimneyd.observe.aggregate import (
     shard_faults,
 )
 from chimneyd.observe.metrics import sharded_text
+from tests.docs.test_metrics_doc import METRICS_MD
+
+
+@pytest.fixture(autouse=True)
+def fresh_daemon() -> Iterator[None]:
+    # the process's carry remembers the shards of earlier tests: each test is a daemon of its own
+    DAEMON_COUNTERS.clear()
+    yield
+    DAEMON_COUNTERS.clear()
 
 
 def stats(conns: int, offloads: int, calls: int, pid: int) -> dict[str, Any]:
@@ -219,3 +236,67 @@ def test_metrics_add_up_the_shards_histograms() -> None:
     )
     assert "chimney_send_completion_seconds_count 4.0" in text
     assert "chimney_send_completion_seconds_sum 1.0" in text
+
+
+def counted(sent: int, calls: int, conns: int, pid: int) -> dict[str, Any]:
+    part = stats(conns, conns, calls, pid)
+    part["layers"]["nic0"]["bytes_sent"] = sent
+    part["engine"]["messages"] = {"nic0": calls}
+    return part
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    raise KeyError(name)
+
+
+def test_summed_counters_hold_while_a_shard_is_restarted_and_carry_on_after() -> None:
+    names = ("chimney_bytes_sent_total", "chimney_calls_total", "chimney_layer_messages_total")
+    reads = [
+        {0: counted(1000, 10, 2, 100), 1: counted(5000, 50, 3, 101)},
+        {0: counted(1100, 11, 2, 100), 1: None},  # shard 1 being restarted
+        {0: counted(1200, 12, 2, 100), 1: counted(7, 1, 1, 102)},  # back, from 0
+        {0: counted(1300, 13, 2, 100), 1: counted(9, 2, 1, 103)},  # restarted between reads
+    ]
+    texts = [sharded_text({k: p and {"stats": p} for k, p in r.items()}) for r in reads]
+    for name in names:
+        seen = [value(t, name) for t in texts]
+        assert seen == sorted(seen), (name, seen)
+    assert [value(t, "chimney_bytes_sent_total") for t in texts] == [6000, 6100, 6207, 6316]
+    # gauges are not carried: a shard being restarted holds no connection
+    assert [value(t, "chimney_connections") for t in texts] == [5, 2, 3, 3]
+
+
+def test_stack_stats_counters_carry_a_restart_and_each_shard_shows_its_own() -> None:
+    carry = CounterCarry()
+    merge_stats({0: counted(10, 1, 1, 100), 1: counted(20, 2, 1, 101)}, carry)
+    down = merge_stats({0: counted(10, 1, 1, 100), 1: None}, carry)
+    assert down["layers"]["nic0"]["bytes_sent"] == 30
+    assert down["layers"]["nic0"]["calls"] == {"MiniportTcpOffloadSend": 3}
+    assert down["layers"]["nic0"]["offloads_active"] == 1  # shard 0's gauge alone
+    assert down["connections"] == 1
+    back = merge_stats({0: counted(10, 1, 1, 100), 1: counted(5, 1, 4, 102)}, carry)
+    assert back["layers"]["nic0"]["bytes_sent"] == 35
+    assert back["engine"]["messages"] == {"nic0": 4}
+    assert back["connections"] == 5
+    # the per-shard breakdown is the shard's process as it is, counting from its start
+    assert back["shards"][1]["layers"]["nic0"]["bytes_sent"] == 5
+    # without a carry: the running shards' figures alone
+    assert merge_stats({0: counted(10, 1, 1, 100), 1: None}, None)["connections"] == 1
+
+
+def test_every_documented_counter_is_carried() -> None:
+    # the stack.stats table's counters (the Prometheus table names metrics, not keys)
+    rows = re.findall(r"^\| `([a-z][^`]*)` \| counters? \|", METRICS_MD.read_text(), re.M)
+    keys = {r for r in rows if not r.startswith("chimney_")}
+    # and those named in the prose: "(counter, `log.write_errors`)"
+    keys |= set(re.findall(r"\(counter, `([a-z_.]+)`\)", METRICS_MD.read_text()))
+    # a layer's name is `<layer>` there; its calls are one row (`calls`, a map of counters)
+    carried = {
+        ".".join(path).removesuffix(".calls.*") + (".calls" if "calls" in path else "")
+        for path in COUNTER_PATHS
+    }
+    assert keys == {c.replace("*", "<layer>") for c in carried}
