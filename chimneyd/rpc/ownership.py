@@ -1,9 +1,10 @@
 """Who owns what: every connection, listener, fault and subscription an RPC client holds.
 
 A client sees and touches only what it made (`tcp.connect`, `tcp.accept` on its listeners,
-`tcp.listen`, `fault.inject`); anything else is NOT_FOUND, as if it did not exist. A client
-authenticated with the admin token sees everything. When a client leaves, `leave` hands back
-what must be closed and cleared.
+`tcp.listen`, `fault.inject`); anything else is NOT_FOUND, as if it did not exist. It hears
+the events of its connections and of those accepted on its listeners that no `tcp.accept` took
+yet. A client authenticated with the admin token sees everything. When a client leaves, `leave`
+hands back what must be closed and cleared.
 
 Limits are reserved here, synchronously, before the engine call that makes the thing: a request
 checks and counts in one step, so pipelined requests can never overshoot a limit, and things
@@ -31,6 +32,7 @@ class Holdings:
         "conns",
         "faults",
         "gone",
+        "heard",
         "listeners",
         "pending_conns",
         "pending_listeners",
@@ -47,6 +49,9 @@ class Holdings:
         self.pending_listeners = 0
         self.faults: set[int] = set()
         self.subscriptions: dict[int | None, Unsubscribe] = {}  # None: every connection
+        # connections not (yet) its own whose events reached it, and whether they came on one
+        # of its listeners: asked of the engine once per connection, forgotten at `closed`
+        self.heard: dict[int, bool] = {}
 
     def holds_nothing(self) -> bool:
         """Nothing to lose by closing this client (the idle timeout applies to it)."""
@@ -91,9 +96,29 @@ class Ownership:
             return conn
         raise EngineError(ErrorCode.NOT_FOUND, f"no connection {conn}")
 
-    def sees(self, h: Holdings, conn: int) -> bool:
-        """Whether events of `conn` may reach this client."""
-        return h.admin or conn in h.conns or conn in h.closed
+    def sees(
+        self, h: Holdings, conn: int, listener_of: Callable[[int], int | None] | None = None
+    ) -> bool:
+        """Whether events of `conn` may reach this client. A connection accepted on its
+        listener is its own from its first event, before `tcp.accept` takes it: a listener
+        with offload offloads it first, and its owner must hear that `offloaded` (else it
+        hears `uploaded` of a connection it never heard was offloaded). `listener_of` names
+        the listener a connection came on (None: none, or not known)."""
+        if h.admin or conn in h.conns or conn in h.closed:
+            return True
+        if listener_of is None or not (h.listeners or h.heard):
+            return False  # listens nowhere: nothing of another's is its own
+        if conn in self.conn_owner:
+            return False  # `tcp.accept`ed by another (an admin): that client's now
+        known = h.heard.get(conn)
+        if known is None:
+            lid = listener_of(conn)
+            known = h.heard[conn] = lid is not None and lid in h.listeners
+        return known
+
+    def forget_heard(self, h: Holdings, conn: int) -> None:
+        """`conn` closed: no more events of it, nothing to remember."""
+        h.heard.pop(conn, None)
 
     def reserve_conn(self, h: Holdings, limit: int, waiting: int = 0) -> None:
         """Count one connection being made against `limit` (LIMIT if there is no room).
@@ -201,6 +226,7 @@ class Ownership:
         h.listeners.clear()
         h.faults.clear()
         h.subscriptions.clear()
+        h.heard.clear()
         return out
 
 

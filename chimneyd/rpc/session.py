@@ -461,6 +461,15 @@ class Session(asyncio.Protocol):
         if self.ownership.subscribed(h, conn):
             return
         sees = self.ownership.sees
+        engine = self.engine
+
+        def listener_of(conn_id: int) -> int | None:
+            """The listener `conn_id` was accepted on (None: it was not, or it is gone)."""
+            try:
+                lid = engine.conn_info(conn_id).get("listener")
+            except EngineError:
+                return None
+            return lid if type(lid) is int else None
 
         def deliver(conn_id: int, event: str, info: dict[str, Any]) -> None:
             try:
@@ -472,9 +481,17 @@ class Session(asyncio.Protocol):
             self.send(frame)
 
         def on_event(conn_id: int, event: str, info: dict[str, Any]) -> None:
+            if conn is None:
+                # "*" hears the connections accepted on this client's listeners too, from
+                # their first event (an `offloaded` before `tcp.accept` takes them)
+                if not self.closing and sees(h, conn_id, listener_of):
+                    deliver(conn_id, event, info)
+                if event == "closed":
+                    self.ownership.forget_heard(h, conn_id)
+                return
             if not self.closing and sees(h, conn_id):
                 deliver(conn_id, event, info)
-            if conn is not None and event == "closed":
+            if event == "closed":
                 # the engine ends a connection's subscriptions with it; this client's entry
                 # goes too, whoever closed it, or the client never holds nothing again (and
                 # its idle timeout never applies)

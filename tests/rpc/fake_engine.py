@@ -18,7 +18,7 @@ REFUSED_PORT = 1  # tcp.connect to this port fails with CONNECT_FAILED
 
 
 class FakeConn:
-    __slots__ = ("buffer", "host", "port", "readable", "state", "trace")
+    __slots__ = ("buffer", "host", "listener", "port", "readable", "state", "trace")
 
     def __init__(self, host: str, port: int, offload: bool) -> None:
         self.host = host
@@ -27,6 +27,7 @@ class FakeConn:
         self.buffer = bytearray()
         self.readable = asyncio.Event()
         self.trace: list[dict[str, Any]] = []
+        self.listener: int | None = None  # the listener it was accepted on
 
 
 class FakeEngine:
@@ -122,6 +123,7 @@ class FakeEngine:
     def incoming(self, lid: int, host: str = "127.0.0.1", port: int = 50000) -> int:
         """Test hook: a peer connected to listener `lid`; returns the new conn id."""
         conn = self._new_conn(host, port, True)
+        self.conns[conn].listener = lid
         self.listeners[lid][2].put_nowait(conn)
         return conn
 
@@ -239,7 +241,10 @@ class FakeEngine:
     def conn_info(self, conn_id: int) -> dict[str, Any]:
         self._maybe_fail("conn_info")
         conn = self._conn(conn_id)
-        return {"state": conn.state, "remote": f"{conn.host}:{conn.port}"}
+        info: dict[str, Any] = {"state": conn.state, "remote": f"{conn.host}:{conn.port}"}
+        if conn.listener is not None:  # the engine's `listener`, for accepted connections only
+            info["listener"] = conn.listener
+        return info
 
     def conn_ids(self) -> list[int]:
         return sorted(self.conns)

@@ -48,6 +48,29 @@ def test_closed_connections_are_remembered_boundedly() -> None:
     assert own.conn_owner == {}
 
 
+def test_a_connection_accepted_on_a_listener_is_seen_by_the_listener_owner_only() -> None:
+    """Before `tcp.accept` takes it, a connection accepted on a client's listener is seen by
+    that client (its events reach its "*"), by no other, and is asked about once."""
+    o = Ownership()
+    a, b = o.join(), o.join()
+    o.listener_made(a, 7)
+    o.listener_made(b, 8)
+    asked: list[int] = []
+
+    def listener_of(conn: int) -> int | None:
+        asked.append(conn)
+        return {5: 7}.get(conn)
+
+    assert o.sees(a, 5, listener_of) and o.sees(a, 5, listener_of)
+    assert not o.sees(b, 5, listener_of)
+    assert not o.sees(a, 6, listener_of)  # no listener's: another client's connection
+    assert not o.sees(a, 5)  # a connection subscription never asks
+    assert asked == [5, 5, 6]  # once per client and connection
+    o.forget_heard(a, 5)
+    o.forget_heard(a, 6)
+    assert a.heard == {}
+
+
 def test_reservations_count_until_returned() -> None:
     own = Ownership()
     a = own.join()
@@ -124,6 +147,30 @@ async def test_clients_see_only_their_own_connections() -> None:
         assert touched == []
         assert s.engine.faults == {}
         assert await a.ok("tcp.list") == [conn]
+
+
+async def test_star_hears_a_connection_accepted_on_its_listener_before_the_accept() -> None:
+    """A listener with offload offloads a connection before `tcp.accept` takes it: its owner's
+    "*" hears that `offloaded` (else it hears `uploaded` of a connection it never heard was
+    offloaded); another client's "*", listening elsewhere, hears nothing of it."""
+    async with serving(token=TOKEN) as s:
+        a = await s.client(TOKEN)
+        b = await s.client(TOKEN)
+        for c in (a, b):
+            assert await c.ok("events.subscribe", "*") is True
+        await b.ok("tcp.listen", HOST, 0)
+        lid = await a.ok("tcp.listen", HOST, 0)
+        conn = s.engine.incoming(lid)
+        s.engine.raise_event(conn, "offloaded", {"path": ["tcpip", "nic0"]})
+        assert await a.read() == [2, "tcp.event", [conn, "offloaded", {"path": ["tcpip", "nic0"]}]]
+        assert await a.ok("tcp.accept", lid, 1000) == conn
+        assert await a.ok("tcp.close", conn) is True
+        s.engine.raise_event(conn, "closed")
+        assert await a.read() == [2, "tcp.event", [conn, "closed", {}]]
+        assert await b.ok("ping") == "pong"  # the events have reached b too, if they were to
+        assert b.notifications == []
+        [held] = [x for x in s.sessions() if x.holdings.listeners == {lid}]
+        assert held.holdings.heard == {}
 
 
 async def test_faults_belong_to_their_maker() -> None:
