@@ -489,7 +489,9 @@ class Session(asyncio.Protocol):
                 if event == "closed":
                     self.ownership.forget_heard(h, conn_id)
                 return
-            if not self.closing and sees(h, conn_id):
+            # the engine calls every subscription an event matches: while this client also
+            # has "*", that one delivers it, so the client gets each event once
+            if not self.closing and None not in h.subscriptions and sees(h, conn_id):
                 deliver(conn_id, event, info)
             if event == "closed":
                 # the engine ends a connection's subscriptions with it; this client's entry

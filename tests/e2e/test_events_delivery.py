@@ -41,3 +41,18 @@ def test_the_listener_owner_hears_an_accepted_connection_offloaded(daemon: Daemo
             assert _events(stranger) == []
         finally:
             s.close()
+
+
+def test_an_event_comes_once_to_a_client_subscribed_by_id_and_star(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        lid = c.tcp_listen("127.0.0.1", 0, offload=False)
+        port = c.tcp_listener_info(lid)["port"]
+        conn = c.tcp_connect("127.0.0.1", port)
+        other = c.tcp_accept(lid, 5000)
+        c.events_subscribe("*")
+        c.events_subscribe(conn)
+        c.tcp_upload(conn)
+        mine = [e for cid, e in _events(c) if cid == conn]
+        c.tcp_close(conn)
+        c.tcp_close(other)
+        assert mine == ["uploaded"], mine

@@ -416,6 +416,27 @@ async def test_subscribe_to_one_connection() -> None:
         assert (await c.fails("events.subscribe", 12345))[0] == NOT_FOUND
 
 
+@pytest.mark.parametrize("first", ["by-id", "star"])
+async def test_an_event_comes_once_to_a_client_subscribed_by_id_and_star(first: str) -> None:
+    """The engine calls both of a client's subscriptions a connection's event matches; the
+    client gets it once, whichever it made first, and its connection subscription still ends
+    with the connection."""
+    async with serving() as s:
+        c = await s.client()
+        conn = await c.ok("tcp.connect", HOST, 9000)
+        keys: list[int | str] = [conn, "*"] if first == "by-id" else ["*", conn]
+        for key in keys:
+            assert await c.ok("events.subscribe", key) is True
+        s.engine.raise_event(conn, "TcpIndicateAbort")
+        assert await c.ok("tcp.close", conn) is True
+        assert [n[2][:2] for n in c.notifications] == [
+            [conn, "TcpIndicateAbort"],
+            [conn, "closed"],
+        ]
+        [session] = s.sessions()
+        assert list(session.holdings.subscriptions) == [None]
+
+
 async def test_closing_a_connection_ends_its_subscription() -> None:
     """Per-connection subscriptions do not pile up as a client churns through connections."""
     async with serving() as s:
