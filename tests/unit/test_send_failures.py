@@ -234,3 +234,21 @@ def test_a_disconnect_waiting_for_the_send_queue_fails_with_the_hole() -> None:
     assert disc.value == S.NDIS_STATUS_FAILURE.name
     assert bytes(wire.peer_received) == b"one." and not wire.eof_written
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("offloaded", [True, False])
+def test_an_empty_send_after_acknowledged_bytes_completes_at_once(offloaded: bool) -> None:
+    """Every byte before it acknowledged, an empty send has nothing to wait for: no news of
+    an ack will come (the socket reports changes), so it completes now, in host mode and
+    offloaded (rpc-contract tcp.send: the result is len(data))."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    if offloaded:
+        rig.offload(conn)
+    first = rig.call(rig.host.app_send, conn, b"acked")
+    wire.ack()
+    rig.run()
+    assert first.value == 5
+    empty = rig.call(rig.host.app_send, conn, b"")
+    assert empty.done and empty.value == 0
+    assert rig.problems() == []

@@ -71,6 +71,7 @@ def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     unacked = c.unacked
     if unacked is NO_ITEMS:
         unacked = c.unacked = []  # its own list once, not a check per NBL
+    empty = False
     for nbl in iter_chain(head):
         nbl_views = nbl.views()
         n = 0
@@ -79,7 +80,12 @@ def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         views.extend(nbl_views)
         unacked.append((nbl, pos, pos + n))
         pos += n
+        empty = empty or not n
     wire.write(views)  # one write for the whole chain
+    if empty:
+        # an empty send behind bytes all acknowledged is done now: no news of an ack would
+        # come for it (the socket reports a change, and nothing changes); in order (§4.1)
+        complete_acked(t, c, wire.acked())
     watch(c)
 
 
