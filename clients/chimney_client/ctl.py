@@ -214,9 +214,16 @@ def _seconds(value: str) -> float:
         n = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    # NaN passes `n < 0`, and inf or 1e300 overflow the event loop's clock
+    if not 0 <= n <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds from 0 to {MAX_SECONDS:g}, got {value!r}"
+        )
     return n
+
+
+#: the longest sleep or interval a command takes: a day
+MAX_SECONDS = 86400.0
 
 
 def _call_timeout(value: str) -> float:

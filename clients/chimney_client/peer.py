@@ -275,8 +275,8 @@ def _parse_listen(value: str) -> tuple[str, int]:
         port = rest.lstrip(":")
     else:
         host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (port 0-65535), got {value!r}")
     return host, int(port)
 
 
