@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -168,8 +169,32 @@ MUTATIONS: dict[str, Callable[[], None]] = {
 }
 
 
+#: mutations that replace a module function a compiled caller binds natively (`make
+#: compiled`): for them the daemon runs from the Python sources even in the compiled build.
+#: They test the soak's checks, not the build, so nothing is lost
+SOURCE_ONLY = frozenset(
+    {"checker_detached", "host_drops_unread_at_abort", "nic_drops_held_at_reset"}
+)
+
+
+def _from_sources() -> None:
+    """Import chimneyd's modules from their `.py` files, not the compiled extension modules
+    beside them: each of the package's directories gets a finder that knows sources only."""
+    from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("chimneyd")
+    assert spec is not None and spec.submodule_search_locations is not None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        finder = FileFinder(str(folder), (SourceFileLoader, SOURCE_SUFFIXES))
+        sys.path_importer_cache[str(folder)] = finder
+
+
 def main() -> int:
     name, argv = sys.argv[1], sys.argv[2:]
+    if name in SOURCE_ONLY:
+        _from_sources()
     MUTATIONS[name]()
     from chimneyd.daemon import main as daemon_main
 
