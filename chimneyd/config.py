@@ -144,12 +144,16 @@ def max_shards() -> int:
     return SHARDS_PER_CPU * cpu_count()
 
 
+#: what a target offloads at most when its layer does not say (`layer.max_connections`)
+DEFAULT_MAX_CONNECTIONS = 16384
+
+
 @dataclass(frozen=True, slots=True)
 class LayerConfig:
     name: str
     kind: str
     lower: tuple[str, ...] = ()
-    max_connections: int = 16384  # targets: offloaded TCP connections
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # targets: offloaded TCP connections
     ipv4: bool = True  # targets: offloads IPv4 connections (NDIS_TCP_CONNECTION_OFFLOAD)
     ipv6: bool = True  # targets: offloads IPv6 connections
     policy: str = DEFAULT_POLICY  # mux: which NIC takes a new connection
@@ -333,12 +337,32 @@ def _check_daemon(daemon: DaemonConfig) -> None:
         )
 
 
+def _check_distinct_listens(config: Config) -> None:
+    """No two listeners on one address: the second would fail at start ("address already in
+    use") after the check passed. Port 0 (any free port) never collides."""
+    seen: dict[tuple[str, int] | str, str] = {}
+    keys = [("rpc.listen", a) for a in config.rpc.listen]
+    keys += [
+        (k, a)
+        for k, a in (("web.listen", config.web.listen), ("metrics.listen", config.metrics.listen))
+        if a
+    ]
+    for key, addr in keys:
+        parsed = parse_listen(addr)
+        if isinstance(parsed, tuple) and parsed[1] == 0:
+            continue
+        if parsed in seen:
+            raise ConfigError(f"{key}: {_q(addr)} is already {seen[parsed]}'s address")
+        seen[parsed] = key
+
+
 def validate(config: Config) -> Config:
     rpc, log = config.rpc, config.log
     _check_daemon(config.daemon)
     _check_rpc(rpc)
     check_http_listen("web.listen", config.web.listen, web_token(rpc))
     check_http_listen("metrics.listen", config.metrics.listen, web_token(rpc))
+    _check_distinct_listens(config)
     if log.format not in LOG_FORMATS:
         raise ConfigError(f"log.format: {_q(log.format)} is not one of {', '.join(LOG_FORMATS)}")
     if log.level.lower() not in LOG_LEVELS:
@@ -383,6 +407,9 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
             )
         if layer.kind != "mux" and layer.policy != DEFAULT_POLICY:
             raise ConfigError(f"{where}.policy: only a mux has a policy")
+        if layer.kind != "target" and layer.max_connections != DEFAULT_MAX_CONNECTIONS:
+            # a mux offers the sum of its NICs', an IM its lower layer's, the host none
+            raise ConfigError(f"{where}.max_connections: only a target has a connection capacity")
         for version in ("ipv4", "ipv6"):
             if layer.kind != "target" and not getattr(layer, version):
                 raise ConfigError(
