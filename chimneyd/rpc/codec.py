@@ -153,13 +153,7 @@ class Decoder:
                         ):
                             out.append(obj)
                             continue
-                    msg = parse_message(obj)
-                    if isinstance(msg, Request):  # e.g. its method sent as bin, now a str
-                        out.append([REQUEST, msg.msgid, msg.method, msg.params])
-                        continue
-                    out.append(msg)
-                    if msg.__class__ is ProtocolError:
-                        self._dead = True
+                    if self._take(obj, out):
                         return out
             except Exception as exc:  # any decode failure is the client's bad frame
                 return self._fail(out, ProtocolError(f"not msgpack: {_describe(exc)}"))
@@ -185,11 +179,16 @@ class Decoder:
             self._fail(out, self._too_big())
             return True
         self._done = end
+        return self._take(obj, out)
+
+    def _take(self, obj: Any, out: list[RawMessage]) -> bool:
+        """A whole object, other than the plain request the main loop takes itself, into
+        `out`. True if it was a bad frame (the decoder is dead)."""
         msg = parse_message(obj)
-        if isinstance(msg, Request):  # the array the main loop would have kept, rebuilt
+        if isinstance(msg, Request):  # e.g. its method sent as bin, now a str: kept as the array
             out.append([REQUEST, msg.msgid, msg.method, msg.params])
             return False
-        if isinstance(msg, ProtocolError):
+        if msg.__class__ is ProtocolError:
             self._fail(out, msg)
             return True
         out.append(msg)
