@@ -1175,9 +1175,11 @@ def _trace(s: Session, a: argparse.Namespace) -> Any:
     if a.svg or a.mermaid:
         from . import ctl_trace
 
-        order = [str(layer.get("name")) for layer in s.client.stack_info().get("layers", [])]
-        lanes = ctl_trace.lanes_for(hops, order)
-        title = f"conn {a.id}: {' → '.join(lanes)}" + (f" · NBL {nbl}" if nbl else "")
+        layers = s.client.stack_info().get("layers", [])
+        order = [str(layer.get("name")) for layer in layers]
+        lower = {str(layer.get("name")): layer.get("lower") or [] for layer in layers}
+        lanes = ctl_trace.lanes_for(hops, order, lower)
+        title = f"conn {a.id}: {ctl_trace.route(lanes)}" + (f" · NBL {nbl}" if nbl else "")
         result: dict[str, Any] = {"hops": len(hops), "lanes": ctl_trace.columns(lanes)}
         if a.svg:
             with open(a.svg, "w", encoding="utf-8") as f:

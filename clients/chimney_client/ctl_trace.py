@@ -12,7 +12,8 @@ the host to the NIC and back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -68,51 +69,194 @@ def going_down(call: str) -> bool:
     return call.startswith(_DOWN_NDIS)
 
 
-def lanes_for(hops: Sequence[Mapping[str, Any]], order: Sequence[str]) -> list[str]:
-    """Layers of the picture, top to bottom: those of `order` (the connection's path, or the
-    topology's layer order) that the hops name, then any others in order of appearance."""
-    seen = [str(h.get("layer")) for h in hops]
-    lanes = [name for name in order if name in seen]
-    for name in seen:
-        if name not in lanes:
-            lanes.append(name)
-    return lanes
+def _handler(call: str) -> bool:
+    """A handler NDIS runs in a layer (`Miniport*` going down, `Protocol*` coming up)."""
+    return call.startswith(("Miniport", "Protocol")) and not call.endswith(RETURN_SUFFIX)
 
 
-def columns(lanes: Sequence[str]) -> list[str]:
-    """Lane titles left to right: each layer, with an NDIS lane between two adjacent layers."""
-    out: list[str] = []
-    for i, name in enumerate(lanes):
-        if i:
-            out.append("NDIS")
-        out.append(name)
+class Lanes(list[str]):
+    """The layers of the picture, left to right, and the layer above each (`upper`): the path
+    the connection took. A MUX's lower layers that the connection used (its NIC before and after
+    a failover or a rebalance, spec §5.5) are siblings under the MUX, each one NDIS lane away
+    from it, none under another. A plain list of names stands for one path, each layer under
+    the one before it."""
+
+    upper: dict[str, str]
+
+    def __init__(self, names: Iterable[str] = (), upper: Mapping[str, str] | None = None) -> None:
+        super().__init__(names)
+        self.upper = dict(upper or {})
+
+
+def _uppers(lanes: Sequence[str]) -> dict[str, str]:
+    if isinstance(lanes, Lanes):
+        return lanes.upper
+    return {lower: upper for upper, lower in itertools.pairwise(lanes)}
+
+
+def links(hops: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Layer -> the layer above it, as the hops show them: NDIS records a layer's `Ndis*` call
+    and the handler it runs in the next layer as two consecutive hops (a chain: the call's hops,
+    then the handler's), so the nearest earlier hop of another layer is the caller. A
+    `Miniport*` handler runs below its caller, a `Protocol*` handler above it."""
+    out: dict[str, str] = {}
+    run = ""  # layer of the latest hops
+    caller: tuple[str, str] | None = None  # (layer, call) of the last hop before that run
+    last: tuple[str, str] | None = None
+    for hop in hops:
+        layer, call = str(hop.get("layer")), str(hop.get("call", ""))
+        if layer != run:
+            caller, run = last, layer
+        last = (layer, call)
+        if not _handler(call) or caller is None:
+            continue
+        by, made = caller
+        if not made.startswith("Ndis") or made.endswith(RETURN_SUFFIX):
+            continue  # not a call NDIS passed on (the trace starts mid-way, or a filtered one)
+        upper, lower = (by, layer) if call.startswith("Miniport") else (layer, by)
+        out.setdefault(lower, upper)
     return out
 
 
+def lanes_for(
+    hops: Sequence[Mapping[str, Any]],
+    order: Sequence[str],
+    lower: Mapping[str, Sequence[str]] | None = None,
+) -> Lanes:
+    """Layers of the picture: those of `order` (the connection's path, or the topology's layer
+    order) that the hops name, then any others in order of appearance; each under the layer
+    the hops show calling it, else its nearest upper in the topology (`lower`: each layer's
+    lower layers, as `stack.info` gives them) that the picture shows (none: it heads the
+    picture), else, for a layer the topology does not place, the one before it.
+    Left to right depth first: a layer, then what sits under it, so a MUX's NICs follow it."""
+    seen = [str(h.get("layer")) for h in hops]
+    names = [name for name in order if name in seen]
+    for name in seen:
+        if name not in names:
+            names.append(name)
+    shown = set(names)
+    topo: dict[str, str] = {}
+    for name in order:
+        for below in (lower or {}).get(name, ()):
+            topo.setdefault(str(below), name)
+    called = links(hops)
+    upper: dict[str, str] = {}
+
+    def above(name: str, cand: str | None) -> bool:
+        # `cand` may sit above `name` unless that closes a loop
+        node = cand
+        while node is not None:
+            if node == name:
+                return False
+            node = upper.get(node)
+        return cand is not None
+
+    known = set(topo) | set(lower or {})  # layers the topology places
+    for i, name in enumerate(names):
+        cand = called.get(name)
+        if cand not in shown or not above(name, cand):
+            if name in known:
+                cand, passed = topo.get(name), {name}
+                while cand is not None and cand not in shown and cand not in passed:
+                    passed.add(cand)
+                    cand = topo.get(cand)
+            else:
+                cand = names[i - 1] if i else None
+            if cand not in shown or not above(name, cand):
+                cand = None
+        if cand is not None:
+            upper[name] = cand
+    out: list[str] = []
+
+    def walk(name: str) -> None:
+        out.append(name)
+        for child in names:
+            if upper.get(child) == name:
+                walk(child)
+
+    for name in names:
+        if name not in upper:
+            walk(name)
+    return Lanes(out, upper)
+
+
+def route(lanes: Sequence[str]) -> str:
+    """The path in words: `tcpip → team0 → (nic0 | nic1)` for a connection that moved."""
+    upper = _uppers(lanes)
+
+    def walk(name: str) -> str:
+        below = [child for child in lanes if upper.get(child) == name]
+        if not below:
+            return name
+        if len(below) == 1:
+            return f"{name} → {walk(below[0])}"
+        return f"{name} → ({' | '.join(walk(child) for child in below)})"
+
+    return " · ".join(walk(name) for name in lanes if name not in upper)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    columns: list[str]  # lane titles left to right
+    uppers: list[str | None]  # per column: a layer's upper; an NDIS lane's layer above it
+    col: dict[str, int]  # layer -> its column
+    ndis_below: dict[str, int]  # layer -> the NDIS lane between it and the layers under it
+    upper: dict[str, str]
+
+
+def _geometry(lanes: Sequence[str]) -> _Geometry:
+    upper = _uppers(lanes)
+    parents = set(upper.values())
+    cols: list[str] = []
+    ups: list[str | None] = []
+    col: dict[str, int] = {}
+    below: dict[str, int] = {}
+    for name in lanes:
+        col[name] = len(cols)
+        cols.append(name)
+        ups.append(upper.get(name))
+        if name in parents:  # one NDIS lane between a layer and every layer under it
+            below[name] = len(cols)
+            cols.append("NDIS")
+            ups.append(name)
+    return _Geometry(cols, ups, col, below, upper)
+
+
+def columns(lanes: Sequence[str]) -> list[str]:
+    """Lane titles left to right: each layer, and an NDIS lane between a layer and the layers
+    under it (siblings under a MUX share it: one broker binds the MUX to each)."""
+    return _geometry(lanes).columns
+
+
 def arrows(hops: Iterable[Mapping[str, Any]], lanes: Sequence[str]) -> list[Arrow]:
-    """Where each hop goes. Layer i sits in column 2i; the NDIS lane above it in 2i-1 and the one
-    below it in 2i+1. `layer` is whose code runs the call (contract: trace.get)."""
-    index = {name: i for i, name in enumerate(lanes)}
-    last = 2 * (len(lanes) - 1)
+    """Where each hop goes: between its layer's lane and the NDIS lane on the side the call
+    goes to or came from, the one towards the layer above it (`Lanes.upper`) or the one under
+    it. `layer` is whose code runs the call (contract: trace.get)."""
+    return _arrows(hops, _geometry(lanes))
+
+
+def _arrows(hops: Iterable[Mapping[str, Any]], geo: _Geometry) -> list[Arrow]:
     out = []
     for hop in hops:
-        col = 2 * index[str(hop.get("layer"))]
+        layer = str(hop.get("layer"))
+        col = geo.col[layer]
+        up = geo.upper.get(layer)
+        above = geo.ndis_below.get(up) if up is not None else None
+        below = geo.ndis_below.get(layer)
         call = str(hop.get("call", ""))
         returning = call.endswith(RETURN_SUFFIX)
         base = call[: -len(RETURN_SUFFIX)] if returning else call
         down = going_down(base)
-        if base.startswith(("Miniport", "Protocol")):
-            # NDIS calls this layer's handler from the NDIS lane on the side the call came from
-            other = col - 1 if down else col + 1
+        handler = base.startswith(("Miniport", "Protocol"))
+        # NDIS calls this layer's handler from the NDIS lane on the side the call came from (a
+        # `Miniport*` handler from above); the layer calls NDIS on the side the call goes to
+        other = above if down == handler else below
+        if other is None:
+            src = dst = col  # no lane that side (e.g. a host's own call): a note on its lane
+        elif handler != returning:  # a return goes back the way its call came
             src, dst = other, col
         else:
-            # the layer calls NDIS, on the side the call goes to
-            other = col + 1 if down else col - 1
             src, dst = col, other
-        if not 0 <= other <= last:
-            src = dst = col  # no lane that side (e.g. a host's own call): a note on its lane
-        if returning:
-            src, dst = dst, src
         out.append(Arrow(hop, src, dst, "return" if returning else "down" if down else "up"))
     return out
 
@@ -170,10 +314,21 @@ ROW = 44
 FONT = "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace"
 
 
+def _label_x(x: Callable[[int], float], arrow: Arrow) -> float:
+    """Where an arrow's text is centred: mid-way, or, over a sibling's lane (the NDIS lane
+    under a MUX to its second NIC), in the last gap, so no text sits on a lane it skips."""
+    lo, hi = sorted((arrow.src, arrow.dst))
+    return (x(max(lo, hi - 1)) + x(hi)) / 2
+
+
 def render_svg(hops: Sequence[Mapping[str, Any]], lanes: Sequence[str], title: str = "") -> str:
-    """An SVG document: lane heads, lifelines, one `<g class="hop">` per hop, a legend."""
-    cols = columns(lanes)
-    drawn = arrows(hops, lanes)
+    """An SVG document: lane heads, lifelines, one `<g class="hop">` per hop, a legend. Each
+    lane head names the layer above it (`data-upper`): for an NDIS lane, the layer it passes
+    calls down from."""
+    geo = _geometry(lanes)
+    cols = geo.columns
+    ndis_cols = set(geo.ndis_below.values())
+    drawn = _arrows(hops, geo)
     colours = nbl_colours(hops)
     t0 = hops[0].get("t_ns") if hops else None
     width = MARGIN_LEFT + LANE_GAP * max(len(cols) - 1, 0) + 200
@@ -194,10 +349,13 @@ def render_svg(hops: Sequence[Mapping[str, Any]], lanes: Sequence[str], title: s
     ]
     bottom = TOP + ROW * len(drawn) + 10
     for i, name in enumerate(cols):
-        ndis = i % 2 == 1
+        ndis = i in ndis_cols
         cx = x(i)
+        up = geo.uppers[i]
+        upper = f" data-upper={quoteattr(up)}" if up is not None else ""
         out.append(
-            f'<g class="lane" data-name={quoteattr(name)} data-kind="{"ndis" if ndis else "layer"}">'
+            f'<g class="lane" data-name={quoteattr(name)} data-kind="{"ndis" if ndis else "layer"}"'
+            f"{upper}>"
             f'<rect x="{cx - 55}" y="{TOP - 42}" width="110" height="24" rx="4" '
             f'fill="{"#eeeeee" if ndis else "#dde8f5"}" stroke="#888"/>'
             f'<text x="{cx}" y="{TOP - 26}" text-anchor="middle" font-weight="bold">'
@@ -213,7 +371,7 @@ def render_svg(hops: Sequence[Mapping[str, Any]], lanes: Sequence[str], title: s
             arrow.style
         ]
         x1, x2 = x(arrow.src), x(arrow.dst)
-        mid = (x1 + x2) / 2
+        mid = _label_x(x, arrow)
         attrs = (
             f'class="hop" data-seq={quoteattr(str(hop.get("seq", "")))} '
             f"data-layer={quoteattr(str(hop.get('layer', '')))} "
@@ -302,8 +460,9 @@ def _rgba(colour: str, alpha: float) -> str:
 def render_mermaid(hops: Sequence[Mapping[str, Any]], lanes: Sequence[str], title: str = "") -> str:
     """`sequenceDiagram` text: the same lanes and arrows; each run of hops carrying one NBL sits
     in a `rect` of that NBL's colour."""
-    cols = columns(lanes)
-    drawn = arrows(hops, lanes)
+    geo = _geometry(lanes)
+    cols = geo.columns
+    drawn = _arrows(hops, geo)
     colours = nbl_colours(hops)
     t0 = hops[0].get("t_ns") if hops else None
     lines = ["sequenceDiagram"]
