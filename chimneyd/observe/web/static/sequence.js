@@ -1,6 +1,8 @@
 // One connection's hops as a live sequence diagram (the seed's figure), built as SVG from the
 // hop JSON of trace.get. Same picture as `chimneyctl trace ID --svg`: a lane per layer, an NDIS
-// lane between two adjacent layers, one arrow per hop, one colour per NET_BUFFER_LIST.
+// lane between a layer and the layers under it, one arrow per hop, one colour per
+// NET_BUFFER_LIST. The lanes follow the path the connection took: each NIC a team moved it to
+// (spec §5.5) is a lane of its own under the MUX, reached through the MUX's NDIS lane.
 "use strict";
 
 (() => {
@@ -13,7 +15,12 @@
   const MAX_HOPS = 3000;  // in the page; older ones are dropped (the daemon keeps its own ring)
 
   let order = [];      // layer names, top to bottom (the topology's order)
-  let lanes = [];      // layers this diagram shows
+  let lowerOf = {};    // layer -> its lower layers (the topology)
+  let lanes = [];      // layers this diagram shows, left to right
+  let upper = new Map();      // lane -> the lane above it
+  let cols = [];              // {name, ndis, upper} left to right
+  let colOf = new Map();      // layer -> its column
+  let ndisBelow = new Map();  // layer -> the NDIS lane between it and the layers under it
   let hops = [];       // hop maps shown, oldest first
   let lastSeq = 0;
   let dropped = 0;     // hops the daemon could not push in time (it says how many)
@@ -24,36 +31,100 @@
   const goingDown = (call) =>
     call.startsWith("Miniport") ? true : call.startsWith("Protocol") ? false : DOWN_NDIS.some((p) => call.startsWith(p));
 
-  function lanesFor(list) {
-    const seen = [];
-    for (const h of list) if (!seen.includes(h.layer)) seen.push(h.layer);
-    const out = order.filter((n) => seen.includes(n));
-    for (const n of seen) if (!out.includes(n)) out.push(n);
+  const isHandler = (call) => (call.startsWith("Miniport") || call.startsWith("Protocol")) && !call.endsWith(RETURN);
+
+  // layer -> the layer above it, as the hops show: NDIS records a layer's Ndis* call and the
+  // handler it runs in the next layer as consecutive hops, so the nearest earlier hop of another
+  // layer is the caller; a Miniport* handler runs below it, a Protocol* handler above it
+  function links(list) {
+    const out = new Map();
+    let run = null, caller = null, last = null;
+    for (const h of list) {
+      const call = h.call || "";
+      if (h.layer !== run) { caller = last; run = h.layer; }
+      last = h;
+      if (!isHandler(call) || !caller) continue;
+      const made = caller.call || "";
+      if (!made.startsWith("Ndis") || made.endsWith(RETURN)) continue;
+      const [up, low] = call.startsWith("Miniport") ? [caller.layer, h.layer] : [h.layer, caller.layer];
+      if (!out.has(low)) out.set(low, up);
+    }
     return out;
   }
 
-  const columns = () => lanes.flatMap((n, i) => (i ? ["NDIS", n] : [n]));
+  // the lanes (chimneyctl's lanes_for): those of the topology's order the hops name, then the
+  // others; each under the layer the hops show calling it, else its nearest upper in the
+  // topology that the diagram shows, else (a layer the topology does not place) the one before
+  function layout(list) {
+    const names = [];
+    for (const n of order) if (list.some((h) => h.layer === n)) names.push(n);
+    for (const h of list) if (!names.includes(h.layer)) names.push(h.layer);
+    const topo = new Map();
+    for (const n of order) for (const low of (Object.hasOwn(lowerOf, n) && lowerOf[n]) || []) if (!topo.has(low)) topo.set(low, n);
+    const called = links(list);
+    upper = new Map();
+    const above = (name, cand) => {  // cand may sit above name unless that closes a loop
+      for (let node = cand; node != null; node = upper.get(node)) if (node === name) return false;
+      return cand != null && names.includes(cand);
+    };
+    names.forEach((name, i) => {
+      let cand = called.get(name);
+      if (!above(name, cand)) {
+        if (topo.has(name) || Object.hasOwn(lowerOf, name)) {
+          const passed = new Set([name]);
+          cand = topo.get(name);
+          while (cand != null && !names.includes(cand) && !passed.has(cand)) { passed.add(cand); cand = topo.get(cand); }
+        } else {
+          cand = i ? names[i - 1] : null;
+        }
+        if (!above(name, cand)) cand = null;
+      }
+      if (cand != null) upper.set(name, cand);
+    });
+    lanes = [];
+    const walk = (name) => { lanes.push(name); for (const c of names) if (upper.get(c) === name) walk(c); };
+    for (const n of names) if (!upper.has(n)) walk(n);
+    const parents = new Set(upper.values());
+    cols = []; colOf = new Map(); ndisBelow = new Map();
+    for (const name of lanes) {
+      colOf.set(name, cols.length);
+      cols.push({ name, ndis: false, upper: upper.get(name) ?? null });
+      if (parents.has(name)) {  // one NDIS lane between a layer and every layer under it
+        ndisBelow.set(name, cols.length);
+        cols.push({ name: "NDIS", ndis: true, upper: name });
+      }
+    }
+  }
+
   const x = (col) => LEFT + 70 + LANE_GAP * col;
 
-  // where a hop's arrow goes: layer i in column 2i, the NDIS lanes beside it in 2i±1
+  // where a hop's arrow goes: between its layer's lane and the NDIS lane on the side the call
+  // goes to or came from: the one towards the layer above, or the one under the layer
   function arrow(hop) {
-    const col = 2 * lanes.indexOf(hop.layer);
-    const last = 2 * (lanes.length - 1);
+    const col = colOf.get(hop.layer);
+    const up = upper.get(hop.layer);
+    const aboveLane = up != null ? ndisBelow.get(up) : undefined;
+    const belowLane = ndisBelow.get(hop.layer);
     const call = hop.call || "";
     const returning = call.endsWith(RETURN);
     const base = returning ? call.slice(0, -RETURN.length) : call;
     const down = goingDown(base);
-    let src, dst, other;
-    if (base.startsWith("Miniport") || base.startsWith("Protocol")) {
-      other = down ? col - 1 : col + 1;  // NDIS calls the handler from the side the call came from
-      src = other; dst = col;
-    } else {
-      other = down ? col + 1 : col - 1;  // the layer calls NDIS on the side the call goes to
-      src = col; dst = other;
-    }
-    if (other < 0 || other > last) src = dst = col;  // nothing that side: a note on the lane
-    if (returning) [src, dst] = [dst, src];
+    const handler = base.startsWith("Miniport") || base.startsWith("Protocol");
+    // NDIS calls a handler from the side the call came from; a layer calls NDIS on the side
+    // the call goes to
+    const other = down === handler ? aboveLane : belowLane;
+    let src, dst;
+    if (other === undefined) src = dst = col;  // nothing that side: a note on the lane
+    else if (handler !== returning) { src = other; dst = col; }  // a return goes back the way its call came
+    else { src = col; dst = other; }
     return { src, dst, style: returning ? "return" : down ? "down" : "up" };
+  }
+
+  // an arrow's text is centred mid-way, or, over a sibling's lane (the NDIS lane under a MUX to
+  // its second NIC), in the last gap, so no text sits on a lane it skips
+  function labelX(a) {
+    const lo = Math.min(a.src, a.dst), hi = Math.max(a.src, a.dst);
+    return (x(Math.max(lo, hi - 1)) + x(hi)) / 2;
   }
 
   function colourOf(nbl) {
@@ -100,7 +171,7 @@
     g.append(Live.svg("text", { x: 10, y: y + 4, fill: "#666" }, String(hop.seq)));
     g.append(Live.svg("text", { x: 48, y: y + 4, fill: "#666" }, relTime(hop)));
     const x1 = x(a.src), x2 = x(a.dst);
-    let mid = (x1 + x2) / 2, anchor = "middle";
+    let mid = labelX(a), anchor = "middle";
     if (x1 === x2) {
       g.append(Live.svg("path", { d: `M${x1} ${y - 6} h30 v12 h-30`, fill: "none", stroke: colour, "stroke-width": 1.6, "stroke-dasharray": dash }));
       mid = x1 + 40; anchor = "start";
@@ -121,7 +192,6 @@
   }
 
   function sizeBody() {
-    const cols = columns();
     const width = LEFT + LANE_GAP * Math.max(cols.length - 1, 0) + 220;
     const height = HEAD / 2 + ROW * Math.max(hops.length, 1) + 20;
     for (const s of [head, body]) s.setAttribute("width", width);
@@ -132,16 +202,15 @@
 
   function render() {
     const box = document.getElementById("seq");
-    lanes = lanesFor(hops);
-    const cols = columns();
+    layout(hops);
     head = Live.svg("svg", { class: "seq-head" });
     body = Live.svg("svg", { class: "seq-body", "data-conn": conn });
     head.style.position = "sticky"; head.style.top = "0"; head.style.background = "#fff";
     head.append(Live.svg("text", { x: 10, y: HEAD - 14, fill: "#666" }, "seq  time"));
     lifelines = [];
-    cols.forEach((name, i) => {
-      const ndis = i % 2 === 1, cx = x(i);
-      const g = Live.svg("g", { class: "lane", "data-name": name, "data-kind": ndis ? "ndis" : "layer" });
+    cols.forEach(({ name, ndis, upper: up }, i) => {
+      const cx = x(i);
+      const g = Live.svg("g", { class: "lane", "data-name": name, "data-kind": ndis ? "ndis" : "layer", "data-upper": up });
       g.append(Live.svg("rect", { x: cx - 55, y: 8, width: 110, height: 26, rx: 4, fill: ndis ? "#eeeeee" : "#dde8f5", stroke: "#888" }));
       g.append(Live.svg("text", { x: cx, y: 25, "text-anchor": "middle", "font-weight": "bold" }, name));
       head.append(g);
@@ -238,6 +307,7 @@
     try {
       const info = await Live.get("/api/info");
       order = (info.layers || []).map((l) => l.name);
+      lowerOf = Object.fromEntries((info.layers || []).map((l) => [l.name, l.lower || []]));
     } catch (e) { /* the hops still draw, in order of appearance */ }
     Live.sub("hops", { conn });
     Live.sub("events", { conn });
