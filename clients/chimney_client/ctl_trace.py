@@ -5,10 +5,10 @@ The picture is the seed's figure ("Propagating an I/O Operation"): one lane per 
 order, an NDIS broker lane between a layer and the layers under it, and one arrow per hop. A
 layer's `Ndis*` call goes from the layer to the NDIS lane on that side of it, and NDIS calls the
 next layer's `Miniport*` (down) or `Protocol*` (up) handler. A connection a team moved between
-NICs (spec §5.5) shows each NIC it used as a lane of its own after the MUX's NDIS lane. Calls going down are solid, completions and
-indications coming back up dashed, the return of an indication dotted. Each NBL has its own colour
-and its id on every arrow it rides, so the same `NET_BUFFER_LIST` is visibly the same object from
-the host to the NIC and back.
+NICs (spec §5.5) shows each NIC it used as a lane of its own after the MUX's NDIS lane. Calls
+going down are solid, completions and indications coming back up dashed, the return of an
+indication dotted. Each NBL has its own colour and its id on every arrow it rides, so the same
+`NET_BUFFER_LIST` is visibly the same object from the host to the NIC and back.
 """
 
 from __future__ import annotations
