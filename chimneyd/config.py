@@ -21,13 +21,56 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:7411"
-INT_MAX = (1 << 31) - 1  # integer settings are sizes and counts; this keeps them sane
+INT_MAX = (1 << 31) - 1  # no integer setting goes past it (each has its own bound in LIMITS)
 LAYER_KINDS = ("host", "passthrough", "mux", "target")
 #: The MUX's placement policies (drivers/mux/placement.py says what each does).
 MUX_POLICIES = ("active-standby", "round-robin", "least-loaded", "least-bytes", "hash")
 DEFAULT_POLICY = "least-loaded"
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+#: Every numeric setting's range, `section.key` → (lowest, highest), both allowed; the same
+#: for each `[[layer]]` (docs/configuration.md lists them). A value past either end is refused
+#: with the key, as nan and infinity are: a deadline of 1e300 s would make a shutdown with a
+#: read in flight never end, a tick of 1e-300 s a busy loop. The upper ends are far above any
+#: real use; they exist so that a typo fails `--check-config` instead of the daemon.
+LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
+    # rpc: a frame must hold a request; past 1 GiB one client could hold the machine's memory
+    "rpc.max_message_bytes": (1024, GiB),
+    "rpc.max_in_flight": (1, 65536),
+    "rpc.max_connections_per_client": (1, 1_000_000),  # past the open-file limit anyway
+    "rpc.max_listeners_per_client": (1, 65536),
+    "rpc.max_clients": (1, 1_000_000),
+    "rpc.shutdown_deadline_s": (0.1, 3600.0),
+    "rpc.auth_timeout_s": (0.1, 3600.0),
+    # the deadline checker ticks at a quarter of the shortest timeout (rpc/deadlines.py)
+    "rpc.idle_timeout_s": (0.1, 86400.0),
+    "rpc.frame_timeout_s": (0.1, 3600.0),
+    "rpc.max_buffered_frame_bytes": (1, INT_MAX),  # and at least rpc.max_message_bytes
+    "rpc.max_auth_failures": (1, 1000),
+    "rpc.auth_failures_per_peer": (1, 1_000_000),
+    "rpc.auth_failure_window_s": (0.1, 86400.0),
+    "engine.trace_depth": (1, 1_000_000),
+    # TCP's largest window (RFC 7323 window scaling) is 1 GiB: the delegated RcvWnd cannot say more
+    "engine.rx_buffer_bytes": (1, GiB),
+    "engine.push_ticks_ms": (1, 60_000),  # spec §4.2
+    "engine.nce_stale_ms": (1, 3_600_000),  # spec §5.4
+    "engine.user_timeout_ms": (0, 86_400_000),  # spec §8; 0: the kernel's own
+    "engine.max_queued_send_bytes": (1, GiB),
+    "engine.max_pending_accepts": (1, 65535),  # as the kernel's own somaxconn
+    "web.push_interval_ms": (50, 60_000),  # a browser cannot show faster than ~20 pushes a second
+    "web.page_size": (1, 1000),  # what a page request may ask for at most (web/server.py)
+    "web.max_clients": (1, 1024),
+    "web.max_watched": (1, 4096),
+    "metrics.probe_interval_ms": (10, 60_000),
+    "daemon.shards": (1, INT_MAX),  # then at most SHARDS_PER_CPU per CPU (_check_daemon)
+    "daemon.control_timeout_s": (0.1, 600.0),
+    "layer.max_connections": (1, 1_000_000),
+}
 
 
 def _q(name: str) -> str:
@@ -187,7 +230,9 @@ class Config:
         return d
 
 
-def _section(cls: type[Any], data: Any, where: str) -> Any:
+def _section(cls: type[Any], data: Any, where: str, section: str = "") -> Any:
+    """`data` as a `cls`; `section` (default: `where`) is the name in LIMITS ("layer" for
+    `layer[2]`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -195,7 +240,8 @@ def _section(cls: type[Any], data: Any, where: str) -> Any:
     for key, value in data.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(fields))})")
-        kwargs[key] = _coerce(value, _default(fields[key]), f"{where}.{key}")
+        limits = LIMITS.get(f"{section or where}.{key}")
+        kwargs[key] = _coerce(value, _default(fields[key]), f"{where}.{key}", limits)
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -210,26 +256,38 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return ""  # required fields (layer name, kind) are strings
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check `value` against the type of the key's default (bool before int: bool is an int)."""
+def _coerce(
+    value: Any,
+    default: Any,
+    where: str,
+    limits: tuple[int, int] | tuple[float, float] | None = None,
+) -> Any:
+    """Check `value` against the type of the key's default (bool before int: bool is an int)
+    and, for a number, against its `limits` (LIMITS)."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false")
         return value
     if isinstance(default, int):
-        low = 0 if default == 0 else 1  # a key whose default is 0 may be set to 0
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= INT_MAX:
+        low, high = limits or (0 if default == 0 else 1, INT_MAX)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             kind = "a non-negative" if low == 0 else "a positive"
-            raise ConfigError(f"{where}: must be {kind} integer (at most {INT_MAX})")
+            raise ConfigError(f"{where}: must be {kind} integer from {low} to {high}{_got(value)}")
         return value
     if isinstance(default, float):
+        lo, hi = limits or (0.0, math.inf)
         if (
             not isinstance(value, int | float)
             or isinstance(value, bool)
-            or not math.isfinite(value)
             or value <= 0
+            # nan compares false with everything and inf is above every bound: both refused;
+            # an int is compared as it is (a huge one does not fit a float)
+            or not lo <= value <= hi
+            or (isinstance(value, float) and not math.isfinite(value))
         ):
-            raise ConfigError(f"{where}: must be a positive number")
+            raise ConfigError(
+                f"{where}: must be a positive number from {lo:g} to {hi:g}{_got(value)}"
+            )
         return float(value)
     if isinstance(default, tuple):
         if isinstance(value, str):
@@ -242,6 +300,16 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if not isinstance(value, str):
         raise ConfigError(f"{where}: must be a string")
     return value
+
+
+def _got(value: Any) -> str:
+    """What a refused number was, for its message (` (got 1e+300)`); nothing for other types,
+    which the message's "integer" or "number" already refuses."""
+    if isinstance(value, float):
+        return f" (got {value:g})"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**20:
+        return f" (got {value})"  # a longer one would drown the message
+    return ""
 
 
 def parse_listen(addr: str) -> tuple[str, int] | str:
@@ -571,5 +639,5 @@ def _layer(item: Any, i: int) -> LayerConfig:
     for key in ("name", "kind"):
         if key not in item:
             raise ConfigError(f"{where}.{key}: missing")
-    layer: LayerConfig = _section(LayerConfig, item, where)
+    layer: LayerConfig = _section(LayerConfig, item, where, "layer")
     return layer

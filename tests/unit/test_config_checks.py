@@ -1,12 +1,34 @@
 """Keys `--check-config` must refuse because they cannot work: a connection capacity on a
-layer that is not a target (ignored), and two listeners on one address (the second fails at
-start with "address already in use")."""
+layer that is not a target (ignored), two listeners on one address (the second fails at
+start with "address already in use"), and a number outside its range."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from chimneyd.config import ConfigError, from_raw
+from chimneyd.config import (
+    LIMITS,
+    ConfigError,
+    DaemonConfig,
+    EngineConfig,
+    LayerConfig,
+    MetricsConfig,
+    RpcConfig,
+    WebConfig,
+    from_raw,
+    max_shards,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 HOST = {"name": "tcpip", "kind": "host", "lower": ["im0"]}
 IM = {"name": "im0", "kind": "passthrough", "lower": ["nic0"]}
@@ -29,3 +51,103 @@ def test_the_same_listen_address_twice_is_refused() -> None:
 def test_web_on_the_rpc_address_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"web\.listen"):
         from_raw({"rpc": {"listen": "127.0.0.1:7523"}, "web": {"listen": "127.0.0.1:7523"}})
+
+
+# Every numeric setting has a range (LIMITS); past either end, nan and inf are refused naming
+# the key: a shutdown deadline of 1e300 s would never end with a read in flight.
+
+SECTIONS = {
+    "rpc": RpcConfig,
+    "engine": EngineConfig,
+    "web": WebConfig,
+    "metrics": MetricsConfig,
+    "daemon": DaemonConfig,
+    "layer": LayerConfig,
+}
+
+
+def numeric_keys() -> list[str]:
+    return [
+        f"{section}.{f.name}"
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if type(f.default) in (int, float)
+    ]
+
+
+def raw_with(key: str, value: object) -> dict[str, Any]:
+    """A configuration with `key` set to `value` (on the target, for a layer key)."""
+    section, name = key.split(".")
+    if section == "layer":
+        return {"layer": [dict(HOST), dict(IM), {**NIC, name: value}]}
+    return {section: {name: value}}
+
+
+def where(key: str) -> str:
+    return re.escape("layer[2]." + key.split(".")[1] if key.startswith("layer.") else key)
+
+
+def test_every_numeric_setting_has_a_range() -> None:
+    assert set(numeric_keys()) == set(LIMITS)
+    for key, (low, high) in LIMITS.items():
+        section, name = key.split(".")
+        default = next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+        assert type(low) is type(high) is type(default), key
+        assert low <= default <= high, key
+
+
+@pytest.mark.parametrize("key", sorted(LIMITS))
+def test_past_the_upper_end_is_refused(key: str) -> None:
+    high = LIMITS[key][1]
+    shown = f"{high:g}" if isinstance(high, float) else str(high)
+    with pytest.raises(ConfigError, match=rf"^{where(key)}: must be .* to {shown} \(got "):
+        from_raw(raw_with(key, high * 10 if key != "daemon.shards" else high + 1))
+
+
+@pytest.mark.parametrize("key", sorted(LIMITS))
+def test_below_the_lower_end_is_refused(key: str) -> None:
+    low, _ = LIMITS[key]
+    below = low - 1 if isinstance(low, int) else low / 2
+    with pytest.raises(ConfigError, match=rf"^{where(key)}: must be "):
+        from_raw(raw_with(key, below))
+
+
+@pytest.mark.parametrize("key", sorted(k for k in LIMITS if isinstance(LIMITS[k][0], float)))
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, -math.inf, 10**400], ids=["nan", "inf", "-inf", "1e400"]
+)
+def test_nan_inf_and_huge_numbers_are_refused(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"^{where(key)}: must be a positive number"):
+        from_raw(raw_with(key, value))
+
+
+@pytest.mark.parametrize("key", sorted(LIMITS))
+def test_both_ends_are_allowed(key: str) -> None:
+    low, high = LIMITS[key]
+    if key == "daemon.shards":
+        high = max_shards()  # and no more than the machine holds
+    if key == "rpc.max_buffered_frame_bytes":
+        low = LIMITS["rpc.max_message_bytes"][0]  # it must hold one message too
+    for value in (low, high):
+        raw = raw_with(key, value)
+        if key == "rpc.max_message_bytes":  # the frame budget must hold one message
+            raw["rpc"]["max_buffered_frame_bytes"] = value
+        if key == "rpc.max_buffered_frame_bytes":
+            raw["rpc"]["max_message_bytes"] = low
+        from_raw(raw)
+
+
+def test_a_huge_shutdown_deadline_fails_check_config(tmp_path: Path) -> None:
+    path = tmp_path / "slip.toml"
+    path.write_text("[rpc]\nshutdown_deadline_s = 1e300\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "chimneyd", "--check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join((str(ROOT), str(ROOT / "clients")))},
+    )
+    assert run.returncode == 2, run.stderr
+    assert "rpc.shutdown_deadline_s: must be a positive number from 0.1 to 3600" in run.stderr
