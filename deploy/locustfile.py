@@ -4,7 +4,8 @@ Each user is one RPC client to one daemon (`--host a:7411,b:7411`: round-robin b
 holding one offloaded connection to an echo peer (`--chimney-echo`, as the daemon reaches it).
 It streams seeded bytes and verifies every echoed byte, uploads and re-offloads its connection
 at `--chimney-upload-rate`, and resets its own peer at `--chimney-reset-rate` (per user per
-second). `locust -f deploy/locustfile.py --help` lists the `--chimney-*` options.
+second). `locust -f deploy/locustfile.py --help` lists the `--chimney-*` options; a size, rate
+or time out of its range (negative, nan, inf) is refused at start, naming the option (exit 2).
 
 One machine, headless, 10 users for a minute:
 

@@ -33,8 +33,11 @@ so a run with resets and nothing wrong has no failures at all.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import itertools
 import logging
+import math
 import os
 import random
 import time
@@ -88,6 +91,65 @@ class EchoFailure(ChimneyError):
     """The echo went wrong in a way that is not a byte mismatch (stuck, early end of stream)."""
 
 
+#: `tcp.recv`'s largest `max_bytes` and longest `timeout_ms` (docs/rpc.md): a chunk or a wait past
+#: them would fail every round with INVALID_PARAMS
+MAX_RECV_BYTES = 8 * 1024 * 1024
+MAX_TIMEOUT_MS = 3_600_000
+
+#: Each numeric setting's range, both ends allowed (None: no upper end). Negative sizes and
+#: rates, nan and infinity mean nothing: the options refuse them at start (usage error), and
+#: `ChimneySettings` refuses them however it is made (a worker gets the master's values).
+RANGES: dict[str, tuple[float, float | None]] = {
+    "payload_bytes": (1, None),
+    "chunk_bytes": (1, MAX_RECV_BYTES),
+    "upload_rate": (0.0, None),  # 0: never
+    "reset_rate": (0.0, None),  # 0: never
+    "think_ms": (0, None),
+    "recv_timeout_ms": (0, MAX_TIMEOUT_MS),
+    "op_timeout_s": (0.001, None),
+    "call_timeout_s": (0.001, None),
+}
+
+
+#: settings that are not `--chimney-*` options (a test or a subclass sets them)
+NOT_OPTIONS = frozenset({"call_timeout_s"})
+
+
+def setting_problem(name: str, value: Any, kind: type) -> str | None:
+    """Why `value` cannot be setting `name` (of type `kind`: int or float), or None."""
+    low, high = RANGES[name]
+    what = "an integer" if kind is int else "a finite number"
+    span = f"at least {_num(low)}" if high is None else f"from {_num(low)} to {_num(high)}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be {what} {span} (got {value!r})"
+    if kind is int and not isinstance(value, int):
+        return f"must be {what} {span} (got {value!r})"
+    # nan compares false with everything; infinity passes no upper end but is refused as well
+    if not (low <= value and (high is None or value <= high)) or not math.isfinite(value):
+        return f"must be {what} {span} (got {value!r})"
+    return None
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _option_type(name: str, kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse `type` for setting `name`: the text as `kind`, refused outside its range."""
+
+    def convert(text: str) -> Any:
+        value: Any = text
+        with contextlib.suppress(ValueError):
+            value = kind(text)
+        problem = setting_problem(name, value, kind)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
 @dataclass(frozen=True, slots=True)
 class ChimneySettings:
     """What a user does; each field is a `--chimney-*` option of the locustfile."""
@@ -102,6 +164,15 @@ class ChimneySettings:
     recv_timeout_ms: int = 5000  # server-side wait of one `tcp.recv`
     op_timeout_s: float = 30.0  # an echo or a reset that takes longer is a failure
     call_timeout_s: float = 60.0  # client-side limit on any RPC
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in RANGES:
+                kind = int if isinstance(f.default, int) else float
+                problem = setting_problem(f.name, getattr(self, f.name), kind)
+                if problem:
+                    option = "--chimney-" + f.name.replace("_", "-")
+                    raise ValueError(f"{f.name if f.name in NOT_OPTIONS else option}: {problem}")
 
     @classmethod
     def from_options(cls, options: Any) -> ChimneySettings:
@@ -135,44 +206,44 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument(
         "--chimney-payload-bytes",
-        type=int,
+        type=_option_type("payload_bytes", int),
         default=d.payload_bytes,
         help="bytes echoed per round (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-chunk-bytes",
-        type=int,
+        type=_option_type("chunk_bytes", int),
         default=d.chunk_bytes,
         help="largest chunk in flight: sent, then read back (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-upload-rate",
-        type=float,
+        type=_option_type("upload_rate", float),
         default=d.upload_rate,
         help="uploads + re-offloads per user per second (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-reset-rate",
-        type=float,
+        type=_option_type("reset_rate", float),
         default=d.reset_rate,
         help="injected peer resets per user per second (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-think-ms",
-        type=int,
+        type=_option_type("think_ms", int),
         default=d.think_ms,
         help="pause between rounds, ms (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-recv-timeout-ms",
-        type=int,
+        type=_option_type("recv_timeout_ms", int),
         default=d.recv_timeout_ms,
         include_in_web_ui=False,
         help="server-side wait of one tcp.recv, ms (default %(default)s)",
     )
     parser.add_argument(
         "--chimney-op-timeout-s",
-        type=float,
+        type=_option_type("op_timeout_s", float),
         default=d.op_timeout_s,
         include_in_web_ui=False,
         help="an echo or reset slower than this is a failure, s (default %(default)s)",

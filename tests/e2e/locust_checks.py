@@ -2,6 +2,8 @@
 
     python -m tests.e2e.locust_checks user CASE     ChimneyUser against an in-memory daemon
     python -m tests.e2e.locust_checks gevent ADDR [MS]   the blocking Client under gevent, real daemon
+    python -m tests.e2e.locust_checks options ARGS...    the `--chimney-*` options parsed by Locust
+    python -m tests.e2e.locust_checks settings JSON      ChimneySettings(**JSON) made directly
 
 Each prints one JSON object on its last line; tests/e2e/test_locust.py asserts on it.
 
@@ -12,17 +14,21 @@ byte changed / one byte missing), `reset` (the user injects a peer reset on its 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import socket
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import gevent
 from gevent.event import AsyncResult
+from locust.argument_parser import get_empty_argument_parser
 from locust.env import Environment
 
 from chimney_client import Client, NdisStatusError, RpcTimeout
-from chimney_client.locust_user import ChimneySettings, ChimneyUser, LocustClient
+from chimney_client.locust_user import ChimneySettings, ChimneyUser, LocustClient, add_arguments
 
 PAYLOAD = 20_000
 CHUNK = 8192
@@ -174,9 +180,39 @@ def check_gevent(address: str, accept_ms: int = 10_000) -> dict[str, Any]:
     return {"accepted": gb.value, "connected": ga.value, "log": log}
 
 
+def check_options(args: list[str]) -> dict[str, Any]:
+    """The `--chimney-*` options as Locust's parser reads them: the settings they make, or the
+    usage error (exit status and message) the parser stops with."""
+    parser = get_empty_argument_parser()
+    add_arguments(parser)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            options = parser.parse_args(args)
+    except SystemExit as stop:
+        return {"exit": stop.code, "error": err.getvalue()}
+    return {"exit": None, "settings": asdict(ChimneySettings.from_options(options))}
+
+
+def check_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`ChimneySettings(**kwargs)` made directly (as a worker gets the master's values): the
+    error it raises, if any. JSON has no nan or inf: the strings "nan", "inf" stand for them."""
+    values = {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in kwargs.items()}
+    try:
+        ChimneySettings(**values)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
 def main(argv: list[str]) -> int:
     what, arg, *rest = argv
-    checks = {"user": lambda: check_user(arg), "gevent": lambda: check_gevent(arg, *map(int, rest))}
+    checks = {
+        "user": lambda: check_user(arg),
+        "gevent": lambda: check_gevent(arg, *map(int, rest)),
+        "options": lambda: check_options([arg, *rest]),
+        "settings": lambda: check_settings(json.loads(arg)),
+    }
     result = checks[what]()
     print(json.dumps(result))
     return 0
