@@ -158,6 +158,30 @@ def _positive_int(value: str, what: str = "an id (positive int)") -> int:
     return n
 
 
+def _whole(value: str, what: str, low: int) -> int:
+    """An integer of at least `low`: a negative count, limit or wait is a usage error, not a
+    request the daemon refuses or a wait that silently ends at once."""
+    try:
+        n = int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if n < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+    return n
+
+
+def _event_count(value: str) -> int:
+    return _whole(value, "a number of events (positive int)", 1)
+
+
+def _timeout_ms(value: str) -> int:
+    return _whole(value, "milliseconds (int, 0 or more)", 0)
+
+
+def _conn_count(value: str) -> int:
+    return _whole(value, "a number of connections (int, 0 or more)", 0)
+
+
 def _byte_count(value: str) -> int:
     return _positive_int(value, "a number of bytes (positive int)")
 
@@ -306,7 +330,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     def wait_arg(p: argparse.ArgumentParser, help: str) -> None:
         p.add_argument(
             "--timeout-ms",
-            type=int,
+            type=_timeout_ms,
             default=DEFAULT_WAIT_MS,
             metavar="MS",
             help=f"{help} (default {DEFAULT_WAIT_MS})",
@@ -470,8 +494,8 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     p.add_argument(
         "id", type=_id_ref_or_star, metavar="ID|*", help="connection id, name, $last, or '*'"
     )
-    p.add_argument("--count", type=int, metavar="N", help="return after N events")
-    p.add_argument("--timeout-ms", type=int, metavar="MS", help="give up waiting after MS")
+    p.add_argument("--count", type=_event_count, metavar="N", help="return after N events")
+    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help="give up waiting after MS")
     p = cmd("fault", "inject, clear and list faults (fault.*); `fault kinds` lists the kinds")
     fsub = p.add_subparsers(dest="fault_cmd", metavar="inject|clear|list|kinds", required=True)
     q = fsub.add_parser(
@@ -503,8 +527,8 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     q = fsub.add_parser("kinds", help="every fault kind with its keys and an example")
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     p = cmd("events", "wait for and print subscribed events (run/shell)")
-    p.add_argument("--count", type=int, default=1, metavar="N", help="events to wait for")
-    p.add_argument("--timeout-ms", type=int, metavar="MS", help="give up waiting after MS")
+    p.add_argument("--count", type=_event_count, default=1, metavar="N", help="events to wait for")
+    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help="give up waiting after MS")
     p = cmd("sleep", "pause (run/shell), e.g. to let events arrive")
     p.add_argument("seconds", type=_seconds, help="how long")
     if session:
@@ -522,7 +546,11 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "--interval", type=_seconds, default=1.0, metavar="S", help="refresh period (default 1)"
     )
     p.add_argument(
-        "--conns", type=int, default=10, metavar="N", help="busiest connections shown (default 10)"
+        "--conns",
+        type=_conn_count,
+        default=10,
+        metavar="N",
+        help="busiest connections shown (default 10)",
     )
     p.add_argument(
         "--once", action="store_true", help="print one frame (rates over one interval) and exit"

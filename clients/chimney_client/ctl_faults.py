@@ -170,9 +170,15 @@ def fault_kinds_help(width: int = 96) -> str:
     return "\n".join(lines)
 
 
+#: The whole-number keys and their least value, as the daemon checks them (chimneyd/faults.py):
+#: a negative count or delay is a usage error here, before anything is sent.
+NUMBER_KEYS = {"count": 1, "skip": 0, "ms": 1}
+
+
 def check_fault(kind: str, keys: dict[str, Any]) -> str:
-    """The contract's name of `kind`; a usage error for an unknown kind or a missing or
-    unknown key, naming what is expected."""
+    """The contract's name of `kind`; a usage error for an unknown kind, a missing or
+    unknown key, or a count, skip or ms that is not a whole number at least its least value
+    (NUMBER_KEYS), naming what is expected."""
     kind = FAULT_ALIASES.get(kind, kind)
     spec = FAULT_KINDS.get(kind)
     if spec is None:
@@ -191,4 +197,11 @@ def check_fault(kind: str, keys: dict[str, Any]) -> str:
         raise FaultSpecError(
             f"fault inject {kind}: {'; '.join(why)}; keys: {spec.keys} (e.g. {spec.example})"
         )
+    for key, low in NUMBER_KEYS.items():
+        value = keys.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise FaultSpecError(
+                f"fault inject {kind}: {key} must be a whole number, at least {low}"
+                f" (got {value!r}; e.g. {spec.example})"
+            )
     return kind
