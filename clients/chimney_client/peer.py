@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
@@ -280,6 +280,28 @@ def _parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+#: the longest --stall-ms: an hour (a longer pause is no slow peer, and past ~1e12 s the
+#: event loop's timer overflows)
+MAX_STALL_MS = 3_600_000
+
+
+def _count(what: str, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from 0 (to `high`); a negative count, limit or size is a
+    usage error (exit 2), not a peer that resets everything or sends nothing."""
+
+    def convert(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if n < 0 or (high is not None and n > high):
+            span = "0 or more" if high is None else f"0 to {high}"
+            raise argparse.ArgumentTypeError(f"expected {what} ({span}), got {value!r}")
+        return n
+
+    return convert
+
+
 def is_loopback(host: str) -> bool:
     """A loopback address (127.0.0.0/8, ::1) or `localhost`; any other name may resolve
     anywhere, and 0.0.0.0 or :: is every interface. The daemon's rule
@@ -337,19 +359,33 @@ def build_parser() -> argparse.ArgumentParser:
         "peers only)",
     )
     p.add_argument("--port-file", metavar="F", help="write the real port to F once listening")
-    p.add_argument("--max-conns", type=int, metavar="N", help="reset connections beyond N open")
     p.add_argument(
-        "--stall-ms", type=int, default=0, metavar="N", help="slow peer: pause N ms after each read"
+        "--max-conns",
+        type=_count("a number of connections"),
+        metavar="N",
+        help="reset connections beyond N open",
+    )
+    p.add_argument(
+        "--stall-ms",
+        type=_count("milliseconds", MAX_STALL_MS),
+        default=0,
+        metavar="N",
+        help="slow peer: pause N ms after each read",
     )
     p.add_argument(
         "--source-bytes",
-        type=int,
+        type=_count("a number of bytes"),
         default=DEFAULT_SOURCE_BYTES,
         metavar="N",
         help=f"bytes a source sends per connection (default {DEFAULT_SOURCE_BYTES})",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="pattern seed (source)")
-    p.add_argument("--backlog", type=int, default=DEFAULT_BACKLOG, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--backlog",
+        type=_count("a backlog", 65535),
+        default=DEFAULT_BACKLOG,
+        help=argparse.SUPPRESS,
+    )
     return p
 
 

@@ -1,12 +1,15 @@
-"""chimney-peer --listen refuses a port above 65535 (exit 2) rather than listening on it
-modulo 65536."""
+"""chimney-peer refuses before listening, as a usage error (exit 2): a --listen port above
+65535 (rather than listening on it modulo 65536), and a negative count or size."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+
+from chimney_client import peer
 
 
 @pytest.mark.parametrize("addr", ["127.0.0.1:99999", "127.0.0.1:70000"])
@@ -24,3 +27,38 @@ def test_port_out_of_range_is_a_usage_error(addr: str) -> None:
         out, err = proc.communicate(timeout=10)
         pytest.fail(f"chimney-peer --listen {addr} started instead of refusing: {out.strip()}")
     assert proc.returncode == 2, (out, err)
+
+
+# Counts, limits and sizes: a negative one is a usage error (exit 2), as a bad port is.
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-conns", "-1"],
+        ["--stall-ms", "-10"],
+        ["--stall-ms", "3600001"],  # past an hour: no slow peer, and the loop's timer overflows
+        ["--source-bytes", "-1"],
+        ["--source-bytes", "many"],
+        ["--backlog", "-1"],
+    ],
+)
+def test_a_negative_count_is_a_usage_error(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(peer, "start_peer", _must_not_listen)
+    with pytest.raises(SystemExit) as stop:
+        peer.main(["source", *args])
+    assert stop.value.code == 2
+    assert args[0] in capsys.readouterr().err
+
+
+def test_the_least_values_are_taken() -> None:
+    args = peer.build_parser().parse_args(
+        ["sink", "--max-conns", "0", "--stall-ms", "0", "--source-bytes", "0", "--backlog", "0"]
+    )
+    assert (args.max_conns, args.stall_ms, args.source_bytes, args.backlog) == (0, 0, 0, 0)
+
+
+async def _must_not_listen(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("chimney-peer listened although its arguments were bad")
