@@ -302,6 +302,21 @@ def _count(what: str, high: int | None = None) -> Callable[[str], int]:
     return convert
 
 
+def check_port_file(path: str) -> str | None:
+    """Why the real port cannot be written to `path`, or None. Checked before listening: a
+    missing directory found only after the port is open would leave a peer that listened for
+    nothing (and a waiting reader without its file)."""
+    if os.path.isdir(path):
+        return f"--port-file {path}: is a directory"
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return f"--port-file {path}: the directory {directory} does not exist"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        # the port is written to a temporary file beside it, then renamed (atomic)
+        return f"--port-file {path}: the directory {directory} is not writable"
+    return None
+
+
 def is_loopback(host: str) -> bool:
     """A loopback address (127.0.0.0/8, ::1) or `localhost`; any other name may resolve
     anywhere, and 0.0.0.0 or :: is every interface. The daemon's rule
@@ -428,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warning = remote_listen(args.listen[0], args.allow_remote)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.port_file and (problem := check_port_file(args.port_file)):
+        parser.error(problem)  # exit 2 before anything listens
     if warning is not None:
         print(warning, file=sys.stderr, flush=True)
     try:

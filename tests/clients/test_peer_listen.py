@@ -1,10 +1,12 @@
 """chimney-peer refuses before listening, as a usage error (exit 2): a --listen port above
-65535 (rather than listening on it modulo 65536), and a negative count or size."""
+65535 (rather than listening on it modulo 65536), a negative count or size, and a --port-file
+it could not write."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,5 +62,38 @@ def test_the_least_values_are_taken() -> None:
     assert (args.max_conns, args.stall_ms, args.source_bytes, args.backlog) == (0, 0, 0, 0)
 
 
+# --port-file: where the real port cannot be written is found before listening.
+
+
 async def _must_not_listen(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("chimney-peer listened although its arguments were bad")
+
+
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_an_unwritable_port_file_is_refused_before_listening(
+    where: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "no-such-dir" / "port" if where == "missing directory" else tmp_path
+    monkeypatch.setattr(peer, "start_peer", _must_not_listen)
+    with pytest.raises(SystemExit) as stop:
+        peer.main(["echo", "--port-file", str(path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--port-file {path}" in err, err
+
+
+def test_the_command_exits_2_and_never_says_it_listens(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-dir" / "port"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chimney_client.peer", "echo", "--port-file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "listening" not in proc.stdout
+    assert "does not exist" in proc.stderr, proc.stderr
