@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="-",
         metavar="FILE",
-        help="write the report as JSON ('-': stdout)",
+        help="write the report as JSON ('-': stdout, the table then on stderr)",
     )
     return p
 
@@ -297,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.quiet:
         from rich.console import Console
 
-        render_report(report, Console())
+        # with the JSON on stdout (`--json -`), stdout is the JSON alone (`| jq .` reads it);
+        # the table goes to stderr, with the live line and the notes
+        render_report(report, Console(stderr=args.json == "-"))
     if args.json:
         text = json.dumps(report, indent=2, sort_keys=True, default=str)
         if args.json == "-":
