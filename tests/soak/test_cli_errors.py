@@ -44,6 +44,110 @@ def test_a_bad_option_value_says_what_is_expected(
     assert "parse_" not in err, err  # argparse's "invalid parse_duration value"
 
 
+NONSENSE = "9" * 400  # a float of it is inf; an int of it no size or count can mean
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # counts
+        (("-n", "0"), "argument --connections/-n: must be at least 1"),
+        (("-n", "-5"), "argument --connections/-n: must be at least 1"),
+        (("-n", NONSENSE), "argument --connections/-n: must be at most 1000000"),
+        (("--workers", "-1"), "argument --workers: must be at least 0"),
+        (("--workers", "1000"), "argument --workers: must be at most 256"),
+        (("-n", "2", "--workers", "3"), "--workers 3 is more than --connections 2"),
+        (("--conns-per-rpc", "0"), "argument --conns-per-rpc: must be at least 1"),
+        (("--conns-per-rpc", "20000"), "argument --conns-per-rpc: must be at most 10000"),
+        (("--ops-per-rpc", "0"), "--ops-per-rpc and --conns-per-rpc must be at least 1"),
+        (("--ops-per-rpc", "-1"), "--ops-per-rpc and --conns-per-rpc must be at least 1"),
+        (("--ops-per-rpc", "125"), "--ops-per-rpc above 124"),
+        (("--daemon-pid", "0"), "argument --daemon-pid: must be at least 1"),
+        (("--daemon-pid", "-1"), "argument --daemon-pid: must be at least 1"),
+        (("--shards", "0"), "--shards must be at least 1"),
+        (("--shards", "-1"), "--shards must be at least 1"),
+        # rates and ratios
+        (("--rate", "0"), "argument --rate: must be more than 0"),
+        (("--rate", "-3"), "argument --rate: must be more than 0"),
+        (("--rate", "nan"), "argument --rate: must be a finite number"),
+        (("--rate", "inf"), "argument --rate: must be a finite number"),
+        (("--rate", "1e7"), "argument --rate: must be at most 1000000"),
+        (("--think-ms", "-1"), "argument --think-ms: must be at least 0"),
+        (("--think-ms", "nan"), "argument --think-ms: must be a finite number"),
+        (("--think-ms", "1e12"), "argument --think-ms: must be at most 3600000"),
+        (("--upload-share", "nan"), "argument --upload-share: must be a finite number"),
+        (("--upload-share", "-0.1"), "argument --upload-share: must be at least 0"),
+        (("--upload-share", "1.5"), "argument --upload-share: must be at most 1"),
+        (("--churn", "inf"), "argument --churn: must be a finite number"),
+        (("--churn", "nan"), "argument --churn: must be a finite number"),
+        (("--churn", "-1"), "argument --churn: must be at least 0"),
+        (("--churn", "61"), "argument --churn: must be at most 60"),
+        # durations
+        (("--duration", "0"), "argument --duration: must be more than 0"),
+        (("--duration", "-1"), "argument --duration: expected a duration like 30s"),
+        (("--duration", "nan"), "argument --duration: expected a duration like 30s"),
+        (("--duration", NONSENSE), "argument --duration: a duration is at most 30 days"),
+        (("--duration", "100000min"), "argument --duration: a duration is at most 30 days"),
+        (("--drain-timeout", "nan"), "argument --drain-timeout: expected a duration like 30s"),
+        (("--drain-timeout", "-1"), "argument --drain-timeout: expected a duration like 30s"),
+        (("--drain-timeout", "inf"), "argument --drain-timeout: expected a duration like 30s"),
+        (("--drain-timeout", "0"), "argument --drain-timeout: must be more than 0"),
+        # sizes
+        (("--payload", "0"), "argument --payload: size must be at least 1 byte"),
+        (("--payload", "9m"), "argument --payload: payload '9m': a payload is at most 8191k"),
+        (("--payload", "1k:1g"), "a payload is at most 8191k"),
+        (("--payload", NONSENSE + "k"), "argument --payload: not a size"),
+        # the fault schedule's numbers
+        (("--faults", "peer_reset:0"), "count must be at least 1"),
+        (("--faults", "peer_reset:1001"), "--faults schedules 1001 injections; at most 1000"),
+        (("--faults", "peer_reset:600,retrieve:401"), "schedules 1001 injections"),
+        (("--faults", "peer_reset:" + NONSENSE), "injections; at most 1000 in one run"),
+        (("--faults", "stall_peer/ms=0"), "ms must be a positive integer"),
+        (("--faults", "stall_peer/ms=60001"), "ms is at most 60000"),
+        (("--faults", "fail_next/count=1000001"), "count is at most 1000000"),
+        (("--faults", "raise_next/skip=1000001"), "skip is at most 1000000"),
+        (("--faults", "target_failure/for=0s"), "for must be more than 0"),
+        (("--faults", "target_failure/for=inf"), "expected a duration like 30s"),
+        (("--faults", "peer_reset@" + NONSENSE), "a duration is at most 30 days"),
+    ],
+)
+def test_a_number_no_run_can_mean_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    """Refused before anything starts, naming what was wrong: not silently replaced by a
+    default (--rate 0 was 200/s), not run as nonsense (a negative think time), no traceback."""
+    err = usage_error(capsys, *argv)
+    assert says in err, err
+    assert "Traceback" not in err and "parse_" not in err, err
+
+
+def test_the_usual_values_still_parse() -> None:
+    from chimney_client.soak.cli import build_parser
+
+    args = build_parser().parse_args(
+        [
+            *("--duration", "15s", "--payload", "16k", "--rate", "0.5", "--think-ms", "0"),
+            *("--workers", "0", "--drain-timeout", "60", "--churn", "0.2", "--seed", "-7"),
+            *("--upload-share", "1", "-n", "30000", "--conns-per-rpc", "500"),
+            *("--daemon-pid", "4242", "--faults", "peer_reset:5,stall_peer:2/ms=3000"),
+        ]
+    )
+    assert (args.duration, args.payload.values, args.rate, args.think_ms) == (
+        15.0,
+        (16384,),
+        0.5,
+        0.0,
+    )
+    assert (args.workers, args.drain_timeout, args.churn, args.seed) == (0, 60.0, 0.2, -7)
+    assert (args.upload_share, args.connections, args.conns_per_rpc) == (1.0, 30000, 500)
+    assert args.daemon_pid == 4242
+    assert build_parser().parse_args(["--drain-timeout", "2min"]).drain_timeout == 120.0
+    assert build_parser().parse_args(["--payload", "1k:8191k"]).payload.values == (
+        1024,
+        8191 * 1024,
+    )
+
+
 @pytest.mark.parametrize("schedule", ["peer_reset@2x", "target_failure/for=2x"])
 def test_a_bad_duration_in_the_fault_schedule_names_its_item(
     capsys: pytest.CaptureFixture[str], schedule: str

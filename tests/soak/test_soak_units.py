@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import random
+import re
 import socket
 import time
 from collections import deque
@@ -30,6 +31,12 @@ from chimney_client.soak import (
 )
 from chimney_client.soak.faults import take_due
 from chimney_client.soak.limits import STAGGER_S
+from chimney_client.soak.parsing import (
+    MAX_DURATION_S,
+    parse_count,
+    parse_number,
+    parse_positive_duration,
+)
 from chimney_client.soak.plan import make_plan
 from chimney_client.soak.procs import listener_pid
 
@@ -50,8 +57,10 @@ def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "k", "-1", "0", "4x", "1..2k"])
+@pytest.mark.parametrize("text", ["", "k", "-1", "0", "4x", "1..2k", "9" * 400 + "k"])
 def test_parse_size_rejects(text: str) -> None:
+    """A ValueError, which the command line turns into a usage error: 400 digits, whose float
+    is inf, raised an OverflowError (a traceback) when made an int."""
     with pytest.raises(ValueError):
         parse_size(text)
 
@@ -64,9 +73,46 @@ def test_parse_duration(text: str, value: float) -> None:
     assert parse_duration(text) == value
 
 
-def test_parse_duration_rejects() -> None:
+@pytest.mark.parametrize("text", ["soon", "-1", "nan", "inf", "9" * 400, "100000min", "31d"])
+def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        parse_duration("soon")
+        parse_duration(text)
+
+
+def test_parse_duration_bounds() -> None:
+    assert parse_duration("0") == 0.0  # a fault's @0s: at the hold's start
+    assert parse_duration(f"{30 * 24 * 60}min") == MAX_DURATION_S
+    assert parse_positive_duration("500ms") == 0.5
+    with pytest.raises(ValueError, match="must be more than 0"):
+        parse_positive_duration("0ms")
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high", "above_low", "says"),
+    [
+        ("x", 0.0, 1.0, False, "not a number: 'x'"),
+        ("nan", 0.0, 1.0, False, "must be a finite number"),
+        ("-inf", 0.0, 1.0, False, "must be a finite number"),
+        ("0", 0.0, 1.0, True, "must be more than 0, got '0'"),
+        ("-0.5", 0.0, 1.0, False, "must be at least 0, got '-0.5'"),
+        ("1.5", 0.0, 1.0, False, "must be at most 1, got '1.5'"),
+        ("2", 0.0, 1.5, False, "must be at most 1.5, got '2'"),
+    ],
+)
+def test_parse_number_rejects(
+    text: str, low: float, high: float, above_low: bool, says: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_number(text, low, high, above_low=above_low)
+
+
+def test_parse_number_and_count_take_their_range() -> None:
+    assert parse_number("0", 0.0, 1.0) == 0.0 and parse_number("1", 0.0, 1.0) == 1.0
+    assert parse_number("1e3", 0.0, 1e6, above_low=True) == 1000.0
+    assert parse_count("0", 0, 3) == 0 and parse_count("3", 0, 3) == 3
+    for text, says in (("1.5", "not a whole number"), ("-1", "at least 0"), ("4", "at most 3")):
+        with pytest.raises(ValueError, match=says):
+            parse_count(text, 0, 3)
 
 
 # -- payload distributions ------------------------------------------------------------------------
@@ -92,8 +138,9 @@ def test_payload_list_and_fixed() -> None:
     assert dist.max_size == 65536
 
 
-@pytest.mark.parametrize("text", ["", "64k:1k", "1k:", "a,b"])
+@pytest.mark.parametrize("text", ["", "64k:1k", "1k:", "a,b", "8m", "1k:16m", "4k,1g"])
 def test_payload_rejects(text: str) -> None:
+    """(8 MiB and more: one tcp.send would pass the daemon's default message limit.)"""
     with pytest.raises(ValueError):
         parse_payload(text)
 

@@ -9,18 +9,24 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .coordinator import Soak
-from .faults import FAULT_HELP
+from .faults import FAULT_HELP, parse_faults
 from .limits import (
     CLOSE_MODES,
     DEFAULT_CONNS_PER_RPC,
     DEFAULT_OPS_PER_RPC,
     RSS_GROWTH_ALLOWED,
 )
-from .parsing import parse_duration, parse_payload
+from .parsing import (
+    parse_count,
+    parse_number,
+    parse_payload,
+    parse_positive_duration,
+)
 from .plan import Plan, make_plan
 from .preflight import NotReady, check_topology, daemon_info, info_layers, spawn_layers
 from .procs import raise_nofile_limit
@@ -51,6 +57,23 @@ exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, no daemon an
 --rpc, or a fault the topology cannot take; 130 interrupted.
 """
 )
+
+
+#: Bounds of the numeric options: what no run can mean is refused before anything starts (a
+#: usage error, exit 2) rather than run as something else than what was asked.
+MAX_CONNECTIONS = 1_000_000  # past what a daemon and its peers hold on one machine
+MAX_RATE = 1_000_000.0  # connections opened per second: far past any daemon
+MAX_THINK_MS = 3_600_000.0  # an hour between two round trips
+#: --churn is a share per minute, drawn once a second: at 60 every connection is marked each
+#: second, and more marks no more
+MAX_CHURN = 60.0
+MAX_WORKERS = 256  # processes, each with its own RPC clients: past a few per CPU they compete
+#: The daemon's default rpc.max_connections_per_client: more on one client would be refused
+MAX_CONNS_PER_RPC = 10_000
+PID_MAX = 4_194_304  # Linux's PID_MAX_LIMIT on 64-bit
+#: Injections in the whole fault schedule: one every STAGGER_S fills an hour twice over;
+#: the schedule is planned before the run starts, and far more would take minutes to plan
+MAX_FAULTS = 1000
 
 
 def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -86,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="auth token of the daemon (with --rpc)")
     p.add_argument(
         "--daemon-pid",
-        type=int,
+        type=_option(partial(parse_count, low=1, high=PID_MAX)),
         metavar="PID",
         help="pid of the --rpc daemon, for RSS and limits (default: found from the RPC port)",
     )
@@ -121,17 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--connections",
         "-n",
-        type=int,
+        type=_option(partial(parse_count, low=1, high=MAX_CONNECTIONS)),
         default=100,
         metavar="N",
         help="concurrent connections held through the hold (default 100)",
     )
     p.add_argument(
-        "--rate", type=float, metavar="R", help="connections opened per second (default N/8, >=200)"
+        "--rate",
+        type=_option(partial(parse_number, low=0.0, high=MAX_RATE, above_low=True)),
+        metavar="R",
+        help="connections opened per second (default N/8, >=200)",
     )
     p.add_argument(
         "--duration",
-        type=_option(parse_duration),
+        type=_option(parse_positive_duration),
         default=30.0,
         metavar="T",
         help="hold time (30s)",
@@ -145,23 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--think-ms",
-        type=float,
+        type=_option(partial(parse_number, low=0.0, high=MAX_THINK_MS)),
         metavar="MS",
         help="pause between round trips on a connection (default N ms within 50..10000)",
     )
     p.add_argument(
         "--upload-share",
-        type=float,
+        type=_option(partial(parse_number, low=0.0, high=1.0)),
         default=0.0,
         metavar="F",
         help="share of connections uploaded and re-offloaded mid-stream (0..1)",
     )
     p.add_argument(
         "--churn",
-        type=float,
+        type=_option(partial(parse_number, low=0.0, high=MAX_CHURN)),
         default=0.0,
         metavar="F",
-        help="share of connections closed and reopened per minute (0..)",
+        help=f"share of connections closed and reopened per minute (0..{MAX_CHURN:g})",
     )
     p.add_argument(
         "--close",
@@ -173,14 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", metavar="SCHEDULE", help="fault schedule (below)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=_option(partial(parse_count, low=0, high=MAX_WORKERS)),
         metavar="K",
         help="client worker processes (0: in this process; default 0 up to 1000 connections, "
         "else 2)",
     )
     p.add_argument(
         "--conns-per-rpc",
-        type=int,
+        type=_option(partial(parse_count, low=1, high=MAX_CONNS_PER_RPC)),
         metavar="N",
         help=f"connections multiplexed over one RPC client (default {DEFAULT_CONNS_PER_RPC}, "
         "fewer against shards so each gets at least 32 clients)",
@@ -195,11 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--drain-timeout",
-        type=float,
+        type=_option(parse_positive_duration),
         default=60.0,
         metavar="S",
-        help="after the last close, how long the daemon's gauges may take to reach 0 (default 60)",
+        help="after the last close, how long the daemon's gauges may take to reach 0 (seconds, or "
+        "a duration like 2min; default 60)",
     )
+    # any whole number is a seed: the byte streams mix it to 64 bits (stream._rotation)
     p.add_argument(
         "--seed",
         type=int,
@@ -273,9 +301,25 @@ def _preflight(args: argparse.Namespace, plan: Plan, runner: Callable[[Any], Any
         check_topology((sf.spec for sf in plan.faults), layers, spawned=not args.rpc)
 
 
+def _check_together(args: argparse.Namespace) -> None:
+    """What the options mean only together; raises ValueError (a usage error)."""
+    if args.workers is not None and args.workers > args.connections:
+        raise ValueError(
+            f"--workers {args.workers} is more than --connections {args.connections}: a worker "
+            "would hold no connection"
+        )
+    total = sum(spec.count for spec in parse_faults(args.faults))
+    if total > MAX_FAULTS:
+        raise ValueError(f"--faults schedules {total} injections; at most {MAX_FAULTS} in one run")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _check_together(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     _soft, hard = raise_nofile_limit()
     try:
         plan = make_plan(args, hard)

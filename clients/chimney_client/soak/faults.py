@@ -345,15 +345,22 @@ def _duration(item: str, text: str) -> float:
         raise ValueError(f"fault {item!r}: {exc}") from None
 
 
+#: The daemon's own bounds of fault.inject (chimneyd.faults MAX_FAULT_MS, MAX_FAULT_COUNT): a
+#: value past them would be refused only when the hold injects it.
+_KEY_MAX = {"ms": 60_000, "count": 1_000_000, "skip": 1_000_000}
+
+
 def _check_value(item: str, key: str, value: str) -> None:
     if key in ("ms", "count") and (not value.isdigit() or int(value) < 1):
         raise ValueError(f"fault {item!r}: {key} must be a positive integer")
     if key == "skip" and not value.isdigit():
         raise ValueError(f"fault {item!r}: skip is a number of calls (0, 1, ...)")
+    if key in _KEY_MAX and int(value) > _KEY_MAX[key]:
+        raise ValueError(f"fault {item!r}: {key} is at most {_KEY_MAX[key]}")
     if key == "shard" and not value.isdigit():
         raise ValueError(f"fault {item!r}: shard is a shard number (0, 1, ...)")
-    if key == "for":
-        _duration(item, value)
+    if key == "for" and _duration(item, value) <= 0:
+        raise ValueError(f"fault {item!r}: for must be more than 0")
     if key == "status" and not value.startswith("NDIS_STATUS_"):
         raise ValueError(f"fault {item!r}: status is an NDIS_STATUS_ name")
 

@@ -1,4 +1,7 @@
-"""Pure parsers of the command line's values: sizes, durations, payload distributions."""
+"""Pure parsers of the command line's values: sizes, durations, payload distributions, and
+numbers within bounds. Each refuses what no run can mean (nan, inf, a negative count, a month of
+think time) with a ValueError that says what it takes, so that the command line stops with a
+usage error before anything starts instead of running something other than what was asked."""
 
 from __future__ import annotations
 
@@ -6,6 +9,14 @@ import math
 import random
 import re
 from dataclasses import dataclass
+
+#: The longest duration anything takes (--duration, --drain-timeout, a fault's @TIME or /for=):
+#: far beyond any soak; a larger one is a typo (milliseconds given as seconds).
+MAX_DURATION_S = 30 * 24 * 3600.0
+#: The largest payload: one tcp.send carries a whole payload, and the daemon drops a client
+#: whose request is larger than its rpc.max_message_bytes (8 MiB by default; rpc-contract,
+#: "larger than the configured limit"), so 1 KiB is left for the request around the bytes.
+MAX_PAYLOAD = 8 * 1024 * 1024 - 1024
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*$")
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -16,7 +27,10 @@ def parse_size(text: str) -> int:
     m = _SIZE_RE.match(text)
     if m is None:
         raise ValueError(f"not a size: {text!r} (examples: 512, 4k, 1.5m)")
-    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    number = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(number):  # 400 digits make inf, which no int holds
+        raise ValueError(f"not a size: {text!r} (examples: 512, 4k, 1.5m)")
+    value = int(number)
     if value < 1:
         raise ValueError(f"size must be at least 1 byte: {text!r}")
     return value
@@ -35,7 +49,52 @@ def parse_duration(text: str) -> float:
         )
     value = float(m.group(1))
     unit = m.group(2) or "s"
-    return value / 1000.0 if unit == "ms" else value * 60.0 if unit in ("m", "min") else value
+    seconds = value / 1000.0 if unit == "ms" else value * 60.0 if unit in ("m", "min") else value
+    if not seconds <= MAX_DURATION_S:  # (inf too: 400 digits)
+        raise ValueError(f"a duration is at most 30 days, got {text!r}")
+    return seconds
+
+
+def parse_positive_duration(text: str) -> float:
+    """`parse_duration`, and more than 0 (a hold or a wait of nothing means nothing)."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0, got {text!r}")
+    return seconds
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else f"{x:g}"
+
+
+def parse_number(text: str, low: float, high: float, *, above_low: bool = False) -> float:
+    """A finite number within `low`..`high` (above `low` when `above_low`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    if value < low or (above_low and value == low):
+        raise ValueError(
+            f"must be {'more than' if above_low else 'at least'} {_num(low)}, got {text!r}"
+        )
+    if value > high:
+        raise ValueError(f"must be at most {_num(high)}, got {text!r}")
+    return value
+
+
+def parse_count(text: str, low: int, high: int) -> int:
+    """A whole number within `low`..`high`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+    if value < low:
+        raise ValueError(f"must be at least {low}, got {text!r}")
+    if value > high:
+        raise ValueError(f"must be at most {high}, got {text!r}")
+    return value
 
 
 def fmt_size(n: int) -> str:
@@ -82,9 +141,19 @@ def parse_payload(text: str) -> PayloadDist:
         lo, hi = parse_size(lo_s), parse_size(hi_s)
         if lo > hi:
             raise ValueError(f"payload range {text!r}: low end above high end")
+        _check_payload(text, hi)
         return PayloadDist("fixed", (lo,)) if lo == hi else PayloadDist("range", (lo, hi))
     parts = [p for p in text.split(",") if p.strip()]
     if not parts:
         raise ValueError("empty payload specification")
     sizes = tuple(parse_size(p) for p in parts)
+    _check_payload(text, max(sizes))
     return PayloadDist("fixed", sizes) if len(sizes) == 1 else PayloadDist("choice", sizes)
+
+
+def _check_payload(text: str, largest: int) -> None:
+    if largest > MAX_PAYLOAD:
+        raise ValueError(
+            f"payload {text!r}: a payload is at most {fmt_size(MAX_PAYLOAD)} (one tcp.send "
+            "carries it, and the daemon refuses a request above 8 MiB by default)"
+        )
