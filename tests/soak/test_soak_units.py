@@ -13,6 +13,8 @@ from collections import deque
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chimney_client.soak import (
     FAULT_KINDS,
@@ -241,6 +243,52 @@ def test_schedule_keeps_spread_faults_apart() -> None:
     assert 10.0 in times and 5.0 in times and 15.0 in times
     assert all(b - a >= STAGGER_S for a, b in itertools.pairwise(times)), times
     assert len(plan) == 6
+
+
+def _placed_by_scan(specs: list[FaultSpec], hold_s: float) -> list[float]:
+    """The placement rule written plainly (each step scans every time placed so far): the
+    reference `schedule_faults` must agree with exactly."""
+    plan = [s.at for s in specs if s.at is not None for _ in range(s.count)]
+    for spec in specs:
+        for i in range(spec.count if spec.at is None else 0):
+            t = hold_s * (i + 1) / (spec.count + 1)
+            while any(abs(t - u) < STAGGER_S for u in plan) and t + STAGGER_S < hold_s:
+                t += STAGGER_S
+            plan.append(t)
+    return sorted(plan)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["peer_reset", "fail_next", "raise_next", "retrieve"]),
+            st.integers(1, 40),
+            st.one_of(st.none(), st.integers(1, 59)),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from([5.0, 20.0, 60.0]),
+)
+def test_schedule_places_as_the_plain_scan_does(
+    items: list[tuple[str, int, int | None]], hold_s: float
+) -> None:
+    text = ",".join(
+        f"{kind}" + (f"@{at % (int(hold_s) - 1) + 1}s" if at is not None else f":{count}")
+        for kind, count, at in items
+    )
+    specs = parse_faults(text)
+    assert [p.t for p in schedule_faults(specs, hold_s)] == _placed_by_scan(specs, hold_s)
+
+
+def test_schedule_places_a_thousand_packed_faults() -> None:
+    """1,000 faults in a 60 s hold, all but a few within STAGGER_S of another: each placed,
+    in order, inside the hold."""
+    plan = schedule_faults(parse_faults("peer_reset:500,fail_next:500"), 60.0)
+    assert len(plan) == 1000
+    assert all(0 < p.t < 60.0 for p in plan)
+    assert [p.t for p in plan] == sorted(p.t for p in plan)
 
 
 def test_schedule_refuses_a_fault_after_the_hold() -> None:
