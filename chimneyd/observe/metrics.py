@@ -62,15 +62,41 @@ def split_call(key: str) -> tuple[str, str, str]:
     return call, "", what
 
 
+#: An initiate's block completed with this status was offloaded (spec §3.2.4), by name and
+#: by value (spec §6.1).
+_OFFLOADED_PARTLY = ("NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS", "0x40020004")
+
+
+def is_failure(key: str) -> bool:
+    """Does the `stack.stats` call counter `key` count failures? A completion
+    (`...Complete/STATUS`) whose status is not NDIS_STATUS_SUCCESS, whatever its severity: the
+    host fails the request on any other status (a send completed with the informational
+    NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing). Except an initiate's
+    PARTIAL_SUCCESS: the block was offloaded (spec §3.2.4). Events, status indications and
+    calls without a status are not failures.
+
+    The same rule as `chimneyctl stats` (`chimney_client.ctl_render.is_failure`; the client
+    does not import the daemon), so that the web view, `/metrics` and chimneyctl count the same
+    failures: tests/observe/test_failure_rule.py holds the two to it."""
+    call, sep, status = key.partition("/")
+    if not sep or not call.endswith("Complete"):
+        return False
+    if status.startswith("0x"):  # a status with no name: by its value
+        try:
+            value = int(status, 16)
+        except ValueError:
+            return False
+        status = f"0x{value:08X}"
+        if value == 0:
+            return False
+    elif not status.startswith("NDIS_STATUS_") or status == SUCCESS:
+        return False
+    return not ("InitiateOffloadComplete" in call and status in _OFFLOADED_PARTLY)
+
+
 def failures(calls: dict[str, int]) -> int:
-    """Calls that completed with a non-success NDIS status. Events and status indications are
-    not failures; an I/O completion (`...Complete/NDIS_STATUS_X`) with X not SUCCESS is."""
-    n = 0
-    for key, count in calls.items():
-        call, status, _ = split_call(key)
-        if status and status != SUCCESS and call.endswith("Complete"):
-            n += count
-    return n
+    """The layer's calls that failed (`is_failure`)."""
+    return sum(count for key, count in calls.items() if is_failure(key))
 
 
 def layer_summary(stats: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -563,6 +589,7 @@ __all__ = [
     "failures",
     "install",
     "installed",
+    "is_failure",
     "layer_summary",
     "prometheus_text",
     "rpc_answered",

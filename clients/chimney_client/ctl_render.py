@@ -117,36 +117,39 @@ def hop_cells(hop: Mapping[str, Any], t0: int | None, with_event: bool) -> list[
 
 
 # -- counters ------------------------------------------------------------------------------------
-#: Status names of NT_SUCCESS severity (success or informational): not failures.
-_NOT_FAILURES = frozenset(
-    {
-        "NDIS_STATUS_SUCCESS",
-        "NDIS_STATUS_PENDING",
-        "NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS",
-        "NDIS_STATUS_OFFLOAD_STATE_INVALID",
-        "NDIS_STATUS_OFFLOAD_PAUSE",
-        "NDIS_STATUS_UPLOAD_ALL",
-        "NDIS_STATUS_OFFLOAD_RESUME",
-    }
-)
-#: Counters whose suffix is an indication's payload, not a completion status.
-_INDICATIONS = ("NdisMIndicateStatusEx",)
+#: An initiate's block completed with this status was offloaded, its dependents partly not
+#: (spec §3.2.4): the initiate did its work. By name and by value (0x40020004, spec §6.1).
+_OFFLOADED_PARTLY = ("NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS", "0x40020004")
 
 
 def is_failure(key: str) -> bool:
     """Does a `stack.stats` call counter count failures? Keys are `Call` or `Call/SUFFIX`; the
     suffix is the completion status, or an indication's event or adapter status
-    (`NdisTcpOffloadEventHandler/TcpIndicateDisconnect`, `NdisMIndicateStatusEx/...`). Only a call
-    that completed with an error-severity NDIS status is a failure."""
-    call, sep, suffix = key.partition("/")
-    if not sep or call in _INDICATIONS:
+    (`NdisTcpOffloadEventHandler/TcpIndicateDisconnect`, `NdisMIndicateStatusEx/...`).
+
+    A completion (`...Complete/STATUS`) whose status is not NDIS_STATUS_SUCCESS is a failure,
+    whatever the status's severity: the host fails the request on any other status (a send
+    completed with the informational NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing,
+    and `tcp.send` answers its error). The one exception is an initiate's PARTIAL_SUCCESS
+    (spec §3.2.4: the block was offloaded). Events, status indications (PAUSE, UPLOAD_ALL,
+    RESUME are informational and complete nothing) and calls without a status are not
+    failures. `chimneyd.observe.metrics.is_failure` is the same rule (the web view's
+    `failures`, `chimney_call_failures_total`); tests/observe/test_failure_rule.py holds
+    the two to it."""
+    call, sep, status = key.partition("/")
+    if not sep or not call.endswith("Complete"):
         return False
-    if suffix.startswith("0x"):  # a status with no name: its severity bits tell
+    if status.startswith("0x"):  # a status with no name: by its value
         try:
-            return int(suffix, 16) >> 30 == 0b11
+            value = int(status, 16)
         except ValueError:
             return False
-    return suffix.startswith("NDIS_STATUS_") and suffix not in _NOT_FAILURES
+        status = f"0x{value:08X}"
+        if value == 0:
+            return False
+    elif not status.startswith("NDIS_STATUS_") or status == "NDIS_STATUS_SUCCESS":
+        return False
+    return not ("InitiateOffloadComplete" in call and status in _OFFLOADED_PARTLY)
 
 
 def call_totals(layer: Mapping[str, Any]) -> tuple[int, int]:
