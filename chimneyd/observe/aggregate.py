@@ -4,7 +4,8 @@ each shard's part in, one answer out.
 - `merge_stats`: `stack.stats` with every counter and gauge summed over the shards, in the keys a
   daemon of one shard has, plus `shards`: each shard's own part (and `state`, `down` for a
   shard being restarted, whose part is unknown). The summed counters go through a
-  `CounterCarry`, so they never go down while a shard is restarted, nor after it.
+  `CounterCarry`, so they never go down while a shard is restarted, nor after it; so do the
+  latency histograms `/metrics` adds up (`DAEMON_HISTOGRAMS`).
 - `merge_info`: `stack.info` of the shard answering, its layers folded over the shards (the
   gauges in a layer's description summed; a list that differs is every shard's items; any
   other value kept when every shard agrees, else `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
@@ -110,10 +111,26 @@ def _pick(value: Any, path: tuple[str, ...], out: dict[str, Any]) -> None:
                 del out[key]
 
 
+#: Where a shard's part of `/metrics` holds its latency histograms (`Metrics.raw`: family →
+#: label value → bucket counts, then the sum): counters too, bucket by bucket.
+HISTOGRAMS = "histograms"
+
+
+def histogram_counts(part: Mapping[str, Any]) -> dict[str, Any]:
+    """The latency histograms of a shard's part (`{"histograms": ...}`), nothing else."""
+    raw = part.get(HISTOGRAMS)
+    if not isinstance(raw, Mapping) or not raw:
+        return {}
+    return {HISTOGRAMS: {name: {v: list(h) for v, h in by.items()} for name, by in raw.items()}}
+
+
 def plus(a: Any, b: Any) -> Any:
-    """`a` with the numbers of `b` added key by key (a copy; `b` holds counters only)."""
+    """`a` with the numbers of `b` added key by key, and a histogram's list slot by slot (a
+    copy; `b` holds counters only)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return {k: plus(a.get(k), b.get(k)) for k in {**a, **b}}
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [plus(x, y) for x, y in zip(a, b, strict=True)]
     if _is_number(a) and _is_number(b):
         return a + b
     return b if a is None else a
@@ -138,9 +155,14 @@ class CounterCarry:
     Gauges are never carried: a down shard holds nothing.
 
     Lives in the process that sums the shards' parts: reads it never saw (a shard that restarted
-    and ran past its old counts between two reads) still add up, as its pid changed."""
+    and ran past its old counts between two reads) still add up, as its pid changed.
 
-    def __init__(self) -> None:
+    `pick` says what of a part is counters: `counters` (the `stack.stats` ones) by default,
+    `histogram_counts` for the latency histograms of `/metrics`. Each kind has a carry of its
+    own, as a part read for one has nothing of the other."""
+
+    def __init__(self, pick: Callable[[Mapping[str, Any]], dict[str, Any]] = counters) -> None:
+        self.pick = pick
         self.lives: dict[int, _Life] = {}
 
     def clear(self) -> None:
@@ -162,7 +184,7 @@ class CounterCarry:
             if life.down or (pid is not None and life.pid is not None and pid != life.pid):
                 life.base = plus(life.base, life.last)
             life.pid, life.down = pid, False
-            life.last = counters(part)
+            life.last = self.pick(part)
             out[k] = plus(dict(part), life.base) if life.base else dict(part)
         return out
 
@@ -171,6 +193,8 @@ class CounterCarry:
 #: as it lives (a shard that restarts starts it again empty; the supervisor's restart is the
 #: daemon's).
 DAEMON_COUNTERS = CounterCarry()
+#: The latency histograms' carry of this process, for `/metrics` (`metrics.sharded_text`).
+DAEMON_HISTOGRAMS = CounterCarry(histogram_counts)
 
 
 def merge_stats(parts: Parts, carry: CounterCarry | None = DAEMON_COUNTERS) -> dict[str, Any]:
@@ -322,6 +346,8 @@ def may_touch(view: FaultView, me: int, admin: bool, mine: Callable[[int], bool]
 __all__ = [
     "COUNTER_PATHS",
     "DAEMON_COUNTERS",
+    "DAEMON_HISTOGRAMS",
+    "HISTOGRAMS",
     "INFO_GAUGES",
     "MIXED",
     "CounterCarry",
@@ -329,6 +355,7 @@ __all__ = [
     "counters",
     "fault_table",
     "fold",
+    "histogram_counts",
     "may_touch",
     "merge_info",
     "merge_stats",

@@ -12,11 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from chimneyd.observe.aggregate import (
     COUNTER_PATHS,
     DAEMON_COUNTERS,
+    DAEMON_HISTOGRAMS,
     MIXED,
     CounterCarry,
     FaultView,
     fault_table,
     fold,
+    histogram_counts,
     may_touch,
     merge_info,
     merge_stats,
@@ -30,8 +32,10 @@ from tests.docs.test_metrics_doc import METRICS_MD
 def fresh_daemon() -> Iterator[None]:
     # the process's carry remembers the shards of earlier tests: each test is a daemon of its own
     DAEMON_COUNTERS.clear()
+    DAEMON_HISTOGRAMS.clear()
     yield
     DAEMON_COUNTERS.clear()
+    DAEMON_HISTOGRAMS.clear()
 
 
 def stats(conns: int, offloads: int, calls: int, pid: int) -> dict[str, Any]:
@@ -236,6 +240,43 @@ def test_metrics_add_up_the_shards_histograms() -> None:
     )
     assert "chimney_send_completion_seconds_count 4.0" in text
     assert "chimney_send_completion_seconds_sum 1.0" in text
+
+
+def sends(n: int, seconds: float) -> dict[str, Any]:
+    """A shard's histograms: `n` sends in the 8 µs bucket, `seconds` in all."""
+    counts = [0] * 26
+    counts[3] = n
+    return {"chimney_send_completion_seconds": {"": [*counts, seconds]}}
+
+
+def test_summed_histograms_hold_while_a_shard_is_restarted_and_carry_on_after() -> None:
+    """A histogram's buckets, `_count` and `_sum` are counters: a shard's restart is not the
+    daemon's, so they never go down (docs/metrics.md, Shards), as the `_total` counters."""
+    reads = [
+        {0: (100, sends(4, 0.4)), 1: (101, sends(10, 1.0))},
+        {0: (100, sends(5, 0.5)), 1: None},  # shard 1 being restarted
+        {0: (100, sends(6, 0.6)), 1: (102, sends(1, 0.1))},  # back, from 0
+        {0: (100, sends(7, 0.7)), 1: (103, sends(2, 0.2))},  # restarted between reads
+        {0: (100, sends(8, 0.8)), 1: (103, sends(3, 0.3))},  # the same process
+    ]
+    texts = [
+        sharded_text(
+            {k: p and {"stats": counted(0, 0, 0, p[0]), "histograms": p[1]} for k, p in r.items()}
+        )
+        for r in reads
+    ]
+    name = "chimney_send_completion_seconds"
+    assert [value(t, name + "_count") for t in texts] == [14, 15, 17, 20, 22]
+    assert [value(t, name + "_bucket", le="8e-06") for t in texts] == [14, 15, 17, 20, 22]
+    assert [round(value(t, name + "_sum"), 6) for t in texts] == [1.4, 1.5, 1.7, 2.0, 2.2]
+    # no restart: the shards' own figures, exactly
+    fresh = {
+        k: {"stats": counted(0, 0, 0, 200 + k), "histograms": sends(k + 1, 0.5)} for k in (0, 1)
+    }
+    assert (
+        value(sharded_text(fresh, CounterCarry(), CounterCarry(histogram_counts)), name + "_count")
+        == 3
+    )
 
 
 def counted(sent: int, calls: int, conns: int, pid: int) -> dict[str, Any]:
