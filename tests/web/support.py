@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 
 from chimney_client import Client
 from tests.e2e.support import Daemon, peer_process, start_daemon
+from tests.e2e.test_shards import assert_clean_stop as shards_clean_stop
+from tests.e2e.test_shards import shard_pids
 
 SHOTS = Path(__file__).resolve().parent / "screenshots"
 
@@ -32,7 +36,8 @@ def _line_after(daemon: Daemon, prefix: str) -> str:
     for line in daemon.stdout.lines:
         if line.startswith(prefix):
             return line[len(prefix) :].strip()
-    raise AssertionError(f"no {prefix!r} line in {daemon.stdout.lines}")
+    # a daemon of several shards prints its HTTP addresses once shard 0 is listening
+    return daemon.stdout.wait_for(prefix, 30)[len(prefix) :].strip()
 
 
 @contextlib.contextmanager
@@ -49,9 +54,15 @@ def web_daemon(
             yield WebDaemon(d, web, metrics, peer_port)
             if d.alive():
                 d.check_final_stats()
-            d.assert_clean_stop()
+            if "--shards" in args:
+                shards_clean_stop(d)
+            else:
+                d.assert_clean_stop()
         finally:
             d.kill()
+            for pid in shard_pids(d):  # none unless sharded; each shard is a process
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def screenshot(page: Any, name: str, full_page: bool = True) -> Path:

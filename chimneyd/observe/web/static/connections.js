@@ -1,4 +1,5 @@
-// The connections page: one page of rows cut by the daemon, pushed again every interval.
+// The connections page: one page of rows cut by the daemon (/api/conns: every shard's in a
+// daemon of several), fetched again every push interval.
 "use strict";
 
 (() => {
@@ -7,13 +8,14 @@
   let size = 0;  // the daemon's default until the page says otherwise
   let pages = 1;
   let painted = false;
+  let refresh = null;  // asks for the page at once (Live.poll)
 
   function want(p) {
     page = Math.max(0, Math.min(p, pages - 1));
     const q = new URLSearchParams(location.search);
     q.set("page", String(page));
     history.replaceState(null, "", `${location.pathname}?${q}`);
-    Live.sub("conns", size ? { page, size } : { page });
+    refresh();
   }
 
   function row(c) {
@@ -31,7 +33,7 @@
     return tr;
   }
 
-  Live.on("conns", (m) => {
+  function show(m) {
     pages = m.pages;
     page = m.page;
     size = m.size;
@@ -49,7 +51,7 @@
       performance.mark("conns-rendered");
       document.body.dataset.ready = "1";
     }
-  });
+  }
 
   document.addEventListener("DOMContentLoaded", () => {
     document.getElementById("first").onclick = () => want(0);
@@ -61,6 +63,6 @@
       const id = parseInt(document.getElementById("jump-id").value, 10);
       if (id > 0) location.href = `/conn/${id}`;
     };
-    Live.sub("conns", { page });
+    refresh = Live.poll(() => `/api/conns?page=${page}` + (size ? `&size=${size}` : ""), show);
   });
 })();

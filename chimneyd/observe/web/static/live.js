@@ -49,6 +49,36 @@ const Live = (() => {
     return r.json();
   }
 
+  // The daemon's figures are fetched, not pushed: `/api/stats` and `/api/conns` answer for
+  // every shard of a daemon of several (docs/metrics.md, Shards), what the socket pushes is
+  // the serving shard's own. `poll(path, fn)` asks `path()` at once and then every
+  // `web.push_interval_ms` (from /api/info), hands `fn` the answer, and returns a function
+  // that asks again at once (an older answer arriving late is dropped).
+  let every = null;
+  function interval() {
+    every = every || get("/api/info").then((i) => (i.web || {}).push_interval_ms || 1000, () => 1000);
+    return every;
+  }
+
+  function poll(path, fn) {
+    let asked = 0;
+    let timer = null;
+    async function now() {
+      const mine = ++asked;
+      clearTimeout(timer);
+      try {
+        const answer = await get(path());
+        if (mine === asked && !answer.error) fn(answer);
+      } catch (e) {
+        // a shard that did not answer in time (503), or the daemon gone: the next round
+      }
+      const wait = await interval();
+      if (mine === asked) timer = setTimeout(now, wait);
+    }
+    now();
+    return now;
+  }
+
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -112,13 +142,27 @@ const Live = (() => {
     for (const a of document.querySelectorAll("nav a")) {
       if (a.dataset.nav === page) a.classList.add("here");
     }
-    on("stats", (m) => {
+    // the bar: the daemon's connections from /api/stats (every shard's), its RPC clients and
+    // faults from the socket's `stats` (the serving shard's); shown once the first is known
+    const bar = { connections: null, rpc: 0, faults: 0 };
+    const show = () => {
       const s = document.getElementById("summary");
-      if (s) s.textContent = `${num(m.connections)} connections · ${num((m.rpc || {}).clients)} RPC clients · ${num(m.faults)} faults`;
+      if (s && bar.connections !== null) s.textContent = `${num(bar.connections)} connections · ${num(bar.rpc)} RPC clients · ${num(bar.faults)} faults`;
+    };
+    on("stats", (m) => {
+      bar.rpc = (m.rpc || {}).clients;
+      bar.faults = m.faults;
+      show();
     });
-    sub("stats");  // the summary in the bar; pages add their own topics
+    // pages take the daemon's gauges from the same answers: `on("daemon", fn)`
+    poll(() => "/api/stats", (m) => {
+      bar.connections = m.connections;
+      show();
+      for (const fn of handlers.daemon || []) fn(m);
+    });
+    sub("stats");  // pages add their own topics
     connect();
   });
 
-  return { on, sub, get, el, svg, num, bytes, clock, details, eventItem };
+  return { on, sub, get, poll, el, svg, num, bytes, clock, details, eventItem };
 })();

@@ -1,4 +1,4 @@
-// The topology page: layers as boxes, NDIS bindings as edges, each box with live gauges.
+// The topology page: layers as boxes, NDIS bindings as edges, each box with the daemon's gauges.
 "use strict";
 
 (() => {
@@ -108,13 +108,18 @@
     for (const e of m.events) list.prepend(Live.eventItem(e, true));
     while (list.children.length > 40) list.lastChild.remove();
   });
-  Live.on("stats", update);
+  // the gauges: /api/stats, every shard's in a daemon of several (live.js fetches it every
+  // push interval); the last answer is kept for the boxes drawn after it came
+  let last = null;
+  Live.on("daemon", (m) => {
+    last = m;
+    update(m);
+  });
 
   document.addEventListener("DOMContentLoaded", async () => {
     const info = await Live.get("/api/info");
     draw(info.layers || []);
+    if (last) update(last);
     Live.sub("events", {});
-    // stats already asked for by live.js; ask again so the first frame finds the boxes drawn
-    Live.sub("stats");
   });
 })();
