@@ -72,21 +72,24 @@ def split_call(key: str) -> tuple[str, str, str]:
 #: An initiate's block completed with this status was offloaded (spec §3.2.4), by name and
 #: by value (spec §6.1).
 _OFFLOADED_PARTLY = ("NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS", "0x40020004")
+#: Counters whose suffix is an adapter's status indication, not the status a call ended with.
+_INDICATIONS = ("NdisMIndicateStatusEx",)
 
 
 def is_failure(key: str) -> bool:
-    """Does the `stack.stats` call counter `key` count failures? A completion
-    (`...Complete/STATUS`) whose status is not NDIS_STATUS_SUCCESS, whatever its severity: the
-    host fails the request on any other status (a send completed with the informational
-    NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing). Except an initiate's
-    PARTIAL_SUCCESS: the block was offloaded (spec §3.2.4). Events, status indications and
-    calls without a status are not failures.
+    """Does the `stack.stats` call counter `key` count failures? A call counted with a status
+    (`Call/NDIS_STATUS_X`: an I/O completion) other than NDIS_STATUS_SUCCESS, whatever its
+    severity: the host fails the request on any other status (a send completed with the
+    informational NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing). Except an
+    initiate's PARTIAL_SUCCESS: the block was offloaded (spec §3.2.4). Events, status
+    indications (`NdisMIndicateStatusEx/...`) and calls counted without a status are not
+    failures.
 
     The same rule as `chimneyctl stats` (`chimney_client.ctl_render.is_failure`; the client
     does not import the daemon), so that the web view, `/metrics` and chimneyctl count the same
     failures: tests/observe/test_failure_rule.py holds the two to it."""
     call, sep, status = key.partition("/")
-    if not sep or not call.endswith("Complete"):
+    if not sep or call in _INDICATIONS:
         return False
     if status.startswith("0x"):  # a status with no name: by its value
         try:

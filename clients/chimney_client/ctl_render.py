@@ -120,24 +120,26 @@ def hop_cells(hop: Mapping[str, Any], t0: int | None, with_event: bool) -> list[
 #: An initiate's block completed with this status was offloaded, its dependents partly not
 #: (spec §3.2.4): the initiate did its work. By name and by value (0x40020004, spec §6.1).
 _OFFLOADED_PARTLY = ("NDIS_STATUS_OFFLOAD_PARTIAL_SUCCESS", "0x40020004")
+#: Counters whose suffix is an adapter's status indication, not the status a call ended with.
+_INDICATIONS = ("NdisMIndicateStatusEx",)
 
 
 def is_failure(key: str) -> bool:
     """Does a `stack.stats` call counter count failures? Keys are `Call` or `Call/SUFFIX`; the
-    suffix is the completion status, or an indication's event or adapter status
-    (`NdisTcpOffloadEventHandler/TcpIndicateDisconnect`, `NdisMIndicateStatusEx/...`).
+    suffix is the status the call (an I/O completion) ended with, or an indication's event or
+    adapter status (`NdisTcpOffloadEventHandler/TcpIndicateDisconnect`,
+    `NdisMIndicateStatusEx/...`).
 
-    A completion (`...Complete/STATUS`) whose status is not NDIS_STATUS_SUCCESS is a failure,
-    whatever the status's severity: the host fails the request on any other status (a send
-    completed with the informational NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing,
-    and `tcp.send` answers its error). The one exception is an initiate's PARTIAL_SUCCESS
-    (spec §3.2.4: the block was offloaded). Events, status indications (PAUSE, UPLOAD_ALL,
-    RESUME are informational and complete nothing) and calls without a status are not
-    failures. `chimneyd.observe.metrics.is_failure` is the same rule (the web view's
-    `failures`, `chimney_call_failures_total`); tests/observe/test_failure_rule.py holds
-    the two to it."""
+    A call counted with a status other than NDIS_STATUS_SUCCESS failed, whatever the status's
+    severity: the host fails the request on any other status (a send completed with the
+    informational NDIS_STATUS_OFFLOAD_STATE_INVALID acknowledged nothing, and `tcp.send`
+    answers its error). The one exception is an initiate's PARTIAL_SUCCESS (spec §3.2.4: the
+    block was offloaded). Events, status indications (PAUSE, UPLOAD_ALL, RESUME: an adapter's
+    news, no call's result) and calls counted without a status are not failures.
+    `chimneyd.observe.metrics.is_failure` is the same rule (the web view's `failures`,
+    `chimney_call_failures_total`); tests/observe/test_failure_rule.py holds the two to it."""
     call, sep, status = key.partition("/")
-    if not sep or not call.endswith("Complete"):
+    if not sep or call in _INDICATIONS:
         return False
     if status.startswith("0x"):  # a status with no name: by its value
         try:

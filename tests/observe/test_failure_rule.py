@@ -37,8 +37,10 @@ KEYS = {
     "NdisTcpOffloadEventHandler/TcpIndicateAbort": False,
     "NdisMIndicateStatusEx/NDIS_STATUS_UPLOAD_ALL": False,
     "NdisMIndicateStatusEx/NDIS_STATUS_OFFLOAD_PAUSE": False,
-    "ProtocolIndicateOffloadEvent/NDIS_STATUS_OFFLOAD_RESUME": False,
+    "ProtocolIndicateOffloadEvent/NeighborReachabilityQuery": False,
     "NdisTcpOffloadSendComplete/0xzz": False,
+    "NdisOidRequest/OID_TCP_CONNECTION_OFFLOAD_PARAMETERS": False,
+    "NdisTcpOffloadForwardComplete/NDIS_STATUS_FAILURE": True,
 }
 
 
