@@ -8,7 +8,10 @@ A page subscribes over its socket with JSON messages `{"op": "sub", "topic": T, 
 
 Nothing runs for nobody: the timer and the event observer exist while a browser is connected,
 and a connection's trace is watched (`ndis.trace`) only while a browser shows its diagram. Each
-browser has a bounded queue of frames: a browser that does not keep up loses the oldest.
+browser has a bounded queue of frames: a browser that does not keep up loses the oldest. Nothing
+is lost without saying so: events past a batch's bound, or in a frame a browser's queue let go,
+are counted and the browser is sent `{"type": "events", "events": [], "dropped": N}` before its
+next frame; hops past a batch's bound are counted in the next `hops` frame's `dropped`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ EVENT_FLUSH_S = 0.1
 HOP_FLUSH_S = 0.05
 OUTBOX_FRAMES = 256  # per browser; past this the oldest frames are dropped
 RECENT_EVENTS = 200  # shown to a page that opens while others were watching
-MAX_EVENTS_PER_PUSH = 1000
+MAX_EVENTS_PER_PUSH = 1000  # per batch; past it the oldest are dropped (and counted)
 MAX_HOPS_PER_PUSH = 4000
 MAX_PAGE_SIZE = 1000
 MAX_MESSAGE = 16 * 1024
@@ -45,6 +48,15 @@ MAX_MESSAGE = 16 * 1024
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str, separators=(",", ":"))
+
+
+def _events_frame(events: list[dict[str, Any]], dropped: int = 0, backlog: bool = False) -> str:
+    frame: dict[str, Any] = {"type": "events", "events": events}
+    if dropped:
+        frame["dropped"] = dropped
+    if backlog:
+        frame["backlog"] = True
+    return _dumps(frame)
 
 
 def _concerns(event: dict[str, Any], conn: int) -> bool:
@@ -79,11 +91,26 @@ def record_maps(records: Iterable[HopRecord]) -> list[dict[str, Any]]:
 class Browser:
     """One page's socket: its subscriptions and its queue of frames."""
 
-    __slots__ = ("conns", "events", "hops", "outbox", "stats", "wake", "writer", "ws")
+    __slots__ = (
+        "conns",
+        "events",
+        "events_lost",
+        "hops",
+        "outbox",
+        "stats",
+        "transport",
+        "wake",
+        "writer",
+        "ws",
+    )
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
-        self.outbox: deque[str] = deque(maxlen=OUTBOX_FRAMES)
+        self.transport = transport  # aborted when the daemon stops and the page does not read
+        # frames and how many events each carries (a frame let go loses them)
+        self.outbox: deque[tuple[str, int]] = deque(maxlen=OUTBOX_FRAMES)
+        # events this page subscribed to that it was not sent: reported before its next frame
+        self.events_lost = 0
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
         self.stats = False
@@ -91,16 +118,25 @@ class Browser:
         self.events: int | str | None = None  # "*", a connection id, or None
         self.hops: int | None = None
 
-    def push(self, text: str) -> None:
-        self.outbox.append(text)
+    def push(self, text: str, events: int = 0) -> None:
+        """Queue a frame (`events`: how many events it carries); a full queue lets the oldest go."""
+        outbox = self.outbox
+        if len(outbox) == outbox.maxlen:
+            self.events_lost += outbox[0][1]
+        outbox.append((text, events))
         self.wake.set()
 
     async def write(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.outbox:
-                await self.ws.send_str(self.outbox.popleft())
+            while self.outbox or self.events_lost:
+                if self.events_lost:
+                    # the count goes first: what was lost came before what is queued
+                    lost, self.events_lost = self.events_lost, 0
+                    await self.ws.send_str(_events_frame([], dropped=lost))
+                    continue
+                await self.ws.send_str(self.outbox.popleft()[0])
 
 
 class HopWatch:
@@ -167,7 +203,7 @@ class LiveHub:
         self.watches: dict[int, HopWatch] = {}
         self.stop_observing: Callable[[], None] | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_EVENTS)
-        self.pending_events: list[dict[str, Any]] = []
+        self.pending_events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS_PER_PUSH)
         self.events_at: asyncio.TimerHandle | None = None
         self.closing = False
 
@@ -177,7 +213,7 @@ class LiveHub:
             return web.Response(status=503, text="too many browsers on this daemon\n")
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_MESSAGE)
         await ws.prepare(request)
-        b = Browser(ws)
+        b = Browser(ws, request.transport)
         self._join(b)
         try:
             async for msg in ws:
@@ -216,7 +252,7 @@ class LiveHub:
             if self.events_at is not None:
                 self.events_at.cancel()
                 self.events_at = None
-            self.pending_events = []
+            self.pending_events.clear()
             self.recent.clear()
 
     async def close(self) -> None:
@@ -251,7 +287,8 @@ class LiveHub:
         elif topic == "events":
             b.events = "*" if conn is None else conn
             backlog = [e for e in self.recent if conn is None or _concerns(e, conn)]
-            b.push(_dumps({"type": "events", "events": backlog, "backlog": True}))
+            # what came before the page opened: not counted as lost if its queue lets it go
+            b.push(_events_frame(backlog, backlog=True))
         elif topic == "hops" and conn is not None:
             self._watch(b, conn)
 
@@ -346,28 +383,37 @@ class LiveHub:
         item = {"t": time.time(), "conn": conn, "event": event, "info": info}
         self.recent.append(item)
         pending = self.pending_events
+        if len(pending) == pending.maxlen:
+            # the oldest of the batch goes: counted for each page that would have shown it
+            self._lost(pending[0])
         pending.append(item)
-        if len(pending) > MAX_EVENTS_PER_PUSH:
-            del pending[: len(pending) - MAX_EVENTS_PER_PUSH]
         if self.events_at is None:
             self.events_at = self.loop.call_later(EVENT_FLUSH_S, self._flush_events)
 
+    def _lost(self, event: dict[str, Any]) -> None:
+        for b in self.browsers:
+            if b.events == "*" or (isinstance(b.events, int) and _concerns(event, b.events)):
+                b.events_lost += 1
+
     def _flush_events(self) -> None:
         self.events_at = None
-        events, self.pending_events = self.pending_events, []
-        if not events:
-            return
+        events = list(self.pending_events)
+        self.pending_events.clear()
         everything: str | None = None
         for b in self.browsers:
+            if b.events_lost:
+                b.wake.set()  # its writer reports them, even with nothing new for it below
+            if not events:
+                continue
             if b.events == "*":
                 if everything is None:
-                    everything = _dumps({"type": "events", "events": events})
-                b.push(everything)
+                    everything = _events_frame(events)
+                b.push(everything, len(events))
             elif isinstance(b.events, int):
                 conn = b.events
                 mine = [e for e in events if _concerns(e, conn)]
                 if mine:
-                    b.push(_dumps({"type": "events", "events": mine}))
+                    b.push(_events_frame(mine), len(mine))
 
 
 __all__ = ["Browser", "HopWatch", "LiveHub", "conn_row", "record_maps"]

@@ -9,7 +9,8 @@
   };
   let paused = false;
   let held = [];
-  let seen = 0;
+  let seen = 0;      // events of this page's time: shown, or held while paused
+  let notShown = 0;  // of those, the ones the daemon could not send (it says how many) or held past MAX_ROWS
 
   function kindOf(event) {
     if (KINDS.conn.has(event)) return "conn";
@@ -42,13 +43,24 @@
       body.prepend(tr);
     }
     while (body.children.length > MAX_ROWS) body.lastChild.remove();
-    seen += events.length;
-    document.getElementById("event-count").textContent = `${Live.num(seen)} seen since this page opened`;
+    count();
+  }
+
+  function count() {
+    const lost = notShown ? `, ${Live.num(notShown)} not shown (too many)` : "";
+    document.getElementById("event-count").textContent = `${Live.num(seen)} seen since this page opened${lost}`;
   }
 
   Live.on("events", (m) => {
-    if (paused) held.push(...m.events);
-    else show(m.events);
+    // the backlog happened before this page opened: listed, not counted
+    if (!m.backlog) seen += m.events.length + (m.dropped || 0);
+    notShown += m.dropped || 0;
+    if (paused) {
+      held.push(...m.events);
+      // a paused page keeps only what it could list
+      if (held.length > MAX_ROWS) notShown += held.splice(0, held.length - MAX_ROWS).length;
+      count();
+    } else show(m.events);
   });
 
   document.addEventListener("DOMContentLoaded", () => {
