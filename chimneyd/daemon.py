@@ -213,10 +213,14 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     for task in (lost, restoring):
         if task is not None:
             task.cancel()
+    deadline = config.rpc.shutdown_deadline_s
+    end = loop.time() + deadline
     if http is not None:
-        await http.stop()  # browsers first: nothing is watched while the stack drains
+        # browsers first: nothing is watched while the stack drains. The stop has one deadline
+        # (docs/security.md): the web side takes a bounded share of it, the drain the rest
+        await http.stop(deadline)
     metrics.detach()
-    code = await shutdown(server, engine, config.rpc.shutdown_deadline_s)
+    code = await shutdown(server, engine, max(end - loop.time(), deadline * 3 / 4))
     install_metrics(None)
     if cluster is not None:
         cluster.close()

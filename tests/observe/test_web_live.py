@@ -1,13 +1,17 @@
-"""The web view's WebSocket side (`LiveHub`, `Browser`) on its own, with a stand-in socket:
-what a browser's bounded queue lets go is counted, never lost in silence."""
+"""The web view's server side on its own, with stand-in sockets: what a browser's bounded queue
+lets go is counted, never lost in silence; stopping is bounded whatever the pages do."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 from typing import Any
 
-from chimneyd.observe.web.live import OUTBOX_FRAMES, Browser
+from aiohttp import web
+
+from chimneyd.observe.web.live import OUTBOX_FRAMES, Browser, LiveHub
+from chimneyd.observe.web.server import Guard, HttpSite
 
 
 class FakeSocket:
@@ -41,3 +45,60 @@ async def test_events_a_full_queue_lets_go_are_reported_first() -> None:
     kept = [e["i"] for f in rest if f["type"] == "events" for e in f["events"]]
     carried = len(kept) + first["dropped"]
     assert carried == 2 * (OUTBOX_FRAMES + extra), "every event: sent, or counted as dropped"
+
+
+class SilentPage:
+    """A page's socket whose close handshake never ends (the page does not answer it)."""
+
+    def __init__(self) -> None:
+        self.closing = asyncio.Event()
+
+    async def close(self, **kw: Any) -> bool:
+        self.closing.set()
+        await asyncio.Event().wait()
+        return True
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_closing_cuts_every_page_that_does_not_answer() -> None:
+    """The daemon's stop has one deadline: pages that never finish the close handshake are
+    closed together and cut, not waited for one after another without end."""
+    hub = LiveHub(None, dict, SimpleNamespace(max_clients=4))
+    pages = [(SilentPage(), Transport()) for _ in range(3)]
+    for ws, transport in pages:
+        hub.browsers.add(Browser(ws, transport))  # type: ignore[arg-type]
+    await asyncio.wait_for(hub.close(0.05), 10)  # a bound, not a measurement
+    assert all(ws.closing.is_set() and transport.aborted for ws, transport in pages)
+    assert not hub.browsers and hub.closing
+
+
+async def test_a_request_under_way_does_not_hold_the_stop() -> None:
+    """`HttpSite.stop` is bounded: a handler that does not end is cut (aiohttp's own shutdown
+    waits up to a minute for it)."""
+    started = asyncio.Event()
+
+    async def forever(request: web.Request) -> web.StreamResponse:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_get("/slow", forever)
+    site = HttpSite(app, Guard("", "127.0.0.1", 0), "127.0.0.1", 0)
+    address = await site.start()
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET /slow HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.wait_for(site.stop(0.2), 10)  # a bound, not a measurement
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, unanswered
+    finally:
+        writer.close()

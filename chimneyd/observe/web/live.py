@@ -104,7 +104,7 @@ class Browser:
         "ws",
     )
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport  # aborted when the daemon stops and the page does not read
         # frames and how many events each carries (a frame let go loses them)
@@ -255,13 +255,36 @@ class LiveHub:
             self.pending_events.clear()
             self.recent.clear()
 
-    async def close(self) -> None:
-        """The daemon stops: close every socket, watch nothing."""
+    async def close(self, timeout: float) -> None:
+        """The daemon stops: close every socket at once, watch nothing. A page that does not
+        read its socket (a stalled tab, a debugger on a breakpoint) would hold a close forever,
+        and the daemon's stop has one deadline (`rpc.shutdown_deadline_s`, docs/security.md):
+        a socket not closed within `timeout` is cut."""
         self.closing = True
-        for b in list(self.browsers):
-            with contextlib.suppress(Exception):
-                await b.ws.close(code=1001, message=b"daemon stopping")
+        browsers = list(self.browsers)
+        await asyncio.gather(*(self._close(b, timeout) for b in browsers))
+        for b in browsers:
             self._leave(b)
+
+    async def _close(self, b: Browser, timeout: float) -> None:
+        b.outbox.clear()  # nothing more goes out after the close frame
+        try:
+            async with asyncio.timeout(timeout):
+                # no drain: the close frame waits behind what the page has not read, and its
+                # writer may be draining (aiohttp shares one drain between senders)
+                await b.ws.close(code=1001, message=b"daemon stopping", drain=False)
+            return
+        except TimeoutError:
+            log.info("web_browser_cut", reason="no close handshake in time")
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # a send under way on this socket was cancelled, not this stop: cut it
+        except Exception:  # a socket already gone, or failing: cut it all the same
+            pass
+        if b.transport is not None:
+            b.transport.abort()
 
     # -- subscriptions -------------------------------------------------------------------------
     def _on_message(self, b: Browser, data: str) -> None:

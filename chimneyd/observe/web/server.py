@@ -16,6 +16,7 @@ of its own origin.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -38,6 +39,12 @@ log = structlog.get_logger("chimneyd.web")
 STATIC = resources.files("chimneyd.observe.web") / "static"
 COOKIE = "chimneyd_web"
 KEEPALIVE_S = 5.0
+#: The web side's share of the daemon's stop (`rpc.shutdown_deadline_s`, docs/security.md): at
+#: most this, and at most a quarter of the deadline; the rest is the RPC drain's.
+STOP_S = 1.0
+#: How long a request under way when the daemon stops has to finish (aiohttp's
+#: `shutdown_timeout`, waited at most twice); what `stop`'s bound cuts short is aborted anyway.
+REQUEST_GRACE_S = 0.25
 #: route -> (the page's <main>, its title, its script, its `data-page`); `layout.html` holds
 #: the head and the header bar every page shares
 PAGES = {
@@ -286,7 +293,11 @@ class HttpSite:
         self.port = port
         # an idle keep-alive connection holds a handler task: let a closed page's go soon
         self.runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_S
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_S,
+            shutdown_timeout=REQUEST_GRACE_S,
         )
         self.address = ""
 
@@ -307,8 +318,20 @@ class HttpSite:
         self.address = f"{host}:{port}"
         return self.address
 
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+    async def stop(self, timeout: float) -> None:
+        """Stop listening and close every connection, within `timeout`: what is still open
+        then (a handler that does not end, a client that does not read) is cut."""
+        server = self.runner.server
+        try:
+            async with asyncio.timeout(timeout):
+                await self.runner.cleanup()
+        except TimeoutError:
+            cut = 0
+            for handler in server.connections if server is not None else ():
+                if handler.transport is not None:
+                    handler.transport.abort()
+                    cut += 1
+            log.warning("http_stop_cut", address=self.address, connections=cut)
 
 
 class HttpServers:
@@ -366,12 +389,16 @@ class HttpServers:
             await self.stop()
             raise
 
-    async def stop(self) -> None:
-        """Close every browser connection and stop listening."""
-        await self.webapp.hub.close()
+    async def stop(self, deadline: float = 4 * STOP_S) -> None:
+        """Close every browser connection and stop listening, within a quarter of the daemon's
+        stop `deadline` and at most `STOP_S`."""
+        timeout = min(STOP_S, deadline / 4)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        await self.webapp.hub.close(timeout / 2)
         sites, self.sites = self.sites, []
-        for site in sites:
-            await site.stop()
+        left = max(end - loop.time(), 0.0)
+        await asyncio.gather(*(site.stop(left) for site in sites))
 
 
 __all__ = ["DaemonView", "HttpServers", "WebApp"]
