@@ -137,6 +137,9 @@ class EngineConfig:
     max_pending_accepts: int = 1024
 
 
+MAX_WEB_CONNECTIONS = 16384  # web.max_connections: more would be most of a common open-file limit
+
+
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     """The live web view (`--web ADDR`): topology, connections, sequence diagrams, events."""
@@ -146,6 +149,16 @@ class WebConfig:
     page_size: int = 100  # connections per page (paged on the server: thousands stay light)
     max_clients: int = 32  # browser connections (WebSockets) at once; more are refused
     max_watched: int = 64  # connections whose hops are pushed live at once
+    # HTTP connections at once per address (WebSockets included): each is a descriptor the
+    # RPC data path shares (docs/security.md); past it a newcomer is closed at once
+    max_connections: int = 128
+
+    def __post_init__(self) -> None:
+        if not self.max_clients <= self.max_connections <= MAX_WEB_CONNECTIONS:
+            raise ConfigError(
+                f"web.max_connections: must be from web.max_clients ({self.max_clients}: a"
+                f" page's WebSocket is an HTTP connection too) to {MAX_WEB_CONNECTIONS}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -45,6 +45,16 @@ STOP_S = 1.0
 #: How long a request under way when the daemon stops has to finish (aiohttp's
 #: `shutdown_timeout`, waited at most twice); what `stop`'s bound cuts short is aborted anyway.
 REQUEST_GRACE_S = 0.25
+#: A connection that has not sent a whole request head this long after it opened is closed:
+#: an idle or trickling one would otherwise hold one of `web.max_connections` for the
+#: keep-alive (docs/security.md, shared capacity).
+FIRST_REQUEST_S = 2.0
+BACKLOG = 128  # as aiohttp's TCPSite: a browser or a scraper, not a crowd
+_REFUSED_BODY = b"too many HTTP connections to chimneyd\n"
+REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
+)
 #: route -> (the page's <main>, its title, its script, its `data-page`); `layout.html` holds
 #: the head and the header bar every page shares
 PAGES = {
@@ -280,13 +290,110 @@ class WebApp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+class ConnectionGate:
+    """HTTP connections at once on one address, counted from accept to close: each holds a
+    descriptor, and descriptors are what the RPC data path's sockets need too (docs/security.md:
+    shared capacity is bounded so that no client can take all of one). Past `limit` a newcomer
+    is answered 503 and closed at once."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server  # aiohttp's: makes each connection's request handler
+        self.limit = limit
+        self.open = 0
+        self.refused = 0
+        self.full = False
+
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol factory of the listening socket: called once per accepted connection."""
+        if self.open >= self.limit:
+            self.refused += 1
+            if not self.full:  # once per time it fills: a flood must not flood the log too
+                self.full = True
+                log.warning("http_connections_full", limit=self.limit)
+            return _Refused()
+        self.open += 1
+        return _Counted(self, self.server())
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self.open < self.limit:
+            self.full = False
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        transport.write(REFUSED)
+        transport.close()
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's request handler, counted by its gate, and closed if the first request head
+    does not come within FIRST_REQUEST_S (aiohttp would wait for the keep-alive)."""
+
+    __slots__ = ("gate", "head", "inner", "timer", "transport")
+
+    def __init__(self, gate: ConnectionGate, inner: asyncio.Protocol) -> None:
+        self.gate = gate
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.head = b""  # the last bytes seen until the head's blank line
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(FIRST_REQUEST_S, self._too_slow)
+        self.inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.timer is not None:
+            seen = self.head + data
+            if b"\r\n\r\n" in seen:
+                self.timer.cancel()
+                self.timer = None
+                self.head = b""
+            else:
+                self.head = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport = None
+        self.gate.closed()
+        self.inner.connection_lost(exc)
+
+
 class HttpSite:
     """One listening HTTP address: the web view, or `/metrics` alone."""
 
     def __init__(
-        self, app: web.Application, guard: Guard, host: str, port: int, reuse_port: bool = False
+        self,
+        app: web.Application,
+        guard: Guard,
+        host: str,
+        port: int,
+        reuse_port: bool = False,
+        max_connections: int = 128,
     ) -> None:
         self.reuse_port = reuse_port  # a shard's: its supervisor holds the port
+        self.max_connections = max_connections
         self.app = app
         self.guard = guard
         self.host = host
@@ -300,19 +407,26 @@ class HttpSite:
             shutdown_timeout=REQUEST_GRACE_S,
         )
         self.address = ""
+        self.listener: asyncio.Server | None = None
+        self.gate: ConnectionGate | None = None
 
     async def start(self) -> str:
         await self.runner.setup()
-        site = web.TCPSite(
-            self.runner,
+        server = self.runner.server
+        assert server is not None
+        # aiohttp's low-level way to serve (its TCPSite does the same), with the gate between
+        # accept and aiohttp's handler
+        self.gate = ConnectionGate(server, self.max_connections)
+        self.listener = await asyncio.get_running_loop().create_server(
+            self.gate.protocol,
             self.host,
             self.port,
+            backlog=BACKLOG,
             reuse_address=True,
             reuse_port=self.reuse_port or None,
         )
-        await site.start()
-        addresses = self.runner.addresses
-        port = addresses[0][1] if addresses else self.port
+        sockets = self.listener.sockets
+        port = sockets[0].getsockname()[1] if sockets else self.port
         self.guard.bound(port)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.address = f"{host}:{port}"
@@ -322,6 +436,9 @@ class HttpSite:
         """Stop listening and close every connection, within `timeout`: what is still open
         then (a handler that does not end, a client that does not read) is cut."""
         server = self.runner.server
+        if self.listener is not None:
+            self.listener.close()  # accept nothing more
+            self.listener = None
         try:
             async with asyncio.timeout(timeout):
                 await self.runner.cleanup()
@@ -370,7 +487,7 @@ class HttpServers:
             app.router.add_get("/metrics", self.webapp.serve_metrics)
         else:
             self.webapp.routes(app)
-        return HttpSite(app, guard, host, port, self.reuse_port)
+        return HttpSite(app, guard, host, port, self.reuse_port, self.config.web.max_connections)
 
     async def start(self) -> None:
         """Bind what is configured; on a failure, what was bound is closed and it raises."""
