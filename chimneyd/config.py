@@ -66,6 +66,8 @@ LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "web.page_size": (1, 1000),  # what a page request may ask for at most (web/server.py)
     "web.max_clients": (1, 1024),
     "web.max_watched": (1, 4096),
+    # and at least web.max_clients (WebConfig); more would be most of a common open-file limit
+    "web.max_connections": (1, 16384),
     "metrics.probe_interval_ms": (10, 60_000),
     "daemon.shards": (1, INT_MAX),  # then at most SHARDS_PER_CPU per CPU (_check_daemon)
     "daemon.control_timeout_s": (0.1, 600.0),
@@ -137,7 +139,7 @@ class EngineConfig:
     max_pending_accepts: int = 1024
 
 
-MAX_WEB_CONNECTIONS = 16384  # web.max_connections: more would be most of a common open-file limit
+MAX_WEB_CONNECTIONS = int(LIMITS["web.max_connections"][1])
 
 
 @dataclass(frozen=True, slots=True)

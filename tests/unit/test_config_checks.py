@@ -134,6 +134,11 @@ def test_both_ends_are_allowed(key: str) -> None:
             raw["rpc"]["max_buffered_frame_bytes"] = value
         if key == "rpc.max_buffered_frame_bytes":
             raw["rpc"]["max_message_bytes"] = low
+        # web.max_connections counts the pages' WebSockets too: at least web.max_clients
+        if key == "web.max_clients":
+            raw["web"]["max_connections"] = max(value, 128)
+        if key == "web.max_connections":
+            raw["web"]["max_clients"] = min(value, 32)
         from_raw(raw)
 
 
