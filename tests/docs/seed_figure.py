@@ -1,12 +1,17 @@
 """Draw the README's figures from a real run: `make figure` (python -m tests.docs.seed_figure DIR).
 
-A fresh daemon on a free loopback port and a `chimney-peer echo`, then one `chimneyctl run`:
-connect, send "hello, chimney", read the echo, and draw with `chimneyctl trace`:
+A fresh daemon on a free loopback port and a `chimney-peer echo`, then one `chimneyctl shell`:
+connect, send "hello, chimney", wait until the echo has been indicated up to tcpip, read it, and
+draw with `chimneyctl trace`:
 
 - `send.svg` / `send.mmd`: the hops of the connection's first NBL, the send, down every layer
-  and its completion back up: the seed's figure;
+  and its completion back up;
 - `conn.svg` / `conn.mmd`: every hop of the connection before its close: the offload, the send,
   the echo coming up as a receive indication and its return.
+
+The read waits for the indication because the echo takes the other road if `recv` comes first:
+with a receive request posted, the target must fill it instead of indicating (spec §4.2, §4.4).
+Waiting on the trace, not on a clock, makes every run draw the same path.
 
 Both processes are stopped afterwards. tests/docs/test_figures.py runs this again and checks that
 the committed figures have the shape a run gives.
@@ -14,13 +19,23 @@ the committed figures have the shape a run gives.
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 FILES = ("send.svg", "send.mmd", "conn.svg", "conn.mmd")
+TEXT = b"hello, chimney"
+#: the last hop of the echo's indication: its return to the target at the bottom layer
+INDICATED = ("nic0", "NdisTcpOffloadReceiveHandler:return")
+#: how long the echo may take to come up (seconds), polled this often
+WAIT_S = 30.0
+POLL_S = 0.02
 
 
 def _start(*cmd: str, ready: str) -> tuple[subprocess.Popen[str], str]:
@@ -46,6 +61,31 @@ def _stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(5)
 
 
+def _ask(ctl: subprocess.Popen[str], line: str) -> Any:
+    """Run one line in the `chimneyctl --json shell`; its result (SystemExit if it failed)."""
+    assert ctl.stdin is not None and ctl.stdout is not None
+    ctl.stdin.write(line + "\n")
+    ctl.stdin.flush()
+    reply = ctl.stdout.readline()
+    if not reply:
+        raise SystemExit(f"chimneyctl exited at {line!r} (status {ctl.wait(10)})")
+    answer = json.loads(reply)
+    if not answer.get("ok"):
+        raise SystemExit(f"{line!r} failed: {answer.get('error')}")
+    return answer.get("result")
+
+
+def _wait_indicated(ctl: subprocess.Popen[str]) -> None:
+    """Until the echo's receive indication has run its course (spec §4.3): before it a `recv`
+    would post a request and the echo would fill that instead (spec §4.4)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if any((h["layer"], h["call"]) == INDICATED for h in _ask(ctl, "trace c")):
+            return
+        time.sleep(POLL_S)
+    raise SystemExit(f"the echo was not indicated within {WAIT_S:g} s")
+
+
 def draw(out: Path) -> None:
     """Write FILES into `out` from a run against a daemon and a peer of its own."""
     out.mkdir(parents=True, exist_ok=True)
@@ -60,25 +100,27 @@ def draw(out: Path) -> None:
         )
         procs.append(peer)
         port = peer_addr.rsplit(":", 1)[1]
-        subprocess.run(
-            [
-                str(BIN / "chimneyctl"),
-                "--rpc",
-                rpc,
-                "run",
-                f"connect {HOST} {port} as c",
-                'send c "hello, chimney"',
-                "recv c 100",
-                f"trace c --nbl first --svg {out / 'send.svg'}",
-                f"trace c --nbl first --mermaid {out / 'send.mmd'}",
-                f"trace c --svg {out / 'conn.svg'}",
-                f"trace c --mermaid {out / 'conn.mmd'}",
-                "close c",
-            ],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            timeout=120,
+        ctl = subprocess.Popen(
+            [str(BIN / "chimneyctl"), "--json", "--rpc", rpc, "shell"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
+        procs.append(ctl)
+        _ask(ctl, f"connect {HOST} {port} as c")
+        _ask(ctl, f'send c "{TEXT.decode()}"')
+        _wait_indicated(ctl)
+        got = _ask(ctl, f"recv c {len(TEXT)}")
+        if base64.b64decode(got["base64"]) != TEXT:
+            raise SystemExit(f"the echo came back as {got!r}")
+        _ask(ctl, f"trace c --nbl first --svg {out / 'send.svg'}")
+        _ask(ctl, f"trace c --nbl first --mermaid {out / 'send.mmd'}")
+        _ask(ctl, f"trace c --svg {out / 'conn.svg'}")
+        _ask(ctl, f"trace c --mermaid {out / 'conn.mmd'}")
+        _ask(ctl, "close c")
+        assert ctl.stdin is not None
+        ctl.stdin.close()
+        ctl.wait(10)
     finally:
         for proc in reversed(procs):
             _stop(proc)
