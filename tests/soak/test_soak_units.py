@@ -29,6 +29,7 @@ from chimney_client.soak import (
     parse_payload,
     parse_size,
     percentiles,
+    phases,
     schedule_faults,
 )
 from chimney_client.soak.faults import take_due
@@ -40,7 +41,7 @@ from chimney_client.soak.parsing import (
     parse_positive_duration,
 )
 from chimney_client.soak.plan import make_plan
-from chimney_client.soak.procs import listener_pid
+from chimney_client.soak.procs import listener_pid, parent_pid
 
 
 # -- sizes and durations --------------------------------------------------------------------------
@@ -352,6 +353,24 @@ def test_listener_pid_finds_who_listens_on_a_port() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # bound, not listening: nobody to find
         assert listener_pid(sock.getsockname()[1]) is None
+
+
+def test_the_daemon_pid_of_a_sharded_rpc_daemon_is_its_supervisors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the shards listen on a sharded daemon's port: the soak names their parent, the
+    supervisor, as the daemon, not whichever shard procfs lists first."""
+    me, parent = os.getpid(), os.getppid()
+    assert parent_pid(me) == parent
+    monkeypatch.setattr(phases, "listener_pid", lambda port: me)
+    found = object.__new__(phases.Phases)
+    found.daemon_pid, found.daemon, found.rpc_addr = None, None, "127.0.0.1:7411"
+    found.shard_pids = {0: me, 1: me + 1}
+    found.find_daemon_pid()
+    assert found.daemon_pid == parent
+    found.daemon_pid, found.shard_pids = None, {}  # one process: the listener is the daemon
+    found.find_daemon_pid()
+    assert found.daemon_pid == me
 
 
 # -- plans ----------------------------------------------------------------------------------------

@@ -824,6 +824,24 @@ def test_the_table_says_whether_invariants_were_checked() -> None:
         assert shown in console.export_text()
 
 
+def test_the_table_says_whose_re_offloads_the_mix_counts() -> None:
+    """The mix counts the re-offloads the soak asked for (tcp.offload); a fault row's
+    `reoffloaded` counts every connection offloaded again, the host's own re-offloads
+    included: the labels keep the two numbers apart."""
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
+    r = _report(*_clean(), daemon=daemon)
+    r["connections_detail"].update(opened_total=10)
+    console = Console(record=True, width=300)
+    render_report(r, console)
+    text = console.export_text()
+    assert "re-offloads the soak asked for after faults 0" in text
+    assert "also counts those the host made itself" in text
+
+
 def test_the_table_names_the_violations_raise_next_planted() -> None:
     """A passing run with planted bugs shows their violations as planted; a count beyond them
     shows how many were not."""

@@ -28,7 +28,14 @@ from .limits import (
 )
 from .outcomes import judge
 from .plan import Plan, cap_to, peer_address, set_shards
-from .procs import Child, listener_pid, process_alive, process_nofile_limit, process_rss_kb
+from .procs import (
+    Child,
+    listener_pid,
+    parent_pid,
+    process_alive,
+    process_nofile_limit,
+    process_rss_kb,
+)
 from .report import build_report, gauges_left, state_times
 from .shards import connections_per_shard, shard_count, shard_pids
 from .state import OBS_LISTS
@@ -125,7 +132,12 @@ class Phases:
             return
         host, _, port = self.rpc_addr.rpartition(":")
         if port.isdigit() and host.strip("[]") in ("127.0.0.1", "localhost", "::1"):
-            self.daemon_pid = listener_pid(int(port))
+            pid = listener_pid(int(port))
+            if pid is not None and pid in self.shard_pids.values():
+                # with shards only the shard processes listen (SO_REUSEPORT): the daemon is
+                # their parent, the supervisor, which the report names and watches
+                pid = parent_pid(pid) or pid
+            self.daemon_pid = pid
 
     async def daemon_broken(self) -> str | None:
         """A layer error or invariant violation the daemon reports now and did not before the

@@ -81,6 +81,15 @@ def listener_pid(port: int, proc: Path = Path("/proc")) -> int | None:
     return None
 
 
+def parent_pid(pid: int, proc: Path = Path("/proc")) -> int | None:
+    """The parent of process `pid`, from procfs; None if it is gone."""
+    try:
+        # the command name in parentheses may hold spaces: the fields after it are plain
+        return int((proc / str(pid) / "stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Child:
     """A spawned process in its own session, stdout/stderr to files (a pipe nobody reads would
     block it)."""

@@ -100,7 +100,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     t.add_row(
         "mix",
         f"planned uploads {c['uploads_planned']} (re-offloaded {c['reoffloads_planned']}), "
-        f"churn closes {c['churn_closes']}, re-offloads after faults {c['reoffloads']}",
+        f"churn closes {c['churn_closes']}, re-offloads the soak asked for after faults "
+        f"{c['reoffloads']} (a fault's `reoffloaded` also counts those the host made itself)",
     )
     t.add_row("time by state", _states(report))
     t.add_row("not offloaded", _host_mode(report))
