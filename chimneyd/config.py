@@ -14,6 +14,7 @@ import ipaddress
 import json
 import math
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -434,9 +435,40 @@ def _check_distinct_listens(config: Config) -> None:
         parsed = parse_listen(addr)
         if isinstance(parsed, tuple) and parsed[1] == 0:
             continue
-        if parsed in seen:
-            raise ConfigError(f"{key}: {_q(addr)} is already {seen[parsed]}'s address")
-        seen[parsed] = key
+        bound = _bound(parsed)
+        for sock in bound:
+            if sock in seen:
+                also = "" if isinstance(sock, str) or len(bound) == 1 else f" ({_sock(sock)})"
+                raise ConfigError(f"{key}: {_q(addr)} is already {seen[sock]}'s address{also}")
+        seen.update(dict.fromkeys(bound, key))
+
+
+def _bound(parsed: tuple[str, int] | str) -> list[tuple[str, int] | str]:
+    """The sockets a listener binds: a unix path, or (address, port) for each address its host
+    stands for. `localhost` is resolved as the server resolves it (getaddrinfo): 127.0.0.1, and
+    often ::1 too, so `localhost:P` takes `127.0.0.1:P`. Only loopback is resolved; another
+    name is compared as written (off loopback it needs a token anyway)."""
+    if isinstance(parsed, str):
+        return [parsed]
+    host, port = parsed
+    try:
+        return [(ipaddress.ip_address(host).compressed, port)]
+    except ValueError:
+        pass
+    if host != "localhost":  # the one name is_loopback takes
+        return [(host, port)]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        infos = []
+    found = [str(info[4][0]) for info in infos]
+    loopback = [a for a in found if ipaddress.ip_address(a.partition("%")[0]).is_loopback]
+    return [(ipaddress.ip_address(a).compressed, port) for a in loopback or ["127.0.0.1", "::1"]]
+
+
+def _sock(sock: tuple[str, int]) -> str:
+    host, port = sock
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def validate(config: Config) -> Config:
@@ -639,12 +671,19 @@ def from_raw(raw: Mapping[str, Any]) -> Config:
 
 
 def _auto_shards(table: Any) -> Any:
-    """`shards = "auto"`: one shard per CPU this process may run on."""
-    if not isinstance(table, dict) or not isinstance(table.get("shards"), str):
+    """`shards = "auto"`: one shard per CPU this process may run on. A value that is neither
+    is refused here, with the bound that matters (a machine's, `_check_daemon`), not LIMITS'."""
+    if not isinstance(table, dict) or "shards" not in table:
         return table
-    if table["shards"] != "auto":
-        raise ConfigError('daemon.shards: must be a positive integer or "auto"')
-    return {**table, "shards": cpu_count()}
+    value = table["shards"]
+    if value == "auto":
+        return {**table, "shards": cpu_count()}
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            f"daemon.shards: must be a positive integer, at most {max_shards()} here"
+            f' ({SHARDS_PER_CPU} per CPU, {cpu_count()} CPU(s)), or "auto"{_got(value)}'
+        )
+    return table
 
 
 def _layer(item: Any, i: int) -> LayerConfig:

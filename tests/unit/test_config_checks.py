@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,36 @@ def test_max_connections_only_on_a_target(which: int) -> None:
 def test_the_same_listen_address_twice_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"rpc\.listen"):
         from_raw({"rpc": {"listen": ["127.0.0.1:7522", "127.0.0.1:7522"]}})
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("127.0.0.1:7524", "localhost:7524"),
+        ("localhost:7524", "127.0.0.1:7524"),
+        ("[::1]:7524", "[0:0:0:0:0:0:0:1]:7524"),
+    ],
+)
+def test_one_socket_named_two_ways_is_refused(first: str, second: str) -> None:
+    """`localhost` binds what it resolves to (127.0.0.1 on any Linux), an address its written
+    forms: the second listener would fail at start with "address already in use"."""
+    with pytest.raises(ConfigError, match=r"rpc\.listen: .* is already rpc\.listen's address"):
+        from_raw({"rpc": {"listen": [first, second]}})
+
+
+def test_localhost_takes_every_loopback_address_it_resolves_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where localhost is ::1 as well, the server binds both: `[::1]:P` collides too, on the
+    web port as on the RPC one; other ports and 127.0.0.2 do not."""
+    resolved = [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 7525, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 7525)),
+    ]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: resolved)
+    with pytest.raises(ConfigError, match=r"web\.listen: .*\(\[::1\]:7525\)"):
+        from_raw({"rpc": {"listen": "[::1]:7525"}, "web": {"listen": "localhost:7525"}})
+    from_raw({"rpc": {"listen": ["127.0.0.2:7525", "localhost:7526", "[::1]:7527"]}})
 
 
 def test_web_on_the_rpc_address_is_refused() -> None:
@@ -156,3 +187,15 @@ def test_a_huge_shutdown_deadline_fails_check_config(tmp_path: Path) -> None:
     )
     assert run.returncode == 2, run.stderr
     assert "rpc.shutdown_deadline_s: must be a positive number from 0.1 to 3600" in run.stderr
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "two", True])
+def test_a_shard_count_that_is_no_count_says_what_is(value: object) -> None:
+    """`--shards 0` is told the bound that holds (SHARDS_PER_CPU per CPU, not the integer
+    range) and that "auto" is a choice too."""
+    with pytest.raises(ConfigError) as refused:
+        from_raw({"daemon": {"shards": value}})
+    message = str(refused.value)
+    assert message.startswith("daemon.shards: must be a positive integer, at most ")
+    assert f"at most {max_shards()} here" in message and '"auto"' in message
+    assert "2147483647" not in message
