@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chimney_client.soak import build_report, judge, merge_counters, state_times
+from chimney_client.soak import build_parser, build_report, judge, merge_counters, state_times
 
 Rec = dict[str, Any]
 
@@ -760,6 +760,17 @@ def test_an_invariant_violation_in_the_daemon_fails_the_soak() -> None:
 def test_a_spawned_daemon_without_the_checker_fails_the_soak() -> None:
     r = _report(*_clean(), stats_after=_with_violations(None))
     assert r["failures"] == ["the spawned daemon reports no invariant checker"]
+
+
+def test_the_help_says_what_the_verdict_does_with_the_invariant_count() -> None:
+    """`--help`'s invariants paragraph is what the verdict does: a spawned daemon's violation
+    fails the run, and so does its reporting no count."""
+    text = " ".join(build_parser().format_help().split())
+    para = text[text.index("invariants: the spawned daemon") : text.index("Ctrl-C:")]
+    assert not _report(*_clean(), stats_after=_with_violations(1))["ok"]
+    assert "any violation it counts beyond the bugs raise_next planted fails the run" in para
+    assert not _report(*_clean(), stats_after=_with_violations(None))["ok"]
+    assert "and so does its reporting no count at all" in para
 
 
 def test_a_checker_that_checked_nothing_over_the_run_fails_the_soak() -> None:

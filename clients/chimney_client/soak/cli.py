@@ -44,8 +44,9 @@ violation or
 layer error the daemon reports beyond one of each per bug raise_next planted (stack.stats);
 daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer
 connections held than asked because of the open-file limit (--allow-fd-cap).
-invariants: the spawned daemon runs with --invariants (no count from it fails the run); a --rpc
-daemon started without it reports no count: the report then says "not checked", which is not a
+invariants: the spawned daemon runs with --invariants: any violation it counts beyond the bugs
+raise_next planted fails the run, and so does its reporting no count at all; a --rpc daemon
+started without it reports no count: the report then says "not checked", which is not a
 failure. A checker that checked no NBL completion over a run whose bytes came back heard none of
 it (engine.invariant_checked_nbls): that fails the run.
 Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
