@@ -19,7 +19,6 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import IO, Any, NoReturn
 
 from .blocking import Client
@@ -48,6 +47,7 @@ from .errors import (
     RpcError,
 )
 from .protocol import DEFAULT_ADDRESS, Notification, parse_address
+from .version import package_version
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -65,10 +65,7 @@ LAST = "$last"
 
 
 def _version() -> str:
-    try:
-        return metadata.version("chimneyd")
-    except metadata.PackageNotFoundError:  # pragma: no cover - run from a plain checkout
-        return "unknown"
+    return package_version()
 
 
 DESCRIPTION = """\

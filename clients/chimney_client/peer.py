@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
 from .stream import PatternStream
+from .version import package_version
 
 Mode = Literal["echo", "sink", "source"]
 MODES: tuple[Mode, ...] = ("echo", "sink", "source")
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bytes a source sends per connection (default {DEFAULT_SOURCE_BYTES})",
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="pattern seed (source)")
+    p.add_argument("--version", action="version", version=f"chimney-peer {package_version()}")
     p.add_argument(
         "--backlog",
         type=_count("a backlog", 65535),

@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..version import package_version
 from .coordinator import Soak
 from .faults import FAULT_HELP, parse_faults
 from .limits import (
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start our own daemon and echo peers (the default without --rpc)",
     )
     p.add_argument("--token", help="auth token of the daemon (with --rpc)")
+    p.add_argument("--version", action="version", version=f"chimney-soak {package_version()}")
     p.add_argument(
         "--daemon-pid",
         type=_option(partial(parse_count, low=1, high=PID_MAX)),
