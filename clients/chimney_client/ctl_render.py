@@ -56,8 +56,14 @@ class Output:
 
     def __post_init__(self) -> None:
         tty = self.file.isatty()
+        # no markup: cells are data, and "[object]" or "MiniportInitiateOffload[path]" are
+        # text to show, not style tags for rich to swallow
         self.console = _Console(
-            file=self.file, highlight=False, width=None if tty else 160, soft_wrap=not tty
+            file=self.file,
+            highlight=False,
+            markup=False,
+            width=None if tty else 160,
+            soft_wrap=not tty,
         )
 
     def json(self, value: Any) -> None:

@@ -340,6 +340,20 @@ def test_fault_kinds_checked_and_aliases_sent_by_contract_name(
     assert kinds == ["target_failure", "im_failover"]
 
 
+def test_fault_kinds_lists_the_optional_keys_marked(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    """The keys column shows optional keys as `fault inject --help` does, `[key]`: the
+    examples use them (`invalidate conn=c object=path`)."""
+    status, out, _ = run(capsys, server, "fault", "kinds")
+    assert status == 0
+    rows = {line.split("fault inject")[0].split()[0]: line for line in out.splitlines()[2:-1]}
+    for name, kind in ctl.FAULT_KINDS.items():
+        assert f" {kind.keys} " in rows[name], rows[name]
+    assert " conn [object] " in rows["invalidate"]
+    assert " layer call [status] [count] [skip] " in rows["fail_next"]
+
+
 def test_run_clears_its_faults_when_it_stops(
     capsys: pytest.CaptureFixture[str], server: MiniServer
 ) -> None:
