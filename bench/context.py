@@ -51,7 +51,7 @@ SCALES: dict[str, Scale] = {
         shard_echo_conns=400,
         shard_window_s=2.0,
     ),
-    # every section and every judged figure but the 10k memory one, in about a minute
+    # every section and every judged figure but the 10k memory one, in about two minutes
     "quick": Scale(
         "quick",
         repeats=5,

@@ -21,7 +21,7 @@ class Target:
 
     op: Op | None
     bound: float | None
-    source: str  # why this target: a decision, the project's history, or "reported"
+    source: str  # why this target: CURRENT, HISTORY, or "reported, no target"
 
     @property
     def judged(self) -> bool:
@@ -51,8 +51,10 @@ def reported(source: str = "reported, no target") -> Target:
     return Target(None, None, source)
 
 
-CURRENT = "current target"
-HISTORY = "project history (first bench)"
+#: where a target came from, for the `from` column of `--targets`: set for this version, or the
+#: bound the first benchmarks of the project met, kept since
+CURRENT = "set for this version"
+HISTORY = "kept from the first benchmarks"
 
 # key → target. Keys are `section.figure`; a section names its figures with these keys.
 TARGETS: dict[str, Target] = {

@@ -456,7 +456,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         type=_nbl,
         metavar="N|first",
         help="only the hops carrying NBL N; `first`: the first NBL in the trace (a connection's "
-        "first send: the seed figure)",
+        "first send, down every layer and its completion back up)",
     )
     p.add_argument("--svg", metavar="FILE", help="write an SVG sequence diagram to FILE")
     p.add_argument(

@@ -1,7 +1,7 @@
 """A connection's hop trace as a sequence diagram: SVG (written by hand, no dependency) and
 Mermaid `sequenceDiagram` text (renders on GitHub).
 
-The picture is the seed's figure ("Propagating an I/O Operation"): one lane per layer in path
+The picture is the one in NDIS's "Propagating an I/O Operation": one lane per layer in path
 order, an NDIS broker lane between a layer and the layers under it, and one arrow per hop. A
 layer's `Ndis*` call goes from the layer to the NDIS lane on that side of it, and NDIS calls the
 next layer's `Miniport*` (down) or `Protocol*` (up) handler. A connection a team moved between
