@@ -96,7 +96,8 @@ def target_partial_initiate(st: Stack) -> None:
 @layer_check("bottom")
 def target_send_completes_on_ack(st: Stack) -> None:
     """Send bytes reach the wire in order at once, and each NBL completes SUCCESS only when the
-    peer has acknowledged all of it, FIFO, once, advanced by what was sent (spec §4.1)."""
+    peer has acknowledged all of it, FIFO, once, advanced by what was sent; the NBLs one
+    acknowledgement covers complete in posting order (spec §4.1, §9 item 2)."""
     top = st.top
     w = st.wires.open()
     tree = top.connection_tree([w])
@@ -120,6 +121,15 @@ def target_send_completes_on_ack(st: Stack) -> None:
     st.run()
     expect_same(top.completed("send"), [s1, s2], "completions after everything was acknowledged")
     expect(completion(st, s2) == (SUCCESS, 50), f"second send: {completion(st, s2)}")
+    s3, s4, s5 = top.send(h, b"c" * 10, b"d" * 20, b"e" * 30)
+    st.run()
+    w.ack()  # one acknowledgement covers all three
+    st.run()
+    expect_same(
+        top.completed("send"),
+        [s1, s2, s3, s4, s5],
+        "completions of the sends one acknowledgement covered (spec §9 item 2)",
+    )
     upload(st, tree)
 
 
