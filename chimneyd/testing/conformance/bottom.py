@@ -137,7 +137,8 @@ def target_send_completes_on_ack(st: Stack) -> None:
 def target_receive_delivery(st: Stack) -> None:
     """Received bytes go into posted receives first, else by indication on the top's handle;
     after a refusal nothing is indicated until a post, which gets the held bytes; a partial
-    acceptance keeps the rest; every byte arrives once, in order (spec §4.2-§4.4)."""
+    acceptance keeps the rest; every byte arrives once, in order; two posted receives one
+    segment fills complete in posting order (spec §4.2-§4.4, §9 item 2)."""
     top = st.top
     w = st.wires.open()
     tree = top.connection_tree([w])
@@ -175,8 +176,22 @@ def target_receive_delivery(st: Stack) -> None:
     (r3,) = top.receive(h, 1)
     st.run()
     expect(completion(st, r3) == (SUCCESS, 1), "the rest of a partly accepted indication was lost")
+    top.return_indications()
+    r4, r5 = top.receive(h, 4, 4)
+    st.run()
+    w.peer_send(b"12345678")  # fills both
+    st.run()
+    expect_same(
+        top.completed("receive")[-2:],
+        [r4, r5],
+        "completions of two receives one segment filled (spec §4.2, §9 item 2)",
+    )
+    expect(
+        completion(st, r4) == completion(st, r5) == (SUCCESS, 4),
+        f"two filled receives: {completion(st, r4)}, {completion(st, r5)}",
+    )
     data = top.received_data(h)
-    expect(data == b"helloworldagain!xyz", f"the top received {data!r}")
+    expect(data == b"helloworldagain!xyz12345678", f"the top received {data!r}")
     top.receive_policy = accept_all
     top.return_indications()
     upload(st, tree)
