@@ -11,6 +11,12 @@ from chimneyd.drivers.segment import TH_ACK, TH_PSH, build_segment
 from chimneyd.drivers.tcp import offset_of, seq
 from chimneyd.ndis.blocks import TcpOffloadStateDelegated, walk
 from chimneyd.ndis.nbl import iter_chain
+from chimneyd.ndis.oid import (
+    NdisOidRequest,
+    NdisTcpConnectionOffload,
+    NdisTcpConnectionOffloadParameters,
+    Oid,
+)
 from chimneyd.ndis.status import OFFLOADED_STATUSES, TcpOffloadEventType, TcpUploadReason
 
 from ..audit import LEGAL_IO_STATUSES
@@ -406,6 +412,71 @@ def target_state_operations(st: Stack) -> None:
     st.run()
     expect(completion(st, s)[0] == SUCCESS, "the other connection's send did not complete")
     top.return_indications()
+    upload(st, tree)
+
+
+@layer_check("bottom")
+def target_oid_requests(st: Stack) -> None:
+    """The capability query completes once, SUCCESS, with `NDIS_TCP_CONNECTION_OFFLOAD`; the
+    parameters set completes once, SUCCESS, and is honoured: with `TcpPushTicks` set to 50 ms a
+    push-mode receive partly filled by unpushed data completes once 50 ms have passed, not at
+    the default 500 ms (spec §1.3, §4.2, §8)."""
+    top = st.top
+    query = NdisOidRequest(Oid.OID_TCP_CONNECTION_OFFLOAD_CURRENT_CONFIG)
+    top.oid(query)
+    st.run()
+    expect(
+        [r for _, r in top.oid_completions] == [query],
+        f"the capability query was completed {len(top.oid_completions)} times, not once "
+        f"(spec §1.3)",
+    )
+    expect(query.status == SUCCESS, f"capability query: {query.status!r}")
+    caps = query.data
+    expect(
+        isinstance(caps, NdisTcpConnectionOffload)
+        and caps.TcpConnectionOffloadCapacity > 0
+        and (caps.SupportIPv4 or caps.SupportIPv6),
+        f"the capability query was answered {caps!r} (spec §8)",
+    )
+    params = NdisOidRequest(
+        Oid.OID_TCP_CONNECTION_OFFLOAD_PARAMETERS,
+        set=True,
+        data=NdisTcpConnectionOffloadParameters(TicksPerSecond=1000, TcpPushTicks=50),
+    )
+    top.oid(params)
+    st.run()
+    expect(
+        [r for _, r in top.oid_completions] == [query, params],
+        "the parameters set was not completed once (spec §1.3)",
+    )
+    expect(params.status == SUCCESS, f"parameters set: {params.status!r}")
+    expect(all(bd is st.binding for bd, _ in top.oid_completions), "an OID came back elsewhere")
+    # bytes the host read before the offload and forwards without PSH (every read from the
+    # socket counts as pushed): only the push timer completes the receive they partly fill
+    w = st.wires.open()
+    w.set_home(top, "host")
+    w.peer_send(b"abc")
+    st.run()
+    tree = top.connection_tree([])
+    path = tree.root.dependent_block_list
+    assert path is not None
+    block = path.add_dependent(top.tcp_block(w, rcv_nxt=0))
+    assert block.offload_handle is not None
+    h = block.offload_handle
+    tree.tcp.append(h)
+    offload(st, tree)
+    (r,) = top.receive(h, 10)
+    st.run()
+    segment = build_segment(w.remote[1], w.local[1], seq(w.irs, 0), seq(w.isn, 0), TH_ACK, b"abc")
+    (f,) = top.forward(h, segment)
+    st.run()
+    expect(completion(st, f)[0] == SUCCESS, f"forward: {completion(st, f)}")
+    st.advance(0.06)
+    expect(
+        top.completion_of(r) is not None and completion(st, r) == (SUCCESS, 3),
+        "a partly filled push-mode receive did not complete 60 ms in with TcpPushTicks set to "
+        "50 ms: the parameters set was not honoured (spec §4.2, §8)",
+    )
     upload(st, tree)
 
 
