@@ -85,7 +85,8 @@ def layer_kind_checks(role: str | None = None) -> list[Check]:
 
 
 def run_check(check: Check, make_stack: MakeStack) -> CheckFailure | None:
-    """Run one check on a fresh stack, then require the stack drained (spec §9)."""
+    """Run one check on a fresh stack, then move its clock past every timer and require the
+    stack drained (spec §9)."""
     stack = make_stack()
     if stack.role != check.role:
         raise ValueError(f"{check.name} is a {check.role} check; the stack is {stack.role}")
@@ -139,9 +140,28 @@ def expect_same(actual: Sequence[object], expected: Sequence[object], what: str)
     expect(same, f"{what}: got {list(actual)!r}, expected the same objects {list(expected)!r}")
 
 
+#: How far the clock moves after a check's body before the stack must count as drained: well
+#: past every timer a layer kind arms (the target's push timer, `TcpPushTicks`, 500 ms by
+#: default; a `delay` fault's release; FIN_WAIT_2's 120 s, spec §8), so that what a timer left
+#: armed raises after the last terminate happens while the suite still looks (spec §3.6.4,
+#: §9 item 8).
+TIMER_HORIZON_S = 600.0
+
+
 def expect_drained(st: Stack) -> None:
     st.run()
+    try:
+        st.advance(TIMER_HORIZON_S)
+    except Exception as exc:  # e.g. the broker refusing an event on a dead handle
+        raise ConformanceFailure(
+            f"a timer that fired after every terminate raised {type(exc).__name__}: {exc} "
+            f"(spec §3.6.4, §9 item 8)"
+        ) from exc
     problems = st.drain_problems()
+    if st.clock.pending:
+        problems.append(
+            f"{st.clock.pending} timer(s) still armed {TIMER_HORIZON_S:g} s after every terminate"
+        )
     top = st.top
     issued = Counter((op, id(root)) for op, root in top.issued)
     done = Counter((c.op, id(c.root)) for c in top.state_completions)
