@@ -249,7 +249,8 @@ def target_indications_only_after_initiate_completion(st: Stack) -> None:
 def target_peer_fin_and_reset(st: Stack) -> None:
     """Peer FIN: TcpIndicateDisconnect once, after the bytes before it were consumed; a later
     receive completes INVALID_STATE; sending still works. Peer RST: TcpIndicateAbort once and
-    every outstanding send and receive REQUEST_ABORTED (spec §4.2, §5.1, §6.2)."""
+    every outstanding send, posted receive and graceful disconnect REQUEST_ABORTED, the
+    disconnect after the sends before it (spec §4.2, §5.1, §6.2, §9 item 2)."""
     top = st.top
     wa, wb = st.wires.open(), st.wires.open()
     tree = top.connection_tree([wa, wb])
@@ -279,9 +280,11 @@ def target_peer_fin_and_reset(st: Stack) -> None:
     expect(completion(st, reply)[0] == SUCCESS, "sending after the peer's FIN failed (spec §5.1)")
     s1, s2 = top.send(b, b"1" * 10, b"2" * 10)
     (r1,) = top.receive(b, 4)
+    db = top.disconnect(b, GRACEFUL)  # its FIN goes out, never acknowledged
     st.run()
     wb.ack(10)
     st.run()
+    expect(top.completion_of(db) is None, "graceful disconnect completed before its FIN's ACK")
     wb.peer_reset()
     st.run()
     rst = [e.event_type for e in top.events if e.handle is b]
@@ -289,6 +292,11 @@ def target_peer_fin_and_reset(st: Stack) -> None:
     expect(completion(st, s1)[0] == SUCCESS, "an acknowledged send was failed by the RST")
     expect(completion(st, s2)[0] == ABORTED, f"outstanding send after RST: {completion(st, s2)}")
     expect(completion(st, r1)[0] == ABORTED, f"posted receive after RST: {completion(st, r1)}")
+    expect(
+        completion(st, db)[0] == ABORTED,
+        f"graceful disconnect pending at the RST: {completion(st, db)} (spec §5.1)",
+    )
+    completed_first(st, s2, db)
     top.return_indications()
     upload(st, tree)
 
