@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from chimneyd.drivers.segment import TH_ACK, TH_PSH, build_segment
 from chimneyd.drivers.tcp import offset_of, seq
-from chimneyd.ndis.blocks import TcpOffloadStateDelegated, walk
+from chimneyd.ndis.blocks import TcpOffloadStateCached, TcpOffloadStateDelegated, walk
 from chimneyd.ndis.nbl import iter_chain
 from chimneyd.ndis.oid import (
     NdisOidRequest,
@@ -376,9 +376,10 @@ def target_forward_in_order(st: Stack) -> None:
 
 @layer_check("bottom")
 def target_state_operations(st: Stack) -> None:
-    """Query fills delegated state from the real byte counts; update succeeds; invalidate
-    succeeds, then the target asks for the upload (TcpIndicateRetrieve/InvalidState) and sends
-    nothing more on the connection (spec §3.3-§3.5, §5.2)."""
+    """Query fills delegated state from the real byte counts; update succeeds and its cached
+    values take effect (a query of the cached state returns them); invalidate succeeds, then
+    the target asks for the upload (TcpIndicateRetrieve/InvalidState) and sends nothing more
+    on the connection (spec §3.3-§3.5, §5.2)."""
     top = st.top
     w1, w2 = st.wires.open(), st.wires.open()
     tree = top.connection_tree([w1, w2])
@@ -399,8 +400,31 @@ def target_state_operations(st: Stack) -> None:
         (d2.SndUna, d2.SndMax) == (seq(w2.isn, 40), seq(w2.isn, 100)),
         "queried SndUna/SndMax are not the bytes acknowledged/sent",
     )
-    done = state_op(st, "Update", top.reference_tree(tree, state="cached"))
+    update = top.reference_tree(tree, state="cached")
+    sizes = {h1.id: 77, h2.id: 99}  # values no connection had before
+    for block in walk(update):
+        if block.offload_handle in (h1, h2):
+            block.cached = TcpOffloadStateCached(
+                InitialRcvWnd=32768, RcvIndicationSize=sizes[block.offload_handle.id]
+            )
+    done = state_op(st, "Update", update)
     expect(all(x == SUCCESS for x in done.statuses), f"update statuses {done.statuses}")
+    query = top.reference_tree(tree)
+    for block in walk(query):
+        if block.offload_handle in (h1, h2):
+            block.cached = TcpOffloadStateCached()
+    done = state_op(st, "Query", query)
+    expect(all(x == SUCCESS for x in done.statuses), f"query statuses {done.statuses}")
+    got = {
+        b.offload_handle.id: (b.cached.InitialRcvWnd, b.cached.RcvIndicationSize)
+        for b in walk(query)
+        if b.offload_handle in (h1, h2) and b.cached is not None
+    }
+    expect(
+        got == {h.id: (32768, sizes[h.id]) for h in (h1, h2)},
+        f"the cached state queried after an update is {got}, not the values the update gave "
+        f"(spec §3.3, §3.4)",
+    )
     done = state_op(st, "Invalidate", top.reference_tree(tree, [h1]))
     expect(all(x == SUCCESS for x in done.statuses), f"invalidate statuses {done.statuses}")
     retrieve = [(e.event_type, e.info) for e in top.events if e.handle is h1]
