@@ -49,6 +49,7 @@ from ._suite import (
     ABORTIVE,
     FAILURE,
     GRACEFUL,
+    INDICATIONS,
     SUCCESS,
     UPLOADING,
     S,
@@ -427,12 +428,13 @@ def indications_are_relayed_up_with_the_upper_handle(st: Stack) -> None:
     """Every event type with its information, and receive indications with their NBL and
     status, reach the top on the top's own handle; the top's synchronous answer (SUCCESS,
     NOT_ACCEPTED, PARTIALLY_ACCEPTED and bytes consumed) reaches the indicating layer
-    unchanged (spec §4.3, §4.8 [INF], §5.1, §5.6)."""
+    unchanged; data indicated and then the peer's FIN on one connection reach the top in that
+    order (spec §4.3, §4.8 [INF], §5.1, §5.6)."""
     top = st.top
     bottom = bottom_stub(st)
-    tree = top.connection_tree([None, None])
+    tree = top.connection_tree([None, None, None])
     ctxs = lower_contexts(st, offload(st, tree), tree.root)
-    a, b = tree.tcp
+    a, b, c = tree.tcp
     ca, cb = ctxs[a.id], ctxs[b.id]
     E = TcpOffloadEventType
     sent = [
@@ -474,6 +476,23 @@ def indications_are_relayed_up_with_the_upper_handle(st: Stack) -> None:
             f"the indicating layer got {S(back[1]).name}/{back[2]} for the top's {status.name}/{consumed}",
         )
     top.receive_policy = accept_all
+    # the host must not hear of the FIN before the bytes in front of it (spec §5.1)
+    mark = len(st.scheduler.log)
+    last = bottom.indicate_receive(ctxs[c.id], b"the last bytes before the FIN")
+    bottom.indicate_event(ctxs[c.id], E.TcpIndicateDisconnect)
+    st.run()
+    up = [d.handler for d in st.scheduler.log[mark:] if d.layer is top and d.handler in INDICATIONS]
+    expect(
+        up == ["ProtocolTcpOffloadReceiveIndicate", "ProtocolTcpOffloadEvent"],
+        f"data then a disconnect indicated on one connection reached the top as {up} "
+        f"(spec §5.1, §5.6: relayed in order)",
+    )
+    expect(
+        top.indications[-1].nbl is last
+        and top.indications[-1].handle is c
+        and (top.events[-1].handle, top.events[-1].event_type) == (c, E.TcpIndicateDisconnect),
+        "the data and the disconnect did not reach the top on their connection's handle",
+    )
     top.return_indications()
     upload(st, tree)
 
