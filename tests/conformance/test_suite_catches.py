@@ -201,7 +201,6 @@ class MuxNeverForgetsReturns(MuxIm):
 # =================================================================================================
 #: broken kinds the suite does not catch yet
 MISSED: set[str] = {
-    "im-defers-events",
     "target-never-forgets-indicated-nbls",
     "im-never-forgets-indications",
     "mux-never-forgets-returns",

@@ -596,10 +596,10 @@ def oid_requests_and_offload_events_are_relayed(st: Stack) -> None:
 @layer_check("middle")
 def terminate_with_io_outstanding(st: Stack) -> None:
     """A terminate issued with sends, a receive, a forward and a disconnect outstanding and an
-    indicated NBL held: what the layer below completes before its terminate completion reaches
-    the top first; sends it hands back come up in the TCP block's NetBufferListChain, in
-    order, never completed; BufferedData comes up; the held NBL and the buffered one return
-    down after the terminate (spec §3.6.3, §6.2)."""
+    indicated NBL held: what the layer below completes — and an event it indicates — before
+    its terminate completion reaches the top first; sends it hands back come up in the TCP
+    block's NetBufferListChain, in order, never completed; BufferedData comes up; the held NBL
+    and the buffered one return down after the terminate (spec §3.6.3, §6.2, §9 item 8)."""
     top = st.top
     bottom = bottom_stub(st)
     tree = top.connection_tree([None, None])
@@ -623,6 +623,8 @@ def terminate_with_io_outstanding(st: Stack) -> None:
     bottom.complete(r1, status=UPLOADING)
     bottom.complete(f1, status=UPLOADING)
     bottom.complete(d, status=UPLOADING)
+    # the layer below may indicate until its terminate completion (spec §3.6.3, §9 item 8)
+    bottom.indicate_event(ctx, TcpOffloadEventType.TcpIndicateSendBacklogChange, 65536)
 
     def give_back(block: OffloadBlock, c: StubContext) -> None:
         if c is ctx:
@@ -632,6 +634,23 @@ def terminate_with_io_outstanding(st: Stack) -> None:
     st.run()
     for nbl in (s1, r1, f1, d):
         completed_before(st, nbl, "ProtocolTerminateOffloadComplete", h)
+    log = st.scheduler.log
+    event = next(
+        (x.seq for x in log if x.layer is top and x.handler == "ProtocolTcpOffloadEvent"), None
+    )
+    done = next(
+        (x.seq for x in log if x.layer is top and x.handler == "ProtocolTerminateOffloadComplete"),
+        None,
+    )
+    expect(
+        event is not None and done is not None and event < done,
+        "an event indicated below before the terminate completion did not reach the top "
+        "before it (spec §9 item 8)",
+    )
+    expect(
+        [(e.handle, e.info) for e in top.events] == [(h, 65536)],
+        "the event before the terminate completion reached the top on another handle",
+    )
     tcp_block = next(b for b in walk(root) if b.offload_handle is h)
     expect_same(list(iter_chain(tcp_block.net_buffer_list_chain)), [s2, s3], "sends handed back")
     expect(
