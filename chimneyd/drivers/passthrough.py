@@ -602,6 +602,16 @@ class PassthroughIm(DriverLayer):
         low.cached = up.cached  # the HRD the host wrote
         self.ndis.NdisReturnOffloadEventIndicate(self, low)
 
+    def leftovers(self) -> dict[str, int]:
+        """Call entries of state operations in flight (spec §1.2), send NBLs below, receive
+        indications up and not returned, receive requests owed until they are."""
+        return {
+            "call_entries": len(self.call_entries),
+            "sends_below": len(self.sends_below),
+            "indications": len(self.indications),
+            "owed_receives": sum(len(owed) for owed in self.owed_receives.values()),
+        }
+
 
 def _nothing_transferred(head: NetBufferList, status: NdisStatus) -> None:
     """Every NBL of the chain completes with `status`, no byte moved."""

@@ -3,7 +3,7 @@
 Each `test_suite_rejects_*` builds a deliberately broken layer kind and asserts that
 `check_layer_kind` reports a failure. Next to each, `test_*_breaks_the_rule` shows that the kind
 really does break the rule, in a short scenario of its own — so a rejection is not a false
-positive. `MISSED` marks the kinds the suite still passes (strict xfail).
+positive.
 
 The mutants change one thing each, through the NDIS handlers (or a private table) only.
 """
@@ -199,21 +199,8 @@ class MuxNeverForgetsReturns(MuxIm):
 # =================================================================================================
 # the suite rejects them
 # =================================================================================================
-#: broken kinds the suite does not catch yet
-MISSED: set[str] = {
-    "target-never-forgets-indicated-nbls",
-    "im-never-forgets-indications",
-    "mux-never-forgets-returns",
-    "teamed-mux-never-forgets-returns",
-}
-
-
 def _cases(kinds: list[tuple[str, Any]]) -> list[Any]:
-    missed = pytest.mark.xfail(strict=True, reason="no check catches it yet")
-    return [
-        pytest.param(make, id=name, marks=[missed] if name in MISSED else [])
-        for name, make in kinds
-    ]
+    return [pytest.param(make, id=name) for name, make in kinds]
 
 
 ORDER_AND_LIFECYCLE: list[tuple[str, Any]] = [
@@ -451,3 +438,23 @@ def test_tables_left_behind_after_a_drain(make: Any, broken: bool) -> None:
     st.run()
     assert not st.drain_problems()  # what the suite sees: drained
     assert (sum(_tables(layer) for layer in st.under_test) > 0) is broken
+
+
+@pytest.mark.parametrize(
+    ("make", "tables"),
+    [
+        (loopback_target_stack, {"indicated", "deferred_terminates", "paused_initiates"}),
+        (passthrough_stack, {"call_entries", "sends_below", "indications", "owed_receives"}),
+        (mux_stack, {"call_entries", "indications", "deferred", "returns_to", "vobj_table"}),
+    ],
+)
+def test_each_real_kind_names_its_tables(make: Any, tables: set[str]) -> None:
+    """The drain check reads `leftovers()`: each real kind names its private tables there, and
+    they are empty on a fresh stack once its bindings settled (a MUX asks its NIC for its
+    capabilities when bound)."""
+    st: Stack = make()
+    st.run()
+    (layer, *_) = st.under_test
+    left = layer.leftovers()
+    assert tables <= set(left), sorted(tables - set(left))
+    assert not any(left.values()), left

@@ -865,6 +865,24 @@ class MuxIm(PassthroughIm):
             "capabilities": failover.capabilities(self).as_map(),
         }
 
+    def leftovers(self) -> dict[str, int]:
+        """The pass-through IM's tables, and the MUX's own: operations deferred, NBLs on their
+        way up or held above (the NIC each returns to), OID requests in flight, connections
+        asked up or owed an upload, virtual objects, bytes counted below."""
+        return {
+            **super().leftovers(),
+            "deferred": len(self.deferred),
+            "indicating": len(self.indicating),
+            "returns_to": len(self.returns_to),
+            "cap_waiters": len(self.cap_waiters),
+            "own_queries": len(self.own_queries),
+            "param_sets": len(self.param_sets),
+            "evacuating": len(self.evacuating),
+            "owed": len(self.owed),
+            "vobj_table": len(self.vobj_table),
+            "bytes_below": len(self.bytes_below),
+        }
+
 
 # -- helpers over the upper tree ---------------------------------------------------------------
 _RETRIEVE = TcpOffloadEventType.TcpIndicateRetrieve

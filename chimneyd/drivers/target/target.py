@@ -270,3 +270,13 @@ class OffloadTarget(DriverLayer):
             "capabilities": adapter.capabilities(self).as_map(),
             "paused_initiates": len(self.paused_initiates),
         }
+
+    def leftovers(self) -> dict[str, int]:
+        """Indicated NBLs the host has not returned (spec §4.3), terminates and initiates
+        waiting, connections counted as offloaded."""
+        return {
+            "indicated": len(self.indicated),
+            "deferred_terminates": len(self.deferred_terminates),
+            "paused_initiates": len(self.paused_initiates),
+            "tcp_count": self.tcp_count,
+        }

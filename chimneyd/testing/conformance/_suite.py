@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from chimneyd.drivers.base import DriverLayer
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 
 from ..records import COMPLETION_KIND
@@ -158,6 +159,11 @@ def expect_drained(st: Stack) -> None:
             f"(spec §3.6.4, §9 item 8)"
         ) from exc
     problems = st.drain_problems()
+    for layer in st.under_test:
+        if isinstance(layer, DriverLayer):
+            left = {name: n for name, n in layer.leftovers().items() if n}
+            if left:
+                problems.append(f"{layer.name} still holds entries in {left} (spec §9 item 8)")
     if st.clock.pending:
         problems.append(
             f"{st.clock.pending} timer(s) still armed {TIMER_HORIZON_S:g} s after every terminate"
