@@ -566,6 +566,34 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
     for i, layer in enumerate(layers):
         if layer.name not in reached:
             raise ConfigError(f"layer[{i}]: {_q(layer.name)} is not below the host layer")
+    _check_no_nested_mux(layers, by_name)
+
+
+def _check_no_nested_mux(layers: tuple[LayerConfig, ...], by_name: dict[str, LayerConfig]) -> None:
+    """A mux below a mux, bound directly or through IMs, is refused: the inner team's PAUSE and
+    RESUME stop at the outer one, which never passes them up, so a connection the inner team
+    moves at a NIC failure would stay in the host for good. The spec describes one MUX over
+    its NICs (§5.5), not teams of teams."""
+
+    def first_mux_below(name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for lower in by_name[name].lower:
+            if by_name[lower].kind == "mux":
+                return (*path, lower)
+            found = first_mux_below(lower, (*path, lower))
+            if found is not None:
+                return found
+        return None
+
+    for i, layer in enumerate(layers):
+        if layer.kind != "mux":
+            continue
+        nested = first_mux_below(layer.name, (layer.name,))
+        if nested is not None:
+            raise ConfigError(
+                f"layer[{i}].lower: mux {_q(nested[-1])} is below mux {_q(layer.name)}"
+                f" ({' -> '.join(nested)}): a mux cannot be below another mux;"
+                " bind every NIC of the team to one mux"
+            )
 
 
 def check_paths(config: Config) -> None:
