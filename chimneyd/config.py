@@ -486,12 +486,21 @@ def validate(config: Config) -> Config:
     return config
 
 
+#: The longest layer name: a fault's `layer` key (chimneyd/faults.py) takes no longer, and
+#: every layer must be one a fault can name.
+MAX_LAYER_NAME = 128
+
+
 def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
     names = [layer.name for layer in layers]
     for i, layer in enumerate(layers):
         where = f"layer[{i}]"
         if not layer.name:
             raise ConfigError(f"{where}.name: must not be empty")
+        if len(layer.name) > MAX_LAYER_NAME:
+            raise ConfigError(
+                f"{where}.name: {len(layer.name)} characters, at most {MAX_LAYER_NAME}"
+            )
         if names.index(layer.name) != i:
             raise ConfigError(
                 f"{where}.name: {_q(layer.name)} is already layer[{names.index(layer.name)}]"

@@ -17,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import MAX_LAYER_NAME
 from chimneyd.drivers.base import Delay, DriverLayer, FailNext, RaiseNext
 from chimneyd.ndis.status import (
     INITIATE_BLOCK_STATUSES,
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 #: Upper bound of every fault duration (`delay` and `stall_peer` `ms`): a fault holds nothing
 #: longer than this, and clearing it releases what it holds at once.
 MAX_FAULT_MS = 60_000
+#: The longest string a fault key takes: a layer's name is at most as long (config.py
+#: refuses longer ones), so every layer the daemon runs can be named in a fault.
+MAX_KEY_TEXT = MAX_LAYER_NAME
 #: Upper bound of `fail_next`'s `count` and `skip`.
 MAX_FAULT_COUNT = 1_000_000
 #: What a raise_next or fail_next fault keeps of what it hit (fault.list `used`): its first
@@ -62,8 +66,11 @@ class Key:
             return value
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
-        if not isinstance(value, str) or not value or len(value) > 128:
-            raise _invalid(f"fault key {name!r} must be a non-empty string")
+        if not isinstance(value, str) or not value or len(value) > MAX_KEY_TEXT:
+            raise _invalid(
+                f"fault key {name!r} must be a non-empty string of at most {MAX_KEY_TEXT}"
+                " characters"
+            )
         if self.choices and value not in self.choices:
             shown = ", ".join(self.choices[:12]) + (", …" if len(self.choices) > 12 else "")
             raise _invalid(f"fault key {name!r} must be one of {shown}")

@@ -34,7 +34,7 @@ def test_an_unknown_key_or_kind_lists_what_there_is() -> None:
 
 def test_a_wrong_value_names_its_key() -> None:
     assert refusal({"kind": "delay", "layer": 3, "call": "X", "ms": 5}) == (
-        "fault key 'layer' must be a non-empty string"
+        "fault key 'layer' must be a non-empty string of at most 128 characters"
     )
     assert refusal({"kind": "delay", "layer": "im0", "call": "X", "ms": 0}).startswith(
         "fault key 'ms' must be 1.."
