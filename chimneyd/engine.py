@@ -420,13 +420,16 @@ class Engine:
     ) -> int:
         """Open a loopback connection in the host stack, offloaded at once if asked. `on_conn`
         learns the id before the offload starts, so the owner hears the `offloaded` event."""
-        if target is not None and target not in self.layers:
-            raise EngineError(ErrorCode.NOT_FOUND, f"no layer {target!r}")
+        if target is not None:
+            # a NIC: NOT_FOUND for no such layer, INVALID_PARAMS for an IM or a mux
+            self.target_layer(target)
         wire = await self.sockets.connect(host, port)
         conn_id = self._attach(wire, None)
         if on_conn is not None:
             on_conn(conn_id)
         if not offload:
+            if target is not None:  # the NIC a later `tcp.offload` goes to
+                self.post_host(self.host.app_pin, conn_id, target, _ignore)
             await self._host_has_seen()  # known to every method once answered
         if offload:
             try:

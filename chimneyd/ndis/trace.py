@@ -28,6 +28,9 @@ from .status import status_name
 
 # (first seq, t_ns, layer, call, handle, context, nbl id or ids of a chain, status, event)
 HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str | None]
+#: [EMU] A connection's placement wish, for a MUX (drivers/mux/placement.py): the NIC it must
+#: go to (None: any), and the NICs it must not go to.
+PlacementWish = tuple[str | None, frozenset[str]]
 NO_STATUS = -1
 
 # one record: seq, t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), status
@@ -85,7 +88,18 @@ def _ix(name: str | None) -> int:
 class HopTrace:
     """The bounded hop buffer of one connection."""
 
-    __slots__ = ("buf", "chains", "clock", "conn_id", "depth", "packed", "rec", "seq", "watcher")
+    __slots__ = (
+        "buf",
+        "chains",
+        "clock",
+        "conn_id",
+        "depth",
+        "packed",
+        "rec",
+        "seq",
+        "watcher",
+        "wish",
+    )
 
     def __init__(self, conn_id: int, depth: int, clock: Callable[[], int]) -> None:
         self.conn_id = conn_id
@@ -97,6 +111,10 @@ class HopTrace:
         self.clock = clock
         self.packed: bytes | None = None  # the hops before the last `freeze`
         self.watcher: Callable[[HopRecord], None] | None = None  # set only while watched
+        # [EMU] not NDIS: where the host wishes the connection's offload placed, read by a MUX
+        # below it (the trace travels with the connection's handle at every layer). None: no
+        # wish, the MUX's policy places it
+        self.wish: PlacementWish | None = None
 
     def record(
         self,

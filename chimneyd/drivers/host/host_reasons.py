@@ -2,7 +2,8 @@
 disconnect, a capability it disables, `NetEventPause`.
 
 While one of these holds for a target, the host terminates every connection offloaded through it
-(one still being offloaded once its initiate completes) and offloads nothing new to it. A power
+(one still being offloaded once its initiate completes) and offloads nothing new to it: below a
+MUX, new offloads go to the team's other NICs (the placement wish the MUX reads, [EMU]). A power
 change completes only once every such connection is back in the host (spec §6.2: the target
 holds `OID_PNP_SET_POWER` until every terminate completed); chimneyd has no OID path to the
 target, so the host records the moment and logs it (`host_power_change_complete`). Clearing the
@@ -32,6 +33,8 @@ log = structlog.get_logger("chimneyd.host")
 POWER_DOWN = "power_down"
 #: The host's reasons, by the names the `host_event` fault uses.
 EVENTS = (POWER_DOWN, "media_disconnect", "capability_disabled", "net_event_pause")
+#: No NIC: a placement wish that keeps the connection off none.
+NO_NICS: frozenset[str] = frozenset()
 #: Phases of a connection that still has something below the host.
 _BELOW = frozenset(
     {
@@ -104,18 +107,38 @@ def _terminate_if_on(h: HostStack, tcb: Tcb, target: str) -> None:
         terminate.start(h, tcb)
 
 
-def refusal(h: HostStack, binding: Binding) -> AppError | None:
-    """Why an offload down `binding` must not go, if it must not."""
+def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
+    """Why the offload of `tcb` down `binding` must not go, if it must not.
+
+    The reasons hold per NIC: below a MUX the connection may go to a NIC none holds for. The
+    NICs that hold one join its placement wish, which the MUX reads [EMU], and it is refused
+    only when the NIC it is pinned to, or every NIC below `binding`, is withheld."""
+    trace = tcb.trace
+    wish = trace.wish
+    pin = wish[0] if wish is not None else None
     if not h.withheld:
+        if wish is not None and wish[1]:
+            trace.wish = (pin, NO_NICS) if pin is not None else None
         return None
-    below = _names_below(binding.lower)
-    for target, withheld in h.withheld.items():
-        if target in below and withheld.events:
-            why = ", ".join(sorted(withheld.events))
-            return AppError(
-                "INVALID_STATE", f"the host withholds offloads to {target}: {why} (spec §6.2)"
-            )
+    nics = _nics_below(binding.lower)
+    held = sorted(t for t, withheld in h.withheld.items() if withheld.events and t in nics)
+    refused = [pin] if pin is not None and pin in held else held if len(held) == len(nics) else []
+    if refused:
+        why = "; ".join(f"{t}: {', '.join(sorted(h.withheld[t].events))}" for t in refused)
+        return AppError("INVALID_STATE", f"the host withholds offloads to {why} (spec §6.2)")
+    avoid = frozenset(held) if held else NO_NICS
+    trace.wish = (pin, avoid) if pin is not None or held else None
     return None
+
+
+def _nics_below(layer: Layer) -> set[str]:
+    """The targets below `layer` (itself, if it is one): the layers with none below them."""
+    if not layer.lower_bindings:
+        return {layer.name}
+    nics: set[str] = set()
+    for b in layer.lower_bindings:
+        nics |= _nics_below(b.lower)
+    return nics
 
 
 def _names_below(layer: Layer) -> set[str]:

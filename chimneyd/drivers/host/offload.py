@@ -55,10 +55,16 @@ S = NdisStatus
 _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, Phase.FAILED})
 
 
-def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
+def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = False) -> None:
     """`tcp.offload` / offload at connect: queue the connection for an initiate. It stays the
     host's, IDLE and carrying its traffic, until `flush_initiates` puts it in a tree (spec
-    §3.9); a second request while it waits is answered by the same initiate."""
+    §3.9); a second request while it waits is answered by the same initiate.
+
+    `pin`: the application asked, and under a MUX this offload goes to the NIC `target`
+    names, or is refused as a NIC without room refuses it [EMU: the placement wish, carried
+    in the connection's trace; the spec leaves placement to the MUX, §5.5]. The host's own
+    offloads (again at a RESUME) go where the MUX's policy puts them: a failover moves a
+    pinned connection as any other."""
     if tcb.state == "offloaded":
         done(h.describe_offload(tcb), None)
         return
@@ -67,12 +73,17 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done) -> None:
         return
     if tcb.disconnect_done is not None and not (tcb.wire.closed or tcb.reset):
         # the host's own FIN waits for its ACK: offload once the disconnect is over
-        tcb.deferred = grown(tcb.deferred, lambda: request(h, tcb, target, done))
+        tcb.deferred = grown(tcb.deferred, lambda: request(h, tcb, target, done, pin))
         return
     binding = h.binding_for(target)
     if binding is None:
         done(None, AppError("NOT_FOUND", f"no offload target {target!r} below {h.name}"))
         return
+    if pin:
+        tcb.target = target  # kept if refused: a later `tcp.offload` goes to the same NIC
+    # [EMU] read by a MUX below when it places the connection; the host's reasons to keep it
+    # off some NICs are added at each look (`host_reasons.refusal`)
+    tcb.trace.wish = (target, host_reasons.NO_NICS) if pin and target is not None else None
     refused = _refusal(h, tcb, binding)
     if refused is not None:
         done(None, refused)
@@ -99,7 +110,7 @@ def _refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
         return AppError("INVALID_STATE", f"connection {tcb.conn_id} is {tcb.state}")
     if binding.id in h.paused:
         return ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, " offload paused by the target")
-    withheld = host_reasons.refusal(h, binding)  # a power change, media disconnect … (§6.2)
+    withheld = host_reasons.refusal(h, tcb, binding)  # a power change, media disconnect (§6.2)
     if withheld is not None:
         return withheld
     if tcb.lifecycle.tcp in _NOT_OFFLOADABLE:

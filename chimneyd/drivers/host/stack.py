@@ -204,7 +204,16 @@ class HostStack(DriverLayer):
     # ============================================================================================
     @request(behind_initiate=False)  # a second one is answered by the same initiate
     def app_offload(self, tcb: Tcb, target: str | None, done: Done) -> None:
-        offload.request(self, tcb, target, done)
+        """The application's offload (`tcp.connect`, `tcp.offload`). A connection made with a
+        `target` keeps it: a later `tcp.offload` places it on that NIC again [EMU]."""
+        offload.request(self, tcb, target if target is not None else tcb.target, done, pin=True)
+
+    @request(defer=False)
+    def app_pin(self, tcb: Tcb, target: str, done: Done) -> None:
+        """A connection made with a `target` and not offloaded at once: its later `tcp.offload`
+        goes to that NIC [EMU]."""
+        tcb.target = target
+        done(None, None)
 
     @request(defer=False)
     def app_upload(self, tcb: Tcb, done: Done) -> None:

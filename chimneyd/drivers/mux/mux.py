@@ -33,13 +33,14 @@ from chimneyd.ndis.status import (
     TcpOffloadEventType,
     TcpUploadReason,
 )
+from chimneyd.ndis.trace import PlacementWish
 
 from ..base import Timers, downcall
 from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
 from . import failover
 from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
-from .placement import Placement
+from .placement import Fit, Placement, fit_of
 from .trees import MuxCall, mirror_block
 
 S = NdisStatus
@@ -128,7 +129,7 @@ class MuxIm(PassthroughIm):
             return False
         objects = self._objects_of(root)
         parents = _parents(root)
-        placed: list[tuple[OffloadBlock, Lower | None, Key]] = []
+        placed: list[tuple[OffloadBlock, Lower | None, Key, Fit | None]] = []
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
@@ -136,19 +137,22 @@ class MuxIm(PassthroughIm):
             if not isinstance(path, VirtualObject) and path != "new":
                 raise ChimneyProtocolError(f"{self.name}: a connection with no path above it")
             key = _key(parents, up)
-            lower = self.placement.choose(self.lower_list(), key, _ipv6(key))
+            # [EMU] the host's placement wish for the connection, carried in its trace (the
+            # NIC the application pinned it to, the NICs the host keeps its connections off)
+            fit = fit_of(_wish(up))
+            lower = self.placement.choose(self.lower_list(), key, _ipv6(key), fit)
             if (
                 lower is not None
                 and isinstance(path, VirtualObject)
                 and self._settling(path, lower)
             ):
-                for _, chosen, _ in placed:  # nothing changes: undo the counts taken so far
+                for _, chosen, _, _ in placed:  # nothing changes: undo the counts taken so far
                     if chosen is not None:
                         chosen.connections -= 1
                 return False
             if lower is not None:
                 lower.connections += 1  # counted now so the next choice in this tree sees it
-            placed.append((up, lower, key))
+            placed.append((up, lower, key, fit))
         call = MuxCall("Initiate", root)
         for up in walk(root):  # the objects new to the MUX (spec §2.3 new-offload blocks)
             if objects.get(id(up)) == "new":
@@ -160,9 +164,9 @@ class MuxIm(PassthroughIm):
                 vobj.lifecycle.fire(Event.INITIATE)
                 objects[id(up)] = vobj
                 call.new_vobjs[id(up)] = vobj
-        for up, lower, key in placed:
+        for up, lower, key, fit in placed:
             if lower is None:
-                call.refused[id(up)] = self._refusal(_ipv6(key))
+                call.refused[id(up)] = self._refusal(_ipv6(key), fit)
                 continue
             path = objects[id(parents.get(id(up)))]
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
@@ -238,9 +242,12 @@ class MuxIm(PassthroughIm):
             tree.object_block(vobj, lambda: OffloadBlock(vobj.header_type, handle))  # a linker
         return inst
 
-    def _refusal(self, ipv6: bool) -> NdisStatus:
-        """No NIC takes the connection: none offloads its IP version, or none has room."""
+    def _refusal(self, ipv6: bool, fit: Fit | None = None) -> NdisStatus:
+        """No NIC takes the connection: none offloads its IP version, or none has room (of
+        those its placement wish allows: a pinned NIC full refuses as a full team does)."""
         for lo in self.lower_list():
+            if fit is not None and not fit(lo):
+                continue
             if lo.in_service and lo.caps and (lo.caps.SupportIPv6 if ipv6 else lo.caps.SupportIPv4):
                 return S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES
         return S.NDIS_STATUS_FAILURE
@@ -910,6 +917,15 @@ def _key(parents: dict[int, OffloadBlock], tcp: OffloadBlock) -> Key:
             src, dst = vobj.const.SourceAddress, vobj.const.DestinationAddress
     const = tcp.const
     return (src, const.LocalPort if const else 0, dst, const.RemotePort if const else 0)
+
+
+def _wish(up: OffloadBlock) -> PlacementWish | None:
+    """The placement wish of the connection `up` offloads [EMU], from the trace its handle
+    carries (the same at every layer)."""
+    handle = up.ndis_offload_handle
+    trace = handle.trace if handle is not None else None
+    wish: PlacementWish | None = getattr(trace, "wish", None)
+    return wish
 
 
 def _ipv6(key: Key) -> bool:

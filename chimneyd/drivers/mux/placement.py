@@ -3,13 +3,24 @@
 Every policy skips a NIC out of service, one without room (its advertised capacity, spec §8)
 and one that does not offload the connection's IP version. `moves` (a rebalance) names the
 NIC a given connection must go to next.
+
+A connection may come with a placement wish from the host [EMU, not NDIS: carried in its trace,
+ndis/trace.py]: the NIC the application pinned it to (`tcp.connect`'s `target`), which is then
+the only NIC it may go to, and the NICs the host keeps its connections off (`host_event`).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
+
+from chimneyd.ndis.trace import PlacementWish
 
 from .objects import Key, Lower
+
+#: Whether a NIC may take a given connection, from its placement wish.
+Fit = Callable[[Lower], bool]
 
 #: active-standby: the first NIC in service takes every connection, the others wait;
 #: round-robin: in turn; least-loaded: the fewest connections; least-bytes: the fewest bytes
@@ -27,9 +38,12 @@ class Placement:
         self.turn = 0
         self.moves: dict[Key, Lower] = {}  # a rebalance: where these connections go next
 
-    def choose(self, lowers: list[Lower], key: Key, ipv6: bool) -> Lower | None:
-        """The NIC for a new connection, or None when none can take it."""
-        usable = [lo for lo in lowers if _usable(lo, ipv6)]
+    def choose(
+        self, lowers: list[Lower], key: Key, ipv6: bool, fit: Fit | None = None
+    ) -> Lower | None:
+        """The NIC for a new connection, or None when none can take it (none in service with
+        room for its IP version, or none of those its wish `fit` allows)."""
+        usable = [lo for lo in lowers if _usable(lo, ipv6) and (fit is None or fit(lo))]
         if not usable:
             return None
         moved = self.moves.pop(key, None)
@@ -59,3 +73,24 @@ def _usable(lower: Lower, ipv6: bool) -> bool:
     if not lower.in_service or caps is None or not lower.room():
         return False
     return caps.SupportIPv6 if ipv6 else caps.SupportIPv4
+
+
+def fit_of(wish: PlacementWish | None) -> Fit | None:
+    """Which NICs a connection with `wish` may go to (None: any)."""
+    if wish is None:
+        return None
+    pin, avoid = wish
+
+    def fits(lower: Lower) -> bool:
+        nics = nics_below(lower.binding.lower)
+        return (pin is None or pin in nics) and not nics <= avoid
+
+    return fits
+
+
+def nics_below(layer: Any) -> frozenset[str]:
+    """The targets at or below `layer`: the layers with none below them (one, as a mux's lower
+    is a NIC or IMs over one: a mux below a mux is refused by the configuration)."""
+    if not layer.lower_bindings:
+        return frozenset((layer.name,))
+    return frozenset().union(*(nics_below(b.lower) for b in layer.lower_bindings))
