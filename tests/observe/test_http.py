@@ -195,6 +195,24 @@ def test_with_a_token_every_page_asks_for_it(tmp_path: Path) -> None:
         assert "default-src 'self'" in headers["Content-Security-Policy"]
 
 
+def test_with_an_admin_token_the_401_says_which_token(tmp_path: Path) -> None:
+    """The view shows every connection, so it takes the admin token when there is one; a
+    client sending the plain token is told that, not that it needs the token it sent."""
+    config = '[rpc]\ntoken = "tok"\nadmin_token = "adm"\n'
+    with web_daemon(tmp_path, config, token="adm") as w:
+        status, _, body = fetch(w.metrics_url, {"Authorization": "Bearer tok"})
+        assert status == 401
+        assert b"admin token" in body
+        assert fetch(w.metrics_url, {"Authorization": "Bearer adm"})[0] == 200
+
+
+def test_a_connection_page_is_at_a_number_only(tmp_path: Path) -> None:
+    with web_daemon(tmp_path) as w:
+        assert fetch(w.url + "/conn/abc")[0] == 404
+        assert fetch(w.url + "/conn/1x")[0] == 404
+        assert fetch(w.url + "/conn/7")[0] == 200  # a page that says so when there is none
+
+
 def test_loopback_pages_check_host_and_origin(tmp_path: Path) -> None:
     with web_daemon(tmp_path) as w:
         port = w.url.rsplit(":", 1)[1]

@@ -61,7 +61,8 @@ PAGES = {
     "/": ("index.html", "topology", "topology.js", "topology"),
     "/connections": ("connections.html", "connections", "connections.js", "connections"),
     "/events": ("events.html", "events", "events.js", "events"),
-    "/conn/{id}": ("conn.html", "connection", "sequence.js", "conn"),
+    # digits only, as /api/conn/{id}: any other address is not a connection's page (404)
+    "/conn/{id:[0-9]+}": ("conn.html", "connection", "sequence.js", "conn"),
 }
 
 
@@ -136,8 +137,9 @@ class Guard:
             if not self.token_ok(given):
                 return web.Response(
                     status=401,
-                    text="chimneyd: this view needs the daemon's token: open it once with"
-                    " ?token=TOKEN, or send Authorization: Bearer TOKEN\n",
+                    text="chimneyd: this view needs the daemon's admin token (rpc.admin_token;"
+                    " rpc.token when no admin token is set): open it once with ?token=TOKEN,"
+                    " or send Authorization: Bearer TOKEN\n",
                     headers={"WWW-Authenticate": 'Bearer realm="chimneyd"'},
                 )
             # keep it in a cookie and take it out of the address bar and history

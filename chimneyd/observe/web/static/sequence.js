@@ -1,4 +1,4 @@
-// One connection's hops as a live sequence diagram (the seed's figure), built as SVG from the
+// One connection's hops as a live sequence diagram (as the README's figure), built as SVG from the
 // hop JSON of trace.get. Same picture as `chimneyctl trace ID --svg`: a lane per layer, an NDIS
 // lane between a layer and the layers under it, one arrow per hop, one colour per
 // NET_BUFFER_LIST. The lanes follow the path the connection took: each NIC a team moved it to
