@@ -155,7 +155,7 @@ def stats_families(stats: dict[str, Any]) -> list[Metric]:
     per_layer(
         GaugeMetricFamily,
         "chimney_offloads_active",
-        "TCP connections offloaded through the layer.",
+        "State objects (neighbor, path and TCP connection) offloaded at or through the layer.",
         ((n, st.get("offloads_active")) for n, st in layers.items()),
     )
     per_layer(
@@ -539,7 +539,7 @@ def shard_families(parts: dict[int, Any]) -> list[Metric]:
     )
     offloads = GaugeMetricFamily(
         "chimney_shard_offloads_active",
-        "TCP connections offloaded through the layer, in the shard.",
+        "State objects (neighbor, path and TCP connection) offloaded at or through the layer, in the shard.",
         labels=["shard", "layer"],
     )
     for k, part in sorted(parts.items()):

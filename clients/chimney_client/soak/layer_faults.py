@@ -189,7 +189,7 @@ class LayerFaults:
         assert self.control is not None
         where = where or {}
         shard = where.get("shard")
-        rec["offloaded_before"] = await self.layer_gauge(layer, shard)
+        rec["offloaded_before"] = await self.tcp_left(layer, shard)  # connections, not objects
         rec["nics_before"] = await self.nic_connections(shard)
         rec["t0"] = time.monotonic()
         rec["fault_id"] = fid = await self.control.fault_inject(kind, layer=layer, **where)
