@@ -61,6 +61,11 @@ class RpcError(ChimneyError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.wire_code}, {self.message!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `args` holds the message only, and `__init__` wants the code too: without this,
+        # unpickling (multiprocessing, concurrent.futures) fails with a TypeError.
+        return (type(self), (self.wire_code, self.message), self.__dict__)
+
 
 class NoMethod(RpcError):
     code = 1
