@@ -129,6 +129,9 @@ class ClientCodec(Generic[T]):
                 event = self._decode(obj)
                 if event is not None:
                     events.append(event)
+        except ProtocolError:
+            self._unclaim(events)
+            raise
         except (
             msgpack.ExtraData,
             msgpack.FormatError,
@@ -136,8 +139,17 @@ class ClientCodec(Generic[T]):
             ValueError,
             TypeError,
         ) as exc:
+            self._unclaim(events)
             raise ProtocolError(f"undecodable data from server: {exc}") from exc
         return events
+
+    def _unclaim(self, events: list[Event[T]]) -> None:
+        """Put back the calls answered in a batch that is thrown away: a reply decoded before
+        bad bytes in the same chunk must not take its call out of the pending map, or nobody
+        fails it and it waits forever; the shell's `fail_all` now reaches it."""
+        for event in events:
+            if isinstance(event, Reply):
+                self._pending[event.msgid] = event.token
 
     def _decode(self, obj: Any) -> Event[T] | None:
         if not isinstance(obj, list) or not obj:
