@@ -15,23 +15,25 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
-from .errors import CallTimeout, ConnectionLost, ProtocolError
+from .errors import CallTimeout, ConnectionLost, ProtocolError, RpcTimeout
 from .protocol import (
     DEFAULT_ADDRESS,
     DEFAULT_MAX_FRAME,
     ClientCodec,
     Notification,
+    ServerWait,
     connect_opts,
     fault_spec,
     parse_address,
+    server_wait,
 )
 
 log = logging.getLogger(__name__)
 
 #: Connect timeout when none is given (seconds).
 DEFAULT_CONNECT_TIMEOUT = 10.0
-#: Extra client-side time granted to calls that wait server-side (`timeout_ms`) before giving up.
-SERVER_WAIT_MARGIN = 5.0
+#: How long `close()` lets the daemon read what is still queued before aborting (seconds).
+DEFAULT_CLOSE_TIMEOUT = 1.0
 
 NotificationHandler = Callable[[list[Any]], Awaitable[None] | None]
 TcpEventHandler = Callable[[int, str, dict[str, Any]], Awaitable[None] | None]
@@ -71,7 +73,12 @@ def _expire(fut: asyncio.Future[Any], method: str, limit: float) -> None:
 
 
 class AsyncClient:
-    """One msgpack-RPC connection to chimneyd. Create with `await AsyncClient.connect(...)`."""
+    """One msgpack-RPC connection to chimneyd. Create with `await AsyncClient.connect(...)`.
+
+    Every call ends: with its answer, `CallTimeout` (its timeout, including time spent waiting
+    for a daemon that does not read), or `ConnectionLost` (each failed call gets its own
+    instance, chained from the cause of the loss).
+    """
 
     def __init__(self, *, call_timeout: float | None = None, max_frame: int = DEFAULT_MAX_FRAME):
         self.call_timeout = call_timeout
@@ -83,7 +90,9 @@ class AsyncClient:
         self._write_paused: asyncio.Future[None] | None = None
         self._handlers: dict[str, list[NotificationHandler]] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        #: why the connection is gone (a record: each failed call raises a fresh copy)
         self._lost: ConnectionLost | None = None
+        self._lost_cause: BaseException | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self.address = ""
 
@@ -102,12 +111,16 @@ class AsyncClient:
     ) -> Self:
         """Connect to `"host:port"` or `"unix:/path"`; send `auth` first when `token` is given.
 
-        `call_timeout` is the default per-call timeout (None: wait as long as the server takes).
+        `timeout` covers the whole handshake, `auth` included (`ConnectionLost` when it runs
+        out). `call_timeout` is the default per-call timeout (None: wait as long as the server
+        takes); `tcp_recv`/`tcp_accept` without `timeout_ms` pass it to the daemon as their
+        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`).
         """
         client = cls(call_timeout=call_timeout, max_frame=max_frame)
         client.address = address
         target = parse_address(address)
         loop = client._loop
+        deadline = None if timeout is None else loop.time() + timeout
         try:
             async with asyncio.timeout(timeout):
                 if isinstance(target, str):
@@ -119,10 +132,17 @@ class AsyncClient:
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
         if token is not None:
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            # The connect timeout bounds auth too; a shorter call_timeout still applies.
+            by_connect = left is not None and (call_timeout is None or left < call_timeout)
             try:
-                await client.auth(token)
-            except BaseException:
+                await client.call("auth", token, timeout=left if by_connect else None)
+            except BaseException as exc:
                 await client.close()
+                if by_connect and isinstance(exc, CallTimeout):
+                    raise ConnectionLost(
+                        f"cannot connect to {address}: timed out waiting for auth"
+                    ) from exc
                 raise
         return client
 
@@ -133,11 +153,24 @@ class AsyncClient:
             # Small requests must not wait for Nagle; batching is done by us, per iteration.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    async def close(self) -> None:
-        """Close the connection; pending calls fail with `ConnectionLost`. Idempotent."""
+    async def close(self, timeout: float | None = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Close the connection; pending calls fail with `ConnectionLost` at once. Idempotent.
+
+        What is queued (notifications, abandoned requests) is still written; if the daemon has
+        not read it within `timeout` seconds (it stopped reading), the connection is aborted.
+        """
         if self._transport is not None and not self._closed.done():
             self._flush()
+            self._mark_lost(f"connection to {self.address or 'server'} closed", None)
             self._transport.close()
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed)
+            except TimeoutError:
+                # asyncio's close() waits for the write buffer to drain, forever if the daemon
+                # does not read: drop what is left instead.
+                log.warning("chimney_client_close_aborted: %s did not read", self.address)
+                self._transport.abort()
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
@@ -176,19 +209,19 @@ class AsyncClient:
         raised and the late response is dropped when it arrives. Many calls may be in flight.
         """
         if self._lost is not None:
-            raise self._lost
+            raise self._gone()
+        limit = self.call_timeout if timeout is None else timeout
+        left = limit
         if self._write_paused is not None:
-            # The transport's buffer is above its high-water mark: wait, keep memory bounded.
-            await asyncio.shield(self._write_paused)
-            if self._lost is not None:
-                raise self._lost
+            left = await self._writable(method, limit)
         fut: asyncio.Future[Any] = self._loop.create_future()
         msgid, data = self._codec.request(method, params, fut)
         self._queue(data)
-        limit = self.call_timeout if timeout is None else timeout
         # A timer on the future, not `asyncio.timeout`: that one reschedules and uncancels
         # the task on every call, and was a sixth of this client's time under load.
-        timer = None if limit is None else self._loop.call_later(limit, _expire, fut, method, limit)
+        timer = None
+        if limit is not None and left is not None:
+            timer = self._loop.call_later(left, _expire, fut, method, limit)
         try:
             return await fut
         finally:
@@ -197,10 +230,30 @@ class AsyncClient:
                 timer.cancel()
             self._codec.forget(msgid)
 
+    async def _writable(self, method: str, limit: float | None) -> float | None:
+        """Wait while the transport's buffer is above its high-water mark (memory stays
+        bounded). The wait counts against the call's timeout: returns the time left of it."""
+        start = self._loop.time()
+        while (paused := self._write_paused) is not None:
+            if limit is None:
+                await asyncio.shield(paused)
+            else:
+                try:
+                    async with asyncio.timeout(limit - (self._loop.time() - start)):
+                        await asyncio.shield(paused)
+                except TimeoutError:
+                    # Nothing of this request was written: the connection stays usable.
+                    raise CallTimeout(
+                        f"{method}: not sent within {limit:g} s (the server is not reading)"
+                    ) from None
+            if self._lost is not None:
+                raise self._gone()
+        return None if limit is None else max(limit - (self._loop.time() - start), 0.0)
+
     def notify(self, method: str, *params: Any) -> None:
         """Send a notification (no response ever comes)."""
         if self._lost is not None:
-            raise self._lost
+            raise self._gone()
         self._queue(self._codec.notification(method, params))
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
@@ -256,7 +309,8 @@ class AsyncClient:
             events = self._codec.receive(data)
         except ProtocolError as exc:
             log.warning("chimney_client_protocol_error: %s", exc)
-            self._lost = ConnectionLost(f"protocol error from {self.address}: {exc}")
+            # The codec left every call of the bad chunk pending: all fail here.
+            self._mark_lost(f"protocol error from {self.address}: {exc}", exc)
             if self._transport is not None:
                 self._transport.abort()
             return
@@ -289,25 +343,45 @@ class AsyncClient:
             log.error("chimney_client_notification_handler_failed", exc_info=task.exception())
 
     def _connection_lost(self, exc: Exception | None) -> None:
-        if self._lost is None:
-            why = f": {exc}" if exc is not None else ""
-            self._lost = ConnectionLost(f"connection to {self.address or 'server'} lost{why}")
-        for fut in self._codec.fail_all():
-            if not fut.done():
-                fut.set_exception(self._lost)
+        why = f": {exc}" if exc is not None else ""
+        self._mark_lost(f"connection to {self.address or 'server'} lost{why}", exc)
         self._out.clear()
-        self._resume_writing()
         if not self._closed.done():
             self._closed.set_result(None)
+
+    def _mark_lost(self, why: str, cause: BaseException | None) -> None:
+        """The connection is gone (or going): the first reason stays; every pending call fails
+        now, and calls waiting for the write buffer wake up to fail."""
+        if self._lost is None:
+            self._lost = ConnectionLost(why)
+            self._lost_cause = cause
+        for fut in self._codec.fail_all():
+            if not fut.done():
+                fut.set_exception(self._gone())
+        self._resume_writing()
+
+    def _gone(self) -> ConnectionLost:
+        """A fresh `ConnectionLost` for one failed call: re-raising one stored instance would
+        grow its traceback with every raise and share it between tasks."""
+        err = ConnectionLost(str(self._lost))
+        err.__cause__ = self._lost_cause
+        return err
 
     # ============================================================================================
     # contract v1 methods (rpc-contract.md), typed
     # ============================================================================================
-    def _server_wait(self, timeout_ms: int | None) -> float | None:
-        """A client timeout that outlasts a server-side wait of `timeout_ms`."""
-        if timeout_ms is None or self.call_timeout is None:
-            return None
-        return max(self.call_timeout, timeout_ms / 1000 + SERVER_WAIT_MARGIN)
+    async def _server_wait(self, method: str, params: list[Any], timeout_ms: int | None) -> Any:
+        """Call `method` that waits in the daemon up to `timeout_ms` (its last param), timed by
+        `protocol.server_wait`: a timeout leaves no request behind to swallow data."""
+        wait: ServerWait = server_wait(self.call_timeout, timeout_ms)
+        if wait.timeout_ms is not None:
+            params.append(wait.timeout_ms)
+        try:
+            return await self.call(method, *params, timeout=wait.limit)
+        except RpcTimeout as exc:
+            if not wait.implicit:
+                raise
+            raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
 
     async def ping(self) -> str:
         return str(await self.call("ping"))
@@ -337,8 +411,8 @@ class AsyncClient:
         return dict(await self.call("tcp.listener_info", listener_id))
 
     async def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:
-        params: list[Any] = [listener_id] if timeout_ms is None else [listener_id, timeout_ms]
-        return int(await self.call("tcp.accept", *params, timeout=self._server_wait(timeout_ms)))
+        """The next accepted connection; timed like `tcp_recv` (a timeout loses none)."""
+        return int(await self._server_wait("tcp.accept", [listener_id], timeout_ms))
 
     async def tcp_offload(self, conn_id: int) -> dict[str, Any]:
         return dict(await self.call("tcp.offload", conn_id))
@@ -350,10 +424,15 @@ class AsyncClient:
         return int(await self.call("tcp.send", conn_id, data))
 
     async def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int | None = None) -> bytes:
-        params: list[Any] = [conn_id, max_bytes]
-        if timeout_ms is not None:
-            params.append(timeout_ms)
-        return bytes(await self.call("tcp.recv", *params, timeout=self._server_wait(timeout_ms)))
+        """Up to `max_bytes` bytes (empty at end of stream); `RpcTimeout` after `timeout_ms`.
+
+        Without `timeout_ms` on a client with `call_timeout`, the daemon is sent `call_timeout`
+        as `timeout_ms` (at most an hour) and its TIMEOUT answer raises `CallTimeout`: the
+        daemon times out itself and keeps later bytes for the next call, where a request the
+        client merely gave up on would stay queued in the daemon and swallow them. The client's
+        own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
+        """
+        return bytes(await self._server_wait("tcp.recv", [conn_id, max_bytes], timeout_ms))
 
     async def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]

@@ -8,6 +8,7 @@ waiters, so the protocol rules are written (and tested) once.
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,13 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 MSGID_LIMIT = 1 << 32
 DEFAULT_PORT = 7411
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
+
+#: The longest server-side wait the daemon takes (docs/rpc.md, limits: `timeout_ms`).
+MAX_TIMEOUT_MS = 3_600_000
+#: Extra client-side time granted to calls that wait server-side (`timeout_ms`) before giving
+#: up: the daemon's TIMEOUT answer should come first, the client's own limit only catches a
+#: daemon that does not answer at all.
+SERVER_WAIT_MARGIN = 5.0
 
 T = TypeVar("T")
 
@@ -230,6 +238,36 @@ def parse_address(address: str) -> tuple[str, int] | str:
     if not 0 <= port_n < 65536:
         raise _bad_address(text, f"port {port_n} is out of range (0-65535)")
     return (host or "127.0.0.1", port_n)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerWait:
+    """How a call that waits in the daemon (`tcp.recv`, `tcp.accept`) is timed."""
+
+    #: the `timeout_ms` to send (None: none, the daemon waits as long as it takes)
+    timeout_ms: int | float | None
+    #: the client's own limit in seconds (None: none)
+    limit: float | None
+    #: `timeout_ms` stands for the client's `call_timeout`: the daemon's TIMEOUT answer is then
+    #: the call timing out, raised as `CallTimeout`
+    implicit: bool
+
+
+def server_wait(call_timeout: float | None, timeout_ms: int | float | None) -> ServerWait:
+    """Time a server-side wait so that no data is lost by a timeout.
+
+    A call abandoned by the client stays queued in the daemon, which hands the next bytes (or
+    connection) to it and its answer is dropped (contract: `tcp.recv`, no data is lost by a
+    *server* timeout). So when `call_timeout` applies and the caller gave no `timeout_ms`, the
+    daemon is asked to time out itself after `call_timeout` (at most its longest wait, an hour),
+    keeping the bytes; the client's own limit stays `SERVER_WAIT_MARGIN` above any server wait.
+    """
+    if call_timeout is None:
+        return ServerWait(timeout_ms, None, False)
+    if timeout_ms is None:
+        ms = min(math.ceil(max(call_timeout, 0.0) * 1000), MAX_TIMEOUT_MS)
+        return ServerWait(ms, ms / 1000 + SERVER_WAIT_MARGIN, True)
+    return ServerWait(timeout_ms, max(call_timeout, timeout_ms / 1000 + SERVER_WAIT_MARGIN), False)
 
 
 def connect_opts(offload: bool, target: str | None) -> dict[str, Any]:
