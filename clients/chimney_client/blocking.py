@@ -2,19 +2,20 @@
 
 Same codec, wrappers and errors as the asyncio client. Notifications that arrive while a call
 waits are appended to `notifications` and passed to handlers at once; `wait_notification()`
-reads more while idle.
+reads more while idle. Threads may share a client: a lock runs their calls one at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
-from .errors import CallTimeout, ConnectionLost, ProtocolError
+from .errors import CallTimeout, ConnectionLost, ProtocolError, RpcTimeout
 from .protocol import (
     DEFAULT_ADDRESS,
     DEFAULT_MAX_FRAME,
@@ -24,12 +25,12 @@ from .protocol import (
     connect_opts,
     fault_spec,
     parse_address,
+    server_wait,
 )
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
-SERVER_WAIT_MARGIN = 5.0
 _RECV_SIZE = 256 * 1024
 
 BlockingHandler = Callable[[list[Any]], None]
@@ -44,8 +45,22 @@ class _Slot:
         self.reply: Reply[_Slot] | None = None
 
 
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
 class Client:
-    """Blocking client. `Client.connect(addr)`; every method blocks until its answer."""
+    """Blocking client. `Client.connect(addr)`; every method blocks until its answer.
+
+    Thread-safe: a lock lets one call at a time use the connection (sending and reading its
+    answer); a call that waits for the lock counts that wait against its timeout. `close()`
+    does not wait for the lock, and wakes a call blocked in another thread.
+
+    `call_timeout` bounds a whole call, its sending included. A request cut part-way by its
+    timeout leaves half a frame on the wire: the call raises `CallTimeout` and the connection
+    is closed (later calls raise `ConnectionLost`). Each failed call raises a fresh
+    `ConnectionLost`, chained from the cause of the loss.
+    """
 
     def __init__(
         self,
@@ -60,7 +75,11 @@ class Client:
         self.call_timeout = call_timeout
         self._codec: ClientCodec[_Slot] = ClientCodec(max_frame)
         self._handlers: dict[str, list[BlockingHandler]] = {}
+        # Reentrant: a notification handler may call while the call that read it holds it.
+        self._lock = threading.RLock()
+        #: why the connection is gone (a record: each failed call raises a fresh copy)
         self._lost: ConnectionLost | None = None
+        self._lost_cause: BaseException | None = None
         #: every notification received, oldest first (the caller may clear it)
         self.notifications: list[Notification] = []
 
@@ -74,7 +93,15 @@ class Client:
         call_timeout: float | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> Self:
+        """Connect to `"host:port"` or `"unix:/path"`; send `auth` first when `token` is given.
+
+        `timeout` covers the whole handshake, `auth` included (`ConnectionLost` when it runs
+        out). `call_timeout` is the default per-call timeout (None: wait as long as the server
+        takes); `tcp_recv`/`tcp_accept` without `timeout_ms` pass it to the daemon as their
+        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`).
+        """
         target = parse_address(address)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             if isinstance(target, str):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -91,17 +118,26 @@ class Client:
             raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
         client = cls(sock, address, call_timeout=call_timeout, max_frame=max_frame)
         if token is not None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            # The connect timeout bounds auth too; a shorter call_timeout still applies.
+            by_connect = left is not None and (call_timeout is None or left < call_timeout)
             try:
-                client.auth(token)
-            except BaseException:
+                client.call("auth", token, timeout=left if by_connect else None)
+            except BaseException as exc:
                 client.close()
+                if by_connect and isinstance(exc, CallTimeout):
+                    raise ConnectionLost(
+                        f"cannot connect to {address}: timed out waiting for auth"
+                    ) from exc
                 raise
         return client
 
     def close(self) -> None:
+        """Close the connection. Idempotent; callable from any thread (a call blocked in
+        another thread then raises `ConnectionLost`)."""
         if self._lost is None:
             self._lost = ConnectionLost(f"connection to {self.address} closed")
-        self._sock.close()
+        self._shut()
 
     @property
     def closed(self) -> bool:
@@ -119,28 +155,48 @@ class Client:
     # calls and notifications
     # ============================================================================================
     def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
-        """Send one request, wait for its answer; notifications meanwhile are collected."""
-        if self._lost is not None:
-            raise self._lost
-        slot = _Slot()
-        msgid, data = self._codec.request(method, params, slot)
+        """Send one request, wait for its answer; notifications meanwhile are collected.
+
+        `timeout` (seconds) overrides `call_timeout` and bounds the whole call: waiting for
+        another thread's call, sending, and waiting for the answer.
+        """
         limit = self.call_timeout if timeout is None else timeout
         deadline = None if limit is None else time.monotonic() + limit
+        self._acquire(method, limit)
         try:
-            self._sendall(data)
-            while slot.reply is None:
-                if not self._read(deadline):
-                    raise CallTimeout(f"{method}: no response within {limit:g} s")
+            if self._lost is not None:
+                raise self._gone()
+            slot = _Slot()
+            msgid, data = self._codec.request(method, params, slot)
+            try:
+                self._send(data, deadline, method, limit)
+                while slot.reply is None:
+                    # A stream of notifications must not keep a call alive past its deadline.
+                    if not self._read(deadline) or (slot.reply is None and _expired(deadline)):
+                        raise CallTimeout(f"{method}: no response within {limit:g} s")
+            finally:
+                self._codec.forget(msgid)  # a late response is then dropped silently
         finally:
-            self._codec.forget(msgid)  # a late response is then dropped silently
+            self._lock.release()
         if slot.reply.error is not None:
             raise slot.reply.error
         return slot.reply.result
 
     def notify(self, method: str, *params: Any) -> None:
-        if self._lost is not None:
-            raise self._lost
-        self._sendall(self._codec.notification(method, params))
+        """Send a notification; `call_timeout` bounds the sending."""
+        limit = self.call_timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        self._acquire(method, limit)
+        try:
+            if self._lost is not None:
+                raise self._gone()
+            self._send(self._codec.notification(method, params), deadline, method, limit)
+        finally:
+            self._lock.release()
+
+    def _acquire(self, method: str, limit: float | None) -> None:
+        if not self._lock.acquire(timeout=-1 if limit is None else max(limit, 0.0)):
+            raise CallTimeout(f"{method}: not sent within {limit:g} s (another call was running)")
 
     def on_notification(self, method: str, handler: BlockingHandler) -> Callable[[], None]:
         """Call `handler(params)` for each notification `method` (while any call reads)."""
@@ -159,50 +215,75 @@ class Client:
         Taken notifications leave `notifications`; None when nothing came in time.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.notifications:
-            if self._lost is not None:
-                raise self._lost
-            if not self._read(deadline):
-                return None
-        return self.notifications.pop(0)
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return None  # another thread's call held the client all the time
+        try:
+            while not self.notifications:
+                if self._lost is not None:
+                    raise self._gone()
+                # Bytes that are no notification (late responses) must not extend the wait.
+                if not self._read(deadline) or (not self.notifications and _expired(deadline)):
+                    return None
+            return self.notifications.pop(0)
+        finally:
+            self._lock.release()
 
     def poll(self) -> None:
         """Read whatever already arrived (notifications) without blocking."""
-        while self._lost is None and self._read(time.monotonic()):
-            pass
+        with self._lock:
+            while self._lost is None and self._read(time.monotonic()):
+                pass
 
     # ============================================================================================
     # socket
     # ============================================================================================
-    def _sendall(self, data: bytes) -> None:
+    def _settimeout(self, deadline: float | None) -> None:
+        self._sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+
+    def _send(self, data: bytes, deadline: float | None, method: str, limit: float | None) -> None:
+        """Send one frame by `deadline`. Nothing sent by then: `CallTimeout`, the connection
+        stays usable; part of it sent: the stream is broken, the connection is closed."""
+        view = memoryview(data)
+        sent = 0
         try:
-            self._sock.settimeout(None)
-            self._sock.sendall(data)
+            while sent < len(view):
+                self._settimeout(deadline)
+                sent += self._sock.send(view[sent:])
+        except (TimeoutError, BlockingIOError) as exc:
+            if not sent:
+                raise CallTimeout(
+                    f"{method}: not sent within {limit:g} s (the server is not reading)"
+                ) from None
+            self._lose(
+                f"{method} was cut part-way by its timeout ({sent} of {len(view)} bytes)", exc
+            )
+            raise CallTimeout(
+                f"{method}: not sent within {limit:g} s; connection closed: the request was "
+                f"cut part-way"
+            ) from None
         except OSError as exc:
-            self._fail(f"send failed: {exc}")
+            self._fail(f"send failed: {exc}", exc)
+        except BaseException as exc:
+            if sent:  # e.g. KeyboardInterrupt between two sends: half a frame is on the wire
+                self._lose(f"{method} was cut part-way ({sent} of {len(view)} bytes)", exc)
+            raise
 
     def _read(self, deadline: float | None) -> bool:
         """Read once and dispatch; False if the deadline passed with nothing read."""
-        if deadline is None:
-            self._sock.settimeout(None)
-        else:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._sock.settimeout(0.0)
-            else:
-                self._sock.settimeout(left)
         try:
+            self._settimeout(deadline)  # raises too once another thread closed the socket
             data = self._sock.recv(_RECV_SIZE)
         except (TimeoutError, BlockingIOError):
             return False
         except OSError as exc:
-            self._fail(f"receive failed: {exc}")
+            self._fail(f"receive failed: {exc}", exc)
         if not data:
-            self._fail("closed by the server")
+            self._fail("closed by the server", None)
         try:
             events = self._codec.receive(data)
         except ProtocolError as exc:
-            self._fail(f"protocol error: {exc}")
+            # The codec left every call of the bad chunk pending: `_fail` fails them all.
+            self._fail(f"protocol error: {exc}", exc)
         for event in events:
             if isinstance(event, Notification):
                 self.notifications.append(event)
@@ -218,20 +299,49 @@ class Client:
                 event.token.reply = event
         return True
 
-    def _fail(self, why: str) -> NoReturn:
+    def _lose(self, why: str, cause: BaseException | None) -> None:
+        """The connection is gone: the first reason stays, pending calls are dropped."""
         if self._lost is None:
             self._lost = ConnectionLost(f"connection to {self.address} lost: {why}")
+            self._lost_cause = cause
         self._codec.fail_all()
+        self._shut()
+
+    def _fail(self, why: str, cause: BaseException | None) -> NoReturn:
+        self._lose(why, cause)
+        raise self._gone()
+
+    def _gone(self) -> ConnectionLost:
+        """A fresh `ConnectionLost` for one failed call: re-raising one stored instance would
+        grow its traceback with every raise and share it between threads."""
+        err = ConnectionLost(str(self._lost))
+        err.__cause__ = self._lost_cause
+        return err
+
+    def _shut(self) -> None:
+        # shutdown() before close(): it wakes a recv blocked in another thread, close() alone
+        # does not.
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected any more
         self._sock.close()
-        raise self._lost
 
     # ============================================================================================
     # contract v1 methods (rpc-contract.md), typed; same signatures as AsyncClient
     # ============================================================================================
-    def _server_wait(self, timeout_ms: int | None) -> float | None:
-        if timeout_ms is None or self.call_timeout is None:
-            return None
-        return max(self.call_timeout, timeout_ms / 1000 + SERVER_WAIT_MARGIN)
+    def _server_wait(self, method: str, params: list[Any], timeout_ms: int | None) -> Any:
+        """Call `method` that waits in the daemon up to `timeout_ms` (its last param), timed by
+        `protocol.server_wait`: a timeout leaves no request behind to swallow data."""
+        wait = server_wait(self.call_timeout, timeout_ms)
+        if wait.timeout_ms is not None:
+            params.append(wait.timeout_ms)
+        try:
+            return self.call(method, *params, timeout=wait.limit)
+        except RpcTimeout as exc:
+            if not wait.implicit:
+                raise
+            raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
 
     def ping(self) -> str:
         return str(self.call("ping"))
@@ -261,8 +371,8 @@ class Client:
         return dict(self.call("tcp.listener_info", listener_id))
 
     def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:
-        params: list[Any] = [listener_id] if timeout_ms is None else [listener_id, timeout_ms]
-        return int(self.call("tcp.accept", *params, timeout=self._server_wait(timeout_ms)))
+        """The next accepted connection; timed like `tcp_recv` (a timeout loses none)."""
+        return int(self._server_wait("tcp.accept", [listener_id], timeout_ms))
 
     def tcp_offload(self, conn_id: int) -> dict[str, Any]:
         return dict(self.call("tcp.offload", conn_id))
@@ -274,10 +384,15 @@ class Client:
         return int(self.call("tcp.send", conn_id, data))
 
     def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int | None = None) -> bytes:
-        params: list[Any] = [conn_id, max_bytes]
-        if timeout_ms is not None:
-            params.append(timeout_ms)
-        return bytes(self.call("tcp.recv", *params, timeout=self._server_wait(timeout_ms)))
+        """Up to `max_bytes` bytes (empty at end of stream); `RpcTimeout` after `timeout_ms`.
+
+        Without `timeout_ms` on a client with `call_timeout`, the daemon is sent `call_timeout`
+        as `timeout_ms` (at most an hour) and its TIMEOUT answer raises `CallTimeout`: the
+        daemon times out itself and keeps later bytes for the next call, where a request the
+        client merely gave up on would stay queued in the daemon and swallow them. The client's
+        own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
+        """
+        return bytes(self._server_wait("tcp.recv", [conn_id, max_bytes], timeout_ms))
 
     def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]
