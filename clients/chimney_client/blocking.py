@@ -7,8 +7,11 @@ reads more while idle. Threads may share a client: a lock runs their calls one a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -229,10 +232,18 @@ class Client:
             self._lock.release()
 
     def poll(self) -> None:
-        """Read whatever already arrived (notifications) without blocking."""
+        """Read whatever already arrived (notifications) without blocking: what the socket
+        held when it was called, so a stream that keeps coming does not keep it reading."""
         with self._lock:
-            while self._lost is None and self._read(time.monotonic()):
-                pass
+            if self._lost is not None:
+                return
+            try:
+                held = struct.unpack("i", fcntl.ioctl(self._sock, termios.FIONREAD, b"\0" * 4))[0]
+            except OSError:
+                held = _RECV_SIZE  # no count from this socket: one read's worth
+            reads = held // _RECV_SIZE + 1  # a read takes at most _RECV_SIZE
+            while reads and self._lost is None and self._read(time.monotonic()):
+                reads -= 1
 
     # ============================================================================================
     # socket

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -161,3 +162,20 @@ def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
         ("tcp.accept", [3, 250]),
         ("tcp.recv", [7, 100, 50]),
     ]
+
+
+def test_poll_returns_under_a_stream_of_events() -> None:
+    """poll() reads what had arrived when it was called, not everything that keeps coming."""
+    lst, stop, feeder = _flood(msgpack.packb([2, "tcp.event", [1, "offloaded", {}]]))
+    c = Client.connect(listener_address(lst))
+    time.sleep(0.05)  # some events are there before the poll
+    t, _ = run_in_thread(c.poll)
+    t.join(HANG)
+    hung = t.is_alive()
+    c.close()
+    stop.set()
+    feeder.join(5)
+    t.join(5)
+    lst.close()
+    assert not hung, "poll() still reading after 3 s"
+    assert c.notifications, "poll() read none of the events that had arrived"
