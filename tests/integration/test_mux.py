@@ -690,6 +690,24 @@ async def test_a_terminate_from_above_waits_for_the_muxs_own_invalidate(
 
 
 # -- state operations on objects that live on several NICs -----------------------------------
+def copies_on(engine: Any, nic: str) -> dict[str, str]:
+    """The phase of each copy the MUX holds on `nic` of the objects offloaded to it, by type
+    (`Ip4OffloadState` a path, `NeighborOffloadState` a neighbor): `stack.info` shows no copy."""
+    mux = engine.layers["team0"]
+    return {
+        vobj.header_type.name: inst.lifecycle.phase.name
+        for vobj in mux.vobj_table.values()
+        for inst in vobj.instances.values()
+        if inst.lower.name == nic
+    }
+
+
+def calls(engine: Any, layer: str, call: str) -> int:
+    """How many times `layer` made `call` (`stack.stats`: counted where the call is made)."""
+    made: int = engine.ndis.stats()[layer]["calls"].get(call, 0)
+    return made
+
+
 async def test_an_invalidate_passes_by_a_copy_whose_terminate_failed(
     make_engine: Any, echo_port: int
 ) -> None:
@@ -697,29 +715,80 @@ async def test_an_invalidate_passes_by_a_copy_whose_terminate_failed(
     takes only a terminate, which the MUX gives it once nothing on that NIC depends on it. An
     invalidate of the path from above in the meantime reaches the other copies, not that one:
     relaying it there was a §9 violation, met by the team property with bugs planted (this is
-    its shrunk example). nic1 gets a connection by a rebalance and is taken out at once; its
-    terminate of that connection and of its path and neighbor copies meets a bug."""
+    its shrunk example). nic1 gets a connection by a rebalance and is taken out; its terminate
+    of that connection and of its path and neighbor copies meets a bug.
+
+    The copy is FAILED only until the host terminates the aborted connection again (§3.7
+    step 4), which takes the copy with it: too short a while to invalidate in by waiting. So
+    delay faults stage it in order: nic1 holds the first terminate; the MUX holds the
+    invalidate at its entry, and the host's second terminate queues behind it (a delay never
+    reorders a layer's calls); then nic1's terminate runs and meets the bug, and the invalidate
+    is let through to the MUX while its copy on nic1 is FAILED, ahead of that terminate."""
     engine = await make_engine(teaming("active-standby", nics=3), trace_depth=4096)
     conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(3)]  # all on nic0
-    engine.fault_inject({"kind": "raise_next", "layer": "nic1", "call": "MiniportTerminateOffload"})
     engine.fault_inject({"kind": "rebalance", "layer": "team0"})
-    await asyncio.sleep(0.005)
+    await eventually(
+        lambda: (
+            sorted(lo["connections"] for lo in lowers(engine).values()) == [1, 1, 1]
+            and all(engine.conn_info(c)["state"] == "offloaded" for c in conns)
+        ),
+        "the rebalance gives each NIC one connection",
+    )
+    moved = next(c for c in conns if nic_of(engine, c) == "nic1")
+    others = [c for c in conns if c != moved]
+    assert {nic_of(engine, c) for c in others} == {"nic0", "nic2"}
+    engine.fault_inject({"kind": "raise_next", "layer": "nic1", "call": "MiniportTerminateOffload"})
+    held_below = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportTerminateOffload", "ms": 60000}
+    )
+    mark = last_seq(engine, moved)
     down = engine.fault_inject({"kind": "nic_down", "layer": "nic1"})
-    await asyncio.sleep(0.005)
-    engine.fault_inject({"kind": "invalidate", "conn": conns[1], "object": "path"})
+    await eventually(
+        lambda: ("nic1", "MiniportTerminateOffload", None) in hops(engine, moved, mark),
+        "the host's terminate of nic1's connection reaches nic1",
+    )
+    held_at_mux = engine.fault_inject(
+        {"kind": "delay", "layer": "team0", "call": "MiniportInvalidateOffload", "ms": 60000}
+    )
+    invalidate = asyncio.ensure_future(engine.invalidate(others[0], "path"))
+    # once the host has handed it down, it is in the MUX's queue behind the delay that holds
+    # it, and ahead of any terminate the host makes after it
+    await eventually(
+        lambda: calls(engine, "tcpip", "NdisInvalidateOffload") == 1,
+        "the host hands the invalidate to the MUX",
+    )
+    engine.fault_clear(held_below)
     await eventually(lambda: engine.layer_errors == 1, "the bug in nic1's terminate goes off")
+    again = ("team0", "MiniportTerminateOffload", None)
+    await eventually(
+        lambda: hops(engine, moved, mark).count(again) == 2,
+        "the host terminates the aborted connection again, behind the held invalidate",
+    )
+    assert copies_on(engine, "nic1") == {
+        "Ip4OffloadState": "FAILED",
+        "NeighborOffloadState": "FAILED",
+    }
+    assert not invalidate.done()
+    engine.fault_clear(held_at_mux)
+    assert await asyncio.wait_for(invalidate, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    # it reached the copies on nic0 and nic2 (each NIC completed its part), none on nic1: an
+    # invalidate of a path names no connection, so the connections' traces do not show it
+    done = "NdisMInvalidateOffloadComplete"
+    assert {n: calls(engine, n, done) for n in ("nic0", "nic1", "nic2")} == {
+        "nic0": 1,
+        "nic1": 0,
+        "nic2": 1,
+    }
     engine.fault_clear(down)
     await eventually(lambda: not team(engine)["evacuating"], "the MUX has its connections")
-    await asyncio.sleep(0.05)
+    await eventually(lambda: engine.conn_info(moved)["state"] == "host", "the abort is done")
     assert engine.checker is not None
     accept_planted_bugs(engine, 1)  # the bug, and no violation beside it
     # the connection whose terminate met the bug is aborted (spec §3.7); the others carry bytes
     abort = ("team0", "NdisTcpOffloadEventHandler", "TcpIndicateAbort")
-    aborted = [c for c in conns if abort in hops(engine, c)]
-    assert len(aborted) <= 1, aborted
-    for c in conns:
-        if c not in aborted:
-            await echo(engine, c, os.urandom(2048))
+    assert [c for c in conns if abort in hops(engine, c)] == [moved]
+    for c in others:
+        await echo(engine, c, os.urandom(2048))
 
 
 async def test_update_query_and_invalidate_reach_every_nic(
