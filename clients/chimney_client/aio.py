@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
@@ -376,10 +377,11 @@ class AsyncClient:
         wait: ServerWait = server_wait(self.call_timeout, timeout_ms)
         if wait.timeout_ms is not None:
             params.append(wait.timeout_ms)
+        start = time.monotonic()
         try:
             return await self.call(method, *params, timeout=wait.limit)
         except RpcTimeout as exc:
-            if not wait.implicit:
+            if not wait.is_call_timeout(time.monotonic() - start):
                 raise
             raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
 

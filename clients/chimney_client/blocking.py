@@ -347,10 +347,11 @@ class Client:
         wait = server_wait(self.call_timeout, timeout_ms)
         if wait.timeout_ms is not None:
             params.append(wait.timeout_ms)
+        start = time.monotonic()
         try:
             return self.call(method, *params, timeout=wait.limit)
         except RpcTimeout as exc:
-            if not wait.implicit:
+            if not wait.is_call_timeout(time.monotonic() - start):
                 raise
             raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
 

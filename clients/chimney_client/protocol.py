@@ -252,6 +252,21 @@ class ServerWait:
     #: the call timing out, raised as `CallTimeout`
     implicit: bool
 
+    def is_call_timeout(self, elapsed: float) -> bool:
+        """Whether a TIMEOUT answer after `elapsed` s is the wait sent for `call_timeout`
+        running out (raised as `CallTimeout`), not the daemon ending it early: a daemon that
+        is stopping answers TIMEOUT at once ("cancelled"), which stays the daemon's answer."""
+        return (
+            self.implicit
+            and self.timeout_ms is not None
+            and elapsed >= self.timeout_ms / 1000 - TIMER_SLACK_S
+        )
+
+
+#: how much earlier than asked a timer may fire (the daemon's loop runs a timer due within its
+#: clock's resolution); the daemon's wait starts after the client's clock did, never before
+TIMER_SLACK_S = 0.005
+
 
 def server_wait(call_timeout: float | None, timeout_ms: int | float | None) -> ServerWait:
     """Time a server-side wait so that no data is lost by a timeout.

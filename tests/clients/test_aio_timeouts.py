@@ -62,14 +62,25 @@ async def test_a_shorter_call_timeout_still_bounds_auth() -> None:
 
 
 class _TimingOut:
-    """Answers every request with the daemon's TIMEOUT and keeps what it was sent."""
+    """Answers every request with the daemon's TIMEOUT, as the daemon does: once the wait it
+    was sent (`timeout_ms`, the last param) has run out; at once with `early` (a daemon that
+    is stopping). Keeps what it was sent."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, list[Any]]] = []
+        self.early = False
 
     def __call__(self, t: Any, msgid: int, method: str, params: list[Any]) -> None:
         self.requests.append((method, params))
-        answer(t, msgid, error=[7, f"TIMEOUT: {method} timed out"])
+        wait = params[2] if method == "tcp.recv" and len(params) > 2 else None
+        wait = params[1] if method == "tcp.accept" and len(params) > 1 else wait
+        error = [7, f"TIMEOUT: {method} timed out"]
+        if self.early or wait is None:
+            answer(t, msgid, error=[7, "TIMEOUT: cancelled: the daemon is stopping"])
+        else:
+            asyncio.get_running_loop().call_later(
+                wait / 1000, lambda: answer(t, msgid, error=error)
+            )
 
 
 async def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
@@ -86,6 +97,11 @@ async def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
             await c.tcp_accept(3)
         with pytest.raises(RpcTimeout):  # the caller's own timeout_ms: the daemon's answer
             await c.tcp_recv(7, 100, 50)
+        server.early = True  # the daemon ends the wait before it ran out: its answer, as it is
+        with pytest.raises(RpcTimeout) as early:
+            await c.tcp_recv(7, 100)
+        assert not isinstance(early.value, CallTimeout) and "stopping" in str(early.value)
+        server.early = False
         await c.close()
         c = await AsyncClient.connect(address(srv))  # no call_timeout: nothing added
         with pytest.raises(RpcTimeout):
@@ -95,6 +111,7 @@ async def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
             ("tcp.recv", [7, 100, 250]),
             ("tcp.accept", [3, 250]),
             ("tcp.recv", [7, 100, 50]),
+            ("tcp.recv", [7, 100, 250]),
             ("tcp.recv", [7, 100]),
         ]
     finally:

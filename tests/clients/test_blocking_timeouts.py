@@ -135,9 +135,16 @@ def test_wait_notification_timeout_holds_under_a_stream_of_late_answers() -> Non
 class _TimingOut:
     def __init__(self) -> None:
         self.requests: list[tuple[str, list[Any]]] = []
+        self.early = False
 
     def __call__(self, conn: socket.socket, msgid: int, method: str, params: list[Any]) -> None:
+        """TIMEOUT once the wait sent has run out, as the daemon; at once with `early`."""
         self.requests.append((method, params))
+        wait = params[-1] if method in ("tcp.recv", "tcp.accept") else None
+        if self.early or not isinstance(wait, int):
+            reply(conn, msgid, error=[7, "TIMEOUT: cancelled: the daemon is stopping"])
+            return
+        time.sleep(wait / 1000)
         reply(conn, msgid, error=[7, f"TIMEOUT: {method} timed out"])
 
 
@@ -155,12 +162,17 @@ def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
                 c.tcp_accept(3)
             with pytest.raises(RpcTimeout):
                 c.tcp_recv(7, 100, 50)
+            script.early = True  # the daemon ends the wait early: its own answer, as it is
+            with pytest.raises(RpcTimeout) as early:
+                c.tcp_recv(7, 100)
+            assert not isinstance(early.value, CallTimeout) and "stopping" in str(early.value)
     finally:
         srv.close()
     assert script.requests == [
         ("tcp.recv", [7, 100, 250]),
         ("tcp.accept", [3, 250]),
         ("tcp.recv", [7, 100, 50]),
+        ("tcp.recv", [7, 100, 250]),
     ]
 
 
