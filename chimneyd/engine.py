@@ -754,6 +754,14 @@ class Engine:
             gauges = {k: st[k] for k in ("offloads_active", "handles", "outstanding_nbls") if st[k]}
             if gauges:
                 left[name] = gauges
+        # a layer's own tables (what no NDIS gauge shows: records of NBLs and calls passed on,
+        # connections owed something) are empty too once everything is closed and drained
+        for task in self.tasks:
+            if not isinstance(task.layer, DriverLayer):
+                continue
+            tables = {k: n for k, n in task.layer.leftovers().items() if n}
+            if tables:
+                left.setdefault(task.layer.name, {})["tables"] = tables
         if unfinished:
             left["unfinished_closes"] = unfinished
         # a connection closed is gone from the host's table and the socket registry; one
