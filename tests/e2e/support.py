@@ -471,3 +471,14 @@ class MsgidClient:
 
     def close(self) -> None:
         self.raw.close()
+
+
+def echo(c: Client, conn: int, data: bytes) -> None:
+    """Send `data` on an echo peer's connection and read it all back, byte for byte."""
+    assert c.tcp_send(conn, data) == len(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = c.tcp_recv(conn, len(data) - len(got), 10_000)
+        assert chunk, "the echo peer closed"
+        got += chunk
+    assert got == data

@@ -12,25 +12,14 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from chimney_client import Client
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import BIN, HOST, child_env, peer_process
+from tests.e2e.support import BIN, HOST, child_env, echo, peer_process
 from tests.integration.trace_lanes import check_geometry, expected_uppers
 
 TEAMING = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
 SVG = "{http://www.w3.org/2000/svg}"
 MOVE_BOUND_S = 10.0
 ADMIN = "adm1n"
-
-
-def echo(c: Client, conn: int, data: bytes) -> None:
-    assert c.tcp_send(conn, data) == len(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = c.tcp_recv(conn, len(data) - len(got), 10_000)
-        assert chunk, "the echo peer closed"
-        got += chunk
-    assert got == data
 
 
 def test_trace_of_a_moved_connection(spawn_daemon: SpawnDaemon, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from chimney_client import Client
-from tests.e2e.support import HOST
+from tests.e2e.support import HOST, echo
 from tests.integration.trace_lanes import check_geometry, expected_uppers
 from tests.web.support import WebDaemon, screenshot, web_daemon
 
@@ -25,16 +25,6 @@ MOVE_BOUND_S = 10.0
 def team_wd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
     with web_daemon(tmp_path_factory.mktemp("web-team"), TEAMING.read_text()) as w:
         yield w
-
-
-def echo(c: Client, conn: int, data: bytes) -> None:
-    assert c.tcp_send(conn, data) == len(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = c.tcp_recv(conn, len(data) - len(got), 10_000)
-        assert chunk, "the echo peer closed"
-        got += chunk
-    assert got == data
 
 
 def moved(c: Client, conn: int, away_from: str) -> str:

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from chimney_client import Client
-from tests.e2e.support import HOST
+from tests.e2e.support import HOST, echo
 from tests.web.support import WebDaemon, record, screenshot
 
 LAYERS = [["tcpip", "host"], ["im0", "passthrough"], ["nic0", "target"]]
@@ -24,16 +23,6 @@ SEND_HOPS = [
     ["im0", "NdisTcpOffloadSendComplete"],
     ["tcpip", "ProtocolTcpOffloadSendComplete"],
 ]
-
-
-def echo(c: Client, conn: int, data: bytes) -> None:
-    assert c.tcp_send(conn, data) == len(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = c.tcp_recv(conn, len(data) - len(got), 10_000)
-        assert chunk, "the echo peer closed"
-        got += chunk
-    assert got == data
 
 
 def gauge(page: Any, layer: str, key: str) -> int:
