@@ -12,20 +12,36 @@ it from a locustfile (deploy/locustfile.py), never next to asyncio code.
 
 What lands in Locust's statistics (request type / name):
 
-    rpc / <method>           every RPC (tcp.connect, tcp.send, tcp.recv, tcp.upload, tcp.offload,
-                             fault.inject, tcp.close, auth ...): round trip, payload bytes (sent
-                             and acknowledged, or received); an error answer is a failure
+    rpc / <method>           every RPC (tcp.connect, events.subscribe, tcp.info, tcp.send,
+                             tcp.recv, tcp.upload, tcp.offload, fault.inject, tcp.close, auth
+                             ...): round trip, payload bytes (sent and acknowledged, or
+                             received); an error answer is a failure
     rpc / rpc.connect        failure only: the daemon's RPC port could not be reached
-    echo / <daemon address>  one echoed chunk, sent and read back verified: round trip, bytes
-                             verified (one row per daemon: the load each one carried)
+    echo / <daemon address>  one echoed chunk (not a round: a round is payload_bytes in chunks of
+                             chunk_bytes), sent and read back verified: round trip from tcp.send
+                             to the last byte back less any tcp.upload crossed, bytes verified
+                             (one row per daemon: the load each one carried)
     verify / integrity       failure: an echoed byte differed from what was sent
     event / peer_reset       the abort (NDIS_STATUS_REQUEST_ABORTED, TcpIndicateAbort) that the
                              user's own injected peer reset explains: time from the injection
                              to the abort surfacing; expected, not a failure
     event / recv_timeout     a `tcp.recv` TIMEOUT while an echo was on its way (read again)
-    event / stuck            failure: the echo did not come back within the op timeout
+    event / offload_refused  the daemon refused to offload the connection with an NDIS status
+                             (it goes on in the host stack); expected, not a failure
+    event / stuck            failure: the echo did not come back within the op timeout, an RPC
+                             got no answer within the call limit (op timeout + the client's
+                             server-wait margin), or, when the run stopped, the echo had been
+                             acknowledged (or a call sent) over `stop_grace_s` before
     event / unexpected_eof   failure: end of stream with no fault aimed at the connection
-    event / peer_reset_unobserved   failure: an injected reset never surfaced
+    event / peer_reset_unobserved   failure: an injected reset never surfaced within the op
+                             timeout, or was still unseen `stop_grace_s` after it when the run
+                             stopped
+    event / not_closed       failure: `tcp.close` answered before (without) the connection's
+                             `closed` event: the daemon left the connection open
+    event / not_offloaded    failure: a connection meant to be offloaded is not, and the daemon
+                             gave no NDIS status refusing it
+
+`stuck` and `unexpected_eof` carry as length the bytes of the chunk received before it stopped.
 
 The RPC that surfaces an explained abort (or a read timeout) is counted under its event only,
 so a run with resets and nothing wrong has no failures at all.
@@ -50,6 +66,7 @@ from locust.env import Environment
 
 from .blocking import Client
 from .errors import (
+    CallTimeout,
     ChimneyError,
     ConnectionLost,
     InvalidState,
@@ -57,7 +74,7 @@ from .errors import (
     RpcError,
     RpcTimeout,
 )
-from .protocol import DEFAULT_ADDRESS, parse_address
+from .protocol import DEFAULT_ADDRESS, SERVER_WAIT_MARGIN, parse_address
 from .stream import PatternStream, Verifier
 
 log = logging.getLogger(__name__)
@@ -73,6 +90,9 @@ RECV_TIMEOUT = "recv_timeout"
 STUCK = "stuck"
 UNEXPECTED_EOF = "unexpected_eof"
 PEER_RESET_UNOBSERVED = "peer_reset_unobserved"
+NOT_CLOSED = "not_closed"
+NOT_OFFLOADED = "not_offloaded"
+OFFLOAD_REFUSED = "offload_refused"
 RPC_CONNECT = "rpc.connect"
 
 DEFAULT_ECHO = "127.0.0.1:9000"
@@ -80,6 +100,10 @@ DEFAULT_ECHO = "127.0.0.1:9000"
 RECONNECT_BACKOFF_S = 1.0
 #: Client-side limit on the `tcp.close` a stopping user sends (Locust waits for on_stop).
 STOP_CLOSE_TIMEOUT_S = 5.0
+#: Longest a loopback echo (or a reset's abort, or one RPC) may still be outstanding when the run
+#: stops before it counts as lost (capped by the op timeout): Locust kills users mid-call at the
+#: stop, and an echo acknowledged this long before has had time to come back many times over.
+STOP_GRACE_S = 5.0
 _ABORTED = "NDIS_STATUS_REQUEST_ABORTED"
 
 
@@ -163,16 +187,32 @@ class ChimneySettings:
     think_ms: int = 0  # pause between rounds
     recv_timeout_ms: int = 5000  # server-side wait of one `tcp.recv`
     op_timeout_s: float = 30.0  # an echo or a reset that takes longer is a failure
-    call_timeout_s: float = 60.0  # client-side limit on any RPC
+    #: client-side limit on any RPC; None: `op_timeout_s` plus the client's server-wait margin
+    call_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name in NOT_OPTIONS and getattr(self, f.name) is None:
+                continue
             if f.name in RANGES:
                 kind = int if isinstance(f.default, int) else float
                 problem = setting_problem(f.name, getattr(self, f.name), kind)
                 if problem:
                     option = "--chimney-" + f.name.replace("_", "-")
                     raise ValueError(f"{f.name if f.name in NOT_OPTIONS else option}: {problem}")
+
+    @property
+    def call_limit_s(self) -> float:
+        """Client-side limit on one RPC: a call unanswered this long is `stuck`. The margin
+        keeps it above the server-side wait the client sends (protocol.server_wait)."""
+        if self.call_timeout_s is not None:
+            return self.call_timeout_s
+        return self.op_timeout_s + SERVER_WAIT_MARGIN
+
+    @property
+    def stop_grace_s(self) -> float:
+        """How long an echo, a reset or a call may be outstanding when the run stops."""
+        return min(self.op_timeout_s, STOP_GRACE_S)
 
     @classmethod
     def from_options(cls, options: Any) -> ChimneySettings:
@@ -246,8 +286,25 @@ def add_arguments(parser: Any) -> None:
         type=_option_type("op_timeout_s", float),
         default=d.op_timeout_s,
         include_in_web_ui=False,
-        help="an echo or reset slower than this is a failure, s (default %(default)s)",
+        help="an echo or reset slower than this is a failure, and an RPC unanswered 5 s past "
+        "it, s (default %(default)s)",
     )
+
+
+def options_help(prog: str = "locust -f deploy/locustfile.py") -> str:
+    """The `--chimney-*` options and their help, as `locust --help` cannot show them: Locust
+    prints its help before it imports the locustfile that adds them."""
+    from locust.argument_parser import LocustArgumentParser
+
+    parser = LocustArgumentParser(
+        prog=prog,
+        add_help=False,
+        add_env_var_help=True,
+        add_config_file_help=False,
+        description="The options chimneyd's locustfile adds to Locust's own (locust --help).",
+    )
+    add_arguments(parser)
+    return str(parser.format_help())
 
 
 def daemon_addresses(host: str | None) -> list[str]:
@@ -295,6 +352,9 @@ class LocustClient(Client):
         self._context: dict[str, Any] = {}
         #: a call was cut short (the greenlet was killed in it): the stream may hold half a frame
         self.mid_call = False
+        #: the call under way (or cut short): its method and perf_counter at its start
+        self.call_method = ""
+        self.call_started = 0.0
 
     def report_to(
         self, environment: Environment, explained: Explained, context: dict[str, Any]
@@ -306,6 +366,7 @@ class LocustClient(Client):
     def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         self.mid_call = True
         t0 = time.perf_counter()
+        self.call_method, self.call_started = method, t0
         try:
             result = super().call(method, *params, timeout=timeout)
         except RpcError as exc:
@@ -318,6 +379,8 @@ class LocustClient(Client):
             self._report(method, t0, 0, exc)
             raise
         self.mid_call = False
+        # the user reads notifications through its handlers only: keep none
+        self.notifications.clear()
         self._report(method, t0, payload_length(method, result), None)
         return result
 
@@ -345,6 +408,11 @@ class EchoConn:
     offloaded: bool = True
     #: perf_counter when our injected peer reset was accepted; from then an abort is expected
     reset_at: float | None = None
+    #: perf_counter when the chunk being read back was acknowledged (None: no echo awaited),
+    #: its size and how much of it came back so far
+    acked_at: float | None = None
+    awaited: int = 0
+    back: int = 0
 
 
 class _ConnGone(Exception):
@@ -376,6 +444,8 @@ class ChimneyUser(User):
         self.rng = random.Random(os.urandom(16))
         self.client: LocustClient | None = None
         self.conn: EchoConn | None = None
+        #: connections whose `closed` event came (taken by the check after `tcp.close`)
+        self._gone: dict[int, bool] = {}
         now = time.monotonic()
         self._next_upload = now + self._interval(self.settings.upload_rate)
         self._next_reset = now + self._interval(self.settings.reset_rate)
@@ -392,7 +462,7 @@ class ChimneyUser(User):
 
     def connect_client(self) -> LocustClient:
         """A reporting client to `self.daemon` (tests substitute an in-memory one)."""
-        return LocustClient.connect(self.daemon, call_timeout=self.settings.call_timeout_s)
+        return LocustClient.connect(self.daemon, call_timeout=self.settings.call_limit_s)
 
     # ============================================================================================
     # Locust hooks
@@ -405,14 +475,53 @@ class ChimneyUser(User):
         self.client, self.conn = None, None
         if client is None:
             return
+        self._report_outstanding(client, conn)
         # Killed in the middle of a call, the RPC stream may hold half a frame: only closing it
         # is safe, and the daemon then closes every connection the client owned.
         if conn is not None and not client.mid_call and not client.closed:
             try:
                 client.call("tcp.close", conn.cid, timeout=STOP_CLOSE_TIMEOUT_S)
+                self._check_closed(conn)
             except ChimneyError:
                 pass  # reported by the client
         client.close()
+
+    def _report_outstanding(self, client: LocustClient, conn: EchoConn | None) -> None:
+        """At the stop, what was cut off and had waited too long: a lost echo, a hung call, a
+        reset that never surfaced. Locust kills a user mid-call, so nothing else reports them;
+        below `stop_grace_s` the stop merely came first."""
+        now = time.perf_counter()
+        grace = self.settings.stop_grace_s
+        if conn is not None and conn.reset_at is not None and now - conn.reset_at > grace:
+            waited = now - conn.reset_at
+            self._fire(
+                EVENT,
+                PEER_RESET_UNOBSERVED,
+                waited * 1000.0,
+                0,
+                EchoFailure(f"conn {conn.cid}: no abort {waited:.1f} s after the reset (at stop)"),
+            )
+        if conn is not None and conn.acked_at is not None and now - conn.acked_at > grace:
+            waited = now - conn.acked_at
+            self._fire(
+                EVENT,
+                STUCK,
+                waited * 1000.0,
+                conn.back,
+                EchoFailure(
+                    f"conn {conn.cid}: {conn.back} of {conn.awaited} bytes back {waited:.1f} s "
+                    "after the peer acknowledged them (at stop)"
+                ),
+            )
+        elif client.mid_call and now - client.call_started > grace:
+            waited = now - client.call_started
+            self._fire(
+                EVENT,
+                STUCK,
+                waited * 1000.0,
+                0,
+                EchoFailure(f"{client.call_method}: no answer after {waited:.1f} s (at stop)"),
+            )
 
     @task
     def echo_round(self) -> None:
@@ -451,7 +560,11 @@ class ChimneyUser(User):
     # the echo
     # ============================================================================================
     def _echo(self, conn: EchoConn, size: int, upload: bool) -> None:
-        """Send `size` bytes in chunks; read each chunk back and verify it before the next."""
+        """Send `size` bytes in chunks; read each chunk back and verify it before the next.
+
+        Each chunk is one `echo` row request, timed from its `tcp.send` to its last byte back,
+        less the `tcp.upload` a chunk crosses (that call has its own `rpc` row).
+        """
         client = self._client()
         left = size
         while left > 0:
@@ -459,16 +572,44 @@ class ChimneyUser(User):
             data = conn.stream.read(n)
             t0 = time.perf_counter()
             self._io(conn, client.tcp_send, conn.cid, data)
+            # the peer has the chunk: from now on its echo is on its way (on_stop judges it)
+            conn.acked_at, conn.awaited, conn.back = time.perf_counter(), n, 0
+            elapsed = conn.acked_at - t0
             if upload:
                 upload = False  # the echo of this chunk crosses the upload
                 self._io(conn, client.tcp_upload, conn.cid)
                 conn.offloaded = False
+            t1 = time.perf_counter()
             self._read_back(conn, n)
-            self._fire(ECHO, self.daemon, (time.perf_counter() - t0) * 1000.0, n, None)
+            conn.acked_at = None
+            elapsed += time.perf_counter() - t1
+            self._fire(ECHO, self.daemon, elapsed * 1000.0, n, None)
             left -= n
         if not conn.offloaded:
-            self._io(conn, client.tcp_offload, conn.cid)
-            conn.offloaded = True
+            self._offload(conn)
+
+    def _offload(self, conn: EchoConn) -> None:
+        """Offload `conn` and check it is: an NDIS status refusing it is an event (the
+        connection goes on in the host stack, rpc.md tcp.offload); any other state a failure."""
+        try:
+            state = self._io(conn, self._client().tcp_offload, conn.cid).get("state")
+        except _ConnGone as gone:
+            cause = gone.__cause__
+            if isinstance(cause, NdisStatusError) and not is_abort(cause):
+                self._fire(EVENT, OFFLOAD_REFUSED, 0.0, 0, None)
+                conn.offloaded = False
+                return
+            raise
+        if state != "offloaded":
+            self._fire(
+                EVENT,
+                NOT_OFFLOADED,
+                0.0,
+                0,
+                EchoFailure(f"conn {conn.cid}: tcp.offload answered state {state!r}"),
+            )
+            raise _ConnGone
+        conn.offloaded = True
 
     def _read_back(self, conn: EchoConn, n: int) -> None:
         client = self._client()
@@ -484,6 +625,7 @@ class ChimneyUser(User):
             except RpcTimeout:
                 self._fire(EVENT, RECV_TIMEOUT, (time.perf_counter() - t_call) * 1000.0, 0, None)
                 waited = time.perf_counter() - t0
+                conn.back = got
                 if waited > s.op_timeout_s:
                     self._fire(
                         EVENT,
@@ -507,6 +649,7 @@ class ChimneyUser(User):
                 raise _ConnGone
             self._verify(conn, chunk)
             got += len(chunk)
+            conn.back = got
 
     def _verify(self, conn: EchoConn, chunk: bytes) -> None:
         at = conn.verifier.offset
@@ -535,6 +678,18 @@ class ChimneyUser(User):
             return op(*args)
         except RpcTimeout:
             raise  # a read that found nothing yet: the caller waits on
+        except CallTimeout as exc:
+            # no answer within the call limit (op timeout + margin): reported as its rpc row's
+            # failure by the client, and as what it means for the echo
+            client = self._client()
+            self._fire(
+                EVENT,
+                STUCK,
+                (time.perf_counter() - client.call_started) * 1000.0,
+                conn.back if conn.acked_at is not None else 0,
+                EchoFailure(f"conn {conn.cid}: {exc}"),
+            )
+            raise _ConnGone from exc
         except RpcError as exc:
             if conn.reset_at is not None and is_abort(exc):
                 self._observed_reset(conn)
@@ -556,8 +711,11 @@ class ChimneyUser(User):
         raise _ConnGone
 
     def _explained(self, method: str, exc: RpcError) -> bool:
-        """Errors the user reports itself: read timeouts, and aborts its own reset explains."""
+        """Errors the user reports itself: read timeouts, an offload refused with an NDIS
+        status, and aborts its own reset explains."""
         if method == "tcp.recv" and isinstance(exc, RpcTimeout):
+            return True
+        if method == "tcp.offload" and isinstance(exc, NdisStatusError) and not is_abort(exc):
             return True
         conn = self.conn
         return conn is not None and conn.reset_at is not None and is_abort(exc)
@@ -584,10 +742,24 @@ class ChimneyUser(User):
                 cid = self.client.tcp_connect(host, port)
                 seed = self.rng.getrandbits(48)
                 self.conn = EchoConn(cid, seed, PatternStream(seed), Verifier(seed))
+                # its `closed` event is how a close is checked (`_check_closed`)
+                self.client.call("events.subscribe", cid)
+                self._check_offloaded(self.conn)
+        except _ConnGone:
+            self._drop_connection()
+            return None
         except ChimneyError:
             time.sleep(RECONNECT_BACKOFF_S)
             return None
         return self.conn
+
+    def _check_offloaded(self, conn: EchoConn) -> None:
+        """`tcp.connect` offloads at once, and a refusal leaves the connection in the host stack
+        without a word (rpc.md tcp.connect): ask `tcp.info`, and if it is not offloaded, offload
+        it, so that a refusal is seen as its NDIS status and a daemon that offloads nothing fails."""
+        state = self._io(conn, self._client().tcp_info, conn.cid).get("state")
+        if state != "offloaded":
+            self._offload(conn)
 
     def _open_client(self) -> LocustClient:
         t0 = time.perf_counter()
@@ -597,6 +769,8 @@ class ChimneyUser(User):
             self._fire(RPC, RPC_CONNECT, (time.perf_counter() - t0) * 1000.0, 0, exc)
             raise
         client.report_to(self.environment, self._explained, self.context())
+        self._gone.clear()  # a new session: the old one's connections are gone with it
+        client.on_notification("tcp.event", self._on_event)
         if self.settings.token:
             try:
                 client.auth(self.settings.token)
@@ -618,8 +792,29 @@ class ChimneyUser(User):
             return
         try:
             client.tcp_close(conn.cid)
+            self._check_closed(conn)
         except ChimneyError:
             pass  # reported by the client; a lost session is reopened next round
+
+    def _check_closed(self, conn: EchoConn) -> None:
+        """After `tcp.close` answered, the connection is gone: its `closed` event came first
+        (rpc.md events.subscribe: the daemon sends it while it closes, before the answer).
+        `tcp.info` cannot tell: a daemon that merely forgot whose connection it was answers
+        NOT_FOUND too, and the connection stays open for good."""
+        if self._gone.pop(conn.cid, False):
+            return
+        self._fire(
+            EVENT,
+            NOT_CLOSED,
+            0.0,
+            0,
+            EchoFailure(f"conn {conn.cid}: no `closed` event before tcp.close answered"),
+        )
+
+    def _on_event(self, params: Any) -> None:
+        """`tcp.event` notifications of the user's connections: it keeps only `closed`."""
+        if isinstance(params, list | tuple) and len(params) >= 2 and params[1] == "closed":
+            self._gone[params[0]] = True
 
     # ============================================================================================
     # helpers

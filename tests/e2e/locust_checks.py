@@ -9,7 +9,8 @@ Each prints one JSON object on its last line; tests/e2e/test_locust.py asserts o
 
 `user` cases: `clean` (three echo rounds), `corrupt` / `drop` (the client hands back one echoed
 byte changed / one byte missing), `reset` (the user injects a peer reset on its connection),
-`abort` (the connection is reset with no fault aimed at it).
+`abort` (the connection is reset with no fault aimed at it), `refused` (every offload is
+refused with an NDIS status).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CHUNK = 8192
 ROUNDS = 3
 MUTATE_AT = 9_000  # stream offset of the byte a mutating client corrupts or drops
 _ABORTED = "NDIS_STATUS: NDIS_STATUS_REQUEST_ABORTED (0xC023000C)"
+_RESOURCES = "NDIS_STATUS: NDIS_STATUS_RESOURCES (0xC000009A)"
 
 
 class InMemoryDaemon(Client):
@@ -42,6 +44,7 @@ class InMemoryDaemon(Client):
 
     mutation = ""  # "", "corrupt", "drop"
     unexplained_abort = False  # "abort": the first connection is reset with no fault
+    refuse_offload = False  # "refused": no offload taken, each refused with an NDIS status
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,6 +63,12 @@ class InMemoryDaemon(Client):
                 self.reset.add(cid)
             return cid
         cid = params[0]
+        if method == "events.subscribe":
+            return True
+        if method == "tcp.info":
+            return {"state": "host" if self.refuse_offload else "offloaded"}
+        if method == "tcp.offload" and self.refuse_offload:
+            raise NdisStatusError(5, f"{_RESOURCES} the target has no room")
         if method == "fault.inject":
             spec = params[0]
             assert spec["kind"] == "peer_reset", spec
@@ -67,6 +76,8 @@ class InMemoryDaemon(Client):
             return 1
         if method == "tcp.close":
             self.echo.pop(cid, None)
+            for handler in self._handlers.get("tcp.event", []):
+                handler([cid, "closed", {}])  # what the daemon sends before it answers
             return True
         if cid in self.reset and method in ("tcp.send", "tcp.recv"):
             raise NdisStatusError(5, f"{_ABORTED} connection reset")
@@ -125,6 +136,7 @@ def _entries(env: Environment) -> list[dict[str, Any]]:
 def check_user(case: str) -> dict[str, Any]:
     InMemoryDaemon.mutation = case if case in ("corrupt", "drop") else ""
     InMemoryDaemon.unexplained_abort = case == "abort"
+    InMemoryDaemon.refuse_offload = case == "refused"
     env = Environment(user_classes=[CheckedUser])
     env.create_local_runner()  # its listener feeds env.stats from the request event
     user = CheckedUser(env)
@@ -199,10 +211,10 @@ def check_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     error it raises, if any. JSON has no nan or inf: the strings "nan", "inf" stand for them."""
     values = {k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in kwargs.items()}
     try:
-        ChimneySettings(**values)
+        settings = ChimneySettings(**values)
     except ValueError as exc:
         return {"error": str(exc)}
-    return {"error": None}
+    return {"error": None, "call_limit_s": settings.call_limit_s}
 
 
 def main(argv: list[str]) -> int:

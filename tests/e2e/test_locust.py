@@ -22,6 +22,7 @@ from tests.e2e.support import HOST, ROOT, Daemon, all_zero, child_env, peer_proc
 
 USERS = 4
 RUN_TIME_S = 12
+ROUNDS = 3  # locust_checks.ROUNDS
 PAYLOAD = 16 * 1024
 #: a distributed run takes RUN_TIME_S plus start-up and stop of five processes; on a busy
 #: machine that can pass the suite's default 120 s (locust_support bounds it at +90 s)
@@ -167,6 +168,14 @@ def test_user_counts_its_own_reset_as_an_event_and_any_other_abort_as_a_failure(
     assert _failures(abort) == {("rpc", "tcp.send"): 1}, abort
     assert "NDIS_STATUS_REQUEST_ABORTED" in abort["errors"][0]["error"], abort
     assert _requests(abort, "event", "peer_reset") == 0, abort
+
+
+def test_an_offload_refused_with_an_ndis_status_is_an_event_not_a_failure() -> None:
+    refused = _check("user", "refused")
+    assert _failures(refused) == {}, refused
+    # the connection's refusal after tcp.connect, then one at the end of each round
+    assert _requests(refused, "event", "offload_refused") == 1 + ROUNDS, refused
+    assert _requests(refused, "echo", "127.0.0.1:1") > 0, refused  # verified in the host stack
 
 
 def test_blocking_client_cooperates_under_gevent(daemon: Daemon) -> None:
