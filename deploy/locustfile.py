@@ -4,8 +4,9 @@ Each user is one RPC client to one daemon (`--host a:7411,b:7411`: round-robin b
 holding one offloaded connection to an echo peer (`--chimney-echo`, as the daemon reaches it).
 It streams seeded bytes and verifies every echoed byte, uploads and re-offloads its connection
 at `--chimney-upload-rate`, and resets its own peer at `--chimney-reset-rate` (per user per
-second). `locust -f deploy/locustfile.py --help` lists the `--chimney-*` options; a size, rate
-or time out of its range (negative, nan, inf) is refused at start, naming the option (exit 2).
+second). `python deploy/locustfile.py` lists the `--chimney-*` options (`locust --help` cannot:
+Locust prints its help before it imports this file); a size, rate or time out of its range
+(negative, nan, inf) is refused at start, naming the option (exit 2).
 
 One machine, headless, 10 users for a minute:
 
@@ -25,7 +26,7 @@ from typing import Any
 
 from locust import events
 
-from chimney_client.locust_user import ChimneyUser, add_arguments
+from chimney_client.locust_user import ChimneyUser, add_arguments, options_help
 
 
 @events.init_command_line_parser.add_listener
@@ -37,3 +38,8 @@ class EchoUser(ChimneyUser):
     """Offloaded verified echo with uploads and peer resets at the configured rates."""
 
     abstract = False
+
+
+if __name__ == "__main__":
+    # run as a script, not by locust: print the options this file adds to Locust's
+    print(options_help(), end="")

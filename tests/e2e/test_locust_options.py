@@ -116,3 +116,33 @@ def test_locust_stops_at_start_naming_the_option(tmp_path: Any) -> None:
         proc.stderr
     )
     assert "rpc.connect" not in proc.stdout + proc.stderr  # no user ever ran
+
+
+def test_the_locustfile_run_as_a_script_lists_the_chimney_options() -> None:
+    """`locust --help` prints Locust's help before it imports the locustfile, so it cannot show
+    the `--chimney-*` options: the locustfile run by Python lists them (deploy/FLEET.md)."""
+    proc = subprocess.run(
+        [sys.executable, str(LOCUSTFILE)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    options = (ROOT / "deploy" / "FLEET.md").read_text().split("| option | default | meaning |")[1]
+    documented = {
+        line.split("`")[1].split()[0]
+        for line in options.splitlines()[2:]
+        if line.startswith("| `--")
+    }
+    assert documented, options
+    for option in documented:
+        assert f"\n  {option} " in proc.stdout, (option, proc.stdout)
+
+
+def test_the_call_limit_follows_the_op_timeout() -> None:
+    """No RPC waits longer than the op timeout plus the client's server-wait margin."""
+    result = _check("settings", json.dumps({"op_timeout_s": 3}))
+    assert result == {"error": None, "call_limit_s": 8.0}, result
