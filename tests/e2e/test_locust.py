@@ -9,6 +9,7 @@ monkey-patches the process that imports it (see locust_checks.py and locust_supp
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from chimney_client.stream import PatternStream
 from tests.e2e.conftest import SpawnDaemon
 from tests.e2e.locust_support import LocustResult, run_distributed
 from tests.e2e.support import HOST, ROOT, Daemon, all_zero, child_env, peer_process
@@ -143,6 +145,16 @@ def _requests(result: dict[str, Any], request_type: str, name: str) -> int:
     return 0
 
 
+def _first_seen_at(error: str, mutation: str, at: int = 9_000) -> int:
+    """Stream offset where the verifier sees a byte changed (`corrupt`) or dropped (`drop`)
+    at `at`, for the seed the error names."""
+    if mutation == "corrupt":
+        return at
+    seed = int(re.search(r"seed (\d+)", error).group(1))  # type: ignore[union-attr]
+    data = PatternStream(seed).at(0, at + 4096)
+    return next(i for i in range(at, len(data) - 1) if data[i] != data[i + 1])
+
+
 def test_user_verifies_echo_and_flags_a_changed_or_missing_byte() -> None:
     clean = _check("user", "clean")
     assert _failures(clean) == {}, clean
@@ -153,7 +165,9 @@ def test_user_verifies_echo_and_flags_a_changed_or_missing_byte() -> None:
         assert _failures(result) == {("verify", "integrity"): 1}, result
         (error,) = result["errors"]
         assert error["error"].startswith("IntegrityError:"), error
-        assert "stream offset 9000" in error["error"], error  # the byte the client changed
+        # the byte the client changed; a dropped one shows where the bytes after it first
+        # differ from it (the stream may repeat the dropped byte right after it)
+        assert f"stream offset {_first_seen_at(error['error'], mutation)}" in error["error"], error
         # the user went on with a fresh connection and verified echo again
         assert _requests(result, "rpc", "tcp.connect") == 2, result
 
