@@ -10,6 +10,7 @@ from __future__ import annotations
 from chimneyd.drivers.segment import TH_ACK, TH_PSH, build_segment
 from chimneyd.drivers.tcp import offset_of, seq
 from chimneyd.ndis.blocks import TcpOffloadStateCached, TcpOffloadStateDelegated, walk
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.nbl import iter_chain
 from chimneyd.ndis.oid import (
     NdisOidRequest,
@@ -20,6 +21,7 @@ from chimneyd.ndis.oid import (
 from chimneyd.ndis.status import OFFLOADED_STATUSES, TcpOffloadEventType, TcpUploadReason
 
 from ..audit import LEGAL_IO_STATUSES
+from ..memwire import MemoryWire
 from ..records import OffloadTree, accept_all, accept_bytes, nbl_bytes, refuse_all
 from ..stack import Stack
 from ._drive import completed_before, completed_first, completion, offload, state_op, upload
@@ -343,15 +345,16 @@ def target_disconnect(st: Stack) -> None:
     upload(st, tree)
 
 
-@layer_check("bottom")
-def target_forward_in_order(st: Stack) -> None:
-    """Segments the host received during the initiate and forwards later are delivered in
-    sequence with the wire's later bytes, and the forward completes SUCCESS (spec §4.6)."""
+def _offloaded_after_host_read(
+    st: Stack, data: bytes
+) -> tuple[MemoryWire, NdisOffloadHandle, OffloadTree]:
+    """A connection whose peer sent `data` while the host had it, read by the host and not
+    processed (RcvNxt 0), then offloaded: the host forwards `data` later (spec §4.6)."""
     top = st.top
     w = st.wires.open()
     w.set_home(top, "host")
-    w.peer_send(b"hello")
-    st.run()  # read by the host, not processed: RcvNxt stays at 0
+    w.peer_send(data)
+    st.run()
     tree = top.connection_tree([])
     path = tree.root.dependent_block_list
     assert path is not None
@@ -360,6 +363,15 @@ def target_forward_in_order(st: Stack) -> None:
     h = block.offload_handle
     tree.tcp.append(h)
     offload(st, tree)
+    return w, h, tree
+
+
+@layer_check("bottom")
+def target_forward_in_order(st: Stack) -> None:
+    """Segments the host received during the initiate and forwards later are delivered in
+    sequence with the wire's later bytes, and the forward completes SUCCESS (spec §4.6)."""
+    top = st.top
+    w, h, tree = _offloaded_after_host_read(st, b"hello")
     w.peer_send(b" world")
     st.run()
     expect(top.received_data(h) == b"", "bytes after a gap were delivered before the gap filled")
@@ -485,18 +497,7 @@ def target_oid_requests(st: Stack) -> None:
     expect(all(bd is st.binding for bd, _ in top.oid_completions), "an OID came back elsewhere")
     # bytes the host read before the offload and forwards without PSH (every read from the
     # socket counts as pushed): only the push timer completes the receive they partly fill
-    w = st.wires.open()
-    w.set_home(top, "host")
-    w.peer_send(b"abc")
-    st.run()
-    tree = top.connection_tree([])
-    path = tree.root.dependent_block_list
-    assert path is not None
-    block = path.add_dependent(top.tcp_block(w, rcv_nxt=0))
-    assert block.offload_handle is not None
-    h = block.offload_handle
-    tree.tcp.append(h)
-    offload(st, tree)
+    w, h, tree = _offloaded_after_host_read(st, b"abc")
     (r,) = top.receive(h, 10)
     st.run()
     segment = build_segment(w.remote[1], w.local[1], seq(w.irs, 0), seq(w.isn, 0), TH_ACK, b"abc")
