@@ -47,6 +47,30 @@ async def test_events_a_full_queue_lets_go_are_reported_first() -> None:
     assert carried == 2 * (OUTBOX_FRAMES + extra), "every event: sent, or counted as dropped"
 
 
+async def test_hops_a_full_queue_lets_go_are_reported_first() -> None:
+    """As events: hop records in frames a slow page's queue let go (and the counts those
+    frames carried) reach the page as one `dropped` count, on the connection it watches."""
+    ws = FakeSocket()
+    b = Browser(ws, None)  # type: ignore[arg-type]
+    b.hops = 7
+    extra = 5
+    for i in range(OUTBOX_FRAMES + extra):
+        frame = {"type": "hops", "conn": 7, "hops": [{"i": i}] * 3, "dropped": 1}
+        b.push(json.dumps(frame), hops=4)
+    writer = asyncio.get_running_loop().create_task(b.write())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if len(ws.sent) == OUTBOX_FRAMES + 1:
+                break
+    finally:
+        writer.cancel()
+    first, rest = ws.sent[0], ws.sent[1:]
+    assert first == {"type": "hops", "conn": 7, "hops": [], "dropped": 4 * extra}
+    carried = sum(len(f["hops"]) + f["dropped"] for f in rest) + first["dropped"]
+    assert carried == 4 * (OUTBOX_FRAMES + extra), "every hop: sent, or counted as dropped"
+
+
 class SilentPage:
     """A page's socket whose close handshake never ends (the page does not answer it)."""
 

@@ -11,7 +11,9 @@ and a connection's trace is watched (`ndis.trace`) only while a browser shows it
 browser has a bounded queue of frames: a browser that does not keep up loses the oldest. Nothing
 is lost without saying so: events past a batch's bound, or in a frame a browser's queue let go,
 are counted and the browser is sent `{"type": "events", "events": [], "dropped": N}` before its
-next frame; hops past a batch's bound are counted in the next `hops` frame's `dropped`.
+next frame; hops past a batch's bound are counted in the next `hops` frame's `dropped`, and
+hops in a frame the queue let go in a `{"type": "hops", "conn": C, "hops": [], "dropped": N}`
+sent first.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Browser:
         "events",
         "events_lost",
         "hops",
+        "hops_lost",
         "outbox",
         "stats",
         "transport",
@@ -107,10 +110,12 @@ class Browser:
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.transport = transport  # aborted when the daemon stops and the page does not read
-        # frames and how many events each carries (a frame let go loses them)
-        self.outbox: deque[tuple[str, int]] = deque(maxlen=OUTBOX_FRAMES)
+        # frames, and how many events and hop records each carries (a frame let go loses them)
+        self.outbox: deque[tuple[str, int, int]] = deque(maxlen=OUTBOX_FRAMES)
         # events this page subscribed to that it was not sent: reported before its next frame
         self.events_lost = 0
+        # hop records of the watched connection it was not sent: the same, in a hops frame
+        self.hops_lost = 0
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
         self.stats = False
@@ -118,23 +123,32 @@ class Browser:
         self.events: int | str | None = None  # "*", a connection id, or None
         self.hops: int | None = None
 
-    def push(self, text: str, events: int = 0) -> None:
-        """Queue a frame (`events`: how many events it carries); a full queue lets the oldest go."""
+    def push(self, text: str, events: int = 0, hops: int = 0) -> None:
+        """Queue a frame (`events`, `hops`: how many events and hop records it carries, a hops
+        frame's own `dropped` count included); a full queue lets the oldest go."""
         outbox = self.outbox
         if len(outbox) == outbox.maxlen:
-            self.events_lost += outbox[0][1]
-        outbox.append((text, events))
+            _, events_gone, hops_gone = outbox[0]
+            self.events_lost += events_gone
+            self.hops_lost += hops_gone
+        outbox.append((text, events, hops))
         self.wake.set()
 
     async def write(self) -> None:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.outbox or self.events_lost:
+            while self.outbox or self.events_lost or self.hops_lost:
                 if self.events_lost:
                     # the count goes first: what was lost came before what is queued
                     lost, self.events_lost = self.events_lost, 0
                     await self.ws.send_str(_events_frame([], dropped=lost))
+                    continue
+                if self.hops_lost:
+                    lost, self.hops_lost = self.hops_lost, 0
+                    if self.hops is not None:  # else the page no longer watches them
+                        frame = {"type": "hops", "conn": self.hops, "hops": [], "dropped": lost}
+                        await self.ws.send_str(_dumps(frame))
                     continue
                 await self.ws.send_str(self.outbox.popleft()[0])
 
@@ -174,12 +188,13 @@ class HopWatch:
             "hops": record_maps(records),
             "info": conn_row(self.hub.engine, self.conn),
         }
+        carried = len(records) + self.dropped  # what a page loses if its queue lets this go
         if self.dropped:
             frame["dropped"] = self.dropped
             self.dropped = 0
         text = _dumps(frame)
         for b in self.browsers:
-            b.push(text)
+            b.push(text, hops=carried)
 
     def stop(self) -> None:
         if self.flush_at is not None:
