@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -100,11 +101,18 @@ def _flood(frame: bytes) -> tuple[socket.socket, threading.Event, threading.Thre
     return lst, stop, feeder
 
 
-def test_call_timeout_holds_under_a_stream_of_events() -> None:
-    """Events keep coming but the answer does not: the call still ends with CallTimeout."""
-    lst, stop, feeder = _flood(msgpack.packb([2, "tcp.event", [1, "offloaded", {}]]))
-    c = Client.connect(listener_address(lst), call_timeout=0.3)
-    t, out = run_in_thread(lambda: c.call("ping"))
+EVENT = msgpack.packb([2, "tcp.event", [1, "offloaded", {}]])
+
+
+def _under_flood(
+    frame: bytes, act: Callable[[Client], Any], settle: float = 0.0, **connect: Any
+) -> tuple[bool, list[Any], Client]:
+    """Run `act` on a client whose server sends `frame` over and over: whether it was still
+    running after HANG s, what it ended with, and the client (closed)."""
+    lst, stop, feeder = _flood(frame)
+    c = Client.connect(listener_address(lst), **connect)
+    time.sleep(settle)
+    t, out = run_in_thread(lambda: act(c))
     t.join(HANG)
     hung = t.is_alive()
     c.close()
@@ -112,22 +120,20 @@ def test_call_timeout_holds_under_a_stream_of_events() -> None:
     feeder.join(5)
     t.join(5)
     lst.close()
+    return hung, out, c
+
+
+def test_call_timeout_holds_under_a_stream_of_events() -> None:
+    """Events keep coming but the answer does not: the call still ends with CallTimeout."""
+    hung, out, _ = _under_flood(EVENT, lambda c: c.call("ping"), call_timeout=0.3)
     assert not hung, "call_timeout=0.3 but still waiting after 3 s"
     assert isinstance(out[0], CallTimeout), out
 
 
 def test_wait_notification_timeout_holds_under_a_stream_of_late_answers() -> None:
     """Bytes that are no notification (answers nobody waits for) do not extend the wait."""
-    lst, stop, feeder = _flood(msgpack.packb([1, 999, None, "late"]))
-    c = Client.connect(listener_address(lst))
-    t, out = run_in_thread(lambda: c.wait_notification(0.3))
-    t.join(HANG)
-    hung = t.is_alive()
-    c.close()
-    stop.set()
-    feeder.join(5)
-    t.join(5)
-    lst.close()
+    late = msgpack.packb([1, 999, None, "late"])
+    hung, out, _ = _under_flood(late, lambda c: c.wait_notification(0.3))
     assert not hung, "wait_notification(0.3) still waiting after 3 s"
     assert out == [None]
 
@@ -178,16 +184,6 @@ def test_recv_and_accept_pass_the_call_timeout_to_the_daemon() -> None:
 
 def test_poll_returns_under_a_stream_of_events() -> None:
     """poll() reads what had arrived when it was called, not everything that keeps coming."""
-    lst, stop, feeder = _flood(msgpack.packb([2, "tcp.event", [1, "offloaded", {}]]))
-    c = Client.connect(listener_address(lst))
-    time.sleep(0.05)  # some events are there before the poll
-    t, _ = run_in_thread(c.poll)
-    t.join(HANG)
-    hung = t.is_alive()
-    c.close()
-    stop.set()
-    feeder.join(5)
-    t.join(5)
-    lst.close()
+    hung, _, c = _under_flood(EVENT, Client.poll, settle=0.05)  # some are there before it
     assert not hung, "poll() still reading after 3 s"
     assert c.notifications, "poll() read none of the events that had arrived"

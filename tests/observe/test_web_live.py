@@ -24,6 +24,18 @@ class FakeSocket:
         self.sent.append(json.loads(text))
 
 
+async def written(b: Browser, ws: FakeSocket, frames: int) -> None:
+    """Run the page's writer until it has sent `frames` frames (bounded), then stop it."""
+    writer = asyncio.get_running_loop().create_task(b.write())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if len(ws.sent) == frames:
+                break
+    finally:
+        writer.cancel()
+
+
 async def test_events_a_full_queue_lets_go_are_reported_first() -> None:
     ws = FakeSocket()
     b = Browser(ws, None)  # type: ignore[arg-type]
@@ -31,14 +43,7 @@ async def test_events_a_full_queue_lets_go_are_reported_first() -> None:
     for i in range(OUTBOX_FRAMES + extra):
         b.push(json.dumps({"type": "events", "events": [{"i": i}, {"i": i}]}), 2)
     b.push(json.dumps({"type": "stats"}))  # a frame without events lets one more go
-    writer = asyncio.get_running_loop().create_task(b.write())
-    try:
-        for _ in range(100):
-            await asyncio.sleep(0)
-            if len(ws.sent) == OUTBOX_FRAMES + 1:
-                break
-    finally:
-        writer.cancel()
+    await written(b, ws, OUTBOX_FRAMES + 1)
     first, rest = ws.sent[0], ws.sent[1:]
     assert first == {"type": "events", "events": [], "dropped": 2 * (extra + 1)}
     assert len(rest) == OUTBOX_FRAMES
@@ -57,14 +62,7 @@ async def test_hops_a_full_queue_lets_go_are_reported_first() -> None:
     for i in range(OUTBOX_FRAMES + extra):
         frame = {"type": "hops", "conn": 7, "hops": [{"i": i}] * 3, "dropped": 1}
         b.push(json.dumps(frame), hops=4)
-    writer = asyncio.get_running_loop().create_task(b.write())
-    try:
-        for _ in range(100):
-            await asyncio.sleep(0)
-            if len(ws.sent) == OUTBOX_FRAMES + 1:
-                break
-    finally:
-        writer.cancel()
+    await written(b, ws, OUTBOX_FRAMES + 1)
     first, rest = ws.sent[0], ws.sent[1:]
     assert first == {"type": "hops", "conn": 7, "hops": [], "dropped": 4 * extra}
     carried = sum(len(f["hops"]) + f["dropped"] for f in rest) + first["dropped"]
