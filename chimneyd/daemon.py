@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -40,6 +40,8 @@ log = structlog.get_logger("chimneyd.daemon")
 #: How often a daemon started with --parent-pid checks that its parent still lives, where the
 #: kernel cannot tell it (no pidfd).
 PARENT_CHECK_S = 0.5
+# what stops the daemon (a shard ignores SIGINT from the start: its supervisor has it)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +99,9 @@ def stop_with_parent(parent_pid: int) -> None:
     before 5.3) it looks every PARENT_CHECK_S."""
 
     def watch() -> None:
+        # the stop signals are the main thread's: one the kernel gave this thread would take
+        # its default action once the loop has let go of them (see `ignore_stop_signals`)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pidfd = os.pidfd_open(parent_pid)
         except (AttributeError, OSError):
@@ -359,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     if config.daemon.shards > 1:
-        return uvloop.run(supervise(config))
-    return uvloop.run(serve(config))
+        return uvloop.run(to_exit(supervise(config)))
+    return uvloop.run(to_exit(serve(config)))
 
 
 def _shards_arg(value: str | None) -> Any:
@@ -415,4 +420,27 @@ def run_shard(config: Config, shard: ShardSetup) -> int:
         return 2
     import uvloop
 
-    return uvloop.run(serve(config, shard))
+    return uvloop.run(to_exit(serve(config, shard)))
+
+
+async def to_exit(run: Awaitable[int]) -> int:
+    """`run`'s exit status, with the stop signals ignored from its end to the process's."""
+    code = await run
+    ignore_stop_signals(asyncio.get_running_loop())
+    return code
+
+
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """The stop is over and the process is about to exit: from here a SIGTERM or SIGINT changes
+    nothing, as during the drain (`daemon_already_stopping`). Left to the loop, closing it would
+    give them back their default action, and a second SIGTERM landing while the interpreter
+    winds down would kill a daemon that had stopped cleanly (exit status -15, not its own).
+    Blocked in this thread across the swap, so none meets the default action on the way; a
+    pending one is discarded by SIG_IGN."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

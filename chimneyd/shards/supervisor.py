@@ -182,7 +182,10 @@ class Supervisor:
             if shard.proc.poll() is None:
                 killed.append(shard.index)
                 shard.proc.kill()
-                await asyncio.to_thread(shard.proc.wait, 5)
+                # its pidfd tells `_on_exit`, which reaps it; no thread (the stop signals must
+                # find no thread that has not blocked them, see `ignore_stop_signals`)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(shard.exited.wait(), 5)
         self.held.close()
         statuses = {s.index: s.proc.returncode if s.proc else None for s in self.shards}
         ok = not killed and all(code == 0 for code in statuses.values())
