@@ -16,10 +16,16 @@ starts, hence the one re-exec (same pid) below.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
 def main() -> int:
+    # SIGHUP means "reopen the log" and nothing else: until the daemon's loop answers it, it
+    # is ignored (the setting survives the exec below), not its default action, which ends the
+    # process; a service manager counts a daemon started once it runs, and may send a reload
+    # (or logrotate a postrotate) at once. The loop reopens the log when it takes SIGHUP over.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if "PYTHONMALLOC" not in os.environ:
         env = {**os.environ, "PYTHONMALLOC": "malloc"}
         os.execve(sys.executable, [sys.executable, "-m", "chimneyd", *sys.argv[1:]], env)

@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,6 +31,7 @@ from chimneyd.compiled import build_name
 from chimneyd.config import LOG_LEVELS, Config, ConfigError, check_paths, load_config
 from chimneyd.observe.logging import reopen, setup_logging, write_errors
 from chimneyd.observe.metrics import install as install_metrics
+from chimneyd.runtime.signals import HANDLED_SIGNALS, to_exit
 
 if TYPE_CHECKING:
     from chimneyd.shards.cluster import Cluster
@@ -40,8 +41,6 @@ log = structlog.get_logger("chimneyd.daemon")
 #: How often a daemon started with --parent-pid checks that its parent still lives, where the
 #: kernel cannot tell it (no pidfd).
 PARENT_CHECK_S = 0.5
-# what stops the daemon (a shard ignores SIGINT from the start: its supervisor has it)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,9 +98,9 @@ def stop_with_parent(parent_pid: int) -> None:
     before 5.3) it looks every PARENT_CHECK_S."""
 
     def watch() -> None:
-        # the stop signals are the main thread's: one the kernel gave this thread would take
-        # its default action once the loop has let go of them (see `ignore_stop_signals`)
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        # the handled signals are the main thread's: one the kernel gave this thread would take
+        # its default action once the loop has let go of them (see `ignore_signals_to_exit`)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pidfd = os.pidfd_open(parent_pid)
         except (AttributeError, OSError):
@@ -196,6 +195,10 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     for sig in (signal.SIGTERM,) if shard else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, reopen)
+    # a shard starts with them blocked (Supervisor.spawn): one that came meanwhile is answered
+    # now; a SIGHUP until now was ignored (`__main__`): a log rotated meanwhile is let go here
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    reopen()
     log.info(
         "daemon_ready",
         listen=addresses,
@@ -421,26 +424,3 @@ def run_shard(config: Config, shard: ShardSetup) -> int:
     import uvloop
 
     return uvloop.run(to_exit(serve(config, shard)))
-
-
-async def to_exit(run: Awaitable[int]) -> int:
-    """`run`'s exit status, with the stop signals ignored from its end to the process's."""
-    code = await run
-    ignore_stop_signals(asyncio.get_running_loop())
-    return code
-
-
-def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
-    """The stop is over and the process is about to exit: from here a SIGTERM or SIGINT changes
-    nothing, as during the drain (`daemon_already_stopping`). Left to the loop, closing it would
-    give them back their default action, and a second SIGTERM landing while the interpreter
-    winds down would kill a daemon that had stopped cleanly (exit status -15, not its own).
-    Blocked in this thread across the swap, so none meets the default action on the way; a
-    pending one is discarded by SIG_IGN."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, signal.SIG_IGN)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

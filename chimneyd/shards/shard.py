@@ -78,6 +78,8 @@ def read_hello(sock: socket.socket) -> tuple[dict[str, Any], bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # (a Ctrl-C blocked since the fork is dropped here; SIGTERM and SIGHUP stay blocked until
+    # serve() answers them: see Supervisor.spawn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     hello, leftover = read_hello(sock)

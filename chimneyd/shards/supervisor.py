@@ -32,6 +32,7 @@ import structlog
 
 from chimneyd.config import Config
 from chimneyd.observe.logging import reopen
+from chimneyd.runtime.signals import HANDLED_SIGNALS
 
 from .link import ControlLink
 from .listen import Reservation
@@ -105,6 +106,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._on_stop, sig)
         self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        reopen()  # a SIGHUP until now was ignored (`__main__`): a log rotated meanwhile
         for shard in self.shards:
             await self.spawn(shard)
         if not await self._all_ready():
@@ -154,6 +156,7 @@ class Supervisor:
 
     def _on_hup(self) -> None:
         reopen()
+        # a shard still starting holds it until its loop answers it (see `spawn`)
         for shard in self.shards:
             if shard.proc is not None and shard.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -202,6 +205,11 @@ class Supervisor:
         gen, self.next_gen = self.next_gen, self.next_gen + 1
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         unix_fds = self.held.unix_fds()
+        # the shard starts with the daemon's signals blocked (a mask survives fork and exec), so
+        # a SIGHUP or SIGTERM (or a Ctrl-C to the process group) that reaches it before its loop
+        # answers them waits for the loop instead of meeting the default action: serve()
+        # unblocks them once its handlers are in place
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "chimneyd.shards.shard", str(theirs.fileno())],
@@ -212,6 +220,7 @@ class Supervisor:
             mine.close()
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         shard.gen, shard.proc, shard.state = gen, proc, "starting"
         shard.started = time.monotonic()
@@ -282,7 +291,7 @@ class Supervisor:
     async def _restart(self, shard: Shard, delay: float) -> None:
         while True:
             await asyncio.sleep(delay)
-            if self.stopping:
+            if self.stopping or self.stop.is_set():  # no new shard once a stop was asked
                 return
             shard.restarts += 1
             try:

@@ -76,27 +76,3 @@ async def test_shutdown_with_nothing_open(daemon: Daemon) -> None:
     daemon.assert_clean_stop()
     stopped = daemon.events_named("daemon_stopped")[0]
     assert stopped["closed"] == 0 and stopped["cancelled_requests"] == 0, stopped
-
-
-@pytest.mark.parametrize("shards", [1, 2], ids=["single", "sharded"])
-def test_signals_after_the_first_change_nothing_to_the_end(spawn_daemon: Any, shards: int) -> None:
-    """SIGTERM sent again and again until the process is gone: each after the first is ignored
-    up to the process's very end (once its loop closed, one used to meet the default action,
-    and a daemon that had stopped cleanly died of it), so the exit status is the daemon's own."""
-    import contextlib
-    import time
-
-    d: Daemon = spawn_daemon(CONFIG, args=("--shards", str(shards)))
-    assert d.client().ping() == "pong"
-    sent = 0
-    give_up = time.monotonic() + 60
-    while d.proc.poll() is None and time.monotonic() < give_up:
-        with contextlib.suppress(ProcessLookupError):
-            d.proc.send_signal(signal.SIGTERM)
-            sent += 1
-        time.sleep(0.002)
-    assert d.proc.poll() is not None, "the daemon did not stop"
-    assert sent > 1
-    rc = d.stop()  # gone already: collects its output and status
-    assert rc == 0, f"exit status {rc} after {sent} SIGTERMs\n{d.log_tail()}"
-    assert d.events_named("supervisor_stopped" if shards > 1 else "daemon_stopped"), d.log_tail()
