@@ -465,9 +465,7 @@ def test_deploy_files_are_a_valid_configuration(tmp_path: Path) -> None:
     assert [la["name"] for la in cfg["layer"]] == ["tcpip", "im0", "im1", "nic0"]
     assert cfg["log"]["file"] == f"{tmp_path}/var/log/chimneyd/chimneyd.log"
     assert f"unix:{tmp_path}/run/chimneyd/chimneyd.sock" in cfg["rpc"]["listen"]
-    # the unit gives the daemon time to finish its own shutdown deadline before SIGKILL
-    (stop,) = [ln for ln in unit.splitlines() if ln.startswith("TimeoutStopSec=")]
-    assert float(stop.split("=")[1]) > cfg["rpc"]["shutdown_deadline_s"]
+    # the unit's TimeoutStopSec against the daemon's own stop: tests/docs/test_deploy_units.py
 
 
 def test_parent_pid_must_be_our_parent(tmp_path: Path) -> None:
