@@ -7,8 +7,9 @@ target from bench/targets.py and a verdict: met, missed, or within noise when th
 the target; "invalid measurement" when a repeat's ratio is not a finite positive number (a zero
 baseline, a value of 0 or less), which is never met.
 
-  make bench                          full run, about 5 min on an idle 2-core machine
-  make bench ARGS=--quick             every section, smaller and fewer repeats, about 2 min
+  make bench                          full run, about 5-6 min on an idle 2-core machine
+  make bench ARGS=--quick             every section, smaller sizes and shorter windows, about
+                                      2 min
   python -m bench --sections echo     only these sections (hops bulk mux rpc echo observe
                                       memory shards)
   python -m bench --json FILE         every repeat's numbers, spreads and verdicts as JSON
@@ -61,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller sizes, 3 repeats (about 2 min)")
+    size.add_argument(
+        "--quick", action="store_true", help="smaller sizes and windows, 7 repeats (about 2 min)"
+    )
     size.add_argument(
         "--smoke", action="store_true", help="tiny sizes for the test suite; figures mean nothing"
     )

@@ -172,9 +172,9 @@ async def run(ctx: Ctx, sec: Section) -> None:
                 await emus[side].open()
             text = await scrape(metrics_at)
             problems = scrape_problems(text, sum(r.requests for r in pings["on"]), n)
-            ctx.progress.step(f"N={n:,}: {sc.echo_window_s:g} s echo windows, alternating")
+            ctx.progress.step(f"N={n:,}: {sc.observe_window_s:g} s echo windows, alternating")
             windows: dict[str, list[EchoResult]] = await interleaved(
-                {side: _window(emus[side], sc.echo_window_s) for side in SIDES},
+                {side: _window(emus[side], sc.observe_window_s) for side in SIDES},
                 repeats,
                 lambda _i: ctx.progress.advance(),
             )
