@@ -1,11 +1,13 @@
 """`make bench` (= `.venv/bin/python -m bench`): chimneyd against its baselines, side by side.
 
 Every figure is a ratio of the emulated path to a baseline measured next to it in the same run,
-repeated with the two alternating; the table shows the median ratio, its spread (the range of
-the middle runs, a quarter of them left off each end, so one stray run cannot decide it), the
-target from bench/targets.py and a verdict: met, missed, or within noise when the spread crosses
-the target; "invalid measurement" when a repeat's ratio is not a finite positive number (a zero
-baseline, a value of 0 or less), which is never met.
+repeated with the two alternating; the table shows the median ratio, its spread (a confidence
+interval for the median: the middle runs, as many left off each end as keep a figure on its
+target from being called met, or missed, more than 1 time in 16 by chance: one of 7 runs, so
+one stray run cannot decide it), the target from bench/targets.py and a verdict: met, missed,
+or within noise when the spread crosses the target; "too few repeats" below 4 runs, or when no
+run could be left off and the spread reaches the target; "invalid measurement" when a repeat's
+ratio is not a finite positive number (a zero baseline, a value of 0 or less), never met.
 
   make bench                          full run, about 5-6 min on an idle 2-core machine
   make bench ARGS=--quick             every section, smaller sizes and shorter windows, about

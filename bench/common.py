@@ -100,7 +100,7 @@ class Figure:
             "ratio": s.median,
             "ratio_min": s.lowest,
             "ratio_max": s.highest,
-            # the range the verdict judged: the middle runs (judge.left_off_each_end)
+            # the range the verdict judged: the median's confidence interval (judge.spread_rank)
             "spread_low": s.low,
             "spread_high": s.high,
             "repeats": s.n,

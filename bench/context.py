@@ -13,8 +13,8 @@ from bench.progress import Reporter
 
 @dataclass(frozen=True, slots=True)
 class Scale:
-    """Sizes of one kind of run. `repeats` interleaved repeats per figure: a judged figure gets
-    7, enough to leave a stray run off its spread (bench/judge.py).
+    """Sizes of one kind of run. `repeats` interleaved repeats per figure: a judged figure needs
+    7, the fewest that leave a stray run off its spread (bench/judge.py); below 4 none is judged.
     """
 
     name: str

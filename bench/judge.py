@@ -1,13 +1,22 @@
 """Ratios of interleaved repeats, their median and spread, and the verdict on a figure.
 
 Each repeat measures the baseline and the emulated path next to each other, so one repeat gives
-one ratio; the figure is the median of those ratios, its spread the range of its middle runs: a
-quarter of the runs (rounded down) is left off each end, so one run the machine disturbed cannot
-decide it (3 runs keep all 3; 5 or 7 runs drop the lowest and the highest). A difference is
-claimed only when the whole spread is on one side: a spread that crosses or touches the target
-(or 1.0, for a figure with no target) is "within noise". A ratio that is not a finite positive
-number (a zero baseline, a zero or negative value such as an RSS difference that shrank) is no
-measurement: the figure is "invalid", never met.
+one ratio; the figure is the median of those ratios, its spread an order-statistic confidence
+interval for that median: of n runs sorted, the k-th lowest to the k-th highest, which misses
+the true median with probability 2·P(Bin(n, 1/2) < k) whatever the noise's shape (the runs
+only need to be independent and alike). k is the largest with P(Bin(n, 1/2) < k) at most
+MAX_FALSE_CALL (1 in 16), so the k - 1 runs left off each end are as many as that allows: none
+of 4 to 6 runs, one of 7 to 9 (so one run the machine disturbed cannot decide it), two of 10
+to 12. A difference is claimed only when the whole spread is on one side: a figure whose true
+ratio sits exactly on its target is called "met" in at most 1 of 16 runs of the bench, and
+"missed" in as few (6.25% each at 7 runs, 3.1% at 5, 3.5% at 8). A spread that crosses or
+touches the target (or 1.0, for a figure with no target) is "within noise" when a run was left
+off each end; with none left off one stray run may be all that reaches the target, and the
+figure has "too few repeats" to say. Fewer than 4 runs cannot reach 1 in 16 at all (3 runs all
+on one side happen 1 time in 8 by chance): too few repeats, whatever they show.
+
+A ratio that is not a finite positive number (a zero baseline, a zero or negative value such as
+an RSS difference that shrank) is no measurement: the figure is "invalid", never met.
 """
 
 from __future__ import annotations
@@ -23,8 +32,32 @@ from bench.targets import Target
 
 T = TypeVar("T")
 
-# Fewer repeats than this give no spread worth the name: such a figure is shown, not judged.
-MIN_REPEATS_TO_JUDGE = 3
+#: The most often noise alone may decide a verdict: a figure whose true median sits on its target
+#: is called met at most this often, and missed at most as often. 1 in 16 is what 7 runs give with
+#: one left off each end (8 of their 128 orders put 6 or 7 above the median): a lower bound would
+#: need 8 runs or more before any stray run could be left off.
+MAX_FALSE_CALL = 1 / 16
+
+
+def false_call_rate(n: int, k: int) -> float:
+    """P(Bin(n, 1/2) < k): how often the k-th lowest of n runs lands above their true median
+    (and, alike, the k-th highest below it), i.e. how often a spread from the k-th lowest to the
+    k-th highest run lies wholly on one side of a target the figure truly sits on."""
+    return float(sum(math.comb(n, i) for i in range(k))) / float(2**n)
+
+
+def spread_rank(n: int) -> int:
+    """k: the spread runs from the k-th lowest to the k-th highest of n runs, the largest k whose
+    false_call_rate is at most MAX_FALSE_CALL; 0 when not even the whole range reaches it."""
+    k = 0
+    while k + 1 <= (n + 1) // 2 and false_call_rate(n, k + 1) <= MAX_FALSE_CALL:
+        k += 1
+    return k
+
+
+# Fewer repeats than this cannot keep a claim to MAX_FALSE_CALL (spread_rank is 0): such a figure
+# is shown, not judged.
+MIN_REPEATS_TO_JUDGE = next(n for n in range(1, 64) if spread_rank(n) > 0)
 
 
 class Verdict(Enum):
@@ -33,7 +66,9 @@ class Verdict(Enum):
     NOISE = "within noise"  # the spread crosses the target: neither claimed
     SAME = "no difference"  # no target; the spread crosses 1.0
     REPORTED = "reported"  # no target; the spread is on one side of 1.0
-    FEW = "too few repeats"  # fewer than MIN_REPEATS_TO_JUDGE ratios
+    # fewer than MIN_REPEATS_TO_JUDGE ratios, or a spread with no run left off that reaches the
+    # target: one stray run may be all that does
+    FEW = "too few repeats"
     FAILED = "failed"  # the measurement itself went wrong: its numbers mean nothing
     # some repeat's ratio is not a finite positive number: dividing by a baseline of 0, or a
     # value of 0 or less, gives inf, 0 or a negative ratio that a target would otherwise pass
@@ -46,23 +81,27 @@ NOT_MET = frozenset({Verdict.MISSED, Verdict.INVALID})
 
 
 def left_off_each_end(n: int) -> int:
-    """Runs left out of the spread at each end: a quarter, rounded down. With min-max, one wide
-    run (a GC pause, another process on the core) made a clear miss "within noise". Leaving
-    off a quarter, runs that stray to one side reach the spread only when they are more than a
-    quarter of all, and the median stays inside it. Below 4 runs all count: too few to tell a
-    stray run from the spread."""
-    return n // 4
+    """Runs left out of the spread at each end: as many as MAX_FALSE_CALL allows (spread_rank
+    less one). With min-max, one wide run (a GC pause, another process on the core) made a clear
+    miss "within noise"; a quarter left off each end called a figure on its target met 3 times
+    in 16 at 5 runs. Below 7 runs none can be left off; below 4 no spread is judged at all."""
+    return max(0, spread_rank(n) - 1)
 
 
 @dataclass(frozen=True, slots=True)
 class Spread:
     median: float
-    low: float  # the range of the middle runs: what the verdict judges
+    low: float  # the confidence interval of the median (spread_rank): what the verdict judges
     high: float
     n: int
     lowest: float  # the range of all runs, shown beside it
     highest: float
     valid: bool = True  # every sample is a finite positive number
+
+    @property
+    def left_off(self) -> int:
+        """Runs left out of the judged spread at each end."""
+        return left_off_each_end(self.n)
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> Spread:
@@ -94,11 +133,15 @@ def verdict(ratios: Spread, target: Target) -> Verdict:
         return Verdict.INVALID
     if ratios.n < MIN_REPEATS_TO_JUDGE:
         return Verdict.FEW
+    bound = 1.0 if target.bound is None else target.bound
+    if ratios.crosses(bound):
+        # with no run left off, the one run that reaches the bound may be a stray: a clear miss
+        # and one disturbed run would read "within noise" (and pass --strict)
+        if ratios.left_off == 0:
+            return Verdict.FEW
+        return Verdict.SAME if not target.judged else Verdict.NOISE
     if not target.judged:
-        return Verdict.SAME if ratios.crosses(1.0) else Verdict.REPORTED
-    assert target.bound is not None
-    if ratios.crosses(target.bound):
-        return Verdict.NOISE
+        return Verdict.REPORTED
     return Verdict.MET if target.met_by(ratios.median) else Verdict.MISSED
 
 

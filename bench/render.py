@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import Figure, Section
-from bench.judge import MIN_REPEATS_TO_JUDGE, NOT_MET, Verdict
+from bench.judge import MAX_FALSE_CALL, MIN_REPEATS_TO_JUDGE, NOT_MET, Verdict
 from bench.targets import TARGETS
 
 VERDICT_STYLE = {
@@ -18,7 +18,7 @@ VERDICT_STYLE = {
     Verdict.NOISE: "[yellow]~ within noise[/]",
     Verdict.SAME: "[dim]≈ 1x, within noise[/]",
     Verdict.REPORTED: "",
-    Verdict.FEW: f"[dim]< {MIN_REPEATS_TO_JUDGE} repeats[/]",
+    Verdict.FEW: "[dim]too few repeats[/]",
     Verdict.FAILED: "[bold red]FAILED[/]",
     Verdict.INVALID: "[bold red]✗ invalid measurement[/]",
 }
@@ -57,8 +57,11 @@ def figures_table(sections: list[Section], meta: dict[str, Any]) -> Table:
             f"{meta.get('build', 'python')} build, daemon on {_allocator(meta)}"
         ),
         caption="ratio = value / baseline of each interleaved repeat; the figure is their median, "
-        "the spread the range of the middle runs (a quarter, rounded down, left off each end; "
-        "all runs' range beside it); value and baseline are medians too",
+        "the spread a confidence interval for it (the middle runs: as many left off each end as "
+        f"keep a figure on its target from being called met or missed more than "
+        f"{MAX_FALSE_CALL:.2%} of the time by chance, one of 7; all runs' range beside it); "
+        f"fewer than {MIN_REPEATS_TO_JUDGE} repeats are not judged; value and baseline are "
+        "medians too",
     )
     table.add_column("figure  [dim](baseline)[/]", max_width=48)
     table.add_column("value", justify="right", no_wrap=True)

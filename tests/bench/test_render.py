@@ -30,9 +30,13 @@ def _row(text: str, name: str) -> str:
 def test_the_table_prints_each_figures_target_and_its_verdict() -> None:
     sec = Section("bulk")
     # bulk.1im is "at least 0.6x": one median past it with the whole spread, one short of it
-    sec.add("bulk.1im", "fast enough", "MB/s", [70.0, 80.0, 75.0], [100.0] * 3, "raw")
-    sec.add("bulk.1im", "too slow", "MB/s", [40.0, 50.0, 45.0], [100.0] * 3, "raw")
-    sec.add("bulk.im_curve.1", "curve, no target", "MB/s", [90.0, 95.0, 99.0], [100.0] * 3, "x")
+    fast = [70.0, 80.0, 75.0, 72.0, 78.0, 74.0, 76.0]
+    sec.add("bulk.1im", "fast enough", "MB/s", fast, [100.0] * 7, "raw")
+    slow = [40.0, 50.0, 45.0, 42.0, 48.0, 44.0, 46.0]
+    sec.add("bulk.1im", "too slow", "MB/s", slow, [100.0] * 7, "raw")
+    curve = [90.0, 95.0, 99.0, 92.0, 97.0, 94.0, 96.0]
+    sec.add("bulk.im_curve.1", "curve, no target", "MB/s", curve, [100.0] * 7, "x")
+    sec.add("bulk.1im", "three runs", "MB/s", [70.0, 80.0, 75.0], [100.0] * 3, "raw")
     text = _text([sec])
     met, missed, reported = (
         _row(text, "fast enough"),
@@ -44,6 +48,9 @@ def test_the_table_prints_each_figures_target_and_its_verdict() -> None:
     assert label in met and "✓ met" in met and "0.75x" in met
     assert label in missed and "✗ missed" in missed and "✓" not in missed
     assert "—" in reported and "✓" not in reported and "missed" not in reported
+    # 3 runs all past the bound happen 1 time in 8 by chance: shown, not claimed
+    few = _row(text, "three runs")
+    assert "too few repeats" in few and "✓" not in few, few
 
 
 def test_one_stray_run_shows_beside_a_miss_it_cannot_hide() -> None:
@@ -67,7 +74,7 @@ def test_an_invalid_measurement_is_shown_so_and_counted_as_not_met() -> None:
     # the daemon's RSS shrank while the bare server's grew: a negative ratio, once "✓ met"
     sec.add("memory.10000", "rss shrank", "B", [-300.0, -250.0, -280.0], [2000.0] * 3, "bare")
     sec.add("memory.10000", "nothing measured", "B", [0.0] * 3, [0.0] * 3, "bare")
-    sec.add("memory.10000", "small enough", "B", [3000.0] * 3, [1000.0] * 3, "bare")
+    sec.add("memory.10000", "small enough", "B", [3000.0] * 7, [1000.0] * 7, "bare")
     text = _text([sec])
     for name in ("rss shrank", "nothing measured"):
         row = _row(text, name)

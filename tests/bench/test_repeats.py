@@ -8,7 +8,7 @@ import pytest
 
 from bench.common import Section
 from bench.context import SCALES
-from bench.judge import Verdict, left_off_each_end
+from bench.judge import MIN_REPEATS_TO_JUDGE, Verdict, left_off_each_end
 from bench.runner import EXIT_MISSED, exit_status
 from bench.targets import TARGETS
 
@@ -31,8 +31,7 @@ JUDGED = sorted(k for k, t in TARGETS.items() if t.judged)
 @pytest.mark.parametrize("scale", ["full", "quick"])
 def test_every_judged_figure_has_enough_repeats_to_leave_a_stray_run_off(scale: str) -> None:
     """judge.left_off_each_end exists so that one disturbed run cannot turn a clear miss into
-    "within noise" (and so pass `--strict`); it leaves nothing off below 4 repeats. The echo and
-    memory figures were judged on 3 (echo_repeats, memory_repeats in every scale)."""
+    "within noise" (and so pass `--strict`); it leaves nothing off below 7 repeats."""
     unprotected = {
         k: repeats_for(k, scale)
         for k in JUDGED
@@ -41,6 +40,18 @@ def test_every_judged_figure_has_enough_repeats_to_leave_a_stray_run_off(scale: 
         and not (k == "memory.10000" and 10000 not in SCALES[scale].memory_counts)
     }
     assert not unprotected, f"{scale}: judged on too few repeats to leave one off: {unprotected}"
+
+
+@pytest.mark.parametrize("scale", ["full", "quick"])
+def test_every_reported_figure_is_measured_often_enough_to_be_read(scale: str) -> None:
+    """A figure with no target still says "no difference" or "reported": fewer repeats than
+    MIN_REPEATS_TO_JUDGE show it as "too few repeats" at every scale a reader relies on."""
+    few = {
+        field: getattr(SCALES[scale], field)
+        for field in ("repeats", *REPEATS_OF.values())
+        if getattr(SCALES[scale], field) < MIN_REPEATS_TO_JUDGE
+    }
+    assert not few, f"{scale}: {few}"
 
 
 @pytest.mark.parametrize(
