@@ -5,6 +5,8 @@
   alternate between them;
 * `tcp.send` of 64 KiB through the daemon to an echo peer, then `tcp.recv` of the echo, against
   a plain loopback socket doing the same rounds to the same peer; both warmed alike, alternating.
+  Each side sends its own seeded stream (chimney_client.stream.PatternStream) and checks every
+  echoed byte in order (Verifier), so a lost, doubled, reordered or made-up byte fails it.
 
 The client is plain `msgpack` on an asyncio Protocol (baselines.RpcClient): it depends on the
 contract only. Any error answer, lost connection, wrong result or damaged echo fails the
@@ -23,11 +25,14 @@ from bench.baselines import RpcClient, RpcResult, rpc_connect, rpc_load
 from bench.common import PAYLOAD, Section, child, mbps, percentile, ports_of
 from bench.context import Ctx
 from bench.judge import interleaved
+from chimney_client.stream import PatternStream, Verifier
 
 WINDOWS = (1, 64)
 WARMUP_S = 0.2
 WARMUP_ROUNDS = 50
 CALL_TIMEOUT_S = 10.0
+DAEMON_SEED = 0x7C5E  # the streams each side sends: any two seeds, one per connection
+PLAIN_SEED = 0x7C5F
 
 
 def check_rpc(side: str, r: RpcResult) -> RpcResult:
@@ -47,14 +52,45 @@ async def pong(client: RpcClient, side: str) -> None:
 # ================================================================================================
 # tcp.send end to end
 # ================================================================================================
-async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops: int) -> RpcResult:
-    """`tcp.send` 64 KiB, then `tcp.recv` until the 64 KiB came back; repeat."""
-    payload = bytes(PAYLOAD)
+class EchoPattern:
+    """What one connection sends, and the check of what comes back: the same seeded stream on
+    both ends, kept for the connection's life (a round's echo continues the last one's), so a
+    lost, doubled, reordered or made-up byte lands on the wrong offset."""
+
+    def __init__(self, seed: int) -> None:
+        self.stream = PatternStream(seed)
+        self.verifier = Verifier(seed)
+
+    def next_round(self) -> bytes:
+        return self.stream.read(PAYLOAD)
+
+    def check(self, side: str, data: bytes) -> None:
+        """Raise unless `data` is the next bytes of the echo (the same check on both sides, so
+        it weighs on both alike)."""
+        at = self.verifier.offset
+        bad = self.verifier.check(data)
+        if bad is not None:
+            raise RuntimeError(
+                f"{side}: the echo came back damaged: wrong byte at {bad} (chunk {at}+{len(data)})"
+            )
+
+
+async def rpc_echo_rounds(
+    client: RpcClient,
+    conn: int,
+    seconds: float,
+    max_ops: int,
+    pattern: EchoPattern | None = None,
+) -> RpcResult:
+    """`tcp.send` 64 KiB of `pattern`'s stream, then `tcp.recv` until the 64 KiB came back, each
+    byte checked; repeat. Pass the same `pattern` to every call on one connection."""
+    pattern = pattern or EchoPattern(DAEMON_SEED)
     latencies: list[float] = []
     recv_calls = 0
     t0 = time.perf_counter()
     end = t0 + seconds
     while len(latencies) < max_ops and time.perf_counter() < end:
+        payload = pattern.next_round()
         t = time.perf_counter()
         sent = await asyncio.wait_for(client.call("tcp.send", conn, payload), CALL_TIMEOUT_S)
         if sent != len(payload):
@@ -66,7 +102,9 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
             )
             if not data:
                 raise RuntimeError("the echo peer closed the connection")
-            _check_echo("daemon", data, got)
+            if len(data) > len(payload) - got:
+                raise RuntimeError(f"daemon: tcp.recv returned {len(data)} bytes, asked for fewer")
+            pattern.check("daemon", data)
             got += len(data)
             recv_calls += 1
         latencies.append(time.perf_counter() - t)
@@ -82,29 +120,25 @@ async def rpc_echo_rounds(client: RpcClient, conn: int, seconds: float, max_ops:
     return result
 
 
-def _check_echo(side: str, data: bytes, at: int) -> None:
-    """The payload is all zero bytes; an echo holding anything else was damaged on its way (the
-    same check on both sides, so it weighs on both alike)."""
-    if data.strip(b"\x00"):
-        raise RuntimeError(f"{side}: the echo came back damaged (a non-zero byte near {at})")
-
-
 class PlainEcho(asyncio.Protocol):
-    """The plain-socket side, one connection kept for every window: write 64 KiB, wait until
-    64 KiB came back, repeat."""
+    """The plain-socket side, one connection kept for every window: write 64 KiB of its stream,
+    wait until 64 KiB came back, every byte checked, repeat."""
 
     def __init__(self) -> None:
-        self.payload = bytes(PAYLOAD)
+        self.pattern = EchoPattern(PLAIN_SEED)
         self.loop = asyncio.get_running_loop()
         self.got = 0
         self.latencies: list[float] = []
         self.done: asyncio.Future[float] | None = None
         self.lost: BaseException | None = None
+        self.damaged: RuntimeError | None = None  # the first bad echo, in a round or not
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
 
     async def rounds(self, seconds: float, max_ops: int) -> RpcResult:
+        if self.damaged is not None:
+            raise self.damaged
         if self.lost is not None:
             raise ConnectionError(f"echo peer went away: {self.lost!r}")
         self.latencies = []
@@ -120,23 +154,30 @@ class PlainEcho(asyncio.Protocol):
     def _round(self) -> None:
         self.t = time.perf_counter()
         self.got = 0
-        self.transport.write(self.payload)
+        self.transport.write(self.pattern.next_round())
 
     def data_received(self, data: bytes) -> None:
-        if self.done is not None and not self.done.done():
+        # every byte is checked, in a round or not: the verifier's offset follows the stream
+        if self.damaged is None:
             try:
-                _check_echo("plain socket", data, self.got)
+                self.pattern.check("plain socket", data)
+                if self.done is None or self.done.done() or self.got + len(data) > PAYLOAD:
+                    raise RuntimeError(f"plain socket: {len(data)} bytes echoed outside a round")
             except RuntimeError as exc:
-                self.done.set_exception(exc)
-                return
+                self.damaged = exc
+        if self.damaged is not None:
+            if self.done is not None and not self.done.done():
+                self.done.set_exception(self.damaged)
+            return
+        assert self.done is not None
         self.got += len(data)
-        if self.got < len(self.payload) or self.done is None:
+        if self.got < PAYLOAD:
             return
         now = time.perf_counter()
         self.latencies.append(now - self.t)
         if len(self.latencies) < self.max_ops and now < self.end:
             self._round()
-        elif not self.done.done():
+        else:
             self.done.set_result(now - self.t0)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -197,13 +238,14 @@ async def run(ctx: Ctx, sec: Section) -> None:
             loop = asyncio.get_running_loop()
             pt, plain = await loop.create_connection(PlainEcho, "127.0.0.1", peer_port)
             transports.append(pt)
-            await rpc_echo_rounds(dc, conn, WARMUP_S, WARMUP_ROUNDS)
+            daemon_pattern = EchoPattern(DAEMON_SEED)
+            await rpc_echo_rounds(dc, conn, WARMUP_S, WARMUP_ROUNDS, daemon_pattern)
             await plain.rounds(WARMUP_S, WARMUP_ROUNDS)
             ctx.progress.step("tcp.send 64 KiB + recv echo: plain socket and daemon, alternating")
             echo = await interleaved(
                 {
                     "plain": lambda: plain.rounds(seconds, max_ops),
-                    "daemon": lambda: rpc_echo_rounds(dc, conn, seconds, max_ops),
+                    "daemon": lambda: rpc_echo_rounds(dc, conn, seconds, max_ops, daemon_pattern),
                 },
                 sc.repeats,
                 lambda _i: ctx.progress.advance(),
