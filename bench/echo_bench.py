@@ -3,7 +3,9 @@
 Emulated: the daemon (default topology tcpip → im0 → nic0, started as users run it) opens N
 offloaded connections (`tcp.connect` with `{"offload": true}`) to an echo peer process
 (bench.peers echo); they are multiplexed over a few RPC clients (chimney_client.aio.AsyncClient,
-4..8 of them, each under the daemon's 256-requests-in-flight limit). For a fixed window every
+at least 4, each running at most ROUNDS_PER_CLIENT rounds at once to stay under the daemon's
+256-requests-in-flight limit, and enough of them that every connection's round runs at once,
+as on the direct side: 9 at N = 1,000). For a fixed window every
 connection repeats one round: `tcp.send` a 16 KiB chunk of its own seeded stream
 (chimney_client.stream.PatternStream) while `tcp.recv` reads the echo back until all of it came,
 every byte checked in order (Verifier). Direct: the same N, payload, streams and verification
@@ -83,7 +85,6 @@ from chimney_client.stream import PatternStream, Verifier
 
 ECHO_PAYLOAD = 16 * KIB  # bytes sent per round, echoed back whole before the next round
 MIN_RPC_CLIENTS = 4
-MAX_RPC_CLIENTS = 8
 # Rounds active at once per RPC client: a round has at most 2 calls in flight (send + recv), so
 # 120 rounds stay under the daemon's default max_in_flight of 256 with room for tcp.info & co.
 ROUNDS_PER_CLIENT = 120
@@ -188,6 +189,18 @@ def _seed(i: int) -> int:
     return 0xEC0 + i  # the same streams on both sides
 
 
+def rpc_clients(n: int) -> int:
+    """RPC clients for `n` connections: enough that none carries more than ROUNDS_PER_CLIENT of
+    them (connection i goes to client i mod k), so every connection's round runs at once, as
+    all `n` do on the direct side; a fixed cap (8 x 120 = 960) held 40 of 1,000 back."""
+    return max(MIN_RPC_CLIENTS, math.ceil(n / ROUNDS_PER_CLIENT))
+
+
+def client_of(i: int, k: int) -> int:
+    """The RPC client (of `k`) that connection `i` is opened on."""
+    return i % k
+
+
 # ================================================================================================
 # emulated: N offloaded connections through the daemon
 # ================================================================================================
@@ -270,7 +283,7 @@ async def _open_emulated(
     slots: list[_RpcSlot], ports: list[int], n: int, res: EchoResult
 ) -> list[tuple[_RpcSlot, int]]:
     async def one(i: int) -> tuple[_RpcSlot, int] | None:
-        slot = slots[i % len(slots)]
+        slot = slots[client_of(i, len(slots))]
         try:
             cid = await slot.client.tcp_connect("127.0.0.1", ports[i % len(ports)], offload=True)
         except ChimneyError as exc:
@@ -333,8 +346,7 @@ class EmulatedSide:
         return [await AsyncClient.connect(address, call_timeout=CALL_TIMEOUT_S) for _ in range(k)]
 
     async def open(self) -> None:
-        k = max(MIN_RPC_CLIENTS, min(MAX_RPC_CLIENTS, math.ceil(self.n / ROUNDS_PER_CLIENT)))
-        self.slots = [_RpcSlot(client) for client in await self.clients(k)]
+        self.slots = [_RpcSlot(client) for client in await self.clients(rpc_clients(self.n))]
         self.conns = await _open_emulated(self.slots, self.echo_ports, self.n, self.setup)
         self.setup.offloaded = await _count_in_state(self.conns, self.state)
         # warm-up: one verified round per connection, not timed
@@ -701,6 +713,7 @@ async def run(ctx: Ctx, sec: Section) -> None:
                 "emulated_setup": emu.setup.as_map(),
                 "direct_setup": direct.setup.as_map(),
                 "floor_setup": floor.setup.as_map(),
+                "rpc_clients": len(emu.slots),
                 "ratios": fig.ratios,
                 "floor_ratios": floor_fig.ratios,
             }
