@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,15 +222,29 @@ async def rpc_connect(port: int) -> tuple[asyncio.Transport, RpcClient]:
     return transport, proto
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One kind of load request and the one answer that is right for it."""
+
+    method: str
+    params: tuple[Any, ...] = ()
+    answer: Any = None
+
+
+#: `ping` answers "pong" (rpc-contract.md, and bench.peers rpc-echo alike)
+PING = Request("ping", (), "pong")
+
+
 async def rpc_load(
     client: RpcClient,
     in_flight: int,
     seconds: float,
-    make: Callable[[RpcClient], asyncio.Future[Any]] | None = None,
+    request: Request = PING,
     max_requests: int = 2_000_000,
 ) -> RpcResult:
-    """Keep `in_flight` requests outstanding for `seconds` (or `max_requests`); latency of each."""
-    make = make or (lambda c: c.call("ping"))
+    """Keep `in_flight` requests outstanding for `seconds` (or `max_requests`); latency of each.
+    An error answer, a lost connection and an answer other than `request.answer` are errors: a
+    server that answers fast and wrong is not fast."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = 0
@@ -246,7 +259,8 @@ async def rpc_load(
         issued += 1
         outstanding += 1
         t = time.perf_counter()
-        make(client).add_done_callback(lambda f, t=t: finished(f, t))  # type: ignore[misc]
+        fut = client.call(request.method, *request.params)
+        fut.add_done_callback(lambda f, t=t: finished(f, t))  # type: ignore[misc]
 
     def finished(fut: asyncio.Future[Any], t: float) -> None:
         nonlocal errors, outstanding, first_error
@@ -256,6 +270,11 @@ async def rpc_load(
         if exc is not None:
             errors += 1
             first_error = first_error or repr(exc)
+        elif fut.result() != request.answer:
+            errors += 1
+            first_error = first_error or (
+                f"{request.method} answered {fut.result()!r}, not {request.answer!r}"
+            )
         latencies.append(now - t)
         if now < end and issued < max_requests and not client.closed.done():
             issue()

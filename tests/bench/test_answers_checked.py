@@ -1,6 +1,7 @@
 """The rpc section's measurements count only right answers: its tcp.send echo is checked byte
 for byte against a seeded stream on both sides (a daemon that echoes zeros, or loses, doubles or
-reorders bytes, fails it). Stand-in clients, no sockets, no timings."""
+reorders bytes, fails it), and a ping answered with anything but "pong" is an error. Stand-in
+clients, no sockets, no timings."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench import rpc_bench
-from bench.baselines import RpcResult
+from bench.baselines import PING, Request, RpcResult, rpc_load
 from bench.common import PAYLOAD
 
 
@@ -103,3 +104,38 @@ async def test_the_plain_side_checks_its_echo_alike() -> None:
     assert (await _plain_round(lambda data, at: data)).requests == 1
     with pytest.raises(RuntimeError, match="damaged"):
         await _plain_round(lambda data, at: bytes(len(data)))
+
+
+# ================================================================================================
+# the ping load
+# ================================================================================================
+class _FakeServer:
+    """Answers each call with `answer(method)` (asynchronously, as a server would)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.calls = 0
+
+    def call(self, method: str, *params: Any) -> asyncio.Future[Any]:
+        self.calls += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(fut.set_result, self.answer(method, self.calls))
+        return fut
+
+
+async def test_a_wrong_answer_to_a_ping_is_an_error() -> None:
+    """A server that answers pings fast and wrong is not fast: every answer but "pong" counts
+    as an error, and errors fail the section (rpc_bench.check_rpc)."""
+    wrong = _FakeServer(lambda method, i: "pong" if i % 3 else None)
+    r = await rpc_load(wrong, 4, 10.0, max_requests=30)  # type: ignore[arg-type]
+    assert r.requests == 30 and r.errors == 10
+    assert "answered None, not 'pong'" in r.first_error
+    with pytest.raises(RuntimeError, match="10 of 30 requests failed"):
+        rpc_bench.check_rpc("daemon", r)
+    right = _FakeServer(lambda method, i: "pong" if method == "ping" else None)
+    ok = await rpc_load(right, 4, 10.0, max_requests=30)  # type: ignore[arg-type]
+    assert (ok.requests, ok.errors) == (30, 0)
+    other = await rpc_load(right, 4, 10.0, Request("x", (), None), 10)  # type: ignore[arg-type]
+    assert (other.requests, other.errors) == (10, 0)
+    assert PING.answer == "pong"
