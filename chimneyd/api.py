@@ -78,6 +78,12 @@ class ClusterAPI(Protocol):
         Raises the `EngineError` of the first shard that failed (TIMEOUT naming it)."""
         ...
 
+    async def gather_counted(self, what: str) -> tuple[dict[int, Any], dict[str, Any]]:
+        """`gather` of a part that counts (`stats`, `metrics`), and the counts to add to its
+        sums: those of the shards' processes that have no part in it (ended, or down), kept
+        by the supervisor (`observe.aggregate.CounterCarry`)."""
+        ...
+
     def watch(self, callback: RemoteEventCallback) -> Callable[[], None]:
         """Hear every other shard's events (an admin's `events.subscribe "*"`); returns the
         function that stops it."""

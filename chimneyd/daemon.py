@@ -287,7 +287,7 @@ def _observability(
     from chimneyd.rpc.sharded import web_conns_page, web_stats
 
     async def exposition() -> bytes:
-        return sharded_text(await cluster.gather("metrics")).encode("utf-8")
+        return sharded_text(*await cluster.gather_counted("metrics")).encode("utf-8")
 
     async def daemon_stats() -> dict[str, Any]:
         return await web_stats(cluster)

@@ -3,9 +3,10 @@ each shard's part in, one answer out.
 
 - `merge_stats`: `stack.stats` with every counter and gauge summed over the shards, in the keys a
   daemon of one shard has, plus `shards`: each shard's own part (and `state`, `down` for a
-  shard being restarted, whose part is unknown). The summed counters go through a
-  `CounterCarry`, so they never go down while a shard is restarted, nor after it; so do the
-  latency histograms `/metrics` adds up (`DAEMON_HISTOGRAMS`).
+  shard being restarted, whose part is unknown). To the summed counters it adds what the
+  supervisor's `CounterCarry` carries: the counts of the shards' processes that have no part
+  in the read (ended, down), so the sums never go down while a shard is restarted, nor after
+  it, whichever shard answers; so do the latency histograms `/metrics` adds up.
 - `merge_info`: `stack.info` of the shard answering, its layers folded over the shards (the
   gauges in a layer's description summed; a list that differs is every shard's items; any
   other value kept when every shard agrees, else `"mixed"`), plus `shard` (which shard answered) and `shards` (each one's layers and pid).
@@ -136,73 +137,108 @@ def plus(a: Any, b: Any) -> Any:
     return b if a is None else a
 
 
+def maxed(a: Any, b: Any) -> Any:
+    """The larger of `a` and `b` key by key, and a histogram's list slot by slot: two readings
+    of one process's counts, which only go up, give its later one whatever order they came in."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        # only where `b` has keys: the rest of `a` as it is
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = maxed(a.get(k), v)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [maxed(x, y) for x, y in zip(a, b, strict=True)]
+    if _is_number(a) and _is_number(b):
+        return max(a, b)
+    return b if a is None else a
+
+
+#: The parts whose counts the supervisor records as they pass it (`CounterCarry`), and to
+#: which it adds what the shards' other processes counted.
+COUNTED = frozenset({"stats", "metrics"})
+
+
+def counts(what: str, part: Any) -> dict[str, Any]:
+    """The counts in a shard's part of `what`: its counters (`counters`), and its latency
+    histograms' (`histogram_counts`) in a part of `metrics` (`{"stats", "histograms"}`); a
+    part of `counts` is counts already."""
+    if not isinstance(part, Mapping):
+        return {}
+    if what == "stats":
+        return counters(part)
+    if what == "metrics":
+        return {**counters(part.get("stats") or {}), **histogram_counts(part)}
+    if what == "counts":
+        return dict(part)
+    return {}
+
+
 @dataclass(slots=True)
 class _Life:
-    """What the daemon saw of one shard: the counters of its current process (`last`, as last
-    read), those its earlier processes had reached when they ended (`base`)."""
+    """What the supervisor knows of one shard's counts: those of its current process `gen` as
+    last seen (`last`), and what its ended processes had reached (`base`)."""
 
-    pid: int | None = None
-    down: bool = False  # seen down since `last` was read: the next process starts from 0
+    gen: int | None = None
     last: dict[str, Any] = field(default_factory=dict)
     base: dict[str, Any] = field(default_factory=dict)
 
 
 class CounterCarry:
-    """Keeps the daemon's summed counters monotonic across shard restarts (docs/metrics.md:
-    counters only go up from the daemon's start, and a shard's restart is not the daemon's).
-    A shard being restarted counts with the counters it last had; a restarted shard (seen down
-    in between, or answering from another pid) counts from those plus its new process's own.
-    Gauges are never carried: a down shard holds nothing.
+    """What every shard's processes counted since the daemon started, kept by the supervisor
+    (docs/metrics.md "Shards": a summed counter never dips while the daemon runs, and a
+    shard's restart, shard 0's included, is not the daemon's). The supervisor outlives every
+    shard and every part of a daemon-wide read passes it, whichever shard asks.
 
-    Lives in the process that sums the shards' parts: reads it never saw (a shard that restarted
-    and ran past its old counts between two reads) still add up, as its pid changed.
+    Per shard: the counts (`counts`) of its current process as last seen — in a part passing
+    the supervisor, in the part of the shard that asked (sent with its ask, so it is recorded
+    before anyone sees it) — and the sum of what its ended processes had reached. A read adds to
+    the running shards' own figures `carried` of every shard: its ended processes, and its
+    current one as last seen when that one has no part in the read (down, starting, or ended
+    while its answer came). No process is ever counted twice in a read, and each reading of
+    a process counts at least what any read before used of it: the sums never go down."""
 
-    `pick` says what of a part is counters: `counters` (the `stack.stats` ones) by default,
-    `histogram_counts` for the latency histograms of `/metrics`. Each kind has a carry of its
-    own, as a part read for one has nothing of the other."""
-
-    def __init__(self, pick: Callable[[Mapping[str, Any]], dict[str, Any]] = counters) -> None:
-        self.pick = pick
+    def __init__(self) -> None:
         self.lives: dict[int, _Life] = {}
 
-    def clear(self) -> None:
-        self.lives.clear()
+    def started(self, shard: int, gen: int) -> None:
+        """Shard `shard` runs in a new process, `gen`; it counts from 0."""
+        life = self.lives.setdefault(shard, _Life())
+        if life.gen is not None:
+            self.ended(shard, life.gen)
+        life.gen = gen
 
-    def apply(self, parts: Parts) -> dict[int, dict[str, Any] | None]:
-        """Each shard's part as it counts in the daemon's sum: a running one's with the base of
-        its earlier processes added to its counters, a down one's last counters (None when it
-        never had any)."""
-        out: dict[int, dict[str, Any] | None] = {}
-        for k, part in parts.items():
-            life = self.lives.setdefault(k, _Life())
-            if part is None:
-                life.down = True
-                carried = plus(life.base, life.last)
-                out[k] = carried or None
-                continue
-            pid = (part.get(PROCESS) or {}).get("pid")
-            if life.down or (pid is not None and life.pid is not None and pid != life.pid):
-                life.base = plus(life.base, life.last)
-            life.pid, life.down = pid, False
-            life.last = self.pick(part)
-            out[k] = plus(dict(part), life.base) if life.base else dict(part)
-        return out
+    def seen(self, shard: int, gen: int, counted: Mapping[str, Any]) -> None:
+        """Process `gen` of shard `shard` has counted `counted` (nothing if it has ended:
+        what it counted then is what it had reached)."""
+        life = self.lives.get(shard)
+        if life is not None and life.gen == gen and counted:
+            life.last = maxed(life.last, counted)
+
+    def ended(self, shard: int, gen: int) -> None:
+        """Process `gen` of shard `shard` is gone: its counts as last seen are its shard's for
+        good."""
+        life = self.lives.get(shard)
+        if life is not None and life.gen == gen:
+            life.base = plus(life.base, life.last)
+            life.last, life.gen = {}, None
+
+    def carried(self, shard: int, counting: bool) -> dict[str, Any]:
+        """What shard `shard` adds to a read beyond its part: its ended processes' counts, and
+        its current one's as last seen unless `counting` (its part is in the read)."""
+        life = self.lives.get(shard)
+        if life is None:
+            return {}
+        return life.base if counting else plus(life.base, life.last)
 
 
-#: The carry of this process: it answers `stack.stats` and `/metrics` for the daemon as long
-#: as it lives (a shard that restarts starts it again empty; the supervisor's restart is the
-#: daemon's).
-DAEMON_COUNTERS = CounterCarry()
-#: The latency histograms' carry of this process, for `/metrics` (`metrics.sharded_text`).
-DAEMON_HISTOGRAMS = CounterCarry(histogram_counts)
-
-
-def merge_stats(parts: Parts, carry: CounterCarry | None = DAEMON_COUNTERS) -> dict[str, Any]:
-    """`stack.stats` of the whole daemon: sums in the usual keys (counters through `carry`,
-    None: the running shards' figures alone), each shard's own under `shards`."""
-    summed = carry.apply(parts) if carry is not None else parts
-    running = [dict(p) for p in summed.values() if p is not None]
+def merge_stats(parts: Parts, carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`stack.stats` of the whole daemon: sums in the usual keys (the running shards' own
+    figures, plus the `carried` counters of the shards' other processes, from the supervisor's
+    `CounterCarry`), each shard's own under `shards`."""
+    running = [dict(p) for p in parts.values() if p is not None]
     total: dict[str, Any] = fold([_without(p, PROCESS) for p in running], _always) or {}
+    if carried:
+        total = plus(total, _without(carried, HISTOGRAMS))
     total["shards"] = [
         _down(k) if p is None else {"shard": k, "state": "running", **p}
         for k, p in sorted(parts.items())
@@ -344,18 +380,19 @@ def may_touch(view: FaultView, me: int, admin: bool, mine: Callable[[int], bool]
 
 
 __all__ = [
+    "COUNTED",
     "COUNTER_PATHS",
-    "DAEMON_COUNTERS",
-    "DAEMON_HISTOGRAMS",
     "HISTOGRAMS",
     "INFO_GAUGES",
     "MIXED",
     "CounterCarry",
     "FaultView",
     "counters",
+    "counts",
     "fault_table",
     "fold",
     "histogram_counts",
+    "maxed",
     "may_touch",
     "merge_info",
     "merge_stats",

@@ -25,7 +25,7 @@ import itertools
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -37,14 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from .aggregate import (
-    DAEMON_COUNTERS,
-    DAEMON_HISTOGRAMS,
-    HISTOGRAMS,
-    PROCESS,
-    CounterCarry,
-    merge_stats,
-)
+from .aggregate import HISTOGRAMS, merge_stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SUCCESS = "NDIS_STATUS_SUCCESS"
@@ -558,29 +551,23 @@ def shard_families(parts: dict[int, Any]) -> list[Metric]:
     return [up, rss, fds, conns, clients, offloads]
 
 
-def sharded_text(
-    parts: dict[int, Any],
-    carry: CounterCarry | None = DAEMON_COUNTERS,
-    histograms: CounterCarry | None = DAEMON_HISTOGRAMS,
-) -> str:
+def sharded_text(parts: dict[int, Any], carried: Mapping[str, Any] | None = None) -> str:
     """`stack.metrics` (and `/metrics`) of a daemon of several shards: the `stack.stats`
-    families of every shard summed (the counters through `carry`, as `merge_stats`: they never
-    go down while the daemon runs), the latency histograms of every shard added up (through
-    `histograms`, likewise: a bucket, `_count` and `_sum` are counters, and a shard's restart
-    is not the daemon's), and the `chimney_shard_*` families per shard. Each part is a shard's
-    `{"stats", "histograms"}`, None for a shard being restarted. A carry of None: the running
-    shards' figures alone."""
+    families of every shard summed (with the `carried` counters of the shards' other
+    processes, as `merge_stats`: they never go down while the daemon runs), the latency
+    histograms of every shard added up (with the `carried` ones likewise: a bucket, `_count`
+    and `_sum` are counters, and a shard's restart is not the daemon's), and the
+    `chimney_shard_*` families per shard. Each part is a shard's `{"stats", "histograms"}`,
+    None for a shard being restarted; `carried` is what the supervisor carries
+    (`aggregate.CounterCarry`), None: the running shards' figures alone."""
     stats = {k: (p or {}).get("stats") if p is not None else None for k, p in parts.items()}
-    total = merge_stats(stats, carry)
+    total = merge_stats(stats, carried)
     total.pop("shards", None)
     families = stats_families(total)
-    # a histogram part knows its process by the pid in its stats, as the counters' does
-    hists: dict[int, dict[str, Any] | None] = {
-        k: None if p is None else {PROCESS: (p.get("stats") or {}).get(PROCESS), **p}
-        for k, p in parts.items()
-    }
-    carried = histograms.apply(hists) if histograms is not None else hists
-    families += _merged_histograms([p.get(HISTOGRAMS) or {} for p in carried.values() if p])
+    raws = [p.get(HISTOGRAMS) or {} for p in parts.values() if p]
+    if carried:
+        raws.append(carried.get(HISTOGRAMS) or {})
+    families += _merged_histograms(raws)
     families += shard_families(stats)
     return generate_latest(_Collectors([_Fixed(families)])).decode("utf-8")
 

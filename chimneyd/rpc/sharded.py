@@ -4,7 +4,8 @@ and each shard's part of their answers.
 A client and all it owns live in one shard, so every other method is the shard's own
 (`methods`). These ask the other shards through the supervisor (`ClusterAPI`):
 - `stack.info`, `stack.stats`, `stack.metrics`: every shard's part, summed and broken down
-  per shard (`observe.aggregate`);
+  per shard (`observe.aggregate`), the counters with what the supervisor carries of the
+  shards' other processes (`ClusterAPI.gather_counted`);
 - `fault.inject` on a layer: the fault goes into that layer in every shard (or the one named by
   the extension key `shard`), under one id from this shard's range; a shard that cannot take it
   undoes it everywhere;
@@ -216,14 +217,14 @@ async def stack_info(c: Caller, p: list[Any]) -> dict[str, Any]:
 
 async def stack_stats(c: Caller, p: list[Any]) -> dict[str, Any]:
     P.arity(p, 0, 0, "stack.stats")
-    return merge_stats(await _cluster(c).gather("stats"))
+    return merge_stats(*await _cluster(c).gather_counted("stats"))
 
 
 async def stack_metrics(c: Caller, p: list[Any]) -> str:
     """Extension: every shard's gauges and counters summed, and each shard's, as Prometheus
     text."""
     P.arity(p, 0, 0, "stack.metrics")
-    return sharded_text(await _cluster(c).gather("metrics"))
+    return sharded_text(*await _cluster(c).gather_counted("metrics"))
 
 
 async def fault_inject(c: Caller, p: list[Any]) -> int:
@@ -297,7 +298,7 @@ async def _forwarded(cl: ClusterAPI, result: bool) -> bool:
 # -- the web view of the whole daemon (served by shard 0) ----------------------------------------
 async def web_stats(cl: ClusterAPI) -> dict[str, Any]:
     """`/api/stats`'s source: every shard's stats summed, as `stack.stats` answers."""
-    return merge_stats(await cl.gather("stats"))
+    return merge_stats(*await cl.gather_counted("stats"))
 
 
 async def web_conns_page(cl: ClusterAPI, page: int, size: int) -> dict[str, Any]:

@@ -6,8 +6,10 @@ server's `ShardParts`), `forward [on]` (send every event of this shard up: some 
 admin watching `"*"`), `event [shard, conn, event, info]` (another shard's event, for this
 shard's watching admins).
 Shard → supervisor: `ask [what, arg, targets]` (the parts of other shards, each answered in time
-or marked failed), `watch [on]` (this shard has admins watching `"*"`, or none any more),
-`event [conn, event, info]` (while forwarding), `ready [info]` (listening).
+or marked failed), `ask [what, arg, targets, mine]` (a part that counts, `stats` or `metrics`,
+with this shard's own counts: answered `{"parts", "carried"}`, see `gather_counted`), `watch
+[on]` (this shard has admins watching `"*"`, or none any more), `event [conn, event, info]`
+(while forwarding), `ready [info]` (listening).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from chimneyd.api import (
     RemoteEventCallback,
     ShardReply,
 )
+from chimneyd.observe.aggregate import counts
 
 from .link import ControlLink, answer_error
 
@@ -72,16 +75,27 @@ class Cluster:
     async def ask(self, what: str, arg: Any, targets: list[int]) -> dict[int, ShardReply]:
         if not targets:
             return {}
+        replies, _ = await self._ask([what, arg, targets], targets)
+        return replies
+
+    async def _ask(
+        self, params: list[Any], targets: list[int]
+    ) -> tuple[dict[int, ShardReply], dict[str, Any]]:
+        """The supervisor's answer to `ask params`: each target's reply, and what it carries
+        (only for a part that counts, asked with this shard's own)."""
         link = self.link
         if link is None:
             err = EngineError(ErrorCode.INTERNAL, "no control channel")
-            return {t: ShardReply("failed", error=err) for t in targets}
-        answer = await link.request("ask", [what, arg, targets], self.timeout + ASK_MARGIN_S)
+            return {t: ShardReply("failed", error=err) for t in targets}, {}
+        answer = await link.request("ask", params, self.timeout + ASK_MARGIN_S)
         if answer.expired or answer.error is not None:
             err = answer_error(answer, "the supervisor", self.timeout + ASK_MARGIN_S)
-            return {t: ShardReply("failed", error=err) for t in targets}
+            return {t: ShardReply("failed", error=err) for t in targets}, {}
+        result, carried = answer.result, {}
+        if isinstance(result, dict):
+            result, carried = result["parts"], dict(result["carried"] or {})
         out: dict[int, ShardReply] = {}
-        for shard, state, payload in answer.result:
+        for shard, state, payload in result:
             if state == "ok":
                 out[shard] = ShardReply("ok", payload)
             elif state == "down":
@@ -91,15 +105,26 @@ class Cluster:
                 out[shard] = ShardReply("failed", error=EngineError(ErrorCode.TIMEOUT, detail))
             else:
                 out[shard] = ShardReply("failed", error=_error(shard, payload))
-        return out
+        return out, carried
 
     async def gather(self, what: str, arg: Any = None) -> dict[int, Any]:
         others = [k for k in range(self.count) if k != self.index]
         replies = await self.ask(what, arg, others)
+        return self._parts(replies, lambda: self.local(what, arg))
+
+    async def gather_counted(self, what: str) -> tuple[dict[int, Any], dict[str, Any]]:
+        # this shard's own part goes with the ask: the supervisor records its counts before
+        # anyone sees them, so a restart of this shard cannot take them back (CounterCarry)
+        mine = self.local(what)
+        others = [k for k in range(self.count) if k != self.index]
+        replies, carried = await self._ask([what, None, others, counts(what, mine)], others)
+        return self._parts(replies, lambda: mine), carried
+
+    def _parts(self, replies: dict[int, ShardReply], mine: Callable[[], Any]) -> dict[int, Any]:
         parts: dict[int, Any] = {}
         for k in range(self.count):
             if k == self.index:
-                parts[k] = self.local(what, arg)
+                parts[k] = mine()
                 continue
             reply = replies.get(k)
             if reply is None or reply.state == "failed":

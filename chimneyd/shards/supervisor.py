@@ -5,7 +5,8 @@ chimneyd.shards.shard`, a unix socketpair as its control channel), and then only
 shard's `ask` goes out to the other shards as `part` requests, each answered within
 `daemon.control_timeout_s` or marked `timeout` (a shard being restarted is `down` at once);
 events go to the shards that have an admin watching `"*"`. Nothing of the data path passes
-through it.
+through it. It keeps what every shard's processes counted (`aggregate.CounterCarry`), from the
+parts that count passing it, and adds it to every daemon-wide read of counters: they never go down while the daemon runs, whichever shard restarts or answers.
 
 Lifecycle: SIGTERM or SIGINT → every shard gets SIGTERM and drains within
 `rpc.shutdown_deadline_s` (a shard still there well after that is killed); SIGHUP → the log
@@ -31,6 +32,7 @@ from typing import Any
 import structlog
 
 from chimneyd.config import Config
+from chimneyd.observe.aggregate import COUNTED, CounterCarry, counts, plus
 from chimneyd.observe.logging import reopen
 from chimneyd.runtime.signals import HANDLED_SIGNALS
 
@@ -100,6 +102,7 @@ class Supervisor:
         self.stop = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         self.restarting: set[asyncio.Task[None]] = set()
+        self.carry = CounterCarry()
 
     # -- the run ---------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -227,11 +230,12 @@ class Supervisor:
         shard.ready.clear()
         shard.exited.clear()
         index = shard.index
+        self.carry.started(index, gen)
         _, link = await self.loop.create_unix_connection(
             lambda: ControlLink(
                 f"supervisor:{index}",
-                lambda m, p: self._on_request(index, m, p),
-                lambda m, p: self._on_notification(index, m, p),
+                lambda m, p: self._on_request(index, gen, m, p),
+                lambda m, p: self._on_notification(index, gen, m, p),
                 lambda: None,
             ),
             sock=mine,
@@ -268,6 +272,8 @@ class Supervisor:
         if shard.link is not None:
             shard.link.close()  # its pending requests are answered (expired) at once
             shard.link = None
+        # what it counted, as last seen, is its shard's for good
+        self.carry.ended(shard.index, shard.gen)
         shard.exited.set()
         if self.stopping or self.stop.is_set():
             log.info("shard_exited", shard=shard.index, pid=proc.pid, exit_status=code)
@@ -302,7 +308,7 @@ class Supervisor:
                 log.error("shard_start_failed", shard=shard.index, error=str(exc), retry_in_s=delay)
 
     # -- what shards ask --------------------------------------------------------------------------
-    def _on_notification(self, index: int, method: str, params: list[Any]) -> None:
+    def _on_notification(self, index: int, gen: int, method: str, params: list[Any]) -> None:
         shard = self.shards[index]
         if method == "ready":
             shard.state = "running"
@@ -336,13 +342,45 @@ class Supervisor:
             if shard.link is not None and shard.state == "running":
                 shard.link.notify("forward", [on])
 
-    async def _on_request(self, index: int, method: str, params: list[Any]) -> Any:
-        if method != "ask" or len(params) != 3:
+    async def _on_request(self, index: int, gen: int, method: str, params: list[Any]) -> Any:
+        if method != "ask" or len(params) not in (3, 4):
             raise ValueError(f"no control method {method!r}")
-        what, arg, targets = params
+        what, arg, targets = params[:3]
         wanted = [t for t in targets if isinstance(t, int) and 0 <= t < self.count]
+        if len(params) == 4 and what in COUNTED:
+            return await self._counted(index, gen, what, params[3], wanted)
         answers = await asyncio.gather(*(self._part(t, what, arg) for t in wanted))
         return [[t, state, payload] for t, (state, payload) in zip(wanted, answers, strict=True)]
+
+    async def _counted(
+        self, index: int, gen: int, what: str, mine: Any, wanted: list[int]
+    ) -> dict[str, Any]:
+        """A part that counts, asked by process `gen` of shard `index` with the counts of its
+        own part, `mine`: every target's part, and `carried`, the counts of every shard's
+        processes that have no part in this answer (`CounterCarry`). Each shard's part and
+        what it carries are taken at one moment: no process is counted twice, and none less
+        than before."""
+        # recorded before the asker can show them to anyone
+        self.carry.seen(index, gen, counts("counts", mine))
+        carried = self.carry.carried(index, counting=True)
+        answers = await asyncio.gather(*(self._counted_part(t, what) for t in wanted))
+        parts = []
+        for t, (state, payload, theirs) in zip(wanted, answers, strict=True):
+            parts.append([t, state, payload])
+            carried = plus(carried, theirs)
+        return {"parts": parts, "carried": carried}
+
+    async def _counted_part(self, index: int, what: str) -> tuple[str, Any, dict[str, Any]]:
+        """Shard `index`'s part of `what` (as `_part`), and what the daemon carries of it."""
+        shard = self.shards[index]
+        link, gen = shard.link, shard.gen
+        state, payload = await self._part(index, what, None)
+        if state == "ok" and shard.link is link and shard.state == "running":
+            self.carry.seen(index, gen, counts(what, payload))
+            return state, payload, self.carry.carried(index, counting=True)
+        if state == "ok":  # its process ended meanwhile: it counts as last seen, as if down
+            state, payload = "down", None
+        return state, payload, self.carry.carried(index, counting=False)
 
     async def _part(self, index: int, what: str, arg: Any) -> tuple[str, Any]:
         shard = self.shards[index]

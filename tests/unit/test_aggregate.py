@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chimneyd.observe.aggregate import (
     COUNTER_PATHS,
-    DAEMON_COUNTERS,
-    DAEMON_HISTOGRAMS,
     MIXED,
     CounterCarry,
     FaultView,
+    counts,
     fault_table,
     fold,
-    histogram_counts,
     may_touch,
     merge_info,
     merge_stats,
+    plus,
     shard_faults,
 )
 from chimneyd.observe.metrics import sharded_text
 from tests.docs.test_metrics_doc import METRICS_MD
-
-
-@pytest.fixture(autouse=True)
-def fresh_daemon() -> Iterator[None]:
-    # the process's carry remembers the shards of earlier tests: each test is a daemon of its own
-    DAEMON_COUNTERS.clear()
-    DAEMON_HISTOGRAMS.clear()
-    yield
-    DAEMON_COUNTERS.clear()
-    DAEMON_HISTOGRAMS.clear()
 
 
 def stats(conns: int, offloads: int, calls: int, pid: int) -> dict[str, Any]:
@@ -249,6 +236,37 @@ def sends(n: int, seconds: float) -> dict[str, Any]:
     return {"chimney_send_completion_seconds": {"": [*counts, seconds]}}
 
 
+class Supervised:
+    """Reads of a daemon's shards as the supervisor answers them (`Supervisor._counted`):
+    each shard's process (its `gen`) and part, None while it is down; a process that is not
+    the one of the read before has started since, and its predecessor ended."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.carry = CounterCarry()
+        self.gens: dict[int, int] = {}
+
+    def process(self, shard: int, gen: int | None) -> None:
+        if self.gens.get(shard) == gen:
+            return
+        if shard in self.gens:
+            self.carry.ended(shard, self.gens.pop(shard))
+        if gen is not None:
+            self.carry.started(shard, gen)
+            self.gens[shard] = gen
+
+    def read(self, parts: dict[int, tuple[int, Any] | None]) -> tuple[dict[int, Any], Any]:
+        out: dict[int, Any] = {}
+        carried: dict[str, Any] = {}
+        for k, p in sorted(parts.items()):
+            self.process(k, None if p is None else p[0])
+            if p is not None:
+                self.carry.seen(k, p[0], counts(self.what, p[1]))
+            out[k] = None if p is None else p[1]
+            carried = plus(carried, self.carry.carried(k, counting=p is not None))
+        return out, carried
+
+
 def test_summed_histograms_hold_while_a_shard_is_restarted_and_carry_on_after() -> None:
     """A histogram's buckets, `_count` and `_sum` are counters: a shard's restart is not the
     daemon's, so they never go down (docs/metrics.md, Shards), as the `_total` counters."""
@@ -259,9 +277,15 @@ def test_summed_histograms_hold_while_a_shard_is_restarted_and_carry_on_after() 
         {0: (100, sends(7, 0.7)), 1: (103, sends(2, 0.2))},  # restarted between reads
         {0: (100, sends(8, 0.8)), 1: (103, sends(3, 0.3))},  # the same process
     ]
+    daemon = Supervised("metrics")
     texts = [
         sharded_text(
-            {k: p and {"stats": counted(0, 0, 0, p[0]), "histograms": p[1]} for k, p in r.items()}
+            *daemon.read(
+                {
+                    k: p and (p[0], {"stats": counted(0, 0, 0, p[0]), "histograms": p[1]})
+                    for k, p in r.items()
+                }
+            )
         )
         for r in reads
     ]
@@ -269,14 +293,11 @@ def test_summed_histograms_hold_while_a_shard_is_restarted_and_carry_on_after() 
     assert [value(t, name + "_count") for t in texts] == [14, 15, 17, 20, 22]
     assert [value(t, name + "_bucket", le="8e-06") for t in texts] == [14, 15, 17, 20, 22]
     assert [round(value(t, name + "_sum"), 6) for t in texts] == [1.4, 1.5, 1.7, 2.0, 2.2]
-    # no restart: the shards' own figures, exactly
+    # nothing carried: the shards' own figures, exactly
     fresh = {
         k: {"stats": counted(0, 0, 0, 200 + k), "histograms": sends(k + 1, 0.5)} for k in (0, 1)
     }
-    assert (
-        value(sharded_text(fresh, CounterCarry(), CounterCarry(histogram_counts)), name + "_count")
-        == 3
-    )
+    assert value(sharded_text(fresh), name + "_count") == 3
 
 
 def counted(sent: int, calls: int, conns: int, pid: int) -> dict[str, Any]:
@@ -297,12 +318,16 @@ def value(text: str, name: str, **labels: str) -> float:
 def test_summed_counters_hold_while_a_shard_is_restarted_and_carry_on_after() -> None:
     names = ("chimney_bytes_sent_total", "chimney_calls_total", "chimney_layer_messages_total")
     reads = [
-        {0: counted(1000, 10, 2, 100), 1: counted(5000, 50, 3, 101)},
-        {0: counted(1100, 11, 2, 100), 1: None},  # shard 1 being restarted
-        {0: counted(1200, 12, 2, 100), 1: counted(7, 1, 1, 102)},  # back, from 0
-        {0: counted(1300, 13, 2, 100), 1: counted(9, 2, 1, 103)},  # restarted between reads
+        {0: (100, counted(1000, 10, 2, 100)), 1: (101, counted(5000, 50, 3, 101))},
+        {0: (100, counted(1100, 11, 2, 100)), 1: None},  # shard 1 being restarted
+        {0: (100, counted(1200, 12, 2, 100)), 1: (102, counted(7, 1, 1, 102))},  # back, from 0
+        {0: (100, counted(1300, 13, 2, 100)), 1: (103, counted(9, 2, 1, 103))},  # again
     ]
-    texts = [sharded_text({k: p and {"stats": p} for k, p in r.items()}) for r in reads]
+    daemon = Supervised("metrics")
+    texts = [
+        sharded_text(*daemon.read({k: p and (p[0], {"stats": p[1]}) for k, p in r.items()}))
+        for r in reads
+    ]
     for name in names:
         seen = [value(t, name) for t in texts]
         assert seen == sorted(seen), (name, seen)
@@ -312,21 +337,23 @@ def test_summed_counters_hold_while_a_shard_is_restarted_and_carry_on_after() ->
 
 
 def test_stack_stats_counters_carry_a_restart_and_each_shard_shows_its_own() -> None:
-    carry = CounterCarry()
-    merge_stats({0: counted(10, 1, 1, 100), 1: counted(20, 2, 1, 101)}, carry)
-    down = merge_stats({0: counted(10, 1, 1, 100), 1: None}, carry)
+    daemon = Supervised("stats")
+    merge_stats(*daemon.read({0: (100, counted(10, 1, 1, 100)), 1: (101, counted(20, 2, 1, 101))}))
+    down = merge_stats(*daemon.read({0: (100, counted(10, 1, 1, 100)), 1: None}))
     assert down["layers"]["nic0"]["bytes_sent"] == 30
     assert down["layers"]["nic0"]["calls"] == {"MiniportTcpOffloadSend": 3}
     assert down["layers"]["nic0"]["offloads_active"] == 1  # shard 0's gauge alone
     assert down["connections"] == 1
-    back = merge_stats({0: counted(10, 1, 1, 100), 1: counted(5, 1, 4, 102)}, carry)
+    back = merge_stats(
+        *daemon.read({0: (100, counted(10, 1, 1, 100)), 1: (102, counted(5, 1, 4, 102))})
+    )
     assert back["layers"]["nic0"]["bytes_sent"] == 35
     assert back["engine"]["messages"] == {"nic0": 4}
     assert back["connections"] == 5
     # the per-shard breakdown is the shard's process as it is, counting from its start
     assert back["shards"][1]["layers"]["nic0"]["bytes_sent"] == 5
-    # without a carry: the running shards' figures alone
-    assert merge_stats({0: counted(10, 1, 1, 100), 1: None}, None)["connections"] == 1
+    # without what the supervisor carries: the running shards' figures alone
+    assert merge_stats({0: counted(10, 1, 1, 100), 1: None})["connections"] == 1
 
 
 def test_every_documented_counter_is_carried() -> None:
