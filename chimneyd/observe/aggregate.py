@@ -141,7 +141,7 @@ def maxed(a: Any, b: Any) -> Any:
     """The larger of `a` and `b` key by key, and a histogram's list slot by slot: two readings
     of one process's counts, which only go up, give its later one whatever order they came in."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        # only where `b` has keys: the rest of `a` as it is
+        # only where `b` has keys (a report holds what changed): the rest of `a` as it is
         out = dict(a)
         for k, v in b.items():
             out[k] = maxed(a.get(k), v)
@@ -153,6 +153,21 @@ def maxed(a: Any, b: Any) -> Any:
     return b if a is None else a
 
 
+def changed(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """What of the counts `new` differs from `old`: maps key by key, any other value (a
+    counter, a histogram's list) whole. `maxed` into `old`, it gives `new` back."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        was = old.get(key)
+        if isinstance(value, Mapping) and isinstance(was, Mapping):
+            sub = changed(value, was)
+            if sub:
+                out[key] = sub
+        elif value != was:
+            out[key] = value
+    return out
+
+
 #: The parts whose counts the supervisor records as they pass it (`CounterCarry`), and to
 #: which it adds what the shards' other processes counted.
 COUNTED = frozenset({"stats", "metrics"})
@@ -160,8 +175,8 @@ COUNTED = frozenset({"stats", "metrics"})
 
 def counts(what: str, part: Any) -> dict[str, Any]:
     """The counts in a shard's part of `what`: its counters (`counters`), and its latency
-    histograms' (`histogram_counts`) in a part of `metrics` (`{"stats", "histograms"}`); a
-    part of `counts` is counts already."""
+    histograms' (`histogram_counts`) in a part of `metrics` (`{"stats", "histograms"}`) or
+    of `counts` (already counts, what a shard reports)."""
     if not isinstance(part, Mapping):
         return {}
     if what == "stats":
@@ -191,7 +206,8 @@ class CounterCarry:
 
     Per shard: the counts (`counts`) of its current process as last seen — in a part passing
     the supervisor, in the part of the shard that asked (sent with its ask, so it is recorded
-    before anyone sees it) — and the sum of what its ended processes had reached. A read adds to
+    before anyone sees it), in the reports the shard sends every `COUNTS_INTERVAL_S` and once
+    more on a clean stop — and the sum of what its ended processes had reached. A read adds to
     the running shards' own figures `carried` of every shard: its ended processes, and its
     current one as last seen when that one has no part in the read (down, starting, or ended
     while its answer came). No process is ever counted twice in a read, and each reading of
@@ -387,6 +403,7 @@ __all__ = [
     "MIXED",
     "CounterCarry",
     "FaultView",
+    "changed",
     "counters",
     "counts",
     "fault_table",

@@ -9,13 +9,16 @@ Shard → supervisor: `ask [what, arg, targets]` (the parts of other shards, eac
 or marked failed), `ask [what, arg, targets, mine]` (a part that counts, `stats` or `metrics`,
 with this shard's own counts: answered `{"parts", "carried"}`, see `gather_counted`), `watch
 [on]` (this shard has admins watching `"*"`, or none any more), `event [conn, event, info]`
-(while forwarding), `ready [info]` (listening).
+(while forwarding), `ready [info]` (listening), `counts [changed, taken]` (its counts that
+changed since its last report, every `COUNTS_INTERVAL_S` and once more on a clean stop;
+`taken`: its `time.monotonic()` then).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +31,7 @@ from chimneyd.api import (
     RemoteEventCallback,
     ShardReply,
 )
-from chimneyd.observe.aggregate import counts
+from chimneyd.observe.aggregate import changed, counts
 
 from .link import ControlLink, answer_error
 
@@ -37,6 +40,11 @@ log = structlog.get_logger("chimneyd.shards")
 #: A shard waits this much longer than the supervisor waits for the other shards: the
 #: supervisor's answer (with any shard that timed out marked so) always comes first.
 ASK_MARGIN_S = 2.0
+#: How often a shard reports its counters to the supervisor, which keeps them for the daemon's
+#: sums (`aggregate.CounterCarry`): what a shard killed outright counted since its last report,
+#: and nobody read, is lost (docs/metrics.md "Shards"). A report is the counters that changed,
+#: a few dozen numbers, read off counts the layers keep anyway: nothing on the data path.
+COUNTS_INTERVAL_S = 1.0
 
 
 class Cluster:
@@ -52,6 +60,8 @@ class Cluster:
         self.watchers: set[RemoteEventCallback] = set()
         self.lost = asyncio.Event()  # the supervisor is gone: the shard stops
         self._forwarding: Callable[[], None] | None = None
+        self._reporting: asyncio.Task[None] | None = None
+        self._reported: dict[str, Any] = {}  # the counts as the supervisor has them
 
     async def connect(self, sock: socket.socket, leftover: bytes, engine: EngineAPI) -> None:
         """Serve the control channel on `sock` (`leftover`: bytes read after the hello)."""
@@ -66,6 +76,7 @@ class Cluster:
         self.link = link
         if leftover:
             link.data_received(leftover)
+        self._reporting = loop.create_task(self._report_every())
 
     # -- api.ClusterAPI ---------------------------------------------------------------------------
     def local(self, what: str, arg: Any = None) -> Any:
@@ -150,9 +161,32 @@ class Cluster:
             self.link.notify("ready", [info])
 
     def close(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+        # on its way out: what it counted since its last report (a clean stop loses nothing)
+        self.report()
         self._forward(False)
         if self.link is not None:
             self.link.close()
+
+    def report(self) -> None:
+        """Tell the supervisor this shard's counts that changed since the last report (an
+        empty report when none did), with when they were taken."""
+        link = self.link
+        if link is None or self.parts is None:
+            return
+        try:
+            now: dict[str, Any] = self.local("counts")
+        except Exception as exc:  # a bug: the next report tries again
+            log.error("shard_counts_failed", exc_info=exc)
+            return
+        link.notify("counts", [changed(now, self._reported), time.monotonic()])
+        self._reported = now
+
+    async def _report_every(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_INTERVAL_S)
+            self.report()
 
     # -- from the supervisor ----------------------------------------------------------------------
     def _on_request(self, method: str, params: list[Any]) -> Any:
@@ -201,4 +235,4 @@ def _error(shard: int, payload: Any) -> EngineError:
     return EngineError(ErrorCode.INTERNAL, f"shard {shard}: no answer")
 
 
-__all__ = ["ASK_MARGIN_S", "Cluster"]
+__all__ = ["ASK_MARGIN_S", "COUNTS_INTERVAL_S", "Cluster"]

@@ -6,7 +6,8 @@ shard's `ask` goes out to the other shards as `part` requests, each answered wit
 `daemon.control_timeout_s` or marked `timeout` (a shard being restarted is `down` at once);
 events go to the shards that have an admin watching `"*"`. Nothing of the data path passes
 through it. It keeps what every shard's processes counted (`aggregate.CounterCarry`), from the
-parts that count passing it, and adds it to every daemon-wide read of counters: they never go down while the daemon runs, whichever shard restarts or answers.
+parts that count passing it and the shards' reports, and adds it to every daemon-wide read of
+counters: they never go down while the daemon runs, whichever shard restarts or answers.
 
 Lifecycle: SIGTERM or SIGINT → every shard gets SIGTERM and drains within
 `rpc.shutdown_deadline_s` (a shard still there well after that is killed); SIGHUP → the log
@@ -86,6 +87,9 @@ class Shard:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     backoff: Backoff = field(default_factory=Backoff)
     restarts: int = 0
+    # a second descriptor of the control channel, to read what the shard wrote before it
+    # ended and the loop has not read yet (`Supervisor._drain`)
+    peek: socket.socket | None = None
 
 
 class Supervisor:
@@ -231,15 +235,20 @@ class Supervisor:
         shard.exited.clear()
         index = shard.index
         self.carry.started(index, gen)
-        _, link = await self.loop.create_unix_connection(
-            lambda: ControlLink(
-                f"supervisor:{index}",
-                lambda m, p: self._on_request(index, gen, m, p),
-                lambda m, p: self._on_notification(index, gen, m, p),
-                lambda: None,
-            ),
-            sock=mine,
-        )
+        peek = shard.peek = mine.dup()
+        try:
+            _, link = await self.loop.create_unix_connection(
+                lambda: ControlLink(
+                    f"supervisor:{index}",
+                    lambda m, p: self._on_request(index, gen, m, p),
+                    lambda m, p: self._on_notification(index, gen, m, p),
+                    peek.close,  # else the shard would never see its channel close
+                ),
+                sock=mine,
+            )
+        except BaseException:
+            peek.close()
+            raise
         shard.link = link
         link.notify("hello", [self._hello(shard, unix_fds)])
         pidfd = os.pidfd_open(proc.pid)
@@ -270,9 +279,13 @@ class Supervisor:
         self.watchers.discard(shard.index)
         self._tell_forwarding()
         if shard.link is not None:
+            self._drain(shard.link, shard.peek)
             shard.link.close()  # its pending requests are answered (expired) at once
             shard.link = None
-        # what it counted, as last seen, is its shard's for good
+        if shard.peek is not None:
+            shard.peek.close()
+            shard.peek = None
+        # what it counted, as last seen, is its shard's for good (its last report included)
         self.carry.ended(shard.index, shard.gen)
         shard.exited.set()
         if self.stopping or self.stop.is_set():
@@ -307,10 +320,32 @@ class Supervisor:
                 delay = shard.backoff.next(0.0)
                 log.error("shard_start_failed", shard=shard.index, error=str(exc), retry_in_s=delay)
 
+    @staticmethod
+    def _drain(link: ControlLink, peek: socket.socket | None) -> None:
+        """Hand `link` what its shard, now ended, wrote before and the loop has not read yet:
+        its last report of its counts, say, sent as it stopped. Nothing the shard sent is lost,
+        whichever the loop notices first: the process's end, or its channel's."""
+        if peek is None or link.closed:
+            return
+        chunks = []
+        while True:
+            try:
+                data = peek.recv(1 << 16, socket.MSG_DONTWAIT)
+            except OSError:  # nothing more (BlockingIOError), or the channel is gone
+                break
+            if not data:
+                break
+            chunks.append(data)
+        if chunks:
+            link.data_received(b"".join(chunks))
+
     # -- what shards ask --------------------------------------------------------------------------
     def _on_notification(self, index: int, gen: int, method: str, params: list[Any]) -> None:
         shard = self.shards[index]
-        if method == "ready":
+        if method == "counts" and len(params) == 2 and isinstance(params[0], dict):
+            self.carry.seen(index, gen, counts("counts", params[0]))
+            log.debug("shard_counts", shard=index, gen=gen, taken=params[1])
+        elif method == "ready":
             shard.state = "running"
             shard.info = dict(params[0]) if params else {}
             first = not shard.ready.is_set()

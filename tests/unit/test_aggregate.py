@@ -12,9 +12,11 @@ from chimneyd.observe.aggregate import (
     MIXED,
     CounterCarry,
     FaultView,
+    changed,
     counts,
     fault_table,
     fold,
+    maxed,
     may_touch,
     merge_info,
     merge_stats,
@@ -354,6 +356,36 @@ def test_stack_stats_counters_carry_a_restart_and_each_shard_shows_its_own() -> 
     assert back["shards"][1]["layers"]["nic0"]["bytes_sent"] == 5
     # without what the supervisor carries: the running shards' figures alone
     assert merge_stats({0: counted(10, 1, 1, 100), 1: None})["connections"] == 1
+
+
+def test_what_a_shard_reported_after_the_last_read_outlives_its_process() -> None:
+    """docs/metrics.md "Shards": the supervisor keeps a shard's counts as last seen — in a
+    read, or in a report of the counters that changed — and what an ended process had
+    reached is its shard's for good, counted once whatever reported it twice."""
+    daemon = Supervised("stats")
+    merge_stats(*daemon.read({0: (0, counted(10, 1, 0, 10)), 1: (1, counted(20, 2, 0, 11))}))
+    report = counts("stats", counted(500, 3, 0, 11))
+    daemon.carry.seen(1, 1, changed(report, counts("stats", counted(20, 2, 0, 11))))
+    daemon.carry.seen(1, 1, report)  # the same again (a read and a report): no matter
+    daemon.carry.seen(1, 1, counts("stats", counted(20, 2, 0, 11)))  # an older one, late
+    daemon.carry.ended(1, 1)
+    daemon.carry.seen(1, 1, counts("stats", counted(900, 9, 0, 11)))  # ended: not any more
+    gone = merge_stats(*daemon.read({0: (0, counted(10, 1, 0, 10)), 1: None}))
+    assert gone["layers"]["nic0"]["bytes_sent"] == 510
+    back = merge_stats(*daemon.read({0: (0, counted(10, 1, 0, 10)), 1: (2, counted(0, 0, 0, 12))}))
+    assert back["layers"]["nic0"]["bytes_sent"] == 510
+    assert back["engine"]["messages"] == {"nic0": 4}
+
+
+def test_a_report_is_what_changed_and_brings_the_counts_back_whole() -> None:
+    was = counts("metrics", {"stats": counted(10, 1, 0, 1), "histograms": sends(2, 0.2)})
+    now = counts("metrics", {"stats": counted(30, 1, 0, 1), "histograms": sends(2, 0.2)})
+    diff = changed(now, was)
+    assert diff == {"layers": {"nic0": {"bytes_sent": 30}}}
+    assert maxed(was, diff) == now
+    assert changed(now, now) == {}
+    assert changed(now, {}) == now
+    assert "process" not in now and "connections" not in now  # counters only
 
 
 def test_every_documented_counter_is_carried() -> None:
