@@ -397,6 +397,7 @@ class Supervisor:
         than before."""
         # recorded before the asker can show them to anyone
         self.carry.seen(index, gen, counts("counts", mine))
+        wanted = [t for t in wanted if t != index]  # its part is `mine`: never counted twice
         carried = self.carry.carried(index, counting=True)
         answers = await asyncio.gather(*(self._counted_part(t, what) for t in wanted))
         parts = []
