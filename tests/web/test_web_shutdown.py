@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+from chimney_client import Client
 from tests.e2e.support import HOST
 from tests.web.support import web_daemon
 
@@ -18,6 +19,10 @@ STALLED = 2  # pages that stopped reading: closed at once, not one after another
 #: a bound on the whole stop, far above the deadline (not a measurement): without the fix the
 #: daemon never exits
 STOP_BOUND_S = 20.0
+#: a bound on what waits behind the flood (a handshake, an RPC call), far above what answering
+#: it costs (seconds of the daemon's CPU: tens of seconds on a loaded machine), under the
+#: test's own timeout (120 s): only a hang
+HANG_S = 60.0
 
 
 def ws_frame(text: str) -> bytes:
@@ -29,11 +34,12 @@ def ws_frame(text: str) -> bytes:
 
 
 def stalled_page(url: str) -> socket.socket:
-    """A WebSocket on `/ws` that asks for a flood of frames and never reads them."""
+    """A WebSocket on `/ws` with a small receive buffer; `flood` makes it a page that stopped
+    reading."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
-    s.settimeout(10)
+    s.settimeout(HANG_S)
     s.connect((host, int(port)))
     s.sendall(
         (
@@ -46,9 +52,13 @@ def stalled_page(url: str) -> socket.socket:
     while b"\r\n\r\n" not in head:
         head += s.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
-    sub = ws_frame(json.dumps({"op": "sub", "topic": "conns", "size": 1000}))
-    s.sendall(sub * SUBS)  # and never read again
     return s
+
+
+def flood(page: socket.socket) -> None:
+    """Ask for a flood of frames, and never read them."""
+    sub = ws_frame(json.dumps({"op": "sub", "topic": "conns", "size": 1000}))
+    page.sendall(sub * SUBS)
 
 
 def test_sigterm_is_not_held_by_a_browser_that_stopped_reading(tmp_path: Path) -> None:
@@ -58,9 +68,14 @@ def test_sigterm_is_not_held_by_a_browser_that_stopped_reading(tmp_path: Path) -
     with web_daemon(tmp_path, "[rpc]\nshutdown_deadline_s = 1.0\n") as w:
         pages: list[socket.socket] = []
         try:
-            with w.client() as c:
+            token = w.daemon.admin_token or w.daemon.token or None
+            with Client.connect(w.daemon.address, token=token, call_timeout=HANG_S) as c:
                 conns = [c.tcp_connect(HOST, w.peer_port) for _ in range(CONNS)]
+                # every page opens before any floods: the daemon answers a page's
+                # subscriptions in one burst, and nothing else is served meanwhile
                 pages = [stalled_page(w.url) for _ in range(STALLED)]
+                for page in pages:
+                    flood(page)
                 c.ping()
                 for conn in conns:
                     c.tcp_close(conn)
