@@ -8,7 +8,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from chimneyd.observe.web.live import OUTBOX_FRAMES, Browser, LiveHub
 from chimneyd.observe.web.server import Guard, HttpSite
@@ -124,3 +124,39 @@ async def test_a_request_under_way_does_not_hold_the_stop() -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, unanswered
     finally:
         writer.close()
+
+
+class Burst:
+    """A page's socket whose messages are all there at once, as those of one read are."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    async def __aiter__(self) -> Any:
+        for text in self.texts:
+            yield SimpleNamespace(type=WSMsgType.TEXT, data=text)
+
+
+async def test_a_burst_of_messages_from_a_page_does_not_hold_the_loop() -> None:
+    """Each message is answered with a snapshot: a burst of them from one page (a read's
+    worth) answered in one go held every RPC client and connection of the daemon until the
+    last (seconds for a few thousand). Something else scheduled meanwhile runs long before
+    the burst is done."""
+    hub = LiveHub(None, lambda: {}, SimpleNamespace(max_clients=4))
+    n = 2000
+    answered = 0
+    seen_at: list[int] = []
+
+    def snapshot() -> dict[str, Any]:
+        nonlocal answered
+        answered += 1
+        if answered == 1:  # other work, due as soon as the loop is free
+            asyncio.get_running_loop().call_soon(lambda: seen_at.append(answered))
+        return {"type": "stats"}
+
+    hub.stats_frame = snapshot  # type: ignore[method-assign]
+    b = Browser(FakeSocket(), None)  # type: ignore[arg-type]
+    sub = json.dumps({"op": "sub", "topic": "stats"})
+    await asyncio.wait_for(hub._serve(b, Burst([sub] * n)), 30)
+    assert answered == n
+    assert seen_at and seen_at[0] < n // 10, f"the loop ran other work after {seen_at} of {n}"

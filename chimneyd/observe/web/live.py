@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any
 
 import structlog
@@ -231,13 +231,21 @@ class LiveHub:
         b = Browser(ws, request.transport)
         self._join(b)
         try:
-            async for msg in ws:
-                if msg.type != WSMsgType.TEXT:
-                    break
-                self._on_message(b, msg.data)
+            await self._serve(b, ws)
         finally:
             self._leave(b)
         return ws
+
+    async def _serve(self, b: Browser, messages: AsyncIterable[Any]) -> None:
+        """A page's messages, one loop turn each: the messages of one read are there at once,
+        and each is answered with a snapshot (a page of rows, a trace), so a page that sends a
+        burst of them would otherwise hold the loop, and every RPC client and connection with
+        it, until the last is answered (seconds for a few thousand)."""
+        async for msg in messages:
+            if msg.type != WSMsgType.TEXT:
+                break
+            self._on_message(b, msg.data)
+            await asyncio.sleep(0)
 
     def _join(self, b: Browser) -> None:
         self.browsers.add(b)
