@@ -228,6 +228,12 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+#: how long a child may take to say a line: a bound against a wedged child, far above what one
+#: takes (well under a second), since a loaded machine (a 2-core CI runner installing packages
+#: beside the run) has made a child starting Python and uvloop silent for over 15 s
+CHILD_LINE_TIMEOUT_S = 60.0
+
+
 class Child:
     """A subprocess speaking a line protocol on stdin/stdout; always killed on `close()`.
 
@@ -252,7 +258,7 @@ class Child:
         )
         self.pending = b""
 
-    def line(self, timeout: float = 15.0) -> str:
+    def line(self, timeout: float = CHILD_LINE_TIMEOUT_S) -> str:
         """One stdout line within `timeout`. Reads the raw fd with its own buffer: `select` on a
         buffered file would miss lines already read into the file's buffer."""
         assert self.proc.stdout is not None
@@ -261,7 +267,9 @@ class Child:
         while b"\n" not in self.pending:
             left = end - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"{' '.join(self.argv[-3:])}: no output in {timeout:.0f} s")
+                raise TimeoutError(
+                    f"{' '.join(self.argv[-3:])}: no output in {timeout:g} s ({self.state()})"
+                )
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 65536)
@@ -273,7 +281,7 @@ class Child:
         text, self.pending = self.pending.split(b"\n", 1)
         return text.decode(errors="replace")
 
-    def expect(self, prefix: str, timeout: float = 15.0) -> str:
+    def expect(self, prefix: str, timeout: float = CHILD_LINE_TIMEOUT_S) -> str:
         """Skip lines until one starts with `prefix`; return the rest of it."""
         end = time.monotonic() + timeout
         while True:
@@ -286,7 +294,7 @@ class Child:
         self.proc.stdin.write(text + "\n")
         self.proc.stdin.flush()
 
-    def ask(self, text: str, prefix: str, timeout: float = 15.0) -> str:
+    def ask(self, text: str, prefix: str, timeout: float = CHILD_LINE_TIMEOUT_S) -> str:
         self.send(text)
         return self.expect(prefix, timeout)
 
@@ -302,6 +310,24 @@ class Child:
 
         threading.Thread(target=pump, daemon=True).start()
         return tail
+
+    def state(self) -> str:
+        """What the child was doing when it said nothing: its process state (from /proc) and
+        the end of its error output, for a timeout's message."""
+        rc = self.proc.poll()
+        if rc is not None:
+            how = f"exited, rc={rc}"
+        else:
+            try:
+                with open(f"/proc/{self.proc.pid}/stat") as f:
+                    how = f"running, state {f.read().rsplit(')', 1)[1].split()[0]}"
+            except (OSError, IndexError):
+                how = "running"
+        self.errfile.seek(0, os.SEEK_END)
+        size = self.errfile.tell()
+        self.errfile.seek(max(0, size - 500))
+        tail = self.errfile.read().strip()
+        return f"{how}; stderr: {tail or 'empty'}"
 
     def stderr_tail(self) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import SECTION_NAMES
+from bench.common import Child
 from tests.bench.support import ROOT, output, run_bench
 
 pytestmark = pytest.mark.soak  # run by `make test` after the default selection
@@ -104,3 +105,19 @@ def test_help_names_make_bench_and_the_profile_command() -> None:
     # the sections the epilog lists are the ones --sections takes
     listed = proc.stdout.split("only these sections (", 1)[1].split(")", 1)[0].split()
     assert tuple(listed) == SECTION_NAMES, listed
+
+
+def test_a_silent_child_times_out_saying_what_it_was_doing() -> None:
+    """A child that says nothing in time: the error names its process state and the end of
+    its error output, so a run that failed that way says why (a wedged child, or one that
+    never got the CPU), not only that it was silent."""
+    code = "import sys, time; sys.stderr.write('still importing\\n'); sys.stderr.flush(); time.sleep(30)"
+    child = Child([sys.executable, "-c", code])
+    try:
+        with pytest.raises(TimeoutError) as err:
+            child.line(1.0)
+        message = str(err.value)
+        assert "no output in 1 s" in message
+        assert "running, state S" in message and "still importing" in message, message
+    finally:
+        child.close()
