@@ -220,6 +220,22 @@ class Daemon:
         assert not internal, f"INTERNAL errors logged: {internal}"
 
 
+def popen_chimneyd(
+    *args: str, cwd: Path | None = None, stderr: Any = subprocess.PIPE, session: bool = False
+) -> subprocess.Popen[bytes]:
+    """`python -m chimneyd ARGS` with this checkout on its path, stdout piped, stdin closed;
+    `session`: in a session (and process group) of its own, so a test can signal the group."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chimneyd", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=child_env(),
+        cwd=cwd,
+        start_new_session=session,
+    )
+
+
 def start_daemon(
     tmp_path: Path,
     config: str | None = None,
@@ -229,9 +245,6 @@ def start_daemon(
     args: tuple[str, ...] = (),
 ) -> Daemon:
     cmd = [
-        sys.executable,
-        "-m",
-        "chimneyd",
         "--listen",
         f"{HOST}:0",
         "--invariants",
@@ -245,14 +258,7 @@ def start_daemon(
         path = tmp_path / f"chimneyd-{time.monotonic_ns()}.toml"
         path.write_text(config)
         cmd += ["--config", str(path)]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-        cwd=tmp_path,
-    )
+    proc = popen_chimneyd(*cmd, cwd=tmp_path)
     out, err = LineReader(proc.stdout), LineReader(proc.stderr)
     try:
         line = out.wait_for("chimneyd listening on ", READY_TIMEOUT)

@@ -4,32 +4,14 @@ every log line now fails to write, and still the daemon serves clients and stops
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
-from tests.e2e.support import HOST, READY_TIMEOUT, LineReader, RawConn, child_env
+from tests.e2e.support import HOST, READY_TIMEOUT, LineReader, RawConn, popen_chimneyd
 
 STOP_WITHIN = 20.0  # the shutdown deadline is 3 s; this only bounds a hang
 
 
 def test_a_broken_log_pipe_never_stops_the_daemon() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chimneyd",
-            "--listen",
-            f"{HOST}:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
-    )
+    proc = popen_chimneyd("--listen", f"{HOST}:0", "--log-format", "json", "--log-level", "debug")
     try:
         out = LineReader(proc.stdout)
         ready = out.wait_for("chimneyd listening on ", READY_TIMEOUT)

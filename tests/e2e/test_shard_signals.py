@@ -13,14 +13,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.support import HOST, LineReader, child_env, wait_until
+from tests.e2e.support import HOST, LineReader, popen_chimneyd, wait_until
 from tests.e2e.test_shards import closing, on_shards, sharded
 
 #: Bounds on waits for something to happen (never timings that are asserted).
@@ -71,28 +70,11 @@ def raw_daemon(tmp_path: Path, *args: str) -> Iterator[Raw]:
     """`chimneyd --shards 2` in a session of its own (a Ctrl-C can reach its process group
     alone), not waited for; yields the process and its stderr. Every process is killed at
     the end."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "chimneyd",
-        "--listen",
-        f"{HOST}:0",
-        "--log-format",
-        "json",
-        "--shards",
-        "2",
-        "--parent-pid",
-        str(os.getpid()),
-        *args,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_env(),
+    proc = popen_chimneyd(
+        *("--listen", f"{HOST}:0", "--log-format", "json", "--shards", "2"),
+        *("--parent-pid", str(os.getpid()), *args),
         cwd=tmp_path,
-        start_new_session=True,
+        session=True,
     )
     raw = Raw(proc, LineReader(proc.stdout), LineReader(proc.stderr))
     try:

@@ -1,22 +1,21 @@
 """The signals a service manager and logrotate send, at the edges of the daemon's life: SIGHUP
-(reopen the log) while it starts, and SIGTERM or SIGHUP again while it exits. Outside its
+(reopen the log) while it starts, and SIGTERM or SIGHUP again while it exits (a daemon of
+shards, whose shards start and restart: test_shard_signals.py). Outside its
 loop's life the daemon ignores them; their default action would end it (exit status -1 or
 -15 instead of its own, a reload that kills, a clean stop reported failed)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.support import Daemon, LineReader, child_env
+from tests.e2e.support import HOST, Daemon, LineReader, popen_chimneyd
 
 CONFIG = "[rpc]\nshutdown_deadline_s = 3.0\n"
 
@@ -65,13 +64,7 @@ def test_a_reload_before_the_loop_answers_it_is_ignored(tmp_path: Path) -> None:
     reload (or logrotate's postrotate) may come at once. Its default action ends the process.
     The daemon is watched through /proc from its start: SIGHUP must be ignored before it is
     caught, and one sent then must leave the daemon starting up."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chimneyd", "--listen", "127.0.0.1:0"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=child_env(),
-    )
+    proc = popen_chimneyd("--listen", f"{HOST}:0", stderr=subprocess.DEVNULL)
     try:
         out = LineReader(proc.stdout)
         seen = []
@@ -100,52 +93,3 @@ def test_a_reload_before_the_loop_answers_it_is_ignored(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(5)
             raise
-
-
-ARGS_TWO_SHARDS = ("--listen", "127.0.0.1:0", "--shards", "2", "--log-format", "json")
-
-
-def wait_for_event(out: LineReader, event: str, timeout: float) -> str:
-    """The first log line of `event` (JSON logs), or a TimeoutError / EOFError."""
-    end = time.monotonic() + timeout
-    while True:
-        line = out.queue.get(timeout=max(0.01, end - time.monotonic()))
-        if line is None:
-            raise EOFError(f"the daemon exited before logging {event}")
-        if f'"event": "{event}"' in line:
-            return line
-
-
-@pytest.mark.timeout(60)
-def test_a_reload_while_the_shards_start_does_not_kill_the_daemon() -> None:
-    """The units are Type=simple: systemd counts the daemon started once it has forked, so
-    `systemctl reload` (ExecReload= kill -HUP $MAINPID) or logrotate's postrotate may reach
-    it while it starts. The supervisor passes SIGHUP on to every shard whose process lives,
-    one still starting too; SIGHUP's default action ends that shard, and a shard that never
-    listened makes the daemon give up (exit status 2). SIGHUP only means "reopen the log"."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chimneyd", *ARGS_TWO_SHARDS],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=child_env(),
-    )
-    try:
-        out = LineReader(proc.stdout)
-        # both shards forked (and the supervisor's handler in place), neither listening yet
-        while '"shard": 1' not in wait_for_event(out, "shard_started", 40.0):
-            pass
-        os.kill(proc.pid, signal.SIGHUP)  # as `systemctl start chimneyd && systemctl reload ...`
-        try:
-            out.wait_for("chimneyd listening on", 40.0)
-        except EOFError:  # its output ended: it exited (perhaps not reaped yet)
-            pytest.fail(f"exit status {proc.wait(20)}: {out.lines[-4:]}")
-        assert proc.poll() is None
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
