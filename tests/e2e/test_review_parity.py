@@ -716,6 +716,55 @@ async def offload_with_send_stuck(
     return t
 
 
+async def rst_behind_unread(
+    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
+) -> Transcript:
+    """The peer sends more than the daemon buffers, then resets before anything is read."""
+    data = bytes(range(239)) * 4000  # ~0.9 MiB
+    await asyncio.to_thread(s.sendall, data)
+    await asyncio.sleep(0.5)
+    peer_reset(s)
+    await asyncio.sleep(0.5)
+    got = b""
+    while True:
+        r = await outcome(c.call("tcp.recv", conn, 65536, 3000))
+        if not isinstance(r, bytes) or not r:
+            break
+        got += r
+    return [len(got), got == data[: len(got)], r]
+
+
+async def waitall_pending_then_close(
+    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
+) -> Transcript:
+    t: Transcript = []
+    pending = asyncio.ensure_future(
+        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
+    )
+    await asyncio.sleep(0.3)
+    s.sendall(b"abc")
+    await asyncio.sleep(0.3)
+    t.append(await outcome(c.call("tcp.close", conn)))
+    t.append(await answered_within(pending, 5))
+    return t
+
+
+async def waitall_partial_then_abortive(
+    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
+) -> Transcript:
+    t: Transcript = []
+    pending = asyncio.ensure_future(
+        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
+    )
+    await asyncio.sleep(0.3)
+    s.sendall(b"abc")
+    await asyncio.sleep(0.3)
+    t.append(await outcome(c.call("tcp.disconnect", conn, True)))
+    t.append(await answered_within(pending, 5))
+    t.append(await outcome(c.call("tcp.recv", conn, 10, 1000)))
+    return t
+
+
 SCENARIOS: dict[str, Scenario] = {
     "peer_fin_after_data": peer_fin_after_data,
     "peer_rst_pending_recv": peer_rst_pending_recv,
@@ -752,6 +801,9 @@ SCENARIOS: dict[str, Scenario] = {
     "waitall_then_offload": waitall_then_offload,
     "offload_with_unread_and_fin": offload_with_unread_and_fin,
     "offload_with_send_stuck": offload_with_send_stuck,
+    "rst_behind_unread": rst_behind_unread,
+    "waitall_pending_then_close": waitall_pending_then_close,
+    "waitall_partial_then_abortive": waitall_partial_then_abortive,
 }
 
 
