@@ -46,8 +46,8 @@ _SPARE_SCAN = 8
 # -- application reads ---------------------------------------------------------------------------
 def app_recv(h: HostStack, tcb: Tcb, max_bytes: int, waitall: bool, done: Done) -> None:
     """Queue a read of up to `max_bytes`, served in order as bytes arrive. `waitall` waits for
-    all `max_bytes` (short only at end of stream): offloaded, it posts a non-push receive
-    request, which the target completes only when full (spec §4.2)."""
+    all `max_bytes` (short only at end of stream), here in the host (`serve`): offloaded, the
+    requests it posts are push-mode ones like any read's (`post_receive`)."""
     tcb.recv_waiters = grown(tcb.recv_waiters, (max_bytes, done, waitall))
     serve(h, tcb)
     if tcb.recv_waiters and tcb.state == "offloaded" and tcb.posted is None:
@@ -143,15 +143,23 @@ def drop_app_rx(h: HostStack, tcb: Tcb) -> None:
 
 # -- posted receive requests (spec §4.2) -----------------------------------------------------------
 def post_receive(h: HostStack, tcb: Tcb, size: int | None = None) -> None:
+    """Post one push-mode request, sized for the first waiting read (for a waitall read, the
+    bytes it still misses), or of `size` bytes.
+
+    Never a non-push request, not even for a waitall read: the target completes one only when
+    full, and the host has no call to take a posted request back (spec §4.2; only an upload
+    returns it, §3.6.3). A waitall read that timed out would leave the bytes placed in its
+    request out of reach of every later read, where a timeout loses nothing (rpc-contract
+    `tcp.recv`). A push-mode request comes back with what it holds at the next PSH or when the
+    push timer fires (spec §4.2), and `serve` holds a waitall read until all of it is there."""
     if tcb.posted is not None or tcb.handle is None:
         return
-    no_push = False
     if size is None:
         size = 0
         if tcb.recv_waiters:
-            want, _, no_push = tcb.recv_waiters[0]
-            size = max(1, want - tcb.app_rx_bytes) if no_push else want
-    nbl = _receive_request(h, size, no_push)
+            want, _, waitall = tcb.recv_waiters[0]
+            size = max(1, want - tcb.app_rx_bytes) if waitall else want
+    nbl = _receive_request(h, size)
     nbl.trace = tcb.trace
     nb = nbl.first_net_buffer
     assert nb is not None and nb.mdl_chain is not None
@@ -161,14 +169,14 @@ def post_receive(h: HostStack, tcb: Tcb, size: int | None = None) -> None:
     h.ndis.NdisOffloadTcpReceive(h, tcb.handle, nbl)
 
 
-def _receive_request(h: HostStack, size: int, no_push: bool) -> NetBufferList:
-    """A receive request over a kept buffer of `size` bytes, else a new one. A kept buffer holds
-    old bytes: only what the target places in it is ever read (`buffer[:placed]`)."""
+def _receive_request(h: HostStack, size: int) -> NetBufferList:
+    """A push-mode receive request over a kept buffer of `size` bytes, else a new one. A kept
+    buffer holds old bytes: only what the target places in it is ever read (`buffer[:placed]`)."""
     kept = h.rx_spares.get(size)
     if not kept:
-        return NetBufferList.for_receive(size, no_push)
+        return NetBufferList.for_receive(size)
     h.rx_spare_bytes -= size
-    return NetBufferList.for_receive(size, no_push, kept.pop())
+    return NetBufferList.for_receive(size, False, kept.pop())
 
 
 def spare(h: HostStack, tcb: Tcb, buffer: memoryview) -> None:
@@ -237,8 +245,8 @@ def receive_indicate(h: HostStack, handle: NdisOffloadHandle, nbl: NetBufferList
         room = max(room, n)
     if _posted_room(tcb):
         # the indication crossed a request we posted: the data belongs in that buffer (spec
-        # §4.4, FILL before INDICATE); taken here too, a waitall request sized for the bytes
-        # still missing would wait for bytes that never come
+        # §4.4, FILL before INDICATE): refused, they stay with the target, which fills it
+        # with them (spec §4.3)
         room = 0
     if room >= n:
         # keep the NBL, no copy, until the application has read it (spec §4.3)

@@ -1,0 +1,47 @@
+"""What an application sees of a read or a disconnect is the same whether the host carries the
+connection or a NIC does (tests/e2e/test_parity.py compares the two over RPC): the host's side of
+it, over the real target on a MemoryWire with a manual clock, where the moment each thing
+happens is the test's to choose."""
+
+from __future__ import annotations
+
+from chimneyd.testing.hostrig import HostRig, Reply
+
+
+def test_a_timed_out_waitall_read_leaves_the_bytes_it_saw_to_the_next_read() -> None:
+    """rpc-contract `tcp.recv`: no data is lost by a timeout. Offloaded, the bytes a waitall
+    read saw arrive must not stay in a receive request the host cannot take back (spec §4.2)."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    waitall = Reply()
+    rig.host.app_recv(conn, 100, True, waitall)
+    rig.run()
+    wire.peer_send(b"0123456789")
+    rig.run()
+    assert not waitall.done  # 10 of 100 bytes
+    assert rig.call(rig.host.app_cancel_recv, conn, waitall).done  # its time ran out
+    assert waitall.error is not None and waitall.error.symbol == "TIMEOUT"
+    assert rig.call(rig.host.app_recv, conn, 100, False).value == b"0123456789"
+    wire.peer_send(b"more")
+    rig.run()
+    assert rig.call(rig.host.app_recv, conn, 100, False).value == b"more"
+    assert rig.host.tcbs[conn].state == "offloaded" and rig.problems() == []
+
+
+def test_a_waitall_read_is_answered_only_when_whole() -> None:
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    waitall = Reply()
+    rig.host.app_recv(conn, 10, True, waitall)
+    rig.run()
+    for part in (b"abc", b"defg"):
+        wire.peer_send(part)
+        rig.run()
+        assert not waitall.done
+    wire.peer_send(b"hijkl")
+    rig.run()
+    assert waitall.value == b"abcdefghij"
+    assert rig.call(rig.host.app_recv, conn, 10, False).value == b"kl"
+    assert rig.problems() == []
