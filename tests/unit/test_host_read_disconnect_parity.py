@@ -5,7 +5,10 @@ happens is the test's to choose."""
 
 from __future__ import annotations
 
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.hostrig import HostRig, Reply
+
+ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 
 
 def test_a_timed_out_waitall_read_leaves_the_bytes_it_saw_to_the_next_read() -> None:
@@ -44,4 +47,18 @@ def test_a_waitall_read_is_answered_only_when_whole() -> None:
     rig.run()
     assert waitall.value == b"abcdefghij"
     assert rig.call(rig.host.app_recv, conn, 10, False).value == b"kl"
+    assert rig.problems() == []
+
+
+def test_an_abortive_disconnect_answers_the_graceful_one_before_it_in_the_host() -> None:
+    """The host's FIN waits for an ACK that an RST makes impossible: the graceful disconnect
+    fails as an offloaded one does when the target aborts it (spec §4.5, §5.1)."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    graceful = rig.call(rig.host.app_disconnect, conn, False)
+    assert not graceful.done  # no ACK for the FIN yet
+    abortive = rig.call(rig.host.app_disconnect, conn, True)
+    assert abortive.value == "NDIS_STATUS_SUCCESS" and wire.closed
+    assert graceful.value == ABORTED.name
+    assert rig.call(rig.host.app_close, conn).value is True
     assert rig.problems() == []

@@ -55,6 +55,11 @@ def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
         tcb.lifecycle.fire(Event.RESET)
         tcb.wire.abort()
         send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
+        if tcb.disconnect_done is not None:
+            # a graceful disconnect before it: its FIN will never be acknowledged now, and it
+            # fails as the target fails one under an abortive close (spec §4.5, §5.1)
+            graceful, tcb.disconnect_done = tcb.disconnect_done, None
+            graceful(S.NDIS_STATUS_REQUEST_ABORTED.name, None)
         done(SUCCESS.name, None)
         receive.serve(h, tcb)
         return
