@@ -62,3 +62,26 @@ def test_an_abortive_disconnect_answers_the_graceful_one_before_it_in_the_host()
     assert graceful.value == ABORTED.name
     assert rig.call(rig.host.app_close, conn).value is True
     assert rig.problems() == []
+
+
+def test_bytes_in_a_posted_request_come_before_the_peer_resets_error() -> None:
+    """The target may indicate the abort before it fails the posted receives, which carry the
+    bytes placed before the RST (spec §4.2, §5.1): the waiting read gets those bytes first and
+    only the next one the error, as in the host stack. The bytes sit in a push-mode request
+    whose push timer runs: `BufferedData` handed down at the offload carries no PSH."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    waitall = Reply()
+    rig.host.app_recv(conn, 10, True, waitall)
+    rig.run()
+    wire.peer_send(b"abc")  # read by the host: handed down at the offload
+    rig.run()
+    rig.offload(conn)
+    tcb = rig.host.tcbs[conn]
+    assert tcb.posted is not None and tcb.app_rx_bytes == 0 and not waitall.done
+    wire.peer_reset()
+    rig.run()
+    assert waitall.value == b"abc", waitall
+    after = rig.call(rig.host.app_recv, conn, 10, False)
+    assert after.error is not None and ABORTED.name in after.error.detail
+    assert rig.event_names(conn).count("TcpIndicateAbort") == 1

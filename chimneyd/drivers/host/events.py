@@ -49,7 +49,11 @@ def tcp_event(h: HostStack, handle: NdisOffloadHandle, event: E, info: int) -> N
         if not tcb.reset:
             tcb.lifecycle.fire(Event.RESET)
         h.emit(tcb.conn_id, event.name, {})
-        receive.serve(h, tcb)
+        if tcb.posted is None:
+            receive.serve(h, tcb)
+        # else the target fails the posted receive after this indication (spec §5.1 lets it
+        # come first), with the bytes placed in it before the RST (§4.2): `receive_complete`
+        # hands the reads those bytes, then the error
         terminate.start(h, tcb)  # the host answers an abort with a terminate (spec §5.1)
     elif event is E.TcpIndicateSendBacklogChange:
         tcb.send_backlog = info
