@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stamp-installed
 SRC    := chimneyd clients tests bench
 
 .PHONY: all venv run test lint typecheck unit pytest bench soak fuzz fuzz-team screenshots figure \
-	compiled test-compiled properties clean
+	compiled test-compiled properties parity clean
 
 all: test
 
@@ -116,6 +116,11 @@ fuzz-team: $(DEPS)
 # bugs) with more examples than `make test` draws: CHIMNEYD_PROPERTY_EXAMPLES each (600)
 properties: $(DEPS)
 	$(IN) CHIMNEYD_PROPERTY_EXAMPLES=$${CHIMNEYD_PROPERTY_EXAMPLES:-600} $(BIN_AT)/pytest --timeout=3600 tests/integration/test_interleavings.py tests/integration/test_team_interleavings.py $(PYTEST_ARGS)
+
+# every host-stack/offloaded parity scenario against all five modes (`make test` compares a
+# chosen subset, tests/e2e/test_parity.py), over JOBS processes
+parity: $(DEPS)
+	$(IN) CHIMNEYD_PARITY_MATRIX=full $(BIN_AT)/pytest -n $(JOBS) tests/e2e/test_parity.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
