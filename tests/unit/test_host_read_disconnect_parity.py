@@ -85,3 +85,22 @@ def test_bytes_in_a_posted_request_come_before_the_peer_resets_error() -> None:
     after = rig.call(rig.host.app_recv, conn, 10, False)
     assert after.error is not None and ABORTED.name in after.error.detail
     assert rig.event_names(conn).count("TcpIndicateAbort") == 1
+
+
+def test_a_waitall_read_larger_than_the_buffer_reads_the_socket_again_in_the_host() -> None:
+    """The host stops reading the socket once it holds `rx_buffer_bytes`; a waitall read that
+    wants more (docs/rpc.md allows 8 MiB) must have it read again, or both wait for ever."""
+    rig = HostRig(host_options={"rx_buffer_bytes": 1000})
+    conn, wire = rig.open()
+    wire.peer_send(b"a" * 1500)
+    rig.run()
+    assert rig.host.tcbs[conn].read_paused  # held the buffer's worth: back-pressure
+    wire.peer_send(b"b" * 1500)  # waits in the kernel
+    rig.run()
+    waitall = rig.call(rig.host.app_recv, conn, 3000, True)
+    assert waitall.value == b"a" * 1500 + b"b" * 1500, waitall
+    wire.peer_send(b"c" * 1200)
+    rig.run()
+    assert rig.host.tcbs[conn].read_paused  # a plain buffer again
+    assert rig.call(rig.host.app_recv, conn, 2000, False).value == b"c" * 1200
+    assert rig.problems() == []

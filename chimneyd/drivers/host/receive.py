@@ -117,13 +117,25 @@ def _take(h: HostStack, tcb: Tcb, max_bytes: int) -> bytes:
     return out
 
 
+def _held_bound(h: HostStack, tcb: Tcb) -> int:
+    """The bytes the host holds for the application before it stops reading the socket: its
+    buffer (`rx_buffer_bytes`), or all that the waitall read first in line wants, which could
+    never be served otherwise (docs/rpc.md allows up to 8 MiB)."""
+    if tcb.recv_waiters:
+        want, _, waitall = tcb.recv_waiters[0]
+        if waitall and want > h.rx_buffer_bytes:
+            return want
+    return h.rx_buffer_bytes
+
+
 def _after_consume(h: HostStack, tcb: Tcb) -> None:
-    if tcb.app_rx_bytes >= h.rx_buffer_bytes:
+    bound = _held_bound(h, tcb)
+    if tcb.app_rx_bytes >= bound:
         return
     if (
         tcb.read_paused
         and tcb.lifecycle.phase is Phase.IDLE
-        and may_read_again(tcb.app_rx_bytes, h.rx_buffer_bytes)
+        and (bound > h.rx_buffer_bytes or may_read_again(tcb.app_rx_bytes, bound))
     ):
         tcb.read_paused = False
         tcb.wire.resume_reading()
@@ -357,7 +369,7 @@ def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -
     if fin_now:
         fin_received(h, tcb, {"path": "host"})
     serve(h, tcb)
-    if tcb.app_rx_bytes >= h.rx_buffer_bytes and not tcb.read_paused and not tcb.wire.closed:
+    if tcb.app_rx_bytes >= _held_bound(h, tcb) and not tcb.read_paused and not tcb.wire.closed:
         tcb.read_paused = True
         tcb.wire.pause_reading()
 
@@ -369,7 +381,7 @@ def own_reading(h: HostStack, tcb: Tcb) -> None:
     back-pressure)."""
     if tcb.wire.closed:
         return
-    tcb.read_paused = tcb.app_rx_bytes >= h.rx_buffer_bytes
+    tcb.read_paused = tcb.app_rx_bytes >= _held_bound(h, tcb)
     if tcb.read_paused:
         tcb.wire.pause_reading()
     else:
