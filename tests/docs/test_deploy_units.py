@@ -91,3 +91,14 @@ def test_the_deployed_daemon_serves_what_prometheus_yml_scrapes(unit: str) -> No
     scraped = _scraped_ports()
     assert scraped == {9411}
     assert scraped & _served_ports(unit), f"{unit} serves /metrics on {_served_ports(unit)}"
+
+
+@pytest.mark.parametrize("unit", sorted(DAEMON_UNITS))
+def test_a_unit_does_not_restart_a_daemon_that_refused_its_configuration(unit: str) -> None:
+    """Exit status 2 is chimneyd's "bad configuration, command line or address" (docs): with
+    Restart=on-failure alone systemd starts it again and again, to the same refusal, until its
+    start limit; RestartPreventExitStatus=2 leaves the unit failed on the first, with the why in
+    its log."""
+    d = directives(ROOT / unit)
+    assert d.get("Restart") == "on-failure"
+    assert "2" in d.get("RestartPreventExitStatus", "").split(), unit
