@@ -181,7 +181,7 @@ def tcp_recv(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
     max_bytes = P.pos_int(p[1], "max_bytes", P.MAX_RECV)
     timeout = P.timeout_s(P.optional(p, 2))
     # extension: opts {"waitall": true} reads exactly max_bytes (short only at end of stream);
-    # offloaded, that is a non-push receive request (spec §4.2)
+    # the host waits for them itself, over push-mode receive requests when offloaded (spec §4.2)
     o = P.opts(P.optional(p, 3), {"waitall": bool}, "tcp.recv")
     return c.engine.start_recv(conn, max_bytes, timeout, o.get("waitall", False))
 

@@ -1,7 +1,7 @@
 """chimneyd with one thing broken on purpose, for the Locust user's own tests: a Locust run
 against it must fail. The break is made in this process before the daemon starts (nothing in
-chimneyd/ changes), in the host's receive path (bytes handed to the application) or in the RPC
-method table, where both builds dispatch.
+chimneyd/ changes), in the RPC method table, which both builds dispatch through (the bytes a
+`tcp.recv` answers, or a method's whole answer).
 
     python tests/e2e/locust_mutant_daemon.py MUTATION --listen 127.0.0.1:0
 
@@ -12,6 +12,7 @@ except `close_leaves`, `offload_off` and `reset_noop`, which act every time.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -21,52 +22,54 @@ from typing import Any
 AT = int(os.environ.get("CHIMNEY_MUTANT_AT", "40"))
 
 
-def _on_take(change: Callable[[Any, Any, bytes], bytes]) -> None:
-    """The AT-th non-empty read served to the application goes through `change(h, tcb, out)`."""
-    from chimneyd.drivers.host import receive
+def _on_take(change: Callable[[bytes], bytes]) -> None:
+    """The AT-th non-empty `tcp.recv` answer goes through `change(out)`. Made in the method
+    table, which both builds dispatch through: in the compiled build the host's receive
+    module calls its own functions directly, so replacing one of them there changes nothing."""
+    from chimneyd.rpc import methods
 
-    real = receive._take
+    real = methods.METHODS["tcp.recv"]
     taken = 0
 
-    def take(h: Any, tcb: Any, max_bytes: int) -> bytes:
+    async def recv(c: Any, p: list[Any]) -> Any:
         nonlocal taken
-        out = real(h, tcb, max_bytes)
-        if out:
+        out = real(c, p)
+        if inspect.isawaitable(out):
+            out = await out
+        if isinstance(out, bytes | bytearray | memoryview) and len(out):
             taken += 1
             if taken == AT:
-                return change(h, tcb, out)
+                return change(bytes(out))
         return out
 
-    receive._take = take
+    methods.METHODS["tcp.recv"] = recv
 
 
-def _flip(h: Any, tcb: Any, out: bytes) -> bytes:
+def _flip(out: bytes) -> bytes:
     b = bytearray(out)
     b[len(b) // 2] ^= 0x01
     return bytes(b)
 
 
-def _drop(h: Any, tcb: Any, out: bytes) -> bytes:
+def _drop(out: bytes) -> bytes:
     """A piece in the middle of the answer is lost (at least one byte)."""
     k = max(1, min(1000, len(out) // 4))
     mid = len(out) // 2
     return out[:mid] + out[mid + k :]
 
 
-def _drop_tail(h: Any, tcb: Any, out: bytes) -> bytes:
+def _drop_tail(out: bytes) -> bytes:
     """The last bytes of the answer are lost (what a lost final segment looks like)."""
     k = max(1, min(1000, len(out) // 4))
     return out[:-k]
 
 
-def _duplicate(h: Any, tcb: Any, out: bytes) -> bytes:
-    """The answer's bytes are delivered again: put back at the head of the queue."""
-    tcb.app_rx.insert(0, (memoryview(bytes(out)), None))
-    tcb.app_rx_bytes += len(out)
-    return out
+def _duplicate(out: bytes) -> bytes:
+    """The answer's bytes are delivered twice."""
+    return out + out
 
 
-def _reorder(h: Any, tcb: Any, out: bytes) -> bytes:
+def _reorder(out: bytes) -> bytes:
     mid = len(out) // 2
     return out[mid:] + out[:mid]
 
