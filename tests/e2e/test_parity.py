@@ -634,16 +634,22 @@ async def abortive_over_pending_graceful(
     return t
 
 
-async def upload_with_waitall_partial(
-    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
-) -> Transcript:
-    t: Transcript = []
+async def waitall_holding(c: AsyncClient, conn: int, s: socket.socket) -> asyncio.Future[Any]:
+    """A waitall read of 10 bytes, pending once the peer's first 3 (`abc`) have arrived."""
     pending = asyncio.ensure_future(
         outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
     )
     await asyncio.sleep(0.3)
     s.sendall(b"abc")
     await asyncio.sleep(0.3)
+    return pending
+
+
+async def upload_with_waitall_partial(
+    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
+) -> Transcript:
+    t: Transcript = []
+    pending = await waitall_holding(c, conn, s)
     t.append(await outcome(c.call("tcp.upload", conn)))
     s.sendall(b"defghij")
     t.append(await pending)
@@ -654,12 +660,7 @@ async def waitall_partial_then_rst(
     c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
 ) -> Transcript:
     t: Transcript = []
-    pending = asyncio.ensure_future(
-        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
-    )
-    await asyncio.sleep(0.3)
-    s.sendall(b"abc")
-    await asyncio.sleep(0.3)
+    pending = await waitall_holding(c, conn, s)
     peer_reset(s)
     t.append(await pending)
     t.append(await outcome(c.call("tcp.recv", conn, 10, 1000)))
@@ -674,12 +675,7 @@ async def offload_under_waitall_then_rst(
     then the next one the error. The offload is refused where the mode's fault stays on."""
     t: Transcript = []
     await outcome(c.call("tcp.upload", conn))
-    pending = asyncio.ensure_future(
-        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
-    )
-    await asyncio.sleep(0.3)
-    s.sendall(b"abc")
-    await asyncio.sleep(0.3)
+    pending = await waitall_holding(c, conn, s)
     await outcome(c.call("tcp.offload", conn))
     peer_reset(s)  # well within the push timer (engine.push_ticks_ms, 500)
     t.append(await pending)
@@ -691,12 +687,7 @@ async def waitall_then_offload(
     c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
 ) -> Transcript:
     t: Transcript = []
-    pending = asyncio.ensure_future(
-        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
-    )
-    await asyncio.sleep(0.3)
-    s.sendall(b"abc")
-    await asyncio.sleep(0.3)
+    pending = await waitall_holding(c, conn, s)
     await outcome(c.call("tcp.offload", conn))
     s.sendall(b"defghij")
     t.append(await pending)
@@ -764,12 +755,7 @@ async def waitall_pending_then_close(
     c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
 ) -> Transcript:
     t: Transcript = []
-    pending = asyncio.ensure_future(
-        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
-    )
-    await asyncio.sleep(0.3)
-    s.sendall(b"abc")
-    await asyncio.sleep(0.3)
+    pending = await waitall_holding(c, conn, s)
     t.append(await outcome(c.call("tcp.close", conn)))
     t.append(await answered_within(pending, 5))
     return t
@@ -779,12 +765,7 @@ async def waitall_partial_then_abortive(
     c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
 ) -> Transcript:
     t: Transcript = []
-    pending = asyncio.ensure_future(
-        outcome(c.call("tcp.recv", conn, 10, 10_000, {"waitall": True}))
-    )
-    await asyncio.sleep(0.3)
-    s.sendall(b"abc")
-    await asyncio.sleep(0.3)
+    pending = await waitall_holding(c, conn, s)
     t.append(await outcome(c.call("tcp.disconnect", conn, True)))
     t.append(await answered_within(pending, 5))
     t.append(await outcome(c.call("tcp.recv", conn, 10, 1000)))
