@@ -31,7 +31,7 @@ def ignore_signals_to_exit(loop: asyncio.AbstractEventLoop) -> None:
     second SIGTERM (or logrotate's SIGHUP) landing while the interpreter winds down would kill
     a daemon that had stopped cleanly (exit status -15 or -1, not its own). Blocked in this
     thread across the swap, so none meets the default action on the way; a pending one is
-    discarded by SIG_IGN. (Any other thread of the daemon blocks them for good.)"""
+    discarded by SIG_IGN. (The parent-watch thread, the daemon's own, blocks them for good.)"""
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     try:
         for sig in HANDLED_SIGNALS:
