@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from chimneyd.observe.web.live import OUTBOX_FRAMES, Browser, LiveHub
+from chimneyd.observe.web.live import OUTBOX_BYTES, OUTBOX_FRAMES, Browser, LiveHub
 from chimneyd.observe.web.server import Guard, HttpSite
 
 
@@ -67,6 +67,37 @@ async def test_hops_a_full_queue_lets_go_are_reported_first() -> None:
     assert first == {"type": "hops", "conn": 7, "hops": [], "dropped": 4 * extra}
     carried = sum(len(f["hops"]) + f["dropped"] for f in rest) + first["dropped"]
     assert carried == 4 * (OUTBOX_FRAMES + extra), "every hop: sent, or counted as dropped"
+
+
+async def test_a_slow_pages_queue_is_bounded_in_bytes() -> None:
+    """Frames of large snapshots (a page of 1,000 rows, a trace) fill a stalled page's queue
+    long before 256 frames: its bytes are bounded too, the oldest let go and counted."""
+    ws = FakeSocket()
+    b = Browser(ws, None)  # type: ignore[arg-type]
+    big = "x" * (OUTBOX_BYTES // 8)
+    pushed = 40
+    for i in range(pushed):
+        b.push(json.dumps({"type": "events", "events": [{"i": i, "pad": big}]}), 1)
+        assert sum(len(t) for t, _, _ in b.outbox) <= OUTBOX_BYTES
+    assert b.queued == sum(len(t) for t, _, _ in b.outbox)
+    kept = len(b.outbox)
+    assert 0 < kept < pushed
+    await written(b, ws, kept + 1)
+    first, rest = ws.sent[0], ws.sent[1:]
+    assert first == {"type": "events", "events": [], "dropped": pushed - kept}
+    assert [f["events"][0]["i"] for f in rest] == list(range(pushed - kept, pushed))
+    assert b.queued == 0, "what was sent no longer counts against the bound"
+
+
+async def test_one_frame_larger_than_the_bound_is_still_sent() -> None:
+    """The bound lets older frames go, never the newest: a snapshot larger than the bound
+    on its own still reaches the page, whole."""
+    ws = FakeSocket()
+    b = Browser(ws, None)  # type: ignore[arg-type]
+    b.push(json.dumps({"type": "events", "events": [{"pad": "y" * OUTBOX_BYTES}]}), 1)
+    await written(b, ws, 1)
+    assert len(ws.sent) == 1
+    assert len(ws.sent[0]["events"][0]["pad"]) == OUTBOX_BYTES
 
 
 class SilentPage:

@@ -8,7 +8,7 @@ A page subscribes over its socket with JSON messages `{"op": "sub", "topic": T, 
 
 Nothing runs for nobody: the timer and the event observer exist while a browser is connected,
 and a connection's trace is watched (`ndis.trace`) only while a browser shows its diagram. Each
-browser has a bounded queue of frames: a browser that does not keep up loses the oldest. Nothing
+browser has a queue bounded in frames and in bytes: a browser that does not keep up loses the oldest. Nothing
 is lost without saying so: events past a batch's bound, or in a frame a browser's queue let go,
 are counted and the browser is sent `{"type": "events", "events": [], "dropped": N}` before its
 next frame; hops past a batch's bound are counted in the next `hops` frame's `dropped`, and
@@ -41,6 +41,9 @@ StatsSource = Callable[[], dict[str, Any]]
 EVENT_FLUSH_S = 0.1
 HOP_FLUSH_S = 0.05
 OUTBOX_FRAMES = 256  # per browser; past this the oldest frames are dropped
+# and in characters of JSON (bytes, near enough: it is ASCII but for names): 256 snapshots of a
+# 1,000-row page would be ~50 MB per stalled page, ~1.6 GB for web.max_clients of them
+OUTBOX_BYTES = 4 * 1024 * 1024
 RECENT_EVENTS = 200  # shown to a page that opens while others were watching
 MAX_EVENTS_PER_PUSH = 1000  # per batch; past it the oldest are dropped (and counted)
 MAX_HOPS_PER_PUSH = 4000
@@ -100,6 +103,7 @@ class Browser:
         "hops",
         "hops_lost",
         "outbox",
+        "queued",
         "stats",
         "transport",
         "wake",
@@ -112,6 +116,7 @@ class Browser:
         self.transport = transport  # aborted when the daemon stops and the page does not read
         # frames, and how many events and hop records each carries (a frame let go loses them)
         self.outbox: deque[tuple[str, int, int]] = deque(maxlen=OUTBOX_FRAMES)
+        self.queued = 0  # characters in outbox
         # events this page subscribed to that it was not sent: reported before its next frame
         self.events_lost = 0
         # hop records of the watched connection it was not sent: the same, in a hops frame
@@ -125,13 +130,16 @@ class Browser:
 
     def push(self, text: str, events: int = 0, hops: int = 0) -> None:
         """Queue a frame (`events`, `hops`: how many events and hop records it carries, a hops
-        frame's own `dropped` count included); a full queue lets the oldest go."""
+        frame's own `dropped` count included); a full queue (OUTBOX_FRAMES, or OUTBOX_BYTES with
+        this frame) lets the oldest go, never this one."""
         outbox = self.outbox
-        if len(outbox) == outbox.maxlen:
-            _, events_gone, hops_gone = outbox[0]
+        while outbox and (len(outbox) == OUTBOX_FRAMES or self.queued + len(text) > OUTBOX_BYTES):
+            gone, events_gone, hops_gone = outbox.popleft()
+            self.queued -= len(gone)
             self.events_lost += events_gone
             self.hops_lost += hops_gone
         outbox.append((text, events, hops))
+        self.queued += len(text)
         self.wake.set()
 
     async def write(self) -> None:
@@ -150,7 +158,9 @@ class Browser:
                         frame = {"type": "hops", "conn": self.hops, "hops": [], "dropped": lost}
                         await self.ws.send_str(_dumps(frame))
                     continue
-                await self.ws.send_str(self.outbox.popleft()[0])
+                text = self.outbox.popleft()[0]
+                self.queued -= len(text)
+                await self.ws.send_str(text)
 
 
 class HopWatch:
