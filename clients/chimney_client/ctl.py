@@ -41,7 +41,9 @@ from .ctl_render import (
 from .errors import (
     CallTimeout,
     ChimneyError,
+    ConnectFailed,
     ConnectionLost,
+    Denied,
     NotFound,
     ProtocolError,
     RpcError,
@@ -299,13 +301,25 @@ LISTENER_ID = frozenset({"listener-info", "accept"})
 #: Commands that only run alone (not as a run/shell line).
 ONE_SHOT_ONLY = ("run", "shell", "top", "completion")
 
-_JSON_HELP = "machine output: one JSON object per command and per event (see chimneyctl -h)"
+#: --json of a command; its format is under "output" in `chimneyctl -h`, where the global
+#: option's own help says so without sending the reader to the page it is on.
+_JSON_HELP = "machine output: one JSON object per command and per event (format: chimneyctl -h)"
+_JSON_HELP_GLOBAL = (
+    "machine output, also after COMMAND: one JSON object per command and per event (format: "
+    "'output' below)"
+)
 
 
 def _add_commands(sub: Any, *, session: bool) -> None:
     """Every command; the same table serves the command line and run/shell lines."""
 
-    def cmd(name: str, help: str, description: str | None = None, **kw: Any) -> _Parser:
+    def cmd(
+        name: str,
+        help: str,
+        description: str | None = None,
+        json_help: str = _JSON_HELP,
+        **kw: Any,
+    ) -> _Parser:
         p: _Parser = sub.add_parser(
             name,
             help=help,
@@ -313,7 +327,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             **kw,
         )
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
         return p
 
     def conn_arg(p: argparse.ArgumentParser) -> None:
@@ -471,6 +485,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "print a connection's hops as they happen, until it is closed",
         "Poll trace.get and print each new hop; stop when the connection is closed and its last "
         "hops are printed (Ctrl-C: exit 130). Another client's connection needs the admin token.",
+        json_help='machine output: one JSON object per hop, {"hop": {...}, "conn": ID}',
     )
     conn_arg(p)
     p.add_argument(
@@ -538,6 +553,8 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "then the busiest connections by bytes (every connection needs the admin token; at most "
         "--conns tcp.info calls per refresh). Ctrl-C ends it (exit 130). When stdout is not a "
         "terminal, one frame is printed per refresh; with --json, one JSON frame per refresh.",
+        json_help="machine output: one JSON object per refresh (with --once, the one frame as "
+        "the command's result)",
     )
     p.add_argument(
         "--interval", type=_seconds, default=1.0, metavar="S", help="refresh period (default 1)"
@@ -598,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auth token, sent first (default $CHIMNEY_TOKEN); the admin token sees every "
         "connection",
     )
-    parser.add_argument("--json", action="store_true", help=_JSON_HELP + " (also after COMMAND)")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP_GLOBAL)
     parser.add_argument(
         "--timeout",
         type=_call_timeout,
@@ -1042,12 +1059,37 @@ def _one_shot_note(s: Session, what: str, a: argparse.Namespace) -> None:
         s.note = _ONE_SHOT_NOTE.format(what=what, cmd=a.command + " ...")
 
 
+#: What a connect that was asked to offload says when the connection stayed in the host stack.
+_STAYED_IN_HOST = (
+    "conn {conn} stays in the host stack: the offload at connect was refused (a host_event "
+    "fault, a NIC with no room or out of service, ...); it works unoffloaded, and "
+    "`offload {conn}` tries again and answers why if it is refused"
+)
+
+
 def _connect(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.tcp_connect(a.host, a.port, offload=a.offload, target=a.target)
     s.made("connection", r, a.name)
     s.out.line(f"conn {r}")
+    notes = []
+    if a.offload and _stayed_in_host(s, r):
+        notes.append(_STAYED_IN_HOST.format(conn=r))
     _one_shot_note(s, f"conn {r}", a)
+    if s.note:
+        notes.append(s.note)
+    s.note = "; ".join(notes) or None
     return r
+
+
+def _stayed_in_host(s: Session, conn: int) -> bool:
+    """Whether a connection connect asked to offload is in the host stack. tcp.connect answers
+    the id either way (rpc.md `tcp.connect`: a refused offload leaves the connection in the host
+    stack) and waits for the offload's outcome first, so tcp.info's state is that outcome."""
+    try:
+        state = s.client.tcp_info(conn).get("state")
+    except ChimneyError:
+        return False  # gone already (the peer reset it): nothing to say about its offload
+    return state == "host"
 
 
 def _listen(s: Session, a: argparse.Namespace) -> Any:
@@ -1264,7 +1306,9 @@ def admin_hint(s: Session) -> str | None:
 
 def _subscribe(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.events_subscribe(a.id)
-    if a.id == "*" and (hint := admin_hint(s)):
+    # in run/shell the connections the script makes are this client's, and their events come:
+    # the hint is for a one-shot subscribe, which makes none
+    if a.id == "*" and not s.interactive and (hint := admin_hint(s)):
         _stderr(f"hint: {hint}")
     s.out.line(f"subscribed to {'all connections' if a.id == '*' else f'conn {a.id}'}")
     if s.interactive and a.count is None:
@@ -1477,6 +1521,24 @@ def _connect_hint(s: Session) -> str | None:
     )
 
 
+def _error_hint(s: Session, a: argparse.Namespace, exc: ChimneyError) -> str | None:
+    """What to do about an error the daemon answered, where a person can act on it."""
+    if isinstance(exc, Denied) and "authenticate first" in str(exc):
+        return (
+            "this daemon wants a token: give --token TOKEN or set CHIMNEY_TOKEN (its "
+            "configuration's token or admin_token under [rpc])"
+        )
+    if isinstance(exc, Denied) and "bad token" in str(exc):
+        return "the token given (--token or CHIMNEY_TOKEN) is neither of the daemon's tokens"
+    if isinstance(exc, ConnectFailed) and a.command == "connect" and "refused" in str(exc):
+        address = f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+        return (
+            f"nothing listens on {address}: start a peer there first, e.g. "
+            f"`chimney-peer echo --listen {address}` (as in the README's tour)"
+        )
+    return None
+
+
 def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
     """Run one parsed command; print its result or error. Returns its exit status."""
     s.out.json_mode = s.json_default or bool(getattr(a, "json", False))
@@ -1496,7 +1558,9 @@ def _execute(s: Session, a: argparse.Namespace, line: str) -> int:
         return _report(s, line, exc, _connect_hint(s))
     except BrokenPipeError:
         raise  # our stdout is gone (the RPC socket's errors are ConnectionLost): nothing to tell
-    except (UsageError, ChimneyError, OSError) as exc:
+    except ChimneyError as exc:
+        return _report(s, line, exc, _error_hint(s, a, exc))
+    except (UsageError, OSError) as exc:
         return _report(s, line, exc)
     finally:
         s.print_events()
