@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import resource
@@ -177,7 +178,12 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
             metrics.detach()
             await server.stop_accepting()
             await engine.shutdown(1.0)
-            print(cannot_listen(http_listen, exc), file=sys.stderr)
+            options = [
+                o
+                for o, a in (("--web", config.web.listen), ("--metrics", config.metrics.listen))
+                if a
+            ]
+            print(cannot_listen(http_listen, exc, options), file=sys.stderr)
             return 2
         if http.web_address and shard is None:
             print(f"chimneyd web view on http://{http.web_address}/", flush=True)
@@ -235,10 +241,31 @@ async def serve(config: Config, shard: ShardSetup | None = None) -> int:
     return code
 
 
-def cannot_listen(addresses: Sequence[str], exc: Exception) -> str:
+#: An address each listening option could take instead, for the hint of an address in use.
+_OTHER_ADDRESS = {
+    "--listen": "127.0.0.1:7412",
+    "--web": "127.0.0.1:8412",
+    "--metrics": "127.0.0.1:9412",
+}
+
+
+def cannot_listen(
+    addresses: Sequence[str], exc: Exception, options: Sequence[str] = ("--listen",)
+) -> str:
     """The line for addresses that could not all be bound: an OSError from bind need not say
-    which address it was, so the addresses being bound are named."""
-    return f"chimneyd: cannot listen on {', '.join(addresses)}: {exc}"
+    which address it was, so the addresses being bound are named. An address in use (most
+    often a daemon already running there, e.g. `make run` twice) gets a second line saying how
+    to choose another: `options` are the command-line options that set those addresses."""
+    line = f"chimneyd: cannot listen on {', '.join(addresses)}: {exc}"
+    in_use = getattr(exc, "errno", None) == errno.EADDRINUSE or "already in use" in str(exc)
+    if not in_use or not options:
+        return line
+    choose = " or ".join(f"{o} ADDR" for o in options)
+    example = f"{options[0]} {_OTHER_ADDRESS.get(options[0], 'ADDR')}"
+    return (
+        f"{line}\nhint: another program (another chimneyd?) listens there: stop it, or give "
+        f'another address with {choose} (make run ARGS="{example}")'
+    )
 
 
 async def _stop_when_lost(cluster: Cluster, stop: asyncio.Event) -> None:
@@ -400,7 +427,11 @@ async def supervise(config: Config) -> int:
         held.close()
         listen = [*config.rpc.listen, *(a for a in (config.web.listen, config.metrics.listen) if a)]
         log.error("rpc_listen_failed", listen=listen, error=str(exc))
-        print(cannot_listen(listen, exc), file=sys.stderr)
+        options = ["--listen"]
+        options += [
+            o for o, a in (("--web", config.web.listen), ("--metrics", config.metrics.listen)) if a
+        ]
+        print(cannot_listen(listen, exc, options), file=sys.stderr)
         return 2
     for addr in config.rpc.listen:
         target = parse_listen(addr)
