@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import os
 import signal
@@ -458,8 +459,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(runner(_serve(args)))
     except OSError as exc:
-        print(f"chimney-peer: {exc}", file=sys.stderr)
+        print(cannot_listen(args.listen, exc), file=sys.stderr)
         return 1
+
+
+def cannot_listen(listen: tuple[str, int], exc: OSError) -> str:
+    """The error of a peer that could not start: bind's own error need not name the address,
+    and an address in use (another peer, or chimneyd) gets the hint chimneyd's own has."""
+    host, port = listen
+    bracketed = f"[{host}]" if ":" in host else host
+    addr = f"{bracketed}:{port}"
+    if exc.errno != errno.EADDRINUSE:
+        return f"chimney-peer: {exc}"
+    return (
+        f"chimney-peer: cannot listen on {addr}: {exc}\n"
+        f"hint: another program (another chimney-peer?) listens there: stop it, or give another "
+        f"address with --listen (--listen {bracketed}:0 picks a free port; --port-file says which)"
+    )
 
 
 if __name__ == "__main__":

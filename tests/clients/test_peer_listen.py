@@ -4,6 +4,7 @@ it could not write."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,22 @@ def test_the_command_exits_2_and_never_says_it_listens(tmp_path: Path) -> None:
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "listening" not in proc.stdout
     assert "does not exist" in proc.stderr, proc.stderr
+
+
+def test_a_port_in_use_names_the_address_and_the_option() -> None:
+    """As chimneyd's own: an address in use is named, with a hint at --listen, exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "chimney_client.peer", "echo", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 1, proc
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"chimney-peer: cannot listen on 127.0.0.1:{port}: "), lines
+    assert "in use" in lines[-2], lines
+    assert lines[-1].startswith("hint: ") and "--listen 127.0.0.1:0" in lines[-1], lines
