@@ -40,7 +40,7 @@ from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
 from . import failover
 from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
-from .placement import Fit, Placement, fit_of
+from .placement import Fit, Placement, fit_of, usable
 from .trees import MuxCall, mirror_block
 
 S = NdisStatus
@@ -76,6 +76,9 @@ class MuxIm(PassthroughIm):
         self.call_entries: set[MuxCall] = set()  # type: ignore[assignment]
         # initiates and terminates waiting for an instance to settle on its NIC
         self.deferred: list[tuple[str, OffloadBlock]] = []
+        # id(held initiate's root) -> id(its TCP block) -> the NIC chosen for it before it was
+        # held: the retry is the same initiate, and keeps that choice (`_initiate`)
+        self.held_placements: dict[int, dict[int, Lower]] = {}
         self.indicating: dict[int, Lower] = {}  # NBL id -> NIC, while its indication is up
         self.returns_to: dict[int, Lower] = {}  # NBL id -> NIC, held above until returned
         self.params: NdisTcpConnectionOffloadParameters | None = None
@@ -130,6 +133,7 @@ class MuxIm(PassthroughIm):
         objects = self._objects_of(root)
         parents = _parents(root)
         placed: list[tuple[OffloadBlock, Lower | None, Key, Fit | None]] = []
+        held = self.held_placements.pop(id(root), {})  # chosen before it was held
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
@@ -140,7 +144,9 @@ class MuxIm(PassthroughIm):
             # [EMU] the host's placement wish for the connection, carried in its trace (the
             # NIC the application pinned it to, the NICs the host keeps its connections off)
             fit = fit_of(_wish(up))
-            lower = self.placement.choose(self.lower_list(), key, _ipv6(key), fit)
+            lower = held.get(id(up))
+            if lower is None or not self._still_fits(lower, key, fit):
+                lower = self.placement.choose(self.lower_list(), key, _ipv6(key), fit)
             if (
                 lower is not None
                 and isinstance(path, VirtualObject)
@@ -149,6 +155,12 @@ class MuxIm(PassthroughIm):
                 for _, chosen, _, _ in placed:  # nothing changes: undo the counts taken so far
                     if chosen is not None:
                         chosen.connections -= 1
+                # but the choices stand: the retry is the same initiate, so round robin's turn
+                # does not move on again, and a rebalance's planned move (popped from
+                # `placement.moves` by the first choice) is not lost to the policy
+                held = {id(u): lo for u, lo, _, _ in placed if lo is not None}
+                held[id(up)] = lower
+                self.held_placements[id(root)] = held
                 return False
             if lower is not None:
                 lower.connections += 1  # counted now so the next choice in this tree sees it
@@ -182,6 +194,15 @@ class MuxIm(PassthroughIm):
             call.link(up, low, entry)
         self._send(call, self.ndis.NdisInitiateOffload)
         return True
+
+    def _still_fits(self, lower: Lower, key: Key, fit: Fit | None) -> bool:
+        """Whether `lower`, chosen for a connection before its initiate was held, can still
+        take it (in service, with room, its IP version, its placement wish)."""
+        return (
+            self.lowers.get(lower.binding.id) is lower
+            and usable(lower, _ipv6(key))
+            and (fit is None or fit(lower))
+        )
 
     def _objects_of(self, root: OffloadBlock) -> dict[int, Any]:
         """id(upper block) -> its virtual object, "new" for a new offload, None a placeholder."""
@@ -879,6 +900,7 @@ class MuxIm(PassthroughIm):
         return {
             **super().leftovers(),
             "deferred": len(self.deferred),
+            "held_placements": len(self.held_placements),
             "indicating": len(self.indicating),
             "returns_to": len(self.returns_to),
             "cap_waiters": len(self.cap_waiters),

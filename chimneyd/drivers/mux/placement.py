@@ -43,32 +43,33 @@ class Placement:
     ) -> Lower | None:
         """The NIC for a new connection, or None when none can take it (none in service with
         room for its IP version, or none of those its wish `fit` allows)."""
-        usable = [lo for lo in lowers if _usable(lo, ipv6) and (fit is None or fit(lo))]
-        if not usable:
+        fits = [lo for lo in lowers if usable(lo, ipv6) and (fit is None or fit(lo))]
+        if not fits:
             return None
         moved = self.moves.pop(key, None)
-        if moved is not None and moved in usable:
+        if moved is not None and moved in fits:
             return moved
         if self.policy == "active-standby":
-            return usable[0]
+            return fits[0]
         if self.policy == "round-robin":
             # in turn over every NIC, passing those that cannot take it now
             for i in range(len(lowers)):
                 lower = lowers[(self.turn + i) % len(lowers)]
-                if lower in usable:
+                if lower in fits:
                     self.turn = (self.turn + i + 1) % len(lowers)
                     return lower
         if self.policy == "least-loaded":
-            return min(usable, key=lambda lo: lo.connections)
+            return min(fits, key=lambda lo: lo.connections)
         if self.policy == "least-bytes":
-            return min(usable, key=lambda lo: (lo.outstanding_bytes, lo.connections))
+            return min(fits, key=lambda lo: (lo.outstanding_bytes, lo.connections))
         # hash: the same connection always lands on the same NIC while the set in service holds
         src, lport, dst, rport = key
         digest = zlib.crc32(src + dst + lport.to_bytes(2, "big") + rport.to_bytes(2, "big"))
-        return usable[digest % len(usable)]
+        return fits[digest % len(fits)]
 
 
-def _usable(lower: Lower, ipv6: bool) -> bool:
+def usable(lower: Lower, ipv6: bool) -> bool:
+    """Whether `lower` can take a new connection of that IP version now."""
     caps = lower.caps
     if not lower.in_service or caps is None or not lower.room():
         return False
