@@ -57,6 +57,11 @@ _UNLINKABLE = frozenset({*_SETTLING, Phase.FAILED})
 _NO_STATE_OPS = frozenset({*_SETTLING, Phase.FAILED})
 #: Phases of an instance the MUX terminates once nothing on its NIC depends on it.
 _TERMINABLE = frozenset({*LIVE, Phase.FAILED})
+#: Seconds the MUX waits before terminating again a copy its NIC has found corrupt twice in a
+#: row, doubling at each further failure up to the second [EMU]: a NIC stuck at corrupt would
+#: otherwise get one terminate after another at once, as many as it fails (`_corrupt_again`).
+CORRUPT_RETRY_FIRST = 1.0
+CORRUPT_RETRY_MAX = 60.0
 
 
 class MuxIm(PassthroughIm):
@@ -144,6 +149,8 @@ class MuxIm(PassthroughIm):
             # [EMU] the host's placement wish for the connection, carried in its trace (the
             # NIC the application pinned it to, the NICs the host keeps its connections off)
             fit = fit_of(_wish(up))
+            if isinstance(path, VirtualObject):
+                fit = _avoiding(path, fit)
             lower = held.get(id(up))
             if lower is None or not self._still_fits(lower, key, fit):
                 lower = self.placement.choose(self.lower_list(), key, _ipv6(key), fit)
@@ -387,6 +394,7 @@ class MuxIm(PassthroughIm):
             self._unref(vobj.parent, lower)
 
     def _drop_instance(self, inst: Instance) -> None:
+        _cancel_retry(inst)
         inst.vobj.instances.pop(inst.lower.binding.id, None)
         if inst.id in self.table:
             self.table_remove(inst.id)
@@ -430,7 +438,12 @@ class MuxIm(PassthroughIm):
                 if inst is not None:
                     going[inst.id] = going.get(inst.id, 0) + 1
             else:
-                self._context(up, VirtualObject).lifecycle.fire(Event.TERMINATE)
+                vobj = self._context(up, VirtualObject)
+                vobj.lifecycle.fire(Event.TERMINATE)
+                for inst in vobj.instances.values():
+                    # the layer above terminates the object: each copy goes with it now, a
+                    # corrupt one waiting for its next try too (spec §3.1)
+                    _cancel_retry(inst)
         going_now = self._terminate_unused(call, going)
         for up in walk(root):  # every instance of a terminated object goes now (spec §3.1)
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
@@ -456,6 +469,8 @@ class MuxIm(PassthroughIm):
             for inst in list(vobj.instances.values()):
                 if inst.lifecycle.phase not in _TERMINABLE or inst.pending_ops:
                     continue  # a query, update or invalidate is below it: after that one
+                if inst.retry is not None:
+                    continue  # its NIC keeps finding it corrupt: after the wait
                 if vobj.parent is None and not _only_going(vobjs, vobj, inst.lower, added):
                     continue  # a path there is offloaded, or in flight in another call
                 if inst.refs - going.get(inst.id, 0) > 0:
@@ -522,6 +537,8 @@ class MuxIm(PassthroughIm):
                 if ok:
                     self._drop_instance(obj)
                     obj.handle.release()
+                else:
+                    self._corrupt_again(obj)
         root = call.upper_root
         if root is not None:
             for up in walk(root):
@@ -548,6 +565,32 @@ class MuxIm(PassthroughIm):
         failover.evacuated(self)
         self._release_unused()
         self.retry_deferred()
+
+    def _corrupt_again(self, inst: Instance) -> None:
+        """A terminate found `inst`'s hardware state corrupt (spec §3.7). The first time, the
+        MUX terminates it again as soon as nothing on its NIC depends on it: step 4's
+        terminate, the one that completes it. A NIC that finds it corrupt again keeps failing
+        it: the MUX then waits before each further terminate, twice as long each time up to
+        `CORRUPT_RETRY_MAX` (so a NIC stuck at corrupt gets one terminate in that time, not
+        one after another at once), and places no more connections of the object there for
+        the rest of its life: they go to the other NICs, or are refused when none is left,
+        instead of waiting for it [EMU]."""
+        inst.corrupt += 1
+        if inst.corrupt < 2:
+            return
+        inst.vobj.avoid.add(inst.lower.binding.id)
+        wait = min(CORRUPT_RETRY_FIRST * 2 ** (inst.corrupt - 2), CORRUPT_RETRY_MAX)
+        inst.retry = self.timers.call_later(wait, self._retry_corrupt, inst)
+
+    def _retry_corrupt(self, inst: Instance) -> None:
+        """The wait before terminating `inst` again is over (`_corrupt_again`). Every copy
+        waiting on its NIC goes in the same terminate (a path's and its neighbor's failed
+        together, and wait as long): one terminate for the NIC per wait."""
+        for vobj in self._vobjs():
+            waiting = vobj.instances.get(inst.lower.binding.id)
+            if waiting is not None:
+                _cancel_retry(waiting)
+        self._release_unused()
 
     @downcall
     def MiniportQueryOffload(self, root: OffloadBlock) -> None:
@@ -962,6 +1005,20 @@ def _ref(inst: Instance) -> None:
         neighbor = parent.instances.get(inst.lower.binding.id)
         if neighbor is not None:
             neighbor.refs += 1
+
+
+def _avoiding(path: VirtualObject, fit: Fit | None) -> Fit | None:
+    """`fit`, and not a NIC that kept finding a copy of `path` or its neighbor corrupt."""
+    avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
+    if not avoid:
+        return fit
+    return lambda lower: lower.binding.id not in avoid and (fit is None or fit(lower))
+
+
+def _cancel_retry(inst: Instance) -> None:
+    if inst.retry is not None:
+        inst.retry.cancel()
+        inst.retry = None
 
 
 def _only_going(

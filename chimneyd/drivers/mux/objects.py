@@ -20,6 +20,7 @@ from chimneyd.ndis.lifecycle import Lifecycle, Role
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from chimneyd.ndis.status import OffloadStateType
 
+from ..base import TimerHandle
 from ..passthrough import ImOffloadEntry
 from ..queues import NO_ITEMS
 
@@ -76,6 +77,7 @@ class VirtualObject(Lifecycle):
     slot), with the state to offload copies of it to NICs."""
 
     __slots__ = (
+        "avoid",
         "cached",
         "const",
         "delegated",
@@ -97,6 +99,9 @@ class VirtualObject(Lifecycle):
         self.delegated = block.delegated
         self.parent = parent  # a path's neighbor
         self.instances: dict[int, Instance] = {}  # lower binding id -> its copy there
+        # lower binding ids of the NICs that kept finding its copy corrupt: no connection of
+        # it (of a neighbor: of a path under it) goes there again (`MuxIm._corrupt_again`)
+        self.avoid: set[int] = set()
         Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
 
     def __str__(self) -> str:
@@ -106,7 +111,7 @@ class VirtualObject(Lifecycle):
 class Instance(Lifecycle):
     """A virtual object's copy on one NIC, offloaded by the MUX's protocol edge."""
 
-    __slots__ = ("handle", "id", "lower", "pending_ops", "refs", "vobj")
+    __slots__ = ("corrupt", "handle", "id", "lower", "pending_ops", "refs", "retry", "vobj")
 
     def __init__(self, layer: str, vobj: VirtualObject, lower: Lower) -> None:
         self.id = next_object_id()
@@ -119,6 +124,9 @@ class Instance(Lifecycle):
         # queries, updates and invalidates relayed to it and not yet completed: no terminate
         # before they are (spec §3.1, §9 item 7)
         self.pending_ops = 0
+        self.corrupt = 0  # terminates that found its hardware state corrupt (spec §3.7)
+        # found corrupt more than once: the MUX terminates it again only when this fires
+        self.retry: TimerHandle | None = None
 
     @property
     def upper(self) -> NdisOffloadHandle:
