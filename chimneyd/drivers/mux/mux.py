@@ -38,7 +38,7 @@ from chimneyd.ndis.trace import PlacementWish
 from ..base import Timers, downcall
 from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
-from . import failover
+from . import failover, relink
 from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
 from .placement import Fit, Placement, fit_of, usable
 from .trees import MuxCall, mirror_block
@@ -104,8 +104,13 @@ class MuxIm(PassthroughIm):
         self.bytes_below: dict[int, int] = {}
 
     def keeps(self, root: OffloadBlock) -> bool:
-        """Passed on (a call entry), or deferred until the NICs can take it."""
-        return super().keeps(root) or any(r is root for _, r in self.deferred)
+        """Passed on (a call entry, or a step of a next-hop change), or deferred until the
+        NICs can take it."""
+        return (
+            super().keeps(root)
+            or any(r is root for _, r in self.deferred)
+            or any(c.relink is not None and c.relink.root is root for c in self.call_entries)
+        )
 
     def lower_list(self) -> list[Lower]:
         return list(self.lowers.values())
@@ -239,6 +244,8 @@ class MuxIm(PassthroughIm):
         asks up (`HardwareFailure`, mandatory: spec §3.7 step 2, §5.2), which the layer above
         terminates again (step 4). With them goes the copy (`_terminate_unused`; at once if
         nothing depends on it), and the retry after that completion offloads a fresh one."""
+        if vobj.relinking:
+            return True  # its copies are moving to another neighbor's (`relink`): after that
         v: VirtualObject | None = vobj
         while v is not None:
             inst = v.instances.get(lower.binding.id)
@@ -256,6 +263,8 @@ class MuxIm(PassthroughIm):
         inst = vobj.instances.get(lower.binding.id)
         if inst is None:
             inst = vobj.instances[lower.binding.id] = Instance(self.name, vobj, lower)
+            if vobj.parent is not None:
+                inst.under = vobj.parent.instances[lower.binding.id]
             inst.lifecycle.fire(Event.INITIATE)
             self.table_add(inst.id, inst)
             if vobj.lifecycle.phase is Phase.INVALIDATED:
@@ -283,6 +292,9 @@ class MuxIm(PassthroughIm):
     def ProtocolInitiateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
         call = self._lower_done(lower_root)
         if call is None:
+            return
+        if call.relink is not None:  # copies of a new neighbor for a next-hop change
+            relink.completed(self, call)
             return
         failed: list[Instance] = []
         for up, low, obj in call.links:
@@ -390,8 +402,8 @@ class MuxIm(PassthroughIm):
         if inst is None:
             return
         inst.refs -= 1
-        if inst.refs == 0 and vobj.parent is not None:
-            self._unref(vobj.parent, lower)
+        if inst.refs == 0 and inst.under is not None:
+            inst.under.refs -= 1
 
     def _drop_instance(self, inst: Instance) -> None:
         _cancel_retry(inst)
@@ -471,7 +483,7 @@ class MuxIm(PassthroughIm):
                     continue  # a query, update or invalidate is below it: after that one
                 if inst.retry is not None:
                     continue  # its NIC keeps finding it corrupt: after the wait
-                if vobj.parent is None and not _only_going(vobjs, vobj, inst.lower, added):
+                if vobj.parent is None and not _only_going(vobjs, inst, added):
                     continue  # a path there is offloaded, or in flight in another call
                 if inst.refs - going.get(inst.id, 0) > 0:
                     continue
@@ -480,7 +492,7 @@ class MuxIm(PassthroughIm):
                 block.offload_handle = inst.handle
                 call.link(None, block, inst)
                 added.add(inst)
-                parent = vobj.parent.instances.get(inst.lower.binding.id) if vobj.parent else None
+                parent = inst.under
                 if parent is not None and inst.refs:
                     going[parent.id] = going.get(parent.id, 0) + 1  # it counts this path
         return added
@@ -599,16 +611,28 @@ class MuxIm(PassthroughIm):
     @downcall
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
         if self._relinks(root):
-            # moving a path to another neighbor (spec §3.4 (b)) would move each NIC's copy of
-            # it under that NIC's copy of the new neighbor, which it may not have: the MUX does
-            # not do it, and says so, rather than report a move it did not make (after which
-            # the old neighbor could not be terminated). A failed update leaves the objects as
-            # they were; the host takes their connections up (§3.4)
+            if not self._relink(root):
+                self.deferred.append(("Relink", root))
+            return
+        self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
+
+    def _relink(self, root: OffloadBlock) -> bool:
+        """Move paths to another neighbor (spec §3.4 (b), the next-hop change): each NIC's
+        copy of a path under that NIC's copy of the new neighbor (`relink`). False (nothing
+        changed) while a copy it needs is still being offloaded or terminated: retried."""
+        plan = relink.plan(self, root)
+        if plan is False:
+            return False
+        if plan is True:
+            # a shape the MUX does not split (a connection under a moving path): it fails as
+            # a whole rather than report a move it did not make; a failed update leaves the
+            # objects as they were, and the host takes their connections up (§3.4)
             for block in walk(root):
                 block.status = NdisStatus.NDIS_STATUS_FAILURE
             self.ndis.NdisMUpdateOffloadComplete(self, root)
-            return
-        self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
+            return True
+        relink.start(self, plan)
+        return True
 
     def _relinks(self, root: OffloadBlock) -> bool:
         """Whether the update names a path below a neighbor that is not the path's own."""
@@ -681,15 +705,23 @@ class MuxIm(PassthroughIm):
         self._relayed_op_done(lower_root, self.ndis.NdisMQueryOffloadStateComplete)
 
     def ProtocolUpdateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
-        self._relayed_op_done(lower_root, self.ndis.NdisMUpdateOffloadComplete)
+        call = self._lower_done(lower_root)
+        if call is None:
+            return
+        if call.relink is not None:  # a step of a next-hop change
+            relink.completed(self, call)
+            return
+        self._relayed_call_done(call, self.ndis.NdisMUpdateOffloadComplete)
 
     def ProtocolInvalidateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
         self._relayed_op_done(lower_root, self.ndis.NdisMInvalidateOffloadComplete)
 
     def _relayed_op_done(self, lower_root: OffloadBlock, complete: Any) -> None:
         call = self._lower_done(lower_root)
-        if call is None:
-            return
+        if call is not None:
+            self._relayed_call_done(call, complete)
+
+    def _relayed_call_done(self, call: MuxCall, complete: Any) -> None:
         root = call.upper_root
         failed: set[int] = set()
         for up, low, obj in call.links:
@@ -741,6 +773,9 @@ class MuxIm(PassthroughIm):
     def _complete_empty(self, call: MuxCall) -> None:
         """A tree naming only the MUX's own objects (or nothing below): done here."""
         self.call_entries.discard(call)
+        if call.relink is not None:  # a step of a next-hop change with nothing to move
+            relink.completed(self, call)
+            return
         root = call.upper_root
         if call.op == "Initiate":
             self._finish_initiate(call)
@@ -790,6 +825,7 @@ class MuxIm(PassthroughIm):
             "Initiate": self._initiate,
             "Terminate": self._terminate,
             "Invalidate": self._invalidate,
+            "Relink": self._relink,
         }
         for op, root in deferred:
             done = retry[op](root)
@@ -1000,11 +1036,8 @@ def _ipv6(key: Key) -> bool:
 def _ref(inst: Instance) -> None:
     """One more connection on `inst` (a path's instance); its neighbor's counts the path."""
     inst.refs += 1
-    parent = inst.vobj.parent
-    if inst.refs == 1 and parent is not None:
-        neighbor = parent.instances.get(inst.lower.binding.id)
-        if neighbor is not None:
-            neighbor.refs += 1
+    if inst.refs == 1 and inst.under is not None:
+        inst.under.refs += 1
 
 
 def _avoiding(path: VirtualObject, fit: Fit | None) -> Fit | None:
@@ -1021,14 +1054,12 @@ def _cancel_retry(inst: Instance) -> None:
         inst.retry = None
 
 
-def _only_going(
-    vobjs: list[VirtualObject], neighbor: VirtualObject, lower: Lower, going: set[Instance]
-) -> bool:
-    """Whether every path instance under `neighbor`'s instance on `lower` is in `going`."""
+def _only_going(vobjs: list[VirtualObject], neighbor: Instance, going: set[Instance]) -> bool:
+    """Whether every path instance under the neighbor instance `neighbor` is in `going`."""
     for vobj in vobjs:
-        if vobj.parent is neighbor:
-            inst = vobj.instances.get(lower.binding.id)
-            if inst is not None and inst not in going:
+        if vobj.parent is not None:
+            inst = vobj.instances.get(neighbor.lower.binding.id)
+            if inst is not None and inst.under is neighbor and inst not in going:
                 return False
     return True
 

@@ -85,6 +85,7 @@ class VirtualObject(Lifecycle):
         "id",
         "instances",
         "parent",
+        "relinking",
         "upper",
     )
 
@@ -102,6 +103,7 @@ class VirtualObject(Lifecycle):
         # lower binding ids of the NICs that kept finding its copy corrupt: no connection of
         # it (of a neighbor: of a path under it) goes there again (`MuxIm._corrupt_again`)
         self.avoid: set[int] = set()
+        self.relinking = False  # a path in a next-hop change under way (`relink`)
         Lifecycle.__init__(self, None, Role.OFFLOADED_OBJECT)
 
     def __str__(self) -> str:
@@ -111,7 +113,17 @@ class VirtualObject(Lifecycle):
 class Instance(Lifecycle):
     """A virtual object's copy on one NIC, offloaded by the MUX's protocol edge."""
 
-    __slots__ = ("corrupt", "handle", "id", "lower", "pending_ops", "refs", "retry", "vobj")
+    __slots__ = (
+        "corrupt",
+        "handle",
+        "id",
+        "lower",
+        "pending_ops",
+        "refs",
+        "retry",
+        "under",
+        "vobj",
+    )
 
     def __init__(self, layer: str, vobj: VirtualObject, lower: Lower) -> None:
         self.id = next_object_id()
@@ -121,6 +133,11 @@ class Instance(Lifecycle):
         # the MUX offloads it as the host offloads its objects
         Lifecycle.__init__(self, None, Role.HOST_OBJECT)
         self.refs = 0  # its dependents on this NIC: paths of a neighbor, connections of a path
+        # a path's copy: the neighbor's copy it hangs under on its NIC, which counts it while
+        # it has connections. Its own, not looked up from `vobj.parent`: a next-hop change
+        # moves the copies NIC by NIC (`relink`), and one a NIC could not move back after
+        # another NIC failed its part stays where that NIC has it
+        self.under: Instance | None = None
         # queries, updates and invalidates relayed to it and not yet completed: no terminate
         # before they are (spec §3.1, §9 item 7)
         self.pending_ops = 0

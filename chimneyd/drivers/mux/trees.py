@@ -10,12 +10,15 @@ stands for, and what is still to come back.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.blocks import OffloadBlock, chain_append
 from chimneyd.ndis.status import NdisStatus
 
 from .objects import Instance, Lower, MuxConnection, VirtualObject
+
+if TYPE_CHECKING:
+    from .relink import Relink
 
 MuxObject = Instance | MuxConnection
 
@@ -52,6 +55,11 @@ class LowerTree:
     def connection_block(self, entry: MuxConnection, block: OffloadBlock) -> None:
         self._under(entry.path, block)
 
+    def dependent_block(self, parent: VirtualObject, block: OffloadBlock) -> None:
+        """`block` under `parent`'s block here, whatever `block`'s object hangs under now (a
+        path moving to another neighbor, `relink`)."""
+        self._under(parent, block)
+
     def _under(self, parent: VirtualObject, block: OffloadBlock) -> None:
         last = self.ends.get(parent.id)
         if last is None or last.next_block is not None:
@@ -73,6 +81,7 @@ class MuxCall:
         "op",
         "pending",
         "refused",
+        "relink",
         "saved_im_reserved",
         "stale",
         "trees",
@@ -94,6 +103,9 @@ class MuxCall:
         # copies this initiate makes of objects invalidated above: invalidated in turn once
         # their NIC has offloaded them (`MuxIm._invalidate_copies`)
         self.stale: list[Instance] = []
+        # a step of a next-hop change (the MUX's own call): its state, which its completion
+        # goes to (`relink.completed`)
+        self.relink: Relink | None = None
 
     def tree(self, lower: Lower) -> LowerTree:
         tree = self.trees.get(lower.binding.id)

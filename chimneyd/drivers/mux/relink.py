@@ -1,0 +1,331 @@
+"""The next-hop change at the MUX (spec §3.4 (b)): an update whose root names a neighbor and
+whose dependents name paths that hang under another one moves those paths under it.
+
+Each NIC holds its own copies (`objects`), so the move is made NIC by NIC, in up to three
+steps, each one MUX call split by NIC (`trees.MuxCall` with `relink` set):
+
+1. copies: a NIC holding a copy of a moving path but none of the new neighbor is given one
+   (an initiate of the MUX's own, from the state it keeps, as `MuxIm._instance_for` does);
+2. move: each NIC gets an update moving its path copies under its copy of the new neighbor
+   (with the cached values the layer above sent, and the new neighbor's to every NIC that
+   has a copy of it);
+3. undo, only when a NIC failed step 1 or 2: the copies the other NICs did move go back under
+   the old neighbor's copies, with the cached values the MUX had before.
+
+The update completes above once, when the last step is back: every block SUCCESS when every
+NIC did its part, else every block FAILURE with nothing moved (spec §3.4: after a failed
+update everything goes on as before, and the host deals with the objects that failed).
+
+A copy a NIC cannot take a state operation on (being terminated, or corrupt: spec §3.1, §3.7)
+is not moved: its connections are on their way up, and it stays under the old neighbor's
+copy until the MUX terminates both. While the move is under way, connections new to a moving
+path wait (`MuxIm._settling`), as does a terminate of any object in it (its copies have an
+operation below them, spec §3.1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
+from chimneyd.ndis.lifecycle import Event, Phase
+from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
+
+from .objects import Instance, VirtualObject
+from .trees import MuxCall, mirror_block
+
+if TYPE_CHECKING:
+    from .mux import MuxIm
+
+S = NdisStatus
+SUCCESS = S.NDIS_STATUS_SUCCESS
+
+
+class Move:
+    """One copy of a moving path on one NIC: from the old neighbor's copy to the new one's."""
+
+    __slots__ = ("back", "down", "neighbor_up", "path", "to", "up")
+
+    def __init__(self, up: OffloadBlock, neighbor_up: OffloadBlock, path: Instance) -> None:
+        self.up = up  # the path's block in the update from above
+        self.neighbor_up = neighbor_up  # the new neighbor's block there
+        self.path = path
+        self.to: Instance | None = None  # the new neighbor's copy on the path copy's NIC
+        self.down: OffloadBlock | None = None  # its block in its NIC's update (step 2)
+        self.back: OffloadBlock | None = None  # its block in its NIC's undo (step 3)
+
+
+class Relink:
+    """A next-hop change in flight at the MUX."""
+
+    __slots__ = (
+        "failed",
+        "moved",
+        "moves",
+        "named",
+        "neighbors",
+        "new_copies",
+        "root",
+        "saved_im_reserved",
+        "stage",
+        "touched",
+        "vobjs",
+    )
+
+    def __init__(self, root: OffloadBlock) -> None:
+        self.root = root
+        self.saved_im_reserved: Any = root.im_reserved
+        self.stage = "copies"  # then "move", then "undo" if a NIC failed its part
+        self.moves: list[Move] = []
+        # (the neighbor's block above, a live copy of it): each gets the update's values
+        self.neighbors: list[tuple[OffloadBlock, Instance]] = []
+        self.new_copies: list[Instance] = []  # made by step 1
+        self.named: list[VirtualObject] = []  # the objects the update names
+        self.vobjs: list[VirtualObject] = []  # those, and the neighbors paths move from
+        self.touched: list[Instance] = []  # copies with this update below them (pending_ops)
+        self.failed = False
+        self.moved: list[Move] = []  # moved by their NIC in step 2
+
+
+def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
+    """What the update moves; False while a copy it names, or of a neighbor a path moves
+    from, is still being offloaded or terminated on its NIC (spec §3.1), or a path it moves
+    is in another move: retried later. True: an update of a shape the MUX does not move (a
+    TCP block under a path, a placeholder neighbor): it fails as a whole."""
+    rl = Relink(root)
+    block: OffloadBlock | None = root
+    while block is not None:
+        if block.kind is not BlockKind.NEIGHBOR or block.role() is BlockRole.PLACEHOLDER:
+            return True
+        neighbor: VirtualObject = mux._context(block, VirtualObject)
+        rl.named.append(neighbor)
+        for dep in block.dependents():
+            if dep.role() is BlockRole.PLACEHOLDER:
+                continue
+            if dep.kind is not BlockKind.PATH or dep.dependent_block_list is not None:
+                return True
+            path: VirtualObject = mux._context(dep, VirtualObject)
+            rl.named.append(path)
+            if path.parent is neighbor:
+                continue  # not moving: an update of its cached values alone
+            if path.relinking:
+                return False
+            if path.parent is not None:
+                rl.vobjs.append(path.parent)
+            for copy in path.instances.values():
+                # a copy being terminated, or corrupt, takes no update (spec §3.1, §3.7):
+                # its connections are going up, and it goes with the old neighbor's copy
+                if copy.lifecycle.phase is Phase.OFFLOADED:
+                    rl.moves.append(Move(dep, block, copy))
+        for copy in neighbor.instances.values():
+            if copy.lifecycle.phase is Phase.OFFLOADED:
+                rl.neighbors.append((block, copy))
+        block = block.next_block
+    rl.vobjs += rl.named
+    for vobj in rl.vobjs:
+        if any(i.lifecycle.phase in _SETTLING for i in vobj.instances.values()):
+            return False
+    return rl
+
+
+_SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+
+
+def start(mux: MuxIm, rl: Relink) -> None:
+    """Step 1: a copy of the new neighbor on each NIC that needs one; then step 2."""
+    for move in rl.moves:
+        neighbor: VirtualObject = mux._context(move.neighbor_up, VirtualObject)
+        lower = move.path.lower
+        copy = neighbor.instances.get(lower.binding.id)
+        if copy is None:
+            copy = neighbor.instances[lower.binding.id] = Instance(mux.name, neighbor, lower)
+            copy.lifecycle.fire(Event.INITIATE)
+            mux.table_add(copy.id, copy)
+            rl.new_copies.append(copy)
+        elif copy.lifecycle.phase is not Phase.OFFLOADED:
+            rl.failed = True  # corrupt there (spec §3.7), or invalidated: it takes no paths
+        move.to = copy
+        move.path.vobj.relinking = True
+    _touch(rl, [m.path for m in rl.moves])
+    _touch(rl, [m.path.under for m in rl.moves if m.path.under is not None])
+    _touch(rl, [m.to for m in rl.moves if m.to is not None and m.to not in rl.new_copies])
+    _touch(rl, [copy for _, copy in rl.neighbors])
+    if rl.failed:
+        finish(mux, rl)
+        return
+    if not rl.new_copies:
+        _move(mux, rl)
+        return
+    call = MuxCall("Initiate", None)
+    call.relink = rl
+    for copy in rl.new_copies:
+        vobj = copy.vobj
+        new = OffloadBlock(vobj.header_type, copy.handle, vobj.const, vobj.cached, vobj.delegated)
+        call.tree(copy.lower).object_block(vobj, lambda new=new: new)  # type: ignore[misc]
+        call.link(None, new, copy)
+    mux._send(call, mux.ndis.NdisInitiateOffload)
+
+
+def _touch(rl: Relink, copies: list[Instance]) -> None:
+    """An operation is below these copies now: none is terminated before it completes
+    (spec §3.1, §9 item 7)."""
+    for copy in copies:
+        if copy not in rl.touched:
+            copy.pending_ops += 1
+            rl.touched.append(copy)
+
+
+def completed(mux: MuxIm, call: MuxCall) -> None:
+    """A step is back from every NIC."""
+    rl = call.relink
+    assert rl is not None
+    if rl.stage == "copies":
+        _copies_done(mux, rl, call)
+    elif rl.stage == "move":
+        _moved(mux, rl, call)
+    else:
+        _undone(mux, rl)
+
+
+def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
+    """Step 1 is back: each NIC offloaded its copy of the new neighbor, or the move fails."""
+    for _, low, copy in call.links:
+        assert isinstance(copy, Instance)
+        if low.status in OFFLOADED_STATUSES:
+            copy.lifecycle.fire(Event.INITIATE_OFFLOADED)
+        else:
+            copy.lifecycle.fire(Event.INITIATE_FAILED)
+            mux._drop_instance(copy)
+            copy.handle.release()
+            rl.failed = True
+    # those offloaded have the move below them now, as the others; those that failed are
+    # gone, and an offloaded one nothing uses in the end is terminated once it completes
+    _touch(rl, [c for c in rl.new_copies if c.lifecycle.phase is Phase.OFFLOADED])
+    if rl.failed:
+        finish(mux, rl)
+    else:
+        _move(mux, rl)
+
+
+def _move(mux: MuxIm, rl: Relink) -> None:
+    """Step 2: each NIC's update: its copies of the neighbors named, each with the moving
+    path copies there below it, all with the values from above."""
+    rl.stage = "move"
+    call = MuxCall("Update", None)
+    call.relink = rl
+    for up, copy in rl.neighbors:
+        _neighbor_block(call, up, copy)
+    for move in rl.moves:
+        assert move.to is not None
+        _neighbor_block(call, move.neighbor_up, move.to)
+        move.down = mirror_block(move.up, move.path.handle)
+        move.path.lifecycle.fire(Event.UPDATE)
+        call.tree(move.path.lower).dependent_block(move.to.vobj, move.down)
+        call.link(move.up, move.down, move.path)
+    for vobj in rl.named:
+        vobj.lifecycle.fire(Event.UPDATE)
+    mux._send(call, mux.ndis.NdisUpdateOffload)
+
+
+def _neighbor_block(call: MuxCall, up: OffloadBlock, copy: Instance) -> None:
+    """`copy`'s block in its NIC's update, once, with the values from above."""
+    tree = call.tree(copy.lower)
+    if copy.vobj.id in tree.nodes:
+        return
+    copy.lifecycle.fire(Event.UPDATE)
+    block = tree.object_block(copy.vobj, lambda: mirror_block(up, copy.handle))
+    call.link(up, block, copy)
+
+
+def _moved(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
+    """Step 2 is back: every NIC did its part (the move is made), or one did not (step 3).
+    A NIC moves a path under a neighbor it has not found corrupt (the target's
+    `state_ops._relink`): a copy is moved when its block and its new neighbor's succeeded."""
+    ok = all(low.status == SUCCESS for _, low, _ in call.links)
+    neighbor_ok = {id(copy) for _, low, copy in call.links if low.status == SUCCESS}
+    for move in rl.moves:
+        assert move.down is not None and move.to is not None
+        if move.down.status == SUCCESS and id(move.to) in neighbor_ok:
+            _rehang(move.path, move.to)
+            rl.moved.append(move)
+    if ok:
+        for move in rl.moves:
+            assert move.to is not None
+            move.path.vobj.parent = move.to.vobj  # the MUX's own tree follows (spec §2.3)
+        finish(mux, rl)
+        return
+    rl.failed = True
+    _undo(mux, rl)
+
+
+def _rehang(path: Instance, to: Instance) -> None:
+    """`path` hangs under `to` on its NIC now: the count of its neighbor's copy follows."""
+    old = path.under
+    path.under = to
+    if path.refs:
+        if old is not None:
+            old.refs -= 1
+        to.refs += 1
+
+
+def _undo(mux: MuxIm, rl: Relink) -> None:
+    """Step 3: the copies moved go back under the old neighbor's copies, with the cached
+    values the MUX kept; the neighbors' copies get theirs back too (spec §3.4: a failed
+    update leaves everything as it was)."""
+    rl.stage = "undo"
+    call = MuxCall("Update", None)
+    call.relink = rl
+    for move in rl.moved:
+        old = move.path.vobj.parent
+        assert old is not None
+        back = old.instances.get(move.path.lower.binding.id)
+        if back is None or back.lifecycle.phase is not Phase.OFFLOADED:
+            continue  # nothing to go back under: it stays, counted, where its NIC has it
+        tree = call.tree(move.path.lower)
+        if old.id not in tree.nodes:
+            block = OffloadBlock(old.header_type, back.handle)
+            tree.object_block(old, lambda block=block: block)  # type: ignore[misc]
+            call.link(None, block, back)
+        move.back = OffloadBlock(move.path.vobj.header_type, move.path.handle)
+        if move.up.cached is not None:
+            move.back.cached = move.path.vobj.cached
+        tree.dependent_block(old, move.back)
+        call.link(None, move.back, move.path)
+    updated = [*rl.neighbors, *((m.neighbor_up, m.to) for m in rl.moved if m.to is not None)]
+    for up, copy in updated:
+        tree = call.tree(copy.lower)
+        if up.cached is not None and copy.vobj.id not in tree.nodes:
+            block = OffloadBlock(copy.vobj.header_type, copy.handle)
+            block.cached = copy.vobj.cached
+            tree.object_block(copy.vobj, lambda block=block: block)  # type: ignore[misc]
+            call.link(None, block, copy)
+    mux._send(call, mux.ndis.NdisUpdateOffload)
+
+
+def _undone(mux: MuxIm, rl: Relink) -> None:
+    """Step 3 is back: each copy its NIC moved back hangs under the old neighbor's copy
+    again; one it could not stays, counted, under the new one's."""
+    for move in rl.moved:
+        back = move.back
+        if back is not None and back.status == SUCCESS:
+            old = move.path.vobj.parent
+            assert old is not None
+            _rehang(move.path, old.instances[move.path.lower.binding.id])
+    finish(mux, rl)
+
+
+def finish(mux: MuxIm, rl: Relink) -> None:
+    """Complete the update above: all SUCCESS, or all FAILURE (spec §3.1 item 5, §3.4)."""
+    for copy in rl.touched:
+        copy.pending_ops -= 1
+    for move in rl.moves:
+        move.path.vobj.relinking = False
+    status = S.NDIS_STATUS_FAILURE if rl.failed else SUCCESS
+    for block in walk(rl.root):
+        block.status = status
+        if not rl.failed and block.cached is not None and block.role() is not BlockRole.PLACEHOLDER:
+            mux._context(block, VirtualObject).cached = block.cached  # for NICs to come
+    rl.root.im_reserved = rl.saved_im_reserved
+    mux.ndis.NdisMUpdateOffloadComplete(mux, rl.root)
+    mux._release_unused()  # the old neighbor's copies nothing hangs under any more
+    mux.retry_deferred()

@@ -1,0 +1,202 @@
+"""The next-hop change at a teaming MUX (spec §3.4 (b)): an update whose root names a new
+neighbor and whose dependents name paths moves those paths under it. The MUX forwards it to
+each NIC holding a copy of a path, after giving that NIC a copy of the new neighbor if it has
+none, so each copy moves under that NIC's copy of the new neighbor, and the connections stay
+offloaded. If any NIC's part fails, the whole update fails, every block FAILURE, and nothing
+stays moved: the copies a NIC did move go back under the old neighbor's (spec §3.4: after a
+failed update everything goes on as before)."""
+
+from __future__ import annotations
+
+from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block
+from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import fail_next, teamed_target_stack
+from chimneyd.testing.records import OffloadTree
+from chimneyd.testing.stack import Stack
+
+
+def _two_nics() -> tuple[Stack, OffloadTree, OffloadBlock]:
+    """Round robin: two connections under one path, one on each NIC (each NIC with its copy
+    of the path and neighbor), and a second neighbor offloaded to the MUX (no NIC has it)."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    tree = st.top.connection_tree([st.wires.open(), st.wires.open()])
+    st.top.initiate(tree.root)
+    st.run()
+    n2 = st.top.neighbor_block()
+    st.top.initiate(n2)
+    st.run()
+    assert st.top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS]
+    return st, tree, n2
+
+
+def _move(st: Stack, tree: OffloadTree, n2: OffloadBlock) -> list[S]:
+    assert n2.offload_handle is not None
+    root = new_neighbor_block(n2.offload_handle)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    st.top.update(root)
+    st.run()
+    done = st.top.state_completions[-1]
+    assert done.op == "Update"
+    return done.statuses
+
+
+def _neighbors_below(st: Stack) -> dict[str, set[NdisOffloadHandle]]:
+    """Per NIC, the neighbors (the layer above's handles) its connections' paths hang under
+    there: the NIC's own pointers (spec §2.3)."""
+    out: dict[str, set[NdisOffloadHandle]] = {}
+    for nic in st.under_test[1:]:
+        out[nic.name] = {c.path.neighbor.upper.owner.vobj.upper for c in nic.connections()}
+    return out
+
+
+def _still_carried(st: Stack, tree: OffloadTree) -> None:
+    for handle in tree.tcp:
+        st.top.send(handle, b"still carried")
+    st.run()
+    for handle in tree.tcp:
+        tree.wires[handle.id].ack()
+    st.run()
+    for handle in tree.tcp:
+        assert bytes(tree.wires[handle.id].peer_received) == b"still carried"
+
+
+def _drain(st: Stack, tree: OffloadTree, n2: OffloadBlock, moved: bool) -> None:
+    """Terminate the old neighbor (once nothing hangs below it), the connections and path,
+    the new neighbor: every step succeeds and every table drains (spec §9 item 10)."""
+    assert n2.offload_handle is not None
+    mux = st.under_test[0]
+    ok = S.NDIS_STATUS_SUCCESS
+    if moved:
+        st.top.terminate(new_neighbor_block(tree.neighbor))
+        st.run()
+        assert st.top.state_completions[-1].statuses == [ok]
+    st.top.terminate(st.top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok] * 4
+    last = [new_neighbor_block(n2.offload_handle)]
+    if not moved:
+        last.append(new_neighbor_block(tree.neighbor))
+    for root in last:
+        st.top.terminate(root)
+        st.run()
+        assert st.top.state_completions[-1].statuses == [ok]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+def test_a_next_hop_change_moves_each_nics_copy_of_the_path() -> None:
+    st, tree, n2 = _two_nics()
+    assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {tree.neighbor}}
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": {n2.offload_handle}}
+    assert st.top.events == []  # nothing asked up: the connections stay offloaded
+    _still_carried(st, tree)
+    _drain(st, tree, n2, moved=True)
+
+
+def test_a_nic_failing_its_part_fails_the_whole_move_and_the_others_move_back() -> None:
+    """nic1 fails the update; nic0 had moved its copy: it goes back under the old neighbor's
+    copy there, the update fails (every block FAILURE), and all goes on as before."""
+    st, tree, n2 = _two_nics()
+    fail_next(st.under_test[2], "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE)
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_FAILURE] * 2
+    assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {tree.neighbor}}
+    _still_carried(st, tree)
+    _drain(st, tree, n2, moved=False)
+
+
+def test_a_nic_refusing_a_copy_of_the_new_neighbor_fails_the_move_before_any_moves() -> None:
+    st, tree, n2 = _two_nics()
+    fail_next(st.under_test[2], "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE)
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_FAILURE] * 2
+    assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {tree.neighbor}}
+    _still_carried(st, tree)
+    _drain(st, tree, n2, moved=False)
+
+
+def test_a_connection_new_to_the_path_during_the_move_waits_and_goes_under_the_new_neighbor() -> (
+    None
+):
+    """An initiate of a new connection under the moving path reaches the MUX while the move
+    is under way: it waits until the move is done (its path copy must not be linked, or made,
+    under the old neighbor's copy meanwhile), then goes under the new neighbor on its NIC."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    root = new_neighbor_block(n2.offload_handle)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    st.top.update(root)
+    wire = st.wires.open()
+    new = st.top.neighbor_block(tree.neighbor)
+    tcp = new.add_dependent(st.top.path_block(tree.paths[0])).add_dependent(st.top.tcp_block(wire))
+    st.top.initiate(new)
+    st.run()
+    assert [c.op for c in st.top.state_completions[-2:]] == ["Update", "Initiate"]
+    assert st.top.state_completions[-2].statuses == [S.NDIS_STATUS_SUCCESS] * 2
+    assert tcp.status == S.NDIS_STATUS_SUCCESS
+    assert tcp.offload_handle is not None
+    tree.tcp.append(tcp.offload_handle)
+    tree.wires[tcp.offload_handle.id] = wire
+    below = _neighbors_below(st)
+    assert below == {"nic0": {n2.offload_handle}, "nic1": {n2.offload_handle}}
+    _still_carried(st, tree)
+    mux = st.under_test[0]
+    ok = S.NDIS_STATUS_SUCCESS
+    st.top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok]
+    st.top.terminate(st.top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok] * 5
+    st.top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+def test_the_new_neighbors_own_copies_take_its_new_values_and_the_paths() -> None:
+    """Three NICs: the new neighbor already carries a connection on nic2 (its own path
+    there); the moving path has copies on nic0 and nic1. The update also brings the new
+    neighbor's cached values: every NIC's copy of it gets them, nic2's too, and the MUX keeps
+    them for copies to come."""
+    st = teamed_target_stack(nics=3, policy="round-robin")
+    top = st.top
+    tree = top.connection_tree([st.wires.open(), st.wires.open()])  # nic0, nic1
+    top.initiate(tree.root)
+    st.run()
+    other = top.connection_tree([st.wires.open()])  # nic2: the new neighbor, its own path
+    top.initiate(other.root)
+    st.run()
+    nics = st.under_test[1:]
+    assert [len(list(n.connections())) for n in nics] == [1, 1, 1]
+    mac = b"\x02\x00\x00\x00\x00\x02"
+    root = top.neighbor_block(other.neighbor)
+    root.cached = type(tree.root.cached)(DlDestinationAddress=mac)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    top.update(root)
+    st.run()
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _neighbors_below(st) == {
+        "nic0": {other.neighbor},
+        "nic1": {other.neighbor},
+        "nic2": {other.neighbor},
+    }
+    for nic in nics:
+        (c,) = nic.connections()
+        assert c.path.neighbor.cached.DlDestinationAddress == mac
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    both = top.reference_tree(tree, None, with_path=True, state="delegated")
+    top.terminate(both)
+    st.run()
+    top.terminate(
+        top.reference_tree(other, None, with_path=True, with_neighbor=True, state="delegated")
+    )
+    st.run()
+    assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
