@@ -11,6 +11,7 @@ from __future__ import annotations
 from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
@@ -196,6 +197,48 @@ def test_the_new_neighbors_own_copies_take_its_new_values_and_the_paths() -> Non
     )
     st.run()
     assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+def test_a_copy_its_nic_cannot_move_back_has_its_connections_asked_up() -> None:
+    """nic1 fails the move; nic0 moved its copy, and fails to move it back too. The update
+    fails all the same; nic0's copy stays under its copy of the new neighbor, which the layer
+    above knows nothing of: the connection on it is asked up (spec §5.2), and a terminate of
+    the new neighbor from above (nothing depends on it, as far as the layer above knows)
+    waits until the connection's terminate has taken the copies with it."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    nic0, nic1 = st.under_test[1:]
+    fail_next(nic0, "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE, skip=1)  # the undo
+    fail_next(nic1, "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE)
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_FAILURE] * 2
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": {tree.neighbor}}
+    first = tree.tcp[0]
+    retrieve = (TcpOffloadEventType.TcpIndicateRetrieve, int(TcpUploadReason.UploadRequested))
+    assert [(e.handle, (e.event_type, e.info)) for e in st.top.events] == [(first, retrieve)]
+
+    ok = S.NDIS_STATUS_SUCCESS
+    done = len(st.top.state_completions)
+    st.top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert len(st.top.state_completions) == done  # it waits for nic0's copies to go
+    st.top.terminate(st.top.reference_tree(tree, [first], state="delegated"))
+    st.run()
+    assert [(c.op, c.statuses) for c in st.top.state_completions[done:]] == [
+        ("Terminate", [ok] * 3),
+        ("Terminate", [ok]),
+    ]
+    del tree.wires[first.id]
+    tree.tcp.remove(first)
+    _still_carried(st, tree)
+    st.top.terminate(
+        st.top.reference_tree(tree, None, with_path=True, with_neighbor=True, state="delegated")
+    )
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok] * 3
     mux = st.under_test[0]
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []

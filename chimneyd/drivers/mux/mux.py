@@ -433,6 +433,8 @@ class MuxIm(PassthroughIm):
                     i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()
                 ):
                     return False
+                if self._strays_under(vobj):
+                    return False
         call = MuxCall("Terminate", root)
         going: dict[int, int] = {}  # instance id -> its dependents terminated in this call
         for up in walk(root):
@@ -466,6 +468,19 @@ class MuxIm(PassthroughIm):
                         )
         self._send(call, self.ndis.NdisTerminateOffload)
         return True
+
+    def _strays_under(self, neighbor: VirtualObject) -> bool:
+        """Whether a copy of `neighbor` still has a copy of another neighbor's path under it
+        on its NIC: one a next-hop change moved there and its NIC could not move back
+        (`relink`). The layer above does not know of it, and may terminate `neighbor` first:
+        that waits until the copy has gone (its connections were asked up, spec §5.2)."""
+        copies = set(neighbor.instances.values())
+        return bool(copies) and any(
+            inst.under in copies
+            for vobj in self.vobj_table.values()
+            if vobj.parent is not None and vobj.parent is not neighbor
+            for inst in vobj.instances.values()
+        )
 
     def _terminate_unused(
         self, call: MuxCall, going: dict[int, int] | None = None

@@ -10,7 +10,9 @@ steps, each one MUX call split by NIC (`trees.MuxCall` with `relink` set):
    (with the cached values the layer above sent, and the new neighbor's to every NIC that
    has a copy of it);
 3. undo, only when a NIC failed step 1 or 2: the copies the other NICs did move go back under
-   the old neighbor's copies, with the cached values the MUX had before.
+   the old neighbor's copies, with the cached values the MUX had before. A copy whose NIC
+   fails that too stays where that NIC has it (`Instance.under`), its connections there are
+   asked up, and a terminate of the new neighbor from above waits until it has gone.
 
 The update completes above once, when the last step is back: every block SUCCESS when every
 NIC did its part, else every block FAILURE with nothing moved (spec §3.4: after a failed
@@ -31,7 +33,7 @@ from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
 from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
 
-from .objects import Instance, VirtualObject
+from .objects import Instance, MuxConnection, VirtualObject
 from .trees import MuxCall, mirror_block
 
 if TYPE_CHECKING:
@@ -305,13 +307,23 @@ def _undo(mux: MuxIm, rl: Relink) -> None:
 def _undone(mux: MuxIm, rl: Relink) -> None:
     """Step 3 is back: each copy its NIC moved back hangs under the old neighbor's copy
     again; one it could not stays, counted, under the new one's."""
+    stray: list[MuxConnection] = []
     for move in rl.moved:
         back = move.back
         if back is not None and back.status == SUCCESS:
             old = move.path.vobj.parent
             assert old is not None
             _rehang(move.path, old.instances[move.path.lower.binding.id])
+        else:
+            # its NIC keeps it under the new neighbor's copy, which the layer above does not
+            # know of: its connections there are asked up (a mandatory reason, spec §5.2), so
+            # the copy goes, and with it what keeps the new neighbor's copy there
+            binding = move.path.lower.binding
+            stray += [
+                c for c in mux.connections() if c.path is move.path.vobj and c.lower is binding
+            ]
     finish(mux, rl)
+    mux.retrieve_all(stray)
 
 
 def finish(mux: MuxIm, rl: Relink) -> None:

@@ -46,10 +46,15 @@ class LowerTree:
             return block
         block = make() if make is not None else OffloadBlock(vobj.header_type)
         self.nodes[vobj.id] = block
-        if vobj.parent is None:
+        # under the neighbor its copy hangs under on this NIC, which a next-hop change the
+        # NIC could not undo leaves other than its own (`relink`): the NIC releases what a
+        # terminate names dependents first, in the tree's order (spec §3.1)
+        copy = vobj.instances.get(self.lower.binding.id)
+        parent = copy.under.vobj if copy is not None and copy.under is not None else vobj.parent
+        if parent is None:
             self.root = chain_append(self.root, block)
         else:
-            self._under(vobj.parent, block)
+            self._under(parent, block)
         return block
 
     def connection_block(self, entry: MuxConnection, block: OffloadBlock) -> None:
