@@ -243,3 +243,43 @@ def test_a_copy_its_nic_cannot_move_back_has_its_connections_asked_up() -> None:
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []
     assert st.drain_problems() == []
+
+
+def test_a_path_with_no_copy_yet_moves_too() -> None:
+    """A path offloaded with no connection yet has no copy on any NIC: the move is the
+    MUX's alone, and a connection offloaded under it afterwards (under the new neighbor, as
+    the layer above has it now) gets its copy under the new neighbor's; the old neighbor is
+    terminated with nothing below it."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    tree = top.connection_tree([])
+    top.initiate(tree.root)
+    st.run()
+    n2 = top.neighbor_block()
+    top.initiate(n2)
+    st.run()
+    assert n2.offload_handle is not None
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_SUCCESS] * 2
+    wire = st.wires.open()
+    root = top.neighbor_block(n2.offload_handle)
+    tcp = root.add_dependent(top.path_block(tree.paths[0])).add_dependent(top.tcp_block(wire))
+    top.initiate(root)
+    st.run()
+    assert tcp.status == S.NDIS_STATUS_SUCCESS and tcp.offload_handle is not None
+    tree.tcp.append(tcp.offload_handle)
+    tree.wires[tcp.offload_handle.id] = wire
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": set()}
+    ok = S.NDIS_STATUS_SUCCESS
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    assert top.state_completions[-1].statuses == [ok]
+    _still_carried(st, tree)
+    top.terminate(top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert top.state_completions[-1].statuses == [ok]
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []

@@ -67,6 +67,7 @@ class Relink:
         "named",
         "neighbors",
         "new_copies",
+        "paths",
         "root",
         "saved_im_reserved",
         "stage",
@@ -79,6 +80,8 @@ class Relink:
         self.saved_im_reserved: Any = root.im_reserved
         self.stage = "copies"  # then "move", then "undo" if a NIC failed its part
         self.moves: list[Move] = []
+        # (path, new neighbor): every path that moves, with a copy on a NIC or none yet
+        self.paths: list[tuple[VirtualObject, VirtualObject]] = []
         # (the neighbor's block above, a live copy of it): each gets the update's values
         self.neighbors: list[tuple[OffloadBlock, Instance]] = []
         self.new_copies: list[Instance] = []  # made by step 1
@@ -112,6 +115,7 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
                 continue  # not moving: an update of its cached values alone
             if path.relinking:
                 return False
+            rl.paths.append((path, neighbor))
             if path.parent is not None:
                 rl.vobjs.append(path.parent)
             for copy in path.instances.values():
@@ -147,7 +151,8 @@ def start(mux: MuxIm, rl: Relink) -> None:
         elif copy.lifecycle.phase is not Phase.OFFLOADED:
             rl.failed = True  # corrupt there (spec §3.7), or invalidated: it takes no paths
         move.to = copy
-        move.path.vobj.relinking = True
+    for path, _ in rl.paths:
+        path.relinking = True
     _touch(rl, [m.path for m in rl.moves])
     _touch(rl, [m.path.under for m in rl.moves if m.path.under is not None])
     _touch(rl, [m.to for m in rl.moves if m.to is not None and m.to not in rl.new_copies])
@@ -251,9 +256,8 @@ def _moved(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
             _rehang(move.path, move.to)
             rl.moved.append(move)
     if ok:
-        for move in rl.moves:
-            assert move.to is not None
-            move.path.vobj.parent = move.to.vobj  # the MUX's own tree follows (spec §2.3)
+        for path, neighbor in rl.paths:
+            path.parent = neighbor  # the MUX's own tree follows (spec §2.3)
         finish(mux, rl)
         return
     rl.failed = True
@@ -330,8 +334,8 @@ def finish(mux: MuxIm, rl: Relink) -> None:
     """Complete the update above: all SUCCESS, or all FAILURE (spec §3.1 item 5, §3.4)."""
     for copy in rl.touched:
         copy.pending_ops -= 1
-    for move in rl.moves:
-        move.path.vobj.relinking = False
+    for path, _ in rl.paths:
+        path.relinking = False
     status = S.NDIS_STATUS_FAILURE if rl.failed else SUCCESS
     for block in walk(rl.root):
         block.status = status
