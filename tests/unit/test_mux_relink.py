@@ -283,3 +283,42 @@ def test_a_path_with_no_copy_yet_moves_too() -> None:
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []
     assert st.drain_problems() == []
+
+
+def test_a_corrupt_copy_stays_under_the_old_neighbor_until_it_is_terminated() -> None:
+    """nic0 found its copies of the path and neighbor corrupt when its connection was
+    uploaded (spec §3.7): only a terminate is left for them, so the move leaves nic0's path
+    copy where it is and moves nic1's. The layer above then terminates the old neighbor
+    (nothing depends on it there any more): that waits until the failed connection's
+    further terminate (§3.7 step 4) has taken nic0's corrupt copies with it."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    first, second = tree.tcp
+    fail_next(st.under_test[1], "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    st.top.terminate(st.top.reference_tree(tree, [first], state="delegated"))
+    st.run()
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {n2.offload_handle}}
+    ok = S.NDIS_STATUS_SUCCESS
+    done = len(st.top.state_completions)
+    st.top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    assert len(st.top.state_completions) == done  # nic0's corrupt copies are still there
+    st.top.terminate(st.top.reference_tree(tree, [first], state="delegated"))
+    st.run()
+    assert [(c.op, c.statuses) for c in st.top.state_completions[done:]] == [
+        ("Terminate", [ok] * 3),
+        ("Terminate", [ok]),
+    ]
+    del tree.wires[first.id]
+    tree.tcp.remove(first)
+    _still_carried(st, tree)
+    st.top.terminate(st.top.reference_tree(tree, [second], with_path=True, state="delegated"))
+    st.run()
+    st.top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok]
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
