@@ -322,3 +322,38 @@ def test_a_corrupt_copy_stays_under_the_old_neighbor_until_it_is_terminated() ->
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []
     assert st.drain_problems() == []
+
+
+def test_an_invalidate_of_the_moving_path_waits_for_the_move() -> None:
+    """The layer above invalidates the path right after asking for the move (an invalidate
+    may overlap an update, spec §3.1): the MUX holds it until the move is done, since the
+    move's update must not reach a copy already invalidated (spec §3.1: never an update of an
+    invalidated object). Then each NIC asks its connection up (spec §3.5)."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    root = new_neighbor_block(n2.offload_handle)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    st.top.update(root)
+    st.top.invalidate(st.top.reference_tree(tree, [], with_path=True))
+    st.run()
+    ok = S.NDIS_STATUS_SUCCESS
+    assert [(c.op, c.statuses) for c in st.top.state_completions[-2:]] == [
+        ("Update", [ok] * 2),
+        ("Invalidate", [ok] * 2),
+    ]
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": {n2.offload_handle}}
+    invalid = (TcpOffloadEventType.TcpIndicateRetrieve, int(TcpUploadReason.InvalidState))
+    assert sorted((e.handle.id, (e.event_type, e.info)) for e in st.top.events) == sorted(
+        (h.id, invalid) for h in tree.tcp
+    )
+    st.top.terminate(st.top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok] * 4
+    for handle in (tree.neighbor, n2.offload_handle):
+        st.top.terminate(new_neighbor_block(handle))
+        st.run()
+        assert st.top.state_completions[-1].statuses == [ok]
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []

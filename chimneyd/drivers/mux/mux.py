@@ -675,14 +675,25 @@ class MuxIm(PassthroughIm):
         still being offloaded on some NIC, for a connection placed there. That copy takes no
         state operation yet (spec §3.1), and missed, its NIC would never ask its connections
         up (spec §3.5): they would stay offloaded under an invalidated object, and every new
-        connection under it would wait for ever. Retried once the copy is offloaded."""
+        connection under it would wait for ever. Retried once the copy is offloaded. False
+        too while a next-hop change under way names it or moves a path from it (`relink`):
+        retried once that is done."""
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
                 if any(i.lifecycle.phase is Phase.OFFLOADING for i in vobj.instances.values()):
                     return False
+                if self._moving(vobj):
+                    # a next-hop change is under way for it: its update (or the one moving a
+                    # copy back) must not reach a copy this invalidate has reached first
+                    # (spec §3.1: no update of an invalidated object); after it
+                    return False
         self._relay_op("Invalidate", root, self.ndis.NdisInvalidateOffload)
         return True
+
+    def _moving(self, vobj: VirtualObject) -> bool:
+        """Whether a next-hop change under way names `vobj`, or moves a path from it."""
+        return any(c.relink is not None and vobj in c.relink.vobjs for c in self.call_entries)
 
     def _relay_op(self, op: str, root: OffloadBlock, ndis_call: Any) -> None:
         """Each connection's block to its NIC; a neighbor's or path's to every NIC that holds
