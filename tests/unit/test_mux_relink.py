@@ -357,3 +357,45 @@ def test_an_invalidate_of_the_moving_path_waits_for_the_move() -> None:
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []
     assert st.drain_problems() == []
+
+
+def test_a_failed_nics_copy_is_left_to_the_failover() -> None:
+    """nic1 has failed (UPLOAD_ALL, spec §5.5): its connection is being asked up, and the
+    NIC holds new offloads until its RESUME. The move does not wait for it: nic0's copy
+    moves and the update completes at once; nic1's copy stays under the old neighbor's until
+    the failover's upload takes it, and the old neighbor's terminate waits for that."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    nic1 = st.under_test[2]
+    first, second = tree.tcp
+    nic1.fail_adapter()
+    st.run()
+    retrieve = (TcpOffloadEventType.TcpIndicateRetrieve, int(TcpUploadReason.UploadRequested))
+    assert [(e.handle, (e.event_type, e.info)) for e in st.top.events] == [(second, retrieve)]
+    assert _move(st, tree, n2) == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": {tree.neighbor}}
+    ok = S.NDIS_STATUS_SUCCESS
+    done = len(st.top.state_completions)
+    st.top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    assert len(st.top.state_completions) == done  # nic1's copies are still there
+    st.top.terminate(st.top.reference_tree(tree, [second], state="delegated"))
+    st.run()
+    assert [(c.op, c.statuses) for c in st.top.state_completions[done:]] == [
+        ("Terminate", [ok] * 3),
+        ("Terminate", [ok]),
+    ]
+    nic1.recover_adapter()
+    st.run()
+    del tree.wires[second.id]
+    tree.tcp.remove(second)
+    _still_carried(st, tree)
+    st.top.terminate(st.top.reference_tree(tree, [first], with_path=True, state="delegated"))
+    st.run()
+    st.top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok]
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []

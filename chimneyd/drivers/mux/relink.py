@@ -18,11 +18,14 @@ The update completes above once, when the last step is back: every block SUCCESS
 NIC did its part, else every block FAILURE with nothing moved (spec §3.4: after a failed
 update everything goes on as before, and the host deals with the objects that failed).
 
-A copy a NIC cannot take a state operation on (being terminated, or corrupt: spec §3.1, §3.7)
-is not moved: its connections are on their way up, and it stays under the old neighbor's
-copy until the MUX terminates both. While the move is under way, connections new to a moving
-path wait (`MuxIm._settling`), as does a terminate of any object in it (its copies have an
-operation below them, spec §3.1).
+A copy a NIC cannot take a state operation on (being terminated, or corrupt: spec §3.1, §3.7),
+or on a NIC that failed or was taken out (failover is asking its connections up), is not
+moved: its connections are on their way up, and it stays under the old neighbor's copy until
+the MUX terminates both; a terminate of the old neighbor from above waits for that.
+
+While the move is under way, connections new to a moving path wait (`MuxIm._settling`), as
+do a terminate of any object in it (its copies have an operation below them, spec §3.1) and
+an invalidate (`MuxIm._moving`: the move's updates must not reach an invalidated copy).
 """
 
 from __future__ import annotations
@@ -119,9 +122,15 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
             if path.parent is not None:
                 rl.vobjs.append(path.parent)
             for copy in path.instances.values():
-                # a copy being terminated, or corrupt, takes no update (spec §3.1, §3.7):
-                # its connections are going up, and it goes with the old neighbor's copy
-                if copy.lifecycle.phase is Phase.OFFLOADED:
+                # a copy being terminated, or corrupt, takes no update (spec §3.1, §3.7), and
+                # one on a NIC that failed or was taken out is left to the failover, which
+                # is asking its connections up (a failed NIC holds new offloads until its
+                # RESUME, spec §5.5: a copy of the new neighbor there would hold the move):
+                # it goes, with the old neighbor's copy, once they are up
+                lower = copy.lower
+                if copy.lifecycle.phase is Phase.OFFLOADED and not (
+                    lower.failed or lower.taken_out
+                ):
                     rl.moves.append(Move(dep, block, copy))
         for copy in neighbor.instances.values():
             if copy.lifecycle.phase is Phase.OFFLOADED:
