@@ -150,6 +150,15 @@ def start(mux: MuxIm, rl: Relink) -> None:
     """Step 1: a copy of the new neighbor on each NIC that needs one; then step 2."""
     for move in rl.moves:
         neighbor: VirtualObject = mux._context(move.neighbor_up, VirtualObject)
+        copy = neighbor.instances.get(move.path.lower.binding.id)
+        if copy is not None and copy.lifecycle.phase is not Phase.OFFLOADED:
+            # corrupt there (spec §3.7), or invalidated: it takes no paths; the update fails
+            # before anything is made or moved
+            rl.failed = True
+            finish(mux, rl)
+            return
+    for move in rl.moves:
+        neighbor = mux._context(move.neighbor_up, VirtualObject)
         lower = move.path.lower
         copy = neighbor.instances.get(lower.binding.id)
         if copy is None:
@@ -157,8 +166,6 @@ def start(mux: MuxIm, rl: Relink) -> None:
             copy.lifecycle.fire(Event.INITIATE)
             mux.table_add(copy.id, copy)
             rl.new_copies.append(copy)
-        elif copy.lifecycle.phase is not Phase.OFFLOADED:
-            rl.failed = True  # corrupt there (spec §3.7), or invalidated: it takes no paths
         move.to = copy
     for path, _ in rl.paths:
         path.relinking = True
@@ -166,9 +173,6 @@ def start(mux: MuxIm, rl: Relink) -> None:
     _touch(rl, [m.path.under for m in rl.moves if m.path.under is not None])
     _touch(rl, [m.to for m in rl.moves if m.to is not None and m.to not in rl.new_copies])
     _touch(rl, [copy for _, copy in rl.neighbors])
-    if rl.failed:
-        finish(mux, rl)
-        return
     if not rl.new_copies:
         _move(mux, rl)
         return
