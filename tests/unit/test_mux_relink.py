@@ -8,7 +8,12 @@ failed update everything goes on as before)."""
 
 from __future__ import annotations
 
-from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block
+from chimneyd.ndis.blocks import (
+    OffloadBlock,
+    PathOffloadStateCached,
+    new_neighbor_block,
+    new_path_block,
+)
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
@@ -395,6 +400,42 @@ def test_a_failed_nics_copy_is_left_to_the_failover() -> None:
     st.top.terminate(new_neighbor_block(n2.offload_handle))
     st.run()
     assert st.top.state_completions[-1].statuses == [ok]
+    mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> None:
+    """The update moving a path may also name a path already under the new neighbor, with
+    new cached values (spec §3.4 (a)): each NIC's copy of that one gets them too."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    tree = top.connection_tree([st.wires.open()])  # nic0
+    top.initiate(tree.root)
+    st.run()
+    other = top.connection_tree([st.wires.open()])  # nic1: the new neighbor, its own path
+    top.initiate(other.root)
+    st.run()
+    root = new_neighbor_block(other.neighbor)
+    root.add_dependent(new_path_block(tree.paths[0]))
+    stays = root.add_dependent(new_path_block(other.paths[0]))
+    stays.cached = PathOffloadStateCached(PathMtu=1400)
+    top.update(root)
+    st.run()
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 3
+    assert _neighbors_below(st) == {"nic0": {other.neighbor}, "nic1": {other.neighbor}}
+    (c,) = st.under_test[2].connections()
+    assert c.path.cached.PathMtu == 1400
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    top.terminate(top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    top.terminate(
+        top.reference_tree(other, None, with_path=True, with_neighbor=True, state="delegated")
+    )
+    st.run()
+    assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
     mux = st.under_test[0]
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []

@@ -114,8 +114,9 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
                 return True
             path: VirtualObject = mux._context(dep, VirtualObject)
             rl.named.append(path)
-            if path.parent is neighbor:
-                continue  # not moving: an update of its cached values alone
+            # one already under `neighbor` moves nowhere (its copies stay where they hang:
+            # `_rehang` to the same copy changes nothing), but gets its cached values all the
+            # same, in the same updates, and back if the move fails
             if path.relinking:
                 return False
             rl.paths.append((path, neighbor))
