@@ -38,6 +38,10 @@ ACTIONS = st.one_of(
     st.tuples(st.just("fail_terminate"), NIC),
     st.tuples(st.just("wait"), st.none()),  # the MUX's wait before a corrupt copy's terminate
     st.tuples(st.just("fail_nic"), NIC),  # UPLOAD_ALL (spec §5.5); again: it recovers
+    st.tuples(st.just("move_and_upload"), st.integers(0, 7)),  # a terminate overtaking it
+    # an invalidate of the path overtaking the move; the path takes no update or
+    # connection after it (spec §3.1), only its terminate at the end
+    st.tuples(st.just("move_and_invalidate"), st.none()),
 )
 OK = S.NDIS_STATUS_SUCCESS
 FAILURE = S.NDIS_STATUS_FAILURE
@@ -61,6 +65,7 @@ class Host:
         self.parent = 0  # which neighbor the path is under, as the layer above has it
         self.path = path.offload_handle
         self.live: list[NdisOffloadHandle] = []
+        self.invalidated = False  # the path: no update, no new connection under it now
         self.seen = 0  # events handled
 
     def connect_root(self) -> tuple[OffloadBlock, OffloadBlock]:
@@ -87,14 +92,22 @@ class Host:
         if statuses[0] == OK:
             self.parent = 1 - self.parent
 
-    def upload(self, handle: NdisOffloadHandle) -> None:
+    def upload_root(self, handle: NdisOffloadHandle) -> tuple[OffloadBlock, OffloadBlock]:
         root = new_neighbor_block(None)
         tcp = root.add_dependent(new_path_block(None)).add_dependent(new_tcp_block(handle))
         tcp.delegated = TcpOffloadStateDelegated()
-        self.st.top.terminate(root)
-        self.st.run()
+        return root, tcp
+
+    def uploaded(self, handle: NdisOffloadHandle, tcp: OffloadBlock) -> None:
+        assert tcp.status in (OK, FAILURE), tcp.status
         if tcp.status == OK and handle in self.live:
             self.live.remove(handle)
+
+    def upload(self, handle: NdisOffloadHandle) -> None:
+        root, tcp = self.upload_root(handle)
+        self.st.top.terminate(root)
+        self.st.run()
+        self.uploaded(handle, tcp)
 
     def react(self) -> None:
         """Upload what was asked up since last time, until nothing more is."""
@@ -124,6 +137,10 @@ def test_next_hop_changes_among_failures_keep_the_team_consistent(
     host = Host(st)
     failed: set[int] = set()
     for action, arg in actions:
+        if host.invalidated and action in ("connect", "move", "move_and_connect"):
+            continue
+        if host.invalidated and action in ("move_and_upload", "move_and_invalidate"):
+            action = "upload"
         if action == "connect":
             root, tcp = host.connect_root()
             st.top.initiate(root)
@@ -142,6 +159,28 @@ def test_next_hop_changes_among_failures_keep_the_team_consistent(
             st.run()
             host.moved(move)
             host.connected(tcp)
+        elif action == "move_and_upload":
+            move = host.move_root()
+            st.top.update(move)
+            if host.live:
+                assert arg is not None
+                handle = host.live[arg % len(host.live)]
+                root, tcp = host.upload_root(handle)
+                st.top.terminate(root)
+            st.run()
+            host.moved(move)
+            if host.live:
+                host.uploaded(handle, tcp)
+        elif action == "move_and_invalidate":
+            move = host.move_root()
+            st.top.update(move)
+            root = new_neighbor_block(None)
+            root.add_dependent(new_path_block(host.path))
+            st.top.invalidate(root)
+            st.run()
+            host.moved(move)
+            assert [b.status for b in walk(root)] == [OK, OK]
+            host.invalidated = True
         elif action == "upload":
             if host.live:
                 assert arg is not None
@@ -177,7 +216,7 @@ def test_next_hop_changes_among_failures_keep_the_team_consistent(
             for c in nic.connections():
                 copy = c.path.upper.owner
                 assert c.path.neighbor.upper.owner is copy.under
-                if copy.lifecycle.phase is Phase.OFFLOADED:
+                if copy.lifecycle.phase is Phase.OFFLOADED and not host.invalidated:
                     assert copy.under.vobj.upper is want
 
     # the end: no more faults; everything goes, connections first (spec §3.1)
