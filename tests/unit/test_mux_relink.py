@@ -11,8 +11,11 @@ from __future__ import annotations
 from chimneyd.ndis.blocks import (
     OffloadBlock,
     PathOffloadStateCached,
+    TcpOffloadStateDelegated,
     new_neighbor_block,
     new_path_block,
+    new_tcp_block,
+    walk,
 )
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
@@ -437,6 +440,47 @@ def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> 
     st.run()
     assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
     mux = st.under_test[0]
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+def test_a_move_waits_for_a_copy_of_the_new_neighbor_being_offloaded() -> None:
+    """A connection under another path of the new neighbor is being offloaded to nic0 (the
+    MUX's copy of the new neighbor there is on its way, spec §3.1) when the move arrives: it
+    waits (`stack.info` shows an `Update` deferred), then moves the path under that copy."""
+    st, tree, n2 = _two_nics()
+    assert n2.offload_handle is not None
+    mux = st.under_test[0]
+    top = st.top
+    wire = st.wires.open()
+    other = top.neighbor_block(n2.offload_handle)
+    path2 = other.add_dependent(top.path_block())
+    tcp = path2.add_dependent(top.tcp_block(wire))
+    top.initiate(other)  # round robin: nic0
+    move = new_neighbor_block(n2.offload_handle)
+    move.add_dependent(new_path_block(tree.paths[0]))
+    top.update(move)
+    waited = False
+    while st.scheduler.run_one():
+        waited = waited or mux.describe()["deferred"] == ["Update"]
+    assert waited
+    assert [c.op for c in top.state_completions[-2:]] == ["Initiate", "Update"]
+    assert tcp.status == S.NDIS_STATUS_SUCCESS
+    assert [b.status for b in walk(move)] == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _neighbors_below(st) == {"nic0": {n2.offload_handle}, "nic1": {n2.offload_handle}}
+    ok = S.NDIS_STATUS_SUCCESS
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    top.terminate(top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    assert path2.offload_handle is not None and tcp.offload_handle is not None
+    root = new_neighbor_block(n2.offload_handle)
+    last = root.add_dependent(new_path_block(path2.offload_handle))
+    last.add_dependent(new_tcp_block(tcp.offload_handle)).delegated = TcpOffloadStateDelegated()
+    top.terminate(root)
+    st.run()
+    assert all(s == ok for c in top.state_completions for s in c.statuses)
     assert mux.vobj_table == {} and mux.deferred == []
     assert st.checker.violations == []
     assert st.drain_problems() == []

@@ -627,7 +627,7 @@ class MuxIm(PassthroughIm):
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
         if self._relinks(root):
             if not self._relink(root):
-                self.deferred.append(("Relink", root))
+                self.deferred.append(("Update", root))  # a next-hop change
             return
         self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
 
@@ -851,7 +851,7 @@ class MuxIm(PassthroughIm):
             "Initiate": self._initiate,
             "Terminate": self._terminate,
             "Invalidate": self._invalidate,
-            "Relink": self._relink,
+            "Update": self._relink,  # only a next-hop change waits (`_relink`)
         }
         for op, root in deferred:
             done = retry[op](root)
