@@ -31,7 +31,7 @@ def _stack(below: str) -> Stack:
     return stack
 
 
-@pytest.mark.parametrize("below", ["nic", "im"])
+@pytest.mark.parametrize("below", ["nic", "im", "team"])
 def test_the_next_hop_change_moves_the_path_and_frees_the_old_neighbor(below: str) -> None:
     """Offload a new neighbor, relink the path under it, terminate the old one: each step
     succeeds, the connection carries on, and every table drains once it is gone."""
@@ -113,33 +113,3 @@ def test_a_neighbor_the_host_confirms_by_an_update_is_not_queried_as_stale(
     top.send(tcp, b"hello")
     st.run()
     assert len(top.offload_events) == (0 if confirmed else 1)
-
-
-def test_a_mux_fails_a_relink_and_leaves_the_path_where_it_was() -> None:
-    """The MUX does not move a path to another neighbor (each NIC's copy of the path would
-    need that NIC's copy of the new neighbor): it fails the update, every block FAILURE,
-    rather than report a move it did not make, and the objects stay as they were; the old
-    neighbor goes once the connection has (spec §3.4: a failed update changes nothing)."""
-    st = teamed_target_stack(nics=1)
-    top = st.top
-    tree = top.connection_tree([st.wires.open()])
-    top.initiate(tree.root)
-    st.run()
-    (tcp,) = tree.tcp
-    n2 = top.neighbor_block()
-    top.initiate(n2)
-    st.run()
-    root = new_neighbor_block(n2.offload_handle)
-    root.add_dependent(new_path_block(tree.paths[0]))
-    top.update(root)
-    st.run()
-    assert top.state_completions[-1].op == "Update"
-    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_FAILURE] * 2
-    top.terminate(
-        top.reference_tree(tree, [tcp], with_path=True, with_neighbor=True, state="delegated")
-    )
-    st.run()
-    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 3
-    top.terminate(new_neighbor_block(n2.offload_handle))
-    st.run()
-    assert st.drain_problems() == []
