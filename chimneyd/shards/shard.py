@@ -82,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     # serve() answers them: see Supervisor.spawn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
-    hello, leftover = read_hello(sock)
+    try:
+        hello, leftover = read_hello(sock)
+    except EOFError:
+        # the supervisor stopped (or failed to set up this shard's channel) before it said
+        # hello: there is nothing to serve or drain, and this is no fault of the shard's
+        return 0
     try:
         config = from_raw(hello["config"])
     except ConfigError as exc:  # the supervisor checked it: a bug

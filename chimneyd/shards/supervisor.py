@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,25 +236,51 @@ class Supervisor:
         shard.exited.clear()
         index = shard.index
         self.carry.started(index, gen)
-        peek = shard.peek = mine.dup()
+        # watched from its start, before any await: a stop (or its own end) that comes while
+        # its channel is being set up still sees it end, and `_on_exit` reaps it
         try:
-            _, link = await self.loop.create_unix_connection(
+            pidfd = os.pidfd_open(proc.pid)
+        except BaseException:
+            mine.close()
+            proc.kill()
+            proc.wait()
+            raise
+        self.loop.add_reader(pidfd, self._on_exit, shard, proc, pidfd)
+        try:
+            peek = shard.peek = mine.dup()
+            link = await self._connect(
+                mine,
                 lambda: ControlLink(
                     f"supervisor:{index}",
                     lambda m, p: self._on_request(index, gen, m, p),
                     lambda m, p: self._on_notification(index, gen, m, p),
                     peek.close,  # else the shard would never see its channel close
                 ),
-                sock=mine,
             )
-        except BaseException:
-            peek.close()
+        except BaseException as exc:
+            # the shard sees its channel close before its hello and ends; `_on_exit` then
+            # restarts it (a stop cancelled us: it is stopped with the others)
+            mine.close()
+            if shard.peek is not None:
+                shard.peek.close()
+                shard.peek = None
+            if isinstance(exc, OSError):
+                log.error("shard_start_failed", shard=index, pid=proc.pid, error=str(exc))
+                return
             raise
+        if shard.proc is not proc or proc.returncode is not None:
+            link.close()  # it ended meanwhile (`_on_exit` has seen to it)
+            return
         shard.link = link
         link.notify("hello", [self._hello(shard, unix_fds)])
-        pidfd = os.pidfd_open(proc.pid)
-        self.loop.add_reader(pidfd, self._on_exit, shard, proc, pidfd)
         log.info("shard_started", shard=index, pid=proc.pid, gen=gen)
+
+    async def _connect(
+        self, sock: socket.socket, factory: Callable[[], ControlLink]
+    ) -> ControlLink:
+        """The supervisor's end of a shard's control channel, served on `sock`."""
+        _, link = await self.loop.create_unix_connection(factory, sock=sock)
+        return link
 
     def _hello(self, shard: Shard, unix_fds: dict[str, int]) -> dict[str, Any]:
         raw = self.config.as_dict(redact=False)

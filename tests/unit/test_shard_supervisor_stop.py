@@ -1,0 +1,93 @@
+"""The supervisor in this process, with real shard processes (`python -m
+chimneyd.shards.shard`): a stop that lands while a restart waits for the new shard's control
+channel. The wait is held open by a `_connect` that waits for a gate, so the stop lands in
+that window every time, not by a race."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from chimneyd.config import Config, load_config
+from chimneyd.shards.link import ControlLink
+from chimneyd.shards.listen import Reservation, reserve
+from chimneyd.shards.supervisor import Supervisor
+
+#: Bounds on waits for something to happen (never timings that are asserted).
+WAIT_S = 60.0
+
+
+class GatedSupervisor(Supervisor):
+    """A supervisor whose control connects after the first `free` ones wait for `gate`."""
+
+    def __init__(self, config: Config, held: Reservation, free: int = 1) -> None:
+        super().__init__(config, held, {})
+        self.free = free
+        self.connects = 0
+        self.held_open = asyncio.Event()  # a connect is waiting for the gate
+        self.gate = asyncio.Event()
+
+    async def _connect(
+        self, sock: socket.socket, factory: Callable[[], ControlLink]
+    ) -> ControlLink:
+        self.connects += 1
+        if self.connects > self.free:
+            self.held_open.set()
+            await self.gate.wait()
+        return await super()._connect(sock, factory)
+
+
+def one_shard_config(tmp_path: Path) -> Config:
+    path = tmp_path / "chimneyd.toml"
+    # a short drain: a shard left unwatched would hold the stop this long before its kill
+    path.write_text("[rpc]\nshutdown_deadline_s = 1.0\n")
+    return load_config(path, {"rpc.listen": ["127.0.0.1:0"], "log.format": "json"})
+
+
+@contextlib.asynccontextmanager
+async def supervising(tmp_path: Path, **kw: Any) -> Any:
+    config = one_shard_config(tmp_path)
+    held = reserve(config.rpc.listen, config.rpc.unix_socket_mode)
+    sup = GatedSupervisor(config, held, **kw)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        yield sup, procs
+    finally:
+        held.close()
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+async def test_a_stop_while_a_restart_connects_reaps_the_new_shard(tmp_path: Path) -> None:
+    """README "Shards": SIGTERM drains every shard; docs/configuration.md: the stop is clean
+    (exit 0). A stop that lands between a restarted shard's start and its control channel
+    being served must still see that shard end (watched from its start), promptly and
+    cleanly, not leave it unwatched until the stop's deadline and then kill it."""
+    async with supervising(tmp_path) as (sup, procs):
+        shard = sup.shards[0]
+        with capture_logs() as logs:
+            await sup.spawn(shard)
+            assert shard.proc is not None
+            procs.append(shard.proc)
+            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
+            shard.proc.kill()  # restarted at once (the first back-off is 0)
+            await asyncio.wait_for(sup.held_open.wait(), WAIT_S)
+            second = shard.proc
+            assert second is not procs[0]
+            procs.append(second)
+            rc = await sup.stop_all()
+        stopped = [e for e in logs if e["event"] == "supervisor_stopped"]
+        exited = [e for e in logs if e["event"] == "shard_exited"]
+        assert rc == 0, (stopped, [e["event"] for e in logs])
+        assert second.returncode == 0, second.returncode
+        assert [e["pid"] for e in exited] == [second.pid], exited
+        assert stopped and stopped[0]["killed"] == [], stopped
