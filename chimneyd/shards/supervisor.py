@@ -198,9 +198,10 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(shard.exited.wait(), 5)
         self.held.close()
-        statuses = {s.index: s.proc.returncode if s.proc else None for s in self.shards}
-        ok = not killed and all(code == 0 for code in statuses.values())
-        (log.info if ok else log.error)("supervisor_stopped", exit_statuses=statuses, killed=killed)
+        codes = {s.index: s.proc.returncode if s.proc else None for s in self.shards}
+        ok = not killed and all(code == 0 for code in codes.values())
+        how = {s.index: _how(codes[s.index]) if s.proc else "never started" for s in self.shards}
+        (log.info if ok else log.error)("supervisor_stopped", how=how, killed=killed)
         return 0 if ok else 1
 
     # -- shards ----------------------------------------------------------------------------------
@@ -316,20 +317,20 @@ class Supervisor:
         self.carry.ended(shard.index, shard.gen)
         shard.exited.set()
         if self.stopping or self.stop.is_set():
-            log.info("shard_exited", shard=shard.index, pid=proc.pid, exit_status=code)
+            log.info("shard_exited", shard=shard.index, pid=proc.pid, how=_how(code))
             return
-        died = _how(code)
-        delay = shard.backoff.next(lived)
-        log.error(
-            "shard_died",
-            shard=shard.index,
-            pid=proc.pid,
-            how=died,
-            lived_s=round(lived, 1),
-            restart_in_s=delay,
-        )
+        died = {
+            "shard": shard.index,
+            "pid": proc.pid,
+            "how": _how(code),
+            "lived_s": round(lived, 1),
+        }
         if not shard.ready.is_set() and shard.gen < self.count:
-            return  # it never listened at start-up: the daemon gives up (run() sees `exited`)
+            # it never listened at start-up: the daemon gives up (run() sees `exited`)
+            log.error("shard_died", **died, then="daemon_stops")
+            return
+        delay = shard.backoff.next(lived)
+        log.error("shard_died", **died, then="restart", restart_in_s=delay)
         task = self.loop.create_task(self._restart(shard, delay))
         self.restarting.add(task)
         task.add_done_callback(self.restarting.discard)
@@ -371,7 +372,10 @@ class Supervisor:
         shard = self.shards[index]
         if method == "counts" and len(params) == 2 and isinstance(params[0], dict):
             self.carry.seen(index, gen, counts("counts", params[0]))
-            log.debug("shard_counts", shard=index, gen=gen, taken=params[1])
+            if params[0]:  # most reports change nothing: a line a second each would say nothing
+                log.debug(
+                    "shard_counts", shard=index, gen=gen, taken=params[1], changed=len(params[0])
+                )
         elif method == "ready":
             shard.state = "running"
             shard.info = dict(params[0]) if params else {}
@@ -459,8 +463,11 @@ class Supervisor:
         return "ok", answer.result
 
 
-def _how(code: int) -> str:
-    """How a process ended, from its return code (negative: the signal that killed it)."""
+def _how(code: int | None) -> str:
+    """How a process ended, from its return code (negative: the signal that killed it; None:
+    it has not ended, a kill notwithstanding)."""
+    if code is None:
+        return "not ended"
     if code >= 0:
         return f"exit status {code}"
     try:
