@@ -72,6 +72,9 @@ LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "metrics.probe_interval_ms": (10, 60_000),
     "daemon.shards": (1, INT_MAX),  # then at most SHARDS_PER_CPU per CPU (_check_daemon)
     "daemon.control_timeout_s": (0.1, 600.0),
+    # shards report every second (shards.cluster.COUNTS_INTERVAL_S): a few seconds at least, so
+    # that a shard late on a loaded machine is not taken for hung; a day in effect turns it off
+    "daemon.heartbeat_timeout_s": (5.0, 86400.0),
     "layer.max_connections": (1, 1_000_000),
 }
 
@@ -183,6 +186,9 @@ class DaemonConfig:
     # how long a request that needs every shard (stack.stats, fault.inject on a layer, ...)
     # waits for each one before it answers TIMEOUT naming the slow shard
     control_timeout_s: float = 5.0
+    # a shard silent on its control channel this long (it reports every second) is taken as
+    # hung: killed (SIGKILL) and started again, as one that died
+    heartbeat_timeout_s: float = 30.0
 
 
 #: Shards one CPU may carry at most: each is a process with its own event loop; past a few per

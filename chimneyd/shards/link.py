@@ -34,7 +34,12 @@ class ControlLink(asyncio.Protocol):
         on_request: RequestHandler,
         on_notification: NotificationHandler,
         on_lost: Callable[[], None],
+        *,
+        max_queued: int = 0,
+        on_overfull: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_overfull(queued)` is called once when what the peer has not read yet passes
+        `max_queued` bytes (0: no bound)."""
         self.name = name
         self.codec = ControlCodec()
         self.on_request = on_request
@@ -47,12 +52,17 @@ class ControlLink(asyncio.Protocol):
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
+        self.max_queued = max_queued
+        self.on_overfull = on_overfull
+        #: when the peer last sent anything (`loop.time()`): a shard reports every second
+        self.heard = self.loop.time()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.heard = self.loop.time()
         try:
             messages = self.codec.feed(data)
         except ControlError as exc:
@@ -96,7 +106,7 @@ class ControlLink(asyncio.Protocol):
         msgid = self.codec.last_msgid
         fut: asyncio.Future[Answer] = self.loop.create_future()
         self.waiting[msgid] = fut
-        self.transport.write(frame)
+        self._write(frame)
         self._arm()
         try:
             return await fut
@@ -105,7 +115,21 @@ class ControlLink(asyncio.Protocol):
 
     def notify(self, method: str, params: list[Any]) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(self.codec.notify(method, params))
+            self._write(self.codec.notify(method, params))
+
+    @property
+    def queued(self) -> int:
+        """Bytes written that the peer has not read yet (beyond what the kernel holds)."""
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _write(self, frame: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(frame)
+        if self.max_queued and self.on_overfull is not None:
+            queued = self.transport.get_write_buffer_size()
+            if queued > self.max_queued:
+                overfull, self.on_overfull = self.on_overfull, None
+                overfull(queued)
 
     def close(self) -> None:
         if self.transport is not None:
@@ -161,7 +185,7 @@ class ControlLink(asyncio.Protocol):
             frame = self.codec.respond(
                 req.msgid, [int(ErrorCode.INTERNAL), "INTERNAL: unencodable answer"], None
             )
-        self.transport.write(frame)
+        self._write(frame)
 
 
 def answer_error(answer: Answer, who: str, timeout: float) -> EngineError:

@@ -54,6 +54,19 @@ MAX_GEN = (1 << 53) // ID_SPAN - 1
 START_TIMEOUT_S = 60.0
 #: After SIGTERM a shard has `rpc.shutdown_deadline_s` plus this to exit before it is killed.
 STOP_GRACE_S = 10.0
+#: How often the supervisor looks for a hung shard (`_watch`). A look that comes more than
+#: `LATE_S` late means the supervisor itself was held up (a loaded machine, or the whole
+#: process group stopped by a Ctrl-Z and continued): what the shards sent meanwhile may be
+#: unread yet, or they were stopped too. Every shard then counts as heard at that moment.
+WATCH_INTERVAL_S = 1.0
+LATE_S = 1.0
+#: Bytes written to a shard that it has not read yet, past which the supervisor drops the
+#: events it would forward to it (its admins watching `"*"` miss them; logged), until they
+#: drain below a quarter of it: an event flood must not make a slow shard look hung.
+EVENTS_QUEUED_MAX = 8 * 1024 * 1024
+#: Past this, anything more: the shard has stopped reading its control channel; it is taken as
+#: hung (killed and restarted) rather than let the supervisor's memory grow without bound.
+MAX_QUEUED = 64 * 1024 * 1024
 
 
 @dataclass
@@ -91,6 +104,8 @@ class Shard:
     # a second descriptor of the control channel, to read what the shard wrote before it
     # ended and the loop has not read yet (`Supervisor._drain`)
     peek: socket.socket | None = None
+    hung: str = ""  # why the supervisor killed this process as hung (`Supervisor._hung`)
+    dropped: int = 0  # events not forwarded to it since its channel filled up
 
 
 class Supervisor:
@@ -100,6 +115,9 @@ class Supervisor:
         self.http = http  # "web" / "metrics" → the address shard 0 serves them on
         self.count = config.daemon.shards
         self.timeout = config.daemon.control_timeout_s
+        self.heartbeat = config.daemon.heartbeat_timeout_s
+        self.ticks = 0  # looks `_watch` has taken (tests wait on it)
+        self.watching: asyncio.Task[None] | None = None
         self.shards = [Shard(i) for i in range(self.count)]
         self.next_gen = 0
         self.watchers: set[int] = set()  # shards with an admin watching "*"
@@ -131,6 +149,7 @@ class Supervisor:
             pids=[s.proc.pid for s in self.shards if s.proc is not None],
         )
         print(f"chimneyd listening on {' '.join(addresses)}", flush=True)
+        self.watching = self.loop.create_task(self._watch())
         web, metrics = self.http.get("web"), self.http.get("metrics")
         if web:
             print(f"chimneyd web view on http://{web}/", flush=True)
@@ -173,6 +192,8 @@ class Supervisor:
     async def stop_all(self) -> int:
         """SIGTERM every shard, wait for them to drain, kill what is left; exit status."""
         self.stopping = True
+        if self.watching is not None:
+            self.watching.cancel()
         for task in self.restarting:
             task.cancel()
         deadline = self.config.rpc.shutdown_deadline_s + STOP_GRACE_S
@@ -235,6 +256,7 @@ class Supervisor:
         shard.started = time.monotonic()
         shard.ready.clear()
         shard.exited.clear()
+        shard.hung = ""
         index = shard.index
         self.carry.started(index, gen)
         # watched from its start, before any await: a stop (or its own end) that comes while
@@ -256,6 +278,10 @@ class Supervisor:
                     lambda m, p: self._on_request(index, gen, m, p),
                     lambda m, p: self._on_notification(index, gen, m, p),
                     peek.close,  # else the shard would never see its channel close
+                    max_queued=MAX_QUEUED,
+                    on_overfull=lambda queued: self._hung(
+                        shard, gen, "not_reading", queued=queued, bound=MAX_QUEUED
+                    ),
                 ),
             )
         except BaseException as exc:
@@ -315,6 +341,7 @@ class Supervisor:
             shard.peek = None
         # what it counted, as last seen, is its shard's for good (its last report included)
         self.carry.ended(shard.index, shard.gen)
+        self._dropped_until(shard, "ended")
         shard.exited.set()
         if self.stopping or self.stop.is_set():
             log.info("shard_exited", shard=shard.index, pid=proc.pid, how=_how(code))
@@ -325,6 +352,8 @@ class Supervisor:
             "how": _how(code),
             "lived_s": round(lived, 1),
         }
+        if shard.hung:
+            died["hung"] = shard.hung
         if not shard.ready.is_set() and shard.gen < self.count:
             # it never listened at start-up: the daemon gives up (run() sees `exited`)
             log.error("shard_died", **died, then="daemon_stops")
@@ -397,9 +426,77 @@ class Supervisor:
             for w in self.watchers:
                 target = self.shards[w]
                 if w != index and target.link is not None:
-                    target.link.notify("event", [index, *params])
+                    self._forward_event(target, target.link, [index, *params])
         else:
             log.warning("control_notification_unknown", shard=index, method=method)
+
+    def _forward_event(self, target: Shard, link: ControlLink, params: list[Any]) -> None:
+        """An event for `target`'s watching admins, unless its channel holds more than
+        `EVENTS_QUEUED_MAX` it has not read: then events to it are dropped (and counted) until
+        what it holds drains below a quarter of that."""
+        queued = link.queued
+        if queued > (EVENTS_QUEUED_MAX // 4 if target.dropped else EVENTS_QUEUED_MAX):
+            if not target.dropped:
+                log.warning(
+                    "shard_events_dropping",
+                    shard=target.index,
+                    queued=queued,
+                    bound=EVENTS_QUEUED_MAX,
+                )
+            target.dropped += 1
+            return
+        self._dropped_until(target, "drained")
+        link.notify("event", params)
+
+    @staticmethod
+    def _dropped_until(shard: Shard, until: str) -> None:
+        """The end of a spell of dropped events to `shard`: how many, and why it ended."""
+        if shard.dropped:
+            log.warning(
+                "shard_events_dropped", shard=shard.index, dropped=shard.dropped, until=until
+            )
+            shard.dropped = 0
+
+    # -- hung shards -------------------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Every `WATCH_INTERVAL_S`: a shard silent on its control channel (a running one
+        reports its counts every second) for `daemon.heartbeat_timeout_s` — for at least
+        `START_TIMEOUT_S` while it starts — is hung: killed and restarted (`_hung`)."""
+        last = self.loop.time()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = self.loop.time()
+            late, last = now - last - WATCH_INTERVAL_S, now
+            self.ticks += 1
+            if late > LATE_S:  # held up ourselves: nobody's silence counts meanwhile
+                for shard in self.shards:
+                    if shard.link is not None:
+                        shard.link.heard = max(shard.link.heard, now)
+                continue
+            for shard in self.shards:
+                link = shard.link
+                if link is None or shard.state == "down":
+                    continue
+                limit = self.heartbeat
+                if shard.state == "starting":
+                    limit = max(limit, START_TIMEOUT_S)
+                silent = now - link.heard
+                if silent > limit:
+                    self._hung(shard, shard.gen, "silent", silent_s=round(silent, 1), bound_s=limit)
+
+    def _hung(self, shard: Shard, gen: int, why: str, **details: Any) -> None:
+        """Kill process `gen` of `shard`, hung (`why`): `_on_exit` restarts it as one that
+        died (SIGKILL: a hung process may not answer SIGTERM; its clients' connections are
+        lost either way)."""
+        proc = shard.proc
+        if self.stopping or self.stop.is_set() or shard.gen != gen or proc is None or shard.hung:
+            return
+        if proc.returncode is not None:
+            return
+        shard.hung = why
+        log.error("shard_hung", shard=shard.index, pid=proc.pid, why=why, **details)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
 
     def _tell_forwarding(self) -> None:
         """Events flow up from every shard while any shard has an admin watching `"*"`."""

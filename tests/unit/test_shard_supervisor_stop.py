@@ -44,24 +44,31 @@ class GatedSupervisor(Supervisor):
         return await super()._connect(sock, factory)
 
 
-def one_shard_config(tmp_path: Path) -> Config:
+def shard_config(tmp_path: Path, daemon: str = "", shards: int = 1) -> Config:
+    """`shards` shards (the tests start only those they need), `daemon`: more `[daemon]` keys."""
     path = tmp_path / "chimneyd.toml"
     # a short drain: a shard left unwatched would hold the stop this long before its kill
-    path.write_text("[rpc]\nshutdown_deadline_s = 1.0\n")
-    return load_config(path, {"rpc.listen": ["127.0.0.1:0"], "log.format": "json"})
+    path.write_text(f"[rpc]\nshutdown_deadline_s = 1.0\n[daemon]\n{daemon}\n")
+    overrides = {"rpc.listen": ["127.0.0.1:0"], "log.format": "json", "daemon.shards": shards}
+    return load_config(path, overrides)
 
 
 @contextlib.asynccontextmanager
-async def supervising(tmp_path: Path, **kw: Any) -> Any:
-    config = one_shard_config(tmp_path)
+async def supervising(tmp_path: Path, daemon: str = "", shards: int = 1, **kw: Any) -> Any:
+    """A `GatedSupervisor` (`kw`) on a held RPC port; at the end every shard process it
+    started is killed and the port released."""
+    config = shard_config(tmp_path, daemon, shards)
     held = reserve(config.rpc.listen, config.rpc.unix_socket_mode)
     sup = GatedSupervisor(config, held, **kw)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         yield sup, procs
     finally:
+        sup.stopping = True  # no restart from here on
+        for task in [*sup.restarting, *([sup.watching] if sup.watching else [])]:
+            task.cancel()
         held.close()
-        for proc in procs:
+        for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
