@@ -219,9 +219,18 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(shard.exited.wait(), 5)
         self.held.close()
-        codes = {s.index: s.proc.returncode if s.proc else None for s in self.shards}
-        ok = not killed and all(code == 0 for code in codes.values())
-        how = {s.index: _how(codes[s.index]) if s.proc else "never started" for s in self.shards}
+        # a shard that had died before the stop (its restart waiting out a back-off) had
+        # nothing to drain: its death was logged then (`shard_died`), the stop is clean
+        ok = not killed and all(s.proc is not None for s in self.shards)
+        ok = ok and all(s.proc.returncode == 0 for s in live if s.proc is not None)
+        how: dict[int, str] = {}
+        for s in self.shards:
+            if s.proc is None:
+                how[s.index] = "never started"
+            elif any(s is x for x in live):
+                how[s.index] = _how(s.proc.returncode)
+            else:
+                how[s.index] = f"{_how(s.proc.returncode)}, before the stop"
         (log.info if ok else log.error)("supervisor_stopped", how=how, killed=killed)
         return 0 if ok else 1
 

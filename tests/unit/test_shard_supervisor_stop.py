@@ -98,3 +98,25 @@ async def test_a_stop_while_a_restart_connects_reaps_the_new_shard(tmp_path: Pat
         assert second.returncode == 0, second.returncode
         assert [e["pid"] for e in exited] == [second.pid], exited
         assert stopped and stopped[0]["killed"] == [], stopped
+
+
+async def test_a_stop_while_a_restart_waits_out_its_back_off_is_clean(tmp_path: Path) -> None:
+    """docs/configuration.md: SIGTERM stops the daemon cleanly (exit 0). A shard that died
+    earlier and waits out its back-off (`Backoff`) when the stop comes has nothing to drain:
+    the stop is as clean as when the restart came first (that shard's death was logged as it
+    happened, `shard_died`)."""
+    async with supervising(tmp_path) as (sup, procs):
+        shard = sup.shards[0]
+        with capture_logs() as logs:
+            await sup.spawn(shard)
+            assert shard.proc is not None
+            procs.append(shard.proc)
+            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
+            shard.backoff.delay = shard.backoff.most  # it has died young before: a long wait
+            shard.proc.kill()
+            await asyncio.wait_for(shard.exited.wait(), WAIT_S)
+            assert sup.restarting  # waiting out the back-off
+            rc = await sup.stop_all()
+        stopped = [e for e in logs if e["event"] == "supervisor_stopped"]
+        assert rc == 0, stopped
+        assert stopped[0]["how"] == {0: "signal SIGKILL, before the stop"}, stopped
