@@ -33,7 +33,7 @@ from chimneyd.api import (
 )
 from chimneyd.observe.aggregate import changed, counts
 
-from .link import ControlLink, answer_error
+from .link import EVENTS_QUEUED_MAX, ControlLink, answer_error
 
 log = structlog.get_logger("chimneyd.shards")
 
@@ -62,6 +62,7 @@ class Cluster:
         self._forwarding: Callable[[], None] | None = None
         self._reporting: asyncio.Task[None] | None = None
         self._reported: dict[str, Any] = {}  # the counts as the supervisor has them
+        self._dropped = 0  # events not sent up since the supervisor's unread passed the bound
 
     async def connect(self, sock: socket.socket, leftover: bytes, engine: EngineAPI) -> None:
         """Serve the control channel on `sock` (`leftover`: bytes read after the hello)."""
@@ -210,13 +211,28 @@ class Cluster:
             link = self.link
 
             def up(conn: int, event: str, info: dict[str, Any]) -> None:
-                if link is not None:
+                if link is not None and self._room(link):
                     link.notify("event", [conn, event, info])
 
             self._forwarding = self.engine.subscribe(None, up)
         elif not on and self._forwarding is not None:
             self._forwarding()
             self._forwarding = None
+
+    def _room(self, link: ControlLink) -> bool:
+        """Whether an event may go up: not while the supervisor has `EVENTS_QUEUED_MAX` unread
+        (held up or stuck: its watching admins miss them, logged), until that drains below a
+        quarter of it."""
+        queued = link.queued
+        if queued > (EVENTS_QUEUED_MAX // 4 if self._dropped else EVENTS_QUEUED_MAX):
+            if not self._dropped:
+                log.warning("shard_events_up_dropping", queued=queued, bound=EVENTS_QUEUED_MAX)
+            self._dropped += 1
+            return False
+        if self._dropped:
+            log.warning("shard_events_up_dropped", dropped=self._dropped)
+            self._dropped = 0
+        return True
 
     def _on_lost(self) -> None:
         self.link = None

@@ -21,6 +21,12 @@ from .control import Answer, ControlCodec, ControlError, Notification, Request
 
 log = structlog.get_logger("chimneyd.shards")
 
+#: Events (for admins watching `"*"`) are not written to a peer that has this much unread:
+#: they are dropped, and counted, until what it holds drains below a quarter of it. Both ends
+#: forward them (shard → supervisor → the watching shards); a flood must neither grow the
+#: writer's memory without bound nor make a slow peer look hung.
+EVENTS_QUEUED_MAX = 8 * 1024 * 1024
+
 RequestHandler = Callable[[str, list[Any]], Awaitable[Any] | Any]
 NotificationHandler = Callable[[str, list[Any]], None]
 
@@ -202,4 +208,10 @@ def answer_error(answer: Answer, who: str, timeout: float) -> EngineError:
     return EngineError(code, f"{who}: {detail}")
 
 
-__all__ = ["ControlLink", "NotificationHandler", "RequestHandler", "answer_error"]
+__all__ = [
+    "EVENTS_QUEUED_MAX",
+    "ControlLink",
+    "NotificationHandler",
+    "RequestHandler",
+    "answer_error",
+]

@@ -38,7 +38,7 @@ from chimneyd.observe.aggregate import COUNTED, CounterCarry, counts, plus
 from chimneyd.observe.logging import reopen
 from chimneyd.runtime.signals import HANDLED_SIGNALS
 
-from .link import ControlLink
+from .link import EVENTS_QUEUED_MAX, ControlLink
 from .listen import Reservation
 
 log = structlog.get_logger("chimneyd.shards")
@@ -60,11 +60,8 @@ STOP_GRACE_S = 10.0
 #: unread yet, or they were stopped too. Every shard then counts as heard at that moment.
 WATCH_INTERVAL_S = 1.0
 LATE_S = 1.0
-#: Bytes written to a shard that it has not read yet, past which the supervisor drops the
-#: events it would forward to it (its admins watching `"*"` miss them; logged), until they
-#: drain below a quarter of it: an event flood must not make a slow shard look hung.
-EVENTS_QUEUED_MAX = 8 * 1024 * 1024
-#: Past this, anything more: the shard has stopped reading its control channel; it is taken as
+#: Past `EVENTS_QUEUED_MAX` unread, events to a shard are dropped (its admins watching `"*"`
+#: miss them; logged). Past this, anything more: the shard has stopped reading its control channel; it is taken as
 #: hung (killed and restarted) rather than let the supervisor's memory grow without bound.
 MAX_QUEUED = 64 * 1024 * 1024
 
