@@ -13,7 +13,9 @@ Lifecycle: SIGTERM or SIGINT → every shard gets SIGTERM and drains within
 `rpc.shutdown_deadline_s` (a shard still there well after that is killed); SIGHUP → the log
 file is reopened here and in every shard; a shard that dies is logged (`shard_died`) and started
 again after a back-off (`Backoff`), with a new range of ids; the kernel has closed its clients'
-connections already. If the supervisor itself goes, the shards see their control channel close
+connections already. A shard silent on its control channel for `daemon.heartbeat_timeout_s`
+(it reports every second), or that leaves `MAX_QUEUED` unread, is hung: killed (`shard_hung`)
+and restarted the same way (`_watch`, `_hung`). If the supervisor itself goes, the shards see their control channel close
 and stop.
 """
 
@@ -61,8 +63,9 @@ STOP_GRACE_S = 10.0
 WATCH_INTERVAL_S = 1.0
 LATE_S = 1.0
 #: Past `EVENTS_QUEUED_MAX` unread, events to a shard are dropped (its admins watching `"*"`
-#: miss them; logged). Past this, anything more: the shard has stopped reading its control channel; it is taken as
-#: hung (killed and restarted) rather than let the supervisor's memory grow without bound.
+#: miss them; logged). Past this much unread of anything, the shard has stopped reading its
+#: control channel: it is taken as hung (killed and restarted) rather than let the
+#: supervisor's memory grow without bound.
 MAX_QUEUED = 64 * 1024 * 1024
 
 
@@ -275,6 +278,7 @@ class Supervisor:
             proc.wait()
             raise
         self.loop.add_reader(pidfd, self._on_exit, shard, proc, pidfd)
+        peek: socket.socket | None = None
         try:
             peek = shard.peek = mine.dup()
             link = await self._connect(
@@ -294,9 +298,10 @@ class Supervisor:
             # the shard sees its channel close before its hello and ends; `_on_exit` then
             # restarts it (a stop cancelled us: it is stopped with the others)
             mine.close()
-            if shard.peek is not None:
-                shard.peek.close()
-                shard.peek = None
+            if peek is not None:
+                peek.close()
+                if shard.peek is peek:
+                    shard.peek = None
             if isinstance(exc, OSError):
                 log.error("shard_start_failed", shard=index, pid=proc.pid, error=str(exc))
                 return

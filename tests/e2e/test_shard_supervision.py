@@ -35,7 +35,8 @@ async def test_a_hung_shard_is_killed_and_restarted_while_the_other_serves_on(
     channel that long (SIGSTOP; a running one reports every second) is killed and started
     again like one that died (README "Shards"), logged `shard_hung` then `shard_died`; the
     other shard's clients carry on, and the daemon still stops cleanly."""
-    with sharded(tmp_path, "[daemon]\nheartbeat_timeout_s = 5.0\n") as d:
+    # 10 s: shard 0, alive, is never that silent even on a loaded machine
+    with sharded(tmp_path, "[daemon]\nheartbeat_timeout_s = 10.0\n") as d:
         async with closing(await on_shards(d)) as c:
             victim = shard_pid(await c[0].stack_info(), 1)
             os.kill(victim, signal.SIGSTOP)
@@ -44,7 +45,7 @@ async def test_a_hung_shard_is_killed_and_restarted_while_the_other_serves_on(
             await restarted(c[0], 1, victim)
             (hung,) = await asyncio.to_thread(d.wait_events, "shard_hung", 1, RESTART_WAIT_S)
             assert (hung["shard"], hung["pid"], hung["why"]) == (1, victim, "silent"), hung
-            assert hung["silent_s"] > 5.0 and hung["bound_s"] == 5.0, hung
+            assert hung["silent_s"] >= 10.0 and hung["bound_s"] == 10.0, hung  # (rounded)
             (died,) = d.events_named("shard_died")
             assert died["how"] == "signal SIGKILL" and died["hung"] == "silent", died
             assert died["then"] == "restart", died
