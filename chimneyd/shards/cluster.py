@@ -178,10 +178,13 @@ class Cluster:
             return
         try:
             now: dict[str, Any] = self.local("counts")
+            link.notify("counts", [changed(now, self._reported), time.monotonic()])
         except Exception as exc:  # a bug: the next report tries again
             log.error("shard_counts_failed", exc_info=exc)
+            # an empty report all the same: the supervisor takes a shard silent for
+            # `daemon.heartbeat_timeout_s` for hung, and this one is alive
+            link.notify("counts", [{}, time.monotonic()])
             return
-        link.notify("counts", [changed(now, self._reported), time.monotonic()])
         self._reported = now
 
     async def _report_every(self) -> None:

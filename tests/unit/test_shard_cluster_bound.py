@@ -1,6 +1,7 @@
-"""A shard's side of the control channel (`Cluster`) when the supervisor stops reading it
-(the supervisor held up or stuck): the events the shard forwards up for admins watching
-`"*"` must not grow the shard's memory without bound."""
+"""A shard's side of the control channel (`Cluster`): when the supervisor stops reading it
+(held up or stuck), the events the shard forwards up for admins watching `"*"` must not grow
+the shard's memory without bound; and its reports, by which the supervisor knows it alive,
+go on whatever a bug does to its counters."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from structlog.testing import capture_logs
 
 from chimneyd.api import EngineAPI
 from chimneyd.shards.cluster import Cluster
+from chimneyd.shards.control import ControlCodec, Notification
 from chimneyd.shards.link import ControlLink
 
 #: README "Shards": events to a peer with this much unread are dropped
@@ -76,6 +78,31 @@ async def test_events_forwarded_to_a_supervisor_that_does_not_read_are_bounded()
             engine.callback(0, "closed", {})
         (dropped,) = [e for e in logs if e["event"] == "shard_events_up_dropped"]
         assert dropped["dropped"] > 0, dropped
+    finally:
+        cluster.close()
+        supervisors.close()
+
+
+async def test_a_shard_whose_counts_fail_still_shows_it_is_alive() -> None:
+    """The supervisor takes a shard silent for `daemon.heartbeat_timeout_s` for hung and kills
+    it; a shard reports its counters every second. A bug that makes reading them fail (logged,
+    `shard_counts_failed`) must not make a live shard silent, and so killed every 30 s."""
+    ours, supervisors = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    cluster = Cluster(0, 2, 1.0)
+
+    def broken(what: str, arg: Any) -> Any:
+        raise RuntimeError(f"a bug in {what}")
+
+    cluster.parts = broken
+    try:
+        await cluster.connect(ours, b"", cast(EngineAPI, OneSubscriber()))
+        with capture_logs() as logs:
+            cluster.report()
+        assert [e["event"] for e in logs] == ["shard_counts_failed"], logs
+        supervisors.settimeout(10.0)
+        (frame,) = ControlCodec().feed(supervisors.recv(1 << 16))
+        assert isinstance(frame, Notification) and frame.method == "counts", frame
+        assert frame.params[0] == {}, frame
     finally:
         cluster.close()
         supervisors.close()
