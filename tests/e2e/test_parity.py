@@ -634,6 +634,37 @@ async def abortive_over_pending_graceful(
     return t
 
 
+async def offload_held_behind_fin(
+    c: AsyncClient, conn: int, s: socket.socket, ev: list[str]
+) -> Transcript:
+    """A graceful disconnect waits behind bytes the peer does not read and an offload is asked:
+    offloaded it is answered at once; in the host it waits for the FIN's ACK. What comes after
+    does not wait behind it: a send and a second graceful disconnect are refused, an abortive
+    one resets (docs/rpc.md tcp.offload, tcp.disconnect). The offload's own answer is
+    placement, not compared: only that it comes."""
+    stop_reading(s)
+    t: Transcript = []
+    sending = asyncio.ensure_future(outcome(c.call("tcp.send", conn, b"o" * (2 * 1024 * 1024))))
+    await asyncio.sleep(0.3)
+    graceful = asyncio.ensure_future(outcome(c.call("tcp.disconnect", conn)))
+    await asyncio.sleep(0.3)
+    offloading = asyncio.ensure_future(outcome(c.call("tcp.offload", conn)))
+    await asyncio.sleep(0.3)
+    for call in (
+        ("tcp.send", conn, b"x"),
+        ("tcp.disconnect", conn),
+        ("tcp.disconnect", conn, True),
+    ):
+        t.append(await answered_within(asyncio.ensure_future(outcome(c.call(*call))), 5))
+    r = await answered_within(sending, 5)
+    t.append(r[0] if isinstance(r, tuple) else r)
+    t.append(await answered_within(graceful, 5))
+    t.append(await answered_within(offloading, 5) != "no answer")
+    t.append(await outcome(c.call("tcp.recv", conn, 10, 1000)))
+    t.append(await outcome(c.call("tcp.close", conn)))
+    return t
+
+
 async def waitall_holding(c: AsyncClient, conn: int, s: socket.socket) -> asyncio.Future[Any]:
     """A waitall read of 10 bytes, pending once the peer's first 3 (`abc`) have arrived."""
     pending = asyncio.ensure_future(
@@ -812,6 +843,7 @@ SCENARIOS: dict[str, Scenario] = {
     "rst_behind_unread": rst_behind_unread,
     "waitall_pending_then_close": waitall_pending_then_close,
     "waitall_partial_then_abortive": waitall_partial_then_abortive,
+    "offload_held_behind_fin": offload_held_behind_fin,
 }
 
 

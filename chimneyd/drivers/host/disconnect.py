@@ -13,7 +13,7 @@ from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 
-from ..queues import grown
+from ..queues import NO_ITEMS, grown
 from . import adapter, receive, send, terminate
 from .tcb import AppError, Done, Tcb
 
@@ -62,6 +62,7 @@ def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
             graceful(S.NDIS_STATUS_REQUEST_ABORTED.name, None)
         done(SUCCESS.name, None)
         receive.serve(h, tcb)
+        fin_wait_over(h, tcb)  # an offload held for the FIN's ACK: refused, reset (§5.1)
         return
     tcb.lifecycle.fire(Event.FIN_SENT)
     _host_fin(tcb, done)
@@ -100,7 +101,16 @@ def fin_acked(h: HostStack, tcb: Tcb) -> None:
     assert done is not None
     tcb.lifecycle.fire(Event.FIN_ACKED)
     done(SUCCESS.name, None)
-    h.run_deferred(tcb)  # an offload asked for meanwhile
+    fin_wait_over(h, tcb)  # an offload asked for meanwhile
+    h.run_deferred(tcb)
+
+
+def fin_wait_over(h: HostStack, tcb: Tcb) -> None:
+    """The host's FIN no longer waits for its ACK (acknowledged, or the connection was reset
+    or closed): the offloads asked meanwhile go on, or are refused, in the order asked."""
+    held, tcb.after_fin = tcb.after_fin, NO_ITEMS
+    for fn in held:
+        fn()
 
 
 def complete(h: HostStack, nbl: NetBufferList) -> None:
@@ -183,5 +193,6 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     h.emit(tcb.conn_id, "closed", {})
     tcb.wire.disown()  # the socket is closed: nothing it tells goes to this TCB any more
     done(True, None)
+    fin_wait_over(h, tcb)
     while tcb.deferred:
         tcb.deferred.pop(0)()

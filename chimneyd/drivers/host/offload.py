@@ -72,8 +72,10 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = 
         tcb.offload_done = grown(tcb.offload_done, done)
         return
     if tcb.disconnect_done is not None and not (tcb.wire.closed or tcb.reset):
-        # the host's own FIN waits for its ACK: offload once the disconnect is over
-        tcb.deferred = grown(tcb.deferred, lambda: request(h, tcb, target, done, pin))
+        # the host's own FIN waits for its ACK: offload once the disconnect is over. Not in
+        # `deferred`: the connection is the host's until then, and a send, a disconnect or an
+        # abortive close asked meanwhile is answered now, as offloaded (spec §4.5)
+        tcb.after_fin = grown(tcb.after_fin, lambda: request(h, tcb, target, done, pin))
         return
     binding = h.binding_for(target)
     if binding is None:

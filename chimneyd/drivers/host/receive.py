@@ -21,7 +21,7 @@ from chimneyd.ndis.status import NdisStatus
 from ..queues import grown
 from ..segment import TH_FIN, TH_RST
 from ..wire import may_read_again
-from . import offload, send
+from . import disconnect, offload, send
 from .tcb import TIMED_OUT, AppError, Done, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -333,11 +333,12 @@ def ordinary_path(
 
 
 def _after_rst(h: HostStack, tcb: Tcb) -> None:
-    """Requests held for the end of a graceful disconnect (an offload waits for the host's
-    FIN to be acknowledged, and the requests after it behind it) are answered once an RST
-    has killed the connection: no ACK will come. Done here, where the socket's news enters
-    the host, not inside an upload's hand-back, which replays them when it is over."""
+    """Offloads held for the end of a graceful disconnect (waiting for the host's FIN to be
+    acknowledged) are answered once an RST has killed the connection: no ACK will come. Done
+    here, where the socket's news enters the host, not inside an upload's hand-back, which
+    replays what it held when it is over."""
     if tcb.reset:
+        disconnect.fin_wait_over(h, tcb)
         h.run_deferred(tcb)
 
 

@@ -185,8 +185,9 @@ class HostStack(DriverLayer):
 
     def run_deferred(self, tcb: Tcb) -> None:
         """Replay requests that waited for a transition, in order, until one starts another.
-        Each is replayed once per call: one that must wait again (an offload while the host's
-        FIN waits for its ACK) defers itself anew, to the next transition, not to this loop."""
+        Each is replayed once per call: one that must wait again defers itself anew, to the
+        next transition, not to this loop (an offload while the host's FIN waits for its ACK
+        waits apart, in `Tcb.after_fin`)."""
         if tcb.replaying:
             return
         tcb.replaying = True

@@ -94,6 +94,7 @@ class Tcb(Lifecycle):
     """Transmission control block of one connection; its own `Lifecycle`."""
 
     __slots__ = (
+        "after_fin",
         "app_rx",
         "app_rx_bytes",
         "binding",
@@ -186,6 +187,10 @@ class Tcb(Lifecycle):
         # requests that wait for the connection to change hands, replayed in order
         self.deferred: list[Callable[[], None]] = NO_ITEMS
         self.replaying = False
+        # offloads asked while the host's own FIN waits for its ACK (`offload.request`): the
+        # connection stays the host's until then, so they are kept apart from `deferred` and
+        # nothing the application asks after them waits behind them (`disconnect.fin_wait_over`)
+        self.after_fin: list[Callable[[], None]] = NO_ITEMS
         # an offload asked and not issued yet: the connection stays the host's, its traffic
         # flowing, until the host puts it in an initiate (spec §3.9: IDLE until then)
         self.initiate_queued = False
