@@ -206,8 +206,16 @@ class WireSocket(asyncio.Protocol):
         # host strings shared among connections: ten thousand copies of "127.0.0.1" add up
         host, port = transport.get_extra_info("sockname")[:2]
         self.local = (sys.intern(host), port)
-        host, port = transport.get_extra_info("peername")[:2]
-        self.remote = (sys.intern(host), port)
+        peer = transport.get_extra_info("peername")
+        if peer is None:
+            # the peer reset it before we accepted it: Linux's accept(2) returns it all the
+            # same (state CLOSE), and reading it gives the bytes that came before the RST,
+            # then the reset; only getpeername fails (ENOTCONN), so the peer's address is not
+            # known: the unspecified address and port 0 say so (docs/rpc.md tcp.accept)
+            self.remote = ("::" if ":" in host else "0.0.0.0", 0)
+        else:
+            host, port = peer[:2]
+            self.remote = (sys.intern(host), port)
         # one getsockopt per connection: what the kernel counts before any byte of ours
         self._acked_base = self._kernel_acked_count()
         if self.on_made is not None:
