@@ -108,6 +108,11 @@ def _refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
     and again when the connection's turn in an initiate comes, as it may have changed."""
     if tcb.lifecycle.phase is Phase.CLOSED or tcb.reset or tcb.wire.closed:
         return AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed")
+    if not tcb.wire.remote[1]:
+        # the peer reset it before it was accepted and its address is unknown (port 0): the
+        # target finds a socket by its 4-tuple (spec §3.2.3), which every such connection on
+        # a listener shares, so it could carry this one over another's socket
+        return AppError("INVALID_STATE", f"connection {tcb.conn_id} was reset before accept")
     if tcb.lifecycle.phase is not Phase.IDLE:
         return AppError("INVALID_STATE", f"connection {tcb.conn_id} is {tcb.state}")
     if binding.id in h.paused:
