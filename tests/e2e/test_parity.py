@@ -9,14 +9,17 @@ the documented `path: "host"` in event info, `tcp.offload`'s answer under a faul
 
 A plain run (about 35 s on two cores) compares the scenarios of EVERY_MODE with all five modes
 and those of ONE_MODE with one mode each; `CHIMNEYD_PARITY_MATRIX=full` compares every scenario
-with every mode (`make parity`; about three minutes on two cores). Cases whose fault leaves a NIC
-coming back get a daemon of their own; the others share one per module."""
+with every mode (`make parity`; about three minutes on two cores), and adds accepted
+connections the peer resets at each place they wait (ACCEPT_SCENARIOS: a listener that offloads
+what it accepts against one that does not). Cases whose fault leaves a NIC coming back get a
+daemon of their own; the others share one per module."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,7 +29,7 @@ import pytest
 
 from chimney_client import AsyncClient, RpcError
 from tests.e2e.conftest import daemon_factory
-from tests.e2e.support import HOST, Daemon, HandPeer
+from tests.e2e.support import HOST, Daemon, HandPeer, settled, wait_until
 
 Transcript = list[Any]
 Scenario = Callable[[AsyncClient, int, socket.socket, list[str]], Awaitable[Transcript]]
@@ -955,3 +958,152 @@ async def test_accepted_connection_look_alike(shared_daemon: Daemon, offload: bo
         ], t
     finally:
         await c.close()
+
+
+# -- accepted connections and resets -------------------------------------------------------------
+# Each runs on a listener that offloads what it accepts and on one that does not, and the two
+# transcripts are compared, as the matrix above compares modes of a connected one. The peer's
+# RST comes at each place an accepted connection can wait: in the kernel's accept queue, in the
+# listener's queue (accepted, offloaded or not, no `tcp.accept` yet), or while a `tcp.accept`
+# waits. Only with CHIMNEYD_PARITY_MATRIX=full.
+AcceptScenario = Callable[[AsyncClient, Daemon, int, int], Awaitable[Transcript]]
+
+
+def peer_connect(port: int, data: bytes = b"", fin: bool = False) -> socket.socket:
+    s = socket.create_connection((HOST, port), timeout=10)
+    if data:
+        s.sendall(data)
+    if fin:
+        s.shutdown(socket.SHUT_WR)
+    return s
+
+
+async def pending_is(c: AsyncClient, lid: int, n: int) -> None:
+    async def there() -> bool:
+        return bool((await c.tcp_listener_info(lid))["pending"] == n)
+
+    await wait_until(there)
+
+
+async def after_reset(c: AsyncClient, conn: int) -> Transcript:
+    """What a client sees of a connection its peer reset: reads, a send, disconnects, close."""
+    t: Transcript = []
+    for _ in range(3):
+        r = await outcome(c.call("tcp.recv", conn, 100, 3000))
+        t.append(r)
+        if not isinstance(r, bytes) or not r:
+            break
+    t.append(await outcome(c.call("tcp.send", conn, b"x")))
+    t.append(await outcome(c.call("tcp.disconnect", conn)))
+    t.append(await outcome(c.call("tcp.disconnect", conn, True)))
+    t.append(await outcome(c.call("tcp.close", conn)))
+    return t
+
+
+async def reset_in_kernel_queue(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
+    """The peer sends and resets before the daemon took the connection from the kernel (held
+    stopped meanwhile)."""
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        peer_reset(peer_connect(port, b"early"))
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    conn = await c.tcp_accept(lid, 10_000)
+    return await after_reset(c, conn)
+
+
+async def reset_while_pending(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
+    """The daemon holds the connection (offloaded on an offloading listener) when the peer
+    sends and resets; `tcp.accept` comes after."""
+    s = peer_connect(port)
+    await pending_is(c, lid, 1)
+    await asyncio.sleep(0.3)  # the listener's offload done (a settle, not an assertion)
+    s.sendall(b"early")
+    peer_reset(s)
+    await asyncio.sleep(0.3)
+    conn = await c.tcp_accept(lid, 10_000)
+    return await after_reset(c, conn)
+
+
+async def fin_then_reset_while_pending(
+    c: AsyncClient, d: Daemon, lid: int, port: int
+) -> Transcript:
+    s = peer_connect(port, b"bye", fin=True)
+    await pending_is(c, lid, 1)
+    await asyncio.sleep(0.3)
+    peer_reset(s)
+    await asyncio.sleep(0.3)
+    conn = await c.tcp_accept(lid, 10_000)
+    return await after_reset(c, conn)
+
+
+async def reset_while_accept_waits(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
+    accepting = asyncio.ensure_future(c.tcp_accept(lid, 10_000))
+    await asyncio.sleep(0.3)
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        peer_reset(peer_connect(port, b"early"))
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    return await after_reset(c, await accepting)
+
+
+ACCEPT_SCENARIOS: dict[str, AcceptScenario] = {
+    "reset_in_kernel_queue": reset_in_kernel_queue,
+    "reset_while_pending": reset_while_pending,
+    "fin_then_reset_while_pending": fin_then_reset_while_pending,
+    "reset_while_accept_waits": reset_while_accept_waits,
+}
+
+
+async def run_accept(d: Daemon, offload: bool, scenario: AcceptScenario) -> Transcript:
+    c = await AsyncClient.connect(d.address, call_timeout=60.0)
+    events: list[str] = []
+    c.on_tcp_event(lambda conn, event, info: None if event in _PLACEMENT else events.append(event))
+    await c.events_subscribe("*")
+    try:
+        lid = await c.tcp_listen(HOST, 0, offload=offload)
+        port = (await c.tcp_listener_info(lid))["port"]
+        t = await scenario(c, d, lid, port)
+        await asyncio.sleep(0.2)  # late events (a settle)
+        t.append(("pending", (await c.tcp_listener_info(lid))["pending"]))
+        t.append(("events", events))
+        return t
+    finally:
+        await c.close()
+
+
+# defined only for the full matrix: an empty parameter set would be a skip in a plain run
+if FULL_MATRIX:
+
+    @pytest.mark.parametrize("name", sorted(ACCEPT_SCENARIOS))
+    async def test_accepted_and_reset_look_alike(shared_daemon: Daemon, name: str) -> None:
+        offloaded = await run_accept(shared_daemon, True, ACCEPT_SCENARIOS[name])
+        host = await run_accept(shared_daemon, False, ACCEPT_SCENARIOS[name])
+        assert host == offloaded, f"\noffloaded: {offloaded}\nhost: {host}"
+        async with await shared_daemon.aclient() as c:
+            await settled(c.stack_stats)  # nothing of them left
+
+    @pytest.mark.parametrize("offload", [True, False])
+    async def test_reset_connections_nobody_accepted_go_with_their_client(
+        shared_daemon: Daemon, offload: bool
+    ) -> None:
+        """Connections reset in the kernel's accept queue and in the listener's, never accepted:
+        they are closed with their listener when its client leaves, and nothing of them is left."""
+        d = shared_daemon
+        c = await AsyncClient.connect(d.address, call_timeout=60.0)
+        lid = await c.tcp_listen(HOST, 0, offload=offload)
+        port = (await c.tcp_listener_info(lid))["port"]
+        os.kill(d.proc.pid, signal.SIGSTOP)
+        try:
+            peer_reset(peer_connect(port, b"one"))
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        await pending_is(c, lid, 1)
+        s = peer_connect(port, b"two")
+        await pending_is(c, lid, 2)
+        peer_reset(s)
+        await c.close()
+        async with await d.aclient() as admin:
+            stats = await settled(admin.stack_stats)
+        assert stats["engine"]["wires"] == 0 and stats["engine"]["listeners"] == 0, stats
