@@ -55,3 +55,15 @@ def test_a_send_and_a_second_disconnect_after_the_fin_do_not_wait_behind_the_off
     assert offloading.done, offloading
     assert rig.call(rig.host.app_close, conn).value is True
     assert rig.problems() == []
+
+
+def test_a_close_answers_the_offload_held_for_the_fin() -> None:
+    """`tcp.close` ends the wait for the FIN's ACK too: the held offload is refused (the
+    connection is closed), the graceful disconnect and the send fail, each answered once."""
+    rig, conn, sending, graceful, offloading = _fin_waiting_with_offload_held()
+    assert rig.call(rig.host.app_close, conn).value is True
+    assert sending.error is not None and ABORTED.name in sending.error.detail, sending
+    assert graceful.value == ABORTED.name, graceful
+    assert offloading.error is not None and offloading.error.symbol == "INVALID_STATE"
+    assert conn not in rig.host.tcbs and not rig.host.pending_initiates
+    assert rig.problems() == []
