@@ -17,6 +17,7 @@ daemon of their own; the others share one per module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -966,7 +967,35 @@ async def test_accepted_connection_look_alike(shared_daemon: Daemon, offload: bo
 # RST comes at each place an accepted connection can wait: in the kernel's accept queue, in the
 # listener's queue (accepted, offloaded or not, no `tcp.accept` yet), or while a `tcp.accept`
 # waits. Only with CHIMNEYD_PARITY_MATRIX=full.
-AcceptScenario = Callable[[AsyncClient, Daemon, int, int], Awaitable[Transcript]]
+class Accepting:
+    """One accept scenario's listener: the client, its daemon, the listener and its port, and
+    every event its connections had so far (placement ones too), in order."""
+
+    def __init__(self, c: AsyncClient, d: Daemon, offload: bool) -> None:
+        self.c, self.d, self.offload = c, d, offload
+        self.lid = self.port = 0
+        self.seen: list[str] = []
+
+    async def event(self, name: str) -> None:
+        """Until the listener's connection had the event `name` (each scenario has one)."""
+
+        async def there() -> bool:
+            return name in self.seen
+
+        await wait_until(there)
+
+    @contextlib.contextmanager
+    def daemon_held(self) -> Iterator[None]:
+        """The daemon stopped (SIGSTOP) for the block: what the peer does meanwhile, the
+        kernel alone handles, and the connection waits in the kernel's accept queue."""
+        os.kill(self.d.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.d.proc.pid, signal.SIGCONT)
+
+
+AcceptScenario = Callable[[Accepting], Awaitable[Transcript]]
 
 
 def peer_connect(port: int, data: bytes = b"", fin: bool = False) -> socket.socket:
@@ -1000,52 +1029,44 @@ async def after_reset(c: AsyncClient, conn: int) -> Transcript:
     return t
 
 
-async def reset_in_kernel_queue(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
-    """The peer sends and resets before the daemon took the connection from the kernel (held
-    stopped meanwhile)."""
-    os.kill(d.proc.pid, signal.SIGSTOP)
-    try:
-        peer_reset(peer_connect(port, b"early"))
-    finally:
-        os.kill(d.proc.pid, signal.SIGCONT)
-    conn = await c.tcp_accept(lid, 10_000)
-    return await after_reset(c, conn)
+async def reset_in_kernel_queue(a: Accepting) -> Transcript:
+    """The peer sends and resets before the daemon took the connection from the kernel."""
+    with a.daemon_held():
+        peer_reset(peer_connect(a.port, b"early"))
+    conn = await a.c.tcp_accept(a.lid, 10_000)
+    return await after_reset(a.c, conn)
 
 
-async def reset_while_pending(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
-    """The daemon holds the connection (offloaded on an offloading listener) when the peer
+async def reset_while_pending(a: Accepting) -> Transcript:
+    """The daemon holds the connection (offloaded, on an offloading listener) when the peer
     sends and resets; `tcp.accept` comes after."""
-    s = peer_connect(port)
-    await pending_is(c, lid, 1)
-    await asyncio.sleep(0.3)  # the listener's offload done (a settle, not an assertion)
+    s = peer_connect(a.port)
+    await pending_is(a.c, a.lid, 1)
+    if a.offload:
+        await a.event("offloaded")
     s.sendall(b"early")
     peer_reset(s)
-    await asyncio.sleep(0.3)
-    conn = await c.tcp_accept(lid, 10_000)
-    return await after_reset(c, conn)
+    await a.event("TcpIndicateAbort")
+    conn = await a.c.tcp_accept(a.lid, 10_000)
+    return await after_reset(a.c, conn)
 
 
-async def fin_then_reset_while_pending(
-    c: AsyncClient, d: Daemon, lid: int, port: int
-) -> Transcript:
-    s = peer_connect(port, b"bye", fin=True)
-    await pending_is(c, lid, 1)
-    await asyncio.sleep(0.3)
+async def fin_then_reset_while_pending(a: Accepting) -> Transcript:
+    s = peer_connect(a.port, b"bye", fin=True)
+    await pending_is(a.c, a.lid, 1)
+    await a.event("TcpIndicateDisconnect")
     peer_reset(s)
-    await asyncio.sleep(0.3)
-    conn = await c.tcp_accept(lid, 10_000)
-    return await after_reset(c, conn)
+    await a.event("TcpIndicateAbort")
+    conn = await a.c.tcp_accept(a.lid, 10_000)
+    return await after_reset(a.c, conn)
 
 
-async def reset_while_accept_waits(c: AsyncClient, d: Daemon, lid: int, port: int) -> Transcript:
-    accepting = asyncio.ensure_future(c.tcp_accept(lid, 10_000))
-    await asyncio.sleep(0.3)
-    os.kill(d.proc.pid, signal.SIGSTOP)
-    try:
-        peer_reset(peer_connect(port, b"early"))
-    finally:
-        os.kill(d.proc.pid, signal.SIGCONT)
-    return await after_reset(c, await accepting)
+async def reset_while_accept_waits(a: Accepting) -> Transcript:
+    accepting = asyncio.ensure_future(a.c.tcp_accept(a.lid, 10_000))
+    await asyncio.sleep(0.3)  # the accept waiting (a settle: it takes the connection either way)
+    with a.daemon_held():
+        peer_reset(peer_connect(a.port, b"early"))
+    return await after_reset(a.c, await accepting)
 
 
 ACCEPT_SCENARIOS: dict[str, AcceptScenario] = {
@@ -1058,16 +1079,16 @@ ACCEPT_SCENARIOS: dict[str, AcceptScenario] = {
 
 async def run_accept(d: Daemon, offload: bool, scenario: AcceptScenario) -> Transcript:
     c = await AsyncClient.connect(d.address, call_timeout=60.0)
-    events: list[str] = []
-    c.on_tcp_event(lambda conn, event, info: None if event in _PLACEMENT else events.append(event))
+    a = Accepting(c, d, offload)
+    c.on_tcp_event(lambda conn, event, info: a.seen.append(event))
     await c.events_subscribe("*")
     try:
-        lid = await c.tcp_listen(HOST, 0, offload=offload)
-        port = (await c.tcp_listener_info(lid))["port"]
-        t = await scenario(c, d, lid, port)
-        await asyncio.sleep(0.2)  # late events (a settle)
-        t.append(("pending", (await c.tcp_listener_info(lid))["pending"]))
-        t.append(("events", events))
+        a.lid = await c.tcp_listen(HOST, 0, offload=offload)
+        a.port = (await c.tcp_listener_info(a.lid))["port"]
+        t = await scenario(a)
+        await a.event("closed")
+        t.append(("pending", (await c.tcp_listener_info(a.lid))["pending"]))
+        t.append(("events", [e for e in a.seen if e not in _PLACEMENT]))
         return t
     finally:
         await c.close()
@@ -1092,17 +1113,22 @@ if FULL_MATRIX:
         they are closed with their listener when its client leaves, and nothing of them is left."""
         d = shared_daemon
         c = await AsyncClient.connect(d.address, call_timeout=60.0)
+        a = Accepting(c, d, offload)
+        c.on_tcp_event(lambda conn, event, info: a.seen.append(event))
+        await c.events_subscribe("*")
         lid = await c.tcp_listen(HOST, 0, offload=offload)
         port = (await c.tcp_listener_info(lid))["port"]
-        os.kill(d.proc.pid, signal.SIGSTOP)
-        try:
+        with a.daemon_held():
             peer_reset(peer_connect(port, b"one"))
-        finally:
-            os.kill(d.proc.pid, signal.SIGCONT)
         await pending_is(c, lid, 1)
         s = peer_connect(port, b"two")
         await pending_is(c, lid, 2)
         peer_reset(s)
+
+        async def both_reset() -> bool:
+            return a.seen.count("TcpIndicateAbort") == 2
+
+        await wait_until(both_reset)
         await c.close()
         async with await d.aclient() as admin:
             stats = await settled(admin.stack_stats)
