@@ -32,6 +32,11 @@ def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) 
         c.lifecycle.fire(Event.RESET)
         c.wire.abort()  # RST: the only RST a target may originate
         send.fail_sends(t, c, ABORTED)
+        if c.disconnect_nbl is not None:
+            # an earlier graceful disconnect: its FIN can never be acknowledged now, and it
+            # was posted first, so it completes REQUEST_ABORTED before this one (spec §4.5)
+            complete(t, c, ABORTED)
+            send.release_refusals(t, c)  # disconnects refused behind it, before this one
         receive.stop_push(t, c)
         nbl.status = SUCCESS
         nbl.tcp_offload_bytes_transferred = 0
