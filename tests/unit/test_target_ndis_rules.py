@@ -7,6 +7,10 @@ deterministic (no sockets, no sleeps)."""
 
 from __future__ import annotations
 
+import pytest
+
+from chimneyd.drivers.segment import TH_ACK, TH_RST, build_segment
+from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpDisconnectFlags, TcpOffloadEventType
@@ -72,3 +76,56 @@ def test_abortive_disconnect_ends_a_pending_graceful_disconnect_as_aborted() -> 
     assert abortive.status == S.NDIS_STATUS_SUCCESS  # the RST went out
     assert c.top.completed("disconnect") == [graceful, abortive]
     assert graceful.status == S.NDIS_STATUS_REQUEST_ABORTED
+
+
+# -- segments the host forwards are checked as segments from the wire (spec §4.6, §5.2) ------------
+def _segment(c: Conn, offset: int, flags: int, payload: bytes = b"") -> bytes:
+    """A TCP segment from the peer at stream offset `offset`, acknowledging everything sent
+    (a valid ACK number), header first as a forward carries it (spec §4.6)."""
+    w = c.wire
+    ack = seq(w.isn, w.bytes_written)
+    return build_segment(w.remote[1], w.local[1], seq(w.irs, offset), ack, flags, payload)
+
+
+@pytest.mark.parametrize("offset", [1000, -1000, 1 << 30], ids=["ahead", "behind", "far"])
+def test_a_forwarded_rst_not_at_rcvnxt_does_not_abort_the_connection(offset: int) -> None:
+    """Spec §5.2, blind-reset mitigation: only an RST exactly at RcvNxt is acceptable and
+    leads to TcpIndicateAbort; one in the window but elsewhere gets a challenge ACK, one
+    outside it is dropped. A forwarded segment is processed like one from the wire (§4.6);
+    while the socket is alive, the peer answers a challenge ACK with an ordinary ACK, so the
+    connection carries on whatever the RST's sequence number."""
+    c = Conn().offload()
+    (fwd,) = c.top.forward(c.handle, _segment(c, offset, TH_RST | TH_ACK))
+    c.st.run()
+    assert fwd.status == S.NDIS_STATUS_SUCCESS
+    assert c.events() == []  # no TcpIndicateAbort
+    (nbl,) = c.send(b"still usable")
+    c.wire.ack()
+    c.st.run()
+    assert nbl.status == S.NDIS_STATUS_SUCCESS
+
+
+def test_a_forwarded_rst_at_rcvnxt_aborts_the_connection() -> None:
+    """Spec §5.1, §5.2: an RST at RcvNxt is acceptable: TcpIndicateAbort, and the outstanding
+    sends complete REQUEST_ABORTED."""
+    c = Conn().offload()
+    (data,) = c.send(b"not acknowledged")
+    c.top.forward(c.handle, _segment(c, 0, TH_RST | TH_ACK))
+    c.st.run()
+    assert c.events() == [(TcpOffloadEventType.TcpIndicateAbort, 0)]
+    assert data.status == S.NDIS_STATUS_REQUEST_ABORTED
+
+
+def test_a_forwarded_rst_ahead_on_a_dead_socket_aborts_the_connection() -> None:
+    """Spec §5.2 [EMU]: the socket the kernel closed on the peer's reset (the news reached the
+    host, which forwards the RST) means the peer holds no connection: it would answer the
+    challenge ACK with an RST at RcvNxt, so an RST off RcvNxt aborts as well — the
+    connection does not hang waiting for an RST that will never come again."""
+    c = Conn().offload()
+    c.wire.set_owner(None, None)  # the socket's news goes to the host
+    c.wire.peer_reset()
+    c.st.run()
+    assert c.events() == []  # the target was not told
+    c.top.forward(c.handle, _segment(c, 1000, TH_RST | TH_ACK))
+    c.st.run()
+    assert c.events() == [(TcpOffloadEventType.TcpIndicateAbort, 0)]

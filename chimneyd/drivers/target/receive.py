@@ -102,7 +102,7 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         sequence, flags, payload = parse_segment(raw)
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
         if flags & TH_RST:
-            peer_reset(t, c)
+            forwarded_rst(t, c, offset)
         else:
             segment(t, c, offset, payload, flags)
         # marked taken once it is: a segment a failure cut short goes back (`fail_forward`)
@@ -110,6 +110,20 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         nbl.tcp_offload_bytes_transferred = nbl.data_length
         nbl.advance(nbl.data_length)
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
+
+
+def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
+    """A forwarded RST at stream `offset`, checked as one from the wire (spec §4.6) by the
+    blind-reset rules (spec §5.2): only one exactly at RcvNxt is acceptable and aborts. One in
+    the window gets a challenge ACK, one outside it is dropped; the connection carries on.
+    [EMU] chimneyd's target cannot put an ACK of its own on the kernel's socket: what a
+    challenge ACK would bring back is decided by the socket. Still open, the peer's kernel
+    holds the connection and answers with an ordinary ACK: nothing changes. Closed (the
+    kernel saw the connection die, the news the host forwards this RST for), the peer would
+    answer the challenge ACK, or the next segment sent after a dropped RST, with an RST at
+    RcvNxt: acceptable, so it aborts now."""
+    if offset == c.rx.rcv_nxt or c.wire.closed:
+        peer_reset(t, c)
 
 
 def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
