@@ -81,6 +81,33 @@ def test_root_failure_stops_the_walk() -> None:
     assert nic.stats.handles == 0 and st.drain_problems() == []
 
 
+def test_a_failed_second_neighbor_does_not_stop_the_walk() -> None:
+    """Spec §3.2.4: the walk stops only when the *root* block cannot be offloaded; a later
+    block that fails takes its dependents with it and the walk goes on to its next sibling,
+    so that as many connections as possible are offloaded (§3.2.2). In N1 → N2 → N3 (three
+    neighbor siblings, each with a path and a connection), N2 failing must not keep N3 from
+    being tried."""
+    st, top = _stack()
+    (nic,) = st.under_test
+    roots: list[OffloadBlock] = []
+    tcps: list[OffloadBlock] = []
+    for _ in range(3):
+        n = top.neighbor_block()
+        p = n.add_dependent(top.path_block())
+        tcps.append(p.add_dependent(_tcp(st)))
+        if roots:
+            roots[-1].next_block = n
+        roots.append(n)
+    fail_next(nic, "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE, skip=1)
+    _initiate(st, roots[0])
+    n1, n2, n3 = roots
+    assert (n1.status, tcps[0].status) == (S.NDIS_STATUS_SUCCESS, S.NDIS_STATUS_SUCCESS)
+    assert (n2.status, tcps[1].status) == (S.NDIS_STATUS_FAILURE, S.NDIS_STATUS_FAILURE)
+    # N3 was tried and offloaded
+    assert (n3.status, tcps[2].status) == (S.NDIS_STATUS_SUCCESS, S.NDIS_STATUS_SUCCESS)
+    assert nic.stats.handles == 6 and top.slot_errors == []
+
+
 def test_capacity_gives_tcp_entries_and_linkers_reuse_objects() -> None:
     st = loopback_target_stack(max_connections=1)
     top = st.top

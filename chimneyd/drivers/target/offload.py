@@ -61,7 +61,8 @@ def _initiate_list(
     new: list[Context],
     is_root: bool = False,
 ) -> tuple[int, int]:
-    """Offload `first` and its siblings depth first; returns (offloaded, failed) counts."""
+    """Offload `first` and its siblings depth first; returns (offloaded, failed) counts.
+    With `is_root`, `first` is the tree's root block, whose failure stops the walk."""
     ok = failed = 0
     block = first
     while block is not None:
@@ -84,8 +85,10 @@ def _initiate_list(
         else:
             failed += 1
             _fail_subtree(block.dependent_block_list)
-            if is_root:
-                # the root could not be offloaded: stop the walk (spec §3.2.4)
+            if is_root and block is first:
+                # the root could not be offloaded: stop the walk (spec §3.2.4). Only the root:
+                # a later sibling of it fails with its dependents, and the walk goes on, so
+                # that as many connections as possible are offloaded (spec §3.2.2)
                 _fail_subtree(block.next_block)
                 return ok, failed + 1
         block = block.next_block
