@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_RST, build_segment
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_URG, build_segment
 from chimneyd.drivers.tcp import seq
+from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.ndis.status import TcpDisconnectFlags, TcpOffloadEventType
+from chimneyd.ndis.status import TcpDisconnectFlags, TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing import MemoryWire, OffloadTree, Stack
 from chimneyd.testing.factories import loopback_target_stack
 
@@ -49,9 +50,13 @@ class Conn:
         self.st.run()
         return nbls
 
-    def terminate(self) -> None:
-        self.top.terminate(self.top.reference_tree(self.tree, state="delegated"))
+    def terminate(self) -> OffloadBlock:
+        """Terminate the connection; its TCP block, holding what was handed back."""
+        root = self.top.reference_tree(self.tree, state="delegated")
+        self.top.terminate(root)
         self.st.run()
+        (block,) = [b for b in walk(root) if b.kind is BlockKind.TCP]
+        return block
 
     def events(self) -> list[tuple[TcpOffloadEventType, int]]:
         return [(e.event_type, e.info) for e in self.top.events]
@@ -129,3 +134,63 @@ def test_a_forwarded_rst_ahead_on_a_dead_socket_aborts_the_connection() -> None:
     c.top.forward(c.handle, _segment(c, 1000, TH_RST | TH_ACK))
     c.st.run()
     assert c.events() == [(TcpOffloadEventType.TcpIndicateAbort, 0)]
+
+
+URGENT = (TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.ReceivedUrgentData)
+
+
+def test_forwarded_urgent_data_asks_for_the_upload_and_is_not_delivered() -> None:
+    """Spec §5.2, urgent data: an in-window segment with URG and a valid ACK makes the target
+    ask for a mandatory upload (ReceivedUrgentData) and hold the urgent data for the host
+    (the ordinary path at the terminate): it does not deliver it through the chimney, not
+    into a posted request either."""
+    c = Conn().offload()
+    (post,) = c.top.receive(c.handle, 10)  # a posted request the urgent byte must not go into
+    c.st.run()
+    (fwd,) = c.top.forward(c.handle, _segment(c, 0, TH_URG | TH_ACK | TH_PSH, b"!"))
+    c.st.run()
+    assert fwd.status == S.NDIS_STATUS_SUCCESS
+    assert c.events() == [URGENT]
+    assert c.top.received_data(c.handle) == b""
+    assert post.status == S.NDIS_STATUS_PENDING
+
+
+def test_urgent_data_and_what_follows_go_up_the_ordinary_path_at_the_terminate() -> None:
+    """Spec §5.2: the bytes before the urgent data are delivered as usual; the urgent data
+    and every segment after it (the peer's later bytes and FIN) are queued, nothing of them
+    is delivered or handed back as BufferedData, and at the terminate they go up the
+    ordinary path (§4.7) in the order they came; the host puts them in order by offset."""
+    c = Conn().offload()
+    c.wire.peer_send(b"before")
+    c.st.run()
+    c.top.forward(c.handle, _segment(c, 6, TH_URG | TH_ACK, b"URG"))
+    c.st.run()
+    assert c.events() == [URGENT]
+    # the socket's bytes from the same offset on: the forwarded segment's again, then more
+    # (a forward and the wire are two roads to one stream, spec §4.6)
+    c.wire.peer_send(b"URGafter")
+    c.wire.peer_fin()
+    c.st.run()
+    assert c.top.received_data(c.handle) == b"before"
+    block = c.terminate()
+    assert block.delegated is not None and block.delegated.BufferedData is None
+    up = [(off, data, bool(flags & TH_FIN)) for _, off, data, flags in c.top.ordinary]
+    assert up == [(6, b"URG", False), (6, b"URGafter", False), (14, b"", True)]
+
+
+def test_urgent_data_outside_the_window_or_with_a_bad_ack_is_dropped() -> None:
+    """Spec §5.2: a segment with URG whose sequence number is outside the window, or whose
+    ACK acknowledges bytes never sent, is dropped and the connection carries on: no upload
+    request, nothing delivered or held."""
+    c = Conn().offload()
+    w = c.wire
+    far = _segment(c, 1 << 30, TH_URG | TH_ACK, b"!")
+    bad_ack = build_segment(
+        w.remote[1], w.local[1], seq(w.irs, 0), seq(w.isn, w.bytes_written + 100), TH_URG, b"!"
+    )
+    c.top.forward(c.handle, far, bad_ack)
+    c.st.run()
+    assert c.events() == []
+    c.wire.peer_send(b"ok")
+    c.st.run()
+    assert c.top.received_data(c.handle) == b"ok"

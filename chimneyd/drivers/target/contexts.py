@@ -122,6 +122,8 @@ class TcpContext(Lifecycle):
         "trace",
         "unacked",
         "upper",
+        "urgent_at",
+        "urgent_held",
         "user_timeout_set",
         "wire",
     )
@@ -161,6 +163,10 @@ class TcpContext(Lifecycle):
         # TcpIndicateDisconnect has been raised (or the host knew of the FIN before the offload)
         self.fin_indicated = False
         self.paused = False  # reading stopped: the buffered bytes reached their bound
+        # urgent data (spec §5.2): the stream offset from which received segments are held for
+        # the ordinary path at the terminate instead of delivered, and those segments
+        self.urgent_at: int | None = None
+        self.urgent_held: list[tuple[int, memoryview, int]] = NO_ITEMS
         # send side (spec §4.1, §4.5): NBLs written but not yet acknowledged, with their offsets
         self.unacked: list[tuple[NetBufferList, int, int]] = NO_ITEMS
         self.disconnect_nbl: NetBufferList | None = None

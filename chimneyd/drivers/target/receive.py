@@ -18,8 +18,8 @@ from chimneyd.ndis.lifecycle import LIVE, Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
 
-from ..queues import grown
-from ..segment import TH_FIN, TH_PSH, TH_RST, parse_segment
+from ..queues import NO_ITEMS, grown
+from ..segment import TH_FIN, TH_PSH, TH_RST, TH_URG, parse_segment
 from ..tcp import offset_of
 from ..wire import may_read_again
 from . import adapter, disconnect, events, send, terminate
@@ -103,6 +103,8 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
         if flags & TH_RST:
             forwarded_rst(t, c, offset)
+        elif flags & TH_URG:
+            urgent(t, c, offset, payload, flags, int.from_bytes(raw[8:12], "big"))
         else:
             segment(t, c, offset, payload, flags)
         # marked taken once it is: a segment a failure cut short goes back (`fail_forward`)
@@ -124,6 +126,60 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     RcvNxt: acceptable, so it aborts now."""
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
+
+
+def urgent(
+    t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int, ack: int
+) -> None:
+    """A segment with URG (spec §5.2): one whose sequence number is outside the window or
+    whose ACK is not valid is dropped, and the connection carries on. Otherwise the target
+    asks for the mandatory upload (`ReceivedUrgentData`) and delivers nothing from the urgent
+    data on: it and every later segment are held and go up the ordinary path at the
+    terminate (`hand_up_held`), where the host hands them to the application in order."""
+    if c.lifecycle.tcp is TcpState.RESET or not _acceptable(c, offset, len(data), ack):
+        return
+    if c.urgent_at is None:
+        at = c.urgent_at = max(offset, c.rx.rcv_nxt)
+        _hold_ooo_from(c, at)
+        events.request_upload(t, c, TcpUploadReason.ReceivedUrgentData)
+    segment(t, c, offset, data, flags)
+
+
+def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
+    """Sequence and ACK checks of an arriving segment: some of it in the receive window
+    (`RcvNxt` to `RcvNxt + RcvWnd`, the window as the delegated state gives it, spec §2.2),
+    and it acknowledges nothing that was never sent."""
+    wire = c.wire
+    if offset_of(wire.isn, ack, wire.bytes_written) > wire.bytes_written + wire.eof_written:
+        return False
+    rcv_nxt = c.rx.rcv_nxt
+    window = max(1, c.rcv_bound - c.buffered_bytes)
+    return offset + max(length, 1) > rcv_nxt and offset < rcv_nxt + window
+
+
+def _hold_ooo_from(c: TcpContext, at: int) -> None:
+    """Out-of-order segments at or after the urgent data are held with it: once the gap
+    before them filled, they would otherwise be delivered past it."""
+    ooo = c.rx.ooo
+    if not ooo:
+        return
+    for o in sorted(ooo):
+        piece, fl = ooo[o]
+        if o + len(piece) <= at:
+            continue
+        del ooo[o]
+        if o < at:
+            ooo[o] = (piece[: at - o], fl)
+            piece, o = piece[at - o :], at
+        c.urgent_held = grown(c.urgent_held, (o, piece, fl))
+
+
+def hand_up_held(t: OffloadTarget, c: TcpContext) -> None:
+    """At the terminate: the segments held from the urgent data on go up the ordinary path
+    (spec §5.2, §4.7), in the order they arrived; the host puts them in order by offset."""
+    held, c.urgent_held = c.urgent_held, NO_ITEMS
+    for off, view, flags in held:
+        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, off, bytes(view), flags)
 
 
 def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
@@ -149,6 +205,14 @@ def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flag
     fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""
     if c.lifecycle.tcp is TcpState.RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
+    at = c.urgent_at
+    if at is not None and (offset + len(data) > at or flags & TH_FIN):
+        # from the urgent data on, nothing is delivered through the chimney (spec §5.2)
+        cut = min(max(0, at - offset), len(data))
+        c.urgent_held = grown(c.urgent_held, (offset + cut, data[cut:], flags))
+        data, flags = data[:cut], flags & ~TH_FIN
+        if not data:
+            return
     ready, fin_now = c.rx.segment(offset, data, flags, bool(flags & TH_FIN))
     for piece, fl in ready:
         c.buffered = grown(c.buffered, piece)

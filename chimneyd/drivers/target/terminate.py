@@ -178,6 +178,7 @@ def _hand_back(t: OffloadTarget, c: TcpContext, block: OffloadBlock) -> None:
     # path, where the host puts it in order by offset. [EMU]
     for off, view, flags in c.rx.drain_ooo():
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, off, bytes(view), flags)
+    receive.hand_up_held(t, c)  # urgent data and what followed it (spec §5.2)
     fin = c.rx.fin
     if fin is not None and fin > c.rx.rcv_nxt:
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, fin, b"", TH_FIN)
