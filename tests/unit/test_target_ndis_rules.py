@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_URG, build_segment
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG, build_segment
 from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
 from chimneyd.ndis.nbl import NetBufferList
@@ -194,3 +194,32 @@ def test_urgent_data_outside_the_window_or_with_a_bad_ack_is_dropped() -> None:
     c.wire.peer_send(b"ok")
     c.st.run()
     assert c.top.received_data(c.handle) == b"ok"
+
+
+def test_a_forwarded_syn_at_rcvnxt_asks_for_the_upload() -> None:
+    """Spec §5.2: an in-order SYN (sequence number equal to RcvNxt) in any state but
+    TIME_WAIT makes the target give the connection up: it asks the host for the upload (a
+    mandatory reason, so later I/O is refused UPLOAD_IN_PROGRESS, §3.6.4)."""
+    c = Conn().offload()
+    c.top.forward(c.handle, _segment(c, 0, TH_SYN))
+    c.st.run()
+    assert c.events() == [
+        (TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.UploadRequested)
+    ]
+    (late,) = c.send(b"after the SYN")
+    assert late.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+
+
+@pytest.mark.parametrize("offset", [1000, -1000], ids=["ahead", "behind"])
+def test_a_forwarded_syn_not_at_rcvnxt_is_dropped(offset: int) -> None:
+    """Spec §5.2: a SYN in the window but out of order gets a challenge ACK, one outside it an
+    ACK; neither gives the connection up, and the target cannot send either on the kernel's
+    socket: the connection carries on."""
+    c = Conn().offload()
+    c.top.forward(c.handle, _segment(c, offset, TH_SYN))
+    c.st.run()
+    assert c.events() == []
+    (nbl,) = c.send(b"still usable")
+    c.wire.ack()
+    c.st.run()
+    assert nbl.status == S.NDIS_STATUS_SUCCESS

@@ -19,7 +19,7 @@ from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
 
 from ..queues import NO_ITEMS, grown
-from ..segment import TH_FIN, TH_PSH, TH_RST, TH_URG, parse_segment
+from ..segment import TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG, parse_segment
 from ..tcp import offset_of
 from ..wire import may_read_again
 from . import adapter, disconnect, events, send, terminate
@@ -103,6 +103,8 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
         if flags & TH_RST:
             forwarded_rst(t, c, offset)
+        elif flags & TH_SYN:
+            forwarded_syn(t, c, offset)
         elif flags & TH_URG:
             urgent(t, c, offset, payload, flags, int.from_bytes(raw[8:12], "big"))
         else:
@@ -126,6 +128,17 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     RcvNxt: acceptable, so it aborts now."""
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
+
+
+def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
+    """A forwarded SYN (spec §5.2): one in order (at RcvNxt) in any state but TIME_WAIT makes
+    the target give the connection up, so it asks for the upload (mandatory, `UploadRequested`:
+    the pages name no reason for it). One elsewhere would get an ACK or a challenge ACK, which
+    the target cannot send on the kernel's socket: it is dropped. [EMU] The connection goes
+    back in the state it is in, not CLOSED: a forward copies what the host read from the
+    socket, and the kernel that owns the real connection has answered the real SYN itself."""
+    if offset == c.rx.rcv_nxt and c.lifecycle.tcp is not TcpState.TIME_WAIT:
+        send.ask_upload(t, c)
 
 
 def urgent(
