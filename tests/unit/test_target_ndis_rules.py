@@ -83,6 +83,25 @@ def test_abortive_disconnect_ends_a_pending_graceful_disconnect_as_aborted() -> 
     assert graceful.status == S.NDIS_STATUS_REQUEST_ABORTED
 
 
+# -- statuses after the target asked for the upload (spec §3.6.4, §5.2) -----------------------------
+def test_io_after_a_timeout_upload_request_completes_upload_in_progress() -> None:
+    """Spec §4.1, §4.2: REQUEST_ABORTED is for a connection on which an RST arrived (the host
+    then drops the data); spec §3.6.4: I/O reaching a target that asked for a mandatory
+    upload completes UPLOAD_IN_PROGRESS. A kernel timeout raises TcpIndicateRetrieve
+    (TimeoutExpiration) and no abort (§5.2): no RST came, so later I/O is not aborted."""
+    c = Conn().offload()
+    c.wire.kernel_timeout()
+    c.st.run()
+    assert c.events() == [
+        (TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.TimeoutExpiration)
+    ]
+    (late,) = c.send(b"after the upload request")
+    (post,) = c.top.receive(c.handle, 10)
+    c.st.run()
+    assert late.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+    assert post.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+
+
 # -- segments the host forwards are checked as segments from the wire (spec §4.6, §5.2) ------------
 def _segment(c: Conn, offset: int, flags: int, payload: bytes = b"") -> bytes:
     """A TCP segment from the peer at stream offset `offset`, acknowledging everything sent

@@ -119,6 +119,7 @@ class TcpContext(Lifecycle):
         "rt_reset",
         "rx",
         "send_failed",
+        "timed_out",
         "trace",
         "unacked",
         "upper",
@@ -174,6 +175,9 @@ class TcpContext(Lifecycle):
         # a send this target failed (a `fail_next` fault): the stream has a hole there, so
         # nothing after it goes on the wire and the host gets the connection back (spec §4.1)
         self.send_failed = False
+        # the kernel gave up on the connection (spec §5.2 TimeoutExpiration): dead as after an
+        # RST, but no RST came, so I/O is refused as during an upload, not aborted (§3.6.4)
+        self.timed_out = False
         # I/O refused (spec §3.6.4, §5.1) while earlier I/O of its kind is still outstanding:
         # (kind, NBL chain, status), completed once that earlier I/O is (completion order)
         self.held_refusals: list[tuple[str, NetBufferList, NdisStatus]] = NO_ITEMS

@@ -71,6 +71,7 @@ def wire_timeout(t: OffloadTarget, c: TcpContext) -> None:
     if c.lifecycle.tcp is TcpState.RESET:
         return
     c.lifecycle.fire(Event.RESET)  # no RST was seen, but the connection is as dead
+    c.timed_out = True
     stop_push(t, c)
     events.request_upload(t, c, TcpUploadReason.TimeoutExpiration)
 

@@ -34,10 +34,14 @@ UPLOAD_STATUSES = frozenset(
 def refusal(c: TcpContext) -> NdisStatus | None:
     """The status new I/O gets instead of being processed, if any: REQUEST_ABORTED once the
     connection is reset or its hardware state lost (spec §5.1, §3.7), UPLOAD_IN_PROGRESS once an
-    upload is under way or mandatory (spec §3.6.4), or the object invalidated (spec §3.5)."""
+    upload is under way or mandatory (spec §3.6.4), or the object invalidated (spec §3.5). A
+    connection the kernel gave up on is dead too, but no RST came: its mandatory upload
+    request (`TimeoutExpiration`) makes it UPLOAD_IN_PROGRESS (spec §5.2)."""
     lc = c.lifecycle
-    if lc.tcp is TcpState.RESET or lc.phase is Phase.FAILED:
+    if lc.phase is Phase.FAILED:
         return ABORTED
+    if lc.tcp is TcpState.RESET:
+        return S.NDIS_STATUS_UPLOAD_IN_PROGRESS if c.timed_out else ABORTED
     if lc.phase in UPLOAD_PENDING:
         return S.NDIS_STATUS_UPLOAD_IN_PROGRESS
     return None
