@@ -16,7 +16,8 @@ from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpDisconnectFlags, TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing import MemoryWire, OffloadTree, Stack
-from chimneyd.testing.factories import loopback_target_stack
+from chimneyd.testing.factories import fail_next, loopback_target_stack
+from chimneyd.testing.hostrig import HostRig, Reply
 
 GRACEFUL = TcpDisconnectFlags.TCP_DISCONNECT_GRACEFUL_CLOSE
 ABORTIVE = TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE
@@ -100,6 +101,56 @@ def test_io_after_a_timeout_upload_request_completes_upload_in_progress() -> Non
     c.st.run()
     assert late.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
     assert post.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+
+
+# -- hardware failure (spec §3.7) -------------------------------------------------------------------
+def test_after_a_hardware_failure_every_outstanding_send_completes_request_aborted() -> None:
+    """Spec §3.7 step 4: when the host terminates a connection whose hardware state was found
+    corrupt, the target completes the outstanding sends with NDIS_STATUS_REQUEST_ABORTED in
+    *each* NBL. A send the peer acknowledged meanwhile (the corrupt target did not process
+    the ACK) does not come back SUCCESS; it still reports every byte transferred."""
+    c = Conn().offload()
+    (nic,) = c.st.under_test
+    (data,) = c.send(b"sent before the corruption")
+    fail_next(nic, "MiniportQueryOffload", S.NDIS_STATUS_FAILURE)
+    c.top.query(c.top.reference_tree(c.tree, state="delegated"))
+    c.st.run()
+    assert [e for e, _ in c.events()] == [
+        TcpOffloadEventType.TcpIndicateRetrieve,
+        TcpOffloadEventType.TcpIndicateAbort,
+    ]
+    assert c.top.completed("send") == []  # still outstanding
+    c.wire.ack()  # the peer's kernel acknowledges the bytes meanwhile
+    c.st.run()
+    assert c.top.completed("send") == []  # a corrupt target does not process the ACK
+    c.terminate()
+    assert c.top.completed("send") == [data]
+    assert data.status == S.NDIS_STATUS_REQUEST_ABORTED
+    assert data.tcp_offload_bytes_transferred == len(b"sent before the corruption")
+
+
+def test_the_host_learns_every_byte_of_a_send_aborted_after_a_hardware_failure() -> None:
+    """Spec §3.7, §4.1: the host drops a send completed REQUEST_ABORTED — the connection is
+    aborted — and tells the application how many bytes the peer acknowledged: all of them
+    here, so nothing the peer got is reported lost. The checker sees no §9 violation."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    payload = b"acknowledged while the hardware state was lost"
+    sent = Reply()
+    rig.host.app_send(conn, payload, sent)
+    rig.run()
+    assert not sent.done
+    fail_next(rig.target, "MiniportQueryOffload", S.NDIS_STATUS_FAILURE)
+    query = Reply()
+    rig.host.app_query(conn, query)
+    rig.host.after_batch()  # the query goes down first, then the peer's ACK arrives
+    wire.ack()
+    rig.run()
+    assert sent.done and "NDIS_STATUS_REQUEST_ABORTED" in str(sent.error)
+    assert f"acknowledged {len(payload)} bytes" in str(sent.error)
+    assert rig.event_names(conn)[-1] == "uploaded"
+    assert rig.problems() == []
 
 
 # -- segments the host forwards are checked as segments from the wire (spec §4.6, §5.2) ------------

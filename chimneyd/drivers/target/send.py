@@ -137,12 +137,13 @@ def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
         t.complete_sends(c, done)
 
 
-def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
+def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus, every: bool = False) -> None:
     """Complete every outstanding send with `status`; the first may be partly acked, and what
     follows a failed NBL fails too (spec §4.1). An NBL the peer acknowledged whole succeeded,
-    whatever came after it: at most one NBL of a completion is partial (spec §9 item 3).
-    Refused sends held behind them complete right after, before any disconnect completes
-    (spec §9 item 2)."""
+    whatever came after it: at most one NBL of a completion is partial (spec §9 item 3) —
+    unless `every`: after a hardware failure each NBL gets `status` (spec §3.7 step 4), one
+    acknowledged whole still reporting all its bytes transferred. Refused sends held behind
+    them complete right after, before any disconnect completes (spec §9 item 2)."""
     if not c.unacked:
         release_refusals(t, c)
         return
@@ -152,7 +153,7 @@ def fail_sends(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
         k = max(0, min(acked, end) - start)
         # whole means every byte up to its end acknowledged: an empty NBL behind bytes not
         # acknowledged fails with them (spec §9 item 3)
-        nbl.status = SUCCESS if acked >= end else status
+        nbl.status = SUCCESS if acked >= end and not every else status
         nbl.tcp_offload_bytes_transferred = k
         if k:
             nbl.advance(k)

@@ -76,8 +76,9 @@ def _start(t: OffloadTarget, c: TcpContext, hardware_failed: bool) -> None:
         c.wire.resume_reading()
         c.paused = False
     if hardware_failed:
-        # outstanding sends and posted receives are aborted (spec §3.7 step 4)
-        send.fail_sends(t, c, ABORTED)
+        # outstanding sends and posted receives are aborted, in every NBL (spec §3.7 step 4):
+        # what the peer acknowledged meanwhile was not processed by the corrupt target
+        send.fail_sends(t, c, ABORTED, every=True)
         status = ABORTED
     else:
         send.complete_acked(t, c, c.wire.acked())
