@@ -164,7 +164,8 @@ def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
     (`RcvNxt` to `RcvNxt + RcvWnd`, the window as the delegated state gives it, spec §2.2),
     and it acknowledges nothing that was never sent."""
     wire = c.wire
-    if offset_of(wire.isn, ack, wire.bytes_written) > wire.bytes_written + wire.eof_written:
+    snd_max = wire.bytes_written + (1 if wire.eof_written else 0)  # a FIN takes a number
+    if offset_of(wire.isn, ack, wire.bytes_written) > snd_max:
         return False
     rcv_nxt = c.rx.rcv_nxt
     window = max(1, c.rcv_bound - c.buffered_bytes)
