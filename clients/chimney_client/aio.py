@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
@@ -20,9 +19,9 @@ from .errors import CallTimeout, ConnectionLost, ProtocolError, RpcTimeout
 from .protocol import (
     DEFAULT_ADDRESS,
     DEFAULT_MAX_FRAME,
+    SERVER_WAIT_PARAM,
     ClientCodec,
     Notification,
-    ServerWait,
     connect_opts,
     fault_spec,
     parse_address,
@@ -208,15 +207,23 @@ class AsyncClient:
 
         `timeout` (seconds) overrides the client's `call_timeout`; on expiry `CallTimeout` is
         raised and the late response is dropped when it arrives. Many calls may be in flight.
+        A call that waits in the daemon (`tcp.recv`, `tcp.accept`) is timed by the daemon
+        (`protocol.server_wait`): its timeout goes as `timeout_ms` when the params have none,
+        and the daemon's TIMEOUT answer to it raises `CallTimeout`, with no byte lost.
         """
         if self._lost is not None:
             raise self._gone()
         limit = self.call_timeout if timeout is None else timeout
+        wait = None
+        sent: list[Any] | tuple[Any, ...] = params
+        if limit is not None and method in SERVER_WAIT_PARAM:
+            wait = server_wait(method, params, limit)
+            sent, limit = wait.params, wait.limit
         left = limit
         if self._write_paused is not None:
             left = await self._writable(method, limit)
         fut: asyncio.Future[Any] = self._loop.create_future()
-        msgid, data = self._codec.request(method, params, fut)
+        msgid, data = self._codec.request(method, sent, fut)
         self._queue(data)
         # A timer on the future, not `asyncio.timeout`: that one reschedules and uncancels
         # the task on every call, and was a sixth of this client's time under load.
@@ -225,6 +232,10 @@ class AsyncClient:
             timer = self._loop.call_later(left, _expire, fut, method, limit)
         try:
             return await fut
+        except RpcTimeout as exc:
+            if wait is None or not wait.is_call_timeout(exc):
+                raise
+            raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
         finally:
             # Timed out or cancelled: stop waiting; a late response is then dropped silently.
             if timer is not None:
@@ -371,20 +382,6 @@ class AsyncClient:
     # ============================================================================================
     # contract v1 methods (rpc-contract.md), typed
     # ============================================================================================
-    async def _server_wait(self, method: str, params: list[Any], timeout_ms: int | None) -> Any:
-        """Call `method` that waits in the daemon up to `timeout_ms` (its last param), timed by
-        `protocol.server_wait`: a timeout leaves no request behind to swallow data."""
-        wait: ServerWait = server_wait(self.call_timeout, timeout_ms)
-        if wait.timeout_ms is not None:
-            params.append(wait.timeout_ms)
-        start = time.monotonic()
-        try:
-            return await self.call(method, *params, timeout=wait.limit)
-        except RpcTimeout as exc:
-            if not wait.is_call_timeout(time.monotonic() - start):
-                raise
-            raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
-
     async def ping(self) -> str:
         return str(await self.call("ping"))
 
@@ -414,7 +411,8 @@ class AsyncClient:
 
     async def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:
         """The next accepted connection; timed like `tcp_recv` (a timeout loses none)."""
-        return int(await self._server_wait("tcp.accept", [listener_id], timeout_ms))
+        params = [listener_id] if timeout_ms is None else [listener_id, timeout_ms]
+        return int(await self.call("tcp.accept", *params))
 
     async def tcp_offload(self, conn_id: int) -> dict[str, Any]:
         return dict(await self.call("tcp.offload", conn_id))
@@ -434,7 +432,8 @@ class AsyncClient:
         client merely gave up on would stay queued in the daemon and swallow them. The client's
         own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
         """
-        return bytes(await self._server_wait("tcp.recv", [conn_id, max_bytes], timeout_ms))
+        params = [conn_id, max_bytes] if timeout_ms is None else [conn_id, max_bytes, timeout_ms]
+        return bytes(await self.call("tcp.recv", *params))
 
     async def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]

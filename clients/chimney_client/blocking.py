@@ -18,10 +18,11 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NoReturn, Self
 
-from .errors import CallTimeout, ConnectionLost, ProtocolError, RpcTimeout
+from .errors import CallTimeout, ConnectionLost, ProtocolError
 from .protocol import (
     DEFAULT_ADDRESS,
     DEFAULT_MAX_FRAME,
+    SERVER_WAIT_PARAM,
     ClientCodec,
     Notification,
     Reply,
@@ -161,16 +162,22 @@ class Client:
         """Send one request, wait for its answer; notifications meanwhile are collected.
 
         `timeout` (seconds) overrides `call_timeout` and bounds the whole call: waiting for
-        another thread's call, sending, and waiting for the answer.
+        another thread's call, sending, and waiting for the answer. A call that waits in the
+        daemon (`tcp.recv`, `tcp.accept`) is timed by the daemon, as in `AsyncClient.call`.
         """
         limit = self.call_timeout if timeout is None else timeout
+        wait = None
+        sent: list[Any] | tuple[Any, ...] = params
+        if limit is not None and method in SERVER_WAIT_PARAM:
+            wait = server_wait(method, params, limit)
+            sent, limit = wait.params, wait.limit
         deadline = None if limit is None else time.monotonic() + limit
         self._acquire(method, limit)
         try:
             if self._lost is not None:
                 raise self._gone()
             slot = _Slot()
-            msgid, data = self._codec.request(method, params, slot)
+            msgid, data = self._codec.request(method, sent, slot)
             try:
                 self._send(data, deadline, method, limit)
                 while slot.reply is None:
@@ -181,8 +188,13 @@ class Client:
                 self._codec.forget(msgid)  # a late response is then dropped silently
         finally:
             self._lock.release()
-        if slot.reply.error is not None:
-            raise slot.reply.error
+        error = slot.reply.error
+        if error is not None:
+            if wait is not None and wait.is_call_timeout(error):
+                raise CallTimeout(f"{method}: no response within the call timeout ({error})") from (
+                    error
+                )
+            raise error
         return slot.reply.result
 
     def notify(self, method: str, *params: Any) -> None:
@@ -341,20 +353,6 @@ class Client:
     # ============================================================================================
     # contract v1 methods (rpc-contract.md), typed; same signatures as AsyncClient
     # ============================================================================================
-    def _server_wait(self, method: str, params: list[Any], timeout_ms: int | None) -> Any:
-        """Call `method` that waits in the daemon up to `timeout_ms` (its last param), timed by
-        `protocol.server_wait`: a timeout leaves no request behind to swallow data."""
-        wait = server_wait(self.call_timeout, timeout_ms)
-        if wait.timeout_ms is not None:
-            params.append(wait.timeout_ms)
-        start = time.monotonic()
-        try:
-            return self.call(method, *params, timeout=wait.limit)
-        except RpcTimeout as exc:
-            if not wait.is_call_timeout(time.monotonic() - start):
-                raise
-            raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
-
     def ping(self) -> str:
         return str(self.call("ping"))
 
@@ -384,7 +382,8 @@ class Client:
 
     def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:
         """The next accepted connection; timed like `tcp_recv` (a timeout loses none)."""
-        return int(self._server_wait("tcp.accept", [listener_id], timeout_ms))
+        params = [listener_id] if timeout_ms is None else [listener_id, timeout_ms]
+        return int(self.call("tcp.accept", *params))
 
     def tcp_offload(self, conn_id: int) -> dict[str, Any]:
         return dict(self.call("tcp.offload", conn_id))
@@ -404,7 +403,8 @@ class Client:
         client merely gave up on would stay queued in the daemon and swallow them. The client's
         own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
         """
-        return bytes(self._server_wait("tcp.recv", [conn_id, max_bytes], timeout_ms))
+        params = [conn_id, max_bytes] if timeout_ms is None else [conn_id, max_bytes, timeout_ms]
+        return bytes(self.call("tcp.recv", *params))
 
     def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]

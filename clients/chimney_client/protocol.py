@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
-from .errors import AddressError, ProtocolError, RpcError, error_from_wire
+from .errors import AddressError, ProtocolError, RpcError, RpcTimeout, error_from_wire
 
 REQUEST = 0
 RESPONSE = 1
@@ -240,49 +240,67 @@ def parse_address(address: str) -> tuple[str, int] | str:
     return (host or "127.0.0.1", port_n)
 
 
+#: Methods that wait in the daemon, by the index of their `timeout_ms` param (rpc-contract.md:
+#: `tcp.recv [conn_id, max_bytes, timeout_ms?]`, `tcp.accept [listener_id, timeout_ms?]`).
+SERVER_WAIT_PARAM: dict[str, int] = {"tcp.recv": 2, "tcp.accept": 1}
+
+
 @dataclass(frozen=True, slots=True)
 class ServerWait:
-    """How a call that waits in the daemon (`tcp.recv`, `tcp.accept`) is timed."""
+    """How one call is timed: a call that waits in the daemon is timed by the daemon."""
 
-    #: the `timeout_ms` to send (None: none, the daemon waits as long as it takes)
-    timeout_ms: int | float | None
+    #: the params to send (with the call's timeout as `timeout_ms` when `implicit`)
+    params: list[Any] | tuple[Any, ...]
     #: the client's own limit in seconds (None: none)
     limit: float | None
-    #: `timeout_ms` stands for the client's `call_timeout`: the daemon's TIMEOUT answer is then
+    #: `timeout_ms` was filled in with the call's timeout: the daemon's TIMEOUT answer is then
     #: the call timing out, raised as `CallTimeout`
     implicit: bool
 
-    def is_call_timeout(self, elapsed: float) -> bool:
-        """Whether a TIMEOUT answer after `elapsed` s is the wait sent for `call_timeout`
-        running out (raised as `CallTimeout`), not the daemon ending it early: a daemon that
-        is stopping answers TIMEOUT at once ("cancelled"), which stays the daemon's answer."""
+    def is_call_timeout(self, error: BaseException) -> bool:
+        """Whether `error`, the answer to this call, is the wait sent for the call's timeout
+        running out (raised as `CallTimeout`). Told by the answer, not by the time it took: a
+        daemon's timer may fire early by the client's clock (uvloop counts from the time cached
+        at the start of its loop turn) and a client may read an answer late. The one other
+        TIMEOUT a waiting call gets is a cancellation (the daemon is stopping, docs/rpc.md
+        "Errors"), which stays the daemon's answer."""
         return (
             self.implicit
-            and self.timeout_ms is not None
-            and elapsed >= self.timeout_ms / 1000 - TIMER_SLACK_S
+            and isinstance(error, RpcTimeout)
+            and not error.detail.startswith(CANCELLED)
         )
 
 
-#: how much earlier than asked a timer may fire (the daemon's loop runs a timer due within its
-#: clock's resolution); the daemon's wait starts after the client's clock did, never before
-TIMER_SLACK_S = 0.005
+#: How chimneyd's TIMEOUT answer to a request it cancelled begins ("TIMEOUT: cancelled: the
+#: daemon is stopping"), as opposed to a wait that ran out ("nothing arrived on connection 7").
+CANCELLED = "cancelled"
 
 
-def server_wait(call_timeout: float | None, timeout_ms: int | float | None) -> ServerWait:
-    """Time a server-side wait so that no data is lost by a timeout.
+def server_wait(
+    method: str, params: list[Any] | tuple[Any, ...], limit: float | None
+) -> ServerWait:
+    """Time one call of `method` whose timeout is `limit` seconds so that no data is lost by it.
 
-    A call abandoned by the client stays queued in the daemon, which hands the next bytes (or
-    connection) to it and its answer is dropped (contract: `tcp.recv`, no data is lost by a
-    *server* timeout). So when `call_timeout` applies and the caller gave no `timeout_ms`, the
-    daemon is asked to time out itself after `call_timeout` (at most its longest wait, an hour),
-    keeping the bytes; the client's own limit stays `SERVER_WAIT_MARGIN` above any server wait.
+    A `tcp.recv`/`tcp.accept` the client merely gave up on stays queued in the daemon, which
+    hands it the next bytes (or connection) and its answer is dropped (contract: tcp.recv, no
+    data is lost by a *server* timeout). So when a limit applies and the params carry no
+    `timeout_ms` (or nil), the daemon is sent the limit as `timeout_ms` (at most its longest
+    wait, an hour) and times out itself, keeping the bytes; a `timeout_ms` in the params is
+    kept and wins over the limit. Either way the client's own limit is `SERVER_WAIT_MARGIN`
+    above the daemon's wait: it only catches a daemon that does not answer at all.
+    Params of the wrong shape are sent as they are (the daemon answers INVALID_PARAMS).
     """
-    if call_timeout is None:
-        return ServerWait(timeout_ms, None, False)
-    if timeout_ms is None:
-        ms = min(math.ceil(max(call_timeout, 0.0) * 1000), MAX_TIMEOUT_MS)
-        return ServerWait(ms, ms / 1000 + SERVER_WAIT_MARGIN, True)
-    return ServerWait(timeout_ms, max(call_timeout, timeout_ms / 1000 + SERVER_WAIT_MARGIN), False)
+    index = SERVER_WAIT_PARAM.get(method)
+    if limit is None or index is None or len(params) < index:
+        return ServerWait(params, limit, False)
+    given = params[index] if len(params) > index else None
+    if given is None:
+        ms = min(math.ceil(max(limit, 0.0) * 1000), MAX_TIMEOUT_MS)
+        sent = [*params[:index], ms, *params[index + 1 :]]
+        return ServerWait(sent, ms / 1000 + SERVER_WAIT_MARGIN, True)
+    if type(given) in (int, float):
+        return ServerWait(params, max(limit, given / 1000 + SERVER_WAIT_MARGIN), False)
+    return ServerWait(params, limit, False)
 
 
 def connect_opts(offload: bool, target: str | None) -> dict[str, Any]:
