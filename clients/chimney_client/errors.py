@@ -14,8 +14,11 @@ class ChimneyError(Exception):
     """Base of everything this package raises."""
 
 
-class ConnectionLost(ChimneyError):
-    """The RPC connection is gone; every call pending on it failed with this."""
+class ConnectionLost(ChimneyError, ConnectionError):
+    """The RPC connection is gone; every call pending on it failed with this.
+
+    A `ConnectionError` too (as `CallTimeout` is a `TimeoutError`), so `except ConnectionError`
+    catches it; built with the message alone, its `errno` is None."""
 
 
 class CallTimeout(ChimneyError, TimeoutError):
