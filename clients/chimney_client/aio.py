@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: How long `close()` lets the daemon read what is still queued before aborting (seconds).
 DEFAULT_CLOSE_TIMEOUT = 1.0
+#: Notification bytes queued in one loop turn past which they are written at once (asyncio's
+#: default high-water mark), so that the transport's pause is seen by `notify()`.
+FLUSH_AT = 64 * 1024
 
 NotificationHandler = Callable[[list[Any]], Awaitable[None] | None]
 TcpEventHandler = Callable[[int, str, dict[str, Any]], Awaitable[None] | None]
@@ -86,6 +89,8 @@ class AsyncClient:
         self._codec: ClientCodec[asyncio.Future[Any]] = ClientCodec(max_frame)
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        #: bytes of notifications in `_out` (requests are few: each waits for its answer)
+        self._out_bytes = 0
         self._flush_scheduled = False
         self._write_paused: asyncio.Future[None] | None = None
         self._handlers: dict[str, list[NotificationHandler]] = {}
@@ -262,11 +267,43 @@ class AsyncClient:
                 raise self._gone()
         return None if limit is None else max(limit - (self._loop.time() - start), 0.0)
 
-    def notify(self, method: str, *params: Any) -> None:
-        """Send a notification (no response ever comes)."""
+    def notify(self, method: str, *params: Any) -> asyncio.Future[None]:
+        """Send a notification (no response ever comes); it is queued at once.
+
+        Returns a future that is done once the write buffer is below its high-water mark:
+        `await c.notify(...)` in a loop waits while the daemon does not read, as `call()`
+        does, where a flood of notifications not awaited would fill memory. It fails with
+        `ConnectionLost` if the connection goes while it waits. Not awaiting it is fine.
+        """
         if self._lost is not None:
             raise self._gone()
-        self._queue(self._codec.notification(method, params))
+        data = self._codec.notification(method, params)
+        self._queue(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= FLUSH_AT:
+            # A loop of awaited notifies need not yield (a done future): write now, so that
+            # the transport can pause us before a loop turn would.
+            self._flush()
+        done: asyncio.Future[None] = self._loop.create_future()
+        paused = self._write_paused
+        if paused is None:
+            done.set_result(None)
+        else:
+            paused.add_done_callback(lambda _: self._notify_sent(done))
+        return done
+
+    def _notify_sent(self, done: asyncio.Future[None]) -> None:
+        """The write buffer drained (or the connection went): wake a waiting notify."""
+        if done.done():
+            return  # cancelled by its caller
+        if self._lost is not None:
+            done.set_exception(self._gone())
+            # retrieved here so an unawaited notify logs nothing; an awaiting caller still gets it
+            done.exception()
+        elif (paused := self._write_paused) is not None:
+            paused.add_done_callback(lambda _: self._notify_sent(done))  # paused again already
+        else:
+            done.set_result(None)
 
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
         """Call `handler(params)` for every notification `method`; returns an unsubscriber.
@@ -303,6 +340,7 @@ class AsyncClient:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._out_bytes = 0
         if self._out and self._transport is not None and not self._transport.is_closing():
             out, self._out = self._out, []
             self._transport.writelines(out)
@@ -358,6 +396,7 @@ class AsyncClient:
         why = f": {exc}" if exc is not None else ""
         self._mark_lost(f"connection to {self.address or 'server'} lost{why}", exc)
         self._out.clear()
+        self._out_bytes = 0
         if not self._closed.done():
             self._closed.set_result(None)
 
