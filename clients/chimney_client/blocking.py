@@ -1,8 +1,8 @@
 """`Client`: a small blocking msgpack-RPC client for scripts (plain socket, one call at a time).
 
 Same codec, wrappers and errors as the asyncio client. Notifications that arrive while a call
-waits are appended to `notifications` and passed to handlers at once; `wait_notification()`
-reads more while idle. Threads may share a client: a lock runs their calls one at a time.
+waits are appended to `notifications` (bounded: the oldest go past `max_notifications`) and
+passed to handlers at once; `wait_notification()` reads more while idle. Threads may share a client: a lock runs their calls one at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Notifications `Client.notifications` holds at most by default; past it the oldest go.
+DEFAULT_MAX_NOTIFICATIONS = 10_000
 _RECV_SIZE = 256 * 1024
 
 BlockingHandler = Callable[[list[Any]], None]
@@ -73,6 +75,7 @@ class Client:
         *,
         call_timeout: float | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_notifications: int | None = DEFAULT_MAX_NOTIFICATIONS,
     ) -> None:
         self._sock = sock
         self.address = address
@@ -84,8 +87,14 @@ class Client:
         #: why the connection is gone (a record: each failed call raises a fresh copy)
         self._lost: ConnectionLost | None = None
         self._lost_cause: BaseException | None = None
-        #: every notification received, oldest first (the caller may clear it)
+        #: the notifications received and not taken, oldest first (the caller may take from
+        #: it or clear it); at most `max_notifications`: past it the oldest are dropped, so a
+        #: client that only uses handlers does not grow without end
         self.notifications: list[Notification] = []
+        #: the bound of `notifications` (None: none)
+        self.max_notifications = max_notifications
+        #: notifications dropped from `notifications` by its bound (handlers still had them)
+        self.dropped_notifications = 0
 
     @classmethod
     def connect(
@@ -96,13 +105,15 @@ class Client:
         token: str | None = None,
         call_timeout: float | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_notifications: int | None = DEFAULT_MAX_NOTIFICATIONS,
     ) -> Self:
         """Connect to `"host:port"` or `"unix:/path"`; send `auth` first when `token` is given.
 
         `timeout` covers the whole handshake, `auth` included (`ConnectionLost` when it runs
         out). `call_timeout` is the default per-call timeout (None: wait as long as the server
         takes); `tcp_recv`/`tcp_accept` without `timeout_ms` pass it to the daemon as their
-        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`).
+        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`). `max_notifications`
+        bounds `notifications` (None: no bound).
         """
         target = parse_address(address)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -120,7 +131,13 @@ class Client:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {address}: {exc}") from exc
-        client = cls(sock, address, call_timeout=call_timeout, max_frame=max_frame)
+        client = cls(
+            sock,
+            address,
+            call_timeout=call_timeout,
+            max_frame=max_frame,
+            max_notifications=max_notifications,
+        )
         if token is not None:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             # The connect timeout bounds auth too; a shorter call_timeout still applies.
@@ -320,7 +337,21 @@ class Client:
                         )
             else:
                 event.token.reply = event
+        bound = self.max_notifications
+        if bound is not None and (excess := len(self.notifications) - bound) > 0:
+            self._drop_notifications(excess)
         return True
+
+    def _drop_notifications(self, excess: int) -> None:
+        """`notifications` went past its bound: the oldest go (counted; logged once)."""
+        if not self.dropped_notifications:
+            log.warning(
+                "chimney_client_notifications_dropped: more than %d not taken from "
+                "Client.notifications; the oldest are dropped (dropped_notifications)",
+                self.max_notifications,
+            )
+        del self.notifications[:excess]
+        self.dropped_notifications += excess
 
     def _lose(self, why: str, cause: BaseException | None) -> None:
         """The connection is gone: the first reason stays, pending calls are dropped."""
