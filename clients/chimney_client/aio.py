@@ -22,6 +22,7 @@ from .protocol import (
     SERVER_WAIT_PARAM,
     ClientCodec,
     Notification,
+    Reply,
     connect_opts,
     fault_spec,
     parse_address,
@@ -214,7 +215,10 @@ class AsyncClient:
         raised and the late response is dropped when it arrives. Many calls may be in flight.
         A call that waits in the daemon (`tcp.recv`, `tcp.accept`) is timed by the daemon
         (`protocol.server_wait`): its timeout goes as `timeout_ms` when the params have none,
-        and the daemon's TIMEOUT answer to it raises `CallTimeout`, with no byte lost.
+        and the daemon's TIMEOUT answer to it raises `CallTimeout`, with no byte lost. A
+        `tcp.recv` abandoned all the same (cancelled, or the daemon did not answer in time)
+        still takes bytes in the daemon: the client keeps them for the next `tcp.recv` of the
+        connection (`ClientCodec.before_read`).
         """
         if self._lost is not None:
             raise self._gone()
@@ -224,6 +228,8 @@ class AsyncClient:
         if limit is not None and method in SERVER_WAIT_PARAM:
             wait = server_wait(method, params, limit)
             sent, limit = wait.params, wait.limit
+        if method == "tcp.recv" and (kept := self._codec.before_read(sent)) is not None:
+            return kept  # bytes a read abandoned earlier got (timed out or cancelled)
         left = limit
         if self._write_paused is not None:
             left = await self._writable(method, limit)
@@ -241,6 +247,12 @@ class AsyncClient:
             if wait is None or not wait.is_call_timeout(exc):
                 raise
             raise CallTimeout(f"{method}: no response within the call timeout ({exc})") from exc
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                # cancelled after its answer came, before it ran again: a read's bytes are
+                # kept for the next read, not lost with it
+                self._codec.late(Reply(msgid, fut, None, fut.result()))
+            raise
         finally:
             # Timed out or cancelled: stop waiting; a late response is then dropped silently.
             if timer is not None:
@@ -372,6 +384,10 @@ class AsyncClient:
                     event.token.set_exception(event.error)
                 else:
                     event.token.set_result(event.result)
+            else:
+                # its caller gave up (timed out, cancelled) before it ran again: a read's
+                # bytes are kept for the next read
+                self._codec.late(event)
 
     def _dispatch(self, note: Notification) -> None:
         handlers = self._handlers.get(note.method)

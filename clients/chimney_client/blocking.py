@@ -193,6 +193,8 @@ class Client:
         try:
             if self._lost is not None:
                 raise self._gone()
+            if method == "tcp.recv" and (kept := self._codec.before_read(sent)) is not None:
+                return kept  # bytes a read abandoned earlier got (it timed out)
             slot = _Slot()
             msgid, data = self._codec.request(method, sent, slot)
             try:
@@ -202,7 +204,8 @@ class Client:
                     if not self._read(deadline) or (slot.reply is None and _expired(deadline)):
                         raise CallTimeout(f"{method}: no response within {limit:g} s")
             finally:
-                self._codec.forget(msgid)  # a late response is then dropped silently
+                # a late response is then dropped (a read's bytes kept for the next read)
+                self._codec.forget(msgid)
         finally:
             self._lock.release()
         error = slot.reply.error

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import msgpack
 
@@ -64,7 +64,17 @@ class ClientCodec(Generic[T]):
     the pending map and never looks at it.
     """
 
-    __slots__ = ("_next_id", "_packer", "_pending", "_unpacker", "dropped_responses")
+    __slots__ = (
+        "_kept",
+        "_next_id",
+        "_orphans",
+        "_packer",
+        "_pending",
+        "_reads",
+        "_unpacker",
+        "dropped_responses",
+        "kept_bytes",
+    )
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         # raw=False: the server always sends str for text; bin stays bytes.
@@ -80,6 +90,20 @@ class ClientCodec(Generic[T]):
         self._next_id = 0
         #: responses nobody waited for any more (timed out or cancelled calls), dropped silently
         self.dropped_responses = 0
+        # Reads abandoned by their caller (timed out or cancelled): the daemon cannot be told
+        # to withdraw them and hands them the connection's next bytes, which are kept here,
+        # in stream order, for the next read of the connection (contract tcp.recv: no data
+        # is lost). An end of stream needs no keeping: the daemon answers every later read
+        # with one too.
+        #: msgid -> the params (as its caller gave them) of each `tcp.recv` not yet forgotten;
+        #: read as a `_Read` only when something is kept (a read costs one dict entry)
+        self._reads: dict[int, list[Any] | tuple[Any, ...]] = {}
+        #: msgid -> the params of each abandoned `tcp.recv` still unanswered
+        self._orphans: dict[int, list[Any] | tuple[Any, ...]] = {}
+        #: conn id -> bytes that abandoned reads got and no read took yet
+        self._kept: dict[int, bytearray] = {}
+        #: bytes abandoned reads got, kept for later reads (a count: it never decreases)
+        self.kept_bytes = 0
 
     # -- outgoing ---------------------------------------------------------------------------------
     def request(
@@ -87,6 +111,17 @@ class ClientCodec(Generic[T]):
     ) -> tuple[int, bytes]:
         """Register a call and return its msgid and the bytes to write."""
         msgid = self._allocate_id()
+        if method == "tcp.recv":
+            asked = params
+            if self._kept and (read := _Read.of(params)) is not None:
+                kept = self._kept.get(read.conn)
+                if kept is not None and read.waitall and not self._reading(read.conn):
+                    # a waitall read asks only for what the kept bytes do not cover (fewer
+                    # than max_bytes, or `before_read` answered it); joined when answered
+                    params = [read.conn, read.max_bytes - len(kept), *params[2:]]
+            self._reads[msgid] = asked
+        elif method == "tcp.close" and params and type(params[0]) is int:
+            self._kept.pop(params[0], None)  # nobody will read it
         data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
         self._pending[msgid] = token
         return msgid, data
@@ -105,14 +140,81 @@ class ClientCodec(Generic[T]):
 
     # -- pending map ------------------------------------------------------------------------------
     def forget(self, msgid: int) -> T | None:
-        """Stop waiting for `msgid` (timeout, cancel): a late response is then dropped."""
-        return self._pending.pop(msgid, None)
+        """Stop waiting for `msgid` (answered, timed out, cancelled): a late response is then
+        dropped, but a `tcp.recv`'s, whose bytes are kept for the next read."""
+        token = self._pending.pop(msgid, None)
+        asked = self._reads.pop(msgid, None)
+        if token is not None and asked is not None:
+            self._orphans[msgid] = asked
+        return token
 
     def fail_all(self) -> list[T]:
         """Take every pending token (the connection is gone; the shell fails them)."""
         tokens = list(self._pending.values())
         self._pending.clear()
+        self._reads.clear()
+        self._orphans.clear()
+        self._kept.clear()
         return tokens
+
+    # -- reads abandoned by their caller ----------------------------------------------------------
+    def before_read(self, params: list[Any] | tuple[Any, ...]) -> bytes | None:
+        """The answer of a `tcp.recv` with `params` from the bytes abandoned reads kept, without
+        asking the daemon; None when it must be asked (nothing kept for the connection, a read
+        of it on its way, which was asked first, or a waitall read they do not cover)."""
+        if not self._kept:
+            return None  # the common case: nothing kept anywhere
+        read = _Read.of(params)
+        if read is None or (kept := self._kept.get(read.conn)) is None:
+            return None
+        if self._reading(read.conn) or (read.waitall and len(kept) < read.max_bytes):
+            return None
+        return self._take(read.conn, kept, read.max_bytes)
+
+    def late(self, reply: Reply[T]) -> None:
+        """The shell got `reply` after its caller gave up on it (timed out or cancelled): it is
+        dropped, but a `tcp.recv`'s bytes, kept ahead of any kept after it."""
+        asked = self._reads.pop(reply.msgid, None)
+        read = None if asked is None else _Read.of(asked)
+        data = reply.result
+        if read is None or reply.error is not None or not isinstance(data, bytes) or not data:
+            self.dropped_responses += 1
+            return
+        kept = self._kept.setdefault(read.conn, bytearray())
+        kept[:0] = data
+        self.kept_bytes += len(data)
+
+    def _reading(self, conn: int) -> bool:
+        """Whether a read of `conn` is on its way (sent, its caller still waiting)."""
+        return any(asked and asked[0] == conn for asked in self._reads.values())
+
+    def _take(self, conn: int, kept: bytearray, max_bytes: int) -> bytes:
+        data = bytes(kept[:max_bytes])
+        del kept[:max_bytes]
+        if not kept:
+            del self._kept[conn]
+        return data
+
+    def _orphan_answered(self, asked: list[Any] | tuple[Any, ...], error: Any, result: Any) -> None:
+        read = _Read.of(asked)
+        if read is None or error is not None or not isinstance(result, bytes) or not result:
+            # nothing taken from the stream: the next read gets the same answer
+            self.dropped_responses += 1
+            return
+        self._kept.setdefault(read.conn, bytearray()).extend(result)
+        self.kept_bytes += len(result)
+
+    def _read_answered(self, read: _Read, err: RpcError | None, result: Any) -> Any:
+        """A read's answer: the bytes kept for its connection come first, up to its
+        max_bytes (the rest stays kept); a TIMEOUT is no answer when bytes were kept."""
+        kept = self._kept.get(read.conn)
+        if kept is None:
+            return result
+        if err is None and isinstance(result, bytes):
+            kept.extend(result)
+        elif not (isinstance(err, RpcTimeout) and not read.waitall):
+            return result
+        return self._take(read.conn, kept, read.max_bytes)
 
     @property
     def pending(self) -> int:
@@ -168,10 +270,24 @@ class ClientCodec(Generic[T]):
             if not isinstance(msgid, int):
                 raise ProtocolError(f"response msgid is not an int: {msgid!r:.40}")
             if msgid not in self._pending:
-                self.dropped_responses += 1
+                asked = self._orphans.pop(msgid, None)
+                if asked is None:
+                    self.dropped_responses += 1
+                else:
+                    self._orphan_answered(asked, error, result)
                 return None
             token = self._pending.pop(msgid)
             err = None if error is None else error_from_wire(error)
+            if (
+                self._kept
+                and (asked := self._reads.get(msgid)) is not None
+                and (read := _Read.of(asked)) is not None
+            ):
+                # joined here, in wire order, not when its caller resumes: by then a later
+                # abandoned read's bytes may have been kept too
+                joined = self._read_answered(read, err, result)
+                if joined is not result:
+                    return Reply(msgid, token, None, joined)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj
@@ -181,6 +297,25 @@ class ClientCodec(Generic[T]):
                 raise ProtocolError(f"notification method is not a string: {method!r:.40}")
             return Notification(method, params if isinstance(params, list) else [params])
         raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
+
+
+class _Read(NamedTuple):
+    """A `tcp.recv` as its caller asked it (a tuple: one is made per read)."""
+
+    conn: int
+    max_bytes: int
+    waitall: bool
+
+    @staticmethod
+    def of(params: list[Any] | tuple[Any, ...]) -> _Read | None:
+        """The read of `tcp.recv` params; None if they are not well formed (the daemon
+        answers INVALID_PARAMS: nothing kept is touched)."""
+        if len(params) < 2 or type(params[0]) is not int or type(params[1]) is not int:
+            return None
+        if params[1] <= 0:
+            return None
+        opts = params[3] if len(params) > 3 else None
+        return _Read(params[0], params[1], isinstance(opts, dict) and opts.get("waitall") is True)
 
 
 #: What `parse_address` takes, for the message of an address it cannot parse.

@@ -1,0 +1,70 @@
+"""AsyncClient: a `tcp.recv` its caller abandons (cancelled, even after its answer came) loses
+no bytes: the next read of the connection gets them (contract tcp.recv: no data is lost)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import pytest
+
+from chimney_client import AsyncClient
+from tests.clients.scripted import HANG, address, scripted_server
+
+
+class _Holding:
+    """A daemon that answers nothing by itself: the test answers for it."""
+
+    def __init__(self) -> None:
+        self.reads: asyncio.Queue[int] = asyncio.Queue()
+        self.transport: Any = None
+
+    def __call__(self, t: Any, msgid: int, method: str, params: list[Any]) -> None:
+        self.transport = t
+        self.reads.put_nowait(msgid)
+
+    def answer(self, msgid: int, data: bytes) -> None:
+        self.transport.write(msgpack.packb([1, msgid, None, data], use_bin_type=True))
+
+
+def _answer(msgid: int, data: bytes) -> bytes:
+    return msgpack.packb([1, msgid, None, data], use_bin_type=True)
+
+
+async def test_a_cancelled_reads_bytes_go_to_the_next_read() -> None:
+    daemon = _Holding()
+    srv = await scripted_server(daemon)
+    try:
+        c = await AsyncClient.connect(address(srv))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.tcp_recv(1, 100), 0.05)
+        abandoned = await daemon.reads.get()
+        next_read = asyncio.ensure_future(c.tcp_recv(1, 100))
+        msgid = await asyncio.wait_for(daemon.reads.get(), HANG)
+        daemon.answer(abandoned, b"hello")  # the daemon's read went on: first in its queue
+        daemon.answer(msgid, b" world")
+        assert await asyncio.wait_for(next_read, HANG) == b"hello world"
+        await c.close()
+    finally:
+        srv.close()
+
+
+async def test_a_read_cancelled_after_its_answer_came_loses_no_bytes() -> None:
+    daemon = _Holding()
+    srv = await scripted_server(daemon)
+    try:
+        c = await AsyncClient.connect(address(srv))
+        read = asyncio.ensure_future(c.tcp_recv(1, 100))
+        msgid = await asyncio.wait_for(daemon.reads.get(), HANG)
+        # the answer arrives and, before the read's task runs again, it is cancelled
+        c._data_received(_answer(msgid, b"hello"))
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert await asyncio.wait_for(c.tcp_recv(1, 3), HANG) == b"hel"  # kept: not asked
+        assert await asyncio.wait_for(c.tcp_recv(1, 100), HANG) == b"lo"
+        assert daemon.reads.empty()
+        await c.close()
+    finally:
+        srv.close()

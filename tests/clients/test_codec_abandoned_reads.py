@@ -1,0 +1,130 @@
+"""The codec keeps what abandoned `tcp.recv`s get (contract tcp.recv: no data is lost): the
+daemon cannot withdraw a read its caller gave up on, and hands it the next bytes in stream
+order; the codec gives them to the connection's next reads, in that order, with no socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from chimney_client.errors import RpcTimeout
+from chimney_client.protocol import ClientCodec, Reply
+
+TIMEOUT = [7, "TIMEOUT: nothing arrived on connection 1"]
+
+
+def _answer(msgid: int, result: Any = None, error: Any = None) -> bytes:
+    return msgpack.packb([1, msgid, error, result], use_bin_type=True)
+
+
+def _sent(data: bytes) -> list[Any]:
+    params: list[Any] = msgpack.unpackb(data, raw=False)[3]
+    return params
+
+
+def _replies(codec: ClientCodec[str], data: bytes) -> list[Reply[str]]:
+    return [e for e in codec.receive(data) if isinstance(e, Reply)]
+
+
+def test_an_abandoned_reads_bytes_go_to_the_next_read_of_its_connection() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    codec.forget(gone)  # its caller timed out or was cancelled
+    assert codec.before_read((1, 100)) is None  # nothing kept yet: ask the daemon
+    assert _replies(codec, _answer(gone, b"hello")) == []
+    assert codec.before_read((2, 100)) is None  # another connection's
+    assert codec.before_read((1, 3)) == b"hel"
+    assert codec.before_read((1, 100)) == b"lo"
+    assert codec.before_read((1, 100)) is None
+    assert (codec.kept_bytes, codec.dropped_responses) == (5, 0)
+
+
+def test_a_read_already_on_its_way_gets_the_kept_bytes_first() -> None:
+    """Asked before the kept bytes came, it was first in the daemon's queue after the abandoned
+    read: its answer comes after the kept bytes in the stream."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 4), "mine")
+    codec.forget(gone)
+    assert _replies(codec, _answer(gone, b"abc")) == []
+    assert codec.before_read((1, 100)) is None  # `mine` was asked first: they are its own
+    (reply,) = _replies(codec, _answer(mine, b"def"))
+    assert (reply.token, reply.result) == ("mine", b"abcd")
+    codec.forget(mine)
+    assert codec.before_read((1, 100)) == b"ef"
+
+
+def test_bytes_kept_after_an_answer_decoded_stay_behind_it() -> None:
+    """The answer of a read and a later abandoned read's come in one chunk: joined in wire
+    order, not when the read's caller runs again."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 100), "mine")
+    later, _ = codec.request("tcp.recv", (1, 100), "abandoned later")
+    codec.forget(first)
+    codec.forget(later)
+    (reply,) = _replies(codec, _answer(first, b"1") + _answer(mine, b"2") + _answer(later, b"3"))
+    assert reply.result == b"12"
+    codec.forget(mine)
+    assert codec.before_read((1, 100)) == b"3"
+
+
+def test_an_answer_its_caller_gave_up_on_when_it_came_is_kept_first() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 100), "cancelled after its answer came")
+    later, _ = codec.request("tcp.recv", (1, 100), "abandoned later")
+    codec.forget(gone)
+    codec.forget(later)
+    (reply,) = _replies(codec, _answer(gone, b"a") + _answer(mine, b"b") + _answer(later, b"c"))
+    assert reply.result == b"ab"
+    codec.late(reply)  # the shell could not deliver it
+    codec.forget(mine)
+    assert codec.before_read((1, 100)) == b"abc"
+
+
+def test_a_waitall_read_asks_only_for_what_is_not_kept() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    codec.forget(gone)
+    _replies(codec, _answer(gone, b"abcd"))
+    waitall = {"waitall": True}
+    assert codec.before_read((1, 3, None, waitall)) == b"abc"  # covered: no need to ask
+    assert codec.before_read((1, 10, 500, waitall)) is None
+    mine, data = codec.request("tcp.recv", (1, 10, 500, waitall), "mine")
+    assert _sent(data) == [1, 9, 500, waitall]
+    (reply,) = _replies(codec, _answer(mine, b"efghijklm"))
+    assert reply.result == b"defghijklm"
+
+
+def test_a_timeout_is_no_answer_when_bytes_were_kept() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 100), "mine")
+    codec.forget(gone)
+    (reply,) = _replies(codec, _answer(gone, b"xy") + _answer(mine, error=TIMEOUT))
+    assert (reply.error, reply.result) == (None, b"xy")
+    waitall, _ = codec.request("tcp.recv", (1, 100, 50, {"waitall": True}), "waitall")
+    gone2, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    codec.forget(mine)
+    codec.forget(gone2)
+    _replies(codec, _answer(gone2, b"z"))
+    (reply,) = _replies(codec, _answer(waitall, error=TIMEOUT))
+    assert isinstance(reply.error, RpcTimeout)  # a waitall read is not answered short
+
+
+def test_errors_and_ends_of_stream_are_not_kept_and_a_close_drops_the_rest() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    ids = [codec.request("tcp.recv", (1, 100), "abandoned")[0] for _ in range(3)]
+    for msgid in ids:
+        codec.forget(msgid)
+    _replies(codec, _answer(ids[0], error=TIMEOUT) + _answer(ids[1], b""))
+    assert codec.before_read((1, 100)) is None  # the daemon answers them again
+    assert codec.dropped_responses == 2
+    _replies(codec, _answer(ids[2], b"left"))
+    codec.request("tcp.close", (1,), "close")
+    assert codec.before_read((1, 100)) is None
+    other, _ = codec.request("tcp.send", (1, b"x"), "send")
+    codec.forget(other)
+    assert _replies(codec, _answer(other, 1)) == [] and codec.dropped_responses == 3

@@ -1,0 +1,29 @@
+"""A `tcp.recv` the caller cancels (`asyncio.wait_for`, `asyncio.timeout`, a task cancelled)
+loses no bytes: the daemon's read cannot be withdrawn and still takes the next bytes, so the
+client keeps what its answer carries for the next read of that connection (contract tcp.recv:
+no data is lost)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chimney_client import PeerServer
+from tests.e2e.support import HOST, Daemon
+
+
+async def test_a_cancelled_recv_loses_no_bytes(daemon: Daemon, echo_peer: PeerServer) -> None:
+    c = await daemon.aclient(call_timeout=None)
+    try:
+        cid = await c.tcp_connect(HOST, echo_peer.port)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.tcp_recv(cid, 100), 0.3)
+        assert await c.tcp_send(cid, b"hello") == 5
+        got = b""
+        while len(got) < 5:
+            got += await c.tcp_recv(cid, 100, 2000)
+        assert got == b"hello"
+        await c.tcp_close(cid)
+    finally:
+        await c.close()
