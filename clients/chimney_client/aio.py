@@ -228,8 +228,9 @@ class AsyncClient:
         if limit is not None and method in SERVER_WAIT_PARAM:
             wait = server_wait(method, params, limit)
             sent, limit = wait.params, wait.limit
-        if method == "tcp.recv" and (kept := self._codec.before_read(sent)) is not None:
-            return kept  # bytes a read abandoned earlier got (timed out or cancelled)
+        kept = self._codec.kept_answer(method, sent) if method in SERVER_WAIT_PARAM else None
+        if kept is not None:
+            return kept  # what a read or accept abandoned earlier got (timed out, cancelled)
         left = limit
         if self._write_paused is not None:
             left = await self._writable(method, limit)

@@ -193,8 +193,9 @@ class Client:
         try:
             if self._lost is not None:
                 raise self._gone()
-            if method == "tcp.recv" and (kept := self._codec.before_read(sent)) is not None:
-                return kept  # bytes a read abandoned earlier got (it timed out)
+            kept = self._codec.kept_answer(method, sent) if method in SERVER_WAIT_PARAM else None
+            if kept is not None:
+                return kept  # what a read or accept abandoned earlier got (it timed out)
             slot = _Slot()
             msgid, data = self._codec.request(method, sent, slot)
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -65,8 +66,11 @@ class ClientCodec(Generic[T]):
     """
 
     __slots__ = (
+        "_accepted",
+        "_accepts",
         "_kept",
         "_next_id",
+        "_orphan_accepts",
         "_orphans",
         "_packer",
         "_pending",
@@ -104,6 +108,13 @@ class ClientCodec(Generic[T]):
         self._kept: dict[int, bytearray] = {}
         #: bytes abandoned reads got, kept for later reads (a count: it never decreases)
         self.kept_bytes = 0
+        # The same for `tcp.accept`: an abandoned accept takes the listener's next connection.
+        #: msgid -> listener id of each `tcp.accept` not yet forgotten
+        self._accepts: dict[int, int] = {}
+        #: msgid -> listener id of each abandoned `tcp.accept` still unanswered
+        self._orphan_accepts: dict[int, int] = {}
+        #: listener id -> conn ids abandoned accepts got and no accept took yet, oldest first
+        self._accepted: dict[int, deque[int]] = {}
 
     # -- outgoing ---------------------------------------------------------------------------------
     def request(
@@ -120,8 +131,10 @@ class ClientCodec(Generic[T]):
                     # than max_bytes, or `before_read` answered it); joined when answered
                     params = [read.conn, read.max_bytes - len(kept), *params[2:]]
             self._reads[msgid] = asked
+        elif method == "tcp.accept" and params and type(params[0]) is int:
+            self._accepts[msgid] = params[0]
         elif method == "tcp.close" and params and type(params[0]) is int:
-            self._kept.pop(params[0], None)  # nobody will read it
+            self._closing(params[0])
         data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
         self._pending[msgid] = token
         return msgid, data
@@ -146,6 +159,9 @@ class ClientCodec(Generic[T]):
         asked = self._reads.pop(msgid, None)
         if token is not None and asked is not None:
             self._orphans[msgid] = asked
+        listener = self._accepts.pop(msgid, None)
+        if token is not None and listener is not None:
+            self._orphan_accepts[msgid] = listener
         return token
 
     def fail_all(self) -> list[T]:
@@ -155,9 +171,48 @@ class ClientCodec(Generic[T]):
         self._reads.clear()
         self._orphans.clear()
         self._kept.clear()
+        self._accepts.clear()
+        self._orphan_accepts.clear()
+        self._accepted.clear()
         return tokens
 
-    # -- reads abandoned by their caller ----------------------------------------------------------
+    def _closing(self, conn: int) -> None:
+        """`tcp.close` of `conn` is sent: nothing kept for it is handed out any more."""
+        self._kept.pop(conn, None)
+        for listener, conns in list(self._accepted.items()):
+            if conn in conns:
+                conns.remove(conn)
+                if not conns:
+                    del self._accepted[listener]
+
+    # -- calls abandoned by their caller ----------------------------------------------------------
+    def kept_answer(self, method: str, params: list[Any] | tuple[Any, ...]) -> Any:
+        """The answer of a `tcp.recv` or `tcp.accept` with `params` from what abandoned ones
+        got, without asking the daemon; None when it must be asked."""
+        if method == "tcp.recv":
+            return self.before_read(params)
+        if method == "tcp.accept" and self._accepted and params and type(params[0]) is int:
+            listener = params[0]
+            if listener in self._accepted and listener not in self._accepts.values():
+                return self._next_accepted(listener)  # no accept of it on its way
+        return None
+
+    def _next_accepted(self, listener: int) -> int:
+        conns = self._accepted[listener]
+        conn = conns.popleft()
+        if not conns:
+            del self._accepted[listener]
+        return conn
+
+    def _accept_answered(self, listener: int, err: RpcError | None, result: Any) -> Any:
+        """An accept's answer: the connections kept for its listener come first (this one is
+        kept behind them); a TIMEOUT is no answer when one was kept."""
+        if err is None and type(result) is int:
+            self._accepted[listener].append(result)
+        elif not isinstance(err, RpcTimeout):
+            return result
+        return self._next_accepted(listener)
+
     def before_read(self, params: list[Any] | tuple[Any, ...]) -> bytes | None:
         """The answer of a `tcp.recv` with `params` from the bytes abandoned reads kept, without
         asking the daemon; None when it must be asked (nothing kept for the connection, a read
@@ -173,7 +228,15 @@ class ClientCodec(Generic[T]):
 
     def late(self, reply: Reply[T]) -> None:
         """The shell got `reply` after its caller gave up on it (timed out or cancelled): it is
-        dropped, but a `tcp.recv`'s bytes, kept ahead of any kept after it."""
+        dropped, but a `tcp.recv`'s bytes or a `tcp.accept`'s connection, kept ahead of any
+        kept after it."""
+        listener = self._accepts.pop(reply.msgid, None)
+        if listener is not None:
+            if reply.error is None and type(reply.result) is int:
+                self._accepted.setdefault(listener, deque()).appendleft(reply.result)
+            else:
+                self.dropped_responses += 1
+            return
         asked = self._reads.pop(reply.msgid, None)
         read = None if asked is None else _Read.of(asked)
         data = reply.result
@@ -271,10 +334,13 @@ class ClientCodec(Generic[T]):
                 raise ProtocolError(f"response msgid is not an int: {msgid!r:.40}")
             if msgid not in self._pending:
                 asked = self._orphans.pop(msgid, None)
-                if asked is None:
-                    self.dropped_responses += 1
-                else:
+                listener = self._orphan_accepts.pop(msgid, None)
+                if asked is not None:
                     self._orphan_answered(asked, error, result)
+                elif listener is not None and error is None and type(result) is int:
+                    self._accepted.setdefault(listener, deque()).append(result)
+                else:
+                    self.dropped_responses += 1
                 return None
             token = self._pending.pop(msgid)
             err = None if error is None else error_from_wire(error)
@@ -288,6 +354,14 @@ class ClientCodec(Generic[T]):
                 joined = self._read_answered(read, err, result)
                 if joined is not result:
                     return Reply(msgid, token, None, joined)
+            if (
+                self._accepted
+                and (listener := self._accepts.get(msgid)) is not None
+                and listener in self._accepted
+            ):
+                first = self._accept_answered(listener, err, result)
+                if first is not result:
+                    return Reply(msgid, token, None, first)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj

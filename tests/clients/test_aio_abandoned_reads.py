@@ -1,5 +1,6 @@
 """AsyncClient: a `tcp.recv` its caller abandons (cancelled, even after its answer came) loses
-no bytes: the next read of the connection gets them (contract tcp.recv: no data is lost)."""
+no bytes: the next read of the connection gets them (contract tcp.recv: no data is lost); an
+abandoned `tcp.accept`'s connection goes to the next accept of the listener."""
 
 from __future__ import annotations
 
@@ -68,3 +69,23 @@ async def test_a_read_cancelled_after_its_answer_came_loses_no_bytes() -> None:
         await c.close()
     finally:
         srv.close()
+
+
+async def test_a_cancelled_accepts_connection_goes_to_the_next_accept() -> None:
+    daemon = _Holding()
+    srv = await scripted_server(daemon)
+    try:
+        c = await AsyncClient.connect(address(srv))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.tcp_accept(5), 0.05)
+        # the daemon's accept went on and took a connection; its answer arrives
+        c._data_received(_accepted(await asyncio.wait_for(daemon.reads.get(), HANG), 17))
+        assert await asyncio.wait_for(c.tcp_accept(5), HANG) == 17
+        assert daemon.reads.empty()  # answered from what was kept: not asked
+        await c.close()
+    finally:
+        srv.close()
+
+
+def _accepted(msgid: int, conn: int) -> bytes:
+    return msgpack.packb([1, msgid, None, conn])

@@ -128,3 +128,42 @@ def test_errors_and_ends_of_stream_are_not_kept_and_a_close_drops_the_rest() -> 
     other, _ = codec.request("tcp.send", (1, b"x"), "send")
     codec.forget(other)
     assert _replies(codec, _answer(other, 1)) == [] and codec.dropped_responses == 3
+
+
+# -- tcp.accept: an abandoned accept takes the listener's next connection ------------------------
+def test_an_abandoned_accepts_connection_goes_to_the_next_accept_of_its_listener() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.accept", (5,), "abandoned")
+    codec.forget(gone)
+    assert codec.kept_answer("tcp.accept", (5,)) is None
+    assert _replies(codec, _answer(gone, 17)) == []
+    assert codec.kept_answer("tcp.accept", (6, 100)) is None  # another listener's
+    assert codec.kept_answer("tcp.accept", (5, 100)) == 17
+    assert codec.kept_answer("tcp.accept", (5, 100)) is None
+
+
+def test_an_accept_on_its_way_gets_the_kept_connection_first_or_instead_of_a_timeout() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.accept", (5,), "abandoned")
+    mine, _ = codec.request("tcp.accept", (5, 100), "mine")
+    codec.forget(gone)
+    _replies(codec, _answer(gone, 17))
+    assert codec.kept_answer("tcp.accept", (5,)) is None  # `mine` was asked first
+    (reply,) = _replies(codec, _answer(mine, 18))
+    assert (reply.token, reply.result) == ("mine", 17)
+    codec.forget(mine)
+    again, _ = codec.request("tcp.accept", (5, 100), "again")
+    (reply,) = _replies(codec, _answer(again, error=[7, "TIMEOUT: no connection on listener 5"]))
+    assert (reply.error, reply.result) == (None, 18)
+
+
+def test_an_accepted_connection_its_caller_gave_up_on_is_kept_first_and_a_close_drops_it() -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    mine, _ = codec.request("tcp.accept", (5,), "cancelled after its answer came")
+    later, _ = codec.request("tcp.accept", (5,), "abandoned later")
+    codec.forget(later)
+    (reply,) = _replies(codec, _answer(mine, 17) + _answer(later, 18))
+    codec.late(reply)
+    codec.forget(mine)
+    codec.request("tcp.close", (17,), "the caller found it in tcp.list and closed it")
+    assert codec.kept_answer("tcp.accept", (5,)) == 18

@@ -1,7 +1,7 @@
-"""A `tcp.recv` the caller cancels (`asyncio.wait_for`, `asyncio.timeout`, a task cancelled)
-loses no bytes: the daemon's read cannot be withdrawn and still takes the next bytes, so the
-client keeps what its answer carries for the next read of that connection (contract tcp.recv:
-no data is lost)."""
+"""A `tcp.recv` or `tcp.accept` the caller cancels (`asyncio.wait_for`, `asyncio.timeout`, a
+task cancelled) loses nothing: the daemon's wait cannot be withdrawn and still takes the next
+bytes (connection), so the client keeps what its answer carries for the next read of that
+connection (accept of that listener) (contract tcp.recv: no data is lost)."""
 
 from __future__ import annotations
 
@@ -25,5 +25,23 @@ async def test_a_cancelled_recv_loses_no_bytes(daemon: Daemon, echo_peer: PeerSe
             got += await c.tcp_recv(cid, 100, 2000)
         assert got == b"hello"
         await c.tcp_close(cid)
+    finally:
+        await c.close()
+
+
+async def test_a_cancelled_accept_loses_no_connection(daemon: Daemon) -> None:
+    c = await daemon.aclient(call_timeout=None)
+    try:
+        lid = await c.tcp_listen(HOST, 0)
+        port = (await c.tcp_listener_info(lid))["port"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.tcp_accept(lid), 0.3)
+        _reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            cid = await c.tcp_accept(lid, 2000)
+            assert await c.tcp_list() == [cid]
+            await c.tcp_close(cid)
+        finally:
+            writer.close()
     finally:
         await c.close()
