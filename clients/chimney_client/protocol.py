@@ -193,7 +193,10 @@ class ClientCodec(Generic[T]):
             return self.before_read(params)
         if method == "tcp.accept" and self._accepted and params and type(params[0]) is int:
             listener = params[0]
-            if listener in self._accepted and listener not in self._accepts.values():
+            accepting = any(
+                lid == listener and msgid in self._pending for msgid, lid in self._accepts.items()
+            )
+            if listener in self._accepted and not accepting:
                 return self._next_accepted(listener)  # no accept of it on its way
         return None
 
@@ -248,8 +251,12 @@ class ClientCodec(Generic[T]):
         self.kept_bytes += len(data)
 
     def _reading(self, conn: int) -> bool:
-        """Whether a read of `conn` is on its way (sent, its caller still waiting)."""
-        return any(asked and asked[0] == conn for asked in self._reads.values())
+        """Whether a read of `conn` is on its way: sent and not answered (one answered took
+        what was kept before its answer, when it was decoded)."""
+        pending = self._pending
+        return any(
+            asked and asked[0] == conn and msgid in pending for msgid, asked in self._reads.items()
+        )
 
     def _take(self, conn: int, kept: bytearray, max_bytes: int) -> bytes:
         data = bytes(kept[:max_bytes])

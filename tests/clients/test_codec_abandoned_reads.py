@@ -167,3 +167,16 @@ def test_an_accepted_connection_its_caller_gave_up_on_is_kept_first_and_a_close_
     codec.forget(mine)
     codec.request("tcp.close", (17,), "the caller found it in tcp.list and closed it")
     assert codec.kept_answer("tcp.accept", (5,)) == 18
+
+
+def test_a_read_answered_but_not_yet_taken_by_its_caller_leaves_the_rest_to_the_next() -> None:
+    """The answer of a read on its way took the kept bytes before it when it was decoded; a
+    read asked before its caller runs again gets what is left at once, not after new bytes."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 2), "mine")
+    codec.forget(gone)
+    (reply,) = _replies(codec, _answer(gone, b"abc") + _answer(mine, b"d"))
+    assert reply.result == b"ab"  # decoded; `mine` has not run again, so not forgotten yet
+    assert codec.kept_answer("tcp.recv", (1, 100)) == b"cd"
+    codec.forget(mine)
