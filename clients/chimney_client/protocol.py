@@ -209,11 +209,11 @@ class ClientCodec(Generic[T]):
 
     def _accept_answered(self, listener: int, err: RpcError | None, result: Any) -> Any:
         """An accept's answer: the connections kept for its listener come first (this one is
-        kept behind them); a TIMEOUT is no answer when one was kept."""
+        kept behind them); a TIMEOUT is no answer when one was kept. `_UNCHANGED`: as it came."""
         if err is None and type(result) is int:
             self._accepted[listener].append(result)
         elif not isinstance(err, RpcTimeout):
-            return result
+            return _UNCHANGED
         return self._next_accepted(listener)
 
     def before_read(self, params: list[Any] | tuple[Any, ...]) -> bytes | None:
@@ -276,14 +276,15 @@ class ClientCodec(Generic[T]):
 
     def _read_answered(self, read: _Read, err: RpcError | None, result: Any) -> Any:
         """A read's answer: the bytes kept for its connection come first, up to its
-        max_bytes (the rest stays kept); a TIMEOUT is no answer when bytes were kept."""
+        max_bytes (the rest stays kept); a TIMEOUT is no answer when bytes were kept.
+        `_UNCHANGED`: as it came."""
         kept = self._kept.get(read.conn)
         if kept is None:
-            return result
+            return _UNCHANGED
         if err is None and isinstance(result, bytes):
             kept.extend(result)
         elif not (isinstance(err, RpcTimeout) and not read.waitall):
-            return result
+            return _UNCHANGED
         return self._take(read.conn, kept, read.max_bytes)
 
     @property
@@ -359,7 +360,7 @@ class ClientCodec(Generic[T]):
                 # joined here, in wire order, not when its caller resumes: by then a later
                 # abandoned read's bytes may have been kept too
                 joined = self._read_answered(read, err, result)
-                if joined is not result:
+                if joined is not _UNCHANGED:
                     return Reply(msgid, token, None, joined)
             if (
                 self._accepted
@@ -367,7 +368,7 @@ class ClientCodec(Generic[T]):
                 and listener in self._accepted
             ):
                 first = self._accept_answered(listener, err, result)
-                if first is not result:
+                if first is not _UNCHANGED:
                     return Reply(msgid, token, None, first)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
@@ -378,6 +379,11 @@ class ClientCodec(Generic[T]):
                 raise ProtocolError(f"notification method is not a string: {method!r:.40}")
             return Notification(method, params if isinstance(params, list) else [params])
         raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
+
+
+#: what `ClientCodec` gets back for an answer it leaves as it came (not an identity test of
+#: the result: CPython shares the objects of small ints and one-byte bytes)
+_UNCHANGED: Any = object()
 
 
 class _Read(NamedTuple):
