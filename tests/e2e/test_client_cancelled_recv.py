@@ -6,6 +6,8 @@ connection (accept of that listener) (contract tcp.recv: no data is lost)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 
 import pytest
 
@@ -43,5 +45,30 @@ async def test_a_cancelled_accept_loses_no_connection(daemon: Daemon) -> None:
             await c.tcp_close(cid)
         finally:
             writer.close()
+    finally:
+        await c.close()
+
+
+async def test_reads_cancelled_at_any_moment_keep_the_stream_whole(
+    daemon: Daemon, echo_peer: PeerServer
+) -> None:
+    """Reads cancelled before they are sent, while they wait, or as their answer comes: the
+    bytes read are the bytes sent, in order, none lost or doubled."""
+    rng = random.Random(7)
+    c = await daemon.aclient(call_timeout=None)
+    try:
+        cid = await c.tcp_connect(HOST, echo_peer.port)
+        sent, got = bytearray(), bytearray()
+        for _ in range(150):
+            chunk = rng.randbytes(rng.randint(1, 3000))
+            assert await c.tcp_send(cid, chunk) == len(chunk)
+            sent += chunk
+            wait = rng.choice([0.0, 0.0005, 0.002, 0.01, 1.0])
+            with contextlib.suppress(TimeoutError):
+                got += await asyncio.wait_for(c.tcp_recv(cid, rng.randint(1, 4000)), wait)
+        while len(got) < len(sent):
+            got += await c.tcp_recv(cid, 65536, 5000)
+        assert len(got) == len(sent) and got == sent
+        await c.tcp_close(cid)
     finally:
         await c.close()
