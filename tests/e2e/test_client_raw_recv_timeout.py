@@ -5,10 +5,13 @@ to the daemon as `timeout_ms`, as the typed wrappers do."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
-from chimney_client import CallTimeout, Client, PeerServer
+from chimney_client import CallTimeout, Client, PeerServer, RpcTimeout
+from chimney_client.protocol import CANCELLED
+from tests.e2e.conftest import SpawnDaemon
 from tests.e2e.support import HOST, Daemon
 
 
@@ -66,3 +69,27 @@ async def test_a_raw_accept_call_that_times_out_loses_no_connection(daemon: Daem
             writer.close()
     finally:
         await c.close()
+
+
+async def test_a_read_the_stopping_daemon_cancels_is_its_timeout_not_the_calls(
+    spawn_daemon: SpawnDaemon, echo_peer: PeerServer
+) -> None:
+    """Guards what the client reads in the daemon's answer (protocol.CANCELLED): a wait the
+    daemon cancels because it is stopping raises RpcTimeout, not the call's CallTimeout, though
+    the client filled in its timeout_ms."""
+    d = spawn_daemon("[rpc]\nshutdown_deadline_s = 0.3\n")
+    c = await d.aclient(call_timeout=60.0)
+    try:
+        cid = await c.tcp_connect(HOST, echo_peer.port)
+        read = asyncio.ensure_future(c.tcp_recv(cid, 100))
+        assert await c.ping() == "pong"  # the read was dispatched before this answer
+        d.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(RpcTimeout) as caught:
+            await asyncio.wait_for(read, 30)
+        assert not isinstance(caught.value, CallTimeout), caught.value
+        assert caught.value.detail.startswith(CANCELLED), caught.value
+        assert await asyncio.to_thread(d.proc.wait, 30) == 0
+    finally:
+        await c.close()
+    d.stopped = True  # stopped here
+    d.returncode = 0
