@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -259,6 +259,9 @@ class AsyncClient:
             if timer is not None:
                 timer.cancel()
             self._codec.forget(msgid)
+            # reads of the connection that waited behind this one, answered from what is kept
+            if ready := self._codec.take_ready():
+                self._deliver(ready)
 
     async def _writable(self, method: str, limit: float | None) -> float | None:
         """Wait while the transport's buffer is above its high-water mark (memory stays
@@ -380,15 +383,23 @@ class AsyncClient:
         for event in events:
             if isinstance(event, Notification):
                 self._dispatch(event)
-            elif not event.token.done():
-                if event.error is not None:
-                    event.token.set_exception(event.error)
-                else:
-                    event.token.set_result(event.result)
             else:
-                # its caller gave up (timed out, cancelled) before it ran again: a read's
-                # bytes are kept for the next read
-                self._codec.late(event)
+                self._deliver((event,))
+
+    def _deliver(self, replies: Sequence[Reply[asyncio.Future[Any]]]) -> None:
+        """Wake the callers of `replies`; one whose caller gave up (timed out, cancelled)
+        before it ran again goes back to the codec: a read's bytes are kept for the next read,
+        which may be answered with them at once."""
+        while replies:
+            for event in replies:
+                if not event.token.done():
+                    if event.error is not None:
+                        event.token.set_exception(event.error)
+                    else:
+                        event.token.set_result(event.result)
+                else:
+                    self._codec.late(event)
+            replies = self._codec.take_ready()
 
     def _dispatch(self, note: Notification) -> None:
         handlers = self._handlers.get(note.method)
@@ -483,10 +494,12 @@ class AsyncClient:
         """Up to `max_bytes` bytes (empty at end of stream); `RpcTimeout` after `timeout_ms`.
 
         Without `timeout_ms` on a client with `call_timeout`, the daemon is sent `call_timeout`
-        as `timeout_ms` (at most an hour) and its TIMEOUT answer raises `CallTimeout`: the
-        daemon times out itself and keeps later bytes for the next call, where a request the
-        client merely gave up on would stay queued in the daemon and swallow them. The client's
-        own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
+        as `timeout_ms` and its TIMEOUT answer raises `CallTimeout`: the daemon times out
+        itself and keeps later bytes for the next call. The client's own limit is
+        `protocol.SERVER_WAIT_MARGIN` above any server-side wait; a `call_timeout` over the
+        daemon's longest wait (an hour) is the client's own limit alone. A read the client
+        abandons all the same (cancelled, or its own limit) stays queued in the daemon: what
+        it gets is kept and handed to the next reads of the connection, in stream order.
         """
         params = [conn_id, max_bytes] if timeout_ms is None else [conn_id, max_bytes, timeout_ms]
         return bytes(await self.call("tcp.recv", *params))

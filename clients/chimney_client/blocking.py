@@ -199,7 +199,12 @@ class Client:
             slot = _Slot()
             msgid, data = self._codec.request(method, sent, slot)
             try:
-                self._send(data, deadline, method, limit)
+                try:
+                    self._send(data, deadline, method, limit)
+                except CallTimeout:
+                    # not written (or the connection is gone): no answer will come for it
+                    self._codec.withdraw(msgid)
+                    raise
                 while slot.reply is None:
                     # A stream of notifications must not keep a call alive past its deadline.
                     if not self._read(deadline) or (slot.reply is None and _expired(deadline)):
@@ -207,6 +212,8 @@ class Client:
             finally:
                 # a late response is then dropped (a read's bytes kept for the next read)
                 self._codec.forget(msgid)
+                # one call at a time: nothing else waits for what forget may answer
+                self._codec.take_ready()
         finally:
             self._lock.release()
         error = slot.reply.error
@@ -433,10 +440,12 @@ class Client:
         """Up to `max_bytes` bytes (empty at end of stream); `RpcTimeout` after `timeout_ms`.
 
         Without `timeout_ms` on a client with `call_timeout`, the daemon is sent `call_timeout`
-        as `timeout_ms` (at most an hour) and its TIMEOUT answer raises `CallTimeout`: the
-        daemon times out itself and keeps later bytes for the next call, where a request the
-        client merely gave up on would stay queued in the daemon and swallow them. The client's
-        own limit is `protocol.SERVER_WAIT_MARGIN` above any server-side wait.
+        as `timeout_ms` and its TIMEOUT answer raises `CallTimeout`: the daemon times out
+        itself and keeps later bytes for the next call. The client's own limit is
+        `protocol.SERVER_WAIT_MARGIN` above any server-side wait; a `call_timeout` over the
+        daemon's longest wait (an hour) is the client's own limit alone. A read the client
+        abandons all the same (cancelled, or its own limit) stays queued in the daemon: what
+        it gets is kept and handed to the next reads of the connection, in stream order.
         """
         params = [conn_id, max_bytes] if timeout_ms is None else [conn_id, max_bytes, timeout_ms]
         return bytes(self.call("tcp.recv", *params))

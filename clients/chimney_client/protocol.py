@@ -68,13 +68,17 @@ class ClientCodec(Generic[T]):
     __slots__ = (
         "_accepted",
         "_accepts",
+        "_closes",
+        "_in_hand",
         "_kept",
         "_next_id",
         "_orphan_accepts",
         "_orphans",
         "_packer",
+        "_parked",
         "_pending",
         "_reads",
+        "_ready",
         "_unpacker",
         "dropped_responses",
         "kept_bytes",
@@ -115,6 +119,22 @@ class ClientCodec(Generic[T]):
         self._orphan_accepts: dict[int, int] = {}
         #: listener id -> conn ids abandoned accepts got and no accept took yet, oldest first
         self._accepted: dict[int, deque[int]] = {}
+        #: msgid -> conn id of each read answered with bytes while something was kept or
+        #: abandoned, whose caller has not yet taken them (`forget`) or given them back
+        #: (`late`): no later bytes of the connection are handed out before that, or a
+        #: cancelled caller's bytes would come after them
+        self._in_hand: dict[int, int] = {}
+        #: msgid -> the error (None: bytes, now kept, or the end of stream) of each read the
+        #: daemon answered while an earlier read of its connection was in its caller's hands:
+        #: its caller waits until that one is taken (`_serve`)
+        self._parked: dict[int, RpcError | None] = {}
+        #: msgid -> conn id of each `tcp.close` sent and not answered (also abandoned ones):
+        #: what is kept for the connection is dropped when the daemon closes it, not before
+        #: (it may refuse: LIMIT)
+        self._closes: dict[int, int] = {}
+        #: answers made outside `receive` (by `forget`, `late`): the shell takes them with
+        #: `take_ready` and wakes their callers
+        self._ready: list[Reply[T]] = []
 
     # -- outgoing ---------------------------------------------------------------------------------
     def request(
@@ -126,7 +146,12 @@ class ClientCodec(Generic[T]):
             asked = params
             if self._kept and (read := _Read.of(params)) is not None:
                 kept = self._kept.get(read.conn)
-                if kept is not None and read.waitall and not self._reading(read.conn):
+                if (
+                    kept is not None
+                    and read.waitall
+                    and len(kept) < read.max_bytes  # else held back by a read in hand
+                    and not self._reading(read.conn)
+                ):
                     # a waitall read asks only for what the kept bytes do not cover (fewer
                     # than max_bytes, or `before_read` answered it); joined when answered
                     params = [read.conn, read.max_bytes - len(kept), *params[2:]]
@@ -134,7 +159,7 @@ class ClientCodec(Generic[T]):
         elif method == "tcp.accept" and params and type(params[0]) is int:
             self._accepts[msgid] = params[0]
         elif method == "tcp.close" and params and type(params[0]) is int:
-            self._closing(params[0])
+            self._closes[msgid] = params[0]
         data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
         self._pending[msgid] = token
         return msgid, data
@@ -157,12 +182,29 @@ class ClientCodec(Generic[T]):
         dropped, but a `tcp.recv`'s, whose bytes are kept for the next read."""
         token = self._pending.pop(msgid, None)
         asked = self._reads.pop(msgid, None)
-        if token is not None and asked is not None:
+        if self._parked and msgid in self._parked:
+            del self._parked[msgid]  # answered already: its bytes are kept
+        elif token is not None and asked is not None:
             self._orphans[msgid] = asked
         listener = self._accepts.pop(msgid, None)
         if token is not None and listener is not None:
             self._orphan_accepts[msgid] = listener
+        if self._in_hand and (conn := self._in_hand.pop(msgid, None)) is not None:
+            self._serve(conn)  # its caller took its bytes: the next read of it may go on
         return token
+
+    def withdraw(self, msgid: int) -> None:
+        """`msgid` was never written (the daemon did not read): nobody waits for an answer."""
+        self._pending.pop(msgid, None)
+        self._reads.pop(msgid, None)
+        self._accepts.pop(msgid, None)
+        self._closes.pop(msgid, None)
+
+    def take_ready(self) -> list[Reply[T]]:
+        """Answers `forget` or `late` made from what was kept: the shell wakes their callers
+        (an answer whose caller is gone already goes back with `late`)."""
+        ready, self._ready = self._ready, []
+        return ready
 
     def fail_all(self) -> list[T]:
         """Take every pending token (the connection is gone; the shell fails them)."""
@@ -171,14 +213,22 @@ class ClientCodec(Generic[T]):
         self._reads.clear()
         self._orphans.clear()
         self._kept.clear()
+        self._in_hand.clear()
+        self._parked.clear()
+        self._closes.clear()
+        self._ready.clear()
         self._accepts.clear()
         self._orphan_accepts.clear()
         self._accepted.clear()
         return tokens
 
-    def _closing(self, conn: int) -> None:
-        """`tcp.close` of `conn` is sent: nothing kept for it is handed out any more."""
+    def _closed(self, conn: int) -> None:
+        """The daemon closed `conn` (its `tcp.close` answered true): nothing kept for it is
+        handed out any more, and what its abandoned reads still get is dropped (ids are
+        never reused: no read of it comes)."""
         self._kept.pop(conn, None)
+        for msgid in [m for m, asked in self._orphans.items() if asked and asked[0] == conn]:
+            del self._orphans[msgid]
         for listener, conns in list(self._accepted.items()):
             if conn in conns:
                 conns.remove(conn)
@@ -212,8 +262,10 @@ class ClientCodec(Generic[T]):
         kept behind them); a TIMEOUT is no answer when one was kept. `_UNCHANGED`: as it came."""
         if err is None and type(result) is int:
             self._accepted[listener].append(result)
-        elif not isinstance(err, RpcTimeout):
+        elif err is None:
             return _UNCHANGED
+        # an error (TIMEOUT, the listener closed) comes after the connections kept ahead of
+        # it: the daemon answers the next accept with it again
         return self._next_accepted(listener)
 
     def before_read(self, params: list[Any] | tuple[Any, ...]) -> bytes | None:
@@ -227,28 +279,93 @@ class ClientCodec(Generic[T]):
             return None
         if self._reading(read.conn) or (read.waitall and len(kept) < read.max_bytes):
             return None
+        if self._in_hand and read.conn in self._in_hand.values():
+            return None  # bytes a caller has not taken yet come first (it may give them back)
         return self._take(read.conn, kept, read.max_bytes)
 
     def late(self, reply: Reply[T]) -> None:
         """The shell got `reply` after its caller gave up on it (timed out or cancelled): it is
-        dropped, but a `tcp.recv`'s bytes or a `tcp.accept`'s connection, kept ahead of any
-        kept after it."""
-        listener = self._accepts.pop(reply.msgid, None)
+        dropped, but a `tcp.recv`'s bytes or a `tcp.accept`'s connection, which go to the next
+        read (accept) waiting, as they came, or are kept ahead of anything kept after them.
+        Answers this makes are taken with `take_ready`."""
+        msgid = reply.msgid
+        listener = self._accepts.pop(msgid, None)
         if listener is not None:
             if reply.error is None and type(reply.result) is int:
                 self._accepted.setdefault(listener, deque()).appendleft(reply.result)
+                self._serve_accept(listener)
             else:
                 self.dropped_responses += 1
             return
-        asked = self._reads.pop(reply.msgid, None)
-        read = None if asked is None else _Read.of(asked)
+        conn = self._in_hand.pop(msgid, None)
+        asked = self._reads.pop(msgid, None)
+        if conn is None and asked is not None and (read := _Read.of(asked)) is not None:
+            conn = read.conn
         data = reply.result
-        if read is None or reply.error is not None or not isinstance(data, bytes) or not data:
+        if conn is None or reply.error is not None or not isinstance(data, bytes) or not data:
             self.dropped_responses += 1
+            if conn is not None:
+                self._serve(conn)  # no longer in its caller's hands
             return
-        kept = self._kept.setdefault(read.conn, bytearray())
+        kept = self._kept.setdefault(conn, bytearray())
         kept[:0] = data
         self.kept_bytes += len(data)
+        # the next read waiting gets them as they came (not joined with what is kept after
+        # them: it may be a read made to take over from the cancelled one, spec §4.4 order)
+        self._serve(conn, len(data))
+
+    def _serve(self, conn: int, most: int | None = None) -> None:
+        """Answer the oldest read of `conn` still waiting from what is kept for it (at most
+        `most` bytes) or with its own parked answer, unless a read of it answered earlier is
+        still in its caller's hands. A read whose request the daemon has not answered yet
+        leaves it there: what it gets is kept in turn."""
+        if self._in_hand and conn in self._in_hand.values():
+            return
+        kept = self._kept.get(conn)
+        for msgid, asked in self._reads.items():  # in the order they were sent
+            if msgid not in self._pending or not asked or asked[0] != conn:
+                continue
+            read = _Read.of(asked)
+            if read is None:
+                continue
+            parked = msgid in self._parked
+            error = self._parked.pop(msgid, None)
+            if kept and (
+                not read.waitall
+                or len(kept) >= read.max_bytes
+                # its own answer was bytes (kept), the end of stream or a reset: the bytes
+                # before it first; only a waitall TIMEOUT is no answer short
+                or (parked and not isinstance(error, RpcTimeout))
+            ):
+                size = read.max_bytes if most is None else min(most, read.max_bytes)
+                if read.waitall:
+                    size = read.max_bytes
+                reply = Reply(msgid, self._pending.pop(msgid), None, self._take(conn, kept, size))
+                self._in_hand[msgid] = conn
+            elif parked:
+                # nothing kept ahead of its own answer (an error, the end of stream)
+                result = None if error is not None else b""
+                reply = Reply(msgid, self._pending.pop(msgid), error, result)
+            else:
+                return  # it waits for the daemon; no later read overtakes it
+            del self._reads[msgid]
+            if not parked:
+                self._orphans[msgid] = asked
+            self._ready.append(reply)
+            return
+
+    def _serve_accept(self, listener: int) -> None:
+        """Answer the oldest accept of `listener` waiting in the daemon with a kept connection;
+        its own request stays with the daemon (what it gets is kept in turn)."""
+        if listener not in self._accepted:
+            return
+        for msgid, lid in self._accepts.items():
+            if lid == listener and msgid in self._pending:
+                token = self._pending.pop(msgid)
+                del self._accepts[msgid]
+                self._orphan_accepts[msgid] = listener
+                self._ready.append(Reply(msgid, token, None, self._next_accepted(listener)))
+                return
 
     def _reading(self, conn: int) -> bool:
         """Whether a read of `conn` is on its way: sent and not answered (one answered took
@@ -273,6 +390,8 @@ class ClientCodec(Generic[T]):
             return
         self._kept.setdefault(read.conn, bytearray()).extend(result)
         self.kept_bytes += len(result)
+        # a read sent after it waits in the daemon for what comes next: it gets these now
+        self._serve(read.conn)
 
     def _read_answered(self, read: _Read, err: RpcError | None, result: Any) -> Any:
         """A read's answer: the bytes kept for its connection come first, up to its
@@ -283,8 +402,12 @@ class ClientCodec(Generic[T]):
             return _UNCHANGED
         if err is None and isinstance(result, bytes):
             kept.extend(result)
-        elif not (isinstance(err, RpcTimeout) and not read.waitall):
+        elif err is None:
             return _UNCHANGED
+        elif isinstance(err, RpcTimeout) and read.waitall and len(kept) < read.max_bytes:
+            return _UNCHANGED  # the kept bytes stay for the next read
+        # an error (a reset: docs/rpc.md tcp.recv) comes after the bytes kept ahead of it;
+        # the daemon answers the next read with it again
         return self._take(read.conn, kept, read.max_bytes)
 
     @property
@@ -310,6 +433,9 @@ class ClientCodec(Generic[T]):
                 event = self._decode(obj)
                 if event is not None:
                     events.append(event)
+                if self._ready:  # reads/accepts answered from what this answer kept
+                    events.extend(self._ready)
+                    self._ready.clear()
         except ProtocolError:
             self._unclaim(events)
             raise
@@ -340,6 +466,13 @@ class ClientCodec(Generic[T]):
             _, msgid, error, result = obj
             if not isinstance(msgid, int):
                 raise ProtocolError(f"response msgid is not an int: {msgid!r:.40}")
+            if (
+                self._closes
+                and (closed := self._closes.pop(msgid, None)) is not None
+                and error is None
+                and result is True
+            ):
+                self._closed(closed)
             if msgid not in self._pending:
                 asked = self._orphans.pop(msgid, None)
                 listener = self._orphan_accepts.pop(msgid, None)
@@ -347,11 +480,24 @@ class ClientCodec(Generic[T]):
                     self._orphan_answered(asked, error, result)
                 elif listener is not None and error is None and type(result) is int:
                     self._accepted.setdefault(listener, deque()).append(result)
+                    self._serve_accept(listener)
                 else:
                     self.dropped_responses += 1
                 return None
-            token = self._pending.pop(msgid)
             err = None if error is None else error_from_wire(error)
+            if (
+                self._in_hand
+                and (asked := self._reads.get(msgid)) is not None
+                and (read := _Read.of(asked)) is not None
+                and read.conn in self._in_hand.values()
+            ):
+                # an earlier read's bytes are in its caller's hands (it may give them back):
+                # this answer waits behind them
+                if err is None and isinstance(result, bytes) and result:
+                    self._kept.setdefault(read.conn, bytearray()).extend(result)
+                self._parked[msgid] = err
+                return None
+            token = self._pending.pop(msgid)
             if (
                 self._kept
                 and (asked := self._reads.get(msgid)) is not None
@@ -361,6 +507,7 @@ class ClientCodec(Generic[T]):
                 # abandoned read's bytes may have been kept too
                 joined = self._read_answered(read, err, result)
                 if joined is not _UNCHANGED:
+                    self._in_hand[msgid] = read.conn
                     return Reply(msgid, token, None, joined)
             if (
                 self._accepted
@@ -506,10 +653,12 @@ def server_wait(
     A `tcp.recv`/`tcp.accept` the client merely gave up on stays queued in the daemon, which
     hands it the next bytes (or connection) and its answer is dropped (contract: tcp.recv, no
     data is lost by a *server* timeout). So when a limit applies and the params carry no
-    `timeout_ms` (or nil), the daemon is sent the limit as `timeout_ms` (at most its longest
-    wait, an hour) and times out itself, keeping the bytes; a `timeout_ms` in the params is
-    kept and wins over the limit. Either way the client's own limit is `SERVER_WAIT_MARGIN`
-    above the daemon's wait: it only catches a daemon that does not answer at all.
+    `timeout_ms` (or nil), the daemon is sent the limit as `timeout_ms` and times out itself,
+    keeping the bytes; a `timeout_ms` in the params is kept and wins over the limit. Either way
+    the client's own limit is `SERVER_WAIT_MARGIN` above the daemon's wait: it only catches a
+    daemon that does not answer at all. A limit longer than the daemon's longest wait (an hour,
+    `MAX_TIMEOUT_MS`) is the client's own, sent no `timeout_ms`: the call is not cut to an
+    hour, and what the read abandoned at its end gets is kept (`ClientCodec`).
     Params of the wrong shape are sent as they are (the daemon answers INVALID_PARAMS).
     """
     index = SERVER_WAIT_PARAM.get(method)
@@ -517,7 +666,11 @@ def server_wait(
         return ServerWait(params, limit, False)
     given = params[index] if len(params) > index else None
     if given is None:
-        ms = min(math.ceil(max(limit, 0.0) * 1000), MAX_TIMEOUT_MS)
+        ms = math.ceil(max(limit, 0.0) * 1000)
+        if ms > MAX_TIMEOUT_MS:
+            # longer than the daemon's longest wait: the client times it itself, and what an
+            # abandoned tcp.recv/tcp.accept then gets is kept (`ClientCodec`)
+            return ServerWait(params, limit, False)
         sent = [*params[:index], ms, *params[index + 1 :]]
         return ServerWait(sent, ms / 1000 + SERVER_WAIT_MARGIN, True)
     if type(given) in (int, float):

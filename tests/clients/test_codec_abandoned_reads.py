@@ -40,19 +40,19 @@ def test_an_abandoned_reads_bytes_go_to_the_next_read_of_its_connection() -> Non
     assert (codec.kept_bytes, codec.dropped_responses) == (5, 0)
 
 
-def test_a_read_already_on_its_way_gets_the_kept_bytes_first() -> None:
+def test_a_read_already_on_its_way_gets_the_kept_bytes_at_once() -> None:
     """Asked before the kept bytes came, it was first in the daemon's queue after the abandoned
-    read: its answer comes after the kept bytes in the stream."""
+    read: the kept bytes are its own, and it gets them when they come (the daemon may have
+    nothing more to give it); what its own request then gets is kept for the next read."""
     codec: ClientCodec[str] = ClientCodec()
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     mine, _ = codec.request("tcp.recv", (1, 4), "mine")
     codec.forget(gone)
-    assert _replies(codec, _answer(gone, b"abc")) == []
-    assert codec.before_read((1, 100)) is None  # `mine` was asked first: they are its own
-    (reply,) = _replies(codec, _answer(mine, b"def"))
-    assert (reply.token, reply.result) == ("mine", b"abcd")
+    (reply,) = _replies(codec, _answer(gone, b"abc"))
+    assert (reply.token, reply.result) == ("mine", b"abc")
+    assert _replies(codec, _answer(mine, b"def")) == []
     codec.forget(mine)
-    assert codec.before_read((1, 100)) == b"ef"
+    assert codec.before_read((1, 100)) == b"def"
 
 
 def test_bytes_kept_after_an_answer_decoded_stay_behind_it() -> None:
@@ -65,9 +65,9 @@ def test_bytes_kept_after_an_answer_decoded_stay_behind_it() -> None:
     codec.forget(first)
     codec.forget(later)
     (reply,) = _replies(codec, _answer(first, b"1") + _answer(mine, b"2") + _answer(later, b"3"))
-    assert reply.result == b"12"
+    assert reply.result == b"1"
     codec.forget(mine)
-    assert codec.before_read((1, 100)) == b"3"
+    assert codec.before_read((1, 100)) == b"23"
 
 
 def test_an_answer_its_caller_gave_up_on_when_it_came_is_kept_first() -> None:
@@ -78,7 +78,7 @@ def test_an_answer_its_caller_gave_up_on_when_it_came_is_kept_first() -> None:
     codec.forget(gone)
     codec.forget(later)
     (reply,) = _replies(codec, _answer(gone, b"a") + _answer(mine, b"b") + _answer(later, b"c"))
-    assert reply.result == b"ab"
+    assert reply.result == b"a"
     codec.late(reply)  # the shell could not deliver it
     codec.forget(mine)
     assert codec.before_read((1, 100)) == b"abc"
@@ -123,7 +123,8 @@ def test_errors_and_ends_of_stream_are_not_kept_and_a_close_drops_the_rest() -> 
     assert codec.before_read((1, 100)) is None  # the daemon answers them again
     assert codec.dropped_responses == 2
     _replies(codec, _answer(ids[2], b"left"))
-    codec.request("tcp.close", (1,), "close")
+    close, _ = codec.request("tcp.close", (1,), "close")
+    _replies(codec, _answer(close, True))  # dropped when the daemon closed it, not before
     assert codec.before_read((1, 100)) is None
     other, _ = codec.request("tcp.send", (1, b"x"), "send")
     codec.forget(other)
@@ -147,10 +148,9 @@ def test_an_accept_on_its_way_gets_the_kept_connection_first_or_instead_of_a_tim
     gone, _ = codec.request("tcp.accept", (5,), "abandoned")
     mine, _ = codec.request("tcp.accept", (5, 100), "mine")
     codec.forget(gone)
-    _replies(codec, _answer(gone, 17))
-    assert codec.kept_answer("tcp.accept", (5,)) is None  # `mine` was asked first
-    (reply,) = _replies(codec, _answer(mine, 18))
+    (reply,) = _replies(codec, _answer(gone, 17))  # `mine` was asked first: it is its own
     assert (reply.token, reply.result) == ("mine", 17)
+    assert _replies(codec, _answer(mine, 18)) == []  # kept for the next accept
     codec.forget(mine)
     again, _ = codec.request("tcp.accept", (5, 100), "again")
     (reply,) = _replies(codec, _answer(again, error=[7, "TIMEOUT: no connection on listener 5"]))
@@ -165,18 +165,73 @@ def test_an_accepted_connection_its_caller_gave_up_on_is_kept_first_and_a_close_
     (reply,) = _replies(codec, _answer(mine, 17) + _answer(later, 18))
     codec.late(reply)
     codec.forget(mine)
-    codec.request("tcp.close", (17,), "the caller found it in tcp.list and closed it")
+    close, _ = codec.request("tcp.close", (17,), "the caller found it in tcp.list and closed it")
+    _replies(codec, _answer(close, True))
     assert codec.kept_answer("tcp.accept", (5,)) == 18
 
 
 def test_a_read_answered_but_not_yet_taken_by_its_caller_leaves_the_rest_to_the_next() -> None:
     """The answer of a read on its way took the kept bytes before it when it was decoded; a
-    read asked before its caller runs again gets what is left at once, not after new bytes."""
+    read asked before its caller runs again waits (its caller may give them back, cancelled:
+    they come before the rest), then gets what is left."""
     codec: ClientCodec[str] = ClientCodec()
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     mine, _ = codec.request("tcp.recv", (1, 2), "mine")
     codec.forget(gone)
     (reply,) = _replies(codec, _answer(gone, b"abc") + _answer(mine, b"d"))
     assert reply.result == b"ab"  # decoded; `mine` has not run again, so not forgotten yet
-    assert codec.kept_answer("tcp.recv", (1, 100)) == b"cd"
+    assert codec.kept_answer("tcp.recv", (1, 100)) is None
     codec.forget(mine)
+    assert codec.kept_answer("tcp.recv", (1, 100)) == b"cd"
+
+
+def test_a_reads_own_answer_waits_while_an_earlier_read_is_in_its_callers_hands() -> None:
+    """`first` got the kept "a" at once; its own answer "b" and `second`'s "c" come in the same
+    chunk. `second` must not take "bc" before `first`'s caller has taken "a": cancelled, it
+    gives "a" back, which comes before them (spec §4.4: bytes in stream order)."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    first, _ = codec.request("tcp.recv", (1, 100), "first")
+    second, _ = codec.request("tcp.recv", (1, 100), "second")
+    codec.forget(gone)
+    replies = _replies(codec, _answer(gone, b"a") + _answer(first, b"b") + _answer(second, b"c"))
+    assert [(r.token, r.result) for r in replies] == [("first", b"a")]
+    codec.late(replies[0])  # `first`'s caller was cancelled before it ran again
+    codec.forget(first)
+    (reply,) = codec.take_ready()
+    assert (reply.token, reply.result) == ("second", b"a")
+    codec.forget(second)
+    assert codec.before_read((1, 100)) == b"bc"
+    assert codec.pending == 0 and not codec._orphans  # nothing waits for an answer that came
+
+
+def test_a_reads_own_end_of_stream_waits_behind_the_bytes_before_it() -> None:
+    """As above, `second` is answered with the end of stream: it gets the bytes kept before it
+    once `first` is taken; the end of stream is the daemon's answer to the read after."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    first, _ = codec.request("tcp.recv", (1, 100), "first")
+    second, _ = codec.request("tcp.recv", (1, 100), "second")
+    codec.forget(gone)
+    replies = _replies(codec, _answer(gone, b"a") + _answer(first, b"b") + _answer(second, b""))
+    assert [(r.token, r.result) for r in replies] == [("first", b"a")]
+    codec.forget(first)
+    (reply,) = codec.take_ready()
+    assert (reply.token, reply.result) == ("second", b"b")
+
+
+def test_a_parked_waitall_timeout_is_no_short_answer() -> None:
+    """A waitall read answered TIMEOUT while an earlier read is in its caller's hands raises
+    TIMEOUT once that one is taken, when what is kept does not cover it; the bytes stay."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    first, _ = codec.request("tcp.recv", (1, 100), "first")
+    waitall, _ = codec.request("tcp.recv", (1, 10, 50, {"waitall": True}), "waitall")
+    codec.forget(gone)
+    chunk = _answer(gone, b"a") + _answer(first, b"b") + _answer(waitall, error=TIMEOUT)
+    assert [r.result for r in _replies(codec, chunk)] == [b"a"]
+    codec.forget(first)
+    (reply,) = codec.take_ready()
+    assert (reply.token, isinstance(reply.error, RpcTimeout)) == ("waitall", True)
+    codec.forget(waitall)
+    assert codec.before_read((1, 100)) == b"b"
