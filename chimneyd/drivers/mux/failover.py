@@ -21,6 +21,7 @@ from chimneyd.ndis.oid import (
 )
 from chimneyd.ndis.status import NdisStatus
 
+from . import relink
 from .objects import Lower, MuxConnection
 
 if TYPE_CHECKING:
@@ -133,10 +134,13 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         lower.paused = True
     elif status == S.NDIS_STATUS_UPLOAD_ALL:
         lower.failed = True
+        forget_plans(mux)
+        relink.lower_failed(mux, lower)  # a move's copy it may hold until its RESUME
         mux.owed.update(_initiating_on(mux, lower))
         _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
     elif status == S.NDIS_STATUS_OFFLOAD_RESUME:
         lower.paused = lower.failed = False
+        forget_plans(mux)
         ask(mux, lower)
 
 
@@ -170,17 +174,20 @@ def _initiating_on(mux: MuxIm, lower: Lower) -> list[MuxConnection]:
 
 def take_out(mux: MuxIm, lower: Lower) -> None:
     lower.taken_out = True
+    forget_plans(mux)
     _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
 
 
 def put_back(mux: MuxIm, lower: Lower) -> None:
     lower.taken_out = False
+    forget_plans(mux)
     _offer_changed(mux)
 
 
 def rebalance(mux: MuxIm) -> None:
     """Move connections from the NICs that carry the most to those that carry the fewest,
     until they differ by one at most; the moved ones are placed where planned."""
+    forget_plans(mux)  # the last rebalance's: this one plans from the load as it is now
     lowers = [lo for lo in mux.lower_list() if lo.in_service]
     if len(lowers) < 2:
         return
@@ -200,6 +207,18 @@ def rebalance(mux: MuxIm) -> None:
         counts[low.binding.id] += 1
         moving.append(entry)
     _evacuate(mux, moving)
+
+
+def forget_plans(mux: MuxIm) -> None:
+    """Drop the rebalance's plans (`Placement.moves`) not used yet. A plan is popped when its
+    connection is offloaded again, at the RESUME that ends the evacuation (spec §5.5); one
+    the host closes instead is never used, and the MUX cannot tell which one that is. So
+    the plans go when they no longer say anything: at the next rebalance (which plans from
+    the load as it is then), when a NIC fails, is taken out or comes back (the set they
+    were planned over changed), and when the MUX carries nothing any more (`MuxIm.idle`):
+    an offload after that goes where the policy puts it. Without it the table grew with
+    every rebalance, and a later connection reusing a 4-tuple went where an old plan said."""
+    mux.placement.moves.clear()
 
 
 def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:

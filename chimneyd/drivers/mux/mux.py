@@ -41,7 +41,7 @@ from ..queues import NO_ITEMS, grown
 from . import failover, relink
 from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
 from .placement import Fit, Placement, fit_of, usable
-from .trees import MuxCall, mirror_block
+from .trees import LowerTree, MuxCall, mirror_block
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
@@ -147,23 +147,29 @@ class MuxIm(PassthroughIm):
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
-            path = objects.get(id(parents.get(id(up))))
+            path_up = parents.get(id(up))
+            path = objects.get(id(path_up))
             if not isinstance(path, VirtualObject) and path != "new":
                 raise ChimneyProtocolError(f"{self.name}: a connection with no path above it")
+            # what the MUX already has of the objects the connection goes under: its path, or
+            # for a new path the neighbor it goes under (`_instance_for` links the new path
+            # under that neighbor's copy on the chosen NIC, whatever its phase, spec §3.1)
+            above = (
+                path
+                if isinstance(path, VirtualObject)
+                else objects.get(id(parents.get(id(path_up))))
+            )
+            known = above if isinstance(above, VirtualObject) else None
             key = _key(parents, up)
             # [EMU] the host's placement wish for the connection, carried in its trace (the
             # NIC the application pinned it to, the NICs the host keeps its connections off)
             fit = fit_of(_wish(up))
-            if isinstance(path, VirtualObject):
-                fit = _avoiding(path, fit)
+            if known is not None:
+                fit = _avoiding(known, fit)
             lower = held.get(id(up))
             if lower is None or not self._still_fits(lower, key, fit):
                 lower = self.placement.choose(self.lower_list(), key, _ipv6(key), fit)
-            if (
-                lower is not None
-                and isinstance(path, VirtualObject)
-                and self._settling(path, lower)
-            ):
+            if lower is not None and known is not None and self._settling(known, lower):
                 for _, chosen, _, _ in placed:  # nothing changes: undo the counts taken so far
                     if chosen is not None:
                         chosen.connections -= 1
@@ -233,7 +239,10 @@ class MuxIm(PassthroughIm):
 
     def _settling(self, vobj: VirtualObject, lower: Lower) -> bool:
         """Whether `vobj` or its neighbor has a copy on `lower` that a new connection cannot
-        be linked under yet (`_UNLINKABLE`).
+        be linked under yet (`_UNLINKABLE`). `vobj` is the connection's path, or for a path
+        new to the MUX the neighbor it goes under: `_instance_for` links every copy the MUX
+        has on that NIC, whatever its phase (a copy still being offloaded would be a second
+        offload of its handle, spec §3.1).
 
         A FAILED copy makes the connection wait rather than get a second copy of the object
         on the same NIC, or another NIC: the MUX keeps one copy per object and NIC (it finds
@@ -246,6 +255,8 @@ class MuxIm(PassthroughIm):
         nothing depends on it), and the retry after that completion offloads a fresh one."""
         if vobj.relinking:
             return True  # its copies are moving to another neighbor's (`relink`): after that
+        if _misplaced(vobj, lower):
+            return True  # placed by an earlier choice (held): after its copy has gone
         v: VirtualObject | None = vobj
         while v is not None:
             inst = v.instances.get(lower.binding.id)
@@ -591,7 +602,14 @@ class MuxIm(PassthroughIm):
                 self._deliver_early(obj)
         failover.evacuated(self)
         self._release_unused()
+        self.idle()
         self.retry_deferred()
+
+    def idle(self) -> None:
+        """Once the MUX carries nothing (no connection, no object, no copy), a rebalance's
+        plans not used yet are for connections the host closed (`failover.forget_plans`)."""
+        if not self.table and self.placement.moves:
+            failover.forget_plans(self)
 
     def _corrupt_again(self, inst: Instance) -> None:
         """A terminate found `inst`'s hardware state corrupt (spec §3.7). The first time, the
@@ -625,11 +643,39 @@ class MuxIm(PassthroughIm):
 
     @downcall
     def MiniportUpdateOffload(self, root: OffloadBlock) -> None:
+        if not self._update(root):
+            self.deferred.append(("Update", root))
+
+    def _update(self, root: OffloadBlock) -> bool:
+        """Relay the update, or make the next-hop change it asks for (`_relink`); False
+        (nothing changed) while a copy of an object it names is being offloaded, an update
+        before it that shares an object with it waits here, or a next-hop change under way names one of its objects or moves a path from one: the
+        move's updates (step 2, or step 3's values from before) would reach the NICs after
+        this one and put older values back (spec §3.4 (a): an update's values are copied
+        into the objects; §9 item 7: one update of an object in flight). Retried once that
+        one is done."""
+        objects = _named(self, root)
+        if any(
+            op == "Update" and _named(self, r).keys() & objects.keys() for op, r in self.deferred
+        ):
+            return False  # the one before it goes first (`retry_deferred` keeps the order)
+        if any(self._moving(v) for v in objects.values()):
+            return False
+        if any(
+            i.lifecycle.phase is Phase.OFFLOADING and not i.lower.failed
+            for v in objects.values()
+            for i in v.instances.values()
+        ):
+            # a copy being offloaded for a connection placed on its NIC takes no state call
+            # yet (spec §3.1), and was made with the values from before this update: missed,
+            # its NIC would keep them for good. After its offload, as an invalidate waits.
+            # Not for a failed NIC's, which holds it until its RESUME (spec §5.5): the failover
+            # asks its connection up (`failover.offloaded_late`), and the copy goes with it
+            return False
         if self._relinks(root):
-            if not self._relink(root):
-                self.deferred.append(("Update", root))  # a next-hop change
-            return
+            return self._relink(root)  # a next-hop change
         self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
+        return True
 
     def _relink(self, root: OffloadBlock) -> bool:
         """Move paths to another neighbor (spec §3.4 (b), the next-hop change): each NIC's
@@ -693,7 +739,10 @@ class MuxIm(PassthroughIm):
 
     def _moving(self, vobj: VirtualObject) -> bool:
         """Whether a next-hop change under way names `vobj`, or moves a path from it."""
-        return any(c.relink is not None and vobj in c.relink.vobjs for c in self.call_entries)
+        return any(
+            c.relink is not None and c.relink.stage != "done" and vobj in c.relink.vobjs
+            for c in self.call_entries
+        )
 
     def _relay_op(self, op: str, root: OffloadBlock, ndis_call: Any) -> None:
         """Each connection's block to its NIC; a neighbor's or path's to every NIC that holds
@@ -791,10 +840,31 @@ class MuxIm(PassthroughIm):
         if not trees:
             self._complete_empty(call)
             return
+        unsent: list[LowerTree] = []
+        error: ChimneyProtocolError | None = None
         for tree in trees:
             assert tree.root is not None
             tree.root.im_reserved = call
-            ndis_call(self, tree.lower.binding, tree.root)
+            if call.op != "Initiate" or call.relink is not None:
+                ndis_call(self, tree.lower.binding, tree.root)
+                continue
+            try:
+                ndis_call(self, tree.lower.binding, tree.root)
+            except ChimneyProtocolError as exc:
+                # NDIS refused the tree (a MUX fault): the call entry already holds the
+                # initiate, so NDIS would not fail it above for the MUX (`keeps`) and it
+                # would never complete. Its NIC never saw the tree: it fails as a NIC
+                # would fail it (spec §3.2.4), the other NICs' parts go on, and the
+                # initiate completes above with them; the fault is raised after that
+                error = error or exc
+                unsent.append(tree)
+        for tree in unsent:
+            assert tree.root is not None
+            for low in walk(tree.root):
+                low.status = S.NDIS_STATUS_FAILURE
+            self.ProtocolInitiateOffloadComplete(tree.lower.binding, tree.root)
+        if error is not None:
+            raise error
 
     def _complete_empty(self, call: MuxCall) -> None:
         """A tree naming only the MUX's own objects (or nothing below): done here."""
@@ -825,6 +895,8 @@ class MuxIm(PassthroughIm):
             "Invalidate": self.ndis.NdisMInvalidateOffloadComplete,
         }[call.op]
         complete(self, root)
+        if call.op == "Terminate":
+            self.idle()  # the last objects may have had no copy left below
 
     def _lower_done(self, lower_root: OffloadBlock) -> MuxCall | None:
         """Count a lower completion; the call once every lower tree of it is back."""
@@ -851,10 +923,15 @@ class MuxIm(PassthroughIm):
             "Initiate": self._initiate,
             "Terminate": self._terminate,
             "Invalidate": self._invalidate,
-            "Update": self._relink,  # only a next-hop change waits (`_relink`)
+            "Update": self._update,
         }
-        for op, root in deferred:
-            done = retry[op](root)
+        for i, (op, root) in enumerate(deferred):
+            try:
+                done = retry[op](root)
+            except BaseException:
+                # the rest still wait: a fault in one retry must not drop them unanswered
+                self.deferred += deferred[i + 1 :]
+                raise
             if not done:
                 self.deferred.append((op, root))
 
@@ -1000,11 +1077,12 @@ class MuxIm(PassthroughIm):
 
     def leftovers(self) -> dict[str, int]:
         """The pass-through IM's tables, and the MUX's own: operations deferred, NBLs on their
-        way up or held above (the NIC each returns to), OID requests in flight, connections
-        asked up or owed an upload, virtual objects, bytes counted below."""
+        way up or held above (the NIC each returns to), a rebalance's plans, OID requests in
+        flight, connections asked up or owed an upload, virtual objects, bytes counted below."""
         return {
             **super().leftovers(),
             "deferred": len(self.deferred),
+            "placement_moves": len(self.placement.moves),  # a rebalance's plans not used yet
             "held_placements": len(self.held_placements),
             "indicating": len(self.indicating),
             "returns_to": len(self.returns_to),
@@ -1067,11 +1145,42 @@ def _ref(inst: Instance) -> None:
 
 
 def _avoiding(path: VirtualObject, fit: Fit | None) -> Fit | None:
-    """`fit`, and not a NIC that kept finding a copy of `path` or its neighbor corrupt."""
+    """`fit`, and not a NIC that kept finding a copy of `path` or its neighbor corrupt, nor
+    one whose copy of `path` hangs under another neighbor's copy (`_misplaced`)."""
     avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
-    if not avoid:
-        return fit
-    return lambda lower: lower.binding.id not in avoid and (fit is None or fit(lower))
+    if not avoid and not any(i.under is not None for i in path.instances.values()):
+        return fit  # a neighbor, or a path with no copy under a neighbor's: nothing to leave out
+    return lambda lower: (
+        lower.binding.id not in avoid
+        and not _misplaced(path, lower)
+        and (fit is None or fit(lower))
+    )
+
+
+def _misplaced(path: VirtualObject, lower: Lower) -> bool:
+    """Whether `path`'s copy on `lower` hangs under a copy of a neighbor other than the one
+    the layer above has it under: one a next-hop change left under the old neighbor's copy
+    (its NIC had failed, `relink.plan`), or could not move back (`relink._undone`). Its
+    connections there are on their way up, and the copy goes with the last of them; a new
+    connection linked under it would be under the wrong neighbor on its NIC, asked up by
+    nothing, and hold the host's terminate of that neighbor for as long as it lives
+    (`_strays_under`). It goes to another NIC, as from a NIC avoided."""
+    inst = path.instances.get(lower.binding.id)
+    if inst is None or inst.under is None:
+        return False
+    parent = path.parent
+    return parent is None or inst.under is not parent.instances.get(lower.binding.id)
+
+
+def _named(mux: MuxIm, root: OffloadBlock) -> dict[int, VirtualObject]:
+    """The neighbors and paths an update names, and the neighbors of the paths it names
+    (those a next-hop change moves them from), by id."""
+    out: dict[int, VirtualObject] = {}
+    for up in walk(root):
+        if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
+            for vobj in _object_chain(mux._context(up, VirtualObject)):
+                out[vobj.id] = vobj
+    return out
 
 
 def _cancel_retry(inst: Instance) -> None:

@@ -5,7 +5,8 @@ Each NIC holds its own copies (`objects`), so the move is made NIC by NIC, in up
 steps, each one MUX call split by NIC (`trees.MuxCall` with `relink` set):
 
 1. copies: a NIC holding a copy of a moving path but none of the new neighbor is given one
-   (an initiate of the MUX's own, from the state it keeps, as `MuxIm._instance_for` does);
+   (an initiate of the MUX's own, from the state it keeps, as `MuxIm._instance_for` does;
+   one per NIC: a NIC that fails before completing it is left out, `lower_failed`);
 2. move: each NIC gets an update moving its path copies under its copy of the new neighbor
    (with the cached values the layer above sent, and the new neighbor's to every NIC that
    has a copy of it);
@@ -36,7 +37,7 @@ from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
 from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
 
-from .objects import Instance, MuxConnection, VirtualObject
+from .objects import Instance, Lower, MuxConnection, VirtualObject
 from .trees import MuxCall, mirror_block
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class Relink:
     """A next-hop change in flight at the MUX."""
 
     __slots__ = (
+        "abandoned",
+        "copying",
         "failed",
         "moved",
         "moves",
@@ -81,13 +84,17 @@ class Relink:
     def __init__(self, root: OffloadBlock) -> None:
         self.root = root
         self.saved_im_reserved: Any = root.im_reserved
-        self.stage = "copies"  # then "move", then "undo" if a NIC failed its part
+        self.stage = "copies"  # then "move", "undo" if a NIC failed its part, and "done"
         self.moves: list[Move] = []
         # (path, new neighbor): every path that moves, with a copy on a NIC or none yet
         self.paths: list[tuple[VirtualObject, VirtualObject]] = []
         # (the neighbor's block above, a live copy of it): each gets the update's values
         self.neighbors: list[tuple[OffloadBlock, Instance]] = []
         self.new_copies: list[Instance] = []  # made by step 1
+        # step 1, one initiate per NIC: lower binding id -> its call, until it is back
+        self.copying: dict[int, MuxCall] = {}
+        # step 1's calls to NICs that failed before completing them (`lower_failed`)
+        self.abandoned: list[MuxCall] = []
         self.named: list[VirtualObject] = []  # the objects the update names
         self.vobjs: list[VirtualObject] = []  # those, and the neighbors paths move from
         self.touched: list[Instance] = []  # copies with this update below them (pending_ops)
@@ -97,8 +104,8 @@ class Relink:
 
 def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
     """What the update moves; False while a copy it names, or of a neighbor a path moves
-    from, is still being offloaded or terminated on its NIC (spec §3.1), or a path it moves
-    is in another move: retried later. True: an update of a shape the MUX does not move (a
+    from, is still being offloaded or terminated on its NIC (spec §3.1), or has a state
+    operation below it, or a path it moves is in another move: retried later. True: an update of a shape the MUX does not move (a
     TCP block under a path, a placeholder neighbor): it fails as a whole."""
     rl = Relink(root)
     block: OffloadBlock | None = root
@@ -139,7 +146,10 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
         block = block.next_block
     rl.vobjs += rl.named
     for vobj in rl.vobjs:
-        if any(i.lifecycle.phase in _SETTLING for i in vobj.instances.values()):
+        # a copy with an update (or the MUX's own invalidate) below it: the move's updates
+        # go after that one, not beside it (spec §9 item 7: one update of an object in
+        # flight), so that the later values are the ones the NIC keeps
+        if any(i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()):
             return False
     return rl
 
@@ -177,14 +187,19 @@ def start(mux: MuxIm, rl: Relink) -> None:
     if not rl.new_copies:
         _move(mux, rl)
         return
-    call = MuxCall("Initiate", None)
-    call.relink = rl
+    # one call per NIC: a NIC that fails before completing its part is left out of the move
+    # without holding the others' (`lower_failed`)
     for copy in rl.new_copies:
+        call = rl.copying.get(copy.lower.binding.id)
+        if call is None:
+            call = rl.copying[copy.lower.binding.id] = MuxCall("Initiate", None)
+            call.relink = rl
         vobj = copy.vobj
         new = OffloadBlock(vobj.header_type, copy.handle, vobj.const, vobj.cached, vobj.delegated)
         call.tree(copy.lower).object_block(vobj, lambda new=new: new)  # type: ignore[misc]
         call.link(None, new, copy)
-    mux._send(call, mux.ndis.NdisInitiateOffload)
+    for call in list(rl.copying.values()):
+        mux._send(call, mux.ndis.NdisInitiateOffload)
 
 
 def _touch(rl: Relink, copies: list[Instance]) -> None:
@@ -200,7 +215,9 @@ def completed(mux: MuxIm, call: MuxCall) -> None:
     """A step is back from every NIC."""
     rl = call.relink
     assert rl is not None
-    if rl.stage == "copies":
+    if any(c is call for c in rl.abandoned):
+        _abandoned_done(mux, rl, call)
+    elif rl.stage == "copies":
         _copies_done(mux, rl, call)
     elif rl.stage == "move":
         _moved(mux, rl, call)
@@ -209,7 +226,11 @@ def completed(mux: MuxIm, call: MuxCall) -> None:
 
 
 def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
-    """Step 1 is back: each NIC offloaded its copy of the new neighbor, or the move fails."""
+    """Step 1 is back from a NIC: it offloaded its copies of the new neighbor, or the move
+    fails. Once every NIC's part is back (or left out, `lower_failed`), step 2 or the end."""
+    for lower_id, c in list(rl.copying.items()):
+        if c is call:
+            del rl.copying[lower_id]
     for _, low, copy in call.links:
         assert isinstance(copy, Instance)
         if low.status in OFFLOADED_STATUSES:
@@ -219,6 +240,11 @@ def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
             mux._drop_instance(copy)
             copy.handle.release()
             rl.failed = True
+    if not rl.copying:
+        _all_copies_done(mux, rl)
+
+
+def _all_copies_done(mux: MuxIm, rl: Relink) -> None:
     # those offloaded have the move below them now, as the others; those that failed are
     # gone, and an offloaded one nothing uses in the end is terminated once it completes
     _touch(rl, [c for c in rl.new_copies if c.lifecycle.phase is Phase.OFFLOADED])
@@ -226,6 +252,45 @@ def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
         finish(mux, rl)
     else:
         _move(mux, rl)
+
+
+def lower_failed(mux: MuxIm, failed: Lower) -> None:
+    """`failed` asked for every upload (spec §5.5) while a move's step 1 has an initiate of
+    a copy below it, or about to go to it. A failed NIC holds new offloads until its RESUME,
+    which may never come: waiting for that copy would hold the whole update, and every new
+    connection on the paths it moves (`MuxIm._settling`). Its part of the move goes as
+    `plan` leaves out a NIC failed already: its path copies stay where they hang, for the
+    failover to take away once their connections are up; the other NICs' parts go on. The
+    copy's initiate completes when it does (`_abandoned_done`)."""
+    rls = {
+        id(c.relink): c.relink
+        for c in mux.call_entries
+        if c.relink is not None and c.relink.stage == "copies"
+    }
+    for rl in rls.values():
+        call = rl.copying.pop(failed.binding.id, None)
+        if call is None:
+            continue
+        rl.abandoned.append(call)
+        rl.moves = [m for m in rl.moves if m.path.lower is not failed]
+        if not rl.copying:
+            _all_copies_done(mux, rl)
+
+
+def _abandoned_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
+    """A step-1 initiate left out of its move (`lower_failed`) is back at last: a copy it
+    offloaded has nothing under it, and goes as one left unused; one it failed goes now."""
+    rl.abandoned = [c for c in rl.abandoned if c is not call]
+    for _, low, copy in call.links:
+        assert isinstance(copy, Instance)
+        if low.status in OFFLOADED_STATUSES:
+            copy.lifecycle.fire(Event.INITIATE_OFFLOADED)
+        else:
+            copy.lifecycle.fire(Event.INITIATE_FAILED)
+            mux._drop_instance(copy)
+            copy.handle.release()
+    mux._release_unused()
+    mux.retry_deferred()
 
 
 def _move(mux: MuxIm, rl: Relink) -> None:
@@ -346,6 +411,7 @@ def _undone(mux: MuxIm, rl: Relink) -> None:
 
 def finish(mux: MuxIm, rl: Relink) -> None:
     """Complete the update above: all SUCCESS, or all FAILURE (spec §3.1 item 5, §3.4)."""
+    rl.stage = "done"
     for copy in rl.touched:
         copy.pending_ops -= 1
     for path, _ in rl.paths:

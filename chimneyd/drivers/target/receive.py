@@ -152,9 +152,15 @@ def urgent(
     terminate (`hand_up_held`), where the host hands them to the application in order."""
     if c.lifecycle.tcp is TcpState.RESET or not _acceptable(c, offset, len(data), ack):
         return
-    if c.urgent_at is None:
-        at = c.urgent_at = max(offset, c.rx.rcv_nxt)
+    at = max(offset, c.rx.rcv_nxt)
+    held_from = c.urgent_at
+    if held_from is None or at < held_from:
+        # the earliest urgent byte holds: a second URG segment in the same forward may lie
+        # before the first one's data (spec §4.6: the host forwards what it has in one call),
+        # and what lies from it on is urgent data too, for the ordinary path (spec §5.2)
+        c.urgent_at = at
         _hold_ooo_from(c, at)
+    if held_from is None:
         events.request_upload(t, c, TcpUploadReason.ReceivedUrgentData)
     segment(t, c, offset, data, flags)
 
