@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 
-from chimney_client import AsyncClient, Client
+from chimney_client import AsyncClient, CallTimeout, Client
 
 READY_TIMEOUT = 30.0
 STOP_DEADLINE = 30.0
@@ -488,3 +489,66 @@ def echo(c: Client, conn: int, data: bytes) -> None:
         assert chunk, "the echo peer closed"
         got += chunk
     assert got == data
+
+
+async def assert_a_lost_read_loses_no_bytes(
+    c: AsyncClient,
+    echo_port: int,
+    lost_read: Callable[[int], Awaitable[object]],
+    raises: type[BaseException],
+) -> None:
+    """A read of a connection to the echo peer on `echo_port` (`lost_read(conn)`) that ends in
+    `raises` loses nothing: the bytes sent after it all come back to the next reads (contract
+    tcp.recv: no data is lost by a timeout), none doubled. Closes `c`."""
+    try:
+        cid = await c.tcp_connect(HOST, echo_port)
+        with pytest.raises(raises):
+            await lost_read(cid)
+        assert await c.tcp_send(cid, b"hello") == 5
+        got = b""
+        while len(got) < 5:  # reads of more than was sent: a byte doubled would show
+            got += await c.tcp_recv(cid, 100, 2000)
+        assert got == b"hello", f"{got!r}; dropped responses: {c._codec.dropped_responses}"
+        await c.tcp_close(cid)
+    finally:
+        await c.close()
+
+
+async def assert_a_lost_accept_loses_no_connection(
+    c: AsyncClient, lost_accept: Callable[[int], Awaitable[object]], raises: type[BaseException]
+) -> None:
+    """An accept on a new listener (`lost_accept(listener)`) that ends in `raises` loses
+    nothing: the connection that comes after it is the next accept's, and the only one there
+    is. Closes `c`."""
+    try:
+        lid = await c.tcp_listen(HOST, 0)
+        port = (await c.tcp_listener_info(lid))["port"]
+        with pytest.raises(raises):
+            await lost_accept(lid)
+        _reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            cid = await c.tcp_accept(lid, 2000)
+            assert await c.tcp_list() == [cid]
+            await c.tcp_close(cid)
+        finally:
+            writer.close()
+    finally:
+        await c.close()
+
+
+def assert_a_blocking_lost_read_loses_no_bytes(
+    d: Daemon, echo_port: int, call_timeout: float, lost_read: Callable[[Client, int], object]
+) -> None:
+    """`assert_a_lost_read_loses_no_bytes` for the blocking client, whose `call_timeout` ends
+    `lost_read(c, conn)` in `CallTimeout`. Blocks: run it off the loop the echo peer is on."""
+    token = d.admin_token or d.token or None
+    with Client.connect(d.address, token=token, call_timeout=call_timeout) as c:
+        cid = c.tcp_connect(HOST, echo_port)
+        with pytest.raises(CallTimeout):
+            lost_read(c, cid)
+        assert c.tcp_send(cid, b"hello") == 5
+        got = b""
+        while len(got) < 5:
+            got += c.tcp_recv(cid, 100, 2000)
+        assert got == b"hello", got
+        c.tcp_close(cid)

@@ -9,44 +9,27 @@ import asyncio
 import contextlib
 import random
 
-import pytest
-
 from chimney_client import PeerServer
-from tests.e2e.support import HOST, Daemon
+from tests.e2e.support import (
+    HOST,
+    Daemon,
+    assert_a_lost_accept_loses_no_connection,
+    assert_a_lost_read_loses_no_bytes,
+)
 
 
 async def test_a_cancelled_recv_loses_no_bytes(daemon: Daemon, echo_peer: PeerServer) -> None:
     c = await daemon.aclient(call_timeout=None)
-    try:
-        cid = await c.tcp_connect(HOST, echo_peer.port)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(c.tcp_recv(cid, 100), 0.3)
-        assert await c.tcp_send(cid, b"hello") == 5
-        got = b""
-        while len(got) < 5:
-            got += await c.tcp_recv(cid, 100, 2000)
-        assert got == b"hello"
-        await c.tcp_close(cid)
-    finally:
-        await c.close()
+    await assert_a_lost_read_loses_no_bytes(
+        c, echo_peer.port, lambda cid: asyncio.wait_for(c.tcp_recv(cid, 100), 0.3), TimeoutError
+    )
 
 
 async def test_a_cancelled_accept_loses_no_connection(daemon: Daemon) -> None:
     c = await daemon.aclient(call_timeout=None)
-    try:
-        lid = await c.tcp_listen(HOST, 0)
-        port = (await c.tcp_listener_info(lid))["port"]
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(c.tcp_accept(lid), 0.3)
-        _reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            cid = await c.tcp_accept(lid, 2000)
-            assert await c.tcp_list() == [cid]
-            await c.tcp_close(cid)
-        finally:
-            writer.close()
-    finally:
-        await c.close()
+    await assert_a_lost_accept_loses_no_connection(
+        c, lambda lid: asyncio.wait_for(c.tcp_accept(lid), 0.3), TimeoutError
+    )
 
 
 async def test_reads_cancelled_at_any_moment_keep_the_stream_whole(
