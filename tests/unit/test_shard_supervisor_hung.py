@@ -17,14 +17,10 @@ from structlog.testing import capture_logs
 
 from chimneyd.config import ConfigError, load_config
 from chimneyd.shards import supervisor as supervisor_module
-from tests.unit.test_shard_supervisor_stop import WAIT_S, GatedSupervisor, supervising
+from tests.unit.test_shard_supervisor_stop import WAIT_S, named, running_shard, supervising
 
 #: an event's info padded to about this many bytes, so that a few thousand fill the bound
 EVENT_PAD = 4096
-
-
-def named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == name]
 
 
 async def until(predicate: Any, what: str) -> None:
@@ -33,14 +29,6 @@ async def until(predicate: Any, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.02)
-
-
-async def running_shard(sup: GatedSupervisor, index: int = 0) -> int:
-    shard = sup.shards[index]
-    await sup.spawn(shard)
-    assert shard.proc is not None
-    await asyncio.wait_for(shard.ready.wait(), WAIT_S)
-    return shard.proc.pid
 
 
 async def test_events_to_a_shard_that_does_not_read_are_bounded(tmp_path: Path) -> None:

@@ -7,15 +7,16 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.unit.test_shard_supervisor_stop import WAIT_S, supervising
-
-
-def named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    return [e for e in logs if e["event"] == name]
+from tests.unit.test_shard_supervisor_stop import (
+    WAIT_S,
+    named,
+    running_shard,
+    spawned,
+    supervising,
+)
 
 
 async def test_a_shard_that_dies_before_it_ever_listened_is_not_said_to_restart(
@@ -25,11 +26,9 @@ async def test_a_shard_that_dies_before_it_ever_listened_is_not_said_to_restart(
     stops the daemon ("a shard did not start"). Its `shard_died` must say so, not promise a
     restart that never comes."""
     async with supervising(tmp_path) as (sup, procs):
-        shard = sup.shards[0]
         with capture_logs() as logs:
-            await sup.spawn(shard)
+            shard = await spawned(sup, procs)
             assert shard.proc is not None
-            procs.append(shard.proc)
             shard.proc.kill()
             await asyncio.wait_for(shard.exited.wait(), WAIT_S)
         (died,) = named(logs, "shard_died")
@@ -44,13 +43,8 @@ async def test_how_shards_ended_is_told_alike_in_every_line(tmp_path: Path) -> N
     `shard_exited` and `supervisor_stopped`, not a raw return code such as -9. A shard hung
     through the stop (SIGSTOP) is killed at its deadline: "signal SIGKILL"."""
     async with supervising(tmp_path) as (sup, procs):
-        shard = sup.shards[0]
         with capture_logs() as logs:
-            await sup.spawn(shard)
-            assert shard.proc is not None
-            procs.append(shard.proc)
-            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
-            os.kill(shard.proc.pid, signal.SIGSTOP)
+            os.kill(await running_shard(sup, procs), signal.SIGSTOP)
             rc = await sup.stop_all()
         assert rc == 1
         (exited,) = named(logs, "shard_exited")
@@ -62,12 +56,8 @@ async def test_how_shards_ended_is_told_alike_in_every_line(tmp_path: Path) -> N
 
 async def test_a_clean_stop_tells_every_shard_ended_with_exit_status_0(tmp_path: Path) -> None:
     async with supervising(tmp_path) as (sup, procs):
-        shard = sup.shards[0]
         with capture_logs() as logs:
-            await sup.spawn(shard)
-            assert shard.proc is not None
-            procs.append(shard.proc)
-            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
+            await running_shard(sup, procs)
             rc = await sup.stop_all()
         assert rc == 0
         (exited,) = named(logs, "shard_exited")

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from chimneyd.config import Config, load_config
 from chimneyd.shards.link import ControlLink
 from chimneyd.shards.listen import Reservation, reserve
-from chimneyd.shards.supervisor import Supervisor
+from chimneyd.shards.supervisor import Shard, Supervisor
 
 #: Bounds on waits for something to happen (never timings that are asserted).
 WAIT_S = 60.0
@@ -53,6 +53,33 @@ def shard_config(tmp_path: Path, daemon: str = "", shards: int = 1) -> Config:
     return load_config(path, overrides)
 
 
+def named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == name]
+
+
+async def spawned(
+    sup: Supervisor, procs: list[subprocess.Popen[bytes]] | None = None, index: int = 0
+) -> Shard:
+    """Shard `index` started; its process goes in `procs` (killed at the end, even once a
+    restart has replaced it)."""
+    shard = sup.shards[index]
+    await sup.spawn(shard)
+    assert shard.proc is not None
+    if procs is not None:
+        procs.append(shard.proc)
+    return shard
+
+
+async def running_shard(
+    sup: Supervisor, procs: list[subprocess.Popen[bytes]] | None = None, index: int = 0
+) -> int:
+    """`spawned`, once it listens: its pid."""
+    shard = await spawned(sup, procs, index)
+    await asyncio.wait_for(shard.ready.wait(), WAIT_S)
+    assert shard.proc is not None
+    return shard.proc.pid
+
+
 @contextlib.asynccontextmanager
 async def supervising(tmp_path: Path, daemon: str = "", shards: int = 1, **kw: Any) -> Any:
     """A `GatedSupervisor` (`kw`) on a held RPC port; at the end every shard process it
@@ -82,18 +109,16 @@ async def test_a_stop_while_a_restart_connects_reaps_the_new_shard(tmp_path: Pat
     async with supervising(tmp_path) as (sup, procs):
         shard = sup.shards[0]
         with capture_logs() as logs:
-            await sup.spawn(shard)
+            await running_shard(sup, procs)
             assert shard.proc is not None
-            procs.append(shard.proc)
-            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
             shard.proc.kill()  # restarted at once (the first back-off is 0)
             await asyncio.wait_for(sup.held_open.wait(), WAIT_S)
             second = shard.proc
             assert second is not procs[0]
             procs.append(second)
             rc = await sup.stop_all()
-        stopped = [e for e in logs if e["event"] == "supervisor_stopped"]
-        exited = [e for e in logs if e["event"] == "shard_exited"]
+        stopped = named(logs, "supervisor_stopped")
+        exited = named(logs, "shard_exited")
         assert rc == 0, (stopped, [e["event"] for e in logs])
         assert second.returncode == 0, second.returncode
         assert [e["pid"] for e in exited] == [second.pid], exited
@@ -108,15 +133,13 @@ async def test_a_stop_while_a_restart_waits_out_its_back_off_is_clean(tmp_path: 
     async with supervising(tmp_path) as (sup, procs):
         shard = sup.shards[0]
         with capture_logs() as logs:
-            await sup.spawn(shard)
+            await running_shard(sup, procs)
             assert shard.proc is not None
-            procs.append(shard.proc)
-            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
             shard.backoff.delay = shard.backoff.most  # it has died young before: a long wait
             shard.proc.kill()
             await asyncio.wait_for(shard.exited.wait(), WAIT_S)
             assert sup.restarting  # waiting out the back-off
             rc = await sup.stop_all()
-        stopped = [e for e in logs if e["event"] == "supervisor_stopped"]
+        stopped = named(logs, "supervisor_stopped")
         assert rc == 0, stopped
         assert stopped[0]["how"] == {0: "signal SIGKILL, before the stop"}, stopped
