@@ -237,6 +237,25 @@ def popen_chimneyd(
     )
 
 
+def run_on_a_taken_address(cwd: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """`python -m chimneyd --listen ADDR` while a socket of this process listens on ADDR: the
+    address and the finished run (the daemon cannot listen, so it exits by itself)."""
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        addr = f"{HOST}:{taken.getsockname()[1]}"
+        run = subprocess.run(
+            [sys.executable, "-m", "chimneyd", "--listen", addr],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=60,
+            cwd=cwd,
+        )
+    return addr, run
+
+
 def start_daemon(
     tmp_path: Path,
     config: str | None = None,

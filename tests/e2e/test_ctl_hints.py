@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import BIN, HOST, Daemon, child_env, peer_process
+from tests.e2e.support import BIN, HOST, Daemon, child_env, peer_process, run_on_a_taken_address
 
 
 def ctl(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
@@ -73,19 +72,7 @@ def test_connect_under_a_host_event_says_it_stays_in_the_host_stack(daemon: Daem
 
 
 def test_a_port_in_use_suggests_another_address(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind((HOST, 0))
-        taken.listen()
-        addr = f"{HOST}:{taken.getsockname()[1]}"
-        run = subprocess.run(
-            [sys.executable, "-m", "chimneyd", "--listen", addr],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=60,
-            cwd=tmp_path,
-        )
+    addr, run = run_on_a_taken_address(tmp_path)
     assert run.returncode == 2, run.stderr
     *_, error, hint = run.stderr.strip().splitlines()
     assert error.startswith(f"chimneyd: cannot listen on {addr}: "), error

@@ -5,13 +5,10 @@ that a log shipper can read without filtering."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import HOST, child_env, peer_process
+from tests.e2e.support import HOST, peer_process, run_on_a_taken_address
 
 
 def test_stdout_says_where_it_listens_and_stderr_is_only_json(spawn_daemon: SpawnDaemon) -> None:
@@ -66,19 +63,7 @@ def test_log_lines_made_for_a_request_name_its_client(spawn_daemon: SpawnDaemon)
 
 def test_an_address_that_cannot_be_bound_is_named(tmp_path: Path) -> None:
     """stderr's last line names the address the daemon could not listen on."""
-    with socket.socket() as taken:
-        taken.bind((HOST, 0))
-        taken.listen()
-        addr = f"{HOST}:{taken.getsockname()[1]}"
-        run = subprocess.run(
-            [sys.executable, "-m", "chimneyd", "--listen", addr],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            env=child_env(),
-            timeout=60,
-            cwd=tmp_path,
-        )
+    addr, run = run_on_a_taken_address(tmp_path)
     assert run.returncode == 2, run.stderr
     assert run.stdout == ""
     # the last line names the address; an address in use is followed by a hint alone
