@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 
+from chimney_client.protocol import ClientCodec, Reply
+
 #: seconds after which a call that should have ended is taken as hanging
 HANG = 3.0
 
@@ -69,8 +71,29 @@ def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return t, out
 
 
+#: chimneyd's answer to a `tcp.recv` of connection 1 whose wait ran out
+RECV_TIMEOUT = [7, "TIMEOUT: nothing arrived on connection 1"]
+
+
+def response(msgid: int, result: Any = None, error: Any = None) -> bytes:
+    """The response frame the daemon writes for `msgid`."""
+    data: bytes = msgpack.packb([1, msgid, error, result], use_bin_type=True)
+    return data
+
+
+def request_params(data: bytes) -> list[Any]:
+    """The params of the request frame `data` a client wrote."""
+    params: list[Any] = msgpack.unpackb(data, raw=False)[3]
+    return params
+
+
+def replies_in(codec: ClientCodec[str], data: bytes) -> list[Reply[str]]:
+    """The replies `codec` decodes from `data` (notifications passed over)."""
+    return [e for e in codec.receive(data) if isinstance(e, Reply)]
+
+
 def answer(transport: Any, msgid: int, result: Any = None, error: Any = None) -> None:
-    transport.write(msgpack.packb([1, msgid, error, result], use_bin_type=True))
+    transport.write(response(msgid, result, error))
 
 
 class ThreadServer:
@@ -113,4 +136,4 @@ def _recv(conn: socket.socket) -> bytes:
 
 
 def reply(conn: socket.socket, msgid: int, result: Any = None, error: Any = None) -> None:
-    conn.sendall(msgpack.packb([1, msgid, error, result], use_bin_type=True))
+    conn.sendall(response(msgid, result, error))

@@ -4,27 +4,9 @@ order; the codec gives them to the connection's next reads, in that order, with 
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgpack
-
 from chimney_client.errors import RpcTimeout
 from chimney_client.protocol import ClientCodec, Reply
-
-TIMEOUT = [7, "TIMEOUT: nothing arrived on connection 1"]
-
-
-def _answer(msgid: int, result: Any = None, error: Any = None) -> bytes:
-    return msgpack.packb([1, msgid, error, result], use_bin_type=True)
-
-
-def _sent(data: bytes) -> list[Any]:
-    params: list[Any] = msgpack.unpackb(data, raw=False)[3]
-    return params
-
-
-def _replies(codec: ClientCodec[str], data: bytes) -> list[Reply[str]]:
-    return [e for e in codec.receive(data) if isinstance(e, Reply)]
+from tests.clients.scripted import RECV_TIMEOUT, replies_in, request_params, response
 
 
 def test_an_abandoned_reads_bytes_go_to_the_next_read_of_its_connection() -> None:
@@ -32,7 +14,7 @@ def test_an_abandoned_reads_bytes_go_to_the_next_read_of_its_connection() -> Non
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     codec.forget(gone)  # its caller timed out or was cancelled
     assert codec.before_read((1, 100)) is None  # nothing kept yet: ask the daemon
-    assert _replies(codec, _answer(gone, b"hello")) == []
+    assert replies_in(codec, response(gone, b"hello")) == []
     assert codec.before_read((2, 100)) is None  # another connection's
     assert codec.before_read((1, 3)) == b"hel"
     assert codec.before_read((1, 100)) == b"lo"
@@ -48,53 +30,56 @@ def test_a_read_already_on_its_way_gets_the_kept_bytes_at_once() -> None:
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     mine, _ = codec.request("tcp.recv", (1, 4), "mine")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, b"abc"))
+    (reply,) = replies_in(codec, response(gone, b"abc"))
     assert (reply.token, reply.result) == ("mine", b"abc")
-    assert _replies(codec, _answer(mine, b"def")) == []
+    assert replies_in(codec, response(mine, b"def")) == []
     codec.forget(mine)
     assert codec.before_read((1, 100)) == b"def"
+
+
+def _answered_between_two_abandoned(codec: ClientCodec[str]) -> tuple[int, Reply[str]]:
+    """Three reads of connection 1, the first and last abandoned, whose answers ("1", "2",
+    "3") come in one chunk: the middle read's msgid and its reply (the first one's bytes)."""
+    first, _ = codec.request("tcp.recv", (1, 100), "abandoned")
+    mine, _ = codec.request("tcp.recv", (1, 100), "mine")
+    later, _ = codec.request("tcp.recv", (1, 100), "abandoned later")
+    codec.forget(first)
+    codec.forget(later)
+    (reply,) = replies_in(
+        codec, response(first, b"1") + response(mine, b"2") + response(later, b"3")
+    )
+    assert (reply.token, reply.result) == ("mine", b"1")
+    return mine, reply
 
 
 def test_bytes_kept_after_an_answer_decoded_stay_behind_it() -> None:
     """The answer of a read and a later abandoned read's come in one chunk: joined in wire
     order, not when the read's caller runs again."""
     codec: ClientCodec[str] = ClientCodec()
-    first, _ = codec.request("tcp.recv", (1, 100), "abandoned")
-    mine, _ = codec.request("tcp.recv", (1, 100), "mine")
-    later, _ = codec.request("tcp.recv", (1, 100), "abandoned later")
-    codec.forget(first)
-    codec.forget(later)
-    (reply,) = _replies(codec, _answer(first, b"1") + _answer(mine, b"2") + _answer(later, b"3"))
-    assert reply.result == b"1"
+    mine, _ = _answered_between_two_abandoned(codec)
     codec.forget(mine)
     assert codec.before_read((1, 100)) == b"23"
 
 
 def test_an_answer_its_caller_gave_up_on_when_it_came_is_kept_first() -> None:
     codec: ClientCodec[str] = ClientCodec()
-    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
-    mine, _ = codec.request("tcp.recv", (1, 100), "cancelled after its answer came")
-    later, _ = codec.request("tcp.recv", (1, 100), "abandoned later")
-    codec.forget(gone)
-    codec.forget(later)
-    (reply,) = _replies(codec, _answer(gone, b"a") + _answer(mine, b"b") + _answer(later, b"c"))
-    assert reply.result == b"a"
-    codec.late(reply)  # the shell could not deliver it
+    mine, reply = _answered_between_two_abandoned(codec)
+    codec.late(reply)  # its caller was cancelled after the answer came: not delivered
     codec.forget(mine)
-    assert codec.before_read((1, 100)) == b"abc"
+    assert codec.before_read((1, 100)) == b"123"
 
 
 def test_a_waitall_read_asks_only_for_what_is_not_kept() -> None:
     codec: ClientCodec[str] = ClientCodec()
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     codec.forget(gone)
-    _replies(codec, _answer(gone, b"abcd"))
+    replies_in(codec, response(gone, b"abcd"))
     waitall = {"waitall": True}
     assert codec.before_read((1, 3, None, waitall)) == b"abc"  # covered: no need to ask
     assert codec.before_read((1, 10, 500, waitall)) is None
     mine, data = codec.request("tcp.recv", (1, 10, 500, waitall), "mine")
-    assert _sent(data) == [1, 9, 500, waitall]
-    (reply,) = _replies(codec, _answer(mine, b"efghijklm"))
+    assert request_params(data) == [1, 9, 500, waitall]
+    (reply,) = replies_in(codec, response(mine, b"efghijklm"))
     assert reply.result == b"defghijklm"
 
 
@@ -103,14 +88,14 @@ def test_a_timeout_is_no_answer_when_bytes_were_kept() -> None:
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     mine, _ = codec.request("tcp.recv", (1, 100), "mine")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, b"xy") + _answer(mine, error=TIMEOUT))
+    (reply,) = replies_in(codec, response(gone, b"xy") + response(mine, error=RECV_TIMEOUT))
     assert (reply.error, reply.result) == (None, b"xy")
     waitall, _ = codec.request("tcp.recv", (1, 100, 50, {"waitall": True}), "waitall")
     gone2, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     codec.forget(mine)
     codec.forget(gone2)
-    _replies(codec, _answer(gone2, b"z"))
-    (reply,) = _replies(codec, _answer(waitall, error=TIMEOUT))
+    replies_in(codec, response(gone2, b"z"))
+    (reply,) = replies_in(codec, response(waitall, error=RECV_TIMEOUT))
     assert isinstance(reply.error, RpcTimeout)  # a waitall read is not answered short
 
 
@@ -119,16 +104,16 @@ def test_errors_and_ends_of_stream_are_not_kept_and_a_close_drops_the_rest() -> 
     ids = [codec.request("tcp.recv", (1, 100), "abandoned")[0] for _ in range(3)]
     for msgid in ids:
         codec.forget(msgid)
-    _replies(codec, _answer(ids[0], error=TIMEOUT) + _answer(ids[1], b""))
+    replies_in(codec, response(ids[0], error=RECV_TIMEOUT) + response(ids[1], b""))
     assert codec.before_read((1, 100)) is None  # the daemon answers them again
     assert codec.dropped_responses == 2
-    _replies(codec, _answer(ids[2], b"left"))
+    replies_in(codec, response(ids[2], b"left"))
     close, _ = codec.request("tcp.close", (1,), "close")
-    _replies(codec, _answer(close, True))  # dropped when the daemon closed it, not before
+    replies_in(codec, response(close, True))  # dropped when the daemon closed it, not before
     assert codec.before_read((1, 100)) is None
     other, _ = codec.request("tcp.send", (1, b"x"), "send")
     codec.forget(other)
-    assert _replies(codec, _answer(other, 1)) == [] and codec.dropped_responses == 3
+    assert replies_in(codec, response(other, 1)) == [] and codec.dropped_responses == 3
 
 
 # -- tcp.accept: an abandoned accept takes the listener's next connection ------------------------
@@ -137,7 +122,7 @@ def test_an_abandoned_accepts_connection_goes_to_the_next_accept_of_its_listener
     gone, _ = codec.request("tcp.accept", (5,), "abandoned")
     codec.forget(gone)
     assert codec.kept_answer("tcp.accept", (5,)) is None
-    assert _replies(codec, _answer(gone, 17)) == []
+    assert replies_in(codec, response(gone, 17)) == []
     assert codec.kept_answer("tcp.accept", (6, 100)) is None  # another listener's
     assert codec.kept_answer("tcp.accept", (5, 100)) == 17
     assert codec.kept_answer("tcp.accept", (5, 100)) is None
@@ -148,12 +133,12 @@ def test_an_accept_on_its_way_gets_the_kept_connection_first_or_instead_of_a_tim
     gone, _ = codec.request("tcp.accept", (5,), "abandoned")
     mine, _ = codec.request("tcp.accept", (5, 100), "mine")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, 17))  # `mine` was asked first: it is its own
+    (reply,) = replies_in(codec, response(gone, 17))  # `mine` was asked first: it is its own
     assert (reply.token, reply.result) == ("mine", 17)
-    assert _replies(codec, _answer(mine, 18)) == []  # kept for the next accept
+    assert replies_in(codec, response(mine, 18)) == []  # kept for the next accept
     codec.forget(mine)
     again, _ = codec.request("tcp.accept", (5, 100), "again")
-    (reply,) = _replies(codec, _answer(again, error=[7, "TIMEOUT: no connection on listener 5"]))
+    (reply,) = replies_in(codec, response(again, error=[7, "TIMEOUT: no connection on listener 5"]))
     assert (reply.error, reply.result) == (None, 18)
 
 
@@ -162,11 +147,11 @@ def test_an_accepted_connection_its_caller_gave_up_on_is_kept_first_and_a_close_
     mine, _ = codec.request("tcp.accept", (5,), "cancelled after its answer came")
     later, _ = codec.request("tcp.accept", (5,), "abandoned later")
     codec.forget(later)
-    (reply,) = _replies(codec, _answer(mine, 17) + _answer(later, 18))
+    (reply,) = replies_in(codec, response(mine, 17) + response(later, 18))
     codec.late(reply)
     codec.forget(mine)
     close, _ = codec.request("tcp.close", (17,), "the caller found it in tcp.list and closed it")
-    _replies(codec, _answer(close, True))
+    replies_in(codec, response(close, True))
     assert codec.kept_answer("tcp.accept", (5,)) == 18
 
 
@@ -178,7 +163,7 @@ def test_a_read_answered_but_not_yet_taken_by_its_caller_leaves_the_rest_to_the_
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     mine, _ = codec.request("tcp.recv", (1, 2), "mine")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, b"abc") + _answer(mine, b"d"))
+    (reply,) = replies_in(codec, response(gone, b"abc") + response(mine, b"d"))
     assert reply.result == b"ab"  # decoded; `mine` has not run again, so not forgotten yet
     assert codec.kept_answer("tcp.recv", (1, 100)) is None
     codec.forget(mine)
@@ -194,7 +179,9 @@ def test_a_reads_own_answer_waits_while_an_earlier_read_is_in_its_callers_hands(
     first, _ = codec.request("tcp.recv", (1, 100), "first")
     second, _ = codec.request("tcp.recv", (1, 100), "second")
     codec.forget(gone)
-    replies = _replies(codec, _answer(gone, b"a") + _answer(first, b"b") + _answer(second, b"c"))
+    replies = replies_in(
+        codec, response(gone, b"a") + response(first, b"b") + response(second, b"c")
+    )
     assert [(r.token, r.result) for r in replies] == [("first", b"a")]
     codec.late(replies[0])  # `first`'s caller was cancelled before it ran again
     codec.forget(first)
@@ -213,7 +200,9 @@ def test_a_reads_own_end_of_stream_waits_behind_the_bytes_before_it() -> None:
     first, _ = codec.request("tcp.recv", (1, 100), "first")
     second, _ = codec.request("tcp.recv", (1, 100), "second")
     codec.forget(gone)
-    replies = _replies(codec, _answer(gone, b"a") + _answer(first, b"b") + _answer(second, b""))
+    replies = replies_in(
+        codec, response(gone, b"a") + response(first, b"b") + response(second, b"")
+    )
     assert [(r.token, r.result) for r in replies] == [("first", b"a")]
     codec.forget(first)
     (reply,) = codec.take_ready()
@@ -228,8 +217,8 @@ def test_a_parked_waitall_timeout_is_no_short_answer() -> None:
     first, _ = codec.request("tcp.recv", (1, 100), "first")
     waitall, _ = codec.request("tcp.recv", (1, 10, 50, {"waitall": True}), "waitall")
     codec.forget(gone)
-    chunk = _answer(gone, b"a") + _answer(first, b"b") + _answer(waitall, error=TIMEOUT)
-    assert [r.result for r in _replies(codec, chunk)] == [b"a"]
+    chunk = response(gone, b"a") + response(first, b"b") + response(waitall, error=RECV_TIMEOUT)
+    assert [r.result for r in replies_in(codec, chunk)] == [b"a"]
     codec.forget(first)
     (reply,) = codec.take_ready()
     assert (reply.token, isinstance(reply.error, RpcTimeout)) == ("waitall", True)

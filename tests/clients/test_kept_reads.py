@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any
 
-import msgpack
 import pytest
 
 from chimney_client.blocking import Client
 from chimney_client.errors import CallTimeout
-from chimney_client.protocol import ClientCodec, Reply, server_wait
+from chimney_client.protocol import ClientCodec, server_wait
+from tests.clients.scripted import RECV_TIMEOUT, replies_in, request_params, response
 
-TIMEOUT = [7, "TIMEOUT: nothing arrived on connection 1"]
 RESET = [5, "NDIS_STATUS: NDIS_STATUS_REQUEST_ABORTED (0xC023000C)"]
-
-
-def _answer(msgid: int, result: Any = None, error: Any = None) -> bytes:
-    data: bytes = msgpack.packb([1, msgid, error, result], use_bin_type=True)
-    return data
-
-
-def _sent(data: bytes) -> list[Any]:
-    params: list[Any] = msgpack.unpackb(data, raw=False)[3]
-    return params
-
-
-def _replies(codec: ClientCodec[str], data: bytes) -> list[Reply[str]]:
-    return [e for e in codec.receive(data) if isinstance(e, Reply)]
 
 
 def test_a_read_waiting_in_the_daemon_gets_bytes_kept_after_it_was_sent() -> None:
@@ -48,7 +32,7 @@ def test_a_read_waiting_in_the_daemon_gets_bytes_kept_after_it_was_sent() -> Non
     gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
     codec.forget(gone)
     codec.request("tcp.recv", (1, 100), "waiting")
-    replies = _replies(codec, _answer(gone, b"hello"))
+    replies = replies_in(codec, response(gone, b"hello"))
     assert [(r.token, r.result) for r in replies] == [("waiting", b"hello")]
 
 
@@ -60,7 +44,7 @@ def test_bytes_kept_ahead_of_a_reset_come_before_the_reset() -> None:
     gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
     mine, _ = codec.request("tcp.recv", (1, 100), "mine")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, b"abc") + _answer(mine, None, RESET))
+    (reply,) = replies_in(codec, response(gone, b"abc") + response(mine, None, RESET))
     codec.forget(mine)
     after = codec.before_read((1, 100))
     assert (reply.error, reply.result, after) == (None, b"abc", None)
@@ -74,12 +58,12 @@ def test_a_waitall_read_that_times_out_gets_the_bytes_kept_meanwhile() -> None:
     codec: ClientCodec[str] = ClientCodec()
     first, _ = codec.request("tcp.recv", (1, 100), "cancelled")
     codec.forget(first)
-    assert _replies(codec, _answer(first, b"ab")) == []
+    assert replies_in(codec, response(first, b"ab")) == []
     second, _ = codec.request("tcp.recv", (1, 100), "cancelled too")
     codec.forget(second)
     waitall, data = codec.request("tcp.recv", (1, 4, 1000, {"waitall": True}), "waitall")
-    assert _sent(data)[1] == 2  # asks only what the kept bytes do not cover
-    (reply,) = _replies(codec, _answer(second, b"cd") + _answer(waitall, None, TIMEOUT))
+    assert request_params(data)[1] == 2  # asks only what the kept bytes do not cover
+    (reply,) = replies_in(codec, response(second, b"cd") + response(waitall, None, RECV_TIMEOUT))
     assert (reply.error, reply.result) == (None, b"abcd")
 
 
@@ -92,7 +76,7 @@ def test_bytes_kept_for_a_connection_closed_meanwhile_are_not_kept() -> None:
     gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
     codec.forget(gone)
     close, _ = codec.request("tcp.close", (1,), "close")
-    replies = _replies(codec, _answer(gone, b"x" * 1000) + _answer(close, True))
+    replies = replies_in(codec, response(gone, b"x" * 1000) + response(close, True))
     assert [r.token for r in replies] == ["close"]
     assert codec.before_read((1, 100)) is None  # the daemon answers: the connection is closed
 
@@ -107,7 +91,7 @@ def test_a_read_cancelled_after_its_answer_does_not_come_after_later_bytes() -> 
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     first, _ = codec.request("tcp.recv", (1, 4), "cancelled after its answer came")
     codec.forget(gone)
-    (reply,) = _replies(codec, _answer(gone, b"aaaa") + _answer(first, b"bbbb"))
+    (reply,) = replies_in(codec, response(gone, b"aaaa") + response(first, b"bbbb"))
     assert reply.result == b"aaaa"
     taken = [codec.before_read((1, 100))]  # a read made before `first`'s caller resumes
     codec.late(reply)  # its caller resumes, cancelled: `call()` keeps its bytes
@@ -131,7 +115,7 @@ def test_an_accept_waiting_in_the_daemon_gets_a_connection_kept_after_it_was_sen
     gone, _ = codec.request("tcp.accept", (3,), "cancelled")
     codec.forget(gone)
     codec.request("tcp.accept", (3,), "waiting")
-    replies = _replies(codec, _answer(gone, 17))
+    replies = replies_in(codec, response(gone, 17))
     assert [(r.token, r.result) for r in replies] == [("waiting", 17)]
 
 
@@ -143,9 +127,11 @@ def test_bytes_kept_stay_kept_when_the_close_is_refused() -> None:
     codec: ClientCodec[str] = ClientCodec()
     gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
     codec.forget(gone)
-    assert _replies(codec, _answer(gone, b"kept")) == []
+    assert replies_in(codec, response(gone, b"kept")) == []
     close, _ = codec.request("tcp.close", (1,), "close")
-    (reply,) = _replies(codec, _answer(close, None, [6, "LIMIT: more than 256 requests in flight"]))
+    (reply,) = replies_in(
+        codec, response(close, None, [6, "LIMIT: more than 256 requests in flight"])
+    )
     assert reply.error is not None
     codec.forget(close)
     assert codec.before_read((1, 100)) == b"kept"
