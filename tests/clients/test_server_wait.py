@@ -57,6 +57,15 @@ class _ThreadDaemon(_Daemon):
 
 
 # -- raw calls pass their timeout to the daemon ------------------------------------------------
+#: what either client sends for the raw calls of the two tests below (call_timeout 0.25 s)
+RAW_CALLS_SENT = [
+    ("tcp.recv", [7, 100, 250]),
+    ("tcp.accept", [3, 100]),
+    ("tcp.recv", [7, 10, 250, {"waitall": True}]),
+    ("tcp.recv", [7, 100, 50]),
+]
+
+
 async def test_a_raw_recv_or_accept_call_sends_its_timeout_as_timeout_ms() -> None:
     daemon = _Daemon(WAIT_RAN_OUT)
     srv = await scripted_server(daemon)
@@ -75,12 +84,7 @@ async def test_a_raw_recv_or_accept_call_sends_its_timeout_as_timeout_ms() -> No
         await c.close()
     finally:
         srv.close()
-    assert daemon.requests == [
-        ("tcp.recv", [7, 100, 250]),
-        ("tcp.accept", [3, 100]),
-        ("tcp.recv", [7, 10, 250, {"waitall": True}]),
-        ("tcp.recv", [7, 100, 50]),
-    ]
+    assert daemon.requests == RAW_CALLS_SENT
 
 
 def test_a_raw_recv_or_accept_call_of_the_blocking_client_sends_its_timeout() -> None:
@@ -100,12 +104,7 @@ def test_a_raw_recv_or_accept_call_of_the_blocking_client_sends_its_timeout() ->
             assert not isinstance(own.value, CallTimeout)
     finally:
         srv.close()
-    assert daemon.requests == [
-        ("tcp.recv", [7, 100, 250]),
-        ("tcp.accept", [3, 100]),
-        ("tcp.recv", [7, 10, 250, {"waitall": True}]),
-        ("tcp.recv", [7, 100, 50]),
-    ]
+    assert daemon.requests == RAW_CALLS_SENT
 
 
 # -- which TIMEOUT is the call's: by what the daemon said, not by the clock --------------------
