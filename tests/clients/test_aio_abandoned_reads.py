@@ -5,13 +5,14 @@ abandoned `tcp.accept`'s connection goes to the next accept of the listener."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
-import msgpack
 import pytest
 
 from chimney_client import AsyncClient
-from tests.clients.scripted import HANG, address, scripted_server
+from tests.clients.scripted import HANG, address, answer, response, scripted_server
 
 
 class _Holding:
@@ -26,18 +27,26 @@ class _Holding:
         self.reads.put_nowait(msgid)
 
     def answer(self, msgid: int, data: bytes) -> None:
-        self.transport.write(msgpack.packb([1, msgid, None, data], use_bin_type=True))
+        answer(self.transport, msgid, data)
 
 
-def _answer(msgid: int, data: bytes) -> bytes:
-    return msgpack.packb([1, msgid, None, data], use_bin_type=True)
-
-
-async def test_a_cancelled_reads_bytes_go_to_the_next_read() -> None:
+@contextlib.asynccontextmanager
+async def _holding() -> AsyncIterator[tuple[_Holding, AsyncClient]]:
+    """A client of a `_Holding` daemon; the client is closed and the server too."""
     daemon = _Holding()
     srv = await scripted_server(daemon)
     try:
         c = await AsyncClient.connect(address(srv))
+        try:
+            yield daemon, c
+        finally:
+            await c.close()
+    finally:
+        srv.close()
+
+
+async def test_a_cancelled_reads_bytes_go_to_the_next_read() -> None:
+    async with _holding() as (daemon, c):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(c.tcp_recv(1, 100), 0.05)
         abandoned = await daemon.reads.get()
@@ -47,46 +56,27 @@ async def test_a_cancelled_reads_bytes_go_to_the_next_read() -> None:
         assert await asyncio.wait_for(next_read, HANG) == b"hello"  # at once
         daemon.answer(msgid, b" world")  # what the next read's own request got: kept
         assert await asyncio.wait_for(c.tcp_recv(1, 100), HANG) == b" world"
-        await c.close()
-    finally:
-        srv.close()
 
 
 async def test_a_read_cancelled_after_its_answer_came_loses_no_bytes() -> None:
-    daemon = _Holding()
-    srv = await scripted_server(daemon)
-    try:
-        c = await AsyncClient.connect(address(srv))
+    async with _holding() as (daemon, c):
         read = asyncio.ensure_future(c.tcp_recv(1, 100))
         msgid = await asyncio.wait_for(daemon.reads.get(), HANG)
         # the answer arrives and, before the read's task runs again, it is cancelled
-        c._data_received(_answer(msgid, b"hello"))
+        c._data_received(response(msgid, b"hello"))
         read.cancel()
         with pytest.raises(asyncio.CancelledError):
             await read
         assert await asyncio.wait_for(c.tcp_recv(1, 3), HANG) == b"hel"  # kept: not asked
         assert await asyncio.wait_for(c.tcp_recv(1, 100), HANG) == b"lo"
         assert daemon.reads.empty()
-        await c.close()
-    finally:
-        srv.close()
 
 
 async def test_a_cancelled_accepts_connection_goes_to_the_next_accept() -> None:
-    daemon = _Holding()
-    srv = await scripted_server(daemon)
-    try:
-        c = await AsyncClient.connect(address(srv))
+    async with _holding() as (daemon, c):
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(c.tcp_accept(5), 0.05)
         # the daemon's accept went on and took a connection; its answer arrives
-        c._data_received(_accepted(await asyncio.wait_for(daemon.reads.get(), HANG), 17))
+        c._data_received(response(await asyncio.wait_for(daemon.reads.get(), HANG), 17))
         assert await asyncio.wait_for(c.tcp_accept(5), HANG) == 17
         assert daemon.reads.empty()  # answered from what was kept: not asked
-        await c.close()
-    finally:
-        srv.close()
-
-
-def _accepted(msgid: int, conn: int) -> bytes:
-    return msgpack.packb([1, msgid, None, conn])
