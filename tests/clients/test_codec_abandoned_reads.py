@@ -170,20 +170,30 @@ def test_a_read_answered_but_not_yet_taken_by_its_caller_leaves_the_rest_to_the_
     assert codec.kept_answer("tcp.recv", (1, 100)) == b"cd"
 
 
-def test_a_reads_own_answer_waits_while_an_earlier_read_is_in_its_callers_hands() -> None:
-    """`first` got the kept "a" at once; its own answer "b" and `second`'s "c" come in the same
-    chunk. `second` must not take "bc" before `first`'s caller has taken "a": cancelled, it
-    gives "a" back, which comes before them (spec §4.4: bytes in stream order)."""
-    codec: ClientCodec[str] = ClientCodec()
+def _first_given_the_kept_a(
+    codec: ClientCodec[str], seconds_answer: bytes
+) -> tuple[int, int, Reply[str]]:
+    """Reads `first` and `second` of connection 1 behind an abandoned one; the answers "a",
+    "b" and `seconds_answer` come in one chunk: `first` is given the kept "a" at once, and
+    nothing else is. Their msgids and `first`'s reply."""
     gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
     first, _ = codec.request("tcp.recv", (1, 100), "first")
     second, _ = codec.request("tcp.recv", (1, 100), "second")
     codec.forget(gone)
     replies = replies_in(
-        codec, response(gone, b"a") + response(first, b"b") + response(second, b"c")
+        codec, response(gone, b"a") + response(first, b"b") + response(second, seconds_answer)
     )
     assert [(r.token, r.result) for r in replies] == [("first", b"a")]
-    codec.late(replies[0])  # `first`'s caller was cancelled before it ran again
+    return first, second, replies[0]
+
+
+def test_a_reads_own_answer_waits_while_an_earlier_read_is_in_its_callers_hands() -> None:
+    """`first` got the kept "a" at once; its own answer "b" and `second`'s "c" come in the same
+    chunk. `second` must not take "bc" before `first`'s caller has taken "a": cancelled, it
+    gives "a" back, which comes before them (spec §4.4: bytes in stream order)."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, second, given = _first_given_the_kept_a(codec, b"c")
+    codec.late(given)  # `first`'s caller was cancelled before it ran again
     codec.forget(first)
     (reply,) = codec.take_ready()
     assert (reply.token, reply.result) == ("second", b"a")
@@ -196,14 +206,7 @@ def test_a_reads_own_end_of_stream_waits_behind_the_bytes_before_it() -> None:
     """As above, `second` is answered with the end of stream: it gets the bytes kept before it
     once `first` is taken; the end of stream is the daemon's answer to the read after."""
     codec: ClientCodec[str] = ClientCodec()
-    gone, _ = codec.request("tcp.recv", (1, 100), "abandoned")
-    first, _ = codec.request("tcp.recv", (1, 100), "first")
-    second, _ = codec.request("tcp.recv", (1, 100), "second")
-    codec.forget(gone)
-    replies = replies_in(
-        codec, response(gone, b"a") + response(first, b"b") + response(second, b"")
-    )
-    assert [(r.token, r.result) for r in replies] == [("first", b"a")]
+    first, _, _ = _first_given_the_kept_a(codec, b"")
     codec.forget(first)
     (reply,) = codec.take_ready()
     assert (reply.token, reply.result) == ("second", b"b")
