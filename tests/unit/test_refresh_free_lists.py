@@ -48,7 +48,12 @@ def test_giving_back_memory_again_leaves_no_cycle() -> None:
     """Each trim used to load glibc anew: a `CDLL` and its function-pointer class, ~19 objects
     of cyclic garbage per trim of an idle daemon."""
     give_back()  # the first loads it
-    gc.collect()
+    # what earlier tests in this process left (a closed uvloop loop's handles) can take more
+    # than one pass to go: freeing one cycle's objects may leave another unreachable, which
+    # the measured pass would then count as this trim's
+    for _ in range(10):
+        if not gc.collect():
+            break
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
