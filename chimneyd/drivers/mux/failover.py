@@ -138,6 +138,10 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         relink.lower_failed(mux, lower)  # a move's copy it may hold until its RESUME
         mux.owed.update(_initiating_on(mux, lower))
         _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
+        # an update waiting for a copy this NIC is offloading waits no more: the failover
+        # takes that copy away with its connection (`MuxIm._update`); without a retry here it
+        # would wait for this NIC's RESUME, which may never come (spec §5.5)
+        mux.retry_deferred()
     elif status == S.NDIS_STATUS_OFFLOAD_RESUME:
         lower.paused = lower.failed = False
         forget_plans(mux)

@@ -1,0 +1,67 @@
+"""The MUX keeps updates, invalidates and next-hop changes in the order the host issued them
+(an update waits for a copy of its object being offloaded, or for an earlier update sharing an
+object), and every such wait ends: when its NIC fails as well as when the copy is offloaded.
+A rebalance's plans stay while their NICs can still take the connections."""
+
+from __future__ import annotations
+
+from chimneyd.drivers.mux import mux as mux_module
+from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.drivers.target.target import OffloadTarget
+from chimneyd.ndis.blocks import (
+    walk,
+)
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import teamed_target_stack
+from chimneyd.testing.stack import Stack
+
+
+def _mux(st: Stack) -> MuxIm:
+    mux = st.under_test[0]
+    assert isinstance(mux, MuxIm)
+    return mux
+
+
+def _nic(st: Stack, i: int) -> OffloadTarget:
+    nic = st.under_test[1 + i]
+    assert isinstance(nic, OffloadTarget)
+    return nic
+
+
+def test_an_update_waiting_for_a_copy_on_a_nic_that_then_fails_is_answered() -> None:
+    """An update of a neighbor waits for its copy being offloaded on nic1 (`MuxIm._update`),
+    but not for a failed NIC's copy, which that NIC holds until its RESUME (spec §5.5). nic1
+    fails while the update waits: nothing tries the update again, so it waits for nic1's
+    RESUME, which may never come, though it no longer waits for anything by its own rule."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    mux = _mux(st)
+    nic1 = _nic(st, 1)
+    tree = top.connection_tree([st.wires.open()])  # nic0
+    top.initiate(tree.root)
+    st.run()
+    root = top.neighbor_block(tree.neighbor)
+    block = root.add_dependent(top.path_block()).add_dependent(top.tcp_block(st.wires.open()))
+    top.initiate(root)  # nic1: a copy of the neighbor offloading there
+    mac2 = b"\x02\x00\x00\x00\x00\x02"
+    arp = top.neighbor_block(tree.neighbor)
+    arp.cached = type(tree.root.cached)(DlDestinationAddress=mac2)
+    top.update(arp)
+    nic1.fail_adapter()
+    st.run()
+    st.advance(2 * mux_module.CORRUPT_RETRY_MAX)  # not a matter of time
+    print(
+        "update",
+        arp.status,
+        "new connection",
+        block.status,
+        "deferred",
+        [op for op, _ in mux.deferred],
+        "paused initiates on nic1",
+        len(nic1.paused_initiates),
+    )
+    assert arp.status != S.NDIS_STATUS_PENDING, (
+        f"the update waits for nic1's RESUME: deferred {[op for op, _ in mux.deferred]}, "
+        f"nic1 holds {len(nic1.paused_initiates)} initiate(s)"
+    )
+    assert [b.status for b in walk(arp)] == [S.NDIS_STATUS_SUCCESS]
