@@ -9,8 +9,15 @@ from chimneyd.drivers.mux import mux as mux_module
 from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import (
+    NeighborOffloadStateCached,
+    OffloadBlock,
+    PathOffloadStateCached,
+    new_neighbor_block,
+    new_path_block,
     walk,
 )
+from chimneyd.ndis.errors import IllegalTransition
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import teamed_target_stack
 from chimneyd.testing.stack import Stack
@@ -65,3 +72,56 @@ def test_an_update_waiting_for_a_copy_on_a_nic_that_then_fails_is_answered() -> 
         f"nic1 holds {len(nic1.paused_initiates)} initiate(s)"
     )
     assert [b.status for b in walk(arp)] == [S.NDIS_STATUS_SUCCESS]
+
+
+def test_an_invalidate_does_not_overtake_an_update_deferred_before_it() -> None:
+    """The host updates a path (its copy still being offloaded on nic1 for a new connection,
+    so the update waits at the MUX, `MuxIm._update`), then the path's neighbor (which waits
+    behind it: they share the neighbor), then invalidates the neighbor. The invalidate has
+    nothing to wait for and goes down at once, overtaking both updates issued before it; the
+    retry of an update then meets an INVALIDATED neighbor and raises IllegalTransition out of
+    the initiate's completion (`retry_deferred`). On 6726b8f^ all three complete SUCCESS
+    with no invariant violation."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    n = top.neighbor_block()
+    p = n.add_dependent(top.path_block())
+    p.add_dependent(top.tcp_block(st.wires.open()))
+    top.initiate(n)  # nic0
+    st.run()
+    assert n.offload_handle is not None and p.offload_handle is not None
+
+    def connect(path: NdisOffloadHandle | None) -> tuple[OffloadBlock, OffloadBlock]:
+        assert n.offload_handle is not None
+        root = top.neighbor_block(n.offload_handle)
+        pb = root.add_dependent(top.path_block(path))
+        tcp = pb.add_dependent(top.tcp_block(st.wires.open()))
+        top.initiate(root)
+        return pb, tcp
+
+    p2, _ = connect(None)  # nic1, on a new path: nic1 has a copy of the neighbor now
+    st.run()
+    assert p2.offload_handle is not None
+    connect(p2.offload_handle)  # nic0
+    st.run()
+    _, tcp = connect(p.offload_handle)  # nic1: a copy of the path being offloaded there
+    path_update = new_path_block(p.offload_handle)
+    path_update.cached = PathOffloadStateCached(PathMtu=1400)
+    u1 = new_neighbor_block(None)
+    u1.add_dependent(path_update)
+    top.update(u1)
+    u2 = top.neighbor_block(n.offload_handle)
+    u2.cached = NeighborOffloadStateCached(DlDestinationAddress=b"\x02\x00\x00\x00\x00\x02")
+    top.update(u2)
+    inv = new_neighbor_block(n.offload_handle)
+    top.invalidate(inv)
+    try:
+        st.run()
+    except IllegalTransition as exc:
+        raise AssertionError(
+            f"an update retried after the invalidate that overtook it: {exc}"
+        ) from exc
+    assert [op for op, _ in _mux(st).deferred] == []
+    assert [c.op for c in top.state_completions[-3:]] == ["Update", "Update", "Invalidate"]
+    assert tcp.status == S.NDIS_STATUS_SUCCESS
+    assert st.checker.violations == []

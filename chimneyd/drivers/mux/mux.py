@@ -723,7 +723,14 @@ class MuxIm(PassthroughIm):
         up (spec §3.5): they would stay offloaded under an invalidated object, and every new
         connection under it would wait for ever. Retried once the copy is offloaded. False
         too while a next-hop change under way names it or moves a path from it (`relink`):
-        retried once that is done."""
+        retried once that is done. False too while an update deferred before it shares an
+        object with it: that update goes first, as a later update waits for it (`_update`);
+        overtaken, it would be retried on an invalidated object (spec §3.1)."""
+        objects = _named(self, root)
+        if any(
+            op == "Update" and _named(self, r).keys() & objects.keys() for op, r in self.deferred
+        ):
+            return False  # the update before it goes first (`retry_deferred` keeps the order)
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
