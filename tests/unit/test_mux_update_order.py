@@ -125,3 +125,44 @@ def test_an_invalidate_does_not_overtake_an_update_deferred_before_it() -> None:
     assert [c.op for c in top.state_completions[-3:]] == ["Update", "Update", "Invalidate"]
     assert tcp.status == S.NDIS_STATUS_SUCCESS
     assert st.checker.violations == []
+
+
+def test_a_rebalance_is_not_undone_by_another_nic_coming_back() -> None:
+    """Active-standby, nic2 failed: four connections on nic0; a rebalance over nic0 and nic1
+    plans two for nic1 and asks them up. nic2 comes back (RESUME) before the layer above
+    offloads them again: `failover.forget_plans` drops the plans at any NIC's RESUME, so
+    both go back to nic0 by the policy and the rebalance did nothing (nic0 4, nic1 0),
+    though nic1 is in service and nothing about it changed. On 6726b8f^ they went to nic1."""
+    st = teamed_target_stack(nics=3, policy="active-standby")
+    mux = _mux(st)
+    nic2 = _nic(st, 2)
+    nic2.fail_adapter()
+    st.run()
+    wires = [st.wires.open() for _ in range(4)]
+    tree = st.top.connection_tree(wires)
+    st.top.initiate(tree.root)
+    st.run()
+    mux.rebalance()
+    st.run()
+    asked = list(dict.fromkeys(e.handle for e in st.top.events))
+    assert len(asked) == 2
+    st.top.terminate(st.top.reference_tree(tree, asked, state="delegated"))
+    st.run()
+    nic2.recover_adapter()
+    st.run()
+    again: list[NdisOffloadHandle] = []
+    assert tree.neighbor is not None
+    for handle in asked:
+        root = st.top.neighbor_block(tree.neighbor)
+        path = root.add_dependent(st.top.path_block(tree.paths[0]))
+        block = path.add_dependent(st.top.tcp_block(tree.wires[handle.id]))
+        assert block.offload_handle is not None
+        again.append(block.offload_handle)
+        st.top.initiate(root)
+        st.run()
+    nics = []
+    for h in again:
+        entry = h.miniport_offload_context
+        assert entry is not None
+        nics.append(entry.lower.lower.name)
+    assert nics == ["nic1", "nic1"], f"the rebalanced connections went to {nics}"

@@ -134,7 +134,7 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         lower.paused = True
     elif status == S.NDIS_STATUS_UPLOAD_ALL:
         lower.failed = True
-        forget_plans(mux)
+        forget_plans(mux, lower)
         relink.lower_failed(mux, lower)  # a move's copy it may hold until its RESUME
         mux.owed.update(_initiating_on(mux, lower))
         _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
@@ -144,7 +144,6 @@ def lower_status(mux: MuxIm, lower: Lower, status: NdisStatus) -> None:
         mux.retry_deferred()
     elif status == S.NDIS_STATUS_OFFLOAD_RESUME:
         lower.paused = lower.failed = False
-        forget_plans(mux)
         ask(mux, lower)
 
 
@@ -178,13 +177,12 @@ def _initiating_on(mux: MuxIm, lower: Lower) -> list[MuxConnection]:
 
 def take_out(mux: MuxIm, lower: Lower) -> None:
     lower.taken_out = True
-    forget_plans(mux)
+    forget_plans(mux, lower)
     _evacuate(mux, [c for c in mux.connections() if c.lower is lower.binding])
 
 
 def put_back(mux: MuxIm, lower: Lower) -> None:
     lower.taken_out = False
-    forget_plans(mux)
     _offer_changed(mux)
 
 
@@ -213,16 +211,22 @@ def rebalance(mux: MuxIm) -> None:
     _evacuate(mux, moving)
 
 
-def forget_plans(mux: MuxIm) -> None:
-    """Drop the rebalance's plans (`Placement.moves`) not used yet. A plan is popped when its
-    connection is offloaded again, at the RESUME that ends the evacuation (spec §5.5); one
-    the host closes instead is never used, and the MUX cannot tell which one that is. So
-    the plans go when they no longer say anything: at the next rebalance (which plans from
-    the load as it is then), when a NIC fails, is taken out or comes back (the set they
-    were planned over changed), and when the MUX carries nothing any more (`MuxIm.idle`):
-    an offload after that goes where the policy puts it. Without it the table grew with
-    every rebalance, and a later connection reusing a 4-tuple went where an old plan said."""
-    mux.placement.moves.clear()
+def forget_plans(mux: MuxIm, gone: Lower | None = None) -> None:
+    """Drop the rebalance's plans (`Placement.moves`) not used yet: all of them, or with
+    `gone` those for that NIC. A plan is popped when its connection is offloaded again, at
+    the RESUME that ends the evacuation (spec §5.5); one the host closes instead is never
+    used, and the MUX cannot tell which one that is. So the plans go when they no longer
+    say anything: at the next rebalance (which plans from the load as it is then), and when
+    the MUX carries nothing any more (`MuxIm.idle`): an offload after that goes where the
+    policy puts it. Without it the table grew with every rebalance, and a later connection
+    reusing a 4-tuple went where an old plan said. A NIC that fails or is taken out takes
+    only the plans for it (they cannot be used: their connections go where the policy puts
+    them); the others still even the load out, whatever other NIC fails or comes back."""
+    if gone is None:
+        mux.placement.moves.clear()
+        return
+    for key in [k for k, lo in mux.placement.moves.items() if lo is gone]:
+        del mux.placement.moves[key]
 
 
 def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:
