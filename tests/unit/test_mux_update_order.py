@@ -74,6 +74,46 @@ def test_an_update_waiting_for_a_copy_on_a_nic_that_then_fails_is_answered() -> 
     assert [b.status for b in walk(arp)] == [S.NDIS_STATUS_SUCCESS]
 
 
+def test_a_move_after_an_update_held_by_a_failed_nic_s_copy_is_answered() -> None:
+    """A connection goes to nic0, an update of its
+    neighbor waits for the neighbor's copy being offloaded there, and nic0 fails. The update
+    is never tried again (the test above); a next-hop change of the path after it then waits
+    behind it (`MuxIm._update`: an update before it sharing an object waits here), so the
+    move too waits for nic0's RESUME, though nic1 and nic2 are in service."""
+    st = teamed_target_stack(nics=3, policy="round-robin")
+    top = st.top
+    mux = _mux(st)
+    nic0 = _nic(st, 0)
+    n1 = top.neighbor_block()
+    path = n1.add_dependent(top.path_block())
+    top.initiate(n1)
+    n2 = top.neighbor_block()
+    top.initiate(n2)
+    st.run()
+    assert n1.offload_handle and n2.offload_handle and path.offload_handle
+    root = new_neighbor_block(n1.offload_handle)
+    root.add_dependent(new_path_block(path.offload_handle)).add_dependent(
+        top.tcp_block(st.wires.open())
+    )
+    top.initiate(root)  # nic0: copies of n1 and the path offloading there
+    arp = top.neighbor_block(n1.offload_handle)
+    arp.cached = NeighborOffloadStateCached(DlDestinationAddress=b"\x02\x00\x00\x00\x00\x02")
+    top.update(arp)
+    nic0.fail_adapter()
+    st.run()
+    move = new_neighbor_block(n2.offload_handle)
+    move.add_dependent(new_path_block(path.offload_handle))
+    top.update(move)
+    st.run()
+    st.advance(2 * mux_module.CORRUPT_RETRY_MAX)  # not a matter of time
+    statuses = [b.status for b in walk(move)]
+    print("update", arp.status, "move", statuses, "deferred", [op for op, _ in mux.deferred])
+    assert S.NDIS_STATUS_PENDING not in statuses, (
+        f"the move waits for nic0's RESUME behind the update: {statuses}, "
+        f"deferred {[op for op, _ in mux.deferred]}"
+    )
+
+
 def test_an_invalidate_does_not_overtake_an_update_deferred_before_it() -> None:
     """The host updates a path (its copy still being offloaded on nic1 for a new connection,
     so the update waits at the MUX, `MuxIm._update`), then the path's neighbor (which waits

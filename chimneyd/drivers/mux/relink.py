@@ -104,9 +104,10 @@ class Relink:
 
 def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
     """What the update moves; False while a copy it names, or of a neighbor a path moves
-    from, is still being offloaded or terminated on its NIC (spec §3.1), or has a state
-    operation below it, or a path it moves is in another move: retried later. True: an update of a shape the MUX does not move (a
-    TCP block under a path, a placeholder neighbor): it fails as a whole."""
+    from, is still being offloaded (not by a failed NIC: `_holds`) or terminated on its NIC
+    (spec §3.1), or has a state operation below it, or a path it moves is in another move:
+    retried later. True: an update of a shape the MUX does not move (a TCP block under a
+    path, a placeholder neighbor): it fails as a whole."""
     rl = Relink(root)
     block: OffloadBlock | None = root
     while block is not None:
@@ -149,12 +150,23 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
         # a copy with an update (or the MUX's own invalidate) below it: the move's updates
         # go after that one, not beside it (spec §9 item 7: one update of an object in
         # flight), so that the later values are the ones the NIC keeps
-        if any(i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()):
+        if any(_holds(i) for i in vobj.instances.values()):
             return False
     return rl
 
 
 _SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+
+
+def _holds(copy: Instance) -> bool:
+    """Whether the move waits for `copy`: being offloaded or terminated, or with a state
+    operation below it. Not a copy a failed NIC is offloading: that NIC holds its initiate
+    until its RESUME (spec §5.5), which may never come; the copy is left to the failover,
+    as `plan` leaves out a failed NIC's path copies (its connection is asked up once the
+    initiate completes, `failover.offloaded_late`, and the copy goes with it)."""
+    if copy.lifecycle.phase is Phase.OFFLOADING and copy.lower.failed:
+        return False
+    return copy.lifecycle.phase in _SETTLING or bool(copy.pending_ops)
 
 
 def start(mux: MuxIm, rl: Relink) -> None:
