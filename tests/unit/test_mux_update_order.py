@@ -114,6 +114,55 @@ def test_a_move_after_an_update_held_by_a_failed_nic_s_copy_is_answered() -> Non
     )
 
 
+def test_a_copy_a_failed_nic_offloads_after_an_update_does_not_take_new_connections() -> None:
+    """An update does not wait for a failed NIC's copy being offloaded (`MuxIm._update`:
+    the copy goes with the connection the failover asks up), so that copy misses it. The
+    NIC comes back (RESUME, spec §5.5) and offloads the copy with the values from before the
+    update; before the host has uploaded the connection asked up, a new connection must not
+    be placed under that copy (it would keep the old MAC for its whole life)."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    nic1 = _nic(st, 1)
+    tree = top.connection_tree([st.wires.open()])  # nic0
+    top.initiate(tree.root)
+    st.run()
+    assert tree.neighbor is not None
+    root = top.neighbor_block(tree.neighbor)
+    late = root.add_dependent(top.path_block(tree.paths[0])).add_dependent(
+        top.tcp_block(st.wires.open())
+    )
+    top.initiate(root)  # nic1: copies of the neighbor and path offloading there
+    nic1.fail_adapter()
+    st.run()
+    mac2 = b"\x02\x00\x00\x00\x00\x02"
+    arp = top.neighbor_block(tree.neighbor)
+    arp.cached = NeighborOffloadStateCached(DlDestinationAddress=mac2)
+    top.update(arp)
+    st.run()
+    assert arp.status == S.NDIS_STATUS_SUCCESS
+    nic1.recover_adapter()  # the held initiate completes: the connection is asked up
+    st.run()
+    assert late.status == S.NDIS_STATUS_SUCCESS
+    assert [e.handle for e in top.events] == [late.offload_handle]
+    # new connections before the host uploads it: round robin puts one on nic1
+    for _ in range(2):
+        r = top.neighbor_block(tree.neighbor)
+        r.add_dependent(top.path_block(tree.paths[0])).add_dependent(top.tcp_block(st.wires.open()))
+        top.initiate(r)
+        st.run()
+    macs = {
+        (
+            nic.name,
+            c.upper.owner.upper is late.offload_handle,
+        ): c.path.neighbor.cached.DlDestinationAddress
+        for nic in (_nic(st, 0), nic1)
+        for c in nic.connections()
+    }
+    print(macs)
+    stale = {k: v for k, v in macs.items() if v != mac2 and not k[1]}
+    assert stale == {}, f"new connections under a copy with the MAC from before the update: {stale}"
+
+
 def test_an_invalidate_does_not_overtake_an_update_deferred_before_it() -> None:
     """The host updates a path (its copy still being offloaded on nic1 for a new connection,
     so the update waits at the MUX, `MuxIm._update`), then the path's neighbor (which waits

@@ -255,7 +255,7 @@ class MuxIm(PassthroughIm):
         nothing depends on it), and the retry after that completion offloads a fresh one."""
         if vobj.relinking:
             return True  # its copies are moving to another neighbor's (`relink`): after that
-        if _misplaced(vobj, lower):
+        if _misplaced(vobj, lower) or _missed(vobj, lower):
             return True  # placed by an earlier choice (held): after its copy has gone
         v: VirtualObject | None = vobj
         while v is not None:
@@ -672,6 +672,13 @@ class MuxIm(PassthroughIm):
             # Not for a failed NIC's, which holds it until its RESUME (spec §5.5): the failover
             # asks its connection up (`failover.offloaded_late`), and the copy goes with it
             return False
+        for up in walk(root):
+            if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
+                for i in self._context(up, VirtualObject).instances.values():
+                    if i.lifecycle.phase is Phase.OFFLOADING:  # a failed NIC's (above)
+                        # made with the values from before this update: once its NIC is
+                        # back, no new connection goes under it (`_missed`)
+                        i.missed = True
         if self._relinks(root):
             return self._relink(root)  # a next-hop change
         self._relay_op("Update", root, self.ndis.NdisUpdateOffload)
@@ -1153,15 +1160,36 @@ def _ref(inst: Instance) -> None:
 
 def _avoiding(path: VirtualObject, fit: Fit | None) -> Fit | None:
     """`fit`, and not a NIC that kept finding a copy of `path` or its neighbor corrupt, nor
-    one whose copy of `path` hangs under another neighbor's copy (`_misplaced`)."""
+    one whose copy of `path` hangs under another neighbor's copy (`_misplaced`), nor one
+    whose copy of `path` or its neighbor missed an update (`_missed`)."""
     avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
-    if not avoid and not any(i.under is not None for i in path.instances.values()):
+    if (
+        not avoid
+        and not any(i.under is not None for i in path.instances.values())
+        and not any(i.missed for v in _object_chain(path) for i in v.instances.values())
+    ):
         return fit  # a neighbor, or a path with no copy under a neighbor's: nothing to leave out
     return lambda lower: (
         lower.binding.id not in avoid
         and not _misplaced(path, lower)
+        and not _missed(path, lower)
         and (fit is None or fit(lower))
     )
+
+
+def _missed(vobj: VirtualObject, lower: Lower) -> bool:
+    """Whether `vobj`'s copy on `lower`, or its neighbor's, missed an update: a failed NIC
+    held its offload then, and offloaded it with the values from before once back (spec
+    §5.5). The failover asks its connection up and the copy goes with it; a new connection
+    linked under it would keep the old values (a stale MAC) for its whole life. It goes to
+    another NIC, as from a NIC avoided."""
+    v: VirtualObject | None = vobj
+    while v is not None:
+        inst = v.instances.get(lower.binding.id)
+        if inst is not None and inst.missed:
+            return True
+        v = v.parent
+    return False
 
 
 def _misplaced(path: VirtualObject, lower: Lower) -> bool:

@@ -118,6 +118,7 @@ class Instance(Lifecycle):
         "handle",
         "id",
         "lower",
+        "missed",
         "pending_ops",
         "refs",
         "retry",
@@ -144,6 +145,9 @@ class Instance(Lifecycle):
         self.corrupt = 0  # terminates that found its hardware state corrupt (spec §3.7)
         # found corrupt more than once: the MUX terminates it again only when this fires
         self.retry: TimerHandle | None = None
+        # an update went ahead without it (a failed NIC held its offload, `MuxIm._update`): it
+        # has the values from before, and takes no new connection (`_missed`) until it goes
+        self.missed = False
 
     @property
     def upper(self) -> NdisOffloadHandle:
