@@ -17,10 +17,15 @@ import msgpack
 
 from .errors import AddressError, ProtocolError, RpcError, RpcTimeout, error_from_wire
 
+#: docs/rpc.md "Errors": the code a read of a connection closed already gets
+NOT_FOUND = 3
 REQUEST = 0
 RESPONSE = 1
 NOTIFICATION = 2
 
+#: How many closed connections `ClientCodec` remembers, to drop what a cancelled caller gives
+#: back for one of them (a give-back comes at most a loop turn after the close's answer).
+GONE_LIMIT = 1024
 #: Largest frame the client accepts from the server. The daemon's own limit (8 MiB) is on what
 #: it receives; a `tcp.recv` answer is bounded by the caller's `max_bytes`, so leave headroom.
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -69,6 +74,7 @@ class ClientCodec(Generic[T]):
         "_accepted",
         "_accepts",
         "_closes",
+        "_gone",
         "_in_hand",
         "_kept",
         "_next_id",
@@ -124,14 +130,18 @@ class ClientCodec(Generic[T]):
         #: (`late`): no later bytes of the connection are handed out before that, or a
         #: cancelled caller's bytes would come after them
         self._in_hand: dict[int, int] = {}
-        #: msgid -> the error (None: bytes, now kept, or the end of stream) of each read the
-        #: daemon answered while an earlier read of its connection was in its caller's hands:
-        #: its caller waits until that one is taken (`_serve`)
-        self._parked: dict[int, RpcError | None] = {}
+        #: msgid -> the answer of each read the daemon answered while an earlier read of its
+        #: connection was in its caller's hands (an error; an int: that many bytes, now kept;
+        #: b"": the end of stream): its caller waits until that one is taken (`_serve`)
+        self._parked: dict[int, RpcError | bytes | int] = {}
         #: msgid -> conn id of each `tcp.close` sent and not answered (also abandoned ones):
         #: what is kept for the connection is dropped when the daemon closes it, not before
         #: (it may refuse: LIMIT)
         self._closes: dict[int, int] = {}
+        #: conn ids the daemon closed (`_closed`), the latest `GONE_LIMIT`, oldest first: bytes
+        #: a cancelled caller gives back for one of them are dropped, not kept for the life of
+        #: the client (ids are never reused: no read of it comes)
+        self._gone: dict[int, None] = {}
         #: answers made outside `receive` (by `forget`, `late`): the shell takes them with
         #: `take_ready` and wakes their callers
         self._ready: list[Reply[T]] = []
@@ -216,6 +226,7 @@ class ClientCodec(Generic[T]):
         self._in_hand.clear()
         self._parked.clear()
         self._closes.clear()
+        self._gone.clear()
         self._ready.clear()
         self._accepts.clear()
         self._orphan_accepts.clear()
@@ -227,6 +238,9 @@ class ClientCodec(Generic[T]):
         handed out any more, and what its abandoned reads still get is dropped (ids are
         never reused: no read of it comes)."""
         self._kept.pop(conn, None)
+        self._gone[conn] = None
+        if len(self._gone) > GONE_LIMIT:
+            del self._gone[next(iter(self._gone))]
         for msgid in [m for m, asked in self._orphans.items() if asked and asked[0] == conn]:
             del self._orphans[msgid]
         for listener, conns in list(self._accepted.items()):
@@ -279,6 +293,8 @@ class ClientCodec(Generic[T]):
             return None
         if self._reading(read.conn) or (read.waitall and len(kept) < read.max_bytes):
             return None
+        if self._reads:
+            self._hold_answered(-1, (read.conn,))
         if self._in_hand and read.conn in self._in_hand.values():
             return None  # bytes a caller has not taken yet come first (it may give them back)
         return self._take(read.conn, kept, read.max_bytes)
@@ -302,7 +318,14 @@ class ClientCodec(Generic[T]):
         if conn is None and asked is not None and (read := _Read.of(asked)) is not None:
             conn = read.conn
         data = reply.result
-        if conn is None or reply.error is not None or not isinstance(data, bytes) or not data:
+        if (
+            conn is None
+            or reply.error is not None
+            or not isinstance(data, bytes)
+            or not data
+            # closed: nothing is kept for it (a closed connection is never read)
+            or (self._gone and conn in self._gone)
+        ):
             self.dropped_responses += 1
             if conn is not None:
                 self._serve(conn)  # no longer in its caller's hands
@@ -319,6 +342,8 @@ class ClientCodec(Generic[T]):
         `most` bytes) or with its own parked answer, unless a read of it answered earlier is
         still in its caller's hands. A read whose request the daemon has not answered yet
         leaves it there: what it gets is kept in turn."""
+        if self._reads:
+            self._hold_answered(-1, (conn,))
         if self._in_hand and conn in self._in_hand.values():
             return
         kept = self._kept.get(conn)
@@ -329,10 +354,13 @@ class ClientCodec(Generic[T]):
             if read is None:
                 continue
             parked = msgid in self._parked
-            error = self._parked.pop(msgid, None)
-            if kept and (
+            answer = self._parked.pop(msgid, None)
+            error = answer if isinstance(answer, RpcError) else None
+            # the bytes of reads parked behind it are theirs (kept last, in order)
+            free = len(kept) - self._reserved(conn) if kept and self._parked else len(kept or b"")
+            if free > 0 and (
                 not read.waitall
-                or len(kept) >= read.max_bytes
+                or free >= read.max_bytes
                 # its own answer was bytes (kept), the end of stream or a reset: the bytes
                 # before it first; only a waitall TIMEOUT is no answer short
                 or (parked and not isinstance(error, RpcTimeout))
@@ -340,10 +368,15 @@ class ClientCodec(Generic[T]):
                 size = read.max_bytes if most is None else min(most, read.max_bytes)
                 if read.waitall:
                     size = read.max_bytes
+                size = min(size, free)
+                assert kept is not None
                 reply = Reply(msgid, self._pending.pop(msgid), None, self._take(conn, kept, size))
                 self._in_hand[msgid] = conn
             elif parked:
-                # nothing kept ahead of its own answer (an error, the end of stream)
+                # nothing kept ahead of its own answer (an error, the end of stream; its bytes
+                # dropped with the connection's close: the close's outcome, `_closed`)
+                if error is None and type(answer) is int and conn in self._gone:
+                    error = error_from_wire([NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"])
                 result = None if error is not None else b""
                 reply = Reply(msgid, self._pending.pop(msgid), error, result)
             else:
@@ -352,6 +385,9 @@ class ClientCodec(Generic[T]):
             if not parked:
                 self._orphans[msgid] = asked
             self._ready.append(reply)
+            if reply.error is not None and kept:
+                # a waitall read's TIMEOUT short of what is kept: the next read may take it
+                self._serve(conn, most)
             return
 
     def _serve_accept(self, listener: int) -> None:
@@ -362,10 +398,38 @@ class ClientCodec(Generic[T]):
         for msgid, lid in self._accepts.items():
             if lid == listener and msgid in self._pending:
                 token = self._pending.pop(msgid)
-                del self._accepts[msgid]
+                # stays in `_accepts` until forgotten: a caller cancelled before it runs
+                # again gives the connection back (`late`), kept for the next accept
                 self._orphan_accepts[msgid] = listener
                 self._ready.append(Reply(msgid, token, None, self._next_accepted(listener)))
                 return
+
+    def _reserved(self, conn: int) -> int:
+        """How many of the bytes kept for `conn` are the own answers of its parked reads."""
+        reads = self._reads
+        return sum(
+            n
+            for msgid, n in self._parked.items()
+            if type(n) is int and (asked := reads.get(msgid)) and asked[0] == conn
+        )
+
+    def _hold_answered(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> None:
+        """Reads of the connection of `msgid` answered earlier whose callers have not run yet
+        are in their hands: this answer waits behind them (a caller cancelled before it runs
+        again gives its bytes back, `late`, ahead of it)."""
+        if not asked or type(conn := asked[0]) is not int:
+            return
+        pending, in_hand = self._pending, self._in_hand
+        for other, params in self._reads.items():
+            if (
+                other != msgid
+                and params
+                and params[0] == conn
+                and other not in pending
+                and other not in in_hand
+                and other not in self._parked
+            ):
+                in_hand[other] = conn
 
     def _reading(self, conn: int) -> bool:
         """Whether a read of `conn` is on its way: sent and not answered (one answered took
@@ -485,6 +549,8 @@ class ClientCodec(Generic[T]):
                     self.dropped_responses += 1
                 return None
             err = None if error is None else error_from_wire(error)
+            if len(self._reads) > 1 and (asked := self._reads.get(msgid)) is not None:
+                self._hold_answered(msgid, asked)
             if (
                 self._in_hand
                 and (asked := self._reads.get(msgid)) is not None
@@ -495,7 +561,9 @@ class ClientCodec(Generic[T]):
                 # this answer waits behind them
                 if err is None and isinstance(result, bytes) and result:
                     self._kept.setdefault(read.conn, bytearray()).extend(result)
-                self._parked[msgid] = err
+                    self._parked[msgid] = len(result)
+                else:
+                    self._parked[msgid] = err if err is not None else b""
                 return None
             token = self._pending.pop(msgid)
             if (
@@ -509,6 +577,10 @@ class ClientCodec(Generic[T]):
                 if joined is not _UNCHANGED:
                     self._in_hand[msgid] = read.conn
                     return Reply(msgid, token, None, joined)
+                if read.conn in self._kept:
+                    # a waitall read timed out short of what is kept: the next read waiting
+                    # may be answered from it (it would wait in the daemon for later bytes)
+                    self._serve(read.conn)
             if (
                 self._accepted
                 and (listener := self._accepts.get(msgid)) is not None
@@ -517,6 +589,19 @@ class ClientCodec(Generic[T]):
                 first = self._accept_answered(listener, err, result)
                 if first is not _UNCHANGED:
                     return Reply(msgid, token, None, first)
+            if (
+                err is None
+                and len(self._reads) > 1
+                and isinstance(result, bytes)
+                and result
+                and (asked := self._reads.get(msgid)) is not None
+                and (read := _Read.of(asked)) is not None
+                and self._reading(read.conn)
+            ):
+                # another read of the connection waits: its answer (maybe in this same chunk)
+                # waits behind these bytes, which a caller cancelled before it runs again
+                # gives back (`late`), ahead of it
+                self._in_hand[msgid] = read.conn
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj

@@ -1,0 +1,443 @@
+"""Kept reads in stream order: concurrent and cancelled readers of a connection, in any order.
+
+Two state machines (several readers of a connection at once; one reading loop per
+connection) and one test per sequence that needs a particular interleaving: two reads
+answered in one chunk whose first caller is cancelled (its bytes, then the second's or the
+end of stream), bytes given back after the connection's tcp.close (not kept), a connection
+handed on from a kept accept whose caller is cancelled (kept again), a parked read of a
+connection closed meanwhile (the close's outcome, not the end of stream).
+
+A model daemon (`_Daemon`) answers `tcp.recv` from a byte stream per connection, in the order
+chimneyd does (requests of a connection served in the order sent, rpc-contract.md `tcp.recv`),
+and a model shell drives `ClientCodec` as `AsyncClient.call` does (kept_answer, request, forget
+on abandon, late for an answer whose caller was cancelled before it ran again, take_ready).
+What callers take, joined in the order they take it, must be the stream: no byte lost, none
+twice, none out of order (rpc-contract.md `tcp.recv`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import hypothesis.strategies as st
+import msgpack
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from chimney_client.protocol import ClientCodec, Reply
+from tests.clients.scripted import response
+
+CONNS = (1, 2)
+RECV_TIMEOUT = [7, "TIMEOUT: nothing arrived"]
+RESET = [5, "NDIS_STATUS: NDIS_STATUS_REQUEST_ABORTED (0xC023000C)"]
+CLOSED = [4, "INVALID_STATE: connection 1 is closed"]
+LIMIT = [6, "LIMIT: more than 256 requests in flight"]
+
+
+@dataclass
+class _Req:
+    msgid: int
+    conn: int
+    max_bytes: int
+    waitall: bool
+    forever: bool = False  # no timeout_ms: the daemon never times it out
+
+
+@dataclass
+class _Conn:
+    stream: bytearray = field(default_factory=bytearray)  # all the peer sent
+    buffered: bytearray = field(default_factory=bytearray)  # in the daemon, not yet read
+    eof: bool = False
+    reset: bool = False
+    closed: bool = False
+    queue: deque[_Req] = field(default_factory=deque)  # reads waiting in the daemon
+
+
+class _Daemon:
+    """chimneyd's tcp.recv as the contract states it: the reads of a connection are served in
+    the order they came; a read gets 1..max_bytes bytes (waitall: max_bytes, fewer only at the
+    end of stream); an empty bin at the end of stream; a timeout leaves the bytes."""
+
+    def __init__(self) -> None:
+        self.conns = {c: _Conn() for c in CONNS}
+
+    def serve(self, conn: int) -> list[bytes]:
+        c = self.conns[conn]
+        frames = []
+        while c.queue:
+            req = c.queue[0]
+            if c.buffered and (not req.waitall or len(c.buffered) >= req.max_bytes or c.eof):
+                data = bytes(c.buffered[: req.max_bytes])
+                del c.buffered[: req.max_bytes]
+            elif c.eof and not c.buffered:
+                data = b""
+            elif (c.reset and not c.buffered) or c.closed:
+                c.queue.popleft()
+                frames.append(response(req.msgid, None, RESET if c.reset else CLOSED))
+                continue
+            else:
+                break
+            c.queue.popleft()
+            frames.append(response(req.msgid, data))
+        return frames
+
+
+class KeptReads(RuleBasedStateMachine):
+    #: one caller at a time reads each connection (a reading loop: `wait_for(recv, t)` again and
+    #: again); False: callers may read a connection at once (several tasks)
+    single_reader = False
+    #: whether tcp.close is among the rules
+    closing = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codec: ClientCodec[int] = ClientCodec()
+        self.daemon = _Daemon()
+        self.next_caller = 0
+        #: caller -> (msgid, conn, max_bytes) of callers waiting for their answer
+        self.waiting: dict[int, tuple[int, int, int]] = {}
+        #: callers answered, not yet run again, in the order they were woken (asyncio runs
+        #: them in that order): (caller, conn, reply)
+        self.answered: deque[tuple[int, int, Reply[int]]] = deque()
+        self.taken = {c: bytearray() for c in CONNS}
+        #: connections closed (what they held may be dropped)
+        self.closed_taken: dict[int, None] = {}
+        #: conn -> the end of stream or reset a caller took first
+        self.ended: dict[int, str] = {}
+        self.log: list[str] = []
+
+    # -- the shell (aio.AsyncClient.call / _deliver) -------------------------------------------
+    def _deliver(self, replies: list[Any]) -> None:
+        while replies:
+            for event in replies:
+                if not isinstance(event, Reply):
+                    continue
+                caller = event.token
+                if caller in self.waiting:
+                    msgid, conn, max_bytes = self.waiting.pop(caller)
+                    assert msgid == event.msgid
+                    if event.error is None:
+                        assert isinstance(event.result, bytes)
+                        assert len(event.result) <= max_bytes, (event.result, max_bytes)
+                    self.answered.append((caller, conn, event))
+                else:
+                    self.codec.late(event)  # its caller gave up already
+            replies = list(self.codec.take_ready())
+
+    def _receive(self, frames: list[bytes]) -> None:
+        for frame in frames:  # one answer per chunk: a shell may read them one by one
+            self._deliver(list(self.codec.receive(frame)))
+
+    # -- rules ----------------------------------------------------------------------------------
+    @rule(
+        conn=st.sampled_from(CONNS),
+        max_bytes=st.integers(1, 6),
+        waitall=st.booleans(),
+        forever=st.booleans(),
+    )
+    def read(self, conn: int, max_bytes: int, waitall: bool, forever: bool = False) -> None:
+        forever = forever and not waitall
+        params: list[Any] = [conn, max_bytes, None if forever else 1000]
+        if waitall:
+            params.append({"waitall": True})
+        if self.single_reader and (
+            any(c == conn for _, c, _ in self.waiting.values())
+            or any(c == conn for _, c, _ in self.answered)
+        ):
+            return
+        if self.daemon.conns[conn].closed:
+            return  # ids are never reused: nobody reads a closed connection
+        self.log.append(f"read conn={conn} max={max_bytes} waitall={waitall} forever={forever}")
+        kept = self.codec.kept_answer("tcp.recv", params)
+        if kept is not None:
+            assert len(kept) <= max_bytes
+            self.log.append(f"  kept answer {kept!r}")
+            self.taken[conn] += kept
+            return
+        caller = self.next_caller
+        self.next_caller += 1
+        msgid, data = self.codec.request("tcp.recv", params, caller)
+        self.waiting[caller] = (msgid, conn, max_bytes)
+        sent = msgpack.unpackb(data, raw=False)[3]
+        sent_waitall = len(sent) > 3 and sent[3].get("waitall") is True
+        self.daemon.conns[conn].queue.append(_Req(msgid, conn, sent[1], sent_waitall, forever))
+        self._receive(self.daemon.serve(conn))
+
+    @rule(conn=st.sampled_from(CONNS), data=st.binary(min_size=1, max_size=5))
+    def peer_sends(self, conn: int, data: bytes) -> None:
+        c = self.daemon.conns[conn]
+        if c.eof or c.closed:
+            return
+        # bytes numbered so a duplicate or a reorder shows
+        base = len(c.stream)
+        data = bytes((base + i) % 251 for i in range(len(data)))
+        c.stream += data
+        c.buffered += data
+        self.log.append(f"peer sends {data!r} on {conn}")
+        self._receive(self.daemon.serve(conn))
+
+    @rule(conn=st.sampled_from(CONNS))
+    def peer_reset(self, conn: int) -> None:
+        c = self.daemon.conns[conn]
+        if c.eof or c.closed:
+            return
+        c.reset = True
+        c.eof = True  # nothing more comes
+        self.log.append(f"peer RST on {conn}")
+        self._receive(self.daemon.serve(conn))
+
+    @precondition(lambda self: self.closing)
+    @rule(conn=st.sampled_from(CONNS), refused=st.booleans(), before=st.booleans())
+    def close(self, conn: int, refused: bool, before: bool) -> None:
+        """tcp.close: refused (LIMIT, nothing changes) or done (reads then get INVALID_STATE
+        and no caller reads the connection again). `before`: the daemon answers the reads it
+        serves before the close's answer (they are in one chunk)."""
+        c = self.daemon.conns[conn]
+        if c.closed:
+            return
+        self.log.append(f"close {conn} refused={refused}")
+        caller = self.next_caller
+        self.next_caller += 1
+        msgid, _ = self.codec.request("tcp.close", [conn], caller)
+        if refused:
+            self._receive([response(msgid, None, LIMIT)])
+            self.codec.forget(msgid)
+            return
+        c.closed = True
+        c.buffered.clear()
+        frames = self.daemon.serve(conn)
+        answer = [response(msgid, True)]
+        self._receive(frames + answer if before else answer + frames)
+        self.codec.forget(msgid)
+        self.closed_taken[conn] = None
+
+    @rule(conn=st.sampled_from(CONNS))
+    def peer_fin(self, conn: int) -> None:
+        self.daemon.conns[conn].eof = True
+        self.log.append(f"peer FIN on {conn}")
+        self._receive(self.daemon.serve(conn))
+
+    @rule(conn=st.sampled_from(CONNS), index=st.integers(0, 5))
+    def daemon_timeout(self, conn: int, index: int) -> None:
+        """A queued read's timeout_ms runs out: TIMEOUT, the bytes stay."""
+        q = self.daemon.conns[conn].queue
+        timed = [req for req in q if not req.forever]
+        if not timed:
+            return
+        req = timed[index % len(timed)]
+        q.remove(req)
+        self.log.append(f"daemon TIMEOUT msgid={req.msgid}")
+        frames = [response(req.msgid, None, RECV_TIMEOUT)]
+        frames += self.daemon.serve(conn)  # the next read may now be served
+        self._receive(frames)
+
+    @precondition(lambda self: bool(self.waiting))
+    @rule(index=st.integers(0, 10))
+    def cancel_waiting(self, index: int) -> None:
+        caller = sorted(self.waiting)[index % len(self.waiting)]
+        msgid, _, _ = self.waiting.pop(caller)
+        self.log.append(f"cancel waiting msgid={msgid}")
+        self.codec.forget(msgid)
+        self._deliver(list(self.codec.take_ready()))
+
+    @precondition(lambda self: bool(self.answered))
+    @rule(cancel=st.booleans())
+    def run_next_answered(self, cancel: bool) -> None:
+        _, conn, reply = self.answered.popleft()
+        if cancel:
+            self.log.append(f"cancel answered msgid={reply.msgid} ({reply.result!r})")
+            if reply.error is None:
+                self.codec.late(reply)
+        else:
+            self.log.append(f"take msgid={reply.msgid} {reply.result!r} err={reply.error}")
+            if reply.error is None:
+                if self.ended.get(conn) is not None:
+                    # docs/rpc.md tcp.recv: the end of stream (or a reset) comes after the
+                    # last byte; a caller that stops there would lose what comes after it
+                    assert not reply.result, (conn, reply.result, self.ended[conn], self.log)
+                self.taken[conn] += reply.result
+            ended = reply.result == b"" or (
+                reply.error is not None and "ABORTED" in str(reply.error)
+            )
+            if ended and conn not in self.ended:
+                self.ended[conn] = str(reply.error or "end of stream")
+        self.codec.forget(reply.msgid)
+        self._deliver(list(self.codec.take_ready()))
+
+    @invariant()
+    def taken_is_a_prefix_of_the_stream(self) -> None:
+        for conn in CONNS:
+            stream = bytes(self.daemon.conns[conn].stream)
+            taken = bytes(self.taken[conn])
+            assert stream.startswith(taken), (conn, taken, stream, self.log)
+
+    def teardown(self) -> None:
+        """Everything still in hand is taken; then fresh reads must get the rest."""
+        while self.answered:
+            self.run_next_answered(False)
+        for conn in CONNS:
+            c = self.daemon.conns[conn]
+            if c.closed:
+                # nothing is held for a closed connection (ids are never reused)
+                assert conn not in self.codec._kept, (conn, self.codec._kept, self.log)
+                continue
+            for _ in range(4 * len(c.stream) + 4):
+                # a waitall read the peer's bytes never fill waits no more
+                while waitall := [i for i, req in enumerate(c.queue) if req.waitall]:
+                    self.daemon_timeout(conn, waitall[0])
+                while self.answered:
+                    self.run_next_answered(False)
+                if bytes(self.taken[conn]) == bytes(c.stream):
+                    break
+                self.read(conn, 6, False)
+                while self.answered:
+                    self.run_next_answered(False)
+            for _ in range(0 * len(c.stream) + 4):
+                if bytes(self.taken[conn]) == bytes(c.stream):
+                    break
+                while self.answered:
+                    self.run_next_answered(False)
+                if bytes(self.taken[conn]) == bytes(c.stream):
+                    break
+                self.read(conn, 6, False)
+                while self.answered:
+                    self.run_next_answered(False)
+            assert bytes(self.taken[conn]) == bytes(c.stream), (
+                conn,
+                bytes(self.taken[conn]),
+                bytes(c.stream),
+                self.log,
+            )
+
+
+KeptReads.TestCase.settings = settings(
+    # about 4 s a machine on a fresh checkout (no example database): well within the
+    # suite's per-test timeout, also while shrinking a failure
+    max_examples=400,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    # one shrunk sequence, not one per distinct failure: shrinking several stays within the
+    # suite's per-test timeout
+    report_multiple_bugs=False,
+)
+TestKeptReadsStateMachine = KeptReads.TestCase
+
+
+class KeptReadsOneReader(KeptReads):
+    single_reader = True
+
+
+KeptReadsOneReader.TestCase.settings = KeptReads.TestCase.settings
+TestKeptReadsOneReaderStateMachine = KeptReadsOneReader.TestCase
+
+
+def test_a_read_answered_next_to_a_cancelled_one_does_not_overtake_its_given_back_bytes() -> None:
+    """Two reads of a connection (two tasks) answered in one chunk, "a" then "b", nothing kept
+    before: the first's caller is cancelled before it runs again and gives "a" back (`late`);
+    the second read waits behind it. docs/rpc.md: a read answered but cancelled before its
+    caller ran again gives its bytes back ahead of the rest, and no read of the connection is
+    answered meanwhile: the callers take "a" then "b"."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, _ = codec.request("tcp.recv", (1, 1), "first")
+    second, _ = codec.request("tcp.recv", (1, 1), "second")
+    replies = [e for e in codec.receive(response(first, b"a") + response(second, b"b"))]
+    taken: list[bytes] = []
+    for reply in replies:  # the shell wakes both callers; the first is cancelled meanwhile
+        assert isinstance(reply, Reply)
+        if reply.token == "first":
+            codec.late(reply)
+            codec.forget(reply.msgid)
+            for ready in codec.take_ready():  # the second read, woken now: its caller takes it
+                taken.append(ready.result)
+                codec.forget(ready.msgid)
+        else:
+            taken.append(reply.result)
+            codec.forget(reply.msgid)
+    taken.append(codec.before_read((1, 100)) or b"")  # the next read
+    assert b"".join(taken) == b"ab", taken
+
+
+def test_bytes_given_back_by_a_cancelled_read_do_not_come_after_the_end_of_stream() -> None:
+    """As above with the peer's FIN: "a" then the end of stream (b"") in one chunk. The first
+    caller is cancelled and gives "a" back, the second takes the end of stream and stops
+    reading (docs/rpc.md tcp.recv: an empty bin at the end of stream): "a" comes first."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, _ = codec.request("tcp.recv", (1, 1), "first")
+    second, _ = codec.request("tcp.recv", (1, 1), "second")
+    replies = [e for e in codec.receive(response(first, b"a") + response(second, b""))]
+    results: list[bytes] = []
+    for reply in replies:
+        assert isinstance(reply, Reply)
+        if reply.token == "first":
+            codec.late(reply)
+            codec.forget(reply.msgid)
+            results += [r.result for r in codec.take_ready()]
+        else:
+            results.append(reply.result)
+            codec.forget(reply.msgid)
+    assert results[0] != b"", f"end of stream taken before b'a', still kept: {results}"
+
+
+def test_bytes_given_back_after_the_connection_is_closed_are_not_kept() -> None:
+    """A read answered "x"; the connection's tcp.close is answered true (the task closing it
+    ran first); then the reading task is cancelled before it ran again and gives "x" back.
+    Nothing is kept for it: no read of a closed connection comes (ids are never reused;
+    docs/rpc.md: what is kept is dropped when tcp.close succeeds)."""
+    codec: ClientCodec[str] = ClientCodec()
+    read, _ = codec.request("tcp.recv", (1, 100), "read")
+    (reply,) = codec.receive(response(read, b"x" * 1000))
+    close, _ = codec.request("tcp.close", (1,), "close")
+    assert [r.result for r in codec.receive(response(close, True)) if isinstance(r, Reply)] == [
+        True
+    ]
+    codec.forget(close)
+    assert isinstance(reply, Reply)
+    codec.late(reply)
+    codec.forget(read)
+    assert codec.take_ready() == []
+    assert codec.before_read((1, 100)) is None, "bytes kept for a closed connection"
+
+
+def test_a_connection_handed_from_a_kept_accept_is_kept_again_when_its_caller_is_cancelled() -> (
+    None
+):
+    """An abandoned tcp.accept gets connection 7, which goes at once to the accept waiting
+    behind it (`_serve_accept`); that accept's caller is cancelled before it runs again and
+    gives 7 back (`late`, as `AsyncClient.call` does): connection 7 is kept for the next
+    accept of the listener, not dropped (it would stay open in the daemon, the client's)."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.accept", (5, 1000), "cancelled")
+    codec.forget(gone)
+    mine, _ = codec.request("tcp.accept", (5, 1000), "mine")
+    (reply,) = [e for e in codec.receive(response(gone, 7)) if isinstance(e, Reply)]
+    assert (reply.token, reply.result) == ("mine", 7)
+    codec.late(reply)  # its caller was cancelled before it ran again
+    codec.forget(mine)
+    codec.take_ready()
+    assert codec.kept_answer("tcp.accept", (5, 1000)) == 7, "connection 7 dropped"
+
+
+def test_a_parked_read_of_a_connection_closed_meanwhile_is_not_told_end_of_stream() -> None:
+    """Read `a` is answered "x" from kept bytes (in its caller's hands); the daemon then
+    answers read `b` with "z" (parked behind `a`, its bytes kept), and the connection's
+    tcp.close with true (what is kept is dropped). When `a`'s caller takes "x", `b` gets the
+    close's outcome (an error, as a fresh read of the closed connection would), not the end
+    of stream: the peer sent no FIN (docs/rpc.md tcp.recv: b"" is the peer's FIN)."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
+    codec.forget(gone)
+    a, _ = codec.request("tcp.recv", (1, 100), "a")
+    b, _ = codec.request("tcp.recv", (1, 100), "b")
+    (reply_a,) = [e for e in codec.receive(response(gone, b"x")) if isinstance(e, Reply)]
+    assert (reply_a.token, reply_a.result) == ("a", b"x")
+    close, _ = codec.request("tcp.close", (1,), "close")
+    data = response(a, b"y") + response(b, b"z") + response(close, True)
+    assert [r.token for r in codec.receive(data) if isinstance(r, Reply)] == ["close"]
+    codec.forget(close)
+    codec.forget(a)  # a's caller takes "x"
+    (reply_b,) = codec.take_ready()
+    assert reply_b.token == "b"
+    assert (reply_b.error, reply_b.result) != (None, b""), "b told end of stream"
