@@ -236,7 +236,8 @@ class AsyncClient:
             left = await self._writable(method, limit)
         fut: asyncio.Future[Any] = self._loop.create_future()
         msgid, data = self._codec.request(method, sent, fut)
-        self._queue(data)
+        if data:  # nothing: a read served by an abandoned read still in the daemon
+            self._queue(data)
         # A timer on the future, not `asyncio.timeout`: that one reschedules and uncancels
         # the task on every call, and was a sixth of this client's time under load.
         timer = None

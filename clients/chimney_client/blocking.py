@@ -200,7 +200,8 @@ class Client:
             msgid, data = self._codec.request(method, sent, slot)
             try:
                 try:
-                    self._send(data, deadline, method, limit)
+                    if data:  # nothing: a read served by an abandoned read in the daemon
+                        self._send(data, deadline, method, limit)
                 except CallTimeout:
                     # not written (or the connection is gone): no answer will come for it
                     self._codec.withdraw(msgid)

@@ -85,6 +85,7 @@ class ClientCodec(Generic[T]):
         "_pending",
         "_reads",
         "_ready",
+        "_riding",
         "_unpacker",
         "dropped_responses",
         "kept_bytes",
@@ -114,6 +115,9 @@ class ClientCodec(Generic[T]):
         self._reads: dict[int, list[Any] | tuple[Any, ...]] = {}
         #: msgid -> the params of each abandoned `tcp.recv` still unanswered
         self._orphans: dict[int, list[Any] | tuple[Any, ...]] = {}
+        #: msgids of reads not sent: an abandoned read of their connection with no timeout is
+        #: still in the daemon, and they are answered with what it gets (`_ride`)
+        self._riding: set[int] = set()
         #: conn id -> bytes that abandoned reads got and no read took yet
         self._kept: dict[int, bytearray] = {}
         #: bytes abandoned reads got, kept for later reads (a count: it never decreases)
@@ -154,6 +158,14 @@ class ClientCodec(Generic[T]):
         msgid = self._allocate_id()
         if method == "tcp.recv":
             asked = params
+            if self._orphans and self._ride(params):
+                # not sent: served by the abandoned read's answer, so a reading loop that
+                # gives up on reads (wait_for) leaves one read in the daemon, not one per turn
+                # (docs/rpc.md Limits: 256 requests in flight)
+                self._reads[msgid] = asked
+                self._riding.add(msgid)
+                self._pending[msgid] = token
+                return msgid, b""
             if self._kept and (read := _Read.of(params)) is not None:
                 kept = self._kept.get(read.conn)
                 if (
@@ -194,6 +206,8 @@ class ClientCodec(Generic[T]):
         asked = self._reads.pop(msgid, None)
         if self._parked and msgid in self._parked:
             del self._parked[msgid]  # answered already: its bytes are kept
+        elif self._riding and msgid in self._riding:
+            self._riding.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and asked is not None:
             self._orphans[msgid] = asked
         listener = self._accepts.pop(msgid, None)
@@ -207,6 +221,7 @@ class ClientCodec(Generic[T]):
         """`msgid` was never written (the daemon did not read): nobody waits for an answer."""
         self._pending.pop(msgid, None)
         self._reads.pop(msgid, None)
+        self._riding.discard(msgid)
         self._accepts.pop(msgid, None)
         self._closes.pop(msgid, None)
 
@@ -221,6 +236,7 @@ class ClientCodec(Generic[T]):
         tokens = list(self._pending.values())
         self._pending.clear()
         self._reads.clear()
+        self._riding.clear()
         self._orphans.clear()
         self._kept.clear()
         self._in_hand.clear()
@@ -243,6 +259,11 @@ class ClientCodec(Generic[T]):
             del self._gone[next(iter(self._gone))]
         for msgid in [m for m, asked in self._orphans.items() if asked and asked[0] == conn]:
             del self._orphans[msgid]
+        for msgid in [m for m in self._riding if self._reads[m][0] == conn]:
+            # nothing comes for it now: answered as a read of a closed connection is
+            self._answer_rider(
+                msgid, error_from_wire([NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"]), None
+            )
         for listener, conns in list(self._accepted.items()):
             if conn in conns:
                 conns.remove(conn)
@@ -382,7 +403,9 @@ class ClientCodec(Generic[T]):
             else:
                 return  # it waits for the daemon; no later read overtakes it
             del self._reads[msgid]
-            if not parked:
+            if msgid in self._riding:
+                self._riding.discard(msgid)  # never sent: nothing more comes for it
+            elif not parked:
                 self._orphans[msgid] = asked
             self._ready.append(reply)
             if reply.error is not None and kept:
@@ -403,6 +426,31 @@ class ClientCodec(Generic[T]):
                 self._orphan_accepts[msgid] = listener
                 self._ready.append(Reply(msgid, token, None, self._next_accepted(listener)))
                 return
+
+    def _ride(self, params: list[Any] | tuple[Any, ...]) -> bool:
+        """Whether a read with `params` is served by an abandoned read of its connection still
+        in the daemon, unsent: one that waits there with no timeout (it ends only with bytes,
+        the end of stream or an error, which this one then gets), when no other read of the
+        connection is on its way (what comes after that answer is its own request's), it
+        is no waitall read (which the abandoned read's bytes may not cover) and it has no
+        timeout itself (its TIMEOUT must come from the daemon, which only a sent read gets)."""
+        read = _Read.of(params)
+        if (
+            read is None
+            or read.waitall
+            or (len(params) > 2 and params[2] is not None)
+            or self._reading(read.conn)
+        ):
+            return False
+        return any(
+            asked[0] == read.conn and (len(asked) < 3 or asked[2] is None)
+            for asked in self._orphans.values()
+        )
+
+    def _answer_rider(self, msgid: int, error: RpcError | None, result: Any) -> None:
+        self._riding.discard(msgid)
+        del self._reads[msgid]
+        self._ready.append(Reply(msgid, self._pending.pop(msgid), error, result))
 
     def _reserved(self, conn: int) -> int:
         """How many of the bytes kept for `conn` are the own answers of its parked reads."""
@@ -449,7 +497,17 @@ class ClientCodec(Generic[T]):
     def _orphan_answered(self, asked: list[Any] | tuple[Any, ...], error: Any, result: Any) -> None:
         read = _Read.of(asked)
         if read is None or error is not None or not isinstance(result, bytes) or not result:
-            # nothing taken from the stream: the next read gets the same answer
+            # nothing taken from the stream: the next read gets the same answer; a read riding
+            # on this one gets it now (after what is kept), as the daemon would answer it
+            if self._riding and read is not None:
+                if read.conn in self._kept:
+                    self._serve(read.conn)
+                    return
+                for msgid in self._riding:
+                    if self._reads[msgid][0] == read.conn:
+                        err = None if error is None else error_from_wire(error)
+                        self._answer_rider(msgid, err, None if err is not None else result)
+                        return
             self.dropped_responses += 1
             return
         self._kept.setdefault(read.conn, bytearray()).extend(result)

@@ -50,12 +50,20 @@ async def test_a_cancelled_reads_bytes_go_to_the_next_read() -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(c.tcp_recv(1, 100), 0.05)
         abandoned = await daemon.reads.get()
+        # the abandoned read waits in the daemon with no timeout: the next read is not sent,
+        # it is answered with what the abandoned one gets (one read in the daemon, not two)
         next_read = asyncio.ensure_future(c.tcp_recv(1, 100))
-        msgid = await asyncio.wait_for(daemon.reads.get(), HANG)
+        ping = asyncio.ensure_future(c.ping())  # written after the next read, if it were sent
+        daemon.answer(await asyncio.wait_for(daemon.reads.get(), HANG), b"pong")
+        await asyncio.wait_for(ping, HANG)  # the first request the daemon got was the ping
+        assert daemon.reads.empty()
         daemon.answer(abandoned, b"hello")  # the daemon's read went on: first in its queue
         assert await asyncio.wait_for(next_read, HANG) == b"hello"  # at once
-        daemon.answer(msgid, b" world")  # what the next read's own request got: kept
-        assert await asyncio.wait_for(c.tcp_recv(1, 100), HANG) == b" world"
+        # nothing abandoned waits any more: the read after is sent, and gets what comes next
+        after = asyncio.ensure_future(c.tcp_recv(1, 100))
+        msgid = await asyncio.wait_for(daemon.reads.get(), HANG)
+        daemon.answer(msgid, b" world")
+        assert await asyncio.wait_for(after, HANG) == b" world"
 
 
 async def test_a_read_cancelled_after_its_answer_came_loses_no_bytes() -> None:

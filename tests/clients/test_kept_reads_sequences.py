@@ -17,6 +17,8 @@ twice, none out of order (rpc-contract.md `tcp.recv`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +28,9 @@ import msgpack
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from chimney_client import AsyncClient
 from chimney_client.protocol import ClientCodec, Reply
-from tests.clients.scripted import response
+from tests.clients.scripted import HANG, address, answer, response, scripted_server
 
 CONNS = (1, 2)
 RECV_TIMEOUT = [7, "TIMEOUT: nothing arrived"]
@@ -160,6 +163,10 @@ class KeptReads(RuleBasedStateMachine):
         self.next_caller += 1
         msgid, data = self.codec.request("tcp.recv", params, caller)
         self.waiting[caller] = (msgid, conn, max_bytes)
+        if not data:
+            # not sent: an abandoned read of the connection with no timeout answers it
+            self.log.append(f"  riding msgid={msgid}")
+            return
         sent = msgpack.unpackb(data, raw=False)[3]
         sent_waitall = len(sent) > 3 and sent[3].get("waitall") is True
         self.daemon.conns[conn].queue.append(_Req(msgid, conn, sent[1], sent_waitall, forever))
@@ -441,3 +448,51 @@ def test_a_parked_read_of_a_connection_closed_meanwhile_is_not_told_end_of_strea
     (reply_b,) = codec.take_ready()
     assert reply_b.token == "b"
     assert (reply_b.error, reply_b.result) != (None, b""), "b told end of stream"
+
+
+class _LimitedDaemon:
+    """chimneyd's reads with no timeout_ms and its `rpc.max_in_flight`: a read waits until the
+    connection's next bytes (what a `tcp.send` sends, echoed); past 256 requests held, every
+    request is answered LIMIT (docs/rpc.md "Limits")."""
+
+    MAX_IN_FLIGHT = 256
+
+    def __init__(self) -> None:
+        self.held: deque[int] = deque()  # msgids of the reads waiting, oldest first
+        self.sent_reads = 0
+
+    def __call__(self, t: Any, msgid: int, method: str, params: list[Any]) -> None:
+        if len(self.held) >= self.MAX_IN_FLIGHT:
+            answer(t, msgid, None, LIMIT)
+        elif method == "tcp.recv":
+            self.sent_reads += 1
+            self.held.append(msgid)
+        elif method == "tcp.send":
+            answer(t, msgid, len(params[1]))
+            if self.held:  # the echo goes to the oldest read waiting
+                answer(t, self.held.popleft(), bytes(params[1]))
+        else:
+            answer(t, msgid, None)
+
+
+async def test_a_polling_loop_of_short_waits_does_not_fill_the_daemons_limit() -> None:
+    """A loop of `wait_for(c.tcp_recv(...), t)` with no call_timeout sends no timeout_ms: each
+    read it gives up on stays in the daemon. A read of a connection that already has such a
+    read there is not sent: it gets that read's answer. So the loop holds one read in the
+    daemon, not one per turn, and after 300 turns (more than the daemon's 256) a send and a
+    read still work, and the read gets the bytes."""
+    daemon = _LimitedDaemon()
+    srv = await scripted_server(daemon)
+    try:
+        c = await AsyncClient.connect(address(srv))
+        try:
+            for _ in range(300):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.tcp_recv(1, 100), 0.001)
+            assert await asyncio.wait_for(c.tcp_send(1, b"hello"), HANG) == 5
+            assert await asyncio.wait_for(c.tcp_recv(1, 100), HANG) == b"hello"
+            assert daemon.sent_reads == 1
+        finally:
+            await c.close()
+    finally:
+        srv.close()

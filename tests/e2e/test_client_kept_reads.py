@@ -84,3 +84,27 @@ async def test_bytes_sent_before_a_reset_are_read_before_it(daemon: Daemon) -> N
         await c.tcp_close(cid)
     finally:
         await c.close()
+
+
+async def test_a_polling_loop_of_short_waits_does_not_fill_the_daemons_limit(
+    daemon: Daemon, echo_peer: PeerServer
+) -> None:
+    """A loop of `wait_for(c.tcp_recv(...), t)` on a client with no call_timeout sends no
+    timeout_ms: each read it gives up on stays in the daemon. Past the daemon's 256 requests in
+    flight (docs/rpc.md "Limits") every call was answered LIMIT. A read of a connection with
+    such a read waiting is not sent (it gets that read's answer): 300 turns leave one read in
+    the daemon, and a send and a read still work."""
+    c = await daemon.aclient(call_timeout=None)
+    try:
+        cid = await c.tcp_connect(HOST, echo_peer.port)
+        for _ in range(300):
+            try:
+                await asyncio.wait_for(c.tcp_recv(cid, 100), 0.001)
+                raise AssertionError("the echo peer sent something unasked")
+            except TimeoutError:
+                pass
+        assert await asyncio.wait_for(c.tcp_send(cid, b"hello"), 5.0) == 5
+        assert await asyncio.wait_for(c.tcp_recv(cid, 100), 5.0) == b"hello"
+        await asyncio.wait_for(c.tcp_close(cid), 5.0)
+    finally:
+        await c.close()
