@@ -461,23 +461,23 @@ class ClientCodec(Generic[T]):
             if type(n) is int and (asked := reads.get(msgid)) and asked[0] == conn
         )
 
-    def _hold_answered(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> None:
+    def _hold_answered(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> bool | None:
         """Reads of the connection of `msgid` answered earlier whose callers have not run yet
         are in their hands: this answer waits behind them (a caller cancelled before it runs
-        again gives its bytes back, `late`, ahead of it)."""
+        again gives its bytes back, `late`, ahead of it). Returns whether another read of the
+        connection is on its way (`_reading`, found by the same walk); None: not a connection."""
         if not asked or type(conn := asked[0]) is not int:
-            return
-        pending, in_hand = self._pending, self._in_hand
+            return None
+        pending, in_hand, parked = self._pending, self._in_hand, self._parked
+        reading = False
         for other, params in self._reads.items():
-            if (
-                other != msgid
-                and params
-                and params[0] == conn
-                and other not in pending
-                and other not in in_hand
-                and other not in self._parked
-            ):
+            if other == msgid or not params or params[0] != conn:
+                continue
+            if other in pending:
+                reading = True
+            elif other not in in_hand and other not in parked:
                 in_hand[other] = conn
+        return reading
 
     def _reading(self, conn: int) -> bool:
         """Whether a read of `conn` is on its way: sent and not answered (one answered took
@@ -607,8 +607,11 @@ class ClientCodec(Generic[T]):
                     self.dropped_responses += 1
                 return None
             err = None if error is None else error_from_wire(error)
+            #: whether another read of its connection is on its way, from the one walk of the
+            #: reads `_hold_answered` makes (None: not walked, or `_serve` changed them since)
+            reading: bool | None = None
             if len(self._reads) > 1 and (asked := self._reads.get(msgid)) is not None:
-                self._hold_answered(msgid, asked)
+                reading = self._hold_answered(msgid, asked)
             if (
                 self._in_hand
                 and (asked := self._reads.get(msgid)) is not None
@@ -639,6 +642,7 @@ class ClientCodec(Generic[T]):
                     # a waitall read timed out short of what is kept: the next read waiting
                     # may be answered from it (it would wait in the daemon for later bytes)
                     self._serve(read.conn)
+                    reading = None
             if (
                 self._accepted
                 and (listener := self._accepts.get(msgid)) is not None
@@ -654,7 +658,7 @@ class ClientCodec(Generic[T]):
                 and result
                 and (asked := self._reads.get(msgid)) is not None
                 and (read := _Read.of(asked)) is not None
-                and self._reading(read.conn)
+                and (self._reading(read.conn) if reading is None else reading)
             ):
                 # another read of the connection waits: its answer (maybe in this same chunk)
                 # waits behind these bytes, which a caller cancelled before it runs again
