@@ -243,6 +243,17 @@ def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
     for lower_id, c in list(rl.copying.items()):
         if c is call:
             del rl.copying[lower_id]
+    if _copies_initiated(mux, call):
+        rl.failed = True
+    if not rl.copying:
+        _all_copies_done(mux, rl)
+
+
+def _copies_initiated(mux: MuxIm, call: MuxCall) -> bool:
+    """A step-1 initiate is back: each copy it offloaded is offloaded; each one it failed
+    goes. Said both for a NIC's part of the move and for one left out (`lower_failed`).
+    True when a copy failed."""
+    failed = False
     for _, low, copy in call.links:
         assert isinstance(copy, Instance)
         if low.status in OFFLOADED_STATUSES:
@@ -251,9 +262,8 @@ def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
             copy.lifecycle.fire(Event.INITIATE_FAILED)
             mux._drop_instance(copy)
             copy.handle.release()
-            rl.failed = True
-    if not rl.copying:
-        _all_copies_done(mux, rl)
+            failed = True
+    return failed
 
 
 def _all_copies_done(mux: MuxIm, rl: Relink) -> None:
@@ -293,14 +303,7 @@ def _abandoned_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
     """A step-1 initiate left out of its move (`lower_failed`) is back at last: a copy it
     offloaded has nothing under it, and goes as one left unused; one it failed goes now."""
     rl.abandoned = [c for c in rl.abandoned if c is not call]
-    for _, low, copy in call.links:
-        assert isinstance(copy, Instance)
-        if low.status in OFFLOADED_STATUSES:
-            copy.lifecycle.fire(Event.INITIATE_OFFLOADED)
-        else:
-            copy.lifecycle.fire(Event.INITIATE_FAILED)
-            mux._drop_instance(copy)
-            copy.handle.release()
+    _copies_initiated(mux, call)
     mux._release_unused()
     mux.retry_deferred()
 
