@@ -7,28 +7,19 @@ from __future__ import annotations
 import pytest
 
 from chimneyd.drivers.mux import mux as mux_module
-from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block, walk
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
+from tests.unit.mux_rig import move_first_path, mux_of, nic_of, two_nics_and_a_spare_neighbor
 
 FOREVER = 1000
 
 
-def _mux(st: Stack) -> MuxIm:
-    mux = st.under_test[0]
-    assert isinstance(mux, MuxIm)
-    return mux
-
-
-def _nic(st: Stack, i: int) -> OffloadTarget:
-    nic = st.under_test[1 + i]
-    assert isinstance(nic, OffloadTarget)
-    return nic
+_mux = mux_of
+_nic = nic_of
 
 
 def _corrupt_copies_on_nic0(nics: int) -> tuple[Stack, OffloadTree]:
@@ -81,23 +72,11 @@ def test_a_new_path_under_a_neighbor_its_nic_keeps_corrupting_is_not_placed_ther
 def _two_nics() -> tuple[Stack, OffloadTree, OffloadBlock]:
     """As test_mux_relink: round robin, two connections under one path (nic0, nic1), and a
     second neighbor offloaded to the MUX alone."""
-    st = teamed_target_stack(nics=2, policy="round-robin")
-    tree = st.top.connection_tree([st.wires.open(), st.wires.open()])
-    st.top.initiate(tree.root)
-    st.run()
-    n2 = st.top.neighbor_block()
-    st.top.initiate(n2)
-    st.run()
-    return st, tree, n2
+    return two_nics_and_a_spare_neighbor()
 
 
 def _move(st: Stack, tree: OffloadTree, n2: OffloadBlock) -> list[S]:
-    assert n2.offload_handle is not None
-    root = new_neighbor_block(n2.offload_handle)
-    root.add_dependent(new_path_block(tree.paths[0]))
-    st.top.update(root)
-    st.run()
-    return st.top.state_completions[-1].statuses
+    return move_first_path(st, tree, n2).statuses
 
 
 def test_a_new_connection_is_not_linked_under_a_stray_copy_its_nic_could_not_move_back() -> None:

@@ -23,29 +23,19 @@ from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
+from tests.unit.mux_rig import move_first_path, two_nics_and_a_spare_neighbor
 
 
 def _two_nics() -> tuple[Stack, OffloadTree, OffloadBlock]:
     """Round robin: two connections under one path, one on each NIC (each NIC with its copy
     of the path and neighbor), and a second neighbor offloaded to the MUX (no NIC has it)."""
-    st = teamed_target_stack(nics=2, policy="round-robin")
-    tree = st.top.connection_tree([st.wires.open(), st.wires.open()])
-    st.top.initiate(tree.root)
-    st.run()
-    n2 = st.top.neighbor_block()
-    st.top.initiate(n2)
-    st.run()
+    st, tree, n2 = two_nics_and_a_spare_neighbor()
     assert st.top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS]
     return st, tree, n2
 
 
 def _move(st: Stack, tree: OffloadTree, n2: OffloadBlock) -> list[S]:
-    assert n2.offload_handle is not None
-    root = new_neighbor_block(n2.offload_handle)
-    root.add_dependent(new_path_block(tree.paths[0]))
-    st.top.update(root)
-    st.run()
-    done = st.top.state_completions[-1]
+    done = move_first_path(st, tree, n2)
     assert done.op == "Update"
     return done.statuses
 

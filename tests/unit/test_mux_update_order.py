@@ -6,8 +6,6 @@ A rebalance's plans stay while their NICs can still take the connections."""
 from __future__ import annotations
 
 from chimneyd.drivers.mux import mux as mux_module
-from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import (
     NeighborOffloadStateCached,
     OffloadBlock,
@@ -20,19 +18,10 @@ from chimneyd.ndis.errors import IllegalTransition
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import teamed_target_stack
-from chimneyd.testing.stack import Stack
+from tests.unit.mux_rig import mux_of, nic_of
 
-
-def _mux(st: Stack) -> MuxIm:
-    mux = st.under_test[0]
-    assert isinstance(mux, MuxIm)
-    return mux
-
-
-def _nic(st: Stack, i: int) -> OffloadTarget:
-    nic = st.under_test[1 + i]
-    assert isinstance(nic, OffloadTarget)
-    return nic
+_mux = mux_of
+_nic = nic_of
 
 
 def test_an_update_waiting_for_a_copy_on_a_nic_that_then_fails_is_answered() -> None:
