@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.drivers.target.target import OffloadTarget
-from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block
+from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block, walk
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import teamed_target_stack
 from chimneyd.testing.records import OffloadTree, StateCompletion
 from chimneyd.testing.stack import Stack
@@ -44,3 +45,51 @@ def move_first_path(st: Stack, tree: OffloadTree, n2: OffloadBlock) -> StateComp
     st.top.update(root)
     st.run()
     return st.top.state_completions[-1]
+
+
+def assert_all_drained(st: Stack) -> None:
+    """Everything terminated: the MUX holds nothing and defers nothing, no rule was broken,
+    and every layer's tables are empty (spec §9 item 10)."""
+    mux = mux_of(st)
+    assert mux.vobj_table == {} and mux.deferred == []
+    assert st.checker.violations == []
+    assert st.drain_problems() == []
+
+
+MAC1 = b"\x02\x00\x00\x00\x00\x01"
+MAC2 = b"\x02\x00\x00\x00\x00\x02"
+
+
+def three_nics_two_neighbors() -> tuple[Stack, OffloadTree, OffloadTree]:
+    """Round robin over three NICs: `tree`, two connections under one path (nic0, nic1),
+    and `other`, a connection under its own path and a second neighbor n2 (nic2)."""
+    st = teamed_target_stack(nics=3, policy="round-robin")
+    top = st.top
+    tree = top.connection_tree([st.wires.open(), st.wires.open()])  # nic0, nic1
+    top.initiate(tree.root)
+    st.run()
+    other = top.connection_tree([st.wires.open()])  # nic2: n2, with its own path
+    top.initiate(other.root)
+    st.run()
+    return st, tree, other
+
+
+def move_then_arp(st: Stack, tree: OffloadTree, other: OffloadTree) -> dict[str, set[bytes]]:
+    """The layer above moves `tree`'s path under n2 with n2's cached values (MAC1), then
+    updates n2's cached values again (an ARP change: MAC2, spec §3.4 (a)); both succeed.
+    Per NIC, the addresses its connections' neighbors end with."""
+    top = st.top
+    move = top.neighbor_block(other.neighbor)
+    move.cached = type(tree.root.cached)(DlDestinationAddress=MAC1)
+    move.add_dependent(new_path_block(tree.paths[0]))
+    top.update(move)
+    arp = top.neighbor_block(other.neighbor)
+    arp.cached = type(tree.root.cached)(DlDestinationAddress=MAC2)
+    top.update(arp)
+    st.run()
+    assert [b.status for b in walk(move)] == [S.NDIS_STATUS_SUCCESS] * 2
+    assert arp.status == S.NDIS_STATUS_SUCCESS
+    return {
+        nic.name: {c.path.neighbor.cached.DlDestinationAddress for c in nic.connections()}
+        for nic in (nic_of(st, 0), nic_of(st, 1), nic_of(st, 2))
+    }

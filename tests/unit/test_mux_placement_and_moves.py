@@ -13,7 +13,15 @@ from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
-from tests.unit.mux_rig import move_first_path, mux_of, nic_of, two_nics_and_a_spare_neighbor
+from tests.unit.mux_rig import (
+    MAC2,
+    move_first_path,
+    move_then_arp,
+    mux_of,
+    nic_of,
+    three_nics_two_neighbors,
+    two_nics_and_a_spare_neighbor,
+)
 
 FOREVER = 1000
 
@@ -289,30 +297,9 @@ def test_a_neighbor_update_issued_after_a_move_is_not_undone_by_it() -> None:
     move's mac1 (relink._move: `rl.neighbors`), and relink.finish makes mac1 the MUX's value
     for copies to come. The NICs and the MUX end with the older address, though the host's
     last word was mac2."""
-    st = teamed_target_stack(nics=3, policy="round-robin")
-    top = st.top
-    tree = top.connection_tree([st.wires.open(), st.wires.open()])  # nic0, nic1
-    top.initiate(tree.root)
-    st.run()
-    other = top.connection_tree([st.wires.open()])  # nic2: n2, with its own path
-    top.initiate(other.root)
-    st.run()
-    mac1 = b"\x02\x00\x00\x00\x00\x01"
-    mac2 = b"\x02\x00\x00\x00\x00\x02"
-    move = top.neighbor_block(other.neighbor)
-    move.cached = type(tree.root.cached)(DlDestinationAddress=mac1)
-    move.add_dependent(new_path_block(tree.paths[0]))
-    top.update(move)
-    arp = top.neighbor_block(other.neighbor)
-    arp.cached = type(tree.root.cached)(DlDestinationAddress=mac2)
-    top.update(arp)
-    st.run()
-    assert [b.status for b in walk(move)] == [S.NDIS_STATUS_SUCCESS] * 2
-    assert arp.status == S.NDIS_STATUS_SUCCESS
-    macs = {
-        nic.name: {c.path.neighbor.cached.DlDestinationAddress for c in nic.connections()}
-        for nic in (_nic(st, 0), _nic(st, 1), _nic(st, 2))
-    }
+    st, tree, other = three_nics_two_neighbors()
+    mac2 = MAC2
+    macs = move_then_arp(st, tree, other)
     assert other.neighbor is not None
     (n2,) = [v for v in _mux(st).vobj_table.values() if v.upper is other.neighbor]
     print("NICs' n2 addresses", macs, "the MUX's", n2.cached.DlDestinationAddress)
@@ -378,35 +365,15 @@ def test_a_neighbor_update_waits_for_a_move_deferred_before_it() -> None:
     """As the test above, but the move waits at the MUX before it starts (a connection's
     initiate is offloading a copy of n2 on nic0, spec §3.1): the update after it must wait
     behind it too, not overtake it to the NICs."""
-    st = teamed_target_stack(nics=3, policy="round-robin")
+    st, tree, other = three_nics_two_neighbors()
     top = st.top
-    tree = top.connection_tree([st.wires.open(), st.wires.open()])  # nic0, nic1
-    top.initiate(tree.root)
-    st.run()
-    other = top.connection_tree([st.wires.open()])  # nic2: n2, with its own path
-    top.initiate(other.root)
-    st.run()
     assert other.neighbor is not None
     # a connection on a new path under n2, round robin's turn nic0: a copy of n2 offloading
     root = top.neighbor_block(other.neighbor)
     root.add_dependent(top.path_block()).add_dependent(top.tcp_block(st.wires.open()))
     top.initiate(root)
-    mac1 = b"\x02\x00\x00\x00\x00\x01"
-    mac2 = b"\x02\x00\x00\x00\x00\x02"
-    move = top.neighbor_block(other.neighbor)
-    move.cached = type(tree.root.cached)(DlDestinationAddress=mac1)
-    move.add_dependent(new_path_block(tree.paths[0]))
-    top.update(move)
-    arp = top.neighbor_block(other.neighbor)
-    arp.cached = type(tree.root.cached)(DlDestinationAddress=mac2)
-    top.update(arp)
-    st.run()
-    assert [b.status for b in walk(move)] == [S.NDIS_STATUS_SUCCESS] * 2
-    assert arp.status == S.NDIS_STATUS_SUCCESS
-    macs = {
-        nic.name: {c.path.neighbor.cached.DlDestinationAddress for c in nic.connections()}
-        for nic in (_nic(st, 0), _nic(st, 1), _nic(st, 2))
-    }
+    mac2 = MAC2
+    macs = move_then_arp(st, tree, other)
     (n2,) = [v for v in _mux(st).vobj_table.values() if v.upper is other.neighbor]
     assert macs == {"nic0": {mac2}, "nic1": {mac2}, "nic2": {mac2}}, macs
     assert n2.cached.DlDestinationAddress == mac2

@@ -23,7 +23,7 @@ from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
-from tests.unit.mux_rig import move_first_path, two_nics_and_a_spare_neighbor
+from tests.unit.mux_rig import assert_all_drained, move_first_path, two_nics_and_a_spare_neighbor
 
 
 def _two_nics() -> tuple[Stack, OffloadTree, OffloadBlock]:
@@ -64,7 +64,6 @@ def _drain(st: Stack, tree: OffloadTree, n2: OffloadBlock, moved: bool) -> None:
     """Terminate the old neighbor (once nothing hangs below it), the connections and path,
     the new neighbor: every step succeeds and every table drains (spec §9 item 10)."""
     assert n2.offload_handle is not None
-    mux = st.under_test[0]
     ok = S.NDIS_STATUS_SUCCESS
     if moved:
         st.top.terminate(new_neighbor_block(tree.neighbor))
@@ -80,9 +79,7 @@ def _drain(st: Stack, tree: OffloadTree, n2: OffloadBlock, moved: bool) -> None:
         st.top.terminate(root)
         st.run()
         assert st.top.state_completions[-1].statuses == [ok]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_next_hop_change_moves_each_nics_copy_of_the_path() -> None:
@@ -140,7 +137,6 @@ def test_a_connection_new_to_the_path_during_the_move_waits_and_goes_under_the_n
     below = _neighbors_below(st)
     assert below == {"nic0": {n2.offload_handle}, "nic1": {n2.offload_handle}}
     _still_carried(st, tree)
-    mux = st.under_test[0]
     ok = S.NDIS_STATUS_SUCCESS
     st.top.terminate(new_neighbor_block(tree.neighbor))
     st.run()
@@ -150,9 +146,7 @@ def test_a_connection_new_to_the_path_during_the_move_waits_and_goes_under_the_n
     assert st.top.state_completions[-1].statuses == [ok] * 5
     st.top.terminate(new_neighbor_block(n2.offload_handle))
     st.run()
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_the_new_neighbors_own_copies_take_its_new_values_and_the_paths() -> None:
@@ -195,10 +189,7 @@ def test_the_new_neighbors_own_copies_take_its_new_values_and_the_paths() -> Non
     )
     st.run()
     assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_copy_its_nic_cannot_move_back_has_its_connections_asked_up() -> None:
@@ -237,10 +228,7 @@ def test_a_copy_its_nic_cannot_move_back_has_its_connections_asked_up() -> None:
     )
     st.run()
     assert st.top.state_completions[-1].statuses == [ok] * 3
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_path_with_no_copy_yet_moves_too() -> None:
@@ -277,10 +265,7 @@ def test_a_path_with_no_copy_yet_moves_too() -> None:
     top.terminate(new_neighbor_block(n2.offload_handle))
     st.run()
     assert top.state_completions[-1].statuses == [ok]
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_corrupt_copy_stays_under_the_old_neighbor_until_it_is_terminated() -> None:
@@ -316,10 +301,7 @@ def test_a_corrupt_copy_stays_under_the_old_neighbor_until_it_is_terminated() ->
     st.top.terminate(new_neighbor_block(n2.offload_handle))
     st.run()
     assert st.top.state_completions[-1].statuses == [ok]
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_an_invalidate_of_the_moving_path_waits_for_the_move() -> None:
@@ -351,10 +333,7 @@ def test_an_invalidate_of_the_moving_path_waits_for_the_move() -> None:
         st.top.terminate(new_neighbor_block(handle))
         st.run()
         assert st.top.state_completions[-1].statuses == [ok]
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_failed_nics_copy_is_left_to_the_failover() -> None:
@@ -393,10 +372,7 @@ def test_a_failed_nics_copy_is_left_to_the_failover() -> None:
     st.top.terminate(new_neighbor_block(n2.offload_handle))
     st.run()
     assert st.top.state_completions[-1].statuses == [ok]
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> None:
@@ -429,10 +405,7 @@ def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> 
     )
     st.run()
     assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
-    mux = st.under_test[0]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
 
 
 def test_a_move_waits_for_a_copy_of_the_new_neighbor_being_offloaded() -> None:
@@ -471,6 +444,4 @@ def test_a_move_waits_for_a_copy_of_the_new_neighbor_being_offloaded() -> None:
     top.terminate(root)
     st.run()
     assert all(s == ok for c in top.state_completions for s in c.statuses)
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    assert_all_drained(st)
