@@ -82,6 +82,28 @@ def _drain(st: Stack, tree: OffloadTree, n2: OffloadBlock, moved: bool) -> None:
     assert_all_drained(st)
 
 
+def _close_the_other(
+    st: Stack,
+    tree: OffloadTree,
+    n2: OffloadBlock,
+    gone: NdisOffloadHandle,
+    other: NdisOffloadHandle,
+) -> None:
+    """`gone`'s connection is terminated: `other` still carries its bytes; it and the path
+    go, then the new neighbor, and every table drains (spec §9 item 10)."""
+    assert n2.offload_handle is not None
+    ok = S.NDIS_STATUS_SUCCESS
+    del tree.wires[gone.id]
+    tree.tcp.remove(gone)
+    _still_carried(st, tree)
+    st.top.terminate(st.top.reference_tree(tree, [other], with_path=True, state="delegated"))
+    st.run()
+    st.top.terminate(new_neighbor_block(n2.offload_handle))
+    st.run()
+    assert st.top.state_completions[-1].statuses == [ok]
+    assert_all_drained(st)
+
+
 def test_a_next_hop_change_moves_each_nics_copy_of_the_path() -> None:
     st, tree, n2 = _two_nics()
     assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {tree.neighbor}}
@@ -293,15 +315,7 @@ def test_a_corrupt_copy_stays_under_the_old_neighbor_until_it_is_terminated() ->
         ("Terminate", [ok] * 3),
         ("Terminate", [ok]),
     ]
-    del tree.wires[first.id]
-    tree.tcp.remove(first)
-    _still_carried(st, tree)
-    st.top.terminate(st.top.reference_tree(tree, [second], with_path=True, state="delegated"))
-    st.run()
-    st.top.terminate(new_neighbor_block(n2.offload_handle))
-    st.run()
-    assert st.top.state_completions[-1].statuses == [ok]
-    assert_all_drained(st)
+    _close_the_other(st, tree, n2, gone=first, other=second)
 
 
 def test_an_invalidate_of_the_moving_path_waits_for_the_move() -> None:
@@ -364,15 +378,7 @@ def test_a_failed_nics_copy_is_left_to_the_failover() -> None:
     ]
     nic1.recover_adapter()
     st.run()
-    del tree.wires[second.id]
-    tree.tcp.remove(second)
-    _still_carried(st, tree)
-    st.top.terminate(st.top.reference_tree(tree, [first], with_path=True, state="delegated"))
-    st.run()
-    st.top.terminate(new_neighbor_block(n2.offload_handle))
-    st.run()
-    assert st.top.state_completions[-1].statuses == [ok]
-    assert_all_drained(st)
+    _close_the_other(st, tree, n2, gone=second, other=first)
 
 
 def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> None:
