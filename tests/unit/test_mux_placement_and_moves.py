@@ -198,6 +198,18 @@ def test_a_rebalanced_connection_closed_instead_of_offloaded_again_leaves_no_pla
     assert mux.placement.moves == {}, f"plans left for closed connections: {mux.placement.moves}"
 
 
+def _move_as_nic0_fails(st: Stack, tree: OffloadTree, n2: OffloadBlock) -> OffloadBlock:
+    """The update moving the path under `n2`, with nic0 failing (PAUSE, UPLOAD_ALL, spec
+    §5.5) before it takes its part of step 1; run until nothing is left to do."""
+    assert n2.offload_handle is not None
+    move = new_neighbor_block(n2.offload_handle)
+    move.add_dependent(new_path_block(tree.paths[0]))
+    st.top.update(move)
+    _nic(st, 0).fail_adapter()
+    st.run()
+    return move
+
+
 def test_a_nic_failing_as_the_move_reaches_it_does_not_hold_the_move_until_it_recovers() -> None:
     """The move is planned while nic0 is in service, so its step 1 sends nic0 an initiate of a
     copy of the new neighbor; nic0 fails (PAUSE, UPLOAD_ALL, spec §5.5) before taking it. A
@@ -210,11 +222,7 @@ def test_a_nic_failing_as_the_move_reaches_it_does_not_hold_the_move_until_it_re
     assert n2.offload_handle is not None
     mux = _mux(st)
     nic0 = _nic(st, 0)
-    move = new_neighbor_block(n2.offload_handle)
-    move.add_dependent(new_path_block(tree.paths[0]))
-    st.top.update(move)
-    nic0.fail_adapter()
-    st.run()
+    move = _move_as_nic0_fails(st, tree, n2)
     asked = list(dict.fromkeys(e.handle for e in st.top.events))
     assert asked == [tree.tcp[0]]  # nic0's connection, asked up by the failover
     st.top.terminate(st.top.reference_tree(tree, asked, state="delegated"))
@@ -344,11 +352,7 @@ def test_the_copy_a_failed_nic_offloads_after_its_move_went_on_is_released() -> 
     assert n2.offload_handle is not None
     mux = _mux(st)
     nic0 = _nic(st, 0)
-    move = new_neighbor_block(n2.offload_handle)
-    move.add_dependent(new_path_block(tree.paths[0]))
-    st.top.update(move)
-    nic0.fail_adapter()
-    st.run()
+    move = _move_as_nic0_fails(st, tree, n2)
     assert [b.status for b in walk(move)] == [S.NDIS_STATUS_SUCCESS] * 2
     (n2_vobj,) = [v for v in mux.vobj_table.values() if v.upper is n2.offload_handle]
     assert sorted(i.lower.name for i in n2_vobj.instances.values()) == ["nic0", "nic1"]
