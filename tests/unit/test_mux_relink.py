@@ -104,6 +104,22 @@ def _close_the_other(
     assert_all_drained(st)
 
 
+def _close_both(st: Stack, tree: OffloadTree, other: OffloadTree) -> None:
+    """`tree`'s path moved under `other`'s neighbor: the old neighbor goes, then `tree`'s
+    connections and path, then all of `other`; every call succeeds and every table drains."""
+    top = st.top
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    top.terminate(top.reference_tree(tree, None, with_path=True, state="delegated"))
+    st.run()
+    top.terminate(
+        top.reference_tree(other, None, with_path=True, with_neighbor=True, state="delegated")
+    )
+    st.run()
+    assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
+    assert_all_drained(st)
+
+
 def test_a_next_hop_change_moves_each_nics_copy_of_the_path() -> None:
     st, tree, n2 = _two_nics()
     assert _neighbors_below(st) == {"nic0": {tree.neighbor}, "nic1": {tree.neighbor}}
@@ -201,17 +217,7 @@ def test_the_new_neighbors_own_copies_take_its_new_values_and_the_paths() -> Non
     for nic in nics:
         (c,) = nic.connections()
         assert c.path.neighbor.cached.DlDestinationAddress == mac
-    top.terminate(new_neighbor_block(tree.neighbor))
-    st.run()
-    both = top.reference_tree(tree, None, with_path=True, state="delegated")
-    top.terminate(both)
-    st.run()
-    top.terminate(
-        top.reference_tree(other, None, with_path=True, with_neighbor=True, state="delegated")
-    )
-    st.run()
-    assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
-    assert_all_drained(st)
+    _close_both(st, tree, other)
 
 
 def test_a_copy_its_nic_cannot_move_back_has_its_connections_asked_up() -> None:
@@ -402,16 +408,7 @@ def test_a_path_already_under_the_new_neighbor_takes_its_new_cached_values() -> 
     assert _neighbors_below(st) == {"nic0": {other.neighbor}, "nic1": {other.neighbor}}
     (c,) = st.under_test[2].connections()
     assert c.path.cached.PathMtu == 1400
-    top.terminate(new_neighbor_block(tree.neighbor))
-    st.run()
-    top.terminate(top.reference_tree(tree, None, with_path=True, state="delegated"))
-    st.run()
-    top.terminate(
-        top.reference_tree(other, None, with_path=True, with_neighbor=True, state="delegated")
-    )
-    st.run()
-    assert all(s == S.NDIS_STATUS_SUCCESS for c in top.state_completions for s in c.statuses)
-    assert_all_drained(st)
+    _close_both(st, tree, other)
 
 
 def test_a_move_waits_for_a_copy_of_the_new_neighbor_being_offloaded() -> None:
