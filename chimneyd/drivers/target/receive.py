@@ -178,6 +178,21 @@ def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
     return offset + max(length, 1) > rcv_nxt and offset < rcv_nxt + window
 
 
+def _stop_processing(c: TcpContext) -> None:
+    """The target asked for a mandatory upload (or an upload of everything): it processes the
+    connection no more (spec §5.2). What it had received and processed before stays its to
+    deliver or hand back as BufferedData (spec §3.6.3); what arrives now is not processed:
+    held from RcvNxt on, as urgent data is, it goes up the ordinary path at the terminate
+    (`hand_up_held`) and RcvNxt does not move past it. [EMU] The kernel has acknowledged those
+    bytes already and will not send them again, so they are held, not dropped; and the
+    socket is read no more, so what the peer sends until the terminate waits there."""
+    c.urgent_at = c.rx.rcv_nxt
+    _hold_ooo_from(c, c.rx.rcv_nxt)
+    if not c.paused:
+        c.paused = True
+        c.wire.pause_reading()
+
+
 def _hold_ooo_from(c: TcpContext, at: int) -> None:
     """Out-of-order segments at or after the urgent data are held with it: once the gap
     before them filled, they would otherwise be delivered past it."""
@@ -226,6 +241,8 @@ def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flag
     fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""
     if c.lifecycle.tcp is TcpState.RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
+    if c.urgent_at is None and c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        _stop_processing(c)
     at = c.urgent_at
     if at is not None and (offset + len(data) > at or flags & TH_FIN):
         # from the urgent data on, nothing is delivered through the chimney (spec §5.2)
@@ -465,7 +482,9 @@ def _flow(t: OffloadTarget, c: TcpContext) -> None:
     if not c.paused and held >= bound:
         c.paused = True
         c.wire.pause_reading()
-    elif c.paused and may_read_again(held, bound):
+    elif c.paused and may_read_again(held, bound) and c.urgent_at is None:
+        # once holding for the ordinary path began (urgent data, a mandatory upload request)
+        # the socket waits for the terminate, which reads it again for the host (spec §5.2)
         c.paused = False
         c.wire.resume_reading()
 
