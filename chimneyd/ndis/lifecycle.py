@@ -108,7 +108,10 @@ TCP_EVENTS = frozenset({E.FIN_SENT, E.FIN_ACKED, E.FIN_RECEIVED, E.RESET})
 #: Phases in which an offloaded object carries I/O and indications (spec §3.9).
 LIVE = (P.OFFLOADED, P.UPLOAD_SUGGESTED, P.INVALIDATED, P.UPLOAD_REQUESTED)
 #: Phases in which the target refuses new I/O with NDIS_STATUS_UPLOAD_IN_PROGRESS (spec §3.6.4,
-#: §3.5: invalidated objects are not used for sending [EMU: the stricter rule]).
+#: §5.2: a mandatory upload request stops processing). The pages forbid an invalidated object
+#: only for sending (spec §3.5), but a target context is INVALIDATED only until its invalidate
+#: completes: the InvalidState request it raises then is mandatory, and from it on receive posts
+#: and forwards are refused too [INF].
 UPLOAD_PENDING = frozenset({P.INVALIDATED, P.UPLOAD_REQUESTED, P.TERMINATING})
 
 
