@@ -396,7 +396,9 @@ class PassthroughIm(DriverLayer):
         entry.lifecycle.fire(Event.IO)
         if entry.refusing:
             # this IM failed a send: nothing may go down ahead of what the host sends after
-            # the upload (a target that asks for one refuses by itself, with its own status)
+            # the upload (a target that asks for one refuses by itself, with its own status).
+            # UPLOAD_REQUESTED in every NBL, the first too: the upload is asked already
+            # (spec §4.8 [INF]; REQUEST_UPLOAD marks only the chain that failed, §4.1)
             if entry.below or entry.held:
                 _nothing_transferred(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
                 _hold(entry, head)  # after what is still below, in order
