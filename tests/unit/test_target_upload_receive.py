@@ -17,6 +17,7 @@ import pytest
 from chimneyd.drivers.segment import TH_FIN
 from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
+from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpUploadReason
 from chimneyd.testing import MemoryWire, OffloadTree, Stack
@@ -152,3 +153,36 @@ def test_the_application_gets_every_byte_in_order_across_the_upload() -> None:
     got = rig.call(rig.host.app_recv, conn, 100, True)
     assert got.value == b"one,two,three"
     assert rig.problems() == []
+
+
+@pytest.mark.parametrize("what", ["tcp", "path", "neighbor"])
+def test_a_read_across_an_invalidate_gets_every_byte_through_an_im(what: str) -> None:
+    """End to end through a pass-through IM: a waitall read posted before the host invalidates
+    the connection's TCP, path or neighbor object gets the bytes delivered before, and those
+    the peer sends after the InvalidState request (held by the target, up the ordinary path
+    at the terminate, through the IM), in order; nothing is left behind at any layer."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    got: list[object] = []
+    rig.host.app_recv(conn, 13, True, lambda v, e: got.append(v if e is None else e))
+    rig.run()
+    wire.peer_send(b"one,")
+    rig.run()
+    assert got == []  # waitall: 4 of 13 bytes
+    (ctx,) = rig.contexts()
+    rig.host.app_invalidate(conn, what, lambda v, e: None)
+    rig.host.after_batch()  # the end of the host's drain: the invalidate goes down
+    while ctx.lifecycle.phase is not Phase.UPLOAD_REQUESTED:
+        rig.scheduler.run_one()  # until the target has asked for the upload, no further
+    assert rig.event_names(conn)[-1] != "uploaded"
+    wire.peer_send(b"two,")
+    wire.peer_send(b"three")
+    rig.run()
+    assert got == [b"one,two,three"]
+    assert rig.event_names(conn)[-1] == "uploaded"
+    # the late bytes came up the ordinary path through the IM, not through the chimney
+    im = rig.layers()["im-nic0"]
+    assert im.stats.calls.get("NdisMIndicateReceiveNetBufferLists", 0) >= 1
+    assert rig.problems() == []
+    assert rig.contexts() == []
