@@ -164,8 +164,9 @@ class TcpContext(Lifecycle):
         # TcpIndicateDisconnect has been raised (or the host knew of the FIN before the offload)
         self.fin_indicated = False
         self.paused = False  # reading stopped: the buffered bytes reached their bound
-        # urgent data (spec §5.2): the stream offset from which received segments are held for
-        # the ordinary path at the terminate instead of delivered, and those segments
+        # urgent data, or any segment after a mandatory upload request (spec §5.2): the stream
+        # offset from which received segments are held for the ordinary path at the terminate
+        # instead of delivered, and those segments
         self.urgent_at: int | None = None
         self.urgent_held: list[tuple[int, memoryview, int]] = NO_ITEMS
         # send side (spec §4.1, §4.5): NBLs written but not yet acknowledged, with their offsets
