@@ -186,3 +186,21 @@ def test_a_read_across_an_invalidate_gets_every_byte_through_an_im(what: str) ->
     assert im.stats.calls.get("NdisMIndicateReceiveNetBufferLists", 0) >= 1
     assert rig.problems() == []
     assert rig.contexts() == []
+
+
+def test_after_upload_all_arriving_bytes_wait_for_the_terminate_too() -> None:
+    """docs/spec.md §5.2 [INF]: a target that failed raised PAUSE and UPLOAD_ALL; it refuses
+    sends from then on (§5.5), and the bytes that arrive fill no request posted before: they
+    go up the ordinary path at the terminate, the request completes UPLOAD_IN_PROGRESS."""
+    c = Conn()
+    (post,) = c.top.receive(c.handle, 10)
+    c.st.run()
+    c.nic.fail_adapter()
+    c.st.run()
+    c.wire.peer_send(b"late")
+    c.st.run()
+    assert post.status == PENDING
+    block = c.terminate()
+    assert post.status == UPLOAD and post.tcp_offload_bytes_transferred == 0
+    assert block.delegated is not None and block.delegated.RcvNxt == seq(c.wire.irs, 0)
+    assert [data for _, _, data, _ in c.top.ordinary] == [b"late"]
