@@ -16,8 +16,9 @@ ratio is not a finite positive number (a zero baseline, a value of 0 or less), n
                                       memory shards)
   python -m bench --json FILE         every repeat's numbers, spreads and verdicts as JSON
   python -m bench --targets           print the targets and exit
-  python -m bench --strict            exit 3 when a target is missed beyond noise or a
-                                      figure's measurement is invalid
+  python -m bench --strict            exit 3 when a target is missed beyond noise, a
+                                      figure's measurement is invalid, or a target had too
+                                      few repeats to be judged (--smoke always has)
 
 Where the time goes:
   python -m bench --profile daemon    this checkout's daemon under cProfile for one 8 s echo
@@ -40,7 +41,8 @@ Where the time goes:
 
 Exit status: 0 every section ran; 1 a section or a figure failed (errors, wrong bytes, a daemon
 that did not serve — never slowness); 2 not run (bad arguments, or outside the project's
-environment); 3 with --strict, a target missed beyond noise or an invalid measurement.
+environment); 3 with --strict, a target missed beyond noise, an invalid measurement, or a
+target judged on too few repeats (each named on a "NOT MET (--strict)" line).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="exit 3 when a target is missed beyond noise or a measurement is invalid",
+        help="exit 3 when a target is missed beyond noise, a measurement is invalid, or a "
+        "target had too few repeats to be judged",
     )
     p.add_argument(
         "--daemon",

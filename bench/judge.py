@@ -58,6 +58,9 @@ def spread_rank(n: int) -> int:
 # Fewer repeats than this cannot keep a claim to MAX_FALSE_CALL (spread_rank is 0): such a figure
 # is shown, not judged.
 MIN_REPEATS_TO_JUDGE = next(n for n in range(1, 64) if spread_rank(n) > 0)
+# The fewest repeats that leave a run off each end of the spread (spread_rank 2): below this a
+# spread that reaches the target is "too few repeats", so a judged figure needs this many.
+MIN_REPEATS_TO_LEAVE_ONE_OFF = next(n for n in range(1, 64) if spread_rank(n) > 1)
 
 
 class Verdict(Enum):
@@ -78,6 +81,14 @@ class Verdict(Enum):
 # What `--strict` fails on: a target missed, or a figure whose numbers could not be judged at all
 # (counting only MISSED would let a broken measurement through as a pass).
 NOT_MET = frozenset({Verdict.MISSED, Verdict.INVALID})
+
+
+def fails_strict(v: Verdict, target: Target) -> bool:
+    """Whether `--strict` fails on a figure with verdict `v`: NOT_MET, and also a target that
+    had too few repeats to be judged. A target nobody could judge is not a target met: a run cut
+    short (--smoke, a section that lost repeats) must not pass `--strict` by saying nothing. A
+    figure with no target has nothing to meet: its "too few repeats" is shown, not failed."""
+    return v in NOT_MET or (v is Verdict.FEW and target.judged)
 
 
 def left_off_each_end(n: int) -> int:

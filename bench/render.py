@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import Figure, Section
-from bench.judge import MAX_FALSE_CALL, MIN_REPEATS_TO_JUDGE, NOT_MET, Verdict
+from bench.judge import MAX_FALSE_CALL, MIN_REPEATS_TO_JUDGE, Verdict, fails_strict
 from bench.targets import TARGETS
 
 VERDICT_STYLE = {
@@ -100,8 +100,9 @@ def figures_table(sections: list[Section], meta: dict[str, Any]) -> Table:
 def summary(sections: list[Section]) -> str:
     counts = Counter(f.verdict for s in sections for f in s.figures)
     parts = [f"{counts[v]} {v.value}" for v in Verdict if counts[v]]
-    # the figures --strict fails on, in one number: an invalid measurement is one of them
-    not_met = sum(counts[v] for v in NOT_MET)
+    # the figures --strict fails on, in one number: an invalid measurement is one of them, and a
+    # target judged on too few repeats
+    not_met = sum(fails_strict(f.verdict, f.target) for s in sections for f in s.figures)
     tail = f"; {not_met} not met" if not_met else ""
     return "figures: " + (", ".join(parts) or "none") + tail
 

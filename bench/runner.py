@@ -22,7 +22,7 @@ from rich.table import Table
 from bench.common import MALLOC_ENV, MIB, Section, child, child_env, ports_of, raise_nofile
 from bench.context import SCALES, Ctx, Scale
 from bench.daemon import start_daemon
-from bench.judge import NOT_MET
+from bench.judge import MIN_REPEATS_TO_LEAVE_ONE_OFF, Verdict, fails_strict
 from bench.progress import Reporter
 from bench.render import fmt, render, targets_table
 from bench.sections import SECTIONS, run_section
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     problems = [p for s in sections for p in s.problems]
     for p in problems:
         console.print(f"[bold red]FAILED[/] {p}", highlight=False)
+    if args.strict:
+        for why in strict_failures(sections):
+            console.print(f"[bold red]NOT MET (--strict)[/] {why}", highlight=False)
     console.print(f"[dim]wall time {meta['wall_s']:.1f} s[/]")
     _write_json(
         args.json,
@@ -87,12 +90,32 @@ def run(args: argparse.Namespace) -> int:
 
 def exit_status(sections: list[Section], strict: bool) -> int:
     """1 when anything broke (never for slowness); with `strict`, 3 when a figure is not met:
-    missed beyond noise, or measured as numbers that cannot be judged (judge.NOT_MET)."""
+    missed beyond noise, measured as numbers that cannot be judged, or a target judged on too
+    few repeats (judge.fails_strict; strict_failures says which and why)."""
     if any(s.problems for s in sections):
         return EXIT_FAILED
-    if strict and any(f.verdict in NOT_MET for s in sections for f in s.figures):
+    if strict and strict_failures(sections):
         return EXIT_MISSED
     return EXIT_OK
+
+
+def strict_failures(sections: list[Section]) -> list[str]:
+    """One line per figure `--strict` fails on, saying why."""
+    out: list[str] = []
+    for sec in sections:
+        for f in sec.figures:
+            v = f.verdict
+            if not fails_strict(v, f.target):
+                continue
+            why = f"{v.value}, target {f.target.label()}, median {f.spread.median:.2f}x"
+            if v is Verdict.FEW:
+                why = (
+                    f"too few repeats to judge its target {f.target.label()}: {f.spread.n} "
+                    f"repeats, a judged figure needs {MIN_REPEATS_TO_LEAVE_ONE_OFF} (so a stray "
+                    "run can be left off its spread, bench/judge.py)"
+                )
+            out.append(f"{sec.name}: {f.name}: {why}")
+    return out
 
 
 async def _run_sections(ctx: Ctx, wanted: set[str]) -> list[Section]:

@@ -9,7 +9,7 @@ import pytest
 from bench.common import Section
 from bench.context import SCALES
 from bench.judge import MIN_REPEATS_TO_JUDGE, Verdict, left_off_each_end
-from bench.runner import EXIT_MISSED, exit_status
+from bench.runner import EXIT_MISSED, EXIT_OK, exit_status, strict_failures
 from bench.targets import TARGETS
 
 #: the repeats each judged figure gets, per scale (bench/context.py): key prefix -> field
@@ -70,3 +70,35 @@ def test_a_clear_miss_with_one_stray_run_fails_strict(key: str, scale: str) -> N
     sec = Section(key.split(".")[0])
     fig = sec.add(key, "x", "u", ratios, [1.0] * n, "b")
     assert (fig.verdict, exit_status([sec], strict=True)) == (Verdict.MISSED, EXIT_MISSED)
+
+
+@pytest.mark.parametrize(
+    "ratios",
+    [
+        # 3 repeats, all far below the bound: fewer than MIN_REPEATS_TO_JUDGE, no claim at all
+        [0.1, 0.12, 0.11],
+        # 5 repeats whose spread reaches the bound: none can be left off, so one stray run may be
+        # all that reaches it
+        [0.1, 0.12, 0.11, 0.13, 0.9],
+    ],
+)
+def test_a_judged_figure_with_too_few_repeats_fails_strict(ratios: list[float]) -> None:
+    """A target the run could not judge is not a target met: `--strict` exits 3 and says why,
+    as it does for a miss (a run cut short, a section that lost repeats)."""
+    sec = Section("bulk")
+    n = len(ratios)
+    fig = sec.add("bulk.1im", "one IM", "MB/s", [100.0 * r for r in ratios], [100.0] * n, "raw")
+    assert fig.verdict is Verdict.FEW
+    assert exit_status([sec], strict=True) == EXIT_MISSED
+    assert exit_status([sec], strict=False) == EXIT_OK
+    (why,) = strict_failures([sec])
+    assert "bulk: one IM" in why and "too few repeats" in why and f"{n} repeats" in why, why
+
+
+def test_a_reported_figure_with_too_few_repeats_does_not_fail_strict() -> None:
+    """--strict is about targets: a figure with none has nothing to meet (its "too few repeats"
+    is shown in the table, as it was)."""
+    sec = Section("bulk")
+    fig = sec.add("bulk.im_curve.1", "no IM", "MB/s", [90.0, 110.0], [100.0] * 2, "raw")
+    assert fig.verdict is Verdict.FEW
+    assert (exit_status([sec], strict=True), strict_failures([sec])) == (EXIT_OK, [])
