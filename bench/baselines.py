@@ -17,8 +17,8 @@ from typing import Any
 
 import msgpack
 
-from bench.common import PAYLOAD, percentile
-from bench.peers import SINK_HEADER
+from bench.common import percentile
+from bench.peers import SINK_HEADER, check_sink_reply, sink_payloads
 
 HOPS = 4  # hand-offs per message in every hop benchmark (a send through 1 IM makes 4 broker hops)
 BURST = 64
@@ -28,11 +28,13 @@ BURST = 64
 # raw loopback
 # ================================================================================================
 class _Sender(asyncio.Protocol):
-    """Writes `total` bytes (8-byte sink header first) in 64 KiB writes, obeying flow control."""
+    """Writes `total` bytes (8-byte sink header first) in 64 KiB writes, `payloads` in turn (the
+    sink's pattern), obeying flow control."""
 
-    def __init__(self, total: int, payload: bytes) -> None:
+    def __init__(self, total: int, payloads: tuple[bytes, ...]) -> None:
         self.total = total
-        self.payload = payload
+        self.payloads = payloads
+        self.writes = 0
         self.sent = 0
         self.paused = False
         self.reply = b""
@@ -49,14 +51,16 @@ class _Sender(asyncio.Protocol):
 
     def _pump(self) -> None:
         write = self.transport.write
-        payload = self.payload
+        payloads = self.payloads
         while not self.paused and self.sent < self.total:
+            payload = payloads[self.writes % len(payloads)]
             chunk = (
                 payload
                 if self.total - self.sent >= len(payload)
                 else payload[: self.total - self.sent]
             )
             write(chunk)
+            self.writes += 1
             self.sent += len(chunk)
 
     def pause_writing(self) -> None:
@@ -77,17 +81,20 @@ class _Sender(asyncio.Protocol):
 
 
 async def raw_send(port: int, total: int) -> float:
-    """Seconds to move `total` bytes to the sink on `port` until the sink confirms them."""
+    """Seconds to move `total` bytes to the sink on `port` until the sink confirms them, every
+    byte right (RuntimeError otherwise)."""
     loop = asyncio.get_running_loop()
-    payload = bytes(PAYLOAD)
+    payloads = sink_payloads()
     transport, proto = await loop.create_connection(
-        lambda: _Sender(total, payload), "127.0.0.1", port
+        lambda: _Sender(total, payloads), "127.0.0.1", port
     )
     try:
         proto.start()
-        return await asyncio.wait_for(proto.done, 60.0)
+        seconds = await asyncio.wait_for(proto.done, 60.0)
     finally:
         transport.close()
+    check_sink_reply(proto.reply, total)
+    return seconds
 
 
 # ================================================================================================

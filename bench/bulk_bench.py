@@ -6,6 +6,9 @@ the sink confirms every byte. The baseline is a uvloop Protocol writing the same
 same sink. Every repeat runs raw and 1 IM with both processes on one core, then raw, 0, 1, 2 and
 4 IM layers with the sink on a core of its own (forward, then reverse order). Figures: 1 IM /
 raw on each placement (the one-core figure is judged), and n IMs / 0 IMs (the IM curve).
+Both senders write the sink's seeded pattern (bench.peers.sink_payloads) and the sink checks
+every byte as it reads: a wrong, lost, doubled or reordered byte fails the run, as does a count
+other than the bytes sent (bench.peers.check_sink_reply).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from bench.baselines import raw_send
 from bench.common import MIB, PAYLOAD, Section, child, cpus, mbps, percentile, placed, ports_of
 from bench.context import Ctx
 from bench.judge import interleaved
-from bench.peers import SINK_HEADER
+from bench.peers import SINK_HEADER, check_sink_reply, sink_payloads
 from chimneyd.config import EngineConfig, LayerConfig
 from chimneyd.engine import start_engine
 
@@ -64,7 +67,9 @@ async def bulk_through(
             if info["state"] != "offloaded":
                 raise RuntimeError(f"connection {conn} is {info['state']}, not offloaded")
             per_nic[info["path"][-1]] = per_nic.get(info["path"][-1], 0) + 1
-        payload = bytes(PAYLOAD)
+        # the sink checks every byte against its pattern (bench/peers.py), so a lost, doubled,
+        # reordered or corrupted byte fails the run, not only a short count
+        payloads = sink_payloads()
         n_sends = max(1, (total // conns - SINK_HEADER.size) // PAYLOAD)
         per_conn = SINK_HEADER.size + n_sends * PAYLOAD
         for conn in ids:
@@ -78,6 +83,7 @@ async def bulk_through(
 
         def issue(conn: int) -> None:
             nonlocal outstanding
+            payload = payloads[issued[conn] % len(payloads)]
             issued[conn] += 1
             outstanding += 1
             t = time.perf_counter()
@@ -106,8 +112,7 @@ async def bulk_through(
         await asyncio.wait_for(finished, 120.0)
         for conn in ids:
             reply = await engine.recv(conn, 1 + SINK_HEADER.size, 10.0, True)
-            if reply[:1] != b"D":
-                raise RuntimeError(f"sink answered {reply!r}")
+            check_sink_reply(reply, per_conn)
         elapsed = time.perf_counter() - t0
         after = engine.stats()["engine"]["messages"]
         messages = sum(after[k] - before.get(k, 0) for k in after)
@@ -134,8 +139,8 @@ async def trace_hops(sink_port: int) -> int:
     try:
         conn = await engine.connect("127.0.0.1", sink_port, offload=True)
         before = len(engine.trace(conn, None))
-        await engine.send(conn, SINK_HEADER.pack(SINK_HEADER.size + 4) + b"1234")
-        await engine.recv(conn, 1 + SINK_HEADER.size, 5.0)
+        await engine.send(conn, SINK_HEADER.pack(SINK_HEADER.size + 4) + sink_payloads()[0][:4])
+        check_sink_reply(await engine.recv(conn, 1 + SINK_HEADER.size, 5.0, True), 12)
         hops = engine.trace(conn, None)[before:]
         await engine.close(conn)
         sends = [h for h in hops if h["call"] == "NdisOffloadTcpSend"]
@@ -274,7 +279,8 @@ async def run(ctx: Ctx, sec: Section) -> None:
     sec.notes.append(
         f"{total // MIB} MiB per run in 64 KiB Engine.send calls, {WINDOW} in flight (each "
         "completes when the peer ACKed); the clock stops when the sink (own process) confirms "
-        "every byte; raw = a uvloop Protocol doing the same to the same sink. Placement: "
+        "every byte, each checked against the sent pattern; raw = a uvloop Protocol doing the "
+        "same to the same sink. Placement: "
         f"{where}; the IM curve runs with the sink on its own core. With the sink on another "
         "core raw loopback is erratic here (it moved 1.3-7.4 GB/s from run to run), on one core "
         "it repeats: the 1 IM figure is judged there. A lone send's NBL "

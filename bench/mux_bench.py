@@ -107,7 +107,8 @@ async def run(ctx: Ctx, sec: Section) -> None:
     sec.notes.append(
         f"{total // MIB} MiB per run over {CONNS} connections, 64 KiB Engine.send calls, {WINDOW} "
         "in flight per connection (each completes when the peer ACKed); the clock stops when "
-        "the sink (own process) confirmed every byte of every connection. The MUX places "
-        "round-robin, so n NICs carry CONNS/n connections each (checked). Every NIC runs in "
-        "this one process: more NICs add no CPU, so a ratio near 1 means teaming costs nothing."
+        "the sink (own process) confirmed every byte of every connection, each checked "
+        "against the sent pattern. The MUX places round-robin, so n NICs carry CONNS/n "
+        "connections each (checked). Every NIC runs in this one process: more NICs add no CPU, "
+        "so a ratio near 1 means teaming costs nothing."
     )

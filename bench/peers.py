@@ -9,35 +9,80 @@ closes (so the parent's `finally` always ends it). `hold` answers `count` on std
 
 sink protocol: the first 8 bytes of a connection are the big-endian byte count that follows
 (header included); once that many bytes arrived the sink answers `D` + the same 8 bytes. The
-sender so knows the bytes reached the peer process, not just a kernel buffer.
+sender so knows the bytes reached the peer process, not just a kernel buffer. The bytes after
+the header must be the sink pattern (`sink_payloads()` in turn, the last one possibly cut
+short), checked as they arrive: at the first wrong byte the sink answers `X` + its offset in the
+stream (header included) at once and ignores the rest of the connection. `check_sink_reply`
+turns an answer into an error, so a lost, doubled, reordered or made-up byte fails the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import struct
 import sys
+from functools import cache
 from typing import Any
 
 import msgpack
 
-from bench.common import install_uvloop, raise_nofile
+from bench.common import PAYLOAD, install_uvloop, raise_nofile
 from bench.floor_proxy import Proxy
 
 SINK_HEADER = struct.Struct(">Q")
 CONNS_PER_PORT = 5000  # perf-notes: past ~14k per listening port Linux's port search slows
 
+#: distinct 64 KiB payloads a sender to the sink writes in turn: a send lost, doubled or swapped
+#: with another within this many lands on the wrong bytes (a period of one payload would let a
+#: doubled send and a lost one through unseen, the byte count matching)
+SINK_PERIOD_SENDS = 16
+SINK_READ = 256 * 1024  # the sink's read buffer
+_SINK_SEED = 0x53494E4B  # fixed: the sender and the sink are different processes
+
+
+@cache
+def _sink_pattern() -> bytes:
+    """SINK_PERIOD_SENDS payloads of random bytes back to back, and again as far as one read
+    can reach past the end: any read's expected bytes are one contiguous slice."""
+    period = random.Random(_SINK_SEED).randbytes(SINK_PERIOD_SENDS * PAYLOAD)
+    return period + period[:SINK_READ]
+
+
+@cache
+def sink_payloads() -> tuple[bytes, ...]:
+    """What a sender to the sink writes after the header, in turn (made once: sending them costs
+    the sender nothing a zero-filled payload did not)."""
+    pattern = _sink_pattern()
+    return tuple(pattern[i * PAYLOAD : (i + 1) * PAYLOAD] for i in range(SINK_PERIOD_SENDS))
+
+
+def check_sink_reply(reply: bytes, sent: int) -> None:
+    """Raise unless `reply` is the sink's confirmation of exactly `sent` bytes, all right."""
+    code, (count,) = reply[:1], SINK_HEADER.unpack(reply[1 : 1 + SINK_HEADER.size])
+    if code == b"X":
+        raise RuntimeError(f"the sink found a wrong byte at offset {count} of {sent} sent")
+    if code != b"D":
+        raise RuntimeError(f"the sink answered {reply!r}")
+    if count != sent:
+        raise RuntimeError(f"the sink counted {count} bytes, {sent} were sent")
+
 
 class Sink(asyncio.BufferedProtocol):
-    """Counts bytes into one reused buffer: the peer costs no allocation per read."""
+    """Counts bytes into one reused buffer (no allocation per read) and checks them against the
+    sink pattern: one memcmp per read (`bytes.startswith` at the pattern's offset), far cheaper
+    than the copy into the buffer it follows."""
 
     def __init__(self) -> None:
-        self.buf = bytearray(256 * 1024)
+        self.buf = bytearray(SINK_READ)
         self.view = memoryview(self.buf)
+        self.pattern = _sink_pattern()
+        self.period = SINK_PERIOD_SENDS * PAYLOAD
         self.header = bytearray()
         self.expected = -1
         self.received = 0
+        self.failed = False  # answered `X`: the rest of the connection is ignored
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -46,17 +91,36 @@ class Sink(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.failed:
+            return
+        start = 0
         if self.expected < 0:
             need = SINK_HEADER.size - len(self.header)
-            self.header += self.view[: min(need, nbytes)]
+            start = min(need, nbytes)
+            self.header += self.view[:start]
             if len(self.header) == SINK_HEADER.size:
                 (self.expected,) = SINK_HEADER.unpack(self.header)
+        if start < nbytes:
+            at = self.received + start - SINK_HEADER.size  # offset in the payload stream
+            data = self.view[start:nbytes]
+            if not self.pattern.startswith(data, at % self.period):
+                self._fail(at, data)
+                return
         self.received += nbytes
         if 0 <= self.expected <= self.received:
             self.transport.write(b"D" + SINK_HEADER.pack(self.received))
             self.expected = -1
             self.header = bytearray()
             self.received = 0
+
+    def _fail(self, at: int, data: memoryview) -> None:
+        """Answer `X` + the stream offset of the first wrong byte in `data` (which starts at
+        payload offset `at`), now: the sender need not wait for bytes that will never count."""
+        pos = at % self.period
+        expected = self.pattern[pos : pos + len(data)]
+        first = next(i for i in range(len(data)) if data[i] != expected[i])
+        self.failed = True
+        self.transport.write(b"X" + SINK_HEADER.pack(SINK_HEADER.size + at + first))
 
     def eof_received(self) -> bool:
         return False
