@@ -405,6 +405,16 @@ def placed(where: dict[int, int]) -> Iterator[bool]:
         _give_back(before)
 
 
+def threads_of(pid: int) -> list[int]:
+    """Every thread of process `pid` (from /proc/PID/task), for `placed`: a mask set on a pid
+    holds for its main thread only, and threads it already runs (a daemon's watcher) keep
+    theirs. [pid] where /proc cannot say."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return [pid]
+
+
 def _give_back(masks: dict[int, set[int]]) -> None:
     """Last placed first: two keys may name one thread (0 and its pid), the first read right."""
     for pid, mask in reversed(masks.items()):

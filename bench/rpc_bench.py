@@ -11,6 +11,15 @@
 The client is plain `msgpack` on an asyncio Protocol (baselines.RpcClient): it depends on the
 contract only. Any error answer, lost connection, wrong result or damaged echo fails the
 section.
+
+Placement (bench.common.placed, as the bulk section does): from the first warm-up to the last
+window the client (this thread) runs on one CPU and every server it measures (the daemon, the
+minimal echo server, the echo peer; every thread of each) on another, so the two sides of each
+ratio run where the other did, whatever the scheduler would have done from one window to the
+next. Not one core for all, as the judged bulk figure: a ping is a round trip between two
+processes, which on one core measures the scheduler's switches more than either server. The
+servers share their core, but only the one measured works at a time (the echo peer only for
+tcp.send, on both sides). A machine with one CPU runs everything on it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,17 @@ from contextlib import ExitStack
 from typing import Any
 
 from bench.baselines import RpcClient, RpcResult, rpc_connect, rpc_load
-from bench.common import PAYLOAD, Section, child, mbps, percentile, ports_of
+from bench.common import (
+    PAYLOAD,
+    Section,
+    child,
+    cpus,
+    mbps,
+    percentile,
+    placed,
+    ports_of,
+    threads_of,
+)
 from bench.context import Ctx
 from bench.judge import interleaved
 from chimney_client.stream import PatternStream, Verifier
@@ -189,6 +208,19 @@ class PlainEcho(asyncio.Protocol):
 # ================================================================================================
 # the section
 # ================================================================================================
+def placement(server_pids: list[int]) -> tuple[int, int, dict[int, int]]:
+    """The client's CPU, the servers' CPU, and the `placed` map: this thread on the first CPU
+    this process may use, every thread of every server on the second (the first, on a machine
+    with one)."""
+    mine = cpus()
+    client = mine[0] if mine else 0
+    server = mine[1] if len(mine) > 1 else client
+    where = {0: client}
+    for pid in server_pids:
+        where.update(dict.fromkeys(threads_of(pid), server))
+    return client, server, where
+
+
 async def run(ctx: Ctx, sec: Section) -> None:
     sc = ctx.scale
     seconds = sc.rpc_window_s
@@ -202,6 +234,9 @@ async def run(ctx: Ctx, sec: Section) -> None:
         echo_port = ports_of(echo_srv.expect("ready "))[0]
         peer = stack.enter_context(child("-m", "bench.peers", "echo"))
         peer_port = ports_of(peer.expect("ready "))[0]
+        client_cpu, server_cpu, where = placement([daemon.pid, echo_srv.proc.pid, peer.proc.pid])
+        took = stack.enter_context(placed(where))
+        sec.raw["placement"] = {"client_cpu": client_cpu, "server_cpu": server_cpu, "placed": took}
         try:
             dt, dc = await rpc_connect(daemon.port)
             transports.append(dt)
@@ -290,6 +325,13 @@ async def run(ctx: Ctx, sec: Section) -> None:
         f"{_med(plain_r, 'p50_us') / 1e3:.2f} / {_med(plain_r, 'p99_us') / 1e3:.2f} ms; "
         f"{recv_per_round:.1f} tcp.recv per round",
         failed=None if state == "offloaded" else f"the connection was {state!r}, not offloaded",
+    )
+
+    sec.notes.append(
+        f"client on CPU {client_cpu}; the daemon, the minimal echo server and the echo peer on "
+        f"CPU {server_cpu}, from the first warm-up to the last window"
+        if took
+        else "placement not supported here: every process ran where the scheduler put it"
     )
 
 
