@@ -416,6 +416,11 @@ class Supervisor:
                 log.debug(
                     "shard_counts", shard=index, gen=gen, taken=params[1], changed=len(params[0])
                 )
+        elif method in ("ready", "watch") and (gen != shard.gen or shard.state == "down"):
+            # read from the channel of a process that has ended (`_drain` hands on what it
+            # left unread, for its last counts): it says nothing about the shard's next
+            # process, which must not look running, ready or watched before that one says so
+            log.info("shard_stale_notification", shard=index, gen=gen, method=method)
         elif method == "ready":
             shard.state = "running"
             shard.info = dict(params[0]) if params else {}
