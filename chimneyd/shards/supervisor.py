@@ -14,9 +14,11 @@ Lifecycle: SIGTERM or SIGINT → every shard gets SIGTERM and drains within
 file is reopened here and in every shard; a shard that dies is logged (`shard_died`) and started
 again after a back-off (`Backoff`), with a new range of ids; the kernel has closed its clients'
 connections already. A shard silent on its control channel for `daemon.heartbeat_timeout_s`
-(it reports every second), or that leaves `MAX_QUEUED` unread, is hung: killed (`shard_hung`)
-and restarted the same way (`_watch`, `_hung`). If the supervisor itself goes, the shards see their control channel close
-and stop.
+(it reports every second), one started again that does not listen within `start_bound` of its
+start (silent or not), or one that leaves `MAX_QUEUED` unread, is hung: killed (`shard_hung`)
+and restarted the same way (`_watch`, `_hung`). What a process's channel still held when it
+ended is read (`_drain`) for its last counts; its `ready` or `watch` changes nothing. If the
+supervisor itself goes, the shards see their control channel close and stop.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ log = structlog.get_logger("chimneyd.shards")
 #: the cap keeps every id below 2^53, exact in a JavaScript client.
 ID_SPAN = 10**12
 MAX_GEN = (1 << 53) // ID_SPAN - 1
-#: How long a shard may take from its start to listening.
+#: How long a shard may take from its start to listening: at the daemon's start-up (`run` gives
+#: up), and for a shard started again (`_watch` takes it for hung, however often it reports:
+#: its counts reporter runs from its channel's start, before it listens), at least
+#: `daemon.heartbeat_timeout_s` then.
 START_TIMEOUT_S = 60.0
 #: After SIGTERM a shard has `rpc.shutdown_deadline_s` plus this to exit before it is killed.
 STOP_GRACE_S = 10.0
@@ -96,6 +101,7 @@ class Shard:
     link: ControlLink | None = None
     state: str = "down"  # starting, running, down
     started: float = 0.0
+    start_by: float = 0.0  # loop time by which this process must be ready (`_watch`)
     info: dict[str, Any] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,6 +122,7 @@ class Supervisor:
         self.count = config.daemon.shards
         self.timeout = config.daemon.control_timeout_s
         self.heartbeat = config.daemon.heartbeat_timeout_s
+        self.start_timeout = START_TIMEOUT_S
         self.ticks = 0  # looks `_watch` has taken (tests wait on it)
         self.watching: asyncio.Task[None] | None = None
         self.shards = [Shard(i) for i in range(self.count)]
@@ -160,7 +167,7 @@ class Supervisor:
 
     async def _all_ready(self) -> bool:
         """Every shard listening (True), or one that exited or hung on the way (False)."""
-        deadline = self.loop.time() + START_TIMEOUT_S
+        deadline = self.loop.time() + self.start_timeout
         for shard in self.shards:
             ready = asyncio.ensure_future(shard.ready.wait())
             exited = asyncio.ensure_future(shard.exited.wait())
@@ -263,6 +270,7 @@ class Supervisor:
             theirs.close()
         shard.gen, shard.proc, shard.state = gen, proc, "starting"
         shard.started = time.monotonic()
+        shard.start_by = self.loop.time() + self.start_bound
         shard.ready.clear()
         shard.exited.clear()
         shard.hung = ""
@@ -474,10 +482,17 @@ class Supervisor:
             shard.dropped = 0
 
     # -- hung shards -------------------------------------------------------------------------------
+    @property
+    def start_bound(self) -> float:
+        """How long a shard started again may take to listen: the start timeout, or the
+        heartbeat timeout if longer (86400 lets a shard sit in a debugger, starting or not)."""
+        return max(self.start_timeout, self.heartbeat)
+
     async def _watch(self) -> None:
-        """Every `WATCH_INTERVAL_S`: a shard silent on its control channel (a running one
-        reports its counts every second) for `daemon.heartbeat_timeout_s` — for at least
-        `START_TIMEOUT_S` while it starts — is hung: killed and restarted (`_hung`)."""
+        """Every `WATCH_INTERVAL_S`: a running shard silent on its control channel (it
+        reports its counts every second) for `daemon.heartbeat_timeout_s`, or a shard started
+        again that is not listening `start_bound` after its start, silent or not (it reports
+        from before it listens), is hung: killed and restarted (`_hung`)."""
         last = self.loop.time()
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
@@ -488,17 +503,27 @@ class Supervisor:
                 for shard in self.shards:
                     if shard.link is not None:
                         shard.link.heard = max(shard.link.heard, now)
+                    # nor the time a start took: the shard was most likely held up as well
+                    shard.start_by += late
                 continue
             for shard in self.shards:
                 link = shard.link
                 if link is None or shard.state == "down":
                     continue
-                limit = self.heartbeat
                 if shard.state == "starting":
-                    limit = max(limit, START_TIMEOUT_S)
+                    # its silence is within this too: it was heard no earlier than its start
+                    if now > shard.start_by:
+                        self._hung(shard, shard.gen, "start_timeout", bound_s=self.start_bound)
+                    continue
                 silent = now - link.heard
-                if silent > limit:
-                    self._hung(shard, shard.gen, "silent", silent_s=round(silent, 1), bound_s=limit)
+                if silent > self.heartbeat:
+                    self._hung(
+                        shard,
+                        shard.gen,
+                        "silent",
+                        silent_s=round(silent, 1),
+                        bound_s=self.heartbeat,
+                    )
 
     def _hung(self, shard: Shard, gen: int, why: str, **details: Any) -> None:
         """Kill process `gen` of `shard`, hung (`why`): `_on_exit` restarts it as one that
