@@ -31,7 +31,7 @@ class Scale:
     observe_conns: int  # offloaded echo connections on each daemon, web view + metrics on and off
     observe_repeats: int  # interleaved repeats of each observe figure
     observe_window_s: float  # seconds per observe echo window
-    shard_echo_conns: int = 400  # verified echo connections, 1 shard vs 2
+    shard_echo_conns: int = 400  # verified echo connections per shard, 1 shard vs 2
     shard_window_s: float = 2.0  # seconds per ping / echo window, 1 shard vs 2
 
 
