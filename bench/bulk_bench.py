@@ -44,21 +44,31 @@ def topology(n_im: int) -> tuple[LayerConfig, ...]:
 # bulk offloaded send
 # ================================================================================================
 async def engine_bulk(
-    n_im: int, total: int, sink_port: int, window: int = WINDOW
+    n_im: int,
+    total: int,
+    sink_port: int,
+    window: int = WINDOW,
+    config: EngineConfig | None = None,
 ) -> dict[str, float]:
     """Send `total` bytes in 64 KiB `Engine.send`s, `window` in flight, through `n_im` IMs to
     the sink; the clock stops when the sink confirms every byte. Returns MB/s, latencies, and
-    broker messages per send (from the layer tasks' counters)."""
-    return await bulk_through(topology(n_im), total, sink_port, 1, window)
+    broker messages per send (from the layer tasks' counters). `config`: the engine's (its
+    defaults if None)."""
+    return await bulk_through(topology(n_im), total, sink_port, 1, window, config)
 
 
 async def bulk_through(
-    layers: tuple[LayerConfig, ...], total: int, sink_port: int, conns: int, window: int
+    layers: tuple[LayerConfig, ...],
+    total: int,
+    sink_port: int,
+    conns: int,
+    window: int,
+    config: EngineConfig | None = None,
 ) -> dict[str, float]:
     """`total` bytes spread over `conns` offloaded connections through `layers`, 64 KiB
     `Engine.send`s with `window` in flight on each; the clock stops when the sink has confirmed
     every byte of every connection. Also: how many NICs carried them, the most on one."""
-    engine = await start_engine(EngineConfig(), layers)
+    engine = await start_engine(config or EngineConfig(), layers)
     try:
         ids = [await engine.connect("127.0.0.1", sink_port, offload=True) for _ in range(conns)]
         per_nic: dict[str, int] = {}

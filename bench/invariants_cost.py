@@ -7,14 +7,13 @@ the broker's SyncScheduler: no sockets, no event loop, so the figure is the brok
 checker's own work. Two rounds per connection: a send chain of K NBLs down and its completion
 up; one receive indication up, its return down and the receive-return. Each run alternates
 the checker off and on; the ratio is the figure (absolute numbers on a shared machine are noise).
-With --engine, also the bulk offloaded send of `bench.engine_bench` (real sockets, layer tasks)
+With --engine, also the bulk offloaded send of `bench.bulk_bench` (real sockets, layer tasks)
 with the checker off and on, interleaved, best of three.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import itertools
 import time
@@ -198,7 +197,7 @@ def _memory(ims: int, conns: int) -> float:
 
 async def _engine(mib: int, ims: int) -> tuple[float, float]:
     """Best MB/s of the engine's bulk send with the checker off, then on."""
-    import bench.engine_bench as engine_bench
+    import bench.bulk_bench as bulk_bench
     from bench.common import child, ports_of
     from chimneyd.config import EngineConfig
 
@@ -207,11 +206,8 @@ async def _engine(mib: int, ims: int) -> tuple[float, float]:
         port = ports_of(sink.expect("ready "))[0]
         for _ in range(3):
             for checker in (False, True):
-                engine_bench.EngineConfig = functools.partial(EngineConfig, invariants=checker)
-                try:
-                    run = await engine_bench.engine_bulk(ims, mib * 1024 * 1024, port)
-                finally:
-                    engine_bench.EngineConfig = EngineConfig
+                config = EngineConfig(invariants=checker)
+                run = await bulk_bench.engine_bulk(ims, mib * 1024 * 1024, port, config=config)
                 best[checker] = max(best[checker], run["mbps"])
     return best[False], best[True]
 
