@@ -21,7 +21,8 @@ from bench.progress import Reporter
 
 
 def _children() -> list[int]:
-    """This process's child processes (from /proc)."""
+    """This process's live child processes (from /proc; a zombie another test left unreaped
+    runs nowhere)."""
     me = os.getpid()
     out = []
     for entry in Path("/proc").iterdir():
@@ -31,7 +32,8 @@ def _children() -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == me and state != "Z":
             out.append(int(entry.name))
     return out
 
