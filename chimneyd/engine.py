@@ -220,6 +220,82 @@ def check_cached(changes: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, 
     return checked
 
 
+#: `tcp.update`'s `object` key: which object of the connection an update is for (spec §3.4).
+UPDATE_OBJECTS = ("tcp", "neighbor", "path")
+#: A link-layer address as text: hex bytes separated by ':' or '-' (e.g. 02:00:00:00:00:01).
+_MAC_SEPARATORS = (":", "-")
+#: `DlDestinationAddress` is a UCHAR[32] (spec §2.2); `PathMtu` from IPv4's least (RFC 791)
+#: to the largest IP packet.
+MAX_DL_ADDRESS = 32
+PATH_MTU = (68, 65535)
+
+
+def split_object(changes: Any) -> tuple[str, Any]:
+    """The object an update is for (`"object"`, default "tcp") and the changes without it."""
+    if not isinstance(changes, dict):
+        return "tcp", changes
+    rest = dict(changes)
+    what = rest.pop("object", rest.pop(b"object", "tcp"))
+    if isinstance(what, bytes):
+        what = what.decode("utf-8", "replace")
+    if what not in UPDATE_OBJECTS:
+        raise EngineError(
+            ErrorCode.INVALID_PARAMS,
+            f"object must be {', '.join(UPDATE_OBJECTS)}, not {what!r:.40}",
+        )
+    return what, rest
+
+
+def _dl_address(value: Any) -> bytes:
+    """A `DlDestinationAddress` from bin, or from text like "02:00:00:00:00:01"."""
+    if isinstance(value, str):
+        text = value
+        for sep in _MAC_SEPARATORS:
+            text = text.replace(sep, "")
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            raise EngineError(
+                ErrorCode.INVALID_PARAMS,
+                "DlDestinationAddress must be bin, or hex bytes like 02:00:00:00:00:01",
+            ) from None
+    if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_DL_ADDRESS:
+        raise EngineError(
+            ErrorCode.INVALID_PARAMS, f"DlDestinationAddress must be 1..{MAX_DL_ADDRESS} bytes"
+        )
+    return value
+
+
+def check_object_cached(what: str, changes: Any) -> dict[str, Any]:
+    """A neighbor's or path's update (spec §2.2 cached state), each value checked; else
+    INVALID_PARAMS naming the first bad key."""
+    if not isinstance(changes, dict) or not changes:
+        raise EngineError(ErrorCode.INVALID_PARAMS, "an update is a non-empty map of variables")
+    allowed = (
+        {"DlDestinationAddress", "HostReachabilityDelta"} if what == "neighbor" else {"PathMtu"}
+    )
+    checked: dict[str, Any] = {}
+    for key, value in changes.items():
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        if key not in allowed:
+            raise EngineError(
+                ErrorCode.INVALID_PARAMS,
+                f"{str(key)[:40]!r} is not a cached {what} variable"
+                f" (spec §2.2: {', '.join(sorted(allowed))})",
+            )
+        if key == "DlDestinationAddress":
+            checked[key] = _dl_address(value)
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be an integer")
+        low, high = PATH_MTU if key == "PathMtu" else (0, ULONG)
+        if not low <= value <= high:
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be {low}..{high}")
+        checked[key] = value
+    return checked
+
+
 class Engine:
     """Implements `chimneyd.api.EngineAPI` over the layer tasks."""
 
@@ -535,8 +611,16 @@ class Engine:
 
     async def update(self, conn_id: int, changes: dict[str, Any]) -> dict[str, Any]:
         """`NdisUpdateOffload` of the connection's cached TCP variables (spec §3.4); each
-        value is checked against its range (spec §2.2) before anything reaches a layer."""
-        checked = check_cached(changes, self.cached_ranges)
+        value is checked against its range (spec §2.2) before anything reaches a layer. With
+        `"object": "neighbor"` or `"path"` in `changes`, of the cached variables of the
+        neighbor or path the connection depends on (shared with the other connections on it)."""
+        what, rest = split_object(changes)
+        if what != "tcp":
+            checked_object = check_object_cached(what, rest)
+            return await self._request(  # type: ignore[no-any-return]
+                self.host.app_update_object, conn_id, what, checked_object
+            )
+        checked = check_cached(rest, self.cached_ranges)
         return await self._request(self.host.app_update, conn_id, checked)  # type: ignore[no-any-return]
 
     async def invalidate(self, conn_id: int, what: str = "neighbor") -> dict[str, Any]:
@@ -575,6 +659,7 @@ class Engine:
             **provenance(tcb.delegated, self.ndis.clock()),
             "listener": tcb.listener,
             "socket": _socket_view(wire),
+            "objects": _objects_of(self.host.name, tcb),
         }
 
     def conn_ids(self) -> list[int]:
@@ -834,6 +919,43 @@ def _phases_of(host_name: str, tcb: Tcb) -> dict[str, str]:
     for lower, ctx in _below(tcb):
         lifecycle = getattr(ctx, "lifecycle", None)
         out[lower] = lifecycle.phase.value if lifecycle is not None else "?"
+    return out
+
+
+def _cached_view(cached: Any) -> dict[str, Any]:
+    """A neighbor's or path's cached state as plain values (a MAC as "02:00:00:00:00:01")."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cached):
+        value = getattr(cached, f.name)
+        out[f.name] = value.hex(":") if isinstance(value, bytes) else value
+    return out
+
+
+def _objects_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
+    """Per layer that keeps state for them: the cached state of the neighbor and path the
+    connection depends on, as that layer holds it — the host's own objects, a MUX's virtual
+    objects, a NIC's copies (spec §2.3, §3.4). What an object update changed, layer by layer.
+    A pass-through IM keeps no state of its own and is left out."""
+    out: dict[str, Any] = {}
+    path = tcb.path
+    if path is not None and path.cached is not None and tcb.handle is not None:
+        neighbor = path.parent
+        out[host_name] = {
+            "neighbor": _cached_view(neighbor.cached) if neighbor and neighbor.cached else None,
+            "path": _cached_view(path.cached),
+        }
+    for lower, ctx in _below(tcb):
+        held = getattr(ctx, "path", None)
+        cached = getattr(held, "cached", None)
+        if cached is None or not dataclasses.is_dataclass(cached):
+            continue
+        # a NIC's path context names its neighbor context; a MUX's virtual path its parent
+        above = getattr(held, "neighbor", None) or getattr(held, "parent", None)
+        above_cached = getattr(above, "cached", None)
+        out[lower] = {
+            "neighbor": _cached_view(above_cached) if above_cached is not None else None,
+            "path": _cached_view(cached),
+        }
     return out
 
 

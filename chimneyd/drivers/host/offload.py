@@ -258,18 +258,31 @@ def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadB
     obj.handle = NdisOffloadHandle(h.name, obj)
     h.table_add(obj.handle.id, obj.handle)
     obj.lifecycle.fire(Event.INITIATE)
+    # the values an update gave the object's key before stay with it (spec §3.4: the host's
+    # neighbor and path caches outlive one offload of the object)
+    remembered = h.updated_objects.get(obj.key)
     if obj.block_kind == "neighbor":
+        neighbor_cached = (
+            remembered
+            if isinstance(remembered, NeighborOffloadStateCached)
+            else NeighborOffloadStateCached(DlDestinationAddress=b"\x00" * 6)
+        )
+        obj.cached = neighbor_cached
         return new_neighbor_block(
             obj.handle,
             NeighborOffloadStateConst(DlSourceAddress=b"", VlanId=0),
-            NeighborOffloadStateCached(DlDestinationAddress=b"\x00" * 6),
+            neighbor_cached,
             NeighborOffloadStateDelegated(),
         )
     _, _, src, dst = obj.key
+    path_cached = (
+        remembered if isinstance(remembered, PathOffloadStateCached) else PathOffloadStateCached()
+    )
+    obj.cached = path_cached
     return new_path_block(
         obj.handle,
         PathOffloadStateConst(SourceAddress=src, DestinationAddress=dst),
-        PathOffloadStateCached(),
+        path_cached,
         PathOffloadStateDelegated(),
         ipv6=ipv6,
     )

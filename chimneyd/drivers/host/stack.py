@@ -15,7 +15,12 @@ from typing import Any, Concatenate, ParamSpec, cast
 
 import structlog
 
-from chimneyd.ndis.blocks import OffloadBlock, TcpOffloadStateCached
+from chimneyd.ndis.blocks import (
+    NeighborOffloadStateCached,
+    OffloadBlock,
+    PathOffloadStateCached,
+    TcpOffloadStateCached,
+)
 from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import Phase
@@ -124,6 +129,10 @@ class HostStack(DriverLayer):
         super().__init__(name, ndis, timers, capacity)
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
+        # the cached state `tcp.update` last gave a neighbor or path, by key: a later offload
+        # of that object carries it (spec §3.4: ARP or ICMP learned it, not the offload). One
+        # entry per object a client updated, replaced by the next update
+        self.updated_objects: dict[Any, NeighborOffloadStateCached | PathOffloadStateCached] = {}
         self.pending_initiates: list[Tcb] = []
         # queued connections waiting for a path, neighbor or capabilities to settle, by it
         self.initiates_blocked: dict[Any, list[Tcb]] = {}
@@ -255,6 +264,10 @@ class HostStack(DriverLayer):
     @request()
     def app_update(self, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
         state_ops.app_update(self, tcb, changes, done)
+
+    @request()
+    def app_update_object(self, tcb: Tcb, what: str, changes: dict[str, Any], done: Done) -> None:
+        state_ops.app_update_object(self, tcb, what, changes, done)
 
     @request(defer=False)
     def app_invalidate(self, tcb: Tcb, what: str, done: Done) -> None:

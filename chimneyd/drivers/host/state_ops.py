@@ -22,7 +22,7 @@ from chimneyd.ndis.lifecycle import LIVE, Event, Phase
 from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
-from ..queues import grown
+from ..queues import NO_ITEMS, grown
 from . import send, terminate
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
@@ -145,7 +145,85 @@ def _invalidated_under(tcb: Tcb) -> str | None:
     return None
 
 
+def app_update_object(
+    h: HostStack, tcb: Tcb, what: str, changes: dict[str, object], done: Done
+) -> None:
+    """`tcp.update` with `object` "neighbor" or "path": new cached variables for the neighbor
+    or path the connection depends on (an ARP change of `DlDestinationAddress`, an ICMP one of
+    `PathMtu`), `NdisUpdateOffload` of that object's block alone (spec §3.4 (a)). Every
+    connection sharing the object sees it: each layer below copies the values into its
+    object, a teaming MUX into each NIC's copy."""
+    path = tcb.path
+    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
+        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+        return
+    neighbor = path.parent
+    assert neighbor is not None
+    obj = neighbor if what == "neighbor" else path
+    stale = _invalidated_under(tcb)
+    if stale is not None and (what == "path" or stale == "neighbor"):
+        # no update of an invalidated object, nor of a path under one (spec §3.1, §3.5)
+        done(None, _invalidated(tcb, f"its {stale}"))
+        return
+    if obj.lifecycle.phase is not Phase.OFFLOADED or obj.cached is None:
+        done(None, AppError("INVALID_STATE", f"the {what} is {obj.lifecycle.phase.value}"))
+        return
+    if obj.updating:
+        # at most one update of an object in flight (spec §3.1): after that one, in order
+        obj.update_waiters = grown(
+            obj.update_waiters, lambda: app_update_object(h, tcb, what, changes, done)
+        )
+        return
+    try:
+        cached = dataclasses.replace(obj.cached, **changes)  # type: ignore[arg-type]
+    except TypeError as exc:
+        done(None, AppError("INVALID_PARAMS", f"not a cached {what} variable: {exc}"))
+        return
+    obj.lifecycle.fire(Event.UPDATE)
+    obj.updating = True
+    obj.pending_ops += 1  # no terminate of it while the update is below (spec §3.1)
+    if what == "neighbor":
+        root = new_neighbor_block(neighbor.handle, cached=cached)  # type: ignore[arg-type]
+    else:
+        root = new_neighbor_block(None)  # the path's neighbor, unchanged: a placeholder
+        ipv6 = len(path.key[2]) == 16  # its key: ("path", binding id, local IP, remote IP)
+        root.add_dependent(new_path_block(path.handle, cached=cached, ipv6=ipv6))  # type: ignore[arg-type]
+    root.protocol_reserved = (done, obj)
+    h.ndis.NdisUpdateOffload(h, obj.binding, root)
+
+
+def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
+    done: Done
+    obj: HostObject
+    done, obj = root.protocol_reserved
+    root.protocol_reserved = None
+    obj.pending_ops -= 1
+    obj.updating = False
+    block = next(b for b in walk(root) if b.offload_handle is obj.handle)
+    if block.status == SUCCESS:
+        obj.cached = block.cached
+        h.updated_objects[obj.key] = block.cached  # the next offload of it carries them
+        done({"status": SUCCESS.name}, None)
+    else:
+        # the layers below carry on with the values from before; the host terminates what
+        # failed (spec §3.4): every connection on the object, and the object with the last
+        done(
+            None,
+            ndis_error(
+                block.status, f" {obj.block_kind} update failed: its connections are uploaded"
+            ),
+        )
+        _terminate_dependents(h, obj)
+    waiters, obj.update_waiters = obj.update_waiters, NO_ITEMS
+    for waiter in waiters:  # the first goes down, the others wait behind it again
+        waiter()
+    terminate.release_unused_objects(h)  # the object, if its connections left meanwhile
+
+
 def update_complete(h: HostStack, root: OffloadBlock) -> None:
+    if isinstance(root.protocol_reserved, tuple):
+        _object_update_complete(h, root)
+        return
     done, tcb, block = _completed(root)
     tcb.updating = False
     if block.status == SUCCESS:
@@ -207,6 +285,17 @@ def _terminate_later(h: HostStack, tcb: Tcb) -> Callable[[], None]:
     return lambda: terminate.start(h, tcb)
 
 
+def _terminate_dependents(h: HostStack, obj: Tcb | HostObject) -> None:
+    """Terminate the connections on `obj` after a failed invalidate or object update."""
+    for tcb in _depending_on(h, obj):
+        if tcb.lifecycle.phase is Phase.OFFLOADING:
+            # its initiate, linking it under the object, is still below: it goes up once
+            # that is over (spec §3.5: all that depends on an invalidated object goes up)
+            tcb.deferred = grown(tcb.deferred, _terminate_later(h, tcb))
+        else:
+            terminate.start(h, tcb)
+
+
 def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
     done: Done
     owner: Tcb | HostObject
@@ -222,13 +311,7 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
         # never ask for that (one that raised has no hardware to report): the host asks
         # itself, as after a failed update (spec §3.4); a target's own §3.7 retrieve then
         # finds the terminate under way
-        for tcb in _depending_on(h, owner):
-            if tcb.lifecycle.phase is Phase.OFFLOADING:
-                # its initiate, linking it under the object, is still below: it goes up once
-                # that is over (spec §3.5: all that depends on an invalidated object goes up)
-                tcb.deferred = grown(tcb.deferred, _terminate_later(h, tcb))
-            else:
-                terminate.start(h, tcb)
+        _terminate_dependents(h, owner)
     if isinstance(owner, Tcb):
         h.run_deferred(owner)  # a terminate that waited for it
     else:

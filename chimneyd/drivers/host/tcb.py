@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from chimneyd.ndis.blocks import TcpOffloadStateCached
+from chimneyd.ndis.blocks import (
+    NeighborOffloadStateCached,
+    PathOffloadStateCached,
+    TcpOffloadStateCached,
+)
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import FIN_SENT_STATES, Lifecycle, Phase, Role, TcpState
 from chimneyd.ndis.nbl import NetBufferList
@@ -65,11 +69,14 @@ class HostObject(Lifecycle):
     __slots__ = (
         "binding",
         "block_kind",
+        "cached",
         "handle",
         "key",
         "parent",
         "pending_ops",
         "refs",
+        "update_waiters",
+        "updating",
     )
 
     def __init__(
@@ -85,6 +92,11 @@ class HostObject(Lifecycle):
         # terminates it only when none is left (spec §3.1)
         self.refs = 0
         self.pending_ops = 0  # an invalidate in flight: no terminate until it completes (§3.1)
+        # its cached state as the host last offloaded or updated it (spec §2.2): what a new
+        # offload of it carries, and what an update starts from
+        self.cached: NeighborOffloadStateCached | PathOffloadStateCached | None = None
+        self.updating = False  # at most one update of the object in flight (spec §3.1)
+        self.update_waiters: list[Callable[[], None]] = NO_ITEMS  # updates behind that one
 
     def __str__(self) -> str:
         return f"host {self.block_kind} {self.key}"
