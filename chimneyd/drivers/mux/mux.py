@@ -334,7 +334,17 @@ class MuxIm(PassthroughIm):
         for inst in failed:  # after its failed dependents let go of it, and of its parent
             self._drop_instance(inst)
             inst.handle.release()
-        self._invalidate_copies(call.stale)
+        # the copies of objects invalidated above while they were being offloaded: made for
+        # an invalidated object (`call.stale`), or held by a NIC that failed, which an
+        # invalidate does not wait for (`_invalidate`); either way the invalidate missed them
+        late = [
+            obj
+            for _, _, obj in call.links
+            if isinstance(obj, Instance)
+            and obj not in call.stale
+            and obj.vobj.lifecycle.phase is Phase.INVALIDATED
+        ]
+        self._invalidate_copies(call.stale + late)
         self._finish_initiate(call)
 
     def _invalidate_copies(self, copies: list[Instance]) -> None:
@@ -741,7 +751,14 @@ class MuxIm(PassthroughIm):
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
-                if any(i.lifecycle.phase is Phase.OFFLOADING for i in vobj.instances.values()):
+                if any(
+                    i.lifecycle.phase is Phase.OFFLOADING and not i.lower.failed
+                    for i in vobj.instances.values()
+                ):
+                    # not for a failed NIC's copy, which it holds until its RESUME (spec
+                    # §5.5), as an update does not wait (`_update`): that copy misses this
+                    # invalidate, and the MUX invalidates it itself once offloaded
+                    # (`_invalidate_copies`, from `ProtocolInitiateOffloadComplete`)
                     return False
                 if self._moving(vobj):
                     # a next-hop change is under way for it: its update (or the one moving a
