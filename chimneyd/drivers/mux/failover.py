@@ -105,6 +105,8 @@ def oid_complete(mux: MuxIm, lower: Lower, request: NdisOidRequest) -> None:
         if not mux.own_queries:
             mux.retry_deferred()  # initiates that waited for the NICs' answers
             _offer_changed(mux)
+            if mux.rebalance_asked:
+                rebalance(mux)  # one that waited for a NIC just back (`rebalance`)
         return
     group = mux.param_sets.pop(id(request))
     if request.status != S.NDIS_STATUS_SUCCESS:
@@ -189,14 +191,35 @@ def put_back(mux: MuxIm, lower: Lower) -> None:
 def rebalance(mux: MuxIm) -> None:
     """Move connections from the NICs that carry the most to those that carry the fewest,
     until they differ by one at most; the moved ones are placed where planned."""
+    if any(_returning(mux, lo) for lo in mux.lower_list()):
+        # a NIC just back (its RESUME, `nic_up` after a bind) is out of service until it has
+        # said again what it can carry (spec §5.5): planned now, the rebalance would leave it
+        # out, and move nothing onto it. It runs once the answer is in (`oid_complete`)
+        mux.rebalance_asked = True
+        return
+    mux.rebalance_asked = False
     forget_plans(mux)  # the last rebalance's: this one plans from the load as it is now
     lowers = [lo for lo in mux.lower_list() if lo.in_service]
     if len(lowers) < 2:
         return
+    # the connections asked up (a NIC's failure, one taken out, an earlier rebalance) are on
+    # their way up: they leave their NIC and are placed anew when offloaded again at the
+    # RESUME (spec §5.5). Counted where they still are (a failed NIC back in service before
+    # the layer above has uploaded them), the team looked even and nothing moved, and they
+    # then all went where the policy put them. They count on no NIC; each gets a plan too,
+    # to the NIC the fewest stay on, before the busiest NICs' connections are moved
+    leaving = sorted((c for c in mux.evacuating if c.id in mux.table), key=lambda c: c.id)
     by_lower = {
-        lo.binding.id: [c for c in mux.connections() if c.lower is lo.binding] for lo in lowers
+        lo.binding.id: [
+            c for c in mux.connections() if c.lower is lo.binding and c not in mux.evacuating
+        ]
+        for lo in lowers
     }
     counts = {lo.binding.id: len(by_lower[lo.binding.id]) for lo in lowers}
+    for entry in leaving:
+        low = min(lowers, key=lambda lo: counts[lo.binding.id])
+        mux.placement.moves[entry.key] = low
+        counts[low.binding.id] += 1
     moving: list[MuxConnection] = []
     while True:
         high = max(lowers, key=lambda lo: counts[lo.binding.id])
@@ -209,6 +232,15 @@ def rebalance(mux: MuxIm) -> None:
         counts[low.binding.id] += 1
         moving.append(entry)
     _evacuate(mux, moving)
+
+
+def _returning(mux: MuxIm, lower: Lower) -> bool:
+    """Whether `lower` is back in service but for its capabilities, still being read."""
+    return (
+        lower.caps is None
+        and not (lower.paused or lower.failed or lower.taken_out)
+        and any(asked is lower for asked in mux.own_queries.values())
+    )
 
 
 def forget_plans(mux: MuxIm, gone: Lower | None = None) -> None:

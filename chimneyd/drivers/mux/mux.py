@@ -102,6 +102,9 @@ class MuxIm(PassthroughIm):
         # send NBL id -> the bytes it added to its NIC's `outstanding_bytes` when it went down:
         # what it takes off again when it comes back, completed or handed back advanced
         self.bytes_below: dict[int, int] = {}
+        # a rebalance asked while a NIC just back had its capabilities read: it runs once
+        # they are in (`failover.rebalance`)
+        self.rebalance_asked = False
 
     def keeps(self, root: OffloadBlock) -> bool:
         """Passed on (a call entry, or a step of a next-hop change), or deferred until the
