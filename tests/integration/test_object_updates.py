@@ -126,3 +126,34 @@ async def test_updates_of_one_neighbor_go_one_at_a_time_in_order(
     assert answers == [{"status": "NDIS_STATUS_SUCCESS"}] * 5
     for c in conns:
         assert neighbor_at(engine, c, nic_of(engine, c))["DlDestinationAddress"] == macs[-1]
+
+
+async def test_the_update_s_hops_show_in_the_trace_of_the_connection_that_asked(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The object's handle lends the connection's trace for the call: host → MUX → every
+    NIC holding a copy, and the completions back up (spec §3.4, §3.8)."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    last = max(h["seq"] for h in engine.trace(conns[0], None))
+    await engine.update(conns[0], {"object": "neighbor", "DlDestinationAddress": MAC})
+    hops = [(h["layer"], h["call"]) for h in engine.trace(conns[0], None) if h["seq"] > last]
+    down = [h for h in hops if h[1] in ("NdisUpdateOffload", "MiniportUpdateOffload")]
+    assert down[:2] == [("tcpip", "NdisUpdateOffload"), ("team0", "MiniportUpdateOffload")]
+    assert sorted(down[2:]) == sorted(
+        [("team0", "NdisUpdateOffload")] * 2
+        + [("nic0", "MiniportUpdateOffload"), ("nic1", "MiniportUpdateOffload")]
+    )
+    assert {la for la, call in hops if call == "NdisMUpdateOffloadComplete"} == {
+        "nic0",
+        "nic1",
+        "team0",
+    }
+    assert hops[-1] == ("tcpip", "ProtocolUpdateOffloadComplete")
+    # lent for that call only: the other connection's trace has none of it, and a later
+    # update through it is in its own trace
+    assert not [h for h in engine.trace(conns[1], None) if h["call"] == "NdisUpdateOffload"]
+    await engine.update(conns[1], {"object": "path", "PathMtu": 1500})
+    assert ("tcpip", "NdisUpdateOffload") in [
+        (h["layer"], h["call"]) for h in engine.trace(conns[1], None)
+    ]

@@ -189,6 +189,10 @@ def app_update_object(
         ipv6 = len(path.key[2]) == 16  # its key: ("path", binding id, local IP, remote IP)
         root.add_dependent(new_path_block(path.handle, cached=cached, ipv6=ipv6))  # type: ignore[arg-type]
     root.protocol_reserved = (done, obj)
+    # the object's handle has no trace of its own: it lends the connection's for this call,
+    # so `trace.get` of the connection shows the update's hops down to every NIC's copy
+    assert obj.handle is not None
+    obj.handle.trace = tcb.trace
     h.ndis.NdisUpdateOffload(h, obj.binding, root)
 
 
@@ -200,6 +204,8 @@ def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
     obj.pending_ops -= 1
     obj.updating = False
     block = next(b for b in walk(root) if b.offload_handle is obj.handle)
+    assert obj.handle is not None
+    obj.handle.trace = None  # lent for the update only (`app_update_object`)
     if block.status == SUCCESS:
         obj.cached = block.cached
         h.updated_objects[obj.key] = block.cached  # the next offload of it carries them

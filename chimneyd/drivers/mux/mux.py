@@ -799,10 +799,14 @@ class MuxIm(PassthroughIm):
             # hardware state corrupt: only a terminate is left for that one (spec §3.7), and
             # the MUX gives it one once nothing on its NIC depends on it
             live = [i for i in vobj.instances.values() if i.lifecycle.phase not in _NO_STATE_OPS]
+            # the trace the layer above lent its handle of the object for this call (a host
+            # updating a neighbor for a connection): every NIC's hop shows in it too
+            above = up.ndis_offload_handle
             for inst in live[:1] if op == "Query" else live:
                 inst.lifecycle.fire(event)
                 inst.pending_ops += 1
                 handle = inst.handle
+                handle.trace = above.trace if above is not None else None
                 block = call.tree(inst.lower).object_block(
                     vobj,
                     lambda up=up, handle=handle: mirror_block(up, handle),  # type: ignore[misc]
@@ -836,6 +840,7 @@ class MuxIm(PassthroughIm):
         for up, low, obj in call.links:
             if isinstance(obj, Instance):
                 obj.pending_ops -= 1
+                obj.handle.trace = None  # lent for the call only (`_relay_op`)
             if up is None:  # the MUX's own invalidate of a copy: nothing goes up
                 continue
             if low.status != SUCCESS:
