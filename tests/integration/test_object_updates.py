@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from tests.integration.support import eventually, fail_next
+from tests.integration.support import assert_clean, drained, eventually, fail_next
 from tests.integration.test_mux import echo, nic_of, teaming
 
 MAC = "02:00:00:00:00:2a"
@@ -157,3 +157,51 @@ async def test_the_update_s_hops_show_in_the_trace_of_the_connection_that_asked(
     assert ("tcpip", "NdisUpdateOffload") in [
         (h["layer"], h["call"]) for h in engine.trace(conns[1], None)
     ]
+
+
+@pytest.mark.parametrize("fault", ["nic_down", "target_failure"])
+async def test_a_neighbor_update_racing_a_nic_leaving_the_team(
+    make_engine: Any, echo_port: int, fault: str
+) -> None:
+    """The update goes in, then nic1 leaves the team (taken out, or failing) before it is
+    answered: it is answered, nic1's connections move, and every copy they end under has the
+    new MAC; all carry bytes, and closing them leaves nothing behind."""
+    engine = await make_engine(teaming("round-robin", nics=3))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    update = asyncio.ensure_future(
+        engine.update(conns[0], {"object": "neighbor", "DlDestinationAddress": MAC})
+    )
+    fid = engine.fault_inject({"kind": fault, "layer": "nic1"})
+    assert await asyncio.wait_for(update, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    await eventually(
+        lambda: all(
+            engine.conn_info(c)["state"] == "offloaded" and nic_of(engine, c) != "nic1"
+            for c in conns
+        ),
+        "nic1's connections moved",
+    )
+    for c in conns:
+        assert neighbor_at(engine, c, nic_of(engine, c))["DlDestinationAddress"] == MAC, c
+        await echo(engine, c, os.urandom(256))
+    engine.fault_clear(fid)
+    for c in conns:
+        await engine.close(c)
+    assert_clean(engine, await drained(engine))
+
+
+async def test_closing_every_connection_while_their_neighbor_update_is_below(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The neighbor's terminate waits for its update (spec §3.1): closing every connection
+    on it meanwhile answers the update and then terminates the objects."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    fid = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportUpdateOffload", "ms": 100}
+    )
+    update = asyncio.ensure_future(engine.update(conns[0], {"object": "path", "PathMtu": 9000}))
+    closes = [asyncio.ensure_future(engine.close(c)) for c in conns]
+    assert await asyncio.wait_for(update, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    await asyncio.wait_for(asyncio.gather(*closes), 5.0)
+    engine.fault_clear(fid)
+    assert_clean(engine, await drained(engine))
