@@ -102,3 +102,47 @@ def test_a_rebalance_while_a_returning_nic_s_capabilities_are_read_waits_for_the
     _offload_again(st, tree, asked)
     assert _per_nic(mux) == {"nic0": 2, "nic1": 2}
     assert st.checker.violations == []
+
+
+def test_a_rebalance_counts_the_connections_being_offloaded() -> None:
+    """Active-standby over two NICs, two connections on each. nic1 fails; the layer above
+    uploads its two and offloads them again, onto nic0 (nic1 is back by then, standby). A
+    rebalance asked while those initiates are below counted only the connections the MUX
+    had completed (nic0 2, nic1 0) and moved one: nic0 ended with 3, nic1 with 1."""
+    st = teamed_target_stack(nics=2, policy="active-standby")
+    mux = mux_of(st)
+    nic1 = nic_of(st, 1)
+    tree = st.top.connection_tree([st.wires.open() for _ in range(4)])
+    st.top.initiate(tree.root)
+    st.run()
+    mux.rebalance()
+    st.run()
+    _offload_again(st, tree, list(dict.fromkeys(e.handle for e in st.top.events)))
+    assert _per_nic(mux) == {"nic0": 2, "nic1": 2}
+    st.top.events.clear()
+    nic1.fail_adapter()
+    st.run()
+    asked = list(dict.fromkeys(e.handle for e in st.top.events))
+    st.top.terminate(st.top.reference_tree(tree, asked, state="delegated"))
+    st.run()
+    nic1.recover_adapter()
+    st.run()
+    st.top.events.clear()
+    assert tree.neighbor is not None
+    root = st.top.neighbor_block(tree.neighbor)
+    path = root.add_dependent(st.top.path_block(tree.paths[0]))
+    for handle in asked:
+        wire = tree.wires[handle.id]
+        block = path.add_dependent(st.top.tcp_block(wire))
+        assert block.offload_handle is not None
+        tree.wires[block.offload_handle.id] = wire
+    st.top.initiate(root)
+    while not any(c.op == "Initiate" for c in mux.call_entries):  # placed, not completed
+        assert st.scheduler.run_one(), "the initiate never reached the NICs"
+    mux.rebalance()
+    st.run()
+    again = list(dict.fromkeys(e.handle for e in st.top.events))
+    _offload_again(st, tree, again)
+    print("per NIC", _per_nic(mux), "moved", len(again))
+    assert _per_nic(mux) == {"nic0": 2, "nic1": 2}, f"left {_per_nic(mux)}"
+    assert st.checker.violations == []

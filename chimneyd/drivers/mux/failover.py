@@ -168,12 +168,17 @@ def offloaded_late(mux: MuxIm, entries: list[MuxConnection]) -> None:
 
 def _initiating_on(mux: MuxIm, lower: Lower) -> list[MuxConnection]:
     """The connections of initiates in flight that the MUX placed on `lower`."""
+    return [e for e in _initiating(mux) if e.lower is lower.binding]
+
+
+def _initiating(mux: MuxIm) -> list[MuxConnection]:
+    """The connections of initiates in flight, each placed on a NIC."""
     return [
         obj
         for call in mux.call_entries
         if call.op == "Initiate"
         for _, _, obj in call.links
-        if isinstance(obj, MuxConnection) and obj.lower is lower.binding
+        if isinstance(obj, MuxConnection)
     ]
 
 
@@ -216,6 +221,11 @@ def rebalance(mux: MuxIm) -> None:
         for lo in lowers
     }
     counts = {lo.binding.id: len(by_lower[lo.binding.id]) for lo in lowers}
+    # placed by initiates still below (a failover's connections offloaded again at the
+    # RESUME): not in the table yet, so not movable, but on their NIC in a moment
+    for entry in _initiating(mux):
+        if entry.lower.id in counts:
+            counts[entry.lower.id] += 1
     for entry in leaving:
         low = min(lowers, key=lambda lo: counts[lo.binding.id])
         mux.placement.moves[entry.key] = low
