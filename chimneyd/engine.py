@@ -659,7 +659,8 @@ class Engine:
             **provenance(tcb.delegated, self.ndis.clock()),
             "listener": tcb.listener,
             "socket": _socket_view(wire),
-            "objects": _objects_of(self.host.name, tcb),
+            # extension: once `tcp.update` changed its neighbor or path, their values per layer
+            **_objects_of(self.host.name, self.host.updated_objects, tcb),
         }
 
     def conn_ids(self) -> list[int]:
@@ -931,19 +932,27 @@ def _cached_view(cached: Any) -> dict[str, Any]:
     return out
 
 
-def _objects_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
-    """Per layer that keeps state for them: the cached state of the neighbor and path the
-    connection depends on, as that layer holds it — the host's own objects, a MUX's virtual
-    objects, a NIC's copies (spec §2.3, §3.4). What an object update changed, layer by layer.
-    A pass-through IM keeps no state of its own and is left out."""
+def _objects_of(host_name: str, updated: dict[Any, Any], tcb: Tcb) -> dict[str, Any]:
+    """`{"objects": ...}` once `tcp.update` has changed the offloaded connection's neighbor
+    or path (else nothing: the values the host offloads by default, and `tcp.info` as it was):
+    per layer that keeps state for them, their cached state as that layer holds it — the
+    host's own objects, a MUX's virtual objects, a NIC's copies (spec §2.3, §3.4). What an
+    object update changed, layer by layer. A pass-through IM keeps no state of its own and is
+    left out."""
     out: dict[str, Any] = {}
     path = tcb.path
-    if path is not None and path.cached is not None and tcb.handle is not None:
-        neighbor = path.parent
-        out[host_name] = {
-            "neighbor": _cached_view(neighbor.cached) if neighbor and neighbor.cached else None,
-            "path": _cached_view(path.cached),
-        }
+    neighbor = path.parent if path is not None else None
+    if (
+        path is None
+        or path.cached is None
+        or tcb.handle is None
+        or not (path.key in updated or (neighbor is not None and neighbor.key in updated))
+    ):
+        return out
+    out[host_name] = {
+        "neighbor": _cached_view(neighbor.cached) if neighbor and neighbor.cached else None,
+        "path": _cached_view(path.cached),
+    }
     for lower, ctx in _below(tcb):
         held = getattr(ctx, "path", None)
         cached = getattr(held, "cached", None)
@@ -956,7 +965,7 @@ def _objects_of(host_name: str, tcb: Tcb) -> dict[str, Any]:
             "neighbor": _cached_view(above_cached) if above_cached is not None else None,
             "path": _cached_view(cached),
         }
-    return out
+    return {"objects": out}
 
 
 def _addr(address: Any) -> str:
