@@ -86,7 +86,9 @@ class ClientCodec(Generic[T]):
         "_reads",
         "_ready",
         "_riding",
+        "_riding_accepts",
         "_unpacker",
+        "_untimed_accepts",
         "dropped_responses",
         "kept_bytes",
     )
@@ -129,6 +131,12 @@ class ClientCodec(Generic[T]):
         self._orphan_accepts: dict[int, int] = {}
         #: listener id -> conn ids abandoned accepts got and no accept took yet, oldest first
         self._accepted: dict[int, deque[int]] = {}
+        #: msgids of the `tcp.accept`s sent with no timeout_ms and not answered yet (abandoned
+        #: ones too): such an accept waits in the daemon until a connection comes
+        self._untimed_accepts: set[int] = set()
+        #: msgids of accepts not sent: an abandoned accept of their listener with no timeout is
+        #: still in the daemon, and they are answered with what it gets (`_ride_accept`)
+        self._riding_accepts: set[int] = set()
         #: msgid -> conn id of each read answered with bytes while something was kept or
         #: abandoned, whose caller has not yet taken them (`forget`) or given them back
         #: (`late`): no later bytes of the connection are handed out before that, or a
@@ -179,7 +187,17 @@ class ClientCodec(Generic[T]):
                     params = [read.conn, read.max_bytes - len(kept), *params[2:]]
             self._reads[msgid] = asked
         elif method == "tcp.accept" and params and type(params[0]) is int:
-            self._accepts[msgid] = params[0]
+            listener = params[0]
+            self._accepts[msgid] = listener
+            if len(params) == 1 or (len(params) == 2 and params[1] is None):
+                if self._orphan_accepts and self._ride_accept(listener):
+                    # not sent, as a read behind an abandoned read: an accept loop of short
+                    # client-side waits holds one accept in the daemon, not one per turn
+                    # (docs/rpc.md Limits: 256 requests in flight)
+                    self._riding_accepts.add(msgid)
+                    self._pending[msgid] = token
+                    return msgid, b""
+                self._untimed_accepts.add(msgid)
         elif method == "tcp.close" and params and type(params[0]) is int:
             self._closes[msgid] = params[0]
         data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
@@ -211,7 +229,9 @@ class ClientCodec(Generic[T]):
         elif token is not None and asked is not None:
             self._orphans[msgid] = asked
         listener = self._accepts.pop(msgid, None)
-        if token is not None and listener is not None:
+        if self._riding_accepts and msgid in self._riding_accepts:
+            self._riding_accepts.discard(msgid)  # never sent: nothing comes for it
+        elif token is not None and listener is not None:
             self._orphan_accepts[msgid] = listener
         if self._in_hand and (conn := self._in_hand.pop(msgid, None)) is not None:
             self._serve(conn)  # its caller took its bytes: the next read of it may go on
@@ -223,6 +243,8 @@ class ClientCodec(Generic[T]):
         self._reads.pop(msgid, None)
         self._riding.discard(msgid)
         self._accepts.pop(msgid, None)
+        self._riding_accepts.discard(msgid)
+        self._untimed_accepts.discard(msgid)
         self._closes.pop(msgid, None)
 
     def take_ready(self) -> list[Reply[T]]:
@@ -247,6 +269,8 @@ class ClientCodec(Generic[T]):
         self._accepts.clear()
         self._orphan_accepts.clear()
         self._accepted.clear()
+        self._untimed_accepts.clear()
+        self._riding_accepts.clear()
         return tokens
 
     def _closed(self, conn: int) -> None:
@@ -423,9 +447,27 @@ class ClientCodec(Generic[T]):
                 token = self._pending.pop(msgid)
                 # stays in `_accepts` until forgotten: a caller cancelled before it runs
                 # again gives the connection back (`late`), kept for the next accept
-                self._orphan_accepts[msgid] = listener
+                if self._riding_accepts and msgid in self._riding_accepts:
+                    self._riding_accepts.discard(msgid)  # never sent: nothing more comes
+                else:
+                    self._orphan_accepts[msgid] = listener  # its own request is in the daemon
                 self._ready.append(Reply(msgid, token, None, self._next_accepted(listener)))
                 return
+
+    def _orphan_accept_failed(self, listener: int, error: Any, result: Any) -> None:
+        """An abandoned accept with no timeout got an error (the listener closed): an accept
+        riding on it gets it too, as the daemon would answer it (after a kept connection)."""
+        if listener in self._accepted:
+            self._serve_accept(listener)
+            return
+        for msgid in self._riding_accepts:
+            if self._accepts.get(msgid) == listener:
+                self._riding_accepts.discard(msgid)
+                err = error_from_wire(error) if error is not None else None
+                answer = None if err is not None else result
+                self._ready.append(Reply(msgid, self._pending.pop(msgid), err, answer))
+                return
+        self.dropped_responses += 1
 
     def _ride(self, params: list[Any] | tuple[Any, ...]) -> bool:
         """Whether a read with `params` is served by an abandoned read of its connection still
@@ -446,6 +488,17 @@ class ClientCodec(Generic[T]):
             asked[0] == read.conn and (len(asked) < 3 or asked[2] is None)
             for asked in self._orphans.values()
         )
+
+    def _ride_accept(self, listener: int) -> bool:
+        """Whether an accept of `listener` with no timeout is served by an abandoned accept of
+        it with no timeout still in the daemon, unsent: when no other accept of the listener
+        is on its way (what comes after that answer is its own request's). The accept's
+        answer, a connection or an error (the listener closed), is then this one's."""
+        pending = self._pending
+        if any(lid == listener and m in pending for m, lid in self._accepts.items()):
+            return False
+        untimed = self._untimed_accepts
+        return any(lid == listener and m in untimed for m, lid in self._orphan_accepts.items())
 
     def _answer_rider(self, msgid: int, error: RpcError | None, result: Any) -> None:
         self._riding.discard(msgid)
@@ -595,6 +648,10 @@ class ClientCodec(Generic[T]):
                 and result is True
             ):
                 self._closed(closed)
+            untimed = False
+            if self._untimed_accepts and msgid in self._untimed_accepts:
+                self._untimed_accepts.discard(msgid)
+                untimed = True
             if msgid not in self._pending:
                 asked = self._orphans.pop(msgid, None)
                 listener = self._orphan_accepts.pop(msgid, None)
@@ -603,6 +660,8 @@ class ClientCodec(Generic[T]):
                 elif listener is not None and error is None and type(result) is int:
                     self._accepted.setdefault(listener, deque()).append(result)
                     self._serve_accept(listener)
+                elif listener is not None and untimed and self._riding_accepts:
+                    self._orphan_accept_failed(listener, error, result)
                 else:
                     self.dropped_responses += 1
                 return None
