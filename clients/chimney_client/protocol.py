@@ -73,13 +73,16 @@ class ClientCodec(Generic[T]):
     __slots__ = (
         "_accepted",
         "_accepts",
+        "_by_conn",
         "_closes",
         "_gone",
+        "_hands",
         "_in_hand",
         "_kept",
         "_next_id",
         "_orphan_accepts",
         "_orphans",
+        "_orphans_by_conn",
         "_packer",
         "_parked",
         "_pending",
@@ -115,8 +118,14 @@ class ClientCodec(Generic[T]):
         #: msgid -> the params (as its caller gave them) of each `tcp.recv` not yet forgotten;
         #: read as a `_Read` only when something is kept (a read costs one dict entry)
         self._reads: dict[int, list[Any] | tuple[Any, ...]] = {}
+        #: conn id -> msgid -> params: `_reads` by connection, in the order sent, so that an
+        #: answer's work is with the reads of its own connection, not with every open read
+        #: (`_add_read`, `_drop_read` keep the two in step)
+        self._by_conn: dict[int, dict[int, list[Any] | tuple[Any, ...]]] = {}
         #: msgid -> the params of each abandoned `tcp.recv` still unanswered
         self._orphans: dict[int, list[Any] | tuple[Any, ...]] = {}
+        #: conn id -> msgid -> params: `_orphans` by connection (`_orphan`, `_unorphan`)
+        self._orphans_by_conn: dict[int, dict[int, list[Any] | tuple[Any, ...]]] = {}
         #: msgids of reads not sent: an abandoned read of their connection with no timeout is
         #: still in the daemon, and they are answered with what it gets (`_ride`)
         self._riding: set[int] = set()
@@ -142,6 +151,8 @@ class ClientCodec(Generic[T]):
         #: (`late`): no later bytes of the connection are handed out before that, or a
         #: cancelled caller's bytes would come after them
         self._in_hand: dict[int, int] = {}
+        #: conn id -> how many entries of `_in_hand` are of it (`_hand`, `_unhand`)
+        self._hands: dict[int, int] = {}
         #: msgid -> the answer of each read the daemon answered while an earlier read of its
         #: connection was in its caller's hands (an error; an int: that many bytes, now kept;
         #: b"": the end of stream): its caller waits until that one is taken (`_serve`)
@@ -170,7 +181,7 @@ class ClientCodec(Generic[T]):
                 # not sent: served by the abandoned read's answer, so a reading loop that
                 # gives up on reads (wait_for) leaves one read in the daemon, not one per turn
                 # (docs/rpc.md Limits: 256 requests in flight)
-                self._reads[msgid] = asked
+                self._add_read(msgid, asked)
                 self._riding.add(msgid)
                 self._pending[msgid] = token
                 return msgid, b""
@@ -185,7 +196,7 @@ class ClientCodec(Generic[T]):
                     # a waitall read asks only for what the kept bytes do not cover (fewer
                     # than max_bytes, or `before_read` answered it); joined when answered
                     params = [read.conn, read.max_bytes - len(kept), *params[2:]]
-            self._reads[msgid] = asked
+            self._add_read(msgid, asked)
         elif method == "tcp.accept" and params and type(params[0]) is int:
             listener = params[0]
             self._accepts[msgid] = listener
@@ -221,26 +232,26 @@ class ClientCodec(Generic[T]):
         """Stop waiting for `msgid` (answered, timed out, cancelled): a late response is then
         dropped, but a `tcp.recv`'s, whose bytes are kept for the next read."""
         token = self._pending.pop(msgid, None)
-        asked = self._reads.pop(msgid, None)
+        asked = self._drop_read(msgid)
         if self._parked and msgid in self._parked:
             del self._parked[msgid]  # answered already: its bytes are kept
         elif self._riding and msgid in self._riding:
             self._riding.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and asked is not None:
-            self._orphans[msgid] = asked
+            self._orphan(msgid, asked)
         listener = self._accepts.pop(msgid, None)
         if self._riding_accepts and msgid in self._riding_accepts:
             self._riding_accepts.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and listener is not None:
             self._orphan_accepts[msgid] = listener
-        if self._in_hand and (conn := self._in_hand.pop(msgid, None)) is not None:
+        if self._in_hand and (conn := self._unhand(msgid)) is not None:
             self._serve(conn)  # its caller took its bytes: the next read of it may go on
         return token
 
     def withdraw(self, msgid: int) -> None:
         """`msgid` was never written (the daemon did not read): nobody waits for an answer."""
         self._pending.pop(msgid, None)
-        self._reads.pop(msgid, None)
+        self._drop_read(msgid)
         self._riding.discard(msgid)
         self._accepts.pop(msgid, None)
         self._riding_accepts.discard(msgid)
@@ -258,10 +269,13 @@ class ClientCodec(Generic[T]):
         tokens = list(self._pending.values())
         self._pending.clear()
         self._reads.clear()
+        self._by_conn.clear()
         self._riding.clear()
         self._orphans.clear()
+        self._orphans_by_conn.clear()
         self._kept.clear()
         self._in_hand.clear()
+        self._hands.clear()
         self._parked.clear()
         self._closes.clear()
         self._gone.clear()
@@ -281,9 +295,9 @@ class ClientCodec(Generic[T]):
         self._gone[conn] = None
         if len(self._gone) > GONE_LIMIT:
             del self._gone[next(iter(self._gone))]
-        for msgid in [m for m, asked in self._orphans.items() if asked and asked[0] == conn]:
-            del self._orphans[msgid]
-        for msgid in [m for m in self._riding if self._reads[m][0] == conn]:
+        for msgid in list(self._orphans_by_conn.get(conn, ())):
+            self._unorphan(msgid)
+        for msgid in [m for m in self._by_conn.get(conn, ()) if m in self._riding]:
             # nothing comes for it now: answered as a read of a closed connection is
             self._answer_rider(
                 msgid, error_from_wire([NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"]), None
@@ -340,7 +354,7 @@ class ClientCodec(Generic[T]):
             return None
         if self._reads:
             self._hold_answered(-1, (read.conn,))
-        if self._in_hand and read.conn in self._in_hand.values():
+        if self._hands and read.conn in self._hands:
             return None  # bytes a caller has not taken yet come first (it may give them back)
         return self._take(read.conn, kept, read.max_bytes)
 
@@ -358,8 +372,8 @@ class ClientCodec(Generic[T]):
             else:
                 self.dropped_responses += 1
             return
-        conn = self._in_hand.pop(msgid, None)
-        asked = self._reads.pop(msgid, None)
+        conn = self._unhand(msgid)
+        asked = self._drop_read(msgid)
         if conn is None and asked is not None and (read := _Read.of(asked)) is not None:
             conn = read.conn
         data = reply.result
@@ -389,11 +403,11 @@ class ClientCodec(Generic[T]):
         leaves it there: what it gets is kept in turn."""
         if self._reads:
             self._hold_answered(-1, (conn,))
-        if self._in_hand and conn in self._in_hand.values():
+        if self._hands and conn in self._hands:
             return
         kept = self._kept.get(conn)
-        for msgid, asked in self._reads.items():  # in the order they were sent
-            if msgid not in self._pending or not asked or asked[0] != conn:
+        for msgid, asked in self._by_conn.get(conn, {}).items():  # in the order they were sent
+            if msgid not in self._pending:
                 continue
             read = _Read.of(asked)
             if read is None:
@@ -416,7 +430,7 @@ class ClientCodec(Generic[T]):
                 size = min(size, free)
                 assert kept is not None
                 reply = Reply(msgid, self._pending.pop(msgid), None, self._take(conn, kept, size))
-                self._in_hand[msgid] = conn
+                self._hand(msgid, conn)
             elif parked:
                 # nothing kept ahead of its own answer (an error, the end of stream; its bytes
                 # dropped with the connection's close: the close's outcome, `_closed`)
@@ -426,11 +440,11 @@ class ClientCodec(Generic[T]):
                 reply = Reply(msgid, self._pending.pop(msgid), error, result)
             else:
                 return  # it waits for the daemon; no later read overtakes it
-            del self._reads[msgid]
+            self._drop_read(msgid)  # the walk ends here: no later read is looked at
             if msgid in self._riding:
                 self._riding.discard(msgid)  # never sent: nothing more comes for it
             elif not parked:
-                self._orphans[msgid] = asked
+                self._orphan(msgid, asked)
             self._ready.append(reply)
             if reply.error is not None and kept:
                 # a waitall read's TIMEOUT short of what is kept: the next read may take it
@@ -484,10 +498,7 @@ class ClientCodec(Generic[T]):
             or self._reading(read.conn)
         ):
             return False
-        return any(
-            asked[0] == read.conn and (len(asked) < 3 or asked[2] is None)
-            for asked in self._orphans.values()
-        )
+        return any(_untimed(asked) for asked in self._orphans_by_conn.get(read.conn, {}).values())
 
     def _ride_accept(self, listener: int) -> bool:
         """Whether an accept of `listener` with no timeout is served by an abandoned accept of
@@ -502,7 +513,7 @@ class ClientCodec(Generic[T]):
 
     def _answer_rider(self, msgid: int, error: RpcError | None, result: Any) -> None:
         self._riding.discard(msgid)
-        del self._reads[msgid]
+        self._drop_read(msgid)
         self._ready.append(Reply(msgid, self._pending.pop(msgid), error, result))
 
     def _reserved(self, conn: int) -> int:
@@ -523,22 +534,65 @@ class ClientCodec(Generic[T]):
             return None
         pending, in_hand, parked = self._pending, self._in_hand, self._parked
         reading = False
-        for other, params in self._reads.items():
-            if other == msgid or not params or params[0] != conn:
+        held: list[int] = []
+        for other in self._by_conn.get(conn, ()):
+            if other == msgid:
                 continue
             if other in pending:
                 reading = True
             elif other not in in_hand and other not in parked:
-                in_hand[other] = conn
+                held.append(other)
+        for other in held:
+            self._hand(other, conn)
         return reading
+
+    def _add_read(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> None:
+        self._reads[msgid] = asked
+        if asked and type(conn := asked[0]) is int:
+            self._by_conn.setdefault(conn, {})[msgid] = asked
+
+    def _drop_read(self, msgid: int) -> list[Any] | tuple[Any, ...] | None:
+        asked = self._reads.pop(msgid, None)
+        if asked and type(conn := asked[0]) is int and (reads := self._by_conn.get(conn)):
+            reads.pop(msgid, None)
+            if not reads:
+                del self._by_conn[conn]
+        return asked
+
+    def _orphan(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> None:
+        self._orphans[msgid] = asked
+        if asked and type(conn := asked[0]) is int:
+            self._orphans_by_conn.setdefault(conn, {})[msgid] = asked
+
+    def _unorphan(self, msgid: int) -> list[Any] | tuple[Any, ...] | None:
+        asked = self._orphans.pop(msgid, None)
+        if asked and type(conn := asked[0]) is int and (orphans := self._orphans_by_conn.get(conn)):
+            orphans.pop(msgid, None)
+            if not orphans:
+                del self._orphans_by_conn[conn]
+        return asked
+
+    def _hand(self, msgid: int, conn: int) -> None:
+        """`msgid`'s answer (a read of `conn`) is in its caller's hands (see `_in_hand`)."""
+        if msgid not in self._in_hand:
+            self._in_hand[msgid] = conn
+            self._hands[conn] = self._hands.get(conn, 0) + 1
+
+    def _unhand(self, msgid: int) -> int | None:
+        """`msgid`'s answer left its caller's hands; its connection, or None if it was not."""
+        conn = self._in_hand.pop(msgid, None)
+        if conn is not None:
+            if (left := self._hands[conn] - 1) > 0:
+                self._hands[conn] = left
+            else:
+                del self._hands[conn]
+        return conn
 
     def _reading(self, conn: int) -> bool:
         """Whether a read of `conn` is on its way: sent and not answered (one answered took
         what was kept before its answer, when it was decoded)."""
         pending = self._pending
-        return any(
-            asked and asked[0] == conn and msgid in pending for msgid, asked in self._reads.items()
-        )
+        return any(msgid in pending for msgid in self._by_conn.get(conn, ()))
 
     def _take(self, conn: int, kept: bytearray, max_bytes: int) -> bytes:
         data = bytes(kept[:max_bytes])
@@ -556,9 +610,9 @@ class ClientCodec(Generic[T]):
                 if read.conn in self._kept:
                     self._serve(read.conn)
                     return
-                for msgid in self._riding:
-                    if self._reads[msgid][0] == read.conn:
-                        err = None if error is None else error_from_wire(error)
+                err = None if error is None else error_from_wire(error)
+                for msgid in self._by_conn.get(read.conn, ()):
+                    if msgid in self._riding:
                         self._answer_rider(msgid, err, None if err is not None else result)
                         return
             self.dropped_responses += 1
@@ -653,7 +707,7 @@ class ClientCodec(Generic[T]):
                 self._untimed_accepts.discard(msgid)
                 untimed = True
             if msgid not in self._pending:
-                asked = self._orphans.pop(msgid, None)
+                asked = self._unorphan(msgid)
                 listener = self._orphan_accepts.pop(msgid, None)
                 if asked is not None:
                     self._orphan_answered(asked, error, result)
@@ -672,10 +726,10 @@ class ClientCodec(Generic[T]):
             if len(self._reads) > 1 and (asked := self._reads.get(msgid)) is not None:
                 reading = self._hold_answered(msgid, asked)
             if (
-                self._in_hand
+                self._hands
                 and (asked := self._reads.get(msgid)) is not None
                 and (read := _Read.of(asked)) is not None
-                and read.conn in self._in_hand.values()
+                and read.conn in self._hands
             ):
                 # an earlier read's bytes are in its caller's hands (it may give them back):
                 # this answer waits behind them
@@ -695,7 +749,7 @@ class ClientCodec(Generic[T]):
                 # abandoned read's bytes may have been kept too
                 joined = self._read_answered(read, err, result)
                 if joined is not _UNCHANGED:
-                    self._in_hand[msgid] = read.conn
+                    self._hand(msgid, read.conn)
                     return Reply(msgid, token, None, joined)
                 if read.conn in self._kept:
                     # a waitall read timed out short of what is kept: the next read waiting
@@ -722,7 +776,7 @@ class ClientCodec(Generic[T]):
                 # another read of the connection waits: its answer (maybe in this same chunk)
                 # waits behind these bytes, which a caller cancelled before it runs again
                 # gives back (`late`), ahead of it
-                self._in_hand[msgid] = read.conn
+                self._hand(msgid, read.conn)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj
@@ -732,6 +786,12 @@ class ClientCodec(Generic[T]):
                 raise ProtocolError(f"notification method is not a string: {method!r:.40}")
             return Notification(method, params if isinstance(params, list) else [params])
         raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
+
+
+def _untimed(asked: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether a `tcp.recv` with params `asked` has no timeout_ms: the daemon never times it
+    out (it ends with bytes, the end of stream or an error)."""
+    return len(asked) < 3 or asked[2] is None
 
 
 #: what `ClientCodec` gets back for an answer it leaves as it came (not an identity test of

@@ -280,6 +280,28 @@ class KeptReads(RuleBasedStateMachine):
             taken = bytes(self.taken[conn])
             assert stream.startswith(taken), (conn, taken, stream, self.log)
 
+    @invariant()
+    def indexes_agree_with_what_they_index(self) -> None:
+        """The codec's per-connection indexes (an answer's work is with its own connection's
+        reads, not with every open read) say what the maps they index say."""
+        codec = self.codec
+        by_conn: dict[int, dict[int, Any]] = {}
+        for msgid, asked in codec._reads.items():
+            if asked and type(asked[0]) is int:
+                by_conn.setdefault(asked[0], {})[msgid] = asked
+        assert codec._by_conn == by_conn, (codec._by_conn, codec._reads, self.log)
+        for conn, reads in codec._by_conn.items():  # each in the order sent, as `_reads`
+            assert list(reads) == [m for m in codec._reads if m in reads], (conn, self.log)
+        orphans: dict[int, dict[int, Any]] = {}
+        for msgid, asked in codec._orphans.items():
+            if asked and type(asked[0]) is int:
+                orphans.setdefault(asked[0], {})[msgid] = asked
+        assert codec._orphans_by_conn == orphans, (codec._orphans_by_conn, self.log)
+        hands: dict[int, int] = {}
+        for conn in codec._in_hand.values():
+            hands[conn] = hands.get(conn, 0) + 1
+        assert codec._hands == hands, (codec._hands, codec._in_hand, self.log)
+
     def teardown(self) -> None:
         """Everything still in hand is taken; then fresh reads must get the rest."""
         while self.answered:
