@@ -611,6 +611,11 @@ class ClientCodec(Generic[T]):
                     self._serve(read.conn)
                     return
                 err = None if error is None else error_from_wire(error)
+                if isinstance(err, RpcTimeout) and not _untimed(asked):
+                    # its own timeout_ms ran out: no answer of the read riding, which rides on
+                    # an abandoned read with no timeout still waiting in the daemon (`_ride`)
+                    self.dropped_responses += 1
+                    return
                 for msgid in self._by_conn.get(read.conn, ()):
                     if msgid in self._riding:
                         self._answer_rider(msgid, err, None if err is not None else result)

@@ -159,3 +159,22 @@ def test_a_read_never_sent_is_not_waited_for() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_timed_abandoned_reads_timeout_is_not_the_answer_of_a_read_riding() -> None:
+    """Two abandoned reads of a connection wait in the daemon: one with no timeout_ms, then
+    one with a timeout_ms. A read made then rides on the first (`ClientCodec._ride`, it has no
+    timeout itself). When the second's timeout_ms runs out, its TIMEOUT is not the rider's
+    answer (a read with no timeout_ms never gets one from the daemon): the rider gets the
+    bytes the first read then gets."""
+    codec: ClientCodec[str] = ClientCodec()
+    untimed, _ = codec.request("tcp.recv", (1, 100), "untimed")
+    codec.forget(untimed)
+    timed, _ = codec.request("tcp.recv", (1, 100, 1000), "timed")
+    codec.forget(timed)
+    rider, data = codec.request("tcp.recv", (1, 100), "rider")
+    assert data == b""
+    assert replies_in(codec, response(timed, None, RECV_TIMEOUT)) == []
+    (reply,) = replies_in(codec, response(untimed, b"x"))
+    assert (reply.token, reply.error, reply.result) == ("rider", None, b"x")
+    codec.forget(rider)
