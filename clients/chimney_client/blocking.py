@@ -421,6 +421,9 @@ class Client:
         return int(self.call("tcp.listen", *params))
 
     def tcp_listener_info(self, listener_id: int) -> dict[str, Any]:
+        """`host`, `port` and `pending`: the accepted connections waiting for `tcp_accept`, the
+        daemon's count plus those this client keeps from accepts it abandoned (cancelled, or
+        its own limit), which the next `tcp_accept`s return first."""
         return dict(self.call("tcp.listener_info", listener_id))
 
     def tcp_accept(self, listener_id: int, timeout_ms: int | None = None) -> int:

@@ -78,6 +78,7 @@ class ClientCodec(Generic[T]):
         "_gone",
         "_hands",
         "_in_hand",
+        "_infos",
         "_kept",
         "_next_id",
         "_orphan_accepts",
@@ -143,6 +144,9 @@ class ClientCodec(Generic[T]):
         #: msgids of the `tcp.accept`s sent with no timeout_ms and not answered yet (abandoned
         #: ones too): such an accept waits in the daemon until a connection comes
         self._untimed_accepts: set[int] = set()
+        #: msgid -> listener id of each `tcp.listener_info` not answered: its `pending` gets
+        #: the connections kept for the listener added (`_with_kept`)
+        self._infos: dict[int, int] = {}
         #: msgids of accepts not sent: an abandoned accept of their listener with no timeout is
         #: still in the daemon, and they are answered with what it gets (`_ride_accept`)
         self._riding_accepts: set[int] = set()
@@ -211,6 +215,8 @@ class ClientCodec(Generic[T]):
                 self._untimed_accepts.add(msgid)
         elif method == "tcp.close" and params and type(params[0]) is int:
             self._closes[msgid] = params[0]
+        elif method == "tcp.listener_info" and params and type(params[0]) is int:
+            self._infos[msgid] = params[0]
         data: bytes = self._packer.pack([REQUEST, msgid, method, list(params)])
         self._pending[msgid] = token
         return msgid, data
@@ -254,6 +260,7 @@ class ClientCodec(Generic[T]):
         self._drop_read(msgid)
         self._riding.discard(msgid)
         self._accepts.pop(msgid, None)
+        self._infos.pop(msgid, None)
         self._riding_accepts.discard(msgid)
         self._untimed_accepts.discard(msgid)
         self._closes.pop(msgid, None)
@@ -285,6 +292,7 @@ class ClientCodec(Generic[T]):
         self._accepted.clear()
         self._untimed_accepts.clear()
         self._riding_accepts.clear()
+        self._infos.clear()
         return tokens
 
     def _closed(self, conn: int) -> None:
@@ -329,6 +337,15 @@ class ClientCodec(Generic[T]):
         if not conns:
             del self._accepted[listener]
         return conn
+
+    def _with_kept(self, listener: int, info: Any) -> Any:
+        """A `tcp.listener_info` answer whose `pending` counts the connections kept for the
+        listener too: abandoned accepts took them from the daemon (which no longer counts
+        them), and the next accepts return them without asking it (docs/rpc.md)."""
+        kept = self._accepted.get(listener)
+        if kept and isinstance(info, dict) and type(info.get("pending")) is int:
+            return {**info, "pending": info["pending"] + len(kept)}
+        return info
 
     def _accept_answered(self, listener: int, err: RpcError | None, result: Any) -> Any:
         """An accept's answer: the connections kept for its listener come first (this one is
@@ -707,6 +724,7 @@ class ClientCodec(Generic[T]):
                 and result is True
             ):
                 self._closed(closed)
+            info = self._infos.pop(msgid, None) if self._infos else None
             untimed = False
             if self._untimed_accepts and msgid in self._untimed_accepts:
                 self._untimed_accepts.discard(msgid)
@@ -782,6 +800,8 @@ class ClientCodec(Generic[T]):
                 # waits behind these bytes, which a caller cancelled before it runs again
                 # gives back (`late`), ahead of it
                 self._hand(msgid, read.conn)
+            if info is not None and err is None and self._accepted:
+                result = self._with_kept(info, result)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj

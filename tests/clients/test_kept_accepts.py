@@ -87,3 +87,26 @@ def test_an_accept_is_sent_while_another_of_its_listener_is_on_its_way() -> None
     assert data, "two accepts riding on one answer"
     _, data = codec.request("tcp.accept", (4,), "other listener")
     assert data
+
+
+def test_listener_info_pending_counts_the_connections_kept_for_the_listener() -> None:
+    """Both clients (and raw `call`s) decode through the codec: `pending` of a
+    `tcp.listener_info` answer gets the connections kept for that listener added, not for
+    another one; an error answer is as it came."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.accept", (3, 1000), "cancelled")
+    codec.forget(gone)
+    assert replies_in(codec, response(gone, 17)) == []  # kept for listener 3
+    info = {"host": "127.0.0.1", "port": 5000, "pending": 2}
+    mine, _ = codec.request("tcp.listener_info", (3,), "mine")
+    other, _ = codec.request("tcp.listener_info", (4,), "other")
+    bad, _ = codec.request("tcp.listener_info", (3,), "bad")
+    replies = replies_in(
+        codec, response(mine, info) + response(other, info) + response(bad, None, NOT_FOUND)
+    )
+    assert [r.result for r in replies] == [{**info, "pending": 3}, info, None]
+    assert replies[2].error is not None
+    assert codec.kept_answer("tcp.accept", (3,)) == 17
+    again, _ = codec.request("tcp.listener_info", (3,), "again")
+    (reply,) = replies_in(codec, response(again, info))
+    assert reply.result == info
