@@ -179,7 +179,9 @@ class ClientCodec(Generic[T]):
     ) -> tuple[int, bytes]:
         """Register a call and return its msgid and the bytes to write."""
         msgid = self._allocate_id()
-        if method == "tcp.recv":
+        if method == "tcp.recv" and _valid_read(params):
+            # a read the daemon refuses (INVALID_PARAMS) is a plain call: it takes nothing
+            # kept, rides on nothing, and what is kept is not handed to it
             asked = params
             if self._orphans and self._ride(params):
                 # not sent: served by the abandoned read's answer, so a reading loop that
@@ -201,7 +203,7 @@ class ClientCodec(Generic[T]):
                     # than max_bytes, or `before_read` answered it); joined when answered
                     params = [read.conn, read.max_bytes - len(kept), *params[2:]]
             self._add_read(msgid, asked)
-        elif method == "tcp.accept" and params and type(params[0]) is int:
+        elif method == "tcp.accept" and _valid_accept(params):
             listener = params[0]
             self._accepts[msgid] = listener
             if len(params) == 1 or (len(params) == 2 and params[1] is None):
@@ -322,7 +324,7 @@ class ClientCodec(Generic[T]):
         got, without asking the daemon; None when it must be asked."""
         if method == "tcp.recv":
             return self.before_read(params)
-        if method == "tcp.accept" and self._accepted and params and type(params[0]) is int:
+        if method == "tcp.accept" and self._accepted and _valid_accept(params):
             listener = params[0]
             accepting = any(
                 lid == listener and msgid in self._pending for msgid, lid in self._accepts.items()
@@ -364,6 +366,8 @@ class ClientCodec(Generic[T]):
         of it on its way, which was asked first, or a waitall read they do not cover)."""
         if not self._kept:
             return None  # the common case: nothing kept anywhere
+        if not _valid_read(params):
+            return None  # the daemon answers it INVALID_PARAMS; what is kept stays
         read = _Read.of(params)
         if read is None or (kept := self._kept.get(read.conn)) is None:
             return None
@@ -811,6 +815,48 @@ class ClientCodec(Generic[T]):
                 raise ProtocolError(f"notification method is not a string: {method!r:.40}")
             return Notification(method, params if isinstance(params, list) else [params])
         raise ProtocolError(f"unexpected message from server: {obj!r:.80}")
+
+
+#: docs/rpc.md "Limits": the largest `max_bytes` of a `tcp.recv` the daemon takes
+MAX_RECV = 8 * 1024 * 1024
+#: docs/rpc.md: ids are positive integers below 2**62 (chimneyd/rpc/params.py MAX_ID)
+MAX_ID = 1 << 62
+
+
+def _valid_timeout(value: Any) -> bool:
+    """A `timeout_ms` the daemon takes: nil, or a number of milliseconds from 0 to an hour
+    (not a bool: msgpack's true is no number there)."""
+    return value is None or (type(value) in (int, float) and 0 <= value <= MAX_TIMEOUT_MS)
+
+
+def _valid_id(value: Any) -> bool:
+    return type(value) is int and 0 < value <= MAX_ID
+
+
+def _valid_read(params: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether the daemon takes `tcp.recv` `params` (its checks, chimneyd/rpc/methods.py
+    tcp_recv: `[conn_id, max_bytes (1..8 MiB), timeout_ms?, opts {"waitall": bool}?]`); what
+    it refuses with INVALID_PARAMS must not be answered from what is kept."""
+    if not 2 <= len(params) <= 4 or not _valid_id(params[0]):
+        return False
+    if type(max_bytes := params[1]) is not int or not 0 < max_bytes <= MAX_RECV:
+        return False
+    if len(params) > 2 and not _valid_timeout(params[2]):
+        return False
+    opts = params[3] if len(params) > 3 else None
+    return opts is None or (
+        isinstance(opts, dict)
+        and all(k == "waitall" and (v is None or isinstance(v, bool)) for k, v in opts.items())
+    )
+
+
+def _valid_accept(params: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether the daemon takes `tcp.accept` `params` (`[listener_id, timeout_ms?]`)."""
+    return (
+        1 <= len(params) <= 2
+        and _valid_id(params[0])
+        and (len(params) == 1 or _valid_timeout(params[1]))
+    )
 
 
 def _untimed(asked: list[Any] | tuple[Any, ...]) -> bool:

@@ -7,8 +7,10 @@ import asyncio
 import socket
 import struct
 
+import pytest
+
 from chimney_client import PeerServer
-from chimney_client.errors import NdisStatusError
+from chimney_client.errors import InvalidParams, NdisStatusError
 from tests.e2e.support import HOST, Daemon, wait_until
 
 
@@ -104,6 +106,33 @@ async def test_a_polling_loop_of_short_waits_does_not_fill_the_daemons_limit(
             except TimeoutError:
                 pass
         assert await asyncio.wait_for(c.tcp_send(cid, b"hello"), 5.0) == 5
+        assert await asyncio.wait_for(c.tcp_recv(cid, 100), 5.0) == b"hello"
+        await asyncio.wait_for(c.tcp_close(cid), 5.0)
+    finally:
+        await c.close()
+
+
+async def test_a_read_the_daemon_refuses_is_refused_with_bytes_kept(
+    daemon: Daemon, echo_peer: PeerServer
+) -> None:
+    """docs/rpc.md "Limits": `max_bytes` is 1 to 8 MiB, INVALID_PARAMS past it. A read of 16 MiB
+    made while the client keeps bytes of the connection (a cancelled read got them) is refused
+    as the daemon refuses it, not served from them; the next read gets them."""
+    c = await daemon.aclient(call_timeout=None)
+    try:
+        cid = await c.tcp_connect(HOST, echo_peer.port)
+        reader = asyncio.ensure_future(c.tcp_recv(cid, 100))
+        while c.pending == 0:
+            await asyncio.sleep(0)
+        reader.cancel()
+        assert await asyncio.wait_for(c.tcp_send(cid, b"hello"), 5.0) == 5
+
+        async def kept() -> bool:
+            return c._codec.kept_bytes == 5
+
+        await wait_until(kept, 5.0)
+        with pytest.raises(InvalidParams):
+            await asyncio.wait_for(c.tcp_recv(cid, 16 * 1024 * 1024), 5.0)
         assert await asyncio.wait_for(c.tcp_recv(cid, 100), 5.0) == b"hello"
         await asyncio.wait_for(c.tcp_close(cid), 5.0)
     finally:
