@@ -8,9 +8,11 @@ connection loss fails every pending call with `ConnectionLost`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -38,9 +40,26 @@ DEFAULT_CLOSE_TIMEOUT = 1.0
 #: Notification bytes queued in one loop turn past which they are written at once (asyncio's
 #: default high-water mark), so that the transport's pause is seen by `notify()`.
 FLUSH_AT = 64 * 1024
+#: Notifications that wait for one coroutine handler at most by default (`max_notifications`);
+#: past it the oldest are dropped. The blocking client's `notifications` has the same default.
+DEFAULT_MAX_NOTIFICATIONS = 10_000
 
 NotificationHandler = Callable[[list[Any]], Awaitable[None] | None]
 TcpEventHandler = Callable[[int, str, dict[str, Any]], Awaitable[None] | None]
+
+
+class _Subscription:
+    """One `on_notification` handler and the notifications waiting for it: while a coroutine
+    it returned runs, the next notifications wait here, in order (`AsyncClient._run`)."""
+
+    __slots__ = ("active", "handler", "task", "waiting")
+
+    def __init__(self, handler: NotificationHandler) -> None:
+        self.handler = handler
+        self.waiting: deque[list[Any]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        #: False once unsubscribed: what waits is dropped, nothing more is handled
+        self.active = True
 
 
 class _RpcProtocol(asyncio.Protocol):
@@ -84,8 +103,18 @@ class AsyncClient:
     instance, chained from the cause of the loss).
     """
 
-    def __init__(self, *, call_timeout: float | None = None, max_frame: int = DEFAULT_MAX_FRAME):
+    def __init__(
+        self,
+        *,
+        call_timeout: float | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_notifications: int | None = DEFAULT_MAX_NOTIFICATIONS,
+    ):
         self.call_timeout = call_timeout
+        #: how many notifications may wait for one coroutine handler (None: no bound)
+        self.max_notifications = max_notifications
+        #: notifications dropped by that bound, oldest first (the handler never got them)
+        self.dropped_notifications = 0
         self._loop = asyncio.get_running_loop()
         self._codec: ClientCodec[asyncio.Future[Any]] = ClientCodec(max_frame)
         self._transport: asyncio.Transport | None = None
@@ -94,7 +123,7 @@ class AsyncClient:
         self._out_bytes = 0
         self._flush_scheduled = False
         self._write_paused: asyncio.Future[None] | None = None
-        self._handlers: dict[str, list[NotificationHandler]] = {}
+        self._handlers: dict[str, list[_Subscription]] = {}
         self._handler_tasks: set[asyncio.Task[None]] = set()
         #: why the connection is gone (a record: each failed call raises a fresh copy)
         self._lost: ConnectionLost | None = None
@@ -114,15 +143,20 @@ class AsyncClient:
         token: str | None = None,
         call_timeout: float | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        max_notifications: int | None = DEFAULT_MAX_NOTIFICATIONS,
     ) -> Self:
         """Connect to `"host:port"` or `"unix:/path"`; send `auth` first when `token` is given.
 
         `timeout` covers the whole handshake, `auth` included (`ConnectionLost` when it runs
         out). `call_timeout` is the default per-call timeout (None: wait as long as the server
         takes); `tcp_recv`/`tcp_accept` without `timeout_ms` pass it to the daemon as their
-        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`).
+        `timeout_ms`, so that a timeout loses no data (see `tcp_recv`). `max_notifications`
+        bounds the notifications waiting for one coroutine handler (`on_notification`; None:
+        no bound).
         """
-        client = cls(call_timeout=call_timeout, max_frame=max_frame)
+        client = cls(
+            call_timeout=call_timeout, max_frame=max_frame, max_notifications=max_notifications
+        )
         client.address = address
         target = parse_address(address)
         loop = client._loop
@@ -325,14 +359,25 @@ class AsyncClient:
     def on_notification(self, method: str, handler: NotificationHandler) -> Callable[[], None]:
         """Call `handler(params)` for every notification `method`; returns an unsubscriber.
 
-        A coroutine handler runs as a task; a handler's exception is logged, never fatal.
+        A plain handler is called as each notification is read. A coroutine handler (one that
+        returns an awaitable) runs on one task per subscription, one notification at a time,
+        in the order they came: the notifications that come while it runs wait, at most
+        `max_notifications` of them; past it the oldest waiting are dropped (counted in
+        `dropped_notifications`, logged once), so a slow handler under a flood of events
+        holds bounded memory and no task per notification. The connection's reading never
+        waits for a handler (it may await calls on this client). A handler that wants to
+        handle notifications concurrently starts its own tasks. A handler's exception is
+        logged, never fatal; unsubscribing drops what waits for it.
         """
-        self._handlers.setdefault(method, []).append(handler)
+        sub = _Subscription(handler)
+        self._handlers.setdefault(method, []).append(sub)
 
         def remove() -> None:
-            handlers = self._handlers.get(method, [])
-            if handler in handlers:
-                handlers.remove(handler)
+            subs = self._handlers.get(method, [])
+            if sub in subs:
+                subs.remove(sub)
+            sub.active = False
+            sub.waiting.clear()
 
         return remove
 
@@ -403,21 +448,63 @@ class AsyncClient:
             replies = self._codec.take_ready()
 
     def _dispatch(self, note: Notification) -> None:
-        handlers = self._handlers.get(note.method)
-        if not handlers:
+        subs = self._handlers.get(note.method)
+        if not subs:
             return  # unknown notifications are ignored (contract)
-        for handler in list(handlers):
+        for sub in list(subs):
+            if sub.task is not None:
+                self._hold(sub, note.params)  # its coroutine runs: this one waits behind it
+                continue
             try:
-                result = handler(note.params)
-                if inspect.isawaitable(result):
-                    task = asyncio.ensure_future(result)
-                    self._handler_tasks.add(task)
-                    task.add_done_callback(self._handler_done)
+                result = sub.handler(note.params)
             except Exception:
                 log.exception("chimney_client_notification_handler_failed: %s", note.method)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(self._run(sub, note.method, result))
+                sub.task = task
+                self._handler_tasks.add(task)
+                task.add_done_callback(functools.partial(self._handler_done, first=result))
 
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
+    def _hold(self, sub: _Subscription, params: list[Any]) -> None:
+        """`params` wait for `sub`'s coroutine; past `max_notifications` the oldest go."""
+        sub.waiting.append(params)
+        bound = self.max_notifications
+        if bound is not None and (excess := len(sub.waiting) - bound) > 0:
+            if not self.dropped_notifications:
+                log.warning(
+                    "chimney_client_notifications_dropped: more than %d wait for a coroutine "
+                    "handler; the oldest are dropped (dropped_notifications)",
+                    bound,
+                )
+            for _ in range(excess):
+                sub.waiting.popleft()
+            self.dropped_notifications += excess
+
+    async def _run(self, sub: _Subscription, method: str, first: Awaitable[None] | None) -> None:
+        """Await `sub`'s coroutine, then handle what waited for it, in order, one at a time."""
+        try:
+            result = first
+            while True:
+                if result is not None and inspect.isawaitable(result):
+                    try:
+                        await result
+                    except Exception:
+                        log.exception("chimney_client_notification_handler_failed: %s", method)
+                if not sub.waiting or not sub.active:
+                    return
+                try:
+                    result = sub.handler(sub.waiting.popleft())
+                except Exception:
+                    log.exception("chimney_client_notification_handler_failed: %s", method)
+                    result = None
+        finally:
+            sub.task = None
+
+    def _handler_done(self, task: asyncio.Task[None], first: Awaitable[None] | None = None) -> None:
         self._handler_tasks.discard(task)
+        if inspect.iscoroutine(first) and inspect.getcoroutinestate(first) == inspect.CORO_CREATED:
+            first.close()  # cancelled before it ran (`wait_closed`): no "never awaited" warning
         if not task.cancelled() and task.exception() is not None:
             log.error("chimney_client_notification_handler_failed", exc_info=task.exception())
 
