@@ -181,6 +181,10 @@ class Client:
         `timeout` (seconds) overrides `call_timeout` and bounds the whole call: waiting for
         another thread's call, sending, and waiting for the answer. A call that waits in the
         daemon (`tcp.recv`, `tcp.accept`) is timed by the daemon, as in `AsyncClient.call`.
+        A call interrupted while it waits (Ctrl-C, an exception from a signal handler or a
+        notification handler) is abandoned: what its `tcp.recv` (`tcp.accept`) gets, even an
+        answer read before the interrupt, is kept for the next call of the connection
+        (listener), as in `AsyncClient`.
         """
         limit = self.call_timeout if timeout is None else timeout
         wait = None
@@ -210,6 +214,13 @@ class Client:
                     # A stream of notifications must not keep a call alive past its deadline.
                     if not self._read(deadline) or (slot.reply is None and _expired(deadline)):
                         raise CallTimeout(f"{method}: no response within {limit:g} s")
+            except BaseException:
+                if slot.reply is not None and slot.reply.error is None:
+                    # answered, then interrupted (Ctrl-C, a handler that raised) before its
+                    # caller got it: a read's bytes (an accept's connection) are kept for the
+                    # next read of the connection, as an abandoned read's are
+                    self._codec.late(slot.reply)
+                raise
             finally:
                 # a late response is then dropped (a read's bytes kept for the next read)
                 self._codec.forget(msgid)
@@ -336,22 +347,25 @@ class Client:
         except ProtocolError as exc:
             # The codec left every call of the bad chunk pending: `_fail` fails them all.
             self._fail(f"protocol error: {exc}", exc)
+        notes: list[Notification] = []
         for event in events:
+            # every reply reaches its slot before any handler runs: a handler interrupted
+            # (Ctrl-C) must not lose an answer decoded with its notification (`call` keeps it)
             if isinstance(event, Notification):
                 self.notifications.append(event)
-                for handler in list(self._handlers.get(event.method, ())):
-                    try:
-                        handler(event.params)
-                    except Exception:
-                        # A broken handler must not lose the replies decoded in this batch.
-                        log.exception(
-                            "chimney_client_notification_handler_failed: %s", event.method
-                        )
+                notes.append(event)
             else:
                 event.token.reply = event
         bound = self.max_notifications
         if bound is not None and (excess := len(self.notifications) - bound) > 0:
             self._drop_notifications(excess)
+        for note in notes:
+            for handler in list(self._handlers.get(note.method, ())):
+                try:
+                    handler(note.params)
+                except Exception:
+                    # A broken handler must not stop the others (its replies are in already).
+                    log.exception("chimney_client_notification_handler_failed: %s", note.method)
         return True
 
     def _drop_notifications(self, excess: int) -> None:
