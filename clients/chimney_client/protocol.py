@@ -73,6 +73,7 @@ class ClientCodec(Generic[T]):
     __slots__ = (
         "_accepted",
         "_accepts",
+        "_accepts_by_listener",
         "_by_conn",
         "_closes",
         "_gone",
@@ -82,6 +83,7 @@ class ClientCodec(Generic[T]):
         "_kept",
         "_next_id",
         "_orphan_accepts",
+        "_orphan_accepts_by_listener",
         "_orphans",
         "_orphans_by_conn",
         "_packer",
@@ -139,6 +141,11 @@ class ClientCodec(Generic[T]):
         self._accepts: dict[int, int] = {}
         #: msgid -> listener id of each abandoned `tcp.accept` still unanswered
         self._orphan_accepts: dict[int, int] = {}
+        #: listener id -> msgids: `_accepts` and `_orphan_accepts` by listener, in the order
+        #: sent, so that an accept's work is with its own listener's accepts (`_add_accept`,
+        #: `_drop_accept`, `_orphan_accept`, `_unorphan_accept` keep them in step)
+        self._accepts_by_listener: dict[int, dict[int, None]] = {}
+        self._orphan_accepts_by_listener: dict[int, dict[int, None]] = {}
         #: listener id -> conn ids abandoned accepts got and no accept took yet, oldest first
         self._accepted: dict[int, deque[int]] = {}
         #: msgids of the `tcp.accept`s sent with no timeout_ms and not answered yet (abandoned
@@ -205,7 +212,7 @@ class ClientCodec(Generic[T]):
             self._add_read(msgid, asked)
         elif method == "tcp.accept" and _valid_accept(params):
             listener = params[0]
-            self._accepts[msgid] = listener
+            self._add_accept(msgid, listener)
             if len(params) == 1 or (len(params) == 2 and params[1] is None):
                 if self._orphan_accepts and self._ride_accept(listener):
                     # not sent, as a read behind an abandoned read: an accept loop of short
@@ -247,11 +254,11 @@ class ClientCodec(Generic[T]):
             self._riding.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and asked is not None:
             self._orphan(msgid, asked)
-        listener = self._accepts.pop(msgid, None)
+        listener = self._drop_accept(msgid)
         if self._riding_accepts and msgid in self._riding_accepts:
             self._riding_accepts.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and listener is not None:
-            self._orphan_accepts[msgid] = listener
+            self._orphan_accept(msgid, listener)
         if self._in_hand and (conn := self._unhand(msgid)) is not None:
             self._serve(conn)  # its caller took its bytes: the next read of it may go on
         return token
@@ -261,7 +268,7 @@ class ClientCodec(Generic[T]):
         self._pending.pop(msgid, None)
         self._drop_read(msgid)
         self._riding.discard(msgid)
-        self._accepts.pop(msgid, None)
+        self._drop_accept(msgid)
         self._infos.pop(msgid, None)
         self._riding_accepts.discard(msgid)
         self._untimed_accepts.discard(msgid)
@@ -291,6 +298,8 @@ class ClientCodec(Generic[T]):
         self._ready.clear()
         self._accepts.clear()
         self._orphan_accepts.clear()
+        self._accepts_by_listener.clear()
+        self._orphan_accepts_by_listener.clear()
         self._accepted.clear()
         self._untimed_accepts.clear()
         self._riding_accepts.clear()
@@ -326,9 +335,8 @@ class ClientCodec(Generic[T]):
             return self.before_read(params)
         if method == "tcp.accept" and self._accepted and _valid_accept(params):
             listener = params[0]
-            accepting = any(
-                lid == listener and msgid in self._pending for msgid, lid in self._accepts.items()
-            )
+            pending = self._pending
+            accepting = any(m in pending for m in self._accepts_by_listener.get(listener, ()))
             if listener in self._accepted and not accepting:
                 return self._next_accepted(listener)  # no accept of it on its way
         return None
@@ -385,7 +393,7 @@ class ClientCodec(Generic[T]):
         read (accept) waiting, as they came, or are kept ahead of anything kept after them.
         Answers this makes are taken with `take_ready`."""
         msgid = reply.msgid
-        listener = self._accepts.pop(msgid, None)
+        listener = self._drop_accept(msgid)
         if listener is not None:
             if reply.error is None and type(reply.result) is int:
                 self._accepted.setdefault(listener, deque()).appendleft(reply.result)
@@ -477,15 +485,15 @@ class ClientCodec(Generic[T]):
         its own request stays with the daemon (what it gets is kept in turn)."""
         if listener not in self._accepted:
             return
-        for msgid, lid in self._accepts.items():
-            if lid == listener and msgid in self._pending:
+        for msgid in self._accepts_by_listener.get(listener, ()):
+            if msgid in self._pending:
                 token = self._pending.pop(msgid)
                 # stays in `_accepts` until forgotten: a caller cancelled before it runs
                 # again gives the connection back (`late`), kept for the next accept
                 if self._riding_accepts and msgid in self._riding_accepts:
                     self._riding_accepts.discard(msgid)  # never sent: nothing more comes
                 else:
-                    self._orphan_accepts[msgid] = listener  # its own request is in the daemon
+                    self._orphan_accept(msgid, listener)  # its own request is in the daemon
                 self._ready.append(Reply(msgid, token, None, self._next_accepted(listener)))
                 return
 
@@ -495,8 +503,8 @@ class ClientCodec(Generic[T]):
         if listener in self._accepted:
             self._serve_accept(listener)
             return
-        for msgid in self._riding_accepts:
-            if self._accepts.get(msgid) == listener:
+        for msgid in self._accepts_by_listener.get(listener, ()):
+            if msgid in self._riding_accepts:
                 self._riding_accepts.discard(msgid)
                 err = error_from_wire(error) if error is not None else None
                 answer = None if err is not None else result
@@ -527,10 +535,10 @@ class ClientCodec(Generic[T]):
         is on its way (what comes after that answer is its own request's). The accept's
         answer, a connection or an error (the listener closed), is then this one's."""
         pending = self._pending
-        if any(lid == listener and m in pending for m, lid in self._accepts.items()):
+        if any(m in pending for m in self._accepts_by_listener.get(listener, ())):
             return False
         untimed = self._untimed_accepts
-        return any(lid == listener and m in untimed for m, lid in self._orphan_accepts.items())
+        return any(m in untimed for m in self._orphan_accepts_by_listener.get(listener, ()))
 
     def _answer_rider(self, msgid: int, error: RpcError | None, result: Any) -> None:
         self._riding.discard(msgid)
@@ -579,6 +587,30 @@ class ClientCodec(Generic[T]):
             if not reads:
                 del self._by_conn[conn]
         return asked
+
+    def _add_accept(self, msgid: int, listener: int) -> None:
+        self._accepts[msgid] = listener
+        self._accepts_by_listener.setdefault(listener, {})[msgid] = None
+
+    def _drop_accept(self, msgid: int) -> int | None:
+        listener = self._accepts.pop(msgid, None)
+        if listener is not None and (accepts := self._accepts_by_listener.get(listener)):
+            accepts.pop(msgid, None)
+            if not accepts:
+                del self._accepts_by_listener[listener]
+        return listener
+
+    def _orphan_accept(self, msgid: int, listener: int) -> None:
+        self._orphan_accepts[msgid] = listener
+        self._orphan_accepts_by_listener.setdefault(listener, {})[msgid] = None
+
+    def _unorphan_accept(self, msgid: int) -> int | None:
+        listener = self._orphan_accepts.pop(msgid, None)
+        if listener is not None and (orphans := self._orphan_accepts_by_listener.get(listener)):
+            orphans.pop(msgid, None)
+            if not orphans:
+                del self._orphan_accepts_by_listener[listener]
+        return listener
 
     def _orphan(self, msgid: int, asked: list[Any] | tuple[Any, ...]) -> None:
         self._orphans[msgid] = asked
@@ -735,7 +767,7 @@ class ClientCodec(Generic[T]):
                 untimed = True
             if msgid not in self._pending:
                 asked = self._unorphan(msgid)
-                listener = self._orphan_accepts.pop(msgid, None)
+                listener = self._unorphan_accept(msgid)
                 if asked is not None:
                     self._orphan_answered(asked, error, result)
                 elif listener is not None and error is None and type(result) is int:

@@ -132,6 +132,22 @@ class KeptAccepts(RuleBasedStateMachine):
         assert self.codec._untimed_accepts <= queued, (self.codec._untimed_accepts, self.log)
 
     @invariant()
+    def indexes_agree_with_what_they_index(self) -> None:
+        """The codec's by-listener indexes say what `_accepts` and `_orphan_accepts` say, each
+        listener's accepts in the order sent."""
+        codec = self.codec
+        for index, indexed in (
+            (codec._accepts_by_listener, codec._accepts),
+            (codec._orphan_accepts_by_listener, codec._orphan_accepts),
+        ):
+            by: dict[int, dict[int, None]] = {}
+            for msgid, listener in indexed.items():
+                by.setdefault(listener, {})[msgid] = None
+            assert index == by, (index, indexed, self.log)
+            for listener, msgids in index.items():
+                assert list(msgids) == [m for m in indexed if m in msgids], (listener, self.log)
+
+    @invariant()
     def no_connection_twice(self) -> None:
         assert len(self.taken) == len(set(self.taken)), (self.taken, self.log)
 
