@@ -106,7 +106,7 @@ class ImOffloadEntry(Lifecycle):
 class ImCallEntry:
     """One in-flight state operation: the upper root, the mirror and the new entries."""
 
-    __slots__ = ("new_entries", "op", "pairs", "saved_im_reserved", "upper_root")
+    __slots__ = ("lent", "new_entries", "op", "pairs", "saved_im_reserved", "upper_root")
 
     def __init__(self, op: str, upper_root: OffloadBlock) -> None:
         self.op = op
@@ -114,6 +114,9 @@ class ImCallEntry:
         self.saved_im_reserved: Any = upper_root.im_reserved
         self.pairs: list[tuple[OffloadBlock, OffloadBlock]] = []
         self.new_entries: dict[int, ImOffloadEntry] = {}  # id(upper block) -> entry
+        # entries whose handle carries a trace lent from above for this call, and the trace
+        # each had before (`_lend_trace`)
+        self.lent: list[tuple[ImOffloadEntry, Any]] | None = None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -238,6 +241,7 @@ class PassthroughIm(DriverLayer):
         binding: Binding | None = None
         mirror: dict[int, OffloadBlock] = {}
         lower_root: OffloadBlock | None = None
+        existing: list[ImOffloadEntry] = []
         for up in walk(upper_root):
             entry: ImOffloadEntry | None = None
             role = up.role()
@@ -258,6 +262,7 @@ class PassthroughIm(DriverLayer):
                 if op in _STATE_EVENT:
                     entry.lifecycle.fire(_STATE_EVENT[op])
                 binding = binding or entry.lower
+                existing.append(entry)
             low = OffloadBlock(
                 up.header_type, entry.handle if entry else None, up.const, up.cached, up.delegated
             )
@@ -276,6 +281,8 @@ class PassthroughIm(DriverLayer):
             if up.dependent_block_list is not None:
                 low.dependent_block_list = mirror[id(up.dependent_block_list)]
         assert lower_root is not None
+        for entry in existing:  # once every block is checked: a refused call lends nothing
+            _lend_trace(call, entry)
         for up, _ in call.pairs:
             new_entry = call.new_entries.get(id(up))
             if new_entry is not None and up.net_buffer_list_chain is not None:
@@ -320,6 +327,9 @@ class PassthroughIm(DriverLayer):
             raise ChimneyProtocolError(f"{self.name}: completion for an unknown IM call entry")
         self.call_entries.discard(call)
         lower_root.im_reserved = None  # the entry points at this block: no cycle left behind
+        if call.lent is not None:
+            for entry, trace in call.lent:
+                entry.handle.trace = trace  # lent for the call only (`_lend_trace`)
         for up, low in call.pairs:
             up.status = low.status
             if call.op == "Terminate":
@@ -613,6 +623,19 @@ class PassthroughIm(DriverLayer):
             "indications": len(self.indications),
             "owed_receives": sum(len(owed) for owed in self.owed_receives.values()),
         }
+
+
+def _lend_trace(call: ImCallEntry, entry: ImOffloadEntry) -> None:
+    """A neighbor's or path's handle has no trace of its own; for a state call on it the layer
+    above may lend one (the host lends the asking connection's for a `tcp.update` of the
+    object). The IM lends it on to its own handle for the call, so the hops below show in
+    that trace too (spec §1.6: the IM relays the call as its own)."""
+    trace = entry.upper.trace
+    if trace is not entry.handle.trace:
+        if call.lent is None:
+            call.lent = []
+        call.lent.append((entry, entry.handle.trace))
+        entry.handle.trace = trace
 
 
 def _nothing_transferred(head: NetBufferList, status: NdisStatus) -> None:

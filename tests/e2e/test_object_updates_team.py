@@ -119,55 +119,29 @@ def test_a_nic_failing_while_a_neighbor_update_runs(spawn_daemon: SpawnDaemon) -
         asyncio.run(run(port))
 
 
-#: deploy/teaming.toml without its filter IM: the host straight over the MUX. A pass-through
-#: IM's entry for an object keeps the trace its upper handle had at the offload (none), so
-#: over filter0 the update's hops stop there.
-TEAM_UNFILTERED = """
-[engine]
-invariants = true
-
-[[layer]]
-name = "tcpip"
-kind = "host"
-lower = ["team0"]
-
-[[layer]]
-name = "team0"
-kind = "mux"
-lower = ["nic0", "nic1", "nic2"]
-policy = "least-loaded"
-
-[[layer]]
-name = "nic0"
-kind = "target"
-
-[[layer]]
-name = "nic1"
-kind = "target"
-
-[[layer]]
-name = "nic2"
-kind = "target"
-"""
-
-
 def test_the_trace_shows_a_neighbor_update_travel_to_every_nic(
     spawn_daemon: SpawnDaemon,
 ) -> None:
-    daemon = spawn_daemon(TEAM_UNFILTERED)
+    daemon = spawn_daemon(TEAMING.read_text())
     with peer_process("echo") as (_, port), daemon.client() as c:
         conns = [c.tcp_connect(HOST, port) for _ in range(3)]
         last = max(h["seq"] for h in c.trace_get(conns[1]))
         update = {"object": "neighbor", "DlDestinationAddress": MAC}
         assert c.call("tcp.update", conns[1], update) == {"status": "NDIS_STATUS_SUCCESS"}
         hops = [(h["layer"], h["call"]) for h in c.trace_get(conns[1]) if h["seq"] > last]
-        # host → NDIS → MUX, then MUX → NDIS → each NIC's copy, and the completions back up
-        assert hops[:2] == [("tcpip", "NdisUpdateOffload"), ("team0", "MiniportUpdateOffload")]
-        nics = [la for la, call in hops if call == "MiniportUpdateOffload" and la != "team0"]
+        # host → NDIS → the filter IM → NDIS → MUX, then MUX → NDIS → each NIC's copy, and
+        # the completions back up: each IM lends the trace on for the call
+        assert hops[:4] == [
+            ("tcpip", "NdisUpdateOffload"),
+            ("filter0", "MiniportUpdateOffload"),
+            ("filter0", "NdisUpdateOffload"),
+            ("team0", "MiniportUpdateOffload"),
+        ], hops
+        nics = [la for la, call in hops if call == "MiniportUpdateOffload" and la.startswith("nic")]
         assert sorted(nics) == ["nic0", "nic1", "nic2"], hops
         assert hops.count(("team0", "NdisUpdateOffload")) == 3, hops
         done = [la for la, call in hops if call == "NdisMUpdateOffloadComplete"]
-        assert sorted(done) == ["nic0", "nic1", "nic2", "team0"], hops
+        assert sorted(done) == ["filter0", "nic0", "nic1", "nic2", "team0"], hops
         assert hops[-1] == ("tcpip", "ProtocolUpdateOffloadComplete"), hops
         for conn in conns:
             info = c.tcp_info(conn)
