@@ -162,7 +162,9 @@ def urgent(
         _hold_ooo_from(c, at)
     if held_from is None:
         events.request_upload(t, c, TcpUploadReason.ReceivedUrgentData)
-    segment(t, c, offset, data, flags)
+    # held from the urgent byte on: the segment is the request's cause, not a segment after
+    # it; the next one stops processing from RcvNxt (`segment`, spec §5.2)
+    _take(t, c, offset, data, flags)
 
 
 def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
@@ -185,9 +187,15 @@ def _stop_processing(c: TcpContext) -> None:
     held from RcvNxt on, as urgent data is, it goes up the ordinary path at the terminate
     (`hand_up_held`) and RcvNxt does not move past it. [EMU] The kernel has acknowledged those
     bytes already and will not send them again, so they are held, not dropped; and the
-    socket is read no more, so what the peer sends until the terminate waits there."""
-    c.urgent_at = c.rx.rcv_nxt
-    _hold_ooo_from(c, c.rx.rcv_nxt)
+    socket is read no more, so what the peer sends until the terminate waits there.
+
+    Urgent data asks with a mandatory reason too (`ReceivedUrgentData`): holding may have
+    begun at the urgent byte, ahead of RcvNxt (a gap before it), without the socket paused;
+    it now begins at RcvNxt, and the socket pauses, as after any other mandatory reason."""
+    at = c.rx.rcv_nxt
+    if c.urgent_at is None or c.urgent_at > at:
+        c.urgent_at = at
+        _hold_ooo_from(c, at)
     if not c.paused:
         c.paused = True
         c.wire.pause_reading()
@@ -241,8 +249,13 @@ def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flag
     fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""
     if c.lifecycle.tcp is TcpState.RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
-    if c.urgent_at is None and c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
-        _stop_processing(c)
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        _stop_processing(c)  # every mandatory reason, urgent data's too (spec §5.2)
+    _take(t, c, offset, data, flags)
+
+
+def _take(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:
+    """A segment the target takes: held from `urgent_at` on, else into the stream."""
     at = c.urgent_at
     if at is not None and (offset + len(data) > at or flags & TH_FIN):
         # from the urgent data on, nothing is delivered through the chimney (spec §5.2)
