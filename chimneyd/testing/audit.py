@@ -31,7 +31,8 @@ from .records import COMPLETION_KIND, MINIPORT_IO_KIND, STATE_REQUEST
 
 S = NdisStatus
 
-#: Completion statuses each I/O kind may carry (spec §4.1, §4.2, §4.5, §4.6 [INF]).
+#: Completion statuses each I/O kind may carry (spec §4.1, §4.2, §4.5, §4.6 [INF]). A send
+#: may carry more (`legal_io_status`): these are the ones the pages name.
 LEGAL_IO_STATUSES: dict[str, frozenset[NdisStatus]] = {
     "send": frozenset(
         {
@@ -57,6 +58,23 @@ LEGAL_IO_STATUSES: dict[str, frozenset[NdisStatus]] = {
         {S.NDIS_STATUS_SUCCESS, S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_ABORTED}
     ),
 }
+
+#: The severity bits of an NDIS status (NTSTATUS layout): 0b11 is an error.
+_SEVERITY_ERROR = 0xC0000000
+
+
+def legal_io_status(kind: str, status: int) -> bool:
+    """Whether an I/O completion of `kind` may carry `status`. For a send the
+    `NdisTcpOffloadSendComplete` page defines SUCCESS (all sent and acknowledged) and lets any
+    other status say the data was not all acknowledged, naming REQUEST_ABORTED and
+    UPLOAD_IN_PROGRESS only as examples (spec §4.1): any error status is legal there (the
+    `fail_next` fault's NDIS_STATUS_FAILURE among them). A status that is no error and not
+    SUCCESS (PENDING, an informational code such as an adapter status) does not say the send
+    ended, and stays illegal."""
+    if status in LEGAL_IO_STATUSES[kind]:
+        return True
+    return kind == "send" and status & _SEVERITY_ERROR == _SEVERITY_ERROR
+
 
 _STATE_REQUESTS = frozenset(STATE_REQUEST.values())
 _INDICATIONS = frozenset({"ProtocolTcpOffloadEvent", "ProtocolTcpOffloadReceiveIndicate"})
@@ -217,7 +235,7 @@ class DeliveryAudit:
                     f"completed (spec §9 item 8)"
                 )
             status = nbl.status
-            if status not in LEGAL_IO_STATUSES[kind]:
+            if not legal_io_status(kind, status):
                 self.violation(
                     f"{where}: {kind} NBL {nbl.id} completed with {S(status).name} (spec §4)"
                 )
