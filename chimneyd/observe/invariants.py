@@ -401,16 +401,14 @@ class InvariantChecker:
                 obj = _stray(upper or lower, lower, handle)
         q = obj.queue(kind)
         records = self.nbls
-        relayed = upper.name if upper is not None and upper.has_miniport_edge else ""
+        # the handle is an IM's own (its binding's upper edge is a miniport too)
+        im = upper if upper is not None and upper.has_miniport_edge else None
         for nbl in nbls:
             i = nbl.id
             rec = records.get(i)
             if rec is None:
-                if relayed:
-                    self.violation(
-                        f"{relayed} passed NBL {i} down to {lower.name} without having been "
-                        "given it: the same NBL must travel every layer (§9 item 9)"
-                    )
+                if im is not None:
+                    self.violation(self._fresh_on_im_handle(im, lower, handle, kind, i))
                 self._n += 1
                 records[i] = [kind, self._n, nbl.data_length, obj]
             else:
@@ -427,6 +425,44 @@ class InvariantChecker:
                     )
                 rec.append(obj)
             q.append(i)
+
+    def _fresh_on_im_handle(
+        self, im: Layer, lower: Layer, handle: NdisOffloadHandle, kind: int, i: int
+    ) -> str:
+        """NBL `i`, never seen before, came down on `im`'s own handle. NBLs are made by the
+        protocol at the top of a connection's stack; an IM relays the ones it is given (§9
+        item 9). The broker does not tell who called, so the checker goes by what `im` holds:
+        an NBL of this kind given to it on the handle above and not passed down yet means it
+        passed another NBL in its place; holding none, it had nothing to relay, and the layer
+        that made the NBL used `im`'s handle instead of its own (§1.5): the one at the top of
+        the handles `im`'s serves, which makes NBLs."""
+        up = self._serves.get(handle.id)
+        above = self.objs.get(up) if up is not None else None
+        if above is not None and above.queues is not None:
+            q = above.queues[kind] or ()
+            if any((rec := self.nbls.get(n)) is not None and rec[-1] is above for n in q):
+                return (
+                    f"{im.name} passed NBL {i} down to {lower.name} without having been given "
+                    "it: the same NBL must travel every layer (§9 item 9)"
+                )
+        user: Layer | None = None
+        hid = up
+        while hid is not None and (obj := self.objs.get(hid)) is not None:
+            user = obj.layer
+            if not user.has_miniport_edge:
+                break
+            hid = self._serves.get(hid)
+        if user is None or user.has_miniport_edge:
+            return (
+                f"NBL {i} came down to {lower.name} on {im.name}'s handle {handle.id}, never "
+                f"given to {im.name}, which held nothing to relay: a layer above used "
+                f"{im.name}'s handle, not its own (§1.5, §9 item 9)"
+            )
+        return (
+            f"{user.name} posted NBL {i} to {lower.name} on {im.name}'s handle {handle.id}, "
+            f"not its own: a layer posts I/O only on the handles it offloaded with (§1.5, "
+            "§9 item 9)"
+        )
 
     def _io_off_phase(
         self,
