@@ -449,9 +449,12 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     conn_arg(p)
     p = cmd(
         "update",
-        "new cached TCP variables (tcp.update: NdisUpdateOffload)",
+        "new cached TCP, neighbor or path variables (tcp.update: NdisUpdateOffload)",
         "Hand the offload target new cached TCP variables, e.g. "
-        "`update c RcvIndicationSize=512 KaTimeout=7200000`.",
+        "`update c RcvIndicationSize=512 KaTimeout=7200000`; or those of the connection's "
+        "neighbor or path, shared with every connection on it: "
+        "`update c object=neighbor DlDestinationAddress=02:00:00:00:00:2a`, "
+        "`update c object=path PathMtu=1400` (`info c` then shows each layer's copy).",
     )
     conn_arg(p)
     p.add_argument("keys", nargs="+", type=_key_value, metavar="key=value", help="variables")
@@ -956,6 +959,27 @@ def _handle_rows(handles: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _object_rows(objects: Any) -> list[tuple[str, str]]:
+    """`objects` of tcp.info (after a neighbor or path update) as one row per layer:
+    `objects.nic0  neighbor DlDestinationAddress=02:00:00:00:00:2a HostReachabilityDelta=0;
+    path PathMtu=1400`."""
+    if not isinstance(objects, dict):
+        return [] if _empty(objects) else [("objects", fmt(objects))]
+    rows = []
+    for layer, held in objects.items():
+        if isinstance(held, dict):
+            text = "; ".join(
+                f"{name} " + " ".join(f"{k}={fmt(v)}" for k, v in values.items())
+                if isinstance(values, dict)
+                else f"{name} {fmt(values)}"
+                for name, values in held.items()
+            )
+        else:
+            text = fmt(held)
+        rows.append((f"objects.{layer}", text))
+    return rows
+
+
 def _conn_info(s: Session, a: argparse.Namespace) -> Any:
     r = s.client.tcp_info(a.id)
     live: dict[str, Any] | None = None
@@ -975,6 +999,9 @@ def _conn_info(s: Session, a: argparse.Namespace) -> Any:
             continue
         if key == "handles":
             for row in _handle_rows(value):
+                t.add_row(*row)
+        elif key == "objects":
+            for row in _object_rows(value):
                 t.add_row(*row)
         elif key == "path" and isinstance(value, list):
             t.add_row(key, " → ".join(map(str, value)))
@@ -1199,8 +1226,13 @@ def _query(s: Session, a: argparse.Namespace) -> Any:
 
 
 def _update(s: Session, a: argparse.Namespace) -> Any:
-    r = s.client.call("tcp.update", a.id, dict(a.keys))
-    s.out.line(f"conn {a.id}: updated {' '.join(k for k, _ in a.keys)}: {fmt(r)}")
+    changes = dict(a.keys)
+    r = s.client.call("tcp.update", a.id, changes)
+    # `object=neighbor` / `object=path` says whose variables they are, it is not one of them
+    what = changes.get("object")
+    names = " ".join(k for k, _ in a.keys if k != "object")
+    label = f"{what} " if isinstance(what, str) and what != "tcp" else ""
+    s.out.line(f"conn {a.id}: updated {label}{names}: {fmt(r)}")
     return r
 
 
