@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from bench.common import percentile
-from bench.peers import SINK_HEADER, check_sink_reply, sink_payloads
+from bench.peers import SINK_END, SINK_HEADER, check_sink_end, check_sink_reply, sink_payloads
 
 HOPS = 4  # hand-offs per message in every hop benchmark (a send through 1 IM makes 4 broker hops)
 BURST = 64
@@ -39,6 +39,7 @@ class _Sender(asyncio.Protocol):
         self.paused = False
         self.reply = b""
         self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.ended: asyncio.Future[None] | None = None  # the sink's answer to SINK_END (`end`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -70,19 +71,37 @@ class _Sender(asyncio.Protocol):
         self.paused = False
         self._pump()
 
+    def end(self) -> asyncio.Future[None]:
+        """Write SINK_END (after the sink confirmed the stream); done when the sink answered it
+        (the second answer, after `reply`'s first)."""
+        self.ended = asyncio.get_running_loop().create_future()
+        self.transport.write(SINK_END)
+        self._answered()
+        return self.ended
+
     def data_received(self, data: bytes) -> None:
         self.reply += data
+        self._answered()
+
+    def _answered(self) -> None:
         if len(self.reply) >= 1 + SINK_HEADER.size and not self.done.done():
             self.done.set_result(time.perf_counter() - self.t0)
+        ended = self.ended
+        answers = len(self.reply) // (1 + SINK_HEADER.size)
+        if ended is not None and answers >= 2 and not ended.done():
+            ended.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(ConnectionError(f"sink went away: {exc}"))
+        gone = ConnectionError(f"sink went away: {exc}")
+        for fut in (self.done, self.ended):
+            if fut is not None and not fut.done():
+                fut.set_exception(gone)
 
 
 async def raw_send(port: int, total: int) -> float:
     """Seconds to move `total` bytes to the sink on `port` until the sink confirms them, every
-    byte right (RuntimeError otherwise)."""
+    byte right and none after them (RuntimeError otherwise: the stream ends with SINK_END, after
+    the clock stopped)."""
     loop = asyncio.get_running_loop()
     payloads = sink_payloads()
     transport, proto = await loop.create_connection(
@@ -91,9 +110,11 @@ async def raw_send(port: int, total: int) -> float:
     try:
         proto.start()
         seconds = await asyncio.wait_for(proto.done, 60.0)
+        check_sink_reply(proto.reply, total)  # a wrong byte: the sink answers nothing more
+        await asyncio.wait_for(proto.end(), 10.0)
     finally:
         transport.close()
-    check_sink_reply(proto.reply, total)
+    check_sink_end(proto.reply[1 + SINK_HEADER.size :], total)
     return seconds
 
 

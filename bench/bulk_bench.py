@@ -8,7 +8,8 @@ same sink. Every repeat runs raw and 1 IM with both processes on one core, then 
 raw on each placement (the one-core figure is judged), and n IMs / 0 IMs (the IM curve).
 Both senders write the sink's seeded pattern (bench.peers.sink_payloads) and the sink checks
 every byte as it reads: a wrong, lost, doubled or reordered byte fails the run, as does a count
-other than the bytes sent (bench.peers.check_sink_reply).
+other than the bytes sent (bench.peers.check_sink_reply) or a byte after them (the stream ends
+with bench.peers.SINK_END, off the clock).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.baselines import raw_send
 from bench.common import MIB, PAYLOAD, Section, child, cpus, mbps, percentile, placed, ports_of
 from bench.context import Ctx
 from bench.judge import interleaved
-from bench.peers import SINK_HEADER, check_sink_reply, sink_payloads
+from bench.peers import SINK_END, SINK_HEADER, check_sink_end, check_sink_reply, sink_payloads
 from chimneyd.config import EngineConfig, LayerConfig
 from chimneyd.engine import start_engine
 
@@ -126,6 +127,10 @@ async def bulk_through(
         elapsed = time.perf_counter() - t0
         after = engine.stats()["engine"]["messages"]
         messages = sum(after[k] - before.get(k, 0) for k in after)
+        # the end (off the clock): a byte after the confirmed count spoils it (bench/peers.py)
+        for conn in ids:
+            await engine.send(conn, SINK_END)
+            check_sink_end(await engine.recv(conn, 1 + SINK_HEADER.size, 10.0, True), per_conn)
         for conn in ids:
             await engine.close(conn)
         return {

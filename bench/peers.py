@@ -12,8 +12,13 @@ sink protocol: the first 8 bytes of a connection are the big-endian byte count t
 sender so knows the bytes reached the peer process, not just a kernel buffer. The bytes after
 the header must be the sink pattern (`sink_payloads()` in turn, the last one possibly cut
 short), checked as they arrive: at the first wrong byte the sink answers `X` + its offset in the
-stream (header included) at once and ignores the rest of the connection. `check_sink_reply`
-turns an answer into an error, so a lost, doubled, reordered or made-up byte fails the run.
+stream (header included) at once and ignores the rest of the connection; a header no message
+can have (shorter than itself, or past SINK_MAX_MESSAGE) is a wrong byte at offset 0. A sender
+ends with SINK_END, an empty message, once the sink confirmed its stream, and checks that the
+sink confirms that too (`check_sink_end`): a byte after the confirmed count (a send repeated
+once it had completed, a byte made up at the end) reaches the sink after its `D`, where it spoils
+the end's header. `check_sink_reply` turns an answer into an error, so a lost, doubled,
+reordered or made-up byte fails the run.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ CONNS_PER_PORT = 5000  # perf-notes: past ~14k per listening port Linux's port s
 SINK_PERIOD_SENDS = 16
 SINK_READ = 256 * 1024  # the sink's read buffer
 _SINK_SEED = 0x53494E4B  # fixed: the sender and the sink are different processes
+#: no message to the sink is this long (a run moves some hundreds of MiB): a header past it is
+#: bytes that are no header, such as the tail of a stream repeated after its confirmation
+SINK_MAX_MESSAGE = 1 << 40
+#: what a sender writes once the sink confirmed its stream: an empty message, confirmed as
+#: `D` + itself only if no byte came between the stream's end and it (`check_sink_end`)
+SINK_END = SINK_HEADER.pack(SINK_HEADER.size)
 
 
 @cache
@@ -67,6 +78,16 @@ def check_sink_reply(reply: bytes, sent: int) -> None:
         raise RuntimeError(f"the sink answered {reply!r}")
     if count != sent:
         raise RuntimeError(f"the sink counted {count} bytes, {sent} were sent")
+
+
+def check_sink_end(reply: bytes, sent: int) -> None:
+    """Raise unless `reply` is the sink's confirmation of SINK_END, written after a stream of
+    `sent` bytes it confirmed: anything else means bytes came after those `sent`."""
+    if reply[:1] != b"D" or reply[1 : 1 + SINK_HEADER.size] != SINK_END:
+        raise RuntimeError(
+            f"the sink got bytes after the {sent} it confirmed: it answered the end with "
+            f"{reply[: 1 + SINK_HEADER.size]!r}"
+        )
 
 
 class Sink(asyncio.BufferedProtocol):
@@ -100,6 +121,12 @@ class Sink(asyncio.BufferedProtocol):
             self.header += self.view[:start]
             if len(self.header) == SINK_HEADER.size:
                 (self.expected,) = SINK_HEADER.unpack(self.header)
+                if not SINK_HEADER.size <= self.expected <= SINK_MAX_MESSAGE:
+                    # no message has this header: the bytes are something else (a repeated
+                    # tail of the previous one, say), wrong from the first
+                    self.failed = True
+                    self.transport.write(b"X" + SINK_HEADER.pack(0))
+                    return
         if start < nbytes:
             at = self.received + start - SINK_HEADER.size  # offset in the payload stream
             data = self.view[start:nbytes]
