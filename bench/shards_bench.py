@@ -102,7 +102,9 @@ class LoadSide:
 
     def problems(self, windows: list[EchoResult]) -> list[str]:
         out: list[str] = []
-        setups = [*(o["setup"] for o in self.opened), *self.closed]
+        # one tally per process (its EmulatedSide.setup): what `close` answered holds what
+        # `open` did too, so it stands for both once the process closed
+        setups = self.closed or [o["setup"] for o in self.opened]
         ints = sum(s["integrity_errors"] for s in setups) + sum(r.integrity_errors for r in windows)
         errs = sum(s["errors"] for s in setups) + sum(r.errors for r in windows)
         want = self.n * len(self.procs)
@@ -113,6 +115,17 @@ class LoadSide:
             out.append(
                 f"{ints} integrity errors, {errs} errors, {ran}/{want} conns ran: {examples[:5]}"
             )
+        # every client of a load process on its shard (`on_shard` dialled until so): one
+        # elsewhere loads a shard twice and another not at all, and the figure would not say
+        for o in self.opened:
+            on = [*o["ping_clients_on"], *o["echo_clients_on"]]
+            off = sorted({k for k in on if k != o["shard"]})
+            if off or not on:
+                out.append(
+                    f"the load process for shard {o['shard']} has clients on shard "
+                    f"{', '.join(map(str, off)) or 'none'}: ping {o['ping_clients_on']}, "
+                    f"echo {o['echo_clients_on']}"
+                )
         offloaded = sum(o["setup"]["offloaded"] or 0 for o in self.opened)
         if offloaded != want:
             out.append(f"{offloaded}/{want} connections offloaded")
