@@ -166,18 +166,29 @@ class Supervisor:
         return await self.stop_all()
 
     async def _all_ready(self) -> bool:
-        """Every shard listening (True), or one that exited or hung on the way (False)."""
+        """Every shard listening (True), or one that exited or hung on the way (False). Time the
+        supervisor was held up (a Ctrl-Z of the group, a loaded machine) does not count, as in
+        `_watch`: the wait goes in steps of `WATCH_INTERVAL_S`, and a step that ended more than
+        `LATE_S` late moves the deadline by as much (the shards were most likely held up too)."""
         deadline = self.loop.time() + self.start_timeout
         for shard in self.shards:
             ready = asyncio.ensure_future(shard.ready.wait())
             exited = asyncio.ensure_future(shard.exited.wait())
             stopped = asyncio.ensure_future(self.stop.wait())
-            left = max(0.0, deadline - self.loop.time())
-            await asyncio.wait(
-                {ready, exited, stopped}, timeout=left, return_when="FIRST_COMPLETED"
-            )
-            for fut in (ready, exited, stopped):
-                fut.cancel()
+            waits = {ready, exited, stopped}
+            try:
+                while not any(fut.done() for fut in waits):
+                    now = self.loop.time()
+                    if now >= deadline:
+                        break
+                    step = min(WATCH_INTERVAL_S, deadline - now)
+                    await asyncio.wait(waits, timeout=step, return_when="FIRST_COMPLETED")
+                    late = self.loop.time() - now - step
+                    if late > LATE_S:
+                        deadline += late
+            finally:
+                for fut in waits:
+                    fut.cancel()
             if not shard.ready.is_set():
                 return False
         return True
