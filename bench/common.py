@@ -290,9 +290,18 @@ class Child:
                 return text[len(prefix) :].strip()
 
     def send(self, text: str) -> None:
+        """One line to the child's stdin; a child that has ended (its stdin closed) fails the
+        run naming it, how it ended and its stderr, not as a bare BrokenPipeError."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(text + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as exc:  # ValueError: stdin already closed
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=1.0)  # it is ending: say how
+            raise RuntimeError(
+                f"{' '.join(self.argv[1:])}: cannot be told {text!r} ({self.state()})"
+            ) from exc
 
     def ask(self, text: str, prefix: str, timeout: float = CHILD_LINE_TIMEOUT_S) -> str:
         self.send(text)
