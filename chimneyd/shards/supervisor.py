@@ -111,6 +111,9 @@ class Shard:
     # ended and the loop has not read yet (`Supervisor._drain`)
     peek: socket.socket | None = None
     hung: str = ""  # why the supervisor killed this process as hung (`Supervisor._hung`)
+    # a process of this shard has listened: said `ready`, read while it ran or from what its
+    # channel held when it ended (`Supervisor._drain`); never cleared
+    listened: bool = False
     dropped: int = 0  # events not forwarded to it since its channel filled up
 
 
@@ -189,7 +192,9 @@ class Supervisor:
             finally:
                 for fut in waits:
                     fut.cancel()
-            if not shard.ready.is_set():
+            # one that listened and ended meanwhile is being restarted (`_on_exit`), as it would
+            # be had the loop read its `ready` before it noticed its end
+            if not (shard.ready.is_set() or shard.listened):
                 return False
         return True
 
@@ -384,7 +389,7 @@ class Supervisor:
         }
         if shard.hung:
             died["hung"] = shard.hung
-        if not shard.ready.is_set() and shard.gen < self.count:
+        if not shard.listened and shard.gen < self.count:
             # it never listened at start-up: the daemon gives up (run() sees `exited`)
             log.error("shard_died", **died, then="daemon_stops")
             return
@@ -438,10 +443,15 @@ class Supervisor:
         elif method in ("ready", "watch") and (gen != shard.gen or shard.state == "down"):
             # read from the channel of a process that has ended (`_drain` hands on what it
             # left unread, for its last counts): it says nothing about the shard's next
-            # process, which must not look running, ready or watched before that one says so
+            # process, which must not look running, ready or watched before that one says so;
+            # but that process did listen: at start-up it is restarted, not taken for one that
+            # never started (`_on_exit`), whichever the loop noticed first
+            if method == "ready":
+                shard.listened = True
             log.info("shard_stale_notification", shard=index, gen=gen, method=method)
         elif method == "ready":
             shard.state = "running"
+            shard.listened = True
             shard.info = dict(params[0]) if params else {}
             first = not shard.ready.is_set()
             shard.ready.set()
