@@ -641,6 +641,13 @@ class ClientCodec(Generic[T]):
                 del self._hands[conn]
         return conn
 
+    def _held(self, conn: int) -> bool:
+        """Whether the answer of a read of `conn` is in its caller's hands (`_in_hand`; those
+        answered and not yet taken are marked so first)."""
+        if self._reads:
+            self._hold_answered(-1, (conn,))
+        return bool(self._hands) and conn in self._hands
+
     def _reading(self, conn: int) -> bool:
         """Whether a read of `conn` is on its way: sent and not answered (one answered took
         what was kept before its answer, when it was decoded)."""
@@ -671,6 +678,12 @@ class ClientCodec(Generic[T]):
                     return
                 for msgid in self._by_conn.get(read.conn, ()):
                     if msgid in self._riding:
+                        if (err is not None or result == b"") and self._held(read.conn):
+                            # a read of it answered earlier is in its caller's hands (its
+                            # bytes may come back, `late`): the end (a reset) waits behind
+                            # them, as a sent read's answer does (`_parked`, `_serve`)
+                            self._parked[msgid] = err if err is not None else b""
+                            return
                         self._answer_rider(msgid, err, None if err is not None else result)
                         return
             self.dropped_responses += 1

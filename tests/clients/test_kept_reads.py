@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from typing import Any
 
 import pytest
 
@@ -178,3 +179,31 @@ def test_a_timed_abandoned_reads_timeout_is_not_the_answer_of_a_read_riding() ->
     (reply,) = replies_in(codec, response(untimed, b"x"))
     assert (reply.token, reply.error, reply.result) == ("rider", None, b"x")
     codec.forget(rider)
+
+
+@pytest.mark.parametrize("end", [b"", RESET], ids=["end of stream", "reset"])
+def test_a_read_riding_does_not_get_the_end_before_bytes_still_in_a_callers_hands(
+    end: bytes | list[Any],
+) -> None:
+    """Read `h` is answered "ab" and its caller has not run yet (it may be cancelled and give
+    "ab" back, `late`); another task's read with no timeout is sent, then abandoned; the next
+    read rides on it (`_ride`). The abandoned read gets the peer's FIN (or a reset): the
+    reader riding must get it after "ab", as a read the daemon answers meanwhile waits behind
+    `h` (parked), not at once (docs/rpc.md tcp.recv: the end of stream, or the reset, comes
+    after the last byte; a caller stops reading there and would lose "ab")."""
+    codec: ClientCodec[str] = ClientCodec()
+    h, _ = codec.request("tcp.recv", (1, 100), "h")
+    (reply_h,) = replies_in(codec, response(h, b"ab"))
+    gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
+    codec.forget(gone)
+    rider, data = codec.request("tcp.recv", (1, 100), "rider")
+    assert not data  # rides on the abandoned read
+    frame = response(gone, b"") if end == b"" else response(gone, None, end)
+    assert replies_in(codec, frame) == [], "the end handed out while 'ab' may come back"
+    codec.late(reply_h)  # h's caller was cancelled before it ran again: "ab" goes back
+    codec.forget(h)
+    taken = [(r.token, r.error, r.result) for r in codec.take_ready()]
+    assert taken == [("rider", None, b"ab")], taken
+    codec.forget(rider)
+    after = codec.before_read((1, 100))
+    assert after is None  # the end is the daemon's to tell again: the next read is sent
