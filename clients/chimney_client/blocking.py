@@ -206,8 +206,11 @@ class Client:
                 try:
                     if data:  # nothing: a read served by an abandoned read in the daemon
                         self._send(data, deadline, method, limit)
-                except CallTimeout:
-                    # not written (or the connection is gone): no answer will come for it
+                except BaseException:
+                    # not written (CallTimeout; Ctrl-C while the daemon did not read; part of
+                    # it written: the connection is gone): no answer will come for it. Not
+                    # forgotten as an abandoned call, or the next read (accept) with no
+                    # timeout would ride on it and wait for ever (`ClientCodec._ride`)
                     self._codec.withdraw(msgid)
                     raise
                 while slot.reply is None:

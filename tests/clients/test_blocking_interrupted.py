@@ -14,6 +14,7 @@ import msgpack
 import pytest
 
 from chimney_client.blocking import Client
+from tests.clients.scripted import HANG, run_in_thread
 
 
 def _answer(msgid: int, result: Any) -> bytes:
@@ -65,3 +66,54 @@ def test_a_connection_an_interrupted_accept_got_goes_to_the_next_accept(
     with pytest.raises(KeyboardInterrupt):
         client.tcp_accept(3)
     assert client.tcp_accept(3) == 17
+
+
+class _SendInterrupted:
+    """The client's socket, whose first `send` is interrupted (Ctrl-C while the daemon does
+    not read: the send blocks, the signal lands) before it wrote a byte."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.interrupted = False
+
+    def send(self, data: bytes | memoryview) -> int:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.sock.send(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "result"), [("tcp.recv", (1, 100), b"x"), ("tcp.accept", (3,), 9)]
+)
+def test_a_call_interrupted_before_it_was_written_is_not_waited_for(
+    method: str, params: tuple[Any, ...], result: Any
+) -> None:
+    """A `tcp.recv` (`tcp.accept`) with no timeout interrupted before a byte of it was
+    written never reached the daemon: no answer comes for it. The next one must be sent, not
+    ride on it (`ClientCodec._ride`: an abandoned read with no timeout is taken as waiting in
+    the daemon), where it would wait for ever for an answer that never comes."""
+    ours, theirs = socket.socketpair()
+    try:
+        client = Client(ours, "test")
+        client._sock = _SendInterrupted(ours)  # type: ignore[assignment]
+        with pytest.raises(KeyboardInterrupt):
+            client.call(method, *params)
+        thread, out = run_in_thread(lambda: client.call(method, *params))
+        theirs.settimeout(HANG)
+        try:
+            request = msgpack.unpackb(theirs.recv(1000), raw=False)
+        except TimeoutError:
+            client.close()  # the call waiting for ever raises ConnectionLost
+            thread.join(HANG)
+            pytest.fail(f"the next {method} was not sent: it waits for one never written")
+        assert request[2:] == [method, list(params)]
+        theirs.sendall(_answer(request[1], result))
+        thread.join(HANG)
+        assert out == [result]
+    finally:
+        ours.close()
+        theirs.close()
