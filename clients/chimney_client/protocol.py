@@ -186,6 +186,8 @@ class ClientCodec(Generic[T]):
     ) -> tuple[int, bytes]:
         """Register a call and return its msgid and the bytes to write."""
         msgid = self._allocate_id()
+        if method in _ID_METHODS:
+            params = _plain(params)
         if method == "tcp.recv" and _valid_read(params):
             # a read the daemon refuses (INVALID_PARAMS) is a plain call: it takes nothing
             # kept, rides on nothing, and what is kept is not handed to it
@@ -331,6 +333,7 @@ class ClientCodec(Generic[T]):
     def kept_answer(self, method: str, params: list[Any] | tuple[Any, ...]) -> Any:
         """The answer of a `tcp.recv` or `tcp.accept` with `params` from what abandoned ones
         got, without asking the daemon; None when it must be asked."""
+        params = _plain(params)
         if method == "tcp.recv":
             return self.before_read(params)
         if method == "tcp.accept" and self._accepted and _valid_accept(params):
@@ -374,6 +377,7 @@ class ClientCodec(Generic[T]):
         of it on its way, which was asked first, or a waitall read they do not cover)."""
         if not self._kept:
             return None  # the common case: nothing kept anywhere
+        params = _plain(params)
         if not _valid_read(params):
             return None  # the daemon answers it INVALID_PARAMS; what is kept stays
         read = _Read.of(params)
@@ -868,6 +872,35 @@ MAX_RECV = 8 * 1024 * 1024
 MAX_ID = 1 << 62
 
 
+#: Methods whose params `ClientCodec` reads (ids, sizes, timeouts), as `_plain` makes them.
+_ID_METHODS = frozenset({"tcp.recv", "tcp.accept", "tcp.close", "tcp.listener_info"})
+#: Param types msgpack sends as they are (a subclass of int or float goes as a plain one)
+_WIRE_TYPES = frozenset({int, float, bool, type(None), str, bytes, dict, list})
+
+
+def _plain(params: list[Any] | tuple[Any, ...]) -> list[Any] | tuple[Any, ...]:
+    """`params` as the daemon decodes them: an int or float subclass (an IntEnum id, a
+    numpy.float64 timeout) is sent by msgpack as a plain int (float), which chimneyd takes
+    (chimneyd/rpc/params.py checks the types it decodes); checked by their type here, a call
+    the daemon takes would be taken as one it refuses, and skip what is kept for it."""
+    for value in params:
+        if type(value) not in _WIRE_TYPES:
+            break
+    else:
+        return params  # the common case: nothing to change, nothing copied
+    return [_plain_value(value) for value in params]
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value  # bool cannot be subclassed; msgpack sends true/false
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    return value
+
+
 def _valid_timeout(value: Any) -> bool:
     """A `timeout_ms` the daemon takes: nil, or a number of milliseconds from 0 to an hour
     (not a bool: msgpack's true is no number there)."""
@@ -1055,7 +1088,7 @@ def server_wait(
             return ServerWait(params, limit, False)
         sent = [*params[:index], ms, *params[index + 1 :]]
         return ServerWait(sent, ms / 1000 + SERVER_WAIT_MARGIN, True)
-    if type(given) in (int, float):
+    if isinstance(given, int | float) and not isinstance(given, bool):
         return ServerWait(params, max(limit, given / 1000 + SERVER_WAIT_MARGIN), False)
     return ServerWait(params, limit, False)
 

@@ -5,6 +5,7 @@ kept bytes or connection, which stay for the next call that asks right."""
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -74,3 +75,56 @@ def test_an_accept_the_daemon_refuses_gets_no_kept_connection(params: tuple[Any,
     assert replies_in(codec, response(gone, 17)) == []
     assert codec.kept_answer("tcp.accept", params) is None
     assert codec.kept_answer("tcp.accept", (3,)) == 17
+
+
+class _Id(enum.IntEnum):
+    """Ids as a program may name them: msgpack sends an int subclass as a plain int."""
+
+    CONN = 1
+    LISTENER = 3
+
+
+class _Ms(float):
+    """A float subclass (numpy.float64 is one): msgpack sends it as a plain float."""
+
+
+#: params the daemon takes (what msgpack sends of them is plain ints and floats)
+GOOD_READS: list[tuple[Any, ...]] = [
+    (_Id.CONN, 100),
+    (1, _Id.LISTENER),  # max_bytes 3, an int
+    (1, 100, _Ms(500.0)),
+    (1, 100, None, {"waitall": False}),
+]
+
+
+@pytest.mark.parametrize("params", GOOD_READS)
+def test_a_read_the_daemon_takes_gets_the_kept_bytes_whatever_int_or_float_type_it_has(
+    params: tuple[Any, ...],
+) -> None:
+    """chimneyd checks the params it decodes (chimneyd/rpc/params.py `pos_int`, `timeout_s`:
+    plain ints and floats); a subclass of int or float is sent as one. A read it takes must
+    get what is kept ahead of the bytes it would get, or they come out of order."""
+    codec = _kept_read()
+    assert codec.kept_answer("tcp.recv", params) == b"kept"[: params[1]]
+
+
+@pytest.mark.parametrize("params", [(_Id.LISTENER,), (3, _Ms(500.0))])
+def test_an_accept_the_daemon_takes_gets_the_kept_connection_whatever_int_type_it_has(
+    params: tuple[Any, ...],
+) -> None:
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.accept", (3,), "cancelled")
+    codec.forget(gone)
+    assert replies_in(codec, response(gone, 17)) == []
+    assert codec.kept_answer("tcp.accept", params) == 17
+
+
+def test_a_close_of_a_connection_named_by_an_int_subclass_drops_what_is_kept() -> None:
+    """tcp.close of `_Id.CONN` (sent as 1) answered true: what is kept for connection 1 is
+    dropped (ids are never reused: kept for the client's life otherwise)."""
+    codec = _kept_read()
+    close, _ = codec.request("tcp.close", (_Id.CONN,), "close")
+    assert [r.result for r in replies_in(codec, response(close, True))] == [True]
+    codec.forget(close)
+    assert codec.kept_answer("tcp.recv", (1, 100)) is None
+    assert codec._kept == {}
