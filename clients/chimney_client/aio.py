@@ -489,6 +489,13 @@ class AsyncClient:
                 if result is not None and inspect.isawaitable(result):
                     try:
                         await result
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is None or task.cancelling():
+                            raise  # this task is cancelled (`wait_closed`)
+                        # the handler's own (it awaited something cancelled): a failure of
+                        # the handler, not the end of what waits behind it
+                        log.exception("chimney_client_notification_handler_failed: %s", method)
                     except Exception:
                         log.exception("chimney_client_notification_handler_failed: %s", method)
                 if not sub.waiting or not sub.active:

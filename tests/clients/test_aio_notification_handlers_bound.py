@@ -79,3 +79,37 @@ async def test_what_waits_for_a_coroutine_handler_is_bounded() -> None:
             assert seen == [0, *range(FLOOD - 100, FLOOD)]
     finally:
         srv.close()
+
+
+async def test_a_handler_that_raises_cancelled_error_does_not_hold_back_the_next() -> None:
+    """A coroutine handler that raises CancelledError of its own (it awaited something another
+    task cancelled) while the task running it is not cancelled: a handler's failure, logged,
+    and the notifications that waited behind it are handled next, in order. Not the end of
+    the subscription's task leaving them waiting until another notification comes, and then
+    handled after it."""
+    srv = await scripted_server(_flooding)
+    try:
+        async with await AsyncClient.connect(address(srv)) as c:
+            seen: list[int] = []
+            done = asyncio.Event()
+            cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+
+            async def handler(params: list[Any]) -> None:
+                seen.append(params[0])
+                if params[0] == 0:
+                    await cancelled  # raises CancelledError
+                if params[0] == 2:
+                    done.set()
+
+            c.on_notification("tick", handler)
+            assert await asyncio.wait_for(c.call("flood", 3), HANG) is True
+            try:
+                await asyncio.wait_for(done.wait(), HANG)
+            except TimeoutError:
+                raise AssertionError(
+                    f"ticks waiting behind the failed one not handled: {seen}"
+                ) from None
+            assert seen == [0, 1, 2]
+    finally:
+        srv.close()
