@@ -252,6 +252,7 @@ class ClientCodec(Generic[T]):
         asked = self._drop_read(msgid)
         if self._parked and msgid in self._parked:
             del self._parked[msgid]  # answered already: its bytes are kept
+            self._riding.discard(msgid)  # a read riding, parked (`_orphan_answered`)
         elif self._riding and msgid in self._riding:
             self._riding.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and asked is not None:

@@ -207,3 +207,21 @@ def test_a_read_riding_does_not_get_the_end_before_bytes_still_in_a_callers_hand
     codec.forget(rider)
     after = codec.before_read((1, 100))
     assert after is None  # the end is the daemon's to tell again: the next read is sent
+
+
+def test_a_read_riding_given_up_on_while_its_end_waits_is_forgotten() -> None:
+    """As above, the reader riding gives up while its end of stream waits behind "ab" (its
+    own timeout): nothing of it stays in the codec (a client giving up on many reads so
+    would grow without end)."""
+    codec: ClientCodec[str] = ClientCodec()
+    h, _ = codec.request("tcp.recv", (1, 100), "h")
+    (reply_h,) = replies_in(codec, response(h, b"ab"))
+    gone, _ = codec.request("tcp.recv", (1, 100), "cancelled")
+    codec.forget(gone)
+    rider, _ = codec.request("tcp.recv", (1, 100), "rider")
+    assert replies_in(codec, response(gone, b"")) == []
+    codec.forget(rider)  # gives up
+    codec.forget(h)  # h's caller takes "ab"
+    assert reply_h.result == b"ab"
+    assert codec.take_ready() == []
+    assert not codec._riding and not codec._parked and not codec._reads
