@@ -20,6 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from chimney_client.protocol import ClientCodec, Reply
 from tests.clients.scripted import RECV_TIMEOUT, response
 
+LIMIT = [6, "LIMIT: more than 256 requests in flight"]
+
 LISTENER = 3
 
 
@@ -36,6 +38,7 @@ class KeptAccepts(RuleBasedStateMachine):
         self.answered: deque[Reply[int]] = deque()  # woken, not yet run again
         self.taken: list[int] = []
         self.riders: set[int] = set()  # msgids of accepts not sent (riding)
+        self.closed: list[int] = []  # connections the client closed (tcp.close answered true)
         self.log: list[str] = []
 
     def _deliver(self, events: list[Any]) -> None:
@@ -67,6 +70,7 @@ class KeptAccepts(RuleBasedStateMachine):
         kept = self.codec.kept_answer("tcp.accept", params)
         if kept is not None:
             self.log.append(f"  kept {kept}")
+            assert kept not in self.closed, (kept, self.log)
             self.taken.append(kept)
             return
         caller = self.next_caller
@@ -116,12 +120,74 @@ class KeptAccepts(RuleBasedStateMachine):
             if reply.error is None:
                 self.codec.late(reply)
         elif reply.error is None:
+            assert reply.result not in self.closed, (reply.result, self.log)
             self.taken.append(reply.result)
         else:
-            # only an accept sent with a timeout_ms gets a TIMEOUT (a rider never does)
-            assert reply.msgid not in self.riders, (reply, self.log)
+            # only an accept sent with a timeout_ms gets a TIMEOUT (a rider never does); a
+            # rider may get the refusal (LIMIT) of an accept with no timeout it rode on
+            assert reply.msgid not in self.riders or "LIMIT" in str(reply.error), (
+                reply,
+                self.log,
+            )
         self.codec.forget(reply.msgid)
         self._deliver(list(self.codec.take_ready()))
+
+    @rule(timed=st.booleans(), give_up=st.booleans())
+    def refused_accept(self, timed: bool, give_up: bool) -> None:
+        """An accept the daemon refuses at once (LIMIT: the client's connections, or requests
+        in flight), maybe given up on before the refusal is read."""
+        params: list[Any] = [LISTENER, 1000] if timed else [LISTENER]
+        self.log.append(f"refused accept timed={timed} give_up={give_up}")
+        if (kept := self.codec.kept_answer("tcp.accept", params)) is not None:
+            self.taken.append(kept)  # a kept connection answers it: the daemon is not asked
+            return
+        caller = self.next_caller
+        self.next_caller += 1
+        msgid, data = self.codec.request("tcp.accept", params, caller)
+        self.waiting[caller] = msgid
+        if not data:
+            self.riders.add(msgid)
+            self.log.append(f"  riding msgid={msgid}")
+            return  # rides on an accept waiting in the daemon: no refusal comes for it
+        if give_up:
+            self.give_up_msgid(msgid)
+        self._deliver(list(self.codec.receive(response(msgid, None, LIMIT))))
+
+    def give_up_msgid(self, msgid: int) -> None:
+        for caller, waited in list(self.waiting.items()):
+            if waited == msgid:
+                del self.waiting[caller]
+                self.codec.forget(msgid)
+                self._deliver(list(self.codec.take_ready()))
+
+    @rule(index=st.integers(0, 10))
+    def close_connection(self, index: int) -> None:
+        """tcp.close of a connection the daemon handed to an accept (one kept by the client
+        too: `tcp.list` names it): it is no longer handed out."""
+        kept = list(self.codec._accepted.get(LISTENER, ()))
+        # taken or kept (a caller woken with one has not run yet: nobody knows it yet)
+        open_ = [c for c in self.taken + kept if c not in self.closed]
+        if not open_:
+            return
+        conn = open_[index % len(open_)]
+        self.log.append(f"close {conn}")
+        msgid, _ = self.codec.request("tcp.close", [conn], -1)
+        self._deliver(list(self.codec.receive(response(msgid, True))))
+        self.codec.forget(msgid)
+        self.closed.append(conn)
+
+    @rule()
+    def listener_info(self) -> None:
+        """`pending`: the connections the next accepts get without waiting, the daemon's
+        backlog and those the client keeps."""
+        msgid, _ = self.codec.request("tcp.listener_info", [LISTENER], -2)
+        info = {"host": "127.0.0.1", "port": 1, "pending": len(self.backlog)}
+        (reply,) = [e for e in self.codec.receive(response(msgid, info)) if isinstance(e, Reply)]
+        self.codec.forget(msgid)
+        available = len(self.backlog) + len(self.codec._accepted.get(LISTENER, ()))
+        assert reply.result["pending"] == available, (reply.result, available, self.log)
+        kept = [c for c in self.codec._accepted.get(LISTENER, ()) if c in self.closed]
+        assert not kept, (kept, self.log)
 
     @invariant()
     def what_the_codec_awaits_is_in_the_daemon(self) -> None:
@@ -155,7 +221,8 @@ class KeptAccepts(RuleBasedStateMachine):
     def every_connection_handed_out_is_taken_in_hand_or_kept(self) -> None:
         kept = list(self.codec._accepted.get(LISTENER, ()))
         in_hand = [r.result for r in self.answered if r.error is None]
-        assert sorted(self.taken + kept + in_hand) == sorted(self.handed), (
+        closed = [c for c in self.closed if c not in self.taken + kept + in_hand]
+        assert sorted(self.taken + kept + in_hand + closed) == sorted(self.handed), (
             self.taken,
             kept,
             in_hand,
@@ -170,7 +237,12 @@ class KeptAccepts(RuleBasedStateMachine):
             self.give_up(0)
         while kept := self.codec.kept_answer("tcp.accept", [LISTENER]):
             self.taken.append(kept)
-        assert sorted(self.taken) == sorted(self.handed), (self.taken, self.handed, self.log)
+        closed = [c for c in self.closed if c not in self.taken]
+        assert sorted(self.taken + closed) == sorted(self.handed), (
+            self.taken,
+            self.handed,
+            self.log,
+        )
 
 
 KeptAccepts.TestCase.settings = settings(

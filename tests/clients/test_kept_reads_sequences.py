@@ -37,6 +37,7 @@ RECV_TIMEOUT = [7, "TIMEOUT: nothing arrived"]
 RESET = [5, "NDIS_STATUS: NDIS_STATUS_REQUEST_ABORTED (0xC023000C)"]
 CLOSED = [4, "INVALID_STATE: connection 1 is closed"]
 LIMIT = [6, "LIMIT: more than 256 requests in flight"]
+INVALID = [2, "INVALID_PARAMS: max_bytes must be a positive integer"]
 
 
 @dataclass
@@ -157,6 +158,8 @@ class KeptReads(RuleBasedStateMachine):
         if kept is not None:
             assert len(kept) <= max_bytes
             self.log.append(f"  kept answer {kept!r}")
+            # as a woken caller's bytes: none after the end of stream (or reset) a caller took
+            assert self.ended.get(conn) is None, (conn, kept, self.ended[conn], self.log)
             self.taken[conn] += kept
             return
         caller = self.next_caller
@@ -171,6 +174,47 @@ class KeptReads(RuleBasedStateMachine):
         sent_waitall = len(sent) > 3 and sent[3].get("waitall") is True
         self.daemon.conns[conn].queue.append(_Req(msgid, conn, sent[1], sent_waitall, forever))
         self._receive(self.daemon.serve(conn))
+
+    @rule(
+        conn=st.sampled_from(CONNS),
+        params=st.sampled_from([(0,), (6, -1), (6, None, {"peek": True}), (6, "soon")]),
+        give_up=st.booleans(),
+    )
+    def refused_read(self, conn: int, params: tuple[Any, ...], give_up: bool) -> None:
+        """A read with params the daemon refuses (INVALID_PARAMS, at once, queued nowhere),
+        maybe given up on before the refusal is read: it takes nothing kept, rides on
+        nothing, and what is kept stays for the next read."""
+        if self.daemon.conns[conn].closed:
+            return
+        asked = [conn, *params]
+        self.log.append(f"refused read {asked} give_up={give_up}")
+        assert self.codec.kept_answer("tcp.recv", asked) is None
+        msgid, data = self.codec.request("tcp.recv", asked, -1)
+        assert data, "a read the daemon refuses must be sent to be answered"
+        if give_up:
+            self.codec.forget(msgid)
+            self._deliver(list(self.codec.take_ready()))
+        events = self.codec.receive(response(msgid, None, INVALID))
+        replies = [e for e in events if isinstance(e, Reply)]
+        assert [r.token for r in replies] == ([] if give_up else [-1]), (replies, self.log)
+        if not give_up:
+            self.codec.forget(msgid)
+        self._deliver(list(self.codec.take_ready()))
+
+    @rule(conn=st.sampled_from(CONNS), forever=st.booleans())
+    def read_never_written(self, conn: int, forever: bool) -> None:
+        """A read registered, then never written (the blocking client's send timed out or
+        was interrupted before a byte went): withdrawn, nothing waits for it."""
+        if self.daemon.conns[conn].closed:
+            return
+        params: list[Any] = [conn, 6, None if forever else 1000]
+        if (kept := self.codec.kept_answer("tcp.recv", params)) is not None:
+            assert self.ended.get(conn) is None, (conn, kept, self.log)
+            self.taken[conn] += kept  # taken from what is kept: the daemon is not asked
+            return
+        msgid, data = self.codec.request("tcp.recv", params, -2)
+        self.log.append(f"read never written msgid={msgid} (sent={bool(data)})")
+        self.codec.withdraw(msgid)
 
     @rule(conn=st.sampled_from(CONNS), data=st.binary(min_size=1, max_size=5))
     def peer_sends(self, conn: int, data: bytes) -> None:
