@@ -265,8 +265,22 @@ class MuxIm(PassthroughIm):
             inst = v.instances.get(lower.binding.id)
             if inst is not None and inst.lifecycle.phase in _UNLINKABLE:
                 return True
+            if inst is None and self._updating(v):
+                # a copy made now would carry the values from before the update below, which
+                # is relayed only to the copies there were (`_relay_op`): that NIC would keep
+                # them for good (spec §3.4 (a)). After the update, with its values
+                return True
             v = v.parent
         return False
+
+    def _updating(self, vobj: VirtualObject) -> bool:
+        """Whether an update of `vobj` from the layer above is below, at its copies."""
+        return any(
+            call.op == "Update"
+            and call.relink is None
+            and any(isinstance(obj, Instance) and obj.vobj is vobj for _, _, obj in call.links)
+            for call in self.call_entries
+        )
 
     def _instance_for(self, call: MuxCall, vobj: VirtualObject, lower: Lower) -> Instance:
         """`vobj`'s instance on `lower`, in `call`'s tree for that NIC: linked when offloaded
