@@ -66,6 +66,61 @@ async def test_a_connection_placed_on_a_nic_new_to_the_neighbor_while_its_update
         await echo(engine, c, os.urandom(256))
 
 
+async def test_the_borrowed_trace_shows_only_the_update(make_engine: Any, echo_port: int) -> None:
+    """The neighbor's handle lends the trace of the connection that asked for its update,
+    for that call only: neither a connection linked under the neighbor meanwhile (its
+    initiate names the neighbor's handle, spec §2.3) nor an invalidate of the neighbor asked
+    through another connection may put their hops in it, nor into a closed connection's."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    asker = conns[0]
+    last = max(h["seq"] for h in engine.trace(asker, None))
+    fid = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportUpdateOffload", "ms": HOLD_MS}
+    )
+    update = asyncio.ensure_future(
+        engine.update(asker, {"object": "neighbor", "DlDestinationAddress": MAC})
+    )
+    await eventually(
+        lambda: _reached(engine, asker, "nic1", "MiniportUpdateOffload"), "the update at nic1"
+    )
+    third = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    await eventually(
+        lambda: (
+            (c := _new_conn(engine, set(conns))) is not None
+            and (_reached(engine, c, "tcpip", "NdisInitiateOffload") or _blocked(engine, c))
+        ),
+        "the third connection's offload asked",
+    )
+    invalidate = asyncio.ensure_future(engine.invalidate(conns[1], "neighbor"))
+    await eventually(
+        lambda: (
+            _reached(engine, conns[1], "tcpip", "NdisInvalidateOffload")
+            or _reached(engine, asker, "tcpip", "NdisInvalidateOffload")
+            or bool(_waiters(engine, asker))
+        ),
+        "the invalidate asked",
+    )
+    engine.fault_clear(fid)
+    assert await asyncio.wait_for(update, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    assert await asyncio.wait_for(invalidate, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    await asyncio.wait_for(third, 5.0)
+    calls = {h["call"] for h in engine.trace(asker, None) if h["seq"] > last}
+    assert "NdisUpdateOffload" in calls
+    assert not calls & {"NdisInitiateOffload", "NdisInvalidateOffload"}, calls
+
+
+def _blocked(engine: Any, conn: int) -> bool:
+    tcb = engine.host.tcbs.get(conn)
+    return any(tcb in queued for queued in engine.host.initiates_blocked.values())
+
+
+def _waiters(engine: Any, conn: int) -> list[Any]:
+    """The requests waiting behind an update of the connection's neighbor."""
+    tcb = engine.host.tcbs[conn]
+    return list(tcb.path.parent.update_waiters)
+
+
 def _waiting_or_below(engine: Any, conn: int) -> bool:
     """Whether the host has queued `conn`'s offload behind an object, or sent it down."""
     tcb = engine.host.tcbs.get(conn)

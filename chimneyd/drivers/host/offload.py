@@ -190,10 +190,16 @@ def flush_initiates(h: HostStack) -> None:
         # no operation on an object still being offloaded (spec §3.1) — unless its block is in
         # the tree this flush builds, which the connection joins
         tree = trees.get(binding.id)
-        if neighbor.lifecycle.phase in _SETTLING and tree is None:
+        if (neighbor.lifecycle.phase in _SETTLING or neighbor.updating) and tree is None:
             _block(h, neighbor, tcb)
             continue
-        if path.lifecycle.phase in _SETTLING and (tree is None or path.key not in tree[2]):
+        if (path.lifecycle.phase in _SETTLING or path.updating) and (
+            tree is None or path.key not in tree[2]
+        ):
+            # an object with an update below waits too: the initiate's linker names its
+            # handle, which lends the trace of the connection that asked for the update
+            # (`state_ops.app_update_object`), and a teaming MUX would make a new NIC's copy
+            # with the values from before the update
             _block(h, path, tcb)
             continue
         refused_here = adapter.refusal(h, tcb, binding)
@@ -245,7 +251,9 @@ def _unblocked(h: HostStack) -> list[Tcb]:
 
 def _settled(h: HostStack, on: Any) -> bool:
     if isinstance(on, HostObject):
-        return on.lifecycle.phase not in _SETTLING or h.objects.get(on.key) is not on
+        return (on.lifecycle.phase not in _SETTLING and not on.updating) or h.objects.get(
+            on.key
+        ) is not on
     return h.capabilities.get(on[1]) is not adapter.ASKED
 
 

@@ -256,6 +256,11 @@ def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     if obj is not None and obj.lifecycle.phase is not Phase.OFFLOADED:
         done(None, AppError("INVALID_STATE", f"the {what} is {obj.lifecycle.phase.value}"))
         return
+    if obj is not None and obj.updating:
+        # after the object's update, as a second update waits: its handle lends the trace of
+        # the connection that asked for that update (`app_update_object`) for the call
+        obj.update_waiters = grown(obj.update_waiters, lambda: app_invalidate(h, tcb, what, done))
+        return
     root = new_neighbor_block(neighbor.handle if what == "neighbor" else None)
     pblock = root.add_dependent(new_path_block(path.handle if what == "path" else None))
     owner: Tcb | HostObject
