@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec
@@ -222,8 +223,12 @@ def check_cached(changes: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, 
 
 #: `tcp.update`'s `object` key: which object of the connection an update is for (spec §3.4).
 UPDATE_OBJECTS = ("tcp", "neighbor", "path")
-#: A link-layer address as text: hex bytes separated by ':' or '-' (e.g. 02:00:00:00:00:01).
-_MAC_SEPARATORS = (":", "-")
+#: A link-layer address as text: two-digit hex bytes separated by one ':' or '-' each (e.g.
+#: 02:00:00:00:00:01), or run together (02000000002a). Anything else (an
+#: empty group, a group of one or four digits, a trailing or mixed separator) is refused,
+#: not read as some other address.
+_MAC_TEXT = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*|[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2})*")
+_MAC_PLAIN = re.compile(r"(?:[0-9A-Fa-f]{2})+")
 #: `DlDestinationAddress` is a UCHAR[32] (spec §2.2); `PathMtu` from IPv4's least (RFC 791)
 #: to the largest IP packet.
 MAX_DL_ADDRESS = 32
@@ -249,16 +254,12 @@ def split_object(changes: Any) -> tuple[str, Any]:
 def _dl_address(value: Any) -> bytes:
     """A `DlDestinationAddress` from bin, or from text like "02:00:00:00:00:01"."""
     if isinstance(value, str):
-        text = value
-        for sep in _MAC_SEPARATORS:
-            text = text.replace(sep, "")
-        try:
-            value = bytes.fromhex(text)
-        except ValueError:
+        if _MAC_TEXT.fullmatch(value) is None and _MAC_PLAIN.fullmatch(value) is None:
             raise EngineError(
                 ErrorCode.INVALID_PARAMS,
                 "DlDestinationAddress must be bin, or hex bytes like 02:00:00:00:00:01",
-            ) from None
+            )
+        value = bytes.fromhex(value.replace(":", "").replace("-", ""))
     if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_DL_ADDRESS:
         raise EngineError(
             ErrorCode.INVALID_PARAMS, f"DlDestinationAddress must be 1..{MAX_DL_ADDRESS} bytes"
