@@ -219,6 +219,10 @@ def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
                 block.status, f" {obj.block_kind} update failed: its connections are uploaded"
             ),
         )
+        # and the object with them: no connection is linked under it any more (one that comes
+        # waits for it to be gone, `offload.flush_initiates`), else it would keep the object
+        # offloaded, with the values the update left on the layers that took it, for its life
+        obj.lifecycle.fire(Event.HARDWARE_FAILURE)
         _terminate_dependents(h, obj)
     waiters, obj.update_waiters = obj.update_waiters, NO_ITEMS
     for waiter in waiters:  # the first goes down, the others wait behind it again
