@@ -39,6 +39,8 @@ ACTIONS = st.one_of(
     st.tuples(st.just("rebalance"), st.none()),
     st.tuples(st.just("arp_then_fail_nic"), NIC),
     st.tuples(st.just("invalidate_path"), st.none()),
+    st.tuples(st.just("arp_then_upload"), st.integers(0, 7)),  # a terminate behind the update
+    st.tuples(st.just("arp_then_invalidate_path"), st.none()),
 )
 OK = S.NDIS_STATUS_SUCCESS
 FAILURE = S.NDIS_STATUS_FAILURE
@@ -108,6 +110,28 @@ def test_arp_updates_among_moves_and_failures_reach_every_copy(
             st.top.initiate(root)
             st.run()
             host.connected(tcp)
+        elif action == "arp_then_upload":
+            root, mac = host.arp_root()
+            st.top.update(root)
+            if host.live:
+                assert arg is not None
+                handle = host.live[arg % len(host.live)]
+                uroot, utcp = host.upload_root(handle)
+                st.top.terminate(uroot)
+            st.run()
+            if host.live:
+                host.uploaded(handle, utcp)
+            host.arped(root, mac)
+        elif action == "arp_then_invalidate_path":
+            root, mac = host.arp_root()
+            st.top.update(root)
+            iroot = new_neighbor_block(None)
+            iroot.add_dependent(new_path_block(host.path))
+            st.top.invalidate(iroot)
+            st.run()
+            assert [b.status for b in walk(iroot)] == [OK, OK]
+            host.invalidated = True
+            host.arped(root, mac)
         elif action in ("arp", "arp_then_connect", "connect_then_arp", "arp_then_fail_nic"):
             if action == "connect_then_arp":
                 croot, tcp = host.connect_root()
