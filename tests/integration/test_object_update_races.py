@@ -9,7 +9,7 @@ import asyncio
 import os
 from typing import Any
 
-from tests.integration.support import eventually
+from tests.integration.support import assert_clean, drained, eventually
 from tests.integration.test_mux import echo, nic_of, teaming
 
 MAC = "02:00:00:00:00:2a"
@@ -127,3 +127,38 @@ def _waiting_or_below(engine: Any, conn: int) -> bool:
     return any(tcb in queued for queued in engine.host.initiates_blocked.values()) or _reached(
         engine, conn, "team0", "MiniportInitiateOffload"
     )
+
+
+async def test_a_connection_waiting_behind_the_update_closes(
+    make_engine: Any, echo_port: int
+) -> None:
+    """A connection whose offload waits for the neighbor's update (`_blocked`) is closed
+    before the update is done (the close is answered after it); then every connection on the
+    neighbor is: the update is answered, and nothing is left behind."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    first = await engine.connect("127.0.0.1", echo_port)
+    fid = engine.fault_inject(
+        {"kind": "delay", "layer": "nic0", "call": "MiniportUpdateOffload", "ms": HOLD_MS}
+    )
+    update = asyncio.ensure_future(
+        engine.update(first, {"object": "neighbor", "DlDestinationAddress": MAC})
+    )
+    await eventually(
+        lambda: _reached(engine, first, "nic0", "MiniportUpdateOffload"), "the update at nic0"
+    )
+    second = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    await eventually(
+        lambda: (c := _new_conn(engine, {first})) is not None and _blocked(engine, c),
+        "the second connection's offload waiting",
+    )
+    waiting = _new_conn(engine, {first})
+    assert waiting is not None
+    # a close waits for the connection's offload (`disconnect.app_close`), so for the update
+    closing = asyncio.ensure_future(engine.close(waiting))
+    engine.fault_clear(fid)
+    await asyncio.wait_for(closing, 5.0)
+    await asyncio.wait_for(asyncio.gather(second, return_exceptions=True), 5.0)
+    assert await asyncio.wait_for(update, 5.0) == {"status": "NDIS_STATUS_SUCCESS"}
+    await asyncio.wait_for(engine.close(first), 5.0)
+    assert_clean(engine, await drained(engine))
+    assert not engine.host.initiates_blocked
