@@ -21,7 +21,7 @@ from chimneyd.ndis.broker import Binding, Ndis
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
 from chimneyd.ndis.lifecycle import LIVE, Event, Lifecycle, Phase, Role
-from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
 from chimneyd.ndis.oid import NdisOidRequest
 from chimneyd.ndis.status import (
     OFFLOADED_STATUSES,
@@ -366,11 +366,14 @@ class PassthroughIm(DriverLayer):
             entry: ImOffloadEntry = up.miniport_offload_context.miniport_offload_context
             self._sends_back(up.net_buffer_list_chain)  # handed back, no longer below
             ok = up.status == NdisStatus.NDIS_STATUS_SUCCESS
-            if entry.held and (ok or not entry.below):
-                # failures this IM held complete before the terminate does (spec §3.6.3).
-                # A corrupt terminate (spec §3.7) hands nothing back: they stay behind the
-                # sends still below, which the host's next terminate completes (step 4), and
-                # go up after those (`ProtocolTcpOffloadSendComplete`; spec §4.1, §9 item 2)
+            if entry.held and ok:
+                # the sends this IM held go back after those handed back (`_hand_back_held`)
+                self._hand_back_held(entry, up)
+            elif entry.held and not entry.below:
+                # a corrupt terminate (spec §3.7) with nothing below: the failures held go up
+                # now, before it. With sends still below, which it does not hand back, they
+                # stay behind those, which the host's next terminate completes (step 4), and
+                # go up after them (`ProtocolTcpOffloadSendComplete`; spec §4.1, §9 item 2)
                 self._release_held(entry)
             if not ok:
                 entry.lifecycle.fire(Event.TERMINATE_FAILED)  # the object lives on (spec §3.7)
@@ -466,6 +469,30 @@ class PassthroughIm(DriverLayer):
                 self.ndis.NdisTcpOffloadDisconnectComplete(self, head.nbl)
             else:
                 self.ndis.NdisTcpOffloadSendComplete(self, head)
+
+    def _hand_back_held(self, entry: ImOffloadEntry, up: OffloadBlock) -> None:
+        """A terminate succeeded with sends this IM failed or refused still held behind the
+        sends below it. Those below come back in the TCP block's `NetBufferListChain`, not
+        completed: completing the held ones now would put them ahead of those (spec §9 item
+        2), and nothing may complete on the connection after the terminate (§9 item 8). None
+        of them went below, so they go back in that chain after the sends returned, in
+        posting order, not completed, as the target hands back the sends it refused (spec
+        §3.6.3: "original order"); the host carries them all after the upload (§4.1). A
+        held disconnect completes before the terminate, as the target's pending one does
+        (spec §3.6.3 [EMU]); the upload this IM meant to ask for is under way."""
+        held, entry.held = entry.held or [], None
+        returned = list(iter_chain(up.net_buffer_list_chain))
+        for item in held:
+            if isinstance(item, _Disconnect):
+                self.ndis.NdisTcpOffloadDisconnectComplete(self, item.nbl)
+            elif item is not _ASK_UPLOAD:
+                for nbl in iter_chain(item):
+                    nbl.status = NdisStatus.NDIS_STATUS_PENDING  # never completed
+                    returned.append(nbl)
+        up.net_buffer_list_chain = link_chain(returned)
+        d = up.delegated
+        if d is not None and returned:
+            d.SendDataHead, d.SendDataTail = returned[0], returned[-1]
 
     # The two loops below walk chains by `next` themselves: they run on every send through
     # the IM, where a generator per chain (`iter_chain`) was a measurable part of a hop.
