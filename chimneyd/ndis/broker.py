@@ -205,7 +205,12 @@ class BrokerObserver(Protocol):
     """Hooks the invariant checker implements (observe/invariants.py)."""
 
     def on_io_down(
-        self, lower: Layer, call: str, handle: NdisOffloadHandle, nbls: list[NetBufferList]
+        self,
+        lower: Layer,
+        call: str,
+        handle: NdisOffloadHandle,
+        nbls: list[NetBufferList],
+        caller: Layer | None = None,
     ) -> None: ...
     def on_io_complete(self, layer: Layer, call: str, nbls: list[NetBufferList]) -> None: ...
     def on_io_returned(self, layer: Layer, nbls: list[NetBufferList]) -> None: ...
@@ -422,7 +427,7 @@ class Ndis:
             caller.stats.outstanding_nbls += n  # the originator holds it until its completion
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
-            self.observer.on_io_down(lower, miniport_call, handle, list(iter_chain(head)))
+            self.observer.on_io_down(lower, miniport_call, handle, list(iter_chain(head)), caller)
         self.deliver(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
         return PENDING
 
@@ -772,7 +777,9 @@ class Ndis:
                     nbl.source_bindings.append(binding)
                     binding.lower.stats.outstanding_nbls += 1
                 if chain and self.observer is not None:
-                    self.observer.on_io_down(binding.lower, "MiniportTcpOffloadSend", handle, chain)
+                    self.observer.on_io_down(
+                        binding.lower, "MiniportTcpOffloadSend", handle, chain, caller
+                    )
         caller.stats.count(ndis_call)
         lower = binding.lower
         self.deliver(lower, lower.chimney_handlers[miniport_call], (root,))

@@ -383,8 +383,15 @@ class InvariantChecker:
     # I/O down and completions up: items 1, 2, 3, 4 (receive), 7 (I/O), 8, 9 (NBL identity)
     # ============================================================================================
     def on_io_down(
-        self, lower: Layer, call: str, handle: NdisOffloadHandle, nbls: list[NetBufferList]
+        self,
+        lower: Layer,
+        call: str,
+        handle: NdisOffloadHandle,
+        nbls: list[NetBufferList],
+        caller: Layer | None = None,
     ) -> None:
+        """I/O going down to `lower` on `handle`, posted by `caller` (the broker says who; a
+        caller not given is taken to be the layer the handle's binding serves)."""
         kind = _KIND[call]
         binding: Binding | None = handle.ndis_reserved
         upper = binding.upper if binding is not None else None
@@ -399,21 +406,33 @@ class InvariantChecker:
             self._io_off_phase(lower, call, handle, obj, nbls)
             if obj is None:
                 obj = _stray(upper or lower, lower, handle)
+        if caller is not None and upper is not None and caller is not upper:
+            # a layer posts I/O only on the handles of its own bindings (spec §1.5)
+            self.violation(
+                f"{caller.name} posted NBL {', '.join(str(n.id) for n in nbls)} to "
+                f"{lower.name} on {upper.name}'s handle {handle.id}, not its own: a layer "
+                "posts I/O only on the handles it offloaded with (§1.5, §9 item 9)"
+            )
+        poster = caller or upper
         q = obj.queue(kind)
         records = self.nbls
-        # the handle is an IM's own (its binding's upper edge is a miniport too)
-        im = upper if upper is not None and upper.has_miniport_edge else None
+        # an IM posting on its own handle relays what it was given (the upper edge of its
+        # binding is a miniport too); one posting on another's handle is reported above
+        im = upper if poster is upper and upper is not None and upper.has_miniport_edge else None
         for nbl in nbls:
             i = nbl.id
             rec = records.get(i)
             if rec is None:
                 if im is not None:
-                    self.violation(self._fresh_on_im_handle(im, lower, handle, kind, i))
+                    self.violation(
+                        f"{im.name} passed NBL {i} down to {lower.name} without having been "
+                        "given it: the same NBL must travel every layer (§9 item 9)"
+                    )
                 self._n += 1
                 records[i] = [kind, self._n, nbl.data_length, obj]
             else:
                 holder = rec[-1]
-                if holder.lower is not upper:
+                if poster is not None and holder.lower is not poster:
                     self.violation(
                         f"NBL {i} posted to {lower.name} while {holder.lower.name} holds it "
                         "(posted twice, or by a layer with another layer's handle) "
@@ -425,44 +444,6 @@ class InvariantChecker:
                     )
                 rec.append(obj)
             q.append(i)
-
-    def _fresh_on_im_handle(
-        self, im: Layer, lower: Layer, handle: NdisOffloadHandle, kind: int, i: int
-    ) -> str:
-        """NBL `i`, never seen before, came down on `im`'s own handle. NBLs are made by the
-        protocol at the top of a connection's stack; an IM relays the ones it is given (§9
-        item 9). The broker does not tell who called, so the checker goes by what `im` holds:
-        an NBL of this kind given to it on the handle above and not passed down yet means it
-        passed another NBL in its place; holding none, it had nothing to relay, and the layer
-        that made the NBL used `im`'s handle instead of its own (§1.5): the one at the top of
-        the handles `im`'s serves, which makes NBLs."""
-        up = self._serves.get(handle.id)
-        above = self.objs.get(up) if up is not None else None
-        if above is not None and above.queues is not None:
-            q = above.queues[kind] or ()
-            if any((rec := self.nbls.get(n)) is not None and rec[-1] is above for n in q):
-                return (
-                    f"{im.name} passed NBL {i} down to {lower.name} without having been given "
-                    "it: the same NBL must travel every layer (§9 item 9)"
-                )
-        user: Layer | None = None
-        hid = up
-        while hid is not None and (obj := self.objs.get(hid)) is not None:
-            user = obj.layer
-            if not user.has_miniport_edge:
-                break
-            hid = self._serves.get(hid)
-        if user is None or user.has_miniport_edge:
-            return (
-                f"NBL {i} came down to {lower.name} on {im.name}'s handle {handle.id}, never "
-                f"given to {im.name}, which held nothing to relay: a layer above used "
-                f"{im.name}'s handle, not its own (§1.5, §9 item 9)"
-            )
-        return (
-            f"{user.name} posted NBL {i} to {lower.name} on {im.name}'s handle {handle.id}, "
-            f"not its own: a layer posts I/O only on the handles it offloaded with (§1.5, "
-            "§9 item 9)"
-        )
 
     def _io_off_phase(
         self,

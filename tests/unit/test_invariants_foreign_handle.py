@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 
 from chimneyd.ndis.nbl import NetBufferList
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import fail_next
 from tests.unit.invariants_rig import Rig
 from tests.unit.test_invariants_im import CopyingIm
 
@@ -40,3 +42,21 @@ def test_an_im_passing_another_nbl_in_place_of_the_one_it_was_given_is_still_nam
     found = rig.flagged("§9 item 9")
     assert any("im0 passed NBL" in v for v in found), found
     assert not any("tcpip posted" in v for v in found), found
+
+
+def test_the_host_is_named_even_while_the_im_holds_a_send_it_was_given() -> None:
+    """The IM holds a send it was given (one it failed, held behind the send still at the
+    NIC, spec §9 item 2) when the host posts another on the IM's handle. Going by what the
+    IM holds, that looked like the IM passing down an NBL in place of the held one; the
+    broker says who called, and the host is named."""
+    rig = Rig(1)
+    conn = rig.offload()
+    rig.send(conn, b"at the NIC")
+    fail_next(rig.ims[0], "MiniportTcpOffloadSend", S.NDIS_STATUS_FAILURE)
+    rig.send(conn, b"held by the IM")
+    assert rig.violations == []
+    rig.ndis.NdisOffloadTcpSend(rig.host, conn.nic_upper, rig.nbl(conn, b"x"))
+    rig.run()
+    found = rig.flagged("§9 item 9")
+    assert any("tcpip posted" in v and "im0's handle" in v for v in found), found
+    assert not any("im0 passed" in v for v in found), found
