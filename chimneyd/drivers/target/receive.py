@@ -264,7 +264,10 @@ def _take(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags:
         data, flags = data[:cut], flags & ~TH_FIN
         if not data:
             return
-    ready, fin_now = c.rx.segment(offset, data, flags, bool(flags & TH_FIN))
+    # the FIN is kept apart (`rx.fin`), not in the flags of a segment that waits for a gap:
+    # the terminate hands such segments up the ordinary path and then the FIN from `rx.fin`,
+    # once (spec §3.6.3, §5.1); a FIN flag left on the segment too went up twice
+    ready, fin_now = c.rx.segment(offset, data, flags & ~TH_FIN, bool(flags & TH_FIN))
     for piece, fl in ready:
         c.buffered = grown(c.buffered, piece)
         c.buffered_bytes += len(piece)
