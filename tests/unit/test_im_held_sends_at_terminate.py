@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import PassthroughIm
@@ -156,3 +158,60 @@ def test_a_disconnect_held_behind_them_completes_before_the_terminate(status: S)
     ]
     assert bytes(wire.peer_received) == b"first, second"
     assert rig.host.tcbs[conn].state == "host"
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(st.sampled_from(["send", "fail", "ack"]), min_size=1, max_size=7),
+    status=st.sampled_from(FAILURES),
+    corrupt=st.booleans(),
+    mux=st.booleans(),
+)
+def test_every_send_completes_once_in_posting_order_across_the_upload(
+    steps: list[str], status: S, corrupt: bool, mux: bool
+) -> None:
+    """Sends, sends the IM (or the teaming MUX) fails, acknowledgements, in any order; then
+    the upload, its terminate corrupt or not. Every send completes once, in posting order,
+    nothing is left in the IM, and the invariant checker sees nothing."""
+    if mux:
+        # the MUX still completes its held sends before the terminate (see the xfail above):
+        # only sequences where nothing is held at the upload say anything about it yet
+        assume(not _holds_at_upload(steps) or corrupt)
+    rig, im = _team() if mux else _single()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    answers: list[int] = []
+    posted = 0
+    for step in steps:
+        if step == "ack":
+            wire.ack()
+            rig.run()
+            continue
+        if step == "fail":
+            fail_next(im, "MiniportTcpOffloadSend", status)
+        i, posted = posted, posted + 1
+        rig.host.app_send(conn, b"x%d," % i, lambda value, error, i=i: answers.append(i))
+        rig.run()
+    if corrupt:
+        fail_next(rig.target, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    assert rig.call(rig.host.app_upload, conn).done
+    for _ in range(posted + 1):
+        wire.ack()
+        rig.run()
+    assert rig.problems() == []
+    assert answers == list(range(posted))
+    assert im.sends_below == {} and len(im.table) == 0 and im.stats.offloads_active == 0
+
+
+def _holds_at_upload(steps: list[str]) -> bool:
+    """Whether a failed send may still be held behind sends below at the upload: a failure
+    with a send before it and no acknowledgement after that send."""
+    below = failed_behind = False
+    for step in steps:
+        if step == "ack":
+            below = failed_behind = False
+        elif step == "fail":
+            failed_behind = failed_behind or below
+        else:
+            below = True
+    return failed_behind
