@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chimneyd.drivers.mux import MuxIm
@@ -112,11 +112,6 @@ def test_held_sends_stay_behind_the_sends_below_through_a_corrupt_terminate(
     _upload_with_held(status, [b"first, "], after, corrupt=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MuxIm.ProtocolTerminateOffloadComplete (chimneyd/drivers/mux/mux.py) still completes "
-    "its held sends before the terminate; it wants `_hand_back_held(obj, up)` when ok",
-)
 @pytest.mark.parametrize("status", FAILURES, ids=IDS)
 @pytest.mark.parametrize("after", [[], [b", later"]], ids=["alone", "then-later"])
 def test_a_teaming_mux_hands_back_held_sends_at_a_terminate(status: S, after: list[bytes]) -> None:
@@ -173,10 +168,6 @@ def test_every_send_completes_once_in_posting_order_across_the_upload(
     """Sends, sends the IM (or the teaming MUX) fails, acknowledgements, in any order; then
     the upload, its terminate corrupt or not. Every send completes once, in posting order,
     nothing is left in the IM, and the invariant checker sees nothing."""
-    if mux:
-        # the MUX still completes its held sends before the terminate (see the xfail above):
-        # only sequences where nothing is held at the upload say anything about it yet
-        assume(not _holds_at_upload(steps) or corrupt)
     rig, im = _team() if mux else _single()
     conn, wire = rig.open()
     rig.offload(conn)
@@ -201,17 +192,3 @@ def test_every_send_completes_once_in_posting_order_across_the_upload(
     assert rig.problems() == []
     assert answers == list(range(posted))
     assert im.sends_below == {} and len(im.table) == 0 and im.stats.offloads_active == 0
-
-
-def _holds_at_upload(steps: list[str]) -> bool:
-    """Whether a failed send may still be held behind sends below at the upload: a failure
-    with a send before it and no acknowledgement after that send."""
-    below = failed_behind = False
-    for step in steps:
-        if step == "ack":
-            below = failed_behind = False
-        elif step == "fail":
-            failed_behind = failed_behind or below
-        else:
-            below = True
-    return failed_behind

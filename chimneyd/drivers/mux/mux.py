@@ -579,8 +579,12 @@ class MuxIm(PassthroughIm):
                 up.status = low.status
                 up.net_buffer_list_chain = low.net_buffer_list_chain  # sends handed back
                 self._sends_back(low.net_buffer_list_chain)
-                if obj.held and (ok or not obj.below):
-                    # failures held here complete before the terminate does (spec §3.6.3);
+                if obj.held and ok:
+                    # failures held here go back in the terminate's chain after the sends
+                    # returned, not completed, as at the pass-through IM (`_hand_back_held`;
+                    # spec §3.6.3, §9 item 2)
+                    self._hand_back_held(obj, up)
+                elif obj.held and not obj.below:
                     # after a corrupt terminate they stay behind the sends still below, until
                     # the host's next terminate completes those (spec §3.7 step 4, §9 item 2)
                     self._release_held(obj)
