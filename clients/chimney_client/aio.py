@@ -452,6 +452,8 @@ class AsyncClient:
         if not subs:
             return  # unknown notifications are ignored (contract)
         for sub in list(subs):
+            if not sub.active:
+                continue  # unsubscribed by a handler before it in this dispatch
             if sub.task is not None:
                 self._hold(sub, note.params)  # its coroutine runs: this one waits behind it
                 continue

@@ -51,6 +51,17 @@ class _Slot:
         self.reply: Reply[_Slot] | None = None
 
 
+class _Subscription:
+    """One `on_notification` handler; `active` is False once unsubscribed, so that a dispatch
+    already under way (walking a copy of the list) does not call it any more."""
+
+    __slots__ = ("active", "handler")
+
+    def __init__(self, handler: BlockingHandler) -> None:
+        self.handler = handler
+        self.active = True
+
+
 def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
@@ -81,7 +92,7 @@ class Client:
         self.address = address
         self.call_timeout = call_timeout
         self._codec: ClientCodec[_Slot] = ClientCodec(max_frame)
-        self._handlers: dict[str, list[BlockingHandler]] = {}
+        self._handlers: dict[str, list[_Subscription]] = {}
         # Reentrant: a notification handler may call while the call that read it holds it.
         self._lock = threading.RLock()
         #: why the connection is gone (a record: each failed call raises a fresh copy)
@@ -258,12 +269,14 @@ class Client:
 
     def on_notification(self, method: str, handler: BlockingHandler) -> Callable[[], None]:
         """Call `handler(params)` for each notification `method` (while any call reads)."""
-        self._handlers.setdefault(method, []).append(handler)
+        sub = _Subscription(handler)
+        self._handlers.setdefault(method, []).append(sub)
 
         def remove() -> None:
-            handlers = self._handlers.get(method, [])
-            if handler in handlers:
-                handlers.remove(handler)
+            subs = self._handlers.get(method, [])
+            if sub in subs:
+                subs.remove(sub)
+            sub.active = False  # not called again, even by a dispatch under way (`_read`)
 
         return remove
 
@@ -363,9 +376,11 @@ class Client:
         if bound is not None and (excess := len(self.notifications) - bound) > 0:
             self._drop_notifications(excess)
         for note in notes:
-            for handler in list(self._handlers.get(note.method, ())):
+            for sub in list(self._handlers.get(note.method, ())):
+                if not sub.active:
+                    continue  # unsubscribed by a handler before it in this dispatch
                 try:
-                    handler(note.params)
+                    sub.handler(note.params)
                 except Exception:
                     # A broken handler must not stop the others (its replies are in already).
                     log.exception("chimney_client_notification_handler_failed: %s", note.method)
