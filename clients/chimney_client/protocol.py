@@ -508,6 +508,13 @@ class ClientCodec(Generic[T]):
         if listener in self._accepted:
             self._serve_accept(listener)
             return
+        untimed = self._untimed_accepts
+        if any(m in untimed for m in self._orphan_accepts_by_listener.get(listener, ())):
+            # another abandoned accept with no timeout still waits in the daemon: the rider
+            # rides on it. This error (a refusal, LIMIT) was that request's alone; an error
+            # of the listener (closed) comes to the one still waiting too, and then to it
+            self.dropped_responses += 1
+            return
         for msgid in self._accepts_by_listener.get(listener, ()):
             if msgid in self._riding_accepts:
                 self._riding_accepts.discard(msgid)
@@ -679,6 +686,15 @@ class ClientCodec(Generic[T]):
                 if isinstance(err, RpcTimeout) and not _untimed(asked):
                     # its own timeout_ms ran out: no answer of the read riding, which rides on
                     # an abandoned read with no timeout still waiting in the daemon (`_ride`)
+                    self.dropped_responses += 1
+                    return
+                if any(
+                    _untimed(other) for other in self._orphans_by_conn.get(read.conn, {}).values()
+                ):
+                    # another abandoned read with no timeout still waits in the daemon: the
+                    # rider rides on it. This answer (a refusal, LIMIT) was that request's
+                    # alone; an end or an error of the connection comes to the one still
+                    # waiting too, and then to the rider, in stream order
                     self.dropped_responses += 1
                     return
                 for msgid in self._by_conn.get(read.conn, ()):
