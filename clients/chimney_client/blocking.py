@@ -238,8 +238,11 @@ class Client:
             finally:
                 # a late response is then dropped (a read's bytes kept for the next read)
                 self._codec.forget(msgid)
-                # one call at a time: nothing else waits for what forget may answer
-                self._codec.take_ready()
+                # what forget (late) answers is for calls this thread made further out (a
+                # handler's call runs inside the call that read its notification): their
+                # slots get it, as `_read` gives them
+                if ready := self._codec.take_ready():
+                    self._deliver(ready)
         finally:
             self._lock.release()
         error = slot.reply.error
@@ -364,6 +367,7 @@ class Client:
             # The codec left every call of the bad chunk pending: `_fail` fails them all.
             self._fail(f"protocol error: {exc}", exc)
         notes: list[Notification] = []
+        replies: list[Reply[_Slot]] = []
         for event in events:
             # every reply reaches its slot before any handler runs: a handler interrupted
             # (Ctrl-C) must not lose an answer decoded with its notification (`call` keeps it)
@@ -371,7 +375,9 @@ class Client:
                 self.notifications.append(event)
                 notes.append(event)
             else:
-                event.token.reply = event
+                replies.append(event)
+        if replies:
+            self._deliver(replies)
         bound = self.max_notifications
         if bound is not None and (excess := len(self.notifications) - bound) > 0:
             self._drop_notifications(excess)
@@ -385,6 +391,19 @@ class Client:
                     # A broken handler must not stop the others (its replies are in already).
                     log.exception("chimney_client_notification_handler_failed: %s", note.method)
         return True
+
+    def _deliver(self, replies: list[Reply[_Slot]]) -> None:
+        """Hand `replies` to their slots. Each caller then has its answer: it returns with
+        it, running nothing but the handlers of this read (`_read`) and the calls they make.
+        A read of the same connection that a handler makes (or that a call further out
+        made, answered in the same chunk) must not wait behind those bytes
+        (`ClientCodec.taken`): their caller is this thread, which would wait for its whole
+        timeout, for ever with none. What that frees is handed out in turn."""
+        while replies:
+            for reply in replies:
+                reply.token.reply = reply
+                self._codec.taken(reply.msgid)
+            replies = self._codec.take_ready()
 
     def _drop_notifications(self, excess: int) -> None:
         """`notifications` went past its bound: the oldest go (counted; logged once)."""

@@ -93,6 +93,7 @@ class ClientCodec(Generic[T]):
         "_ready",
         "_riding",
         "_riding_accepts",
+        "_taken",
         "_unpacker",
         "_untimed_accepts",
         "dropped_responses",
@@ -164,6 +165,10 @@ class ClientCodec(Generic[T]):
         self._in_hand: dict[int, int] = {}
         #: conn id -> how many entries of `_in_hand` are of it (`_hand`, `_unhand`)
         self._hands: dict[int, int] = {}
+        #: msgid -> conn id of each read answered whose caller has it but has not returned yet
+        #: (`taken`): no later read waits behind it; `late` still gives it back, `forget`
+        #: ends it
+        self._taken: dict[int, int] = {}
         #: msgid -> the answer of each read the daemon answered while an earlier read of its
         #: connection was in its caller's hands (an error; an int: that many bytes, now kept;
         #: b"": the end of stream): its caller waits until that one is taken (`_serve`)
@@ -250,6 +255,8 @@ class ClientCodec(Generic[T]):
         dropped, but a `tcp.recv`'s, whose bytes are kept for the next read."""
         token = self._pending.pop(msgid, None)
         asked = self._drop_read(msgid)
+        if self._taken:
+            self._taken.pop(msgid, None)
         if self._parked and msgid in self._parked:
             del self._parked[msgid]  # answered already: its bytes are kept
             self._riding.discard(msgid)  # a read riding, parked (`_orphan_answered`)
@@ -277,6 +284,25 @@ class ClientCodec(Generic[T]):
         self._untimed_accepts.discard(msgid)
         self._closes.pop(msgid, None)
 
+    def taken(self, msgid: int) -> None:
+        """The caller of `msgid`, a read answered, has its bytes, though it has not returned
+        yet: a later read of the connection does not wait behind them (`_in_hand`). For a
+        shell whose caller runs other code before it returns: the blocking client's calls
+        run notification handlers, which may read the same connection in the same thread,
+        and would wait for ever behind the answer of the call they run in. `late` still
+        gives the bytes back (kept first, after what a later read took meanwhile), `forget`
+        ends it. Answers this makes are taken with `take_ready`."""
+        if msgid in self._pending:
+            return  # not answered (or parked: its answer waits behind an earlier read)
+        conn = self._unhand(msgid) if self._in_hand else None
+        asked = self._drop_read(msgid)
+        if conn is None:
+            if asked is None or (read := _Read.of(asked)) is None:
+                return  # no read, or answered and dropped already (a rider's end, an error)
+            conn = read.conn
+        self._taken[msgid] = conn
+        self._serve(conn)  # reads answered meanwhile, parked behind it, get their answers
+
     def take_ready(self) -> list[Reply[T]]:
         """Answers `forget` or `late` made from what was kept: the shell wakes their callers
         (an answer whose caller is gone already goes back with `late`)."""
@@ -295,6 +321,7 @@ class ClientCodec(Generic[T]):
         self._kept.clear()
         self._in_hand.clear()
         self._hands.clear()
+        self._taken.clear()
         self._parked.clear()
         self._closes.clear()
         self._gone.clear()
@@ -408,6 +435,8 @@ class ClientCodec(Generic[T]):
             return
         conn = self._unhand(msgid)
         asked = self._drop_read(msgid)
+        if self._taken and (taken := self._taken.pop(msgid, None)) is not None:
+            conn = taken  # its caller had it (`taken`), then was interrupted
         if conn is None and asked is not None and (read := _Read.of(asked)) is not None:
             conn = read.conn
         data = reply.result
