@@ -110,6 +110,11 @@ class KeptReads(RuleBasedStateMachine):
         self.closed_taken: dict[int, None] = {}
         #: conn -> the end of stream or reset a caller took first
         self.ended: dict[int, str] = {}
+        #: msgids of reads not sent (riding on an abandoned read with no timeout)
+        self.riders: set[int] = set()
+        #: msgids of answers marked taken at once (`ClientCodec.taken`, as the blocking
+        #: client does before a handler runs): their callers return with them
+        self.early: set[int] = set()
         self.log: list[str] = []
 
     # -- the shell (aio.AsyncClient.call / _deliver) -------------------------------------------
@@ -169,6 +174,7 @@ class KeptReads(RuleBasedStateMachine):
         if not data:
             # not sent: an abandoned read of the connection with no timeout answers it
             self.log.append(f"  riding msgid={msgid}")
+            self.riders.add(msgid)
             return
         sent = msgpack.unpackb(data, raw=False)[3]
         sent_waitall = len(sent) > 3 and sent[3].get("waitall") is True
@@ -200,6 +206,46 @@ class KeptReads(RuleBasedStateMachine):
         if not give_up:
             self.codec.forget(msgid)
         self._deliver(list(self.codec.take_ready()))
+
+    @rule(conn=st.sampled_from(CONNS), give_up=st.booleans())
+    def limited_read(self, conn: int, give_up: bool) -> None:
+        """A read with no timeout_ms the daemon refuses at once (LIMIT: requests in flight,
+        queued nowhere), maybe given up on before the refusal is read: a read riding on
+        another abandoned read of the connection does not get that refusal."""
+        if self.daemon.conns[conn].closed:
+            return
+        params: list[Any] = [conn, 6, None]
+        if (kept := self.codec.kept_answer("tcp.recv", params)) is not None:
+            assert self.ended.get(conn) is None, (conn, kept, self.log)
+            self.taken[conn] += kept  # taken from what is kept: the daemon is not asked
+            return
+        caller = self.next_caller
+        self.next_caller += 1
+        msgid, data = self.codec.request("tcp.recv", params, caller)
+        self.waiting[caller] = (msgid, conn, 6)
+        self.log.append(f"limited read msgid={msgid} (sent={bool(data)}) give_up={give_up}")
+        if not data:
+            self.log.append(f"  riding msgid={msgid}")  # nothing refused: a read riding
+            self.riders.add(msgid)
+            return
+        if give_up:
+            del self.waiting[caller]
+            self.codec.forget(msgid)
+            self._deliver(list(self.codec.take_ready()))
+        # its caller gets the refusal (maybe after an earlier read's answer still in hand)
+        self._receive([response(msgid, None, LIMIT)])
+
+    @precondition(lambda self: bool(self.answered))
+    @rule()
+    def blocking_delivery(self) -> None:
+        """The blocking client's delivery: every answered caller has its answer at once
+        (`ClientCodec.taken`) and returns with it; what that frees is delivered in turn."""
+        while todo := [r.msgid for _, _, r in self.answered if r.msgid not in self.early]:
+            for msgid in todo:
+                self.log.append(f"taken msgid={msgid}")
+                self.early.add(msgid)
+                self.codec.taken(msgid)
+            self._deliver(list(self.codec.take_ready()))
 
     @rule(conn=st.sampled_from(CONNS), forever=st.booleans())
     def read_never_written(self, conn: int, forever: bool) -> None:
@@ -297,6 +343,13 @@ class KeptReads(RuleBasedStateMachine):
     @rule(cancel=st.booleans())
     def run_next_answered(self, cancel: bool) -> None:
         _, conn, reply = self.answered.popleft()
+        # a rider gets what the read it rides on gets, never another read's refusal
+        assert reply.msgid not in self.riders or "LIMIT" not in str(reply.error), (
+            reply,
+            self.log,
+        )
+        if reply.msgid in self.early:
+            cancel = False  # its caller has it: it returns with it
         if cancel:
             self.log.append(f"cancel answered msgid={reply.msgid} ({reply.result!r})")
             if reply.error is None:

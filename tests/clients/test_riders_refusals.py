@@ -9,6 +9,7 @@ from __future__ import annotations
 from chimney_client.protocol import ClientCodec
 from tests.clients.scripted import replies_in, response
 from tests.clients.test_kept_accepts_sequences import KeptAccepts
+from tests.clients.test_kept_reads_sequences import KeptReads
 
 LIMIT = [6, "LIMIT: more than 256 requests in flight"]
 
@@ -95,3 +96,20 @@ def test_the_accept_machine_holds_a_riders_strict_check_on_this_sequence() -> No
     machine.run_next_answered(cancel=False)
     machine.teardown()
     assert machine.taken == [100]
+
+
+def test_the_read_machine_holds_a_riders_check_on_this_sequence() -> None:
+    """The kept-reads machine (tests/clients/test_kept_reads_sequences.py) checks that a
+    rider never gets another read's refusal; on the sequence that gives one (its random
+    search seldom finds it): a read with no timeout given up on, a read riding on it, then
+    another read with no timeout sent, given up on and refused."""
+    machine = KeptReads()
+    machine.read(conn=1, max_bytes=6, waitall=False, forever=True)
+    machine.cancel_waiting(0)
+    machine.read(conn=1, max_bytes=6, waitall=False, forever=True)  # rides
+    machine.limited_read(conn=1, give_up=True)
+    machine.peer_sends(conn=1, data=b"ab")  # the read still waiting gets it: the rider's answer
+    assert len(machine.answered) == 1
+    machine.run_next_answered(cancel=False)
+    machine.teardown()
+    assert bytes(machine.taken[1]) == bytes(machine.daemon.conns[1].stream)
