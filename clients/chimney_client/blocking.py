@@ -271,7 +271,13 @@ class Client:
             raise CallTimeout(f"{method}: not sent within {limit:g} s (another call was running)")
 
     def on_notification(self, method: str, handler: BlockingHandler) -> Callable[[], None]:
-        """Call `handler(params)` for each notification `method` (while any call reads)."""
+        """Call `handler(params)` for each notification `method` (while any call reads).
+
+        Handlers run inside the call that read the notification, in its thread, before it
+        returns; they may call on this client (a `tcp.recv` of the running call's connection
+        gets its own answer, after that call's bytes in the stream). The returned function
+        unsubscribes: the handler is not called again, not even for the notification whose
+        handlers are running."""
         sub = _Subscription(handler)
         self._handlers.setdefault(method, []).append(sub)
 
