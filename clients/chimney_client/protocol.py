@@ -509,8 +509,10 @@ class ClientCodec(Generic[T]):
             elif not parked:
                 self._orphan(msgid, asked)
             self._ready.append(reply)
-            if reply.error is not None and kept:
-                # a waitall read's TIMEOUT short of what is kept: the next read may take it
+            if reply.error is not None or reply.result == b"":
+                # no bytes in its caller's hands: the next read goes on at once (a waitall
+                # read's TIMEOUT short of what is kept: it may take them; a read parked with
+                # its own error or end too: nothing else would answer it)
                 self._serve(conn, most)
             return
 
