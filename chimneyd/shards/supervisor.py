@@ -77,16 +77,19 @@ MAX_QUEUED = 64 * 1024 * 1024
 @dataclass
 class Backoff:
     """When to start a shard that died: at once the first time, then waits that double up to
-    `most` while it keeps dying young; one that lived `settled_s` starts over from `first`."""
+    `most` while it keeps dying young; one that listened `settled_s` (ran fine) starts over
+    from `first`. What counts is the time it listened, not the time it lived: one that never
+    listened (hung at start until the start bound, 60 s, killed it) is a crash loop."""
 
     first: float = 0.1
     most: float = 10.0
     settled_s: float = 30.0
     delay: float = 0.0
 
-    def next(self, lived_s: float) -> float:
-        """The wait before the next start of a shard that died after `lived_s` seconds."""
-        if lived_s >= self.settled_s:
+    def next(self, served_s: float) -> float:
+        """The wait before the next start of a shard whose process died after listening for
+        `served_s` seconds (0 if it never listened)."""
+        if served_s >= self.settled_s:
             self.delay = 0.0
         wait = self.delay
         self.delay = self.first if wait == 0.0 else min(wait * 2, self.most)
@@ -101,6 +104,9 @@ class Shard:
     link: ControlLink | None = None
     state: str = "down"  # starting, running, down
     started: float = 0.0
+    # time.monotonic() at which this process said `ready` (listened); None until it does: the
+    # back-off resets only on time spent listening (`Backoff`), never on a hung start-up
+    ready_at: float | None = None
     start_by: float = 0.0  # loop time by which this process must be ready (`_watch`)
     info: dict[str, Any] = field(default_factory=dict)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -286,6 +292,7 @@ class Supervisor:
             theirs.close()
         shard.gen, shard.proc, shard.state = gen, proc, "starting"
         shard.started = time.monotonic()
+        shard.ready_at = None
         shard.start_by = self.loop.time() + self.start_bound
         shard.ready.clear()
         shard.exited.clear()
@@ -363,7 +370,8 @@ class Supervisor:
         self.loop.remove_reader(pidfd)
         os.close(pidfd)
         code = proc.wait()
-        lived = time.monotonic() - shard.started
+        now = time.monotonic()
+        lived = now - shard.started
         shard.state = "down"
         self.watchers.discard(shard.index)
         self._tell_forwarding()
@@ -387,13 +395,18 @@ class Supervisor:
             "how": _how(code),
             "lived_s": round(lived, 1),
         }
+        # read after `_drain`: a `ready` it left unread counts as listening from its end (0 s)
+        served = 0.0 if shard.ready_at is None else max(0.0, now - shard.ready_at)
+        died["served_s"] = round(served, 1)
         if shard.hung:
             died["hung"] = shard.hung
         if not shard.listened and shard.gen < self.count:
             # it never listened at start-up: the daemon gives up (run() sees `exited`)
             log.error("shard_died", **died, then="daemon_stops")
             return
-        delay = shard.backoff.next(lived)
+        # a process that never listened did not run fine, however long it lived (a start-up hung
+        # until `start_bound`, longer than `settled_s`): its back-off grows as a crash loop's
+        delay = shard.backoff.next(served)
         log.error("shard_died", **died, then="restart", restart_in_s=delay)
         task = self.loop.create_task(self._restart(shard, delay))
         self.restarting.add(task)
@@ -448,10 +461,15 @@ class Supervisor:
             # never started (`_on_exit`), whichever the loop noticed first
             if method == "ready":
                 shard.listened = True
+                if gen == shard.gen and shard.ready_at is None:
+                    # the current process, ended: it listened, for no time the loop saw
+                    shard.ready_at = time.monotonic()
             log.info("shard_stale_notification", shard=index, gen=gen, method=method)
         elif method == "ready":
             shard.state = "running"
             shard.listened = True
+            if shard.ready_at is None:  # its first `ready`: listening from now
+                shard.ready_at = time.monotonic()
             shard.info = dict(params[0]) if params else {}
             first = not shard.ready.is_set()
             shard.ready.set()
