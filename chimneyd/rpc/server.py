@@ -34,6 +34,90 @@ BACKLOG = 4096  # perf-notes: past ~4096 unaccepted connects the accept queue ov
 EVICT_GRACE_S = (
     1.0  # at max_clients, a newcomer may evict a client idle (holding nothing) this long
 )
+#: The first this many clients of a window have their own lines at info
+#: (`rpc_client_connected`, `rpc_client_disconnected`); later ones at debug, summed up at info
+#: when the window ends (`rpc_clients`). A client by hand is logged as ever; a soak of 10,000
+#: clients or a `chimneyctl` loop is not two lines a client (`ClientLines`).
+CLIENT_LINES_PER_WINDOW = 10
+CLIENT_LINES_WINDOW_S = 60.0
+
+
+class ClientLines:
+    """How the RPC clients are logged, and counted for the summaries.
+
+    A window opens with the first client (or refusal) after the last one closed and lasts
+    `window_s`. Its first `per_window` clients are logged at info, connection and departure;
+    the rest at debug, and when the window ends, if any was, one info line sums the window up:
+    `rpc_clients` (connected, left, refused, logged at debug, peak, clients now). The stop
+    logs `rpc_clients_served` for the server's whole life. What an operator needs whatever the
+    rate stays a line of its own: refusals (`rpc_client_refused`), evictions, timeouts, auth
+    failures (warnings), and a client that ends in an error (its departure at info)."""
+
+    def __init__(self, clients: Callable[[], int], per_window: int, window_s: float) -> None:
+        self.clients = clients  # how many are connected now
+        self.per_window = per_window
+        self.window_s = window_s
+        self.window_end: float | None = None  # loop time the open window ends; None: none open
+        self._timer: asyncio.TimerHandle | None = None
+        self.window = self._zero()
+        self.life = self._zero()
+        self.stopped = False
+
+    @staticmethod
+    def _zero() -> dict[str, int]:
+        return {"connected": 0, "left": 0, "refused": 0, "at_debug": 0, "peak": 0}
+
+    def _open(self) -> None:
+        if self.window_end is None and not self.stopped:
+            loop = asyncio.get_running_loop()
+            self.window_end = loop.time() + self.window_s
+            self._timer = loop.call_later(self.window_s, self.end_window)
+            self.window["peak"] = self.clients()
+
+    def arrived(self) -> bool:
+        """A client admitted (already counted in `clients()`): whether its own lines go at
+        info."""
+        self._open()
+        now = self.clients()
+        for c in (self.window, self.life):
+            c["connected"] += 1
+            c["peak"] = max(c["peak"], now)
+        loud = self.window["connected"] <= self.per_window
+        if not loud:
+            self.window["at_debug"] += 1
+            self.life["at_debug"] += 1
+        return loud
+
+    def departed(self) -> None:
+        self.window["left"] += 1
+        self.life["left"] += 1
+
+    def refused(self) -> None:
+        self._open()
+        self.window["refused"] += 1
+        self.life["refused"] += 1
+
+    def end_window(self) -> None:
+        """The window ends (its timer; a test at will): summed up if some of its clients were
+        logged at debug only."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self.window_end = None
+        window, self.window = self.window, self._zero()
+        if window["at_debug"]:
+            log.info("rpc_clients", **window, clients=self.clients(), window_s=self.window_s)
+
+    def stop(self) -> None:
+        """At the server's stop: the open window's summary, then the life's."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self._timer is not None:
+            self.end_window()
+        life = dict(self.life)
+        life["served"] = life.pop("connected")
+        log.info("rpc_clients_served", **life)
 
 
 class RpcServer:
@@ -71,6 +155,9 @@ class RpcServer:
         self.cleanups: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._sweep: asyncio.TimerHandle | None = None
+        self.client_lines = ClientLines(
+            lambda: len(self.sessions), CLIENT_LINES_PER_WINDOW, CLIENT_LINES_WINDOW_S
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         # the clock of every deadline; a builtin, read once per read from a client
         self.now: Callable[[], float] = time.monotonic
@@ -142,9 +229,11 @@ class RpcServer:
         longest among those holding nothing makes room, if there is one (so idle sockets cannot
         lock everyone out); otherwise the newcomer is refused."""
         if self.stopping:
+            self.client_lines.refused()
             return False
         if len(self.sessions) >= self.config.max_clients and not self._evict_one():
             log.warning("rpc_client_refused", client=session.peer, clients=len(self.sessions))
+            self.client_lines.refused()
             return False
         self.sessions.add(session)
         if self._sweep is None:
@@ -169,7 +258,13 @@ class RpcServer:
         self.left(victim)  # its place is free now, not when its transport says so
         return True
 
+    def loud_client(self) -> bool:
+        """A client just admitted: whether its own log lines go at info (`ClientLines`)."""
+        return self.client_lines.arrived()
+
     def left(self, session: Session) -> None:
+        if session in self.sessions:  # once per client (an evicted one leaves twice)
+            self.client_lines.departed()
         self.sessions.discard(session)
         self.budget.release(session)
 
@@ -279,6 +374,7 @@ class RpcServer:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        self.client_lines.stop()
         return cancelled
 
 

@@ -80,6 +80,8 @@ class Server(Protocol):
 
     def admit(self, session: Session) -> bool: ...
 
+    def loud_client(self) -> bool: ...
+
     def left(self, session: Session) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -117,6 +119,8 @@ class Session(asyncio.Protocol):
         self.closing = False
         self.hangup = False  # close once the answer being made is queued
         self.accepted = False
+        # its connect and departure lines at info (else debug: one of a burst, `ClientLines`)
+        self.loud = False
         self.paused = False  # by us: its answers are not being read
         self.requests = 0
         # requests answered at once while serving a read, and how long each took, for the
@@ -144,7 +148,8 @@ class Session(asyncio.Protocol):
         self.accepted = True
         self.context.run(structlog.contextvars.bind_contextvars, client=self.peer)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
-        log.info("rpc_client_connected", client=self.peer)
+        self.loud = self.server.loud_client()
+        (log.info if self.loud else log.debug)("rpc_client_connected", client=self.peer)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -244,7 +249,8 @@ class Session(asyncio.Protocol):
             self.server.background(self._release(departure))
         else:
             self.engine.give_back_when_idle()  # what this client's session held goes now
-        log.info(
+        # one that ended in an error is worth its line, whatever the rate of clients
+        (log.info if self.loud or exc is not None else log.debug)(
             "rpc_client_disconnected",
             client=self.peer,
             requests=self.requests,
