@@ -15,14 +15,24 @@ Waiting on the trace, not on a clock, makes every run draw the same path.
 
 Both processes are stopped afterwards. tests/docs/test_figures.py runs this again and checks that
 the committed figures have the shape a run gives.
+
+Drawing into a directory that holds the figures already (`make figure` on a clean tree) keeps a
+figure, byte for byte, when the run drew the same thing (`same`): the hops' times (every run's
+own), seq numbers and ids, and the order in which the send's completion and the echo's hops
+interleave after the offload (the one choice a run's timing makes, with the target's send
+backlog event, spec §5.3) are not what the figure shows. A figure that shows something else is
+written; `--rewrite` writes every figure the run drew.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +43,15 @@ FILES = ("send.svg", "send.mmd", "conn.svg", "conn.mmd")
 TEXT = b"hello, chimney"
 #: the last hop of the echo's indication: its return to the target at the bottom layer
 INDICATED = ("nic0", "NdisTcpOffloadReceiveHandler:return")
+#: the figures, each drawn as an SVG and a Mermaid file (`FILES`)
+FIGURES = ("send", "conn")
+#: the conn figure's first hops: the offload down the layers and its completion back up, in
+#: the same order in every run
+OFFLOAD_HOPS = 8
+#: the event the target sends only when the send waited for its acknowledgement (spec §5.3)
+BACKLOG = "TcpIndicateSendBacklogChange"
+TIME = re.compile(r"\+[\d.]+ (?:ns|µs|ms|s)\b")  # a hop's time since the first: `+2.9 µs`
+NUMBER = re.compile(r"\b\d+(?:\.\d+)?\b")  # seq numbers, handles, ids (not `P1`, a lane)
 #: how long the echo may take to come up (seconds), polled this often
 WAIT_S = 30.0
 POLL_S = 0.02
@@ -126,12 +145,59 @@ def draw(out: Path) -> None:
             _stop(proc)
 
 
+def _shape(name: str, text: str) -> tuple[list[str], ...]:
+    """What figure `name` (its Mermaid text) shows: its lines with times and numbers made
+    `T` and `N`; for "conn", the hops after the offload in any order, the backlog event aside."""
+    lines = [NUMBER.sub("N", TIME.sub("T", x.strip())) for x in text.splitlines() if x.strip()]
+    if name != "conn":
+        return (lines,)
+    hops = [x for x in lines if "->>" in x]  # `->>` a call down, `-->>` one back up
+    # the colour boxes (`rect`, `end`) group the hops of one NBL as they interleave
+    head = [x for x in lines if "->>" not in x and not x.startswith(("rect ", "end"))]
+    rest = sorted(x for x in hops[OFFLOAD_HOPS:] if BACKLOG not in x)
+    return head, hops[:OFFLOAD_HOPS], rest
+
+
+def same(name: str, old: str, new: str) -> bool:
+    """Whether the Mermaid texts `old` and `new` of figure `name` show the same drawing."""
+    return _shape(name, old) == _shape(name, new)
+
+
+def update(dest: Path, rewrite: bool = False) -> dict[str, str]:
+    """Draw every figure, and write into `dest` those that show something other than what
+    `dest` holds (all of them with `rewrite`): figure → "written" or "kept"."""
+    dest.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = Path(tmp)
+        draw(drawn)
+        for name in FIGURES:
+            files = (f"{name}.svg", f"{name}.mmd")
+            held = all((dest / f).is_file() for f in files)
+            mmd = f"{name}.mmd"
+            if (
+                not rewrite
+                and held
+                and same(name, (dest / mmd).read_text(), (drawn / mmd).read_text())
+            ):
+                done[name] = "kept"
+                continue
+            for f in files:  # both files of a figure come from one run
+                shutil.copyfile(drawn / f, dest / f)
+            done[name] = "written"
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tests.docs.seed_figure DIR", file=sys.stderr)
+    rewrite = "--rewrite" in args
+    rest = [a for a in args if a != "--rewrite"]
+    if len(rest) != 1 or rest[0].startswith("-"):
+        print("usage: python -m tests.docs.seed_figure DIR [--rewrite]", file=sys.stderr)
         return 2
-    draw(Path(args[0]))
+    for name, how in update(Path(rest[0]), rewrite).items():
+        why = "" if how == "written" else " (the same drawing; --rewrite writes it anyway)"
+        print(f"{name}: {how}{why}")
     return 0
 
 
