@@ -92,9 +92,10 @@ screenshots: $(STAMP)
 	$(BIN)/pytest tests/web -s -m "soak or not soak" $(PYTEST_ARGS)
 	@ls -1 tests/web/screenshots/
 
-# the README's sequence diagrams (docs/figures/), drawn by chimneyctl trace from a real run
+# the README's sequence diagrams (docs/figures/), drawn by chimneyctl trace from a real run;
+# a figure is rewritten only when it shows something new (ARGS=--rewrite rewrites them all)
 figure: $(STAMP)
-	$(BIN)/python -m tests.docs.seed_figure docs/figures
+	$(BIN)/python -m tests.docs.seed_figure docs/figures $(ARGS)
 
 # the tests marked `soak` (deselected from `make test`), then the 10,000-connection soak
 soak: $(DEPS)
