@@ -268,7 +268,7 @@ def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadB
     obj.lifecycle.fire(Event.INITIATE)
     # the values an update gave the object's key before stay with it (spec §3.4: the host's
     # neighbor and path caches outlive one offload of the object)
-    remembered = h.updated_objects.get(obj.key)
+    remembered = h.remembered(obj.key)
     if obj.block_kind == "neighbor":
         neighbor_cached = (
             remembered

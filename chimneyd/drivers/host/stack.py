@@ -50,6 +50,10 @@ P = ParamSpec("P")
 Emit = Callable[[int, str, dict[str, Any]], None]
 #: Phases during which a connection changes hands: requests wait until it is over.
 _MOVING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
+#: How many neighbors and paths the host keeps what an update gave them for, once no
+#: connection holds them (`HostStack.updated_objects`): a real host's neighbor and path caches
+#: are bounded too [EMU: the size].
+OBJECT_CACHE_CAP = 1024
 
 
 def request(
@@ -114,8 +118,10 @@ class HostStack(DriverLayer):
         capacity: int = 1 << 20,
         honor_optional_retrieve: bool = True,
         params: NdisTcpConnectionOffloadParameters | None = None,
+        object_cache_cap: int = OBJECT_CACHE_CAP,
     ) -> None:
         self.rx_buffer_bytes = rx_buffer_bytes
+        self.object_cache_cap = object_cache_cap
         self.honor_optional_retrieve = honor_optional_retrieve
         # the global parameters the host sets on every target (spec §8), and what it learned of
         # each binding: its capabilities (adapter.ASKED while a query is out) and how many
@@ -130,8 +136,9 @@ class HostStack(DriverLayer):
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
         # the cached state `tcp.update` last gave a neighbor or path, by key: a later offload
-        # of that object carries it (spec §3.4: ARP or ICMP learned it, not the offload). One
-        # entry per object a client updated, replaced by the next update
+        # of that object carries it (spec §3.4: ARP or ICMP learned it, not the offload). The
+        # host's neighbor and path cache: it outlives the objects' offloads, so it is no table
+        # a drain empties, but it is bounded (`remember_update`), least recently used first
         self.updated_objects: dict[Any, NeighborOffloadStateCached | PathOffloadStateCached] = {}
         self.pending_initiates: list[Tcb] = []
         # queued connections waiting for a path, neighbor or capabilities to settle, by it
@@ -149,6 +156,62 @@ class HostStack(DriverLayer):
         self.rx_spares: dict[int, list[bytearray]] = {}
         self.rx_spare_bytes = 0
         self._default_cached: TcpOffloadStateCached | None = None
+
+    # ============================================================================================
+    # the neighbor and path cache (what updates gave objects, spec §3.4)
+    # ============================================================================================
+    def remember_update(
+        self, key: Any, cached: NeighborOffloadStateCached | PathOffloadStateCached
+    ) -> None:
+        """An update of object `key` succeeded: the next offload of it carries `cached`."""
+        cache = self.updated_objects
+        cache.pop(key, None)  # the newest entry now (insertion order is the LRU order)
+        cache[key] = cached
+        self.trim_object_cache()
+
+    def remembered(self, key: Any) -> NeighborOffloadStateCached | PathOffloadStateCached | None:
+        """What an update gave object `key`, for its offload now (a use: the newest entry)."""
+        cache = self.updated_objects
+        cached = cache.pop(key, None)
+        if cached is not None:
+            cache[key] = cached
+        return cached
+
+    def trim_object_cache(self) -> None:
+        """Drop the least recently used entries past `object_cache_cap`, but never one of an
+        object the host still holds: its connections' `tcp.info` shows it, and its next
+        offload carries it. Those are bounded by the connections, and go with them (the host
+        trims again as objects are forgotten, `terminate.forget_idle_objects`), so once every
+        connection has gone the cache is within its cap."""
+        cache = self.updated_objects
+        excess = len(cache) - self.object_cache_cap
+        if excess <= 0:
+            return
+        doomed: list[Any] = []
+        for key in cache:  # oldest first
+            if key not in self.objects:
+                doomed.append(key)
+                if len(doomed) == excess:
+                    break
+        for key in doomed:
+            del cache[key]
+
+    def leftovers(self) -> dict[str, int]:
+        """The host's own tables, empty once every connection is closed and every operation
+        is over (spec §9 item 8): neighbor and path objects, connections waiting to go down or
+        up, batched sends and receive returns, connections waiting for a RESUME. The update
+        cache (`updated_objects`) outlives connections by design; what must be back to zero
+        for it is its excess over `object_cache_cap`."""
+        return {
+            "objects": len(self.objects),
+            "pending_initiates": len(self.pending_initiates),
+            "initiates_blocked": sum(len(q) for q in self.initiates_blocked.values()),
+            "pending_terminates": len(self.pending_terminates),
+            "send_batches": len(self.send_batches),
+            "returns": len(self.returns),
+            "resume_offloads": sum(len(w) for w in self.resume_offloads.values()),
+            "object_cache_over_cap": max(0, len(self.updated_objects) - self.object_cache_cap),
+        }
 
     def default_cached(self) -> TcpOffloadStateCached:
         """The cached TCP variables of a connection offloaded without an update (spec §2.2),

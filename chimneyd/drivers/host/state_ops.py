@@ -208,7 +208,7 @@ def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
     obj.handle.trace = None  # lent for the update only (`app_update_object`)
     if block.status == SUCCESS:
         obj.cached = block.cached
-        h.updated_objects[obj.key] = block.cached  # the next offload of it carries them
+        h.remember_update(obj.key, block.cached)  # the next offload of it carries them
         done({"status": SUCCESS.name}, None)
     else:
         # the layers below carry on with the values from before; the host terminates what

@@ -153,8 +153,12 @@ def release_unused_objects(h: HostStack) -> None:
 
 def forget_idle_objects(h: HostStack) -> None:
     """Drop neighbor and path records never offloaded that no connection uses."""
-    for key in [k for k, o in h.objects.items() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]:
+    forgotten = [k for k, o in h.objects.items() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]
+    for key in forgotten:
         del h.objects[key]
+    if forgotten:
+        # the update cache's entries of these were kept past its cap while they lived
+        h.trim_object_cache()
 
 
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
