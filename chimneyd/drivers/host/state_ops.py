@@ -171,7 +171,8 @@ def app_update_object(
     if obj.updating:
         # at most one update of an object in flight (spec §3.1): after that one, in order
         obj.update_waiters = grown(
-            obj.update_waiters, lambda: app_update_object(h, tcb, what, changes, done)
+            obj.update_waiters,
+            _unless_closed(h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done)),
         )
         return
     try:
@@ -194,6 +195,23 @@ def app_update_object(
     assert obj.handle is not None
     obj.handle.trace = tcb.trace
     h.ndis.NdisUpdateOffload(h, obj.binding, root)
+
+
+def _unless_closed(
+    h: HostStack, tcb: Tcb, done: Done, retry: Callable[[], None]
+) -> Callable[[], None]:
+    """A request waiting behind an object's update, replayed after it: unless its connection
+    was closed meanwhile (the object's update holds no close of the others on it), when it is
+    answered as a fresh call on that connection is, and as any other request that waited
+    while its connection closed (`stack.request`): NOT_FOUND."""
+
+    def replay() -> None:
+        if h.tcbs.get(tcb.conn_id) is not tcb:
+            done(None, AppError("NOT_FOUND", f"no connection {tcb.conn_id}"))
+            return
+        retry()
+
+    return replay
 
 
 def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
@@ -263,7 +281,10 @@ def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     if obj is not None and obj.updating:
         # after the object's update, as a second update waits: its handle lends the trace of
         # the connection that asked for that update (`app_update_object`) for the call
-        obj.update_waiters = grown(obj.update_waiters, lambda: app_invalidate(h, tcb, what, done))
+        obj.update_waiters = grown(
+            obj.update_waiters,
+            _unless_closed(h, tcb, done, lambda: app_invalidate(h, tcb, what, done)),
+        )
         return
     root = new_neighbor_block(neighbor.handle if what == "neighbor" else None)
     pblock = root.add_dependent(new_path_block(path.handle if what == "path" else None))
