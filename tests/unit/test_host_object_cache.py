@@ -60,7 +60,7 @@ def test_an_object_still_offloaded_keeps_its_entry() -> None:
         assert rig.call(host.app_update_object, conn, "path", {"PathMtu": _mtu(i)}).error is None
         rig.call(host.app_close, conn)
     assert key in host.updated_objects
-    assert len(host.updated_objects) <= CAP
+    assert len(host.updated_objects) <= CAP + 1, "CAP of paths left, and the one held"
     rig.call(host.app_upload, kept)
     again = rig.call(host.app_offload, kept, None)
     assert again.error is None, again
@@ -83,4 +83,27 @@ def test_the_host_names_its_tables_for_the_drain_check() -> None:
     assert left["objects"] == 2  # the path and its neighbor, while the connection is offloaded
     rig.call(host.app_close, conn)
     assert len(host.updated_objects) == 1, "the path's values outlive its connection"
+    assert not any(host.leftovers().values()), host.leftovers()
+
+
+def test_objects_still_held_do_not_push_the_others_out() -> None:
+    """The cap counts the entries of objects no connection holds: more updated paths held
+    than `CAP` do not make the host forget the values of those left within it."""
+    rig = HostRig(host_options={"object_cache_cap": CAP})
+    host = rig.host
+    for i in range(CAP):  # CAP paths updated, then left
+        conn = _path_conn(rig, i)
+        assert rig.call(host.app_update_object, conn, "path", {"PathMtu": _mtu(i)}).error is None
+        rig.call(host.app_close, conn)
+    held = []
+    for i in range(CAP, 3 * CAP):  # twice as many updated and still held
+        conn = _path_conn(rig, i)
+        assert rig.call(host.app_update_object, conn, "path", {"PathMtu": _mtu(i)}).error is None
+        held.append(conn)
+    assert len(host.updated_objects) == 3 * CAP
+    again = _path_conn(rig, 0)
+    assert host.tcbs[again].path.cached.PathMtu == _mtu(0), "forgotten though within the cap"
+    for conn in [*held, again]:
+        rig.call(host.app_close, conn)
+    assert len(host.updated_objects) == CAP
     assert not any(host.leftovers().values()), host.leftovers()

@@ -177,19 +177,34 @@ class HostStack(DriverLayer):
             cache[key] = cached
         return cached
 
-    def trim_object_cache(self) -> None:
-        """Drop the least recently used entries past `object_cache_cap`, but never one of an
-        object the host still holds: its connections' `tcp.info` shows it, and its next
-        offload carries it. Those are bounded by the connections, and go with them (the host
-        trims again as objects are forgotten, `terminate.forget_idle_objects`), so once every
-        connection has gone the cache is within its cap."""
+    def objects_let_go(self, keys: list[Any]) -> None:
+        """The host holds the objects `keys` no more: what updates gave them was in use until
+        now, so their entries are the most recently used ones (a real host's neighbor and path
+        caches age an entry from its last use), and count against the cap from now on."""
         cache = self.updated_objects
-        excess = len(cache) - self.object_cache_cap
+        for key in keys:
+            cached = cache.pop(key, None)
+            if cached is not None:
+                cache[key] = cached
+        self.trim_object_cache()
+
+    def trim_object_cache(self) -> None:
+        """Drop the least recently used entries of objects the host no longer holds past
+        `object_cache_cap` of them. An object it still holds keeps its entry, and does not
+        count: its connections' `tcp.info` shows it and its next offload carries it. Those
+        are bounded by the connections and go with them (the host trims again as it lets objects
+        go, `objects_let_go`), so once every connection has gone the cache is within its cap."""
+        cache = self.updated_objects
+        if len(cache) <= self.object_cache_cap:
+            return
+        objects = self.objects
+        held = sum(1 for key in objects if key in cache)
+        excess = len(cache) - held - self.object_cache_cap
         if excess <= 0:
             return
         doomed: list[Any] = []
         for key in cache:  # oldest first
-            if key not in self.objects:
+            if key not in objects:
                 doomed.append(key)
                 if len(doomed) == excess:
                     break
@@ -201,7 +216,7 @@ class HostStack(DriverLayer):
         is over (spec §9 item 8): neighbor and path objects, connections waiting to go down or
         up, batched sends and receive returns, connections waiting for a RESUME. The update
         cache (`updated_objects`) outlives connections by design; what must be back to zero
-        for it is its excess over `object_cache_cap`."""
+        for it is its excess over `object_cache_cap` (of objects the host no longer holds)."""
         return {
             "objects": len(self.objects),
             "pending_initiates": len(self.pending_initiates),
@@ -210,7 +225,11 @@ class HostStack(DriverLayer):
             "send_batches": len(self.send_batches),
             "returns": len(self.returns),
             "resume_offloads": sum(len(w) for w in self.resume_offloads.values()),
-            "object_cache_over_cap": max(0, len(self.updated_objects) - self.object_cache_cap),
+            "object_cache_over_cap": max(
+                0,
+                sum(1 for key in self.updated_objects if key not in self.objects)
+                - self.object_cache_cap,
+            ),
         }
 
     def default_cached(self) -> TcpOffloadStateCached:

@@ -157,8 +157,7 @@ def forget_idle_objects(h: HostStack) -> None:
     for key in forgotten:
         del h.objects[key]
     if forgotten:
-        # the update cache's entries of these were kept past its cap while they lived
-        h.trim_object_cache()
+        h.objects_let_go(forgotten)  # their update cache entries count against its cap now
 
 
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
