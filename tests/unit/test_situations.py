@@ -15,29 +15,18 @@ from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
-from chimneyd.testing import MemoryWire, OffloadTree, Stack
 from chimneyd.testing.clock import Delivery
 from chimneyd.testing.factories import fail_next, loopback_target_stack
 from chimneyd.testing.hostrig import HostRig, Reply
+from tests.unit.target_rig import OffloadedConn
 
 E = TcpOffloadEventType
 UPLOAD = S.NDIS_STATUS_UPLOAD_IN_PROGRESS
 ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 
 
-class Conn:
+class Conn(OffloadedConn):
     """The protocol stub over the target, one connection offloaded on a MemoryWire."""
-
-    def __init__(self) -> None:
-        self.st: Stack = loopback_target_stack()
-        self.nic = self.st.under_test[0]
-        self.wire: MemoryWire = self.st.wires.open()
-        self.top = self.st.top
-        self.tree: OffloadTree = self.top.connection_tree([self.wire])
-        self.top.initiate(self.tree.root)
-        self.st.run()
-        (self.handle,) = self.tree.tcp
-        self.ctx = self.handle.miniport_offload_context
 
     def events(self) -> list[tuple[TcpOffloadEventType, int]]:
         return [(e.event_type, e.info) for e in self.top.events]

@@ -20,9 +20,8 @@ from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpUploadReason
-from chimneyd.testing import MemoryWire, OffloadTree, Stack
-from chimneyd.testing.factories import loopback_target_stack
 from chimneyd.testing.hostrig import HostRig
+from tests.unit.target_rig import OffloadedConn
 
 PENDING = S.NDIS_STATUS_PENDING
 UPLOAD = S.NDIS_STATUS_UPLOAD_IN_PROGRESS
@@ -33,19 +32,8 @@ MANDATORY = [
 ]
 
 
-class Conn:
+class Conn(OffloadedConn):
     """The protocol stub over the target, one connection offloaded on a MemoryWire."""
-
-    def __init__(self) -> None:
-        self.st: Stack = loopback_target_stack()
-        self.nic = self.st.under_test[0]
-        self.wire: MemoryWire = self.st.wires.open()
-        self.top = self.st.top
-        self.tree: OffloadTree = self.top.connection_tree([self.wire])
-        self.top.initiate(self.tree.root)
-        self.st.run()
-        (self.handle,) = self.tree.tcp
-        self.ctx = self.handle.miniport_offload_context
 
     def terminate(self) -> OffloadBlock:
         """Terminate the connection; its TCP block, holding what was handed back."""
