@@ -23,7 +23,7 @@ from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.stack import Stack
-from tests.unit.test_mux_relink_interleavings import Host
+from tests.unit.test_mux_relink_interleavings import Host, wind_down
 
 NICS = 3
 NIC = st.integers(0, NICS - 1)
@@ -189,29 +189,4 @@ def test_arp_updates_among_moves_and_failures_reach_every_copy(
         host.react()
         _check(st, host, failed | down)
 
-    for nic in nics:
-        nic.fail_next.clear()
-    for i in failed:
-        nics[i].recover_adapter()
-        st.run()
-    for i in down:
-        mux.lower_up(mux.lower_list()[i].binding)
-        st.run()
-    for _ in range(3):
-        for handle in list(host.live):
-            host.upload(handle)
-        host.react()
-    assert host.live == []
-    st.advance(2 * mux_module.CORRUPT_RETRY_MAX)
-    done = len(st.top.state_completions)
-    root = new_neighbor_block(None)
-    root.add_dependent(new_path_block(host.path))
-    st.top.terminate(root)
-    st.run()
-    for handle in host.neighbors:
-        st.top.terminate(new_neighbor_block(handle))
-        st.run()
-    assert [c.statuses for c in st.top.state_completions[done:]] == [[OK, OK], [OK], [OK]]
-    assert mux.vobj_table == {} and mux.deferred == []
-    assert st.checker.violations == []
-    assert st.drain_problems() == []
+    wind_down(st, host, failed, down)

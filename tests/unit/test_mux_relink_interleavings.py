@@ -133,7 +133,6 @@ def test_next_hop_changes_among_failures_keep_the_team_consistent(
 ) -> None:
     st = teamed_target_stack(nics=NICS, policy="round-robin")
     nics = st.under_test[1:]
-    mux = st.under_test[0]
     host = Host(st)
     failed: set[int] = set()
     for action, arg in actions:
@@ -219,11 +218,21 @@ def test_next_hop_changes_among_failures_keep_the_team_consistent(
                 if copy.lifecycle.phase is Phase.OFFLOADED and not host.invalidated:
                     assert copy.under.vobj.upper is want
 
-    # the end: no more faults; everything goes, connections first (spec §3.1)
+    wind_down(st, host, failed)
+
+
+def wind_down(st: Stack, host: Host, failed: set[int], down: set[int] | None = None) -> None:
+    """The end of a run: no more faults, every NIC back in service, and everything goes,
+    connections first (spec §3.1); then the MUX and every layer hold nothing."""
+    mux = st.under_test[0]
+    nics = st.under_test[1:]
     for nic in nics:
         nic.fail_next.clear()
     for i in failed:
         nics[i].recover_adapter()
+        st.run()
+    for i in down or ():
+        mux.lower_up(mux.lower_list()[i].binding)
         st.run()
     for _ in range(3):
         for handle in list(host.live):
