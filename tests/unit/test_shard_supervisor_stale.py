@@ -23,7 +23,13 @@ from chimneyd.shards.control import ControlCodec
 from chimneyd.shards.link import ControlLink
 from chimneyd.shards.listen import Reservation, reserve
 from chimneyd.shards.supervisor import Supervisor
-from tests.unit.test_shard_supervisor_stop import WAIT_S, named, running_shard, shard_config
+from tests.unit.test_shard_supervisor_stop import (
+    WAIT_S,
+    named,
+    running_shard,
+    shard_config,
+    tear_down,
+)
 
 
 class StoppingSupervisor(Supervisor):
@@ -97,11 +103,4 @@ async def test_a_ready_left_in_a_dead_shards_channel_changes_nothing(tmp_path: P
         assert [(e["gen"], e["pid"]) for e in restarted] == [(2, shard.proc.pid)], restarted
         assert shard.state == "running" and 0 not in sup.watchers
     finally:
-        sup.stopping = True
-        for task in list(sup.restarting):
-            task.cancel()
-        held.close()
-        for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        tear_down(sup, held, procs)

@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -27,7 +26,7 @@ from chimneyd.shards.link import ControlLink
 from chimneyd.shards.listen import Reservation, reserve
 from chimneyd.shards.supervisor import Backoff, Supervisor
 from tests.unit.test_shard_supervisor_stale import until
-from tests.unit.test_shard_supervisor_stop import named, running_shard, shard_config
+from tests.unit.test_shard_supervisor_stop import named, running_shard, shard_config, tear_down
 
 START_S = 2.0  # the start timeout here (60 s in the daemon)
 SETTLED_S = 0.5  # listening this long resets the back-off (30 s in the daemon)
@@ -50,17 +49,6 @@ class HangingSupervisor(Supervisor):
         if self.connects >= self.hang_from and proc is not None:
             os.kill(proc.pid, signal.SIGSTOP)
         return await super()._connect(sock, factory)
-
-
-async def _cleanup(sup: Supervisor, held: Reservation, procs: list[Any]) -> None:
-    sup.stopping = True  # no restart from here on
-    for task in [*sup.restarting, *([sup.watching] if sup.watching else [])]:
-        task.cancel()
-    held.close()
-    for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 async def test_a_shard_that_keeps_hanging_at_start_backs_off_as_a_crash_loop(
@@ -96,7 +84,7 @@ async def test_a_shard_that_keeps_hanging_at_start_backs_off_as_a_crash_loop(
         assert [e["restart_in_s"] for e in hung] == [0.1, 0.2], hung
         assert all(e["served_s"] == 0.0 for e in hung), hung
     finally:
-        await _cleanup(sup, held, procs)
+        tear_down(sup, held, procs)
 
 
 async def test_a_shard_that_listened_long_enough_starts_its_back_off_over(
@@ -122,4 +110,4 @@ async def test_a_shard_that_listened_long_enough_starts_its_back_off_over(
         (died,) = named(logs, "shard_died")
         assert died["restart_in_s"] == 0.0 and died["served_s"] >= SETTLED_S, died
     finally:
-        await _cleanup(sup, held, procs)
+        tear_down(sup, held, procs)

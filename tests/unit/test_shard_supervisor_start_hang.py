@@ -21,7 +21,13 @@ from chimneyd.shards import supervisor as supervisor_module
 from chimneyd.shards.control import ControlCodec
 from chimneyd.shards.listen import reserve
 from tests.unit.test_shard_supervisor_stale import StoppingSupervisor, until
-from tests.unit.test_shard_supervisor_stop import WAIT_S, named, running_shard, shard_config
+from tests.unit.test_shard_supervisor_stop import (
+    WAIT_S,
+    named,
+    running_shard,
+    shard_config,
+    tear_down,
+)
 
 START_S = 3.0  # the start timeout in this test (60 s in the daemon)
 
@@ -76,12 +82,5 @@ async def test_a_restarted_shard_that_reports_but_never_listens_is_hung(
             feeding.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await feeding
-        sup.stopping = True
-        for task in [*sup.restarting, *([sup.watching] if sup.watching else [])]:
-            task.cancel()
-        held.close()
-        for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        tear_down(sup, held, procs)
     assert WAIT_S > 4 * START_S

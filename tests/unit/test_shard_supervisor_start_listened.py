@@ -19,7 +19,13 @@ from structlog.testing import capture_logs
 from chimneyd.shards.control import ControlCodec
 from chimneyd.shards.listen import reserve
 from tests.unit.test_shard_supervisor_stale import StoppingSupervisor, until
-from tests.unit.test_shard_supervisor_stop import WAIT_S, named, shard_config, spawned
+from tests.unit.test_shard_supervisor_stop import (
+    WAIT_S,
+    named,
+    shard_config,
+    spawned,
+    tear_down,
+)
 
 
 async def test_a_start_up_shard_whose_ready_is_read_after_its_end_is_restarted(
@@ -56,11 +62,4 @@ async def test_a_start_up_shard_whose_ready_is_read_after_its_end_is_restarted(
             assert shard.proc is not None
             procs.append(shard.proc)
     finally:
-        sup.stopping = True
-        for task in list(sup.restarting):
-            task.cancel()
-        held.close()
-        for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        tear_down(sup, held, procs)

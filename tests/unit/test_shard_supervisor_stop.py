@@ -91,14 +91,7 @@ async def supervising(tmp_path: Path, daemon: str = "", shards: int = 1, **kw: A
     try:
         yield sup, procs
     finally:
-        sup.stopping = True  # no restart from here on
-        for task in [*sup.restarting, *([sup.watching] if sup.watching else [])]:
-            task.cancel()
-        held.close()
-        for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(5)
+        tear_down(sup, held, procs)
 
 
 async def test_a_stop_while_a_restart_connects_reaps_the_new_shard(tmp_path: Path) -> None:
@@ -143,3 +136,16 @@ async def test_a_stop_while_a_restart_waits_out_its_back_off_is_clean(tmp_path: 
         stopped = named(logs, "supervisor_stopped")
         assert rc == 0, stopped
         assert stopped[0]["how"] == {0: "signal SIGKILL, before the stop"}, stopped
+
+
+def tear_down(sup: Supervisor, held: Reservation, procs: list[Any]) -> None:
+    """The end of a supervisor test: no restart from here on, no task left waiting, the
+    reserved port given back, and every process the test or the supervisor started killed."""
+    sup.stopping = True
+    for task in [*sup.restarting, *([sup.watching] if sup.watching else [])]:
+        task.cancel()
+    held.close()
+    for proc in [*procs, *(s.proc for s in sup.shards if s.proc is not None)]:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
