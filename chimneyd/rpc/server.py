@@ -61,6 +61,8 @@ class ClientLines:
         self._timer: asyncio.TimerHandle | None = None
         self.window = self._zero()
         self.life = self._zero()
+        # a client logged at debug left in the window: it is summed up too (`departed`)
+        self.quiet_left = False
         self.stopped = False
 
     @staticmethod
@@ -88,7 +90,13 @@ class ClientLines:
             self.life["at_debug"] += 1
         return loud
 
-    def departed(self) -> None:
+    def departed(self, quiet: bool) -> None:
+        """A client left; `quiet`: its lines went at debug. Its departure may come windows
+        after its arrival (a soak's clients connect in a burst and leave minutes later): it
+        opens a window, whose summary counts it, or it would show at info only at the stop."""
+        if quiet:
+            self._open()
+            self.quiet_left = True
         self.window["left"] += 1
         self.life["left"] += 1
 
@@ -99,13 +107,14 @@ class ClientLines:
 
     def end_window(self) -> None:
         """The window ends (its timer; a test at will): summed up if some of its clients were
-        logged at debug only."""
+        logged at debug only, arriving or leaving."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
         self.window_end = None
         window, self.window = self.window, self._zero()
-        if window["at_debug"]:
+        quiet_left, self.quiet_left = self.quiet_left, False
+        if window["at_debug"] or quiet_left:
             log.info("rpc_clients", **window, clients=self.clients(), window_s=self.window_s)
 
     def stop(self) -> None:
@@ -264,7 +273,7 @@ class RpcServer:
 
     def left(self, session: Session) -> None:
         if session in self.sessions:  # once per client (an evicted one leaves twice)
-            self.client_lines.departed()
+            self.client_lines.departed(quiet=not session.loud)
         self.sessions.discard(session)
         self.budget.release(session)
 
