@@ -115,6 +115,10 @@ class KeptReads(RuleBasedStateMachine):
         #: msgids of answers marked taken at once (`ClientCodec.taken`, as the blocking
         #: client does before a handler runs): their callers return with them
         self.early: set[int] = set()
+        #: conn -> how many times a read took bytes of it from what was kept (`kept_answer`)
+        self.kept_takes = {c: 0 for c in CONNS}
+        #: msgid of an early answer -> `kept_takes` of its conn when it was marked taken
+        self.early_mark: dict[int, int] = {}
         self.log: list[str] = []
 
     # -- the shell (aio.AsyncClient.call / _deliver) -------------------------------------------
@@ -166,6 +170,7 @@ class KeptReads(RuleBasedStateMachine):
             # as a woken caller's bytes: none after the end of stream (or reset) a caller took
             assert self.ended.get(conn) is None, (conn, kept, self.ended[conn], self.log)
             self.taken[conn] += kept
+            self.kept_takes[conn] += 1
             return
         caller = self.next_caller
         self.next_caller += 1
@@ -218,6 +223,7 @@ class KeptReads(RuleBasedStateMachine):
         if (kept := self.codec.kept_answer("tcp.recv", params)) is not None:
             assert self.ended.get(conn) is None, (conn, kept, self.log)
             self.taken[conn] += kept  # taken from what is kept: the daemon is not asked
+            self.kept_takes[conn] += 1
             return
         caller = self.next_caller
         self.next_caller += 1
@@ -244,8 +250,33 @@ class KeptReads(RuleBasedStateMachine):
             for msgid in todo:
                 self.log.append(f"taken msgid={msgid}")
                 self.early.add(msgid)
+                (conn,) = {c for _, c, r in self.answered if r.msgid == msgid}
+                self.early_mark[msgid] = self.kept_takes[conn]
                 self.codec.taken(msgid)
             self._deliver(list(self.codec.take_ready()))
+
+    @precondition(lambda self: any(r.msgid in self.early for _, _, r in self.answered))
+    @rule(index=st.integers(0, 10))
+    def interrupt_taken(self, index: int) -> None:
+        """The blocking client's caller of an answer marked taken is interrupted before it
+        returns (a handler it runs raised KeyboardInterrupt): `late` gives its bytes back,
+        then `forget`. Only while nothing after them in the stream was taken: no answer of
+        its connection delivered after it, no read took bytes kept after it (the calls a
+        handler makes finish, or are interrupted, before the call it runs in)."""
+        items = list(self.answered)
+        early = [i for i, (_, _, r) in enumerate(items) if r.msgid in self.early]
+        at = early[index % len(early)]
+        _, conn, reply = items[at]
+        if any(c == conn for _, c, _ in items[at + 1 :]):
+            return
+        if self.kept_takes[conn] != self.early_mark[reply.msgid]:
+            return
+        del self.answered[at]
+        self.log.append(f"interrupt taken msgid={reply.msgid} ({reply.result!r})")
+        if reply.error is None:
+            self.codec.late(reply)
+        self.codec.forget(reply.msgid)
+        self._deliver(list(self.codec.take_ready()))
 
     @rule(conn=st.sampled_from(CONNS), forever=st.booleans())
     def read_never_written(self, conn: int, forever: bool) -> None:
@@ -257,6 +288,7 @@ class KeptReads(RuleBasedStateMachine):
         if (kept := self.codec.kept_answer("tcp.recv", params)) is not None:
             assert self.ended.get(conn) is None, (conn, kept, self.log)
             self.taken[conn] += kept  # taken from what is kept: the daemon is not asked
+            self.kept_takes[conn] += 1
             return
         msgid, data = self.codec.request("tcp.recv", params, -2)
         self.log.append(f"read never written msgid={msgid} (sent={bool(data)})")
