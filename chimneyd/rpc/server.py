@@ -50,8 +50,10 @@ class ClientLines:
     the rest at debug, and when the window ends, if any was, one info line sums the window up:
     `rpc_clients` (connected, left, refused, logged at debug, peak, clients now). The stop
     logs `rpc_clients_served` for the server's whole life. What an operator needs whatever the
-    rate stays a line of its own: refusals (`rpc_client_refused`), evictions, timeouts, auth
-    failures (warnings), and a client that ends in an error (its departure at info)."""
+    rate stays a line of its own: evictions, timeouts, auth failures (warnings), and a client
+    that ends in an error (its departure at info). Refusals (`rpc_client_refused`) are
+    warnings for the first `per_window` of a window, then debug lines counted in its summary:
+    a client loop against a full daemon would be a warning a connect."""
 
     def __init__(self, clients: Callable[[], int], per_window: int, window_s: float) -> None:
         self.clients = clients  # how many are connected now
@@ -63,6 +65,8 @@ class ClientLines:
         self.life = self._zero()
         # a client logged at debug left in the window: it is summed up too (`departed`)
         self.quiet_left = False
+        # a refusal of the window was logged at debug (`refused`): it is summed up too
+        self.quiet_refused = False
         self.stopped = False
 
     @staticmethod
@@ -100,21 +104,29 @@ class ClientLines:
         self.window["left"] += 1
         self.life["left"] += 1
 
-    def refused(self) -> None:
+    def refused(self) -> bool:
+        """A client refused: whether its `rpc_client_refused` line goes at warning. The first
+        `per_window` of a window do; later ones (a client loop against a full daemon) go at
+        debug, counted in the window's summary, which they make due."""
         self._open()
         self.window["refused"] += 1
         self.life["refused"] += 1
+        loud = self.window["refused"] <= self.per_window
+        if not loud:
+            self.quiet_refused = True
+        return loud
 
     def end_window(self) -> None:
         """The window ends (its timer; a test at will): summed up if some of its clients were
-        logged at debug only, arriving or leaving."""
+        logged at debug only, arriving, leaving or refused."""
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
         self.window_end = None
         window, self.window = self.window, self._zero()
-        quiet_left, self.quiet_left = self.quiet_left, False
-        if window["at_debug"] or quiet_left:
+        quiet = self.quiet_left or self.quiet_refused
+        self.quiet_left = self.quiet_refused = False
+        if window["at_debug"] or quiet:
             log.info("rpc_clients", **window, clients=self.clients(), window_s=self.window_s)
 
     def stop(self) -> None:
@@ -241,8 +253,12 @@ class RpcServer:
             self.client_lines.refused()
             return False
         if len(self.sessions) >= self.config.max_clients and not self._evict_one():
-            log.warning("rpc_client_refused", client=session.peer, clients=len(self.sessions))
-            self.client_lines.refused()
+            # past the window's first few, at debug: a client loop against a full daemon is
+            # summed up (`ClientLines`), not a warning a connect
+            loud = self.client_lines.refused()
+            (log.warning if loud else log.debug)(
+                "rpc_client_refused", client=session.peer, clients=len(self.sessions)
+            )
             return False
         self.sessions.add(session)
         if self._sweep is None:
