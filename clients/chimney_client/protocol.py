@@ -464,57 +464,68 @@ class ClientCodec(Generic[T]):
         `most` bytes) or with its own parked answer, unless a read of it answered earlier is
         still in its caller's hands. A read whose request the daemon has not answered yet
         leaves it there: what it gets is kept in turn."""
-        if self._reads:
-            self._hold_answered(-1, (conn,))
-        if self._hands and conn in self._hands:
-            return
-        kept = self._kept.get(conn)
-        for msgid, asked in self._by_conn.get(conn, {}).items():  # in the order they were sent
-            if msgid not in self._pending:
-                continue
-            read = _Read.of(asked)
-            if read is None:
-                continue
-            parked = msgid in self._parked
-            answer = self._parked.pop(msgid, None)
-            error = answer if isinstance(answer, RpcError) else None
-            # the bytes of reads parked behind it are theirs (kept last, in order)
-            free = len(kept) - self._reserved(conn) if kept and self._parked else len(kept or b"")
-            if free > 0 and (
-                not read.waitall
-                or free >= read.max_bytes
-                # its own answer was bytes (kept), the end of stream or a reset: the bytes
-                # before it first; only a waitall TIMEOUT is no answer short
-                or (parked and not isinstance(error, RpcTimeout))
-            ):
-                size = read.max_bytes if most is None else min(most, read.max_bytes)
-                if read.waitall:
-                    size = read.max_bytes
-                size = min(size, free)
-                assert kept is not None
-                reply = Reply(msgid, self._pending.pop(msgid), None, self._take(conn, kept, size))
-                self._hand(msgid, conn)
-            elif parked:
-                # nothing kept ahead of its own answer (an error, the end of stream; its bytes
-                # dropped with the connection's close: the close's outcome, `_closed`)
-                if error is None and type(answer) is int and conn in self._gone:
-                    error = error_from_wire([NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"])
-                result = None if error is not None else b""
-                reply = Reply(msgid, self._pending.pop(msgid), error, result)
+        # a loop, not a recursion: each read answered with no bytes lets the next go on, and
+        # thousands may be parked (an asyncio client's reads refused LIMIT)
+        while True:
+            if self._reads:
+                self._hold_answered(-1, (conn,))
+            if self._hands and conn in self._hands:
+                return
+            kept = self._kept.get(conn)
+            for msgid, asked in self._by_conn.get(conn, {}).items():  # in the order they were sent
+                if msgid not in self._pending:
+                    continue
+                read = _Read.of(asked)
+                if read is None:
+                    continue
+                parked = msgid in self._parked
+                answer = self._parked.pop(msgid, None)
+                error = answer if isinstance(answer, RpcError) else None
+                # the bytes of reads parked behind it are theirs (kept last, in order)
+                free = (
+                    len(kept) - self._reserved(conn) if kept and self._parked else len(kept or b"")
+                )
+                if free > 0 and (
+                    not read.waitall
+                    or free >= read.max_bytes
+                    # its own answer was bytes (kept), the end of stream or a reset: the bytes
+                    # before it first; only a waitall TIMEOUT is no answer short
+                    or (parked and not isinstance(error, RpcTimeout))
+                ):
+                    size = read.max_bytes if most is None else min(most, read.max_bytes)
+                    if read.waitall:
+                        size = read.max_bytes
+                    size = min(size, free)
+                    assert kept is not None
+                    reply = Reply(
+                        msgid, self._pending.pop(msgid), None, self._take(conn, kept, size)
+                    )
+                    self._hand(msgid, conn)
+                elif parked:
+                    # nothing kept ahead of its own answer (an error, the end of stream; its bytes
+                    # dropped with the connection's close: the close's outcome, `_closed`)
+                    if error is None and type(answer) is int and conn in self._gone:
+                        error = error_from_wire(
+                            [NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"]
+                        )
+                    result = None if error is not None else b""
+                    reply = Reply(msgid, self._pending.pop(msgid), error, result)
+                else:
+                    return  # it waits for the daemon; no later read overtakes it
+                self._drop_read(msgid)  # the walk ends here: no later read is looked at
+                if msgid in self._riding:
+                    self._riding.discard(msgid)  # never sent: nothing more comes for it
+                elif not parked:
+                    self._orphan(msgid, asked)
+                self._ready.append(reply)
+                break
             else:
-                return  # it waits for the daemon; no later read overtakes it
-            self._drop_read(msgid)  # the walk ends here: no later read is looked at
-            if msgid in self._riding:
-                self._riding.discard(msgid)  # never sent: nothing more comes for it
-            elif not parked:
-                self._orphan(msgid, asked)
-            self._ready.append(reply)
-            if reply.error is not None or reply.result == b"":
-                # no bytes in its caller's hands: the next read goes on at once (a waitall
-                # read's TIMEOUT short of what is kept: it may take them; a read parked with
-                # its own error or end too: nothing else would answer it)
-                self._serve(conn, most)
-            return
+                return  # no read of it waits
+            if reply.error is None and reply.result != b"":
+                return  # bytes in its caller's hands: the next read waits until it has them
+            # no bytes in its caller's hands: the next read goes on at once (a waitall read's
+            # TIMEOUT short of what is kept: it may take them; a read parked with its own error
+            # or end too: nothing else would answer it)
 
     def _serve_accept(self, listener: int) -> None:
         """Answer the oldest accept of `listener` waiting in the daemon with a kept connection;
