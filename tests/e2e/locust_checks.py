@@ -76,8 +76,9 @@ class InMemoryDaemon(Client):
             return 1
         if method == "tcp.close":
             self.echo.pop(cid, None)
-            for handler in self._handlers.get("tcp.event", []):
-                handler([cid, "closed", {}])  # what the daemon sends before it answers
+            for sub in self._handlers.get("tcp.event", []):
+                if sub.active:
+                    sub.handler([cid, "closed", {}])  # what the daemon sends before it answers
             return True
         if cid in self.reset and method in ("tcp.send", "tcp.recv"):
             raise NdisStatusError(5, f"{_ABORTED} connection reset")
