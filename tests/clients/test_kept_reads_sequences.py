@@ -139,6 +139,13 @@ class KeptReads(RuleBasedStateMachine):
                     self.codec.late(event)  # its caller gave up already
             replies = list(self.codec.take_ready())
 
+    def _took(self, conn: int, data: bytes) -> None:
+        if self.ended.get(conn) is not None:
+            # docs/rpc.md tcp.recv: the end of stream (or a reset) comes after the last
+            # byte; a caller that stops there would lose what comes after it
+            assert not data, (conn, data, self.ended[conn], self.log)
+        self.taken[conn] += data
+
     def _receive(self, frames: list[bytes]) -> None:
         for frame in frames:  # one answer per chunk: a shell may read them one by one
             self._deliver(list(self.codec.receive(frame)))
@@ -250,9 +257,13 @@ class KeptReads(RuleBasedStateMachine):
             for msgid in todo:
                 self.log.append(f"taken msgid={msgid}")
                 self.early.add(msgid)
-                (conn,) = {c for _, c, r in self.answered if r.msgid == msgid}
+                (conn, reply) = next((c, r) for _, c, r in self.answered if r.msgid == msgid)
                 self.early_mark[msgid] = self.kept_takes[conn]
                 self.codec.taken(msgid)
+                if reply.error is None:
+                    # its caller has the bytes now: a read after it (a handler's, inside the
+                    # call) may take what follows them before the call returns
+                    self._took(conn, reply.result)
             self._deliver(list(self.codec.take_ready()))
 
     @precondition(lambda self: any(r.msgid in self.early for _, _, r in self.answered))
@@ -274,6 +285,10 @@ class KeptReads(RuleBasedStateMachine):
         del self.answered[at]
         self.log.append(f"interrupt taken msgid={reply.msgid} ({reply.result!r})")
         if reply.error is None:
+            # given back: they were the last bytes taken (nothing after them was)
+            held = self.taken[conn]
+            assert held.endswith(reply.result), (conn, held, reply.result, self.log)
+            self.taken[conn] = held[: len(held) - len(reply.result)]
             self.codec.late(reply)
         self.codec.forget(reply.msgid)
         self._deliver(list(self.codec.take_ready()))
@@ -388,12 +403,8 @@ class KeptReads(RuleBasedStateMachine):
                 self.codec.late(reply)
         else:
             self.log.append(f"take msgid={reply.msgid} {reply.result!r} err={reply.error}")
-            if reply.error is None:
-                if self.ended.get(conn) is not None:
-                    # docs/rpc.md tcp.recv: the end of stream (or a reset) comes after the
-                    # last byte; a caller that stops there would lose what comes after it
-                    assert not reply.result, (conn, reply.result, self.ended[conn], self.log)
-                self.taken[conn] += reply.result
+            if reply.error is None and reply.msgid not in self.early:
+                self._took(conn, reply.result)  # an early one's bytes counted when marked
             ended = reply.result == b"" or (
                 reply.error is not None and "ABORTED" in str(reply.error)
             )
@@ -647,3 +658,20 @@ async def test_a_polling_loop_of_short_waits_does_not_fill_the_daemons_limit() -
             await c.close()
     finally:
         srv.close()
+
+
+def test_a_read_inside_a_call_whose_answer_is_taken_gets_the_bytes_after_it() -> None:
+    """Found by the machine in a CI run: the blocking client marks an answer taken (its caller
+    has it) before a handler runs; a read the handler makes then gets the bytes kept after that
+    answer, and what the application holds is still the stream in order."""
+    machine = KeptReads()
+    machine.peer_sends(conn=1, data=b"ab")
+    machine.peer_fin(conn=1)
+    machine.read(conn=1, forever=False, max_bytes=1, waitall=False)
+    machine.read(conn=1, forever=False, max_bytes=1, waitall=False)
+    machine.cancel_waiting(index=0)
+    machine.blocking_delivery()
+    machine.limited_read(conn=1, give_up=False)
+    machine.taken_is_a_prefix_of_the_stream()
+    machine.indexes_agree_with_what_they_index()
+    machine.teardown()
