@@ -85,7 +85,17 @@ class ImOffloadEntry(Lifecycle):
     """The IM's per-object context: the upper handle and the IM's own handle (spec §1.2);
     its own `Lifecycle`."""
 
-    __slots__ = ("below", "handle", "held", "id", "lower", "refusing", "upper")
+    __slots__ = (
+        "below",
+        "handle",
+        "held",
+        "id",
+        "lends",
+        "lower",
+        "own_trace",
+        "refusing",
+        "upper",
+    )
 
     def __init__(self, layer: str, upper: NdisOffloadHandle, lower: Binding) -> None:
         self.id = next_object_id()
@@ -98,6 +108,11 @@ class ImOffloadEntry(Lifecycle):
         # they complete after those (spec §4.1, §9 item 2: completions keep posting order)
         self.held: list[Any] | None = None  # made when something is held
         self.refusing = False  # this IM failed a send: it relays no more I/O ahead of the upload
+        # state calls below that lent the handle the upper handle's trace (`_lend_trace`), and
+        # the trace it had before the first of them: calls on one object overlap and complete
+        # in any order, so the handle gets its own back when the last is over, not at each
+        self.lends = 0
+        self.own_trace: Any = None
 
     def __str__(self) -> str:
         return f"{self.handle.layer} IM offload entry {self.id}"
@@ -114,9 +129,8 @@ class ImCallEntry:
         self.saved_im_reserved: Any = upper_root.im_reserved
         self.pairs: list[tuple[OffloadBlock, OffloadBlock]] = []
         self.new_entries: dict[int, ImOffloadEntry] = {}  # id(upper block) -> entry
-        # entries whose handle carries a trace lent from above for this call, and the trace
-        # each had before (`_lend_trace`)
-        self.lent: list[tuple[ImOffloadEntry, Any]] | None = None
+        # entries whose handle carries a trace lent from above for this call (`_lend_trace`)
+        self.lent: list[ImOffloadEntry] | None = None
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -328,8 +342,8 @@ class PassthroughIm(DriverLayer):
         self.call_entries.discard(call)
         lower_root.im_reserved = None  # the entry points at this block: no cycle left behind
         if call.lent is not None:
-            for entry, trace in call.lent:
-                entry.handle.trace = trace  # lent for the call only (`_lend_trace`)
+            for entry in call.lent:
+                _give_back_trace(entry)
         for up, low in call.pairs:
             up.status = low.status
             if call.op == "Terminate":
@@ -656,13 +670,29 @@ def _lend_trace(call: ImCallEntry, entry: ImOffloadEntry) -> None:
     """A neighbor's or path's handle has no trace of its own; for a state call on it the layer
     above may lend one (the host lends the asking connection's for a `tcp.update` of the
     object). The IM lends it on to its own handle for the call, so the hops below show in
-    that trace too (spec §1.6: the IM relays the call as its own)."""
+    that trace too (spec §1.6: the IM relays the call as its own). Calls on one object
+    overlap (an initiate linking a connection under the path while the path is updated) and
+    complete in any order: the handle shows the newest call's trace, and gets its own back
+    once every lending call is over (`_give_back_trace`), never a trace an earlier call
+    lent, which would outlive that call and its connection."""
     trace = entry.upper.trace
-    if trace is not entry.handle.trace:
-        if call.lent is None:
-            call.lent = []
-        call.lent.append((entry, entry.handle.trace))
-        entry.handle.trace = trace
+    if entry.lends == 0:
+        if trace is entry.handle.trace:
+            return  # nothing lent: a connection's own handle, or no trace above
+        entry.own_trace = entry.handle.trace
+    entry.lends += 1
+    entry.handle.trace = trace
+    if call.lent is None:
+        call.lent = []
+    call.lent.append(entry)
+
+
+def _give_back_trace(entry: ImOffloadEntry) -> None:
+    """A call that lent `entry`'s handle a trace is over (`_lend_trace`)."""
+    entry.lends -= 1
+    if entry.lends == 0:
+        entry.handle.trace = entry.own_trace
+        entry.own_trace = None
 
 
 def _nothing_transferred(head: NetBufferList, status: NdisStatus) -> None:
