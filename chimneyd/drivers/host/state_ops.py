@@ -35,6 +35,8 @@ SUCCESS = S.NDIS_STATUS_SUCCESS
 _ONE_SHOT = TCP_FLAG_KEEP_ALIVE_RESTART | TCP_FLAG_MAX_RT_RESTART | TCP_FLAG_UPDATE_RCV_WND
 #: Phases in which the host may update a connection (never an invalidated one, spec §3.1).
 _UPDATABLE = frozenset({Phase.OFFLOADED, Phase.UPLOAD_SUGGESTED, Phase.UPLOAD_REQUESTED})
+#: a connection changing hands, as `stack._MOVING`: the requests it holds wait till it is over
+_MOVING = frozenset({Phase.OFFLOADING, Phase.TERMINATING})
 
 
 def _not_offloaded(tcb: Tcb) -> AppError:
@@ -172,7 +174,9 @@ def app_update_object(
         # at most one update of an object in flight (spec §3.1): after that one, in order
         obj.update_waiters = grown(
             obj.update_waiters,
-            _unless_closed(h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done)),
+            _unless_closed(
+                h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done), held=True
+            ),
         )
         return
     try:
@@ -198,16 +202,28 @@ def app_update_object(
 
 
 def _unless_closed(
-    h: HostStack, tcb: Tcb, done: Done, retry: Callable[[], None]
+    h: HostStack, tcb: Tcb, done: Done, retry: Callable[[], None], held: bool = False
 ) -> Callable[[], None]:
     """A request waiting behind an object's update, replayed after it: unless its connection
     was closed meanwhile (the object's update holds no close of the others on it), when it is
     answered as a fresh call on that connection is, and as any other request that waited
-    while its connection closed (`stack.request`): NOT_FOUND."""
+    while its connection closed (`stack.request`): NOT_FOUND. A request the host holds while
+    its connection changes hands (`held`: an update, not an invalidate) is held so now too,
+    behind the requests held before it: its connection may be in the middle of its close (its
+    terminate below), and is answered once that is over, as a fresh call made now would be."""
 
     def replay() -> None:
         if h.tcbs.get(tcb.conn_id) is not tcb:
             done(None, AppError("NOT_FOUND", f"no connection {tcb.conn_id}"))
+            return
+        if held and (
+            tcb.lifecycle.phase in _MOVING
+            or (tcb.deferred and not tcb.replaying)
+            or tcb.initiate_queued
+        ):
+            # `run_deferred` replays it, NOT_FOUND if it closed (a new closure: one naming
+            # itself is one a compiled build cannot make)
+            h.defer(tcb, _unless_closed(h, tcb, done, retry, held))
             return
         retry()
 
