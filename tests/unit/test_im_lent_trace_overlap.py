@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from chimneyd.drivers.host.tcb import HostObject
+import pytest
+
+from chimneyd.drivers.passthrough import PassthroughIm
+from chimneyd.testing.factories import make_passthrough_on, make_target
 from chimneyd.testing.hostrig import HostRig, Reply
 
 
@@ -25,14 +28,40 @@ def _hold_at(rig: HostRig, layer: Any, call: str) -> Any:
     return queue.popleft()
 
 
-def _im_object_traces(rig: HostRig) -> list[Any]:
-    """The traces of the IM's handles of neighbors and paths (none lends one of its own)."""
-    im: Any = rig.layers()["im-nic0"]
-    return [e.handle.trace for e in im.table if isinstance(e.upper.owner, HostObject)]
+def _rig(depth: int) -> HostRig:
+    """host → `depth` pass-through IMs → nic0."""
+    if depth == 1:
+        return HostRig(im=True)
+    rig = HostRig(targets=())
+    upper: Any = rig.host
+    for i in range(depth):
+        im = make_passthrough_on(rig.ndis, rig.clock.timers(rig.ndis.post), f"im{i}")
+        rig.ndis.bind(upper, im)
+        upper = im
+    target = make_target(rig.ndis, rig.clock.timers(rig.ndis.post), rig.wires.find, "nic0")
+    rig.targets["nic0"] = target
+    rig.ndis.bind(upper, target)
+    rig.run()
+    return rig
 
 
-def test_an_initiate_and_two_updates_overlapping_on_a_path_leave_no_trace_lent() -> None:
-    rig = HostRig(im=True)
+def _lent_at_rest(rig: HostRig) -> list[str]:
+    """IM entries whose handle carries another trace than the handle above it, with no call
+    below: a connection's handles all carry its trace, a neighbor's or path's none."""
+    return [
+        str(entry)
+        for layer in rig.layers().values()
+        if isinstance(layer, PassthroughIm)
+        for entry in layer.table
+        if entry.handle.trace is not entry.upper.trace
+    ]
+
+
+@pytest.mark.parametrize("depth", [1, 2], ids=["one-im", "nested-ims"])
+def test_an_initiate_and_two_updates_overlapping_on_a_path_leave_no_trace_lent(
+    depth: int,
+) -> None:
+    rig = _rig(depth)
     host = rig.host
     first, _ = rig.open()
     rig.offload(first)
@@ -63,9 +92,7 @@ def test_an_initiate_and_two_updates_overlapping_on_a_path_leave_no_trace_lent()
     rig.release(held_update)
     assert again.done and again.error is None, again
     first_trace = host.tcbs[first].trace
-    assert all(t is None for t in _im_object_traces(rig)), (
-        "the IM's path or neighbor handle kept a lent trace after every call on it completed"
-    )
+    assert _lent_at_rest(rig) == [], "a lent trace outlived every call on the object"
     # the first connection closes: nothing records into its trace any more
     assert rig.call(host.app_close, first).value is True
     held_records = first_trace.held()
