@@ -739,8 +739,10 @@ class ClientCodec(Generic[T]):
                     # waiting too, and then to the rider, in stream order
                     self.dropped_responses += 1
                     return
+                parked = self._parked
                 for msgid in self._by_conn.get(read.conn, ()):
-                    if msgid in self._riding:
+                    # a rider parked with its answer already (below) has had it: not another
+                    if msgid in self._riding and msgid not in parked:
                         if (err is not None or result == b"") and self._held(read.conn):
                             # a read of it answered earlier is in its caller's hands (its
                             # bytes may come back, `late`): the end (a reset) waits behind

@@ -675,3 +675,23 @@ def test_a_read_inside_a_call_whose_answer_is_taken_gets_the_bytes_after_it() ->
     machine.taken_is_a_prefix_of_the_stream()
     machine.indexes_agree_with_what_they_index()
     machine.teardown()
+
+
+def test_a_rider_parked_with_its_end_does_not_get_a_later_refusal() -> None:
+    """Found by the one-reader machine (seed 11): a read rides on an abandoned read with no
+    timeout; that read's end of stream comes while another read's answer is in its caller's
+    hands, so the rider's end waits behind it (parked); a later read given up on is refused
+    LIMIT. That refusal was the later read's alone: the rider still gets its end, not LIMIT."""
+    machine = KeptReadsOneReader()
+    machine.read(conn=1, forever=True, max_bytes=1, waitall=False)
+    machine.cancel_waiting(index=0)
+    machine.limited_read(conn=1, give_up=False)
+    machine.read(conn=2, forever=False, max_bytes=1, waitall=False)
+    machine.cancel_waiting(index=1)
+    machine.limited_read(conn=1, give_up=False)
+    machine.peer_fin(conn=1)
+    machine.limited_read(conn=1, give_up=True)
+    machine.read(conn=1, forever=False, max_bytes=1, waitall=False)
+    machine.taken_is_a_prefix_of_the_stream()
+    machine.indexes_agree_with_what_they_index()
+    machine.teardown()
