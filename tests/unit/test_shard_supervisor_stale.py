@@ -33,13 +33,16 @@ from tests.unit.test_shard_supervisor_stop import (
 
 
 class StoppingSupervisor(Supervisor):
-    """Stops (SIGSTOP) the shard process whose control channel is the `stop_at`-th connected,
-    before the supervisor's `hello` reaches it: it can have said nothing, `ready` least of all
-    (a shard needs its hello to listen)."""
+    """Stops (SIGSTOP) the shard process whose control channel is the `stop_at`-th connected
+    (with `and_after`, that one and every later one), before the supervisor's `hello` reaches
+    it: it can have said nothing, `ready` least of all (a shard needs its hello to listen)."""
 
-    def __init__(self, config: Config, held: Reservation, stop_at: int) -> None:
+    def __init__(
+        self, config: Config, held: Reservation, stop_at: int, and_after: bool = False
+    ) -> None:
         super().__init__(config, held, {})
         self.stop_at = stop_at
+        self.and_after = and_after
         self.connects = 0
 
     async def _connect(
@@ -47,7 +50,8 @@ class StoppingSupervisor(Supervisor):
     ) -> ControlLink:
         self.connects += 1
         proc = self.shards[0].proc
-        if self.connects == self.stop_at and proc is not None:
+        due = self.connects >= self.stop_at if self.and_after else self.connects == self.stop_at
+        if due and proc is not None:
             os.kill(proc.pid, signal.SIGSTOP)
         return await super()._connect(sock, factory)
 

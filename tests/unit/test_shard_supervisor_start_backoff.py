@@ -11,44 +11,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from chimneyd.config import Config
 from chimneyd.shards import supervisor as supervisor_module
-from chimneyd.shards.link import ControlLink
-from chimneyd.shards.listen import Reservation, reserve
-from chimneyd.shards.supervisor import Backoff, Supervisor
-from tests.unit.test_shard_supervisor_stale import until
+from chimneyd.shards.listen import reserve
+from chimneyd.shards.supervisor import Backoff
+from tests.unit.test_shard_supervisor_stale import StoppingSupervisor, until
 from tests.unit.test_shard_supervisor_stop import named, running_shard, shard_config, tear_down
 
 START_S = 2.0  # the start timeout here (60 s in the daemon)
 SETTLED_S = 0.5  # listening this long resets the back-off (30 s in the daemon)
-
-
-class HangingSupervisor(Supervisor):
-    """Stops (SIGSTOP) every process of shard 0 from the `hang_from`-th whose control channel
-    is connected, before its `hello`: each restart hangs at start, never listening."""
-
-    def __init__(self, config: Config, held: Reservation, hang_from: int) -> None:
-        super().__init__(config, held, {})
-        self.hang_from = hang_from
-        self.connects = 0
-
-    async def _connect(
-        self, sock: socket.socket, factory: Callable[[], ControlLink]
-    ) -> ControlLink:
-        self.connects += 1
-        proc = self.shards[0].proc
-        if self.connects >= self.hang_from and proc is not None:
-            os.kill(proc.pid, signal.SIGSTOP)
-        return await super()._connect(sock, factory)
 
 
 async def test_a_shard_that_keeps_hanging_at_start_backs_off_as_a_crash_loop(
@@ -57,7 +34,7 @@ async def test_a_shard_that_keeps_hanging_at_start_backs_off_as_a_crash_loop(
     monkeypatch.setattr(supervisor_module, "START_TIMEOUT_S", START_S)
     config = shard_config(tmp_path)
     held = reserve(config.rpc.listen, config.rpc.unix_socket_mode)
-    sup = HangingSupervisor(config, held, hang_from=2)
+    sup = StoppingSupervisor(config, held, stop_at=2, and_after=True)
     sup.heartbeat = START_S  # the start bound is the longer of the two: START_S here
     procs: list[subprocess.Popen[bytes]] = []
     shard = sup.shards[0]
@@ -94,7 +71,7 @@ async def test_a_shard_that_listened_long_enough_starts_its_back_off_over(
     restarts it at once, whatever its predecessors did."""
     config = shard_config(tmp_path)
     held = reserve(config.rpc.listen, config.rpc.unix_socket_mode)
-    sup = HangingSupervisor(config, held, hang_from=10**9)  # none hangs
+    sup = StoppingSupervisor(config, held, stop_at=10**9, and_after=True)  # none stops
     procs: list[subprocess.Popen[bytes]] = []
     shard = sup.shards[0]
     shard.backoff = Backoff(first=0.1, most=10.0, settled_s=SETTLED_S)
