@@ -164,7 +164,7 @@ def urgent(
         events.request_upload(t, c, TcpUploadReason.ReceivedUrgentData)
     # held from the urgent byte on: the segment is the request's cause, not a segment after
     # it; the next one stops processing from RcvNxt (`segment`, spec §5.2)
-    _take(t, c, offset, data, flags)
+    segment(t, c, offset, data, flags, True)
 
 
 def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
@@ -244,18 +244,25 @@ def fail_forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         send.ask_upload(t, c)
 
 
-def segment(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:
+def segment(
+    t: OffloadTarget,
+    c: TcpContext,
+    offset: int,
+    data: memoryview,
+    flags: int,
+    cause: bool = False,
+) -> None:
     """An arriving segment: in order → the delivery algorithm; ahead → held until the gap
-    fills (spec §4.4: out-of-order segments enter when they become in-sequence)."""
-    if c.lifecycle.tcp is TcpState.RESET:
+    fills (spec §4.4: out-of-order segments enter when they become in-sequence). With `cause`
+    it is the urgent segment that asked for the upload (`urgent`): held from its urgent byte
+    on, not a segment after the request (spec §5.2). One function, not a check and a taking
+    step: every socket read runs it (`wire_data`)."""
+    lc = c.lifecycle
+    if lc.tcp is TcpState.RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
-    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+    if lc.phase is Phase.UPLOAD_REQUESTED and not cause:
         _stop_processing(c)  # every mandatory reason, urgent data's too (spec §5.2)
-    _take(t, c, offset, data, flags)
-
-
-def _take(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int) -> None:
-    """A segment the target takes: held from `urgent_at` on, else into the stream."""
+    # taken: held from `urgent_at` on, else into the stream
     at = c.urgent_at
     if at is not None and (offset + len(data) > at or flags & TH_FIN):
         # from the urgent data on, nothing is delivered through the chimney (spec §5.2)
@@ -273,7 +280,7 @@ def _take(t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags:
         c.buffered_bytes += len(piece)
         c.buffered_psh = bool(fl & TH_PSH)
     if fin_now:
-        c.lifecycle.fire(Event.FIN_RECEIVED)
+        lc.fire(Event.FIN_RECEIVED)
     pump(t, c)
 
 
