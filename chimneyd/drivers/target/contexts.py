@@ -116,9 +116,11 @@ class TcpContext(Lifecycle):
         "rcv_bound",
         "receives_owed",
         "refused",
+        "rst_challenged_at",
         "rt_reset",
         "rx",
         "send_failed",
+        "syn_challenged_ns",
         "timed_out",
         "trace",
         "unacked",
@@ -185,6 +187,11 @@ class TcpContext(Lifecycle):
         # a disconnect refused while earlier sends are outstanding: the status it completes with
         # once they are done (it may not overtake them, spec §9 item 2); None for a FIN on the wire
         self.disconnect_refused: NdisStatus | None = None
+        # blind-reset mitigation (spec §5.2): RcvNxt when the last challenge ACK for an RST was
+        # counted (none again until an acceptable segment moved it), and the clock when the
+        # last one for a SYN was (none again for 3 s)
+        self.rst_challenged_at = -1
+        self.syn_challenged_ns: int | None = None
         self.backlog = 0  # the send backlog last indicated (spec §5.3)
         self.backlog_at = 0
         # what the cached variables asked of the socket and of the delegated state (spec §3.4;

@@ -32,6 +32,8 @@ S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 MAX_INDICATION = 1 << 20
+#: At most one challenge ACK for in-window SYNs per this period (spec §5.2).
+SYN_CHALLENGE_NS = 3_000_000_000
 _ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
 
 
@@ -120,26 +122,49 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
 def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     """A forwarded RST at stream `offset`, checked as one from the wire (spec §4.6) by the
     blind-reset rules (spec §5.2): only one exactly at RcvNxt is acceptable and aborts. One in
-    the window gets a challenge ACK, one outside it is dropped; the connection carries on.
-    [EMU] chimneyd's target cannot put an ACK of its own on the kernel's socket: what a
-    challenge ACK would bring back is decided by the socket. Still open, the peer's kernel
-    holds the connection and answers with an ordinary ACK: nothing changes. Closed (the
-    kernel saw the connection die, the news the host forwards this RST for), the peer would
-    answer the challenge ACK, or the next segment sent after a dropped RST, with an RST at
-    RcvNxt: acceptable, so it aborts now."""
-    if offset == c.rx.rcv_nxt or c.wire.closed:
+    the window gets a challenge ACK, one per RST validation period (until an acceptable
+    segment arrives: RcvNxt moved); one outside it is dropped silently; the connection carries
+    on. [EMU] chimneyd's target cannot put an ACK of its own on the kernel's socket: it counts
+    the challenge ACK it would send (`answered`), and what the ACK would bring back is decided
+    by the socket. Still open, the peer's kernel holds the connection and answers with an
+    ordinary ACK: nothing changes. Closed (the kernel saw the connection die, the news the host
+    forwards this RST for), the peer would answer the challenge ACK, or the next segment sent
+    after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now."""
+    rcv_nxt = c.rx.rcv_nxt
+    if offset == rcv_nxt or c.wire.closed:
         peer_reset(t, c)
+    elif _in_window(c, offset, 0) and c.rst_challenged_at != rcv_nxt:
+        c.rst_challenged_at = rcv_nxt
+        answered(t, "ChallengeAck/RST")
 
 
 def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     """A forwarded SYN (spec §5.2): one in order (at RcvNxt) in any state but TIME_WAIT makes
     the target give the connection up, so it asks for the upload (mandatory, `UploadRequested`:
-    the pages name no reason for it). One elsewhere would get an ACK or a challenge ACK, which
-    the target cannot send on the kernel's socket: it is dropped. [EMU] The connection goes
-    back in the state it is in, not CLOSED: a forward copies what the host read from the
-    socket, and the kernel that owns the real connection has answered the real SYN itself."""
-    if offset == c.rx.rcv_nxt and c.lifecycle.tcp is not TcpState.TIME_WAIT:
-        send.ask_upload(t, c)
+    the pages name no reason for it). One in the window but out of order gets a challenge ACK,
+    at most one every `SYN_CHALLENGE_NS`; one outside the window an ACK, each time; neither
+    gives the connection up. [EMU] The target counts those ACKs (`answered`): it cannot send
+    them on the kernel's socket, whose kernel has answered the real SYN itself. The connection
+    goes back in the state it is in, not CLOSED: a forward copies what the host read from the
+    socket, and the kernel that owns the real connection decided what the SYN did to it."""
+    if offset == c.rx.rcv_nxt:
+        if c.lifecycle.tcp is not TcpState.TIME_WAIT:
+            send.ask_upload(t, c)
+    elif not _in_window(c, offset, 1):
+        answered(t, "Ack/SYN")
+    else:
+        now = t.ndis.clock()
+        last = c.syn_challenged_ns
+        if last is None or now - last >= SYN_CHALLENGE_NS:
+            c.syn_challenged_ns = now
+            answered(t, "ChallengeAck/SYN")
+
+
+def answered(t: OffloadTarget, kind: str) -> None:
+    """[EMU] An ACK the target would put on the wire in answer to a forwarded segment (spec
+    §5.2), counted in its `calls` stats as `kind` ("ChallengeAck/RST", "Ack/URG", ...): the
+    peer is a real socket's kernel, which sends its own ACKs; none of ours can reach it."""
+    t.stats.count(kind)
 
 
 def urgent(
@@ -150,7 +175,10 @@ def urgent(
     asks for the mandatory upload (`ReceivedUrgentData`) and delivers nothing from the urgent
     data on: it and every later segment are held and go up the ordinary path at the
     terminate (`hand_up_held`), where the host hands them to the application in order."""
-    if c.lifecycle.tcp is TcpState.RESET or not _acceptable(c, offset, len(data), ack):
+    if c.lifecycle.tcp is TcpState.RESET:
+        return
+    if not _acceptable(c, offset, len(data), ack):
+        answered(t, "Ack/URG")  # an unacceptable segment is answered with an ACK (RFC 793)
         return
     at = max(offset, c.rx.rcv_nxt)
     held_from = c.urgent_at
@@ -175,6 +203,12 @@ def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
     snd_max = wire.bytes_written + (1 if wire.eof_written else 0)  # a FIN takes a number
     if offset_of(wire.isn, ack, wire.bytes_written) > snd_max:
         return False
+    return _in_window(c, offset, length)
+
+
+def _in_window(c: TcpContext, offset: int, length: int) -> bool:
+    """Some of a segment of `length` sequence numbers at `offset` lies in the receive window
+    (`RcvNxt` to `RcvNxt + RcvWnd`, spec §2.2); an empty one (an RST) lies at its offset."""
     rcv_nxt = c.rx.rcv_nxt
     window = max(1, c.rcv_bound - c.buffered_bytes)
     return offset + max(length, 1) > rcv_nxt and offset < rcv_nxt + window
