@@ -115,6 +115,9 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
 
 
 #: Phases in which acknowledgements complete sends (until the terminate takes them over).
+#: UPLOAD_REQUESTED among them: after a mandatory upload request the target processes no more
+#: received segments, but a send the peer acknowledged was delivered and can only complete
+#: SUCCESS, now or at the terminate (spec §5.2 [INF], §3.6.3).
 _ACKS_COUNT = frozenset({Phase.OFFLOADING, *LIVE})
 
 
