@@ -55,6 +55,9 @@ LIMITS: dict[str, tuple[int, int] | tuple[float, float]] = {
     "rpc.max_auth_failures": (1, 1000),
     "rpc.auth_failures_per_peer": (1, 1_000_000),
     "rpc.auth_failure_window_s": (0.1, 86400.0),
+    # 0: every client at debug, summed up; a window of a day at most, so a summary still comes
+    "rpc.client_lines_per_window": (0, 1_000_000),
+    "rpc.client_lines_window_s": (1.0, 86400.0),
     "engine.trace_depth": (1, 1_000_000),
     # TCP's largest window (RFC 7323 window scaling) is 1 GiB: the delegated RcvWnd cannot say more
     "engine.rx_buffer_bytes": (1, GiB),
@@ -113,6 +116,10 @@ class RpcConfig:
     auth_failures_per_peer: int = 20  # wrong tokens one peer address may send per window
     auth_failure_window_s: float = 60.0
     unix_socket_mode: str = "0600"  # octal: who may connect to a unix socket listener
+    # the log lines of RPC clients (rpc/server.py `ClientLines`): the first this many of a
+    # window are logged at info, the rest at debug and summed up when the window ends
+    client_lines_per_window: int = 10
+    client_lines_window_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

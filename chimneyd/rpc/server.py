@@ -34,12 +34,13 @@ BACKLOG = 4096  # perf-notes: past ~4096 unaccepted connects the accept queue ov
 EVICT_GRACE_S = (
     1.0  # at max_clients, a newcomer may evict a client idle (holding nothing) this long
 )
-#: The first this many clients of a window have their own lines at info
-#: (`rpc_client_connected`, `rpc_client_disconnected`); later ones at debug, summed up at info
-#: when the window ends (`rpc_clients`). A client by hand is logged as ever; a soak of 10,000
-#: clients or a `chimneyctl` loop is not two lines a client (`ClientLines`).
-CLIENT_LINES_PER_WINDOW = 10
-CLIENT_LINES_WINDOW_S = 60.0
+#: The defaults of `rpc.client_lines_per_window` and `rpc.client_lines_window_s`: the first
+#: this many clients of a window have their own lines at info (`rpc_client_connected`,
+#: `rpc_client_disconnected`); later ones at debug, summed up at info when the window ends
+#: (`rpc_clients`). A client by hand is logged as ever; a soak of 10,000 clients or a
+#: `chimneyctl` loop is not two lines a client (`ClientLines`).
+CLIENT_LINES_PER_WINDOW = RpcConfig().client_lines_per_window
+CLIENT_LINES_WINDOW_S = RpcConfig().client_lines_window_s
 
 
 class ClientLines:
@@ -53,7 +54,14 @@ class ClientLines:
     rate stays a line of its own: evictions, timeouts, auth failures (warnings), and a client
     that ends in an error (its departure at info). Refusals (`rpc_client_refused`) are
     warnings for the first `per_window` of a window, then debug lines counted in its summary:
-    a client loop against a full daemon would be a warning a connect."""
+    a client loop against a full daemon would be a warning a connect. A client refused because
+    the server is stopping has no line of its own: it spends none of that budget (a server
+    started again, or full in the same window, warns from its first refusal as ever), and is
+    counted in `refused` and in `stopping_refused` of the summaries.
+
+    Every count goes to the window open when it happens: a departure logged at info while no
+    window is open (its client's window ended) opens none and is counted in the life's
+    summary only, not in a later window's `left` (whose clients had not left)."""
 
     def __init__(self, clients: Callable[[], int], per_window: int, window_s: float) -> None:
         self.clients = clients  # how many are connected now
@@ -67,11 +75,20 @@ class ClientLines:
         self.quiet_left = False
         # a refusal of the window was logged at debug (`refused`): it is summed up too
         self.quiet_refused = False
+        # refusals of the window that had a warning of their own: the budget of `refused`
+        self.warned = 0
         self.stopped = False
 
     @staticmethod
     def _zero() -> dict[str, int]:
-        return {"connected": 0, "left": 0, "refused": 0, "at_debug": 0, "peak": 0}
+        return {
+            "connected": 0,
+            "left": 0,
+            "refused": 0,
+            "stopping_refused": 0,
+            "at_debug": 0,
+            "peak": 0,
+        }
 
     def _open(self) -> None:
         if self.window_end is None and not self.stopped:
@@ -101,17 +118,25 @@ class ClientLines:
         if quiet:
             self._open()
             self.quiet_left = True
-        self.window["left"] += 1
+        if self.window_end is not None:  # else no window: its own line at info says it
+            self.window["left"] += 1
         self.life["left"] += 1
 
-    def refused(self) -> bool:
+    def refused(self, stopping: bool = False) -> bool:
         """A client refused: whether its `rpc_client_refused` line goes at warning. The first
         `per_window` of a window do; later ones (a client loop against a full daemon) go at
-        debug, counted in the window's summary, which they make due."""
+        debug, counted in the window's summary, which they make due. One refused because the
+        server is `stopping` has no line: it is counted, and spends nothing of the budget."""
         self._open()
-        self.window["refused"] += 1
-        self.life["refused"] += 1
-        loud = self.window["refused"] <= self.per_window
+        for c in (self.window, self.life):
+            c["refused"] += 1
+            if stopping:
+                c["stopping_refused"] += 1
+        if stopping:
+            self.quiet_refused = True
+            return False
+        self.warned += 1
+        loud = self.warned <= self.per_window
         if not loud:
             self.quiet_refused = True
         return loud
@@ -126,6 +151,7 @@ class ClientLines:
         window, self.window = self.window, self._zero()
         quiet = self.quiet_left or self.quiet_refused
         self.quiet_left = self.quiet_refused = False
+        self.warned = 0
         if window["at_debug"] or quiet:
             log.info("rpc_clients", **window, clients=self.clients(), window_s=self.window_s)
 
@@ -177,7 +203,7 @@ class RpcServer:
         self.stopping = False
         self._sweep: asyncio.TimerHandle | None = None
         self.client_lines = ClientLines(
-            lambda: len(self.sessions), CLIENT_LINES_PER_WINDOW, CLIENT_LINES_WINDOW_S
+            lambda: len(self.sessions), config.client_lines_per_window, config.client_lines_window_s
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # the clock of every deadline; a builtin, read once per read from a client
@@ -250,7 +276,7 @@ class RpcServer:
         longest among those holding nothing makes room, if there is one (so idle sockets cannot
         lock everyone out); otherwise the newcomer is refused."""
         if self.stopping:
-            self.client_lines.refused()
+            self.client_lines.refused(stopping=True)
             return False
         if len(self.sessions) >= self.config.max_clients and not self._evict_one():
             # past the window's first few, at debug: a client loop against a full daemon is
