@@ -79,7 +79,13 @@ class Backoff:
     """When to start a shard that died: at once the first time, then waits that double up to
     `most` while it keeps dying young; one that listened `settled_s` (ran fine) starts over
     from `first`. What counts is the time it listened, not the time it lived: one that never
-    listened (hung at start until the start bound, 60 s, killed it) is a crash loop."""
+    listened (hung at start until the start bound, 60 s, killed it) is a crash loop.
+
+    A shard killed as hung counts as one that crashed: it served up to the last time it was
+    heard, not through the silence that made it hung (`Supervisor._on_exit`). With
+    `daemon.heartbeat_timeout_s` at or above `settled_s` (both 30 s by default), a shard that
+    hangs as soon as it listens would otherwise look settled at every kill and be restarted at
+    once, hang after hang; one that served `settled_s` before it hung starts over from `first`."""
 
     first: float = 0.1
     most: float = 10.0
@@ -375,7 +381,12 @@ class Supervisor:
         shard.state = "down"
         self.watchers.discard(shard.index)
         self._tell_forwarding()
+        # a hung process served until it was last heard (`Backoff`): read before `_drain`,
+        # whose leftovers say nothing of when they were sent
+        heard: float | None = None
         if shard.link is not None:
+            if shard.hung:
+                heard = now - max(0.0, self.loop.time() - shard.link.heard)
             self._drain(shard.link, shard.peek)
             shard.link.close()  # its pending requests are answered (expired) at once
             shard.link = None
@@ -396,7 +407,11 @@ class Supervisor:
             "lived_s": round(lived, 1),
         }
         # read after `_drain`: a `ready` it left unread counts as listening from its end (0 s)
-        served = 0.0 if shard.ready_at is None else max(0.0, now - shard.ready_at)
+        served = (
+            0.0
+            if shard.ready_at is None
+            else max(0.0, (now if heard is None else heard) - shard.ready_at)
+        )
         died["served_s"] = round(served, 1)
         if shard.hung:
             died["hung"] = shard.hung
