@@ -38,7 +38,7 @@ from .limits import (
 from .phases import Phases
 from .plan import Plan, cap_to
 from .procs import Child, process_nofile_limit
-from .report import merge_counters
+from .report import gauges_left, merge_counters
 from .state import WorkerConfig
 from .worker import run_worker, worker_process
 
@@ -96,6 +96,7 @@ class Soak(Phases, LayerFaults):
         self.spread: dict[int, int] = {}
         self.warm_up_damage: list[dict[str, Any]] = []
         self.hold_started: float | None = None  # monotonic: what `--faults KIND@Ts` counts from
+        self.helpers_stopped = False  # `stop_helpers` has run
 
     # -- helpers -------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -211,7 +212,9 @@ class Soak(Phases, LayerFaults):
         stats_after: dict[str, Any] | None = None
         rss_before = rss_after = None
         exit_status: int | None = None
+        # every phase's wall time, in the order of the run (`PHASES`): where a run's time went
         timing: dict[str, float] = {}
+        t_run = mark = time.monotonic()
         t_start: float | None = None
         try:
             try:
@@ -219,6 +222,7 @@ class Soak(Phases, LayerFaults):
                 self.control = await AsyncClient.connect(
                     self.rpc_addr, token=self.args.token, call_timeout=CALL_TIMEOUT_S
                 )
+                timing["start_s"], mark = _lap(mark)
                 self.learn_shards(await self.control.stack_info())
                 self.find_daemon_pid()
                 if self.daemon_pid is not None and self.daemon is None and not self.shard_pids:
@@ -231,6 +235,7 @@ class Soak(Phases, LayerFaults):
                 engine = stats_before.get("engine") or {}
                 for key in ("layer_errors", "invariant_violations"):
                     self.health_base[key] = engine.get(key) or 0
+                timing["warm_up_s"], mark = _lap(mark)
             except asyncio.CancelledError:
                 # Ctrl-C before the workers started: nothing to wind down but our processes
                 current = asyncio.current_task()
@@ -268,8 +273,15 @@ class Soak(Phases, LayerFaults):
                     f"memory | 0 open; waiting {IDLE_TRIM_WAIT_S:g} s for the idle daemon to "
                     "give memory back"
                 )
-                await self.wait_or_interrupt(IDLE_TRIM_WAIT_S)
+                t_memory = time.monotonic()
+                waits = [self.wait_or_interrupt(IDLE_TRIM_WAIT_S)]
+                if stats_after is not None and not gauges_left(stats_after, stats_before):
+                    # drained: the workers and peers hold nothing in the daemon any more, and
+                    # their stop cannot move its RSS: they stop while it gives memory back
+                    waits.append(self.stop_helpers())
+                await asyncio.gather(*waits)
                 rss_after = self.rss_after()
+                timing["memory_s"] = time.monotonic() - t_memory
         except _Interrupted:
             pass
         except (ChimneyError, RuntimeError, OSError) as exc:
@@ -286,16 +298,17 @@ class Soak(Phases, LayerFaults):
             if "active_s" not in timing and t_start is not None:
                 timing["active_s"] = time.monotonic() - t_start
             # our clients first, then the peers, then the daemon (it drains what is left)
-            await self.teardown_workers()
+            t_stop_all = time.monotonic()
+            await self.stop_helpers()
             if self.control is not None:
                 await self.control.close()
-            for peer in self.peers:
-                await peer.stop()
             if self.daemon is not None:
                 crashed_before = self.daemon.proc.poll() is not None
                 exit_status = await self.daemon.stop()
                 if crashed_before and not self.crash:
                     self.crash = f"daemon exited with status {exit_status} before the end"
+            timing["stop_s"] = time.monotonic() - t_stop_all
+            timing["total_s"] = time.monotonic() - t_run
         report = self.make_report(
             stats_before, stats_after, rss_before, rss_after, exit_status, timing
         )
@@ -427,6 +440,14 @@ class Soak(Phases, LayerFaults):
             with contextlib.suppress(ChimneyError):
                 await self.control.fault_clear("*")
 
+    async def stop_helpers(self) -> None:
+        """The workers, then the echo peers (at once: each its own process); once."""
+        if self.helpers_stopped:
+            return
+        self.helpers_stopped = True
+        await self.teardown_workers()
+        await asyncio.gather(*(peer.stop() for peer in self.peers))
+
     async def teardown_workers(self) -> None:
         self.broadcast({"type": "stop", "fast": True})
         for task in self.local_tasks:
@@ -442,6 +463,12 @@ class Soak(Phases, LayerFaults):
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+
+
+def _lap(since: float) -> tuple[float, float]:
+    """The time since `since`, and now (the next phase's start)."""
+    now = time.monotonic()
+    return now - since, now
 
 
 class _Interrupted(Exception):

@@ -50,6 +50,9 @@ LATENCY_SAMPLES = 50_000
 DETAILS_KEPT = 100
 #: How often workers report progress and the coordinator refreshes its line (seconds).
 PROGRESS_EVERY_S = 0.5
+#: How often a worker reads the coordinator's commands: a stop or a fault's order waits no
+#: longer than this (reading them with the progress, every 0.5 s, held every stop that long).
+COMMAND_POLL_S = 0.05
 #: A round trip begun during a stall must come back no earlier than the stall's end, reckoned
 #: from just before fault.inject; the daemon's loop clock reads up to a millisecond or two behind
 #: ours (libuv caches it per iteration, in whole milliseconds), so this much earlier still counts.

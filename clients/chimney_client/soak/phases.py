@@ -168,7 +168,10 @@ class Phases:
 
     # -- set-up ----------------------------------------------------------------------------------
     async def start_processes(self) -> None:
+        """The daemon and the echo peers (unless given), booting side by side: each waits for
+        its own ready line, not for the one started before it."""
         args = self.args
+        daemon_ready = None
         if not args.rpc:
             argv = [sys.executable, "-m", "chimneyd", "--listen", "127.0.0.1:0", "--invariants"]
             # a soak killed outright (SIGKILL) cannot stop its daemon: it stops by itself
@@ -178,19 +181,21 @@ class Phases:
             if getattr(args, "shards", None):
                 argv += ["--shards", str(args.shards)]
             self.daemon = Child("chimneyd", argv, self.logdir)
-            m = await self.daemon.wait_line(_DAEMON_READY, SPAWN_READY_S)
-            self.rpc_addr = m.group(1)
             self.daemon_pid = self.daemon.proc.pid
+            daemon_ready = self.daemon
         if args.peer:
             self.peer_addrs = [peer_address(p) for p in args.peer]
             self.peer_controls = [None] * len(self.peer_addrs)
-            return
-        n = max(2, math.ceil(self.plan.connections / CONNS_PER_PEER))
-        for i in range(n):
-            argv = [sys.executable, "-m", "chimney_client.soak.echo_peer", "--listen"]
-            # a soak killed outright (SIGKILL) cannot stop its peers: they stop by themselves
-            argv += ["127.0.0.1:0", "--parent-pid", str(os.getpid())]
-            self.peers.append(Child(f"peer{i}", argv, self.logdir))
+        else:
+            n = max(2, math.ceil(self.plan.connections / CONNS_PER_PEER))
+            for i in range(n):
+                argv = [sys.executable, "-m", "chimney_client.soak.echo_peer", "--listen"]
+                # a soak killed outright (SIGKILL) cannot stop its peers: they stop by themselves
+                argv += ["127.0.0.1:0", "--parent-pid", str(os.getpid())]
+                self.peers.append(Child(f"peer{i}", argv, self.logdir))
+        if daemon_ready is not None:
+            m = await daemon_ready.wait_line(_DAEMON_READY, SPAWN_READY_S)
+            self.rpc_addr = m.group(1)
         for peer in self.peers:
             m = await peer.wait_line(_PEER_READY, SPAWN_READY_S)
             self.peer_addrs.append((m.group(1), int(m.group(2))))

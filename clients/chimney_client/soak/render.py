@@ -72,12 +72,7 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         t.add_row("fd limit", str(conns["capped_by_fd_limit"]))
     if conns.get("limit_refusals"):
         t.add_row("LIMIT", f"{conns['limit_refusals']} connects refused by the daemon's limit")
-    tm = report["timing_s"]
-    t.add_row(
-        "time",
-        f"ramp {tm.get('ramp_s', 0)} s, hold {tm.get('hold_s', 0)} s, settle+close "
-        f"{tm.get('close_s', 0)} s, drain {tm.get('drain_s', 0)} s",
-    )
+    t.add_row("time", _times(report["timing_s"]))
     t.add_row("ops", f"{report['ops']:,} echo round trips, {report['ops_per_s']:,} ops/s")
     t.add_row(
         "tcp.send latency",
@@ -201,6 +196,30 @@ class ProgressLine:
 
     def stop(self) -> None:
         self._live.stop()
+
+
+#: The phases of a run in their order, as `timing_s` keys them and the `time` row names them:
+#: spawning the daemon and peers, the warm-up (its connections, then the wait for the idle
+#: daemon's trim and RSS plateau), ramp, hold, settle and close, the gauges' drain, the wait
+#: for the daemon to give memory back, and the stop of workers, peers and daemon.
+PHASES = (
+    ("start_s", "start"),
+    ("warm_up_s", "warm-up"),
+    ("ramp_s", "ramp"),
+    ("hold_s", "hold"),
+    ("close_s", "settle+close"),
+    ("drain_s", "drain"),
+    ("memory_s", "memory"),
+    ("stop_s", "stop"),
+)
+
+
+def _times(timing: dict[str, float]) -> str:
+    """Each phase the run went through (a run cut short, or against a daemon it cannot
+    measure, skips some), then the whole run's wall time."""
+    shown = ", ".join(f"{name} {timing[key]} s" for key, name in PHASES if key in timing)
+    total = timing.get("total_s")
+    return shown + (f"; total {total} s" if total is not None else "")
 
 
 def _logs_of(daemon: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from .conn_faults import ConnFaults
 from .limits import (
     CALL_TIMEOUT_S,
     CLOSE_ALL_S,
+    COMMAND_POLL_S,
     INTERRUPT_GRACE_S,
     PROGRESS_EVERY_S,
     SETTLE_S,
@@ -150,10 +151,12 @@ class Worker(ConnFaults):
         self.c["offloaded_now"] = sum(1 for c in self.by_id.values() if c.offloaded)
 
     async def ticker(self) -> None:
-        """Progress, commands from the coordinator, churn marks."""
+        """Commands from the coordinator, read every `COMMAND_POLL_S` (a stop, or a fault's
+        order, waits no longer); progress and churn marks every `PROGRESS_EVERY_S`."""
         last_churn = time.monotonic()
+        next_progress = 0.0
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(COMMAND_POLL_S)
             for msg in self.inbox.drain():
                 if msg["type"] == "stop":
                     if not self.stopping:
@@ -169,6 +172,9 @@ class Worker(ConnFaults):
                     self.fault_tasks.add(task)
                     task.add_done_callback(self.fault_tasks.discard)
             now = time.monotonic()
+            if now < next_progress:
+                continue
+            next_progress = now + PROGRESS_EVERY_S
             if self.cfg.churn > 0 and now - last_churn >= 1.0 and not self.stopping:
                 p = self.cfg.churn / 60.0 * (now - last_churn)
                 for conn in self.by_id.values():
@@ -177,7 +183,6 @@ class Worker(ConnFaults):
                 last_churn = now
             self.count_live()
             self.out.put({"type": "progress", "w": self.cfg.index, "c": dict(self.c)})
-            await asyncio.sleep(PROGRESS_EVERY_S - 0.1)
 
     def provoke_offloads(self, n: int) -> None:
         """Have `n` offloaded connections upload and offload again at their next round trip."""
