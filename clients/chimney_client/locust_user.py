@@ -12,9 +12,10 @@ it from a locustfile (deploy/locustfile.py), never next to asyncio code.
 
 What lands in Locust's statistics (request type / name):
 
-    rpc / <method>           every RPC (tcp.connect, events.subscribe, tcp.info, tcp.send,
-                             tcp.recv, tcp.upload, tcp.offload, fault.inject, tcp.close, auth
-                             ...): round trip, payload bytes (sent and acknowledged, or
+    rpc / <method>           every RPC (tcp.connect, tcp.send, tcp.recv, tcp.upload,
+                             tcp.offload, fault.inject, tcp.close; auth and events.subscribe
+                             once a session; tcp.info only for a connection not heard of as
+                             offloaded): round trip, payload bytes (sent and acknowledged, or
                              received); an error answer is a failure
     rpc / rpc.connect        failure only: the daemon's RPC port could not be reached
     echo / <daemon address>  one echoed chunk (not a round: a round is payload_bytes in chunks of
@@ -98,8 +99,6 @@ RPC_CONNECT = "rpc.connect"
 DEFAULT_ECHO = "127.0.0.1:9000"
 #: Seconds a user waits before trying an unreachable daemon again.
 RECONNECT_BACKOFF_S = 1.0
-#: Client-side limit on the `tcp.close` a stopping user sends (Locust waits for on_stop).
-STOP_CLOSE_TIMEOUT_S = 5.0
 #: Longest a loopback echo (or a reset's abort, or one RPC) may still be outstanding when the run
 #: stops before it counts as lost (capped by the op timeout): Locust kills users mid-call at the
 #: stop, and an echo acknowledged this long before has had time to come back many times over.
@@ -132,11 +131,14 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "recv_timeout_ms": (0, MAX_TIMEOUT_MS),
     "op_timeout_s": (0.001, None),
     "call_timeout_s": (0.001, None),
+    "stop_close_s": (0.001, None),
 }
 
 
 #: settings that are not `--chimney-*` options (a test or a subclass sets them)
 NOT_OPTIONS = frozenset({"call_timeout_s"})
+#: settings whose None means "derived from the others"
+OPTIONAL = frozenset({"call_timeout_s", "stop_close_s"})
 
 
 def setting_problem(name: str, value: Any, kind: type) -> str | None:
@@ -189,10 +191,12 @@ class ChimneySettings:
     op_timeout_s: float = 30.0  # an echo or a reset that takes longer is a failure
     #: client-side limit on any RPC; None: `op_timeout_s` plus the client's server-wait margin
     call_timeout_s: float | None = None
+    #: client-side limit on the `tcp.close` of a stopping user; None: `stop_grace_s`
+    stop_close_s: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if f.name in NOT_OPTIONS and getattr(self, f.name) is None:
+            if f.name in OPTIONAL and getattr(self, f.name) is None:
                 continue
             if f.name in RANGES:
                 kind = int if isinstance(f.default, int) else float
@@ -213,6 +217,15 @@ class ChimneySettings:
     def stop_grace_s(self) -> float:
         """How long an echo, a reset or a call may be outstanding when the run stops."""
         return min(self.op_timeout_s, STOP_GRACE_S)
+
+    @property
+    def stop_close_limit_s(self) -> float:
+        """Client-side limit on the `tcp.close` a stopping user sends: Locust waits for every
+        user's `on_stop` (without `--stop-timeout`, for as long as it takes), so a daemon that
+        does not answer must not hold the stop. By default the stop's grace: a close slower
+        than an echo may be outstanding at the stop is itself stuck (reported by its rpc row);
+        the daemon then closes the connection with the session."""
+        return self.stop_grace_s if self.stop_close_s is None else self.stop_close_s
 
     @classmethod
     def from_options(cls, options: Any) -> ChimneySettings:
@@ -288,6 +301,14 @@ def add_arguments(parser: Any) -> None:
         include_in_web_ui=False,
         help="an echo or reset slower than this is a failure, and an RPC unanswered 5 s past "
         "it, s (default %(default)s)",
+    )
+    parser.add_argument(
+        "--chimney-stop-close-s",
+        type=_option_type("stop_close_s", float),
+        default=None,
+        include_in_web_ui=False,
+        help="a stopping user waits this long for its tcp.close, s (default: the op timeout, at "
+        f"most {_num(STOP_GRACE_S)})",
     )
 
 
@@ -446,6 +467,13 @@ class ChimneyUser(User):
         self.conn: EchoConn | None = None
         #: connections whose `closed` event came (taken by the check after `tcp.close`)
         self._gone: dict[int, bool] = {}
+        #: the connections of this session: events of others (an admin's `"*"` hears every
+        #: connection) are not kept
+        self._mine: set[int] = set()
+        #: connections of this session heard of as `offloaded` (`_check_offloaded`)
+        self._offloaded: set[int] = set()
+        #: a `tcp.connect` is under way: its connection's `offloaded` may come before its id
+        self._connecting = False
         now = time.monotonic()
         self._next_upload = now + self._interval(self.settings.upload_rate)
         self._next_reset = now + self._interval(self.settings.reset_rate)
@@ -480,7 +508,7 @@ class ChimneyUser(User):
         # is safe, and the daemon then closes every connection the client owned.
         if conn is not None and not client.mid_call and not client.closed:
             try:
-                client.call("tcp.close", conn.cid, timeout=STOP_CLOSE_TIMEOUT_S)
+                client.call("tcp.close", conn.cid, timeout=self.settings.stop_close_limit_s)
                 self._check_closed(conn)
             except ChimneyError:
                 pass  # reported by the client
@@ -739,11 +767,15 @@ class ChimneyUser(User):
                 self.client = self._open_client()
             if self.conn is None:
                 host, port = self._echo_address()
-                cid = self.client.tcp_connect(host, port)
+                self._offloaded.clear()
+                self._connecting = True
+                try:
+                    cid = self.client.tcp_connect(host, port)
+                finally:
+                    self._connecting = False
+                self._mine.add(cid)
                 seed = self.rng.getrandbits(48)
                 self.conn = EchoConn(cid, seed, PatternStream(seed), Verifier(seed))
-                # its `closed` event is how a close is checked (`_check_closed`)
-                self.client.call("events.subscribe", cid)
                 self._check_offloaded(self.conn)
         except _ConnGone:
             self._drop_connection()
@@ -755,8 +787,13 @@ class ChimneyUser(User):
 
     def _check_offloaded(self, conn: EchoConn) -> None:
         """`tcp.connect` offloads at once, and a refusal leaves the connection in the host stack
-        without a word (rpc.md tcp.connect): ask `tcp.info`, and if it is not offloaded, offload
-        it, so that a refusal is seen as its NDIS status and a daemon that offloads nothing fails."""
+        without a word (rpc.md tcp.connect). Its `offloaded` event, which the session's `"*"`
+        subscription hears before the connect's answer (the connection is the caller's before
+        its offload: rpc.md events.subscribe), says it was; only a connection not heard of so
+        costs a `tcp.info`, and if it is not offloaded the user offloads it, so that a refusal
+        is seen as its NDIS status and a daemon that offloads nothing fails."""
+        if conn.cid in self._offloaded:
+            return
         state = self._io(conn, self._client().tcp_info, conn.cid).get("state")
         if state != "offloaded":
             self._offload(conn)
@@ -769,14 +806,21 @@ class ChimneyUser(User):
             self._fire(RPC, RPC_CONNECT, (time.perf_counter() - t0) * 1000.0, 0, exc)
             raise
         client.report_to(self.environment, self._explained, self.context())
-        self._gone.clear()  # a new session: the old one's connections are gone with it
+        # a new session: the old one's connections are gone with it
+        self._gone.clear()
+        self._mine.clear()
+        self._offloaded.clear()
         client.on_notification("tcp.event", self._on_event)
-        if self.settings.token:
-            try:
+        try:
+            if self.settings.token:
                 client.auth(self.settings.token)
-            except BaseException:
-                client.close()
-                raise
+            # the events of every connection of the session, once: a `closed` is how a close is
+            # checked (`_check_closed`), an `offloaded` how a connect's offload is
+            # (`_check_offloaded`); not a call a connection
+            client.call("events.subscribe", "*")
+        except BaseException:
+            client.close()
+            raise
         return client
 
     def _echo_address(self) -> tuple[str, int]:
@@ -812,9 +856,16 @@ class ChimneyUser(User):
         )
 
     def _on_event(self, params: Any) -> None:
-        """`tcp.event` notifications of the user's connections: it keeps only `closed`."""
-        if isinstance(params, list | tuple) and len(params) >= 2 and params[1] == "closed":
-            self._gone[params[0]] = True
+        """`tcp.event` notifications: the user keeps the `closed` of its own connections, and
+        the `offloaded` of the one its `tcp.connect` is making (whose id it learns after)."""
+        if not (isinstance(params, list | tuple) and len(params) >= 2):
+            return
+        cid, event = params[0], params[1]
+        if event == "closed" and cid in self._mine:
+            self._mine.discard(cid)
+            self._gone[cid] = True
+        elif event == "offloaded" and (self._connecting or cid in self._mine):
+            self._offloaded.add(cid)
 
     # ============================================================================================
     # helpers

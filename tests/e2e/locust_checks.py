@@ -45,6 +45,7 @@ class InMemoryDaemon(Client):
     mutation = ""  # "", "corrupt", "drop"
     unexplained_abort = False  # "abort": the first connection is reset with no fault
     refuse_offload = False  # "refused": no offload taken, each refused with an NDIS status
+    close_timeouts: list[float | None] = []  # the client-side bound of each `tcp.close`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -52,6 +53,7 @@ class InMemoryDaemon(Client):
         self.delivered: dict[int, int] = {}
         self.reset: set[int] = set()
         self.next_id = 1
+        self.watching_all = False  # `events.subscribe("*")` was called
 
     def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         if method == "tcp.connect":
@@ -61,9 +63,14 @@ class InMemoryDaemon(Client):
             self.delivered[cid] = 0
             if self.unexplained_abort and cid == 1:
                 self.reset.add(cid)
+            if self.watching_all and not self.refuse_offload:
+                # the connection is the caller's before its offload (rpc.md events.subscribe):
+                # `offloaded` comes before the answer
+                self._event(cid, "offloaded", {"path": ["tcpip", "im0", "nic0"]})
             return cid
         cid = params[0]
         if method == "events.subscribe":
+            self.watching_all = self.watching_all or cid == "*"
             return True
         if method == "tcp.info":
             return {"state": "host" if self.refuse_offload else "offloaded"}
@@ -75,10 +82,9 @@ class InMemoryDaemon(Client):
             self.reset.add(spec["conn"])
             return 1
         if method == "tcp.close":
+            InMemoryDaemon.close_timeouts.append(timeout)
             self.echo.pop(cid, None)
-            for sub in self._handlers.get("tcp.event", []):
-                if sub.active:
-                    sub.handler([cid, "closed", {}])  # what the daemon sends before it answers
+            self._event(cid, "closed", {})  # what the daemon sends before it answers
             return True
         if cid in self.reset and method in ("tcp.send", "tcp.recv"):
             raise NdisStatusError(5, f"{_ABORTED} connection reset")
@@ -102,6 +108,11 @@ class InMemoryDaemon(Client):
         if method in ("tcp.upload", "tcp.offload"):
             return {"state": "host" if method == "tcp.upload" else "offloaded"}
         raise AssertionError(f"unexpected call {method}")
+
+    def _event(self, cid: int, event: str, info: dict[str, Any]) -> None:
+        for sub in self._handlers.get("tcp.event", []):
+            if sub.active:
+                sub.handler([cid, event, info])
 
 
 class FakeClient(LocustClient, InMemoryDaemon):
@@ -157,7 +168,8 @@ def check_user(case: str) -> dict[str, Any]:
         }
         for e in env.stats.errors.values()
     ]
-    return {"case": case, "entries": _entries(env), "errors": errors}
+    closes = InMemoryDaemon.close_timeouts
+    return {"case": case, "entries": _entries(env), "errors": errors, "close_timeouts": closes}
 
 
 def check_gevent(address: str, accept_ms: int = 10_000) -> dict[str, Any]:
@@ -218,6 +230,17 @@ def check_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"error": None, "call_limit_s": settings.call_limit_s}
 
 
+def check_limits(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The bounds `ChimneySettings(**kwargs)` derives: a call's, the stop's grace, and the
+    stop's `tcp.close`."""
+    settings = ChimneySettings(**kwargs)
+    return {
+        "call_limit_s": settings.call_limit_s,
+        "stop_grace_s": settings.stop_grace_s,
+        "stop_close_limit_s": settings.stop_close_limit_s,
+    }
+
+
 def main(argv: list[str]) -> int:
     what, arg, *rest = argv
     checks = {
@@ -225,6 +248,7 @@ def main(argv: list[str]) -> int:
         "gevent": lambda: check_gevent(arg, *map(int, rest)),
         "options": lambda: check_options([arg, *rest]),
         "settings": lambda: check_settings(json.loads(arg)),
+        "limits": lambda: check_limits(json.loads(arg)),
     }
     result = checks[what]()
     print(json.dumps(result))
