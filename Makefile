@@ -10,10 +10,26 @@ SRC    := chimneyd clients tests bench
 
 all: test
 
+# pip -q still prints warnings. Two kinds are harmless and said dozens of times by an install:
+# - a pip configured with extra indexes that are local directories (`pip config list`, e.g.
+#   `extra-index-url = file:///opt/pypi/simple`) warns for each package such a directory
+#   lacks, "Location 'file:...' is ignored: it is neither a file nor a directory", and takes
+#   the package from the next index: those lines are dropped, every other line of pip's is
+#   shown, and pip's own exit status is the recipe's;
+# - setuptools says "Editable installation." (a notice, not a problem: the package dirs are
+#   chimneyd, clients/chimney_client and bench, so it installs an import finder): filtered by
+#   its message in the build's warnings (PYTHONWARNINGS).
+PIP_NOISE := ^WARNING: Location 'file:[^']*' is ignored: it is neither a file nor a directory\.$$
+PIP_LOG   := $(VENV)/pip-install.log
+define pip_install
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q $(1) \
+		> $(PIP_LOG) 2>&1; rc=$$?; grep -v -e "$(PIP_NOISE)" $(PIP_LOG) >&2; exit $$rc
+endef
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(call pip_install,--upgrade pip)
+	$(call pip_install,-e '.[test]')
 	touch $(STAMP)
 
 venv: $(STAMP)
