@@ -251,19 +251,18 @@ def split_object(changes: Any) -> tuple[str, Any]:
     return what, rest
 
 
-def _dl_address(value: Any) -> bytes:
-    """A `DlDestinationAddress` from bin, or from text like "02:00:00:00:00:01"."""
+def _dl_address(value: Any, name: str = "DlDestinationAddress") -> bytes:
+    """A `DlDestinationAddress` (or a path's `NextHop`) from bin, or from text like
+    "02:00:00:00:00:01"."""
     if isinstance(value, str):
         if _MAC_TEXT.fullmatch(value) is None and _MAC_PLAIN.fullmatch(value) is None:
             raise EngineError(
                 ErrorCode.INVALID_PARAMS,
-                "DlDestinationAddress must be bin, or hex bytes like 02:00:00:00:00:01",
+                f"{name} must be bin, or hex bytes like 02:00:00:00:00:01",
             )
         value = bytes.fromhex(value.replace(":", "").replace("-", ""))
     if not isinstance(value, bytes) or not 1 <= len(value) <= MAX_DL_ADDRESS:
-        raise EngineError(
-            ErrorCode.INVALID_PARAMS, f"DlDestinationAddress must be 1..{MAX_DL_ADDRESS} bytes"
-        )
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"{name} must be 1..{MAX_DL_ADDRESS} bytes")
     return value
 
 
@@ -272,8 +271,12 @@ def check_object_cached(what: str, changes: Any) -> dict[str, Any]:
     INVALID_PARAMS naming the first bad key."""
     if not isinstance(changes, dict) or not changes:
         raise EngineError(ErrorCode.INVALID_PARAMS, "an update is a non-empty map of variables")
+    # a path's `NextHop` (extension): the link-layer address of the neighbor the path moves
+    # under, spec §3.4 (b); the host's neighbor of that next hop on the path's binding
     allowed = (
-        {"DlDestinationAddress", "HostReachabilityDelta"} if what == "neighbor" else {"PathMtu"}
+        {"DlDestinationAddress", "HostReachabilityDelta"}
+        if what == "neighbor"
+        else {"PathMtu", "NextHop"}
     )
     checked: dict[str, Any] = {}
     for key, value in changes.items():
@@ -285,8 +288,8 @@ def check_object_cached(what: str, changes: Any) -> dict[str, Any]:
                 f"{str(key)[:40]!r} is not a cached {what} variable"
                 f" (spec §2.2: {', '.join(sorted(allowed))})",
             )
-        if key == "DlDestinationAddress":
-            checked[key] = _dl_address(value)
+        if key in ("DlDestinationAddress", "NextHop"):
+            checked[key] = _dl_address(value, key)
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be an integer")

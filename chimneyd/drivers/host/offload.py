@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 S = NdisStatus
 #: Phases of a neighbor or path that a new connection cannot be linked under yet.
-_SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, Phase.FAILED})
+SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, Phase.FAILED})
 
 
 def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = False) -> None:
@@ -134,7 +134,18 @@ def _unqueue(h: HostStack, tcb: Tcb, error: AppError) -> None:
     h.run_deferred(tcb)
 
 
-def _object(
+#: The next hop of a binding's neighbor until a path is moved to another (spec §3.4 (b)): the
+#: link-layer address the host offloads a neighbor with by default [EMU].
+DEFAULT_NEXT_HOP = b"\x00" * 6
+
+
+def neighbor_key(binding: Binding, next_hop: bytes) -> tuple[str, int, bytes]:
+    """The key of a binding's neighbor: one per next hop (its link-layer address) [EMU: a real
+    host keys it by the next hop's IP address, which chimneyd has none of]."""
+    return ("neighbor", binding.id, next_hop)
+
+
+def host_object(
     h: HostStack, key: Any, kind: str, binding: Binding, parent: HostObject | None
 ) -> HostObject:
     obj = h.objects.get(key)
@@ -166,7 +177,8 @@ def flush_initiates(h: HostStack) -> None:
     if not pending:
         return
     h.pending_initiates = []
-    trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
+    # one tree per neighbor: a binding has one neighbor per next hop (spec §3.4 (b))
+    trees: dict[Any, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
     under: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections' blocks
     room = TREE_CONNECTIONS
     refusals = False
@@ -183,17 +195,26 @@ def flush_initiates(h: HostStack) -> None:
         wire = tcb.wire
         local_ip = ipaddress.ip_address(wire.local[0])
         remote_ip = ipaddress.ip_address(wire.remote[0])
-        neighbor = _object(h, ("neighbor", binding.id), "neighbor", binding, None)
-        path = _object(
-            h, ("path", binding.id, local_ip.packed, remote_ip.packed), "path", binding, neighbor
+        path_key = ("path", binding.id, local_ip.packed, remote_ip.packed)
+        path_now = h.objects.get(path_key)
+        # the path's neighbor: the one it hangs under now (a next-hop change moved it, spec
+        # §3.4 (b)), else that of the next hop the host last moved it to, else the binding's
+        # default next hop
+        neighbor = (
+            path_now.parent
+            if path_now is not None and path_now.parent is not None
+            else host_object(
+                h, neighbor_key(binding, h.next_hop_of(path_key)), "neighbor", binding, None
+            )
         )
+        path = host_object(h, path_key, "path", binding, neighbor)
         # no operation on an object still being offloaded (spec §3.1) — unless its block is in
         # the tree this flush builds, which the connection joins
-        tree = trees.get(binding.id)
-        if (neighbor.lifecycle.phase in _SETTLING or neighbor.updating) and tree is None:
+        tree = trees.get(neighbor.key)
+        if (neighbor.lifecycle.phase in SETTLING or neighbor.updating) and tree is None:
             _block(h, neighbor, tcb)
             continue
-        if (path.lifecycle.phase in _SETTLING or path.updating) and (
+        if (path.lifecycle.phase in SETTLING or path.updating) and (
             tree is None or path.key not in tree[2]
         ):
             # an object with an update below waits too: the initiate's linker names its
@@ -212,13 +233,13 @@ def flush_initiates(h: HostStack) -> None:
             continue
         tcb.initiate_queued = False
         tcb.lifecycle.fire(Event.INITIATE)  # spec §3.9: OFFLOADING from its initiate on
-        if binding.id not in trees:
-            trees[binding.id] = (binding, _object_block(h, neighbor), {})
-        _, root, paths = trees[binding.id]
+        if neighbor.key not in trees:
+            trees[neighbor.key] = (binding, object_block(h, neighbor), {})
+        _, root, paths = trees[neighbor.key]
         pblock = paths.get(path.key)
         if pblock is None:
             pblock = paths[path.key] = root.add_dependent(
-                _object_block(h, path, local_ip.version == 6)
+                object_block(h, path, local_ip.version == 6)
             )
             under[path.key] = []
         tcb.path = path
@@ -251,13 +272,13 @@ def _unblocked(h: HostStack) -> list[Tcb]:
 
 def _settled(h: HostStack, on: Any) -> bool:
     if isinstance(on, HostObject):
-        return (on.lifecycle.phase not in _SETTLING and not on.updating) or h.objects.get(
+        return (on.lifecycle.phase not in SETTLING and not on.updating) or h.objects.get(
             on.key
         ) is not on
     return h.capabilities.get(on[1]) is not adapter.ASKED
 
 
-def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBlock:
+def object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBlock:
     """A new-offload block for an idle object, or a linker for an offloaded one (spec §2.3)."""
     new_block = new_neighbor_block if obj.block_kind == "neighbor" else new_path_block
     if obj.lifecycle.phase is Phase.OFFLOADED:
@@ -273,7 +294,7 @@ def _object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadB
         neighbor_cached = (
             remembered
             if isinstance(remembered, NeighborOffloadStateCached)
-            else NeighborOffloadStateCached(DlDestinationAddress=b"\x00" * 6)
+            else NeighborOffloadStateCached(DlDestinationAddress=obj.key[2])  # its next hop
         )
         obj.cached = neighbor_cached
         return new_neighbor_block(
@@ -377,6 +398,11 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _offloaded(h, owner)
         else:
             _not_offloaded(h, owner, ndis_error(block.status), block)
+    after = root.protocol_reserved  # a next-hop change's lone new neighbor (`state_ops`)
+    if after is not None:
+        root.protocol_reserved = None
+        after()
+    h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
 

@@ -140,6 +140,12 @@ class HostStack(DriverLayer):
         # host's neighbor and path cache: it outlives the objects' offloads, so it is no table
         # a drain empties, but it is bounded (`remember_update`), least recently used first
         self.updated_objects: dict[Any, NeighborOffloadStateCached | PathOffloadStateCached] = {}
+        # the next hop a next-hop change last moved each path to, by path key (spec §3.4 (b)):
+        # a later offload of the path goes under that neighbor. The host's route cache, bounded
+        # as the update cache is (`remember_next_hop`), least recently used first
+        self.next_hops: dict[Any, bytes] = {}
+        # next-hop changes waiting for a neighbor to be offloaded or to go (`state_ops`)
+        self.moves_waiting: list[Callable[[], None]] = []
         self.pending_initiates: list[Tcb] = []
         # queued connections waiting for a path, neighbor or capabilities to settle, by it
         self.initiates_blocked: dict[Any, list[Tcb]] = {}
@@ -211,6 +217,37 @@ class HostStack(DriverLayer):
         for key in doomed:
             del cache[key]
 
+    def remember_next_hop(self, path_key: Any, next_hop: bytes) -> None:
+        """A next-hop change moved path `path_key` under the neighbor of `next_hop`."""
+        hops = self.next_hops
+        hops.pop(path_key, None)  # the newest entry now
+        hops[path_key] = next_hop
+        excess = len(hops) - self.object_cache_cap
+        if excess <= 0:
+            return
+        objects = self.objects
+        doomed = [key for key in hops if key not in objects][:excess]  # oldest first
+        for key in doomed:
+            del hops[key]
+
+    def next_hop_of(self, path_key: Any) -> bytes:
+        """The next hop a new path `path_key` goes under: where the host last moved it."""
+        hop = self.next_hops.get(path_key)
+        if hop is None:
+            return offload.DEFAULT_NEXT_HOP
+        return hop
+
+    def objects_moving(self) -> bool:
+        """Whether a next-hop change is under way (a path held for it, `state_ops`)."""
+        return any(o.updating for o in self.objects.values())
+
+    def objects_settled(self) -> None:
+        """A neighbor was offloaded or went: the next-hop changes waiting for one look again."""
+        if self.moves_waiting:
+            waiting, self.moves_waiting = self.moves_waiting, []
+            for retry in waiting:
+                retry()
+
     def leftovers(self) -> dict[str, int]:
         """The host's own tables, empty once every connection is closed and every operation
         is over (spec §9 item 8): neighbor and path objects, connections waiting to go down or
@@ -225,6 +262,11 @@ class HostStack(DriverLayer):
             "send_batches": len(self.send_batches),
             "returns": len(self.returns),
             "resume_offloads": sum(len(w) for w in self.resume_offloads.values()),
+            "moves_waiting": len(self.moves_waiting),
+            "next_hops_over_cap": max(
+                0,
+                sum(1 for key in self.next_hops if key not in self.objects) - self.object_cache_cap,
+            ),
             "object_cache_over_cap": max(
                 0,
                 sum(1 for key in self.updated_objects if key not in self.objects)

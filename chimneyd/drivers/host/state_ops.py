@@ -12,6 +12,7 @@ from chimneyd.ndis.blocks import (
     TCP_FLAG_MAX_RT_RESTART,
     TCP_FLAG_UPDATE_RCV_WND,
     OffloadBlock,
+    PathOffloadStateCached,
     TcpOffloadStateDelegated,
     new_neighbor_block,
     new_path_block,
@@ -23,7 +24,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
-from . import send, terminate
+from . import offload, send, terminate
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -154,7 +155,14 @@ def app_update_object(
     or path the connection depends on (an ARP change of `DlDestinationAddress`, an ICMP one of
     `PathMtu`), `NdisUpdateOffload` of that object's block alone (spec §3.4 (a)). Every
     connection sharing the object sees it: each layer below copies the values into its
-    object, a teaming MUX into each NIC's copy."""
+    object, a teaming MUX into each NIC's copy. A path's `NextHop` moves it under another
+    neighbor instead (`app_move_path`, spec §3.4 (b))."""
+    if what == "path" and "NextHop" in changes:
+        rest = dict(changes)
+        next_hop = rest.pop("NextHop")
+        assert isinstance(next_hop, bytes)
+        app_move_path(h, tcb, next_hop, rest, done)
+        return
     path = tcb.path
     if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
         done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
@@ -199,6 +207,200 @@ def app_update_object(
     assert obj.handle is not None
     obj.handle.trace = tcb.trace
     h.ndis.NdisUpdateOffload(h, obj.binding, root)
+
+
+class PathMove:
+    """A next-hop change in flight: the path of `tcb` moving under the neighbor of `next_hop`
+    (spec §3.4 (b)), with new cached values for the path (`cached`, or None: none)."""
+
+    __slots__ = ("cached", "done", "neighbor", "next_hop", "path", "tcb")
+
+    def __init__(
+        self,
+        tcb: Tcb,
+        path: HostObject,
+        next_hop: bytes,
+        cached: PathOffloadStateCached | None,
+        done: Done,
+    ) -> None:
+        self.tcb = tcb
+        self.path = path
+        self.next_hop = next_hop
+        self.cached = cached
+        self.done = done
+        self.neighbor: HostObject | None = None  # once settled, held until the move is over
+
+
+def app_move_path(
+    h: HostStack, tcb: Tcb, next_hop: bytes, changes: dict[str, object], done: Done
+) -> None:
+    """`tcp.update` with `object` "path" and `NextHop`: move the connection's path, and every
+    connection on it, under the binding's neighbor of that next hop (spec §3.4 (b)). The
+    host's steps: (1) it does not invalidate the old neighbor — that would send every other
+    path under it up too [EMU: step 1 is optional]; (2) it offloads the new neighbor alone if
+    it is not offloaded yet; (3) `NdisUpdateOffload` whose root names the new neighbor and
+    whose dependent names the path (with its new cached values, if any); (4) the old neighbor
+    is terminated once no path hangs under it (`terminate.release_unused_objects`)."""
+    path = tcb.path
+    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
+        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+        return
+    stale = _invalidated_under(tcb)
+    if stale is not None:
+        # no update of an invalidated path, nor a move of one under an invalidated neighbor:
+        # its connections are on their way up (spec §3.1, §3.5)
+        done(None, _invalidated(tcb, f"its {stale}"))
+        return
+    if path.lifecycle.phase is not Phase.OFFLOADED or path.cached is None:
+        done(None, AppError("INVALID_STATE", f"the path is {path.lifecycle.phase.value}"))
+        return
+    if path.updating:
+        # one update of the path in flight (spec §3.1): after that one, in order
+        path.update_waiters = grown(
+            path.update_waiters,
+            _unless_closed(
+                h, tcb, done, lambda: app_move_path(h, tcb, next_hop, changes, done), held=True
+            ),
+        )
+        return
+    assert path.parent is not None
+    if path.parent.key == offload.neighbor_key(path.binding, next_hop):
+        # under that neighbor already: nothing moves (spec §3.4: a new MAC for the same
+        # neighbor is an update of it, not a move); new values of the path still go down
+        if changes:
+            app_update_object(h, tcb, "path", changes, done)
+        else:
+            done({"status": SUCCESS.name}, None)
+        return
+    cached: PathOffloadStateCached | None = None
+    if changes:
+        assert isinstance(path.cached, PathOffloadStateCached)
+        try:
+            cached = dataclasses.replace(path.cached, **changes)  # type: ignore[arg-type]
+        except TypeError as exc:
+            done(None, AppError("INVALID_PARAMS", f"not a cached path variable: {exc}"))
+            return
+    # the path is held from now on: a connection new to it waits (`offload.flush_initiates`),
+    # as do another update and an invalidate of it, and its terminate (spec §3.1)
+    path.updating = True
+    path.pending_ops += 1
+    _move_when_settled(h, PathMove(tcb, path, next_hop, cached, done))
+
+
+def _move_when_settled(h: HostStack, mv: PathMove) -> None:
+    """Step 2 of a next-hop change, once the new neighbor is settled: a neighbor being
+    offloaded, updated or terminated (or invalidated or failed, on its way out) is waited for
+    (spec §3.1); an offloaded one is moved under at once, one not offloaded is offloaded
+    first, alone."""
+    path = mv.path
+    key = offload.neighbor_key(path.binding, mv.next_hop)
+    neighbor = h.objects.get(key)
+    if neighbor is not None and neighbor.updating:
+        neighbor.update_waiters = grown(neighbor.update_waiters, lambda: _move_when_settled(h, mv))
+        return
+    if neighbor is not None and neighbor.lifecycle.phase in offload.SETTLING:
+        h.moves_waiting.append(lambda: _move_when_settled(h, mv))
+        return
+    neighbor = offload.host_object(h, key, "neighbor", path.binding, None)
+    neighbor.refs += 1  # held for the move: the path's count goes over to it at the end
+    mv.neighbor = neighbor
+    if neighbor.lifecycle.phase is Phase.OFFLOADED:
+        _send_move(h, mv)
+        return
+    root = offload.object_block(h, neighbor, len(path.key[2]) == 16)
+    assert neighbor.handle is not None
+    # the new neighbor's handle lends the asking connection's trace for its initiate, so
+    # `trace.get` shows step 2's hops too
+    neighbor.handle.trace = mv.tcb.trace
+    root.protocol_reserved = lambda: _neighbor_offloaded(h, mv)
+    h.ndis.NdisInitiateOffload(h, neighbor.binding, root)
+
+
+def _neighbor_offloaded(h: HostStack, mv: PathMove) -> None:
+    """Step 2 is back: the new neighbor is offloaded (step 3 goes down), or not (the move
+    fails before anything moved: the path and its connections stay as they were)."""
+    neighbor = mv.neighbor
+    assert neighbor is not None
+    if neighbor.handle is not None:
+        neighbor.handle.trace = None
+    if neighbor.lifecycle.phase is Phase.OFFLOADED:
+        _send_move(h, mv)
+        return
+    neighbor.refs -= 1
+    path = mv.path
+    path.updating = False
+    path.pending_ops -= 1
+    mv.done(None, AppError("NDIS_STATUS", "the new neighbor was not offloaded: nothing moved"))
+    _after_update(h, path)
+
+
+def _send_move(h: HostStack, mv: PathMove) -> None:
+    """Step 3: `NdisUpdateOffload`, root the new neighbor, its dependent the path (§3.4 (b))."""
+    path, neighbor = mv.path, mv.neighbor
+    assert neighbor is not None and neighbor.handle is not None and path.handle is not None
+    # one update of the new neighbor in flight too, and no terminate of it (spec §3.1)
+    neighbor.updating = True
+    neighbor.pending_ops += 1
+    neighbor.lifecycle.fire(Event.UPDATE)
+    path.lifecycle.fire(Event.UPDATE)
+    root = new_neighbor_block(neighbor.handle)
+    root.add_dependent(new_path_block(path.handle, cached=mv.cached, ipv6=len(path.key[2]) == 16))
+    root.protocol_reserved = mv
+    # the path's handle lends the asking connection's trace for the call (as
+    # `app_update_object`): the move's hops show in it, one per layer and NIC
+    path.handle.trace = mv.tcb.trace
+    h.ndis.NdisUpdateOffload(h, path.binding, root)
+
+
+def _move_complete(h: HostStack, root: OffloadBlock) -> None:
+    """Step 3 is back. Moved: the path hangs under the new neighbor (its connections with
+    it), a later offload of the path goes there too, and step 4 terminates the old neighbor
+    once nothing hangs under it. Failed: every layer goes on as before; the host terminates
+    what failed (spec §3.4) — the path's connections go up, the path with the last of them,
+    as after a failed update of the path (`_object_update_complete`)."""
+    mv: PathMove = root.protocol_reserved
+    root.protocol_reserved = None
+    path, neighbor = mv.path, mv.neighbor
+    assert neighbor is not None and neighbor.handle is not None and path.handle is not None
+    path.handle.trace = None
+    neighbor.updating = path.updating = False
+    neighbor.pending_ops -= 1
+    path.pending_ops -= 1
+    neighbor.refs -= 1  # held for the move (`_move_when_settled`)
+    pblock = root.dependent_block_list
+    assert pblock is not None
+    if root.status == SUCCESS and pblock.status == SUCCESS:
+        old = path.parent
+        assert old is not None
+        path.parent = neighbor  # spec §2.3: the host's tree follows
+        if path.refs:  # the path's count of its neighbor goes with it (`HostStack.ref`)
+            old.refs -= 1
+            neighbor.refs += 1
+        if mv.cached is not None:
+            path.cached = pblock.cached
+        assert path.cached is not None
+        # its connections' `tcp.info` shows the objects; a later offload of the path carries
+        # the values, under that neighbor
+        h.remember_update(path.key, path.cached)
+        h.remember_next_hop(path.key, mv.next_hop)
+        mv.done({"status": SUCCESS.name}, None)
+    else:
+        status = pblock.status if pblock.status != SUCCESS else root.status
+        mv.done(
+            None,
+            ndis_error(status, " next-hop change failed: the path's connections are uploaded"),
+        )
+        path.lifecycle.fire(Event.HARDWARE_FAILURE)
+        _terminate_dependents(h, path)
+    _after_update(h, neighbor)
+    _after_update(h, path)
+    terminate.release_unused_objects(h)  # step 4: the old neighbor, if nothing hangs under it
+
+
+def _after_update(h: HostStack, obj: HostObject) -> None:
+    waiters, obj.update_waiters = obj.update_waiters, NO_ITEMS
+    for waiter in waiters:  # the first goes down, the others wait behind it again
+        waiter()
 
 
 def _unless_closed(
@@ -265,6 +467,9 @@ def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
 
 
 def update_complete(h: HostStack, root: OffloadBlock) -> None:
+    if isinstance(root.protocol_reserved, PathMove):
+        _move_complete(h, root)
+        return
     if isinstance(root.protocol_reserved, tuple):
         _object_update_complete(h, root)
         return

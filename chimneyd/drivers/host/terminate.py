@@ -73,21 +73,22 @@ def flush_terminates(h: HostStack) -> None:
     goes in the same tree (spec §3.1). A connection keeps its path referenced until its own
     terminate has completed: a path whose dependents are still being terminated in another
     tree waits for them, and goes once unused (`release_unused_objects`)."""
-    trees: dict[int, tuple[Binding, OffloadBlock, dict[Any, OffloadBlock]]] = {}
+    # one tree per neighbor: a binding has one per next hop (spec §3.4 (b))
+    trees: dict[Any, tuple[HostObject, OffloadBlock, dict[Any, OffloadBlock]]] = {}
     going: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections in these trees
     for tcb in h.pending_terminates:
         path = tcb.path
         assert path is not None and path.parent is not None and tcb.handle is not None
-        binding = path.binding
-        if binding.id not in trees:
-            trees[binding.id] = (binding, new_neighbor_block(None), {})
-        _, root, paths = trees[binding.id]
+        neighbor = path.parent
+        if neighbor.key not in trees:
+            trees[neighbor.key] = (neighbor, new_neighbor_block(None), {})
+        _, root, paths = trees[neighbor.key]
         if path.key not in paths:
             paths[path.key] = root.add_dependent(new_path_block(None))
             going[path.key] = []
         going[path.key].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
     h.pending_terminates = []
-    for binding, root, paths in trees.values():
+    for neighbor, root, paths in trees.values():
         going_paths: set[HostObject] = set()
         for key, pblock in paths.items():
             pblock.add_dependents(going[key])
@@ -95,10 +96,9 @@ def flush_terminates(h: HostStack) -> None:
             if _terminable(path) and path.refs == len(going[key]):
                 _start_object(path, pblock)
                 going_paths.add(path)
-        neighbor = h.objects[("neighbor", binding.id)]
         if _unused_but_for(h, neighbor, going_paths):
             _start_object(neighbor, root)
-        h.ndis.NdisTerminateOffload(h, binding, root)
+        h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
 
 
 def _unused_but_for(h: HostStack, neighbor: HostObject, going: set[HostObject]) -> bool:
@@ -184,6 +184,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             h.unref(owner.path)
             _uploaded(h, owner, block)
     release_unused_objects(h)
+    h.objects_settled()  # a next-hop change waiting for a neighbor to go (`state_ops`)
     host_reasons.settled(h)
     if offload.initiates_due(h):
         offload.flush_initiates(h)

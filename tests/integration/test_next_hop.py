@@ -1,0 +1,186 @@
+"""A next-hop change (spec §3.4 (b)): `tcp.update` with `object` "path" and `NextHop` moves the
+connection's path, and every connection on it, under the binding's neighbor of that next hop:
+the host offloads that neighbor if it is not, sends `NdisUpdateOffload` with the neighbor as
+root and the path as its dependent, and terminates the old neighbor once nothing hangs under
+it. Through a pass-through IM (the default topology) and a teaming MUX, whose NICs each move
+their copies; with bytes in flight both ways; a NIC failing the move or during it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import DEFAULT_LAYERS
+from tests.integration.support import eventually, fail_next
+from tests.integration.test_mux import echo, nic_of, teaming
+
+HOP = "02:00:00:00:00:2b"
+OTHER = "02:00:00:00:00:2c"
+DEFAULT_HOP = "00:00:00:00:00:00"
+OK = {"status": "NDIS_STATUS_SUCCESS"}
+
+
+def move(hop: str, **cached: Any) -> dict[str, Any]:
+    return {"object": "path", "NextHop": hop, **cached}
+
+
+def neighbor_mac(engine: Any, conn: int, layer: str) -> str:
+    mac: str = engine.conn_info(conn)["objects"][layer]["neighbor"]["DlDestinationAddress"]
+    return mac
+
+
+def host_neighbors(engine: Any) -> list[bytes]:
+    """The next hops of the neighbors the host holds."""
+    return sorted(k[2] for k in engine.host.objects if k[0] == "neighbor")
+
+
+async def exchange(engine: Any, conn: int, rounds: int = 3) -> None:
+    for _ in range(rounds):
+        await echo(engine, conn, os.urandom(4096))
+
+
+async def test_a_path_moves_under_a_new_neighbor_through_an_im(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(DEFAULT_LAYERS)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    await exchange(engine, conn)
+    assert await engine.update(conn, move(HOP)) == OK
+    assert engine.conn_info(conn)["state"] == "offloaded"
+    layers = [engine.conn_info(conn)["path"][0], engine.conn_info(conn)["path"][-1]]
+    for name in layers:
+        assert neighbor_mac(engine, conn, name) == HOP, name
+    # step 4: the old neighbor is gone, once nothing hangs under it
+    await eventually(lambda: host_neighbors(engine) == [bytes.fromhex("02000000002b")])
+    await exchange(engine, conn)
+
+
+async def test_every_connection_on_the_path_moves_on_every_nic(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Through a teaming MUX: each NIC holding a copy of the path gets a copy of the new
+    neighbor and moves its path copy under it; `tcp.info` shows the new neighbor per layer."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+    assert sorted({nic_of(engine, c) for c in conns}) == ["nic0", "nic1"]
+    assert await engine.update(conns[0], move(HOP)) == OK
+    for c in conns:
+        for name in ("tcpip", "team0", nic_of(engine, c)):
+            assert neighbor_mac(engine, c, name) == HOP, (c, name)
+    await eventually(lambda: host_neighbors(engine) == [bytes.fromhex("02000000002b")])
+    for c in conns:
+        await exchange(engine, c, 1)
+
+
+async def test_bytes_in_flight_both_ways_keep_their_order_across_the_move(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Sends and receives outstanding while the path moves, and again while it moves back:
+    every byte echoed, in order."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    payloads = {c: os.urandom(256 * 1024) for c in conns}
+
+    async def stream(conn: int) -> bytes:
+        data = payloads[conn]
+        sending = asyncio.ensure_future(engine.send(conn, data))
+        got = await engine.recv(conn, len(data), 10.0, True)
+        assert await sending == len(data)
+        return bytes(got)
+
+    streams = [asyncio.ensure_future(stream(c)) for c in conns]
+    assert await engine.update(conns[0], move(HOP)) == OK
+    assert await engine.update(conns[1], move(DEFAULT_HOP, PathMtu=1400)) == OK
+    got = await asyncio.wait_for(asyncio.gather(*streams), 20.0)
+    assert got == [payloads[c] for c in conns]
+    for c in conns:
+        assert engine.conn_info(c)["state"] == "offloaded"
+        assert neighbor_mac(engine, c, nic_of(engine, c)) == DEFAULT_HOP
+        assert engine.conn_info(c)["objects"]["team0"]["path"]["PathMtu"] == 1400
+
+
+@pytest.mark.parametrize("layers", ["im", "team"])
+async def test_a_later_connection_goes_under_the_path_s_new_neighbor(
+    make_engine: Any, echo_port: int, layers: str
+) -> None:
+    """Whether the path is still offloaded (it is linked under its neighbor now) or has gone
+    with its last connection (the host keeps where it moved it, as a route cache)."""
+    engine = await make_engine(DEFAULT_LAYERS if layers == "im" else teaming("round-robin", 2))
+    first = await engine.connect("127.0.0.1", echo_port)
+    assert await engine.update(first, move(HOP)) == OK
+    second = await engine.connect("127.0.0.1", echo_port)
+    assert neighbor_mac(engine, second, nic_of(engine, second)) == HOP
+    for c in (first, second):
+        await engine.close(c)
+    await eventually(lambda: not engine.host.objects, "the objects gone")
+    again = await engine.connect("127.0.0.1", echo_port)
+    assert neighbor_mac(engine, again, nic_of(engine, again)) == HOP
+    assert host_neighbors(engine) == [bytes.fromhex("02000000002b")]
+    await exchange(engine, again, 1)
+
+
+async def test_a_move_to_the_neighbor_it_is_under_moves_nothing(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conn = await engine.connect("127.0.0.1", echo_port)
+    assert await engine.update(conn, move(DEFAULT_HOP)) == OK
+    assert await engine.update(conn, move(DEFAULT_HOP, PathMtu=1300)) == OK
+    assert engine.conn_info(conn)["objects"]["nic0"]["path"]["PathMtu"] == 1300
+
+
+@pytest.mark.parametrize(
+    ("changes", "what"),
+    [
+        (move("zz"), "NextHop must be"),
+        (move(""), "NextHop must be"),
+        ({"object": "neighbor", "NextHop": HOP}, "not a cached neighbor variable"),
+        ({"NextHop": HOP}, "NextHop"),
+        (move(HOP, PathMtu=10), "PathMtu must be"),
+    ],
+)
+async def test_bad_moves_are_refused_before_any_layer(
+    make_engine: Any, echo_port: int, changes: dict[str, Any], what: str
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conn = await engine.connect("127.0.0.1", echo_port)
+    with pytest.raises(EngineError) as err:
+        await engine.update(conn, changes)
+    assert err.value.code == ErrorCode.INVALID_PARAMS and what in str(err.value)
+
+
+async def test_a_move_of_a_connection_in_the_host_is_invalid_state(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conn = await engine.connect("127.0.0.1", echo_port)
+    await engine.upload(conn)
+    with pytest.raises(EngineError) as err:
+        await engine.update(conn, move(HOP))
+    assert err.value.code == ErrorCode.INVALID_STATE
+
+
+@pytest.mark.parametrize("layers", ["im", "team"])
+async def test_a_failed_move_uploads_the_path_s_connections(
+    make_engine: Any, echo_port: int, layers: str
+) -> None:
+    """A NIC fails the move's update: nothing moves at any layer, the host terminates what
+    failed (spec §3.4) — the path's connections go on in the host — and the new neighbor,
+    which nothing uses, goes. A later connection goes under the old next hop."""
+    engine = await make_engine(DEFAULT_LAYERS if layers == "im" else teaming("round-robin", 2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    fail_next(engine, "nic1" if layers == "team" else "nic0", "MiniportUpdateOffload")
+    with pytest.raises(EngineError) as err:
+        await engine.update(conns[0], move(HOP))
+    assert err.value.code == ErrorCode.NDIS_STATUS
+    await eventually(lambda: all(engine.conn_info(c)["state"] == "host" for c in conns))
+    await eventually(lambda: not engine.host.objects, "the objects gone")
+    for c in conns:
+        await exchange(engine, c, 1)
+    again = await engine.connect("127.0.0.1", echo_port)
+    assert engine.conn_info(again)["state"] == "offloaded"
+    assert host_neighbors(engine) == [bytes(6)]
