@@ -184,3 +184,33 @@ async def test_a_failed_move_uploads_the_path_s_connections(
     again = await engine.connect("127.0.0.1", echo_port)
     assert engine.conn_info(again)["state"] == "offloaded"
     assert host_neighbors(engine) == [bytes(6)]
+
+
+@pytest.mark.parametrize("fault", ["nic_down", "target_failure"])
+@pytest.mark.parametrize("call", ["MiniportInitiateOffload", "MiniportUpdateOffload"])
+async def test_a_nic_leaving_the_team_during_the_move(
+    make_engine: Any, echo_port: int, fault: str, call: str
+) -> None:
+    """nic1 is slow with its part (its copy of the new neighbor, or its update moving the
+    path copy) and leaves the team meanwhile: the move is answered, nic1's connections move to
+    the other NICs, and every connection ends under the new neighbor's copies, carrying bytes."""
+    engine = await make_engine(teaming("round-robin", nics=3))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(6)]
+    delay = engine.fault_inject({"kind": "delay", "layer": "nic1", "call": call, "ms": 100})
+    moving = asyncio.ensure_future(engine.update(conns[0], move(HOP)))
+    await eventually(lambda: engine.host.objects_moving(), "the move below")
+    out = engine.fault_inject({"kind": fault, "layer": "nic1"})
+    answer = await asyncio.wait_for(moving, 5.0)
+    assert answer == OK
+    await eventually(
+        lambda: all(
+            engine.conn_info(c)["state"] == "offloaded" and nic_of(engine, c) != "nic1"
+            for c in conns
+        ),
+        "nic1's connections moved to the other NICs",
+    )
+    for c in conns:
+        assert neighbor_mac(engine, c, nic_of(engine, c)) == HOP, c
+        await exchange(engine, c, 1)
+    engine.fault_clear(delay)
+    engine.fault_clear(out)

@@ -245,6 +245,18 @@ def _copies_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
             del rl.copying[lower_id]
     if _copies_initiated(mux, call):
         rl.failed = True
+    # the move is below those offloaded from now, not once every NIC's part is back: until
+    # then nothing hangs under them, and the MUX would terminate them as unused (a NIC's
+    # failover in the meantime releases unused copies, `MuxIm._release_unused`), leaving step
+    # 2 a copy being terminated (spec §3.1: no operation on an object being terminated)
+    _touch(
+        rl,
+        [
+            copy
+            for _, _, copy in call.links
+            if isinstance(copy, Instance) and copy.lifecycle.phase is Phase.OFFLOADED
+        ],
+    )
     if not rl.copying:
         _all_copies_done(mux, rl)
 
