@@ -214,3 +214,22 @@ async def test_a_nic_leaving_the_team_during_the_move(
         await exchange(engine, c, 1)
     engine.fault_clear(delay)
     engine.fault_clear(out)
+
+
+async def test_the_move_s_hops_show_in_the_trace_of_the_connection_that_asked(
+    make_engine: Any, echo_port: int
+) -> None:
+    """The new neighbor's initiate and the move's update, host → IM → NIC and back; through
+    a MUX, to every NIC (its copy of the new neighbor, then its update)."""
+    engine = await make_engine(teaming("round-robin", nics=2, im_under=True))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    last = max(h["seq"] for h in engine.trace(conns[0], None))
+    assert await engine.update(conns[0], move(HOP)) == OK
+    hops = [(h["layer"], h["call"]) for h in engine.trace(conns[0], None) if h["seq"] > last]
+    assert hops[:2] == [("tcpip", "NdisInitiateOffload"), ("team0", "MiniportInitiateOffload")]
+    for nic in ("nic0", "nic1"):
+        assert (nic, "MiniportInitiateOffload") in hops, nic
+        assert (nic, "MiniportUpdateOffload") in hops, nic
+    assert ("im0", "MiniportUpdateOffload") in hops
+    assert ("tcpip", "NdisUpdateOffload") in hops
+    assert hops[-1] == ("tcpip", "ProtocolUpdateOffloadComplete")

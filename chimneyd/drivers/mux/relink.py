@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, walk
 from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
+from chimneyd.ndis.trace import HopTrace
 
 from .objects import Instance, Lower, MuxConnection, VirtualObject
 from .trees import MuxCall, mirror_block
@@ -78,6 +79,7 @@ class Relink:
         "saved_im_reserved",
         "stage",
         "touched",
+        "trace",
         "vobjs",
     )
 
@@ -100,6 +102,10 @@ class Relink:
         self.touched: list[Instance] = []  # copies with this update below them (pending_ops)
         self.failed = False
         self.moved: list[Move] = []  # moved by their NIC in step 2
+        # the trace the layer above lent its handle of a moving path for the update (a host
+        # moving a connection's path): the MUX lends it on to the copies of each step's
+        # calls, so every NIC's hops show in it (as `MuxIm._relay_op` does for an update)
+        self.trace: HopTrace | None = None
 
 
 def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
@@ -122,6 +128,9 @@ def plan(mux: MuxIm, root: OffloadBlock) -> Relink | bool:
                 return True
             path: VirtualObject = mux._context(dep, VirtualObject)
             rl.named.append(path)
+            above = dep.ndis_offload_handle
+            if above is not None and above.trace is not None:
+                rl.trace = above.trace
             # one already under `neighbor` moves nowhere (its copies stay where they hang:
             # `_rehang` to the same copy changes nothing), but gets its cached values all the
             # same, in the same updates, and back if the move fails
@@ -210,6 +219,7 @@ def start(mux: MuxIm, rl: Relink) -> None:
         new = OffloadBlock(vobj.header_type, copy.handle, vobj.const, vobj.cached, vobj.delegated)
         call.tree(copy.lower).object_block(vobj, lambda new=new: new)  # type: ignore[misc]
         call.link(None, new, copy)
+        copy.handle.trace = rl.trace  # lent for its initiate (`_copies_initiated`)
     for call in list(rl.copying.values()):
         mux._send(call, mux.ndis.NdisInitiateOffload)
 
@@ -268,6 +278,7 @@ def _copies_initiated(mux: MuxIm, call: MuxCall) -> bool:
     failed = False
     for _, low, copy in call.links:
         assert isinstance(copy, Instance)
+        copy.handle.trace = None  # lent for the initiate only (`start`)
         if low.status in OFFLOADED_STATUSES:
             copy.lifecycle.fire(Event.INITIATE_OFFLOADED)
         else:
@@ -332,6 +343,7 @@ def _move(mux: MuxIm, rl: Relink) -> None:
         assert move.to is not None
         _neighbor_block(call, move.neighbor_up, move.to)
         move.down = mirror_block(move.up, move.path.handle)
+        move.path.handle.trace = rl.trace  # lent until the move is over (`finish`)
         move.path.lifecycle.fire(Event.UPDATE)
         call.tree(move.path.lower).dependent_block(move.to.vobj, move.down)
         call.link(move.up, move.down, move.path)
@@ -441,6 +453,8 @@ def finish(mux: MuxIm, rl: Relink) -> None:
     rl.stage = "done"
     for copy in rl.touched:
         copy.pending_ops -= 1
+    for move in rl.moves:
+        move.path.handle.trace = None  # lent for the move (`_move`)
     for path, _ in rl.paths:
         path.relinking = False
     status = S.NDIS_STATUS_FAILURE if rl.failed else SUCCESS
