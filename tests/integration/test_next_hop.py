@@ -233,3 +233,102 @@ async def test_the_move_s_hops_show_in_the_trace_of_the_connection_that_asked(
     assert ("im0", "MiniportUpdateOffload") in hops
     assert ("tcpip", "NdisUpdateOffload") in hops
     assert hops[-1] == ("tcpip", "ProtocolUpdateOffloadComplete")
+
+
+@pytest.mark.parametrize("layers", ["im", "team"])
+async def test_the_new_neighbor_s_offload_failing(
+    make_engine: Any, echo_port: int, layers: str
+) -> None:
+    """Step 2 fails at a NIC. Through the IM the host's own initiate of the neighbor fails:
+    nothing moved, the connections stay offloaded where they were. Through the MUX (which
+    offloads the NICs' copies itself, as step 1 of its move) the update fails: the host
+    terminates what failed, the path's connections go on in the host."""
+    engine = await make_engine(DEFAULT_LAYERS if layers == "im" else teaming("round-robin", 2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    fail_next(engine, "nic0", "MiniportInitiateOffload[neighbor]")
+    with pytest.raises(EngineError) as err:
+        await engine.update(conns[0], move(HOP))
+    assert err.value.code == ErrorCode.NDIS_STATUS
+    state = "offloaded" if layers == "im" else "host"
+    await eventually(lambda: all(engine.conn_info(c)["state"] == state for c in conns))
+    await eventually(lambda: host_neighbors(engine) == ([bytes(6)] if layers == "im" else []))
+    for c in conns:
+        await exchange(engine, c, 1)
+
+
+async def test_moves_of_one_path_go_one_at_a_time_in_order(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    hops = [HOP, OTHER, DEFAULT_HOP, OTHER]
+    answers = await asyncio.gather(
+        *(engine.update(conns[i % 2], move(h)) for i, h in enumerate(hops))
+    )
+    assert answers == [OK] * len(hops)
+    for c in conns:
+        for name in ("tcpip", "team0", nic_of(engine, c)):
+            assert neighbor_mac(engine, c, name) == OTHER, (c, name)
+    await eventually(lambda: host_neighbors(engine) == [bytes.fromhex("02000000002c")])
+    for c in conns:
+        await exchange(engine, c, 1)
+
+
+async def test_a_move_beside_updates_of_both_neighbors(make_engine: Any, echo_port: int) -> None:
+    """An ARP update of the old neighbor and of the new one (once there) race the move: each
+    waits its turn (spec §3.1), and the values end where they were sent."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    arp = {"object": "neighbor", "DlDestinationAddress": "02:00:00:00:00:99"}
+    answers = await asyncio.gather(
+        engine.update(conns[0], move(HOP)),
+        engine.update(conns[1], arp),
+        engine.update(conns[0], {"object": "path", "PathMtu": 1280}),
+    )
+    assert answers == [OK] * 3
+    for c in conns:
+        objects = engine.conn_info(c)["objects"]
+        for name in ("tcpip", "team0", nic_of(engine, c)):
+            assert objects[name]["path"]["PathMtu"] == 1280, (c, name)
+    macs = {neighbor_mac(engine, c, nic_of(engine, c)) for c in conns}
+    assert len(macs) == 1  # every copy agrees, whichever neighbor the ARP update reached
+
+
+async def test_connections_made_and_closed_while_the_move_is_below(
+    make_engine: Any, echo_port: int
+) -> None:
+    """A connection offloaded during the move waits for it and goes under the new neighbor;
+    those closed during it go; the move is answered; nothing is left behind."""
+    engine = await make_engine(teaming("round-robin", nics=3))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(4)]
+    delay = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportUpdateOffload", "ms": 50}
+    )
+    moving = asyncio.ensure_future(engine.update(conns[0], move(HOP)))
+    await eventually(lambda: engine.host.objects_moving(), "the move below")
+    closes = [asyncio.ensure_future(engine.close(c)) for c in conns[1:]]
+    late = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))
+    assert await asyncio.wait_for(moving, 5.0) == OK
+    await asyncio.wait_for(asyncio.gather(*closes), 5.0)
+    new = await asyncio.wait_for(late, 5.0)
+    engine.fault_clear(delay)
+    for c in (conns[0], new):
+        assert neighbor_mac(engine, c, nic_of(engine, c)) == HOP, c
+        await exchange(engine, c, 1)
+
+
+async def test_closing_every_connection_while_the_move_is_below(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    delay = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 50}
+    )
+    moving = asyncio.ensure_future(engine.update(conns[0], move(HOP)))
+    await eventually(lambda: engine.host.objects_moving(), "the move below")
+    await asyncio.wait_for(asyncio.gather(*(engine.close(c) for c in conns)), 5.0)
+    assert await asyncio.wait_for(moving, 5.0) == OK
+    engine.fault_clear(delay)
+    await eventually(lambda: not engine.host.objects, "the objects gone")
+    assert engine.host.leftovers()["moves_waiting"] == 0
