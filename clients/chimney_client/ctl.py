@@ -284,11 +284,16 @@ def parse_value(text: str) -> Any:
     return text
 
 
+#: `update` keys whose value is a link-layer address: kept as the text given, which the
+#: daemon reads (`000000000000` is an address of six bytes, not the int 0).
+_ADDRESS_KEYS = frozenset({"DlDestinationAddress", "NextHop"})
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, parse_value(value)
+    return key, value if key in _ADDRESS_KEYS else parse_value(value)
 
 
 # ================================================================================================
@@ -454,7 +459,9 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "`update c RcvIndicationSize=512 KaTimeout=7200000`; or those of the connection's "
         "neighbor or path, shared with every connection on it: "
         "`update c object=neighbor DlDestinationAddress=02:00:00:00:00:2a`, "
-        "`update c object=path PathMtu=1400` (`info c` then shows each layer's copy).",
+        "`update c object=path PathMtu=1400` (`info c` then shows each layer's copy). "
+        "`update c object=path NextHop=02:00:00:00:00:2b` moves the path, and every "
+        "connection on it, under the neighbor of that next hop (a next-hop change).",
     )
     conn_arg(p)
     p.add_argument("keys", nargs="+", type=_key_value, metavar="key=value", help="variables")
@@ -1232,6 +1239,13 @@ def _update(s: Session, a: argparse.Namespace) -> Any:
     what = changes.get("object")
     names = " ".join(k for k, _ in a.keys if k != "object")
     label = f"{what} " if isinstance(what, str) and what != "tcp" else ""
+    hop = changes.get("NextHop")
+    if what == "path" and isinstance(hop, str):
+        # a next-hop change (spec §3.4 (b)): says where the path went
+        others = " ".join(k for k, _ in a.keys if k not in ("object", "NextHop"))
+        also = f" and updated {others}" if others else ""
+        s.out.line(f"conn {a.id}: moved path to next hop {hop}{also}: {fmt(r)}")
+        return r
     s.out.line(f"conn {a.id}: updated {label}{names}: {fmt(r)}")
     return r
 
