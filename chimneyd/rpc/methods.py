@@ -223,7 +223,8 @@ async def tcp_update(c: Caller, p: list[Any]) -> dict[str, Any]:
     """Extension: `NdisUpdateOffload` with new cached TCP variables, e.g.
     `{"RcvIndicationSize": 512, "KaTimeout": 7200000}` (spec §3.4); with `"object":
     "neighbor"` or `"path"`, of the connection's neighbor or path (`{"object": "path",
-    "PathMtu": 1400}`), which every connection sharing it sees."""
+    "PathMtu": 1400}`), which every connection sharing it sees; a path's `NextHop` moves it,
+    and every connection on it, under the neighbor of that next hop (spec §3.4 (b))."""
     P.arity(p, 2, 2, "tcp.update")
     conn = _conn(c, p[0])
     if not isinstance(p[1], dict) or not p[1]:
