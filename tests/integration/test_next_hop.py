@@ -15,7 +15,7 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import DEFAULT_LAYERS
-from tests.integration.support import eventually, fail_next
+from tests.integration.support import EchoPeer, eventually, fail_next
 from tests.integration.test_mux import echo, nic_of, teaming
 
 HOP = "02:00:00:00:00:2b"
@@ -332,3 +332,81 @@ async def test_closing_every_connection_while_the_move_is_below(
     engine.fault_clear(delay)
     await eventually(lambda: not engine.host.objects, "the objects gone")
     assert engine.host.leftovers()["moves_waiting"] == 0
+
+
+@pytest.mark.parametrize("fault", [None, "nic_down", "target_failure"])
+async def test_a_move_while_a_nic_is_offloading_its_first_copy_of_the_path(
+    make_engine: Any, echo_port: int, fault: str | None
+) -> None:
+    """A connection placed on nic1 has nic1 offloading its first copies of the path and the
+    old neighbor (slowly) when the move comes: the MUX moves once that copy is offloaded (no
+    state operation on a copy being offloaded, spec §3.1), or without it when nic1 fails or is
+    taken out meanwhile. A failed nic1 holds the connection's initiate until its RESUME (spec
+    §5.5), then asks it up, and the host offloads it again. Every connection ends under the new
+    neighbor, carrying bytes."""
+    engine = await make_engine(teaming("round-robin", nics=3))
+    first = await engine.connect("127.0.0.1", echo_port)  # nic0
+    delay = engine.fault_inject(
+        {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 100}
+    )
+    placing = asyncio.ensure_future(engine.connect("127.0.0.1", echo_port))  # nic1
+    await eventually(lambda: len(engine.conn_ids()) == 2, "the second connection made")
+    second = max(engine.conn_ids())
+    await eventually(lambda: engine.conn_info(second)["state"] == "offloading", "nic1's offload")
+    moving = asyncio.ensure_future(engine.update(first, move(HOP)))
+    out = engine.fault_inject({"kind": fault, "layer": "nic1"}) if fault else None
+    assert await asyncio.wait_for(moving, 5.0) == OK
+    if fault == "target_failure":
+        assert not placing.done()  # held by the failed NIC, as without a move
+        engine.fault_clear(out)  # RESUME
+    assert await asyncio.wait_for(placing, 5.0) == second
+    await eventually(
+        lambda: all(
+            engine.conn_info(c)["state"] == "offloaded"
+            and (fault != "nic_down" or nic_of(engine, c) != "nic1")
+            for c in (first, second)
+        ),
+        "both offloaded, off nic1 if it was taken out",
+    )
+    for c in (first, second):
+        assert neighbor_mac(engine, c, nic_of(engine, c)) == HOP, c
+        await exchange(engine, c, 1)
+    engine.fault_clear(delay)
+    if fault == "nic_down":
+        engine.fault_clear(out)
+
+
+async def test_invalidates_of_the_old_and_the_new_neighbor_after_the_move(
+    make_engine: Any, echo_port: int
+) -> None:
+    """After the move the path hangs under the new neighbor only: an invalidate of the new
+    neighbor sends its connections up (spec §3.5), and a path under an invalidated neighbor
+    takes no move (spec §3.1)."""
+    engine = await make_engine(teaming("round-robin", nics=2))
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    assert await engine.update(conns[0], move(HOP)) == OK
+    assert await engine.invalidate(conns[1], "neighbor") == OK  # the new one, 02:..:2b
+    with pytest.raises(EngineError) as err:
+        await engine.update(conns[0], move(OTHER))
+    assert err.value.code == ErrorCode.INVALID_STATE
+    await eventually(lambda: all(engine.conn_info(c)["state"] == "host" for c in conns))
+    await eventually(lambda: not engine.host.objects, "the objects gone")
+    again = await engine.connect("127.0.0.1", echo_port)
+    assert neighbor_mac(engine, again, nic_of(engine, again)) == HOP  # where the path was moved
+
+
+async def test_a_move_over_ipv6(make_engine: Any) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(EchoPeer, "::1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        engine = await make_engine(DEFAULT_LAYERS)
+        conn = await engine.connect("::1", port)
+        assert await engine.update(conn, move(HOP, PathMtu=1280)) == OK
+        objects = engine.conn_info(conn)["objects"]
+        assert objects["nic0"]["neighbor"]["DlDestinationAddress"] == HOP
+        assert objects["nic0"]["path"]["PathMtu"] == 1280
+        await exchange(engine, conn, 1)
+        await engine.close(conn)
+    finally:
+        server.close()
