@@ -162,3 +162,58 @@ def test_chimneyctl_moves_a_path_and_shows_it(spawn_daemon: SpawnDaemon) -> None
     trace = "\n".join(lines)
     for hop in ("tcpip", "filter0", "team0"):
         assert hop in trace
+
+
+def test_a_nic_failing_while_it_offloads_its_copy_for_the_move(
+    spawn_daemon: SpawnDaemon,
+) -> None:
+    """nic1 is slow offloading its copy of the new neighbor (a `delay` on its
+    MiniportInitiateOffload) and fails (`target_failure`) meanwhile: the move is answered
+    without waiting for it, nic1's connection moves to another NIC under that NIC's copy of the
+    new neighbor, and after nic1's RESUME every connection carries bytes and closes clean."""
+    daemon = spawn_daemon(TEAMING.read_text())
+
+    async def run(port: int) -> None:
+        c = await daemon.aclient()
+        try:
+            conns = [await c.call("tcp.connect", HOST, port) for _ in range(3)]
+            nics = {k: _nic(await c.call("tcp.info", k)) for k in conns}
+            on_nic1 = next(k for k, nic in nics.items() if nic == "nic1")
+            await c.call(
+                "fault.inject",
+                {"kind": "delay", "layer": "nic1", "call": "MiniportInitiateOffload", "ms": 300},
+            )
+            answer, failure = await asyncio.wait_for(
+                asyncio.gather(
+                    c.call("tcp.update", conns[0], {"object": "path", "NextHop": HOP}),
+                    c.call("fault.inject", {"kind": "target_failure", "layer": "nic1"}),
+                ),
+                BOUND_S,
+            )
+            assert answer == OK
+            end = time.monotonic() + BOUND_S
+            while True:
+                info = await c.call("tcp.info", on_nic1)
+                if info["state"] == "offloaded" and _nic(info) != "nic1":
+                    break
+                assert time.monotonic() < end, f"conn {on_nic1} never left nic1: {info}"
+                await asyncio.sleep(0.02)
+            for k in conns:
+                info = await c.call("tcp.info", k)
+                assert _macs(info)[_nic(info)] == HOP, (k, info)
+            await c.call("fault.clear", failure)  # nic1 back (RESUME)
+            for k in conns:
+                data = os.urandom(64 * 1024)
+                sending = asyncio.ensure_future(c.call("tcp.send", k, data))
+                got = b""
+                while len(got) < len(data):
+                    got += await c.call("tcp.recv", k, len(data) - len(got), 5000)
+                assert got == data and await sending == len(data)
+            await c.call("fault.clear", "*")
+            for k in conns:
+                await c.call("tcp.close", k)
+        finally:
+            await c.close()
+
+    with peer_process("echo") as (_, port):
+        asyncio.run(run(port))
