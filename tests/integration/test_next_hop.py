@@ -410,3 +410,18 @@ async def test_a_move_over_ipv6(make_engine: Any) -> None:
         await engine.close(conn)
     finally:
         server.close()
+
+
+async def test_stack_info_shows_the_host_s_neighbors_by_next_hop(
+    make_engine: Any, echo_port: int
+) -> None:
+    engine = await make_engine(DEFAULT_LAYERS)
+    conn = await engine.connect("127.0.0.1", echo_port)
+
+    def hops() -> list[tuple[str, str]]:
+        host = next(la for la in engine.info()["layers"] if la["name"] == "tcpip")
+        return sorted((o["kind"], o["next_hop"]) for o in host["objects"])
+
+    assert hops() == [("neighbor", DEFAULT_HOP), ("path", DEFAULT_HOP)]
+    assert await engine.update(conn, move(HOP)) == OK
+    await eventually(lambda: hops() == [("neighbor", HOP), ("path", HOP)], "the old one gone")

@@ -23,7 +23,7 @@ from chimneyd.ndis.status import IndicateOffloadEvent, NdisStatus
 
 from ..queues import grown
 from . import offload, terminate
-from .tcb import AppError, Tcb, ndis_error
+from .tcb import AppError, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
     from .stack import HostStack
@@ -163,9 +163,18 @@ def describe(h: HostStack) -> dict[str, Any]:
             "phase": o.lifecycle.phase.value,
             "refs": o.refs,
             "pending_ops": o.pending_ops,
+            **_next_hop(o),
         }
         for o in h.objects.values()
     ]
     waiting = [t.conn_id for t in h.pending_initiates]
     waiting += [t.conn_id for tcbs in h.initiates_blocked.values() for t in tcbs]
     return {"capabilities": out, "paused": paused, "objects": objects, "waiting": waiting}
+
+
+def _next_hop(obj: HostObject) -> dict[str, str]:
+    """A neighbor's next hop (its key, spec §3.4 (b)), e.g. `{"next_hop": "02:00:00:00:00:2b"}`;
+    a path's, that of the neighbor it hangs under."""
+    neighbor = obj if obj.parent is None else obj.parent
+    hop = neighbor.key[2] if len(neighbor.key) > 2 else None
+    return {"next_hop": hop.hex(":")} if isinstance(hop, bytes) else {}
