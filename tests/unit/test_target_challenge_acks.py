@@ -109,8 +109,13 @@ def test_a_urg_segment_failing_its_checks_is_dropped_with_an_ack() -> None:
     c = Conn().offload()
     w = c.wire
     far = _segment(c, 1 << 30, TH_URG | TH_ACK, b"!")
-    bad_ack = build_segment(
-        w.remote[1], w.local[1], seq(w.irs, 0), seq(w.isn, w.bytes_written + 100), TH_URG, b"!"
+    bad_ack = build_segment(  # the ACK bit on: without it there is no ACK number to judge
+        w.remote[1],
+        w.local[1],
+        seq(w.irs, 0),
+        seq(w.isn, w.bytes_written + 100),
+        TH_URG | TH_ACK,
+        b"!",
     )
     c.top.forward(c.handle, far, bad_ack)
     c.st.run()

@@ -116,7 +116,7 @@ class TcpContext(Lifecycle):
         "rcv_bound",
         "receives_owed",
         "refused",
-        "rst_challenged_at",
+        "rst_challenged",
         "rt_reset",
         "rx",
         "send_failed",
@@ -187,10 +187,11 @@ class TcpContext(Lifecycle):
         # a disconnect refused while earlier sends are outstanding: the status it completes with
         # once they are done (it may not overtake them, spec §9 item 2); None for a FIN on the wire
         self.disconnect_refused: NdisStatus | None = None
-        # blind-reset mitigation (spec §5.2): RcvNxt when the last challenge ACK for an RST was
-        # counted (none again until an acceptable segment moved it), and the clock when the
-        # last one for a SYN was (none again for 3 s)
-        self.rst_challenged_at = -1
+        # blind-reset mitigation (spec §5.2): an RST validation period is open, a challenge ACK
+        # for an RST counted and no acceptable segment since (none again until one arrives: a
+        # socket read, an in-window forwarded segment, or an ACK of our data), and the clock
+        # when the last challenge ACK for a SYN was counted (none again for 3 s)
+        self.rst_challenged = False
         self.syn_challenged_ns: int | None = None
         self.backlog = 0  # the send backlog last indicated (spec §5.3)
         self.backlog_at = 0

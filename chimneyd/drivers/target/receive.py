@@ -19,7 +19,7 @@ from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReason
 
 from ..queues import NO_ITEMS, grown
-from ..segment import TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG, parse_segment
+from ..segment import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG, parse_segment
 from ..tcp import offset_of
 from ..wire import may_read_again
 from . import adapter, disconnect, events, send, terminate
@@ -45,6 +45,7 @@ def wire_data(t: OffloadTarget, c: TcpContext, offset: int, data: bytes) -> None
         return
     t.stats.bytes_received += len(data)
     adapter.forward_progress(t, c)
+    c.rst_challenged = False  # the kernel accepted it: an acceptable segment (spec §5.2)
     segment(t, c, offset, memoryview(data), TH_PSH)  # each socket read counts as pushed
 
 
@@ -52,6 +53,7 @@ def wire_eof(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     if c.lifecycle.phase in _ORDINARY_PATH:
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, offset, b"", TH_FIN)
         return
+    c.rst_challenged = False  # an acceptable segment (spec §5.2)
     segment(t, c, offset, memoryview(b""), TH_FIN)
 
 
@@ -111,6 +113,8 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         elif flags & TH_URG:
             urgent(t, c, offset, payload, flags, int.from_bytes(raw[8:12], "big"))
         else:
+            if _in_window(c, offset, len(payload)):
+                c.rst_challenged = False  # an acceptable segment ends the period (spec §5.2)
             segment(t, c, offset, payload, flags)
         # marked taken once it is: a segment a failure cut short goes back (`fail_forward`)
         nbl.status = SUCCESS
@@ -123,63 +127,76 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     """A forwarded RST at stream `offset`, checked as one from the wire (spec §4.6) by the
     blind-reset rules (spec §5.2): only one exactly at RcvNxt is acceptable and aborts. One in
     the window gets a challenge ACK, one per RST validation period (until an acceptable
-    segment arrives: RcvNxt moved); one outside it is dropped silently; the connection carries
-    on. [EMU] chimneyd's target cannot put an ACK of its own on the kernel's socket: it counts
-    the challenge ACK it would send (`answered`), and what the ACK would bring back is decided
-    by the socket. Still open, the peer's kernel holds the connection and answers with an
-    ordinary ACK: nothing changes. Closed (the kernel saw the connection die, the news the host
-    forwards this RST for), the peer would answer the challenge ACK, or the next segment sent
-    after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now."""
-    rcv_nxt = c.rx.rcv_nxt
-    if offset == rcv_nxt or c.wire.closed:
+    segment arrives: `rst_challenged`); one outside it is dropped silently; the connection
+    carries on. [EMU] chimneyd's target cannot put an ACK of its own on the kernel's socket: it
+    counts the challenge ACK it would send (`answered`), and what the ACK would bring back is
+    decided by the socket. Still open, the peer's kernel holds the connection and answers with
+    an ordinary ACK: nothing changes. Closed (the kernel saw the connection die, the news the
+    host forwards this RST for), the peer would answer the challenge ACK, or the next segment
+    sent after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now."""
+    if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
-    elif _in_window(c, offset, 0) and c.rst_challenged_at != rcv_nxt:
-        c.rst_challenged_at = rcv_nxt
-        answered(t, "ChallengeAck/RST")
+    elif not c.rst_challenged and _in_window(c, offset, 0) and answered(t, c, "ChallengeAck/RST"):
+        c.rst_challenged = True
 
 
 def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     """A forwarded SYN (spec §5.2): one in order (at RcvNxt) in any state but TIME_WAIT makes
     the target give the connection up, so it asks for the upload (mandatory, `UploadRequested`:
-    the pages name no reason for it). One in the window but out of order gets a challenge ACK,
-    at most one every `SYN_CHALLENGE_NS`; one outside the window an ACK, each time; neither
-    gives the connection up. [EMU] The target counts those ACKs (`answered`): it cannot send
-    them on the kernel's socket, whose kernel has answered the real SYN itself. The connection
-    goes back in the state it is in, not CLOSED: a forward copies what the host read from the
-    socket, and the kernel that owns the real connection decided what the SYN did to it."""
-    if offset == c.rx.rcv_nxt:
-        if c.lifecycle.tcp is not TcpState.TIME_WAIT:
-            send.ask_upload(t, c)
+    the pages name no reason for it). Every other SYN is answered, whatever its sequence
+    number: one in the window (out of order, or at RcvNxt in TIME_WAIT) with a challenge ACK,
+    at most one every `SYN_CHALLENGE_NS` of the injected clock; one outside the window with an
+    ACK, each time; neither gives the connection up. [EMU] The target counts those ACKs
+    (`answered`): it cannot send them on the kernel's socket, whose kernel has answered the
+    real SYN itself. The connection goes back in the state it is in, not CLOSED: a forward
+    copies what the host read from the socket, and the kernel that owns the real connection
+    decided what the SYN did to it."""
+    if offset == c.rx.rcv_nxt and c.lifecycle.tcp is not TcpState.TIME_WAIT:
+        send.ask_upload(t, c)
     elif not _in_window(c, offset, 1):
-        answered(t, "Ack/SYN")
+        answered(t, c, "Ack/SYN")
     else:
         now = t.ndis.clock()
         last = c.syn_challenged_ns
-        if last is None or now - last >= SYN_CHALLENGE_NS:
+        if (last is None or now - last >= SYN_CHALLENGE_NS) and answered(t, c, "ChallengeAck/SYN"):
             c.syn_challenged_ns = now
-            answered(t, "ChallengeAck/SYN")
 
 
-def answered(t: OffloadTarget, kind: str) -> None:
+def answered(t: OffloadTarget, c: TcpContext, kind: str) -> bool:
     """[EMU] An ACK the target would put on the wire in answer to a forwarded segment (spec
     §5.2), counted in its `calls` stats as `kind` ("ChallengeAck/RST", "Ack/URG", ...): the
-    peer is a real socket's kernel, which sends its own ACKs; none of ours can reach it."""
+    peer is a real socket's kernel, which sends its own ACKs; none of ours can reach it. None
+    once the target stopped processing the connection: after a mandatory upload request
+    (spec §5.2), and after urgent data it accepted, which acknowledges no later segment
+    ("Handling the Reception of Urgent Data"), as a segment later in the same forward is.
+    Whether it was counted."""
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED or c.urgent_at is not None:
+        return False
     t.stats.count(kind)
+    return True
 
 
 def urgent(
     t: OffloadTarget, c: TcpContext, offset: int, data: memoryview, flags: int, ack: int
 ) -> None:
-    """A segment with URG (spec §5.2): one whose sequence number is outside the window or
-    whose ACK is not valid is dropped, and the connection carries on. Otherwise the target
-    asks for the mandatory upload (`ReceivedUrgentData`) and delivers nothing from the urgent
-    data on: it and every later segment are held and go up the ordinary path at the
-    terminate (`hand_up_held`), where the host hands them to the application in order."""
+    """A segment with URG (spec §5.2): checked in RFC 793's order, and dropped if it fails, the
+    connection carrying on. Its sequence number outside the window: answered with an ACK.
+    Its ACK bit off: no ACK number to validate, dropped without an answer. Its ACK number
+    acknowledging bytes never sent: answered with an ACK. Otherwise the target asks for the
+    mandatory upload (`ReceivedUrgentData`) and delivers nothing from the urgent data on: it
+    and every later segment are held and go up the ordinary path at the terminate
+    (`hand_up_held`), where the host hands them to the application in order."""
     if c.lifecycle.tcp is TcpState.RESET:
         return
-    if not _acceptable(c, offset, len(data), ack):
-        answered(t, "Ack/URG")  # an unacceptable segment is answered with an ACK (RFC 793)
+    if not _in_window(c, offset, len(data)):
+        answered(t, c, "Ack/URG")  # an unacceptable segment is answered with an ACK (RFC 793)
         return
+    if not flags & TH_ACK:
+        return  # RFC 793: a segment without ACK is dropped, not answered
+    if not _ack_valid(c, ack):
+        answered(t, c, "Ack/URG")  # an ACK of something not yet sent: an ACK (RFC 793)
+        return
+    c.rst_challenged = False  # an acceptable segment (spec §5.2)
     at = max(offset, c.rx.rcv_nxt)
     held_from = c.urgent_at
     if held_from is None or at < held_from:
@@ -195,15 +212,11 @@ def urgent(
     segment(t, c, offset, data, flags, True)
 
 
-def _acceptable(c: TcpContext, offset: int, length: int, ack: int) -> bool:
-    """Sequence and ACK checks of an arriving segment: some of it in the receive window
-    (`RcvNxt` to `RcvNxt + RcvWnd`, the window as the delegated state gives it, spec §2.2),
-    and it acknowledges nothing that was never sent."""
+def _ack_valid(c: TcpContext, ack: int) -> bool:
+    """The ACK number of an arriving segment acknowledges nothing that was never sent."""
     wire = c.wire
     snd_max = wire.bytes_written + (1 if wire.eof_written else 0)  # a FIN takes a number
-    if offset_of(wire.isn, ack, wire.bytes_written) > snd_max:
-        return False
-    return _in_window(c, offset, length)
+    return offset_of(wire.isn, ack, wire.bytes_written) <= snd_max
 
 
 def _in_window(c: TcpContext, offset: int, length: int) -> bool:

@@ -100,6 +100,9 @@ def watch(c: TcpContext) -> None:
 
 
 def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
+    # the peer acknowledged more of our data: an acceptable segment arrived, which ends an RST
+    # validation period (spec §5.2), though RcvNxt did not move
+    c.rst_challenged = False
     if c.lifecycle.phase not in _ACKS_COUNT or c.lifecycle.tcp is TcpState.RESET:
         return
     complete_acked(t, c, acked)
