@@ -73,12 +73,16 @@ def _down(shard: int) -> dict[str, Any]:
 
 
 # -- counters that outlive a shard's restart ---------------------------------------------------
+#: The kinds of a target's `unsent_acks` (`drivers.target.receive.UNSENT_ACK_KINDS`, named
+#: here so that the supervisor need not import a driver): each a documented counter.
+UNSENT_ACK_KINDS = ("challenge_rst", "challenge_syn", "ack_syn", "ack_urg")
 #: Where `stack.stats` holds counters (docs/metrics.md, kind `counter`); `*` is any key (a
 #: layer, a call). Every other number is a gauge.
 COUNTER_PATHS: tuple[tuple[str, ...], ...] = (
     ("layers", "*", "bytes_sent"),
     ("layers", "*", "bytes_received"),
     ("layers", "*", "calls", "*"),
+    *(("layers", "*", "unsent_acks", kind) for kind in UNSENT_ACK_KINDS),
     ("engine", "pending_overflows"),
     ("engine", "messages", "*"),
     ("engine", "layer_errors"),
@@ -401,6 +405,7 @@ __all__ = [
     "HISTOGRAMS",
     "INFO_GAUGES",
     "MIXED",
+    "UNSENT_ACK_KINDS",
     "CounterCarry",
     "FaultView",
     "changed",

@@ -190,6 +190,18 @@ def stats_families(stats: dict[str, Any]) -> list[Metric]:
         for key, n in st.get("calls", {}).items():
             calls.add_metric([layer, *split_call(key)], n)
     out.append(calls)
+    # not NDIS calls, so not in `chimney_calls_total`, whose labels would split a kind into a
+    # call and an event (docs/metrics.md; spec §5.2 [EMU])
+    unsent = CounterMetricFamily(
+        "chimney_unsent_acks",
+        "ACKs the offload target would answer forwarded segments with and cannot send on the"
+        " kernel's socket, by kind.",
+        labels=["layer", "kind"],
+    )
+    for layer, st in layers.items():
+        for kind, n in (st.get("unsent_acks") or {}).items():
+            unsent.add_metric([layer, kind], n)
+    out.append(unsent)
     if "inbox" in engine:
         per_layer(
             GaugeMetricFamily,

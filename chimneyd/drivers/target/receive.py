@@ -34,6 +34,13 @@ ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 MAX_INDICATION = 1 << 20
 #: At most one challenge ACK for in-window SYNs per this period (spec §5.2).
 SYN_CHALLENGE_NS = 3_000_000_000
+#: The ACKs the target would answer forwarded segments with and cannot send (spec §5.2 [EMU]),
+#: by kind: counted in `layers.<layer>.unsent_acks`, not as NDIS calls (docs/metrics.md).
+CHALLENGE_RST = "challenge_rst"  # an RST in the window, off RcvNxt
+CHALLENGE_SYN = "challenge_syn"  # a SYN in the window that gives nothing up
+ACK_SYN = "ack_syn"  # a SYN outside the window
+ACK_URG = "ack_urg"  # a URG segment that fails its sequence or ACK number check
+UNSENT_ACK_KINDS = (CHALLENGE_RST, CHALLENGE_SYN, ACK_SYN, ACK_URG)
 _ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
 
 
@@ -136,7 +143,7 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     sent after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now."""
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
-    elif not c.rst_challenged and _in_window(c, offset, 0) and answered(t, c, "ChallengeAck/RST"):
+    elif not c.rst_challenged and _in_window(c, offset, 0) and answered(t, c, CHALLENGE_RST):
         c.rst_challenged = True
 
 
@@ -154,25 +161,25 @@ def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     if offset == c.rx.rcv_nxt and c.lifecycle.tcp is not TcpState.TIME_WAIT:
         send.ask_upload(t, c)
     elif not _in_window(c, offset, 1):
-        answered(t, c, "Ack/SYN")
+        answered(t, c, ACK_SYN)
     else:
         now = t.ndis.clock()
         last = c.syn_challenged_ns
-        if (last is None or now - last >= SYN_CHALLENGE_NS) and answered(t, c, "ChallengeAck/SYN"):
+        if (last is None or now - last >= SYN_CHALLENGE_NS) and answered(t, c, CHALLENGE_SYN):
             c.syn_challenged_ns = now
 
 
 def answered(t: OffloadTarget, c: TcpContext, kind: str) -> bool:
     """[EMU] An ACK the target would put on the wire in answer to a forwarded segment (spec
-    §5.2), counted in its `calls` stats as `kind` ("ChallengeAck/RST", "Ack/URG", ...): the
-    peer is a real socket's kernel, which sends its own ACKs; none of ours can reach it. None
-    once the target stopped processing the connection: after a mandatory upload request
-    (spec §5.2), and after urgent data it accepted, which acknowledges no later segment
-    ("Handling the Reception of Urgent Data"), as a segment later in the same forward is.
-    Whether it was counted."""
+    §5.2), counted under `kind` (`UNSENT_ACK_KINDS`) in its `unsent_acks` stats: the peer is a
+    real socket's kernel, which sends its own ACKs; none of ours can reach it. Not an NDIS
+    call, so not in `calls` (docs/metrics.md). None once the target stopped processing the
+    connection: after a mandatory upload request (spec §5.2), and after urgent data it
+    accepted, which acknowledges no later segment ("Handling the Reception of Urgent Data"),
+    as a segment later in the same forward is. Whether it was counted."""
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED or c.urgent_at is not None:
         return False
-    t.stats.count(kind)
+    t.target_stats.unsent_acks[kind] += 1
     return True
 
 
@@ -189,12 +196,12 @@ def urgent(
     if c.lifecycle.tcp is TcpState.RESET:
         return
     if not _in_window(c, offset, len(data)):
-        answered(t, c, "Ack/URG")  # an unacceptable segment is answered with an ACK (RFC 793)
+        answered(t, c, ACK_URG)  # an unacceptable segment is answered with an ACK (RFC 793)
         return
     if not flags & TH_ACK:
         return  # RFC 793: a segment without ACK is dropped, not answered
     if not _ack_valid(c, ack):
-        answered(t, c, "Ack/URG")  # an ACK of something not yet sent: an ACK (RFC 793)
+        answered(t, c, ACK_URG)  # an ACK of something not yet sent: an ACK (RFC 793)
         return
     c.rst_challenged = False  # an acceptable segment (spec §5.2)
     at = max(offset, c.rx.rcv_nxt)

@@ -19,6 +19,7 @@ from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
 from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
 from chimneyd.ndis.status import NdisStatus, TcpUploadReason
+from chimneyd.ndis.trace import LayerStats
 
 from ..base import DriverLayer, Timers, downcall
 from ..wire import WirePort
@@ -27,6 +28,25 @@ from .batch import CompletionBatch
 from .contexts import Context, TcpContext
 
 FindWire = Callable[[bytes, int, bytes, int], WirePort | None]
+
+
+class TargetStats(LayerStats):
+    """A target's stats: the layer's, and the ACKs it would answer forwarded segments with and
+    cannot send on the kernel's socket (spec §5.2 [EMU]), by kind (`receive.UNSENT_ACK_KINDS`).
+    They are not NDIS calls, so they are not in `calls`, which `chimneyctl stats` and the web
+    view sum as calls and Prometheus splits into call and status labels: `stack.stats` has
+    them as `layers.<layer>.unsent_acks`, every kind from the start (docs/metrics.md)."""
+
+    __slots__ = ("unsent_acks",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unsent_acks: dict[str, int] = dict.fromkeys(receive.UNSENT_ACK_KINDS, 0)
+
+    def as_map(self) -> dict[str, Any]:
+        out = super().as_map()
+        out["unsent_acks"] = dict(self.unsent_acks)
+        return out
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
@@ -65,6 +85,11 @@ class OffloadTarget(DriverLayer):
     ) -> None:
         # neighbors and paths share the table with TCP contexts: room for them on top
         super().__init__(name, ndis, timers, max_connections * 2 + 64)
+        # the layer's stats with the target's own counters (`TargetStats`); what the layer
+        # counted while it registered stays counted
+        stats = TargetStats()
+        stats.calls, stats.by_status = self.stats.calls, self.stats.by_status
+        self.stats = self.target_stats = stats
         self.find_wire = find_wire
         self.max_connections = max_connections
         self.ipv4 = ipv4  # the IP versions it offloads (its capabilities say so to the host)
