@@ -37,8 +37,8 @@ SYN_CHALLENGE_NS = 3_000_000_000
 #: The ACKs the target would answer forwarded segments with and cannot send (spec §5.2 [EMU]),
 #: by kind: counted in `layers.<layer>.unsent_acks`, not as NDIS calls (docs/metrics.md).
 CHALLENGE_RST = "challenge_rst"  # an RST in the window, off RcvNxt
-CHALLENGE_SYN = "challenge_syn"  # a SYN in the window that gives nothing up
-ACK_SYN = "ack_syn"  # a SYN outside the window
+CHALLENGE_SYN = "challenge_syn"  # a SYN in the window, out of order (not in TIME_WAIT)
+ACK_SYN = "ack_syn"  # a SYN outside the window (not in TIME_WAIT)
 ACK_URG = "ack_urg"  # a URG segment that fails its sequence or ACK number check
 UNSENT_ACK_KINDS = (CHALLENGE_RST, CHALLENGE_SYN, ACK_SYN, ACK_URG)
 _ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
@@ -148,17 +148,22 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
 
 
 def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
-    """A forwarded SYN (spec §5.2): one in order (at RcvNxt) in any state but TIME_WAIT makes
-    the target give the connection up, so it asks for the upload (mandatory, `UploadRequested`:
-    the pages name no reason for it). Every other SYN is answered, whatever its sequence
-    number: one in the window (out of order, or at RcvNxt in TIME_WAIT) with a challenge ACK,
-    at most one every `SYN_CHALLENGE_NS` of the injected clock; one outside the window with an
-    ACK, each time; neither gives the connection up. [EMU] The target counts those ACKs
-    (`answered`): it cannot send them on the kernel's socket, whose kernel has answered the
-    real SYN itself. The connection goes back in the state it is in, not CLOSED: a forward
-    copies what the host read from the socket, and the kernel that owns the real connection
-    decided what the SYN did to it."""
-    if offset == c.rx.rcv_nxt and c.lifecycle.tcp is not TcpState.TIME_WAIT:
+    """A forwarded SYN (spec §5.2). In TIME_WAIT it is the host stack's, whatever its sequence
+    number ("Handling the Reception of SYN Segments": the target passes it up the ordinary
+    path): [EMU] the host forwarded it, and the kernel that owns the real connection answered
+    the real one, so the target drops it, asks for nothing and answers nothing (up the
+    ordinary path it would only be forwarded again). In any other state one in order (at
+    RcvNxt) makes the target give the connection up, so it asks for the upload (mandatory,
+    `UploadRequested`: the pages name no reason for it). One in the window but out of order
+    gets a challenge ACK, at most one every `SYN_CHALLENGE_NS` of the injected clock; one
+    outside the window an ACK, each time; neither gives the connection up. [EMU] The target
+    counts those ACKs (`answered`): it cannot send them on the kernel's socket, whose kernel
+    has answered the real SYN itself. The connection goes back in the state it is in, not
+    CLOSED: a forward copies what the host read from the socket, and the kernel that owns the
+    real connection decided what the SYN did to it."""
+    if c.lifecycle.tcp is TcpState.TIME_WAIT:
+        return
+    if offset == c.rx.rcv_nxt:
         send.ask_upload(t, c)
     elif not _in_window(c, offset, 1):
         answered(t, c, ACK_SYN)
