@@ -857,7 +857,10 @@ class ChimneyUser(User):
 
     def _on_event(self, params: Any) -> None:
         """`tcp.event` notifications: the user keeps the `closed` of its own connections, and
-        the `offloaded` of the one its `tcp.connect` is making (whose id it learns after)."""
+        whether the one its `tcp.connect` is making (whose id it learns after) is offloaded:
+        an `uploaded` after its `offloaded` (the host took it back in the same turn, before
+        the answer: a target that failed, a `host_event`) undoes it, so the connection is
+        asked about (`_check_offloaded`) as it was before the event said it."""
         if not (isinstance(params, list | tuple) and len(params) >= 2):
             return
         cid, event = params[0], params[1]
@@ -866,6 +869,8 @@ class ChimneyUser(User):
             self._gone[cid] = True
         elif event == "offloaded" and (self._connecting or cid in self._mine):
             self._offloaded.add(cid)
+        elif event in ("uploaded", "closed"):
+            self._offloaded.discard(cid)
 
     # ============================================================================================
     # helpers

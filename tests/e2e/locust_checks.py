@@ -10,7 +10,8 @@ Each prints one JSON object on its last line; tests/e2e/test_locust.py asserts o
 `user` cases: `clean` (three echo rounds), `corrupt` / `drop` (the client hands back one echoed
 byte changed / one byte missing), `reset` (the user injects a peer reset on its connection),
 `abort` (the connection is reset with no fault aimed at it), `refused` (every offload is
-refused with an NDIS status).
+refused with an NDIS status), `uploaded` (each connection is uploaded right after its offload,
+both events before the connect's answer: a target that fails, a `host_event`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class InMemoryDaemon(Client):
     mutation = ""  # "", "corrupt", "drop"
     unexplained_abort = False  # "abort": the first connection is reset with no fault
     refuse_offload = False  # "refused": no offload taken, each refused with an NDIS status
+    upload_at_once = False  # "uploaded": `uploaded` follows `offloaded` before the answer
     close_timeouts: list[float | None] = []  # the client-side bound of each `tcp.close`
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -54,6 +56,7 @@ class InMemoryDaemon(Client):
         self.reset: set[int] = set()
         self.next_id = 1
         self.watching_all = False  # `events.subscribe("*")` was called
+        self.in_host: set[int] = set()  # connections uploaded and not offloaded since
 
     def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         if method == "tcp.connect":
@@ -67,13 +70,17 @@ class InMemoryDaemon(Client):
                 # the connection is the caller's before its offload (rpc.md events.subscribe):
                 # `offloaded` comes before the answer
                 self._event(cid, "offloaded", {"path": ["tcpip", "im0", "nic0"]})
+                if self.upload_at_once:
+                    # taken back by the host in the same turn, before the answer went out
+                    self.in_host.add(cid)
+                    self._event(cid, "uploaded", {"reason": "power_down"})
             return cid
         cid = params[0]
         if method == "events.subscribe":
             self.watching_all = self.watching_all or cid == "*"
             return True
         if method == "tcp.info":
-            return {"state": "host" if self.refuse_offload else "offloaded"}
+            return {"state": "host" if self.refuse_offload or cid in self.in_host else "offloaded"}
         if method == "tcp.offload" and self.refuse_offload:
             raise NdisStatusError(5, f"{_RESOURCES} the target has no room")
         if method == "fault.inject":
@@ -106,6 +113,8 @@ class InMemoryDaemon(Client):
                     del chunk[MUTATE_AT - start]
             return bytes(chunk)
         if method in ("tcp.upload", "tcp.offload"):
+            if method == "tcp.offload":
+                self.in_host.discard(cid)
             return {"state": "host" if method == "tcp.upload" else "offloaded"}
         raise AssertionError(f"unexpected call {method}")
 
@@ -149,6 +158,7 @@ def check_user(case: str) -> dict[str, Any]:
     InMemoryDaemon.mutation = case if case in ("corrupt", "drop") else ""
     InMemoryDaemon.unexplained_abort = case == "abort"
     InMemoryDaemon.refuse_offload = case == "refused"
+    InMemoryDaemon.upload_at_once = case == "uploaded"
     env = Environment(user_classes=[CheckedUser])
     env.create_local_runner()  # its listener feeds env.stats from the request event
     user = CheckedUser(env)

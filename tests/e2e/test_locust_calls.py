@@ -55,6 +55,18 @@ def test_a_connection_heard_of_as_not_offloaded_is_still_checked() -> None:
     assert any(e["name"] == "offload_refused" for e in result["entries"]), result
 
 
+def test_a_connection_uploaded_after_its_offloaded_event_is_still_checked() -> None:
+    """`offloaded` then `uploaded`, both before the connect's answer (the host took it back in
+    the same turn: a target that failed, a `host_event`): the connection is in the host stack
+    when the user gets its id, so the user asks, and offloads it again, as it did when it
+    always asked `tcp.info`."""
+    result = _check("user", "uploaded")
+    calls = _rpc_requests(result)
+    assert calls.get("tcp.info") == 1, calls
+    assert calls.get("tcp.offload") == 1, calls
+    assert not result["errors"], result
+
+
 def test_the_stop_close_bound_comes_from_the_settings() -> None:
     default = _check("limits", "{}")
     assert default["stop_close_limit_s"] == default["stop_grace_s"] == 5.0, default
