@@ -5,6 +5,7 @@ imports locust runs in a child process (see locust_checks.py)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import Any
@@ -140,6 +141,10 @@ def test_the_locustfile_run_as_a_script_lists_the_chimney_options() -> None:
     assert documented, options
     for option in documented:
         assert f"\n  {option} " in proc.stdout, (option, proc.stdout)
+    # and the other way: every option the locustfile adds has its row in the table
+    listed = set(re.findall(r"^  (--chimney-[a-z0-9-]+) ", proc.stdout, re.MULTILINE))
+    assert listed, proc.stdout
+    assert listed <= documented, sorted(listed - documented)
 
 
 def test_the_call_limit_follows_the_op_timeout() -> None:
