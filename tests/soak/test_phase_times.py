@@ -51,3 +51,27 @@ def test_a_spawned_run_times_every_phase(tmp_path: Path) -> None:
     assert set(phases) <= set(timing), timing
     # the phases follow each other: together no longer than the run (rounding aside)
     assert sum(timing[key] for key in phases) <= timing["total_s"] + 0.01 * len(phases), timing
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(120)
+def test_the_phases_cover_the_whole_run(tmp_path: Path) -> None:
+    """Each phase starts where the one before ended, so the time row accounts for the whole
+    wall time. An outage put in late in the hold is still under way when the hold ends (the
+    coordinator waits for it, its NICs to settle and the grace after, before it stops the
+    workers): that wait belongs to settle+close, not to no phase at all."""
+    out = tmp_path / "out.json"
+    argv = [sys.executable, "-m", "chimney_client.soak", "--spawn", "--connections", "20"]
+    argv += ["--duration", "3", "--faults", "target_failure@2.5s/for=2s"]
+    argv += ["--quiet", "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=110, env=soak_env(tmp_path))
+    assert out.exists(), proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert proc.returncode == 0 and report["ok"], report.get("failures")
+    timing = report["timing_s"]
+    phases = [key for key, _ in PHASES]
+    assert set(phases) <= set(timing), timing
+    # the same clock read at each phase's end: the sum is the total, rounding aside (each
+    # value is rounded to 0.01 s)
+    covered = sum(timing[key] for key in phases)
+    assert abs(covered - timing["total_s"]) <= 0.005 * (len(phases) + 1), timing

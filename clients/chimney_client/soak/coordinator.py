@@ -212,7 +212,8 @@ class Soak(Phases, LayerFaults):
         stats_after: dict[str, Any] | None = None
         rss_before = rss_after = None
         exit_status: int | None = None
-        # every phase's wall time, in the order of the run (`PHASES`): where a run's time went
+        # every phase's wall time, in the order of the run (`PHASES`): where a run's time went.
+        # Each starts where the one before ended (`mark`), so together they are the total
         timing: dict[str, float] = {}
         t_run = mark = time.monotonic()
         t_start: float | None = None
@@ -251,19 +252,23 @@ class Soak(Phases, LayerFaults):
             )
             if plan.fd_note:
                 self.say(f"chimney-soak: {plan.fd_note}")
-            t_start = time.monotonic()
+            t_start = mark
             self.start_workers()
             await self.drive(t_start, timing)
+            # settle+close runs from the end of the ramp and hold (`drive`): an outage the hold
+            # ended in, its NICs settling and late faults are waited for before the stop
+            mark = t_start + timing.get("ramp_s", 0.0) + timing.get("hold_s", 0.0)
             fast = self.interrupted.is_set() or self.broken is not None
             self.broadcast({"type": "stop", "fast": fast})
             t_stop = time.monotonic()
             bound = INTERRUPT_GRACE_S + CLOSE_ALL_S + 15 if fast else FINAL_REPORT_S
             await self.collect(timeout=bound + plan.connections / 200)
-            timing["close_s"] = time.monotonic() - t_stop
+            timing["close_s"], mark = _lap(mark)
             timing["active_s"] = t_stop - t_start
             self.show("draining | waiting for every gauge of the daemon to come back to 0")
             drain_timeout = 5.0 if fast else self.args.drain_timeout
-            stats_after, timing["drain_s"] = await self.wait_drained(drain_timeout, stats_before)
+            stats_after, _ = await self.wait_drained(drain_timeout, stats_before)
+            timing["drain_s"], mark = _lap(mark)
             if (
                 (self.daemon_pid is not None or self.shard_pids)
                 and not self.daemon_gone()
@@ -273,7 +278,6 @@ class Soak(Phases, LayerFaults):
                     f"memory | 0 open; waiting {IDLE_TRIM_WAIT_S:g} s for the idle daemon to "
                     "give memory back"
                 )
-                t_memory = time.monotonic()
                 waits = [self.wait_or_interrupt(IDLE_TRIM_WAIT_S)]
                 if stats_after is not None and not gauges_left(stats_after, stats_before):
                     # drained: the workers and peers hold nothing in the daemon any more, and
@@ -281,12 +285,15 @@ class Soak(Phases, LayerFaults):
                     waits.append(self.stop_helpers())
                 await asyncio.gather(*waits)
                 rss_after = self.rss_after()
-                timing["memory_s"] = time.monotonic() - t_memory
+                timing["memory_s"], mark = _lap(mark)
         except _Interrupted:
             pass
         except (ChimneyError, RuntimeError, OSError) as exc:
             self.crash = self.crash or f"{type(exc).__name__}: {exc}"
         finally:
+            # the stop: from wherever the run got to (a run cut short waits here for its
+            # workers' counts) until the daemon has exited
+            t_stop_all = mark if "drain_s" in timing else time.monotonic()
             gone = self.daemon_gone()
             if gone:
                 self.crash = self.crash or gone
@@ -298,7 +305,6 @@ class Soak(Phases, LayerFaults):
             if "active_s" not in timing and t_start is not None:
                 timing["active_s"] = time.monotonic() - t_start
             # our clients first, then the peers, then the daemon (it drains what is left)
-            t_stop_all = time.monotonic()
             await self.stop_helpers()
             if self.control is not None:
                 await self.control.close()
@@ -402,6 +408,8 @@ class Soak(Phases, LayerFaults):
             self.say("chimney-soak: interrupted; closing connections (Ctrl-C again: stop at once)")
             if hold_start is not None:
                 timing["hold_s"] = time.monotonic() - hold_start
+            else:  # cut short in the ramp: its time is the ramp's all the same
+                timing["ramp_s"] = time.monotonic() - t_start
         # each injection keeps its own error in its record
         await asyncio.gather(*layer_tasks, return_exceptions=True)
 
