@@ -15,7 +15,8 @@ all: test
 #   `extra-index-url = file:///opt/pypi/simple`) warns for each package such a directory
 #   lacks, "Location 'file:...' is ignored: it is neither a file nor a directory", and takes
 #   the package from the next index: those lines are dropped, every other line of pip's is
-#   shown, and pip's own exit status is the recipe's;
+#   shown, and pip's own exit status is the recipe's. When pip fails they are shown too: then
+#   they may be the cause (the index directory gone, no other index reachable);
 # - setuptools says "Editable installation." (a notice, not a problem: the package dirs are
 #   chimneyd, clients/chimney_client and bench, so it installs an import finder): filtered by
 #   its message in the build's warnings (PYTHONWARNINGS).
@@ -23,7 +24,8 @@ PIP_NOISE := ^WARNING: Location 'file:[^']*' is ignored: it is neither a file no
 PIP_LOG   := $(VENV)/pip-install.log
 define pip_install
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install -q $(1) \
-		> $(PIP_LOG) 2>&1; rc=$$?; grep -v -e "$(PIP_NOISE)" $(PIP_LOG) >&2; exit $$rc
+		> $(PIP_LOG) 2>&1; rc=$$?; if [ $$rc -eq 0 ]; then grep -v -e "$(PIP_NOISE)" $(PIP_LOG); \
+		else cat $(PIP_LOG); fi >&2; exit $$rc
 endef
 
 $(STAMP): pyproject.toml
