@@ -60,15 +60,17 @@ class ControlLink(asyncio.Protocol):
         self._armed_at: float | None = None
         self.max_queued = max_queued
         self.on_overfull = on_overfull
-        #: when the peer last sent anything (`loop.time()`): a shard reports every second
-        self.heard = self.loop.time()
+        #: when the peer last sent anything (`loop.time()`): a shard reports every second. The
+        #: supervisor's watch moves it to a moment it was held up itself (nobody's silence
+        #: counts meanwhile); `reported` is only ever what the peer sent
+        self.heard = self.reported = self.loop.time()
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.heard = self.loop.time()
+        self.heard = self.reported = self.loop.time()
         try:
             messages = self.codec.feed(data)
         except ControlError as exc:

@@ -382,11 +382,12 @@ class Supervisor:
         self.watchers.discard(shard.index)
         self._tell_forwarding()
         # a hung process served until it was last heard (`Backoff`): read before `_drain`,
-        # whose leftovers say nothing of when they were sent
+        # whose leftovers say nothing of when they were sent. What it sent, not `heard`, which
+        # a hold-up of the supervisor moves on (`_watch`) without a word from the shard
         heard: float | None = None
         if shard.link is not None:
             if shard.hung:
-                heard = now - max(0.0, self.loop.time() - shard.link.heard)
+                heard = now - max(0.0, self.loop.time() - shard.link.reported)
             self._drain(shard.link, shard.peek)
             shard.link.close()  # its pending requests are answered (expired) at once
             shard.link = None

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from chimneyd.shards.supervisor import Backoff
+from chimneyd.shards.supervisor import LATE_S, WATCH_INTERVAL_S, Backoff
 from tests.unit.test_shard_supervisor_hung import until
 from tests.unit.test_shard_supervisor_stop import WAIT_S, named, running_shard, supervising
 
@@ -60,3 +61,26 @@ async def test_a_shard_that_served_before_it_hung_starts_over(tmp_path: Path) ->
     died = await hang_and_restart(tmp_path, SETTLED_S + 0.5)
     assert died["served_s"] >= SETTLED_S, died  # type: ignore[operator]
     assert died["restart_in_s"] == 0.0, died
+
+
+async def test_a_hold_up_of_the_supervisor_is_not_time_served(tmp_path: Path) -> None:
+    """The supervisor held up (a loaded machine, a Ctrl-Z) counts every shard as heard, so that
+    nobody is killed for a silence that was its own: that moment is not a report, and a shard
+    hung since it listened has served nothing more for it."""
+    async with supervising(tmp_path, "heartbeat_timeout_s = 5.0", free=2) as (sup, _):
+        pid = await running_shard(sup)
+        shard = sup.shards[0]
+        shard.backoff = Backoff(first=FIRST_S, settled_s=SETTLED_S, delay=FIRST_S)
+        sup.watching = asyncio.ensure_future(sup._watch())
+        with capture_logs() as logs:
+            os.kill(pid, signal.SIGSTOP)
+            # the stimulus: silent past `settled_s` (not yet hung), then the supervisor's loop
+            # held up long enough for its next look to come `LATE_S` late
+            await asyncio.sleep(SETTLED_S + 0.5)
+            time.sleep(LATE_S + WATCH_INTERVAL_S + 0.5)
+            await asyncio.wait_for(shard.exited.wait(), WAIT_S)
+            await asyncio.wait_for(shard.ready.wait(), WAIT_S)
+        (died,) = named(logs, "shard_died")
+        assert died["hung"] == "silent", died
+        assert died["served_s"] < SETTLED_S, died  # type: ignore[operator]
+        assert died["restart_in_s"] == FIRST_S, died
