@@ -118,6 +118,10 @@ class EchoFailure(ChimneyError):
 #: them would fail every round with INVALID_PARAMS
 MAX_RECV_BYTES = 8 * 1024 * 1024
 MAX_TIMEOUT_MS = 3_600_000
+#: The longest client-side bound (op timeout, a call's, the stop's close): a day. Far more
+#: does not fit a socket timeout (`settimeout(1e10)` raises OverflowError on Linux x86-64),
+#: which no `except ChimneyError` of the user catches.
+MAX_WAIT_S = 86400.0
 
 #: Each numeric setting's range, both ends allowed (None: no upper end). Negative sizes and
 #: rates, nan and infinity mean nothing: the options refuse them at start (usage error), and
@@ -129,9 +133,9 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "reset_rate": (0.0, None),  # 0: never
     "think_ms": (0, None),
     "recv_timeout_ms": (0, MAX_TIMEOUT_MS),
-    "op_timeout_s": (0.001, None),
-    "call_timeout_s": (0.001, None),
-    "stop_close_s": (0.001, None),
+    "op_timeout_s": (0.001, MAX_WAIT_S),
+    "call_timeout_s": (0.001, MAX_WAIT_S),
+    "stop_close_s": (0.001, MAX_WAIT_S),
 }
 
 

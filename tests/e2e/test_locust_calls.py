@@ -87,3 +87,17 @@ def test_the_stop_close_option_is_parsed_and_checked() -> None:
         refused = _check("options", f"--chimney-stop-close-s={bad}")
         assert refused["exit"] == 2, refused
         assert "argument --chimney-stop-close-s: must be " in refused["error"], refused
+
+
+def test_a_wait_too_long_for_a_socket_timeout_is_refused_at_start() -> None:
+    """A bound past what a socket timeout holds (`settimeout` raises OverflowError, not a
+    `ChimneyError`: the stopping user's `tcp.close`, or every call under the op timeout, would
+    raise out of the user) is a usage error, as nan is: at most a day."""
+    for option in ("--chimney-stop-close-s", "--chimney-op-timeout-s"):
+        refused = _check("options", f"{option}=1e10")
+        assert refused["exit"] == 2, refused
+        assert (
+            f"argument {option}: must be a finite number from 0.001 to 86400" in refused["error"]
+        ), refused
+        day = _check("options", f"{option}=86400")
+        assert day["exit"] is None, day

@@ -78,7 +78,7 @@ def test_the_ends_of_each_range_are_taken() -> None:
         ({"upload_rate": "nan"}, "--chimney-upload-rate: must be a finite number"),
         ({"reset_rate": "inf"}, "--chimney-reset-rate: must be a finite number"),
         ({"think_ms": 1.5}, "--chimney-think-ms: must be an integer"),
-        ({"call_timeout_s": 0}, "call_timeout_s: must be a finite number at least 0.001"),
+        ({"call_timeout_s": 0}, "call_timeout_s: must be a finite number from 0.001 to 86400"),
     ],
 )
 def test_settings_made_directly_are_checked_too(kwargs: dict[str, Any], message: str) -> None:
