@@ -271,6 +271,9 @@ _IO = {
     ),
 }
 
+#: the NDIS call that sends each I/O call down: "NdisOffloadTcp" + its name, made once
+_IO_DOWN = {which: "NdisOffloadTcp" + which for which in _IO}
+
 _STATE_OPS = {
     "Initiate": (
         "NdisInitiateOffload",
@@ -400,35 +403,47 @@ class Ndis:
         extra: tuple[Any, ...] = (),
     ) -> NdisStatus:
         miniport_call = _IO[which][0]
-        context = handle.context()
+        ndis_call = _IO_DOWN[which]
+        context = handle.miniport_offload_context
+        if context is None or handle.dead:
+            context = handle.context()  # raises: not offloaded, or dead (spec §6.3)
         binding: Binding = handle.ndis_reserved
         lower = binding.lower
-        # one walk by `Next` (nothing relinks the chain on its way down): the binding onto
-        # each NBL's stack, and the NBL ids the trace lists (no list of the NBLs themselves)
-        chain: list[int] = []
-        nbl: NetBufferList | None = head
-        while nbl is not None:
-            nbl.source_bindings.append(binding)
-            chain.append(nbl.id)
-            nbl = nbl.next
-        ndis_call = "NdisOffloadTcp" + which
-        n = len(chain)
         trace = handle.trace
+        ids: int | tuple[int, ...]
+        if head.next is None:
+            # one NBL, the common case (a host send or posted receive): no list of ids
+            head.source_bindings.append(binding)
+            n = 1
+            ids = head.id
+        else:
+            # one walk by `Next` (nothing relinks the chain on its way down): the binding onto
+            # each NBL's stack, and the NBL ids the trace lists (no list of the NBLs themselves)
+            chain: list[int] = []
+            nbl: NetBufferList | None = head
+            while nbl is not None:
+                nbl.source_bindings.append(binding)
+                chain.append(nbl.id)
+                nbl = nbl.next
+            n = len(chain)
+            ids = tuple(chain)
         if trace is not None:
             # one record per call; a chain's NBL ids are listed in it (one hop each when read)
-            ids: int | tuple[int, ...] = head.id if n == 1 else tuple(chain)
             if caller is binding.upper:
                 code = binding.pair(ndis_call, miniport_call, True)
             else:
                 code = pair_code(caller.name, ndis_call, lower.name, miniport_call)
             trace.record_pair(code, handle.id, context.id, ids)
-        caller.stats.count(ndis_call, n)
+        stats = caller.stats
+        calls = stats.calls  # `LayerStats.count` written out: every NBL sent down passes here
+        calls[ndis_call] = calls.get(ndis_call, 0) + n
         if not caller.has_miniport_edge:
-            caller.stats.outstanding_nbls += n  # the originator holds it until its completion
+            stats.outstanding_nbls += n  # the originator holds it until its completion
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
             self.observer.on_io_down(lower, miniport_call, handle, list(iter_chain(head)), caller)
-        self.deliver(lower, lower.chimney_handlers[miniport_call], (context, head, *extra))
+        handler = lower.chimney_handlers[miniport_call]
+        self.deliver(lower, handler, (context, head, *extra) if extra else (context, head))
         return PENDING
 
     def NdisOffloadTcpSend(

@@ -116,8 +116,15 @@ class LayerTask:
 
 
 def deliver(layer: Layer, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    """The broker's `deliver` for the asyncio runtime."""
-    layer.inbox.push(fn, args)
+    """The broker's `deliver` for the asyncio runtime: `LayerTask.push` written out, one
+    Python call less on every hand-off between layers (6-7 per verified echo round)."""
+    task: LayerTask = layer.inbox
+    task.inbox.append((fn, args))
+    waiter = task.waiter
+    if waiter is not None:
+        task.waiter = None
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 class LoopTimers:
