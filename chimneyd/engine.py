@@ -76,21 +76,30 @@ class _Request:
     server's, and the latency histogram's while metrics are recorded) are left, each a
     scheduled call of the loop."""
 
-    __slots__ = ("conn_id", "engine", "fut", "on_settled", "settled", "timer", "withdraw")
+    __slots__ = (
+        "conn_id",
+        "engine",
+        "fut",
+        "observe",
+        "sent",
+        "settled",
+        "t0",
+        "timer",
+        "withdraw",
+    )
 
-    def __init__(
-        self,
-        engine: Engine,
-        conn_id: int,
-        on_settled: Callable[[asyncio.Future[Any]], None] | None,
-        read: bool = False,
-    ) -> None:
+    def __init__(self, engine: Engine, conn_id: int, read: bool = False) -> None:
         self.engine = engine
         self.conn_id = conn_id
         self.fut: asyncio.Future[Any] = (
             ReadFuture(engine.loop, self) if read else engine.loop.create_future()
         )
-        self.on_settled = on_settled
+        # a send's bytes, counted against `max_queued_send_bytes` until it is answered, and the
+        # latency observer that times it (`Engine.start_send`): fields, not a closure of five
+        # cells made per send. -1: not a send
+        self.sent = -1
+        self.observe: Callable[[float], None] | None = None
+        self.t0 = 0.0
         self.settled = False
         self.timer: asyncio.TimerHandle | None = None
         # a read's arguments to `app_cancel_recv`: it is withdrawn from the host when it is
@@ -145,8 +154,8 @@ class _Request:
             fut = self.fut
             if isinstance(fut, ReadFuture):
                 fut.request = None
-        if self.on_settled is not None:
-            self.on_settled(self.fut)
+        if self.sent >= 0:
+            self.engine._send_settled(self)
 
 
 def _ignore(result: Any, err: AppError | None) -> None:
@@ -366,7 +375,6 @@ class Engine:
         *args: Any,
         withdraw_after: float | None = None,
         read: bool = False,
-        on_settled: Callable[[asyncio.Future[Any]], None] | None = None,
     ) -> asyncio.Future[Any]:
         """Run the host request `fn(conn_id, *args, done)` in the host's task; the future gets
         the result.
@@ -375,10 +383,9 @@ class Engine:
         (`app_cancel_recv`) when `withdraw_after` is up. The host does it in its own task, so a
         byte is never both given to a timed-out read and kept: no data is lost by a timeout
         (rpc-contract tcp.recv). A read a failed layer answered is withdrawn the same way
-        (`_layer_failed`), and so is one whose future is cancelled (`ReadFuture`).
-        `on_settled(future)` runs once the host has answered (or a failed layer answered for
-        it), after the future has its result."""
-        req = _Request(self, conn_id, on_settled, read or withdraw_after is not None)
+        (`_layer_failed`), and so is one whose future is cancelled (`ReadFuture`). A send is
+        made by `start_send`, which settles its count when the host has answered it."""
+        req = _Request(self, conn_id, read or withdraw_after is not None)
         # known until answered, so a layer that fails on the connection can answer it
         # (`_layer_failed`)
         self._pending[req] = None
@@ -576,22 +583,34 @@ class Engine:
                 f"connection {conn_id} has {queued} bytes of sends unanswered; {n} more"
                 f" would pass engine.max_queued_send_bytes ({cap})",
             )
-        self._queued_send[conn_id] = queued + n
+        if n:  # an empty send counts nothing, and so has nothing to give back (`_send_settled`)
+            self._queued_send[conn_id] = queued + n
+        req = _Request(self, conn_id)
+        req.sent = n
         observe = self.send_observer
-        t0 = time.perf_counter() if observe is not None else 0.0
+        if observe is not None:
+            req.observe = observe
+            req.t0 = time.perf_counter()
+        self._pending[req] = None
+        self.host.inbox.push(self.host.app_send, (conn_id, data, req.done))
+        return req.fut
 
-        def sent(fut: asyncio.Future[Any]) -> None:
-            # the bytes are the host's until it answers, even for a request the client gave
-            # up on (cancelled): they count against the limit until then
-            left = self._queued_send[conn_id] - n
+    def _send_settled(self, req: _Request) -> None:
+        """A send is answered (`_Request._settle`): its bytes are the host's until then, even
+        for a request the client gave up on (cancelled), so they count against the limit
+        until now."""
+        if req.sent:
+            conn_id = req.conn_id
+            left = self._queued_send[conn_id] - req.sent
             if left:
                 self._queued_send[conn_id] = left
             else:
                 del self._queued_send[conn_id]
-            if observe is not None and not fut.cancelled() and fut.exception() is None:
-                observe(time.perf_counter() - t0)  # a send completes when acknowledged
-
-        return self._request(self.host.app_send, conn_id, data, on_settled=sent)
+        observe = req.observe
+        if observe is not None:
+            fut = req.fut
+            if not fut.cancelled() and fut.exception() is None:
+                observe(time.perf_counter() - req.t0)  # a send completes when acknowledged
 
     async def recv(
         self, conn_id: int, max_bytes: int, timeout: float | None, waitall: bool = False

@@ -14,7 +14,7 @@ import structlog
 
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.handles import NdisOffloadHandle
-from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase
+from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
@@ -67,11 +67,19 @@ def cancel_recv(h: HostStack, tcb: Tcb, waiting: Done, done: Done) -> None:
 
 def serve(h: HostStack, tcb: Tcb) -> None:
     """Hand buffered bytes to waiting reads, in order."""
-    closed = tcb.lifecycle.phase is Phase.CLOSED
+    # the TCB is its own lifecycle: `phase` and `tcp` read as fields, not through the
+    # `lifecycle`, `reset` properties (a read is served here two or three times a round)
+    closed = tcb.phase is Phase.CLOSED
     while tcb.recv_waiters:
         max_bytes, done, waitall = tcb.recv_waiters[0]
-        ending = tcb.rx.fin is not None or tcb.reset or closed
-        if tcb.app_rx_bytes and (not waitall or tcb.app_rx_bytes >= max_bytes or ending):
+        have = tcb.app_rx_bytes
+        if have and (
+            not waitall
+            or have >= max_bytes
+            or tcb.rx.fin is not None
+            or tcb.tcp is TcpState.RESET
+            or closed
+        ):
             tcb.recv_waiters.pop(0)
             done(_take(h, tcb, max_bytes), None)
             continue
