@@ -420,7 +420,7 @@ class PassthroughIm(DriverLayer):
 
     @downcall
     def MiniportTcpOffloadSend(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        entry.lifecycle.fire(Event.IO)
+        entry.fire(Event.IO)  # the entry is its own Lifecycle: no `lifecycle` property call
         if entry.refusing:
             # this IM failed a send: nothing may go down ahead of what the host sends after
             # the upload (a target that asks for one refuses by itself, with its own status).
@@ -551,7 +551,7 @@ class PassthroughIm(DriverLayer):
 
     @downcall
     def MiniportTcpOffloadReceive(self, entry: ImOffloadEntry, head: NetBufferList) -> None:
-        entry.lifecycle.fire(Event.IO)
+        entry.fire(Event.IO)
         self.ndis.NdisOffloadTcpReceive(self, entry.handle, head)
 
     @downcall

@@ -430,7 +430,7 @@ class Ndis:
         if trace is not None:
             # one record per call; a chain's NBL ids are listed in it (one hop each when read)
             if caller is binding.upper:
-                code = binding.pair(ndis_call, miniport_call, True)
+                code = binding.codes.get(ndis_call) or binding.pair(ndis_call, miniport_call, True)
             else:
                 code = pair_code(caller.name, ndis_call, lower.name, miniport_call)
             trace.record_pair(code, handle.id, context.id, ids)

@@ -54,9 +54,9 @@ class AppSend:
 
 def app_send(h: HostStack, tcb: Tcb, data: bytes, done: Done) -> None:
     """`tcp.send`: answered when the peer has acknowledged every byte (rpc-contract)."""
-    # `tcb.state`, `tcb.reset` and `tcb.fin_sent`, each read once from the lifecycle: every
-    # send asks all of them
-    lc = tcb.lifecycle
+    # `tcb.state`, `tcb.reset` and `tcb.fin_sent`, each read once from the lifecycle (the TCB
+    # itself: no `lifecycle` property call): every send asks all of them
+    lc = tcb
     state = INFO_STATE[lc.phase]
     if state == "closed":
         done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
@@ -95,7 +95,7 @@ def pump(h: HostStack, tcb: Tcb) -> None:
     order; a `tcp.send` larger than the room left goes down in pieces. Nothing goes down
     once the target asked for the upload: it refuses every send until the terminate (spec
     §3.6.4), which may wait behind a query; the queue goes on the socket after it."""
-    phase = tcb.lifecycle.phase
+    phase = tcb.phase  # the TCB is its own Lifecycle
     if INFO_STATE[phase] != "offloaded" or phase is Phase.UPLOAD_REQUESTED or tcb.handle is None:
         return
     q = tcb.send_q
