@@ -269,13 +269,20 @@ def complete_now(
     complete(t, head)
 
 
+#: Phases in which the target advises the host on its send backlog (spec §5.3): not after a
+#: mandatory upload request, when it processes the connection no more and refuses every new
+#: send (spec §5.2, §3.6.4), so advice on how much to post has nothing to apply to.
+_ADVISING = frozenset(LIVE) - {Phase.UPLOAD_REQUESTED}
+
+
 def _backlog(t: OffloadTarget, c: TcpContext) -> None:
     """Throttled `TcpIndicateSendBacklogChange` (spec §5.3): at most one a second, and only
     when the preferred backlog moved by a factor of two. The preference [EMU]: enough to keep
     the socket busy between two completions — twice the congestion window, or the kernel's send
-    buffer if larger (what the socket takes without waiting) — between 64 KiB and 16 MiB."""
+    buffer if larger (what the socket takes without waiting) — between 64 KiB and 16 MiB.
+    None after a mandatory upload request (`_ADVISING`)."""
     now = t.ndis.clock()
-    if now - c.backlog_at < BACKLOG_DAMPING_NS or c.lifecycle.phase not in LIVE:
+    if now - c.backlog_at < BACKLOG_DAMPING_NS or c.lifecycle.phase not in _ADVISING:
         return
     c.backlog_at = now
     cwnd_bytes, snd_buf = c.wire.send_room()
