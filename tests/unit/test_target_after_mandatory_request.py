@@ -13,14 +13,19 @@ The protocol stub plays the host and a MemoryWire the peer (no sockets, no sleep
 
 from __future__ import annotations
 
+import pytest
+
+from chimneyd.drivers.segment import TH_ACK, TH_URG
 from chimneyd.drivers.target import events
 from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.drivers.target.target import OffloadTarget
+from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
-from tests.unit.test_target_ndis_rules import Conn
+from tests.unit.test_target_ndis_rules import Conn, _segment
 
 E = TcpOffloadEventType
+URGENT = (E.TcpIndicateRetrieve, TcpUploadReason.ReceivedUrgentData)
 REQUESTED = (E.TcpIndicateRetrieve, TcpUploadReason.UploadRequested)
 
 
@@ -29,6 +34,15 @@ def _context(c: Conn) -> TcpContext:
     assert isinstance(nic, OffloadTarget)
     (ctx,) = nic.connections()
     return ctx
+
+
+def _terminate(c: Conn) -> OffloadBlock:
+    root = c.top.reference_tree(c.tree, None, True, True, "delegated")
+    c.top.terminate(root)
+    c.st.run()
+    (block,) = [b for b in walk(root) if b.kind is BlockKind.TCP]
+    assert block.status == S.NDIS_STATUS_SUCCESS
+    return block
 
 
 # -- no send-backlog advice after a mandatory request (spec §5.2, §5.3) --------------------------
@@ -70,3 +84,38 @@ def test_a_send_backlog_change_still_follows_an_optional_upload_request() -> Non
     connection offloaded): its backlog advice too."""
     after = _backlog_after(TcpUploadReason.LowActivity)
     assert [e for e, _ in after] == [E.TcpIndicateRetrieve, E.TcpIndicateSendBacklogChange]
+
+
+# -- a second urgent segment in the forward stops processing (spec §5.2) -------------------------
+@pytest.mark.parametrize("second", [(4, b"la"), (0, b"ab")], ids=["after_it", "before_it"])
+def test_a_second_urgent_segment_in_the_forward_stops_reading_the_socket(
+    second: tuple[int, bytes],
+) -> None:
+    """Two acceptable URG segments in one forward: the first asks for the upload and is its
+    cause; the second is the next segment after the request, so from it on the target stops
+    processing (spec §5.2): the socket is read no more, and the peer's later bytes wait in
+    the kernel, not in the target, until the terminate reads them for the host. Every byte
+    reaches the host once, in order, none through the chimney."""
+    c = Conn().offload()
+    first = _segment(c, 2, TH_URG | TH_ACK, b"!!")
+    fwds = c.top.forward(c.handle, first, _segment(c, second[0], TH_URG | TH_ACK, second[1]))
+    c.st.run()
+    assert [f.status for f in fwds] == [S.NDIS_STATUS_SUCCESS] * 2
+    assert c.events() == [URGENT]  # asked once
+    assert not c.wire.reading, "the socket is still read after the second urgent segment"
+    read_before = c.wire.bytes_read
+    c.wire.peer_send(b"ab!!later")  # offsets 0-8 by the wire
+    c.st.run()
+    assert c.wire.bytes_read == read_before, "the target read the peer's bytes after the stop"
+    assert c.top.received_data(c.handle) == b""
+    _terminate(c)
+    pieces = sorted(
+        [(off, data) for _, off, data, _ in c.top.ordinary]
+        + [(e.args[0], e.args[1]) for e in c.top.wire_events if e.name == "WireData"]
+    )
+    stream = bytearray()
+    for off, data in pieces:
+        if off <= len(stream) < off + len(data):
+            stream += data[len(stream) - off :]
+    assert bytes(stream) == b"ab!!later"
+    assert c.st.drain_problems() == []

@@ -209,6 +209,10 @@ def urgent(
         answered(t, c, ACK_URG)  # an ACK of something not yet sent: an ACK (RFC 793)
         return
     c.rst_challenged = False  # an acceptable segment (spec §5.2)
+    # the request's cause only if it is the segment that asks: one after a mandatory request
+    # (an earlier URG segment of the same forward, a SYN at RcvNxt) stops processing from
+    # RcvNxt, and the socket is read no more, as for any other segment (`segment`, spec §5.2)
+    cause = c.lifecycle.phase is not Phase.UPLOAD_REQUESTED
     at = max(offset, c.rx.rcv_nxt)
     held_from = c.urgent_at
     if held_from is None or at < held_from:
@@ -217,11 +221,11 @@ def urgent(
         # and what lies from it on is urgent data too, for the ordinary path (spec §5.2)
         c.urgent_at = at
         _hold_ooo_from(c, at)
-    if held_from is None:
+    if cause:
         events.request_upload(t, c, TcpUploadReason.ReceivedUrgentData)
-    # held from the urgent byte on: the segment is the request's cause, not a segment after
-    # it; the next one stops processing from RcvNxt (`segment`, spec §5.2)
-    segment(t, c, offset, data, flags, True)
+    # held from the urgent byte on: the cause is not a segment after the request; the next
+    # segment, urgent or not, stops processing from RcvNxt (`segment`, spec §5.2)
+    segment(t, c, offset, data, flags, cause)
 
 
 def _ack_valid(c: TcpContext, ack: int) -> bool:
