@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_URG
+from chimneyd.drivers.segment import TH_ACK, TH_RST, TH_SYN, TH_URG
 from chimneyd.drivers.target import events
 from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import BlockKind, OffloadBlock, walk
+from chimneyd.ndis.lifecycle import TcpState
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from tests.unit.test_target_ndis_rules import Conn, _segment
@@ -119,3 +120,36 @@ def test_a_second_urgent_segment_in_the_forward_stops_reading_the_socket(
             stream += data[len(stream) - off :]
     assert bytes(stream) == b"ab!!later"
     assert c.st.drain_problems() == []
+
+
+# -- an RST after the stop, in the same forward (spec §4.6, §5.2) -------------------------------
+@pytest.mark.parametrize("cause", ["urgent", "syn_at_rcvnxt"])
+def test_an_rst_at_rcvnxt_after_the_stop_is_not_processed_but_reaches_the_host(
+    cause: str,
+) -> None:
+    """One forward: a segment that asks for a mandatory upload, then an RST at RcvNxt. The
+    target has stopped processing: it does not abort (no `TcpIndicateAbort`, the send
+    outstanding is not completed REQUEST_ABORTED, the state it hands back is not reset),
+    and the RST, not lost, goes up the ordinary path at the terminate, after what it holds,
+    for the host to process after the upload."""
+    c = Conn().offload()
+    (sent,) = c.send(b"outstanding")
+    ctx = _context(c)
+    before = c.events()
+    cause_seg = (
+        _segment(c, 0, TH_URG | TH_ACK, b"!") if cause == "urgent" else _segment(c, 0, TH_SYN)
+    )
+    fwds = c.top.forward(c.handle, cause_seg, _segment(c, 0, TH_RST | TH_ACK))
+    c.st.run()
+    assert [f.status for f in fwds] == [S.NDIS_STATUS_SUCCESS] * 2
+    after = [e for e, _ in c.events()[len(before) :]]
+    assert after == [E.TcpIndicateRetrieve], "the RST was processed after the stop"
+    assert sent.status == S.NDIS_STATUS_PENDING
+    assert ctx.lifecycle.tcp is not TcpState.RESET
+    block = _terminate(c)
+    # handed back, not aborted: the host sends it on or aborts it after processing the RST
+    assert block.net_buffer_list_chain is sent
+    rsts = [(off, fl) for _, off, _, fl in c.top.ordinary if fl & TH_RST]
+    assert rsts == [(0, TH_RST | TH_ACK)], "the RST did not reach the host"
+    flags = [fl for _, _, _, fl in c.top.ordinary]
+    assert flags[-1] & TH_RST, "the RST went up before what the target held ahead of it"

@@ -114,7 +114,7 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         sequence, flags, payload = parse_segment(raw)
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
         if flags & TH_RST:
-            forwarded_rst(t, c, offset)
+            forwarded_rst(t, c, offset, flags)
         elif flags & TH_SYN:
             forwarded_syn(t, c, offset)
         elif flags & TH_URG:
@@ -130,7 +130,7 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     t.ndis.NdisTcpOffloadForwardComplete(t, head)
 
 
-def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
+def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_RST) -> None:
     """A forwarded RST at stream `offset`, checked as one from the wire (spec §4.6) by the
     blind-reset rules (spec §5.2): only one exactly at RcvNxt is acceptable and aborts. One in
     the window gets a challenge ACK, one per RST validation period (until an acceptable
@@ -140,7 +140,18 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int) -> None:
     decided by the socket. Still open, the peer's kernel holds the connection and answers with
     an ordinary ACK: nothing changes. Closed (the kernel saw the connection die, the news the
     host forwards this RST for), the peer would answer the challenge ACK, or the next segment
-    sent after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now."""
+    sent after a dropped RST, with an RST at RcvNxt: acceptable, so it aborts now.
+
+    Once the target stopped processing the connection (a mandatory upload request earlier in
+    the same forward; a later forward is refused whole) it judges no RST: it neither aborts
+    nor answers, and holds the RST after what it holds already, for the ordinary path at the
+    terminate (`hand_up_held`), as it holds the data after the request (spec §5.2). The host
+    gets the connection back as the target left it, not reset, its unacknowledged sends
+    handed back, and then the RST, which it processes itself after the upload: nothing is
+    lost, nothing is aborted twice."""
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        c.urgent_held = grown(c.urgent_held, (offset, memoryview(b""), flags))
+        return
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
     elif not c.rst_challenged and _in_window(c, offset, 0) and answered(t, c, CHALLENGE_RST):
