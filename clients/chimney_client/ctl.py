@@ -37,6 +37,7 @@ from .ctl_render import (
     fmt,
     hop_cells,
     table,
+    unsent_acks_cell,
 )
 from .errors import (
     CallTimeout,
@@ -1049,7 +1050,10 @@ def _stats(s: Session, a: argparse.Namespace) -> Any:
         for k, v in m.items():
             if k not in _GAUGES and k not in extra and isinstance(v, int | float):
                 extra.append(k)
-    t = table("layer", *_GAUGES, *extra, "calls", "failed")
+    # a target's unsent ACKs (not calls: docs/metrics.md), a column once any layer has one
+    unsent = {name: unsent_acks_cell(m) for name, m in layers.items()}
+    shown = ("unsent_acks",) if any(unsent.values()) else ()
+    t = table("layer", *_GAUGES, *extra, "calls", "failed", *shown)
     for name, m in layers.items():
         calls, failed = call_totals(m)
         t.add_row(
@@ -1058,6 +1062,7 @@ def _stats(s: Session, a: argparse.Namespace) -> Any:
             *(fmt(m.get(k)) for k in extra),
             str(calls),
             str(failed),
+            *(unsent[name] for _ in shown),
         )
     s.out.table(t)
     tail = [f"connections {fmt(r.get('connections'))}"]

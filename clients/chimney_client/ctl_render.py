@@ -167,3 +167,14 @@ def call_totals(layer: Mapping[str, Any]) -> tuple[int, int]:
         return 0, 0
     counts = [(k, v) for k, v in calls.items() if isinstance(v, int)]
     return sum(v for _, v in counts), sum(v for k, v in counts if is_failure(str(k)))
+
+
+def unsent_acks_cell(layer: Mapping[str, Any]) -> str:
+    """A target's `unsent_acks` that are not 0, `kind=n` in the order it reports them: the ACKs
+    it would answer forwarded segments with and cannot put on the kernel's socket
+    (docs/metrics.md, spec §5.2). Not NDIS calls, so not in `call_totals`. "" for a layer that
+    reports none, or only zeros."""
+    unsent = layer.get("unsent_acks")
+    if not isinstance(unsent, dict):
+        return ""
+    return " ".join(f"{k}={v}" for k, v in unsent.items() if isinstance(v, int) and v)
