@@ -184,6 +184,19 @@ class DaemonView:
     conns_page: Callable[[int, int], Awaitable[dict[str, Any]]]
 
 
+def layer_panels(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the topology's layer boxes show (`/api/stats`): each layer's `layer_summary`, and
+    a target's `unsent_acks` by kind as it reports them (docs/metrics.md): the ACKs it would
+    answer forwarded segments with and cannot send (spec §5.2), not NDIS calls, so not in
+    `calls`. A layer that reports none has none here."""
+    panels: dict[str, dict[str, Any]] = dict(layer_summary(stats))
+    for name, st in (stats.get("layers") or {}).items():
+        unsent = st.get("unsent_acks") if isinstance(st, dict) else None
+        if isinstance(unsent, dict) and name in panels:
+            panels[name] = {**panels[name], "unsent_acks": dict(unsent)}
+    return panels
+
+
 class WebApp:
     """Routes of the web view (and `/metrics`) over one engine."""
 
@@ -256,7 +269,7 @@ class WebApp:
                 return _json({"error": exc.message}, 503)
         else:
             stats = self.stats()
-        return _json({"layers": layer_summary(stats), "connections": stats.get("connections")})
+        return _json({"layers": layer_panels(stats), "connections": stats.get("connections")})
 
     async def api_conns(self, request: web.Request) -> web.StreamResponse:
         size = _int(request, "size", self.config.page_size, 1, 1000)

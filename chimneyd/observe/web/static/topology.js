@@ -11,8 +11,13 @@
     ["failures", "failures"],
     ["inbox", "inbox depth"],
   ];
-  const W = 270, H = 66 + 18 * GAUGES.length, GAP_X = 60, GAP_Y = 80, PAD = 20;
+  // a target's box has one row more: the ACKs it would answer forwarded segments with and
+  // cannot send (`unsent_acks`, docs/metrics.md), their sum, each kind in the row's tooltip
+  // and, once any is not 0, written out under it; not NDIS calls, so not in "calls"
+  const UNSENT_KINDS = ["challenge_rst", "challenge_syn", "ack_syn", "ack_urg"];
+  const W = 270, H = 66 + 18 * (GAUGES.length + 2), GAP_X = 60, GAP_Y = 80, PAD = 20;
   const values = {};  // layer -> gauge -> <text>
+  const unsent = {};  // layer -> {total: <text>, kinds: <text>, tip: <title>}
 
   // rows of layers by depth below the host; a layer bound under two goes at its deepest
   function layout(layers) {
@@ -75,6 +80,18 @@
         values[l.name][key] = v;
         g.append(v);
       });
+      if (l.kind === "target") {
+        const ty = 62 + GAUGES.length * 18;
+        const row = Live.svg("g", { class: "unsent", "data-unsent": "" });
+        const tip = Live.svg("title", {}, "unsent ACKs: none counted yet");
+        row.append(tip);
+        row.append(Live.svg("text", { x: 12, y: ty }, "unsent ACKs"));
+        const total = Live.svg("text", { class: "value", x: W - 12, y: ty, "text-anchor": "end", "data-unsent-total": "" }, "–");
+        const kinds = Live.svg("text", { class: "kinds", x: W - 12, y: ty + 18, "text-anchor": "end", "data-unsent-kinds": "" }, "");
+        row.append(total, kinds);
+        unsent[l.name] = { total, kinds, tip };
+        g.append(row);
+      }
       root.append(g);
     }
     const box = document.getElementById("topology");
@@ -99,6 +116,29 @@
           setTimeout(() => t.classList.remove("changed"), 700);
         }
       }
+      showUnsent(layer, gauges.unsent_acks);
+    }
+  }
+
+  // a target's unsent ACKs: the sum, and each kind that is not 0 as `kind n`
+  function showUnsent(layer, counts) {
+    const row = unsent[layer];
+    if (!row || !counts) return;
+    const kinds = Object.keys(counts).sort((a, b) => {
+      const ia = UNSENT_KINDS.indexOf(a), ib = UNSENT_KINDS.indexOf(b);
+      return (ia < 0 ? UNSENT_KINDS.length : ia) - (ib < 0 ? UNSENT_KINDS.length : ib);
+    });
+    const total = kinds.reduce((n, k) => n + (counts[k] || 0), 0);
+    const changed = row.total.dataset.raw !== undefined && row.total.dataset.raw !== String(total);
+    row.total.dataset.raw = String(total);
+    row.total.textContent = Live.num(total);
+    const shown = kinds.filter((k) => counts[k]).map((k) => `${k} ${Live.num(counts[k])}`);
+    row.kinds.textContent = shown.join(" · ");
+    row.kinds.dataset.raw = JSON.stringify(Object.fromEntries(kinds.map((k) => [k, counts[k] || 0])));
+    row.tip.textContent = "unsent ACKs (not NDIS calls): " + kinds.map((k) => `${k} ${Live.num(counts[k] || 0)}`).join(", ");
+    if (changed) {
+      row.total.classList.add("changed");
+      setTimeout(() => row.total.classList.remove("changed"), 700);
     }
   }
 
