@@ -188,11 +188,17 @@ class HostStack(DriverLayer):
         now, so their entries are the most recently used ones (a real host's neighbor and path
         caches age an entry from its last use), and count against the cap from now on."""
         cache = self.updated_objects
+        hops = self.next_hops
         for key in keys:
             cached = cache.pop(key, None)
             if cached is not None:
                 cache[key] = cached
+            # and where a path was moved (spec §3.4 (b)): its route was in use until now too
+            hop = hops.pop(key, None)
+            if hop is not None:
+                hops[key] = hop
         self.trim_object_cache()
+        self._trim(hops)
 
     def trim_object_cache(self) -> None:
         """Drop the least recently used entries of objects the host no longer holds past
@@ -200,7 +206,11 @@ class HostStack(DriverLayer):
         count: its connections' `tcp.info` shows it and its next offload carries it. Those
         are bounded by the connections and go with them (the host trims again as it lets objects
         go, `objects_let_go`), so once every connection has gone the cache is within its cap."""
-        cache = self.updated_objects
+        self._trim(self.updated_objects)
+
+    def _trim(self, cache: dict[Any, Any]) -> None:
+        """Drop the least recently used entries of `cache` (by object key, in LRU order) of
+        objects the host no longer holds past `object_cache_cap` of them."""
         if len(cache) <= self.object_cache_cap:
             return
         objects = self.objects
@@ -222,13 +232,9 @@ class HostStack(DriverLayer):
         hops = self.next_hops
         hops.pop(path_key, None)  # the newest entry now
         hops[path_key] = next_hop
-        excess = len(hops) - self.object_cache_cap
-        if excess <= 0:
-            return
-        objects = self.objects
-        doomed = [key for key in hops if key not in objects][:excess]  # oldest first
-        for key in doomed:
-            del hops[key]
+        # as the update cache: the paths the host still holds do not count against the bound
+        # (it trims again as it lets them go, `objects_let_go`)
+        self._trim(hops)
 
     def next_hop_of(self, path_key: Any) -> bytes:
         """The next hop a new path `path_key` goes under: where the host last moved it."""
