@@ -3,10 +3,13 @@ moved each path, so a later offload of the path, after it has gone, goes under t
 neighbor. Bounded as the update cache is (`test_host_object_cache.py`): at most
 `object_cache_cap` paths the host no longer holds, least recently used first, the paths it
 still holds not counted; once every connection has gone it is within its bound, which the
-drain check (`leftovers`) reads."""
+drain check (`leftovers`) reads. And a failed step 2 of a move is answered as the contract
+says an NDIS failure is: `NDIS_STATUS`, naming the status."""
 
 from __future__ import annotations
 
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig
 
 CAP = 2
@@ -60,5 +63,25 @@ def test_held_paths_do_not_push_a_left_path_s_route_out() -> None:
     assert _next_hop_of_new_conn(rig, 0) == HOP, "forgotten though within the bound"
     for conn in held:
         rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
+
+
+def test_a_failed_new_neighbor_offload_names_its_status() -> None:
+    """Step 2 of the move (the new neighbor's initiate) fails at the target: nothing moved,
+    and the answer is the contract's NDIS_STATUS naming the status the target gave."""
+    rig = HostRig()
+    host = rig.host
+    conn, _ = rig.open()
+    rig.offload(conn)
+    fail_next(rig.target, "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE)
+    reply = rig.call(host.app_update_object, conn, "path", {"NextHop": HOP})
+    assert reply.done and reply.error is not None, reply
+    assert reply.error.symbol == "NDIS_STATUS"
+    assert "NDIS_STATUS_FAILURE" in str(reply.error), str(reply.error)
+    path = host.tcbs[conn].path
+    assert path is not None and path.parent is not None
+    assert path.parent.key[2] == bytes(6), "nothing moved"
+    rig.call(host.app_close, conn)
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []

@@ -312,13 +312,14 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     # the new neighbor's handle lends the asking connection's trace for its initiate, so
     # `trace.get` shows step 2's hops too
     neighbor.handle.trace = mv.tcb.trace
-    root.protocol_reserved = lambda: _neighbor_offloaded(h, mv)
+    root.protocol_reserved = lambda: _neighbor_offloaded(h, mv, root)
     h.ndis.NdisInitiateOffload(h, neighbor.binding, root)
 
 
-def _neighbor_offloaded(h: HostStack, mv: PathMove) -> None:
-    """Step 2 is back: the new neighbor is offloaded (step 3 goes down), or not (the move
-    fails before anything moved: the path and its connections stay as they were)."""
+def _neighbor_offloaded(h: HostStack, mv: PathMove, root: OffloadBlock) -> None:
+    """Step 2 is back (`root`, the neighbor's block alone): the new neighbor is offloaded
+    (step 3 goes down), or not (the move fails before anything moved: the path and its
+    connections stay as they were)."""
     neighbor = mv.neighbor
     assert neighbor is not None
     if neighbor.handle is not None:
@@ -330,7 +331,8 @@ def _neighbor_offloaded(h: HostStack, mv: PathMove) -> None:
     path = mv.path
     path.updating = False
     path.pending_ops -= 1
-    mv.done(None, AppError("NDIS_STATUS", "the new neighbor was not offloaded: nothing moved"))
+    # NDIS_STATUS names the status, as the contract has it (the block's, spec §3.2.4)
+    mv.done(None, ndis_error(root.status, " the new neighbor was not offloaded: nothing moved"))
     _after_update(h, path)
 
 
