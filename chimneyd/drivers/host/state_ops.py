@@ -167,6 +167,16 @@ def app_update_object(
     if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
         done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
         return
+    if what == "neighbor" and path.moving:
+        # the connection's neighbor is the one its path's move puts it under, once the move
+        # is over: the update goes after it, in the order asked, to that one (spec §3.4 (b))
+        path.update_waiters = grown(
+            path.update_waiters,
+            _unless_closed(
+                h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done), held=True
+            ),
+        )
+        return
     neighbor = path.parent
     assert neighbor is not None
     obj = neighbor if what == "neighbor" else path
@@ -282,7 +292,7 @@ def app_move_path(
             return
     # the path is held from now on: a connection new to it waits (`offload.flush_initiates`),
     # as do another update and an invalidate of it, and its terminate (spec §3.1)
-    path.updating = True
+    path.updating = path.moving = True
     path.pending_ops += 1
     _move_when_settled(h, PathMove(tcb, path, next_hop, cached, done))
 
@@ -329,7 +339,7 @@ def _neighbor_offloaded(h: HostStack, mv: PathMove, root: OffloadBlock) -> None:
         return
     neighbor.refs -= 1
     path = mv.path
-    path.updating = False
+    path.updating = path.moving = False
     path.pending_ops -= 1
     # NDIS_STATUS names the status, as the contract has it (the block's, spec §3.2.4)
     mv.done(None, ndis_error(root.status, " the new neighbor was not offloaded: nothing moved"))
@@ -365,7 +375,7 @@ def _move_complete(h: HostStack, root: OffloadBlock) -> None:
     path, neighbor = mv.path, mv.neighbor
     assert neighbor is not None and neighbor.handle is not None and path.handle is not None
     path.handle.trace = None
-    neighbor.updating = path.updating = False
+    neighbor.updating = path.updating = path.moving = False
     neighbor.pending_ops -= 1
     path.pending_ops -= 1
     neighbor.refs -= 1  # held for the move (`_move_when_settled`)
@@ -494,6 +504,14 @@ def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     path = tcb.path
     if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
         done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+        return
+    if what == "neighbor" and path.moving:
+        # of the neighbor the path's move puts the connection under, once it is over (as an
+        # update of it, `app_update_object`): not of the one it leaves (spec §3.4 (b), §3.5)
+        path.update_waiters = grown(
+            path.update_waiters,
+            _unless_closed(h, tcb, done, lambda: app_invalidate(h, tcb, what, done)),
+        )
         return
     neighbor = path.parent
     assert neighbor is not None

@@ -72,6 +72,7 @@ class HostObject(Lifecycle):
         "cached",
         "handle",
         "key",
+        "moving",
         "parent",
         "pending_ops",
         "refs",
@@ -96,6 +97,9 @@ class HostObject(Lifecycle):
         # offload of it carries, and what an update starts from
         self.cached: NeighborOffloadStateCached | PathOffloadStateCached | None = None
         self.updating = False  # at most one update of the object in flight (spec §3.1)
+        # a path's next-hop change is under way (spec §3.4 (b)): until it is over, which
+        # neighbor is a connection's on it is not settled (`state_ops.app_move_path`)
+        self.moving = False
         self.update_waiters: list[Callable[[], None]] = NO_ITEMS  # updates behind that one
 
     def __str__(self) -> str:

@@ -1,0 +1,65 @@
+"""Requests on one connection after a next-hop change of its path (spec §3.4 (b)) take effect
+after it: an update or an invalidate of "the connection's neighbor" made while the move is
+below is of the neighbor the move puts the path under, not of the one it leaves (which goes
+once nothing hangs under it, spec §3.4 step 4, taking the update with it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chimneyd.testing.hostrig import HostRig, Reply
+
+HOP = bytes.fromhex("02000000002b")
+ARP = bytes.fromhex("020000000099")
+
+
+def _moving(rig: HostRig) -> tuple[int, Reply]:
+    """An offloaded connection, its path's move to HOP asked and not yet down."""
+    conn, _ = rig.open()
+    rig.offload(conn)
+    moved = Reply()
+    rig.host.app_update_object(conn, "path", {"NextHop": HOP}, moved)
+    return conn, moved
+
+
+@pytest.mark.parametrize("im", [False, True])
+def test_an_arp_update_after_a_move_reaches_the_new_neighbor(im: bool) -> None:
+    rig = HostRig(im=im)
+    host = rig.host
+    conn, moved = _moving(rig)
+    arp = rig.call(host.app_update_object, conn, "neighbor", {"DlDestinationAddress": ARP})
+    assert moved.done and moved.error is None, moved
+    assert arp.done and arp.error is None, arp
+    path = host.tcbs[conn].path
+    assert path is not None and path.parent is not None
+    assert path.parent.key[2] == HOP
+    assert path.parent.cached is not None
+    assert path.parent.cached.DlDestinationAddress == ARP, "the update went to the old neighbor"
+    [ctx] = rig.contexts()
+    assert ctx.path.neighbor.cached.DlDestinationAddress == ARP
+    rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
+
+
+def test_an_invalidate_of_the_neighbor_after_a_move_is_of_the_new_one() -> None:
+    """The connection's neighbor invalidated (spec §3.5) right behind the move: the new
+    neighbor is, and the connection goes up with it."""
+    rig = HostRig()
+    host = rig.host
+    conn, moved = _moving(rig)
+    host.after_batch()
+    # the target has moved the path (its update is done there, not yet back at the host)
+    queue = rig.scheduler.queue
+    while True:
+        ran = getattr(queue[0][1], "__name__", "")
+        rig.scheduler.run_one()
+        if ran == "MiniportUpdateOffload":
+            break
+    invalidated = rig.call(host.app_invalidate, conn, "neighbor")
+    assert moved.done and moved.error is None, moved
+    assert invalidated.done and invalidated.error is None, invalidated
+    assert host.tcbs[conn].state == "host"
+    rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
