@@ -4,7 +4,8 @@ closed, and a target failing an update or an initiate, all with the deliveries b
 at random points, keep the host's rules: every request answered once, with a contract code;
 no spec §9 invariant broken; every offloaded connection's path hangs, at the target, under
 the neighbor the host has it under; and once every connection is closed, the host's tables
-are empty (its route cache within its bound)."""
+are empty (its route cache within its bound). On two NICs (each behind a pass-through IM or
+not), and on a teaming MUX of three whose NICs fail and come back meanwhile."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chimneyd.drivers.mux.mux import CORRUPT_RETRY_MAX, MuxIm
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.testing.factories import fail_next
+from chimneyd.testing.factories import fail_next, make_target
 from chimneyd.testing.hostrig import HostRig, Reply
 
 HOPS = (bytes(6), bytes.fromhex("02000000002b"), bytes.fromhex("02000000002c"))
@@ -92,7 +94,7 @@ def _check_tree(rig: HostRig, im: bool) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(ACTIONS, min_size=1, max_size=60), st.booleans())
+@given(st.lists(ACTIONS, min_size=10, max_size=60), st.booleans())
 def test_moves_among_updates_invalidates_closes_and_failures(
     actions: list[tuple[str, Any, Any]], im: bool
 ) -> None:
@@ -157,3 +159,151 @@ def test_moves_among_updates_invalidates_closes_and_failures(
     assert host.stats.offloads_active == 0
     for nic in NICS:
         assert not rig.contexts(nic)
+
+
+TEAM = ("nic0", "nic1", "nic2")
+TEAM_NIC = st.integers(0, len(TEAM) - 1)
+TEAM_ACTIONS = st.one_of(
+    ACTIONS,
+    st.tuples(st.just("fail_nic"), TEAM_NIC, st.none()),  # UPLOAD_ALL; again: RESUME
+    st.tuples(st.just("nic_down"), TEAM_NIC, st.none()),  # taken out; again: put back
+    st.tuples(
+        st.just("fail_team"),
+        TEAM_NIC,
+        st.sampled_from(["MiniportUpdateOffload", "MiniportInitiateOffload[neighbor]"]),
+    ),
+)
+
+
+def _teamed_rig() -> tuple[HostRig, MuxIm]:
+    """host → team0 (a teaming MUX) → nic0..nic2, on MemoryWires."""
+    rig = HostRig((), host_options={"object_cache_cap": CAP})
+    timers = rig.clock.timers(rig.ndis.post)
+    mux = MuxIm("team0", rig.ndis, timers, "round-robin")
+    timers.bind(mux)
+    rig.ndis.bind(rig.host, mux)
+    for name in TEAM:
+        nic = make_target(rig.ndis, rig.clock.timers(rig.ndis.post), rig.wires.find, name)
+        rig.targets[name] = nic
+        rig.ndis.bind(mux, nic)
+    rig.run()
+    return rig, mux
+
+
+def _check_team(rig: HostRig, out: set[str]) -> None:
+    """Each NIC's connection, on a NIC in service, whose MUX copies are offloaded, hangs
+    under a copy of the neighbor the host has its path under (spec §2.3)."""
+    by_wire = {id(t.wire): t for t in rig.host.tcbs.values()}
+    for name in TEAM:
+        if name in out:
+            continue
+        for ctx in rig.contexts(name):
+            tcb = by_wire[id(ctx.wire)]
+            copy = ctx.path.upper.owner  # the MUX's copy of the path there
+            if (
+                tcb.lifecycle.phase is not Phase.OFFLOADED
+                or tcb.path is None
+                or copy.lifecycle.phase is not Phase.OFFLOADED
+                or ctx.upper.owner.lifecycle.phase is not Phase.OFFLOADED
+            ):
+                continue
+            neighbor = tcb.path.parent
+            assert neighbor is not None
+            assert ctx.path.neighbor.upper.owner.vobj.upper is neighbor.handle, (
+                f"conn {tcb.conn_id} on {name}: under another neighbor than {neighbor.key}"
+            )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(TEAM_ACTIONS, min_size=10, max_size=60))
+def test_moves_through_a_team_among_failures_and_returns(
+    actions: list[tuple[str, Any, Any]],
+) -> None:
+    """The same over a teaming MUX of three NICs, which NICs fail and recover (spec §5.5) or
+    are taken out and put back, and fail the MUX's own calls of a move."""
+    rig, mux = _teamed_rig()
+    host = rig.host
+    conns: list[int] = []
+    replies: list[tuple[str, Reply]] = []
+    failed: set[int] = set()
+    down: set[int] = set()
+
+    def ask(what: str, request: Any, conn: int, *args: Any) -> None:
+        reply = Reply()
+        replies.append((what, reply))
+        request(conn, *args, reply)
+
+    for action, a, b in actions:
+        if action == "connect":
+            conn, wire = rig.open(remote=(f"127.0.0.{a + 1}", 80))
+            wire.auto_ack = True
+            conns.append(conn)
+            ask("offload", host.app_offload, conn, None)
+        elif action == "fail":
+            continue
+        elif action == "fail_team":
+            fail_next(rig.targets[TEAM[a]], b, S.NDIS_STATUS_FAILURE)
+        elif action == "fail_nic":
+            nic = rig.targets[TEAM[a]]
+            if a in failed:
+                failed.discard(a)
+                nic.recover_adapter()
+            else:
+                failed.add(a)
+                nic.fail_adapter()
+        elif action == "nic_down":
+            binding = mux.lower_list()[a].binding
+            if a in down:
+                down.discard(a)
+                mux.lower_up(binding)
+            else:
+                down.add(a)
+                mux.lower_down(binding)
+        elif action == "step":
+            _step(rig, a)
+        elif action == "batch":
+            host.after_batch()
+        elif conns:
+            conn = conns[a % len(conns)]
+            if action in ("move", "move_mtu"):
+                changes: dict[str, Any] = {"NextHop": HOPS[b]}
+                if action == "move_mtu":
+                    changes["PathMtu"] = 1200 + len(replies)
+                ask(action, host.app_update_object, conn, "path", changes)
+            elif action == "arp":
+                mac = b"\x02\x00\x00\x00\x01" + bytes([len(replies) % 256])
+                changes = {"DlDestinationAddress": mac}
+                ask(action, host.app_update_object, conn, "neighbor", changes)
+            elif action == "mtu":
+                ask(action, host.app_update_object, conn, "path", {"PathMtu": 1300 + len(replies)})
+            elif action == "invalidate":
+                ask(action, host.app_invalidate, conn, b)
+            elif action == "upload":
+                ask(action, host.app_upload, conn)
+            else:
+                ask(action, host.app_close, conn)
+    rig.run()
+    assert rig.problems() == []
+    _check_team(rig, {TEAM[i] for i in failed | down})
+    # the end: every NIC back in service, and every connection closed
+    for nic in rig.targets.values():
+        nic.fail_next.clear()
+    for i in failed:
+        rig.targets[TEAM[i]].recover_adapter()
+        rig.run()
+    for i in down:
+        mux.lower_up(mux.lower_list()[i].binding)
+        rig.run()
+    rig.advance(CORRUPT_RETRY_MAX)
+    for what, reply in replies:
+        assert reply.done, (what, reply)
+        if reply.error is not None:
+            assert reply.error.symbol in CODES, (what, reply)
+    for conn in conns:
+        rig.call(host.app_close, conn)
+    rig.advance(CORRUPT_RETRY_MAX)
+    assert rig.problems() == []
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert not any(mux.leftovers().values()), mux.leftovers()
+    for name in TEAM:
+        assert not rig.contexts(name), name
