@@ -55,6 +55,8 @@ ACTIONS = st.one_of(
     st.tuples(st.just("step"), st.integers(0, 6), st.none()),
     st.tuples(st.just("batch"), st.none(), st.none()),
 )
+#: a NIC failing (UPLOAD_ALL, spec §5.5); again: its RESUME
+FAIL_NIC = st.tuples(st.just("fail_nic"), st.sampled_from(NICS), st.none())
 
 
 def _step(rig: HostRig, n: int) -> None:
@@ -94,7 +96,7 @@ def _check_tree(rig: HostRig, im: bool) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(ACTIONS, min_size=10, max_size=60), st.booleans())
+@given(st.lists(st.one_of(ACTIONS, FAIL_NIC), min_size=10, max_size=60), st.booleans())
 def test_moves_among_updates_invalidates_closes_and_failures(
     actions: list[tuple[str, Any, Any]], im: bool
 ) -> None:
@@ -103,6 +105,7 @@ def test_moves_among_updates_invalidates_closes_and_failures(
     host = rig.host
     conns: list[int] = []
     replies: list[tuple[str, Reply]] = []
+    failed: set[str] = set()
 
     def ask(what: str, request: Any, conn: int, *args: Any) -> None:
         reply = Reply()
@@ -115,6 +118,14 @@ def test_moves_among_updates_invalidates_closes_and_failures(
             wire.auto_ack = True
             conns.append(conn)
             ask("offload", host.app_offload, conn, b)
+            continue
+        if action == "fail_nic":
+            if a in failed:
+                failed.discard(a)
+                rig.targets[a].recover_adapter()
+            else:
+                failed.add(a)
+                rig.targets[a].fail_adapter()
             continue
         if action == "fail":
             fail_next(rig.targets[a], b, S.NDIS_STATUS_FAILURE)
@@ -146,6 +157,9 @@ def test_moves_among_updates_invalidates_closes_and_failures(
             ask(action, host.app_close, conn)
     rig.run()
     assert rig.problems() == []
+    for name in failed:  # a failed NIC holds its initiates until its RESUME (spec §5.5)
+        rig.targets[name].recover_adapter()
+        rig.run()
     _check_tree(rig, im)
     for what, reply in replies:
         assert reply.done, (what, reply)
