@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from chimneyd.drivers.target.contexts import NeighborContext
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.hostrig import HostRig, Reply
 
 HOP = bytes.fromhex("02000000002b")
@@ -60,6 +62,35 @@ def test_an_invalidate_of_the_neighbor_after_a_move_is_of_the_new_one() -> None:
     assert moved.done and moved.error is None, moved
     assert invalidated.done and invalidated.error is None, invalidated
     assert host.tcbs[conn].state == "host"
+    rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
+
+
+def test_no_new_neighbor_is_offloaded_to_a_paused_target() -> None:
+    """After NDIS_STATUS_OFFLOAD_PAUSE the host starts no new offloads (spec §5.5): a move
+    whose new neighbor is not offloaded yet is refused as a connection's offload is
+    (NDIS_STATUS naming OFFLOAD_PAUSE), nothing moves, and the connection goes on offloaded
+    under its neighbor; after the RESUME the move goes."""
+    rig = HostRig()
+    host = rig.host
+    conn, _ = rig.open()
+    rig.offload(conn)
+    rig.ndis.NdisMIndicateStatusEx(rig.target, S.NDIS_STATUS_OFFLOAD_PAUSE, [])
+    rig.run()
+    neighbors = [c for c in rig.target.table if isinstance(c, NeighborContext)]
+    moved = rig.call(host.app_update_object, conn, "path", {"NextHop": HOP})
+    assert moved.done and moved.error is not None, moved
+    assert moved.error.symbol == "NDIS_STATUS" and "OFFLOAD_PAUSE" in str(moved.error)
+    assert [c for c in rig.target.table if isinstance(c, NeighborContext)] == neighbors
+    tcb = host.tcbs[conn]
+    assert tcb.state == "offloaded"
+    assert tcb.path is not None and tcb.path.parent is not None
+    assert tcb.path.parent.key[2] == bytes(6)
+    rig.ndis.NdisMIndicateStatusEx(rig.target, S.NDIS_STATUS_OFFLOAD_RESUME, [])
+    rig.run()
+    moved = rig.call(host.app_update_object, conn, "path", {"NextHop": HOP})
+    assert moved.done and moved.error is None, moved
     rig.call(host.app_close, conn)
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []

@@ -311,6 +311,14 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     if neighbor is not None and neighbor.lifecycle.phase in offload.SETTLING:
         h.moves_waiting.append(lambda: _move_when_settled(h, mv))
         return
+    if (neighbor is None or neighbor.lifecycle.phase is not Phase.OFFLOADED) and (
+        path.binding.id in h.paused
+    ):
+        # after NDIS_STATUS_OFFLOAD_PAUSE (or UPLOAD_ALL) the host starts no new offload until
+        # the RESUME (spec §5.5): not the new neighbor's either; refused as a connection's
+        # offload is then, before anything moved
+        _move_refused(h, mv, ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, _PAUSED))
+        return
     neighbor = offload.host_object(h, key, "neighbor", path.binding, None)
     neighbor.refs += 1  # held for the move: the path's count goes over to it at the end
     mv.neighbor = neighbor
@@ -324,6 +332,20 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     neighbor.handle.trace = mv.tcb.trace
     root.protocol_reserved = lambda: _neighbor_offloaded(h, mv, root)
     h.ndis.NdisInitiateOffload(h, neighbor.binding, root)
+
+
+_PAUSED = " offload paused by the target: the new neighbor was not offloaded, nothing moved"
+
+
+def _move_refused(h: HostStack, mv: PathMove, error: AppError) -> None:
+    """The move ends before step 3: the path and its connections stay as they were, and
+    what waited behind the move goes (the path too, if its connections left meanwhile)."""
+    path = mv.path
+    path.updating = path.moving = False
+    path.pending_ops -= 1
+    mv.done(None, error)
+    _after_update(h, path)
+    terminate.release_unused_objects(h)
 
 
 def _neighbor_offloaded(h: HostStack, mv: PathMove, root: OffloadBlock) -> None:
