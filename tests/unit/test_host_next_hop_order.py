@@ -94,3 +94,25 @@ def test_no_new_neighbor_is_offloaded_to_a_paused_target() -> None:
     rig.call(host.app_close, conn)
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []
+
+
+def test_objects_moving_says_a_move_not_an_update() -> None:
+    """`HostStack.objects_moving` (what tests wait on for "the move below") is true while a
+    next-hop change is under way, not while an ARP or MTU update of an object is."""
+    rig = HostRig()
+    host = rig.host
+    conn, _ = rig.open()
+    rig.offload(conn)
+    arp = Reply()
+    host.app_update_object(conn, "neighbor", {"DlDestinationAddress": ARP}, arp)
+    assert not host.objects_moving(), "an ARP update is no move"
+    rig.run()
+    assert arp.done and arp.error is None, arp
+    moved = Reply()
+    host.app_update_object(conn, "path", {"NextHop": HOP}, moved)
+    assert host.objects_moving()
+    rig.run()
+    assert moved.done and moved.error is None, moved
+    assert not host.objects_moving()
+    rig.call(host.app_close, conn)
+    assert rig.problems() == []

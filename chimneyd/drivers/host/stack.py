@@ -245,7 +245,7 @@ class HostStack(DriverLayer):
 
     def objects_moving(self) -> bool:
         """Whether a next-hop change is under way (a path held for it, `state_ops`)."""
-        return any(o.updating for o in self.objects.values())
+        return any(o.moving for o in self.objects.values())  # not an ARP or MTU update
 
     def objects_settled(self) -> None:
         """A neighbor was offloaded or went: the next-hop changes waiting for one look again."""
