@@ -116,3 +116,32 @@ def test_objects_moving_says_a_move_not_an_update() -> None:
     assert not host.objects_moving()
     rig.call(host.app_close, conn)
     assert rig.problems() == []
+
+
+def test_a_move_back_while_the_old_neighbor_is_being_terminated() -> None:
+    """A→B, then back to A while A's terminate (step 4 of the first move) is still below: the
+    move waits for A to be gone (no operation on an object being terminated, spec §3.1),
+    then offloads A afresh and moves the path under it."""
+    rig = HostRig()
+    host = rig.host
+    conn, moved = _moving(rig)
+    host.after_batch()
+    queue = rig.scheduler.queue
+    while getattr(queue[0][1], "__name__", "") != "MiniportTerminateOffload":
+        rig.scheduler.run_one()
+    held = queue.popleft()  # the old neighbor's terminate, below
+    assert moved.done and moved.error is None, moved
+    old = host.objects[("neighbor", host.tcbs[conn].binding.id, bytes(6))]
+    back = rig.call(host.app_update_object, conn, "path", {"NextHop": bytes(6)})
+    assert not back.done, "the move back went to a neighbor being terminated"
+    assert host.leftovers()["moves_waiting"] == 1
+    rig.release(held)
+    assert back.done and back.error is None, back
+    path = host.tcbs[conn].path
+    assert path is not None and path.parent is not None
+    assert path.parent.key[2] == bytes(6) and path.parent is not old
+    [ctx] = rig.contexts()
+    assert ctx.path.neighbor.upper is path.parent.handle
+    rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
