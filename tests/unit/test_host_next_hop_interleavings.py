@@ -181,6 +181,7 @@ TEAM_ACTIONS = st.one_of(
     ACTIONS,
     st.tuples(st.just("fail_nic"), TEAM_NIC, st.none()),  # UPLOAD_ALL; again: RESUME
     st.tuples(st.just("nic_down"), TEAM_NIC, st.none()),  # taken out; again: put back
+    st.tuples(st.just("rebalance"), st.none(), st.none()),  # connections moved between NICs
     st.tuples(
         st.just("fail_team"),
         TEAM_NIC,
@@ -273,6 +274,8 @@ def test_moves_through_a_team_among_failures_and_returns(
             else:
                 down.add(a)
                 mux.lower_down(binding)
+        elif action == "rebalance":
+            mux.rebalance()
         elif action == "step":
             _step(rig, a)
         elif action == "batch":
