@@ -145,3 +145,40 @@ def test_a_move_back_while_the_old_neighbor_is_being_terminated() -> None:
     rig.call(host.app_close, conn)
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []
+
+
+def test_no_new_neighbor_is_offloaded_to_a_target_the_host_withholds() -> None:
+    """While one of the host's own reasons holds for the target (a media disconnect, spec
+    §6.2) the host offloads nothing new to it: a move that waited for its new neighbor to go
+    (its terminate below) and finds the target withheld then is refused as a connection's
+    offload is, nothing moved, no neighbor offloaded."""
+    rig = HostRig()
+    host = rig.host
+    c1, _ = rig.open(remote=("127.0.0.1", 80))
+    c2, _ = rig.open(remote=("127.0.0.2", 80))
+    for conn in (c1, c2):
+        rig.offload(conn)
+    assert rig.call(host.app_update_object, c1, "path", {"NextHop": HOP}).error is None
+    back = Reply()  # c1's path back under the default neighbor: HOP's neighbor goes
+    host.app_update_object(c1, "path", {"NextHop": bytes(6)}, back)
+    host.after_batch()
+    queue = rig.scheduler.queue
+    while getattr(queue[0][1], "__name__", "") != "MiniportTerminateOffload":
+        rig.scheduler.run_one()
+    held = queue.popleft()
+    assert back.done and back.error is None, back
+    moved = rig.call(host.app_update_object, c2, "path", {"NextHop": HOP})
+    assert not moved.done and host.leftovers()["moves_waiting"] == 1
+    host.host_event("nic0", "media_disconnect", True)
+    rig.run()
+    assert [host.tcbs[c].state for c in (c1, c2)] == ["host", "host"]
+    rig.release(held)
+    assert moved.done and moved.error is not None, moved
+    assert moved.error.symbol == "INVALID_STATE" and "withholds" in str(moved.error)
+    assert not [c for c in rig.target.table if isinstance(c, NeighborContext)]
+    assert not host.objects
+    host.host_event("nic0", "media_disconnect", False)
+    for conn in (c1, c2):
+        rig.call(host.app_close, conn)
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []

@@ -131,6 +131,20 @@ def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
     return None
 
 
+def withholds(h: HostStack, binding: Binding) -> AppError | None:
+    """Why the host offloads no new neighbor or path down `binding` now (a next-hop change's
+    new neighbor, `state_ops`): every NIC below it is withheld. Below a MUX with a NIC not
+    withheld, the MUX offloads its copies where the path's are."""
+    if not h.withheld:
+        return None
+    nics = _nics_below(binding.lower)
+    held = sorted(t for t, withheld in h.withheld.items() if withheld.events and t in nics)
+    if not held or len(held) < len(nics):
+        return None
+    why = "; ".join(f"{t}: {', '.join(sorted(h.withheld[t].events))}" for t in held)
+    return AppError("INVALID_STATE", f"the host withholds offloads to {why} (spec §6.2)")
+
+
 def _nics_below(layer: Layer) -> set[str]:
     """The targets below `layer` (itself, if it is one): the layers with none below them."""
     if not layer.lower_bindings:

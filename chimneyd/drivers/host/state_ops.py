@@ -24,7 +24,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
-from . import offload, send, terminate
+from . import host_reasons, offload, send, terminate
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -318,6 +318,16 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
         # the RESUME (spec §5.5): not the new neighbor's either; refused as a connection's
         # offload is then, before anything moved
         _move_refused(h, mv, ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, _PAUSED))
+        return
+    withheld = (
+        host_reasons.withholds(h, path.binding)
+        if neighbor is None or neighbor.lifecycle.phase is not Phase.OFFLOADED
+        else None
+    )
+    if withheld is not None:
+        # nor while one of the host's own reasons holds for the target (spec §6.2): it is
+        # uploading every connection there
+        _move_refused(h, mv, withheld)
         return
     neighbor = offload.host_object(h, key, "neighbor", path.binding, None)
     neighbor.refs += 1  # held for the move: the path's count goes over to it at the end
