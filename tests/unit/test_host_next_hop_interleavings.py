@@ -68,6 +68,14 @@ def _step(rig: HostRig, n: int) -> None:
     rig.host.after_batch()
 
 
+def _check_drained(rig: HostRig) -> None:
+    """Every layer's gauges back to zero (the RPC contract's `stack.stats`): no offload, no
+    handle or context table entry, no NBL held."""
+    for name, s in rig.ndis.stats().items():
+        for gauge in ("offloads_active", "handles", "outstanding_nbls"):
+            assert s[gauge] == 0, f"{name}.{gauge} = {s[gauge]}"
+
+
 def _check_tree(rig: HostRig, im: bool) -> None:
     """Each connection the target holds hangs under the neighbor its host connection's path
     hangs under at the host, once nothing is below (spec §2.3: the trees agree); through an
@@ -170,7 +178,7 @@ def test_moves_among_updates_invalidates_closes_and_failures(
     rig.run()
     assert rig.problems() == []
     assert not any(host.leftovers().values()), host.leftovers()
-    assert host.stats.offloads_active == 0
+    _check_drained(rig)
     for nic in NICS:
         assert not rig.contexts(nic)
 
@@ -322,5 +330,6 @@ def test_moves_through_a_team_among_failures_and_returns(
     assert rig.problems() == []
     assert not any(host.leftovers().values()), host.leftovers()
     assert not any(mux.leftovers().values()), mux.leftovers()
+    _check_drained(rig)
     for name in TEAM:
         assert not rig.contexts(name), name
