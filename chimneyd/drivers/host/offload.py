@@ -191,6 +191,8 @@ def flush_initiates(h: HostStack) -> None:
         refused = _refusal(h, tcb, binding)
         if refused is not None:
             _unqueue(h, tcb, refused)
+            # one that waited (for capabilities) has records made for it in an earlier drain
+            refusals = True
             continue
         wire = tcb.wire
         local_ip = ipaddress.ip_address(wire.local[0])
