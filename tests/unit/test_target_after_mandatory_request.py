@@ -153,3 +153,64 @@ def test_an_rst_at_rcvnxt_after_the_stop_is_not_processed_but_reaches_the_host(
     assert rsts == [(0, TH_RST | TH_ACK)], "the RST did not reach the host"
     flags = [fl for _, _, _, fl in c.top.ordinary]
     assert flags[-1] & TH_RST, "the RST went up before what the target held ahead of it"
+
+
+# -- the socket's own reset after the stop (spec §5.1, §5.2) -------------------------------------
+@pytest.mark.parametrize("cause", ["urgent", "requested"])
+def test_the_socket_s_reset_after_the_stop_goes_up_after_what_the_target_held(
+    cause: str,
+) -> None:
+    """The target asked for a mandatory upload and held the peer's bytes read after it
+    (nothing of them delivered); a receive is posted. Then the socket reports the peer's
+    reset. The target processes the connection no more: it does not abort (the posted
+    receive would fail REQUEST_ABORTED ahead of bytes the peer sent before its RST, and the
+    host's application read the abort first and those bytes after it), and holds the RST
+    after those bytes for the ordinary path at the terminate, like a forwarded one: the host
+    processes the bytes, then the RST, once. The sends go back to the host, which fails them
+    when it processes the RST."""
+    c = Conn().offload()
+    (sent,) = c.send(b"outstanding")
+    (post,) = c.top.receive(c.handle, 64)
+    c.st.run()
+    before = c.events()
+    if cause == "urgent":
+        c.top.forward(c.handle, _segment(c, 0, TH_URG | TH_ACK, b"!"))
+    else:
+        (nic,) = c.st.under_test
+        assert isinstance(nic, OffloadTarget)
+        events.request_upload(nic, _context(c), TcpUploadReason.UploadRequested)
+    c.st.run()
+    c.wire.peer_send(b"!held")  # read: the first segment after the request is held
+    c.st.run()
+    assert c.top.received_data(c.handle) == b""
+    c.wire.peer_reset()
+    c.st.run()
+    after = [e for e, _ in c.events()[len(before) :]]
+    assert after == [E.TcpIndicateRetrieve], "the socket's reset was processed after the stop"
+    assert post.status == S.NDIS_STATUS_PENDING, "the posted receive failed ahead of the bytes"
+    assert sent.status == S.NDIS_STATUS_PENDING
+    assert _context(c).lifecycle.tcp is not TcpState.RESET
+    block = _terminate(c)
+    assert post.status == S.NDIS_STATUS_UPLOAD_IN_PROGRESS
+    assert block.net_buffer_list_chain is sent
+    up = [(off, data, fl & TH_RST) for _, off, data, fl in c.top.ordinary]
+    assert up[-1] == (5, b"", TH_RST), up  # after every byte read, as the socket said it
+    assert [u for u in up if u[2]] == [(5, b"", TH_RST)], "the RST went up more than once"
+    assert c.st.drain_problems() == []
+
+
+def test_one_rst_goes_up_when_the_socket_resets_after_a_held_forwarded_rst() -> None:
+    """A forwarded RST held after the stop (the host read it off the socket) and then the
+    socket's own reset: the same news by two roads goes up once."""
+    c = Conn().offload()
+    fwds = c.top.forward(
+        c.handle, _segment(c, 0, TH_URG | TH_ACK, b"!"), _segment(c, 0, TH_RST | TH_ACK)
+    )
+    c.st.run()
+    assert [f.status for f in fwds] == [S.NDIS_STATUS_SUCCESS] * 2
+    c.wire.peer_reset()
+    c.st.run()
+    assert [e for e, _ in c.events()] == [E.TcpIndicateRetrieve]
+    _terminate(c)
+    rsts = [(off, fl) for _, off, _, fl in c.top.ordinary if fl & TH_RST]
+    assert rsts == [(0, TH_RST | TH_ACK)]

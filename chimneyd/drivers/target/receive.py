@@ -68,6 +68,13 @@ def wire_reset(t: OffloadTarget, c: TcpContext) -> None:
     if c.lifecycle.phase in _ORDINARY_PATH:
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, c.wire.bytes_read, b"", TH_RST)
         return
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        # stopped processing (a mandatory upload request, spec §5.2): the RST is a segment
+        # after the request, held after every byte the socket gave, like a forwarded one
+        # (`forwarded_rst`); aborting now would fail a posted receive ahead of the held bytes
+        # the peer sent before its RST, and the host's application read them after the abort
+        _hold_rst(c, c.wire.bytes_read, TH_RST)
+        return
     peer_reset(t, c)
 
 
@@ -150,12 +157,22 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
     handed back, and then the RST, which it processes itself after the upload: nothing is
     lost, nothing is aborted twice."""
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
-        c.urgent_held = grown(c.urgent_held, (offset, memoryview(b""), flags))
+        _hold_rst(c, offset, flags)
         return
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
     elif not c.rst_challenged and _in_window(c, offset, 0) and answered(t, c, CHALLENGE_RST):
         c.rst_challenged = True
+
+
+def _hold_rst(c: TcpContext, offset: int, flags: int) -> None:
+    """Hold an RST that came after the target stopped processing the connection (spec §5.2),
+    after what it holds, for the ordinary path at the terminate (`hand_up_held`). One only:
+    the socket's reset and a forwarded RST the host read off that socket are the same news
+    by two roads, and the first to come stands for both."""
+    if any(fl & TH_RST for _, _, fl in c.urgent_held):
+        return
+    c.urgent_held = grown(c.urgent_held, (offset, memoryview(b""), flags))
 
 
 def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
