@@ -36,7 +36,9 @@ def _row(page: Any) -> dict[str, Any]:
         f"{TARGET} g.unsent",
         """g => ({total: g.querySelector('[data-unsent-total]').textContent,
             raw: g.querySelector('[data-unsent-total]').dataset.raw,
-            kinds: g.querySelector('[data-unsent-kinds]').textContent,
+            kinds: [...g.querySelectorAll('[data-unsent-kind]')]
+                .map((l) => `${l.dataset.unsentKind} ${l.querySelector('.count').textContent}`)
+                .join(' · '),
             tip: g.querySelector('title').textContent})""",
     )
 
@@ -71,4 +73,57 @@ def test_the_target_s_box_shows_them_apart_from_its_calls(wd: WebDaemon, page: A
     calls = page.get_attribute(f'{TARGET} text[data-gauge="calls"]', "data-raw")
     assert calls is not None and int(calls) in served  # the calls as served, no ACK added
     screenshot(page, "topology_unsent_acks")
+    page.unroute("**/api/stats")
+
+
+def test_every_kind_at_once_stays_inside_the_target_s_box(wd: WebDaemon, page: Any) -> None:
+    """Every kind counted, with large counts (a long-lived daemon's): the kinds written under
+    the sum stay inside the box, each whole, in the order the target reports them, a line
+    each, no line over the label, another line, or its own count."""
+    counts = {"challenge_rst": 123456, "challenge_syn": 7890, "ack_syn": 2345678, "ack_urg": 901}
+
+    def with_counts(route: Any) -> None:
+        answer = route.fetch()
+        body = answer.json()
+        body["layers"]["nic0"]["unsent_acks"] = counts
+        route.fulfill(response=answer, body=json.dumps(body))
+
+    page.route("**/api/stats", with_counts)
+    page.goto(wd.url + "/")
+    page.wait_for_selector(f'{TARGET} [data-unsent-total][data-raw="{sum(counts.values())}"]')
+    fit = page.eval_on_selector(
+        TARGET,
+        """g => {
+            const bb = (t) => { const b = t.getBBox(); return [b.x, b.y, b.width, b.height]; };
+            const row = g.querySelector('g.unsent');
+            return {
+                box: bb(g.querySelector('rect.box')),
+                label: bb(row.querySelector('text:not(.value)')),
+                total: bb(row.querySelector('[data-unsent-total]')),
+                lines: [...row.querySelectorAll('[data-unsent-kinds] > *')].map((l) => ({
+                    kind: l.dataset.unsentKind,
+                    texts: [...l.querySelectorAll('text')].map((t) => [...bb(t), t.textContent]),
+                })),
+            };
+        }""",
+    )
+    bx, by, bw, bh = fit["box"]
+    written = []
+    above = max(fit["label"][1] + fit["label"][3], fit["total"][1] + fit["total"][3])
+    for line in fit["lines"]:
+        (nx, ny, nw, nh, name), (cx, cy, cw, ch, count) = line["texts"]
+        written.append((name, count))
+        for x, y, w, h in ((nx, ny, nw, nh), (cx, cy, cw, ch)):
+            assert bx <= x and x + w <= bx + bw, f"{line} runs out of the box: {fit}"
+            assert by <= y and y + h <= by + bh, f"{line} runs out of the box: {fit}"
+            assert y >= above - 1, f"{line} is over the line above it: {fit}"
+        assert nx + nw < cx, f"{line}: the kind runs into its count"
+        above = max(ny + nh, cy + ch)
+    assert written == [
+        ("challenge_rst", "123,456"),
+        ("challenge_syn", "7,890"),
+        ("ack_syn", "2,345,678"),
+        ("ack_urg", "901"),
+    ], fit
+    screenshot(page, "topology_unsent_acks_every_kind")
     page.unroute("**/api/stats")

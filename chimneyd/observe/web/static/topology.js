@@ -13,9 +13,11 @@
   ];
   // a target's box has one row more: the ACKs it would answer forwarded segments with and
   // cannot send (`unsent_acks`, docs/metrics.md), their sum, each kind in the row's tooltip
-  // and, once any is not 0, written out under it; not NDIS calls, so not in "calls"
+  // and, once any is not 0, written out under it, a line each (on one line, every kind with a
+  // long-lived daemon's counts is twice as wide as the box); not NDIS calls, so not in "calls".
+  // Every box has room for those lines, so the boxes keep one size.
   const UNSENT_KINDS = ["challenge_rst", "challenge_syn", "ack_syn", "ack_urg"];
-  const W = 270, H = 66 + 18 * (GAUGES.length + 2), GAP_X = 60, GAP_Y = 80, PAD = 20;
+  const W = 270, H = 66 + 18 * (GAUGES.length + 1 + UNSENT_KINDS.length), GAP_X = 60, GAP_Y = 80, PAD = 20;
   const values = {};  // layer -> gauge -> <text>
   const unsent = {};  // layer -> {total: <text>, kinds: <text>, tip: <title>}
 
@@ -87,9 +89,9 @@
         row.append(tip);
         row.append(Live.svg("text", { x: 12, y: ty }, "unsent ACKs"));
         const total = Live.svg("text", { class: "value", x: W - 12, y: ty, "text-anchor": "end", "data-unsent-total": "" }, "–");
-        const kinds = Live.svg("text", { class: "kinds", x: W - 12, y: ty + 18, "text-anchor": "end", "data-unsent-kinds": "" }, "");
+        const kinds = Live.svg("g", { class: "kinds", "data-unsent-kinds": "" });
         row.append(total, kinds);
-        unsent[l.name] = { total, kinds, tip };
+        unsent[l.name] = { total, kinds, tip, y: ty };
         g.append(row);
       }
       root.append(g);
@@ -132,8 +134,20 @@
     const changed = row.total.dataset.raw !== undefined && row.total.dataset.raw !== String(total);
     row.total.dataset.raw = String(total);
     row.total.textContent = Live.num(total);
-    const shown = kinds.filter((k) => counts[k]).map((k) => `${k} ${Live.num(counts[k])}`);
-    row.kinds.textContent = shown.join(" · ");
+    // a line per kind that is not 0, as many as the box has room for; kinds a newer daemon
+    // reports beyond them are summed up on the last line (all of them are in the tooltip)
+    let shown = kinds.filter((k) => counts[k]).map((k) => [k, Live.num(counts[k])]);
+    if (shown.length > UNSENT_KINDS.length) {
+      const rest = shown.length - UNSENT_KINDS.length + 1;
+      shown = [...shown.slice(0, UNSENT_KINDS.length - 1), [`${rest} more kinds`, "see tooltip"]];
+    }
+    row.kinds.replaceChildren(...shown.map(([k, n], i) => {
+      const y = row.y + 18 * (i + 1);
+      const line = Live.svg("g", { "data-unsent-kind": k });
+      line.append(Live.svg("text", { class: "kinds", x: 24, y }, k));
+      line.append(Live.svg("text", { class: "kinds count", x: W - 12, y, "text-anchor": "end" }, n));
+      return line;
+    }));
     row.kinds.dataset.raw = JSON.stringify(Object.fromEntries(kinds.map((k) => [k, counts[k] || 0])));
     row.tip.textContent = "unsent ACKs (not NDIS calls): " + kinds.map((k) => `${k} ${Live.num(counts[k] || 0)}`).join(", ");
     if (changed) {
