@@ -117,6 +117,12 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         send.complete_now(head, refusal, t.ndis.NdisTcpOffloadForwardComplete, t)
         return
     for nbl in iter_chain(head):
+        if c.lifecycle.tcp is TcpState.RESET:
+            # an acceptable RST earlier in this forward aborted the connection: the rest is
+            # not processed, and the host drops it (spec §4.6), as a later forward is refused
+            nbl.status = ABORTED
+            nbl.tcp_offload_bytes_transferred = 0
+            continue
         raw = b"".join(nbl.views())
         sequence, flags, payload = parse_segment(raw)
         offset = offset_of(c.wire.irs, sequence, c.rx.rcv_nxt)
