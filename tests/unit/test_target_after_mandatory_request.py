@@ -1,7 +1,8 @@
 """What a target does once it asked for a mandatory upload and so stopped processing the
 connection (docs/spec.md §5.2): no advice on sends it will refuse, the next segment of the same
-forward stops processing even when it is urgent data too, and an RST in that forward is not
-processed but reaches the host at the terminate.
+forward stops processing even when it is urgent data too, and an RST in that forward, or the
+socket's own reset, is not processed but reaches the host at the terminate, once, after what the
+target held.
 
 The `NdisTcpOffloadEventHandler` page has a target stop processing the connection after a
 mandatory reason; "Handling the Reception of Urgent Data" has it queue the urgent data and every
