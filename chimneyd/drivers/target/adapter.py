@@ -100,15 +100,17 @@ def ticks(t: OffloadTarget) -> int:
 
 def forward_progress(t: OffloadTarget, c: TcpContext) -> None:
     """An ACK for data we sent, or data in reply to ours: the neighbor is reachable (NRT=NCT)."""
-    c.path.neighbor.nrt = ticks(t)
+    # `ticks` written out: this runs on every socket read and every acknowledgement
+    c.path.neighbor.nrt = t.ndis.clock() * t.params.TicksPerSecond // 1_000_000_000
 
 
 def before_send(t: OffloadTarget, c: TcpContext) -> None:
     """Before sending, ask the host about a neighbor nobody has heard from for NceStaleTicks
     (spec §5.4): `NdisMOffloadEventIndicate(NeighborReachabilityQuery)` with HRD and NRD."""
     n = c.path.neighbor
-    now = ticks(t)
-    stale = t.params.NceStaleTicks
+    params = t.params
+    now = t.ndis.clock() * params.TicksPerSecond // 1_000_000_000  # `ticks`, on every send
+    stale = params.NceStaleTicks
     if n.query_pending or (now - n.nrt) <= stale or (now - n.hrt) <= stale:
         return
     n.query_pending = True

@@ -354,10 +354,10 @@ def segment(
     it is the urgent segment that asked for the upload (`urgent`): held from its urgent byte
     on, not a segment after the request (spec §5.2). One function, not a check and a taking
     step: every socket read runs it (`wire_data`)."""
-    lc = c.lifecycle
-    if lc.tcp is TcpState.RESET:
+    # the context is its own Lifecycle: its phase and TCP state read in place (spec §3.9)
+    if c.tcp is TcpState.RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
-    if lc.phase is Phase.UPLOAD_REQUESTED and not cause:
+    if c.phase is Phase.UPLOAD_REQUESTED and not cause:
         _stop_processing(c)  # every mandatory reason, urgent data's too (spec §5.2)
     # taken: held from `urgent_at` on, else into the stream
     at = c.urgent_at
@@ -377,7 +377,7 @@ def segment(
         c.buffered_bytes += len(piece)
         c.buffered_psh = bool(fl & TH_PSH)
     if fin_now:
-        lc.fire(Event.FIN_RECEIVED)
+        c.fire(Event.FIN_RECEIVED)
     pump(t, c)
 
 
@@ -409,7 +409,7 @@ def pump(t: OffloadTarget, c: TcpContext) -> None:
     """The delivery algorithm of spec §4.4, run whenever data, posts or a return arrive."""
     # phases before the completion went up (spec §3.2.7), after the terminate began, or after
     # an RST or a hardware failure deliver nothing through the chimney
-    if c.busy or c.lifecycle.phase not in LIVE or c.lifecycle.tcp is TcpState.RESET:
+    if c.busy or c.phase not in LIVE or c.tcp is TcpState.RESET:
         return
     if c.posted:
         _fill(t, c)

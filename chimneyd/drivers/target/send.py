@@ -37,12 +37,13 @@ def refusal(c: TcpContext) -> NdisStatus | None:
     upload is under way or mandatory (spec §3.6.4), or the object invalidated (spec §3.5). A
     connection the kernel gave up on is dead too, but no RST came: its mandatory upload
     request (`TimeoutExpiration`) makes it UPLOAD_IN_PROGRESS (spec §5.2)."""
-    lc = c.lifecycle
-    if lc.phase is Phase.FAILED:
+    # the context is its own Lifecycle (its `lifecycle` property returns it): read in place
+    phase = c.phase
+    if phase is Phase.FAILED:
         return ABORTED
-    if lc.tcp is TcpState.RESET:
+    if c.tcp is TcpState.RESET:
         return S.NDIS_STATUS_UPLOAD_IN_PROGRESS if c.timed_out else ABORTED
-    if lc.phase in UPLOAD_PENDING:
+    if phase in UPLOAD_PENDING:
         return S.NDIS_STATUS_UPLOAD_IN_PROGRESS
     return None
 
@@ -103,7 +104,7 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     # the peer acknowledged more of our data: an acceptable segment arrived, which ends an RST
     # validation period (spec §5.2), though RcvNxt did not move
     c.rst_challenged = False
-    if c.lifecycle.phase not in _ACKS_COUNT or c.lifecycle.tcp is TcpState.RESET:
+    if c.phase not in _ACKS_COUNT or c.tcp is TcpState.RESET:
         return
     complete_acked(t, c, acked)
     if (
