@@ -84,9 +84,10 @@ def request(
                 done(None, AppError("NOT_FOUND", f"no connection {conn_id}"))
                 return
             # it waits while the connection changes hands, or behind held ones (order); the
-            # closure to replay it is made only then
+            # closure to replay it is made only then. The TCB is its own Lifecycle: its phase
+            # read in place, not through the `lifecycle` property, on every request
             if defer and (
-                tcb.lifecycle.phase in _MOVING
+                tcb.phase in _MOVING
                 or (tcb.deferred and not tcb.replaying)
                 or (behind_initiate and tcb.initiate_queued)
             ):
