@@ -415,9 +415,12 @@ def pump(t: OffloadTarget, c: TcpContext) -> None:
         _fill(t, c)
     if c.buffered_bytes and not c.posted and not c.refused:
         _indicate(t, c)
-    if not c.busy:
+    # each call only where it may act (two or three pumps a round): no FIN seen, nothing to
+    # check; reading on and held bytes below the bound, nothing to flow-control
+    if not c.busy and c.rx.fin is not None:
         _check_fin(t, c)
-    _flow(t, c)
+    if c.paused or c.buffered_bytes >= c.rcv_bound:
+        _flow(t, c)
 
 
 def _fill(t: OffloadTarget, c: TcpContext) -> None:

@@ -113,7 +113,8 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
         and (c.disconnect_refused is not None or c.wire.fin_acked())
     ):
         disconnect.complete(t, c, SUCCESS)
-    release_refusals(t, c)
+    if c.held_refusals:  # `release_refusals` has nothing to do otherwise: no call a round
+        release_refusals(t, c)
     watch(c)
     _backlog(t, c)
 
