@@ -125,6 +125,25 @@ class _HelpShown(Exception):
         self.status = status
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """A description written as one line (every command's) is wrapped to the terminal, as the
+    options are; one laid out in lines (the main page, the fault kinds with their copyable
+    examples) is kept as written. RawDescriptionHelpFormatter alone printed a command's
+    description as one line hundreds of characters long."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip("\n"):
+            return super()._fill_text(text, width, indent)
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so `run`/`shell` lines can fail alone."""
 
@@ -330,7 +349,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
             name,
             help=help,
             description=description or help,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=_HelpFormatter,
             **kw,
         )
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
@@ -526,7 +545,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         help="inject a fault: KIND key=value...",
         description="Inject a fault (fault.inject); prints its id.",
         epilog=fault_kinds_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     kind = q.add_argument("kind", metavar="KIND", help="fault kind (listed below)")
     kind.complete_words = [*FAULT_KINDS, *FAULT_ALIASES]  # type: ignore[attr-defined]
@@ -610,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chimneyctl",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--rpc",
