@@ -1,0 +1,181 @@
+"""The command lines README.md and the pages beside it tell a user to type are ones the tools
+accept: every `chimneyctl`, `chimneyd`, `chimney-soak` and `chimney-peer` line (in a shell or
+console block, or written inline), and the options `make run ARGS=...` and `make soak ARGS=...`
+hand to the daemon and the soak, parse with the tools' own parsers; a `chimneyctl run` line's
+commands parse one by one, and a soak's `--faults` schedule as the soak reads it. (docs/rpc.md's
+`$ chimneyctl` lines are checked by test_rpc_reference.py.)"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docs.mdcheck import DOCS, ROOT, load
+
+PAGES = [
+    ROOT / "README.md",
+    DOCS / "architecture.md",
+    DOCS / "configuration.md",
+    DOCS / "faults.md",
+    DOCS / "security.md",
+    DOCS / "examples" / "README.md",
+]
+TOOLS = ("chimneyctl", "chimneyd", "chimney-soak", "chimney-peer")
+#: words that stand for something the reader fills in (`chimneyctl watch ID`)
+_PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]*$|\.\.\.|…|^\[")
+_SHELL_END = re.compile(r"\s(?:#|\||&&|&(?:\s|$)|2>&1)")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, inline) of every shell line and inline code span of the page."""
+    doc = load(path)
+    for token in doc.tokens:
+        line = token.map[0] + 1 if token.map else 0
+        if token.type == "fence" and token.info.strip() in ("sh", "console"):
+            text = re.sub(r"\\\n\s*", "", token.content)  # a command continued with `\`
+            for row in text.splitlines():
+                if token.info.strip() == "console":
+                    if not row.startswith("$ "):
+                        continue  # output
+                    row = row[2:]
+                yield line, row, False
+        elif token.type == "inline" and token.children:
+            for child in token.children:
+                if child.type == "code_inline":
+                    yield line, child.content, True
+
+
+def _command(text: str) -> tuple[str, list[str]] | None:
+    """(tool, its arguments) of a line that runs one of the tools, else None."""
+    text = _SHELL_END.split(" " + text.strip(), maxsplit=1)[0].strip()
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        return None  # not a command line (prose in backticks)
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words = words[1:]  # VAR=value before the command
+    if not words:
+        return None
+    tool = words[0].rsplit("/", 1)[-1]
+    if tool in TOOLS and (len(words) == 1 or words[0] in TOOLS or words[0].startswith(".venv/")):
+        return tool, words[1:]
+    if words[0] == "make" and len(words) > 1 and words[1] in ("run", "soak"):
+        args = next((w[5:] for w in words[2:] if w.startswith("ARGS=")), "")
+        return ("chimneyd" if words[1] == "run" else "chimney-soak"), shlex.split(args)
+    return None
+
+
+def _parse_quietly(parse: Callable[[list[str]], object], args: list[str]) -> object:
+    """Run an argparse parser; its error (SystemExit 2 and the message) becomes an AssertionError."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            return parse(args)
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help, --version
+            return None
+        raise AssertionError(err.getvalue().strip()) from None
+
+
+def _check_ctl(args: list[str]) -> None:
+    from chimney_client import ctl
+
+    try:
+        ns = ctl.build_parser().parse_args(args)
+        if ns.command == "run":
+            line_parser = ctl.build_line_parser()
+            for command in ns.commands:
+                words, _ = ctl._split_name(shlex.split(command))
+                line_parser.parse_args(words)
+    except ctl.UsageError as exc:
+        raise AssertionError(str(exc)) from None
+    except ctl._HelpShown:
+        pass
+
+
+def _check_daemon(args: list[str]) -> None:
+    from chimneyd.daemon import parse_args
+
+    _parse_quietly(parse_args, args)
+
+
+def _check_soak(args: list[str]) -> None:
+    from chimney_client.soak.cli import build_parser
+    from chimney_client.soak.faults import parse_faults
+
+    ns = _parse_quietly(build_parser().parse_args, args)
+    if isinstance(ns, argparse.Namespace):
+        parse_faults(ns.faults)
+
+
+def _check_peer(args: list[str]) -> None:
+    from chimney_client.peer import build_parser
+
+    _parse_quietly(build_parser().parse_args, args)
+
+
+CHECKS: dict[str, Callable[[list[str]], None]] = {
+    "chimneyctl": _check_ctl,
+    "chimneyd": _check_daemon,
+    "chimney-soak": _check_soak,
+    "chimney-peer": _check_peer,
+}
+
+
+def commands() -> list[tuple[str, str, list[str]]]:
+    found = []
+    for path in PAGES:
+        for line, text, inline in _lines(path):
+            command = _command(text)
+            if command is None:
+                continue
+            tool, args = command
+            if inline and len(args) < 2:
+                continue  # a tool or its option named in a sentence (`chimneyd --config`)
+            if any(_PLACEHOLDER.search(word) for word in args):
+                continue
+            where = f"{path.relative_to(ROOT).as_posix()}:{line}"
+            found.append((where, tool, args))
+    return found
+
+
+COMMANDS = commands()
+
+
+def test_the_pages_have_commands_of_every_tool() -> None:
+    tools = {tool for _, tool, _ in COMMANDS}
+    assert tools == set(TOOLS), f"found commands of {sorted(tools)} only"
+    assert len(COMMANDS) > 20
+
+
+@pytest.mark.parametrize("where, tool, args", COMMANDS, ids=[f"{w} {t}" for w, t, _ in COMMANDS])
+def test_each_command_line_parses(where: str, tool: str, args: list[str]) -> None:
+    try:
+        CHECKS[tool](args)
+    except (AssertionError, ValueError) as exc:
+        pytest.fail(f"{where}: `{tool} {shlex.join(args)}` is refused: {exc}")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "chimneyctl run 'connect 127.0.0.1 9000 as c' 'sned c hi'",
+        "chimneyctl update",
+        "chimneyd --listen",
+        "chimney-soak --faults target_failur@8s",
+        'make run ARGS="--shardz 2"',
+    ],
+)
+def test_a_wrong_line_is_caught(line: str) -> None:
+    command = _command(line)
+    assert command is not None
+    tool, args = command
+    with pytest.raises((AssertionError, ValueError)):
+        CHECKS[tool](args)
