@@ -49,7 +49,7 @@ from .errors import (
     ProtocolError,
     RpcError,
 )
-from .protocol import DEFAULT_ADDRESS, Notification, parse_address
+from .protocol import ADDRESS_FORMS, DEFAULT_ADDRESS, Notification, parse_address
 from .version import package_version
 
 EXIT_OK = 0
@@ -636,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("CHIMNEY_RPC", DEFAULT_ADDRESS),
         type=_rpc_address,
         metavar="ADDR",
-        help="daemon address, HOST:PORT, [IPV6]:PORT or unix:PATH (default $CHIMNEY_RPC or "
-        f"{DEFAULT_ADDRESS})",
+        help=f"daemon address, {ADDRESS_FORMS} (default $CHIMNEY_RPC or {DEFAULT_ADDRESS})",
     )
     parser.add_argument(
         "--token",

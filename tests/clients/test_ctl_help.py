@@ -50,3 +50,13 @@ def test_wrapping_keeps_the_lines_written_as_lines(monkeypatch: pytest.MonkeyPat
     text = PARSERS["chimneyctl fault inject"].format_help()
     assert "\n  peer_reset conn\n" in text
     assert "\n      e.g. chimneyctl fault inject peer_reset conn=c\n" in text
+
+
+def test_rpc_help_names_every_address_form_chimneyctl_takes() -> None:
+    from chimney_client.protocol import ADDRESS_FORMS, DEFAULT_PORT, parse_address
+
+    rpc = next(a for a in ctl.build_parser()._actions if "--rpc" in a.option_strings)
+    text = " ".join((rpc.help or "").split())
+    # a host alone is taken, with the default port: the help says so, not only HOST:PORT
+    assert parse_address("localhost") == ("localhost", DEFAULT_PORT)
+    assert ADDRESS_FORMS in text, f"--rpc help does not name the forms {ADDRESS_FORMS}: {text}"
