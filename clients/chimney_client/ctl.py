@@ -325,6 +325,9 @@ NAMING = {"connect": "connection", "accept": "connection", "listen": "listener"}
 LISTENER_ID = frozenset({"listener-info", "accept"})
 #: Commands that only run alone (not as a run/shell line).
 ONE_SHOT_ONLY = ("run", "shell", "top", "completion")
+#: Commands that only run as a run/shell line: `events` waits for what a `subscribe` earlier
+#: in the same RPC connection asked for, and a lone chimneyctl has subscribed to nothing.
+SESSION_ONLY = ("events",)
 
 #: --json of a command; its format is under "output" in `chimneyctl -h`, where the global
 #: option's own help says so without sending the reader to the page it is on.
@@ -568,7 +571,13 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     q = fsub.add_parser("kinds", help="every fault kind with its keys and an example")
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
-    p = cmd("events", "wait for and print subscribed events (run/shell)")
+    p = cmd(
+        "events",
+        "wait for and print subscribed events (run/shell)",
+        "Wait for and print the events of a subscribe made earlier in the same run or shell "
+        "(a lone `chimneyctl events` has subscribed to nothing: it is refused), e.g. "
+        "`chimneyctl run 'connect 127.0.0.1 9000 as c' 'subscribe c' 'close c' 'events --count 2'`.",
+    )
     p.add_argument("--count", type=_event_count, default=1, metavar="N", help="events to wait for")
     p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help="give up waiting after MS")
     p = cmd("sleep", "pause (run/shell), e.g. to let events arrive")
@@ -1821,6 +1830,12 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parser.parse_args(argv)
         _check(args)
+        if args.command in SESSION_ONLY:
+            raise UsageError(
+                f"{args.command!r} runs only inside run/shell, after a subscribe there: alone it "
+                "has subscribed to nothing (`chimneyctl subscribe ID|'*' --count N` waits for "
+                "events alone)"
+            )
     except UsageError as exc:
         out = Output(json_mode, sys.stdout)
         return _report(Session(argparse.Namespace(), out), _command_line(argv), exc)
