@@ -81,6 +81,9 @@ class MuxIm(PassthroughIm):
         self.call_entries: set[MuxCall] = set()  # type: ignore[assignment]
         # initiates and terminates waiting for an instance to settle on its NIC
         self.deferred: list[tuple[str, OffloadBlock]] = []
+        # terminates from above whose lower parts are back but for the neighbor copies they
+        # hold back (`MuxCall.held`, `_terminate`): completed above once those have gone
+        self.held_terminates: list[MuxCall] = []
         # id(held initiate's root) -> id(its TCP block) -> the NIC chosen for it before it was
         # held: the retry is the same initiate, and keeps that choice (`_initiate`)
         self.held_placements: dict[int, dict[int, Lower]] = {}
@@ -112,6 +115,7 @@ class MuxIm(PassthroughIm):
         return (
             super().keeps(root)
             or any(r is root for _, r in self.deferred)
+            or any(c.upper_root is root for c in self.held_terminates)
             or any(c.relink is not None and c.relink.root is root for c in self.call_entries)
         )
 
@@ -463,15 +467,22 @@ class MuxIm(PassthroughIm):
         layer above with that copy still alive below (spec §3.1, §9 item 8); or a copy with a
         state operation below it, which the layer above cannot know of when it is the MUX's
         own (`_invalidate_copies`): no terminate before it completes (spec §3.1, §9 item 7).
-        Retried later."""
+        Retried later.
+
+        A copy of a neighbor it names that still has a copy of another neighbor's path under
+        it on its NIC (a next-hop change left it there, `relink`; its connections there are
+        asked up) is held back (`MuxCall.held`): the connections and paths the tree names go
+        now, that copy once what hangs under it has gone (`_release_unused`), and the
+        terminate completes above after it. Waiting with the whole tree instead, two
+        neighbors whose paths crossed (each path's copy left under the other's neighbor on a
+        failed NIC) each waited for the other's terminate, and their connections never came
+        up (spec §3.1: dependents go first; each copy is in one call at a time)."""
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
                 if any(
                     i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()
                 ):
-                    return False
-                if self._strays_under(vobj):
                     return False
         call = MuxCall("Terminate", root)
         going: dict[int, int] = {}  # instance id -> its dependents terminated in this call
@@ -499,24 +510,28 @@ class MuxIm(PassthroughIm):
         going_now = self._terminate_unused(call, going)
         for up in walk(root):  # every instance of a terminated object goes now (spec §3.1)
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
-                for inst in self._context(up, VirtualObject).instances.values():
-                    if inst not in going_now:
-                        raise ChimneyProtocolError(
-                            f"{self.name}: {inst.vobj} terminated with dependents (spec §3.1)"
-                        )
+                vobj = self._context(up, VirtualObject)
+                for inst in vobj.instances.values():
+                    if inst in going_now:
+                        continue
+                    if vobj.parent is None and self._strays_under(inst):
+                        call.held.add(inst)  # after what hangs under it there (above)
+                        continue
+                    raise ChimneyProtocolError(
+                        f"{self.name}: {inst.vobj} terminated with dependents (spec §3.1)"
+                    )
         self._send(call, self.ndis.NdisTerminateOffload)
         return True
 
-    def _strays_under(self, neighbor: VirtualObject) -> bool:
-        """Whether a copy of `neighbor` still has a copy of another neighbor's path under it
-        on its NIC: one a next-hop change moved there and its NIC could not move back
-        (`relink`). The layer above does not know of it, and may terminate `neighbor` first:
-        that waits until the copy has gone (its connections were asked up, spec §5.2)."""
-        copies = set(neighbor.instances.values())
-        return bool(copies) and any(
-            inst.under in copies
-            for vobj in self.vobj_table.values()
-            if vobj.parent is not None and vobj.parent is not neighbor
+    def _strays_under(self, neighbor: Instance) -> bool:
+        """Whether the neighbor copy `neighbor` has a copy of another neighbor's path under it
+        on its NIC: one a next-hop change moved there and its NIC could not move back, or left
+        there as its NIC had failed (`relink`). The layer above does not know of it, and may
+        terminate the neighbor first: that copy goes once the path's has (`_terminate`)."""
+        return any(
+            inst.under is neighbor
+            for vobj in self._vobjs()
+            if vobj.parent is not None and vobj.parent is not neighbor.vobj
             for inst in vobj.instances.values()
         )
 
@@ -600,7 +615,8 @@ class MuxIm(PassthroughIm):
                 obj.handle.release()
                 if up.delegated is not None and up.delegated.BufferedData is not None:
                     self.returns_to[up.delegated.BufferedData.id] = lower
-                self.evacuating.discard(obj)
+                if not call.held:  # else once the terminate has completed above
+                    self.evacuating.discard(obj)
             else:
                 obj.lifecycle.fire(Event.TERMINATE_COMPLETE if ok else Event.TERMINATE_FAILED)
                 if ok:
@@ -608,33 +624,46 @@ class MuxIm(PassthroughIm):
                     obj.handle.release()
                 else:
                     self._corrupt_again(obj)
-        root = call.upper_root
-        if root is not None:
-            for up in walk(root):
-                if up.role() is BlockRole.PLACEHOLDER:
-                    up.status = SUCCESS
-                elif up.kind is not BlockKind.TCP:
-                    vobj = self._context(up, VirtualObject)
-                    failed = [
-                        i for i in vobj.instances.values() if i.lifecycle.phase is Phase.FAILED
-                    ]
-                    up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
-                    if not failed:
-                        self._vobj_terminated(vobj)
-                    else:
-                        # a copy's hardware state is corrupt: the object lives on for the
-                        # host's further terminate (spec §3.7), as a NIC's own object would
-                        vobj.lifecycle.fire(Event.TERMINATE_FAILED)
-            root.im_reserved = call.saved_im_reserved
-            self.ndis.NdisMTerminateOffloadComplete(self, root)
-        for _, _, obj in call.links:
-            if isinstance(obj, MuxConnection) and obj.completing:
-                obj.completing = False
-                self._deliver_early(obj)
+                for held in self.held_terminates:
+                    held.held.discard(obj)  # tried: gone, or corrupt (spec §3.7)
+        if call.upper_root is not None and call.held:
+            self.held_terminates.append(call)  # the copies it holds back are still below
+        elif call.upper_root is not None:
+            self._terminated_above(call)
+        for done in [c for c in self.held_terminates if not c.held]:
+            self.held_terminates.remove(done)
+            self._terminated_above(done)
         failover.evacuated(self)
         self._release_unused()
         self.idle()
         self.retry_deferred()
+
+    def _terminated_above(self, call: MuxCall) -> None:
+        """Complete the terminate from above `call` stands for: every copy of the objects it
+        names has gone, or its NIC found it corrupt (spec §3.6, §3.7)."""
+        root = call.upper_root
+        assert root is not None
+        for up in walk(root):
+            if up.role() is BlockRole.PLACEHOLDER:
+                up.status = SUCCESS
+            elif up.kind is not BlockKind.TCP:
+                vobj = self._context(up, VirtualObject)
+                failed = [i for i in vobj.instances.values() if i.lifecycle.phase is Phase.FAILED]
+                up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
+                if not failed:
+                    self._vobj_terminated(vobj)
+                else:
+                    # a copy's hardware state is corrupt: the object lives on for the
+                    # host's further terminate (spec §3.7), as a NIC's own object would
+                    vobj.lifecycle.fire(Event.TERMINATE_FAILED)
+        root.im_reserved = call.saved_im_reserved
+        self.ndis.NdisMTerminateOffloadComplete(self, root)
+        for _, _, obj in call.links:
+            if isinstance(obj, MuxConnection):
+                self.evacuating.discard(obj)  # up at last (`failover.evacuated`)
+                if obj.completing:
+                    obj.completing = False
+                    self._deliver_early(obj)
 
     def idle(self) -> None:
         """Once the MUX carries nothing (no connection, no object, no copy), a rebalance's
@@ -935,6 +964,11 @@ class MuxIm(PassthroughIm):
             return
         if root is None:
             return
+        if call.op == "Terminate" and call.held:
+            # it names neighbors only, whose copies it holds back (`_terminate`): it completes
+            # once they have gone
+            self.held_terminates.append(call)
+            return
         for up in walk(root):
             up.status = SUCCESS
             if up.role() is BlockRole.PLACEHOLDER:
@@ -1139,6 +1173,7 @@ class MuxIm(PassthroughIm):
         return {
             **super().leftovers(),
             "deferred": len(self.deferred),
+            "held_terminates": len(self.held_terminates),
             "placement_moves": len(self.placement.moves),  # a rebalance's plans not used yet
             "held_placements": len(self.held_placements),
             "indicating": len(self.indicating),

@@ -81,6 +81,7 @@ class MuxCall:
 
     __slots__ = (
         "failed_new",
+        "held",
         "links",
         "new_vobjs",
         "op",
@@ -111,6 +112,10 @@ class MuxCall:
         # a step of a next-hop change (the MUX's own call): its state, which its completion
         # goes to (`relink.completed`)
         self.relink: Relink | None = None
+        # a terminate from above: the copies of the neighbors it names that still have a copy
+        # of another neighbor's path under them on their NIC (`MuxIm._terminate`). They go
+        # once that has gone; the terminate completes above after them
+        self.held: set[Instance] = set()
 
     def tree(self, lower: Lower) -> LowerTree:
         tree = self.trees.get(lower.binding.id)
