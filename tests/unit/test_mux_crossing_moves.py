@@ -1,11 +1,12 @@
-"""Two paths moved crosswise through a teaming MUX (spec §3.4 (b)): path 1 from neighbor A to
-B, path 2 from B to A, while every NIC of the team fails (spec §5.5). Each path's copies on the
-failed NICs stay under the other neighbor's copy there (a failed NIC's copies are left to the
-failover, `relink`). The host then terminates A with one path and B with the other: each
-neighbor's copies have the other's path copy under them. The MUX sends each terminate's
-connections and paths at once and holds back only those neighbor copies until what hangs under
-them has gone (spec §3.1: dependents first), so both terminates complete; waiting with the
-whole tree, each waited for the other and the connections stayed uploading for ever."""
+"""Two paths moved crosswise through a teaming MUX (spec §3.4 (b)) while every NIC of the team
+fails in turn (spec §5.5): path 1 from neighbor A to B and back to A, path 2 from A to B. Each
+path's copies on the NICs failed by then stay under the other neighbor's copy there (a failed
+NIC's copies are left to the failover, `relink`). The host then terminates each neighbor with
+the path it has under it: each neighbor's copies have the other's path copy under them. The
+MUX sends each terminate's connections and paths at once and holds back only those neighbor
+copies until what hangs under them has gone (spec §3.1: dependents first), so both terminates
+complete; waiting with the whole tree, each waited for the other and the connections stayed
+uploading for ever."""
 
 from __future__ import annotations
 
