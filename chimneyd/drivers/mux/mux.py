@@ -1276,8 +1276,8 @@ def _misplaced(path: VirtualObject, lower: Lower) -> bool:
     (its NIC had failed, `relink.plan`), or could not move back (`relink._undone`). Its
     connections there are on their way up, and the copy goes with the last of them; a new
     connection linked under it would be under the wrong neighbor on its NIC, asked up by
-    nothing, and hold the host's terminate of that neighbor for as long as it lives
-    (`_strays_under`). It goes to another NIC, as from a NIC avoided."""
+    nothing, and hold back the host's terminate of that neighbor for as long as it lives
+    (`MuxIm._terminate`). It goes to another NIC, as from a NIC avoided."""
     inst = path.instances.get(lower.binding.id)
     if inst is None or inst.under is None:
         return False

@@ -13,7 +13,8 @@ steps, each one MUX call split by NIC (`trees.MuxCall` with `relink` set):
 3. undo, only when a NIC failed step 1 or 2: the copies the other NICs did move go back under
    the old neighbor's copies, with the cached values the MUX had before. A copy whose NIC
    fails that too stays where that NIC has it (`Instance.under`), its connections there are
-   asked up, and a terminate of the new neighbor from above waits until it has gone.
+   asked up, and a terminate of the new neighbor from above holds back that NIC's copy of
+   it until the path's copy has gone (`MuxIm._terminate`).
 
 The update completes above once, when the last step is back: every block SUCCESS when every
 NIC did its part, else every block FAILURE with nothing moved (spec §3.4: after a failed
@@ -22,7 +23,8 @@ update everything goes on as before, and the host deals with the objects that fa
 A copy a NIC cannot take a state operation on (being terminated, or corrupt: spec §3.1, §3.7),
 or on a NIC that failed or was taken out (failover is asking its connections up), is not
 moved: its connections are on their way up, and it stays under the old neighbor's copy until
-the MUX terminates both; a terminate of the old neighbor from above waits for that.
+the MUX terminates both; a terminate of the old neighbor from above holds back that copy of
+it until then (`MuxIm._terminate`), and sends the rest of its tree at once.
 
 While the move is under way, connections new to a moving path wait (`MuxIm._settling`), as
 do a terminate of any object in it (its copies have an operation below them, spec §3.1) and
