@@ -10,11 +10,14 @@ uploading for ever."""
 
 from __future__ import annotations
 
-from chimneyd.testing.hostrig import Reply
+from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.testing.hostrig import HostRig, Reply
 from tests.unit.test_host_next_hop_interleavings import HOPS, _check_drained, _teamed_rig
 
 
-def test_crossing_moves_while_every_nic_fails_do_not_deadlock_the_uploads() -> None:
+def _cross() -> tuple[HostRig, MuxIm, list[int], list[Reply]]:
+    """The crossing moves, with every NIC failed by the end (none back yet): the host's
+    connections, and its requests' replies."""
     rig, mux = _teamed_rig()
     host = rig.host
     conns: list[int] = []
@@ -45,6 +48,13 @@ def test_crossing_moves_while_every_nic_fails_do_not_deadlock_the_uploads() -> N
     move(5, 1)  # path 127.0.0.2 → B
     rig.targets["nic2"].fail_adapter()
     rig.run()
+    return rig, mux, conns, replies
+
+
+def _recover_and_close(rig: HostRig, mux: MuxIm, conns: list[int], replies: list[Reply]) -> None:
+    """Every NIC back: every request answered, every connection up or offloaded again; then
+    every connection closed, and every table and gauge empty."""
+    host = rig.host
     for name in ("nic0", "nic1", "nic2"):
         rig.targets[name].recover_adapter()
         rig.run()
@@ -61,3 +71,20 @@ def test_crossing_moves_while_every_nic_fails_do_not_deadlock_the_uploads() -> N
     assert not any(host.leftovers().values()), host.leftovers()
     assert not any(mux.leftovers().values()), mux.leftovers()
     _check_drained(rig)
+
+
+def test_crossing_moves_while_every_nic_fails_do_not_deadlock_the_uploads() -> None:
+    _recover_and_close(*_cross())
+
+
+def test_the_other_neighbors_terminate_does_not_wait_for_a_failed_nics_resume() -> None:
+    """nic2 failed while the move of path 1 back to A had a copy of A on its way there: nic2
+    holds it until its RESUME, and A's terminate completes only after that copy has gone
+    (spec §9 item 8). Its connections and path go below at once all the same, so B's
+    terminate, which waited for path 1's copies under B's, completes before any RESUME: path
+    2's connection is up."""
+    rig, mux, conns, replies = _cross()
+    path2 = conns[5]
+    assert rig.host.tcbs[path2].state == "host", {c: rig.host.tcbs[c].state for c in conns}
+    assert len(mux.held_terminates) == 1 and not mux.deferred, mux.leftovers()
+    _recover_and_close(rig, mux, conns, replies)

@@ -449,6 +449,8 @@ class MuxIm(PassthroughIm):
 
     def _drop_instance(self, inst: Instance) -> None:
         _cancel_retry(inst)
+        for held in self.held_terminates:
+            held.held.discard(inst)  # its offload failed: a terminate held it back for nothing
         inst.vobj.instances.pop(inst.lower.binding.id, None)
         if inst.id in self.table:
             self.table_remove(inst.id)
@@ -476,12 +478,19 @@ class MuxIm(PassthroughIm):
         terminate completes above after it. Waiting with the whole tree instead, two
         neighbors whose paths crossed (each path's copy left under the other's neighbor on a
         failed NIC) each waited for the other's terminate, and their connections never came
-        up (spec §3.1: dependents go first; each copy is in one call at a time)."""
+        up (spec §3.1: dependents go first; each copy is in one call at a time).
+
+        So too a copy of a neighbor that a failed NIC holds the offload of until its RESUME
+        (spec §5.5), with nothing under it: a next-hop change's copy of the new neighbor, left
+        out of the move (`relink.lower_failed`). The terminate completes after it, as no copy
+        may outlive it below (spec §9 item 8), but what else it names goes now: waiting with
+        the whole tree, it also held every terminate waiting for those paths' copies."""
         for up in walk(root):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
                 if any(
-                    i.lifecycle.phase in _SETTLING or i.pending_ops for i in vobj.instances.values()
+                    (i.lifecycle.phase in _SETTLING and not _left_to_resume(i)) or i.pending_ops
+                    for i in vobj.instances.values()
                 ):
                     return False
         call = MuxCall("Terminate", root)
@@ -514,8 +523,8 @@ class MuxIm(PassthroughIm):
                 for inst in vobj.instances.values():
                     if inst in going_now:
                         continue
-                    if vobj.parent is None and self._strays_under(inst):
-                        call.held.add(inst)  # after what hangs under it there (above)
+                    if vobj.parent is None and (_left_to_resume(inst) or self._strays_under(inst)):
+                        call.held.add(inst)  # after what hangs under it there, or its offload
                         continue
                     raise ChimneyProtocolError(
                         f"{self.name}: {inst.vobj} terminated with dependents (spec §3.1)"
@@ -630,13 +639,17 @@ class MuxIm(PassthroughIm):
             self.held_terminates.append(call)  # the copies it holds back are still below
         elif call.upper_root is not None:
             self._terminated_above(call)
-        for done in [c for c in self.held_terminates if not c.held]:
-            self.held_terminates.remove(done)
-            self._terminated_above(done)
+        self.complete_held()
         failover.evacuated(self)
         self._release_unused()
         self.idle()
         self.retry_deferred()
+
+    def complete_held(self) -> None:
+        """Complete above the terminates whose held-back copies have all been tried."""
+        for done in [c for c in self.held_terminates if not c.held]:
+            self.held_terminates.remove(done)
+            self._terminated_above(done)
 
     def _terminated_above(self, call: MuxCall) -> None:
         """Complete the terminate from above `call` stands for: every copy of the objects it
@@ -1252,6 +1265,19 @@ def _avoiding(path: VirtualObject, fit: Fit | None) -> Fit | None:
         and not _misplaced(path, lower)
         and not _missed(path, lower)
         and (fit is None or fit(lower))
+    )
+
+
+def _left_to_resume(inst: Instance) -> bool:
+    """Whether `inst` is a neighbor copy that a failed NIC holds the offload of until its
+    RESUME (spec §5.5), with nothing under it: a next-hop change's copy of the new neighbor,
+    left out of the move (`relink.lower_failed`). A terminate of the neighbor holds it back
+    and sends the rest of its tree (`MuxIm._terminate`)."""
+    return (
+        inst.lifecycle.phase is Phase.OFFLOADING
+        and inst.lower.failed
+        and inst.vobj.parent is None
+        and not inst.refs
     )
 
 

@@ -329,7 +329,8 @@ def _abandoned_done(mux: MuxIm, rl: Relink, call: MuxCall) -> None:
     offloaded has nothing under it, and goes as one left unused; one it failed goes now."""
     rl.abandoned = [c for c in rl.abandoned if c is not call]
     _copies_initiated(mux, call)
-    mux._release_unused()
+    mux.complete_held()  # a terminate that held back a copy whose offload failed
+    mux._release_unused()  # one that held back a copy offloaded now: it goes as unused
     mux.retry_deferred()
 
 
