@@ -84,6 +84,9 @@ class MuxIm(PassthroughIm):
         # terminates from above whose lower parts are back but for the neighbor copies they
         # hold back (`MuxCall.held`, `_terminate`): completed above once those have gone
         self.held_terminates: list[MuxCall] = []
+        # instance id -> the terminate from above that holds it back, in flight or not: it
+        # may go before that terminate's other parts are back
+        self.held_by: dict[int, MuxCall] = {}
         # id(held initiate's root) -> id(its TCP block) -> the NIC chosen for it before it was
         # held: the retry is the same initiate, and keeps that choice (`_initiate`)
         self.held_placements: dict[int, dict[int, Lower]] = {}
@@ -449,8 +452,7 @@ class MuxIm(PassthroughIm):
 
     def _drop_instance(self, inst: Instance) -> None:
         _cancel_retry(inst)
-        for held in self.held_terminates:
-            held.held.discard(inst)  # its offload failed: a terminate held it back for nothing
+        self._tried(inst)  # gone (or its offload failed): a terminate holding it back goes on
         inst.vobj.instances.pop(inst.lower.binding.id, None)
         if inst.id in self.table:
             self.table_remove(inst.id)
@@ -525,6 +527,7 @@ class MuxIm(PassthroughIm):
                         continue
                     if vobj.parent is None and (_left_to_resume(inst) or self._strays_under(inst)):
                         call.held.add(inst)  # after what hangs under it there, or its offload
+                        self.held_by[inst.id] = call
                         continue
                     raise ChimneyProtocolError(
                         f"{self.name}: {inst.vobj} terminated with dependents (spec §3.1)"
@@ -633,8 +636,7 @@ class MuxIm(PassthroughIm):
                     obj.handle.release()
                 else:
                     self._corrupt_again(obj)
-                for held in self.held_terminates:
-                    held.held.discard(obj)  # tried: gone, or corrupt (spec §3.7)
+                    self._tried(obj)  # corrupt: the terminate holding it back fails (§3.7)
         if call.upper_root is not None and call.held:
             self.held_terminates.append(call)  # the copies it holds back are still below
         elif call.upper_root is not None:
@@ -644,6 +646,13 @@ class MuxIm(PassthroughIm):
         self._release_unused()
         self.idle()
         self.retry_deferred()
+
+    def _tried(self, inst: Instance) -> None:
+        """`inst`, held back by a terminate from above, has been terminated, or found corrupt,
+        or its offload failed: that terminate no longer waits for it."""
+        call = self.held_by.pop(inst.id, None)
+        if call is not None:
+            call.held.discard(inst)
 
     def complete_held(self) -> None:
         """Complete above the terminates whose held-back copies have all been tried."""
@@ -1187,6 +1196,7 @@ class MuxIm(PassthroughIm):
             **super().leftovers(),
             "deferred": len(self.deferred),
             "held_terminates": len(self.held_terminates),
+            "held_by": len(self.held_by),
             "placement_moves": len(self.placement.moves),  # a rebalance's plans not used yet
             "held_placements": len(self.held_placements),
             "indicating": len(self.indicating),

@@ -112,9 +112,10 @@ class MuxCall:
         # a step of a next-hop change (the MUX's own call): its state, which its completion
         # goes to (`relink.completed`)
         self.relink: Relink | None = None
-        # a terminate from above: the copies of the neighbors it names that still have a copy
-        # of another neighbor's path under them on their NIC (`MuxIm._terminate`). They go
-        # once that has gone; the terminate completes above after them
+        # a terminate from above: the copies of the neighbors it names that it holds back
+        # (`MuxIm._terminate`): with a copy of another neighbor's path still under them on
+        # their NIC, or offloaded by a failed NIC at its RESUME. They go once that has gone,
+        # or once offloaded; the terminate completes above after them
         self.held: set[Instance] = set()
 
     def tree(self, lower: Lower) -> LowerTree:
