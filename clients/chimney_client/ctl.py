@@ -783,7 +783,12 @@ class Session:
         """Clear the faults this session injected (a run that stopped early)."""
         if not self.injected or self._client is None or self._client.closed:
             return
-        cleared = []
+        try:  # what was still armed: fault.list shows only active faults
+            armed = {f.get("id") for f in self._client.fault_list()}
+        except ChimneyError:
+            armed = set(self.injected)
+        cleared: list[int] = []
+        gone: list[int] = []
         for fid in self.injected:
             try:
                 self._client.fault_clear(fid)
@@ -791,9 +796,13 @@ class Session:
                 continue  # gone with its connection
             except ChimneyError:
                 break
-            cleared.append(fid)
+            # a one-shot fault (peer_reset, a used-up fail_next, …) had acted already: clearing
+            # it answers true (it is no longer armed) but undid nothing, so it is not named
+            gone.append(fid)
+            if fid in armed:
+                cleared.append(fid)
         self.injected = []
-        for fid in cleared:
+        for fid in gone:
             self.lasting.pop(fid, None)
         if not cleared:
             return

@@ -16,6 +16,9 @@ from typing import Any
 
 import msgpack
 
+#: Fault kinds the daemon's fault.list never shows: they act as they are injected (faults.md).
+ACT_AT_ONCE = frozenset({"peer_reset", "invalidate", "retrieve", "nic_up", "rebalance"})
+
 
 class _State:
     def __init__(self) -> None:
@@ -190,7 +193,8 @@ class MiniRpc(asyncio.Protocol):
         if method == "fault.list":
             if params and params[0] == {"used": True}:  # as a raise_next or fail_next lists
                 return [_used_up(f) for f in st.faults.values()]
-            return list(st.faults.values())
+            # as the daemon: a kind that acts once, as it is injected, is never active
+            return [f for f in st.faults.values() if f.get("kind") not in ACT_AT_ONCE]
         if method == "fault.clear":
             if params[0] == "*":
                 st.faults.clear()

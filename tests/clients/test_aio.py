@@ -43,8 +43,8 @@ async def test_wrappers_round_trip(server: MiniServer) -> None:
         assert (await c.tcp_info(cid))["state"] == "offloaded"
         assert await c.tcp_list() == [1, 2]
         assert len(await c.trace_get(cid, 2)) == 2
-        assert await c.fault_inject("peer_reset", conn=cid) == 1
-        assert await c.fault_list() == [{"id": 1, "kind": "peer_reset", "conn": cid}]
+        assert await c.fault_inject("stall_peer", conn=cid, ms=100) == 1
+        assert await c.fault_list() == [{"id": 1, "kind": "stall_peer", "conn": cid, "ms": 100}]
         assert await c.fault_clear() is True
         assert await c.tcp_close(cid) is True
 

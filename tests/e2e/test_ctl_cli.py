@@ -195,8 +195,10 @@ def test_a_run_that_stops_clears_the_faults_it_injected(daemon: Daemon, echo_por
         "run",
         f"connect {HOST} {echo_port} as c",
         "fault inject delay layer=im0 call=MiniportTcpOffloadSend ms=1",
-        "fault inject stall conn=c ms=10",
         "send c hi",
+        # after the send (a stalled peer holds it), and long enough to be still armed when the
+        # run stops: only faults still armed are named as cleared
+        "fault inject stall conn=c ms=60000",
         "close 99",
     )
     assert run.returncode == 1
