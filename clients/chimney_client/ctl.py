@@ -89,7 +89,8 @@ commands), keeps going after an error and exits with the worst status of its lin
 completes, and a shell, leave their faults on a layer in place: each is named on stderr at the
 end, to clear with `chimneyctl fault clear ID`. In both,
 events of a `subscribe` are printed as they arrive, after the command during which they came in;
-`subscribe ... --count N` and `events --count N` wait for N of them. `sleep SECONDS` pauses.
+`subscribe ... --count N` and `events --count N` wait for N of them (with `--timeout-ms MS`, fewer
+by then is an error, exit 1). `sleep SECONDS` pauses.
 """
 
 EPILOG = """\
@@ -116,6 +117,17 @@ class UsageError(Exception):
 
 class EmptyTrace(ChimneyError):
     """`trace --svg/--mermaid` found no hop to draw: exit 1 rather than an empty figure."""
+
+
+_EVENTS_TIMEOUT_HELP = (
+    "give up waiting after MS; with --count N, fewer than N events by then is an error: "
+    "`error: timed out: got K of N events in MS ms`, exit 1"
+)
+
+
+class EventsTimeout(ChimneyError):
+    """`subscribe`/`events --count N` ended its wait with fewer than N events: exit 1 as any
+    failed command, so a script (and a run, which stops there) sees the wait came up short."""
 
 
 class _HelpShown(Exception):
@@ -540,7 +552,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "id", type=_id_ref_or_star, metavar="ID|*", help="connection id, name, $last, or '*'"
     )
     p.add_argument("--count", type=_event_count, metavar="N", help="return after N events")
-    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help="give up waiting after MS")
+    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help=_EVENTS_TIMEOUT_HELP)
     p = cmd("fault", "inject, clear and list faults (fault.*); `fault kinds` lists the kinds")
     fsub = p.add_subparsers(dest="fault_cmd", metavar="inject|clear|list|kinds", required=True)
     q = fsub.add_parser(
@@ -579,7 +591,7 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         "`chimneyctl run 'connect 127.0.0.1 9000 as c' 'subscribe c' 'close c' 'events --count 2'`.",
     )
     p.add_argument("--count", type=_event_count, default=1, metavar="N", help="events to wait for")
-    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help="give up waiting after MS")
+    p.add_argument("--timeout-ms", type=_timeout_ms, metavar="MS", help=_EVENTS_TIMEOUT_HELP)
     p = cmd("sleep", "pause (run/shell), e.g. to let events arrive")
     p.add_argument("seconds", type=_seconds, help="how long")
     if session:
@@ -777,6 +789,10 @@ class Session:
                 break
             _print_event(self.out, note)
             seen += 1
+        if count is not None and seen < count:
+            if timeout_ms is None:  # the wait ended without a deadline: the connection went
+                raise EventsTimeout(f"got {seen} of {count} events")
+            raise EventsTimeout(f"timed out: got {seen} of {count} events in {timeout_ms} ms")
         return seen
 
     def clear_injected(self, why: str) -> None:
@@ -1571,6 +1587,7 @@ def _error_doc(exc: BaseException) -> tuple[int, dict[str, Any]]:
         CallTimeout: "CALL_TIMEOUT",
         ProtocolError: "PROTOCOL_ERROR",
         EmptyTrace: "EMPTY_TRACE",
+        EventsTimeout: "EVENTS_TIMEOUT",
     }
     symbol = symbols.get(type(exc), "ERROR" if isinstance(exc, ChimneyError) else "OS_ERROR")
     return EXIT_ERROR, {"symbol": symbol, "message": str(exc)}

@@ -378,3 +378,32 @@ def test_top_says_whether_the_invariant_checker_is_on(
         engine.get("invariant_violations"),
         checker,
     )
+
+
+# -- subscribe/events: a wait that ends short says so ---------------------------------------------
+
+
+def test_subscribe_that_times_out_short_of_its_count_says_so_and_fails(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    """The mini server sends one event per subscribe: 3 asked for, 1 came, then the wait ended."""
+    status, out, err = run(capsys, server, "subscribe", "1", "--count", "3", "--timeout-ms", "50")
+    assert status == ctl.EXIT_ERROR
+    assert out.splitlines()[-1] == "event conn 1: offloaded path=tcpip, nic0"
+    assert err == "error: timed out: got 1 of 3 events in 50 ms\n"
+
+
+def test_events_that_times_out_short_of_its_count_stops_a_run(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    status, out, _ = run(
+        capsys, server, "--json", "run", "subscribe 1", "events --count 2 --timeout-ms 50", "ping"
+    )
+    assert status == ctl.EXIT_ERROR
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert docs[-1] == {
+        "command": "events --count 2 --timeout-ms 50",
+        "ok": False,
+        "error": {"symbol": "EVENTS_TIMEOUT", "message": "timed out: got 1 of 2 events in 50 ms"},
+    }
+    assert ("ping", []) not in server.requests
