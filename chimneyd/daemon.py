@@ -53,7 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--config", metavar="FILE", help="TOML configuration (default: embedded topology)"
     )
     p.add_argument(
-        "--listen", metavar="ADDR", action="append", help="host:port or unix:/path (repeatable)"
+        "--listen",
+        metavar="ADDR",
+        action="append",
+        # as docs/configuration.md's table says: the IPv6 form too, and it replaces rpc.listen
+        help="host:port, [::1]:port (IPv6) or unix:/path; replaces rpc.listen (repeat it for "
+        "several addresses)",
     )
     p.add_argument(
         "--check-config", action="store_true", help="validate, print the effective config, exit"

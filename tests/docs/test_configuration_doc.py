@@ -96,3 +96,20 @@ def test_every_command_line_option_is_listed(capsys: pytest.CaptureFixture[str])
     text = CONFIG_MD.read_text()
     missing = sorted(o for o in options if f"`{o}" not in text)
     assert not missing, f"chimneyd options missing from docs/configuration.md: {missing}"
+
+
+def test_listen_help_names_every_address_form_and_what_it_replaces(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`chimneyd --help` says of --listen what the page's table does: the IPv6 form too, and
+    that it replaces `rpc.listen` rather than adding to it."""
+    from chimneyd.daemon import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    options = text[text.index("options:") :]  # past the usage line
+    listen = options[options.index("--listen ADDR") : options.index("--check-config")]
+    for form in ("host:port", "[::1]:port", "unix:/path", "replaces rpc.listen"):
+        assert form in listen, (form, listen)
+    assert "[::1]:port" in CONFIG_MD.read_text()  # the page names the same form
