@@ -240,6 +240,24 @@ def test_time_is_accounted_by_state_and_host_cause(monkeypatch: pytest.MonkeyPat
     assert w.host_s_by_cause == {"planned_upload": 3.0}
 
 
+def test_host_time_after_a_retrieve_nobody_asked_for_is_not_labelled_retrieve() -> None:
+    """A teaming MUX moving a connection (rebalance, a NIC taken out) asks for its upload with
+    TcpIndicateRetrieve UploadRequested (spec §5.2), on a connection the soak aimed no retrieve
+    at: the host time that follows is an unrequested retrieve's, not the `retrieve` fault's."""
+    w = _worker()
+    moved = _conn(w, 7)
+    w.apply_event(moved, "TcpIndicateRetrieve", {"reason": "UploadRequested", "mandatory": True})
+    w.apply_event(moved, "uploaded", {"reason": "terminate"})
+    assert (moved.state, moved.host_cause) == ("host", "unrequested_retrieve")
+    (rec,) = w.obs["unrequested"]  # judged as before: a layer fault must explain it
+    assert rec["reason"] == "UploadRequested"
+    aimed = _conn(w, 8)
+    aimed.faults.append({"kind": "retrieve", "injected": True, "conn": 8})
+    w.apply_event(aimed, "TcpIndicateRetrieve", {"reason": "UploadRequested", "mandatory": True})
+    w.apply_event(aimed, "uploaded", {"reason": "terminate"})
+    assert (aimed.state, aimed.host_cause) == ("host", "retrieve")
+
+
 # -- a stall is injected by its connection's slot, between two round trips -------------------------
 def _stall(w: Worker, conn: Conn) -> dict:
     rec = {"kind": "stall_peer", "injected": False, "conn": conn.cid, "t0": 0.0}

@@ -277,12 +277,16 @@ class WorkerState:
             self.upload_record(conn, "upload_all", path=conn.path, asked=conn.retrieve_t)
         elif reason is not None:
             self.c["retrieve_uploads"] += 1
-            self.move(conn, "host", "retrieve")
+            asked = any(r["kind"] == "retrieve" for r in conn.faults)
+            # a retrieve the soak did not aim here — a teaming MUX moving the connection
+            # (rebalance, a NIC taken out: UploadRequested, spec §5.2), a NIC after a failed
+            # send — is not the `retrieve` fault's: its host time is labelled apart
+            self.move(conn, "host", "retrieve" if asked else "unrequested_retrieve")
             for rec in conn.faults:
                 if rec["kind"] == "retrieve":
                     rec["uploaded"] = True
                     owes_reoffload(rec)
-            if not any(r["kind"] == "retrieve" for r in conn.faults):
+            if not asked:
                 # a retrieve the soak did not ask for: judged like any unrequested upload
                 self.upload_record(
                     conn,
