@@ -201,6 +201,32 @@ def cached_ranges(max_rcv_wnd: int) -> dict[str, tuple[int, int]]:
     return ranges
 
 
+#: The variables of a neighbor's and a path's update (spec §2.2 cached state; a path's
+#: `NextHop` is an extension, spec §3.4 (b)), sent with `"object"` naming the object.
+OBJECT_VARIABLES: dict[str, frozenset[str]] = {
+    "neighbor": frozenset({"DlDestinationAddress", "HostReachabilityDelta"}),
+    "path": frozenset({"PathMtu", "NextHop"}),
+}
+
+
+def _not_a_variable(key: Any, what: str, known: str) -> EngineError:
+    """INVALID_PARAMS for `key`, not a `what` ("TCP", "neighbor", "path") variable. One of
+    another object's says so first, with the change the update needs (`"object"` in the map,
+    chimneyctl's `object=`: `update c NextHop=…` without `object=path`); else the variables
+    `what` has (`known`)."""
+    for obj, names in OBJECT_VARIABLES.items():
+        if obj != what and key in names:
+            return EngineError(
+                ErrorCode.INVALID_PARAMS,
+                f'{key!r} is a {obj} variable, not a cached {what} one: add "object": "{obj}"'
+                f" (chimneyctl: object={obj})",
+            )
+    return EngineError(
+        ErrorCode.INVALID_PARAMS,
+        f"{str(key)[:40]!r} is not a cached {what} variable (spec §2.2: {known})",
+    )
+
+
 def check_cached(changes: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
     """The update, each value in its range; else INVALID_PARAMS naming the first bad key."""
     if not isinstance(changes, dict) or not changes:
@@ -211,10 +237,7 @@ def check_cached(changes: Any, ranges: dict[str, tuple[int, int]]) -> dict[str, 
             key = key.decode("utf-8", "replace")
         bounds = ranges.get(key) if isinstance(key, str) else None
         if bounds is None:
-            raise EngineError(
-                ErrorCode.INVALID_PARAMS,
-                f"{str(key)[:40]!r} is not a cached TCP variable (spec §2.2: {', '.join(ranges)})",
-            )
+            raise _not_a_variable(key, "TCP", ", ".join(ranges))
         low, high = bounds
         if not isinstance(value, int) or isinstance(value, bool):
             raise EngineError(ErrorCode.INVALID_PARAMS, f"{key} must be an integer")
@@ -282,21 +305,13 @@ def check_object_cached(what: str, changes: Any) -> dict[str, Any]:
         raise EngineError(ErrorCode.INVALID_PARAMS, "an update is a non-empty map of variables")
     # a path's `NextHop` (extension): the link-layer address of the neighbor the path moves
     # under, spec §3.4 (b); the host's neighbor of that next hop on the path's binding
-    allowed = (
-        {"DlDestinationAddress", "HostReachabilityDelta"}
-        if what == "neighbor"
-        else {"PathMtu", "NextHop"}
-    )
+    allowed = OBJECT_VARIABLES["neighbor" if what == "neighbor" else "path"]
     checked: dict[str, Any] = {}
     for key, value in changes.items():
         if isinstance(key, bytes):
             key = key.decode("utf-8", "replace")
         if key not in allowed:
-            raise EngineError(
-                ErrorCode.INVALID_PARAMS,
-                f"{str(key)[:40]!r} is not a cached {what} variable"
-                f" (spec §2.2: {', '.join(sorted(allowed))})",
-            )
+            raise _not_a_variable(key, what, ", ".join(sorted(allowed)))
         if key in ("DlDestinationAddress", "NextHop"):
             checked[key] = _dl_address(value, key)
             continue

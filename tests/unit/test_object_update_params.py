@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chimneyd.api import EngineError, ErrorCode
-from chimneyd.engine import check_object_cached
+from chimneyd.engine import cached_ranges, check_cached, check_object_cached
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,30 @@ def test_bad_neighbor_values(changes: dict[Any, Any]) -> None:
     with pytest.raises(EngineError) as err:
         check_object_cached("neighbor", changes)
     assert err.value.code == ErrorCode.INVALID_PARAMS
+
+
+@pytest.mark.parametrize(
+    ("changes", "hint"),
+    [
+        ({"NextHop": "02:00:00:00:00:2b"}, '"object": "path"'),
+        ({"PathMtu": 1400}, '"object": "path"'),
+        ({"DlDestinationAddress": "02:00:00:00:00:2a"}, '"object": "neighbor"'),
+        ({"HostReachabilityDelta": 0}, '"object": "neighbor"'),
+    ],
+)
+def test_a_path_or_neighbor_variable_sent_as_a_tcp_one_names_its_object(
+    changes: dict[str, Any], hint: str
+) -> None:
+    """`chimneyctl update c NextHop=...` without `object=path` reaches the TCP variables'
+    check: its error says which object the variable is of, not only the TCP variables."""
+    with pytest.raises(EngineError) as err:
+        check_cached(changes, cached_ranges(65535))
+    assert err.value.code == ErrorCode.INVALID_PARAMS
+    assert hint in err.value.message and "object=" in err.value.message, err.value.message
+
+
+def test_a_variable_of_the_other_object_names_that_object() -> None:
+    with pytest.raises(EngineError) as err:
+        check_object_cached("path", {"DlDestinationAddress": "02:00:00:00:00:2a"})
+    assert err.value.code == ErrorCode.INVALID_PARAMS
+    assert '"object": "neighbor"' in err.value.message, err.value.message
