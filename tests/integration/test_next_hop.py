@@ -138,7 +138,7 @@ async def test_a_move_to_the_neighbor_it_is_under_moves_nothing(
     [
         (move("zz"), "NextHop must be"),
         (move(""), "NextHop must be"),
-        ({"object": "neighbor", "NextHop": HOP}, "not a cached neighbor variable"),
+        ({"object": "neighbor", "NextHop": HOP}, "a path variable, not a cached neighbor one"),
         ({"NextHop": HOP}, "NextHop"),
         (move(HOP, PathMtu=10), "PathMtu must be"),
     ],

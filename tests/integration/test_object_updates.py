@@ -73,8 +73,8 @@ async def test_a_new_connection_and_nic_get_the_updated_values(
 @pytest.mark.parametrize(
     ("changes", "what"),
     [
-        ({"object": "neighbor", "PathMtu": 1400}, "not a cached neighbor variable"),
-        ({"object": "path", "DlDestinationAddress": MAC}, "not a cached path variable"),
+        ({"object": "neighbor", "PathMtu": 1400}, "a path variable, not a cached neighbor one"),
+        ({"object": "path", "DlDestinationAddress": MAC}, "a neighbor variable, not a cached path one"),
         ({"object": "path", "PathMtu": 67}, "PathMtu must be 68..65535"),
         ({"object": "neighbor", "DlDestinationAddress": "zz"}, "DlDestinationAddress"),
         ({"object": "neighbor", "DlDestinationAddress": b""}, "1..32 bytes"),
