@@ -163,19 +163,13 @@ def app_update_object(
         assert isinstance(next_hop, bytes)
         app_move_path(h, tcb, next_hop, rest, done)
         return
-    path = tcb.path
-    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
-        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+    path = _updatable_path(tcb, done)
+    if path is None:
         return
     if what == "neighbor" and path.moving:
         # the connection's neighbor is the one its path's move puts it under, once the move
         # is over: the update goes after it, in the order asked, to that one (spec §3.4 (b))
-        path.update_waiters = grown(
-            path.update_waiters,
-            _unless_closed(
-                h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done), held=True
-            ),
-        )
+        _behind_update(h, path, tcb, done, lambda: app_update_object(h, tcb, what, changes, done))
         return
     neighbor = path.parent
     assert neighbor is not None
@@ -190,12 +184,7 @@ def app_update_object(
         return
     if obj.updating:
         # at most one update of an object in flight (spec §3.1): after that one, in order
-        obj.update_waiters = grown(
-            obj.update_waiters,
-            _unless_closed(
-                h, tcb, done, lambda: app_update_object(h, tcb, what, changes, done), held=True
-            ),
-        )
+        _behind_update(h, obj, tcb, done, lambda: app_update_object(h, tcb, what, changes, done))
         return
     try:
         cached = dataclasses.replace(obj.cached, **changes)  # type: ignore[arg-type]
@@ -251,9 +240,8 @@ def app_move_path(
     it is not offloaded yet; (3) `NdisUpdateOffload` whose root names the new neighbor and
     whose dependent names the path (with its new cached values, if any); (4) the old neighbor
     is terminated once no path hangs under it (`terminate.release_unused_objects`)."""
-    path = tcb.path
-    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
-        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+    path = _updatable_path(tcb, done)
+    if path is None:
         return
     stale = _invalidated_under(tcb)
     if stale is not None:
@@ -266,12 +254,7 @@ def app_move_path(
         return
     if path.updating:
         # one update of the path in flight (spec §3.1): after that one, in order
-        path.update_waiters = grown(
-            path.update_waiters,
-            _unless_closed(
-                h, tcb, done, lambda: app_move_path(h, tcb, next_hop, changes, done), held=True
-            ),
-        )
+        _behind_update(h, path, tcb, done, lambda: app_move_path(h, tcb, next_hop, changes, done))
         return
     assert path.parent is not None
     if path.parent.key == offload.neighbor_key(path.binding, next_hop):
@@ -447,6 +430,30 @@ def _after_update(h: HostStack, obj: HostObject) -> None:
         waiter()
 
 
+def _updatable_path(tcb: Tcb, done: Done) -> HostObject | None:
+    """The path of an offloaded connection a state operation may act on; None, the request
+    answered, when the connection is not offloaded or its offload is being undone (spec §3.1,
+    §3.5)."""
+    path = tcb.path
+    if tcb.lifecycle.phase in _UPDATABLE and tcb.handle is not None and path is not None:
+        return path
+    done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+    return None
+
+
+def _behind_update(
+    h: HostStack,
+    obj: HostObject,
+    tcb: Tcb,
+    done: Done,
+    retry: Callable[[], None],
+    held: bool = True,
+) -> None:
+    """Queue a request behind the object's update in flight (spec §3.1: one call per object),
+    replayed in order after it (`_after_update`), as `_unless_closed` says."""
+    obj.update_waiters = grown(obj.update_waiters, _unless_closed(h, tcb, done, retry, held))
+
+
 def _unless_closed(
     h: HostStack, tcb: Tcb, done: Done, retry: Callable[[], None], held: bool = False
 ) -> Callable[[], None]:
@@ -533,17 +540,13 @@ def update_complete(h: HostStack, root: OffloadBlock) -> None:
 def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     """Invalidate the connection's TCP, path or neighbor object (spec §3.5): the target stops
     sending on every connection that depends on it and asks for each to be uploaded."""
-    path = tcb.path
-    if tcb.lifecycle.phase not in _UPDATABLE or tcb.handle is None or path is None:
-        done(None, _not_offloaded(tcb) if tcb.lifecycle.phase not in LIVE else _invalidated(tcb))
+    path = _updatable_path(tcb, done)
+    if path is None:
         return
     if what == "neighbor" and path.moving:
         # of the neighbor the path's move puts the connection under, once it is over (as an
         # update of it, `app_update_object`): not of the one it leaves (spec §3.4 (b), §3.5)
-        path.update_waiters = grown(
-            path.update_waiters,
-            _unless_closed(h, tcb, done, lambda: app_invalidate(h, tcb, what, done)),
-        )
+        _behind_update(h, path, tcb, done, lambda: app_invalidate(h, tcb, what, done), held=False)
         return
     neighbor = path.parent
     assert neighbor is not None
@@ -554,10 +557,7 @@ def app_invalidate(h: HostStack, tcb: Tcb, what: str, done: Done) -> None:
     if obj is not None and obj.updating:
         # after the object's update, as a second update waits: its handle lends the trace of
         # the connection that asked for that update (`app_update_object`) for the call
-        obj.update_waiters = grown(
-            obj.update_waiters,
-            _unless_closed(h, tcb, done, lambda: app_invalidate(h, tcb, what, done)),
-        )
+        _behind_update(h, obj, tcb, done, lambda: app_invalidate(h, tcb, what, done), held=False)
         return
     root = new_neighbor_block(neighbor.handle if what == "neighbor" else None)
     pblock = root.add_dependent(new_path_block(path.handle if what == "path" else None))
