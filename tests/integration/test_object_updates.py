@@ -74,7 +74,10 @@ async def test_a_new_connection_and_nic_get_the_updated_values(
     ("changes", "what"),
     [
         ({"object": "neighbor", "PathMtu": 1400}, "a path variable, not a cached neighbor one"),
-        ({"object": "path", "DlDestinationAddress": MAC}, "a neighbor variable, not a cached path one"),
+        (
+            {"object": "path", "DlDestinationAddress": MAC},
+            "a neighbor variable, not a cached path one",
+        ),
         ({"object": "path", "PathMtu": 67}, "PathMtu must be 68..65535"),
         ({"object": "neighbor", "DlDestinationAddress": "zz"}, "DlDestinationAddress"),
         ({"object": "neighbor", "DlDestinationAddress": b""}, "1..32 bytes"),
