@@ -143,17 +143,25 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     examples) is kept as written. RawDescriptionHelpFormatter alone printed a command's
     description as one line hundreds of characters long."""
 
+    #: what a description quotes to be typed as written (a `code span`, a "$(...)" to paste):
+    #: never split over two lines, where it would no longer be a command one can copy
+    _QUOTED = re.compile(r"`[^`]+`|\"[^\"]+\"")
+    _KEEP = "\x00"  # stands for a space inside a quoted span while the text is wrapped
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text.strip("\n"):
             return super()._fill_text(text, width, indent)
+        joined = self._QUOTED.sub(
+            lambda m: m.group(0).replace(" ", self._KEEP), " ".join(text.split())
+        )
         return textwrap.fill(
-            " ".join(text.split()),
+            joined,
             width,
             initial_indent=indent,
             subsequent_indent=indent,
             break_long_words=False,
             break_on_hyphens=False,
-        )
+        ).replace(self._KEEP, " ")
 
 
 class _Parser(argparse.ArgumentParser):
