@@ -174,8 +174,8 @@ async def tcp_upload(c: Caller, p: list[Any]) -> dict[str, Any]:
 # max_bytes, timeout_ms]` with an int timeout): the same checks as the general path written out
 # in place, without its five or six helper calls. Anything else (another length, another type,
 # a value out of range) goes the general path, which gives the answer or the error; the fast
-# path gives an answer only where the general one gives the same (tests/unit/
-# test_rpc_fast_params.py compares them on arbitrary params).
+# path gives an answer only where the general one gives the same (tests/rpc/test_fast_params.py
+# compares them on arbitrary params).
 def tcp_send(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
     if type(p) is list and len(p) == 2:
         conn, data = p
