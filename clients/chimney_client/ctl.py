@@ -151,9 +151,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text.strip("\n"):
             return super()._fill_text(text, width, indent)
-        joined = self._QUOTED.sub(
-            lambda m: m.group(0).replace(" ", self._KEEP), " ".join(text.split())
-        )
+        # the spans' spaces are kept first: the prose's runs of spaces become one, theirs not
+        kept = self._QUOTED.sub(lambda m: m.group(0).replace(" ", self._KEEP), text)
+        joined = " ".join(kept.split())
         return textwrap.fill(
             joined,
             width,

@@ -57,3 +57,16 @@ def test_prose_is_still_wrapped(columns: int, monkeypatch: pytest.MonkeyPatch) -
         for line in PARSERS[prog].format_help().splitlines():
             if len(line) > columns and not any(s in line for s in spans):
                 pytest.fail(f"`{prog} --help`: {line!r} is wider than {columns}")
+
+
+def test_a_quoted_command_keeps_its_spacing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the prose's runs of spaces are one space once wrapped; a quoted command's are its own
+    monkeypatch.setenv("COLUMNS", "60")
+    parser = argparse.ArgumentParser(
+        prog="p",
+        description="Send it  as written: `chimneyctl run 'send c \"a  b\"'` keeps two spaces.",
+        formatter_class=ctl._HelpFormatter,
+    )
+    text = parser.format_help()
+    assert "`chimneyctl run 'send c \"a  b\"'`" in text
+    assert "Send it as written:" in text
