@@ -82,13 +82,17 @@ def _parse_quietly(parse: Callable[[list[str]], object], args: list[str]) -> obj
 def _check_ctl(args: list[str]) -> None:
     from chimney_client import ctl
 
+    # the checks `chimneyctl` makes before it connects, not its parser's alone: a fault's
+    # kind and keys (`_check`), a run/shell-only command alone, and a run's lines each as
+    # `_run` reads them (`_parse_line`) with the names they use made by earlier ones
     try:
         ns = ctl.build_parser().parse_args(args)
+        ctl._check(ns)
+        if ns.command in ctl.SESSION_ONLY:
+            raise AssertionError(f"{ns.command!r} runs only inside run/shell")
         if ns.command == "run":
             line_parser = ctl.build_line_parser()
-            for command in ns.commands:
-                words, _ = ctl._split_name(shlex.split(command))
-                line_parser.parse_args(words)
+            ctl._check_names([(c, ctl._parse_line(line_parser, c)) for c in ns.commands])
     except ctl.UsageError as exc:
         raise AssertionError(str(exc)) from None
     except ctl._HelpShown:
@@ -181,6 +185,12 @@ def test_each_command_line_parses(where: str, tool: str, args: list[str]) -> Non
         "chimneyd --listen",
         "chimney-soak --faults target_failur@8s",
         'make run ARGS="--shardz 2"',
+        # what chimneyctl refuses after its parser: a fault's kind or keys, a name no earlier
+        # line made, a run/shell-only command alone
+        "chimneyctl run 'connect 127.0.0.1 9000 as c' 'fault inject peer_rest conn=c'",
+        "chimneyctl fault inject peer_reset conn=1 bogus=2",
+        "chimneyctl run 'connect 127.0.0.1 9000 as c' 'recv d 10'",
+        "chimneyctl events --count 1",
     ],
 )
 def test_a_wrong_line_is_caught(line: str) -> None:
