@@ -1,8 +1,9 @@
 """The command lines README.md and the pages under docs/ tell a user to type are ones the tools
 accept: every `chimneyctl`, `chimneyd`, `chimney-soak` and `chimney-peer` line (in a shell or
 console block, or written inline), and the options `make run ARGS=...` and `make soak ARGS=...`
-hand to the daemon and the soak, parse with the tools' own parsers; a `chimneyctl run` line's
-commands parse one by one, and a soak's `--faults` schedule as the soak reads it. (docs/rpc.md's
+hand to the daemon and the soak, parse with the tools' own parsers and pass the checks each
+makes before it starts: chimneyctl's (fault kinds and keys; a `run` line's commands one by one,
+with the names they use) and the soak's (options together, its plan and `--faults`). (docs/rpc.md's
 `$ chimneyctl` lines are test_rpc_reference.py's too, with the answers they show.)"""
 
 from __future__ import annotations
@@ -106,12 +107,16 @@ def _check_daemon(args: list[str]) -> None:
 
 
 def _check_soak(args: list[str]) -> None:
-    from chimney_client.soak.cli import build_parser
-    from chimney_client.soak.faults import parse_faults
+    from chimney_client.soak import cli
+    from chimney_client.soak.plan import make_plan
 
-    ns = _parse_quietly(build_parser().parse_args, args)
+    ns = _parse_quietly(cli.build_parser().parse_args, args)
     if isinstance(ns, argparse.Namespace):
-        parse_faults(ns.faults)
+        # what `main` refuses before it starts, as it does: options that clash only together,
+        # then the plan (its --faults schedule too) — on a machine with room for every
+        # connection (the plan's file-descriptor check is this machine's, not the line's)
+        cli._check_together(ns)
+        make_plan(ns, 1 << 24)
 
 
 def _check_peer(args: list[str]) -> None:
@@ -191,6 +196,9 @@ def test_each_command_line_parses(where: str, tool: str, args: list[str]) -> Non
         "chimneyctl fault inject peer_reset conn=1 bogus=2",
         "chimneyctl run 'connect 127.0.0.1 9000 as c' 'recv d 10'",
         "chimneyctl events --count 1",
+        # what chimney-soak refuses after its parser: options that only clash together, a plan
+        "chimney-soak --connections 10 --workers 20",
+        "chimney-soak --peer 127.0.0.1:9000 --faults peer_reset@5s",
     ],
 )
 def test_a_wrong_line_is_caught(line: str) -> None:
