@@ -256,9 +256,31 @@ CROSSING: list[tuple[str, Any, Any]] = [
 ]
 
 
+#: A neighbor's terminate that holds back its copy on nic2 (another neighbor's path copy is
+#: still under it there, left by a move while nic2 had failed) and whose own path and
+#: connections there nic2 finds corrupt (spec §3.7): that copy then stays under them until
+#: the host terminates them again, which it does once the terminate has completed. Waiting
+#: for the copy, the terminate never completed and its connections stayed uploading.
+HELD_CORRUPT: list[tuple[str, Any, Any]] = [
+    ("connect", 2, None),
+    *[("connect", 0, None)] * 4,
+    ("fail_nic", 1, None),
+    ("connect", 0, None),
+    ("connect", 1, None),
+    ("connect", 0, None),
+    ("fail_nic", 0, None),
+    ("fail_nic", 2, None),
+    ("move", 6, 1),
+    ("arp", 1, None),
+    ("fail_team", 2, "MiniportTerminateOffload"),
+    ("arp", 3, None),
+]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(TEAM_ACTIONS, min_size=10, max_size=60))
 @example(CROSSING)
+@example(HELD_CORRUPT)
 def test_moves_through_a_team_among_failures_and_returns(
     actions: list[tuple[str, Any, Any]],
 ) -> None:

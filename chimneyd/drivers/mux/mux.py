@@ -599,8 +599,11 @@ class MuxIm(PassthroughIm):
         call = self._lower_done(lower_root)
         if call is None:
             return
+        failed_below: list[Instance] = []  # the copies what failed here hangs under
         for up, low, obj in call.links:
             ok = low.status == SUCCESS
+            if not ok and call.held:
+                failed_below += _copies_above(obj)
             if isinstance(obj, MuxConnection):
                 assert up is not None
                 up.status = low.status
@@ -637,6 +640,14 @@ class MuxIm(PassthroughIm):
                 else:
                     self._corrupt_again(obj)
                     self._tried(obj)  # corrupt: the terminate holding it back fails (§3.7)
+        for inst in failed_below:
+            if inst in call.held:
+                # its own dependents there were found corrupt (spec §3.7): they stay until the
+                # layer above terminates them again, which it does only once this terminate
+                # has completed, failed. Held, the copy waited for them and they for it
+                call.held.discard(inst)
+                self.held_by.pop(inst.id, None)
+                call.kept.add(inst)
         if call.upper_root is not None and call.held:
             self.held_terminates.append(call)  # the copies it holds back are still below
         elif call.upper_root is not None:
@@ -670,7 +681,11 @@ class MuxIm(PassthroughIm):
                 up.status = SUCCESS
             elif up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
-                failed = [i for i in vobj.instances.values() if i.lifecycle.phase is Phase.FAILED]
+                failed = [
+                    i
+                    for i in vobj.instances.values()
+                    if i.lifecycle.phase is Phase.FAILED or i in call.kept
+                ]
                 up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
                 if not failed:
                     self._vobj_terminated(vobj)
@@ -1289,6 +1304,18 @@ def _left_to_resume(inst: Instance) -> bool:
         and inst.vobj.parent is None
         and not inst.refs
     )
+
+
+def _copies_above(obj: Instance | MuxConnection) -> list[Instance]:
+    """The copies `obj` hangs under on its NIC: its path's copy and that one's neighbor's for
+    a connection, its neighbor's for a path copy."""
+    on = obj.path.instances.get(obj.lower.id) if isinstance(obj, MuxConnection) else obj.under
+    out: list[Instance] = []
+    inst = on
+    while inst is not None:
+        out.append(inst)
+        inst = inst.under
+    return out
 
 
 def _missed(vobj: VirtualObject, lower: Lower) -> bool:

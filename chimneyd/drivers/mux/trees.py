@@ -82,6 +82,7 @@ class MuxCall:
     __slots__ = (
         "failed_new",
         "held",
+        "kept",
         "links",
         "new_vobjs",
         "op",
@@ -117,6 +118,9 @@ class MuxCall:
         # their NIC, or offloaded by a failed NIC at its RESUME. They go once that has gone,
         # or once offloaded; the terminate completes above after them
         self.held: set[Instance] = set()
+        # copies it held back that its own dependents, found corrupt in it, keep below: the
+        # terminate completes failed for their objects, which live on (spec §3.7)
+        self.kept: set[Instance] = set()
 
     def tree(self, lower: Lower) -> LowerTree:
         tree = self.trees.get(lower.binding.id)
