@@ -277,10 +277,29 @@ HELD_CORRUPT: list[tuple[str, Any, Any]] = [
 ]
 
 
+#: A path left on nic1 under another neighbor's copy (its NIC had failed during the move),
+#: found corrupt there (spec §3.7) in the terminate of its own neighbor, which has no copy on
+#: nic1 to fail with it: that neighbor lives on with the path, and its terminate must fail
+#: too (spec §9 item 10), not complete as if nothing of it were left below.
+STRAY_CORRUPT: list[tuple[str, Any, Any]] = [
+    ("connect", 0, None),
+    ("close", 2, None),
+    ("connect", 0, None),
+    ("fail_nic", 2, None),
+    ("upload", 4, None),
+    ("connect", 0, None),
+    ("fail_nic", 1, None),
+    ("fail_team", 0, "MiniportTerminateOffload"),
+    ("fail_team", 1, "MiniportTerminateOffload"),
+    ("move", 1, 2),
+]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(TEAM_ACTIONS, min_size=10, max_size=60))
 @example(CROSSING)
 @example(HELD_CORRUPT)
+@example(STRAY_CORRUPT)
 def test_moves_through_a_team_among_failures_and_returns(
     actions: list[tuple[str, Any, Any]],
 ) -> None:

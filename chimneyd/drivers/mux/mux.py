@@ -676,7 +676,9 @@ class MuxIm(PassthroughIm):
         names has gone, or its NIC found it corrupt (spec §3.6, §3.7)."""
         root = call.upper_root
         assert root is not None
-        for up in walk(root):
+        # paths before their neighbors: a neighbor lives on while a path of its does
+        blocks = sorted(walk(root), key=lambda b: b.kind is BlockKind.NEIGHBOR)
+        for up in blocks:
             if up.role() is BlockRole.PLACEHOLDER:
                 up.status = SUCCESS
             elif up.kind is not BlockKind.TCP:
@@ -686,8 +688,15 @@ class MuxIm(PassthroughIm):
                     for i in vobj.instances.values()
                     if i.lifecycle.phase is Phase.FAILED or i in call.kept
                 ]
-                up.status = S.NDIS_STATUS_FAILURE if failed else SUCCESS
-                if not failed:
+                # a path of its that failed may have had its copy under another neighbor's
+                # (a move its NIC could not make or undo, `relink`): the neighbor has no copy
+                # there to fail with it, yet lives on with that path (spec §3.7, §9 item 10)
+                kept_by = up.kind is BlockKind.NEIGHBOR and any(
+                    d.role() is not BlockRole.PLACEHOLDER and d.status != SUCCESS
+                    for d in up.dependents()
+                )
+                up.status = S.NDIS_STATUS_FAILURE if failed or kept_by else SUCCESS
+                if not failed and not kept_by:
                     self._vobj_terminated(vobj)
                 else:
                     # a copy's hardware state is corrupt: the object lives on for the
