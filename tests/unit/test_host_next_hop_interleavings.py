@@ -193,7 +193,15 @@ TEAM_ACTIONS = st.one_of(
     st.tuples(
         st.just("fail_team"),
         TEAM_NIC,
-        st.sampled_from(["MiniportUpdateOffload", "MiniportInitiateOffload[neighbor]"]),
+        # a terminate failed: the NIC found the copies corrupt (spec §3.7), some of them
+        # maybe held back by a neighbor's terminate, or under another neighbor's copy
+        st.sampled_from(
+            [
+                "MiniportUpdateOffload",
+                "MiniportInitiateOffload[neighbor]",
+                "MiniportTerminateOffload",
+            ]
+        ),
     ),
 )
 
