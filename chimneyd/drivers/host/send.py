@@ -284,12 +284,11 @@ def hole(h: HostStack, tcb: Tcb, status: NdisStatus) -> None:
         # the upload: the application asked for them before it heard of the hole, so they fail
         # as those still at the target do when they come back (`complete`, `terminate`). Two
         # layers holding failures (a MUX over an IM) complete them ahead of this one; they are
-        # answered ahead of it too (completions keep posting order, spec §4.1, §9 item 2)
-        behind = [nbl for nbl in tcb.requeue if behind_a_hole(tcb, nbl)]
-        if behind:
-            tcb.requeue = [nbl for nbl in tcb.requeue if not behind_a_hole(tcb, nbl)] or NO_ITEMS
-            for nbl in behind:
-                finish_send(h, nbl, status)
+        # answered ahead of it too (completions keep posting order, spec §4.1, §9 item 2).
+        # Every one is behind this hole: the epoch moved on above, after all of them were made
+        behind, tcb.requeue = tcb.requeue, NO_ITEMS
+        for nbl in behind:
+            finish_send(h, nbl, status)
     fail_queued(h, tcb, status)
     if tcb.fin_queued is not None:
         # a graceful disconnect behind those bytes: its FIN would close the stream over the
