@@ -10,22 +10,12 @@ import re
 import pytest
 
 from chimney_client import ctl
+from tests.clients.test_ctl_help import PARSERS
 
 #: what a description quotes to be typed as written: a `code span` or a "double-quoted" one
 _SPAN = re.compile(r"`[^`]+`|\"[^\"]+\"")
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    found: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found[sub.prog] = sub
-                found.update(_subparsers(sub))
-    return found
-
-
-PARSERS = _subparsers(ctl.build_parser())
 QUOTING = {
     prog: spans
     for prog, p in PARSERS.items()
