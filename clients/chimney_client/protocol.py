@@ -916,6 +916,17 @@ class ClientCodec(Generic[T]):
                 self._hand(msgid, read.conn)
             if info is not None and err is None and self._accepted:
                 result = self._with_kept(info, result)
+            if (
+                (err is not None or result == b"")
+                and (asked := self._drop_read(msgid))
+                and self._parked
+                and (read := _Read.of(asked)) is not None
+            ):
+                # a read answered with no bytes (an error, the end of stream; its record is
+                # dropped) puts nothing in its caller's hands that `late` could give back: no
+                # later read of the connection waits behind it, and an answer parked behind an
+                # earlier one (a refusal, LIMIT) goes to its caller now, after this one
+                self._serve(read.conn)
             return Reply(msgid, token, err, None if err is not None else result)
         if kind == NOTIFICATION and len(obj) == 3:
             _, method, params = obj

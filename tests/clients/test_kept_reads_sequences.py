@@ -695,3 +695,42 @@ def test_a_rider_parked_with_its_end_does_not_get_a_later_refusal() -> None:
     machine.taken_is_a_prefix_of_the_stream()
     machine.indexes_agree_with_what_they_index()
     machine.teardown()
+
+
+def test_a_refusal_parked_behind_a_read_still_waiting_reaches_its_caller() -> None:
+    """Found by the one-reader machine (a seed in the example database): a waitall read waits
+    in the daemon; two reads after it are refused LIMIT, and the second refusal is parked
+    behind the first's answer, still in its caller's hands. The waitall read then ends in an
+    error (TIMEOUT: no bytes in anyone's hands), so nothing holds the parked refusal back any
+    more: its caller gets it (it waited for ever, and the caller with it)."""
+    machine = KeptReadsOneReader()
+    machine.peer_sends(conn=2, data=b"\x00")
+    machine.read(conn=2, forever=False, max_bytes=2, waitall=True)
+    machine.limited_read(conn=2, give_up=False)
+    machine.limited_read(conn=2, give_up=False)
+    machine.taken_is_a_prefix_of_the_stream()
+    machine.indexes_agree_with_what_they_index()
+    machine.teardown()
+
+
+def test_an_error_ending_the_read_ahead_releases_the_answer_parked_behind_it() -> None:
+    """The same at the codec: read 0's bytes are in its caller's hands; read 1 (waitall) waits
+    in the daemon; read 2 is refused LIMIT, parked behind read 0's bytes. Read 0's caller
+    takes them (read 1, still waiting, is now ahead of the refusal); read 1 times out. Every
+    caller gets its own answer, in the order sent, and nothing is left pending."""
+    codec: ClientCodec[str] = ClientCodec()
+    zero, _ = codec.request("tcp.recv", (2, 1, 1000), "zero")
+    got = [e for e in codec.receive(response(zero, b"x")) if isinstance(e, Reply)]
+    first, _ = codec.request("tcp.recv", (2, 2, 1000, {"waitall": True}), "first")
+    third, _ = codec.request("tcp.recv", (2, 6, None), "third")
+    got += [e for e in codec.receive(response(third, None, LIMIT)) if isinstance(e, Reply)]
+    assert [r.token for r in got] == ["zero"]  # the refusal waits behind b"x" in hand
+    codec.forget(zero)
+    got = [e for e in codec.take_ready() if isinstance(e, Reply)]
+    assert got == []  # read 1 is ahead of it, waiting in the daemon
+    got += [e for e in codec.receive(response(first, None, RECV_TIMEOUT)) if isinstance(e, Reply)]
+    assert [(r.token, type(r.error).__name__) for r in got] == [
+        ("first", "RpcTimeout"),
+        ("third", "LimitError"),
+    ]
+    assert codec.pending == 0
