@@ -590,7 +590,14 @@ class AsyncClient:
     async def tcp_send(self, conn_id: int, data: bytes | bytearray | memoryview) -> int:
         return int(await self.call("tcp.send", conn_id, data))
 
-    async def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int | None = None) -> bytes:
+    async def tcp_recv(
+        self,
+        conn_id: int,
+        max_bytes: int,
+        timeout_ms: int | None = None,
+        *,
+        waitall: bool = False,
+    ) -> bytes:
         """Up to `max_bytes` bytes (empty at end of stream); `RpcTimeout` after `timeout_ms`.
 
         Without `timeout_ms` on a client with `call_timeout`, the daemon is sent `call_timeout`
@@ -600,8 +607,15 @@ class AsyncClient:
         daemon's longest wait (an hour) is the client's own limit alone. A read the client
         abandons all the same (cancelled, or its own limit) stays queued in the daemon: what
         it gets is kept and handed to the next reads of the connection, in stream order.
+
+        `waitall`: exactly `max_bytes` bytes (fewer only at the end of stream, docs/rpc.md
+        `tcp.recv` opts); one that times out short leaves what it saw to the next read.
         """
-        params = [conn_id, max_bytes] if timeout_ms is None else [conn_id, max_bytes, timeout_ms]
+        params: list[Any] = [conn_id, max_bytes]
+        if waitall:
+            params += [timeout_ms, {"waitall": True}]
+        elif timeout_ms is not None:
+            params.append(timeout_ms)
         return bytes(await self.call("tcp.recv", *params))
 
     async def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:

@@ -475,6 +475,12 @@ def _add_commands(sub: Any, *, session: bool) -> None:
     conn_arg(p)
     p.add_argument("max", type=_byte_count, metavar="MAX", help="most bytes to take")
     wait_arg(p, "give up after MS ms, losing nothing")
+    p.add_argument(
+        "--waitall",
+        action="store_true",
+        help="take exactly MAX bytes (fewer only at the end of stream); "
+        "one that times out short leaves what it saw to the next recv",
+    )
     form = p.add_mutually_exclusive_group()
     form.add_argument("--hex", action="store_true", help="print the bytes as hex")
     form.add_argument("--raw", action="store_true", help="write the bytes alone to stdout")
@@ -1250,7 +1256,7 @@ def _send(s: Session, a: argparse.Namespace) -> Any:
 
 
 def _recv(s: Session, a: argparse.Namespace) -> Any:
-    r = s.client.tcp_recv(a.id, a.max, a.timeout_ms)
+    r = s.client.tcp_recv(a.id, a.max, a.timeout_ms, waitall=a.waitall)
     if a.raw:
         s.out.raw(r)
     elif not s.out.json_mode:

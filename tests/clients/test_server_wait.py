@@ -13,7 +13,15 @@ import pytest
 
 from chimney_client import AsyncClient, Client, RpcTimeout
 from chimney_client.errors import CallTimeout
-from tests.clients.scripted import HANG, ThreadServer, address, answer, reply, scripted_server
+from tests.clients.scripted import (
+    HANG,
+    ThreadServer,
+    address,
+    answer,
+    reply,
+    response,
+    scripted_server,
+)
 
 #: what chimneyd answers when the wait it was sent runs out, and when it is stopping
 WAIT_RAN_OUT = [7, "TIMEOUT: nothing arrived on connection 7"]
@@ -152,3 +160,38 @@ def test_the_blocking_client_tells_the_call_timeout_by_the_answer_too() -> None:
             assert not isinstance(caught.value, CallTimeout)
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("timeout_ms", [None, 250])
+async def test_tcp_recv_waitall_is_sent_as_the_contracts_opts(timeout_ms: int | None) -> None:
+    """`tcp_recv(..., waitall=True)` sends `{"waitall": true}` as the fourth param (docs/rpc.md
+    tcp.recv), with the call's timeout as `timeout_ms` when none is given; the blocking
+    client sends the same."""
+    seen: list[list[Any]] = []
+
+    def on_request(transport: Any, msgid: int, method: str, params: list[Any]) -> None:
+        seen.append(params)
+        transport.write(response(msgid, b"0123456789"))
+
+    srv = await scripted_server(on_request)
+    try:
+        c = await AsyncClient.connect(address(srv), call_timeout=2.0)
+        try:
+            assert await c.tcp_recv(1, 10, timeout_ms, waitall=True) == b"0123456789"
+            assert await c.tcp_recv(1, 10, timeout_ms) == b"0123456789"
+        finally:
+            await c.close()
+
+        def blocking() -> bytes:
+            with Client.connect(address(srv), call_timeout=2.0) as b:
+                return b.tcp_recv(1, 10, timeout_ms, waitall=True)
+
+        assert await asyncio.to_thread(blocking) == b"0123456789"
+    finally:
+        srv.close()
+    wait = 2000 if timeout_ms is None else timeout_ms
+    assert seen == [
+        [1, 10, wait, {"waitall": True}],
+        [1, 10, wait],
+        [1, 10, wait, {"waitall": True}],
+    ]

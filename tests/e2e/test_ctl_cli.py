@@ -208,6 +208,36 @@ def test_a_run_that_stops_clears_the_faults_it_injected(daemon: Daemon, echo_por
     assert json.loads(listed.stdout)["result"] == []
 
 
+def test_recv_waitall_takes_every_byte_asked(daemon: Daemon, echo_port: int) -> None:
+    """`recv --waitall` is tcp.recv's waitall: exactly MAX bytes, over two sends the echo
+    returns one by one; a waitall read the bytes do not fill times out (exit 1), and a short
+    one leaves the rest to the next read."""
+    run = ctl(
+        daemon,
+        "run",
+        f"connect {HOST} {echo_port} as c",
+        "send c hello",
+        "send c world",
+        "recv c 10 --waitall",
+        "send c abc",
+        "recv c 2 --waitall",
+        "recv c 5",
+        "close c",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "10 bytes: helloworld\n" in run.stdout, run.stdout
+    assert "2 bytes: ab\n1 bytes: c\n" in run.stdout, run.stdout
+    short = ctl(
+        daemon,
+        "run",
+        f"connect {HOST} {echo_port} as c",
+        "send c abc",
+        "recv c 5 --waitall --timeout-ms 300",
+    )
+    assert short.returncode == 1, short.stdout
+    assert "TIMEOUT" in short.stderr, short.stderr
+
+
 # -- one-shot commands ---------------------------------------------------------------------------
 
 
