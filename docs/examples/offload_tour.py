@@ -56,8 +56,8 @@ async def tour(rpc: str, token: str | None) -> int:
         for hop in trace:
             if hop["nbl"] == last_nbl:
                 ids = [f"{key} {hop[key]}" for key in ("handle", "context") if hop[key] is not None]
-                status = hop["status"] or ""
-                print(f"  {hop['layer']:<6} {hop['call']:<32} nbl {last_nbl}", *ids, status)
+                status = [hop["status"]] if hop["status"] else []
+                print(f"  {hop['layer']:<6} {hop['call']:<32} nbl {last_nbl}", *ids, *status)
 
         # an extension: the target's delegated TCP state, read with NdisQueryOffloadState
         delegated = await client.call("tcp.query", conn)

@@ -54,6 +54,7 @@ def test_python_example(daemon: Daemon, tmp_path: Path) -> None:
     assert out.count("NdisOffloadTcpSend") == 2  # host and IM hops of one NBL
     assert "gauges after close: {'tcpip': 0, 'im0': 0, 'nic0': 0}" in out
     assert events_line(out) == documented_events(0)
+    assert not [line for line in out.splitlines() if line.endswith(" ")], out
 
 
 def test_node_example(daemon: Daemon, tmp_path: Path) -> None:
@@ -73,3 +74,4 @@ def test_node_example(daemon: Daemon, tmp_path: Path) -> None:
     assert "error answer: code 3, NOT_FOUND" in done.stdout
     assert "ProtocolTcpOffloadSendComplete" in done.stdout
     assert events_line(done.stdout) == documented_events(1)
+    assert not [line for line in done.stdout.splitlines() if line.endswith(" ")], done.stdout

@@ -112,7 +112,8 @@ async function main() {
     const nbl = trace.find((hop) => hop.call === "NdisOffloadTcpSend").nbl;
     for (const hop of trace.filter((h) => h.nbl === nbl)) {
       const ids = ["handle", "context"].filter((k) => hop[k] != null).map((k) => `${k} ${hop[k]}`);
-      console.log(`  ${hop.layer.padEnd(6)} ${hop.call.padEnd(32)} nbl ${nbl}`, ...ids, hop.status ?? "");
+      const status = hop.status ? [hop.status] : [];
+      console.log(`  ${hop.layer.padEnd(6)} ${hop.call.padEnd(32)} nbl ${nbl}`, ...ids, ...status);
     }
 
     try {
