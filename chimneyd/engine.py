@@ -209,6 +209,10 @@ OBJECT_VARIABLES: dict[str, frozenset[str]] = {
 }
 
 
+#: the cached TCP variables' names (`cached_ranges`' keys; its window bound does not matter)
+_TCP_VARIABLES = frozenset(cached_ranges(1))
+
+
 def _not_a_variable(key: Any, what: str, known: str) -> EngineError:
     """INVALID_PARAMS for `key`, not a `what` ("TCP", "neighbor", "path") variable. One of
     another object's says so first, with the change the update needs (`"object"` in the map,
@@ -221,6 +225,12 @@ def _not_a_variable(key: Any, what: str, known: str) -> EngineError:
                 f'{key!r} is a {obj} variable, not a cached {what} one: add "object": "{obj}"'
                 f" (chimneyctl: object={obj})",
             )
+    if what != "TCP" and key in _TCP_VARIABLES:
+        return EngineError(
+            ErrorCode.INVALID_PARAMS,
+            f'{key!r} is a TCP variable, not a cached {what} one: drop "object" from the update'
+            " (chimneyctl: no object=)",
+        )
     return EngineError(
         ErrorCode.INVALID_PARAMS,
         f"{str(key)[:40]!r} is not a cached {what} variable (spec §2.2: {known})",

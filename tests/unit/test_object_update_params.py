@@ -90,3 +90,15 @@ def test_a_variable_of_the_other_object_names_that_object() -> None:
         check_object_cached("path", {"DlDestinationAddress": "02:00:00:00:00:2a"})
     assert err.value.code == ErrorCode.INVALID_PARAMS
     assert '"object": "neighbor"' in err.value.message, err.value.message
+
+
+@pytest.mark.parametrize(("what", "key"), [("path", "KaTimeout"), ("neighbor", "TtlOrHopLimit")])
+def test_a_tcp_variable_sent_with_an_object_says_to_drop_the_object(what: str, key: str) -> None:
+    """`chimneyctl update c object=path KaTimeout=...`: a TCP variable sent with an `object`
+    says it is a TCP one and that the update needs no `object`, not only the object's
+    variables."""
+    with pytest.raises(EngineError) as err:
+        check_object_cached(what, {key: 1})
+    assert err.value.code == ErrorCode.INVALID_PARAMS
+    message = err.value.message
+    assert f"{key!r} is a TCP variable" in message and 'drop "object"' in message, message
