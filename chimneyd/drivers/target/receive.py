@@ -91,6 +91,19 @@ def wire_timeout(t: OffloadTarget, c: TcpContext) -> None:
     c.lifecycle.fire(Event.RESET)  # no RST was seen, but the connection is as dead
     c.timed_out = True
     stop_push(t, c)
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        # asked already, for another mandatory reason (or an UPLOAD_ALL): the host still
+        # learns why the connection comes back CLOSED. A delegated TcpConnectionClosed is a
+        # graceful end too, and the host tells the two apart by what it was told before the
+        # hand-back (`tcp_state_of`): untold, a connection that had sent its FIN came back in
+        # TIME_WAIT, its disconnect never completed, and the application read an end of
+        # stream the peer never sent (or "reset" where no RST came). The host processes it
+        # at the upload, after the bytes held for it (spec §5.2); §3.6.1 allows any number
+        # of requests for a connection
+        events.indicate(
+            t, c, TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.TimeoutExpiration
+        )
+        return
     events.request_upload(t, c, TcpUploadReason.TimeoutExpiration)
 
 
