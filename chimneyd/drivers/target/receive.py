@@ -73,7 +73,7 @@ def wire_reset(t: OffloadTarget, c: TcpContext) -> None:
         # after the request, held after every byte the socket gave, like a forwarded one
         # (`forwarded_rst`); aborting now would fail a posted receive ahead of the held bytes
         # the peer sent before its RST, and the host's application read them after the abort
-        _hold_rst(c, c.wire.bytes_read, TH_RST)
+        _hold(c, c.wire.bytes_read, TH_RST)
         return
     peer_reset(t, c)
 
@@ -142,7 +142,7 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         if flags & TH_RST:
             forwarded_rst(t, c, offset, flags)
         elif flags & TH_SYN:
-            forwarded_syn(t, c, offset)
+            forwarded_syn(t, c, offset, flags)
         elif flags & TH_URG:
             urgent(t, c, offset, payload, flags, int.from_bytes(raw[8:12], "big"))
         else:
@@ -176,7 +176,7 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
     handed back, and then the RST, which it processes itself after the upload: nothing is
     lost, nothing is aborted twice."""
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
-        _hold_rst(c, offset, flags)
+        _hold(c, offset, flags)
         return
     if offset == c.rx.rcv_nxt or c.wire.closed:
         peer_reset(t, c)
@@ -184,30 +184,40 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
         c.rst_challenged = True
 
 
-def _hold_rst(c: TcpContext, offset: int, flags: int) -> None:
-    """Hold an RST that came after the target stopped processing the connection (spec §5.2),
-    after what it holds, for the ordinary path at the terminate (`hand_up_held`). One only:
-    the socket's reset and a forwarded RST the host read off that socket are the same news
-    by two roads, and the first to come stands for both."""
-    if any(fl & TH_RST for _, _, fl in c.urgent_held):
+def _hold(c: TcpContext, offset: int, flags: int) -> None:
+    """Hold an RST or a SYN that came after the target stopped processing the connection
+    (spec §5.2), after what it holds, for the ordinary path at the terminate (`hand_up_held`),
+    where the host processes it after the upload. One RST only: the socket's reset and a
+    forwarded RST the host read off that socket are the same news by two roads, and the
+    first to come stands for both."""
+    if flags & TH_RST and any(fl & TH_RST for _, _, fl in c.urgent_held):
         return
     c.urgent_held = grown(c.urgent_held, (offset, memoryview(b""), flags))
 
 
-def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int) -> None:
-    """A forwarded SYN (spec §5.2). In TIME_WAIT it is the host stack's, whatever its sequence
-    number ("Handling the Reception of SYN Segments": the target passes it up the ordinary
-    path): [EMU] the host forwarded it, and the kernel that owns the real connection answered
-    the real one, so the target drops it, asks for nothing and answers nothing (up the
-    ordinary path it would only be forwarded again). In any other state one in order (at
-    RcvNxt) makes the target give the connection up, so it asks for the upload (mandatory,
-    `UploadRequested`: the pages name no reason for it). One in the window but out of order
-    gets a challenge ACK, at most one every `SYN_CHALLENGE_NS` of the injected clock; one
-    outside the window an ACK, each time; neither gives the connection up. [EMU] The target
-    counts those ACKs (`answered`): it cannot send them on the kernel's socket, whose kernel
-    has answered the real SYN itself. The connection goes back in the state it is in, not
-    CLOSED: a forward copies what the host read from the socket, and the kernel that owns the
-    real connection decided what the SYN did to it."""
+def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_SYN) -> None:
+    """A forwarded SYN (spec §5.2). Once the target stopped processing the connection (a
+    mandatory upload request earlier in the same forward; a later forward is refused whole) it
+    judges no SYN, as no RST: it neither gives anything up nor answers, and holds the SYN after
+    what it holds, for the ordinary path at the terminate (`hand_up_held`), so that the host
+    processes it after the upload.
+
+    In TIME_WAIT it is the host stack's, whatever its sequence number ("Handling the Reception
+    of SYN Segments": the target passes it up the ordinary path): [EMU] the host forwarded it,
+    and the kernel that owns the real connection answered the real one, so the target drops
+    it, asks for nothing and answers nothing (up the ordinary path it would only be forwarded
+    again). In any other state one in order (at RcvNxt) makes the target give the connection
+    up, so it asks for the upload (mandatory, `UploadRequested`: the pages name no reason for
+    it). One in the window but out of order gets a challenge ACK, at most one every
+    `SYN_CHALLENGE_NS` of the injected clock; one outside the window an ACK, each time;
+    neither gives the connection up. [EMU] The target counts those ACKs (`answered`): it
+    cannot send them on the kernel's socket, whose kernel has answered the real SYN itself.
+    The connection goes back in the state it is in, not CLOSED: a forward copies what the
+    host read from the socket, and the kernel that owns the real connection decided what the
+    SYN did to it."""
+    if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
+        _hold(c, offset, flags)  # after the stop: not processed, not lost (spec §5.2)
+        return
     if c.lifecycle.tcp is TcpState.TIME_WAIT:
         return
     if offset == c.rx.rcv_nxt:
