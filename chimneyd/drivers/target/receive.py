@@ -185,11 +185,12 @@ def forwarded_rst(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
 
 
 def _hold(c: TcpContext, offset: int, flags: int) -> None:
-    """Hold an RST or a SYN that came after the target stopped processing the connection
-    (spec §5.2), after what it holds, for the ordinary path at the terminate (`hand_up_held`),
-    where the host processes it after the upload. One RST only: the socket's reset and a
-    forwarded RST the host read off that socket are the same news by two roads, and the
-    first to come stands for both."""
+    """Hold an RST or a SYN that the target does not process (spec §5.2: it came after the
+    target stopped processing the connection; a SYN in TIME_WAIT is the host stack's, §4.7),
+    after what it holds, for the ordinary path at the terminate (`hand_up_held`), where the
+    host processes it after the upload. One RST only: the socket's reset and a forwarded RST
+    the host read off that socket are the same news by two roads, and the first to come
+    stands for both."""
     if flags & TH_RST and any(fl & TH_RST for _, _, fl in c.urgent_held):
         return
     c.urgent_held = grown(c.urgent_held, (offset, memoryview(b""), flags))
@@ -202,23 +203,28 @@ def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
     what it holds, for the ordinary path at the terminate (`hand_up_held`), so that the host
     processes it after the upload.
 
-    In TIME_WAIT it is the host stack's, whatever its sequence number ("Handling the Reception
-    of SYN Segments": the target passes it up the ordinary path): [EMU] the host forwarded it,
-    and the kernel that owns the real connection answered the real one, so the target drops
-    it, asks for nothing and answers nothing (up the ordinary path it would only be forwarded
-    again). In any other state one in order (at RcvNxt) makes the target give the connection
-    up, so it asks for the upload (mandatory, `UploadRequested`: the pages name no reason for
-    it). One in the window but out of order gets a challenge ACK, at most one every
-    `SYN_CHALLENGE_NS` of the injected clock; one outside the window an ACK, each time;
-    neither gives the connection up. [EMU] The target counts those ACKs (`answered`): it
-    cannot send them on the kernel's socket, whose kernel has answered the real SYN itself.
-    The connection goes back in the state it is in, not CLOSED: a forward copies what the
-    host read from the socket, and the kernel that owns the real connection decided what the
-    SYN did to it."""
+    In TIME_WAIT a SYN is the host stack's, whatever its sequence number ("Handling the
+    Reception of SYN Segments": the target passes it up the ordinary path, spec §4.7), and a
+    connection entering TIME_WAIT should be uploaded anyway (spec §5.2). The host takes a
+    segment off the ordinary path for itself only once the connection's terminate began (spec
+    §3.6.4); before, it forwards it down again, round and round. So the target answers
+    nothing, holds the SYN for the terminate and asks for the upload (`UploadRequested`,
+    mandatory: the pages name no reason for it): the host gets it once, after the upload.
+
+    In any other state one in order (at RcvNxt) makes the target give the connection up, so it
+    asks for the upload (mandatory, `UploadRequested`). One in the window but out of order
+    gets a challenge ACK, at most one every `SYN_CHALLENGE_NS` of the injected clock; one
+    outside the window an ACK, each time; neither gives the connection up. [EMU] The target
+    counts those ACKs (`answered`): it cannot send them on the kernel's socket, whose kernel
+    has answered the real SYN itself. The connection goes back in the state it is in, not
+    CLOSED: a forward copies what the host read from the socket, and the kernel that owns the
+    real connection decided what the SYN did to it."""
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
         _hold(c, offset, flags)  # after the stop: not processed, not lost (spec §5.2)
         return
     if c.lifecycle.tcp is TcpState.TIME_WAIT:
+        _hold(c, offset, flags)  # the host stack's (spec §4.7), at the terminate
+        send.ask_upload(t, c)
         return
     if offset == c.rx.rcv_nxt:
         send.ask_upload(t, c)
