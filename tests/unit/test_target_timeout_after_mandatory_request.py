@@ -89,3 +89,35 @@ def test_a_timeout_after_a_mandatory_request_reads_as_a_timeout_not_a_reset(im: 
     reasons = [i["reason"] for c, e, i in rig.events if e == "TcpIndicateRetrieve"]
     assert reasons == ["UploadRequested", "TimeoutExpiration"], reasons
     assert rig.problems() == []
+
+
+def test_a_timeout_while_the_host_s_terminate_is_on_its_way_down_reads_as_a_timeout() -> None:
+    """The host already answered the request with a terminate, which has not reached the
+    target yet (through an IM) when the kernel gives up: the target, not yet terminating,
+    tells the host it timed out; the host, terminating, takes the news (spec §3.6.3: the
+    target's indications may still arrive) and the application reads the timeout, the
+    disconnect fails, nothing comes back as a graceful close."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    rig.offload(conn)
+    disconnect = rig.call(rig.host.app_disconnect, conn, False)
+    assert not disconnect.done
+    (ctx,) = rig.contexts()
+    events.request_upload(rig.target, ctx, TcpUploadReason.UploadRequested)
+    rig.host.after_batch()
+    queue = rig.scheduler.queue
+    while getattr(queue[0][1], "__name__", "") != "MiniportTerminateOffload":
+        rig.scheduler.run_one()
+        rig.host.after_batch()
+    held = queue.popleft()  # the terminate, at the target's edge
+    rig.run()
+    assert rig.host.tcbs[conn].lifecycle.phase.name == "TERMINATING"
+    wire.kernel_timeout()
+    rig.run()
+    rig.release(held)
+    tcb = rig.host.tcbs[conn]
+    assert tcb.lifecycle.tcp is TcpState.RESET, "a timed-out connection came back gracefully"
+    assert disconnect.value == "NDIS_STATUS_REQUEST_ABORTED", disconnect
+    read = rig.call(rig.host.app_recv, conn, 64, False)
+    assert TIMED_OUT in str(read.error), read
+    assert rig.problems() == []
