@@ -285,10 +285,37 @@ def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:
 
 
 def evacuated(mux: MuxIm) -> None:
-    """After each terminate: once nothing asked up is left, RESUME above (spec §5.5)."""
-    if mux.paused_above and not mux.evacuating:
+    """After each terminate: once nothing asked up is left below, RESUME above (spec §5.5).
+
+    A connection whose terminate is back from its NIC but held by the MUX for a neighbor copy
+    (`MuxCall.held`: another neighbor's path copy under it, or a failed NIC that holds its
+    offload until its RESUME) is not waited for: its upload is done below, and the terminate
+    completes above only once that copy has gone (spec §9 item 8), which may be never when
+    the NIC never returns. PAUSE stops only new offloads (spec §5.5) and is the MUX's own
+    (spec §3.8); the host may offload other objects while a terminate is in flight (spec
+    §3.1), and offloads none of that terminate's until it completes. Held paused instead,
+    the layer above offloaded nothing more until that NIC came back, for ever if it did not.
+    A connection of such a terminate found corrupt waits for the host's further terminate,
+    which comes only after the completion (spec §3.7 step 4): it holds the pause no longer
+    either."""
+    if mux.paused_above and not _uploading(mux):
         mux.paused_above = False
         _resume_above(mux)
+
+
+def _uploading(mux: MuxIm) -> bool:
+    """Whether a connection asked up is still on its way up below: not yet in a terminate, or
+    in one whose part on its NIC is still out (not one in a terminate the MUX holds only for
+    its neighbor copies, `MuxIm.held_terminates`)."""
+    if not mux.evacuating:
+        return False
+    done_below = {
+        obj
+        for call in mux.held_terminates
+        for _, _, obj in call.links
+        if isinstance(obj, MuxConnection)
+    }
+    return any(c not in done_below for c in mux.evacuating)
 
 
 def _offer_changed(mux: MuxIm) -> None:
