@@ -305,17 +305,9 @@ def evacuated(mux: MuxIm) -> None:
 
 def _uploading(mux: MuxIm) -> bool:
     """Whether a connection asked up is still on its way up below: not yet in a terminate, or
-    in one whose part on its NIC is still out (not one in a terminate the MUX holds only for
-    its neighbor copies, `MuxIm.held_terminates`)."""
-    if not mux.evacuating:
-        return False
-    done_below = {
-        obj
-        for call in mux.held_terminates
-        for _, _, obj in call.links
-        if isinstance(obj, MuxConnection)
-    }
-    return any(c not in done_below for c in mux.evacuating)
+    in one whose part on its NIC is still out; not one of a terminate the MUX holds only for
+    its neighbor copies (`MuxIm.evacuating_held`, a subset of `evacuating`)."""
+    return len(mux.evacuating) > len(mux.evacuating_held)
 
 
 def _offer_changed(mux: MuxIm) -> None:

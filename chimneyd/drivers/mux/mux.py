@@ -97,6 +97,10 @@ class MuxIm(PassthroughIm):
         self.own_queries: dict[int, Lower] = {}  # id(capability query) -> the NIC asked
         self.param_sets: dict[int, list[Any]] = {}  # id(lower set) -> [upper request, left, status]
         self.evacuating: set[MuxConnection] = set()  # asked up, not yet uploaded
+        # those of them whose terminate is back from their NIC and waits only for the neighbor
+        # copies it holds back (`held_terminates`): the pause above does not wait for them
+        # (`failover.evacuated`), as that copy's NIC may never come back (spec §5.5)
+        self.evacuating_held: set[MuxConnection] = set()
         # the virtual objects (paths, neighbors) in the table, by id: what a terminate walks
         # to find the copies left unused, without walking every connection in the table
         self.vobj_table: dict[int, VirtualObject] = {}
@@ -650,6 +654,11 @@ class MuxIm(PassthroughIm):
                 call.kept.add(inst)
         if call.upper_root is not None and call.held:
             self.held_terminates.append(call)  # the copies it holds back are still below
+            self.evacuating_held.update(
+                obj
+                for _, _, obj in call.links
+                if isinstance(obj, MuxConnection) and obj in self.evacuating
+            )
         elif call.upper_root is not None:
             self._terminated_above(call)
         self.complete_held()
@@ -707,6 +716,7 @@ class MuxIm(PassthroughIm):
         for _, _, obj in call.links:
             if isinstance(obj, MuxConnection):
                 self.evacuating.discard(obj)  # up at last (`failover.evacuated`)
+                self.evacuating_held.discard(obj)
                 if obj.completing:
                     obj.completing = False
                     self._deliver_early(obj)
@@ -1229,6 +1239,7 @@ class MuxIm(PassthroughIm):
             "own_queries": len(self.own_queries),
             "param_sets": len(self.param_sets),
             "evacuating": len(self.evacuating),
+            "evacuating_held": len(self.evacuating_held),
             "owed": len(self.owed),
             "vobj_table": len(self.vobj_table),
             "bytes_below": len(self.bytes_below),
