@@ -57,28 +57,43 @@ def oid_complete(h: HostStack, binding: Binding, request: NdisOidRequest) -> Non
     h.capabilities[binding.id] = request.data if ok else None  # None: no chimney below
     if offload.initiates_due(h):
         offload.flush_initiates(h)
+    # a next-hop change whose new neighbor waited for them (`object_refusal`, spec §5.5)
+    h.objects_settled()
 
 
 def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | str | None:
     """Why the host will not offload `tcb` through `binding` (an error), or `ASKED` while
     the capabilities are not known yet, or None."""
+    ipv6 = ipaddress.ip_address(tcb.wire.local[0]).version == 6
+    refused = object_refusal(h, binding, ipv6)
+    if refused is not None:
+        return refused
+    caps: NdisTcpConnectionOffload = h.capabilities[binding.id]
+    if h.offloads_on.get(binding.id, 0) >= caps.TcpConnectionOffloadCapacity:
+        return ndis_error(
+            S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES,
+            f" {binding.lower.name} advertises room for {caps.TcpConnectionOffloadCapacity}"
+            " connections (spec §8)",
+        )
+    return None
+
+
+def object_refusal(h: HostStack, binding: Binding, ipv6: bool) -> AppError | str | None:
+    """Why the host will not offload a neighbor or path of a path of that IP version through
+    `binding` (an error), or `ASKED` while the capabilities are not known yet (at bind, and
+    again from a RESUME on: spec §5.5), or None: a next-hop change's new neighbor
+    (`state_ops`) is offloaded only where a connection of that path could be (spec §1.3,
+    §8); the connection count is no concern of it."""
     caps: NdisTcpConnectionOffload | str | None = h.capabilities.get(binding.id)
     if caps is ASKED:
         return ASKED
     if not isinstance(caps, NdisTcpConnectionOffload) or not caps.recognised():
         detail = f" {binding.lower.name} offers no TCP chimney (spec §1.3)"
         return ndis_error(S.NDIS_STATUS_NOT_SUPPORTED, detail)
-    ipv6 = ipaddress.ip_address(tcb.wire.local[0]).version == 6
     if (ipv6 and not caps.SupportIPv6) or (not ipv6 and not caps.SupportIPv4):
         return ndis_error(
             S.NDIS_STATUS_NOT_SUPPORTED,
             f" {binding.lower.name} does not offload IPv{6 if ipv6 else 4} (spec §8)",
-        )
-    if h.offloads_on.get(binding.id, 0) >= caps.TcpConnectionOffloadCapacity:
-        return ndis_error(
-            S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES,
-            f" {binding.lower.name} advertises room for {caps.TcpConnectionOffloadCapacity}"
-            " connections (spec §8)",
         )
     return None
 

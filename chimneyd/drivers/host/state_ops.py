@@ -24,7 +24,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
-from . import host_reasons, offload, send, terminate
+from . import adapter, host_reasons, offload, send, terminate
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -302,15 +302,23 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
         # offload is then, before anything moved
         _move_refused(h, mv, ndis_error(S.NDIS_STATUS_OFFLOAD_PAUSE, _PAUSED))
         return
-    withheld = (
-        host_reasons.withholds(h, path.binding)
-        if neighbor is None or neighbor.lifecycle.phase is not Phase.OFFLOADED
-        else None
-    )
+    new = neighbor is None or neighbor.lifecycle.phase is not Phase.OFFLOADED
+    withheld = host_reasons.withholds(h, path.binding) if new else None
     if withheld is not None:
         # nor while one of the host's own reasons holds for the target (spec §6.2): it is
         # uploading every connection there
         _move_refused(h, mv, withheld)
+        return
+    refused = adapter.object_refusal(h, path.binding, len(path.key[2]) == 16) if new else None
+    if refused == adapter.ASKED:
+        # after a RESUME the host reads the target's capabilities again before it offloads
+        # anything new there (spec §5.5), the new neighbor as a connection: the move waits
+        # for them (`adapter.oid_complete`)
+        h.moves_waiting.append(lambda: _move_when_settled(h, mv))
+        return
+    if isinstance(refused, AppError):
+        # they offer no chimney for the path any more (spec §1.3, §8): nothing moved
+        _move_refused(h, mv, refused)
         return
     neighbor = offload.host_object(h, key, "neighbor", path.binding, None)
     neighbor.refs += 1  # held for the move: the path's count goes over to it at the end
