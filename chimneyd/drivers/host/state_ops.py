@@ -392,7 +392,8 @@ def _move_complete(h: HostStack, root: OffloadBlock) -> None:
     it), a later offload of the path goes there too, and step 4 terminates the old neighbor
     once nothing hangs under it. Failed: every layer goes on as before; the host terminates
     what failed (spec §3.4) — the path's connections go up, the path with the last of them,
-    as after a failed update of the path (`_object_update_complete`)."""
+    as after a failed update of the path (`_object_update_complete`); and, when the new
+    neighbor's block failed, that neighbor as after a failed update of it."""
     mv: PathMove = root.protocol_reserved
     root.protocol_reserved = None
     path, neighbor = mv.path, mv.neighbor
@@ -427,6 +428,14 @@ def _move_complete(h: HostStack, root: OffloadBlock) -> None:
         )
         path.lifecycle.fire(Event.HARDWARE_FAILURE)
         _terminate_dependents(h, path)
+        if root.status != SUCCESS:
+            # the new neighbor's block failed too: the host terminates it as any object whose
+            # update failed (`_object_update_complete`): failed, it takes no new connection
+            # nor move (`offload.SETTLING`), every connection under it goes up — those of
+            # the paths it held before the move too — and it goes with the last (spec §3.1,
+            # §3.4)
+            neighbor.lifecycle.fire(Event.HARDWARE_FAILURE)
+            _terminate_dependents(h, neighbor)
     _after_update(h, neighbor)
     _after_update(h, path)
     terminate.release_unused_objects(h)  # step 4: the old neighbor, if nothing hangs under it
