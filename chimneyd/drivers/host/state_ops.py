@@ -236,19 +236,25 @@ def app_move_path(
     """`tcp.update` with `object` "path" and `NextHop`: move the connection's path, and every
     connection on it, under the binding's neighbor of that next hop (spec §3.4 (b)). The
     host's steps: (1) it does not invalidate the old neighbor — that would send every other
-    path under it up too [EMU: step 1 is optional]; (2) it offloads the new neighbor alone if
-    it is not offloaded yet; (3) `NdisUpdateOffload` whose root names the new neighbor and
-    whose dependent names the path (with its new cached values, if any); (4) the old neighbor
-    is terminated once no path hangs under it (`terminate.release_unused_objects`)."""
+    path under it up too [EMU: step 1 is optional] — but moves a path whose old neighbor is
+    invalidated (`tcp.invalidate`, a fault) as if it had; (2) it offloads the new neighbor
+    alone if it is not offloaded yet; (3) `NdisUpdateOffload` whose root names the new
+    neighbor and whose dependent names the path (with its new cached values, if any); (4) the
+    old neighbor is terminated once no path hangs under it
+    (`terminate.release_unused_objects`)."""
     path = _updatable_path(tcb, done)
     if path is None:
         return
     stale = _invalidated_under(tcb)
-    if stale is not None:
-        # no update of an invalidated path, nor a move of one under an invalidated neighbor:
-        # its connections are on their way up (spec §3.1, §3.5)
-        done(None, _invalidated(tcb, f"its {stale}"))
+    if stale == "path":
+        # the update names the path: no update of an invalidated object (spec §3.1, §9 item 7)
+        done(None, _invalidated(tcb, "its path"))
         return
+    # a path under an invalidated neighbor moves: §3.4's procedure itself invalidates the old
+    # neighbor first (its optional step 1) and then moves the paths away from it; the update
+    # names the new neighbor and the path, not the old one (§9 item 7), and the path is not
+    # invalidated with its neighbor. Its connections go up all the same (the target asks them
+    # up, §3.5); a later offload of the path goes under the new neighbor
     if path.lifecycle.phase is not Phase.OFFLOADED or path.cached is None:
         done(None, AppError("INVALID_STATE", f"the path is {path.lifecycle.phase.value}"))
         return
@@ -258,6 +264,11 @@ def app_move_path(
         return
     assert path.parent is not None
     if path.parent.key == offload.neighbor_key(path.binding, next_hop):
+        if stale is not None:
+            # to the invalidated neighbor it is under: nothing to move, and a path under an
+            # invalidated neighbor takes no update of its values (spec §3.5)
+            done(None, _invalidated(tcb, f"its {stale}"))
+            return
         # under that neighbor already: nothing moves (spec §3.4: a new MAC for the same
         # neighbor is an update of it, not a move); new values of the path still go down
         if changes:
