@@ -1000,6 +1000,9 @@ def _objects_of(host_name: str, updated: dict[Any, Any], tcb: Tcb) -> dict[str, 
     out[host_name] = {
         "neighbor": _cached_view(neighbor.cached) if neighbor and neighbor.cached else None,
         "path": _cached_view(path.cached),
+        # which path it is (spec §2.3: the connections on it share it), as `handles` names
+        # the connection: the host owns its handle
+        "path_handles": {"handle": path.handle.id if path.handle is not None else None},
     }
     for lower, ctx in _below(tcb):
         held = getattr(ctx, "path", None)
@@ -1012,8 +1015,22 @@ def _objects_of(host_name: str, updated: dict[Any, Any], tcb: Tcb) -> dict[str, 
         out[lower] = {
             "neighbor": _cached_view(above_cached) if above_cached is not None else None,
             "path": _cached_view(cached),
+            "path_handles": _path_handles(ctx, held),
         }
     return {"objects": out}
+
+
+def _path_handles(ctx: Any, held: Any) -> dict[str, Any]:
+    """The ids of the path a layer below the host holds for the connection whose context is
+    `ctx`: the context it holds for the path (a NIC's path context, a MUX's virtual path),
+    and the handle it owns for it, if it passes it down (a MUX: its copy's on the NIC that
+    carries the connection, spec §1.2)."""
+    ids: dict[str, Any] = {"context": held.id}
+    instances = getattr(held, "instances", None)
+    if isinstance(instances, dict) and isinstance(ctx, ImOffloadEntry):
+        copy = instances.get(ctx.lower.id)
+        ids["handle"] = copy.handle.id if copy is not None else None
+    return ids
 
 
 def _addr(address: Any) -> str:
