@@ -890,7 +890,12 @@ class ClientCodec(Generic[T]):
                     return Reply(msgid, token, None, joined)
                 if read.conn in self._kept:
                     # a waitall read timed out short of what is kept: the next read waiting
-                    # may be answered from it (it would wait in the daemon for later bytes)
+                    # may be answered from it (it would wait in the daemon for later bytes).
+                    # Its record goes first: a TIMEOUT puts no bytes in its caller's hands,
+                    # and `_serve` would take the answered read for one in hand, holding the
+                    # next read back until this caller ran again
+                    if err is not None:
+                        self._drop_read(msgid)
                     self._serve(read.conn)
                     reading = None
             if (
