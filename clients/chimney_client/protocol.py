@@ -264,6 +264,13 @@ class ClientCodec(Generic[T]):
             self._riding.discard(msgid)  # never sent: nothing comes for it
         elif token is not None and asked is not None:
             self._orphan(msgid, asked)
+            if self._kept and (read := _Read.of(asked)) is not None and read.conn in self._kept:
+                # bytes kept it did not take (a waitall read they do not cover): a read
+                # behind it waiting in the daemon is no longer behind a waiting caller and
+                # gets them now (docs/rpc.md tcp.recv: as soon as they come), or it waits
+                # until the peer sends more, for ever with no timeout_ms; what this one's own
+                # request gets is kept after them
+                self._serve(read.conn)
         listener = self._drop_accept(msgid)
         if self._riding_accepts and msgid in self._riding_accepts:
             self._riding_accepts.discard(msgid)  # never sent: nothing comes for it

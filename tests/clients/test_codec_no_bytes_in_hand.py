@@ -3,12 +3,14 @@ hands that `late` could give back, so no later read of its connection waits behi
 (`ClientCodec._in_hand`). A waitall read that timed out short of the bytes kept for its
 connection was the exception: the codec marked that read itself 'in hand' while it offered
 the kept bytes to the next read, so the next read was answered only once the timed-out
-read's caller had run again."""
+read's caller had run again. And a read behind an abandoned waitall read never got the bytes
+kept ahead of both: nothing offered them to it once the waitall read was abandoned."""
 
 from __future__ import annotations
 
 from chimney_client.protocol import ClientCodec, Reply
 from tests.clients.scripted import RECV_TIMEOUT, response
+from tests.clients.test_kept_reads_sequences import KeptReads
 
 
 def _kept_codec(data: bytes) -> ClientCodec[str]:
@@ -59,3 +61,46 @@ def test_the_blocking_clients_taken_on_such_a_timeout_changes_nothing() -> None:
     # the plain read's own request is answered later: its bytes are kept for the next read
     assert codec.receive(response(plain, b"c")) == []
     assert codec.before_read((1, 10)) == b"c"
+
+
+def test_a_read_behind_an_abandoned_waitall_read_gets_the_bytes_kept_ahead_of_both() -> None:
+    """An abandoned read got "4567" (kept); a waitall read of 5, which they do not cover, and a
+    read with no timeout_ms behind it wait in the daemon, which has no bytes. The waitall
+    read is abandoned, then times out in the daemon: nothing ahead of the read behind it wants
+    the kept bytes any more, and it gets them (docs/rpc.md tcp.recv: a read waiting in the
+    daemon behind an abandoned one gets them as soon as they come). It waited for ever (until
+    the peer sent more), with "4567" in the client."""
+    codec: ClientCodec[str] = ClientCodec()
+    gone, _ = codec.request("tcp.recv", (1, 4, 1000), "gone")
+    codec.forget(gone)
+    waitall, _ = codec.request("tcp.recv", (1, 5, 1000, {"waitall": True}), "waitall")
+    last, _ = codec.request("tcp.recv", (1, 4, None), "last")
+    assert codec.receive(response(gone, b"4567")) == []  # not enough for the waitall read
+    codec.forget(waitall)  # its caller gives up on it (its own limit, cancelled)
+    got = codec.take_ready()
+    got += [e for e in codec.receive(response(waitall, None, RECV_TIMEOUT)) if isinstance(e, Reply)]
+    got += codec.take_ready()
+    assert [(r.token, r.result) for r in got] == [("last", b"4567")]
+    codec.forget(last)
+    # the read's own request, still in the daemon, gets the next bytes: kept for the next read
+    assert codec.receive(response(last, b"89")) == []
+    assert codec.before_read((1, 10)) == b"89"
+
+
+def test_the_kept_reads_machine_sequence_of_an_abandoned_waitall_read() -> None:
+    """The same in the kept-reads machine (found by uniform random walks over its rules): a
+    read with no timeout behind an abandoned waitall read never got the bytes kept ahead of
+    them, and what the callers took stopped short of the stream."""
+    machine = KeptReads()
+    machine.read(conn=1, max_bytes=4, waitall=False, forever=False)
+    machine.cancel_waiting(index=3)
+    machine.read(conn=1, max_bytes=4, waitall=False, forever=True)
+    machine.peer_sends(conn=1, data=b"\x00\x00\x00\x00")
+    machine.read(conn=1, max_bytes=5, waitall=True, forever=False)
+    machine.blocking_delivery()
+    machine.read(conn=1, max_bytes=4, waitall=False, forever=True)
+    machine.peer_sends(conn=1, data=b"\x00\x00\x00\x00")
+    machine.cancel_waiting(index=0)
+    machine.taken_is_a_prefix_of_the_stream()
+    machine.indexes_agree_with_what_they_index()
+    machine.teardown()
