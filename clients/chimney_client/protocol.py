@@ -757,6 +757,12 @@ class ClientCodec(Generic[T]):
                             self._parked[msgid] = err if err is not None else b""
                             return
                         self._answer_rider(msgid, err, None if err is not None else result)
+                        if self._parked:
+                            # the rider's end puts no bytes in its caller's hands: an answer
+                            # parked behind it (a later read refused LIMIT while an earlier
+                            # read's bytes were in hand) goes to its caller now, after it, as
+                            # after a sent read answered with no bytes (`_decode`)
+                            self._serve(read.conn)
                         return
             self.dropped_responses += 1
             return

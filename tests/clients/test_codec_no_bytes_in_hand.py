@@ -4,13 +4,19 @@ hands that `late` could give back, so no later read of its connection waits behi
 connection was the exception: the codec marked that read itself 'in hand' while it offered
 the kept bytes to the next read, so the next read was answered only once the timed-out
 read's caller had run again. And a read behind an abandoned waitall read never got the bytes
-kept ahead of both: nothing offered them to it once the waitall read was abandoned."""
+kept ahead of both: nothing offered them to it once the waitall read was abandoned. And a
+refusal parked behind a read riding on an abandoned one (`_ride`) never reached its caller
+once the rider got its end: a rider's end is decoded as the abandoned read's answer."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from chimney_client.protocol import ClientCodec, Reply
 from tests.clients.scripted import RECV_TIMEOUT, response
-from tests.clients.test_kept_reads_sequences import KeptReads
+from tests.clients.test_kept_reads_sequences import LIMIT, RESET, KeptReads
 
 
 def _kept_codec(data: bytes) -> ClientCodec[str]:
@@ -104,3 +110,41 @@ def test_the_kept_reads_machine_sequence_of_an_abandoned_waitall_read() -> None:
     machine.taken_is_a_prefix_of_the_stream()
     machine.indexes_agree_with_what_they_index()
     machine.teardown()
+
+
+@pytest.mark.parametrize("end", [b"", RESET], ids=["end-of-stream", "reset"])
+def test_a_refusal_parked_behind_a_read_riding_reaches_its_caller_after_the_riders_end(
+    end: Any,
+) -> None:
+    """A read with no timeout_ms is abandoned behind a read still in the daemon, which is then
+    answered "abc" (not yet taken by its caller). The next read rides on the abandoned one
+    (not sent, `_ride`); a read after it is sent and refused LIMIT, parked behind "abc". When
+    "abc" is taken, the rider is ahead of the refusal, waiting. The abandoned read then ends
+    (the end of stream, a reset): the rider gets that end, and the refusal then reaches its
+    caller. It waited for ever: as 4c5cade's read ended with an error, but a rider's end is
+    decoded as the abandoned read's answer, which served nothing parked."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, _ = codec.request("tcp.recv", (1, 3, 1000), "first")
+    gone, _ = codec.request("tcp.recv", (1, 3, None), "gone")
+    codec.forget(gone)
+    assert [r.token for r in _replies(codec.receive(response(first, b"abc")))] == ["first"]
+    _, data = codec.request("tcp.recv", (1, 6, None), "rider")
+    assert data == b""  # rides on the abandoned read with no timeout
+    refused, data = codec.request("tcp.recv", (1, 6, None), "refused")
+    assert data  # a read is on its way (the rider): this one is sent
+    assert _replies(codec.receive(response(refused, None, LIMIT))) == []  # behind "abc"
+    codec.forget(first)
+    assert codec.take_ready() == []  # the rider is ahead of the refusal, waiting
+    frame = response(gone, b"") if end == b"" else response(gone, None, end)
+    got = _replies(codec.receive(frame)) + codec.take_ready()
+    assert [(r.token, type(r.error).__name__) for r in got] == [
+        ("rider", "NoneType" if end == b"" else "NdisStatusError"),
+        ("refused", "LimitError"),
+    ], got
+    for reply in got:
+        codec.forget(reply.msgid)
+    assert codec.pending == 0 and not codec._parked and not codec._reads
+
+
+def _replies(events: list[Any]) -> list[Reply[str]]:
+    return [e for e in events if isinstance(e, Reply)]
