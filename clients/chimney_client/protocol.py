@@ -358,6 +358,11 @@ class ClientCodec(Generic[T]):
             self._answer_rider(
                 msgid, error_from_wire([NOT_FOUND, f"NOT_FOUND: connection {conn} is closed"]), None
             )
+        if self._parked:
+            # a rider's NOT_FOUND puts no bytes in its caller's hands: an answer parked behind
+            # it (a later read refused LIMIT) goes to its caller now; the abandoned read the
+            # rider rode on is dropped above, its answer serves nothing any more
+            self._serve(conn)
         for listener, conns in list(self._accepted.items()):
             if conn in conns:
                 conns.remove(conn)

@@ -6,7 +6,8 @@ the kept bytes to the next read, so the next read was answered only once the tim
 read's caller had run again. And a read behind an abandoned waitall read never got the bytes
 kept ahead of both: nothing offered them to it once the waitall read was abandoned. And a
 refusal parked behind a read riding on an abandoned one (`_ride`) never reached its caller
-once the rider got its end: a rider's end is decoded as the abandoned read's answer."""
+once the rider got its end (a rider's end is decoded as the abandoned read's answer) or its
+NOT_FOUND (the connection's tcp.close succeeded)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 from chimney_client.protocol import ClientCodec, Reply
 from tests.clients.scripted import RECV_TIMEOUT, response
-from tests.clients.test_kept_reads_sequences import LIMIT, RESET, KeptReads
+from tests.clients.test_kept_reads_sequences import CLOSED, LIMIT, RESET, KeptReads
 
 
 def _kept_codec(data: bytes) -> ClientCodec[str]:
@@ -139,6 +140,37 @@ def test_a_refusal_parked_behind_a_read_riding_reaches_its_caller_after_the_ride
     got = _replies(codec.receive(frame)) + codec.take_ready()
     assert [(r.token, type(r.error).__name__) for r in got] == [
         ("rider", "NoneType" if end == b"" else "NdisStatusError"),
+        ("refused", "LimitError"),
+    ], got
+    for reply in got:
+        codec.forget(reply.msgid)
+    assert codec.pending == 0 and not codec._parked and not codec._reads
+
+
+def test_a_refusal_parked_behind_a_read_riding_reaches_its_caller_when_the_connection_closes() -> (
+    None
+):
+    """As above, but the connection's tcp.close succeeds while the rider waits: the rider gets
+    NOT_FOUND at once (nothing comes for it now, `_closed`), and the refusal parked behind
+    it then reaches its caller. It waited for ever: the abandoned read's own answer (the
+    connection closed) is dropped, as nothing of it is read any more."""
+    codec: ClientCodec[str] = ClientCodec()
+    first, _ = codec.request("tcp.recv", (1, 3, 1000), "first")
+    gone, _ = codec.request("tcp.recv", (1, 3, None), "gone")
+    codec.forget(gone)
+    assert [r.token for r in _replies(codec.receive(response(first, b"abc")))] == ["first"]
+    _, data = codec.request("tcp.recv", (1, 6, None), "rider")
+    assert data == b""
+    refused, _ = codec.request("tcp.recv", (1, 6, None), "refused")
+    assert _replies(codec.receive(response(refused, None, LIMIT))) == []
+    codec.forget(first)
+    assert codec.take_ready() == []
+    close, _ = codec.request("tcp.close", (1,), "close")
+    got = _replies(codec.receive(response(close, True))) + codec.take_ready()
+    got += _replies(codec.receive(response(gone, None, CLOSED))) + codec.take_ready()
+    assert [(r.token, type(r.error).__name__) for r in got] == [
+        ("close", "NoneType"),
+        ("rider", "NotFound"),
         ("refused", "LimitError"),
     ], got
     for reply in got:
