@@ -303,6 +303,99 @@ STRAY_CORRUPT: list[tuple[str, Any, Any]] = [
 ]
 
 
+class TeamWalk:
+    """A teaming rig driven by `TEAM_ACTIONS`: the connections it opened, every request's
+    reply, and the NICs failed (spec §5.5) or taken out, for the team properties."""
+
+    def __init__(self) -> None:
+        self.rig, self.mux = _teamed_rig()
+        self.conns: list[int] = []
+        self.replies: list[tuple[str, Reply]] = []
+        self.failed: set[int] = set()
+        self.down: set[int] = set()
+
+    def ask(self, what: str, request: Any, conn: int, *args: Any) -> None:
+        reply = Reply()
+        self.replies.append((what, reply))
+        request(conn, *args, reply)
+
+    def do(self, action: str, a: Any, b: Any) -> None:
+        rig, mux, host = self.rig, self.mux, self.rig.host
+        if action == "connect":
+            # up to PATHS paths: two moved crosswise while NICs fail leave each one's copies on
+            # the failed NICs under the other's neighbor copies (`MuxIm._terminate`)
+            conn, wire = rig.open(remote=(f"127.0.0.{a + 1}", 80))
+            wire.auto_ack = True
+            self.conns.append(conn)
+            self.ask("offload", host.app_offload, conn, None)
+        elif action == "fail_team":
+            fail_next(rig.targets[TEAM[a]], b, S.NDIS_STATUS_FAILURE)
+        elif action == "fail_nic":
+            nic = rig.targets[TEAM[a]]
+            if a in self.failed:
+                self.failed.discard(a)
+                nic.recover_adapter()
+            else:
+                self.failed.add(a)
+                nic.fail_adapter()
+        elif action == "nic_down":
+            binding = mux.lower_list()[a].binding
+            if a in self.down:
+                self.down.discard(a)
+                mux.lower_up(binding)
+            else:
+                self.down.add(a)
+                mux.lower_down(binding)
+        elif action == "rebalance":
+            mux.rebalance()
+        elif action == "step":
+            _step(rig, a)
+        elif action == "batch":
+            host.after_batch()
+        elif action == "run":
+            rig.run()
+        elif action == "fail" or not self.conns:
+            return
+        else:
+            conn = self.conns[a % len(self.conns)]
+            if action in ("move", "move_mtu"):
+                changes: dict[str, Any] = {"NextHop": HOPS[b]}
+                if action == "move_mtu":
+                    changes["PathMtu"] = 1200 + len(self.replies)
+                self.ask(action, host.app_update_object, conn, "path", changes)
+            elif action == "arp":
+                mac = b"\x02\x00\x00\x00\x01" + bytes([len(self.replies) % 256])
+                changes = {"DlDestinationAddress": mac}
+                self.ask(action, host.app_update_object, conn, "neighbor", changes)
+            elif action == "mtu":
+                mtu = {"PathMtu": 1300 + len(self.replies)}
+                self.ask(action, host.app_update_object, conn, "path", mtu)
+            elif action == "invalidate":
+                self.ask(action, host.app_invalidate, conn, b)
+            elif action == "upload":
+                self.ask(action, host.app_upload, conn)
+            else:
+                self.ask(action, host.app_close, conn)
+
+    def answered_and_drained(self) -> None:
+        """Every request answered (with a contract code when refused); then every connection
+        closed, and every table of every layer empty."""
+        rig, host, mux = self.rig, self.rig.host, self.mux
+        for what, reply in self.replies:
+            assert reply.done, (what, reply)
+            if reply.error is not None:
+                assert reply.error.symbol in CODES, (what, reply)
+        for conn in self.conns:
+            rig.call(host.app_close, conn)
+        rig.advance(CORRUPT_RETRY_MAX)
+        assert rig.problems() == []
+        assert not any(host.leftovers().values()), host.leftovers()
+        assert not any(mux.leftovers().values()), mux.leftovers()
+        _check_drained(rig)
+        for name in TEAM:
+            assert not rig.contexts(name), name
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(TEAM_ACTIONS, min_size=10, max_size=60))
 @example(CROSSING)
@@ -313,94 +406,21 @@ def test_moves_through_a_team_among_failures_and_returns(
 ) -> None:
     """The same over a teaming MUX of three NICs, which NICs fail and recover (spec §5.5) or
     are taken out and put back, and fail the MUX's own calls of a move."""
-    rig, mux = _teamed_rig()
-    host = rig.host
-    conns: list[int] = []
-    replies: list[tuple[str, Reply]] = []
-    failed: set[int] = set()
-    down: set[int] = set()
-
-    def ask(what: str, request: Any, conn: int, *args: Any) -> None:
-        reply = Reply()
-        replies.append((what, reply))
-        request(conn, *args, reply)
-
+    walk = TeamWalk()
+    rig, mux = walk.rig, walk.mux
     for action, a, b in actions:
-        if action == "connect":
-            # up to PATHS paths: two moved crosswise while NICs fail leave each one's copies on
-            # the failed NICs under the other's neighbor copies (`MuxIm._terminate`)
-            conn, wire = rig.open(remote=(f"127.0.0.{a + 1}", 80))
-            wire.auto_ack = True
-            conns.append(conn)
-            ask("offload", host.app_offload, conn, None)
-        elif action == "fail":
-            continue
-        elif action == "fail_team":
-            fail_next(rig.targets[TEAM[a]], b, S.NDIS_STATUS_FAILURE)
-        elif action == "fail_nic":
-            nic = rig.targets[TEAM[a]]
-            if a in failed:
-                failed.discard(a)
-                nic.recover_adapter()
-            else:
-                failed.add(a)
-                nic.fail_adapter()
-        elif action == "nic_down":
-            binding = mux.lower_list()[a].binding
-            if a in down:
-                down.discard(a)
-                mux.lower_up(binding)
-            else:
-                down.add(a)
-                mux.lower_down(binding)
-        elif action == "rebalance":
-            mux.rebalance()
-        elif action == "step":
-            _step(rig, a)
-        elif action == "batch":
-            host.after_batch()
-        elif conns:
-            conn = conns[a % len(conns)]
-            if action in ("move", "move_mtu"):
-                changes: dict[str, Any] = {"NextHop": HOPS[b]}
-                if action == "move_mtu":
-                    changes["PathMtu"] = 1200 + len(replies)
-                ask(action, host.app_update_object, conn, "path", changes)
-            elif action == "arp":
-                mac = b"\x02\x00\x00\x00\x01" + bytes([len(replies) % 256])
-                changes = {"DlDestinationAddress": mac}
-                ask(action, host.app_update_object, conn, "neighbor", changes)
-            elif action == "mtu":
-                ask(action, host.app_update_object, conn, "path", {"PathMtu": 1300 + len(replies)})
-            elif action == "invalidate":
-                ask(action, host.app_invalidate, conn, b)
-            elif action == "upload":
-                ask(action, host.app_upload, conn)
-            else:
-                ask(action, host.app_close, conn)
+        walk.do(action, a, b)
     rig.run()
     assert rig.problems() == []
-    _check_team(rig, {TEAM[i] for i in failed | down})
+    _check_team(rig, {TEAM[i] for i in walk.failed | walk.down})
     # the end: every NIC back in service, and every connection closed
     for nic in rig.targets.values():
         nic.fail_next.clear()
-    for i in failed:
+    for i in walk.failed:
         rig.targets[TEAM[i]].recover_adapter()
         rig.run()
-    for i in down:
+    for i in walk.down:
         mux.lower_up(mux.lower_list()[i].binding)
         rig.run()
     rig.advance(CORRUPT_RETRY_MAX)
-    for what, reply in replies:
-        assert reply.done, (what, reply)
-        if reply.error is not None:
-            assert reply.error.symbol in CODES, (what, reply)
-    for conn in conns:
-        rig.call(host.app_close, conn)
-    rig.advance(CORRUPT_RETRY_MAX)
-    assert rig.problems() == []
-    assert not any(host.leftovers().values()), host.leftovers()
-    assert not any(mux.leftovers().values()), mux.leftovers()
-    _check_drained(rig)
-    for name in TEAM:
-        assert not rig.contexts(name), name
+    walk.answered_and_drained()
