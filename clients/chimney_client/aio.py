@@ -28,6 +28,7 @@ from .protocol import (
     connect_opts,
     fault_spec,
     parse_address,
+    recv_params,
     server_wait,
 )
 
@@ -611,12 +612,9 @@ class AsyncClient:
         `waitall`: exactly `max_bytes` bytes (fewer only at the end of stream, docs/rpc.md
         `tcp.recv` opts); one that times out short leaves what it saw to the next read.
         """
-        params: list[Any] = [conn_id, max_bytes]
-        if waitall:
-            params += [timeout_ms, {"waitall": True}]
-        elif timeout_ms is not None:
-            params.append(timeout_ms)
-        return bytes(await self.call("tcp.recv", *params))
+        return bytes(
+            await self.call("tcp.recv", *recv_params(conn_id, max_bytes, timeout_ms, waitall))
+        )
 
     async def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]

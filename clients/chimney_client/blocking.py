@@ -29,6 +29,7 @@ from .protocol import (
     connect_opts,
     fault_spec,
     parse_address,
+    recv_params,
     server_wait,
 )
 
@@ -518,12 +519,7 @@ class Client:
         `waitall`: exactly `max_bytes` bytes (fewer only at the end of stream, docs/rpc.md
         `tcp.recv` opts); one that times out short leaves what it saw to the next read.
         """
-        params: list[Any] = [conn_id, max_bytes]
-        if waitall:
-            params += [timeout_ms, {"waitall": True}]
-        elif timeout_ms is not None:
-            params.append(timeout_ms)
-        return bytes(self.call("tcp.recv", *params))
+        return bytes(self.call("tcp.recv", *recv_params(conn_id, max_bytes, timeout_ms, waitall)))
 
     def tcp_disconnect(self, conn_id: int, abortive: bool = False) -> str:
         params: list[Any] = [conn_id, True] if abortive else [conn_id]

@@ -1188,6 +1188,17 @@ def server_wait(
     return ServerWait(params, limit, False)
 
 
+def recv_params(conn_id: int, max_bytes: int, timeout_ms: int | None, waitall: bool) -> list[Any]:
+    """`tcp.recv`'s params: `timeout_ms` only when given or before `opts`; `{"waitall": true}`
+    as `opts` (docs/rpc.md tcp.recv)."""
+    params: list[Any] = [conn_id, max_bytes]
+    if waitall:
+        params += [timeout_ms, {"waitall": True}]
+    elif timeout_ms is not None:
+        params.append(timeout_ms)
+    return params
+
+
 def connect_opts(offload: bool, target: str | None) -> dict[str, Any]:
     """`opts` of `tcp.connect`/`tcp.listen`: only what differs from the contract defaults."""
     opts: dict[str, Any] = {}
