@@ -48,6 +48,7 @@ from .errors import (
     NotFound,
     ProtocolError,
     RpcError,
+    RpcTimeout,
 )
 from .protocol import ADDRESS_FORMS, DEFAULT_ADDRESS, Notification, parse_address
 from .version import package_version
@@ -1653,6 +1654,13 @@ def _error_hint(s: Session, a: argparse.Namespace, exc: ChimneyError) -> str | N
         return (
             f"nothing listens on {address}: start a peer there first, e.g. "
             f"`chimney-peer echo --listen {address}` (as in the README's tour)"
+        )
+    if isinstance(exc, RpcTimeout) and a.command == "recv" and a.waitall:
+        # the daemon words a waitall read's timeout as a plain one's ("nothing arrived"), but
+        # bytes short of MAX may have come: they stay for the next read (rpc.md, tcp.recv)
+        return (
+            f"--waitall waits for all {a.max} bytes: fewer came within {a.timeout_ms:g} ms "
+            f"(maybe none); what came is not lost, the next recv of conn {a.id} reads it"
         )
     return None
 
