@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_RST, TH_SYN, TH_URG, build_segment
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_RST, TH_SYN, TH_URG, build_segment
 from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.drivers.tcp import seq
@@ -68,24 +68,30 @@ def test_a_syn_in_time_wait_is_the_host_stack_s_and_gets_no_answer(where: str) -
     """ "Handling the Reception of SYN Segments": a SYN on a connection in TIME_WAIT goes to
     the host stack, whatever its sequence number; the blind-reset answers are for the other
     states. The host forwarded it, and its kernel answered the real one [EMU]: the target
-    counts no ACK. It asks for the upload (`UploadRequested`), whatever the SYN's sequence
-    number, so that the SYN reaches the host at the terminate, not round and round
-    (tests/unit/test_target_syn_for_the_host.py)."""
+    counts no ACK. Entering TIME_WAIT asks for the upload (`UploadRequested`, spec §5.2,
+    tests/unit/test_target_time_wait.py), after which later forwards are refused for the host
+    to process after the upload (spec §3.6.4): the SYN reaches a target in TIME_WAIT in the
+    forward whose FIN took it there, and asks for nothing more; it reaches the host at the
+    terminate (tests/unit/test_target_syn_for_the_host.py)."""
     c = Conn().offload()
     graceful = c.top.disconnect(c.handle, TcpDisconnectFlags.TCP_DISCONNECT_GRACEFUL_CLOSE)
     c.st.run()
     c.wire.ack()  # our FIN acknowledged: FIN_WAIT_2
     c.st.run()
     assert graceful.status == S.NDIS_STATUS_SUCCESS
-    c.wire.peer_fin()
-    c.st.run()
     ctx = _context(c)
-    assert ctx.lifecycle.tcp is TcpState.TIME_WAIT
     before = c.events()
     offset = {"at_rcvnxt": ctx.rx.rcv_nxt, "in_window": ctx.rx.rcv_nxt + 100, "outside": 1 << 30}
-    _forward(c, offset[where], TH_SYN)
+    fwds = c.top.forward(
+        c.handle, _segment(c, ctx.rx.rcv_nxt, TH_FIN | TH_ACK), _segment(c, offset[where], TH_SYN)
+    )
+    c.st.run()
+    assert [f.status for f in fwds] == [S.NDIS_STATUS_SUCCESS] * 2
+    assert ctx.lifecycle.tcp is TcpState.TIME_WAIT
     assert _answers(c) == {}
-    assert c.events()[len(before) :] == [(RETRIEVE, TcpUploadReason.UploadRequested)]
+    new = c.events()[len(before) :]
+    assert new[-1:] == [(RETRIEVE, TcpUploadReason.UploadRequested)], new  # the FIN's, once
+    assert new.count((RETRIEVE, TcpUploadReason.UploadRequested)) == 1, new
 
 
 #: Segments that would be answered with an ACK on a connection still processed.

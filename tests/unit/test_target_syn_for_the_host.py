@@ -7,10 +7,12 @@ After a mandatory reason the target stops processing the connection (the
 terminate ("Handling the Reception of Urgent Data"): a SYN is such a segment, as the RST held
 there already is (tests/unit/test_target_after_mandatory_request.py). "Handling the Reception
 of SYN Segments" gives a SYN on a connection in TIME_WAIT to the host stack (spec §4.7), and a
-connection entering TIME_WAIT should be uploaded anyway (spec §5.2); the host takes a segment
-off the ordinary path for itself only while the connection's terminate is under way (spec
-§3.6.4: otherwise it forwards it down again), so the target asks for the upload and holds the
-SYN for the terminate: it reaches the host once, with no round trip between the two.
+connection entering TIME_WAIT should be uploaded anyway (spec §5.2): the target asks for the
+upload on entering it (tests/unit/test_target_time_wait.py), so a SYN comes while the terminate
+is on its way. The host takes a segment off the ordinary path for itself only while the
+connection's terminate is under way (spec §3.6.4: otherwise it forwards it down again), so the
+target holds the SYN for the terminate: it reaches the host once, with no round trip between
+the two.
 
 The protocol stub plays the host and a MemoryWire the peer; the last test has the real host
 stack above the target (no sockets, no sleeps)."""
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_SYN, TH_URG, build_segment
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_SYN, TH_URG, build_segment
 from chimneyd.drivers.target.contexts import TcpContext
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.drivers.tcp import seq
@@ -76,34 +78,36 @@ def test_a_syn_after_the_stop_in_the_forward_reaches_the_host_at_the_terminate(
 
 
 # -- a SYN in TIME_WAIT (spec §4.7, §5.2) ------------------------------------------------------
-def _in_time_wait() -> Conn:
-    """An offloaded connection in TIME_WAIT: our FIN sent and acknowledged, then the peer's."""
+def _in_fin_wait_2() -> Conn:
+    """An offloaded connection in FIN_WAIT_2: our FIN sent and acknowledged."""
     c = Conn().offload()
     graceful = c.top.disconnect(c.handle, TcpDisconnectFlags.TCP_DISCONNECT_GRACEFUL_CLOSE)
     c.st.run()
     c.wire.ack()
     c.st.run()
     assert graceful.status == S.NDIS_STATUS_SUCCESS
-    c.wire.peer_fin()
-    c.st.run()
-    assert _context(c).lifecycle.tcp is TcpState.TIME_WAIT
+    assert _context(c).lifecycle.tcp is TcpState.FIN_WAIT_2
     return c
 
 
 @pytest.mark.parametrize("where", list(WHERE), ids=list(WHERE))
 def test_a_syn_in_time_wait_goes_up_to_the_host_at_the_upload_it_asks_for(where: str) -> None:
-    """A SYN in TIME_WAIT, whatever its sequence number, is the host stack's: the target
-    answers nothing and asks for the upload (the connection should go up in TIME_WAIT anyway),
-    holding the SYN; nothing goes up before the terminate (the host would forward it straight
-    back), and at the terminate the SYN goes up the ordinary path, once."""
-    c = _in_time_wait()
+    """A SYN in TIME_WAIT, whatever its sequence number, is the host stack's. It reaches the
+    target in the forward whose FIN took the connection there (later forwards are refused:
+    the FIN asked for the upload, spec §5.2, §3.6.4): the target answers nothing and asks for
+    nothing more, holding the SYN; nothing goes up before the terminate (the host would
+    forward it straight back), and at the terminate the SYN goes up the ordinary path, once."""
+    c = _in_fin_wait_2()
     before = c.events()
     rcv_nxt = _context(c).rx.rcv_nxt
-    (fwd,) = c.top.forward(c.handle, _segment(c, rcv_nxt + WHERE[where], TH_SYN))
+    fin, syn = _segment(c, rcv_nxt, TH_FIN | TH_ACK), _segment(c, rcv_nxt + WHERE[where], TH_SYN)
+    fwds = c.top.forward(c.handle, fin, syn)
     c.st.run()
-    assert fwd.status == S.NDIS_STATUS_SUCCESS
+    assert [f.status for f in fwds] == [S.NDIS_STATUS_SUCCESS] * 2
+    assert _context(c).lifecycle.tcp is TcpState.TIME_WAIT
     assert _answers(c) == {}
-    assert c.events()[len(before) :] == [REQUESTED], "no upload asked for the host's SYN"
+    new = c.events()[len(before) :]
+    assert new.count(REQUESTED) == 1 and new[-1] == REQUESTED, new  # the FIN's, not the SYN's
     assert c.top.ordinary == []
     _terminate(c)  # the whole tree: nothing left offloaded for the drain check
     assert _syns_up(c) == [(rcv_nxt + WHERE[where], TH_SYN)]
@@ -112,9 +116,10 @@ def test_a_syn_in_time_wait_goes_up_to_the_host_at_the_upload_it_asks_for(where:
 
 def test_a_syn_in_time_wait_reaches_the_real_host_once_with_no_round_trip() -> None:
     """The real host above the target: a SYN forwarded on a connection in TIME_WAIT (the host
-    forwards what it reads while the connection is offloaded, spec §4.6) comes back up to it
-    at the upload the target asks for, and is not forwarded down again: the deliveries come
-    to an end, the connection is uploaded, nothing is left queued anywhere."""
+    forwards what it reads while the connection is offloaded, spec §4.6: here the peer's FIN
+    and a SYN after it, in one forward) comes back up to it at the upload the FIN asked for,
+    and is not forwarded down again: the deliveries come to an end, the connection is
+    uploaded in TIME_WAIT, nothing is left queued anywhere."""
     rig = HostRig()
     conn, wire = rig.open()
     rig.offload(conn)
@@ -122,18 +127,19 @@ def test_a_syn_in_time_wait_reaches_the_real_host_once_with_no_round_trip() -> N
     wire.ack()
     rig.run()
     assert closing.done and closing.error is None, closing
-    wire.peer_fin()
-    rig.run()
     (ctx,) = rig.contexts()
-    assert ctx.lifecycle.tcp is TcpState.TIME_WAIT
+    assert ctx.lifecycle.tcp is TcpState.FIN_WAIT_2
     tcb = rig.host.tcbs[conn]
-    raw = build_segment(
-        wire.remote[1], wire.local[1], seq(wire.irs, 0), seq(wire.isn, 0), TH_SYN, b""
-    )
-    nbl = NetBufferList.for_data(raw)
-    nbl.trace = tcb.trace
-    nbl.protocol_reserved = tcb  # the host's own forward marks its NBLs so (`forward`)
-    head = link_chain([nbl])
+    nbls = []
+    for flags in (TH_FIN | TH_ACK, TH_SYN):
+        raw = build_segment(
+            wire.remote[1], wire.local[1], seq(wire.irs, 0), seq(wire.isn, 1), flags, b""
+        )
+        nbl = NetBufferList.for_data(raw)
+        nbl.trace = tcb.trace
+        nbl.protocol_reserved = tcb  # the host's own forward marks its NBLs so (`forward`)
+        nbls.append(nbl)
+    head = link_chain(nbls)
     assert head is not None and tcb.handle is not None
     rig.ndis.NdisOffloadTcpForward(rig.host, tcb.handle, head)
     for _ in range(1000):  # bounded: a target and a host that pass it round never stop
@@ -144,7 +150,9 @@ def test_a_syn_in_time_wait_reaches_the_real_host_once_with_no_round_trip() -> N
     assert not rig.scheduler.queue, "the SYN goes round between the host and the target"
     # one forward down, one segment up the ordinary path (the SYN: nothing else was held); a
     # SYN passed up at once, before the terminate, comes down again in a second forward
-    assert rig.host.stats.calls.get("NdisOffloadTcpForward") == 1
+    assert len(rig.scheduler.delivered(rig.target, "MiniportTcpOffloadForward")) == 1
     assert rig.target.stats.calls.get("NdisMIndicateReceiveNetBufferLists") == 1
-    assert rig.host.tcbs[conn].lifecycle.phase.name == "IDLE", "not uploaded"
+    tcb = rig.host.tcbs[conn]
+    assert tcb.lifecycle.phase.name == "IDLE", "not uploaded"
+    assert tcb.lifecycle.tcp is TcpState.TIME_WAIT
     assert rig.problems() == []

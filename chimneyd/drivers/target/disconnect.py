@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chimneyd.ndis.lifecycle import Event
+from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
-from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
+from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
 
-from . import receive, send
+from . import events, receive, send
 from .contexts import TcpContext
 
 if TYPE_CHECKING:
@@ -90,3 +90,17 @@ def complete(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
     if k:
         nbl.advance(k)
     t.ndis.NdisTcpOffloadDisconnectComplete(t, nbl)
+    if status is SUCCESS:
+        closing(t, c)  # FIN_WAIT_2, or TIME_WAIT after a simultaneous close
+
+
+def closing(t: OffloadTarget, c: TcpContext) -> None:
+    """After our FIN's ACK or the peer's FIN took the connection on (spec §5.2, §8): one that
+    entered TIME_WAIT asks for its upload. The active closer's 2MSL wait is the host stack's
+    to keep, and nothing is left for the chimney to carry (spec §5.2 "Other documented upload
+    triggers": TIME_WAIT, should upload). The spec names no reason for it; `UploadRequested`
+    is the one for "unspecified" [INF]. Mandatory: the host takes the connection back, in
+    TIME_WAIT, with what the target still holds (spec §3.6.3). Asked after what caused it
+    went up: the disconnect's completion, the delivery of the peer's last bytes."""
+    if c.tcp is TcpState.TIME_WAIT and c.phase in LIVE:
+        events.request_upload(t, c, TcpUploadReason.UploadRequested)

@@ -407,6 +407,9 @@ def segment(
         c.buffered_psh = bool(fl & TH_PSH)
     if fin_now:
         c.fire(Event.FIN_RECEIVED)
+        pump(t, c)
+        disconnect.closing(t, c)  # TIME_WAIT if our FIN was acknowledged (spec §5.2)
+        return
     pump(t, c)
 
 
