@@ -1,10 +1,12 @@
 """Disconnect at the target (spec §4.5): graceful (data, FIN, complete on its ACK) or abortive
-(RST, outstanding sends aborted, complete at once)."""
+(RST, outstanding sends aborted, complete at once); and where the closing goes on from there
+(`closing`): the FIN_WAIT_2 timer (spec §8) and the upload on entering TIME_WAIT (spec §5.2)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from chimneyd.ndis.blocks import TcpOffloadStateDelegated
 from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
@@ -13,11 +15,16 @@ from . import events, receive, send
 from .contexts import TcpContext
 
 if TYPE_CHECKING:
+    from ..base import TimerHandle
     from .target import OffloadTarget
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
+NS = 1_000_000_000
+#: The FIN_WAIT_2 timer's period (spec §8): 120 s from entering FIN_WAIT_2, restarted by each
+#: acceptable segment.
+FIN_WAIT_2_NS = 120 * NS
 
 
 def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) -> None:
@@ -30,6 +37,7 @@ def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) 
         return
     if flags & TcpDisconnectFlags.TCP_DISCONNECT_ABORTIVE_CLOSE:
         c.lifecycle.fire(Event.RESET)
+        stop_fin_wait_2(t, c)
         c.wire.abort()  # RST: the only RST a target may originate
         send.fail_sends(t, c, ABORTED)
         if c.disconnect_nbl is not None:
@@ -95,12 +103,106 @@ def complete(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
 
 
 def closing(t: OffloadTarget, c: TcpContext) -> None:
-    """After our FIN's ACK or the peer's FIN took the connection on (spec §5.2, §8): one that
-    entered TIME_WAIT asks for its upload. The active closer's 2MSL wait is the host stack's
-    to keep, and nothing is left for the chimney to carry (spec §5.2 "Other documented upload
-    triggers": TIME_WAIT, should upload). The spec names no reason for it; `UploadRequested`
-    is the one for "unspecified" [INF]. Mandatory: the host takes the connection back, in
-    TIME_WAIT, with what the target still holds (spec §3.6.3). Asked after what caused it
-    went up: the disconnect's completion, the delivery of the peer's last bytes."""
-    if c.tcp is TcpState.TIME_WAIT and c.phase in LIVE:
+    """After our FIN's ACK or the peer's FIN took the connection on (spec §5.2, §8). In
+    FIN_WAIT_2 the FIN_WAIT_2 timer runs (`start_fin_wait_2`); out of it, it stops.
+
+    One that entered TIME_WAIT asks for its upload. The active closer's 2MSL wait is the host
+    stack's to keep, and nothing is left for the chimney to carry (spec §5.2 "Other documented
+    upload triggers": TIME_WAIT, should upload). The spec names no reason for it;
+    `UploadRequested` is the one for "unspecified" [INF]. Mandatory: the host takes the
+    connection back, in TIME_WAIT, with what the target still holds (spec §3.6.3). Asked
+    after what caused it went up: the disconnect's completion, the delivery of the peer's
+    last bytes."""
+    tcp = c.tcp
+    if tcp is TcpState.FIN_WAIT_2:
+        if c.phase in LIVE:
+            start_fin_wait_2(t, c)
+        return
+    stop_fin_wait_2(t, c)
+    if tcp is TcpState.TIME_WAIT and c.phase in LIVE:
         events.request_upload(t, c, TcpUploadReason.UploadRequested)
+
+
+# -- the FIN_WAIT_2 timer (spec §8) ---------------------------------------------------------------
+# The kernel socket the target holds never times FIN_WAIT_2 out while its descriptor is open
+# (Linux's tcp_fin_timeout is for orphaned sockets): the target keeps the timer, on its
+# injected clock. One per connection, only while in FIN_WAIT_2, in `t.fin_wait_2` by context
+# id: nothing in a connection's own record, and nothing armed in any other state.
+class FinWait2Timer:
+    """One connection's FIN_WAIT_2 timer: the timer armed, and the clock when it last heard an
+    acceptable segment. A segment restarts the timer by writing `heard_ns` (`heard`); an expiry
+    that finds a later one arms it again for what is left: no timer per segment."""
+
+    __slots__ = ("handle", "heard_ns")
+
+    def __init__(self, handle: TimerHandle, heard_ns: int) -> None:
+        self.handle = handle
+        self.heard_ns = heard_ns
+
+
+def start_fin_wait_2(t: OffloadTarget, c: TcpContext, left_ns: int = FIN_WAIT_2_NS) -> None:
+    """Arm `c`'s FIN_WAIT_2 timer to expire in `left_ns` (120 s on entering FIN_WAIT_2; what
+    the host's `RetransmitTimeoutDelta` says at an offload in it, spec §8)."""
+    stop_fin_wait_2(t, c)
+    left_ns = max(0, left_ns)
+    handle = t.timers.call_later(left_ns / NS, t.fin_wait_2_expired, c)
+    t.fin_wait_2[c.id] = FinWait2Timer(handle, t.ndis.clock() + left_ns - FIN_WAIT_2_NS)
+
+
+def heard(t: OffloadTarget, c: TcpContext) -> None:
+    """An acceptable segment arrived on `c` in FIN_WAIT_2: its timer starts again (spec §8)."""
+    timer = t.fin_wait_2.get(c.id)
+    if timer is not None:
+        timer.heard_ns = t.ndis.clock()
+
+
+def stop_fin_wait_2(t: OffloadTarget, c: TcpContext) -> None:
+    """`c` left FIN_WAIT_2 (the peer's FIN, an RST, a timeout) or leaves the target."""
+    timer = t.fin_wait_2.pop(c.id, None)
+    if timer is not None:
+        timer.handle.cancel()
+
+
+def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
+    """The timer fell due: armed again for what is left if a segment came since it was armed;
+    else the connection times out (spec §8): a `TimeoutExpiration` upload request, and it
+    goes back CLOSED with what it holds (`receive.timed_out`). Not once the terminate began:
+    the hand-back tells the host what was left (0: expires at once on the host, spec §8)."""
+    timer = t.fin_wait_2.get(c.id)
+    if timer is None or c.phase not in LIVE:
+        return  # stopped after it was posted, or the terminate hands it back
+    if c.tcp is not TcpState.FIN_WAIT_2:
+        stop_fin_wait_2(t, c)  # [INF] left the state by a road that did not stop it
+        return
+    now = t.ndis.clock()
+    due = timer.heard_ns + FIN_WAIT_2_NS
+    if c.paused and c.urgent_at is None and not c.wire.closed:
+        # [EMU] reading stopped by back-pressure: the target sees no segment, but the kernel
+        # hears the peer (its window probes are acceptable segments): its time counts
+        info = c.wire.tcp_info()
+        idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+        due = max(due, now - idle_ns + FIN_WAIT_2_NS)
+    if due > now:
+        timer.handle = t.timers.call_later((due - now) / NS, t.fin_wait_2_expired, c)
+        return
+    del t.fin_wait_2[c.id]
+    receive.timed_out(t, c)
+
+
+def fin_wait_2_left(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
+    """In FIN_WAIT_2 the delegated `RetransmitTimeoutDelta` is the FIN_WAIT_2 timer (spec §8),
+    in ticks: what is left of it, 0 if it is due."""
+    timer = t.fin_wait_2.get(c.id)
+    if timer is None or c.tcp is not TcpState.FIN_WAIT_2:
+        return
+    left_ns = max(0, timer.heard_ns + FIN_WAIT_2_NS - t.ndis.clock())
+    d.RetransmitTimeoutDelta = left_ns * t.params.TicksPerSecond // NS
+
+
+def fin_wait_2_ns(t: OffloadTarget, d: TcpOffloadStateDelegated) -> int:
+    """The FIN_WAIT_2 timer an offload in FIN_WAIT_2 starts with: the host's
+    `RetransmitTimeoutDelta` (spec §8: it doubles as it), 120 s if not running (-1)."""
+    delta = d.RetransmitTimeoutDelta
+    if delta < 0:
+        return FIN_WAIT_2_NS
+    return delta * NS // max(1, t.params.TicksPerSecond)

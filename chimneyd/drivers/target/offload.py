@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from chimneyd.ndis.blocks import BlockKind, BlockRole, OffloadBlock, TcpOffloadStateCached, walk
-from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, Event, Phase, tcp_state_of
+from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, Event, Phase, TcpState, tcp_state_of
 from chimneyd.ndis.nbl import iter_chain
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus, TcpUploadReason
 
 from ..queues import grown
 from ..tcp import offset_of
-from . import adapter, events, receive, send
+from . import adapter, disconnect, events, receive, send
 from .cached import apply as apply_cached
 from .contexts import Context, NeighborContext, PathContext, TcpContext
 
@@ -227,4 +227,7 @@ def _initiate_tcp(
     # by NdisOffloadTcpForward (spec §4.6)
     t.tcp_count += 1
     path.dependents += 1
+    if tcp_state is TcpState.FIN_WAIT_2:
+        # the FIN_WAIT_2 timer comes down in `RetransmitTimeoutDelta` (spec §8)
+        disconnect.start_fin_wait_2(t, c, disconnect.fin_wait_2_ns(t, delegated))
     return SUCCESS, c

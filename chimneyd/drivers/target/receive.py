@@ -53,6 +53,8 @@ def wire_data(t: OffloadTarget, c: TcpContext, offset: int, data: bytes) -> None
     t.stats.bytes_received += len(data)
     adapter.forward_progress(t, c)
     c.rst_challenged = False  # the kernel accepted it: an acceptable segment (spec §5.2)
+    if c.tcp is TcpState.FIN_WAIT_2:
+        disconnect.heard(t, c)  # restarts the FIN_WAIT_2 timer (spec §8)
     segment(t, c, offset, memoryview(data), TH_PSH)  # each socket read counts as pushed
 
 
@@ -86,11 +88,19 @@ def wire_timeout(t: OffloadTarget, c: TcpContext) -> None:
     if c.lifecycle.phase in _ORDINARY_PATH:
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, c.wire.bytes_read, b"", TH_RST)
         return
+    timed_out(t, c)
+
+
+def timed_out(t: OffloadTarget, c: TcpContext) -> None:
+    """`c` timed out, by the kernel's limits (`wire_timeout`) or the target's FIN_WAIT_2 timer
+    (`disconnect.fin_wait_2_expired`, spec §8): dead, CLOSED, and the upload asked for with
+    `TimeoutExpiration` (spec §5.2)."""
     if c.lifecycle.tcp is TcpState.RESET:
         return
     c.lifecycle.fire(Event.RESET)  # no RST was seen, but the connection is as dead
     c.timed_out = True
     stop_push(t, c)
+    disconnect.stop_fin_wait_2(t, c)
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
         # asked already, for another mandatory reason (or an UPLOAD_ALL): the host still
         # learns why the connection comes back CLOSED. A delegated TcpConnectionClosed is a
@@ -113,6 +123,7 @@ def peer_reset(t: OffloadTarget, c: TcpContext) -> None:
         return  # already reset (the RST came by two roads)
     c.lifecycle.fire(Event.RESET)
     stop_push(t, c)
+    disconnect.stop_fin_wait_2(t, c)
     events.indicate(t, c, TcpOffloadEventType.TcpIndicateAbort, 0)
     send.fail_sends(t, c, ABORTED)
     fail_receives(t, c, ABORTED)
@@ -148,6 +159,8 @@ def forward(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         else:
             if _in_window(c, offset, len(payload)):
                 c.rst_challenged = False  # an acceptable segment ends the period (spec §5.2)
+                if c.tcp is TcpState.FIN_WAIT_2:
+                    disconnect.heard(t, c)  # and restarts the FIN_WAIT_2 timer (spec §8)
             segment(t, c, offset, payload, flags)
         # marked taken once it is: a segment a failure cut short goes back (`fail_forward`)
         nbl.status = SUCCESS

@@ -106,6 +106,8 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     c.rst_challenged = False
     if c.phase not in _ACKS_COUNT or c.tcp is TcpState.RESET:
         return
+    if c.tcp is TcpState.FIN_WAIT_2:
+        disconnect.heard(t, c)  # restarts the FIN_WAIT_2 timer (spec §8)
     complete_acked(t, c, acked)
     if (
         c.disconnect_nbl is not None

@@ -106,6 +106,8 @@ class OffloadTarget(DriverLayer):
         # the global parameters the host set (spec §8); these defaults until it does
         self.params = NdisTcpConnectionOffloadParameters(TcpPushTicks=push_ticks_ms)
         self.batch: CompletionBatch | None = None  # completions of a drain, once drains end
+        # the FIN_WAIT_2 timers (spec §8) of the connections in FIN_WAIT_2, by context id
+        self.fin_wait_2: dict[int, disconnect.FinWait2Timer] = {}
 
     # -- completions per drain (spec §4.0; see `batch`) -------------------------------------------
     def complete_per_drain(self) -> None:
@@ -270,6 +272,9 @@ class OffloadTarget(DriverLayer):
     def push_expired(self, c: TcpContext) -> None:
         receive.push_expired(self, c)
 
+    def fin_wait_2_expired(self, c: TcpContext) -> None:
+        disconnect.fin_wait_2_expired(self, c)
+
     # -- the adapter: OIDs, status, neighbor reachability (spec §1.3, §5.4, §5.5, §8) ---------
     def MiniportOidRequest(self, request: NdisOidRequest) -> None:
         adapter.oid_request(self, request)
@@ -298,10 +303,11 @@ class OffloadTarget(DriverLayer):
 
     def leftovers(self) -> dict[str, int]:
         """Indicated NBLs the host has not returned (spec §4.3), terminates and initiates
-        waiting, connections counted as offloaded."""
+        waiting, connections counted as offloaded, FIN_WAIT_2 timers (spec §8)."""
         return {
             "indicated": len(self.indicated),
             "deferred_terminates": len(self.deferred_terminates),
             "paused_initiates": len(self.paused_initiates),
             "tcp_count": self.tcp_count,
+            "fin_wait_2_timers": len(self.fin_wait_2),
         }

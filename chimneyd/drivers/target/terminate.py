@@ -149,7 +149,8 @@ def _hand_back(t: OffloadTarget, c: TcpContext, block: OffloadBlock) -> None:
     # SndUna from the same read that completed and advances the sends: the peer's ACKs keep
     # arriving, and a later read would put SndUna past the data handed back, where the host
     # would wait for acknowledgement of bytes never written (spec §3.6.3)
-    fill_delegated(t, c, d, acked)
+    fill_delegated(t, c, d, acked)  # with what is left of a FIN_WAIT_2 timer (spec §8)
+    disconnect.stop_fin_wait_2(t, c)
     # unfinished sends go back in their original order, the first advanced to SndUna
     returned: list[NetBufferList] = []
     for nbl, start, end in c.unacked:
@@ -202,6 +203,7 @@ def fill_delegated(
     d.RcvWnd = max(0, c.rcv_bound - c.buffered_bytes)
     fill_from_kernel(d, info, tick_clock(t.ndis.clock()))
     adjust_delegated(t, c, d, info)
+    disconnect.fin_wait_2_left(t, c, d)
     d.SendBacklogSize = c.backlog or 65536
     d.ReceiveBacklogSize = c.buffered_bytes
 
@@ -257,6 +259,7 @@ def corrupt(
     complete(t, root)  # step 1: the operation fails in the affected blocks
     for c in tcps:
         c.lifecycle.fire(Event.RESET)  # the connection's state is lost with the hardware
+        disconnect.stop_fin_wait_2(t, c)
         events.indicate(
             t, c, TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.HardwareFailure
         )
