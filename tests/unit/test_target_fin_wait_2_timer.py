@@ -18,7 +18,11 @@ from typing import Any
 import pytest
 
 from chimneyd.ndis.lifecycle import Phase, TcpState
+from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.ndis.status import TcpOffloadConnectionState as TcpConn
+from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.hostrig import HostRig
+from tests.unit.test_target_ndis_rules import Conn
 
 SUCCESS = "NDIS_STATUS_SUCCESS"
 TIMED_OUT = "timed out (TimeoutExpiration)"
@@ -206,3 +210,51 @@ def test_while_reading_is_stopped_the_kernel_s_news_of_the_peer_restarts_the_tim
         got += r.value
     assert got == b"more than the host takes"
     _closed_and_drained(rig, conn)
+
+
+def test_a_query_tells_what_is_left_and_a_re_offload_starts_the_timer_again() -> None:
+    """In FIN_WAIT_2 the delegated `RetransmitTimeoutDelta` is the FIN_WAIT_2 timer (spec §8):
+    a query 30 s in reads 90 s (in ticks); uploaded and offloaded again (the host keeps no
+    FIN_WAIT_2 timer and hands down -1), the connection has its timer once more."""
+    rig, conn, _wire = _in_fin_wait_2()
+    rig.advance(30)
+    query = rig.call(rig.host.app_query, conn)
+    ticks = rig.target.params.TicksPerSecond
+    assert query.value["RetransmitTimeoutDelta"] == 90 * ticks, query
+    assert rig.call(rig.host.app_upload, conn).done
+    assert _timers(rig) == 0
+    rig.offload(conn)
+    assert _timers(rig) == 1
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert _retrieves(rig, conn) == ["TimeoutExpiration"]
+    _closed_and_drained(rig, conn)
+
+
+@pytest.mark.parametrize(("delta", "expires_s"), [(5, 5.0), (-1, FIN_WAIT_2_S), (0, 0.0)])
+def test_an_offload_in_fin_wait_2_starts_from_the_host_s_delta(
+    delta: int, expires_s: float
+) -> None:
+    """The host offloads a connection in FIN_WAIT_2 with its timer in `RetransmitTimeoutDelta`
+    (ticks; -1 not running: a fresh 120 s; 0: expires at once, spec §8)."""
+    c = Conn()
+    c.wire.write_eof()
+    c.wire.ack()  # our FIN was sent and acknowledged before the offload
+    tree = c.top.connection_tree([])
+    path = tree.root.dependent_block_list
+    assert path is not None
+    block = path.add_dependent(c.top.tcp_block(c.wire))
+    block.delegated.State = TcpConn.TcpConnectionFinWait2
+    ticks = 1000  # the parameters' TicksPerSecond (the stub sets none: the default)
+    block.delegated.RetransmitTimeoutDelta = delta * ticks if delta > 0 else delta
+    assert block.offload_handle is not None
+    c.handle = block.offload_handle
+    c.top.initiate(tree.root)
+    c.st.run()
+    assert c.top.state_completions[-1].statuses[-1] == S.NDIS_STATUS_SUCCESS
+    if expires_s:
+        c.st.advance(expires_s - 0.5)
+        assert c.events() == []
+    c.st.advance(1)
+    assert c.events() == [
+        (TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.TimeoutExpiration)
+    ]
