@@ -258,3 +258,34 @@ def test_an_offload_in_fin_wait_2_starts_from_the_host_s_delta(
     assert c.events() == [
         (TcpOffloadEventType.TcpIndicateRetrieve, TcpUploadReason.TimeoutExpiration)
     ]
+
+
+def test_a_fin_the_kernel_holds_behind_unread_bytes_is_no_timeout() -> None:
+    """[EMU] Reading stopped by back-pressure, the peer's last bytes and its FIN wait in the
+    kernel, which left FIN_WAIT_2 on the FIN (its socket CLOSED) and has heard nothing since:
+    no timeout, however long the application waits. Once it reads, the target reads the
+    socket again, takes the FIN (TIME_WAIT) and asks for the upload as such; the application
+    reads every byte, then the end of stream."""
+    rig, conn, wire = _in_fin_wait_2(rx_buffer_bytes=4)
+    wire.peer_send(b"more than the host takes")
+    rig.run()
+    (ctx,) = rig.contexts()
+    assert ctx.paused
+    wire.peer_send(b", then a FIN")
+    wire.peer_fin()
+    rig.run()
+    wire.info = replace(wire.info, state=7)  # TCP_CLOSE: the kernel took the FIN
+    _kernel_heard_nothing_since(wire)
+    rig.advance(FIN_WAIT_2_S * 5)
+    assert _retrieves(rig, conn) == []
+    got = b""
+    while True:
+        r = rig.call(rig.host.app_recv, conn, 64, False)
+        assert r.done and r.error is None, r
+        if r.value == b"":
+            break
+        got += r.value
+    assert got == b"more than the host takes, then a FIN"
+    assert _retrieves(rig, conn) == ["UploadRequested"]
+    assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.TIME_WAIT
+    _closed_and_drained(rig, conn)

@@ -25,6 +25,7 @@ NS = 1_000_000_000
 #: The FIN_WAIT_2 timer's period (spec §8): 120 s from entering FIN_WAIT_2, restarted by each
 #: acceptable segment.
 FIN_WAIT_2_NS = 120 * NS
+_TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
 
 
 def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) -> None:
@@ -178,10 +179,16 @@ def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
     due = timer.heard_ns + FIN_WAIT_2_NS
     if c.paused and c.urgent_at is None and not c.wire.closed:
         # [EMU] reading stopped by back-pressure: the target sees no segment, but the kernel
-        # hears the peer (its window probes are acceptable segments): its time counts
+        # hears the peer (its window probes are acceptable segments): its time counts. A
+        # kernel that closed the socket took the peer's FIN (Linux leaves FIN_WAIT_2 when it
+        # arrives, unread bytes before it or not): the FIN comes once reading resumes, and the
+        # connection is no FIN_WAIT_2 one to time out
         info = c.wire.tcp_info()
-        idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
-        due = max(due, now - idle_ns + FIN_WAIT_2_NS)
+        if info.state == _TCP_CLOSE:
+            due = now + FIN_WAIT_2_NS
+        else:
+            idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+            due = max(due, now - idle_ns + FIN_WAIT_2_NS)
     if due > now:
         timer.handle = t.timers.call_later((due - now) / NS, t.fin_wait_2_expired, c)
         return
