@@ -357,8 +357,12 @@ async def shutdown(server: Any, engine: Any, deadline: float) -> int:
     return 0
 
 
+#: the exit status a shell gives a process SIGPIPE ended (128 + 13), as chimneyctl's
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # argparse's --help into a closed pipe ends quietly (status 0)
     overrides: dict[str, Any] = {
         "rpc.listen": args.listen,
         "log.format": args.log_format,
@@ -377,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chimneyd: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(json.dumps(config.as_dict(), indent=2))
+        try:
+            print(json.dumps(config.as_dict(), indent=2), flush=True)
+        except BrokenPipeError:
+            return _stdout_gone()  # `chimneyd --check-config | head`: the reader left
         return 0
     try:
         setup_logging(config.log.format, config.log.level, config.log.file)
@@ -460,3 +467,17 @@ def run_shard(config: Config, shard: ShardSetup) -> int:
     import uvloop
 
     return uvloop.run(to_exit(serve(config, shard)))
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout left: no traceback for a pipe that is done with us. Stdout now
+    points at /dev/null, so the interpreter's last flush does not fail on the closed pipe
+    again (the recipe of the Python docs, signal module)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return EXIT_BROKEN_PIPE  # not a real file (called in-process): nothing to flush
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE

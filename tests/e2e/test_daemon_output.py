@@ -5,10 +5,12 @@ that a log shipper can read without filtering."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import HOST, peer_process, run_on_a_taken_address
+from tests.e2e.support import BIN, HOST, child_env, peer_process, run_on_a_taken_address
 
 
 def test_stdout_says_where_it_listens_and_stderr_is_only_json(spawn_daemon: SpawnDaemon) -> None:
@@ -70,3 +72,22 @@ def test_an_address_that_cannot_be_bound_is_named(tmp_path: Path) -> None:
     lines = run.stderr.strip().splitlines()
     last = lines[-2] if lines[-1].startswith("hint: ") else lines[-1]
     assert last.startswith(f"chimneyd: cannot listen on {addr}: "), last
+
+
+def test_check_config_into_a_closed_pipe_ends_quietly() -> None:
+    """`chimneyd --check-config | head`: once the reader is gone, no traceback, and the exit
+    status a shell gives a writer SIGPIPE ended (as chimneyctl's)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader left before the first write
+    try:
+        run = subprocess.run(
+            [str(BIN / "chimneyd"), "--check-config"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+    finally:
+        os.close(write)
+    assert (run.returncode, run.stderr) == (141, "")
