@@ -180,7 +180,7 @@ def describe(h: HostStack) -> dict[str, Any]:
             "pending_ops": o.pending_ops,
             **_next_hop(o),
         }
-        for o in h.objects.values()
+        for o in h.all_objects()  # one leaving beside a fresh one of its key too
     ]
     waiting = [t.conn_id for t in h.pending_initiates]
     waiting += [t.conn_id for tcbs in h.initiates_blocked.values() for t in tcbs]

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from .stack import HostStack
 
 S = NdisStatus
-#: Phases of a neighbor or path that a new connection cannot be linked under yet.
+#: Phases of a neighbor or path that a new connection cannot be linked under yet (one
+#: TERMINATING a new connection finds is set apart as leaving, `current`, not waited for).
 SETTLING = frozenset({Phase.OFFLOADING, Phase.TERMINATING, Phase.INVALIDATED, Phase.FAILED})
 
 
@@ -148,9 +149,23 @@ def neighbor_key(binding: Binding, next_hop: bytes) -> tuple[str, int, bytes]:
 def host_object(
     h: HostStack, key: Any, kind: str, binding: Binding, parent: HostObject | None
 ) -> HostObject:
-    obj = h.objects.get(key)
+    obj = current(h, key)
     if obj is None:
         obj = h.objects[key] = HostObject(key, kind, binding, parent)
+    return obj
+
+
+def current(h: HostStack, key: Any) -> HostObject | None:
+    """The object that stands for `key`, if any. One whose terminate the host has sent is
+    leaving and stands for it no more [EMU: the spec is silent]: it is set apart
+    (`HostStack.leaving`), where its terminate completes whenever it does, so that what needs
+    the key now goes under a fresh object rather than wait for that terminate — which a
+    teaming MUX may hold back for as long as a failed NIC stays out (spec §5.5, §9 item 8)."""
+    obj = h.objects.get(key)
+    if obj is not None and obj.lifecycle.phase is Phase.TERMINATING:
+        del h.objects[key]
+        h.leaving[id(obj)] = obj
+        return None
     return obj
 
 
@@ -198,17 +213,21 @@ def flush_initiates(h: HostStack) -> None:
         local_ip = ipaddress.ip_address(wire.local[0])
         remote_ip = ipaddress.ip_address(wire.remote[0])
         path_key = ("path", binding.id, local_ip.packed, remote_ip.packed)
-        path_now = h.objects.get(path_key)
+        held = h.objects.get(path_key)
+        path_now = current(h, path_key)  # not one leaving: a fresh path then
         # the path's neighbor: the one it hangs under now (a next-hop change moved it, spec
         # §3.4 (b)), else that of the next hop the host last moved it to, else the binding's
-        # default next hop
-        neighbor = (
-            path_now.parent
-            if path_now is not None and path_now.parent is not None
-            else host_object(
+        # default next hop. Not one leaving: a fresh one then, and a path record never
+        # offloaded that was made under the old one goes under the fresh one
+        parent = held.parent if held is not None else None
+        if parent is not None and current(h, parent.key) is parent:
+            neighbor = parent
+        else:
+            neighbor = host_object(
                 h, neighbor_key(binding, h.next_hop_of(path_key)), "neighbor", binding, None
             )
-        )
+            if path_now is not None and path_now.lifecycle.phase is Phase.IDLE:
+                path_now.parent = neighbor
         path = host_object(h, path_key, "path", binding, neighbor)
         # no operation on an object still being offloaded (spec §3.1) — unless its block is in
         # the tree this flush builds, which the connection joins
@@ -274,9 +293,14 @@ def _unblocked(h: HostStack) -> list[Tcb]:
 
 def _settled(h: HostStack, on: Any) -> bool:
     if isinstance(on, HostObject):
-        return (on.lifecycle.phase not in SETTLING and not on.updating) or h.objects.get(
-            on.key
-        ) is not on
+        # being terminated, it is leaving (`current`), or gone: those that waited for it go
+        # under a fresh one [EMU]
+        phase = on.lifecycle.phase
+        return (
+            (phase not in SETTLING and not on.updating)
+            or phase is Phase.TERMINATING
+            or h.objects.get(on.key) is not on
+        )
     return h.capabilities.get(on[1]) is not adapter.ASKED
 
 

@@ -136,6 +136,11 @@ class HostStack(DriverLayer):
         super().__init__(name, ndis, timers, capacity)
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
+        # neighbors and paths whose terminate the host has sent, by `id`: leaving, they no
+        # longer stand for their key, which a fresh object may hold meanwhile (a new
+        # connection does not wait for a terminate a MUX may hold back for ever, spec §5.5,
+        # §9 item 8) [EMU]; each goes once its terminate has completed (`terminate`)
+        self.leaving: dict[int, HostObject] = {}
         # the cached state `tcp.update` last gave a neighbor or path, by key: a later offload
         # of that object carries it (spec §3.4: ARP or ICMP learned it, not the offload). The
         # host's neighbor and path cache: it outlives the objects' offloads, so it is no table
@@ -214,14 +219,14 @@ class HostStack(DriverLayer):
         objects the host no longer holds past `object_cache_cap` of them."""
         if len(cache) <= self.object_cache_cap:
             return
-        objects = self.objects
-        held = sum(1 for key in objects if key in cache)
+        held_keys = self.held_keys()
+        held = sum(1 for key in held_keys if key in cache)
         excess = len(cache) - held - self.object_cache_cap
         if excess <= 0:
             return
         doomed: list[Any] = []
         for key in cache:  # oldest first
-            if key not in objects:
+            if key not in held_keys:
                 doomed.append(key)
                 if len(doomed) == excess:
                     break
@@ -244,9 +249,23 @@ class HostStack(DriverLayer):
             return offload.DEFAULT_NEXT_HOP
         return hop
 
+    def held_keys(self) -> set[Any] | dict[Any, HostObject]:
+        """The keys of the objects the host holds: those leaving too (until their terminate
+        completes an object is the host's, and its cache entry with it)."""
+        if not self.leaving:
+            return self.objects
+        return {*self.objects, *(o.key for o in self.leaving.values())}
+
+    def all_objects(self) -> list[HostObject]:
+        """Every neighbor and path the host holds: those of their keys, then those leaving."""
+        objects = list(self.objects.values())
+        if self.leaving:
+            objects += self.leaving.values()
+        return objects
+
     def objects_moving(self) -> bool:
         """Whether a next-hop change is under way (a path held for it, `state_ops`)."""
-        return any(o.moving for o in self.objects.values())  # not an ARP or MTU update
+        return any(o.moving for o in self.all_objects())  # not an ARP or MTU update
 
     def objects_settled(self) -> None:
         """A neighbor was offloaded or went: the next-hop changes waiting for one look again."""
@@ -261,8 +280,10 @@ class HostStack(DriverLayer):
         up, batched sends and receive returns, connections waiting for a RESUME. The update
         cache (`updated_objects`) outlives connections by design; what must be back to zero
         for it is its excess over `object_cache_cap` (of objects the host no longer holds)."""
+        held = self.held_keys()
         return {
             "objects": len(self.objects),
+            "objects_leaving": len(self.leaving),
             "pending_initiates": len(self.pending_initiates),
             "initiates_blocked": sum(len(q) for q in self.initiates_blocked.values()),
             "pending_terminates": len(self.pending_terminates),
@@ -272,12 +293,11 @@ class HostStack(DriverLayer):
             "moves_waiting": len(self.moves_waiting),
             "next_hops_over_cap": max(
                 0,
-                sum(1 for key in self.next_hops if key not in self.objects) - self.object_cache_cap,
+                sum(1 for key in self.next_hops if key not in held) - self.object_cache_cap,
             ),
             "object_cache_over_cap": max(
                 0,
-                sum(1 for key in self.updated_objects if key not in self.objects)
-                - self.object_cache_cap,
+                sum(1 for key in self.updated_objects if key not in held) - self.object_cache_cap,
             ),
         }
 

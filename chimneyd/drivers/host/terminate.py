@@ -9,7 +9,7 @@ receive data; the host takes each back so that no byte is lost (spec §3.6.3).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from chimneyd.ndis.blocks import (
     OffloadBlock,
@@ -73,27 +73,29 @@ def flush_terminates(h: HostStack) -> None:
     goes in the same tree (spec §3.1). A connection keeps its path referenced until its own
     terminate has completed: a path whose dependents are still being terminated in another
     tree waits for them, and goes once unused (`release_unused_objects`)."""
-    # one tree per neighbor: a binding has one per next hop (spec §3.4 (b))
-    trees: dict[Any, tuple[HostObject, OffloadBlock, dict[Any, OffloadBlock]]] = {}
-    going: dict[Any, list[OffloadBlock]] = {}  # path key -> its connections in these trees
+    # one tree per neighbor: a binding has one per next hop (spec §3.4 (b)). By object, not
+    # by key: a neighbor or path leaving and a fresh one of its key may both have
+    # connections going (`HostStack.leaving`)
+    trees: dict[int, tuple[HostObject, OffloadBlock, dict[int, OffloadBlock]]] = {}
+    going: dict[int, tuple[HostObject, list[OffloadBlock]]] = {}  # path -> its connections
     for tcb in h.pending_terminates:
         path = tcb.path
         assert path is not None and path.parent is not None and tcb.handle is not None
         neighbor = path.parent
-        if neighbor.key not in trees:
-            trees[neighbor.key] = (neighbor, new_neighbor_block(None), {})
-        _, root, paths = trees[neighbor.key]
-        if path.key not in paths:
-            paths[path.key] = root.add_dependent(new_path_block(None))
-            going[path.key] = []
-        going[path.key].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
+        if id(neighbor) not in trees:
+            trees[id(neighbor)] = (neighbor, new_neighbor_block(None), {})
+        _, root, paths = trees[id(neighbor)]
+        if id(path) not in paths:
+            paths[id(path)] = root.add_dependent(new_path_block(None))
+            going[id(path)] = (path, [])
+        going[id(path)][1].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
     h.pending_terminates = []
     for neighbor, root, paths in trees.values():
         going_paths: set[HostObject] = set()
         for key, pblock in paths.items():
-            pblock.add_dependents(going[key])
-            path = h.objects[key]
-            if _terminable(path) and path.refs == len(going[key]):
+            path, tcp_blocks = going[key]
+            pblock.add_dependents(tcp_blocks)
+            if _terminable(path) and path.refs == len(tcp_blocks):
                 _start_object(path, pblock)
                 going_paths.add(path)
         if _unused_but_for(h, neighbor, going_paths):
@@ -107,7 +109,7 @@ def _unused_but_for(h: HostStack, neighbor: HostObject, going: set[HostObject]) 
     another tree keeps it (spec §3.1, §3.6)."""
     return _terminable(neighbor) and not any(
         o.parent is neighbor and o.lifecycle.phase is not Phase.IDLE and o not in going
-        for o in h.objects.values()
+        for o in h.all_objects()
     )
 
 
@@ -125,7 +127,7 @@ def _start_object(obj: HostObject, block: OffloadBlock) -> None:
 def release_unused_objects(h: HostStack) -> None:
     """Terminate neighbor/path objects that are offloaded but have no dependent left (e.g.
     every connection of their initiate failed, or a terminate of them failed, spec §3.7)."""
-    objects = list(h.objects.values())
+    objects = h.all_objects()
     unused: dict[int, tuple[HostObject, set[HostObject]]] = {}  # by neighbor
     for obj in objects:
         if obj.block_kind == "path" and obj.refs == 0 and _terminable(obj):
@@ -152,10 +154,18 @@ def release_unused_objects(h: HostStack) -> None:
 
 
 def forget_idle_objects(h: HostStack) -> None:
-    """Drop neighbor and path records never offloaded that no connection uses."""
+    """Drop neighbor and path records never offloaded that no connection uses, and those
+    leaving whose terminate has completed."""
     forgotten = [k for k, o in h.objects.items() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]
     for key in forgotten:
         del h.objects[key]
+    leaving = h.leaving
+    if leaving:
+        gone = [o for o in leaving.values() if o.lifecycle.phase is Phase.IDLE and o.refs == 0]
+        for obj in gone:
+            del leaving[id(obj)]
+            if obj.key not in h.objects:  # a fresh object of its key keeps the entries in use
+                forgotten.append(obj.key)
     if forgotten:
         h.objects_let_go(forgotten)  # their update cache entries count against its cap now
 
