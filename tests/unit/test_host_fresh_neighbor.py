@@ -189,3 +189,72 @@ def test_a_connection_waiting_for_a_failed_neighbor_goes_under_a_fresh_one_once_
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []
     _check_drained(rig)
+
+
+@pytest.mark.parametrize("layout", ["nic", "im", "team"])
+def test_a_failed_terminate_of_leaving_objects_leaves_the_fresh_ones_be(layout: str) -> None:
+    """The old objects' terminate fails at the NIC (corrupt hardware, spec §3.7) after a new
+    connection went under fresh ones: the connection of that terminate is asked up and
+    aborted, and the host terminates it again, its old path and neighbor with it; the fresh
+    ones, of the same keys, stay offloaded with their connection."""
+    rig = _rig(layout)
+    host = rig.host
+    nic = "nic0" if layout == "team" else None
+    first, wire = rig.open(remote=ADDRESS)
+    wire.auto_ack = True
+    rig.offload(first, nic)
+    old_path = host.tcbs[first].path
+    assert old_path is not None and old_path.parent is not None
+    old_neighbor = old_path.parent
+    closing = Reply()
+    host.app_close(first, closing)
+    held = _hold_next(rig, "MiniportTerminateOffload")
+    rig.run()
+    second, wire = rig.open(remote=ADDRESS)
+    wire.auto_ack = True
+    rig.offload(second, nic)
+    path = host.tcbs[second].path
+    assert path is not None and path is not old_path and path.parent is not None
+    neighbor = path.parent
+    fail_next(rig.targets["nic0"], "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    rig.release(held)
+    assert not rig.targets["nic0"].fail_next, "the terminate was not failed"
+    assert closing.done and closing.error is None, closing
+    assert rig.event_names(first)[-3:] == ["TcpIndicateAbort", "uploaded", "closed"]
+    assert old_path.handle is None and old_neighbor.handle is None and not host.leaving
+    assert host.objects == {path.key: path, neighbor.key: neighbor}
+    assert path.lifecycle.phase is Phase.OFFLOADED
+    assert neighbor.lifecycle.phase is Phase.OFFLOADED
+    assert host.tcbs[second].state == "offloaded"
+    assert rig.call(host.app_close, second).error is None
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
+    _check_drained(rig)
+
+
+def test_a_fresh_neighbor_carries_what_an_update_gave_the_leaving_one() -> None:
+    """The host's neighbor cache (spec §3.4) is by key: the fresh neighbor is offloaded with
+    the values an update gave the one leaving, as a later offload of a gone one is."""
+    rig = HostRig(host_options={"object_cache_cap": 0})
+    host = rig.host
+    mac = b"\x02\x00\x00\x00\x00\x7a"
+    first, _ = rig.open(remote=ADDRESS)
+    rig.offload(first)
+    update = rig.call(host.app_update_object, first, "neighbor", {"DlDestinationAddress": mac})
+    assert update.done and update.error is None, update
+    closing = Reply()
+    host.app_close(first, closing)
+    held = _hold_next(rig, "MiniportTerminateOffload")
+    rig.run()
+    second, _ = rig.open(remote=ADDRESS)
+    rig.offload(second)
+    assert host.leaving, "the old neighbor is not leaving beside the fresh one"
+    neighbor = host.tcbs[second].path.parent
+    assert neighbor is not None and neighbor.cached is not None
+    assert neighbor.cached.DlDestinationAddress == mac
+    assert [ctx.cached.DlDestinationAddress for ctx in _neighbors_below(rig)] == [mac, mac]
+    rig.release(held)
+    assert closing.done and closing.error is None, closing
+    assert rig.call(host.app_close, second).error is None
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []

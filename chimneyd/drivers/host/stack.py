@@ -260,7 +260,7 @@ class HostStack(DriverLayer):
         """Every neighbor and path the host holds: those of their keys, then those leaving."""
         objects = list(self.objects.values())
         if self.leaving:
-            objects += self.leaving.values()
+            objects.extend(self.leaving.values())
         return objects
 
     def objects_moving(self) -> bool:
