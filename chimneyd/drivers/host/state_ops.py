@@ -293,12 +293,14 @@ def app_move_path(
 
 def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     """Step 2 of a next-hop change, once the new neighbor is settled: a neighbor being
-    offloaded, updated or terminated (or invalidated or failed, on its way out) is waited for
-    (spec §3.1); an offloaded one is moved under at once, one not offloaded is offloaded
-    first, alone."""
+    offloaded or updated (or invalidated or failed, on its way out) is waited for (spec §3.1);
+    one being terminated stands for its next hop no more, and a fresh one is offloaded; an
+    offloaded one is moved under at once, one not offloaded is offloaded first, alone."""
     path = mv.path
     key = offload.neighbor_key(path.binding, mv.next_hop)
-    neighbor = h.objects.get(key)
+    # one being terminated is leaving (`offload.current`): the move goes under a fresh one,
+    # rather than wait for a terminate a teaming MUX may hold back while a NIC is out
+    neighbor = offload.current(h, key)
     if neighbor is not None and neighbor.updating:
         neighbor.update_waiters = grown(neighbor.update_waiters, lambda: _move_when_settled(h, mv))
         return
