@@ -232,11 +232,16 @@ def forwarded_syn(t: OffloadTarget, c: TcpContext, offset: int, flags: int = TH_
     has answered the real SYN itself. The connection goes back in the state it is in, not
     CLOSED: a forward copies what the host read from the socket, and the kernel that owns the
     real connection decided what the SYN did to it."""
+    # held as a SYN, without a FIN bit it may carry: RFC 793 checks the SYN bit before the
+    # FIN bit, and a SYN ends the segment's processing there, so its FIN is no news of the
+    # peer's; the ordinary path would have the host take it for one (an end of stream the
+    # peer never sent, and its real FIN then ignored)
+    syn = flags & ~TH_FIN
     if c.lifecycle.phase is Phase.UPLOAD_REQUESTED:
-        _hold(c, offset, flags)  # after the stop: not processed, not lost (spec §5.2)
+        _hold(c, offset, syn)  # after the stop: not processed, not lost (spec §5.2)
         return
     if c.lifecycle.tcp is TcpState.TIME_WAIT:
-        _hold(c, offset, flags)  # the host stack's (spec §4.7), at the terminate
+        _hold(c, offset, syn)  # the host stack's (spec §4.7), at the terminate
         send.ask_upload(t, c)
         return
     if offset == c.rx.rcv_nxt:
