@@ -164,6 +164,33 @@ def stop_fin_wait_2(t: OffloadTarget, c: TcpContext) -> None:
         timer.handle.cancel()
 
 
+def heard_by_kernel(t: OffloadTarget, c: TcpContext, timer: FinWait2Timer, now: int) -> int:
+    """When the peer was last heard, the kernel's news counted, noted in `timer`: what the
+    expiry, a query and the hand-back all go by (spec §8: `RetransmitTimeoutDelta` doubles as
+    the timer, so it tells the host what the target itself would do)."""
+    if c.paused and c.urgent_at is None and not c.wire.closed:
+        # [EMU] reading stopped by back-pressure: the target sees no segment, but the kernel
+        # hears the peer (its window probes are acceptable segments): its time counts. A
+        # kernel that closed the socket took the peer's FIN (Linux leaves FIN_WAIT_2 when it
+        # arrives, unread bytes before it or not): the FIN comes once reading resumes, and the
+        # connection is no FIN_WAIT_2 one to time out
+        info = c.wire.tcp_info()
+        if info.state == _TCP_CLOSE:
+            timer.heard_ns = now
+        else:
+            idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+            timer.heard_ns = max(timer.heard_ns, now - idle_ns)
+    return timer.heard_ns
+
+
+def note_kernel_news(t: OffloadTarget, c: TcpContext) -> None:
+    """Reading is about to start again (the terminate): keep what the kernel heard while it
+    was stopped, which the target can read no more once it reads the socket itself."""
+    timer = t.fin_wait_2.get(c.id)
+    if timer is not None and c.tcp is TcpState.FIN_WAIT_2:
+        heard_by_kernel(t, c, timer, t.ndis.clock())
+
+
 def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
     """The timer fell due: armed again for what is left if a segment came since it was armed;
     else the connection times out (spec §8): a `TimeoutExpiration` upload request, and it
@@ -176,19 +203,7 @@ def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
         stop_fin_wait_2(t, c)  # [INF] left the state by a road that did not stop it
         return
     now = t.ndis.clock()
-    due = timer.heard_ns + FIN_WAIT_2_NS
-    if c.paused and c.urgent_at is None and not c.wire.closed:
-        # [EMU] reading stopped by back-pressure: the target sees no segment, but the kernel
-        # hears the peer (its window probes are acceptable segments): its time counts. A
-        # kernel that closed the socket took the peer's FIN (Linux leaves FIN_WAIT_2 when it
-        # arrives, unread bytes before it or not): the FIN comes once reading resumes, and the
-        # connection is no FIN_WAIT_2 one to time out
-        info = c.wire.tcp_info()
-        if info.state == _TCP_CLOSE:
-            due = now + FIN_WAIT_2_NS
-        else:
-            idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
-            due = max(due, now - idle_ns + FIN_WAIT_2_NS)
+    due = heard_by_kernel(t, c, timer, now) + FIN_WAIT_2_NS
     if due > now:
         timer.handle = t.timers.call_later((due - now) / NS, t.fin_wait_2_expired, c)
         return
@@ -202,7 +217,8 @@ def fin_wait_2_left(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated
     timer = t.fin_wait_2.get(c.id)
     if timer is None or c.tcp is not TcpState.FIN_WAIT_2:
         return
-    left_ns = max(0, timer.heard_ns + FIN_WAIT_2_NS - t.ndis.clock())
+    now = t.ndis.clock()
+    left_ns = max(0, heard_by_kernel(t, c, timer, now) + FIN_WAIT_2_NS - now)
     d.RetransmitTimeoutDelta = left_ns * t.params.TicksPerSecond // NS
 
 

@@ -73,6 +73,7 @@ def _start(t: OffloadTarget, c: TcpContext, hardware_failed: bool) -> None:
     if not c.wire.closed:
         c.wire.set_owner(None, None)  # segments now go up the ordinary path (spec §3.6.4)
     if c.paused:
+        disconnect.note_kernel_news(t, c)  # the FIN_WAIT_2 timer's, before it is lost (spec §8)
         c.wire.resume_reading()
         c.paused = False
     if hardware_failed:
