@@ -11,6 +11,7 @@ from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
 
+from ..segment import TH_FIN
 from . import events, receive, send
 from .contexts import TcpContext
 
@@ -199,8 +200,12 @@ def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
     timer = t.fin_wait_2.get(c.id)
     if timer is None or c.phase not in LIVE:
         return  # stopped after it was posted, or the terminate hands it back
-    if c.tcp is not TcpState.FIN_WAIT_2:
-        stop_fin_wait_2(t, c)  # [INF] left the state by a road that did not stop it
+    if c.tcp is not TcpState.FIN_WAIT_2 or any(fl & TH_FIN for _, _, fl in c.urgent_held):
+        # [INF] left the state by a road that did not stop it; or the peer's FIN came after a
+        # mandatory request, held for the ordinary path (spec §5.2): the peer closed, and the
+        # host takes the connection in TIME_WAIT. Timing it out would ask a second time and
+        # hand it back CLOSED as if the peer had vanished
+        stop_fin_wait_2(t, c)
         return
     now = t.ndis.clock()
     due = heard_by_kernel(t, c, timer, now) + FIN_WAIT_2_NS
