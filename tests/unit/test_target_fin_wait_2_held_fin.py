@@ -12,6 +12,8 @@ no sleeps)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.ndis.status import TcpUploadReason
 from chimneyd.testing.hostrig import HostRig
@@ -53,6 +55,44 @@ def test_a_fin_held_after_a_mandatory_request_is_no_fin_wait_2_timeout() -> None
     end = rig.call(rig.host.app_recv, conn, 64, False)
     assert end.value == b"" and end.error is None, end
     assert _retrieves(rig, conn) == ["UploadRequested"], rig.events
+    close = rig.call(rig.host.app_close, conn)
+    assert close.value is True, close
+    assert rig.problems() == []
+    assert all(v == 0 for v in rig.target.leftovers().values()), rig.target.leftovers()
+
+
+def test_a_fin_the_kernel_holds_after_a_mandatory_request_is_no_fin_wait_2_timeout() -> None:
+    """The same with the FIN still in the kernel: after the request the target read the peer's
+    bytes, held them and stopped reading (spec §5.2); the FIN came after and waits in the
+    socket, which the kernel has closed (tcpi_state CLOSE: it left FIN_WAIT_2 on the FIN) and
+    which has heard nothing since. No timeout: the terminate reads the FIN for the host."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    rig.offload(conn)
+    disconnect = rig.call(rig.host.app_disconnect, conn, False)
+    wire.ack()
+    rig.run()
+    assert disconnect.value == SUCCESS, disconnect
+    (ctx,) = rig.contexts()
+    query, held = rig.query_held_below(conn)  # the host's terminate waits behind it
+    rig.target.retrieve(ctx, TcpUploadReason.UploadRequested)
+    rig.run()
+    wire.peer_send(b"last words")
+    rig.run()
+    assert ctx.paused and not wire.reading
+    wire.peer_fin()  # waits in the kernel
+    rig.run()
+    wire.info = replace(wire.info, state=7, last_data_recv_ms=10**9, last_ack_recv_ms=10**9)
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert _retrieves(rig, conn) == ["UploadRequested"], rig.events
+    rig.release(held)
+    assert query.done, query
+    assert rig.contexts() == []
+    tcb = rig.host.tcbs[conn]
+    assert tcb.lifecycle.tcp is TcpState.TIME_WAIT, tcb.lifecycle
+    assert rig.call(rig.host.app_recv, conn, 64, False).value == b"last words"
+    end = rig.call(rig.host.app_recv, conn, 64, False)
+    assert end.value == b"" and end.error is None, end
     close = rig.call(rig.host.app_close, conn)
     assert close.value is True, close
     assert rig.problems() == []

@@ -169,12 +169,13 @@ def heard_by_kernel(t: OffloadTarget, c: TcpContext, timer: FinWait2Timer, now: 
     """When the peer was last heard, the kernel's news counted, noted in `timer`: what the
     expiry, a query and the hand-back all go by (spec §8: `RetransmitTimeoutDelta` doubles as
     the timer, so it tells the host what the target itself would do)."""
-    if c.paused and c.urgent_at is None and not c.wire.closed:
-        # [EMU] reading stopped by back-pressure: the target sees no segment, but the kernel
-        # hears the peer (its window probes are acceptable segments): its time counts. A
-        # kernel that closed the socket took the peer's FIN (Linux leaves FIN_WAIT_2 when it
-        # arrives, unread bytes before it or not): the FIN comes once reading resumes, and the
-        # connection is no FIN_WAIT_2 one to time out
+    if c.paused and not c.wire.closed:
+        # [EMU] reading stopped, by back-pressure or after a mandatory request (spec §5.2):
+        # the target sees no segment, but the kernel hears the peer (its window probes are
+        # acceptable segments): its time counts. A kernel that closed the socket took the
+        # peer's FIN (Linux leaves FIN_WAIT_2 when it arrives, unread bytes before it or not):
+        # the FIN comes once reading resumes, and the connection is no FIN_WAIT_2 one to time
+        # out
         info = c.wire.tcp_info()
         if info.state == _TCP_CLOSE:
             timer.heard_ns = now
