@@ -632,3 +632,19 @@ async def test_a_close_a_terminates_bug_answered_is_a_hit_and_asked_again() -> N
     assert (rec["request"], rec["call"]) == ("close", "MiniportTerminateOffload")
     assert client.closes == 2 and w.c["closed"] == 1 and not w.errors
     assert 7 not in w.by_id
+
+
+@pytest.mark.parametrize("later", ["TimeoutExpiration", "UploadRequested"])
+def test_a_request_after_upload_all_leaves_the_upload_the_target_failures(later: str) -> None:
+    """A NIC that fails asks every connection up (NDIS_STATUS_UPLOAD_ALL); the kernel's timeout
+    or the FIN_WAIT_2 timer may add a request of their own before the host's terminate. The
+    upload is still the target failure's: counted as a NIC upload, not an unrequested
+    retrieve."""
+    w = _worker()
+    conn = _conn(w)
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "NDIS_STATUS_UPLOAD_ALL"})
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": later, "mandatory": True})
+    w.apply_event(conn, "uploaded", {})
+    assert w.c["nic_uploads"] == 1 and len(w.obs["upload_all"]) == 1
+    assert w.c["retrieve_uploads"] == 0 and w.obs["unrequested"] == []
+    assert conn.host_cause == "target_failure"

@@ -244,6 +244,10 @@ class WorkerState:
                     # our upload or close was under way (disconnect, FIN read, tcp.close)
                     self.c["aborts_while_closing"] += 1
         elif event == "TcpIndicateRetrieve":
+            if conn.retrieve_reason == "NDIS_STATUS_UPLOAD_ALL":
+                # a request after the NIC failed (the kernel's timeout, the FIN_WAIT_2 timer)
+                # comes before the host's terminate: the upload is still the failure's
+                return
             conn.retrieve_reason = str(info.get("reason", "?"))
             conn.retrieve_t = time.monotonic()
             conn.retrieve_mandatory = bool(info.get("mandatory", True))
