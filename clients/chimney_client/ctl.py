@@ -1252,7 +1252,7 @@ def _send(s: Session, a: argparse.Namespace) -> Any:
         assert text is not None
         data = text.encode("utf-8")
     r = s.client.tcp_send(a.id, data)
-    s.out.line(f"sent {r} bytes (acknowledged)")
+    s.out.line(f"sent {_n_bytes(r)} (acknowledged)")
     return r
 
 
@@ -1275,9 +1275,13 @@ def _print_data(out: Output, data: bytes, hex_mode: bool) -> None:
         except UnicodeDecodeError:
             text = None
         if text is not None and all(c.isprintable() or c in "\t\r\n" for c in text):
-            out.line(f"{len(data)} bytes: {text}")
+            out.line(f"{_n_bytes(len(data))}: {text}")
             return
-    out.line(f"{len(data)} bytes (hex): {data.hex()}")
+    out.line(f"{_n_bytes(len(data))} (hex): {data.hex()}")
+
+
+def _n_bytes(n: int) -> str:
+    return "1 byte" if n == 1 else f"{n} bytes"
 
 
 def _disconnect(s: Session, a: argparse.Namespace) -> Any:

@@ -461,3 +461,18 @@ def test_failures_are_error_completions_only() -> None:
         }
     }
     assert call_totals(layer) == (8, 1)
+
+
+def test_one_byte_is_said_in_the_singular(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    """The mini server echoes: one byte sent and read back reads "1 byte", not "1 bytes"."""
+    script = ["connect 127.0.0.1 9000 as c", "send c x", "recv c 1", "send c xy", "recv c 2"]
+    status, out, err = run(capsys, server, "run", *script)
+    assert status == 0, err
+    assert out.splitlines()[1:] == [
+        "sent 1 byte (acknowledged)",
+        "1 byte: x",
+        "sent 2 bytes (acknowledged)",
+        "2 bytes: xy",
+    ], out
