@@ -658,6 +658,7 @@ def _check_directory(where: str, path: str) -> None:
 OVERRIDABLE = {
     "rpc.listen",
     "rpc.token",
+    "rpc.admin_token",
     "log.format",
     "log.level",
     "log.file",

@@ -357,6 +357,8 @@ async def shutdown(server: Any, engine: Any, deadline: float) -> int:
     return 0
 
 
+#: the environment variable that sets `rpc.admin_token` over the config file's
+ADMIN_TOKEN_ENV = "CHIMNEYD_ADMIN_TOKEN"
 #: the exit status a shell gives a process SIGPIPE ended (128 + 13), as chimneyctl's
 EXIT_BROKEN_PIPE = 141
 
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         "web.listen": args.web,
         "metrics.listen": args.metrics,
         "daemon.shards": _shards_arg(args.shards),
+        # a secret: from the environment rather than a flag, which `ps` shows every user
+        "rpc.admin_token": os.environ.get(ADMIN_TOKEN_ENV) or None,
     }
     try:
         config = load_config(args.config, overrides)

@@ -1412,7 +1412,8 @@ def admin_hint(s: Session) -> str | None:
     """Why `subscribe '*'` will show only this client's connections, if it will."""
     hint = (
         "without the admin token, subscribe '*' sees only the connections this client makes "
-        "(a one-shot subscribe makes none); give --token ADMIN_TOKEN or set CHIMNEY_TOKEN"
+        "(a one-shot subscribe makes none); give --token ADMIN_TOKEN or set CHIMNEY_TOKEN "
+        "(the daemon's from CHIMNEYD_ADMIN_TOKEN or admin_token under [rpc])"
     )
     if s.args.token is None:
         return hint

@@ -91,3 +91,28 @@ def test_check_config_into_a_closed_pipe_ends_quietly() -> None:
     finally:
         os.close(write)
     assert (run.returncode, run.stderr) == (141, "")
+
+
+def test_the_admin_token_from_the_environment() -> None:
+    """`CHIMNEYD_ADMIN_TOKEN` sets `rpc.admin_token` with no config file (a second terminal's
+    `chimneyctl --token` then sees every client's connections); the file's value gives way to
+    it, as to a command-line option; empty leaves the file's."""
+    env = {**child_env(), "CHIMNEYD_ADMIN_TOKEN": "s3cret"}
+    run = subprocess.run(
+        [str(BIN / "chimneyd"), "--check-config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["rpc"]["admin_token"] == "<set>"  # shown so, not itself
+    env["CHIMNEYD_ADMIN_TOKEN"] = ""
+    run = subprocess.run(
+        [str(BIN / "chimneyd"), "--check-config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert json.loads(run.stdout)["rpc"]["admin_token"] == ""
