@@ -323,9 +323,12 @@ def wire_reset(h: HostStack, tcb: Tcb) -> None:
 
 def wire_timeout(h: HostStack, tcb: Tcb) -> None:
     """The kernel gave up on the connection the host carries (its retransmit, zero-window
-    probe or keepalive limit): as dead as after an RST, and the errors say why."""
+    probe or keepalive limit): as dead as after an RST, and the errors say why. Told during
+    an upload, it is processed after it, behind the segments queued before it (spec §3.6.4),
+    and the upload that hands the connection back alive does not take the reason away."""
     if not tcb.reset:
         tcb.end_reason = TIMED_OUT
+        tcb.kernel_timed_out = True
     host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
     _after_rst(h, tcb)
 

@@ -126,6 +126,7 @@ class Tcb(Lifecycle):
         "hole_status",
         "indicated_via",
         "initiate_queued",
+        "kernel_timed_out",
         "listener",
         "offload_done",
         "path",
@@ -196,6 +197,9 @@ class Tcb(Lifecycle):
         # why a killed connection (TCP state RESET) died, for the application's errors: None is
         # an RST; the kernel's timeout says so (spec §5.2 TimeoutExpiration)
         self.end_reason: str | None = None
+        # the socket told the host of the kernel's timeout itself (`receive.wire_timeout`): a
+        # fact, not a target's request an upload may answer alive (`terminate._uploaded`)
+        self.kernel_timed_out = False
         self.delegated: DelegatedSnapshot | None = None  # as last known, no pointers
         self.cached: TcpOffloadStateCached | None = None
         self.pending_ops = 0  # queries, updates, invalidates in flight: a terminate waits

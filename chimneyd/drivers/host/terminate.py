@@ -228,8 +228,10 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     if tcb.lifecycle.tcp in FIN_RECEIVED_STATES and not fin_before:
         tcb.rx.fin = tcb.rx.rcv_nxt
         h.emit(tcb.conn_id, "TcpIndicateDisconnect", {"path": "upload"})
-    if not tcb.reset:
-        tcb.end_reason = None  # it came back alive: a timeout retrieve was only a request
+    if not tcb.reset and not tcb.kernel_timed_out:
+        # it came back alive: a timeout retrieve was only a request. The socket's own timeout,
+        # told while the upload was in flight, is not: its RST is queued (`upload_q`) below
+        tcb.end_reason = None
     elif not was_reset and tcb.end_reason is None:
         h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "upload"})
     # unfinished sends come back in order, starting at SndUna (spec §3.6.3)

@@ -80,13 +80,22 @@ def wire_reset(t: OffloadTarget, c: TcpContext) -> None:
     peer_reset(t, c)
 
 
-def wire_timeout(t: OffloadTarget, c: TcpContext) -> None:
+def wire_timeout(t: OffloadTarget, c: TcpContext, reason: str) -> None:
     """The kernel gave up on the connection (its retransmit or zero-window probe limit, or
     keepalive): ask for a mandatory upload with `TimeoutExpiration` and stop processing it
     (spec §5.2, §8). The connection is gone (delegated State CLOSED); what it held — sends not
-    acknowledged, bytes not delivered — goes back to the host at terminate."""
+    acknowledged, bytes not delivered — goes back to the host at terminate.
+
+    Posted here before the terminate and handled after it, the news is the host's: the
+    connection is its own again, and the ordinary path carries segment flags only, where a
+    timeout reads as an RST ("connection reset", spec §5.2). It goes on to the socket's home,
+    as the socket tells it once nobody else owns the connection; the host processes it behind
+    what came up the ordinary path before it (`host.receive.wire_timeout`)."""
     if c.lifecycle.phase in _ORDINARY_PATH:
-        t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, c.wire.bytes_read, b"", TH_RST)
+        # `WirePort` declares only the home's context; every wire keeps its layer as `home`
+        home = getattr(c.wire, "home", None)
+        if home is not None:  # None: the host closed and forgot the connection
+            t.ndis.post(home, home.WireTimeout, (c.wire.home_ctx, reason))
         return
     timed_out(t, c)
 

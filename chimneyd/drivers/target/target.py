@@ -264,7 +264,7 @@ class OffloadTarget(DriverLayer):
         receive.wire_reset(self, c)
 
     def WireTimeout(self, c: TcpContext, reason: str) -> None:
-        receive.wire_timeout(self, c)
+        receive.wire_timeout(self, c, reason)
 
     def WireAcked(self, c: TcpContext, acked: int) -> None:
         send.wire_acked(self, c, acked)
