@@ -19,7 +19,7 @@ from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
 from ..queues import grown
-from ..segment import TH_FIN, TH_RST
+from ..segment import TH_FIN, TH_RST, TH_SYN
 from ..wire import may_read_again
 from . import disconnect, offload, send
 from .tcb import TIMED_OUT, AppError, Done, Tcb, ndis_error
@@ -356,6 +356,13 @@ def _after_rst(h: HostStack, tcb: Tcb) -> None:
 def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -> None:
     """One segment the host received, processed or held according to who carries the
     connection now (spec §3.2.7, §3.6.4, §4.6)."""
+    if flags & TH_SYN and not flags & TH_RST:
+        # RFC 793 checks the SYN bit after the RST bit and before the FIN bit, and a SYN on a
+        # synchronized connection ends the segment's processing there: its FIN (and data) is
+        # no news of the peer's. [EMU] the kernel that owns the real connection answered the
+        # SYN itself: nothing is left for the host, nor for a forward down again, where it
+        # came up from (spec §4.7; the target's `forwarded_syn` holds it for the host)
+        return
     phase = tcb.lifecycle.phase
     if phase is Phase.OFFLOADING:
         # forwarded after the initiate (§3.2.7)
