@@ -116,9 +116,10 @@ def test_a_segment_arriving_during_the_terminate_goes_up_the_ordinary_path() -> 
 @pytest.mark.parametrize("kind", ["peer_reset", "kernel_timeout"])
 def test_a_reset_arriving_during_the_terminate_goes_up_the_ordinary_path(kind: str) -> None:
     """host → IM → target: the peer's RST (or the kernel giving up on the connection) reaches
-    the target after its terminate began: the target passes it up the ordinary path as an RST
-    at the end of the stream, never as a chimney abort; the host delivers the bytes before it,
-    then reports the connection reset (spec §3.6.4, §4.7)."""
+    the target after its terminate began: the target passes the RST up the ordinary path at the
+    end of the stream, and the timeout on to the host (no segment: an RST would read as a
+    reset), never as a chimney abort; the host delivers the bytes before it, then reports the
+    connection reset, or timed out (spec §3.6.4, §4.7, §5.2)."""
     rig = HostRig(im=True)
     conn, wire = rig.open()
     rig.offload(conn)
@@ -136,12 +137,20 @@ def test_a_reset_arriving_during_the_terminate_goes_up_the_ordinary_path(kind: s
         (d.layer.kind, d.args[2:])
         for d in rig.scheduler.delivered(handler="ProtocolReceiveNetBufferLists")
     ]
-    assert relayed == [("passthrough", (19, b"", TH_RST)), ("host", (19, b"", TH_RST))]
+    if kind == "peer_reset":
+        assert relayed == [("passthrough", (19, b"", TH_RST)), ("host", (19, b"", TH_RST))]
+    else:
+        assert relayed == []
+        assert [d.layer.kind for d in rig.scheduler.delivered(handler="WireTimeout")] == [
+            "target",
+            "host",
+        ]
     assert not rig.scheduler.delivered(handler="ProtocolTcpOffloadEvent")
     read = rig.call(rig.host.app_recv, conn, 1000, False)
     assert read.value == b"before the upload, "
     read = rig.call(rig.host.app_recv, conn, 1000, False)
-    assert read.error is not None and "connection reset" in str(read.error)
+    death = "connection reset" if kind == "peer_reset" else "timed out"
+    assert read.error is not None and death in str(read.error)
     assert rig.problems() == []
 
 
