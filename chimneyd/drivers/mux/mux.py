@@ -39,7 +39,15 @@ from ..base import Timers, downcall
 from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
 from . import failover, relink
-from .objects import Instance, Key, Lower, MuxConnection, VirtualObject
+from .objects import (
+    ASKED_MANDATORY,
+    ASKED_OPTIONAL,
+    Instance,
+    Key,
+    Lower,
+    MuxConnection,
+    VirtualObject,
+)
 from .placement import Fit, Placement, fit_of, usable
 from .trees import LowerTree, MuxCall, mirror_block
 
@@ -1129,8 +1137,40 @@ class MuxIm(PassthroughIm):
     def ProtocolTcpOffloadEvent(
         self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
     ) -> None:
-        if not self._early(handle.owner, super().ProtocolTcpOffloadEvent, handle, event_type, info):
-            super().ProtocolTcpOffloadEvent(handle, event_type, info)
+        if not self._early(handle.owner, self._relay_event, handle, event_type, info):
+            self._relay_event(handle, event_type, info)
+
+    def _relay_event(
+        self, handle: NdisOffloadHandle, event_type: TcpOffloadEventType, info: int
+    ) -> None:
+        """Up with the upper handle (spec §5.6), but for a retrieve that tells the layer above
+        nothing new (`_news`), judged when it would go up: one held in `early` may meet the
+        MUX's own request, made meanwhile."""
+        if event_type is _RETRIEVE and not self._news(handle.owner, TcpUploadReason(info)):
+            return
+        super().ProtocolTcpOffloadEvent(handle, event_type, info)
+
+    @staticmethod
+    def _news(entry: MuxConnection, reason: TcpUploadReason) -> bool:
+        """Whether a NIC's `TcpIndicateRetrieve(reason)` goes up; notes it if it does. The NIC
+        does not know the MUX asked the connection up already (evacuating it, `retrieve_all`),
+        and asks for its own reasons, such as the connection entering TIME_WAIT (spec §5.2):
+        the layer above would hear of one upload twice. As the target's own rule
+        (`target.events.request_upload`): a first request, or a mandatory reason after
+        optional ones only, goes up; nothing else, nor anything once the upload is under way
+        (TERMINATING) [INF]. But for the reasons that say more than "upload it", which go up
+        whatever came before (`_ALWAYS_NEWS`): `TimeoutExpiration` (the host tells by it why
+        the connection comes back CLOSED, spec §5.2), `InvalidState` (the answer for each
+        connection an invalidate from above reached, spec §3.5) and `HardwareFailure` (step
+        2 of spec §3.7)."""
+        if reason in _ALWAYS_NEWS:
+            entry.asked = ASKED_MANDATORY
+            return True
+        strength = ASKED_MANDATORY if reason.mandatory else ASKED_OPTIONAL
+        if entry.asked >= strength or entry.lifecycle.phase is Phase.TERMINATING:
+            return False
+        entry.asked = strength
+        return True
 
     @staticmethod
     def _early(entry: MuxConnection, fn: Callable[..., None], *args: Any) -> bool:
@@ -1208,6 +1248,9 @@ class MuxIm(PassthroughIm):
             ):
                 entry.lifecycle.fire(Event.RETRIEVE)
                 self.evacuating.add(entry)
+                if entry.asked == ASKED_MANDATORY:
+                    continue  # its NIC's mandatory request went up already (spec §5.2)
+                entry.asked = ASKED_MANDATORY
                 self.ndis.NdisTcpOffloadEventHandler(
                     self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
                 )
@@ -1248,6 +1291,14 @@ class MuxIm(PassthroughIm):
 
 # -- helpers over the upper tree ---------------------------------------------------------------
 _RETRIEVE = TcpOffloadEventType.TcpIndicateRetrieve
+#: Upload reasons a NIC's retrieve always carries up, asked before or not (`MuxIm._news`).
+_ALWAYS_NEWS = frozenset(
+    {
+        TcpUploadReason.TimeoutExpiration,
+        TcpUploadReason.InvalidState,
+        TcpUploadReason.HardwareFailure,
+    }
+)
 
 
 def _parents(root: OffloadBlock) -> dict[int, OffloadBlock]:

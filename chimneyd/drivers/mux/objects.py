@@ -158,10 +158,16 @@ class Instance(Lifecycle):
         return f"{self.vobj} on {self.lower.name}"
 
 
+#: How strongly the layer above was asked to upload a connection (`MuxConnection.asked`).
+NOT_ASKED = 0
+ASKED_OPTIONAL = 1
+ASKED_MANDATORY = 2
+
+
 class MuxConnection(ImOffloadEntry):
     """A connection the MUX placed on one NIC: an IM offload entry with its path and 4-tuple."""
 
-    __slots__ = ("completing", "early", "key", "path")
+    __slots__ = ("asked", "completing", "early", "key", "path")
 
     def __init__(
         self, layer: str, upper: NdisOffloadHandle, lower: Binding, path: VirtualObject, key: Key
@@ -175,3 +181,7 @@ class MuxConnection(ImOffloadEntry):
         # its NIC failed its part of a terminate the MUX has not yet completed above: what the
         # NIC indicates next waits in `early` too (spec §3.7: the completion comes first)
         self.completing = False
+        # the strongest upload request the layer above has had for it, from its NIC or from
+        # the MUX (`MuxIm.retrieve_all`): NOT_ASKED, ASKED_OPTIONAL or ASKED_MANDATORY. The
+        # MUX passes up no second request that says nothing new (spec §5.2, `MuxIm._news`)
+        self.asked = NOT_ASKED
