@@ -133,13 +133,16 @@ def closing(t: OffloadTarget, c: TcpContext) -> None:
 class FinWait2Timer:
     """One connection's FIN_WAIT_2 timer: the timer armed, and the clock when it last heard an
     acceptable segment. A segment restarts the timer by writing `heard_ns` (`heard`); an expiry
-    that finds a later one arms it again for what is left: no timer per segment."""
+    that finds a later one arms it again for what is left: no timer per segment. `since_ns`:
+    when it was started, the kernel's news from before which does not count
+    (`heard_by_kernel`)."""
 
-    __slots__ = ("handle", "heard_ns")
+    __slots__ = ("handle", "heard_ns", "since_ns")
 
-    def __init__(self, handle: TimerHandle, heard_ns: int) -> None:
+    def __init__(self, handle: TimerHandle, heard_ns: int, since_ns: int) -> None:
         self.handle = handle
         self.heard_ns = heard_ns
+        self.since_ns = since_ns
 
 
 def start_fin_wait_2(t: OffloadTarget, c: TcpContext, left_ns: int = FIN_WAIT_2_NS) -> None:
@@ -148,7 +151,8 @@ def start_fin_wait_2(t: OffloadTarget, c: TcpContext, left_ns: int = FIN_WAIT_2_
     stop_fin_wait_2(t, c)
     left_ns = max(0, left_ns)
     handle = t.timers.call_later(left_ns / NS, t.fin_wait_2_expired, c)
-    t.fin_wait_2[c.id] = FinWait2Timer(handle, t.ndis.clock() + left_ns - FIN_WAIT_2_NS)
+    now = t.ndis.clock()
+    t.fin_wait_2[c.id] = FinWait2Timer(handle, now + left_ns - FIN_WAIT_2_NS, now)
 
 
 def heard(t: OffloadTarget, c: TcpContext) -> None:
@@ -175,19 +179,24 @@ def heard_by_kernel(t: OffloadTarget, c: TcpContext, timer: FinWait2Timer, now: 
         # acceptable segments): its time counts. A kernel that closed the socket took the
         # peer's FIN (Linux leaves FIN_WAIT_2 when it arrives, unread bytes before it or not):
         # the FIN comes once reading resumes, and the connection is no FIN_WAIT_2 one to time
-        # out
+        # out. Only news after the timer started counts: at an offload in FIN_WAIT_2 (the
+        # socket taken with reading stopped) what the kernel heard while the host had the
+        # connection is in the host's `RetransmitTimeoutDelta` already (spec §8), and before
+        # entering FIN_WAIT_2 there was no timer
         info = c.wire.tcp_info()
         if info.state == _TCP_CLOSE:
             timer.heard_ns = now
         else:
-            idle_ns = min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
-            timer.heard_ns = max(timer.heard_ns, now - idle_ns)
+            kernel_ns = now - min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+            if kernel_ns > timer.since_ns:
+                timer.heard_ns = max(timer.heard_ns, kernel_ns)
     return timer.heard_ns
 
 
 def note_kernel_news(t: OffloadTarget, c: TcpContext) -> None:
-    """Reading is about to start again (the terminate): keep what the kernel heard while it
-    was stopped, which the target can read no more once it reads the socket itself."""
+    """Reading is about to start again (back-pressure lifted, `receive._flow`, or the
+    terminate): keep what the kernel heard while it was stopped, which the target can read no
+    more once it reads the socket itself."""
     timer = t.fin_wait_2.get(c.id)
     if timer is not None and c.tcp is TcpState.FIN_WAIT_2:
         heard_by_kernel(t, c, timer, t.ndis.clock())

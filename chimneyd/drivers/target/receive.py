@@ -666,7 +666,10 @@ def _flow(t: OffloadTarget, c: TcpContext) -> None:
         c.wire.pause_reading()
     elif c.paused and may_read_again(held, bound) and c.urgent_at is None:
         # once holding for the ordinary path began (urgent data, a mandatory upload request)
-        # the socket waits for the terminate, which reads it again for the host (spec §5.2)
+        # the socket waits for the terminate, which reads it again for the host (spec §5.2).
+        # The FIN_WAIT_2 timer keeps the kernel's news of the peer from the pause: reading
+        # again may find nothing new, and the timer would run from before the pause (spec §8)
+        disconnect.note_kernel_news(t, c)
         c.paused = False
         c.wire.resume_reading()
 
