@@ -90,6 +90,7 @@ def flush_terminates(h: HostStack) -> None:
             going[id(path)] = (path, [])
         going[id(path)][1].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
     h.pending_terminates = []
+    leaving = False
     for neighbor, root, paths in trees.values():
         going_paths: set[HostObject] = set()
         for key, pblock in paths.items():
@@ -100,7 +101,19 @@ def flush_terminates(h: HostStack) -> None:
                 going_paths.add(path)
         if _unused_but_for(h, neighbor, going_paths):
             _start_object(neighbor, root)
+            leaving = True
         h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
+    if leaving:
+        _neighbors_leaving(h)
+
+
+def _neighbors_leaving(h: HostStack) -> None:
+    """The host sent a neighbor's terminate: it is leaving (`offload.current`) and stands for
+    its next hop no more, so a next-hop change that waited for it to leave (failed or
+    invalidated, spec §3.1) goes under a fresh one now [EMU], as a connection's offload does;
+    not when that terminate completes, which a teaming MUX may hold back while a failed NIC
+    stays out (spec §5.5, §9 item 8)."""
+    h.objects_settled()
 
 
 def _unused_but_for(h: HostStack, neighbor: HostObject, going: set[HostObject]) -> bool:
@@ -133,12 +146,14 @@ def release_unused_objects(h: HostStack) -> None:
         if obj.block_kind == "path" and obj.refs == 0 and _terminable(obj):
             assert obj.parent is not None
             unused.setdefault(id(obj.parent), (obj.parent, set()))[1].add(obj)
+    leaving = False
     for neighbor, paths in unused.values():
         root = new_neighbor_block(None)
         for path in paths:
             _start_object(path, root.add_dependent(new_path_block(None)))
         if _unused_but_for(h, neighbor, paths):
             _start_object(neighbor, root)
+            leaving = True
         h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
     for obj in objects:
         if (
@@ -150,7 +165,10 @@ def release_unused_objects(h: HostStack) -> None:
             root = new_neighbor_block(None)
             _start_object(obj, root)
             h.ndis.NdisTerminateOffload(h, obj.binding, root)
+            leaving = True
     forget_idle_objects(h)
+    if leaving:
+        _neighbors_leaving(h)
 
 
 def forget_idle_objects(h: HostStack) -> None:
