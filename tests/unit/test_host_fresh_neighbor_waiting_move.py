@@ -75,3 +75,42 @@ def test_a_move_waiting_for_its_new_neighbor_to_leave_goes_once_its_terminate_is
         assert rig.call(host.app_close, conn).error is None
     assert not any(host.leftovers().values()), host.leftovers()
     assert rig.problems() == []
+
+
+def test_a_move_that_waited_for_its_new_neighbor_to_leave_is_refused_by_a_withheld_target() -> None:
+    """The move waits for a failed neighbor to leave; meanwhile one of the host's own reasons
+    comes to hold for the target (a media disconnect, spec §6.2): the host takes every
+    connection up and offloads nothing new there, so once the failed neighbor's terminate is
+    sent the move is refused, nothing moved, no neighbor offloaded."""
+    rig = HostRig()
+    host = rig.host
+    c3, _ = rig.open(remote=("127.0.0.2", 80))
+    rig.offload(c3)
+    assert rig.call(host.app_update_object, c3, "path", {"NextHop": HOP}).error is None
+    c1, _ = rig.open(remote=("127.0.0.1", 80))
+    rig.offload(c1)
+    c2, _ = rig.open(remote=("127.0.0.1", 80))
+    offloading = Reply()
+    host.app_offload(c2, None, offloading)
+    initiate = _hold_next(rig, "MiniportInitiateOffload")
+    rig.run()
+    fail_next(rig.target, "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE)
+    update = rig.call(host.app_update_object, c1, "neighbor", {"DlDestinationAddress": ARP})
+    assert update.done and update.error is not None, update
+    moved = Reply()
+    host.app_update_object(c3, "path", {"NextHop": DEFAULT}, moved)
+    rig.run()
+    assert not moved.done and host.leftovers()["moves_waiting"] == 1, moved
+    host.host_event("nic0", "media_disconnect", True)
+    rig.scheduler.queue.append(initiate)
+    rig.run()
+    assert moved.done and moved.error is not None, moved
+    assert moved.error.symbol == "INVALID_STATE" and "withholds" in str(moved.error), moved
+    assert offloading.done
+    assert [host.tcbs[c].state for c in (c1, c2, c3)] == ["host", "host", "host"]
+    assert not rig.target.table and not host.objects and not host.leaving
+    host.host_event("nic0", "media_disconnect", False)
+    for conn in (c1, c2, c3):
+        assert rig.call(host.app_close, conn).error is None
+    assert not any(host.leftovers().values()), host.leftovers()
+    assert rig.problems() == []
