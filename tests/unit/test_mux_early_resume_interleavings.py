@@ -30,18 +30,13 @@ from hypothesis import strategies as st
 from chimneyd.drivers.mux.mux import CORRUPT_RETRY_MAX, MuxIm
 from chimneyd.drivers.mux.objects import MuxConnection
 from chimneyd.ndis.lifecycle import Phase
-from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.testing.factories import fail_next
-from chimneyd.testing.hostrig import HostRig, Reply
+from chimneyd.testing.hostrig import HostRig
 from tests.unit.test_host_next_hop_interleavings import (
     ACTIONS,
-    CODES,
     CROSSING,
     HELD_CORRUPT,
-    HOPS,
     TEAM,
-    _check_drained,
-    _teamed_rig,
+    TeamWalk,
 )
 
 #: Two neighbors' terminates held for copies on nic2, one with a connection nic2 found corrupt
@@ -129,74 +124,14 @@ def _check_quiet(rig: HostRig, mux: MuxIm) -> None:
 def test_after_an_early_resume_the_pause_and_held_tables_stay_coherent(
     prefix: list[tuple[str, Any, Any]], tail: list[tuple[str, Any, Any]]
 ) -> None:
-    rig, mux = _teamed_rig()
-    host = rig.host
-    conns: list[int] = []
-    replies: list[tuple[str, Reply]] = []
-    failed: set[int] = set()
-    down: set[int] = set()
-
-    def ask(what: str, request: Any, conn: int, *args: Any) -> None:
-        reply = Reply()
-        replies.append((what, reply))
-        request(conn, *args, reply)
+    walk = TeamWalk()
+    rig, mux = walk.rig, walk.mux
+    failed, down = walk.failed, walk.down
 
     def act(action: str, a: Any, b: Any) -> None:
-        if action == "connect":
-            conn, wire = rig.open(remote=(f"127.0.0.{a + 1}", 80))
-            wire.auto_ack = True
-            conns.append(conn)
-            ask("offload", host.app_offload, conn, None)
-        elif action == "fail_team":
-            fail_next(rig.targets[TEAM[a]], b, S.NDIS_STATUS_FAILURE)
-        elif action == "fail_nic":
-            if a in failed:
-                failed.discard(a)
-                rig.targets[TEAM[a]].recover_adapter()
-            else:
-                failed.add(a)
-                rig.targets[TEAM[a]].fail_adapter()
-        elif action == "nic_down":
-            binding = mux.lower_list()[a].binding
-            if a in down:
-                down.discard(a)
-                mux.lower_up(binding)
-            else:
-                down.add(a)
-                mux.lower_down(binding)
-        elif action == "rebalance":
-            mux.rebalance()
-        elif action == "step":
-            for _ in range(a):
-                if not rig.scheduler.queue:
-                    break
-                rig.scheduler.run_one()
-            host.after_batch()
-        elif action == "batch":
-            host.after_batch()
-        elif action == "run":
-            rig.run()
+        walk.do(action, a, b)
+        if action == "run":
             _check_quiet(rig, mux)
-        elif action == "fail" or not conns:
-            return
-        else:
-            conn = conns[a % len(conns)]
-            if action in ("move", "move_mtu"):
-                changes: dict[str, Any] = {"NextHop": HOPS[b]}
-                if action == "move_mtu":
-                    changes["PathMtu"] = 1200 + len(replies)
-                ask(action, host.app_update_object, conn, "path", changes)
-            elif action == "arp":
-                mac = b"\x02\x00\x00\x00\x01" + bytes([len(replies) % 256])
-                ask(action, host.app_update_object, conn, "neighbor", {"DlDestinationAddress": mac})
-            elif action == "mtu":
-                ask(action, host.app_update_object, conn, "path", {"PathMtu": 1300 + len(replies)})
-            elif action == "invalidate":
-                ask(action, host.app_invalidate, conn, b)
-            elif action == "upload":
-                ask(action, host.app_upload, conn)
-            else:
-                ask(action, host.app_close, conn)
 
     for action, a, b in prefix:
         act(action, a, b)
@@ -234,16 +169,4 @@ def test_after_an_early_resume_the_pause_and_held_tables_stay_coherent(
     rig.run()
     rig.advance(CORRUPT_RETRY_MAX)
     _check_quiet(rig, mux)
-    for what, reply in replies:
-        assert reply.done, (what, reply)
-        if reply.error is not None:
-            assert reply.error.symbol in CODES, (what, reply)
-    for conn in conns:
-        rig.call(host.app_close, conn)
-    rig.advance(CORRUPT_RETRY_MAX)
-    assert rig.problems() == []
-    assert not any(host.leftovers().values()), host.leftovers()
-    assert not any(mux.leftovers().values()), mux.leftovers()
-    _check_drained(rig)
-    for name in TEAM:
-        assert not rig.contexts(name), name
+    walk.answered_and_drained()
