@@ -237,6 +237,24 @@ def popen_chimneyd(
     )
 
 
+def run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`argv` run with its stdout a pipe whose reader left before the first write (`| head`
+    done early): what it says on stderr and how it exits."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            list(argv),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=child_env(),
+        )
+    finally:
+        os.close(write)
+
+
 def run_on_a_taken_address(cwd: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
     """`python -m chimneyd --listen ADDR` while a socket of this process listens on ADDR: the
     address and the finished run (the daemon cannot listen, so it exits by itself)."""

@@ -26,6 +26,7 @@ from tests.e2e.support import (
     LineReader,
     child_env,
     peer_process,
+    run_into_a_closed_pipe,
     sigint_default,
 )
 
@@ -437,19 +438,7 @@ def test_top_once(admin_daemon: Daemon, echo_port: int) -> None:
 def test_output_into_a_closed_pipe_ends_quietly() -> None:
     """`chimneyctl completion bash | head`: once the reader is gone, no "Broken pipe" error or
     traceback, and the exit status a shell gives a writer SIGPIPE ended."""
-    read, write = os.pipe()
-    os.close(read)  # the reader left before the first write
-    try:
-        run = subprocess.run(
-            [str(BIN / "chimneyctl"), "completion", "bash"],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            env=child_env(),
-        )
-    finally:
-        os.close(write)
+    run = run_into_a_closed_pipe(str(BIN / "chimneyctl"), "completion", "bash")
     assert (run.returncode, run.stderr) == (141, "")
 
 

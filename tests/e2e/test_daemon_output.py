@@ -5,12 +5,19 @@ that a log shipper can read without filtering."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.conftest import SpawnDaemon
-from tests.e2e.support import BIN, HOST, child_env, peer_process, run_on_a_taken_address
+from tests.e2e.support import (
+    BIN,
+    HOST,
+    child_env,
+    peer_process,
+    run_into_a_closed_pipe,
+    run_on_a_taken_address,
+)
 
 
 def test_stdout_says_where_it_listens_and_stderr_is_only_json(spawn_daemon: SpawnDaemon) -> None:
@@ -77,27 +84,12 @@ def test_an_address_that_cannot_be_bound_is_named(tmp_path: Path) -> None:
 def test_check_config_into_a_closed_pipe_ends_quietly() -> None:
     """`chimneyd --check-config | head`: once the reader is gone, no traceback, and the exit
     status a shell gives a writer SIGPIPE ended (as chimneyctl's)."""
-    read, write = os.pipe()
-    os.close(read)  # the reader left before the first write
-    try:
-        run = subprocess.run(
-            [str(BIN / "chimneyd"), "--check-config"],
-            stdout=write,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            env=child_env(),
-        )
-    finally:
-        os.close(write)
+    run = run_into_a_closed_pipe(str(BIN / "chimneyd"), "--check-config")
     assert (run.returncode, run.stderr) == (141, "")
 
 
-def test_the_admin_token_from_the_environment() -> None:
-    """`CHIMNEYD_ADMIN_TOKEN` sets `rpc.admin_token` with no config file (a second terminal's
-    `chimneyctl --token` then sees every client's connections); the file's value gives way to
-    it, as to a command-line option; empty leaves the file's."""
-    env = {**child_env(), "CHIMNEYD_ADMIN_TOKEN": "s3cret"}
+def _admin_token_with(value: str) -> Any:
+    env = {**child_env(), "CHIMNEYD_ADMIN_TOKEN": value}
     run = subprocess.run(
         [str(BIN / "chimneyd"), "--check-config"],
         capture_output=True,
@@ -106,13 +98,11 @@ def test_the_admin_token_from_the_environment() -> None:
         timeout=60,
     )
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["rpc"]["admin_token"] == "<set>"  # shown so, not itself
-    env["CHIMNEYD_ADMIN_TOKEN"] = ""
-    run = subprocess.run(
-        [str(BIN / "chimneyd"), "--check-config"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
-    assert json.loads(run.stdout)["rpc"]["admin_token"] == ""
+    return json.loads(run.stdout)["rpc"]["admin_token"]
+
+
+def test_the_admin_token_from_the_environment() -> None:
+    """`CHIMNEYD_ADMIN_TOKEN` sets `rpc.admin_token` with no config file (a second terminal's
+    `chimneyctl --token` then sees every client's connections); empty, it sets nothing."""
+    assert _admin_token_with("s3cret") == "<set>"  # shown so, not itself
+    assert _admin_token_with("") == ""
