@@ -2,14 +2,16 @@
 
 A graceful disconnect completes when the FIN is acknowledged; an abortive one when the RST is
 out. A disconnect the target refuses because it is uploading is finished by the host after the
-upload. `tcp.close` uploads first when needed, then frees every layer's state.
+upload. `tcp.close` uploads first when needed, then frees every layer's state. A connection the
+host carries in FIN_WAIT_2 runs the host's FIN_WAIT_2 timer (spec §8).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chimneyd.ndis.lifecycle import Event, Phase
+from chimneyd.ndis.blocks import TIMER_NOT_RUNNING
+from chimneyd.ndis.lifecycle import Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 
@@ -18,10 +20,15 @@ from . import adapter, receive, send, terminate
 from .tcb import AppError, Done, Tcb
 
 if TYPE_CHECKING:
+    from ..base import TimerHandle
     from .stack import HostStack
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
+NS = 1_000_000_000
+#: The FIN_WAIT_2 timer's period (spec §8): 120 s, restarted by each acceptable segment.
+FIN_WAIT_2_NS = 120 * NS
+_TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
 
 
 def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
@@ -53,6 +60,7 @@ def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
         return
     if abortive:
         tcb.lifecycle.fire(Event.RESET)
+        stop_fin_wait_2(h, tcb)
         tcb.wire.abort()
         send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
         if tcb.disconnect_done is not None:
@@ -100,6 +108,10 @@ def fin_acked(h: HostStack, tcb: Tcb) -> None:
     done, tcb.disconnect_done = tcb.disconnect_done, None
     assert done is not None
     tcb.lifecycle.fire(Event.FIN_ACKED)
+    if tcb.tcp is TcpState.FIN_WAIT_2 and tcb.conn_id not in h.fin_wait_2:
+        # the peer's FIN is still to come: the host times the wait (spec §8). Not again after
+        # an upload that started it from the target's hand-back (`terminate._uploaded`)
+        start_fin_wait_2(h, tcb)
     done(SUCCESS.name, None)
     fin_wait_over(h, tcb)  # an offload asked for meanwhile
     h.run_deferred(tcb)
@@ -177,6 +189,7 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
         terminate.app_upload(h, tcb, after)
         return
     tcb.lifecycle.fire(Event.CLOSE)
+    stop_fin_wait_2(h, tcb)
     if not tcb.wire.closed:
         tcb.wire.close()
     send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
@@ -196,3 +209,115 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
     fin_wait_over(h, tcb)
     while tcb.deferred:
         tcb.deferred.pop(0)()
+
+
+# -- the host's FIN_WAIT_2 timer (spec §8) --------------------------------------------------------
+# `RetransmitTimeoutDelta` doubles as the FIN_WAIT_2 timer (spec §8): the target keeps it while
+# the connection is offloaded and hands back what is left at the upload; the host keeps it while
+# it carries the connection, on its injected clock, and hands down what is left at an offload.
+# The kernel socket never times FIN_WAIT_2 out while its descriptor is open (Linux's
+# tcp_fin_timeout is for orphans), so without it uploads and offloads in turn, each starting a
+# fresh 120 s, would put the end off for ever. One per connection, only while in FIN_WAIT_2, in
+# `h.fin_wait_2` by connection id: nothing in the TCB, nothing armed in any other state.
+class FinWait2Timer:
+    """One connection's FIN_WAIT_2 timer: the timer armed (None: it fell due while the
+    connection was being offloaded, `initiate_failed`), and the clock when the peer was last
+    heard. A segment restarts it by writing `heard_ns` (`heard`); an expiry that finds a later
+    one arms it again for what is left: no timer per segment. `since_ns`: when it was started,
+    the kernel's news from before which does not count (`_heard_by_kernel`)."""
+
+    __slots__ = ("handle", "heard_ns", "since_ns")
+
+    def __init__(self, handle: TimerHandle | None, heard_ns: int, since_ns: int) -> None:
+        self.handle = handle
+        self.heard_ns = heard_ns
+        self.since_ns = since_ns
+
+
+def start_fin_wait_2(h: HostStack, tcb: Tcb, left_ns: int = FIN_WAIT_2_NS) -> None:
+    """Arm `tcb`'s FIN_WAIT_2 timer to expire in `left_ns`: 120 s on entering FIN_WAIT_2 in
+    the host, what the target handed back at an upload in it (0: at once, spec §8)."""
+    stop_fin_wait_2(h, tcb)
+    left_ns = max(0, left_ns)
+    handle = h.timers.call_later(left_ns / NS, h.fin_wait_2_expired, tcb)
+    now = h.ndis.clock()
+    h.fin_wait_2[tcb.conn_id] = FinWait2Timer(handle, now + left_ns - FIN_WAIT_2_NS, now)
+
+
+def fin_wait_2_ns(h: HostStack, delta: int) -> int:
+    """The FIN_WAIT_2 timer a `RetransmitTimeoutDelta` handed back in FIN_WAIT_2 stands for, in
+    ns: 120 s if not running (-1), spec §8."""
+    if delta < 0:
+        return FIN_WAIT_2_NS
+    return delta * NS // max(1, h.params.TicksPerSecond)
+
+
+def heard(h: HostStack, tcb: Tcb) -> None:
+    """The host read a segment of the peer's in FIN_WAIT_2: its timer starts again (spec §8)."""
+    timer = h.fin_wait_2.get(tcb.conn_id)
+    if timer is not None:
+        timer.heard_ns = h.ndis.clock()
+
+
+def stop_fin_wait_2(h: HostStack, tcb: Tcb) -> None:
+    """`tcb` left FIN_WAIT_2 (the peer's FIN, an RST, a close) or the host (an offload)."""
+    timer = h.fin_wait_2.pop(tcb.conn_id, None)
+    if timer is not None and timer.handle is not None:
+        timer.handle.cancel()
+
+
+def _heard_by_kernel(tcb: Tcb, timer: FinWait2Timer, now: int) -> int:
+    """When the peer was last heard, the kernel's news counted: while the host has stopped
+    reading the socket (back-pressure) it reads no segment, but the kernel hears the peer.
+    A kernel that closed the socket took the peer's FIN: it comes once reading resumes, and
+    the connection is no FIN_WAIT_2 one to time out. As the target's timer does (spec §8)."""
+    if tcb.read_paused and not tcb.wire.closed:
+        info = tcb.wire.tcp_info()
+        if info.state == _TCP_CLOSE:
+            timer.heard_ns = now
+        else:
+            kernel_ns = now - min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+            if kernel_ns > timer.since_ns:
+                timer.heard_ns = max(timer.heard_ns, kernel_ns)
+    return timer.heard_ns
+
+
+def fin_wait_2_left(h: HostStack, tcb: Tcb) -> int:
+    """What an offload in FIN_WAIT_2 hands down in `RetransmitTimeoutDelta` (spec §8): what is
+    left of the host's timer in ticks, 0 if due; -1 (a fresh 120 s) if none runs."""
+    timer = h.fin_wait_2.get(tcb.conn_id)
+    if timer is None:
+        return TIMER_NOT_RUNNING
+    now = h.ndis.clock()
+    left_ns = max(0, _heard_by_kernel(tcb, timer, now) + FIN_WAIT_2_NS - now)
+    return left_ns * h.params.TicksPerSecond // NS
+
+
+def fin_wait_2_expired(h: HostStack, tcb: Tcb) -> None:
+    """The timer fell due: armed again for what is left if the peer was heard since it was
+    armed; else the connection times out (spec §8), as at the kernel's timeout. While an
+    initiate is below it waits: the initiate handed down what was left, and the target times
+    the connection out if it takes it; if not, the host does (`initiate_failed`)."""
+    timer = h.fin_wait_2.get(tcb.conn_id)
+    if timer is None:
+        return  # stopped after it was posted
+    if tcb.tcp is not TcpState.FIN_WAIT_2 or tcb.phase is Phase.CLOSED:
+        stop_fin_wait_2(h, tcb)  # [INF] left the state by a road that did not stop it
+        return
+    now = h.ndis.clock()
+    due = _heard_by_kernel(tcb, timer, now) + FIN_WAIT_2_NS
+    if due > now:
+        timer.handle = h.timers.call_later((due - now) / NS, h.fin_wait_2_expired, tcb)
+        return
+    if tcb.phase is not Phase.IDLE:
+        timer.handle = None
+        return
+    del h.fin_wait_2[tcb.conn_id]
+    receive.fin_wait_2_timed_out(h, tcb)
+
+
+def initiate_failed(h: HostStack, tcb: Tcb) -> None:
+    """The connection stays the host's: a timer that fell due meanwhile expires now."""
+    timer = h.fin_wait_2.get(tcb.conn_id)
+    if timer is not None and timer.handle is None:
+        timer.handle = h.timers.call_later(0, h.fin_wait_2_expired, tcb)

@@ -44,7 +44,7 @@ from ..segment import (
     parse_segment,
 )
 from ..tcp import offset_of, seq
-from . import adapter, host_reasons, receive, send, terminate
+from . import adapter, disconnect, host_reasons, receive, send, terminate
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -369,6 +369,9 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
     )
     now = h.ndis.clock()
     fill_from_kernel(delegated, wire.tcp_info() if not wire.closed else None, tick_clock(now))
+    if tcb.tcp is TcpState.FIN_WAIT_2:
+        # the delta doubles as the FIN_WAIT_2 timer: what is left of the host's (spec §8)
+        delegated.RetransmitTimeoutDelta = disconnect.fin_wait_2_left(h, tcb)
     # before the host's position moves back over the bytes handed down below
     _hand_down_out_of_order(tcb)
     # received, acknowledged data the application has not read yet (spec §3.2.3)
@@ -454,6 +457,7 @@ def _hand_down_out_of_order(tcb: Tcb) -> None:
 
 def _offloaded(h: HostStack, tcb: Tcb) -> None:
     tcb.lifecycle.fire(Event.INITIATE_OFFLOADED)
+    disconnect.stop_fin_wait_2(h, tcb)  # the target's from now on (spec §8)
     h.stats.offloads_active += 1
     # an offloaded connection may now sit idle for long: the hops of its offload are packed as
     # a closed connection's are (`HopTrace.freeze`; trace.get reads them the same), 192 bytes
@@ -510,6 +514,7 @@ def _not_offloaded(
         receive.host_segment(h, tcb, off, data, flags)
     tcb.forward_q = NO_ITEMS
     receive.own_reading(h, tcb)
+    disconnect.initiate_failed(h, tcb)  # the FIN_WAIT_2 timer is the host's still (spec §8)
     for done in tcb.offload_done:
         done(None, error)
     tcb.offload_done = NO_ITEMS

@@ -333,6 +333,16 @@ def wire_timeout(h: HostStack, tcb: Tcb) -> None:
     _after_rst(h, tcb)
 
 
+def fin_wait_2_timed_out(h: HostStack, tcb: Tcb) -> None:
+    """The host's FIN_WAIT_2 timer expired (`disconnect.fin_wait_2_expired`, spec §8): the
+    connection times out as at the kernel's timeout (`wire_timeout`), the application reads
+    every byte, then the timeout. The kernel socket, still in FIN_WAIT_2, goes with an RST,
+    as a connection handed back dead does (`terminate._uploaded`)."""
+    if not tcb.wire.closed:
+        tcb.wire.abort()
+    wire_timeout(h, tcb)
+
+
 def ordinary_path(
     h: HostStack, binding: Binding, wire_home: object, offset: int, data: bytes, flags: int
 ) -> None:
@@ -380,6 +390,8 @@ def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -
     if flags & TH_RST:
         host_reset(h, tcb)
         return
+    if tcb.tcp is TcpState.FIN_WAIT_2:
+        disconnect.heard(h, tcb)  # restarts the FIN_WAIT_2 timer (spec §8)
     ready, fin_now = tcb.rx.segment(offset, data, flags, bool(flags & TH_FIN))
     for piece, _ in ready:
         tcb.app_rx = grown(tcb.app_rx, (memoryview(piece), None))
@@ -430,6 +442,7 @@ def fin_received(h: HostStack, tcb: Tcb, info: dict[str, str]) -> None:
     if tcb.reset:
         return  # an RST already ended the stream
     tcb.lifecycle.fire(Event.FIN_RECEIVED)
+    disconnect.stop_fin_wait_2(h, tcb)  # TIME_WAIT (spec §8)
     h.emit(tcb.conn_id, "TcpIndicateDisconnect", info)
 
 
@@ -438,6 +451,7 @@ def host_reset(h: HostStack, tcb: Tcb) -> None:
     if tcb.reset:
         return
     tcb.lifecycle.fire(Event.RESET)
+    disconnect.stop_fin_wait_2(h, tcb)
     send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
     if tcb.disconnect_done is not None:
         done, tcb.disconnect_done = tcb.disconnect_done, None

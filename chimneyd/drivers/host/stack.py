@@ -168,6 +168,9 @@ class HostStack(DriverLayer):
         self.rx_spares: dict[int, list[bytearray]] = {}
         self.rx_spare_bytes = 0
         self._default_cached: TcpOffloadStateCached | None = None
+        # the FIN_WAIT_2 timers (spec §8) of the connections the host carries in FIN_WAIT_2,
+        # by connection id (`disconnect.start_fin_wait_2`)
+        self.fin_wait_2: dict[int, disconnect.FinWait2Timer] = {}
 
     # ============================================================================================
     # the neighbor and path cache (what updates gave objects, spec §3.4)
@@ -277,7 +280,8 @@ class HostStack(DriverLayer):
     def leftovers(self) -> dict[str, int]:
         """The host's own tables, empty once every connection is closed and every operation
         is over (spec §9 item 8): neighbor and path objects, connections waiting to go down or
-        up, batched sends and receive returns, connections waiting for a RESUME. The update
+        up, batched sends and receive returns, connections waiting for a RESUME, FIN_WAIT_2
+        timers (spec §8). The update
         cache (`updated_objects`) outlives connections by design; what must be back to zero
         for it is its excess over `object_cache_cap` (of objects the host no longer holds)."""
         held = self.held_keys()
@@ -291,6 +295,7 @@ class HostStack(DriverLayer):
             "returns": len(self.returns),
             "resume_offloads": sum(len(w) for w in self.resume_offloads.values()),
             "moves_waiting": len(self.moves_waiting),
+            "fin_wait_2_timers": len(self.fin_wait_2),
             "next_hops_over_cap": max(
                 0,
                 sum(1 for key in self.next_hops if key not in held) - self.object_cache_cap,
@@ -498,6 +503,9 @@ class HostStack(DriverLayer):
 
     def WireAcked(self, tcb: Tcb, acked: int) -> None:
         send.wire_acked(self, tcb, acked)
+
+    def fin_wait_2_expired(self, tcb: Tcb) -> None:
+        disconnect.fin_wait_2_expired(self, tcb)
 
     # ============================================================================================
     # lookups and observability

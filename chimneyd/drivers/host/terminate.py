@@ -21,7 +21,14 @@ from chimneyd.ndis.blocks import (
 )
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.errors import ChimneyProtocolError
-from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase, tcp_state_of
+from chimneyd.ndis.lifecycle import (
+    FIN_RECEIVED_STATES,
+    LIVE,
+    Event,
+    Phase,
+    TcpState,
+    tcp_state_of,
+)
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
@@ -246,6 +253,10 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     if tcb.lifecycle.tcp in FIN_RECEIVED_STATES and not fin_before:
         tcb.rx.fin = tcb.rx.rcv_nxt
         h.emit(tcb.conn_id, "TcpIndicateDisconnect", {"path": "upload"})
+    if tcb.lifecycle.tcp is TcpState.FIN_WAIT_2:
+        # the host times the wait for the peer's FIN from what the target handed back (spec
+        # §8); the segments queued meanwhile (below) restart or stop it
+        disconnect.start_fin_wait_2(h, tcb, disconnect.fin_wait_2_ns(h, d.RetransmitTimeoutDelta))
     if not tcb.reset and not tcb.kernel_timed_out:
         # it came back alive: a timeout retrieve was only a request. The socket's own timeout,
         # told while the upload was in flight, is not: its RST is queued (`upload_q`) below
