@@ -34,6 +34,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
+from ..segment import TH_RST
 from ..tcp import offset_of
 from . import disconnect, host_reasons, offload, receive, send
 from .tcb import Done, HostObject, Tcb
@@ -292,9 +293,12 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     if min(pos, wire.bytes_written) < wire.bytes_written and not tcb.reset:
         # a live connection's unacknowledged bytes all come back (a reset one's sends failed)
         raise ChimneyProtocolError(f"TCB {tcb.conn_id}: upload lost track of sent bytes")
-    # segments the host got while the terminate was in flight, in order by offset
+    # segments the host got while the terminate was in flight, in order by offset; at one
+    # offset an RST last. The socket's timeout reaches the host directly, at the stream's end
+    # (`receive.wire_timeout`), and can overtake what the target handed up before it through
+    # an IM, as the peer's FIN at that same offset: the kernel had that FIN first (spec §5.2)
     queued, tcb.upload_q = tcb.upload_q, NO_ITEMS
-    for off, data, flags in sorted(queued, key=lambda s: s[0]):
+    for off, data, flags in sorted(queued, key=lambda s: (s[0], bool(s[2] & TH_RST))):
         receive.host_segment(h, tcb, off, data, flags)
     if tcb.reset:
         send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
