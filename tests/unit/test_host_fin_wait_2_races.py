@@ -222,6 +222,26 @@ def test_close_while_an_offload_is_below_with_the_timer_due_leaves_nothing() -> 
     assert rig.clock.pending == 0, "a timer left armed"
 
 
+def test_the_peer_s_fin_behind_the_expiry_changes_nothing() -> None:
+    """The expiry is delivered first, the peer's FIN (read before the RST went out) right
+    behind it: timed out once, no end of stream indicated after the abort, and the
+    application reads every byte, then the timeout."""
+    rig, conn, wire = _host_in_fin_wait_2()
+    wire.peer_send(b"last")
+    rig.run()
+    rig.clock.advance(FIN_WAIT_2_S + 1)  # the expiry posted, not yet delivered
+    wire.peer_fin()  # behind it
+    rig.run()
+    assert _aborts(rig, conn) == [{"path": "host", "reason": "TimeoutExpiration"}]
+    assert "TcpIndicateDisconnect" not in rig.event_names(conn), rig.events
+    assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.RESET
+    got = rig.call(rig.host.app_recv, conn, 64, False)
+    assert got.value == b"last", got
+    end = rig.call(rig.host.app_recv, conn, 64, False)
+    assert end.error is not None and "TimeoutExpiration" in str(end.error), end
+    _closed_and_drained(rig, conn)
+
+
 def test_an_offload_queued_as_it_expires_is_refused() -> None:
     """An offload asked (queued for the next initiate) as the timer falls due: the connection
     times out in the host, and the offload is refused, nothing left queued."""

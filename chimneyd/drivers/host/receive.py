@@ -392,7 +392,11 @@ def host_segment(h: HostStack, tcb: Tcb, offset: int, data: bytes, flags: int) -
         return
     if tcb.tcp is TcpState.FIN_WAIT_2:
         disconnect.heard(h, tcb)  # restarts the FIN_WAIT_2 timer (spec §8)
-    ready, fin_now = tcb.rx.segment(offset, data, flags, bool(flags & TH_FIN))
+    # a FIN behind the RST that ended the stream (the peer's, read just before the host's
+    # FIN_WAIT_2 expiry reset the socket, spec §8) is no end of stream: the application reads
+    # the bytes, then why the connection died, as `fin_received` indicates no disconnect
+    fin = bool(flags & TH_FIN) and not tcb.reset
+    ready, fin_now = tcb.rx.segment(offset, data, flags, fin)
     for piece, _ in ready:
         tcb.app_rx = grown(tcb.app_rx, (memoryview(piece), None))
         tcb.app_rx_bytes += len(piece)
