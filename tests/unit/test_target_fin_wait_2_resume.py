@@ -2,7 +2,7 @@
 restarted by each acceptable segment).
 
 While reading is stopped the target sees no segment, and its timer counts the kernel's news
-of the peer ([EMU] `disconnect.heard_by_kernel`: the peer's window probes are acceptable
+of the peer ([EMU] `fin_wait_2.heard_by_kernel`: the peer's window probes are acceptable
 segments). When back-pressure lifts and reading starts again with nothing new to read, that
 news must stay counted: dropped, the timer ran from the last segment the target read itself
 and fired up to the length of the pause early, on a peer the kernel had just heard.

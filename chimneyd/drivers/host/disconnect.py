@@ -15,20 +15,16 @@ from chimneyd.ndis.lifecycle import Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 
+from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel
 from ..queues import NO_ITEMS, grown
 from . import adapter, receive, send, terminate
 from .tcb import AppError, Done, Tcb
 
 if TYPE_CHECKING:
-    from ..base import TimerHandle
     from .stack import HostStack
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
-NS = 1_000_000_000
-#: The FIN_WAIT_2 timer's period (spec §8): 120 s, restarted by each acceptable segment.
-FIN_WAIT_2_NS = 120 * NS
-_TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
 
 
 def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
@@ -219,21 +215,6 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
 # tcp_fin_timeout is for orphans), so without it uploads and offloads in turn, each starting a
 # fresh 120 s, would put the end off for ever. One per connection, only while in FIN_WAIT_2, in
 # `h.fin_wait_2` by connection id: nothing in the TCB, nothing armed in any other state.
-class FinWait2Timer:
-    """One connection's FIN_WAIT_2 timer: the timer armed (None: it fell due while the
-    connection was being offloaded, `initiate_failed`), and the clock when the peer was last
-    heard. A segment restarts it by writing `heard_ns` (`heard`); an expiry that finds a later
-    one arms it again for what is left: no timer per segment. `since_ns`: when it was started,
-    the kernel's news from before which does not count (`_heard_by_kernel`)."""
-
-    __slots__ = ("handle", "heard_ns", "since_ns")
-
-    def __init__(self, handle: TimerHandle | None, heard_ns: int, since_ns: int) -> None:
-        self.handle = handle
-        self.heard_ns = heard_ns
-        self.since_ns = since_ns
-
-
 def start_fin_wait_2(h: HostStack, tcb: Tcb, left_ns: int = FIN_WAIT_2_NS) -> None:
     """Arm `tcb`'s FIN_WAIT_2 timer to expire in `left_ns`: 120 s on entering FIN_WAIT_2 in
     the host, what the target handed back at an upload in it (0: at once, spec §8)."""
@@ -267,19 +248,9 @@ def stop_fin_wait_2(h: HostStack, tcb: Tcb) -> None:
 
 
 def _heard_by_kernel(tcb: Tcb, timer: FinWait2Timer, now: int) -> int:
-    """When the peer was last heard, the kernel's news counted: while the host has stopped
-    reading the socket (back-pressure) it reads no segment, but the kernel hears the peer.
-    A kernel that closed the socket took the peer's FIN: it comes once reading resumes, and
-    the connection is no FIN_WAIT_2 one to time out. As the target's timer does (spec §8)."""
-    if tcb.read_paused and not tcb.wire.closed:
-        info = tcb.wire.tcp_info()
-        if info.state == _TCP_CLOSE:
-            timer.heard_ns = now
-        else:
-            kernel_ns = now - min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
-            if kernel_ns > timer.since_ns:
-                timer.heard_ns = max(timer.heard_ns, kernel_ns)
-    return timer.heard_ns
+    """When the peer was last heard, the kernel's news counted while the host has stopped
+    reading the socket (back-pressure), as the target's timer does (spec §8)."""
+    return heard_by_kernel(tcb.wire, tcb.read_paused, timer, now)
 
 
 def fin_wait_2_left(h: HostStack, tcb: Tcb) -> int:

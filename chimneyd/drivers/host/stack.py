@@ -29,6 +29,7 @@ from chimneyd.ndis.oid import NdisOidRequest, NdisTcpConnectionOffloadParameters
 from chimneyd.ndis.status import IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
 
 from ..base import DriverLayer, Timers
+from ..fin_wait_2 import FinWait2Timer
 from ..queues import NO_ITEMS, grown
 from ..wire import WirePort
 from . import (
@@ -170,7 +171,7 @@ class HostStack(DriverLayer):
         self._default_cached: TcpOffloadStateCached | None = None
         # the FIN_WAIT_2 timers (spec §8) of the connections the host carries in FIN_WAIT_2,
         # by connection id (`disconnect.start_fin_wait_2`)
-        self.fin_wait_2: dict[int, disconnect.FinWait2Timer] = {}
+        self.fin_wait_2: dict[int, FinWait2Timer] = {}
 
     # ============================================================================================
     # the neighbor and path cache (what updates gave objects, spec §3.4)

@@ -11,22 +11,17 @@ from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
 
+from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel
 from ..segment import TH_FIN
 from . import events, receive, send
 from .contexts import TcpContext
 
 if TYPE_CHECKING:
-    from ..base import TimerHandle
     from .target import OffloadTarget
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
-NS = 1_000_000_000
-#: The FIN_WAIT_2 timer's period (spec §8): 120 s from entering FIN_WAIT_2, restarted by each
-#: acceptable segment.
-FIN_WAIT_2_NS = 120 * NS
-_TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
 
 
 def disconnect(t: OffloadTarget, c: TcpContext, nbl: NetBufferList, flags: int) -> None:
@@ -130,21 +125,6 @@ def closing(t: OffloadTarget, c: TcpContext) -> None:
 # (Linux's tcp_fin_timeout is for orphaned sockets): the target keeps the timer, on its
 # injected clock. One per connection, only while in FIN_WAIT_2, in `t.fin_wait_2` by context
 # id: nothing in a connection's own record, and nothing armed in any other state.
-class FinWait2Timer:
-    """One connection's FIN_WAIT_2 timer: the timer armed, and the clock when it last heard an
-    acceptable segment. A segment restarts the timer by writing `heard_ns` (`heard`); an expiry
-    that finds a later one arms it again for what is left: no timer per segment. `since_ns`:
-    when it was started, the kernel's news from before which does not count
-    (`heard_by_kernel`)."""
-
-    __slots__ = ("handle", "heard_ns", "since_ns")
-
-    def __init__(self, handle: TimerHandle, heard_ns: int, since_ns: int) -> None:
-        self.handle = handle
-        self.heard_ns = heard_ns
-        self.since_ns = since_ns
-
-
 def start_fin_wait_2(t: OffloadTarget, c: TcpContext, left_ns: int = FIN_WAIT_2_NS) -> None:
     """Arm `c`'s FIN_WAIT_2 timer to expire in `left_ns` (120 s on entering FIN_WAIT_2; what
     the host's `RetransmitTimeoutDelta` says at an offload in it, spec §8)."""
@@ -165,32 +145,14 @@ def heard(t: OffloadTarget, c: TcpContext) -> None:
 def stop_fin_wait_2(t: OffloadTarget, c: TcpContext) -> None:
     """`c` left FIN_WAIT_2 (the peer's FIN, an RST, a timeout) or leaves the target."""
     timer = t.fin_wait_2.pop(c.id, None)
-    if timer is not None:
+    if timer is not None and timer.handle is not None:  # the target's is always armed
         timer.handle.cancel()
 
 
-def heard_by_kernel(t: OffloadTarget, c: TcpContext, timer: FinWait2Timer, now: int) -> int:
-    """When the peer was last heard, the kernel's news counted, noted in `timer`: what the
-    expiry, a query and the hand-back all go by (spec §8: `RetransmitTimeoutDelta` doubles as
-    the timer, so it tells the host what the target itself would do)."""
-    if c.paused and not c.wire.closed:
-        # [EMU] reading stopped, by back-pressure or after a mandatory request (spec §5.2):
-        # the target sees no segment, but the kernel hears the peer (its window probes are
-        # acceptable segments): its time counts. A kernel that closed the socket took the
-        # peer's FIN (Linux leaves FIN_WAIT_2 when it arrives, unread bytes before it or not):
-        # the FIN comes once reading resumes, and the connection is no FIN_WAIT_2 one to time
-        # out. Only news after the timer started counts: at an offload in FIN_WAIT_2 (the
-        # socket taken with reading stopped) what the kernel heard while the host had the
-        # connection is in the host's `RetransmitTimeoutDelta` already (spec §8), and before
-        # entering FIN_WAIT_2 there was no timer
-        info = c.wire.tcp_info()
-        if info.state == _TCP_CLOSE:
-            timer.heard_ns = now
-        else:
-            kernel_ns = now - min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
-            if kernel_ns > timer.since_ns:
-                timer.heard_ns = max(timer.heard_ns, kernel_ns)
-    return timer.heard_ns
+def kernel_heard(t: OffloadTarget, c: TcpContext, timer: FinWait2Timer, now: int) -> int:
+    """When the peer was last heard, the kernel's news counted while reading the socket has
+    stopped (back-pressure, or after a mandatory request): `fin_wait_2.heard_by_kernel`."""
+    return heard_by_kernel(c.wire, c.paused, timer, now)
 
 
 def note_kernel_news(t: OffloadTarget, c: TcpContext) -> None:
@@ -199,7 +161,7 @@ def note_kernel_news(t: OffloadTarget, c: TcpContext) -> None:
     more once it reads the socket itself."""
     timer = t.fin_wait_2.get(c.id)
     if timer is not None and c.tcp is TcpState.FIN_WAIT_2:
-        heard_by_kernel(t, c, timer, t.ndis.clock())
+        kernel_heard(t, c, timer, t.ndis.clock())
 
 
 def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
@@ -218,7 +180,7 @@ def fin_wait_2_expired(t: OffloadTarget, c: TcpContext) -> None:
         stop_fin_wait_2(t, c)
         return
     now = t.ndis.clock()
-    due = heard_by_kernel(t, c, timer, now) + FIN_WAIT_2_NS
+    due = kernel_heard(t, c, timer, now) + FIN_WAIT_2_NS
     if due > now:
         timer.handle = t.timers.call_later((due - now) / NS, t.fin_wait_2_expired, c)
         return
@@ -233,7 +195,7 @@ def fin_wait_2_left(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated
     if timer is None or c.tcp is not TcpState.FIN_WAIT_2:
         return
     now = t.ndis.clock()
-    left_ns = max(0, heard_by_kernel(t, c, timer, now) + FIN_WAIT_2_NS - now)
+    left_ns = max(0, kernel_heard(t, c, timer, now) + FIN_WAIT_2_NS - now)
     d.RetransmitTimeoutDelta = left_ns * t.params.TicksPerSecond // NS
 
 

@@ -22,6 +22,7 @@ from chimneyd.ndis.status import NdisStatus, TcpUploadReason
 from chimneyd.ndis.trace import LayerStats
 
 from ..base import DriverLayer, Timers, downcall
+from ..fin_wait_2 import FinWait2Timer
 from ..wire import WirePort
 from . import adapter, disconnect, events, receive, send, state_ops, terminate
 from .batch import CompletionBatch
@@ -107,7 +108,7 @@ class OffloadTarget(DriverLayer):
         self.params = NdisTcpConnectionOffloadParameters(TcpPushTicks=push_ticks_ms)
         self.batch: CompletionBatch | None = None  # completions of a drain, once drains end
         # the FIN_WAIT_2 timers (spec §8) of the connections in FIN_WAIT_2, by context id
-        self.fin_wait_2: dict[int, disconnect.FinWait2Timer] = {}
+        self.fin_wait_2: dict[int, FinWait2Timer] = {}
 
     # -- completions per drain (spec §4.0; see `batch`) -------------------------------------------
     def complete_per_drain(self) -> None:

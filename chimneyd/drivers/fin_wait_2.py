@@ -1,0 +1,62 @@
+"""The FIN_WAIT_2 timer (spec §8), as the offload target and the host stack both keep it.
+
+`RetransmitTimeoutDelta` doubles as the timer: the target keeps it while a connection is
+offloaded and hands back what is left at the upload; the host keeps it while it carries the
+connection and hands down what is left at an offload. The kernel socket never times FIN_WAIT_2
+out while its descriptor is open (Linux's tcp_fin_timeout is for orphaned sockets), so without
+it uploads and offloads in turn, each starting a fresh 120 s, would put the end off for ever.
+Each layer keeps one per connection, only while in FIN_WAIT_2, in a table of its own: nothing
+in a connection's record, nothing armed in any other state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import TimerHandle
+    from .wire import WirePort
+
+NS = 1_000_000_000
+#: The timer's period (spec §8): 120 s from entering FIN_WAIT_2, restarted by each acceptable
+#: segment.
+FIN_WAIT_2_NS = 120 * NS
+_TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
+
+
+class FinWait2Timer:
+    """One connection's FIN_WAIT_2 timer: the timer armed (the host's is None while it fell
+    due with an offload below), and the clock when the peer was last heard. A segment restarts
+    it by writing `heard_ns`; an expiry that finds a later one arms it again for what is left:
+    no timer per segment. `since_ns`: when it was started, the kernel's news from before which
+    does not count (`heard_by_kernel`)."""
+
+    __slots__ = ("handle", "heard_ns", "since_ns")
+
+    def __init__(self, handle: TimerHandle | None, heard_ns: int, since_ns: int) -> None:
+        self.handle = handle
+        self.heard_ns = heard_ns
+        self.since_ns = since_ns
+
+
+def heard_by_kernel(wire: WirePort, reading_stopped: bool, timer: FinWait2Timer, now: int) -> int:
+    """When the peer was last heard, the kernel's news counted, noted in `timer`: what the
+    expiry, a query and the hand-back all go by (spec §8: the delta tells the other layer what
+    this one would do).
+
+    [EMU] While reading the socket has stopped (back-pressure, or after a mandatory upload
+    request, spec §5.2) the layer reads no segment, but the kernel hears the peer (its window
+    probes are acceptable segments): its time counts. A kernel that closed the socket took the
+    peer's FIN (Linux leaves FIN_WAIT_2 when it arrives, unread bytes before it or not): the
+    FIN comes once reading resumes, and the connection is no FIN_WAIT_2 one to time out. Only
+    news after the timer started counts: at an offload in FIN_WAIT_2 what the kernel heard
+    while the other layer had the connection is in the delta it handed over already."""
+    if reading_stopped and not wire.closed:
+        info = wire.tcp_info()
+        if info.state == _TCP_CLOSE:
+            timer.heard_ns = now
+        else:
+            kernel_ns = now - min(info.last_data_recv_ms, info.last_ack_recv_ms) * 1_000_000
+            if kernel_ns > timer.since_ns:
+                timer.heard_ns = max(timer.heard_ns, kernel_ns)
+    return timer.heard_ns
