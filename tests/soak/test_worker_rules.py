@@ -648,3 +648,21 @@ def test_a_request_after_upload_all_leaves_the_upload_the_target_failures(later:
     assert w.c["nic_uploads"] == 1 and len(w.obs["upload_all"]) == 1
     assert w.c["retrieve_uploads"] == 0 and w.obs["unrequested"] == []
     assert conn.host_cause == "target_failure"
+
+
+def test_the_time_wait_request_of_our_own_close_is_no_retrieve_faults_event() -> None:
+    """An offloaded connection entering TIME_WAIT is asked up by its target (spec §5.2): on a
+    connection the soak is closing, that request is its own close's, not a `retrieve` fault's
+    aimed at it earlier (a daemon whose retrieve fault did nothing must fail the soak for
+    that, "no TcpIndicateRetrieve")."""
+    w = _worker()
+    conn = _conn(w)
+    rec = {"kind": "retrieve", "injected": True, "conn": conn.cid}
+    conn.faults.append(rec)
+    watch(conn, rec, None)
+    conn.own_upload = True
+    w.move(conn, "closing")
+    w.apply_event(conn, "TcpIndicateRetrieve", {"reason": "UploadRequested", "mandatory": True})
+    w.apply_event(conn, "uploaded", {})
+    assert not rec.get("event_seen") and not rec.get("uploaded"), rec
+    assert w.c["retrieve_uploads"] == 0 and w.obs["unrequested"] == []

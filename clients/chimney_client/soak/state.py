@@ -248,6 +248,10 @@ class WorkerState:
                 # a request after the NIC failed (the kernel's timeout, the FIN_WAIT_2 timer)
                 # comes before the host's terminate: the upload is still the failure's
                 return
+            if conn.state == "closing":
+                # our own close: the target asks an active closer up on entering TIME_WAIT
+                # (spec §5.2), no fault's request; tcp.close's upload is ours
+                return
             conn.retrieve_reason = str(info.get("reason", "?"))
             conn.retrieve_t = time.monotonic()
             conn.retrieve_mandatory = bool(info.get("mandatory", True))
