@@ -13,35 +13,19 @@ from typing import Any
 from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.hostrig import HostRig, Reply
+from tests.unit.test_host_fin_wait_2 import (
+    _closed_and_drained,
+    _host_timers,
+    _offloaded_in_fin_wait_2,
+    _retrieves,
+)
 
 SUCCESS = "NDIS_STATUS_SUCCESS"
 FIN_WAIT_2_S = 120.0
 
 
-def _host_timers(rig: HostRig) -> int:
-    return int(rig.host.leftovers().get("fin_wait_2_timers", 0))
-
-
-def _retrieves(rig: HostRig, conn: int) -> list[str]:
-    return [i["reason"] for c, e, i in rig.events if c == conn and e == "TcpIndicateRetrieve"]
-
-
 def _aborts(rig: HostRig, conn: int) -> list[dict[str, Any]]:
     return [i for c, e, i in rig.events if c == conn and e == "TcpIndicateAbort"]
-
-
-def _offloaded_in_fin_wait_2() -> tuple[HostRig, int, Any]:
-    """An offloaded connection whose FIN the peer acknowledged, at clock 0."""
-    rig = HostRig()
-    conn, wire = rig.open()
-    rig.offload(conn)
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
-    (ctx,) = rig.contexts()
-    assert ctx.tcp is TcpState.FIN_WAIT_2
-    return rig, conn, wire
 
 
 def _host_in_fin_wait_2() -> tuple[HostRig, int, Any]:
@@ -55,15 +39,6 @@ def _host_in_fin_wait_2() -> tuple[HostRig, int, Any]:
     assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.FIN_WAIT_2
     assert _host_timers(rig) == 1
     return rig, conn, wire
-
-
-def _closed_and_drained(rig: HostRig, conn: int) -> None:
-    close = rig.call(rig.host.app_close, conn)
-    assert close.value is True and close.error is None, close
-    assert rig.problems() == []
-    assert all(v == 0 for v in rig.host.leftovers().values()), rig.host.leftovers()
-    assert all(v == 0 for v in rig.target.leftovers().values()), rig.target.leftovers()
-    assert rig.clock.pending == 0, "a timer left armed"
 
 
 def test_a_failover_s_upload_and_resume_carry_what_is_left() -> None:
