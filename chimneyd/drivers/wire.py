@@ -99,6 +99,7 @@ class WirePort(Protocol):
     eof_seen: bool
     closed: bool
 
+    home: Any  # the host's layer: the socket's owner whenever no target owns it (None: forgotten)
     home_ctx: Any  # the host's context (TCB): the socket's owner whenever no target owns it
 
     def set_home(self, layer: Any, ctx: Any) -> None:

@@ -92,8 +92,7 @@ def wire_timeout(t: OffloadTarget, c: TcpContext, reason: str) -> None:
     as the socket tells it once nobody else owns the connection; the host processes it behind
     what came up the ordinary path before it (`host.receive.wire_timeout`)."""
     if c.lifecycle.phase in _ORDINARY_PATH:
-        # `WirePort` declares only the home's context; every wire keeps its layer as `home`
-        home = getattr(c.wire, "home", None)
+        home = c.wire.home
         if home is not None:  # None: the host closed and forgot the connection
             t.ndis.post(home, home.WireTimeout, (c.wire.home_ctx, reason))
         return
