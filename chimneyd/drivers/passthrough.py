@@ -624,6 +624,9 @@ class PassthroughIm(DriverLayer):
     def ProtocolReceiveNetBufferLists(
         self, binding: Binding, wire: Any, offset: int, data: bytes, flags: int
     ) -> None:
+        # relayed as it came, in the order it came, the kernel's timeout too (an RST with
+        # `wire.TIMEOUT_MARK`, [EMU] spec §4.7, §5.2): it must not overtake the segments the
+        # target indicated before it. A MUX relays the ordinary path with this method
         self.ndis.NdisMIndicateReceiveNetBufferLists(self, wire, offset, data, flags)
 
     def ProtocolStatusEx(self, binding: Binding, status: NdisStatus) -> None:

@@ -164,6 +164,17 @@ class WirePort(Protocol):
     def resume_reading(self) -> None: ...
 
 
+#: [EMU] spec §4.7, §5.2: the mark of the kernel's timeout on the ordinary receive path. A
+#: target that meets the timeout after the host's terminate began (the connection is the
+#: host's) indicates it up that path as an empty segment at the stream's end with TH_RST and
+#: this bit, beyond the TCP flag byte, so no real segment carries it. Every IM relays it like
+#: any other indication (`NdisMIndicateReceiveNetBufferLists`), so it reaches the host in
+#: order, after every segment the target indicated before it (spec §3.6.4), where the host
+#: takes it for the timeout (`host.receive.ordinary_path`), not for the peer's RST, which
+#: reads as "connection reset". A layer that knows no mark sees an RST: the connection dead.
+TIMEOUT_MARK = 0x100
+
+
 def may_read_again(held: int, bound: int) -> bool:
     """Back-pressure's other edge (design): the owner stopped reading the socket once it held
     `bound` bytes, and reads again when it holds less than half of that, or nothing: at a

@@ -20,7 +20,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from ..queues import grown
 from ..segment import TH_FIN, TH_RST, TH_SYN
-from ..wire import may_read_again
+from ..wire import TIMEOUT_MARK, may_read_again
 from . import disconnect, offload, send
 from .tcb import TIMED_OUT, AppError, Done, Tcb, ndis_error
 
@@ -321,15 +321,17 @@ def wire_reset(h: HostStack, tcb: Tcb) -> None:
     _after_rst(h, tcb)
 
 
-def wire_timeout(h: HostStack, tcb: Tcb) -> None:
+def wire_timeout(h: HostStack, tcb: Tcb, offset: int | None = None) -> None:
     """The kernel gave up on the connection the host carries (its retransmit, zero-window
-    probe or keepalive limit): as dead as after an RST, and the errors say why. Told during
-    an upload, it is processed after it, behind the segments queued before it (spec §3.6.4),
-    and the upload that hands the connection back alive does not take the reason away."""
+    probe or keepalive limit): as dead as after an RST, at the stream's end (`offset`, else
+    where the socket's reading ended), and the errors say why. Told by the socket, or by the
+    target up the ordinary path (`ordinary_path`). Told during an upload, it is processed
+    after it, behind the segments queued before it (spec §3.6.4), and the upload that hands
+    the connection back alive does not take the reason away."""
     if not tcb.reset:
         tcb.end_reason = TIMED_OUT
         tcb.kernel_timed_out = True
-    host_segment(h, tcb, tcb.wire.bytes_read, b"", TH_RST)
+    host_segment(h, tcb, tcb.wire.bytes_read if offset is None else offset, b"", TH_RST)
     _after_rst(h, tcb)
 
 
@@ -346,8 +348,13 @@ def fin_wait_2_timed_out(h: HostStack, tcb: Tcb) -> None:
 def ordinary_path(
     h: HostStack, binding: Binding, wire_home: object, offset: int, data: bytes, flags: int
 ) -> None:
-    """`ProtocolReceiveNetBufferLists`: segments the target did not process (spec §4.7)."""
+    """`ProtocolReceiveNetBufferLists`: segments the target did not process (spec §4.7), and
+    the kernel's timeout the target met after the terminate began, marked (`TIMEOUT_MARK`
+    [EMU], spec §5.2): it came up behind the segments before it, through every IM."""
     if isinstance(wire_home, Tcb) and wire_home.lifecycle.phase is not Phase.CLOSED:
+        if flags & TIMEOUT_MARK:
+            wire_timeout(h, wire_home, offset)
+            return
         host_segment(h, wire_home, offset, data, flags)
         if flags & TH_RST:
             _after_rst(h, wire_home)

@@ -21,7 +21,7 @@ from chimneyd.ndis.status import NdisStatus, TcpOffloadEventType, TcpUploadReaso
 from ..queues import NO_ITEMS, grown
 from ..segment import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG, parse_segment
 from ..tcp import offset_of
-from ..wire import may_read_again
+from ..wire import TIMEOUT_MARK, may_read_again
 from . import adapter, disconnect, events, send, terminate
 from .contexts import TcpContext
 
@@ -87,14 +87,15 @@ def wire_timeout(t: OffloadTarget, c: TcpContext, reason: str) -> None:
     acknowledged, bytes not delivered — goes back to the host at terminate.
 
     Posted here before the terminate and handled after it, the news is the host's: the
-    connection is its own again, and the ordinary path carries segment flags only, where a
-    timeout reads as an RST ("connection reset", spec §5.2). It goes on to the socket's home,
-    as the socket tells it once nobody else owns the connection; the host processes it behind
-    what came up the ordinary path before it (`host.receive.wire_timeout`)."""
+    connection is its own again, and goes up the ordinary path like the segments before it
+    (spec §3.6.4, §4.7), relayed by each IM in turn, so it never overtakes them: an RST at the
+    stream's end marked as the timeout ([EMU] `TIMEOUT_MARK`), which the host takes for the
+    timeout, not for the peer's RST ("connection reset", spec §5.2)."""
     if c.lifecycle.phase in _ORDINARY_PATH:
-        home = c.wire.home
-        if home is not None:  # None: the host closed and forgot the connection
-            t.ndis.post(home, home.WireTimeout, (c.wire.home_ctx, reason))
+        wire = c.wire
+        t.ndis.NdisMIndicateReceiveNetBufferLists(
+            t, wire, wire.bytes_read, b"", TH_RST | TIMEOUT_MARK
+        )
         return
     timed_out(t, c)
 
