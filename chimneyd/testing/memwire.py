@@ -50,8 +50,13 @@ class MemoryWire:
         isn: int = DEFAULT_ISN,
         irs: int = DEFAULT_IRS,
         auto_ack: bool = False,
+        lazy_reads: bool = False,
     ) -> None:
         self._post = post
+        # reading resumed, the bytes the kernel held come one read at a time, each in a later
+        # round of the owner's inbox, as `WireSocket`'s do in later turns of the event loop;
+        # off: all at once, inside `resume_reading`
+        self.lazy_reads = lazy_reads
         self.local = local
         self.remote = remote
         self.isn = isn
@@ -212,9 +217,25 @@ class MemoryWire:
         if self.closed or self.reading:
             return
         self.reading = True
+        if self.lazy_reads:
+            self._read_later()
+            return
         while self._unread and self.reading:
             name, args = self._unread.popleft()
             self._deliver_read(name, *args)
+
+    def _read_later(self) -> None:
+        owner = self._owner if self._owner is not None else self.home
+        if self._unread and owner is not None:
+            self._post(owner, lambda *_: self._read_one(), ())
+
+    def _read_one(self) -> None:
+        """`lazy_reads`: one held read, if the socket is still open and read."""
+        if self.closed or not self.reading or not self._unread:
+            return
+        name, args = self._unread.popleft()
+        self._deliver_read(name, *args)
+        self._read_later()
 
     # -- acknowledgements (the test decides) -----------------------------------------------------
     def ack(self, upto: int | None = None) -> None:
@@ -254,7 +275,7 @@ class MemoryWire:
         if self.closed or self.eof_seen or self._peer_fin_queued():
             raise ValueError("the peer cannot send after its FIN or on a closed socket")
         offset = self.bytes_read + sum(len(a[0]) for n, a in self._unread if n == "WireData")
-        if self.reading:
+        if self.reading and not self._unread:
             self._deliver_read("WireData", bytes(data))
         else:
             self._unread.append(("WireData", (bytes(data),)))
@@ -264,7 +285,7 @@ class MemoryWire:
         """The peer half-closes: `WireEof` after every byte it sent before."""
         if self.closed or self.eof_seen or self._peer_fin_queued():
             raise ValueError("the peer already sent its FIN, or the socket is closed")
-        if self.reading:
+        if self.reading and not self._unread:
             self._deliver_read("WireEof")
         else:
             self._unread.append(("WireEof", ()))

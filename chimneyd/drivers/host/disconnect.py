@@ -18,7 +18,7 @@ from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags
 from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel
 from ..queues import NO_ITEMS, grown
 from . import adapter, receive, send, terminate
-from .tcb import AppError, Done, Tcb
+from .tcb import TIMED_OUT, AppError, Done, Tcb
 
 if TYPE_CHECKING:
     from .stack import HostStack
@@ -186,7 +186,9 @@ def app_close(h: HostStack, tcb: Tcb, done: Done) -> None:
         return
     tcb.lifecycle.fire(Event.CLOSE)
     stop_fin_wait_2(h, tcb)
-    if not tcb.wire.closed:
+    if rst_owed(tcb):
+        tcb.wire.abort()  # a FIN_WAIT_2 timeout's RST, not sent yet (`rst_owed`)
+    elif not tcb.wire.closed:
         tcb.wire.close()
     send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
     if tcb.disconnect_done is not None:
@@ -284,7 +286,34 @@ def fin_wait_2_expired(h: HostStack, tcb: Tcb) -> None:
         timer.handle = None
         return
     del h.fin_wait_2[tcb.conn_id]
-    receive.fin_wait_2_timed_out(h, tcb)
+    timed_out(h, tcb)
+
+
+def timed_out(h: HostStack, tcb: Tcb) -> None:
+    """The host's timer expired: the connection ends as at the kernel's timeout
+    (`receive.wire_timeout`, spec §8), with an RST to the peer, at once if the host has read
+    every byte the kernel holds (reading on), else once the application has read them
+    (`rst_owed`): reading stopped under back-pressure, the kernel still holds bytes the peer
+    sent, and an RST now would drop them (the application reads every byte, then the
+    timeout)."""
+    if not tcb.read_paused and not tcb.wire.closed:
+        tcb.wire.abort()
+    receive.wire_timeout(h, tcb)
+
+
+def rst_owed(tcb: Tcb) -> bool:
+    """Whether `tcb` timed out in FIN_WAIT_2 (the host's timer or the target's, spec §8)
+    with its socket still open: the kernel may hold bytes of the peer's the application has
+    not read, which the RST would drop. It goes once the application read them and the
+    timeout (`after_timeout_read`), or at `tcp.close`. [EMU] A kernel that timed out closed
+    the socket itself, and a reset one is closed."""
+    return tcb.end_reason == TIMED_OUT and tcb.reset and not tcb.wire.closed
+
+
+def after_timeout_read(h: HostStack, tcb: Tcb) -> None:
+    """The application read the timeout, every byte before it: the RST owed goes now."""
+    if rst_owed(tcb):
+        tcb.wire.abort()
 
 
 def initiate_failed(h: HostStack, tcb: Tcb) -> None:

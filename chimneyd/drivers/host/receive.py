@@ -88,8 +88,11 @@ def serve(h: HostStack, tcb: Tcb) -> None:
             done(b"", None)
             continue
         if tcb.reset:
+            if tcb.read_paused and disconnect.rst_owed(tcb):
+                break  # the kernel's bytes come before a FIN_WAIT_2 timeout (spec §8)
             tcb.recv_waiters.pop(0)
             done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, f" {tcb.death}"))
+            disconnect.after_timeout_read(h, tcb)
             continue
         if closed:
             tcb.recv_waiters.pop(0)
@@ -333,16 +336,6 @@ def wire_timeout(h: HostStack, tcb: Tcb, offset: int | None = None) -> None:
         tcb.kernel_timed_out = True
     host_segment(h, tcb, tcb.wire.bytes_read if offset is None else offset, b"", TH_RST)
     _after_rst(h, tcb)
-
-
-def fin_wait_2_timed_out(h: HostStack, tcb: Tcb) -> None:
-    """The host's FIN_WAIT_2 timer expired (`disconnect.fin_wait_2_expired`, spec §8): the
-    connection times out as at the kernel's timeout (`wire_timeout`), the application reads
-    every byte, then the timeout. The kernel socket, still in FIN_WAIT_2, goes with an RST,
-    as a connection handed back dead does (`terminate._uploaded`)."""
-    if not tcb.wire.closed:
-        tcb.wire.abort()
-    wire_timeout(h, tcb)
 
 
 def ordinary_path(

@@ -302,8 +302,11 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
         receive.host_segment(h, tcb, off, data, flags)
     if tcb.reset:
         send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
-        if not wire.closed:
+        if not wire.closed and not disconnect.rst_owed(tcb):
             wire.abort()  # its state was lost with the hardware (spec §3.7): RST the peer
+        # a FIN_WAIT_2 timeout's (spec §8) waits for the application to read what the kernel
+        # held while the target stopped reading: the terminate let it read again, and those
+        # bytes are still on their way up the ordinary path
     else:
         # acknowledgements that came while the connection was changing hands found no send of
         # the host's to complete, and are not reported again: complete what they cover now
