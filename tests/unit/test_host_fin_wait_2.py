@@ -21,6 +21,7 @@ import pytest
 
 from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.ndis.status import TcpOffloadConnectionState as TcpConn
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig, Reply
 
@@ -327,4 +328,41 @@ def test_a_fin_the_kernel_holds_behind_unread_bytes_is_no_timeout() -> None:
     assert got == b"more than the host takes, then a FIN"
     assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.TIME_WAIT
     assert _host_timers(rig) == 0
+    _closed_and_drained(rig, conn)
+
+
+def test_a_fin_acknowledged_while_the_upload_is_in_flight_starts_a_fresh_120_s() -> None:
+    """The peer acknowledges the data and the FIN once the target has handed the connection
+    back, before the host has taken it: the hand-back says FIN_WAIT_1, with the retransmit
+    timer running in `RetransmitTimeoutDelta` and no FIN_WAIT_2 timer (the target never was
+    in FIN_WAIT_2). The host reaches FIN_WAIT_2 on its own news of the ACK and reads no
+    FIN_WAIT_2 time in that delta (spec §8: it doubles as the FIN_WAIT_2 timer only in
+    FIN_WAIT_2): 120 s from the ACK, not the retransmit timer's 200 ms."""
+    rig = HostRig()
+    conn, wire = rig.open()
+    wire.info = replace(wire.info, rto_us=200_000)
+    rig.offload(conn)
+    sent = rig.call(rig.host.app_send, conn, b"request")
+    disconnect = rig.call(rig.host.app_disconnect, conn, False)
+    assert not sent.done and not disconnect.done
+    upload = Reply()
+    rig.host.app_upload(conn, upload)
+    rig.host.after_batch()
+    queue = rig.scheduler.queue
+    while getattr(queue[0][1], "__name__", "") != "MiniportTerminateOffload":
+        rig.scheduler.run_one()
+    rig.scheduler.run_one()  # the terminate at the target, handed back at once
+    wire.ack()
+    rig.run()
+    assert upload.done and sent.value == len(b"request") and disconnect.value == SUCCESS
+    assert rig.contexts() == []
+    tcb = rig.host.tcbs[conn]
+    handed_back = tcb.delegated.state()
+    assert handed_back.State is TcpConn.TcpConnectionFinWait1, handed_back.State
+    assert handed_back.RetransmitTimeoutDelta >= 0, "no retransmit timer ran at the hand-back"
+    assert tcb.lifecycle.tcp is TcpState.FIN_WAIT_2 and _host_timers(rig) == 1
+    rig.advance(FIN_WAIT_2_S - 1)
+    assert _alive(rig, conn)
+    rig.advance(2)
+    _timed_out(rig, conn, wire, b"")
     _closed_and_drained(rig, conn)
