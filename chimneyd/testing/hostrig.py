@@ -14,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from chimneyd.drivers.segment import build_segment
+from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.broker import Layer, Ndis
+from chimneyd.ndis.nbl import NetBufferList, link_chain
 from chimneyd.observe.invariants import InvariantChecker
 
 from .clock import ManualClock, RecordingScheduler
@@ -123,13 +126,64 @@ class HostRig:
         (spec §3.1)."""
         query = Reply()
         self.host.app_query(conn_id, query)
+        return query, self.hold_below("MiniportQueryOffload")
+
+    def half_close(self, conn_id: int, wire: MemoryWire) -> Reply:
+        """Take the connection to FIN_WAIT_2, wherever it is carried: the application's
+        graceful disconnect, then the peer acknowledges everything, the FIN too. No FIN_WAIT_2
+        timer starts in FIN_WAIT_1, at any layer (the kernel retransmits the FIN, spec §8).
+        The disconnect's `Reply`, completed SUCCESS."""
+        before = self.fin_wait_2_timers()
+        reply = self.call(self.host.app_disconnect, conn_id, False)
+        assert not reply.done, reply
+        assert self.fin_wait_2_timers() == before, "a FIN_WAIT_2 timer in FIN_WAIT_1"
+        wire.ack()
+        self.run()
+        assert reply.done and reply.value == "NDIS_STATUS_SUCCESS", reply
+        return reply
+
+    def fin_wait_2_timers(self) -> int:
+        """The FIN_WAIT_2 timers running (spec §8): the host's and every target's."""
+        layers: list[Any] = [self.host, *self.targets.values()]
+        return sum(int(layer.leftovers().get("fin_wait_2_timers", 0)) for layer in layers)
+
+    def forward(self, conn_id: int, *segments: tuple[int, int]) -> None:
+        """The host forwards `segments` (the peer's stream offset, flags), none with data, in
+        one `NdisOffloadTcpForward` (spec §4.6), its NBLs marked as the host's own forward
+        marks them (`offload.forward`); each acknowledges all we sent, our FIN too. Not run:
+        the caller runs the rig when it wants the forward delivered."""
+        tcb = self.host.tcbs[conn_id]
+        wire = tcb.wire
+        ack = seq(wire.isn, wire.bytes_written + (1 if wire.eof_written else 0))
+        nbls = []
+        for offset, flags in segments:
+            raw = build_segment(
+                wire.remote[1], wire.local[1], seq(wire.irs, offset), ack, flags, b""
+            )
+            nbl = NetBufferList.for_data(raw)
+            nbl.trace = tcb.trace
+            nbl.protocol_reserved = tcb
+            nbls.append(nbl)
+        head = link_chain(nbls)
+        assert head is not None and tcb.handle is not None
+        self.ndis.NdisOffloadTcpForward(self.host, tcb.handle, head)
+
+    def hold_below(self, call: str) -> Any:
+        """Deliver until the delivery of `call` (a handler's name, e.g.
+        "MiniportInitiateOffload") is next and take it out of the queue; run until idle. The
+        held delivery goes back with `release`."""
+        self.run_until(call)
+        held = self.scheduler.queue.popleft()
+        self.run()
+        return held
+
+    def run_until(self, call: str) -> None:
+        """Deliver, the host's batch first, until the delivery of `call` (a handler's name)
+        is next in the queue; it stays there."""
         self.host.after_batch()
         queue = self.scheduler.queue
-        while getattr(queue[0][1], "__name__", "") != "MiniportQueryOffload":
+        while getattr(queue[0][1], "__name__", "") != call:
             self.scheduler.run_one()
-        held = queue.popleft()
-        self.run()
-        return query, held
 
     def release(self, held: Any) -> None:
         """Deliver a held delivery (`query_held_below`) at last, and run until idle."""

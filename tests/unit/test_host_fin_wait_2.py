@@ -24,6 +24,7 @@ from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadConnectionState as TcpConn
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig, Reply
+from tests.unit.test_target_fin_wait_2_timer import _in_fin_wait_2
 
 SUCCESS = "NDIS_STATUS_SUCCESS"
 TIMED_OUT = "timed out (TimeoutExpiration)"
@@ -39,32 +40,15 @@ def _host_timers(rig: HostRig) -> int:
     return int(rig.host.leftovers().get("fin_wait_2_timers", 0))
 
 
-def _offloaded_in_fin_wait_2() -> tuple[HostRig, int, Any]:
-    """An offloaded connection whose FIN the peer acknowledged, at clock 0."""
-    rig = HostRig()
-    conn, wire = rig.open()
-    rig.offload(conn)
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
-    (ctx,) = rig.contexts()
-    assert ctx.tcp is TcpState.FIN_WAIT_2
-    return rig, conn, wire
-
-
 def _host_in_fin_wait_2(**host_options: Any) -> tuple[HostRig, int, Any]:
     """A connection the host carries, its own FIN acknowledged (FIN_WAIT_2), at clock 0."""
     rig = HostRig(host_options=host_options or None)
     conn, wire = rig.open()
     assert _host_timers(rig) == 0
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    assert _host_timers(rig) == 0  # none in FIN_WAIT_1: the kernel retransmits the FIN
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
+    rig.half_close(conn, wire)
     tcb = rig.host.tcbs[conn]
     assert tcb.lifecycle.phase is Phase.IDLE and tcb.lifecycle.tcp is TcpState.FIN_WAIT_2
+    assert _host_timers(rig) == 1
     return rig, conn, wire
 
 
@@ -112,7 +96,7 @@ def _closed_and_drained(rig: HostRig, conn: int) -> None:
 def test_after_an_upload_the_host_times_out_with_what_the_target_handed_back() -> None:
     """Uploaded 30 s into FIN_WAIT_2, the peer's bytes unread: the target hands back 90 s,
     and 90 s later the host ends the connection as timed out; not before."""
-    rig, conn, wire = _offloaded_in_fin_wait_2()
+    rig, conn, wire = _in_fin_wait_2()
     wire.peer_send(b"half closed")
     rig.run()
     rig.advance(30)
@@ -132,7 +116,7 @@ def test_after_an_upload_the_host_times_out_with_what_the_target_handed_back() -
 def test_a_delta_of_zero_expires_at_once_on_the_host() -> None:
     """The target's timer was due when the terminate took it (spec §8: 0 returned by the
     target expires at once on the host): timed out with no time passing."""
-    rig, conn, wire = _offloaded_in_fin_wait_2()
+    rig, conn, wire = _in_fin_wait_2()
     (ctx,) = rig.contexts()
     # the peer last heard 200 s ago as far as the target's timer goes (its record, no function)
     rig.target.fin_wait_2[ctx.id].heard_ns -= 200 * NS
@@ -166,7 +150,7 @@ def test_the_peer_s_fin_cancels_it(uploaded: bool) -> None:
     """The peer's FIN before the time is up: TIME_WAIT, the timer gone, no timeout ever; the
     application reads the end of stream."""
     if uploaded:
-        rig, conn, wire = _offloaded_in_fin_wait_2()
+        rig, conn, wire = _in_fin_wait_2()
         assert rig.call(rig.host.app_upload, conn).done
     else:
         rig, conn, wire = _host_in_fin_wait_2()
@@ -232,12 +216,7 @@ def test_due_while_an_offload_is_below_it_expires_in_the_host_when_the_offload_f
     fail_next(rig.target, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
     offload = Reply()
     rig.host.app_offload(conn, None, offload)
-    rig.host.after_batch()
-    queue = rig.scheduler.queue
-    while getattr(queue[0][1], "__name__", "") != "MiniportInitiateOffload":
-        rig.scheduler.run_one()
-    held = queue.popleft()
-    rig.run()
+    held = rig.hold_below("MiniportInitiateOffload")
     rig.advance(30)
     assert rig.host.tcbs[conn].lifecycle.phase is Phase.OFFLOADING
     assert _alive(rig, conn)
@@ -251,7 +230,7 @@ def test_due_while_an_offload_is_below_it_expires_in_the_host_when_the_offload_f
 def test_uploads_and_offloads_in_turn_do_not_put_the_end_off() -> None:
     """50 s offloaded, 50 s in the host, offloaded again: 20 s later it times out, 120 s after
     the peer was last heard, wherever the connection was meanwhile."""
-    rig, conn, _wire = _offloaded_in_fin_wait_2()
+    rig, conn, _wire = _in_fin_wait_2()
     rig.advance(50)
     assert rig.call(rig.host.app_upload, conn).done
     rig.advance(50)
@@ -347,10 +326,7 @@ def test_a_fin_acknowledged_while_the_upload_is_in_flight_starts_a_fresh_120_s()
     assert not sent.done and not disconnect.done
     upload = Reply()
     rig.host.app_upload(conn, upload)
-    rig.host.after_batch()
-    queue = rig.scheduler.queue
-    while getattr(queue[0][1], "__name__", "") != "MiniportTerminateOffload":
-        rig.scheduler.run_one()
+    rig.run_until("MiniportTerminateOffload")
     rig.scheduler.run_one()  # the terminate at the target, handed back at once
     wire.ack()
     rig.run()

@@ -15,12 +15,12 @@ from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.hostrig import HostRig, Reply
 from tests.unit.test_host_fin_wait_2 import (
     _closed_and_drained,
+    _host_in_fin_wait_2,
     _host_timers,
-    _offloaded_in_fin_wait_2,
     _retrieves,
 )
+from tests.unit.test_target_fin_wait_2_timer import _in_fin_wait_2
 
-SUCCESS = "NDIS_STATUS_SUCCESS"
 FIN_WAIT_2_S = 120.0
 
 
@@ -28,24 +28,11 @@ def _aborts(rig: HostRig, conn: int) -> list[dict[str, Any]]:
     return [i for c, e, i in rig.events if c == conn and e == "TcpIndicateAbort"]
 
 
-def _host_in_fin_wait_2() -> tuple[HostRig, int, Any]:
-    """A connection the host carries, its own FIN acknowledged (FIN_WAIT_2), at clock 0."""
-    rig = HostRig()
-    conn, wire = rig.open()
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
-    assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.FIN_WAIT_2
-    assert _host_timers(rig) == 1
-    return rig, conn, wire
-
-
 def test_a_failover_s_upload_and_resume_carry_what_is_left() -> None:
     """UPLOAD_ALL 30 s into FIN_WAIT_2 (a failover, spec §5.5), 30 s in the host while the
     binding is paused, RESUME: offloaded again by the host with 60 s left, and the target times
     it out 60 s later; neither the failover's upload nor its re-offload starts a fresh 120 s."""
-    rig, conn, _wire = _offloaded_in_fin_wait_2()
+    rig, conn, _wire = _in_fin_wait_2()
     rig.advance(30)
     rig.ndis.NdisMIndicateStatusEx(rig.target, S.NDIS_STATUS_UPLOAD_ALL, [])
     rig.run()
@@ -65,7 +52,7 @@ def test_a_failover_s_upload_and_resume_carry_what_is_left() -> None:
 def test_expired_while_paused_it_is_not_offloaded_again_at_resume() -> None:
     """Uploaded by a failover, it times out in the host before the RESUME: the RESUME offloads
     nothing (a reset connection is not offloadable, spec §2.2) and nothing is left waiting."""
-    rig, conn, wire = _offloaded_in_fin_wait_2()
+    rig, conn, wire = _in_fin_wait_2()
     rig.ndis.NdisMIndicateStatusEx(rig.target, S.NDIS_STATUS_UPLOAD_ALL, [])
     rig.run()
     rig.advance(FIN_WAIT_2_S + 1)
@@ -128,12 +115,7 @@ def test_due_while_an_offload_is_below_then_offloaded_the_target_times_it_out() 
     rig.advance(100)
     offload = Reply()
     rig.host.app_offload(conn, None, offload)
-    rig.host.after_batch()
-    queue = rig.scheduler.queue
-    while getattr(queue[0][1], "__name__", "") != "MiniportInitiateOffload":
-        rig.scheduler.run_one()
-    held = queue.popleft()
-    rig.run()
+    held = rig.hold_below("MiniportInitiateOffload")
     rig.advance(30)
     assert rig.host.tcbs[conn].lifecycle.phase is Phase.OFFLOADING
     assert _host_timers(rig) == 1
@@ -154,7 +136,7 @@ def test_an_upload_in_flight_is_not_timed_out_by_the_host() -> None:
     """An upload of a FIN_WAIT_2 connection held up below (behind a query, spec §3.1): no host
     timer runs until it is done (the target's still holds), and the one started then counts
     from what the target handed back (5 s: 120 s after the ACK of our FIN)."""
-    rig, conn, _wire = _offloaded_in_fin_wait_2()
+    rig, conn, _wire = _in_fin_wait_2()
     rig.advance(110)
     query, held = rig.query_held_below(conn)  # the terminate waits behind the query
     upload = Reply()
@@ -179,12 +161,7 @@ def test_close_while_an_offload_is_below_with_the_timer_due_leaves_nothing() -> 
     rig.advance(119)
     offload = Reply()
     rig.host.app_offload(conn, None, offload)
-    rig.host.after_batch()
-    queue = rig.scheduler.queue
-    while getattr(queue[0][1], "__name__", "") != "MiniportInitiateOffload":
-        rig.scheduler.run_one()
-    held = queue.popleft()
-    rig.run()
+    held = rig.hold_below("MiniportInitiateOffload")
     rig.advance(5)
     close = Reply()
     rig.host.app_close(conn, close)

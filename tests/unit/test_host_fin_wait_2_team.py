@@ -15,8 +15,6 @@ from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.testing.factories import make_target
 from chimneyd.testing.hostrig import HostRig
 
-SUCCESS = "NDIS_STATUS_SUCCESS"
-
 
 def _team() -> tuple[HostRig, MuxIm]:
     """host → team0 (a round-robin MUX) → nic0, nic1."""
@@ -46,10 +44,7 @@ def _fin_wait_2_on_the_team() -> tuple[HostRig, MuxIm, int, Any]:
     rig, mux = _team()
     conn, wire = rig.open()
     rig.offload(conn)
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
+    rig.half_close(conn, wire)
     (ctx,) = rig.contexts(_carrier(rig))
     assert ctx.tcp is TcpState.FIN_WAIT_2
     return rig, mux, conn, wire

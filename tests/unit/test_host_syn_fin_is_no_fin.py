@@ -23,7 +23,6 @@ from chimneyd.ndis.lifecycle import TcpState
 from chimneyd.ndis.status import TcpUploadReason
 from chimneyd.testing.hostrig import HostRig
 from chimneyd.testing.memwire import MemoryWire
-from tests.unit.test_target_held_syn_is_no_fin import _forward
 
 
 def _no_end_of_stream(rig: HostRig, conn: int, wire: MemoryWire, sent: bytes) -> None:
@@ -55,7 +54,7 @@ def test_a_refused_forward_s_syn_fin_is_no_end_of_stream(flags: int) -> None:
     _query, held = rig.query_held_below(conn)
     events.request_upload(rig.target, ctx, TcpUploadReason.UploadRequested)
     rig.run()
-    _forward(rig, conn, wire, (n, flags))
+    rig.forward(conn, (n, flags))
     rig.run()
     refused = [
         nbl.status.name

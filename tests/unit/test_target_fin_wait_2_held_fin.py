@@ -18,7 +18,6 @@ from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.ndis.status import TcpUploadReason
 from chimneyd.testing.hostrig import HostRig
 
-SUCCESS = "NDIS_STATUS_SUCCESS"
 FIN_WAIT_2_S = 120
 
 
@@ -30,10 +29,7 @@ def test_a_fin_held_after_a_mandatory_request_is_no_fin_wait_2_timeout() -> None
     rig = HostRig()
     conn, wire = rig.open()
     rig.offload(conn)
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
+    rig.half_close(conn, wire)
     (ctx,) = rig.contexts()
     assert ctx.tcp is TcpState.FIN_WAIT_2
     query, held = rig.query_held_below(conn)  # the host's terminate waits behind it
@@ -69,10 +65,7 @@ def test_a_fin_the_kernel_holds_after_a_mandatory_request_is_no_fin_wait_2_timeo
     rig = HostRig()
     conn, wire = rig.open()
     rig.offload(conn)
-    disconnect = rig.call(rig.host.app_disconnect, conn, False)
-    wire.ack()
-    rig.run()
-    assert disconnect.value == SUCCESS, disconnect
+    rig.half_close(conn, wire)
     (ctx,) = rig.contexts()
     query, held = rig.query_held_below(conn)  # the host's terminate waits behind it
     rig.target.retrieve(ctx, TcpUploadReason.UploadRequested)

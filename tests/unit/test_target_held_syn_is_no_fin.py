@@ -17,36 +17,14 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_SYN, TH_URG, build_segment
-from chimneyd.drivers.tcp import seq
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_SYN, TH_URG
 from chimneyd.ndis.lifecycle import TcpState
-from chimneyd.ndis.nbl import NetBufferList, link_chain
 from chimneyd.testing.hostrig import HostRig
-from chimneyd.testing.memwire import MemoryWire
 from tests.unit.test_target_after_mandatory_request import _terminate
 from tests.unit.test_target_ndis_rules import Conn, _segment
 
 #: where the SYN with FIN lies, from RcvNxt
 WHERE = {"at_rcvnxt": 0, "in_window": 3, "far": 1 << 30}
-
-
-def _forward(rig: HostRig, conn: int, wire: MemoryWire, *segments: tuple[int, int]) -> None:
-    """The host forwards `segments` (offset, flags), none with data, in one call (spec §4.6),
-    as its own forward marks its NBLs (`offload.forward`)."""
-    tcb = rig.host.tcbs[conn]
-    nbls = []
-    for offset, flags in segments:
-        sequence = seq(wire.irs, offset)
-        ack = seq(wire.isn, wire.bytes_written)
-        nbl = NetBufferList.for_data(
-            build_segment(wire.remote[1], wire.local[1], sequence, ack, flags, b"")
-        )
-        nbl.trace = tcb.trace
-        nbl.protocol_reserved = tcb
-        nbls.append(nbl)
-    head = link_chain(nbls)
-    assert head is not None and tcb.handle is not None
-    rig.ndis.NdisOffloadTcpForward(rig.host, tcb.handle, head)
 
 
 @pytest.mark.parametrize("where", list(WHERE), ids=list(WHERE))
@@ -63,7 +41,7 @@ def test_a_held_syn_with_fin_is_no_end_of_stream_for_the_application(where: str)
     n = ctx.rx.rcv_nxt
     _query, held = rig.query_held_below(conn)  # the terminate waits for it (spec §3.1)
     syn_fin = n + WHERE[where] if where != "far" else WHERE[where]
-    _forward(rig, conn, wire, (n, TH_SYN), (syn_fin, TH_SYN | TH_FIN))
+    rig.forward(conn, (n, TH_SYN), (syn_fin, TH_SYN | TH_FIN))
     rig.run()
     wire.peer_send(b"before the upload ")
     rig.run()
