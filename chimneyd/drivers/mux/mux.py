@@ -1255,6 +1255,33 @@ class MuxIm(PassthroughIm):
                     self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
                 )
 
+    def _ask_upload(self, entry: ImOffloadEntry) -> None:
+        """The pass-through IM's own request (`TcpIndicateRetrieve(UploadRequested)`, spec
+        §4.8): after a send the MUX failed with no upload status, or a forward it could not
+        serve. Mandatory, as the MUX's evacuation is (`retrieve_all`): it goes up unless a
+        mandatory request did already, from the NIC or the MUX, and is noted, so that the
+        NIC's own request after it is no news either (`_news`, spec §5.2). Noted when it goes
+        up, not when the MUX holds it behind sends still below (`_failed_send`): until then
+        the layer above has not heard it, and a request the NIC or a failover makes then is
+        the one it hears."""
+        assert isinstance(entry, MuxConnection)
+        if entry.lifecycle.phase is not Phase.UPLOAD_REQUESTED or entry.asked == ASKED_MANDATORY:
+            return
+        entry.asked = ASKED_MANDATORY
+        super()._ask_upload(entry)
+
+    def fail_unserved_terminate(self, root: OffloadBlock) -> bool:
+        """A terminate the MUX raised on fails as a corrupt one (the pass-through IM's way,
+        spec §3.7 steps 1-3): its `HardwareFailure` request asks each connection up, and a
+        request of its NIC's after it is no news (`_news`, spec §5.2)."""
+        for up in walk(root):
+            if up.kind is BlockKind.TCP and up.role() is not BlockRole.PLACEHOLDER:
+                cell = up.miniport_offload_context
+                entry = cell.miniport_offload_context if cell is not None else None
+                if isinstance(entry, MuxConnection):
+                    entry.asked = ASKED_MANDATORY
+        return super().fail_unserved_terminate(root)
+
     def describe(self) -> dict[str, Any]:
         return {
             "policy": self.placement.policy,
