@@ -22,7 +22,7 @@ from chimneyd.ndis.oid import (
 from chimneyd.ndis.status import NdisStatus
 
 from . import relink
-from .objects import Lower, MuxConnection
+from .objects import ASKABLE, Lower, MuxConnection
 
 if TYPE_CHECKING:
     from .mux import MuxIm
@@ -212,11 +212,22 @@ def rebalance(mux: MuxIm) -> None:
     # RESUME (spec §5.5). Counted where they still are (a failed NIC back in service before
     # the layer above has uploaded them), the team looked even and nothing moved, and they
     # then all went where the policy put them. They count on no NIC; each gets a plan too,
-    # to the NIC the fewest stay on, before the busiest NICs' connections are moved
-    leaving = sorted((c for c in mux.evacuating if c.id in mux.table), key=lambda c: c.id)
+    # to the NIC the fewest stay on, before the busiest NICs' connections are moved. Not one
+    # its NIC found corrupt in the terminate (`completing`, spec §3.7): it is aborted and
+    # never offloaded again, so its plan would stay unused, and the NIC counted for it
+    # would take one connection fewer
+    leaving = sorted(
+        (c for c in mux.evacuating if c.id in mux.table and not c.completing), key=lambda c: c.id
+    )
+    # those that stay on their NIC, and may move: not on their way up already (asked up by
+    # their NIC, or terminated by the layer above, which may be closing them), nor corrupt.
+    # The MUX cannot ask those up (`retrieve_all`), nor tell whether they come back: they
+    # count on no NIC, and get no plan, which would stay unused when they do not
     by_lower = {
         lo.binding.id: [
-            c for c in mux.connections() if c.lower is lo.binding and c not in mux.evacuating
+            c
+            for c in mux.connections()
+            if c.lower is lo.binding and c not in mux.evacuating and c.lifecycle.phase in ASKABLE
         ]
         for lo in lowers
     }

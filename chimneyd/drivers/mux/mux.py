@@ -40,6 +40,7 @@ from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
 from . import failover, relink
 from .objects import (
+    ASKABLE,
     ASKED_MANDATORY,
     ASKED_OPTIONAL,
     Instance,
@@ -1241,11 +1242,7 @@ class MuxIm(PassthroughIm):
     def retrieve_all(self, entries: list[MuxConnection]) -> None:
         """Ask the layer above to upload `entries` (a mandatory reason, spec §5.2)."""
         for entry in entries:
-            if entry.lifecycle.phase in (
-                Phase.OFFLOADED,
-                Phase.UPLOAD_SUGGESTED,
-                Phase.INVALIDATED,
-            ):
+            if entry.lifecycle.phase in ASKABLE:
                 entry.lifecycle.fire(Event.RETRIEVE)
                 self.evacuating.add(entry)
                 if entry.asked == ASKED_MANDATORY:

@@ -16,7 +16,7 @@ from typing import Any
 from chimneyd.ndis.blocks import OffloadBlock
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
-from chimneyd.ndis.lifecycle import Lifecycle, Role
+from chimneyd.ndis.lifecycle import Lifecycle, Phase, Role
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from chimneyd.ndis.status import OffloadStateType
 
@@ -157,6 +157,11 @@ class Instance(Lifecycle):
     def __str__(self) -> str:
         return f"{self.vobj} on {self.lower.name}"
 
+
+#: Phases of a connection the MUX can ask the layer above to upload (`MuxIm.retrieve_all`): one
+#: that is not on its way up already (asked up by its NIC, terminated by the layer above) nor
+#: found corrupt (spec §3.7: only the layer above's terminate is left for it).
+ASKABLE = frozenset({Phase.OFFLOADED, Phase.UPLOAD_SUGGESTED, Phase.INVALIDATED})
 
 #: How strongly the layer above was asked to upload a connection (`MuxConnection.asked`).
 NOT_ASKED = 0
