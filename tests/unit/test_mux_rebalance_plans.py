@@ -26,7 +26,7 @@ from chimneyd.ndis.status import TcpOffloadEventType
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
-from tests.unit.mux_rig import mux_of, nic_of
+from tests.unit.mux_rig import mux_of, nic_of, two_nics_and_a_spare_neighbor
 
 #: long enough that nothing held by it goes before the test clears the fault (the clock
 #: moves only when a test says so)
@@ -169,3 +169,51 @@ def test_a_connection_the_layer_above_is_terminating_is_not_planned() -> None:
     assert mux.placement.moves == {}
     assert _per_nic(mux) in ({"nic0": 1, "nic1": 2}, {"nic0": 2, "nic1": 1})
     _drain(st, tree, list(tree.tcp))
+
+
+def test_a_plan_goes_when_the_mux_carries_nothing_after_a_held_terminate() -> None:
+    """The plans left unused (a connection asked up that the layer above closed instead) go
+    once the MUX carries nothing (`failover.forget_plans`), however its last object goes.
+    Here the last is a neighbor whose terminate the MUX held for a copy a failed NIC was
+    offloading (spec §5.5, §9 item 8), and that NIC fails that offload at its RESUME: the
+    terminate completes with no terminate of the MUX's own after it. The plan stayed in
+    the MUX's tables after everything had gone."""
+    st, tree, n2 = two_nics_and_a_spare_neighbor()  # tcp0 on nic0, tcp1 on nic1
+    top, mux = st.top, mux_of(st)
+    nic0 = nic_of(st, 0)
+    tcp0, tcp1 = tree.tcp
+    binding1 = _entry(tcp1).lower
+    mux.lower_down(binding1)  # tcp1 asked up
+    st.run()
+    mux.lower_up(binding1)
+    st.run()
+    mux.rebalance()  # tcp1, on its way up, is planned for nic1
+    assert set(mux.placement.moves) == {_entry(tcp1).key}
+    _terminate(st, tree, [tcp1])  # uploaded, and closed: never offloaded again
+    # the path moves to N2 as nic0 fails, before it takes its copy of N2: nic0 holds that
+    # offload until its RESUME (`relink.lower_failed`), and tcp0 is asked up
+    assert n2.offload_handle is not None and tree.neighbor is not None
+    move = new_neighbor_block(n2.offload_handle)
+    move.add_dependent(new_path_block(tree.paths[0]))
+    top.update(move)
+    nic0.fail_adapter()
+    st.run()
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 2
+    # the layer above terminates N2 with the path and tcp0 (held for nic0's copy), then N1
+    term = top.reference_tree(tree, [tcp0], with_path=True, state="delegated")
+    term.offload_handle = n2.offload_handle
+    top.terminate(term)
+    st.run()
+    assert len(mux.held_terminates) == 1
+    top.terminate(new_neighbor_block(tree.neighbor))
+    st.run()
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS]
+    fail_next(nic0, "MiniportInitiateOffload[neighbor]", S.NDIS_STATUS_FAILURE)
+    nic0.recover_adapter()  # it fails the copy's offload: N2's terminate completes
+    st.run()
+    assert top.state_completions[-1].root is term
+    assert top.state_completions[-1].statuses == [S.NDIS_STATUS_SUCCESS] * 3
+    assert len(mux.table) == 0
+    assert {k: n for k, n in mux.leftovers().items() if n} == {}
+    assert st.checker.violations == []
+    assert st.drain_problems() == []

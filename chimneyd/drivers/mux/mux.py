@@ -144,6 +144,15 @@ class MuxIm(PassthroughIm):
     def connections(self) -> list[MuxConnection]:
         return [c for c in self.table if isinstance(c, MuxConnection)]
 
+    def table_remove(self, object_id: int) -> Any:
+        """Out of the table; and when that was the last thing the MUX carried, the plans left
+        unused go (`idle`), whichever way it went: a terminate's completion, a held one's
+        (`complete_held`, also after a NIC failed the offload of a copy it held back), an
+        offload that failed."""
+        obj = super().table_remove(object_id)
+        self.idle()
+        return obj
+
     def on_bound(self, binding: Binding) -> None:
         lower = self.lowers[binding.id] = Lower(binding)
         failover.bound(self, lower)
@@ -673,7 +682,6 @@ class MuxIm(PassthroughIm):
         self.complete_held()
         failover.evacuated(self)
         self._release_unused()
-        self.idle()
         self.retry_deferred()
 
     def _tried(self, inst: Instance) -> None:
@@ -732,7 +740,8 @@ class MuxIm(PassthroughIm):
 
     def idle(self) -> None:
         """Once the MUX carries nothing (no connection, no object, no copy), a rebalance's
-        plans not used yet are for connections the host closed (`failover.forget_plans`)."""
+        plans not used yet are for connections the host closed (`failover.forget_plans`).
+        Asked at each removal from the table (`table_remove`)."""
         if not self.table and self.placement.moves:
             failover.forget_plans(self)
 
@@ -1051,8 +1060,6 @@ class MuxIm(PassthroughIm):
             "Invalidate": self.ndis.NdisMInvalidateOffloadComplete,
         }[call.op]
         complete(self, root)
-        if call.op == "Terminate":
-            self.idle()  # the last objects may have had no copy left below
 
     def _lower_done(self, lower_root: OffloadBlock) -> MuxCall | None:
         """Count a lower completion; the call once every lower tree of it is back."""
