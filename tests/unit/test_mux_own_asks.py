@@ -182,3 +182,25 @@ def test_the_kernel_s_timeout_after_the_mux_s_own_request_is_passed() -> None:
     rig.st.run()
     assert rig.retrieves() == [R.UploadRequested, R.TimeoutExpiration]
     rig.no_problems()
+
+
+def test_a_failover_asks_up_a_connection_whose_own_request_waits_behind_a_send() -> None:
+    """The MUX failed a send behind one still below: its request waits behind that send (spec
+    §4.8), and the layer above has not been asked. The NIC is taken out: the failover asks the
+    connection up now, as every other of that NIC's (spec §5.5), and the PAUSE above waits for
+    its upload. Left out as on its way up already, it waited for the peer to acknowledge the
+    send below, with the MUX RESUMEd above meanwhile; the request behind the send asks no more
+    once it completes."""
+    rig = _Rig()
+    rig.st.top.send(rig.tcp, b"below, ")
+    rig.st.run()
+    rig.mux_fails_a_send_behind_one_below()
+    (entry,) = rig.mux.connections()
+    rig.mux.lower_down(entry.lower)
+    rig.st.run()
+    assert rig.retrieves() == [R.UploadRequested]
+    assert entry in rig.mux.evacuating and rig.mux.paused_above
+    rig.wire.ack()
+    rig.st.run()
+    assert rig.retrieves() == [R.UploadRequested]
+    rig.no_problems()

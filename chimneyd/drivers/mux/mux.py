@@ -1247,17 +1247,26 @@ class MuxIm(PassthroughIm):
         failover.rebalance(self)
 
     def retrieve_all(self, entries: list[MuxConnection]) -> None:
-        """Ask the layer above to upload `entries` (a mandatory reason, spec §5.2)."""
+        """Ask the layer above to upload `entries` (a mandatory reason, spec §5.2).
+
+        Not those on their way up already (terminated by the layer above, or asked up by
+        their NIC), nor those found corrupt (spec §3.7). But one whose upload only the MUX
+        wants so far, its request waiting behind sends still below (`_failed_send`, spec
+        §4.8), is asked now, as any other: the layer above has not heard of it, and would
+        only once the peer acknowledges those sends."""
         for entry in entries:
-            if entry.lifecycle.phase in ASKABLE:
+            phase = entry.lifecycle.phase
+            if phase in ASKABLE:
                 entry.lifecycle.fire(Event.RETRIEVE)
-                self.evacuating.add(entry)
-                if entry.asked == ASKED_MANDATORY:
-                    continue  # its NIC's mandatory request went up already (spec §5.2)
-                entry.asked = ASKED_MANDATORY
-                self.ndis.NdisTcpOffloadEventHandler(
-                    self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
-                )
+            elif phase is not Phase.UPLOAD_REQUESTED or entry.asked == ASKED_MANDATORY:
+                continue
+            self.evacuating.add(entry)
+            if entry.asked == ASKED_MANDATORY:
+                continue  # its NIC's mandatory request went up already (spec §5.2)
+            entry.asked = ASKED_MANDATORY
+            self.ndis.NdisTcpOffloadEventHandler(
+                self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
+            )
 
     def _ask_upload(self, entry: ImOffloadEntry) -> None:
         """The pass-through IM's own request (`TcpIndicateRetrieve(UploadRequested)`, spec
