@@ -259,8 +259,9 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
         # §8); the segments queued meanwhile (below) restart or stop it
         disconnect.start_fin_wait_2(h, tcb, disconnect.fin_wait_2_ns(h, d.RetransmitTimeoutDelta))
     if not tcb.reset and not tcb.kernel_timed_out:
-        # it came back alive: a timeout retrieve was only a request. The socket's own timeout,
-        # told while the upload was in flight, is not: its RST is queued (`upload_q`) below
+        # it came back alive: a timeout retrieve was only a request. The kernel's timeout told
+        # while the upload was in flight (by the socket, or by the target up the ordinary
+        # path, `receive.ordinary_path`) is not: its RST is queued (`upload_q`) below
         tcb.end_reason = None
     elif not was_reset and tcb.end_reason is None:
         h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "upload"})
@@ -294,9 +295,12 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
         # a live connection's unacknowledged bytes all come back (a reset one's sends failed)
         raise ChimneyProtocolError(f"TCB {tcb.conn_id}: upload lost track of sent bytes")
     # segments the host got while the terminate was in flight, in order by offset; at one
-    # offset an RST last. The socket's timeout reaches the host directly, at the stream's end
-    # (`receive.wire_timeout`), and can overtake what the target handed up before it through
-    # an IM, as the peer's FIN at that same offset: the kernel had that FIN first (spec §5.2)
+    # offset an RST last. The socket's own news once the target let it go (its reset, or its
+    # timeout, `receive.wire_reset`, `receive.wire_timeout`) reaches the host directly, at the
+    # stream's end, and can overtake what the target handed up before it through an IM, as
+    # the peer's FIN at that same offset: the kernel had that FIN first (spec §3.6.4, §5.2).
+    # A timeout the target met after the terminate began came up the ordinary path behind
+    # those segments ([EMU] `wire.TIMEOUT_MARK`, `receive.ordinary_path`) and overtook none
     queued, tcb.upload_q = tcb.upload_q, NO_ITEMS
     for off, data, flags in sorted(queued, key=lambda s: (s[0], bool(s[2] & TH_RST))):
         receive.host_segment(h, tcb, off, data, flags)
