@@ -4,12 +4,13 @@ upload, behind what came up before it, as the timeout; spec §3.6.4).
 
 The target holds what the peer sends after a mandatory upload request (spec §5.2) and hands
 it up the ordinary path at the terminate: here bytes, then the peer's FIN. The kernel's
-timeout, queued at the target behind the terminate, goes to the host directly (the socket's
-home), while the held segments and the completion climb through the IM. The timeout then
-reaches the host first: its RST lands in the upload queue at the stream's end, the offset of
-the FIN, and the queue is replayed in offset order. Replayed in arrival order within that
-offset, the RST came first and the peer's FIN, which the kernel had before it timed out, was
-dropped: no `TcpIndicateDisconnect`, where the same stack without the IM reports it.
+timeout, queued at the target behind the terminate, now climbs the same ordinary path, marked,
+behind them. When it went to the host directly (the socket's home) it reached the host first
+through an IM: its RST landed in the upload queue at the stream's end, the offset of the FIN,
+and the queue is replayed in offset order; replayed in arrival order within that offset, the
+RST came first and the peer's FIN, which the kernel had before it timed out, was dropped (no
+`TcpIndicateDisconnect`, where the same stack without the IM reports it). The socket's own
+news still takes that direct road once the target has let go, so the rule stays.
 
 The real host stack over the target (and an IM), on MemoryWires: no sockets, no sleeps."""
 

@@ -4,8 +4,8 @@ TCP_USER_TIMEOUT) that races the host's terminate still reads as a timeout, not 
 
 The socket posts its news to the layer that owns the connection when it is posted. Queued at
 the target just behind the terminate, the timeout is handled there after the connection went
-back to the host: the ordinary path carries segment flags only, and a plain RST up it read as
-"connection reset". Told to the host just after the target's terminate, while the host's
+back to the host: a plain RST up the ordinary path read as "connection reset" (it goes up
+marked as the timeout now, docs/spec.md §4.7, §5.2). Told to the host just after the target's terminate, while the host's
 upload is still in flight (an IM between them relays the completion), the upload cleared the
 reason as that of a retrieve that came back alive.
 
