@@ -20,15 +20,12 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_RST, TH_SYN, TH_URG, build_segment
+from chimneyd.drivers.segment import TH_ACK, TH_FIN, TH_RST, TH_SYN, TH_URG
 from chimneyd.drivers.target import events
-from chimneyd.drivers.tcp import seq
-from chimneyd.ndis.nbl import NetBufferList, link_chain
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpUploadReason
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig
-from chimneyd.testing.memwire import MemoryWire
 
 #: the flags of each kind of segment forwarded after the cause
 KINDS = {"rst": TH_RST | TH_ACK, "syn": TH_SYN, "syn_fin": TH_SYN | TH_FIN}
@@ -38,25 +35,6 @@ ASKED_BEFORE = ("requested", "upload_all")
 FAR = 1 << 30
 #: the host's phases in which it forwards (spec §4.6)
 FORWARDING = ("OFFLOADED", "UPLOAD_SUGGESTED", "UPLOAD_REQUESTED", "INVALIDATED")
-
-
-def _forward(rig: HostRig, conn: int, wire: MemoryWire, segments: list[tuple[int, int]]) -> None:
-    """The host forwards `segments` (offset, flags), none with data, in one call (spec §4.6),
-    its NBLs marked as its own forward marks them (`offload.forward`)."""
-    tcb = rig.host.tcbs[conn]
-    nbls = []
-    for offset, flags in segments:
-        sequence = seq(wire.irs, offset)
-        ack = seq(wire.isn, wire.bytes_written)
-        nbl = NetBufferList.for_data(
-            build_segment(wire.remote[1], wire.local[1], sequence, ack, flags, b"")
-        )
-        nbl.trace = tcb.trace
-        nbl.protocol_reserved = tcb
-        nbls.append(nbl)
-    head = link_chain(nbls)
-    assert head is not None and tcb.handle is not None
-    rig.ndis.NdisOffloadTcpForward(rig.host, tcb.handle, head)
 
 
 def _read_all(rig: HostRig, conn: int) -> tuple[bytes, str | None]:
@@ -143,7 +121,7 @@ def test_what_the_target_held_reaches_the_application_once_and_ends_as_the_socke
         segments.append((offset if offset == FAR else n + offset, KINDS[kind]))
     forwarded = bool(segments) and rig.host.tcbs[conn].lifecycle.phase.name in FORWARDING
     if forwarded:
-        _forward(rig, conn, wire, segments)
+        rig.forward(conn, *segments)
     forwards = rig.host.stats.calls.get("NdisOffloadTcpForward", 0)
     for _ in range(200):  # bounded: a host and a target that pass a segment round never stop
         rig.scheduler.run()
