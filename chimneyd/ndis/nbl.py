@@ -194,8 +194,19 @@ class NetBufferList:
         """`NdisAdvanceNetBufferDataStart` across the NBs, front first."""
         nb = self.first_net_buffer
         while nbytes > 0 and nb is not None:
-            k = min(nbytes, nb.data_length)
-            NdisAdvanceNetBufferDataStart(nb, k)
+            # `NdisAdvanceNetBufferDataStart(nb, k)` and its `_seek` written out: a send the
+            # peer acknowledged and a filled receive request each advance once per echo round.
+            # 0 < k <= its DataLength, so its range check always passes here
+            length = nb.data_length
+            k = nbytes if nbytes < length else length
+            if k:
+                nb.data_offset += k
+                nb.data_length = length - k
+                mdl, off = nb.current_mdl, nb.current_mdl_offset + k
+                while mdl is not None and off >= len(mdl.buffer) and mdl.next is not None:
+                    off -= len(mdl.buffer)
+                    mdl = mdl.next
+                nb.current_mdl, nb.current_mdl_offset = mdl, off
             nbytes -= k
             nb = nb.next
         if nbytes:
@@ -205,8 +216,16 @@ class NetBufferList:
         return f"<NetBufferList {self.id} len={self.data_length} status={self.status:#x}>"
 
 
-def iter_chain(head: NetBufferList | None) -> Iterator[NetBufferList]:
+def iter_chain(head: NetBufferList | None) -> Iterable[NetBufferList]:
     """Walk an NBL chain by `Next`; safe against relinking of the yielded NBL."""
+    # a chain of one NBL (most I/O: one send, one posted receive) as a tuple: what the walk
+    # would yield, its `Next` read before it is yielded, without a generator to make and resume
+    if head is not None and head.next is None:
+        return (head,)
+    return _walk(head)
+
+
+def _walk(head: NetBufferList | None) -> Iterator[NetBufferList]:
     while head is not None:
         nxt = head.next
         yield head
