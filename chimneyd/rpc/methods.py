@@ -181,7 +181,11 @@ def tcp_send(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
         conn, data = p
         # `P.pos_int`'s test, and `P.payload` of bytes is the bytes themselves
         if type(conn) is int and 0 < conn <= P.MAX_ID and type(data) is bytes:
-            return c.engine.start_send(c.ownership.conn(c.holdings, conn, False), data)
+            # `Ownership.conn`'s test for a connection the client holds; it raises the rest
+            h = c.holdings
+            if not (h.admin or conn in h.conns):
+                conn = c.ownership.conn(h, conn, False)
+            return c.engine.start_send(conn, data)
     return tcp_send_checked(c, p)
 
 
@@ -206,8 +210,10 @@ def tcp_recv(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
             and type(timeout) is int
             and 0 <= timeout <= P.MAX_TIMEOUT_MS
         ):
-            own = c.ownership.conn(c.holdings, conn, False)
-            return c.engine.start_recv(own, max_bytes, float(timeout) / 1000.0, False)
+            h = c.holdings  # `Ownership.conn`'s test written out, as in `tcp_send`
+            if not (h.admin or conn in h.conns):
+                conn = c.ownership.conn(h, conn, False)
+            return c.engine.start_recv(conn, max_bytes, float(timeout) / 1000.0, False)
     return tcp_recv_checked(c, p)
 
 

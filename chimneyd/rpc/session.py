@@ -59,6 +59,9 @@ log = structlog.get_logger("chimneyd.rpc")
 # what methods answer at once: a result of another class may be a coroutine of the compiled
 # build (mypyc makes each coroutine its own class, not CoroutineType)
 _ANSWERS = frozenset({dict, list, tuple, int, str, bytes, bool, float, type(None)})
+# read once here, not through their modules on every request
+_Future = asyncio.Future
+_partial = functools.partial
 
 WRITE_HIGH = 4 * 1024 * 1024  # pause reading a client whose unread answers pass this
 WRITE_LOW = 1 * 1024 * 1024  # and resume once they drain below this
@@ -324,7 +327,7 @@ class Session(asyncio.Protocol):
         cls = result.__class__
         task: asyncio.Future[Any] | None = None  # stays None for an answer made at once
         if cls not in _ANSWERS:
-            if isinstance(result, asyncio.Future):
+            if isinstance(result, _Future):
                 task = result
             elif cls is CoroutineType or asyncio.iscoroutine(result):  # compiled: own class
                 if method in DAEMON_WIDE_METHODS:
@@ -347,12 +350,16 @@ class Session(asyncio.Protocol):
         else:
             self.in_flight += 1
         self.tasks.add(task)
+        # the callback runs in the client's context, as the request did (`data_received`): the
+        # same values a copy made here would hold, without making the copy per request
         if timed:  # timed by the callback that answers it: no callback of its own per request
             task.add_done_callback(
-                functools.partial(self._finished_timed, msgid, method, params, t0)
+                _partial(self._finished_timed, msgid, method, params, t0), context=self.context
             )
         else:
-            task.add_done_callback(functools.partial(self._finished, msgid, method, params))
+            task.add_done_callback(
+                _partial(self._finished, msgid, method, params), context=self.context
+            )
 
     def _over_limit(self, msgid: int, limit: int, kind: str = "") -> None:
         detail = f"more than {limit}{kind} requests in flight"
@@ -372,7 +379,12 @@ class Session(asyncio.Protocol):
             self.wide_in_flight -= 1
         else:
             self.in_flight -= 1
-        if task.cancelled():
+        # `exception()` raises CancelledError for a cancelled future (and only for one: a
+        # CancelledError the engine set as the future's exception is returned, as before), so
+        # an answer costs no `cancelled()` call first
+        try:
+            err = task.exception()
+        except asyncio.CancelledError:
             if self.server.stopping:
                 detail = "cancelled: the daemon is stopping"
                 self.respond(msgid, errors.envelope(ErrorCode.TIMEOUT, detail), None)
@@ -383,7 +395,6 @@ class Session(asyncio.Protocol):
                 )
                 self.respond(msgid, error, None)
             return
-        err = task.exception()
         if err is None:
             self.respond(msgid, None, task.result())
         else:
