@@ -310,6 +310,13 @@ def rst_owed(tcb: Tcb) -> bool:
     return tcb.end_reason == TIMED_OUT and tcb.reset and not tcb.wire.closed
 
 
+def rst_unless_paused(tcb: Tcb) -> None:
+    """A FIN_WAIT_2 timeout handed back by the target (spec §8): the RST goes now if the host
+    reads the socket, as at the host's own expiry (`timed_out`); else it is owed."""
+    if rst_owed(tcb) and not tcb.read_paused:
+        tcb.wire.abort()
+
+
 def after_timeout_read(h: HostStack, tcb: Tcb) -> None:
     """The application read the timeout, every byte before it: the RST owed goes now."""
     if rst_owed(tcb):

@@ -308,9 +308,8 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
         send.fail_host_sends(h, tcb, S.NDIS_STATUS_REQUEST_ABORTED)
         if not wire.closed and not disconnect.rst_owed(tcb):
             wire.abort()  # its state was lost with the hardware (spec §3.7): RST the peer
-        # a FIN_WAIT_2 timeout's (spec §8) waits for the application to read what the kernel
-        # held while the target stopped reading: the terminate let it read again, and those
-        # bytes are still on their way up the ordinary path
+        # a FIN_WAIT_2 timeout's (spec §8) goes once the host knows whether it reads the
+        # socket (`own_reading`, below)
     else:
         # acknowledgements that came while the connection was changing hands found no send of
         # the host's to complete, and are not reported again: complete what they cover now
@@ -324,6 +323,7 @@ def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
     if tcb.sends or tcb.disconnect_done is not None:
         wire.watch_acks()
     receive.own_reading(h, tcb)
+    disconnect.rst_unless_paused(tcb)
     # the event goes out before the callers hear of it: one that closes next must not have its
     # `closed` arrive before `uploaded`
     h.emit(tcb.conn_id, "uploaded", {"reason": tcb.upload_reason})
