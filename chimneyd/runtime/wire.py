@@ -32,6 +32,7 @@ from chimneyd.drivers.wire import SocketOption, TcpInfo
 log = structlog.get_logger("chimneyd.runtime")
 
 _OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
+_INQ = getattr(termios, "FIONREAD", 0x541B)  # == SIOCINQ on Linux: the unread bytes queued
 _INT = struct.Struct("i")
 # struct tcp_info (include/uapi/linux/tcp.h): 8 bytes, 24 u32 up to tcpi_total_retrans (every
 # Linux since 2.6.x), then later additions at fixed offsets, read only when the kernel returns
@@ -297,10 +298,43 @@ class WireSocket(asyncio.Protocol):
             self.transport.write_eof()
 
     def abort(self) -> None:
-        """Close with RST: SO_LINGER {on, 0}, then close (design table)."""
+        """Close with RST: SO_LINGER {on, 0}, then close (design table).
+
+        With reading on, what the kernel holds of the peer's bytes is read first and told
+        (`WireData`), as the event loop's next turn would have: the owner asked for them, and
+        the RST would drop them. A FIN_WAIT_2 timeout's RST goes once the application has read
+        what the host held (spec §8): the bytes the kernel still held then come before the
+        timeout, not lost with it. With reading stopped (back-pressure, a stall) they are lost
+        with the connection, as `pause_reading` says."""
         if self.transport is None or self.closed:
             return
+        self._read_what_the_kernel_holds()
         self._reset_socket()
+
+    def _read_what_the_kernel_holds(self) -> None:
+        """`abort`'s last read, with reading on: the bytes the kernel has queued now (SIOCINQ),
+        no more, so a peer that keeps sending cannot keep it reading."""
+        if self._flow_paused or self._stall_timer is not None or self.eof_seen or self._fd < 0:
+            return
+        try:
+            left = int(_INT.unpack(fcntl.ioctl(self._fd, _INQ, b"\0\0\0\0"))[0])
+        except OSError:
+            return
+        if left <= 0:
+            return
+        sock = self._view()
+        try:
+            while left > 0:
+                try:
+                    data = sock.recv(min(left, 1 << 18), socket.MSG_DONTWAIT)
+                except OSError:  # nothing more after all (EAGAIN), or the peer reset it
+                    return
+                if not data:
+                    return  # the peer's FIN: the RST ends the connection anyway
+                left -= len(data)
+                self.data_received(data)
+        finally:
+            sock.detach()
 
     def inject_reset(self) -> None:
         """Fault: as if the peer had sent an acceptable RST (our socket resets the peer too)."""

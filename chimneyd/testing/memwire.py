@@ -160,9 +160,15 @@ class MemoryWire:
             self.ack()
 
     def abort(self) -> None:
-        """Close with RST (SO_LINGER {1, 0}): the peer sees a reset; we get no event."""
+        """Close with RST (SO_LINGER {1, 0}): the peer sees a reset; we get no event. As
+        `WireSocket.abort`, with reading on what the kernel still holds (`lazy_reads`: reads
+        not made yet) is read and told first, up to the peer's FIN; with reading stopped it
+        is lost."""
         if self.closed:
             return
+        while self.reading and self._unread and self._unread[0][0] == "WireData":
+            name, args = self._unread.popleft()
+            self._deliver_read(name, *args)
         self.reset_sent = True
         self.closed = True
         self._watching = False

@@ -3,7 +3,10 @@ application reads before it. The promise at any timeout: the application reads
 every byte the peer sent, then the timeout, once; the peer gets the RST at the expiry while
 reading the socket is on, else once those bytes are out of the kernel (or at `tcp.close`).
 
-The real host stack over the target, on MemoryWires, with the invariant
+The wires read as `WireSocket` does (`lazy_reads`): once reading resumes, what the kernel held
+comes a read at a time, in later rounds. The application's requests come as the engine's do,
+through the host's inbox (`_pipelined`): two reads asked at once are both queued before the
+socket's next read. The real host stack over the target, on MemoryWires, with the invariant
 checker on; the rig's `ManualClock`."""
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import pytest
 from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.ndis.lifecycle import TcpState
 from chimneyd.testing.factories import make_passthrough_on, make_target
-from chimneyd.testing.hostrig import HostRig
+from chimneyd.testing.hostrig import HostRig, Reply
+from tests.unit.test_fin_wait_2_back_pressure import CHUNKS, _peer_sends_more_than_is_read
+from tests.unit.test_host_fin_wait_2 import _host_in_fin_wait_2
 from tests.unit.test_target_fin_wait_2_timer import (
     FIN_WAIT_2_S,
     TIMED_OUT,
@@ -71,6 +76,37 @@ def _closed_and_drained(rig: HostRig, conn: int) -> None:
     assert rig.clock.pending == 0, "a timer left armed"
 
 
+def _pipelined(rig: HostRig, conn: int, n: int, max_bytes: int = 1 << 16) -> list[Reply]:
+    """`n` reads asked at once, queued in the host's inbox as the engine queues requests
+    (`Engine.start_recv`), then run until idle."""
+    replies = [Reply() for _ in range(n)]
+    for reply in replies:
+        rig.ndis.post(rig.host, rig.host.app_recv, (conn, max_bytes, False, reply))
+    rig.run()
+    return replies
+
+
+def _reads_every_byte_then_the_timeout_pipelined(rig: HostRig, conn: int, wire: Any) -> bytes:
+    """Read two at a time until the timeout: every byte, in order, then the timeout once, then
+    the same error for every later read; the peer was sent the RST."""
+    got = b""
+    for _ in range(4 * len(CHUNKS)):
+        replies = _pipelined(rig, conn, 2)
+        for i, r in enumerate(replies):
+            assert r.done, r
+            if r.error is None:
+                assert r.value, "an end of stream the peer never sent"
+                got += r.value
+                continue
+            assert TIMED_OUT in str(r.error), r
+            later = _pipelined(rig, conn, 1)[0]
+            assert later.error is not None and later.value is None, later
+            assert all(x.error is not None for x in replies[i:]), replies
+            assert wire.reset_sent, "the peer was not told"
+            return got
+    raise AssertionError(f"no timeout read after {got!r}")
+
+
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_the_target_s_expiry_with_reading_on_resets_the_peer_at_the_expiry(topology: str) -> None:
     """Offloaded, the target reading (nothing held in the kernel): the RST goes with the
@@ -88,4 +124,38 @@ def test_the_target_s_expiry_with_reading_on_resets_the_peer_at_the_expiry(topol
     assert r.value == b"half closed", r
     r = rig.call(rig.host.app_recv, conn, 64, False)
     assert r.error is not None and TIMED_OUT in str(r.error), r
+    _closed_and_drained(rig, conn)
+
+
+def test_the_host_s_expiry_two_reads_at_once_lose_no_byte_the_kernel_held() -> None:
+    """Carried by the host, reading stopped under back-pressure at the expiry. The application
+    asks for two reads at once: the first takes what the host holds and lets reading resume,
+    the second comes before the socket's next read. It must wait for the kernel's bytes, not
+    read the timeout and send the RST that drops them."""
+    rig, conn, wire = _host_in_fin_wait_2(rx_buffer_bytes=4)
+    wire.lazy_reads = True
+    sent = _peer_sends_more_than_is_read(rig, wire)
+    assert rig.host.tcbs[conn].read_paused
+    _kernel_heard_nothing_since(wire)
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert not wire.reset_sent
+    assert _reads_every_byte_then_the_timeout_pipelined(rig, conn, wire) == sent
+    _closed_and_drained(rig, conn)
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_the_target_s_expiry_two_reads_at_once_lose_no_byte_the_kernel_held(
+    topology: str,
+) -> None:
+    """As above, the target's buffer full and its reading stopped at the expiry."""
+    rig, conn, wire = _offloaded_in_fin_wait_2(topology, rx_buffer_bytes=4)
+    wire.lazy_reads = True
+    (ctx,) = _contexts(rig)
+    ctx.rcv_bound = 8
+    sent = _peer_sends_more_than_is_read(rig, wire)
+    assert ctx.paused
+    _kernel_heard_nothing_since(wire)
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert _retrieves(rig, conn) == ["TimeoutExpiration"], rig.events
+    assert _reads_every_byte_then_the_timeout_pipelined(rig, conn, wire) == sent
     _closed_and_drained(rig, conn)

@@ -291,11 +291,9 @@ def fin_wait_2_expired(h: HostStack, tcb: Tcb) -> None:
 
 def timed_out(h: HostStack, tcb: Tcb) -> None:
     """The host's timer expired: the connection ends as at the kernel's timeout
-    (`receive.wire_timeout`, spec §8), with an RST to the peer, at once if the host has read
-    every byte the kernel holds (reading on), else once the application has read them
-    (`rst_owed`): reading stopped under back-pressure, the kernel still holds bytes the peer
-    sent, and an RST now would drop them (the application reads every byte, then the
-    timeout)."""
+    (`receive.wire_timeout`, spec §8), with an RST to the peer: at once with reading on (what
+    the kernel holds is read first, `WireSocket.abort`), else once the application has read
+    what the host holds (`rst_owed`)."""
     if not tcb.read_paused and not tcb.wire.closed:
         tcb.wire.abort()
     receive.wire_timeout(h, tcb)
@@ -303,24 +301,40 @@ def timed_out(h: HostStack, tcb: Tcb) -> None:
 
 def rst_owed(tcb: Tcb) -> bool:
     """Whether `tcb` timed out in FIN_WAIT_2 (the host's timer or the target's, spec §8)
-    with its socket still open: the kernel may hold bytes of the peer's the application has
-    not read, which the RST would drop. It goes once the application read them and the
-    timeout (`after_timeout_read`), or at `tcp.close`. [EMU] A kernel that timed out closed
-    the socket itself, and a reset one is closed."""
+    with its socket still open: reading stopped under back-pressure, the kernel holds bytes
+    of the peer's the application has not read, which the RST would drop. It goes once the
+    application has read every byte the host holds (`send_owed_rst`), or at `tcp.close`.
+    [EMU] A kernel that timed out closed the socket itself, and a reset one is closed."""
     return tcb.end_reason == TIMED_OUT and tcb.reset and not tcb.wire.closed
 
 
 def rst_unless_paused(tcb: Tcb) -> None:
     """A FIN_WAIT_2 timeout handed back by the target (spec §8): the RST goes now if the host
-    reads the socket, as at the host's own expiry (`timed_out`); else it is owed."""
+    reads the socket (what the kernel holds is read first, `WireSocket.abort`), as at the
+    host's own expiry (`timed_out`); else it is owed."""
     if rst_owed(tcb) and not tcb.read_paused:
         tcb.wire.abort()
 
 
-def after_timeout_read(h: HostStack, tcb: Tcb) -> None:
-    """The application read the timeout, every byte before it: the RST owed goes now."""
-    if rst_owed(tcb):
-        tcb.wire.abort()
+def send_owed_rst(h: HostStack, tcb: Tcb) -> None:
+    """The application has read every byte the host held (`receive.serve`): read again, and
+    the RST owed goes, once what the kernel holds is read (`WireSocket.abort`): those bytes
+    come up before the timeout (`bytes_coming`)."""
+    if tcb.read_paused:
+        tcb.read_paused = False
+        tcb.wire.resume_reading()
+    tcb.wire.abort()
+
+
+def bytes_coming(tcb: Tcb) -> bool:
+    """Whether bytes the socket has read are still on their way to the host of a connection
+    that timed out (the last read of `WireSocket.abort`, the ordinary path): the application
+    reads them before the timeout (spec §8)."""
+    return (
+        tcb.end_reason == TIMED_OUT
+        and tcb.phase is Phase.IDLE
+        and tcb.wire.bytes_read > tcb.rx.rcv_nxt
+    )
 
 
 def initiate_failed(h: HostStack, tcb: Tcb) -> None:

@@ -88,11 +88,12 @@ def serve(h: HostStack, tcb: Tcb) -> None:
             done(b"", None)
             continue
         if tcb.reset:
-            if tcb.read_paused and disconnect.rst_owed(tcb):
-                break  # the kernel's bytes come before a FIN_WAIT_2 timeout (spec §8)
+            if disconnect.rst_owed(tcb):
+                disconnect.send_owed_rst(h, tcb)  # every byte the host held is read (§8)
+            if disconnect.bytes_coming(tcb):
+                break  # read from the socket before the timeout: they come first (spec §8)
             tcb.recv_waiters.pop(0)
             done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, f" {tcb.death}"))
-            disconnect.after_timeout_read(h, tcb)
             continue
         if closed:
             tcb.recv_waiters.pop(0)
