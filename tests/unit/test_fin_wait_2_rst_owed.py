@@ -159,3 +159,28 @@ def test_the_target_s_expiry_two_reads_at_once_lose_no_byte_the_kernel_held(
     assert _retrieves(rig, conn) == ["TimeoutExpiration"], rig.events
     assert _reads_every_byte_then_the_timeout_pipelined(rig, conn, wire) == sent
     _closed_and_drained(rig, conn)
+
+
+def test_bytes_the_target_read_after_its_expiry_are_no_read_s_wait() -> None:
+    """The peer sends once the target's timer expired, before the terminate (held behind a
+    query, spec §3.1): the target reads the bytes of a connection it holds dead and processes
+    none (spec §4.5). The socket has read past what the host is ever given, so no read may
+    wait for those bytes: the application reads what the target held, then the timeout."""
+    rig, conn, wire = _in_fin_wait_2()
+    wire.peer_send(b"before")
+    rig.run()
+    _query, held = rig.query_held_below(conn)  # the terminate waits behind it
+    _kernel_heard_nothing_since(wire)
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert _retrieves(rig, conn) == ["TimeoutExpiration"], rig.events
+    wire.peer_send(b"after the expiry")
+    rig.run()
+    rig.release(held)
+    assert _contexts(rig) == [] and wire.reset_sent
+    first = rig.call(rig.host.app_recv, conn, 64, False)
+    assert first.value == b"before", first
+    for _ in range(2):
+        r = rig.call(rig.host.app_recv, conn, 64, False)
+        assert r.done, "a read waits for bytes no one will give"
+        assert r.error is not None and TIMED_OUT in str(r.error), r
+    _closed_and_drained(rig, conn)

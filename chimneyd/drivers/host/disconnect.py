@@ -319,22 +319,28 @@ def rst_unless_paused(tcb: Tcb) -> None:
 def send_owed_rst(h: HostStack, tcb: Tcb) -> None:
     """The application has read every byte the host held (`receive.serve`): read again, and
     the RST owed goes, once what the kernel holds is read (`WireSocket.abort`): those bytes
-    come up before the timeout (`bytes_coming`)."""
+    come up before the timeout (`timeout_after_bytes`)."""
     if tcb.read_paused:
         tcb.read_paused = False
         tcb.wire.resume_reading()
     tcb.wire.abort()
 
 
-def bytes_coming(tcb: Tcb) -> bool:
-    """Whether bytes the socket has read are still on their way to the host of a connection
-    that timed out (the last read of `WireSocket.abort`, the ordinary path): the application
-    reads them before the timeout (spec §8)."""
-    return (
-        tcb.end_reason == TIMED_OUT
-        and tcb.phase is Phase.IDLE
-        and tcb.wire.bytes_read > tcb.rx.rcv_nxt
-    )
+def timeout_after_bytes(h: HostStack, tcb: Tcb) -> bool:
+    """A read of a connection that timed out (spec §8, §5.2) finds nothing to take: bytes the
+    socket read before its end may still be on their way in the host's inbox (the last read
+    of `WireSocket.abort`, or reads the timer's expiry overtook), and the application reads
+    them before the timeout. So the timeout is answered behind them, one inbox round later
+    (`receive.serve` with `timeout_due`): True if so. Nothing is read from the socket after
+    its RST, so nothing can come after that round."""
+    if tcb.end_reason != TIMED_OUT or tcb.phase is not Phase.IDLE:
+        return False
+    h.ndis.post(h, _timeout_due, (h, tcb))
+    return True
+
+
+def _timeout_due(h: HostStack, tcb: Tcb) -> None:
+    receive.serve(h, tcb, True)
 
 
 def initiate_failed(h: HostStack, tcb: Tcb) -> None:

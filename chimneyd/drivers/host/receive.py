@@ -65,8 +65,9 @@ def cancel_recv(h: HostStack, tcb: Tcb, waiting: Done, done: Done) -> None:
     done(None, None)
 
 
-def serve(h: HostStack, tcb: Tcb) -> None:
-    """Hand buffered bytes to waiting reads, in order."""
+def serve(h: HostStack, tcb: Tcb, timeout_due: bool = False) -> None:
+    """Hand buffered bytes to waiting reads, in order; `timeout_due`: a timed-out
+    connection's timeout is answered now (`disconnect.timeout_after_bytes`)."""
     # the TCB is its own lifecycle: `phase` and `tcp` read as fields, not through the
     # `lifecycle`, `reset` properties (a read is served here two or three times a round)
     closed = tcb.phase is Phase.CLOSED
@@ -90,8 +91,8 @@ def serve(h: HostStack, tcb: Tcb) -> None:
         if tcb.reset:
             if disconnect.rst_owed(tcb):
                 disconnect.send_owed_rst(h, tcb)  # every byte the host held is read (§8)
-            if disconnect.bytes_coming(tcb):
-                break  # read from the socket before the timeout: they come first (spec §8)
+            if not timeout_due and disconnect.timeout_after_bytes(h, tcb):
+                break  # bytes the socket read before the timeout come first (spec §8)
             tcb.recv_waiters.pop(0)
             done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, f" {tcb.death}"))
             continue
