@@ -184,3 +184,22 @@ def test_bytes_the_target_read_after_its_expiry_are_no_read_s_wait() -> None:
         assert r.done, "a read waits for bytes no one will give"
         assert r.error is not None and TIMED_OUT in str(r.error), r
     _closed_and_drained(rig, conn)
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_the_target_s_expiry_closed_unread_resets_the_peer_at_the_close(topology: str) -> None:
+    """Timed out by the target with its reading stopped and the host's too: the RST is owed
+    after the upload, and the application closes without reading: the peer gets it then,
+    and every layer's tables are back to zero."""
+    rig, conn, wire = _offloaded_in_fin_wait_2(topology, rx_buffer_bytes=4)
+    wire.lazy_reads = True
+    (ctx,) = _contexts(rig)
+    ctx.rcv_bound = 8
+    _peer_sends_more_than_is_read(rig, wire)
+    _kernel_heard_nothing_since(wire)
+    rig.advance(FIN_WAIT_2_S + 1)
+    assert _retrieves(rig, conn) == ["TimeoutExpiration"], rig.events
+    assert _contexts(rig) == [] and rig.host.tcbs[conn].read_paused
+    assert not wire.reset_sent, "the RST went with bytes still in the kernel"
+    _closed_and_drained(rig, conn)
+    assert wire.reset_sent, "the peer was not told at the close"
