@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.oid import (
     NdisEncapsulation,
     NdisOidRequest,
@@ -213,11 +214,18 @@ def rebalance(mux: MuxIm) -> None:
     # the layer above has uploaded them), the team looked even and nothing moved, and they
     # then all went where the policy put them. They count on no NIC; each gets a plan too,
     # to the NIC the fewest stay on, before the busiest NICs' connections are moved. Not one
-    # its NIC found corrupt in the terminate (`completing`, spec §3.7): it is aborted and
-    # never offloaded again, so its plan would stay unused, and the NIC counted for it
+    # its NIC found corrupt in the terminate (`completing`, spec §3.7), nor one the MUX failed
+    # as corrupt itself (FAILED, `MuxIm.fail_unserved_terminate`: no NIC part failed, and it
+    # stays among those asked up until the layer above terminates it again): it is aborted
+    # and never offloaded again, so its plan would stay unused, and the NIC counted for it
     # would take one connection fewer
     leaving = sorted(
-        (c for c in mux.evacuating if c.id in mux.table and not c.completing), key=lambda c: c.id
+        (
+            c
+            for c in mux.evacuating
+            if c.id in mux.table and not c.completing and c.lifecycle.phase is not Phase.FAILED
+        ),
+        key=lambda c: c.id,
     )
     # those that stay on their NIC, and may move: not on their way up already (asked up by
     # their NIC, or terminated by the layer above, which may be closing them), nor corrupt.
