@@ -290,6 +290,20 @@ def forget_plans(mux: MuxIm, gone: Lower | None = None) -> None:
         del mux.placement.moves[key]
 
 
+def strays(mux: MuxIm, entries: list[MuxConnection]) -> None:
+    """The connections on a path copy its NIC could not move back after a failed next-hop
+    change (`relink._undone`): the copy hangs under that NIC's copy of a neighbor the layer
+    above does not have the path under, and goes only with them. The MUX moves them for its
+    own reasons, as in a failover: PAUSE above, ask them up, RESUME once they are up (spec
+    §3.8: an IM may raise PAUSE itself; §5.5). The host offers again at RESUME what it was
+    asked up while paused; asked with no PAUSE, they stayed with the host for good, yet
+    counted among those on their way up (`MuxIm.evacuating`), each given a plan by a
+    rebalance that was never used. Offloaded again, they are placed by the policy, not on
+    that NIC while the stray copy lives (`mux._misplaced`), or where a rebalance planned."""
+    if entries:  # none: nothing changed above, no RESUME is owed (`_evacuate`)
+        _evacuate(mux, entries)
+
+
 def _evacuate(mux: MuxIm, entries: list[MuxConnection]) -> None:
     """PAUSE above, and ask for the upload of `entries`; RESUME once they are all up (or at
     once when there are none: what the MUX offers changed all the same)."""

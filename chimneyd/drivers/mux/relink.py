@@ -13,8 +13,9 @@ steps, each one MUX call split by NIC (`trees.MuxCall` with `relink` set):
 3. undo, only when a NIC failed step 1 or 2: the copies the other NICs did move go back under
    the old neighbor's copies, with the cached values the MUX had before. A copy whose NIC
    fails that too stays where that NIC has it (`Instance.under`), its connections there are
-   asked up, and a terminate of the new neighbor from above holds back that NIC's copy of
-   it until the path's copy has gone (`MuxIm._terminate`).
+   asked up (PAUSE above, as a failover's are, `failover.strays`), and a terminate of the
+   new neighbor from above holds back that NIC's copy of it until the path's copy has gone
+   (`MuxIm._terminate`).
 
 The update completes above once, when the last step is back: every block SUCCESS when every
 NIC did its part, else every block FAILURE with nothing moved (spec §3.4: after a failed
@@ -40,6 +41,7 @@ from chimneyd.ndis.lifecycle import Event, Phase
 from chimneyd.ndis.status import OFFLOADED_STATUSES, NdisStatus
 from chimneyd.ndis.trace import HopTrace
 
+from . import failover
 from .objects import Instance, Lower, MuxConnection, VirtualObject
 from .trees import MuxCall, mirror_block
 
@@ -431,7 +433,8 @@ def _undo(mux: MuxIm, rl: Relink) -> None:
 
 def _undone(mux: MuxIm, rl: Relink) -> None:
     """Step 3 is back: each copy its NIC moved back hangs under the old neighbor's copy
-    again; one it could not stays, counted, under the new one's."""
+    again; one it could not stays, counted, under the new one's, and its connections there
+    are asked up as a failover's are: between a PAUSE and a RESUME (`failover.strays`)."""
     stray: list[MuxConnection] = []
     for move in rl.moved:
         back = move.back
@@ -448,7 +451,7 @@ def _undone(mux: MuxIm, rl: Relink) -> None:
                 c for c in mux.connections() if c.path is move.path.vobj and c.lower is binding
             ]
     finish(mux, rl)
-    mux.retrieve_all(stray)
+    failover.strays(mux, stray)
 
 
 def finish(mux: MuxIm, rl: Relink) -> None:
