@@ -214,11 +214,11 @@ def rebalance(mux: MuxIm) -> None:
     # the layer above has uploaded them), the team looked even and nothing moved, and they
     # then all went where the policy put them. They count on no NIC; each gets a plan too,
     # to the NIC the fewest stay on, before the busiest NICs' connections are moved. Not one
-    # its NIC found corrupt in the terminate (`completing`, spec §3.7), nor one the MUX failed
-    # as corrupt itself (FAILED, `MuxIm.fail_unserved_terminate`: no NIC part failed, and it
-    # stays among those asked up until the layer above terminates it again): it is aborted
-    # and never offloaded again, so its plan would stay unused, and the NIC counted for it
-    # would take one connection fewer
+    # its NIC found corrupt in the terminate (`completing` until it completes above, spec
+    # §3.7), nor one the MUX failed as corrupt itself (FAILED: it leaves `evacuating` then,
+    # `MuxIm.fail_unserved_terminate`, as one its NIC failed does once completed above; the
+    # phase is checked all the same): it is aborted and never offloaded again, so its plan
+    # would stay unused, and the NIC counted for it would take one connection fewer
     leaving = sorted(
         (
             c

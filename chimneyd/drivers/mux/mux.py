@@ -1286,14 +1286,28 @@ class MuxIm(PassthroughIm):
     def fail_unserved_terminate(self, root: OffloadBlock) -> bool:
         """A terminate the MUX raised on fails as a corrupt one (the pass-through IM's way,
         spec §3.7 steps 1-3): its `HardwareFailure` request asks each connection up, and a
-        request of its NIC's after it is no news (`_news`, spec §5.2)."""
+        request of its NIC's after it is no news (`_news`, spec §5.2).
+
+        A connection of it a failover or rebalance asked up is on its way up no more, as one
+        its NIC found corrupt is not once the terminate has completed above
+        (`_terminated_above`): aborted, it is never offloaded again, and lives on only for
+        the layer above's further terminate (step 4). The PAUSE waits for it no longer
+        (`failover.evacuated`): kept among those asked up until that terminate was back, it
+        held the whole team paused meanwhile, for ever above a layer that never sent it."""
+        entries: list[MuxConnection] = []
         for up in walk(root):
             if up.kind is BlockKind.TCP and up.role() is not BlockRole.PLACEHOLDER:
                 cell = up.miniport_offload_context
                 entry = cell.miniport_offload_context if cell is not None else None
                 if isinstance(entry, MuxConnection):
                     entry.asked = ASKED_MANDATORY
-        return super().fail_unserved_terminate(root)
+                    entries.append(entry)
+        served = super().fail_unserved_terminate(root)
+        for entry in entries:
+            self.evacuating.discard(entry)
+            self.evacuating_held.discard(entry)
+        failover.evacuated(self)  # after the completion and its indications, as a NIC's
+        return served
 
     def describe(self) -> dict[str, Any]:
         return {
