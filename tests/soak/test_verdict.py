@@ -535,6 +535,23 @@ def test_a_retrieve_a_target_failure_overtook_is_explained_by_it() -> None:
     assert any("no byte verified after the retrieve" in f for f in r["failures"])
 
 
+def test_a_hardware_failure_retrieve_is_judged_as_any_mandatory_retrieve() -> None:
+    """`retrieve /reason=HardwareFailure` only has the NIC raise the request (docs/faults.md
+    `retrieve`: on a healthy connection it only uploads it); the abort of spec §3.7 step 3
+    belongs to a state call that found the hardware corrupt, not to the request. So the
+    connection is uploaded, offloaded again and carries verified data, with no
+    `TcpIndicateAbort` owed; one not uploaded is still a failure."""
+    layer, conn, obs = _clean()
+    _conn(conn, "retrieve").update(reason="HardwareFailure", abort_seen=False)
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    [retrieve] = [f for f in r["faults"] if f["kind"] == "retrieve"]
+    assert retrieve["uploaded"] == retrieve["reoffloaded"] == 1
+    _conn(conn, "retrieve").update(uploaded=False)
+    r = _report(layer, conn, obs)
+    assert any("a mandatory retrieve was not uploaded" in f for f in r["failures"]), r["failures"]
+
+
 def test_a_refusal_during_a_target_failure_is_explained_by_it() -> None:
     layer, conn, obs = _clean()
     obs["refusals"].append(

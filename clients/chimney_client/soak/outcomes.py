@@ -130,12 +130,10 @@ def _judge_conn_fault(e: Record, rec: Record, bugged: set[Any]) -> None:
     e.setdefault("connections", []).append(conn)
     e["verified_after"] = e.get("verified_after", 0) + rec.get("verified_after", 0)
     done = rec.get("done", False)
-    if kind in ("peer_reset", "daemon_reset") or rec.get("reason") == "HardwareFailure":
+    if kind in ("peer_reset", "daemon_reset"):
         e["abort_seen"] = e.get("abort_seen", 0) + int(bool(rec.get("abort_seen")))
         if not rec.get("abort_seen"):
             problem(e, f"conn {conn}: no TcpIndicateAbort", rec)
-        if kind == "retrieve":
-            return
         # its slot ordered it with its last echo read by the daemon and not by us: the check
         # below of what the daemon held at the RST has a case only when it held some
         held = int(rec.get("held_at_reset") or 0)
