@@ -89,6 +89,13 @@ def serve(h: HostStack, tcb: Tcb, timeout_due: bool = False) -> None:
             done(b"", None)
             continue
         if tcb.reset:
+            if tcb.handle is not None:
+                # still offloaded: the target may hold bytes the peer sent before its RST,
+                # which it delivers no more (spec §5.1: an indication the host refused, for
+                # a request still on its way down); they come back as BufferedData at the
+                # terminate the host answers the abort with (§3.6.3), and the reads take them
+                # before the abort (docs/rpc.md `tcp.accept`: the bytes, then the error)
+                break
             if disconnect.rst_owed(tcb):
                 disconnect.send_owed_rst(h, tcb)  # every byte the host held is read (§8)
             if not timeout_due and disconnect.timeout_after_bytes(h, tcb):
