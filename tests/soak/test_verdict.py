@@ -719,6 +719,39 @@ def test_a_mux_outage_explains_its_retrieves_and_the_pause_until_the_last_upload
     )
 
 
+def test_outages_of_one_nic_in_two_shards_each_claim_their_shards_connections() -> None:
+    """nic1 taken out in shard 0 only (t=100 to 103) and failed in shard 1 only from t=101,
+    while shard 0's outage still runs: each shard's MUX asks up its own connections on nic1.
+    Each outage is judged on the connections of its shard; before, the first claimed both
+    shards' and the second was failed for "none uploaded"."""
+    layer, _, obs = _mux_outage()
+    layer[0]["params"] = {"layer": "nic1", "for": "3s", "shard": "0"}
+    layer[0]["offloaded_before"] = 1
+    failure = {
+        **layer[0],
+        "tag": 9,
+        "fault_id": 9,
+        "kind": "target_failure",
+        "params": {"layer": "nic1", "for": "3s", "shard": "1"},
+        "t0": 101.0,
+        "t1": 101.1,
+    }
+    layer.append(failure)
+    obs["unrequested"][0]["shard"] = 0
+    obs["unrequested"][1].update(shard=1, asked=101.2)
+    r = _report(layer, [], obs)
+    assert r["ok"], r["failures"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert kinds["nic_down"]["connections_uploaded"] == 1 == kinds["nic_down"]["reoffloaded"]
+    assert kinds["target_failure"]["connections_uploaded"] == 1
+    # a daemon of one process says no shard: the first outage still takes what it covers
+    for u in obs["unrequested"]:
+        u.pop("shard")
+        u.pop("explained_by", None)
+    r = _report(layer, [], obs)
+    assert any("none uploaded" in f for f in r["failures"]), r["failures"]
+
+
 def test_an_outage_says_how_soon_its_connections_came_back() -> None:
     """Re-offloaded at 103.5 (after the clear at 103.0, returned 103.1) and one at 101.2,
     onto another NIC while nic0 was out: times after the fault for both, after the clear for one;

@@ -250,7 +250,16 @@ def _judge_outage(
     # (UploadRequested, spec §5.2) while the connection was on that NIC
     # judged by when the connection was asked up: with thousands to upload, the last uploads
     # may complete after the NIC is back
-    uploads = [u for u in obs.get("upload_all", []) if w.covers(u.get("asked") or u["t"])]
+    # an outage put into one shard (/shard=K) acts on that shard's connections only: another
+    # shard's, asked up meanwhile by an outage of the same layer there, are that one's
+    shard = str(rec.get("params", {}).get("shard", ""))
+
+    def in_shard(u: Record) -> bool:
+        return not shard or u.get("shard") is None or str(u["shard"]) == shard
+
+    uploads = [
+        u for u in obs.get("upload_all", []) if w.covers(u.get("asked") or u["t"]) and in_shard(u)
+    ]
     uploads += [
         u
         for u in obs.get("unrequested", [])
@@ -258,6 +267,7 @@ def _judge_outage(
         and u.get("reason") == "UploadRequested"
         and w.covers(u.get("asked") or u["t"])
         and layer in (u.get("came_from") or [])
+        and in_shard(u)
     ]
     for u in uploads:
         u["explained_by"] = rec["kind"]

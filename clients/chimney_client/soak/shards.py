@@ -62,10 +62,12 @@ async def dial_balanced(
     shards: int,
     dial: Callable[[], Awaitable[AsyncClient]],
     balance: bool = True,
-) -> tuple[list[AsyncClient], dict[int, int], int]:
+) -> tuple[list[AsyncClient], dict[int, int], int, list[int]]:
     """`n` RPC clients spread over `shards` shards (at most ceil(n / shards) on one when
-    `balance`); returns them, how many landed on each shard, and the redials it took."""
+    `balance`); returns them, how many landed on each shard, the redials it took, and the
+    shard of each client (a fault put into one shard explains only its connections)."""
     clients: list[AsyncClient] = []
+    where: list[int] = []
     per: dict[int, int] = {}
     quota = math.ceil(n / shards)
     redials = 0
@@ -79,7 +81,8 @@ async def dial_balanced(
             await client.close()
         per[shard] = per.get(shard, 0) + 1
         clients.append(client)
-    return clients, per, redials
+        where.append(shard)
+    return clients, per, redials, where
 
 
 __all__ = [

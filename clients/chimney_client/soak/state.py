@@ -41,9 +41,10 @@ class WorkerConfig:
 class Rpc:
     """One RPC client and the connections it carries."""
 
-    def __init__(self, client: AsyncClient, ops: int) -> None:
+    def __init__(self, client: AsyncClient, ops: int, shard: int | None = None) -> None:
         self.client = client
         self.sem = asyncio.Semaphore(ops)
+        self.shard = shard  # the daemon's shard it landed on (None: a daemon of one process)
 
 
 #: What the worker observed that a fault must explain, by list name (see `WorkerState.obs`).
@@ -193,6 +194,9 @@ class WorkerState:
     def upload_record(self, conn: Conn, name: str, **extra: Any) -> dict[str, Any]:
         rec = {"conn": conn.cid, "t": time.monotonic(), "needs_reoffload": True, **extra}
         rec["reoffloaded_t"] = None
+        rpc = self.rpc_by_cid.get(conn.cid)
+        if rpc is not None and rpc.shard is not None:
+            rec["shard"] = rpc.shard  # where its connection lives: a fault in one shard acts there
         self.obs[name].append(rec)
         watch(conn, rec, None)
         return rec

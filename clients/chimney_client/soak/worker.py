@@ -52,16 +52,19 @@ class Worker(ConnFaults):
             return await AsyncClient.connect(cfg.rpc, token=cfg.token, call_timeout=CALL_TIMEOUT_S)
 
         try:
+            where: list[int | None]
             if cfg.shards > 1:
-                clients, self.rpc_shards, self.redials = await dial_balanced(
+                clients, self.rpc_shards, self.redials, landed = await dial_balanced(
                     nrpc, cfg.shards, dial, cfg.balance_shards
                 )
+                where = list(landed)
             else:
                 clients = [await dial() for _ in range(nrpc)]
-            for client in clients:
+                where = [None] * len(clients)
+            for client, shard in zip(clients, where, strict=True):
                 client.on_tcp_event(self.on_event)
                 await client.events_subscribe("*")
-                self.rpcs.append(Rpc(client, cfg.ops_per_rpc))
+                self.rpcs.append(Rpc(client, cfg.ops_per_rpc, shard))
         except ChimneyError as exc:
             self.out.put({"type": "fatal", "w": cfg.index, "error": str(exc)})
             return
