@@ -1555,6 +1555,50 @@ def test_a_rebalance_that_did_not_even_its_nics_fails(
     assert any(why in f for f in r["failures"]), r["failures"]
 
 
+def test_a_nic_failure_during_a_rebalance_keeps_its_nics_connections() -> None:
+    """nic0 fails (t=100.05) as team0 rebalances (t=100): the MUX planned on the NICs as it
+    knew them, then asked nic0's three up for the failure, which its policy placed (nic2), and
+    moved one of nic1's. The failure owns nic0's three; the rebalance its one, offloaded again
+    with data after; the NICs left uneven by the failure's placement are not the rebalance's
+    to answer for. Before, the rebalance, judged first, took all four and was failed for the
+    counts after it, and the failure for "none uploaded"."""
+    layer, conn, obs = _rebalance()
+    layer[0]["mux_after"] = layer[0]["nics_at_end"] = {"nic1": 2, "nic2": 4}
+    layer.append(
+        {
+            **_layer_records()[0],
+            "tag": 2,
+            "fault_id": 2,
+            "t0": 100.05,
+            "t1": 100.1,
+            "offloaded_before": 3,
+            "offloaded_at_end": 0,
+        }
+    )
+    team_nic2 = ["tcpip", "team0", "nic2"]
+    moved = {"reason": "UploadRequested", "sending": False, "verified_after": 10, "done": True}
+    obs["unrequested"] = [
+        {"conn": c, "t": 100.5, "asked": 100.2, "reoffloaded_t": 101.0, "came_from": TEAM_NIC0,
+         "path": team_nic2, **moved}
+        for c in (1, 2, 3)
+    ] + [
+        {"conn": 4, "t": 100.5, "asked": 100.3, "reoffloaded_t": 101.0,
+         "came_from": ["tcpip", "team0", "nic1"], "path": team_nic2, **moved}
+    ]  # fmt: skip
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert kinds["target_failure"]["connections_uploaded"] == 3
+    assert kinds["rebalance"]["connections_uploaded"] == 1
+    assert kinds["rebalance"]["crossed_by_an_outage"] == 1
+    # the same counts with no outage in its time: the rebalance answers for them
+    layer.pop()
+    for u in obs["unrequested"]:
+        u.pop("explained_by", None)
+    r = _report(layer, conn, obs)
+    assert any("still 2 apart after it" in f for f in r["failures"]), r["failures"]
+
+
 def test_the_slowest_send_is_every_sends_maximum_not_the_samples() -> None:
     """The percentiles come from a bounded sample; the maximum, and where and when it was, from
     every send: a slow send the sample dropped still shows."""

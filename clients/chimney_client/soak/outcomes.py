@@ -99,15 +99,22 @@ def judge(
         for r in conn_records
         if r["kind"] in ("peer_reset", "daemon_reset") and r.get("injected") and r.get("abort_seen")
     }
-    uploaded = [
-        _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
-        for rec, w in zip(outages, windows, strict=True)
-    ]
+    # a NIC's outage first: every connection on its NIC is its own to ask up, and a rebalance
+    # of the team in the same window counts those as leaving (docs/faults.md `rebalance`); the
+    # rebalance then takes what is left
+    uploaded = [0] * len(outages)
+    for i in sorted(range(len(outages)), key=lambda i: outages[i]["kind"] in MOVES):
+        rec, w = outages[i], windows[i]
+        uploaded[i] = _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
     _judge_raise_next(by_kind, layer_records, obs, host)
     for rec, w, n in zip(outages, windows, uploaded, strict=True):
         if rec["kind"] in MOVES:
-            _rebalance_evened(by_kind[rec["kind"]], rec, n)
+            crossed = any(
+                o["kind"] not in MOVES and _overlaps(o_w, rec)
+                for o, o_w in zip(outages, windows, strict=True)
+            )
+            _rebalance_evened(by_kind[rec["kind"]], rec, n, crossed)
         else:
             _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, n, obs)
     _account_leftovers(obs, windows, host)
@@ -322,12 +329,26 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
         _append(e, key, span)
 
 
-def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
+def _overlaps(w: Window, rec: Record) -> bool:
+    """A NIC outage's window `w` meets the time a rebalance `rec` ran: from its asking until
+    the soak saw its moves done (`t_back`) and read the NICs' counts after it."""
+    start = float(rec.get("t0", 0.0))
+    end = float(rec.get("t_back") or rec.get("t1") or start)
+    return w.start <= end and start <= w.end
+
+
+def _rebalance_evened(e: Record, rec: Record, moved: int, crossed: bool = False) -> None:
     """A rebalance moved connections where its MUX's NICs in service were uneven, none where
     they were even, and left them even: within one, or REBALANCE_SLACK_SHARE of their
     connections (some opened and closed while it ran). On a daemon of shards each shard's MUX
     evens its own NICs: judged shard by shard (`mux_shards_*`), as two shards each one apart
-    can sum to two."""
+    can sum to two.
+
+    `crossed`: a NIC outage ran while it did. The MUX planned on the NICs as it knew them, and
+    what the outage asked up is placed by the MUX's policy (or planned by a rebalance that came
+    after it): neither the counts after nor which upload was whose are the rebalance's alone,
+    so only its moves' own outcome (offloaded again, data after) is judged, and it is counted
+    (`crossed_by_an_outage`)."""
     layer = rec.get("params", {}).get("layer", "?")
     before, after = rec.get("mux_before"), rec.get("mux_after")
     if not before or not after:
@@ -335,6 +356,9 @@ def _rebalance_evened(e: Record, rec: Record, moved: int) -> None:
         return
     e.setdefault("mux_before", []).append(before)
     e.setdefault("mux_after", []).append(after)
+    if crossed:
+        e["crossed_by_an_outage"] = e.get("crossed_by_an_outage", 0) + 1
+        return
     shards_before, shards_after = rec.get("mux_shards_before"), rec.get("mux_shards_after")
     views: list[tuple[str, dict[str, int], dict[str, int]]] = []
     if shards_before and shards_after and len(shards_before) == len(shards_after):
