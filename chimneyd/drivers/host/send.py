@@ -7,7 +7,7 @@ is left. Sends the target refused because of an upload are sent by the host afte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from chimneyd.ndis.lifecycle import FIN_SENT_STATES, Phase, TcpState
 from chimneyd.ndis.nbl import Mdl, NetBuffer, NetBufferList, iter_chain, link_chain
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
+# Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
+# slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
+_UPLOAD_REQUESTED: Final = Phase.UPLOAD_REQUESTED
+_RESET: Final = TcpState.RESET
 #: Completion statuses after which the host sends the data itself, after the upload (§4.1).
 _REQUEUE = frozenset(
     {S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_UPLOAD, S.NDIS_STATUS_UPLOAD_REQUESTED}
@@ -61,7 +65,7 @@ def app_send(h: HostStack, tcb: Tcb, data: bytes, done: Done) -> None:
     if state == "closed":
         done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
         return
-    if lc.tcp is TcpState.RESET:
+    if lc.tcp is _RESET:
         done(None, ndis_error(S.NDIS_STATUS_REQUEST_ABORTED, f" acknowledged 0 bytes; {tcb.death}"))
         return
     if lc.tcp in FIN_SENT_STATES:
@@ -96,7 +100,7 @@ def pump(h: HostStack, tcb: Tcb) -> None:
     once the target asked for the upload: it refuses every send until the terminate (spec
     §3.6.4), which may wait behind a query; the queue goes on the socket after it."""
     phase = tcb.phase  # the TCB is its own Lifecycle
-    if INFO_STATE[phase] != "offloaded" or phase is Phase.UPLOAD_REQUESTED or tcb.handle is None:
+    if INFO_STATE[phase] != "offloaded" or phase is _UPLOAD_REQUESTED or tcb.handle is None:
         return
     q = tcb.send_q
     backlog = tcb.send_backlog

@@ -11,7 +11,7 @@ more data, a PSH, or the push timer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.lifecycle import LIVE, Event, Phase, TcpState
@@ -42,6 +42,13 @@ ACK_SYN = "ack_syn"  # a SYN outside the window (not in TIME_WAIT)
 ACK_URG = "ack_urg"  # a URG segment that fails its sequence or ACK number check
 UNSENT_ACK_KINDS = (CHALLENGE_RST, CHALLENGE_SYN, ACK_SYN, ACK_URG)
 _ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
+# Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
+# slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
+_UPLOAD_REQUESTED: Final = Phase.UPLOAD_REQUESTED
+_RESET: Final = TcpState.RESET
+_FIN_WAIT_2: Final = TcpState.FIN_WAIT_2
+_IO: Final = Event.IO
+_INDICATE: Final = Event.INDICATE
 
 
 # -- segments from the wire and from the host -----------------------------------------------------
@@ -53,7 +60,7 @@ def wire_data(t: OffloadTarget, c: TcpContext, offset: int, data: bytes) -> None
     t.stats.bytes_received += len(data)
     adapter.forward_progress(t, c)
     c.rst_challenged = False  # the kernel accepted it: an acceptable segment (spec §5.2)
-    if c.tcp is TcpState.FIN_WAIT_2:
+    if c.tcp is _FIN_WAIT_2:
         disconnect.heard(t, c)  # restarts the FIN_WAIT_2 timer (spec §8)
     segment(t, c, offset, memoryview(data), TH_PSH)  # each socket read counts as pushed
 
@@ -411,9 +418,9 @@ def segment(
     on, not a segment after the request (spec §5.2). One function, not a check and a taking
     step: every socket read runs it (`wire_data`)."""
     # the context is its own Lifecycle: its phase and TCP state read in place (spec §3.9)
-    if c.tcp is TcpState.RESET:
+    if c.tcp is _RESET:
         return  # nothing further is processed or acknowledged (spec §4.5)
-    if c.phase is Phase.UPLOAD_REQUESTED and not cause:
+    if c.phase is _UPLOAD_REQUESTED and not cause:
         _stop_processing(c)  # every mandatory reason, urgent data's too (spec §5.2)
     # taken: held from `urgent_at` on, else into the stream
     at = c.urgent_at
@@ -443,7 +450,7 @@ def segment(
 # -- posted receive requests (spec §4.2) ------------------------------------------------------------
 def post(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     """`MiniportTcpOffloadReceive`: queue the requests FIFO and deliver into them."""
-    c.lifecycle.fire(Event.IO)
+    c.lifecycle.fire(_IO)
     refusal = send.refusal(c) or t.take_failure("MiniportTcpOffloadReceive", head)
     if refusal is None and c.fin_indicated and not c.buffered_bytes:
         # posted after the FIN was indicated (spec §4.2); bytes still held (handed down as
@@ -468,7 +475,7 @@ def pump(t: OffloadTarget, c: TcpContext) -> None:
     """The delivery algorithm of spec §4.4, run whenever data, posts or a return arrive."""
     # phases before the completion went up (spec §3.2.7), after the terminate began, or after
     # an RST or a hardware failure deliver nothing through the chimney
-    if c.busy or c.phase not in LIVE or c.tcp is TcpState.RESET:
+    if c.busy or c.phase not in LIVE or c.tcp is _RESET:
         return
     if c.posted:
         _fill(t, c)
@@ -561,7 +568,7 @@ def fail_receives(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
 # -- indications (spec §4.3) ------------------------------------------------------------------------
 def _indicate(t: OffloadTarget, c: TcpContext) -> None:
     """INDICATE ("B"): one stand-alone NBL over the buffered bytes, no copy (spec §4.3)."""
-    c.lifecycle.fire(Event.INDICATE)
+    c.lifecycle.fire(_INDICATE)
     limit = c.cached.RcvIndicationSize or MAX_INDICATION
     views: list[memoryview] = []
     total = 0

@@ -8,7 +8,7 @@ paces itself by is indicated with `TcpIndicateSendBacklogChange`, damped (spec �
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from chimneyd.ndis.lifecycle import LIVE, UPLOAD_PENDING, Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList, chain_of, iter_chain
@@ -25,6 +25,12 @@ S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
 BACKLOG_DAMPING_NS = 1_000_000_000
+# Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
+# slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
+_FAILED: Final = Phase.FAILED
+_RESET: Final = TcpState.RESET
+_FIN_WAIT_2: Final = TcpState.FIN_WAIT_2
+_IO: Final = Event.IO
 #: statuses after which the host sends the data itself, after an upload (spec §4.1)
 UPLOAD_STATUSES = frozenset(
     {S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_UPLOAD, S.NDIS_STATUS_UPLOAD_REQUESTED}
@@ -39,9 +45,9 @@ def refusal(c: TcpContext) -> NdisStatus | None:
     request (`TimeoutExpiration`) makes it UPLOAD_IN_PROGRESS (spec §5.2)."""
     # the context is its own Lifecycle (its `lifecycle` property returns it): read in place
     phase = c.phase
-    if phase is Phase.FAILED:
+    if phase is _FAILED:
         return ABORTED
-    if c.tcp is TcpState.RESET:
+    if c.tcp is _RESET:
         return S.NDIS_STATUS_UPLOAD_IN_PROGRESS if c.timed_out else ABORTED
     if phase in UPLOAD_PENDING:
         return S.NDIS_STATUS_UPLOAD_IN_PROGRESS
@@ -60,7 +66,7 @@ def send_refusal(c: TcpContext) -> NdisStatus | None:
 
 def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     """`MiniportTcpOffloadSend`: strict FIFO within and across calls (spec §4.1)."""
-    c.lifecycle.fire(Event.IO)
+    c.lifecycle.fire(_IO)
     status = send_refusal(c)
     if status is not None:
         refuse_send(t, c, head, status)
@@ -104,9 +110,9 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
     # the peer acknowledged more of our data: an acceptable segment arrived, which ends an RST
     # validation period (spec §5.2), though RcvNxt did not move
     c.rst_challenged = False
-    if c.phase not in _ACKS_COUNT or c.tcp is TcpState.RESET:
+    if c.phase not in _ACKS_COUNT or c.tcp is _RESET:
         return
-    if c.tcp is TcpState.FIN_WAIT_2:
+    if c.tcp is _FIN_WAIT_2:
         disconnect.heard(t, c)  # restarts the FIN_WAIT_2 timer (spec §8)
     complete_acked(t, c, acked)
     if (
