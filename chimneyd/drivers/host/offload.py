@@ -309,6 +309,12 @@ def object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBl
     new_block = new_neighbor_block if obj.block_kind == "neighbor" else new_path_block
     if obj.lifecycle.phase is Phase.OFFLOADED:
         assert obj.handle is not None
+        # the initiate names the object until it completes: no terminate of it meanwhile
+        # (spec §3.1: a neighbor or path goes only once nothing depends on it, and the
+        # initiate's new state hangs under it). Gone first, a layer below that still held the
+        # initiate would find the linker's object dead, or take the block for a new offload
+        # of a handle the host has let go (`complete`)
+        obj.pending_ops += 1
         return new_block(obj.handle)
     obj.handle = NdisOffloadHandle(h.name, obj)
     h.table_add(obj.handle.id, obj.handle)
@@ -414,8 +420,11 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         owner = handle.owner
         offloaded = block.status in OFFLOADED_STATUSES
         if isinstance(owner, HostObject):
-            if owner.lifecycle.phase is not Phase.OFFLOADING:
-                continue  # a linker: already offloaded
+            if block.const is None:
+                # a linker (`object_block`): already offloaded, and free to go from now on
+                # (`terminate.release_unused_objects`, below) if nothing else depends on it
+                owner.pending_ops -= 1
+                continue
             if offloaded:
                 owner.lifecycle.fire(Event.INITIATE_OFFLOADED)
                 h.stats.offloads_active += 1

@@ -92,7 +92,9 @@ class HostObject(Lifecycle):
         # connections (for a path) or paths (for a neighbor) that depend on it: the host
         # terminates it only when none is left (spec §3.1)
         self.refs = 0
-        self.pending_ops = 0  # an invalidate in flight: no terminate until it completes (§3.1)
+        # calls in flight that name it — an invalidate, an update, a next-hop change, an
+        # initiate linking new state under it: no terminate until they complete (spec §3.1)
+        self.pending_ops = 0
         # its cached state as the host last offloaded or updated it (spec §2.2): what a new
         # offload of it carries, and what an update starts from
         self.cached: NeighborOffloadStateCached | PathOffloadStateCached | None = None
