@@ -167,3 +167,53 @@ def test_a_neighbor_waits_for_an_initiate_held_below_that_links_under_it(
     # ... and went once it completed: nothing depends on it now
     assert _neighbor(host.all_objects(), HOPS[1]) is None
     one.answered_and_drained()
+
+
+@pytest.mark.parametrize("im", [False, True], ids=["nic", "pass-through-im"])
+def test_a_path_waits_for_an_initiate_held_below_that_links_under_it(im: bool) -> None:
+    """A path: every other connection on it closes while an initiate linking a new one under
+    it is held below. The connection in flight counts as the path's dependent from its
+    initiate on (`HostStack.ref`): the path, and its neighbor, stay until it is offloaded."""
+    one = OneNic(im)
+    rig, host = one.rig, one.host
+    for _ in range(3):
+        one.connect(1)
+    one.connect(1, run=False)
+    held = rig.hold_below("MiniportInitiateOffload")
+    for conn in (0, 1, 2):
+        rig.call(host.app_close, one.conns[conn])
+    assert rig.problems() == []
+    last = host.tcbs[one.conns[-1]]
+    assert last.lifecycle.phase is Phase.OFFLOADING and last.path is not None
+    assert last.path.lifecycle.phase is Phase.OFFLOADED
+    assert last.path.parent is not None
+    assert last.path.parent.lifecycle.phase is Phase.OFFLOADED
+    rig.release(held)
+    assert last.lifecycle.phase is Phase.OFFLOADED
+    one.conns = one.conns[3:]
+    one.answered_and_drained()
+
+
+def test_a_neighbor_waits_for_an_update_held_below_that_names_it() -> None:
+    """An update: the second neighbor's ARP update held below while the last path under it
+    moves back under the first. The update names it (spec §3.4 (a)): it goes only once that
+    update is back."""
+    one = OneNic(False)
+    rig, host = one.rig, one.host
+    one.connect(2)  # keeps the first neighbor offloaded
+    one.connect(1)
+    one.move(1, 1)
+    rig.run()
+    mac = bytes.fromhex("020000000199")
+    one.ask(host.app_update_object, 1, "neighbor", {"DlDestinationAddress": mac})
+    held = rig.hold_below("MiniportUpdateOffload")
+    one.move(1, 0)  # the path's move names the first neighbor and the path, not this one
+    rig.run()
+    assert rig.problems() == []
+    assert one.replies[-1].done and one.replies[-1].error is None, one.replies[-1]
+    second = _neighbor(host.all_objects(), HOPS[1])
+    assert second is not None, "the second neighbor went with an update naming it below"
+    assert second.lifecycle.phase is Phase.OFFLOADED
+    rig.release(held)
+    assert _neighbor(host.all_objects(), HOPS[1]) is None
+    one.answered_and_drained()
