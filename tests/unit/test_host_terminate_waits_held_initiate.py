@@ -21,7 +21,11 @@ import pytest
 
 from chimneyd.drivers.host.tcb import HostObject
 from chimneyd.drivers.mux.mux import CORRUPT_RETRY_MAX
+from chimneyd.ndis.blocks import new_neighbor_block
+from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import Phase
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.hostrig import HostRig, Reply
 from tests.unit.test_host_next_hop_interleavings import (
     HOPS,
@@ -216,4 +220,30 @@ def test_a_neighbor_waits_for_an_update_held_below_that_names_it() -> None:
     assert second.lifecycle.phase is Phase.OFFLOADED
     rig.release(held)
     assert _neighbor(host.all_objects(), HOPS[1]) is None
+    one.answered_and_drained()
+
+
+def test_an_initiate_completion_naming_a_handle_let_go_still_settles_the_rest() -> None:
+    """A layer below that completes an initiate with a block naming a handle the host has
+    let go (its terminate completed: spec §9 item 8 says nothing may come for it after) has
+    broken the contract, and the host says so (`ChimneyProtocolError`) — but only once it has
+    settled every other block of the tree: the connection it offloaded is answered and
+    offloaded, its objects counted as they should be, and the stack drains. Before, the host
+    raised at that block, and every block after it stayed as it was: the connection
+    OFFLOADING for good, its offload and its close never answered."""
+    one = OneNic(False)
+    rig, host = one.rig, one.host
+    one.connect(1)
+    one.connect(1, run=False)  # linked under the first one's neighbor and path
+    held = rig.hold_below("ProtocolInitiateOffloadComplete")
+    layer, fn, (binding, root) = held
+    # a stray first block, of a neighbor the host has let go
+    stray = new_neighbor_block(NdisOffloadHandle(host.name, None))
+    stray.status = S.NDIS_STATUS_SUCCESS
+    stray.next_block = root
+    with pytest.raises(ChimneyProtocolError, match="let go"):
+        rig.release((layer, fn, (binding, stray)))
+    rig.run()
+    last = host.tcbs[one.conns[-1]]
+    assert last.lifecycle.phase is Phase.OFFLOADED
     one.answered_and_drained()

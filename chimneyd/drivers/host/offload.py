@@ -27,6 +27,7 @@ from chimneyd.ndis.blocks import (
     walk,
 )
 from chimneyd.ndis.broker import Binding
+from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
@@ -413,11 +414,19 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
 
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolInitiateOffloadComplete`: per block, offloaded or not (spec §3.2.4)."""
+    let_go: list[NdisOffloadHandle] = []
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
             continue
         owner = handle.owner
+        if owner is None:
+            # a handle the host let go (its terminate completed): nothing may come for it
+            # any more (spec §9 item 8), and nothing of the host's is left to settle. The
+            # rest of the tree is settled first, so that the layer below that broke the
+            # contract leaves no connection of this initiate unanswered (`let_go`, below)
+            let_go.append(handle)
+            continue
         offloaded = block.status in OFFLOADED_STATUSES
         if isinstance(owner, HostObject):
             if block.const is None:
@@ -443,6 +452,10 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
+    if let_go:
+        raise ChimneyProtocolError(
+            f"initiate completed with blocks of handles the host has let go: {let_go}"
+        )
 
 
 def _hand_down_out_of_order(tcb: Tcb) -> None:
