@@ -119,7 +119,15 @@ class WirePort(Protocol):
     def write(self, views: list[memoryview]) -> None: ...
     def write_eof(self) -> None: ...
     def abort(self) -> None:
-        """Close with RST (SO_LINGER {1, 0})."""
+        """Close with RST (SO_LINGER {1, 0}). What the kernel holds of the peer's bytes goes
+        with the connection, unread: nothing is processed after an abort (spec §4.5)."""
+        ...
+
+    def abort_after_reading(self) -> None:
+        """`abort`, the bytes the kernel holds read first when reading is on: told (`WireData`,
+        to the owner's inbox, after this returns) before the RST drops them. For the RST a
+        FIN_WAIT_2 timeout owes the peer, whose application reads every byte, then the timeout
+        (spec §8). With reading stopped they are lost, as with `abort`."""
         ...
 
     def close(self) -> None:

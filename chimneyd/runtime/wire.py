@@ -298,22 +298,28 @@ class WireSocket(asyncio.Protocol):
             self.transport.write_eof()
 
     def abort(self) -> None:
-        """Close with RST: SO_LINGER {on, 0}, then close (design table).
+        """Close with RST: SO_LINGER {on, 0}, then close (design table). What the kernel holds
+        of the peer's bytes is lost with the connection, unread: the owner ends it, and nothing
+        is processed after that (an abortive disconnect, spec §4.5; state lost with the
+        hardware, §3.7). `abort_after_reading` reads them first."""
+        if self.transport is None or self.closed:
+            return
+        self._reset_socket()
 
-        With reading on, what the kernel holds of the peer's bytes is read first and told
-        (`WireData`), as the event loop's next turn would have: the owner asked for them, and
-        the RST would drop them. A FIN_WAIT_2 timeout's RST goes once the application has read
-        what the host held (spec §8): the bytes the kernel still held then come before the
-        timeout, not lost with it. With reading stopped (back-pressure, a stall) they are lost
-        with the connection, as `pause_reading` says."""
+    def abort_after_reading(self) -> None:
+        """`abort`, for the RST a FIN_WAIT_2 timeout owes the peer (spec §8): with reading on,
+        what the kernel holds of the peer's bytes is read first and told (`WireData`, posted
+        to the owner's inbox like every read), as the event loop's next turn would have: the
+        application reads every byte, then the timeout. With reading stopped (back-pressure,
+        a stall) they are lost with the connection, as `pause_reading` says."""
         if self.transport is None or self.closed:
             return
         self._read_what_the_kernel_holds()
         self._reset_socket()
 
     def _read_what_the_kernel_holds(self) -> None:
-        """`abort`'s last read, with reading on: the bytes the kernel has queued now (SIOCINQ),
-        no more, so a peer that keeps sending cannot keep it reading."""
+        """`abort_after_reading`'s last read, with reading on: the bytes the kernel has queued
+        now (SIOCINQ), no more, so a peer that keeps sending cannot keep it reading."""
         if self._flow_paused or self._stall_timer is not None or self.eof_seen or self._fd < 0:
             return
         try:

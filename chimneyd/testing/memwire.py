@@ -3,9 +3,9 @@
 `MemoryWire` implements `chimneyd.drivers.wire.WirePort` the way `runtime/wire.py`'s `WireSocket`
 does over a real loopback socket, with no socket and no event loop:
 
-* our side is what a layer calls: `write`, `write_eof`, `abort`, `close`, `acked`, `fin_acked`,
-  `watch_acks`, `tcp_info`, `set_option`, `pause_reading`, `resume_reading`, `set_home`,
-  `set_owner`; socket options set are kept in `options` (the latest value of each) and
+* our side is what a layer calls: `write`, `write_eof`, `abort`, `abort_after_reading`,
+  `close`, `acked`, `fin_acked`, `watch_acks`, `tcp_info`, `set_option`, `pause_reading`,
+  `resume_reading`, `set_home`, `set_owner`; socket options set are kept in `options` (the latest value of each) and
   `option_log` (every call, in order);
 * the peer's side is what the test calls: `peer_send`, `peer_fin`, `peer_reset`, and `ack` to
   say how far the peer has acknowledged our bytes (nothing is acknowledged until the test says
@@ -160,18 +160,24 @@ class MemoryWire:
             self.ack()
 
     def abort(self) -> None:
-        """Close with RST (SO_LINGER {1, 0}): the peer sees a reset; we get no event. As
-        `WireSocket.abort`, with reading on what the kernel still holds (`lazy_reads`: reads
-        not made yet) is read and told first, up to the peer's FIN; with reading stopped it
-        is lost."""
+        """Close with RST (SO_LINGER {1, 0}): the peer sees a reset; we get no event. What the
+        kernel still holds (`lazy_reads`: reads not made yet) is lost, unread."""
+        if self.closed:
+            return
+        self.reset_sent = True
+        self.closed = True
+        self._watching = False
+
+    def abort_after_reading(self) -> None:
+        """As `WireSocket.abort_after_reading`: with reading on, what the kernel still holds
+        (`lazy_reads`: reads not made yet) is read and told first, up to the peer's FIN; with
+        reading stopped it is lost. Then `abort`."""
         if self.closed:
             return
         while self.reading and self._unread and self._unread[0][0] == "WireData":
             name, args = self._unread.popleft()
             self._deliver_read(name, *args)
-        self.reset_sent = True
-        self.closed = True
-        self._watching = False
+        self.abort()
 
     def close(self) -> None:
         self.closed = True

@@ -292,10 +292,10 @@ def fin_wait_2_expired(h: HostStack, tcb: Tcb) -> None:
 def timed_out(h: HostStack, tcb: Tcb) -> None:
     """The host's timer expired: the connection ends as at the kernel's timeout
     (`receive.wire_timeout`, spec §8), with an RST to the peer: at once with reading on (what
-    the kernel holds is read first, `WireSocket.abort`), else once the application has read
+    the kernel holds is read first, `abort_after_reading`), else once the application has read
     what the host holds (`rst_owed`)."""
     if not tcb.read_paused and not tcb.wire.closed:
-        tcb.wire.abort()
+        tcb.wire.abort_after_reading()
     receive.wire_timeout(h, tcb)
 
 
@@ -310,26 +310,26 @@ def rst_owed(tcb: Tcb) -> bool:
 
 def rst_unless_paused(tcb: Tcb) -> None:
     """A FIN_WAIT_2 timeout handed back by the target (spec §8): the RST goes now if the host
-    reads the socket (what the kernel holds is read first, `WireSocket.abort`), as at the
+    reads the socket (what the kernel holds is read first, `abort_after_reading`), as at the
     host's own expiry (`timed_out`); else it is owed."""
     if rst_owed(tcb) and not tcb.read_paused:
-        tcb.wire.abort()
+        tcb.wire.abort_after_reading()
 
 
 def send_owed_rst(h: HostStack, tcb: Tcb) -> None:
     """The application has read every byte the host held (`receive.serve`): read again, and
-    the RST owed goes, once what the kernel holds is read (`WireSocket.abort`): those bytes
+    the RST owed goes, once what the kernel holds is read (`abort_after_reading`): those bytes
     come up before the timeout (`timeout_after_bytes`)."""
     if tcb.read_paused:
         tcb.read_paused = False
         tcb.wire.resume_reading()
-    tcb.wire.abort()
+    tcb.wire.abort_after_reading()
 
 
 def timeout_after_bytes(h: HostStack, tcb: Tcb) -> bool:
     """A read of a connection that timed out (spec §8, §5.2) finds nothing to take: bytes the
     socket read before its end may still be on their way in the host's inbox (the last read
-    of `WireSocket.abort`, or reads the timer's expiry overtook), and the application reads
+    of `abort_after_reading`, or reads the timer's expiry overtook), and the application reads
     them before the timeout. So the timeout is answered behind them, one inbox round later
     (`receive.serve` with `timeout_due`): True if so. Nothing is read from the socket after
     its RST, so nothing can come after that round."""
