@@ -98,3 +98,38 @@ def test_a_connection_lost_with_the_hardware_lets_no_byte_reach_a_read_after_its
     assert late == [], f"bytes read after the abort: {late!r} ({reads})"
     assert rig.call(rig.host.app_close, conn).value is True
     assert rig.problems() == []
+
+
+def test_reads_during_the_upload_of_a_reset_connection_wait_for_what_the_target_held() -> None:
+    """The hardware state is lost (spec §3.7) while the target holds bytes the host refused
+    and the kernel holds more: the retrieve, the abort, the host's terminate. Reads asked while
+    the upload is under way find nothing in the host; what the target hands back at the
+    upload (`BufferedData`, what it handed up the ordinary path, spec §3.6.3) comes before
+    the abort, so those reads wait for it: no read gets bytes after one got the error."""
+    rig = HostRig(host_options={"rx_buffer_bytes": 4})
+    conn, wire = rig.open()
+    rig.offload(conn)
+    (ctx,) = rig.contexts()
+    ctx.rcv_bound = 8
+    for i in range(3):
+        wire.peer_send(b"chunk%02d " % i)
+        rig.run()
+    assert ctx.buffered_bytes and not wire.reading, "the target holds nothing"
+    fail_next(rig.target, "MiniportQueryOffload", S.NDIS_STATUS_FAILURE)
+    query = Reply()
+    rig.host.app_query(conn, query)
+    _run_until(rig, "MiniportTerminateOffload")
+    # more reads than pieces to hand back: those left over get the error, after every piece
+    reads = [Reply() for _ in range(6)]
+    for reply in reads:
+        rig.ndis.post(rig.host, rig.host.app_recv, (conn, 64, False, reply))
+    rig.run()
+    reads += _reads(rig, conn, 3)
+    assert all(r.done for r in reads), reads
+    got = b"".join(r.value for r in reads if r.error is None)
+    assert got == b"chunk00 chunk01 chunk02 ", reads
+    failed = [i for i, r in enumerate(reads) if r.error is not None]
+    late = [r.value for r in reads[failed[0] :] if r.error is None]
+    assert late == [], f"bytes read after the abort: {late!r} ({reads})"
+    assert rig.call(rig.host.app_close, conn).value is True
+    assert rig.problems() == []
