@@ -316,6 +316,7 @@ def object_block(h: HostStack, obj: HostObject, ipv6: bool = False) -> OffloadBl
         # initiate would find the linker's object dead, or take the block for a new offload
         # of a handle the host has let go (`complete`)
         obj.pending_ops += 1
+        obj.linked += 1
         return new_block(obj.handle)
     obj.handle = NdisOffloadHandle(h.name, obj)
     h.table_add(obj.handle.id, obj.handle)
@@ -433,6 +434,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
                 # a linker (`object_block`): already offloaded, and free to go from now on
                 # (`terminate.release_unused_objects`, below) if nothing else depends on it
                 owner.pending_ops -= 1
+                owner.linked -= 1
                 continue
             if offloaded:
                 owner.lifecycle.fire(Event.INITIATE_OFFLOADED)

@@ -72,6 +72,7 @@ class HostObject(Lifecycle):
         "cached",
         "handle",
         "key",
+        "linked",
         "moving",
         "parent",
         "pending_ops",
@@ -95,6 +96,9 @@ class HostObject(Lifecycle):
         # calls in flight that name it — an invalidate, an update, a next-hop change, an
         # initiate linking new state under it: no terminate until they complete (spec §3.1)
         self.pending_ops = 0
+        # of those, the initiates linking new state under it (`offload.object_block`): one on
+        # its way out that only they keep stands for its key no more (`terminate`)
+        self.linked = 0
         # its cached state as the host last offloaded or updated it (spec §2.2): what a new
         # offload of it carries, and what an update starts from
         self.cached: NeighborOffloadStateCached | PathOffloadStateCached | None = None

@@ -134,6 +134,25 @@ def _unused_but_for(h: HostStack, neighbor: HostObject, going: set[HostObject]) 
     )
 
 
+#: Phases of a neighbor on its way out: it takes no new connection nor move (spec §3.1).
+_ON_ITS_WAY_OUT = frozenset({Phase.INVALIDATED, Phase.FAILED})
+
+
+def _kept_by_linkers_only(h: HostStack, obj: HostObject, objects: list[HostObject]) -> bool:
+    """Whether `obj` is a neighbor on its way out, still standing for its key, that only
+    initiates below naming it as a linker keep from its terminate (`release_unused_objects`)."""
+    return (
+        obj.block_kind == "neighbor"
+        and obj.linked > 0
+        and obj.pending_ops == obj.linked
+        and obj.refs == 0
+        and obj.lifecycle.phase in _ON_ITS_WAY_OUT
+        and not obj.updating
+        and h.objects.get(obj.key) is obj
+        and not any(o.parent is obj and o.lifecycle.phase is not Phase.IDLE for o in objects)
+    )
+
+
 def _terminable(obj: HostObject) -> bool:
     """Offloaded, with no invalidate in flight (spec §3.1, §9 item 7): one that is waits, and
     goes by `release_unused_objects` when it completes."""
@@ -173,6 +192,17 @@ def release_unused_objects(h: HostStack) -> None:
             root = new_neighbor_block(None)
             _start_object(obj, root)
             h.ndis.NdisTerminateOffload(h, obj.binding, root)
+            leaving = True
+        elif _kept_by_linkers_only(h, obj, objects):
+            # invalidated or failed, on its way out (spec §3.5, §3.4), with nothing of the
+            # host's under it, and its terminate waits only for initiates still below that
+            # link under it (spec §3.1) — which a paused NIC may hold until its RESUME (spec
+            # §5.5). It stands for its next hop no more [EMU], as one being terminated
+            # (`offload.current`): a connection or a next-hop change that waited for it goes
+            # under a fresh one now, not once those initiates are back; it is terminated
+            # from the leaving ones then (above, once `pending_ops` is zero)
+            del h.objects[obj.key]
+            h.leaving[id(obj)] = obj
             leaving = True
     forget_idle_objects(h)
     if leaving:
