@@ -1711,3 +1711,36 @@ def test_a_faults_figures_read_with_their_units() -> None:
         "verified after 29.3 MB, offloaded again after the injection 2.01-2.01 s, "
         "after the clear 0.01-0.01 s"
     )
+
+
+def test_a_rebalance_during_a_nic_outage_begun_before_it_still_answers_for_the_counts() -> None:
+    """nic2 has been down since t=90 (cleared at t=110) when team0 rebalances at t=100: the
+    MUX knew it out of service before the order and plans on nic0 and nic1 alone, which are 4
+    apart; a rebalance that moves nothing there is a fault. Only an outage whose NIC left or
+    came back while the rebalance ran changes what the MUX planned on (docs/faults.md
+    `rebalance`: "both given the same @TIME"); one in place all along does not excuse it."""
+    layer, conn, obs = _rebalance()
+    layer[0]["mux_before"] = layer[0]["mux_after"] = {"nic0": 6, "nic1": 2}
+    layer[0]["nics_before"] = layer[0]["nics_at_end"] = {"nic0": 6, "nic1": 2, "nic2": 0}
+    obs["unrequested"] = []  # it asked nothing up
+    layer.append(
+        {
+            **_layer_records()[0],
+            "tag": 2,
+            "kind": "nic_down",
+            "params": {"layer": "nic2"},
+            "fault_id": 2,
+            "t0": 90.0,
+            "t1": 90.1,
+            "t_clear0": 110.0,
+            "t_clear1": 110.1,
+            "offloaded_before": 0,
+            "offloaded_at_end": 0,
+        }
+    )
+    r = _report(layer, conn, obs)
+    assert any("moved nothing while its NICs were 4 apart" in f for f in r["failures"]), r[
+        "failures"
+    ]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert "crossed_by_an_outage" not in kinds["rebalance"]
