@@ -83,7 +83,9 @@ def serve(h: HostStack, tcb: Tcb, timeout_due: bool = False) -> None:
             not waitall
             or have >= max_bytes
             or tcb.rx.fin is not None
-            or tcb.tcp is _RESET
+            # reset and still offloaded, the stream has not ended yet: the bytes the target
+            # held at the RST come back at the upload (spec §3.6.3), and the read waits for them
+            or (tcb.tcp is _RESET and tcb.handle is None)
             or closed
         ):
             tcb.recv_waiters.pop(0)
