@@ -1744,3 +1744,36 @@ def test_a_rebalance_during_a_nic_outage_begun_before_it_still_answers_for_the_c
     ]
     kinds = {f["kind"]: f for f in r["faults"]}
     assert "crossed_by_an_outage" not in kinds["rebalance"]
+
+
+def test_a_rebalance_while_an_outages_connections_are_placed_again_is_crossed_by_it() -> None:
+    """nic2 failed at t=90 and its connection was asked up at once, but offloaded again (where
+    the MUX's policy placed it) only at t=100.5, while team0 rebalanced: the counts after the
+    rebalance are not its own to answer for, as at the same @TIME."""
+    layer, conn, obs = _rebalance()
+    layer[0]["mux_before"] = layer[0]["mux_after"] = {"nic0": 6, "nic1": 2}
+    obs["unrequested"] = [
+        {"conn": 9, "t": 90.5, "asked": 90.2, "reoffloaded_t": 100.5, "reason": "UploadRequested",
+         "came_from": ["tcpip", "team0", "nic2"], "path": TEAM_NIC0, "sending": False,
+         "verified_after": 10, "done": True}
+    ]  # fmt: skip
+    layer.append(
+        {
+            **_layer_records()[0],
+            "tag": 2,
+            "kind": "nic_down",
+            "params": {"layer": "nic2"},
+            "fault_id": 2,
+            "t0": 90.0,
+            "t1": 90.1,
+            "t_clear0": 110.0,
+            "t_clear1": 110.1,
+            "offloaded_before": 1,
+            "offloaded_at_end": 0,
+        }
+    )
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    kinds = {f["kind"]: f for f in r["faults"]}
+    assert kinds["rebalance"]["crossed_by_an_outage"] == 1
+    assert kinds["nic_down"]["connections_uploaded"] == 1

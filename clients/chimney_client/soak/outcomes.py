@@ -37,9 +37,9 @@ class Window:
         self.end = float(cleared) + RESUME_GRACE_S if cleared is not None else float("inf")
         if cleared is not None and rec.get("t_back") is not None:
             self.end = max(self.end, float(rec["t_back"]) + RESUME_GRACE_S)
-        # until when the NIC was leaving service: fault.inject's answer, or the asking of the
-        # last connection it took up (`_judge_outage`); from then on until the clear it was
-        # out, and a MUX planned without it (`_overlaps`)
+        # until when the NIC was leaving service: fault.inject's answer, or the re-offload of
+        # the last connection it took up (`_judge_outage`); from then on until the clear it
+        # was out, and a MUX planned without it (`_overlaps`)
         self.leaving_until = float(rec.get("t1") or self.start)
 
     def covers(self, t0: float, t1: float | None = None) -> bool:
@@ -283,7 +283,11 @@ def _judge_outage(
     for u in uploads:
         u["explained_by"] = rec["kind"]
     if uploads:
-        w.leaving_until = max(w.leaving_until, max(u.get("asked") or u["t"] for u in uploads))
+        # the MUX places each by its policy when it is offloaded again: until then the counts
+        # of its NICs in service still move by the outage
+        w.leaving_until = max(
+            w.leaving_until, max(float(u.get("reoffloaded_t") or u["t"]) for u in uploads)
+        )
         # offloads stay paused until the last of them is up (spec §5.5: PAUSE, the uploads,
         # RESUME): refusals until then are this outage's
         w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
@@ -337,10 +341,11 @@ def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:
 def _overlaps(w: Window, rec: Record) -> bool:
     """A NIC outage's window `w` changed the NICs in service while a rebalance `rec` ran (from
     its asking until the soak saw its moves done, `t_back`, and read the NICs' counts after
-    it): its NIC left service (from the fault until its last connection was asked up) or came
-    back (from the clear until the host heard RESUME) in that time. An outage whose NIC was out
-    all along changed nothing the MUX planned on: the MUX's counts are of its NICs in service,
-    and the rebalance answers for them (docs/faults.md `rebalance`)."""
+    it): its NIC left service (from the fault until its last connection was offloaded again,
+    where the MUX's policy placed it) or came back (from the clear until the host heard
+    RESUME) in that time. An outage whose NIC was out all along changed nothing the MUX
+    planned on: the MUX's counts are of its NICs in service, and the rebalance answers for
+    them (docs/faults.md `rebalance`)."""
     start = float(rec.get("t0", 0.0))
     end = float(rec.get("t_back") or rec.get("t1") or start)
     leaving = w.start <= end and start <= w.leaving_until
