@@ -187,3 +187,32 @@ def test_a_rebalance_that_does_nothing_fails_the_soak(
         "failures"
     ]
     assert kinds["nic_down"]["ok"], kinds["nic_down"]
+
+
+#: nic2 out all along (from 0.3 s until 5.3 s), nic1 taken out meanwhile and put back empty,
+#: then the MUX asked to even its NICs in service (nic0, nic1): nic2's outage began long before
+#: the rebalance and ends after it, so the MUX knew nic2 out of service when it planned
+REBALANCE_IN_AN_OUTAGE = (
+    "nic_down@0.3s/layer=nic2/for=5s,nic_down@0.6s/layer=nic1/for=0.6s,rebalance@3s/layer=team0"
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mutation", ["none", "rebalance_noop"])
+def test_a_rebalance_that_does_nothing_during_a_long_outage_fails_the_soak(
+    mutant: Any, tmp_path: Path, mutation: str
+) -> None:
+    """An outage in place from before the rebalance until after it does not excuse it: the
+    unbroken daemon's rebalance evens nic0 and nic1 and passes; one that moves nothing fails."""
+    daemon = mutant(mutation, "--config", str(TEAMING))
+    code, report = _soak(daemon, tmp_path, REBALANCE_IN_AN_OUTAGE)
+    kinds = {f["kind"]: f for f in report["faults"]}
+    if mutation == "none":
+        assert code == 0 and report["ok"], (report["failures"], kinds)
+        assert kinds["rebalance"]["connections_uploaded"] > 0, kinds["rebalance"]
+        assert "crossed_by_an_outage" not in kinds["rebalance"], kinds["rebalance"]
+        return
+    assert code == 1 and not report["ok"], report["failures"]
+    assert any("moved nothing while its NICs were" in f for f in report["failures"]), report[
+        "failures"
+    ]
