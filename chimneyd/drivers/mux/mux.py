@@ -1306,7 +1306,9 @@ class MuxIm(PassthroughIm):
         for entry in entries:
             self.evacuating.discard(entry)
             self.evacuating_held.discard(entry)
-        failover.evacuated(self)  # after the completion and its indications, as a NIC's
+        # after the completion and its indications (a NIC's corrupt terminate is released at
+        # its completion, before the NIC's own HardwareFailure request and abort follow)
+        failover.evacuated(self)
         return served
 
     def describe(self) -> dict[str, Any]:
