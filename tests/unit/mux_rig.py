@@ -1,5 +1,6 @@
 """Scenario set-ups the MUX unit tests share (test_mux_relink, test_mux_placement_and_moves,
-test_mux_update_order): one copy of each, so the tests say only what differs."""
+test_mux_update_order, test_mux_own_asks, test_mux_retrieve_once): one copy of each, so the
+tests say only what differs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,38 @@ from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block, walk
 from chimneyd.ndis.status import NdisStatus as S
+from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.factories import teamed_target_stack
+from chimneyd.testing.memwire import MemoryWire
 from chimneyd.testing.records import OffloadTree, StateCompletion
 from chimneyd.testing.stack import Stack
+
+
+class OneTeamedConnection:
+    """One connection offloaded through a MUX over two NICs (round robin): its stack, wire,
+    tree and TCP block, the MUX, the NIC that carries it and the MUX's binding to it."""
+
+    def __init__(self) -> None:
+        self.st: Stack = teamed_target_stack(nics=2, policy="round-robin")
+        self.wire: MemoryWire = self.st.wires.open()
+        self.tree = tree = self.st.top.connection_tree([self.wire])
+        self.st.top.initiate(tree.root)
+        self.st.run()
+        (self.tcp,) = tree.tcp
+        self.mux: MuxIm = mux_of(self.st)
+        (entry,) = self.mux.connections()
+        self.lower = self.mux.lower_of(entry.lower)
+        nic = self.st.ndis.layers[self.lower.name]
+        assert isinstance(nic, OffloadTarget)
+        self.nic = nic
+
+    def retrieves(self) -> list[TcpUploadReason]:
+        """The upload reasons the layer above was given for the connection, in order."""
+        return [
+            TcpUploadReason(e.info)
+            for e in self.st.top.events
+            if e.handle is self.tcp and e.event_type is TcpOffloadEventType.TcpIndicateRetrieve
+        ]
 
 
 def mux_of(st: Stack) -> MuxIm:

@@ -16,41 +16,16 @@ from __future__ import annotations
 import pytest
 
 from chimneyd.drivers.base import PlantedBug, RaiseNext
-from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
-from chimneyd.testing.factories import fail_next, teamed_target_stack
-from chimneyd.testing.memwire import MemoryWire
-from chimneyd.testing.stack import Stack
-from tests.unit.mux_rig import mux_of
+from chimneyd.ndis.status import TcpUploadReason
+from chimneyd.testing.factories import fail_next
+from tests.unit.mux_rig import OneTeamedConnection
 
 R = TcpUploadReason
 
 
-class _Rig:
-    """One connection offloaded through a MUX over two NICs."""
-
-    def __init__(self) -> None:
-        self.st: Stack = teamed_target_stack(nics=2, policy="round-robin")
-        self.wire: MemoryWire = self.st.wires.open()
-        self.tree = tree = self.st.top.connection_tree([self.wire])
-        self.st.top.initiate(tree.root)
-        self.st.run()
-        (self.tcp,) = tree.tcp
-        self.mux: MuxIm = mux_of(self.st)
-        (entry,) = self.mux.connections()
-        nic = self.st.ndis.layers[self.mux.lower_of(entry.lower).name]
-        assert isinstance(nic, OffloadTarget)
-        self.nic = nic
-
-    def retrieves(self) -> list[R]:
-        """The upload reasons the layer above was given for the connection, in order."""
-        return [
-            R(e.info)
-            for e in self.st.top.events
-            if e.handle is self.tcp and e.event_type is TcpOffloadEventType.TcpIndicateRetrieve
-        ]
+class _Rig(OneTeamedConnection):
+    """One connection offloaded through a MUX over two NICs (`OneTeamedConnection`)."""
 
     def mux_fails_a_send(self) -> None:
         """The MUX fails the next send, with no upload status: it asks for the upload."""

@@ -21,44 +21,17 @@ connection stays asked up while the test goes on."""
 
 from __future__ import annotations
 
-from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import new_neighbor_block
 from chimneyd.ndis.lifecycle import TcpState
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
-from chimneyd.testing.factories import teamed_target_stack
-from chimneyd.testing.memwire import MemoryWire
-from chimneyd.testing.stack import Stack
-from tests.unit.mux_rig import mux_of
+from chimneyd.ndis.status import TcpUploadReason
+from tests.unit.mux_rig import OneTeamedConnection
 
 R = TcpUploadReason
 
 
-class _Rig:
-    """One connection offloaded through a MUX over two NICs."""
-
-    def __init__(self) -> None:
-        self.st: Stack = teamed_target_stack(nics=2, policy="round-robin")
-        self.wire: MemoryWire = self.st.wires.open()
-        self.tree = tree = self.st.top.connection_tree([self.wire])
-        self.st.top.initiate(tree.root)
-        self.st.run()
-        (self.tcp,) = tree.tcp
-        self.mux: MuxIm = mux_of(self.st)
-        (entry,) = self.mux.connections()
-        self.lower = self.mux.lower_of(entry.lower)
-        nic = self.st.ndis.layers[self.lower.name]
-        assert isinstance(nic, OffloadTarget)
-        self.nic = nic
-
-    def retrieves(self) -> list[R]:
-        """The upload reasons the layer above was given for the connection, in order."""
-        return [
-            R(e.info)
-            for e in self.st.top.events
-            if e.handle is self.tcp and e.event_type is TcpOffloadEventType.TcpIndicateRetrieve
-        ]
+class _Rig(OneTeamedConnection):
+    """One connection offloaded through a MUX over two NICs (`OneTeamedConnection`)."""
 
     def context(self) -> object:
         (ctx,) = self.nic.connections()
