@@ -200,7 +200,8 @@ class NetBufferList:
         while nbytes > 0 and nb is not None:
             # `NdisAdvanceNetBufferDataStart(nb, k)` and its `_seek` written out: a send the
             # peer acknowledged and a filled receive request each advance once per echo round.
-            # 0 < k <= its DataLength, so its range check always passes here
+            # 0 <= k <= its DataLength, so its range check always passes here (k is 0 only
+            # for an empty NB, which nothing moves)
             length = nb.data_length
             k = nbytes if nbytes < length else length
             if k:

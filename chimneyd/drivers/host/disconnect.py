@@ -327,24 +327,18 @@ def send_owed_rst(h: HostStack, tcb: Tcb) -> None:
 
 
 def timeout_after_bytes(h: HostStack, tcb: Tcb) -> bool:
-    """A read of a dead connection (reset, or timed out) finds nothing to take, where bytes
-    may still come, which the application reads before the error: True if its answer waits
-    for them.
+    """A read of a dead connection (reset, or timed out) finds nothing to take, in the host,
+    where bytes may still come, which the application reads before the error: True if its
+    answer waits for them. (While the connection is still offloaded or being uploaded,
+    `receive.serve` holds every read before it comes here: the upload hands back what the
+    target held, spec §5.1, §3.6.3.)
 
-    Being uploaded (TERMINATING): the host terminates a reset connection (spec §5.1, §3.7),
-    and the upload hands back what the target held (`BufferedData`), then replays the
-    segments that came meanwhile (spec §3.6.3, §3.6.4). [EMU] Not before the terminate
-    begins: a read waiting then would post a receive the target can only fail.
-
-    In the host: bytes the socket read before its end may still be on their way in the
-    host's inbox (the last read of `abort_after_reading` for a FIN_WAIT_2 timeout, spec §8;
-    reads the timer's expiry overtook), or be replayed by the upload that is handing the
-    connection back now (`terminate._uploaded` serves the reads as it replays each). So the
-    error is answered behind them, one inbox round later (`receive.serve` with
-    `timeout_due`). Nothing is read from the socket after its RST, so nothing can come after
-    that round."""
-    if tcb.phase is Phase.TERMINATING:
-        return True  # `terminate._uploaded` serves the reads, and the round follows
+    Bytes the socket read before its end may still be on their way in the host's inbox (the
+    last read of `abort_after_reading` for a FIN_WAIT_2 timeout, spec §8; reads the timer's
+    expiry overtook), or be replayed by the upload that is handing the connection back now
+    (`terminate._uploaded` serves the reads as it replays each). So the error is answered
+    behind them, one inbox round later (`receive.serve` with `timeout_due`). Nothing is read
+    from the socket after its RST, so nothing can come after that round."""
     if tcb.phase is not Phase.IDLE:
         return False
     h.ndis.post(h, _timeout_due, (h, tcb))

@@ -137,7 +137,8 @@ class HostStack(DriverLayer):
         super().__init__(name, ndis, timers, capacity)
         self.tcbs: dict[int, Tcb] = {}
         self.objects: dict[Any, HostObject] = {}  # neighbors and paths by key
-        # neighbors and paths whose terminate the host has sent, by `id`: leaving, they no
+        # neighbors and paths whose terminate the host has sent, and invalidated or failed
+        # neighbors only initiates still below keep (spec §3.1), by `id`: leaving, they no
         # longer stand for their key, which a fresh object may hold meanwhile (a new
         # connection does not wait for a terminate a MUX may hold back for ever, spec §5.5,
         # §9 item 8) [EMU]; each goes once its terminate has completed (`terminate`)
