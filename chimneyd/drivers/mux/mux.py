@@ -334,6 +334,10 @@ class MuxIm(PassthroughIm):
         elif vobj.id not in tree.nodes:
             handle = inst.handle
             tree.object_block(vobj, lambda: OffloadBlock(vobj.header_type, handle))  # a linker
+            # the tree names it until its NIC has taken it: no terminate of it meanwhile, even
+            # if a next-hop change moves what hangs under it away (spec §3.1, §2.3)
+            inst.linked += 1
+            call.linkers.setdefault(lower.binding.id, []).append(inst)
         return inst
 
     def _refusal(self, ipv6: bool, fit: Fit | None = None) -> NdisStatus:
@@ -347,8 +351,14 @@ class MuxIm(PassthroughIm):
         return S.NDIS_STATUS_FAILURE
 
     def ProtocolInitiateOffloadComplete(self, binding: Binding, lower_root: OffloadBlock) -> None:
+        part = lower_root.im_reserved
+        released = self._linkers_back(part, binding) if isinstance(part, MuxCall) else False
         call = self._lower_done(lower_root)
         if call is None:
+            if released:
+                # a copy this NIC's part linked under may be unused by now; the other NICs'
+                # parts, which may be held for long (a failed NIC's, spec §5.5), do not name it
+                self._release_unused()
             return
         if call.relink is not None:  # copies of a new neighbor for a next-hop change
             relink.completed(self, call)
@@ -392,6 +402,16 @@ class MuxIm(PassthroughIm):
         ]
         self._invalidate_copies(call.stale + late)
         self._finish_initiate(call)
+
+    @staticmethod
+    def _linkers_back(call: MuxCall, binding: Binding) -> bool:
+        """`call`'s part on `binding`'s NIC is back: the copies it named as linkers there may
+        go from now on (`Instance.linked`). True when it named one that nothing holds now."""
+        idle = False
+        for inst in call.linkers.pop(binding.id, []):
+            inst.linked -= 1
+            idle = idle or not (inst.linked or inst.refs)
+        return idle
 
     def _invalidate_copies(self, copies: list[Instance]) -> None:
         """Invalidate the NIC's new copies of objects the layer above has invalidated.
@@ -513,7 +533,9 @@ class MuxIm(PassthroughIm):
             if up.role() is not BlockRole.PLACEHOLDER and up.kind is not BlockKind.TCP:
                 vobj = self._context(up, VirtualObject)
                 if any(
-                    (i.lifecycle.phase in _SETTLING and not _left_to_resume(i)) or i.pending_ops
+                    (i.lifecycle.phase in _SETTLING and not _left_to_resume(i))
+                    or i.pending_ops
+                    or i.linked
                     for i in vobj.instances.values()
                 ):
                     return False
@@ -583,6 +605,8 @@ class MuxIm(PassthroughIm):
             for inst in list(vobj.instances.values()):
                 if inst.lifecycle.phase not in _TERMINABLE or inst.pending_ops:
                     continue  # a query, update or invalidate is below it: after that one
+                if inst.linked:
+                    continue  # an initiate below names it as a linker: after that one (§3.1)
                 if inst.retry is not None:
                     continue  # its NIC keeps finding it corrupt: after the wait
                 if vobj.parent is None and not _only_going(vobjs, inst, added):

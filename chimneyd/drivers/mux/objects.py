@@ -117,6 +117,7 @@ class Instance(Lifecycle):
         "corrupt",
         "handle",
         "id",
+        "linked",
         "lower",
         "missed",
         "pending_ops",
@@ -142,6 +143,13 @@ class Instance(Lifecycle):
         # queries, updates and invalidates relayed to it and not yet completed: no terminate
         # before they are (spec §3.1, §9 item 7)
         self.pending_ops = 0
+        # initiates sent to its NIC that name it as a linker (a new connection or path goes
+        # under it there) and are not yet back from that NIC: no terminate before they are
+        # (spec §3.1, §2.3), or the NIC, taking the initiate after the terminate, would link
+        # the new state under an object it no longer has. Not `pending_ops`: a next-hop change
+        # need not wait for them (the NIC takes the new state under the path where it hangs
+        # by then), and a failed NIC may hold them until its RESUME (spec §5.5)
+        self.linked = 0
         self.corrupt = 0  # terminates that found its hardware state corrupt (spec §3.7)
         # found corrupt more than once: the MUX terminates it again only when this fires
         self.retry: TimerHandle | None = None

@@ -83,6 +83,7 @@ class MuxCall:
         "failed_new",
         "held",
         "kept",
+        "linkers",
         "links",
         "new_vobjs",
         "op",
@@ -103,6 +104,9 @@ class MuxCall:
         self.pending = 0  # lower trees not yet completed
         # (upper block or None, lower block, the MUX object it names)
         self.links: list[tuple[OffloadBlock | None, OffloadBlock, MuxObject]] = []
+        # an initiate: lower binding id -> the copies its tree for that NIC names as linkers
+        # (`Instance.linked`), let go when that NIC's part is back
+        self.linkers: dict[int, list[Instance]] = {}
         self.new_vobjs: dict[int, VirtualObject] = {}  # id(upper block) -> its new object
         self.refused: dict[int, NdisStatus] = {}  # id(upper TCP block) -> why not placed
         # id(new object) -> a NIC's status for its instance, while no NIC has offloaded it
