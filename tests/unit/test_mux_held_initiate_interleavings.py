@@ -39,6 +39,22 @@ MOVED_UNDER_HELD: list[tuple[str, Any, Any]] = [
     ("run", None, None),
     ("release", 0, None),
 ]
+#: the same, the path moved back under the first neighbor before the initiate gets through
+#: (the host's shape, `test_host_terminate_waits_held_initiate`, one layer down)
+MOVED_BACK_UNDER_HELD = [*MOVED_UNDER_HELD[:7], ("run", None, None), ("move", 0, 0)]
+MOVED_BACK_UNDER_HELD += MOVED_UNDER_HELD[7:]
+#: a connection on a second path, new to the MUX and linked under nic0's copy of the first
+#: neighbor only, held too while the first path moves: the neighbor's copy there is left with
+#: nothing but that initiate naming it
+NEW_PATH_UNDER_HELD = [
+    *MOVED_UNDER_HELD[:6],
+    ("connect", 1, None),
+    ("hold", 0, None),
+    ("move", 0, 1),
+    ("run", None, None),
+    ("release", 1, None),
+    ("release", 0, None),
+]
 
 
 class HeldInitiateWalk(TeamWalk):
@@ -79,6 +95,8 @@ class HeldInitiateWalk(TeamWalk):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ACTIONS, min_size=10, max_size=60))
 @example(MOVED_UNDER_HELD)
+@example(MOVED_BACK_UNDER_HELD)
+@example(NEW_PATH_UNDER_HELD)
 def test_initiates_held_below_the_mux_among_moves_and_failures(
     actions: list[tuple[str, Any, Any]],
 ) -> None:
