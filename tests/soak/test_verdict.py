@@ -770,6 +770,61 @@ def test_an_outage_says_how_soon_its_connections_came_back() -> None:
     assert f["reoffloaded_after_clear_s"] == "0.40-0.40; 0.90-0.90"
 
 
+def _two_nics_out() -> tuple[list[Rec], list[Rec], dict[str, list[Rec]]]:
+    """nic0 fails from t=100 to 103 (its two connections uploaded, UPLOAD_ALL) and nic1 from
+    t=101, while nic0's window is still open, with its own two connections: each record says
+    which NIC its connection was uploaded from (`came_from`), as `path` becomes the NIC it is
+    offloaded on again."""
+    layer, conn, obs = _clean()
+    for u in obs["upload_all"]:
+        u["came_from"] = NIC0
+    nic1 = ["tcpip", "im0", "nic1"]
+    layer.append(
+        {
+            **layer[0],
+            "tag": 9,
+            "fault_id": 9,
+            "params": {"layer": "nic1", "for": "3s"},
+            "t0": 101.0,
+            "t1": 101.1,
+            "t_clear0": 104.0,
+            "t_clear1": 104.1,
+        }
+    )
+    up = {"t": 101.2, "asked": 101.15, "reoffloaded_t": 104.5, "path": NIC0, "came_from": nic1}
+    for cid in (21, 22):
+        obs["upload_all"].append({"conn": cid, **up, "verified_after": 7, "done": True})
+    return layer, conn, obs
+
+
+def test_each_outage_counts_the_uploads_of_its_own_nic_once() -> None:
+    """Before, an outage counted every UPLOAD_ALL in its window, another NIC's too, and two
+    outages whose windows overlapped both counted them: 6 uploads claimed for 4."""
+    r = _report(*_two_nics_out())
+    assert r["ok"], r["failures"]
+    [f] = [f for f in r["faults"] if f["kind"] == "target_failure"]
+    assert f["connections_uploaded"] == 4 == f["reoffloaded"]
+
+
+def test_an_outage_whose_nic_uploaded_nothing_is_not_passed_by_another_nics_uploads() -> None:
+    """nic0's connections were not uploaded (the daemon lost them: none left on it either);
+    nic1's uploads in nic0's window do not make up for them. Before, this passed."""
+    layer, conn, obs = _two_nics_out()
+    obs["upload_all"] = [u for u in obs["upload_all"] if u["came_from"] != NIC0]
+    r = _report(layer, conn, obs)
+    assert any("nic0: 2 offloaded, none uploaded" in f for f in r["failures"]), r["failures"]
+
+
+def test_an_upload_all_from_a_nic_that_did_not_fail_is_unexplained() -> None:
+    """Only nic0 failed: nic1's connections uploaded by UPLOAD_ALL in its window are not its
+    (before, any outage's window explained them)."""
+    layer, conn, obs = _two_nics_out()
+    layer.pop()
+    r = _report(layer, conn, obs)
+    assert r["host_mode"]["unexplained"] == 2
+    assert "conn 21: uploaded by UPLOAD_ALL with no target failure" in str(r["failures"])
+
+
 @pytest.mark.parametrize(
     ("change", "why"),
     [

@@ -268,8 +268,17 @@ def _judge_outage(
     def in_shard(u: Record) -> bool:
         return not shard or u.get("shard") is None or str(u["shard"]) == shard
 
+    # each upload is one outage's, of the NIC it came from: two outages whose windows overlap
+    # (one's last uploads late, the next already in) would otherwise both count another
+    # NIC's, and a NIC that uploaded none of its connections pass on the other's uploads
+    # (a record without `came_from`, from an older soak, is taken by its window alone)
     uploads = [
-        u for u in obs.get("upload_all", []) if w.covers(u.get("asked") or u["t"]) and in_shard(u)
+        u
+        for u in obs.get("upload_all", [])
+        if not u.get("explained_by")
+        and w.covers(u.get("asked") or u["t"])
+        and layer in (u.get("came_from") or [layer])
+        and in_shard(u)
     ]
     uploads += [
         u
@@ -915,7 +924,9 @@ def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host
         status = ep.get("status") or "no status"
         _unexplained(host, f"conn {ep['conn']}: offload refused at {ep['at']} ({status})")
     for u in obs.get("upload_all", []):
-        if not any(w.covers(u["t"]) for w in windows):
+        # an outage took it if its NIC was the one out then (`_judge_outage`); a window of
+        # another NIC's outage explains nothing of this one's
+        if not u.get("explained_by"):
             _unexplained(host, f"conn {u['conn']}: uploaded by UPLOAD_ALL with no target failure")
     for u in obs.get("unrequested", []):
         if not u.get("explained_by"):

@@ -286,7 +286,11 @@ class WorkerState:
         if reason == "NDIS_STATUS_UPLOAD_ALL":
             self.c["nic_uploads"] += 1
             self.move(conn, "host", "target_failure")
-            self.upload_record(conn, "upload_all", path=conn.path, asked=conn.retrieve_t)
+            # `path` becomes where it is offloaded again; `came_from` keeps the NIC that failed
+            # (an outage counts the uploads of its own NIC only: outcomes._judge_outage)
+            self.upload_record(
+                conn, "upload_all", path=conn.path, came_from=conn.path, asked=conn.retrieve_t
+            )
         elif reason is not None:
             self.c["retrieve_uploads"] += 1
             asked = any(r["kind"] == "retrieve" for r in conn.faults)
