@@ -520,6 +520,34 @@ def test_a_fail_next_in_every_shard_fails_its_count_in_each() -> None:
     assert any("2 send failure(s) caused, 1 seen" in f for f in r["failures"]), r["failures"]
 
 
+def test_one_fault_kind_with_two_effects_reports_the_counts_of_both() -> None:
+    """Two fail_next in one schedule, one failing sends (REQUEST_ABORTED) and one with
+    UPLOAD_IN_PROGRESS (an upload): each effect is judged on its own, and the report gives the
+    fault's total and each effect's counts. Before, the last effect's overwrote the first's
+    (expected 1, observed 1, verified after 0 shown for two faults)."""
+    from chimney_client.soak.report import fault_brief
+
+    layer, conn, obs = _clean()
+    _layer(layer, "upload_send")["kind"] = "fail_next"
+    obs["unrequested"][0]["verified_after"] = 5
+    r = _report(layer, conn, obs)
+    assert r["ok"], r["failures"]
+    [f] = [f for f in r["faults"] if f["kind"] == "fail_next"]
+    assert (f["injected"], f["expected"], f["observed"]) == (2, 2, 2)
+    assert f["verified_after"] == 99 + 5
+    assert f["by_effect"] == "send failure 1 of 1; send upload 1 of 1"
+    assert "expected 2, observed 2" in fault_brief(f)
+    # a miss in the first group still shows, in its own counts and in the total
+    layer, conn, obs = _clean()
+    _layer(layer, "upload_send")["kind"] = "fail_next"
+    obs["send_failures"].clear()
+    r = _report(layer, conn, obs)
+    [f] = [f for f in r["faults"] if f["kind"] == "fail_next"]
+    assert (f["expected"], f["observed"]) == (2, 1)
+    assert f["by_effect"] == "send failure 0 of 1; send upload 1 of 1"
+    assert any("1 send failure(s) caused, 0 seen" in p for p in f["problems"]), f["problems"]
+
+
 def test_a_retrieve_a_target_failure_overtook_is_explained_by_it() -> None:
     """The target failure asked the connection up (UPLOAD_ALL) before the retrieve reached
     the NIC, which asks nothing twice (spec §5.2): no event of the retrieve's own, and no

@@ -484,7 +484,13 @@ def _judge_fail_next(
     """As many outcomes of each effect as the faults of that effect used up, each with data
     after it, and each on a connection the daemon says one of them failed a call of
     (fault.list `used`, `failed`); a daemon that does not say leaves them matched by time and
-    status alone."""
+    status alone.
+
+    One kind may have faults of two effects (a fail_next with UPLOAD_IN_PROGRESS and one
+    without): each effect is judged on its own, and the kind's figures are the sum over its
+    effects, with each effect's expected and observed beside them (`by_effect`)."""
+    # per kind, each effect's: expected, observed, verified after, connections it failed
+    groups: dict[str, list[tuple[str, int, int, int, set[Any] | None]]] = {}
     for effect, obs_name in _EFFECT_OBS.items():
         faults = [r for r in layer_records if r.get("effect") == effect and r.get("injected")]
         if not faults:
@@ -555,10 +561,11 @@ def _judge_fail_next(
         # (a refusal continued for another reason: what was verified after the episode after)
         chains = [_episodes(o, obs[obs_name]) if effect == "offload_refusal" else [o] for o in seen]
         after = sum(c[-1].get("verified_after", 0) for c in chains)
-        for e in entries.values():
-            e["expected"], e["observed"], e["verified_after"] = expected, observed, after
-            if served is not None:  # the daemon said which: the outcomes were matched by them
-                e["connections_failed"] = len(served)
+        for kind, e in entries.items():
+            # the daemon said which (`served`): the outcomes were matched by them
+            groups.setdefault(kind, []).append((effect, expected, observed, after, served))
+            for key in ("expected", "observed", "verified_after"):
+                e.setdefault(key, 0)  # set below, after every effect: first in the report
         if observed != expected:
             problem(first, f"{expected} {effect.replace('_', ' ')}(s) caused, {observed} seen")
             unseen = sorted(c for c, n in (left or {}).items() if n)
@@ -580,6 +587,19 @@ def _judge_fail_next(
                     problem(first, f"conn {u['conn']}: no byte verified after its upload", u)
         if effect == "offload_refusal":
             host["explained"]["refuse_offload"] = len(seen)
+    for kind, effects in groups.items():
+        e = by_kind[kind]
+        e["expected"] = sum(g[1] for g in effects)
+        e["observed"] = sum(g[2] for g in effects)
+        e["verified_after"] = sum(g[3] for g in effects)
+        said = [g[4] for g in effects if g[4] is not None]
+        if said:  # a connection two of them failed a call of is one
+            e["connections_failed"] = len(set().union(*said))
+        if len(effects) > 1:
+            e["by_effect"] = "; ".join(
+                f"{effect.replace('_', ' ')} {seen} of {caused}"
+                for effect, caused, seen, _, _ in effects
+            )
 
 
 def _episodes(ep: Record, refusals: list[Record]) -> list[Record]:
