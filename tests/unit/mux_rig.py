@@ -4,6 +4,9 @@ tests say only what differs."""
 
 from __future__ import annotations
 
+import pytest
+
+from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.drivers.target.target import OffloadTarget
 from chimneyd.ndis.blocks import OffloadBlock, new_neighbor_block, new_path_block, walk
@@ -40,6 +43,19 @@ class OneTeamedConnection:
             for e in self.st.top.events
             if e.handle is self.tcp and e.event_type is TcpOffloadEventType.TcpIndicateRetrieve
         ]
+
+
+def mux_fails_terminate_as_corrupt(st: Stack, mux: MuxIm, tree: OffloadTree, tcp: int) -> None:
+    """The layer above terminates `tcp`; the MUX raises on it (a planted bug) and the engine
+    fails it as one that found the state corrupt (`fail_unserved`, spec §3.7 steps 1-3)."""
+    mux.arm_fault(RaiseNext(1, "MiniportTerminateOffload", 1))
+    st.top.terminate(st.top.reference_tree(tree, [tcp], state="delegated"))
+    with pytest.raises(PlantedBug):
+        st.run()
+    failed = st.scheduler.log[-1]
+    assert (failed.layer, failed.handler) == (mux, "MiniportTerminateOffload")
+    assert mux.fail_unserved(failed.handler, failed.args)
+    st.run()
 
 
 def mux_of(st: Stack) -> MuxIm:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import pytest
 
-from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
 from chimneyd.testing.factories import fail_next
-from tests.unit.mux_rig import nic_of
+from tests.unit.mux_rig import mux_fails_terminate_as_corrupt, nic_of
 from tests.unit.test_mux_rebalance_plans import _asked, _drain, _entry, _team, _terminate
 
 PAUSE = S.NDIS_STATUS_OFFLOAD_PAUSE
@@ -48,14 +47,7 @@ def test_the_pause_ends_when_the_corrupt_terminate_completes_above(found_by: str
         st.top.terminate(st.top.reference_tree(tree, [c1], state="delegated"))
         st.run()
     else:
-        mux.arm_fault(RaiseNext(1, "MiniportTerminateOffload", 1))
-        st.top.terminate(st.top.reference_tree(tree, [c1], state="delegated"))
-        with pytest.raises(PlantedBug):
-            st.run()
-        failed = st.scheduler.log[-1]
-        assert (failed.layer, failed.handler) == (mux, "MiniportTerminateOffload")
-        assert mux.fail_unserved(failed.handler, failed.args)
-        st.run()
+        mux_fails_terminate_as_corrupt(st, mux, tree, c1)
     (completion,) = st.top.state_completions[done:]
     assert completion.statuses[-1] == S.NDIS_STATUS_FAILURE  # c1's, after the placeholders
     assert _entry(c1).lifecycle.phase is Phase.FAILED

@@ -14,10 +14,8 @@ completion, and the MUX RESUMEs at that completion, before them.)
 
 from __future__ import annotations
 
-import pytest
-
-from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
+from tests.unit.mux_rig import mux_fails_terminate_as_corrupt
 from tests.unit.test_mux_rebalance_plans import _drain, _entry, _team, _terminate
 
 
@@ -33,14 +31,7 @@ def test_the_resume_follows_the_failed_terminate_and_its_indications() -> None:
     assert mux.paused_above
     top = st.top
     start = len(st.scheduler.log)
-    mux.arm_fault(RaiseNext(1, "MiniportTerminateOffload", 1))
-    top.terminate(top.reference_tree(tree, [c1], state="delegated"))
-    with pytest.raises(PlantedBug):
-        st.run()
-    failed = st.scheduler.log[-1]
-    assert (failed.layer, failed.handler) == (mux, "MiniportTerminateOffload")
-    assert mux.fail_unserved(failed.handler, failed.args)
-    st.run()
+    mux_fails_terminate_as_corrupt(st, mux, tree, c1)
     seen: list[str] = []
     for delivery in st.scheduler.log[start:]:
         if delivery.layer is not top:

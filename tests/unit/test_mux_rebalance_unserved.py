@@ -12,12 +12,9 @@ until the MUX carried nothing."""
 
 from __future__ import annotations
 
-import pytest
-
-from chimneyd.drivers.base import PlantedBug, RaiseNext
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import TcpOffloadEventType, TcpUploadReason
-from tests.unit.mux_rig import nic_of
+from tests.unit.mux_rig import mux_fails_terminate_as_corrupt, nic_of
 from tests.unit.test_mux_rebalance_plans import (
     _asked,
     _drain,
@@ -41,14 +38,7 @@ def test_a_connection_the_mux_failed_as_corrupt_gets_no_plan() -> None:
     mux.lower_down(_entry(c1).lower)
     st.run()
     assert _asked(st) == [c1, c3]
-    mux.arm_fault(RaiseNext(1, "MiniportTerminateOffload", 1))
-    st.top.terminate(st.top.reference_tree(tree, [c1], state="delegated"))
-    with pytest.raises(PlantedBug):
-        st.run()
-    failed = st.scheduler.log[-1]
-    assert (failed.layer, failed.handler) == (mux, "MiniportTerminateOffload")
-    assert mux.fail_unserved(failed.handler, failed.args)
-    st.run()
+    mux_fails_terminate_as_corrupt(st, mux, tree, c1)
     corrupt = _entry(c1)
     assert corrupt.lifecycle.phase is Phase.FAILED and not corrupt.completing
     assert [
