@@ -27,7 +27,6 @@ from chimneyd.ndis.blocks import (
     walk,
 )
 from chimneyd.ndis.broker import Binding
-from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import Event, Phase, TcpState
 from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
@@ -46,6 +45,7 @@ from ..segment import (
 )
 from ..tcp import offset_of, seq
 from . import adapter, disconnect, host_reasons, receive, send, terminate
+from .errors import LetGoHandles
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -447,17 +447,38 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _offloaded(h, owner)
         else:
             _not_offloaded(h, owner, ndis_error(block.status), block)
-    after = root.protocol_reserved  # a next-hop change's lone new neighbor (`state_ops`)
+    after = take_reserved(root)  # a next-hop change's lone new neighbor (`state_ops`)
     if after is not None:
-        root.protocol_reserved = None
         after()
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
     if let_go:
-        raise ChimneyProtocolError(
-            f"initiate completed with blocks of handles the host has let go: {let_go}"
-        )
+        raise LetGoHandles("initiate", let_go)
+
+
+def let_go_in(root: OffloadBlock) -> list[NdisOffloadHandle]:
+    """The handles of a completed tree the host has let go (their owner gone): a layer below
+    broke the contract (spec §9 item 8), raised once the rest is settled (`LetGoHandles`)."""
+    return [
+        b.offload_handle
+        for b in walk(root)
+        if b.offload_handle is not None and b.offload_handle.owner is None
+    ]
+
+
+def take_reserved(root: OffloadBlock) -> Any:
+    """What the host kept on the root of a tree it sent down (`protocol_reserved`), taken off
+    it. Looked for along the root's siblings: a layer below that put a stray block first
+    (`let_go_in`) must not make the host lose the request it is answering."""
+    block: OffloadBlock | None = root
+    while block is not None:
+        reserved = block.protocol_reserved
+        if reserved is not None:
+            block.protocol_reserved = None
+            return reserved
+        block = block.next_block
+    return None
 
 
 def _hand_down_out_of_order(tcb: Tcb) -> None:

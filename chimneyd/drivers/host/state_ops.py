@@ -19,12 +19,14 @@ from chimneyd.ndis.blocks import (
     new_tcp_block,
     walk,
 )
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import LIVE, Event, Phase
 from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
 from . import adapter, host_reasons, offload, send, terminate
+from .errors import LetGoHandles
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -59,24 +61,37 @@ def app_query(h: HostStack, tcb: Tcb, done: Done) -> None:
     tcb.lifecycle.fire(Event.QUERY)
     send.flush_sends(h, tcb)
     root = _tcp_tree(tcb, delegated=TcpOffloadStateDelegated())
-    root.protocol_reserved = done
+    root.protocol_reserved = (done, tcb)
     tcb.pending_ops += 1
     assert tcb.binding is not None
     h.ndis.NdisQueryOffloadState(h, tcb.binding, root)
 
 
+def _own_block(root: OffloadBlock, owner: Tcb | HostObject) -> OffloadBlock:
+    """The block of a completed tree that names `owner`, the object the request was for: by
+    its handle, not by place, as a layer below may have put a stray block in (`let_go`)."""
+    handle = owner.handle
+    return next(b for b in walk(root) if b.offload_handle is handle)
+
+
+def _let_go(call: str, let_go: list[NdisOffloadHandle]) -> None:
+    """The completion named handles the host has let go (spec §9 item 8): said once the rest
+    is settled, as `offload.complete` does, so that the request is answered all the same."""
+    if let_go:
+        raise LetGoHandles(call, let_go)
+
+
 def _completed(root: OffloadBlock) -> tuple[Done, Tcb, OffloadBlock]:
     """The request, the connection and its TCP block of a completed one-connection tree."""
-    done: Done = root.protocol_reserved
-    root.protocol_reserved = None
-    block = next(b for b in walk(root) if b.offload_handle is not None)
-    assert block.offload_handle is not None
-    tcb: Tcb = block.offload_handle.owner
+    done: Done
+    tcb: Tcb
+    done, tcb = offload.take_reserved(root)
     tcb.pending_ops -= 1
-    return done, tcb, block
+    return done, tcb, _own_block(root, tcb)
 
 
 def query_complete(h: HostStack, root: OffloadBlock) -> None:
+    let_go = offload.let_go_in(root)
     done, tcb, block = _completed(root)
     if block.status == SUCCESS:
         tcb.delegated = snapshot(block.delegated, "query", h.ndis.clock())
@@ -92,6 +107,7 @@ def query_complete(h: HostStack, root: OffloadBlock) -> None:
         # layer that raised has no hardware to report and would never ask
         terminate.start(h, tcb)
     h.run_deferred(tcb)
+    _let_go("query", let_go)
 
 
 def app_update(h: HostStack, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
@@ -123,7 +139,7 @@ def app_update(h: HostStack, tcb: Tcb, changes: dict[str, int], done: Done) -> N
     tcb.lifecycle.fire(Event.UPDATE)
     send.flush_sends(h, tcb)
     root = _tcp_tree(tcb, cached=cached)
-    root.protocol_reserved = done
+    root.protocol_reserved = (done, tcb)
     tcb.pending_ops += 1
     tcb.updating = True
     assert tcb.binding is not None
@@ -400,15 +416,13 @@ def _send_move(h: HostStack, mv: PathMove) -> None:
     h.ndis.NdisUpdateOffload(h, path.binding, root)
 
 
-def _move_complete(h: HostStack, root: OffloadBlock) -> None:
+def _move_complete(h: HostStack, root: OffloadBlock, mv: PathMove) -> None:
     """Step 3 is back. Moved: the path hangs under the new neighbor (its connections with
     it), a later offload of the path goes there too, and step 4 terminates the old neighbor
     once nothing hangs under it. Failed: every layer goes on as before; the host terminates
     what failed (spec §3.4) — the path's connections go up, the path with the last of them,
     as after a failed update of the path (`_object_update_complete`); and, when the new
     neighbor's block failed, that neighbor as after a failed update of it."""
-    mv: PathMove = root.protocol_reserved
-    root.protocol_reserved = None
     path, neighbor = mv.path, mv.neighbor
     assert neighbor is not None and neighbor.handle is not None and path.handle is not None
     path.handle.trace = None
@@ -416,8 +430,9 @@ def _move_complete(h: HostStack, root: OffloadBlock) -> None:
     neighbor.pending_ops -= 1
     path.pending_ops -= 1
     neighbor.refs -= 1  # held for the move (`_move_when_settled`)
-    pblock = root.dependent_block_list
-    assert pblock is not None
+    # by handle: a layer below may have put a stray block in (`let_go`)
+    root = _own_block(root, neighbor)
+    pblock = _own_block(root, path)
     if root.status == SUCCESS and pblock.status == SUCCESS:
         old = path.parent
         assert old is not None
@@ -513,14 +528,10 @@ def _unless_closed(
     return replay
 
 
-def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
-    done: Done
-    obj: HostObject
-    done, obj = root.protocol_reserved
-    root.protocol_reserved = None
+def _object_update_complete(h: HostStack, root: OffloadBlock, done: Done, obj: HostObject) -> None:
     obj.pending_ops -= 1
     obj.updating = False
-    block = next(b for b in walk(root) if b.offload_handle is obj.handle)
+    block = _own_block(root, obj)
     assert obj.handle is not None
     obj.handle.trace = None  # lent for the update only (`app_update_object`)
     if block.status == SUCCESS:
@@ -548,13 +559,20 @@ def _object_update_complete(h: HostStack, root: OffloadBlock) -> None:
 
 
 def update_complete(h: HostStack, root: OffloadBlock) -> None:
-    if isinstance(root.protocol_reserved, PathMove):
-        _move_complete(h, root)
-        return
-    if isinstance(root.protocol_reserved, tuple):
-        _object_update_complete(h, root)
-        return
-    done, tcb, block = _completed(root)
+    let_go = offload.let_go_in(root)
+    reserved = offload.take_reserved(root)
+    if isinstance(reserved, PathMove):
+        _move_complete(h, root, reserved)
+    elif isinstance(reserved[1], HostObject):
+        _object_update_complete(h, root, *reserved)
+    else:
+        _tcp_update_complete(h, root, *reserved)
+    _let_go("update", let_go)
+
+
+def _tcp_update_complete(h: HostStack, root: OffloadBlock, done: Done, tcb: Tcb) -> None:
+    tcb.pending_ops -= 1
+    block = _own_block(root, tcb)
     tcb.updating = False
     if block.status == SUCCESS:
         # the restart and window flags ask for something once, in this update (spec §2.2)
@@ -636,12 +654,12 @@ def _terminate_dependents(h: HostStack, obj: Tcb | HostObject) -> None:
 
 
 def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
+    let_go = offload.let_go_in(root)
     done: Done
     owner: Tcb | HostObject
-    done, owner = root.protocol_reserved
-    root.protocol_reserved = None
+    done, owner = offload.take_reserved(root)
     owner.pending_ops -= 1
-    status = next(b.status for b in walk(root) if b.offload_handle is not None)
+    status = _own_block(root, owner).status
     if status == SUCCESS:
         done({"status": SUCCESS.name}, None)
     else:
@@ -655,3 +673,4 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
         h.run_deferred(owner)  # a terminate that waited for it
     else:
         terminate.release_unused_objects(h)  # the object, if its connections left meanwhile
+    _let_go("invalidate", let_go)

@@ -21,6 +21,7 @@ from chimneyd.ndis.blocks import (
 )
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.errors import ChimneyProtocolError
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import (
     FIN_RECEIVED_STATES,
     LIVE,
@@ -37,6 +38,7 @@ from ..queues import NO_ITEMS, grown
 from ..segment import TH_RST
 from ..tcp import offset_of
 from . import disconnect, host_reasons, offload, receive, send
+from .errors import LetGoHandles
 from .tcb import Done, HostObject, Tcb
 
 if TYPE_CHECKING:
@@ -228,11 +230,19 @@ def forget_idle_objects(h: HostStack) -> None:
 
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolTerminateOffloadComplete`."""
+    let_go: list[NdisOffloadHandle] = []
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
             continue
         owner = handle.owner
+        if owner is None:
+            # a handle the host let go (its terminate completed): nothing may come for it any
+            # more (spec §9 item 8), and nothing of the host's is left to settle. The rest of
+            # the tree is settled first, as `offload.complete` does, so that the layer below
+            # that broke the contract leaves no connection of this terminate unanswered
+            let_go.append(handle)
+            continue
         if block.status != SUCCESS:
             # corrupt hardware (spec §3.7): the object lives on, still depending on its path;
             # the target indicates an abort (a connection) and the host terminates it again
@@ -254,6 +264,8 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     host_reasons.settled(h)
     if offload.initiates_due(h):
         offload.flush_initiates(h)
+    if let_go:
+        raise LetGoHandles("terminate", let_go)
 
 
 def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
