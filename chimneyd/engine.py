@@ -28,6 +28,7 @@ from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
 from chimneyd.drivers.host import AppError, Tcb
+from chimneyd.drivers.host.errors import LetGoHandles
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import ImOffloadEntry
 from chimneyd.drivers.target import OffloadTarget
@@ -445,7 +446,9 @@ class Engine:
         self, layer: Layer, exc: BaseException, fn: Callable[..., Any], args: tuple[Any, ...]
     ) -> None:
         """A handler raised inside a layer: answer every request waiting on the connections it
-        was handling (never leave one unanswered) and count it."""
+        was handling (never leave one unanswered) and count it. A host completion naming
+        handles the host had let go (`LetGoHandles`) was settled in full before it raised: the
+        requests still waiting are the host's, and only those it names fail (spec §6.3)."""
         self.layer_errors += 1
         conns = sorted(conns_in(args))
         name = getattr(fn, "__name__", "?")
@@ -455,7 +458,11 @@ class Engine:
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
-        failed = set(conns)
+        # a completion naming handles the host had let go (spec §9 item 8): the host settled
+        # all the rest before it raised, so a request still pending on a connection the call
+        # names is one the host carries on and will answer (an answered one is pending no
+        # more): only those the error says the host could not answer fail
+        failed = set(exc.conns) if isinstance(exc, LetGoHandles) else set(conns)
         for req in [r for r in self._pending if r.conn_id in failed]:  # oldest first
             withdraw = req.withdraw  # settling the request lets go of it
             req.fail(EngineError(ErrorCode.INTERNAL, detail))
