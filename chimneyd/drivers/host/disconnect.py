@@ -33,6 +33,15 @@ def app_disconnect(h: HostStack, tcb: Tcb, abortive: bool, done: Done) -> None:
         done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
         return
     if tcb.reset:
+        if abortive and rst_owed(tcb):
+            # a FIN_WAIT_2 timeout's RST waits only for the application to read what the
+            # kernel holds (spec §8); aborting, it reads nothing more: nothing is processed
+            # after an abortive disconnect, the kernel's unread bytes go with the socket (spec
+            # §4.5), and the peer hears now, not at `tcp.close`. What the host holds is still
+            # read, then the timeout: a read waiting for the kernel's bytes has its answer
+            tcb.wire.abort()
+            receive.serve(h, tcb)
+        # dead already: a disconnect fails as on an aborted connection (spec §4.5)
         done(S.NDIS_STATUS_REQUEST_ABORTED.name, None)
         return
     if not abortive and (tcb.fin_sent or tcb.disconnect_done is not None):
