@@ -330,6 +330,11 @@ class WireSocket(asyncio.Protocol):
             return
         sock = self._view()
         try:
+            # not stopped by a `pause_reading` on the way (back-pressure): every WireData is
+            # posted, so no owner runs inside this loop, and one that did would pause a
+            # connection that ends here: a byte left queued would go with the RST below. Each
+            # piece is told in order, at its offset (tests/integration/
+            # test_wire_abort_reads_paused_midway.py)
             while left > 0:
                 try:
                     data = sock.recv(min(left, 1 << 18), socket.MSG_DONTWAIT)
