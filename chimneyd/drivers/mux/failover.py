@@ -330,7 +330,9 @@ def evacuated(mux: MuxIm) -> None:
     the layer above offloaded nothing more until that NIC came back, for ever if it did not.
     A connection of such a terminate found corrupt waits for the host's further terminate,
     which comes only after the completion (spec §3.7 step 4): it holds the pause no longer
-    either."""
+    either. One its NIC found corrupt is on its way up until that NIC's `HardwareFailure`
+    request and abort, which follow the completion (steps 2-3), have gone up
+    (`MuxIm._relay_event`): the RESUME after them."""
     if mux.paused_above and not _uploading(mux):
         mux.paused_above = False
         _resume_above(mux)

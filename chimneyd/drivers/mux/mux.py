@@ -756,11 +756,15 @@ class MuxIm(PassthroughIm):
         self.ndis.NdisMTerminateOffloadComplete(self, root)
         for _, _, obj in call.links:
             if isinstance(obj, MuxConnection):
-                self.evacuating.discard(obj)  # up at last (`failover.evacuated`)
-                self.evacuating_held.discard(obj)
                 if obj.completing:
+                    # its NIC found it corrupt: on its way up until that NIC's abort has gone
+                    # up too (`_relay_event`), held in `early` or still to come (spec §3.7
+                    # steps 2-3 follow step 1): the RESUME comes after them (spec §5.5)
                     obj.completing = False
                     self._deliver_early(obj)
+                    continue
+                self.evacuating.discard(obj)  # up at last (`failover.evacuated`)
+                self.evacuating_held.discard(obj)
 
     def idle(self) -> None:
         """Once the MUX carries nothing (no connection, no object, no copy), a rebalance's
@@ -1178,9 +1182,21 @@ class MuxIm(PassthroughIm):
         """Up with the upper handle (spec §5.6), but for a retrieve that tells the layer above
         nothing new (`_news`), judged when it would go up: one held in `early` may meet the
         MUX's own request, made meanwhile."""
-        if event_type is _RETRIEVE and not self._news(handle.owner, TcpUploadReason(info)):
+        entry = handle.owner
+        if event_type is _RETRIEVE and not self._news(entry, TcpUploadReason(info)):
             return
         super().ProtocolTcpOffloadEvent(handle, event_type, info)
+        if (
+            event_type is TcpOffloadEventType.TcpIndicateAbort
+            and entry.lifecycle.phase is Phase.FAILED
+            and entry in self.evacuating
+        ):
+            # the last of a corrupt terminate's indications from its NIC (spec §3.7 step 3):
+            # the layer above has heard how the connection ended, and only now hears of the
+            # end of the evacuation (`_terminated_above`, `failover.evacuated`, spec §5.5)
+            self.evacuating.discard(entry)
+            self.evacuating_held.discard(entry)
+            failover.evacuated(self)
 
     @staticmethod
     def _news(entry: MuxConnection, reason: TcpUploadReason) -> bool:
@@ -1330,8 +1346,9 @@ class MuxIm(PassthroughIm):
         for entry in entries:
             self.evacuating.discard(entry)
             self.evacuating_held.discard(entry)
-        # after the completion and its indications (a NIC's corrupt terminate is released at
-        # its completion, before the NIC's own HardwareFailure request and abort follow)
+        # after the completion and its indications (a NIC's corrupt terminate is released
+        # once the NIC's own HardwareFailure request and abort, which follow its completion,
+        # have gone up: `_relay_event`)
         failover.evacuated(self)
         return served
 
