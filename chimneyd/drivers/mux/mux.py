@@ -1297,12 +1297,13 @@ class MuxIm(PassthroughIm):
         for entry in entries:
             phase = entry.lifecycle.phase
             if phase in ASKABLE:
+                # nothing mandatory went up for it yet: once something has (its NIC's request,
+                # the MUX's own), it is UPLOAD_REQUESTED or further on its way up
+                # (test_mux_asked_interleavings)
                 entry.lifecycle.fire(Event.RETRIEVE)
             elif phase is not Phase.UPLOAD_REQUESTED or entry.asked == ASKED_MANDATORY:
-                continue
+                continue  # on its way up already, or asked for it already (spec §5.2)
             self.evacuating.add(entry)
-            if entry.asked == ASKED_MANDATORY:
-                continue  # its NIC's mandatory request went up already (spec §5.2)
             entry.asked = ASKED_MANDATORY
             self.ndis.NdisTcpOffloadEventHandler(
                 self, entry.upper, _RETRIEVE, int(TcpUploadReason.UploadRequested)
