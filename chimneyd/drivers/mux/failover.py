@@ -245,22 +245,69 @@ def rebalance(mux: MuxIm) -> None:
     for entry in _initiating(mux):
         if entry.lower.id in counts:
             counts[entry.lower.id] += 1
+    # not onto a NIC whose copy of the connection's path hangs under another neighbor's copy
+    # and will still be there when it is offloaded again (`_lingering`): a plan it cannot use
+    lingering = _lingering(mux, set(leaving))
     for entry in leaving:
-        low = min(lowers, key=lambda lo: counts[lo.binding.id])
+        fits = [lo for lo in lowers if (entry.path.id, lo.binding.id) not in lingering]
+        if not fits:
+            continue  # the policy places it
+        low = min(fits, key=lambda lo: counts[lo.binding.id])
         mux.placement.moves[entry.key] = low
         counts[low.binding.id] += 1
     moving: list[MuxConnection] = []
     while True:
         high = max(lowers, key=lambda lo: counts[lo.binding.id])
         low = min(lowers, key=lambda lo: counts[lo.binding.id])
-        if counts[high.binding.id] - counts[low.binding.id] <= 1 or not by_lower[high.binding.id]:
+        if counts[high.binding.id] - counts[low.binding.id] <= 1:
             break
-        entry = by_lower[high.binding.id].pop()
+        movable = [
+            i
+            for i, c in enumerate(by_lower[high.binding.id])
+            if (c.path.id, low.binding.id) not in lingering
+        ]
+        if not movable:
+            break
+        entry = by_lower[high.binding.id].pop(movable[-1])
         mux.placement.moves[entry.key] = low
         counts[high.binding.id] -= 1
         counts[low.binding.id] += 1
         moving.append(entry)
     _evacuate(mux, moving)
+
+
+def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
+    """(path id, binding id) of each path copy that hangs under a copy of a neighbor other
+    than the one the layer above has the path under (`mux._misplaced`: a stray copy its NIC
+    could not move back, `relink._undone`, or one a move left on a failed NIC) and will still
+    be there when the connections asked up are offloaded again, at the RESUME.
+
+    A connection is never linked under such a copy (`mux._avoiding`): a plan onto its NIC is
+    popped and dropped at the re-offload (`Placement.choose`), and the policy places the
+    connection, while the rebalance counted it there. The copy goes with the last connection
+    on it: those `leaving` (asked up, coming back) are all up before the RESUME, and it goes
+    with them; a plan there stands, and is used, with a fresh copy. It lingers when another
+    connection keeps it that the RESUME does not wait for (found corrupt, living on until
+    the layer above terminates it again, spec §3.7; one the layer above is terminating on
+    its own, or its NIC asked up), or when it is not plainly OFFLOADED (found corrupt itself
+    and waiting for its next terminate, or in some other call)."""
+    from .mux import _misplaced  # mux imports this module
+
+    stray = {
+        (vobj.id, binding_id): inst
+        for vobj in mux._vobjs()
+        if vobj.parent is not None
+        for binding_id, inst in vobj.instances.items()
+        if _misplaced(vobj, inst.lower)
+    }
+    if not stray:
+        return set()
+    out = {key for key, inst in stray.items() if inst.lifecycle.phase is not Phase.OFFLOADED}
+    for c in mux.connections():
+        key = (c.path.id, c.lower.id)
+        if key in stray and c not in leaving:
+            out.add(key)
+    return out
 
 
 def _returning(mux: MuxIm, lower: Lower) -> bool:
