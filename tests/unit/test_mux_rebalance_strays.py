@@ -5,7 +5,8 @@ copy will have gone by the time the connection is offloaded again, at the RESUME
 Offloaded again, a connection is never linked under such a copy (`mux._misplaced`,
 `mux._avoiding`): the plan is popped and dropped (`Placement.choose`), and the policy places
 it, while the rebalance counted it on the planned NIC. The copy goes with the last connection
-on it. Those it asked up are all up before the RESUME, and the copy with them: a plan there
+on it. Those it asked up are all up before the RESUME, and the RESUME waits for the copy
+too when their own terminates left it to the MUX's (`failover._uploading`): a plan there
 stands, and is used. But one found corrupt in its terminate (spec §3.7) stays, FAILED, until
 the layer above terminates it again, and the RESUME does not wait for that: the copy is still
 there at the re-offload, and the plan cannot be used. So a NIC whose copy of the path will
@@ -92,5 +93,34 @@ def test_no_plan_onto_a_stray_copy_a_corrupt_connection_keeps() -> None:
     assert _plan_and_offload_again(st, tree, c0) == "nic1"
     _terminate(st, tree, [c2])  # step 4's terminate: the stray copy goes with it
     st.top.terminate(new_neighbor_block(n2))
+    st.run()
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_the_resume_waits_for_a_stray_copy_its_connections_left_in_separate_terminates() -> None:
+    """The rebalance plans c0 and c2 onto nic0 (the fewest there), and the layer above
+    uploads them in two terminates, both below at once: neither takes the stray copy along
+    (the other still hangs on it), which the MUX terminates once both are back. The RESUME
+    goes only once it has gone: offloaded again right at the RESUME, as a host does, c0
+    lands on nic0 where planned. (The RESUME went with the second upload, the copy's
+    terminate still below; c0, offloaded again then, could not go under it, and the policy
+    put it on nic1.)"""
+    st, tree, n2 = _three_with_strays()
+    c0, _c1, c2 = tree.tcp
+    mux = mux_of(st)
+    mux.rebalance()
+    plans = {k: lo.name for k, lo in mux.placement.moves.items()}
+    assert plans == {_entry(c0).key: "nic0", _entry(c2).key: "nic0"}, plans
+    top = st.top
+    top.terminate(top.reference_tree(tree, [c2], state="delegated"))
+    top.terminate(top.reference_tree(tree, [c0], state="delegated"))
+    while RESUME not in [s for _, s in top.status_indications]:
+        assert st.scheduler.run_one(), mux.leftovers()
+    for handle in (c0, c2):
+        tree.tcp.remove(handle)
+    _offload_again(st, tree, c0)  # as soon as the layer above hears the RESUME
+    assert _entry(tree.tcp[-1]).lower.lower.name == "nic0"
+    mux.placement.moves.clear()  # c2's: the layer above closed it instead
+    top.terminate(new_neighbor_block(n2))
     st.run()
     _drain(st, tree, list(tree.tcp))

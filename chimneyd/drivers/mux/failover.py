@@ -388,8 +388,24 @@ def evacuated(mux: MuxIm) -> None:
 def _uploading(mux: MuxIm) -> bool:
     """Whether a connection asked up is still on its way up below: not yet in a terminate, or
     in one whose part on its NIC is still out; not one of a terminate the MUX holds only for
-    its neighbor copies (`MuxIm.evacuating_held`, a subset of `evacuating`)."""
-    return len(mux.evacuating) > len(mux.evacuating_held)
+    its neighbor copies (`MuxIm.evacuating_held`, a subset of `evacuating`).
+
+    Or a path copy that hangs under another neighbor's copy (`mux._misplaced`: a stray its
+    NIC could not move back) is being terminated: the connections on it were uploaded in
+    terminates of their own, and it goes once the last is back. The connections asked up
+    come back at the RESUME, and a plan onto that NIC (`rebalance`, `_lingering`) is of use
+    only once the copy has gone: offloaded again while it is still there, a connection
+    cannot be linked under it (`mux._avoiding`), and goes where the policy puts it."""
+    if len(mux.evacuating) > len(mux.evacuating_held):
+        return True
+    from .mux import _misplaced  # mux imports this module
+
+    return any(
+        inst.lifecycle.phase is Phase.TERMINATING and _misplaced(vobj, inst.lower)
+        for vobj in mux._vobjs()
+        if vobj.parent is not None
+        for inst in vobj.instances.values()
+    )
 
 
 def _offer_changed(mux: MuxIm) -> None:

@@ -704,8 +704,10 @@ class MuxIm(PassthroughIm):
         elif call.upper_root is not None:
             self._terminated_above(call)
         self.complete_held()
-        failover.evacuated(self)
+        # the copies left unused go below first: a stray path copy among them holds the
+        # RESUME until it has gone (`failover._uploading`)
         self._release_unused()
+        failover.evacuated(self)
         self.retry_deferred()
 
     def _tried(self, inst: Instance) -> None:
