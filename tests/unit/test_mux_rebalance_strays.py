@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from chimneyd.ndis.blocks import new_neighbor_block
 from chimneyd.ndis.handles import NdisOffloadHandle
+from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next, teamed_target_stack
 from chimneyd.testing.records import OffloadTree
@@ -26,23 +27,24 @@ from tests.unit.test_mux_rebalance_plans import _asked, _drain, _entry, _offload
 RESUME = S.NDIS_STATUS_OFFLOAD_RESUME
 
 
-def _three_with_strays() -> tuple[Stack, OffloadTree, NdisOffloadHandle]:
-    """Round robin over two NICs: c0, c2 on nic0, c1 on nic1, under one path, and a second
-    neighbor n2. The path's move under n2 fails on nic1, and nic0 cannot move its copy back:
-    c0 and c2 are asked up, the MUX paused above. Returns the stack, the tree and n2."""
+def _three_with_strays(n: int = 3) -> tuple[Stack, OffloadTree, NdisOffloadHandle]:
+    """Round robin over two NICs: c0, c2 on nic0, c1 (and c3 with `n` 4) on nic1, under one
+    path, and a second neighbor n2. The path's move under n2 fails on nic1, and nic0 cannot
+    move its copy back: c0 and c2 are asked up, the MUX paused above. Returns the stack, the
+    tree and n2."""
     st = teamed_target_stack(nics=2, policy="round-robin")
-    tree = st.top.connection_tree([st.wires.open() for _ in range(3)])
+    tree = st.top.connection_tree([st.wires.open() for _ in range(n)])
     st.top.initiate(tree.root)
     st.run()
     n2 = st.top.neighbor_block()
     st.top.initiate(n2)
     st.run()
     assert n2.offload_handle is not None
-    assert [_entry(h).lower.lower.name for h in tree.tcp] == ["nic0", "nic1", "nic0"]
+    assert [_entry(h).lower.lower.name for h in tree.tcp] == ["nic0", "nic1", "nic0", "nic1"][:n]
     fail_next(nic_of(st, 0), "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE, skip=1)  # undo
     fail_next(nic_of(st, 1), "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE)
     assert move_first_path(st, tree, n2).statuses == [S.NDIS_STATUS_FAILURE] * 2
-    c0, _, c2 = tree.tcp
+    c0, c2 = tree.tcp[0], tree.tcp[2]
     assert _asked(st) == [c0, c2]
     assert mux_of(st).paused_above
     return st, tree, n2.offload_handle
@@ -121,6 +123,37 @@ def test_the_resume_waits_for_a_stray_copy_its_connections_left_in_separate_term
     _offload_again(st, tree, c0)  # as soon as the layer above hears the RESUME
     assert _entry(tree.tcp[-1]).lower.lower.name == "nic0"
     mux.placement.moves.clear()  # c2's: the layer above closed it instead
+    top.terminate(new_neighbor_block(n2))
+    st.run()
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_a_plan_onto_a_stray_copy_being_terminated_stands() -> None:
+    """c0 and c2 are uploaded in terminates of their own; the rebalance runs while the MUX's
+    terminate of the stray copy is still below nic0: nic0 carries nothing, nic1 c1 and c3.
+    The copy will have gone by the RESUME, which waits for it: c3 is planned onto nic0, and
+    lands there when offloaded again."""
+    st, tree, n2 = _three_with_strays(4)
+    c0, _c1, c2, c3 = tree.tcp
+    mux = mux_of(st)
+    path = _entry(c0).path
+    stray = path.instances[_entry(c0).lower.id]
+    top = st.top
+    top.terminate(top.reference_tree(tree, [c2], state="delegated"))
+    top.terminate(top.reference_tree(tree, [c0], state="delegated"))
+    while stray.lifecycle.phase is not Phase.TERMINATING:
+        assert st.scheduler.run_one(), mux.leftovers()
+    assert mux.paused_above  # for the copy
+    mux.rebalance()
+    plans = {k: lo.name for k, lo in mux.placement.moves.items()}
+    assert plans == {_entry(c3).key: "nic0"}, plans
+    st.run()
+    for handle in (c0, c2):
+        tree.tcp.remove(handle)
+    _terminate(st, tree, [c3])
+    assert not mux.paused_above
+    _offload_again(st, tree, c3)
+    assert _entry(tree.tcp[-1]).lower.lower.name == "nic0"
     top.terminate(new_neighbor_block(n2))
     st.run()
     _drain(st, tree, list(tree.tcp))

@@ -289,8 +289,9 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
     with them; a plan there stands, and is used, with a fresh copy. It lingers when another
     connection keeps it that the RESUME does not wait for (found corrupt, living on until
     the layer above terminates it again, spec §3.7; one the layer above is terminating on
-    its own, or its NIC asked up), or when it is not plainly OFFLOADED (found corrupt itself
-    and waiting for its next terminate, or in some other call)."""
+    its own, or its NIC asked up), or when it was found corrupt itself (FAILED, waiting for
+    its next terminate, `MuxIm._corrupt_again`). One being terminated has gone by the RESUME,
+    which waits for it (`_uploading`)."""
     from .mux import _misplaced  # mux imports this module
 
     stray = {
@@ -302,7 +303,11 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
     }
     if not stray:
         return set()
-    out = {key for key, inst in stray.items() if inst.lifecycle.phase is not Phase.OFFLOADED}
+    out = {
+        key
+        for key, inst in stray.items()
+        if inst.lifecycle.phase not in (Phase.OFFLOADED, Phase.TERMINATING)
+    }
     for c in mux.connections():
         key = (c.path.id, c.lower.id)
         if key in stray and c not in leaving:
