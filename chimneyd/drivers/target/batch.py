@@ -24,7 +24,7 @@ the NIC completes at once, as NDIS also allows.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chimneyd.ndis.broker import Layer, NdisStandIn
 from chimneyd.ndis.nbl import NetBufferList, chain_of
@@ -46,22 +46,21 @@ class Broker(Protocol):
 
 class CompletionBatch(NdisStandIn):
     """The broker as the NIC sees it while it batches: `send` and `receive` gather, any other
-    call (an attribute of the broker, looked up here) flushes first. The clock is the broker's
-    own: reading it is not a call that must wait for anything."""
+    call (a forwarder of `NdisStandIn`) flushes first. The clock is the broker's own: reading
+    it is not a call that must wait for anything."""
 
     def __init__(self, broker: Broker, nic: OffloadTarget) -> None:
+        super().__init__(broker)
         self._broker = broker
         self._nic = nic
-        self.clock = broker.clock
         self._sends: list[NetBufferList] = []
         self._receives: list[NetBufferList] = []
         # the contexts with completions gathered: one set for the batch's life (`flush` clears it)
         self._conns: set[object] = set()
 
-    # `send` and `receive` read two attributes of the batch each and call no other method of
-    # it: the `__getattr__` it has puts every read of it, found or not, through the slot of
-    # `__getattr__`, which the interpreter does not specialize (a verified echo round makes
-    # two or three of these calls). `flush` clears the set in place.
+    # `send` and `receive` are read off the batch every time the NIC completes (two or three
+    # times a verified echo round), as is the clock; no `__getattr__` anywhere in the class's
+    # bases keeps those reads specialized (see `NdisStandIn`). `flush` clears the set in place.
 
     def send(self, ctx: object, nbls: list[NetBufferList]) -> None:
         """`NdisTcpOffloadSendComplete` of `nbls`, all of connection `ctx`, at the drain's end."""
@@ -92,7 +91,6 @@ class CompletionBatch(NdisStandIn):
         if receives:
             self._broker.NdisTcpOffloadReceiveComplete(self._nic, chain_of(receives))
 
-    def __getattr__(self, name: str) -> Any:
-        # only names not found on this object land here: every broker call but the two above
+    def before_call(self) -> None:
+        # every broker call of the NIC but the two above: what was gathered goes first
         self.flush()
-        return getattr(self._broker, name)
