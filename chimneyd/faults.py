@@ -153,10 +153,30 @@ def _peer_reset(engine: Engine, fault: Fault) -> None:
     fault.active = lambda: False
 
 
+def _held_by_another(engine: Engine, fault: Fault) -> bool:
+    """Another fault of the same kind holds the same layer out: the NIC a `target_failure`
+    failed, the NIC a `nic_down` took out. A fault being injected is not in the registry yet,
+    one being cleared no longer is."""
+    kind, layer = fault.spec["kind"], fault.spec["layer"]
+    return any(
+        f is not fault and f.spec["kind"] == kind and f.spec.get("layer") == layer
+        for f in engine.faults.faults.values()
+    )
+
+
 def _target_failure(engine: Engine, fault: Fault) -> None:
     nic = engine.target_layer(fault.spec["layer"])
-    nic.inbox.push(nic.fail_adapter, ())
-    fault.undo = lambda: nic.inbox.push(nic.recover_adapter, ())
+    # one NIC failed twice is failed once: it indicated PAUSE and UPLOAD_ALL already, and it
+    # works again (RESUME, spec §5.5) only when no target_failure of it is listed any more;
+    # the first clear's RESUME would have the host offload to a NIC still failed
+    if not _held_by_another(engine, fault):
+        nic.inbox.push(nic.fail_adapter, ())
+
+    def undo() -> None:
+        if not _held_by_another(engine, fault):
+            nic.inbox.push(nic.recover_adapter, ())
+
+    fault.undo = undo
 
 
 def _layer_for(engine: Engine, spec: dict[str, Any], calls: str, verb: str) -> DriverLayer:
@@ -251,8 +271,15 @@ def _host_event(engine: Engine, fault: Fault) -> None:
 
 def _nic_down(engine: Engine, fault: Fault) -> None:
     mux, binding = engine.mux_above(fault.spec["layer"])
+    # taken out again even if another nic_down holds it: a `nic_up` may have put it back
     mux.inbox.push(mux.lower_down, (binding,))
-    fault.undo = lambda: mux.inbox.push(mux.lower_up, (binding,))
+
+    def undo() -> None:
+        # back in service only when no nic_down of it is listed any more (as target_failure)
+        if not _held_by_another(engine, fault):
+            mux.inbox.push(mux.lower_up, (binding,))
+
+    fault.undo = undo
 
 
 def _nic_up(engine: Engine, fault: Fault) -> None:
