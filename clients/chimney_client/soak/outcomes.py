@@ -301,6 +301,8 @@ def _judge_outage(
         # RESUME): refusals until then are this outage's
         w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
     e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(uploads)
+    if rec["kind"] not in MOVES:
+        _each_left_its_nic(e, w, uploads, obs, in_shard)
     again = 0
     for u in uploads:
         t = u.get("reoffloaded_t")
@@ -325,6 +327,58 @@ def _judge_outage(
     )
     _reoffload_times(e, rec, [u["reoffloaded_t"] for u in uploads if u.get("reoffloaded_t")])
     return len(uploads)
+
+
+def _each_left_its_nic(
+    e: Record,
+    w: Window,
+    uploads: list[Record],
+    obs: dict[str, list[Record]],
+    in_shard: Any,
+) -> None:
+    """Every connection on the NIC when it went out (the soak's own `placements`: on it
+    before the injection, still there at it) left it: uploaded by the outage, or ended first
+    (our close, a reset), or uploaded for a reason of its own (our planned upload, a
+    `retrieve`) already under way; none may stay on a failed NIC (spec §5.5: UPLOAD_ALL asks
+    for every connection; a MUX taking a NIC out asks for each of them). The daemon's count
+    before (`offloaded_before`, stack.info) is a number only; these name the connections.
+    Counted per outcome: `on_nic_before`, `closed_first`, `reset_first`, `left_otherwise`."""
+    placements = obs.get("placements")
+    if placements is None:  # records of an older soak
+        return
+    start = w.start
+    on = [
+        p
+        for p in placements
+        if p.get("nic") == w.layer and float(p["on"]) < start <= float(p["off"]) and in_shard(p)
+    ]
+    if not on:
+        return
+    up = {u["conn"] for u in uploads}
+    counts = {"on_nic_before": len(on), "closed_first": 0, "reset_first": 0, "left_otherwise": 0}
+    for p in on:
+        why = str(p.get("why", ""))
+        if p["conn"] in up:
+            continue
+        # it left while the NIC was out (or its uploads under way): a stretch on it that
+        # lasted past the window is a connection the outage left where it was
+        gone = float(p["off"]) <= w.end
+        if gone and why == "closing":
+            counts["closed_first"] += 1
+        elif gone and why == "aborted":
+            counts["reset_first"] += 1
+        elif gone and why.startswith("host:"):
+            counts["left_otherwise"] += 1  # its upload was another's: a retrieve, our own
+        else:
+            problem(
+                e,
+                f"conn {p['conn']}: on {w.layer} when it went out, not uploaded by the outage "
+                f"({why or '?'} {float(p['off']) - start:.2f} s after it)",
+                p,
+            )
+    for key, n in counts.items():
+        if n or key == "on_nic_before":
+            e[key] = e.get(key, 0) + n
 
 
 def _reoffload_times(e: Record, rec: Record, times: list[float]) -> None:

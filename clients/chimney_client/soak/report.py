@@ -365,6 +365,10 @@ _FAULT_LABELS = {
     "verified_after": "verified after",
     "reoffloaded_after_fault_s": "offloaded again after the injection",
     "reoffloaded_after_clear_s": "after the clear",
+    "on_nic_before": "on its NIC at the injection",  # by the soak's events, not stack.info
+    "closed_first": "closed before their upload",
+    "reset_first": "reset before their upload",
+    "left_otherwise": "uploaded for another reason",
     "mux_before": "MUX connections per NIC before",
     "mux_after": "after",
 }

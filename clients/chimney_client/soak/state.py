@@ -57,7 +57,14 @@ OBS_LISTS = (
     "disagreements",  # the soak's idea of a connection's state differs from tcp.info
     "bug_answers",  # requests answered INTERNAL: a layer raised (spec §6.3)
     "aborts",  # resets no connection fault aimed at (a terminate a layer raised on, spec §6.3)
+    # each stretch a connection spent offloaded on one NIC, as the events told the soak: the
+    # NIC, from when (`on`) until when (`off`) and why it ended (`why`: `closing`, `aborted`
+    # or `host:<cause>`), so that an outage can be checked against the connections on its NIC
+    "placements",
 )
+
+#: The states in which a connection is on a NIC (`uploading`: asked up, not yet terminated).
+ON_A_NIC = ("offloaded", "uploading")
 
 
 class WorkerState:
@@ -91,6 +98,8 @@ class WorkerState:
         self.tasks: list[asyncio.Task[None]] = []
         self.fault_tasks: set[asyncio.Task[None]] = set()
         self.rpc_by_cid: dict[int, Rpc] = {}
+        # since when each connection on a NIC has been there (`placements`)
+        self.on_since: dict[int, float] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def error(self, kind: str, detail: str, **where: Any) -> None:
@@ -122,6 +131,7 @@ class WorkerState:
     def move(self, conn: Conn, state: str, cause: str | None = None) -> None:
         """`conn` enters `state` now; the time it spent in the last one is accounted."""
         now = time.monotonic()
+        self.placement(conn, state, cause, now)
         if conn.state in TIMED_STATES:
             dt = now - conn.since
             self.state_s[conn.state] += dt
@@ -132,6 +142,30 @@ class WorkerState:
         conn.state, conn.since = state, now
         if cause is not None:
             conn.host_cause = cause
+
+    def placement(self, conn: Conn, state: str, cause: str | None, now: float) -> None:
+        """Keep the stretches `conn` spends on a NIC (`placements`): one ends as it leaves
+        offload (uploaded, closing, aborted), one starts as it is offloaded again. A
+        connection offloaded inside tcp.connect enters `offloaded` without a move: its stretch
+        began at the connect (`since`)."""
+        cid = conn.cid
+        if conn.state == "offloaded" and cid not in self.on_since:
+            self.on_since[cid] = conn.since
+        was_on, will_be_on = conn.state in ON_A_NIC, state in ON_A_NIC
+        if was_on and not will_be_on:
+            rec: dict[str, Any] = {
+                "conn": cid,
+                "nic": conn.path[-1] if conn.path else None,
+                "on": self.on_since.pop(cid, conn.since),
+                "off": now,
+                "why": state if state != "host" else f"host:{cause or conn.host_cause}",
+            }
+            rpc = self.rpc_by_cid.get(cid)
+            if rpc is not None and rpc.shard is not None:
+                rec["shard"] = rpc.shard
+            self.obs["placements"].append(rec)
+        elif will_be_on and not was_on:
+            self.on_since[cid] = now
 
     def offload_answered(self, conn: Conn, uploads_before: int, result: Any) -> bool:
         """Our tcp.offload succeeded; False if the connection was uploaded again since (a
