@@ -106,21 +106,25 @@ def judge(
     # a NIC's outage first: every connection on its NIC is its own to ask up, and a rebalance
     # of the team in the same window counts those as leaving (docs/faults.md `rebalance`); the
     # rebalance then takes what is left
-    uploaded = [0] * len(outages)
+    uploaded: list[list[Record]] = [[] for _ in outages]
     for i in sorted(range(len(outages)), key=lambda i: outages[i]["kind"] in MOVES):
         rec, w = outages[i], windows[i]
         uploaded[i] = _judge_outage(by_kind[rec["kind"]], rec, w, obs, reset, bugged)
     _judge_fail_next(by_kind, layer_records, obs, windows, host)
     _judge_raise_next(by_kind, layer_records, obs, host)
-    for rec, w, n in zip(outages, windows, uploaded, strict=True):
+    for rec, w, ups in zip(outages, windows, uploaded, strict=True):
         if rec["kind"] in MOVES:
-            crossed = any(
-                o["kind"] not in MOVES and _overlaps(o_w, rec)
+            # the shards where a NIC outage ran while it did (ALL_SHARDS: one in every shard)
+            crossed = {
+                _shard_of(o)
                 for o, o_w in zip(outages, windows, strict=True)
-            )
-            _rebalance_evened(by_kind[rec["kind"]], rec, n, crossed)
+                if o["kind"] not in MOVES
+                and _overlaps(o_w, rec)
+                and _shares_a_shard(_shard_of(o), _shard_of(rec))
+            }
+            _rebalance_evened(by_kind[rec["kind"]], rec, ups, crossed)
         else:
-            _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, n, obs)
+            _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, len(ups), obs)
     _account_leftovers(obs, windows, host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
@@ -244,8 +248,8 @@ def _judge_outage(
     obs: dict[str, list[Record]],
     reset: set[Any],
     bugged: set[Any],
-) -> int:
-    """Returns how many connections the outage asked up."""
+) -> list[Record]:
+    """Returns the uploads of the connections the outage asked up."""
     layer = w.layer
     if not rec.get("cleared"):
         problem(e, f"{layer}: fault.clear failed: {rec.get('clear_error', '?')}")
@@ -326,7 +330,7 @@ def _judge_outage(
         u.get("verified_after", 0) for u in uploads
     )
     _reoffload_times(e, rec, [u["reoffloaded_t"] for u in uploads if u.get("reoffloaded_t")])
-    return len(uploads)
+    return uploads
 
 
 def _each_left_its_nic(
@@ -416,18 +420,40 @@ def _overlaps(w: Window, rec: Record) -> bool:
     return leaving or returning
 
 
-def _rebalance_evened(e: Record, rec: Record, moved: int, crossed: bool = False) -> None:
+#: The shard of a fault put into every shard of the daemon (no `/shard=K`).
+ALL_SHARDS = "*"
+
+
+def _shard_of(rec: Record) -> str:
+    """The shard a layer fault went into (`/shard=K`), or ALL_SHARDS."""
+    shard = rec.get("params", {}).get("shard")
+    return ALL_SHARDS if shard is None or str(shard) == "" else str(shard)
+
+
+def _shares_a_shard(a: str, b: str) -> bool:
+    """Two layer faults acted in at least one shard together: each shard's MUX and NICs are
+    its own, so an outage in one shard changes nothing another shard's MUX plans on."""
+    return ALL_SHARDS in (a, b) or a == b
+
+
+def _rebalance_evened(
+    e: Record, rec: Record, moves: list[Record], crossed: set[str] | None = None
+) -> None:
     """A rebalance moved connections where its MUX's NICs in service were uneven, none where
     they were even, and left them even: within one, or REBALANCE_SLACK_SHARE of their
     connections (some opened and closed while it ran). On a daemon of shards each shard's MUX
     evens its own NICs: judged shard by shard (`mux_shards_*`), as two shards each one apart
     can sum to two.
 
-    `crossed`: a NIC outage ran while it did. The MUX planned on the NICs as it knew them, and
-    what the outage asked up is placed by the MUX's policy (or planned by a rebalance that came
-    after it): neither the counts after nor which upload was whose are the rebalance's alone,
-    so only its moves' own outcome (offloaded again, data after) is judged, and it is counted
-    (`crossed_by_an_outage`)."""
+    `crossed`: the shards where a NIC outage ran while it did (ALL_SHARDS: one in every
+    shard). The MUX planned on the NICs as it knew them, and what the outage asked up is
+    placed by the MUX's policy (or planned by a rebalance that came after it): neither the
+    counts after nor which upload was whose are the rebalance's alone there, so only its
+    moves' own outcome (offloaded again, data after) is judged, and it is counted
+    (`crossed_by_an_outage`). On a daemon of shards, the MUXes of the shards no outage
+    crossed are still judged on their counts, each on its own moves (`crossed_shards`)."""
+    crossed = crossed or set()
+    moved = len(moves)
     layer = rec.get("params", {}).get("layer", "?")
     before, after = rec.get("mux_before"), rec.get("mux_after")
     if not before or not after:
@@ -435,31 +461,44 @@ def _rebalance_evened(e: Record, rec: Record, moved: int, crossed: bool = False)
         return
     e.setdefault("mux_before", []).append(before)
     e.setdefault("mux_after", []).append(after)
-    if crossed:
-        e["crossed_by_an_outage"] = e.get("crossed_by_an_outage", 0) + 1
-        return
     shards_before, shards_after = rec.get("mux_shards_before"), rec.get("mux_shards_after")
-    views: list[tuple[str, dict[str, int], dict[str, int]]] = []
+    views: list[tuple[str, str | None, dict[str, int], dict[str, int]]] = []
     if shards_before and shards_after and len(shards_before) == len(shards_after):
         views = [
-            (f" in shard {k}", b, a)
+            (f" in shard {k}", str(k), b, a)
             for k, (b, a) in enumerate(zip(shards_before, shards_after, strict=True))
             if b and a
         ]
     if views:  # shown beside the sums: what each shard's MUX had, and has
         shown = " | ".join(
-            f"{where.strip()}: {nic_counts(b)} -> {nic_counts(a)}" for where, b, a in views
+            f"{where.strip()}: {nic_counts(b)} -> {nic_counts(a)}" for where, _, b, a in views
         )
         _append(e, "mux_per_shard", shown)
-    views = views or [("", before, after)]  # one daemon, or no shard said: the sum
-    spreads = [(where, _spread(b), _spread(a), a) for where, b, a in views]
-    uneven = [(where, sb) for where, sb, _, _ in spreads if sb > 1]
-    if uneven and not moved:
-        where, spread = uneven[0]
+    if crossed:
+        e["crossed_by_an_outage"] = e.get("crossed_by_an_outage", 0) + 1
+        if ALL_SHARDS in crossed or not views:  # every shard it acted in, or one daemon
+            return
+        e["crossed_shards"] = ",".join(sorted(crossed))
+        views = [v for v in views if v[1] not in crossed]
+        if not views:
+            return
+        # each shard's MUX on its own moves: a connection's upload says its shard
+        moved_in = {k: sum(1 for u in moves if str(u.get("shard")) == k) for _, k, _, _ in views}
+        if any(u.get("shard") is None for u in moves):
+            moved_in = {}  # records that do not say: the moves of all shards
+    else:
+        moved_in = {}
+    views = views or [("", None, before, after)]  # one daemon, or no shard said: the sum
+    spreads = [(where, k, _spread(b), _spread(a), a) for where, k, b, a in views]
+    uneven = [(where, k, sb) for where, k, sb, _, _ in spreads if sb > 1]
+    moved_there = sum(moved_in.values()) if moved_in else moved
+    idle = [(where, sb) for where, k, sb in uneven if not moved_in.get(str(k), moved)]
+    if idle:
+        where, spread = idle[0]
         problem(e, f"{layer}{where}: moved nothing while its NICs were {spread} apart")
-    elif not uneven and moved:
-        problem(e, f"{layer}: moved {moved} connection(s) of NICs already even")
-    for where, _, spread_after, a in spreads:
+    elif not uneven and moved_there:
+        problem(e, f"{layer}: moved {moved_there} connection(s) of NICs already even")
+    for where, _, _, spread_after, a in spreads:
         slack = max(1, int(REBALANCE_SLACK_SHARE * sum(a.values())))
         if spread_after > slack:
             problem(
