@@ -125,6 +125,8 @@ def judge(
             _rebalance_evened(by_kind[rec["kind"]], rec, ups, crossed)
         else:
             _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, len(ups), obs)
+            # then each connection (after the summary: a NIC that uploaded none is said first)
+            _each_left_its_nic(by_kind[rec["kind"]], rec, w, ups, obs)
     _account_leftovers(obs, windows, host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
@@ -305,8 +307,6 @@ def _judge_outage(
         # RESUME): refusals until then are this outage's
         w.end = max(w.end, max(u["t"] for u in uploads) + RESUME_GRACE_S)
     e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(uploads)
-    if rec["kind"] not in MOVES:
-        _each_left_its_nic(e, w, uploads, obs, in_shard)
     again = 0
     for u in uploads:
         t = u.get("reoffloaded_t")
@@ -334,11 +334,7 @@ def _judge_outage(
 
 
 def _each_left_its_nic(
-    e: Record,
-    w: Window,
-    uploads: list[Record],
-    obs: dict[str, list[Record]],
-    in_shard: Any,
+    e: Record, rec: Record, w: Window, uploads: list[Record], obs: dict[str, list[Record]]
 ) -> None:
     """Every connection on the NIC when it went out (the soak's own `placements`: on it
     before the injection, still there at it) left it: uploaded by the outage, or ended first
@@ -350,6 +346,11 @@ def _each_left_its_nic(
     placements = obs.get("placements")
     if placements is None:  # records of an older soak
         return
+    shard = _shard_of(rec)
+
+    def in_shard(p: Record) -> bool:  # as `_judge_outage`: an outage in one shard acts there
+        return shard == ALL_SHARDS or p.get("shard") is None or str(p["shard"]) == shard
+
     start = w.start
     on = [
         p
