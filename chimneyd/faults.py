@@ -155,11 +155,13 @@ def _peer_reset(engine: Engine, fault: Fault) -> None:
 
 def _held_by_another(engine: Engine, fault: Fault) -> bool:
     """Another fault of the same kind holds the same layer out: the NIC a `target_failure`
-    failed, the NIC a `nic_down` took out. A fault being injected is not in the registry yet,
-    one being cleared no longer is."""
-    kind, layer = fault.spec["kind"], fault.spec["layer"]
+    failed, the NIC a `nic_down` took out, the target a `host_event` of the same event
+    withholds. A fault being injected is not in the registry yet, one being cleared no
+    longer is."""
+    spec = fault.spec
+    key = (spec["kind"], spec["layer"], spec.get("event"))
     return any(
-        f is not fault and f.spec["kind"] == kind and f.spec.get("layer") == layer
+        f is not fault and (f.spec["kind"], f.spec.get("layer"), f.spec.get("event")) == key
         for f in engine.faults.faults.values()
     )
 
@@ -266,7 +268,13 @@ def _host_event(engine: Engine, fault: Fault) -> None:
     target = engine.target_layer(fault.spec["layer"]).name
     event = fault.spec["event"]
     engine.post_host(engine.host.host_event, target, event, True)
-    fault.undo = lambda: engine.post_host(engine.host.host_event, target, event, False)
+
+    def undo() -> None:
+        # the event ends for the target only when no host_event of it is listed any more
+        if not _held_by_another(engine, fault):
+            engine.post_host(engine.host.host_event, target, event, False)
+
+    fault.undo = undo
 
 
 def _nic_down(engine: Engine, fault: Fault) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
 from tests.integration.support import eventually
 from tests.integration.test_mux import all_offloaded, lowers, nic_of, teaming
@@ -120,3 +123,23 @@ async def test_a_nic_down_and_a_target_failure_of_one_nic_each_keep_it_out(
     engine.fault_clear(down)
     await eventually(lambda: lowers(engine)["nic1"]["in_service"])
     assert nic_of(engine, await engine.connect("127.0.0.1", echo_port)) == "nic1"
+
+
+async def test_a_host_event_given_twice_withholds_the_nic_until_both_are_cleared(
+    make_engine: Any, echo_port: int
+) -> None:
+    """Two `host_event`s of one kind on one NIC: the host offloads to it again only once
+    neither is listed (docs/faults.md `host_event`: "offloads none to it until cleared")."""
+    engine = await make_engine()
+    conn = await engine.connect("127.0.0.1", echo_port)
+    spec = {"kind": "host_event", "layer": "nic0", "event": "media_disconnect"}
+    first = engine.fault_inject(spec)
+    await eventually(lambda: engine.conn_info(conn)["state"] == "host")
+    second = engine.fault_inject(spec)
+    engine.fault_clear(first)
+    await settled(engine, "tcpip")
+    with pytest.raises(EngineError) as err:
+        await engine.offload(conn)
+    assert err.value.code is ErrorCode.INVALID_STATE and "media_disconnect" in str(err.value)
+    engine.fault_clear(second)
+    assert (await engine.offload(conn))["state"] == "offloaded"
