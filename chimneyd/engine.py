@@ -28,7 +28,7 @@ from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
 from chimneyd.drivers.host import AppError, Tcb
-from chimneyd.drivers.host.errors import LetGoHandles
+from chimneyd.drivers.host.errors import SettledThenRaised
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import ImOffloadEntry
 from chimneyd.drivers.target import OffloadTarget
@@ -446,9 +446,10 @@ class Engine:
         self, layer: Layer, exc: BaseException, fn: Callable[..., Any], args: tuple[Any, ...]
     ) -> None:
         """A handler raised inside a layer: answer every request waiting on the connections it
-        was handling (never leave one unanswered) and count it. A host completion naming
-        handles the host had let go (`LetGoHandles`) was settled in full before it raised: the
-        requests still waiting are the host's, and only those it names fail (spec §6.3)."""
+        was handling (never leave one unanswered) and count it. A host completion that broke
+        the contract but that the host settled before it raised (`SettledThenRaised`: handles
+        it had let go, a connection it could not take back) names the connections it could not
+        settle: only their requests fail, the others are the host's (spec §6.3)."""
         self.layer_errors += 1
         conns = sorted(conns_in(args))
         name = getattr(fn, "__name__", "?")
@@ -458,11 +459,12 @@ class Engine:
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
-        # a completion naming handles the host had let go (spec §9 item 8): the host settled
-        # all the rest before it raised, so a request still pending on a connection the call
-        # names is one the host carries on and will answer (an answered one is pending no
-        # more): only those the error says the host could not answer fail
-        failed = set(exc.conns) if isinstance(exc, LetGoHandles) else set(conns)
+        # a completion naming handles the host had let go (spec §9 item 8), or a block the
+        # host could not take back: the host settled all the rest before it raised, so a
+        # request still pending on another connection the call names is one the host carries
+        # on and will answer (an answered one is pending no more): only those the error says
+        # the host could not settle fail
+        failed = set(exc.conns) if isinstance(exc, SettledThenRaised) else set(conns)
         for req in [r for r in self._pending if r.conn_id in failed]:  # oldest first
             withdraw = req.withdraw  # settling the request lets go of it
             req.fail(EngineError(ErrorCode.INTERNAL, detail))

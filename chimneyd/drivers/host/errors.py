@@ -10,17 +10,26 @@ from chimneyd.ndis.errors import ChimneyProtocolError
 from chimneyd.ndis.handles import NdisOffloadHandle
 
 
-class LetGoHandles(ChimneyProtocolError):
+class SettledThenRaised(ChimneyProtocolError):
+    """A completion broke the contract, and the host settled every block of it it could before
+    raising: every request it carried is answered but those of `conns`, the connections it
+    could not settle, which the engine fails (`Engine._layer_failed`, spec §6.3). A request
+    still pending on another connection the completion names waits for the host, which
+    carries it on."""
+
+    def __init__(self, message: str, conns: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.conns = conns
+
+
+class LetGoHandles(SettledThenRaised):
     """A completion named handles the host has let go (their terminate completed: nothing may
     come for them any more, spec §9 item 8). Raised only once the host has settled every
     other block of the completion: every request it carried is answered, so the engine has
-    no request to fail for it (`Engine._layer_failed`) — a request still pending on one of
-    the connections the completion names waits for the host, which carries it on.
+    no request to fail for it — `conns` is empty.
 
-    `handles`: the let-go handles. `conns`: the connections whose requests the host could
-    not answer (none here; the engine fails those, as for any other error)."""
+    `handles`: the let-go handles."""
 
     def __init__(self, call: str, handles: list[NdisOffloadHandle]) -> None:
         super().__init__(f"{call} completed with blocks of handles the host has let go: {handles}")
         self.handles = handles
-        self.conns: frozenset[int] = frozenset()

@@ -38,7 +38,7 @@ from ..queues import NO_ITEMS, grown
 from ..segment import TH_RST
 from ..tcp import offset_of
 from . import disconnect, host_reasons, offload, receive, send
-from .errors import LetGoHandles
+from .errors import LetGoHandles, SettledThenRaised
 from .tcb import Done, HostObject, Tcb
 
 if TYPE_CHECKING:
@@ -231,6 +231,7 @@ def forget_idle_objects(h: HostStack) -> None:
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolTerminateOffloadComplete`."""
     let_go: list[NdisOffloadHandle] = []
+    broken: dict[int, ChimneyProtocolError] = {}  # connections not taken back, by conn id
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -258,12 +259,24 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             # only now is it no dependent of its path: the path may go (spec §3.1)
             assert owner.path is not None
             h.unref(owner.path)
-            _uploaded(h, owner, block)
+            try:
+                _uploaded(h, owner, block)
+            except ChimneyProtocolError as exc:
+                # its block broke the contract (spec §3.6.3): the rest of the tree is settled
+                # all the same, as for a let-go handle, and only its requests fail (the engine)
+                broken[owner.conn_id] = exc
     release_unused_objects(h)
     h.objects_settled()  # a next-hop change waiting for a neighbor to go (`state_ops`)
     host_reasons.settled(h)
     if offload.initiates_due(h):
         offload.flush_initiates(h)
+    if broken:
+        also = f"; and blocks of handles the host has let go: {let_go}" if let_go else ""
+        raise SettledThenRaised(
+            f"terminate completed with connections the host could not take back: "
+            f"{'; '.join(str(e) for e in broken.values())}{also}",
+            frozenset(broken),
+        )
     if let_go:
         raise LetGoHandles("terminate", let_go)
 
