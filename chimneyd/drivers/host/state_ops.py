@@ -26,7 +26,7 @@ from chimneyd.ndis.status import NdisStatus
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
 from . import adapter, host_reasons, offload, send, terminate
-from .errors import LetGoHandles
+from .errors import LetGoHandles, SettledThenRaised
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -67,32 +67,58 @@ def app_query(h: HostStack, tcb: Tcb, done: Done) -> None:
     h.ndis.NdisQueryOffloadState(h, tcb.binding, root)
 
 
-def _own_block(root: OffloadBlock, owner: Tcb | HostObject) -> OffloadBlock:
+def _own_block(
+    root: OffloadBlock, owner: Tcb | HostObject, missing: list[Tcb | HostObject]
+) -> OffloadBlock:
     """The block of a completed tree that names `owner`, the object the request was for: by
-    its handle, not by place, as a layer below may have put a stray block in (`let_go`)."""
+    its handle, not by place, as a layer below may have put a stray block in (`let_go`). A
+    tree without it broke the contract and says nothing of how the operation went: it is
+    settled as failed — the host terminates what failed (spec §3.3, §3.4, §3.5) — so that the
+    request is answered and what waits behind it goes on; `owner` goes in `missing`, and the
+    completion raises once settled (`_let_go`)."""
     handle = owner.handle
-    return next(b for b in walk(root) if b.offload_handle is handle)
+    block = next((b for b in walk(root) if b.offload_handle is handle), None)
+    if block is not None:
+        return block
+    missing.append(owner)
+    if isinstance(owner, Tcb):
+        block = new_tcp_block(None)
+    elif owner.block_kind == "path":
+        block = new_path_block(None)
+    else:
+        block = new_neighbor_block(None)
+    block.status = S.NDIS_STATUS_FAILURE
+    return block
 
 
-def _let_go(call: str, let_go: list[NdisOffloadHandle]) -> None:
-    """The completion named handles the host has let go (spec §9 item 8): said once the rest
-    is settled, as `offload.complete` does, so that the request is answered all the same."""
+def _let_go(call: str, let_go: list[NdisOffloadHandle], missing: list[Tcb | HostObject]) -> None:
+    """The completion named handles the host has let go (spec §9 item 8), or lacked the block
+    of the object it was for: said once the rest is settled, as `offload.complete` does, so
+    that the request is answered all the same (the engine then fails no request for it)."""
+    if missing:
+        also = f"; and blocks of handles the host has let go: {let_go}" if let_go else ""
+        raise SettledThenRaised(
+            f"{call} completed without the block of {', '.join(map(repr, missing))}{also}"
+        )
     if let_go:
         raise LetGoHandles(call, let_go)
 
 
-def _completed(root: OffloadBlock) -> tuple[Done, Tcb, OffloadBlock]:
+def _completed(
+    root: OffloadBlock, missing: list[Tcb | HostObject]
+) -> tuple[Done, Tcb, OffloadBlock]:
     """The request, the connection and its TCP block of a completed one-connection tree."""
     done: Done
     tcb: Tcb
     done, tcb = offload.take_reserved(root)
     tcb.pending_ops -= 1
-    return done, tcb, _own_block(root, tcb)
+    return done, tcb, _own_block(root, tcb, missing)
 
 
 def query_complete(h: HostStack, root: OffloadBlock) -> None:
     let_go = offload.let_go_in(root)
-    done, tcb, block = _completed(root)
+    missing: list[Tcb | HostObject] = []  # whose block it lacked (`_own_block`)
+    done, tcb, block = _completed(root, missing)
     if block.status == SUCCESS:
         tcb.delegated = snapshot(block.delegated, "query", h.ndis.clock())
         backlog = tcb.delegated.SendBacklogSize
@@ -107,7 +133,7 @@ def query_complete(h: HostStack, root: OffloadBlock) -> None:
         # layer that raised has no hardware to report and would never ask
         terminate.start(h, tcb)
     h.run_deferred(tcb)
-    _let_go("query", let_go)
+    _let_go("query", let_go, missing)
 
 
 def app_update(h: HostStack, tcb: Tcb, changes: dict[str, int], done: Done) -> None:
@@ -416,7 +442,9 @@ def _send_move(h: HostStack, mv: PathMove) -> None:
     h.ndis.NdisUpdateOffload(h, path.binding, root)
 
 
-def _move_complete(h: HostStack, root: OffloadBlock, mv: PathMove) -> None:
+def _move_complete(
+    h: HostStack, tree: OffloadBlock, mv: PathMove, missing: list[Tcb | HostObject]
+) -> None:
     """Step 3 is back. Moved: the path hangs under the new neighbor (its connections with
     it), a later offload of the path goes there too, and step 4 terminates the old neighbor
     once nothing hangs under it. Failed: every layer goes on as before; the host terminates
@@ -430,9 +458,9 @@ def _move_complete(h: HostStack, root: OffloadBlock, mv: PathMove) -> None:
     neighbor.pending_ops -= 1
     path.pending_ops -= 1
     neighbor.refs -= 1  # held for the move (`_move_when_settled`)
-    # by handle: a layer below may have put a stray block in (`let_go`)
-    root = _own_block(root, neighbor)
-    pblock = _own_block(root, path)
+    # by handle: a layer below may have put a stray block in (`let_go`), or lost one
+    root = _own_block(tree, neighbor, missing)
+    pblock = _own_block(tree, path, missing)
     if root.status == SUCCESS and pblock.status == SUCCESS:
         old = path.parent
         assert old is not None
@@ -528,10 +556,12 @@ def _unless_closed(
     return replay
 
 
-def _object_update_complete(h: HostStack, root: OffloadBlock, done: Done, obj: HostObject) -> None:
+def _object_update_complete(
+    h: HostStack, root: OffloadBlock, done: Done, obj: HostObject, missing: list[Tcb | HostObject]
+) -> None:
     obj.pending_ops -= 1
     obj.updating = False
-    block = _own_block(root, obj)
+    block = _own_block(root, obj, missing)
     assert obj.handle is not None
     obj.handle.trace = None  # lent for the update only (`app_update_object`)
     if block.status == SUCCESS:
@@ -561,18 +591,23 @@ def _object_update_complete(h: HostStack, root: OffloadBlock, done: Done, obj: H
 def update_complete(h: HostStack, root: OffloadBlock) -> None:
     let_go = offload.let_go_in(root)
     reserved = offload.take_reserved(root)
+    missing: list[Tcb | HostObject] = []  # whose block it lacked (`_own_block`)
     if isinstance(reserved, PathMove):
-        _move_complete(h, root, reserved)
-    elif isinstance(reserved[1], HostObject):
-        _object_update_complete(h, root, *reserved)
+        _move_complete(h, root, reserved, missing)
     else:
-        _tcp_update_complete(h, root, *reserved)
-    _let_go("update", let_go)
+        done, owner = reserved
+        if isinstance(owner, HostObject):
+            _object_update_complete(h, root, done, owner, missing)
+        else:
+            _tcp_update_complete(h, root, done, owner, missing)
+    _let_go("update", let_go, missing)
 
 
-def _tcp_update_complete(h: HostStack, root: OffloadBlock, done: Done, tcb: Tcb) -> None:
+def _tcp_update_complete(
+    h: HostStack, root: OffloadBlock, done: Done, tcb: Tcb, missing: list[Tcb | HostObject]
+) -> None:
     tcb.pending_ops -= 1
-    block = _own_block(root, tcb)
+    block = _own_block(root, tcb, missing)
     tcb.updating = False
     if block.status == SUCCESS:
         # the restart and window flags ask for something once, in this update (spec §2.2)
@@ -659,7 +694,8 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
     owner: Tcb | HostObject
     done, owner = offload.take_reserved(root)
     owner.pending_ops -= 1
-    status = _own_block(root, owner).status
+    missing: list[Tcb | HostObject] = []  # whose block it lacked (`_own_block`)
+    status = _own_block(root, owner, missing).status
     if status == SUCCESS:
         done({"status": SUCCESS.name}, None)
     else:
@@ -673,4 +709,4 @@ def invalidate_complete(h: HostStack, root: OffloadBlock) -> None:
         h.run_deferred(owner)  # a terminate that waited for it
     else:
         terminate.release_unused_objects(h)  # the object, if its connections left meanwhile
-    _let_go("invalidate", let_go)
+    _let_go("invalidate", let_go, missing)
