@@ -15,6 +15,7 @@ import pytest
 from chimneyd.drivers.host.errors import SettledThenRaised
 from chimneyd.drivers.tcp import seq
 from chimneyd.ndis.blocks import OffloadBlock, walk
+from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.lifecycle import Phase
 from chimneyd.testing.hostrig import HostRig, Reply
 
@@ -67,3 +68,33 @@ def test_a_terminate_completion_with_one_broken_upload_settles_the_others(broken
         for gauge in ("offloads_active", "handles", "outstanding_nbls"):
             assert s[gauge] == 0, f"{name}.{gauge} = {s[gauge]}"
     assert not rig.contexts()
+
+
+@pytest.mark.parametrize("missing", [0, 2])
+def test_a_terminate_completion_without_a_connections_block_names_that_connection(
+    missing: int,
+) -> None:
+    """A layer below put a let-go handle's block in place of a connection's own (spec §9 item
+    8): the host cannot tell whether the layers below still carry that connection, and no
+    upload of it will come. The others come back; the error names it, so that the engine
+    fails its waiting upload rather than leave it unanswered. Before, the error was a
+    `LetGoHandles` naming no connection: the engine failed nothing, and the upload waited
+    for ever. (The connection itself stays TERMINATING: not drained here.)"""
+    rig = HostRig()
+    host = rig.host
+    conns = _offloaded(rig, 3)
+    uploads = [Reply() for _ in conns]
+    for conn, reply in zip(conns, uploads, strict=True):
+        host.app_upload(conn, reply)
+    layer, fn, (binding, root) = rig.hold_below("ProtocolTerminateOffloadComplete")
+    own = rig.host.tcbs[conns[missing]].handle
+    block = next(b for b in walk(root) if b.offload_handle is own)
+    block.offload_handle = NdisOffloadHandle(host.name, None)  # let go: its owner gone
+    with pytest.raises(SettledThenRaised, match="no block of it") as raised:
+        rig.release((layer, fn, (binding, root)))
+    rig.run()
+    assert raised.value.conns == frozenset({conns[missing]})
+    for i, (conn, reply) in enumerate(zip(conns, uploads, strict=True)):
+        if i != missing:
+            assert reply.done and reply.error is None, (conn, reply)
+            assert host.tcbs[conn].lifecycle.phase is Phase.IDLE, conn

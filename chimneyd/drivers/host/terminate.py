@@ -112,9 +112,16 @@ def flush_terminates(h: HostStack) -> None:
         if _unused_but_for(h, neighbor, going_paths):
             _start_object(neighbor, root)
             leaving = True
-        h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
+        _send(h, neighbor.binding, root)
     if leaving:
         _neighbors_leaving(h)
+
+
+def _send(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
+    """`NdisTerminateOffload` of `root`, the handles it names kept on it (`protocol_reserved`):
+    a completion that comes back without one of them is told by `complete`."""
+    root.protocol_reserved = [b.offload_handle for b in walk(root) if b.offload_handle is not None]
+    h.ndis.NdisTerminateOffload(h, binding, root)
 
 
 def _neighbors_leaving(h: HostStack) -> None:
@@ -183,7 +190,7 @@ def release_unused_objects(h: HostStack) -> None:
         if _unused_but_for(h, neighbor, paths):
             _start_object(neighbor, root)
             leaving = True
-        h.ndis.NdisTerminateOffload(h, neighbor.binding, root)
+        _send(h, neighbor.binding, root)
     for obj in objects:
         if (
             obj.block_kind == "neighbor"
@@ -193,7 +200,7 @@ def release_unused_objects(h: HostStack) -> None:
         ):
             root = new_neighbor_block(None)
             _start_object(obj, root)
-            h.ndis.NdisTerminateOffload(h, obj.binding, root)
+            _send(h, obj.binding, root)
             leaving = True
         elif _kept_by_linkers_only(h, obj, objects):
             # invalidated or failed, on its way out (spec §3.5, §3.4), with nothing of the
@@ -232,6 +239,8 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolTerminateOffloadComplete`."""
     let_go: list[NdisOffloadHandle] = []
     broken: dict[int, ChimneyProtocolError] = {}  # connections not taken back, by conn id
+    sent: list[NdisOffloadHandle] = offload.take_reserved(root) or []
+    _missing(root, sent, broken)
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -279,6 +288,27 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         )
     if let_go:
         raise LetGoHandles("terminate", let_go)
+
+
+def _missing(
+    root: OffloadBlock, sent: list[NdisOffloadHandle], broken: dict[int, ChimneyProtocolError]
+) -> None:
+    """The connections whose block the completion of a terminate lacks (a layer below put
+    another in its place, or dropped it): the layer broke the contract and said nothing of
+    them, and the host cannot tell whether the layers below still carry them. They stay
+    TERMINATING; the requests waiting on them are the engine's to fail: they are named
+    (`broken`), so that no request waits for an upload that will not come (spec §6.3)."""
+    named = {id(b.offload_handle) for b in walk(root) if b.offload_handle is not None}
+    for handle in sent:
+        owner = handle.owner
+        if (
+            isinstance(owner, Tcb)
+            and id(handle) not in named
+            and owner.lifecycle.phase is Phase.TERMINATING
+        ):
+            broken[owner.conn_id] = ChimneyProtocolError(
+                f"TCB {owner.conn_id}: no block of it in the terminate's completion"
+            )
 
 
 def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
