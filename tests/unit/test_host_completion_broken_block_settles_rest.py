@@ -98,3 +98,31 @@ def test_a_terminate_completion_without_a_connections_block_names_that_connectio
         if i != missing:
             assert reply.done and reply.error is None, (conn, reply)
             assert host.tcbs[conn].lifecycle.phase is Phase.IDLE, conn
+
+
+def test_an_initiate_completion_without_a_connections_block_names_that_connection() -> None:
+    """The same for an initiate: a layer below put a let-go handle's block in place of a
+    connection's own. The host cannot tell whether the connection was offloaded, and no answer
+    for it will come: the error names it, so that the engine fails its waiting offload. Before,
+    a `LetGoHandles` naming no connection: nothing answered the offload. The other connection
+    of the tree is offloaded and answered. (The connection itself stays OFFLOADING.)"""
+    rig = HostRig()
+    host = rig.host
+    conns = []
+    for _ in range(2):
+        conn, wire = rig.open(remote=("127.0.0.1", 80))
+        wire.auto_ack = True
+        conns.append(conn)
+    offloads = [Reply() for _ in conns]
+    for conn, reply in zip(conns, offloads, strict=True):
+        host.app_offload(conn, None, reply)
+    layer, fn, (binding, root) = rig.hold_below("ProtocolInitiateOffloadComplete")
+    own = host.tcbs[conns[0]].handle
+    block = next(b for b in walk(root) if b.offload_handle is own)
+    block.offload_handle = NdisOffloadHandle(host.name, None)  # let go: its owner gone
+    with pytest.raises(SettledThenRaised, match="without the blocks of connections") as raised:
+        rig.release((layer, fn, (binding, root)))
+    rig.run()
+    assert raised.value.conns == frozenset({conns[0]})
+    assert offloads[1].done and offloads[1].error is None, offloads[1]
+    assert host.tcbs[conns[1]].state == "offloaded"

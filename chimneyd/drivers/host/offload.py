@@ -45,7 +45,7 @@ from ..segment import (
 )
 from ..tcp import offset_of, seq
 from . import adapter, disconnect, host_reasons, receive, send, terminate
-from .errors import LetGoHandles
+from .errors import LetGoHandles, SettledThenRaised
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -271,6 +271,8 @@ def flush_initiates(h: HostStack) -> None:
     for binding, root, paths in trees.values():
         for key, pblock in paths.items():
             pblock.add_dependents(under[key])
+        # the connections it carries, so that a completion lacking one's block names it
+        root.protocol_reserved = tcbs_in(root)
         h.ndis.NdisInitiateOffload(h, binding, root)
     if refusals:
         terminate.forget_idle_objects(h)
@@ -413,9 +415,32 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
     return block
 
 
+def tcbs_in(root: OffloadBlock) -> list[Tcb]:
+    """The connections a tree's blocks name, by their live handles."""
+    tcbs: list[Tcb] = []
+    for block in walk(root):
+        owner = block.offload_handle.owner if block.offload_handle is not None else None
+        if isinstance(owner, Tcb):
+            tcbs.append(owner)
+    return tcbs
+
+
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolInitiateOffloadComplete`: per block, offloaded or not (spec §3.2.4)."""
     let_go: list[NdisOffloadHandle] = []
+    # a next-hop change's lone new neighbor (`state_ops`), or the connections the tree carried
+    reserved = take_reserved(root)
+    after = reserved if callable(reserved) else None
+    sent: list[Tcb] = reserved if isinstance(reserved, list) else []
+    named = {id(t) for t in tcbs_in(root)}
+    # connections whose block the completion lacks (a layer below put a let-go handle's block
+    # in its place): the host cannot tell whether they were offloaded, and no answer comes for
+    # them; they are named in the error, so that the engine fails their waiting requests
+    lost = frozenset(
+        t.conn_id
+        for t in sent
+        if id(t) not in named and t.handle is not None and t.lifecycle.phase is Phase.OFFLOADING
+    )
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -447,12 +472,17 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _offloaded(h, owner)
         else:
             _not_offloaded(h, owner, ndis_error(block.status), block)
-    after = take_reserved(root)  # a next-hop change's lone new neighbor (`state_ops`)
     if after is not None:
         after()
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
+    if lost:
+        raise SettledThenRaised(
+            f"initiate completed without the blocks of connections {sorted(lost)}"
+            + (f"; and with blocks of handles the host has let go: {let_go}" if let_go else ""),
+            lost,
+        )
     if let_go:
         raise LetGoHandles("initiate", let_go)
 
