@@ -400,13 +400,20 @@ def _uploading(mux: MuxIm) -> bool:
     terminates of their own, and it goes once the last is back. The connections asked up
     come back at the RESUME, and a plan onto that NIC (`rebalance`, `_lingering`) is of use
     only once the copy has gone: offloaded again while it is still there, a connection
-    cannot be linked under it (`mux._avoiding`), and goes where the policy puts it."""
+    cannot be linked under it (`mux._avoiding`), and goes where the policy puts it. So too
+    such a copy no connection hangs on any more that a query, update or invalidate below it
+    holds back: it is terminated once that completes (spec §3.1, §9 item 7,
+    `MuxIm._relayed_call_done`)."""
     if len(mux.evacuating) > len(mux.evacuating_held):
         return True
     from .mux import _misplaced  # mux imports this module
 
     return any(
-        inst.lifecycle.phase is Phase.TERMINATING and _misplaced(vobj, inst.lower)
+        (
+            inst.lifecycle.phase is Phase.TERMINATING
+            or (not inst.refs and inst.pending_ops > 0 and inst.lifecycle.phase is not Phase.FAILED)
+        )
+        and _misplaced(vobj, inst.lower)
         for vobj in mux._vobjs()
         if vobj.parent is not None
         for inst in vobj.instances.values()

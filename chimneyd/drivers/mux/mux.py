@@ -1000,6 +1000,7 @@ class MuxIm(PassthroughIm):
                 up.const, up.cached, up.delegated = low.const, low.cached, low.delegated
         if root is None:
             self._release_unused()
+            failover.evacuated(self)  # a stray path copy it held back may be all it waited for
             self.retry_deferred()
             return
         for up in walk(root):
@@ -1015,6 +1016,9 @@ class MuxIm(PassthroughIm):
         root.im_reserved = call.saved_im_reserved
         complete(self, root)
         self._release_unused()  # an instance left unused while the operation was below it
+        # a stray path copy among them held the RESUME (`failover._uploading`): its terminate
+        # is below now, or it stays for another reason, and the RESUME waits no more for it
+        failover.evacuated(self)
         self.retry_deferred()
 
     # ============================================================================================

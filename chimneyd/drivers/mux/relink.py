@@ -471,4 +471,7 @@ def finish(mux: MuxIm, rl: Relink) -> None:
     rl.root.im_reserved = rl.saved_im_reserved
     mux.ndis.NdisMUpdateOffloadComplete(mux, rl.root)
     mux._release_unused()  # the old neighbor's copies nothing hangs under any more
+    # a stray path copy this update held back (`rl.touched`) held the RESUME too
+    # (`failover._uploading`): its terminate is below now, or it waits no more for it
+    failover.evacuated(mux)
     mux.retry_deferred()
