@@ -86,3 +86,38 @@ def test_a_peer_abort_does_not_end_an_upload_the_pause_waits_for() -> None:
     assert not mux.paused_above
     assert [s for _, s in st.top.status_indications][-1] == RESUME
     _drain(st, tree, [c0])
+
+
+def test_no_plan_onto_a_nic_the_path_avoids() -> None:
+    """As above, and the copy goes at the next try. nic0 found the path's copy corrupt twice
+    in a row: no connection of that path goes there for the rest of the path's life
+    (`MuxIm._corrupt_again`, `mux._avoiding`). nic0 carries nothing, nic1 c1 and c3: the
+    rebalance moves neither, as a plan onto nic0 would be dropped when the connection is
+    offloaded again, and the policy would put it back on nic1, asked up for nothing."""
+    st, tree, n2 = _three_with_strays(4)
+    c0, c1, c2, c3 = tree.tcp
+    mux = mux_of(st)
+    nic0 = nic_of(st, 0)
+    path = _entry(c0).path
+    stray = path.instances[_entry(c0).lower.id]
+    fail_next(nic0, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE, count=2, skip=2)
+    top = st.top
+    top.terminate(top.reference_tree(tree, [c2], state="delegated"))
+    top.terminate(top.reference_tree(tree, [c0], state="delegated"))
+    st.run()
+    for handle in (c0, c2):
+        tree.tcp.remove(handle)
+    st.advance(CORRUPT_RETRY_FIRST)  # the next try: the copy goes
+    st.run()
+    assert stray not in path.instances.values()
+    assert _entry(c0).lower.id in path.avoid
+    assert not mux.paused_above
+    asked = len(top.events)
+    mux.rebalance()
+    assert mux.placement.moves == {}, {k: lo.name for k, lo in mux.placement.moves.items()}
+    assert not mux.paused_above
+    assert top.events[asked:] == []
+    assert [_entry(h).lower.lower.name for h in (c1, c3)] == ["nic1", "nic1"]
+    top.terminate(new_neighbor_block(n2))
+    st.run()
+    _drain(st, tree, list(tree.tcp))

@@ -246,10 +246,12 @@ def rebalance(mux: MuxIm) -> None:
         if entry.lower.id in counts:
             counts[entry.lower.id] += 1
     # not onto a NIC whose copy of the connection's path hangs under another neighbor's copy
-    # and will still be there when it is offloaded again (`_lingering`): a plan it cannot use
+    # and will still be there when it is offloaded again (`_lingering`), nor one that kept
+    # finding a copy of its path or neighbor corrupt (`VirtualObject.avoid`): plans it cannot
+    # use (`mux._avoiding`)
     lingering = _lingering(mux, set(leaving))
     for entry in leaving:
-        fits = [lo for lo in lowers if (entry.path.id, lo.binding.id) not in lingering]
+        fits = [lo for lo in lowers if not _barred(lingering, entry, lo)]
         if not fits:
             continue  # the policy places it
         low = min(fits, key=lambda lo: counts[lo.binding.id])
@@ -262,9 +264,7 @@ def rebalance(mux: MuxIm) -> None:
         if counts[high.binding.id] - counts[low.binding.id] <= 1:
             break
         movable = [
-            i
-            for i, c in enumerate(by_lower[high.binding.id])
-            if (c.path.id, low.binding.id) not in lingering
+            i for i, c in enumerate(by_lower[high.binding.id]) if not _barred(lingering, c, low)
         ]
         if not movable:
             break
@@ -274,6 +274,17 @@ def rebalance(mux: MuxIm) -> None:
         counts[low.binding.id] += 1
         moving.append(entry)
     _evacuate(mux, moving)
+
+
+def _barred(lingering: set[tuple[int, int]], entry: MuxConnection, lower: Lower) -> bool:
+    """Whether a plan onto `lower` would be dropped when `entry` is offloaded again
+    (`Placement.choose`, `mux._avoiding`): its path's copy there will still hang under
+    another neighbor's copy (`lingering`, from `_lingering`), or that NIC kept finding a copy
+    of its path or neighbor corrupt, which keeps the object's connections off it for the
+    rest of its life (`VirtualObject.avoid`, `MuxIm._corrupt_again`)."""
+    path = entry.path
+    avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
+    return (path.id, lower.binding.id) in lingering or lower.binding.id in avoid
 
 
 def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
