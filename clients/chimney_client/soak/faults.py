@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .limits import DEFAULT_NIC_OUTAGE_S, DEFAULT_STALL_MS, STAGGER_S
 from .parsing import parse_duration
+from .probe_faults import DELAY_CALLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,62 @@ FAULT_KINDS: dict[str, FaultKind] = {
             "nic_down@5s/for=3s/layer=nic2,rebalance@15s)",
         ),
         FaultKind(
+            "nic_up",
+            "layer",
+            "nic_up",
+            {"layer": "nic0", "for": f"{DEFAULT_NIC_OUTAGE_S:g}s", "shard": ""},
+            "the teaming MUX takes /layer=nic0 out of service (nic_down, never cleared) and "
+            "/for=3s later puts it back with nic_up: the nic_down is judged as an outage, and "
+            "then the NIC must be in service again at once (stack.info) with the nic_down "
+            "still listed, nothing may move by itself, and a new connection of the soak's "
+            "must be placed on it, its bytes verified (needs a mux)",
+        ),
+        FaultKind(
+            "delay",
+            "layer",
+            "delay",
+            {
+                "layer": "im0",
+                "call": "MiniportTcpOffloadSend",
+                "ms": "200",
+                "for": f"{DEFAULT_NIC_OUTAGE_S:g}s",
+                "shard": "",
+            },
+            "every /call=MiniportTcpOffloadSend (or MiniportInitiateOffload) in /layer=im0 is "
+            "held /ms=200 for /for=3s, then fault.clear: every byte must still be verified and "
+            "the run complete; a probe call of the soak's own made meanwhile must take /ms at "
+            "least, fault.list must list the delay while armed, and the layer must have got "
+            "calls meanwhile (stack.stats; the report gives how many: all were held) or the "
+            "delay delayed nothing",
+        ),
+        FaultKind(
+            "invalidate",
+            "layer",
+            "invalidate",
+            {"object": "neighbor", "layer": "nic0"},
+            "the host invalidates the /object=neighbor (tcp, path) of a connection of the "
+            "soak's own, offloaded to /layer=nic0 (spec §3.5): the host must call NdisInvalidateOffload (stack.stats), "
+            "that connection be uploaded and carry verified data, in the host stack and "
+            "offloaded again; every worker connection it asked up too (InvalidState, sharing "
+            "the path or neighbor) must be offloaded again and carry verified data after",
+        ),
+        FaultKind(
+            "host_event",
+            "layer",
+            "host_event",
+            {
+                "layer": "nic0",
+                "event": "media_disconnect",
+                "for": f"{DEFAULT_NIC_OUTAGE_S:g}s",
+                "shard": "",
+            },
+            "the host uploads everything on /layer=nic0 for /event=media_disconnect "
+            "(power_down, capability_disabled, net_event_pause) for /for=3s, then fault.clear "
+            "(spec §6.2): nothing may stay offloaded on it, an offload pinned to it must be "
+            "refused INVALID_STATE naming the event until the clear and work after it, and "
+            "every connection it uploaded must be offloaded again and carry verified data after",
+        ),
+        FaultKind(
             "fail_next",
             "layer",
             "fail_next",
@@ -188,6 +245,8 @@ OUTAGES = {
     "target_failure": "failed",
     "nic_down": "taken out of service by its MUX",
     "rebalance": "rebalanced",
+    # a nic_down with no clear, ended by a nic_up: its moves are judged as a nic_down's
+    "nic_up": "taken out of service, then put back with nic_up",
 }
 #: An outage with no duration: the MUX moves connections once (judged like an outage that
 #: is over as soon as it went in).
@@ -250,6 +309,12 @@ def _help() -> str:
     lines.append("    " + ", ".join(f"{a} = {c}" for a, c in ALIASES.items()) + "; key n = count")
     lines.append(
         "  example: --faults peer_reset:5,stall_peer:2/ms=3000,fail_next:3,target_failure@20s/for=4s"
+    )
+    lines.append(
+        "  delay, invalidate, host_event and nic_up are checked with connections of the soak's own:"
+    )
+    lines.append(
+        "  example: --faults delay@5s/layer=im0/for=5s/ms=300,invalidate@12s,host_event@18s"
     )
     return "\n".join(lines) + "\n"
 
@@ -330,12 +395,30 @@ def parse_faults(text: str | None) -> list[FaultSpec]:
             raise ValueError(
                 f"fault {item!r}: the soak judges fail_next only on {', '.join(JUDGED_CALLS)}"
             )
+        if kind == "delay" and spec.param("call") not in DELAY_CALLS:
+            raise ValueError(
+                f"fault {item!r}: the soak judges delay only on {', '.join(DELAY_CALLS)}"
+            )
+        if kind in _CHOICES and spec.param(_CHOICES[kind][0]) not in _CHOICES[kind][1]:
+            key, choices = _CHOICES[kind]
+            raise ValueError(f"fault {item!r}: {key} is one of {', '.join(choices)}")
         if fk.daemon_kind == "raise_next" and spec.param("call") not in BUG_CALLS:
             raise ValueError(
                 f"fault {item!r}: the soak judges raise_next only on {', '.join(BUG_CALLS)}"
             )
         out.append(spec)
     return out
+
+
+#: Keys whose values the daemon takes from a list (chimneyd.faults): a value past it would be
+#: refused only when the hold injects it.
+_CHOICES = {
+    "invalidate": ("object", ("tcp", "path", "neighbor")),
+    "host_event": (
+        "event",
+        ("power_down", "media_disconnect", "capability_disabled", "net_event_pause"),
+    ),
+}
 
 
 def _duration(item: str, text: str) -> float:

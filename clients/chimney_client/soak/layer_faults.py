@@ -24,9 +24,10 @@ from .limits import (
     STAGGER_S,
 )
 from .parsing import parse_duration
+from .probe_faults import PROBED, ProbeFaults
 
 
-class LayerFaults:
+class LayerFaults(ProbeFaults):
     control: AsyncClient | None
     ins: list[Channel]
     layer_records: list[dict[str, Any]]
@@ -66,9 +67,13 @@ class LayerFaults:
             "t": sf.t,
         }
         self.layer_records.append(rec)
-        layer = params["layer"]
         # a daemon of shards: the layer in one shard only (/shard=K), else in every shard
         where = {"shard": int(params["shard"])} if params.get("shard") else {}
+        if spec.kind in PROBED:
+            # injected and checked with connections of the coordinator's own (probe_faults)
+            await self.inject_probed(rec, where)
+            return
+        layer = params["layer"]
         try:
             if spec.kind in OUTAGES:
                 self.nics_settling += 1

@@ -18,6 +18,7 @@ from .limits import (
     SEND_FAILURE_UPLOAD_S,
     STALL_CLOCK_SLACK_S,
 )
+from .probe_faults import judge_probed
 
 Record = dict[str, Any]
 EXAMPLES = 5
@@ -96,6 +97,7 @@ def judge(
     host = _host_mode_account()
     outages = [r for r in layer_records if r["kind"] in OUTAGES and r.get("injected")]
     windows = [Window(r) for r in outages]
+    probed = judge_probed(by_kind, layer_records, obs)  # delay, invalidate, host_event, nic_up
     # connections a reset fault aborted: one the RST reached between its upload and its
     # re-offload is over, and is not offloaded again (it is reopened as a new connection)
     reset = {
@@ -127,7 +129,7 @@ def judge(
             _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, len(ups), obs)
             # then each connection (after the summary: a NIC that uploaded none is said first)
             _each_left_its_nic(by_kind[rec["kind"]], rec, w, ups, obs)
-    _account_leftovers(obs, windows, host)
+    _account_leftovers(obs, [*windows, *probed], host)
     for e in by_kind.values():
         e["ok"] = not e["problems"]
     order = list(FAULT_KINDS)

@@ -1,0 +1,481 @@
+"""Faults the coordinator injects and checks with connections of its own (probes): `delay`,
+`invalidate`, `host_event` and `nic_up`. Each is judged twice: on what the daemon says it did
+(stack.stats call counts, stack.info, fault.list) and on a probe connection the coordinator
+opens to an echo peer, whose bytes it verifies itself; the workers' connections the fault
+moved (uploads it explains) are judged in `judge_probed` — offloaded again, with data verified
+after. The outcomes each kind must show are those of docs/faults.md."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..aio import AsyncClient
+from ..errors import ChimneyError, InvalidState
+from .limits import RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
+from .parsing import parse_duration
+
+Record = dict[str, Any]
+
+#: The soak kinds injected and judged here.
+PROBED = ("delay", "invalidate", "host_event", "nic_up")
+#: The calls a `delay` may hold that a probe can make and time (each held call cannot complete
+#: before the delay is over), with the NDIS call of the layer above that reaches each (what
+#: stack.stats counts, per calling layer).
+DELAY_CALLS = {
+    "MiniportTcpOffloadSend": "NdisOffloadTcpSend",
+    "MiniportInitiateOffload": "NdisInitiateOffload",
+}
+#: What a probe round trip sends.
+PROBE_BYTES = 4096
+#: How long a probe round trip may take at most (a delay holds a call 60 s at most).
+PROBE_TIMEOUT_S = 75.0
+#: Probe connections a `nic_up` opens to see one placed on the NIC back in service (a MUX
+#: round-robin over three NICs places one of three there; least-loaded, the first).
+NIC_UP_PROBES = 3
+#: A held call completes `ms` after it was made; the probe's clock reads from just before the
+#: request went out, so it may read this much less than `ms` (none in practice).
+HELD_SLACK_S = 0.005
+
+
+class ProbeFaults:
+    control: AsyncClient | None
+    peer_addrs: list[tuple[str, int]]
+    interrupted: asyncio.Event
+    nics_settling: int
+
+    def say(self, text: str) -> None: ...
+
+    async def wait_or_interrupt(self, seconds: float) -> None: ...
+
+    async def settle(self, rec: dict[str, Any], layer: str, shard: int | None) -> None: ...
+
+    async def tcp_left(self, layer: str, shard: int | None = None) -> int | None: ...
+
+    async def nic_connections(self, shard: int | None = None) -> dict[str, int] | None: ...
+
+    async def inject_probed(self, rec: Record, where: dict[str, int]) -> None:
+        """Inject the fault of `rec` (kind in PROBED) and record what it did; errors go into
+        `rec["error"]` (not injected) or `rec["probe_error"]` (injected, the probe failed)."""
+        assert self.control is not None
+        kind = rec["kind"]
+        self.nics_settling += kind in ("host_event", "nic_up")
+        probes: list[int] = []
+        try:
+            if kind == "delay":
+                await self._delay(rec, where, probes)
+            elif kind == "invalidate":
+                await self._invalidate(rec, probes)
+            elif kind == "host_event":
+                await self._host_event(rec, where, probes)
+            else:
+                await self._nic_up(rec, where, probes)
+            if kind != "delay" and not self.interrupted.is_set():
+                # what is asked up until RESUME_GRACE_S after is this fault's (outcomes.Window)
+                await asyncio.sleep(RESUME_GRACE_S + STAGGER_S)
+        except (ChimneyError, OSError, ValueError, KeyError) as exc:
+            key = "probe_error" if rec.get("injected") else "error"
+            rec[key] = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.nics_settling -= kind in ("host_event", "nic_up")
+            for cid in probes:
+                try:
+                    await self.control.tcp_close(cid)
+                except ChimneyError:
+                    pass
+
+    # -- probes --------------------------------------------------------------------------------
+    async def _probe(self, probes: list[int], target: str | None = None) -> int:
+        """A connection of ours to an echo peer, offloaded at connect where the host can."""
+        assert self.control is not None
+        host, port = self.peer_addrs[len(probes) % len(self.peer_addrs)]
+        cid = await self.control.tcp_connect(host, port, target=target)
+        probes.append(cid)
+        return cid
+
+    async def _round_trip(self, cid: int) -> tuple[bool, float]:
+        """Send PROBE_BYTES and read them back: whether they came back intact, and how long
+        tcp.send took to answer (the send's completion, spec §4.1)."""
+        assert self.control is not None
+        data = os.urandom(PROBE_BYTES)
+        t = time.monotonic()
+        await self.control.tcp_send(cid, data)
+        took = time.monotonic() - t
+        got = bytearray()
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while len(got) < len(data) and time.monotonic() < deadline:
+            got += await self.control.tcp_recv(cid, len(data) - len(got), 1000)
+        return bytes(got) == data, took
+
+    async def _state(self, cid: int) -> str:
+        assert self.control is not None
+        return str((await self.control.tcp_info(cid)).get("state", "?"))
+
+    async def _calls(self, name: str, below: str | None = None) -> int:
+        """How many `name` calls stack.stats counts: made by the layers bound right above
+        `below`, or by every layer. Under a MUX the MUX's count is its NICs' together."""
+        assert self.control is not None
+        stats = await self.control.stack_stats()
+        info = await self.control.stack_info()
+        callers = None
+        if below is not None:
+            callers = {
+                str(la.get("name"))
+                for la in info.get("layers", [])
+                if below in (la.get("lower") or la.get("lowers") or [])
+            }
+        total = 0
+        for lname, la in (stats.get("layers") or {}).items():
+            if callers is None or lname in callers:
+                total += int((la.get("calls") or {}).get(name, 0))
+        return total
+
+    # -- the kinds -----------------------------------------------------------------------------
+    async def _delay(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
+        """Arm the delay for `/for`, time one probe call it must hold (a held call completes
+        `ms` after it was made at the earliest), and count the calls the layer got meanwhile."""
+        assert self.control is not None
+        p = rec["params"]
+        layer, call, ms = p["layer"], p["call"], int(p["ms"])
+        for_s = parse_duration(p["for"])
+        # on a NIC, the probe pinned to it (a MUX would place it on any of its NICs)
+        kinds = {
+            la.get("name"): la.get("kind") for la in (await self.control.stack_info())["layers"]
+        }
+        cid = await self._probe(probes, target=layer if kinds.get(layer) == "target" else None)
+        rec["probe_before_ok"], _ = await self._round_trip(cid)
+        if call == "MiniportInitiateOffload" and await self._state(cid) == "offloaded":
+            await self.control.tcp_upload(cid)
+        before = await self._calls(DELAY_CALLS[call], layer)
+        rec["t0"] = time.monotonic()
+        rec["fault_id"] = fid = await self.control.fault_inject(
+            "delay", layer=layer, call=call, ms=ms, **where
+        )
+        rec["t1"] = time.monotonic()
+        rec["injected"] = True
+        self.say(f"chimney-soak: {call} in {layer} delayed {ms} ms (fault {fid}) for {for_s:g} s")
+        t = time.monotonic()
+        if call == "MiniportInitiateOffload":
+            await self.control.tcp_offload(cid)
+            rec["probe_held_s"] = round(time.monotonic() - t, 4)
+            rec["probe_ok"], _ = await self._round_trip(cid)
+        else:
+            rec["probe_ok"], took = await self._round_trip(cid)
+            rec["probe_held_s"] = round(took, 4)
+        listed = {f.get("id"): f for f in await self.control.fault_list()}
+        rec["listed_while_armed"] = fid in listed
+        # the daemon's own count of what it held, where it gives one
+        rec["delayed_listed"] = (listed.get(fid) or {}).get("delayed")
+        await self.wait_or_interrupt(max(0.0, for_s - (time.monotonic() - rec["t1"])))
+        rec["calls_while_armed"] = await self._calls(DELAY_CALLS[call], layer) - before
+        rec["t_clear0"] = time.monotonic()
+        await self.control.fault_clear(fid)
+        rec["t_clear1"] = time.monotonic()
+        rec["cleared"] = True
+        rec["probe_after_ok"], _ = await self._round_trip(cid)
+
+    async def _invalidate(self, rec: Record, probes: list[int]) -> None:
+        """Invalidate an object of a probe (spec §3.5): the probe, and with a path or
+        neighbor every connection sharing it, must be asked up (InvalidState), uploaded, and
+        carry verified data after, offloaded again."""
+        assert self.control is not None
+        obj = rec["params"]["object"]
+        cid = await self._probe(probes, target=rec["params"]["layer"])
+        rec["probe_before_ok"], _ = await self._round_trip(cid)
+        rec["probe_state_before"] = await self._state(cid)
+        if rec["probe_state_before"] != "offloaded":
+            await self.control.tcp_offload(cid)
+            rec["probe_state_before"] = await self._state(cid)
+        rec["nics_before"] = await self.nic_connections()
+        invalidates = await self._calls("NdisInvalidateOffload")
+        rec["t0"] = time.monotonic()
+        rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
+        rec["t1"] = time.monotonic()
+        rec["injected"] = True
+        self.say(f"chimney-soak: {obj} of connection {cid} invalidated")
+        deadline = time.monotonic() + SETTLE_MAX_S
+        state = await self._state(cid)
+        while state == "offloaded" and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+            state = await self._state(cid)
+        rec["probe_state_after"] = state
+        rec["invalidate_calls"] = await self._calls("NdisInvalidateOffload") - invalidates
+        rec["probe_after_ok"], _ = await self._round_trip(cid)
+        # the fault is over at once; the workers' connections it moved are offloaded again
+        rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
+        rec["cleared"] = True
+        if state == "host":
+            await self.control.tcp_offload(cid)
+            rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
+            rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
+        await self.settle(rec, _first_nic(rec), None)
+
+    async def _host_event(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
+        """The host's own upload of a target for `/for` (spec §3.6.1, §6.2): nothing may stay
+        offloaded on it, an offload there is refused (INVALID_STATE) until the clear, and
+        after it offloads work again."""
+        assert self.control is not None
+        p = rec["params"]
+        layer, event = p["layer"], p["event"]
+        for_s = parse_duration(p["for"])
+        shard = where.get("shard")
+        rec["offloaded_before"] = await self.tcp_left(layer, shard)
+        rec["nics_before"] = await self.nic_connections(shard)
+        rec["t0"] = time.monotonic()
+        rec["fault_id"] = fid = await self.control.fault_inject(
+            "host_event", layer=layer, event=event, **where
+        )
+        rec["t1"] = time.monotonic()
+        rec["injected"] = True
+        self.say(f"chimney-soak: host event {event} on {layer} (fault {fid}) for {for_s:g} s")
+        # a connection pinned to the target: its offload must be refused while the event holds
+        cid = await self._probe(probes, target=layer)
+        rec["probe_state_during"] = await self._state(cid)
+        try:
+            await self.control.tcp_offload(cid)
+            rec["probe_refused"] = None
+        except InvalidState as exc:
+            rec["probe_refused"] = str(exc)
+        rec["probe_during_ok"], _ = await self._round_trip(cid)  # in the host stack
+        listed = {f.get("id") for f in await self.control.fault_list()}
+        rec["listed_while_armed"] = fid in listed
+        await self.wait_or_interrupt(max(0.0, for_s - (time.monotonic() - rec["t1"])))
+        rec["offloaded_at_end"] = await self.tcp_left(layer, shard)
+        rec["nics_at_end"] = await self.nic_connections(shard)
+        rec["t_clear0"] = time.monotonic()
+        await self.control.fault_clear(fid)
+        rec["t_clear1"] = time.monotonic()
+        rec["cleared"] = True
+        await self.control.tcp_offload(cid)
+        rec["probe_offloaded_after"] = await self._state(cid) == "offloaded"
+        rec["probe_after_ok"], _ = await self._round_trip(cid)
+        await self.settle(rec, layer, shard)
+
+    async def _nic_up(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
+        """`nic_down` with no clear, `/for` later `nic_up` (spec §5.5): the NIC is in service
+        again at once, the nic_down fault still listed, and new connections may be placed on
+        it (probes); nothing moves by itself."""
+        assert self.control is not None
+        p = rec["params"]
+        layer = p["layer"]
+        for_s = parse_duration(p["for"])
+        shard = where.get("shard")
+        rec["offloaded_before"] = await self.tcp_left(layer, shard)
+        rec["nics_before"] = await self.nic_connections(shard)
+        rec["t0"] = time.monotonic()
+        rec["down_fault_id"] = down = await self.control.fault_inject(
+            "nic_down", layer=layer, **where
+        )
+        rec["t1"] = time.monotonic()
+        self.say(f"chimney-soak: {layer} taken out of service (fault {down}) for {for_s:g} s")
+        await self.wait_or_interrupt(for_s)
+        rec["offloaded_at_end"] = await self.tcp_left(layer, shard)
+        rec["nics_at_end"] = await self.nic_connections(shard)
+        rec["in_service_before_up"] = await self._in_service(layer, shard)
+        rec["t_clear0"] = time.monotonic()
+        rec["fault_id"] = await self.control.fault_inject("nic_up", layer=layer, **where)
+        rec["t_clear1"] = time.monotonic()
+        rec["injected"] = rec["cleared"] = True
+        self.say(f"chimney-soak: {layer} back in service (nic_up)")
+        deadline = time.monotonic() + SETTLE_MAX_S
+        while not await self._in_service(layer, shard) and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+        rec["in_service_after_up"] = await self._in_service(layer, shard)
+        rec["in_service_after_s"] = round(time.monotonic() - rec["t_clear1"], 3)
+        rec["down_still_listed"] = down in {f.get("id") for f in await self.control.fault_list()}
+        await self.settle(rec, layer, shard)
+        paths: list[Record] = []
+        for _ in range(NIC_UP_PROBES):
+            cid = await self._probe(probes)
+            ok, _ = await self._round_trip(cid)
+            path = [str(x) for x in (await self.control.tcp_info(cid)).get("path") or []]
+            paths.append({"conn": cid, "path": path, "ok": ok})
+            if layer in path:
+                break
+        rec["probe_paths"] = paths
+        await self.control.fault_clear(down)
+
+    async def _in_service(self, layer: str, shard: int | None) -> bool | None:
+        """Whether the MUX above `layer` has it in service (stack.info); None: no MUX says."""
+        assert self.control is not None
+        info = await self.control.stack_info()
+        if shard is not None:
+            info = next((s for s in info.get("shards") or [] if s.get("shard") == shard), {})
+        for la in info.get("layers", []):
+            lowers = la.get("lowers")
+            if la.get("kind") == "mux" and isinstance(lowers, dict) and layer in lowers:
+                return bool(lowers[layer].get("in_service"))
+        return None
+
+
+def _first_nic(rec: Record) -> str:
+    return next(iter(rec.get("nics_before") or {}), "nic0")
+
+
+# -- judgement -----------------------------------------------------------------------------------
+def judge_probed(
+    by_kind: dict[str, Record], layer_records: Sequence[Record], obs: dict[str, list[Record]]
+) -> list[Any]:
+    """Judge each PROBED fault injected; returns the windows in which host mode is theirs to
+    explain (refusals, closes in host mode; outcomes._account_leftovers). Uploads and refusals
+    of the workers' connections each explains are marked `explained_by` here, and must end
+    offloaded again with data verified after."""
+    from .outcomes import Window, problem
+
+    windows = []
+    for rec in layer_records:
+        if rec["kind"] not in PROBED or not rec.get("injected"):
+            continue
+        e = by_kind[rec["kind"]]
+        if rec.get("probe_error"):
+            problem(e, f"the probe failed: {rec['probe_error']}", rec)
+        if rec["kind"] == "delay":
+            _judge_delay(e, rec, problem)
+            continue
+        if rec["kind"] == "nic_up":
+            _judge_nic_up(e, rec, problem)
+            continue  # an outage too (faults.OUTAGES): outcomes judges the moves of its nic_down
+        w = Window(rec)
+        windows.append(w)
+        if rec["kind"] == "invalidate":
+            _judge_invalidate(e, rec, problem)
+            moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
+        else:
+            _judge_host_event(e, rec, problem)
+            moved = _explain(e, rec, w, obs, "unrequested", None, problem)
+            if rec.get("offloaded_before") and not moved:
+                problem(e, f"{w.layer}: {rec['offloaded_before']} offloaded, none uploaded", rec)
+        _refusals(e, rec, w, obs, problem)
+    return windows
+
+
+def _explain(
+    e: Record,
+    rec: Record,
+    w: Any,
+    obs: dict[str, list[Record]],
+    name: str,
+    reason: str | None,
+    problem: Any,
+) -> int:
+    """The uploads of `obs[name]` with `reason` asked in the window are this fault's: each must
+    be offloaded again and carry verified data after. Returns how many."""
+    mine = [
+        u
+        for u in obs.get(name, [])
+        if not u.get("explained_by") and u.get("reason") == reason and w.covers(u["t"])
+    ]
+    again = 0
+    for u in mine:
+        u["explained_by"] = rec["kind"]
+        if u.get("reoffloaded_t") is None:
+            problem(e, f"conn {u['conn']}: not offloaded again after {rec['kind']}", u)
+        elif not u.get("done"):
+            problem(e, f"conn {u['conn']}: no byte verified after its re-offload", u)
+        else:
+            again += 1
+    e["connections_uploaded"] = e.get("connections_uploaded", 0) + len(mine)
+    e["reoffloaded"] = e.get("reoffloaded", 0) + again
+    e["verified_after"] = e.get("verified_after", 0) + sum(u.get("verified_after", 0) for u in mine)
+    return len(mine)
+
+
+def _refusals(e: Record, rec: Record, w: Any, obs: dict[str, list[Record]], problem: Any) -> None:
+    """Offloads refused while the fault held are its own; each must be offloaded after."""
+    for ep in obs.get("refusals", []):
+        if ep.get("explained_by") or not w.covers_refusals(ep):
+            continue
+        ep["explained_by"] = rec["kind"]
+        e["offloads_refused"] = e.get("offloads_refused", 0) + 1
+        if ep.get("offloaded_t") is None and not ep.get("continued"):
+            problem(e, f"conn {ep['conn']}: never offloaded again after {rec['kind']}", ep)
+
+
+def _judge_delay(e: Record, rec: Record, problem: Any) -> None:
+    p = rec["params"]
+    ms = int(p["ms"])
+    held = rec.get("probe_held_s")
+    calls = rec.get("calls_while_armed")
+    listed = rec.get("delayed_listed")
+    # every call of that handler made while the delay is armed is held (docs/faults.md
+    # `delay`): the daemon's count of them (stack.stats, the calls made into the layer)
+    e["calls_held"] = e.get("calls_held", 0) + (calls or 0)
+    # fault.list gives no count of the calls a delay held: said so, not made up
+    e["daemon_says_delayed"] = int(listed) if listed is not None else "not said by fault.list"
+    e.setdefault("probe_call_took_s", []).append(held)
+    where = f"{p['call']} in {p['layer']}"
+    if held is not None and held < ms / 1000.0 - HELD_SLACK_S:
+        problem(e, f"{where}: a probe call made while delayed {ms} ms took {held:.3f} s", rec)
+    if not calls:
+        problem(e, f"{where}: no call while the delay was armed: it delayed nothing", rec)
+    if listed is not None and not listed:
+        problem(e, f"{where}: the daemon says it delayed 0 calls (fault.list)", rec)
+    if not rec.get("listed_while_armed"):
+        problem(e, f"{where}: fault.list did not list the delay while it was armed", rec)
+    for key in ("probe_before_ok", "probe_ok", "probe_after_ok"):
+        if rec.get(key) is False:
+            problem(e, f"{where}: probe bytes not echoed intact ({key})", rec)
+
+
+def _judge_invalidate(e: Record, rec: Record, problem: Any) -> None:
+    obj = rec["params"]["object"]
+    if rec.get("probe_state_before") != "offloaded":
+        problem(e, f"the probe was not offloaded before ({rec.get('probe_state_before')})", rec)
+        return
+    calls = rec.get("invalidate_calls") or 0
+    e["NdisInvalidateOffload_calls"] = e.get("NdisInvalidateOffload_calls", 0) + calls
+    if not rec.get("invalidate_calls"):
+        problem(e, f"{obj}: the host made no NdisInvalidateOffload (stack.stats)", rec)
+    if rec.get("probe_state_after") != "host":
+        state = rec.get("probe_state_after")
+        problem(e, f"{obj}: the probe whose {obj} was invalidated stayed {state}", rec)
+    elif not rec.get("probe_reoffloaded"):
+        problem(e, f"{obj}: the probe was not offloaded again after its upload", rec)
+    for key in ("probe_before_ok", "probe_after_ok", "probe_reoffloaded_ok"):
+        if rec.get(key) is False:
+            problem(e, f"{obj}: probe bytes not echoed intact ({key})", rec)
+
+
+def _judge_host_event(e: Record, rec: Record, problem: Any) -> None:
+    p = rec["params"]
+    what = f"{p['event']} on {p['layer']}"
+    if rec.get("offloaded_at_end"):
+        problem(e, f"{what}: {rec['offloaded_at_end']} connection(s) still offloaded on it", rec)
+    e["offload_refused_with"] = rec.get("probe_refused")
+    if rec.get("probe_refused") is None and "probe_state_during" in rec:
+        problem(e, f"{what}: an offload pinned to it was not refused while the event held", rec)
+    elif rec.get("probe_refused") and p["event"] not in str(rec["probe_refused"]):
+        problem(e, f"{what}: the refusal does not name the event: {rec['probe_refused']}", rec)
+    if rec.get("probe_state_during") not in (None, "host"):
+        problem(e, f"{what}: a connection pinned to it was {rec['probe_state_during']}", rec)
+    if not rec.get("listed_while_armed"):
+        problem(e, f"{what}: fault.list did not list it while it held", rec)
+    if rec.get("probe_offloaded_after") is False:
+        problem(e, f"{what}: an offload to it still failed after fault.clear", rec)
+    for key in ("probe_during_ok", "probe_after_ok"):
+        if rec.get(key) is False:
+            problem(e, f"{what}: probe bytes not echoed intact ({key})", rec)
+
+
+def _judge_nic_up(e: Record, rec: Record, problem: Any) -> None:
+    layer = rec["params"]["layer"]
+    if rec.get("in_service_before_up") is None:
+        problem(e, f"{layer}: no MUX above it says whether it is in service (stack.info)", rec)
+        return
+    if rec.get("in_service_before_up"):
+        problem(e, f"{layer}: still in service after nic_down", rec)
+    if not rec.get("in_service_after_up"):
+        problem(e, f"{layer}: not back in service after nic_up", rec)
+    if not rec.get("down_still_listed"):
+        problem(e, f"{layer}: nic_up cleared the nic_down fault (fault.list)", rec)
+    paths = rec.get("probe_paths") or []
+    if paths and not any(layer in (q.get("path") or []) for q in paths):
+        problem(e, f"{layer}: no new connection placed on it after nic_up ({len(paths)})", rec)
+    placed = [q["path"][-1] for q in paths if q.get("path")]
+    e["new_connections_placed_on"] = " ".join(placed)
+    if any(not q.get("ok") for q in paths):
+        problem(e, f"{layer}: probe bytes not echoed intact after nic_up", rec)
+    e["in_service_after_s"] = rec.get("in_service_after_s")
