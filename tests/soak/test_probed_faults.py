@@ -322,7 +322,13 @@ def _soak(daemon: tuple[Any, str], tmp_path: Path, faults: str) -> tuple[int, di
 PROBED = [
     ("delay", "delay@1s/for=1.5s/ms=300", (), "a probe call made while delayed 300 ms took"),
     ("invalidate", "invalidate@1s", (), "no NdisInvalidateOffload"),
-    ("host_event", "host_event@1s/for=1.5s", (), "still offloaded on it"),
+    # on a team: the workers' connections go on offloaded on the other NICs
+    (
+        "host_event",
+        "host_event@1s/for=1.5s/layer=nic1",
+        ("--config", str(TEAMING)),
+        "still offloaded on it",
+    ),
     (
         "nic_up",
         "nic_up@1s/for=1s/layer=nic2",
@@ -339,10 +345,17 @@ _HOST_EVENT_ERRORS = pytest.mark.xfail(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(
-    ("kind", "faults", "daemon_args", "why"),
-    [pytest.param(*p, marks=_HOST_EVENT_ERRORS) if p[0] == "host_event" else p for p in PROBED],
-)
+@_HOST_EVENT_ERRORS
+def test_a_host_event_on_the_only_nic_passes_on_an_unbroken_daemon(
+    mutant: Any, tmp_path: Path
+) -> None:
+    """Every connection is uploaded and its re-offloads refused until the clear."""
+    code, report = _soak(mutant("none"), tmp_path, "host_event@1s/for=1.5s")
+    assert code == 0 and report["ok"], (report["failures"], report["faults"])
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("kind", "faults", "daemon_args", "why"), PROBED)
 def test_the_soak_of_an_unbroken_daemon_passes(
     mutant: Any, tmp_path: Path, kind: str, faults: str, daemon_args: tuple[str, ...], why: str
 ) -> None:

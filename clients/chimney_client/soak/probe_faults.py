@@ -198,7 +198,8 @@ class ProbeFaults:
         self.say(f"chimney-soak: {obj} of connection {cid} invalidated")
         deadline = time.monotonic() + SETTLE_MAX_S
         state = await self._state(cid)
-        while state == "offloaded" and time.monotonic() < deadline:
+        # (uploading: asked up, its terminate under way with every connection sharing it)
+        while state in ("offloaded", "uploading") and time.monotonic() < deadline:
             await asyncio.sleep(SETTLE_POLL_S)
             state = await self._state(cid)
         rec["probe_state_after"] = state
