@@ -140,6 +140,9 @@ def _upload(conn: int, t: float, reason: str | None, **over: Any) -> dict[str, A
         "reoffloaded_t": t + 3.5,
         "done": True,
         "verified_after": 100,
+        # what the daemon's `uploaded` said and where the connection was (a host_event's own)
+        "host_reason": "media_disconnect" if reason is None else "terminate",
+        "came_from": ["tcpip", "nic0"],
         **over,
     }
 
@@ -336,16 +339,9 @@ PROBED = [
         "nic2: not back in service after nic_up",
     ),
 ]
-#: The soak's workers take a re-offload the host refuses for a host event (INVALID_STATE,
-#: docs/faults.md `host_event`) as an error, not as a refusal (soak/traffic.py `reoffload`),
-#: so a soak with a host_event fails on an unbroken daemon until that is changed.
-_HOST_EVENT_ERRORS = pytest.mark.xfail(
-    strict=True, reason="traffic.py counts a host event's INVALID_STATE re-offload as an error"
-)
 
 
 @pytest.mark.timeout(120)
-@_HOST_EVENT_ERRORS
 def test_a_host_event_on_the_only_nic_passes_on_an_unbroken_daemon(
     mutant: Any, tmp_path: Path
 ) -> None:

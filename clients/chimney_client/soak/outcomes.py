@@ -1031,7 +1031,8 @@ def _account_leftovers(obs: dict[str, list[Record]], windows: list[Window], host
         host["refused_at_connect"] += int(ep.get("at") == "connect")
         if ep.get("explained_by"):
             continue
-        if any(w.covers_refusals(ep) for w in windows):
+        # a host event's refusal (INVALID_STATE naming it) is a host_event's alone (probe_faults)
+        if not ep.get("withheld") and any(w.covers_refusals(ep) for w in windows):
             host["explained"]["target_failure"] += 1
             if ep.get("offloaded_t") is None and not ep.get("continued"):
                 host["not_offloaded_again"] += 1

@@ -346,7 +346,7 @@ def judge_probed(
             moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
         else:
             _judge_host_event(e, rec, problem)
-            moved = _explain(e, rec, w, obs, "unrequested", None, problem)
+            moved = _explain(e, rec, w, obs, "unrequested", None, problem, _its_upload)
             if rec.get("offloaded_before") and not moved:
                 problem(e, f"{w.layer}: {rec['offloaded_before']} offloaded, none uploaded", rec)
         _refusals(e, rec, w, obs, problem)
@@ -361,13 +361,18 @@ def _explain(
     name: str,
     reason: str | None,
     problem: Any,
+    its: Any = None,
 ) -> int:
-    """The uploads of `obs[name]` with `reason` asked in the window are this fault's: each must
-    be offloaded again and carry verified data after. Returns how many."""
+    """The uploads of `obs[name]` with `reason` asked in the window (and, with `its`, that
+    `its(rec, upload)` says are the fault's) are this fault's: each must be offloaded again and
+    carry verified data after. Returns how many."""
     mine = [
         u
         for u in obs.get(name, [])
-        if not u.get("explained_by") and u.get("reason") == reason and w.covers(u["t"])
+        if not u.get("explained_by")
+        and u.get("reason") == reason
+        and w.covers(u["t"])
+        and (its is None or its(rec, u))
     ]
     again = 0
     for u in mine:
@@ -384,10 +389,37 @@ def _explain(
     return len(mine)
 
 
+def _its_upload(rec: Record, u: Record) -> bool:
+    """An upload with no retrieve is a host_event's only if the daemon says it made it for that
+    event (`uploaded` `reason`, docs/faults.md `host_event`), from that NIC (where the soak
+    knew the connection's path), in that fault's shard (`/shard=K`): anything else a daemon
+    uploads unasked meanwhile stays unexplained."""
+    p = rec["params"]
+    if u.get("host_reason") != p["event"]:
+        return False
+    if u.get("came_from") and p["layer"] not in u["came_from"]:
+        return False
+    shard = p.get("shard")
+    return shard in (None, "") or u.get("shard") is None or str(u["shard"]) == str(shard)
+
+
+def _names_it(rec: Record, ep: Record) -> bool:
+    """A refusal is a host_event's if the host named that event on that NIC (INVALID_STATE,
+    soak/traffic.py `withheld`), or said nothing of why (an offload at connect: the worker sees
+    only that the connection stayed in the host stack). A refusal naming no host event is not
+    a host_event's; the other kinds take any refusal in their window."""
+    if rec["kind"] != "host_event":
+        return not ep.get("withheld")
+    p = rec["params"]
+    if ep.get("withheld"):
+        return p["event"] in ep["withheld"].get(p["layer"], [])
+    return ep.get("status") is None
+
+
 def _refusals(e: Record, rec: Record, w: Any, obs: dict[str, list[Record]], problem: Any) -> None:
     """Offloads refused while the fault held are its own; each must be offloaded after."""
     for ep in obs.get("refusals", []):
-        if ep.get("explained_by") or not w.covers_refusals(ep):
+        if ep.get("explained_by") or not w.covers_refusals(ep) or not _names_it(rec, ep):
             continue
         ep["explained_by"] = rec["kind"]
         e["offloads_refused"] = e.get("offloads_refused", 0) + 1

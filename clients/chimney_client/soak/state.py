@@ -310,9 +310,9 @@ class WorkerState:
                         # an optional reason may be declined: then data after the event will do
                         rec["verify_from"] = conn.verified
         elif event == "uploaded":
-            self.uploaded(conn)
+            self.uploaded(conn, info)
 
-    def uploaded(self, conn: Conn) -> None:
+    def uploaded(self, conn: Conn, info: dict[str, Any] | None = None) -> None:
         conn.uploads += 1
         if conn.aborted or conn.state in ("closing", "aborted"):
             return  # the host's terminate after an abort, or tcp.close's own upload
@@ -352,7 +352,17 @@ class WorkerState:
         else:
             self.c["unrequested_uploads"] += 1
             self.move(conn, "host", "unrequested_upload")
-            self.upload_record(conn, "unrequested", reason=None, sending=conn.sending)
+            # the host's reason (`uploaded` `reason`: a host_event's name, spec §6.2) and the NIC
+            # it left: what a host_event may explain (probe_faults)
+            host_reason = (info or {}).get("reason")
+            self.upload_record(
+                conn,
+                "unrequested",
+                reason=None,
+                sending=conn.sending,
+                host_reason=host_reason,
+                came_from=list(conn.path),
+            )
         conn.needs_offload = True
 
 

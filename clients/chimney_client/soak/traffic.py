@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import (
     ChimneyError,
     InternalError,
+    InvalidState,
     LimitError,
     NdisStatusError,
     RpcError,
@@ -35,6 +36,31 @@ from .state import Rpc, WorkerState, owes_reoffload
 _FAILED_IN = re.compile(r"(\S+) failed in (\w+) \((\w+)\)")
 RECEIVE_HANDLER = "MiniportTcpOffloadReceive"
 INITIATE_HANDLER = "MiniportInitiateOffload"
+#: What the host answers an offload to a NIC a host event withholds (docs/faults.md
+#: `host_event`, spec §6.2): "INVALID_STATE: the host withholds offloads to nic0: power_down;
+#: nic1: media_disconnect, power_down (spec §6.2)" (chimneyd's host_reasons.refusal).
+_WITHHOLDS = re.compile(r"^the host withholds offloads to (.+) \(spec §6\.2\)$")
+#: The host's own reasons a `host_event` names (docs/faults.md `host_event`).
+HOST_EVENTS = frozenset(
+    {"power_down", "media_disconnect", "capability_disabled", "net_event_pause"}
+)
+
+
+def withheld_by(exc: RpcError) -> dict[str, list[str]] | None:
+    """The NICs and host events an INVALID_STATE answer to an offload names, if it is the
+    host's refusal for host events (spec §6.2); None for any other answer, which stays an
+    error. Strict: every NIC must name events, each one a host event."""
+    m = _WITHHOLDS.match(exc.detail) if isinstance(exc, InvalidState) else None
+    if m is None:
+        return None
+    withheld: dict[str, list[str]] = {}
+    for part in m.group(1).split("; "):
+        nic, sep, events = part.partition(": ")
+        names = events.split(", ")
+        if not sep or not nic or not set(names) <= HOST_EVENTS:
+            return None
+        withheld[nic] = names
+    return withheld
 
 
 def local_port(info: dict[str, Any]) -> int:
@@ -152,6 +178,22 @@ class Traffic(WorkerState):
             conn.needs_offload = True
             self.refused(conn, "connect", None, sent)
 
+    def withheld(self, conn: Conn, at: str, exc: RpcError, sent: float) -> bool:
+        """`exc` answered an offload of `conn`: if it is the host refusing for a host event
+        (INVALID_STATE naming it, docs/faults.md `host_event`), a refusal — the connection stays
+        in the host stack and is offloaded again after the clear — with the NICs and events it
+        names, which the judge holds to a host_event on that NIC (probe_faults); True then."""
+        withheld = withheld_by(exc)
+        if withheld is None:
+            return False
+        self.c["reoffload_refused"] += at == "reoffload"
+        self.refused(conn, at, InvalidState.symbol, sent)
+        assert conn.refusal is not None
+        named: dict[str, list[str]] = conn.refusal.setdefault("withheld", {})
+        for nic, events in withheld.items():
+            named[nic] = sorted({*named.get(nic, []), *events})
+        return True
+
     async def reoffload(self, rpc: Rpc, conn: Conn) -> None:
         uploads = conn.uploads
         try:
@@ -169,7 +211,7 @@ class Traffic(WorkerState):
                 raise SlotBroken("aborted") from None
             if isinstance(exc, InternalError):
                 self.bug_answer(conn, "reoffload", exc)
-            else:
+            elif not self.withheld(conn, "reoffload", exc, sent):
                 self.error("reoffload", str(exc), conn=conn.cid)
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
             return
@@ -406,6 +448,8 @@ class Traffic(WorkerState):
             conn.needs_offload = True
             if isinstance(exc, InternalError):
                 self.bug_answer(conn, "offload", exc)
+            elif self.withheld(conn, "planned_offload", exc, sent):
+                conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
             else:
                 self.error("offload", str(exc), conn=conn.cid)
             return
