@@ -227,6 +227,7 @@ def test_no_daemon_at_rpc_stops_at_once(
     [
         ("nic_down:1", "--faults nic_down (layer nic0) needs a topology with a mux"),
         ("rebalance", "--faults rebalance (layer team0) needs a topology with a mux"),
+        ("nic_up", "--faults nic_up (layer nic0) needs a topology with a mux"),
         ("fail_next/layer=nic7", "--faults fail_next (layer nic7): the daemon has no layer nic7"),
         ("target_failure/layer=im0", "im0 is a passthrough, not a target"),
     ],
@@ -253,6 +254,10 @@ def test_a_mux_fault_passes_the_check_with_a_teaming_config() -> None:
     check_topology(parse_faults(good), layers, spawned=True)
     with pytest.raises(NotReady, match="filter0 is not right under a mux"):
         check_topology(parse_faults("nic_down/layer=filter0"), layers, spawned=True)
+    # nic_up takes its NIC out (nic_down) and puts it back: the MUX above it does both
+    check_topology(parse_faults("nic_up/layer=nic2"), layers, spawned=True)
+    with pytest.raises(NotReady, match="filter0 is not right under a mux"):
+        check_topology(parse_faults("nic_up/layer=filter0"), layers, spawned=True)
 
 
 @pytest.mark.timeout(60)

@@ -16,8 +16,9 @@ from .limits import PREFLIGHT_TIMEOUT_S
 
 #: A topology in which a MUX fault can go in: what --help names too.
 TEAMING_CONFIG = "deploy/teaming.toml"
-#: The fault kinds a teaming MUX carries out: without a mux the daemon refuses them.
-MUX_KINDS = ("nic_down", "rebalance")
+#: The fault kinds a teaming MUX carries out: without a mux the daemon refuses them (`nic_up`
+#: too: the soak takes its NIC out with a `nic_down` first, docs/faults.md `nic_up`).
+MUX_KINDS = ("nic_down", "nic_up", "rebalance")
 
 
 class NotReady(Exception):
@@ -83,7 +84,8 @@ def check_topology(
     specs: Iterable[FaultSpec], layers: Sequence[dict[str, Any]], spawned: bool
 ) -> None:
     """Every layer fault names a layer the topology has, of the kind its fault.inject needs:
-    a target (`target_failure`), a mux (`rebalance`), a layer right under a mux (`nic_down`).
+    a target (`target_failure`), a mux (`rebalance`), a layer right under a mux (`nic_down`,
+    `nic_up`).
     Raises NotReady naming the fault, else the daemon would refuse it only when the hold
     injects it. `spawned`: the soak starts the daemon (the advice names --daemon-config)."""
     kinds = {str(la.get("name")): str(la.get("kind")) for la in layers}
@@ -109,7 +111,7 @@ def check_topology(
             )
         if layer not in kinds:
             raise NotReady(f"{name}: the daemon has no layer {layer} (layers: {have})")
-        if spec.kind == "nic_down" and layer not in above:
+        if spec.kind in ("nic_down", "nic_up") and layer not in above:
             raise NotReady(f"{name}: {layer} is not right under a mux (layers: {have})")
         if spec.kind == "rebalance" and kinds[layer] != "mux":
             raise NotReady(f"{name}: {layer} is a {kinds[layer]}, not a mux (layers: {have})")
