@@ -8,6 +8,7 @@ after. The outcomes each kind must show are those of docs/faults.md."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..aio import AsyncClient
 from ..errors import ChimneyError, InvalidState
-from .limits import RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
+from .limits import CALL_TIMEOUT_S, RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
 from .parsing import parse_duration
 
 Record = dict[str, Any]
@@ -39,10 +40,20 @@ NIC_UP_PROBES = 3
 #: A held call completes `ms` after it was made; the probe's clock reads from just before the
 #: request went out, so it may read this much less than `ms` (none in practice).
 HELD_SLACK_S = 0.005
+#: RPC connections opened at most to get one in the shard a fault went into (`/shard=K`): the
+#: kernel hands each new one to a shard (docs/rpc.md, Shards), none of them per se ours.
+SHARD_CONNECT_TRIES = 32
+#: The client in a fault's shard its probes live on (None: `control`'s). Per task: the faults
+#: of a schedule are checked in tasks of their own, at times that overlap.
+_PROBE_CLIENT: contextvars.ContextVar[AsyncClient | None] = contextvars.ContextVar(
+    "probe_client", default=None
+)
 
 
 class ProbeFaults:
     control: AsyncClient | None
+    rpc_addr: str
+    args: Any
     peer_addrs: list[tuple[str, int]]
     interrupted: asyncio.Event
     nics_settling: int
@@ -65,6 +76,10 @@ class ProbeFaults:
         self.nics_settling += kind in ("host_event", "nic_up")
         probes: list[int] = []
         try:
+            if where.get("shard") is not None:
+                # a client's connections live in its own shard (docs/rpc.md, Shards): a probe
+                # must be in the shard the fault acts in, or it sees nothing of it
+                _PROBE_CLIENT.set(await self._client_in_shard(where["shard"]))
             if kind == "delay":
                 await self._delay(rec, where, probes)
             elif kind == "invalidate":
@@ -83,16 +98,43 @@ class ProbeFaults:
             self.nics_settling -= kind in ("host_event", "nic_up")
             for cid in probes:
                 try:
-                    await self.control.tcp_close(cid)
+                    await self._pc().tcp_close(cid)
                 except ChimneyError:
                     pass
+            own = _PROBE_CLIENT.get()
+            if own is not None:
+                _PROBE_CLIENT.set(None)
+                await own.close()
+
+    def _pc(self) -> AsyncClient:
+        """The client the probes of the fault being checked are made on: its own in the
+        fault's shard (`_PROBE_CLIENT`), else `control`."""
+        client = _PROBE_CLIENT.get() or self.control
+        assert client is not None
+        return client
+
+    async def _client_in_shard(self, shard: int) -> AsyncClient:
+        """A client of its own whose RPC connection landed on `shard` (stack.info `shard`);
+        ValueError (the fault is not injected) if none did in SHARD_CONNECT_TRIES."""
+        for _ in range(SHARD_CONNECT_TRIES):
+            client = await AsyncClient.connect(
+                self.rpc_addr, token=self.args.token, call_timeout=CALL_TIMEOUT_S
+            )
+            try:
+                if (await client.stack_info()).get("shard") == shard:
+                    return client
+            except BaseException:
+                await client.close()
+                raise
+            await client.close()
+        raise ValueError(f"no RPC connection landed on shard {shard} in {SHARD_CONNECT_TRIES}")
 
     # -- probes --------------------------------------------------------------------------------
     async def _probe(self, probes: list[int], target: str | None = None) -> int:
         """A connection of ours to an echo peer, offloaded at connect where the host can."""
         assert self.control is not None
         host, port = self.peer_addrs[len(probes) % len(self.peer_addrs)]
-        cid = await self.control.tcp_connect(host, port, target=target)
+        cid = await self._pc().tcp_connect(host, port, target=target)
         probes.append(cid)
         return cid
 
@@ -102,17 +144,17 @@ class ProbeFaults:
         assert self.control is not None
         data = os.urandom(PROBE_BYTES)
         t = time.monotonic()
-        await self.control.tcp_send(cid, data)
+        await self._pc().tcp_send(cid, data)
         took = time.monotonic() - t
         got = bytearray()
         deadline = time.monotonic() + PROBE_TIMEOUT_S
         while len(got) < len(data) and time.monotonic() < deadline:
-            got += await self.control.tcp_recv(cid, len(data) - len(got), 1000)
+            got += await self._pc().tcp_recv(cid, len(data) - len(got), 1000)
         return bytes(got) == data, took
 
     async def _state(self, cid: int) -> str:
         assert self.control is not None
-        return str((await self.control.tcp_info(cid)).get("state", "?"))
+        return str((await self._pc().tcp_info(cid)).get("state", "?"))
 
     async def _calls(self, name: str, below: str | None = None) -> int:
         """How many `name` calls stack.stats counts: made by the layers bound right above
@@ -148,7 +190,7 @@ class ProbeFaults:
         cid = await self._probe(probes, target=layer if kinds.get(layer) == "target" else None)
         rec["probe_before_ok"], _ = await self._round_trip(cid)
         if call == "MiniportInitiateOffload" and await self._state(cid) == "offloaded":
-            await self.control.tcp_upload(cid)
+            await self._pc().tcp_upload(cid)
         before = await self._calls(DELAY_CALLS[call], layer)
         rec["t0"] = time.monotonic()
         rec["fault_id"] = fid = await self.control.fault_inject(
@@ -159,7 +201,7 @@ class ProbeFaults:
         self.say(f"chimney-soak: {call} in {layer} delayed {ms} ms (fault {fid}) for {for_s:g} s")
         t = time.monotonic()
         if call == "MiniportInitiateOffload":
-            await self.control.tcp_offload(cid)
+            await self._pc().tcp_offload(cid)
             rec["probe_held_s"] = round(time.monotonic() - t, 4)
             rec["probe_ok"], _ = await self._round_trip(cid)
         else:
@@ -187,7 +229,7 @@ class ProbeFaults:
         rec["probe_before_ok"], _ = await self._round_trip(cid)
         rec["probe_state_before"] = await self._state(cid)
         if rec["probe_state_before"] != "offloaded":
-            await self.control.tcp_offload(cid)
+            await self._pc().tcp_offload(cid)
             rec["probe_state_before"] = await self._state(cid)
         rec["nics_before"] = await self.nic_connections()
         invalidates = await self._calls("NdisInvalidateOffload")
@@ -209,7 +251,7 @@ class ProbeFaults:
         rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
         if state == "host":
-            await self.control.tcp_offload(cid)
+            await self._pc().tcp_offload(cid)
             rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, _first_nic(rec), None)
@@ -236,7 +278,7 @@ class ProbeFaults:
         cid = await self._probe(probes, target=layer)
         rec["probe_state_during"] = await self._state(cid)
         try:
-            await self.control.tcp_offload(cid)
+            await self._pc().tcp_offload(cid)
             rec["probe_refused"] = None
         except InvalidState as exc:
             rec["probe_refused"] = str(exc)
@@ -250,7 +292,7 @@ class ProbeFaults:
         await self.control.fault_clear(fid)
         rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
-        await self.control.tcp_offload(cid)
+        await self._pc().tcp_offload(cid)
         rec["probe_offloaded_after"] = await self._state(cid) == "offloaded"
         rec["probe_after_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, layer, shard)
@@ -292,7 +334,7 @@ class ProbeFaults:
         for _ in range(NIC_UP_PROBES):
             cid = await self._probe(probes)
             ok, _ = await self._round_trip(cid)
-            path = [str(x) for x in (await self.control.tcp_info(cid)).get("path") or []]
+            path = [str(x) for x in (await self._pc().tcp_info(cid)).get("path") or []]
             paths.append({"conn": cid, "path": path, "ok": ok})
             if layer in path:
                 break
