@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 
+from chimneyd.compiled import is_compiled
 from chimneyd.drivers.target.batch import CompletionBatch
 from chimneyd.ndis.broker import Ndis, NdisStandIn
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.ndis.status import NdisStatus
+from chimneyd.ndis.trace import HopTrace
 from chimneyd.testing.clock import ManualClock
 from chimneyd.testing.factories import make_target
 
@@ -31,20 +34,67 @@ LAYER_CALLS = sorted(
 )
 
 
+#: what the calls that answer something answer (the rest answer None)
+RETURNS = {
+    **dict.fromkeys(
+        [
+            "NdisSetOptionalHandlers",
+            "NdisOffloadTcpSend",
+            "NdisOffloadTcpReceive",
+            "NdisOffloadTcpDisconnect",
+            "NdisOffloadTcpForward",
+            "NdisOffloadTcpReceiveReturn",
+        ],
+        "NdisStatus",
+    ),
+    "NdisMGetOffloadHandlers": "Any",
+    "path_of": "list[Layer]",
+    "new_trace": "HopTrace",
+}
+
+
+def _result_of(name: str) -> Any:
+    """A value of the type `Ndis.<name>` returns, apart from any other call's: the compiled
+    build checks a forwarder's result against its annotation."""
+    returns = RETURNS.get(name, "None")
+    if returns == "NdisStatus":
+        return NdisStatus.NDIS_STATUS_RESOURCES  # not a SUCCESS a forwarder could make up
+    if returns == "HopTrace":
+        return HopTrace(7, 4, lambda: 0)
+    if returns == "list[Layer]":
+        return []
+    if returns == "None":
+        return None
+    return object()
+
+
+def test_the_table_of_results_is_the_stand_ins() -> None:
+    # read off the source where it runs as Python (the compiled build's methods carry no
+    # annotations, and it checks each result against its own instead)
+    if is_compiled():
+        return
+    for name in LAYER_CALLS:
+        annotated = inspect.signature(getattr(NdisStandIn, name)).return_annotation
+        assert RETURNS.get(name, "None") == annotated, name
+
+
 class RecordingBroker:
-    """Records each call made on it, by name, with the NBL ids of a completion's chain."""
+    """Records each call made on it, by name, with the NBL ids of a completion's chain, and
+    remembers what it answered each."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, list[int]]] = []
+        self.results: dict[str, Any] = {}
 
     def clock(self) -> int:
         return 0
 
     def __getattr__(self, name: str) -> Any:
-        def call(*args: Any) -> str:
+        def call(*args: Any) -> Any:
             nbls = args[1] if len(args) == 2 and isinstance(args[1], NetBufferList) else None
             self.calls.append((name, [n.id for n in iter_chain(nbls)] if nbls else []))
-            return name
+            result = self.results[name] = _result_of(name)
+            return result
 
         return call
 
@@ -76,7 +126,7 @@ def test_the_stand_in_forwards_each_call_after_what_it_gathered(name: str) -> No
         ("NdisTcpOffloadSendComplete", [gathered[0].id]),  # the gathered completion first
         (name, []),
     ]
-    assert result in (None, name)  # the broker's result is the call's
+    assert result is broker.results[name]  # the broker's result is the call's
 
 
 def test_the_nic_reads_its_stand_in_without_a_getattr_hook() -> None:

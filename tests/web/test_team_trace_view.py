@@ -23,7 +23,12 @@ MOVE_BOUND_S = 10.0
 
 @pytest.fixture(scope="module")
 def team_wd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDaemon]:
-    with web_daemon(tmp_path_factory.mktemp("web-team"), TEAMING.read_text()) as w:
+    # a trace deep enough to keep the first NIC's hops through the move: the default ring
+    # (64 records) keeps them with little to spare (with 40 the first NIC's lane is gone, with
+    # 52 it stays), and once, on a loaded machine, it lost them
+    config = TEAMING.read_text().replace("[engine]\n", "[engine]\ntrace_depth = 1024\n", 1)
+    assert "trace_depth = 1024" in config
+    with web_daemon(tmp_path_factory.mktemp("web-team"), config) as w:
         yield w
 
 
