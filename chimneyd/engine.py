@@ -448,8 +448,9 @@ class Engine:
         """A handler raised inside a layer: answer every request waiting on the connections it
         was handling (never leave one unanswered) and count it. A host completion that broke
         the contract but that the host settled before it raised (`SettledThenRaised`: handles
-        it had let go, a connection it could not take back) names the connections it could not
-        settle: only their requests fail, the others are the host's (spec §6.3)."""
+        it had let go, a block it lacked, a connection it could not take back) names the
+        connections it could not settle: only their requests fail, the others are the host's
+        (spec §6.3)."""
         self.layer_errors += 1
         conns = sorted(conns_in(args))
         name = getattr(fn, "__name__", "?")
@@ -459,8 +460,8 @@ class Engine:
         if self.checker is not None:
             self.checker.violation(f"{layer.name}: {exc!r}")
         detail = f"{layer.name} failed in {name} ({type(exc).__name__}); see the daemon's log"
-        # a completion naming handles the host had let go (spec §9 item 8), or a block the
-        # host could not take back: the host settled all the rest before it raised, so a
+        # a completion naming handles the host had let go (spec §9 item 8), lacking a block, or
+        # with a block the host could not take back: the host settled all the rest first, so a
         # request still pending on another connection the call names is one the host carries
         # on and will answer (an answered one is pending no more): only those the error says
         # the host could not settle fail

@@ -33,3 +33,17 @@ class LetGoHandles(SettledThenRaised):
     def __init__(self, call: str, handles: list[NdisOffloadHandle]) -> None:
         super().__init__(f"{call} completed with blocks of handles the host has let go: {handles}")
         self.handles = handles
+
+
+def raise_if_broken(
+    call: str, unsettled: str, conns: frozenset[int], let_go: list[NdisOffloadHandle]
+) -> None:
+    """The end of a completion the host settled all it could of (spec §6.3): raise what a
+    layer below got wrong, if anything. `unsettled` says what the host could not settle ("" if
+    nothing), `conns` the connections whose requests that leaves unanswered (the engine's to
+    fail), `let_go` the handles named that the host has let go (spec §9 item 8)."""
+    if unsettled:
+        also = f"; and blocks of handles the host has let go: {let_go}" if let_go else ""
+        raise SettledThenRaised(f"{call} completed {unsettled}{also}", conns)
+    if let_go:
+        raise LetGoHandles(call, let_go)

@@ -45,7 +45,7 @@ from ..segment import (
 )
 from ..tcp import offset_of, seq
 from . import adapter, disconnect, host_reasons, receive, send, terminate
-from .errors import LetGoHandles, SettledThenRaised
+from .errors import raise_if_broken
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -477,19 +477,13 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
-    if lost:
-        raise SettledThenRaised(
-            f"initiate completed without the blocks of connections {sorted(lost)}"
-            + (f"; and with blocks of handles the host has let go: {let_go}" if let_go else ""),
-            lost,
-        )
-    if let_go:
-        raise LetGoHandles("initiate", let_go)
+    unsettled = f"without the blocks of connections {sorted(lost)}" if lost else ""
+    raise_if_broken("initiate", unsettled, lost, let_go)
 
 
 def let_go_in(root: OffloadBlock) -> list[NdisOffloadHandle]:
     """The handles of a completed tree the host has let go (their owner gone): a layer below
-    broke the contract (spec §9 item 8), raised once the rest is settled (`LetGoHandles`)."""
+    broke the contract (spec §9 item 8), raised once the rest is settled (`raise_if_broken`)."""
     return [
         b.offload_handle
         for b in walk(root)

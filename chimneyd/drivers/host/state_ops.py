@@ -26,7 +26,7 @@ from chimneyd.ndis.status import NdisStatus
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
 from . import adapter, host_reasons, offload, send, terminate
-from .errors import LetGoHandles, SettledThenRaised
+from .errors import raise_if_broken
 from .tcb import AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
@@ -95,13 +95,8 @@ def _let_go(call: str, let_go: list[NdisOffloadHandle], missing: list[Tcb | Host
     """The completion named handles the host has let go (spec §9 item 8), or lacked the block
     of the object it was for: said once the rest is settled, as `offload.complete` does, so
     that the request is answered all the same (the engine then fails no request for it)."""
-    if missing:
-        also = f"; and blocks of handles the host has let go: {let_go}" if let_go else ""
-        raise SettledThenRaised(
-            f"{call} completed without the block of {', '.join(map(repr, missing))}{also}"
-        )
-    if let_go:
-        raise LetGoHandles(call, let_go)
+    unsettled = f"without the block of {', '.join(map(repr, missing))}" if missing else ""
+    raise_if_broken(call, unsettled, frozenset(), let_go)
 
 
 def _completed(

@@ -38,7 +38,7 @@ from ..queues import NO_ITEMS, grown
 from ..segment import TH_RST
 from ..tcp import offset_of
 from . import disconnect, host_reasons, offload, receive, send
-from .errors import LetGoHandles, SettledThenRaised
+from .errors import raise_if_broken
 from .tcb import Done, HostObject, Tcb
 
 if TYPE_CHECKING:
@@ -279,15 +279,13 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     host_reasons.settled(h)
     if offload.initiates_due(h):
         offload.flush_initiates(h)
-    if broken:
-        also = f"; and blocks of handles the host has let go: {let_go}" if let_go else ""
-        raise SettledThenRaised(
-            f"terminate completed with connections the host could not take back: "
-            f"{'; '.join(str(e) for e in broken.values())}{also}",
-            frozenset(broken),
-        )
-    if let_go:
-        raise LetGoHandles("terminate", let_go)
+    unsettled = (
+        f"with connections the host could not take back: "
+        f"{'; '.join(str(e) for e in broken.values())}"
+        if broken
+        else ""
+    )
+    raise_if_broken("terminate", unsettled, frozenset(broken), let_go)
 
 
 def _missing(
