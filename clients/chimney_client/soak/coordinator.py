@@ -138,6 +138,7 @@ class Soak(Phases, LayerFaults):
                 seed=self.args.seed,
                 shards=p.shards,
                 balance_shards=getattr(self.args, "balance_shards", True),
+                nic_outages=any(f.spec.kind in OUTAGES for f in p.faults),
             )
             if p.workers == 0:
                 out, inbox = LocalChannel(), LocalChannel()

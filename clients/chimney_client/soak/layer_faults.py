@@ -197,6 +197,8 @@ class LayerFaults(ProbeFaults):
         rec["offloaded_before"] = await self.tcp_left(layer, shard)  # connections, not objects
         rec["nics_before"] = await self.nic_connections(shard)
         rec["t0"] = time.monotonic()
+        for inbox in self.ins:  # the workers keep the stretches on a NIC spanning it (state.py)
+            inbox.put({"type": "nic_outage", "t0": rec["t0"]})
         rec["fault_id"] = fid = await self.control.fault_inject(kind, layer=layer, **where)
         rec["t1"] = time.monotonic()
         rec["injected"] = True

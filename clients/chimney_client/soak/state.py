@@ -36,6 +36,9 @@ class WorkerConfig:
     seed: int
     shards: int = 1  # the daemon's shards: the worker spreads its RPC clients over them
     balance_shards: bool = True  # dial again a client that lands on a shard holding its share
+    # the schedule has a NIC outage (target_failure, nic_down, ...): only then are the stretches
+    # on a NIC (`placements`) worth keeping; a run without one keeps none
+    nic_outages: bool = True
 
 
 class Rpc:
@@ -65,6 +68,13 @@ OBS_LISTS = (
 
 #: The states in which a connection is on a NIC (`uploading`: asked up, not yet terminated).
 ON_A_NIC = ("offloaded", "uploading")
+
+#: How long a closed stretch on a NIC is kept before it is judged against the NIC outages the
+#: coordinator told of (`nic_outage`, sent as it takes a NIC's injection time `t0`): longer
+#: than such a message can take to reach us (it goes before fault.inject is even asked, and
+#: the ticker reads the inbox every COMMAND_POLL_S). One later than that is caught
+#: (`placements_pruned`): the check of that outage could no longer be trusted.
+PLACEMENT_GRACE_S = 10.0
 
 
 class WorkerState:
@@ -100,6 +110,15 @@ class WorkerState:
         self.rpc_by_cid: dict[int, Rpc] = {}
         # since when each connection on a NIC has been there (`placements`)
         self.on_since: dict[int, float] = {}
+        # the NIC outages' injection times the coordinator told of (`told_outage`): a closed
+        # stretch is kept only if one fell inside it (outcomes `_each_left_its_nic` needs no
+        # other); `placements[:placements_judged]` were judged so, the rest are too recent
+        self.outage_t0s: list[float] = []
+        self.placements_judged = 0
+        self.dropped_until = float("-inf")  # the latest end of a stretch judged
+        # the coordinator's stop came: every injection's notice was put before it (it waits
+        # for its fault tasks first), so every stretch can be judged at once
+        self.outages_all_told = False
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def error(self, kind: str, detail: str, **where: Any) -> None:
@@ -147,7 +166,9 @@ class WorkerState:
         """Keep the stretches `conn` spends on a NIC (`placements`): one ends as it leaves
         offload (uploaded, closing, aborted), one starts as it is offloaded again. A
         connection offloaded inside tcp.connect enters `offloaded` without a move: its stretch
-        began at the connect (`since`)."""
+        began at the connect (`since`). None are kept in a run with no NIC outage."""
+        if not self.cfg.nic_outages:
+            return
         cid = conn.cid
         if conn.state == "offloaded" and cid not in self.on_since:
             self.on_since[cid] = conn.since
@@ -166,6 +187,40 @@ class WorkerState:
             self.obs["placements"].append(rec)
         elif will_be_on and not was_on:
             self.on_since[cid] = now
+
+    def told_outage(self, t0: float) -> None:
+        """The coordinator injects a NIC outage at `t0` (monotonic, as ours): the stretches
+        spanning it are kept. One dropped already might have spanned it (the notice came more
+        than PLACEMENT_GRACE_S late): an error, not a silently weaker check."""
+        self.outage_t0s.append(t0)
+        if t0 <= self.dropped_until:
+            self.error(
+                "placements_pruned",
+                "a NIC outage was told after stretches on a NIC it may need were dropped",
+                t0=t0,
+                dropped_until=self.dropped_until,
+                late_s=round(time.monotonic() - t0, 3),
+            )
+
+    def prune_placements(self, now: float) -> None:
+        """Judge the stretches that closed more than PLACEMENT_GRACE_S ago (all of them once
+        every outage is told): keep those an outage's injection fell in (`on < t0 <= off`,
+        as outcomes `_each_left_its_nic` selects them), drop the rest. Stretches are appended
+        as they close, so those still to judge are in the order of their ends."""
+        recs = self.obs["placements"]
+        horizon = float("inf") if self.outages_all_told else now - PLACEMENT_GRACE_S
+        start = end = self.placements_judged
+        while end < len(recs) and float(recs[end]["off"]) < horizon:
+            end += 1
+        if end == start:
+            return
+        t0s = self.outage_t0s
+        kept = [
+            p for p in recs[start:end] if any(float(p["on"]) < t0 <= float(p["off"]) for t0 in t0s)
+        ]
+        self.dropped_until = max(self.dropped_until, float(recs[end - 1]["off"]))
+        recs[start:end] = kept
+        self.placements_judged = start + len(kept)
 
     def offload_answered(self, conn: Conn, uploads_before: int, result: Any) -> bool:
         """Our tcp.offload succeeded; False if the connection was uploaded again since (a

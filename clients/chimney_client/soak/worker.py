@@ -161,7 +161,10 @@ class Worker(ConnFaults):
         while True:
             await asyncio.sleep(COMMAND_POLL_S)
             for msg in self.inbox.drain():
-                if msg["type"] == "stop":
+                if msg["type"] == "nic_outage":
+                    self.told_outage(float(msg["t0"]))
+                elif msg["type"] == "stop":
+                    self.outages_all_told = True  # their notices came before it
                     if not self.stopping:
                         self.stopping, self.stop_at = True, time.monotonic()
                         for conn in list(self.by_id.values()):
@@ -178,6 +181,7 @@ class Worker(ConnFaults):
             if now < next_progress:
                 continue
             next_progress = now + PROGRESS_EVERY_S
+            self.prune_placements(now)
             if self.cfg.churn > 0 and now - last_churn >= 1.0 and not self.stopping:
                 p = self.cfg.churn / 60.0 * (now - last_churn)
                 for conn in self.by_id.values():
@@ -264,6 +268,7 @@ class Worker(ConnFaults):
         self.count_live()
         for conn in self.by_id.values():  # left open by a cut-short run: account their time
             self.move(conn, "closing")
+        self.prune_placements(time.monotonic())
         return {
             "type": "final",
             "w": self.cfg.index,
