@@ -74,12 +74,16 @@ def event(h: HostStack, target: str, name: str, on: bool) -> None:
         withheld.power_pending = True
         withheld.power_complete = False
     for tcb in _on(h, target):
-        tcb.upload_reason = name
         if tcb.lifecycle.phase is Phase.OFFLOADING:
             # terminated once its initiate completes (no operation on an object being offloaded)
-            # if it landed on `target` (below a MUX it may have gone to another NIC)
-            tcb.deferred = grown(tcb.deferred, functools.partial(_terminate_if_on, h, tcb, target))
+            # if it landed on `target` (below a MUX it may have gone to another NIC). The reason
+            # is set then too: one that landed elsewhere is not uploaded for the event, and a
+            # later upload of it must not be reported as the event's (spec §6.2)
+            tcb.deferred = grown(
+                tcb.deferred, functools.partial(_terminate_if_on, h, tcb, target, name)
+            )
         else:
+            tcb.upload_reason = name
             terminate.start(h, tcb)
     settled(h)
 
@@ -102,8 +106,9 @@ def _on(h: HostStack, target: str) -> list[Tcb]:
     ]
 
 
-def _terminate_if_on(h: HostStack, tcb: Tcb, target: str) -> None:
+def _terminate_if_on(h: HostStack, tcb: Tcb, target: str, name: str) -> None:
     if tcb.lifecycle.phase is Phase.OFFLOADED and target in h.path_names(tcb):
+        tcb.upload_reason = name
         terminate.start(h, tcb)
 
 
