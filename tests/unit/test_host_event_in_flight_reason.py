@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.ndis.lifecycle import Phase
+from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.testing.factories import make_target
 from chimneyd.testing.hostrig import HostRig, Reply
 
@@ -74,7 +74,17 @@ def _nic_fails(rig: HostRig, conn: int) -> None:
     rig.run()
 
 
-@pytest.mark.parametrize("upload", [_app_upload, _invalidate, _nic_fails])
+def _time_wait(rig: HostRig, conn: int) -> None:
+    """The application closes its side, the peer acknowledges it, then sends its FIN: TIME_WAIT,
+    which the target asks the host to carry (`UploadRequested`, spec §8)."""
+    (wire,) = list(rig.wires)  # the only connection
+    rig.half_close(conn, wire)
+    wire.peer_fin()
+    rig.run()
+    assert rig.host.tcbs[conn].lifecycle.tcp is TcpState.TIME_WAIT
+
+
+@pytest.mark.parametrize("upload", [_app_upload, _invalidate, _nic_fails, _time_wait])
 def test_a_connection_landed_on_another_nic_keeps_no_event_reason(
     upload: Callable[[HostRig, int], None],
 ) -> None:
