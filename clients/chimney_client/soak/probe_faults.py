@@ -16,6 +16,7 @@ from typing import Any
 
 from ..aio import AsyncClient
 from ..errors import ChimneyError, InvalidState
+from .channels import Channel
 from .limits import CALL_TIMEOUT_S, RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
 from .parsing import parse_duration
 
@@ -57,6 +58,7 @@ class ProbeFaults:
     peer_addrs: list[tuple[str, int]]
     interrupted: asyncio.Event
     nics_settling: int
+    ins: list[Channel]
 
     def say(self, text: str) -> None: ...
 
@@ -96,6 +98,14 @@ class ProbeFaults:
             rec[key] = f"{type(exc).__name__}: {exc}"
         finally:
             self.nics_settling -= kind in ("host_event", "nic_up")
+            # a fault put in and not yet taken out (its probe failed, the nic_up was refused):
+            # taken out now, or the daemon keeps it (a NIC out of service, a target withheld,
+            # calls held) for the rest of the run
+            for fid in _left_armed(rec):
+                try:
+                    await self.control.fault_clear(fid)
+                except ChimneyError as exc:
+                    rec.setdefault("clear_error", f"{type(exc).__name__}: {exc}")
             for cid in probes:
                 try:
                     await self._pc().tcp_close(cid)
@@ -309,6 +319,10 @@ class ProbeFaults:
         rec["offloaded_before"] = await self.tcp_left(layer, shard)
         rec["nics_before"] = await self.nic_connections(shard)
         rec["t0"] = time.monotonic()
+        # a NIC outage (faults.OUTAGES): the workers keep the stretches on a NIC it falls in
+        # (state.py `prune_placements`), which outcomes `_each_left_its_nic` judges it on
+        for inbox in self.ins:
+            inbox.put({"type": "nic_outage", "t0": rec["t0"]})
         rec["down_fault_id"] = down = await self.control.fault_inject(
             "nic_down", layer=layer, **where
         )
@@ -340,6 +354,7 @@ class ProbeFaults:
                 break
         rec["probe_paths"] = paths
         await self.control.fault_clear(down)
+        rec["down_cleared"] = True
 
     async def _in_service(self, layer: str, shard: int | None) -> bool | None:
         """Whether the MUX above `layer` has it in service (stack.info); None: no MUX says."""
@@ -352,6 +367,18 @@ class ProbeFaults:
             if la.get("kind") == "mux" and isinstance(lowers, dict) and layer in lowers:
                 return bool(lowers[layer].get("in_service"))
         return None
+
+
+def _left_armed(rec: Record) -> list[int]:
+    """The faults `rec`'s injection put into the daemon and has not taken out: a nic_up's
+    nic_down, a delay's or host_event's own (an invalidate is over at once)."""
+    left = []
+    if rec.get("down_fault_id") is not None and not rec.get("down_cleared"):
+        left.append(int(rec["down_fault_id"]))
+    armed = rec.get("fault_id") is not None and not rec.get("cleared")
+    if rec["kind"] in ("delay", "host_event") and armed:
+        left.append(int(rec["fault_id"]))
+    return left
 
 
 def _first_nic(rec: Record) -> str:
