@@ -26,6 +26,10 @@ from .limits import (
 from .parsing import parse_duration
 from .probe_faults import PROBED, ProbeFaults
 
+#: The daemon's faults that keep a NIC out of service while any of them is listed (its MUX
+#: takes it out, or it failed); a NIC is back only once none of them is left.
+KEEP_A_NIC_OUT = ("nic_down", "target_failure")
+
 
 class LayerFaults(ProbeFaults):
     control: AsyncClient | None
@@ -216,7 +220,27 @@ class LayerFaults(ProbeFaults):
             return
         rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
-        self.say(f"chimney-soak: {layer} back (fault {fid} cleared)")
+        self.say(f"chimney-soak: {layer}{in_shard} {await self._after_clear(fid, layer, shard)}")
+
+    async def _after_clear(self, fid: int, layer: str, shard: int | None) -> str:
+        """What clearing the outage `fid` of `layer` did: the daemon keeps a NIC out until
+        the last nic_down or target_failure of it is cleared (docs/faults.md `nic_down`,
+        `target_failure`), so it is back only if fault.list has none left."""
+        assert self.control is not None
+        try:
+            listed = await self.control.fault_list()
+        except ChimneyError:
+            return f"fault {fid} cleared (fault.list failed: whether it is back is unknown)"
+        keeping = [
+            f"fault {f.get('id')} ({f.get('kind')})"
+            for f in listed
+            if f.get("kind") in KEEP_A_NIC_OUT
+            and f.get("layer") == layer
+            and (shard is None or not f.get("shards") or shard in f["shards"])
+        ]
+        if keeping:
+            return f"still out: fault {fid} cleared, {', '.join(keeping)} still listed"
+        return f"back (fault {fid} cleared)"
 
     async def rebalance(self, rec: dict[str, Any], layer: str, where: dict[str, int]) -> None:
         """Have the MUX `layer` even out its NICs, and wait (at most SETTLE_MAX_S) until the
