@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -21,6 +22,26 @@ PROBED_KINDS = ("delay", "invalidate", "host_event", "nic_up")
 
 for _kind in PROBED_KINDS:
     mutant_daemon.MUTATIONS[f"{_kind}_noop"] = partial(mutant_daemon._noop_fault, _kind)
+
+
+def _invalidate_tcp_only() -> None:
+    """An `invalidate` of a path or neighbor that invalidates the connection's TCP object only:
+    the host calls NdisInvalidateOffload and that connection is uploaded, but the others
+    sharing the path or neighbor stay offloaded on the stale object (spec §3.5: the target
+    asks for each affected connection to be terminated, InvalidState)."""
+    import dataclasses
+
+    from chimneyd import faults
+
+    def apply(engine: Any, fault: Any) -> None:
+        conn = engine.conn(fault.spec["conn"])
+        engine.post_host(engine.host.app_invalidate, conn, "tcp", faults._ignore)
+        fault.active = lambda: False
+
+    faults.KINDS["invalidate"] = dataclasses.replace(faults.KINDS["invalidate"], apply=apply)
+
+
+mutant_daemon.MUTATIONS["invalidate_tcp_only"] = _invalidate_tcp_only
 
 if __name__ == "__main__":
     sys.exit(mutant_daemon.main())

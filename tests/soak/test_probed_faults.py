@@ -224,6 +224,17 @@ def test_an_invalidate_that_did_not_act_fails(over: dict[str, Any], why: str) ->
     assert not e["ok"] and any(why in p for p in e["problems"]), e["problems"]
 
 
+def test_an_invalidate_of_a_shared_object_that_asked_none_of_the_others_up_fails() -> None:
+    """Spec §3.5: every connection depending on an invalidated path or neighbor is asked up;
+    with others on the probe's NIC sharing it, none asked up is a daemon that invalidated the
+    probe's connection alone. A TCP object is the probe's own."""
+    e, _ = _entry([_invalidate_rec(sharing_before=4)])
+    assert not e["ok"] and any("none of the 4 other" in p for p in e["problems"]), e
+    tcp = _invalidate_rec(sharing_before=4, params={"object": "tcp", "layer": "nic0"})
+    e, _ = _entry([tcp])
+    assert e["ok"], e["problems"]
+
+
 def _nic_up_rec(**over: Any) -> dict[str, Any]:
     rec = {
         "tag": 1,
@@ -371,3 +382,29 @@ def test_a_daemon_that_ignores_the_fault_fails_the_soak(
     (fault,) = report["faults"]
     assert fault["injected"] == 1 and not fault["ok"], fault
     assert any(why in p for p in fault["problems"]), fault["problems"]
+
+
+@pytest.mark.timeout(120)
+def test_an_invalidate_of_a_neighbor_that_moves_only_its_own_connection_fails(
+    mutant: Any, tmp_path: Path
+) -> None:
+    """The host invalidates the probe's TCP object only: NdisInvalidateOffload is called and
+    the probe uploaded, but the workers' connections sharing its neighbor stay offloaded on
+    the stale object (spec §3.5: each affected connection is asked up, InvalidState)."""
+    code, report = _soak(mutant("invalidate_tcp_only"), tmp_path, "invalidate@1s")
+    (fault,) = report["faults"]
+    assert code == 1 and not report["ok"], fault
+    assert fault["injected"] == 1 and not fault["ok"], fault
+    assert any("sharing it was asked up" in p for p in fault["problems"]), fault["problems"]
+
+
+@pytest.mark.timeout(120)
+def test_an_invalidate_of_a_neighbor_asks_up_the_connections_sharing_it(
+    mutant: Any, tmp_path: Path
+) -> None:
+    """What the test above relies on: on an unbroken daemon the workers' connections on the
+    probe's NIC share its neighbor, and are asked up with it."""
+    code, report = _soak(mutant("none"), tmp_path, "invalidate@1s")
+    (fault,) = report["faults"]
+    assert code == 0 and fault["ok"], fault
+    assert fault["connections_uploaded"] > 0 and fault["reoffloaded"] > 0, fault

@@ -242,6 +242,13 @@ class ProbeFaults:
             await self._pc().tcp_offload(cid)
             rec["probe_state_before"] = await self._state(cid)
         rec["nics_before"] = await self.nic_connections()
+        # the connections the probe shares its path and neighbor with (spec §3.5: each is
+        # asked up): those on its NIC in its shard (each shard has its own objects), when
+        # every echo peer is on the probe's host (else some need not share them)
+        shard = (await self._pc().stack_info()).get("shard")
+        on_nic = (await self.nic_connections(shard) or {}).get(rec["params"]["layer"])
+        if len({h for h, _ in self.peer_addrs}) == 1 and on_nic is not None:
+            rec["sharing_before"] = max(0, int(on_nic) - 1)  # but the probe
         invalidates = await self._calls("NdisInvalidateOffload")
         rec["t0"] = time.monotonic()
         rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
@@ -413,6 +420,14 @@ def judge_probed(
         if rec["kind"] == "invalidate":
             _judge_invalidate(e, rec, problem)
             moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
+            obj, sharing = rec["params"]["object"], rec.get("sharing_before") or 0
+            if obj in ("path", "neighbor") and sharing and not moved:
+                problem(
+                    e,
+                    f"{obj}: none of the {sharing} other connection(s) on {w.layer} sharing it "
+                    "was asked up (InvalidState, spec §3.5)",
+                    rec,
+                )
         else:
             _judge_host_event(e, rec, problem)
             moved = _explain(e, rec, w, obs, "unrequested", None, problem, _its_upload)
