@@ -140,3 +140,47 @@ async def test_a_nic_ups_nic_down_is_cleared_when_a_probe_fails(monkeypatch: Any
     daemon, _, rec = await _run(fail_on="tcp_connect")
     assert rec.get("probe_error")
     assert ("fault_clear", NIC_DOWN_ID) in daemon.log, daemon.log
+
+
+class _ShardClient(_Daemon):
+    """A client of the fault's shard whose connection broke: tcp.close fails with OSError."""
+
+    def __init__(self, inbox: LocalChannel) -> None:
+        super().__init__(inbox)
+        self.closed = False
+
+    async def stack_info(self) -> dict[str, Any]:
+        return {**await super().stack_info(), "shard": 1}
+
+    async def tcp_close(self, cid: int) -> None:
+        raise ConnectionResetError("the RPC connection broke")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_shards_probe_client_is_closed_even_when_closing_a_probe_fails(
+    monkeypatch: Any,
+) -> None:
+    """The probes of a fault with /shard=K live on a client of their own in that shard:
+    it is closed whatever closing the probes does (else one RPC connection leaks per fault)."""
+    monkeypatch.setattr("chimney_client.soak.probe_faults.RESUME_GRACE_S", 0.0)
+    monkeypatch.setattr("chimney_client.soak.probe_faults.STAGGER_S", 0.0)
+    monkeypatch.setattr("chimney_client.soak.probe_faults.SETTLE_MAX_S", 0.0)
+    inbox = LocalChannel()
+    own = _ShardClient(inbox)
+
+    async def connect(*args: Any, **kw: Any) -> _ShardClient:
+        return own
+
+    monkeypatch.setattr("chimney_client.soak.probe_faults.AsyncClient.connect", connect)
+    co = _Coordinator(_Daemon(inbox), inbox)
+    co.rpc_addr = "127.0.0.1:1"
+    co.args = type("Args", (), {"token": None})()
+    rec = _nic_up_rec()
+    rec["params"]["shard"] = "1"
+    try:
+        await co.inject_probed(rec, {"shard": 1})
+    except OSError:
+        pass  # a broken connection may end the check; the client must be closed still
+    assert own.closed

@@ -106,15 +106,19 @@ class ProbeFaults:
                     await self.control.fault_clear(fid)
                 except ChimneyError as exc:
                     rec.setdefault("clear_error", f"{type(exc).__name__}: {exc}")
-            for cid in probes:
-                try:
-                    await self._pc().tcp_close(cid)
-                except ChimneyError:
-                    pass
             own = _PROBE_CLIENT.get()
-            if own is not None:
-                _PROBE_CLIENT.set(None)
-                await own.close()
+            try:
+                for cid in probes:
+                    try:
+                        await self._pc().tcp_close(cid)
+                    except ChimneyError:
+                        pass
+            finally:
+                # the fault's shard's own client (one RPC connection per fault) is closed
+                # whatever closing its probes did (a broken connection: OSError)
+                if own is not None:
+                    _PROBE_CLIENT.set(None)
+                    await own.close()
 
     def _pc(self) -> AsyncClient:
         """The client the probes of the fault being checked are made on: its own in the
