@@ -124,7 +124,8 @@ def judge(
                 and _overlaps(o_w, rec)
                 and _shares_a_shard(_shard_of(o), _shard_of(rec))
             }
-            _rebalance_evened(by_kind[rec["kind"]], rec, ups, crossed)
+            withheld, crossed_by_events = _host_events_over(rec, layer_records)
+            _rebalance_evened(by_kind[rec["kind"]], rec, ups, crossed | crossed_by_events, withheld)
         else:
             _outage_moved_its_connections(by_kind[rec["kind"]], rec, w, len(ups), obs)
             # then each connection (after the summary: a NIC that uploaded none is said first)
@@ -439,8 +440,38 @@ def _shares_a_shard(a: str, b: str) -> bool:
     return ALL_SHARDS in (a, b) or a == b
 
 
+def _host_events_over(rec: Record, layer_records: Sequence[Record]) -> tuple[set[str], set[str]]:
+    """The host_events a rebalance `rec` ran beside, in a shard it acted in: the NICs one
+    withheld all through it (`withheld`: the MUX plans nothing onto a NIC the host withholds,
+    docs/faults.md `rebalance`, so that NIC is not in its counts), and the shards where one
+    began or was cleared while it ran (`crossed`: the NICs the host let the MUX use changed
+    under it, and it is judged on its own moves only, as for a NIC outage)."""
+    start = float(rec.get("t0", 0.0))
+    end = float(rec.get("t_back") or rec.get("t1") or start)
+    withheld: set[str] = set()
+    crossed: set[str] = set()
+    for ev in layer_records:
+        if ev["kind"] != "host_event" or not ev.get("injected"):
+            continue
+        if not _shares_a_shard(_shard_of(ev), _shard_of(rec)):
+            continue
+        ev_start = float(ev.get("t0", 0.0))
+        ev_end = float(ev["t_clear1"]) if ev.get("t_clear1") is not None else float("inf")
+        if ev_end < start or ev_start > end:
+            continue  # over before it began, or begun after it
+        if ev_start < start and ev_end > end:
+            withheld.add(str(ev.get("params", {}).get("layer", "")))
+        else:
+            crossed.add(_shard_of(ev))
+    return withheld, crossed
+
+
 def _rebalance_evened(
-    e: Record, rec: Record, moves: list[Record], crossed: set[str] | None = None
+    e: Record,
+    rec: Record,
+    moves: list[Record],
+    crossed: set[str] | None = None,
+    withheld: set[str] | None = None,
 ) -> None:
     """A rebalance moved connections where its MUX's NICs in service were uneven, none where
     they were even, and left them even: within one, or REBALANCE_SLACK_SHARE of their
@@ -456,6 +487,7 @@ def _rebalance_evened(
     (`crossed_by_an_outage`). On a daemon of shards, the MUXes of the shards no outage
     crossed are still judged on their counts, each on its own moves (`crossed_shards`)."""
     crossed = crossed or set()
+    withheld = withheld or set()
     moved = len(moves)
     layer = rec.get("params", {}).get("layer", "?")
     before, after = rec.get("mux_before"), rec.get("mux_after")
@@ -464,11 +496,18 @@ def _rebalance_evened(
         return
     e.setdefault("mux_before", []).append(before)
     e.setdefault("mux_after", []).append(after)
+    if withheld:  # NICs the host withheld all through: not the MUX's to fill (_host_events_over)
+        _append(e, "withheld_by_a_host_event", ",".join(sorted(withheld)))
+
+    def usable(counts: dict[str, int]) -> dict[str, int]:
+        return {nic: n for nic, n in counts.items() if nic not in withheld}
+
+    before, after = usable(before), usable(after)
     shards_before, shards_after = rec.get("mux_shards_before"), rec.get("mux_shards_after")
     views: list[tuple[str, str | None, dict[str, int], dict[str, int]]] = []
     if shards_before and shards_after and len(shards_before) == len(shards_after):
         views = [
-            (f" in shard {k}", str(k), b, a)
+            (f" in shard {k}", str(k), usable(b), usable(a))
             for k, (b, a) in enumerate(zip(shards_before, shards_after, strict=True))
             if b and a
         ]
