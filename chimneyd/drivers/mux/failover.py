@@ -24,6 +24,7 @@ from chimneyd.ndis.status import NdisStatus
 
 from . import relink
 from .objects import ASKABLE, Lower, MuxConnection
+from .placement import fit_of
 
 if TYPE_CHECKING:
     from .mux import MuxIm
@@ -248,7 +249,7 @@ def rebalance(mux: MuxIm) -> None:
     # not onto a NIC whose copy of the connection's path hangs under another neighbor's copy
     # and will still be there when it is offloaded again (`_lingering`), nor one that kept
     # finding a copy of its path or neighbor corrupt (`VirtualObject.avoid`): plans it cannot
-    # use (`mux._avoiding`)
+    # use (`mux._avoiding`); nor onto one its placement wish excludes (`_barred`)
     lingering = _lingering(mux, set(leaving))
     for entry in leaving:
         fits = [lo for lo in lowers if not _barred(lingering, entry, lo)]
@@ -258,22 +259,42 @@ def rebalance(mux: MuxIm) -> None:
         mux.placement.moves[entry.key] = low
         counts[low.binding.id] += 1
     moving: list[MuxConnection] = []
-    while True:
-        high = max(lowers, key=lambda lo: counts[lo.binding.id])
-        low = min(lowers, key=lambda lo: counts[lo.binding.id])
-        if counts[high.binding.id] - counts[low.binding.id] <= 1:
-            break
-        movable = [
-            i for i, c in enumerate(by_lower[high.binding.id]) if not _barred(lingering, c, low)
-        ]
-        if not movable:
-            break
-        entry = by_lower[high.binding.id].pop(movable[-1])
+    while (move := _next_move(lowers, by_lower, counts, lingering)) is not None:
+        high, i, low = move
+        entry = by_lower[high.binding.id].pop(i)
         mux.placement.moves[entry.key] = low
         counts[high.binding.id] -= 1
         counts[low.binding.id] += 1
         moving.append(entry)
+    # none left to move (every one barred where the load is lighter): nothing is asked up,
+    # and the team is not PAUSEd for nothing (`_evacuate`)
     _evacuate(mux, moving)
+
+
+def _next_move(
+    lowers: list[Lower],
+    by_lower: dict[int, list[MuxConnection]],
+    counts: dict[int, int],
+    lingering: set[tuple[int, int]],
+) -> tuple[Lower, int, Lower] | None:
+    """The next move, (NIC from, index in its `by_lower` list, NIC to): a connection from the
+    busiest NIC that has one to give onto the idlest it may go to, two or more apart; None
+    when the NICs differ by one at most or no connection may go where the load is lighter.
+
+    The busiest NIC's connections may all be barred from the idlest (a `host_event` withholds
+    it from them all, they are pinned): stopping there left a third NIC as idle untouched."""
+    busiest = sorted(lowers, key=lambda lo: -counts[lo.binding.id])
+    idlest = sorted(lowers, key=lambda lo: counts[lo.binding.id])
+    for high in busiest:
+        for low in idlest:
+            if counts[high.binding.id] - counts[low.binding.id] <= 1:
+                break  # nor any NIC after it, busier
+            movable = [
+                i for i, c in enumerate(by_lower[high.binding.id]) if not _barred(lingering, c, low)
+            ]
+            if movable:
+                return high, movable[-1], low
+    return None
 
 
 def _barred(lingering: set[tuple[int, int]], entry: MuxConnection, lower: Lower) -> bool:
@@ -281,10 +302,27 @@ def _barred(lingering: set[tuple[int, int]], entry: MuxConnection, lower: Lower)
     (`Placement.choose`, `mux._avoiding`): its path's copy there will still hang under
     another neighbor's copy (`lingering`, from `_lingering`), or that NIC kept finding a copy
     of its path or neighbor corrupt, which keeps the object's connections off it for the
-    rest of its life (`VirtualObject.avoid`, `MuxIm._corrupt_again`)."""
+    rest of its life (`VirtualObject.avoid`, `MuxIm._corrupt_again`).
+
+    Or the host's placement wish excludes `lower` [EMU]: a NIC a `host_event` withholds, which
+    the host's re-offload excludes again (spec §3.6.1, §6.2: the host offloads nothing to it
+    while its reason holds), or one other than the NIC the application pinned the connection
+    to. A pinned connection is not moved at all: the pin is the application's choice, and a
+    rebalance is the MUX's own (spec §5.5), not a NIC's failure (docs/architecture.md, "A pin
+    and the host's reasons reach the placement"); a failover still moves it.
+
+    The wish is the one the host's last offload of the connection carried (`entry.wish`):
+    the MUX hears of the host's reasons only through offloads (NDIS has no call for them). A
+    reason cleared since still keeps the connection where it is (a move the rebalance could
+    have made is missed, nothing is asked up for nothing); its next offload brings the
+    current wish. A reason the host took up since uploads the connections on that NIC itself
+    (`host_reasons.event`), and their offloads again carry it."""
     path = entry.path
     avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
-    return (path.id, lower.binding.id) in lingering or lower.binding.id in avoid
+    if (path.id, lower.binding.id) in lingering or lower.binding.id in avoid:
+        return True
+    fit = fit_of(entry.wish)
+    return fit is not None and not fit(lower)
 
 
 def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:

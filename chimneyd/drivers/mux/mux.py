@@ -233,6 +233,7 @@ class MuxIm(PassthroughIm):
             path = objects[id(parents.get(id(up)))]
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
             entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
+            entry.wish = _wish(up)  # what a rebalance keeps its plans within [EMU]
             entry.lifecycle.fire(Event.INITIATE)
             if up.net_buffer_list_chain is not None:
                 # its send data goes down to the NIC with it, below from now on as a relayed

@@ -19,6 +19,7 @@ from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
 from chimneyd.ndis.lifecycle import Lifecycle, Phase, Role
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from chimneyd.ndis.status import OffloadStateType
+from chimneyd.ndis.trace import PlacementWish
 
 from ..base import TimerHandle
 from ..passthrough import ImOffloadEntry
@@ -180,7 +181,7 @@ ASKED_MANDATORY = 2
 class MuxConnection(ImOffloadEntry):
     """A connection the MUX placed on one NIC: an IM offload entry with its path and 4-tuple."""
 
-    __slots__ = ("asked", "completing", "early", "key", "path")
+    __slots__ = ("asked", "completing", "early", "key", "path", "wish")
 
     def __init__(
         self, layer: str, upper: NdisOffloadHandle, lower: Binding, path: VirtualObject, key: Key
@@ -198,3 +199,9 @@ class MuxConnection(ImOffloadEntry):
         # the MUX (`MuxIm.retrieve_all`): NOT_ASKED, ASKED_OPTIONAL or ASKED_MANDATORY. The
         # MUX passes up no second request that says nothing new (spec §5.2, `MuxIm._news`)
         self.asked = NOT_ASKED
+        # [EMU] the host's placement wish as its offload of the connection carried it (the
+        # NIC the application pinned it to, the NICs a `host_event` withholds): what a
+        # rebalance keeps its plans within (`failover._barred`). Kept from that offload, not
+        # read again from the trace: the MUX knows of the host's reasons only what an offload
+        # told it (docs/architecture.md, "A pin and the host's reasons reach the placement")
+        self.wish: PlacementWish | None = None

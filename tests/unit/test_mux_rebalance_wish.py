@@ -1,0 +1,136 @@
+"""A rebalance honours the host's placement wish [EMU] (docs/architecture.md, "A pin and the
+host's reasons reach the placement"): it plans no connection onto a NIC the wish excludes.
+
+The wish (the NIC `tcp.connect`'s `target` pinned, the NICs a `host_event` withholds) keeps
+the connection off those NICs at every offload (`Placement.choose`). A rebalance that planned
+a connection onto one asked it up, PAUSEd the team for it and counted the move; at the
+re-offload the plan was dropped (the host's wish then still withholds the NIC) and the policy
+put the connection back. A connection pinned to its NIC is not moved at all: the application
+chose that NIC, and a rebalance is the MUX's own choice (spec §5.5), not a NIC's failure."""
+
+from __future__ import annotations
+
+from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.ndis.trace import PlacementWish
+from chimneyd.testing.factories import teamed_target_stack
+from chimneyd.testing.records import OffloadTree
+from chimneyd.testing.stack import Stack
+from tests.unit.mux_rig import mux_of
+from tests.unit.test_mux_rebalance_plans import (
+    _asked,
+    _drain,
+    _entry,
+    _offload_again,
+    _per_nic,
+    _terminate,
+)
+
+#: keeps the connection off nic0 (a `host_event` withholds it)
+AVOID_NIC0: PlacementWish = (None, frozenset({"nic0"}))
+AVOID_NIC1: PlacementWish = (None, frozenset({"nic1"}))
+AVOID_NIC2: PlacementWish = (None, frozenset({"nic2"}))
+
+
+def _team(
+    policy: str, nics: int, wishes: list[PlacementWish | None]
+) -> tuple[Stack, MuxIm, OffloadTree]:
+    """A team of `nics` NICs with one connection per wish, offloaded in one initiate."""
+    st = teamed_target_stack(nics=nics, policy=policy)
+    tree = st.top.connection_tree([st.wires.open() for _ in wishes])
+    for handle, wish in zip(tree.tcp, wishes, strict=True):
+        assert handle.trace is not None
+        handle.trace.wish = wish
+    st.top.initiate(tree.root)
+    st.run()
+    return st, mux_of(st), tree
+
+
+def _nics(tree: OffloadTree) -> list[str]:
+    return [_entry(h).lower.lower.name for h in tree.tcp]
+
+
+def _plans(mux: MuxIm) -> dict[object, str]:
+    return {key: lo.name for key, lo in mux.placement.moves.items()}
+
+
+def test_connections_avoiding_the_idle_nic_are_not_moved_onto_it() -> None:
+    """Three connections avoid nic0, all on nic1: no plan, nothing asked up, no PAUSE."""
+    st, mux, tree = _team("round-robin", 2, [AVOID_NIC0] * 3)
+    assert _nics(tree) == ["nic1"] * 3
+    mux.rebalance()
+    st.run()
+    assert _plans(mux) == {}
+    assert _asked(st) == []
+    assert not mux.paused_above
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_connections_pinned_to_their_nic_are_not_moved() -> None:
+    """Three connections pinned to nic0 (active-standby would put them there anyway): a
+    rebalance moves none of them to the idle nic1."""
+    st, mux, tree = _team("active-standby", 2, [("nic0", frozenset())] * 3)
+    assert _nics(tree) == ["nic0"] * 3
+    mux.rebalance()
+    st.run()
+    assert _plans(mux) == {}
+    assert _asked(st) == []
+    assert not mux.paused_above
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_only_a_connection_free_to_go_is_moved() -> None:
+    """Active-standby: four connections on nic0, three of them avoiding nic1. Only the free
+    one is planned onto nic1 (one move, the others would be put back), and it lands there."""
+    st, mux, tree = _team("active-standby", 2, [None, AVOID_NIC1, AVOID_NIC1, AVOID_NIC1])
+    assert _nics(tree) == ["nic0"] * 4
+    free = tree.tcp[0]
+    mux.rebalance()
+    st.run()
+    assert _plans(mux) == {_entry(free).key: "nic1"}
+    assert _asked(st) == [free]
+    assert mux.paused_above  # until the free one is up
+    _terminate(st, tree, [free])
+    assert not mux.paused_above
+    _offload_again(st, tree, free)
+    assert _per_nic(mux) == {"nic0": 3, "nic1": 1}
+    assert mux.placement.moves == {}
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_busiest_nic_barred_from_the_idlest_moves_to_the_next() -> None:
+    """Three NICs, active-standby: four connections avoid nic0, so all are on nic1. nic0 is
+    idlest but barred to them all; nic2, as idle, takes two, and the team is even where
+    the wishes let it be."""
+    st, mux, tree = _team("active-standby", 3, [AVOID_NIC0] * 4)
+    assert _nics(tree) == ["nic1"] * 4
+    mux.rebalance()
+    st.run()
+    plans = _plans(mux)
+    assert sorted(plans.values()) == ["nic2", "nic2"], plans
+    moved = [h for h in tree.tcp if _entry(h).key in plans]
+    assert set(_asked(st)) == set(moved)
+    _terminate(st, tree, moved)
+    for handle in moved:
+        _offload_again(st, tree, handle)
+    assert _per_nic(mux) == {"nic0": 0, "nic1": 2, "nic2": 2}
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_a_leaving_connection_is_planned_only_where_its_wish_lets_it_go() -> None:
+    """Three NICs, round robin, three connections avoiding nic2: c0, c2 on nic0, c1 on
+    nic1. nic0 is taken out (c0, c2 asked up) and put back; a rebalance plans the two
+    leaving ones onto the NICs the fewest stay on, of those they may go to: both nic0 (nic2
+    is as idle, but excluded)."""
+    st, mux, tree = _team("round-robin", 3, [AVOID_NIC2] * 3)
+    c0, c1, c2 = tree.tcp
+    assert _nics(tree) == ["nic0", "nic1", "nic0"]
+    binding0 = _entry(c0).lower
+    mux.lower_down(binding0)
+    st.run()
+    assert _asked(st) == [c0, c2]
+    mux.lower_up(binding0)
+    st.run()
+    mux.rebalance()
+    assert _plans(mux) == {_entry(c0).key: "nic0", _entry(c2).key: "nic0"}
+    _terminate(st, tree, [c0, c2])
+    _drain(st, tree, [c1])
