@@ -11,6 +11,7 @@ chose that NIC, and a rebalance is the MUX's own choice (spec §5.5), not a NIC'
 from __future__ import annotations
 
 from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.trace import PlacementWish
 from chimneyd.testing.factories import teamed_target_stack
 from chimneyd.testing.records import OffloadTree
@@ -79,9 +80,10 @@ def test_connections_pinned_to_their_nic_are_not_moved() -> None:
 
 
 def test_only_a_connection_free_to_go_is_moved() -> None:
-    """Active-standby: four connections on nic0, three of them avoiding nic1. Only the free
-    one is planned onto nic1 (one move, the others would be put back), and it lands there."""
-    st, mux, tree = _team("active-standby", 2, [None, AVOID_NIC1, AVOID_NIC1, AVOID_NIC1])
+    """Active-standby: four connections on nic0, three of them pinned there. Only the free
+    one is planned onto nic1 (one move), and it lands there."""
+    pinned: PlacementWish = ("nic0", frozenset())
+    st, mux, tree = _team("active-standby", 2, [None, pinned, pinned, pinned])
     assert _nics(tree) == ["nic0"] * 4
     free = tree.tcp[0]
     mux.rebalance()
@@ -94,6 +96,62 @@ def test_only_a_connection_free_to_go_is_moved() -> None:
     _offload_again(st, tree, free)
     assert _per_nic(mux) == {"nic0": 3, "nic1": 1}
     assert mux.placement.moves == {}
+    _drain(st, tree, list(tree.tcp))
+
+
+def _offload_one(st: Stack, tree: OffloadTree, wish: PlacementWish | None) -> None:
+    """The layer above offloads one more connection under the path, with `wish`."""
+    assert tree.neighbor is not None
+    root = st.top.neighbor_block(tree.neighbor)
+    path = root.add_dependent(st.top.path_block(tree.paths[0]))
+    wire = st.wires.open()
+    block = path.add_dependent(st.top.tcp_block(wire))
+    handle = block.offload_handle
+    assert handle is not None and handle.trace is not None
+    handle.trace.wish = wish
+    tree.wires[handle.id] = wire
+    tree.tcp.append(handle)
+    st.top.initiate(root)
+    st.run()
+    assert block.status == S.NDIS_STATUS_SUCCESS
+
+
+def test_a_nic_withheld_since_the_older_offloads_gets_no_plan() -> None:
+    """Three NICs, active-standby: four connections offloaded with no wish, all on nic0. The
+    host then withholds nic1 (a `host_event`: nothing of the host's was on it), and its next
+    offload says so: a rebalance plans none onto nic1, though the older four's own wishes
+    did not exclude it; the host would put them back where the policy does."""
+    st, mux, tree = _team("active-standby", 3, [None] * 4)
+    _offload_one(st, tree, AVOID_NIC1)
+    assert _nics(tree) == ["nic0"] * 5
+    mux.rebalance()
+    st.run()
+    plans = _plans(mux)
+    assert sorted(plans.values()) == ["nic2", "nic2"], plans
+    moved = [h for h in tree.tcp if _entry(h).key in plans]
+    _terminate(st, tree, moved)
+    for handle in moved:
+        _offload_again(st, tree, handle)
+    assert _per_nic(mux) == {"nic0": 3, "nic1": 0, "nic2": 2}
+    _drain(st, tree, list(tree.tcp))
+
+
+def test_a_nic_no_longer_withheld_takes_connections_again() -> None:
+    """Two NICs, active-standby: four connections offloaded while the host withheld nic1,
+    all on nic0; the reason is cleared, and the host's next offload carries no wish. A
+    rebalance moves two onto nic1, the older connections' own wishes notwithstanding."""
+    st, mux, tree = _team("active-standby", 2, [AVOID_NIC1] * 4)
+    _offload_one(st, tree, None)
+    assert _nics(tree) == ["nic0"] * 5
+    mux.rebalance()
+    st.run()
+    plans = _plans(mux)
+    assert sorted(plans.values()) == ["nic1", "nic1"], plans
+    moved = [h for h in tree.tcp if _entry(h).key in plans]
+    _terminate(st, tree, moved)
+    for handle in moved:
+        _offload_again(st, tree, handle)
+    assert _per_nic(mux) == {"nic0": 3, "nic1": 2}
     _drain(st, tree, list(tree.tcp))
 
 

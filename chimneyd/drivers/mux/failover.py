@@ -252,14 +252,14 @@ def rebalance(mux: MuxIm) -> None:
     # use (`mux._avoiding`); nor onto one its placement wish excludes (`_barred`)
     lingering = _lingering(mux, set(leaving))
     for entry in leaving:
-        fits = [lo for lo in lowers if not _barred(lingering, entry, lo)]
+        fits = [lo for lo in lowers if not _barred(lingering, entry, lo, mux.host_avoid)]
         if not fits:
             continue  # the policy places it
         low = min(fits, key=lambda lo: counts[lo.binding.id])
         mux.placement.moves[entry.key] = low
         counts[low.binding.id] += 1
     moving: list[MuxConnection] = []
-    while (move := _next_move(lowers, by_lower, counts, lingering)) is not None:
+    while (move := _next_move(lowers, by_lower, counts, lingering, mux.host_avoid)) is not None:
         high, i, low = move
         entry = by_lower[high.binding.id].pop(i)
         mux.placement.moves[entry.key] = low
@@ -276,6 +276,7 @@ def _next_move(
     by_lower: dict[int, list[MuxConnection]],
     counts: dict[int, int],
     lingering: set[tuple[int, int]],
+    host_avoid: frozenset[str],
 ) -> tuple[Lower, int, Lower] | None:
     """The next move, (NIC from, index in its `by_lower` list, NIC to): a connection from the
     busiest NIC that has one to give onto the idlest it may go to, two or more apart; None
@@ -290,38 +291,47 @@ def _next_move(
             if counts[high.binding.id] - counts[low.binding.id] <= 1:
                 break  # nor any NIC after it, busier
             movable = [
-                i for i, c in enumerate(by_lower[high.binding.id]) if not _barred(lingering, c, low)
+                i
+                for i, c in enumerate(by_lower[high.binding.id])
+                if not _barred(lingering, c, low, host_avoid)
             ]
             if movable:
                 return high, movable[-1], low
     return None
 
 
-def _barred(lingering: set[tuple[int, int]], entry: MuxConnection, lower: Lower) -> bool:
+def _barred(
+    lingering: set[tuple[int, int]], entry: MuxConnection, lower: Lower, host_avoid: frozenset[str]
+) -> bool:
     """Whether a plan onto `lower` would be dropped when `entry` is offloaded again
     (`Placement.choose`, `mux._avoiding`): its path's copy there will still hang under
     another neighbor's copy (`lingering`, from `_lingering`), or that NIC kept finding a copy
     of its path or neighbor corrupt, which keeps the object's connections off it for the
     rest of its life (`VirtualObject.avoid`, `MuxIm._corrupt_again`).
 
-    Or the host's placement wish excludes `lower` [EMU]: a NIC a `host_event` withholds, which
-    the host's re-offload excludes again (spec §3.6.1, §6.2: the host offloads nothing to it
-    while its reason holds), or one other than the NIC the application pinned the connection
-    to. A pinned connection is not moved at all: the pin is the application's choice, and a
-    rebalance is the MUX's own (spec §5.5), not a NIC's failure (docs/architecture.md, "A pin
-    and the host's reasons reach the placement"); a failover still moves it.
+    Or the host's placement wish excludes `lower` [EMU]: a NIC the host withholds
+    (`host_avoid`), which its re-offload excludes again (spec §3.6.1, §6.2: the host offloads
+    nothing to it while its reason holds), or one other than the NIC the application pinned
+    the connection to. A pinned connection is not moved at all: the pin is the application's
+    choice, and a rebalance is the MUX's own (spec §5.5), not a NIC's failure
+    (docs/architecture.md, "A pin and the host's reasons reach the placement"); a failover
+    still moves it.
 
-    The wish is the one the host's last offload of the connection carried (`entry.wish`):
-    the MUX hears of the host's reasons only through offloads (NDIS has no call for them). A
-    reason cleared since still keeps the connection where it is (a move the rebalance could
-    have made is missed, nothing is asked up for nothing); its next offload brings the
-    current wish. A reason the host took up since uploads the connections on that NIC itself
-    (`host_reasons.event`), and their offloads again carry it."""
+    The pin is the connection's own, from the host's offload of it (`entry.wish`). The NICs
+    withheld are not read from there: the wish on a connection's trace is as old as its
+    offload, and a reason the host took up since (a `host_event` on nic0 uploads nic0's
+    connections, and leaves the others' wishes without nic0) or cleared since would be
+    missed. The host's reasons hold per NIC, for every connection alike (`host_reasons`),
+    and the MUX hears of them only through offloads: the newest offload's wish
+    (`MuxIm.host_avoid`) is the best it has. A reason cleared since that offload still keeps
+    plans off the NIC (a move missed, nothing asked up for nothing) until the next offload
+    says so."""
     path = entry.path
     avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
     if (path.id, lower.binding.id) in lingering or lower.binding.id in avoid:
         return True
-    fit = fit_of(entry.wish)
+    pin = entry.wish[0] if entry.wish is not None else None
+    fit = fit_of((pin, host_avoid))
     return fit is not None and not fit(lower)
 
 

@@ -99,6 +99,11 @@ class MuxIm(PassthroughIm):
         # id(held initiate's root) -> id(its TCP block) -> the NIC chosen for it before it was
         # held: the retry is the same initiate, and keeps that choice (`_initiate`)
         self.held_placements: dict[int, dict[int, Lower]] = {}
+        # [EMU] the NICs the host withholds (`host_event`), as its last offload's placement
+        # wish said: the host's reasons hold per NIC, for all its connections alike, and the
+        # MUX hears of them only through offloads. A rebalance plans onto none of them
+        # (`failover._barred`), whatever the older wishes of the connections it moves said
+        self.host_avoid: frozenset[str] = frozenset()
         self.indicating: dict[int, Lower] = {}  # NBL id -> NIC, while its indication is up
         self.returns_to: dict[int, Lower] = {}  # NBL id -> NIC, held above until returned
         self.params: NdisTcpConnectionOffloadParameters | None = None
@@ -162,6 +167,10 @@ class MuxIm(PassthroughIm):
     # ============================================================================================
     @downcall
     def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
+        for up in walk(root):  # in the host's order: a held initiate, retried, is older
+            if up.kind is BlockKind.TCP and up.role() is not BlockRole.PLACEHOLDER:
+                wish = _wish(up)
+                self.host_avoid = wish[1] if wish is not None else frozenset()
         if not self._initiate(root):
             self.deferred.append(("Initiate", root))
 

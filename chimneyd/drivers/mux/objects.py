@@ -199,9 +199,10 @@ class MuxConnection(ImOffloadEntry):
         # the MUX (`MuxIm.retrieve_all`): NOT_ASKED, ASKED_OPTIONAL or ASKED_MANDATORY. The
         # MUX passes up no second request that says nothing new (spec §5.2, `MuxIm._news`)
         self.asked = NOT_ASKED
-        # [EMU] the host's placement wish as its offload of the connection carried it (the
-        # NIC the application pinned it to, the NICs a `host_event` withholds): what a
-        # rebalance keeps its plans within (`failover._barred`). Kept from that offload, not
-        # read again from the trace: the MUX knows of the host's reasons only what an offload
-        # told it (docs/architecture.md, "A pin and the host's reasons reach the placement")
+        # [EMU] the host's placement wish as its offload of the connection carried it: its pin
+        # (the NIC the application pinned it to) keeps a rebalance from moving it
+        # (`failover._barred`); for the NICs the host withholds the MUX reads the newest
+        # offload's (`MuxIm.host_avoid`). Kept from that offload, not read again from the
+        # trace: the MUX knows of the host's wishes only what an offload told it
+        # (docs/architecture.md, "A pin and the host's reasons reach the placement")
         self.wish: PlacementWish | None = None
