@@ -1,7 +1,8 @@
 """What the host raises when a layer below broke the contract in a completion (spec §6.3).
 
-Not compiled (deploy/compiled-modules.txt): a class a compiled module defines cannot derive
-from `ChimneyProtocolError`, which runs as Python.
+Not compiled (deploy/compiled-modules.txt), as `chimneyd/ndis/errors.py`, whose
+`ChimneyProtocolError` these derive from, is not: nothing here is on the data path, and the
+compiled host modules raise and catch these as ordinary Python classes.
 """
 
 from __future__ import annotations
