@@ -173,10 +173,17 @@ def _target_failure(engine: Engine, fault: Fault) -> None:
     # the first clear's RESUME would have the host offload to a NIC still failed
     if not _held_by_another(engine, fault):
         nic.inbox.push(nic.fail_adapter, ())
+    _undo_when_last(engine, fault, lambda: nic.inbox.push(nic.recover_adapter, ()))
+
+
+def _undo_when_last(engine: Engine, fault: Fault, end: Callable[[], None]) -> None:
+    """Clearing `fault` runs `end` (the outage's end: a RESUME, `lower_up`, the host event's
+    end) only when no other fault of its kind holds the same layer out (`_held_by_another`):
+    two outages of one layer overlap, and the layer comes back with the last one cleared."""
 
     def undo() -> None:
         if not _held_by_another(engine, fault):
-            nic.inbox.push(nic.recover_adapter, ())
+            end()
 
     fault.undo = undo
 
@@ -268,26 +275,18 @@ def _host_event(engine: Engine, fault: Fault) -> None:
     target = engine.target_layer(fault.spec["layer"]).name
     event = fault.spec["event"]
     engine.post_host(engine.host.host_event, target, event, True)
-
-    def undo() -> None:
-        # the event ends for the target only when no host_event of it is listed any more
-        if not _held_by_another(engine, fault):
-            engine.post_host(engine.host.host_event, target, event, False)
-
-    fault.undo = undo
+    # the event ends for the target only when no host_event of it is listed any more
+    _undo_when_last(
+        engine, fault, lambda: engine.post_host(engine.host.host_event, target, event, False)
+    )
 
 
 def _nic_down(engine: Engine, fault: Fault) -> None:
     mux, binding = engine.mux_above(fault.spec["layer"])
     # taken out again even if another nic_down holds it: a `nic_up` may have put it back
     mux.inbox.push(mux.lower_down, (binding,))
-
-    def undo() -> None:
-        # back in service only when no nic_down of it is listed any more (as target_failure)
-        if not _held_by_another(engine, fault):
-            mux.inbox.push(mux.lower_up, (binding,))
-
-    fault.undo = undo
+    # back in service only when no nic_down of it is listed any more (as target_failure)
+    _undo_when_last(engine, fault, lambda: mux.inbox.push(mux.lower_up, (binding,)))
 
 
 def _nic_up(engine: Engine, fault: Fault) -> None:
