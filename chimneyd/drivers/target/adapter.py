@@ -80,14 +80,14 @@ def recover(t: OffloadTarget) -> None:
     traces = [c.trace for c in t.connections() if c.trace is not None]
     t.ndis.NdisMIndicateStatusEx(t, S.NDIS_STATUS_OFFLOAD_RESUME, traces)
     queued, t.paused_initiates = t.paused_initiates, []
-    for root in queued:
-        offload.initiate(t, root)
+    for root, arrived_ns in queued:
+        offload.initiate(t, root, arrived_ns)
 
 
 def initiate(t: OffloadTarget, root: OffloadBlock) -> None:
     """`MiniportInitiateOffload`, queued while the adapter is paused."""
     if t.failed:
-        t.paused_initiates.append(root)
+        t.paused_initiates.append((root, t.ndis.clock()))
         return
     offload.initiate(t, root)
 

@@ -135,6 +135,19 @@ def start_fin_wait_2(t: OffloadTarget, c: TcpContext, left_ns: int = FIN_WAIT_2_
     t.fin_wait_2[c.id] = FinWait2Timer(handle, now + left_ns - FIN_WAIT_2_NS, now)
 
 
+def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
+    """`c` was offloaded in FIN_WAIT_2 by an initiate the NIC queued while paused (spec §5.5)
+    from `arrived_ns`, when it reached the NIC: its timer, just armed with what
+    `RetransmitTimeoutDelta` says, counts from then (spec §8: the target's clock, from its
+    initiate). Due already, it expires at once. [INF] A layer above that held the initiate
+    (an IM, a MUX) cannot be counted: NDIS hands the target no clock with the delta."""
+    timer = t.fin_wait_2.get(c.id)
+    if timer is None:
+        return
+    now = t.ndis.clock()
+    start_fin_wait_2(t, c, timer.heard_ns + FIN_WAIT_2_NS - now - (now - arrived_ns))
+
+
 def heard(t: OffloadTarget, c: TcpContext) -> None:
     """An acceptable segment arrived on `c` in FIN_WAIT_2: its timer starts again (spec §8)."""
     timer = t.fin_wait_2.get(c.id)

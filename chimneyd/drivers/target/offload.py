@@ -28,10 +28,17 @@ S = NdisStatus
 SUCCESS = S.NDIS_STATUS_SUCCESS
 
 
-def initiate(t: OffloadTarget, root: OffloadBlock) -> None:
-    """`MiniportInitiateOffload`: offload the tree, then complete it (spec §3.2.1)."""
+def initiate(t: OffloadTarget, root: OffloadBlock, arrived_ns: int | None = None) -> None:
+    """`MiniportInitiateOffload`: offload the tree, then complete it (spec §3.2.1).
+    `arrived_ns`: when it reached the NIC, if the NIC queued it while paused (spec §5.5)."""
     new: list[Context] = []
     _initiate_list(t, root, None, new, is_root=True)
+    if arrived_ns is not None:
+        for ctx in new:
+            if isinstance(ctx, TcpContext):
+                # spec §8: the FIN_WAIT_2 timer handed down runs on the target's clock from its
+                # initiate, not from the RESUME that let the NIC take the connection
+                disconnect.started_at(t, ctx, arrived_ns)
     t.ndis.NdisMInitiateOffloadComplete(t, root)
     # indications may start once the completion is on its way (spec §3.2.7); buffered data goes
     # first (spec §3.2.7 "After completion")

@@ -103,7 +103,9 @@ class OffloadTarget(DriverLayer):
         self.tcp_count = 0
         self.indicated: dict[int, NetBufferList] = {}  # indicated NBLs the host still holds
         self.deferred_terminates: list[OffloadBlock] = []
-        self.paused_initiates: list[OffloadBlock] = []  # arrived while paused (spec §5.5)
+        # arrived while paused (spec §5.5), each with the clock at its arrival: a FIN_WAIT_2
+        # timer it hands down runs from then (spec §8)
+        self.paused_initiates: list[tuple[OffloadBlock, int]] = []
         # the global parameters the host set (spec §8); these defaults until it does
         self.params = NdisTcpConnectionOffloadParameters(TcpPushTicks=push_ticks_ms)
         self.batch: CompletionBatch | None = None  # completions of a drain, once drains end
@@ -154,7 +156,7 @@ class OffloadTarget(DriverLayer):
     def keeps(self, root: OffloadBlock) -> bool:
         """Initiates wait here while the adapter is paused (updates and queries never do),
         terminates until no indication of theirs is in flight."""
-        return any(r is root for r in self.paused_initiates) or any(
+        return any(r is root for r, _ in self.paused_initiates) or any(
             r is root for r in self.deferred_terminates
         )
 
