@@ -83,7 +83,7 @@ def event(h: HostStack, target: str, name: str, on: bool) -> None:
                 tcb.deferred, functools.partial(_terminate_if_on, h, tcb, target, name)
             )
         else:
-            tcb.upload_reason = name
+            _for_the_event(tcb, name)
             terminate.start(h, tcb)
     settled(h)
 
@@ -108,8 +108,26 @@ def _on(h: HostStack, target: str) -> list[Tcb]:
 
 def _terminate_if_on(h: HostStack, tcb: Tcb, target: str, name: str) -> None:
     if tcb.lifecycle.phase is Phase.OFFLOADED and target in h.path_names(tcb):
-        tcb.upload_reason = name
+        _for_the_event(tcb, name)
         terminate.start(h, tcb)
+
+
+#: Phases of a connection already on its way up for a reason of its own: its terminate is
+#: below or queued (`tcp.upload`, a retrieve taken), an invalidate (of it or of an object it
+#: depends on) or the target's request (TIME_WAIT, a timeout, spec §5.2) will take it up, or a
+#: terminate failed and the host terminates it again (spec §3.7).
+_GOING_UP = frozenset({Phase.TERMINATING, Phase.INVALIDATED, Phase.UPLOAD_REQUESTED, Phase.FAILED})
+
+
+def _for_the_event(tcb: Tcb, name: str) -> None:
+    """The event's name becomes the reason the connection's `uploaded` event gives, unless it
+    was already going up for its own (spec §6.2, docs/rpc.md `uploaded`): the event's
+    terminate adds nothing to that one's, and the client must not be told the event took up a
+    connection that was leaving anyway. A `tcp.upload` waiting behind a query or update (its
+    terminate not yet started, `terminate.start`) is its own reason too."""
+    if tcb.lifecycle.phase in _GOING_UP or tcb.upload_done:
+        return
+    tcb.upload_reason = name
 
 
 def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
