@@ -77,9 +77,10 @@ def test_a_terminate_completion_without_a_connections_block_names_that_connectio
     """A layer below put a let-go handle's block in place of a connection's own (spec §9 item
     8): the host cannot tell whether the layers below still carry that connection, and no
     upload of it will come. The others come back; the error names it, so that the engine
-    fails its waiting upload rather than leave it unanswered. Before, the error was a
+    fails what the host cannot answer rather than leave it unanswered. Before, the error was a
     `LetGoHandles` naming no connection: the engine failed nothing, and the upload waited
-    for ever. (The connection itself stays TERMINATING: not drained here.)"""
+    for ever. (The host takes the connection itself as lost below and resets it:
+    `test_host_completion_lost_below`.)"""
     rig = HostRig()
     host = rig.host
     conns = _offloaded(rig, 3)
@@ -102,10 +103,11 @@ def test_a_terminate_completion_without_a_connections_block_names_that_connectio
 
 def test_an_initiate_completion_without_a_connections_block_names_that_connection() -> None:
     """The same for an initiate: a layer below put a let-go handle's block in place of a
-    connection's own. The host cannot tell whether the connection was offloaded, and no answer
-    for it will come: the error names it, so that the engine fails its waiting offload. Before,
-    a `LetGoHandles` naming no connection: nothing answered the offload. The other connection
-    of the tree is offloaded and answered. (The connection itself stays OFFLOADING.)"""
+    connection's own. No answer for it will come; the host goes by its handle's context cell,
+    which the target filled: offloaded, and answered, so the error names no connection the
+    engine must fail requests of (one whose cell is empty is lost and named:
+    `test_host_completion_lost_below`). Before, a `LetGoHandles` naming no connection: nothing
+    answered the offload. The other connection of the tree is offloaded and answered."""
     rig = HostRig()
     host = rig.host
     conns = []
@@ -123,6 +125,7 @@ def test_an_initiate_completion_without_a_connections_block_names_that_connectio
     with pytest.raises(SettledThenRaised, match="without the blocks of connections") as raised:
         rig.release((layer, fn, (binding, root)))
     rig.run()
-    assert raised.value.conns == frozenset({conns[0]})
-    assert offloads[1].done and offloads[1].error is None, offloads[1]
-    assert host.tcbs[conns[1]].state == "offloaded"
+    assert raised.value.conns == frozenset()
+    for conn, reply in zip(conns, offloads, strict=True):
+        assert reply.done and reply.error is None, reply
+        assert host.tcbs[conn].state == "offloaded"

@@ -9,6 +9,7 @@ receives while the initiate is in flight go down with `NdisOffloadTcpForward` af
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.blocks import (
@@ -46,7 +47,7 @@ from ..segment import (
 from ..tcp import offset_of, seq
 from . import adapter, disconnect, host_reasons, receive, send, terminate
 from .errors import raise_if_broken
-from .tcb import AppError, Done, HostObject, Tcb, ndis_error
+from .tcb import LOST_BELOW, AppError, Done, HostObject, Tcb, ndis_error
 
 if TYPE_CHECKING:
     from .stack import HostStack
@@ -271,8 +272,9 @@ def flush_initiates(h: HostStack) -> None:
     for binding, root, paths in trees.values():
         for key, pblock in paths.items():
             pblock.add_dependents(under[key])
-        # the connections it carries, so that a completion lacking one's block names it
-        root.protocol_reserved = tcbs_in(root)
+        # the connections and the new neighbor and path it carries, so that a completion
+        # lacking one's block settles it (`_missing`)
+        root.protocol_reserved = offloading_in(root)
         h.ndis.NdisInitiateOffload(h, binding, root)
     if refusals:
         terminate.forget_idle_objects(h)
@@ -415,31 +417,32 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
     return block
 
 
-def tcbs_in(root: OffloadBlock) -> list[Tcb]:
-    """The connections a tree's blocks name, by their live handles."""
-    tcbs: list[Tcb] = []
+def offloading_in(root: OffloadBlock) -> list[Tcb | HostObject]:
+    """The connections and objects a tree offloads anew (not its linkers), by their live
+    handles."""
+    owners: list[Tcb | HostObject] = []
     for block in walk(root):
         owner = block.offload_handle.owner if block.offload_handle is not None else None
-        if isinstance(owner, Tcb):
-            tcbs.append(owner)
-    return tcbs
+        if isinstance(owner, Tcb) or (isinstance(owner, HostObject) and block.const is not None):
+            owners.append(owner)
+    return owners
 
 
 def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolInitiateOffloadComplete`: per block, offloaded or not (spec §3.2.4)."""
     let_go: list[NdisOffloadHandle] = []
-    # a next-hop change's lone new neighbor (`state_ops`), or the connections the tree carried
+    # a next-hop change's lone new neighbor (`state_ops`), or what the tree offloaded anew
     reserved = take_reserved(root)
-    after = reserved if callable(reserved) else None
-    sent: list[Tcb] = reserved if isinstance(reserved, list) else []
-    named = {id(t) for t in tcbs_in(root)}
-    # connections whose block the completion lacks (a layer below put a let-go handle's block
-    # in its place): the host cannot tell whether they were offloaded, and no answer comes for
-    # them; they are named in the error, so that the engine fails their waiting requests
+    after: Callable[[], None] | None = None
+    sent: list[Tcb | HostObject] = []
+    if isinstance(reserved, tuple):
+        after, sent = reserved
+    elif isinstance(reserved, list):
+        sent = reserved
+    # objects first, so that a connection under one sees it settled
+    missing = sorted(_missing(root, sent), key=lambda o: isinstance(o, Tcb))
     lost = frozenset(
-        t.conn_id
-        for t in sent
-        if id(t) not in named and t.handle is not None and t.lifecycle.phase is Phase.OFFLOADING
+        [t.conn_id for t in missing if not _settle_missing(h, t) and isinstance(t, Tcb)]
     )
     for block in walk(root):
         handle = block.offload_handle
@@ -477,8 +480,69 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
-    unsettled = f"without the blocks of connections {sorted(lost)}" if lost else ""
+    unsettled = f"without the blocks of {', '.join(map(str, missing))}" if missing else ""
+    if any(isinstance(t, Tcb) for t in missing):
+        conns = sorted(t.conn_id for t in missing if isinstance(t, Tcb))
+        unsettled = f"without the blocks of connections {conns}: {unsettled}"
     raise_if_broken("initiate", unsettled, lost, let_go)
+
+
+def _missing(root: OffloadBlock, sent: list[Tcb | HostObject]) -> list[Tcb | HostObject]:
+    """What the host offloaded anew that the completion has no block of (a layer below put
+    a let-go handle's block in its place, or dropped it): a broken contract, and no answer for
+    them will come (spec §6.3 [EMU])."""
+    named = {
+        id(b.offload_handle.owner)
+        for b in walk(root)
+        if b.offload_handle is not None and b.offload_handle.owner is not None
+    }
+    return [
+        o
+        for o in sent
+        if id(o) not in named and o.handle is not None and o.lifecycle.phase is Phase.OFFLOADING
+    ]
+
+
+def _settle_missing(h: HostStack, owner: Tcb | HostObject) -> bool:
+    """Settle a connection or object whose block the initiate's completion lacks (spec §6.3
+    [EMU]) by its handle's `MiniportOffloadContext` cell, which the layer below fills only for
+    a block it offloaded (spec §1.5, §3.2.4): whether it is offloaded. Filled, it is: nothing
+    comes back in an offloaded block, so nothing is lost, and it goes up later as any other
+    (the layers below let go of it then). Empty, it is not; an object is then as one that
+    failed, and a connection is lost: the state and data it handed down were to come back in
+    the block, so the host cannot carry its byte stream on (`_lost_below`)."""
+    assert owner.handle is not None
+    offloaded = owner.handle.miniport_offload_context is not None
+    if isinstance(owner, HostObject):
+        if offloaded:
+            owner.lifecycle.fire(Event.INITIATE_OFFLOADED)
+            h.stats.offloads_active += 1
+        else:
+            owner.lifecycle.fire(Event.INITIATE_FAILED)
+            h.table_remove(owner.handle.id)
+            owner.handle = None
+    elif offloaded:
+        _offloaded(h, owner)
+    else:
+        _lost_below(h, owner)
+    return offloaded
+
+
+def _lost_below(h: HostStack, tcb: Tcb) -> None:
+    """Not offloaded, and what it handed down lost with its block: the host takes it back and
+    resets it, as `terminate.lost_below` does one lost at its terminate (spec §6.3 [EMU]): the
+    peer gets an RST, the offload is answered, the application is told (`TcpIndicateAbort`),
+    its reads and writes fail and its close frees it."""
+    _not_offloaded(h, tcb, AppError("INTERNAL", f"connection {tcb.conn_id}: {LOST_BELOW}"))
+    if tcb.reset or tcb.lifecycle.phase is Phase.CLOSED:
+        return
+    tcb.end_reason = LOST_BELOW
+    h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "lost"})
+    disconnect.app_disconnect(h, tcb, True, _ignore)
+
+
+def _ignore(result: Any, err: AppError | None) -> None:
+    """The `done` of the host's own abortive disconnect of a lost connection."""
 
 
 def let_go_in(root: OffloadBlock) -> list[NdisOffloadHandle]:

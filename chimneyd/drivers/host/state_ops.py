@@ -381,7 +381,9 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     # the new neighbor's handle lends the asking connection's trace for its initiate, so
     # `trace.get` shows step 2's hops too
     neighbor.handle.trace = mv.tcb.trace
-    root.protocol_reserved = lambda: _neighbor_offloaded(h, mv, root)
+    # what to do once it is back, and what it offloads anew: a completion lacking the
+    # neighbor's block settles it first (`offload.complete`)
+    root.protocol_reserved = (lambda: _neighbor_offloaded(h, mv, root), [neighbor])
     h.ndis.NdisInitiateOffload(h, neighbor.binding, root)
 
 

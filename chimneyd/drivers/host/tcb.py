@@ -43,6 +43,9 @@ class AppError(Exception):
 
 #: `Tcb.end_reason` of a connection the kernel gave up on.
 TIMED_OUT = "connection timed out (TimeoutExpiration)"
+#: `Tcb.end_reason` of a connection a layer below lost: its block missing from the completion
+#: of its terminate or initiate (spec §6.3 [EMU], `terminate.lost_below`).
+LOST_BELOW = "connection lost below: a layer below dropped its block (spec §6.3)"
 
 
 def ndis_error(status: NdisStatus, extra: str = "") -> AppError:

@@ -31,15 +31,15 @@ from chimneyd.ndis.lifecycle import (
     tcp_state_of,
 )
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
-from chimneyd.ndis.status import NdisStatus
+from chimneyd.ndis.status import NdisStatus, TcpOffloadConnectionState
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
 from ..segment import TH_RST
-from ..tcp import offset_of
+from ..tcp import offset_of, seq
 from . import disconnect, host_reasons, offload, receive, send
 from .errors import raise_if_broken
-from .tcb import Done, HostObject, Tcb
+from .tcb import LOST_BELOW, Done, HostObject, Tcb
 
 if TYPE_CHECKING:
     from .stack import HostStack
@@ -240,7 +240,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     let_go: list[NdisOffloadHandle] = []
     broken: dict[int, ChimneyProtocolError] = {}  # connections not taken back, by conn id
     sent: list[NdisOffloadHandle] = offload.take_reserved(root) or []
-    _missing(root, sent, broken)
+    missing = _missing(root, sent, broken)
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -274,6 +274,20 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
                 # its block broke the contract (spec §3.6.3): the rest of the tree is settled
                 # all the same, as for a let-go handle, and only its requests fail (the engine)
                 broken[owner.conn_id] = exc
+    # what the completion lacks, settled as let go (spec §6.3 [EMU]): connections first, each
+    # letting go of its path, then the objects
+    for handle in sorted(missing, key=lambda m: not isinstance(m.owner, Tcb)):
+        owner = handle.owner
+        h.table_remove(handle.id)
+        h.stats.offloads_active -= 1
+        owner.lifecycle.fire(Event.TERMINATE_COMPLETE)
+        handle.release()
+        if isinstance(owner, Tcb):
+            assert owner.path is not None
+            h.unref(owner.path)
+            lost_below(h, owner)
+        else:
+            owner.handle = None
     release_unused_objects(h)
     h.objects_settled()  # a next-hop change waiting for a neighbor to go (`state_ops`)
     host_reasons.settled(h)
@@ -290,23 +304,51 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
 
 def _missing(
     root: OffloadBlock, sent: list[NdisOffloadHandle], broken: dict[int, ChimneyProtocolError]
-) -> None:
-    """The connections whose block the completion of a terminate lacks (a layer below put
-    another in its place, or dropped it): the layer broke the contract and said nothing of
-    them, and the host cannot tell whether the layers below still carry them. They stay
-    TERMINATING; the requests waiting on them are the engine's to fail: they are named
-    (`broken`), so that no request waits for an upload that will not come (spec §6.3)."""
+) -> list[NdisOffloadHandle]:
+    """The handles of the objects whose block the completion of a terminate lacks (a layer
+    below put another in its place, or dropped it): the layer broke the contract and said
+    nothing of them. The host asked for their terminate and lets go of them as if it had
+    completed (spec §6.3 [EMU]): no upload of them will come, and a further terminate of a
+    context the layer below may have let go already is undefined (spec §6.3), so the host asks
+    nothing more below. A connection among them is lost (`lost_below`); it is named
+    (`broken`), so that the engine fails what the host cannot answer (its sends below)."""
     named = {id(b.offload_handle) for b in walk(root) if b.offload_handle is not None}
+    missing: list[NdisOffloadHandle] = []
     for handle in sent:
         owner = handle.owner
         if (
-            isinstance(owner, Tcb)
+            owner is not None
             and id(handle) not in named
             and owner.lifecycle.phase is Phase.TERMINATING
         ):
-            broken[owner.conn_id] = ChimneyProtocolError(
-                f"TCB {owner.conn_id}: no block of it in the terminate's completion"
-            )
+            missing.append(handle)
+            if isinstance(owner, Tcb):
+                broken[owner.conn_id] = ChimneyProtocolError(
+                    f"TCB {owner.conn_id}: no block of it in the terminate's completion"
+                )
+    return missing
+
+
+def lost_below(h: HostStack, tcb: Tcb) -> None:
+    """A connection whose block the completion of its terminate lacked, its handle let go
+    (spec §6.3 [EMU]): the host cannot know its state below (what the peer acknowledged, what
+    the target received and did not hand up), so it cannot carry the byte stream on without
+    losing or repeating bytes. It takes it back as reset, as after corrupt hardware (spec
+    §3.7): the peer gets an RST through the socket, which is the connection's, so whatever a
+    layer below still holds of it is cut off too; the host's sends fail, its reads and its
+    upload are answered, and its close answers and frees it."""
+    if tcb.end_reason is None and not tcb.reset:
+        tcb.end_reason = LOST_BELOW
+        h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "lost"})
+    wire = tcb.wire
+    # the state handed back as the host last knew it, and killed: all it wrote taken as
+    # answered (its sends fail with the reset), nothing received beyond what it holds
+    delegated = TcpOffloadStateDelegated(
+        State=TcpOffloadConnectionState.TcpConnectionClosed,
+        RcvNxt=seq(wire.irs, tcb.rx.rcv_nxt),
+        SndUna=seq(wire.isn, wire.bytes_written),
+    )
+    _uploaded(h, tcb, new_tcp_block(None, delegated=delegated))
 
 
 def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
