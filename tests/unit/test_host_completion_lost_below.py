@@ -231,3 +231,43 @@ def test_a_next_hop_changes_new_neighbor_missing_from_its_initiate_completion(
     assert new.lifecycle.phase is (Phase.IDLE if refused else Phase.OFFLOADED), new
     assert host.tcbs[conn].state == "offloaded"
     _drained(rig, [conn])
+
+
+@pytest.mark.parametrize("moved_below", [True, False])
+@pytest.mark.parametrize("dropped", ["path", "neighbor", "both"])
+def test_a_next_hop_change_missing_blocks_keeps_the_new_neighbor_until_the_path_is_gone(
+    dropped: str, moved_below: bool
+) -> None:
+    """Step 3 of a next-hop change (the update moving the path under the new neighbor) comes
+    back without the path's block, the neighbor's, or both: the host cannot tell whether the
+    layers below moved the path. It settles the move as failed (the path's connections go up,
+    the path with them, spec §3.4) and keeps the new neighbor until the path's terminate has
+    completed, so that whichever neighbor the path hangs under below, no neighbor is
+    terminated with it still under it (spec §3.1). Before, the host terminated the new
+    neighbor at once: the NIC, which had moved the path, raised (a neighbor terminated with a
+    dependent), and a second change waiting behind was never answered."""
+    rig = HostRig()
+    host = rig.host
+    conns = _offloaded(rig, 2)
+    if not moved_below:
+        fail_next(rig.target, "MiniportUpdateOffload", S.NDIS_STATUS_FAILURE)
+    first = _move(rig, conns[0])
+    behind = Reply()  # a second change waits behind the first (spec §3.1)
+    host.app_update_object(conns[0], "path", {"NextHop": bytes(6)}, behind)
+    held = rig.hold_below("ProtocolUpdateOffloadComplete")
+    path = host.tcbs[conns[0]].path
+    assert path is not None and path.moving
+    new = next(o for o in host.all_objects() if o.block_kind == "neighbor" and o is not path.parent)
+    if dropped in ("path", "both"):
+        _drop(rig, held[2][1], path.handle)
+    if dropped in ("neighbor", "both"):
+        _drop(rig, held[2][1], new.handle)
+    with pytest.raises(SettledThenRaised, match="without the block of"):
+        rig.release(held)
+    rig.run()
+    assert first.done and first.error is not None, first
+    assert behind.done, behind
+    for conn in conns:
+        assert host.tcbs[conn].state == "host", conn
+    assert path.lifecycle.phase is Phase.IDLE and new.lifecycle.phase is Phase.IDLE
+    _drained(rig, conns)

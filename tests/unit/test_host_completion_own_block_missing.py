@@ -38,11 +38,9 @@ def test_a_state_operation_completion_missing_its_own_block_is_settled_as_failed
         rig.release((layer, fn, (binding, root)))
     assert raised.value.conns == frozenset()  # answered: the engine fails no request for it
     assert first.done and first.error is not None, first  # failed: nobody said it went
-    if op == "move-path":
-        # no further: the layers below did move the path, and the host, told nothing, unwinds
-        # the move as failed; its terminate of the new neighbor then finds the path still
-        # under it at the NIC. Answered, not hanging, is what the host can promise here
-        return
+    # a next-hop change too: the layers below did move the path, and the host, told nothing,
+    # unwinds the move as failed, keeping the new neighbor until the path is gone
+    # (`test_host_completion_lost_below`)
     rig.run()
     assert behind.done, behind
     _drained(rig, conns)

@@ -454,10 +454,17 @@ def _move_complete(
     neighbor.updating = path.updating = path.moving = False
     neighbor.pending_ops -= 1
     path.pending_ops -= 1
-    neighbor.refs -= 1  # held for the move (`_move_when_settled`)
     # by handle: a layer below may have put a stray block in (`let_go`), or lost one
     root = _own_block(tree, neighbor, missing)
     pblock = _own_block(tree, path, missing)
+    if missing:
+        # the host cannot tell whether the layers below moved the path: settled as failed
+        # (`_own_block`), its connections go up and it goes with them, but the new neighbor
+        # may have it under it below, and goes only once the path's terminate has completed
+        # (spec §3.1, §6.3 [EMU]): the move's hold on it stays until then (`terminate`)
+        path.maybe_under = neighbor
+    else:
+        neighbor.refs -= 1  # held for the move (`_move_when_settled`)
     if root.status == SUCCESS and pblock.status == SUCCESS:
         old = path.parent
         assert old is not None

@@ -76,6 +76,7 @@ class HostObject(Lifecycle):
         "handle",
         "key",
         "linked",
+        "maybe_under",
         "moving",
         "parent",
         "pending_ops",
@@ -109,6 +110,10 @@ class HostObject(Lifecycle):
         # a path's next-hop change is under way (spec §3.4 (b)): until it is over, which
         # neighbor is a connection's on it is not settled (`state_ops.app_move_path`)
         self.moving = False
+        # a path whose next-hop change came back without its blocks (spec §6.3 [EMU]): the
+        # new neighbor the layers below may have moved it under, held (a count in its `refs`)
+        # until the path's terminate has completed (`state_ops._move_complete`)
+        self.maybe_under: HostObject | None = None
         self.update_waiters: list[Callable[[], None]] = NO_ITEMS  # updates behind that one
 
     def __str__(self) -> str:

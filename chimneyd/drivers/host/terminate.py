@@ -263,7 +263,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         owner.lifecycle.fire(Event.TERMINATE_COMPLETE)
         handle.release()
         if isinstance(owner, HostObject):
-            owner.handle = None
+            _object_gone(owner)
         else:
             # only now is it no dependent of its path: the path may go (spec §3.1)
             assert owner.path is not None
@@ -287,7 +287,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             h.unref(owner.path)
             lost_below(h, owner)
         else:
-            owner.handle = None
+            _object_gone(owner)
     release_unused_objects(h)
     h.objects_settled()  # a next-hop change waiting for a neighbor to go (`state_ops`)
     host_reasons.settled(h)
@@ -300,6 +300,17 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         else ""
     )
     raise_if_broken("terminate", unsettled, frozenset(broken), let_go)
+
+
+def _object_gone(obj: HostObject) -> None:
+    """A neighbor or path whose terminate completed: a path a next-hop change may have moved
+    below without the host knowing lets go of that neighbor now (`state_ops._move_complete`),
+    which may go in its turn (`release_unused_objects`)."""
+    obj.handle = None
+    under = obj.maybe_under
+    if under is not None:
+        obj.maybe_under = None
+        under.refs -= 1
 
 
 def _missing(
