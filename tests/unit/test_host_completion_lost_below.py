@@ -31,6 +31,7 @@ from chimneyd.ndis.lifecycle import Phase
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig, Reply
+from chimneyd.testing.memwire import MemoryWire
 from tests.unit.test_host_let_go_completions import _drained, _offloaded
 
 
@@ -271,3 +272,27 @@ def test_a_next_hop_change_missing_blocks_keeps_the_new_neighbor_until_the_path_
         assert host.tcbs[conn].state == "host", conn
     assert path.lifecycle.phase is Phase.IDLE and new.lifecycle.phase is Phase.IDLE
     _drained(rig, conns)
+
+
+def test_a_half_closed_connection_missing_from_its_terminate_completion_is_reset() -> None:
+    """In FIN_WAIT_2 (the host's FIN acknowledged, the peer's still to come), lost below: reset
+    as any other, no FIN_WAIT_2 timer left for it, and the stack drains."""
+    rig = HostRig()
+    host = rig.host
+    (conn,) = _offloaded(rig, 1)
+    wire = host.tcbs[conn].wire
+    assert isinstance(wire, MemoryWire)
+    wire.auto_ack = False  # the FIN acknowledged only when `half_close` says
+    rig.half_close(conn, wire)
+    upload = Reply()
+    host.app_upload(conn, upload)
+    held = rig.hold_below("ProtocolTerminateOffloadComplete")
+    _drop(rig, held[2][1], host.tcbs[conn].handle)
+    with pytest.raises(SettledThenRaised, match="no block of it"):
+        rig.release(held)
+    rig.run()
+    assert upload.done and upload.error is None, upload
+    assert host.tcbs[conn].reset and wire.reset_sent
+    assert _aborts(rig, conn) == [{"path": "lost"}], rig.events
+    assert not rig.fin_wait_2_timers()
+    _drained(rig, [conn])

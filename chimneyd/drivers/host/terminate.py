@@ -31,7 +31,7 @@ from chimneyd.ndis.lifecycle import (
     tcp_state_of,
 )
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
-from chimneyd.ndis.status import NdisStatus, TcpOffloadConnectionState
+from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
 from ..queues import NO_ITEMS, grown
@@ -340,6 +340,10 @@ def _missing(
     return missing
 
 
+#: TCP states of a connection whose byte stream is over both ways.
+_ENDED = frozenset({TcpState.TIME_WAIT, TcpState.CLOSED})
+
+
 def lost_below(h: HostStack, tcb: Tcb) -> None:
     """A connection whose block the completion of its terminate lacked, its handle let go
     (spec §6.3 [EMU]): the host cannot know its state below (what the peer acknowledged, what
@@ -347,15 +351,19 @@ def lost_below(h: HostStack, tcb: Tcb) -> None:
     losing or repeating bytes. It takes it back as reset, as after corrupt hardware (spec
     §3.7): the peer gets an RST through the socket, which is the connection's, so whatever a
     layer below still holds of it is cut off too; the host's sends fail, its reads and its
-    upload are answered, and its close answers and frees it."""
-    if tcb.end_reason is None and not tcb.reset:
-        tcb.end_reason = LOST_BELOW
+    upload are answered, and its close answers and frees it. One whose both FINs were
+    through already (TIME_WAIT, CLOSED) had nothing left to lose: it is only taken back."""
+    if not tcb.reset and tcb.lifecycle.tcp not in _ENDED:
+        if tcb.end_reason is None:
+            tcb.end_reason = LOST_BELOW
         h.emit(tcb.conn_id, "TcpIndicateAbort", {"path": "lost"})
+        tcb.lifecycle.fire(Event.RESET)
     wire = tcb.wire
-    # the state handed back as the host last knew it, and killed: all it wrote taken as
-    # answered (its sends fail with the reset), nothing received beyond what it holds
+    # the state handed back as the host last knew it (reset): all it wrote taken as answered
+    # (the kernel says what the peer acknowledged; the rest fails with the reset), nothing
+    # received beyond what the host holds
     delegated = TcpOffloadStateDelegated(
-        State=TcpOffloadConnectionState.TcpConnectionClosed,
+        State=tcb.lifecycle.delegated_state,
         RcvNxt=seq(wire.irs, tcb.rx.rcv_nxt),
         SndUna=seq(wire.isn, wire.bytes_written),
     )
