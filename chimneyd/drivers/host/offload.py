@@ -439,11 +439,12 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         after, sent = reserved
     elif isinstance(reserved, list):
         sent = reserved
-    # objects first, so that a connection under one sees it settled
-    missing = sorted(_missing(root, sent), key=lambda o: isinstance(o, Tcb))
-    lost = frozenset(
-        [t.conn_id for t in missing if not _settle_missing(h, t) and isinstance(t, Tcb)]
-    )
+    # what the completion lacks (`_settle_missing`): objects before any block is settled, so
+    # that every connection under one sees it settled, connections after the blocks that came
+    missing = _missing(root, sent)
+    for obj in missing:
+        if isinstance(obj, HostObject):
+            _settle_missing(h, obj)
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -475,6 +476,9 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
             _offloaded(h, owner)
         else:
             _not_offloaded(h, owner, ndis_error(block.status), block)
+    lost = frozenset(
+        [t.conn_id for t in missing if isinstance(t, Tcb) and not _settle_missing(h, t)]
+    )
     if after is not None:
         after()
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
