@@ -135,19 +135,35 @@ def forget(h: HostStack, tcb: Tcb) -> None:
         waiting.pop(tcb.conn_id, None)
 
 
-def _offload_again(h: HostStack, tcb: Tcb, binding: Binding) -> None:
+def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True) -> None:
+    """Offload `tcb` again at a RESUME (`offer_again_at_resume`). A connection the application
+    pinned to a NIC (`tcp.connect`'s `target`) goes there first, as its placement wish [EMU,
+    docs/rpc.md]: the pin is kept, and a team puts it back on its NIC when that NIC can take
+    it (one of a failover of another NIC, asked up meanwhile by its own NIC, spec §5.2), and
+    a rebalance then leaves it there. Refused there (its NIC is the one that failed, taken
+    out, full, or withheld by the host, spec §6.2), it is offered once more without the pin,
+    and the team's policy places it: the pin is where the connection is placed, not where it
+    must stay, and a failover moves it (docs/rpc.md). Neither asks for a pin the host does
+    not have (`pinned` False: the second offer)."""
     if tcb.lifecycle.phase is Phase.TERMINATING:
         # its upload is on the way
-        tcb.deferred = grown(tcb.deferred, lambda: _offload_again(h, tcb, binding))
+        tcb.deferred = grown(tcb.deferred, lambda: _offload_again(h, tcb, binding, pinned))
     elif tcb.lifecycle.phase is Phase.IDLE and tcb.conn_id in h.tcbs:
+        pin = pinned and tcb.target is not None
 
         def done(result: Any, error: AppError | None) -> None:
-            # the outcome is the `offloaded` event; refused (no room, no NIC for its IP version
-            # yet), it is offered again at the next RESUME, when what the target offers changed
-            if error is not None and error.symbol == "NDIS_STATUS" and tcb.conn_id in h.tcbs:
+            if error is None or tcb.conn_id not in h.tcbs:
+                return
+            if pin:
+                # the pinned NIC cannot take it now: where the team's policy puts it
+                _offload_again(h, tcb, binding, pinned=False)
+            elif error.symbol == "NDIS_STATUS":
+                # the outcome is the `offloaded` event; refused (no room, no NIC for its IP
+                # version yet), it is offered again at the next RESUME, when what the target
+                # offers changed
                 h.resume_offloads.setdefault(binding.id, {})[tcb.conn_id] = tcb
 
-        offload.request(h, tcb, tcb.target, done)
+        offload.request(h, tcb, tcb.target, done, pin=pin)
 
 
 def offload_event(h: HostStack, block: OffloadBlock, code: IndicateOffloadEvent) -> None:
