@@ -336,42 +336,57 @@ def _barred(
 
 
 def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
-    """(path id, binding id) of each path copy that hangs under a copy of a neighbor other
-    than the one the layer above has the path under (`mux._misplaced`: a stray copy its NIC
-    could not move back, `relink._undone`, or one a move left on a failed NIC) and will still
-    be there when the connections asked up are offloaded again, at the RESUME.
+    """(path id, binding id) for each NIC where a copy of the path, or of its neighbor, takes
+    no new connection and will still be there when the connections asked up are offloaded
+    again, at the RESUME: a path copy that hangs under a copy of a neighbor other than the
+    one the layer above has the path under (`mux._misplaced`: a stray copy its NIC could not
+    move back, `relink._undone`, or one a move left on a failed NIC), or a path or neighbor
+    copy that missed an update (`mux._missed`: a failed NIC offloaded it with the values
+    from before, once back, spec §5.5, §3.4 (a)).
 
     A connection is never linked under such a copy (`mux._avoiding`): a plan onto its NIC is
     popped and dropped at the re-offload (`Placement.choose`), and the policy places the
     connection, while the rebalance counted it there. The copy goes with the last connection
-    on it: those `leaving` (asked up, coming back) are all up before the RESUME, and it goes
-    with them; a plan there stands, and is used, with a fresh copy. It lingers when another
-    connection keeps it that the RESUME does not wait for (found corrupt, living on until
-    the layer above terminates it again, spec §3.7; one the layer above is terminating on
-    its own, or its NIC asked up), or when it was found corrupt itself (FAILED, waiting for
-    its next terminate, `MuxIm._corrupt_again`). One being terminated has gone by the RESUME,
-    which waits for it (`_uploading`)."""
-    from .mux import _misplaced  # mux imports this module
+    on it (a neighbor's, with the last on any path under it there): those `leaving` (asked
+    up, coming back) are all up before the RESUME, and it goes with them; a plan there
+    stands, and is used, with a fresh copy. It lingers when another connection keeps it that
+    the RESUME does not wait for (found corrupt, living on until the layer above terminates
+    it again, spec §3.7; one the layer above is terminating on its own, or its NIC asked
+    up), or when it was found corrupt itself (FAILED, waiting for its next terminate,
+    `MuxIm._corrupt_again`). One being terminated has gone by the RESUME, which waits for
+    it (`_uploading`)."""
+    from .mux import _copies_above, _misplaced  # mux imports this module
 
     stray = {
         (vobj.id, binding_id): inst
         for vobj in mux._vobjs()
-        if vobj.parent is not None
         for binding_id, inst in vobj.instances.items()
-        if _misplaced(vobj, inst.lower)
+        if inst.missed or (vobj.parent is not None and _misplaced(vobj, inst.lower))
     }
     if not stray:
         return set()
-    out = {
+    lasting = {
         key
         for key, inst in stray.items()
         if inst.lifecycle.phase not in (Phase.OFFLOADED, Phase.TERMINATING)
     }
     for c in mux.connections():
-        key = (c.path.id, c.lower.id)
-        if key in stray and c not in leaving:
-            out.add(key)
-    return out
+        if c in leaving:
+            continue
+        for inst in _copies_above(c):
+            key = (inst.vobj.id, c.lower.id)
+            if key in stray:
+                lasting.add(key)
+    if not lasting:
+        return set()
+    # per path: its own copy there lasts, or its neighbor's (`mux._missed` walks up to it)
+    return {
+        (path.id, lo.binding.id)
+        for path in mux._vobjs()
+        if path.parent is not None
+        for lo in mux.lower_list()
+        if (path.id, lo.binding.id) in lasting or (path.parent.id, lo.binding.id) in lasting
+    }
 
 
 def _returning(mux: MuxIm, lower: Lower) -> bool:
