@@ -23,7 +23,7 @@ from chimneyd.ndis.oid import (
 from chimneyd.ndis.status import NdisStatus
 
 from . import relink
-from .objects import ASKABLE, Lower, MuxConnection
+from .objects import ASKABLE, Instance, Lower, MuxConnection, VirtualObject
 from .placement import fit_of
 
 if TYPE_CHECKING:
@@ -347,28 +347,34 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
     A connection is never linked under such a copy (`mux._avoiding`): a plan onto its NIC is
     popped and dropped at the re-offload (`Placement.choose`), and the policy places the
     connection, while the rebalance counted it there. The copy goes with the last connection
-    on it (a neighbor's, with the last on any path under it there): those `leaving` (asked
-    up, coming back) are all up before the RESUME, and it goes with them; a plan there
-    stands, and is used, with a fresh copy. It lingers when another connection keeps it that
-    the RESUME does not wait for (found corrupt, living on until the layer above terminates
-    it again, spec §3.7; one the layer above is terminating on its own, or its NIC asked
-    up), or when it was found corrupt itself (FAILED, waiting for its next terminate,
-    `MuxIm._corrupt_again`). One being terminated has gone by the RESUME, which waits for
-    it (`_uploading`)."""
-    from .mux import _copies_above, _misplaced  # mux imports this module
+    on it (a neighbor's, with the last on any path under it there), in the same terminate
+    (`MuxIm._terminate_unused`), OFFLOADED or INVALIDATED alike (spec §3.5: an invalidated
+    object is still terminated): those `leaving` (asked up, coming back) are all up before
+    the RESUME, and it goes with them; a plan there stands, and is used, with a fresh copy.
+
+    So does a stray path copy (`mux._misplaced`) that a query, update or invalidate below it
+    holds back until it completes (spec §3.1, §9 item 7), and one being terminated: the
+    RESUME waits for both (`_uploading`).
+
+    It lingers when another connection keeps it that the RESUME does not wait for (found
+    corrupt, living on until the layer above terminates it again, spec §3.7; one the layer
+    above is terminating on its own, or its NIC asked up); when it was found corrupt itself
+    (FAILED, waiting for its next terminate, `MuxIm._corrupt_again`); and when its NIC,
+    failed, holds its offload until its RESUME (OFFLOADING)."""
+    from .mux import _copies_above  # mux imports this module
 
     stray = {
         (vobj.id, binding_id): inst
         for vobj in mux._vobjs()
         for binding_id, inst in vobj.instances.items()
-        if inst.missed or (vobj.parent is not None and _misplaced(vobj, inst.lower))
+        if _shunned(vobj, inst)
     }
     if not stray:
         return set()
     lasting = {
         key
         for key, inst in stray.items()
-        if inst.lifecycle.phase not in (Phase.OFFLOADED, Phase.TERMINATING)
+        if inst.lifecycle.phase in (Phase.OFFLOADING, Phase.FAILED)
     }
     for c in mux.connections():
         if c in leaving:
@@ -492,6 +498,16 @@ def _uploading(mux: MuxIm) -> bool:
         if vobj.parent is not None
         for inst in vobj.instances.values()
     )
+
+
+def _shunned(vobj: VirtualObject, inst: Instance) -> bool:
+    """Whether no new connection may be linked under `inst`, `vobj`'s copy on its NIC, for as
+    long as it lives (`mux._avoiding`): a path copy under another neighbor's copy
+    (`mux._misplaced`), or a path or neighbor copy that missed an update (`Instance.missed`).
+    A plan onto its NIC is of use only once it has gone."""
+    from .mux import _misplaced  # mux imports this module
+
+    return inst.missed or (vobj.parent is not None and _misplaced(vobj, inst.lower))
 
 
 def _offer_changed(mux: MuxIm) -> None:
