@@ -78,3 +78,25 @@ def test_asked_up_during_a_failover_it_comes_back_to_its_pin() -> None:
     rig.offload(on2)
     assert _on(rig, on2) == "nic2"
     assert rig.problems() == []
+
+
+def test_withheld_by_the_host_at_the_resume_it_goes_where_the_policy_puts_it() -> None:
+    """As above, but the host withholds nic1 (a `host_event`, spec §6.2) before the RESUME:
+    the host will not offload the connection to its pinned NIC (`INVALID_STATE`), and offers
+    it once more without the pin; the team places it on nic0, not on nic1 nor left in the
+    host. (Without that second offer it stayed in the host until a later RESUME.)"""
+    rig, _mux = _team()
+    on1 = _pinned(rig, "nic1")
+    on2 = _pinned(rig, "nic2")
+    rig.targets["nic2"].fail_adapter()
+    rig.targets["nic1"].retrieve(_context(rig, "nic1", on1), TcpUploadReason.InvalidState)
+    while not rig.host.paused:  # until the team's PAUSE reaches the host
+        rig.scheduler.run_one()
+    rig.host.host_event("nic1", "media_disconnect", True)
+    rig.run()
+    assert {c: _on(rig, c) for c in (on1, on2)} == {on1: "nic0", on2: "nic0"}
+    rig.host.host_event("nic1", "media_disconnect", False)
+    assert rig.call(rig.host.app_upload, on1).value == {"state": "host"}
+    rig.offload(on1)  # the application's own: its pin again
+    assert _on(rig, on1) == "nic1"
+    assert rig.problems() == []
