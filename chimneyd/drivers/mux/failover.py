@@ -352,9 +352,9 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
     object is still terminated): those `leaving` (asked up, coming back) are all up before
     the RESUME, and it goes with them; a plan there stands, and is used, with a fresh copy.
 
-    So does a stray path copy (`mux._misplaced`) that a query, update or invalidate below it
-    holds back until it completes (spec §3.1, §9 item 7), and one being terminated: the
-    RESUME waits for both (`_uploading`).
+    So does one that a query, update or invalidate below it holds back until it completes
+    (spec §3.1, §9 item 7), and one being terminated: the RESUME waits for both
+    (`_uploading`).
 
     It lingers when another connection keeps it that the RESUME does not wait for (found
     corrupt, living on until the layer above terminates it again, spec §3.7; one the layer
@@ -475,9 +475,11 @@ def _uploading(mux: MuxIm) -> bool:
     in one whose part on its NIC is still out; not one of a terminate the MUX holds only for
     its neighbor copies (`MuxIm.evacuating_held`, a subset of `evacuating`).
 
-    Or a path copy that hangs under another neighbor's copy (`mux._misplaced`: a stray its
-    NIC could not move back) is being terminated: the connections on it were uploaded in
-    terminates of their own, and it goes once the last is back. The connections asked up
+    Or a copy no new connection may be linked under (`_shunned`: a path copy that hangs
+    under another neighbor's copy, `mux._misplaced`, a stray its NIC could not move back; a
+    path or neighbor copy that missed an update, `mux._missed`) is being terminated: the
+    connections on it were uploaded in terminates of their own, and it goes once the last
+    is back. The connections asked up
     come back at the RESUME, and a plan onto that NIC (`rebalance`, `_lingering`) is of use
     only once the copy has gone: offloaded again while it is still there, a connection
     cannot be linked under it (`mux._avoiding`), and goes where the policy puts it. So too
@@ -486,16 +488,13 @@ def _uploading(mux: MuxIm) -> bool:
     `MuxIm._relayed_call_done`)."""
     if len(mux.evacuating) > len(mux.evacuating_held):
         return True
-    from .mux import _misplaced  # mux imports this module
-
     return any(
         (
             inst.lifecycle.phase is Phase.TERMINATING
             or (not inst.refs and inst.pending_ops > 0 and inst.lifecycle.phase is not Phase.FAILED)
         )
-        and _misplaced(vobj, inst.lower)
+        and _shunned(vobj, inst)
         for vobj in mux._vobjs()
-        if vobj.parent is not None
         for inst in vobj.instances.values()
     )
 
