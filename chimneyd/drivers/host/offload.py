@@ -66,8 +66,8 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = 
     `pin`: the application asked, and under a MUX this offload goes to the NIC `target`
     names, or is refused as a NIC without room refuses it [EMU: the placement wish, carried
     in the connection's trace; the spec leaves placement to the MUX, §5.5]. The host's own
-    offloads (again at a RESUME) go where the MUX's policy puts them: a failover moves a
-    pinned connection as any other."""
+    offload again at a RESUME asks for the pinned NIC first, then lets the MUX's policy
+    place it (`adapter._offload_again`): a failover moves a pinned connection as any other."""
     if tcb.state == "offloaded":
         done(h.describe_offload(tcb), None)
         return
