@@ -356,21 +356,53 @@ async def restore_faults(cl: ClusterAPI) -> int:
     it is running (a fault made while it was starting was not mirrored to it: the supervisor
     answers `down` for a shard not running yet); a fault it has already is left as it is.
     A fault put into one shard only (`shard` key) goes with that shard's process. Returns how
-    many faults were put here."""
+    many faults were put here (a `nic_up` after a `nic_down` it undid among them)."""
     others = [k for k in range(cl.count) if k != cl.index]
     replies = await cl.ask("faults", None, others)
     parts = {k: r.result for k, r in replies.items() if r.state == "ok"}
+    table = fault_table(parts)
+    views = [v for v in table.values() if v.everywhere and v.active]
+    # a `nic_up` acts at once and is never listed, but a `nic_down` it undid still is: taken
+    # alone, the nic_down would take the NIC out here while every other shard has it in
+    # service (docs/faults.md `nic_up`); the nic_up goes in after it, as it did there
+    views += [table[fid] for fid in _nic_ups_after(parts, {v.id for v in views}, table)]
     restored = 0
-    for view in fault_table(parts).values():
-        if view.everywhere and view.active:
-            mirror = {"id": view.id, "spec": view.spec, "home": view.home, "everywhere": True}
-            try:
-                cl.local("fault_mirror", mirror)
-            except EngineError as err:  # a layer this shard's topology lacks: a bug
-                log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
-                continue
-            restored += 1
+    for view in views:
+        mirror = {"id": view.id, "spec": view.spec, "home": view.home, "everywhere": True}
+        try:
+            cl.local("fault_mirror", mirror)
+        except EngineError as err:  # a layer this shard's topology lacks: a bug
+            log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
+            continue
+        restored += 1
     return restored
+
+
+def _nic_ups_after(
+    parts: dict[int, Any], restored: set[int], table: dict[int, FaultView]
+) -> list[int]:
+    """The `nic_up`s meant for every shard that some running shard took after each of the
+    restored `nic_down`s of their NIC (a shard's faults are listed in the order it took
+    them): the NIC those nic_downs took out is back in service there, and must be here."""
+    ups: list[int] = []
+    for part in parts.values():
+        entries = (part or {}).get("faults", [])
+        for i, e in enumerate(entries):
+            fid = int(e["id"])
+            if e.get("kind") != "nic_up" or not e.get("everywhere") or fid in ups:
+                continue
+            layer = e.get("layer")
+            downs = [
+                int(d["id"])
+                for d in entries
+                if d.get("kind") == "nic_down"
+                and d.get("layer") == layer
+                and int(d["id"]) in restored
+            ]
+            later = {int(d["id"]) for d in entries[i + 1 :]}
+            if downs and fid in table and not later.intersection(downs):
+                ups.append(fid)
+    return ups
 
 
 def _may(c: Caller, me: int, view: FaultView) -> bool:
