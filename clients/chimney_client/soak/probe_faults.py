@@ -31,6 +31,12 @@ DELAY_CALLS = {
     "MiniportTcpOffloadSend": "NdisOffloadTcpSend",
     "MiniportInitiateOffload": "NdisInitiateOffload",
 }
+#: The call a layer makes as it completes each call of DELAY_CALLS it was made (stack.stats
+#: counts it by status): what a NIC under a MUX counts of the calls it, not its MUX, got.
+NIC_DONE = {
+    "NdisOffloadTcpSend": "NdisTcpOffloadSendComplete",
+    "NdisInitiateOffload": "NdisMInitiateOffloadComplete",
+}
 #: What a probe round trip sends.
 PROBE_BYTES = 4096
 #: How long a probe round trip may take at most (a delay holds a call 60 s at most).
@@ -69,6 +75,8 @@ class ProbeFaults:
     async def tcp_left(self, layer: str, shard: int | None = None) -> int | None: ...
 
     async def nic_connections(self, shard: int | None = None) -> dict[str, int] | None: ...
+
+    async def _of_shard(self, method: str, shard: int | None) -> dict[str, Any] | None: ...
 
     async def inject_probed(self, rec: Record, where: dict[str, int]) -> None:
         """Inject the fault of `rec` (kind in PROBED) and record what it did; errors go into
@@ -170,19 +178,30 @@ class ProbeFaults:
         assert self.control is not None
         return str((await self._pc().tcp_info(cid)).get("state", "?"))
 
-    async def _calls(self, name: str, below: str | None = None) -> int:
+    async def _calls(self, name: str, below: str | None = None, shard: int | None = None) -> int:
         """How many `name` calls stack.stats counts: made by the layers bound right above
-        `below`, or by every layer. Under a MUX the MUX's count is its NICs' together."""
+        `below`, or by every layer. A MUX's count is its NICs' together: for a NIC under one,
+        the calls that NIC completed (`NIC_DONE`), its own and no other NIC's. `shard`: in
+        that shard of a daemon of shards only (a fault put into one shard acts there)."""
         assert self.control is not None
-        stats = await self.control.stack_stats()
-        info = await self.control.stack_info()
+        stats = await self._of_shard("stack_stats", shard)
+        info = await self._of_shard("stack_info", shard)
+        if stats is None or info is None:
+            raise ValueError("stack.stats or stack.info did not answer: no call count")
         callers = None
         if below is not None:
-            callers = {
-                str(la.get("name"))
+            above = [
+                la
                 for la in info.get("layers", [])
                 if below in (la.get("lower") or la.get("lowers") or [])
-            }
+            ]
+            if any(la.get("kind") == "mux" for la in above) and name in NIC_DONE:
+                # what the MUX counts went to any of its NICs: a delay on the wrong NIC would
+                # see the calls of the right one; count what the delayed NIC did itself
+                done = NIC_DONE[name]
+                calls = ((stats.get("layers") or {}).get(below) or {}).get("calls") or {}
+                return sum(int(n) for k, n in calls.items() if k.split("/")[0] == done)
+            callers = {str(la.get("name")) for la in above}
         total = 0
         for lname, la in (stats.get("layers") or {}).items():
             if callers is None or lname in callers:
@@ -205,7 +224,7 @@ class ProbeFaults:
         rec["probe_before_ok"], _ = await self._round_trip(cid)
         if call == "MiniportInitiateOffload" and await self._state(cid) == "offloaded":
             await self._pc().tcp_upload(cid)
-        before = await self._calls(DELAY_CALLS[call], layer)
+        before = await self._calls(DELAY_CALLS[call], layer, where.get("shard"))
         rec["t0"] = time.monotonic()
         rec["fault_id"] = fid = await self.control.fault_inject(
             "delay", layer=layer, call=call, ms=ms, **where
@@ -226,7 +245,8 @@ class ProbeFaults:
         # the daemon's own count of what it held, where it gives one
         rec["delayed_listed"] = (listed.get(fid) or {}).get("delayed")
         await self.wait_or_interrupt(max(0.0, for_s - (time.monotonic() - rec["t1"])))
-        rec["calls_while_armed"] = await self._calls(DELAY_CALLS[call], layer) - before
+        calls = await self._calls(DELAY_CALLS[call], layer, where.get("shard"))
+        rec["calls_while_armed"] = calls - before
         rec["t_clear0"] = time.monotonic()
         await self.control.fault_clear(fid)
         rec["t_clear1"] = time.monotonic()

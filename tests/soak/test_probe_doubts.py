@@ -1,0 +1,142 @@
+"""What the soak's probed faults (soak/probe_faults.py) read from the daemon, judged on the
+answers of a fake daemon: each answer here is one a real daemon can give, and the judgement
+must not pass on it for the wrong reason (docs/faults.md, the soak table)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from chimney_client.soak.layer_faults import LayerFaults
+from chimney_client.soak.outcomes import judge
+
+pytestmark = pytest.mark.soak
+
+Rec = dict[str, Any]
+
+
+class FakeTeam:
+    """A daemon of one teaming MUX (`team0`) over nic0..nic2, as stack.info and stack.stats
+    answer it: each send `team0` makes is counted by team0 (NdisOffloadTcpSend) and completed
+    by the NIC it went to (NdisTcpOffloadSendComplete). The probe's connection is on `nic1`;
+    every stack.stats read while a fault is armed adds `busy` sends of other connections, all
+    on nic0."""
+
+    def __init__(self, busy: int = 40) -> None:
+        self.busy = busy
+        self.armed: dict[int, Rec] = {}
+        self.next_fid = 1
+        self.calls: dict[str, dict[str, int]] = {n: {} for n in ("team0", "nic0", "nic1", "nic2")}
+        self.echo: dict[int, bytes] = {}
+        self.tcp = {"nic0": 5, "nic1": 3, "nic2": 4}
+
+    def send_on(self, nic: str, n: int = 1) -> None:
+        team, done = self.calls["team0"], self.calls[nic]
+        team["NdisOffloadTcpSend"] = team.get("NdisOffloadTcpSend", 0) + n
+        key = "NdisTcpOffloadSendComplete/NDIS_STATUS_SUCCESS"
+        done[key] = done.get(key, 0) + n
+
+    async def stack_info(self) -> Rec:
+        lowers = {n: {"in_service": True} for n in ("nic0", "nic1", "nic2")}
+        return {
+            "layers": [
+                {"name": "tcpip", "kind": "host", "lower": ["team0"]},
+                {"name": "team0", "kind": "mux", "lowers": lowers},
+                *({"name": n, "kind": "target", "tcp": self.tcp[n]} for n in lowers),
+            ]
+        }
+
+    async def stack_stats(self) -> Rec:
+        if self.armed:
+            self.send_on("nic0", self.busy)
+        return {"layers": {n: {"calls": dict(c)} for n, c in self.calls.items()}}
+
+    async def tcp_connect(self, host: str, port: int, target: str | None = None) -> int:
+        cid = 100 + len(self.echo)
+        self.echo[cid] = b""
+        return cid
+
+    async def tcp_send(self, cid: int, data: bytes) -> int:
+        for f in self.armed.values():
+            if f["kind"] == "delay":
+                await asyncio.sleep(f["ms"] / 1000.0)
+        self.send_on("nic1")
+        self.echo[cid] += data
+        return len(data)
+
+    async def tcp_recv(self, cid: int, n: int, timeout_ms: int) -> bytes:
+        out, self.echo[cid] = self.echo[cid][:n], self.echo[cid][n:]
+        return out
+
+    async def tcp_info(self, cid: int) -> Rec:
+        return {"state": "offloaded", "path": ["tcpip", "team0", "nic1"]}
+
+    async def tcp_close(self, cid: int) -> bool:
+        return True
+
+    async def fault_inject(self, kind: str, **spec: Any) -> int:
+        fid, self.next_fid = self.next_fid, self.next_fid + 1
+        self.armed[fid] = {"id": fid, "kind": kind, **spec}
+        return fid
+
+    async def fault_list(self) -> list[Rec]:
+        return list(self.armed.values())
+
+    async def fault_clear(self, fid: int) -> bool:
+        self.armed.pop(fid, None)
+        return True
+
+
+def _prober(daemon: Any) -> LayerFaults:
+    """The coordinator's fault half, with nothing but `daemon` to talk to."""
+    lf = LayerFaults.__new__(LayerFaults)
+    lf.control = daemon
+    lf.interrupted = asyncio.Event()
+    lf.peer_addrs = [("127.0.0.1", 9)]
+    lf.nics_settling = 0
+    lf.ins = []
+    lf.say = lambda text: None  # type: ignore[method-assign]
+
+    async def settle(rec: Rec, layer: str, shard: int | None) -> None:
+        return None
+
+    lf.settle = settle  # type: ignore[method-assign]
+    return lf
+
+
+def _rec(kind: str, **params: str) -> Rec:
+    return {"tag": 1, "kind": kind, "params": params, "injected": False, "t": 0.0}
+
+
+# -- 1: a delay on one NIC of a MUX counts that NIC's calls --------------------------------------
+async def test_a_delay_on_a_nic_under_a_mux_counts_that_nics_calls_only() -> None:
+    """Under a MUX, stack.stats counts the MUX's sends to all its NICs together: 40 sends to
+    nic0 per read while a delay on nic1 was armed are not calls nic1 held. Only the probe's
+    own send went to nic1."""
+    daemon = FakeTeam(busy=40)
+    lf = _prober(daemon)
+    rec = _rec("delay", layer="nic1", call="MiniportTcpOffloadSend", ms="20", **{"for": "0.1s"})
+    await lf.inject_probed(rec, {})
+    assert not rec.get("error") and not rec.get("probe_error"), rec
+    assert rec["calls_while_armed"] == 1, rec
+
+
+async def test_a_delay_on_a_nic_that_got_no_call_delayed_nothing() -> None:
+    """A NIC under a MUX that completed no call while the delay was armed held none, however
+    many its MUX made to the other NICs meanwhile: the judgement says it delayed nothing."""
+    daemon = FakeTeam(busy=40)
+    daemon.send_on = _only_nic0(daemon.send_on)  # type: ignore[method-assign]
+    lf = _prober(daemon)
+    rec = _rec("delay", layer="nic1", call="MiniportTcpOffloadSend", ms="20", **{"for": "0.1s"})
+    await lf.inject_probed(rec, {})
+    (e,), _ = judge([rec], [], {})
+    assert any("it delayed nothing" in p for p in e["problems"]), (e, rec)
+
+
+def _only_nic0(send_on: Any) -> Any:
+    def on_nic0(nic: str, n: int = 1) -> None:
+        send_on("nic0", n)
+
+    return on_nic0
