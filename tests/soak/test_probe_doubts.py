@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from chimney_client.errors import InvalidState
 from chimney_client.soak.layer_faults import LayerFaults
 from chimney_client.soak.outcomes import judge
 
@@ -140,3 +141,57 @@ def _only_nic0(send_on: Any) -> Any:
         send_on("nic0", n)
 
     return on_nic0
+
+
+# -- 2: no count of what is left offloaded is no pass --------------------------------------------
+class FakeSilent(FakeTeam):
+    """A daemon whose stack.info and stack.stats say nothing of the NIC (no `tcp`, no gauge):
+    the soak's `tcp_left` answers None."""
+
+    async def stack_info(self) -> Rec:
+        return {"layers": [{"name": "tcpip", "kind": "host"}]}
+
+    async def stack_stats(self) -> Rec:
+        return {"layers": {}}
+
+    async def tcp_offload(self, cid: int) -> Rec:
+        if any(f["kind"] == "host_event" for f in self.armed.values()):
+            raise InvalidState(InvalidState.code, "INVALID_STATE: media_disconnect on nic1")
+        return {"state": "offloaded"}
+
+    async def tcp_info(self, cid: int) -> Rec:
+        held = any(f["kind"] == "host_event" for f in self.armed.values())
+        return {"state": "host" if held else "offloaded", "path": ["tcpip"]}
+
+
+async def test_a_host_event_with_no_count_of_what_is_left_on_its_nic_does_not_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chimney_client.soak import probe_faults
+
+    monkeypatch.setattr(probe_faults, "RESUME_GRACE_S", 0.0)
+    monkeypatch.setattr(probe_faults, "STAGGER_S", 0.0)
+    lf = _prober(FakeSilent())
+    rec = _rec("host_event", layer="nic1", event="media_disconnect", **{"for": "0.05s"})
+    await lf.inject_probed(rec, {})
+    assert rec["injected"] and "offloaded_at_end" in rec and rec["offloaded_at_end"] is None, rec
+    (e,), _ = judge([rec], [], {})
+    assert any("could not judge" in p for p in e["problems"]), e["problems"]
+
+
+def test_an_outage_with_no_count_of_what_is_left_on_its_nic_does_not_pass() -> None:
+    rec = {
+        "tag": 1,
+        "kind": "target_failure",
+        "params": {"layer": "nic0", "for": "1s", "shard": ""},
+        "injected": True,
+        "cleared": True,
+        "t0": 10.0,
+        "t1": 10.01,
+        "t_clear0": 11.0,
+        "t_clear1": 11.01,
+        "offloaded_before": None,
+        "offloaded_at_end": None,
+    }
+    (e,), _ = judge([rec], [], {})
+    assert any("could not judge" in p for p in e["problems"]), e["problems"]

@@ -263,6 +263,9 @@ def _judge_outage(
         e["offloaded_before"] = e.get("offloaded_before", 0) + (rec.get("offloaded_before") or 0)
     if left:
         problem(e, f"{layer}: {left} connection(s) still offloaded on it at the end of the outage")
+    elif "offloaded_at_end" in rec and left is None:
+        # no count from the daemon (stack.info, stack.stats): what it left on the NIC is unknown
+        problem(e, f"{layer}: could not judge: the daemon did not say what is offloaded on it")
     for when in ("nics_before", "nics_at_end"):
         if rec.get(when) is not None:
             e.setdefault(when, []).append(rec[when])

@@ -585,6 +585,10 @@ def _judge_host_event(e: Record, rec: Record, problem: Any) -> None:
     what = f"{p['event']} on {p['layer']}"
     if rec.get("offloaded_at_end"):
         problem(e, f"{what}: {rec['offloaded_at_end']} connection(s) still offloaded on it", rec)
+    elif "offloaded_at_end" in rec and rec["offloaded_at_end"] is None:
+        # stack.info and stack.stats said nothing of it (no answer, no such layer): nothing
+        # shows that the host uploaded everything on it (spec §3.6.1), so no pass
+        problem(e, f"{what}: could not judge: the daemon did not say what is offloaded on it", rec)
     e["offload_refused_with"] = rec.get("probe_refused")
     if rec.get("probe_refused") is None and "probe_state_during" in rec:
         problem(e, f"{what}: an offload pinned to it was not refused while the event held", rec)
