@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from chimney_client.errors import InvalidState
+from chimney_client.soak import probe_faults
 from chimney_client.soak.layer_faults import LayerFaults
 from chimney_client.soak.outcomes import judge
 
@@ -90,6 +91,15 @@ class FakeTeam:
         return True
 
 
+@pytest.fixture(autouse=True)
+def _no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No wait after a fault for what the daemon asks up late (no worker here asks), and a
+    short one for a state a fake daemon never changes."""
+    monkeypatch.setattr(probe_faults, "SETTLE_MAX_S", 0.5)
+    monkeypatch.setattr(probe_faults, "RESUME_GRACE_S", 0.0)
+    monkeypatch.setattr(probe_faults, "STAGGER_S", 0.0)
+
+
 def _prober(daemon: Any) -> LayerFaults:
     """The coordinator's fault half, with nothing but `daemon` to talk to."""
     lf = LayerFaults.__new__(LayerFaults)
@@ -164,13 +174,7 @@ class FakeSilent(FakeTeam):
         return {"state": "host" if held else "offloaded", "path": ["tcpip"]}
 
 
-async def test_a_host_event_with_no_count_of_what_is_left_on_its_nic_does_not_pass(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from chimney_client.soak import probe_faults
-
-    monkeypatch.setattr(probe_faults, "RESUME_GRACE_S", 0.0)
-    monkeypatch.setattr(probe_faults, "STAGGER_S", 0.0)
+async def test_a_host_event_with_no_count_of_what_is_left_on_its_nic_does_not_pass() -> None:
     lf = _prober(FakeSilent())
     rec = _rec("host_event", layer="nic1", event="media_disconnect", **{"for": "0.05s"})
     await lf.inject_probed(rec, {})
@@ -195,3 +199,83 @@ def test_an_outage_with_no_count_of_what_is_left_on_its_nic_does_not_pass() -> N
     }
     (e,), _ = judge([rec], [], {})
     assert any("could not judge" in p for p in e["problems"]), e["problems"]
+
+
+# -- 3: the invalidate is judged on what the daemon did at it, not on a count taken before -------
+class FakeNic0(FakeTeam):
+    """One NIC, nic0, carrying the soak's connections and `workers` of the workers', all to one
+    echo peer (one path, one neighbor). An invalidate of a path or neighbor asks up every
+    connection on it then (`shares`: a daemon that invalidates only the connection's own TCP
+    object asks up that one alone). A worker's connection closes as the daemon is asked its
+    invalidate count (`close_at_count`): after the soak counted the NIC, before the invalidate."""
+
+    def __init__(self, workers: int = 1, shares: bool = True) -> None:
+        super().__init__(busy=0)
+        self.workers = workers
+        self.shares = shares
+        self.state: dict[int, str] = {}
+        self.invalidates = 0
+
+    async def stack_info(self) -> Rec:
+        mine = sum(1 for s in self.state.values() if s == "offloaded")
+        return {
+            "layers": [
+                {"name": "tcpip", "kind": "host", "lower": ["nic0"]},
+                {"name": "nic0", "kind": "target", "tcp": mine + self.workers},
+            ]
+        }
+
+    async def stack_stats(self) -> Rec:
+        self.workers = 0  # the worker's connection closes now, its close answered
+        return {"layers": {"tcpip": {"calls": {"NdisInvalidateOffload": self.invalidates}}}}
+
+    async def tcp_connect(self, host: str, port: int, target: str | None = None) -> int:
+        cid = await super().tcp_connect(host, port, target)
+        self.state[cid] = "offloaded"
+        return cid
+
+    async def tcp_offload(self, cid: int) -> Rec:
+        self.state[cid] = "offloaded"
+        return {"state": "offloaded"}
+
+    async def tcp_info(self, cid: int) -> Rec:
+        return {"state": self.state[cid], "path": ["tcpip", "nic0"]}
+
+    async def fault_inject(self, kind: str, **spec: Any) -> int:
+        assert kind == "invalidate"
+        self.invalidates += 1
+        hit = [c for c, s in self.state.items() if s == "offloaded"] if self.shares else []
+        for cid in {spec["conn"], *hit}:
+            self.state[cid] = "host"
+        return await super().fault_inject(kind, **spec)
+
+
+def _invalidate(obj: str = "neighbor") -> Rec:
+    return _rec("invalidate", object=obj, layer="nic0")
+
+
+async def test_an_invalidate_passes_when_the_only_other_connection_closed_before_it() -> None:
+    """The NIC carried one worker's connection when the soak counted it, none at the invalidate:
+    that none of the workers' was asked up is no fault of the daemon's."""
+    lf = _prober(FakeNic0(workers=1))
+    rec = _invalidate()
+    await lf.inject_probed(rec, {})
+    assert not rec.get("error") and not rec.get("probe_error"), rec
+    (e,), _ = judge([rec], [], {})
+    assert e["ok"], (e["problems"], rec)
+
+
+async def test_an_invalidate_that_asked_up_only_its_own_connection_fails() -> None:
+    """A daemon that invalidates the probe's TCP object alone leaves the soak's other
+    connection sharing the neighbor offloaded on the stale object (spec §3.5)."""
+    lf = _prober(FakeNic0(workers=0, shares=False))
+    rec = _invalidate()
+    await lf.inject_probed(rec, {})
+    (e,), _ = judge([rec], [], {})
+    assert any("sharing it was asked up" in p for p in e["problems"]), (e["problems"], rec)
+    # a TCP object is the connection's own: the other stays offloaded, and that is right
+    lf = _prober(FakeNic0(workers=0, shares=False))
+    rec = _invalidate("tcp")
+    await lf.inject_probed(rec, {})
+    (e,), _ = judge([rec], [], {})
+    assert e["ok"], (e["problems"], rec)

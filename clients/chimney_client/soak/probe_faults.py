@@ -265,14 +265,23 @@ class ProbeFaults:
         if rec["probe_state_before"] != "offloaded":
             await self._pc().tcp_offload(cid)
             rec["probe_state_before"] = await self._state(cid)
+        # a second connection of ours to the probe's echo peer, on its NIC, in its shard: it
+        # shares the probe's path and neighbor (spec §3.5: asked up with it), and, ours, it
+        # is still there at the invalidate (a worker's may close in between)
+        host, port = self.peer_addrs[0]
+        mate = await self._pc().tcp_connect(host, port, target=rec["params"]["layer"])
+        probes.append(mate)
+        if await self._state(mate) != "offloaded":
+            await self._pc().tcp_offload(mate)
+        rec["mate_state_before"] = await self._state(mate)
         rec["nics_before"] = await self.nic_connections()
-        # the connections the probe shares its path and neighbor with (spec §3.5: each is
-        # asked up): those on its NIC in its shard (each shard has its own objects), when
-        # every echo peer is on the probe's host (else some need not share them)
+        # the workers' connections the probe shares its path and neighbor with: those on its
+        # NIC in its shard (each shard has its own objects), when every echo peer is on the
+        # probe's host (else some need not share them); a count before, for the report only
         shard = (await self._pc().stack_info()).get("shard")
         on_nic = (await self.nic_connections(shard) or {}).get(rec["params"]["layer"])
         if len({h for h, _ in self.peer_addrs}) == 1 and on_nic is not None:
-            rec["sharing_before"] = max(0, int(on_nic) - 1)  # but the probe
+            rec["sharing_before"] = max(0, int(on_nic) - 2)  # but the probe and its mate
         invalidates = await self._calls("NdisInvalidateOffload")
         rec["t0"] = time.monotonic()
         rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
@@ -286,6 +295,13 @@ class ProbeFaults:
             await asyncio.sleep(SETTLE_POLL_S)
             state = await self._state(cid)
         rec["probe_state_after"] = state
+        # the daemon's answer for the mate: asked up by then with the probe (path, neighbor)
+        mate_state = await self._state(mate)
+        shared = obj in ("path", "neighbor")
+        while shared and mate_state in ("offloaded", "uploading") and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_POLL_S)
+            mate_state = await self._state(mate)
+        rec["mate_state_after"] = mate_state
         rec["invalidate_calls"] = await self._calls("NdisInvalidateOffload") - invalidates
         rec["probe_after_ok"], _ = await self._round_trip(cid)
         # the fault is over at once; the workers' connections it moved are offloaded again
@@ -445,7 +461,11 @@ def judge_probed(
             _judge_invalidate(e, rec, problem)
             moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
             obj, sharing = rec["params"]["object"], rec.get("sharing_before") or 0
-            if obj in ("path", "neighbor") and sharing and not moved:
+            if obj in ("path", "neighbor") and "mate_state_after" in rec:
+                # judged on the soak's own connection sharing it, there at the invalidate: a
+                # count of the workers' taken before may include one that closed since
+                _judge_mate(e, rec, w.layer, problem)
+            elif obj in ("path", "neighbor") and sharing and not moved:
                 problem(
                     e,
                     f"{obj}: none of the {sharing} other connection(s) on {w.layer} sharing it "
@@ -578,6 +598,24 @@ def _judge_invalidate(e: Record, rec: Record, problem: Any) -> None:
     for key in ("probe_before_ok", "probe_after_ok", "probe_reoffloaded_ok"):
         if rec.get(key) is False:
             problem(e, f"{obj}: probe bytes not echoed intact ({key})", rec)
+
+
+def _judge_mate(e: Record, rec: Record, layer: str, problem: Any) -> None:
+    """The probe's mate (a connection of the soak's own on its NIC to its echo peer) shares the
+    invalidated path or neighbor: it must have been asked up with the probe (spec §3.5)."""
+    obj = rec["params"]["object"]
+    before, after = rec.get("mate_state_before"), rec.get("mate_state_after")
+    if before != "offloaded":
+        problem(
+            e, f"{obj}: could not judge: the soak's own connection sharing it was {before}", rec
+        )
+    elif after != "host":
+        problem(
+            e,
+            f"{obj}: none of the soak's own connections on {layer} sharing it was asked up: it "
+            f"stayed {after} (InvalidState, spec §3.5)",
+            rec,
+        )
 
 
 def _judge_host_event(e: Record, rec: Record, problem: Any) -> None:
