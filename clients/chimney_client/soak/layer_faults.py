@@ -202,7 +202,7 @@ class LayerFaults(ProbeFaults):
         rec["nics_before"] = await self.nic_connections(shard)
         rec["t0"] = time.monotonic()
         for inbox in self.ins:  # the workers keep the stretches on a NIC spanning it (state.py)
-            inbox.put({"type": "nic_outage", "t0": rec["t0"]})
+            inbox.put({"type": "nic_outage", "t0": rec["t0"], "nic": layer, "shard": shard})
         rec["fault_id"] = fid = await self.control.fault_inject(kind, layer=layer, **where)
         rec["t1"] = time.monotonic()
         rec["injected"] = True

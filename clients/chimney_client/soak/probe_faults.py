@@ -369,7 +369,7 @@ class ProbeFaults:
         # a NIC outage (faults.OUTAGES): the workers keep the stretches on a NIC it falls in
         # (state.py `prune_placements`), which outcomes `_each_left_its_nic` judges it on
         for inbox in self.ins:
-            inbox.put({"type": "nic_outage", "t0": rec["t0"]})
+            inbox.put({"type": "nic_outage", "t0": rec["t0"], "nic": layer, "shard": shard})
         rec["down_fault_id"] = down = await self.control.fault_inject(
             "nic_down", layer=layer, **where
         )

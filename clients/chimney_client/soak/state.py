@@ -110,12 +110,14 @@ class WorkerState:
         self.rpc_by_cid: dict[int, Rpc] = {}
         # since when each connection on a NIC has been there (`placements`)
         self.on_since: dict[int, float] = {}
-        # the NIC outages' injection times the coordinator told of (`told_outage`): a closed
-        # stretch is kept only if one fell inside it (outcomes `_each_left_its_nic` needs no
-        # other); `placements[:placements_judged]` were judged so, the rest are too recent
-        self.outage_t0s: list[float] = []
+        # the NIC outages the coordinator told of (`told_outage`): injection time, NIC and
+        # shard (None: every one). A closed stretch is kept only if one fell inside it on its
+        # NIC and shard (outcomes `_each_left_its_nic` needs no other);
+        # `placements[:placements_judged]` were judged so, the rest are too recent
+        self.outages: list[tuple[float, str | None, int | None]] = []
         self.placements_judged = 0
-        self.dropped_until = float("-inf")  # the latest end of a stretch judged
+        # the latest end of a stretch dropped, by its NIC and shard
+        self.dropped_until: dict[tuple[str | None, int | None], float] = {}
         # the coordinator's stop came: every injection's notice was put before it (it waits
         # for its fault tasks first), so every stretch can be judged at once
         self.outages_all_told = False
@@ -188,25 +190,34 @@ class WorkerState:
         elif will_be_on and not was_on:
             self.on_since[cid] = now
 
-    def told_outage(self, t0: float) -> None:
-        """The coordinator injects a NIC outage at `t0` (monotonic, as ours): the stretches
-        spanning it are kept. One dropped already might have spanned it (the notice came more
-        than PLACEMENT_GRACE_S late): an error, not a silently weaker check."""
-        self.outage_t0s.append(t0)
-        if t0 <= self.dropped_until:
+    def told_outage(self, t0: float, nic: str | None = None, shard: int | None = None) -> None:
+        """The coordinator injects a NIC outage at `t0` (monotonic, as ours) on `nic` (None:
+        any) in `shard` (None: every shard): the stretches spanning it there are kept. One
+        dropped already there might have spanned it (the notice came more than
+        PLACEMENT_GRACE_S late): an error, not a silently weaker check."""
+        self.outages.append((t0, nic, shard))
+        late = [
+            until
+            for (p_nic, p_shard), until in self.dropped_until.items()
+            if _same_nic(p_nic, p_shard, nic, shard) and t0 <= until
+        ]
+        if late:
             self.error(
                 "placements_pruned",
                 "a NIC outage was told after stretches on a NIC it may need were dropped",
                 t0=t0,
-                dropped_until=self.dropped_until,
+                nic=nic,
+                shard=shard,
+                dropped_until=max(late),
                 late_s=round(time.monotonic() - t0, 3),
             )
 
     def prune_placements(self, now: float) -> None:
         """Judge the stretches that closed more than PLACEMENT_GRACE_S ago (all of them once
-        every outage is told): keep those an outage's injection fell in (`on < t0 <= off`,
-        as outcomes `_each_left_its_nic` selects them), drop the rest. Stretches are appended
-        as they close, so those still to judge are in the order of their ends."""
+        every outage is told): keep those an outage's injection fell in on their NIC and in
+        their shard (`on < t0 <= off`, as outcomes `_each_left_its_nic` selects them), drop
+        the rest. Stretches are appended as they close, so those still to judge are in the
+        order of their ends."""
         recs = self.obs["placements"]
         horizon = float("inf") if self.outages_all_told else now - PLACEMENT_GRACE_S
         start = end = self.placements_judged
@@ -214,11 +225,17 @@ class WorkerState:
             end += 1
         if end == start:
             return
-        t0s = self.outage_t0s
-        kept = [
-            p for p in recs[start:end] if any(float(p["on"]) < t0 <= float(p["off"]) for t0 in t0s)
-        ]
-        self.dropped_until = max(self.dropped_until, float(recs[end - 1]["off"]))
+        kept = []
+        for p in recs[start:end]:
+            on, off, p_nic, p_shard = float(p["on"]), float(p["off"]), p.get("nic"), p.get("shard")
+            if any(
+                on < t0 <= off and _same_nic(p_nic, p_shard, nic, shard)
+                for t0, nic, shard in self.outages
+            ):
+                kept.append(p)
+            else:
+                key = (p_nic, p_shard)
+                self.dropped_until[key] = max(self.dropped_until.get(key, off), off)
         recs[start:end] = kept
         self.placements_judged = start + len(kept)
 
@@ -426,3 +443,12 @@ def owes_reoffload(rec: dict[str, Any]) -> None:
     rec["needs_reoffload"] = True
     rec["reoffloaded_t"] = None
     rec["verify_from"] = None
+
+
+def _same_nic(p_nic: str | None, p_shard: int | None, nic: str | None, shard: int | None) -> bool:
+    """Whether a stretch on `p_nic` in `p_shard` (None: a daemon of one process) is one an
+    outage of `nic` in `shard` (None: any NIC, every shard) may judge (outcomes
+    `_each_left_its_nic`: the NIC it names, in its shard)."""
+    if nic is not None and p_nic != nic:
+        return False
+    return shard is None or p_shard is None or str(p_shard) == str(shard)

@@ -162,7 +162,7 @@ class Worker(ConnFaults):
             await asyncio.sleep(COMMAND_POLL_S)
             for msg in self.inbox.drain():
                 if msg["type"] == "nic_outage":
-                    self.told_outage(float(msg["t0"]))
+                    self.told_outage(float(msg["t0"]), msg.get("nic"), msg.get("shard"))
                 elif msg["type"] == "stop":
                     self.outages_all_told = True  # their notices came before it
                     if not self.stopping:
