@@ -387,7 +387,15 @@ class Phases:
                 by_cause[key] = by_cause.get(key, 0.0) + v
         connections = {
             "requested": plan.requested,
-            "held": plan.connections - counters["limit_refusals"] - counters["connect_failures"],
+            # the slots but those whose first connect was refused or failed: a reopen refused
+            # or failed later leaves its slot held (its traffic counted), where counting the
+            # failed attempts took it out; a slot the stop came before is held, and carried none
+            "held": (
+                plan.connections - sum(f["slots_unopened"] for f in finals)
+                if len(finals) == max(1, plan.workers)
+                and all("slots_unopened" in f for f in finals)
+                else plan.connections - counters["limit_refusals"] - counters["connect_failures"]
+            ),
             "opened_total": counters["opened"],
             "with_traffic": sum(f.get("slots_with_traffic", 0) for f in finals),
             "limit_refusals": counters["limit_refusals"],

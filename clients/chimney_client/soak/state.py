@@ -98,6 +98,13 @@ class WorkerState:
         self.fault_records: list[dict[str, Any]] = []
         self.obs: dict[str, list[dict[str, Any]]] = {name: [] for name in OBS_LISTS}
         self.slot_ops: dict[int, int] = {}
+        # the slots whose first connect was refused or failed (LIMIT, connect_failures): not
+        # held; and those some connection of which had bytes echoed back and verified: a
+        # reset's round trip, or a connection whose reopen failed, counts as much as any
+        # (report "carried traffic")
+        self.slots_unopened: set[int] = set()
+        self.slots_carried: set[int] = set()
+        self.first_opens = 0  # slots whose first tcp.connect was answered, either way
         self.rpc_shards: dict[int, int] = {}  # RPC clients per shard of the daemon
         self.redials = 0  # clients dialled again to even them out over the shards
         self.stopping = False

@@ -81,9 +81,9 @@ class Worker(ConnFaults):
             await asyncio.sleep(0)
         # wait until every slot has opened (or failed to)
         c = self.c
-        while not self.stopping and c["opened"] + c["connect_failures"] + c["limit_refusals"] < len(
-            self.tasks
-        ):
+        # (`opened` counts reopens too: a slot reset or churned in the ramp would stand in for
+        # one still connecting, and the hold begin before it)
+        while not self.stopping and self.first_opens < len(self.tasks):
             await asyncio.sleep(0.05)
         self.out.put({"type": "ramped", "w": cfg.index, "opened": c["opened"]})
         while not self.stopping:
@@ -198,13 +198,20 @@ class Worker(ConnFaults):
             conn.upload_at = time.monotonic()
 
     def keep_going(self, conn: Conn) -> bool:
-        """During the hold, always; after it, only while an outcome still needs this connection
-        (bounded by SETTLE_S); never once interrupted."""
+        """During the hold, always; after it, only while an outcome still needs this connection,
+        or while its slot has carried no verified byte yet (opened late: the report counts each
+        slot held that carried none), bounded by SETTLE_S; never once interrupted."""
         if not self.stopping:
             return True
         if self.fast_stop or time.monotonic() > self.stop_at + SETTLE_S:
             return False
-        return conn.wants_more()
+        return conn.wants_more() or self.owes_traffic(conn)
+
+    def owes_traffic(self, conn: Conn) -> bool:
+        """`conn`'s slot has carried no verified byte on any of its connections yet."""
+        if conn.verified > 0:
+            self.slots_carried.add(conn.slot)
+        return conn.slot not in self.slots_carried
 
     async def run_slot(self, i: int, slot: int) -> None:
         cfg = self.cfg
@@ -212,7 +219,12 @@ class Worker(ConnFaults):
         peer = slot % len(cfg.peers)
         self.slot_ops[slot] = 0
         try:
-            conn = await self.open(rpc, slot, peer)
+            try:
+                conn = await self.open(rpc, slot, peer)
+            finally:
+                self.first_opens += 1
+            if conn is None:
+                self.slots_unopened.add(slot)
             while conn is not None:
                 try:
                     if conn.aborted:
@@ -235,8 +247,10 @@ class Worker(ConnFaults):
                     if think > 0 and conn.stall_order is None and conn.reset_order is None:
                         await self.think(conn, think)
                 except SlotBroken:
+                    # (`replace` counts what it verified, a reset's round trip too)
                     conn = await self.replace(rpc, slot, peer, conn)
             if conn is not None:
+                self.owes_traffic(conn)
                 await self.close_conn(rpc, conn, final=True)
         except ChimneyError as exc:  # the RPC connection itself is gone (daemon died)
             if "rpc_lost" not in self.errors:
@@ -246,9 +260,10 @@ class Worker(ConnFaults):
         await self.close_conn(rpc, conn, final=False)
         resets = any(r["kind"] in ("peer_reset", "daemon_reset") for r in conn.faults)
         bugged = conn.holed or conn.abort is not None
-        # after the hold a slot reopens only to show a reset's or a bug's outcome: data on a
-        # new connection
-        if self.stopping and not ((resets or bugged) and self.keep_going_after_reset()):
+        # after the hold a slot reopens only to show a reset's or a bug's outcome (data on a
+        # new connection), or for its first round trip (one churned before it had any)
+        owes = self.owes_traffic(conn)
+        if self.stopping and not ((resets or bugged or owes) and self.keep_going_after_reset()):
             self.after_reset(conn, None)
             return None
         new = await self.open(rpc, slot, peer)
@@ -282,7 +297,8 @@ class Worker(ConnFaults):
             "faults": self.fault_records,
             "obs": self.obs,
             "slots": len(self.cfg.slots),
-            "slots_with_traffic": sum(1 for v in self.slot_ops.values() if v > 0),
+            "slots_unopened": len(self.slots_unopened),
+            "slots_with_traffic": len(self.slots_carried),
             "rpc_shards": {str(k): v for k, v in sorted(self.rpc_shards.items())},
             "redials": self.redials,
         }
