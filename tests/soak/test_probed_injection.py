@@ -121,7 +121,7 @@ async def test_the_workers_are_told_of_a_nic_ups_outage_before_it_goes_in(
     daemon, inbox, rec = await _run()
     assert ("fault_inject", ("nic_down", 1)) in daemon.log, daemon.log
     told = [m for m in inbox.drain() if m["type"] == "nic_outage"]
-    assert told == [{"type": "nic_outage", "t0": rec["t0"]}]
+    assert told == [{"type": "nic_outage", "t0": rec["t0"], "nic": "nic0", "shard": None}]
 
 
 async def test_a_nic_ups_nic_down_is_cleared_when_the_nic_up_fails(monkeypatch: Any) -> None:
