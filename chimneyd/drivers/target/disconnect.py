@@ -142,10 +142,30 @@ def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
     initiate). Due already, it expires at once. [INF] A layer above that held the initiate
     (an IM, a MUX) cannot be counted: NDIS hands the target no clock with the delta."""
     timer = t.fin_wait_2.get(c.id)
-    if timer is None:
-        return
+    if timer is None or forward_owed(c):
+        return  # the peer was heard after the delta was read: `fin_wait_2_at_offload`
     now = t.ndis.clock()
     start_fin_wait_2(t, c, timer.heard_ns + FIN_WAIT_2_NS - now - (now - arrived_ns))
+
+
+def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
+    """Arm `c`'s timer at an offload in FIN_WAIT_2 (spec §8): with what the host's
+    `RetransmitTimeoutDelta` says, unless the host heard the peer after it read it. What it
+    read of the peer's meanwhile (bytes, the FIN) comes down by `NdisOffloadTcpForward` after
+    the completion (spec §3.2.7, §4.6), and an in-window forwarded segment restarts the timer:
+    it counts from now, as the forward would have it. Left to the forward, a delta spent by
+    the time the target takes the connection (an initiate queued while paused, spec §5.5)
+    expires at once, and that expiry may reach the target before the forward does: a
+    connection whose peer was just heard, or closed, would be timed out."""
+    start_fin_wait_2(t, c, FIN_WAIT_2_NS if forward_owed(c) else fin_wait_2_ns(t, d))
+
+
+def forward_owed(c: TcpContext) -> bool:
+    """The host read the peer's bytes or FIN from `c`'s socket after it built the initiate
+    (past the delegated `RcvNxt`, or a FIN it had not received then): a forward of them is on
+    its way (spec §3.2.7)."""
+    wire = c.wire
+    return wire.bytes_read > c.rx.rcv_nxt or (wire.eof_seen and not c.fin_indicated)
 
 
 def heard(t: OffloadTarget, c: TcpContext) -> None:
