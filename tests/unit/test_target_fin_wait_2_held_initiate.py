@@ -20,6 +20,8 @@ clock is the rig's `ManualClock` (no sockets, no sleeps)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from chimneyd.drivers.base import Delay
 from chimneyd.ndis.lifecycle import Phase, TcpState
 from chimneyd.ndis.status import NdisStatus as S
@@ -117,6 +119,9 @@ def _queued_at_a_paused_nic(rig: HostRig, conn: int) -> Reply:
     offload = Reply()
     rig.host.app_offload(conn, None, offload)
     on_its_way = rig.hold_below("MiniportInitiateOffload")
+    # the kernel last heard the peer long ago (the ACK of our FIN): not since the initiate
+    wire = rig.host.tcbs[conn].wire
+    wire.info = replace(wire.info, last_data_recv_ms=10**7, last_ack_recv_ms=10**7)
     rig.target.fail_adapter()
     rig.run()
     rig.release(on_its_way)

@@ -146,6 +146,9 @@ def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
         return  # the peer was heard after the delta was read: `fin_wait_2_at_offload`
     now = t.ndis.clock()
     start_fin_wait_2(t, c, timer.heard_ns + FIN_WAIT_2_NS - now - (now - arrived_ns))
+    # the kernel's news from the arrival on is not in the delta either (spec §8: with reading
+    # stopped the kernel's time since it last heard the peer counts)
+    t.fin_wait_2[c.id].since_ns = arrived_ns
 
 
 def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
