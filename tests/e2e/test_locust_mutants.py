@@ -7,7 +7,7 @@ tests/e2e/test_locust.py uses. Anything that imports locust runs in a child proc
 
 `MISSED` are breakages a run used to pass (each must now fail the run, and on the row that
 names it); `CAUGHT` two it always reported, kept to show the harness fails a run. Each run takes
-15-25 s: marked `soak`, so a plain `pytest` leaves them out and `make test` runs them.
+8-20 s: marked `soak`, so a plain `pytest` leaves them out and `make test` runs them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ pytestmark = pytest.mark.soak  # run by `make test` after the default selection
 LOCUSTFILE = ROOT / "deploy" / "locustfile.py"
 MUTANT = Path(__file__).with_name("locust_mutant_daemon.py")
 READY = re.compile(r"chimneyd listening on (\S+)")
-RUN_TIME_S = 12
+#: A run whose breakage shows by the stop at the latest (a stuck echo the stop cuts off, a reset
+#: or a close still unseen then, an integrity or EOF failure, an offload that did nothing): the
+#: mutation strikes at its 40th event, within the first second of the run
+RUN_TIME_S = 6
+#: A run whose breakage is ended by the call limit (SHORT_OP's op timeout of 3 s plus the
+#: client's 5 s server-wait margin), well before the stop: the limit, not the stop, reports it
+CALL_LIMIT_RUN_TIME_S = 12
 #: what tests/e2e/test_locust.py runs with
 COMMON = ["--chimney-payload-bytes", "16384", "--chimney-think-ms", "20"]
 #: an op timeout well inside the run, so a stuck echo has time to be reported
@@ -117,7 +123,7 @@ def _connections(address: str) -> int | None:
         return None
 
 
-def run_locust(tmp: Path, mutation: str, *options: str) -> Run:
+def run_locust(tmp: Path, mutation: str, *options: str, run_s: int = RUN_TIME_S) -> Run:
     out = tmp / mutation
     out.mkdir(exist_ok=True)
     with _mutant(tmp, mutation) as (daemon, address), peer_process("echo") as (_, echo_port):
@@ -134,7 +140,7 @@ def run_locust(tmp: Path, mutation: str, *options: str) -> Run:
                 "-r",
                 "4",
                 "-t",
-                f"{RUN_TIME_S}s",
+                f"{run_s}s",
                 "--stop-timeout",
                 "5",
                 "--only-summary",
@@ -153,7 +159,7 @@ def run_locust(tmp: Path, mutation: str, *options: str) -> Run:
             text=True,
             env={**child_env(), "CHIMNEY_MUTANT_AT": "40"},
             cwd=out,
-            timeout=RUN_TIME_S + 60,
+            timeout=run_s + 60,
         )
         left = _connections(address) if daemon.poll() is None else None
     stats_path = out / "stats.json"
@@ -167,12 +173,13 @@ def run_locust(tmp: Path, mutation: str, *options: str) -> Run:
 
 #: (mutation, options, the row that must fail): each a way a run used to pass a broken daemon
 MISSED = [
-    # tcp.send answers "acknowledged" and sends nothing: the echo never comes; the run (12 s)
+    # tcp.send answers "acknowledged" and sends nothing: the echo never comes; the run (6 s)
     # is shorter than the default op timeout (30 s), so only the stop can report it
     ("send_noop", (), ("event", "stuck")),
     # the last bytes of a chunk are lost: same, the read-back waits and the stop cuts it off
     ("drop_tail", (), ("event", "stuck")),
-    # one tcp.recv / tcp.send never answered: the call limit (op timeout + margin) ends it
+    # one tcp.recv / tcp.send never answered: the call limit (op timeout + margin) ends it,
+    # inside a run of CALL_LIMIT_RUN_TIME_S
     ("recv_hang", tuple(SHORT_OP), ("event", "stuck")),
     ("send_hang", tuple(SHORT_OP), ("event", "stuck")),
     # peer_reset accepted and done nothing: still unseen long after, when the run stops
@@ -196,12 +203,19 @@ def _id(case: Case) -> str:
     return case[0] + ("-short-op" if "--chimney-op-timeout-s" in case[1] else "")
 
 
+def _run_s(case: Case) -> int:
+    """How long the run of `case` lasts: long enough for the call limit where that is what
+    must end it (the short op timeout's cases), else RUN_TIME_S."""
+    return CALL_LIMIT_RUN_TIME_S if "--chimney-op-timeout-s" in case[1] else RUN_TIME_S
+
+
 @pytest.mark.timeout(120)
-def test_control_run_against_the_unbroken_daemon_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("run_s", sorted({RUN_TIME_S, CALL_LIMIT_RUN_TIME_S}))
+def test_control_run_against_the_unbroken_daemon_passes(tmp_path: Path, run_s: int) -> None:
     # every check on: resets, uploads and re-offloads, closes, and the short op timeout that
-    # makes the stop's grace the shortest
+    # makes the stop's grace the shortest; as long as each of the runs below
     options = ["--chimney-reset-rate", "0.5", "--chimney-upload-rate", "0.5", *SHORT_OP]
-    run = run_locust(tmp_path, "none", *options)
+    run = run_locust(tmp_path, "none", *options, run_s=run_s)
     assert run.returncode == 0 and run.total_failures() == 0, run.explain()
     assert run.count("event", "peer_reset") > 0, run.explain()
     assert run.count("rpc", "tcp.offload") > 0, run.explain()
@@ -212,6 +226,6 @@ def test_control_run_against_the_unbroken_daemon_passes(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", MISSED + CAUGHT, ids=[_id(c) for c in MISSED + CAUGHT])
 def test_a_broken_daemon_fails_the_run(tmp_path: Path, case: Case) -> None:
     mutation, options, row = case
-    run = run_locust(tmp_path, mutation, *options)
+    run = run_locust(tmp_path, mutation, *options, run_s=_run_s(case))
     assert run.returncode != 0 and run.total_failures() > 0, run.explain()
     assert run.failures_of(*row) > 0, run.explain()
