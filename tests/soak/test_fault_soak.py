@@ -174,10 +174,13 @@ def test_teamed_nics_fail_in_turn_and_only_their_connections_move(tmp_path: Path
     time exactly the connections on that NIC are asked up and offloaded again onto the others,
     every byte verified; nothing stays on the NIC at the end of its outage."""
     teaming = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
-    faults = "target_failure@3s/layer=nic0/for=2s,nic_down@8s/layer=nic1/for=2s"
+    # 1.5 s into the hold, the ramp's connections all offloaded; 3 s from the first outage's
+    # clear to the second, so the first's re-offloads are done and nic1 is counted on a full
+    # team; the hold ends 1 s after the second clear, its re-offloads judged in the settle
+    faults = "target_failure@1.5s/layer=nic0/for=2s,nic_down@6.5s/layer=nic1/for=2s"
     code, report = _soak(
         tmp_path,
-        *("--daemon-config", str(teaming), "-n", "300", "--duration", "13"),
+        *("--daemon-config", str(teaming), "-n", "300", "--duration", "9.5"),
         *("--faults", faults),
     )
     by_kind = _faults_of_a_pass(code, report)
@@ -197,10 +200,12 @@ def test_a_rebalance_after_a_nic_came_back_evens_the_teamed_nics(tmp_path: Path)
     back empty; the rebalance then moves a third of them onto it, each offloaded again with
     every byte verified, and leaves the three even."""
     teaming = Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml"
+    # 3 s from the clear to the rebalance (nic2's outage re-offloaded onto nic0 and nic1);
+    # the rebalance waits for what it moved to be offloaded again itself
     code, report = _soak(
         tmp_path,
-        *("--daemon-config", str(teaming), "-n", "300", "--duration", "13"),
-        *("--faults", "nic_down@2s/layer=nic2/for=2s,rebalance@7s/layer=team0"),
+        *("--daemon-config", str(teaming), "-n", "300", "--duration", "9.5"),
+        *("--faults", "nic_down@1.5s/layer=nic2/for=2s,rebalance@6.5s/layer=team0"),
     )
     by_kind = _faults_of_a_pass(code, report)
     f = by_kind["rebalance"]
