@@ -272,8 +272,8 @@ def flush_initiates(h: HostStack) -> None:
     for binding, root, paths in trees.values():
         for key, pblock in paths.items():
             pblock.add_dependents(under[key])
-        # the connections and the new neighbor and path it carries, so that a completion
-        # lacking one's block settles it (`_missing`)
+        # the connections and the new neighbor and path it carries, with the blocks the host
+        # built for them, so that a completion lacking one's block settles it (`_missing`)
         root.protocol_reserved = offloading_in(root)
         h.ndis.NdisInitiateOffload(h, binding, root)
     if refusals:
@@ -417,14 +417,20 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
     return block
 
 
-def offloading_in(root: OffloadBlock) -> list[Tcb | HostObject]:
+#: What the host offloads anew in a tree, each with the block it built for it.
+Sent = list[tuple[Tcb | HostObject, OffloadBlock]]
+
+
+def offloading_in(root: OffloadBlock) -> Sent:
     """The connections and objects a tree offloads anew (not its linkers), by their live
-    handles."""
-    owners: list[Tcb | HostObject] = []
+    handles, each with its block: the host's own, which still holds what it handed down (the
+    send NBLs and the data the application had not read) if a layer below leaves it out of
+    the completion (`_lost_below`)."""
+    owners: Sent = []
     for block in walk(root):
         owner = block.offload_handle.owner if block.offload_handle is not None else None
         if isinstance(owner, Tcb) or (isinstance(owner, HostObject) and block.const is not None):
-            owners.append(owner)
+            owners.append((owner, block))
     return owners
 
 
@@ -434,7 +440,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     # a next-hop change's lone new neighbor (`state_ops`), or what the tree offloaded anew
     reserved = take_reserved(root)
     after: Callable[[], None] | None = None
-    sent: list[Tcb | HostObject] = []
+    sent: Sent = []
     if isinstance(reserved, tuple):
         after, sent = reserved
     elif isinstance(reserved, list):
@@ -442,9 +448,9 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     # what the completion lacks (`_settle_missing`): objects before any block is settled, so
     # that every connection under one sees it settled, connections after the blocks that came
     missing = _missing(root, sent)
-    for obj in missing:
+    for obj, own in missing:
         if isinstance(obj, HostObject):
-            _settle_missing(h, obj)
+            _settle_missing(h, obj, own)
     for block in walk(root):
         handle = block.offload_handle
         if handle is None:
@@ -477,21 +483,21 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         else:
             _not_offloaded(h, owner, ndis_error(block.status), block)
     lost = frozenset(
-        [t.conn_id for t in missing if isinstance(t, Tcb) and not _settle_missing(h, t)]
+        [t.conn_id for t, own in missing if isinstance(t, Tcb) and not _settle_missing(h, t, own)]
     )
     if after is not None:
         after()
     h.objects_settled()  # a next-hop change waiting for its new neighbor (`state_ops`)
     terminate.release_unused_objects(h)
     host_reasons.settled(h)
-    unsettled = f"without the blocks of {', '.join(map(str, missing))}" if missing else ""
-    if any(isinstance(t, Tcb) for t in missing):
-        conns = sorted(t.conn_id for t in missing if isinstance(t, Tcb))
+    unsettled = f"without the blocks of {', '.join(str(o) for o, _ in missing)}" if missing else ""
+    if any(isinstance(t, Tcb) for t, _ in missing):
+        conns = sorted(t.conn_id for t, _ in missing if isinstance(t, Tcb))
         unsettled = f"without the blocks of connections {conns}: {unsettled}"
     raise_if_broken("initiate", unsettled, lost, let_go)
 
 
-def _missing(root: OffloadBlock, sent: list[Tcb | HostObject]) -> list[Tcb | HostObject]:
+def _missing(root: OffloadBlock, sent: Sent) -> Sent:
     """What the host offloaded anew that the completion has no block of (a layer below put
     a let-go handle's block in its place, or dropped it): a broken contract, and no answer for
     them will come (spec §6.3 [EMU])."""
@@ -501,13 +507,13 @@ def _missing(root: OffloadBlock, sent: list[Tcb | HostObject]) -> list[Tcb | Hos
         if b.offload_handle is not None and b.offload_handle.owner is not None
     }
     return [
-        o
-        for o in sent
+        (o, own)
+        for o, own in sent
         if id(o) not in named and o.handle is not None and o.lifecycle.phase is Phase.OFFLOADING
     ]
 
 
-def _settle_missing(h: HostStack, owner: Tcb | HostObject) -> bool:
+def _settle_missing(h: HostStack, owner: Tcb | HostObject, own: OffloadBlock) -> bool:
     """Settle a connection or object whose block the initiate's completion lacks (spec §6.3
     [EMU]) by its handle's `MiniportOffloadContext` cell, which the layer below fills only for
     a block it offloaded (spec §1.5, §3.2.4): whether it is offloaded. Filled, it is: nothing
@@ -528,16 +534,21 @@ def _settle_missing(h: HostStack, owner: Tcb | HostObject) -> bool:
     elif offloaded:
         _offloaded(h, owner)
     else:
-        _lost_below(h, owner)
+        _lost_below(h, owner, own)
     return offloaded
 
 
-def _lost_below(h: HostStack, tcb: Tcb) -> None:
-    """Not offloaded, and what it handed down lost with its block: the host takes it back and
-    resets it, as `terminate.lost_below` does one lost at its terminate (spec §6.3 [EMU]): the
-    peer gets an RST, the offload is answered, the application is told (`TcpIndicateAbort`),
-    its reads and writes fail and its close frees it."""
-    _not_offloaded(h, tcb, AppError("INTERNAL", f"connection {tcb.conn_id}: {LOST_BELOW}"))
+def _lost_below(h: HostStack, tcb: Tcb, own: OffloadBlock) -> None:
+    """Not offloaded, and its block left out: the host cannot tell what the layers below did
+    with the socket, so it takes the connection back and resets it, as `terminate.lost_below`
+    does one lost at its terminate (spec §6.3 [EMU]): the peer gets an RST, the offload is
+    answered, the application is told (`TcpIndicateAbort`), its writes fail and its close
+    frees it. What it handed down is taken back first from `own`, the block the host built
+    (a refused block comes back untouched, spec §3.2.4): the bytes the application had not
+    read stay readable before the reset's error, and the send NBLs are the host's again, to
+    fail with the reset (else their sends are never answered and its `outstanding_nbls`
+    never drains). What a layer below took out of it stays that layer's."""
+    _not_offloaded(h, tcb, AppError("INTERNAL", f"connection {tcb.conn_id}: {LOST_BELOW}"), own)
     if tcb.reset or tcb.lifecycle.phase is Phase.CLOSED:
         return
     tcb.end_reason = LOST_BELOW

@@ -383,7 +383,7 @@ def _move_when_settled(h: HostStack, mv: PathMove) -> None:
     neighbor.handle.trace = mv.tcb.trace
     # what to do once it is back, and what it offloads anew: a completion lacking the
     # neighbor's block settles it first (`offload.complete`)
-    root.protocol_reserved = (lambda: _neighbor_offloaded(h, mv, root), [neighbor])
+    root.protocol_reserved = (lambda: _neighbor_offloaded(h, mv, root), [(neighbor, root)])
     h.ndis.NdisInitiateOffload(h, neighbor.binding, root)
 
 

@@ -30,7 +30,7 @@ from chimneyd.ndis.lifecycle import (
     TcpState,
     tcp_state_of,
 )
-from chimneyd.ndis.nbl import NetBufferList, iter_chain
+from chimneyd.ndis.nbl import NetBufferList, iter_chain, link_chain
 from chimneyd.ndis.status import NdisStatus
 
 from ..delegated import snapshot
@@ -118,9 +118,12 @@ def flush_terminates(h: HostStack) -> None:
 
 
 def _send(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
-    """`NdisTerminateOffload` of `root`, the handles it names kept on it (`protocol_reserved`):
-    a completion that comes back without one of them is told by `complete`."""
-    root.protocol_reserved = [b.offload_handle for b in walk(root) if b.offload_handle is not None]
+    """`NdisTerminateOffload` of `root`, the handles it names kept on it (`protocol_reserved`)
+    with the blocks the host built for them: a completion that comes back without one of them
+    is told by `complete`, and what the layer below put in the host's block is found there."""
+    root.protocol_reserved = [
+        (b.offload_handle, b) for b in walk(root) if b.offload_handle is not None
+    ]
     h.ndis.NdisTerminateOffload(h, binding, root)
 
 
@@ -239,7 +242,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     """`ProtocolTerminateOffloadComplete`."""
     let_go: list[NdisOffloadHandle] = []
     broken: dict[int, ChimneyProtocolError] = {}  # connections not taken back, by conn id
-    sent: list[NdisOffloadHandle] = offload.take_reserved(root) or []
+    sent: list[tuple[NdisOffloadHandle, OffloadBlock]] = offload.take_reserved(root) or []
     missing = _missing(root, sent, broken)
     for block in walk(root):
         handle = block.offload_handle
@@ -276,7 +279,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
                 broken[owner.conn_id] = exc
     # what the completion lacks, settled as let go (spec §6.3 [EMU]): connections first, each
     # letting go of its path, then the objects
-    for handle in sorted(missing, key=lambda m: not isinstance(m.owner, Tcb)):
+    for handle, own in sorted(missing, key=lambda m: not isinstance(m[0].owner, Tcb)):
         owner = handle.owner
         h.table_remove(handle.id)
         h.stats.offloads_active -= 1
@@ -285,7 +288,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         if isinstance(owner, Tcb):
             assert owner.path is not None
             h.unref(owner.path)
-            lost_below(h, owner)
+            lost_below(h, owner, own)
         else:
             _object_gone(owner)
     release_unused_objects(h)
@@ -314,8 +317,10 @@ def _object_gone(obj: HostObject) -> None:
 
 
 def _missing(
-    root: OffloadBlock, sent: list[NdisOffloadHandle], broken: dict[int, ChimneyProtocolError]
-) -> list[NdisOffloadHandle]:
+    root: OffloadBlock,
+    sent: list[tuple[NdisOffloadHandle, OffloadBlock]],
+    broken: dict[int, ChimneyProtocolError],
+) -> list[tuple[NdisOffloadHandle, OffloadBlock]]:
     """The handles of the objects whose block the completion of a terminate lacks (a layer
     below put another in its place, or dropped it): the layer broke the contract and said
     nothing of them. The host asked for their terminate and lets go of them as if it had
@@ -324,15 +329,15 @@ def _missing(
     nothing more below. A connection among them is lost (`lost_below`); it is named
     (`broken`), so that the engine fails what the host cannot answer (its sends below)."""
     named = {id(b.offload_handle) for b in walk(root) if b.offload_handle is not None}
-    missing: list[NdisOffloadHandle] = []
-    for handle in sent:
+    missing: list[tuple[NdisOffloadHandle, OffloadBlock]] = []
+    for handle, own in sent:
         owner = handle.owner
         if (
             owner is not None
             and id(handle) not in named
             and owner.lifecycle.phase is Phase.TERMINATING
         ):
-            missing.append(handle)
+            missing.append((handle, own))
             if isinstance(owner, Tcb):
                 broken[owner.conn_id] = ChimneyProtocolError(
                     f"TCB {owner.conn_id}: no block of it in the terminate's completion"
@@ -344,7 +349,7 @@ def _missing(
 _ENDED = frozenset({TcpState.TIME_WAIT, TcpState.CLOSED})
 
 
-def lost_below(h: HostStack, tcb: Tcb) -> None:
+def lost_below(h: HostStack, tcb: Tcb, own: OffloadBlock) -> None:
     """A connection whose block the completion of its terminate lacked, its handle let go
     (spec §6.3 [EMU]): the host cannot know its state below (what the peer acknowledged, what
     the target received and did not hand up), so it cannot carry the byte stream on without
@@ -352,7 +357,12 @@ def lost_below(h: HostStack, tcb: Tcb) -> None:
     §3.7): the peer gets an RST through the socket, which is the connection's, so whatever a
     layer below still holds of it is cut off too; the host's sends fail, its reads and its
     upload are answered, and its close answers and frees it. One whose both FINs were
-    through already (TIME_WAIT, CLOSED) had nothing left to lose: it is only taken back."""
+    through already (TIME_WAIT, CLOSED) had nothing left to lose: it is only taken back.
+
+    `own` is the block the host built for it: send NBLs a layer below handed back in it
+    (its handle swapped for a let-go one) are the host's, and fail with the reset; else their
+    sends are never answered and the host's `outstanding_nbls` never drains. Nothing else in
+    it is trusted: its state is not the host's to know."""
     if not tcb.reset and tcb.lifecycle.tcp not in _ENDED:
         if tcb.end_reason is None:
             tcb.end_reason = LOST_BELOW
@@ -367,7 +377,13 @@ def lost_below(h: HostStack, tcb: Tcb) -> None:
         RcvNxt=seq(wire.irs, tcb.rx.rcv_nxt),
         SndUna=seq(wire.isn, wire.bytes_written),
     )
-    _uploaded(h, tcb, new_tcp_block(None, delegated=delegated))
+    block = new_tcp_block(None, delegated=delegated)
+    # only NBLs still the host's sends (`send.finish_send` clears a completed one's mark)
+    block.net_buffer_list_chain = link_chain(
+        [n for n in iter_chain(own.net_buffer_list_chain) if n.protocol_reserved is not None]
+    )
+    own.net_buffer_list_chain = None
+    _uploaded(h, tcb, block)
 
 
 def _uploaded(h: HostStack, tcb: Tcb, block: OffloadBlock) -> None:
