@@ -123,9 +123,12 @@ def _for_the_event(tcb: Tcb, name: str) -> None:
     """The event's name becomes the reason the connection's `uploaded` event gives, unless it
     was already going up for its own (spec §6.2, docs/rpc.md `uploaded`): the event's
     terminate adds nothing to that one's, and the client must not be told the event took up a
-    connection that was leaving anyway. A `tcp.upload` waiting behind a query or update (its
-    terminate not yet started, `terminate.start`) is its own reason too."""
-    if tcb.lifecycle.phase in _GOING_UP or tcb.upload_done:
+    connection that was leaving anyway. A terminate asked and waiting behind a query or update
+    (not yet started, `terminate.start`) is too, whatever asked it: the application (its
+    `tcp.upload` or `tcp.close`), the peer's RST (answered with a terminate, spec §5.1), an
+    optional request of the target the host honours (spec §5.2), or a host event that came
+    first, whose name it keeps."""
+    if tcb.lifecycle.phase in _GOING_UP or tcb.upload_done or tcb.upload_waits:
         return
     tcb.upload_reason = name
 

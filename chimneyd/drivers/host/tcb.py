@@ -163,6 +163,7 @@ class Tcb(Lifecycle):
         "upload_done",
         "upload_q",
         "upload_reason",
+        "upload_waits",
         "wire",
     )
 
@@ -231,6 +232,10 @@ class Tcb(Lifecycle):
         self.offload_done: list[Done] = NO_ITEMS
         self.upload_done: list[Done] = NO_ITEMS
         self.upload_reason = "terminate"  # what the `uploaded` event says, then "terminate" again
+        # its terminate is asked and waits behind a query, update or invalidate on it (spec
+        # §3.1, `terminate.start`): it is going up already, for a reason of its own or for the
+        # host event that asked first (`host_reasons._for_the_event`)
+        self.upload_waits = False
 
     # The TCB is its own Lifecycle: these read its phase and TCP state in place, not through
     # the `lifecycle` property (which returns the TCB), one call less each; a receive served

@@ -67,11 +67,13 @@ def app_upload(h: HostStack, tcb: Tcb, done: Done) -> None:
 
 def start(h: HostStack, tcb: Tcb) -> None:
     """Queue the connection's terminate for this inbox drain (once only queries are done)."""
+    tcb.upload_waits = False
     if tcb.lifecycle.phase not in _TERMINABLE:
         return  # already on its way up, or not offloaded
     send.flush_sends(h, tcb)
     if tcb.pending_ops:
         # terminate only once no query, update or invalidate is pending on the connection (spec §3.1)
+        tcb.upload_waits = True  # going up already (`host_reasons._for_the_event`)
         tcb.deferred = grown(tcb.deferred, lambda: start(h, tcb))
         return
     tcb.lifecycle.fire(Event.TERMINATE)
