@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import pytest
 
+from chimneyd.ndis.lifecycle import Phase
+from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.ndis.status import TcpUploadReason as R
+from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig
 
 EVENT = "media_disconnect"
@@ -64,4 +67,30 @@ def test_a_connection_the_event_finds_behind_a_query_goes_up_for_the_event() -> 
     assert query.done, query
     uploads = [i["reason"] for c, e, i in rig.events if c == conn and e == "uploaded"]
     assert uploads == [EVENT], rig.events
+    assert rig.problems() == []
+
+
+def test_a_connection_whose_terminate_failed_keeps_its_reason() -> None:
+    """Its terminate, asked by the target (spec §5.2), failed (corrupt hardware, spec §3.7):
+    FAILED, the host terminates it again once the target's abort comes. A host event between
+    the two finds it going up already: its `uploaded` says `terminate`."""
+    rig = HostRig()
+    target = next(iter(rig.targets))
+    conn, wire = rig.open()
+    wire.auto_ack = True
+    rig.offload(conn)
+    fail_next(rig.target, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    (c,) = rig.contexts()
+    rig.target.retrieve(c, R.UploadRequested)
+    while rig.scheduler.queue:  # the request reaches the host
+        rig.scheduler.run_one()
+    rig.run_until("ProtocolTerminateOffloadComplete")
+    rig.scheduler.run_one()  # the failed completion, and no more
+    tcb = rig.host.tcbs[conn]
+    assert tcb.lifecycle.phase is Phase.FAILED and not tcb.upload_done
+    rig.host.host_event(target, EVENT, True)
+    rig.run()
+    assert tcb.state == "host"
+    uploads = [i["reason"] for c, e, i in rig.events if c == conn and e == "uploaded"]
+    assert uploads == ["terminate"], rig.events
     assert rig.problems() == []

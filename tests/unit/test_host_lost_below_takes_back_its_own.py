@@ -15,9 +15,11 @@ from __future__ import annotations
 import pytest
 
 from chimneyd.drivers.host.errors import SettledThenRaised
+from chimneyd.ndis.lifecycle import TcpState
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig, Reply
+from chimneyd.testing.memwire import MemoryWire
 from tests.unit.test_host_completion_lost_below import _aborts, _drop
 from tests.unit.test_host_let_go_completions import _drained, _offloaded
 
@@ -75,4 +77,37 @@ def test_a_connection_lost_at_a_refused_initiate_keeps_what_it_held() -> None:
     assert read.done and read.error is None and read.value == b"abcdef", read
     read = rig.call(host.app_recv, conn, 10, False)
     assert read.done and read.error is not None and "lost below" in str(read.error), read
+    _drained(rig, [conn])
+
+
+def test_a_connection_lost_at_its_terminate_in_time_wait_is_only_taken_back() -> None:
+    """Both FINs were through (TIME_WAIT, the target's request, spec §5.2): nothing of its
+    byte stream is left to lose, so the host takes it back as it is, with no RST to the peer
+    and no abort to the application (spec §6.3 [EMU]); the bytes it held are read, then the
+    end of the stream, and it closes and drains."""
+    rig = HostRig()
+    host = rig.host
+    (conn,) = _offloaded(rig, 1)
+    tcb = host.tcbs[conn]
+    wire = tcb.wire
+    assert isinstance(wire, MemoryWire)
+    wire.peer_send(b"abc")
+    rig.run()
+    wire.auto_ack = False
+    rig.half_close(conn, wire)
+    wire.peer_fin()
+    while rig.scheduler.queue:  # the FIN, then the target asks for the upload (TIME_WAIT)
+        rig.scheduler.run_one()
+    held = rig.hold_below("ProtocolTerminateOffloadComplete")
+    assert tcb.lifecycle.tcp is TcpState.TIME_WAIT
+    _drop(rig, held[2][1], tcb.handle)
+    with pytest.raises(SettledThenRaised, match="no block of it"):
+        rig.release(held)
+    rig.run()
+    assert tcb.state == "host" and not tcb.reset and not wire.reset_sent
+    assert _aborts(rig, conn) == [], rig.events
+    read = rig.call(host.app_recv, conn, 10, False)
+    assert read.done and read.value == b"abc", read
+    read = rig.call(host.app_recv, conn, 10, False)
+    assert read.done and read.value == b"", read
     _drained(rig, [conn])
