@@ -380,9 +380,14 @@ def lost_below(h: HostStack, tcb: Tcb, own: OffloadBlock) -> None:
         SndUna=seq(wire.isn, wire.bytes_written),
     )
     block = new_tcp_block(None, delegated=delegated)
-    # only NBLs still the host's sends (`send.finish_send` clears a completed one's mark)
+    # only NBLs still this connection's sends (`send.finish_send` clears a completed one's
+    # mark): anything else a layer below left in the block stays that layer's
     block.net_buffer_list_chain = link_chain(
-        [n for n in iter_chain(own.net_buffer_list_chain) if n.protocol_reserved is not None]
+        [
+            n
+            for n in iter_chain(own.net_buffer_list_chain)
+            if n.protocol_reserved is not None and h.tcb_of(n) is tcb
+        ]
     )
     own.net_buffer_list_chain = None
     _uploaded(h, tcb, block)
