@@ -477,7 +477,8 @@ def _uploading(mux: MuxIm) -> bool:
 
     Or a copy no new connection may be linked under (`_shunned`: a path copy that hangs
     under another neighbor's copy, `mux._misplaced`, a stray its NIC could not move back; a
-    path or neighbor copy that missed an update, `mux._missed`) is being terminated: the
+    path or neighbor copy that missed an update, or a path copy under a neighbor copy that
+    did, `mux._missed`) is being terminated: the
     connections on it were uploaded in terminates of their own, and it goes once the last
     is back. The connections asked up
     come back at the RESUME, and a plan onto that NIC (`rebalance`, `_lingering`) is of use
@@ -502,11 +503,17 @@ def _uploading(mux: MuxIm) -> bool:
 def _shunned(vobj: VirtualObject, inst: Instance) -> bool:
     """Whether no new connection may be linked under `inst`, `vobj`'s copy on its NIC, for as
     long as it lives (`mux._avoiding`): a path copy under another neighbor's copy
-    (`mux._misplaced`), or a path or neighbor copy that missed an update (`Instance.missed`).
-    A plan onto its NIC is of use only once it has gone."""
-    from .mux import _misplaced  # mux imports this module
+    (`mux._misplaced`), or a path or neighbor copy that missed an update, or a path copy
+    whose neighbor's copy there did (`mux._missed`, which walks up to the neighbor). A plan
+    onto its NIC is of use only once it has gone.
 
-    return inst.missed or (vobj.parent is not None and _misplaced(vobj, inst.lower))
+    A path copy that did not miss the update itself (an ARP update names the neighbor
+    alone) keeps the missed neighbor copy above it for as long as it lives (spec §3.1, §9
+    item 10): held back by a query or update below it once its last connection is up, it
+    holds the RESUME as the neighbor copy would (`_uploading`)."""
+    from .mux import _misplaced, _missed  # mux imports this module
+
+    return _missed(vobj, inst.lower) or (vobj.parent is not None and _misplaced(vobj, inst.lower))
 
 
 def _offer_changed(mux: MuxIm) -> None:
