@@ -18,7 +18,7 @@ from chimneyd.ndis.blocks import new_path_block
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.handles import NdisOffloadHandle
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.testing.factories import teamed_target_stack
+from chimneyd.testing.factories import fail_next, teamed_target_stack
 from tests.unit.mux_rig import mux_of, nic_of
 from tests.unit.test_mux_rebalance_missed import _arp, _Hooked
 from tests.unit.test_mux_rebalance_plans import (
@@ -26,6 +26,7 @@ from tests.unit.test_mux_rebalance_plans import (
     _asked,
     _entry,
     _offload_again,
+    _terminate,
 )
 
 
@@ -111,3 +112,56 @@ def test_the_resume_waits_for_a_path_copy_an_update_holds_under_a_missed_neighbo
 
 
 RESUME = S.NDIS_STATUS_OFFLOAD_RESUME
+
+
+def test_no_plan_for_another_path_onto_a_missed_neighbor_copy_that_outlives_the_resume() -> None:
+    """As in test_mux_rebalance_missed: nic1's copies of the path and its neighbor come back
+    from nic1's failure with the MAC from before (the neighbor copy missed the ARP update),
+    c1 and c3 are asked up, and nic1 finds c1 corrupt in its terminate: it keeps nic1's
+    copies until the layer above terminates it again (spec §3.7). Three connections of a
+    second path under the same neighbor go to nic0 meanwhile (not under nic1's missed
+    neighbor copy, `mux._avoiding`). A rebalance must plan none of them onto nic1 either:
+    re-offloaded at the RESUME, each would be kept off nic1 for the same reason."""
+    st = teamed_target_stack(nics=2, policy="round-robin")
+    top = st.top
+    nic1 = nic_of(st, 1)
+    mux = mux_of(st)
+    tree = top.connection_tree([st.wires.open()])  # c0: nic0
+    top.initiate(tree.root)
+    st.run()
+    assert tree.neighbor is not None
+    root = top.neighbor_block(tree.neighbor)
+    path = root.add_dependent(top.path_block(tree.paths[0]))
+    late: list[NdisOffloadHandle] = []
+    for _ in range(3):
+        wire = st.wires.open()
+        block = path.add_dependent(top.tcp_block(wire))
+        assert block.offload_handle is not None
+        tree.wires[block.offload_handle.id] = wire
+        tree.tcp.append(block.offload_handle)
+        late.append(block.offload_handle)
+    top.initiate(root)
+    nic1.fail_adapter()
+    top.update(_arp(top, tree.neighbor, 9))
+    st.run()
+    nic1.recover_adapter()
+    st.run()
+    c1, _c2, c3 = late
+    assert _asked(st) == [c1, c3]
+    fail_next(nic1, "MiniportTerminateOffload", S.NDIS_STATUS_FAILURE)
+    _terminate(st, tree, [c1])  # found corrupt: lives on, keeps nic1's copies
+    _terminate(st, tree, [c3])
+    second = top.neighbor_block(tree.neighbor)
+    other = second.add_dependent(top.path_block())
+    blocks = [other.add_dependent(top.tcp_block(st.wires.open())) for _ in range(3)]
+    top.initiate(second)
+    st.run()
+    on = []
+    for block in blocks:
+        assert block.status == S.NDIS_STATUS_SUCCESS and block.offload_handle is not None
+        on.append(_entry(block.offload_handle).lower.lower.name)
+    assert on == ["nic0"] * 3
+    mux.rebalance()
+    plans = {key: lo.name for key, lo in mux.placement.moves.items()}
+    assert "nic1" not in plans.values(), plans
+    assert st.checker.violations == []
