@@ -155,8 +155,17 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True
             if error is None or tcb.conn_id not in h.tcbs:
                 return
             if pin:
-                # the pinned NIC cannot take it now: where the team's policy puts it
-                _offload_again(h, tcb, binding, pinned=False)
+                # the pinned NIC cannot take it now: where the team's policy puts it. Not while
+                # the host still walks this offload's callbacks (a refused initiate,
+                # `offload._not_offloaded`, or one refused before it went, `_unqueue`): the
+                # second offer would join that list and take this refusal for its own, and
+                # wait for a later RESUME wherever it landed. Both run `tcb.deferred` after
+                if any(d is done for d in tcb.offload_done):
+                    tcb.deferred = grown(
+                        tcb.deferred, lambda: _offload_again(h, tcb, binding, False)
+                    )
+                else:
+                    _offload_again(h, tcb, binding, pinned=False)
             elif error.symbol == "NDIS_STATUS":
                 # the outcome is the `offloaded` event; refused (no room, no NIC for its IP
                 # version yet), it is offered again at the next RESUME, when what the target
