@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from chimneyd.drivers.mux.mux import MuxIm
 from chimneyd.testing.factories import make_target
-from chimneyd.testing.hostrig import HostRig
+from chimneyd.testing.hostrig import HostRig, Reply
 from tests.unit.test_mux_pin_at_resume import _on, _pinned, _team
 
 
@@ -71,3 +71,32 @@ def test_refused_on_every_nic_it_waits_for_the_next_resume_and_lands_on_its_pin(
     assert _on(rig, on1) == "nic1"
     assert rig.host.resume_offloads.get(rig.host.lower_bindings[0].id, {}) == {}
     assert rig.problems() == []
+
+
+def test_an_upload_asked_while_the_pinned_offer_goes_comes_after_the_second_offer() -> None:
+    """nic1 is taken out; at the RESUME the host offers the connection pinned to it to nic1,
+    and while that initiate is below the application asks for its upload (`tcp.upload`: it
+    waits for the offload, docs/rpc.md). The team refuses the pinned offer; the host's second
+    offer places the connection on nic0, and the application's upload follows it: the
+    connection ends in the host stack, as the application asked last."""
+    rig, mux = _team()
+    on1 = _pinned(rig, "nic1")
+    tcb = rig.host.tcbs[on1]
+    mux.lower_down(mux.lower_list()[1].binding)
+    while tcb.state != "offloading":  # asked up by the team, then offered to nic1 again
+        assert _step(rig)
+    upload = Reply()
+    rig.host.app_upload(on1, upload)
+    rig.run()
+    assert upload.done and upload.error is None, upload
+    assert _on(rig, on1) is None, "offloaded after the application's upload"
+    assert rig.problems() == []
+
+
+def _step(rig: HostRig) -> bool:
+    """One delivery, with the host's end-of-drain batch when the queue runs dry (as
+    `HostRig.run` does: the host issues its initiates there); False when idle."""
+    if rig.scheduler.run_one():
+        return True
+    rig.host.after_batch()
+    return bool(rig.scheduler.queue)

@@ -159,11 +159,11 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True
                 # the host still walks this offload's callbacks (a refused initiate,
                 # `offload._not_offloaded`, or one refused before it went, `_unqueue`): the
                 # second offer would join that list and take this refusal for its own, and
-                # wait for a later RESUME wherever it landed. Both run `tcb.deferred` after
+                # wait for a later RESUME wherever it landed. Both run `tcb.deferred` after:
+                # first in it, so the requests the application made while this offload went
+                # (a `tcp.upload`) still wait for the second offer, as they would have
                 if any(d is done for d in tcb.offload_done):
-                    tcb.deferred = grown(
-                        tcb.deferred, lambda: _offload_again(h, tcb, binding, False)
-                    )
+                    tcb.deferred = [lambda: _offload_again(h, tcb, binding, False), *tcb.deferred]
                 else:
                     _offload_again(h, tcb, binding, pinned=False)
             elif error.symbol == "NDIS_STATUS":
