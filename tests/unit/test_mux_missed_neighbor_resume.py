@@ -9,7 +9,9 @@ lives. It goes with the last path copy under it (spec §3.1, §9 item 10); a pat
 below holds back when its last connection goes (spec §9 item 7) keeps it until that update
 completes. The host offloads the connections asked up again at the RESUME: before the copies
 have gone, each plan onto that NIC is dropped (`Placement.choose`) and the policy places the
-connection elsewhere, while the rebalance had counted it there."""
+connection elsewhere, while the rebalance had counted it there. For the same reason a
+rebalance plans no connection of any path under such a neighbor copy onto its NIC while the
+copy will outlive the RESUME (`failover._lingering`)."""
 
 from __future__ import annotations
 
