@@ -21,6 +21,7 @@ from .limits import (
     DEFAULT_CONNS_PER_RPC,
     DEFAULT_OPS_PER_RPC,
     RSS_GROWTH_ALLOWED,
+    SETTLE_S,
 )
 from .parsing import (
     parse_count,
@@ -242,6 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"do not fail when daemon RSS after the drain is above x{RSS_GROWTH_ALLOWED:g} its "
         "idle plateau (still reported)",
+    )
+    p.add_argument(
+        "--no-rss",
+        action="store_true",
+        help="do not measure the daemon's RSS (no idle plateau before, no wait for it to give "
+        "memory back after): for runs that judge something else",
+    )
+    p.add_argument(
+        "--settle",
+        type=_option(parse_positive_duration),
+        default=SETTLE_S,
+        metavar="S",
+        help="after the hold, how long a fault's outcome still missing may take to show (seconds, "
+        f"or a duration; default {SETTLE_S:g}: round trips on a busy machine take that long)",
     )
     p.add_argument(
         "--allow-fd-cap",

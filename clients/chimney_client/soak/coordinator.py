@@ -139,6 +139,7 @@ class Soak(Phases, LayerFaults):
                 shards=p.shards,
                 balance_shards=getattr(self.args, "balance_shards", True),
                 nic_outages=any(f.spec.kind in OUTAGES for f in p.faults),
+                settle_s=self.args.settle,
             )
             if p.workers == 0:
                 out, inbox = LocalChannel(), LocalChannel()
@@ -232,7 +233,7 @@ class Soak(Phases, LayerFaults):
                     if limit is not None and plan.connections > limit - FD_RESERVE:
                         cap_to(plan, limit - FD_RESERVE, f"the daemon's open-file limit is {limit}")
                 if self.daemon_pid is not None or self.shard_pids:
-                    rss_before = await self.warm_up()
+                    rss_before = await self.warm_up(measure=not self.args.no_rss)
                 stats_before = await self.control.stack_stats()
                 engine = stats_before.get("engine") or {}
                 for key in ("layer_errors", "invariant_violations"):
@@ -274,6 +275,7 @@ class Soak(Phases, LayerFaults):
                 (self.daemon_pid is not None or self.shard_pids)
                 and not self.daemon_gone()
                 and not fast
+                and not self.args.no_rss
             ):
                 self.show(
                     f"memory | 0 open; waiting {IDLE_TRIM_WAIT_S:g} s for the idle daemon to "

@@ -201,12 +201,13 @@ class Phases:
             self.peer_addrs.append((m.group(1), int(m.group(2))))
             self.peer_controls.append((m.group(3), int(m.group(4))))
 
-    async def warm_up(self) -> int | None:
+    async def warm_up(self, measure: bool = True) -> int | None:
         """A few hundred connections opened, echoed and closed before the soak, so the RSS
         measured after them is the daemon's idle plateau (lazy imports, the event loop's free
         lists, the ring of closed connections' traces, allocator pools) rather than its cold
         start. The soak's own growth is then what `after` shows above it. A daemon of several
-        shards is warmed up and measured shard by shard (a client on each)."""
+        shards is warmed up and measured shard by shard (a client on each). `measure` False
+        (`--no-rss`): warmed up alike, then neither waited for nor measured."""
         assert self.control is not None
         clients = await self.clients_on_every_shard()
         try:
@@ -221,6 +222,8 @@ class Phases:
                 if c is not self.control:
                     await c.close()
         await self.wait_drained(10.0)
+        if not measure:
+            return None
         await asyncio.sleep(IDLE_TRIM_WAIT_S)  # measured as `after` is: once the daemon trimmed
         if self.shard_pids:
             total = 0
@@ -422,6 +425,7 @@ class Phases:
             "upload_share": args.upload_share,
             "churn": args.churn,
             "close": args.close,
+            "settle_s": args.settle,
             "faults": args.faults or "",
             "workers": plan.workers,
             "conns_per_rpc": plan.conns_per_rpc,
@@ -451,5 +455,6 @@ class Phases:
             interrupted=self.interrupted.is_set(),
             stopped_early=self.broken,
             allow_rss_growth=args.allow_rss_growth,
+            rss_measured=not args.no_rss,
             allow_fd_cap=args.allow_fd_cap,
         )

@@ -118,6 +118,8 @@ def render_report(report: dict[str, Any], console: Any) -> None:
         )
     elif rss.get("before"):
         t.add_row("daemon RSS", f"before {rss['before'] / 1024:.1f} MB; after: not measured")
+    elif not rss.get("measured", True):
+        t.add_row("daemon RSS", "not measured (--no-rss)")
     else:
         t.add_row("daemon RSS", "not measured (no daemon pid: give --daemon-pid with --rpc)")
     violations = report.get("invariant_violations")

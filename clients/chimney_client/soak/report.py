@@ -134,6 +134,7 @@ def build_report(
     interrupted: bool = False,
     stopped_early: str | None = None,
     allow_rss_growth: bool = False,
+    rss_measured: bool = True,
     allow_fd_cap: bool = False,
 ) -> dict[str, Any]:
     """The `--json` report; `ok` and `failures` say whether the soak passed and why not."""
@@ -176,6 +177,7 @@ def build_report(
             "after_over_before": round(after / before, 3) if before and after else None,
             "within_10pct": (after <= before * RSS_GROWTH_ALLOWED) if before and after else None,
             "judged": not allow_rss_growth,
+            "measured": rss_measured,
         },
         "shards": judge_shards(shards),
         "daemon": daemon,

@@ -12,7 +12,7 @@ from typing import Any
 from ..aio import AsyncClient
 from .channels import Channel
 from .conn import TIMED_STATES, Conn, watch
-from .limits import LATENCY_SAMPLES
+from .limits import LATENCY_SAMPLES, SETTLE_S
 from .parsing import PayloadDist
 from .report import COUNTER_FIELDS
 
@@ -39,6 +39,9 @@ class WorkerConfig:
     # the schedule has a NIC outage (target_failure, nic_down, ...): only then are the stretches
     # on a NIC (`placements`) worth keeping; a run without one keeps none
     nic_outages: bool = True
+    # after the hold, how long a fault's outcome or a slot's first round trip may still take
+    # (`--settle`)
+    settle_s: float = SETTLE_S
 
 
 class Rpc:

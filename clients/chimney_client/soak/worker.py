@@ -22,7 +22,6 @@ from .limits import (
     COMMAND_POLL_S,
     INTERRUPT_GRACE_S,
     PROGRESS_EVERY_S,
-    SETTLE_S,
     WIND_DOWN_S,
 )
 from .procs import raise_nofile_limit
@@ -200,10 +199,10 @@ class Worker(ConnFaults):
     def keep_going(self, conn: Conn) -> bool:
         """During the hold, always; after it, only while an outcome still needs this connection,
         or while its slot has carried no verified byte yet (opened late: the report counts each
-        slot held that carried none), bounded by SETTLE_S; never once interrupted."""
+        slot held that carried none), bounded by `--settle`; never once interrupted."""
         if not self.stopping:
             return True
-        if self.fast_stop or time.monotonic() > self.stop_at + SETTLE_S:
+        if self.fast_stop or time.monotonic() > self.stop_at + self.cfg.settle_s:
             return False
         return conn.wants_more() or self.owes_traffic(conn)
 
@@ -277,7 +276,7 @@ class Worker(ConnFaults):
         return new
 
     def keep_going_after_reset(self) -> bool:
-        return not self.fast_stop and time.monotonic() <= self.stop_at + SETTLE_S
+        return not self.fast_stop and time.monotonic() <= self.stop_at + self.cfg.settle_s
 
     def final(self) -> dict[str, Any]:
         self.count_live()
