@@ -36,6 +36,7 @@ max_connections = 20
 def _soak(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "report.json"
     argv = [sys.executable, "-m", "chimney_client.soak", "--spawn", "--quiet", "--json", str(out)]
+    argv.append("--no-rss")  # these runs judge faults' outcomes, not memory
     proc = subprocess.run(
         [*argv, *args],
         capture_output=True,

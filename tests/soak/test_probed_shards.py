@@ -21,6 +21,7 @@ pytestmark = pytest.mark.soak
 def _soak(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "report.json"
     argv = [sys.executable, "-m", "chimney_client.soak", "--spawn", "--quiet", "--json", str(out)]
+    argv.append("--no-rss")  # these runs judge the probed faults, not memory
     proc = subprocess.run(
         [*argv, *args], capture_output=True, text=True, timeout=150, env=soak_env(tmp_path)
     )
