@@ -162,6 +162,13 @@ class ShardParts:
             self.everywhere.add(fid)
         return fid
 
+    def part_nic_back(self, arg: Any) -> bool:
+        """Put the NIC `arg` back in service in this shard as a `nic_up` does, leaving no fault
+        held (`restore_faults`: the `nic_up` that did it in the other shards is cleared, or
+        there was none here to take)."""
+        self.engine.fault_clear(self.engine.fault_inject({"kind": "nic_up", "layer": str(arg)}))
+        return True
+
     def part_fault_clear(self, arg: Any) -> bool:
         """Clear the fault `arg` here (already checked by the shard that was asked). False if
         it was not here any more."""
@@ -375,7 +382,41 @@ async def restore_faults(cl: ClusterAPI) -> int:
             log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
             continue
         restored += 1
+    await _nics_back(cl, others, views)
     return restored
+
+
+async def _nics_back(cl: ClusterAPI, others: list[int], views: list[FaultView]) -> list[str]:
+    """Put back in service here each NIC a restored `nic_down` took out that every other
+    running shard has in service: a `nic_up` put it back there and was cleared since
+    (fault.clear takes a used-up fault's entry away; clearing a `nic_up` undoes nothing,
+    docs/faults.md), so no entry tells of it, and the `nic_down` alone would leave the NIC
+    out here only. Returns those NICs."""
+    nics = sorted({str(v.spec.get("layer")) for v in views if v.spec.get("kind") == "nic_down"})
+    if not nics:
+        return []
+    replies = await cl.ask("info", None, others)
+    infos = [r.result for r in replies.values() if r.state == "ok"]
+    back = []
+    for nic in nics:
+        states = [_in_service(info, nic) for info in infos]
+        if states and all(s is True for s in states):
+            # (after the nic_down on the MUX's inbox: taken in that order)
+            cl.local("nic_back", nic)
+            back.append(nic)
+    if back:
+        log.info("shard_nics_back_in_service", nics=back)
+    return back
+
+
+def _in_service(info: Any, nic: str) -> bool | None:
+    """Whether the MUX above `nic` has it in service in a shard's `info` (None: no MUX over
+    it there)."""
+    for la in (info or {}).get("layers", []):
+        lowers = la.get("lowers")
+        if isinstance(lowers, dict) and nic in lowers:
+            return bool((lowers[nic] or {}).get("in_service"))
+    return None
 
 
 def _nic_ups_after(
