@@ -6,6 +6,8 @@ SETTLE_S), as one that owes a fault's outcome does."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -78,3 +80,47 @@ async def test_a_slot_churned_before_its_first_round_trip_reopens_after_the_stop
     done = Conn(3, 1, 8, 0, time.monotonic())
     done.verified = 10
     assert await w.replace(None, 8, 0, done) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(10)
+async def test_the_ramp_waits_for_each_slots_first_connect_not_for_reopens() -> None:
+    """Slot 7 connected, was churned and reopened while slot 8's first connect is still
+    unanswered: two `opened` for two slots, but the ramp is not done until slot 8's."""
+    w = _worker()
+    w.cfg = dataclasses.replace(w.cfg, peers=(("127.0.0.1", 9),))
+    answer = asyncio.Event()
+    opened: list[int] = []
+
+    async def open_(rpc: object, slot: int, peer: int) -> Conn | None:
+        if slot == 8:
+            await answer.wait()
+        opened.append(slot)
+        w.c["opened"] += 1
+        conn = Conn(len(opened), 1, slot, peer, time.monotonic())
+        conn.churn = len(opened) == 1  # slot 7's first: churned at once
+        return conn
+
+    async def echo(rpc: object, conn: Conn) -> None:
+        conn.verified += 1
+        await asyncio.sleep(0)
+
+    async def close_conn(rpc: object, conn: Conn, final: bool) -> None:
+        return None
+
+    w.rpcs = [None]  # type: ignore[list-item]
+    w.open = open_  # type: ignore[method-assign,assignment]
+    w.echo = echo  # type: ignore[method-assign,assignment]
+    w.close_conn = close_conn  # type: ignore[method-assign,assignment]
+    w.think = lambda conn, s: asyncio.sleep(0)  # type: ignore[method-assign,assignment,return-value]
+    w.tasks = [asyncio.create_task(w.run_slot(i, s)) for i, s in enumerate((7, 8))]
+    while opened != [7, 7]:
+        await asyncio.sleep(0)
+    assert w.c["opened"] == len(w.tasks)  # what the ramp counted before
+    assert not w.ramp_done()
+    answer.set()
+    while 8 not in opened:
+        await asyncio.sleep(0)
+    assert w.ramp_done()
+    _stopped(w)
+    w.fast_stop = True
+    await asyncio.gather(*w.tasks)

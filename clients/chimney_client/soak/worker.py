@@ -80,9 +80,7 @@ class Worker(ConnFaults):
             await asyncio.sleep(0)
         # wait until every slot has opened (or failed to)
         c = self.c
-        # (`opened` counts reopens too: a slot reset or churned in the ramp would stand in for
-        # one still connecting, and the hold begin before it)
-        while not self.stopping and self.first_opens < len(self.tasks):
+        while not self.stopping and not self.ramp_done():
             await asyncio.sleep(0.05)
         self.out.put({"type": "ramped", "w": cfg.index, "opened": c["opened"]})
         while not self.stopping:
@@ -195,6 +193,12 @@ class Worker(ConnFaults):
         live = [c for c in self.by_id.values() if c.offloaded and not c.faults and not c.churn]
         for conn in self.rng.sample(live, min(n, len(live))):
             conn.upload_at = time.monotonic()
+
+    def ramp_done(self) -> bool:
+        """Every slot started has had its first connect answered, either way. Not `opened`,
+        which counts reopens too: a slot reset or churned in the ramp would stand in for one
+        still connecting, and the hold begin (and end) before it had its round trip."""
+        return self.first_opens >= len(self.tasks)
 
     def keep_going(self, conn: Conn) -> bool:
         """During the hold, always; after it, only while an outcome still needs this connection,
