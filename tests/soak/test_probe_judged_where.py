@@ -1,6 +1,8 @@
-"""A `delay` put into one shard (`/shard=K`) counts the calls its NIC held in that shard only
-(docs/faults.md, the soak table: "in the fault's shard with `/shard=K`"): the same NIC of
-another shard, busy meanwhile, held none of them."""
+"""Where the soak's probed faults read what they judge (docs/faults.md, the soak table): a
+`delay` put into one shard (`/shard=K`) counts the calls its NIC held in that shard only (the
+same NIC of another shard, busy meanwhile, held none of them); an `invalidate` of a path or
+neighbor is judged on a second connection of the soak's own only if that one was offloaded
+before it (one in the host stack stays there whatever the daemon does)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 import pytest
 
 from chimney_client.soak import probe_faults
-from tests.soak.test_probe_doubts import FakeTeam, _prober, _rec
+from chimney_client.soak.outcomes import judge
+from tests.soak.test_probe_doubts import FakeNic0, FakeTeam, _prober, _rec
 
 pytestmark = pytest.mark.soak
 
@@ -77,3 +80,34 @@ async def test_a_delay_in_one_shard_counts_its_nics_calls_in_that_shard_only(
     assert not rec.get("error") and not rec.get("probe_error"), rec
     # the probe's one send, in shard 1; not shard 0's nic1's 40 per read
     assert rec["calls_while_armed"] == 1, rec
+
+
+class FakeMateInHost(FakeNic0):
+    """FakeNic0 where the soak's second connection (the probe's mate) is never offloaded: its
+    offload at connect and its `tcp.offload` leave it in the host stack (taken off the NIC
+    meanwhile, as another fault or a full NIC may). The daemon invalidates the probe's own
+    TCP object alone."""
+
+    async def tcp_connect(self, host: str, port: int, target: str | None = None) -> int:
+        cid = await super().tcp_connect(host, port, target)
+        if len(self.state) == 2:
+            self.state[cid] = "host"
+        return cid
+
+    async def tcp_offload(self, cid: int) -> Rec:
+        if cid != min(self.state):
+            return {"state": "host"}
+        return await super().tcp_offload(cid)
+
+
+async def test_an_invalidate_whose_sharing_connection_was_never_offloaded_is_not_judged_ok() -> (
+    None
+):
+    """The mate in the host stack before the invalidate is in the host stack after it whatever
+    the daemon did: that is no sign that it was asked up, and the soak cannot judge."""
+    lf = _prober(FakeMateInHost(workers=0, shares=False))
+    rec = _rec("invalidate", object="neighbor", layer="nic0")
+    await lf.inject_probed(rec, {})
+    assert not rec.get("error") and not rec.get("probe_error"), rec
+    (e,), _ = judge([rec], [], {})
+    assert any("could not judge" in p for p in e["problems"]), (e["problems"], rec)
