@@ -15,6 +15,7 @@ import pytest
 from chimney_client.soak.channels import LocalChannel
 from chimney_client.soak.conn import Conn
 from chimney_client.soak.limits import SETTLE_S
+from chimney_client.soak.phases import slots_held
 from chimney_client.soak.worker import Worker
 from tests.soak.test_outage_accounts import _state
 
@@ -124,3 +125,13 @@ async def test_the_ramp_waits_for_each_slots_first_connect_not_for_reopens() -> 
     _stopped(w)
     w.fast_stop = True
     await asyncio.gather(*w.tasks)
+
+
+def test_held_takes_out_the_slots_whose_first_connect_failed_not_each_failed_reopen() -> None:
+    """Two workers of 50 slots: one slot's first connect refused by LIMIT; another slot's
+    reopens refused 3 times after it carried traffic. 99 held, not 96."""
+    finals = [{"slots_unopened": 1}, {"slots_unopened": 0}]
+    counters = {"limit_refusals": 4, "connect_failures": 0}
+    assert slots_held(100, 2, finals, counters) == 99
+    # a worker's final missing: its slots' first connects are unknown, the attempts are all
+    assert slots_held(100, 2, finals[:1], counters) == 96

@@ -390,15 +390,7 @@ class Phases:
                 by_cause[key] = by_cause.get(key, 0.0) + v
         connections = {
             "requested": plan.requested,
-            # the slots but those whose first connect was refused or failed: a reopen refused
-            # or failed later leaves its slot held (its traffic counted), where counting the
-            # failed attempts took it out; a slot the stop came before is held, and carried none
-            "held": (
-                plan.connections - sum(f["slots_unopened"] for f in finals)
-                if len(finals) == max(1, plan.workers)
-                and all("slots_unopened" in f for f in finals)
-                else plan.connections - counters["limit_refusals"] - counters["connect_failures"]
-            ),
+            "held": slots_held(plan.connections, plan.workers, finals, counters),
             "opened_total": counters["opened"],
             "with_traffic": sum(f.get("slots_with_traffic", 0) for f in finals),
             "limit_refusals": counters["limit_refusals"],
@@ -458,3 +450,15 @@ class Phases:
             rss_measured=not args.no_rss,
             allow_fd_cap=args.allow_fd_cap,
         )
+
+
+def slots_held(
+    connections: int, workers: int, finals: list[dict[str, Any]], counters: dict[str, Any]
+) -> int:
+    """The report's `held`: the slots but those whose first connect was refused or failed. A
+    reopen refused or failed later leaves its slot held (its traffic counted), where counting
+    the failed attempts took it out; a slot the stop came before is held, and carried none.
+    Without every worker's final count, the failed attempts are all that is known."""
+    if len(finals) == max(1, workers) and all("slots_unopened" in f for f in finals):
+        return connections - sum(int(f["slots_unopened"]) for f in finals)
+    return connections - int(counters["limit_refusals"]) - int(counters["connect_failures"])
