@@ -296,3 +296,29 @@ def test_a_half_closed_connection_missing_from_its_terminate_completion_is_reset
     assert _aborts(rig, conn) == [{"path": "lost"}], rig.events
     assert not rig.fin_wait_2_timers()
     _drained(rig, [conn])
+
+
+def test_a_connection_whose_cell_is_filled_under_a_path_that_failed_is_lost() -> None:
+    """A layer below that breaks two rules at once: it fails the path's block, yet fills the
+    cell of the connection under it and leaves that connection's block out. The cell alone
+    would take the connection as offloaded under a path the host holds as not offloaded (its
+    close would then terminate the neighbor while the path is still under it below). A
+    connection is offloaded only under an offloaded path: this one is lost below."""
+    rig = HostRig()
+    host = rig.host
+    conns, offloads = _offloading(rig, 1)
+    (conn,) = conns
+    fail_next(rig.target, "MiniportInitiateOffload[path]", S.NDIS_STATUS_FAILURE)
+    held = rig.hold_below("ProtocolInitiateOffloadComplete")
+    tcb = host.tcbs[conn]
+    assert tcb.handle is not None and tcb.path is not None
+    tcb.handle.miniport_offload_context = tcb.path.handle  # any filled cell: the second breach
+    _drop(rig, held[2][1], tcb.handle)
+    with pytest.raises(SettledThenRaised, match="without the blocks of connections") as raised:
+        rig.release(held)
+    rig.run()
+    assert raised.value.conns == frozenset({conn})
+    assert offloads[0].done and offloads[0].error is not None, offloads[0]
+    assert tcb.state != "offloaded" and tcb.reset, tcb.state
+    assert _aborts(rig, conn) == [{"path": "lost"}], rig.events
+    _drained(rig, conns)

@@ -520,9 +520,13 @@ def _settle_missing(h: HostStack, owner: Tcb | HostObject, own: OffloadBlock) ->
     comes back in an offloaded block, so nothing is lost, and it goes up later as any other
     (the layers below let go of it then). Empty, it is not; an object is then as one that
     failed, and a connection is lost: the state and data it handed down were to come back in
-    the block, so the host cannot carry its byte stream on (`_lost_below`)."""
+    the block, so the host cannot carry its byte stream on (`_lost_below`). A connection is
+    offloaded only under an offloaded path (its objects are settled first): a filled cell under
+    a path whose block failed is a second breach, and the connection is lost as well."""
     assert owner.handle is not None
     offloaded = owner.handle.miniport_offload_context is not None
+    if isinstance(owner, Tcb) and owner.path is not None:
+        offloaded = offloaded and owner.path.lifecycle.phase is Phase.OFFLOADED
     if isinstance(owner, HostObject):
         if offloaded:
             owner.lifecycle.fire(Event.INITIATE_OFFLOADED)
