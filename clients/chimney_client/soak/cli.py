@@ -79,6 +79,17 @@ PID_MAX = 4_194_304  # Linux's PID_MAX_LIMIT on 64-bit
 MAX_FAULTS = 1000
 
 
+def _settle(text: str) -> float:
+    """`--settle`: a positive duration, SETTLE_S at most. The workers' wind-down after the stop
+    (`WIND_DOWN_S`: SETTLE_S, then a round trip's timeout) and the coordinator's wait for their
+    finals are sized for it: a longer settle would be cut short there, the slots still owed an
+    outcome reported stuck and cancelled."""
+    seconds = parse_positive_duration(text)
+    if seconds > SETTLE_S:
+        raise ValueError(f"--settle is {SETTLE_S:g} s at most, got {text!r}")
+    return seconds
+
+
 def _option(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse` as an argparse `type=`: its ValueError becomes the message argparse prints (a
     plain ValueError would print "invalid <function name> value" instead)."""
@@ -252,11 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--settle",
-        type=_option(parse_positive_duration),
+        type=_option(_settle),
         default=SETTLE_S,
         metavar="S",
         help="after the hold, how long a fault's outcome still missing may take to show (seconds, "
-        f"or a duration; default {SETTLE_S:g}: round trips on a busy machine take that long)",
+        f"or a duration; at most and by default {SETTLE_S:g}: round trips on a busy machine "
+        "take that long)",
     )
     p.add_argument(
         "--allow-fd-cap",
