@@ -369,9 +369,10 @@ async def restore_faults(cl: ClusterAPI) -> int:
     parts = {k: r.result for k, r in replies.items() if r.state == "ok"}
     table = fault_table(parts)
     views = [v for v in table.values() if v.everywhere and v.active]
-    # a `nic_up` acts at once and is never listed, but a `nic_down` it undid still is: taken
-    # alone, the nic_down would take the NIC out here while every other shard has it in
-    # service (docs/faults.md `nic_up`); the nic_up goes in after it, as it did there
+    # a `nic_up` acts at once, and its entry (listed until cleared) is not active, so it is not
+    # among the views above; but a `nic_down` it undid still is: taken alone, the nic_down
+    # would take the NIC out here while every other shard has it in service (docs/faults.md
+    # `nic_up`); the nic_up goes in after it, as it did there
     views += [table[fid] for fid in _nic_ups_after(parts, {v.id for v in views}, table)]
     restored = 0
     for view in views:

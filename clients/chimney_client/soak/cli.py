@@ -258,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-rss",
         action="store_true",
-        help="do not measure the daemon's RSS (no idle plateau before, no wait for it to give "
-        "memory back after): for runs that judge something else",
+        help="do not judge the daemon's RSS: no idle plateau before and no RSS after the drain "
+        "(nor the waits for it to give memory back), so no growth check; its peak is still "
+        "sampled. For runs that judge something else",
     )
     p.add_argument(
         "--settle",

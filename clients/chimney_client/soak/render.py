@@ -119,7 +119,12 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     elif rss.get("before"):
         t.add_row("daemon RSS", f"before {rss['before'] / 1024:.1f} MB; after: not measured")
     elif not rss.get("measured", True):
-        t.add_row("daemon RSS", "not measured (--no-rss)")
+        peak = rss.get("peak")
+        t.add_row(
+            "daemon RSS",
+            "before and after: not measured (--no-rss)"
+            + (f"; peak {peak / 1024:.1f} MB" if peak else ""),
+        )
     else:
         t.add_row("daemon RSS", "not measured (no daemon pid: give --daemon-pid with --rpc)")
     violations = report.get("invariant_violations")
