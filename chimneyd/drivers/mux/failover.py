@@ -478,9 +478,8 @@ def _uploading(mux: MuxIm) -> bool:
     Or a copy no new connection may be linked under (`_shunned`: a path copy that hangs
     under another neighbor's copy, `mux._misplaced`, a stray its NIC could not move back; a
     path or neighbor copy that missed an update, or a path copy under a neighbor copy that
-    did, `mux._missed`) is being terminated: the
-    connections on it were uploaded in terminates of their own, and it goes once the last
-    is back. The connections asked up
+    did, `mux._missed`) is being terminated: the connections on it were uploaded in
+    terminates of their own, and it goes once the last is back. The connections asked up
     come back at the RESUME, and a plan onto that NIC (`rebalance`, `_lingering`) is of use
     only once the copy has gone: offloaded again while it is still there, a connection
     cannot be linked under it (`mux._avoiding`), and goes where the policy puts it. So too
