@@ -221,6 +221,7 @@ class Worker(ConnFaults):
         rpc = self.rpcs[i % len(self.rpcs)]
         peer = slot % len(cfg.peers)
         self.slot_ops[slot] = 0
+        conn: Conn | None = None
         try:
             try:
                 conn = await self.open(rpc, slot, peer)
@@ -258,6 +259,11 @@ class Worker(ConnFaults):
         except ChimneyError as exc:  # the RPC connection itself is gone (daemon died)
             if "rpc_lost" not in self.errors:
                 self.error("rpc_lost", str(exc), slot=slot)
+        finally:
+            # a slot the wind-down cancelled (stuck at stop: `close_timeout`) is counted by
+            # what it carried, not as carrying nothing: the run fails for the hang alone
+            if conn is not None:
+                self.owes_traffic(conn)
 
     async def replace(self, rpc: Rpc, slot: int, peer: int, conn: Conn) -> Conn | None:
         await self.close_conn(rpc, conn, final=False)
