@@ -11,9 +11,12 @@ import time
 
 import pytest
 
+from chimney_client.errors import LimitError
 from chimney_client.soak import worker as worker_mod
 from chimney_client.soak.conn import Conn
+from chimney_client.soak.report import verdict
 from tests.soak.test_slot_traffic import _worker
+from tests.soak.test_verdict import _clean, _report
 
 pytestmark = pytest.mark.soak
 
@@ -51,3 +54,67 @@ async def test_a_slot_cancelled_at_the_wind_down_counts_the_bytes_it_carried(
     assert "close_timeout" in w.errors, w.errors  # the run's own failure
     final = w.final()
     assert final["slots_with_traffic"] == 1, final
+
+
+def _refused(first: int, reopens: int) -> dict[str, int]:
+    """Connection figures of a run of 10 slots: `first` first connects refused by LIMIT (those
+    slots not held), `reopens` reopens refused (after churn or a reset: held, carried)."""
+    held = 10 - first
+    return {
+        "requested": 10,
+        "held": held,
+        "with_traffic": held,
+        "limit_refusals": first + reopens,
+        "limit_refusals_at_reopen": reopens,
+    }
+
+
+def test_a_refused_reopen_says_a_reopen_was_refused_not_fewer_connections_held() -> None:
+    """Every slot held its connection; one slot's reopen after churn was refused. Before, the
+    verdict said `the run held fewer connections than asked`, which it had not."""
+    r = _report(*_clean(), connections=_refused(first=0, reopens=1))
+    text = " | ".join(r["failures"])
+    assert "1 reopen(s) of a slot refused by the daemon's LIMIT" in text, text
+    assert "fewer connections than asked" not in text, text
+    r = _report(*_clean(), connections=_refused(first=2, reopens=1))
+    text = " | ".join(r["failures"])
+    assert "2 first connect(s) refused by the daemon's LIMIT" in text, text
+    assert "the run held 8 connections of 10 asked" in text, text
+    assert "1 reopen(s) of a slot refused" in text, text
+    ok = _report(*_clean(), connections=_refused(first=2, reopens=1), allow_fd_cap=True)
+    assert ok["ok"], ok["failures"]
+    # a report of an older soak (no split): its refusals are all said as before
+    old = {"requested": 10, "held": 9, "with_traffic": 9, "limit_refusals": 1}
+    assert any(
+        "refused by the daemon's LIMIT" in f for f in verdict(_report(*_clean(), connections=old))
+    )
+
+
+@pytest.mark.timeout(10)
+async def test_the_worker_tells_a_refused_reopen_from_a_refused_first_connect() -> None:
+    """Slot 7's first connect is refused by LIMIT; slot 8 connects, is churned, and its reopen
+    is refused."""
+    w = _worker()
+    w.cfg = dataclasses.replace(w.cfg, peers=(("127.0.0.1", 9),))
+
+    class Client:
+        calls = 0
+
+        async def tcp_connect(self, host: str, port: int) -> int:
+            Client.calls += 1
+            if Client.calls != 2:  # the second call is slot 8's first connect
+                raise LimitError(LimitError.code, "LIMIT: this client already has 1 connections")
+            return 1
+
+        async def tcp_info(self, cid: int) -> dict[str, str]:
+            return {"state": "offloaded"}
+
+    class Rpc:
+        client = Client()
+        sem = asyncio.Semaphore(1)
+
+    rpc = Rpc()
+    assert await w.open(rpc, 7, 0) is None  # type: ignore[arg-type]
+    assert await w.open(rpc, 8, 0) is not None  # type: ignore[arg-type]
+    assert await w.open(rpc, 8, 0) is None  # type: ignore[arg-type]
+    assert (w.c["limit_refusals"], w.c["limit_refusals_at_reopen"]) == (2, 1), w.c

@@ -394,6 +394,7 @@ class Phases:
             "opened_total": counters["opened"],
             "with_traffic": sum(f.get("slots_with_traffic", 0) for f in finals),
             "limit_refusals": counters["limit_refusals"],
+            "limit_refusals_at_reopen": counters["limit_refusals_at_reopen"],
             "connect_failures": counters["connect_failures"],
             "capped_by_fd_limit": plan.fd_note,
             "fd_limit": plan.fd_limit,
@@ -461,4 +462,6 @@ def slots_held(
     Without every worker's final count, the failed attempts are all that is known."""
     if len(finals) == max(1, workers) and all("slots_unopened" in f for f in finals):
         return connections - sum(int(f["slots_unopened"]) for f in finals)
-    return connections - int(counters["limit_refusals"]) - int(counters["connect_failures"])
+    # a refused reopen leaves its slot held: only the rest may have been first connects
+    refused = int(counters["limit_refusals"]) - int(counters.get("limit_refusals_at_reopen", 0))
+    return connections - refused - int(counters["connect_failures"])

@@ -71,7 +71,11 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     if conns.get("capped_by_fd_limit"):
         t.add_row("fd limit", str(conns["capped_by_fd_limit"]))
     if conns.get("limit_refusals"):
-        t.add_row("LIMIT", f"{conns['limit_refusals']} connects refused by the daemon's limit")
+        reopens = conns.get("limit_refusals_at_reopen") or 0
+        of_which = f" ({reopens} of them a slot's reopen)" if reopens else ""
+        t.add_row(
+            "LIMIT", f"{conns['limit_refusals']} connects refused by the daemon's limit{of_which}"
+        )
     t.add_row("time", _times(report["timing_s"]))
     t.add_row("ops", f"{report['ops']:,} echo round trips, {report['ops_per_s']:,} ops/s")
     t.add_row(

@@ -61,6 +61,7 @@ COUNTER_FIELDS = (
     "integrity_errors",
     "errors",
     "limit_refusals",
+    "limit_refusals_at_reopen",
     "connect_failures",
     "offload_refused_at_connect",
     "uploads_planned",
@@ -333,11 +334,7 @@ def _limits_verdict(report: dict[str, Any]) -> list[str]:
     if not settings.get("allow_fd_cap"):
         if conns.get("capped_by_fd_limit"):
             why.append(f"{conns['capped_by_fd_limit']} (--allow-fd-cap to accept)")
-        if conns.get("limit_refusals"):
-            why.append(
-                f"{conns['limit_refusals']} connect(s) refused by the daemon's LIMIT: the run "
-                "held fewer connections than asked (--allow-fd-cap to accept)"
-            )
+        why.extend(_limit_refusals(conns))
     held, traffic = conns.get("held", 0), conns.get("with_traffic")
     cut_short = report.get("interrupted") or report.get("stopped_early")
     if traffic is not None and traffic < held and not cut_short:
@@ -355,6 +352,33 @@ def _limits_verdict(report: dict[str, Any]) -> list[str]:
         why.append(
             f"daemon RSS after the drain is x{rss['after_over_before']} of its idle plateau "
             f"(more than x{RSS_GROWTH_ALLOWED:g}; --allow-rss-growth to accept)"
+        )
+    return why
+
+
+def _limit_refusals(conns: dict[str, Any]) -> list[str]:
+    """The daemon's LIMIT refusals, said as what they did: a slot's first connect refused
+    leaves it unheld (fewer connections than asked); a reopen refused (after churn, a reset, a
+    bug) leaves a slot held that then went without a connection. A report with no split (an
+    older soak's) says them all as connects refused."""
+    total = int(conns.get("limit_refusals") or 0)
+    if not total:
+        return []
+    accept = "(--allow-fd-cap to accept)"
+    if "limit_refusals_at_reopen" not in conns:
+        return [f"{total} connect(s) refused by the daemon's LIMIT {accept}"]
+    reopens = int(conns["limit_refusals_at_reopen"])
+    why = []
+    if total > reopens:
+        held, asked = conns.get("held", 0), conns.get("requested", "?")
+        why.append(
+            f"{total - reopens} first connect(s) refused by the daemon's LIMIT: the run held "
+            f"{held} connections of {asked} asked {accept}"
+        )
+    if reopens:
+        why.append(
+            f"{reopens} reopen(s) of a slot refused by the daemon's LIMIT (after churn, a "
+            f"reset or a bug: the slot went on without a connection) {accept}"
         )
     return why
 

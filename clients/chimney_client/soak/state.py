@@ -106,6 +106,7 @@ class WorkerState:
         # reset's round trip, or a connection whose reopen failed, counts as much as any
         # (report "carried traffic")
         self.slots_unopened: set[int] = set()
+        self.slots_opened: set[int] = set()  # some connect of theirs answered: held
         self.slots_carried: set[int] = set()
         self.first_opens = 0  # slots whose first tcp.connect was answered, either way
         self.rpc_shards: dict[int, int] = {}  # RPC clients per shard of the daemon

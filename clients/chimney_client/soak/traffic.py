@@ -122,7 +122,11 @@ class Traffic(WorkerState):
                     cid = await rpc.client.tcp_connect(host, port)
             except LimitError as exc:
                 self.c["limit_refusals"] += 1
-                self.error("limit", str(exc), slot=slot)
+                # a slot that had its connection and asks for another (after churn, a reset,
+                # a bug) is still held: the verdict says which was refused
+                reopen = slot in self.slots_opened
+                self.c["limit_refusals_at_reopen"] += int(reopen)
+                self.error("limit", str(exc), slot=slot, reopen=reopen)
                 return None
             except RpcError as exc:
                 if attempt == 2:
@@ -155,6 +159,7 @@ class Traffic(WorkerState):
                     self.cfg.think_ms / 1000.0, 0.2
                 )
             self.c["opened"] += 1
+            self.slots_opened.add(slot)
             return conn
         return None
 
