@@ -73,6 +73,19 @@ def problem(e: Record, text: str, *records: Record) -> None:
     e["problem_count"] = e.get("problem_count", 0) + 1
 
 
+def not_judged(e: Record, text: str, *records: Record) -> None:
+    """Add to a fault entry a check the soak could not make: its own probe could not run (no
+    room for it on the NIC). No fault of the daemon's, so the run does not fail on it; the
+    report says so, with the records, as it does a problem (`not_judged`, and the report's
+    own list)."""
+    if len(e.setdefault("not_judged", [])) < EXAMPLES:
+        e["not_judged"].append(text)
+        if records:
+            seen = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+            e.setdefault("not_judged_records", []).append({"not_judged": text, "records": seen})
+    e["not_judged_count"] = e.get("not_judged_count", 0) + 1
+
+
 def judge(
     layer_records: Sequence[Record],
     conn_records: Sequence[Record],
@@ -85,6 +98,10 @@ def judge(
         e = by_kind.setdefault(rec["kind"], _entry(rec["kind"]))
         if rec.get("injected"):
             e["injected"] += 1
+        elif rec.get("not_judged"):
+            # not injected as its probe could not run: no fault of the daemon's
+            e["not_injected"] = e.get("not_injected", 0) + 1
+            not_judged(e, f"not injected: {rec['not_judged']}", rec)
         else:
             e["failed_to_inject"] += 1
             problem(e, f"not injected: {rec.get('error', '?')}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..aio import AsyncClient
-from ..errors import ChimneyError, InvalidState
+from ..errors import ChimneyError, InvalidState, NdisStatusError
 from .channels import Channel
 from .limits import CALL_TIMEOUT_S, RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
 from .parsing import parse_duration
@@ -44,6 +44,10 @@ PROBE_TIMEOUT_S = 75.0
 #: Probe connections a `nic_up` opens to see one placed on the NIC back in service (a MUX
 #: round-robin over three NICs places one of three there; least-loaded, the first).
 NIC_UP_PROBES = 3
+#: How long the soak offers a probe connection of its own to the NIC a fault is checked on
+#: while that NIC refuses it (full, paused, out of service): a NIC that never takes it leaves
+#: what the probe was to show not judged (no fault of the daemon's; the report says so).
+PROBE_OFFLOAD_S = 5.0
 #: A held call completes `ms` after it was made; the probe's clock reads from just before the
 #: request went out, so it may read this much less than `ms` (none in practice).
 HELD_SLACK_S = 0.005
@@ -256,32 +260,41 @@ class ProbeFaults:
     async def _invalidate(self, rec: Record, probes: list[int]) -> None:
         """Invalidate an object of a probe (spec §3.5): the probe, and with a path or
         neighbor every connection sharing it, must be asked up (InvalidState), uploaded, and
-        carry verified data after, offloaded again."""
+        carry verified data after, offloaded again. A probe its NIC will not take (full, out
+        of service) is no fault of the daemon's: what it could not show is not judged."""
         assert self.control is not None
-        obj = rec["params"]["object"]
-        cid = await self._probe(probes, target=rec["params"]["layer"])
+        obj, layer = rec["params"]["object"], rec["params"]["layer"]
+        cid = await self._probe(probes, target=layer)
         rec["probe_before_ok"], _ = await self._round_trip(cid)
+        shard = (await self._pc().stack_info()).get("shard")
+        why = await self._offload_on(cid, layer, shard)
         rec["probe_state_before"] = await self._state(cid)
-        if rec["probe_state_before"] != "offloaded":
-            await self._pc().tcp_offload(cid)
-            rec["probe_state_before"] = await self._state(cid)
-        # a second connection of ours to the probe's echo peer, on its NIC, in its shard: it
-        # shares the probe's path and neighbor (spec §3.5: asked up with it), and, ours, it
-        # is still there at the invalidate (a worker's may close in between)
-        host, port = self.peer_addrs[0]
-        mate = await self._pc().tcp_connect(host, port, target=rec["params"]["layer"])
-        probes.append(mate)
-        if await self._state(mate) != "offloaded":
-            await self._pc().tcp_offload(mate)
-        rec["mate_state_before"] = await self._state(mate)
+        if why is not None:
+            # nothing of the soak's own to invalidate: not injected, and not the daemon's fault
+            rec["not_judged"] = f"the soak's probe connection could not be offloaded: {why}"
+            return
+        mate = None
+        if obj in ("path", "neighbor"):
+            # a second connection of ours to the probe's echo peer, on its NIC, in its shard:
+            # it shares the probe's path and neighbor (spec §3.5: asked up with it), and,
+            # ours, it is still there at the invalidate (a worker's may close in between)
+            host, port = self.peer_addrs[0]
+            mate = await self._pc().tcp_connect(host, port, target=layer)
+            probes.append(mate)
+            mate_why = await self._offload_on(mate, layer, shard)
+            rec["mate_state_before"] = await self._state(mate)
+            if mate_why is not None:
+                # judged on the workers' connections asked up with it, if any (judge_probed)
+                rec["mate_not_offloaded"] = mate_why
+                mate = None
         rec["nics_before"] = await self.nic_connections()
         # the workers' connections the probe shares its path and neighbor with: those on its
         # NIC in its shard (each shard has its own objects), when every echo peer is on the
         # probe's host (else some need not share them); a count before, for the report only
-        shard = (await self._pc().stack_info()).get("shard")
-        on_nic = (await self.nic_connections(shard) or {}).get(rec["params"]["layer"])
+        on_nic = (await self.nic_connections(shard) or {}).get(layer)
         if len({h for h, _ in self.peer_addrs}) == 1 and on_nic is not None:
-            rec["sharing_before"] = max(0, int(on_nic) - 2)  # but the probe and its mate
+            ours = 1 + (mate is not None)
+            rec["sharing_before"] = max(0, int(on_nic) - ours)  # but the probe and its mate
         invalidates = await self._calls("NdisInvalidateOffload")
         rec["t0"] = time.monotonic()
         rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
@@ -295,13 +308,13 @@ class ProbeFaults:
             await asyncio.sleep(SETTLE_POLL_S)
             state = await self._state(cid)
         rec["probe_state_after"] = state
-        # the daemon's answer for the mate: asked up by then with the probe (path, neighbor)
-        mate_state = await self._state(mate)
-        shared = obj in ("path", "neighbor")
-        while shared and mate_state in ("offloaded", "uploading") and time.monotonic() < deadline:
-            await asyncio.sleep(SETTLE_POLL_S)
+        if mate is not None:
+            # the daemon's answer for the mate: asked up by then with the probe
             mate_state = await self._state(mate)
-        rec["mate_state_after"] = mate_state
+            while mate_state in ("offloaded", "uploading") and time.monotonic() < deadline:
+                await asyncio.sleep(SETTLE_POLL_S)
+                mate_state = await self._state(mate)
+            rec["mate_state_after"] = mate_state
         rec["invalidate_calls"] = await self._calls("NdisInvalidateOffload") - invalidates
         rec["probe_after_ok"], _ = await self._round_trip(cid)
         # the fault is over at once; the workers' connections it moved are offloaded again
@@ -312,6 +325,44 @@ class ProbeFaults:
             rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, _first_nic(rec), None)
+
+    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> str | None:
+        """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
+        SETTLE_POLL_S for PROBE_OFFLOAD_S while the NIC refuses it (full: its
+        `max_connections`, spec §8; paused or out of service for another fault, spec §5.5).
+        None once it is; else why not: the daemon's last answer, and the NIC's room."""
+        deadline = time.monotonic() + PROBE_OFFLOAD_S
+        why = ""
+        while True:
+            info = await self._pc().tcp_info(cid)
+            state = str(info.get("state", "?"))
+            path = [str(x) for x in info.get("path") or []]
+            if state == "offloaded" and (not path or layer in path):
+                return None
+            if state == "offloaded":  # pinned to `layer`, placed elsewhere: not there to judge
+                why = f"offloaded through {' → '.join(path)}, not on {layer}"
+                break
+            if time.monotonic() >= deadline or self.interrupted.is_set():
+                break
+            if why:
+                await asyncio.sleep(SETTLE_POLL_S)
+            try:
+                await self._pc().tcp_offload(cid)
+                why = f"tcp.offload left it {state}"
+            except (NdisStatusError, InvalidState) as exc:
+                why = str(exc)
+        return f"{why}{await self._room(layer, shard)}"
+
+    async def _room(self, layer: str, shard: int | None) -> str:
+        """What stack.info says of the NIC `layer`'s room (in `shard`), for a refusal's why."""
+        info = await self._of_shard("stack_info", shard)
+        for la in (info or {}).get("layers", []):
+            if la.get("name") == layer and la.get("max_connections") is not None:
+                return f" (stack.info: {layer} carries {la.get('tcp')} of {la['max_connections']})"
+            lowers = la.get("lowers")
+            if isinstance(lowers, dict) and not (lowers.get(layer) or {}).get("in_service", 1):
+                return f" (stack.info: {la.get('name')} has {layer} out of service)"
+        return ""
 
     async def _host_event(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
         """The host's own upload of a target for `/for` (spec §3.6.1, §6.2): nothing may stay
@@ -440,7 +491,7 @@ def judge_probed(
     explain (refusals, closes in host mode; outcomes._account_leftovers). Uploads and refusals
     of the workers' connections each explains are marked `explained_by` here, and must end
     offloaded again with data verified after."""
-    from .outcomes import Window, problem
+    from .outcomes import Window, not_judged, problem
 
     windows = []
     for rec in layer_records:
@@ -461,7 +512,18 @@ def judge_probed(
             _judge_invalidate(e, rec, problem)
             moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
             obj, sharing = rec["params"]["object"], rec.get("sharing_before") or 0
-            if obj in ("path", "neighbor") and "mate_state_after" in rec:
+            mate_why = rec.get("mate_not_offloaded")
+            if obj in ("path", "neighbor") and mate_why is not None:
+                # the soak's own second connection found no room on the NIC: the workers'
+                # asked up with InvalidState show it shared; with none, nothing shows either
+                # way (a count of the workers' taken before may include one closed since)
+                if not moved:
+                    text = (
+                        f"{obj}: whether the connections sharing it were asked up (spec §3.5): "
+                        f"the soak's own second connection could not be offloaded: {mate_why}"
+                    )
+                    not_judged(e, text, rec)
+            elif obj in ("path", "neighbor") and "mate_state_after" in rec:
                 # judged on the soak's own connection sharing it, there at the invalidate: a
                 # count of the workers' taken before may include one that closed since
                 _judge_mate(e, rec, w.layer, problem)
@@ -603,12 +665,15 @@ def _judge_invalidate(e: Record, rec: Record, problem: Any) -> None:
 def _judge_mate(e: Record, rec: Record, layer: str, problem: Any) -> None:
     """The probe's mate (a connection of the soak's own on its NIC to its echo peer) shares the
     invalidated path or neighbor: it must have been asked up with the probe (spec §3.5)."""
+    from .outcomes import not_judged
+
     obj = rec["params"]["object"]
     before, after = rec.get("mate_state_before"), rec.get("mate_state_after")
     if before != "offloaded":
-        problem(
-            e, f"{obj}: could not judge: the soak's own connection sharing it was {before}", rec
-        )
+        # in the host stack before, it is there after whatever the daemon did: no sign either
+        # way, and no fault of the daemon's that the soak's own connection was not offloaded
+        text = f"{obj}: the soak's own connection sharing it was {before} before the invalidate"
+        not_judged(e, text, rec)
     elif after != "host":
         problem(
             e,

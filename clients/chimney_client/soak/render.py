@@ -105,7 +105,10 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     t.add_row("time by state", _states(report))
     t.add_row("not offloaded", _host_mode(report))
     for f in report["faults"]:
-        t.add_row(f"fault {f['kind']}", ("ok: " if f["ok"] else "NOT OK: ") + fault_brief(f))
+        verdict = "ok" if f["ok"] else "NOT OK"
+        if f.get("not_judged"):
+            verdict += ", not all judged"  # the soak's own probe could not run: said, no failure
+        t.add_row(f"fault {f['kind']}", f"{verdict}: {fault_brief(f)}")
     t.add_row(
         "drain",
         "every gauge back to 0"

@@ -166,6 +166,8 @@ def build_report(
             "slowest": slowest_send,
         },
         "faults": faults,
+        # checks the soak could not make (its own probe could not run): no failure, said
+        "not_judged": [f"{f['kind']}: {t}" for f in faults for t in f.get("not_judged", [])],
         "host_mode": host_mode,
         "states": states,
         "counters": counters,
@@ -416,6 +418,7 @@ def _brief(key: str, value: Any) -> str:
 
 def fault_brief(fault: dict[str, Any]) -> str:
     skip = {"kind", "ok", "connections", "problems", "problem_count", "problem_records"}
+    skip |= {"not_judged", "not_judged_count", "not_judged_records"}
     text = ", ".join(
         f"{_FAULT_LABELS.get(k, k.replace('_', ' '))} {_brief(k, v)}"
         for k, v in fault.items()
@@ -424,4 +427,8 @@ def fault_brief(fault: dict[str, Any]) -> str:
     if fault.get("problems"):
         more = fault.get("problem_count", 0) - len(fault["problems"])
         text += "; " + "; ".join(map(str, fault["problems"])) + (f" (+{more} more)" if more else "")
+    if fault.get("not_judged"):
+        more = fault.get("not_judged_count", 0) - len(fault["not_judged"])
+        text += "; NOT JUDGED: " + "; ".join(map(str, fault["not_judged"]))
+        text += f" (+{more} more)" if more else ""
     return text
