@@ -266,7 +266,10 @@ class ProbeFaults:
         obj, layer = rec["params"]["object"], rec["params"]["layer"]
         cid = await self._probe(probes, target=layer)
         rec["probe_before_ok"], _ = await self._round_trip(cid)
-        shard = (await self._pc().stack_info()).get("shard")
+        # a daemon of shards: the probe's (its client's), where the invalidate acts alone
+        # (each shard has its own objects), and what it did is read (stack.* `shards`)
+        info = await self._pc().stack_info()
+        rec["shard"] = shard = info.get("shard") if info.get("shards") else None
         why = await self._offload_on(cid, layer, shard)
         rec["probe_state_before"] = await self._state(cid)
         if why is not None:
@@ -287,15 +290,16 @@ class ProbeFaults:
                 # judged on the workers' connections asked up with it, if any (judge_probed)
                 rec["mate_not_offloaded"] = mate_why
                 mate = None
-        rec["nics_before"] = await self.nic_connections()
+        rec["nics_before"] = await self.nic_connections(shard)
         # the workers' connections the probe shares its path and neighbor with: those on its
-        # NIC in its shard (each shard has its own objects), when every echo peer is on the
-        # probe's host (else some need not share them); a count before, for the report only
-        on_nic = (await self.nic_connections(shard) or {}).get(layer)
+        # NIC in its shard, when every echo peer is on the probe's host (else some need not
+        # share them); a count before, for the report only
+        on_nic = (rec["nics_before"] or {}).get(layer)
         if len({h for h, _ in self.peer_addrs}) == 1 and on_nic is not None:
             ours = 1 + (mate is not None)
             rec["sharing_before"] = max(0, int(on_nic) - ours)  # but the probe and its mate
-        invalidates = await self._calls("NdisInvalidateOffload")
+        # the calls of the probe's shard: the daemon-wide sum has another shard's too
+        invalidates = await self._calls("NdisInvalidateOffload", shard=shard)
         rec["t0"] = time.monotonic()
         rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
         rec["t1"] = time.monotonic()
@@ -315,7 +319,8 @@ class ProbeFaults:
                 await asyncio.sleep(SETTLE_POLL_S)
                 mate_state = await self._state(mate)
             rec["mate_state_after"] = mate_state
-        rec["invalidate_calls"] = await self._calls("NdisInvalidateOffload") - invalidates
+        calls = await self._calls("NdisInvalidateOffload", shard=shard)
+        rec["invalidate_calls"] = calls - invalidates
         rec["probe_after_ok"], _ = await self._round_trip(cid)
         # the fault is over at once; the workers' connections it moved are offloaded again
         rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
@@ -324,7 +329,7 @@ class ProbeFaults:
             await self._pc().tcp_offload(cid)
             rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
-        await self.settle(rec, _first_nic(rec), None)
+        await self.settle(rec, _first_nic(rec), shard)
 
     async def _offload_on(self, cid: int, layer: str, shard: int | None) -> str | None:
         """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
@@ -510,7 +515,7 @@ def judge_probed(
         windows.append(w)
         if rec["kind"] == "invalidate":
             _judge_invalidate(e, rec, problem)
-            moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem)
+            moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem, _in_shard)
             obj, sharing = rec["params"]["object"], rec.get("sharing_before") or 0
             mate_why = rec.get("mate_not_offloaded")
             if obj in ("path", "neighbor") and mate_why is not None:
@@ -591,6 +596,13 @@ def _its_upload(rec: Record, u: Record) -> bool:
         return False
     shard = p.get("shard")
     return shard in (None, "") or u.get("shard") is None or str(u["shard"]) == str(shard)
+
+
+def _in_shard(rec: Record, u: Record) -> bool:
+    """An upload is an invalidate's only in the probe's shard (`shard`, on a daemon of shards):
+    another shard has objects of its own, which the invalidate did not touch."""
+    shard = rec.get("shard")
+    return shard is None or u.get("shard") is None or str(u["shard"]) == str(shard)
 
 
 def _names_it(rec: Record, ep: Record) -> bool:
