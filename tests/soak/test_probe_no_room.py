@@ -220,3 +220,22 @@ def test_a_soak_on_a_full_nic_does_not_fail_for_its_own_probe(
         assert (fault["injected"], fault.get("not_injected")) == (0, 1), fault
         [why] = report["not_judged"]
         assert "OFFLOAD_TCP_ENTRIES" in why and f"nic0 carries {room} of {room}" in why, why
+
+
+def test_a_pass_with_a_check_not_judged_says_so_on_its_verdict_line() -> None:
+    """The run passes, and its table says, beside the fault's row, that not all was judged."""
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    rec = _rec("invalidate", object="neighbor", layer="nic0")
+    rec["not_judged"] = "the soak's probe connection could not be offloaded: full"
+    daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
+    r = _report([rec], [], {}, daemon=daemon)
+    r["connections_detail"].update(opened_total=10)
+    assert r["ok"], r["failures"]
+    console = Console(record=True, width=300)
+    render_report(r, console)
+    text = console.export_text()
+    assert "fault invalidate │ ok, not all judged: " in text, text
+    assert "PASS (1 check(s) of the soak's own probes not judged" in text, text

@@ -180,7 +180,10 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     )
     if d.get("logs"):
         t.add_row("logs", f"{d['logs']} ({_logs_of(d)})")
-    t.add_row("verdict", "PASS" if report["ok"] else "FAIL: " + "; ".join(report["failures"]))
+    unjudged = len(report.get("not_judged") or [])
+    said = f" ({unjudged} check(s) of the soak's own probes not judged: see the faults)"
+    passed = "PASS" + (said if unjudged else "")
+    t.add_row("verdict", passed if report["ok"] else "FAIL: " + "; ".join(report["failures"]))
     console.print(t)
     if report["integrity_error_details"]:
         it = Table(title="integrity errors (first bad byte)", title_justify="left")
