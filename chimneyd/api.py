@@ -184,6 +184,12 @@ class EngineAPI(Protocol):
         """Every fault held, used up or not, each with `active`."""
         ...
 
+    def nic_in_service(self, layer: str, up: bool) -> None:
+        """Put the NIC `layer` back in service under its MUX (`up`) or take it out, as a
+        `nic_up` or `nic_down` does, holding no fault (a restarted shard's NIC as the others
+        have it, `rpc.sharded.restore_faults`)."""
+        ...
+
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         """Upload and close every connection within `deadline` seconds; report what was left."""
         ...

@@ -821,6 +821,12 @@ class Engine:
         """Every fault held, used up or not, each with `active`."""
         return self.faults.entries()
 
+    def nic_in_service(self, layer: str, up: bool) -> None:
+        """A NIC put back in service or taken out as `nic_up` or `nic_down` does, but with no
+        fault: no id, no entry, no `fault_injected` event."""
+        mux, binding = self.mux_above(layer)
+        mux.inbox.push(mux.lower_up if up else mux.lower_down, (binding,))
+
     def driver_layer(self, name: str) -> DriverLayer:
         layer = self.layers.get(name)
         if layer is None:

@@ -82,6 +82,11 @@ class ShardParts:
         # layer faults meant for every shard (no `shard` key): a shard that (re)starts takes
         # them from the others (`restore_faults`), so they last until cleared
         self.everywhere: set[int] = set()
+        # each NIC's service under its MUX (in service: True) as the `nic_down`s and `nic_up`s
+        # meant for every shard left it here, in the order this shard took them; a NIC absent
+        # is in service. What a restarted shard takes (`restore_faults`): the faults put into
+        # one shard only go with its process
+        self.nics: dict[str, bool] = {}
         process_info()  # opens /proc/self/statm while descriptors are plenty
 
     @property
@@ -128,7 +133,7 @@ class ShardParts:
         faults = shard_faults(entries, self.index, self.homes, orphan)
         for f in faults:
             f["everywhere"] = f["id"] in self.everywhere
-        return {"faults": faults}
+        return {"faults": faults, "nics": dict(self.nics)}
 
     def part_conns(self, arg: Any) -> dict[str, Any]:
         """This shard's part of the web view's connection list: how many connections it holds,
@@ -155,33 +160,60 @@ class ShardParts:
         """A client (of this shard or another) made a layer fault: put it here under the same
         id. Nothing if it is here already (a restarted shard may be told twice)."""
         fid, spec, home = int(arg["id"]), dict(arg["spec"]), int(arg["home"])
+        everywhere = bool(arg.get("everywhere"))
         if not any(int(e["id"]) == fid for e in self.engine.fault_entries()):
             self.engine.fault_inject(spec, fid)
+            if everywhere and spec.get("kind") in ("nic_down", "nic_up"):
+                self.nics[str(spec["layer"])] = spec["kind"] == "nic_up"
         self.homes[fid] = home
-        if arg.get("everywhere"):
+        if everywhere:
             self.everywhere.add(fid)
         return fid
 
-    def part_nic_back(self, arg: Any) -> bool:
-        """Put the NIC `arg` back in service in this shard as a `nic_up` does, leaving no fault
-        held (`restore_faults`: the `nic_up` that did it in the other shards is cleared, or
-        there was none here to take)."""
-        self.engine.fault_clear(self.engine.fault_inject({"kind": "nic_up", "layer": str(arg)}))
-        return True
+    def part_nics_as(self, arg: dict[str, bool]) -> dict[str, bool]:
+        """A restore's end (`restore_faults`): each NIC of `arg` in service (True) or out, as
+        the other shards' faults meant for every shard left it, unless those here leave it so
+        already: a NIC is put back once, not again at the second restore, which would undo a
+        `nic_down` put into this shard alone in between. No fault is made: the NIC is put in or
+        out as `nic_up` and `nic_down` do, under no id. Returns what changed."""
+        done: dict[str, bool] = {}
+        for nic, up in arg.items():
+            if self.nics.get(nic, True) == up:
+                continue
+            try:
+                self.engine.nic_in_service(nic, up)
+            except EngineError as err:  # under no MUX here, though under one in the others
+                log.error("shard_nic_restore_failed", nic=nic, error=str(err))
+                continue
+            self.nics[nic] = done[nic] = up
+        return done
 
     def part_fault_clear(self, arg: Any) -> bool:
         """Clear the fault `arg` here (already checked by the shard that was asked). False if
         it was not here any more."""
         fid = int(arg)
         self.homes.pop(fid, None)
+        everywhere = fid in self.everywhere
         self.everywhere.discard(fid)
         self.ownership.forget_fault(fid)
+        entry = next((e for e in self.engine.fault_entries() if int(e["id"]) == fid), None)
         try:
             self.engine.fault_clear(fid)
         except EngineError as err:
             if err.code != ErrorCode.NOT_FOUND:
                 raise
             return False
+        if everywhere and entry is not None and entry.get("kind") == "nic_down":
+            # back in service with the last nic_down of the NIC cleared (faults.py
+            # `_undo_when_last`): as the faults meant for every shard go, the last of those
+            nic = str(entry["layer"])
+            if not any(
+                e.get("kind") == "nic_down"
+                and str(e.get("layer")) == nic
+                and int(e["id"]) in self.everywhere
+                for e in self.engine.fault_entries()
+            ):
+                self.nics[nic] = True
         return True
 
     def part_fault_clear_all(self, _: Any) -> bool:
@@ -189,6 +221,7 @@ class ShardParts:
         self.ownership.forget_all_faults()
         self.homes.clear()
         self.everywhere.clear()
+        self.nics.clear()
         return True
 
 
@@ -362,20 +395,21 @@ async def restore_faults(cl: ClusterAPI) -> int:
     before the shard listens (no client of it sees a layer without its faults) and again once
     it is running (a fault made while it was starting was not mirrored to it: the supervisor
     answers `down` for a shard not running yet); a fault it has already is left as it is.
-    A fault put into one shard only (`shard` key) goes with that shard's process. Returns how
-    many faults were put here (a `nic_up` after a `nic_down` it undid among them)."""
+    A fault put into one shard only (`shard` key) goes with that shard's process.
+
+    Under a MUX, each NIC then is in or out of service as the `nic_down`s and `nic_up`s meant
+    for every shard left it in the others (their `nics`, `ShardParts`): a `nic_up` acts at
+    once and is not taken again, but a NIC it put back is back here too, and one a later
+    `nic_down` took out stays out (docs/faults.md `nic_up`). Done once the others have
+    answered, with nothing awaited between: what they answered is applied whole. Returns how
+    many faults were put here."""
     others = [k for k in range(cl.count) if k != cl.index]
     replies = await cl.ask("faults", None, others)
     parts = {k: r.result for k, r in replies.items() if r.state == "ok"}
-    table = fault_table(parts)
-    views = [v for v in table.values() if v.everywhere and v.active]
-    # a `nic_up` acts at once, and its entry (listed until cleared) is not active, so it is not
-    # among the views above; but a `nic_down` it undid still is: taken alone, the nic_down
-    # would take the NIC out here while every other shard has it in service (docs/faults.md
-    # `nic_up`); the nic_up goes in after it, as it did there
-    views += [table[fid] for fid in _nic_ups_after(parts, {v.id for v in views}, table)]
     restored = 0
-    for view in views:
+    for view in fault_table(parts).values():
+        if not (view.everywhere and view.active):
+            continue
         mirror = {"id": view.id, "spec": view.spec, "home": view.home, "everywhere": True}
         try:
             cl.local("fault_mirror", mirror)
@@ -383,68 +417,20 @@ async def restore_faults(cl: ClusterAPI) -> int:
             log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
             continue
         restored += 1
-    await _nics_back(cl, others, views)
+    nics = cl.local("nics_as", _nics_of(parts))
+    log.info("shard_faults_restored", faults=restored, nics=nics, shards=sorted(parts))
     return restored
 
 
-async def _nics_back(cl: ClusterAPI, others: list[int], views: list[FaultView]) -> list[str]:
-    """Put back in service here each NIC a restored `nic_down` took out that every other
-    running shard has in service: a `nic_up` put it back there and was cleared since
-    (fault.clear takes a used-up fault's entry away; clearing a `nic_up` undoes nothing,
-    docs/faults.md), so no entry tells of it, and the `nic_down` alone would leave the NIC
-    out here only. Returns those NICs."""
-    nics = sorted({str(v.spec.get("layer")) for v in views if v.spec.get("kind") == "nic_down"})
-    if not nics:
-        return []
-    replies = await cl.ask("info", None, others)
-    infos = [r.result for r in replies.values() if r.state == "ok"]
-    back = []
-    for nic in nics:
-        states = [_in_service(info, nic) for info in infos]
-        if states and all(s is True for s in states):
-            # (after the nic_down on the MUX's inbox: taken in that order)
-            cl.local("nic_back", nic)
-            back.append(nic)
-    if back:
-        log.info("shard_nics_back_in_service", nics=back)
-    return back
-
-
-def _in_service(info: Any, nic: str) -> bool | None:
-    """Whether the MUX above `nic` has it in service in a shard's `info` (None: no MUX over
-    it there)."""
-    for la in (info or {}).get("layers", []):
-        lowers = la.get("lowers")
-        if isinstance(lowers, dict) and nic in lowers:
-            return bool((lowers[nic] or {}).get("in_service"))
-    return None
-
-
-def _nic_ups_after(
-    parts: dict[int, Any], restored: set[int], table: dict[int, FaultView]
-) -> list[int]:
-    """The `nic_up`s meant for every shard that some running shard took after each of the
-    restored `nic_down`s of their NIC (a shard's faults are listed in the order it took
-    them): the NIC those nic_downs took out is back in service there, and must be here."""
-    ups: list[int] = []
+def _nics_of(parts: dict[int, Any]) -> dict[str, bool]:
+    """Each NIC's service as the faults meant for every shard left it in the other shards:
+    in service only where every one that answered has it so (they differ only while a fault
+    is on its way to them all, and reaches this shard too once it runs)."""
+    out: dict[str, bool] = {}
     for part in parts.values():
-        entries = (part or {}).get("faults", [])
-        for i, e in enumerate(entries):
-            fid = int(e["id"])
-            if e.get("kind") != "nic_up" or not e.get("everywhere") or fid in ups:
-                continue
-            layer = e.get("layer")
-            downs = [
-                int(d["id"])
-                for d in entries
-                if d.get("kind") == "nic_down"
-                and d.get("layer") == layer
-                and int(d["id"]) in restored
-            ]
-            later = {int(d["id"]) for d in entries[i + 1 :]}
-            if downs and fid in table and not later.intersection(downs):
-                ups.append(fid)
-    return ups
+        for nic, up in ((part or {}).get("nics") or {}).items():
+            out[str(nic)] = out.get(str(nic), True) and bool(up)
+    return out
 
 
 def _may(c: Caller, me: int, view: FaultView) -> bool:

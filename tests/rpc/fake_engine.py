@@ -305,6 +305,9 @@ class FakeEngine:
     def fault_list(self) -> list[dict[str, Any]]:
         return [{"id": fid, **spec} for fid, spec in self.faults.items()]
 
+    def nic_in_service(self, layer: str, up: bool) -> None:
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {layer!r} is not under a mux")
+
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         self.shutdown_deadline = deadline
         closed = len(self.conns)
