@@ -20,7 +20,7 @@ from chimney_client import AsyncClient
 from tests.e2e.support import Daemon, wait_until
 from tests.e2e.test_shard_faults import _pid, _restarted
 from tests.e2e.test_shard_nic_up_restart import TEAMING
-from tests.e2e.test_shards import ID_SPAN, on_shards, sharded
+from tests.e2e.test_shards import ADMIN, ID_SPAN, on_shards, sharded
 
 
 async def _nic1(c: AsyncClient) -> dict[int, bool | None]:
@@ -42,14 +42,16 @@ async def _becomes(c: AsyncClient, want: dict[int, bool | None]) -> None:
         raise AssertionError(f"nic1 in service: {await _nic1(c)}, wanted {want}") from None
 
 
-async def _restart_shard_1(d: Daemon, c: dict[int, AsyncClient]) -> dict[int, AsyncClient]:
+async def _restart_shard_1(
+    d: Daemon, c: dict[int, AsyncClient], token: str | None = None
+) -> dict[int, AsyncClient]:
     """Kill shard 1 (its client closed first), wait until it runs again, and find a client on
     each shard again (shard 0's is kept)."""
     victim = await _pid(c[0], 1)
     await c[1].close()
     os.kill(victim, signal.SIGKILL)
     await wait_until(lambda: _restarted(c[0], victim), 30)
-    fresh = await on_shards(d)
+    fresh = await on_shards(d, token=token)
     await fresh[0].close()
     return {0: c[0], 1: fresh[1]}
 
@@ -177,6 +179,29 @@ async def test_fault_list_and_clear_after_a_restart_under_a_nic_up(tmp_path: Pat
             await _becomes(c[0], {0: False, 1: False})
             assert await c[0].fault_clear(again) is True
             await _becomes(c[0], {0: True, 1: True})
+        finally:
+            for client in c.values():
+                await client.close()
+
+
+async def test_an_admins_clear_of_every_fault_leaves_no_nic_out_in_a_restarted_shard(
+    tmp_path: Path,
+) -> None:
+    """nic_down and nic_down again, then an admin's `fault.clear "*"` (every fault of every
+    shard at once): nic1 is back in every shard, and a shard restarted then has it in service
+    too, with nothing listed."""
+    config = f'[rpc]\nadmin_token = "{ADMIN}"\n\n{TEAMING}'
+    with sharded(tmp_path, config, admin_token=ADMIN) as d:
+        c = await on_shards(d, token=ADMIN)
+        try:
+            await c[0].fault_inject("nic_down", layer="nic1")
+            await c[0].fault_inject("nic_down", layer="nic1")
+            await _becomes(c[0], {0: False, 1: False})
+            assert await c[0].fault_clear("*") is True
+            await _becomes(c[0], {0: True, 1: True})
+            c = await _restart_shard_1(d, c, token=ADMIN)
+            assert await c[0].fault_list(used=True) == []
+            assert await _nic1(c[0]) == {0: True, 1: True}
         finally:
             for client in c.values():
                 await client.close()
