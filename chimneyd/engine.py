@@ -466,7 +466,14 @@ class Engine:
         # on and will answer (an answered one is pending no more): only those the error says
         # the host could not settle fail
         failed = set(exc.conns) if isinstance(exc, SettledThenRaised) else set(conns)
-        for req in [r for r in self._pending if r.conn_id in failed]:  # oldest first
+        # a read of a connection the host took back as lost below is the host's still: it
+        # answers it as it does a later read, "lost below" (docs/rpc.md, spec §6.3 [EMU])
+        lost = exc.lost_below if isinstance(exc, SettledThenRaised) else frozenset()
+        for req in [
+            r
+            for r in self._pending
+            if r.conn_id in failed and not (r.withdraw is not None and r.conn_id in lost)
+        ]:  # oldest first
             withdraw = req.withdraw  # settling the request lets go of it
             req.fail(EngineError(ErrorCode.INTERNAL, detail))
             if withdraw is not None:

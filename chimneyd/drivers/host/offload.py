@@ -494,7 +494,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
     if any(isinstance(t, Tcb) for t, _ in missing):
         conns = sorted(t.conn_id for t, _ in missing if isinstance(t, Tcb))
         unsettled = f"without the blocks of connections {conns}: {unsettled}"
-    raise_if_broken("initiate", unsettled, lost, let_go)
+    raise_if_broken("initiate", unsettled, lost, let_go, lost)  # all lost below (`_lost_below`)
 
 
 def _missing(root: OffloadBlock, sent: Sent) -> Sent:

@@ -281,6 +281,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
                 broken[owner.conn_id] = exc
     # what the completion lacks, settled as let go (spec §6.3 [EMU]): connections first, each
     # letting go of its path, then the objects
+    lost = frozenset(m.owner.conn_id for m, _ in missing if isinstance(m.owner, Tcb))
     for handle, own in sorted(missing, key=lambda m: not isinstance(m[0].owner, Tcb)):
         owner = handle.owner
         h.table_remove(handle.id)
@@ -304,7 +305,7 @@ def complete(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
         if broken
         else ""
     )
-    raise_if_broken("terminate", unsettled, frozenset(broken), let_go)
+    raise_if_broken("terminate", unsettled, frozenset(broken), let_go, lost)
 
 
 def _object_gone(obj: HostObject) -> None:
