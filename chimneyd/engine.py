@@ -712,6 +712,8 @@ class Engine:
         return {
             "state": tcb.state,
             "offload_queued": tcb.initiate_queued,
+            # extension: why its last offload was refused (nil once one succeeds)
+            "offload_refused": tcb.offload_refused,
             "path": self.host.path_names(tcb),
             "local": f"{wire.local[0]}:{wire.local[1]}",
             "remote": f"{wire.remote[0]}:{wire.remote[1]}",

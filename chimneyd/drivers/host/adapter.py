@@ -175,6 +175,41 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True
         offload.request(h, tcb, tcb.target, done, pin=pin)
 
 
+def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) -> None:
+    """An offload of `tcb` was refused with `error`: what `tcp.info` says of it as
+    `offload_refused` until an offload succeeds (docs/rpc.md). `status`: the `NDIS_STATUS` it
+    was refused with, None for a reason of the host's own that has none (a `host_event`
+    withholding the NIC, spec §6.2; a closed connection) or a connection lost below (spec
+    §6.3 [EMU]); `layer`: the host itself when it refused before the initiate went down (the
+    target paused offloads or is full by its capabilities, spec §5.5, §8; a host event), else
+    (`completed`) the layer whose initiate completion failed it (`_refused_by`); `reason`: the
+    refused request's answer, which names the host event or the limit."""
+    tcb.offload_refused = {
+        "status": error.status.name if error.status is not None else None,
+        "layer": _refused_by(h, tcb) if completed else h.name,
+        "reason": str(error),
+    }
+
+
+#: What an initiate completion's failing hop may be called (`_refused_by`).
+_COMPLETIONS = frozenset({"NdisMInitiateOffloadComplete", "ProtocolInitiateOffloadComplete"})
+
+
+def _refused_by(h: HostStack, tcb: Tcb) -> str | None:
+    """The lowest layer whose initiate completion carried a failing status for `tcb`'s block
+    (an IM or a MUX above it passes the status up, spec §3.2.4): the earliest such hop in the
+    connection's hop trace since the host's `NdisInitiateOffload`, read back once, at the
+    refusal. None if the trace no longer holds that call (`engine.trace_depth`) or shows no
+    failing completion (a block left out, spec §6.3 [EMU])."""
+    by: str | None = None
+    for hop in reversed(tcb.trace.as_maps()):
+        if hop["layer"] == h.name and hop["call"] == "NdisInitiateOffload":
+            return by
+        if hop["call"] in _COMPLETIONS and hop["status"] not in (None, S.NDIS_STATUS_SUCCESS.name):
+            by = hop["layer"]
+    return None
+
+
 def offload_event(h: HostStack, block: OffloadBlock, code: IndicateOffloadEvent) -> None:
     """`ProtocolIndicateOffloadEvent` (spec §5.4): a neighbor reachability query is answered
     at once with the host's HRD in the block's cached state. A loopback neighbor is always

@@ -91,6 +91,7 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = 
     tcb.trace.wish = (target, host_reasons.NO_NICS) if pin and target is not None else None
     refused = _refusal(h, tcb, binding)
     if refused is not None:
+        adapter.refused(h, tcb, refused)  # `tcp.info`'s `offload_refused`
         done(None, refused)
         return
     tcb.binding = binding
@@ -131,6 +132,7 @@ def _refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
 def _unqueue(h: HostStack, tcb: Tcb, error: AppError) -> None:
     """A queued connection will not be offloaded: no initiate was issued, nothing to undo."""
     tcb.initiate_queued = False
+    adapter.refused(h, tcb, error)
     for done in tcb.offload_done:
         done(None, error)
     tcb.offload_done = NO_ITEMS
@@ -611,6 +613,7 @@ def _offloaded(h: HostStack, tcb: Tcb) -> None:
     tcb.lifecycle.fire(Event.INITIATE_OFFLOADED)
     disconnect.stop_fin_wait_2(h, tcb)  # the target's from now on (spec §8)
     h.stats.offloads_active += 1
+    tcb.offload_refused = None  # as the `offloaded` event below says
     # an offloaded connection may now sit idle for long: the hops of its offload are packed as
     # a closed connection's are (`HopTrace.freeze`; trace.get reads them the same), 192 bytes
     # instead of a 304-byte ring buffer at ten thousand idle connections
@@ -633,6 +636,7 @@ def _not_offloaded(
 ) -> None:
     """Not offloaded: the host keeps the connection, its data and its send NBLs (spec §3.2.4)."""
     tcb.lifecycle.fire(Event.INITIATE_FAILED)
+    adapter.refused(h, tcb, error, completed=True)
     if tcb.handle is not None:
         h.table_remove(tcb.handle.id)
         tcb.handle = None

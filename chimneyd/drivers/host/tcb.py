@@ -33,12 +33,14 @@ Done = Callable[[Any, "AppError | None"], None]
 
 
 class AppError(Exception):
-    """A failed application request: contract error symbol + detail."""
+    """A failed application request: contract error symbol + detail, and the `NDIS_STATUS` it
+    names (`ndis_error`), if any."""
 
-    def __init__(self, symbol: str, detail: str) -> None:
+    def __init__(self, symbol: str, detail: str, status: NdisStatus | None = None) -> None:
         super().__init__(f"{symbol}: {detail}")
         self.symbol = symbol
         self.detail = detail
+        self.status = status
 
 
 #: `Tcb.end_reason` of a connection the kernel gave up on.
@@ -49,7 +51,7 @@ LOST_BELOW = "connection lost below: a layer below dropped its block (spec §6.3
 
 
 def ndis_error(status: NdisStatus, extra: str = "") -> AppError:
-    return AppError("NDIS_STATUS", status.describe() + extra)
+    return AppError("NDIS_STATUS", status.describe() + extra, status)
 
 
 #: `tcp.info`'s `state` for each phase (rpc-contract).
@@ -143,6 +145,7 @@ class Tcb(Lifecycle):
         "kernel_timed_out",
         "listener",
         "offload_done",
+        "offload_refused",
         "path",
         "pending_ops",
         "posted",
@@ -230,6 +233,9 @@ class Tcb(Lifecycle):
         # flowing, until the host puts it in an initiate (spec §3.9: IDLE until then)
         self.initiate_queued = False
         self.offload_done: list[Done] = NO_ITEMS
+        # why its last offload was refused, None once one succeeds: `tcp.info`'s
+        # `offload_refused` (`adapter.refused`)
+        self.offload_refused: dict[str, Any] | None = None
         self.upload_done: list[Done] = NO_ITEMS
         self.upload_reason = "terminate"  # what the `uploaded` event says, then "terminate" again
         # its terminate is asked and waits behind a query, update or invalidate on it (spec
