@@ -28,6 +28,7 @@ from chimneyd.config import DEFAULT_LAYERS, EngineConfig, LayerConfig
 from chimneyd.drivers.base import DriverLayer, PlantedBug, conns_in
 from chimneyd.drivers.delegated import provenance
 from chimneyd.drivers.host import AppError, Tcb
+from chimneyd.drivers.host.adapter import refusal_info
 from chimneyd.drivers.host.errors import SettledThenRaised
 from chimneyd.drivers.mux import MuxIm
 from chimneyd.drivers.passthrough import ImOffloadEntry
@@ -713,7 +714,7 @@ class Engine:
             "state": tcb.state,
             "offload_queued": tcb.initiate_queued,
             # extension: why its last offload was refused (nil once one succeeds)
-            "offload_refused": tcb.offload_refused,
+            "offload_refused": refusal_info(self.host, tcb),
             "path": self.host.path_names(tcb),
             "local": f"{wire.local[0]}:{wire.local[1]}",
             "remote": f"{wire.remote[0]}:{wire.remote[1]}",

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from chimneyd.drivers.host.adapter import refusal_info
 from chimneyd.ndis.status import NdisStatus as S
 from chimneyd.testing.factories import fail_next
 from chimneyd.testing.hostrig import HostRig
 
 
 def _refused(rig: HostRig, conn: int) -> dict[str, Any] | None:
-    refused: dict[str, Any] | None = rig.host.tcbs[conn].offload_refused
-    return refused
+    """What `tcp.info` says (`Engine.conn_info`)."""
+    return refusal_info(rig.host, rig.host.tcbs[conn])
 
 
 def _offload_fails(rig: HostRig, conn: int) -> str:
@@ -126,3 +127,23 @@ def test_a_trace_that_no_longer_holds_the_initiate_names_no_layer() -> None:
     refused = _refused(rig, conn)
     assert refused is not None and refused["status"] == "NDIS_STATUS_FAILURE", refused
     assert refused["layer"] is None, refused
+
+
+def test_the_last_refusal_is_told_while_the_next_offload_is_below() -> None:
+    """Until that one is answered: the hops of the next initiate, later in the trace, are not
+    read for the last one's layer."""
+    rig = HostRig(im=True)
+    conn, wire = rig.open()
+    wire.auto_ack = True
+    fail_next(rig.target, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
+    _offload_fails(rig, conn)
+    refused = _refused(rig, conn)
+    assert refused is not None and refused["layer"] == "nic0", refused
+    rig.host.app_offload(conn, None, lambda value, error: None)
+    held = rig.hold_below("MiniportInitiateOffload")
+    assert rig.host.tcbs[conn].state == "offloading"
+    assert _refused(rig, conn) == refused
+    rig.release(held)
+    assert rig.host.tcbs[conn].state == "offloaded"
+    assert _refused(rig, conn) is None
+    assert rig.problems() == []

@@ -176,17 +176,29 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True
 
 
 def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) -> None:
-    """An offload of `tcb` was refused with `error`: what `tcp.info` says of it as
-    `offload_refused` until an offload succeeds (docs/rpc.md). `status`: the `NDIS_STATUS` it
-    was refused with, None for a reason of the host's own that has none (a `host_event`
-    withholding the NIC, spec §6.2; a closed connection) or a connection lost below (spec
-    §6.3 [EMU]); `layer`: the host itself when it refused before the initiate went down (the
-    target paused offloads or is full by its capabilities, spec §5.5, §8; a host event), else
-    (`completed`) the layer whose initiate completion failed it (`_refused_by`); `reason`: the
-    refused request's answer, which names the host event or the limit."""
-    tcb.offload_refused = {
+    """An offload of `tcb` was refused with `error` (`completed`: by its initiate's
+    completion, else by the host before the initiate went down): kept for `tcp.info`'s
+    `offload_refused` until an offload succeeds (`refusal_info`). Only the error and where the
+    connection's hop trace stood: a RESUME may see thousands refused in one completion, and
+    which layer failed it is read back from the trace only when `tcp.info` asks."""
+    tcb.offload_refused = (error, tcb.trace.seq if completed else 0)
+
+
+def refusal_info(h: HostStack, tcb: Tcb) -> dict[str, Any] | None:
+    """`tcp.info`'s `offload_refused` (docs/rpc.md): nil, or why the last offload of `tcb` was
+    refused. `status`: the `NDIS_STATUS` it was refused with, None for a reason of the host's
+    own that has none (a `host_event` withholding the NIC, spec §6.2; a closed connection) or
+    a connection lost below (spec §6.3 [EMU]); `layer`: the host itself when it refused before
+    the initiate went down (the target paused offloads, or has no room or no chimney for the
+    connection by its capabilities, spec §5.5, §8; a host event), else the layer whose
+    initiate completion failed it (`_refused_by`); `reason`: the refused request's answer,
+    which names the limit or the host event."""
+    if tcb.offload_refused is None:
+        return None
+    error, upto = tcb.offload_refused
+    return {
         "status": error.status.name if error.status is not None else None,
-        "layer": _refused_by(h, tcb) if completed else h.name,
+        "layer": _refused_by(h, tcb, upto) if upto else h.name,
         "reason": str(error),
     }
 
@@ -195,14 +207,16 @@ def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) ->
 _COMPLETIONS = frozenset({"NdisMInitiateOffloadComplete", "ProtocolInitiateOffloadComplete"})
 
 
-def _refused_by(h: HostStack, tcb: Tcb) -> str | None:
+def _refused_by(h: HostStack, tcb: Tcb, upto: int) -> str | None:
     """The lowest layer whose initiate completion carried a failing status for `tcb`'s block
     (an IM or a MUX above it passes the status up, spec §3.2.4): the earliest such hop in the
-    connection's hop trace since the host's `NdisInitiateOffload`, read back once, at the
-    refusal. None if the trace no longer holds that call (`engine.trace_depth`) or shows no
-    failing completion (a block left out, spec §6.3 [EMU])."""
+    connection's hop trace between the host's `NdisInitiateOffload` and its completion, the
+    hop numbered `upto`. None if the trace no longer holds that call (`engine.trace_depth`)
+    or shows no failing completion (a block left out, spec §6.3 [EMU])."""
     by: str | None = None
     for hop in reversed(tcb.trace.as_maps()):
+        if hop["seq"] > upto:
+            continue
         if hop["layer"] == h.name and hop["call"] == "NdisInitiateOffload":
             return by
         if hop["call"] in _COMPLETIONS and hop["status"] not in (None, S.NDIS_STATUS_SUCCESS.name):
