@@ -93,7 +93,11 @@ def test_a_neighbor_and_path_missing_from_their_terminate_completion_are_let_go(
     neighbor = path.parent
     upload = Reply()
     host.app_upload(conn, upload)
+    # the connection's terminate, then its path's and neighbor's in a call of their own
+    rig.scheduler.queue.append(rig.hold_below("ProtocolTerminateOffloadComplete"))
+    rig.scheduler.run_one()
     held = rig.hold_below("ProtocolTerminateOffloadComplete")
+    assert upload.done and upload.error is None, upload
     _drop(rig, held[2][1], path.handle)
     _drop(rig, held[2][1], neighbor.handle)
     with pytest.raises(SettledThenRaised):

@@ -42,7 +42,9 @@ from tests.unit.test_host_next_hop_interleavings import (
 #: Two neighbors' terminates held for copies on nic2, one with a connection nic2 found corrupt
 #: (spec §3.7), once nic0 and nic1 are back: found by a search over moves, offloads and NIC
 #: failures ending with nic2's (CROSSING leaves one, with no corrupt connection; HELD_CORRUPT's
-#: has completed by then)
+#: has completed by then). Since the host terminates connections in a call of their own,
+#: before their path and neighbor (`terminate.flush_terminates`), it leaves one, naming no
+#: connection: kept as a walk that once did (the MUX's side: test_mux_held_pause)
 TWO_HELD: list[tuple[str, Any, Any]] = [
     ("move", 1, 2),
     ("connect", 2, None),
@@ -143,9 +145,9 @@ def test_after_an_early_resume_the_pause_and_held_tables_stay_coherent(
         nic.fail_next.clear()
     _check_quiet(rig, mux)
     assert not mux.paused_above, mux.leftovers()  # the early RESUME
-    if prefix is TWO_HELD:  # what the search found it for
-        assert len(mux.held_terminates) == 2, mux.leftovers()
-        assert any(c.lifecycle.phase is Phase.FAILED for c in mux.evacuating_held)
+    if prefix is TWO_HELD:  # what the search found it for, with the host's old trees
+        assert len(mux.held_terminates) == 1, mux.leftovers()
+        assert not mux.evacuating_held, mux.leftovers()  # no connection waits for nic2
     for action, a, b in tail:
         act(action, a, b)
         _check_held(mux)

@@ -85,6 +85,16 @@ def test_out_of_order_bytes_held_at_terminate_go_up_the_ordinary_path(make: Make
     assert st.drain_problems() == []
 
 
+def _the_connections_terminate(rig: HostRig, d: Delivery) -> bool:
+    """Whether `d` is the target's first terminate, the connection's: its path's and
+    neighbor's follow in a call of their own (`terminate.flush_terminates`)."""
+    return (
+        d.handler == "MiniportTerminateOffload"
+        and d.layer is rig.target
+        and len(rig.scheduler.delivered(rig.target, "MiniportTerminateOffload")) == 1
+    )
+
+
 def test_a_segment_arriving_during_the_terminate_goes_up_the_ordinary_path() -> None:
     """host → IM → target: the peer's bytes reach the target after its terminate began; the
     target passes them up the ordinary path (never back into the chimney), the IM relays them,
@@ -96,8 +106,9 @@ def test_a_segment_arriving_during_the_terminate_goes_up_the_ordinary_path() -> 
     rig.run()
 
     def peer_sends_now(d: Delivery) -> None:
-        # just before the target runs the terminate: its segment is queued behind it
-        if d.handler == "MiniportTerminateOffload" and d.layer is rig.target:
+        # just before the target runs the connection's terminate: its segment is queued
+        # behind it
+        if _the_connections_terminate(rig, d):
             wire.peer_send(b"during the terminate")
 
     rig.scheduler.observers.append(peer_sends_now)
@@ -128,7 +139,7 @@ def test_a_reset_arriving_during_the_terminate_goes_up_the_ordinary_path(kind: s
     rig.run()
 
     def reset_now(d: Delivery) -> None:
-        if d.handler == "MiniportTerminateOffload" and d.layer is rig.target:
+        if _the_connections_terminate(rig, d):
             getattr(wire, kind)()
 
     rig.scheduler.observers.append(reset_now)

@@ -2,9 +2,10 @@
 
 Only the host starts a terminate (spec §3.6.1): when asked (`tcp.upload`, `tcp.close`), when the
 target asks (`TcpIndicateRetrieve`, `NDIS_STATUS_UPLOAD_ALL`), or when a send comes back
-because the target is uploading. Neighbor and path objects go with their last connection
-(spec §3.1). The target hands back the delegated state, unacknowledged send data and undelivered
-receive data; the host takes each back so that no byte is lost (spec §3.6.3).
+because the target is uploading. Neighbor and path objects go after their last connection, in
+a call of their own (spec §3.1, §5.5). The target hands back the delegated state,
+unacknowledged send data and undelivered receive data; the host takes each back so that no
+byte is lost (spec §3.6.3).
 """
 
 from __future__ import annotations
@@ -81,42 +82,32 @@ def start(h: HostStack, tcb: Tcb) -> None:
 
 
 def flush_terminates(h: HostStack) -> None:
-    """Terminate pending connections, with their path and neighbor when every dependent left
-    goes in the same tree (spec §3.1). A connection keeps its path referenced until its own
-    terminate has completed: a path whose dependents are still being terminated in another
-    tree waits for them, and goes once unused (`release_unused_objects`)."""
+    """Terminate pending connections, one tree per neighbor, naming no path or neighbor: those
+    go in a later call once their last connection's terminate has completed
+    (`release_unused_objects`; spec §3.1, §5.5 "same or later calls"). A connection is the
+    host's again when its terminate completes (spec §3.6), and a layer below may hold a
+    terminate that names a neighbor or path for as long as one of its copies cannot go (a
+    teaming MUX, a failed NIC's copy until its RESUME, spec §5.5, §9 item 8): named with them,
+    the connection waited that long, and a read on it with it."""
     # one tree per neighbor: a binding has one per next hop (spec §3.4 (b)). By object, not
     # by key: a neighbor or path leaving and a fresh one of its key may both have
     # connections going (`HostStack.leaving`)
-    trees: dict[int, tuple[HostObject, OffloadBlock, dict[int, OffloadBlock]]] = {}
-    going: dict[int, tuple[HostObject, list[OffloadBlock]]] = {}  # path -> its connections
+    trees: dict[int, tuple[HostObject, dict[int, list[OffloadBlock]]]] = {}
     for tcb in h.pending_terminates:
         path = tcb.path
         assert path is not None and path.parent is not None and tcb.handle is not None
         neighbor = path.parent
         if id(neighbor) not in trees:
-            trees[id(neighbor)] = (neighbor, new_neighbor_block(None), {})
-        _, root, paths = trees[id(neighbor)]
-        if id(path) not in paths:
-            paths[id(path)] = root.add_dependent(new_path_block(None))
-            going[id(path)] = (path, [])
-        going[id(path)][1].append(new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated()))
+            trees[id(neighbor)] = (neighbor, {})
+        block = new_tcp_block(tcb.handle, delegated=TcpOffloadStateDelegated())
+        trees[id(neighbor)][1].setdefault(id(path), []).append(block)
     h.pending_terminates = []
-    leaving = False
-    for neighbor, root, paths in trees.values():
-        going_paths: set[HostObject] = set()
-        for key, pblock in paths.items():
-            path, tcp_blocks = going[key]
-            pblock.add_dependents(tcp_blocks)
-            if _terminable(path) and path.refs == len(tcp_blocks):
-                _start_object(path, pblock)
-                going_paths.add(path)
-        if _unused_but_for(h, neighbor, going_paths):
-            _start_object(neighbor, root)
-            leaving = True
+    for neighbor, paths in trees.values():
+        root = new_neighbor_block(None)
+        for tcp_blocks in paths.values():
+            # each list linked at once: appending one at a time walks it each time
+            root.add_dependent(new_path_block(None)).add_dependents(tcp_blocks)
         _send(h, neighbor.binding, root)
-    if leaving:
-        _neighbors_leaving(h)
 
 
 def _send(h: HostStack, binding: Binding, root: OffloadBlock) -> None:
@@ -179,8 +170,9 @@ def _start_object(obj: HostObject, block: OffloadBlock) -> None:
 
 
 def release_unused_objects(h: HostStack) -> None:
-    """Terminate neighbor/path objects that are offloaded but have no dependent left (e.g.
-    every connection of their initiate failed, or a terminate of them failed, spec §3.7)."""
+    """Terminate neighbor/path objects that are offloaded but have no dependent left: their
+    last connection's terminate has completed (`flush_terminates`), every connection of their
+    initiate failed, or a terminate of them failed (spec §3.7)."""
     objects = h.all_objects()
     unused: dict[int, tuple[HostObject, set[HostObject]]] = {}  # by neighbor
     for obj in objects:
