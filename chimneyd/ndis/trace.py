@@ -33,15 +33,21 @@ HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str 
 PlacementWish = tuple[str | None, frozenset[str]]
 NO_STATUS = -1
 
-# one record: seq, t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), status
+# one record: t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), seq, status
 # (0 without HAS_STATUS), handle, context, and the NBL id (CHAIN: the ids of a chain are in
 # `chains` under the record's seq). An idle offloaded connection holds 8 records: the narrow
 # form saves 160 bytes of each of ten thousand such connections.
 # narrow, 36 bytes: seq, handle and context below 2**32, the NBL id below 2**31, and the
-# NDIS_STATUS (a ULONG); wide, 56 bytes: a trace with any value past those
-_NARROW = struct.Struct("<IqQIIIi")
-_WIDE = struct.Struct("<qqqqqqq")
+# NDIS_STATUS (a ULONG); wide, 56 bytes: a trace with any value past those. Fields in the
+# order t_ns, names, seq, status, handle, context, nbl, in native form ("@", the 64-bit ones
+# first, so no padding): struct packs a standard-size ("<") `q`/`Q`, and a native `q`/`Q`,
+# through `_PyLong_AsByteArray`, some 400 instructions for an int past 2**30 (t_ns and a
+# pair's names always are); a native `l`/`L` reads its digits in place
+_I64, _U64 = ("l", "L") if struct.calcsize("@l") == 8 else ("q", "Q")
+_NARROW = struct.Struct(f"@{_I64}{_U64}IIIIi")
+_WIDE = struct.Struct(f"@{_I64 * 7}")
 _NARROW_SIZE = _NARROW.size
+_SEQ = 2  # the record's field that holds its seq
 CHAIN = -1
 HAS_STATUS = 1 << 48
 # a record of two hops: NDIS's call by one layer and the handler it runs in the next, made by
@@ -168,7 +174,7 @@ class HopTrace:
         # record of an unwatched trace, the common case, needs none of its other branches
         if self.watcher is None and self.rec is _NARROW:
             try:
-                packed = _NARROW.pack(seq, self.clock(), code, status, handle, context, nbl)
+                packed = _NARROW.pack(self.clock(), code, seq, status, handle, context, nbl)
             except struct.error:
                 pass
             else:
@@ -188,7 +194,7 @@ class HopTrace:
         """Drop the oldest record of a full ring."""
         rec, buf = self.rec, self.buf
         if self.chains:
-            self.chains.pop(rec.unpack_from(buf)[0], None)
+            self.chains.pop(rec.unpack_from(buf)[_SEQ], None)
         del buf[: rec.size]  # O(1): a bytearray keeps an offset to its first byte
 
     def _chain(self, seq: int, ids: tuple[int, ...]) -> int:
@@ -202,10 +208,10 @@ class HopTrace:
         t_ns = self.clock()
         rec = self.rec
         try:
-            packed = rec.pack(seq, t_ns, names, status, handle, context, nbl)
+            packed = rec.pack(t_ns, names, seq, status, handle, context, nbl)
         except struct.error:
             rec = self._widen()
-            packed = rec.pack(seq, t_ns, names, status, handle, context, nbl)
+            packed = rec.pack(t_ns, names, seq, status, handle, context, nbl)
         buf = self.buf
         buf += packed
         if len(buf) > self.depth * rec.size:
@@ -252,7 +258,7 @@ class HopTrace:
     def _decode(self, start: int) -> list[HopRecord]:
         names, chains = _NAMES, self.chains
         out: list[HopRecord] = []
-        for seq, t_ns, ix, status, handle, context, nbl in self.rec.iter_unpack(
+        for t_ns, ix, seq, status, handle, context, nbl in self.rec.iter_unpack(
             memoryview(self.buf)[start:]
         ):
             ids = chains[seq] if nbl == CHAIN and chains is not None else nbl
