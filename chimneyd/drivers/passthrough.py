@@ -435,7 +435,8 @@ class PassthroughIm(DriverLayer):
             else:
                 self._fail_send(head, NdisStatus.NDIS_STATUS_UPLOAD_REQUESTED)
             return
-        failure = self.take_failure("MiniportTcpOffloadSend", head)
+        # `take_failure` only while a `fail_next` fault is set: its call cost ~1% of a round
+        failure = self.take_failure("MiniportTcpOffloadSend", head) if self.fail_next else None
         if failure is not None:
             self._failed_send(entry, head, failure)
             return

@@ -18,7 +18,7 @@ from chimneyd.ndis.lifecycle import FIN_RECEIVED_STATES, LIVE, Event, Phase, Tcp
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
-from ..queues import grown
+from ..queues import NO_ITEMS, grown
 from ..segment import TH_FIN, TH_RST, TH_SYN
 from ..wire import TIMEOUT_MARK, may_read_again
 from . import disconnect, offload, send
@@ -53,7 +53,11 @@ def app_recv(h: HostStack, tcb: Tcb, max_bytes: int, waitall: bool, done: Done) 
     """Queue a read of up to `max_bytes`, served in order as bytes arrive. `waitall` waits for
     all `max_bytes` (short only at end of stream), here in the host (`serve`): offloaded, the
     requests it posts are push-mode ones like any read's (`post_receive`)."""
-    tcb.recv_waiters = grown(tcb.recv_waiters, (max_bytes, done, waitall))
+    waiters = tcb.recv_waiters  # `grown` written out: every read passes here
+    if waiters is NO_ITEMS:
+        tcb.recv_waiters = [(max_bytes, done, waitall)]
+    else:
+        waiters.append((max_bytes, done, waitall))
     serve(h, tcb)
     if tcb.recv_waiters and tcb.state == "offloaded" and tcb.posted is None:
         post_receive(h, tcb)
@@ -259,7 +263,11 @@ def receive_complete(h: HostStack, head: NetBufferList) -> None:
         placed = nbl.tcp_offload_bytes_transferred
         if placed:
             h.stats.bytes_received += placed
-            tcb.app_rx = grown(tcb.app_rx, (buffer[:placed], None))
+            app_rx = tcb.app_rx  # `grown` written out: every filled request passes here
+            if app_rx is NO_ITEMS:
+                tcb.app_rx = [(buffer[:placed], None)]
+            else:
+                app_rx.append((buffer[:placed], None))
             tcb.app_rx_bytes += placed
             tcb.rx.rcv_nxt += placed  # the stream position the host has reached (spec §5.1)
         serve(h, tcb)
@@ -290,9 +298,12 @@ def receive_indicate(h: HostStack, handle: NdisOffloadHandle, nbl: NetBufferList
     if room >= n:
         # keep the NBL, no copy, until the application has read it (spec §4.3)
         views = nbl.views()
+        app_rx = tcb.app_rx  # `grown` written out, once for all the views
+        if app_rx is NO_ITEMS:
+            app_rx = tcb.app_rx = []
         for v in views[:-1]:
-            tcb.app_rx = grown(tcb.app_rx, (v, None))
-        tcb.app_rx = grown(tcb.app_rx, (views[-1], nbl))
+            app_rx.append((v, None))
+        app_rx.append((views[-1], nbl))
         tcb.indicated_via = tcb.binding
         tcb.app_rx_bytes += n
         tcb.rx.rcv_nxt += n

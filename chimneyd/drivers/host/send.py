@@ -75,7 +75,11 @@ def app_send(h: HostStack, tcb: Tcb, data: bytes, done: Done) -> None:
     view = memoryview(data)
     if state == "offloaded":
         send.queued = len(view)
-        tcb.send_q = grown(tcb.send_q, (view, send))
+        q = tcb.send_q  # `grown` written out: every offloaded send passes here
+        if q is NO_ITEMS:
+            tcb.send_q = [(view, send)]
+        else:
+            q.append((view, send))
         pump(h, tcb)
     else:
         h.stats.outstanding_nbls += 1

@@ -53,7 +53,7 @@ _INDICATE: Final = Event.INDICATE
 
 # -- segments from the wire and from the host -----------------------------------------------------
 def wire_data(t: OffloadTarget, c: TcpContext, offset: int, data: bytes) -> None:
-    if c.lifecycle.phase in _ORDINARY_PATH:
+    if c.phase in _ORDINARY_PATH:  # the context is its own Lifecycle: read in place
         # a connection being terminated: the ordinary path, never the chimney (spec §3.6.4)
         t.ndis.NdisMIndicateReceiveNetBufferLists(t, c.wire, offset, data, 0)
         return
@@ -436,7 +436,11 @@ def segment(
     # once (spec §3.6.3, §5.1); a FIN flag left on the segment too went up twice
     ready, fin_now = c.rx.segment(offset, data, flags & ~TH_FIN, bool(flags & TH_FIN))
     for piece, fl in ready:
-        c.buffered = grown(c.buffered, piece)
+        buffered = c.buffered  # `grown` written out: every socket read passes here
+        if buffered is NO_ITEMS:
+            c.buffered = [piece]
+        else:
+            buffered.append(piece)
         c.buffered_bytes += len(piece)
         c.buffered_psh = bool(fl & TH_PSH)
     if fin_now:
@@ -450,8 +454,10 @@ def segment(
 # -- posted receive requests (spec §4.2) ------------------------------------------------------------
 def post(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
     """`MiniportTcpOffloadReceive`: queue the requests FIFO and deliver into them."""
-    c.lifecycle.fire(_IO)
-    refusal = send.refusal(c) or t.take_failure("MiniportTcpOffloadReceive", head)
+    c.fire(_IO)  # the context is its own Lifecycle: no `lifecycle` property call
+    refusal = send.refusal(c)
+    if refusal is None and t.fail_next:  # `take_failure` only while a `fail_next` is set
+        refusal = t.take_failure("MiniportTcpOffloadReceive", head)
     if refusal is None and c.fin_indicated and not c.buffered_bytes:
         # posted after the FIN was indicated (spec §4.2); bytes still held (handed down as
         # BufferedData with a FIN the host knew of, spec §3.2.3) are the request's to take
@@ -464,8 +470,13 @@ def post(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         # of the NB's data and advances the NB past them; `TcpReceiveBytesTransferred` counts
         # them, and we fill from the NB's data start.
         nbl.miniport_reserved = 0
-        c.posted = grown(c.posted, nbl)
-        if len(c.posted) == 1 and not nbl.tcp_receive_no_push and nbl.tcp_receive_bytes_transferred:
+        # `grown` written out: a request is posted every echo round
+        posted = c.posted
+        if posted is NO_ITEMS:
+            posted = c.posted = [nbl]
+        else:
+            posted.append(nbl)
+        if len(posted) == 1 and not nbl.tcp_receive_no_push and nbl.tcp_receive_bytes_transferred:
             start_push(t, c)  # the host already placed data: the timer starts at once (§4.2)
     c.refused = False  # any post re-enables indications (spec §4.3)
     pump(t, c)
@@ -568,7 +579,7 @@ def fail_receives(t: OffloadTarget, c: TcpContext, status: NdisStatus) -> None:
 # -- indications (spec §4.3) ------------------------------------------------------------------------
 def _indicate(t: OffloadTarget, c: TcpContext) -> None:
     """INDICATE ("B"): one stand-alone NBL over the buffered bytes, no copy (spec §4.3)."""
-    c.lifecycle.fire(_INDICATE)
+    c.fire(_INDICATE)
     limit = c.cached.RcvIndicationSize or MAX_INDICATION
     views: list[memoryview] = []
     total = 0
