@@ -3,9 +3,11 @@
 Under callgrind a Python call costs some 300-500 instructions (README, "Benchmarks"), and an
 echo round through host → IM → target made a dozen that did nothing for it: `take_failure`
 with no `fail_next` fault set (3 a round), the target context's `lifecycle` property, which
-returns the context itself (4), and `grown` for a queue appended to (5). The I/O path tests
-`fail_next`, reads the context in place and appends in place; this counts the calls of those
-helpers during verified echo rounds on memory wires, with `sys.setprofile`.
+returns the context itself (4), and `grown` for a queue appended to (5); then the host's
+`at_eof` (and its `fin_reached`) and `_after_consume` with neither a paused read nor a refused
+indication to undo (3.5), and the target's `watch` (2). The I/O path tests what they test in
+place; this counts the calls of those helpers during verified echo rounds on memory wires,
+with `sys.setprofile`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from chimneyd.testing.hostrig import HostRig
 from chimneyd.testing.memwire import MemoryWire
 
 PAYLOAD = b"chimney" * 300
-HELPERS = {"take_failure", "lifecycle", "grown"}
+HELPERS = {"take_failure", "lifecycle", "grown", "at_eof", "_after_consume", "watch"}
 
 
 def _round(rig: HostRig, conn: int, wire: MemoryWire) -> None:

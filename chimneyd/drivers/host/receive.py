@@ -95,7 +95,9 @@ def serve(h: HostStack, tcb: Tcb, timeout_due: bool = False) -> None:
             tcb.recv_waiters.pop(0)
             done(_take(h, tcb, max_bytes), None)
             continue
-        if at_eof(tcb):
+        # `at_eof` and `fin_reached` written out (nothing read yet: here `have` is 0)
+        rx = tcb.rx
+        if not have and rx.fin is not None and rx.rcv_nxt >= rx.fin:
             tcb.recv_waiters.pop(0)
             done(b"", None)
             continue
@@ -119,7 +121,8 @@ def serve(h: HostStack, tcb: Tcb, timeout_due: bool = False) -> None:
             done(None, AppError("INVALID_STATE", f"connection {tcb.conn_id} is closed"))
             continue
         break
-    _after_consume(h, tcb)
+    if tcb.read_paused or tcb.refused:  # `_after_consume` has nothing to do otherwise
+        _after_consume(h, tcb)
 
 
 def at_eof(tcb: Tcb) -> bool:

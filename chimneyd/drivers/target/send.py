@@ -98,7 +98,9 @@ def send(t: OffloadTarget, c: TcpContext, head: NetBufferList) -> None:
         # an empty send behind bytes all acknowledged is done now: no news of an ack would
         # come for it (the socket reports a change, and nothing changes); in order (§4.1)
         complete_acked(t, c, wire.acked())
-    watch(c)
+        watch(c)
+    elif unacked and not wire.closed:  # `watch` written out (every send passes here)
+        wire.watch_acks()
 
 
 def watch(c: TcpContext) -> None:
@@ -124,7 +126,9 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
         disconnect.complete(t, c, SUCCESS)
     if c.held_refusals:  # `release_refusals` has nothing to do otherwise: no call a round
         release_refusals(t, c)
-    watch(c)
+    # `watch` written out: every acknowledgement passes here
+    if (c.unacked or c.disconnect_nbl is not None) and not c.wire.closed:
+        c.wire.watch_acks()
     _backlog(t, c)
 
 
