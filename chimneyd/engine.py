@@ -714,7 +714,7 @@ class Engine:
             "state": tcb.state,
             "offload_queued": tcb.initiate_queued,
             # extension: why its last offload was refused (nil once one succeeds)
-            "offload_refused": refusal_info(self.host, tcb),
+            "offload_refused": refusal_info(tcb),
             "path": self.host.path_names(tcb),
             "local": f"{wire.local[0]}:{wire.local[1]}",
             "remote": f"{wire.remote[0]}:{wire.remote[1]}",

@@ -945,6 +945,8 @@ class Ndis:
                 handle.trace.record(
                     binding.lower.name, miniport_call, 0, ctx.id if ctx is not None else 0
                 )
+                if op == "Initiate" and block.kind is BlockKind.TCP:
+                    handle.trace.failed_at = None  # this initiate's completion will say
             # outstanding send data travels down with the tree (spec §3.2.5)
             if block.kind is BlockKind.TCP and op == "Initiate":
                 chain = list(iter_chain(block.net_buffer_list_chain))
@@ -981,6 +983,15 @@ class Ndis:
                 handle.trace.record(upper.name, protocol_call, handle.id, 0, 0, block.status)
             if op == "Initiate":
                 offloaded = block.status in OFFLOADED_STATUSES
+                if (
+                    not offloaded
+                    and block.kind is BlockKind.TCP
+                    and handle.trace is not None
+                    and handle.trace.failed_at is None
+                ):
+                    # the lowest layer that failed the connection: the layers above pass its
+                    # status up (spec §3.2.4); `tcp.info`'s `offload_refused` names it
+                    handle.trace.failed_at = caller.name
                 if (
                     handle.ndis_reserved is binding
                     and not offloaded

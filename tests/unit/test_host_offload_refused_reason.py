@@ -20,7 +20,7 @@ from chimneyd.testing.hostrig import HostRig
 
 def _refused(rig: HostRig, conn: int) -> dict[str, Any] | None:
     """What `tcp.info` says (`Engine.conn_info`)."""
-    return refusal_info(rig.host, rig.host.tcbs[conn])
+    return refusal_info(rig.host.tcbs[conn])
 
 
 def _offload_fails(rig: HostRig, conn: int) -> str:
@@ -116,22 +116,23 @@ def test_the_hosts_own_offload_at_a_resume_refused_is_told_too() -> None:
     assert rig.event_names(conn)[-1] == "uploaded"  # nothing said of the refusal
 
 
-def test_a_trace_that_no_longer_holds_the_initiate_names_no_layer() -> None:
-    """The layer is read back from the connection's hop trace (`engine.trace_depth`): one too
-    short to hold the whole initiate names none rather than the wrong one."""
+def test_a_trace_too_short_to_hold_the_initiate_still_names_the_layer() -> None:
+    """The layer is noted as NDIS reads the failing completion (`HopTrace.failed_at`), not
+    read back from the connection's hop ring (`engine.trace_depth`), which here holds the
+    host's two completion hops and no more. Before, it named none (None)."""
     rig = HostRig(im=True)
     conn, _ = rig.open()
-    rig.host.tcbs[conn].trace.depth = 2  # the host's two completion hops, no more
+    rig.host.tcbs[conn].trace.depth = 2
     fail_next(rig.target, "MiniportInitiateOffload", S.NDIS_STATUS_FAILURE)
     _offload_fails(rig, conn)
     refused = _refused(rig, conn)
     assert refused is not None and refused["status"] == "NDIS_STATUS_FAILURE", refused
-    assert refused["layer"] is None, refused
+    assert refused["layer"] == "nic0", refused
 
 
 def test_the_last_refusal_is_told_while_the_next_offload_is_below() -> None:
-    """Until that one is answered: the hops of the next initiate, later in the trace, are not
-    read for the last one's layer."""
+    """Until that one is answered: the next initiate going down does not change the last
+    one's layer."""
     rig = HostRig(im=True)
     conn, wire = rig.open()
     wire.auto_ack = True
@@ -147,3 +148,24 @@ def test_the_last_refusal_is_told_while_the_next_offload_is_below() -> None:
     assert rig.host.tcbs[conn].state == "offloaded"
     assert _refused(rig, conn) is None
     assert rig.problems() == []
+
+
+def test_a_failed_path_block_names_the_nic_and_a_later_refusal_replaces_it() -> None:
+    """The NIC fails the connection's path (`MiniportInitiateOffload[path]`) and the
+    connection with it (spec §3.2.4): the NIC. Then the target pauses offloads: the host's
+    own refusal, the last one, is told, not the NIC's before it."""
+    rig = HostRig(im=True)
+    conn, _ = rig.open()
+    fail_next(rig.target, "MiniportInitiateOffload[path]", S.NDIS_STATUS_OFFLOAD_PATH_ENTRIES)
+    answer = _offload_fails(rig, conn)
+    assert _refused(rig, conn) == {
+        "status": "NDIS_STATUS_FAILURE",
+        "layer": "nic0",
+        "reason": answer,
+    }
+    rig.target.fail_adapter()  # PAUSE (spec §5.5)
+    rig.run()
+    answer = _offload_fails(rig, conn)
+    refused = _refused(rig, conn)
+    assert refused is not None and refused["layer"] == rig.host.name, refused
+    assert refused["status"] == "NDIS_STATUS_OFFLOAD_PAUSE" and refused["reason"] == answer

@@ -178,50 +178,32 @@ def _offload_again(h: HostStack, tcb: Tcb, binding: Binding, pinned: bool = True
 def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) -> None:
     """An offload of `tcb` was refused with `error` (`completed`: by its initiate's
     completion, else by the host before the initiate went down): kept for `tcp.info`'s
-    `offload_refused` until an offload succeeds (`refusal_info`). Only the error and where the
-    connection's hop trace stood: a RESUME may see thousands refused in one completion, and
-    which layer failed it is read back from the trace only when `tcp.info` asks."""
-    tcb.offload_refused = (error, tcb.trace.seq if completed else 0)
+    `offload_refused` until an offload succeeds (`refusal_info`). The error and the layer
+    that refused it, as known now: the host itself, or the lowest layer whose initiate
+    completion failed the connection, which NDIS noted on its trace as it read that
+    completion (`HopTrace.failed_at`; None if none did: a block left out, spec §6.3 [EMU]).
+    A RESUME may see thousands refused in one completion: a small tuple each, nothing read
+    back from the trace, whose ring may have rolled over by the time `tcp.info` asks."""
+    tcb.offload_refused = (error, tcb.trace.failed_at if completed else h.name)
 
 
-def refusal_info(h: HostStack, tcb: Tcb) -> dict[str, Any] | None:
+def refusal_info(tcb: Tcb) -> dict[str, Any] | None:
     """`tcp.info`'s `offload_refused` (docs/rpc.md): nil, or why the last offload of `tcb` was
     refused. `status`: the `NDIS_STATUS` it was refused with, None for a reason of the host's
     own that has none (a `host_event` withholding the NIC, spec §6.2; a closed connection) or
     a connection lost below (spec §6.3 [EMU]); `layer`: the host itself when it refused before
     the initiate went down (the target paused offloads, or has no room or no chimney for the
-    connection by its capabilities, spec §5.5, §8; a host event), else the layer whose
-    initiate completion failed it (`_refused_by`); `reason`: the refused request's answer,
-    which names the limit or the host event."""
+    connection by its capabilities, spec §5.5, §8; a host event), else the lowest layer whose
+    initiate completion failed it (`refused`); `reason`: the refused request's answer, which
+    names the limit or the host event."""
     if tcb.offload_refused is None:
         return None
-    error, upto = tcb.offload_refused
+    error, layer = tcb.offload_refused
     return {
         "status": error.status.name if error.status is not None else None,
-        "layer": _refused_by(h, tcb, upto) if upto else h.name,
+        "layer": layer,
         "reason": str(error),
     }
-
-
-#: What an initiate completion's failing hop may be called (`_refused_by`).
-_COMPLETIONS = frozenset({"NdisMInitiateOffloadComplete", "ProtocolInitiateOffloadComplete"})
-
-
-def _refused_by(h: HostStack, tcb: Tcb, upto: int) -> str | None:
-    """The lowest layer whose initiate completion carried a failing status for `tcb`'s block
-    (an IM or a MUX above it passes the status up, spec §3.2.4): the earliest such hop in the
-    connection's hop trace between the host's `NdisInitiateOffload` and its completion, the
-    hop numbered `upto`. None if the trace no longer holds that call (`engine.trace_depth`)
-    or shows no failing completion (a block left out, spec §6.3 [EMU])."""
-    by: str | None = None
-    for hop in reversed(tcb.trace.as_maps()):
-        if hop["seq"] > upto:
-            continue
-        if hop["layer"] == h.name and hop["call"] == "NdisInitiateOffload":
-            return by
-        if hop["call"] in _COMPLETIONS and hop["status"] not in (None, S.NDIS_STATUS_SUCCESS.name):
-            by = hop["layer"]
-    return None
 
 
 def offload_event(h: HostStack, block: OffloadBlock, code: IndicateOffloadEvent) -> None:

@@ -233,9 +233,10 @@ class Tcb(Lifecycle):
         # flowing, until the host puts it in an initiate (spec §3.9: IDLE until then)
         self.initiate_queued = False
         self.offload_done: list[Done] = NO_ITEMS
-        # why its last offload was refused, and the hop of the host's completion that did (0:
-        # the host refused it itself); None once one succeeds (`adapter.refusal_info`)
-        self.offload_refused: tuple[AppError, int] | None = None
+        # why its last offload was refused, and the layer that refused it (the host, or the
+        # lowest whose initiate completion failed it; None: not known, a block left out);
+        # None once one succeeds (`adapter.refused`, `adapter.refusal_info`)
+        self.offload_refused: tuple[AppError, str | None] | None = None
         self.upload_done: list[Done] = NO_ITEMS
         self.upload_reason = "terminate"  # what the `uploaded` event says, then "terminate" again
         # its terminate is asked and waits behind a query, update or invalidate on it (spec
