@@ -8,6 +8,7 @@ a failover, which answers no one (docs/rpc.md `tcp.info`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from chimneyd.config import load_config
 from chimneyd.engine import Engine
-from tests.integration.support import EngineFactory, eventually, fail_next
+from tests.integration.support import EngineFactory, eventually, fail_next, topology
 
 TEAMING = load_config(Path(__file__).resolve().parents[2] / "deploy" / "teaming.toml").layers
 #: Fewer hops than one initiate through the team takes.
@@ -79,3 +80,22 @@ async def test_the_hosts_own_offload_again_after_a_failover_names_the_last_refus
     )
     refused = _refused(engine, conn)
     assert refused == _failed_at("nic0"), refused
+
+
+async def test_a_target_that_offloads_no_ipv4_is_the_hosts_refusal(
+    make_engine: EngineFactory, echo_port: int
+) -> None:
+    """The host refuses it itself, by the capabilities advertised to it (the IM passes the
+    NIC's on, spec §8): no initiate went down."""
+    layers = tuple(
+        dataclasses.replace(la, ipv4=False) if la.name == "nic0" else la for la in topology(1)
+    )
+    engine = await make_engine(layers)
+    conn = await engine.connect("127.0.0.1", echo_port)
+    refused = _refused(engine, conn)
+    assert refused == {
+        "status": "NDIS_STATUS_NOT_SUPPORTED",
+        "layer": "tcpip",
+        "reason": "NDIS_STATUS: NDIS_STATUS_NOT_SUPPORTED (0xC00000BB) im0 does not offload "
+        "IPv4 (spec §8)",
+    }, refused
