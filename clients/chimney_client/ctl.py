@@ -1165,11 +1165,17 @@ def _one_shot_note(s: Session, what: str, a: argparse.Namespace) -> None:
         s.note = _ONE_SHOT_NOTE.format(what=what, cmd=a.command + " ...")
 
 
-#: What a connect that was asked to offload says when the connection stayed in the host stack.
+#: What a connect that was asked to offload says when the connection stayed in the host stack,
+#: from a daemon whose tcp.info does not say why (no `offload_refused`).
 _STAYED_IN_HOST = (
     "conn {conn} stays in the host stack: the offload at connect was refused (a host_event "
     "fault, a NIC with no room or out of service, ...); it works unoffloaded, and "
     "`offload {conn}` tries again and answers why if it is refused"
+)
+#: The same, with why, from tcp.info's `offload_refused` (rpc.md `tcp.info`).
+_REFUSED_BECAUSE = (
+    "conn {conn} stays in the host stack: the offload at connect was refused{by}: {reason}; "
+    "it works unoffloaded, and `offload {conn}` tries again"
 )
 
 
@@ -1178,8 +1184,15 @@ def _connect(s: Session, a: argparse.Namespace) -> Any:
     s.made("connection", r, a.name)
     s.out.line(f"conn {r}")
     notes = []
-    if a.offload and _stayed_in_host(s, r):
-        notes.append(_STAYED_IN_HOST.format(conn=r))
+    info = _stayed_in_host(s, r) if a.offload else None
+    if info is not None:
+        refused = info.get("offload_refused")
+        if isinstance(refused, dict) and refused.get("reason"):
+            layer = refused.get("layer")
+            by = f" by {layer}" if layer else ""
+            notes.append(_REFUSED_BECAUSE.format(conn=r, by=by, reason=refused["reason"]))
+        else:
+            notes.append(_STAYED_IN_HOST.format(conn=r))
     _one_shot_note(s, f"conn {r}", a)
     if s.note:
         notes.append(s.note)
@@ -1187,15 +1200,16 @@ def _connect(s: Session, a: argparse.Namespace) -> Any:
     return r
 
 
-def _stayed_in_host(s: Session, conn: int) -> bool:
-    """Whether a connection connect asked to offload is in the host stack. tcp.connect answers
-    the id either way (rpc.md `tcp.connect`: a refused offload leaves the connection in the host
-    stack) and waits for the offload's outcome first, so tcp.info's state is that outcome."""
+def _stayed_in_host(s: Session, conn: int) -> dict[str, Any] | None:
+    """tcp.info of a connection connect asked to offload, if it is in the host stack, else
+    None. tcp.connect answers the id either way (rpc.md `tcp.connect`: a refused offload leaves
+    the connection in the host stack) and waits for the offload's outcome first, so tcp.info's
+    state is that outcome, and its `offload_refused` says why."""
     try:
-        state = s.client.tcp_info(conn).get("state")
+        info = s.client.tcp_info(conn)
     except ChimneyError:
-        return False  # gone already (the peer reset it): nothing to say about its offload
-    return state == "host"
+        return None  # gone already (the peer reset it): nothing to say about its offload
+    return dict(info) if info.get("state") == "host" else None
 
 
 def _listen(s: Session, a: argparse.Namespace) -> Any:

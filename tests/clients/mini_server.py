@@ -26,6 +26,9 @@ class _State:
         self.conns: dict[int, bytearray] = {}
         self.faults: dict[int, dict[str, Any]] = {}
         self.host_mode: set[int] = set()  # conns a test puts in host mode: no hops, state host
+        # tcp.info's `offload_refused` of a conn, for a test that sets it (else no such key, as
+        # from a daemon before it)
+        self.offload_refused: dict[int, dict[str, Any] | None] = {}
 
 
 class MiniRpc(asyncio.Protocol):
@@ -133,6 +136,11 @@ class MiniRpc(asyncio.Protocol):
                 return out
             if method == "tcp.info":
                 host = params[0] in st.host_mode
+                if params[0] in st.offload_refused:
+                    return {
+                        "state": "host" if host else "offloaded",
+                        "offload_refused": st.offload_refused[params[0]],
+                    }
                 return {
                     "state": "host" if host else "offloaded",
                     "path": ["tcpip"] if host else ["tcpip", "im0", "nic0"],

@@ -25,6 +25,34 @@ def test_connect_says_when_the_connection_stayed_in_the_host_stack(
     assert "`offload 1` tries again and answers why" in err
 
 
+def test_connect_says_why_the_offload_was_refused_when_tcp_info_says(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    """tcp.info's `offload_refused` (rpc.md): the layer and the refused offload's answer."""
+    server.state.host_mode.add(1)
+    server.state.offload_refused[1] = {
+        "status": "NDIS_STATUS_FAILURE",
+        "layer": "team0",
+        "reason": "NDIS_STATUS: NDIS_STATUS_FAILURE (0xC0000001)",
+    }
+    status, out, err = run(capsys, server, "run", "connect 127.0.0.1 9000 as c")
+    assert (status, out) == (0, "conn 1\n")
+    assert err == (
+        f"note: {STAYS} by team0: NDIS_STATUS: NDIS_STATUS_FAILURE (0xC0000001); it works "
+        "unoffloaded, and `offload 1` tries again\n"
+    ), err
+
+
+def test_connect_says_the_reason_without_a_layer_when_none_is_known(
+    capsys: pytest.CaptureFixture[str], server: MiniServer
+) -> None:
+    server.state.host_mode.add(1)
+    server.state.offload_refused[1] = {"status": None, "layer": None, "reason": "INTERNAL: x"}
+    status, _, err = run(capsys, server, "run", "connect 127.0.0.1 9000 as c")
+    assert status == 0
+    assert err.startswith(f"note: {STAYS}: INTERNAL: x; it works unoffloaded"), err
+
+
 def test_connect_says_nothing_more_when_the_connection_is_offloaded(
     capsys: pytest.CaptureFixture[str], server: MiniServer
 ) -> None:
