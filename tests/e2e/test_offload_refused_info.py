@@ -59,3 +59,17 @@ async def test_a_shards_tcp_info_says_it_too(tmp_path: Path, echo_peer: PeerServ
             info, after = await _refused_then_offloaded(c, echo_peer.port)
     assert info["state"] == "host" and info["offload_refused"] == REFUSED, info
     assert after["state"] == "offloaded" and after["offload_refused"] is None, after
+
+
+async def test_a_shards_tcp_info_names_the_team_with_a_short_hop_trace(
+    tmp_path: Path, echo_peer: PeerServer
+) -> None:
+    """`engine.trace_depth` 6, fewer hops than one initiate through the team: the layer is
+    noted as the completion goes up, not read back from the trace (before: `layer` nil)."""
+    short = TEAMING.replace("[engine]\n", "[engine]\ntrace_depth = 6\n", 1)
+    assert short != TEAMING
+    with sharded(tmp_path, short) as d:
+        async with await d.aclient() as c:
+            info, after = await _refused_then_offloaded(c, echo_peer.port)
+    assert info["state"] == "host" and info["offload_refused"] == REFUSED, info
+    assert after["state"] == "offloaded" and after["offload_refused"] is None, after
