@@ -48,6 +48,16 @@ NIC_UP_PROBES = 3
 #: while that NIC refuses it (full, paused, out of service): a NIC that never takes it leaves
 #: what the probe was to show not judged (no fault of the daemon's; the report says so).
 PROBE_OFFLOAD_S = 5.0
+#: What a NIC answers an offload it has no room for (spec §3.2.4, §8) or while it is paused
+#: (spec §5.5): a probe refused so is no fault of the daemon's; refused otherwise, it is.
+NO_ROOM = frozenset(
+    {
+        "NDIS_STATUS_OFFLOAD_TCP_ENTRIES",
+        "NDIS_STATUS_OFFLOAD_PATH_ENTRIES",
+        "NDIS_STATUS_OFFLOAD_NEIGHBOR_ENTRIES",
+        "NDIS_STATUS_OFFLOAD_PAUSE",
+    }
+)
 #: A held call completes `ms` after it was made; the probe's clock reads from just before the
 #: request went out, so it may read this much less than `ms` (none in practice).
 HELD_SLACK_S = 0.005
@@ -270,11 +280,16 @@ class ProbeFaults:
         # (each shard has its own objects), and what it did is read (stack.* `shards`)
         info = await self._pc().stack_info()
         rec["shard"] = shard = info.get("shard") if info.get("shards") else None
-        why = await self._offload_on(cid, layer, shard)
+        refused = await self._offload_on(cid, layer, shard)
         rec["probe_state_before"] = await self._state(cid)
-        if why is not None:
+        if refused is not None:
+            why, no_room = refused
+            text = f"the soak's probe connection could not be offloaded on {layer}: {why}"
+            if not no_room:
+                # refused for no reason the NIC's room gives: the daemon's to explain
+                raise ValueError(text)
             # nothing of the soak's own to invalidate: not injected, and not the daemon's fault
-            rec["not_judged"] = f"the soak's probe connection could not be offloaded: {why}"
+            rec["not_judged"] = text
             return
         mate = None
         if obj in ("path", "neighbor"):
@@ -284,11 +299,13 @@ class ProbeFaults:
             host, port = self.peer_addrs[0]
             mate = await self._pc().tcp_connect(host, port, target=layer)
             probes.append(mate)
-            mate_why = await self._offload_on(mate, layer, shard)
+            mate_refused = await self._offload_on(mate, layer, shard)
             rec["mate_state_before"] = await self._state(mate)
-            if mate_why is not None:
-                # judged on the workers' connections asked up with it, if any (judge_probed)
-                rec["mate_not_offloaded"] = mate_why
+            if mate_refused is not None:
+                mate_why, no_room = mate_refused
+                # no room for it: judged on the workers' connections asked up with it, if any
+                # (judge_probed); refused otherwise: a fault of the daemon's (`mate_refused`)
+                rec["mate_not_offloaded" if no_room else "mate_refused"] = mate_why
                 mate = None
         rec["nics_before"] = await self.nic_connections(shard)
         # the workers' connections the probe shares its path and neighbor with: those on its
@@ -331,13 +348,20 @@ class ProbeFaults:
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, _first_nic(rec), shard)
 
-    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> str | None:
+    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> tuple[str, bool] | None:
         """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
         SETTLE_POLL_S for PROBE_OFFLOAD_S while the NIC refuses it (full: its
         `max_connections`, spec §8; paused or out of service for another fault, spec §5.5).
-        None once it is; else why not: the daemon's last answer, and the NIC's room."""
+        None once it is; else why not (the daemon's last answer, and the NIC's room) and
+        whether that is the NIC's room: a status of no room or a pause (NO_ROOM), the host
+        withholding the NIC for a host event (spec §6.2), or stack.info saying the NIC is full
+        or out of service. Any other refusal of a connection the NIC has room for is the
+        daemon's to explain, not a check the soak could not make."""
+        from .traffic import withheld_by  # (traffic's imports come back here)
+
         deadline = time.monotonic() + PROBE_OFFLOAD_S
         why = ""
+        no_room = False
         while True:
             info = await self._pc().tcp_info(cid)
             state = str(info.get("state", "?"))
@@ -353,21 +377,27 @@ class ProbeFaults:
                 await asyncio.sleep(SETTLE_POLL_S)
             try:
                 await self._pc().tcp_offload(cid)
-                why = f"tcp.offload left it {state}"
-            except (NdisStatusError, InvalidState) as exc:
-                why = str(exc)
-        return f"{why}{await self._room(layer, shard)}"
+                why, no_room = f"tcp.offload left it {state}", False
+            except NdisStatusError as exc:
+                why, no_room = str(exc), exc.status in NO_ROOM
+            except InvalidState as exc:
+                why, no_room = str(exc), withheld_by(exc) is not None
+        room, full = await self._room(layer, shard)
+        return f"{why}{room}", no_room or full
 
-    async def _room(self, layer: str, shard: int | None) -> str:
-        """What stack.info says of the NIC `layer`'s room (in `shard`), for a refusal's why."""
+    async def _room(self, layer: str, shard: int | None) -> tuple[str, bool]:
+        """What stack.info says of the NIC `layer`'s room (in `shard`), for a refusal's why,
+        and whether it says there is none (full, or out of service in its MUX)."""
         info = await self._of_shard("stack_info", shard)
         for la in (info or {}).get("layers", []):
             if la.get("name") == layer and la.get("max_connections") is not None:
-                return f" (stack.info: {layer} carries {la.get('tcp')} of {la['max_connections']})"
+                tcp, most = la.get("tcp"), la["max_connections"]
+                full = tcp is not None and int(tcp) >= int(most)
+                return f" (stack.info: {layer} carries {tcp} of {most})", full
             lowers = la.get("lowers")
             if isinstance(lowers, dict) and not (lowers.get(layer) or {}).get("in_service", 1):
-                return f" (stack.info: {la.get('name')} has {layer} out of service)"
-        return ""
+                return f" (stack.info: {la.get('name')} has {layer} out of service)", True
+        return "", False
 
     async def _host_event(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
         """The host's own upload of a target for `/for` (spec §3.6.1, §6.2): nothing may stay
@@ -518,7 +548,15 @@ def judge_probed(
             moved = _explain(e, rec, w, obs, "unrequested", "InvalidState", problem, _in_shard)
             obj, sharing = rec["params"]["object"], rec.get("sharing_before") or 0
             mate_why = rec.get("mate_not_offloaded")
-            if obj in ("path", "neighbor") and mate_why is not None:
+            if rec.get("mate_refused") is not None:
+                # its NIC had room for it: the daemon refused the soak's own connection
+                problem(
+                    e,
+                    f"{obj}: the soak's own second connection, which {w.layer} had room for, "
+                    f"could not be offloaded: {rec['mate_refused']}",
+                    rec,
+                )
+            elif obj in ("path", "neighbor") and mate_why is not None:
                 # the soak's own second connection found no room on the NIC: the workers'
                 # asked up with InvalidState show it shared; with none, nothing shows either
                 # way (a count of the workers' taken before may include one closed since)
