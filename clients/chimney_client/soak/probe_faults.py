@@ -236,7 +236,17 @@ class ProbeFaults:
         }
         cid = await self._probe(probes, target=layer if kinds.get(layer) == "target" else None)
         rec["probe_before_ok"], _ = await self._round_trip(cid)
-        if call == "MiniportInitiateOffload" and await self._state(cid) == "offloaded":
+        # a call of the probe's is held only if it goes through `layer`: the probe offloaded
+        # there. A NIC with no room for it leaves the probe's timing not judged (spec §8); a
+        # refusal its room does not explain is the daemon's to explain: not injected
+        refused = await self._offload_on(cid, layer, await self._probe_shard())
+        if refused is not None:
+            why, no_room = refused
+            text = f"the soak's probe connection could not be offloaded through {layer}: {why}"
+            if not no_room:
+                raise ValueError(text)
+            rec["probe_not_offloaded"] = text
+        elif call == "MiniportInitiateOffload":
             await self._pc().tcp_upload(cid)
         before = await self._calls(DELAY_CALLS[call], layer, where.get("shard"))
         rec["t0"] = time.monotonic()
@@ -247,9 +257,20 @@ class ProbeFaults:
         rec["injected"] = True
         self.say(f"chimney-soak: {call} in {layer} delayed {ms} ms (fault {fid}) for {for_s:g} s")
         t = time.monotonic()
-        if call == "MiniportInitiateOffload":
-            await self._pc().tcp_offload(cid)
-            rec["probe_held_s"] = round(time.monotonic() - t, 4)
+        if "probe_not_offloaded" in rec:
+            rec["probe_ok"], _ = await self._round_trip(cid)  # in the host stack: not held
+        elif call == "MiniportInitiateOffload":
+            try:
+                await self._pc().tcp_offload(cid)
+                rec["probe_held_s"] = round(time.monotonic() - t, 4)
+            except NdisStatusError as exc:
+                if exc.status not in NO_ROOM:
+                    raise
+                # its slot taken meanwhile (a worker's reopen): refused before any layer
+                # was called, so nothing of it to time
+                rec["probe_not_offloaded"] = (
+                    f"the soak's probe connection could not be offloaded again: {exc}"
+                )
             rec["probe_ok"], _ = await self._round_trip(cid)
         else:
             rec["probe_ok"], took = await self._round_trip(cid)
@@ -278,8 +299,7 @@ class ProbeFaults:
         rec["probe_before_ok"], _ = await self._round_trip(cid)
         # a daemon of shards: the probe's (its client's), where the invalidate acts alone
         # (each shard has its own objects), and what it did is read (stack.* `shards`)
-        info = await self._pc().stack_info()
-        rec["shard"] = shard = info.get("shard") if info.get("shards") else None
+        rec["shard"] = shard = await self._probe_shard()
         refused = await self._offload_on(cid, layer, shard)
         rec["probe_state_before"] = await self._state(cid)
         if refused is not None:
@@ -347,6 +367,15 @@ class ProbeFaults:
             rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, _first_nic(rec), shard)
+
+    async def _probe_shard(self) -> int | None:
+        """On a daemon of shards, the shard of the probes' client (stack.info `shard`), where
+        its connections live and what stack.info says of its NIC is that shard's part (the
+        daemon-wide `tcp` is the sum of every shard's, against one shard's
+        `max_connections`); None on a daemon of one process."""
+        info = await self._pc().stack_info()
+        shard = info.get("shard") if info.get("shards") else None
+        return None if shard is None else int(shard)
 
     async def _offload_on(self, cid: int, layer: str, shard: int | None) -> tuple[str, bool] | None:
         """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
@@ -435,10 +464,16 @@ class ProbeFaults:
         await self.control.fault_clear(fid)
         rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
-        await self._pc().tcp_offload(cid)
-        rec["probe_offloaded_after"] = await self._state(cid) == "offloaded"
-        rec["probe_after_ok"], _ = await self._round_trip(cid)
+        # the workers' connections back on the NIC first: on a NIC with no room to spare the
+        # probe would take the place of one (refused OFFLOAD_TCP_ENTRIES, unexplained)
         await self.settle(rec, layer, shard)
+        refused = await self._offload_on(cid, layer, await self._probe_shard())
+        # True: offloaded; False: refused with room on the NIC; None: no room, not judged
+        rec["probe_offloaded_after"] = True
+        if refused is not None:
+            rec["probe_not_offloaded_after"], no_room = refused
+            rec["probe_offloaded_after"] = None if no_room else False
+        rec["probe_after_ok"], _ = await self._round_trip(cid)
 
     async def _nic_up(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
         """`nic_down` with no clear, `/for` later `nic_up` (spec §5.5): the NIC is in service
@@ -668,6 +703,8 @@ def _refusals(e: Record, rec: Record, w: Any, obs: dict[str, list[Record]], prob
 
 
 def _judge_delay(e: Record, rec: Record, problem: Any) -> None:
+    from .outcomes import not_judged
+
     p = rec["params"]
     ms = int(p["ms"])
     held = rec.get("probe_held_s")
@@ -680,9 +717,17 @@ def _judge_delay(e: Record, rec: Record, problem: Any) -> None:
     e["daemon_says_delayed"] = int(listed) if listed is not None else "not said by fault.list"
     e.setdefault("probe_call_took_s", []).append(held)
     where = f"{p['call']} in {p['layer']}"
-    if held is not None and held < ms / 1000.0 - HELD_SLACK_S:
+    unheld = rec.get("probe_not_offloaded")
+    if unheld:
+        # no room for the probe on the NIC (spec §8): no call of the soak's own went through
+        not_judged(e, f"{where}: whether a call of the soak's own was held: {unheld}", rec)
+    elif held is not None and held < ms / 1000.0 - HELD_SLACK_S:
         problem(e, f"{where}: a probe call made while delayed {ms} ms took {held:.3f} s", rec)
-    if not calls:
+    if not calls and unheld and p["call"] == "MiniportInitiateOffload":
+        # a full NIC: the host refuses every initiate before the layer is called (spec §8),
+        # the probe's too, so no call came to be held
+        not_judged(e, f"{where}: whether it held the calls made: none came, {unheld}", rec)
+    elif not calls:
         problem(e, f"{where}: no call while the delay was armed: it delayed nothing", rec)
     if listed is not None and not listed:
         problem(e, f"{where}: the daemon says it delayed 0 calls (fault.list)", rec)
@@ -734,6 +779,8 @@ def _judge_mate(e: Record, rec: Record, layer: str, problem: Any) -> None:
 
 
 def _judge_host_event(e: Record, rec: Record, problem: Any) -> None:
+    from .outcomes import not_judged
+
     p = rec["params"]
     what = f"{p['event']} on {p['layer']}"
     if rec.get("offloaded_at_end"):
@@ -752,7 +799,12 @@ def _judge_host_event(e: Record, rec: Record, problem: Any) -> None:
     if not rec.get("listed_while_armed"):
         problem(e, f"{what}: fault.list did not list it while it held", rec)
     if rec.get("probe_offloaded_after") is False:
-        problem(e, f"{what}: an offload to it still failed after fault.clear", rec)
+        why = rec.get("probe_not_offloaded_after")
+        problem(e, f"{what}: an offload to it still failed after fault.clear: {why}", rec)
+    elif rec.get("probe_not_offloaded_after"):
+        # the NIC full again with the workers' connections: no room to show it works
+        text = f"{what}: whether an offload to it works after fault.clear: no room on it: "
+        not_judged(e, text + str(rec["probe_not_offloaded_after"]), rec)
     for key in ("probe_during_ok", "probe_after_ok"):
         if rec.get(key) is False:
             problem(e, f"{what}: probe bytes not echoed intact ({key})", rec)
