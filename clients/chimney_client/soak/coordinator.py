@@ -138,7 +138,9 @@ class Soak(Phases, LayerFaults):
                 seed=self.args.seed,
                 shards=p.shards,
                 balance_shards=getattr(self.args, "balance_shards", True),
-                nic_outages=any(f.spec.kind in OUTAGES for f in p.faults),
+                # and an invalidate: with no room for its second connection on the NIC it is
+                # judged on the workers' there (probe_faults `_unasked_on_the_nic`)
+                nic_outages=any(f.spec.kind in (*OUTAGES, "invalidate") for f in p.faults),
                 settle_s=self.args.settle,
             )
             if p.workers == 0:

@@ -58,6 +58,8 @@ NO_ROOM = frozenset(
         "NDIS_STATUS_OFFLOAD_PAUSE",
     }
 )
+#: The connections a problem names at most (the report keeps them short).
+EXAMPLES_SHOWN = 5
 #: A held call completes `ms` after it was made; the probe's clock reads from just before the
 #: request went out, so it may read this much less than `ms` (none in practice).
 HELD_SLACK_S = 0.005
@@ -338,6 +340,12 @@ class ProbeFaults:
         # the calls of the probe's shard: the daemon-wide sum has another shard's too
         invalidates = await self._calls("NdisInvalidateOffload", shard=shard)
         rec["t0"] = time.monotonic()
+        if "mate_not_offloaded" in rec:
+            # no second connection of ours: the workers' on the NIC at the invalidate are
+            # what must show it shared; they keep their stretches on it as for a NIC outage
+            # (state.py `placements`), judged in judge_probed (`_unasked_on_the_nic`)
+            for inbox in self.ins:
+                inbox.put({"type": "nic_outage", "t0": rec["t0"], "nic": layer, "shard": shard})
         rec["fault_id"] = await self.control.fault_inject("invalidate", conn=cid, object=obj)
         rec["t1"] = time.monotonic()
         rec["injected"] = True
@@ -592,10 +600,21 @@ def judge_probed(
                     rec,
                 )
             elif obj in ("path", "neighbor") and mate_why is not None:
-                # the soak's own second connection found no room on the NIC: the workers'
-                # asked up with InvalidState show it shared; with none, nothing shows either
-                # way (a count of the workers' taken before may include one closed since)
-                if not moved:
+                # the soak's own second connection found no room on the NIC: the workers' there
+                # at the invalidate must each be asked up (InvalidState); with none there and
+                # none asked up, nothing shows either way
+                stayed = _unasked_on_the_nic(rec, w, obs)
+                if stayed:
+                    conns = " ".join(str(p["conn"]) for p in stayed[:EXAMPLES_SHOWN])
+                    problem(
+                        e,
+                        f"{obj}: {len(stayed)} of the workers' connections on {w.layer} sharing "
+                        f"it, there at the invalidate, not asked up (InvalidState, spec §3.5): "
+                        f"conn {conns}",
+                        rec,
+                        *stayed[:EXAMPLES_SHOWN],
+                    )
+                elif not moved:
                     text = (
                         f"{obj}: whether the connections sharing it were asked up (spec §3.5): "
                         f"the soak's own second connection could not be offloaded: {mate_why}"
@@ -655,6 +674,31 @@ def _explain(
     e["reoffloaded"] = e.get("reoffloaded", 0) + again
     e["verified_after"] = e.get("verified_after", 0) + sum(u.get("verified_after", 0) for u in mine)
     return len(mine)
+
+
+def _unasked_on_the_nic(rec: Record, w: Any, obs: dict[str, list[Record]]) -> list[Record]:
+    """The workers' connections on the invalidate's NIC, in its shard, when it was made (their
+    stretches on it, `placements`, spanning `t0`) that stayed there past its window with no
+    upload it explains: each shares the probe's path and neighbor (every echo peer on one
+    host: `sharing_before` was counted) and must have been asked up (spec §3.5). One that left
+    the NIC within the window (closed, reset, uploaded for a reason of its own) is not."""
+    placements = obs.get("placements")
+    if placements is None or rec.get("sharing_before") is None:
+        return []
+    asked = {
+        u["conn"]
+        for u in obs.get("unrequested", [])
+        if u.get("explained_by") == rec["kind"] and w.covers(u["t"])
+    }
+    return [
+        p
+        for p in placements
+        if p.get("nic") == w.layer
+        and _in_shard(rec, p)
+        and float(p["on"]) < w.start <= float(p["off"])
+        and float(p["off"]) > w.end
+        and p["conn"] not in asked
+    ]
 
 
 def _its_upload(rec: Record, u: Record) -> bool:
