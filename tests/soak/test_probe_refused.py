@@ -107,3 +107,25 @@ async def test_a_refusal_the_nics_room_explains_is_not_judged(
     r = _report([rec], [], {})
     assert r["ok"], r["failures"]
     assert r["not_judged"], r["faults"]
+
+
+def test_a_pass_counts_every_check_not_judged_not_the_examples_kept() -> None:
+    """`invalidate:7` on a NIC with no room for any probe: 7 not injected. The fault keeps 5
+    examples (outcomes.EXAMPLES); the verdict line counts all 7. Before: `PASS (5 check(s)
+    ...` on the verdict line, and no count in the JSON."""
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    recs = []
+    for tag in range(7):
+        rec = _rec("invalidate", object="neighbor", layer="nic0")
+        rec["tag"], rec["not_judged"] = tag, "the soak's probe connection could not be offloaded"
+        recs.append(rec)
+    daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
+    r = _report(recs, [], {}, daemon=daemon)
+    r["connections_detail"].update(opened_total=10)
+    assert r["ok"] and r["not_judged_count"] == 7 and len(r["not_judged"]) == 5, r
+    console = Console(record=True, width=300)
+    render_report(r, console)
+    assert "PASS (7 check(s) of the soak's own probes not judged" in console.export_text()

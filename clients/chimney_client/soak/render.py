@@ -180,7 +180,7 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     )
     if d.get("logs"):
         t.add_row("logs", f"{d['logs']} ({_logs_of(d)})")
-    unjudged = len(report.get("not_judged") or [])
+    unjudged = report.get("not_judged_count", len(report.get("not_judged") or []))
     said = f" ({unjudged} check(s) of the soak's own probes not judged: see the faults)"
     passed = "PASS" + (said if unjudged else "")
     t.add_row("verdict", passed if report["ok"] else "FAIL: " + "; ".join(report["failures"]))

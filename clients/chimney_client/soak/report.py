@@ -168,6 +168,8 @@ def build_report(
         "faults": faults,
         # checks the soak could not make (its own probe could not run): no failure, said
         "not_judged": [f"{f['kind']}: {t}" for f in faults for t in f.get("not_judged", [])],
+        # all of them: each fault's list keeps the first few (outcomes.EXAMPLES)
+        "not_judged_count": sum(int(f.get("not_judged_count", 0)) for f in faults),
         "host_mode": host_mode,
         "states": states,
         "counters": counters,
