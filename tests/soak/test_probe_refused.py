@@ -128,4 +128,8 @@ def test_a_pass_counts_every_check_not_judged_not_the_examples_kept() -> None:
     assert r["ok"] and r["not_judged_count"] == 7 and len(r["not_judged"]) == 5, r
     console = Console(record=True, width=300)
     render_report(r, console)
-    assert "PASS (7 check(s) of the soak's own probes not judged" in console.export_text()
+    text = console.export_text()
+    assert "PASS (7 check(s) of the soak's own probes not judged" in text, text
+    # the fault's row says why, and that there were more than it shows
+    why = "NOT JUDGED: not injected: the soak's probe connection could not be offloaded"
+    assert why in text and "(+2 more)" in text, text

@@ -118,3 +118,29 @@ async def test_the_worker_tells_a_refused_reopen_from_a_refused_first_connect() 
     assert await w.open(rpc, 8, 0) is not None  # type: ignore[arg-type]
     assert await w.open(rpc, 8, 0) is None  # type: ignore[arg-type]
     assert (w.c["limit_refusals"], w.c["limit_refusals_at_reopen"]) == (2, 1), w.c
+
+
+def test_held_without_every_workers_final_takes_out_first_connects_refused_only() -> None:
+    """A worker's final count missing (slots_held's fallback on the counters): of 4 LIMIT
+    refusals, 3 were a slot's reopen, which leaves it held. 99 held of 100, not 96. Before:
+    no test failed with the fallback's `- limit_refusals_at_reopen` taken out."""
+    from chimney_client.soak.phases import slots_held
+
+    counters = {"limit_refusals": 4, "limit_refusals_at_reopen": 3, "connect_failures": 0}
+    assert slots_held(100, 2, [{"slots_unopened": 1}], counters) == 99
+
+
+def test_the_limit_row_says_how_many_refusals_were_reopens() -> None:
+    """The table's LIMIT row splits the refusals as the verdict does. Before: no test failed
+    with the row's `(N of them a slot's reopen)` taken out."""
+    from rich.console import Console
+
+    from chimney_client.soak.render import render_report
+
+    daemon = {"crashed": False, "exit_status": None, "spawned": False, "address": "x", "pid": 1}
+    r = _report(*_clean(), connections=_refused(first=2, reopens=1), daemon=daemon)
+    r["connections_detail"].update(opened_total=10)
+    console = Console(record=True, width=300)
+    render_report(r, console)
+    text = console.export_text()
+    assert "3 connects refused by the daemon's limit (1 of them a slot's reopen)" in text, text
