@@ -21,7 +21,7 @@ import math
 import os
 import resource
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -70,6 +70,22 @@ DAEMON_WIDE_METHODS = frozenset(
 DAEMON_WIDE_IN_FLIGHT = 8
 
 
+class LiveNic(NamedTuple):
+    """A NIC as the faults a shard took as they came left it (`ShardParts.live`): `last`, the
+    service the last `nic_down` (False) or `nic_up` (True) of it asked (None: none did), and
+    whether a `nic_down` of it was cleared since (`cleared`). The clear puts the NIC back
+    only if no `nic_down` of it is listed (faults.py `_undo_when_last`): listed then, or
+    by the restore since, that took it before (`service`)."""
+
+    last: bool | None
+    cleared: bool
+
+    def service(self, held: bool) -> bool | None:
+        """In service (True) or out, as these faults leave the NIC with a `nic_down` of it
+        listed (`held`) or none; None: as the faults before them left it."""
+        return True if self.cleared and not held else self.last
+
+
 # -- one shard's parts ------------------------------------------------------------------------------
 class ShardParts:
     """What this shard answers when the daemon asks every shard (the supervisor's `part`)."""
@@ -87,6 +103,11 @@ class ShardParts:
         # is in service. What a restarted shard takes (`restore_faults`): the faults put into
         # one shard only go with its process
         self.nics: dict[str, bool] = {}
+        # the NICs faults this shard took as they came (not those a restore brought) put in or
+        # out of service, or back by a `nic_down`'s clear (`LiveNic`). A restore's end leaves
+        # them so: the faults the shard missed while it started came before any it took once
+        # it listened
+        self.live: dict[str, LiveNic] = {}
         process_info()  # opens /proc/self/statm while descriptors are plenty
 
     @property
@@ -163,8 +184,12 @@ class ShardParts:
         everywhere = bool(arg.get("everywhere"))
         if not any(int(e["id"]) == fid for e in self.engine.fault_entries()):
             self.engine.fault_inject(spec, fid)
-            if everywhere and spec.get("kind") in ("nic_down", "nic_up"):
-                self.nics[str(spec["layer"])] = spec["kind"] == "nic_up"
+            if spec.get("kind") in ("nic_down", "nic_up"):
+                nic, up = str(spec["layer"]), spec["kind"] == "nic_up"
+                if everywhere:
+                    self.nics[nic] = up
+                if not arg.get("restored"):
+                    self.live[nic] = LiveNic(up, cleared=False)
         self.homes[fid] = home
         if everywhere:
             self.everywhere.add(fid)
@@ -173,19 +198,29 @@ class ShardParts:
     def part_nics_as(self, arg: dict[str, bool]) -> dict[str, bool]:
         """A restore's end (`restore_faults`): each NIC of `arg` in service (True) or out, as
         the other shards' faults meant for every shard left it, unless those here leave it so
-        already: a NIC is put back once, not again at the second restore, which would undo a
-        `nic_down` put into this shard alone in between. No fault is made: the NIC is put in or
-        out as `nic_up` and `nic_down` do, under no id. Returns what changed."""
+        already: a NIC is put back once, not again at the second restore. But a NIC a fault
+        this shard took once it listened decided last (`live`: one put into it alone, say) is
+        as that fault left it, whatever the restore took meanwhile (a `nic_down` restored
+        late takes it out again): what the restore brings came before. No fault is made: the
+        NIC is put in or out as `nic_up` and `nic_down` do, under no id. Returns what it
+        set."""
         done: dict[str, bool] = {}
-        for nic, up in arg.items():
-            if self.nics.get(nic, True) == up:
+        held = {str(e["layer"]) for e in self.engine.fault_entries() if e.get("kind") == "nic_down"}
+        for nic in sorted(set(arg) | set(self.live)):
+            up = arg.get(nic, self.nics.get(nic, True))
+            known = self.nics.get(nic, True) == up
+            if nic in arg:
+                self.nics[nic] = up
+            live = self.live[nic].service(nic in held) if nic in self.live else None
+            if live is None and known:
                 continue
+            want = up if live is None else live
             try:
-                self.engine.nic_in_service(nic, up)
+                self.engine.nic_in_service(nic, want)
             except EngineError as err:  # under no MUX here, though under one in the others
                 log.error("shard_nic_restore_failed", nic=nic, error=str(err))
                 continue
-            self.nics[nic] = done[nic] = up
+            done[nic] = want
         return done
 
     def part_fault_clear(self, arg: Any) -> bool:
@@ -203,21 +238,29 @@ class ShardParts:
             if err.code != ErrorCode.NOT_FOUND:
                 raise
             return False
-        if everywhere and entry is not None and entry.get("kind") == "nic_down":
-            # back in service with the last nic_down of the NIC cleared (faults.py
-            # `_undo_when_last`): as the faults meant for every shard go, the last of those
+        if entry is not None and entry.get("kind") == "nic_down":
+            # back in service once no nic_down of the NIC is listed (faults.py
+            # `_undo_when_last`): here, as a restore's end judges it (`LiveNic`), and as the
+            # faults meant for every shard go, once none of those is (`nics`)
             nic = str(entry["layer"])
-            if not any(
-                e.get("kind") == "nic_down"
-                and str(e.get("layer")) == nic
-                and int(e["id"]) in self.everywhere
+            downs = [
+                int(e["id"])
                 for e in self.engine.fault_entries()
-            ):
+                if e.get("kind") == "nic_down" and str(e.get("layer")) == nic
+            ]
+            last = self.live.get(nic)
+            self.live[nic] = LiveNic(last.last if last else None, cleared=True)
+            if everywhere and not self.everywhere.intersection(downs):
                 self.nics[nic] = True
         return True
 
     def part_fault_clear_all(self, _: Any) -> bool:
+        # every nic_down cleared: each NIC one held out is back in service here
+        downs = {
+            str(e.get("layer")) for e in self.engine.fault_entries() if e.get("kind") == "nic_down"
+        }
         self.engine.fault_clear(None)
+        self.live.update(dict.fromkeys(downs | set(self.live), LiveNic(True, cleared=False)))
         self.ownership.forget_all_faults()
         self.homes.clear()
         self.everywhere.clear()
@@ -410,7 +453,13 @@ async def restore_faults(cl: ClusterAPI) -> int:
     for view in fault_table(parts).values():
         if not (view.everywhere and view.active):
             continue
-        mirror = {"id": view.id, "spec": view.spec, "home": view.home, "everywhere": True}
+        mirror = {
+            "id": view.id,
+            "spec": view.spec,
+            "home": view.home,
+            "everywhere": True,
+            "restored": True,
+        }
         try:
             cl.local("fault_mirror", mirror)
         except EngineError as err:  # a layer this shard's topology lacks: a bug
