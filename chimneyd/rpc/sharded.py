@@ -108,6 +108,9 @@ class ShardParts:
         # them so: the faults the shard missed while it started came before any it took once
         # it listened
         self.live: dict[str, LiveNic] = {}
+        # the faults a restore brought here: one no other shard lists at the next restore was
+        # cleared while this shard started (the clear did not reach it, `part_restored`)
+        self.restored: set[int] = set()
         process_info()  # opens /proc/self/statm while descriptors are plenty
 
     @property
@@ -184,6 +187,8 @@ class ShardParts:
         everywhere = bool(arg.get("everywhere"))
         if not any(int(e["id"]) == fid for e in self.engine.fault_entries()):
             self.engine.fault_inject(spec, fid)
+            if arg.get("restored"):
+                self.restored.add(fid)
             if spec.get("kind") in ("nic_down", "nic_up"):
                 nic, up = str(spec["layer"]), spec["kind"] == "nic_up"
                 if everywhere:
@@ -195,15 +200,25 @@ class ShardParts:
             self.everywhere.add(fid)
         return fid
 
-    def part_nics_as(self, arg: dict[str, bool]) -> dict[str, bool]:
-        """A restore's end (`restore_faults`): each NIC of `arg` in service (True) or out, as
-        the other shards' faults meant for every shard left it, unless those here leave it so
-        already: a NIC is put back once, not again at the second restore. But a NIC a fault
-        this shard took once it listened decided last (`live`: one put into it alone, say) is
-        as that fault left it, whatever the restore took meanwhile (a `nic_down` restored
-        late takes it out again): what the restore brings came before. No fault is made: the
-        NIC is put in or out as `nic_up` and `nic_down` do, under no id. Returns what it
-        set."""
+    def part_restored(self, arg: dict[str, Any]) -> dict[str, Any]:
+        """A restore's end (`restore_faults`), once the others answered: `listed`, the ids of
+        every fault they hold; `nics`, their NICs' service as their faults meant for every
+        shard left it. A fault an earlier restore brought here that none of them lists any
+        more was cleared while this shard started: cleared here too. Then each NIC as
+        `_nics_as` sets it. Returns the faults cleared and the NICs set."""
+        gone = sorted(self.restored.difference(int(fid) for fid in arg["listed"]))
+        for fid in gone:
+            self._clear(fid, live=False)
+        return {"cleared": gone, "nics": self._nics_as(arg["nics"])}
+
+    def _nics_as(self, arg: dict[str, bool]) -> dict[str, bool]:
+        """Each NIC of `arg` in service (True) or out, as the other shards' faults meant for
+        every shard left it, unless those here leave it so already: a NIC is put back once,
+        not again at the second restore. But a NIC a fault this shard took once it listened
+        decided last (`live`: one put into it alone, say) is as that fault left it, whatever
+        the restore took meanwhile (a `nic_down` restored late takes it out again): what the
+        restore brings came before. No fault is made: the NIC is put in or out as `nic_up` and
+        `nic_down` do, under no id. Returns what it set."""
         done: dict[str, bool] = {}
         held = {str(e["layer"]) for e in self.engine.fault_entries() if e.get("kind") == "nic_down"}
         for nic in sorted(set(arg) | set(self.live)):
@@ -226,7 +241,11 @@ class ShardParts:
     def part_fault_clear(self, arg: Any) -> bool:
         """Clear the fault `arg` here (already checked by the shard that was asked). False if
         it was not here any more."""
-        fid = int(arg)
+        return self._clear(int(arg), live=True)
+
+    def _clear(self, fid: int, live: bool) -> bool:
+        """Clear `fid` here; `live`: as it comes (not a clear a restore found missed)."""
+        self.restored.discard(fid)
         self.homes.pop(fid, None)
         everywhere = fid in self.everywhere
         self.everywhere.discard(fid)
@@ -249,7 +268,8 @@ class ShardParts:
                 if e.get("kind") == "nic_down" and str(e.get("layer")) == nic
             ]
             last = self.live.get(nic)
-            self.live[nic] = LiveNic(last.last if last else None, cleared=True)
+            if live:
+                self.live[nic] = LiveNic(last.last if last else None, cleared=True)
             if everywhere and not self.everywhere.intersection(downs):
                 self.nics[nic] = True
         return True
@@ -261,6 +281,7 @@ class ShardParts:
         }
         self.engine.fault_clear(None)
         self.live.update(dict.fromkeys(downs | set(self.live), LiveNic(True, cleared=False)))
+        self.restored.clear()
         self.ownership.forget_all_faults()
         self.homes.clear()
         self.everywhere.clear()
@@ -437,20 +458,24 @@ async def restore_faults(cl: ClusterAPI) -> int:
     shard and lasts until cleared), under their ids and with their makers' shards. Called
     before the shard listens (no client of it sees a layer without its faults) and again once
     it is running (a fault made while it was starting was not mirrored to it: the supervisor
-    answers `down` for a shard not running yet); a fault it has already is left as it is.
-    A fault put into one shard only (`shard` key) goes with that shard's process.
+    answers `down` for a shard not running yet); a fault it has already is left as it is,
+    but one the first restore brought that none of the others lists at the second was
+    cleared meanwhile, and is cleared here too (the clear did not reach it either). A fault
+    put into one shard only (`shard` key) goes with that shard's process.
 
     Under a MUX, each NIC then is in or out of service as the `nic_down`s and `nic_up`s meant
     for every shard left it in the others (their `nics`, `ShardParts`): a `nic_up` acts at
     once and is not taken again, but a NIC it put back is back here too, and one a later
-    `nic_down` took out stays out (docs/faults.md `nic_up`). Done once the others have
-    answered, with nothing awaited between: what they answered is applied whole. Returns how
-    many faults were put here."""
+    `nic_down` took out stays out (docs/faults.md `nic_up`); a NIC a fault this shard took
+    once it listened put in or out stays as that fault left it (`ShardParts.live`: the
+    faults it missed came before). Done once the others have answered, with nothing awaited
+    between: what they answered is applied whole. Returns how many faults were put here."""
     others = [k for k in range(cl.count) if k != cl.index]
     replies = await cl.ask("faults", None, others)
     parts = {k: r.result for k, r in replies.items() if r.state == "ok"}
     restored = 0
-    for view in fault_table(parts).values():
+    table = fault_table(parts)
+    for view in table.values():
         if not (view.everywhere and view.active):
             continue
         mirror = {
@@ -466,8 +491,11 @@ async def restore_faults(cl: ClusterAPI) -> int:
             log.error("shard_fault_restore_failed", fault=view.id, error=str(err))
             continue
         restored += 1
-    nics = cl.local("nics_as", _nics_of(parts))
-    log.info("shard_faults_restored", faults=restored, nics=nics, shards=sorted(parts))
+    # nothing heard: nothing to set (what the shard took since is as it left it)
+    end: dict[str, Any] = {"cleared": [], "nics": {}}
+    if parts:
+        end = cl.local("restored", {"listed": sorted(table), "nics": _nics_of(parts)})
+    log.info("shard_faults_restored", faults=restored, shards=sorted(parts), **end)
     return restored
 
 
