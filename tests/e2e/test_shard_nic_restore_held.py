@@ -59,6 +59,8 @@ async def _held_restart(
     nothing) `act` through a client of it; then let shard 0 go and wait for shard 1's second
     restore, which hears from shard 0. Returns that client."""
     victim, held = await _pid(c0, 1), await _pid(c0, 0)
+    # shard 1's first process logged its two restores (the second once it ran) before these
+    await wait_until(lambda: _now(len(_restores(d)) >= 2), 30)
     before = len(_restores(d))
     os.kill(held, signal.SIGSTOP)
     try:
