@@ -4,8 +4,9 @@ disconnect, a capability it disables, `NetEventPause`.
 While one of these holds for a target, the host terminates every connection offloaded through it
 (one still being offloaded once its initiate completes) and offloads nothing new to it: below a
 MUX, new offloads go to the team's other NICs (the placement wish the MUX reads, [EMU]). A power
-change completes only once every such connection is back in the host (spec §6.2: the target
-holds `OID_PNP_SET_POWER` until every terminate completed); chimneyd has no OID path to the
+change completes only once every such connection is back in the host, and their path and
+neighbor with them (spec §6.2: the target holds `OID_PNP_SET_POWER` until every terminate
+completed); chimneyd has no OID path to the
 target, so the host records the moment and logs it (`host_power_change_complete`). Clearing the
 event lets offloads go to the target again; connections already uploaded stay in the host.
 """
@@ -188,11 +189,37 @@ def _names_below(layer: Layer) -> set[str]:
     return names
 
 
+def _objects_on(h: HostStack, target: str) -> bool:
+    """Whether a neighbor or path of the host's is still offloaded (or on its way in or out)
+    on `target` alone: one through a pass-through IM or straight to it. The host terminates
+    them after their connections, in a call of their own (`terminate.flush_terminates`, spec
+    §3.1, §5.5), and the target holds the power change until every terminate completed (spec
+    §6.2). Under a teaming MUX the host's object stands for copies on several NICs, which the
+    MUX terminates on `target` with their last connection there (`MuxIm._terminate_unused`)."""
+    for obj in h.all_objects():
+        if obj.lifecycle.phase is not Phase.IDLE and _leaves_below(obj.binding.lower) == {
+            target
+        }:
+            return True
+    return False
+
+
+def _leaves_below(layer: Layer) -> set[str]:
+    """The targets (layers with nothing below them) under `layer`."""
+    if not layer.lower_bindings:
+        return {layer.name}
+    names: set[str] = set()
+    for b in layer.lower_bindings:
+        names |= _leaves_below(b.lower)
+    return names
+
+
 def settled(h: HostStack) -> None:
     """After an offload or upload completed: a power change whose target has nothing of the
-    host's left on it completes now."""
+    host's left on it, connections (`_on`) and their path and neighbor (`_objects_on`),
+    completes now."""
     for target, withheld in h.withheld.items():
-        if withheld.power_pending and not _on(h, target):
+        if withheld.power_pending and not _on(h, target) and not _objects_on(h, target):
             withheld.power_pending = False
             withheld.power_complete = True
             withheld.power_complete_ns = h.ndis.clock()
