@@ -166,9 +166,10 @@ def test_a_connection_waiting_for_a_failed_neighbor_goes_under_a_fresh_one_once_
     None
 ):
     """A failed neighbor update (spec §3.4): the host uploads the neighbor's connections and
-    terminates it with the last. A connection offloaded meanwhile waits (nothing goes under
-    a failed object) — until that terminate is sent, not until it completes: then it goes
-    under a fresh neighbor, the old one's terminate still below."""
+    terminates it once they are back, in a call of its own (`terminate.flush_terminates`). A
+    connection offloaded meanwhile waits (nothing goes under a failed object) — until that
+    terminate is sent, not until it completes: then it goes under a fresh neighbor, the old
+    one's terminate still below."""
     rig = HostRig()
     host = rig.host
     first, _ = rig.open(remote=ADDRESS)
@@ -193,7 +194,7 @@ def test_a_connection_waiting_for_a_failed_neighbor_goes_under_a_fresh_one_once_
     rig.run()
     assert not later.done, "went under the neighbor whose update failed"
     assert host.describe()["waiting"] == [third]
-    # the second's offload completes; the host uploads it, the neighbor with it: held below
+    # the second's offload completes; the host uploads it, then the neighbor: that one held
     rig.scheduler.queue.append(initiate)
     terminate = _hold_next(rig, "MiniportTerminateOffload")
     rig.run()

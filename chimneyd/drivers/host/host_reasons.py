@@ -197,9 +197,7 @@ def _objects_on(h: HostStack, target: str) -> bool:
     §6.2). Under a teaming MUX the host's object stands for copies on several NICs, which the
     MUX terminates on `target` with their last connection there (`MuxIm._terminate_unused`)."""
     for obj in h.all_objects():
-        if obj.lifecycle.phase is not Phase.IDLE and _leaves_below(obj.binding.lower) == {
-            target
-        }:
+        if obj.lifecycle.phase is not Phase.IDLE and _leaves_below(obj.binding.lower) == {target}:
             return True
     return False
 
