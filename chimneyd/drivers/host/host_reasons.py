@@ -197,19 +197,9 @@ def _objects_on(h: HostStack, target: str) -> bool:
     §6.2). Under a teaming MUX the host's object stands for copies on several NICs, which the
     MUX terminates on `target` with their last connection there (`MuxIm._terminate_unused`)."""
     for obj in h.all_objects():
-        if obj.lifecycle.phase is not Phase.IDLE and _leaves_below(obj.binding.lower) == {target}:
+        if obj.lifecycle.phase is not Phase.IDLE and _nics_below(obj.binding.lower) == {target}:
             return True
     return False
-
-
-def _leaves_below(layer: Layer) -> set[str]:
-    """The targets (layers with nothing below them) under `layer`."""
-    if not layer.lower_bindings:
-        return {layer.name}
-    names: set[str] = set()
-    for b in layer.lower_bindings:
-        names |= _leaves_below(b.lower)
-    return names
 
 
 def settled(h: HostStack) -> None:
