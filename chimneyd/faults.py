@@ -282,16 +282,15 @@ def _host_event(engine: Engine, fault: Fault) -> None:
 
 
 def _nic_down(engine: Engine, fault: Fault) -> None:
-    mux, binding = engine.mux_above(fault.spec["layer"])
+    layer = fault.spec["layer"]
     # taken out again even if another nic_down holds it: a `nic_up` may have put it back
-    mux.inbox.push(mux.lower_down, (binding,))
+    engine.nic_in_service(layer, False)
     # back in service only when no nic_down of it is listed any more (as target_failure)
-    _undo_when_last(engine, fault, lambda: mux.inbox.push(mux.lower_up, (binding,)))
+    _undo_when_last(engine, fault, lambda: engine.nic_in_service(layer, True))
 
 
 def _nic_up(engine: Engine, fault: Fault) -> None:
-    mux, binding = engine.mux_above(fault.spec["layer"])
-    mux.inbox.push(mux.lower_up, (binding,))
+    engine.nic_in_service(fault.spec["layer"], True)
     fault.active = lambda: False
 
 
