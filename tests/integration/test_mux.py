@@ -15,7 +15,7 @@ import pytest
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import LayerConfig
-from tests.integration.support import accept_planted_bugs, eventually, fail_next
+from tests.integration.support import accept_planted_bugs, drained, eventually, fail_next
 
 
 def teaming(policy: str, nics: int = 3, room: int = 16384, im_under: bool = False) -> Any:
@@ -459,7 +459,7 @@ async def test_a_terminate_that_finds_corruption_is_repeated_through_the_mux(
     host terminates the connection again (spec §3.7), then its path and neighbor in a call of
     their own (`terminate.flush_terminates`), and the MUX must take those terminates as a NIC
     would. The engine fixture checks that every table drains, with no layer error or
-    violation."""
+    violation. Every terminate is counted exactly: a stray one fails the test."""
     engine = await make_engine(teaming("round-robin", nics=2), trace_depth=4096)
     conn = await engine.connect("127.0.0.1", echo_port)
     fail_next(engine, "nic0", "MiniportTerminateOffload", count=count)
@@ -468,10 +468,22 @@ async def test_a_terminate_that_finds_corruption_is_repeated_through_the_mux(
     # the connection's: each failure, then success
     mine = [h for h in hops(engine, conn) if h[:2] == ("nic0", "NdisMTerminateOffloadComplete")]
     assert len(mine) == count + 1, hops(engine, conn)
-    # and the MUX's corrupt copies of the path and neighbor: with the connection's last one,
-    # or after it on their own, as their retry (`MuxIm._corrupt_again`) falls
-    calls = engine.ndis.stats()["nic0"]["calls"]
-    assert calls["NdisMTerminateOffloadComplete"] in (count + 1, count + 2), calls
+    # the host's two steps: the connection, once per failure and once more, then its path and
+    # neighbor in a call of their own (`terminate.flush_terminates`), counted once every
+    # table is empty: the last of them may still be below when the close answers
+    stats = await drained(engine)
+    assert stats["tcpip"]["calls"]["NdisTerminateOffload"] == count + 2, stats["tcpip"]
+    assert stats["team0"]["calls"]["NdisMTerminateOffloadComplete"] == count + 2, stats["team0"]
+    # the MUX's copies of the path and neighbor on nic0 go with the connection's terminate, and
+    # fail with it. Failed once, they go again with the connection's next, which completes all
+    # three; failed twice, they wait for their retry (`MuxIm._corrupt_again`, a second at
+    # least) and the connection's third goes alone: the host's terminate of the path and
+    # neighbor takes them down then, in one call more (`MuxIm._terminate`, spec §3.1)
+    down = count + 1 + (1 if count >= 2 else 0)
+    assert stats["team0"]["calls"]["NdisTerminateOffload"] == down, stats["team0"]
+    calls = stats["nic0"]["calls"]
+    assert calls["NdisMTerminateOffloadComplete"] == down, calls
+    assert "NdisMTerminateOffloadComplete" not in stats["nic1"]["calls"], stats["nic1"]
 
 
 async def test_a_terminate_that_fails_on_one_nic_of_a_split_call_is_repeated(
