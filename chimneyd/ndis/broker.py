@@ -468,6 +468,14 @@ _STATE_OPS = {
 }
 
 
+def _walk_key(block: OffloadBlock) -> int:
+    """A TCP block's initiate walk: its TCP_OFFLOAD_STATE_CONST, the same at every layer
+    (spec §1.6: an IM passes the state structures down as they are); the block itself
+    without one."""
+    const = block.const
+    return id(const if const is not None else block)
+
+
 class Ndis:
     """One NDIS instance: the layers, their bindings, and the routing of chimney calls."""
 
@@ -483,6 +491,10 @@ class Ndis:
         self.layers: dict[str, Layer] = {}
         self.bindings: list[Binding] = []
         self.observer: BrokerObserver | None = None
+        # [EMU] per initiate walk, by the connection's TCP_OFFLOAD_STATE_CONST, which goes
+        # down the same at every layer (spec §1.6): the lowest layer whose completion failed
+        # it, from that completion until the walk's completion reaches the top layer
+        self._failed_at: dict[int, str] = {}
 
     # -- topology -----------------------------------------------------------------------------
     def register(self, layer: Layer) -> None:
@@ -945,10 +957,10 @@ class Ndis:
                 handle.trace.record(
                     binding.lower.name, miniport_call, 0, ctx.id if ctx is not None else 0
                 )
-                if op == "Initiate" and block.kind is BlockKind.TCP:
-                    handle.trace.failed_at = None  # this initiate's completion will say
             # outstanding send data travels down with the tree (spec §3.2.5)
             if block.kind is BlockKind.TCP and op == "Initiate":
+                handle.failed_at = None  # this initiate's completion will say
+                self._failed_at.pop(_walk_key(block), None)
                 chain = list(iter_chain(block.net_buffer_list_chain))
                 for nbl in chain:
                     nbl.source_bindings.append(binding)
@@ -983,15 +995,15 @@ class Ndis:
                 handle.trace.record(upper.name, protocol_call, handle.id, 0, 0, block.status)
             if op == "Initiate":
                 offloaded = block.status in OFFLOADED_STATUSES
-                if (
-                    not offloaded
-                    and block.kind is BlockKind.TCP
-                    and handle.trace is not None
-                    and handle.trace.failed_at is None
-                ):
+                if block.kind is BlockKind.TCP:
                     # the lowest layer that failed the connection: the layers above pass its
-                    # status up (spec §3.2.4); `tcp.info`'s `offload_refused` names it
-                    handle.trace.failed_at = caller.name
+                    # status up (spec §3.2.4); `tcp.info`'s `offload_refused` names it. Each
+                    # layer's handle gets it; a layer sees only its own (spec §2)
+                    key = _walk_key(block)
+                    if not offloaded:
+                        handle.failed_at = self._failed_at.setdefault(key, caller.name)
+                    if not upper.has_miniport_edge:
+                        self._failed_at.pop(key, None)  # the walk is over at the top
                 if (
                     handle.ndis_reserved is binding
                     and not offloaded

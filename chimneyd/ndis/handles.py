@@ -23,12 +23,14 @@ class NdisOffloadHandle:
     A protocol edge (host TCB or IM offload entry) owns one per offloaded object. The slot
     `miniport_offload_context` is the cell the layer below fills at initiate with its own
     context; NDIS reads it to route I/O down (spec §1.5 [EMU]). `ndis_reserved` is where NDIS
-    keeps the binding the object was offloaded through. `owner` is the protocol edge's own
+    keeps the binding the object was offloaded through, and `failed_at` the layer whose
+    initiate completion failed the connection (`Ndis._state_complete`). `owner` is the protocol edge's own
     context (the TCB or IM entry): a container-of, used only by the layer that owns the handle.
     """
 
     __slots__ = (
         "dead",
+        "failed_at",
         "id",
         "layer",
         "miniport_offload_context",
@@ -43,6 +45,10 @@ class NdisOffloadHandle:
         self.owner = owner
         self.miniport_offload_context: Any = None
         self.ndis_reserved: Any = None  # the binding the object was offloaded through
+        # [EMU] NDIS-private too: the lowest layer whose completion failed the connection's
+        # last initiate below this handle (None: none did); what `tcp.info`'s
+        # `offload_refused` names (`adapter.refused`)
+        self.failed_at: str | None = None
         self.trace = trace
         self.dead = False
 

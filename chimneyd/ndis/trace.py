@@ -101,7 +101,6 @@ class HopTrace:
         "clock",
         "conn_id",
         "depth",
-        "failed_at",
         "packed",
         "rec",
         "seq",
@@ -123,11 +122,6 @@ class HopTrace:
         # below it (the trace travels with the connection's handle at every layer). None: no
         # wish, the MUX's policy places it
         self.wish: PlacementWish | None = None
-        # [EMU] not NDIS: the layer whose initiate completion failed the connection's block
-        # first since its block last went down (the lowest: completions go up, spec §3.2.4),
-        # kept by NDIS as it reads the completion (`Ndis._state_complete`), exact however
-        # short the ring: what `tcp.info`'s `offload_refused` names (`adapter.refused`)
-        self.failed_at: str | None = None
 
     def record(
         self,

@@ -180,11 +180,12 @@ def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) ->
     completion, else by the host before the initiate went down): kept for `tcp.info`'s
     `offload_refused` until an offload succeeds (`refusal_info`). The error and the layer
     that refused it, as known now: the host itself, or the lowest layer whose initiate
-    completion failed the connection, which NDIS noted on its trace as it read that
-    completion (`HopTrace.failed_at`; None if none did: a block left out, spec §6.3 [EMU]).
-    A RESUME may see thousands refused in one completion: a small tuple each, nothing read
-    back from the trace, whose ring may have rolled over by the time `tcp.info` asks."""
-    tcb.offload_refused = (error, tcb.trace.failed_at if completed else h.name)
+    completion failed the connection, which NDIS noted on the host's handle as it read that
+    completion (`NdisOffloadHandle.failed_at`; None if none did: a block left out, spec
+    §6.3 [EMU]). A RESUME may see thousands refused in one completion: a small tuple each,
+    nothing read from the hop trace, which is for watching (`engine.trace_depth`)."""
+    handle = tcb.handle
+    tcb.offload_refused = (error, (handle.failed_at if handle else None) if completed else h.name)
 
 
 def refusal_info(tcb: Tcb) -> dict[str, Any] | None:
