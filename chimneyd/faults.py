@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import MAX_LAYER_NAME
 from chimneyd.drivers.base import Delay, DriverLayer, FailNext, RaiseNext
+from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.status import (
     INITIATE_BLOCK_STATUSES,
     OFFLOADED_STATUSES,
@@ -272,13 +274,35 @@ def _retrieve(engine: Engine, fault: Fault) -> None:
 
 
 def _host_event(engine: Engine, fault: Fault) -> None:
-    target = engine.target_layer(fault.spec["layer"]).name
-    event = fault.spec["event"]
-    engine.post_host(engine.host.host_event, target, event, True)
+    nic = engine.target_layer(fault.spec["layer"])
+    target, event = nic.name, fault.spec["event"]
+    # [EMU] a NIC of a team: its condition reaches the MUX bound on it too, at the start and
+    # at the clear (`MuxIm.lower_withheld`), pushed now, so a rebalance asked after the
+    # clear finds the NIC free. The host hears after it (spec §6.2); its offloads meanwhile
+    # say nothing the MUX goes by for a NIC it was told of
+    team = _team_above(nic)
+
+    def tell(on: bool) -> None:
+        if team is not None:
+            mux, binding = team
+            mux.inbox.push(mux.lower_withheld, (binding, event, on))
+        engine.post_host(engine.host.host_event, target, event, on)
+
+    tell(True)
     # the event ends for the target only when no host_event of it is listed any more
-    _undo_when_last(
-        engine, fault, lambda: engine.post_host(engine.host.host_event, target, event, False)
-    )
+    _undo_when_last(engine, fault, lambda: tell(False))
+
+
+def _team_above(layer: DriverLayer) -> tuple[MuxIm, Binding] | None:
+    """The MUX `layer` (a NIC) is bound under, directly or through IMs, and its binding to
+    the side `layer` is on; None when no MUX is above it."""
+    for binding in layer.upper_bindings:
+        upper = binding.upper
+        if isinstance(upper, MuxIm):
+            return upper, binding
+        if isinstance(upper, DriverLayer) and (found := _team_above(upper)) is not None:
+            return found
+    return None
 
 
 def _nic_down(engine: Engine, fault: Fault) -> None:

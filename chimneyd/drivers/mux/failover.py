@@ -321,11 +321,9 @@ def _barred(
     withheld are not read from there: the wish on a connection's trace is as old as its
     offload, and a reason the host took up since (a `host_event` on nic0 uploads nic0's
     connections, and leaves the others' wishes without nic0) or cleared since would be
-    missed. The host's reasons hold per NIC, for every connection alike (`host_reasons`),
-    and the MUX hears of them only through offloads: the newest offload's wish
-    (`MuxIm.host_avoid`) is the best it has. A reason cleared since that offload still keeps
-    plans off the NIC (a move missed, nothing asked up for nothing) until the next offload
-    says so."""
+    missed. The host's reasons hold per NIC, for every connection alike (`host_reasons`):
+    `MuxIm.host_avoid`, as the NIC's indications told the MUX at each reason's start and
+    clear (`MuxIm.lower_withheld`), else as the newest offload's wish said."""
     path = entry.path
     avoid = path.avoid | path.parent.avoid if path.parent is not None else path.avoid
     if (path.id, lower.binding.id) in lingering or lower.binding.id in avoid:

@@ -49,7 +49,7 @@ from .objects import (
     MuxConnection,
     VirtualObject,
 )
-from .placement import Fit, Placement, fit_of, usable
+from .placement import Fit, Placement, fit_of, nics_below, usable
 from .trees import LowerTree, MuxCall, mirror_block
 
 S = NdisStatus
@@ -100,10 +100,14 @@ class MuxIm(PassthroughIm):
         # held: the retry is the same initiate, and keeps that choice (`_initiate`)
         self.held_placements: dict[int, dict[int, Lower]] = {}
         # [EMU] the NICs the host withholds (`host_event`), as its last offload's placement
-        # wish said: the host's reasons hold per NIC, for all its connections alike, and the
-        # MUX hears of them only through offloads. A rebalance plans onto none of them
-        # (`failover._barred`), whatever the older wishes of the connections it moves said
-        self.host_avoid: frozenset[str] = frozenset()
+        # wish said: the host's reasons hold per NIC, for all its connections alike. A
+        # rebalance plans onto none of them (`failover._barred`, through `host_avoid`),
+        # whatever the older wishes of the connections it moves said
+        self.wished_avoid: frozenset[str] = frozenset()
+        # [EMU] NIC name -> the conditions behind the host's reasons that hold for it now, as
+        # the NIC's own indications told the MUX (`lower_withheld`): for a NIC told of, this
+        # and not an offload's wish, which may be older than the last indication, says
+        self.withheld_below: dict[str, frozenset[str]] = {}
         self.indicating: dict[int, Lower] = {}  # NBL id -> NIC, while its indication is up
         self.returns_to: dict[int, Lower] = {}  # NBL id -> NIC, held above until returned
         self.params: NdisTcpConnectionOffloadParameters | None = None
@@ -129,6 +133,15 @@ class MuxIm(PassthroughIm):
         # a rebalance asked while a NIC just back had its capabilities read: it runs once
         # they are in (`failover.rebalance`)
         self.rebalance_asked = False
+
+    @property
+    def host_avoid(self) -> frozenset[str]:
+        """The NICs the host withholds, for a rebalance's plans [EMU]: those the NICs' own
+        indications say are held (`lower_withheld`), and of the others those the newest
+        offload's placement wish names."""
+        told = self.withheld_below
+        held = frozenset(nic for nic, events in told.items() if events)
+        return held | frozenset(nic for nic in self.wished_avoid if nic not in told)
 
     def keeps(self, root: OffloadBlock) -> bool:
         """Passed on (a call entry, or a step of a next-hop change), or deferred until the
@@ -170,7 +183,7 @@ class MuxIm(PassthroughIm):
         for up in walk(root):  # in the host's order: a held initiate, retried, is older
             if up.kind is BlockKind.TCP and up.role() is not BlockRole.PLACEHOLDER:
                 wish = _wish(up)
-                self.host_avoid = wish[1] if wish is not None else frozenset()
+                self.wished_avoid = wish[1] if wish is not None else frozenset()
         if not self._initiate(root):
             self.deferred.append(("Initiate", root))
 
@@ -1298,6 +1311,28 @@ class MuxIm(PassthroughIm):
         """`nic_up`: the NIC is in service again; new connections may go to it."""
         failover.put_back(self, self.lowers[binding.id])
 
+    def lower_withheld(self, binding: Binding, event: str, on: bool) -> None:
+        """[EMU] A condition behind one of the host's reasons to keep its connections off the
+        NIC below `binding` starts (`on`) or ends: a media disconnect, a power change away
+        from D0, a capability disabled, a `NetEventPause` (spec §6.2). NDIS tells each of
+        them first to the protocol bound on the NIC, the MUX (a link-state status
+        indication, spec §5.5, §6.2 "the target only indicates link status"; a PnP event
+        for power and pause), and the host hears of a NIC under a team only through it.
+        chimneyd has no link-state or PnP path, so the `host_event` fault gives it to the
+        MUX at its start and its clear, as `nic_down` and `nic_up` give theirs.
+
+        The end is what the MUX could not learn otherwise: no offload follows a clear
+        until the host has something to offload, and until then a rebalance left the NIC
+        out (`failover._barred`). Nothing else changes: the host's own offloads keep their
+        connections off a NIC while its reason holds, whatever the MUX knows."""
+        name = _nic_name(binding)
+        events = set(self.withheld_below.get(name, frozenset()))
+        if on:
+            events.add(event)
+        else:
+            events.discard(event)
+        self.withheld_below[name] = frozenset(events)
+
     def rebalance(self) -> None:
         """Move connections so the NICs in service carry as even a load as can be."""
         failover.rebalance(self)
@@ -1437,6 +1472,12 @@ def _key(parents: dict[int, OffloadBlock], tcp: OffloadBlock) -> Key:
             src, dst = vobj.const.SourceAddress, vobj.const.DestinationAddress
     const = tcp.const
     return (src, const.LocalPort if const else 0, dst, const.RemotePort if const else 0)
+
+
+def _nic_name(binding: Binding) -> str:
+    """The NIC below a MUX's binding (one: its lower is a NIC or IMs over one)."""
+    (name,) = nics_below(binding.lower)
+    return name
 
 
 def _wish(up: OffloadBlock) -> PlacementWish | None:

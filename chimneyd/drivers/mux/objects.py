@@ -201,8 +201,8 @@ class MuxConnection(ImOffloadEntry):
         self.asked = NOT_ASKED
         # [EMU] the host's placement wish as its offload of the connection carried it: its pin
         # (the NIC the application pinned it to) keeps a rebalance from moving it
-        # (`failover._barred`); for the NICs the host withholds the MUX reads the newest
-        # offload's (`MuxIm.host_avoid`). Kept from that offload, not read again from the
-        # trace: the MUX knows of the host's wishes only what an offload told it
+        # (`failover._barred`); for the NICs the host withholds the MUX reads
+        # `MuxIm.host_avoid` (what the NICs' indications told it). Kept from that offload,
+        # not read again from the trace: the MUX knows of the pin only what an offload told it
         # (docs/architecture.md, "A pin and the host's reasons reach the placement")
         self.wish: PlacementWish | None = None
