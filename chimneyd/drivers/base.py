@@ -20,6 +20,8 @@ from chimneyd.ndis.handles import HandleTable, NdisOffloadHandle
 from chimneyd.ndis.nbl import NetBufferList, iter_chain
 from chimneyd.ndis.status import NdisStatus
 
+from .fin_wait_2 import spend_held, ticks_per_second
+
 
 class TimerHandle(Protocol):
     def cancel(self) -> None: ...
@@ -361,6 +363,9 @@ class DriverLayer(Layer):
             return False
         now = self.ndis.clock()
         due = now + (delay.ms * 1_000_000 if delay else 0)
+        if call == "MiniportInitiateOffload":
+            # its FIN_WAIT_2 timers run while it is held (spec §8, `spend_held`)
+            fn = functools.update_wrapper(functools.partial(_spend_then, fn, now), fn)
         if self._held:
             due = max(due, self._held[-1][0])
         self._held.append((due, delay.fault_id if delay else 0, call, fn, args))
@@ -394,6 +399,12 @@ class DriverLayer(Layer):
         finally:
             self._releasing = False
             self._schedule_release()
+
+
+def _spend_then(fn: Callable[..., Any], since: int, layer: DriverLayer, root: OffloadBlock) -> None:
+    """A held initiate released: what it was held comes off its FIN_WAIT_2 timers first."""
+    spend_held(root, layer.ndis.clock() - since, ticks_per_second(layer))
+    fn(layer, root)
 
 
 def conns_in(args: tuple[Any, ...]) -> set[int]:

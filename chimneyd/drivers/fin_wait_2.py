@@ -11,7 +11,11 @@ in a connection's record, nothing armed in any other state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from chimneyd.ndis.blocks import BlockKind, OffloadBlock, TcpOffloadStateDelegated, walk
+from chimneyd.ndis.oid import NdisTcpConnectionOffloadParameters
+from chimneyd.ndis.status import TcpOffloadConnectionState
 
 if TYPE_CHECKING:
     from .base import TimerHandle
@@ -22,6 +26,8 @@ NS = 1_000_000_000
 #: segment.
 FIN_WAIT_2_NS = 120 * NS
 _TCP_CLOSE = 7  # tcpi_state of a socket the kernel has closed
+#: The ticks a layer that was never told the host's parameters counts in (spec §8's default).
+_DEFAULT_TICKS = NdisTcpConnectionOffloadParameters().TicksPerSecond
 
 
 class FinWait2Timer:
@@ -60,3 +66,36 @@ def heard_by_kernel(wire: WirePort, reading_stopped: bool, timer: FinWait2Timer,
             if kernel_ns > timer.since_ns:
                 timer.heard_ns = max(timer.heard_ns, kernel_ns)
     return timer.heard_ns
+
+
+def spend_held(root: OffloadBlock, held_ns: int, ticks_per_second: int) -> None:
+    """A layer that held an initiate `held_ns` before it passed it on (an IM's or a NIC's
+    `delay`, a MUX waiting for a NIC's capabilities or a copy to settle) takes that time off
+    the FIN_WAIT_2 timer each connection in it hands down in `RetransmitTimeoutDelta`.
+
+    [INF] Spec §8: the timer runs 120 s from the last acceptable segment, and nothing but a
+    segment restarts it; the delta is what was left when the host read it. NDIS sends no
+    clock down with it, so the target counts the delta from its own `MiniportInitiateOffload`,
+    and a hold above it put the expiry off by as long. The layer that holds the state
+    structures knows how long, and fills in what is left in place, as it passes the same
+    structures down (spec §1.6); a timer spent by then expires at once at the target. -1 (no
+    timer ran at the host: a fresh one at the offload) stays as it is."""
+    spent = held_ns * ticks_per_second // NS
+    if spent <= 0:
+        return
+    for block in walk(root):
+        d = block.delegated
+        if (
+            block.kind is BlockKind.TCP
+            and isinstance(d, TcpOffloadStateDelegated)
+            and d.State == TcpOffloadConnectionState.TcpConnectionFinWait2
+            and d.RetransmitTimeoutDelta >= 0
+        ):
+            d.RetransmitTimeoutDelta = max(0, d.RetransmitTimeoutDelta - spent)
+
+
+def ticks_per_second(layer: Any) -> int:
+    """The `TicksPerSecond` the host set on `layer` (a target's, a MUX's parameters), else
+    spec §8's default."""
+    params = getattr(layer, "params", None)
+    return params.TicksPerSecond if params is not None else _DEFAULT_TICKS

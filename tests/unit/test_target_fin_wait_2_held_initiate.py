@@ -3,17 +3,14 @@ initiate (docs/spec.md §8, the FIN_WAIT_2 paragraphs; the timer table's `Retran
 
 The host hands down what is left of its timer in `RetransmitTimeoutDelta`, read when it builds
 the initiate. A layer between it and the target may hold that initiate: an IM under a `delay`
-fault, a teaming MUX waiting for a NIC's capabilities (spec §5.5), the broker's queue. NDIS
-carries no clock with the delegated state, so the target cannot tell how long the initiate was
-held: spec §8 has it arm its timer "at an offload in FIN_WAIT_2 with what
-`RetransmitTimeoutDelta` says", on its own clock, from its own `MiniportInitiateOffload`; and
-while the initiate is below the host's own timer "waits for the initiate: the target times the
-connection out if it takes it". So the hold puts the target's expiry off by its length: these
-tests pin that, through each kind of layer that holds an initiate.
+fault, a teaming MUX waiting for a NIC's capabilities (spec §5.5). The timer runs 120 s from the
+peer's last acceptable segment, and only a segment restarts it (spec §8): a hold does not. NDIS
+carries no clock with the delegated state, so the layer that held the initiate takes the time
+it held it off the delta it passes down (`fin_wait_2.spend_held`) [INF], and the target times
+the connection out when the host's timer would have, not later by the hold.
 
-A NIC that queues an initiate itself while paused (spec §5.5) is different: the initiate has
-reached it, and its clock runs from that `MiniportInitiateOffload`, not from the RESUME that
-lets it offload the connection.
+A NIC that queues an initiate itself while paused (spec §5.5) counts from the initiate's arrival
+too, not from the RESUME that lets it offload the connection.
 
 The real host stack over real targets, on MemoryWires, with the invariant checker on; the
 clock is the rig's `ManualClock` (no sockets, no sleeps)."""
@@ -70,29 +67,48 @@ def _drained(rig: HostRig, conn: int) -> None:
     assert rig.clock.pending == 0, "a timer left armed"
 
 
-def test_an_im_delaying_the_initiate_puts_the_expiry_off_by_the_delay() -> None:
-    """host → IM (`delay` of `MiniportInitiateOffload`, 40 s) → NIC. Offloaded 30 s into
-    FIN_WAIT_2 with 90 s left, the initiate reaches the NIC 40 s later: it times the
-    connection out 90 s after that (160 s after the ACK of our FIN), not at 120 s."""
-    rig = HostRig(im=True)
-    conn = _host_in_fin_wait_2(rig)
+def _im_holding(rig: HostRig, conn: int, held_s: float) -> Reply:
+    """host → IM (`delay` of `MiniportInitiateOffload`, `held_s`) → NIC: the host offloads
+    the connection, and the IM holds the initiate that long."""
     im = rig.ndis.layers["im-nic0"]
-    im.arm_fault(Delay(1, "MiniportInitiateOffload", int(HELD_S * 1000)))
+    im.arm_fault(Delay(1, "MiniportInitiateOffload", int(held_s * 1000)))
     offload = Reply()
     rig.host.app_offload(conn, None, offload)
     rig.run()
     assert not offload.done and list(rig.target.connections()) == [], "the IM did not hold it"
-    rig.advance(HELD_S)
+    rig.advance(held_s)
+    return offload
+
+
+def test_an_im_delaying_the_initiate_does_not_put_the_expiry_off() -> None:
+    """Offloaded 30 s into FIN_WAIT_2 with 90 s left, the initiate reaches the NIC 40 s
+    later: it times the connection out 50 s after that, 120 s after the ACK of our FIN (not
+    90 s after, at 160 s)."""
+    rig = HostRig(im=True)
+    conn = _host_in_fin_wait_2(rig)
+    offload = _im_holding(rig, conn, HELD_S)
     _offloaded(rig, conn, offload)
-    _expires_after(rig, conn, LEFT_S)
+    _expires_after(rig, conn, LEFT_S - HELD_S)
     _drained(rig, conn)
 
 
-def test_a_mux_holding_the_initiate_puts_the_expiry_off_by_the_hold() -> None:
+def test_an_im_holding_the_initiate_past_the_timer_has_it_time_out_at_once() -> None:
+    """Held 100 s against 90 s left: the host's timer fell due with the initiate below and
+    waited for it (spec §8); the NIC takes the connection and times it out at once."""
+    rig = HostRig(im=True)
+    conn = _host_in_fin_wait_2(rig)
+    offload = _im_holding(rig, conn, LEFT_S + 10)
+    assert offload.done and offload.error is None, offload
+    rig.advance(0.5)
+    assert _retrieves(rig, conn) == ["TimeoutExpiration"], "not timed out at once"
+    _drained(rig, conn)
+
+
+def test_a_mux_holding_the_initiate_does_not_put_the_expiry_off() -> None:
     """host → MUX → nic0, nic1. nic1 is back (RESUME) and the MUX asks its capabilities; the
     answer is held below for 40 s, and the MUX holds the initiate until it comes (it places
     no connection before it knows what each NIC carries). The NIC that takes the connection
-    times it out 90 s after it took it, not 90 s after the host built the initiate."""
+    times it out 90 s after the host built the initiate, 50 s after it took it."""
     rig, mux = _team()
     conn = _host_in_fin_wait_2(rig)
     nic1 = rig.targets["nic1"]
@@ -108,7 +124,7 @@ def test_a_mux_holding_the_initiate_puts_the_expiry_off_by_the_hold() -> None:
     rig.release(asked)
     _offloaded(rig, conn, offload)
     assert _carrier(rig) in ("nic0", "nic1")
-    _expires_after(rig, conn, LEFT_S)
+    _expires_after(rig, conn, LEFT_S - HELD_S)
     _drained(rig, conn)
 
 

@@ -35,6 +35,7 @@ from chimneyd.ndis.status import (
 )
 from chimneyd.ndis.trace import PlacementWish
 
+from .. import fin_wait_2
 from ..base import Timers, downcall
 from ..passthrough import ImOffloadEntry, PassthroughIm
 from ..queues import NO_ITEMS, grown
@@ -99,6 +100,9 @@ class MuxIm(PassthroughIm):
         # id(held initiate's root) -> id(its TCP block) -> the NIC chosen for it before it was
         # held: the retry is the same initiate, and keeps that choice (`_initiate`)
         self.held_placements: dict[int, dict[int, Lower]] = {}
+        # id(held initiate's root) -> the clock when the MUX first held it: the FIN_WAIT_2
+        # timers it hands down ran meanwhile (`fin_wait_2.spend_held`, spec §8)
+        self.held_since: dict[int, int] = {}
         # [EMU] the NICs the host withholds (`host_event`), as its last offload's placement
         # wish said: the host's reasons hold per NIC, for all its connections alike. A
         # rebalance plans onto none of them (`failover._barred`, through `host_avoid`),
@@ -186,6 +190,7 @@ class MuxIm(PassthroughIm):
                 self.wished_avoid = wish[1] if wish is not None else frozenset()
         if not self._initiate(root):
             self.deferred.append(("Initiate", root))
+            self.held_since[id(root)] = self.ndis.clock()
 
     def _initiate(self, root: OffloadBlock) -> bool:
         """Split and send the tree; False (nothing changed) when an object it needs on the
@@ -265,6 +270,11 @@ class MuxIm(PassthroughIm):
             low = mirror_block(up, entry.handle)
             call.tree(lower).connection_block(entry, low)
             call.link(up, low, entry)
+        since = self.held_since.pop(id(root), None)
+        if since is not None:
+            fin_wait_2.spend_held(
+                root, self.ndis.clock() - since, fin_wait_2.ticks_per_second(self)
+            )
         self._send(call, self.ndis.NdisInitiateOffload)
         return True
 

@@ -140,7 +140,7 @@ def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
     from `arrived_ns`, when it reached the NIC: its timer, just armed with what
     `RetransmitTimeoutDelta` says, counts from then (spec §8: the target's clock, from its
     initiate). Due already, it expires at once. [INF] A layer above that held the initiate
-    (an IM, a MUX) cannot be counted: NDIS hands the target no clock with the delta."""
+    (an IM, a MUX) took its hold off the delta already (`fin_wait_2.spend_held`)."""
     timer = t.fin_wait_2.get(c.id)
     if timer is None or forward_owed(c):
         return  # the peer was heard after the delta was read: `fin_wait_2_at_offload`
