@@ -170,10 +170,10 @@ def offloaded_late(mux: MuxIm, entries: list[MuxConnection]) -> None:
 
 def _initiating_on(mux: MuxIm, lower: Lower) -> list[MuxConnection]:
     """The connections of initiates in flight that the MUX placed on `lower`."""
-    return [e for e in _initiating(mux) if e.lower is lower.binding]
+    return [e for e in initiating(mux) if e.lower is lower.binding]
 
 
-def _initiating(mux: MuxIm) -> list[MuxConnection]:
+def initiating(mux: MuxIm) -> list[MuxConnection]:
     """The connections of initiates in flight, each placed on a NIC."""
     return [
         obj
@@ -243,7 +243,7 @@ def rebalance(mux: MuxIm) -> None:
     counts = {lo.binding.id: len(by_lower[lo.binding.id]) for lo in lowers}
     # placed by initiates still below (a failover's connections offloaded again at the
     # RESUME): not in the table yet, so not movable, but on their NIC in a moment
-    for entry in _initiating(mux):
+    for entry in initiating(mux):
         if entry.lower.id in counts:
             counts[entry.lower.id] += 1
     # not onto a NIC whose copy of the connection's path hangs under another neighbor's copy
@@ -356,7 +356,8 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
 
     It lingers when another connection keeps it that the RESUME does not wait for (found
     corrupt, living on until the layer above terminates it again, spec §3.7; one the layer
-    above is terminating on its own, or its NIC asked up); when it was found corrupt itself
+    above is terminating on its own, or its NIC asked up; one whose initiate is in flight,
+    asked up only once it completes, `relink._undone`); when it was found corrupt itself
     (FAILED, waiting for its next terminate, `MuxIm._corrupt_again`); and when its NIC,
     failed, holds its offload until its RESUME (OFFLOADING)."""
     from .mux import _copies_above  # mux imports this module
@@ -374,7 +375,9 @@ def _lingering(mux: MuxIm, leaving: set[MuxConnection]) -> set[tuple[int, int]]:
         for key, inst in stray.items()
         if inst.lifecycle.phase in (Phase.OFFLOADING, Phase.FAILED)
     }
-    for c in mux.connections():
+    # one whose initiate is in flight keeps it too: asked up once the initiate completes
+    # (`offloaded_late`), which the RESUME does not wait for
+    for c in [*mux.connections(), *initiating(mux)]:
         if c in leaving:
             continue
         for inst in _copies_above(c):

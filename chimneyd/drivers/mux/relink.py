@@ -450,6 +450,14 @@ def _undone(mux: MuxIm, rl: Relink) -> None:
             stray += [
                 c for c in mux.connections() if c.path is move.path.vobj and c.lower is binding
             ]
+            # one whose initiate is in flight (not in the table until it completes above)
+            # goes too, once it has completed (`failover.offloaded_late`): offloaded under
+            # the stray copy, it was asked up by nothing
+            mux.owed.update(
+                c
+                for c in failover.initiating(mux)
+                if c.path is move.path.vobj and c.lower is binding
+            )
     finish(mux, rl)
     failover.strays(mux, stray)
 
