@@ -32,7 +32,8 @@ from .parsing import (
 from .plan import Plan, make_plan
 from .preflight import NotReady, check_topology, daemon_info, info_layers, spawn_layers
 from .procs import raise_nofile_limit
-from .render import ProgressLine, render_report
+from .render import ProgressLine, not_judged_verdict, render_report
+from .report import exit_status
 
 EPILOG = (
     FAULT_HELP
@@ -47,7 +48,7 @@ layer error the daemon reports beyond one of each per bug raise_next planted (st
 daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer
 connections held than asked because of the open-file limit (--allow-fd-cap). A check the soak's own
 probe could not make (no room for it on its NIC) is said "not judged" (the verdict line; with
---quiet, on stderr; JSON not_judged) and fails nothing.
+--quiet, on stderr; JSON not_judged) and fails nothing, unless --fail-not-judged (exit status 3).
 invariants: the spawned daemon runs with --invariants: any violation it counts beyond the bugs
 raise_next planted fails the run, and so does its reporting no count at all; a --rpc daemon
 started without it reports no count: the report then says "not checked", which is not a
@@ -59,7 +60,8 @@ logs: stdout and stderr of the daemon and echo peers the soak spawned (--logs DI
 before anything starts: a --rpc daemon must answer, and each layer fault must find its layer in
 the daemon's topology (nic_down, rebalance need a mux: e.g. --daemon-config deploy/teaming.toml).
 exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, no daemon answering at
---rpc, or a fault the topology cannot take; 130 interrupted.
+--rpc, or a fault the topology cannot take; 3 a pass with checks not judged under
+--fail-not-judged; 130 interrupted.
 """
 )
 
@@ -278,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not fail when the open-file limit held the run below --connections",
     )
+    p.add_argument(
+        "--fail-not-judged",
+        action="store_true",
+        help="exit 3 (not 0) when the run found nothing wrong but left checks of the soak's own "
+        "probes not judged (no room for them on their NIC): for CI that must judge every fault "
+        "it scheduled. A run that failed still exits 1",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no live line, no table")
     p.add_argument(
         "--json",
@@ -379,20 +388,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         render_report(report, Console(stderr=args.json == "-"))
     elif report["ok"] and report.get("not_judged"):
         # no table to say it on its verdict line: a pass that judged less than its faults
-        # asked is still said (exit 0: its probes' lack of room is no fault of the daemon's)
-        unjudged = report["not_judged"]
-        count = report.get("not_judged_count", len(unjudged))
-        print(
-            f"chimney-soak: PASS with {count} check(s) of the soak's own probes not "
-            "judged: " + "; ".join(unjudged),
-            file=sys.stderr,
-        )
+        # asked is still said (exit 0: its probes' lack of room is no fault of the daemon's;
+        # 3 with --fail-not-judged)
+        print(f"chimney-soak: {not_judged_verdict(report)}", file=sys.stderr)
     if args.json:
         text = json.dumps(report, indent=2, sort_keys=True, default=str)
         if args.json == "-":
             print(text)
         else:
             Path(args.json).write_text(text + "\n")
-    if report.get("interrupted"):
-        return 130
-    return 0 if report["ok"] else 1
+    return exit_status(report)

@@ -450,6 +450,7 @@ class Phases:
             allow_rss_growth=args.allow_rss_growth,
             rss_measured=not args.no_rss,
             allow_fd_cap=args.allow_fd_cap,
+            fail_not_judged=args.fail_not_judged,
         )
 
 

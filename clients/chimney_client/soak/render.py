@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .report import fault_brief, planted_bugs
+from .report import NOT_JUDGED_EXIT, fault_brief, planted_bugs
 
 
 def _mb(n: int) -> str:
@@ -47,6 +47,19 @@ def _host_mode(report: dict[str, Any]) -> str:
 
 def _per(counts: dict[str, int]) -> str:
     return ", ".join(f"#{k} {v:,}" for k, v in counts.items()) or "?"
+
+
+#: What the verdict says of a run --fail-not-judged fails for its checks not judged alone.
+_FAILS_NOT_JUDGED = f" (--fail-not-judged: exit {NOT_JUDGED_EXIT})"
+
+
+def not_judged_verdict(report: dict[str, Any]) -> str:
+    """The verdict of a run that found nothing wrong and left checks not judged, in one line
+    (`--quiet`'s, on stderr): PASS, or NOT JUDGED under --fail-not-judged, with each check."""
+    unjudged = report["not_judged"]
+    count = report.get("not_judged_count", len(unjudged))
+    verdict = f"NOT JUDGED{_FAILS_NOT_JUDGED}:" if report.get("not_judged_fail") else "PASS with"
+    return f"{verdict} {count} check(s) of the soak's own probes not judged: " + "; ".join(unjudged)
 
 
 def render_report(report: dict[str, Any], console: Any) -> None:
@@ -183,6 +196,9 @@ def render_report(report: dict[str, Any], console: Any) -> None:
     unjudged = report.get("not_judged_count", len(report.get("not_judged") or []))
     said = f" ({unjudged} check(s) of the soak's own probes not judged: see the faults)"
     passed = "PASS" + (said if unjudged else "")
+    if report.get("not_judged_fail"):
+        passed = f"NOT JUDGED{_FAILS_NOT_JUDGED}: {unjudged} check(s) of the soak's own probes "
+        passed += "not judged: see the faults"
     t.add_row("verdict", passed if report["ok"] else "FAIL: " + "; ".join(report["failures"]))
     console.print(t)
     if report["integrity_error_details"]:

@@ -135,6 +135,7 @@ def build_report(
     interrupted: bool = False,
     stopped_early: str | None = None,
     allow_rss_growth: bool = False,
+    fail_not_judged: bool = False,
     rss_measured: bool = True,
     allow_fd_cap: bool = False,
 ) -> dict[str, Any]:
@@ -195,11 +196,34 @@ def build_report(
             **settings,
             "allow_rss_growth": allow_rss_growth,
             "allow_fd_cap": allow_fd_cap,
+            "fail_not_judged": fail_not_judged,
         },
     }
     report["failures"] = verdict(report)
     report["ok"] = not report["failures"]
+    # --fail-not-judged: a run that found nothing wrong but left checks not judged fails
+    # with an exit status of its own (NOT_JUDGED_EXIT), not `ok` false: the daemon did no wrong
+    report["not_judged_fail"] = bool(
+        fail_not_judged and report["ok"] and report["not_judged_count"]
+    )
     return report
+
+
+#: The exit status of a run that found nothing wrong but left checks of the soak's own probes
+#: not judged, with --fail-not-judged: not 1 (a daemon that did wrong), so that CI can tell
+#: the two apart (e.g. run again on a NIC with room to spare); 3 as `make bench --strict`'s
+#: "nothing broke, but the run did not reach the bar asked".
+NOT_JUDGED_EXIT = 3
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    """`chimney-soak`'s exit status for `report`: 130 interrupted, 1 failed, 3 passed with
+    checks not judged under --fail-not-judged (`not_judged_fail`), else 0."""
+    if report.get("interrupted"):
+        return 130
+    if not report["ok"]:
+        return 1
+    return NOT_JUDGED_EXIT if report.get("not_judged_fail") else 0
 
 
 def checked_during(before: dict[str, Any] | None, after: dict[str, Any] | None) -> int | None:
