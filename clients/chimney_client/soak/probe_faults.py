@@ -12,10 +12,11 @@ import contextvars
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..aio import AsyncClient
-from ..errors import ChimneyError, InvalidState, NdisStatusError
+from ..errors import ChimneyError, InternalError, InvalidState, NdisStatusError
 from .channels import Channel
 from .limits import CALL_TIMEOUT_S, RESUME_GRACE_S, SETTLE_MAX_S, SETTLE_POLL_S, STAGGER_S
 from .parsing import parse_duration
@@ -58,6 +59,9 @@ NO_ROOM = frozenset(
         "NDIS_STATUS_OFFLOAD_PAUSE",
     }
 )
+#: The call whose failure refuses an offload (and its path and neighbor blocks' variants,
+#: `MiniportInitiateOffload[path]`): a soak fault on it may refuse the soak's own probe.
+INITIATE_CALL = "MiniportInitiateOffload"
 #: The connections a problem names at most (the report keeps them short).
 EXAMPLES_SHOWN = 5
 #: A held call completes `ms` after it was made; the probe's clock reads from just before the
@@ -71,6 +75,27 @@ SHARD_CONNECT_TRIES = 32
 _PROBE_CLIENT: contextvars.ContextVar[AsyncClient | None] = contextvars.ContextVar(
     "probe_client", default=None
 )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the soak's own connection was not offloaded where a probe needed it, and whether
+    that is no fault of the daemon's (`excused`: no room, a pause, a host event, a NIC out of
+    service, a fault the soak itself put in), which leaves what the probe was to show not
+    judged; else the daemon refused a connection it could take."""
+
+    why: str
+    excused: bool
+
+
+def _withholds(exc: ChimneyError | None, reason: str) -> bool:
+    """Whether a refusal (answered `exc`, or said `reason` by tcp.info's `offload_refused`) is
+    the host withholding the NIC for a host event (INVALID_STATE naming it, spec §6.2)."""
+    from .traffic import withheld_by  # (traffic's imports come back here)
+
+    if not isinstance(exc, InvalidState) and reason.startswith(f"{InvalidState.symbol}:"):
+        exc = InvalidState(InvalidState.code, reason)
+    return isinstance(exc, InvalidState) and withheld_by(exc) is not None
 
 
 class ProbeFaults:
@@ -241,14 +266,9 @@ class ProbeFaults:
         # a call of the probe's is held only if it goes through `layer`: the probe offloaded
         # there. A NIC with no room for it leaves the probe's timing not judged (spec §8); a
         # refusal its room does not explain is the daemon's to explain: not injected
-        refused = await self._offload_on(cid, layer, await self._probe_shard())
-        if refused is not None:
-            why, no_room = refused
-            text = f"the soak's probe connection could not be offloaded through {layer}: {why}"
-            if not no_room:
-                raise ValueError(text)
-            rec["probe_not_offloaded"] = text
-        elif call == "MiniportInitiateOffload":
+        shard = await self._probe_shard()
+        on = await self._probe_offloaded(rec, "probe_not_offloaded", cid, f"through {layer}", shard)
+        if on and call == INITIATE_CALL:
             await self._pc().tcp_upload(cid)
         before = await self._calls(DELAY_CALLS[call], layer, where.get("shard"))
         rec["t0"] = time.monotonic()
@@ -265,13 +285,16 @@ class ProbeFaults:
             try:
                 await self._pc().tcp_offload(cid)
                 rec["probe_held_s"] = round(time.monotonic() - t, 4)
-            except NdisStatusError as exc:
-                if exc.status not in NO_ROOM:
+            except (NdisStatusError, InvalidState, InternalError) as exc:
+                # its slot taken meanwhile (a worker's reopen: refused before any layer was
+                # called), or failed by a fault of the soak's own: nothing of it to time
+                refused = await self._judge_refusal(
+                    cid, exc, await self._pc().tcp_info(cid), layer, shard
+                )
+                if not refused.excused:
                     raise
-                # its slot taken meanwhile (a worker's reopen): refused before any layer
-                # was called, so nothing of it to time
                 rec["probe_not_offloaded"] = (
-                    f"the soak's probe connection could not be offloaded again: {exc}"
+                    f"the soak's probe connection could not be offloaded again: {refused.why}"
                 )
             rec["probe_ok"], _ = await self._round_trip(cid)
         else:
@@ -302,16 +325,10 @@ class ProbeFaults:
         # a daemon of shards: the probe's (its client's), where the invalidate acts alone
         # (each shard has its own objects), and what it did is read (stack.* `shards`)
         rec["shard"] = shard = await self._probe_shard()
-        refused = await self._offload_on(cid, layer, shard)
+        # not offloaded: nothing of the soak's own to invalidate, not injected (said not judged)
+        on = await self._probe_offloaded(rec, "not_judged", cid, f"on {layer}", shard)
         rec["probe_state_before"] = await self._state(cid)
-        if refused is not None:
-            why, no_room = refused
-            text = f"the soak's probe connection could not be offloaded on {layer}: {why}"
-            if not no_room:
-                # refused for no reason the NIC's room gives: the daemon's to explain
-                raise ValueError(text)
-            # nothing of the soak's own to invalidate: not injected, and not the daemon's fault
-            rec["not_judged"] = text
+        if not on:
             return
         mate = None
         if obj in ("path", "neighbor"):
@@ -324,10 +341,10 @@ class ProbeFaults:
             mate_refused = await self._offload_on(mate, layer, shard)
             rec["mate_state_before"] = await self._state(mate)
             if mate_refused is not None:
-                mate_why, no_room = mate_refused
                 # no room for it: judged on the workers' connections asked up with it, if any
                 # (judge_probed); refused otherwise: a fault of the daemon's (`mate_refused`)
-                rec["mate_not_offloaded" if no_room else "mate_refused"] = mate_why
+                key = "mate_not_offloaded" if mate_refused.excused else "mate_refused"
+                rec[key] = mate_refused.why
                 mate = None
         rec["nics_before"] = await self.nic_connections(shard)
         # the workers' connections the probe shares its path and neighbor with: those on its
@@ -371,8 +388,14 @@ class ProbeFaults:
         rec["t_clear0"] = rec["t_clear1"] = time.monotonic()
         rec["cleared"] = True
         if state == "host":
-            await self._pc().tcp_offload(cid)
-            rec["probe_reoffloaded"] = await self._state(cid) == "offloaded"
+            # offered as before the invalidate: the workers' connections it asked up are
+            # offloaded again meanwhile and may fill the NIC, or a fault of the soak's own
+            # refuse it (not judged, as before); refused with room, the daemon's to explain
+            again = await self._offload_on(cid, layer, shard)
+            rec["probe_reoffloaded"] = again is None
+            if again is not None:
+                key = "probe_not_reoffloaded" if again.excused else "probe_reoffload_refused"
+                rec[key] = again.why
             rec["probe_reoffloaded_ok"], _ = await self._round_trip(cid)
         await self.settle(rec, _first_nic(rec), shard)
 
@@ -385,20 +408,31 @@ class ProbeFaults:
         shard = info.get("shard") if info.get("shards") else None
         return None if shard is None else int(shard)
 
-    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> tuple[str, bool] | None:
+    async def _probe_offloaded(
+        self, rec: Record, key: str, cid: int, where: str, shard: int | None
+    ) -> bool:
+        """Have the probe `cid` offloaded on the fault's layer (`_offload_on`): True once it
+        is. A refusal that is no fault of the daemon's (no room, a pause, a host event, a fault
+        of the soak's own) is said under `rec[key]` (not judged, spec §8): False. Any other is
+        the daemon's to explain: ValueError (the fault is not injected, and the run fails)."""
+        refused = await self._offload_on(cid, rec["params"]["layer"], shard)
+        if refused is None:
+            return True
+        text = f"the soak's probe connection could not be offloaded {where}: {refused.why}"
+        if not refused.excused:
+            raise ValueError(text)
+        rec[key] = text
+        return False
+
+    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> Refusal | None:
         """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
         SETTLE_POLL_S for PROBE_OFFLOAD_S while the NIC refuses it (full: its
-        `max_connections`, spec §8; paused or out of service for another fault, spec §5.5).
-        None once it is; else why not (the daemon's last answer, and the NIC's room) and
-        whether that is the NIC's room: a status of no room or a pause (NO_ROOM), the host
-        withholding the NIC for a host event (spec §6.2), or stack.info saying the NIC is full
-        or out of service. Any other refusal of a connection the NIC has room for is the
-        daemon's to explain, not a check the soak could not make."""
-        from .traffic import withheld_by  # (traffic's imports come back here)
-
+        `max_connections`, spec §8; paused or out of service for another fault, spec §5.5; a
+        fault of the soak's own failing its initiate). None once it is; else why not and
+        whether that is no fault of the daemon's (`_judge_refusal`)."""
         deadline = time.monotonic() + PROBE_OFFLOAD_S
-        why = ""
-        no_room = False
+        exc: ChimneyError | None = None
+        offered = False
         while True:
             info = await self._pc().tcp_info(cid)
             state = str(info.get("state", "?"))
@@ -407,34 +441,99 @@ class ProbeFaults:
                 return None
             if state == "offloaded":  # pinned to `layer`, placed elsewhere: not there to judge
                 why = f"offloaded through {' → '.join(path)}, not on {layer}"
-                break
-            if time.monotonic() >= deadline or self.interrupted.is_set():
-                break
-            if why:
+                room, full = await self._room([layer], shard)
+                return Refusal(f"{why}{room}", full)  # (placed elsewhere for want of room)
+            if offered and (time.monotonic() >= deadline or self.interrupted.is_set()):
+                # the last refusal, with what tcp.info says of it (`offload_refused`)
+                return await self._judge_refusal(cid, exc, info, layer, shard)
+            if offered:
                 await asyncio.sleep(SETTLE_POLL_S)
+            offered = True
             try:
                 await self._pc().tcp_offload(cid)
-                why, no_room = f"tcp.offload left it {state}", False
-            except NdisStatusError as exc:
-                why, no_room = str(exc), exc.status in NO_ROOM
-            except InvalidState as exc:
-                why, no_room = str(exc), withheld_by(exc) is not None
-        room, full = await self._room(layer, shard)
-        return f"{why}{room}", no_room or full
+                exc = None  # answered, yet not offloaded: tcp.info's `offload_refused` says why
+            except (NdisStatusError, InvalidState, InternalError) as err:
+                # InternalError: a bug a raise_next of the soak's own planted (else an error)
+                exc = err
 
-    async def _room(self, layer: str, shard: int | None) -> tuple[str, bool]:
-        """What stack.info says of the NIC `layer`'s room (in `shard`), for a refusal's why,
-        and whether it says there is none (full, or out of service in its MUX)."""
+    async def _judge_refusal(
+        self, cid: int, exc: ChimneyError | None, info: Record, layer: str, shard: int | None
+    ) -> Refusal:
+        """Why the last offload of the soak's connection `cid` (answered `exc`; None: answered,
+        not offloaded) was refused, and whether that is no fault of the daemon's: a status of
+        no room or a pause (NO_ROOM), the host withholding the NIC for a host event (spec
+        §6.2), stack.info saying the NIC (`layer`, and the layer tcp.info's `offload_refused`
+        names, where it is another NIC) is full or out of service, or a fault the soak itself
+        put in that failed this connection's initiate (fault.list `used`). Any other refusal of
+        a connection the NIC has room for is the daemon's to explain: an InternalError no
+        raise_next of the soak's explains is raised as the error it is."""
+        said = info.get("offload_refused")
+        said = said if isinstance(said, dict) else {}  # nil: a daemon without the extension
+        status = exc.status if isinstance(exc, NdisStatusError) else said.get("status")
+        reason = str(exc) if exc is not None else str(said.get("reason") or "")
+        by = str(said.get("layer") or "")
+        why = reason or f"tcp.offload left it {info.get('state', '?')}"
+        if by:
+            why += f" (refused by {by})"
+        layers = [layer] + ([by] if by and by != layer else [])
+        room, full = await self._room(layers, shard)
+        if status in NO_ROOM or _withholds(exc, reason) or full:
+            return Refusal(f"{why}{room}", True)
+        own = await self._own_fault(cid, status, by, isinstance(exc, InternalError))
+        if own is not None:
+            return Refusal(f"{why}: {own}{room}", True)
+        if isinstance(exc, InternalError):
+            raise exc
+        return Refusal(f"{why}{room}", False)
+
+    async def _own_fault(self, cid: int, status: str | None, by: str, bug: bool) -> str | None:
+        """The soak's own fault that refused the offload of its connection `cid` (a
+        `refuse_offload`, or a `fail_next` or `raise_next` on an initiate, armed while it was
+        offered), if fault.list `used` names `cid` among the connections whose call it failed
+        (`failed`) or made raise (`raised`), with that status (a bug: INTERNAL) and on the layer
+        tcp.info's `offload_refused` names (where it says). None: none did, or the daemon does
+        not say."""
+        assert self.control is not None
+        mine = {
+            int(r["fault_id"]): r
+            for r in getattr(self, "layer_records", ())  # (LayerFaults keeps them)
+            if r.get("fault_id") is not None
+            and str((r.get("params") or {}).get("call", "")).startswith(INITIATE_CALL)
+        }
+        if not mine:
+            return None
+        try:
+            listed = await self.control.fault_list(used=True)
+        except ChimneyError:
+            return None
+        for f in listed:
+            rec = mine.get(int(f.get("id", 0)))
+            if rec is None or (f.get("kind") == "raise_next") is not bug:
+                continue
+            if not bug and (f.get("status") or "NDIS_STATUS_FAILURE") != status:
+                continue
+            for hit in f.get("raised" if bug else "failed") or []:
+                if cid in (hit.get("conns") or []) and (not by or hit.get("layer") in (None, by)):
+                    return f"the soak's own {rec['kind']} (fault {f['id']}) refused it"
+        return None
+
+    async def _room(self, layers: Sequence[str], shard: int | None) -> tuple[str, bool]:
+        """What stack.info says of the room of the NICs `layers` (in `shard`), for a refusal's
+        why, and whether it says one has none (full, or out of service in its MUX)."""
         info = await self._of_shard("stack_info", shard)
+        said: list[str] = []
+        full = False
         for la in (info or {}).get("layers", []):
-            if la.get("name") == layer and la.get("max_connections") is not None:
-                tcp, most = la.get("tcp"), la["max_connections"]
-                full = tcp is not None and int(tcp) >= int(most)
-                return f" (stack.info: {layer} carries {tcp} of {most})", full
+            if la.get("name") in layers and la.get("max_connections") is not None:
+                name, tcp, most = la["name"], la.get("tcp"), la["max_connections"]
+                full = full or (tcp is not None and int(tcp) >= int(most))
+                said.append(f"{name} carries {tcp} of {most}")
             lowers = la.get("lowers")
-            if isinstance(lowers, dict) and not (lowers.get(layer) or {}).get("in_service", 1):
-                return f" (stack.info: {la.get('name')} has {layer} out of service)", True
-        return "", False
+            for name in layers:
+                if isinstance(lowers, dict) and not (lowers.get(name) or {}).get("in_service", 1):
+                    said.append(f"{la.get('name')} has {name} out of service")
+                    full = True
+        return (f" (stack.info: {'; '.join(said)})" if said else ""), full
 
     async def _host_event(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
         """The host's own upload of a target for `/for` (spec §3.6.1, §6.2): nothing may stay
@@ -479,8 +578,8 @@ class ProbeFaults:
         # True: offloaded; False: refused with room on the NIC; None: no room, not judged
         rec["probe_offloaded_after"] = True
         if refused is not None:
-            rec["probe_not_offloaded_after"], no_room = refused
-            rec["probe_offloaded_after"] = None if no_room else False
+            rec["probe_not_offloaded_after"] = refused.why
+            rec["probe_offloaded_after"] = None if refused.excused else False
         rec["probe_after_ok"], _ = await self._round_trip(cid)
 
     async def _nic_up(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
@@ -783,6 +882,8 @@ def _judge_delay(e: Record, rec: Record, problem: Any) -> None:
 
 
 def _judge_invalidate(e: Record, rec: Record, problem: Any) -> None:
+    from .outcomes import not_judged
+
     obj = rec["params"]["object"]
     if rec.get("probe_state_before") != "offloaded":
         problem(e, f"the probe was not offloaded before ({rec.get('probe_state_before')})", rec)
@@ -794,8 +895,13 @@ def _judge_invalidate(e: Record, rec: Record, problem: Any) -> None:
     if rec.get("probe_state_after") != "host":
         state = rec.get("probe_state_after")
         problem(e, f"{obj}: the probe whose {obj} was invalidated stayed {state}", rec)
+    elif rec.get("probe_not_reoffloaded"):
+        # no room for it any more, or refused by a fault of the soak's own: not the daemon's
+        text = f"{obj}: whether the probe is offloaded again after its upload: "
+        not_judged(e, text + str(rec["probe_not_reoffloaded"]), rec)
     elif not rec.get("probe_reoffloaded"):
-        problem(e, f"{obj}: the probe was not offloaded again after its upload", rec)
+        why = rec.get("probe_reoffload_refused")
+        problem(e, f"{obj}: the probe was not offloaded again after its upload: {why}", rec)
     for key in ("probe_before_ok", "probe_after_ok", "probe_reoffloaded_ok"):
         if rec.get(key) is False:
             problem(e, f"{obj}: probe bytes not echoed intact ({key})", rec)
