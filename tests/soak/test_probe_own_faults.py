@@ -198,3 +198,28 @@ async def test_a_delayed_initiate_refused_by_the_soaks_own_fault_is_not_judged()
     assert r["ok"], r["failures"]
     [f] = r["faults"]
     assert any("whether a call of the soak's own was held" in t for t in f["not_judged"]), f
+
+
+async def test_a_refuse_offload_that_refused_the_soaks_probe_is_not_failed_for_it() -> None:
+    """The same collision seen from the refuse_offload: the daemon says (fault.list `used`)
+    its 2 initiates failed were the probe's, which no worker saw. Before, the refuse_offload
+    failed: `2 offload refusal(s) caused, 0 seen` and `conn 100: the daemon says a call of it
+    failed, no outcome`."""
+    daemon = FakeOwnFault(count=2, arm_on="invalidate")
+    lf = _soaks_own(daemon)
+    inv = await _probed(lf, {**_invalidate(), "tag": 2})
+    assert inv["probe_conns"] == daemon.hit[:1], inv
+    refuse = {
+        **lf.layer_records[0],
+        "effect": "offload_refusal",
+        "injected": True,
+        "consumed": True,
+        "t0": inv["t0"],
+        "t1": inv["t1"],
+        "failed": daemon.own()["failed"],
+    }
+    refuse["params"].update(status="NDIS_STATUS_FAILURE", count="2")
+    r = _report([refuse, inv], [], {})
+    assert r["ok"], r["failures"]
+    f = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
+    assert (f["expected"], f["observed"], f["probe_refusals"]) == (2, 2, 2), f

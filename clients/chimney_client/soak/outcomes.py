@@ -669,6 +669,16 @@ def _judge_fail_next(
         # the account of what no fault explains
         seen: list[Record] = []
         observed = 0
+        if effect == "offload_refusal" and left is not None:
+            # the soak's own probe connections (probe_faults `probe_conns`) it refused: the
+            # coordinator saw those refusals itself and offered its probe again (a fault the
+            # soak put in fails no probe); no worker's connection owes an outcome for them
+            ours = {c for r in layer_records for c in r.get("probe_conns") or ()}
+            probed = sum(n for c, n in left.items() if c in ours)
+            left.update({c: 0 for c in ours if c in left})
+            observed += probed
+            if probed:
+                first["probe_refusals"] = first.get("probe_refusals", 0) + probed
         when = "t_first" if effect == "offload_refusal" else "t"
         ordered = sorted(obs.get(obs_name, []), key=lambda o: float(o[when]))
         # refusals get a second pass where the daemon says which connections these faults

@@ -146,6 +146,9 @@ class ProbeFaults:
             key = "probe_error" if rec.get("injected") else "error"
             rec[key] = f"{type(exc).__name__}: {exc}"
         finally:
+            # a refuse_offload of the soak's that failed one of these is judged knowing it
+            # (outcomes `_judge_fail_next`): no worker owes an outcome for it
+            rec["probe_conns"] = list(probes)
             self.nics_settling -= kind in ("host_event", "nic_up")
             # a fault put in and not yet taken out (its probe failed, the nic_up was refused):
             # taken out now, or the daemon keeps it (a NIC out of service, a target withheld,
