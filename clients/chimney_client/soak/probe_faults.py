@@ -59,6 +59,9 @@ NO_ROOM = frozenset(
         "NDIS_STATUS_OFFLOAD_PAUSE",
     }
 )
+#: What a NIC answers an offload it has no room for (NO_ROOM but a pause): a worker's
+#: refused so while a probe took a place on its full NIC may be the probe's doing.
+NO_ENTRIES = NO_ROOM - {"NDIS_STATUS_OFFLOAD_PAUSE"}
 #: The call whose failure refuses an offload (and its path and neighbor blocks' variants,
 #: `MiniportInitiateOffload[path]`): a soak fault on it may refuse the soak's own probe.
 INITIATE_CALL = "MiniportInitiateOffload"
@@ -171,6 +174,8 @@ class ProbeFaults:
                 if own is not None:
                     _PROBE_CLIENT.set(None)
                     await own.close()
+                # the probes' places on their NIC are free again from here
+                rec["probes_closed_t"] = time.monotonic()
 
     def _pc(self) -> AsyncClient:
         """The client the probes of the fault being checked are made on: its own in the
@@ -341,7 +346,7 @@ class ProbeFaults:
             host, port = self.peer_addrs[0]
             mate = await self._pc().tcp_connect(host, port, target=layer)
             probes.append(mate)
-            mate_refused = await self._offload_on(mate, layer, shard)
+            mate_refused = await self._offload_on(rec, mate, layer, shard)
             rec["mate_state_before"] = await self._state(mate)
             if mate_refused is not None:
                 # no room for it: judged on the workers' connections asked up with it, if any
@@ -394,7 +399,7 @@ class ProbeFaults:
             # offered as before the invalidate: the workers' connections it asked up are
             # offloaded again meanwhile and may fill the NIC, or a fault of the soak's own
             # refuse it (not judged, as before); refused with room, the daemon's to explain
-            again = await self._offload_on(cid, layer, shard)
+            again = await self._offload_on(rec, cid, layer, shard)
             rec["probe_reoffloaded"] = again is None
             if again is not None:
                 key = "probe_not_reoffloaded" if again.excused else "probe_reoffload_refused"
@@ -418,7 +423,7 @@ class ProbeFaults:
         is. A refusal that is no fault of the daemon's (no room, a pause, a host event, a fault
         of the soak's own) is said under `rec[key]` (not judged, spec §8): False. Any other is
         the daemon's to explain: ValueError (the fault is not injected, and the run fails)."""
-        refused = await self._offload_on(cid, rec["params"]["layer"], shard)
+        refused = await self._offload_on(rec, cid, rec["params"]["layer"], shard)
         if refused is None:
             return True
         text = f"the soak's probe connection could not be offloaded {where}: {refused.why}"
@@ -427,13 +432,22 @@ class ProbeFaults:
         rec[key] = text
         return False
 
-    async def _offload_on(self, cid: int, layer: str, shard: int | None) -> Refusal | None:
+    async def _offload_on(
+        self, rec: Record, cid: int, layer: str, shard: int | None
+    ) -> Refusal | None:
         """Have the soak's connection `cid` offloaded on the NIC `layer`, offered again every
         SETTLE_POLL_S for PROBE_OFFLOAD_S while the NIC refuses it (full: its
         `max_connections`, spec §8; paused or out of service for another fault, spec §5.5; a
         fault of the soak's own failing its initiate). None once it is; else why not and
-        whether that is no fault of the daemon's (`_judge_refusal`)."""
-        deadline = time.monotonic() + PROBE_OFFLOAD_S
+        whether that is no fault of the daemon's (`_judge_refusal`).
+
+        On a NIC without room for it, an offer of the soak's may take the place a worker's
+        connection just left and is about to take again (a churned or reset slot's reopen):
+        from the first offer refused for no room (or one that got the NIC's last place) until
+        the probes close, `rec["probe_no_room_t"]`, the workers' refusals for no room are the
+        probe's to explain (`_refused_for_the_probe`)."""
+        start = time.monotonic()
+        deadline = start + PROBE_OFFLOAD_S
         exc: ChimneyError | None = None
         offered = False
         while True:
@@ -441,6 +455,8 @@ class ProbeFaults:
             state = str(info.get("state", "?"))
             path = [str(x) for x in info.get("path") or []]
             if state == "offloaded" and (not path or layer in path):
+                if "probe_no_room_t" not in rec and (await self._room([layer], shard))[1]:
+                    rec["probe_no_room_t"] = start  # it has the NIC's last place
                 return None
             if state == "offloaded":  # pinned to `layer`, placed elsewhere: not there to judge
                 why = f"offloaded through {' → '.join(path)}, not on {layer}"
@@ -452,12 +468,15 @@ class ProbeFaults:
             if offered:
                 await asyncio.sleep(SETTLE_POLL_S)
             offered = True
+            sent = time.monotonic()
             try:
                 await self._pc().tcp_offload(cid)
                 exc = None  # answered, yet not offloaded: tcp.info's `offload_refused` says why
             except (NdisStatusError, InvalidState, InternalError) as err:
                 # InternalError: a bug a raise_next of the soak's own planted (else an error)
                 exc = err
+                if isinstance(err, NdisStatusError) and err.status in NO_ENTRIES:
+                    rec.setdefault("probe_no_room_t", sent)
 
     async def _judge_refusal(
         self, cid: int, exc: ChimneyError | None, info: Record, layer: str, shard: int | None
@@ -577,7 +596,7 @@ class ProbeFaults:
         # the workers' connections back on the NIC first: on a NIC with no room to spare the
         # probe would take the place of one (refused OFFLOAD_TCP_ENTRIES, unexplained)
         await self.settle(rec, layer, shard)
-        refused = await self._offload_on(cid, layer, await self._probe_shard())
+        refused = await self._offload_on(rec, cid, layer, await self._probe_shard())
         # True: offloaded; False: refused with room on the NIC; None: no room, not judged
         rec["probe_offloaded_after"] = True
         if refused is not None:
@@ -739,7 +758,36 @@ def judge_probed(
             if rec.get("offloaded_before") and not moved:
                 problem(e, f"{w.layer}: {rec['offloaded_before']} offloaded, none uploaded", rec)
         _refusals(e, rec, w, obs, problem)
+    for rec in layer_records:
+        # (a probe never offloaded, its fault not injected, held no place)
+        if rec["kind"] in PROBED and rec.get("injected") and rec.get("probe_no_room_t"):
+            _refused_for_the_probe(by_kind[rec["kind"]], rec, obs, problem)
     return windows
+
+
+def _refused_for_the_probe(
+    e: Record, rec: Record, obs: dict[str, list[Record]], problem: Any
+) -> None:
+    """The workers' offloads refused for no room (a status of NO_ENTRIES, or at connect, which
+    gives none) while a probe of the soak's held a place on a NIC it found full, from its
+    first offer refused for no room until the probes closed: the probe may have taken the
+    place a worker's connection left and was about to take again (a churned or reset slot's
+    reopen, spec §8). Not the daemon's doing; each must be offloaded again after."""
+    closed = rec.get("probes_closed_t")
+    start, end = float(rec["probe_no_room_t"]), float("inf") if closed is None else float(closed)
+    for ep in obs.get("refusals", []):
+        if ep.get("explained_by") or ep.get("withheld"):
+            continue
+        if ep.get("status") not in (None, *NO_ENTRIES):
+            continue
+        sent = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])
+        if not start <= float(ep["t_first"]) or sent > end:
+            continue
+        ep["explained_by"] = f"{rec['kind']} probe"
+        e["refused_for_the_probe"] = e.get("refused_for_the_probe", 0) + 1
+        if ep.get("offloaded_t") is None and not ep.get("continued"):
+            text = f"conn {ep['conn']}: never offloaded again after the probe's place was free"
+            problem(e, text, ep)
 
 
 def _explain(
