@@ -6,6 +6,10 @@ the daemon says (fault.list `used`) no fault of the soak's made still fails the 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +17,10 @@ import pytest
 from chimney_client.errors import InternalError, NdisStatusError
 from chimney_client.soak.layer_faults import LayerFaults
 from chimney_client.soak.outcomes import judge
+from tests.soak.support import soak_env
 from tests.soak.test_probe_doubts import _prober, _rec
 from tests.soak.test_probe_full_nic import FakeFullNicFaults
-from tests.soak.test_probe_no_room import FakeFullNic, _short  # noqa: F401 (autouse)
+from tests.soak.test_probe_no_room import STACK, FakeFullNic, _short  # noqa: F401 (autouse)
 from tests.soak.test_verdict import _report
 
 pytestmark = pytest.mark.soak
@@ -223,3 +228,26 @@ async def test_a_refuse_offload_that_refused_the_soaks_probe_is_not_failed_for_i
     assert r["ok"], r["failures"]
     f = next(f for f in r["faults"] if f["kind"] == "refuse_offload")
     assert (f["expected"], f["observed"], f["probe_refusals"]) == (2, 2, 2), f
+
+
+@pytest.mark.timeout(120)
+def test_a_soak_whose_refuse_offload_and_invalidate_go_in_together_passes(tmp_path: Path) -> None:
+    """A real soak: a refuse_offload of 3 initiates on nic0 and an invalidate at the same
+    moment. The invalidate's probe, offloaded at connect and offered again, takes 2 of the 3
+    (fault.list `used`), the workers' provoked re-offloads the last. Before, the run failed:
+    `3 offload refusal(s) caused, 1 seen; conn 61: the daemon says a call of it failed, no
+    outcome` (3 runs of 3 here)."""
+    config = tmp_path / "stack.toml"
+    config.write_text(STACK.format(31))
+    out = tmp_path / "report.json"
+    argv = [sys.executable, "-m", "chimney_client.soak", "--daemon-config", str(config)]
+    argv += ["-n", "30", "--duration", "8", "--quiet", "--json", str(out), "--no-rss"]
+    argv += ["--settle", "10", "--faults", "refuse_offload@3s/count=3,invalidate@3s"]
+    soak = subprocess.run(
+        argv, capture_output=True, text=True, env=soak_env(tmp_path), timeout=100, check=False
+    )
+    assert out.exists(), soak.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert soak.returncode == 0 and report["ok"], (report["failures"], report["faults"])
+    refuse = next(f for f in report["faults"] if f["kind"] == "refuse_offload")
+    assert refuse["observed"] == refuse["expected"] == 3, refuse
