@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from .blocking import Client
-from .ctl_render import HOP_COLUMNS, call_totals, hop_cells, table
+from .ctl_render import HOP_COLUMNS, Output, call_totals, hop_cells, table
 from .errors import NotFound
 
 if TYPE_CHECKING:
@@ -21,12 +22,76 @@ if TYPE_CHECKING:
 # ================================================================================================
 # watch
 # ================================================================================================
+#: The columns' widths when the terminal has room: seq, t (µs), layer, call, handle, context,
+#: nbl, status; the event follows them.
 _WIDTHS = (6, 11, 8, 38, 7, 8, 6, 28)
+#: The longest event name (TcpIndicateSendBacklogChange): a terminal at least this wide past the
+#: columns above gets the wide layout.
+_EVENT_WIDTH = 28
+#: The widths in a narrower terminal, one space apart: seq, t (µs), layer, handle ("hdl"),
+#: context ("ctx") and nbl at what their values usually need (a longer value pushes the rest of
+#: its line right); call takes what is left up to its longest name; status and event share the
+#: last column (a hop carries one or the other), statuses without their NDIS_STATUS_ prefix,
+#: cut to what remains of the line. A cell that must be cut ends with "…".
+_NARROW = (4, 9, 5, 4, 4, 3)
+_NARROW_HEADINGS = ("seq", "t (µs)", "layer", "call", "hdl", "ctx", "nbl", "status/event")
+_CALL_LONGEST = 35  # NdisTcpOffloadReceiveHandler:return
+_CALL_MIN = 16
+_LAST_MIN = 16
+_STATUS_PREFIX = "NDIS_STATUS_"
 
 
-def _row(cells: list[str]) -> str:
-    padded = [c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)]
-    return "  ".join([*padded, *cells[len(_WIDTHS) :]]).rstrip()
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+@dataclass(frozen=True)
+class WatchLayout:
+    """How `watch` lays out a row: in a terminal of `columns` each line fits its width; None
+    (a pipe or a file) keeps every cell whole, for the scripts that read it."""
+
+    columns: int | None
+
+    @property
+    def wide(self) -> bool:
+        need = sum(_WIDTHS) + 2 * len(_WIDTHS) + _EVENT_WIDTH
+        return self.columns is None or self.columns >= need
+
+    @property
+    def call_width(self) -> int:
+        assert self.columns is not None
+        fixed = sum(_NARROW) + len(_NARROW) + 1  # the columns and a space after each, and call's
+        return max(_CALL_MIN, min(_CALL_LONGEST, self.columns - fixed - _LAST_MIN))
+
+    def row(self, cells: list[str]) -> str:
+        """One line of `cells` (seq, t, layer, call, handle, context, nbl, status[, event])."""
+        if self.wide:
+            padded = [c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)]
+            return "  ".join([*padded, *cells[len(_WIDTHS) :]]).rstrip()
+        assert self.columns is not None
+        cells = [*cells, *[""] * (8 - len(cells))]
+        cells[3] = _cut(cells[3], self.call_width)
+        status = cells[7]
+        if status.startswith(_STATUS_PREFIX) and status != _STATUS_PREFIX:
+            cells[7] = status[len(_STATUS_PREFIX) :]
+        widths = (*_NARROW[:3], self.call_width, *_NARROW[3:])
+        line = " ".join(c.ljust(w) for c, w in zip(cells[:7], widths, strict=True))
+        last = " ".join(c for c in cells[7:] if c)
+        room = self.columns - len(line) - 1
+        return f"{line} {_cut(last, max(room, 1))}".rstrip()
+
+    def heading(self) -> str:
+        if self.wide:
+            return self.row([*HOP_COLUMNS, "event"])
+        return self.row(list(_NARROW_HEADINGS))
+
+
+def terminal_columns(out: Output) -> int | None:
+    """The terminal's width when `out` is one (shutil.get_terminal_size: $COLUMNS, else the
+    terminal's own); None for a pipe or a file."""
+    if not out.file.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def _closed(client: Client, conn: int) -> bool:
@@ -43,7 +108,8 @@ def watch(s: Session, conn: int, interval: float, new_only: bool) -> dict[str, A
     hops = client.trace_get(conn)
     t0 = hops[0].get("t_ns") if hops else None
     last = max((h.get("seq", 0) for h in hops), default=0) if new_only else 0
-    s.out.line(_row([*HOP_COLUMNS, "event"]))
+    layout = WatchLayout(terminal_columns(s.out))
+    s.out.line(layout.heading())
     printed = 0
     while True:
         closed = _closed(client, conn)  # before the read: the hops up to the close are in it
@@ -57,7 +123,7 @@ def watch(s: Session, conn: int, interval: float, new_only: bool) -> dict[str, A
             if s.out.json_mode:
                 s.out.json({"hop": hop, "conn": conn})
             else:
-                s.out.line(_row(hop_cells(hop, t0, True)))
+                s.out.line(layout.row(hop_cells(hop, t0, True)))
             last = hop["seq"]
             printed += 1
         if closed:
