@@ -260,7 +260,16 @@ def _invariants(frame: Mapping[str, Any]) -> str:
     return _num(frame.get("invariant_violations"))
 
 
-def render(frame: Mapping[str, Any]) -> RenderableType:
+#: Below this many columns `top` shows the compact tables: the per-layer table of some 135
+#: columns lost its layer names and headings to rich's shrinking in an 80-column terminal.
+TOP_WIDE = 140
+
+
+def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType:
+    """One frame of `top`; `width` the terminal's (None: no limit). Narrower than TOP_WIDE,
+    the layers show their rates but not their byte totals, under short headings, and a
+    connection's path comes last, where rich cuts it, rather than its name."""
+    compact = width is not None and width < TOP_WIDE
     head = Text(
         f"chimneyd {frame['rpc']} · connections {_num(frame.get('connections'))} · rpc clients "
         f"{_num(frame.get('rpc_clients'))} in flight {_num(frame.get('in_flight'))} · tasks "
@@ -268,26 +277,41 @@ def render(frame: Mapping[str, Any]) -> RenderableType:
         f"{frame['interval']:g} s",
         style="bold",
     )
-    layers = table(
-        "layer",
-        "offloads_active",
-        "handles",
-        "outstanding_nbls",
-        "inbox",
-        "bytes_sent",
-        "sent/s",
-        "bytes_received",
-        "recv/s",
-        "calls",
-        "calls/s",
-        "failed",
-    )
+    if compact:
+        layers = table(
+            "layer", "offloads", "handles", "nbls", "inbox", "sent/s", "recv/s", "calls/s", "failed"
+        )
+    else:
+        layers = table(
+            "layer",
+            "offloads_active",
+            "handles",
+            "outstanding_nbls",
+            "inbox",
+            "bytes_sent",
+            "sent/s",
+            "bytes_received",
+            "recv/s",
+            "calls",
+            "calls/s",
+            "failed",
+        )
     for r in frame["layers"]:
+        gauges = [_num(r["offloads_active"]), _num(r["handles"]), _num(r["outstanding_nbls"])]
+        if compact:
+            layers.add_row(
+                r["layer"],
+                *gauges,
+                _num(r["inbox"]),
+                _bytes(r["bytes_sent_per_s"]),
+                _bytes(r["bytes_received_per_s"]),
+                _num(r["calls_per_s"]),
+                _num(r["failed"]),
+            )
+            continue
         layers.add_row(
             r["layer"],
-            _num(r["offloads_active"]),
-            _num(r["handles"]),
-            _num(r["outstanding_nbls"]),
+            *gauges,
             _num(r["inbox"]),
             _bytes(r["bytes_sent"]),
             _bytes(r["bytes_sent_per_s"]),
@@ -297,17 +321,27 @@ def render(frame: Mapping[str, Any]) -> RenderableType:
             _num(r["calls_per_s"]),
             _num(r["failed"]),
         )
-    conns = table("conn", "state", "remote", "path", "bytes_sent", "bytes_received", "bytes/s")
+    if compact:
+        conns = table("conn", "state", "remote", "sent", "recv", "bytes/s", "path")
+    else:
+        conns = table("conn", "state", "remote", "path", "bytes_sent", "bytes_received", "bytes/s")
+    rows = []
     for c in frame["conns"]:
-        conns.add_row(
-            str(c["conn"]),
-            str(c["state"]),
-            str(c["remote"]),
-            " → ".join(map(str, c["path"] or [])),
-            _bytes(c["bytes_sent"]),
-            _bytes(c["bytes_received"]),
-            _bytes(c["bytes_per_s"]),
-        )
+        path = " → ".join(map(str, c["path"] or []))
+        sizes = [_bytes(c["bytes_sent"]), _bytes(c["bytes_received"]), _bytes(c["bytes_per_s"])]
+        ident = [str(c["conn"]), str(c["state"]), str(c["remote"])]
+        rows.append([*ident, *sizes, path] if compact else [*ident, path, *sizes])
+    for row in rows:
+        conns.add_row(*row)
+    # rich shrinks every column of a table too wide for the terminal, the one naming the row
+    # too; compact, only a connection's path (last) is cut
+    if compact:  # one space of padding between columns, not two
+        layers.collapse_padding = conns.collapse_padding = True
+        conns.columns[-1].overflow = "ellipsis"
+    layers.columns[0].min_width = max([5, *(len(str(r["layer"])) for r in frame["layers"])])
+    kept = len(conns.columns) - 1 if compact else 1
+    for i, column in enumerate(conns.columns[:kept]):
+        column.min_width = max([len(str(column.header)), *(len(row[i]) for row in rows)])
     parts: list[RenderableType] = [head, Text(""), layers, Text("")]
     title = f"busiest connections (by bytes; {frame['conns_visible']} visible)"
     parts.append(Text(title, style="bold"))
@@ -376,7 +410,7 @@ def top(s: Session, interval: float, n: int, once: bool) -> Any:
             if s.out.json_mode and not once:
                 s.out.json(frame)
             else:
-                s.out.table(render(frame))
+                s.out.table(render(frame, terminal_columns(s.out)))
             if once:
                 return frame
     from rich.live import Live
@@ -385,4 +419,4 @@ def top(s: Session, interval: float, n: int, once: bool) -> Any:
     with Live(console=console, screen=True, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
-            live.update(render(view.frame()), refresh=True)
+            live.update(render(view.frame(), console.width), refresh=True)
