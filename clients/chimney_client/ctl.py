@@ -149,20 +149,65 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     _QUOTED = re.compile(r"`[^`]+`|\"[^\"]+\"")
     _KEEP = "\x00"  # stands for a space inside a quoted span while the text is wrapped
 
+    #: a line laid out to be copied as it is: an example command (JSON too, indented)
+    _VERBATIM = ("chimneyctl ", "printf ", "e.g. ")
+    _JSON = ("{", '"')
+    #: a line that starts a paragraph of its own: a label ("exit status: ...", "output:"),
+    #: whose lines indented two more continue it
+    _LABEL = re.compile(r"[a-z]+( [a-z]+){0,2}:(\s|$)")
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         if "\n" in text.strip("\n"):
-            return super()._fill_text(text, width, indent)
+            lines = text.splitlines()
+            if all(len(indent + line) <= width for line in lines):
+                return super()._fill_text(text, width, indent)
+            return "\n".join(self._reflow(lines, width, indent))
+        return self._wrap(text, width, indent, indent)
+
+    def _wrap(self, text: str, width: int, first: str, rest: str) -> str:
         # the spans' spaces are kept first: the prose's runs of spaces become one, theirs not
         kept = self._QUOTED.sub(lambda m: m.group(0).replace(" ", self._KEEP), text)
         joined = " ".join(kept.split())
         return textwrap.fill(
             joined,
             width,
-            initial_indent=indent,
-            subsequent_indent=indent,
+            initial_indent=first,
+            subsequent_indent=rest,
             break_long_words=False,
             break_on_hyphens=False,
         ).replace(self._KEEP, " ")
+
+    def _reflow(self, lines: list[str], width: int, indent: str) -> list[str]:
+        """Text laid out in lines, in a terminal narrower than its lines: each paragraph (lines
+        of one indent, up to a blank line, an example or a label) wrapped again to `width` at
+        its indent; examples kept whole, to copy."""
+        out: list[str] = []
+        para: list[str] = []
+        first = rest = ""  # the paragraph's indent, then its following lines'
+
+        def flush() -> None:
+            if para:
+                out.append(self._wrap(" ".join(para), width, indent + first, indent + rest))
+                para.clear()
+
+        for line in lines:
+            body = line.lstrip()
+            lead = line[: len(line) - len(body)]
+            if not body or body.startswith(self._VERBATIM) or (
+                len(lead) >= 4 and body.startswith(self._JSON)
+            ):
+                flush()
+                out.append(indent + line if body else "")
+                continue
+            label = self._LABEL.match(body)
+            if not para or lead != rest or label:
+                flush()
+                first = rest = lead
+                if label and label.end() < len(body):
+                    rest = lead + "  "  # a label's lines hang under it
+            para.append(body)
+        flush()
+        return out
 
 
 class _Parser(argparse.ArgumentParser):
