@@ -30,6 +30,7 @@ from .ctl_faults import (
     check_fault,
     fault_kinds_help,
 )
+from .ctl_live import WatchLayout, terminal_columns
 from .ctl_render import (
     HOP_COLUMNS,
     Output,
@@ -37,6 +38,7 @@ from .ctl_render import (
     fmt,
     hop_cells,
     table,
+    table_width,
     unsent_acks_cell,
 )
 from .errors import (
@@ -193,8 +195,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         for line in lines:
             body = line.lstrip()
             lead = line[: len(line) - len(body)]
-            if not body or body.startswith(self._VERBATIM) or (
-                len(lead) >= 4 and body.startswith(self._JSON)
+            if (
+                not body
+                or body.startswith(self._VERBATIM)
+                or (len(lead) >= 4 and body.startswith(self._JSON))
             ):
                 flush()
                 out.append(indent + line if body else "")
@@ -977,7 +981,7 @@ def _info(s: Session, a: argparse.Namespace) -> Any:
     if r.get("allocator") is not None:
         head += f" · allocator {fmt(r['allocator'])}"
     s.out.line(head)
-    for line in _rpc_lines(r.get("rpc")):
+    for line in _rpc_lines(r.get("rpc"), terminal_columns(s.out)):
         s.out.line(line)
     t = table("layer", "kind", "lower", "state")
     for layer in r.get("layers", []):
@@ -1009,7 +1013,7 @@ def _info(s: Session, a: argparse.Namespace) -> Any:
 _INFO_WIDTH = 96
 
 
-def _rpc_lines(rpc: Any) -> list[str]:
+def _rpc_lines(rpc: Any, columns: int | None = None) -> list[str]:
     """stack.info's `rpc` for people: its addresses and auth on one line, then each map (the
     limits) as key=value words wrapped under its name, not one line of some 300 characters."""
     if rpc is None:
@@ -1023,7 +1027,7 @@ def _rpc_lines(rpc: Any) -> list[str]:
             lead = f"rpc {key} "
             lines += textwrap.wrap(
                 fmt(value),
-                _INFO_WIDTH,
+                min(_INFO_WIDTH, columns or _INFO_WIDTH),  # a narrower terminal's width
                 initial_indent=lead,
                 subsequent_indent=" " * len(lead),
                 break_long_words=False,
@@ -1451,6 +1455,15 @@ def _trace(s: Session, a: argparse.Namespace) -> Any:
     t0 = hops[0].get("t_ns") if hops else None
     for h in hops:
         t.add_row(*hop_cells(h, t0, with_event))
+    columns = terminal_columns(s.out)
+    if columns is not None and not s.out.json_mode and table_width(t) > columns:
+        # a terminal narrower than the table: watch's rows, which fit it, not rich's shrinking,
+        # which left no room for seq, time, layer or handles at 80 columns
+        layout = WatchLayout(columns)
+        s.out.line(layout.heading())
+        for h in hops:
+            s.out.line(layout.row(hop_cells(h, t0, True)))
+        return hops
     s.out.table(t)
     return hops
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -77,6 +78,13 @@ class Output:
     def table(self, table: RenderableType) -> None:
         if self.json_mode:
             return
+        if isinstance(table, Table) and table.columns and self.file.isatty():
+            # a terminal narrower than the table: rich shrinks every column, the one that names
+            # each row too ("tc…" for tcpip); that one is kept whole, and the padding halved
+            first = table.columns[0]
+            first.min_width = max(len(str(c)) for c in [first.header, *first.cells])
+            if table_width(table) > self.console.width:
+                table.collapse_padding = True
         # Rendered, then right-stripped: rich pads cells, and trailing blanks spoil copy-paste.
         self.file.write(render_text(self.console, table) + "\n")
         self.file.flush()
@@ -97,6 +105,12 @@ def render_text(console: Console, renderable: RenderableType) -> str:
     with console.capture() as cap:
         console.print(renderable)
     return "\n".join(line.rstrip() for line in cap.get().splitlines())
+
+
+def table_width(renderable: RenderableType) -> int:
+    """The columns `renderable` takes when nothing limits it."""
+    console = Console(width=100_000, file=io.StringIO(), markup=False, highlight=False)
+    return max((len(line) for line in render_text(console, renderable).splitlines()), default=0)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
