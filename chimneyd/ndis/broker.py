@@ -492,9 +492,13 @@ class Ndis:
         self.bindings: list[Binding] = []
         self.observer: BrokerObserver | None = None
         # [EMU] per initiate walk, by the connection's TCP_OFFLOAD_STATE_CONST, which goes
-        # down the same at every layer (spec §1.6): the lowest layer whose completion failed
-        # it, from that completion until the walk's completion reaches the top layer
-        self._failed_at: dict[int, str] = {}
+        # down the same at every layer (spec §1.6): the top layer's (the host's) handle, on
+        # which the lowest failing layer is noted as the completions go up; and per tree the
+        # top layer sent down, its walks. They go when that tree's completion reaches the top
+        # layer, each walk whether its block came back in it or a layer below left it out
+        # (lost below, spec §6.3): a block left out is never seen again
+        self._walks: dict[int, NdisOffloadHandle] = {}
+        self._walk_trees: dict[int, list[tuple[int, NdisOffloadHandle]]] = {}
 
     # -- topology -----------------------------------------------------------------------------
     def register(self, layer: Layer) -> None:
@@ -936,6 +940,8 @@ class Ndis:
         if self.observer is not None:
             self.observer.on_state_down(binding, ndis_call, root)
         root.source_handle = binding  # NDIS-private: the route of the completion
+        top = not caller.has_miniport_edge  # an initiate walk starts here (the host)
+        walks: list[tuple[int, NdisOffloadHandle]] = []
         # POBL -> MOBL in place (spec §1.6): the slot of each referenced object's handle.
         for block in walk(root):
             handle = block.offload_handle
@@ -960,7 +966,13 @@ class Ndis:
             # outstanding send data travels down with the tree (spec §3.2.5)
             if block.kind is BlockKind.TCP and op == "Initiate":
                 handle.failed_at = None  # this initiate's completion will say
-                self._failed_at.pop(_walk_key(block), None)
+                key = _walk_key(block)
+                if top:
+                    walks.append((key, handle))
+                else:
+                    walk_top = self._walks.get(key)
+                    if walk_top is not None:
+                        walk_top.failed_at = None  # gone down again: its completion will say
                 chain = list(iter_chain(block.net_buffer_list_chain))
                 for nbl in chain:
                     nbl.source_bindings.append(binding)
@@ -969,6 +981,10 @@ class Ndis:
                     self.observer.on_io_down(
                         binding.lower, "MiniportTcpOffloadSend", handle, chain, caller
                     )
+        if walks:  # once the whole tree checked out: a tree NDIS refused starts no walk
+            for key, handle in walks:
+                self._walks[key] = handle
+            self._walk_trees[id(root)] = walks
         caller.stats.count(ndis_call)
         lower = binding.lower
         self.deliver(lower, lower.chimney_handlers[miniport_call], (root,))
@@ -995,15 +1011,19 @@ class Ndis:
                 handle.trace.record(upper.name, protocol_call, handle.id, 0, 0, block.status)
             if op == "Initiate":
                 offloaded = block.status in OFFLOADED_STATUSES
-                if block.kind is BlockKind.TCP:
+                if block.kind is BlockKind.TCP and not offloaded:
                     # the lowest layer that failed the connection: the layers above pass its
-                    # status up (spec §3.2.4); `tcp.info`'s `offload_refused` names it. Each
-                    # layer's handle gets it; a layer sees only its own (spec §2)
-                    key = _walk_key(block)
-                    if not offloaded:
-                        handle.failed_at = self._failed_at.setdefault(key, caller.name)
-                    if not upper.has_miniport_edge:
-                        self._failed_at.pop(key, None)  # the walk is over at the top
+                    # status up (spec §3.2.4); `tcp.info`'s `offload_refused` names it. It is
+                    # noted on the walk's top handle as soon as it fails, for a layer above
+                    # may leave the block out (spec §6.3), and on each layer's handle as the
+                    # completion passes; a layer sees only its own (spec §2)
+                    walk_top = self._walks.get(_walk_key(block))
+                    if walk_top is None:  # no walk from the top: the completing layer
+                        handle.failed_at = caller.name
+                    else:
+                        if walk_top.failed_at is None:
+                            walk_top.failed_at = caller.name
+                        handle.failed_at = walk_top.failed_at
                 if (
                     handle.ndis_reserved is binding
                     and not offloaded
@@ -1034,6 +1054,12 @@ class Ndis:
                         self.observer.on_io_returned(
                             caller, list(iter_chain(block.net_buffer_list_chain))
                         )
+        if op == "Initiate" and not upper.has_miniport_edge:
+            # the walks of the tree the top sent down are over: its blocks all came back
+            # here, or a layer below left some out (lost below), which never come back
+            for key, walk_top in self._walk_trees.pop(id(root), ()):
+                if self._walks.get(key) is walk_top:
+                    del self._walks[key]
         caller.stats.count(ndis_call)
         if self.observer is not None:
             self.observer.on_state_complete(caller, ndis_call, root)
@@ -1070,5 +1096,10 @@ class Ndis:
         self._state_complete(caller, "Query", root)
 
     # -- observability ------------------------------------------------------------------------
+    def walks_in_flight(self) -> int:
+        """The initiate walks NDIS keeps a failing layer for (`_state_complete`): 0 once
+        every initiate's completion reached the top layer (spec §9 item 10)."""
+        return len(self._walks) + len(self._walk_trees)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         return {name: layer.stats.as_map() for name, layer in self.layers.items()}

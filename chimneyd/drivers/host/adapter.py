@@ -181,9 +181,10 @@ def refused(h: HostStack, tcb: Tcb, error: AppError, completed: bool = False) ->
     `offload_refused` until an offload succeeds (`refusal_info`). The error and the layer
     that refused it, as known now: the host itself, or the lowest layer whose initiate
     completion failed the connection, which NDIS noted on the host's handle as it read that
-    completion (`NdisOffloadHandle.failed_at`; None if none did: a block left out, spec
-    §6.3 [EMU]). A RESUME may see thousands refused in one completion: a small tuple each,
-    nothing read from the hop trace, which is for watching (`engine.trace_depth`)."""
+    completion (`NdisOffloadHandle.failed_at`), also when a layer above it then left the
+    block out (lost below, spec §6.3 [EMU]); None if none did. A RESUME may see thousands
+    refused in one completion: a small tuple each, nothing read from the hop trace, which is
+    for watching (`engine.trace_depth`)."""
     handle = tcb.handle
     tcb.offload_refused = (error, (handle.failed_at if handle else None) if completed else h.name)
 
