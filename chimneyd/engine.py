@@ -922,6 +922,10 @@ class Engine:
             tables = {k: n for k, n in task.layer.leftovers().items() if n}
             if tables:
                 left.setdefault(task.layer.name, {})["tables"] = tables
+        # NDIS's own record of the initiates below (`Ndis.walks_in_flight`): none once drained
+        walks = self.ndis.walks_in_flight()
+        if walks:
+            left["ndis"] = {"initiate_walks": walks}
         if unfinished:
             left["unfinished_closes"] = unfinished
         # a connection closed is gone from the host's table and the socket registry; one
