@@ -24,8 +24,9 @@ class NdisOffloadHandle:
     `miniport_offload_context` is the cell the layer below fills at initiate with its own
     context; NDIS reads it to route I/O down (spec §1.5 [EMU]). `ndis_reserved` is where NDIS
     keeps the binding the object was offloaded through, and `failed_at` the layer whose
-    initiate completion failed the connection (`Ndis._state_complete`). `owner` is the protocol edge's own
-    context (the TCB or IM entry): a container-of, used only by the layer that owns the handle.
+    initiate completion failed the connection (`Ndis._state_complete`). `owner` is the
+    protocol edge's own context (the TCB or IM entry): a container-of, used only by the layer
+    that owns the handle.
     """
 
     __slots__ = (

@@ -117,9 +117,10 @@ def test_the_hosts_own_offload_at_a_resume_refused_is_told_too() -> None:
 
 
 def test_a_trace_too_short_to_hold_the_initiate_still_names_the_layer() -> None:
-    """The layer is noted as NDIS reads the failing completion (`HopTrace.failed_at`), not
-    read back from the connection's hop ring (`engine.trace_depth`), which here holds the
-    host's two completion hops and no more. Before, it named none (None)."""
+    """The layer is noted as NDIS reads the failing completion (on the NDIS handle,
+    `NdisOffloadHandle.failed_at`), not read back from the connection's hop ring
+    (`engine.trace_depth`), which here holds the host's two completion hops and no more.
+    Before, it named none (None)."""
     rig = HostRig(im=True)
     conn, _ = rig.open()
     rig.host.tcbs[conn].trace.depth = 2
