@@ -20,7 +20,8 @@ from chimneyd.shards.listen import reserve
 from tests.unit.test_shard_supervisor_stale import StoppingSupervisor
 from tests.unit.test_shard_supervisor_stop import WAIT_S, shard_config, spawned
 
-START_S = 5.0  # the start-up bound in this test (60 s in the daemon): a shard starts well within
+START_S = 10.0  # the start-up bound here (60 s in the daemon): a shard starts well within it,
+# even on a machine so loaded that the suite takes 3-4 times as long (5 s was missed there)
 
 
 async def test_a_start_up_held_up_with_the_supervisor_still_gets_its_bound(tmp_path: Path) -> None:
