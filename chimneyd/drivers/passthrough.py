@@ -35,7 +35,7 @@ from chimneyd.ndis.status import (
 from .base import DriverLayer, Timers, downcall
 
 #: send statuses after which the host sends the data itself, after an upload (spec §4.1)
-UPLOAD_STATUSES = frozenset(
+UPLOAD_STATUSES: Final = frozenset(
     {
         NdisStatus.NDIS_STATUS_UPLOAD_IN_PROGRESS,
         NdisStatus.NDIS_STATUS_REQUEST_UPLOAD,
@@ -45,7 +45,7 @@ UPLOAD_STATUSES = frozenset(
 # Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
 # slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
 _IO: Final = Event.IO
-_STATE_EVENT = {
+_STATE_EVENT: Final = {
     "Terminate": Event.TERMINATE,
     "Update": Event.UPDATE,
     "Invalidate": Event.INVALIDATE,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from chimneyd.compiled import mypyc_attr
 
@@ -40,8 +40,8 @@ from .oid import NdisOidRequest as OidRequest
 from .status import OFFLOADED_STATUSES, IndicateOffloadEvent, NdisStatus, TcpOffloadEventType
 from .trace import HopTrace, LayerStats, pair_code
 
-PENDING = NdisStatus.NDIS_STATUS_PENDING
-SUCCESS = NdisStatus.NDIS_STATUS_SUCCESS
+PENDING: Final = NdisStatus.NDIS_STATUS_PENDING
+SUCCESS: Final = NdisStatus.NDIS_STATUS_SUCCESS
 
 Deliver = Callable[["Layer", Callable[..., Any], tuple[Any, ...]], None]
 
@@ -408,7 +408,7 @@ class SyncScheduler:
 
 
 # Names of the completion handler for each I/O call, and the trace names (spec §7).
-_IO = {
+_IO: Final = {
     "Send": (
         "MiniportTcpOffloadSend",
         "ProtocolTcpOffloadSendComplete",
@@ -432,9 +432,9 @@ _IO = {
 }
 
 #: the NDIS call that sends each I/O call down: "NdisOffloadTcp" + its name, made once
-_IO_DOWN = {which: "NdisOffloadTcp" + which for which in _IO}
+_IO_DOWN: Final = {which: "NdisOffloadTcp" + which for which in _IO}
 
-_STATE_OPS = {
+_STATE_OPS: Final = {
     "Initiate": (
         "NdisInitiateOffload",
         "MiniportInitiateOffload",

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from .status import NdisStatus
 
-_nbl_ids = itertools.count(1)
+_nbl_ids: Final = itertools.count(1)
 # read once: on Python 3.11 an enum class's attribute goes through `EnumType.__getattr__`'s
 # slot even when found, ~800 instructions against a global's few (callgrind), and every NBL
 # made starts PENDING
-_PENDING = NdisStatus.NDIS_STATUS_PENDING
+_PENDING: Final = NdisStatus.NDIS_STATUS_PENDING
 
 
 class Mdl:

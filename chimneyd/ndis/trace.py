@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -31,7 +31,7 @@ HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str 
 #: [EMU] A connection's placement wish, for a MUX (drivers/mux/placement.py): the NIC it must
 #: go to (None: any), and the NICs it must not go to.
 PlacementWish = tuple[str | None, frozenset[str]]
-NO_STATUS = -1
+NO_STATUS: Final = -1
 
 # one record: t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), seq, status
 # (0 without HAS_STATUS), handle, context, and the NBL id (CHAIN: the ids of a chain are in
@@ -44,26 +44,26 @@ NO_STATUS = -1
 # through `_PyLong_AsByteArray`, some 400 instructions for an int past 2**30 (t_ns and a
 # pair's names always are); a native `l`/`L` reads its digits in place
 _I64, _U64 = ("l", "L") if struct.calcsize("@l") == 8 else ("q", "Q")
-_NARROW = struct.Struct(f"@{_I64}{_U64}IIIIi")
-_WIDE = struct.Struct(f"@{_I64 * 7}")
-_NARROW_SIZE = _NARROW.size
-_SEQ = 2  # the record's field that holds its seq
-CHAIN = -1
-HAS_STATUS = 1 << 48
+_NARROW: Final = struct.Struct(f"@{_I64}{_U64}IIIIi")
+_WIDE: Final = struct.Struct(f"@{_I64 * 7}")
+_NARROW_SIZE: Final = _NARROW.size
+_SEQ: Final = 2  # the record's field that holds its seq
+CHAIN: Final = -1
+HAS_STATUS: Final = 1 << 48
 # a record of two hops: NDIS's call by one layer and the handler it runs in the next, made by
 # one broker call at one instant (`HopTrace.record_pair`). The low 32 bits of the names field
 # index `_PAIRS` instead of naming one layer and call: a busy connection records half as many
 # records, and each read still shows both hops, numbered as if recorded one by one.
-PAIR = 1 << 49
+PAIR: Final = 1 << 49
 
 # the names records point to; index 0 is "no name" (a hop that is not an event)
-_NAMES: list[str | None] = [None]
-_INDEX: dict[str | None, int] = {None: 0}
+_NAMES: Final[list[str | None]] = [None]
+_INDEX: Final[dict[str | None, int]] = {None: 0}
 
 
 # pair code & ~PAIR -> (names of the first hop, names of the second, the second has the handle)
-_PAIRS: list[tuple[int, int, bool]] = []
-_PAIR_INDEX: dict[tuple[str, str, str, str, bool], int] = {}
+_PAIRS: Final[list[tuple[int, int, bool]]] = []
+_PAIR_INDEX: Final[dict[tuple[str, str, str, str, bool], int]] = {}
 
 
 def pair_code(
@@ -136,7 +136,7 @@ class HopTrace:
         """One call. A call carrying an NBL chain is one record listing the ids; it reads back
         as one hop per NBL, with consecutive `seq` numbers."""
         seq = self.seq + 1
-        if nbl.__class__ is int:
+        if type(nbl) is int:
             self.seq = seq
         else:
             self.seq = seq + len(nbl) - 1  # type: ignore[arg-type]
@@ -161,7 +161,7 @@ class HopTrace:
         """Two calls in one record (`pair_code`): the first with `handle`, the second with
         `context`; both carry `nbl` and `status`. They read back as two hops."""
         seq = self.seq + 1
-        if nbl.__class__ is int:
+        if type(nbl) is int:
             self.seq = seq + 1
         else:
             self.seq = seq + 2 * len(nbl) - 1  # type: ignore[arg-type]

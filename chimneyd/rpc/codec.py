@@ -14,17 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
-REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
-MSGID_LIMIT = 1 << 32  # msgid is a 32-bit unsigned integer (msgpack-rpc spec)
+# msgpack-rpc's message types. Final, as every constant the compiled modules read per request:
+# mypyc reads a Final module constant as a C value, any other through the module's dict
+REQUEST: Final = 0
+RESPONSE: Final = 1
+NOTIFICATION: Final = 2
+MSGID_LIMIT: Final = 1 << 32  # msgid is a 32-bit unsigned integer (msgpack-rpc spec)
 #: A `bytes` result at least this long is answered as a head and the payload itself
 #: (`bytes_response_head`): packing it would copy it twice (into the packer, out as a frame).
-OUT_OF_LINE = 2048
-BIN_LIMIT = 1 << 32  # a msgpack bin holds fewer bytes than this (bin 32)
-HEAD = 16  # bytes enough for a request's array header, type and msgid
+OUT_OF_LINE: Final = 2048
+BIN_LIMIT: Final = 1 << 32  # a msgpack bin holds fewer bytes than this (bin 32)
+HEAD: Final = 16  # bytes enough for a request's array header, type and msgid
 
 
 # what `feed` gives, and the shape of the shards' control requests; the RPC server takes `feed_raw`
@@ -100,7 +104,7 @@ class Decoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         return [
-            Request(m[1], m[2], m[3]) if m.__class__ is list else m  # type: ignore[misc]
+            Request(m[1], m[2], m[3]) if type(m) is list else m  # type: ignore[misc]
             for m in self.feed_raw(data)
         ]
 
@@ -141,15 +145,15 @@ class Decoder:
                     # a well-formed request (nearly every message) is taken here in one test;
                     # anything else goes to `parse_message`, which says what is wrong. The call
                     # saved was 1 in 11 of the calls a ping costs (cProfile)
-                    if obj.__class__ is list and len(obj) == 4:
+                    if type(obj) is list and len(obj) == 4:
                         kind, msgid, method, params = obj
                         if (
-                            kind.__class__ is int
+                            type(kind) is int
                             and kind == REQUEST
-                            and msgid.__class__ is int
+                            and type(msgid) is int
                             and 0 <= msgid < MSGID_LIMIT
-                            and method.__class__ is str
-                            and params.__class__ is list
+                            and type(method) is str
+                            and type(params) is list
                         ):
                             out.append(obj)
                             continue
@@ -188,7 +192,7 @@ class Decoder:
         if isinstance(msg, Request):  # e.g. its method sent as bin, now a str: kept as the array
             out.append([REQUEST, msg.msgid, msg.method, msg.params])
             return False
-        if msg.__class__ is ProtocolError:
+        if type(msg) is ProtocolError:
             self._fail(out, msg)
             return True
         out.append(msg)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Final
 
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.faults import kind_of
@@ -26,6 +26,12 @@ from . import params as P
 from .caller import Caller
 
 Method = Callable[[Caller, list[Any]], Any]
+
+# the bounds `tcp_send` and `tcp_recv` test on every call, read once: mypyc reads a Final
+# constant as a C value, `P.MAX_ID` through two dict lookups (this module's, then params')
+_MAX_ID: Final = P.MAX_ID
+_MAX_RECV: Final = P.MAX_RECV
+_MAX_TIMEOUT_MS: Final = P.MAX_TIMEOUT_MS
 
 
 # -- stack -------------------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def tcp_send(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
     if type(p) is list and len(p) == 2:
         conn, data = p
         # `P.pos_int`'s test, and `P.payload` of bytes is the bytes themselves
-        if type(conn) is int and 0 < conn <= P.MAX_ID and type(data) is bytes:
+        if type(conn) is int and 0 < conn <= _MAX_ID and type(data) is bytes:
             # `Ownership.conn`'s test for a connection the client holds; it raises the rest
             h = c.holdings
             if not (h.admin or conn in h.conns):
@@ -204,11 +210,11 @@ def tcp_recv(c: Caller, p: list[Any]) -> asyncio.Future[Any]:
         # max_bytes goes the general path, whose NOT_FOUND comes first, as it always did
         if (
             type(conn) is int
-            and 0 < conn <= P.MAX_ID
+            and 0 < conn <= _MAX_ID
             and type(max_bytes) is int
-            and 0 < max_bytes <= P.MAX_RECV
+            and 0 < max_bytes <= _MAX_RECV
             and type(timeout) is int
-            and 0 <= timeout <= P.MAX_TIMEOUT_MS
+            and 0 <= timeout <= _MAX_TIMEOUT_MS
         ):
             h = c.holdings  # `Ownership.conn`'s test written out, as in `tcp_send`
             if not (h.admin or conn in h.conns):
@@ -366,7 +372,7 @@ def fault_list(c: Caller, p: list[Any]) -> list[dict[str, Any]]:
 
 #: Methods that return a future: the in-flight limit is checked before they run, since they
 #: start their work before they return.
-FUTURE_METHODS = frozenset({"tcp.send", "tcp.recv"})
+FUTURE_METHODS: Final = frozenset({"tcp.send", "tcp.recv"})
 
 METHODS: dict[str, Method] = {
     "ping": ping,
@@ -396,7 +402,7 @@ METHODS: dict[str, Method] = {
 }
 
 #: Methods a client may call before `auth` when the daemon has a token.
-OPEN_METHODS = frozenset({"ping", "auth"})
+OPEN_METHODS: Final = frozenset({"ping", "auth"})
 
 #: Methods whose first param is a connection id (named in the log line of an INTERNAL error).
 ON_CONN = frozenset(

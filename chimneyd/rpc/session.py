@@ -29,7 +29,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from types import CoroutineType
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import structlog
 
@@ -53,15 +53,19 @@ from .deadlines import ClientClock
 from .frame_budget import FrameBudget
 from .methods import FUTURE_METHODS, OPEN_METHODS, Method, conn_param
 from .ownership import Departure, Ownership
-from .sharded import DAEMON_WIDE_IN_FLIGHT, DAEMON_WIDE_METHODS
+from .sharded import DAEMON_WIDE_IN_FLIGHT
+from .sharded import DAEMON_WIDE_METHODS as _SHARDED_WIDE_METHODS
 
 log = structlog.get_logger("chimneyd.rpc")
 # what methods answer at once: a result of another class may be a coroutine of the compiled
 # build (mypyc makes each coroutine its own class, not CoroutineType)
-_ANSWERS = frozenset({dict, list, tuple, int, str, bytes, bool, float, type(None)})
+_ANSWERS: Final = frozenset({dict, list, tuple, int, str, bytes, bool, float, type(None)})
 # read once here, not through their modules on every request
-_Future = asyncio.Future
-_partial = functools.partial
+_Future: Final = asyncio.Future
+_partial: Final = functools.partial
+# mypyc reads a name imported from an interpreted module through this module's dict, a Final
+# constant as a C value: two tests of every request
+DAEMON_WIDE_METHODS: Final = _SHARDED_WIDE_METHODS
 
 WRITE_HIGH = 4 * 1024 * 1024  # pause reading a client whose unread answers pass this
 WRITE_LOW = 1 * 1024 * 1024  # and resume once they drain below this
@@ -169,7 +173,7 @@ class Session(asyncio.Protocol):
         self.serving = True
         try:
             for msg in self.decoder.feed_raw(data):
-                if msg.__class__ is list:  # a request [0, msgid, method, params], types checked
+                if type(msg) is list:  # a request [0, msgid, method, params], types checked
                     self.dispatch(msg[1], msg[2], msg[3])
                     if self.hangup:
                         self.close()
@@ -324,7 +328,7 @@ class Session(asyncio.Protocol):
         # a method returns the answer, a future of it, or a coroutine (`async def`); type
         # checks, not `isawaitable`, whose Awaitable ABC check cost 7% of the daemon's time.
         # An answer first: most requests get one at once, and a future is not tested twice
-        cls = result.__class__
+        cls = type(result)
         task: asyncio.Future[Any] | None = None  # stays None for an answer made at once
         if cls not in _ANSWERS:
             if isinstance(result, _Future):
@@ -408,7 +412,7 @@ class Session(asyncio.Protocol):
             return
         # `Encoder.response` and `send` written out: every answer passes here (ping: 1 in 3 of
         # the calls a request costs)
-        if result.__class__ is bytes and OUT_OF_LINE <= len(result) < BIN_LIMIT and error is None:
+        if type(result) is bytes and OUT_OF_LINE <= len(result) < BIN_LIMIT and error is None:
             # data read (tcp.recv): its head, then the bytes themselves, written as they are
             self.out += (bytes_response_head(msgid, len(result)), result)
         else:

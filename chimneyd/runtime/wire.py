@@ -22,7 +22,7 @@ import struct
 import sys
 import termios
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -31,34 +31,34 @@ from chimneyd.drivers.wire import SocketOption, TcpInfo
 
 log = structlog.get_logger("chimneyd.runtime")
 
-_OUTQ = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
-_INQ = getattr(termios, "FIONREAD", 0x541B)  # == SIOCINQ on Linux: the unread bytes queued
-_INT = struct.Struct("i")
+_OUTQ: Final = getattr(termios, "TIOCOUTQ", 0x5411)  # == SIOCOUTQ on Linux
+_INQ: Final = getattr(termios, "FIONREAD", 0x541B)  # == SIOCINQ on Linux: the unread bytes queued
+_INT: Final = struct.Struct("i")
 # struct tcp_info (include/uapi/linux/tcp.h): 8 bytes, 24 u32 up to tcpi_total_retrans (every
 # Linux since 2.6.x), then later additions at fixed offsets, read only when the kernel returns
 # that many bytes. Asked for up to tcpi_rcv_wnd (6.2); older kernels return less.
-_TCP_INFO = struct.Struct("8B24I")
+_TCP_INFO: Final = struct.Struct("8B24I")
 # the prefix up to tcpi_snd_cwnd, all `send_room` reads: tcpi_snd_mss is field 10, tcpi_snd_cwnd 26
-_TCPI_TO_CWND = struct.Struct("8B19I")
-_TCPI_U32 = struct.Struct("I")
-_TCPI_U64 = struct.Struct("Q")
+_TCPI_TO_CWND: Final = struct.Struct("8B19I")
+_TCPI_U32: Final = struct.Struct("I")
+_TCPI_U64: Final = struct.Struct("Q")
 # tcpi_bytes_acked (Linux 4.1): every sequence number the peer acknowledged, what `acked()`
 # falls back on when uvloop's byte counts no longer add up (a failed send(2) drops its buffer)
 # and reads last before the socket goes. It counts our SYN on a connecting socket but not on an
 # accepted one (Linux 6.18), so the count at connection_made is taken off; and it counts our
 # FIN once acknowledged.
-_TCPI_BYTES_ACKED = 120
-_TCPI_ACKED_ASK = _TCPI_BYTES_ACKED + _TCPI_U64.size
-_TCPI_NOTSENT = 144  # tcpi_notsent_bytes (Linux 4.6)
-_TCPI_SND_WND = 228  # tcpi_snd_wnd (5.4)
-_TCPI_RCV_WND = 232  # tcpi_rcv_wnd (6.2)
-_TCPI_ASK = _TCPI_RCV_WND + 4
-_TCP_TIMESTAMP = getattr(socket, "TCP_TIMESTAMP", 24)
-_LINGER_RST = struct.pack("ii", 1, 0)
-_TCP_CLOSE = 7  # tcpi_state of a connection the kernel has closed
+_TCPI_BYTES_ACKED: Final = 120
+_TCPI_ACKED_ASK: Final = _TCPI_BYTES_ACKED + _TCPI_U64.size
+_TCPI_NOTSENT: Final = 144  # tcpi_notsent_bytes (Linux 4.6)
+_TCPI_SND_WND: Final = 228  # tcpi_snd_wnd (5.4)
+_TCPI_RCV_WND: Final = 232  # tcpi_rcv_wnd (6.2)
+_TCPI_ASK: Final = _TCPI_RCV_WND + 4
+_TCP_TIMESTAMP: Final = getattr(socket, "TCP_TIMESTAMP", 24)
+_LINGER_RST: Final = struct.pack("ii", 1, 0)
+_TCP_CLOSE: Final = 7  # tcpi_state of a connection the kernel has closed
 
 #: (level, optname) of each option a layer may set (`WirePort.set_option`).
-_OPTIONS: dict[SocketOption, tuple[int, int]] = {
+_OPTIONS: Final[dict[SocketOption, tuple[int, int]]] = {
     SocketOption.SO_KEEPALIVE: (socket.SOL_SOCKET, socket.SO_KEEPALIVE),
     SocketOption.TCP_KEEPIDLE: (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
     SocketOption.TCP_KEEPINTVL: (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),

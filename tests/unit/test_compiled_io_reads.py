@@ -1,25 +1,91 @@
-"""The compiled build's I/O path reads its objects the way mypyc makes cheap.
+"""The compiled build's I/O path reads its constants and types the way mypyc makes cheap.
 
 Under callgrind on the compiled build (`make bench COMPILED=1 ARGS="--profile instructions"`,
-README "The compiled build") a verified echo round spent ~28,000 instructions in
-`PyObject_GetAttr`, the generic path, from compiled code. Every attribute read of an object of
-an interpreted module's class is generic (~200 instructions): the broker read six of
-`NdisOffloadHandle` per NBL sent down, so `chimneyd/ndis/handles.py` is compiled.
+README "The compiled build") a verified echo round spent ~21,000 instructions in
+`CPyDict_GetItem` and ~28,000 in `PyObject_GetAttr`, the generic paths, from compiled code:
+
+- a module-level name that is not `Final` is read through the module's dict on every use
+  (~140 instructions); a `Final` one is a C value. The hop trace alone read five such names per
+  record, eight records a round;
+- `x.__class__` is a generic attribute read (~170); `type(x)` is one C macro (the source build
+  runs both at about the same speed);
+- every attribute read of an object of an interpreted module's class is generic: the broker
+  read six of `NdisOffloadHandle` per NBL sent down, so `chimneyd/ndis/handles.py` is compiled.
 
 These tests read the sources (both builds ship them), so they hold on either build.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
 LISTED = ROOT / "deploy" / "compiled-modules.txt"
 
+#: module-level constants the compiled modules read on every verified echo round (by the
+#: functions named), which must be `Final`
+PER_ROUND_CONSTANTS: dict[str, tuple[str, ...]] = {
+    # HopTrace.record_pair: eight records a round
+    "chimneyd/ndis/trace.py": ("NO_STATUS", "HAS_STATUS", "_NARROW", "_NARROW_SIZE"),
+    # Ndis._io_down and _io_complete: each NBL sent down and completed
+    "chimneyd/ndis/broker.py": ("PENDING", "_IO", "_IO_DOWN"),
+    # NetBufferList.__init__
+    "chimneyd/ndis/nbl.py": ("_nbl_ids", "_PENDING"),
+    # Session.dispatch, respond: every request
+    "chimneyd/rpc/session.py": ("_ANSWERS", "_Future", "_partial", "DAEMON_WIDE_METHODS"),
+    # Decoder.feed_raw, bytes_response_head: every request and data answer
+    "chimneyd/rpc/codec.py": ("REQUEST", "RESPONSE", "MSGID_LIMIT", "OUT_OF_LINE", "BIN_LIMIT"),
+    # tcp_send, tcp_recv: their parameters' bounds
+    "chimneyd/rpc/methods.py": ("FUTURE_METHODS", "OPEN_METHODS", "_MAX_ID", "_MAX_RECV"),
+    # the host's send completion and receive (spare buffers)
+    "chimneyd/drivers/host/send.py": ("SUCCESS",),
+    "chimneyd/drivers/host/receive.py": ("SUCCESS", "SPARE_BYTES", "_SPARE_SCAN"),
+    # the target's send and receive
+    "chimneyd/drivers/target/send.py": ("SUCCESS", "ABORTED", "_ADVISING"),
+    "chimneyd/drivers/target/receive.py": ("SUCCESS", "_ORDINARY_PATH"),
+    # WireSocket._outq: every acknowledgement poll
+    "chimneyd/runtime/wire.py": ("_INT", "_OUTQ"),
+}
+
 
 def _compiled_modules() -> list[str]:
     lines = [ln.strip() for ln in LISTED.read_text().splitlines()]
     return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+def _final_names(path: str) -> set[str]:
+    out: set[str] = set()
+    for node in ast.parse((ROOT / path).read_text()).body:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and ast.unparse(node.annotation).split("[")[0] in ("Final", "typing.Final")
+        ):
+            out.add(node.target.id)
+    return out
+
+
+def test_per_round_constants_are_final() -> None:
+    missing = [
+        f"{path}: {name}"
+        for path, names in PER_ROUND_CONSTANTS.items()
+        for name in names
+        if name not in _final_names(path)
+    ]
+    assert not missing, f"read per round as a dict lookup on the compiled build: {missing}"
+
+
+def test_compiled_modules_read_no_class_attribute() -> None:
+    reads = [
+        f"{path}:{node.lineno}"
+        for path in _compiled_modules()
+        for node in ast.walk(ast.parse((ROOT / path).read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "__class__"
+        and isinstance(node.ctx, ast.Load)
+    ]
+    assert not reads, f"`x.__class__` (a generic attribute read when compiled): {reads}"
 
 
 def test_the_offload_handle_is_compiled() -> None:

@@ -29,23 +29,23 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("chimneyd.host")
 S = NdisStatus
-SUCCESS = S.NDIS_STATUS_SUCCESS
+SUCCESS: Final = S.NDIS_STATUS_SUCCESS
 # Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
 # slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
 _CLOSED: Final = Phase.CLOSED
 _RESET: Final = TcpState.RESET
 _NOT_ACCEPTED: Final = S.NDIS_STATUS_OFFLOAD_DATA_NOT_ACCEPTED  # an indication crossing a post
 #: Phases in which a segment the host receives goes down to the target at once (spec §4.6).
-_FORWARDED = frozenset({*LIVE, Phase.FAILED})
+_FORWARDED: Final = frozenset({*LIVE, Phase.FAILED})
 #: Receive buffers kept to post again (`spare`): at most this many bytes of them, each of at
 #: most SPARE_MAX_BYTES (bigger ones are mappings of their own, `runtime.memory`). A verified
 #: 16 KiB echo round then allocates and zeroes no buffer: at 100 connections 2.2-2.5% of the
 #: instructions the daemon executes per round (`python -m bench --profile instructions`);
 #: with a quarter of this budget, 1.1%.
-SPARE_BYTES = 4 * 1024 * 1024
-SPARE_MAX_BYTES = 64 * 1024
+SPARE_BYTES: Final = 4 * 1024 * 1024
+SPARE_MAX_BYTES: Final = 64 * 1024
 #: `app_rx` entries looked through for views of a completed buffer; with more it is not kept.
-_SPARE_SCAN = 8
+_SPARE_SCAN: Final = 8
 
 
 # -- application reads ---------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def spare(h: HostStack, tcb: Tcb, buffer: memoryview) -> None:
     read every byte placed in it: the application got copies (`_take`), so then nothing but
     the completed NBL views it (spec §4.2: the buffer is the host's again at completion)."""
     owner = buffer.obj
-    if owner.__class__ is not bytearray or len(tcb.app_rx) > _SPARE_SCAN:
+    if type(owner) is not bytearray or len(tcb.app_rx) > _SPARE_SCAN:
         return
     size = len(owner)
     if size > SPARE_MAX_BYTES or h.rx_spare_bytes + size > SPARE_BYTES:
@@ -252,7 +252,7 @@ def forget_spares(h: HostStack) -> None:
 #: up (spec §3.6.4: the target refuses every receive until the terminate completes, and a
 #: request posted again at once would come back at once, round and round while the terminate
 #: waits, e.g. behind a query still below); after the upload the host serves the read
-_NOT_AGAIN = frozenset({S.NDIS_STATUS_REQUEST_ABORTED, S.NDIS_STATUS_UPLOAD_IN_PROGRESS})
+_NOT_AGAIN: Final = frozenset({S.NDIS_STATUS_REQUEST_ABORTED, S.NDIS_STATUS_UPLOAD_IN_PROGRESS})
 
 
 def receive_complete(h: HostStack, head: NetBufferList) -> None:

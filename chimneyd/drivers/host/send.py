@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     from .stack import HostStack
 
 S = NdisStatus
-SUCCESS = S.NDIS_STATUS_SUCCESS
+SUCCESS: Final = S.NDIS_STATUS_SUCCESS
 # Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
 # slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
 _UPLOAD_REQUESTED: Final = Phase.UPLOAD_REQUESTED
 _RESET: Final = TcpState.RESET
 #: Completion statuses after which the host sends the data itself, after the upload (§4.1).
-_REQUEUE = frozenset(
+_REQUEUE: Final = frozenset(
     {S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_UPLOAD, S.NDIS_STATUS_UPLOAD_REQUESTED}
 )
 

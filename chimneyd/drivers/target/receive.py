@@ -29,11 +29,11 @@ if TYPE_CHECKING:
     from .target import OffloadTarget
 
 S = NdisStatus
-SUCCESS = S.NDIS_STATUS_SUCCESS
-ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
-MAX_INDICATION = 1 << 20
+SUCCESS: Final = S.NDIS_STATUS_SUCCESS
+ABORTED: Final = S.NDIS_STATUS_REQUEST_ABORTED
+MAX_INDICATION: Final = 1 << 20
 #: At most one challenge ACK for in-window SYNs per this period (spec §5.2).
-SYN_CHALLENGE_NS = 3_000_000_000
+SYN_CHALLENGE_NS: Final = 3_000_000_000
 #: The ACKs the target would answer forwarded segments with and cannot send (spec §5.2 [EMU]),
 #: by kind: counted in `layers.<layer>.unsent_acks`, not as NDIS calls (docs/metrics.md).
 CHALLENGE_RST = "challenge_rst"  # an RST in the window, off RcvNxt
@@ -41,7 +41,7 @@ CHALLENGE_SYN = "challenge_syn"  # a SYN in the window, out of order (not in TIM
 ACK_SYN = "ack_syn"  # a SYN outside the window (not in TIME_WAIT)
 ACK_URG = "ack_urg"  # a URG segment that fails its sequence or ACK number check
 UNSENT_ACK_KINDS = (CHALLENGE_RST, CHALLENGE_SYN, ACK_SYN, ACK_URG)
-_ORDINARY_PATH = (Phase.TERMINATING, Phase.TERMINATED)
+_ORDINARY_PATH: Final = (Phase.TERMINATING, Phase.TERMINATED)
 # Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
 # slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
 _UPLOAD_REQUESTED: Final = Phase.UPLOAD_REQUESTED

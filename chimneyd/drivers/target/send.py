@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from .target import OffloadTarget
 
 S = NdisStatus
-SUCCESS = S.NDIS_STATUS_SUCCESS
-ABORTED = S.NDIS_STATUS_REQUEST_ABORTED
-BACKLOG_DAMPING_NS = 1_000_000_000
+SUCCESS: Final = S.NDIS_STATUS_SUCCESS
+ABORTED: Final = S.NDIS_STATUS_REQUEST_ABORTED
+BACKLOG_DAMPING_NS: Final = 1_000_000_000
 # Members the I/O path reads, bound once: on Python 3.11 a read off an enum class passes the
 # slot of `EnumType.__getattr__` (~800 instructions), a global a few (README, "Benchmarks").
 _FAILED: Final = Phase.FAILED
@@ -32,7 +32,7 @@ _RESET: Final = TcpState.RESET
 _FIN_WAIT_2: Final = TcpState.FIN_WAIT_2
 _IO: Final = Event.IO
 #: statuses after which the host sends the data itself, after an upload (spec §4.1)
-UPLOAD_STATUSES = frozenset(
+UPLOAD_STATUSES: Final = frozenset(
     {S.NDIS_STATUS_UPLOAD_IN_PROGRESS, S.NDIS_STATUS_REQUEST_UPLOAD, S.NDIS_STATUS_UPLOAD_REQUESTED}
 )
 
@@ -136,7 +136,7 @@ def wire_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
 #: UPLOAD_REQUESTED among them: after a mandatory upload request the target processes no more
 #: received segments, but a send the peer acknowledged was delivered and can only complete
 #: SUCCESS, now or at the terminate (spec §5.2 [INF], §3.6.3).
-_ACKS_COUNT = frozenset({Phase.OFFLOADING, *LIVE})
+_ACKS_COUNT: Final = frozenset({Phase.OFFLOADING, *LIVE})
 
 
 def complete_acked(t: OffloadTarget, c: TcpContext, acked: int) -> None:
@@ -287,7 +287,7 @@ def complete_now(
 #: Phases in which the target advises the host on its send backlog (spec §5.3): not after a
 #: mandatory upload request, when it processes the connection no more and refuses every new
 #: send (spec §5.2, §3.6.4), so advice on how much to post has nothing to apply to.
-_ADVISING = frozenset(LIVE) - {Phase.UPLOAD_REQUESTED}
+_ADVISING: Final = frozenset(LIVE) - {Phase.UPLOAD_REQUESTED}
 
 
 def _backlog(t: OffloadTarget, c: TcpContext) -> None:
