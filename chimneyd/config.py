@@ -228,6 +228,9 @@ class LayerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # targets: offloaded TCP connections
     ipv4: bool = True  # targets: offloads IPv4 connections (NDIS_TCP_CONNECTION_OFFLOAD)
     ipv6: bool = True  # targets: offloads IPv6 connections
+    # targets: TCP chimney on; off, the NIC's capabilities advertise no encapsulation the host
+    # recognises (spec §1.3) and it offloads nothing, as a NIC whose chimney is disabled
+    tcp_chimney: bool = True
     policy: str = DEFAULT_POLICY  # mux: which NIC takes a new connection
 
 
@@ -552,6 +555,8 @@ def _check_layers(layers: tuple[LayerConfig, ...]) -> None:
                 raise ConfigError(
                     f"{where}.{version}: only a target says which IP versions it offloads"
                 )
+        if layer.kind != "target" and not layer.tcp_chimney:
+            raise ConfigError(f"{where}.tcp_chimney: only a target turns its TCP chimney off")
         if not (layer.ipv4 or layer.ipv6):
             raise ConfigError(f"{where}: a target offloads IPv4, IPv6 or both (ipv4, ipv6)")
     hosts = [i for i, layer in enumerate(layers) if layer.kind == "host"]

@@ -61,6 +61,7 @@ def build(
                 max_connections=spec.max_connections,
                 ipv4=spec.ipv4,
                 ipv6=spec.ipv6,
+                tcp_chimney=spec.tcp_chimney,
                 rx_buffer_bytes=settings.rx_buffer_bytes,
                 push_ticks_ms=settings.push_ticks_ms,
                 user_timeout_ms=settings.user_timeout_ms,

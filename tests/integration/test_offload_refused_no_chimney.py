@@ -4,7 +4,9 @@ NIC whose chimney is off advertises no encapsulation the host recognises), and s
 the same `NDIS_STATUS`, the host's own name as the layer (no initiate went down), and the
 answer word for word as the reason. Through the RPC server a client drives, on a running
 engine with real loopback sockets, straight above the NIC and through an IM (which passes
-the NIC's capabilities on, spec §8). Before, no test of its own covered this refusal."""
+the NIC's capabilities on, spec §8), and through a team whose every NIC has it off. The NIC's
+chimney is turned off by its configuration, as a user would (`layer.tcp_chimney`); a team
+with one such NIC puts its connections on the others."""
 
 from __future__ import annotations
 
@@ -15,10 +17,8 @@ import pytest
 
 from chimney_client import AsyncClient
 from chimney_client.errors import NdisStatusError
-from chimneyd.config import RpcConfig
-from chimneyd.drivers.target import adapter as target_adapter
-from chimneyd.drivers.target.target import OffloadTarget
-from chimneyd.ndis.oid import NdisTcpConnectionOffload
+from chimneyd.api import EngineError, ErrorCode
+from chimneyd.config import LayerConfig, RpcConfig
 from chimneyd.rpc.server import RpcServer
 from tests.integration.support import EngineFactory, topology
 from tests.rpc.support import HOST
@@ -28,23 +28,17 @@ NO_CHIMNEY = (
 )
 
 
-@pytest.fixture
-def chimney_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every NIC advertises its capabilities with no encapsulation: chimney is off there."""
-    advertised = target_adapter.capabilities
-
-    def off(t: OffloadTarget) -> NdisTcpConnectionOffload:
-        return dataclasses.replace(advertised(t), Encapsulation=0)
-
-    monkeypatch.setattr(target_adapter, "capabilities", off)
+def chimney_off(ims: int) -> tuple[LayerConfig, ...]:
+    """host → `ims` IMs → nic0 with its TCP chimney off (`layer.tcp_chimney = false`)."""
+    *above, nic = topology(ims)
+    return (*above, dataclasses.replace(nic, tcp_chimney=False))
 
 
-@pytest.mark.usefixtures("chimney_off")
 @pytest.mark.parametrize("ims", [0, 1])
 async def test_offload_and_info_agree_when_no_target_offers_chimney(
     make_engine: EngineFactory, echo_port: int, ims: int
 ) -> None:
-    engine = await make_engine(topology(ims))
+    engine = await make_engine(chimney_off(ims))
     server = RpcServer(engine, RpcConfig(listen=(f"{HOST}:0",)))
     await server.start()
     try:
@@ -73,3 +67,37 @@ async def test_offload_and_info_agree_when_no_target_offers_chimney(
     finally:
         await server.stop_accepting()
         await server.drain(5.0)
+
+
+def team(chimneys: tuple[bool, ...]) -> tuple[LayerConfig, ...]:
+    names = tuple(f"nic{i}" for i in range(len(chimneys)))
+    return (
+        LayerConfig("tcpip", "host", ("team0",)),
+        LayerConfig("team0", "mux", names, policy="round-robin"),
+        *(LayerConfig(n, "target", tcp_chimney=on) for n, on in zip(names, chimneys, strict=True)),
+    )
+
+
+async def test_a_team_whose_nics_all_have_chimney_off_offers_none(
+    make_engine: EngineFactory, echo_port: int
+) -> None:
+    engine = await make_engine(team((False, False)))
+    conn = await engine.connect(HOST, echo_port)  # its offload at once refused
+    with pytest.raises(EngineError) as answer:
+        await engine.offload(conn)
+    assert answer.value.code == ErrorCode.NDIS_STATUS, answer.value
+    assert NO_CHIMNEY.format("team0").endswith(answer.value.detail), answer.value.detail
+    assert engine.conn_info(conn)["state"] == "host"
+
+
+async def test_a_team_puts_no_connection_on_a_nic_with_chimney_off(
+    make_engine: EngineFactory, echo_port: int
+) -> None:
+    engine = await make_engine(team((False, True, False)))
+    conns = [await engine.connect(HOST, echo_port) for _ in range(6)]
+    placed = {engine.conn_info(c)["state"] for c in conns}
+    assert placed == {"offloaded"}, placed
+    stats = engine.ndis.stats()
+    # the six connections and their path and neighbor, all on nic1
+    assert stats["nic1"]["offloads_active"] == stats["tcpip"]["offloads_active"] == 8, stats
+    assert stats["nic0"]["offloads_active"] == stats["nic2"]["offloads_active"] == 0, stats

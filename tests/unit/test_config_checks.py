@@ -44,6 +44,16 @@ def test_max_connections_only_on_a_target(which: int) -> None:
         from_raw({"layer": layers})
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_tcp_chimney_off_only_on_a_target(which: int) -> None:
+    layers = [dict(HOST), dict(IM), dict(NIC)]
+    layers[which]["tcp_chimney"] = False
+    with pytest.raises(ConfigError, match=rf"layer\[{which}\]\.tcp_chimney"):
+        from_raw({"layer": layers})
+    off = from_raw({"layer": [dict(HOST), dict(IM), {**NIC, "tcp_chimney": False}]})
+    assert [layer.tcp_chimney for layer in off.layers] == [True, True, False]
+
+
 def test_the_same_listen_address_twice_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"rpc\.listen"):
         from_raw({"rpc": {"listen": ["127.0.0.1:7522", "127.0.0.1:7522"]}})

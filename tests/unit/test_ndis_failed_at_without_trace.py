@@ -41,4 +41,5 @@ def test_a_connection_whose_handles_carry_no_trace_still_names_the_failing_nic()
 
 def test_the_hop_trace_keeps_no_failing_layer() -> None:
     """One place per fact: the trace records hops, the NDIS handle the failing layer."""
-    assert "failed_at" not in HopTrace.__slots__
+    # a slot or a compiled class's attribute is a descriptor on the class (both builds)
+    assert not hasattr(HopTrace, "failed_at")

@@ -50,7 +50,12 @@ def ask(mux: MuxIm, lower: Lower) -> None:
 def capabilities(mux: MuxIm) -> NdisTcpConnectionOffload:
     """What the MUX offers above: the sum of its NICs in service (spec §8), an IP version or
     option if any of them has it, the tick lengths all of them support."""
-    caps = [lo.caps for lo in mux.lower_list() if lo.in_service and lo.caps is not None]
+    answered = [lo.caps for lo in mux.lower_list() if lo.in_service and lo.caps is not None]
+    # a NIC whose chimney is off offers the team nothing (spec §1.3); with none that offers
+    # it, the team offers none either
+    caps = [c for c in answered if c.recognised()]
+    if answered and not caps:
+        return NdisTcpConnectionOffload(Encapsulation=0)
     if not caps:  # chimney stays recognised, with room for nothing until a NIC is back
         return NdisTcpConnectionOffload(TcpConnectionOffloadCapacity=0)
     ticks = set(caps[0].TicksPerSecond).intersection(*(c.TicksPerSecond for c in caps[1:]))

@@ -379,7 +379,13 @@ class MuxIm(PassthroughIm):
         for lo in self.lower_list():
             if fit is not None and not fit(lo):
                 continue
-            if lo.in_service and lo.caps and (lo.caps.SupportIPv6 if ipv6 else lo.caps.SupportIPv4):
+            caps = lo.caps
+            if (
+                lo.in_service
+                and caps
+                and caps.recognised()
+                and (caps.SupportIPv6 if ipv6 else caps.SupportIPv4)
+            ):
                 return S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES
         return S.NDIS_STATUS_FAILURE
 

@@ -71,7 +71,7 @@ class Placement:
 def usable(lower: Lower, ipv6: bool) -> bool:
     """Whether `lower` can take a new connection of that IP version now."""
     caps = lower.caps
-    if not lower.in_service or caps is None or not lower.room():
+    if not lower.in_service or caps is None or not caps.recognised() or not lower.room():
         return False
     return caps.SupportIPv6 if ipv6 else caps.SupportIPv4
 

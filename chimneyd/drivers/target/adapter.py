@@ -17,6 +17,7 @@ from chimneyd.ndis.blocks import (
 )
 from chimneyd.ndis.lifecycle import LIVE, Event
 from chimneyd.ndis.oid import (
+    NdisEncapsulation,
     NdisOidRequest,
     NdisTcpConnectionOffload,
     NdisTcpConnectionOffloadParameters,
@@ -40,7 +41,11 @@ def capabilities(t: OffloadTarget) -> NdisTcpConnectionOffload:
     versions and SACK; it says it offloads the versions it is configured for (a NIC without
     IPv6 offload is common), and its capacity is the configured connection count."""
     return NdisTcpConnectionOffload(
-        SupportIPv4=t.ipv4, SupportIPv6=t.ipv6, TcpConnectionOffloadCapacity=t.max_connections
+        # a NIC whose chimney is off advertises no encapsulation chimney is recognised with
+        Encapsulation=NdisEncapsulation.NDIS_ENCAPSULATION_IEEE_802_3 if t.tcp_chimney else 0,
+        SupportIPv4=t.ipv4,
+        SupportIPv6=t.ipv6,
+        TcpConnectionOffloadCapacity=t.max_connections,
     )
 
 

@@ -80,6 +80,7 @@ class OffloadTarget(DriverLayer):
         max_connections: int = 16384,
         ipv4: bool = True,
         ipv6: bool = True,
+        tcp_chimney: bool = True,
         rx_buffer_bytes: int = 256 * 1024,
         push_ticks_ms: int = 500,
         user_timeout_ms: int = 0,
@@ -95,6 +96,7 @@ class OffloadTarget(DriverLayer):
         self.max_connections = max_connections
         self.ipv4 = ipv4  # the IP versions it offloads (its capabilities say so to the host)
         self.ipv6 = ipv6
+        self.tcp_chimney = tcp_chimney  # off: no encapsulation the host recognises (spec §1.3)
         self.rx_buffer_bytes = rx_buffer_bytes
         self.push_ticks = push_ticks_ms / 1000.0
         # TcpMaximumRetransmissions as a time (spec §8): TCP_USER_TIMEOUT on offloaded sockets
