@@ -101,6 +101,7 @@ class HopTrace:
         "clock",
         "conn_id",
         "depth",
+        "fin_wait_2_held",
         "packed",
         "rec",
         "seq",
@@ -122,6 +123,10 @@ class HopTrace:
         # below it (the trace travels with the connection's handle at every layer). None: no
         # wish, the MUX's policy places it
         self.wish: PlacementWish | None = None
+        # [EMU] not NDIS: (the delegated state of the connection's initiate, how long layers
+        # above its target held that initiate, ns), set by the layers that took the hold off
+        # its FIN_WAIT_2 timer and read by the target (drivers/fin_wait_2.py `spend_held`)
+        self.fin_wait_2_held: tuple[Any, int] | None = None
 
     def record(
         self,

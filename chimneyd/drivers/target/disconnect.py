@@ -11,7 +11,7 @@ from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
 
-from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel
+from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel, held_for
 from ..segment import TH_FIN
 from . import events, receive, send
 from .contexts import TcpContext
@@ -145,10 +145,12 @@ def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
     if timer is None or forward_owed(c):
         return  # the peer was heard after the delta was read: `fin_wait_2_at_offload`
     now = t.ndis.clock()
+    # a hold above, before the arrival, counted from the offload (`fin_wait_2_at_offload`)
+    held_ns = now - timer.since_ns
     start_fin_wait_2(t, c, timer.heard_ns + FIN_WAIT_2_NS - now - (now - arrived_ns))
     # the kernel's news from the arrival on is not in the delta either (spec §8: with reading
-    # stopped the kernel's time since it last heard the peer counts)
-    t.fin_wait_2[c.id].since_ns = arrived_ns
+    # stopped the kernel's time since it last heard the peer counts), nor from a hold above
+    t.fin_wait_2[c.id].since_ns = arrived_ns - held_ns
 
 
 def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
@@ -160,7 +162,16 @@ def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDel
     the time the target takes the connection (an initiate queued while paused, spec §5.5)
     expires at once, and that expiry may reach the target before the forward does: a
     connection whose peer was just heard, or closed, would be timed out."""
-    start_fin_wait_2(t, c, FIN_WAIT_2_NS if forward_owed(c) else fin_wait_2_ns(t, d))
+    if forward_owed(c):
+        start_fin_wait_2(t, c, FIN_WAIT_2_NS)
+        return
+    start_fin_wait_2(t, c, fin_wait_2_ns(t, d))
+    # [INF] a layer above that held the initiate took the hold off the delta (`spend_held`),
+    # but nobody read the kernel's news meanwhile: with reading stopped (the host's, which the
+    # target takes over) the peer's segments the kernel took during the hold restart the
+    # timer (spec §8). Counted only from now, a connection whose peer the kernel heard during
+    # the hold timed out, at once if the hold spent the delta
+    t.fin_wait_2[c.id].since_ns -= held_for(c.trace, d)
 
 
 def forward_owed(c: TcpContext) -> bool:
