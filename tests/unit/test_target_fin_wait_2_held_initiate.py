@@ -178,3 +178,20 @@ def test_due_while_a_paused_nic_queued_the_initiate_it_times_out_at_resume() -> 
     rig.advance(0.5)
     assert _retrieves(rig, conn) == ["TimeoutExpiration"], rig.events
     _drained(rig, conn)
+
+
+def test_a_nic_delaying_its_own_initiate_does_not_put_the_expiry_off() -> None:
+    """The NIC's own `delay` of `MiniportInitiateOffload` (40 s): the hold comes off the delta
+    as an IM's does (`DriverLayer.held`), and the NIC times the connection out 50 s after it
+    takes it, 120 s after the ACK of our FIN."""
+    rig = HostRig()
+    conn = _host_in_fin_wait_2(rig)
+    rig.target.arm_fault(Delay(1, "MiniportInitiateOffload", int(HELD_S * 1000)))
+    offload = Reply()
+    rig.host.app_offload(conn, None, offload)
+    rig.run()
+    assert not offload.done and list(rig.target.connections()) == [], "the NIC did not hold it"
+    rig.advance(HELD_S)
+    _offloaded(rig, conn, offload)
+    _expires_after(rig, conn, LEFT_S - HELD_S)
+    _drained(rig, conn)
