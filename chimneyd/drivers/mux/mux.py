@@ -203,6 +203,9 @@ class MuxIm(PassthroughIm):
         parents = _parents(root)
         placed: list[tuple[OffloadBlock, Lower | None, Key, Fit | None]] = []
         held = self.held_placements.pop(id(root), {})  # chosen before it was held
+        # when it was first held (`spend_held`): taken now, as its placements are, so that an
+        # initiate that goes (a retry that raised) leaves no entry for another to find by id
+        since = self.held_since.pop(id(root), None)
         for up in walk(root):
             if up.kind is not BlockKind.TCP or up.role() is BlockRole.PLACEHOLDER:
                 continue
@@ -238,6 +241,8 @@ class MuxIm(PassthroughIm):
                 held = {id(u): lo for u, lo, _, _ in placed if lo is not None}
                 held[id(up)] = lower
                 self.held_placements[id(root)] = held
+                if since is not None:
+                    self.held_since[id(root)] = since
                 return False
             if lower is not None:
                 lower.connections += 1  # counted now so the next choice in this tree sees it
@@ -270,7 +275,6 @@ class MuxIm(PassthroughIm):
             low = mirror_block(up, entry.handle)
             call.tree(lower).connection_block(entry, low)
             call.link(up, low, entry)
-        since = self.held_since.pop(id(root), None)
         if since is not None:
             fin_wait_2.spend_held(
                 root, self.ndis.clock() - since, fin_wait_2.ticks_per_second(self)
@@ -1441,6 +1445,7 @@ class MuxIm(PassthroughIm):
             "held_by": len(self.held_by),
             "placement_moves": len(self.placement.moves),  # a rebalance's plans not used yet
             "held_placements": len(self.held_placements),
+            "held_since": len(self.held_since),
             "indicating": len(self.indicating),
             "returns_to": len(self.returns_to),
             "cap_waiters": len(self.cap_waiters),
