@@ -37,6 +37,7 @@ _NARROW = (4, 9, 5, 4, 4, 3)
 _NARROW_HEADINGS = ("seq", "t (µs)", "layer", "call", "hdl", "ctx", "nbl", "status/event")
 _CALL_LONGEST = 35  # NdisTcpOffloadReceiveHandler:return
 _CALL_MIN = 16
+_CALL_CUT = 8  # what a call name keeps when it gives its room to a status
 _LAST_MIN = 16
 _STATUS_PREFIX = "NDIS_STATUS_"
 
@@ -70,15 +71,28 @@ class WatchLayout:
             return "  ".join([*padded, *cells[len(_WIDTHS) :]]).rstrip()
         assert self.columns is not None
         cells = [*cells, *[""] * (8 - len(cells))]
-        cells[3] = _cut(cells[3], self.call_width)
         status = cells[7]
         if status.startswith(_STATUS_PREFIX) and status != _STATUS_PREFIX:
             cells[7] = status[len(_STATUS_PREFIX) :]
-        widths = (*_NARROW[:3], self.call_width, *_NARROW[3:])
-        line = " ".join(c.ljust(w) for c, w in zip(cells[:7], widths, strict=True))
         last = " ".join(c for c in cells[7:] if c)
+        # the status is what a user reads a failed hop by: the call name gives up its room to
+        # it first, down to _CALL_CUT; a line that still cannot hold it runs past the terminal
+        # rather than cut it (an event after it may be cut)
+        call = self.call_width
+        line = self._line(cells, call)
+        keep = len(cells[7]) + (3 if cells[7] and last != cells[7] else 0)  # "STATUS E…"
+        over = len(line) + 1 + keep - self.columns
+        if over > 0 and cells[7]:
+            call = max(_CALL_CUT, call - over)
+            line = self._line(cells, call)
         room = self.columns - len(line) - 1
-        return f"{line} {_cut(last, max(room, 1))}".rstrip()
+        return f"{line} {_cut(last, max(room, keep, 1))}".rstrip()
+
+    def _line(self, cells: list[str], call: int) -> str:
+        """The cells before status and event, `call` wide for the call's name."""
+        widths = (*_NARROW[:3], call, *_NARROW[3:])
+        cut = [*cells[:3], _cut(cells[3], call), *cells[4:7]]
+        return " ".join(c.ljust(w) for c, w in zip(cut, widths, strict=True))
 
     def heading(self) -> str:
         if self.wide:
