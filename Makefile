@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.stamp-installed
 SRC    := chimneyd clients tests bench
 
 .PHONY: all venv run test lint typecheck unit pytest bench soak fuzz fuzz-team screenshots figure \
-	compiled test-compiled properties parity clean
+	compiled test-compiled properties parity clean help
 
 all: test
 
@@ -145,3 +145,32 @@ parity: $(DEPS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+
+# every target, one line each (README.md says more; tests/docs/test_make_help.py checks that
+# the list names them all); it needs no .venv
+define HELP_TEXT
+make targets (each makes .venv first if it is missing, except help and clean):
+  run            start chimneyd on 127.0.0.1:7411 (ARGS="..." passes options)
+  test           lint, typecheck and pytest: what CI runs (make with no target)
+  lint           ruff check and ruff format --check
+  typecheck      mypy
+  pytest         the whole suite and the soak smoke tests, on JOBS processes
+  unit           tests/unit alone, in one process: the socket-free tests
+  venv           make .venv (the package, editable, with its [test] extra)
+  bench          the benchmarks (python -m bench ARGS)
+  soak           the tests marked soak, then a 10,000-connection soak
+  fuzz           a longer fuzz of faults and call sequences, fresh seeds
+  fuzz-team      the same on teams of NICs under a MUX
+  properties     the property tests with more examples
+  parity         every host-stack/offloaded parity scenario in all modes
+  figure         redraw the README's sequence diagrams (docs/figures/)
+  screenshots    the browser tests of the web view, screenshots kept
+  compiled       the mypyc-compiled copy in build/compiled/ (COMPILED=1 uses it)
+  test-compiled  the whole suite on the compiled build
+  clean          remove .venv, the caches and build/
+  help           this list
+endef
+export HELP_TEXT
+
+help:
+	@echo "$$HELP_TEXT"

@@ -1,7 +1,7 @@
 """The make targets the documentation names and the Makefile's are the same: every `make
 TARGET` in README.md and docs/ is one the Makefile has, and every target the Makefile has is
-named in README.md, since there is no `make help` to list them (a newcomer could not guess
-`make unit`, the quick socket-free check)."""
+named in README.md (a newcomer could not guess `make unit`, the socket-free check);
+`make help` lists them too (tests/docs/test_make_help.py)."""
 
 from __future__ import annotations
 
