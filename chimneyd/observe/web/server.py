@@ -137,9 +137,13 @@ class Guard:
             if not self.token_ok(given):
                 return web.Response(
                     status=401,
-                    text="chimneyd: this view needs the daemon's admin token (rpc.admin_token;"
-                    " rpc.token when no admin token is set): open it once with ?token=TOKEN,"
-                    " or send Authorization: Bearer TOKEN\n",
+                    # where the token comes from too: a newcomer's daemon got it from the
+                    # variable the README starts it with (chimneyd.daemon.ADMIN_TOKEN_ENV)
+                    text="chimneyd: this view needs the daemon's admin token (rpc.admin_token,"
+                    " or CHIMNEYD_ADMIN_TOKEN in the daemon's environment; rpc.token when no"
+                    " admin token is set): open the page once with ?token=TOKEN added to its"
+                    " address (/?token=TOKEN; a cookie keeps it), or send Authorization: Bearer"
+                    " TOKEN\n",
                     headers={"WWW-Authenticate": 'Bearer realm="chimneyd"'},
                 )
             # keep it in a cookie and take it out of the address bar and history
