@@ -1500,12 +1500,19 @@ def admin_hint(s: Session) -> str | None:
 
 
 def _subscribe(s: Session, a: argparse.Namespace) -> Any:
+    # without the admin token '*' is this client's connections only (docs/rpc.md,
+    # events.subscribe): the line says so rather than "all connections". Asked before the
+    # subscribe, so that no event arrives ahead of the line.
+    hint = admin_hint(s) if a.id == "*" else None
     r = s.client.events_subscribe(a.id)
     # in run/shell the connections the script makes are this client's, and their events come:
     # the hint is for a one-shot subscribe, which makes none
-    if a.id == "*" and not s.interactive and (hint := admin_hint(s)):
+    if hint and not s.interactive:
         _stderr(f"hint: {hint}")
-    s.out.line(f"subscribed to {'all connections' if a.id == '*' else f'conn {a.id}'}")
+    what = "all connections" if a.id == "*" else f"conn {a.id}"
+    if hint:
+        what = "this client's own connections (no admin token)"
+    s.out.line(f"subscribed to {what}")
     if s.interactive and a.count is None:
         return r  # run/shell: later events print as they arrive
     s.result(r)

@@ -161,7 +161,7 @@ def test_subscribe_prints_events(capsys: pytest.CaptureFixture[str], server: Min
     status, out, _ = run(capsys, server, "subscribe", "*", "--count", "1")
     assert status == 0
     assert out.splitlines() == [
-        "subscribed to all connections",
+        "subscribed to this client's own connections (no admin token)",
         "event conn 1: offloaded path=tcpip, nic0",
     ]
     status, out, _ = run(capsys, server, "--json", "run", "subscribe 1", "events --count 1")
