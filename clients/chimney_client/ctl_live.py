@@ -97,7 +97,9 @@ class WatchLayout:
     def heading(self) -> str:
         if self.wide:
             return self.row([*HOP_COLUMNS, "event"])
-        return self.row(list(_NARROW_HEADINGS))
+        # the last heading goes where an event does: a label, cut to fit, which does not take
+        # the call column's room as a status would
+        return self.row([*_NARROW_HEADINGS[:7], "", _NARROW_HEADINGS[7]])
 
 
 def terminal_columns(out: Output) -> int | None:

@@ -43,3 +43,14 @@ def test_an_event_after_the_status_may_be_cut_but_not_the_status() -> None:
          "TcpIndicateSendBacklogChange"]
     )  # fmt: skip
     assert " SUCCESS T" in row and len(row) <= 60, row
+
+
+@pytest.mark.parametrize("columns", [60, 70, 80])
+def test_the_heading_stays_over_its_columns(columns: int) -> None:
+    """The heading's last cell is a label, not a status: it is cut, and call keeps its width."""
+    layout = WatchLayout(columns)
+    heading = layout.heading()
+    row = layout.row(
+        ["1", "0.0", "tcpip", "NdisOffloadTcpSend", "3", "", "1", "NDIS_STATUS_SUCCESS"]
+    )
+    assert heading.index("hdl") == row.index(" 3 ") + 1, f"\n{heading}\n{row}"
