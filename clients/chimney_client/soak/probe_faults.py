@@ -91,6 +91,31 @@ class Refusal:
     excused: bool
 
 
+def _above(info: Record | None, upper: str, layer: str) -> bool | None:
+    """Whether stack.info (`info`) has `layer` below `upper` (its `lower` names, or its MUX
+    `lowers`, followed down); None where it says nothing of how its layers stack."""
+    below: dict[str, set[str]] = {}
+    for la in (info or {}).get("layers", []):
+        lower = la.get("lower")
+        lowers = la.get("lowers")
+        names = set(lower) if isinstance(lower, list) else set()
+        names |= set(lowers) if isinstance(lowers, dict) else set()
+        if lower is not None or lowers is not None:
+            below[str(la.get("name"))] = {str(n) for n in names}
+    if not below:
+        return None
+    seen: set[str] = set()
+    todo = [upper]
+    while todo:
+        name = todo.pop()
+        if name == layer:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo.extend(below.get(name, ()))
+    return False
+
+
 def _withholds(exc: ChimneyError | None, reason: str) -> bool:
     """Whether a refusal (answered `exc`, or said `reason` by tcp.info's `offload_refused`) is
     the host withholding the NIC for a host event (INVALID_STATE naming it, spec §6.2)."""
@@ -497,7 +522,15 @@ class ProbeFaults:
         why = reason or f"tcp.offload left it {info.get('state', '?')}"
         if by:
             why += f" (refused by {by})"
-        layers = [layer] + ([by] if by and by != layer else [])
+        layers = [layer]
+        if by and by != layer:
+            # only a layer on the probe's way down to `layer` (the host, a MUX above it) can
+            # refuse it for its own room: a full NIC beside it, or a layer the daemon does not
+            # have, excuses nothing (`offload_refused.layer`, docs/rpc.md `tcp.info`)
+            if _above(await self._of_shard("stack_info", shard), by, layer) is False:
+                why += f" (not on its way to {layer})"
+            else:
+                layers.append(by)
         room, full = await self._room(layers, shard)
         if status in NO_ROOM or _withholds(exc, reason) or full:
             return Refusal(f"{why}{room}", True)

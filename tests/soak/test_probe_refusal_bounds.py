@@ -1,0 +1,65 @@
+"""Where the probe's refusal rules (soak/probe_faults.py) stop excusing: a daemon must not pass
+by naming, in tcp.info's `offload_refused`, a full NIC the probe never went to, and a probe that
+took a place on its NIC in one shard explains no worker's refusal in another shard (each shard
+has its own connections and its own `max_connections`, docs/rpc.md Shards)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.soak.test_probe_doubts import _prober, _rec
+from tests.soak.test_probe_no_room import _short  # noqa: F401 (autouse)
+from tests.soak.test_probe_offload_refused import FakeQuietRefusal
+from tests.soak.test_verdict import _report
+
+pytestmark = pytest.mark.soak
+
+Rec = dict[str, Any]
+
+
+class FakeTwoNics(FakeQuietRefusal):
+    """nic0 (the probe's, room to spare) and nic1 (full) side by side under the host: nic1 is
+    no layer a connection pinned to nic0 goes through."""
+
+    async def stack_info(self) -> Rec:
+        info = await super().stack_info()
+        layers = info["layers"]
+        layers[0] = {**layers[0], "lower": ["nic0", "nic1"]}
+        nic1 = {"name": "nic1", "kind": "target", "tcp": 8, "max_connections": 8}
+        return {**info, "layers": [*layers, nic1]}
+
+
+@pytest.mark.parametrize("by", ["nic1", "nic9"])
+async def test_a_refusal_blamed_on_a_layer_off_the_probes_way_is_not_excused(by: str) -> None:
+    """The probe pinned to nic0, which has room: a daemon that refuses it NDIS_STATUS_FAILURE
+    and names nic1 (full, but beside nic0, not above it) or a layer it does not have, refused
+    a connection it could take. Before, nic1's room excused it: the run passed with the
+    invalidate `not judged ... (refused by nic1) (stack.info: ...; nic1 carries 8 of 8)`."""
+    said = {"status": "NDIS_STATUS_FAILURE", "layer": by, "reason": "failed"}
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(FakeTwoNics(said)).inject_probed(rec, {})
+    r = _report([rec], [], {})
+    assert not r["ok"], (rec, r["not_judged"])
+    assert "ValueError" in rec.get("error", ""), rec
+
+
+async def test_a_refusal_blamed_on_a_full_layer_above_the_nic_is_still_excused() -> None:
+    """A MUX above the pinned NIC (docs/rpc.md: `team0` for a full pinned NIC) is on its way:
+    its saying no room stays excused."""
+
+    class FakeUnderTeam(FakeQuietRefusal):
+        async def stack_info(self) -> Rec:
+            info = await super().stack_info()
+            host, nic0 = info["layers"]
+            team = {"name": "team0", "kind": "mux", "lower": ["nic0"]}
+            team.update(lowers={"nic0": {"in_service": False}})
+            return {**info, "layers": [{**host, "lower": ["team0"]}, team, nic0]}
+
+    said = {"status": "NDIS_STATUS_FAILURE", "layer": "team0", "reason": "out of service"}
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(FakeUnderTeam(said)).inject_probed(rec, {})
+    r = _report([rec], [], {})
+    assert r["ok"], r["failures"]
+    assert "(refused by team0)" in rec["not_judged"], rec
