@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 
+from chimney_client.soak.conn import Conn
+from chimney_client.soak.state import Rpc
+from tests.soak.test_outage_accounts import _state
 from tests.soak.test_probe_doubts import _prober, _rec
-from tests.soak.test_probe_no_room import _short  # noqa: F401 (autouse)
+from tests.soak.test_probe_no_room import FakeFullNic, _short  # noqa: F401 (autouse)
 from tests.soak.test_probe_offload_refused import FakeQuietRefusal
+from tests.soak.test_probe_takes_a_place import _reopen
 from tests.soak.test_verdict import _report
 
 pytestmark = pytest.mark.soak
@@ -63,3 +67,47 @@ async def test_a_refusal_blamed_on_a_full_layer_above_the_nic_is_still_excused()
     r = _report([rec], [], {})
     assert r["ok"], r["failures"]
     assert "(refused by team0)" in rec["not_judged"], rec
+
+
+class FakeShardedFullNic(FakeFullNic):
+    """FakeFullNic as shard 0 of a daemon of two shards: the probe's client is in shard 0."""
+
+    async def stack_info(self) -> Rec:
+        info = await super().stack_info()
+        other = {**info, "shard": 1}
+        return {**info, "shard": 0, "shards": [{**info, "shard": 0}, other]}
+
+    async def stack_stats(self) -> Rec:
+        stats = await super().stack_stats()
+        return {**stats, "shards": [{**stats, "shard": 0}, {"shard": 1, "layers": {}}]}
+
+
+async def test_a_refusal_in_another_shard_is_not_the_probes() -> None:
+    """The probe took nic0's last place in shard 0; a worker's reopen refused in shard 1 at the
+    same moment had nic0 of shard 1 to itself. Before, `_refused_for_the_probe` took it as the
+    probe's doing (`refused_for_the_probe` 1) and the run passed."""
+    daemon = FakeShardedFullNic(capacity=6, workers=6, frees_after=2)
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(daemon).inject_probed(rec, {})
+    assert rec["injected"] and rec["shard"] == 0 and rec.get("probe_no_room_t"), rec
+    t = rec["t0"] - 0.001
+    elsewhere = {**_reopen(t), "shard": 1}
+    r = _report([rec], [], {"refusals": [elsewhere]})
+    assert not r["ok"], r["faults"]
+    assert "offload refused at connect" in " ".join(r["failures"]), r["failures"]
+    # in the probe's own shard (or a daemon that does not say): the probe's, as before
+    for ep in ({**_reopen(t), "shard": 0}, _reopen(t)):
+        r = _report([rec], [], {"refusals": [ep]})
+        assert r["ok"], r["failures"]
+
+
+@pytest.mark.parametrize("shard", [1, None])
+def test_a_workers_refusal_says_its_shard(shard: int | None) -> None:
+    """The worker's refusal episode keeps the shard of its RPC client (as an upload's record
+    does), which `_refused_for_the_probe` needs; a daemon of one process: none."""
+    st = _state()
+    st.rpc_by_cid[9] = Rpc(client=None, ops=1, shard=shard)  # type: ignore[arg-type]
+    conn = Conn(9, 1, 0, 0, 1.0)
+    st.refused(conn, "connect", None)
+    [ep] = st.obs["refusals"]
+    assert ep.get("shard") == shard, ep

@@ -473,6 +473,8 @@ class ProbeFaults:
         probe's to explain (`_refused_for_the_probe`)."""
         start = time.monotonic()
         deadline = start + PROBE_OFFLOAD_S
+        # the shard whose NIC the probe takes a place on (each shard has its own room)
+        rec.setdefault("probe_shard", shard)
         exc: ChimneyError | None = None
         offered = False
         while True:
@@ -808,9 +810,12 @@ def _refused_for_the_probe(
     reopen, spec §8). Not the daemon's doing; each must be offloaded again after."""
     closed = rec.get("probes_closed_t")
     start, end = float(rec["probe_no_room_t"]), float("inf") if closed is None else float(closed)
+    shard = rec.get("probe_shard")
     for ep in obs.get("refusals", []):
         if ep.get("explained_by") or ep.get("withheld"):
             continue
+        if None not in (shard, ep.get("shard")) and str(ep["shard"]) != str(shard):
+            continue  # another shard's NIC, whose places the probe took none of
         if ep.get("status") not in (None, *NO_ENTRIES):
             continue
         sent = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])

@@ -296,6 +296,9 @@ class WorkerState:
         if ep is None:
             ep = {"conn": conn.cid, "at": at, "status": status, "t_first": now, "attempts": 0}
             ep["t_first_sent"] = sent if sent is not None else now
+            rpc = self.rpc_by_cid.get(conn.cid)
+            if rpc is not None and rpc.shard is not None:
+                ep["shard"] = rpc.shard  # where it was refused: a NIC's room is each shard's own
             conn.refusal = ep
             self.obs["refusals"].append(ep)
             watch(conn, ep, None)
