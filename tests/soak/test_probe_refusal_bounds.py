@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
+from chimney_client.errors import NdisStatusError
 from chimney_client.soak.conn import Conn
 from chimney_client.soak.state import Rpc
 from tests.soak.test_outage_accounts import _state
 from tests.soak.test_probe_doubts import _prober, _rec
-from tests.soak.test_probe_no_room import FakeFullNic, _short  # noqa: F401 (autouse)
+from tests.soak.test_probe_no_room import FULL, FakeFullNic, _short  # noqa: F401 (autouse)
 from tests.soak.test_probe_offload_refused import FakeQuietRefusal
 from tests.soak.test_probe_takes_a_place import _reopen
 from tests.soak.test_verdict import _report
@@ -111,3 +112,32 @@ def test_a_workers_refusal_says_its_shard(shard: int | None) -> None:
     st.refused(conn, "connect", None)
     [ep] = st.obs["refusals"]
     assert ep.get("shard") == shard, ep
+
+
+class FakeSaysFull(FakeFullNic):
+    """nic0 with room to spare (5 of 100) that answers the probe's first `lies` offers
+    OFFLOAD_TCP_ENTRIES all the same, then takes it."""
+
+    def __init__(self, lies: int) -> None:
+        super().__init__(capacity=100, workers=5)
+        self.lies = lies
+
+    async def tcp_offload(self, cid: int) -> Rec:
+        if self.lies > 0:
+            self.lies -= 1
+            raise NdisStatusError(NdisStatusError.code, FULL.format(self.capacity))
+        return await super().tcp_offload(cid)
+
+
+async def test_a_no_room_answer_with_room_on_the_nic_explains_no_workers_refusal() -> None:
+    """The probe took no one's place on a NIC that stack.info says had 95 places free: a
+    worker's reopen refused meanwhile is the daemon's to explain. Before, the probe's first
+    answer of OFFLOAD_TCP_ENTRIES alone opened the window (`probe_no_room_t`) and the run
+    passed with `refused for the probe 1`."""
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(FakeSaysFull(lies=2)).inject_probed(rec, {})
+    assert rec["injected"], rec
+    assert "probe_no_room_t" not in rec, rec
+    r = _report([rec], [], {"refusals": [_reopen(rec["t0"] - 0.001)]})
+    assert not r["ok"], r["faults"]
+    assert "offload refused at connect" in " ".join(r["failures"]), r["failures"]

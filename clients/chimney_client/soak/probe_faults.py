@@ -470,7 +470,8 @@ class ProbeFaults:
         connection just left and is about to take again (a churned or reset slot's reopen):
         from the first offer refused for no room (or one that got the NIC's last place) until
         the probes close, `rec["probe_no_room_t"]`, the workers' refusals for no room are the
-        probe's to explain (`_refused_for_the_probe`)."""
+        probe's to explain (`_refused_for_the_probe`), where stack.info says the NIC is full
+        then (or says nothing of its room)."""
         start = time.monotonic()
         deadline = start + PROBE_OFFLOAD_S
         # the shard whose NIC the probe takes a place on (each shard has its own room)
@@ -503,7 +504,15 @@ class ProbeFaults:
                 # InternalError: a bug a raise_next of the soak's own planted (else an error)
                 exc = err
                 if isinstance(err, NdisStatusError) and err.status in NO_ENTRIES:
-                    rec.setdefault("probe_no_room_t", sent)
+                    # no room for TCP opens the window only where stack.info agrees (or says
+                    # nothing of the NIC's room): a NIC with TCP places free took no worker's
+                    # for the probe, whatever it answered (spec §8). Its `tcp` counts no path
+                    # or neighbor entries: those answers are taken as said
+                    room, full = "", True
+                    if err.status == "NDIS_STATUS_OFFLOAD_TCP_ENTRIES":
+                        room, full = await self._room([layer], shard)
+                    if full or not room:
+                        rec.setdefault("probe_no_room_t", sent)
 
     async def _judge_refusal(
         self, cid: int, exc: ChimneyError | None, info: Record, layer: str, shard: int | None
