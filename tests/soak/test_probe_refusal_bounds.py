@@ -36,13 +36,24 @@ class FakeTwoNics(FakeQuietRefusal):
         return {**info, "layers": [*layers, nic1]}
 
 
-@pytest.mark.parametrize("by", ["nic1", "nic9"])
-async def test_a_refusal_blamed_on_a_layer_off_the_probes_way_is_not_excused(by: str) -> None:
-    """The probe pinned to nic0, which has room: a daemon that refuses it NDIS_STATUS_FAILURE
-    and names nic1 (full, but beside nic0, not above it) or a layer it does not have, refused
-    a connection it could take. Before, nic1's room excused it: the run passed with the
-    invalidate `not judged ... (refused by nic1) (stack.info: ...; nic1 carries 8 of 8)`."""
-    said = {"status": "NDIS_STATUS_FAILURE", "layer": by, "reason": "failed"}
+@pytest.mark.parametrize(
+    ("by", "status"),
+    [
+        ("nic1", "NDIS_STATUS_FAILURE"),
+        ("nic9", "NDIS_STATUS_FAILURE"),
+        ("nic1", "NDIS_STATUS_OFFLOAD_TCP_ENTRIES"),
+        ("nic9", "NDIS_STATUS_OFFLOAD_TCP_ENTRIES"),
+    ],
+)
+async def test_a_refusal_blamed_on_a_layer_off_the_probes_way_is_not_excused(
+    by: str, status: str
+) -> None:
+    """The probe pinned to nic0, which has room: a daemon whose tcp.offload answers without an
+    error and whose tcp.info says a refusal by nic1 (full, but beside nic0, not above it) or
+    by a layer it does not have refused a connection it could take, whatever status it gives.
+    Before, nic1's room excused it, and so did the no-room status of either claim: the run
+    passed with the invalidate `not judged ... (refused by nic1) (stack.info: ...)`."""
+    said = {"status": status, "layer": by, "reason": "failed"}
     rec = _rec("invalidate", object="tcp", layer="nic0")
     await _prober(FakeTwoNics(said)).inject_probed(rec, {})
     r = _report([rec], [], {})

@@ -540,6 +540,9 @@ class ProbeFaults:
             # have, excuses nothing (`offload_refused.layer`, docs/rpc.md `tcp.info`)
             if _above(await self._of_shard("stack_info", shard), by, layer) is False:
                 why += f" (not on its way to {layer})"
+                if exc is None:
+                    # an answer without an error: the status is that same claim's, not believed
+                    status, reason = None, ""
             else:
                 layers.append(by)
         room, full = await self._room(layers, shard)
