@@ -8,9 +8,11 @@ layer puts them back in order exactly as TCP does with sequence numbers. The con
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast
 
-SEQ_MOD = 1 << 32
+from chimneyd.compiled import mypyc_attr
+
+SEQ_MOD: Final = 1 << 32
 
 
 def seq(initial: int, offset: int) -> int:
@@ -25,9 +27,14 @@ def offset_of(initial: int, sequence: int, near: int) -> int:
     return near + delta
 
 
-D = TypeVar("D", bytes, memoryview)
+# bound, not restricted to the two values: mypyc compiles no TypeVar with values, and this
+# module is on the compiled build's I/O path (deploy/compiled-modules.txt). A layer's
+# `Reassembly` holds one of the two types (its `rx` annotation), as before
+D = TypeVar("D", bound=bytes | memoryview)
 
 
+# a test plants a bug in a subclass (tests/integration/test_layer_errors.py)
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Reassembly(Generic[D]):
     """In-sequence delivery of one direction of a stream (RFC 793 §3.9, "segment arrives").
 
@@ -66,7 +73,7 @@ class Reassembly(Generic[D]):
                     ooo = self.ooo = {}
                 ooo[offset] = (data, flags)
             else:
-                self._take(ready, data[self.rcv_nxt - offset :], flags)
+                self._take(ready, cast(D, data[self.rcv_nxt - offset :]), flags)
                 while ooo:
                     due = sorted(o for o in ooo if o <= self.rcv_nxt)
                     if not due:
@@ -74,7 +81,7 @@ class Reassembly(Generic[D]):
                     for o in due:
                         piece, fl = ooo.pop(o)
                         if o + len(piece) > self.rcv_nxt:
-                            self._take(ready, piece[self.rcv_nxt - o :], fl)
+                            self._take(ready, cast(D, piece[self.rcv_nxt - o :]), fl)
         return ready, self.fin_reached and not was
 
     def _take(self, ready: list[tuple[D, int]], data: D, flags: int) -> None:
