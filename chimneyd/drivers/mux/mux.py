@@ -50,7 +50,7 @@ from .objects import (
     MuxConnection,
     VirtualObject,
 )
-from .placement import Fit, Placement, fit_of, nics_below, usable
+from .placement import Fit, Placement, fit_of, nics_below, offers, usable
 from .trees import LowerTree, MuxCall, mirror_block
 
 S = NdisStatus
@@ -383,13 +383,7 @@ class MuxIm(PassthroughIm):
         for lo in self.lower_list():
             if fit is not None and not fit(lo):
                 continue
-            caps = lo.caps
-            if (
-                lo.in_service
-                and caps
-                and caps.recognised()
-                and (caps.SupportIPv6 if ipv6 else caps.SupportIPv4)
-            ):
+            if offers(lo, ipv6):
                 return S.NDIS_STATUS_OFFLOAD_TCP_ENTRIES
         return S.NDIS_STATUS_FAILURE
 

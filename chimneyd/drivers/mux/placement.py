@@ -70,8 +70,14 @@ class Placement:
 
 def usable(lower: Lower, ipv6: bool) -> bool:
     """Whether `lower` can take a new connection of that IP version now."""
+    return offers(lower, ipv6) and lower.room()
+
+
+def offers(lower: Lower, ipv6: bool) -> bool:
+    """Whether `lower`, in service, offloads connections of that IP version at all, room or
+    not: its chimney on (spec §1.3) and the version in its capabilities (spec §8)."""
     caps = lower.caps
-    if not lower.in_service or caps is None or not caps.recognised() or not lower.room():
+    if not lower.in_service or caps is None or not caps.recognised():
         return False
     return caps.SupportIPv6 if ipv6 else caps.SupportIPv4
 
