@@ -852,12 +852,26 @@ class Engine:
         return layer
 
     def mux_above(self, name: str) -> tuple[MuxIm, Binding]:
-        """The mux a NIC (or an IM over one) is bound under, and that binding."""
-        layer = self.driver_layer(name)
+        """The mux the layer `name` (a NIC, or an IM over one) is bound under, directly or
+        through IMs, and its binding on that side (`team_above`)."""
+        found = self.team_above(self.driver_layer(name))
+        if found is None:
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {name!r} is not under a mux")
+        return found
+
+    @staticmethod
+    def team_above(layer: Layer) -> tuple[MuxIm, Binding] | None:
+        """The MUX `layer` is bound under, directly or through IMs, and the MUX's binding to
+        the side `layer` is on (team0 -> imA -> nic1: team0's binding to imA); None when no
+        MUX is above it. The one walk `nic_down`, `nic_up` and `host_event` go by (a layer
+        has one layer above it and no MUX is below another, config.py: the nearest MUX)."""
         for binding in layer.upper_bindings:
             if isinstance(binding.upper, MuxIm):
                 return binding.upper, binding
-        raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {name!r} is not under a mux")
+        for binding in layer.upper_bindings:
+            if (found := Engine.team_above(binding.upper)) is not None:
+                return found
+        return None
 
     def target_layer(self, name: str) -> OffloadTarget:
         layer = self.driver_layer(name)

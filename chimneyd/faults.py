@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import MAX_LAYER_NAME
 from chimneyd.drivers.base import Delay, DriverLayer, FailNext, RaiseNext
-from chimneyd.drivers.mux.mux import MuxIm
-from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.status import (
     INITIATE_BLOCK_STATUSES,
     OFFLOADED_STATUSES,
@@ -280,7 +278,7 @@ def _host_event(engine: Engine, fault: Fault) -> None:
     # at the clear (`MuxIm.lower_withheld`), pushed now, so a rebalance asked after the
     # clear finds the NIC free. The host hears after it (spec §6.2); its offloads meanwhile
     # say nothing the MUX goes by for a NIC it was told of
-    team = _team_above(nic)
+    team = engine.team_above(nic)
 
     def tell(on: bool) -> None:
         if team is not None:
@@ -291,18 +289,6 @@ def _host_event(engine: Engine, fault: Fault) -> None:
     tell(True)
     # the event ends for the target only when no host_event of it is listed any more
     _undo_when_last(engine, fault, lambda: tell(False))
-
-
-def _team_above(layer: DriverLayer) -> tuple[MuxIm, Binding] | None:
-    """The MUX `layer` (a NIC) is bound under, directly or through IMs, and its binding to
-    the side `layer` is on; None when no MUX is above it."""
-    for binding in layer.upper_bindings:
-        upper = binding.upper
-        if isinstance(upper, MuxIm):
-            return upper, binding
-        if isinstance(upper, DriverLayer) and (found := _team_above(upper)) is not None:
-            return found
-    return None
 
 
 def _nic_down(engine: Engine, fault: Fault) -> None:
