@@ -92,33 +92,13 @@ def spend_held(root: OffloadBlock, held_ns: int, ticks_per_second: int) -> None:
             and d.RetransmitTimeoutDelta >= 0
         ):
             d.RetransmitTimeoutDelta = max(0, d.RetransmitTimeoutDelta - spent)
-            _note_held(block, d, held_ns)
-
-
-def _note_held(block: OffloadBlock, d: TcpOffloadStateDelegated, held_ns: int) -> None:
-    """[EMU] Tell the target how long the layers above held the initiate of `d` (on the
-    connection's hop trace, as the placement wish travels): nobody read the kernel's news
-    meanwhile, and with reading stopped the peer's segments the kernel took during the hold
-    restart the timer (spec §8): the target counts them (`held_for`)."""
-    handle = block.ndis_offload_handle or block.offload_handle
-    trace = handle.trace if handle is not None else None
-    if trace is None:
-        return
-    before = trace.fin_wait_2_held
-    trace.fin_wait_2_held = (
-        d,
-        held_ns + (before[1] if before is not None and before[0] is d else 0),
-    )
-
-
-def held_for(trace: Any, d: TcpOffloadStateDelegated) -> int:
-    """How long the layers above held the initiate that carried `d` (`spend_held`), ns; 0
-    when none did. Read once: the note goes with it."""
-    held = getattr(trace, "fin_wait_2_held", None)
-    if held is None or held[0] is not d:
-        return 0
-    trace.fin_wait_2_held = None
-    return int(held[1])
+            # [EMU] and tells the target how long, on the initiate's own block, which each
+            # layer copies onto the one it sends down (`OffloadBlock.held_ns`): nobody read
+            # the kernel's news meanwhile, and with reading stopped the peer's segments the
+            # kernel took during the hold restart the timer (spec §8): the target counts
+            # them. Not on the connection's hop trace: that is for watching, may be cut
+            # from a handle, and outlives this initiate, which may fail before the NIC
+            block.held_ns += held_ns
 
 
 def ticks_per_second(layer: Any) -> int:

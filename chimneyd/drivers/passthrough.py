@@ -287,6 +287,8 @@ class PassthroughIm(DriverLayer):
                 up.net_buffer_list_chain
             )  # same NBLs travel down (spec §3.2.5)
             low.port_number = up.port_number
+            low.held_ns = up.held_ns  # how long layers above held it (`fin_wait_2.spend_held`)
+            low.wish = up.wish  # for a MUX below [EMU]
             mirror[id(up)] = low
             call.pairs.append((up, low))
             if lower_root is None:

@@ -185,6 +185,11 @@ class BlockRole(Enum):
     NEW_OFFLOAD = "new offload"
 
 
+#: [EMU] A connection's placement wish, for a MUX (drivers/mux/placement.py): the NIC it must
+#: go to (None: any), and the NICs it must not go to.
+PlacementWish = tuple[str | None, frozenset[str]]
+
+
 class OffloadBlock:
     """`NDIS_PROTOCOL_OFFLOAD_BLOCK_LIST` / `NDIS_MINIPORT_OFFLOAD_BLOCK_LIST` (spec §2.1)."""
 
@@ -194,6 +199,7 @@ class OffloadBlock:
         "delegated",
         "dependent_block_list",
         "header_type",
+        "held_ns",
         "im_reserved",
         "miniport_offload_context",
         "miniport_reserved",
@@ -206,6 +212,7 @@ class OffloadBlock:
         "scratch",
         "source_handle",
         "status",
+        "wish",
     )
 
     def __init__(
@@ -236,6 +243,14 @@ class OffloadBlock:
         self.const = const
         self.cached = cached
         self.delegated = delegated
+        # [EMU] not NDIS: how long the layers above held this initiate before passing it on
+        # (`fin_wait_2.spend_held`), ns; each layer copies it onto the block it sends down
+        self.held_ns = 0
+        # [EMU] not NDIS: where the host wishes this offload of the connection placed, read
+        # by a MUX below (`MuxIm._initiate`); each IM copies it down. None: no wish, the MUX's
+        # policy places it. A parameter of this initiate (spec §3.2: the host asks, the MUX
+        # places, §5.5), so it goes with the request and no further
+        self.wish: PlacementWish | None = None
 
     @property
     def kind(self) -> BlockKind:

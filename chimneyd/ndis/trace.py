@@ -28,9 +28,6 @@ from .status import status_name
 
 # (first seq, t_ns, layer, call, handle, context, nbl id or ids of a chain, status, event)
 HopRecord = tuple[int, int, str, str, int, int, int | tuple[int, ...], int, str | None]
-#: [EMU] A connection's placement wish, for a MUX (drivers/mux/placement.py): the NIC it must
-#: go to (None: any), and the NICs it must not go to.
-PlacementWish = tuple[str | None, frozenset[str]]
 NO_STATUS: Final = -1
 
 # one record: t_ns, names (layer | call << 16 | event << 32, and HAS_STATUS), seq, status
@@ -101,12 +98,10 @@ class HopTrace:
         "clock",
         "conn_id",
         "depth",
-        "fin_wait_2_held",
         "packed",
         "rec",
         "seq",
         "watcher",
-        "wish",
     )
 
     def __init__(self, conn_id: int, depth: int, clock: Callable[[], int]) -> None:
@@ -119,14 +114,6 @@ class HopTrace:
         self.clock = clock
         self.packed: bytes | None = None  # the hops before the last `freeze`
         self.watcher: Callable[[HopRecord], None] | None = None  # set only while watched
-        # [EMU] not NDIS: where the host wishes the connection's offload placed, read by a MUX
-        # below it (the trace travels with the connection's handle at every layer). None: no
-        # wish, the MUX's policy places it
-        self.wish: PlacementWish | None = None
-        # [EMU] not NDIS: (the delegated state of the connection's initiate, how long layers
-        # above its target held that initiate, ns), set by the layers that took the hold off
-        # its FIN_WAIT_2 timer and read by the target (drivers/fin_wait_2.py `spend_held`)
-        self.fin_wait_2_held: tuple[Any, int] | None = None
 
     def record(
         self,

@@ -11,8 +11,8 @@ chose that NIC, and a rebalance is the MUX's own choice (spec §5.5), not a NIC'
 from __future__ import annotations
 
 from chimneyd.drivers.mux.mux import MuxIm
+from chimneyd.ndis.blocks import PlacementWish, walk
 from chimneyd.ndis.status import NdisStatus as S
-from chimneyd.ndis.trace import PlacementWish
 from chimneyd.testing.factories import teamed_target_stack
 from chimneyd.testing.records import OffloadTree
 from chimneyd.testing.stack import Stack
@@ -38,9 +38,9 @@ def _team(
     """A team of `nics` NICs with one connection per wish, offloaded in one initiate."""
     st = teamed_target_stack(nics=nics, policy=policy)
     tree = st.top.connection_tree([st.wires.open() for _ in wishes])
+    blocks = {id(b.offload_handle): b for b in walk(tree.root)}
     for handle, wish in zip(tree.tcp, wishes, strict=True):
-        assert handle.trace is not None
-        handle.trace.wish = wish
+        blocks[id(handle)].wish = wish  # on the initiate's request (`OffloadBlock.wish`)
     st.top.initiate(tree.root)
     st.run()
     return st, mux_of(st), tree
@@ -107,8 +107,8 @@ def _offload_one(st: Stack, tree: OffloadTree, wish: PlacementWish | None) -> No
     wire = st.wires.open()
     block = path.add_dependent(st.top.tcp_block(wire))
     handle = block.offload_handle
-    assert handle is not None and handle.trace is not None
-    handle.trace.wish = wish
+    assert handle is not None
+    block.wish = wish
     tree.wires[handle.id] = wire
     tree.tcp.append(handle)
     st.top.initiate(root)

@@ -140,12 +140,11 @@ def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
     The reasons hold per NIC: below a MUX the connection may go to a NIC none holds for. The
     NICs that hold one join its placement wish, which the MUX reads [EMU], and it is refused
     only when the NIC it is pinned to, or every NIC below `binding`, is withheld."""
-    trace = tcb.trace
-    wish = trace.wish
+    wish = tcb.wish
     pin = wish[0] if wish is not None else None
     if not h.withheld:
         if wish is not None and wish[1]:
-            trace.wish = (pin, NO_NICS) if pin is not None else None
+            tcb.wish = (pin, NO_NICS) if pin is not None else None
         return None
     nics = _nics_below(binding.lower)
     held = sorted(t for t, withheld in h.withheld.items() if withheld.events and t in nics)
@@ -154,7 +153,7 @@ def refusal(h: HostStack, tcb: Tcb, binding: Binding) -> AppError | None:
         why = "; ".join(f"{t}: {', '.join(sorted(h.withheld[t].events))}" for t in refused)
         return AppError("INVALID_STATE", f"the host withholds offloads to {why} (spec §6.2)")
     avoid = frozenset(held) if held else NO_NICS
-    trace.wish = (pin, avoid) if pin is not None or held else None
+    tcb.wish = (pin, avoid) if pin is not None or held else None
     return None
 
 

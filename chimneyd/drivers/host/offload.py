@@ -65,7 +65,7 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = 
 
     `pin`: the application asked, and under a MUX this offload goes to the NIC `target`
     names, or is refused as a NIC without room refuses it [EMU: the placement wish, carried
-    in the connection's trace; the spec leaves placement to the MUX, §5.5]. The host's own
+    on the initiate's TCP block; the spec leaves placement to the MUX, §5.5]. The host's own
     offload again at a RESUME asks for the pinned NIC first, then lets the MUX's policy
     place it (`adapter._offload_again`): a failover moves a pinned connection as any other."""
     if tcb.state == "offloaded":
@@ -88,7 +88,7 @@ def request(h: HostStack, tcb: Tcb, target: str | None, done: Done, pin: bool = 
         tcb.target = target  # kept if refused: a later `tcp.offload` goes to the same NIC
     # [EMU] read by a MUX below when it places the connection; the host's reasons to keep it
     # off some NICs are added at each look (`host_reasons.refusal`)
-    tcb.trace.wish = (target, host_reasons.NO_NICS) if pin and target is not None else None
+    tcb.wish = (target, host_reasons.NO_NICS) if pin and target is not None else None
     refused = _refusal(h, tcb, binding)
     if refused is not None:
         adapter.refused(h, tcb, refused)  # `tcp.info`'s `offload_refused`
@@ -409,6 +409,7 @@ def _tcp_block(h: HostStack, tcb: Tcb) -> OffloadBlock:
         tcb.cached,
         delegated,
     )
+    block.wish = tcb.wish  # [EMU] for a MUX below: this initiate's (`OffloadBlock.wish`)
     # sent-but-unacknowledged data, the first NBL advanced to SndUna (spec §3.2.5)
     chain = [nbl for nbl, _, _ in tcb.sends]
     tcb.sends = NO_ITEMS

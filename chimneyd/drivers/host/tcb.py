@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from chimneyd.ndis.blocks import (
     NeighborOffloadStateCached,
     PathOffloadStateCached,
+    PlacementWish,
     TcpOffloadStateCached,
 )
 from chimneyd.ndis.handles import NdisOffloadHandle
@@ -168,6 +169,7 @@ class Tcb(Lifecycle):
         "upload_reason",
         "upload_waits",
         "wire",
+        "wish",
     )
 
     def __init__(self, conn_id: int, wire: WirePort, trace: HopTrace) -> None:
@@ -179,6 +181,9 @@ class Tcb(Lifecycle):
         self.binding: Binding | None = None
         self.path: HostObject | None = None
         self.target: str | None = None
+        # [EMU] its next offload's placement wish for a MUX below (`host_reasons.refusal`),
+        # put on the initiate's TCP block (`offload._tcp_block`)
+        self.wish: PlacementWish | None = None
         self.listener: int | None = None
         # receive. Queues are lists: they are short, and an empty deque costs ~700 bytes, which
         # counts when a daemon holds ten thousand connections. An empty queue is the shared

@@ -33,7 +33,6 @@ from chimneyd.ndis.status import (
     TcpOffloadEventType,
     TcpUploadReason,
 )
-from chimneyd.ndis.trace import PlacementWish
 
 from .. import fin_wait_2
 from ..base import Timers, downcall
@@ -186,7 +185,7 @@ class MuxIm(PassthroughIm):
     def MiniportInitiateOffload(self, root: OffloadBlock) -> None:
         for up in walk(root):  # in the host's order: a held initiate, retried, is older
             if up.kind is BlockKind.TCP and up.role() is not BlockRole.PLACEHOLDER:
-                wish = _wish(up)
+                wish = up.wish
                 self.wished_avoid = wish[1] if wish is not None else frozenset()
         if not self._initiate(root):
             self.deferred.append(("Initiate", root))
@@ -223,9 +222,9 @@ class MuxIm(PassthroughIm):
             )
             known = above if isinstance(above, VirtualObject) else None
             key = _key(parents, up)
-            # [EMU] the host's placement wish for the connection, carried in its trace (the
+            # [EMU] the host's placement wish for the connection, carried on its block (the
             # NIC the application pinned it to, the NICs the host keeps its connections off)
-            fit = fit_of(_wish(up))
+            fit = fit_of(up.wish)
             if known is not None:
                 fit = _avoiding(known, fit)
             lower = held.get(id(up))
@@ -247,6 +246,11 @@ class MuxIm(PassthroughIm):
             if lower is not None:
                 lower.connections += 1  # counted now so the next choice in this tree sees it
             placed.append((up, lower, key, fit))
+        if since is not None:
+            # before the blocks are mirrored: the hold goes down on them (`mirror_block`)
+            fin_wait_2.spend_held(
+                root, self.ndis.clock() - since, fin_wait_2.ticks_per_second(self)
+            )
         call = MuxCall("Initiate", root)
         for up in walk(root):  # the objects new to the MUX (spec §2.3 new-offload blocks)
             if objects.get(id(up)) == "new":
@@ -265,7 +269,7 @@ class MuxIm(PassthroughIm):
             path = objects[id(parents.get(id(up)))]
             assert isinstance(path, VirtualObject) and up.ndis_offload_handle is not None
             entry = MuxConnection(self.name, up.ndis_offload_handle, lower.binding, path, key)
-            entry.wish = _wish(up)  # what a rebalance keeps its plans within [EMU]
+            entry.wish = up.wish  # what a rebalance keeps its plans within [EMU]
             entry.lifecycle.fire(Event.INITIATE)
             if up.net_buffer_list_chain is not None:
                 # its send data goes down to the NIC with it, below from now on as a relayed
@@ -275,10 +279,6 @@ class MuxIm(PassthroughIm):
             low = mirror_block(up, entry.handle)
             call.tree(lower).connection_block(entry, low)
             call.link(up, low, entry)
-        if since is not None:
-            fin_wait_2.spend_held(
-                root, self.ndis.clock() - since, fin_wait_2.ticks_per_second(self)
-            )
         self._send(call, self.ndis.NdisInitiateOffload)
         return True
 
@@ -1493,15 +1493,6 @@ def _nic_name(binding: Binding) -> str:
     """The NIC below a MUX's binding (one: its lower is a NIC or IMs over one)."""
     (name,) = nics_below(binding.lower)
     return name
-
-
-def _wish(up: OffloadBlock) -> PlacementWish | None:
-    """The placement wish of the connection `up` offloads [EMU], from the trace its handle
-    carries (the same at every layer)."""
-    handle = up.ndis_offload_handle
-    trace = handle.trace if handle is not None else None
-    wish: PlacementWish | None = getattr(trace, "wish", None)
-    return wish
 
 
 def _ipv6(key: Key) -> bool:

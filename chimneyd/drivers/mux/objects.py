@@ -13,13 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chimneyd.ndis.blocks import OffloadBlock
+from chimneyd.ndis.blocks import OffloadBlock, PlacementWish
 from chimneyd.ndis.broker import Binding
 from chimneyd.ndis.handles import NdisOffloadHandle, next_object_id
 from chimneyd.ndis.lifecycle import Lifecycle, Phase, Role
 from chimneyd.ndis.oid import NdisTcpConnectionOffload
 from chimneyd.ndis.status import OffloadStateType
-from chimneyd.ndis.trace import PlacementWish
 
 from ..base import TimerHandle
 from ..passthrough import ImOffloadEntry
@@ -202,7 +201,9 @@ class MuxConnection(ImOffloadEntry):
         # [EMU] the host's placement wish as its offload of the connection carried it: its pin
         # (the NIC the application pinned it to) keeps a rebalance from moving it
         # (`failover._barred`); for the NICs the host withholds the MUX reads
-        # `MuxIm.host_avoid` (what the NICs' indications told it). Kept from that offload,
-        # not read again from the trace: the MUX knows of the pin only what an offload told it
-        # (docs/architecture.md, "A pin and the host's reasons reach the placement")
+        # `MuxIm.host_avoid` (what the NICs' indications told it). Kept from that offload's
+        # request (`OffloadBlock.wish`), the MUX's own per-connection record of it from then
+        # on (spec §3.2: the request is gone once completed): the MUX knows of the pin only
+        # what an offload told it (docs/architecture.md, "A pin and the host's reasons reach
+        # the placement")
         self.wish: PlacementWish | None = None

@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from chimneyd.ndis.trace import PlacementWish
+from chimneyd.ndis.blocks import PlacementWish
 
 from .objects import Key, Lower
 

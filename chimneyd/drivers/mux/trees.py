@@ -142,4 +142,5 @@ def mirror_block(upper: OffloadBlock, handle: Any) -> OffloadBlock:
     low = OffloadBlock(upper.header_type, handle, upper.const, upper.cached, upper.delegated)
     low.net_buffer_list_chain = upper.net_buffer_list_chain
     low.port_number = upper.port_number
+    low.held_ns = upper.held_ns  # how long layers above held it (`fin_wait_2.spend_held`)
     return low

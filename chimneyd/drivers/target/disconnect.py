@@ -11,7 +11,7 @@ from chimneyd.ndis.lifecycle import LIVE, Event, TcpState
 from chimneyd.ndis.nbl import NetBufferList
 from chimneyd.ndis.status import NdisStatus, TcpDisconnectFlags, TcpUploadReason
 
-from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel, held_for
+from ..fin_wait_2 import FIN_WAIT_2_NS, NS, FinWait2Timer, heard_by_kernel
 from ..segment import TH_FIN
 from . import events, receive, send
 from .contexts import TcpContext
@@ -153,7 +153,9 @@ def started_at(t: OffloadTarget, c: TcpContext, arrived_ns: int) -> None:
     t.fin_wait_2[c.id].since_ns = arrived_ns - held_ns
 
 
-def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated) -> None:
+def fin_wait_2_at_offload(
+    t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDelegated, held_ns: int
+) -> None:
     """Arm `c`'s timer at an offload in FIN_WAIT_2 (spec §8): with what the host's
     `RetransmitTimeoutDelta` says, unless the host heard the peer after it read it. What it
     read of the peer's meanwhile (bytes, the FIN) comes down by `NdisOffloadTcpForward` after
@@ -161,7 +163,8 @@ def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDel
     it counts from now, as the forward would have it. Left to the forward, a delta spent by
     the time the target takes the connection (an initiate queued while paused, spec §5.5)
     expires at once, and that expiry may reach the target before the forward does: a
-    connection whose peer was just heard, or closed, would be timed out."""
+    connection whose peer was just heard, or closed, would be timed out. `held_ns`: how long
+    the layers above held the initiate (its block's `held_ns`, `fin_wait_2.spend_held`)."""
     if forward_owed(c):
         start_fin_wait_2(t, c, FIN_WAIT_2_NS)
         return
@@ -171,7 +174,7 @@ def fin_wait_2_at_offload(t: OffloadTarget, c: TcpContext, d: TcpOffloadStateDel
     # target takes over) the peer's segments the kernel took during the hold restart the
     # timer (spec §8). Counted only from now, a connection whose peer the kernel heard during
     # the hold timed out, at once if the hold spent the delta
-    t.fin_wait_2[c.id].since_ns -= held_for(c.trace, d)
+    t.fin_wait_2[c.id].since_ns -= held_ns
 
 
 def forward_owed(c: TcpContext) -> bool:

@@ -236,5 +236,5 @@ def _initiate_tcp(
     path.dependents += 1
     if tcp_state is TcpState.FIN_WAIT_2:
         # the FIN_WAIT_2 timer comes down in `RetransmitTimeoutDelta` (spec §8)
-        disconnect.fin_wait_2_at_offload(t, c, delegated)
+        disconnect.fin_wait_2_at_offload(t, c, delegated, block.held_ns)
     return SUCCESS, c
