@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from chimneyd.ndis.blocks import BlockKind, OffloadBlock, TcpOffloadStateDelegated, walk
 from chimneyd.ndis.oid import NdisTcpConnectionOffloadParameters
-from chimneyd.ndis.status import TcpOffloadConnectionState
 
 if TYPE_CHECKING:
     from .base import TimerHandle
@@ -71,7 +70,9 @@ def heard_by_kernel(wire: WirePort, reading_stopped: bool, timer: FinWait2Timer,
 def spend_held(root: OffloadBlock, held_ns: int, ticks_per_second: int) -> None:
     """A layer that held an initiate `held_ns` before it passed it on (an IM's or a NIC's
     `delay`, a MUX waiting for a NIC's capabilities or a copy to settle) takes that time off
-    the FIN_WAIT_2 timer each connection in it hands down in `RetransmitTimeoutDelta`.
+    the timers each connection in it hands down as deltas: the FIN_WAIT_2 timer (in
+    FIN_WAIT_2, `RetransmitTimeoutDelta`), the retransmit or persist timer (in that field
+    otherwise) and the keepalive timer (`KeepAliveTimeoutDelta`).
 
     [INF] Spec §8: the timer runs 120 s from the last acceptable segment, and nothing but a
     segment restarts it; the delta is what was left when the host read it. NDIS sends no
@@ -79,26 +80,32 @@ def spend_held(root: OffloadBlock, held_ns: int, ticks_per_second: int) -> None:
     and a hold above it put the expiry off by as long. The layer that holds the state
     structures knows how long, and fills in what is left in place, as it passes the same
     structures down (spec §1.6); a timer spent by then expires at once at the target. -1 (no
-    timer ran at the host: a fresh one at the offload) stays as it is."""
+    timer ran at the host: a fresh one at the offload) stays as it is.
+
+    [INF] The retransmit and keepalive deltas too: spec §8's table carries them across the
+    offload as it carries FIN_WAIT_2's, with the same -1 / 0 rule, and a target arms them from
+    its own initiate as well, so a hold above it puts them off alike; the layer that held the
+    initiate cannot know which timers the target below arms from them. chimneyd's NIC arms
+    neither (the kernel socket keeps both and ran them through the hold; the NIC reads them
+    back from it, `delegated.fill_from_kernel`): for it this changes nothing."""
     spent = held_ns * ticks_per_second // NS
-    if spent <= 0:
-        return
     for block in walk(root):
         d = block.delegated
-        if (
-            block.kind is BlockKind.TCP
-            and isinstance(d, TcpOffloadStateDelegated)
-            and d.State == TcpOffloadConnectionState.TcpConnectionFinWait2
-            and d.RetransmitTimeoutDelta >= 0
-        ):
+        if block.kind is not BlockKind.TCP or not isinstance(d, TcpOffloadStateDelegated):
+            continue
+        # [EMU] and tells the target how long, on the initiate's own block, which each layer
+        # copies onto the one it sends down (`OffloadBlock.held_ns`): in FIN_WAIT_2 nobody
+        # read the kernel's news meanwhile, and with reading stopped the peer's segments the
+        # kernel took during the hold restart the timer (spec §8): the target counts them.
+        # Not on the connection's hop trace: that is for watching, may be cut from a handle,
+        # and outlives this initiate, which may fail before the NIC
+        block.held_ns += held_ns
+        if spent <= 0:
+            continue
+        if d.RetransmitTimeoutDelta >= 0:
             d.RetransmitTimeoutDelta = max(0, d.RetransmitTimeoutDelta - spent)
-            # [EMU] and tells the target how long, on the initiate's own block, which each
-            # layer copies onto the one it sends down (`OffloadBlock.held_ns`): nobody read
-            # the kernel's news meanwhile, and with reading stopped the peer's segments the
-            # kernel took during the hold restart the timer (spec §8): the target counts
-            # them. Not on the connection's hop trace: that is for watching, may be cut
-            # from a handle, and outlives this initiate, which may fail before the NIC
-            block.held_ns += held_ns
+        if d.KeepAliveTimeoutDelta >= 0:
+            d.KeepAliveTimeoutDelta = max(0, d.KeepAliveTimeoutDelta - spent)
 
 
 def ticks_per_second(layer: Any) -> int:
