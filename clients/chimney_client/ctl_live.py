@@ -13,7 +13,16 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from .blocking import Client
-from .ctl_render import HOP_COLUMNS, Output, call_totals, hop_cells, table
+from .ctl_render import (
+    HOP_COLUMNS,
+    Output,
+    call_totals,
+    flow,
+    hop_cells,
+    stacked,
+    table,
+    table_width,
+)
 from .errors import NotFound
 
 if TYPE_CHECKING:
@@ -280,23 +289,43 @@ def _invariants(frame: Mapping[str, Any]) -> str:
 #: columns lost its layer names and headings to rich's shrinking in an 80-column terminal.
 TOP_WIDE = 140
 
+#: The layers' fields when stacked, most read first, so the first line of each layer holds
+#: them: how much is offloaded, its throughput and failures; then back-pressure (inbox, NBLs
+#: outstanding); calls/s, which follows the byte rates; handles last, about a fixed multiple of
+#: the offloads (one per offloaded connection per layer).
+_STACKED_LAYERS = ("offloads", "sent/s", "recv/s", "failed", "inbox", "nbls", "calls/s", "handles")
+
+
+def _stacked(lines: list[str]) -> Text:
+    """Lines of `ctl_render.stacked`, the headings bold as a table's are."""
+    text = Text(no_wrap=True)
+    heading = True
+    for i, line in enumerate(lines):
+        heading = heading and not line.startswith("─")
+        text.append(("\n" if i else "") + line, style="bold" if heading else "")
+    return text
+
 
 def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType:
     """One frame of `top`; `width` the terminal's (None: no limit). Narrower than TOP_WIDE,
-    the layers show their rates but not their byte totals, under short headings, and a
-    connection's path comes last, where rich cuts it, rather than its name."""
+    the layers show their rates but not their byte totals, under short headings; a table that
+    still does not fit is stacked (`ctl_render.stacked`: each row over as many lines as it
+    needs), so no cell is cut at any width."""
     compact = width is not None and width < TOP_WIDE
-    head = Text(
-        f"chimneyd {frame['rpc']} · connections {_num(frame.get('connections'))} · rpc clients "
-        f"{_num(frame.get('rpc_clients'))} in flight {_num(frame.get('in_flight'))} · tasks "
-        f"{_num(frame.get('tasks'))} · invariant violations {_invariants(frame)} · every "
-        f"{frame['interval']:g} s",
-        style="bold",
-    )
+    items = [
+        f"chimneyd {frame['rpc']}",
+        f"connections {_num(frame.get('connections'))}",
+        f"rpc clients {_num(frame.get('rpc_clients'))} in flight {_num(frame.get('in_flight'))}",
+        f"tasks {_num(frame.get('tasks'))}",
+        f"invariant violations {_invariants(frame)}",
+        f"every {frame['interval']:g} s",
+    ]
+    # a terminal's width: the heading breaks between its items, not inside one
+    head = Text("\n".join(flow(items, width)) if width else " · ".join(items), style="bold")
+    layers: RenderableType
     if compact:
-        layers = table(
-            "layer", "offloads", "handles", "nbls", "inbox", "sent/s", "recv/s", "calls/s", "failed"
-        )
+        headings = ["layer", "offloads", "handles", "nbls", "inbox", "sent/s", "recv/s"]
+        layers = table(*headings, "calls/s", "failed")
     else:
         layers = table(
             "layer",
@@ -312,30 +341,36 @@ def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType
             "calls/s",
             "failed",
         )
+    layer_cells: list[dict[str, str]] = []
     for r in frame["layers"]:
-        gauges = [_num(r["offloads_active"]), _num(r["handles"]), _num(r["outstanding_nbls"])]
+        cells = {
+            "layer": str(r["layer"]),
+            "offloads": _num(r["offloads_active"]),
+            "handles": _num(r["handles"]),
+            "nbls": _num(r["outstanding_nbls"]),
+            "inbox": _num(r["inbox"]),
+            "sent/s": _bytes(r["bytes_sent_per_s"]),
+            "recv/s": _bytes(r["bytes_received_per_s"]),
+            "calls/s": _num(r["calls_per_s"]),
+            "failed": _num(r["failed"]),
+        }
+        layer_cells.append(cells)
         if compact:
-            layers.add_row(
-                r["layer"],
-                *gauges,
-                _num(r["inbox"]),
-                _bytes(r["bytes_sent_per_s"]),
-                _bytes(r["bytes_received_per_s"]),
-                _num(r["calls_per_s"]),
-                _num(r["failed"]),
-            )
+            layers.add_row(*(cells[str(c.header)] for c in layers.columns))
             continue
         layers.add_row(
-            r["layer"],
-            *gauges,
-            _num(r["inbox"]),
+            cells["layer"],
+            cells["offloads"],
+            cells["handles"],
+            cells["nbls"],
+            cells["inbox"],
             _bytes(r["bytes_sent"]),
-            _bytes(r["bytes_sent_per_s"]),
+            cells["sent/s"],
             _bytes(r["bytes_received"]),
-            _bytes(r["bytes_received_per_s"]),
+            cells["recv/s"],
             _num(r["calls"]),
-            _num(r["calls_per_s"]),
-            _num(r["failed"]),
+            cells["calls/s"],
+            cells["failed"],
         )
     if compact:
         conns = table("conn", "state", "remote", "sent", "recv", "bytes/s", "path")
@@ -350,18 +385,23 @@ def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType
     for row in rows:
         conns.add_row(*row)
     # rich shrinks every column of a table too wide for the terminal, the one naming the row
-    # too; compact, only a connection's path (last) is cut
+    # too, and cuts cells: a compact table that does not fit whole is stacked instead
+    conns_shown: RenderableType = conns
     if compact:  # one space of padding between columns, not two
         layers.collapse_padding = conns.collapse_padding = True
-        conns.columns[-1].overflow = "ellipsis"
-    layers.columns[0].min_width = max([5, *(len(str(r["layer"])) for r in frame["layers"])])
-    kept = len(conns.columns) - 1 if compact else 1
-    for i, column in enumerate(conns.columns[:kept]):
-        column.min_width = max([len(str(column.header)), *(len(row[i]) for row in rows)])
+        assert width is not None
+        if table_width(layers) > width:
+            heads = ("layer", *_STACKED_LAYERS)
+            layers = _stacked(stacked(heads, [[c[h] for h in heads] for c in layer_cells], width))
+        if rows and table_width(conns) > width:
+            conns_shown = _stacked(stacked([str(c.header) for c in conns.columns], rows, width))
+    else:
+        layers.columns[0].min_width = max([5, *(len(str(r["layer"])) for r in frame["layers"])])
+        conns.columns[0].min_width = max([4, *(len(row[0]) for row in rows)])
     parts: list[RenderableType] = [head, Text(""), layers, Text("")]
     title = f"busiest connections (by bytes; {frame['conns_visible']} visible)"
     parts.append(Text(title, style="bold"))
-    parts.append(conns if frame["conns"] else Text("(none)"))
+    parts.append(conns_shown if frame["conns"] else Text("(none)"))
     if frame.get("note"):
         parts.append(Text(frame["note"], style="dim"))
     return Group(*parts)

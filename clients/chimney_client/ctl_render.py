@@ -8,7 +8,8 @@ import errno
 import io
 import json
 import os
-from collections.abc import Mapping
+import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -192,3 +193,54 @@ def unsent_acks_cell(layer: Mapping[str, Any]) -> str:
     if not isinstance(unsent, dict):
         return ""
     return " ".join(f"{k}={v}" for k, v in unsent.items() if isinstance(v, int) and v)
+
+
+# -- stacked tables (a terminal narrower than a table) -------------------------------------------
+def stacked(headings: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[str]:
+    """A table in `width` columns with no cell cut: the first column names each row; the others
+    follow it in their order, each row over as many lines as they need, every field in the same
+    line and column as its heading's, so the first line holds the first (most read) fields. A
+    field wider than its line's room has a line of its own, folded at its spaces. Lines: the
+    headings, a rule, then the rows."""
+    key = max(len(headings[0]), *(len(r[0]) for r in rows)) if rows else len(headings[0])
+    indent = key + 2
+    room = max(1, width - indent)
+    widths = [max(len(headings[i]), *(len(r[i]) for r in rows)) for i in range(1, len(headings))]
+    # which fields share a line: greedily, in their order
+    groups: list[list[int]] = []
+    used = room + 1
+    for i, w in enumerate(widths, start=1):
+        if groups and used + 2 + w <= room:
+            groups[-1].append(i)
+            used += 2 + w
+        else:
+            groups.append([i])
+            used = w
+
+    def block(cells: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for n, group in enumerate(groups):
+            lead = (cells[0] if n == 0 else "").ljust(key) + "  "
+            if len(group) == 1 and widths[group[0] - 1] > room:  # alone and still too wide
+                folded = textwrap.wrap(cells[group[0]], room, break_on_hyphens=False) or [""]
+                out += [(lead if k == 0 else " " * indent) + f for k, f in enumerate(folded)]
+                continue
+            line = "  ".join(cells[i].ljust(widths[i - 1]) for i in group)
+            out.append(lead + line)
+        return [line.rstrip() for line in out]
+
+    head = block(headings)
+    rule = "─" * min(width, max(len(line) for line in head))
+    return [*head, rule, *(line for r in rows for line in block(r))]
+
+
+def flow(items: Sequence[str], width: int, sep: str = " · ") -> list[str]:
+    """`items` joined by `sep` in lines of at most `width` columns, each item whole on one line
+    (an item longer than `width` alone on its)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(sep) + len(item) <= width:
+            lines[-1] += sep + item
+        else:
+            lines.append(item)
+    return lines

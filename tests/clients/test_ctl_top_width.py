@@ -74,7 +74,8 @@ def _top(file: io.StringIO) -> list[str]:
 
 
 def _layer_rows(lines: list[str]) -> list[str]:
-    return [line for line in lines if line.split()[:1] and line.split()[0] in LAYERS]
+    """The lines that start a layer's row (not a stacked connection's path, indented)."""
+    return [line for line in lines if line.split(" ", 1)[0] in LAYERS]
 
 
 @pytest.mark.parametrize("columns", [80, 100])

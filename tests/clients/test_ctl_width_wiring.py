@@ -64,7 +64,7 @@ def test_live_top_fits_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _Live.shown, "top drew no frame"
     text = render_text(Console(width=80, file=io.StringIO()), _Live.shown[-1])
     lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
-    rows = [line for line in lines if line.split()[:1] and line.split()[0] in LAYERS]
+    rows = [line for line in lines if line.split(" ", 1)[0] in LAYERS]
     assert [r.split()[0] for r in rows] == list(LAYERS), f"layer names lost: {lines}"
     heading = next(line for line in lines if line.startswith("layer "))
     assert "…" not in heading, f"the live view is not the compact one at 80 columns: {heading!r}"
