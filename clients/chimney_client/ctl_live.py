@@ -49,6 +49,12 @@ _CALL_MIN = 16
 _CALL_CUT = 8  # what a call name keeps when it gives its room to a status
 _LAST_MIN = 16
 _STATUS_PREFIX = "NDIS_STATUS_"
+#: Narrower than this, a one-line row can no longer give the call _CALL_MIN and its status or
+#: event _LAST_MIN (the call was cut to 8, "Protoco…", and a long status ran past the
+#: terminal): each hop is stacked, seq, t, layer, handle, context and nbl on its first line,
+#: the call and then its status or event under them, each whole.
+WATCH_STACKED = sum(_NARROW) + len(_NARROW) + 1 + _CALL_MIN + _LAST_MIN
+_STACK_INDENT = _NARROW[0] + 1  # a stacked hop's next lines start under its t
 
 
 def _cut(text: str, width: int) -> str:
@@ -73,8 +79,13 @@ class WatchLayout:
         fixed = sum(_NARROW) + len(_NARROW) + 1  # the columns and a space after each, and call's
         return max(_CALL_MIN, min(_CALL_LONGEST, self.columns - fixed - _LAST_MIN))
 
+    @property
+    def stacked(self) -> bool:
+        return self.columns is not None and self.columns < WATCH_STACKED
+
     def row(self, cells: list[str]) -> str:
-        """One line of `cells` (seq, t, layer, call, handle, context, nbl, status[, event])."""
+        """One line of `cells` (seq, t, layer, call, handle, context, nbl, status[, event]);
+        two or three in a terminal narrower than WATCH_STACKED."""
         if self.wide:
             padded = [c.ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)]
             return "  ".join([*padded, *cells[len(_WIDTHS) :]]).rstrip()
@@ -84,6 +95,8 @@ class WatchLayout:
         if status.startswith(_STATUS_PREFIX) and status != _STATUS_PREFIX:
             cells[7] = status[len(_STATUS_PREFIX) :]
         last = " ".join(c for c in cells[7:] if c)
+        if self.stacked:
+            return self._stacked(cells, last)
         # the status is what a user reads a failed hop by: the call name gives up its room to
         # it first, down to _CALL_CUT; a line that still cannot hold it runs past the terminal
         # rather than cut it (an event after it may be cut)
@@ -97,6 +110,24 @@ class WatchLayout:
         room = self.columns - len(line) - 1
         return f"{line} {_cut(last, max(room, keep, 1))}".rstrip()
 
+    def _stacked(self, cells: list[str], last: str) -> str:
+        """A hop over two lines, its status or event after the call when the line holds both,
+        else on a third; a call or an event longer than a whole line is cut, a status never
+        (it runs past the terminal rather than be cut)."""
+        assert self.columns is not None
+        ids = [*cells[:3], *cells[4:7]]
+        widths = (*_NARROW[:3], *_NARROW[3:])
+        first = " ".join(c.ljust(w) for c, w in zip(ids, widths, strict=True)).rstrip()
+        indent = " " * _STACK_INDENT
+        room = self.columns - _STACK_INDENT
+        call = _cut(cells[3], room)
+        if not last:
+            return f"{first}\n{indent}{call}".rstrip()
+        if len(call) + 1 + len(last) <= room:
+            return f"{first}\n{indent}{call} {last}"
+        keep = len(cells[7]) + (3 if cells[7] and last != cells[7] else 0)
+        return f"{first}\n{indent}{call}\n{indent}{_cut(last, max(room, keep))}".rstrip()
+
     def _line(self, cells: list[str], call: int) -> str:
         """The cells before status and event, `call` wide for the call's name."""
         widths = (*_NARROW[:3], call, *_NARROW[3:])
@@ -106,6 +137,8 @@ class WatchLayout:
     def heading(self) -> str:
         if self.wide:
             return self.row([*HOP_COLUMNS, "event"])
+        if self.stacked:
+            return self.row([*_NARROW_HEADINGS[:7], _NARROW_HEADINGS[7]])
         # the last heading goes where an event does: a label, cut to fit, which does not take
         # the call column's room as a status would
         return self.row([*_NARROW_HEADINGS[:7], "", _NARROW_HEADINGS[7]])

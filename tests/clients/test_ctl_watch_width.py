@@ -51,7 +51,7 @@ def _watch(file: io.StringIO) -> list[str]:
     return file.getvalue().splitlines()
 
 
-@pytest.mark.parametrize("columns", [80, 100, 60])
+@pytest.mark.parametrize("columns", [80, 100, 68])  # narrower: test_ctl_watch_stacked.py
 def test_every_line_fits_the_terminal(columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", str(columns))
     lines = _watch(_Tty())
