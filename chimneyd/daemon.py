@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -44,10 +45,27 @@ log = structlog.get_logger("chimneyd.daemon")
 PARENT_CHECK_S = 0.5
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """`chimneyd --help | less` wrapped to the terminal it is read in, as unpiped: $COLUMNS,
+    else the first of stdout, stderr and stdin that is a terminal, else 80 (argparse alone
+    asks stdout only). The clients' commands have the same rule (chimney_client.ctl_help)."""
+
+    def __init__(self, prog: str) -> None:
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 0
+        for fd in (1, 2, 0):
+            if width:
+                break
+            with contextlib.suppress(OSError, ValueError):
+                width = os.get_terminal_size(fd).columns
+        super().__init__(prog, width=(width or 80) - 2)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="chimneyd",
         description="An emulator of NDIS TCP Chimney Offload, served over msgpack-RPC.",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
         "--config", metavar="FILE", help="TOML configuration (default: embedded topology)"

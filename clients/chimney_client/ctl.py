@@ -30,6 +30,7 @@ from .ctl_faults import (
     check_fault,
     fault_kinds_help,
 )
+from .ctl_help import TerminalWidth
 from .ctl_live import WatchLayout, terminal_columns
 from .ctl_render import (
     HOP_COLUMNS,
@@ -140,11 +141,12 @@ class _HelpShown(Exception):
         self.status = status
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """A description written as one line (every command's) is wrapped to the terminal, as the
-    options are; one laid out in lines (the main page, the fault kinds with their copyable
-    examples) is kept as written. RawDescriptionHelpFormatter alone printed a command's
-    description as one line hundreds of characters long."""
+class _HelpFormatter(TerminalWidth, argparse.RawDescriptionHelpFormatter):
+    """A description written as one line (every command's) is wrapped to the terminal (piped
+    too: `ctl_help.help_columns`), as the options are; one laid out in lines (the main page,
+    the fault kinds with their copyable examples) is kept as written.
+    RawDescriptionHelpFormatter alone printed a command's description as one line hundreds of
+    characters long."""
 
     #: what a description quotes to be typed as written (a `code span`, a "$(...)" to paste):
     #: never split over two lines, where it would no longer be a command one can copy
@@ -635,17 +637,23 @@ def _add_commands(sub: Any, *, session: bool) -> None:
         help="send KIND and keys as given (a kind or key this chimneyctl does not know)",
     )
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
-    q = fsub.add_parser("clear", help="clear fault ID or '*' (all you may clear)")
+    q = fsub.add_parser(
+        "clear", help="clear fault ID or '*' (all you may clear)", formatter_class=_HelpFormatter
+    )
     q.add_argument("id", type=_fault_id_or_star, metavar="ID|*", help="fault id, or '*'")
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
-    q = fsub.add_parser("list", help="active faults")
+    q = fsub.add_parser("list", help="active faults", formatter_class=_HelpFormatter)
     q.add_argument(
         "--used",
         action="store_true",
         help="those that ran their course too, and what each raise_next bug hit",
     )
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
-    q = fsub.add_parser("kinds", help="every fault kind with its keys and an example")
+    q = fsub.add_parser(
+        "kinds",
+        help="every fault kind with its keys and an example",
+        formatter_class=_HelpFormatter,
+    )
     q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
     p = cmd(
         "events",

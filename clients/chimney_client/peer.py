@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, cast
 
+from .ctl_help import TerminalWidth
 from .stream import PatternStream
 from .version import package_version
 
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chimney-peer",
         description="Loopback peer for chimneyd's offloaded connections.",
+        formatter_class=TerminalWidth,  # piped too, at the terminal's width
         epilog=(
             "modes: echo returns every byte (and FIN after the last one); sink reads and discards; "
             "source sends --source-bytes of the seeded pattern stream (chimney_client.stream) "
