@@ -1489,21 +1489,33 @@ def _top(s: Session, a: argparse.Namespace) -> Any:
 
 
 def admin_hint(s: Session) -> str | None:
-    """Why `subscribe '*'` will show only this client's connections, if it will."""
-    hint = (
-        "without the admin token, subscribe '*' sees only the connections this client makes "
-        "(a one-shot subscribe makes none); give --token ADMIN_TOKEN or set CHIMNEY_TOKEN "
-        "(the daemon's from CHIMNEYD_ADMIN_TOKEN or admin_token under [rpc])"
+    """Why `subscribe '*'` will show only this client's connections, if it will: no token
+    given, a daemon with no token at all (it accepts any and makes no one admin), or a token
+    that is not the admin one."""
+    own = (
+        "subscribe '*' sees only the connections this client makes (a one-shot subscribe makes "
+        "none)"
     )
     if s.args.token is None:
-        return hint
+        return (
+            f"without the admin token, {own}; give --token ADMIN_TOKEN or set CHIMNEY_TOKEN "
+            "(the daemon's from CHIMNEYD_ADMIN_TOKEN or admin_token under [rpc])"
+        )
     rpc = s.client.stack_info().get("rpc")
     if isinstance(rpc, dict) and rpc.get("auth") is False:
-        return hint
+        return (
+            f"this daemon has no admin token, so the token given makes no one admin and {own}; "
+            "start it with CHIMNEYD_ADMIN_TOKEN=ADMIN_TOKEN in its environment (or admin_token "
+            "under [rpc]) and give that token"
+        )
     # the admin token lists every connection: fewer listed than open means not admin
     open_conns = s.client.stack_stats().get("connections")
     if isinstance(open_conns, int) and open_conns > len(s.client.tcp_list()):
-        return hint
+        return (
+            f"the token given is not the daemon's admin token, so {own}; the admin token is the "
+            "daemon's CHIMNEYD_ADMIN_TOKEN or admin_token under [rpc] (one with only rpc.token "
+            "has none)"
+        )
     return None
 
 
