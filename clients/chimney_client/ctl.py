@@ -861,6 +861,10 @@ class Session:
                 break
             _print_event(self.out, note)
             seen += 1
+        if count is not None and seen == count and not self.interactive:
+            # a one-shot `subscribe`/`events --count N` prints N events: those read along with
+            # the Nth (one read can hold several) are not flushed after it as the command ends
+            self.client.notifications.clear()
         if count is not None and seen < count:
             if timeout_ms is None:  # the wait ended without a deadline: the connection went
                 raise EventsTimeout(f"got {seen} of {count} events")
