@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -35,35 +37,79 @@ from .procs import raise_nofile_limit
 from .render import ProgressLine, not_judged_verdict, render_report
 from .report import exit_status
 
-EPILOG = (
-    FAULT_HELP
-    + f"""
-payload (--payload): LO:HI log-uniform (1k:64k), a list picked uniformly (1k,4k,64k), or one size.
-verdict: the run fails on any integrity error or byte not echoed back; a connection not offloaded
-(refused at connect, refused again, closed in host mode, uploaded unasked) that no fault explains;
-a fault that did not show its outcome on the connection it hit; a request answered INTERNAL, or
-a reset, that no raise_next explains; state left after the drain; a daemon crash; any invariant
-violation or
-layer error the daemon reports beyond one of each per bug raise_next planted (stack.stats);
-daemon RSS after the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer
-connections held than asked because of the open-file limit (--allow-fd-cap). A check the soak's own
-probe could not make (no room for it on its NIC) is said "not judged" (the verdict line; with
---quiet, on stderr; JSON not_judged) and fails nothing, unless --fail-not-judged (exit status 3).
-invariants: the spawned daemon runs with --invariants: any violation it counts beyond the bugs
-raise_next planted fails the run, and so does its reporting no count at all; a --rpc daemon
-started without it reports no count: the report then says "not checked", which is not a
-failure. A checker that checked no NBL completion over a run whose bytes came back heard none of
-it (engine.invariant_checked_nbls): that fails the run.
-Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); the
-daemon and peers it spawned are stopped after its own clients. A second Ctrl-C stops at once.
-logs: stdout and stderr of the daemon and echo peers the soak spawned (--logs DIR keeps them).
-before anything starts: a --rpc daemon must answer, and each layer fault must find its layer in
-the daemon's topology (nic_down, rebalance need a mux: e.g. --daemon-config deploy/teaming.toml).
-exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, no daemon answering at
---rpc, or a fault the topology cannot take; 3 a pass with checks not judged under
---fail-not-judged; 130 interrupted.
-"""
+#: What `--help` says after the options: one line per paragraph, wrapped to the terminal
+#: (`_HelpFormatter`); a label's paragraph hangs under it.
+EPILOG = FAULT_HELP + "\n".join(
+    [
+        "",
+        "payload (--payload): LO:HI log-uniform (1k:64k), a list picked uniformly (1k,4k,64k), "
+        "or one size.",
+        "verdict: the run fails on any integrity error or byte not echoed back; a connection not "
+        "offloaded (refused at connect, refused again, closed in host mode, uploaded unasked) "
+        "that no fault explains; a fault that did not show its outcome on the connection it "
+        "hit; a request answered INTERNAL, or a reset, that no raise_next explains; state left "
+        "after the drain; a daemon crash; any invariant violation or layer error the daemon "
+        "reports beyond one of each per bug raise_next planted (stack.stats); daemon RSS after "
+        f"the drain above x{RSS_GROWTH_ALLOWED:g} its idle plateau (--allow-rss-growth); fewer "
+        "connections held than asked because of the open-file limit (--allow-fd-cap). A check "
+        'the soak\'s own probe could not make (no room for it on its NIC) is said "not judged" '
+        "(the verdict line; with --quiet, on stderr; JSON not_judged) and fails nothing, unless "
+        "--fail-not-judged (exit status 3).",
+        "invariants: the spawned daemon runs with --invariants: any violation it counts beyond "
+        "the bugs raise_next planted fails the run, and so does its reporting no count at all; "
+        'a --rpc daemon started without it reports no count: the report then says "not '
+        'checked", which is not a failure. A checker that checked no NBL completion over a run '
+        "whose bytes came back heard none of it (engine.invariant_checked_nbls): that fails the "
+        "run.",
+        "Ctrl-C: stops the run and prints a partial report marked INTERRUPTED (exit status 130); "
+        "the daemon and peers it spawned are stopped after its own clients. A second Ctrl-C "
+        "stops at once.",
+        "logs: stdout and stderr of the daemon and echo peers the soak spawned (--logs DIR keeps "
+        "them).",
+        "before anything starts: a --rpc daemon must answer, and each layer fault must find its "
+        "layer in the daemon's topology (nic_down, rebalance need a mux: e.g. --daemon-config "
+        "deploy/teaming.toml).",
+        "exit status: 0 pass, 1 fail (the report says why), 2 bad arguments, no daemon "
+        "answering at --rpc, or a fault the topology cannot take; 3 a pass with checks not "
+        "judged under --fail-not-judged; 130 interrupted.",
+        "",
+    ]
 )
+#: The widest `--help` is wrapped to, however wide the terminal: longer lines read badly.
+HELP_WIDTH = 100
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description and the epilog are written one line per item (EPILOG, `FAULT_HELP`);
+    each line wider than the terminal (`COLUMNS`, HELP_WIDTH at most) is wrapped, its next
+    lines hanging under its text: under the text after a name set off by two spaces or more
+    (a fault kind's row, `  COUNT  ...`), else two columns in. Unbroken words (an example
+    schedule, to copy) are never split."""
+
+    _TERM = re.compile(r"( *)(\S+ {2,})?")
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        width = min(width, HELP_WIDTH)
+        out: list[str] = []
+        for line in text.splitlines():
+            if len(indent + line) <= width:
+                out.append(indent + line)
+                continue
+            m = self._TERM.match(line)
+            assert m is not None  # (every line matches: both groups may be empty)
+            hang = m.end() if m.group(2) else len(m.group(1)) + 2
+            if "\n" not in text.strip("\n"):
+                hang = 0  # the description: one paragraph, no label
+            wrapped = textwrap.wrap(
+                line,
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent + " " * hang,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            out.extend(wrapped)
+        return "\n".join(out)
 
 
 #: Bounds of the numeric options: what no run can mean is refused before anything starts (a
@@ -114,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Soak chimneyd: N concurrent offloaded connections to echo peers, every byte verified "
             "in order, with workload mix and a fault schedule; a live line, a report, --json."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
         epilog=EPILOG,
     )
     where = p.add_mutually_exclusive_group()

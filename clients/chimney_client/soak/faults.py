@@ -287,6 +287,8 @@ def fail_next_effect(call: str, status: str) -> str:
 
 
 def _help() -> str:
+    """The `--faults` part of `--help`: one line per item, each wrapped to the terminal by
+    `chimney-soak`'s help formatter (soak/cli.py), its text hanging under its name."""
     lines = [
         "fault schedule (--faults): comma-separated items KIND[:COUNT][@TIME][/KEY=VALUE]...",
         "  COUNT  injections of this kind (default 1); without @TIME they are spread evenly over "
@@ -294,28 +296,18 @@ def _help() -> str:
         "  @TIME  all COUNT injections at TIME after the hold starts (20s, 500ms, 1.5m)",
         "  /shard=K  a layer fault in shard K only, on a daemon of several shards (default: the "
         "layer in every shard, where a fail_next or raise_next uses its /count in each)",
-        "  kinds (each must show its outcome on the connection it hit, or the soak fails):",
+        "  kinds (each must show its outcome where it hit, or the soak fails):",
     ]
-    for k in FAULT_KINDS.values():
-        words, line = k.outcome.split(), ""
-        head = f"    {k.name:<15}"
-        for w in words:
-            if len(head) + len(line) + len(w) + 1 > 99:
-                lines.append(head + line.rstrip())
-                head, line = " " * 19, ""
-            line += w + " "
-        lines.append(head + line.rstrip())
+    lines += [f"    {k.name:<16}{k.outcome}" for k in FAULT_KINDS.values()]
     lines.append("  old names, still accepted:")
     lines.append("    " + ", ".join(f"{a} = {c}" for a, c in ALIASES.items()) + "; key n = count")
-    lines.append(
-        "  example: --faults peer_reset:5,stall_peer:2/ms=3000,fail_next:3,target_failure@20s/for=4s"
-    )
+    # examples short enough to stay one line (to copy) in an 80-column terminal
+    lines.append("  example: --faults peer_reset:5,stall_peer:2/ms=3000,fail_next:3")
+    lines.append("  example: --faults target_failure@20s/for=4s,retrieve:2")
     lines.append(
         "  delay, invalidate, host_event and nic_up are checked with connections of the soak's own:"
     )
-    lines.append(
-        "  example: --faults delay@5s/layer=im0/for=5s/ms=300,invalidate@12s,host_event@18s"
-    )
+    lines.append("  example: --faults delay@5s/layer=im0/for=5s/ms=300,invalidate@12s")
     return "\n".join(lines) + "\n"
 
 
