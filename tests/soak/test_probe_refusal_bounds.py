@@ -11,6 +11,7 @@ import pytest
 
 from chimney_client.errors import NdisStatusError
 from chimney_client.soak.conn import Conn
+from chimney_client.soak.probe_faults import TCP_ENTRIES
 from chimney_client.soak.state import Rpc
 from tests.soak.test_outage_accounts import _state
 from tests.soak.test_probe_doubts import _prober, _rec
@@ -152,3 +153,51 @@ async def test_a_no_room_answer_with_room_on_the_nic_explains_no_workers_refusal
     r = _report([rec], [], {"refusals": [_reopen(rec["t0"] - 0.001)]})
     assert not r["ok"], r["faults"]
     assert "offload refused at connect" in " ".join(r["failures"]), r["failures"]
+
+
+class FakeSaysFullAtConnect(FakeSaysFull):
+    """FakeSaysFull whose connections are not offloaded at connect: the probe's first offer is
+    its `tcp.offload`, answered OFFLOAD_TCP_ENTRIES while the NIC has room."""
+
+    async def tcp_connect(self, host: str, port: int, target: str | None = None) -> int:
+        cid = await super().tcp_connect(host, port, target)
+        self.state[cid] = "host"
+        return cid
+
+
+async def test_a_no_room_error_with_room_on_the_nic_is_not_excused() -> None:
+    """The probe's own offload answered OFFLOAD_TCP_ENTRIES at every offer while stack.info said
+    nic0 carried 5 of 100: the daemon refused a connection it had room for. Before, the status
+    alone excused it, and the run passed with the invalidate `not judged`."""
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(FakeSaysFullAtConnect(lies=1000)).inject_probed(rec, {})
+    r = _report([rec], [], {})
+    assert not r["ok"], (rec, r["not_judged"])
+    assert "ValueError" in rec.get("error", "") and "nic0 carries 5 of 100" in rec["error"], rec
+
+
+@pytest.mark.parametrize(
+    "status",
+    ["NDIS_STATUS_OFFLOAD_PATH_ENTRIES", "NDIS_STATUS_OFFLOAD_NEIGHBOR_ENTRIES"],
+)
+async def test_a_no_room_error_stack_info_does_not_count_is_taken_as_said(status: str) -> None:
+    """stack.info's `tcp` counts no path or neighbor entries: those answers stay excused (as
+    the refusal path takes them), and so does OFFLOAD_TCP_ENTRIES on a full NIC."""
+
+    class FakeNoEntries(FakeSaysFullAtConnect):
+        async def tcp_offload(self, cid: int) -> Rec:
+            raise NdisStatusError(NdisStatusError.code, f"NDIS_STATUS: {status} (0xC0231005)")
+
+    rec = _rec("invalidate", object="tcp", layer="nic0")
+    await _prober(FakeNoEntries(lies=0)).inject_probed(rec, {})
+    r = _report([rec], [], {})
+    assert r["ok"] and status in rec["not_judged"], (rec, r["failures"])
+    # full: OFFLOAD_TCP_ENTRIES excused as before, answered or said by tcp.info
+    quiet = FakeQuietRefusal({"status": TCP_ENTRIES, "layer": "nic0", "reason": "full"})
+    quiet.workers = 100
+    for daemon in (FakeFullNic(capacity=5, workers=5), quiet):
+        rec = _rec("invalidate", object="tcp", layer="nic0")
+        await _prober(daemon).inject_probed(rec, {})
+        r = _report([rec], [], {})
+        most = daemon.capacity
+        assert r["ok"] and f"nic0 carries {most} of {most}" in rec["not_judged"], rec

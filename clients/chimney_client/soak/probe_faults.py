@@ -62,6 +62,8 @@ NO_ROOM = frozenset(
 #: What a NIC answers an offload it has no room for (NO_ROOM but a pause): a worker's
 #: refused so while a probe took a place on its full NIC may be the probe's doing.
 NO_ENTRIES = NO_ROOM - {"NDIS_STATUS_OFFLOAD_PAUSE"}
+#: The no-room answer stack.info can check: its `tcp` against `max_connections` (spec §8).
+TCP_ENTRIES = "NDIS_STATUS_OFFLOAD_TCP_ENTRIES"
 #: The call whose failure refuses an offload (and its path and neighbor blocks' variants,
 #: `MiniportInitiateOffload[path]`): a soak fault on it may refuse the soak's own probe.
 INITIATE_CALL = "MiniportInitiateOffload"
@@ -509,7 +511,7 @@ class ProbeFaults:
                     # for the probe, whatever it answered (spec §8). Its `tcp` counts no path
                     # or neighbor entries: those answers are taken as said
                     room, full = "", True
-                    if err.status == "NDIS_STATUS_OFFLOAD_TCP_ENTRIES":
+                    if err.status == TCP_ENTRIES:
                         room, full = await self._room([layer], shard)
                     if full or not room:
                         rec.setdefault("probe_no_room_t", sent)
@@ -546,7 +548,12 @@ class ProbeFaults:
             else:
                 layers.append(by)
         room, full = await self._room(layers, shard)
-        if status in NO_ROOM or _withholds(exc, reason) or full:
+        # no room for TCP is believed only where stack.info agrees (or says nothing of the
+        # room), as where it opens the workers' window (`_offload_on`): a NIC with places free
+        # refused a connection it could take (spec §8); stack.info counts no path or neighbor
+        # entries, and a pause is no matter of room: those are taken as said
+        no_room = status in NO_ROOM and (status != TCP_ENTRIES or full or not room)
+        if no_room or _withholds(exc, reason) or full:
             return Refusal(f"{why}{room}", True)
         own = await self._own_fault(cid, status, by, isinstance(exc, InternalError))
         if own is not None:
