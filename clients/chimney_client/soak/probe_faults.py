@@ -486,7 +486,7 @@ class ProbeFaults:
             path = [str(x) for x in info.get("path") or []]
             if state == "offloaded" and (not path or layer in path):
                 if "probe_no_room_t" not in rec and (await self._room([layer], shard))[1]:
-                    rec["probe_no_room_t"] = start  # it has the NIC's last place
+                    await self._open_window(rec, start, layer, shard)  # the NIC's last place
                 return None
             if state == "offloaded":  # pinned to `layer`, placed elsewhere: not there to judge
                 why = f"offloaded through {' → '.join(path)}, not on {layer}"
@@ -513,8 +513,21 @@ class ProbeFaults:
                     room, full = "", True
                     if err.status == TCP_ENTRIES:
                         room, full = await self._room([layer], shard)
-                    if full or not room:
-                        rec.setdefault("probe_no_room_t", sent)
+                    if (full or not room) and "probe_no_room_t" not in rec:
+                        await self._open_window(rec, sent, layer, shard)
+
+    async def _open_window(self, rec: Record, t: float, layer: str, shard: int | None) -> None:
+        """From `t` the workers' refusals for no room may be the probe's doing (it may hold a
+        place on `layer` one of theirs was about to take): `probe_no_room_t`. Only those a
+        layer on the probe's way refused (`probe_way`: `layer` and the layers above it, as
+        stack.info stacks them; None where it does not say) can be: a NIC beside it has its
+        own room, which the probe took none of (`_refused_for_the_probe`)."""
+        rec["probe_no_room_t"] = t
+        info = await self._of_shard("stack_info", shard)
+        names = [str(la.get("name")) for la in (info or {}).get("layers", [])]
+        ways = {name: _above(info, name, layer) for name in names}
+        if names and None not in ways.values():
+            rec["probe_way"] = sorted({layer, *(n for n, on in ways.items() if on)})
 
     async def _judge_refusal(
         self, cid: int, exc: ChimneyError | None, info: Record, layer: str, shard: int | None
@@ -826,7 +839,9 @@ def _refused_for_the_probe(
     gives none) while a probe of the soak's held a place on a NIC it found full, from its
     first offer refused for no room until the probes closed: the probe may have taken the
     place a worker's connection left and was about to take again (a churned or reset slot's
-    reopen, spec §8). Not the daemon's doing; each must be offloaded again after."""
+    reopen, spec §8). Only a refusal by a layer on the probe's way (its NIC, a MUX or the
+    host above it: `probe_way`), where tcp.info's `offload_refused` names one (`refused_by`).
+    Not the daemon's doing; each must be offloaded again after."""
     closed = rec.get("probes_closed_t")
     start, end = float(rec["probe_no_room_t"]), float("inf") if closed is None else float(closed)
     shard = rec.get("probe_shard")
@@ -837,6 +852,9 @@ def _refused_for_the_probe(
             continue  # another shard's NIC, whose places the probe took none of
         if ep.get("status") not in (None, *NO_ENTRIES):
             continue
+        way, by = rec.get("probe_way"), ep.get("refused_by")
+        if way is not None and by is not None and by not in way:
+            continue  # refused by a NIC off the probe's way, whose room it took none of
         sent = float(ep["t_first_sent"] if "t_first_sent" in ep else ep["t_first"])
         if not start <= float(ep["t_first"]) or sent > end:
             continue

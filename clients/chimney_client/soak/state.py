@@ -281,10 +281,20 @@ class WorkerState:
         # after it is owed, so the next round trip comes now, not after the think time
         self.wake(conn)
 
-    def refused(self, conn: Conn, at: str, status: str | None, sent: float | None = None) -> None:
+    def refused(
+        self,
+        conn: Conn,
+        at: str,
+        status: str | None,
+        sent: float | None = None,
+        by: str | None = None,
+    ) -> dict[str, Any] | None:
         """An offload of `conn` was refused: one more attempt in its refusal episode. `sent`:
         when the refused request went out (the daemon decided between then and now; under
-        load its answer can come seconds after)."""
+        load its answer can come seconds after). `by`: the layer tcp.info's `offload_refused`
+        names (docs/rpc.md), where known: which NIC's room a probe may have taken
+        (probe_faults `_refused_for_the_probe`). Returns the episode if this attempt began
+        it."""
         now = time.monotonic()
         ep = conn.refusal
         if ep is not None and None not in (status, ep["status"]) and status != ep["status"]:
@@ -293,8 +303,11 @@ class WorkerState:
             ep["continued"] = True
             conn.watch = [r for r in conn.watch if r is not ep]
             ep = conn.refusal = None
+        began = ep is None
         if ep is None:
             ep = {"conn": conn.cid, "at": at, "status": status, "t_first": now, "attempts": 0}
+            if by is not None:
+                ep["refused_by"] = by
             ep["t_first_sent"] = sent if sent is not None else now
             rpc = self.rpc_by_cid.get(conn.cid)
             if rpc is not None and rpc.shard is not None:
@@ -310,6 +323,7 @@ class WorkerState:
             # OFFLOAD_PAUSE: the target is failed or paused, which is why it stays in host mode
             paused = status == "NDIS_STATUS_OFFLOAD_PAUSE"
             self.move(conn, "host", "target_failure" if paused else "refused_offload")
+        return ep if began else None
 
     def upload_record(self, conn: Conn, name: str, **extra: Any) -> dict[str, Any]:
         rec = {"conn": conn.cid, "t": time.monotonic(), "needs_reoffload": True, **extra}

@@ -29,6 +29,7 @@ from .limits import (
     RECV_TIMEOUT_MS,
     REOFFLOAD_RETRY_S,
 )
+from .probe_faults import NO_ENTRIES
 from .state import Rpc, WorkerState, owes_reoffload
 
 #: What an INTERNAL answer says of the layer that raised: "nic0 failed in
@@ -44,6 +45,14 @@ _WITHHOLDS = re.compile(r"^the host withholds offloads to (.+) \(spec §6\.2\)$"
 HOST_EVENTS = frozenset(
     {"power_down", "media_disconnect", "capability_disabled", "net_event_pause"}
 )
+
+
+def refused_by(info: dict[str, Any]) -> str | None:
+    """The layer tcp.info's `offload_refused` (docs/rpc.md) names as the one that refused the
+    connection's last offload; None where it names none (or the daemon has no such field)."""
+    said = info.get("offload_refused")
+    layer = said.get("layer") if isinstance(said, dict) else None
+    return None if layer is None else str(layer)
 
 
 def withheld_by(exc: RpcError) -> dict[str, list[str]] | None:
@@ -153,7 +162,9 @@ class Traffic(WorkerState):
                 self.error("info", str(exc), conn=cid)
             conn.local_port = local_port(info)
             conn.path = conn.path or list(info.get("path") or [])
-            self.connect_state(conn, info.get("state"), conn.uploads != uploads, sent)
+            self.connect_state(
+                conn, info.get("state"), conn.uploads != uploads, sent, refused_by(info)
+            )
             if self.cfg.upload_share > 0 and self.rng.random() < self.cfg.upload_share:
                 conn.upload_at = time.monotonic() + self.rng.uniform(0.5, 3.0) * max(
                     self.cfg.think_ms / 1000.0, 0.2
@@ -164,7 +175,12 @@ class Traffic(WorkerState):
         return None
 
     def connect_state(
-        self, conn: Conn, state: str | None, uploaded_meanwhile: bool, sent: float
+        self,
+        conn: Conn,
+        state: str | None,
+        uploaded_meanwhile: bool,
+        sent: float,
+        by: str | None = None,
     ) -> None:
         """Where a new connection is, from its `tcp.info` and the events already applied.
         An upload seen while tcp.info was answered makes the answer older than the event:
@@ -181,7 +197,7 @@ class Traffic(WorkerState):
         elif not conn.uploads:
             self.c["offload_refused_at_connect"] += 1
             conn.needs_offload = True
-            self.refused(conn, "connect", None, sent)
+            self.refused(conn, "connect", None, sent, by)
 
     def withheld(self, conn: Conn, at: str, exc: RpcError, sent: float) -> bool:
         """`exc` answered an offload of `conn`: if it is the host refusing for a host event
@@ -208,8 +224,9 @@ class Traffic(WorkerState):
         except NdisStatusError as exc:
             # e.g. PAUSE while the NIC is down: stay in host mode and try again later
             self.c["reoffload_refused"] += 1
-            self.refused(conn, "reoffload", exc.status, sent)
+            ep = self.refused(conn, "reoffload", exc.status, sent)
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
+            await self.note_refused_by(rpc, conn, ep, exc.status)
             return
         except RpcError as exc:
             if conn.aborted:
@@ -222,6 +239,23 @@ class Traffic(WorkerState):
             return
         if self.offload_answered(conn, uploads, result):
             self.c["reoffloads"] += 1
+
+    async def note_refused_by(
+        self, rpc: Rpc, conn: Conn, ep: dict[str, Any] | None, status: str | None
+    ) -> None:
+        """A refusal episode `ep` just begun with no room (NO_ENTRIES): keep the layer that
+        refused it (tcp.info's `offload_refused`), which says whose room it was. One read per
+        episode, none for other statuses; a daemon that says nothing leaves it unknown."""
+        if ep is None or status not in NO_ENTRIES:
+            return
+        try:
+            async with rpc.sem:
+                info = await rpc.client.tcp_info(conn.cid)
+        except RpcError:
+            return  # (a reset or a closed RPC connection shows in the next round trip)
+        by = refused_by(info)
+        if by is not None:
+            ep["refused_by"] = by
 
     async def think(self, conn: Conn, seconds: float) -> None:
         """The pause between two round trips; `wake` cuts it short."""
@@ -445,7 +479,8 @@ class Traffic(WorkerState):
         except NdisStatusError as exc:
             conn.needs_offload = True  # e.g. the NIC is paused: try later
             conn.next_offload_try = time.monotonic() + REOFFLOAD_RETRY_S
-            self.refused(conn, "planned_offload", exc.status, sent)
+            ep = self.refused(conn, "planned_offload", exc.status, sent)
+            await self.note_refused_by(rpc, conn, ep, exc.status)
             return
         except RpcError as exc:
             if conn.aborted:
