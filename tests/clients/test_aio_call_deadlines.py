@@ -1,0 +1,102 @@
+"""AsyncClient times its calls on one loop timer, not one armed per call (issue 15: a
+`call_later` armed and cancelled per call cost ~4 µs of the RPC client's time per call), and
+every call still ends at its own deadline, whatever the order the calls were made in."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chimney_client import AsyncClient
+from chimney_client.errors import CallTimeout
+from tests.clients.mini_server import MiniServer
+
+#: bound on any one wait here, far above every call timeout of these tests
+HANG = 10.0
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MiniServer]:
+    srv = await MiniServer().start()
+    yield srv
+    await srv.close()
+
+
+def _count_timers(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Count the timers armed on `loop` from now on (asyncio's `call_later` goes through
+    `call_at`)."""
+    armed = [0]
+    call_at: Callable[..., asyncio.TimerHandle] = loop.call_at
+
+    def counting(when: float, callback: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        armed[0] += 1
+        return call_at(when, callback, *args, **kw)
+
+    loop.call_at = counting  # type: ignore[method-assign]
+    return armed
+
+
+async def test_calls_arm_no_timer_each(server: MiniServer) -> None:
+    async with await AsyncClient.connect(server.address, call_timeout=30) as c:
+        armed = _count_timers(asyncio.get_running_loop())
+        for i in range(50):
+            assert await c.call("test.delay", 0, i) == i
+        await asyncio.gather(*(c.call("test.delay", 0, i) for i in range(50)))
+        assert armed[0] <= 2, f"{armed[0]} timers armed for 100 calls"
+
+
+async def test_a_later_shorter_call_times_out_first(server: MiniServer) -> None:
+    """The one timer is armed again for a call whose deadline comes before those waiting."""
+    async with await AsyncClient.connect(server.address) as c:
+        long = asyncio.ensure_future(c.call("test.delay", 5, "long", timeout=3))
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(CallTimeout):
+            await asyncio.wait_for(c.call("test.delay", 5, "short", timeout=0.05), HANG)
+        assert time.monotonic() - t0 < 2.5  # before the long one's deadline (not a timing)
+        assert not long.done()
+        with pytest.raises(CallTimeout):
+            await asyncio.wait_for(long, HANG)
+        assert c.pending == 0
+
+
+async def test_answered_calls_do_not_time_out_later(server: MiniServer) -> None:
+    """A call answered leaves no deadline behind: the calls after it, of the same limit and
+    answered too, are untouched when its deadline passes, and one left waiting times out."""
+    async with await AsyncClient.connect(server.address, call_timeout=0.2) as c:
+        assert await c.call("test.delay", 0, "a") == "a"
+        slow = asyncio.ensure_future(c.call("test.delay", 5, "slow"))
+        for i in range(300):  # past the compaction bound: cleared entries behind `slow`
+            assert await c.call("test.delay", 0, i) == i
+        assert c._deadlines._entries <= 256 + 2 * 1 + 1
+        with pytest.raises(CallTimeout):
+            await asyncio.wait_for(slow, HANG)
+        assert await c.call("test.delay", 0.05, "b") == "b"
+        assert c.pending == 0 and c._deadlines._live == 0
+    assert c._deadlines._handle is None  # closed: no timer holds the client
+
+
+async def test_many_calls_of_many_limits_each_end_by_their_own() -> None:
+    """Calls of different limits, made in any order, each raise CallTimeout (none is
+    forgotten by the one timer) and none before its own limit."""
+    srv = await MiniServer().start()
+    try:
+        async with await AsyncClient.connect(srv.address) as c:
+            limits = [0.3, 0.05, 0.2, 0.05, 0.1, 0.3, 0.01]
+
+            async def one(limit: float) -> float:
+                t0 = asyncio.get_running_loop().time()
+                with pytest.raises(CallTimeout):
+                    await c.call("test.delay", 5, None, timeout=limit)
+                return asyncio.get_running_loop().time() - t0
+
+            took = await asyncio.wait_for(asyncio.gather(*(one(x) for x in limits)), HANG)
+            for limit, t in zip(limits, took, strict=True):
+                assert t >= limit - 0.002, (limit, t)
+            assert c.pending == 0
+    finally:
+        await srv.close()
