@@ -1,0 +1,130 @@
+"""The echo section's emulated (and floor) rounds, on an in-memory client: one task per
+connection for its reads, not one per round (issue 15: a task and an `asyncio.wait` per round
+were client CPU the direct side does not spend), and the rules kept: every byte checked in
+order, a read never cancelled, a stuck round an error. No sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from bench import echo_bench
+from bench.echo_bench import ECHO_PAYLOAD, EchoResult, _emulated_conn, _RpcSlot
+from chimney_client.errors import RpcTimeout
+from chimney_client.stream import PatternStream, Verifier
+
+CID = 7
+SEED = 0xEC0
+
+
+class _EchoClient:
+    """`tcp_send` acknowledges and echoes (in two halves, maybe altered); `tcp_recv` waits
+    for echoed bytes, and counts the reads cancelled."""
+
+    def __init__(self, flip_at: int | None = None, silent: bool = False) -> None:
+        self.echoed = bytearray()
+        self.sent = 0
+        self.waiter: asyncio.Future[bool] | None = None
+        self.flip_at = flip_at
+        self.silent = silent
+        self.cancelled_reads = 0
+
+    async def tcp_send(self, conn_id: int, data: bytes) -> int:
+        await asyncio.sleep(0)
+        if not self.silent:
+            echo = bytearray(data)
+            if self.flip_at is not None and self.sent <= self.flip_at < self.sent + len(data):
+                echo[self.flip_at - self.sent] ^= 0xFF
+            self.echoed += echo
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(True)
+        self.sent += len(data)
+        return len(data)
+
+    async def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        while not self.echoed:  # a future and a timer, no task (the test counts them)
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_later(timeout_ms / 1000, _timed_out, waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self.cancelled_reads += 1
+                raise
+            finally:
+                timer.cancel()
+            if not self.echoed:
+                raise RpcTimeout(7, "nothing arrived")
+        take = min(max_bytes, len(self.echoed), ECHO_PAYLOAD // 2)
+        chunk = bytes(self.echoed[:take])
+        del self.echoed[:take]
+        return chunk
+
+
+def _timed_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+def _slot(client: _EchoClient) -> _RpcSlot:
+    slot = _RpcSlot(client)  # type: ignore[arg-type]
+    slot.streams[CID] = (PatternStream(SEED), Verifier(SEED))
+    return slot
+
+
+def _count_tasks(loop: asyncio.AbstractEventLoop) -> list[int]:
+    made = [0]
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        made[0] += 1
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    return made
+
+
+async def test_a_window_makes_no_task_per_round() -> None:
+    loop = asyncio.get_running_loop()
+    client = _EchoClient()
+    res = EchoResult(1)
+    made = _count_tasks(loop)
+    try:
+        ok = await _emulated_conn(_slot(client), CID, res, loop.time() + 0.3, True)
+    finally:
+        loop.set_task_factory(None)
+    assert ok, res.examples
+    assert res.errors == 0 and res.integrity_errors == 0, res.examples
+    assert res.ops > 20, res.ops
+    assert res.bytes_verified == res.ops * ECHO_PAYLOAD
+    assert made[0] <= 2, f"{made[0]} tasks for {res.ops} rounds"
+    assert client.cancelled_reads == 0
+
+
+async def test_a_wrong_byte_fails_the_round() -> None:
+    client = _EchoClient(flip_at=3 * ECHO_PAYLOAD + 100)
+    res = EchoResult(1)
+    loop = asyncio.get_running_loop()
+    ok = await asyncio.wait_for(
+        _emulated_conn(_slot(client), CID, res, loop.time() + 5.0, True), 10
+    )
+    assert not ok
+    assert res.integrity_errors == 1 and res.ops == 3, (res.ops, res.examples)
+    assert f"wrong byte at {3 * ECHO_PAYLOAD + 100}" in res.examples[0]
+
+
+async def test_a_stuck_round_is_an_error_and_its_read_is_never_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No echo: the read is asked again after each server-side timeout until the round is
+    past its limit, then the round fails; no read is cancelled on the way."""
+    monkeypatch.setattr(echo_bench, "RECV_TIMEOUT_MS", 20)
+    monkeypatch.setattr(echo_bench, "ROUND_LIMIT_S", 0.2)
+    client = _EchoClient(silent=True)
+    res = EchoResult(1)
+    ok = await asyncio.wait_for(_emulated_conn(_slot(client), CID, res, 0.0, True), 10)
+    assert not ok
+    assert res.errors == 1 and "stuck, 0 of" in res.examples[0], res.examples
+    assert res.recv_timeouts >= 2 and client.cancelled_reads == 0
+    assert res.ops == 0
