@@ -5,7 +5,6 @@ every call still ends at its own deadline, whatever the order the calls were mad
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -54,11 +53,9 @@ async def test_a_later_shorter_call_times_out_first(server: MiniServer) -> None:
     async with await AsyncClient.connect(server.address) as c:
         long = asyncio.ensure_future(c.call("test.delay", 5, "long", timeout=3))
         await asyncio.sleep(0.01)
-        t0 = time.monotonic()
         with pytest.raises(CallTimeout):
             await asyncio.wait_for(c.call("test.delay", 5, "short", timeout=0.05), HANG)
-        assert time.monotonic() - t0 < 2.5  # before the long one's deadline (not a timing)
-        assert not long.done()
+        assert not long.done()  # the short one ended first, not with the long one's timer
         with pytest.raises(CallTimeout):
             await asyncio.wait_for(long, HANG)
         assert c.pending == 0
