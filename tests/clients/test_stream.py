@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from chimney_client import stream
 from chimney_client.stream import BLOCK_SIZE, PatternStream, Verifier
 
 
@@ -43,3 +46,25 @@ def test_verifier_detects_lost_bytes() -> None:
     data = PatternStream(5).read(10_000)
     v = Verifier(5)
     assert v.check(data[:4000] + data[4001:]) is not None
+
+
+def test_the_rotation_is_computed_once_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 reads of 16 KiB cover one block: its rotation (splitmix64 on Python ints, ~1 µs) is
+    computed once, not per read (issue 15: twice per verified echo round), and the bytes are
+    those of a stream computed afresh."""
+    whole = PatternStream(11).read(2 * BLOCK_SIZE)
+    calls = [0]
+    real = stream._rotation
+
+    def counting(seed: int, block: int) -> int:
+        calls[0] += 1
+        return real(seed, block)
+
+    monkeypatch.setattr(stream, "_rotation", counting)
+    s = PatternStream(11)
+    chunk = 16 * 1024
+    parts = [s.read(chunk) for _ in range(2 * BLOCK_SIZE // chunk)]
+    assert b"".join(parts) == whole
+    assert calls[0] == 2, f"{calls[0]} rotations for 2 blocks"
+    s.seed = 12  # a stream given another seed reads that seed's bytes
+    assert s.at(0, 100) == PatternStream(12).at(0, 100)
