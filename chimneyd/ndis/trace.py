@@ -44,6 +44,8 @@ _I64, _U64 = ("l", "L") if struct.calcsize("@l") == 8 else ("q", "Q")
 _NARROW: Final = struct.Struct(f"@{_I64}{_U64}IIIIi")
 _WIDE: Final = struct.Struct(f"@{_I64 * 7}")
 _NARROW_SIZE: Final = _NARROW.size
+#: the oldest narrow record of a ring, as a slice made once (not one per record dropped)
+_OLDEST: Final = slice(None, _NARROW_SIZE)
 _SEQ: Final = 2  # the record's field that holds its seq
 CHAIN: Final = -1
 HAS_STATUS: Final = 1 << 48
@@ -153,11 +155,15 @@ class HopTrace:
         """Two calls in one record (`pair_code`): the first with `handle`, the second with
         `context`; both carry `nbl` and `status`. They read back as two hops."""
         seq = self.seq + 1
+        # the NBL id and the clock's reading go to `pack` as the objects they arrive as: typed
+        # `int`, the compiled build unboxes each and boxes it again for `pack`, a new int object
+        # (an allocation and a free) for each, twice a record (tests/unit/test_compiled_io_reads)
+        ids: object = nbl
         if type(nbl) is int:
             self.seq = seq + 1
         else:
             self.seq = seq + 2 * len(nbl) - 1  # type: ignore[arg-type]
-            nbl = self._chain(seq, nbl)  # type: ignore[arg-type]
+            ids = self._chain(seq, nbl)  # type: ignore[arg-type]
         if status != NO_STATUS:
             code |= HAS_STATUS
         else:
@@ -165,8 +171,9 @@ class HopTrace:
         # `_put` written out: 8-9 pairs are recorded per verified echo round, and a narrow
         # record of an unwatched trace, the common case, needs none of its other branches
         if self.watcher is None and self.rec is _NARROW:
+            clock: Callable[[], object] = self.clock
             try:
-                packed = _NARROW.pack(self.clock(), code, seq, status, handle, context, nbl)
+                packed = _NARROW.pack(clock(), code, seq, status, handle, context, ids)
             except struct.error:
                 pass
             else:
@@ -178,9 +185,9 @@ class HopTrace:
                     if self.chains:
                         self._trim()
                     else:
-                        del buf[:_NARROW_SIZE]  # O(1): a bytearray keeps an offset to its start
+                        del buf[_OLDEST]  # O(1): a bytearray keeps an offset to its start
                 return
-        self._put(seq, code, status, handle, context, nbl)
+        self._put(seq, code, status, handle, context, ids)  # type: ignore[arg-type]
 
     def _trim(self) -> None:
         """Drop the oldest record of a full ring."""

@@ -91,3 +91,55 @@ def test_compiled_modules_read_no_class_attribute() -> None:
 def test_the_offload_handle_is_compiled() -> None:
     # the broker reads the handle's context, binding, trace and ids for every NBL sent down
     assert "chimneyd/ndis/handles.py" in _compiled_modules()
+
+
+def _record_pair() -> ast.FunctionDef:
+    tree = ast.parse((ROOT / "chimneyd/ndis/trace.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "record_pair":
+            return node
+    raise AssertionError("HopTrace.record_pair not found in chimneyd/ndis/trace.py")
+
+
+def test_the_hop_record_packs_the_clock_and_ids_as_objects() -> None:
+    # a value typed `int` is a tagged C integer in compiled code: the clock's reading (an int
+    # object) and the NBL id (`int | tuple`, an object) were unboxed, then boxed again for
+    # `struct.pack`, a new int object each (an allocation and a free), twice per record, eight
+    # records a round. Typed `object`, they reach `pack` as they came
+    fn = _record_pair()
+    declared = {
+        node.target.id: ast.unparse(node.annotation)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+    packs = [
+        node
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "pack"
+    ]
+    assert len(packs) == 1, f"record_pair should pack one narrow record: {len(packs)} packs"
+    args = packs[0].args
+    t_ns, ids = args[0], args[-1]
+    clock = t_ns.func.id if isinstance(t_ns, ast.Call) and isinstance(t_ns.func, ast.Name) else ""
+    assert declared.get(clock) == "Callable[[], object]", (
+        f"the clock's reading goes to pack through an int: {ast.unparse(t_ns)}"
+    )
+    name = ids.id if isinstance(ids, ast.Name) else ""
+    assert declared.get(name) == "object", (
+        f"the NBL id goes to pack through an int: {ast.unparse(ids)}"
+    )
+
+
+def test_a_full_ring_drops_its_oldest_record_by_a_slice_made_once() -> None:
+    # `del buf[:n]` makes a slice object (and boxes n) per record dropped
+    made = [
+        ast.unparse(node)
+        for node in ast.walk(_record_pair())
+        if isinstance(node, ast.Delete)
+        for target in node.targets
+        if isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Slice)
+    ]
+    assert not made, f"a slice made per record: {made}"
+
