@@ -585,7 +585,7 @@ class Ndis:
             context = handle.context()  # raises: not offloaded, or dead (spec §6.3)
         binding: Binding = handle.ndis_reserved
         lower = binding.lower
-        trace = handle.trace
+        trace: HopTrace | None = handle.trace  # typed: a native call, not a Python one
         ids: int | tuple[int, ...]
         if head.next is None:
             # one NBL, the common case (a host send or posted receive): no list of ids
@@ -655,8 +655,9 @@ class Ndis:
         n = 0
         for nbl in iter_chain(head):
             n += 1
-            if nbl.trace is not None:
-                nbl.trace.record_pair(code, 0, 0, nbl.id)
+            trace: HopTrace | None = nbl.trace
+            if trace is not None:
+                trace.record_pair(code, 0, 0, nbl.id)
         caller.stats.count("NdisOffloadTcpReceiveReturn", n)
         if self.observer is not None:
             self.observer.on_receive_return(binding, head)
@@ -729,15 +730,16 @@ class Ndis:
         """One record (a pair: the completing call and the handler above) per call and
         connection when the NBLs share a status, else one per NBL."""
         first = nbls[0]
-        trace = first.trace
+        trace: HopTrace | None = first.trace
         if len(nbls) == 1 or all([n.trace is trace and n.status == first.status for n in nbls]):
             if trace is not None:
                 ids = first.id if len(nbls) == 1 else tuple([n.id for n in nbls])
                 trace.record_pair(code, 0, 0, ids, first.status)
             return
         for nbl in nbls:
-            if nbl.trace is not None:
-                nbl.trace.record_pair(code, 0, 0, nbl.id, nbl.status)
+            trace = nbl.trace
+            if trace is not None:
+                trace.record_pair(code, 0, 0, nbl.id, nbl.status)
 
     def NdisTcpOffloadSendComplete(self, caller: Layer, nbl: NetBufferList) -> None:
         self._io_complete(caller, "Send", nbl)
@@ -798,7 +800,7 @@ class Ndis:
             )
         binding, upper = self._upper_of(caller, handle, "receive indication")
         nbl.source_bindings.append(binding)  # the route of the synchronous return
-        trace = nbl.trace
+        trace: HopTrace | None = nbl.trace
         if trace is not None:
             code = binding.pair(
                 "NdisTcpOffloadReceiveHandler", "ProtocolTcpOffloadReceiveIndicate", False, True
