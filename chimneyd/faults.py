@@ -158,12 +158,22 @@ def _held_by_another(engine: Engine, fault: Fault) -> bool:
     failed, the NIC a `nic_down` took out, the target a `host_event` of the same event
     withholds. A fault being injected is not in the registry yet, one being cleared no
     longer is."""
-    spec = fault.spec
-    key = (spec["kind"], spec["layer"], spec.get("event"))
+    key = _outage(engine, fault)
     return any(
-        f is not fault and (f.spec["kind"], f.spec.get("layer"), f.spec.get("event")) == key
+        f is not fault and f.spec["kind"] == fault.spec["kind"] and _outage(engine, f) == key
         for f in engine.faults.faults.values()
     )
+
+
+def _outage(engine: Engine, fault: Fault) -> tuple[Any, ...]:
+    """What `fault` holds out: its kind, layer and event. A `nic_down` holds out the MUX's
+    binding on its side, whichever name it was given: a NIC under IMs and the IMs between it
+    and the MUX are one (docs/faults.md `nic_down`, `Engine.team_above`)."""
+    spec = fault.spec
+    layer = spec.get("layer")
+    if spec["kind"] == "nic_down":
+        layer = engine.mux_above(str(layer))[1].lower.name
+    return (spec["kind"], layer, spec.get("event"))
 
 
 def _target_failure(engine: Engine, fault: Fault) -> None:

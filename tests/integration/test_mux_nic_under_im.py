@@ -16,6 +16,7 @@ from chimneyd.api import EngineError, ErrorCode
 from chimneyd.config import DEFAULT_LAYERS, LayerConfig
 from tests.integration.support import eventually
 from tests.integration.test_mux import all_offloaded, echo, lowers, nic_of
+from tests.integration.test_overlapping_outages import settled
 
 #: tcpip -> team0 (mux) -> [imA -> nic0, nic1]
 THROUGH_IM = (
@@ -109,3 +110,24 @@ async def test_the_team_itself_is_invalid_params(make_engine: Any, kind: str) ->
     with pytest.raises(EngineError) as err:
         engine.fault_inject({"kind": kind, "layer": "team0"})
     assert err.value.code == ErrorCode.INVALID_PARAMS
+
+
+@pytest.mark.parametrize(("first", "second"), [("nic0", "imA"), ("imA", "nic0")])
+async def test_a_nic_taken_out_by_both_its_names_stays_out_until_both_are_cleared(
+    make_engine: Any, echo_port: int, first: str, second: str
+) -> None:
+    """`layer=nic0` and `layer=imA` are one and the same (docs/faults.md `nic_down`): two
+    `nic_down`s of one NIC, one by each name, keep it out until both are cleared, as two by
+    one name do (test_overlapping_outages.py)."""
+    engine = await make_engine(THROUGH_IM)
+    a = engine.fault_inject({"kind": "nic_down", "layer": first})
+    await eventually(lambda: not lowers(engine)["imA"]["in_service"], "imA taken out")
+    b = engine.fault_inject({"kind": "nic_down", "layer": second})
+    engine.fault_clear(a)
+    await settled(engine, "team0", "tcpip")
+    assert lowers(engine)["imA"]["taken_out"], "nic0 back while a nic_down of it is listed"
+    conns = [await engine.connect("127.0.0.1", echo_port) for _ in range(2)]
+    await eventually(all_offloaded(engine, conns))
+    assert placed(engine, conns) == {"nic1": 2}
+    engine.fault_clear(b)
+    await eventually(lambda: lowers(engine)["imA"]["in_service"], "imA back in service")
