@@ -20,7 +20,11 @@ from tests.unit.test_host_fin_wait_2_team import _carrier
 
 def _im_over_team() -> tuple[HostRig, MuxIm]:
     """host → imX → team0 (a round-robin MUX) → nic0, nic1."""
-    rig = HostRig(())
+    return _over_team(HostRig(()))
+
+
+def _over_team(rig: HostRig) -> tuple[HostRig, MuxIm]:
+    """`rig`, made with no targets: its host → imX → team0 (round robin) → nic0, nic1."""
     im = make_passthrough_on(rig.ndis, rig.clock.timers(rig.ndis.post), "imX")
     rig.ndis.bind(rig.host, im)
     timers = rig.clock.timers(rig.ndis.post)
