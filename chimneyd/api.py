@@ -190,6 +190,12 @@ class EngineAPI(Protocol):
         have it, `rpc.sharded.restore_faults`)."""
         ...
 
+    def team_member(self, layer: str) -> str:
+        """The name of the layer the MUX above `layer` is bound to on its side (team0 -> imA
+        -> nic0: `imA` for `nic0` and for `imA`): one name for the NIC, whichever a `nic_down`
+        or `nic_up` gave. Raises `EngineError` (`INVALID_PARAMS`) for a layer under no MUX."""
+        ...
+
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         """Upload and close every connection within `deadline` seconds; report what was left."""
         ...

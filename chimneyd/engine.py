@@ -859,6 +859,11 @@ class Engine:
             raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {name!r} is not under a mux")
         return found
 
+    def team_member(self, name: str) -> str:
+        """The layer `team_above` finds the MUX bound to on `name`'s side: one name for a NIC
+        under IMs and the IMs between (docs/faults.md `nic_down`)."""
+        return self.mux_above(name)[1].lower.name
+
     @staticmethod
     def team_above(layer: Layer) -> tuple[MuxIm, Binding] | None:
         """The MUX `layer` is bound under, directly or through IMs, and the MUX's binding to

@@ -190,7 +190,7 @@ class ShardParts:
             if arg.get("restored"):
                 self.restored.add(fid)
             if spec.get("kind") in ("nic_down", "nic_up"):
-                nic, up = str(spec["layer"]), spec["kind"] == "nic_up"
+                nic, up = self._nic(spec["layer"]), spec["kind"] == "nic_up"
                 if everywhere:
                     self.nics[nic] = up
                 if not arg.get("restored"):
@@ -220,7 +220,11 @@ class ShardParts:
         restore brings came before. No fault is made: the NIC is put in or out as `nic_up` and
         `nic_down` do, under no id. Returns what it set."""
         done: dict[str, bool] = {}
-        held = {str(e["layer"]) for e in self.engine.fault_entries() if e.get("kind") == "nic_down"}
+        held = {
+            self._nic(e["layer"])
+            for e in self.engine.fault_entries()
+            if e.get("kind") == "nic_down"
+        }
         for nic in sorted(set(arg) | set(self.live)):
             up = arg.get(nic, self.nics.get(nic, True))
             known = self.nics.get(nic, True) == up
@@ -237,6 +241,16 @@ class ShardParts:
                 continue
             done[nic] = want
         return done
+
+    def _nic(self, layer: Any) -> str:
+        """The one name of the NIC a `nic_down` or `nic_up` named `layer`: a NIC under IMs and
+        the IMs between it and the MUX are one (docs/faults.md `nic_down`), and `nics`,
+        `live` and the listed `nic_down`s must agree on it (`Engine.team_member`). `layer`
+        itself when it is under no MUX here."""
+        try:
+            return self.engine.team_member(str(layer))
+        except EngineError:
+            return str(layer)
 
     def part_fault_clear(self, arg: Any) -> bool:
         """Clear the fault `arg` here (already checked by the shard that was asked). False if
@@ -261,11 +275,11 @@ class ShardParts:
             # back in service once no nic_down of the NIC is listed (faults.py
             # `_undo_when_last`): here, as a restore's end judges it (`LiveNic`), and as the
             # faults meant for every shard go, once none of those is (`nics`)
-            nic = str(entry["layer"])
+            nic = self._nic(entry["layer"])
             downs = [
                 int(e["id"])
                 for e in self.engine.fault_entries()
-                if e.get("kind") == "nic_down" and str(e.get("layer")) == nic
+                if e.get("kind") == "nic_down" and self._nic(e.get("layer")) == nic
             ]
             last = self.live.get(nic)
             if live:
@@ -277,7 +291,9 @@ class ShardParts:
     def part_fault_clear_all(self, _: Any) -> bool:
         # every nic_down cleared: each NIC one held out is back in service here
         downs = {
-            str(e.get("layer")) for e in self.engine.fault_entries() if e.get("kind") == "nic_down"
+            self._nic(e.get("layer"))
+            for e in self.engine.fault_entries()
+            if e.get("kind") == "nic_down"
         }
         self.engine.fault_clear(None)
         self.live.update(dict.fromkeys(downs | set(self.live), LiveNic(True, cleared=False)))

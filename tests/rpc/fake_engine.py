@@ -308,6 +308,9 @@ class FakeEngine:
     def nic_in_service(self, layer: str, up: bool) -> None:
         raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {layer!r} is not under a mux")
 
+    def team_member(self, layer: str) -> str:
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"layer {layer!r} is not under a mux")
+
     async def shutdown(self, deadline: float) -> dict[str, Any]:
         self.shutdown_deadline = deadline
         closed = len(self.conns)
