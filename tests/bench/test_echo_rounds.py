@@ -128,3 +128,19 @@ async def test_a_stuck_round_is_an_error_and_its_read_is_never_cancelled(
     assert res.errors == 1 and "stuck, 0 of" in res.examples[0], res.examples
     assert res.recv_timeouts >= 2 and client.cancelled_reads == 0
     assert res.ops == 0
+
+
+async def test_a_wrong_byte_in_a_rounds_last_chunk_fails_the_round() -> None:
+    """Every chunk of a round is checked, not only its first: the echo comes back in two
+    halves here, and the wrong byte is the last of round 3."""
+    last = 4 * ECHO_PAYLOAD - 1
+    client = _EchoClient(flip_at=last)
+    res = EchoResult(1)
+    loop = asyncio.get_running_loop()
+    ok = await asyncio.wait_for(
+        _emulated_conn(_slot(client), CID, res, loop.time() + 5.0, True), 10
+    )
+    assert not ok, "a wrong byte in a round's last chunk went unseen"
+    assert res.integrity_errors == 1 and res.ops == 3, (res.ops, res.examples)
+    assert f"wrong byte at {last}" in res.examples[0]
+
