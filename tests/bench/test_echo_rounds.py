@@ -144,3 +144,27 @@ async def test_a_wrong_byte_in_a_rounds_last_chunk_fails_the_round() -> None:
     assert res.integrity_errors == 1 and res.ops == 3, (res.ops, res.examples)
     assert f"wrong byte at {last}" in res.examples[0]
 
+
+async def test_no_reader_is_left_running_after_the_window() -> None:
+    """A connection's reader ends with its window (the next window starts its own): one left
+    waiting would read, and check against its stale verifier, what belongs to the next."""
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kw)
+        made.append(task)
+        return task
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        slot = _slot(_EchoClient())
+        for _ in range(2):  # two windows on the same connection, as the bench runs them
+            res = EchoResult(1)
+            assert await _emulated_conn(slot, CID, res, loop.time() + 0.05, True), res.examples
+            await asyncio.sleep(0)  # the reader's last step: it was told no more rounds
+            running = [t for t in made if not t.done()]
+            assert not running, f"{len(running)} reader(s) still running after the window"
+    finally:
+        loop.set_task_factory(None)
+    assert len(made) == 2
