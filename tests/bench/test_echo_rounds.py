@@ -168,3 +168,42 @@ async def test_no_reader_is_left_running_after_the_window() -> None:
     finally:
         loop.set_task_factory(None)
     assert len(made) == 2
+
+
+async def test_a_round_held_back_by_the_clients_bound_counts_that_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client carrying more connections than ROUNDS_PER_CLIENT bounds their rounds: a round
+    waiting for the bound is not sent, its latency runs from before the wait (the direct side
+    has no such wait), and the bound is given back after the round."""
+    clock = [0.0]
+    monkeypatch.setattr(echo_bench, "time", _Clock(clock))
+    client = _EchoClient()
+    slot = _slot(client)
+    for i in range(echo_bench.ROUNDS_PER_CLIENT):  # more connections than the bound
+        slot.streams[CID + 1 + i] = (PatternStream(SEED + 1 + i), Verifier(SEED + 1 + i))
+    for _ in range(echo_bench.ROUNDS_PER_CLIENT):
+        await slot.sem.acquire()  # every other connection's round runs
+    res = EchoResult(1)
+    conn = asyncio.ensure_future(_emulated_conn(slot, CID, res, 0.0, True))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert client.sent == 0, "a round went past the client's bound"
+    clock[0] = 100.0  # the time the round waited for the bound
+    for _ in range(echo_bench.ROUNDS_PER_CLIENT):
+        slot.sem.release()
+    assert await asyncio.wait_for(conn, 10), res.examples
+    assert res.ops == 1 and res.latencies == [100.0], "the wait for the bound is not latency"
+    for _ in range(echo_bench.ROUNDS_PER_CLIENT):
+        assert not slot.sem.locked(), "the round kept the client's bound"
+        await slot.sem.acquire()
+
+
+class _Clock:
+    """`time` for echo_bench: `perf_counter` reads `clock[0]`."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self._clock = clock
+
+    def perf_counter(self) -> float:
+        return self._clock[0]
