@@ -97,9 +97,6 @@ def _expire(fut: asyncio.Future[Any], method: str, limit: float) -> None:
         fut.set_exception(CallTimeout(f"{method}: no response within {limit:g} s"))
 
 
-#: How early (seconds) a deadline may be taken as due: uvloop counts timers in milliseconds,
-#: a timer armed for it may fire up to half of one before it by `loop.time()`.
-_DUE_SLACK = 0.001
 #: Cleared entries `_Deadlines` lets wait behind a call still running before it compacts.
 _COMPACT_AT = 256
 
@@ -184,9 +181,13 @@ class _Deadlines:
         self._handle = self._loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
+        # Due: the deadlines the timer was armed for, though uvloop (which counts timers in
+        # whole milliseconds) may run it a little before them by `loop.time()`, as it would a
+        # timer of their own; a later one only once the clock reaches it. No slack on top: a
+        # call whose time is not up would raise CallTimeout and lose an answer coming then.
+        due = max(self._loop.time(), self._at)
         self._handle = None
         self._at = math.inf
-        due = self._loop.time() + _DUE_SLACK
         first = math.inf
         for key, queue in list(self._queues.items()):
             while queue and (queue[0][1] is None or queue[0][0] <= due):

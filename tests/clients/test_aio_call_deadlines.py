@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from chimney_client import AsyncClient
+from chimney_client.aio import _Deadlines
 from chimney_client.errors import CallTimeout
 from tests.clients.mini_server import MiniServer
 
@@ -97,3 +98,57 @@ async def test_many_calls_of_many_limits_each_end_by_their_own() -> None:
             assert c.pending == 0
     finally:
         await srv.close()
+
+
+class _Timer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _ManualLoop:
+    """The clock and timers `_Deadlines` uses, moved by the test: no timing in the test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[_Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
+        timer = _Timer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def fire(self, now: float) -> float:
+        """The armed timer runs with the clock at `now`; returns the time it was armed for."""
+        (timer,) = [t for t in self.timers if not t.cancelled]
+        self.timers.remove(timer)
+        self.now = now
+        timer.callback()
+        return timer.when
+
+
+async def test_a_call_never_times_out_before_its_own_deadline() -> None:
+    """The one timer, armed for the earliest deadline, ends the calls whose deadline it was
+    armed for (the loop judged that time come, as it would a timer of their own, which uvloop
+    may run a fraction of a millisecond early), and no call whose deadline is still ahead by
+    the clock: an answer that comes in that time is its answer, not a CallTimeout."""
+    loop = asyncio.get_running_loop()
+    manual = _ManualLoop()
+    deadlines = _Deadlines(manual)  # type: ignore[arg-type]
+    first, second = loop.create_future(), loop.create_future()
+    deadlines.add(1.0, first, "test.first", 1.0)
+    deadlines.add(1.0009, second, "test.second", 1.0009)
+    assert manual.fire(1.0) == 1.0
+    assert first.done() and isinstance(first.exception(), CallTimeout)
+    assert not second.done(), "a call timed out 0.9 ms before its deadline"
+    # its own turn, the timer run early by the loop's clock: it ends then, not a turn later
+    assert manual.fire(1.0005) == 1.0009
+    assert second.done() and isinstance(second.exception(), CallTimeout)
+    assert [t for t in manual.timers if not t.cancelled] == []
