@@ -36,15 +36,16 @@ class PatternStream:
     """Deterministic byte stream of `seed`; `read(n)` returns the next `n` bytes."""
 
     # the rotation of the block read last, kept: a 16 KiB read is one of 64 in its block, and
-    # splitmix64 on Python ints was ~1 µs of each (issue 15: twice per verified echo round)
-    __slots__ = ("_block", "_rot", "_rot_seed", "offset", "seed")
+    # splitmix64 on Python ints was ~1 µs of each (issue 15: twice per verified echo round).
+    # One tuple (seed, block, rotation), replaced whole and read once: `at` moves nothing, so
+    # threads may share a stream, and a thread switch must not pair a block with another's
+    # rotation.
+    __slots__ = ("_kept", "offset", "seed")
 
     def __init__(self, seed: int, offset: int = 0) -> None:
         self.seed = seed
         self.offset = offset
-        self._block = -1
-        self._rot = 0
-        self._rot_seed = seed
+        self._kept = (seed, -1, 0)
 
     def read(self, n: int) -> bytes:
         data = self.at(self.offset, n)
@@ -52,11 +53,12 @@ class PatternStream:
         return data
 
     def _rotation(self, block: int) -> int:
-        if block != self._block or self.seed != self._rot_seed:
-            self._rot = _rotation(self.seed, block)
-            self._block = block
-            self._rot_seed = self.seed
-        return self._rot
+        seed = self.seed
+        kept_seed, kept_block, rot = self._kept
+        if block != kept_block or seed != kept_seed:
+            rot = _rotation(seed, block)
+            self._kept = (seed, block, rot)
+        return rot
 
     def at(self, offset: int, n: int) -> bytes:
         """The `n` bytes at absolute `offset`, without moving the stream."""

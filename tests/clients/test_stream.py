@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from types import FrameType
+from typing import Any
+
 import pytest
 
 from chimney_client import stream
@@ -68,3 +72,36 @@ def test_the_rotation_is_computed_once_per_block(monkeypatch: pytest.MonkeyPatch
     assert calls[0] == 2, f"{calls[0]} rotations for 2 blocks"
     s.seed = 12  # a stream given another seed reads that seed's bytes
     assert s.at(0, 100) == PatternStream(12).at(0, 100)
+
+
+def test_at_is_right_when_another_thread_reads_the_same_stream_mid_way() -> None:
+    """`at` does not move the stream, so threads may share one: a read of another block run
+    between any two steps of this one's rotation lookup (a thread switch, forced here at every
+    line) neither changes its bytes nor leaves the kept rotation wrong for the next read."""
+    s = PatternStream(21)
+    fresh = PatternStream(21)
+    others = iter(range(2, 1000))
+    busy = [False]
+
+    def line(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and not busy[0]:
+            busy[0] = True
+            try:
+                s.at(next(others) * BLOCK_SIZE + 5, 16)  # the other thread's read
+            finally:
+                busy[0] = False
+        return line
+
+    def calls(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code is PatternStream._rotation.__code__ and not busy[0]:
+            return line
+        return None
+
+    before = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        got = s.at(BLOCK_SIZE + 7, 100)
+    finally:
+        sys.settrace(before)
+    assert got == fresh.at(BLOCK_SIZE + 7, 100), "another thread's read changed this one's bytes"
+    assert s.at(BLOCK_SIZE + 300, 100) == fresh.at(BLOCK_SIZE + 300, 100), "kept rotation wrong"
