@@ -264,9 +264,13 @@ async def _reads(
         except ChimneyError as exc:
             res.error(f"conn {cid}: tcp.recv: {exc}")
         except BaseException as exc:
-            if not verdict.done():
-                verdict.set_exception(exc)  # a bug: raised where the round is awaited
-            raise
+            if verdict.done():
+                raise  # the round's waiter was cancelled: this task is where it shows
+            verdict.set_exception(exc)  # a bug: raised where the round is awaited
+            if not isinstance(exc, Exception):
+                raise  # cancelled: this task ends so too
+            # not raised here too: nobody awaits this task, asyncio would log it again
+            return
         if not verdict.done():  # done: the round's waiter was cancelled
             verdict.set_result(ok)
         if not ok:

@@ -207,3 +207,31 @@ class _Clock:
 
     def perf_counter(self) -> float:
         return self._clock[0]
+
+
+async def test_a_bug_in_the_read_is_raised_once_where_the_round_is_awaited() -> None:
+    """A read that raises what no round expects (a bug) fails the round where it is awaited,
+    as the task per round did; its reader does not end with it too, which asyncio would log
+    once more as "Task exception was never retrieved" (nobody awaits the reader)."""
+
+    class _Broken(_EchoClient):
+        async def tcp_recv(self, conn_id: int, max_bytes: int, timeout_ms: int) -> bytes:
+            raise ValueError("a bug in the read")
+
+    loop = asyncio.get_running_loop()
+    made: list[asyncio.Task[Any]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        task = asyncio.Task(coro, loop=loop, **kw)
+        made.append(task)
+        return task
+
+    loop.set_task_factory(factory)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(ValueError, match="a bug in the read"):
+            await _emulated_conn(_slot(_Broken()), CID, EchoResult(1), 0.0, True)
+        await asyncio.sleep(0)
+    finally:
+        loop.set_task_factory(None)
+    (reader,) = made
+    assert reader.done() and reader.exception() is None, "the reader's error is logged again"
