@@ -152,3 +152,23 @@ async def test_a_call_never_times_out_before_its_own_deadline() -> None:
     assert manual.fire(1.0005) == 1.0009
     assert second.done() and isinstance(second.exception(), CallTimeout)
     assert [t for t in manual.timers if not t.cancelled] == []
+
+
+async def test_calls_of_distinct_limits_leave_no_queue_behind(server: MiniServer) -> None:
+    """Each time left keys its own queue (a call after a wait for the write buffer has its
+    own): the queue of a call that ended goes with it, even while another call still runs, so
+    memory follows the calls running, not every limit ever used."""
+    async with await AsyncClient.connect(server.address) as c:
+        slow = asyncio.ensure_future(c.call("test.delay", 5, "slow", timeout=3))
+        await asyncio.sleep(0)
+        for i in range(300):
+            assert await c.call("test.delay", 0, i, timeout=1 + i / 1000) == i
+        await asyncio.gather(
+            *(c.call("test.delay", 0, i, timeout=2 + i / 1000) for i in range(300))
+        )
+        deadlines = c._deadlines
+        assert deadlines._live == 1 and len(deadlines._queues) == 1, len(deadlines._queues)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert deadlines._live == 0 and not deadlines._queues
