@@ -368,6 +368,9 @@ class AsyncClient:
         if self._lost is not None:
             raise self._gone()
         limit = self.call_timeout if timeout is None else timeout
+        if limit is not None and limit != limit:
+            # NaN is before no deadline and after none: kept, the call would never time out
+            raise ValueError(f"{method}: the call's timeout is NaN")
         wait = None
         sent: list[Any] | tuple[Any, ...] = params
         if method in SERVER_WAIT_PARAM:

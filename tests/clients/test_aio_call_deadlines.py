@@ -172,3 +172,20 @@ async def test_calls_of_distinct_limits_leave_no_queue_behind(server: MiniServer
         with pytest.raises(asyncio.CancelledError):
             await slow
         assert deadlines._live == 0 and not deadlines._queues
+
+
+@pytest.mark.parametrize("where", ["call", "client"])
+async def test_a_nan_timeout_is_refused_not_taken_for_none(server: MiniServer, where: str) -> None:
+    # NaN compares false with every deadline: kept, a call given it would never time out
+    nan = float("nan")
+    client = await AsyncClient.connect(
+        server.address, call_timeout=nan if where == "client" else None
+    )
+    try:
+        with pytest.raises(ValueError, match="NaN"):
+            await asyncio.wait_for(
+                client.call("ping", timeout=nan if where == "call" else None), HANG
+            )
+        assert await asyncio.wait_for(client.call("ping", timeout=1.0), HANG) == "pong"
+    finally:
+        await client.close()
