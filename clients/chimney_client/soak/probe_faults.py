@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..aio import AsyncClient
 from ..errors import ChimneyError, InternalError, InvalidState, NdisStatusError
@@ -116,6 +116,24 @@ def _above(info: Record | None, upper: str, layer: str) -> bool | None:
             seen.add(name)
             todo.extend(below.get(name, ()))
     return False
+
+
+class RoomRead(NamedTuple):
+    """One read of stack.info's room of some NICs: `said` for a refusal's why (empty where it
+    says nothing of their room), `full` (one has no place, or is out of service in its MUX),
+    and `tcp`, each one's count of connections."""
+
+    said: str
+    full: bool
+    tcp: tuple[tuple[str, Any], ...]
+
+
+def _room_moved(seen: Sequence[RoomRead]) -> bool:
+    """Whether the reads of one refusal episode leave a no-room answer possible: the NIC full
+    at one of them, or its count not the same at all (a place taken when the daemon decided
+    may be free again at the read after: a worker's connection closed between, spec §8). Only
+    a NIC with the same places free at every read shows a refusal it had room for."""
+    return any(r.full for r in seen) or len({r.tcp for r in seen}) > 1
 
 
 def _withholds(exc: ChimneyError | None, reason: str) -> bool:
@@ -480,6 +498,9 @@ class ProbeFaults:
         rec.setdefault("probe_shard", shard)
         exc: ChimneyError | None = None
         offered = False
+        # what stack.info said of the NIC's room at each read of this refusal episode: read
+        # before each offer and after a no-room answer, never in the moment the daemon decided
+        seen: list[RoomRead] = []
         while True:
             info = await self._pc().tcp_info(cid)
             state = str(info.get("state", "?"))
@@ -494,10 +515,11 @@ class ProbeFaults:
                 return Refusal(f"{why}{room}", full)  # (placed elsewhere for want of room)
             if offered and (time.monotonic() >= deadline or self.interrupted.is_set()):
                 # the last refusal, with what tcp.info says of it (`offload_refused`)
-                return await self._judge_refusal(cid, exc, info, layer, shard)
+                return await self._judge_refusal(cid, exc, info, layer, shard, seen)
             if offered:
                 await asyncio.sleep(SETTLE_POLL_S)
             offered = True
+            seen.append(await self._room_read([layer], shard))
             sent = time.monotonic()
             try:
                 await self._pc().tcp_offload(cid)
@@ -512,7 +534,8 @@ class ProbeFaults:
                     # or neighbor entries: those answers are taken as said
                     room, full = "", True
                     if err.status == TCP_ENTRIES:
-                        room, full = await self._room([layer], shard)
+                        seen.append(read := await self._room_read([layer], shard))
+                        room, full = read.said, _room_moved(seen)
                     if (full or not room) and "probe_no_room_t" not in rec:
                         await self._open_window(rec, sent, layer, shard)
 
@@ -530,7 +553,13 @@ class ProbeFaults:
             rec["probe_way"] = sorted({layer, *(n for n, on in ways.items() if on)})
 
     async def _judge_refusal(
-        self, cid: int, exc: ChimneyError | None, info: Record, layer: str, shard: int | None
+        self,
+        cid: int,
+        exc: ChimneyError | None,
+        info: Record,
+        layer: str,
+        shard: int | None,
+        seen: Sequence[RoomRead] = (),
     ) -> Refusal:
         """Why the last offload of the soak's connection `cid` (answered `exc`; None: answered,
         not offloaded) was refused, and whether that is no fault of the daemon's: a status of
@@ -539,7 +568,8 @@ class ProbeFaults:
         names, where it is another NIC) is full or out of service, or a fault the soak itself
         put in that failed this connection's initiate (fault.list `used`). Any other refusal of
         a connection the NIC has room for is the daemon's to explain: an InternalError no
-        raise_next of the soak's explains is raised as the error it is."""
+        raise_next of the soak's explains is raised as the error it is. `seen`: the room of
+        `layer` at the episode's earlier reads (`_room_moved`)."""
         said = info.get("offload_refused")
         said = said if isinstance(said, dict) else {}  # nil: a daemon without the extension
         status = exc.status if isinstance(exc, NdisStatusError) else said.get("status")
@@ -560,12 +590,19 @@ class ProbeFaults:
                     status, reason = None, ""
             else:
                 layers.append(by)
-        room, full = await self._room(layers, shard)
+        read = await self._room_read(layers, shard)
+        room, full = read.said, read.full
+        ours = RoomRead(room, full, tuple(c for c in read.tcp if c[0] == layer))
         # no room for TCP is believed only where stack.info agrees (or says nothing of the
         # room), as where it opens the workers' window (`_offload_on`): a NIC with places free
-        # refused a connection it could take (spec §8); stack.info counts no path or neighbor
-        # entries, and a pause is no matter of room: those are taken as said
-        no_room = status in NO_ROOM and (status != TCP_ENTRIES or full or not room)
+        # at every read, the same number each time, refused a connection it could take (spec
+        # §8). Full at any read of the episode, or its room changed during it, a place may have
+        # been taken when the daemon decided and freed before the read: not judged. stack.info
+        # counts no path or neighbor entries, and a pause is no matter of room: taken as said
+        moved = status == TCP_ENTRIES and not full and _room_moved([*seen, ours])
+        if moved:
+            room += " (its room changed, or it was full, while it was offered)"
+        no_room = status in NO_ROOM and (status != TCP_ENTRIES or full or not room or moved)
         if no_room or _withholds(exc, reason) or full:
             return Refusal(f"{why}{room}", True)
         own = await self._own_fault(cid, status, by, isinstance(exc, InternalError))
@@ -609,20 +646,28 @@ class ProbeFaults:
     async def _room(self, layers: Sequence[str], shard: int | None) -> tuple[str, bool]:
         """What stack.info says of the room of the NICs `layers` (in `shard`), for a refusal's
         why, and whether it says one has none (full, or out of service in its MUX)."""
+        read = await self._room_read(layers, shard)
+        return read.said, read.full
+
+    async def _room_read(self, layers: Sequence[str], shard: int | None) -> RoomRead:
+        """`_room`, with the counts it read (`RoomRead.tcp`)."""
         info = await self._of_shard("stack_info", shard)
         said: list[str] = []
         full = False
+        counts: list[tuple[str, Any]] = []
         for la in (info or {}).get("layers", []):
             if la.get("name") in layers and la.get("max_connections") is not None:
                 name, tcp, most = la["name"], la.get("tcp"), la["max_connections"]
                 full = full or (tcp is not None and int(tcp) >= int(most))
                 said.append(f"{name} carries {tcp} of {most}")
+                counts.append((str(name), tcp))
             lowers = la.get("lowers")
             for name in layers:
                 if isinstance(lowers, dict) and not (lowers.get(name) or {}).get("in_service", 1):
                     said.append(f"{la.get('name')} has {name} out of service")
                     full = True
-        return (f" (stack.info: {'; '.join(said)})" if said else ""), full
+        text = f" (stack.info: {'; '.join(said)})" if said else ""
+        return RoomRead(text, full, tuple(counts))
 
     async def _host_event(self, rec: Record, where: dict[str, int], probes: list[int]) -> None:
         """The host's own upload of a target for `/for` (spec §3.6.1, §6.2): nothing may stay
