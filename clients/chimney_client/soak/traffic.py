@@ -47,11 +47,21 @@ HOST_EVENTS = frozenset(
 )
 
 
+#: The host's no-room answer (docs/rpc.md `tcp.info`: "im0 advertises room for 8 connections"):
+#: it names the layer below it, one of its bindings, whose advertised room it used up (spec §8).
+HOST_NO_ROOM = re.compile(r"(\S+) advertises room for \d+ connections")
+
+
 def refused_by(info: dict[str, Any]) -> str | None:
-    """The layer tcp.info's `offload_refused` (docs/rpc.md) names as the one that refused the
-    connection's last offload; None where it names none (or the daemon has no such field)."""
+    """The layer whose room refused the connection's last offload, as tcp.info's
+    `offload_refused` (docs/rpc.md) says: its `layer`, but for the host's refusal for no room
+    the binding below it that its answer names (the host is on every connection's way; that
+    binding is not). None where it names none (or the daemon has no such field)."""
     said = info.get("offload_refused")
-    layer = said.get("layer") if isinstance(said, dict) else None
+    if not isinstance(said, dict):
+        return None
+    binding = HOST_NO_ROOM.search(str(said.get("reason") or ""))
+    layer = binding.group(1) if binding is not None else said.get("layer")
     return None if layer is None else str(layer)
 
 
