@@ -205,7 +205,8 @@ def stacked(headings: Sequence[str], rows: Sequence[Sequence[str]], width: int) 
     key = max(len(headings[0]), *(len(r[0]) for r in rows)) if rows else len(headings[0])
     indent = key + 2
     room = max(1, width - indent)
-    widths = [max(len(headings[i]), *(len(r[i]) for r in rows)) for i in range(1, len(headings))]
+    # no rows (a stack with no layers): the headings alone set the widths
+    widths = [max([len(headings[i]), *(len(r[i]) for r in rows)]) for i in range(1, len(headings))]
     # which fields share a line: greedily, in their order
     groups: list[list[int]] = []
     used = room + 1
