@@ -339,12 +339,15 @@ def _stacked(lines: list[str]) -> Text:
     return text
 
 
-def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType:
-    """One frame of `top`; `width` the terminal's (None: no limit). Narrower than TOP_WIDE,
-    the layers show their rates but not their byte totals, under short headings; a table that
-    still does not fit is stacked (`ctl_render.stacked`: each row over as many lines as it
-    needs), so no cell is cut at any width."""
-    compact = width is not None and width < TOP_WIDE
+def render(
+    frame: Mapping[str, Any], width: int | None = None, *, compact: bool = False
+) -> RenderableType:
+    """One frame of `top`; `width` the terminal's (None: no limit). Narrower than TOP_WIDE, or
+    than the full tables (large numbers, long names), or when `compact`, the layers show their
+    rates but not their byte totals, under short headings; a table that still does not fit is
+    stacked (`ctl_render.stacked`: each row over as many lines as it needs), so no cell is cut
+    at any width."""
+    compact = compact or (width is not None and width < TOP_WIDE)
     items = [
         f"chimneyd {frame['rpc']}",
         f"connections {_num(frame.get('connections'))}",
@@ -428,6 +431,10 @@ def render(frame: Mapping[str, Any], width: int | None = None) -> RenderableType
             layers = _stacked(stacked(heads, [[c[h] for h in heads] for c in layer_cells], width))
         if rows and table_width(conns) > width:
             conns_shown = _stacked(stacked([str(c.header) for c in conns.columns], rows, width))
+    elif width is not None and max(table_width(layers), table_width(conns)) > width:
+        # the full tables at TOP_WIDE or wider can still be too wide (a busy stack's: 144 at
+        # 140), where rich cut "bytes_sent" and "failed": the compact ones instead
+        return render(frame, width, compact=True)
     else:
         layers.columns[0].min_width = max([5, *(len(str(r["layer"])) for r in frame["layers"])])
         conns.columns[0].min_width = max([4, *(len(row[0]) for row in rows)])
