@@ -331,7 +331,9 @@ _STACKED_LAYERS = ("offloads", "sent/s", "recv/s", "failed", "inbox", "nbls", "c
 
 def _stacked(lines: list[str]) -> Text:
     """Lines of `ctl_render.stacked`, the headings bold as a table's are."""
-    text = Text(no_wrap=True)
+    # folded, not cropped: a name longer than the terminal (the only line that can be) is
+    # shown whole over lines, as the terminal itself would
+    text = Text(overflow="fold")
     heading = True
     for i, line in enumerate(lines):
         heading = heading and not line.startswith("─")

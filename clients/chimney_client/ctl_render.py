@@ -196,14 +196,21 @@ def unsent_acks_cell(layer: Mapping[str, Any]) -> str:
 
 
 # -- stacked tables (a terminal narrower than a table) -------------------------------------------
+#: the fewest columns a stacked row's fields get beside its name; fewer, they go under it
+STACKED_MIN_ROOM = 10
+
+
 def stacked(headings: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list[str]:
     """A table in `width` columns with no cell cut: the first column names each row; the others
     follow it in their order, each row over as many lines as they need, every field in the same
     line and column as its heading's, so the first line holds the first (most read) fields. A
     field wider than its line's room has a line of its own, folded at its spaces. Lines: the
-    headings, a rule, then the rows."""
+    headings, a rule, then the rows. A name so long that fewer than STACKED_MIN_ROOM columns
+    are left beside it has a line of its own, its fields under it, indented by two."""
     key = max(len(headings[0]), *(len(r[0]) for r in rows)) if rows else len(headings[0])
-    indent = key + 2
+    # a 19-digit connection id at 20 columns left no room at all: every field was cropped
+    own_line = width - key - 2 < STACKED_MIN_ROOM
+    indent = 2 if own_line else key + 2
     room = max(1, width - indent)
     # no rows (a stack with no layers): the headings alone set the widths
     widths = [max([len(headings[i]), *(len(r[i]) for r in rows)]) for i in range(1, len(headings))]
@@ -219,9 +226,9 @@ def stacked(headings: Sequence[str], rows: Sequence[Sequence[str]], width: int) 
             used = w
 
     def block(cells: Sequence[str]) -> list[str]:
-        out: list[str] = []
+        out: list[str] = [cells[0]] if own_line else []
         for n, group in enumerate(groups):
-            lead = (cells[0] if n == 0 else "").ljust(key) + "  "
+            lead = " " * indent if own_line else (cells[0] if n == 0 else "").ljust(key) + "  "
             if len(group) == 1 and widths[group[0] - 1] > room:  # alone and still too wide
                 folded = textwrap.wrap(cells[group[0]], room, break_on_hyphens=False) or [""]
                 out += [(lead if k == 0 else " " * indent) + f for k, f in enumerate(folded)]

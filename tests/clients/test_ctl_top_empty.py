@@ -18,7 +18,7 @@ class _NoLayers(_Client):
 
 
 def test_stacked_with_no_rows_is_its_headings() -> None:
-    lines = stacked(["layer", "offloads", "sent/s"], [], 15)
+    lines = stacked(["layer", "offloads", "sent/s"], [], 20)
     assert lines[:2] == ["layer  offloads", "       sent/s"], lines
     assert lines[2].startswith("─") and len(lines) == 3, lines
 
