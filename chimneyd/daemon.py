@@ -51,8 +51,10 @@ class _HelpFormatter(argparse.HelpFormatter):
     asks stdout only). The clients' commands have the same rule (chimney_client.ctl_help)."""
 
     def __init__(self, prog: str) -> None:
-        columns = os.environ.get("COLUMNS", "")
-        width = int(columns) if columns.isdigit() and int(columns) > 0 else 0
+        try:  # as shutil reads it (" 120" is 120; "²" is nothing, not a ValueError)
+            width = max(0, int(os.environ.get("COLUMNS", "")))
+        except ValueError:
+            width = 0
         for fd in (1, 2, 0):
             if width:
                 break

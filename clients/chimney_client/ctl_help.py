@@ -17,9 +17,14 @@ def help_columns() -> int:
     in, which stderr and stdin still are, and is wrapped as it would be unpiped; argparse
     alone asks stdout only, and wrapped it at 78 in a terminal of any width. With no terminal
     (a file, CI) NO_TERMINAL_COLUMNS."""
-    env = os.environ.get("COLUMNS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    # read as shutil.get_terminal_size reads it: int() (" 120" is 120); str.isdigit let "²"
+    # through to an int() that raised
+    try:
+        env = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        env = 0
+    if env > 0:
+        return env
     for fd in (1, 2, 0):
         try:
             columns = os.get_terminal_size(fd).columns
