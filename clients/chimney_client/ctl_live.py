@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,21 +113,25 @@ class WatchLayout:
 
     def _stacked(self, cells: list[str], last: str) -> str:
         """A hop over two lines, its status or event after the call when the line holds both,
-        else on a third; a call or an event longer than a whole line is cut, a status never
-        (it runs past the terminal rather than be cut)."""
+        else on a third. In a pane narrower than the ids' line (34) handle, context and nbl
+        go on a line of their own; a call, status or event longer than a line is folded over
+        lines, never cut (spec'd names are what a user greps for)."""
         assert self.columns is not None
-        ids = [*cells[:3], *cells[4:7]]
-        widths = (*_NARROW[:3], *_NARROW[3:])
-        first = " ".join(c.ljust(w) for c, w in zip(ids, widths, strict=True)).rstrip()
         indent = " " * _STACK_INDENT
-        room = self.columns - _STACK_INDENT
-        call = _cut(cells[3], room)
-        if not last:
-            return f"{first}\n{indent}{call}".rstrip()
-        if len(call) + 1 + len(last) <= room:
-            return f"{first}\n{indent}{call} {last}"
-        keep = len(cells[7]) + (3 if cells[7] and last != cells[7] else 0)
-        return f"{first}\n{indent}{call}\n{indent}{_cut(last, max(room, keep))}".rstrip()
+        room = max(1, self.columns - _STACK_INDENT)
+        head = " ".join(c.ljust(w) for c, w in zip(cells[:3], _NARROW[:3], strict=True))
+        ids = " ".join(c.ljust(w) for c, w in zip(cells[4:7], _NARROW[3:], strict=True))
+        if len(head) + 1 + len(ids.rstrip()) <= self.columns:
+            lines = [f"{head} {ids}"]
+        else:  # keep each id under its heading: the terminal would wrap them out of place
+            lines = [head, indent + ids]
+        call = textwrap.wrap(cells[3], room) or [""]
+        if last and len(call[-1]) + 1 + len(last) <= room:
+            call[-1] += f" {last}"
+        elif last:
+            call += textwrap.wrap(last, room)
+        lines += [indent + line for line in call]
+        return "\n".join(line.rstrip() for line in lines).rstrip()
 
     def _line(self, cells: list[str], call: int) -> str:
         """The cells before status and event, `call` wide for the call's name."""
