@@ -14,7 +14,7 @@ from typing import Any
 from ..aio import AsyncClient
 from ..errors import ChimneyError
 from .channels import Channel, ProcessChannel
-from .conn import Conn, SlotBroken, watch
+from .conn import Conn, SlotBroken, outcome_done, watch
 from .conn_faults import ConnFaults
 from .limits import (
     CALL_TIMEOUT_S,
@@ -203,12 +203,36 @@ class Worker(ConnFaults):
     def keep_going(self, conn: Conn) -> bool:
         """During the hold, always; after it, only while an outcome still needs this connection,
         or while its slot has carried no verified byte yet (opened late: the report counts each
-        slot held that carried none), bounded by `--settle`; never once interrupted."""
+        slot held that carried none), bounded by `--settle`; never once interrupted. A reset's
+        reopened connection has its first round trip even after `--settle` (`owes_reset_trip`).
+        """
         if not self.stopping:
             return True
-        if self.fast_stop or time.monotonic() > self.stop_at + self.cfg.settle_s:
+        if self.fast_stop:
+            return False
+        if self.owes_reset_trip(conn):
+            return True
+        if time.monotonic() > self.stop_at + self.cfg.settle_s:
             return False
         return conn.wants_more() or self.owes_traffic(conn)
+
+    @staticmethod
+    def owes_reset_trip(conn: Conn) -> bool:
+        """`conn` reopened the slot of a reset connection and has had no round trip back yet:
+        the reset's outcome is its first verified data. After the hold the soak's own final
+        closes hold the RPC clients' semaphores, and a reopen asked for inside `--settle` can be
+        answered after it (10,000 connections under load): the settle's clock is the soak's,
+        not the daemon's, so that one round trip is still made, bounded by its own timeout
+        (`OP_TIMEOUT_S`) and the wind-down (`WIND_DOWN_S`). One only: a connection that broke
+        in it does not reopen again after the settle (it carries no reset of its own)."""
+        return (
+            conn.verified == 0
+            and not conn.aborted
+            and any(
+                r["kind"] in ("peer_reset", "daemon_reset") and not outcome_done(r)
+                for r in conn.watch
+            )
+        )
 
     def owes_traffic(self, conn: Conn) -> bool:
         """`conn`'s slot has carried no verified byte on any of its connections yet."""
@@ -270,9 +294,14 @@ class Worker(ConnFaults):
         resets = any(r["kind"] in ("peer_reset", "daemon_reset") for r in conn.faults)
         bugged = conn.holed or conn.abort is not None
         # after the hold a slot reopens only to show a reset's or a bug's outcome (data on a
-        # new connection), or for its first round trip (one churned before it had any)
+        # new connection), or for its first round trip (one churned before it had any); a
+        # reset's even after `--settle`, which its own round trip may outlast under load: its
+        # reopen and first round trip are bounded by the wind-down (`owes_reset_trip`)
         owes = self.owes_traffic(conn)
-        if self.stopping and not ((resets or bugged or owes) and self.keep_going_after_reset()):
+        reset_owed = resets and not self.fast_stop
+        if self.stopping and not (
+            reset_owed or ((bugged or owes) and self.keep_going_after_reset())
+        ):
             self.after_reset(conn, None)
             return None
         new = await self.open(rpc, slot, peer)
