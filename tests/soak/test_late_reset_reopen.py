@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +19,6 @@ import pytest
 from chimney_client.soak.conn import Conn
 from chimney_client.soak.limits import SETTLE_S
 from chimney_client.soak.outcomes import _judge_conn_fault
-from tests.soak.support import soak_env
 from tests.soak.test_slot_traffic import _stopped, _worker
 
 pytestmark = pytest.mark.soak
@@ -131,37 +126,3 @@ async def test_only_the_reopened_connections_first_round_trip_is_owed_after_the_
     late = Conn(4, 1, 9, 0, time.monotonic())
     w.after_reset(_reset_conn(5, 9)[0], late)
     assert not w.keep_going(late)
-
-
-@pytest.mark.timeout(120)
-def test_a_late_reset_under_crowded_final_closes_passes_a_good_daemon(tmp_path: Path) -> None:
-    """A real daemon and echo peer: 300 connections on one RPC client with one call in flight,
-    so the reopen after a reset 1 s before the hold's end waits behind the 300 final closes,
-    longer than a 0.5 s `--settle`. Before: `FAIL: fault peer_reset did not show its outcome:
-    ... conn N: the reopened slot carried no verified data`."""
-    out = tmp_path / "out.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chimney_client.soak",
-            *("--spawn", "--connections", "300", "--conns-per-rpc", "300", "--ops-per-rpc", "1"),
-            *("--duration", "8s", "--settle", "500ms", "--faults", "peer_reset@7s"),
-            *("--quiet", "--json", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        env=soak_env(tmp_path),
-    )
-    assert out.exists(), proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    (reset,) = report["faults"]
-    detail = json.dumps({"fault": reset, "failures": report.get("failures")}, indent=1)
-    if not reset["injected"] and "no live connection" in str(reset.get("problems")):
-        # a machine too busy for the slot to take the reset in the hold's last second: the
-        # case is not made (the tests above make it without a daemon)
-        pytest.skip(f"the reset was not injected before the hold ended: {reset['problems']}")
-    assert reset["injected"] == 1 and reset["reopened"] == 1, detail
-    assert reset["ok"] and reset["verified_after"] > 0, detail
-    assert proc.returncode == 0 and report["ok"], detail
