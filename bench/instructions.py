@@ -156,6 +156,43 @@ def breakdown(path: str) -> dict[str, int]:
     return out
 
 
+#: The most of a window's count the daemon's clock-driven work may take (timers, the
+#: acknowledgement poll): the same in every window of one length, shared by fewer rounds when a
+#: busier machine verifies fewer. ~2% at 100 connections and 10 s windows here (README), more
+#: with few connections and short windows, where each window verifies a few dozen rounds.
+CLOCK_SHARE = 0.25
+
+
+def repeats(
+    windows: list[dict[str, Any]],
+    conns: int,
+    tolerance: float = 0.01,
+    clock_share: float = CLOCK_SHARE,
+) -> bool:
+    """Whether the windows' counts are those of one cost per round, `c`: a window's count is
+    `c * (rounds + e) + K` within `tolerance`, where `e` (|e| <= `conns`) is the part of the
+    rounds in flight at its two edges that it counted (a connection has one round in flight)
+    and `K` (0 to `clock_share` of the smallest count), the same for every window, is the
+    clock-driven work, which makes the count per round `c + K/rounds` move with the rounds a
+    window verifies. A run with few rounds a window repeats only so; a count that is not one
+    instrument's (none, twice, a window's plus another's) fits no `c` and `K`."""
+    rows = [(float(w["instructions"]), int(w["rounds"])) for w in windows]
+    if not rows or any(ir <= 0 or r <= 0 for ir, r in rows):
+        return False
+    k_max = clock_share * min(ir for ir, _ in rows)
+    steps = 400
+    for i in range(steps + 1):
+        k = k_max * i / steps
+        lo = max((ir * (1 - tolerance) - k) / (r + conns) for ir, r in rows)
+        hi = min(
+            (ir * (1 + tolerance) - k) / (r - conns) if r > conns else float("inf")
+            for ir, r in rows
+        )
+        if 0 < lo <= hi:
+            return True
+    return False
+
+
 def _control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args], capture_output=True, timeout=60, check=False)
 
