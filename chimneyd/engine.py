@@ -47,7 +47,7 @@ from chimneyd.ndis.broker import Binding, Layer, Ndis
 from chimneyd.ndis.trace import HopRecord
 from chimneyd.observe.events import EventHub
 from chimneyd.observe.traces import TraceArchive
-from chimneyd.runtime.layer_task import deliver
+from chimneyd.runtime.layer_task import LayerTask, deliver
 from chimneyd.runtime.memory import IdleTrim, allocator_name
 from chimneyd.runtime.read_future import ReadFuture
 from chimneyd.runtime.sockets import Listener, Sockets
@@ -417,7 +417,8 @@ class Engine:
         # (`_layer_failed`)
         self._pending[req] = None
         done = req.done  # one bound method: the host names the request to withdraw by it
-        self.host.inbox.push(fn, (conn_id, *args, done))
+        inbox: LayerTask = self.host.inbox  # typed: a native call, not a Python one
+        inbox.push(fn, (conn_id, *args, done))
         if read or withdraw_after is not None:
             withdraw = req.withdraw = (conn_id, done, _ignore)
             if withdraw_after is not None:
@@ -635,7 +636,8 @@ class Engine:
             req.observe = observe
             req.t0 = time.perf_counter()
         self._pending[req] = None
-        self.host.inbox.push(self.host.app_send, (conn_id, data, req.done))
+        inbox: LayerTask = self.host.inbox  # typed: a native call, not a Python one
+        inbox.push(self.host.app_send, (conn_id, data, req.done))
         return req.fut
 
     def _send_settled(self, req: _Request) -> None:

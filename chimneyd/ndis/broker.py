@@ -280,6 +280,9 @@ class Layer:
         # the broker, or (a batching NIC) a stand-in that forwards to it: drivers/target/batch.py
         self.ndis: Ndis | NdisStandIn = ndis
         self.stats = LayerStats()
+        # the class's `has_miniport_edge` as a native field: the broker reads it for every NBL
+        # it routes, and a `ClassVar` is a generic attribute read on the compiled build
+        self.miniport_edge: bool = self.has_miniport_edge
         self.upper_bindings: list[Binding] = []  # bindings where this layer is the miniport
         self.lower_bindings: list[Binding] = []  # bindings where this layer is the protocol
         self.state = "running"
@@ -613,7 +616,7 @@ class Ndis:
         stats = caller.stats
         calls = stats.calls  # `LayerStats.count` written out: every NBL sent down passes here
         calls[ndis_call] = calls.get(ndis_call, 0) + n
-        if not caller.has_miniport_edge:
+        if not caller.miniport_edge:
             stats.outstanding_nbls += n  # the originator holds it until its completion
         lower.stats.outstanding_nbls += n
         if self.observer is not None:
@@ -661,7 +664,7 @@ class Ndis:
         caller.stats.count("NdisOffloadTcpReceiveReturn", n)
         if self.observer is not None:
             self.observer.on_receive_return(binding, head)
-        if not caller.has_miniport_edge:
+        if not caller.miniport_edge:
             caller.stats.outstanding_nbls -= n
         self.deliver(lower, _handler(lower, "MiniportTcpOffloadReceiveReturn"), (head,))
         return SUCCESS
@@ -690,7 +693,8 @@ class Ndis:
                 run_status, run = status, 0
             run += 1
             sources = nbl.source_bindings
-            top = sources[-1] if sources else None  # the binding it came down last
+            # the binding it came down last (typed: `source_bindings` holds `Any`)
+            top: Binding | None = sources[-1] if sources else None
             if top is None or top.lower is not caller:
                 raise ChimneyProtocolError(
                     f"{caller.name} completed NBL {nbl.id} that it does not own (twice, or never given)"
@@ -714,7 +718,7 @@ class Ndis:
             n = len(nbls)
             caller.stats.outstanding_nbls -= n
             upper = binding.upper
-            if not upper.has_miniport_edge:
+            if not upper.miniport_edge:
                 upper.stats.outstanding_nbls -= n
             if self.observer is not None:
                 self.observer.on_io_complete(caller, ndis_call, nbls)
@@ -833,11 +837,11 @@ class Ndis:
                 raise ChimneyProtocolError("PARTIALLY_ACCEPTED consumes 0 < n < length (spec §4.3)")
         else:
             raise ChimneyProtocolError(f"illegal receive-indication return {status.name}")
-        binding = nbl.source_bindings.pop()
+        binding: Binding = nbl.source_bindings.pop()  # typed: `source_bindings` holds `Any`
         lower = binding.lower
         if self.observer is not None:
             self.observer.on_indication_returned(lower, nbl, status, bytes_consumed)
-        if status == SUCCESS and not caller.has_miniport_edge:
+        if status == SUCCESS and not caller.miniport_edge:
             caller.stats.outstanding_nbls += (
                 1  # the host keeps it until NdisOffloadTcpReceiveReturn
             )

@@ -105,6 +105,9 @@ class Session(asyncio.Protocol):
         self.server = server
         self.engine: EngineAPI = server.engine
         self.config: RpcConfig = server.config
+        # read on every request: a native field (the config is frozen; an attribute of it is a
+        # generic read on the compiled build)
+        self.max_in_flight: int = self.config.max_in_flight
         self.ownership: Ownership = server.ownership
         self.cluster: ClusterAPI | None = server.cluster
         self.methods = server.methods
@@ -314,7 +317,7 @@ class Session(asyncio.Protocol):
             detail = f"unknown method {errors.short(method)!r}"
             self.respond(msgid, errors.envelope(ErrorCode.NO_METHOD, detail), None)
             return
-        limit = self.config.max_in_flight
+        limit = self.max_in_flight
         if self.in_flight >= limit and method in FUTURE_METHODS:
             self._over_limit(msgid, limit)  # before it starts anything in the engine
             return

@@ -170,3 +170,124 @@ def test_the_broker_calls_the_hop_trace_natively() -> None:
             and not (isinstance(node.func.value, ast.Name) and node.func.value.id in typed)
         ]
     assert not untyped, f"record_pair called on an untyped trace (a Python call): {untyped}"
+
+
+def _functions(path: str, names: tuple[str, ...]) -> dict[str, ast.FunctionDef]:
+    tree = ast.parse((ROOT / path).read_text())
+    found = {
+        node.name: node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name in names
+    }
+    assert set(found) == set(names), f"{path}: not found: {set(names) - set(found)}"
+    return found
+
+
+#: the functions a verified echo round runs that unpack an NBL's `protocol_reserved` (`Any`)
+RESERVED_READERS: dict[str, tuple[str, ...]] = {
+    "chimneyd/drivers/host/receive.py": ("receive_complete",),
+    "chimneyd/drivers/host/send.py": ("finish_send", "complete"),
+}
+
+
+def test_the_host_types_what_its_nbls_hold() -> None:
+    # `tcb, buffer = nbl.protocol_reserved` makes `tcb` an `Any`: each of the ten TCB fields
+    # `receive_complete` reads or writes (and the send's four in `finish_send`) was then a
+    # generic attribute access on the compiled build, every round. Unpacked from a local
+    # typed `tuple[Tcb, memoryview]` (`tuple[AppSend, int, int]`), they are native
+    untyped = [
+        f"{path}: {name}:{node.lineno}"
+        for path, names in RESERVED_READERS.items()
+        for name, fn in _functions(path, names).items()
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Tuple)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "protocol_reserved"
+    ]
+    assert not untyped, f"`protocol_reserved` unpacked untyped (generic reads): {untyped}"
+
+
+#: the broker's functions every NBL routed passes through
+BROKER_ROUTING = (
+    "_io_down",
+    "_io_complete",
+    "NdisOffloadTcpReceiveReturn",
+    "NdisReturnReceiveIndication",
+)
+
+
+def test_the_broker_reads_layer_edges_and_bindings_natively() -> None:
+    # `has_miniport_edge` is a `ClassVar`: read off a layer, it is a generic attribute read
+    # (through the type) on the compiled build; `Layer.miniport_edge` is the same flag as a
+    # native field. A binding taken off `source_bindings` (`list[Any]`) into an untyped local
+    # is an `Any`, its `lower` and `upper` generic reads
+    fns = _functions("chimneyd/ndis/broker.py", BROKER_ROUTING)
+    generic = [
+        f"{name}:{node.lineno}"
+        for name, fn in fns.items()
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Attribute) and node.attr == "has_miniport_edge"
+    ]
+    for name, fn in fns.items():
+        lists = {
+            t.id
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Assign) and ast.unparse(node.value).endswith(".source_bindings")
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+
+        def takes(node: ast.AST, lists: set[str] = lists) -> bool:
+            """`xs[i]` or `xs.pop()` of an NBL's `source_bindings`, or of a local bound to it."""
+            if isinstance(node, ast.Subscript):
+                seq = node.value
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "pop"
+            ):
+                seq = node.func.value
+            else:
+                return False
+            return (isinstance(seq, ast.Name) and seq.id in lists) or (
+                isinstance(seq, ast.Attribute) and seq.attr == "source_bindings"
+            )
+
+        generic += [
+            f"{name}:{node.lineno}"
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Assign) and any(takes(sub) for sub in ast.walk(node.value))
+        ]
+    assert not generic, f"a layer's edge or a binding read generically: {generic}"
+
+
+def test_the_engine_and_session_read_natively_per_request() -> None:
+    # `self.host.inbox` is `Any` (a layer's inbox): `.push(...)` on it was a Python call (the
+    # method looked up by name, the wrapper parsing its arguments), twice a round; a local
+    # typed `LayerTask` makes it a native call. `self.config.max_in_flight` read the frozen
+    # RPC config (a class of an interpreted module) generically on every request
+    untyped = []
+    for name, fn in _functions("chimneyd/engine.py", ("_request", "start_send")).items():
+        typed = {
+            node.target.id
+            for node in ast.walk(fn)
+            if isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and ast.unparse(node.annotation) == "LayerTask"
+        }
+        untyped += [
+            f"engine.py {name}:{node.lineno}"
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "push"
+            and not (isinstance(node.func.value, ast.Name) and node.func.value.id in typed)
+        ]
+    dispatch = _functions("chimneyd/rpc/session.py", ("dispatch",))["dispatch"]
+    untyped += [
+        f"session.py dispatch:{node.lineno}"
+        for node in ast.walk(dispatch)
+        if isinstance(node, ast.Attribute) and node.attr == "config"
+    ]
+    assert not untyped, f"read generically on every request: {untyped}"

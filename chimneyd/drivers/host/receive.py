@@ -259,7 +259,10 @@ def receive_complete(h: HostStack, head: NetBufferList) -> None:
     """`ProtocolTcpOffloadReceiveComplete`: the bytes placed go to the application."""
     for nbl in iter_chain(head):
         nbl.next = None
-        tcb, buffer = nbl.protocol_reserved
+        # typed: read off `protocol_reserved` (`Any`), every TCB field below was a generic
+        # attribute access on the compiled build; a posted receive always holds this
+        held: tuple[Tcb, memoryview] = nbl.protocol_reserved
+        tcb, buffer = held
         nbl.protocol_reserved = None
         if tcb.posted is nbl:
             tcb.posted = None

@@ -209,7 +209,10 @@ def complete_host_sends(h: HostStack, tcb: Tcb, acked: int) -> None:
 def finish_send(h: HostStack, nbl: NetBufferList, status: NdisStatus, why: str = "") -> None:
     """A piece of an application's send is over; the send is answered with the bytes
     acknowledged (and, failed, `why`) once every piece of it is."""
-    send, length, _ = nbl.protocol_reserved
+    # typed: `protocol_reserved` is `Any`, and every read and write of an untyped `send` is
+    # a generic attribute access on the compiled build; a host send NBL always holds this
+    piece: tuple[AppSend, int, int] = nbl.protocol_reserved
+    send, length, _ = piece
     nbl.protocol_reserved = None
     h.stats.outstanding_nbls -= 1
     acked = length - nbl.data_length
@@ -253,7 +256,8 @@ def complete(h: HostStack, head: NetBufferList) -> None:
     for nbl in iter_chain(head):
         nbl.next = None
         tcb = h.tcb_of(nbl)
-        send, length, posted = nbl.protocol_reserved
+        piece: tuple[AppSend, int, int] = nbl.protocol_reserved  # typed, as in `finish_send`
+        send, length, posted = piece
         if posted and tcb is not None:
             tcb.send_outstanding -= posted  # no longer at the target: room in the backlog
             nbl.protocol_reserved = (send, length, 0)
