@@ -280,15 +280,7 @@ class PassthroughIm(DriverLayer):
                     entry.lifecycle.fire(_STATE_EVENT[op])
                 binding = binding or entry.lower
                 existing.append(entry)
-            low = OffloadBlock(
-                up.header_type, entry.handle if entry else None, up.const, up.cached, up.delegated
-            )
-            low.net_buffer_list_chain = (
-                up.net_buffer_list_chain
-            )  # same NBLs travel down (spec §3.2.5)
-            low.port_number = up.port_number
-            low.held_ns = up.held_ns  # how long layers above held it (`fin_wait_2.spend_held`)
-            low.wish = up.wish  # for a MUX below [EMU]
+            low = up.mirror(entry.handle if entry else None)  # same NBLs go down (spec §3.2.5)
             mirror[id(up)] = low
             call.pairs.append((up, low))
             if lower_root is None:

@@ -252,6 +252,19 @@ class OffloadBlock:
         # places, §5.5), so it goes with the request and no further
         self.wish: PlacementWish | None = None
 
+    def mirror(self, offload_handle: Any) -> OffloadBlock:
+        """The block an intermediate layer sends down for this one: its own `offload_handle`,
+        the same state structures and send NBLs (spec §1.6, §3.2.5: the same state goes down,
+        filled in place), and what the layers above noted on it (`held_ns`, `wish`)."""
+        low = OffloadBlock(
+            self.header_type, offload_handle, self.const, self.cached, self.delegated
+        )
+        low.net_buffer_list_chain = self.net_buffer_list_chain
+        low.port_number = self.port_number
+        low.held_ns = self.held_ns  # how long layers above held it (`fin_wait_2.spend_held`)
+        low.wish = self.wish  # for a MUX below [EMU]
+        return low
+
     @property
     def kind(self) -> BlockKind:
         return _KIND_OF_TYPE[int(self.header_type)]

@@ -139,8 +139,4 @@ class MuxCall:
 def mirror_block(upper: OffloadBlock, handle: Any) -> OffloadBlock:
     """A lower block standing for `upper`, with the MUX's own handle and the same trailing
     state structures and send NBLs (spec §1.6: the same state goes down, filled in place)."""
-    low = OffloadBlock(upper.header_type, handle, upper.const, upper.cached, upper.delegated)
-    low.net_buffer_list_chain = upper.net_buffer_list_chain
-    low.port_number = upper.port_number
-    low.held_ns = upper.held_ns  # how long layers above held it (`fin_wait_2.spend_held`)
-    return low
+    return upper.mirror(handle)
